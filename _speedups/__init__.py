@@ -1,0 +1,47 @@
+"""The one place that chooses between the compiled and the pure-Python twins.
+
+Each hot helper exists twice with the same API and behaviour: ``_<name>_c`` (Cython,
+built by ``pip install``) and ``_<name>_py`` (pure Python).  Callers import from here:
+
+    from _speedups import http_chunk, send_batch
+
+``GRIPCAST_NO_SPEEDUPS=1`` forces the pure twins; ``GRIPCAST_REQUIRE_SPEEDUPS=1`` makes a
+missing compiled twin an ImportError instead of a silent fallback.  ``COMPILED`` tells which
+twins were loaded.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+_NAMES = ("framing", "sendmany")
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def twin(name: str, compiled: bool) -> ModuleType:
+    """Return one twin module by name: ``twin("framing", compiled=True)``."""
+    return importlib.import_module(f"_speedups._{name}_{'c' if compiled else 'py'}")
+
+
+def _choose() -> tuple[bool, dict[str, ModuleType]]:
+    if _truthy("GRIPCAST_NO_SPEEDUPS"):
+        return False, {n: twin(n, False) for n in _NAMES}
+    try:
+        return True, {n: twin(n, True) for n in _NAMES}
+    except ImportError:
+        if _truthy("GRIPCAST_REQUIRE_SPEEDUPS"):
+            raise
+        return False, {n: twin(n, False) for n in _NAMES}
+
+
+COMPILED, _modules = _choose()
+
+http_chunk = _modules["framing"].http_chunk
+http_chunks = _modules["framing"].http_chunks
+send_batch = _modules["sendmany"].send_batch
+
+__all__ = ["COMPILED", "http_chunk", "http_chunks", "send_batch", "twin"]

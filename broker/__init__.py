@@ -1,0 +1,1 @@
+"""The gripcast broker, and the contract it shares with edges (config, wire format, errors)."""

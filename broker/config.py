@@ -1,0 +1,213 @@
+"""Configuration types and the wiring table of every gripcast socket.
+
+Precedence: defaults < TOML file (``--config``) < ``GRIPCAST_<KEY>`` environment < CLI flags.
+Every key below is in ``deploy/gripcast.toml`` with its default and a comment.
+
+Wiring (the one place every endpoint is listed, like Pushpin's ``internal.conf``)::
+
+  name            socket   bind/connect  peer                         default
+  push_in         PULL     bind (broker) publishers' PUSH               tcp://127.0.0.1:5560
+  http_api        HTTP     bind (broker) publishers (POST /publish)     127.0.0.1:5561
+  sub_in          SUB      bind (broker) publishers' PUB/XPUB           tcp://127.0.0.1:5562
+  command         ROUTER   bind (broker) publishers' REQ/DEALER         tcp://127.0.0.1:5563
+  edge_pub        XPUB     bind (broker) edges' SUB (one per edge)      tcp://127.0.0.1:5564
+  edge_ctl        ROUTER   bind (broker) edges' DEALER (one per edge)   tcp://127.0.0.1:5565
+  client          TCP      bind (edges, SO_REUSEPORT)  clients          0.0.0.0:7999
+
+``port_offset`` is added to every default port above (client and broker), like Pushpin's.
+Ports given explicitly (``--port``, ``client_port = ...``) are used as given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from broker.errors import ConfigError
+
+DEFAULT_PORTS = {
+    "client_port": 7999,
+    "push_in_port": 5560,
+    "http_port": 5561,
+    "sub_in_port": 5562,
+    "command_port": 5563,
+    "edge_pub_port": 5564,
+    "edge_ctl_port": 5565,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # client listener (edges)
+    client_addr: str = "0.0.0.0"
+    client_port: int | None = None  # None: 7999 + port_offset
+    port_offset: int = 0
+    # broker addresses: where the broker binds, and where edges and tools reach it
+    broker_bind: str = "127.0.0.1"
+    broker_host: str = "127.0.0.1"
+    push_in_port: int | None = None
+    http_port: int | None = None
+    sub_in_port: int | None = None
+    command_port: int | None = None
+    edge_pub_port: int | None = None
+    edge_ctl_port: int | None = None
+    # routes: Pushpin routes-file lines; a routes file is read too when given
+    routes: tuple[str, ...] = ()
+    routes_file: str = ""
+    # Grip-Sig toward origins
+    sig_iss: str = "pushpin"
+    sig_key: str = "changeme"
+    # runner
+    edges: int = 0  # 0: one per CPU
+    # broker history (memory store)
+    history_max_items: int = 1000
+    history_max_age_s: float = 3600.0
+    # edge limits
+    client_buffer_bytes: int = 1 << 20
+    client_header_bytes: int = 8192
+    client_maxconn: int = 50000
+    origin_timeout_s: float = 30.0
+    log_level: str = "info"
+
+    # -- derived ---------------------------------------------------------------------------
+
+    def port(self, name: str) -> int:
+        """The effective port for ``name`` (a key of DEFAULT_PORTS), offset applied to defaults."""
+        value = getattr(self, name)
+        if value is None:
+            return DEFAULT_PORTS[name] + self.port_offset
+        return int(value)
+
+    def endpoint(self, name: str, *, bind: bool) -> str:
+        """A ZeroMQ endpoint for ``push_in``, ``sub_in``, ``command``, ``edge_pub``, ``edge_ctl``."""
+        host = self.broker_bind if bind else self.broker_host
+        if bind and host in ("0.0.0.0", ""):
+            host = "*"
+        return f"tcp://{host}:{self.port(name + '_port')}"
+
+    @property
+    def edge_count(self) -> int:
+        return self.edges if self.edges > 0 else (os.cpu_count() or 1)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["routes"] = list(self.routes)
+        return d
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+_INT_OR_NONE = {name for name in DEFAULT_PORTS}
+
+
+def _coerce(name: str, value: Any, problems: list[str]) -> Any:
+    f = _FIELDS[name]
+    t = f.type
+    try:
+        if name in _INT_OR_NONE:
+            if value is None or value == "":
+                return None
+            v = int(value)
+            if not 0 <= v <= 65535:
+                raise ValueError("port out of range")
+            return v
+        if t == "int":
+            if isinstance(value, bool):
+                raise ValueError("not an integer")
+            return int(value)
+        if t == "float":
+            return float(value)
+        if t == "str":
+            if not isinstance(value, str):
+                raise ValueError("not a string")
+            return value
+        if t == "tuple[str, ...]":
+            if isinstance(value, str):
+                return tuple(line for line in value.split("\n") if line.strip())
+            return tuple(str(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{name}: invalid value {value!r} ({exc})")
+        return f.default
+    return value
+
+
+def load_config(
+    path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a Config from defaults < TOML file < environment < overrides, validating all of it."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config file {path}: {exc}"]) from exc
+        # sections ([broker], [edge], ...) are for readability: their keys are merged flat
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        for key, value in flat.items():
+            if key not in _FIELDS:
+                problems.append(f"{path}: unknown key {key!r}")
+                continue
+            values[key] = _coerce(key, value, problems)
+    env = os.environ if env is None else env
+    for key in _FIELDS:
+        envname = "GRIPCAST_" + key.upper()
+        if envname in env:
+            values[key] = _coerce(key, env[envname], problems)
+    for key, value in (overrides or {}).items():
+        if value is None and key not in _INT_OR_NONE:
+            continue
+        if key not in _FIELDS:
+            problems.append(f"unknown setting {key!r}")
+            continue
+        values[key] = _coerce(key, value, problems)
+    cfg = Config(**values)
+    problems.extend(validate(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def validate(cfg: Config) -> list[str]:
+    problems = []
+    if cfg.port_offset < 0 or cfg.port_offset > 60000:
+        problems.append(f"port_offset: {cfg.port_offset} out of range")
+    for name in DEFAULT_PORTS:
+        if not 0 <= cfg.port(name) <= 65535:
+            problems.append(f"{name}: {cfg.port(name)} out of range (port_offset too large?)")
+    if cfg.history_max_items < 1:
+        problems.append("history_max_items: must be at least 1")
+    if cfg.history_max_age_s <= 0:
+        problems.append("history_max_age_s: must be positive")
+    if cfg.client_buffer_bytes < 1024:
+        problems.append("client_buffer_bytes: must be at least 1024")
+    if cfg.client_header_bytes < 1024:
+        problems.append("client_header_bytes: must be at least 1024")
+    if cfg.client_maxconn < 1:
+        problems.append("client_maxconn: must be at least 1")
+    if cfg.edges < 0:
+        problems.append("edges: must be 0 (one per CPU) or more")
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
+    return problems
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Config:
+    """Rebuild a Config handed to a child process (``Config.to_dict`` output)."""
+    d = dict(d)
+    d["routes"] = tuple(d.get("routes", ()))
+    return Config(**d)

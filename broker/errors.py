@@ -1,0 +1,45 @@
+"""The one error tree of gripcast, split by whose fault it is (as h11 and httpcore do).
+
+* ``RemoteProtocolError``: a peer (client, origin, publisher) sent something wrong.  It carries
+  what to answer: an HTTP ``status`` and a one-line ``reason`` (and a WebSocket ``close_code``).
+* ``LocalProtocolError``: our own misuse of an API; a bug.
+* ``ConfigError``: the configuration is invalid; ``problems`` lists every problem at once.
+"""
+from __future__ import annotations
+
+
+class GripcastError(Exception):
+    """Root of every error gripcast raises on purpose."""
+
+
+class RemoteProtocolError(GripcastError):
+    def __init__(self, reason: str, status: int = 400, close_code: int = 1002) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.close_code = close_code
+
+
+class PublishError(RemoteProtocolError):
+    """A publish request or item is malformed; ``reason`` is Pushpin's message text."""
+
+
+class InstructError(RemoteProtocolError):
+    """An origin's GRIP instruction is invalid (answered 502 to the client)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=502)
+
+
+class LocalProtocolError(GripcastError):
+    """We misused one of our own APIs."""
+
+
+class ConfigError(GripcastError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = list(problems)
+
+
+class StoreUnavailable(GripcastError):
+    """The history store cannot take writes right now (e.g. Redis is down)."""

@@ -1,0 +1,168 @@
+"""The broker <-> edge wire contract (sans-IO: bytes in, objects out).
+
+Fan-out (broker XPUB -> edge SUB), one frame per message::
+
+    <channel utf-8> 0x00 <msgpack envelope map>
+
+The channel and the NUL separator come first so that SUB prefix filtering is exact: an edge
+subscribes to ``topic(channel)`` (= channel + b"\\0").  Channel names therefore never contain
+NUL (publish parsing rejects them).  The broker's heartbeat uses the reserved topic
+``HEARTBEAT_TOPIC`` (it starts with NUL, which no channel name can).
+
+Envelope map keys: ``seq`` (int, 1, 2, ... per channel and epoch), ``epoch`` (str), ``id``
+(publisher id or None), ``prev_id`` (str or None), ``formats`` (normalised, see
+``broker.items``), ``meta`` (dict str -> str), ``ts`` (broker receive time, float seconds).
+
+Control (edge DEALER -> broker ROUTER), one msgpack map per frame, correlated by ``rid``:
+
+    {"op": "hello", "rid": n}                -> {"rid", "ok", "broker_id", "started"}
+    {"op": "position", "rid", "channel"}     -> {"rid", "ok", "channel", "epoch", "last_seq", "last_id"}
+    {"op": "replay", "rid", "channel", "epoch", "after_seq", "after_id", "limit"}
+        -> {"rid", "ok", "channel", "epoch", "last_seq", "complete", "items": [envelope maps]}
+
+``replay`` returns the retained messages after the cursor: ``after_seq`` within ``epoch``, or
+the message whose publisher ``id`` (or ``"<epoch>:<seq>"`` cursor) is ``after_id``.
+``complete`` is False when history cannot cover the whole gap (cursor older than what is
+retained, unknown id, or a different epoch): then ``items`` holds what is retained and the
+caller must fall back (Pushpin's way: ask the origin).  Errors: ``{"rid", "ok": False,
+"error": "<reason>"}``.
+
+Heartbeat (broker XPUB, every ``HEARTBEAT_INTERVAL_S``): ``HEARTBEAT_TOPIC`` + msgpack
+``{"broker_id", "started", "ts"}``; a new ``broker_id`` means the broker restarted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from broker.errors import RemoteProtocolError
+
+SEP = b"\x00"
+HEARTBEAT_TOPIC = b"\x00hb\x00"
+HEARTBEAT_INTERVAL_S = 1.0
+REPLAY_LIMIT = 1000
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def topic(channel: str) -> bytes:
+    """The SUB subscription prefix for ``channel``."""
+    return channel.encode("utf-8") + SEP
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One sequenced message of one channel, as the broker fans it out."""
+
+    channel: str
+    seq: int
+    epoch: str
+    formats: dict
+    id: str | None = None
+    prev_id: str | None = None
+    meta: dict = field(default_factory=dict)
+    ts: float = 0.0
+
+    @property
+    def cursor(self) -> str:
+        """The message id clients resume from: the publisher's id, else ``epoch:seq``."""
+        return self.id if self.id is not None else f"{self.epoch}:{self.seq}"
+
+    def to_map(self) -> dict:
+        return {
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "id": self.id,
+            "prev_id": self.prev_id,
+            "formats": self.formats,
+            "meta": self.meta,
+            "ts": self.ts,
+        }
+
+    @classmethod
+    def from_map(cls, channel: str, m: dict) -> "Envelope":
+        try:
+            return cls(
+                channel=channel,
+                seq=int(m["seq"]),
+                epoch=str(m["epoch"]),
+                formats=m.get("formats") or {},
+                id=m.get("id"),
+                prev_id=m.get("prev_id"),
+                meta=m.get("meta") or {},
+                ts=float(m.get("ts") or 0.0),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"bad envelope: {exc}") from exc
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    """The one fan-out frame for ``env``."""
+    return topic(env.channel) + _packb(env.to_map())
+
+
+def decode_frame(frame: bytes) -> Envelope:
+    """Parse one fan-out frame (not the heartbeat) into an Envelope."""
+    i = frame.find(SEP)
+    if i <= 0:
+        raise RemoteProtocolError("bad fan-out frame: no channel")
+    try:
+        channel = frame[:i].decode("utf-8")
+        m = _unpackb(frame[i + 1 :])
+    except (UnicodeDecodeError, ValueError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(f"bad fan-out frame: {exc}") from exc
+    if not isinstance(m, dict):
+        raise RemoteProtocolError("bad fan-out frame: envelope is not a map")
+    return Envelope.from_map(channel, m)
+
+
+def is_heartbeat(frame: bytes) -> bool:
+    return frame.startswith(HEARTBEAT_TOPIC)
+
+
+def encode_heartbeat(broker_id: str, started: float, ts: float) -> bytes:
+    return HEARTBEAT_TOPIC + _packb({"broker_id": broker_id, "started": started, "ts": ts})
+
+
+def decode_heartbeat(frame: bytes) -> dict:
+    try:
+        m = _unpackb(frame[len(HEARTBEAT_TOPIC) :])
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(f"bad heartbeat: {exc}") from exc
+    if not isinstance(m, dict) or "broker_id" not in m:
+        raise RemoteProtocolError("bad heartbeat")
+    return m
+
+
+def encode_control(msg: dict) -> bytes:
+    """Encode one control request or reply (a map with ``rid``)."""
+    return _packb(msg)
+
+
+def decode_control(frame: bytes) -> dict:
+    try:
+        m = _unpackb(frame)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(f"bad control message: {exc}") from exc
+    if not isinstance(m, dict):
+        raise RemoteProtocolError("bad control message: not a map")
+    return m
+
+
+def subscription_notice(frame: bytes) -> tuple[bool, str] | None:
+    """Parse an XPUB subscription frame: (subscribed?, channel), or None for non-channel topics."""
+    if not frame or frame[0] not in (0, 1):
+        return None
+    body = frame[1:]
+    if not body.endswith(SEP) or body.startswith(SEP):
+        return None
+    try:
+        return frame[0] == 1, body[:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,10 @@
+"""Build the Cython twins in _speedups/ (the pure-Python twins need no build)."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension("_speedups._framing_c", ["_speedups/_framing_c.pyx"]),
+    Extension("_speedups._sendmany_c", ["_speedups/_sendmany_c.pyx"]),
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))
