@@ -27,6 +27,14 @@ retained, unknown id, or a different epoch): then ``items`` holds what is retain
 caller must fall back (Pushpin's way: ask the origin).  Errors: ``{"rid", "ok": False,
 "error": "<reason>"}``.
 
+Position marker (broker XPUB, on the channel's own topic): whenever an edge's SUB subscribes
+to a channel (the broker's XPUB is VERBOSE so it sees every subscribe), the broker sends
+``topic(channel) + msgpack {"marker": True, "epoch", "last_seq"}`` on that topic.  Because it
+is sent after the subscription is active, it reaches the new subscriber and closes the race
+between "SUB subscribed" and "position asked": a tracker that sees ``last_seq`` beyond what it
+delivered replays the gap.  Other subscribers of the channel see it too and ignore it (or
+repair a gap they had not noticed yet).  ``decode_frame`` returns a ``Marker`` for it.
+
 Heartbeat (broker XPUB, every ``HEARTBEAT_INTERVAL_S``): ``HEARTBEAT_TOPIC`` + msgpack
 ``{"broker_id", "started", "ts"}``; a new ``broker_id`` means the broker restarted.
 """
@@ -102,13 +110,26 @@ class Envelope:
             raise RemoteProtocolError(f"bad envelope: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A channel's position, sent by the broker on the channel topic when an edge subscribes."""
+
+    channel: str
+    epoch: str
+    last_seq: int
+
+
+def encode_marker(channel: str, epoch: str, last_seq: int) -> bytes:
+    return topic(channel) + _packb({"marker": True, "epoch": epoch, "last_seq": last_seq})
+
+
 def encode_envelope(env: Envelope) -> bytes:
     """The one fan-out frame for ``env``."""
     return topic(env.channel) + _packb(env.to_map())
 
 
-def decode_frame(frame: bytes) -> Envelope:
-    """Parse one fan-out frame (not the heartbeat) into an Envelope."""
+def decode_frame(frame: bytes) -> "Envelope | Marker":
+    """Parse one fan-out frame (not the heartbeat) into an Envelope or a Marker."""
     i = frame.find(SEP)
     if i <= 0:
         raise RemoteProtocolError("bad fan-out frame: no channel")
@@ -119,6 +140,11 @@ def decode_frame(frame: bytes) -> Envelope:
         raise RemoteProtocolError(f"bad fan-out frame: {exc}") from exc
     if not isinstance(m, dict):
         raise RemoteProtocolError("bad fan-out frame: envelope is not a map")
+    if m.get("marker"):
+        try:
+            return Marker(channel, str(m["epoch"]), int(m["last_seq"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"bad marker: {exc}") from exc
     return Envelope.from_map(channel, m)
 
 
