@@ -1,0 +1,3 @@
+from gripcast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The ``gripcast`` command: flags -> frozen Config -> one of the processes.
+
+    gripcast run [--edges N] [--demo]     broker + N edges (+ demo origin), supervised
+    gripcast broker                       one broker process (what systemd runs)
+    gripcast edge [--index I]             one edge process (what systemd runs)
+    gripcast publish CHANNEL TEXT         publish over the HTTP API, like pushpin-publish
+    gripcast demo-origin [--listen P]     the built-in demo origin app alone
+
+Options shared with Pushpin's runner: --config FILE (TOML), --port [addr:]port, --route LINE
+(repeatable), --port-offset N.  No protocol logic lives here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from broker.config import Config, config_from_dict, load_config
+from broker.errors import ConfigError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (see deploy/gripcast.toml)")
+    p.add_argument("--port", metavar="[ADDR:]PORT", help="client listener (default 0.0.0.0:7999)")
+    p.add_argument("--route", metavar="LINE", action="append", default=None,
+                   help='route line in Pushpin syntax, e.g. "* 127.0.0.1:8080" (repeatable; '
+                        "replaces the routes of the config file)")
+    p.add_argument("--routes-file", metavar="FILE", help="Pushpin-style routes file")
+    p.add_argument("--port-offset", type=int, metavar="N", help="add N to every default port")
+    p.add_argument("--broker-host", metavar="HOST", help="where edges and tools reach the broker")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--config-json", help=argparse.SUPPRESS)  # resolved config from the runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gripcast", description="GRIP push cluster (Pushpin-compatible)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="start a broker and N edges, supervised")
+    _add_common(p)
+    p.add_argument("--edges", type=int, metavar="N", help="edge processes (default: one per CPU)")
+    p.add_argument("--demo", action="store_true", help="also start the demo origin and route to it")
+    p.add_argument("--demo-port", type=int, default=None, metavar="PORT",
+                   help="demo origin port (default 8090 + port offset)")
+
+    p = sub.add_parser("broker", help="run one broker process")
+    _add_common(p)
+
+    p = sub.add_parser("edge", help="run one edge process")
+    _add_common(p)
+    p.add_argument("--index", type=int, default=0, help="edge index (for logs and metrics)")
+
+    p = sub.add_parser("publish", help="publish a message over the HTTP API")
+    p.add_argument("channel")
+    p.add_argument("text", nargs="?", default="", help="message text (a newline is appended)")
+    p.add_argument("--url", default=None,
+                   help="publish API base URL (default $GRIP_URL or http://127.0.0.1:5561)")
+    p.add_argument("--port-offset", type=int, default=0, help="for the default URL")
+    p.add_argument("--id", dest="item_id")
+    p.add_argument("--prev-id")
+    p.add_argument("--no-eol", action="store_true", help="do not append a newline")
+    p.add_argument("--sse", action="store_true", help="format the text as one SSE event (data: ...)")
+    p.add_argument("--close", action="store_true", help="send the close action (ends streams)")
+
+    p = sub.add_parser("demo-origin", help="run the demo origin app alone")
+    p.add_argument("--listen", default="127.0.0.1:8090", metavar="[ADDR:]PORT")
+    p.add_argument("--publish-url", default="http://127.0.0.1:5561")
+    return parser
+
+
+def _split_addr(value: str, default_addr: str) -> tuple[str, int]:
+    addr, _, port = value.rpartition(":")
+    try:
+        return (addr or default_addr).strip("[]"), int(port)
+    except ValueError:
+        raise ConfigError([f"--port: {value!r} is not [addr:]port"]) from None
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    if getattr(args, "config_json", None):
+        return config_from_dict(json.loads(args.config_json))
+    overrides: dict = {}
+    if args.port:
+        addr, port = _split_addr(args.port, "0.0.0.0")
+        overrides["client_addr"], overrides["client_port"] = addr, port
+    if args.route is not None:
+        overrides["routes"] = tuple(args.route)
+        overrides["routes_file"] = ""
+    if args.routes_file:
+        overrides["routes_file"] = args.routes_file
+    for name in ("port_offset", "broker_host", "log_level", "edges"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return load_config(args.config, overrides=overrides)
+
+
+def _setup_logging(level: str, role: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "publish":
+        from gripcast.publish import publish_from_args
+
+        return publish_from_args(args)
+    if args.command == "demo-origin":
+        _setup_logging("info", "demo")
+        from gripcast.demo import serve_demo
+
+        addr, port = _split_addr(args.listen, "127.0.0.1")
+        return serve_demo(addr, port, args.publish_url)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"gripcast: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "broker":
+        _setup_logging(cfg.log_level, "broker")
+        from broker.server import main as broker_main
+
+        return broker_main(cfg)
+    if args.command == "edge":
+        _setup_logging(cfg.log_level, f"edge{args.index}")
+        from edge.server import main as edge_main
+
+        return edge_main(cfg, args.index)
+    _setup_logging(cfg.log_level, "runner")
+    from gripcast.runner import run_cluster
+
+    return run_cluster(cfg, demo=args.demo, demo_port=args.demo_port)

@@ -1,0 +1,112 @@
+"""The built-in demo origin: an ordinary HTTP app that answers with GRIP instructions.
+
+It shows what a user's origin does behind gripcast (or Pushpin); it holds no connections
+itself.  Endpoints (``?channel=NAME``, default ``test``):
+
+  GET  /              a page that streams ``/stream`` and can publish from the browser
+  GET  /stream        HTTP streaming hold: ``Grip-Hold: stream`` + ``Grip-Channel``
+  GET  /events        Server-Sent Events hold (publish with ``gripcast publish --sse``)
+  GET  /poll          long-poll hold: ``Grip-Hold: response`` (timeout 55 s)
+  POST /send          form/body ``text=...``: publishes to the channel via the broker API
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import parse_qs, urlsplit
+
+from gripcast.publish import build_item, post_items
+
+log = logging.getLogger(__name__)
+
+
+def _channel(query: dict) -> str:
+    name = (query.get("channel") or ["test"])[0]
+    return name if name and "\x00" not in name and len(name) <= 200 else "test"
+
+
+class DemoHandler(BaseHTTPRequestHandler):
+    server_version = "gripcast-demo"
+    protocol_version = "HTTP/1.1"
+    publish_url = "http://127.0.0.1:5561"
+
+    def log_message(self, fmt: str, *args) -> None:  # route the stdlib's access log to logging
+        log.debug("demo %s", fmt % args)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        channel = _channel(query)
+        if url.path == "/":
+            page = resources.files("gripcast").joinpath("static/index.html").read_bytes()
+            self._send(200, page, {"Content-Type": "text/html; charset=utf-8"})
+        elif url.path == "/stream":
+            self._send(200, b"[stream open]\n", {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": channel,
+            })
+        elif url.path == "/events":
+            self._send(200, b"event: open\ndata: {}\n\n", {
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "Grip-Hold": "stream",
+                "Grip-Channel": channel,
+                "Grip-Keep-Alive": ":\\n\\n; format=cstring; timeout=20",
+            })
+        elif url.path == "/poll":
+            self._send(200, b"no message yet\n", {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "response",
+                "Grip-Channel": channel,
+                "Grip-Timeout": "55",
+            })
+        else:
+            self._send(404, b"Not Found\n", {"Content-Type": "text/plain"})
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != "/send":
+            self._send(404, b"Not Found\n", {"Content-Type": "text/plain"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 10000:
+            self._send(413, b"Message too large\n", {"Content-Type": "text/plain"})
+            return
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        text = (form.get("text") or [""])[0]
+        channel = _channel(parse_qs(url.query))
+        try:
+            status, body = post_items(self.publish_url, [build_item(channel, text)], timeout=5)
+        except OSError as exc:
+            status, body = 502, f"cannot reach the broker: {exc}\n"
+        self._send(200 if status == 200 else 502, body.encode("utf-8"), {"Content-Type": "text/plain"})
+
+
+def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | None = None) -> int:
+    handler = type("BoundDemoHandler", (DemoHandler,), {"publish_url": publish_url})
+    httpd = ThreadingHTTPServer((addr, port), handler)
+    httpd.daemon_threads = True
+    log.info("demo origin listening on http://%s:%d (publishing to %s)", addr, port, publish_url)
+    from broker.sdnotify import notify
+
+    notify("READY=1")
+    if ready is not None:
+        ready.set()
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+    return 0
