@@ -77,14 +77,15 @@ def loads(data: bytes) -> Any:
 
 def pop(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """Decode the tnetstring starting at ``offset``; return (value, offset just past it)."""
-    return _pop(bytes(data), offset, 0)
+    data = bytes(data)
+    return _pop(data, offset, len(data), 0)
 
 
-def _header(data: bytes, offset: int) -> tuple[int, int, int]:
-    """Parse ``<length>:``; return (data start, data end, tag index)."""
-    colon = data.find(b":", offset, offset + _MAX_LENGTH_DIGITS + 1)
+def _header(data: bytes, offset: int, limit: int) -> tuple[int, int, int]:
+    """Parse ``<length>:`` (within ``data[:limit]``); return (data start, data end, tag index)."""
+    colon = data.find(b":", offset, min(limit, offset + _MAX_LENGTH_DIGITS + 1))
     if colon < 0:
-        if len(data) <= offset:
+        if limit <= offset:
             raise RemoteProtocolError("tnetstring: empty input")
         raise RemoteProtocolError("tnetstring: missing ':' after length")
     digits = data[offset:colon]
@@ -94,15 +95,15 @@ def _header(data: bytes, offset: int) -> tuple[int, int, int]:
         raise RemoteProtocolError("tnetstring: length has a leading zero")
     start = colon + 1
     end = start + int(digits)
-    if end >= len(data):
+    if end >= limit:
         raise RemoteProtocolError("tnetstring: truncated (length exceeds input)")
     return start, end, end
 
 
-def _pop(data: bytes, offset: int, depth: int) -> tuple[Any, int]:
+def _pop(data: bytes, offset: int, limit: int, depth: int) -> tuple[Any, int]:
     if depth > MAX_DEPTH:
         raise RemoteProtocolError("tnetstring: nested too deeply")
-    start, end, tagpos = _header(data, offset)
+    start, end, tagpos = _header(data, offset, limit)
     tag = data[tagpos]
     body = data[start:end]
     nxt = tagpos + 1
@@ -131,20 +132,19 @@ def _pop(data: bytes, offset: int, depth: int) -> tuple[Any, int]:
         items = []
         pos = start
         while pos < end:
-            value, pos = _pop(data[:end], pos, depth + 1)
+            value, pos = _pop(data, pos, end, depth + 1)
             items.append(value)
         return items, nxt
     if tag == 0x7D:  # }
         result: dict = {}
         pos = start
-        sub = data[:end]
         while pos < end:
-            key, pos = _pop(sub, pos, depth + 1)
+            key, pos = _pop(data, pos, end, depth + 1)
             if not isinstance(key, bytes):
                 raise RemoteProtocolError("tnetstring: dict key is not a string")
             if pos >= end:
                 raise RemoteProtocolError("tnetstring: dict key without value")
-            value, pos = _pop(sub, pos, depth + 1)
+            value, pos = _pop(data, pos, end, depth + 1)
             result[key] = value
         return result, nxt
     raise RemoteProtocolError(f"tnetstring: unknown type tag {chr(tag)!r}")

@@ -75,11 +75,16 @@ def test_two_edges_http_and_zmq_publishers(tmp_path):
             # gripcontrol over HTTP (formats at item top level, Authorization header sent)
             pub = GripPubControl({"control_uri": cluster.publish_url, "key": "secret-ignored"})
             pub.publish_http_stream("news", "one\n", blocking=True)
+            for c in clients:
+                c.read_until(b"one\n")
 
-            # pubcontrol over ZeroMQ: discovery on the command socket, then a bare tnetstring on PUSH
+            # pubcontrol over ZeroMQ: discovery on the command socket, then a bare tnetstring on
+            # PUSH.  (pubcontrol closes with linger 0, so keep it open until delivery.)
             zpub = ZmqPubControlClient(cluster.command_uri)
             try:
                 zpub.publish("news", Item(HttpStreamFormat("two\n")), blocking=True)
+                for c in clients:
+                    c.read_until(b"two\n")
             finally:
                 zpub.close()
 

@@ -1,0 +1,104 @@
+"""The command socket (Pushpin's ZRPC over ROUTER), sans-IO (reference 6.2).
+
+A request is one tnetstring ``{"id": bytes?, "method": bytes, "args": dict?}`` after the ROUTER
+envelope (REQ peers put an empty delimiter frame before it; DEALER peers should too, as with
+Pushpin).  The reply is ``{"id"?, "success": true, "value": ...}`` or ``{"id"?, "success":
+false, "condition": bytes, "value"?: bytes}``.  Methods:
+
+* ``get-zmq-uris`` -> ``{"command", "publish-pull", "publish-sub"}`` (the bind endpoints; a
+  ``*`` host is replaced by publishers with the command URI's host, as pubcontrol does)
+* ``publish`` (``args.items``, parsed like tnetstring items) -> ``value: null``; errors are
+  ``bad-request`` with Pushpin's ``Invalid format: ...`` message as the value
+* ``recover`` -> ``value: null`` (forget remembered last ids)
+* anything else -> ``method-not-found``
+
+A request that is not a valid ZRPC tnetstring gets no reply (Pushpin logs and skips it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from broker import tnetstring
+from broker.errors import PublishError, RemoteProtocolError
+from broker.items import Item, parse_items_container
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    reply: bytes | None  # the tnetstring reply payload; None: do not answer
+    method: str = ""
+    items: tuple[Item, ...] = ()
+    recover: bool = False
+    error: str | None = None  # why the request was rejected, for logging
+
+
+def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], bytes]:
+    """Split ROUTER frames into (routing prefix to echo back, payload).
+
+    ``[id, b"", payload]`` (REQ, or DEALER with delimiter) echoes ``[id, b""]``;
+    ``[id, payload]`` (DEALER without delimiter) echoes ``[id]``.
+    """
+    if len(frames) < 2:
+        raise RemoteProtocolError("command: message without routing envelope")
+    frames = [bytes(f) for f in frames]
+    try:
+        i = frames.index(b"", 1)
+    except ValueError:
+        return frames[:-1], frames[-1]
+    if i != len(frames) - 2:
+        raise RemoteProtocolError("command: expected exactly one payload frame")
+    return frames[: i + 1], frames[-1]
+
+
+def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
+    """Answer one command request; ``uris`` has ``command``, ``publish-pull``, ``publish-sub``."""
+    try:
+        req = tnetstring.loads(payload)
+    except RemoteProtocolError as exc:
+        return CommandResult(None, error=f"tnetstring parse failed: {exc.reason}")
+    if not isinstance(req, dict):
+        return CommandResult(None, error="request is not a dict")
+    rid = req.get(b"id")
+    method = req.get(b"method")
+    args = req.get(b"args", {})
+    if (rid is not None and not isinstance(rid, bytes)) or not isinstance(method, bytes) or (
+        not isinstance(args, dict)
+    ):
+        return CommandResult(None, error="invalid request format")
+    name = method.decode("utf-8", "replace")
+
+    def ok(value: object = None, **extra: object) -> CommandResult:
+        return CommandResult(_reply(rid, True, value=value), name, **extra)  # type: ignore[arg-type]
+
+    def fail(condition: str, message: str | None = None) -> CommandResult:
+        reply = _reply(rid, False, condition=condition, value=message)
+        return CommandResult(reply, name, error=f"{condition}: {message}" if message else condition)
+
+    if name == "get-zmq-uris":
+        return ok({k: v.encode("utf-8") for k, v in uris.items() if v})
+    if name == "recover":
+        return ok(None, recover=True)
+    if name == "publish":
+        try:
+            items = parse_items_container(args, json=False)
+        except PublishError as exc:
+            return fail("bad-request", exc.reason)
+        return ok(None, items=tuple(items))
+    return fail("method-not-found")
+
+
+def _reply(
+    rid: bytes | None, success: bool, *, value: object = None, condition: str = ""
+) -> bytes:
+    out: dict = {}
+    if rid:
+        out[b"id"] = rid
+    out[b"success"] = success
+    if success:
+        out[b"value"] = value
+    else:
+        out[b"condition"] = condition.encode()
+        if value is not None:
+            out[b"value"] = value.encode("utf-8") if isinstance(value, str) else value
+    return tnetstring.dumps(out)

@@ -1,0 +1,204 @@
+"""Per-channel sequencing and bounded history, in memory (sans-IO).
+
+Each channel has an ``epoch`` (``secrets.token_hex(8)``, created with the channel's history: a
+new epoch means "history before this is gone"), a ``last_seq`` (1, 2, 3, ... per epoch; 0 before
+the first message), the ``last_id`` (publisher id of the last message, or None) and a ring of
+the most recent ``Envelope``s bounded by count (``max_items``) and age (``max_age_s``, checked
+when the channel is written or read).  At most ``max_channels`` channels are kept; the least
+recently *written* one is evicted (its next use starts a new epoch), so memory is bounded by
+``max_channels * max_items`` envelopes.
+
+``replay`` semantics (the contract of ``broker.wire``'s ``replay``):
+
+* The cursor is ``after_id`` when given and resolvable: a publisher id still in the ring, or an
+  ``"<epoch>:<seq>"`` cursor of the current epoch.  Otherwise ``after_seq`` within ``epoch``
+  (``epoch`` None means the current one; ``after_seq`` None means 0).
+* ``complete`` is True when the returned items start right after the cursor (nothing between
+  the cursor and the first item is missing).  Then ``items`` are the messages after the cursor,
+  at most ``limit``; when ``limit`` cut them short, ``items[-1].seq < last_seq`` and the caller
+  asks again from there.
+* ``complete`` is False when history cannot cover the gap: unknown id, another epoch, a
+  cursor older than the oldest retained message, or a cursor beyond ``last_seq``.  ``items``
+  then holds the oldest retained messages (at most ``limit``) and the caller falls back.
+"""
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from itertools import islice
+from typing import Callable, NamedTuple
+
+from broker.items import Item
+from broker.wire import REPLAY_LIMIT, Envelope
+
+
+class Position(NamedTuple):
+    epoch: str
+    last_seq: int
+    last_id: str | None
+
+
+class Replay(NamedTuple):
+    epoch: str
+    last_seq: int
+    complete: bool
+    items: list[Envelope]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStatistics:
+    channels: int
+    retained: int
+    appended: int
+    evicted_channels: int
+    expired: int
+
+
+class _Channel:
+    __slots__ = ("epoch", "last_seq", "last_id", "ring", "ids")
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.last_seq = 0
+        self.last_id: str | None = None
+        self.ring: deque[Envelope] = deque()
+        self.ids: dict[str, int] = {}  # publisher id -> seq, for ids still in the ring
+
+    def drop_oldest(self) -> None:
+        env = self.ring.popleft()
+        if env.id is not None and self.ids.get(env.id) == env.seq:
+            del self.ids[env.id]
+
+
+class MemoryHistory:
+    def __init__(
+        self,
+        *,
+        max_items: int = 1000,
+        max_age_s: float = 3600.0,
+        max_channels: int = 100_000,
+        new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
+    ) -> None:
+        if max_items < 1 or max_channels < 1 or max_age_s <= 0:
+            raise ValueError("history bounds must be positive")
+        self.max_items = max_items
+        self.max_age_s = max_age_s
+        self.max_channels = max_channels
+        self._new_epoch = new_epoch
+        self._channels: OrderedDict[str, _Channel] = OrderedDict()
+        self._retained = 0
+        self._appended = 0
+        self._evicted = 0
+        self._expired = 0
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def append(self, item: Item, now: float) -> Envelope:
+        """Sequence ``item`` on its channel and retain it; ``now`` (wall seconds) becomes ``ts``."""
+        ch = self._channel(item.channel)
+        self._channels.move_to_end(item.channel)
+        ch.last_seq += 1
+        ch.last_id = item.id
+        env = Envelope(
+            channel=item.channel,
+            seq=ch.last_seq,
+            epoch=ch.epoch,
+            formats=item.formats,
+            id=item.id,
+            prev_id=item.prev_id,
+            meta=item.meta,
+            ts=now,
+        )
+        ch.ring.append(env)
+        if item.id is not None:
+            ch.ids[item.id] = env.seq
+        self._retained += 1
+        self._appended += 1
+        while len(ch.ring) > self.max_items:
+            ch.drop_oldest()
+            self._retained -= 1
+        self._expire(ch, now)
+        return env
+
+    def append_many(self, items: list[Item], now: float) -> list[Envelope]:
+        return [self.append(item, now) for item in items]
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def position(self, channel: str) -> Position:
+        ch = self._channel(channel)
+        return Position(ch.epoch, ch.last_seq, ch.last_id)
+
+    def replay(
+        self,
+        channel: str,
+        epoch: str | None = None,
+        after_seq: int | None = None,
+        after_id: str | None = None,
+        limit: int | None = REPLAY_LIMIT,
+        now: float | None = None,
+    ) -> Replay:
+        ch = self._channel(channel)
+        if now is not None:
+            self._expire(ch, now)
+        limit = REPLAY_LIMIT if limit is None else max(0, min(int(limit), REPLAY_LIMIT))
+        start = self._resolve(ch, epoch, after_seq, after_id)
+        first = ch.ring[0].seq if ch.ring else ch.last_seq + 1
+        if start is None or start + 1 < first:
+            return Replay(ch.epoch, ch.last_seq, False, list(islice(ch.ring, 0, limit)))
+        skip = start + 1 - first
+        return Replay(ch.epoch, ch.last_seq, True, list(islice(ch.ring, skip, skip + limit)))
+
+    def statistics(self) -> HistoryStatistics:
+        return HistoryStatistics(
+            channels=len(self._channels),
+            retained=self._retained,
+            appended=self._appended,
+            evicted_channels=self._evicted,
+            expired=self._expired,
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _channel(self, name: str) -> _Channel:
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = _Channel(self._new_epoch())
+            self._channels[name] = ch
+            while len(self._channels) > self.max_channels:
+                _, old = self._channels.popitem(last=False)
+                self._retained -= len(old.ring)
+                self._evicted += 1
+        return ch
+
+    def _expire(self, ch: _Channel, now: float) -> None:
+        horizon = now - self.max_age_s
+        ring = ch.ring
+        while ring and ring[0].ts < horizon:
+            ch.drop_oldest()
+            self._retained -= 1
+            self._expired += 1
+
+    @staticmethod
+    def _resolve(
+        ch: _Channel, epoch: str | None, after_seq: int | None, after_id: str | None
+    ) -> int | None:
+        """The seq the caller has seen up to, or None when the cursor cannot be placed."""
+        if after_id:
+            seq = ch.ids.get(after_id)
+            if seq is not None:
+                return seq
+            if after_id == ch.last_id:
+                return ch.last_seq
+            ep, sep, tail = after_id.rpartition(":")
+            if sep and ep == ch.epoch and tail.isdigit() and int(tail) <= ch.last_seq:
+                return int(tail)
+            if after_seq is None:
+                return None
+        if epoch is not None and epoch != ch.epoch:
+            return None
+        seq = 0 if after_seq is None else int(after_seq)
+        if not 0 <= seq <= ch.last_seq:
+            return None
+        return seq

@@ -1,0 +1,509 @@
+"""Publish items: parsing Pushpin's publish inputs into one normalised ``Item`` (sans-IO).
+
+Inputs (reference sections 3.1 to 3.4):
+
+* ``parse_http_publish(body)``: the HTTP API's JSON ``{"items": [...]}``, all-or-nothing.
+* ``parse_zmq_item(frame)``: one PULL frame: ``J`` + JSON, ``T`` + tnetstring, or a bare
+  tnetstring (first byte neither ``J`` nor ``T``).  The item carries ``channel``.
+* ``parse_sub_item(channel, payload)``: one SUB message; the channel is frame 1.
+* ``parse_items(values, json=False)``: a list of already-decoded items (the command socket).
+
+Formats may sit under ``formats`` or directly on the item (the legacy shape pypubcontrol's HTTP
+client sends).  Errors raise ``PublishError`` whose ``reason`` is Pushpin's message text; the
+HTTP API and command socket prefix item errors with ``"Invalid format: "`` as Pushpin does.
+
+In JSON input, ``content-bin``/``body-bin`` are base64.  In tnetstring input, every string is a
+byte string: ``content``/``body`` carry raw bytes, ``body-bin`` and the http-stream
+``content-bin`` are ignored (as in Pushpin), and the ws-message ``content-bin`` is raw bytes.
+
+Normalised formats: the contract with edges (an ``Item``'s and an ``Envelope``'s ``formats``)
+-------------------------------------------------------------------------------------------
+
+Only the keys below appear, always all of them for a format, with these types::
+
+    "http-stream":   {"action": "send" | "close" | "hint",
+                      "content": bytes}                     # b"" unless action is "send"
+    "http-response": {"action": "send" | "hint",
+                      "code": int,                          # 0..999, default 200
+                      "reason": str,                        # default from Pushpin's status table
+                      "headers": [[str, str], ...],         # order kept; dict input -> pairs
+                      "body": bytes | None,                 # None when body-patch is used, or hint
+                      "body-patch": list | None}            # a JSON Patch list, or None
+    "ws-message":    {"action": "send" | "close" | "refresh" | "hint",
+                      "type": "text" | "binary" | "ping" | "pong",
+                      "content": bytes,                     # b"" for ping/pong without content
+                      "code": int | None,                   # close code (action "close")
+                      "reason": str}                        # close reason ("" if none)
+
+plus, on any format, ``"content-filters": [str, ...]`` when the publisher gave it.  Pushpin
+accepts ``close``/``refresh`` on http-response and ``refresh`` on http-stream but does nothing
+with them; such formats are dropped here.  ``type`` for a non-send ws-message is ``"text"``.
+
+Channels are validated: a non-empty string, no NUL byte (the fan-out framing uses NUL), at
+most ``MAX_CHANNEL_BYTES`` bytes of UTF-8.  An empty ``id``/``prev-id`` is treated as absent.
+"""
+from __future__ import annotations
+
+import base64
+import json as _json
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker import tnetstring
+from broker.errors import PublishError, RemoteProtocolError
+
+MAX_CHANNEL_BYTES = 1024
+FORMAT_NAMES = ("http-response", "http-stream", "ws-message")
+
+# Pushpin's reason phrases (PP:src/core/statusreasons.cpp); anything else is "Undefined Reason".
+STATUS_REASONS = {
+    100: "Continue", 101: "Switching Protocols", 102: "Processing",
+    200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
+    204: "No Content", 205: "Reset Content", 206: "Partial Content", 207: "Multi-Status",
+    208: "Already Reported", 226: "IM Used",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Found", 303: "See Other",
+    304: "Not Modified", 305: "Use Proxy", 306: "Reserved", 307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    411: "Length Required", 412: "Precondition Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Requested Range Not Satisfiable", 417: "Expectation Failed",
+    422: "Unprocessable Entity", 423: "Locked", 424: "Failed Dependency",
+    426: "Upgrade Required", 428: "Precondition Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    506: "Variant Also Negotiates", 507: "Insufficient Storage", 508: "Loop Detected",
+    510: "Not Extended", 511: "Network Authentication Required",
+}
+
+
+def status_reason(code: int) -> str:
+    return STATUS_REASONS.get(code, "Undefined Reason")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One published message for one channel, formats normalised (see the module docstring)."""
+
+    channel: str
+    formats: dict
+    id: str | None = None
+    prev_id: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    no_seq: bool = False
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+def parse_http_publish(body: bytes) -> list[Item]:
+    """Parse an HTTP ``POST /publish`` body; raise PublishError with Pushpin's message."""
+    try:
+        doc = _json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise PublishError("Body is not valid JSON.") from None
+    if not isinstance(doc, dict):
+        raise PublishError("Invalid format.")
+    return parse_items_container(doc, json=True)
+
+
+def parse_items_container(doc: dict, *, json: bool) -> list[Item]:
+    """Parse ``{"items": [...]}`` (decoded JSON, or tnetstring command args with bytes keys)."""
+    key = "items" if json else b"items"
+    if key not in doc:
+        raise PublishError("Invalid format: object does not contain 'items'")
+    values = doc[key]
+    if not isinstance(values, list):
+        raise PublishError("Invalid format: object contains 'items' with wrong type")
+    try:
+        return parse_items(values, json=json)
+    except PublishError as exc:
+        raise PublishError(f"Invalid format: {exc.reason}") from None
+
+
+def parse_items(values: list, *, json: bool) -> list[Item]:
+    """Parse every item of ``values`` (all-or-nothing); errors carry Pushpin's item message."""
+    return [parse_item(v, json=json) for v in values]
+
+
+def parse_zmq_item(frame: bytes) -> Item:
+    """Parse one PULL frame (``J`` + JSON, ``T`` + tnetstring, or a bare tnetstring)."""
+    value, is_json = _decode_payload(frame)
+    return parse_item(value, json=is_json)
+
+
+def parse_sub_item(channel: bytes, payload: bytes) -> Item:
+    """Parse one SUB message: frame 1 is the channel, frame 2 the item (framed as on PULL)."""
+    try:
+        name = bytes(channel).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PublishError("channel is not valid UTF-8") from None
+    value, is_json = _decode_payload(payload)
+    return parse_item(value, channel=name, json=is_json)
+
+
+def _decode_payload(frame: bytes) -> tuple[Any, bool]:
+    frame = bytes(frame)
+    if frame[:1] == b"J":
+        try:
+            value = _json.loads(frame[1:])
+        except (ValueError, UnicodeDecodeError):
+            raise PublishError("received message with invalid format (json parse failed)") from None
+        if not isinstance(value, dict):
+            raise PublishError("received message with invalid format (not a valid json object)")
+        return value, True
+    try:
+        value = tnetstring.loads(frame[1:] if frame[:1] == b"T" else frame)
+    except RemoteProtocolError:
+        raise PublishError("received message with invalid format (tnetstring parse failed)") from None
+    return value, False
+
+
+# -- one item ----------------------------------------------------------------------------------
+
+_ITEM = "publish item object"
+
+
+class _Obj:
+    """Uniform access to a JSON object (str keys) or a tnetstring dict (bytes keys)."""
+
+    __slots__ = ("d", "json", "name")
+
+    def __init__(self, d: dict, json: bool, name: str) -> None:
+        self.d = d
+        self.json = json
+        self.name = name
+
+    def _k(self, key: str) -> Any:
+        return key if self.json else key.encode()
+
+    def has(self, key: str) -> bool:
+        return self.d.get(self._k(key)) is not None
+
+    def get(self, key: str) -> Any:
+        return self.d.get(self._k(key))
+
+    def wrong(self, key: str) -> PublishError:
+        return PublishError(f"{self.name} contains '{key}' with wrong type")
+
+    def invalid(self, key: str, why: str = "") -> PublishError:
+        extra = f" ({why})" if why else ""
+        return PublishError(f"{self.name} contains '{key}' with invalid value{extra}")
+
+    def string(self, key: str, required: bool = False) -> str | None:
+        v = self.get(key)
+        if v is None:
+            if required:
+                raise PublishError(f"{self.name} does not contain '{key}'")
+            return None
+        s = _as_str(v)
+        if s is None:
+            raise self.wrong(key)
+        return s
+
+    def integer(self, key: str) -> int | None:
+        v = self.get(key)
+        if v is None:
+            return None
+        n = _as_int(v)
+        if n is None:
+            raise self.wrong(key)
+        return n
+
+    def string_list(self, key: str) -> list[str] | None:
+        v = self.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            raise self.wrong(key)
+        out = []
+        for e in v:
+            s = _as_str(e)
+            if s is None:
+                raise PublishError(f"{key} contains element with wrong type")
+            out.append(s)
+        return out
+
+
+def _as_str(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _key(k: Any) -> str:
+    s = _as_str(k)
+    return repr(k) if s is None else s
+
+
+def _as_bytes(v: Any) -> bytes | None:
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    return None
+
+
+def _as_int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return int(v) if v.is_integer() else None
+    s = _as_str(v)
+    if s is not None:
+        try:
+            return int(s.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _b64(text: str) -> bytes:
+    """Decode base64 leniently, like Qt's ``fromBase64``: skip junk, tolerate missing padding."""
+    raw = "".join(c for c in text if c.isascii() and (c.isalnum() or c in "+/-_"))
+    raw = raw.replace("-", "+").replace("_", "/")
+    if len(raw) % 4 == 1:
+        raw = raw[:-1]
+    return base64.b64decode(raw + "=" * (-len(raw) % 4))
+
+
+def validate_channel(channel: str, where: str = _ITEM) -> str:
+    """Check a channel name (non-empty, no NUL, bounded); return it or raise PublishError."""
+    if not channel:
+        raise PublishError(f"{where} contains 'channel' with invalid value (empty)")
+    if "\x00" in channel:
+        raise PublishError(f"{where} contains 'channel' with invalid value (NUL byte)")
+    if len(channel.encode("utf-8")) > MAX_CHANNEL_BYTES:
+        raise PublishError(
+            f"{where} contains 'channel' with invalid value (longer than {MAX_CHANNEL_BYTES} bytes)"
+        )
+    return channel
+
+
+def parse_item(value: Any, *, channel: str | None = None, json: bool) -> Item:
+    """Parse one decoded item (JSON object or tnetstring dict); see the module docstring."""
+    if not isinstance(value, dict):
+        raise PublishError(f"{_ITEM} is not an object")
+    obj = _Obj(value, json, _ITEM)
+    if not channel:
+        channel = obj.string("channel", required=True)
+    validate_channel(channel)  # type: ignore[arg-type]
+    item_id = obj.string("id") or None
+    prev_id = obj.string("prev-id") or None
+
+    vformats = obj.get("formats")
+    if vformats is not None and not isinstance(vformats, dict):
+        raise obj.wrong("formats")
+    if vformats is None:
+        vformats = {obj._k(k): value[obj._k(k)] for k in FORMAT_NAMES if obj.has(k)}
+    fobj = _Obj(vformats, json, "formats")
+    present = [name for name in FORMAT_NAMES if fobj._k(name) in vformats]
+    if not present:
+        raise PublishError("no formats specified")
+    formats: dict[str, dict] = {}
+    for name in present:
+        parsed = _parse_format(name, vformats[fobj._k(name)], json)
+        if parsed is not None:
+            formats[name] = parsed
+
+    meta: dict[str, str] = {}
+    vmeta = obj.get("meta")
+    if vmeta is not None:
+        if not isinstance(vmeta, dict):
+            raise obj.wrong("meta")
+        for k, v in vmeta.items():
+            ks = _key(k)
+            vs = _as_str(v)
+            if vs is None:
+                raise PublishError(f"'meta' contains '{ks}' with wrong type")
+            meta[ks] = vs
+
+    size = obj.get("size")
+    if size is not None:
+        n = _as_int(size)
+        if n is None:
+            raise obj.wrong("size")
+        if n < 0:
+            raise obj.invalid("size")
+
+    no_seq = obj.get("no-seq")
+    if no_seq is not None and not isinstance(no_seq, bool):
+        raise obj.wrong("no-seq")
+
+    return Item(
+        channel=channel,  # type: ignore[arg-type]
+        formats=formats,
+        id=item_id,
+        prev_id=prev_id,
+        meta=meta,
+        no_seq=bool(no_seq),
+    )
+
+
+# -- formats -----------------------------------------------------------------------------------
+
+_ACTIONS = {
+    "http-stream": {"send": "send", "close": "close", "hint": "hint", "refresh": None},
+    "http-response": {"send": "send", "hint": "hint", "close": None, "refresh": None},
+    "ws-message": {"send": "send", "close": "close", "refresh": "refresh", "hint": "hint"},
+}
+_WS_TYPES = ("text", "binary", "ping", "pong")
+
+
+def _parse_format(name: str, value: Any, json: bool) -> dict | None:
+    """Parse one format; None when Pushpin accepts it but ignores it (see module docstring)."""
+    pn = f"'{name}'"
+    if not isinstance(value, dict):
+        raise PublishError(f"{pn} is not an object")
+    f = _Obj(value, json, pn)
+    action = f.string("action") or "send"
+    if action not in _ACTIONS[name]:
+        raise PublishError("")  # Pushpin answers "Invalid format: " with nothing after it
+    if name == "http-response":
+        out = _http_response(f, action)
+    elif name == "http-stream":
+        out = _http_stream(f, action)
+    else:
+        out = _ws_message(f, action)
+    mapped = _ACTIONS[name][action]
+    if mapped is None:
+        return None
+    out["action"] = mapped
+    return out
+
+
+def _filters(f: _Obj, out: dict) -> None:
+    filters = f.string_list("content-filters")
+    if filters is not None:
+        out["content-filters"] = filters
+
+
+def _http_response(f: _Obj, action: str) -> dict:
+    out: dict = {"action": action, "code": 200, "reason": "OK", "headers": [], "body": None,
+                 "body-patch": None}
+    if action != "send":
+        return out
+    code = f.integer("code")
+    if code is None:
+        code = 200
+    elif not 0 <= code <= 999:
+        raise f.invalid("code")
+    out["code"] = code
+    out["reason"] = f.string("reason") or status_reason(code)
+    vheaders = f.get("headers")
+    if vheaders is not None:
+        out["headers"] = _headers(vheaders, f)
+    _filters(f, out)
+    if f.json and f.has("body-bin"):
+        text = f.string("body-bin")
+        out["body"] = _b64(text or "")
+    elif f.has("body"):
+        body = _as_bytes(f.get("body"))
+        if body is None:
+            raise f.wrong("body")
+        out["body"] = body
+    elif f.has("body-patch"):
+        patch = f.get("body-patch")
+        if not isinstance(patch, list):
+            raise f.wrong("body-patch")
+        out["body-patch"] = patch
+    elif f.json:
+        raise PublishError(f"{f.name} does not contain 'body', 'body-bin', or 'body-patch'")
+    else:
+        raise PublishError(f"{f.name} does not contain 'body' or 'body-patch'")
+    return out
+
+
+def _headers(vheaders: Any, f: _Obj) -> list[list[str]]:
+    out: list[list[str]] = []
+    if isinstance(vheaders, list):
+        for h in vheaders:
+            if not isinstance(h, list):
+                raise PublishError("headers contains element with wrong type")
+            if len(h) != 2:
+                raise PublishError("headers contains list with wrong number of elements")
+            name, val = _as_str(h[0]), _as_str(h[1])
+            if name is None:
+                raise PublishError("header contains name element with wrong type")
+            if val is None:
+                raise PublishError("header contains value element with wrong type")
+            out.append([name, val])
+    elif isinstance(vheaders, dict):
+        for k, v in vheaders.items():
+            name = _key(k)
+            val = _as_str(v)
+            if val is None:
+                raise PublishError(f"headers contains '{name}' with wrong type")
+            out.append([name, val])
+    else:
+        raise f.wrong("headers")
+    for name, val in out:
+        if not name or any(c in name for c in "\r\n:\x00") or any(c in val for c in "\r\n\x00"):
+            raise PublishError(f"headers contains '{name}' with invalid value")
+    return out
+
+
+def _http_stream(f: _Obj, action: str) -> dict:
+    out: dict = {"action": action, "content": b""}
+    if action != "send":
+        return out
+    _filters(f, out)
+    if f.json and f.has("content-bin"):
+        out["content"] = _b64(f.string("content-bin") or "")
+    elif f.has("content"):
+        content = _as_bytes(f.get("content"))
+        if content is None:
+            raise f.wrong("content")
+        out["content"] = content
+    elif f.json:
+        raise PublishError(f"{f.name} does not contain 'content' or 'content-bin'")
+    else:
+        raise PublishError(f"{f.name} does not contain 'content'")
+    return out
+
+
+def _ws_message(f: _Obj, action: str) -> dict:
+    out: dict = {"action": action, "type": "text", "content": b"", "code": None, "reason": ""}
+    if action == "send":
+        mtype = f.string("type")
+        if mtype is not None and mtype not in _WS_TYPES:
+            raise PublishError(f"{f.name} contains 'type' with unknown value")
+        _filters(f, out)
+        if f.has("content-bin"):
+            v = f.get("content-bin")
+            if f.json:
+                if not isinstance(v, str):
+                    raise f.wrong("content-bin")
+                out["content"] = _b64(v)
+            else:
+                if not isinstance(v, (bytes, bytearray)):
+                    raise f.wrong("content-bin")
+                out["content"] = bytes(v)
+            out["type"] = mtype or "binary"
+        elif f.has("content"):
+            content = _as_bytes(f.get("content"))
+            if content is None:
+                raise f.wrong("content")
+            out["content"] = content
+            out["type"] = mtype or "text"
+        elif mtype in (None, "text", "binary"):
+            raise PublishError(f"{f.name} does not contain 'content' or 'content-bin'")
+        else:
+            out["type"] = mtype
+    elif action == "close":
+        code = f.integer("code")
+        if code is not None and code < 0:
+            raise f.invalid("code")
+        out["code"] = code
+        out["reason"] = f.string("reason") or ""
+    return out

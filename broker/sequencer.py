@@ -1,0 +1,225 @@
+"""Pushpin's publish sequencer, sans-IO (reference section 5.1, ``PP:src/handler/sequencer.cpp``).
+
+Theory of operation
+-------------------
+
+For each item, in order:
+
+1. **Dedupe.** An item with an ``id`` whose ``(channel, id)`` was seen within
+   ``id_cache_ttl_s`` is dropped (publisher retries are idempotent).  The id is remembered
+   even if the item is later dropped by step 3.
+2. **No-seq bypass.** ``no_seq`` items are released at once and leave the remembered last id
+   of the channel alone.
+3. **Reorder.** Per channel we remember the ``id`` of the last released item (an item without
+   ``id`` forgets it).  An item whose ``prev_id`` differs from a remembered last id waits,
+   keyed by its ``prev_id``, for its predecessor: when an item is released, the waiting item
+   whose ``prev_id`` is that item's ``id`` is released right after it, and so on down the
+   chain.  At most ``pending_max`` items wait per channel, and one per ``prev_id``; extra items
+   are dropped (and counted).  A waiting item is released anyway ``message_wait_s`` after it
+   arrived (``poll``).
+   With no remembered id (new channel, or after ``recover``), anything is released at once.
+
+Unlike Pushpin, which remembers last ids only for channels with local subscribers, every channel
+is sequenced: the broker keeps history for all of them.  The last-id memory is an LRU of
+``last_ids_max`` channels.
+
+Every method takes ``now`` (monotonic seconds, never decreasing) and returns the items released
+by that call, in release order.  ``next_deadline()`` says when ``poll`` has work to do.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from broker.items import Item
+
+
+@dataclass(frozen=True, slots=True)
+class SequencerStatistics:
+    pending: int
+    channels_pending: int
+    ids_cached: int
+    last_ids: int
+    released: int
+    dropped_duplicate: int
+    dropped_conflict: int
+    dropped_overflow: int
+    timed_out: int
+
+
+class _Pending:
+    __slots__ = ("time", "item")
+
+    def __init__(self, time: float, item: Item) -> None:
+        self.time = time
+        self.item = item
+
+
+class Sequencer:
+    def __init__(
+        self,
+        *,
+        id_cache_ttl_s: float = 60.0,
+        message_wait_s: float = 5.0,
+        pending_max: int = 100,
+        last_ids_max: int = 1_000_000,
+        id_cache_max: int = 1_000_000,
+    ) -> None:
+        self.id_cache_ttl_s = id_cache_ttl_s
+        self.message_wait_s = message_wait_s
+        self.pending_max = pending_max
+        self.last_ids_max = last_ids_max
+        self.id_cache_max = id_cache_max
+        self._last_ids: OrderedDict[str, str] = OrderedDict()
+        # (channel, id) -> expiry; the deque holds the same entries in expiry order
+        self._ids: dict[tuple[str, str], float] = {}
+        self._ids_by_time: deque[tuple[float, tuple[str, str]]] = deque()
+        # channel -> prev_id -> waiting item; the deque holds waits in arrival order (lazily
+        # cleaned: an entry is stale when the item is no longer the one waiting on that key)
+        self._pending: dict[str, dict[str, _Pending]] = {}
+        self._pending_by_time: deque[tuple[str, str, _Pending]] = deque()
+        self._pending_count = 0
+        self._released = 0
+        self._dropped_duplicate = 0
+        self._dropped_conflict = 0
+        self._dropped_overflow = 0
+        self._timed_out = 0
+
+    # -- public -------------------------------------------------------------------------------
+
+    def add(self, item: Item, now: float) -> list[Item]:
+        """Offer one item; return the items released (possibly none, possibly a chain)."""
+        out: list[Item] = []
+        self._add(item, now, out)
+        return out
+
+    def add_many(self, items: list[Item], now: float) -> list[Item]:
+        out: list[Item] = []
+        for item in items:
+            self._add(item, now, out)
+        return out
+
+    def poll(self, now: float) -> list[Item]:
+        """Release the items that waited ``message_wait_s`` or more (and what they unblock)."""
+        out: list[Item] = []
+        threshold = now - self.message_wait_s
+        q = self._pending_by_time
+        while q and q[0][2].time <= threshold:
+            channel, prev_id, p = q.popleft()
+            waiting = self._pending.get(channel)
+            if waiting is None or waiting.get(prev_id) is not p:
+                continue  # stale: released by its predecessor already
+            self._unpend(channel, prev_id)
+            self._timed_out += 1
+            self._send(p.item, out)
+        self._expire_ids(now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the oldest waiting item times out (None if nothing waits)."""
+        q = self._pending_by_time
+        while q:
+            channel, prev_id, p = q[0]
+            waiting = self._pending.get(channel)
+            if waiting is not None and waiting.get(prev_id) is p:
+                return p.time + self.message_wait_s
+            q.popleft()
+        return None
+
+    def recover(self) -> None:
+        """Forget every remembered last id (Pushpin's ``recover`` command)."""
+        self._last_ids.clear()
+
+    def forget_ids(self, items: list[Item]) -> None:
+        """Drop these items' ids from the dedupe cache (their batch could not be stored, so a
+        publisher retry must not be taken for a duplicate)."""
+        for item in items:
+            if item.id is not None:
+                self._ids.pop((item.channel, item.id), None)
+
+    def last_id(self, channel: str) -> str | None:
+        return self._last_ids.get(channel)
+
+    def statistics(self) -> SequencerStatistics:
+        return SequencerStatistics(
+            pending=self._pending_count,
+            channels_pending=len(self._pending),
+            ids_cached=len(self._ids),
+            last_ids=len(self._last_ids),
+            released=self._released,
+            dropped_duplicate=self._dropped_duplicate,
+            dropped_conflict=self._dropped_conflict,
+            dropped_overflow=self._dropped_overflow,
+            timed_out=self._timed_out,
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _add(self, item: Item, now: float, out: list[Item]) -> None:
+        self._expire_ids(now)
+        if item.id is not None and self.id_cache_ttl_s > 0:
+            key = (item.channel, item.id)
+            if key in self._ids:
+                self._dropped_duplicate += 1
+                return
+            expiry = now + self.id_cache_ttl_s
+            self._ids[key] = expiry
+            self._ids_by_time.append((expiry, key))
+            while len(self._ids) > self.id_cache_max:
+                _, old = self._ids_by_time.popleft()
+                self._ids.pop(old, None)
+        if item.no_seq:
+            self._released += 1
+            out.append(item)
+            return
+        last = self._last_ids.get(item.channel)
+        if last is not None and item.prev_id is not None and last != item.prev_id:
+            waiting = self._pending.setdefault(item.channel, {})
+            if item.prev_id in waiting:
+                self._dropped_conflict += 1
+            elif len(waiting) >= self.pending_max:
+                self._dropped_overflow += 1
+            else:
+                p = _Pending(now, item)
+                waiting[item.prev_id] = p
+                self._pending_by_time.append((item.channel, item.prev_id, p))
+                self._pending_count += 1
+            if not waiting:
+                del self._pending[item.channel]
+            return
+        self._send(item, out)
+
+    def _send(self, item: Item, out: list[Item]) -> None:
+        channel = item.channel
+        while True:
+            self._remember(channel, item.id)
+            self._released += 1
+            out.append(item)
+            waiting = self._pending.get(channel)
+            if waiting is None or item.id is None or item.id not in waiting:
+                return
+            item = self._unpend(channel, item.id).item
+
+    def _unpend(self, channel: str, prev_id: str) -> _Pending:
+        waiting = self._pending[channel]
+        p = waiting.pop(prev_id)
+        self._pending_count -= 1
+        if not waiting:
+            del self._pending[channel]
+        return p
+
+    def _remember(self, channel: str, item_id: str | None) -> None:
+        if item_id is None:
+            self._last_ids.pop(channel, None)
+            return
+        self._last_ids[channel] = item_id
+        self._last_ids.move_to_end(channel)
+        if len(self._last_ids) > self.last_ids_max:
+            self._last_ids.popitem(last=False)
+
+    def _expire_ids(self, now: float) -> None:
+        q = self._ids_by_time
+        while q and q[0][0] <= now:
+            expiry, key = q.popleft()
+            if self._ids.get(key) == expiry:
+                del self._ids[key]

@@ -1,0 +1,72 @@
+"""The history store interface the broker's server talks to, and its in-memory implementation.
+
+``Store`` is async so that a networked backend (Redis: seq, epoch and history surviving a broker
+restart) can implement it with round trips; the memory store answers without awaiting.  The
+server calls ``append_batch`` once per ingest batch, in release order, under one lock, so a
+backend may pipeline a whole batch.  Semantics of ``position`` and ``replay`` are those of
+``broker.history``.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+from broker.history import MemoryHistory, Position, Replay
+from broker.items import Item
+from broker.wire import Envelope
+
+
+class Store(Protocol):
+    name: str
+
+    async def append_batch(self, items: Sequence[Item], now: float) -> list[Envelope]:
+        """Sequence and retain ``items`` (in order); return their envelopes."""
+        ...
+
+    async def position(self, channel: str) -> Position: ...
+
+    async def replay(
+        self,
+        channel: str,
+        epoch: str | None,
+        after_seq: int | None,
+        after_id: str | None,
+        limit: int | None,
+        now: float,
+    ) -> Replay: ...
+
+    def statistics(self) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryStore:
+    """``Store`` over ``MemoryHistory``: nothing survives a restart (new epochs after one)."""
+
+    name = "memory"
+
+    def __init__(self, history: MemoryHistory) -> None:
+        self.history = history
+
+    async def append_batch(self, items: Sequence[Item], now: float) -> list[Envelope]:
+        append = self.history.append
+        return [append(item, now) for item in items]
+
+    async def position(self, channel: str) -> Position:
+        return self.history.position(channel)
+
+    async def replay(
+        self,
+        channel: str,
+        epoch: str | None,
+        after_seq: int | None,
+        after_id: str | None,
+        limit: int | None,
+        now: float,
+    ) -> Replay:
+        return self.history.replay(channel, epoch, after_seq, after_id, limit, now=now)
+
+    def statistics(self) -> Any:
+        return self.history.statistics()
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,205 @@
+"""The edge's link to the broker: the only edge module that imports zmq.
+
+* SUB connected to ``edge_pub``: heartbeats plus ``wire.topic(channel)`` of live channels.
+  SNDHWM=0 (subscriptions are messages and must never be dropped), a large RCVHWM.
+* DEALER connected to ``edge_ctl``: hello / position / replay requests, correlated by ``rid``,
+  awaited with a timeout and retried.
+
+ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket has one reader task that drains
+with NOBLOCK until ``zmq.Again``, hands the batch over, checkpoints once per batch, and parks on
+``wait_readable(sock.FD)`` only after ``EVENTS`` shows nothing to read (the FD is
+edge-triggered).  Any send on a socket (a request, a SUB (un)subscribe) may consume the read
+edge, so it wakes that socket's parked reader, which re-checks.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import trio
+import zmq
+
+from broker import wire
+from broker.errors import GripcastError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 4096
+SUB_RCVHWM = 1_000_000
+REQUEST_TIMEOUT_S = 2.0
+REQUEST_TRIES = 3
+
+
+class BrokerUnavailable(GripcastError):
+    """The broker did not answer a control request in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLinkStatistics:
+    frames: int
+    batches: int
+    heartbeats: int
+    broker_id: str | None
+    last_heartbeat: float | None
+    requests: int
+    timeouts: int
+    pending: int
+    channels: int
+
+
+class BrokerLink:
+    def __init__(self, pub_endpoint: str, ctl_endpoint: str, *, ctx: zmq.Context | None = None) -> None:
+        self._ctx = ctx or zmq.Context.instance()
+        self.sub = self._ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SNDHWM, 0)
+        self.sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+        self.sub.setsockopt(zmq.SUBSCRIBE, wire.HEARTBEAT_TOPIC)
+        self.sub.connect(pub_endpoint)
+        self.ctl = self._ctx.socket(zmq.DEALER)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.connect(ctl_endpoint)
+        self._parked: dict[int, trio.CancelScope] = {}
+        self._rids = itertools.count(1)
+        self._waiting: dict[int, list] = {}  # rid -> [event, reply]
+        self._channels: set[str] = set()
+        self.broker_id: str | None = None
+        self._last_hb: float | None = None
+        self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
+
+    def close(self) -> None:
+        self.sub.close(linger=0)
+        self.ctl.close(linger=0)
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        if channel not in self._channels:
+            self._channels.add(channel)
+            self.sub.setsockopt(zmq.SUBSCRIBE, wire.topic(channel))
+            self._wake(self.sub)
+
+    def unsubscribe(self, channel: str) -> None:
+        if channel in self._channels:
+            self._channels.discard(channel)
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, wire.topic(channel))
+            self._wake(self.sub)
+
+    # -- control requests ----------------------------------------------------------------------
+
+    async def request(self, msg: dict, *, timeout_s: float = REQUEST_TIMEOUT_S,
+                      tries: int = REQUEST_TRIES) -> dict:
+        """Send a control request and await its reply (retried); BrokerUnavailable if none."""
+        for attempt in range(tries):
+            rid = next(self._rids)
+            slot = [trio.Event(), None]
+            self._waiting[rid] = slot
+            self._requests += 1
+            try:
+                self._send_ctl(wire.encode_control({**msg, "rid": rid}))
+                with trio.move_on_after(timeout_s):
+                    await slot[0].wait()
+            finally:
+                del self._waiting[rid]
+            if slot[1] is not None:
+                reply = slot[1]
+                if not reply.get("ok", False):
+                    raise RemoteProtocolError(f"broker refused {msg.get('op')}: {reply.get('error')}")
+                return reply
+            self._timeouts += 1
+            log.warning("broker request timed out op=%s try=%d", msg.get("op"), attempt + 1)
+        raise BrokerUnavailable(f"no answer from the broker to {msg.get('op')}")
+
+    def _send_ctl(self, frame: bytes) -> None:
+        try:
+            self.ctl.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("broker control queue full: request dropped (will be retried)")
+        self._wake(self.ctl)
+
+    def _on_ctl_batch(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            try:
+                reply = wire.decode_control(frame)
+            except RemoteProtocolError as exc:
+                log.warning("bad control reply from broker: %s", exc)
+                continue
+            slot = self._waiting.get(reply.get("rid"))
+            if slot is not None and slot[1] is None:
+                slot[1] = reply
+                slot[0].set()
+
+    # -- readers -------------------------------------------------------------------------------
+
+    def _wake(self, sock: zmq.Socket) -> None:
+        scope = self._parked.get(id(sock))
+        if scope is not None:
+            scope.cancel()
+
+    async def _read_loop(self, sock: zmq.Socket, handle) -> None:
+        key = id(sock)
+        recv = sock.recv
+        while True:
+            frames = []
+            try:
+                while len(frames) < BATCH_MAX:
+                    frames.append(recv(zmq.NOBLOCK))
+            except zmq.Again:
+                pass
+            if frames:
+                self._batches += 1
+                await handle(frames)
+                await trio.lowlevel.checkpoint()
+                continue
+            if sock.get(zmq.EVENTS) & zmq.POLLIN:
+                continue
+            with trio.CancelScope() as scope:
+                self._parked[key] = scope
+                try:
+                    await trio.lowlevel.wait_readable(sock.FD)
+                finally:
+                    self._parked.pop(key, None)
+
+    async def serve_sub(self, on_frames) -> None:
+        """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out)."""
+        async def handle(frames: list[bytes]) -> None:
+            self._frames += len(frames)
+            data = []
+            for f in frames:
+                if wire.is_heartbeat(f):
+                    self._on_heartbeat(f)
+                else:
+                    data.append(f)
+            if data:
+                await on_frames(data)
+
+        await self._read_loop(self.sub, handle)
+
+    async def serve_ctl(self) -> None:
+        async def handle(frames: list[bytes]) -> None:
+            self._on_ctl_batch(frames)
+
+        await self._read_loop(self.ctl, handle)
+
+    def _on_heartbeat(self, frame: bytes) -> None:
+        self._hbs += 1
+        try:
+            hb = wire.decode_heartbeat(frame)
+        except RemoteProtocolError as exc:
+            log.warning("bad heartbeat: %s", exc)
+            return
+        self._last_hb = trio.current_time()
+        broker_id = str(hb["broker_id"])
+        if self.broker_id is None:
+            log.info("broker link up broker_id=%s", broker_id)
+        elif broker_id != self.broker_id:
+            log.warning("broker restarted old=%s new=%s", self.broker_id, broker_id)
+        self.broker_id = broker_id
+
+    def statistics(self) -> BrokerLinkStatistics:
+        return BrokerLinkStatistics(
+            frames=self._frames, batches=self._batches, heartbeats=self._hbs,
+            broker_id=self.broker_id, last_heartbeat=self._last_hb, requests=self._requests,
+            timeouts=self._timeouts, pending=len(self._waiting), channels=len(self._channels),
+        )

@@ -1,0 +1,104 @@
+"""The edge's subscription hub (sans-IO): channel -> the sessions held on it.
+
+The first local session on a channel yields ``Subscribe(channel)`` (the caller subscribes the
+SUB socket and asks the broker for the channel's position); when the last one leaves, the
+channel lingers ``linger_s`` (time is passed in as ``now``) and ``expire(now)`` then yields
+``Unsubscribe(channel)``.  A session arriving during the linger revives the channel silently.
+Sessions are any hashable objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LINGER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatistics:
+    channels: int
+    lingering: int
+    sessions: int
+    subscriptions: int
+
+
+_EMPTY: frozenset = frozenset()
+
+
+class Hub:
+    def __init__(self, linger_s: float = DEFAULT_LINGER_S) -> None:
+        self.linger_s = linger_s
+        self._members: dict[str, set] = {}
+        self._of_session: dict[object, tuple[str, ...]] = {}
+        self._lingering: dict[str, float] = {}  # channel -> unsubscribe deadline
+        self._subscriptions = 0
+
+    def add(self, session, channels, now: float) -> list[Subscribe]:
+        """Register ``session`` on ``channels``; returns the channels that need subscribing."""
+        if session in self._of_session:
+            raise ValueError("session already registered")
+        chans = tuple(dict.fromkeys(channels))
+        self._of_session[session] = chans
+        actions = []
+        for ch in chans:
+            members = self._members.get(ch)
+            if members is None:
+                members = self._members[ch] = set()
+                if self._lingering.pop(ch, None) is None:
+                    actions.append(Subscribe(ch))
+            members.add(session)
+            self._subscriptions += 1
+        return actions
+
+    def remove(self, session, now: float) -> None:
+        """Unregister ``session`` (no-op if unknown); emptied channels start lingering."""
+        chans = self._of_session.pop(session, None)
+        if chans is None:
+            return
+        for ch in chans:
+            members = self._members.get(ch)
+            if members is None:
+                continue
+            members.discard(session)
+            self._subscriptions -= 1
+            if not members:
+                del self._members[ch]
+                self._lingering[ch] = now + self.linger_s
+
+    def expire(self, now: float) -> list[Unsubscribe]:
+        """Channels whose linger ran out: unsubscribe them."""
+        due = [ch for ch, t in self._lingering.items() if t <= now]
+        for ch in due:
+            del self._lingering[ch]
+        return [Unsubscribe(ch) for ch in due]
+
+    def sessions(self, channel: str):
+        """The sessions on ``channel`` (a live set: copy it before awaiting)."""
+        return self._members.get(channel, _EMPTY)
+
+    def channels_of(self, session) -> tuple[str, ...]:
+        return self._of_session.get(session, ())
+
+    def is_live(self, channel: str) -> bool:
+        """Subscribed on the broker link (has sessions or is lingering)."""
+        return channel in self._members or channel in self._lingering
+
+    def live_channels(self) -> list[str]:
+        return list(self._members) + list(self._lingering)
+
+    def statistics(self) -> HubStatistics:
+        return HubStatistics(
+            channels=len(self._members),
+            lingering=len(self._lingering),
+            sessions=len(self._of_session),
+            subscriptions=self._subscriptions,
+        )

@@ -1,0 +1,211 @@
+"""HTTP/1.1 client from the edge to the origin (trio sockets, httptools response parsing).
+
+``build_request`` (sans-IO) applies Pushpin's request rules (reference 1.4): hop-by-hop and
+client ``Grip-*`` headers dropped, ``Grip-Sig``/``Grip-Feature`` added, Host kept unless the
+target's ``host=`` or the route's ``as_host=``, route ``header=`` props applied, path rewritten
+(``replace_beg``, ``path_rem``).  ``open_origin`` connects with failover across the route's
+targets (connect errors only), sends the request and returns an ``OriginResponse`` once the
+response head is in; its body is an async iterator.  One origin connection per request
+(``Connection: close``).  Every wait is bounded by ``timeout_s``.
+"""
+from __future__ import annotations
+
+import logging
+
+import httptools
+import trio
+
+from broker.errors import RemoteProtocolError
+from edge.routes import Route, Target
+
+log = logging.getLogger(__name__)
+
+GRIP_FEATURES = b"status"
+_DROP = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
+                   b"transfer-encoding", b"expect", b"content-length", b"host", b"te",
+                   b"upgrade", b"proxy-connection", b"x-forwarded-proto",
+                   b"x-forwarded-protocol"])
+READ_SIZE = 65536
+
+
+class OriginError(RemoteProtocolError):
+    """The origin could not be reached or answered badly (502 to the client)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=502)
+
+
+def build_request(route: Route, target: Target, method: bytes, path: bytes,
+                  headers: list[tuple[bytes, bytes]], body: bytes, *,
+                  sig: str | None) -> bytes:
+    """The request head + body sent to ``target`` for a client request."""
+    client_host = b""
+    out: list[tuple[bytes, bytes]] = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk == b"host":
+            client_host = v
+        if lk in _DROP or lk.startswith(b"grip-"):
+            continue
+        out.append((k, v))
+    if target.host_header:
+        host = target.host_header.encode("latin-1")
+    elif route.as_host:
+        host = route.as_host.encode("latin-1")
+    else:
+        host = client_host or str(target).encode("latin-1")
+    for name, value in route.headers:
+        bname = name.encode("latin-1")
+        out = [(k, v) for k, v in out if k.lower() != bname.lower()]
+        if value:
+            out.append((bname, value.encode("latin-1")))
+    if sig:
+        out.append((b"Grip-Sig", sig.encode("ascii")))
+    if not route.no_grip:
+        out.append((b"Grip-Feature", GRIP_FEATURES))
+    if body or method in (b"POST", b"PUT", b"PATCH"):
+        out.append((b"Content-Length", b"%d" % len(body)))
+    out.append((b"Connection", b"close"))
+    rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
+    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, rpath, host)]
+    lines.extend(b"%s: %s\r\n" % (k, v) for k, v in out)
+    lines.append(b"\r\n")
+    return b"".join(lines) + body
+
+
+class _Parse:
+    """httptools callbacks for one response."""
+
+    def __init__(self) -> None:
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.chunks: list[bytes] = []
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class OriginResponse:
+    def __init__(self, stream: trio.SocketStream, target: Target, timeout_s: float,
+                 head_only: bool) -> None:
+        self._stream = stream
+        self.target = target
+        self._timeout_s = timeout_s
+        self._p = _Parse()
+        self._parser = httptools.HttpResponseParser(self._p)
+        self._head_only = head_only
+        self._eof = False
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.framed = False  # the origin gave Content-Length or chunked framing
+
+    async def _read_more(self) -> None:
+        with trio.move_on_after(self._timeout_s) as scope:
+            try:
+                data = await self._stream.receive_some(READ_SIZE)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise OriginError(f"error reading from origin {self.target}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise OriginError(f"timeout waiting for origin {self.target}")
+        if not data:
+            self._eof = True
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise OriginError(f"bad response from origin {self.target}: {exc}") from exc
+
+    async def _read_head(self) -> None:
+        while not self._p.head_done:
+            await self._read_more()
+            if self._eof and not self._p.head_done:
+                raise OriginError(f"origin {self.target} closed the connection without a response")
+        self.status = self._parser.get_status_code()
+        self.reason = self._p.reason.decode("latin-1")
+        self.headers = self._p.headers
+        names = {k.lower() for k, _ in self.headers}
+        self.framed = b"content-length" in names or b"transfer-encoding" in names
+        if self._head_only or self.status in (204, 304) or 100 <= self.status < 200:
+            self._p.complete = True
+            self._p.chunks.clear()
+
+    async def body_chunks(self):
+        """Yield body pieces as they arrive; OriginError if the origin cuts a framed body."""
+        while True:
+            if self._p.chunks:
+                chunks, self._p.chunks = self._p.chunks, []
+                for c in chunks:
+                    yield c
+            if self._p.complete:
+                return
+            if self._eof:
+                if self.framed:
+                    raise OriginError(f"origin {self.target} closed the connection mid-body")
+                return
+            await self._read_more()
+
+    async def read_body(self, limit: int) -> bytes:
+        parts, size = [], 0
+        async for c in self.body_chunks():
+            size += len(c)
+            if size > limit:
+                raise OriginError(f"GRIP instruct response too large from {self.target}")
+            parts.append(c)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+
+async def open_origin(route: Route, method: bytes, path: bytes,
+                      headers: list[tuple[bytes, bytes]], body: bytes, *,
+                      sig: str | None, timeout_s: float) -> OriginResponse:
+    """Connect (failing over across targets on connect errors), send, read the head."""
+    errors = []
+    for target in route.targets:
+        if target.ssl:
+            errors.append(f"{target}: TLS to origins is not supported yet")
+            continue
+        with trio.move_on_after(timeout_s) as scope:
+            try:
+                stream = await trio.open_tcp_stream(target.host, target.port)
+            except OSError as exc:
+                errors.append(f"{target}: {exc.strerror or exc}")
+                continue
+        if scope.cancelled_caught:
+            errors.append(f"{target}: connect timeout")
+            continue
+        resp = OriginResponse(stream, target, timeout_s, head_only=method == b"HEAD")
+        ok = False
+        try:
+            with trio.move_on_after(timeout_s) as scope:
+                try:
+                    await stream.send_all(build_request(route, target, method, path, headers,
+                                                        body, sig=sig))
+                except (OSError, trio.BrokenResourceError) as exc:
+                    raise OriginError(f"error sending to origin {target}: {exc}") from exc
+            if scope.cancelled_caught:
+                raise OriginError(f"timeout sending to origin {target}")
+            await resp._read_head()
+            ok = True
+            return resp
+        finally:
+            if not ok:
+                await resp.aclose()
+    raise OriginError("could not connect to any origin: " + "; ".join(errors))

@@ -1,0 +1,84 @@
+"""Bytes of HTTP/1.1 responses the edge writes to clients (sans-IO).
+
+Heads are written from prepared bytes, never through a generic serializer on the hot path.
+Also: the response a long-poll client gets when an ``http-response`` is published (reference
+2.5 step 4: the timeout response's headers, replaced/extended by the published ones,
+``Grip-*`` removed, ``Content-Length`` recomputed).
+"""
+from __future__ import annotations
+
+from edge.grip import Hold
+from edge.headers import clean_response_headers, reason_for
+
+_CRLF = b"\r\n"
+
+
+def _latin1(s) -> bytes:
+    if isinstance(s, bytes):
+        return s
+    return str(s).encode("latin-1", "replace")
+
+
+def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> bytes:
+    """Status line and headers (``(name, value)`` str or bytes pairs), blank line included."""
+    parts = [b"%s %d %s\r\n" % (version, code, _latin1(reason or reason_for(code)))]
+    for k, v in headers:
+        if b"\n" in _latin1(v) or b"\r" in _latin1(v):
+            continue  # never let a header value split the head
+        parts.append(b"%s: %s\r\n" % (_latin1(k), _latin1(v)))
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def full(code: int, reason: str, headers, body: bytes, *, keep_alive: bool = True,
+         head_only: bool = False) -> bytes:
+    """A complete response with ``Content-Length``; ``headers`` must not carry framing."""
+    hs = list(headers)
+    if code >= 200 and code not in (204, 304):
+        hs.append(("Content-Length", str(len(body))))
+    if not keep_alive:
+        hs.append(("Connection", "close"))
+    out = head(code, reason, hs)
+    if head_only or code < 200 or code in (204, 304):
+        return out
+    return out + body
+
+
+def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
+    """A ``text/plain`` error answer; the body ends with a newline (reference 1.8)."""
+    body = text.encode("utf-8") + b"\n"
+    return full(code, reason_for(code), [("Content-Type", "text/plain")], body,
+                keep_alive=keep_alive)
+
+
+def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
+    """The response for a response-hold client from a published ``http-response`` format."""
+    code = fmt.get("code")
+    code = 200 if code is None else int(code)
+    reason = fmt.get("reason") or reason_for(code)
+    pub_headers = clean_response_headers(
+        [(str(k), str(v)) for k, v in (fmt.get("headers") or [])])
+    names = {k.lower() for k, _ in pub_headers}
+    merged = [(k, v) for k, v in hold.headers if k.lower() not in names] + pub_headers
+    body = fmt.get("body")
+    if body is None:
+        body = hold.body  # body-patch is not applied yet: the timeout body stands
+    elif isinstance(body, str):
+        body = body.encode("utf-8")
+    return full(code, reason, merged, body, keep_alive=keep_alive)
+
+
+def timeout(hold: Hold, *, keep_alive: bool = True) -> bytes:
+    """The response of a response hold whose timeout ran out (or of a no-hold instruct)."""
+    return full(hold.code, hold.reason, hold.headers, hold.body, keep_alive=keep_alive)
+
+
+def stream_head(hold: Hold, *, chunked: bool) -> bytes:
+    """The head of a stream hold (reference 2.6): chunked for HTTP/1.1 clients."""
+    hs = list(hold.headers)
+    if chunked:
+        hs.append(("Transfer-Encoding", "chunked"))
+        hs.append(("Connection", "Transfer-Encoding"))
+    else:
+        hs.append(("Connection", "close"))
+    return head(hold.code, hold.reason, hs)

@@ -1,0 +1,287 @@
+"""Per-channel sequence tracking (sans-IO): deliver each broker message once, in order.
+
+Theory of operation
+-------------------
+The broker numbers each channel's messages 1, 2, 3, ... within an *epoch*.  The edge receives
+them over ZeroMQ PUB/SUB, which keeps order but may drop (HWM, reconnect, slow joiner).  For
+every channel the edge is subscribed to, a ``_Track`` holds ``(epoch, last_seq)``: the
+position up to which everything has been handed to local sessions.
+
+States (``State``):
+
+* ``POSITION``: just subscribed; the position is unknown.  Live messages are buffered.  The
+  first of the broker's ``position`` reply or the ``Marker`` the broker sends on the channel
+  topic after the subscription becomes active sets ``(epoch, last_seq)``; buffered messages
+  after it are then released (in order, repairing any gap).
+* ``LIVE``: ``seq == last_seq + 1`` is delivered; ``seq <= last_seq`` is a duplicate and is
+  dropped; a jump is a gap: the message is held back and a ``RequestReplay(after_seq =
+  last_seq)`` is emitted -> ``REPLAYING``.
+* ``REPLAYING``: one replay request is in flight.  Live messages keep being accepted: the next
+  one is delivered (the gap may close by itself), later ones are held.  The reply's items are
+  accepted the same way (duplicates drop out).  If a gap remains afterwards, another replay is
+  asked when the last one made progress (history pages are bounded); when it made none or the
+  broker said history is incomplete, the gap is skipped (``GapSkipped``) so the channel never
+  stalls.
+
+Positions and markers seen while ``LIVE`` raise the known high-water mark (``target``); a
+target beyond ``last_seq`` with nothing in flight is a gap too (the last messages were lost).
+A different epoch on any input means the broker lost the channel's history (restart with the
+memory store): ``EpochChanged`` is reported, the track restarts at ``(new epoch, 0)`` and
+repairs from there (a later step will tell clients).
+
+Outputs: deliverable ``Envelope``s are appended to the caller's ``out`` list (batch friendly);
+actions (``RequestPosition``, ``RequestReplay``, ``EpochChanged``, ``GapSkipped``) accumulate
+until ``take_actions()``.  Held messages are bounded (``max_held``); one dropped there is just
+fetched again by the next replay.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from broker.wire import Envelope, Marker
+
+MAX_HELD = 10_000
+
+
+class State(enum.Enum):
+    POSITION = "position"
+    LIVE = "live"
+    REPLAYING = "replaying"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPosition:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReplay:
+    channel: str
+    epoch: str
+    after_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochChanged:
+    channel: str
+    old: str | None
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class GapSkipped:
+    channel: str
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerStatistics:
+    channels: int
+    delivered: int
+    duplicates: int
+    gaps: int
+    replays: int
+    skipped: int
+    epoch_changes: int
+    held: int
+
+
+class _Track:
+    __slots__ = ("state", "epoch", "last_seq", "target", "held", "inflight")
+
+    def __init__(self) -> None:
+        self.state = State.POSITION
+        self.epoch: str | None = None
+        self.last_seq = 0
+        self.target = 0
+        self.held: dict[int, Envelope] = {}
+        self.inflight: RequestReplay | None = None
+
+
+class Tracker:
+    def __init__(self, max_held: int = MAX_HELD) -> None:
+        self.max_held = max_held
+        self._tracks: dict[str, _Track] = {}
+        self._actions: list = []
+        self._delivered = self._duplicates = self._gaps = 0
+        self._replays = self._skipped = self._epoch_changes = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def track(self, channel: str) -> None:
+        """Start tracking a newly subscribed channel: asks for its position."""
+        if channel not in self._tracks:
+            self._tracks[channel] = _Track()
+            self._actions.append(RequestPosition(channel))
+
+    def untrack(self, channel: str) -> None:
+        self._tracks.pop(channel, None)
+
+    def is_tracked(self, channel: str) -> bool:
+        return channel in self._tracks
+
+    def state(self, channel: str) -> State | None:
+        t = self._tracks.get(channel)
+        return t.state if t else None
+
+    def position(self, channel: str) -> tuple[str | None, int] | None:
+        t = self._tracks.get(channel)
+        return (t.epoch, t.last_seq) if t else None
+
+    def take_actions(self) -> list:
+        actions, self._actions = self._actions, []
+        return actions
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def on_envelope(self, env: Envelope, out: list) -> None:
+        t = self._tracks.get(env.channel)
+        if t is None:
+            return
+        if t.state is State.POSITION:
+            self._hold(t, env)
+            return
+        if env.epoch != t.epoch:
+            self._new_epoch(env.channel, t, env.epoch)
+        self._accept(env.channel, t, env, out)
+        if t.held and t.state is State.LIVE:
+            self._ask_replay(env.channel, t)
+
+    def on_marker(self, marker: Marker, out: list) -> None:
+        self._observe(marker.channel, marker.epoch, marker.last_seq, out)
+
+    def on_position(self, channel: str, epoch: str, last_seq: int, out: list) -> None:
+        self._observe(channel, epoch, last_seq, out)
+
+    def on_replay(self, request: RequestReplay, epoch: str, last_seq: int,
+                  items: list[Envelope], complete: bool, out: list) -> None:
+        """The broker's answer to ``request`` (answers to superseded requests are ignored)."""
+        channel = request.channel
+        t = self._tracks.get(channel)
+        if t is None or t.inflight is not request:
+            return
+        t.inflight = None
+        before = request.after_seq
+        if epoch != t.epoch:
+            self._new_epoch(channel, t, epoch)
+            complete, before = True, 0  # the items are the new epoch's retained history
+        for env in sorted(items, key=_seq):
+            if env.epoch == t.epoch:
+                self._accept(channel, t, env, out)
+        t.target = max(t.target, last_seq)
+        t.state = State.LIVE
+        if not self._has_gap(t):
+            return
+        if t.last_seq > before and complete:
+            self._ask_replay(channel, t)  # more pages to fetch
+        else:
+            self._skip_gap(channel, t, out)
+
+    def on_replay_failed(self, request: RequestReplay, out: list) -> None:
+        """``request`` could not be answered (broker down): skip the gap."""
+        channel = request.channel
+        t = self._tracks.get(channel)
+        if t is None or t.inflight is not request:
+            return
+        t.inflight = None
+        t.state = State.LIVE
+        if self._has_gap(t):
+            self._skip_gap(channel, t, out)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _observe(self, channel: str, epoch: str, last_seq: int, out: list) -> None:
+        t = self._tracks.get(channel)
+        if t is None:
+            return
+        if t.state is State.POSITION:
+            t.state, t.epoch, t.last_seq, t.target = State.LIVE, epoch, last_seq, last_seq
+            early, t.held = t.held, {}
+            for seq in sorted(early):
+                env = early[seq]
+                if env.epoch == epoch:
+                    self._accept(channel, t, env, out)
+        else:
+            if epoch != t.epoch:
+                self._new_epoch(channel, t, epoch)
+            t.target = max(t.target, last_seq)
+        if t.state is State.LIVE and self._has_gap(t):
+            self._ask_replay(channel, t)
+
+    def _accept(self, channel: str, t: _Track, env: Envelope, out: list) -> None:
+        seq = env.seq
+        if seq <= t.last_seq:
+            self._duplicates += 1
+            return
+        if seq > t.target:
+            t.target = seq
+        if seq != t.last_seq + 1:
+            self._hold(t, env)
+            return
+        out.append(env)
+        t.last_seq = seq
+        self._delivered += 1
+        held = t.held
+        if held:
+            nxt = seq + 1
+            while nxt in held:
+                out.append(held.pop(nxt))
+                t.last_seq = nxt
+                self._delivered += 1
+                nxt += 1
+
+    def _hold(self, t: _Track, env: Envelope) -> None:
+        if env.seq > t.target:
+            t.target = env.seq
+        if env.seq in t.held:
+            self._duplicates += 1
+        elif len(t.held) < self.max_held:
+            t.held[env.seq] = env
+
+    @staticmethod
+    def _has_gap(t: _Track) -> bool:
+        return bool(t.held) or t.target > t.last_seq
+
+    def _ask_replay(self, channel: str, t: _Track) -> None:
+        t.state = State.REPLAYING
+        self._gaps += 1
+        self._replays += 1
+        t.inflight = RequestReplay(channel, t.epoch or "", t.last_seq)
+        self._actions.append(t.inflight)
+
+    def _skip_gap(self, channel: str, t: _Track, out: list) -> None:
+        first = t.last_seq + 1
+        new_last = (min(t.held) - 1) if t.held else t.target
+        self._skipped += new_last - t.last_seq
+        self._actions.append(GapSkipped(channel, first, new_last))
+        t.last_seq = new_last
+        if t.held:
+            nxt = new_last + 1
+            while nxt in t.held:
+                out.append(t.held.pop(nxt))
+                t.last_seq = nxt
+                self._delivered += 1
+                nxt += 1
+        if self._has_gap(t):
+            self._ask_replay(channel, t)
+
+    def _new_epoch(self, channel: str, t: _Track, epoch: str) -> None:
+        self._epoch_changes += 1
+        self._actions.append(EpochChanged(channel, t.epoch, epoch))
+        t.epoch, t.last_seq, t.target, t.held, t.inflight = epoch, 0, 0, {}, None
+        if t.state is State.REPLAYING:
+            t.state = State.LIVE
+
+    def statistics(self) -> TrackerStatistics:
+        return TrackerStatistics(
+            channels=len(self._tracks), delivered=self._delivered,
+            duplicates=self._duplicates, gaps=self._gaps, replays=self._replays,
+            skipped=self._skipped, epoch_changes=self._epoch_changes,
+            held=sum(len(t.held) for t in self._tracks.values()),
+        )
+
+
+def _seq(env: Envelope) -> int:
+    return env.seq

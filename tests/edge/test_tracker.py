@@ -1,0 +1,211 @@
+"""Tracker: deliver each channel's messages exactly once, in order, whatever the link does."""
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from broker.wire import Envelope, Marker
+from edge.tracker import (
+    EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker,
+)
+
+CH = "test"
+
+
+def env(seq: int, epoch: str = "e1", channel: str = CH) -> Envelope:
+    return Envelope(channel=channel, seq=seq, epoch=epoch, formats={})
+
+
+def seqs(out) -> list[int]:
+    return [e.seq for e in out]
+
+
+def started(epoch="e1", last_seq=0) -> Tracker:
+    t = Tracker()
+    t.track(CH)
+    assert t.take_actions() == [RequestPosition(CH)]
+    out = []
+    t.on_position(CH, epoch, last_seq, out)
+    assert out == []
+    return t
+
+
+def test_in_order_delivery_and_duplicates():
+    t = started()
+    out = []
+    for s in (1, 2, 2, 1, 3):
+        t.on_envelope(env(s), out)
+    assert seqs(out) == [1, 2, 3]
+    assert t.take_actions() == []
+    assert t.statistics().duplicates == 2
+
+
+def test_gap_asks_replay_and_holds_later_messages():
+    t = started()
+    out = []
+    t.on_envelope(env(1), out)
+    t.on_envelope(env(3), out)
+    t.on_envelope(env(4), out)
+    assert seqs(out) == [1]
+    (req,) = t.take_actions()
+    assert req == RequestReplay(CH, "e1", 1)
+    assert t.state(CH) is State.REPLAYING
+    t.on_replay(req, "e1", 4, [env(2), env(3), env(4)], True, out)
+    assert seqs(out) == [1, 2, 3, 4]
+    assert t.take_actions() == []
+    assert t.state(CH) is State.LIVE
+
+
+def test_messages_before_position_are_buffered():
+    t = Tracker()
+    t.track(CH)
+    t.take_actions()
+    out = []
+    for s in (5, 6, 7):
+        t.on_envelope(env(s), out)
+    assert out == []
+    t.on_position(CH, "e1", 5, out)
+    assert seqs(out) == [6, 7]
+    assert t.take_actions() == []
+
+
+def test_marker_sets_position_and_reveals_a_lost_tail():
+    t = Tracker()
+    t.track(CH)
+    t.take_actions()
+    out = []
+    t.on_marker(Marker(CH, "e1", 3), out)
+    assert t.position(CH) == ("e1", 3)
+    t.on_position(CH, "e1", 3, out)  # the late position reply changes nothing
+    assert t.take_actions() == []
+    t.on_marker(Marker(CH, "e1", 5), out)  # 4 and 5 were lost
+    (req,) = t.take_actions()
+    assert req.after_seq == 3
+    t.on_replay(req, "e1", 5, [env(4), env(5)], True, out)
+    assert seqs(out) == [4, 5]
+
+
+def test_incomplete_history_skips_the_gap():
+    t = started()
+    out = []
+    t.on_envelope(env(1), out)
+    t.on_envelope(env(5), out)
+    (req,) = t.take_actions()
+    t.on_replay(req, "e1", 5, [env(4)], False, out)
+    assert seqs(out) == [1, 4, 5]
+    assert GapSkipped(CH, 2, 3) in t.take_actions()
+
+
+def test_replay_failure_skips_the_gap():
+    t = started()
+    out = []
+    t.on_envelope(env(3), out)
+    (req,) = t.take_actions()
+    t.on_replay_failed(req, out)
+    assert seqs(out) == [3]
+    assert t.take_actions() == [GapSkipped(CH, 1, 2)]
+
+
+def test_epoch_change_resyncs():
+    t = started(last_seq=10)
+    out = []
+    t.on_envelope(env(1, epoch="e2"), out)
+    assert seqs(out) == [1]
+    assert t.take_actions() == [EpochChanged(CH, "e1", "e2")]
+    assert t.position(CH) == ("e2", 1)
+
+
+def test_stale_replay_answer_is_ignored():
+    t = started()
+    out = []
+    t.on_envelope(env(2), out)
+    (req,) = t.take_actions()
+    t.on_envelope(env(1, epoch="e2"), out)  # epoch change supersedes the request
+    t.take_actions()
+    t.on_replay(req, "e1", 2, [env(1), env(2)], True, out)
+    assert seqs(out) == [1]
+
+
+def test_untracked_channel_is_ignored():
+    t = Tracker()
+    out = []
+    t.on_envelope(env(1), out)
+    t.on_marker(Marker(CH, "e1", 1), out)
+    assert out == [] and t.take_actions() == []
+
+
+# -- the property: exactly 1..N in order -----------------------------------------------------
+
+@st.composite
+def schedules(draw):
+    n = draw(st.integers(1, 40))
+    ops = draw(st.lists(
+        st.sampled_from(["publish", "publish", "publish", "drop", "dup", "marker", "answer",
+                         "position"]),
+        min_size=0, max_size=150))
+    limit = draw(st.integers(1, 5))
+    return n, ops, limit
+
+
+@settings(max_examples=400, deadline=None)
+@given(schedules())
+def test_property_exactly_once_in_order(schedule):
+    n, ops, limit = schedule
+    history: list[Envelope] = []  # what the broker has sequenced so far
+    t = Tracker()
+    t.track(CH)
+    pending_position = True
+    replays: list[RequestReplay] = []
+    out: list[Envelope] = []
+    position_at = None
+    last_live = 0
+
+    def collect():
+        for a in t.take_actions():
+            if isinstance(a, RequestReplay):
+                replays.append(a)
+            else:
+                assert not isinstance(a, GapSkipped), "history is complete: nothing may be skipped"
+
+    def answer_position():
+        nonlocal pending_position, position_at
+        pending_position = False
+        position_at = len(history)
+        t.on_position(CH, "e1", len(history), out)
+
+    def answer_replay():
+        req = replays.pop(0)
+        items = [e for e in history if e.seq > req.after_seq][:limit]
+        t.on_replay(req, "e1", len(history), items, True, out)
+
+    t.take_actions()
+    for op in ops:
+        if op in ("publish", "drop") and len(history) < n:
+            e = env(len(history) + 1)
+            history.append(e)
+            if op == "publish":
+                t.on_envelope(e, out)
+                last_live = e.seq
+        elif op == "dup" and last_live:
+            t.on_envelope(history[last_live - 1], out)
+        elif op == "marker" and history:
+            if pending_position:  # the marker arrived first: it is the position
+                pending_position, position_at = False, len(history)
+            t.on_marker(Marker(CH, "e1", len(history)), out)
+        elif op == "position" and pending_position:
+            answer_position()
+        elif op == "answer" and replays:
+            answer_replay()
+        collect()
+    while len(history) < n:
+        history.append(env(len(history) + 1))
+    if pending_position:
+        answer_position()
+        collect()
+    t.on_marker(Marker(CH, "e1", n), out)  # what the broker sends on (re)subscribe
+    collect()
+    while replays:
+        answer_replay()
+        collect()
+    if position_at is None:
+        position_at = 0
+    assert seqs(out) == list(range(position_at + 1, n + 1))
