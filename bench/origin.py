@@ -1,0 +1,139 @@
+"""The bench's own origin: a small asyncio HTTP/1.1 server that answers every request with GRIP.
+
+Paths (``<ch>`` is the channel):
+
+* ``/stream/<ch>``  ``Grip-Hold: stream``, ``text/plain``
+* ``/sse/<ch>``     ``Grip-Hold: stream``, ``text/event-stream``; with ``resume`` on, a
+  ``Last-Event-ID: <id>`` request header becomes ``Grip-Channel: <ch>; prev-id=<id>``
+* ``/lp/<ch>``      ``Grip-Hold: response`` (long-poll), timeout 30 s, body ``T`` on timeout
+
+It keeps connections alive, parses only the request line and the one header it needs, and runs
+in its own process so its CPU is measured apart from the target's.
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import socket
+
+from bench.procs import raise_nofile
+
+_HEAD = {
+    b"stream": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: stream\r\n", b"[open]\n"),
+    b"sse": (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+             b"Grip-Hold: stream\r\n", b":open\n\n"),
+    b"lp": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: response\r\n"
+            b"Grip-Timeout: 30\r\n", b"T\n"),
+}
+_404 = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nnot found\n"
+
+
+def respond(path: bytes, last_event_id: bytes | None, resume: bool) -> bytes:
+    """The whole response for one request (pure: bytes in, bytes out)."""
+    parts = path.split(b"?", 1)[0].split(b"/")
+    if len(parts) != 3 or parts[1] not in _HEAD or not parts[2]:
+        return _404
+    head, body = _HEAD[parts[1]]
+    channel = parts[2]
+    if resume and last_event_id and parts[1] == b"sse":
+        grip_channel = b"Grip-Channel: " + channel + b"; prev-id=" + last_event_id + b"\r\n"
+    else:
+        grip_channel = b"Grip-Channel: " + channel + b"\r\n"
+    return b"%s%sContent-Length: %d\r\n\r\n%s" % (head, grip_channel, len(body), body)
+
+
+class _OriginProtocol(asyncio.Protocol):
+    __slots__ = ("transport", "buf", "resume", "counter")
+
+    def __init__(self, resume: bool, counter: list) -> None:
+        self.buf = b""
+        self.resume = resume
+        self.counter = counter
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > 65536:
+                    self.transport.close()
+                return
+            head = self.buf[:end]
+            rest = self.buf[end + 4:]
+            lines = head.split(b"\r\n")
+            clen = 0
+            last_id = None
+            for line in lines[1:]:
+                k, _, v = line.partition(b":")
+                k = k.strip().lower()
+                if k == b"content-length":
+                    clen = int(v.strip() or 0)
+                elif k == b"last-event-id":
+                    last_id = v.strip()
+            if len(rest) < clen:
+                return  # wait for the body (proxies send none for GET)
+            self.buf = rest[clen:]
+            try:
+                path = lines[0].split(b" ")[1]
+            except IndexError:
+                self.transport.close()
+                return
+            self.counter[0] += 1
+            self.transport.write(respond(path, last_id, self.resume))
+
+
+async def _serve(sock: socket.socket, resume: bool, ready) -> None:
+    loop = asyncio.get_running_loop()
+    counter = [0]
+    server = await loop.create_server(lambda: _OriginProtocol(resume, counter), sock=sock, backlog=4096)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    ready.send(("ready", os.getpid()))
+    async with server:
+        await stop.wait()
+
+
+def _main(sock: socket.socket, resume: bool, ready) -> None:
+    raise_nofile()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    asyncio.run(_serve(sock, resume, ready))
+
+
+class Origin:
+    """The origin in a child process, listening on a port bound before it starts."""
+
+    def __init__(self, resume: bool = False) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4096)
+        self.port = self.sock.getsockname()[1]
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        self._ready = parent
+        self.proc = ctx.Process(target=_main, args=(self.sock, resume, child), name="bench-origin", daemon=True)
+
+    def start(self) -> "Origin":
+        self.proc.start()
+        if not self._ready.poll(10):
+            raise TimeoutError("origin did not start")
+        self._ready.recv()
+        self.sock.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()

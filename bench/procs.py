@@ -1,0 +1,199 @@
+"""Processes: free ports, sd_notify readiness, process trees and their RSS / CPU from /proc.
+
+Everything here reads Linux's /proc directly (no psutil): ``VmRSS`` from ``status`` and
+``utime + stime`` from ``stat``, for a process and all its descendants.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago on 127.0.0.1."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-file soft limit to its hard limit; return the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class NotifySocket:
+    """A unix datagram socket playing systemd's NOTIFY_SOCKET for one child process."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-notify-")
+        self.path = os.path.join(self._dir.name, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+
+    def wait_ready(self, proc: subprocess.Popen, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("process did not report READY=1 in time")
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with code {proc.returncode} before READY=1")
+            self.sock.settimeout(min(remaining, 0.2))
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            if b"READY=1" in data.split(b"\n"):
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        self._dir.cleanup()
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait until 127.0.0.1:``port`` accepts a TCP connection."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"port {port} did not open in {timeout:.0f}s") from None
+            time.sleep(0.05)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """SIGTERM ``proc`` (started with start_new_session=True), wait, then SIGKILL its whole group."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers in the group we created
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(5)
+    return proc.returncode
+
+
+# --- /proc ---------------------------------------------------------------------------------
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode()
+    except OSError:
+        return None
+    # comm may contain spaces and parens: split after the last ')'
+    rparen = data.rindex(")")
+    return [data[data.index("(") + 1:rparen]] + data[rparen + 2:].split()
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every live descendant of it (scanning /proc once)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        f = _stat_fields(int(name))
+        if f is None:
+            continue
+        children.setdefault(int(f[2]), []).append(int(name))  # f[2] = ppid
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if os.path.exists(f"/proc/{pid}"):
+            out.append(pid)
+            todo.extend(children.get(pid, ()))
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 if it is gone)."""
+    f = _stat_fields(pid)
+    if f is None:
+        return 0.0
+    return (int(f[12]) + int(f[13])) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
+
+
+def proc_name(pid: int) -> str:
+    """A short readable name: gripcast role (``broker``, ``edge0``, ``run``) or the comm."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return "?"
+    f = _stat_fields(pid)
+    comm = f[0] if f else "?"
+    if "-m" in argv and "gripcast" in argv:
+        i = argv.index("gripcast")
+        role = argv[i + 1] if i + 1 < len(argv) else "gripcast"
+        if role == "edge" and "--index" in argv:
+            role += argv[argv.index("--index") + 1]
+        return role
+    return comm
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    pid: int
+    name: str
+    rss_kib: int
+    cpu_s: float
+
+
+def sample(pids: list[int]) -> dict[int, ProcSample]:
+    return {p: ProcSample(p, proc_name(p), rss_kib(p), cpu_s(p)) for p in pids}
+
+
+def sample_tree(root: int) -> dict[int, ProcSample]:
+    return sample(descendants(root))
+
+
+def cpu_delta(before: dict[int, ProcSample], after: dict[int, ProcSample], wall_s: float,
+              role: str) -> list[dict]:
+    """Per-process CPU seconds between two samples (processes present in ``after``)."""
+    rows = []
+    for pid, a in after.items():
+        b = before.get(pid)
+        used = a.cpu_s - (b.cpu_s if b else 0.0)
+        rows.append({"role": role, "name": a.name, "pid": pid, "cpu_s": round(used, 3),
+                     "cpu_util": round(used / wall_s, 3) if wall_s > 0 else None,
+                     "rss_kib": a.rss_kib, "new": b is None})
+    return sorted(rows, key=lambda r: -r["cpu_s"])

@@ -1,0 +1,218 @@
+"""Outputs: the JSON record, PNG plots, and rich tables (one target, or two side by side)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# (label, getter, better): better is "high", "low" or None (no ratio judgement)
+METRICS = [
+    ("deliveries/s (received / time to receive)", lambda r: r["deliveries"]["per_s"], "high"),
+    ("deliveries/s (median second while publishing)", lambda r: r["deliveries"]["per_s_steady_median"], "high"),
+    ("deliveries received / expected", lambda r: f'{r["deliveries"]["received"]} / {r["deliveries"]["expected"]}', None),
+    ("latency p50 ms", lambda r: r["latency_ms"]["p50"], "low"),
+    ("latency p90 ms", lambda r: r["latency_ms"]["p90"], "low"),
+    ("latency p99 ms", lambda r: r["latency_ms"]["p99"], "low"),
+    ("latency max ms", lambda r: r["latency_ms"]["max"], "low"),
+    ("connections/s while establishing", lambda r: r["connect"]["rate_per_s"], "high"),
+    ("connect failures (retried)", lambda r: r["connect"]["failures"], None),
+    ("memory per held connection KiB", lambda r: r["memory"]["per_conn_kib"], "low"),
+    ("server RSS before / after connect MiB",
+     lambda r: f'{r["memory"]["rss_before_kib"] / 1024:.0f} / {r["memory"]["rss_after_kib"] / 1024:.0f}', None),
+    ("messages lost (all clients)", lambda r: r["loss"]["lost"], "low"),
+    ("messages duplicated (all clients)", lambda r: r["loss"]["duplicated"], "low"),
+    ("clients with loss / with dups",
+     lambda r: f'{r["loss"]["clients_with_loss"]} / {r["loss"]["clients_with_dup"]}', None),
+    ("worst client (lost, dup)", lambda r: _worst(r), None),
+    ("drops / reconnects / churned",
+     lambda r: "{drops} / {reconnects} / {churned}".format(**r["connections"]), None),
+    ("published items (achieved items/s)",
+     lambda r: f'{r["publish"]["items"]} ({r["publish"]["rate_achieved"]})', None),
+    ("publish errors", lambda r: r["publish"]["errors"], None),
+    ("server CPU s, publish phase", lambda r: _cpu(r, "server"), "low"),
+    ("load-generator CPU s, publish phase", lambda r: _cpu(r, "loadgen"), None),
+    ("busiest process (core share)", lambda r: _busiest(r), None),
+]
+
+
+def _worst(r):
+    w = r["loss"]["worst_client"]
+    return f'#{w["client"]} ({w["lost"]}, {w["duplicated"]})' if w else "-"
+
+
+def _cpu(r, role):
+    return round(sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["role"] == role), 2)
+
+
+def _busiest(r):
+    rows = r["cpu"]["publish_phase"]
+    if not rows:
+        return "-"
+    p = max(rows, key=lambda x: x["cpu_s"])
+    return f'{p["name"]} {p["cpu_util"]:.2f}'
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _value(getter, r):
+    try:
+        return getter(r)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def ratio_of(a, b, better):
+    if better is None or not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return None
+    return round(a / b, 2)
+
+
+def comparison(runs: dict[str, dict]) -> dict:
+    """{metric: {target: value, ..., "ratio": first/second}} for the JSON record."""
+    names = list(runs)
+    out = {}
+    for label, getter, better in METRICS:
+        row = {n: _value(getter, runs[n]) for n in names}
+        if len(names) == 2:
+            row["ratio"] = ratio_of(row[names[0]], row[names[1]], better)
+            row["better"] = better
+        out[label] = row
+    return out
+
+
+def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
+    console = console or Console()
+    names = list(runs)
+    for n in names:
+        if not runs[n].get("ok"):
+            console.print(f"[red]{n}: run failed: {runs[n].get('error')}[/red]")
+            if runs[n].get("target_log_tail"):
+                console.print(runs[n]["target_log_tail"], markup=False, highlight=False)
+    ok = [n for n in names if runs[n].get("ok")]
+    if not ok:
+        return
+    cfg = runs[ok[0]]["config"]
+    title = (f"{cfg['scenario']}: {cfg['transport']}, {cfg['clients']} clients, {cfg['channels']} channel(s), "
+             f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}, "
+             f"gripcast edges {cfg['edges']}")
+    table = Table(title=title)
+    table.add_column("metric")
+    for n in ok:
+        table.add_column(n, justify="right")
+    if len(ok) == 2:
+        table.add_column(f"{ok[0]} / {ok[1]}", justify="right")
+    for label, getter, better in METRICS:
+        vals = [_value(getter, runs[n]) for n in ok]
+        cells = [_fmt(v) for v in vals]
+        if len(ok) == 2:
+            rt = ratio_of(vals[0], vals[1], better)
+            if rt is None:
+                cells.append("")
+            else:
+                good = rt >= 1 if better == "high" else rt <= 1
+                cells.append(f"[{'green' if good else 'red'}]{rt:.2f}x[/]")
+        table.add_row(label, *cells)
+    console.print(table)
+    for n in ok:
+        r = runs[n]
+        t = Table(title=f"{n}: CPU seconds per process, publish phase ({r['cpu']['publish_phase_wall_s']:.1f} s wall;"
+                        f" core share 1.00 = one core saturated)")
+        for col in ("role", "process", "pid", "CPU s", "core share", "connect-phase CPU s"):
+            t.add_column(col, justify="right" if col not in ("role", "process") else "left")
+        connect = {p["pid"]: p["cpu_s"] for p in r["cpu"]["connect_phase"]}
+        for p in r["cpu"]["publish_phase"]:
+            t.add_row(p["role"], p["name"], str(p["pid"]), f"{p['cpu_s']:.2f}",
+                      f"{p['cpu_util']:.2f}" if p["cpu_util"] is not None else "-",
+                      f"{connect.get(p['pid'], 0):.2f}")
+        console.print(t)
+        if "edge_kill" in r:
+            console.print(f"{n}: edge kill: {r['edge_kill']}")
+
+
+def print_ingest(r: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    if not r.get("ok") and "items_per_s" not in r:
+        console.print(f"[red]ingest failed: {r.get('error')}[/red]")
+        if r.get("target_log_tail"):
+            console.print(r["target_log_tail"], markup=False, highlight=False)
+        return
+    t = Table(title=f"broker ingest: {r['items']} items over {r['publisher']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("items received on the fan-out SUB", _fmt(r["received"]))
+    t.add_row("elapsed s (first send .. last received)", _fmt(r["elapsed_s"]))
+    t.add_row("items/s (processed and fanned out)", _fmt(r["items_per_s"]))
+    if r.get("acked_per_s"):
+        t.add_row("items/s acknowledged (HTTP)", _fmt(r["acked_per_s"]))
+    for p in r["cpu"]:
+        t.add_row(f"CPU s {p['role']}: {p['name']} (core share)", f"{p['cpu_s']:.2f} ({p['cpu_util']:.2f})")
+    console.print(t)
+    if not r.get("ok"):
+        console.print(f"[red]{r.get('error')}[/red]")
+
+
+def write_json(record: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
+    """Two PNGs beside the JSON: latency over time and deliveries/s over time, one line per target."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    ok = {n: r for n, r in runs.items() if r.get("ok") and r.get("series")}
+    if not ok:
+        return []
+    out = []
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for n, r in ok.items():
+        s = r["series"]
+        ts = [p["t"] for p in s]
+        line, = ax.plot(ts, [p["p50_ms"] for p in s], label=f"{n} p50")
+        ax.plot(ts, [p["p99_ms"] for p in s], linestyle="--", color=line.get_color(), label=f"{n} p99")
+        ax.plot(ts, [p["max_ms"] for p in s], linestyle=":", color=line.get_color(), label=f"{n} max")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since publishing started (by receive time)")
+    ax.set_ylabel("publish-to-receive latency, ms")
+    ax.set_title("latency over time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    p = stem.with_name(stem.name + "-latency.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for n, r in ok.items():
+        s = r["series"]
+        ax.plot([p["t"] for p in s], [p["deliveries"] for p in s], marker=".", label=n)
+    ax.set_xlabel("seconds since publishing started (by receive time)")
+    ax.set_ylabel("deliveries per second")
+    ax.set_title("deliveries/s over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    p = stem.with_name(stem.name + "-deliveries.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+    return out

@@ -1,0 +1,426 @@
+"""Scenarios: one load run against one target (``run_load``), and broker ingest (``run_ingest``).
+
+A load run, in order: start the origin and the target; sample server RSS; start the client
+workers and let them connect (setup rate = clients / time from first connect to last head);
+sample RSS again (memory per held connection); publish probes until every client has seen one
+(so nobody is counted as losing a message published before it was subscribed); publish numbered
+messages for ``duration`` seconds (churn: workers also drop and resume clients, and on gripcast
+one edge is SIGKILLed once); wait for deliveries to stop; collect every worker's counts.
+CPU seconds are sampled from /proc for every server and load-generator process at each phase
+boundary.  Everything started is stopped by PID in ``finally``.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+from bench import procs
+from bench.origin import Origin
+from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_main
+from bench.stats import merge_hists, summarize
+from bench.swarm import WorkerConfig, worker_main
+from bench.targets import GripcastTarget, make_target
+
+CTX = multiprocessing.get_context("fork")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    scenario: str  # fanout | churn
+    transport: str
+    clients: int
+    channels: int
+    rate: float  # messages/s per channel
+    duration: float
+    edges: int
+    publisher: str  # http | zmq
+    procs: int
+    concurrency: int
+    churn_per_s: float = 0.0  # churn: client disconnects per second, over all workers
+    kill_edge: bool = False  # churn: SIGKILL one gripcast edge once, a third of the way in
+    connect_timeout_s: float = 90.0
+    probe_timeout_s: float = 20.0
+
+
+class _WorkerHandle:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.pipe, child = CTX.Pipe()
+        self.proc = CTX.Process(target=worker_main, args=(cfg, child), name=f"bench-worker{cfg.index}",
+                                daemon=True)
+        self.status: dict = {}
+        self.report: dict | None = None
+
+    def pump(self) -> None:
+        while self.pipe.poll():
+            kind, body = self.pipe.recv()
+            if kind == "status":
+                self.status = body
+            else:
+                self.report = body
+
+    def stop(self) -> None:
+        try:
+            self.pipe.send(("stop",))
+        except OSError:
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+def _sum(workers, key) -> int:
+    return sum(w.status.get(key, 0) for w in workers)
+
+
+def _pump_all(workers) -> None:
+    for w in workers:
+        w.pump()
+
+
+class Phase:
+    """A rich progress task (or nothing when no progress display is given)."""
+
+    def __init__(self, progress, text: str, total: float | None) -> None:
+        self.progress = progress
+        self.task = progress.add_task(text, total=total) if progress is not None else None
+
+    def update(self, **kw) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, **kw)
+
+    def done(self) -> None:
+        if self.progress is not None:
+            t = self.progress.tasks[self.task]
+            self.progress.update(self.task, completed=t.total or 1, total=t.total or 1)
+
+
+def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict:
+    """One fanout/churn run against target ``kind``; returns the result record."""
+    procs.raise_nofile()
+    workdir = tempfile.mkdtemp(prefix=f"bench-{kind}-")
+    origin = target = publisher = None
+    workers: list[_WorkerHandle] = []
+    lg_pids: dict[int, str] = {os.getpid(): "bench (parent)"}
+    result: dict = {"target": kind, "config": asdict(cfg)}
+    tag = f"[{label or kind}] "
+    try:
+        origin = Origin(resume=(kind == "gripcast")).start()
+        lg_pids[origin.pid] = "origin"
+        target = make_target(kind, origin.port, cfg.edges, workdir)
+        target.start()
+
+        def samples():
+            server = procs.sample(target.pids())
+            lg = procs.sample(list(lg_pids))
+            for pid, s in lg.items():
+                lg[pid] = procs.ProcSample(pid, lg_pids[pid], s.rss_kib, s.cpu_s)
+            return server, lg
+
+        time.sleep(0.5)
+        srv0, lg0 = samples()
+        rss_before = sum(s.rss_kib for s in srv0.values())
+
+        # --- connect ----------------------------------------------------------------------
+        per = math.ceil(cfg.clients / cfg.procs)
+        max_seq = int(cfg.rate * cfg.duration) + 16
+        for i in range(cfg.procs):
+            first, last = i * per, min(cfg.clients, (i + 1) * per)
+            if first >= last:
+                break
+            w = _WorkerHandle(WorkerConfig(i, target.client_port, cfg.transport, first, last, cfg.channels,
+                                           max_seq, cfg.concurrency))
+            workers.append(w)
+        t_connect = time.time()
+        for w in workers:
+            w.proc.start()
+            lg_pids[w.proc.pid] = w.proc.name
+        phase = Phase(progress, tag + "connecting", cfg.clients)
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        while True:
+            _pump_all(workers)
+            connected = _sum(workers, "connected")
+            phase.update(completed=connected)
+            if connected >= cfg.clients or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        phase.done()
+        t_firsts = [w.status["t_first"] for w in workers if w.status.get("t_first")]
+        t_alls = [w.status["t_all"] for w in workers if w.status.get("t_all")]
+        setup_s = (max(t_alls) - min(t_firsts)) if len(t_alls) == len(workers) and t_firsts else None
+        time.sleep(1.0)  # let the servers settle before measuring memory
+        _pump_all(workers)
+        srv1, lg1 = samples()
+        rss_after = sum(s.rss_kib for s in srv1.values())
+        result["connect"] = {
+            "clients": cfg.clients, "connected": connected, "failures": _sum(workers, "failures"),
+            "setup_s": round(setup_s, 3) if setup_s else None,
+            "rate_per_s": round(connected / setup_s, 1) if setup_s else None,
+            "wall_s": round(time.time() - t_connect, 3)}
+        result["memory"] = {
+            "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+            "per_conn_kib": round((rss_after - rss_before) / connected, 2) if connected else None,
+            "by_process": [{"name": s.name, "pid": s.pid, "before_kib": srv0.get(p).rss_kib if p in srv0 else 0,
+                            "after_kib": s.rss_kib} for p, s in srv1.items()]}
+
+        # --- probe barrier: every client subscribed ---------------------------------------
+        phase = Phase(progress, tag + "subscribing (probes)", connected)
+        pub = open_publisher("http", target.publish_url, target.push_spec)
+        deadline = time.monotonic() + cfg.probe_timeout_s
+        k = 0
+        try:
+            while True:
+                k += 1
+                pub.publish([probe_item(cfg.transport, f"c{i}", k) for i in range(cfg.channels)])
+                t_end = time.monotonic() + 0.3
+                while time.monotonic() < t_end:
+                    _pump_all(workers)
+                    time.sleep(0.05)
+                probed = _sum(workers, "probed")
+                phase.update(completed=probed)
+                if probed >= connected or time.monotonic() > deadline:
+                    break
+        finally:
+            pub.close()
+        phase.done()
+        result["probes"] = {"sent": k, "clients_probed": probed}
+
+        # --- publish ----------------------------------------------------------------------
+        start_at = time.time() + 0.3
+        for w in workers:
+            w.pipe.send(("t0", start_at))
+            if cfg.churn_per_s:
+                w.pipe.send(("churn", cfg.churn_per_s / len(workers)))
+        plan = PublishPlan(cfg.publisher, target.publish_url, target.push_spec, cfg.transport, cfg.channels,
+                           cfg.rate, cfg.duration, start_at)
+        pub_pipe, child = CTX.Pipe()
+        publisher = CTX.Process(target=publisher_main, args=(plan, child), name="publisher", daemon=True)
+        publisher.start()
+        lg_pids[publisher.pid] = "publisher"
+        srv2, lg2 = samples()
+        phase = Phase(progress, tag + "publishing", cfg.duration)
+        kill_info = None
+        last_d, last_t = 0, time.time()
+        pub_report = None
+        while pub_report is None:
+            if pub_pipe.poll(0.1):
+                pub_report = pub_pipe.recv()
+            _pump_all(workers)
+            now = time.time()
+            el = now - start_at
+            d = _sum(workers, "deliveries")
+            if now - last_t >= 0.5:
+                rate = (d - last_d) / (now - last_t)
+                last_d, last_t = d, now
+                phase.update(completed=max(0.0, min(el, cfg.duration)),
+                             description=f"{tag}publishing  {rate:,.0f} deliveries/s  live={_sum(workers, 'live')}")
+            if (cfg.kill_edge and kill_info is None and isinstance(target, GripcastTarget)
+                    and el >= cfg.duration / 3):
+                pid = target.kill_edge(0)
+                kill_info = {"killed_pid": pid, "at_s": round(el, 2)}
+            if el > cfg.duration + 60:
+                raise TimeoutError("publisher did not finish")
+        publisher.join(5)
+        phase.done()
+        # --- drain ------------------------------------------------------------------------
+        expected = sum(pub_report["published"].get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients))
+        for w in workers:
+            if cfg.churn_per_s:
+                w.pipe.send(("churn", 0))
+        drain_max = 10.0 if cfg.scenario == "churn" else 5.0
+        t_drain = time.time()
+        last_d, still_since = -1, time.time()
+        while time.time() - t_drain < drain_max:
+            _pump_all(workers)
+            d = _sum(workers, "deliveries")
+            if d >= expected and time.time() - t_drain > 0.3:
+                break
+            if d != last_d:
+                last_d, still_since = d, time.time()
+            elif time.time() - still_since > 1.5:
+                break
+            time.sleep(0.1)
+        srv3, lg3 = samples()
+        wall = time.time() - start_at
+        if kill_info is not None:
+            kill_info["edges_after"] = [p for p in target.edge_pids()]
+            kill_info["restarted"] = kill_info["killed_pid"] not in kill_info["edges_after"] and \
+                len(kill_info["edges_after"]) == cfg.edges
+        # --- collect ----------------------------------------------------------------------
+        for w in workers:
+            w.pipe.send(("report", pub_report["published"]))
+        deadline = time.monotonic() + 30
+        while any(w.report is None for w in workers) and time.monotonic() < deadline:
+            _pump_all(workers)
+            time.sleep(0.05)
+        reports = [w.report for w in workers if w.report is not None]
+        summary = summarize(merge_hists([r["hist"] for r in reports]))
+        received = summary["deliveries"]
+        lat = summary["latency_ms"]
+        lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
+        worst = max((r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None)
+        series = summary["series"]
+        steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
+        result["publish"] = pub_report
+        result["deliveries"] = {
+            "expected": expected, "received": received,
+            # received / the time it took: publishing time, or longer if deliveries trailed behind
+            "per_s": round(received / max(cfg.duration, (series[-1]["t"] + 1) if series else 0), 1)
+            if cfg.duration else None,
+            "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
+            "per_s_peak": max(steady) if steady else None}
+        result["latency_ms"] = lat
+        result["series"] = series
+        result["loss"] = {
+            "lost": sum(r["lost"] for r in reports), "duplicated": sum(r["dup"] for r in reports),
+            "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
+            "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
+            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]} if worst else None,
+            "per_client_sample": [x for r in reports for x in r["per_client"]][:200]}
+        result["connections"] = {k: sum(r["status"][k] for r in reports)
+                                 for k in ("drops", "reconnects", "failures", "churned")}
+        if kill_info is not None:
+            result["edge_kill"] = kill_info
+        pub_wall = max(1e-6, wall)
+        connect_wall = max(1e-6, result["connect"]["wall_s"])
+        result["cpu"] = {
+            "connect_phase": procs.cpu_delta(srv0, srv1, connect_wall, "server")
+            + procs.cpu_delta(lg0, lg1, connect_wall, "loadgen"),
+            "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
+            + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
+            "publish_phase_wall_s": round(pub_wall, 3)}
+        result["ok"] = True
+    except Exception as exc:
+        result["ok"] = False
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        if target is not None:
+            result["target_log_tail"] = target.log_tail(40)
+    finally:
+        for w in workers:
+            w.stop()
+        if publisher is not None and publisher.is_alive():
+            publisher.kill()
+            publisher.join()
+        if target is not None:
+            target.stop()
+        if origin is not None:
+            origin.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, timeout_s: float = 120.0) -> dict:
+    """Broker ingest: ``items`` messages into a lone gripcast broker, counted on its edge fan-out.
+
+    A pyzmq SUB on the broker's edge_pub port subscribes to ``bench\\0`` (so the broker sees a
+    live channel and fans out); the rate is items / (first send .. last item received).
+    """
+    import json
+
+    import zmq
+
+    workdir = tempfile.mkdtemp(prefix="bench-ingest-")
+    target = GripcastTarget(origin_port=9, edges=0, workdir=workdir)
+    result: dict = {"target": "gripcast", "items": items, "publisher": publisher, "batch": batch}
+    ctx = zmq.Context()
+    sub = pushsock = None
+    try:
+        target.start_broker_only()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(target.edge_pub_spec)
+        sub.setsockopt(zmq.SUBSCRIBE, b"bench\x00")
+        # wait until the broker fans out to us (its subscription notice arrived): send probes
+        pub = open_publisher("http", target.publish_url, target.push_spec)
+        deadline = time.monotonic() + 15
+        while True:
+            pub.publish([{"channel": "bench", "formats": {"http-stream": {"content": "probe\n"}}}])
+            if sub.poll(200):
+                while sub.poll(50):
+                    sub.recv()
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("broker never fanned out to the bench SUB")
+        srv0 = procs.sample(target.pids())
+        me0 = {p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
+               for p, x in procs.sample([os.getpid()]).items()}
+        payloads = [{"channel": "bench", "id": f"i{n}", "formats": {"http-stream": {"content": f"item {n}\n"}}}
+                    for n in range(items)]
+        received = 0
+        phase = Phase(progress, "ingest", items)
+        t_start = time.time()
+        if publisher == "zmq":
+            pushsock = ctx.socket(zmq.PUSH)
+            pushsock.setsockopt(zmq.SNDHWM, 0)
+            pushsock.connect(target.push_spec)
+            frames = [b"J" + json.dumps(p).encode() for p in payloads]
+            t_start = time.time()
+            sent = 0
+            while received < items:
+                # interleave sending and receiving so neither side's queue grows without bound
+                if sent < items:
+                    end = min(items, sent + 1000)
+                    for f in frames[sent:end]:
+                        pushsock.send(f)
+                    sent = end
+                while True:
+                    try:
+                        received += b"item " in sub.recv(zmq.NOBLOCK)  # items only, not markers
+                    except zmq.Again:
+                        break
+                if sent >= items and received < items:
+                    if not sub.poll(2000):
+                        break
+                if time.time() - t_start > timeout_s:
+                    break
+                phase.update(completed=received)
+            t_sent = None
+        else:
+            acked = 0
+            for i in range(0, items, batch):
+                pub.publish(payloads[i:i + batch])
+                acked += len(payloads[i:i + batch])
+                while True:
+                    try:
+                        received += b"item " in sub.recv(zmq.NOBLOCK)  # items only, not markers
+                    except zmq.Again:
+                        break
+                phase.update(completed=acked)
+            t_sent = time.time()
+            while received < items and sub.poll(2000):
+                received += b"item " in sub.recv()
+        elapsed = time.time() - t_start
+        phase.done()
+        pub.close()
+        srv1 = procs.sample(target.pids())
+        me1 = {p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
+               for p, x in procs.sample([os.getpid()]).items()}
+        result.update({
+            "received": received, "elapsed_s": round(elapsed, 3),
+            "items_per_s": round(received / elapsed, 1) if elapsed > 0 else None,
+            "acked_per_s": round(items / (t_sent - t_start), 1) if t_sent else None,
+            "cpu": procs.cpu_delta(srv0, srv1, elapsed, "server")
+            + procs.cpu_delta(me0, me1, elapsed, "loadgen (publisher + SUB)"),
+            "ok": received == items})
+        if received != items:
+            result["error"] = f"received {received} of {items} items within the time limit"
+    except Exception as exc:
+        result["ok"] = False
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["target_log_tail"] = target.log_tail(40)
+    finally:
+        for s in (sub, pushsock):
+            if s is not None:
+                s.close(linger=0)
+        ctx.term()
+        target.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result

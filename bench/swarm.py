@@ -1,0 +1,412 @@
+"""The client swarm: worker processes, each holding many HTTP connections in one epoll loop.
+
+Theory of operation.  A worker owns clients ``[first, last)``; client ``i`` uses channel
+``i % channels``.  It opens them with at most ``concurrency`` handshakes in flight (connect,
+send the GET, read the response head), then reads bodies.  Bodies are parsed minimally:
+HTTP chunked framing is undone with ``find``/slices, and published messages are recognised
+by one compiled regex over complete lines (``M<seq> <send time>``; SSE carries it in a
+``data:`` line).  Per delivery the work is: one ``int``/``float`` parse, one bytearray
+increment (the client's ``seen`` counts, so loss and duplicates are exact), and one dict
+increment in a latency histogram keyed by (second since t0, log bucket).  Probe messages
+(``P<k>``) only mark the client "subscribed" for the start barrier.
+
+Long-poll clients read a ``Content-Length`` response and re-poll on the same connection.
+A connection the server closes is reopened after a short random delay; SSE clients resume
+with ``Last-Event-ID`` (the last seq they saw).  The ``churn`` command makes the worker close
+random clients itself at a given rate, and they resume the same way.
+
+The parent talks to a worker over a Pipe: commands in (``t0``, ``churn``, ``report``,
+``stop``), ``status`` snapshots out every 0.25 s, and one final ``report``.
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+import math
+import os
+import random
+import re
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from bench.procs import raise_nofile
+
+MSG_RX = re.compile(rb"M(\d+) (\d+\.\d+)")
+BUCKETS_PER_E = 20  # latency histogram: bucket b covers [e^(b/20), e^((b+1)/20)) microseconds (~5%)
+SEC_SHIFT = 10
+
+HEAD, BODY, IDLE, CONNECTING = 0, 1, 2, 3
+
+
+def bucket_value_ms(b: int) -> float:
+    """The middle of latency bucket ``b``, in milliseconds."""
+    return math.exp((b + 0.5) / BUCKETS_PER_E) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    index: int
+    port: int
+    transport: str  # stream | sse | longpoll
+    first: int
+    last: int
+    channels: int
+    max_seq: int
+    concurrency: int = 64
+    resume: bool = True  # SSE: send Last-Event-ID on reconnect
+
+
+class Client:
+    __slots__ = ("idx", "channel", "sock", "fd", "state", "raw", "left", "skip", "text", "seen", "last",
+                 "mode", "probed", "established", "hs")
+
+    def __init__(self, idx: int, channel: str, max_seq: int) -> None:
+        self.idx = idx
+        self.channel = channel
+        self.sock = None
+        self.fd = -1
+        self.state = IDLE
+        self.seen = bytearray(max_seq + 2)
+        self.last = 0
+        self.probed = False
+        self.established = False
+        self.hs = False  # a handshake of ours is in flight (counts against concurrency)
+        self.reset()
+
+    def reset(self) -> None:
+        self.raw = b""
+        self.left = 0
+        self.skip = 0
+        self.text = b""
+        self.mode = ""  # chunked | length | raw
+
+
+def dechunk(c: Client, data: bytes) -> tuple[bytes, bool]:
+    """Undo HTTP/1.1 chunked framing incrementally; return (payload, stream ended)."""
+    buf = c.raw + data if c.raw else data
+    out = []
+    pos, n = 0, len(buf)
+    while pos < n:
+        if c.left:
+            take = min(c.left, n - pos)
+            out.append(buf[pos:pos + take])
+            pos += take
+            c.left -= take
+            if not c.left:
+                c.skip = 2
+        elif c.skip:
+            take = min(c.skip, n - pos)
+            pos += take
+            c.skip -= take
+        else:
+            e = buf.find(b"\r\n", pos)
+            if e < 0:
+                break
+            size = int(buf[pos:e].split(b";", 1)[0], 16)
+            pos = e + 2
+            if size == 0:
+                c.raw = b""
+                return b"".join(out), True
+            c.left = size
+    c.raw = buf[pos:]
+    return b"".join(out), False
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, pipe) -> None:
+        self.cfg = cfg
+        self.pipe = pipe
+        self.addr = ("127.0.0.1", cfg.port)
+        prefix = {"stream": "stream", "sse": "sse", "longpoll": "lp"}[cfg.transport]
+        self.clients = [Client(i, f"c{i % cfg.channels}", cfg.max_seq) for i in range(cfg.first, cfg.last)]
+        self.paths = {c.channel: f"/{prefix}/{c.channel}" for c in self.clients}
+        self.ep = select.epoll()
+        self.by_fd: dict[int, Client] = {}
+        self.pending = list(reversed(self.clients))  # never-connected clients, popped in order
+        self.timers: list = []  # (when, idx) reconnects
+        self.inflight = 0
+        self.connected = 0
+        self.probed = 0
+        self.deliveries = 0
+        self.failures = 0
+        self.drops = 0
+        self.reconnects = 0
+        self.churned = 0
+        self.t_first = 0.0
+        self.t_all = 0.0
+        self.t0 = 0.0  # publish start: latency histogram seconds are counted from here
+        self.hist: dict[int, int] = {}
+        self.max_lat = 0.0
+        self.churn_interval = 0.0
+        self.next_churn = 0.0
+        self.running = True
+        self.lp = cfg.transport == "longpoll"
+        self.sse = cfg.transport == "sse"
+
+    # --- connections ----------------------------------------------------------------------
+
+    def open(self, c: Client, now: float) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        err = s.connect_ex(self.addr)
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            self.fail(c, now)
+            return
+        c.sock, c.fd, c.state, c.hs = s, s.fileno(), CONNECTING, True
+        c.reset()
+        self.by_fd[c.fd] = c
+        self.ep.register(c.fd, select.EPOLLOUT)
+        self.inflight += 1
+        if not self.t_first:
+            self.t_first = now
+
+    def request(self, c: Client) -> bytes:
+        extra = ""
+        if self.sse:
+            extra = "Accept: text/event-stream\r\n"
+            if self.cfg.resume and c.last:
+                extra += f"Last-Event-ID: {c.last}\r\n"
+        return f"GET {self.paths[c.channel]} HTTP/1.1\r\nHost: bench\r\n{extra}\r\n".encode()
+
+    def close(self, c: Client) -> None:
+        if c.sock is not None:
+            try:
+                self.ep.unregister(c.fd)
+            except OSError:
+                pass
+            self.by_fd.pop(c.fd, None)
+            c.sock.close()
+            c.sock = None
+        if c.hs:
+            c.hs = False
+            self.inflight -= 1
+        c.state = IDLE
+
+    def fail(self, c: Client, now: float) -> None:
+        """A handshake failed (refused, reset, non-200): try again shortly."""
+        self.failures += 1
+        self.close(c)
+        heapq.heappush(self.timers, (now + 0.2 + random.random() * 0.3, c.idx))
+
+    def dropped(self, c: Client, now: float) -> None:
+        """The server closed an established connection: reconnect (resuming) shortly."""
+        self.drops += 1
+        self.close(c)
+        heapq.heappush(self.timers, (now + 0.05 + random.random() * 0.45, c.idx))
+
+    def on_writable(self, c: Client, now: float) -> None:
+        err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.fail(c, now)
+            return
+        try:
+            c.sock.send(self.request(c))
+        except OSError:
+            self.fail(c, now)
+            return
+        c.state = HEAD
+        self.ep.modify(c.fd, select.EPOLLIN)
+
+    def on_readable(self, c: Client, now: float) -> None:
+        try:
+            data = c.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if c.hs:
+                self.fail(c, now)
+            else:
+                self.dropped(c, now)
+            return
+        if c.state == HEAD:
+            buf = c.raw + data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                c.raw = buf
+                return
+            head = buf[:end].lower()
+            data = buf[end + 4:]
+            c.raw = b""
+            if not head.startswith(b"http/1.1 200") and not head.startswith(b"http/1.0 200"):
+                self.fail(c, now)
+                return
+            if b"transfer-encoding: chunked" in head:
+                c.mode = "chunked"
+            elif b"content-length:" in head:
+                c.mode = "length"
+                i = head.index(b"content-length:") + 15
+                c.left = int(head[i:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
+            else:
+                c.mode = "raw"
+            c.state = BODY
+            if c.hs:
+                c.hs = False
+                self.inflight -= 1
+                if not c.established:
+                    c.established = True
+                    self.connected += 1
+                    if self.connected == len(self.clients):
+                        self.t_all = now
+                else:
+                    self.reconnects += 1
+            if not data:
+                return
+        if c.mode == "chunked":
+            payload, ended = dechunk(c, data)
+        elif c.mode == "length":
+            buf = c.raw + data
+            if len(buf) < c.left:
+                c.raw = buf
+                return
+            payload, c.raw, ended = buf[:c.left], b"", True
+        else:
+            payload, ended = data, False
+        if payload:
+            self.consume(c, payload, now)
+        if ended:
+            if self.lp:  # re-poll on the same connection
+                c.reset()
+                c.state = HEAD
+                try:
+                    c.sock.send(self.request(c))
+                except OSError:
+                    self.dropped(c, now)
+            else:
+                self.dropped(c, now)
+
+    def consume(self, c: Client, payload: bytes, now: float) -> None:
+        buf = c.text + payload if c.text else payload
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            c.text = buf
+            return
+        c.text = buf[cut + 1:]
+        block = buf[:cut]
+        if not c.probed and b"P" in block:
+            c.probed = True
+            self.probed += 1
+        found = MSG_RX.findall(block)
+        if not found:
+            return
+        seen = c.seen
+        hist = self.hist
+        base = int(now - self.t0) << SEC_SHIFT if self.t0 else 0
+        log = math.log
+        for s, t in found:
+            seq = int(s)
+            if seq >= len(seen):
+                seen.extend(bytes(seq + 1 - len(seen)))
+            v = seen[seq]
+            if v < 255:
+                seen[seq] = v + 1
+            if seq > c.last:
+                c.last = seq
+            lat = now - float(t)
+            if lat > self.max_lat:
+                self.max_lat = lat
+            us = lat * 1e6
+            key = base | (int(log(us) * BUCKETS_PER_E) if us > 1.0 else 0)
+            hist[key] = hist.get(key, 0) + 1
+        self.deliveries += len(found)
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {"connected": self.connected, "probed": self.probed, "deliveries": self.deliveries,
+                "failures": self.failures, "drops": self.drops, "reconnects": self.reconnects,
+                "churned": self.churned, "t_first": self.t_first, "t_all": self.t_all,
+                "live": sum(1 for c in self.clients if c.sock is not None and c.established and not c.hs)}
+
+    def command(self, msg) -> None:
+        kind = msg[0]
+        if kind == "t0":
+            self.t0 = msg[1]
+        elif kind == "churn":
+            per_s = msg[1]
+            self.churn_interval = 1.0 / per_s if per_s > 0 else 0.0
+            self.next_churn = time.time() + self.churn_interval
+        elif kind == "report":
+            self.pipe.send(("report", self.report(msg[1])))
+        elif kind == "stop":
+            self.running = False
+
+    def churn(self, now: float) -> None:
+        while self.churn_interval and now >= self.next_churn:
+            self.next_churn += self.churn_interval
+            for _ in range(10):
+                c = random.choice(self.clients)
+                if c.state == BODY:
+                    self.churned += 1
+                    self.close(c)
+                    heapq.heappush(self.timers, (now + random.random() * 0.1, c.idx))
+                    break
+
+    def run(self) -> None:
+        self.ep.register(self.pipe.fileno(), select.EPOLLIN)
+        pipe_fd = self.pipe.fileno()
+        by_fd = self.by_fd
+        first = self.cfg.first
+        next_status = 0.0
+        while self.running:
+            for fd, ev in self.ep.poll(0.05, 1024):
+                if fd == pipe_fd:
+                    while self.pipe.poll():
+                        self.command(self.pipe.recv())
+                    continue
+                c = by_fd.get(fd)
+                if c is None:
+                    continue
+                now = time.time()
+                if c.state == CONNECTING:
+                    self.on_writable(c, now)
+                elif ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                    self.on_readable(c, now)
+            now = time.time()
+            while self.pending and self.inflight < self.cfg.concurrency:
+                self.open(self.pending.pop(), now)
+            while self.timers and self.timers[0][0] <= now and self.inflight < self.cfg.concurrency:
+                _, idx = heapq.heappop(self.timers)
+                c = self.clients[idx - first]
+                if c.state == IDLE:
+                    self.open(c, now)
+            if self.churn_interval:
+                self.churn(now)
+            if now >= next_status:
+                next_status = now + 0.25
+                self.pipe.send(("status", self.status()))
+        for c in self.clients:
+            if c.sock is not None:
+                c.sock.close()
+
+    def report(self, published: dict[str, int]) -> dict:
+        lost_total = dup_total = with_loss = with_dup = 0
+        worst = None
+        per_client = []
+        for c in self.clients:
+            n = published.get(c.channel, 0)
+            sl = c.seen[1:n + 1]
+            lost = sl.count(0)
+            dup = sum(sl) - (n - lost) if n else 0
+            lost_total += lost
+            dup_total += dup
+            with_loss += lost > 0
+            with_dup += dup > 0
+            if lost or dup:
+                per_client.append((c.idx, lost, dup))
+            if worst is None or (lost + dup) > worst[1] + worst[2]:
+                worst = (c.idx, lost, dup)
+        return {"status": self.status(), "hist": self.hist, "max_lat": self.max_lat,
+                "lost": lost_total, "dup": dup_total, "clients_with_loss": with_loss,
+                "clients_with_dup": with_dup, "worst": worst, "per_client": per_client[:1000]}
+
+
+def worker_main(cfg: WorkerConfig, pipe) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    raise_nofile()
+    Worker(cfg, pipe).run()

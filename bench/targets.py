@@ -1,0 +1,268 @@
+"""The systems under test: a gripcast cluster (``gripcast run``) or Debian's Pushpin, each
+started with its own config on free ports, in its own process group, and stopped by PID.
+
+A target exposes the same things to a scenario: ``client_port``, ``publish_url`` (HTTP API),
+``push_spec`` (ZeroMQ PUSH endpoint), ``pids()`` (every server process, for RSS and CPU), and
+``start()``/``stop()``.  gripcast also has ``kill_edge()`` for the churn scenario.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group, wait_port
+
+GRIPCAST_PORT_KEYS = ("client_port", "push_in_port", "http_port", "sub_in_port", "command_port",
+                      "edge_pub_port", "edge_ctl_port")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Target:
+    name = "?"
+    proc: subprocess.Popen | None = None
+    client_port: int
+    publish_url: str
+    push_spec: str
+
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.proc and self.proc.poll() is None else []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-n:])
+        except (OSError, AttributeError):
+            return ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def write_gripcast_config(path: Path, ports: dict, origin_port: int, edges: int) -> None:
+    lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
+    lines += [f"{k} = {v}" for k, v in ports.items()]
+    lines.append(f'routes = ["* 127.0.0.1:{origin_port}"]')
+    lines.append(f"edges = {edges}")
+    lines.append('log_level = "warning"')
+    lines.append("history_max_items = 100000")
+    path.write_text("\n".join(lines) + "\n")
+
+
+class GripcastTarget(Target):
+    """``python -m gripcast run --edges E --config <generated>``, readiness via sd_notify."""
+
+    name = "gripcast"
+
+    def __init__(self, origin_port: int, edges: int, workdir: str, env: dict | None = None) -> None:
+        self.ports = dict(zip(GRIPCAST_PORT_KEYS, free_ports(len(GRIPCAST_PORT_KEYS))))
+        self.edges = edges
+        self.dir = Path(workdir)
+        self.config = self.dir / "gripcast.toml"
+        write_gripcast_config(self.config, self.ports, origin_port, edges)
+        self.log_path = str(self.dir / "gripcast.log")
+        self.client_port = self.ports["client_port"]
+        self.publish_url = f"http://127.0.0.1:{self.ports['http_port']}"
+        self.push_spec = f"tcp://127.0.0.1:{self.ports['push_in_port']}"
+        self.edge_pub_spec = f"tcp://127.0.0.1:{self.ports['edge_pub_port']}"
+        self.env = env or {}
+
+    def _spawn(self, argv: list[str], timeout: float) -> subprocess.Popen:
+        notify = NotifySocket()
+        env = dict(os.environ, NOTIFY_SOCKET=notify.path, PYTHONUNBUFFERED="1", **self.env)
+        self._log = open(self.log_path, "ab")
+        proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=self._log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            notify.wait_ready(proc, timeout)
+        except BaseException:
+            stop_group(proc)
+            raise
+        finally:
+            notify.close()
+        return proc
+
+    def start(self) -> "GripcastTarget":
+        self.proc = self._spawn([sys.executable, "-m", "gripcast", "run", "--edges", str(self.edges),
+                                 "--config", str(self.config)], timeout=60)
+        return self
+
+    def start_broker_only(self) -> "GripcastTarget":
+        self.proc = self._spawn([sys.executable, "-m", "gripcast", "broker", "--config", str(self.config)],
+                                timeout=30)
+        return self
+
+    def edge_pids(self) -> list[int]:
+        return [p for p in self.pids() if proc_name(p).startswith("edge")]
+
+    def kill_edge(self, index: int = 0) -> int | None:
+        """SIGKILL one edge process (``gripcast run`` restarts it); return its pid."""
+        for pid in self.pids():
+            if proc_name(pid) == f"edge{index}":
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        return None
+
+
+PUSHPIN_CONF = """\
+[global]
+include={{libdir}}/internal.conf
+rundir={rundir}
+ipc_prefix=bench-{tag}-
+port_offset=0
+stats_connection_ttl=120
+
+[runner]
+services=condure,zurl,pushpin-proxy,pushpin-handler
+http_port={client_port}
+logdir={logdir}
+log_level=2
+client_buffer_size=8192
+client_maxconn=50000
+condure_bin=condure
+mongrel2_bin=mongrel2
+m2sh_bin=m2sh
+zurl_bin=zurl
+
+[proxy]
+# outbound requests go through zurl (Debian's 1.36); run our own instance on our rundir
+zurl_out_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in
+zurl_out_stream_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in-stream
+zurl_in_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-out
+routesfile={routes}
+debug=false
+auto_cross_origin=false
+accept_x_forwarded_protocol=false
+set_x_forwarded_protocol=proto-only
+x_forwarded_for=
+x_forwarded_for_trusted=
+orig_headers_need_mark=
+accept_pushpin_route=false
+log_from=false
+log_user_agent=false
+sig_iss=pushpin
+sig_key=changeme
+upstream_key=
+updates_check=off
+organization_name=
+
+[handler]
+push_in_spec=tcp://127.0.0.1:{push_port}
+push_in_sub_specs=tcp://127.0.0.1:{sub_port}
+push_in_sub_connect=false
+push_in_http_addr=127.0.0.1
+push_in_http_port={http_port}
+push_in_http_max_headers_size=10000
+push_in_http_max_body_size=10000000
+stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats
+command_spec=tcp://127.0.0.1:{command_port}
+message_rate=1000000
+message_hwm=1000000
+message_wait=5000
+id_cache_ttl=60
+connection_subscription_max=20
+subscription_linger=60
+stats_subscription_ttl=60
+stats_report_interval=10
+stats_format=tnetstring
+"""
+
+
+class PushpinTarget(Target):
+    """Debian's ``pushpin`` (condure + zurl + pushpin-proxy + pushpin-handler) on its own free ports."""
+
+    name = "pushpin"
+
+    def __init__(self, origin_port: int, workdir: str) -> None:
+        client, push, http, sub, command = free_ports(5)
+        self.dir = Path(workdir)
+        (self.dir / "run").mkdir(exist_ok=True)
+        (self.dir / "log").mkdir(exist_ok=True)
+        routes = self.dir / "routes"
+        routes.write_text(f"* 127.0.0.1:{origin_port}\n")
+        self.config = self.dir / "pushpin.conf"
+        self.config.write_text(PUSHPIN_CONF.format(
+            rundir=self.dir / "run", logdir=self.dir / "log", tag=os.getpid(), client_port=client,
+            routes=routes, push_port=push, sub_port=sub, http_port=http, command_port=command))
+        self.client_port = client
+        self.publish_url = f"http://127.0.0.1:{http}"
+        self.push_spec = f"tcp://127.0.0.1:{push}"
+        self.log_path = str(self.dir / "pushpin.log")
+
+    def start(self) -> "PushpinTarget":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["pushpin", "--config", str(self.config), "--port", f"127.0.0.1:{self.client_port}",
+             "--merge-output"], stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_port(self.client_port, 30, self.proc)
+            wait_port(int(self.publish_url.rsplit(":", 1)[1]), 30, self.proc)
+            # the handler binds its publish port before the proxy is wired to it: ask both once
+            _wait_http_ok(self.publish_url + "/publish/", 30, self.proc)
+            # zurl's PUB -> proxy's SUB link joins late: the first proxied request can be lost
+            _wait_proxied(self.client_port, 30, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+def _wait_http_ok(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    body = b'{"items": []}'
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"target exited with code {proc.returncode}")
+        try:
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                resp.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer in {timeout:.0f}s") from None
+            time.sleep(0.1)
+
+
+def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
+    """Wait until a request through the proxy reaches the origin and gets its stream head back."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"target exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                s.sendall(b"GET /stream/_warmup HTTP/1.1\r\nHost: bench\r\n\r\n")
+                if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no proxied request succeeded in {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def make_target(kind: str, origin_port: int, edges: int, workdir: str) -> Target:
+    sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
+    if kind == "gripcast":
+        return GripcastTarget(origin_port, edges, sub)
+    if kind == "pushpin":
+        return PushpinTarget(origin_port, sub)
+    raise ValueError(kind)

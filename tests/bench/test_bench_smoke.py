@@ -1,0 +1,32 @@
+"""The bench's smoke fanout against a real gripcast cluster: zero loss, and the JSON is written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.mark.parametrize("transport", ["sse"])
+def test_smoke_fanout_gripcast(tmp_path, transport):
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast", "--transport", transport,
+         "--edges", "2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    run = record["runs"]["gripcast"]
+    assert run["ok"], run.get("error")
+    assert run["connect"]["connected"] == 50
+    assert run["deliveries"]["expected"] == 50 * run["publish"]["per_channel"] > 0
+    assert run["loss"]["lost"] == 0, run["loss"]
+    assert run["loss"]["duplicated"] == 0, run["loss"]
+    assert run["deliveries"]["received"] == run["deliveries"]["expected"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
