@@ -5,6 +5,9 @@ from setuptools import Extension, setup
 extensions = [
     Extension("_speedups._framing_c", ["_speedups/_framing_c.pyx"]),
     Extension("_speedups._sendmany_c", ["_speedups/_sendmany_c.pyx"]),
+    Extension("_speedups._wsframe_c", ["_speedups/_wsframe_c.pyx"]),
+    Extension("_speedups._items_c", ["_speedups/_items_c.pyx"]),
+    Extension("_speedups._tnetstring_c", ["_speedups/_tnetstring_c.pyx"]),
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))

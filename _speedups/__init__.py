@@ -15,7 +15,7 @@ import importlib
 import os
 from types import ModuleType
 
-_NAMES = ("framing", "sendmany")
+_NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring")
 
 
 def _truthy(name: str) -> bool:
@@ -43,5 +43,11 @@ COMPILED, _modules = _choose()
 http_chunk = _modules["framing"].http_chunk
 http_chunks = _modules["framing"].http_chunks
 send_batch = _modules["sendmany"].send_batch
+normalise_item = _modules["items"].normalise_item
+tnet_pop = _modules["tnetstring"].tnet_pop
+ws_frame = _modules["wsframe"].ws_frame
+ws_mask = _modules["wsframe"].ws_mask
+ws_parse = _modules["wsframe"].ws_parse
 
-__all__ = ["COMPILED", "http_chunk", "http_chunks", "send_batch", "twin"]
+__all__ = ["COMPILED", "http_chunk", "http_chunks", "normalise_item", "send_batch", "tnet_pop",
+           "twin", "ws_frame", "ws_mask", "ws_parse"]

@@ -45,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    True)
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
-    ing.add_argument("--publisher", choices=("http", "zmq"), default="zmq")
-    ing.add_argument("--batch", type=int, default=100, help="items per HTTP POST (default 100)")
+    ing.add_argument("--publisher", choices=("http", "zmq", "zmq-tnetstring", "zmq-msgpack"),
+                     default="zmq", help="http: POST /publish batches; zmq: J + JSON frames; "
+                     "zmq-tnetstring: bare tnetstring frames; zmq-msgpack: B + msgpack list "
+                     "frames (M + msgpack item with --batch 1)")
+    ing.add_argument("--batch", type=int, default=100,
+                     help="items per HTTP POST or per zmq-msgpack B frame (default 100)")
     ing.add_argument("--out", default=None)
     return p
 

@@ -147,12 +147,15 @@ def print_ingest(r: dict, console: Console | None = None) -> None:
         if r.get("target_log_tail"):
             console.print(r["target_log_tail"], markup=False, highlight=False)
         return
-    t = Table(title=f"broker ingest: {r['items']} items over {r['publisher']}")
+    batch = f", batch {r['batch']}" if r["publisher"] in ("http", "zmq-msgpack") else ""
+    t = Table(title=f"broker ingest: {r['items']} items over {r['publisher']}{batch}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_row("items received on the fan-out SUB", _fmt(r["received"]))
     t.add_row("elapsed s (first send .. last received)", _fmt(r["elapsed_s"]))
     t.add_row("items/s (processed and fanned out)", _fmt(r["items_per_s"]))
+    if r.get("items_per_broker_cpu_s"):
+        t.add_row("items per broker CPU second", _fmt(r["items_per_broker_cpu_s"]))
     if r.get("acked_per_s"):
         t.add_row("items/s acknowledged (HTTP)", _fmt(r["acked_per_s"]))
     for p in r["cpu"]:

@@ -316,14 +316,34 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
 
 # --- ingest -------------------------------------------------------------------------------
 
+def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[list[bytes], int]:
+    """The PUSH frames for ``payloads`` (made before the clock starts) and items per frame:
+    ``zmq`` J + JSON, ``zmq-tnetstring`` a bare tnetstring, ``zmq-msgpack`` B + a msgpack list
+    of ``batch`` items (M + one msgpack item when ``batch`` is 1)."""
+    import json
+
+    import msgpack
+
+    if publisher == "zmq":
+        return [b"J" + json.dumps(p).encode() for p in payloads], 1
+    if publisher == "zmq-tnetstring":
+        from broker import tnetstring
+
+        return [tnetstring.dumps(p) for p in payloads], 1
+    if publisher == "zmq-msgpack":
+        if batch <= 1:
+            return [b"M" + msgpack.packb(p) for p in payloads], 1
+        return [b"B" + msgpack.packb(payloads[i:i + batch])
+                for i in range(0, len(payloads), batch)], batch
+    raise ValueError(f"unknown ingest publisher {publisher!r}")
+
+
 def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, timeout_s: float = 120.0) -> dict:
     """Broker ingest: ``items`` messages into a lone gripcast broker, counted on its edge fan-out.
 
     A pyzmq SUB on the broker's edge_pub port subscribes to ``bench\\0`` (so the broker sees a
     live channel and fans out); the rate is items / (first send .. last item received).
     """
-    import json
-
     import zmq
 
     workdir = tempfile.mkdtemp(prefix="bench-ingest-")
@@ -357,17 +377,19 @@ def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, time
         received = 0
         phase = Phase(progress, "ingest", items)
         t_start = time.time()
-        if publisher == "zmq":
+        if publisher.startswith("zmq"):
             pushsock = ctx.socket(zmq.PUSH)
             pushsock.setsockopt(zmq.SNDHWM, 0)
             pushsock.connect(target.push_spec)
-            frames = [b"J" + json.dumps(p).encode() for p in payloads]
+            frames, per_frame = ingest_frames(publisher, payloads, batch)
             t_start = time.time()
-            sent = 0
+            sent = 0  # frames
+            nframes = len(frames)
+            step = max(1, 1000 // per_frame)
             while received < items:
                 # interleave sending and receiving so neither side's queue grows without bound
-                if sent < items:
-                    end = min(items, sent + 1000)
+                if sent < nframes:
+                    end = min(nframes, sent + step)
                     for f in frames[sent:end]:
                         pushsock.send(f)
                     sent = end
@@ -376,7 +398,7 @@ def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, time
                         received += b"item " in sub.recv(zmq.NOBLOCK)  # items only, not markers
                     except zmq.Again:
                         break
-                if sent >= items and received < items:
+                if sent >= nframes and received < items:
                     if not sub.poll(2000):
                         break
                 if time.time() - t_start > timeout_s:
@@ -403,12 +425,16 @@ def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, time
         srv1 = procs.sample(target.pids())
         me1 = {p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
                for p, x in procs.sample([os.getpid()]).items()}
+        server_cpu = procs.cpu_delta(srv0, srv1, elapsed, "server")
+        broker_cpu_s = sum(p["cpu_s"] for p in server_cpu)
         result.update({
+            # items per CPU second of the broker: the broker's own cost, which (unlike items/s)
+            # does not move when other processes take the CPU away from it
+            "items_per_broker_cpu_s": round(received / broker_cpu_s, 1) if broker_cpu_s > 0 else None,
             "received": received, "elapsed_s": round(elapsed, 3),
             "items_per_s": round(received / elapsed, 1) if elapsed > 0 else None,
             "acked_per_s": round(items / (t_sent - t_start), 1) if t_sent else None,
-            "cpu": procs.cpu_delta(srv0, srv1, elapsed, "server")
-            + procs.cpu_delta(me0, me1, elapsed, "loadgen (publisher + SUB)"),
+            "cpu": server_cpu + procs.cpu_delta(me0, me1, elapsed, "loadgen (publisher + SUB)"),
             "ok": received == items})
         if received != items:
             result["error"] = f"received {received} of {items} items within the time limit"

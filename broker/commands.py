@@ -9,6 +9,7 @@ false, "condition": bytes, "value"?: bytes}``.  Methods:
   ``*`` host is replaced by publishers with the command URI's host, as pubcontrol does)
 * ``publish`` (``args.items``, parsed like tnetstring items) -> ``value: null``; errors are
   ``bad-request`` with Pushpin's ``Invalid format: ...`` message as the value
+  (sent once the items are stored; ``store-unavailable`` when the history store refused them)
 * ``recover`` -> ``value: null`` (forget remembered last ids)
 * anything else -> ``method-not-found``
 
@@ -31,6 +32,9 @@ class CommandResult:
     items: tuple[Item, ...] = ()
     recover: bool = False
     error: str | None = None  # why the request was rejected, for logging
+    # for publish: the reply to send instead of ``reply`` when the store refused the items
+    # (``reply`` is only sent once they are stored: nothing is acknowledged that was not)
+    failed_reply: bytes | None = None
 
 
 def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], bytes]:
@@ -84,7 +88,9 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
             items = parse_items_container(args, json=False)
         except PublishError as exc:
             return fail("bad-request", exc.reason)
-        return ok(None, items=tuple(items))
+        return ok(None, items=tuple(items), failed_reply=_reply(
+            rid, False, condition="store-unavailable",
+            value="history store unavailable, nothing published; retry later"))
     return fail("method-not-found")
 
 

@@ -64,11 +64,47 @@ class Config:
     # broker history (memory store)
     history_max_items: int = 1000
     history_max_age_s: float = 3600.0
+    # history store: "memory" or "redis://[:password@]host[:port][/db]" (see docs/reliability.md)
+    store: str = "memory"
+    # broker XPUB send high-water mark per edge (messages); beyond it fan-out drops and the
+    # edges repair the gap from history
+    edge_pub_sndhwm: int = 100_000
+    # edge SUB receive high-water mark (messages)
+    edge_sub_rcvhwm: int = 1_000_000
+    # an edge that hears no broker heartbeat for this long calls the link lost, and
+    # re-synchronises every channel when it is back
+    broker_link_timeout_s: float = 3.0
     # edge limits
     client_buffer_bytes: int = 1 << 20
     client_header_bytes: int = 8192
     client_maxconn: int = 50000
     origin_timeout_s: float = 30.0
+    # largest WebSocket message (all fragments) a client or origin may send; beyond: close 1009
+    ws_max_message_bytes: int = 1 << 20
+    # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
+    # subscription on an edge (Pushpin's default; skipped when history resolved the prev-ids)
+    update_on_first_subscription: bool = True
+    # broker HTTP API auth: "" (off: Authorization ignored), an HS256 secret, "base64:<b64>",
+    # or "file:<path>" to a PEM public key (RS256/ES256)
+    publish_jwt_key: str = ""
+    # hostile input (edge): body limit (413), request-head deadline (408, slowloris)
+    client_body_bytes: int = 1 << 20
+    client_head_timeout_s: float = 20.0
+    # multi-host (docs/multihost.md): ZeroMQ heartbeats drop a silent TCP peer after 3 intervals
+    # (0: off); CurveZMQ keys are Z85 text (``gripcast keygen``) or a path to a file holding one
+    zmq_heartbeat_s: float = 5.0
+    curve_secret_key: str = ""  # broker's secret key: Curve on for the edge sockets
+    curve_public_key: str = ""  # broker's public key (edges and tools use it as server key)
+    curve_allowed_clients: tuple[str, ...] = ()  # allowed client public keys, files, or "*"
+    curve_client_secret_key: str = ""  # an edge's own secret key (its public key is derived)
+    curve_publishers: bool = False  # Curve on the publisher sockets (PULL, SUB, command) too
+    # lifecycle and observability (deploy/README.md)
+    drain_timeout_s: float = 10.0  # SIGTERM: longest graceful drain before exiting
+    metrics_addr: str = "127.0.0.1"  # /metrics, /health, /ready listeners
+    metrics_port: int = 0  # broker's listener; 0: off
+    edge_metrics_port: int = 0  # edge i listens on edge_metrics_port + i; 0: off
+    stats_spec: str = ""  # Pushpin-style stats ZMQ PUB endpoint (broker binds); "": off
+    stats_report_interval_s: float = 10.0  # how often "report" stats packets go out
     log_level: str = "info"
 
     # -- derived ---------------------------------------------------------------------------
@@ -121,6 +157,13 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
             return int(value)
         if t == "float":
             return float(value)
+        if t == "bool":
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0",
+                                                            "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError("not a boolean")
+            return value
         if t == "str":
             if not isinstance(value, str):
                 raise ValueError("not a string")
@@ -193,16 +236,72 @@ def validate(cfg: Config) -> list[str]:
         problems.append("history_max_items: must be at least 1")
     if cfg.history_max_age_s <= 0:
         problems.append("history_max_age_s: must be positive")
+    if cfg.publish_jwt_key:
+        from broker.auth import load_verify_key
+
+        try:
+            load_verify_key(cfg.publish_jwt_key)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if cfg.store != "memory" and not cfg.store.startswith("redis://"):
+        problems.append(f"store: {cfg.store!r} is not 'memory' or a redis://host:port/db URL")
+    elif cfg.store.startswith("redis://"):
+        try:
+            from broker.redisclient import parse_redis_url
+
+            parse_redis_url(cfg.store)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if cfg.edge_pub_sndhwm < 0:
+        problems.append("edge_pub_sndhwm: must be 0 (no limit) or more")
+    if cfg.edge_sub_rcvhwm < 0:
+        problems.append("edge_sub_rcvhwm: must be 0 (no limit) or more")
+    if cfg.broker_link_timeout_s <= 0:
+        problems.append("broker_link_timeout_s: must be positive")
     if cfg.client_buffer_bytes < 1024:
         problems.append("client_buffer_bytes: must be at least 1024")
     if cfg.client_header_bytes < 1024:
         problems.append("client_header_bytes: must be at least 1024")
     if cfg.client_maxconn < 1:
         problems.append("client_maxconn: must be at least 1")
+    if cfg.ws_max_message_bytes < 125:
+        problems.append("ws_max_message_bytes: must be at least 125")
     if cfg.edges < 0:
         problems.append("edges: must be 0 (one per CPU) or more")
+    problems.extend(_validate_ops(cfg))
+    problems.extend(_validate_multihost(cfg))
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
+    return problems
+
+
+def _validate_ops(cfg: Config) -> list[str]:
+    """Lifecycle and observability keys."""
+    problems = []
+    if cfg.drain_timeout_s < 0:
+        problems.append("drain_timeout_s: must be 0 or more")
+    for name in ("metrics_port", "edge_metrics_port"):
+        if not 0 <= getattr(cfg, name) <= 65535:
+            problems.append(f"{name}: {getattr(cfg, name)} out of range (0: off)")
+    if cfg.stats_spec and not cfg.stats_spec.startswith(("tcp://", "ipc://")):
+        problems.append(f"stats_spec: {cfg.stats_spec!r} is not a tcp:// or ipc:// endpoint")
+    if cfg.stats_report_interval_s <= 0:
+        problems.append("stats_report_interval_s: must be positive")
+    return problems
+
+
+def _validate_multihost(cfg: Config) -> list[str]:
+    """Hostile-input limits, heartbeats and CurveZMQ keys (broker.curve checks the keys)."""
+    problems = []
+    if cfg.client_body_bytes < 0:
+        problems.append("client_body_bytes: must be 0 or more")
+    if cfg.client_head_timeout_s <= 0:
+        problems.append("client_head_timeout_s: must be positive")
+    if cfg.zmq_heartbeat_s < 0:
+        problems.append("zmq_heartbeat_s: must be 0 (off) or more")
+    from broker.curve import validate_curve
+
+    problems.extend(validate_curve(cfg))
     return problems
 
 
@@ -210,4 +309,6 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Rebuild a Config handed to a child process (``Config.to_dict`` output)."""
     d = dict(d)
     d["routes"] = tuple(d.get("routes", ()))
+    if "curve_allowed_clients" in d:
+        d["curve_allowed_clients"] = tuple(d["curve_allowed_clients"])
     return Config(**d)

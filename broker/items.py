@@ -4,13 +4,24 @@ Inputs (reference sections 3.1 to 3.4):
 
 * ``parse_http_publish(body)``: the HTTP API's JSON ``{"items": [...]}``, all-or-nothing.
 * ``parse_zmq_item(frame)``: one PULL frame: ``J`` + JSON, ``T`` + tnetstring, or a bare
-  tnetstring (first byte neither ``J`` nor ``T``).  The item carries ``channel``.
+  tnetstring (first byte neither ``J`` nor ``T``), or gripcast's ``M`` + one msgpack item.
+  The item carries ``channel``.
+* ``parse_pull_frame(frame)``: ``parse_zmq_item``, plus gripcast's ``B`` + a msgpack array of
+  items (each item stands alone); returns (items, rejection reasons).  A bare tnetstring starts
+  with a digit, so ``M`` and ``B`` frames were never valid Pushpin input.
 * ``parse_sub_item(channel, payload)``: one SUB message; the channel is frame 1.
 * ``parse_items(values, json=False)``: a list of already-decoded items (the command socket).
 
 Formats may sit under ``formats`` or directly on the item (the legacy shape pypubcontrol's HTTP
 client sends).  Errors raise ``PublishError`` whose ``reason`` is Pushpin's message text; the
 HTTP API and command socket prefix item errors with ``"Invalid format: "`` as Pushpin does.
+
+msgpack items have the JSON shape (str keys); a msgpack bin is accepted wherever JSON has a
+string (as UTF-8 text) and, for ``content``/``body``, as the raw bytes.
+
+The usual item shape (send formats with plain content, no options) is normalised by
+``_speedups``' ``normalise_item`` (a Cython twin); anything else, and every error, goes through
+the complete parser here, so messages are the same either way.
 
 In JSON input, ``content-bin``/``body-bin`` are base64.  In tnetstring input, every string is a
 byte string: ``content``/``body`` carry raw bytes, ``body-bin`` and the http-stream
@@ -49,6 +60,9 @@ import json as _json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
+from _speedups import normalise_item
 from broker import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
 
@@ -80,6 +94,15 @@ STATUS_REASONS = {
 }
 
 
+# gripcast's msgpack items (``M``/``B`` frames) have the JSON shape: str keys, and a msgpack
+# bin is accepted wherever JSON has a string (as UTF-8 text) and as raw bytes for content/body
+_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
 def status_reason(code: int) -> str:
     return STATUS_REASONS.get(code, "Undefined Reason")
 
@@ -103,7 +126,7 @@ def parse_http_publish(body: bytes) -> list[Item]:
     """Parse an HTTP ``POST /publish`` body; raise PublishError with Pushpin's message."""
     try:
         doc = _json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise PublishError("Body is not valid JSON.") from None
     if not isinstance(doc, dict):
         raise PublishError("Invalid format.")
@@ -145,12 +168,54 @@ def parse_sub_item(channel: bytes, payload: bytes) -> Item:
     return parse_item(value, channel=name, json=is_json)
 
 
+def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
+    """Parse one PULL frame: Pushpin's three framings (one item) or gripcast's ``M`` (one
+    msgpack item) and ``B`` (a msgpack array of items).  Returns the items and the reasons of
+    the items rejected: the items of a ``B`` batch stand alone, as if each came in its own
+    frame, so one bad item does not lose the others."""
+    if frame[:1] != b"B":
+        try:
+            return [parse_zmq_item(frame)], []
+        except PublishError as exc:
+            return [], [exc.reason]
+    try:
+        values = _unpackb(frame[1:])
+    except _MSGPACK_ERRORS:
+        return [], ["received message with invalid format (msgpack parse failed)"]
+    if type(values) is not list:
+        return [], ["received message with invalid format (not a valid msgpack array)"]
+    items: list[Item] = []
+    errors: list[str] = []
+    for value in values:
+        if type(value) is dict:
+            item = normalise_item(value, None, True, Item)
+            if item is not None:
+                items.append(item)
+                continue
+        else:
+            errors.append("received message with invalid format (not a valid msgpack map)")
+            continue
+        try:
+            items.append(_parse_item_full(value, json=True))
+        except PublishError as exc:
+            errors.append(exc.reason)
+    return items, errors
+
+
 def _decode_payload(frame: bytes) -> tuple[Any, bool]:
     frame = bytes(frame)
+    if frame[:1] == b"M":
+        try:
+            value = _unpackb(frame[1:])
+        except _MSGPACK_ERRORS:
+            raise PublishError("received message with invalid format (msgpack parse failed)") from None
+        if type(value) is not dict:
+            raise PublishError("received message with invalid format (not a valid msgpack map)")
+        return value, True
     if frame[:1] == b"J":
         try:
             value = _json.loads(frame[1:])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise PublishError("received message with invalid format (json parse failed)") from None
         if not isinstance(value, dict):
             raise PublishError("received message with invalid format (not a valid json object)")
@@ -292,6 +357,16 @@ def validate_channel(channel: str, where: str = _ITEM) -> str:
 
 def parse_item(value: Any, *, channel: str | None = None, json: bool) -> Item:
     """Parse one decoded item (JSON object or tnetstring dict); see the module docstring."""
+    if type(value) is dict:
+        # the usual shape, built fast (_speedups/_items_*.py); None: anything else, and errors
+        item = normalise_item(value, channel, json, Item)
+        if item is not None:
+            return item
+    return _parse_item_full(value, channel=channel, json=json)
+
+
+def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> Item:
+    """The complete parser: every shape, and every error with Pushpin's message."""
     if not isinstance(value, dict):
         raise PublishError(f"{_ITEM} is not an object")
     obj = _Obj(value, json, _ITEM)

@@ -94,9 +94,57 @@ class Sequencer:
         return out
 
     def add_many(self, items: list[Item], now: float) -> list[Item]:
+        """``add`` for each item, in order; the usual item (no ``prev_id``, or the one that
+        follows the channel's last id, not a duplicate, nothing waiting on the channel) takes
+        an inlined path with the same effect as ``_add``."""
         out: list[Item] = []
+        if not items:
+            return out
+        self._expire_ids(now)  # ``now`` is the same for the whole batch: once is enough
+        ttl = self.id_cache_ttl_s
+        ids = self._ids
+        ids_by_time = self._ids_by_time
+        id_cache_max = self.id_cache_max
+        last_ids = self._last_ids
+        last_ids_max = self.last_ids_max
+        pending = self._pending
+        append = out.append
+        expiry = now + ttl
+        released = 0
         for item in items:
-            self._add(item, now, out)
+            channel = item.channel
+            item_id = item.id
+            if item.no_seq or channel in pending:
+                self._add(item, now, out)
+                continue
+            if item_id is not None and ttl > 0:
+                key = (channel, item_id)
+                if key in ids:
+                    self._dropped_duplicate += 1
+                    continue
+                ids[key] = expiry
+                ids_by_time.append((expiry, key))
+                if len(ids) > id_cache_max:
+                    while len(ids) > id_cache_max:
+                        _, old = ids_by_time.popleft()
+                        ids.pop(old, None)
+            prev_id = item.prev_id
+            if prev_id is not None:
+                last = last_ids.get(channel)
+                if last is not None and last != prev_id:
+                    self._add_waiting(item, now)
+                    continue
+            # released at once; nothing waits on this channel (checked above), so no chain
+            if item_id is None:
+                last_ids.pop(channel, None)
+            else:
+                last_ids[channel] = item_id
+                last_ids.move_to_end(channel)
+                if len(last_ids) > last_ids_max:
+                    last_ids.popitem(last=False)
+            released += 1
+            append(item)
+        self._released += released
         return out
 
     def poll(self, now: float) -> list[Item]:
@@ -174,20 +222,24 @@ class Sequencer:
             return
         last = self._last_ids.get(item.channel)
         if last is not None and item.prev_id is not None and last != item.prev_id:
-            waiting = self._pending.setdefault(item.channel, {})
-            if item.prev_id in waiting:
-                self._dropped_conflict += 1
-            elif len(waiting) >= self.pending_max:
-                self._dropped_overflow += 1
-            else:
-                p = _Pending(now, item)
-                waiting[item.prev_id] = p
-                self._pending_by_time.append((item.channel, item.prev_id, p))
-                self._pending_count += 1
-            if not waiting:
-                del self._pending[item.channel]
+            self._add_waiting(item, now)
             return
         self._send(item, out)
+
+    def _add_waiting(self, item: Item, now: float) -> None:
+        """Park ``item`` (its ``prev_id`` is not the channel's last id) or drop it."""
+        waiting = self._pending.setdefault(item.channel, {})
+        if item.prev_id in waiting:
+            self._dropped_conflict += 1
+        elif len(waiting) >= self.pending_max:
+            self._dropped_overflow += 1
+        else:
+            p = _Pending(now, item)
+            waiting[item.prev_id] = p
+            self._pending_by_time.append((item.channel, item.prev_id, p))
+            self._pending_count += 1
+        if not waiting:
+            del self._pending[item.channel]
 
     def _send(self, item: Item, out: list[Item]) -> None:
         channel = item.channel

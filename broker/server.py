@@ -3,7 +3,8 @@
 ``main(cfg)`` runs ``serve_broker(cfg)`` under trio and returns the exit status.  The broker
 binds (see the wiring table in ``broker.config``)::
 
-    push_in   PULL    publishers' PUSH: one frame per item (J/T/bare tnetstring)
+    push_in   PULL    publishers' PUSH: one frame per item (J/T/bare tnetstring, M msgpack)
+                      or per batch (B + msgpack array; broker.items)
     sub_in    SUB     publishers' PUB/XPUB: [channel, item]; subscribed to the live channels
     command   ROUTER  publishers' REQ/DEALER: get-zmq-uris, publish, recover (tnetstring ZRPC)
     edge_pub  XPUB    edges' SUB: fan-out frames, position markers, heartbeats
@@ -21,6 +22,7 @@ the send can consume the edge-triggered FD's edge.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import signal
@@ -32,11 +34,15 @@ import httptools
 import trio
 import zmq
 
-from broker import commands, control, httpapi, wire
+from broker import commands, control, curve, httpapi, stores, wire
+from broker import lifecycle as broker_lifecycle
+from broker.auth import PublishAuth, load_verify_key
 from broker.config import Config
+from broker.histogram import IntHistogram
+from broker.stats import StatsEncoder
 from broker.errors import PublishError, RemoteProtocolError, StoreUnavailable
 from broker.history import MemoryHistory
-from broker.items import Item, parse_sub_item, parse_zmq_item
+from broker.items import Item, parse_pull_frame, parse_sub_item
 from broker.sdnotify import notify
 from broker.sequencer import Sequencer, SequencerStatistics
 from broker.store import MemoryStore, Store
@@ -44,11 +50,18 @@ from broker.store import MemoryStore, Store
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000  # messages drained from one socket before processing them
+PULL_CHUNK = 32  # PULL frames received per step while filling a batch (B frames hold many items)
 PUBLISH_IN_HWM = 101_000  # Pushpin's DEFAULT_HWM for its publish inputs
 EDGE_PUB_SNDHWM = 100_000  # per edge; beyond it PUB drops and the edge repairs the gap
 SEQUENCER_POLL_S = 1.0  # Pushpin checks reorder timeouts every second
 HTTP_REQUEST_TIMEOUT_S = 30.0
 HTTP_READ_BYTES = 65536
+REJECT_LOG_PER_S = 10
+ZMQ_MAX_MSG_BYTES = 16 << 20  # largest ZeroMQ frame any peer may send the broker
+# ingest allocates several containers per item and history keeps many alive: collecting the
+# young generation every 10,000 allocations instead of 700 made the ingest pipeline 1.5x
+# faster (bench/RESULTS.md, "Broker ingest"); cycles are still collected, a little later
+GC_THRESHOLD = (10_000, 10, 10)
 HTTP_LINGER_S = 1.0  # draining unread request bytes after an early error answer
 
 
@@ -64,6 +77,7 @@ class ZSocket:
         self.fd: int = sock.getsockopt(zmq.FD)
         self._parked: trio.CancelScope | None = None
         self.send_dropped = 0
+        self.linger_ms = 0  # on close; the graceful stop gives the fan-out socket some
 
     def recv_batch(self, limit: int = BATCH_MAX) -> list[list[bytes]]:
         out: list[list[bytes]] = []
@@ -92,6 +106,18 @@ class ZSocket:
             self.send_dropped += 1
             return False
 
+    def send_frames(self, frames: Sequence[bytes]) -> int:
+        """``send_frame`` for each frame; returns how many were sent."""
+        send = self.sock.send
+        sent = 0
+        for frame in frames:
+            try:
+                send(frame, zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                self.send_dropped += 1
+        return sent
+
     def poke(self) -> None:
         """Wake this socket's parked reader so it re-checks EVENTS (after a send or setsockopt)."""
         if self._parked is not None:
@@ -111,7 +137,7 @@ class ZSocket:
             trio.lowlevel.notify_closing(self.fd)
         except RuntimeError:  # outside trio
             pass
-        self.sock.close(linger=0)
+        self.sock.close(linger=self.linger_ms)
 
 
 # -- the broker ----------------------------------------------------------------------------------
@@ -128,6 +154,7 @@ class BrokerStatistics:
     fanned_out: int
     fanout_dropped: int
     markers: int
+    trailing_markers: int
     control_requests: int
     store_failures: int
     sequencer: SequencerStatistics
@@ -143,6 +170,7 @@ class Broker:
             MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s)
         )
         self.sequencer = Sequencer()
+        self.auth = PublishAuth(load_verify_key(cfg.publish_jwt_key))  # off unless configured
         self.broker_id = secrets.token_hex(8)
         self.started = time.time()
         self.live: set[str] = set()
@@ -162,6 +190,22 @@ class Broker:
         self._markers = 0
         self._control_requests = 0
         self._store_failures = 0
+        # lifecycle and metrics (broker.lifecycle, broker.metrics)
+        self.store_latency = IntHistogram()
+        self.draining = False
+        self.serving = False
+        self.input_scopes: list[trio.CancelScope] = []
+        self.http_active = 0
+        self.stats: StatsEncoder | None = None  # with stats_spec
+        self.stats_pub: ZSocket | None = None
+        self._store_down = False  # the last store write failed (logged once, then rate-limited)
+        self._store_logged = 0.0
+        # channel -> (epoch, last_seq) published since the last heartbeat, and the round before:
+        # the heartbeat re-sends their position markers so an edge that lost the tail of a
+        # burst on PUB/SUB (HWM) notices the gap even when nothing more is published
+        self._recent: dict[str, tuple[str, int]] = {}
+        self._recent_prev: dict[str, tuple[str, int]] = {}
+        self._trailing_markers = 0
 
     # -- sockets --------------------------------------------------------------------------------
 
@@ -169,6 +213,7 @@ class Broker:
         """Create and bind every ZeroMQ socket (raises zmq.ZMQError, e.g. address in use)."""
         self._ctx = zmq.Context()
         try:
+            self._bind_zap()  # before any Curve socket can take a handshake (docs/multihost.md)
             self.push_in = self._socket(zmq.PULL, "push_in", {zmq.RCVHWM: PUBLISH_IN_HWM})
             self.sub_in = self._socket(
                 zmq.SUB, "sub_in", {zmq.RCVHWM: PUBLISH_IN_HWM, zmq.SNDHWM: 0}
@@ -177,9 +222,16 @@ class Broker:
             self.edge_pub = self._socket(
                 zmq.XPUB,
                 "edge_pub",
-                {zmq.XPUB_VERBOSE: 1, zmq.RCVHWM: 0, zmq.SNDHWM: EDGE_PUB_SNDHWM},
+                {zmq.XPUB_VERBOSE: 1, zmq.RCVHWM: 0, zmq.SNDHWM: self.cfg.edge_pub_sndhwm},
             )
             self.edge_ctl = self._socket(zmq.ROUTER, "edge_ctl", {})
+            if self.cfg.stats_spec:  # Pushpin's stats PUB socket (broker.stats)
+                sock = self._ctx.socket(zmq.PUB)
+                sock.setsockopt(zmq.LINGER, 0)
+                self.stats_pub = ZSocket(sock, "stats")
+                self._sockets.append(self.stats_pub)
+                sock.bind(self.cfg.stats_spec)
+                self.stats = StatsEncoder()
         except BaseException:
             self.close()
             raise
@@ -190,10 +242,55 @@ class Broker:
         sock.setsockopt(zmq.LINGER, 0)
         for opt, value in opts.items():
             sock.setsockopt(opt, value)
+        _set_options(sock, curve.heartbeat_options(self.cfg.zmq_heartbeat_s))
+        sock.setsockopt(zmq.MAXMSGSIZE, ZMQ_MAX_MSG_BYTES)  # a bigger frame drops its sender
+        if name in self.curve.server_sockets():
+            _set_options(sock, curve.server_options(self.curve))
         z = ZSocket(sock, name)
         self._sockets.append(z)
         sock.bind(self.cfg.endpoint(name, bind=True))
         return z
+
+    def _bind_zap(self) -> None:
+        self.curve = curve.curve_settings(self.cfg)
+        self.zap: ZSocket | None = None
+        self._zap_denied = 0
+        self._zap_logged: dict[tuple[str, str], float] = {}
+        if self.curve.server:
+            sock = self._ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 0)
+            self.zap = ZSocket(sock, "zap")
+            self._sockets.append(self.zap)
+            sock.bind(curve.ZAP_ENDPOINT)
+
+    async def _serve_zap(self) -> None:
+        """Answer libzmq's ZAP requests: which Curve client keys may connect."""
+        z = self.zap
+        if z is None:
+            return
+        while True:
+            await z.wait_readable()
+            for frames in z.recv_batch():
+                try:
+                    i = frames.index(b"")
+                except ValueError:
+                    continue
+                d = curve.zap_reply(frames[i + 1:], self.curve.allowed)
+                if not d.allowed:
+                    self._zap_denied += 1
+                    now = time.monotonic()  # refused peers retry often: log each once a minute
+                    if now - self._zap_logged.get((d.address, d.client_key), -1e9) >= 60:
+                        if len(self._zap_logged) > 1000:
+                            self._zap_logged.clear()
+                        self._zap_logged[(d.address, d.client_key)] = now
+                        log.warning("curve handshake refused address=%s mechanism=%s "
+                                    "client_key=%s refused_total=%d", d.address, d.mechanism,
+                                    d.client_key, self._zap_denied)
+                else:
+                    log.debug("curve client accepted address=%s client_key=%s", d.address,
+                              d.client_key)
+                z.send(frames[: i + 1] + d.reply)
+            await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         for z in self._sockets:
@@ -238,33 +335,76 @@ class Broker:
     async def _commit(self, released: list[Item]) -> None:
         if not released:
             return
+        t0 = time.perf_counter()
         try:
             envelopes = await self.store.append_batch(released, time.time())
+            self.store_latency.observe(time.perf_counter() - t0)
         except StoreUnavailable as exc:
             self.sequencer.forget_ids(released)
             self._store_failures += len(released)
-            log.error("store unavailable, batch lost items=%d error=%s", len(released), exc)
+            now = time.monotonic()
+            if not self._store_down:
+                self._store_down = True
+                self._store_logged = now
+                log.error("store unavailable: publishes refused until it answers items=%d "
+                          "error=%s", len(released), exc)
+            elif now - self._store_logged >= 1.0:
+                self._store_logged = now
+                log.warning("store still unavailable: items refused items=%d total_refused=%d "
+                            "error=%s", len(released), self._store_failures, exc)
             raise
+        if self._store_down:
+            self._store_down = False
+            log.warning("store available again: publishing resumed total_refused=%d",
+                        self._store_failures)
         self._published += len(envelopes)
+        recent = self._recent
         live = self.live
-        send = self.edge_pub.send_frame
-        sent = 0
+        debug = log.isEnabledFor(logging.DEBUG)
+        fan: list[wire.Envelope] = []
         for env in envelopes:
+            recent[env.channel] = (env.epoch, env.seq)
             if env.channel in live:
-                if send(wire.encode_envelope(env)):
-                    sent += 1
-            if log.isEnabledFor(logging.DEBUG):
+                fan.append(env)
+            if debug:
                 log.debug(
                     "publish channel=%s seq=%d id=%s live=%s",
                     env.channel, env.seq, env.id, env.channel in live,
                 )
+        sent = self.edge_pub.send_frames(wire.encode_envelopes(fan)) if fan else 0
         self._fanned_out += sent
         if sent:
+            self.edge_pub.poke()
+        if self.stats is not None:
+            self.stats.received(len(envelopes))
+            self._emit_stats(self.stats.messages(envelopes, live))
+
+    def _emit_stats(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.stats_pub.send_frame(frame)
+
+    def recover(self) -> None:
+        """Pushpin's recover: forget remembered last ids and tell every edge (``wire``'s
+        ``RECOVER_TOPIC``) to update its held sessions."""
+        self.sequencer.recover()
+        if self.edge_pub.send_frame(wire.encode_recover(time.time())):
             self.edge_pub.poke()
 
     def _reject(self, source: str, reason: str) -> None:
         self._rejected += 1
-        log.warning("rejected publish source=%s reason=%r", source, reason)
+        # a publisher sending garbage in a loop must not flood the log: at most
+        # REJECT_LOG_PER_S lines a second, then how many were not shown
+        now = time.monotonic()
+        if now - getattr(self, "_reject_window", 0.0) >= 1.0:
+            skipped = getattr(self, "_reject_skipped", 0)
+            if skipped:
+                log.warning("rejected publish: %d more not logged", skipped)
+            self._reject_window, self._reject_logged, self._reject_skipped = now, 0, 0
+        if self._reject_logged < REJECT_LOG_PER_S:
+            self._reject_logged += 1
+            log.warning("rejected publish source=%s reason=%r", source, reason)
+        else:
+            self._reject_skipped += 1
 
     # -- tasks ------------------------------------------------------------------------------------
 
@@ -273,16 +413,24 @@ class Broker:
         while True:
             await z.wait_readable()
             items: list[Item] = []
-            for frames in z.recv_batch():
-                self._received["pull"] += 1
-                if len(frames) != 1:
-                    self._reject("pull", "received message with parts != 1")
-                    continue
-                try:
-                    items.append(parse_zmq_item(frames[0]))
-                except PublishError as exc:
-                    self._reject("pull", exc.reason)
-            if items:
+            # drain until a batch's worth of items: a B frame (broker.items) carries many
+            while len(items) < BATCH_MAX:
+                batch = z.recv_batch(PULL_CHUNK)
+                self._received["pull"] += len(batch)
+                for frames in batch:
+                    if len(frames) != 1:
+                        self._reject("pull", "received message with parts != 1")
+                        continue
+                    parsed, errors = parse_pull_frame(frames[0])
+                    items += parsed
+                    for reason in errors:
+                        self._reject("pull", reason)
+                if len(batch) < PULL_CHUNK:
+                    break
+            if len(items) > BATCH_MAX:  # one big B frame: keep batches (and fan-out bursts) bounded
+                for i in range(0, len(items), BATCH_MAX):
+                    await self._ingest(items[i:i + BATCH_MAX])
+            elif items:
                 await self._ingest(items)
             else:
                 await trio.lowlevel.checkpoint()
@@ -311,6 +459,7 @@ class Broker:
         while True:
             await z.wait_readable()
             items: list[Item] = []
+            acks: list[tuple[list[bytes], commands.CommandResult]] = []
             for frames in z.recv_batch():
                 self._received["command"] += 1
                 try:
@@ -323,12 +472,23 @@ class Broker:
                     self._reject("command", f"method={result.method or '?'} {result.error}")
                 if result.recover:
                     log.info("recover command: forgetting remembered last ids")
-                    self.sequencer.recover()
+                    self.recover()
                 items.extend(result.items)
                 if result.reply is not None:
-                    z.send(prefix + [result.reply])
+                    if result.items:
+                        acks.append((prefix, result))  # acknowledged once stored
+                    else:
+                        z.send(prefix + [result.reply])
             if items:
-                await self._ingest(items)
+                try:
+                    await self.publish(items)
+                    stored = True
+                except StoreUnavailable:
+                    stored = False  # logged by _commit
+                for prefix, result in acks:
+                    reply = result.reply if stored else result.failed_reply
+                    if reply is not None:
+                        z.send(prefix + [reply])
             else:
                 await trio.lowlevel.checkpoint()
 
@@ -352,6 +512,8 @@ class Broker:
                         self.sub_in.sock.setsockopt(zmq.UNSUBSCRIBE, channel.encode("utf-8"))
                         self.sub_in.poke()
                         log.debug("channel dead channel=%s", channel)
+                        if self.stats is not None:
+                            self._emit_stats([self.stats.sub(channel, False)])
 
     async def _subscribed(self, channel: str) -> None:
         if channel not in self.live:
@@ -359,6 +521,8 @@ class Broker:
             self.sub_in.sock.setsockopt(zmq.SUBSCRIBE, channel.encode("utf-8"))
             self.sub_in.poke()
             log.debug("channel live channel=%s", channel)
+            if self.stats is not None:
+                self._emit_stats([self.stats.sub(channel, True)])
         try:
             pos = await self.store.position(channel)
         except StoreUnavailable as exc:
@@ -402,8 +566,19 @@ class Broker:
     async def _serve_heartbeat(self) -> None:
         while True:
             self.edge_pub.send_frame(wire.encode_heartbeat(self.broker_id, self.started, time.time()))
+            self._send_trailing_markers()
             self.edge_pub.poke()
             await trio.sleep(wire.HEARTBEAT_INTERVAL_S)
+
+    def _send_trailing_markers(self) -> None:
+        """Re-send the position of channels published in the last two heartbeat rounds."""
+        rounds = {**self._recent_prev, **self._recent}
+        self._recent_prev, self._recent = self._recent, {}
+        live = self.live
+        send = self.edge_pub.send_frame
+        for channel, (epoch, last_seq) in rounds.items():
+            if channel in live and send(wire.encode_marker(channel, epoch, last_seq)):
+                self._trailing_markers += 1
 
     async def _serve_sequencer_timer(self) -> None:
         while True:
@@ -467,6 +642,12 @@ class Broker:
                 return
         self._received["http"] += 1
         body = b"".join(req.body)
+        denied = self.auth.check(method, req.url.decode("latin-1"), req.headers, time.time())
+        if denied is not None:
+            self._reject("http", f"unauthorized: {denied}")
+            await stream.send_all(httpapi.respond(
+                401, denied + "\n", extra=(("WWW-Authenticate", "Bearer"),)).to_bytes(version))
+            return
         result = httpapi.handle_request(method, req.url.decode("latin-1"), req.headers, body)
         if result.error:
             self._reject("http", result.error)
@@ -478,7 +659,7 @@ class Broker:
                 response = httpapi.respond(503, "Store unavailable.\n")
         if result.recover:
             log.info("recover request: forgetting remembered last ids")
-            self.sequencer.recover()
+            self.recover()
         log.debug(
             "http api method=%s path=%s code=%d items=%d",
             method, req.url.decode("latin-1"), response.status, len(result.items),
@@ -504,9 +685,7 @@ class Broker:
             await self.open()
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    trio.serve_listeners, self.serve_http_connection, self._listeners
-                )
+                await nursery.start(broker_lifecycle.serve_http, self, self._listeners)
                 for task in (
                     self._serve_pull,
                     self._serve_sub,
@@ -515,13 +694,18 @@ class Broker:
                     self._serve_edge_ctl,
                     self._serve_heartbeat,
                     self._serve_sequencer_timer,
+                    self._serve_zap,
                 ):
-                    nursery.start_soon(task, name=f"broker.{task.__name__.lstrip('_')}")
+                    nursery.start_soon(broker_lifecycle.wrap(self, task),
+                                       name=f"broker.{task.__name__.lstrip('_')}")
+                await broker_lifecycle.start_ops(self, nursery)
+                self.serving = True
                 notify(f"READY=1\nSTATUS=broker {self.broker_id} ready")
                 log.info(
                     "broker ready broker_id=%s store=%s http=%s:%d push_in=%s sub_in=%s "
                     "command=%s edge_pub=%s edge_ctl=%s",
-                    self.broker_id, self.store.name, self.cfg.broker_bind,
+                    self.broker_id, stores.describe(self.cfg) if self.store.name != "memory"
+                    else "memory", self.cfg.broker_bind,
                     self.cfg.port("http_port"),
                     *(self.cfg.endpoint(n, bind=True)
                       for n in ("push_in", "sub_in", "command", "edge_pub", "edge_ctl")),
@@ -545,11 +729,17 @@ class Broker:
             fanned_out=self._fanned_out,
             fanout_dropped=self.edge_pub.send_dropped if hasattr(self, "edge_pub") else 0,
             markers=self._markers,
+            trailing_markers=self._trailing_markers,
             control_requests=self._control_requests,
             store_failures=self._store_failures,
             sequencer=self.sequencer.statistics(),
             store=self.store.statistics(),
         )
+
+
+def _set_options(sock: zmq.Socket, options: dict) -> None:
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
 
 
 async def _answer_early(stream: trio.SocketStream, response: bytes) -> None:
@@ -596,18 +786,15 @@ class _HttpRequest:
 # -- process entry -------------------------------------------------------------------------------
 
 
-async def serve_broker(cfg: Config) -> None:
-    """Run the broker until SIGTERM or SIGINT, then stop cleanly."""
-    broker = Broker(cfg)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def serve_broker(cfg: Config, reload_config=None) -> None:
+    """Run the broker until SIGTERM or SIGINT, then stop cleanly (SIGHUP: reload)."""
+    broker = Broker(cfg, store=stores.open_store(cfg))
+    await stores.probe(broker.store)
+    with trio.open_signal_receiver(*broker_lifecycle.SIGNALS) as signals:
         await broker.open()  # outside the nursery: bind errors propagate as they are
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.serve)
-            async for signum in signals:
-                log.info("broker stopping signal=%s", signal.Signals(signum).name)
-                notify("STOPPING=1")
-                nursery.cancel_scope.cancel()
-                break
+            await broker_lifecycle.BrokerLifecycle(broker, reload_config).run(signals, nursery)
 
 
 def _configure_logging(level: str) -> None:
@@ -620,11 +807,12 @@ def _configure_logging(level: str) -> None:
         )
 
 
-def main(cfg: Config) -> int:
+def main(cfg: Config, reload_config=None) -> int:
     """Run the broker process; 0 after a clean stop, 1 if it could not start or crashed."""
     _configure_logging(cfg.log_level)
+    gc.set_threshold(*GC_THRESHOLD)
     try:
-        trio.run(serve_broker, cfg)
+        trio.run(serve_broker, cfg, reload_config)
     except zmq.ZMQError as exc:
         log.error("broker failed: zmq error=%s", exc)
         return 1

@@ -48,8 +48,7 @@ class MemoryStore:
         self.history = history
 
     async def append_batch(self, items: Sequence[Item], now: float) -> list[Envelope]:
-        append = self.history.append
-        return [append(item, now) for item in items]
+        return self.history.append_many(items, now)
 
     async def position(self, channel: str) -> Position:
         return self.history.position(channel)

@@ -7,16 +7,18 @@ A value is ``<length>:<data><tag>``; the tag gives the type::
 
 Decoding returns ``bytes`` for every string (tnetstrings carry no text type) and ``dict`` keys
 as ``bytes``.  Encoding accepts ``str`` too (encoded as UTF-8), and ``str`` or ``bytes`` keys.
-Malformed input raises ``RemoteProtocolError``; nothing here does I/O.
+Malformed input raises ``RemoteProtocolError``; nothing here does I/O.  Decoding is
+``_speedups``' ``tnet_pop`` (a Cython twin: the bare-tnetstring publish input spent most of its
+time here).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from _speedups import tnet_pop as _tnet_pop
 from broker.errors import RemoteProtocolError
 
 MAX_DEPTH = 64
-_MAX_LENGTH_DIGITS = 10  # the length prefix; 10 digits is already far beyond any ZeroMQ frame
 
 
 def dumps(value: Any) -> bytes:
@@ -77,79 +79,7 @@ def loads(data: bytes) -> Any:
 
 def pop(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """Decode the tnetstring starting at ``offset``; return (value, offset just past it)."""
-    data = bytes(data)
-    return _pop(data, offset, len(data), 0)
-
-
-def _header(data: bytes, offset: int, limit: int) -> tuple[int, int, int]:
-    """Parse ``<length>:`` (within ``data[:limit]``); return (data start, data end, tag index)."""
-    colon = data.find(b":", offset, min(limit, offset + _MAX_LENGTH_DIGITS + 1))
-    if colon < 0:
-        if limit <= offset:
-            raise RemoteProtocolError("tnetstring: empty input")
-        raise RemoteProtocolError("tnetstring: missing ':' after length")
-    digits = data[offset:colon]
-    if not digits or not digits.isdigit():
-        raise RemoteProtocolError("tnetstring: length is not a number")
-    if len(digits) > 1 and digits[0:1] == b"0":
-        raise RemoteProtocolError("tnetstring: length has a leading zero")
-    start = colon + 1
-    end = start + int(digits)
-    if end >= limit:
-        raise RemoteProtocolError("tnetstring: truncated (length exceeds input)")
-    return start, end, end
-
-
-def _pop(data: bytes, offset: int, limit: int, depth: int) -> tuple[Any, int]:
-    if depth > MAX_DEPTH:
-        raise RemoteProtocolError("tnetstring: nested too deeply")
-    start, end, tagpos = _header(data, offset, limit)
-    tag = data[tagpos]
-    body = data[start:end]
-    nxt = tagpos + 1
-    if tag == 0x2C:  # ,
-        return body, nxt
-    if tag == 0x23:  # #
-        if not _is_int_literal(body):
-            raise RemoteProtocolError("tnetstring: bad integer")
-        return int(body), nxt
-    if tag == 0x5E:  # ^
-        try:
-            return float(body), nxt
-        except ValueError:
-            raise RemoteProtocolError("tnetstring: bad float") from None
-    if tag == 0x21:  # !
-        if body == b"true":
-            return True, nxt
-        if body == b"false":
-            return False, nxt
-        raise RemoteProtocolError("tnetstring: bad boolean")
-    if tag == 0x7E:  # ~
-        if body:
-            raise RemoteProtocolError("tnetstring: null with data")
-        return None, nxt
-    if tag == 0x5D:  # ]
-        items = []
-        pos = start
-        while pos < end:
-            value, pos = _pop(data, pos, end, depth + 1)
-            items.append(value)
-        return items, nxt
-    if tag == 0x7D:  # }
-        result: dict = {}
-        pos = start
-        while pos < end:
-            key, pos = _pop(data, pos, end, depth + 1)
-            if not isinstance(key, bytes):
-                raise RemoteProtocolError("tnetstring: dict key is not a string")
-            if pos >= end:
-                raise RemoteProtocolError("tnetstring: dict key without value")
-            value, pos = _pop(data, pos, end, depth + 1)
-            result[key] = value
-        return result, nxt
-    raise RemoteProtocolError(f"tnetstring: unknown type tag {chr(tag)!r}")
-
-
-def _is_int_literal(body: bytes) -> bool:
-    digits = body[1:] if body[:1] in (b"-", b"+") else body
-    return bool(digits) and digits.isdigit()
+    try:
+        return _tnet_pop(bytes(data), offset)
+    except ValueError as exc:  # the decoder's reason (_speedups/_tnetstring_*.py)
+        raise RemoteProtocolError(str(exc)) from None

@@ -37,11 +37,17 @@ repair a gap they had not noticed yet).  ``decode_frame`` returns a ``Marker`` f
 
 Heartbeat (broker XPUB, every ``HEARTBEAT_INTERVAL_S``): ``HEARTBEAT_TOPIC`` + msgpack
 ``{"broker_id", "started", "ts"}``; a new ``broker_id`` means the broker restarted.
+
+Recover (broker XPUB, reserved topic ``RECOVER_TOPIC``, which every edge subscribes to like the
+heartbeat): ``RECOVER_TOPIC`` + msgpack ``{"ts"}``, sent when a publisher calls ``POST
+/recover`` or the ``recover`` command.  Edges then do what Pushpin does: every response hold
+re-requests the origin (with ``Grip-Last`` for its prev-id channels) and every stream hold
+with a next link fetches it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import msgpack
 
@@ -50,6 +56,7 @@ from broker.errors import RemoteProtocolError
 SEP = b"\x00"
 HEARTBEAT_TOPIC = b"\x00hb\x00"
 HEARTBEAT_INTERVAL_S = 1.0
+RECOVER_TOPIC = b"\x00recover\x00"
 REPLAY_LIMIT = 1000
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -128,6 +135,23 @@ def encode_envelope(env: Envelope) -> bytes:
     return topic(env.channel) + _packb(env.to_map())
 
 
+def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
+    """``encode_envelope`` for each of ``envs`` (a batch: each channel's topic is encoded once,
+    the map built inline; the bytes are the same)."""
+    topics: dict[str, bytes] = {}
+    pack = _packb
+    out = []
+    add = out.append
+    for env in envs:
+        channel = env.channel
+        t = topics.get(channel)
+        if t is None:
+            t = topics[channel] = channel.encode("utf-8") + SEP
+        add(t + pack({"seq": env.seq, "epoch": env.epoch, "id": env.id, "prev_id": env.prev_id,
+                      "formats": env.formats, "meta": env.meta, "ts": env.ts}))
+    return out
+
+
 def decode_frame(frame: bytes) -> "Envelope | Marker":
     """Parse one fan-out frame (not the heartbeat) into an Envelope or a Marker."""
     i = frame.find(SEP)
@@ -136,7 +160,7 @@ def decode_frame(frame: bytes) -> "Envelope | Marker":
     try:
         channel = frame[:i].decode("utf-8")
         m = _unpackb(frame[i + 1 :])
-    except (UnicodeDecodeError, ValueError, msgpack.UnpackException) as exc:
+    except (UnicodeDecodeError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(f"bad fan-out frame: {exc}") from exc
     if not isinstance(m, dict):
         raise RemoteProtocolError("bad fan-out frame: envelope is not a map")
@@ -159,11 +183,19 @@ def encode_heartbeat(broker_id: str, started: float, ts: float) -> bytes:
 def decode_heartbeat(frame: bytes) -> dict:
     try:
         m = _unpackb(frame[len(HEARTBEAT_TOPIC) :])
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(f"bad heartbeat: {exc}") from exc
     if not isinstance(m, dict) or "broker_id" not in m:
         raise RemoteProtocolError("bad heartbeat")
     return m
+
+
+def is_recover(frame: bytes) -> bool:
+    return frame.startswith(RECOVER_TOPIC)
+
+
+def encode_recover(ts: float) -> bytes:
+    return RECOVER_TOPIC + _packb({"ts": ts})
 
 
 def encode_control(msg: dict) -> bytes:
@@ -174,7 +206,7 @@ def encode_control(msg: dict) -> bytes:
 def decode_control(frame: bytes) -> dict:
     try:
         m = _unpackb(frame)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(f"bad control message: {exc}") from exc
     if not isinstance(m, dict):
         raise RemoteProtocolError("bad control message: not a map")

@@ -49,22 +49,32 @@ class BrokerLinkStatistics:
 
 
 class BrokerLink:
-    def __init__(self, pub_endpoint: str, ctl_endpoint: str, *, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, pub_endpoint: str, ctl_endpoint: str, *, ctx: zmq.Context | None = None,
+                 options: dict | None = None, rcvhwm: int = SUB_RCVHWM) -> None:
+        """``options``: extra socket options by zmq name for both sockets (heartbeats, Curve:
+        ``broker.curve.link_options``)."""
         self._ctx = ctx or zmq.Context.instance()
         self.sub = self._ctx.socket(zmq.SUB)
+        for name, value in (options or {}).items():
+            self.sub.setsockopt(getattr(zmq, name), value)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SNDHWM, 0)
-        self.sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+        self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, wire.HEARTBEAT_TOPIC)
+        self.sub.setsockopt(zmq.SUBSCRIBE, wire.RECOVER_TOPIC)
         self.sub.connect(pub_endpoint)
         self.ctl = self._ctx.socket(zmq.DEALER)
         self.ctl.setsockopt(zmq.LINGER, 0)
+        for name, value in (options or {}).items():
+            self.ctl.setsockopt(getattr(zmq, name), value)
         self.ctl.connect(ctl_endpoint)
         self._parked: dict[int, trio.CancelScope] = {}
         self._rids = itertools.count(1)
         self._waiting: dict[int, list] = {}  # rid -> [event, reply]
         self._channels: set[str] = set()
         self.broker_id: str | None = None
+        # called with (broker_id) on every heartbeat (edge.linkrepair.LinkWatch watches them)
+        self.on_heartbeat = None
         self._last_hb: float | None = None
         self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
 
@@ -161,14 +171,18 @@ class BrokerLink:
                 finally:
                     self._parked.pop(key, None)
 
-    async def serve_sub(self, on_frames) -> None:
-        """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out)."""
+    async def serve_sub(self, on_frames, on_recover=None) -> None:
+        """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out;
+        a recover frame calls ``on_recover()``)."""
         async def handle(frames: list[bytes]) -> None:
             self._frames += len(frames)
             data = []
             for f in frames:
                 if wire.is_heartbeat(f):
                     self._on_heartbeat(f)
+                elif wire.is_recover(f):
+                    if on_recover is not None:
+                        on_recover()
                 else:
                     data.append(f)
             if data:
@@ -196,6 +210,8 @@ class BrokerLink:
         elif broker_id != self.broker_id:
             log.warning("broker restarted old=%s new=%s", self.broker_id, broker_id)
         self.broker_id = broker_id
+        if self.on_heartbeat is not None:
+            self.on_heartbeat(broker_id)
 
     def statistics(self) -> BrokerLinkStatistics:
         return BrokerLinkStatistics(

@@ -11,12 +11,15 @@ rest in its own bounded buffer and gets a writer task; one whose buffer passes
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import trio
 
 from _speedups import http_chunk, send_batch
-from edge import responses
+from edge import filters, responses
+from edge.sseid import ID_TOKEN, render_ids
+from edge.ws import message_frame as ws_message_frame
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,20 @@ class DeliveryStatistics:
     overflows: int
     send_errors: int
     writers: int
+    # slow consumers right now (connections with a backlog): how many, the largest backlog
+    # in bytes, and the longest time one has been behind (see ``Deliverer.lag``)
+    lagging: int = 0
+    max_buffered_bytes: int = 0
+    max_lag_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLag:
+    """One slow connection: unsent bytes queued, and seconds since its backlog began."""
+
+    conn: int
+    buffered_bytes: int
+    behind_s: float
 
 
 def _content(fmt: dict) -> bytes:
@@ -48,22 +65,67 @@ class Deliverer:
         self.hub = hub
         self.buffer_limit = buffer_limit
         self._spawn = spawn  # spawn(async_fn, *args): start a task in the server's nursery
+        # (session, channel) -> live envelopes held while that session catches up (edge.resume)
+        self.gate: dict = {}
         self._messages = self._deliveries = self._bytes = 0
+        self.latency = None  # an IntHistogram (edge.metrics): broker receive -> delivery
         self._backlogged = self._overflows = self._errors = self._writers = 0
+        self._lag_since: dict = {}  # session with a writer task -> when its backlog began
+        self._pacing = None  # the session a paced replay group is being delivered to
 
-    async def deliver(self, envs: list, now: float) -> None:
-        """Hand a batch of in-order envelopes to every subscribed session."""
+    async def deliver(self, envs: list, now: float, only=None) -> None:
+        """Hand a batch of in-order envelopes to every subscribed session (or to ``only``,
+        bypassing the resume gate: ``edge.resume`` replaying to one session)."""
+        if (only is not None and len(envs) > 1 and only is not self._pacing
+                and getattr(only, "kind", "") == "stream"):
+            await self._deliver_paced(envs, now, only)
+            return
         pending: dict = {}
+        lat = self.latency
+        wall = time.time() if lat is not None else 0.0
+        gate = self.gate
         for env in envs:
-            members = self.hub.sessions(env.channel)
+            members = (only,) if only is not None else self.hub.sessions(env.channel)
             self._messages += 1
             if not members:
                 continue
+            if lat is not None and env.ts:
+                lat.observe(wall - env.ts, len(members))
             formats = env.formats
             stream = formats.get("http-stream")
             resp = formats.get("http-response")
-            chunk = raw = None
+            wsmsg = formats.get("ws-message")
+            chunk = raw = wsframe = None
             for s in members:
+                if gate and only is None:
+                    held = gate.get((s, env.channel))
+                    if held is not None:
+                        held.append(env)
+                        continue
+                flt = getattr(s, "filters", None)
+                if flt:
+                    flt = flt.get(env.channel)
+                if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
+                    continue
+                if s.kind == "ws":  # edge.ws: one frame per message, the same bytes for all
+                    if wsmsg is None or s.closing or s.done:
+                        continue
+                    if wsmsg.get("action", "send") == "send" and not (
+                            flt and filters.changes_content(flt)):
+                        if wsframe is None:
+                            wsframe = ws_message_frame(wsmsg)
+                        data = wsframe
+                    else:
+                        data = s.on_publish(wsmsg, env, flt)  # close, refresh, var-subst
+                        if not data:
+                            continue
+                    s.last_cursor[env.channel] = env.cursor
+                    parts = pending.get(s)
+                    if parts is None:
+                        pending[s] = [data]
+                    else:
+                        parts.append(data)
+                    continue
                 if s.kind == "stream":
                     if stream is None or s.closing or s.done:
                         continue
@@ -71,15 +133,30 @@ class Deliverer:
                     if action == "send":
                         if raw is None:
                             raw = _content(stream)
+                            if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor
+                                raw = render_ids(raw, env.cursor)
                             chunk = http_chunk(raw)
                         if not raw:
                             continue
                         data = chunk if s.chunked else raw
+                        if flt and filters.changes_content(flt):
+                            try:
+                                data = filters.apply(flt, s.meta, env.meta, (), raw)
+                            except filters.FilterError as exc:
+                                log.info("filter dropped message conn=%s channel=%s: %s",
+                                         s.id, env.channel, exc)
+                                continue
+                            if not data:
+                                continue
+                            if s.chunked:
+                                data = http_chunk(data)
+                        s.last_cursor[env.channel] = env.cursor
                     elif action == "close":
                         s.closing = True
                         data = _LAST_CHUNK if s.chunked else b""
                     else:
-                        continue  # "hint": no next link to fetch
+                        s.hint()  # "hint": fetch the next link now
+                        continue
                     parts = pending.get(s)
                     if parts is None:
                         pending[s] = [data]
@@ -88,13 +165,54 @@ class Deliverer:
                 elif resp is not None and s.result is None:
                     if resp.get("action", "send") == "send":
                         try:
-                            s.respond(responses.published(s.hold, resp, keep_alive=s.keep_alive))
+                            r = resp
+                            if flt and filters.changes_content(flt) and r.get("body"):
+                                r = dict(r, body=filters.apply(
+                                    flt, s.meta, env.meta, (), bytes(r["body"])))
+                            s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
                             self._deliveries += 1
+                        except filters.FilterError as exc:
+                            log.info("filter dropped message conn=%s channel=%s: %s",
+                                     s.id, env.channel, exc)
                         except (TypeError, ValueError) as exc:
                             log.warning("bad http-response format channel=%s seq=%s: %s",
                                         env.channel, env.seq, exc)
+                    else:
+                        s.hint()  # "hint": re-request the origin
         if pending:
             await self.write_many(list(pending.items()), now)
+
+    async def _deliver_paced(self, envs: list, now: float, s) -> None:
+        """A replay to one stream session, paced by its socket: groups of at most half the
+        buffer limit, each written once the previous one has drained, so a catch-up longer
+        than ``buffer_limit`` completes instead of tripping the slow-consumer cut-off (the
+        limit is for live delivery, where one connection must not hold up the others)."""
+        budget = max(1, self.buffer_limit // 2)
+        group: list = []
+        size = 0
+        for env in envs:
+            stream = env.formats.get("http-stream") or {}
+            n = len(stream.get("content") or b"") + 16
+            if group and size + n > budget:
+                await self._send_group(group, now, s)
+                group, size = [], 0
+            group.append(env)
+            size += n
+        if group:
+            await self._send_group(group, now, s)
+
+    async def _send_group(self, group: list, now: float, s) -> None:
+        # wait while its writer task drains the backlog (not while the connection task owns
+        # the socket before the response head: it is the one awaiting this replay)
+        while s.buf and s in self._lag_since and not (s.dead or s.done):
+            await trio.sleep(0.005)
+        if s.dead or s.done:
+            return
+        self._pacing = s
+        try:
+            await self.deliver(group, now, only=s)
+        finally:
+            self._pacing = None
 
     async def write_many(self, items: list, now: float) -> None:
         """Write ``[(session, [bytes, ...]), ...]``: one send per connection."""
@@ -140,15 +258,23 @@ class Deliverer:
         s.buf += data
         if len(s.buf) > self.buffer_limit:
             self._overflows += 1
-            log.info("slow client dropped conn=%s buffered=%d limit=%d",
-                     s.id, len(s.buf), self.buffer_limit)
+            since = self._lag_since.get(s)
+            behind = trio.current_time() - since if since is not None else 0.0
+            log.info("slow client cut off conn=%s buffered=%d limit=%d behind_s=%.1f "
+                     "(it resumes with its cursor)", s.id, len(s.buf), self.buffer_limit, behind)
             s.buf.clear()
             s.kill("buffer overflow")
             return
         if not s.writing:
             s.writing = True
             self._backlogged += 1
+            self._lag_since[s] = trio.current_time()
             self._spawn(self.drain, s)
+
+    def lag(self, now: float) -> list[ConnectionLag]:
+        """The connections that are behind right now (their socket would block)."""
+        return [ConnectionLag(s.id, len(s.buf), now - t) for s, t in self._lag_since.items()
+                if not s.dead]
 
     async def drain(self, s) -> None:
         """Writer task: flush one session's backlog as the socket accepts it."""
@@ -174,6 +300,7 @@ class Deliverer:
         finally:
             self._writers -= 1
             s.writing = False
+            self._lag_since.pop(s, None)
         if s.closing and not s.buf and not s.dead:
             s.finish()
 
@@ -182,4 +309,17 @@ class Deliverer:
             messages=self._messages, deliveries=self._deliveries, bytes_sent=self._bytes,
             backlogged=self._backlogged, overflows=self._overflows, send_errors=self._errors,
             writers=self._writers,
+            **self._lag_summary(),
         )
+
+    def _lag_summary(self) -> dict:
+        if not self._lag_since:
+            return {}
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # outside trio
+            return {"lagging": len(self._lag_since)}
+        lags = self.lag(now)
+        return {"lagging": len(lags),
+                "max_buffered_bytes": max((c.buffered_bytes for c in lags), default=0),
+                "max_lag_s": max((c.behind_s for c in lags), default=0.0)}

@@ -212,7 +212,8 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
     keep_alive = _keep_alive(headers)
     meta = {}
     for params in all_params(headers, "Grip-Set-Meta", parse_first=True):
-        meta[params[0][0]] = params[0][1]
+        if params:  # an empty element (``Grip-Set-Meta: ,``) sets nothing
+            meta[params[0][0]] = params[0][1]
     status = header_get(headers, "Grip-Status")
     if status:
         code_str, _, new_reason = status.partition(" ")
@@ -260,7 +261,7 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
 def _parse_json_instruct(body: bytes) -> dict:
     try:
         j = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InstructError("failed to parse application/grip-instruct content as JSON") from None
     if not isinstance(j, dict):
         raise InstructError("instruct must be an object")

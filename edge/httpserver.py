@@ -12,6 +12,7 @@ Per request: pick a route (none -> ``502 Route not found``), forward to the orig
 
 * no ``Grip-*`` header and not ``application/grip-instruct`` (or a ``no_grip`` route):
   passthrough, streamed; re-framed with chunked encoding when the origin gave no length;
+* GRIP (holds, next links, prev-id resume, retries): ``edge.holds.handle_grip``, summarised:
 * an instruct without hold: answered at once (GRIP headers stripped, ``Grip-Status`` applied);
 * ``stream`` hold: the head and the initial body are sent, the ``StreamSession`` is registered
   with the hub *before* that (deliveries meanwhile are buffered, never lost), then the task only
@@ -20,13 +21,23 @@ Per request: pick a route (none -> ``502 Route not found``), forward to the orig
 * ``response`` hold: a ``ResponseSession`` waits for a published ``http-response`` or its
   timeout (timer buckets), then the task writes that one response and reads the next request.
 
-Errors: a malformed request gets 400 (431 for oversized heads, 413 for oversized bodies) and
-the connection closes; origin failures and bad instructs get ``502 Error while proxying to
+Errors: a malformed request gets 400 (431 for oversized heads, 414 for oversized targets, 413
+for bodies over ``client_body_bytes``, 408 for a head not complete within
+``client_head_timeout_s``) and the connection closes after a short linger (so the answer is
+not lost to a reset); origin failures and bad instructs get ``502 Error while proxying to
 origin.`` (the real reason only on ``debug`` routes, always in the log).
+
+Hostile input (docs/multihost.md, "Hostile input"): conflicting ``Content-Length`` /
+``Transfer-Encoding`` or two different lengths are 400 (no smuggling past the edge); only
+origin-form targets (``/...``), ``*`` and absolute ``http(s)://`` targets are accepted, and an
+absolute target is routed by its authority like a Host header, so a request can only ever reach
+a configured route's targets (no open proxy); ``CONNECT`` is 405.
 """
 from __future__ import annotations
 
 import logging
+
+from socket import SHUT_WR as socket_SHUT_WR
 
 import httptools
 import trio
@@ -34,13 +45,13 @@ import trio
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
 from edge import responses
-from edge.grip import is_grip_response, parse_instruct
+from edge.grip import is_grip_response
+from edge.holds import handle_grip
 from edge.origin import OriginError, open_origin
-from edge.session import ResponseSession, StreamSession
+from edge.ws import is_websocket_request, serve_websocket, woh_forbidden
 
 log = logging.getLogger(__name__)
 
-MAX_ACCEPT_BODY = 100_000  # instruct bodies read whole (Pushpin's MAX_ACCEPT_RESPONSE_BODY)
 KEEPALIVE_IDLE_S = 120.0
 READ_SIZE = 65536
 _PASS_DROP = frozenset([b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer",
@@ -79,18 +90,26 @@ class Connection:
         self.head_bytes = 0
         self.reject: _Reject | None = None
         self.upgrade = False
+        self.upgrade_rest = b""  # bytes after an Upgrade request's head (WebSocket frames)
         self.eof = False
         self.need_continue = False
+        self.now = 0.0  # trio time of the last read, for head deadlines (sans-IO parsing)
+        self.head_started = 0.0
+        self.idle_since: float | None = None  # end of the last request (None: not started)
+        self.fresh = True  # no request answered yet
 
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.cur = Request()
         self.head_bytes = 0
+        self.head_started = self.now
 
     def on_url(self, url: bytes) -> None:
         self.cur.url += url
         self.head_bytes += len(url)
+        if len(self.cur.url) > self.app.cfg.client_header_bytes:
+            raise _Reject(414, "URI Too Long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
@@ -117,10 +136,18 @@ class Connection:
                 self.need_continue = True
         if len(lengths) > 1 or (lengths and te):
             raise _Reject(400, "Conflicting Content-Length and Transfer-Encoding")
+        if r.method == b"CONNECT":
+            raise _Reject(405, "CONNECT is not supported.")
+        url = r.url
+        if not (url.startswith(b"/") or url.startswith((b"http://", b"https://"))
+                or (url == b"*" and r.method == b"OPTIONS")):
+            raise _Reject(400, "Bad request target")
+        if lengths and int(next(iter(lengths))) > self.app.cfg.client_body_bytes:
+            raise _Reject(413, "Request body too large.")
 
     def on_body(self, body: bytes) -> None:
         self.cur.body += body
-        if len(self.cur.body) > self.app.cfg.client_buffer_bytes:
+        if len(self.cur.body) > self.app.cfg.client_body_bytes:
             raise _Reject(413, "Request body too large.")
 
     def on_message_complete(self) -> None:
@@ -138,8 +165,9 @@ class Connection:
     def feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             self.upgrade = True
+            self.upgrade_rest = data[exc.args[0]:] if exc.args else b""
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
             self.reject = cause if isinstance(cause, _Reject) else _Reject(400, "Bad Request")
@@ -158,15 +186,34 @@ class Connection:
             if self.need_continue and self.cur is not None:
                 self.need_continue = False
                 await self.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            with trio.move_on_after(KEEPALIVE_IDLE_S):
+            with trio.move_on_at(self.read_deadline(trio.current_time())):
                 data = await self.sock.recv(READ_SIZE)
+                self.now = trio.current_time()
                 if not data:
                     self.eof = True
                 else:
                     self.feed(data)
                 continue
-            return None  # idle keep-alive connection
+            if self.cur is not None:  # a request had begun (slowloris): answer, then close
+                self.reject = _Reject(408, "Request Timeout")
+            return None  # idle connection
         return self.queue.pop(0)
+
+    def read_deadline(self, now: float) -> float:
+        """When to give up waiting for more of the next request.
+
+        A fresh connection has ``client_head_timeout_s`` to send its first request head; an idle
+        keep-alive connection ``KEEPALIVE_IDLE_S``; a begun head must complete within
+        ``client_head_timeout_s`` of its first byte; a body may pause that long between reads.
+        """
+        limit = self.app.cfg.client_head_timeout_s
+        if self.cur is None:
+            if self.idle_since is None:
+                self.idle_since = now
+            return self.idle_since + (limit if self.fresh else KEEPALIVE_IDLE_S)
+        if self.cur.method == b"":
+            return self.head_started + limit
+        return now + limit
 
     async def serve(self) -> None:
         try:
@@ -176,12 +223,29 @@ class Connection:
                     break
                 if not await self.handle(req):
                     return
+                self.idle_since, self.fresh = trio.current_time(), False
             if self.reject is not None:
                 await self.send_all(responses.error(self.reject.status, self.reject.text))
+                await self.linger()
             elif self.upgrade and self.cur is not None:
                 await self.send_all(responses.error(501, "Upgrade is not supported."))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("client connection ended addr=%s: %s", self.addr, exc)
+
+    async def linger(self, max_s: float = 1.0, max_bytes: int = 1 << 20) -> None:
+        """Half-close and read (and drop) what the client still sends, briefly: closing with
+        unread input would reset the connection and could destroy the answer just sent."""
+        try:
+            self.sock.shutdown(socket_SHUT_WR)
+        except OSError:
+            return
+        with trio.move_on_after(max_s):
+            got = 0
+            while got < max_bytes:
+                data = await self.sock.recv(READ_SIZE)
+                if not data:
+                    break
+                got += len(data)
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -192,12 +256,25 @@ class Connection:
         path = req.url
         host = req.host
         if path.startswith((b"http://", b"https://")):
+            # absolute form: the authority replaces Host (RFC 9112 3.2.2); the request still
+            # only goes to the targets of the route it matches, never to that authority
             rest = path.split(b"://", 1)[1]
             host, _, p = rest.partition(b"/")
+            host = host.rpartition(b"@")[2]
             path = b"/" + p
+            req.headers = [(k, v) for k, v in req.headers if k.lower() != b"host"]
+            req.headers.append((b"Host", host))
+            req.host = host
+        if self.upgrade and not self.queue and is_websocket_request(req.headers):
+            await serve_websocket(self, req, host, path)  # edge.ws: the connection is the socket's now
+            return False
         route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), False, False)
         if route is None:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
+            return req.keep_alive
+        if woh_forbidden(route, req.headers):
+            await self.send_all(responses.error(
+                403, "Client not allowed to send WebSocket events directly.", keep_alive=req.keep_alive))
             return req.keep_alive
         try:
             resp = await open_origin(route, req.method, path, req.headers, bytes(req.body),
@@ -245,87 +322,11 @@ class Connection:
         return keep
 
     async def grip(self, req: Request, route, resp) -> bool:
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
-        target = resp.target
-        kw = {"prefix": route.prefix, "extra_channels": target.subs}
-        stream_body = None
-        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
-        if (next((v for k, v in headers if k.lower() == "grip-hold"), None) == "stream"
-                and ctype.split(";", 1)[0].strip() != "application/grip-instruct"):
-            hold = parse_instruct(resp.status, resp.reason, headers, b"", **kw)
-            stream_body = resp.body_chunks()  # relayed as it arrives (no size limit)
-        else:
-            body = await resp.read_body(MAX_ACCEPT_BODY)
-            hold = parse_instruct(resp.status, resp.reason, headers, body, **kw)
-        if hold.mode == "stream":
-            return await self.hold_stream(req, hold, stream_body)
-        if hold.mode == "response":
-            return await self.hold_response(req, hold)
-        await self.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
-        return req.keep_alive
-
-    async def hold_stream(self, req: Request, hold, body_iter) -> bool:
-        app = self.app
-        session = StreamSession(self.sock, hold, req.http11, trio.current_time())
-        channels = [c.name for c in hold.channels]
-        app.add_session(session, channels)
-        try:
-            await app.wait_positioned(channels)
-            await self.send_all(responses.stream_head(hold, chunked=session.chunked))
-            frame = http_chunk if session.chunked else bytes
-            if hold.body:
-                await self.send_all(frame(hold.body))
-            if body_iter is not None:
-                try:
-                    async for piece in body_iter:
-                        await self.send_all(frame(piece))
-                except OriginError as exc:
-                    log.warning("stream hold initial body cut: %s", exc.reason)
-                    return False
-            while session.buf and not session.dead:
-                data = bytes(session.buf)
-                session.buf.clear()
-                await self.send_all(data)
-            session.writing = False
-            if session.closing and not session.dead:
-                session.finish()
-            app.schedule_keepalive(session)
-            with trio.CancelScope() as scope:
-                session.scope = scope
-                if session.done:
-                    scope.cancel()
-                await self.watch_client()
-                return False  # the client went away
-            if session.dead:
-                log.debug("stream dropped conn=%s: %s", session.id, session.reason)
-                return False
-            return req.keep_alive and session.chunked and not self.queue_blocked()
-        finally:
-            session.done = True
-            app.remove_session(session)
+        """GRIP instructs: answer now, hold a response or a stream (``edge.holds``)."""
+        return await handle_grip(self, req, route, resp)
 
     def queue_blocked(self) -> bool:
         return self.reject is not None or self.upgrade
-
-    async def hold_response(self, req: Request, hold) -> bool:
-        app = self.app
-        now = trio.current_time()
-        session = ResponseSession(hold, req.keep_alive, now + hold.timeout_s)
-        channels = [c.name for c in hold.channels]
-        app.add_session(session, channels)
-        app.schedule_timeout(session)
-        try:
-            await app.wait_positioned(channels)
-            if session.result is None:
-                with trio.CancelScope() as scope:
-                    session.scope = scope
-                    await self.watch_client()
-                    return False  # the client went away
-        finally:
-            session.done = True
-            app.remove_session(session)
-        await self.send_all(session.result)
-        return req.keep_alive
 
     async def watch_client(self) -> None:
         """Return when the client closes; bytes it sends meanwhile are parsed for later."""

@@ -92,6 +92,10 @@ class Hub:
         """Subscribed on the broker link (has sessions or is lingering)."""
         return channel in self._members or channel in self._lingering
 
+    def all_sessions(self) -> list:
+        """Every registered session (a copy: safe to iterate across awaits)."""
+        return list(self._of_session)
+
     def live_channels(self) -> list[str]:
         return list(self._members) + list(self._lingering)
 

@@ -20,7 +20,8 @@ from edge.routes import Route, Target
 
 log = logging.getLogger(__name__)
 
-GRIP_FEATURES = b"status"
+GRIP_FEATURES = (b"status, link:next, link:gone, filter:skip-self, filter:skip-users, "
+                 b"filter:require-sub, filter:var-subst")
 _DROP = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
                    b"transfer-encoding", b"expect", b"content-length", b"host", b"te",
                    b"upgrade", b"proxy-connection", b"x-forwarded-proto",
@@ -37,8 +38,12 @@ class OriginError(RemoteProtocolError):
 
 def build_request(route: Route, target: Target, method: bytes, path: bytes,
                   headers: list[tuple[bytes, bytes]], body: bytes, *,
-                  sig: str | None) -> bytes:
-    """The request head + body sent to ``target`` for a client request."""
+                  sig: str | None, extra: list[tuple[bytes, bytes]] = (),
+                  rewrite: bool = True) -> bytes:
+    """The request head + body sent to ``target`` for a client request.
+
+    ``extra`` headers (``Grip-Last``) are added after the client's are filtered; ``rewrite``
+    False sends ``path`` as is (a next link that already names the origin)."""
     client_host = b""
     out: list[tuple[bytes, bytes]] = []
     for k, v in headers:
@@ -59,6 +64,7 @@ def build_request(route: Route, target: Target, method: bytes, path: bytes,
         out = [(k, v) for k, v in out if k.lower() != bname.lower()]
         if value:
             out.append((bname, value.encode("latin-1")))
+    out.extend(extra)
     if sig:
         out.append((b"Grip-Sig", sig.encode("ascii")))
     if not route.no_grip:
@@ -66,7 +72,7 @@ def build_request(route: Route, target: Target, method: bytes, path: bytes,
     if body or method in (b"POST", b"PUT", b"PATCH"):
         out.append((b"Content-Length", b"%d" % len(body)))
     out.append((b"Connection", b"close"))
-    rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
+    rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1") if rewrite else path
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, rpath, host)]
     lines.extend(b"%s: %s\r\n" % (k, v) for k, v in out)
     lines.append(b"\r\n")
@@ -175,10 +181,12 @@ class OriginResponse:
 
 async def open_origin(route: Route, method: bytes, path: bytes,
                       headers: list[tuple[bytes, bytes]], body: bytes, *,
-                      sig: str | None, timeout_s: float) -> OriginResponse:
+                      sig: str | None, timeout_s: float,
+                      extra: list[tuple[bytes, bytes]] = (), rewrite: bool = True,
+                      targets=None) -> OriginResponse:
     """Connect (failing over across targets on connect errors), send, read the head."""
     errors = []
-    for target in route.targets:
+    for target in (targets or route.targets):
         if target.ssl:
             errors.append(f"{target}: TLS to origins is not supported yet")
             continue
@@ -197,7 +205,8 @@ async def open_origin(route: Route, method: bytes, path: bytes,
             with trio.move_on_after(timeout_s) as scope:
                 try:
                     await stream.send_all(build_request(route, target, method, path, headers,
-                                                        body, sig=sig))
+                                                        body, sig=sig, extra=extra,
+                                                        rewrite=rewrite))
                 except (OSError, trio.BrokenResourceError) as exc:
                     raise OriginError(f"error sending to origin {target}: {exc}") from exc
             if scope.cancelled_caught:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from edge.grip import Hold
 from edge.headers import clean_response_headers, reason_for
+from edge.jsonpatch import PatchError, patch_body
 
 _CRLF = b"\r\n"
 
@@ -56,13 +57,23 @@ def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
     code = fmt.get("code")
     code = 200 if code is None else int(code)
     reason = fmt.get("reason") or reason_for(code)
-    pub_headers = clean_response_headers(
-        [(str(k), str(v)) for k, v in (fmt.get("headers") or [])])
+    raw = [(str(k), str(v)) for k, v in (fmt.get("headers") or [])]
+    pub_headers = clean_response_headers(raw)
     names = {k.lower() for k, _ in pub_headers}
     merged = [(k, v) for k, v in hold.headers if k.lower() not in names] + pub_headers
+    expose = [e.strip().lower() for k, v in raw if k.lower() == "grip-expose-headers"
+              for e in v.split(",") if e.strip()]
+    if expose:  # whitelist semantics (reference 2.3.8: the C++ handler's inversion is a bug)
+        merged = [(k, v) for k, v in merged if k.lower() in expose]
     body = fmt.get("body")
     if body is None:
-        body = hold.body  # body-patch is not applied yet: the timeout body stands
+        body = hold.body
+        patch = fmt.get("body-patch")
+        if patch is not None:
+            try:
+                body = patch_body(body, patch)
+            except PatchError:
+                pass  # Pushpin keeps the timeout body when the patch does not apply
     elif isinstance(body, str):
         body = body.encode("utf-8")
     return full(code, reason, merged, body, keep_alive=keep_alive)

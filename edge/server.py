@@ -20,10 +20,16 @@ from broker.config import Config
 from broker.errors import ConfigError, GripcastError, RemoteProtocolError
 from broker.sdnotify import notify
 from edge import responses
+from broker.curve import link_options
 from edge.brokerlink import BrokerLink, BrokerUnavailable
+from edge import lifecycle
+from edge import metrics as edge_metrics
 from edge.deliver import Deliverer
 from edge.httpserver import Connection
 from edge.hub import Hub
+from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.holds import HoldRegistry
+from edge.resume import Resumer
 from edge.routes import RouteTable, parse_routes
 from edge.sig import Signer, load_key
 from edge.timers import TimerWheel
@@ -36,6 +42,7 @@ TICK_S = 1.0
 # everything published after the client got the response head is delivered to it.
 POSITION_WAIT_S = 2.0
 LISTEN_BACKLOG = 4096
+REFUSE_LINGER = 256  # refused connections (503) drained at once; beyond, closed at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +81,27 @@ class Edge:
         self.link: BrokerLink | None = None
         self.deliverer: Deliverer | None = None
         self.nursery: trio.Nursery | None = None
+        self.set_routes(cfg, routes)
+        self.connections = self.requests = self.proxy_errors = self.rejected = 0
+        self.sockets: set = set()  # open client sockets (edge.lifecycle closes idle ones on drain)
+        self.draining = False
+        self._pos_waiters: dict[str, trio.Event] = {}
+        self.linkwatch: LinkWatch | None = None  # set by serve_link_repair
+        self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
+        self.resumer = Resumer(self)
+        self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+
+    def set_routes(self, cfg: Config, routes: RouteTable) -> None:
+        """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
         base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."
-        self._default_signer = Signer(cfg.sig_iss, load_key(cfg.sig_key, base))
-        self._signers = {}
+        default_signer = Signer(cfg.sig_iss, load_key(cfg.sig_key, base))
+        signers = {}
         for r in routes.routes:
             if r.sig_iss is not None or r.sig_key is not None:
                 key = load_key(r.sig_key if r.sig_key is not None else cfg.sig_key, base)
-                self._signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
-        self.connections = self.requests = self.proxy_errors = self.rejected = 0
-        self._pos_waiters: dict[str, trio.Event] = {}
+                signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
+        self.cfg, self.routes = cfg, routes
+        self._default_signer, self._signers = default_signer, signers
 
     # -- used by connections -------------------------------------------------------------------
 
@@ -95,7 +114,22 @@ class Edge:
         for action in self.hub.add(session, channels, trio.current_time()):
             self.link.subscribe(action.channel)
             self.tracker.track(action.channel)
+            self.holds.first_subscribed(action.channel, trio.current_time())
         self._run_tracker_actions()
+
+    def begin_resume(self, session, channel: str) -> None:
+        """Hold ``channel``'s live messages for ``session`` until ``resume`` releases them."""
+        self.resumer.begin(session, channel)
+
+    async def resume(self, session, channel: str, cursor: str, *, flush_on_fail: bool = True) -> bool:
+        """Catch ``session`` up on ``channel`` after ``cursor`` from broker history (edge.resume)."""
+        return await self.resumer.resume(session, channel, cursor, flush_on_fail=flush_on_fail)
+
+    def on_recover(self) -> None:
+        """The broker relayed a ``recover``: response holds re-ask the origin, streams with a
+        next link fetch it (Pushpin's recover command)."""
+        n = self.holds.recover()
+        log.info("recover: %d held sessions asked to update", n)
 
     async def wait_positioned(self, channels: list[str], timeout_s: float = POSITION_WAIT_S) -> None:
         """Return once every channel's position is known (or after ``timeout_s``).
@@ -149,16 +183,25 @@ class Edge:
             elif isinstance(a, RequestReplay):
                 self.nursery.start_soon(self._ask_replay, a)
             elif isinstance(a, EpochChanged):
-                log.warning("channel epoch changed channel=%s old=%s new=%s", a.channel, a.old, a.new)
+                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel, _timeout_response)
+                log.warning("channel history lost (epoch changed) channel=%s old=%s new=%s "
+                            "streams_closed=%d responses_answered=%d told=%d", a.channel, a.old,
+                            a.new, n.streams_closed, n.responses_answered, n.hooked)
             elif isinstance(a, GapSkipped):
-                log.warning("messages lost channel=%s seq=%d..%d", a.channel, a.first_seq, a.last_seq)
+                # outside the history window: as for an epoch change, never continue silently
+                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel, _timeout_response)
+                log.warning("messages lost (older than history) channel=%s seq=%d..%d "
+                            "streams_closed=%d responses_answered=%d told=%d", a.channel,
+                            a.first_seq, a.last_seq, n.streams_closed, n.responses_answered,
+                            n.hooked)
 
     async def _ask_position(self, channel: str) -> None:
         try:
             r = await self.link.request({"op": "position", "channel": channel})
         except (BrokerUnavailable, RemoteProtocolError) as exc:
             log.warning("position request failed channel=%s: %s", channel, exc)
-            return  # the broker's marker on subscribe still sets the position
+            self._pos_failed.add(channel)  # retried by serve_link_repair
+            return  # the broker's marker on subscribe may still set the position
         out: list = []
         self.tracker.on_position(channel, str(r.get("epoch") or ""), int(r.get("last_seq") or 0), out)
         await self._after_tracker(out)
@@ -176,6 +219,35 @@ class Edge:
             log.warning("replay failed channel=%s after_seq=%d: %s", req.channel, req.after_seq, exc)
             self.tracker.on_replay_failed(req, out)
         await self._after_tracker(out)
+
+    def on_heartbeat(self, broker_id: str) -> None:
+        """A broker heartbeat (or hello): re-synchronise every channel after a restart/loss."""
+        if self.linkwatch is None:
+            return
+        for a in self.linkwatch.on_heartbeat(broker_id, trio.current_time()):
+            if isinstance(a, Resync):
+                if self.tracker.statistics().channels:
+                    log.warning("broker link resync reason=%r broker_id=%s channels=%d",
+                                a.reason, a.broker_id, self.tracker.statistics().channels)
+                self.tracker.resync()
+        self._run_tracker_actions()
+
+    async def serve_link_repair(self) -> None:
+        """Watch the broker link (edge.linkrepair) and retry unanswered repairs, every tick."""
+        self.linkwatch = LinkWatch(self.cfg.broker_link_timeout_s, trio.current_time())
+        while True:
+            await trio.sleep(TICK_S)
+            for a in self.linkwatch.tick(trio.current_time()):
+                if isinstance(a, LinkLost):
+                    log.warning("broker link lost: no heartbeat for %.1fs (connections stay "
+                                "held; channels resync when it is back)", a.silent_s)
+            if self.linkwatch.up:
+                failed, self._pos_failed = self._pos_failed, set()
+                for ch in failed:
+                    if self.tracker.state(ch) is State.POSITION:
+                        self.nursery.start_soon(self._ask_position, ch)
+                self.tracker.repair()
+                self._run_tracker_actions()
 
     async def _after_tracker(self, out: list) -> None:
         self._run_tracker_actions()
@@ -225,26 +297,46 @@ class Edge:
             self.nursery.start_soon(self._serve_connection, sock, addr)
 
     async def _refuse(self, sock) -> None:
-        with sock:
-            with trio.move_on_after(5):
-                try:
-                    await sock.send(responses.error(503, "Too many connections."))
-                except OSError:
-                    pass
+        """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the
+        client's request unread would reset the connection and lose the answer."""
+        refusing = getattr(self, "_refusing", 0)
+        self._refusing = refusing + 1
+        try:
+            with sock:
+                with trio.move_on_after(1.0 if refusing < REFUSE_LINGER else 0.05):
+                    try:
+                        await sock.send(responses.error(503, "Too many connections."))
+                        sock.shutdown(stdsocket.SHUT_WR)
+                        while await sock.recv(65536):
+                            pass
+                    except OSError:
+                        pass
+        finally:
+            self._refusing -= 1
 
     async def _serve_connection(self, sock, addr) -> None:
         self.connections += 1
+        self.sockets.add(sock)
         try:
-            with sock:
+            try:
                 await Connection(self, sock, addr).serve()
+            finally:
+                # trio's close() wakes tasks parked on this fd (a deliverer writer); the stdlib
+                # close that ``with sock:`` does would leave them registered on a reusable fd
+                sock.close()
         except Exception:  # a bug in one connection must not take the edge down
             log.exception("connection handler failed addr=%s", addr)
         finally:
             self.connections -= 1
+            self.sockets.discard(sock)
 
     def statistics(self) -> EdgeStatistics:
         return EdgeStatistics(self.index, self.connections, self.requests, self.proxy_errors,
                               self.rejected)
+
+
+def _timeout_response(session) -> bytes:
+    return responses.timeout(session.hold, keep_alive=session.keep_alive)
 
 
 def http_chunk_for(session, data: bytes) -> bytes:
@@ -261,30 +353,32 @@ async def open_listener(host: str, port: int):
     return sock
 
 
-async def serve(cfg: Config, index: int, routes: RouteTable) -> None:
+async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None) -> None:
     edge = Edge(cfg, index, routes)
-    link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False))
+    link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False),
+                      options=link_options(cfg), rcvhwm=cfg.edge_sub_rcvhwm)
+    link.on_heartbeat = edge.on_heartbeat
     edge.link = link
     listen = (cfg.client_addr, cfg.port("client_port"))
     try:
         listener = await open_listener(*listen)
-        with listener, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with listener, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
                 edge.nursery = nursery
                 edge.deliverer = Deliverer(edge.hub, cfg.client_buffer_bytes, nursery.start_soon)
+                life = lifecycle.EdgeLifecycle(edge, listener, reload_config=reload_config,
+                                               load_routes=load_routes)
+                await edge_metrics.start(edge, nursery)
                 nursery.start_soon(link.serve_ctl)
-                nursery.start_soon(link.serve_sub, edge.on_frames)
+                nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
-                nursery.start_soon(edge.serve_clients, listener)
+                nursery.start_soon(edge.serve_link_repair)
+                nursery.start_soon(life.serve_clients)
                 nursery.start_soon(_hello, link)
                 notify("READY=1\nSTATUS=serving")
                 log.info("edge ready index=%d listen=%s:%d routes=%d", index, listen[0], listen[1],
                          len(routes))
-                async for signum in signals:
-                    log.info("edge stopping index=%d signal=%s", index, signal.Signals(signum).name)
-                    notify("STOPPING=1")
-                    nursery.cancel_scope.cancel()
-                    break
+                await life.run(signals, nursery)  # SIGHUP: reload; SIGTERM/SIGINT: drain
     finally:
         link.close()
 
@@ -293,11 +387,13 @@ async def _hello(link: BrokerLink) -> None:
     try:
         r = await link.request({"op": "hello"}, tries=1)
         log.info("broker hello broker_id=%s", r.get("broker_id"))
+        if link.on_heartbeat is not None and r.get("broker_id"):
+            link.on_heartbeat(str(r["broker_id"]))  # same identity check as a heartbeat
     except GripcastError as exc:
         log.warning("broker did not answer hello: %s", exc)
 
 
-def main(cfg: Config, index: int = 0) -> int:
+def main(cfg: Config, index: int = 0, reload_config=None) -> int:
     """Run one edge process until SIGTERM/SIGINT; returns the exit code."""
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, level=cfg.log_level.upper(),
@@ -310,7 +406,7 @@ def main(cfg: Config, index: int = 0) -> int:
     if not routes.routes:
         log.warning("no routes configured: every request will get 502 Route not found")
     try:
-        trio.run(serve, cfg, index, routes)
+        trio.run(serve, cfg, index, routes, reload_config)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -17,10 +17,18 @@ from edge.grip import Hold
 _ids = itertools.count(1)
 
 
+def _subscription(session, hold: Hold) -> None:
+    """Per-channel filters (``edge.filters``) and the subscription meta from the hold."""
+    session.filters = {c.name: c.filters for c in hold.channels if c.filters}
+    session.meta = hold.meta
+    session.channel_names = frozenset(c.name for c in hold.channels)
+
+
 class StreamSession:
     kind = "stream"
     __slots__ = ("id", "fd", "sock", "chunked", "hold", "buf", "writing", "closing", "dead",
-                 "done", "reason", "scope", "last_out", "__weakref__")
+                 "done", "reason", "scope", "last_out", "filters", "meta", "channel_names",
+                 "last_cursor", "hinted", "__weakref__")
 
     def __init__(self, sock, hold: Hold, chunked: bool, now: float) -> None:
         self.id = next(_ids)
@@ -36,6 +44,16 @@ class StreamSession:
         self.reason = ""
         self.scope = None  # the connection task's CancelScope while it waits
         self.last_out = now
+        _subscription(self, hold)
+        self.last_cursor: dict[str, str] = {}  # channel -> cursor of the last delivered message
+        self.hinted = False  # a published "hint" (or recover): fetch the next link
+
+    def hint(self) -> None:
+        """Ask the connection task to fetch the next link (no-op without one)."""
+        if self.hold.next_link and not self.done:
+            self.hinted = True
+            if self.scope is not None:
+                self.scope.cancel()
 
     def finish(self) -> None:
         """End the hold normally (after a published close was fully written)."""
@@ -57,7 +75,7 @@ class StreamSession:
 class ResponseSession:
     kind = "response"
     __slots__ = ("id", "hold", "keep_alive", "deadline", "result", "scope", "done",
-                 "__weakref__")
+                 "filters", "meta", "channel_names", "retry", "__weakref__")
 
     def __init__(self, hold: Hold, keep_alive: bool, deadline: float) -> None:
         self.id = next(_ids)
@@ -67,6 +85,15 @@ class ResponseSession:
         self.result: bytes | None = None
         self.scope = None
         self.done = False  # the connection task stopped waiting (answered or client gone)
+        _subscription(self, hold)
+        self.retry = False  # a published "hint" (or recover): re-request the origin
+
+    def hint(self) -> None:
+        """Ask the connection task to re-request the origin (unless already answered)."""
+        if self.result is None and not self.done:
+            self.retry = True
+            if self.scope is not None:
+                self.scope.cancel()
 
     def respond(self, data: bytes) -> None:
         if self.result is None:

@@ -26,8 +26,15 @@ States (``State``):
 Positions and markers seen while ``LIVE`` raise the known high-water mark (``target``); a
 target beyond ``last_seq`` with nothing in flight is a gap too (the last messages were lost).
 A different epoch on any input means the broker lost the channel's history (restart with the
-memory store): ``EpochChanged`` is reported, the track restarts at ``(new epoch, 0)`` and
-repairs from there (a later step will tell clients).
+memory store): ``EpochChanged`` is reported (the edge tells the channel's sessions: see
+``edge.linkrepair``), the track restarts at ``(new epoch, 0)`` and repairs from there.
+
+A replay that could not be answered (broker down or restarting) leaves the gap in place and
+the later messages held: ``repair()`` (called periodically, and after the link comes back)
+asks again.  Nothing after a gap is delivered before the gap is filled or history says it is
+gone (``GapSkipped``).  ``resync()`` asks every channel's position again (after a broker
+restart or a lost link): a position beyond ``last_seq`` is a gap, another epoch an
+``EpochChanged``.
 
 Outputs: deliverable ``Envelope``s are appended to the caller's ``out`` list (batch friendly);
 actions (``RequestPosition``, ``RequestReplay``, ``EpochChanged``, ``GapSkipped``) accumulate
@@ -86,6 +93,7 @@ class TrackerStatistics:
     skipped: int
     epoch_changes: int
     held: int
+    replay_failures: int
 
 
 class _Track:
@@ -107,6 +115,7 @@ class Tracker:
         self._actions: list = []
         self._delivered = self._duplicates = self._gaps = 0
         self._replays = self._skipped = self._epoch_changes = 0
+        self._stalled = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,15 +189,29 @@ class Tracker:
             self._skip_gap(channel, t, out)
 
     def on_replay_failed(self, request: RequestReplay, out: list) -> None:
-        """``request`` could not be answered (broker down): skip the gap."""
+        """``request`` could not be answered (broker down): keep the gap for ``repair()``."""
         channel = request.channel
         t = self._tracks.get(channel)
         if t is None or t.inflight is not request:
             return
         t.inflight = None
         t.state = State.LIVE
-        if self._has_gap(t):
-            self._skip_gap(channel, t, out)
+        self._stalled += 1
+
+    def repair(self) -> None:
+        """Ask a replay again for every channel with a gap and no replay in flight."""
+        for channel, t in self._tracks.items():
+            if t.state is State.LIVE and t.inflight is None and self._has_gap(t):
+                self._ask_replay(channel, t)
+
+    def resync(self) -> None:
+        """Ask every tracked channel's position again (after a broker restart or link loss)."""
+        for channel in self._tracks:
+            self._actions.append(RequestPosition(channel))
+
+    def gaps(self) -> list[str]:
+        """Channels with a gap not yet repaired (for statistics and tests)."""
+        return [ch for ch, t in self._tracks.items() if self._has_gap(t)]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -280,6 +303,7 @@ class Tracker:
             duplicates=self._duplicates, gaps=self._gaps, replays=self._replays,
             skipped=self._skipped, epoch_changes=self._epoch_changes,
             held=sum(len(t.held) for t in self._tracks.values()),
+            replay_failures=self._stalled,
         )
 
 

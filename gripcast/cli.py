@@ -5,6 +5,7 @@
     gripcast edge [--index I]             one edge process (what systemd runs)
     gripcast publish CHANNEL TEXT         publish over the HTTP API, like pushpin-publish
     gripcast demo-origin [--listen P]     the built-in demo origin app alone
+    gripcast keygen [--out PREFIX]        a CurveZMQ key pair (docs/multihost.md)
 
 Options shared with Pushpin's runner: --config FILE (TOML), --port [addr:]port, --route LINE
 (repeatable), --port-offset N.  No protocol logic lives here.
@@ -30,6 +31,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-offset", type=int, metavar="N", help="add N to every default port")
     p.add_argument("--broker-host", metavar="HOST", help="where edges and tools reach the broker")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--store", metavar="memory|redis://HOST:PORT/DB",
+                   help="broker history store (default memory; see docs/reliability.md)")
     p.add_argument("--config-json", help=argparse.SUPPRESS)  # resolved config from the runner
 
 
@@ -63,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sse", action="store_true", help="format the text as one SSE event (data: ...)")
     p.add_argument("--close", action="store_true", help="send the close action (ends streams)")
 
+    p = sub.add_parser("keygen", help="print a CurveZMQ key pair (Z85) for multi-host setups")
+    p.add_argument("--out", metavar="PREFIX",
+                   help="write PREFIX.key (secret, mode 0600) and PREFIX.pub instead of printing")
+
     p = sub.add_parser("demo-origin", help="run the demo origin app alone")
     p.add_argument("--listen", default="127.0.0.1:8090", metavar="[ADDR:]PORT")
     p.add_argument("--publish-url", default="http://127.0.0.1:5561")
@@ -89,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["routes_file"] = ""
     if args.routes_file:
         overrides["routes_file"] = args.routes_file
-    for name in ("port_offset", "broker_host", "log_level", "edges"):
+    for name in ("port_offset", "broker_host", "log_level", "edges", "store"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -110,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         from gripcast.publish import publish_from_args
 
         return publish_from_args(args)
+    if args.command == "keygen":
+        from broker.curve import keygen_text, write_keypair
+
+        if args.out:
+            for path in write_keypair(args.out):
+                print(path)
+        else:
+            sys.stdout.write(keygen_text())
+        return 0
     if args.command == "demo-origin":
         _setup_logging("info", "demo")
         from gripcast.demo import serve_demo
@@ -125,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(cfg.log_level, "broker")
         from broker.server import main as broker_main
 
-        return broker_main(cfg)
+        return broker_main(cfg, reload_config=lambda: config_from_args(args))
     if args.command == "edge":
         _setup_logging(cfg.log_level, f"edge{args.index}")
         from edge.server import main as edge_main
 
-        return edge_main(cfg, args.index)
+        return edge_main(cfg, args.index, reload_config=lambda: config_from_args(args))
     _setup_logging(cfg.log_level, "runner")
     from gripcast.runner import run_cluster
 

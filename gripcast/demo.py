@@ -8,6 +8,13 @@ itself.  Endpoints (``?channel=NAME``, default ``test``):
   GET  /events        Server-Sent Events hold (publish with ``gripcast publish --sse``)
   GET  /poll          long-poll hold: ``Grip-Hold: response`` (timeout 55 s)
   POST /send          form/body ``text=...``: publishes to the channel via the broker API
+  GET  /chat          the chat page (Pushpin's "serverless WebSocket chat"): a WebSocket to
+                      ``/chat/ws?room=NAME``
+  POST /chat/ws       the chat's WebSocket-over-HTTP endpoint (route target ``over_http``):
+                      stateless; OPEN subscribes the connection to ``chat-<room>`` with a
+                      ``c:`` control message, each TEXT line is published to that channel as a
+                      ``ws-message`` through the broker's HTTP API, so every tab in the room
+                      (on any edge) receives it
 """
 from __future__ import annotations
 
@@ -16,6 +23,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
+
+from gripcontrol import (WebSocketEvent, decode_websocket_events, encode_websocket_events,
+                         websocket_control_message)
 
 from gripcast.publish import build_item, post_items
 
@@ -64,6 +74,9 @@ class DemoHandler(BaseHTTPRequestHandler):
                 "Grip-Channel": channel,
                 "Grip-Keep-Alive": ":\\n\\n; format=cstring; timeout=20",
             })
+        elif url.path == "/chat":
+            page = resources.files("gripcast").joinpath("static/chat.html").read_bytes()
+            self._send(200, page, {"Content-Type": "text/html; charset=utf-8"})
         elif url.path == "/poll":
             self._send(200, b"no message yet\n", {
                 "Content-Type": "text/plain",
@@ -76,6 +89,9 @@ class DemoHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
+        if url.path == "/chat/ws":
+            self._chat_ws(url)
+            return
         if url.path != "/send":
             self._send(404, b"Not Found\n", {"Content-Type": "text/plain"})
             return
@@ -91,6 +107,40 @@ class DemoHandler(BaseHTTPRequestHandler):
         except OSError as exc:
             status, body = 502, f"cannot reach the broker: {exc}\n"
         self._send(200 if status == 200 else 502, body.encode("utf-8"), {"Content-Type": "text/plain"})
+
+
+    def _chat_ws(self, url) -> None:
+        """One WebSocket-over-HTTP request of the chat (no state kept between requests)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 100_000:
+            self._send(413, b"Too large\n", {"Content-Type": "text/plain"})
+            return
+        try:
+            events = decode_websocket_events(self.rfile.read(length))
+        except ValueError:
+            self._send(400, b"Bad events\n", {"Content-Type": "text/plain"})
+            return
+        room = _channel({"channel": parse_qs(url.query).get("room") or ["lobby"]})
+        channel = "chat-" + room
+        out = []
+        headers = {"Content-Type": "application/websocket-events"}
+        for e in events:
+            if e.type == "OPEN":
+                out.append(WebSocketEvent("OPEN"))
+                out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
+                    "subscribe", {"channel": channel})))
+                headers["Sec-WebSocket-Extensions"] = 'grip; message-prefix=""'
+            elif e.type == "TEXT":
+                line = e.content.decode("utf-8", "replace").strip()[:2000]
+                if line:
+                    item = {"channel": channel, "formats": {"ws-message": {"content": line}}}
+                    try:
+                        post_items(self.publish_url, [item], timeout=5)
+                    except OSError as exc:
+                        log.warning("chat publish failed: %s", exc)
+            elif e.type == "CLOSE":
+                out.append(WebSocketEvent("CLOSE", e.content))
+        self._send(200, encode_websocket_events(out), headers)
 
 
 def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | None = None) -> int:

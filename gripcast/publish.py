@@ -17,8 +17,11 @@ def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: 
             body = f"id: {item_id}\n" + body
     else:
         body = text + ("\n" if eol else "")
+    stream_body = body
+    if sse and not item_id:
+        stream_body = "id: %(id)s\n" + body  # the edge writes the broker's epoch:seq id here
     formats: dict = {
-        "http-stream": {"action": "close"} if close else {"content": body},
+        "http-stream": {"action": "close"} if close else {"content": stream_body},
         "ws-message": {"action": "close"} if close else {"content": text},
     }
     if not close:

@@ -50,7 +50,9 @@ def plan_children(cfg: Config, demo: bool, demo_port: int | None, rundir: str) -
         port = demo_port if demo_port is not None else 8090 + cfg.port_offset
         publish_url = f"http://{cfg.broker_host}:{cfg.port('http_port')}"
         if not cfg.routes and not cfg.routes_file:
-            cfg = cfg.replace(routes=(f"* 127.0.0.1:{port}",))
+            # the chat's WebSocket endpoint speaks WebSocket-over-HTTP; the rest is plain HTTP
+            cfg = cfg.replace(routes=(f"*,path_beg=/chat/ws 127.0.0.1:{port},over_http",
+                                      f"* 127.0.0.1:{port}"))
         else:
             log.warning("demo origin runs on 127.0.0.1:%d but your routes are used", port)
         argv = [sys.executable, "-m", "gripcast", "demo-origin", "--listen", f"127.0.0.1:{port}",

@@ -12,6 +12,9 @@ def twins(request):
     try:
         framing = _speedups.twin("framing", compiled)
         sendmany = _speedups.twin("sendmany", compiled)
+        wsframe = _speedups.twin("wsframe", compiled)
+        items = _speedups.twin("items", compiled)
+        tnet = _speedups.twin("tnetstring", compiled)
     except ImportError:
         if os.environ.get("GRIPCAST_REQUIRE_SPEEDUPS") == "1":
             raise
@@ -22,7 +25,7 @@ def twins(request):
 
     ns = NS()
     ns.kind = request.param
-    for mod in (framing, sendmany):
+    for mod in (framing, sendmany, wsframe, items, tnet):
         for name in dir(mod):
             if not name.startswith("_"):
                 setattr(ns, name, getattr(mod, name))

@@ -63,3 +63,25 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def free_port_block(n: int, low: int = 20000, high: int = 30000) -> int:
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (for ``base + index`` schemes),
+    outside the ephemeral range so ``free_ports`` (bind to 0) never hands one of them out."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(low, high - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")

@@ -35,7 +35,7 @@ def test_pushpin_header_rules():
                  b"expect", b"content-length"):
         assert gone not in names
     assert b"Grip-Sig: tok" in headers and b"grip-last: x" not in headers
-    assert b"Grip-Feature: status" in headers
+    assert b"Grip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:var-subst" in headers
     assert b"X-Forwarded-For: 1.2.3.4" in headers and b"Cookie: a=b" in headers
     assert headers[-1] == b"Connection: close" and body == b""
 
@@ -80,7 +80,7 @@ def test_stream_head_and_published_response():
 
 
 class FakeApp:
-    cfg = Config(client_header_bytes=1024, client_buffer_bytes=2048)
+    cfg = Config(client_header_bytes=1024, client_buffer_bytes=2048, client_body_bytes=2048)
 
 
 def parse(*chunks: bytes) -> Connection:

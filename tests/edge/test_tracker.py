@@ -95,14 +95,32 @@ def test_incomplete_history_skips_the_gap():
     assert GapSkipped(CH, 2, 3) in t.take_actions()
 
 
-def test_replay_failure_skips_the_gap():
+def test_replay_failure_keeps_the_gap_until_repair():
     t = started()
     out = []
     t.on_envelope(env(3), out)
     (req,) = t.take_actions()
     t.on_replay_failed(req, out)
-    assert seqs(out) == [3]
-    assert t.take_actions() == [GapSkipped(CH, 1, 2)]
+    assert out == [] and t.take_actions() == []  # nothing after the gap, nothing skipped
+    assert t.gaps() == [CH]
+    t.repair()
+    (again,) = t.take_actions()
+    assert again == RequestReplay(CH, "e1", 0) and again is not req
+    t.repair()  # one in flight: no second request
+    assert t.take_actions() == []
+    t.on_replay(again, "e1", 3, [env(1), env(2), env(3)], True, out)
+    assert seqs(out) == [1, 2, 3] and t.gaps() == []
+
+
+def test_resync_asks_every_position_and_finds_a_lost_tail():
+    t = started()
+    out = []
+    t.on_envelope(env(1), out)
+    t.resync()
+    assert t.take_actions() == [RequestPosition(CH)]
+    t.on_position(CH, "e1", 3, out)  # seqs 2 and 3 were lost on the link
+    (req,) = t.take_actions()
+    assert req == RequestReplay(CH, "e1", 1)
 
 
 def test_epoch_change_resyncs():

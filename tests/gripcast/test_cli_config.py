@@ -54,7 +54,8 @@ def test_runner_plan_routes_demo(tmp_path):
     cfg = load_config(env={}, overrides={"edges": 3})
     cfg2, children = plan_children(cfg, demo=True, demo_port=8123, rundir=str(tmp_path))
     assert [c.name for c in children] == ["demo", "broker", "edge0", "edge1", "edge2"]
-    assert cfg2.routes == ("* 127.0.0.1:8123",)
+    # the chat's WebSocket endpoint goes over_http, everything else plain HTTP
+    assert cfg2.routes == ("*,path_beg=/chat/ws 127.0.0.1:8123,over_http", "* 127.0.0.1:8123")
     _, children = plan_children(cfg, demo=False, demo_port=None, rundir=str(tmp_path))
     assert [c.name for c in children] == ["broker", "edge0", "edge1", "edge2"]
 
@@ -64,5 +65,9 @@ def test_publish_item_shapes():
     assert item["formats"]["http-stream"] == {"content": "hi\n"}
     assert item["formats"]["ws-message"] == {"content": "hi"}
     assert item["id"] == "1" and item["prev-id"] == "0"
-    assert build_item("c", "a\nb", sse=True)["formats"]["http-stream"]["content"] == "data: a\ndata: b\n\n"
+    sse = build_item("c", "a\nb", sse=True)["formats"]
+    assert sse["http-stream"]["content"] == "id: %(id)s\ndata: a\ndata: b\n\n"  # edge fills the id
+    assert sse["http-response"]["body"] == "data: a\ndata: b\n\n"
+    assert build_item("c", "x", sse=True, item_id="7")["formats"]["http-stream"]["content"] == (
+        "id: 7\ndata: x\n\n")
     assert build_item("c", "", close=True)["formats"]["http-stream"] == {"action": "close"}

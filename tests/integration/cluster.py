@@ -54,6 +54,9 @@ class Cluster:
     """A broker plus edges, each a real process, sharing one config file."""
 
     def __init__(self, tmp_path, routes: list[str], edges: int = 1, separate_ports: bool = False, **extra):
+        # a short graceful drain, so that stopping (SIGTERM) a cluster with stalled clients
+        # stays well inside stop_process's wait; drain tests set their own
+        extra.setdefault("drain_timeout_s", 2.0)
         ports = free_ports(len(PORT_KEYS) + edges)
         self.ports = dict(zip(PORT_KEYS, ports))
         self.edge_ports = [self.ports["client_port"]] * edges if not separate_ports else ports[len(PORT_KEYS):]

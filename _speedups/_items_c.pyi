@@ -1,0 +1,3 @@
+from typing import Any
+
+def normalise_item(value: dict, channel: Any, json: bool, item_cls: type) -> Any: ...

@@ -1,0 +1,174 @@
+"""The usual published item, normalised fast (pure-Python twin of ``_items_c``).
+
+``normalise_item(value, channel, json, item_cls)`` builds an ``item_cls`` (``broker.items.Item``:
+a frozen slotted class with fields channel, formats, id, prev_id, meta, no_seq) for the one
+common shape of a decoded publish item, and returns None for anything else: then
+``broker.items``' complete parser decides (and raises every error with Pushpin's message), so
+this function never raises for bad input and never returns what the complete parser would not.
+
+The shape: ``channel`` a non-empty string of at most 256 characters without NUL (or the given
+``channel``), ``id``/``prev-id`` strings or absent (empty means absent), ``formats`` a map (or
+the legacy shape: formats on the item itself) whose formats all have action ``send`` (or none),
+plain ``content``/``body`` (str: UTF-8 encoded; bytes as they are) and no other option
+(``content-filters``, ``type``, ``code``, ``reason``, ``headers``, and in JSON ``content-bin``
+/ ``body-bin``), ``meta`` absent (or, in JSON, a map of strings), no ``size``, ``no-seq`` absent
+or a bool.  ``json`` says the item's keys are str (JSON, msgpack) rather than bytes
+(tnetstring).  Values may be str or (UTF-8) bytes in either case, as the complete parser accepts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_MISSING = object()
+_FIELDS = ("channel", "formats", "id", "prev_id", "meta", "no_seq")
+_setters: dict[type, tuple] = {}
+_new = object.__new__
+
+
+def _text(v: Any) -> Any:
+    t = type(v)
+    if t is str:
+        return v
+    if t is bytes:
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return _MISSING
+    return _MISSING
+
+
+def _make(json: bool):
+    k = (lambda s: s) if json else (lambda s: s.encode())
+    K_CHANNEL, K_ID, K_PREV, K_FORMATS, K_META, K_SIZE, K_NOSEQ = map(
+        k, ("channel", "id", "prev-id", "formats", "meta", "size", "no-seq"))
+    K_ACTION, K_CONTENT, K_CONTENT_BIN, K_FILTERS, K_TYPE = map(
+        k, ("action", "content", "content-bin", "content-filters", "type"))
+    K_CODE, K_REASON, K_HEADERS, K_BODY, K_BODY_BIN = map(
+        k, ("code", "reason", "headers", "body", "body-bin"))
+    K_HR, K_HS, K_WS = map(k, ("http-response", "http-stream", "ws-message"))
+    SEND = k("send")
+    # options that send a format to the complete parser (Pushpin ignores http-stream's
+    # content-bin, and body-bin, in tnetstring input: there they change nothing)
+    hs_other = (K_FILTERS, K_CONTENT_BIN) if json else (K_FILTERS,)
+    hr_other = ((K_CODE, K_REASON, K_HEADERS, K_FILTERS, K_BODY_BIN) if json
+                else (K_CODE, K_REASON, K_HEADERS, K_FILTERS))
+    ws_other = (K_TYPE, K_FILTERS, K_CONTENT_BIN)
+    missing = _MISSING
+    text = _text
+
+    def payload(f: dict, key: Any, other: tuple) -> Any:
+        fget = f.get
+        action = fget(K_ACTION)
+        if action is not None and action != SEND:
+            return missing
+        for o in other:
+            if fget(o) is not None:
+                return missing
+        c = fget(key)
+        t = type(c)
+        if t is str:
+            return c.encode("utf-8")
+        if t is bytes:
+            return c
+        return missing
+
+    def normalise(value: dict, channel: Any, item_cls: type) -> Any:
+        get = value.get
+        if not channel:
+            channel = get(K_CHANNEL)
+            if type(channel) is not str:
+                channel = text(channel)
+                if channel is missing:
+                    return None
+        if type(channel) is not str or not channel or len(channel) > 256 or "\x00" in channel:
+            return None
+        item_id = get(K_ID)
+        if item_id is not None:
+            if type(item_id) is not str:
+                item_id = text(item_id)
+                if item_id is missing:
+                    return None
+            item_id = item_id or None
+        prev_id = get(K_PREV)
+        if prev_id is not None:
+            if type(prev_id) is not str:
+                prev_id = text(prev_id)
+                if prev_id is missing:
+                    return None
+            prev_id = prev_id or None
+        vformats = get(K_FORMATS)
+        legacy = vformats is None
+        if legacy:
+            vformats = value
+        elif type(vformats) is not dict:
+            return None
+        fget = vformats.get
+        formats: dict = {}
+        f = fget(K_HR, missing)
+        if f is not missing and not (legacy and f is None):
+            if type(f) is not dict:
+                return None
+            body = payload(f, K_BODY, hr_other)
+            if body is missing:
+                return None
+            formats["http-response"] = {"action": "send", "code": 200, "reason": "OK",
+                                        "headers": [], "body": body, "body-patch": None}
+        f = fget(K_HS, missing)
+        if f is not missing and not (legacy and f is None):
+            if type(f) is not dict:
+                return None
+            content = payload(f, K_CONTENT, hs_other)
+            if content is missing:
+                return None
+            formats["http-stream"] = {"action": "send", "content": content}
+        f = fget(K_WS, missing)
+        if f is not missing and not (legacy and f is None):
+            if type(f) is not dict:
+                return None
+            content = payload(f, K_CONTENT, ws_other)
+            if content is missing:
+                return None
+            formats["ws-message"] = {"action": "send", "type": "text", "content": content,
+                                     "code": None, "reason": ""}
+        if not formats:
+            return None
+        vmeta = get(K_META)
+        if vmeta is None:
+            meta: dict = {}
+        elif json and type(vmeta) is dict:
+            for mk, mv in vmeta.items():
+                if type(mk) is not str or type(mv) is not str:
+                    return None
+            meta = dict(vmeta)
+        else:
+            return None
+        if get(K_SIZE) is not None:
+            return None
+        no_seq = get(K_NOSEQ)
+        if no_seq is None:
+            no_seq = False
+        elif type(no_seq) is not bool:
+            return None
+        setters = _setters.get(item_cls)
+        if setters is None:
+            setters = _setters[item_cls] = tuple(getattr(item_cls, n).__set__ for n in _FIELDS)
+        item = _new(item_cls)
+        s_channel, s_formats, s_id, s_prev, s_meta, s_noseq = setters
+        s_channel(item, channel)
+        s_formats(item, formats)
+        s_id(item, item_id)
+        s_prev(item, prev_id)
+        s_meta(item, meta)
+        s_noseq(item, no_seq)
+        return item
+
+    return normalise
+
+
+_json = _make(True)
+_tnet = _make(False)
+
+
+def normalise_item(value: dict, channel: Any, json: bool, item_cls: type) -> Any:
+    """An ``item_cls`` for the usual item shape, or None (see the module docstring)."""
+    return (_json if json else _tnet)(value, channel, item_cls)

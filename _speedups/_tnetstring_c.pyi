@@ -1,0 +1,3 @@
+from typing import Any
+
+def tnet_pop(data: bytes, offset: int = 0) -> tuple[Any, int]: ...

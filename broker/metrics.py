@@ -1,0 +1,91 @@
+"""Prometheus metrics of the broker: a custom collector over ``Broker.statistics()``.
+
+The publish path counts in plain ints (``Broker`` counters, ``IntHistogram`` for the store
+latency); this collector turns them into metric families only when ``/metrics`` is scraped.
+Each process has its own ``CollectorRegistry`` (no global default registry, no process
+metrics of other processes).  Metric names are listed in deploy/README.md.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+P = "gripcast_broker_"
+
+
+class BrokerCollector(Collector):
+    def __init__(self, broker) -> None:
+        self.broker = broker
+
+    def collect(self):
+        b = self.broker
+        st = b.statistics()
+        yield InfoMetricFamily(P + "build", "Broker identity.",
+                               value={"broker_id": st.broker_id, "store": b.store.name})
+        c = CounterMetricFamily(P + "publishes_received", "Publish requests/messages received, by input.",
+                                labels=["input"])
+        for name, n in sorted(st.received.items()):
+            c.add_metric([name], n)
+        yield c
+        yield CounterMetricFamily(P + "publishes_rejected", "Publishes rejected as invalid.",
+                                  value=st.rejected)
+        yield CounterMetricFamily(P + "messages_stored",
+                                  "Messages sequenced and stored (acknowledged publishes).",
+                                  value=st.published)
+        yield CounterMetricFamily(P + "messages_fanned_out",
+                                  "Messages sent to edges (channel live on at least one edge).",
+                                  value=st.fanned_out)
+        yield CounterMetricFamily(P + "fanout_dropped",
+                                  "Fan-out sends dropped at the high-water mark (edges repair the gap).",
+                                  value=st.fanout_dropped)
+        yield CounterMetricFamily(P + "store_failures", "Messages lost because the store failed.",
+                                  value=st.store_failures)
+        yield CounterMetricFamily(P + "control_requests",
+                                  "Edge control requests (hello, position, replay).",
+                                  value=st.control_requests)
+        yield CounterMetricFamily(P + "position_markers", "Position markers sent on subscribe.",
+                                  value=st.markers)
+        yield GaugeMetricFamily(P + "live_channels", "Channels with at least one subscribed edge.",
+                                value=st.live_channels)
+        seq = st.sequencer
+        yield GaugeMetricFamily(P + "sequencer_pending", "Items waiting for their prev-id.",
+                                value=seq.pending)
+        d = CounterMetricFamily(P + "sequencer_dropped", "Items the sequencer dropped, by reason.",
+                                labels=["reason"])
+        d.add_metric(["duplicate"], seq.dropped_duplicate)
+        d.add_metric(["conflict"], seq.dropped_conflict)
+        d.add_metric(["overflow"], seq.dropped_overflow)
+        yield d
+        yield CounterMetricFamily(P + "sequencer_timed_out",
+                                  "Items released after waiting for a missing prev-id.",
+                                  value=seq.timed_out)
+        store = st.store
+        for attr, kind, doc in (("channels", GaugeMetricFamily, "Channels with history."),
+                                ("retained", GaugeMetricFamily, "Messages retained in history."),
+                                ("replays", CounterMetricFamily, "Replay requests the store served.")):
+            if hasattr(store, attr):
+                yield kind(P + "history_" + attr, doc, value=getattr(store, attr))
+        yield b.store_latency.family(P + "store_latency_seconds",
+                                     "Time to store one publish batch.")
+        yield GaugeMetricFamily(P + "draining", "1 while the broker shuts down.",
+                                value=1 if getattr(b, "draining", False) else 0)
+        stats = getattr(b, "stats", None)
+        if stats is not None:
+            yield GaugeMetricFamily(P + "edges_reporting", "Edges that sent a stats report recently.",
+                                    value=len(stats.edges))
+
+
+def broker_registry(broker) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(BrokerCollector(broker))
+    return reg
+
+
+def broker_ready(broker) -> str | None:
+    """None when the broker should receive traffic, else why not."""
+    if getattr(broker, "draining", False):
+        return "draining"
+    if not getattr(broker, "serving", False):
+        return "starting"
+    return None

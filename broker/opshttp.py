@@ -1,0 +1,115 @@
+"""The operations listener of each process: ``/metrics``, ``/health`` and ``/ready``.
+
+One small HTTP/1.1 listener per process (broker: ``metrics_port``; edge i:
+``edge_metrics_port + i``), off when the port is 0.  One request per connection, answered
+with ``Connection: close``:
+
+* ``GET /metrics``: Prometheus text exposition of the process's own registry;
+* ``GET /health``: 200 while the process runs (its trio loop answers);
+* ``GET /ready``: 200 when it should receive traffic, else 503 with the reason (edge: the
+  broker link is up and it is not draining; broker: its sockets are bound and it is not
+  draining).
+
+``answer(method, path, ...)`` is the sans-IO part; ``serve_ops`` runs it on trio, in the
+process's own loop, so collectors read ``statistics()`` without locks.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import httptools
+import trio
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 8192
+REQUEST_TIMEOUT_S = 10.0
+
+ReadyFn = Callable[[], "str | None"]  # None: ready; else the reason it is not
+
+
+def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain; charset=utf-8") -> bytes:
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def answer(method: str, path: str, registry, ready: ReadyFn) -> bytes:
+    """The whole response to one request."""
+    path = path.split("?", 1)[0]
+    if method not in ("GET", "HEAD"):
+        return _response(405, "Method Not Allowed", b"Method not allowed.\n")
+    if path == "/metrics":
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(registry)
+        out = _response(200, "OK", body, CONTENT_TYPE_LATEST)
+    elif path == "/health":
+        out = _response(200, "OK", b"ok\n")
+    elif path == "/ready":
+        why = ready()
+        out = (_response(200, "OK", b"ready\n") if why is None
+               else _response(503, "Service Unavailable", f"not ready: {why}\n".encode()))
+    else:
+        out = _response(404, "Not Found", b"Not found: try /metrics, /health or /ready.\n")
+    if method == "HEAD":
+        out = out[: out.index(b"\r\n\r\n") + 4]
+    return out
+
+
+class _Req:
+    def __init__(self) -> None:
+        self.url = b""
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+async def _serve_one(stream: trio.SocketStream, registry, ready: ReadyFn) -> None:
+    try:
+        with trio.move_on_after(REQUEST_TIMEOUT_S):
+            req = _Req()
+            parser = httptools.HttpRequestParser(req)
+            seen = 0
+            while not req.done:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                seen += len(data)
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserUpgrade:
+                    break
+                except httptools.HttpParserError:
+                    await stream.send_all(_response(400, "Bad Request", b"Bad request.\n"))
+                    return
+                if not req.done and seen > MAX_HEAD_BYTES:
+                    await stream.send_all(_response(431, "Request Header Fields Too Large",
+                                                    b"Request header too large.\n"))
+                    return
+            method = parser.get_method().decode("latin-1")
+            await stream.send_all(answer(method, req.url.decode("latin-1"), registry, ready))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    except Exception:  # a bug here must not take the process down
+        log.exception("ops listener: unexpected error")
+    finally:
+        with trio.move_on_after(1):
+            await stream.aclose()
+
+
+async def serve_ops(host: str, port: int, registry, ready: ReadyFn,
+                    *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve /metrics, /health, /ready on ``host:port`` until cancelled."""
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    log.info("ops listener ready addr=%s:%d paths=/metrics,/health,/ready", host, port)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _serve_one(stream, registry, ready)
+
+    await trio.serve_listeners(handler, listeners, task_status=task_status)

@@ -1,0 +1,68 @@
+"""Choosing the broker's history store from the config (``store`` key, ``--store`` flag).
+
+* ``memory`` (default): ``MemoryStore`` over ``MemoryHistory``; nothing survives a restart
+  (every channel starts a new epoch, which edges report to their clients).
+* ``redis://[:password@]host[:port][/db]``: ``RedisStore``; epoch, seq and history survive a
+  broker restart.  The client connects lazily: a broker started while Redis is down runs, and
+  refuses publishes (HTTP 503, an error reply on the command socket, PUSH/SUB items logged and
+  counted) until Redis answers; it reconnects by itself (with backoff, at most
+  ``REDIS_BACKOFF_MAX_S`` between attempts) on the next publish or history request.
+"""
+from __future__ import annotations
+
+import logging
+
+from broker.config import Config
+from broker.errors import StoreUnavailable
+from broker.history import MemoryHistory
+from broker.redisclient import RedisClient, parse_redis_url
+from broker.store import MemoryStore, Store
+from broker.store_redis import RedisStore
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 2.0  # one round trip; a publish waits at most this long for Redis
+REDIS_BACKOFF_MAX_S = 1.0
+STARTUP_PROBE_S = 2.0
+
+
+def open_store(cfg: Config) -> Store:
+    """The store ``cfg.store`` names (no I/O yet; raises ConfigError for a bad URL)."""
+    if cfg.store == "memory":
+        return MemoryStore(
+            MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s)
+        )
+    host, port, db, password = parse_redis_url(cfg.store)
+    client = RedisClient(
+        host, port, db, password=password, timeout_s=REDIS_TIMEOUT_S,
+        backoff_max_s=REDIS_BACKOFF_MAX_S, client_name="gripcast-broker",
+    )
+    return RedisStore(
+        client, max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
+        owns_client=True,
+    )
+
+
+def describe(cfg: Config) -> str:
+    """The store for logs, without a password."""
+    if cfg.store == "memory":
+        return "memory"
+    host, port, db, _ = parse_redis_url(cfg.store)
+    return f"redis://{host}:{port}/{db}"
+
+
+async def probe(store: Store, timeout_s: float = STARTUP_PROBE_S) -> bool:
+    """Connect a networked store now if it can be (True); False (logged) if it is unreachable.
+
+    The broker starts either way: an unreachable store only means publishes are refused until
+    it answers.
+    """
+    client = getattr(store, "client", None)
+    if client is None:
+        return True
+    try:
+        await client.wait_connected(timeout_s=timeout_s)
+        return True
+    except StoreUnavailable as exc:
+        log.error("store unreachable at startup, publishes are refused until it answers: %s", exc)
+        return False

@@ -1,0 +1,133 @@
+"""Edge <-> broker link repair (sans-IO): noticing a broker restart or a lost link, and telling
+held sessions when a channel's history was lost.
+
+Theory of operation
+-------------------
+The broker sends a heartbeat every ``wire.HEARTBEAT_INTERVAL_S`` on its XPUB, carrying its
+``broker_id`` (random per broker process); the edge also learns it from the ``hello`` reply.
+``LinkWatch`` turns those observations, and the passing of time (``tick(now)``), into actions:
+
+* ``Resync(reason)``: re-synchronise every live channel.  Emitted on the first heartbeat, when
+  the ``broker_id`` changes (broker restarted: ZeroMQ reconnects the SUB and the DEALER and
+  re-sends the SUB's subscriptions by itself, but anything published around the restart may
+  have missed this edge), and when heartbeats come back after the link was lost.  The edge then
+  asks each channel's ``position`` (``Tracker.resync``): the tracker replays what it missed, or
+  reports ``EpochChanged`` when the broker's history for the channel is gone.
+* ``LinkLost(silent_s)``: no heartbeat for ``timeout_s`` (``broker_link_timeout_s``, default 3
+  heartbeat intervals).  Logged; held connections stay open (nothing is lost while the broker
+  is away: what is published meanwhile is in its history when it is back).
+
+An epoch change means history was lost (a broker restart with the memory store, Redis losing
+its data), and so does a gap older than history (``GapSkipped``): the edge never continues
+silently.  ``tell_epoch_change(sessions, channel)`` applies
+the policy to every session held on the channel:
+
+* a session with an ``on_epoch_change(channel)`` method (WebSocket sessions) is told through
+  it and decides (the WebSocket transport sends its client a control event);
+* an HTTP stream (incl. SSE) is closed without its final chunk: the client reconnects, the
+  origin sees the request again and decides (resume from its cursor falls back to the origin,
+  which may answer with fresh state);
+* a response hold (long-poll) gets its timeout response now, as if its timeout had passed:
+  the client polls again and the origin decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    reason: str
+    broker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    silent_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkWatchStatistics:
+    broker_id: str | None
+    up: bool
+    last_heartbeat: float | None
+    restarts: int
+    losses: int
+    resyncs: int
+
+
+class LinkWatch:
+    def __init__(self, timeout_s: float, now: float) -> None:
+        self.timeout_s = timeout_s
+        self.broker_id: str | None = None
+        self.up = False
+        self._last: float | None = None
+        self._since = now
+        self._lost_reported = False
+        self._restarts = self._losses = self._resyncs = 0
+
+    def on_heartbeat(self, broker_id: str, now: float) -> list:
+        """A heartbeat (or hello reply) from broker ``broker_id`` arrived at ``now``."""
+        self._last = now
+        actions: list = []
+        if self.broker_id is None:
+            actions.append(Resync("link up", broker_id))
+        elif broker_id != self.broker_id:
+            self._restarts += 1
+            actions.append(Resync(f"broker restarted (was {self.broker_id})", broker_id))
+        elif not self.up:
+            actions.append(Resync("link back", broker_id))
+        self.broker_id = broker_id
+        self.up = True
+        self._lost_reported = False
+        self._resyncs += len(actions)
+        return actions
+
+    def tick(self, now: float) -> list:
+        """Check for silence: ``LinkLost`` once per loss (also when never heard from)."""
+        if self._lost_reported:
+            return []
+        ref = self._last if self._last is not None else self._since
+        if now - ref > self.timeout_s:
+            self.up = False
+            self._lost_reported = True
+            self._losses += 1
+            return [LinkLost(now - ref)]
+        return []
+
+    def statistics(self) -> LinkWatchStatistics:
+        return LinkWatchStatistics(self.broker_id, self.up, self._last, self._restarts,
+                                   self._losses, self._resyncs)
+
+
+@dataclass(frozen=True, slots=True)
+class EpochNotice:
+    """What ``tell_epoch_change`` did, for logs and statistics."""
+
+    channel: str
+    hooked: int  # sessions told through on_epoch_change (WebSocket)
+    streams_closed: int
+    responses_answered: int
+
+
+def tell_epoch_change(sessions, channel: str, timeout_response: Callable) -> EpochNotice:
+    """Apply the epoch-change policy (module docstring) to ``sessions`` held on ``channel``.
+
+    ``timeout_response(session)`` builds a response hold's timeout response.
+    """
+    hooked = closed = answered = 0
+    for s in list(sessions):
+        hook = getattr(s, "on_epoch_change", None)
+        if hook is not None:
+            hook(channel)
+            hooked += 1
+        elif s.kind == "stream":
+            if not s.done:
+                s.kill(f"history lost on channel {channel} (epoch changed)")
+                closed += 1
+        elif s.kind == "response":
+            if s.result is None and not s.done:
+                s.respond(timeout_response(s))
+                answered += 1
+    return EpochNotice(channel, hooked, closed, answered)

@@ -1,0 +1,303 @@
+"""WebSocket-over-HTTP toward the origin (route target ``over_http``; reference 4.2, 4.3).
+
+The sans-IO part: ``replay_headers`` (the client's handshake headers replayed on every request,
+minus ``Upgrade``, ``Connection``, ``Accept``, ``Connection-Id``, ``Content-Length``,
+``Content-Type``, ``Sec-WebSocket-Extensions`` and every client ``Meta-*``), ``woh_headers``
+(what each request adds: ``Sec-WebSocket-Extensions: grip``, ``Accept``, ``Content-Type``,
+``Connection-Id``, ``Meta-<Name>`` for each bound meta), ``check_response`` (exactly ``200`` and
+``Content-Type: application/websocket-events``) and ``apply_headers`` (``Set-Meta-*``,
+``Keep-Alive-Interval``).  ``edge.origin`` adds ``Grip-Sig`` (fresh for every request),
+``Grip-Feature``, ``Host`` and ``Content-Length``.
+
+``WohOrigin`` is the I/O: the OPEN request (relayed to the client as an HTTP response when the
+origin rejects it; never retried; targets fail over on connect errors), then one task that keeps
+exactly one request in flight: it waits for client events (queued, at most
+``MAX_PENDING_BYTES`` before the client is no longer read), a ``refresh`` or the keep-alive
+interval, POSTs them, and applies the response's events to the session.  A request that fails
+before a response is retried up to ``RETRIES`` times (1 s x 2^n + up to 1 s of jitter); after
+that, or on a bad response, the client is closed with 1011.  ``DISCONNECT`` (client vanished)
+is sent in the background and its response ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import uuid
+from dataclasses import dataclass
+
+import trio
+
+from broker.errors import RemoteProtocolError
+from edge import responses
+from edge.headers import clean_response_headers
+from edge.origin import OriginError, open_origin
+from edge.wscontrol import grip_prefix
+from edge.wsevents import (CONTENT_TYPE, EventsError, WsEvent, close_content, decode_events,
+                           encode_event, parse_close_content)
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BODY = 1_000_000
+MAX_REJECT_BODY = 100_000
+MAX_PENDING_BYTES = 200_000
+MIN_KEEP_ALIVE_S = 20.0
+RETRIES = 5
+_REPLAY_DROP = frozenset([b"upgrade", b"connection", b"accept", b"connection-id",
+                          b"content-length", b"content-type", b"sec-websocket-extensions"])
+
+
+# -- sans-IO ---------------------------------------------------------------------------------
+
+def replay_headers(client_headers) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in client_headers
+            if k.lower() not in _REPLAY_DROP and not k.lower().startswith(b"meta-")]
+
+
+def woh_headers(cid: str, meta: dict) -> list[tuple[bytes, bytes]]:
+    out = [(b"Sec-WebSocket-Extensions", b"grip"),
+           (b"Accept", CONTENT_TYPE.encode()),
+           (b"Connection-Id", cid.encode()),
+           (b"Content-Type", CONTENT_TYPE.encode())]
+    for name, value in meta.items():
+        out.append((b"Meta-" + name.encode("latin-1"), value.encode("latin-1", "replace")))
+    return out
+
+
+def check_response(status: int, headers) -> str | None:
+    """Why a WOH response is not acceptable (None when it is)."""
+    if status != 200:
+        return f"origin answered {status}"
+    ctype = next((v for k, v in headers if k.lower() == b"content-type"), None)
+    if ctype != CONTENT_TYPE.encode():
+        return f"origin answered Content-Type {ctype!r}, not {CONTENT_TYPE}"
+    return None
+
+
+def apply_headers(headers, meta: dict) -> float | None:
+    """Bind ``Set-Meta-*`` into ``meta``; returns the ``Keep-Alive-Interval`` (None if absent)."""
+    interval = None
+    for k, v in headers:
+        lk = k.lower()
+        if lk.startswith(b"set-meta-"):
+            name = k[9:].decode("latin-1")
+            # meta names are compared case-insensitively; keep the first spelling seen
+            existing = next((n for n in meta if n.lower() == name.lower()), name)
+            if v:
+                meta[existing] = v.decode("latin-1")
+            else:
+                meta.pop(existing, None)
+        elif lk == b"keep-alive-interval":
+            try:
+                interval = max(MIN_KEEP_ALIVE_S, float(v.strip()))
+            except ValueError:
+                pass
+    return interval
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The origin side's answer to opening: a rejection to relay, or the 101's ingredients."""
+
+    reject: bytes | None = None
+    headers: list = dataclasses.field(default_factory=list)
+    prefix: str | None = None
+    events: list = dataclasses.field(default_factory=list)
+
+
+def rejection(status: int, reason: str, headers, body: bytes) -> bytes:
+    hs = clean_response_headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+    return responses.full(status, reason, hs, body, keep_alive=False)
+
+
+# -- I/O -------------------------------------------------------------------------------------
+
+class WohOrigin:
+    def __init__(self, app, route, client_headers, path: bytes) -> None:
+        self.app = app
+        self.route = route
+        self.path = path
+        self.cid = str(uuid.uuid4())
+        self.headers = replay_headers(client_headers)
+        self.fixed_channels = tuple(route.targets[0].subs)
+        self.meta: dict[str, str] = {}
+        self.targets = None  # after OPEN: the target that answered
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.keep_alive_s: float | None = None
+        self.wake = trio.Event()
+        self.room = trio.Event()
+        self.refreshing = False
+        self.detached = False
+        self.gone = False  # DISCONNECT sent/received: no more requests
+        self.close_sent = False
+        self.last_request = 0.0
+        self.session = None
+
+    async def _post(self, body: bytes):
+        """One request; returns ``(status, reason, headers, body)``."""
+        resp = await open_origin(self.route, b"POST", self.path, self.headers, body,
+                                 sig=self.app.sign(self.route),
+                                 timeout_s=self.app.cfg.origin_timeout_s,
+                                 extra=woh_headers(self.cid, self.meta), targets=self.targets)
+        try:
+            limit = MAX_REJECT_BODY if check_response(resp.status, resp.headers) else MAX_RESPONSE_BODY
+            try:
+                data = await resp.read_body(limit)
+            except OriginError as exc:
+                if "too large" in exc.reason:
+                    raise OriginError(f"WebSocket-over-HTTP response over {limit} bytes") from exc
+                raise
+            if self.targets is None:
+                self.targets = (resp.target,)
+            return resp.status, resp.reason, resp.headers, data
+        finally:
+            await resp.aclose()
+
+    async def open(self) -> Opened:
+        try:
+            status, reason, headers, body = await self._post(encode_event("OPEN"))
+        except OriginError as exc:
+            return self._proxy_error(exc)
+        self.last_request = trio.current_time()
+        if check_response(status, headers) is not None:
+            return Opened(reject=rejection(status, reason, headers, body))
+        try:
+            events = decode_events(body)
+        except EventsError as exc:
+            return self._proxy_error(exc)
+        if not events or events[0].type != "OPEN":
+            return self._proxy_error(RemoteProtocolError("origin did not accept the OPEN"))
+        self.keep_alive_s = apply_headers(headers, self.meta)
+        ext = [v.decode("latin-1") for k, v in headers if k.lower() == b"sec-websocket-extensions"]
+        return Opened(headers=headers, prefix=grip_prefix(ext), events=events[1:])
+
+    def _proxy_error(self, exc: RemoteProtocolError) -> Opened:
+        self.app.proxy_errors += 1
+        log.warning("websocket-over-http open failed path=%s: %s",
+                    self.path.decode("latin-1", "replace"), exc.reason)
+        text = exc.reason if self.route.debug else "Error while proxying to origin."
+        return Opened(reject=responses.error(502, text))
+
+    # -- client side events (from the connection task) -----------------------------------------
+
+    async def client_event(self, type_: str, content: bytes | None) -> None:
+        if self.gone or self.detached:
+            return
+        data = encode_event(type_, content)
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        self.wake.set()
+
+    async def client_close(self, code: int | None, reason: str) -> None:
+        await self.client_event("CLOSE", close_content(code, reason))
+        self.close_sent = True
+
+    async def wait_room(self) -> None:
+        while self.pending_bytes > MAX_PENDING_BYTES and not self.gone:
+            self.room = trio.Event()
+            await self.room.wait()
+
+    def refresh(self) -> None:
+        self.refreshing = True
+        self.wake.set()
+
+    def detach(self) -> None:
+        self.detached = True
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.room.set()
+
+    def closed_by_client(self, code: int | None, reason: str) -> None:
+        """The client answered a close from us (a publish): tell the origin, in the background."""
+        if self.gone or self.detached:
+            return
+        self.gone = True
+        self.app.nursery.start_soon(self._final, encode_event("CLOSE", close_content(code, reason)))
+
+    def disconnected(self) -> None:
+        """The client vanished: tell the origin in the background (response ignored)."""
+        if self.gone or self.detached:
+            return
+        self.gone = True
+        self.app.nursery.start_soon(self._final, encode_event("DISCONNECT"))
+
+    async def _final(self, body: bytes) -> None:
+        try:
+            await self._post(b"".join(self.pending) + body)
+        except (RemoteProtocolError, OSError) as exc:
+            log.debug("last request to origin failed cid=%s: %s", self.cid, exc)
+
+    async def aclose(self) -> None:
+        self.room.set()
+
+    # -- the request loop ------------------------------------------------------------------------
+
+    async def serve(self, session) -> None:
+        self.session = session
+        while not self.gone and not self.detached:
+            if not self.pending and not self.refreshing:
+                due = (self.last_request + self.keep_alive_s) if self.keep_alive_s else math.inf
+                self.wake = trio.Event()
+                with trio.move_on_at(due):
+                    await self.wake.wait()
+                if self.gone or self.detached:
+                    return
+            body = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            self.refreshing = False
+            self.room.set()
+            try:
+                status, _, headers, data = await self._post_retrying(body)
+                problem = check_response(status, headers)
+                if problem:
+                    raise OriginError(problem)
+                events = decode_events(data)
+            except RemoteProtocolError as exc:
+                log.warning("websocket-over-http request failed cid=%s: %s", self.cid, exc.reason)
+                self.gone = True
+                await session.close(1011, "origin error")
+                return
+            interval = apply_headers(headers, self.meta)
+            if interval is not None:
+                self.keep_alive_s = interval
+            got_close = await self._apply(session, events)
+            if self.close_sent and not got_close and not self.keep_alive_s:
+                self.gone = True  # uncleanly closed: the connection task echoes the client
+                session.closed.set()
+                return
+
+    async def _post_retrying(self, body: bytes):
+        for attempt in range(RETRIES + 1):
+            try:
+                result = await self._post(body)
+                self.last_request = trio.current_time()
+                return result
+            except OriginError as exc:
+                if attempt == RETRIES:
+                    raise
+                delay = (1 << attempt) + random.random()
+                log.info("websocket-over-http retry cid=%s in %.1fs: %s", self.cid, delay,
+                         exc.reason)
+                await trio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _apply(self, session, events: list[WsEvent]) -> bool:
+        got_close = False
+        for ev in events:
+            if ev.type in ("TEXT", "BINARY", "PING", "PONG"):
+                await session.from_origin(ev.type, ev.content)
+            elif ev.type == "CLOSE":
+                got_close = True
+                code, reason = parse_close_content(ev.content)
+                await session.close(code if code is not None else 1000, reason)
+                self.gone = True
+            elif ev.type in ("DISCONNECT", "OPEN"):
+                self.gone = True
+                session.kill("origin disconnected")
+                return True
+            else:
+                log.debug("ignoring unknown event %s cid=%s", ev.type, self.cid)
+        return got_close

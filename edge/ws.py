@@ -1,0 +1,487 @@
+"""WebSocket clients on the edge: handshake, the ``WsSession`` the hub delivers to, and the
+connection task.
+
+Theory of operation
+-------------------
+``httpserver.Connection`` hands an ``Upgrade: websocket`` request here (``serve_websocket``)
+with the bytes that followed it.  The handshake is checked (RFC 6455 4.2.1; the accept token is
+wsproto's), the route is matched as a WebSocket request, and the origin side is opened first:
+WebSocket-over-HTTP (``edge.woh``, target ``over_http``) or a WebSocket to the origin
+(``edge.wsproxy``).  A rejection by the origin is relayed to the client as an HTTP response;
+otherwise the client gets ``101 Switching Protocols`` with the origin's headers.
+
+From then on three things run under one nursery: this task reads the client socket and feeds
+``edge.wsconn.WsConnection`` (frames parsed by the ``_speedups`` twin); the origin side's task
+turns client events into origin traffic and origin traffic into session actions; a small timer
+task sends ``keep-alive`` and ``send-delayed`` messages the origin asked for.
+
+Every byte to the client, from the origin side or from a publish, goes through the delivery
+path (``Deliverer.write_many``): one non-blocking send, else the session's bounded buffer and a
+writer task, and a session that overflows it is dropped.  So a slow WebSocket client never
+delays anyone else, and published frames are built once per message
+(``message_frame``) and written as the same bytes to every subscriber.
+
+GRIP over the socket (``edge.wscontrol``): when the origin enabled the ``grip`` extension, a
+TEXT ``c:`` message from it is a control message (subscribe, unsubscribe, detach, set-meta,
+keep-alive, send-delayed, flush-delayed), other messages must carry the prefix (stripped) or are
+dropped.  Route ``sub=`` channels are subscribed at open.  A ``subscribe`` with ``prev-id``
+first replays, from broker history, what the connection missed (``edge.resume``); when history
+cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",...}``
+(docs/websocket.md).
+
+Closing: a close from the client is passed to the origin, whose answering close (or, after
+``CLOSE_TIMEOUT_S``, an echo of the client's code) is sent back; a close from the origin or a
+publish is sent to the client, whose reply (or ``CLOSE_TIMEOUT_S``) ends the connection.  A
+client that vanishes without a close makes the origin side send ``DISCONNECT``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import logging
+import math
+
+import trio
+from wsproto.utilities import generate_accept_token
+
+from _speedups import ws_frame
+from edge import filters, responses
+from edge import wscontrol as wc
+from edge.wsconn import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
+                         OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+READ_SIZE = 65536
+MAX_FRAME = 16384  # origin messages are split into frames of at most this size (Pushpin's)
+_ids = itertools.count(1)
+_OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PONG}
+
+
+# -- handshake (sans-IO) ---------------------------------------------------------------------
+
+class HandshakeError(Exception):
+    def __init__(self, status: int, text: str, headers=()) -> None:
+        super().__init__(text)
+        self.status, self.text, self.headers = status, text, list(headers)
+
+    def response(self) -> bytes:
+        body = self.text.encode() + b"\n"
+        hs = [("Content-Type", "text/plain")] + self.headers
+        return responses.full(self.status, "", hs, body, keep_alive=False)
+
+
+def _get(headers, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _tokens(headers, name: bytes) -> set[bytes]:
+    out = set()
+    for k, v in headers:
+        if k.lower() == name:
+            out.update(t.strip().lower() for t in v.split(b","))
+    return out
+
+
+def is_websocket_request(headers) -> bool:
+    return b"websocket" in _tokens(headers, b"upgrade")
+
+
+def check_handshake(method: bytes, headers) -> bytes:
+    """Validate a client's opening handshake; returns its ``Sec-WebSocket-Key``."""
+    if method != b"GET":
+        raise HandshakeError(405, "WebSocket handshake must be a GET.", [("Allow", "GET")])
+    if b"upgrade" not in _tokens(headers, b"connection"):
+        raise HandshakeError(400, "Missing Connection: Upgrade.")
+    version = _get(headers, b"sec-websocket-version")
+    if version is None or version.strip() != b"13":
+        raise HandshakeError(426, "Unsupported WebSocket version.", [("Sec-WebSocket-Version", "13")])
+    key = (_get(headers, b"sec-websocket-key") or b"").strip()
+    try:
+        ok = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        raise HandshakeError(400, "Bad Sec-WebSocket-Key.")
+    return key
+
+
+_101_DROP = frozenset(["content-length", "content-type", "keep-alive-interval", "connection",
+                       "upgrade", "sec-websocket-accept", "sec-websocket-extensions",
+                       "transfer-encoding", "keep-alive", "content-encoding"])
+
+
+def accept_head(key: bytes, origin_headers) -> bytes:
+    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
+    hs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+          ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii"))]
+    for k, v in origin_headers:
+        ks = k.decode("latin-1") if isinstance(k, bytes) else k
+        lk = ks.lower()
+        if lk in _101_DROP or lk.startswith(("grip-", "set-meta-")):
+            continue
+        hs.append((ks, v.decode("latin-1") if isinstance(v, bytes) else v))
+    return responses.head(101, "Switching Protocols", hs)
+
+
+def message_frame(fmt: dict) -> bytes:
+    """The frame of a published ``ws-message`` send (built once, sent to every subscriber)."""
+    op = _OPCODES.get(fmt.get("type") or "text", OP_TEXT)
+    content = fmt.get("content") or b""
+    if op >= OP_PING:
+        content = content[:125]
+    return ws_frame(op, content)
+
+
+def _frames(op: int, data: bytes) -> bytes:
+    if len(data) <= MAX_FRAME:
+        return ws_frame(op, data)
+    parts = [ws_frame(op if i == 0 else 0, data[i:i + MAX_FRAME], i + MAX_FRAME >= len(data))
+             for i in range(0, len(data), MAX_FRAME)]
+    return b"".join(parts)
+
+
+# -- the session -----------------------------------------------------------------------------
+
+class WsSession:
+    """One client WebSocket: what the hub maps channels to and the delivery path writes to.
+
+    Has the fields ``Deliverer.write_many`` relies on (``fd``, ``sock``, ``buf``, ``writing``,
+    ``closing``, ``dead``, ``done``, ``last_out``, ``finish()``, ``kill()``) and the ones
+    ``edge.filters`` reads (``filters``, ``meta``, ``channel_names``).
+    """
+
+    kind = "ws"
+    __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing", "closing",
+                 "dead", "done", "reason", "scope", "read_scope", "last_out", "filters", "meta",
+                 "channel_names", "detached", "keep_alive", "ka_last", "delayed",
+                 "delayed_at", "timer_wake", "closed", "client_close", "last_cursor",
+                 "__weakref__")
+
+    def __init__(self, app, sock, side, prefix: str | None, now: float, max_message: int) -> None:
+        self.id = next(_ids)
+        self.app = app
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ws = WsConnection(max_message=max_message)
+        self.side = side
+        self.prefix = prefix  # None: GRIP not enabled by the origin
+        self.buf = bytearray()
+        self.writing = False
+        self.closing = False  # our close frame is queued: nothing else goes out
+        self.dead = False
+        self.done = False
+        self.reason = ""
+        self.scope: trio.CancelScope | None = None
+        self.read_scope: trio.CancelScope | None = None
+        self.last_out = now
+        self.filters: dict = {}
+        self.meta: dict = {}
+        self.channel_names: frozenset = frozenset()
+        self.detached = False
+        self.keep_alive: wc.KeepAlive | None = None
+        self.ka_last = now
+        self.delayed: wc.OutMessage | None = None
+        self.delayed_at = math.inf
+        self.timer_wake = trio.Event()
+        self.closed = trio.Event()  # set once our close frame is written
+        self.client_close: Close | None = None
+        self.last_cursor: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<WsSession conn={self.id} fd={self.fd}>"
+
+    # -- what the delivery path calls ----------------------------------------------------------
+
+    def finish(self) -> None:
+        """Our close frame is fully written: only the client's close reply is awaited now."""
+        self.done = True
+        self.closed.set()
+        if self.read_scope is not None:
+            self.read_scope.deadline = min(self.read_scope.deadline,
+                                           trio.current_time() + CLOSE_TIMEOUT_S)
+
+    def kill(self, reason: str) -> None:
+        if not self.dead:
+            self.dead = True
+            self.reason = reason
+        self.done = True
+        self.closed.set()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def close_for_shutdown(self) -> None:
+        """The edge is draining (``edge.lifecycle``): close 1012 so the client reconnects elsewhere."""
+        if not self.done and not self.closing:
+            self.app.nursery.start_soon(self.close, 1012, "service restart")
+
+    def on_publish(self, fmt: dict, env, flt) -> bytes | None:
+        """A published ``ws-message`` that is not a plain shared frame: bytes to send or None."""
+        action = fmt.get("action", "send")
+        if action == "send":
+            content = fmt.get("content") or b""
+            try:
+                content = filters.apply(flt, self.meta, env.meta, self.channel_names, content)
+            except filters.FilterError as exc:
+                log.info("filter dropped message conn=%s channel=%s: %s", self.id, env.channel, exc)
+                return None
+            if content is None:
+                return None
+            return message_frame(dict(fmt, content=content))
+        if action == "close":
+            code = fmt.get("code")
+            return self.close_frame(code if code is not None else 1000, fmt.get("reason") or "")
+        if action == "refresh":
+            self.side.refresh()
+        return None
+
+    def close_frame(self, code: int | None, reason: str = "") -> bytes:
+        data = self.ws.close(code, reason)
+        if data:
+            self.closing = True
+        return data
+
+    # -- writing (always through the delivery path) ---------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        if data and not self.done:
+            await self.app.deliverer.write_many([(self, [data])], trio.current_time())
+
+    async def send_message(self, type_: str, data: bytes) -> None:
+        if self.closing or self.ws.state is not CloseState.OPEN:
+            return
+        op = _OPCODES.get(type_, OP_TEXT)
+        if op >= OP_PING:
+            await self.write(ws_frame(op, data[:125]))
+        else:
+            await self.write(_frames(op, data))
+
+    async def close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Send our close frame (once); the connection ends when the client answers."""
+        data = self.close_frame(code, reason)
+        if data:
+            await self.write(data)
+
+    # -- origin traffic (either origin side) -----------------------------------------------------
+
+    async def from_origin(self, type_: str, content: bytes | None, *, single_frame: bool = True) -> None:
+        """One message from the origin: GRIP processing, then to the client."""
+        content = content or b""
+        if type_ in ("TEXT", "BINARY"):
+            if self.prefix is not None:
+                if type_ == "TEXT" and content.startswith(b"c:"):
+                    if not single_frame:
+                        return  # fragmented control messages are ignored (Pushpin)
+                    try:
+                        ctl = wc.parse_control(content[2:])
+                    except wc.ControlError as exc:
+                        if exc.close_code:
+                            await self.close(exc.close_code, exc.reason)
+                        else:
+                            log.warning("bad control message conn=%s: %s", self.id, exc.reason)
+                        return
+                    await self.control(ctl)
+                    return
+                kind, content = wc.strip_prefix(content, self.prefix)
+                if kind == "drop":
+                    log.debug("dropping unprefixed message conn=%s", self.id)
+                    return
+            await self.send_message("text" if type_ == "TEXT" else "binary", content)
+        elif type_ in ("PING", "PONG"):
+            await self.send_message(type_.lower(), content)
+
+    async def control(self, ctl) -> None:
+        app = self.app
+        if isinstance(ctl, wc.Subscribe):
+            chans = list(app.hub.channels_of(self))
+            if ctl.channel not in chans and len(chans) >= wc.MAX_CHANNELS:
+                log.info("subscribe ignored (over %d channels) conn=%s", wc.MAX_CHANNELS, self.id)
+                return
+            if ctl.filters:
+                self.filters[ctl.channel] = ctl.filters
+            else:
+                self.filters.pop(ctl.channel, None)
+            if ctl.channel not in chans:
+                self.set_channels(chans + [ctl.channel])
+                if ctl.prev_id is not None:
+                    await self.resume(ctl.channel, ctl.prev_id)
+        elif isinstance(ctl, wc.Unsubscribe):
+            if ctl.channel in self.side.fixed_channels:
+                return  # route sub= channels stay
+            chans = [c for c in app.hub.channels_of(self) if c != ctl.channel]
+            self.filters.pop(ctl.channel, None)
+            self.set_channels(chans)
+        elif isinstance(ctl, wc.Detach):
+            self.detached = True
+            self.side.detach()
+        elif isinstance(ctl, wc.SetMeta):
+            if ctl.value is None:
+                self.meta.pop(ctl.name, None)
+            else:
+                self.meta[ctl.name] = ctl.value
+        elif isinstance(ctl, wc.KeepAlive):
+            self.keep_alive = ctl if ctl.message is not None else None
+            self.ka_last = trio.current_time()
+            self.timer_wake.set()
+        elif isinstance(ctl, wc.SendDelayed):
+            if self.delayed is not None:
+                await self.flush_delayed()
+            self.delayed = ctl.message
+            self.delayed_at = trio.current_time() + ctl.timeout_s
+            self.timer_wake.set()
+        elif isinstance(ctl, wc.FlushDelayed):
+            await self.flush_delayed()
+        # SessionId: accepted, nothing to do (no session feature yet)
+
+    def set_channels(self, channels: list[str]) -> None:
+        app = self.app
+        app.hub.remove(self, trio.current_time())
+        app.add_session(self, channels)
+        self.channel_names = frozenset(channels)
+
+    async def resume(self, channel: str, cursor: str) -> None:
+        """Reliable WebSocket: replay what came after ``cursor`` before live messages."""
+        ok = await self.app.resume(self, channel, cursor)
+        if not ok and not self.done:
+            event = {"type": "resume-failed", "channel": channel, "prev-id": cursor}
+            await self.side.client_event("TEXT", b"c:" + json.dumps(event).encode())
+
+    async def flush_delayed(self) -> None:
+        msg, self.delayed, self.delayed_at = self.delayed, None, math.inf
+        if msg is not None:
+            await self.send_message(msg.type, msg.content)
+
+    async def serve_timers(self) -> None:
+        """keep-alive and send-delayed (control messages from the origin)."""
+        while True:
+            now = trio.current_time()
+            due = self.delayed_at
+            ka = self.keep_alive
+            if ka is not None:
+                base = self.ka_last if ka.mode == "interval" else max(self.ka_last, self.last_out)
+                due = min(due, base + ka.timeout_s)
+            if now >= self.delayed_at:
+                await self.flush_delayed()
+                continue
+            if ka is not None and now >= due:
+                self.ka_last = now
+                await self.send_message(ka.message.type, ka.message.content)
+                continue
+            self.timer_wake = trio.Event()
+            with trio.move_on_at(due):
+                await self.timer_wake.wait()
+
+
+# -- the connection task ---------------------------------------------------------------------
+
+async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
+    """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends."""
+    from edge.woh import WohOrigin
+    from edge.wsproxy import WsOrigin
+
+    app = conn.app
+    route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), True, False)
+    if route is None:
+        await conn.send_all(responses.error(502, "Route not found"))
+        return
+    try:
+        key = check_handshake(req.method, req.headers)
+    except HandshakeError as exc:
+        await conn.send_all(exc.response())
+        return
+    side_cls = WohOrigin if route.targets[0].over_http else WsOrigin
+    side = side_cls(app, route, req.headers, path)
+    opened = await side.open()
+    if opened.reject is not None:
+        await conn.send_all(opened.reject)
+        return
+    await conn.send_all(accept_head(key, opened.headers))
+    now = trio.current_time()
+    session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app))
+    app.ws_opened = getattr(app, "ws_opened", 0) + 1
+    clean = False
+    try:
+        async with trio.open_nursery() as nursery:
+            session.scope = nursery.cancel_scope
+            session.set_channels(list(side.fixed_channels))
+            nursery.start_soon(side.serve, session)
+            nursery.start_soon(session.serve_timers)
+            for ev in opened.events:
+                await session.from_origin(ev.type, ev.content)
+            clean = await _read_client(conn, session, side, bytes(conn.upgrade_rest))
+            nursery.cancel_scope.cancel()
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("websocket ended conn=%s: %s", session.id, exc)
+    finally:
+        session.done = True
+        app.remove_session(session)
+        if not clean:
+            side.disconnected()
+        await side.aclose()
+    if session.dead:
+        log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
+
+
+def ws_max_message(app) -> int:
+    return int(getattr(app.cfg, "ws_max_message_bytes", 1 << 20))
+
+
+async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
+    """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
+    ws = session.ws
+    sock = conn.sock
+    while True:
+        if data:
+            try:
+                events = ws.receive_data(data)
+            except WsError as exc:
+                log.info("websocket protocol error conn=%s code=%d: %s", session.id,
+                         exc.close_code, exc.reason)
+                await session.close(exc.close_code, exc.reason)
+                side.disconnected()
+                return True
+            for ev in events:
+                if isinstance(ev, Message):
+                    if not session.detached:
+                        await side.client_event("BINARY" if ev.binary else "TEXT", ev.data)
+                elif isinstance(ev, Ping):
+                    await session.write(ws.pong(ev.data))
+                elif isinstance(ev, Pong):
+                    await side.client_event("PONG", ev.data or None)
+                elif isinstance(ev, Close):
+                    session.client_close = ev
+                    if ws.state is CloseState.CLOSED:
+                        side.closed_by_client(ev.code, ev.reason)
+                        return True  # it answered our close
+                    await side.client_close(ev.code, ev.reason)
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):
+                        await session.closed.wait()
+                    if ws.state is not CloseState.CLOSED:
+                        await session.write(ws.close(ev.code if ev.code is not None else None,
+                                                     ev.reason))
+                    return True
+            await side.wait_room()
+        with trio.CancelScope() as scope:
+            session.read_scope = scope
+            if session.closing:
+                scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            data = await sock.recv(READ_SIZE)
+        session.read_scope = None
+        if scope.cancelled_caught:
+            return session.ws.state is not CloseState.OPEN
+        if not data:
+            return False
+
+
+def woh_forbidden(route, headers) -> bool:
+    """A plain HTTP request carrying WebSocket events toward an ``over_http`` target (403)."""
+    if not route.targets or not route.targets[0].over_http:
+        return False
+    ctype = _get(headers, b"content-type") or b""
+    return ctype.split(b";", 1)[0].strip().lower() == b"application/websocket-events"

@@ -1,0 +1,252 @@
+"""WebSocket to WebSocket: the edge as a WebSocket client of an origin that speaks WebSocket
+(reference 4, "WS->WS").
+
+``client_handshake`` (sans-IO) builds the opening request: the client's handshake headers
+processed as for HTTP (hop-by-hop and ``Grip-*`` dropped, ``Host`` kept), a fresh
+``Sec-WebSocket-Key``, ``Sec-WebSocket-Extensions: grip`` instead of the client's extensions,
+``Grip-Sig`` and ``Grip-Feature``.  The response is parsed with httptools; ``101`` with the
+right ``Sec-WebSocket-Accept`` (wsproto's token) opens the session, any other answer is relayed
+to the client.  A ``grip`` extension in the 101 enables GRIP control (``edge.wscontrol``);
+extensions are never forwarded to the client.  Frames both ways go through
+``edge.wsconn.WsConnection`` (client role: masked) and the ``_speedups`` frame twin.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+
+import httptools
+import trio
+from wsproto.utilities import generate_accept_token
+
+from broker.errors import RemoteProtocolError
+from edge import responses
+from edge.origin import GRIP_FEATURES, OriginError
+from edge.woh import MAX_REJECT_BODY, Opened, rejection
+from edge.wscontrol import grip_prefix
+from edge.wsconn import Close, Message, Ping, Pong, WsConnection, WsError
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+_DROP = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
+                   b"transfer-encoding", b"expect", b"content-length", b"host", b"te",
+                   b"upgrade", b"proxy-connection", b"sec-websocket-key",
+                   b"sec-websocket-version", b"sec-websocket-extensions"])
+
+
+def client_handshake(route, target, path: bytes, client_headers, key: bytes,
+                     sig: str | None) -> bytes:
+    host = b""
+    out = []
+    for k, v in client_headers:
+        lk = k.lower()
+        if lk == b"host":
+            host = v
+        if lk in _DROP or lk.startswith(b"grip-"):
+            continue
+        out.append((k, v))
+    if target.host_header:
+        host = target.host_header.encode("latin-1")
+    elif route.as_host:
+        host = route.as_host.encode("latin-1")
+    elif not host:
+        host = str(target).encode("latin-1")
+    for name, value in route.headers:
+        bname = name.encode("latin-1")
+        out = [(k, v) for k, v in out if k.lower() != bname.lower()]
+        if value:
+            out.append((bname, value.encode("latin-1")))
+    out += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", key), (b"Sec-WebSocket-Version", b"13"),
+            (b"Sec-WebSocket-Extensions", b"grip")]
+    if sig:
+        out.append((b"Grip-Sig", sig.encode("ascii")))
+    if not route.no_grip:
+        out.append((b"Grip-Feature", GRIP_FEATURES))
+    rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
+    lines = [b"GET %s HTTP/1.1\r\nHost: %s\r\n" % (rpath, host)]
+    lines += [b"%s: %s\r\n" % (k, v) for k, v in out]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _Head:
+    def __init__(self) -> None:
+        self.reason = b""
+        self.headers: list = []
+        self.body: list = []
+        self.head_done = self.complete = False
+
+    def on_status(self, s): self.reason += s
+    def on_header(self, k, v): self.headers.append((k, v))
+    def on_headers_complete(self): self.head_done = True
+    def on_body(self, b): self.body.append(b)
+    def on_message_complete(self): self.complete = True
+
+
+class WsOrigin:
+    def __init__(self, app, route, client_headers, path: bytes) -> None:
+        self.app = app
+        self.route = route
+        self.path = path
+        self.client_headers = client_headers
+        self.fixed_channels = tuple(route.targets[0].subs)
+        self.stream: trio.SocketStream | None = None
+        self.ws = WsConnection(client=True, max_message=_max(app))
+        self.rest = b""
+        self.gone = False
+        self.detached = False
+        self.send_lock = trio.Lock()
+
+    async def open(self) -> Opened:
+        try:
+            return await self._open()
+        except RemoteProtocolError as exc:
+            self.app.proxy_errors += 1
+            log.warning("websocket origin open failed path=%s: %s",
+                        self.path.decode("latin-1", "replace"), exc.reason)
+            await self.aclose()
+            text = exc.reason if self.route.debug else "Error while proxying to origin."
+            return Opened(reject=responses.error(502, text))
+
+    async def _open(self) -> Opened:
+        timeout = self.app.cfg.origin_timeout_s
+        errors = []
+        for target in self.route.targets:
+            with trio.move_on_after(timeout):
+                try:
+                    self.stream = await trio.open_tcp_stream(target.host, target.port)
+                    break
+                except OSError as exc:
+                    errors.append(f"{target}: {exc.strerror or exc}")
+                    continue
+            errors.append(f"{target}: connect timeout")
+        if self.stream is None:
+            raise OriginError("could not connect to any origin: " + "; ".join(errors))
+        key = base64.b64encode(os.urandom(16))
+        p = _Head()
+        parser = httptools.HttpResponseParser(p)
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self.stream.send_all(client_handshake(self.route, target, self.path,
+                                                            self.client_headers, key,
+                                                            self.app.sign(self.route)))
+                upgraded = False
+                while not upgraded and not p.complete:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if not data:
+                        break
+                    try:
+                        parser.feed_data(data)
+                    except httptools.HttpParserUpgrade as exc:
+                        self.rest = data[exc.args[0]:] if exc.args else b""
+                        upgraded = True
+                    if sum(map(len, p.body)) > MAX_REJECT_BODY:
+                        raise OriginError("origin rejection body too large")
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise OriginError(f"error talking to origin {target}: {exc}") from exc
+            except httptools.HttpParserError as exc:
+                raise OriginError(f"bad response from origin {target}: {exc}") from exc
+        if scope.cancelled_caught:
+            raise OriginError(f"timeout waiting for origin {target}")
+        if not p.head_done:
+            raise OriginError(f"origin {target} closed the connection without a response")
+        status = parser.get_status_code()
+        if status != 101:
+            return Opened(reject=rejection(status, p.reason.decode("latin-1"), p.headers,
+                                           b"".join(p.body)))
+        accept = next((v for k, v in p.headers if k.lower() == b"sec-websocket-accept"), b"")
+        if accept.strip() != generate_accept_token(key):
+            raise OriginError("origin's Sec-WebSocket-Accept does not match")
+        ext = [v.decode("latin-1") for k, v in p.headers if k.lower() == b"sec-websocket-extensions"]
+        return Opened(headers=p.headers, prefix=grip_prefix(ext))
+
+    async def _send(self, data: bytes) -> None:
+        if not data or self.gone:
+            return
+        async with self.send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                self.gone = True
+
+    async def client_event(self, type_: str, content: bytes | None) -> None:
+        if self.detached:
+            return
+        content = content or b""
+        if type_ in ("TEXT", "BINARY"):
+            await self._send(self.ws.message(content, binary=type_ == "BINARY"))
+        elif type_ == "PONG":
+            await self._send(self.ws.pong(content))
+        elif type_ == "PING":
+            await self._send(self.ws.ping(content))
+        else:  # control events addressed to WOH origins (resume-failed) go as TEXT
+            await self._send(self.ws.message(content))
+
+    async def client_close(self, code: int | None, reason: str) -> None:
+        await self._send(self.ws.close(code, reason))
+
+    def closed_by_client(self, code, reason) -> None:
+        if not self.gone and self.stream is not None:
+            self.app.nursery.start_soon(self._send, self.ws.close(code, reason))
+
+    async def wait_room(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def detach(self) -> None:
+        self.detached = True
+        if self.stream is not None and not self.gone:
+            self.app.nursery.start_soon(self._send, self.ws.close(1000, ""))
+
+    def disconnected(self) -> None:
+        self.gone = True
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def serve(self, session) -> None:
+        data = self.rest
+        while True:
+            if data:
+                try:
+                    events = self.ws.receive_data(data)
+                except WsError as exc:
+                    log.warning("origin broke the WebSocket protocol: %s", exc.reason)
+                    await self._send(self.ws.close(exc.close_code, exc.reason))
+                    self.gone = True
+                    await session.close(1011, "origin error")
+                    return
+                for ev in events:
+                    if isinstance(ev, Message):
+                        if not self.detached:
+                            await session.from_origin("BINARY" if ev.binary else "TEXT", ev.data)
+                    elif isinstance(ev, Ping):
+                        await self._send(self.ws.pong(ev.data))
+                    elif isinstance(ev, Pong):
+                        await session.from_origin("PONG", ev.data)
+                    elif isinstance(ev, Close):
+                        if not self.detached:
+                            await session.close(ev.code if ev.code is not None else 1000, ev.reason)
+                        await self._send(self.ws.close(ev.code, ev.reason))
+                        self.gone = True
+                        return
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.gone = True
+                if not self.detached:
+                    await session.close(1011, "origin went away")
+                return
+
+
+def _max(app) -> int:
+    return int(getattr(app.cfg, "ws_max_message_bytes", 1 << 20))

@@ -1,0 +1,120 @@
+"""deploy/: the systemd units pass ``systemd-analyze verify`` and their command lines run.
+
+The units name /opt/gripcast/venv/bin/gripcast and /etc/gripcast/gripcast.toml; the tests
+point them at this checkout's venv and at a config on free ports, and otherwise use the
+units' own ``ExecStart``/``ExecReload`` lines and ``KillSignal``.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gripcontrol import create_grip_channel_header
+
+from tests.integration.cluster import Origin, Proc, StreamClient, write_config, PORT_KEYS
+from tests.helpers import free_port_block, free_ports
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+UNITS = ("gripcast-broker.service", "gripcast-edge@.service", "gripcast.target")
+INSTALLED_BIN = "/opt/gripcast/venv/bin/gripcast"
+INSTALLED_CONFIG = "/etc/gripcast/gripcast.toml"
+VENV_BIN = str(Path(sys.executable).parent / "gripcast")
+
+
+def unit_keys(name: str) -> dict[str, list[str]]:
+    """``key -> [values]`` of a unit file (all sections; continuation lines unsupported)."""
+    out: dict[str, list[str]] = {}
+    for line in (DEPLOY / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def command(name: str, key: str, config: str, instance: str = "0", pid: int = 0) -> list[str]:
+    (line,) = unit_keys(name)[key]
+    argv = shlex.split(line.replace("%i", instance).replace("$MAINPID", str(pid)))
+    return [VENV_BIN if a == INSTALLED_BIN else config if a == INSTALLED_CONFIG else a for a in argv]
+
+
+def test_units_have_the_operational_settings():
+    for name in ("gripcast-broker.service", "gripcast-edge@.service"):
+        k = unit_keys(name)
+        assert k["Type"] == ["notify"]
+        assert k["User"] == ["gripcast"] and k["Group"] == ["gripcast"]
+        assert int(k["LimitNOFILE"][0]) >= 65536
+        assert k["Restart"] == ["on-failure"]
+        assert k["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+        assert k["ProtectSystem"] == ["strict"] and k["NoNewPrivileges"] == ["yes"]
+        assert k["WantedBy"] == ["gripcast.target"] and k["PartOf"] == ["gripcast.target"]
+        # the drain (drain_timeout_s, default 10) must fit in the stop timeout
+        assert int(k["TimeoutStopSec"][0]) > 10
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.timeout(60)
+def test_systemd_analyze_verify_prints_nothing(tmp_path):
+    for name in UNITS:
+        text = (DEPLOY / name).read_text().replace(INSTALLED_BIN, VENV_BIN)
+        target = name.replace("@.service", "@0.service")  # the template, as an instance
+        (tmp_path / target).write_text(text)
+    files = [str(tmp_path / n.replace("@.service", "@0.service")) for n in UNITS]
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", *files], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_unit_command_lines_start_ready_serve_reload_and_stop(tmp_path):
+    def hold(req):
+        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
+                     "Grip-Channel": create_grip_channel_header("u")}, b"[open]\n"
+
+    with Origin({"/s": hold}) as origin:
+        ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS))))
+        mport = free_port_block(3)  # broker; edges 0 and 1 on eport + index
+        eport = mport + 1
+        config = write_config(tmp_path / "gripcast.toml", ports, [f"* 127.0.0.1:{origin.port}"],
+                              metrics_port=mport, edge_metrics_port=eport)
+        env = {"PYTHONUNBUFFERED": "1"}
+        broker = Proc(command("gripcast-broker.service", "ExecStart", config), env).wait_ready()
+        edge = None
+        try:
+            edge = Proc(command("gripcast-edge@.service", "ExecStart", config, "1"), env).wait_ready()
+            # edge instance 1 serves metrics on edge_metrics_port + 1
+            wait = time.monotonic() + 10
+            while httpx.get(f"http://127.0.0.1:{eport + 1}/ready").status_code != 200:
+                assert time.monotonic() < wait, "edge@1 not ready"
+                time.sleep(0.05)
+            assert httpx.get(f"http://127.0.0.1:{mport}/ready").status_code == 200
+            client = StreamClient(f"http://127.0.0.1:{ports['client_port']}/s").wait_open()
+            client.read_until(b"[open]\n")
+            r = httpx.post(f"http://127.0.0.1:{ports['http_port']}/publish/", json={
+                "items": [{"channel": "u", "formats": {"http-stream": {"content": "via-units\n"}}}]})
+            assert r.status_code == 200
+            client.read_until(b"via-units\n")
+            for p, unit in ((broker, "gripcast-broker.service"), (edge, "gripcast-edge@.service")):
+                reload = command(unit, "ExecReload", config, pid=p.proc.pid)
+                assert subprocess.run(reload, timeout=10).returncode == 0
+                p.wait_ready(timeout=10)  # RELOADING=1 ... READY=1
+            client.close()
+            for p, unit in ((edge, "gripcast-edge@.service"), (broker, "gripcast-broker.service")):
+                k = unit_keys(unit)
+                p.proc.send_signal(getattr(signal, k["KillSignal"][0]))
+                assert p.proc.wait(int(k["TimeoutStopSec"][0])) == 0
+        finally:
+            if edge is not None:
+                edge.stop()
+            broker.stop()

@@ -1,0 +1,57 @@
+"""LinkWatch (broker restart / lost link detection) and the epoch-change policy, sans-IO."""
+from __future__ import annotations
+
+from edge.grip import parse_instruct
+from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.session import ResponseSession, StreamSession
+
+
+def test_first_heartbeat_restart_and_loss():
+    w = LinkWatch(timeout_s=3.0, now=0.0)
+    assert w.tick(1.0) == []
+    assert w.on_heartbeat("b1", 1.0) == [Resync("link up", "b1")]
+    assert w.on_heartbeat("b1", 2.0) == []
+    assert w.tick(4.9) == []
+    assert w.tick(5.5) == [LinkLost(3.5)]
+    assert w.tick(9.0) == []  # reported once
+    assert not w.up
+    assert w.on_heartbeat("b1", 9.5) == [Resync("link back", "b1")]
+    (r,) = w.on_heartbeat("b2", 10.0)
+    assert r.broker_id == "b2" and "restarted" in r.reason
+    st = w.statistics()
+    assert (st.restarts, st.losses, st.resyncs, st.up) == (1, 1, 3, True)
+
+
+def test_never_heard_from_the_broker_is_a_loss_once():
+    w = LinkWatch(timeout_s=2.0, now=10.0)
+    assert w.tick(12.5) == [LinkLost(2.5)]
+    assert w.tick(20.0) == []
+    assert w.on_heartbeat("b", 21.0) == [Resync("link up", "b")]
+
+
+class _Sock:
+    def fileno(self):
+        return -1
+
+
+class _Ws:
+    kind = "ws"
+
+    def __init__(self):
+        self.told = []
+
+    def on_epoch_change(self, channel):
+        self.told.append(channel)
+
+
+def test_epoch_change_policy_per_transport():
+    hold = parse_instruct(200, "OK", [("Grip-Hold", "stream"), ("Grip-Channel", "c")], b"")
+    stream = StreamSession(_Sock(), hold, True, 0.0)
+    rhold = parse_instruct(200, "OK", [("Grip-Hold", "response"), ("Grip-Channel", "c")], b"")
+    resp = ResponseSession(rhold, True, 30.0)
+    ws = _Ws()
+    notice = tell_epoch_change([stream, resp, ws], "c", lambda s: b"TIMEOUT")
+    assert (notice.hooked, notice.streams_closed, notice.responses_answered) == (1, 1, 1)
+    assert stream.dead and stream.done and "epoch" in stream.reason
+    assert resp.result == b"TIMEOUT"
+    assert ws.told == ["c"]

@@ -1,0 +1,89 @@
+"""CurveZMQ between the broker and edges (and, opted in, publishers), with real processes.
+
+An edge with an allowed key pair gets messages; an edge whose key the broker does not know is
+refused at the handshake and gets nothing; with ``curve_publishers`` a Curve PUSH publisher is
+accepted and a plain one is not, while the HTTP API keeps working.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import zmq
+from gripcontrol import GripPubControl, create_grip_channel_header
+
+from tests.helpers import free_ports
+from tests.integration.cluster import Cluster, Origin, Proc, StreamClient, gripcast
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def keypair():
+    public, secret = zmq.curve_keypair()
+    return public.decode(), secret.decode()
+
+
+def stream(req):
+    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
+                 "Grip-Channel": create_grip_channel_header("sec")}, b"[open]\n"
+
+
+def test_curve_edges_and_publishers(tmp_path):
+    bpub, bsec = keypair()
+    epub, esec = keypair()
+    ppub, psec = keypair()
+    _, rogue_sec = keypair()
+    with Origin({"/stream": stream}) as origin:
+        cluster = Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], separate_ports=False,
+                          curve_secret_key=bsec, curve_public_key=bpub,
+                          curve_allowed_clients=[epub, ppub], curve_client_secret_key=esec,
+                          curve_publishers="true")
+        rogue_port = free_ports(1)[0]
+        cluster.start()
+        try:
+            rogue = Proc(gripcast("edge", "--index", "9", "--config", cluster.config, "--port",
+                                  f"127.0.0.1:{rogue_port}"),
+                         env={"GRIPCAST_CURVE_CLIENT_SECRET_KEY": rogue_sec}).wait_ready()
+            try:
+                good = StreamClient(cluster.url("/stream"))
+                bad = StreamClient(f"http://127.0.0.1:{rogue_port}/stream")
+                good.read_until(b"[open]\n")
+                bad.read_until(b"[open]\n")
+                pub = GripPubControl({"control_uri": cluster.publish_url})
+                pub.publish_http_stream("sec", "over curve 1\n")
+                good.read_until(b"over curve 1\n")
+
+                ctx = zmq.Context.instance()
+                push = ctx.socket(zmq.PUSH)
+                push.setsockopt(zmq.LINGER, 0)
+                push.curve_serverkey, push.curve_publickey, push.curve_secretkey = (
+                    bpub.encode(), ppub.encode(), psec.encode())
+                push.connect(f"tcp://127.0.0.1:{cluster.ports['push_in_port']}")
+                plain = ctx.socket(zmq.PUSH)
+                plain.setsockopt(zmq.LINGER, 0)
+                plain.connect(f"tcp://127.0.0.1:{cluster.ports['push_in_port']}")
+                try:
+                    item = {"channel": "sec", "formats": {"http-stream": {"content": "plain no\n"}}}
+                    item["formats"]["http-stream"]["content"] = "curve push 2\n"
+                    push.send(b"J" + json.dumps(item).encode())
+                    good.read_until(b"curve push 2\n")
+                    # a plain PUSH never completes a handshake: its send stays queued
+                    item["formats"]["http-stream"]["content"] = "plain push\n"
+                    plain.send(b"J" + json.dumps(item).encode())
+                    pub.publish_http_stream("sec", "over curve 3\n")
+                    good.read_until(b"over curve 3\n")
+                    time.sleep(0.5)
+                    assert b"plain push" not in good.data
+                finally:
+                    push.close()
+                    plain.close()
+                # the edge whose key is not allowed never got a message
+                assert b"over curve" not in bad.data and b"curve push" not in bad.data
+                good.close()
+                bad.close()
+            finally:
+                assert rogue.stop() == 0
+        finally:
+            codes = cluster.stop()
+        assert codes == [0, 0]

@@ -1,0 +1,268 @@
+"""WebSockets end to end: real broker and edge processes, the ``websockets`` client library, a
+WebSocket-over-HTTP origin written with gripcontrol's helpers (``tests/integration/wsorigin``),
+a WebSocket origin written with ``websockets`` (WS-to-WS), publishes with gripcontrol."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import threading
+import time
+
+import jwt
+import pytest
+import websockets
+from gripcontrol import GripPubControl, WebSocketMessageFormat
+from pubcontrol import Item
+
+from tests.integration.cluster import Cluster
+from tests.integration.wsorigin import WohOriginApp
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def publish(cluster, channel, fmt, id=None, prev_id=None):
+    GripPubControl({"control_uri": cluster.publish_url}).publish(
+        channel, Item(fmt, id=id, prev_id=prev_id), blocking=True)
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+async def recv(ws, timeout=5.0):
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+@pytest.fixture
+def woh(tmp_path):
+    with WohOriginApp() as origin:
+        with Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"],
+                     client_buffer_bytes=65536, ws_max_message_bytes=1000) as cluster:
+            yield origin, cluster
+
+
+def test_woh_echo_publish_and_close(woh):
+    origin, cluster = woh
+    url = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=room"
+
+    async def main():
+        async with websockets.connect(url, additional_headers={"Meta-User": "spoof",
+                                                               "X-Client": "c1"}) as ws:
+            await ws.send("hello")
+            assert await recv(ws) == "hello"
+            await ws.send(b"\x00\x01")
+            assert await recv(ws) == b"\x00\x01"
+            await asyncio.to_thread(publish, cluster, "room", WebSocketMessageFormat("pushed"))
+            assert await recv(ws) == "pushed"
+            await asyncio.to_thread(publish, cluster, "room",
+                                    WebSocketMessageFormat(b"\xff\x00", binary=True))
+            assert await recv(ws) == b"\xff\x00"
+            await asyncio.to_thread(publish, cluster, "room", WebSocketMessageFormat(
+                action="close", code=4001, reason="bye"))
+            with pytest.raises(websockets.ConnectionClosed) as exc:
+                await recv(ws)
+            assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (4001, "bye")
+
+    asyncio.run(main())
+    reqs = origin.requests
+    assert reqs[0][1] == [("OPEN", None)]
+    cids = {h["Connection-Id"] for h, _ in reqs}
+    assert len(cids) == 1
+    first, second = reqs[0][0], reqs[1][0]
+    assert "Meta-User" not in first and second["Meta-User"] == "alice"  # stripped, then Set-Meta echo
+    assert first["X-Client"] == "c1" and first["Sec-WebSocket-Extensions"] == "grip"
+    assert first["Accept"] == first["Content-Type"] == "application/websocket-events"
+    for h, _ in reqs:
+        claims = jwt.decode(h["Grip-Sig"], "changeme", algorithms=["HS256"])
+        assert claims["iss"] == "pushpin"
+    wait_for(lambda: any(t == "CLOSE" for t, _ in origin.events()))
+
+
+def test_woh_origin_close_unsubscribe_controls_and_limits(woh):
+    origin, cluster = woh
+    url = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=c2"
+
+    async def main():
+        async with websockets.connect(url) as ws:
+            await ws.send("delay")
+            assert await recv(ws) == "later"  # send-delayed
+            await ws.send("ka")
+            assert await recv(ws, 3) == "ka!"  # keep-alive, interval 1 s
+            assert await recv(ws, 3) == "ka!"
+            await ws.ping(b"p")  # answered by the edge
+            await ws.send("close")
+            with pytest.raises(websockets.ConnectionClosed) as exc:
+                while True:
+                    await recv(ws)
+            assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (4000, "bye")
+
+        async with websockets.connect(url) as ws:
+            await ws.send("x" * 1001)  # over ws_max_message_bytes
+            with pytest.raises(websockets.ConnectionClosed) as exc:
+                await recv(ws)
+            assert exc.value.rcvd.code == 1009
+
+        async with websockets.connect(url) as ws:
+            await ws.send("unsub")
+            await ws.send("sync")
+            assert await recv(ws) == "sync"  # the unsubscribe was applied before this echo
+            await asyncio.to_thread(publish, cluster, "c2", WebSocketMessageFormat("not for you"))
+            await ws.send("after")
+            assert await recv(ws) == "after"
+
+    asyncio.run(main())
+
+
+def test_woh_open_rejected_and_disconnect(tmp_path):
+    with WohOriginApp(reject_open=True) as origin:
+        with Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"]) as cluster:
+            async def main():
+                with pytest.raises(websockets.InvalidStatus) as exc:
+                    async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws"):
+                        pass
+                assert exc.value.response.status_code == 403
+                assert exc.value.response.headers["X-Why"] == "no"
+                assert exc.value.response.body == b"go away\n"
+            asyncio.run(main())
+    with WohOriginApp() as origin:
+        with Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"]) as cluster:
+            s = raw_ws(cluster.edge_ports[0], "/ws")
+            s.close()  # vanish without a close frame
+            wait_for(lambda: origin.events("DISCONNECT"))
+            # a plain HTTP client may not send WebSocket events to an over_http origin
+            import httpx
+            r = httpx.post(cluster.url("/ws"), content=b"OPEN\r\n",
+                           headers={"Content-Type": "application/websocket-events"})
+            assert r.status_code == 403
+
+
+def raw_ws(port, path, rcvbuf=None):
+    """A raw client socket past the handshake (for clients that misbehave on purpose)."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    s.settimeout(10)
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def test_reliable_websocket_prev_id_misses_nothing(woh):
+    origin, cluster = woh
+    base = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=rel"
+
+    def pub(i):
+        publish(cluster, "rel", WebSocketMessageFormat(json.dumps({"id": f"m{i}", "n": i})),
+                id=f"m{i}", prev_id=f"m{i - 1}" if i > 1 else None)
+
+    async def main():
+        seen = []
+        async with websockets.connect(base) as ws:
+            await ws.send("sync")
+            assert await recv(ws) == "sync"
+            for i in (1, 2):
+                await asyncio.to_thread(pub, i)
+                seen.append(json.loads(await recv(ws))["n"])
+        for i in range(3, 8):  # published while the client is away
+            await asyncio.to_thread(pub, i)
+        last = f"m{seen[-1]}"
+        async with websockets.connect(base + "&prev=" + last) as ws:
+            for _ in range(5):
+                seen.append(json.loads(await recv(ws))["n"])
+            await asyncio.to_thread(pub, 8)
+            seen.append(json.loads(await recv(ws))["n"])
+        assert seen == list(range(1, 9))
+        # a cursor history cannot answer: the origin is told, so the app can resync
+        async with websockets.connect(base + "&prev=unknown-id") as ws:
+            await ws.send("sync")
+            assert await recv(ws) == "sync"
+        wait_for(lambda: any(c and c.startswith(b"c:") for _, c in origin.events("TEXT")))
+        ctl = [json.loads(c[2:]) for _, c in origin.events("TEXT") if c and c.startswith(b"c:")]
+        assert ctl == [{"type": "resume-failed", "channel": "rel", "prev-id": "unknown-id"}]
+
+    asyncio.run(main())
+
+
+def test_slow_websocket_client_never_delays_others(woh):
+    origin, cluster = woh
+    slow = raw_ws(cluster.edge_ports[0], "/ws?channel=fan", rcvbuf=4096)  # never reads
+    big = "x" * 20000
+
+    async def main():
+        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=fan") as ws:
+            await ws.send("sync")
+            assert await recv(ws) == "sync"
+            t0 = time.monotonic()
+            for i in range(300):  # 6 MB: far more than the slow client's socket buffers take
+                await asyncio.to_thread(publish, cluster, "fan", WebSocketMessageFormat(f"{i}:{big}"))
+                assert (await recv(ws)).startswith(f"{i}:")
+            return time.monotonic() - t0
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 20
+    # the slow one was cut off once its buffer passed client_buffer_bytes
+    slow.settimeout(10)
+    got = b""
+    try:
+        while chunk := slow.recv(65536):
+            got += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    assert len(got) < 300 * 20000
+    slow.close()
+
+
+def test_ws_to_ws_proxy_with_grip_extension(tmp_path):
+    """The origin speaks WebSocket itself (websockets library) and enables GRIP."""
+    from websockets.sync.server import serve
+
+    seen_headers = []
+
+    def handler(conn):
+        seen_headers.append(conn.request.headers)
+        conn.send('c:{"type": "subscribe", "channel": "wsws"}')
+        for msg in conn:
+            if msg == "close":
+                conn.close(4002, "origin bye")
+                return
+            conn.send(("m:" + msg) if isinstance(msg, str) else msg)
+            conn.send("unprefixed is dropped")
+
+    def add_grip(conn, request, response):
+        response.headers["Sec-WebSocket-Extensions"] = "grip"
+
+    server = serve(handler, "127.0.0.1", 0, process_response=add_grip)
+    port = server.socket.getsockname()[1]
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        with Cluster(tmp_path, routes=[f"* 127.0.0.1:{port}"]) as cluster:
+            async def main():
+                async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/x") as ws:
+                    await ws.send("hi")
+                    assert await recv(ws) == "hi"
+                    await asyncio.to_thread(publish, cluster, "wsws", WebSocketMessageFormat("pub"))
+                    assert await recv(ws) == "pub"
+                    await ws.send("close")
+                    with pytest.raises(websockets.ConnectionClosed) as exc:
+                        await recv(ws)
+                    assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (4002, "origin bye")
+            asyncio.run(main())
+    finally:
+        server.shutdown()
+        t.join(5)
+    assert seen_headers[0]["Sec-WebSocket-Extensions"] == "grip"
+    assert seen_headers[0]["Grip-Sig"]
