@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from broker import tnetstring
-from tests.helpers import free_ports
+from tests.helpers import free_port_block, free_ports
 from tests.integration.cluster import Cluster, Origin, Proc, gripcast
 from tests.redis_server import RedisServer, redis_available
 
@@ -152,15 +152,7 @@ def metrics(port: int) -> dict:
 
 def two_free_ports() -> int:
     """A port p with p and p + 1 free (edge i's metrics listen on edge_metrics_port + i)."""
-    for _ in range(50):
-        p = free_ports(1)[0]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports")
+    return free_port_block(2)
 
 
 # -- kill -9 one edge under 100 SSE clients ---------------------------------------------------
