@@ -3,8 +3,9 @@
 error texts, see there)."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
-DEF MAX_DEPTH = 64
-DEF MAX_LENGTH_DIGITS = 10
+cdef enum:
+    MAX_DEPTH = 64
+    MAX_LENGTH_DIGITS = 10
 
 
 cdef object _pop(bytes data, const unsigned char* p, Py_ssize_t offset, Py_ssize_t limit,

@@ -122,10 +122,37 @@ class Item:
 # -- entry points ------------------------------------------------------------------------------
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if type(value) is dict:
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if type(value) is list:
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _json_loads(data: bytes) -> Any:
+    """``json.loads`` that refuses unpaired ``\\uD800``-``\\uDFFF`` escapes (not encodable text).
+
+    Raw UTF-8 input cannot carry surrogates (strict decoding refuses them), so only JSON escapes
+    can; the walk runs only when the text contains one.
+    """
+    value = _json.loads(data)
+    lowered = data.lower() if b"\\u" in data else b""
+    if b"\\ud" in lowered and _has_lone_surrogate(value):
+        raise ValueError("unpaired surrogate escape")
+    return value
+
+
 def parse_http_publish(body: bytes) -> list[Item]:
     """Parse an HTTP ``POST /publish`` body; raise PublishError with Pushpin's message."""
     try:
-        doc = _json.loads(body)
+        doc = _json_loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise PublishError("Body is not valid JSON.") from None
     if not isinstance(doc, dict):
@@ -214,7 +241,7 @@ def _decode_payload(frame: bytes) -> tuple[Any, bool]:
         return value, True
     if frame[:1] == b"J":
         try:
-            value = _json.loads(frame[1:])
+            value = _json_loads(frame[1:])
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise PublishError("received message with invalid format (json parse failed)") from None
         if not isinstance(value, dict):

@@ -309,3 +309,22 @@ def test_status_reason_table():
     assert status_reason(200) == "OK"
     assert status_reason(413) == "Request Entity Too Large"
     assert status_reason(299) == "Undefined Reason"
+
+
+@pytest.mark.parametrize("field", [
+    '"channel":"\\ud800","formats":{"http-stream":{"content":"x"}}',
+    '"channel":"a","id":"\\uDC00","formats":{"http-stream":{"content":"x"}}',
+    '"channel":"a","formats":{"http-stream":{"content":"\\ud800"}}',
+    '"channel":"a","meta":{"k":"\\ud800"},"formats":{"http-stream":{"content":"x"}}',
+    '"channel":"a","formats":{"ws-message":{"content":"x\\ud800"}}',
+])
+def test_unpaired_surrogate_escapes_are_refused_not_crashing(field):
+    with pytest.raises(PublishError):
+        parse_http_publish(("{\"items\":[{" + field + "}]}").encode())
+    with pytest.raises(PublishError):
+        parse_zmq_item(("J{" + field + "}").encode())
+
+
+def test_paired_surrogate_escapes_are_text():
+    item = parse_http_publish(b'{"items":[{"channel":"a","formats":{"http-stream":{"content":"\\ud83d\\ude00"}}}]}')[0]
+    assert item.formats["http-stream"]["content"] == "\U0001F600".encode()
