@@ -95,10 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                                  out_path(args.out, "ingest", stamp))
         console.print(f"results: {path}")
         return 0 if r.get("ok") else 1
-    if args.transport == "ws":
-        console.print("[red]--transport ws: WebSocket is not yet supported by the bench "
-                      "(gripcast has no WebSocket support yet); use stream, sse or longpoll.[/red]")
-        return 2
     cfg = load_config(args)
     targets = ["gripcast", "pushpin"] if args.target == "both" else [args.target]
     if args.scenario == "churn" and "pushpin" in targets:

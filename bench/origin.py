@@ -6,6 +6,9 @@ Paths (``<ch>`` is the channel):
 * ``/sse/<ch>``     ``Grip-Hold: stream``, ``text/event-stream``; with ``resume`` on, a
   ``Last-Event-ID: <id>`` request header becomes ``Grip-Channel: <ch>; prev-id=<id>``
 * ``/lp/<ch>``      ``Grip-Hold: response`` (long-poll), timeout 30 s, body ``T`` on timeout
+* ``/ws/<ch>``      WebSocket-over-HTTP (the target's route has ``over_http``): the ``OPEN``
+  event is accepted with ``Sec-WebSocket-Extensions: grip`` and a ``c:`` subscribe control
+  message for ``<ch>``; any later event gets an empty 200 (a ``CLOSE`` is echoed)
 
 It keeps connections alive, parses only the request line and the one header it needs, and runs
 in its own process so its CPU is measured apart from the target's.
@@ -30,9 +33,27 @@ _HEAD = {
 _404 = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nnot found\n"
 
 
-def respond(path: bytes, last_event_id: bytes | None, resume: bool) -> bytes:
+_WOH_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\n"
+             b"Sec-WebSocket-Extensions: grip\r\n")
+
+
+def respond_woh(channel: bytes, body: bytes) -> bytes:
+    """A WebSocket-over-HTTP answer to the events in ``body`` (pure)."""
+    if body.startswith(b"OPEN"):
+        msg = b'c:{"type": "subscribe", "channel": "%s"}' % channel
+        out = b"OPEN\r\nTEXT %x\r\n%s\r\n" % (len(msg), msg)
+    elif b"CLOSE" in body:
+        out = b"CLOSE\r\n"
+    else:
+        out = b""
+    return b"%sContent-Length: %d\r\n\r\n%s" % (_WOH_HEAD, len(out), out)
+
+
+def respond(path: bytes, last_event_id: bytes | None, resume: bool, body: bytes = b"") -> bytes:
     """The whole response for one request (pure: bytes in, bytes out)."""
     parts = path.split(b"?", 1)[0].split(b"/")
+    if len(parts) == 3 and parts[1] == b"ws" and parts[2]:
+        return respond_woh(parts[2], body)
     if len(parts) != 3 or parts[1] not in _HEAD or not parts[2]:
         return _404
     head, body = _HEAD[parts[1]]
@@ -77,14 +98,14 @@ class _OriginProtocol(asyncio.Protocol):
                     last_id = v.strip()
             if len(rest) < clen:
                 return  # wait for the body (proxies send none for GET)
-            self.buf = rest[clen:]
+            body, self.buf = rest[:clen], rest[clen:]
             try:
                 path = lines[0].split(b" ")[1]
             except IndexError:
                 self.transport.close()
                 return
             self.counter[0] += 1
-            self.transport.write(respond(path, last_id, self.resume))
+            self.transport.write(respond(path, last_id, self.resume, body))
 
 
 async def _serve(sock: socket.socket, resume: bool, ready) -> None:

@@ -4,7 +4,8 @@ PUSH (``J`` + JSON per item).  It runs in its own process so its CPU is measured
 
 Message ``seq`` of channel ``c`` has publisher id ``str(seq)`` and content ``M<seq> <time>``:
 ``http-stream`` ``M..\\n`` (stream), ``id: <seq>\\ndata: M..\\n\\n`` (SSE), ``http-response``
-body ``M..\\n`` (long-poll).  Probes (``P<k>``, no id) are the same shapes without a number.
+body ``M..\\n`` (long-poll), ``ws-message`` ``M..`` (WebSocket).  Probes (``P<k>``, no id)
+are the same shapes without a number.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def format_item(transport: str, channel: str, seq: int, now: float) -> dict:
         formats = {"http-stream": {"content": f"id: {seq}\ndata: {text}\n\n"}}
     elif transport == "longpoll":
         formats = {"http-response": {"body": text + "\n"}}
+    elif transport == "ws":
+        formats = {"ws-message": {"content": text}}
     else:
         formats = {"http-stream": {"content": text + "\n"}}
     return {"channel": channel, "id": str(seq), "formats": formats}
@@ -32,6 +35,8 @@ def probe_item(transport: str, channel: str, k: int) -> dict:
         formats = {"http-stream": {"content": f"data: P{k}\n\n"}}
     elif transport == "longpoll":
         formats = {"http-response": {"body": f"P{k}\n"}}
+    elif transport == "ws":
+        formats = {"ws-message": {"content": f"P{k}"}}
     else:
         formats = {"http-stream": {"content": f"P{k}\n"}}
     return {"channel": channel, "formats": formats}

@@ -10,6 +10,9 @@ increment (the client's ``seen`` counts, so loss and duplicates are exact), and 
 increment in a latency histogram keyed by (second since t0, log bucket).  Probe messages
 (``P<k>``) only mark the client "subscribed" for the start barrier.
 
+WebSocket clients (``ws``) do the upgrade handshake (101), then undo the server's unmasked
+frames (text/binary payloads are parsed like stream lines; pings, pongs and continuation
+frames are ignored; a close frame is a server-side close).
 Long-poll clients read a ``Content-Length`` response and re-poll on the same connection.
 A connection the server closes is reopened after a short random delay; SSE clients resume
 with ``Last-Event-ID`` (the last seq they saw).  The ``churn`` command makes the worker close
@@ -50,7 +53,7 @@ def bucket_value_ms(b: int) -> float:
 class WorkerConfig:
     index: int
     port: int
-    transport: str  # stream | sse | longpoll
+    transport: str  # stream | sse | longpoll | ws
     first: int
     last: int
     channels: int
@@ -115,12 +118,48 @@ def dechunk(c: Client, data: bytes) -> tuple[bytes, bool]:
     return b"".join(out), False
 
 
+def deframe(c: Client, data: bytes) -> tuple[bytes, bool]:
+    """Undo unmasked server WebSocket frames incrementally; return (text payloads, each
+    followed by a newline; True when a close frame came)."""
+    buf = c.raw + data if c.raw else data
+    out = []
+    pos, n = 0, len(buf)
+    while n - pos >= 2:
+        b0, b1 = buf[pos], buf[pos + 1]
+        size = b1 & 0x7F
+        hdr = 2
+        if size == 126:
+            if n - pos < 4:
+                break
+            size = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            hdr = 4
+        elif size == 127:
+            if n - pos < 10:
+                break
+            size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            hdr = 10
+        if b1 & 0x80:
+            hdr += 4  # a masked frame (servers do not mask; tolerated)
+        if n - pos < hdr + size:
+            break
+        op = b0 & 0x0F
+        if op in (1, 2):
+            out.append(buf[pos + hdr:pos + hdr + size])
+            out.append(b"\n")
+        elif op == 8:
+            c.raw = b""
+            return b"".join(out), True
+        pos += hdr + size
+    c.raw = buf[pos:]
+    return b"".join(out), False
+
+
 class Worker:
     def __init__(self, cfg: WorkerConfig, pipe) -> None:
         self.cfg = cfg
         self.pipe = pipe
         self.addr = ("127.0.0.1", cfg.port)
-        prefix = {"stream": "stream", "sse": "sse", "longpoll": "lp"}[cfg.transport]
+        prefix = {"stream": "stream", "sse": "sse", "longpoll": "lp", "ws": "ws"}[cfg.transport]
         self.clients = [Client(i, f"c{i % cfg.channels}", cfg.max_seq) for i in range(cfg.first, cfg.last)]
         self.paths = {c.channel: f"/{prefix}/{c.channel}" for c in self.clients}
         self.ep = select.epoll()
@@ -145,6 +184,7 @@ class Worker:
         self.running = True
         self.lp = cfg.transport == "longpoll"
         self.sse = cfg.transport == "sse"
+        self.ws = cfg.transport == "ws"
 
     # --- connections ----------------------------------------------------------------------
 
@@ -165,6 +205,10 @@ class Worker:
             self.t_first = now
 
     def request(self, c: Client) -> bytes:
+        if self.ws:
+            return (f"GET {self.paths[c.channel]} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n").encode()
         extra = ""
         if self.sse:
             extra = "Accept: text/event-stream\r\n"
@@ -233,10 +277,13 @@ class Worker:
             head = buf[:end].lower()
             data = buf[end + 4:]
             c.raw = b""
-            if not head.startswith(b"http/1.1 200") and not head.startswith(b"http/1.0 200"):
+            ok = (b"http/1.1 101",) if self.ws else (b"http/1.1 200", b"http/1.0 200")
+            if not head.startswith(ok):
                 self.fail(c, now)
                 return
-            if b"transfer-encoding: chunked" in head:
+            if self.ws:
+                c.mode = "ws"
+            elif b"transfer-encoding: chunked" in head:
                 c.mode = "chunked"
             elif b"content-length:" in head:
                 c.mode = "length"
@@ -257,7 +304,9 @@ class Worker:
                     self.reconnects += 1
             if not data:
                 return
-        if c.mode == "chunked":
+        if c.mode == "ws":
+            payload, ended = deframe(c, data)
+        elif c.mode == "chunked":
             payload, ended = dechunk(c, data)
         elif c.mode == "length":
             buf = c.raw + data

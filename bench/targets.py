@@ -55,7 +55,8 @@ class Target:
 def write_gripcast_config(path: Path, ports: dict, origin_port: int, edges: int) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
     lines += [f"{k} = {v}" for k, v in ports.items()]
-    lines.append(f'routes = ["* 127.0.0.1:{origin_port}"]')
+    lines.append(f'routes = ["*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http", '
+                 f'"* 127.0.0.1:{origin_port}"]')
     lines.append(f"edges = {edges}")
     lines.append('log_level = "warning"')
     lines.append("history_max_items = 100000")
@@ -192,7 +193,8 @@ class PushpinTarget(Target):
         (self.dir / "run").mkdir(exist_ok=True)
         (self.dir / "log").mkdir(exist_ok=True)
         routes = self.dir / "routes"
-        routes.write_text(f"* 127.0.0.1:{origin_port}\n")
+        routes.write_text(f"*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http\n"
+                          f"* 127.0.0.1:{origin_port}\n")
         self.config = self.dir / "pushpin.conf"
         self.config.write_text(PUSHPIN_CONF.format(
             rundir=self.dir / "run", logdir=self.dir / "log", tag=os.getpid(), client_port=client,

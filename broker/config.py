@@ -79,6 +79,9 @@ class Config:
     client_header_bytes: int = 8192
     client_maxconn: int = 50000
     origin_timeout_s: float = 30.0
+    # keep-alive connections to origins: an idle one is reused for this long (0: a new
+    # connection per request, "Connection: close")
+    origin_keepalive_idle_s: float = 30.0
     # largest WebSocket message (all fragments) a client or origin may send; beyond: close 1009
     ws_max_message_bytes: int = 1 << 20
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
@@ -105,6 +108,7 @@ class Config:
     edge_metrics_port: int = 0  # edge i listens on edge_metrics_port + i; 0: off
     stats_spec: str = ""  # Pushpin-style stats ZMQ PUB endpoint (broker binds); "": off
     stats_report_interval_s: float = 10.0  # how often "report" stats packets go out
+    stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
     log_level: str = "info"
 
     # -- derived ---------------------------------------------------------------------------
@@ -280,6 +284,8 @@ def _validate_ops(cfg: Config) -> list[str]:
     problems = []
     if cfg.drain_timeout_s < 0:
         problems.append("drain_timeout_s: must be 0 or more")
+    if cfg.origin_keepalive_idle_s < 0:
+        problems.append("origin_keepalive_idle_s: must be 0 or more")
     for name in ("metrics_port", "edge_metrics_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             problems.append(f"{name}: {getattr(cfg, name)} out of range (0: off)")
@@ -287,6 +293,8 @@ def _validate_ops(cfg: Config) -> list[str]:
         problems.append(f"stats_spec: {cfg.stats_spec!r} is not a tcp:// or ipc:// endpoint")
     if cfg.stats_report_interval_s <= 0:
         problems.append("stats_report_interval_s: must be positive")
+    if not 1 <= cfg.stats_connection_ttl_s <= 86400:
+        problems.append("stats_connection_ttl_s: must be 1 to 86400 seconds")
     return problems
 
 

@@ -3,7 +3,9 @@
 ``parse_control(frame)`` validates one request into a ``ControlRequest``; the server asks the
 store and builds the reply with ``position_reply``, ``replay_reply``, ``hello_reply`` or
 ``error_reply``.  Every reply echoes ``rid``.  A request that cannot be decoded at all, or is
-invalid, gets an error reply (``rid`` is None when it could not be read).
+invalid, gets an error reply (``rid`` is None when it could not be read).  A ``stats`` message
+(fire-and-forget, never answered) is handed over whole in ``ControlRequest.stats`` for
+``broker.stats`` to validate.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from broker.history import Position, Replay
 from broker.items import validate_channel
 from broker.wire import REPLAY_LIMIT, decode_control, encode_control
 
-OPS = ("hello", "position", "replay")
+OPS = ("hello", "position", "replay", "stats")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,7 @@ class ControlRequest:
     after_seq: int | None = None
     after_id: str | None = None
     limit: int = REPLAY_LIMIT
+    stats: dict | None = None  # the whole message, for op "stats"
 
 
 class ControlError(RemoteProtocolError):
@@ -63,6 +66,8 @@ def parse_control(frame: bytes) -> ControlRequest:
         raise ControlError(f"unknown op {op!r}", rid)
     if op == "hello":
         return ControlRequest("hello", rid)
+    if op == "stats":
+        return ControlRequest("stats", rid, stats=m)
     channel = m.get("channel")
     if not isinstance(channel, str):
         raise ControlError("'channel' must be a string", rid)

@@ -181,4 +181,4 @@ async def start_ops(broker, nursery: trio.Nursery) -> None:
 async def _serve_stats_reports(broker) -> None:
     while True:
         await trio.sleep(broker.cfg.stats_report_interval_s)
-        broker._emit_stats(broker.stats.report(time.time(), list(broker.live)))
+        broker._emit_stats(broker.stats.report(time.time()))

@@ -42,7 +42,7 @@ class BrokerCollector(Collector):
         yield CounterMetricFamily(P + "store_failures", "Messages lost because the store failed.",
                                   value=st.store_failures)
         yield CounterMetricFamily(P + "control_requests",
-                                  "Edge control requests (hello, position, replay).",
+                                  "Edge control messages (hello, position, replay, stats reports).",
                                   value=st.control_requests)
         yield CounterMetricFamily(P + "position_markers", "Position markers sent on subscribe.",
                                   value=st.markers)
@@ -70,10 +70,19 @@ class BrokerCollector(Collector):
                                      "Time to store one publish batch.")
         yield GaugeMetricFamily(P + "draining", "1 while the broker shuts down.",
                                 value=1 if getattr(b, "draining", False) else 0)
+        yield CounterMetricFamily(P + "curve_handshakes_refused",
+                                  "CurveZMQ handshakes refused by ZAP (key not allowed).",
+                                  value=getattr(b, "_zap_denied", 0))
         stats = getattr(b, "stats", None)
         if stats is not None:
             yield GaugeMetricFamily(P + "edges_reporting", "Edges that sent a stats report recently.",
                                     value=len(stats.edges))
+            yield CounterMetricFamily(P + "stats_edge_reports",
+                                      "Edge stats reports received (stats socket on).",
+                                      value=stats.reports)
+            yield CounterMetricFamily(P + "stats_edge_reports_bad",
+                                      "Edge stats reports refused as invalid.",
+                                      value=stats.bad_reports)
 
 
 def broker_registry(broker) -> CollectorRegistry:

@@ -14,6 +14,7 @@ from broker.config import Config
 EDGE_RELOADABLE = frozenset({
     "routes", "routes_file", "sig_iss", "sig_key", "client_buffer_bytes", "client_header_bytes",
     "client_maxconn", "origin_timeout_s", "log_level", "drain_timeout_s",
+    "origin_keepalive_idle_s",
 })
 # keys the broker applies on SIGHUP
 BROKER_RELOADABLE = frozenset({

@@ -231,7 +231,7 @@ class Broker:
                 self.stats_pub = ZSocket(sock, "stats")
                 self._sockets.append(self.stats_pub)
                 sock.bind(self.cfg.stats_spec)
-                self.stats = StatsEncoder()
+                self.stats = StatsEncoder(conn_ttl_s=self.cfg.stats_connection_ttl_s)
         except BaseException:
             self.close()
             raise
@@ -512,8 +512,6 @@ class Broker:
                         self.sub_in.sock.setsockopt(zmq.UNSUBSCRIBE, channel.encode("utf-8"))
                         self.sub_in.poke()
                         log.debug("channel dead channel=%s", channel)
-                        if self.stats is not None:
-                            self._emit_stats([self.stats.sub(channel, False)])
 
     async def _subscribed(self, channel: str) -> None:
         if channel not in self.live:
@@ -521,8 +519,6 @@ class Broker:
             self.sub_in.sock.setsockopt(zmq.SUBSCRIBE, channel.encode("utf-8"))
             self.sub_in.poke()
             log.debug("channel live channel=%s", channel)
-            if self.stats is not None:
-                self._emit_stats([self.stats.sub(channel, True)])
         try:
             pos = await self.store.position(channel)
         except StoreUnavailable as exc:
@@ -540,10 +536,11 @@ class Broker:
                     continue
                 self._control_requests += 1
                 reply = await self._control(frames[-1])
-                z.send(frames[:-1] + [reply])
+                if reply is not None:  # None: a fire-and-forget "stats" report
+                    z.send(frames[:-1] + [reply])
             await trio.lowlevel.checkpoint()
 
-    async def _control(self, payload: bytes) -> bytes:
+    async def _control(self, payload: bytes) -> bytes | None:
         try:
             req = control.parse_control(payload)
         except control.ControlError as exc:
@@ -551,6 +548,13 @@ class Broker:
             return control.error_reply(exc.rid, exc.reason)
         if req.op == "hello":
             return control.hello_reply(req.rid, self.broker_id, self.started)
+        if req.op == "stats":  # an edge's connections and counts (broker.stats)
+            if self.stats is not None:
+                try:
+                    self._emit_stats(self.stats.edge_report(req.stats, time.time()))
+                except RemoteProtocolError as exc:
+                    log.warning("bad stats report from an edge: %s", exc.reason)
+            return None
         try:
             if req.op == "position":
                 pos = await self.store.position(req.channel)
@@ -565,7 +569,9 @@ class Broker:
 
     async def _serve_heartbeat(self) -> None:
         while True:
-            self.edge_pub.send_frame(wire.encode_heartbeat(self.broker_id, self.started, time.time()))
+            self.edge_pub.send_frame(wire.encode_heartbeat(
+                self.broker_id, self.started, time.time(),
+                stats_ttl=self.stats.conn_ttl if self.stats is not None else 0))
             self._send_trailing_markers()
             self.edge_pub.poke()
             await trio.sleep(wire.HEARTBEAT_INTERVAL_S)

@@ -1,62 +1,287 @@
-"""Pushpin's stats socket (reference 6.1), fed by what the broker knows (sans-IO part).
+"""Pushpin's stats socket (reference 6.1), fed by the broker and its edges (sans-IO part).
 
 Frames are ``<type> T<tnetstring map>``, one per event, so tools written against Pushpin
-(``monitorstats.py``, ZMQ SUB with prefix ``"<type> "``) read them unchanged.  Every packet
-has ``from`` (``gripcast-broker_<pid>``).  What the broker emits:
+(``tools/monitorstats.py``, a ZMQ SUB with prefix ``"<type> "``) read them unchanged.  Every
+packet has ``from``: ``gripcast-broker_<pid>`` for what the broker builds, the edge's own name
+(``gripcast-edge<index>_<pid>``) for connection events.  Fields and types follow Pushpin's
+``StatsPacket`` (strings as tnetstring byte strings, ``ttl`` an int, ``unavailable`` a bool).
 
-* ``sub``: a channel became live (``{"channel", "mode": "stream", "ttl": 60,
-  "subscribers": 1}``: at least one edge subscribes to it; the broker sees edges, not
-  clients, so ``subscribers`` is 1 and ``mode`` is always ``stream``) or dead
-  (``{"channel", "unavailable": true}``); live channels are refreshed every report interval,
-  as Pushpin refreshes before the ttl runs out;
-* ``message``: each message fanned out to the edges, one packet per transport format
-  (``{"channel", "item-id"?, "transport", "count": 1}``; ``count`` counts edges-level
-  fan-outs, not clients);
-* ``report``: every ``stats_report_interval_s``: ``{"received", "sent", "duration"}`` since the
-  last report (publish items received, messages fanned out, milliseconds covered).
+The broker does not see client connections; each edge reports them over its control link
+(``{"op": "stats", ...}``, contract in ``broker.wire``; built by ``edge.connstats``) about once
+a second.  ``StatsEncoder.edge_report`` turns one report into packets and folds its counts in:
 
-``conn`` events (client connections) live on the edges and are not sent (yet).
-``StatsEncoder`` builds the frames; the broker sends them on a PUB socket it binds at
-``stats_spec``.
+* ``conn``: ``{"from", "id", "type": "http"|"ws", "peer-address", "ttl"}`` for a new or
+  refreshed connection (``ttl`` = ``stats_connection_ttl_s``; the edge refreshes each of its
+  connections every ``ttl * 3/4``, spread over one-second buckets, as Pushpin does) and
+  ``{"from", "id", "unavailable": true}`` when it closes;
+* ``sub``: ``{"from", "mode": "response"|"stream"|"ws", "channel", "ttl": 60, "subscribers"}``
+  whenever the number of subscribers of ``(mode, channel)``, summed over the edges, changes,
+  and ``{"from", "mode", "channel", "unavailable": true}`` when it drops to 0; live
+  subscriptions are refreshed every report interval (well within the 60 s ttl);
+* ``message``: per message fanned out and per transport format with receivers:
+  ``{"from", "channel", "item-id"?, "transport", "count"}``, ``count`` being the subscribers of
+  that transport's mode as last reported by the edges (at least 1 while the channel is live on
+  an edge that has not reported it yet);
+* ``report``: every ``stats_report_interval_s``: ``{"from", "connections", "minutes",
+  "received", "sent", "duration"}``: the most client connections open at once (all edges),
+  connection-minutes, publish items received, messages sent to clients, milliseconds covered.
+
+An edge that has not reported for ``EDGE_EXPIRE_S`` is forgotten (its subscribers no longer
+count).  Nothing here does I/O: the broker sends the frames on the PUB socket at ``stats_spec``.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
+from broker.errors import RemoteProtocolError
 from broker.tnetstring import dumps
 
 SUB_TTL_S = 60
-REFRESH_MAX = 10_000  # live channels refreshed per report, at most
+CONN_TTL_S = 120  # Pushpin's stats_connection_ttl
+REFRESH_MAX = 10_000  # live subscriptions refreshed per report, at most
+EDGE_EXPIRE_S = 10.0  # edges report every second; silent this long: forgotten
+MODES = ("response", "stream", "ws")
+CONN_TYPES = ("http", "ws")
+TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-message": "ws"}
+MAX_ID = 256  # longest connection id / edge name / peer address accepted from an edge
 
 
 def packet(kind: str, fields: dict) -> bytes:
     return kind.encode("ascii") + b" T" + dumps(fields)
 
 
-class StatsEncoder:
-    def __init__(self, source: str | None = None) -> None:
-        self.source = source or f"gripcast-broker_{os.getpid()}"
-        self._received = 0
-        self._sent = 0
-        self._last_report: float | None = None
+def _tn(b: bytes) -> bytes:
+    return b"%d:%s," % (len(b), b)
 
-    def sub(self, channel: str, live: bool) -> bytes:
-        if live:
-            return packet("sub", {"from": self.source, "channel": channel, "mode": "stream",
-                                  "ttl": SUB_TTL_S, "subscribers": 1})
-        return packet("sub", {"from": self.source, "channel": channel, "mode": "stream",
+
+_K_ID, _K_TYPE, _K_PEER = _tn(b"id"), _tn(b"type"), _tn(b"peer-address")
+_K_UNAVAILABLE = _tn(b"unavailable") + b"4:true!"
+_TYPES = {t: _tn(t.encode()) for t in CONN_TYPES}
+
+
+def conn_packets(source: str, conns, gone, ttl: int) -> list[bytes]:
+    """``conn`` packets, the same bytes as ``packet("conn", {...})`` but built directly (an
+    edge's report can hold thousands of them)."""
+    head = _tn(b"from") + _tn(source.encode())
+    ttl_part = _tn(b"ttl") + b"%d:%d#" % (len(b"%d" % ttl), ttl)
+    out = []
+    for cid, ctype, peer in conns:
+        body = head + _K_ID + _tn(cid.encode()) + _K_TYPE + _TYPES[ctype]
+        if peer:
+            body += _K_PEER + _tn(peer.encode())
+        body += ttl_part
+        out.append(b"conn T%d:%s}" % (len(body), body))
+    for cid in gone:
+        body = head + _K_ID + _tn(cid.encode()) + _K_UNAVAILABLE
+        out.append(b"conn T%d:%s}" % (len(body), body))
+    return out
+
+
+# -- the edge report (the "stats" control op) ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeReport:
+    """One validated ``{"op": "stats"}`` message from an edge."""
+
+    edge: str
+    full: bool = False
+    conns: tuple = ()  # ((id, type, peer), ...): new or refreshed connections
+    gone: tuple = ()  # (id, ...): closed connections
+    subs: tuple = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
+    connections: int = 0
+    connections_max: int = 0
+    conn_s: float = 0.0
+    sent: int = 0
+
+
+def _bad(reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"bad stats report: {reason}")
+
+
+def _short_str(v, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > MAX_ID:
+        raise _bad(f"{what} must be a non-empty string of at most {MAX_ID} characters")
+    return v
+
+
+def _count(m: dict, key: str) -> int:
+    v = m.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _bad(f"'{key}' must be a non-negative integer")
+    return v
+
+
+def _list(m: dict, key: str) -> list:
+    v = m.get(key) or []
+    if not isinstance(v, (list, tuple)):
+        raise _bad(f"'{key}' must be a list")
+    return v
+
+
+def parse_edge_report(m: dict) -> EdgeReport:
+    """Validate a decoded ``stats`` control message; ``RemoteProtocolError`` if it is bad."""
+    edge = _short_str(m.get("edge"), "'edge'")
+    conns = []
+    for c in _list(m, "conns"):
+        if not isinstance(c, (list, tuple)) or len(c) != 3:
+            raise _bad("a 'conns' entry must be [id, type, peer]")
+        cid, ctype, peer = c
+        if ctype not in CONN_TYPES:
+            raise _bad(f"connection type must be one of {CONN_TYPES}")
+        if not isinstance(peer, str) or len(peer) > MAX_ID:
+            raise _bad("peer address must be a string")
+        conns.append((_short_str(cid, "connection id"), ctype, peer))
+    gone = tuple(_short_str(cid, "connection id") for cid in _list(m, "gone"))
+    subs = []
+    for s in _list(m, "subs"):
+        if not isinstance(s, (list, tuple)) or len(s) != 3:
+            raise _bad("a 'subs' entry must be [mode, channel, count]")
+        mode, channel, n = s
+        if mode not in MODES:
+            raise _bad(f"mode must be one of {MODES}")
+        if not isinstance(channel, str) or not channel:
+            raise _bad("channel must be a non-empty string")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise _bad("subscriber count must be a non-negative integer")
+        subs.append((mode, channel, n))
+    conn_s = m.get("conn_s", 0.0)
+    if isinstance(conn_s, bool) or not isinstance(conn_s, (int, float)) or not 0 <= conn_s < 1e12:
+        raise _bad("'conn_s' must be a non-negative number")
+    return EdgeReport(edge=edge, full=bool(m.get("full", False)), conns=tuple(conns), gone=gone,
+                      subs=tuple(subs), connections=_count(m, "connections"),
+                      connections_max=_count(m, "connections_max"), conn_s=float(conn_s),
+                      sent=_count(m, "sent"))
+
+
+# -- the encoder -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class EdgeState:
+    last: float
+    connections: int = 0
+    subs: dict = field(default_factory=dict)  # (mode, channel) -> subscribers on this edge
+
+
+class StatsEncoder:
+    def __init__(self, source: str | None = None, conn_ttl_s: float = CONN_TTL_S) -> None:
+        self.source = source or f"gripcast-broker_{os.getpid()}"
+        self.conn_ttl_s = conn_ttl_s
+        self.edges: dict[str, EdgeState] = {}
+        self._subs: dict[tuple[str, str], int] = {}  # (mode, channel) -> sum over edges
+        self._chan_subs: dict[str, int] = {}  # channel -> sum over modes and edges
+        self._received = 0
+        self._sent = 0  # messages sent to clients (edge reports)
+        self._conn_total = 0  # open now, all edges (as last reported)
+        self._conn_max = 0  # most open at once since the last report
+        self._conn_s = 0.0  # connection-seconds not yet reported as minutes
+        self._last_report: float | None = None
+        self.reports = 0  # edge reports folded in
+        self.bad_reports = 0
+
+    @property
+    def conn_ttl(self) -> int:
+        return max(int(self.conn_ttl_s), 1)
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def _sub_packet(self, mode: str, channel: str, n: int) -> bytes:
+        if n > 0:
+            return packet("sub", {"from": self.source, "mode": mode, "channel": channel,
+                                  "ttl": SUB_TTL_S, "subscribers": n})
+        return packet("sub", {"from": self.source, "mode": mode, "channel": channel,
                               "unavailable": True})
+
+    def _set_edge_sub(self, st: EdgeState, key: tuple[str, str], n: int, out: list) -> None:
+        old = st.subs.get(key, 0)
+        if n == old:
+            return
+        if n:
+            st.subs[key] = n
+        else:
+            del st.subs[key]
+        before = self._subs.get(key, 0)
+        after = before + n - old
+        if after > 0:
+            self._subs[key] = after
+        else:
+            self._subs.pop(key, None)
+        ch = key[1]
+        chan_total = self._chan_subs.get(ch, 0) + n - old
+        if chan_total > 0:
+            self._chan_subs[ch] = chan_total
+        else:
+            self._chan_subs.pop(ch, None)
+        if after != before:
+            out.append(self._sub_packet(key[0], ch, after))
+
+    def subscribers(self, mode: str, channel: str) -> int:
+        """Subscribers of ``(mode, channel)`` summed over the edges (as last reported)."""
+        return self._subs.get((mode, channel), 0)
+
+    # -- edge reports --------------------------------------------------------------------------
+
+    def edge_report(self, m: dict, now: float) -> list[bytes]:
+        """Fold one edge ``stats`` message in; the ``conn`` and ``sub`` packets it makes.
+
+        Raises ``RemoteProtocolError`` (nothing applied) when the message is invalid."""
+        try:
+            rep = parse_edge_report(m)
+        except RemoteProtocolError:
+            self.bad_reports += 1
+            raise
+        self.reports += 1
+        out = conn_packets(rep.edge, rep.conns, rep.gone, self.conn_ttl)
+        st = self.edges.get(rep.edge)
+        if st is None:
+            st = self.edges[rep.edge] = EdgeState(now)
+        st.last = now
+        seen = set()
+        for mode, channel, n in rep.subs:
+            key = (mode, channel)
+            seen.add(key)
+            self._set_edge_sub(st, key, n, out)
+        if rep.full:  # a full report lists every subscription the edge has
+            for key in [k for k in st.subs if k not in seen]:
+                self._set_edge_sub(st, key, 0, out)
+        self._conn_total += rep.connections - st.connections
+        st.connections = rep.connections
+        peak = self._conn_total - rep.connections + max(rep.connections_max, rep.connections)
+        self._conn_max = max(self._conn_max, peak, self._conn_total)
+        self._conn_s += rep.conn_s
+        self._sent += rep.sent
+        return out
+
+    def expire(self, now: float) -> list[bytes]:
+        """Forget edges silent for ``EDGE_EXPIRE_S``; the ``sub`` packets that changes."""
+        out: list[bytes] = []
+        for name in [n for n, st in self.edges.items() if now - st.last > EDGE_EXPIRE_S]:
+            st = self.edges.pop(name)
+            for key in list(st.subs):
+                self._set_edge_sub(st, key, 0, out)
+            self._conn_total -= st.connections
+        return out
+
+    # -- the broker's own events ---------------------------------------------------------------
 
     def messages(self, envelopes, live) -> list[bytes]:
         """``message`` packets for the envelopes fanned out (channel in ``live``)."""
         out = []
+        subs = self._subs
         for env in envelopes:
-            if env.channel not in live:
+            channel = env.channel
+            if channel not in live:
                 continue
-            self._sent += 1
+            known = channel in self._chan_subs  # else: live, but no edge has reported it yet
             for transport in env.formats:
-                fields = {"from": self.source, "channel": env.channel, "transport": transport,
-                          "count": 1}
+                mode = TRANSPORT_MODE.get(transport)
+                count = subs.get((mode, channel), 0) if known else 1
+                if count <= 0:
+                    continue  # no receivers of this transport (Pushpin sends none then)
+                fields = {"from": self.source, "channel": channel, "transport": transport,
+                          "count": count}
                 if env.id is not None:
                     fields["item-id"] = env.id
                 out.append(packet("message", fields))
@@ -65,15 +290,22 @@ class StatsEncoder:
     def received(self, n: int) -> None:
         self._received += n
 
-    def report(self, now: float, live) -> list[bytes]:
-        """The periodic ``report`` plus ``sub`` refreshes of (up to REFRESH_MAX) live channels."""
+    def report(self, now: float) -> list[bytes]:
+        """Expire silent edges, then the periodic ``report`` and ``sub`` refreshes of (up to
+        REFRESH_MAX) live subscriptions."""
+        out = self.expire(now)
         duration = 0 if self._last_report is None else int((now - self._last_report) * 1000)
         self._last_report = now
-        out = [packet("report", {"from": self.source, "received": self._received,
-                                 "sent": self._sent, "duration": duration})]
+        minutes = int(self._conn_s // 60)
+        self._conn_s -= minutes * 60
+        out.append(packet("report", {"from": self.source,
+                                     "connections": max(self._conn_max, self._conn_total),
+                                     "minutes": minutes, "received": self._received,
+                                     "sent": self._sent, "duration": duration}))
         self._received = self._sent = 0
-        for i, channel in enumerate(live):
+        self._conn_max = self._conn_total
+        for i, ((mode, channel), n) in enumerate(self._subs.items()):
             if i >= REFRESH_MAX:
                 break
-            out.append(self.sub(channel, True))
+            out.append(self._sub_packet(mode, channel, n))
         return out

@@ -27,6 +27,22 @@ retained, unknown id, or a different epoch): then ``items`` holds what is retain
 caller must fall back (Pushpin's way: ask the origin).  Errors: ``{"rid", "ok": False,
 "error": "<reason>"}``.
 
+Fire-and-forget (no ``rid``, no reply), sent by each edge about once a second (sooner when
+1,000 events wait) while the broker's heartbeat carries ``stats_ttl`` (its stats socket is on);
+dropped by the edge rather than ever blocking (``edge.connstats`` builds it, ``broker.stats``
+turns it into Pushpin's stats packets)::
+
+    {"op": "stats", "edge": "<edge name>", "full": bool,
+     "conns": [[id, "http"|"ws", peer_address], ...],   new and refreshed client connections
+     "gone": [id, ...],                                  closed ones
+     "subs": [[mode, channel, n], ...],                  subscribers on this edge, per mode
+                                                         (response|stream|ws), for the channels
+                                                         that changed (0: none left); every
+                                                         one when ``full``
+     "connections": n, "connections_max": n,             open now, most since the last report
+     "conn_s": float, "sent": n}                         connection-seconds, messages sent to
+                                                         clients, since the last report
+
 Position marker (broker XPUB, on the channel's own topic): whenever an edge's SUB subscribes
 to a channel (the broker's XPUB is VERBOSE so it sees every subscribe), the broker sends
 ``topic(channel) + msgpack {"marker": True, "epoch", "last_seq"}`` on that topic.  Because it
@@ -36,7 +52,9 @@ delivered replays the gap.  Other subscribers of the channel see it too and igno
 repair a gap they had not noticed yet).  ``decode_frame`` returns a ``Marker`` for it.
 
 Heartbeat (broker XPUB, every ``HEARTBEAT_INTERVAL_S``): ``HEARTBEAT_TOPIC`` + msgpack
-``{"broker_id", "started", "ts"}``; a new ``broker_id`` means the broker restarted.
+``{"broker_id", "started", "ts"}``, plus ``"stats_ttl": <seconds>`` while the broker's stats
+socket is on (edges then send ``stats`` reports); a new ``broker_id`` means the broker
+restarted.
 
 Recover (broker XPUB, reserved topic ``RECOVER_TOPIC``, which every edge subscribes to like the
 heartbeat): ``RECOVER_TOPIC`` + msgpack ``{"ts"}``, sent when a publisher calls ``POST
@@ -176,8 +194,11 @@ def is_heartbeat(frame: bytes) -> bool:
     return frame.startswith(HEARTBEAT_TOPIC)
 
 
-def encode_heartbeat(broker_id: str, started: float, ts: float) -> bytes:
-    return HEARTBEAT_TOPIC + _packb({"broker_id": broker_id, "started": started, "ts": ts})
+def encode_heartbeat(broker_id: str, started: float, ts: float, stats_ttl: int = 0) -> bytes:
+    hb = {"broker_id": broker_id, "started": started, "ts": ts}
+    if stats_ttl > 0:
+        hb["stats_ttl"] = int(stats_ttl)
+    return HEARTBEAT_TOPIC + _packb(hb)
 
 
 def decode_heartbeat(frame: bytes) -> dict:

@@ -3,7 +3,8 @@
 * SUB connected to ``edge_pub``: heartbeats plus ``wire.topic(channel)`` of live channels.
   SNDHWM=0 (subscriptions are messages and must never be dropped), a large RCVHWM.
 * DEALER connected to ``edge_ctl``: hello / position / replay requests, correlated by ``rid``,
-  awaited with a timeout and retried.
+  awaited with a timeout and retried; and ``send_nowait`` for fire-and-forget messages (the
+  once-a-second ``stats`` report, ``edge.statsreport``), dropped rather than ever waiting.
 
 ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket has one reader task that drains
 with NOBLOCK until ``zmq.Again``, hands the batch over, checkpoints once per batch, and parks on
@@ -73,6 +74,7 @@ class BrokerLink:
         self._waiting: dict[int, list] = {}  # rid -> [event, reply]
         self._channels: set[str] = set()
         self.broker_id: str | None = None
+        self.stats_ttl = 0  # the broker's heartbeat: its stats socket's connection ttl (0: off)
         # called with (broker_id) on every heartbeat (edge.linkrepair.LinkWatch watches them)
         self.on_heartbeat = None
         self._last_hb: float | None = None
@@ -120,6 +122,16 @@ class BrokerLink:
             self._timeouts += 1
             log.warning("broker request timed out op=%s try=%d", msg.get("op"), attempt + 1)
         raise BrokerUnavailable(f"no answer from the broker to {msg.get('op')}")
+
+    def send_nowait(self, msg: dict) -> bool:
+        """Send a control message that gets no reply; False (dropped) if it would block."""
+        try:
+            self.ctl.send(wire.encode_control(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            self._wake(self.ctl)
+        return True
 
     def _send_ctl(self, frame: bytes) -> None:
         try:
@@ -210,6 +222,8 @@ class BrokerLink:
         elif broker_id != self.broker_id:
             log.warning("broker restarted old=%s new=%s", self.broker_id, broker_id)
         self.broker_id = broker_id
+        ttl = hb.get("stats_ttl", 0)
+        self.stats_ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0 else 0
         if self.on_heartbeat is not None:
             self.on_heartbeat(broker_id)
 

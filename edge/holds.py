@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import random
 import weakref
+from dataclasses import replace
 from urllib.parse import urljoin, urlsplit
 
 import trio
@@ -176,6 +177,8 @@ async def _parse(resp, route) -> tuple[Hold, object]:
     if not is_json and (hold_value == "stream" or (hold_value is None and has_next)):
         hold = parse_instruct(resp.status, resp.reason, headers, b"", **kw)
         if hold.mode == "stream" or (hold.mode is None and hold.next_link):
+            if resp.complete:  # the whole body is in: it goes out with the head, in one send
+                return replace(hold, body=await resp.read_body(1 << 62)), None
             return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
     body = await resp.read_body(MAX_ACCEPT_BODY)
     return parse_instruct(resp.status, resp.reason, headers, body, **kw), None
@@ -200,6 +203,8 @@ async def handle_grip(conn, req, route, resp) -> bool:
                     return await hold_response(conn, req, route, hold, resolve,
                                                attempts < MAX_ATTEMPTS)
                 if hold.mode == "stream" or hold.next_link:
+                    if body_iter is None:
+                        resp.forget()  # a held stream keeps none of the origin's response
                     return await hold_stream(conn, req, route, hold, body_iter)
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
                 return req.keep_alive
@@ -355,12 +360,23 @@ class _Stream:
         app.holds.add(s)
         return prev
 
+    async def probe(self, prev) -> tuple[list, list]:
+        """Ask history about each prev-id channel, delivering nothing yet (the response head
+        may not be out): ``(resumes to finish, the channels history could not answer)``."""
+        resumes = [self.app.resumer.open(self.session, c.name, c.prev_id) for c in prev]
+        failed = [c for c, r in zip(prev, resumes) if not await r.probe()]
+        return resumes, failed
+
+    async def catch_up(self, resumes) -> None:
+        """Replay (paced by the socket: call once the head is out and the socket released)
+        and hand over to live delivery; failed resumes just release their held messages."""
+        for r in resumes:
+            await r.finish()
+
     async def resolve(self, prev) -> list:
         """Resume prev-id channels from history; the channels history could not answer."""
-        failed = []
-        for c in prev:
-            if not await self.app.resume(self.session, c.name, c.prev_id):
-                failed.append(c)
+        resumes, failed = await self.probe(prev)
+        await self.catch_up(resumes)
         return failed
 
     async def fetch_next(self, link: str):
@@ -427,23 +443,35 @@ async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
     gone = False
     try:
         failed: list = []
+        resumes: list = []
         if hold.mode == "stream":
             prev = st.register(hold)
-            failed = await st.resolve(prev)
+            # history first answers whether it can (before the head: Pushpin's 502 below);
+            # the replay itself goes out after the head, paced by the client's socket
+            resumes, failed = await st.probe(prev)
             if failed and not hold.next_link:
                 raise InstructError(
                     f"channel '{failed[0].name}' specifies prev-id, but no next link found")
             await app.wait_positioned([c.name for c in hold.channels])
-        await conn.send_all(responses.stream_head(hold, chunked=s.chunked))
+        head = responses.stream_head(hold, chunked=s.chunked)
+        if hold.body and body_iter is None:  # head and initial body in one send
+            head, hold_body = head + st.frame(hold.body), b""
+        else:
+            hold_body = hold.body
+        await conn.send_all(head)
         st.head_sent = True
+        # a held stream never re-sends the client's request (next links send only Grip-Last,
+        # the signature and Host): do not keep its headers and body for the connection's life
+        req.headers, req.body = (), b""
         try:
-            await st.send_body(hold.body, body_iter)
+            await st.send_body(hold_body, body_iter)
         except OriginError as exc:
             log.warning("stream hold initial body cut: %s", exc.reason)
             return False
         await st.release_socket()
         if hold.mode == "stream":
             app.schedule_keepalive(s)
+            await st.catch_up(resumes)
         want_next = bool(failed)
         first_sub = None
         if hold.mode == "stream" and hold.next_link and app.cfg.update_on_first_subscription:

@@ -4,7 +4,8 @@ The first local session on a channel yields ``Subscribe(channel)`` (the caller s
 SUB socket and asks the broker for the channel's position); when the last one leaves, the
 channel lingers ``linger_s`` (time is passed in as ``now``) and ``expire(now)`` then yields
 ``Unsubscribe(channel)``.  A session arriving during the linger revives the channel silently.
-Sessions are any hashable objects.
+Sessions are any hashable objects.  When ``changed`` is a set (``edge.connstats`` sets it),
+every channel a session joins or leaves is added to it (the stats report takes and clears it).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Hub:
         self._of_session: dict[object, tuple[str, ...]] = {}
         self._lingering: dict[str, float] = {}  # channel -> unsubscribe deadline
         self._subscriptions = 0
+        self.changed: set[str] | None = None
 
     def add(self, session, channels, now: float) -> list[Subscribe]:
         """Register ``session`` on ``channels``; returns the channels that need subscribing."""
@@ -48,6 +50,8 @@ class Hub:
             raise ValueError("session already registered")
         chans = tuple(dict.fromkeys(channels))
         self._of_session[session] = chans
+        if self.changed is not None:
+            self.changed.update(chans)
         actions = []
         for ch in chans:
             members = self._members.get(ch)
@@ -64,6 +68,8 @@ class Hub:
         chans = self._of_session.pop(session, None)
         if chans is None:
             return
+        if self.changed is not None:
+            self.changed.update(chans)
         for ch in chans:
             members = self._members.get(ch)
             if members is None:

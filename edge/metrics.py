@@ -116,7 +116,8 @@ class EdgeCollector(Collector):
         resumer = getattr(e, "resumer", None)
         if resumer is not None and hasattr(resumer, "statistics"):
             r = resumer.statistics()
-            for name in ("resumes", "answered", "fell_back", "replayed"):
+            for name in ("resumes", "answered", "fell_back", "replayed", "gate_overflows",
+                         "cut_off"):
                 if hasattr(r, name):
                     yield CounterMetricFamily(P + "client_resume_" + name,
                                               f"Client cursor resumes: {name}.", value=getattr(r, name))

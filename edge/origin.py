@@ -5,8 +5,11 @@ client ``Grip-*`` headers dropped, ``Grip-Sig``/``Grip-Feature`` added, Host kep
 target's ``host=`` or the route's ``as_host=``, route ``header=`` props applied, path rewritten
 (``replace_beg``, ``path_rem``).  ``open_origin`` connects with failover across the route's
 targets (connect errors only), sends the request and returns an ``OriginResponse`` once the
-response head is in; its body is an async iterator.  One origin connection per request
-(``Connection: close``).  Every wait is bounded by ``timeout_s``.
+response head is in; its body is an async iterator.  Connections are kept alive and reused
+(``edge.originpool``): a response read to its end parks its connection for the next request
+to that target, and a request on a reused connection that ends before any response byte is
+retried once on a fresh one.  With ``origin_keepalive_idle_s = 0`` every request has its own
+connection (``Connection: close``).  Every wait is bounded by ``timeout_s``.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import httptools
 import trio
 
 from broker.errors import RemoteProtocolError
+from edge import originpool
 from edge.routes import Route, Target
 
 log = logging.getLogger(__name__)
@@ -71,7 +75,8 @@ def build_request(route: Route, target: Target, method: bytes, path: bytes,
         out.append((b"Grip-Feature", GRIP_FEATURES))
     if body or method in (b"POST", b"PUT", b"PATCH"):
         out.append((b"Content-Length", b"%d" % len(body)))
-    out.append((b"Connection", b"close"))
+    if not originpool.enabled():
+        out.append((b"Connection", b"close"))
     rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1") if rewrite else path
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, rpath, host)]
     lines.extend(b"%s: %s\r\n" % (k, v) for k, v in out)
@@ -82,12 +87,19 @@ def build_request(route: Route, target: Target, method: bytes, path: bytes,
 class _Parse:
     """httptools callbacks for one response."""
 
+    __slots__ = ("reason", "headers", "head_done", "complete", "clean", "keep", "chunks",
+                 "parser")
+
     def __init__(self) -> None:
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.complete = False
+        self.clean = False  # the parser saw the message end (the connection may be reused)
+        self.keep = False  # ... and neither side asked to close (read at the message end:
+        # llhttp resets its keep-alive state once the message is complete)
         self.chunks: list[bytes] = []
+        self.parser = None  # set by the owner; dropped at the message end (breaks the cycle)
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -102,17 +114,26 @@ class _Parse:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        self.complete = self.clean = True
+        if self.parser is not None:
+            self.keep = self.parser.should_keep_alive()
+            self.parser = None
 
 
 class OriginResponse:
+    __slots__ = ("_stream", "_reused", "_got", "_broken", "target", "_timeout_s", "_p",
+                 "_parser", "_head_only", "_eof", "status", "reason", "headers", "framed")
+
     def __init__(self, stream: trio.SocketStream, target: Target, timeout_s: float,
-                 head_only: bool) -> None:
+                 head_only: bool, reused: bool = False) -> None:
         self._stream = stream
+        self._reused = reused
+        self._got = False  # any response byte arrived (a reused connection is not retried then)
+        self._broken = False  # the connection was closed or reset under us
         self.target = target
         self._timeout_s = timeout_s
         self._p = _Parse()
-        self._parser = httptools.HttpResponseParser(self._p)
+        self._parser = self._p.parser = httptools.HttpResponseParser(self._p)
         self._head_only = head_only
         self._eof = False
         self.status = 0
@@ -125,12 +146,14 @@ class OriginResponse:
             try:
                 data = await self._stream.receive_some(READ_SIZE)
             except (OSError, trio.BrokenResourceError) as exc:
+                self._broken = True
                 raise OriginError(f"error reading from origin {self.target}: {exc}") from exc
         if scope.cancelled_caught:
             raise OriginError(f"timeout waiting for origin {self.target}")
         if not data:
-            self._eof = True
+            self._eof = self._broken = True
             return
+        self._got = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -149,6 +172,8 @@ class OriginResponse:
         if self._head_only or self.status in (204, 304) or 100 <= self.status < 200:
             self._p.complete = True
             self._p.chunks.clear()
+        if self._p.complete:
+            self._release()
 
     async def body_chunks(self):
         """Yield body pieces as they arrive; OriginError if the origin cuts a framed body."""
@@ -158,6 +183,7 @@ class OriginResponse:
                 for c in chunks:
                     yield c
             if self._p.complete:
+                self._release()
                 return
             if self._eof:
                 if self.framed:
@@ -174,9 +200,39 @@ class OriginResponse:
             parts.append(c)
         return b"".join(parts)
 
+    @property
+    def complete(self) -> bool:
+        """The whole response is in (what is left of its body is buffered)."""
+        return self._p is not None and self._p.complete
+
+    def forget(self) -> None:
+        """The caller is done with this response (its body was read): drop its headers and
+        parse state, which a held client connection would otherwise keep alive."""
+        self.headers = []
+        if self._p is not None and self._p.complete:
+            self._p = None
+
+    def _release(self) -> None:
+        """The response was read to its end: park the connection for reuse (when the parser
+        saw the message end and neither side asked to close), else close it.  Drops the
+        parser, so a held client connection keeps none of this alive."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        self._parser = self._p.parser = None
+        if self._p.clean and self._p.keep and not self._head_only:
+            originpool.give((self.target.host, self.target.port), stream, trio.current_time())
+        else:
+            originpool._close(stream)
+
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            await self._stream.aclose()
+        stream, self._stream = self._stream, None
+        self._parser = None
+        if self._p is not None:
+            self._p.parser = None
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 async def open_origin(route: Route, method: bytes, path: bytes,
@@ -190,31 +246,43 @@ async def open_origin(route: Route, method: bytes, path: bytes,
         if target.ssl:
             errors.append(f"{target}: TLS to origins is not supported yet")
             continue
-        with trio.move_on_after(timeout_s) as scope:
+        key = (target.host, target.port)
+        request = build_request(route, target, method, path, headers, body, sig=sig,
+                                extra=extra, rewrite=rewrite)
+        for fresh in (False, True):
+            stream = None if fresh else originpool.take(key, trio.current_time())
+            reused = stream is not None
+            if stream is None:
+                with trio.move_on_after(timeout_s) as scope:
+                    try:
+                        stream = await trio.open_tcp_stream(target.host, target.port)
+                    except OSError as exc:
+                        errors.append(f"{target}: {exc.strerror or exc}")
+                if scope.cancelled_caught:
+                    errors.append(f"{target}: connect timeout")
+                if stream is None:
+                    break  # next target
+            resp = OriginResponse(stream, target, timeout_s, head_only=method == b"HEAD",
+                                  reused=reused)
+            ok = False
             try:
-                stream = await trio.open_tcp_stream(target.host, target.port)
-            except OSError as exc:
-                errors.append(f"{target}: {exc.strerror or exc}")
-                continue
-        if scope.cancelled_caught:
-            errors.append(f"{target}: connect timeout")
-            continue
-        resp = OriginResponse(stream, target, timeout_s, head_only=method == b"HEAD")
-        ok = False
-        try:
-            with trio.move_on_after(timeout_s) as scope:
-                try:
-                    await stream.send_all(build_request(route, target, method, path, headers,
-                                                        body, sig=sig, extra=extra,
-                                                        rewrite=rewrite))
-                except (OSError, trio.BrokenResourceError) as exc:
-                    raise OriginError(f"error sending to origin {target}: {exc}") from exc
-            if scope.cancelled_caught:
-                raise OriginError(f"timeout sending to origin {target}")
-            await resp._read_head()
-            ok = True
-            return resp
-        finally:
-            if not ok:
-                await resp.aclose()
+                with trio.move_on_after(timeout_s) as scope:
+                    try:
+                        await stream.send_all(request)
+                    except (OSError, trio.BrokenResourceError) as exc:
+                        resp._broken = True
+                        raise OriginError(f"error sending to origin {target}: {exc}") from exc
+                if scope.cancelled_caught:
+                    raise OriginError(f"timeout sending to origin {target}")
+                await resp._read_head()
+                ok = True
+                return resp
+            except OriginError:
+                if reused and resp._broken and not resp._got:
+                    log.debug("reused origin connection was closed target=%s: retrying", target)
+                    continue  # the origin closed an idle connection: once more, fresh
+                raise
+            finally:
+                if not ok:
+                    await resp.aclose()
     raise OriginError("could not connect to any origin: " + "; ".join(errors))

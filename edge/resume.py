@@ -8,8 +8,9 @@ Use (any transport: HTTP stream/response holds, SSE ``Last-Event-ID``, WebSocket
 ``cursor`` is what the client last saw: a publisher ``id`` or the broker's ``"<epoch>:<seq>"``
 (``Envelope.cursor``: the id clients see is the publisher's id when it gave one, else
 ``epoch:seq``).  ``resume`` delivers every retained message after the cursor to that session
-only (through ``Deliverer.deliver(..., only=session)``, so each transport encodes it as usual),
-then hands the session over to live delivery with no gap and no duplicate, and returns:
+only (through ``Deliverer.deliver(..., only=session)``, so each transport encodes it as usual,
+and a stream's replay is paced by its socket), then hands the session over to live delivery
+with no gap and no duplicate, and returns:
 
 * ``True``: history answered (possibly with nothing to replay: the cursor is the channel's last
   message, or the channel has never had a message);
@@ -19,26 +20,52 @@ then hands the session over to live delivery with no gap and no duplicate, and r
   With ``flush_on_fail=True`` (default) the live messages held meanwhile are delivered before
   returning; with False they are dropped (a response hold that is about to be retried).
 
+A stream hold must know whether history answers *before* its response head (Pushpin answers
+502 when a prev-id cannot be resolved and there is no next link), but can only be paced by its
+socket *after* the head.  So a resume is two calls on a ``Resume``: ``probe()`` asks for the
+first page (nothing is delivered), ``finish()`` delivers it and the rest (``Resumer.open``;
+``Resumer.resume`` is both at once).
+
 Theory of operation
 -------------------
-``begin(session, channel)`` (called by ``resume`` synchronously, before its first await) opens
-a *gate*: ``Deliverer.deliver`` appends the channel's live envelopes for that session to the
-gate instead of delivering them.  Hence call ``resume`` right after registering the session on
-the channel, with no await in between (or call ``app.begin_resume(session, channel)`` at
-registration time and ``await app.resume(...)`` later).
+``begin(session, channel)`` (called by ``open``/``resume`` synchronously, before their first
+await) opens a *gate*: ``Deliverer.deliver`` appends the channel's live envelopes for that
+session to the gate instead of delivering them.  Hence call ``resume`` right after registering
+the session on the channel, with no await in between (or call ``app.begin_resume(session,
+channel)`` at registration time and ``await app.resume(...)`` later).
 
-The sans-IO ``Catchup`` then drives the broker's ``replay`` (``broker.wire``): first
-``after_id=cursor``; while a page comes back complete but cut short by ``limit``, the next page
-``after_seq`` = the last replayed seq (same epoch).  It keeps the session's own per-channel
-last seq.  When history is exhausted it compares with the edge tracker's position for the
-channel (everything up to it was, or was skipped to be, handed to live sessions; everything
-after it will be): while the session is behind it, it replays more (this closes the race where
-a message committed before the edge subscribed is neither live nor in the first page).  Then
-the gate's envelopes are released in order, dropping those at or below the session's last seq
-(duplicates), and the gate closes with no await between the last release and the close.
+The *hand-over point* is the edge tracker's position ``T`` for the channel: the tracker hands
+live sessions every message up to ``T`` and will hand them every message after it, in order,
+exactly once; the tracker updates ``T`` and offers the message to the gate in the same
+synchronous step.  So at any synchronous point, the gate holds every live message after the
+point where it was opened, up to ``T``, and nothing after ``T``.  The sans-IO ``Catchup``
+keeps the session's own last seq ``S`` on the channel and, at each synchronous point,
+``plan(backlog, T)`` says what to do:
+
+* gated messages that follow ``S`` (the first one is ``S + 1``): deliver them (those at or
+  below ``S`` are duplicates and dropped);
+* ``S < T`` and the gate does not reach down to ``S + 1``: replay ``after_seq = S`` from
+  history.  Replayed items after ``T`` are *not* delivered: they reach the session live
+  (through the gate), which is what keeps a replay reply that overtook the PUB/SUB link from
+  delivering a message the tracker will deliver again;
+* ``S > T`` (the client's cursor came from an edge that was ahead of this one): wait for the
+  tracker to reach ``S``, the live copies of what the client already has are dropped at the
+  gate meanwhile;
+* ``S == T`` and nothing held: close the gate, in the same synchronous step.
+
+The gate is bounded (``GATE_LIMIT`` envelopes; a slow client's paced replay can take long):
+when it overflows it drops what it holds and stops collecting; the next synchronous point
+reopens it at ``T`` and the catch-up fetches the dropped messages from history again.  Nothing
+is ever lost silently: if history no longer covers what the session needs (trimmed under a
+client too slow to catch up, or an epoch change), the session is told as for a lost history
+(``edge.linkrepair.tell_epoch_change``: a stream is closed so its client resumes, a WebSocket
+gets an event); if the hand-over cannot complete (broker unreachable mid catch-up, the tracker
+not reaching the client's cursor within ``HANDOVER_WAIT_S``, ``MAX_PAGES``), the session is cut
+off with the reason logged and its client resumes with its cursor.
 """
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 
@@ -46,11 +73,16 @@ import trio
 
 from broker import wire
 from broker.errors import GripcastError, RemoteProtocolError
+from edge import responses
+from edge.linkrepair import tell_epoch_change
 from edge.tracker import State
 
 log = logging.getLogger(__name__)
 
 MAX_PAGES = 1000  # bound on replay round trips for one catch-up (1,000 x REPLAY_LIMIT items)
+GATE_LIMIT = wire.REPLAY_LIMIT  # live envelopes held per gate (one history page refills them)
+HANDOVER_WAIT_S = 5.0  # the tracker catching up with a client cursor ahead of this edge
+HANDOVER_POLL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +93,29 @@ class ResumeStatistics:
     replayed: int
     duplicates_dropped: int
     active: int
+    gate_overflows: int = 0
+    cut_off: int = 0
+
+
+class Step(enum.Enum):
+    DELIVER = "deliver"  # hand the returned envelopes to the session
+    REPLAY = "replay"  # fetch ``request()`` pages from history
+    WAIT = "wait"  # the tracker is behind the session: wait for live delivery to reach it
+    DONE = "done"  # close the gate now (in the same synchronous step)
+    CUT = "cut"  # the hand-over cannot complete without a gap
 
 
 class Catchup:
     """The sans-IO state of one session catching up on one channel.
 
-    ``request()`` is the next replay request map (None when done); ``on_reply(reply)`` takes
-    the broker's reply map and returns the envelopes to deliver to the session (in order);
-    ``on_target(epoch, last_seq)`` gives the tracker's live position once history is
-    exhausted (it may ask for more); ``accept_live(env)`` says whether a gated live envelope
-    is new for this session (and records it).  ``failed`` means history cannot answer.
+    ``request()`` is the next replay request map (None when none is due);
+    ``on_reply(reply, live)`` takes the broker's reply map and the tracker's position
+    ``(epoch, last_seq)`` when it is handled, and returns the envelopes to deliver to the
+    session (in order; none after the position); ``plan(backlog, live)`` is the next step of
+    the hand-over (module docstring); ``accept_live(env)`` says whether a gated live envelope
+    is new for this session (and records it).  ``failed`` means history cannot answer;
+    ``skipped`` that history lost part of what the session needed (trimmed or a new epoch
+    during the catch-up).
     """
 
     def __init__(self, channel: str, cursor: str, limit: int = wire.REPLAY_LIMIT) -> None:
@@ -83,6 +128,7 @@ class Catchup:
         self.skipped = False
         self.done = False
         self.pages = 0
+        self.duplicates = 0
         self._need_more = True
 
     def request(self) -> dict | None:
@@ -94,8 +140,12 @@ class Catchup:
         return {"op": "replay", "channel": self.channel, "epoch": self.epoch,
                 "after_seq": self.last_seq, "after_id": None, "limit": self.limit}
 
-    def on_reply(self, reply: dict) -> list[wire.Envelope]:
-        """Consume one replay reply; the envelopes to deliver, in seq order."""
+    def on_reply(self, reply: dict, live: tuple | None = None) -> list[wire.Envelope]:
+        """Consume one replay reply; the envelopes to deliver, in seq order.
+
+        ``live`` is the tracker's ``(epoch, last_seq)`` now (None or an unknown epoch: no
+        bound): items after it are left to live delivery, which will bring them to the session.
+        """
         self.pages += 1
         epoch = str(reply.get("epoch") or "")
         last = int(reply.get("last_seq") or 0)
@@ -116,26 +166,61 @@ class Catchup:
             self.last_seq = (items[0].seq - 1) if items else last
         elif epoch != self.epoch or not complete:
             # history restarted (new epoch) or was trimmed under us mid catch-up: what we
-            # replayed stands, the lost part is skipped (as the tracker does), go on from there
+            # replayed stands, the lost part is skipped (as the tracker does; the caller tells
+            # the session, ``skipped``), go on from there
             self.skipped = True
             self.epoch = epoch
             self.last_seq = (items[0].seq - 1) if items else last
+        upto = last
+        if live is not None and live[0] is not None and live[0] == self.epoch:
+            upto = min(upto, live[1])  # the hand-over point: after it, live delivery
         out = []
         for env in items:
-            if env.epoch == self.epoch and env.seq > self.last_seq:
+            if env.epoch == self.epoch and self.last_seq < env.seq <= upto:
                 out.append(env)
                 self.last_seq = env.seq
-        self._need_more = bool(out) and self.last_seq < last
+        self._need_more = bool(out) and self.last_seq < upto
         return out
 
-    def on_target(self, epoch: str | None, last_seq: int) -> bool:
-        """The tracker's live position; True if more must be replayed before going live."""
-        if self.failed or epoch is None or epoch != self.epoch or self.last_seq is None:
-            return False
-        if last_seq > self.last_seq and self.pages < MAX_PAGES:
+    def plan(self, backlog: list, live: tuple | None) -> tuple[Step, list]:
+        """The next hand-over step at a synchronous point: ``(step, envelopes to deliver)``.
+
+        ``backlog`` is what the gate held so far, in order (consumed: what is delivered or
+        dropped as a duplicate is removed); ``live`` the tracker's ``(epoch, last_seq)`` now
+        (None: the channel is not tracked).
+        """
+        if self.failed or self.last_seq is None:
+            envs = list(backlog)
+            backlog.clear()
+            return (Step.DELIVER, envs) if envs else (Step.DONE, [])
+        epoch, upto = live if live is not None else (None, 0)
+        if epoch is None or epoch != self.epoch:
+            # no hand-over point in our epoch (tracker not positioned, or the channel's epoch
+            # changed: the tracker tells the session): hand over what is held, deduplicated
+            envs = [e for e in backlog if self.accept_live(e)]
+            self.duplicates += len(backlog) - len(envs)
+            backlog.clear()
+            return (Step.DELIVER, envs) if envs else (Step.DONE, [])
+        k = 0
+        while k < len(backlog) and backlog[k].epoch == self.epoch \
+                and backlog[k].seq <= self.last_seq:
+            k += 1
+        if k:
+            self.duplicates += k
+            del backlog[:k]
+        if backlog and (backlog[0].epoch != self.epoch or backlog[0].seq == self.last_seq + 1):
+            envs = [e for e in backlog if self.accept_live(e)]
+            backlog.clear()
+            return Step.DELIVER, envs
+        if backlog or self.last_seq < upto:
+            if self.pages >= MAX_PAGES:
+                return Step.CUT, []
             self._need_more = True
-            return True
-        return False
+            return Step.REPLAY, []
+        if self.last_seq == upto:
+            self.done = True
+            return Step.DONE, []
+        return Step.WAIT, []
 
     def accept_live(self, env: wire.Envelope) -> bool:
         """Whether a live envelope held at the gate is new for this session."""
@@ -148,6 +233,25 @@ class Catchup:
         return True
 
 
+class _Gate(list):
+    """The live envelopes held for one (session, channel), bounded (module docstring)."""
+
+    __slots__ = ("overflowed",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.overflowed = False
+
+    def append(self, env) -> None:  # called by Deliverer.deliver
+        if self.overflowed:
+            return
+        if len(self) >= GATE_LIMIT:
+            self.clear()
+            self.overflowed = True
+            return
+        list.append(self, env)
+
+
 class Resumer:
     """Drives ``Catchup`` against the broker link for an edge (``app``).
 
@@ -158,7 +262,7 @@ class Resumer:
     def __init__(self, app) -> None:
         self.app = app
         self._resumes = self._answered = self._fell_back = 0
-        self._replayed = self._dups = 0
+        self._replayed = self._dups = self._overflows = self._cut = 0
 
     @property
     def gate(self) -> dict:
@@ -166,83 +270,168 @@ class Resumer:
 
     def begin(self, session, channel: str) -> None:
         """Start holding ``channel``'s live messages for ``session`` (idempotent)."""
-        self.gate.setdefault((session, channel), [])
+        if (session, channel) not in self.gate:
+            self.gate[(session, channel)] = _Gate()
 
     def abort(self, session, channel: str) -> list:
         """Close the gate without delivering; returns what it held."""
         return self.gate.pop((session, channel), [])
 
+    def open(self, session, channel: str, cursor: str) -> Resume:
+        """A catch-up to ``probe()`` then ``finish()``; opens the gate now."""
+        self.begin(session, channel)
+        self._resumes += 1
+        return Resume(self, session, Catchup(channel, cursor))
+
     async def resume(self, session, channel: str, cursor: str, *,
                      flush_on_fail: bool = True) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor``; see the module docstring."""
-        self.begin(session, channel)
-        self._resumes += 1
-        app = self.app
-        c = Catchup(channel, cursor)
-        ok = False
-        try:
-            ok = await self._run(session, c)
-        except (GripcastError, RemoteProtocolError) as exc:
-            log.warning("resume failed channel=%s cursor=%s: %s", channel, cursor, exc)
-            c.failed = True
-        except BaseException:
-            self.abort(session, channel)
-            raise
-        if ok:
-            self._answered += 1
-        else:
-            self._fell_back += 1
-            c.failed = True
-            if not flush_on_fail:
-                self.abort(session, channel)
-                return False
-        # release the gate: in order, duplicates dropped; close it with no await after the
-        # last check so no live message slips between the gate and live delivery
-        while True:
-            held = self.gate.get((session, channel))
-            if not held:
-                self.gate.pop((session, channel), None)
-                break
-            self.gate[(session, channel)] = []
-            fresh = []
-            for env in held:
-                if c.accept_live(env):
-                    fresh.append(env)
-                else:
-                    self._dups += 1
-            if fresh and not _gone(session):
-                await app.deliverer.deliver(fresh, trio.current_time(), only=session)
-        return ok
-
-    async def _run(self, session, c: Catchup) -> bool:
-        app = self.app
-        positioned = False
-        while True:
-            req = c.request()
-            while req is not None:
-                reply = await app.link.request(req)
-                envs = c.on_reply(reply)
-                if c.failed:
-                    return False
-                if envs and not _gone(session):
-                    self._replayed += len(envs)
-                    await app.deliverer.deliver(envs, trio.current_time(), only=session)
-                req = c.request()
-            if _gone(session):
-                return True
-            if not positioned:
-                await app.wait_positioned([c.channel])
-                positioned = True
-            if app.tracker.state(c.channel) in (None, State.POSITION):
-                return True
-            epoch, last = app.tracker.position(c.channel)
-            if not c.on_target(epoch, last):
-                return True
+        r = self.open(session, channel, cursor)
+        await r.probe()
+        return await r.finish(flush_on_fail=flush_on_fail)
 
     def statistics(self) -> ResumeStatistics:
         return ResumeStatistics(self._resumes, self._answered, self._fell_back, self._replayed,
-                                self._dups, len(self.gate))
+                                self._dups, len(self.gate), self._overflows, self._cut)
+
+
+class Resume:
+    """One session catching up on one channel: the I/O around its ``Catchup``."""
+
+    def __init__(self, resumer: Resumer, session, c: Catchup) -> None:
+        self.resumer = resumer
+        self.app = resumer.app
+        self.session = session
+        self.c = c
+        self.key = (session, c.channel)
+        self._first: list = []  # the probed first page, delivered by finish()
+        self._told = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.c.failed
+
+    def _live(self) -> tuple | None:
+        return self.app.tracker.position(self.c.channel)
+
+    async def _page(self, req: dict) -> list:
+        app, c = self.app, self.c
+        reply = await app.link.request(req)
+        if app.tracker.state(c.channel) is State.POSITION:
+            await app.wait_positioned([c.channel])  # the hand-over point must be known
+        return c.on_reply(reply, self._live())
+
+    async def probe(self) -> bool:
+        """Ask history for the first page (nothing is delivered yet); whether it answers."""
+        c = self.c
+        try:
+            self._first = await self._page(c.request())
+        except (GripcastError, RemoteProtocolError) as exc:
+            log.warning("resume failed channel=%s cursor=%s: %s", c.channel, c.cursor, exc)
+            c.failed = True
+        return not c.failed
+
+    async def finish(self, *, flush_on_fail: bool = True) -> bool:
+        """Deliver the replay, then hand over to live delivery; returns ``ok``."""
+        r, c, s = self.resumer, self.c, self.session
+        if c.failed:
+            r._fell_back += 1
+            if not flush_on_fail:
+                r.abort(s, c.channel)
+                return False
+        else:
+            r._answered += 1
+        try:
+            await self._deliver(self._first)
+            self._first = []
+            await self._handover()
+        except (GripcastError, RemoteProtocolError) as exc:
+            self._cut(f"broker unavailable during catch-up: {exc}")
+        finally:
+            r.gate.pop(self.key, None)
+            r._dups += c.duplicates
+            c.duplicates = 0
+        return not c.failed
+
+    async def _deliver(self, envs: list, replayed: bool = True) -> None:
+        if envs and not _gone(self.session):
+            if replayed:
+                self.resumer._replayed += len(envs)
+            await self.app.deliverer.deliver(envs, trio.current_time(), only=self.session)
+
+    async def _handover(self) -> None:
+        r, c, s, gate = self.resumer, self.c, self.session, self.resumer.gate
+        backlog: list = []
+        wait_until = None
+        while not _gone(s):
+            if c.skipped and not self._told:
+                self._tell()
+                continue
+            # -- one synchronous step: gate, tracker position, plan (and the close) ----------
+            g = gate.get(self.key)
+            if g is None:
+                return
+            if g.overflowed or len(backlog) + len(g) > GATE_LIMIT:
+                r._overflows += 1
+                log.debug("resume gate overflow conn=%s channel=%s: refetching from history",
+                          getattr(s, "id", "?"), c.channel)
+                g.clear()
+                g.overflowed = False
+                backlog.clear()
+            else:
+                backlog.extend(g)
+                g.clear()
+            step, envs = c.plan(backlog, self._live())
+            if step is Step.DONE:
+                gate.pop(self.key, None)
+                return
+            # -- end of the synchronous step ----------------------------------------------------
+            if step is not Step.WAIT:
+                wait_until = None
+            if step is Step.DELIVER:
+                await self._deliver(envs, replayed=False)
+            elif step is Step.REPLAY:
+                req = c.request()
+                while req is not None and not _gone(s):
+                    await self._deliver(await self._page(req))
+                    req = c.request()
+            elif step is Step.WAIT:
+                now = trio.current_time()
+                if wait_until is None:
+                    wait_until = now + HANDOVER_WAIT_S
+                elif now >= wait_until:
+                    self._cut(f"live delivery did not reach the client's cursor "
+                              f"(seq {c.last_seq}) in {HANDOVER_WAIT_S:.0f}s")
+                    return
+                await trio.sleep(HANDOVER_POLL_S)
+            else:
+                self._cut(f"catch-up did not complete in {MAX_PAGES} history pages")
+                return
+
+    def _tell(self) -> None:
+        """History lost part of what the session needed: never continue silently."""
+        self._told = True
+        s, ch = self.session, self.c.channel
+        log.warning("resume skipped messages lost from history conn=%s channel=%s",
+                    getattr(s, "id", "?"), ch)
+        tell_epoch_change([s], ch, _timeout_response)
+
+    def _cut(self, reason: str) -> None:
+        s = self.session
+        self.resumer._cut += 1
+        log.info("resume cut off conn=%s channel=%s: %s (it resumes with its cursor)",
+                 getattr(s, "id", "?"), self.c.channel, reason)
+        if getattr(s, "kind", "") == "response":
+            if s.result is None and not s.done:
+                s.respond(_timeout_response(s))
+        elif not _gone(s):
+            s.kill(f"resume: {reason}")
+
+
+def _timeout_response(session) -> bytes:
+    return responses.timeout(session.hold, keep_alive=session.keep_alive)
 
 
 def _gone(session) -> bool:
-    return bool(getattr(session, "done", False))
+    """Nothing more can be delivered: the hold ended, or a long-poll has its one answer."""
+    return bool(getattr(session, "done", False)) or getattr(session, "result", None) is not None

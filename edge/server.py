@@ -28,10 +28,12 @@ from edge.deliver import Deliverer
 from edge.httpserver import Connection
 from edge.hub import Hub
 from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge import originpool
 from edge.holds import HoldRegistry
 from edge.resume import Resumer
 from edge.routes import RouteTable, parse_routes
 from edge.sig import Signer, load_key
+from edge import statsreport
 from edge.timers import TimerWheel
 from edge.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker
 
@@ -90,6 +92,7 @@ class Edge:
         self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
         self.resumer = Resumer(self)
         self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+        self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
     def set_routes(self, cfg: Config, routes: RouteTable) -> None:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
@@ -102,6 +105,7 @@ class Edge:
                 signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
         self.cfg, self.routes = cfg, routes
         self._default_signer, self._signers = default_signer, signers
+        originpool.configure(cfg.origin_keepalive_idle_s)
 
     # -- used by connections -------------------------------------------------------------------
 
@@ -260,6 +264,7 @@ class Edge:
         while True:
             await trio.sleep(TICK_S)
             now = trio.current_time()
+            originpool.sweep(now)
             for action in self.hub.expire(now):
                 if not self.hub.is_live(action.channel):
                     self.link.unsubscribe(action.channel)
@@ -317,6 +322,7 @@ class Edge:
     async def _serve_connection(self, sock, addr) -> None:
         self.connections += 1
         self.sockets.add(sock)
+        self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
         try:
             try:
                 await Connection(self, sock, addr).serve()
@@ -329,6 +335,7 @@ class Edge:
         finally:
             self.connections -= 1
             self.sockets.discard(sock)
+            self.stats.closed(sock, trio.current_time())
 
     def statistics(self) -> EdgeStatistics:
         return EdgeStatistics(self.index, self.connections, self.requests, self.proxy_errors,
@@ -373,6 +380,7 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
                 nursery.start_soon(edge.serve_link_repair)
+                nursery.start_soon(statsreport.serve_stats, edge)
                 nursery.start_soon(life.serve_clients)
                 nursery.start_soon(_hello, link)
                 notify("READY=1\nSTATUS=serving")

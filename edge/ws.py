@@ -27,7 +27,8 @@ keep-alive, send-delayed, flush-delayed), other messages must carry the prefix (
 dropped.  Route ``sub=`` channels are subscribed at open.  A ``subscribe`` with ``prev-id``
 first replays, from broker history, what the connection missed (``edge.resume``); when history
 cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",...}``
-(docs/websocket.md).
+(docs/websocket.md); when a channel's history is lost later (``on_epoch_change``) it gets
+``c:{"type":"history-lost",...}``.
 
 Closing: a close from the client is passed to the origin, whose answering close (or, after
 ``CLOSE_TIMEOUT_S``, an echo of the client's code) is sent back; a close from the origin or a
@@ -221,6 +222,26 @@ class WsSession:
         if not self.done and not self.closing:
             self.app.nursery.start_soon(self.close, 1012, "service restart")
 
+    def on_epoch_change(self, channel: str) -> None:
+        """The broker lost ``channel``'s history (``edge.linkrepair``): never continue silently.
+
+        An origin that speaks GRIP gets the TEXT event ``c:{"type": "history-lost", "channel":
+        ...}`` (as for ``resume-failed``: the app resyncs its client) and the subscription goes
+        on in the new epoch; with no GRIP origin to tell, the client is closed 1012 so it
+        reconnects and the origin decides.
+        """
+        if self.done or self.closing:
+            return
+        if self.prefix is None:
+            self.app.nursery.start_soon(self.close, 1012, "history lost")
+            return
+        event = b"c:" + json.dumps({"type": "history-lost", "channel": channel}).encode()
+        self.app.nursery.start_soon(self._tell_origin, event)
+
+    async def _tell_origin(self, event: bytes) -> None:
+        if not self.done:
+            await self.side.client_event("TEXT", event)
+
     def on_publish(self, fmt: dict, env, flt) -> bytes | None:
         """A published ``ws-message`` that is not a plain shared frame: bytes to send or None."""
         action = fmt.get("action", "send")
@@ -405,6 +426,8 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
     now = trio.current_time()
     session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app))
     app.ws_opened = getattr(app, "ws_opened", 0) + 1
+    if getattr(app, "stats", None) is not None:  # a "conn" of type ws from now on (edge.connstats)
+        app.stats.websocket(conn.sock, getattr(side, "cid", None))
     clean = False
     try:
         async with trio.open_nursery() as nursery:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-@pytest.mark.parametrize("transport", ["sse"])
+@pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_smoke_fanout_gripcast(tmp_path, transport):
     out = tmp_path / "smoke.json"
     proc = subprocess.run(

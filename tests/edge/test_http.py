@@ -37,7 +37,18 @@ def test_pushpin_header_rules():
     assert b"Grip-Sig: tok" in headers and b"grip-last: x" not in headers
     assert b"Grip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:var-subst" in headers
     assert b"X-Forwarded-For: 1.2.3.4" in headers and b"Cookie: a=b" in headers
-    assert headers[-1] == b"Connection: close" and body == b""
+    assert b"connection" not in names and body == b""  # kept alive (edge.originpool)
+
+
+def test_connection_close_when_origin_keepalive_is_off():
+    from edge import originpool
+
+    originpool.configure(0)
+    try:
+        _, headers, _ = request_lines("* o:80")
+        assert headers[-1] == b"Connection: close"
+    finally:
+        originpool.configure(originpool.DEFAULT_IDLE_S)
 
 
 def test_host_override_headers_and_path_rewrite():

@@ -13,7 +13,8 @@ import pytest
 import zmq
 from gripcontrol import GripPubControl, create_grip_channel_header
 
-from tests.helpers import free_ports
+from tests.helpers import free_port_block, free_ports
+from tests.integration.test_metrics import scrape, wait_for
 from tests.integration.cluster import Cluster, Origin, Proc, StreamClient, gripcast
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -34,11 +35,12 @@ def test_curve_edges_and_publishers(tmp_path):
     epub, esec = keypair()
     ppub, psec = keypair()
     _, rogue_sec = keypair()
+    mport = free_port_block(1)
     with Origin({"/stream": stream}) as origin:
         cluster = Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], separate_ports=False,
                           curve_secret_key=bsec, curve_public_key=bpub,
                           curve_allowed_clients=[epub, ppub], curve_client_secret_key=esec,
-                          curve_publishers="true")
+                          curve_publishers="true", metrics_port=mport)
         rogue_port = free_ports(1)[0]
         cluster.start()
         try:
@@ -80,6 +82,10 @@ def test_curve_edges_and_publishers(tmp_path):
                     plain.close()
                 # the edge whose key is not allowed never got a message
                 assert b"over curve" not in bad.data and b"curve push" not in bad.data
+                # and its refused handshakes are counted (the rogue edge and the plain PUSH)
+                wait_for(lambda: scrape(mport).get(
+                    "gripcast_broker_curve_handshakes_refused_total", 0) >= 1,
+                    what="refused handshakes counted")
                 good.close()
                 bad.close()
             finally:

@@ -290,11 +290,6 @@ def test_stalled_client_is_cut_off_others_stay_on_time(tmp_path):
     stalled_client_run(tmp_path, resume=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a stream resume replays from history BEFORE the response head (edge/holds.py), so the "
-    "whole catch-up is buffered and a catch-up larger than client_buffer_bytes (always the "
-    "case after a cut-off) is cut off again; needs the replay paced by the socket after the "
-    "head (Deliverer paces replays once a writer task drains)"))
 def test_stalled_client_completes_after_resuming_with_its_cursor(tmp_path):
     stalled_client_run(tmp_path, resume=True)
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from gripcontrol import GripPubControl, WebSocketMessageFormat
 from pubcontrol import Item
 
 from tests.integration.cluster import Cluster
+from tests.integration.test_faults import restart_broker
 from tests.integration.wsorigin import WohOriginApp
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -194,6 +196,45 @@ def test_reliable_websocket_prev_id_misses_nothing(woh):
         assert ctl == [{"type": "resume-failed", "channel": "rel", "prev-id": "unknown-id"}]
 
     asyncio.run(main())
+
+
+def test_websocket_is_told_when_its_channel_history_is_lost(woh):
+    """An epoch change (the broker restarted with the memory store) is never silent: the
+    origin gets ``c:{"type": "history-lost", ...}`` and the subscription goes on."""
+    origin, cluster = woh
+
+    async def main():
+        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=ep") as ws:
+            await ws.send("sync")
+            assert await recv(ws) == "sync"
+            await asyncio.to_thread(publish, cluster, "ep", WebSocketMessageFormat("before"))
+            assert await recv(ws) == "before"
+            await asyncio.to_thread(restart_broker, cluster)
+            await asyncio.to_thread(wait_for, lambda: any(
+                c and c.startswith(b"c:") for _, c in origin.events("TEXT")), 15)
+            ctl = [json.loads(c[2:]) for _, c in origin.events("TEXT") if c and c.startswith(b"c:")]
+            assert ctl == [{"type": "history-lost", "channel": "ep"}]
+            await asyncio.to_thread(publish, cluster, "ep", WebSocketMessageFormat("after"))
+            assert await recv(ws, 10) == "after"
+
+    asyncio.run(main())
+
+
+def test_draining_edge_closes_websockets_1012(woh):
+    """SIGTERM: WebSockets are closed with 1012 so clients reconnect to another edge."""
+    origin, cluster = woh
+
+    async def main():
+        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=dr") as ws:
+            await ws.send("sync")
+            assert await recv(ws) == "sync"
+            cluster.edge_procs[0].proc.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.ConnectionClosed) as exc:
+                await recv(ws, 10)
+            assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (1012, "service restart")
+
+    asyncio.run(main())
+    assert cluster.edge_procs[0].proc.wait(10) == 0
 
 
 def test_slow_websocket_client_never_delays_others(woh):

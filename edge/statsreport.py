@@ -1,0 +1,79 @@
+"""Sends the edge's stats reports to the broker: the I/O side of ``edge.connstats``.
+
+One task per edge: about once a second (sooner when ``ConnStats`` has ``BATCH_EVENTS`` events
+waiting), if the broker's heartbeat says its stats socket is on and the link is up, take the
+next report and send it with ``BrokerLink.send_nowait`` (never waits: a report that would
+block is dropped and the next one lists every subscription again).  Client connections only
+touch ``ConnStats`` (a dict entry at accept and at close); the delivery counter is read here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import trio
+
+from edge.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
+
+log = logging.getLogger(__name__)
+
+
+def edge_name(index: int) -> str:
+    """The edge's name in stats packets (``from``) and connection ids."""
+    return f"gripcast-edge{index}_{os.getpid()}"
+
+
+def open_conn_stats(index: int) -> ConnStats:
+    return ConnStats(edge_name(index))
+
+
+def sent_total(edge) -> int:
+    """Messages handed to client sessions so far (the delivery path's own counter)."""
+    d = edge.deliverer
+    if d is None:
+        return 0
+    lat = getattr(d, "latency", None)
+    return lat.count if lat is not None else d.statistics().deliveries
+
+
+async def serve_stats(edge) -> None:
+    stats: ConnStats = edge.stats
+    hub = edge.hub
+
+    def modes(channel: str) -> dict:
+        return count_modes(hub.sessions(channel))
+
+    while True:
+        wake = trio.Event()
+        stats.on_full = wake.set
+        with trio.move_on_after(FLUSH_INTERVAL_S):
+            await wake.wait()
+        stats.on_full = None
+        try:
+            _report(edge, stats, hub, modes)
+        except Exception:  # statistics must never take the edge (and its clients) down
+            log.exception("stats report failed")
+            stats.report_lost()
+
+
+def _report(edge, stats: ConnStats, hub, modes) -> None:
+    """Take and send one report (if the broker's stats socket is on and the link is up)."""
+    link = edge.link
+    if link is None:
+        return
+    stats.enable(link.stats_ttl)
+    if not stats.enabled:
+        hub.changed = None
+        stats.take(trio.current_time(), sent_total(edge), (), modes)  # keeps counts fresh
+        return
+    if edge.linkwatch is not None and not edge.linkwatch.up:
+        return  # events wait (bounded); the report after the silence is a full one
+    now = trio.current_time()
+    changed, hub.changed = hub.changed, set()
+    if stats.needs_full(now, link.broker_id) or changed is None:
+        channels = hub.live_channels()  # (counts are diffed, so listing all is safe)
+    else:
+        channels = changed
+    msg = stats.take(now, sent_total(edge), channels, modes)
+    if msg is not None and not link.send_nowait(msg):
+        stats.report_lost()
