@@ -15,61 +15,18 @@ the API answers with ``401``.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-from dataclasses import dataclass
-
 import jwt
 
-from broker.errors import ConfigError
+from broker.keys import JwtKey, load_jwt_key
 
 LEEWAY_S = 30
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyKey:
-    key: object
-    algorithm: str  # HS256 | RS256 | ES256
+VerifyKey = JwtKey
 
 
-def load_verify_key(spec: str, base_dir: str = ".") -> VerifyKey | None:
-    if not spec:
-        return None
-    if spec.startswith("base64:"):
-        try:
-            return VerifyKey(base64.b64decode(spec[7:], validate=True), "HS256")
-        except (binascii.Error, ValueError) as exc:
-            raise ConfigError([f"publish_jwt_key: bad base64 ({exc})"]) from exc
-    if spec.startswith("file:"):
-        path = os.path.join(base_dir, spec[5:])
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise ConfigError([f"publish_jwt_key: cannot read {path}: {exc.strerror}"]) from exc
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return _pem_public(data)
-        try:
-            return VerifyKey(bytes.fromhex(data.decode("ascii").strip()), "HS256")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"publish_jwt_key: {path} is neither PEM nor hex"]) from exc
-    return VerifyKey(spec.encode("utf-8"), "HS256")
-
-
-def _pem_public(pem: bytes) -> VerifyKey:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        key = load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError([f"publish_jwt_key: cannot load PEM public key ({exc})"]) from exc
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return VerifyKey(key, "ES256")
-    if isinstance(key, rsa.RSAPublicKey):
-        return VerifyKey(key, "RS256")
-    raise ConfigError(["publish_jwt_key: PEM key must be RSA or EC"])
+def load_verify_key(spec: str, base_dir: str = ".") -> JwtKey | None:
+    return load_jwt_key(spec, base_dir, setting="publish_jwt_key", private=False)
 
 
 class PublishAuth:

@@ -7,12 +7,8 @@ no header.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import os
 import time
 import warnings
-from dataclasses import dataclass
 
 import jwt
 
@@ -21,55 +17,17 @@ try:  # Pushpin's default key "changeme" is short; PyJWT >= 2.10 warns about it 
 except ImportError:  # pragma: no cover (older PyJWT)
     _ShortKeyWarning = None
 
-from broker.errors import ConfigError
+from broker.keys import JwtKey, load_jwt_key
 
 LIFETIME_S = 3600
 
 
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    key: bytes | str
-    algorithm: str  # HS256 | RS256 | ES256
+SigningKey = JwtKey
 
 
-def load_key(spec: str, base_dir: str = ".") -> SigningKey | None:
-    """Turn a ``sig_key`` string into a SigningKey (None for an empty key)."""
-    if not spec:
-        return None
-    if spec.startswith("base64:"):
-        try:
-            return SigningKey(base64.b64decode(spec[7:], validate=True), "HS256")
-        except (binascii.Error, ValueError) as exc:
-            raise ConfigError([f"sig_key: bad base64 ({exc})"]) from exc
-    if spec.startswith("file:"):
-        path = os.path.join(base_dir, spec[5:])
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise ConfigError([f"sig_key: cannot read {path}: {exc.strerror}"]) from exc
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return SigningKey(data.decode("ascii"), _pem_algorithm(data))
-        try:
-            return SigningKey(bytes.fromhex(data.decode("ascii").strip()), "HS256")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"sig_key: {path} is neither PEM nor hex"]) from exc
-    return SigningKey(spec.encode("utf-8"), "HS256")
-
-
-def _pem_algorithm(pem: bytes) -> str:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError([f"sig_key: cannot load PEM private key ({exc})"]) from exc
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return "ES256"
-    if isinstance(key, rsa.RSAPrivateKey):
-        return "RS256"
-    raise ConfigError(["sig_key: PEM key must be RSA or EC"])
+def load_key(spec: str, base_dir: str = ".") -> JwtKey | None:
+    """Turn a ``sig_key`` string into a signing key (None for an empty key)."""
+    return load_jwt_key(spec, base_dir, setting="sig_key", private=True)
 
 
 class Signer:
