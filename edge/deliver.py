@@ -60,6 +60,9 @@ def _content(fmt: dict) -> bytes:
     return c.encode("utf-8") if isinstance(c, str) else bytes(c)
 
 
+_PACED_KINDS = ("stream", "ws")  # sessions whose one-session replays are paced by their socket
+
+
 class Deliverer:
     def __init__(self, hub, buffer_limit: int, spawn) -> None:
         self.hub = hub
@@ -77,7 +80,7 @@ class Deliverer:
         """Hand a batch of in-order envelopes to every subscribed session (or to ``only``,
         bypassing the resume gate: ``edge.resume`` replaying to one session)."""
         if (only is not None and len(envs) > 1 and only is not self._pacing
-                and getattr(only, "kind", "") == "stream"):
+                and getattr(only, "kind", "") in _PACED_KINDS):
             await self._deliver_paced(envs, now, only)
             return
         pending: dict = {}
@@ -183,16 +186,17 @@ class Deliverer:
             await self.write_many(list(pending.items()), now)
 
     async def _deliver_paced(self, envs: list, now: float, s) -> None:
-        """A replay to one stream session, paced by its socket: groups of at most half the
+        """A replay to one stream or WebSocket session, paced by its socket: groups of at most half the
         buffer limit, each written once the previous one has drained, so a catch-up longer
         than ``buffer_limit`` completes instead of tripping the slow-consumer cut-off (the
         limit is for live delivery, where one connection must not hold up the others)."""
         budget = max(1, self.buffer_limit // 2)
         group: list = []
         size = 0
+        fmt_name = "ws-message" if s.kind == "ws" else "http-stream"
         for env in envs:
-            stream = env.formats.get("http-stream") or {}
-            n = len(stream.get("content") or b"") + 16
+            fmt = env.formats.get(fmt_name) or {}
+            n = len(fmt.get("content") or b"") + 16
             if group and size + n > budget:
                 await self._send_group(group, now, s)
                 group, size = [], 0

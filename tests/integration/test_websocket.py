@@ -307,3 +307,32 @@ def test_ws_to_ws_proxy_with_grip_extension(tmp_path):
         t.join(5)
     assert seen_headers[0]["Sec-WebSocket-Extensions"] == "grip"
     assert seen_headers[0]["Grip-Sig"]
+
+
+def test_reliable_websocket_catch_up_longer_than_the_buffer_limit(woh):
+    """A resume whose backlog (~180 KB) is larger than client_buffer_bytes (64 KiB here)
+    completes: the catch-up is not mistaken for a slow consumer."""
+    import httpx
+
+    origin, cluster = woh
+    base = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=big"
+    pad = "x" * 880
+
+    async def main():
+        async with websockets.connect(base) as ws:
+            await ws.send("sync")
+            assert await recv(ws) == "sync"
+            await asyncio.to_thread(publish, cluster, "big",
+                                    WebSocketMessageFormat(json.dumps({"n": 0, "pad": pad})), "b0")
+            assert json.loads(await recv(ws))["n"] == 0
+        items = [{"channel": "big", "id": f"b{i}", "prev-id": f"b{i - 1}",
+                  "formats": {"ws-message": {"content": json.dumps({"n": i, "pad": pad})}}}
+                 for i in range(1, 201)]
+        r = await asyncio.to_thread(httpx.post, cluster.publish_url + "/publish/",
+                                    json={"items": items}, timeout=10)
+        assert r.status_code == 200, r.text
+        async with websockets.connect(base + "&prev=b0", max_size=None) as ws:
+            got = [json.loads(await recv(ws, timeout=10))["n"] for _ in range(200)]
+        assert got == list(range(1, 201))
+
+    asyncio.run(main())
