@@ -8,6 +8,7 @@ extensions = [
     Extension("_speedups._wsframe_c", ["_speedups/_wsframe_c.pyx"]),
     Extension("_speedups._items_c", ["_speedups/_items_c.pyx"]),
     Extension("_speedups._tnetstring_c", ["_speedups/_tnetstring_c.pyx"]),
+    Extension("_speedups._fanout_c", ["_speedups/_fanout_c.pyx"]),
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))

@@ -15,7 +15,7 @@ import importlib
 import os
 from types import ModuleType
 
-_NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring")
+_NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring", "fanout")
 
 
 def _truthy(name: str) -> bool:
@@ -40,14 +40,19 @@ def _choose() -> tuple[bool, dict[str, ModuleType]]:
 
 COMPILED, _modules = _choose()
 
+encode_envelopes = _modules["fanout"].encode_envelopes
+fan_out = _modules["fanout"].fan_out
+make_envelope = _modules["fanout"].make_envelope
 http_chunk = _modules["framing"].http_chunk
 http_chunks = _modules["framing"].http_chunks
 send_batch = _modules["sendmany"].send_batch
 normalise_item = _modules["items"].normalise_item
+unpack_batch = _modules["items"].unpack_batch
 tnet_pop = _modules["tnetstring"].tnet_pop
 ws_frame = _modules["wsframe"].ws_frame
 ws_mask = _modules["wsframe"].ws_mask
 ws_parse = _modules["wsframe"].ws_parse
 
-__all__ = ["COMPILED", "http_chunk", "http_chunks", "normalise_item", "send_batch", "tnet_pop",
-           "twin", "ws_frame", "ws_mask", "ws_parse"]
+__all__ = ["COMPILED", "encode_envelopes", "fan_out", "http_chunk", "http_chunks",
+           "make_envelope", "normalise_item", "send_batch", "tnet_pop", "twin", "unpack_batch", "ws_frame", "ws_mask",
+           "ws_parse"]

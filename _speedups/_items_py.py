@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgpack import unpackb as _unpackb
+
 _MISSING = object()
 _FIELDS = ("channel", "formats", "id", "prev_id", "meta", "no_seq")
 _setters: dict[type, tuple] = {}
@@ -172,3 +174,19 @@ _tnet = _make(False)
 def normalise_item(value: dict, channel: Any, json: bool, item_cls: type) -> Any:
     """An ``item_cls`` for the usual item shape, or None (see the module docstring)."""
     return (_json if json else _tnet)(value, channel, item_cls)
+
+
+def unpack_batch(data: bytes, item_cls: type) -> Any:
+    """``msgpack.unpackb(data, raw=False)`` (a ``B`` frame's body), with each map of a top-level
+    array that has the usual item shape already replaced by its ``item_cls`` (as
+    ``normalise_item(value, None, True, item_cls)`` builds it); other elements stay as decoded.
+    Raises what ``msgpack.unpackb`` raises."""
+    values = _unpackb(data, raw=False)
+    if type(values) is list:
+        normalise = _json
+        for i, value in enumerate(values):
+            if type(value) is dict:
+                item = normalise(value, None, item_cls)
+                if item is not None:
+                    values[i] = item
+    return values

@@ -62,7 +62,7 @@ from typing import Any
 
 import msgpack
 
-from _speedups import normalise_item
+from _speedups import normalise_item, unpack_batch
 from broker import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
 
@@ -206,20 +206,21 @@ def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
         except PublishError as exc:
             return [], [exc.reason]
     try:
-        values = _unpackb(frame[1:])
+        # the usual items come back normalised already (_speedups' unpack_batch)
+        values = unpack_batch(bytes(frame[1:]), Item)
     except _MSGPACK_ERRORS:
         return [], ["received message with invalid format (msgpack parse failed)"]
     if type(values) is not list:
         return [], ["received message with invalid format (not a valid msgpack array)"]
+    if all(type(value) is Item for value in values):
+        return values, []
     items: list[Item] = []
     errors: list[str] = []
     for value in values:
-        if type(value) is dict:
-            item = normalise_item(value, None, True, Item)
-            if item is not None:
-                items.append(item)
-                continue
-        else:
+        if type(value) is Item:
+            items.append(value)
+            continue
+        if type(value) is not dict:
             errors.append("received message with invalid format (not a valid msgpack map)")
             continue
         try:
@@ -518,6 +519,10 @@ def _http_response(f: _Obj, action: str) -> dict:
         patch = f.get("body-patch")
         if not isinstance(patch, list):
             raise f.wrong("body-patch")
+        try:  # it travels to edges in the msgpack envelope: refuse what cannot (ints >= 2**64)
+            msgpack.packb(patch)
+        except (OverflowError, TypeError, ValueError):
+            raise f.wrong("body-patch") from None
         out["body-patch"] = patch
     elif f.json:
         raise PublishError(f"{f.name} does not contain 'body', 'body-bin', or 'body-patch'")

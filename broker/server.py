@@ -34,6 +34,7 @@ import httptools
 import trio
 import zmq
 
+from _speedups import fan_out
 from broker import commands, control, curve, httpapi, stores, wire
 from broker import lifecycle as broker_lifecycle
 from broker.auth import PublishAuth, load_verify_key
@@ -358,20 +359,17 @@ class Broker:
             log.warning("store available again: publishing resumed total_refused=%d",
                         self._store_failures)
         self._published += len(envelopes)
-        recent = self._recent
         live = self.live
-        debug = log.isEnabledFor(logging.DEBUG)
-        fan: list[wire.Envelope] = []
-        for env in envelopes:
-            recent[env.channel] = (env.epoch, env.seq)
-            if env.channel in live:
-                fan.append(env)
-            if debug:
+        if log.isEnabledFor(logging.DEBUG):
+            for env in envelopes:
                 log.debug(
                     "publish channel=%s seq=%d id=%s live=%s",
                     env.channel, env.seq, env.id, env.channel in live,
                 )
-        sent = self.edge_pub.send_frames(wire.encode_envelopes(fan)) if fan else 0
+        # remember each channel's position for the trailing markers, then encode and send the
+        # frames of the live channels in one loop (_speedups' fan_out: no Python object per frame)
+        sent, blocked = fan_out(self.edge_pub.sock, envelopes, live, self._recent)
+        self.edge_pub.send_dropped += blocked
         self._fanned_out += sent
         if sent:
             self.edge_pub.poke()

@@ -69,6 +69,7 @@ from typing import Any, Iterable
 
 import msgpack
 
+from _speedups import encode_envelopes as _encode_envelopes
 from broker.errors import RemoteProtocolError
 
 SEP = b"\x00"
@@ -154,20 +155,9 @@ def encode_envelope(env: Envelope) -> bytes:
 
 
 def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
-    """``encode_envelope`` for each of ``envs`` (a batch: each channel's topic is encoded once,
-    the map built inline; the bytes are the same)."""
-    topics: dict[str, bytes] = {}
-    pack = _packb
-    out = []
-    add = out.append
-    for env in envs:
-        channel = env.channel
-        t = topics.get(channel)
-        if t is None:
-            t = topics[channel] = channel.encode("utf-8") + SEP
-        add(t + pack({"seq": env.seq, "epoch": env.epoch, "id": env.id, "prev_id": env.prev_id,
-                      "formats": env.formats, "meta": env.meta, "ts": env.ts}))
-    return out
+    """``encode_envelope`` for each of ``envs`` (a batch, written by ``_speedups``'
+    ``encode_envelopes``: the same bytes; the broker's fan-out uses its ``fan_out``)."""
+    return _encode_envelopes(envs)
 
 
 def decode_frame(frame: bytes) -> "Envelope | Marker":

@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import random
 import weakref
-from dataclasses import replace
 from urllib.parse import urljoin, urlsplit
 
 import trio
@@ -47,7 +46,8 @@ import trio
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
 from edge import responses
-from edge.grip import Hold, is_grip_response, parse_instruct
+from edge.grip import Hold, is_grip_response
+from edge.instructcache import instruct, stream_head as cached_stream_head
 from edge.origin import OriginError, open_origin
 from edge.session import ResponseSession, StreamSession
 
@@ -167,21 +167,30 @@ def _client_path(req) -> tuple[str, str]:
 
 
 async def _parse(resp, route) -> tuple[Hold, object]:
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
-    target = resp.target
-    kw = {"prefix": route.prefix, "extra_channels": target.subs}
-    ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
-    is_json = ctype.split(";", 1)[0].strip() == "application/grip-instruct"
-    hold_value = next((v for k, v in headers if k.lower() == "grip-hold"), None)
-    has_next = any(k.lower() == "grip-link" and "next" in v for k, v in headers)
-    if not is_json and (hold_value == "stream" or (hold_value is None and has_next)):
-        hold = parse_instruct(resp.status, resp.reason, headers, b"", **kw)
+    raw = resp.headers
+    kw = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
+    ctype, hold_value, has_next = b"", None, False
+    for k, v in raw:
+        lk = k.lower()
+        if lk == b"content-type":
+            if not ctype:
+                ctype = v
+        elif lk == b"grip-hold":
+            if hold_value is None:
+                hold_value = v
+        elif lk == b"grip-link" and b"next" in v:
+            has_next = True
+    is_json = ctype.split(b";", 1)[0].strip() == b"application/grip-instruct"
+    if not is_json and (hold_value == b"stream" or (hold_value is None and has_next)):
+        # parsed once per distinct instruct (edge.instructcache), shared by held sessions
+        hold = instruct(resp.status, resp.reason, raw, b"", **kw)
         if hold.mode == "stream" or (hold.mode is None and hold.next_link):
             if resp.complete:  # the whole body is in: it goes out with the head, in one send
-                return replace(hold, body=await resp.read_body(1 << 62)), None
+                body = await resp.read_body(1 << 62)
+                return instruct(resp.status, resp.reason, raw, b"", stream_body=body, **kw), None
             return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
     body = await resp.read_body(MAX_ACCEPT_BODY)
-    return parse_instruct(resp.status, resp.reason, headers, body, **kw), None
+    return instruct(resp.status, resp.reason, raw, body, **kw), None
 
 
 async def handle_grip(conn, req, route, resp) -> bool:
@@ -453,7 +462,7 @@ async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
                 raise InstructError(
                     f"channel '{failed[0].name}' specifies prev-id, but no next link found")
             await app.wait_positioned([c.name for c in hold.channels])
-        head = responses.stream_head(hold, chunked=s.chunked)
+        head = cached_stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
             head, hold_body = head + st.frame(hold.body), b""
         else:

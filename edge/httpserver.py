@@ -45,6 +45,7 @@ import trio
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
 from edge import responses
+from edge.fastpath import read_now, send_now
 from edge.grip import is_grip_response
 from edge.holds import handle_grip
 from edge.origin import OriginError, open_origin
@@ -162,7 +163,10 @@ class Connection:
     # -- I/O -----------------------------------------------------------------------------------
 
     async def send_all(self, data) -> None:
-        view = memoryview(data)
+        n = send_now(self.sock, data)  # usually all of it: no trio send, no task switch
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
         while view:
             n = await self.sock.send(view)
             view = view[n:]
@@ -193,6 +197,17 @@ class Connection:
             if self.need_continue and self.cur is not None:
                 self.need_continue = False
                 await self.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self.now == 0.0:
+                # a new connection's first read: the request is usually in already; read it
+                # without a cancel scope or trio's recv (later reads go through trio)
+                data = read_now(self.sock, READ_SIZE)
+                if data is not None:
+                    self.now = trio.current_time()
+                    if not data:
+                        self.eof = True
+                    else:
+                        self.feed(data)
+                    continue
             with trio.move_on_at(self.read_deadline(trio.current_time())):
                 data = await self.sock.recv(READ_SIZE)
                 self.now = trio.current_time()
@@ -231,6 +246,8 @@ class Connection:
                 if not await self.handle(req):
                     return
                 self.idle_since, self.fresh = trio.current_time(), False
+                if self.queue:  # pipelined requests: let other tasks run between them
+                    await trio.lowlevel.checkpoint()
             if self.reject is not None:
                 await self.send_all(responses.error(self.reject.status, self.reject.text))
                 await self.linger()

@@ -20,6 +20,7 @@ import trio
 
 from broker.errors import RemoteProtocolError
 from edge import originpool
+from edge.fastpath import read_now, send_now
 from edge.routes import Route, Target
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,19 @@ class OriginResponse:
         self.framed = False  # the origin gave Content-Length or chunked framing
 
     async def _read_more(self) -> None:
+        # wait for readability (a checkpoint), then one plain read: cheaper than trio's
+        # receive_some, which first tries a read that cannot succeed this soon after a request
+        sock = self._stream.socket
         with trio.move_on_after(self._timeout_s) as scope:
-            try:
-                data = await self._stream.receive_some(READ_SIZE)
-            except (OSError, trio.BrokenResourceError) as exc:
-                self._broken = True
-                raise OriginError(f"error reading from origin {self.target}: {exc}") from exc
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    data = read_now(sock, READ_SIZE)
+                except OSError as exc:
+                    self._broken = True
+                    raise OriginError(f"error reading from origin {self.target}: {exc}") from exc
+                if data is not None:
+                    break
         if scope.cancelled_caught:
             raise OriginError(f"timeout waiting for origin {self.target}")
         if not data:
@@ -266,14 +274,20 @@ async def open_origin(route: Route, method: bytes, path: bytes,
                                   reused=reused)
             ok = False
             try:
-                with trio.move_on_after(timeout_s) as scope:
-                    try:
-                        await stream.send_all(request)
-                    except (OSError, trio.BrokenResourceError) as exc:
-                        resp._broken = True
-                        raise OriginError(f"error sending to origin {target}: {exc}") from exc
-                if scope.cancelled_caught:
-                    raise OriginError(f"timeout sending to origin {target}")
+                try:  # one non-blocking send first: a request head nearly always fits
+                    sent = send_now(stream.socket, request)
+                except OSError as exc:
+                    resp._broken = True
+                    raise OriginError(f"error sending to origin {target}: {exc}") from exc
+                if sent < len(request):
+                    with trio.move_on_after(timeout_s) as scope:
+                        try:
+                            await stream.send_all(memoryview(request)[sent:])
+                        except (OSError, trio.BrokenResourceError) as exc:
+                            resp._broken = True
+                            raise OriginError(f"error sending to origin {target}: {exc}") from exc
+                    if scope.cancelled_caught:
+                        raise OriginError(f"timeout sending to origin {target}")
                 await resp._read_head()
                 ok = True
                 return resp

@@ -28,7 +28,7 @@ from edge.deliver import Deliverer
 from edge.httpserver import Connection
 from edge.hub import Hub
 from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
-from edge import originpool
+from edge import fastpath, originpool
 from edge.holds import HoldRegistry
 from edge.resume import Resumer
 from edge.routes import RouteTable, parse_routes
@@ -142,9 +142,12 @@ class Edge:
         the response head goes out means a message published after the client saw the head is
         always after the baseline, so it is delivered (live or by replay), never skipped.
         """
+        state = self.tracker.state
+        if not any(state(ch) is State.POSITION for ch in channels):
+            return  # the usual case: no cancel scope, no checkpoint
         with trio.move_on_after(timeout_s):
             for ch in channels:
-                if self.tracker.state(ch) is State.POSITION:
+                if state(ch) is State.POSITION:
                     await self._pos_waiters.setdefault(ch, trio.Event()).wait()
 
     def remove_session(self, session) -> None:
@@ -289,17 +292,15 @@ class Edge:
     # -- clients -------------------------------------------------------------------------------
 
     async def serve_clients(self, listener) -> None:
-        while True:
-            sock, addr = await listener.accept()
-            if self.connections >= self.cfg.client_maxconn:
-                self.rejected += 1
-                self.nursery.start_soon(self._refuse, sock)
-                continue
-            try:
-                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            self.nursery.start_soon(self._serve_connection, sock, addr)
+        # many accepts per wakeup; TCP_NODELAY is inherited from the listener (edge.fastpath)
+        await fastpath.accept_loop(listener, self._accepted)
+
+    def _accepted(self, sock, addr) -> None:
+        if self.connections >= self.cfg.client_maxconn:
+            self.rejected += 1
+            self.nursery.start_soon(self._refuse, sock)
+            return
+        self.nursery.start_soon(self._serve_connection, sock, addr)
 
     async def _refuse(self, sock) -> None:
         """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the
@@ -355,6 +356,7 @@ async def open_listener(host: str, port: int):
     sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
+    fastpath.set_listener_options(sock)
     await sock.bind((host, port))
     sock.listen(LISTEN_BACKLOG)
     return sock
@@ -413,6 +415,7 @@ def main(cfg: Config, index: int = 0, reload_config=None) -> int:
         return 2
     if not routes.routes:
         log.warning("no routes configured: every request will get 502 Route not found")
+    fastpath.tune_gc()
     try:
         trio.run(serve, cfg, index, routes, reload_config)
     except ConfigError as exc:

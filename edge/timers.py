@@ -37,5 +37,9 @@ class TimerWheel:
         self._count -= len(due)
         return due
 
+    def next_due(self) -> float | None:
+        """When the earliest bucket ends (its items are due then), or None when empty."""
+        return self._keys[0] * self.resolution_s if self._keys else None
+
     def __len__(self) -> int:
         return self._count

@@ -127,7 +127,7 @@ class WohOrigin:
         self.pending_bytes = 0
         self.keep_alive_s: float | None = None
         self.wake = trio.Event()
-        self.room = trio.Event()
+        self.room: trio.Event | None = None  # made only while the client is not read (wait_room)
         self.refreshing = False
         self.detached = False
         self.gone = False  # DISCONNECT sent/received: no more requests
@@ -196,8 +196,8 @@ class WohOrigin:
 
     async def wait_room(self) -> None:
         while self.pending_bytes > MAX_PENDING_BYTES and not self.gone:
-            self.room = trio.Event()
-            await self.room.wait()
+            room = self.room = trio.Event()
+            await room.wait()
 
     def refresh(self) -> None:
         self.refreshing = True
@@ -207,7 +207,7 @@ class WohOrigin:
         self.detached = True
         self.pending.clear()
         self.pending_bytes = 0
-        self.room.set()
+        self._free_room()
 
     def closed_by_client(self, code: int | None, reason: str) -> None:
         """The client answered a close from us (a publish): tell the origin, in the background."""
@@ -229,8 +229,13 @@ class WohOrigin:
         except (RemoteProtocolError, OSError) as exc:
             log.debug("last request to origin failed cid=%s: %s", self.cid, exc)
 
+    def _free_room(self) -> None:
+        room, self.room = self.room, None
+        if room is not None:
+            room.set()
+
     async def aclose(self) -> None:
-        self.room.set()
+        self._free_room()
 
     # -- the request loop ------------------------------------------------------------------------
 
@@ -240,15 +245,18 @@ class WohOrigin:
             if not self.pending and not self.refreshing:
                 due = (self.last_request + self.keep_alive_s) if self.keep_alive_s else math.inf
                 self.wake = trio.Event()
-                with trio.move_on_at(due):
+                if due == math.inf:  # no keep-alive interval: no cancel scope either
                     await self.wake.wait()
+                else:
+                    with trio.move_on_at(due):
+                        await self.wake.wait()
                 if self.gone or self.detached:
                     return
             body = b"".join(self.pending)
             self.pending.clear()
             self.pending_bytes = 0
             self.refreshing = False
-            self.room.set()
+            self._free_room()
             try:
                 status, _, headers, data = await self._post_retrying(body)
                 problem = check_response(status, headers)

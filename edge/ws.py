@@ -10,10 +10,11 @@ WebSocket-over-HTTP (``edge.woh``, target ``over_http``) or a WebSocket to the o
 (``edge.wsproxy``).  A rejection by the origin is relayed to the client as an HTTP response;
 otherwise the client gets ``101 Switching Protocols`` with the origin's headers.
 
-From then on three things run under one nursery: this task reads the client socket and feeds
+From then on two tasks run under one nursery: this task reads the client socket and feeds
 ``edge.wsconn.WsConnection`` (frames parsed by the ``_speedups`` twin); the origin side's task
-turns client events into origin traffic and origin traffic into session actions; a small timer
-task sends ``keep-alive`` and ``send-delayed`` messages the origin asked for.
+turns client events into origin traffic and origin traffic into session actions.  The
+``keep-alive`` and ``send-delayed`` messages the origin asks for are sent by the edge's one
+shared timer task (``edge.wstimers``: coarse buckets, no task or timer per connection).
 
 Every byte to the client, from the origin side or from a publish, goes through the delivery
 path (``Deliverer.write_many``): one non-blocking send, else the session's bounded buffer and a
@@ -50,12 +51,15 @@ from wsproto.utilities import generate_accept_token
 from _speedups import ws_frame
 from edge import filters, responses
 from edge import wscontrol as wc
+from edge.fastpath import read_now
+from edge.wstimers import ws_timers
 from edge.wsconn import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
                          OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+wait_readable = trio.lowlevel.wait_readable
 READ_SIZE = 65536
 MAX_FRAME = 16384  # origin messages are split into frames of at most this size (Pushpin's)
 _ids = itertools.count(1)
@@ -162,7 +166,7 @@ class WsSession:
     __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing", "closing",
                  "dead", "done", "reason", "scope", "read_scope", "last_out", "filters", "meta",
                  "channel_names", "detached", "keep_alive", "ka_last", "delayed",
-                 "delayed_at", "timer_wake", "closed", "client_close", "last_cursor",
+                 "delayed_at", "timer_at", "_closed", "client_close", "last_cursor",
                  "__weakref__")
 
     def __init__(self, app, sock, side, prefix: str | None, now: float, max_message: int) -> None:
@@ -190,20 +194,33 @@ class WsSession:
         self.ka_last = now
         self.delayed: wc.OutMessage | None = None
         self.delayed_at = math.inf
-        self.timer_wake = trio.Event()
-        self.closed = trio.Event()  # set once our close frame is written
+        self.timer_at = math.inf  # when the edge's WsTimers will call due_frames (edge.wstimers)
+        self._closed: trio.Event | None = None  # made on first wait (most sessions never wait)
         self.client_close: Close | None = None
         self.last_cursor: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<WsSession conn={self.id} fd={self.fd}>"
 
+    @property
+    def closed(self) -> trio.Event:
+        """Set once our close frame is written (or the session is dropped)."""
+        if self._closed is None:
+            self._closed = trio.Event()
+            if self.done:
+                self._closed.set()
+        return self._closed
+
+    def _set_closed(self) -> None:
+        if self._closed is not None:
+            self._closed.set()
+
     # -- what the delivery path calls ----------------------------------------------------------
 
     def finish(self) -> None:
         """Our close frame is fully written: only the client's close reply is awaited now."""
         self.done = True
-        self.closed.set()
+        self._set_closed()
         if self.read_scope is not None:
             self.read_scope.deadline = min(self.read_scope.deadline,
                                            trio.current_time() + CLOSE_TIMEOUT_S)
@@ -213,7 +230,7 @@ class WsSession:
             self.dead = True
             self.reason = reason
         self.done = True
-        self.closed.set()
+        self._set_closed()
         if self.scope is not None:
             self.scope.cancel()
 
@@ -274,14 +291,19 @@ class WsSession:
         if data and not self.done:
             await self.app.deliverer.write_many([(self, [data])], trio.current_time())
 
-    async def send_message(self, type_: str, data: bytes) -> None:
+    def message_bytes(self, type_: str, data: bytes) -> bytes | None:
+        """The frame(s) of one message to the client; None once closing."""
         if self.closing or self.ws.state is not CloseState.OPEN:
-            return
+            return None
         op = _OPCODES.get(type_, OP_TEXT)
         if op >= OP_PING:
-            await self.write(ws_frame(op, data[:125]))
-        else:
-            await self.write(_frames(op, data))
+            return ws_frame(op, data[:125])
+        return _frames(op, data)
+
+    async def send_message(self, type_: str, data: bytes) -> None:
+        data = self.message_bytes(type_, data)
+        if data is not None:
+            await self.write(data)
 
     async def close(self, code: int | None = 1000, reason: str = "") -> None:
         """Send our close frame (once); the connection ends when the client answers."""
@@ -349,13 +371,13 @@ class WsSession:
         elif isinstance(ctl, wc.KeepAlive):
             self.keep_alive = ctl if ctl.message is not None else None
             self.ka_last = trio.current_time()
-            self.timer_wake.set()
+            self.arm_timer()
         elif isinstance(ctl, wc.SendDelayed):
             if self.delayed is not None:
                 await self.flush_delayed()
             self.delayed = ctl.message
             self.delayed_at = trio.current_time() + ctl.timeout_s
-            self.timer_wake.set()
+            self.arm_timer()
         elif isinstance(ctl, wc.FlushDelayed):
             await self.flush_delayed()
         # SessionId: accepted, nothing to do (no session feature yet)
@@ -378,25 +400,38 @@ class WsSession:
         if msg is not None:
             await self.send_message(msg.type, msg.content)
 
-    async def serve_timers(self) -> None:
-        """keep-alive and send-delayed (control messages from the origin)."""
-        while True:
-            now = trio.current_time()
-            due = self.delayed_at
-            ka = self.keep_alive
-            if ka is not None:
-                base = self.ka_last if ka.mode == "interval" else max(self.ka_last, self.last_out)
-                due = min(due, base + ka.timeout_s)
-            if now >= self.delayed_at:
-                await self.flush_delayed()
-                continue
-            if ka is not None and now >= due:
-                self.ka_last = now
-                await self.send_message(ka.message.type, ka.message.content)
-                continue
-            self.timer_wake = trio.Event()
-            with trio.move_on_at(due):
-                await self.timer_wake.wait()
+    # -- keep-alive and send-delayed (control messages from the origin; edge.wstimers) ----------
+
+    def next_timer(self) -> float:
+        """When the next keep-alive or delayed message is due (inf: none)."""
+        due = self.delayed_at
+        ka = self.keep_alive
+        if ka is not None:
+            base = self.ka_last if ka.mode == "interval" else max(self.ka_last, self.last_out)
+            due = min(due, base + ka.timeout_s)
+        return due
+
+    def arm_timer(self) -> None:
+        due = self.next_timer()
+        if due < math.inf and not self.done:
+            ws_timers(self.app).arm(self, due)
+
+    def due_frames(self, now: float) -> list[bytes]:
+        """What is due at ``now`` (sans-IO): the delayed message, else a keep-alive."""
+        if self.done or self.closing:
+            return []
+        if now >= self.delayed_at:
+            msg, self.delayed, self.delayed_at = self.delayed, None, math.inf
+            data = self.message_bytes(msg.type, msg.content) if msg is not None else None
+            if self.keep_alive is not None and self.keep_alive.mode == "idle":
+                self.ka_last = now  # it is traffic: the idle keep-alive waits again
+            return [data] if data else []
+        ka = self.keep_alive
+        if ka is not None and now >= self.next_timer():
+            self.ka_last = now
+            data = self.message_bytes(ka.message.type, ka.message.content)
+            return [data] if data else []
+        return []
 
 
 # -- the connection task ---------------------------------------------------------------------
@@ -434,7 +469,6 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
             session.scope = nursery.cancel_scope
             session.set_channels(list(side.fixed_channels))
             nursery.start_soon(side.serve, session)
-            nursery.start_soon(session.serve_timers)
             for ev in opened.events:
                 await session.from_origin(ev.type, ev.content)
             clean = await _read_client(conn, session, side, bytes(conn.upgrade_rest))
@@ -494,7 +528,11 @@ async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
             session.read_scope = scope
             if session.closing:
                 scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
-            data = await sock.recv(READ_SIZE)
+            # wait_readable + one read, not trio's recv: fewer frames kept per idle socket
+            data = None
+            while data is None:
+                await wait_readable(sock)
+                data = read_now(sock, READ_SIZE)
         session.read_scope = None
         if scope.cancelled_caught:
             return session.ws.state is not CloseState.OPEN

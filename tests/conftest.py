@@ -15,6 +15,7 @@ def twins(request):
         wsframe = _speedups.twin("wsframe", compiled)
         items = _speedups.twin("items", compiled)
         tnet = _speedups.twin("tnetstring", compiled)
+        fanout = _speedups.twin("fanout", compiled)
     except ImportError:
         if os.environ.get("GRIPCAST_REQUIRE_SPEEDUPS") == "1":
             raise
@@ -25,7 +26,7 @@ def twins(request):
 
     ns = NS()
     ns.kind = request.param
-    for mod in (framing, sendmany, wsframe, items, tnet):
+    for mod in (framing, sendmany, wsframe, items, tnet, fanout):
         for name in dir(mod):
             if not name.startswith("_"):
                 setattr(ns, name, getattr(mod, name))

@@ -328,3 +328,11 @@ def test_unpaired_surrogate_escapes_are_refused_not_crashing(field):
 def test_paired_surrogate_escapes_are_text():
     item = parse_http_publish(b'{"items":[{"channel":"a","formats":{"http-stream":{"content":"\\ud83d\\ude00"}}}]}')[0]
     assert item.formats["http-stream"]["content"] == "\U0001F600".encode()
+
+
+def test_body_patch_that_cannot_travel_to_edges_is_refused():
+    body = b'{"items":[{"channel":"a","formats":{"http-response":{"body-patch":[{"op":"add","path":"/x","value":100000000000000000000000}]}}}]}'
+    with pytest.raises(PublishError):
+        parse_http_publish(body)
+    ok = b'{"items":[{"channel":"a","formats":{"http-response":{"body-patch":[{"op":"add","path":"/x","value":5}]}}}]}'
+    assert parse_http_publish(ok)[0].formats["http-response"]["body-patch"][0]["value"] == 5

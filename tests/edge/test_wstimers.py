@@ -1,0 +1,101 @@
+"""WebSocket keep-alive / send-delayed on the shared timer wheel (edge.wstimers), sans-IO:
+time is passed in; the session is a real ``WsSession`` on one end of a socketpair."""
+from __future__ import annotations
+
+import math
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from _speedups import ws_frame
+from edge import wscontrol as wc
+from edge.instructcache import instruct, stream_head
+from edge.timers import TimerWheel
+from edge.ws import WsSession
+from edge.wsconn import OP_TEXT
+from edge.wstimers import WsTimers
+
+
+@pytest.fixture
+def session():
+    a, b = socket.socketpair()
+    app = SimpleNamespace()
+    app.ws_timers = WsTimers(app, resolution_s=0.1)
+    s = WsSession(app, a, side=None, prefix="", now=0.0, max_message=1 << 20)
+    yield s
+    a.close()
+    b.close()
+
+
+def _ka(mode: str, timeout_s: float = 1.0) -> wc.KeepAlive:
+    return wc.KeepAlive(message=wc.OutMessage("text", b"ka"), timeout_s=timeout_s, mode=mode)
+
+
+def test_interval_keepalive_fires_every_interval(session):
+    timers = session.app.ws_timers
+    session.keep_alive, session.ka_last = _ka("interval"), 0.0
+    session.arm_timer()
+    assert timers.due(0.5) == []
+    assert timers.due(1.05) == [(session, [ws_frame(OP_TEXT, b"ka")])]
+    assert session.timer_at == pytest.approx(2.05)
+    assert timers.due(1.5) == []
+    assert timers.due(2.2) == [(session, [ws_frame(OP_TEXT, b"ka")])]
+    assert len(timers.wheel) == 1  # one entry per session, re-armed each time
+
+
+def test_idle_keepalive_waits_for_silence(session):
+    timers = session.app.ws_timers
+    session.keep_alive, session.ka_last = _ka("idle"), 0.0
+    session.arm_timer()
+    session.last_out = 0.8  # traffic went out meanwhile
+    assert timers.due(1.05) == []  # not idle for a full timeout yet: re-armed for 1.8
+    assert session.timer_at == pytest.approx(1.8)
+    assert timers.due(1.95) == [(session, [ws_frame(OP_TEXT, b"ka")])]
+
+
+def test_send_delayed_fires_once_and_earlier_entry_wins(session):
+    timers = session.app.ws_timers
+    session.keep_alive, session.ka_last = _ka("interval", 10.0), 0.0
+    session.arm_timer()
+    session.delayed, session.delayed_at = wc.OutMessage("text", b"later"), 1.0
+    session.arm_timer()  # earlier than the keep-alive: armed again for 1.0
+    assert session.timer_at == 1.0
+    assert timers.due(1.1) == [(session, [ws_frame(OP_TEXT, b"later")])]
+    assert session.delayed is None and session.delayed_at == math.inf
+    assert timers.due(5.0) == []  # the stale 10 s entry is not due; nothing else fires
+    assert timers.due(10.2) == [(session, [ws_frame(OP_TEXT, b"ka")])]
+
+
+def test_ended_or_closing_sessions_get_nothing(session):
+    timers = session.app.ws_timers
+    session.delayed, session.delayed_at = wc.OutMessage("text", b"x"), 1.0
+    session.arm_timer()
+    session.done = True
+    assert timers.due(2.0) == []
+    assert len(timers.wheel) == 0
+
+
+def test_wheel_next_due():
+    w = TimerWheel(0.5)
+    assert w.next_due() is None
+    w.schedule("a", 3.2)
+    w.schedule("b", 1.1)
+    assert w.next_due() == 1.5
+    assert w.pop_due(1.5) == ["b"]
+    assert w.next_due() == 3.5
+
+
+def test_instruct_cache_shares_holds_and_heads():
+    raw = [(b"Grip-Hold", b"stream"), (b"Grip-Channel", b"c0"), (b"Content-Type", b"text/plain")]
+    h1 = instruct(200, "OK", raw, b"", prefix="", extra_channels=())
+    h2 = instruct(200, "OK", list(raw), b"", prefix="", extra_channels=())
+    assert h1 is h2 and h1.mode == "stream" and [c.name for c in h1.channels] == ["c0"]
+    h3 = instruct(200, "OK", raw, b"", prefix="p-", extra_channels=())
+    assert [c.name for c in h3.channels] == ["p-c0"]  # the prefix is part of the key
+    h4 = instruct(200, "OK", raw, b"", prefix="", extra_channels=(), stream_body=b"hi\n")
+    assert h4.body == b"hi\n" and h1.body == b""
+    head = stream_head(h1, chunked=True)
+    assert head is stream_head(h2, chunked=True)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in head
+    assert b"Connection: close" in stream_head(h1, chunked=False)
