@@ -2,7 +2,8 @@
 
 Paths (``<ch>`` is the channel):
 
-* ``/stream/<ch>``  ``Grip-Hold: stream``, ``text/plain``
+* ``/stream/<ch>``  ``Grip-Hold: stream``, ``text/plain``; with ``resume`` on, a
+  ``?last=<id>`` query (HTTP streaming has no cursor header) becomes ``prev-id=<id>``
 * ``/sse/<ch>``     ``Grip-Hold: stream``, ``text/event-stream``; with ``resume`` on, a
   ``Last-Event-ID: <id>`` request header becomes ``Grip-Channel: <ch>; prev-id=<id>``
 * ``/lp/<ch>``      ``Grip-Hold: response`` (long-poll), timeout 30 s, body ``T`` on timeout
@@ -51,14 +52,17 @@ def respond_woh(channel: bytes, body: bytes) -> bytes:
 
 def respond(path: bytes, last_event_id: bytes | None, resume: bool, body: bytes = b"") -> bytes:
     """The whole response for one request (pure: bytes in, bytes out)."""
-    parts = path.split(b"?", 1)[0].split(b"/")
+    target, _, query = path.partition(b"?")
+    parts = target.split(b"/")
     if len(parts) == 3 and parts[1] == b"ws" and parts[2]:
         return respond_woh(parts[2], body)
     if len(parts) != 3 or parts[1] not in _HEAD or not parts[2]:
         return _404
     head, body = _HEAD[parts[1]]
     channel = parts[2]
-    if resume and last_event_id and parts[1] == b"sse":
+    if resume and parts[1] == b"stream" and query.startswith(b"last="):
+        last_event_id = query[5:].split(b"&", 1)[0]
+    if resume and last_event_id and parts[1] in (b"sse", b"stream"):
         grip_channel = b"Grip-Channel: " + channel + b"; prev-id=" + last_event_id + b"\r\n"
     else:
         grip_channel = b"Grip-Channel: " + channel + b"\r\n"

@@ -4,8 +4,9 @@ PUSH (``J`` + JSON per item).  It runs in its own process so its CPU is measured
 
 Message ``seq`` of channel ``c`` has publisher id ``str(seq)`` and content ``M<seq> <time>``:
 ``http-stream`` ``M..\\n`` (stream), ``id: <seq>\\ndata: M..\\n\\n`` (SSE), ``http-response``
-body ``M..\\n`` (long-poll), ``ws-message`` ``M..`` (WebSocket).  Probes (``P<k>``, no id)
-are the same shapes without a number.
+body ``M..\\n`` (long-poll), ``ws-message`` ``M..`` (WebSocket).  Probes (``P<k>``)
+are the same shapes without a number, with id ``p<k>`` (so an SSE client has a cursor from the
+first probe it sees: it resumes with ``Last-Event-ID: p<k>`` if dropped before ``M1``).
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ def format_item(transport: str, channel: str, seq: int, now: float) -> dict:
 
 def probe_item(transport: str, channel: str, k: int) -> dict:
     if transport == "sse":
-        formats = {"http-stream": {"content": f"data: P{k}\n\n"}}
+        formats = {"http-stream": {"content": f"id: p{k}\ndata: P{k}\n\n"}}
     elif transport == "longpoll":
         formats = {"http-response": {"body": f"P{k}\n"}}
     elif transport == "ws":
         formats = {"ws-message": {"content": f"P{k}"}}
     else:
         formats = {"http-stream": {"content": f"P{k}\n"}}
-    return {"channel": channel, "formats": formats}
+    return {"channel": channel, "id": f"p{k}", "formats": formats}
 
 
 class HttpPublisher:

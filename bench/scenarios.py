@@ -192,6 +192,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
 
         # --- publish ----------------------------------------------------------------------
         start_at = time.time() + 0.3
+        result["publish_start"] = round(start_at, 3)  # epoch s: loss.detail event times compare with it
         for w in workers:
             w.pipe.send(("t0", start_at))
             if cfg.churn_per_s:
@@ -281,7 +282,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
             "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
             "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]} if worst else None,
-            "per_client_sample": [x for r in reports for x in r["per_client"]][:200]}
+            "per_client_sample": [x for r in reports for x in r["per_client"]][:200],
+            # lost/duplicated seq runs and recent (time, open|churned|dropped|failed, cursor)
+            "detail": [x for r in reports for x in r.get("detail", [])][:20]}
         result["connections"] = {k: sum(r["status"][k] for r in reports)
                                  for k in ("drops", "reconnects", "failures", "churned")}
         if kill_info is not None:

@@ -15,7 +15,8 @@ frames (text/binary payloads are parsed like stream lines; pings, pongs and cont
 frames are ignored; a close frame is a server-side close).
 Long-poll clients read a ``Content-Length`` response and re-poll on the same connection.
 A connection the server closes is reopened after a short random delay; SSE clients resume
-with ``Last-Event-ID`` (the last seq they saw).  The ``churn`` command makes the worker close
+with ``Last-Event-ID`` (the last seq they saw, ``p<k>`` after only probes), HTTP-stream
+clients with ``?last=`` and the same cursor (the bench origin makes it a ``prev-id``).  The ``churn`` command makes the worker close
 random clients itself at a given rate, and they resume the same way.
 
 The parent talks to a worker over a Pipe: commands in (``t0``, ``churn``, ``report``,
@@ -26,7 +27,6 @@ from __future__ import annotations
 import errno
 import heapq
 import math
-import os
 import random
 import re
 import select
@@ -38,10 +38,50 @@ from dataclasses import dataclass
 from bench.procs import raise_nofile
 
 MSG_RX = re.compile(rb"M(\d+) (\d+\.\d+)")
+PROBE_RX = re.compile(rb"P(\d+)")
 BUCKETS_PER_E = 20  # latency histogram: bucket b covers [e^(b/20), e^((b+1)/20)) microseconds (~5%)
 SEC_SHIFT = 10
 
 HEAD, BODY, IDLE, CONNECTING = 0, 1, 2, 3
+EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
+
+
+def note(c: Client, now: float, what: str) -> None:
+    """Remember a connection event of ``c`` (with its cursor then), for the loss report."""
+    ev = c.events
+    if ev is None:
+        ev = c.events = []
+    elif len(ev) >= EVENTS_KEPT:
+        del ev[0]
+    ev.append((round(now, 3), what, c.last or (f"p{c.probe}" if c.probe else 0)))
+
+
+def sse_cursor(c: Client) -> str | None:
+    """The SSE ``Last-Event-ID`` of ``c``, as a browser's EventSource keeps it: the id of the
+    last event seen (message ``M<seq>`` has id ``<seq>``, probe ``P<k>`` id ``p<k>``); None
+    before any.  A client that resumed with no cursor would go live and miss what was
+    published while it was away (churn lost seq 1 that way: a client dropped between the last
+    probe and the first message reconnected without one)."""
+    if c.last:
+        return str(c.last)
+    if c.probe:
+        return f"p{c.probe}"
+    return None
+
+
+def seq_runs(seen, n: int, want_zero: bool, limit: int = 10) -> list:
+    """``[first, last]`` runs of seqs 1..n never seen (``want_zero``) or seen twice or more."""
+    runs: list = []
+    for seq in range(1, n + 1):
+        v = seen[seq] if seq < len(seen) else 0
+        if (v == 0) if want_zero else (v > 1):
+            if runs and runs[-1][1] == seq - 1:
+                runs[-1][1] = seq
+            elif len(runs) < limit:
+                runs.append([seq, seq])
+            else:
+                break
+    return runs
 
 
 def bucket_value_ms(b: int) -> float:
@@ -64,7 +104,7 @@ class WorkerConfig:
 
 class Client:
     __slots__ = ("idx", "channel", "sock", "fd", "state", "raw", "left", "skip", "text", "seen", "last",
-                 "mode", "probed", "established", "hs")
+                 "mode", "probed", "probe", "established", "hs", "events")
 
     def __init__(self, idx: int, channel: str, max_seq: int) -> None:
         self.idx = idx
@@ -75,8 +115,10 @@ class Client:
         self.seen = bytearray(max_seq + 2)
         self.last = 0
         self.probed = False
+        self.probe = 0  # the last probe seen (SSE id ``p<k>``): the cursor until a message came
         self.established = False
         self.hs = False  # a handshake of ours is in flight (counts against concurrency)
+        self.events: list | None = None  # the last EVENTS_KEPT (time, what, cursor) of this client
         self.reset()
 
     def reset(self) -> None:
@@ -197,6 +239,7 @@ class Worker:
             self.fail(c, now)
             return
         c.sock, c.fd, c.state, c.hs = s, s.fileno(), CONNECTING, True
+        note(c, now, "open")
         c.reset()
         self.by_fd[c.fd] = c
         self.ep.register(c.fd, select.EPOLLOUT)
@@ -212,9 +255,15 @@ class Worker:
         extra = ""
         if self.sse:
             extra = "Accept: text/event-stream\r\n"
-            if self.cfg.resume and c.last:
-                extra += f"Last-Event-ID: {c.last}\r\n"
-        return f"GET {self.paths[c.channel]} HTTP/1.1\r\nHost: bench\r\n{extra}\r\n".encode()
+            cursor = sse_cursor(c) if self.cfg.resume else None
+            if cursor:
+                extra += f"Last-Event-ID: {cursor}\r\n"
+        query = ""
+        if self.cfg.transport == "stream" and self.cfg.resume:
+            cursor = sse_cursor(c)  # no cursor header in HTTP streaming: the bench origin's ?last=
+            if cursor:
+                query = f"?last={cursor}"
+        return f"GET {self.paths[c.channel]}{query} HTTP/1.1\r\nHost: bench\r\n{extra}\r\n".encode()
 
     def close(self, c: Client) -> None:
         if c.sock is not None:
@@ -233,12 +282,14 @@ class Worker:
     def fail(self, c: Client, now: float) -> None:
         """A handshake failed (refused, reset, non-200): try again shortly."""
         self.failures += 1
+        note(c, now, "failed")
         self.close(c)
         heapq.heappush(self.timers, (now + 0.2 + random.random() * 0.3, c.idx))
 
     def dropped(self, c: Client, now: float) -> None:
         """The server closed an established connection: reconnect (resuming) shortly."""
         self.drops += 1
+        note(c, now, "dropped")
         self.close(c)
         heapq.heappush(self.timers, (now + 0.05 + random.random() * 0.45, c.idx))
 
@@ -337,9 +388,13 @@ class Worker:
             return
         c.text = buf[cut + 1:]
         block = buf[:cut]
-        if not c.probed and b"P" in block:
-            c.probed = True
-            self.probed += 1
+        if not c.last and b"P" in block:  # a probe: until a message comes, its id is the cursor
+            probes = PROBE_RX.findall(block)
+            if probes:
+                c.probe = int(probes[-1])
+                if not c.probed:
+                    c.probed = True
+                    self.probed += 1
         found = MSG_RX.findall(block)
         if not found:
             return
@@ -392,6 +447,7 @@ class Worker:
                 c = random.choice(self.clients)
                 if c.state == BODY:
                     self.churned += 1
+                    note(c, now, "churned")
                     self.close(c)
                     heapq.heappush(self.timers, (now + random.random() * 0.1, c.idx))
                     break
@@ -437,6 +493,7 @@ class Worker:
         lost_total = dup_total = with_loss = with_dup = 0
         worst = None
         per_client = []
+        detail = []  # which seqs, and the client's recent connections (time, what, cursor then)
         for c in self.clients:
             n = published.get(c.channel, 0)
             sl = c.seen[1:n + 1]
@@ -448,11 +505,15 @@ class Worker:
             with_dup += dup > 0
             if lost or dup:
                 per_client.append((c.idx, lost, dup))
+                if len(detail) < 20:
+                    detail.append({"client": c.idx, "channel": c.channel, "lost_seqs": seq_runs(c.seen, n, True),
+                                   "dup_seqs": seq_runs(c.seen, n, False), "events": c.events or []})
             if worst is None or (lost + dup) > worst[1] + worst[2]:
                 worst = (c.idx, lost, dup)
         return {"status": self.status(), "hist": self.hist, "max_lat": self.max_lat,
                 "lost": lost_total, "dup": dup_total, "clients_with_loss": with_loss,
-                "clients_with_dup": with_dup, "worst": worst, "per_client": per_client[:1000]}
+                "clients_with_dup": with_dup, "worst": worst, "per_client": per_client[:1000],
+                "detail": detail}
 
 
 def worker_main(cfg: WorkerConfig, pipe) -> None:

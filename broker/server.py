@@ -25,7 +25,6 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 1000  # messages drained from one socket before processing them
 PULL_CHUNK = 32  # PULL frames received per step while filling a batch (B frames hold many items)
 PUBLISH_IN_HWM = 101_000  # Pushpin's DEFAULT_HWM for its publish inputs
-EDGE_PUB_SNDHWM = 100_000  # per edge; beyond it PUB drops and the edge repairs the gap
 SEQUENCER_POLL_S = 1.0  # Pushpin checks reorder timeouts every second
 HTTP_REQUEST_TIMEOUT_S = 30.0
 HTTP_READ_BYTES = 65536
@@ -106,18 +104,6 @@ class ZSocket:
         except zmq.Again:
             self.send_dropped += 1
             return False
-
-    def send_frames(self, frames: Sequence[bytes]) -> int:
-        """``send_frame`` for each frame; returns how many were sent."""
-        send = self.sock.send
-        sent = 0
-        for frame in frames:
-            try:
-                send(frame, zmq.NOBLOCK)
-                sent += 1
-            except zmq.Again:
-                self.send_dropped += 1
-        return sent
 
     def poke(self) -> None:
         """Wake this socket's parked reader so it re-checks EVENTS (after a send or setsockopt)."""

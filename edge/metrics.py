@@ -113,6 +113,9 @@ class EdgeCollector(Collector):
                                   value=t.skipped)
         yield CounterMetricFamily(P + "epoch_changes", "Channels whose broker history was reset.",
                                   value=t.epoch_changes)
+        yield GaugeMetricFamily(P + "channels_positioning",
+                                "Channels subscribed but whose position the broker has not told yet.",
+                                value=t.positioning)
         resumer = getattr(e, "resumer", None)
         if resumer is not None and hasattr(resumer, "statistics"):
             r = resumer.statistics()

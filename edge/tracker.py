@@ -94,6 +94,7 @@ class TrackerStatistics:
     epoch_changes: int
     held: int
     replay_failures: int
+    positioning: int  # channels whose position the broker has not told yet
 
 
 class _Track:
@@ -304,6 +305,7 @@ class Tracker:
             skipped=self._skipped, epoch_changes=self._epoch_changes,
             held=sum(len(t.held) for t in self._tracks.values()),
             replay_failures=self._stalled,
+            positioning=sum(1 for t in self._tracks.values() if t.state is State.POSITION),
         )
 
 

@@ -6,7 +6,6 @@ units' own ``ExecStart``/``ExecReload`` lines and ``KillSignal``.
 """
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import signal

@@ -6,9 +6,7 @@ sequences and fans out, the edge delivers.
 """
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 
 import pytest
 from gripcontrol import GripPubControl, create_grip_channel_header, create_hold_stream

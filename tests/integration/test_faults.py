@@ -9,7 +9,6 @@ clients send back as ``Last-Event-ID`` and the origin passes on as ``prev-id``.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 
@@ -18,7 +17,7 @@ import pytest
 import zmq
 
 from broker import tnetstring
-from tests.helpers import free_port_block, free_ports
+from tests.helpers import free_port_block
 from tests.integration.cluster import Cluster, Origin, Proc, gripcast
 from tests.redis_server import RedisServer, redis_available
 

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jwt
 import pytest
-import zmq
 from gripcontrol import (Channel, GripPubControl, HttpResponseFormat, HttpStreamFormat,
-                         create_grip_channel_header, create_hold_response, create_hold_stream)
+                         create_grip_channel_header, create_hold_response)
 from pubcontrol import Item
 from pubcontrol.zmqpubcontrolclient import ZmqPubControlClient
 
+from tests.helpers import free_port_block, wait_for
 from tests.integration.cluster import Cluster, Origin, StreamClient
 
 pytestmark = [pytest.mark.integration]
@@ -178,8 +177,10 @@ ROUTES = {"/poll": o_poll, "/pollprev": o_poll_prev, "/timeouts": o_timeouts,
 def env(tmp_path_factory):
     with Origin(ROUTES) as origin:
         tmp = tmp_path_factory.mktemp("grip")
-        with Cluster(tmp, [f"*,debug 127.0.0.1:{origin.port}"],
+        mport = free_port_block(1)
+        with Cluster(tmp, [f"*,debug 127.0.0.1:{origin.port}"], edge_metrics_port=mport,
                      update_on_first_subscription="false", history_max_items=2000) as cluster:
+            cluster.metrics_port = mport
             pub = GripPubControl({"control_uri": cluster.publish_url})
             yield cluster, origin, pub
             pub.close()
@@ -198,17 +199,29 @@ def get(cluster, path, **kw):
     return httpx.get(cluster.url(path), timeout=kw.pop("timeout", 20), **kw)
 
 
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
+def edge_metrics(cluster) -> dict:
+    text = httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=5).text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
-def wait_polls(origin, path, n, timeout=10.0):
+def wait_held(cluster, mode, n, timeout=10.0):
+    """Wait until the edge holds ``n`` sessions of ``mode`` and knows every channel's position:
+    from then on a publish is after the holds' baseline, so it reaches them."""
+    def ready():
+        m = edge_metrics(cluster)
+        return (m.get(f'gripcast_edge_held_sessions{{mode="{mode}"}}', 0) >= n
+                and m.get("gripcast_edge_channels_positioning", 1) == 0)
+    wait_for(ready, timeout)
+
+
+def wait_polls(cluster, origin, path, n, timeout=10.0):
     wait_for(lambda: len(requests_to(origin, path)) >= n, timeout)
-    time.sleep(0.3)  # the edge subscribes after the origin answered
+    wait_held(cluster, "response", n, timeout)
 
 
 # -- response holds ----------------------------------------------------------------------------
@@ -220,7 +233,7 @@ def test_response_hold_publish_merges_headers_and_applies_body_patch(env):
     with ThreadPoolExecutor(2) as ex:
         f1 = ex.submit(get, cluster, "/poll?ch=lp1")
         f2 = ex.submit(get, cluster, "/poll?ch=lp2")
-        wait_polls(origin, "/poll", 2)
+        wait_polls(cluster, origin, "/poll", 2)
         pub.publish_http_response("lp1", HttpResponseFormat(
             code=201, headers={"X-Pub": "yes", "Grip-Foo": "no"}, body="published\n"),
             blocking=True)
@@ -275,7 +288,7 @@ def test_response_hold_hint_re_requests_the_origin(env):
     cluster, origin, pub = env
     with ThreadPoolExecutor(1) as ex:
         f = ex.submit(get, cluster, "/hintpoll")
-        wait_polls(origin, "/hintpoll", 1)
+        wait_polls(cluster, origin, "/hintpoll", 1)
         pub.publish_http_response("hintpoll", HttpResponseFormat(action="hint"), blocking=True)
         r = f.result()
     assert r.text == "re-requested\n"
@@ -288,7 +301,7 @@ def test_recover_re_requests_held_polls(env):
     with ThreadPoolExecutor(1) as ex:
         f = ex.submit(get, cluster, "/hintpoll")
         wait_for(lambda: HIT["hint-poll"] == 1)
-        time.sleep(0.3)
+        wait_held(cluster, "response", 1)
         r = httpx.post(cluster.publish_url + "/recover", content=b"", timeout=5)
         assert (r.status_code, r.text) == (200, "Updated\n")
         assert f.result().text == "re-requested\n"
@@ -339,7 +352,7 @@ def test_streaming_historical_data_chain_turns_into_a_stream_hold(env):
     c = StreamClient(cluster.url("/hist/0"))
     try:
         c.read_until(b"part0\npart1\npart2\npart3\n")
-        time.sleep(0.3)
+        wait_held(cluster, "stream", 1)
         pub.publish_http_stream("hist", "part4\n", blocking=True)
         assert c.read_until(b"part4\n") == b"part0\npart1\npart2\npart3\npart4\n"
         assert "grip-link" not in c.headers
@@ -366,10 +379,10 @@ def test_stream_hint_fetches_the_next_link(env):
     c = StreamClient(cluster.url("/hint"))
     try:
         c.read_until(b"[open]\n")
-        time.sleep(0.3)
+        wait_held(cluster, "stream", 1)
         pub.publish_http_stream("hintch", HttpStreamFormat(action="hint"), blocking=True)
         c.read_until(b"[hinted]\n")
-        time.sleep(0.3)
+        wait_held(cluster, "stream", 1)
         pub.publish_http_stream("hintch", "later\n", blocking=True)
         c.read_until(b"later\n")
     finally:
@@ -406,7 +419,7 @@ def test_filters_and_set_meta(env):
     try:
         alice.read_until(b"[open]\n")
         bob.read_until(b"[open]\n")
-        time.sleep(0.3)
+        wait_held(cluster, "stream", 2)
         publish(cluster, [
             {"channel": "chat", "meta": {"sender": "alice"},
              "formats": {"http-stream": {"content": "from alice to %(user)s\n"}}},
@@ -491,8 +504,7 @@ def test_publish_jwt_auth_and_first_subscription_retry(tmp_path):
                 f = ex.submit(get, cluster, "/first")  # Pushpin: the origin sees it twice
                 c = StreamClient(cluster.url("/stream"))
                 try:
-                    c.read_until(b"[open]\n")
-                    time.sleep(0.3)
+                    c.read_until(b"[open]\n")  # the head goes out once the hold is positioned
                     good.publish_http_stream("authch", "authorized\n", blocking=True)
                     c.read_until(b"authorized\n")
                     with pytest.raises(ValueError, match="401"):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from gripcontrol import GripPubControl, create_grip_channel_header
 
-from tests.helpers import free_port_block
+from tests.helpers import free_port_block, wait_for
 from tests.integration.cluster import Cluster, Origin, StreamClient
 from tests.integration.test_metrics import scrape
 
@@ -40,14 +40,6 @@ def plain(text):
 
 def publish(cluster, channel, text, **kw):
     GripPubControl({"control_uri": cluster.publish_url}).publish_http_stream(channel, text, **kw)
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.02)
 
 
 def test_edge_sigterm_drains_streams_and_long_polls_then_exits(tmp_path):

@@ -1,14 +1,12 @@
 """Prometheus metrics, /health and /ready of real broker and edge processes."""
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from gripcontrol import GripPubControl, create_grip_channel_header
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import free_port_block, free_ports
+from tests.helpers import free_port_block, free_ports, wait_for
 from tests.integration.cluster import PORT_KEYS, Cluster, Origin, Proc, StreamClient, gripcast, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -25,14 +23,6 @@ def scrape(port: int) -> dict:
                             if s.labels else "")
             out[key] = s.value
     return out
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def stream_hold(channel):

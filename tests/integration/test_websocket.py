@@ -18,6 +18,7 @@ import websockets
 from gripcontrol import GripPubControl, WebSocketMessageFormat
 from pubcontrol import Item
 
+from tests.helpers import wait_for
 from tests.integration.cluster import Cluster
 from tests.integration.test_faults import restart_broker
 from tests.integration.wsorigin import WohOriginApp
@@ -28,14 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 def publish(cluster, channel, fmt, id=None, prev_id=None):
     GripPubControl({"control_uri": cluster.publish_url}).publish(
         channel, Item(fmt, id=id, prev_id=prev_id), blocking=True)
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.02)
 
 
 async def recv(ws, timeout=5.0):
