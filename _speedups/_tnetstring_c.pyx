@@ -2,6 +2,9 @@
 """Tagged netstring decoding (compiled twin of ``_tnetstring_py``; same API, values and
 error texts, see there)."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+import builtins
+
+_py_float = builtins.float  # not Cython's inlined float(): same accepted syntax as the pure twin
 
 cdef enum:
     MAX_DEPTH = 64
@@ -75,7 +78,7 @@ cdef object _pop(bytes data, const unsigned char* p, Py_ssize_t offset, Py_ssize
         return int(data[start:end])
     if tag == 0x5E:  # ^
         try:
-            return float(data[start:end])
+            return _py_float(data[start:end])  # Python's parser: Cython's own accepts "1.5e+_6"
         except ValueError:
             raise ValueError("tnetstring: bad float") from None
     if tag == 0x21:  # !

@@ -372,3 +372,10 @@ def test_tnetstring_twin_decodes_and_rejects(twins):
         twins.tnet_pop(deep)
     with pytest.raises(ValueError, match="offset out of range"):
         twins.tnet_pop(b"0:~", 4)
+
+
+def test_tnetstring_float_syntax_is_pythons_in_both_twins():
+    """Cython inlines float() with a parser that accepts "1.5e+_6"; the twins must not differ."""
+    for mod in _tnet_twins():
+        assert _tnet_outcome(mod, b"7:1.5e+_6^") == ("error", "tnetstring: bad float")
+        assert _tnet_outcome(mod, b"5:1.5e6^") == ("ok", (1.5e6, 8))
