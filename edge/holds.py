@@ -45,7 +45,7 @@ import trio
 
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
-from edge import responses
+from edge import readtimer, responses
 from edge.grip import Hold, is_grip_response
 from edge.instructcache import instruct, stream_head as cached_stream_head
 from edge.origin import OriginError, open_origin
@@ -509,6 +509,23 @@ async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
             # held: wait for the client, a close, a hint, or the next link's idle window
             window = st.hold.next_link_timeout_s if st.hold.next_link else None
             seen = dict(s.last_cursor)
+            if not window and first_sub is None:
+                # no deadline: wait without a cancel scope; finish()/kill() wake the wait
+                # through the socket (edge.readtimer.Waker), a shutdown's close as before
+                waker = s.scope = readtimer.Waker(conn.sock)
+                if not (s.done or s.hinted):
+                    try:
+                        await conn.watch_client(waker)
+                    except trio.ClosedResourceError:
+                        if not waker.fired:
+                            raise
+                    if not waker.fired:
+                        gone = True
+                        return False  # the client went away
+                s.scope = None
+                if s.done:
+                    break
+                continue
             with trio.CancelScope() as scope:
                 s.scope = scope
                 if window:

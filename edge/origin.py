@@ -19,7 +19,7 @@ import httptools
 import trio
 
 from broker.errors import RemoteProtocolError
-from edge import originpool
+from edge import originpool, readtimer
 from edge.fastpath import read_now, send_now
 from edge.routes import Route, Target
 
@@ -145,10 +145,19 @@ class OriginResponse:
     async def _read_more(self) -> None:
         # wait for readability (a checkpoint), then one plain read: cheaper than trio's
         # receive_some, which first tries a read that cannot succeed this soon after a request
+        # the timeout is edge.readtimer's (coarse, no cancel scope per wait)
         sock = self._stream.socket
-        with trio.move_on_after(self._timeout_s) as scope:
+        wait = readtimer.start(sock, self._timeout_s)
+        try:
             while True:
-                await trio.lowlevel.wait_readable(sock)
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    if not wait.expired:
+                        raise
+                if wait.expired:
+                    self._broken = True
+                    raise OriginError(f"timeout waiting for origin {self.target}")
                 try:
                     data = read_now(sock, READ_SIZE)
                 except OSError as exc:
@@ -156,8 +165,8 @@ class OriginResponse:
                     raise OriginError(f"error reading from origin {self.target}: {exc}") from exc
                 if data is not None:
                     break
-        if scope.cancelled_caught:
-            raise OriginError(f"timeout waiting for origin {self.target}")
+        finally:
+            wait.done()
         if not data:
             self._eof = self._broken = True
             return

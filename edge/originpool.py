@@ -18,6 +18,7 @@ same target takes it.
 from __future__ import annotations
 
 import select
+import socket
 
 import trio
 
@@ -46,13 +47,27 @@ def _pool() -> dict:
         return pool
 
 
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
 def _dead(stream) -> bool:
-    """True if an idle connection has anything to read (EOF, reset or stray bytes)."""
+    """True if an idle connection has anything to read (EOF, reset or stray bytes).
+
+    One non-blocking ``recv(MSG_PEEK)``: ``select()`` cannot take a descriptor above 1023
+    (an edge holding thousands of clients has those), which made every such pooled
+    connection look dead and a new one be opened per request."""
+    raw = getattr(stream.socket, "_sock", None)  # trio's wrapped stdlib socket
     try:
-        r, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+        if raw is None:  # pragma: no cover - another trio
+            p = select.poll()
+            p.register(stream.socket.fileno(), select.POLLIN)
+            return bool(p.poll(0))
+        raw.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return False
     except (OSError, ValueError):
         return True
-    return bool(r)
+    return True  # EOF or bytes nobody asked for
 
 
 def take(key: tuple, now: float):

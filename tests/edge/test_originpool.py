@@ -134,3 +134,29 @@ def test_request_on_a_pooled_connection_closed_under_it_is_retried_fresh():
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_live_connection_on_a_descriptor_above_1023_is_reused():
+    """select() cannot take fd >= 1024: a busy edge's pooled connections have such fds."""
+    import resource
+    import socket as stdsocket
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip("needs RLIMIT_NOFILE >= 1200")
+
+    async def main():
+        filler = [stdsocket.socket() for _ in range(1100)]
+        try:
+            stream, peer = _pair()
+            assert stream.socket.fileno() >= 1024
+            originpool.give(("big", 1), stream, 0.0)
+            assert originpool.take(("big", 1), 1.0) is stream  # live: reused, not dropped
+            originpool.give(("big", 1), stream, 1.0)
+            await peer.send(b"stray")
+            assert originpool.take(("big", 1), 1.0) is None  # bytes nobody asked for: dropped
+            peer.close()
+        finally:
+            for s in filler:
+                s.close()
+    trio.run(main)

@@ -1,0 +1,101 @@
+"""Coarse timeouts for socket waits, without a trio cancel scope per wait.
+
+A new connection through the proxy waits once for the origin's response head.  Bounding that
+wait with ``trio.move_on_after`` cost a cancel scope per wait (its creation, a deadline in
+trio's heap, the cancel-status bookkeeping on enter and exit): under
+``python -m bench fanout --transport sse --clients 10000`` py-spy put about an eighth of an
+edge's per-connection Python time there (bench/RESULTS.md).  Origin timeouts are seconds long
+and need no precision, so here one system task per trio run checks every ``TICK_S`` for
+expired waits and ends each with ``trio.lowlevel.notify_closing(sock)``, which raises
+``trio.ClosedResourceError`` in the task waiting on that socket; ``Wait.expired`` tells the
+waiter that this was a timeout (it then treats the socket as broken and closes it).
+
+    w = readtimer.start(sock, timeout_s)
+    try:
+        await trio.lowlevel.wait_readable(sock)   # ClosedResourceError with w.expired: timeout
+    finally:
+        w.done()
+
+A timeout fires between ``timeout_s`` and ``timeout_s + TICK_S`` after ``start``.
+
+``Waker`` is the same trick for a held stream's wait on its client, which has no deadline:
+``cancel()`` (what ``StreamSession.finish()``/``kill()`` call on ``session.scope``) wakes the
+task waiting on the socket instead of cancelling a scope, so a held connection needs no
+``CancelScope`` (its creation and bookkeeping per connection, and its memory while held).
+"""
+from __future__ import annotations
+
+import trio
+
+TICK_S = 0.25
+
+_state: trio.lowlevel.RunVar = trio.lowlevel.RunVar("gripcast_readtimer")
+
+
+class Wait:
+    __slots__ = ("sock", "deadline", "expired", "_active")
+
+    def __init__(self, sock, deadline: float, active: dict) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.expired = False
+        self._active = active
+
+    def done(self) -> None:
+        self._active.pop(self, None)
+
+
+class Waker:
+    """Stands in for a ``CancelScope`` whose only use is ``cancel()`` (see the docstring)."""
+    __slots__ = ("sock", "fired")
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.fired = False
+
+    def cancel(self) -> None:
+        if not self.fired:
+            self.fired = True
+            try:
+                trio.lowlevel.notify_closing(self.sock)
+            except Exception:  # pragma: no cover - already closed: nothing waits on it
+                pass
+
+
+def _active() -> dict:
+    try:
+        return _state.get()
+    except LookupError:
+        active: dict = {}
+        _state.set(active)
+        trio.lowlevel.spawn_system_task(_serve, active, name="gripcast readtimer")
+        return active
+
+
+def start(sock, timeout_s: float) -> Wait:
+    """Bound the waits on ``sock`` from now on by ``timeout_s`` (until ``done()``)."""
+    active = _active()
+    w = Wait(sock, trio.current_time() + timeout_s, active)
+    active[w] = None
+    return w
+
+
+def expire(active: dict, now: float) -> int:
+    """End the waits whose deadline passed; how many.  (Only unfinished waits are kept:
+    in-flight origin requests, so a scan per tick is cheap.)"""
+    late = [w for w in active if w.deadline <= now]
+    for w in late:
+        del active[w]
+        w.expired = True
+        try:
+            trio.lowlevel.notify_closing(w.sock)
+        except Exception:  # pragma: no cover - a socket closed meanwhile: nothing waits on it
+            pass
+    return len(late)
+
+
+async def _serve(active: dict) -> None:
+    while True:
+        await trio.sleep(TICK_S)
+        if active:
+            expire(active, trio.current_time())
