@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 GRIP_FEATURES = (b"status, link:next, link:gone, filter:skip-self, filter:skip-users, "
                  b"filter:require-sub, filter:var-subst")
-_DROP = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
+DROP_HEADERS = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
                    b"transfer-encoding", b"expect", b"content-length", b"host", b"te",
                    b"upgrade", b"proxy-connection", b"x-forwarded-proto",
                    b"x-forwarded-protocol"])
@@ -41,21 +41,18 @@ class OriginError(RemoteProtocolError):
         super().__init__(reason, status=502)
 
 
-def build_request(route: Route, target: Target, method: bytes, path: bytes,
-                  headers: list[tuple[bytes, bytes]], body: bytes, *,
-                  sig: str | None, extra: list[tuple[bytes, bytes]] = (),
-                  rewrite: bool = True) -> bytes:
-    """The request head + body sent to ``target`` for a client request.
-
-    ``extra`` headers (``Grip-Last``) are added after the client's are filtered; ``rewrite``
-    False sends ``path`` as is (a next link that already names the origin)."""
+def forward_headers(route: Route, target: Target, headers, drop: frozenset = DROP_HEADERS,
+                    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The Host to send and the client's headers as the origin gets them (reference 1.4):
+    hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed, route ``header=``
+    props applied.  Shared by HTTP requests and WebSocket-to-WebSocket handshakes."""
     client_host = b""
     out: list[tuple[bytes, bytes]] = []
     for k, v in headers:
         lk = k.lower()
         if lk == b"host":
             client_host = v
-        if lk in _DROP or lk.startswith(b"grip-"):
+        if lk in drop or lk.startswith(b"grip-"):
             continue
         out.append((k, v))
     if target.host_header:
@@ -69,6 +66,18 @@ def build_request(route: Route, target: Target, method: bytes, path: bytes,
         out = [(k, v) for k, v in out if k.lower() != bname.lower()]
         if value:
             out.append((bname, value.encode("latin-1")))
+    return host, out
+
+
+def build_request(route: Route, target: Target, method: bytes, path: bytes,
+                  headers: list[tuple[bytes, bytes]], body: bytes, *,
+                  sig: str | None, extra: list[tuple[bytes, bytes]] = (),
+                  rewrite: bool = True) -> bytes:
+    """The request head + body sent to ``target`` for a client request.
+
+    ``extra`` headers (``Grip-Last``) are added after the client's are filtered; ``rewrite``
+    False sends ``path`` as is (a next link that already names the origin)."""
+    host, out = forward_headers(route, target, headers)
     out.extend(extra)
     if sig:
         out.append((b"Grip-Sig", sig.encode("ascii")))

@@ -22,7 +22,7 @@ from wsproto.utilities import generate_accept_token
 
 from broker.errors import RemoteProtocolError
 from edge import responses
-from edge.origin import GRIP_FEATURES, OriginError
+from edge.origin import DROP_HEADERS, GRIP_FEATURES, OriginError, forward_headers
 from edge.woh import MAX_REJECT_BODY, Opened, rejection
 from edge.wscontrol import grip_prefix
 from edge.wsconn import Close, Message, Ping, Pong, WsConnection, WsError
@@ -30,34 +30,14 @@ from edge.wsconn import Close, Message, Ping, Pong, WsConnection, WsError
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-_DROP = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
-                   b"transfer-encoding", b"expect", b"content-length", b"host", b"te",
-                   b"upgrade", b"proxy-connection", b"sec-websocket-key",
-                   b"sec-websocket-version", b"sec-websocket-extensions"])
+# the HTTP request rules (reference 1.4), plus the handshake headers the edge sets itself
+_DROP = DROP_HEADERS | frozenset([b"sec-websocket-key", b"sec-websocket-version",
+                                  b"sec-websocket-extensions"])
 
 
 def client_handshake(route, target, path: bytes, client_headers, key: bytes,
                      sig: str | None) -> bytes:
-    host = b""
-    out = []
-    for k, v in client_headers:
-        lk = k.lower()
-        if lk == b"host":
-            host = v
-        if lk in _DROP or lk.startswith(b"grip-"):
-            continue
-        out.append((k, v))
-    if target.host_header:
-        host = target.host_header.encode("latin-1")
-    elif route.as_host:
-        host = route.as_host.encode("latin-1")
-    elif not host:
-        host = str(target).encode("latin-1")
-    for name, value in route.headers:
-        bname = name.encode("latin-1")
-        out = [(k, v) for k, v in out if k.lower() != bname.lower()]
-        if value:
-            out.append((bname, value.encode("latin-1")))
+    host, out = forward_headers(route, target, client_headers, _DROP)
     out += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
             (b"Sec-WebSocket-Key", key), (b"Sec-WebSocket-Version", b"13"),
             (b"Sec-WebSocket-Extensions", b"grip")]
