@@ -110,6 +110,9 @@ class Config:
     stats_report_interval_s: float = 10.0  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
     log_level: str = "info"
+    # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
+    # edge only ever joins its own runner's broker ("": no check, e.g. under systemd)
+    cluster_id: str = ""
 
     # -- derived ---------------------------------------------------------------------------
 

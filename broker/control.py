@@ -89,8 +89,9 @@ def parse_control(frame: bytes) -> ControlRequest:
     )
 
 
-def hello_reply(rid: object, broker_id: str, started: float) -> bytes:
-    return encode_control({"rid": rid, "ok": True, "broker_id": broker_id, "started": started})
+def hello_reply(rid: object, broker_id: str, started: float, cluster_id: str = "") -> bytes:
+    return encode_control({"rid": rid, "ok": True, "broker_id": broker_id, "started": started,
+                           "cluster_id": cluster_id})
 
 
 def position_reply(rid: object, channel: str, pos: Position) -> bytes:

@@ -8,6 +8,12 @@
 from __future__ import annotations
 
 
+# Exit status of a process stopped by a configuration problem (sysexits.h EX_CONFIG): the
+# runner does not restart such a child, and the systemd units list it in
+# RestartPreventExitStatus, since restarting cannot fix a configuration.
+EXIT_CONFIG = 78
+
+
 class GripcastError(Exception):
     """Root of every error gripcast raises on purpose."""
 

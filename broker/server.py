@@ -40,7 +40,8 @@ from broker.auth import PublishAuth, load_verify_key
 from broker.config import Config
 from broker.histogram import IntHistogram
 from broker.stats import StatsEncoder
-from broker.errors import PublishError, RemoteProtocolError, StoreUnavailable
+from broker.errors import EXIT_CONFIG, ConfigError, PublishError, RemoteProtocolError, StoreUnavailable
+from broker.procsignals import ignore_late_stop_signals
 from broker.history import MemoryHistory
 from broker.items import Item, parse_pull_frame, parse_sub_item
 from broker.sdnotify import notify
@@ -531,7 +532,7 @@ class Broker:
             log.warning("bad control request reason=%r", exc.reason)
             return control.error_reply(exc.rid, exc.reason)
         if req.op == "hello":
-            return control.hello_reply(req.rid, self.broker_id, self.started)
+            return control.hello_reply(req.rid, self.broker_id, self.started, self.cfg.cluster_id)
         if req.op == "stats":  # an edge's connections and counts (broker.stats)
             if self.stats is not None:
                 try:
@@ -801,8 +802,12 @@ def main(cfg: Config, reload_config=None) -> int:
     """Run the broker process; 0 after a clean stop, 1 if it could not start or crashed."""
     _configure_logging(cfg.log_level)
     gc.set_threshold(*GC_THRESHOLD)
+    ignore_late_stop_signals()
     try:
         trio.run(serve_broker, cfg, reload_config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     except zmq.ZMQError as exc:
         log.error("broker failed: zmq error=%s", exc)
         return 1

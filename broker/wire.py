@@ -15,7 +15,7 @@ Envelope map keys: ``seq`` (int, 1, 2, ... per channel and epoch), ``epoch`` (st
 
 Control (edge DEALER -> broker ROUTER), one msgpack map per frame, correlated by ``rid``:
 
-    {"op": "hello", "rid": n}                -> {"rid", "ok", "broker_id", "started"}
+    {"op": "hello", "rid": n}                -> {"rid", "ok", "broker_id", "started", "cluster_id"}
     {"op": "position", "rid", "channel"}     -> {"rid", "ok", "channel", "epoch", "last_seq", "last_id"}
     {"op": "replay", "rid", "channel", "epoch", "after_seq", "after_id", "limit"}
         -> {"rid", "ok", "channel", "epoch", "last_seq", "complete", "items": [envelope maps]}

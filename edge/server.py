@@ -17,7 +17,8 @@ import trio
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
-from broker.errors import ConfigError, GripcastError, RemoteProtocolError
+from broker.procsignals import ignore_late_stop_signals
+from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.sdnotify import notify
 from edge import responses
 from broker.curve import link_options
@@ -87,6 +88,7 @@ class Edge:
         self.connections = self.requests = self.proxy_errors = self.rejected = 0
         self.sockets: set = set()  # open client sockets (edge.lifecycle closes idle ones on drain)
         self.draining = False
+        self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
         self._pos_waiters: dict[str, trio.Event] = {}
         self.linkwatch: LinkWatch | None = None  # set by serve_link_repair
         self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
@@ -362,7 +364,7 @@ async def open_listener(host: str, port: int):
     return sock
 
 
-async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None) -> None:
+async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None) -> int:
     edge = Edge(cfg, index, routes)
     link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False),
                       options=link_options(cfg), rcvhwm=cfg.edge_sub_rcvhwm)
@@ -384,19 +386,30 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
                 nursery.start_soon(life.serve_clients)
-                nursery.start_soon(_hello, link)
-                notify("READY=1\nSTATUS=serving")
+                nursery.start_soon(_hello, edge, link, nursery.cancel_scope)
                 log.info("edge ready index=%d listen=%s:%d routes=%d", index, listen[0], listen[1],
                          len(routes))
+                notify("READY=1\nSTATUS=serving")
                 await life.run(signals, nursery)  # SIGHUP: reload; SIGTERM/SIGINT: drain
     finally:
         link.close()
+    return edge.exit_code
 
 
-async def _hello(link: BrokerLink) -> None:
+async def _hello(edge: Edge, link: BrokerLink, scope: trio.CancelScope) -> None:
     try:
         r = await link.request({"op": "hello"}, tries=1)
         log.info("broker hello broker_id=%s", r.get("broker_id"))
+        theirs = str(r.get("cluster_id") or "")
+        if edge.cfg.cluster_id and theirs != edge.cfg.cluster_id:
+            # another cluster's broker on our broker ports (a second ``gripcast run``): joining
+            # it would deliver that cluster's messages to our clients, so stop instead
+            log.error("the broker at %s belongs to another cluster (cluster_id %r, ours %r); "
+                      "stopping", edge.cfg.endpoint("edge_ctl", bind=False), theirs or "-",
+                      edge.cfg.cluster_id)
+            edge.exit_code = EXIT_CONFIG
+            scope.cancel()
+            return
         if link.on_heartbeat is not None and r.get("broker_id"):
             link.on_heartbeat(str(r["broker_id"]))  # same identity check as a heartbeat
     except GripcastError as exc:
@@ -412,16 +425,17 @@ def main(cfg: Config, index: int = 0, reload_config=None) -> int:
         routes = load_routes(cfg)
     except ConfigError as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_CONFIG
     if not routes.routes:
         log.warning("no routes configured: every request will get 502 Route not found")
     fastpath.tune_gc()
+    ignore_late_stop_signals()
     try:
-        trio.run(serve, cfg, index, routes, reload_config)
+        code: int = trio.run(serve, cfg, index, routes, reload_config)
     except ConfigError as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("edge failed to start index=%d: %s", index, exc)
         return 1
-    return 0
+    return code

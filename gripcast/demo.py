@@ -18,15 +18,16 @@ itself.  Endpoints (``?channel=NAME``, default ``test``):
 """
 from __future__ import annotations
 
+import html
+import json
 import logging
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
-from gripcontrol import (WebSocketEvent, decode_websocket_events, encode_websocket_events,
-                         websocket_control_message)
-
+from edge.wsevents import EventsError, WsEvent, decode_events, encode_events
 from gripcast.publish import build_item, post_items
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     server_version = "gripcast-demo"
     protocol_version = "HTTP/1.1"
     publish_url = "http://127.0.0.1:5561"
+    publish_command = ".venv/bin/gripcast publish test hello"
 
     def log_message(self, fmt: str, *args) -> None:  # route the stdlib's access log to logging
         log.debug("demo %s", fmt % args)
@@ -58,8 +60,9 @@ class DemoHandler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         channel = _channel(query)
         if url.path == "/":
-            page = resources.files("gripcast").joinpath("static/index.html").read_bytes()
-            self._send(200, page, {"Content-Type": "text/html; charset=utf-8"})
+            page = resources.files("gripcast").joinpath("static/index.html").read_text("utf-8")
+            page = page.replace("{{publish_command}}", html.escape(self.publish_command))
+            self._send(200, page.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8"})
         elif url.path == "/stream":
             self._send(200, b"[stream open]\n", {
                 "Content-Type": "text/plain",
@@ -116,8 +119,8 @@ class DemoHandler(BaseHTTPRequestHandler):
             self._send(413, b"Too large\n", {"Content-Type": "text/plain"})
             return
         try:
-            events = decode_websocket_events(self.rfile.read(length))
-        except ValueError:
+            events = decode_events(self.rfile.read(length))
+        except EventsError:
             self._send(400, b"Bad events\n", {"Content-Type": "text/plain"})
             return
         room = _channel({"channel": parse_qs(url.query).get("room") or ["lobby"]})
@@ -126,12 +129,12 @@ class DemoHandler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/websocket-events"}
         for e in events:
             if e.type == "OPEN":
-                out.append(WebSocketEvent("OPEN"))
-                out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
-                    "subscribe", {"channel": channel})))
+                out.append(WsEvent("OPEN"))
+                control = json.dumps({"type": "subscribe", "channel": channel})
+                out.append(WsEvent("TEXT", b"c:" + control.encode()))
                 headers["Sec-WebSocket-Extensions"] = 'grip; message-prefix=""'
             elif e.type == "TEXT":
-                line = e.content.decode("utf-8", "replace").strip()[:2000]
+                line = (e.content or b"").decode("utf-8", "replace").strip()[:2000]
                 if line:
                     item = {"channel": channel, "formats": {"ws-message": {"content": line}}}
                     try:
@@ -139,24 +142,33 @@ class DemoHandler(BaseHTTPRequestHandler):
                     except OSError as exc:
                         log.warning("chat publish failed: %s", exc)
             elif e.type == "CLOSE":
-                out.append(WebSocketEvent("CLOSE", e.content))
-        self._send(200, encode_websocket_events(out), headers)
+                out.append(WsEvent("CLOSE", e.content))
+        self._send(200, encode_events(out), headers)
 
 
-def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | None = None) -> int:
-    handler = type("BoundDemoHandler", (DemoHandler,), {"publish_url": publish_url})
+def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | None = None,
+               publish_command: str = DemoHandler.publish_command) -> int:
+    """Serve until SIGINT/SIGTERM (then exit 0), or until the caller's thread shuts it down."""
+    handler = type("BoundDemoHandler", (DemoHandler,),
+                   {"publish_url": publish_url, "publish_command": publish_command})
     httpd = ThreadingHTTPServer((addr, port), handler)
     httpd.daemon_threads = True
     log.info("demo origin listening on http://%s:%d (publishing to %s)", addr, port, publish_url)
     from broker.sdnotify import notify
 
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum: int, frame: object) -> None:
+            # shutdown() waits for serve_forever, which runs in this very thread: hand it over
+            threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
     notify("READY=1")
     if ready is not None:
         ready.set()
     try:
         httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         httpd.server_close()
+    log.info("demo origin stopped")
     return 0

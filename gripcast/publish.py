@@ -6,6 +6,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from typing import TextIO
 
 
 def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: str | None = None,
@@ -50,9 +51,34 @@ def post_items(base_url: str, items: list[dict], timeout: float = 10.0) -> tuple
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-def publish_from_args(args) -> int:
+def message_text(text: str | None, stdin: TextIO | None, close: bool) -> str:
+    """The message: TEXT, else standard input when it is not a terminal; raises ValueError
+    when there is none (publishing an empty message by mistake helps nobody)."""
+    if close:
+        return text or ""
+    if text is not None:
+        if text == "":
+            raise ValueError("the message is empty (give TEXT, or pipe it on standard input)")
+        return text
+    if stdin is None or stdin.isatty():
+        raise ValueError("no message: give TEXT, or pipe it on standard input "
+                         "(echo hello | gripcast publish CHANNEL)")
+    data = stdin.read()
+    if data.endswith("\n"):
+        data = data[:-1]  # the newline is added back unless --no-eol
+    if not data:
+        raise ValueError("standard input was empty: nothing to publish")
+    return data
+
+
+def publish_from_args(args, stdin: TextIO | None = None) -> int:
     base = args.url or os.environ.get("GRIP_URL") or f"http://127.0.0.1:{5561 + args.port_offset}"
-    item = build_item(args.channel, args.text, item_id=args.item_id, prev_id=args.prev_id,
+    try:
+        text = message_text(args.text, stdin, args.close)
+    except ValueError as exc:
+        print(f"gripcast publish: {exc}", file=sys.stderr)
+        return 2
+    item = build_item(args.channel, text, item_id=args.item_id, prev_id=args.prev_id,
                       eol=not args.no_eol, sse=args.sse, close=args.close)
     try:
         status, body = post_items(base, [item])
