@@ -41,7 +41,7 @@ from broker.config import Config
 from broker.histogram import IntHistogram
 from broker.stats import StatsEncoder
 from broker.errors import EXIT_CONFIG, ConfigError, PublishError, RemoteProtocolError, StoreUnavailable
-from broker.procsignals import ignore_late_stop_signals
+from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.history import MemoryHistory
 from broker.items import Item, parse_pull_frame, parse_sub_item
 from broker.sdnotify import notify
@@ -805,6 +805,7 @@ def main(cfg: Config, reload_config=None) -> int:
     ignore_late_stop_signals()
     try:
         trio.run(serve_broker, cfg, reload_config)
+        ignore_stop_signals_for_exit()
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

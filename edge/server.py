@@ -17,7 +17,7 @@ import trio
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
-from broker.procsignals import ignore_late_stop_signals
+from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.sdnotify import notify
 from edge import responses
@@ -432,6 +432,7 @@ def main(cfg: Config, index: int = 0, reload_config=None) -> int:
     ignore_late_stop_signals()
     try:
         code: int = trio.run(serve, cfg, index, routes, reload_config)
+        ignore_stop_signals_for_exit()
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

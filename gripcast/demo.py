@@ -170,5 +170,9 @@ def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | 
         httpd.serve_forever()
     finally:
         httpd.server_close()
+    if threading.current_thread() is threading.main_thread():
+        from broker.procsignals import ignore_stop_signals_for_exit
+
+        ignore_stop_signals_for_exit()  # a second stop signal must not kill a clean exit
     log.info("demo origin stopped")
     return 0

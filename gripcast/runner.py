@@ -33,7 +33,7 @@ import trio
 
 from broker.config import Config
 from broker.errors import EXIT_CONFIG
-from broker.procsignals import ignore_late_stop_signals
+from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.sdnotify import notify
 
 log = logging.getLogger(__name__)
@@ -254,4 +254,5 @@ def run_cluster(cfg: Config, demo: bool = False, demo_port: int | None = None) -
     preflight(cfg, demo_port_for(cfg, demo, demo_port))  # raises ConfigError
     ignore_late_stop_signals()
     code: int = trio.run(serve_cluster, cfg, demo, demo_port)
+    ignore_stop_signals_for_exit()
     return code
