@@ -17,6 +17,7 @@ import trio
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
+from broker.logsetup import configure_logging
 from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.sdnotify import notify
@@ -418,9 +419,7 @@ async def _hello(edge: Edge, link: BrokerLink, scope: trio.CancelScope) -> None:
 
 def main(cfg: Config, index: int = 0, reload_config=None) -> int:
     """Run one edge process until SIGTERM/SIGINT; returns the exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, level=cfg.log_level.upper(),
-                            format=f"%(asctime)s edge[{index}] %(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.log_level, f"edge{index}")  # no-op when the CLI configured it
     try:
         routes = load_routes(cfg)
     except ConfigError as exc:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from broker.config import Config, config_from_dict, load_config
 from broker.errors import EXIT_CONFIG, ConfigError
+from broker.logsetup import configure_logging, twins_description
 
 log = logging.getLogger("gripcast")
 
@@ -157,11 +159,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _setup_logging(level: str, role: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(level, role)
+    if role != "demo":
+        log.info("%s pid=%d speedups=%s", role, os.getpid(), twins_description())
 
 
 def main(argv: list[str] | None = None) -> int:
