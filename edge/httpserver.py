@@ -28,7 +28,9 @@ not lost to a reset); origin failures and bad instructs get ``502 Error while pr
 origin.`` (the real reason only on ``debug`` routes, always in the log).
 
 Hostile input (docs/multihost.md, "Hostile input"): conflicting ``Content-Length`` /
-``Transfer-Encoding`` or two different lengths are 400 (no smuggling past the edge); only
+``Transfer-Encoding`` or two different lengths are 400 (no smuggling past the edge); so is a
+second ``Host`` (the Host that picks the route is the one the origin gets), and a chunked
+body's trailer fields are dropped, never added to the request's headers; only
 origin-form targets (``/...``), ``*`` and absolute ``http(s)://`` targets are accepted, and an
 absolute target is routed by its authority like a Host header, so a request can only ever reach
 a configured route's targets (no open proxy); ``CONNECT`` is 405.
@@ -121,6 +123,8 @@ class Connection:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.app.cfg.client_header_bytes:
             raise _Reject(431, "Request Header Fields Too Large")
+        if self.cur.method:  # a chunked body's trailer (after the head): counted, dropped,
+            return  # never a request header (a second Host past the route, say)
         self.cur.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -130,13 +134,17 @@ class Connection:
         r.http11 = self.parser.get_http_version() == "1.1"
         lengths = set()
         te = False
+        hosts = 0
         for k, v in r.headers:
             lk = k.lower()
             if lk == b"content-length":
                 lengths.add(v.strip())
             elif lk == b"transfer-encoding":
                 te = True
-            elif lk == b"host" and not r.host:
+            elif lk == b"host":
+                if hosts:  # the Host that picks the route must be the one the origin gets
+                    raise _Reject(400, "Duplicate Host header")
+                hosts += 1
                 r.host = v
             elif lk == b"expect" and v.strip().lower() == b"100-continue":
                 self.need_continue = True
