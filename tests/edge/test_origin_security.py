@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import httptools
 import pytest
+import trio
+import trio.testing
+from wsproto.utilities import generate_accept_token
 
+from broker.config import Config
 from broker.errors import ConfigError
 from edge.holds import grip_last
 from edge.origin import (RequestHeadError, ResponseHead, build_request, encode_request_head)
 from edge.routes import parse_routes
 from edge.woh import woh_headers
-from edge.wsproxy import client_handshake
+from edge.wsproxy import WsOrigin, client_handshake
 from tests.edge.test_http import parse
 
 SMUGGLE = "1\r\nX-Smuggled: yes"
@@ -174,3 +178,48 @@ def test_websocket_route_with_an_ssl_target_is_refused_at_start(line):
 def test_http_only_or_over_http_ssl_targets_still_parse(line):
     # HTTP toward an ssl target is refused per request with 502 (edge.origin.open_origin)
     assert parse_routes([line]).routes[0].targets[-1].ssl
+
+
+# -- item 1, WebSocket to WebSocket: a 103 before the 101 -------------------------------------
+
+class _WsApp:
+    cfg = Config(origin_timeout_s=5.0)
+    proxy_errors = 0
+
+    def sign(self, route):
+        return None
+
+
+@pytest.mark.parametrize("interim", [b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"])
+def test_websocket_handshake_skips_interim_responses(interim):
+    """Real loopback sockets, no sleeps (as tests/edge/test_originpool.py)."""
+    async def main():
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        route = parse_routes([f"* 127.0.0.1:{port}"]).routes[0]
+
+        async def origin(stream):
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += await stream.receive_some(4096)
+            key = next(line.split(b": ", 1)[1] for line in buf.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            if interim:  # alone first: the edge reads it, then must wait for the 101
+                await stream.send_all(interim)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+            await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\n"
+                                  b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                  b"Sec-WebSocket-Accept: " + generate_accept_token(key)
+                                  + b"\r\n\r\n")
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, origin, listeners)
+            side = WsOrigin(_WsApp(), route, [(b"Host", b"h")], b"/ws")
+            opened = await side.open()
+            assert opened.reject is None, opened.reject
+            assert (b"Upgrade", b"websocket") in opened.headers
+            await side.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
