@@ -47,7 +47,6 @@ DROP_HEADERS = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"co
 READ_SIZE = 65536
 MAX_INTERIM = 32  # interim 1xx responses accepted before a final one (more: 502)
 
-_TOKENS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+\n)*")  # names, each followed by \n
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # a CTL but HTAB
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")  # a CTL or a space
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -70,19 +69,38 @@ def encode_request_head(method: bytes, target: bytes, host: bytes,
     """``METHOD target HTTP/1.1``, ``Host`` and ``headers``, checked: the one writer of request
     heads toward origins.  ``RequestHeadError`` if a name is not a token, a value (or the Host)
     holds a control character other than HTAB, or the method or target is malformed."""
-    # two regex passes over joined names and values (~2 us for 15 headers); the culprit is
-    # looked for only on failure
-    names = b"\n".join([k for k, _ in headers])
-    values = b"\t".join([v for _, v in headers])
-    if (_TOKENS.fullmatch(names + b"\n" if headers else b"") is None
-            or _BAD_VALUE.search(values) is not None or _BAD_VALUE.search(host) is not None
-            or _TOKEN.fullmatch(method) is None or not target
-            or _BAD_TARGET.search(target) is not None):
-        raise RequestHeadError(_head_problem(method, target, host, headers))
+    # cheap on the hot path (build_request 5.1 -> 8.0 us for 9 client headers, best of 15; it
+    # was 18.7 us with regexes
+    # over joined names and values): names and methods are checked once and remembered; the
+    # whole head is then checked at once: exactly one CR and one LF per line, no other CTL
+    good = _GOOD_NAMES
+    if method not in good:
+        _remember_token(method)
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
-    lines.extend([b"%s: %s\r\n" % (k, v) for k, v in headers])
+    for k, v in headers:
+        if k not in good:
+            _remember_token(k)
+        lines.append(b"%s: %s\r\n" % (k, v))
     lines.append(b"\r\n")
-    return b"".join(lines)
+    head = b"".join(lines)
+    n = len(headers) + 3
+    if (head.count(b"\n") != n or head.count(b"\r") != n or not target or b" " in target
+            or len(head.translate(None, _CTL)) != len(head)):
+        raise RequestHeadError(_head_problem(method, target, host, headers))
+    return head
+
+
+_GOOD_NAMES: set = set()  # header names and methods seen to be tokens (bounded below)
+_CTL = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+
+
+def _remember_token(name: bytes) -> None:
+    if _TOKEN.fullmatch(name) is None:
+        raise RequestHeadError(f"refused to send {name[:100]!r} as a method or header name "
+                               "(not an HTTP token)")
+    if len(_GOOD_NAMES) >= 4096:  # a client can make up names: keep the memo small
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
 
 
 def _head_problem(method: bytes, target: bytes, host: bytes, headers) -> str:
