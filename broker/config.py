@@ -93,6 +93,10 @@ class Config:
     # hostile input (edge): body limit (413), request-head deadline (408, slowloris)
     client_body_bytes: int = 1 << 20
     client_head_timeout_s: float = 20.0
+    # a request body must be complete this long after its head (408: slow bodies); a write to
+    # a client that cannot complete this long closes the connection (unread responses)
+    client_body_timeout_s: float = 60.0
+    client_write_timeout_s: float = 30.0
     # multi-host (docs/multihost.md): ZeroMQ heartbeats drop a silent TCP peer after 3 intervals
     # (0: off); CurveZMQ keys are Z85 text (``gripcast keygen``) or a path to a file holding one
     zmq_heartbeat_s: float = 5.0
@@ -308,6 +312,9 @@ def _validate_multihost(cfg: Config) -> list[str]:
         problems.append("client_body_bytes: must be 0 or more")
     if cfg.client_head_timeout_s <= 0:
         problems.append("client_head_timeout_s: must be positive")
+    for key in ("client_body_timeout_s", "client_write_timeout_s"):
+        if getattr(cfg, key) <= 0:
+            problems.append(f"{key}: must be positive")
     if cfg.zmq_heartbeat_s < 0:
         problems.append("zmq_heartbeat_s: must be 0 (off) or more")
     from broker.curve import validate_curve

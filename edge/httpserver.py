@@ -28,7 +28,9 @@ not lost to a reset); origin failures and bad instructs get ``502 Error while pr
 origin.`` (the real reason only on ``debug`` routes, always in the log).
 
 Hostile input (docs/multihost.md, "Hostile input"): conflicting ``Content-Length`` /
-``Transfer-Encoding`` or two different lengths are 400 (no smuggling past the edge); only
+``Transfer-Encoding`` or two different lengths are 400 (no smuggling past the edge); so is a
+second ``Host`` (the Host that picks the route is the one the origin gets), and a chunked
+body's trailer fields are dropped, never added to the request's headers; only
 origin-form targets (``/...``), ``*`` and absolute ``http(s)://`` targets are accepted, and an
 absolute target is routed by its authority like a Host header, so a request can only ever reach
 a configured route's targets (no open proxy); ``CONNECT`` is 405.
@@ -84,7 +86,7 @@ class Connection:
     # slotted: one of these lives as long as every held connection
     __slots__ = ("app", "sock", "addr", "parser", "queue", "cur", "head_bytes", "reject",
                  "upgrade", "upgrade_rest", "eof", "need_continue", "now", "head_started",
-                 "idle_since", "fresh")
+                 "idle_since", "fresh", "body_started")
 
     def __init__(self, app, sock, addr) -> None:
         self.app = app
@@ -101,6 +103,7 @@ class Connection:
         self.need_continue = False
         self.now = 0.0  # trio time of the last read, for head deadlines (sans-IO parsing)
         self.head_started = 0.0
+        self.body_started = 0.0  # when the current request's head completed
         self.idle_since: float | None = None  # end of the last request (None: not started)
         self.fresh = True  # no request answered yet
 
@@ -121,22 +124,29 @@ class Connection:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.app.cfg.client_header_bytes:
             raise _Reject(431, "Request Header Fields Too Large")
+        if self.cur.method:  # a chunked body's trailer (after the head): counted, dropped,
+            return  # never a request header (a second Host past the route, say)
         self.cur.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         r = self.cur
+        self.body_started = self.now
         r.method = self.parser.get_method()
         r.keep_alive = self.parser.should_keep_alive()
         r.http11 = self.parser.get_http_version() == "1.1"
         lengths = set()
         te = False
+        hosts = 0
         for k, v in r.headers:
             lk = k.lower()
             if lk == b"content-length":
                 lengths.add(v.strip())
             elif lk == b"transfer-encoding":
                 te = True
-            elif lk == b"host" and not r.host:
+            elif lk == b"host":
+                if hosts:  # the Host that picks the route must be the one the origin gets
+                    raise _Reject(400, "Duplicate Host header")
+                hosts += 1
                 r.host = v
             elif lk == b"expect" and v.strip().lower() == b"100-continue":
                 self.need_continue = True
@@ -163,13 +173,18 @@ class Connection:
     # -- I/O -----------------------------------------------------------------------------------
 
     async def send_all(self, data) -> None:
+        """Write ``data``; a client that does not take it within ``client_write_timeout_s``
+        (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``."""
         n = send_now(self.sock, data)  # usually all of it: no trio send, no task switch
         if n == len(data):
             return
         view = memoryview(data)[n:]
-        while view:
-            n = await self.sock.send(view)
-            view = view[n:]
+        with trio.move_on_after(self.app.cfg.client_write_timeout_s):
+            while view:
+                n = await self.sock.send(view)
+                view = view[n:]
+            return
+        raise trio.BrokenResourceError("client write timeout")
 
     def feed(self, data: bytes) -> None:
         if self.parser is None:  # dropped while the connection was held (watch_client)
@@ -226,7 +241,8 @@ class Connection:
 
         A fresh connection has ``client_head_timeout_s`` to send its first request head; an idle
         keep-alive connection ``KEEPALIVE_IDLE_S``; a begun head must complete within
-        ``client_head_timeout_s`` of its first byte; a body may pause that long between reads.
+        ``client_head_timeout_s`` of its first byte; a body must be complete within
+        ``client_body_timeout_s`` of the end of its head (however it trickles in).
         """
         limit = self.app.cfg.client_head_timeout_s
         if self.cur is None:
@@ -235,7 +251,7 @@ class Connection:
             return self.idle_since + (limit if self.fresh else KEEPALIVE_IDLE_S)
         if self.cur.method == b"":
             return self.head_started + limit
-        return now + limit
+        return self.body_started + self.app.cfg.client_body_timeout_s
 
     async def serve(self) -> None:
         try:
@@ -356,7 +372,10 @@ class Connection:
         parser is dropped (``feed`` makes a new one, which starts where the old one was: at a
         message boundary), and the socket is read after ``wait_readable`` directly rather than
         through trio's ``recv`` (two fewer coroutine frames per held connection).  With a
-        ``waker`` (``edge.readtimer.Waker``) it also returns once that has fired."""
+        ``waker`` (``edge.readtimer.Waker``) it also returns once that has fired.
+
+        While held, at most one pipelined request head (and what came in the same read) is
+        buffered; then reading stops (docstring of the loop below)."""
         if self.cur is None:
             self.parser = None
         sock = self.sock
@@ -371,5 +390,12 @@ class Connection:
                 self.eof = True
                 return
             self.feed(data)
-            if self.reject is not None or len(self.queue) > 16:
+            if self.reject is not None:
                 return
+            if self.queue or (self.cur is not None and self.cur.method):
+                # a pipelined request head is in: buffer no more (its body stays in the
+                # kernel) and stop reading until the held request is answered.  A stream with
+                # no deadline (a waker) may never end: the client is let go instead.
+                if waker is not None:
+                    return
+                await trio.sleep_forever()  # the caller's cancel scope ends the hold

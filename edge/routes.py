@@ -11,6 +11,7 @@ then a rule with ``ssl``; ties go to the earlier line.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from broker.errors import ConfigError
@@ -19,6 +20,8 @@ from broker.errors import ConfigError
 _IGNORED_COND = frozenset(["aco", "session", "sockjs", "sockjs_as_path", "orig_headers",
                            "log_level", "jsonp_mode", "jsonp_cb", "jsonp_body", "jsonp_defcb",
                            "jsonp_defmethod", "auto_cross_origin"])
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _IGNORED_TARGET = frozenset(["one_event", "trust_connect_host", "ipc_file_mode", "client_cert",
                              "client_key"])
 
@@ -243,6 +246,9 @@ def _parse_route(lineno: int, sections) -> Route:
             hname, sep, hval = (value or "").partition(":")
             if not sep or not hname.strip():
                 raise ValueError(f"header must be Name:value, not {value!r}")
+            if not _TOKEN.fullmatch(hname.strip()) or _CTL.search(hval):
+                raise ValueError(f"header name must be an HTTP token and its value printable, "
+                                 f"not {value!r}")
             headers.append((hname.strip(), hval.strip()))
         elif name in ("debug", "no_grip"):
             kw[name] = _flag(value, name)
@@ -251,6 +257,11 @@ def _parse_route(lineno: int, sections) -> Route:
     if len(sections) < 2:
         raise ValueError("no targets")
     targets = tuple(_parse_target(s) for s in sections[1:])
+    if kw.get("proto") != "http" and not targets[0].over_http:
+        tls = next((t for t in targets if t.ssl), None)
+        if tls is not None:  # edge.wsproxy would connect in plaintext
+            raise ValueError(f"target {tls} has ssl: TLS to WebSocket origins is not supported "
+                             "yet (add proto=http to route only HTTP here)")
     return Route(lineno, host.lower(), targets, headers=tuple(headers), **kw)
 
 

@@ -7,7 +7,9 @@ minus ``Upgrade``, ``Connection``, ``Accept``, ``Connection-Id``, ``Content-Leng
 ``Connection-Id``, ``Meta-<Name>`` for each bound meta), ``check_response`` (exactly ``200`` and
 ``Content-Type: application/websocket-events``) and ``apply_headers`` (``Set-Meta-*``,
 ``Keep-Alive-Interval``).  ``edge.origin`` adds ``Grip-Sig`` (fresh for every request),
-``Grip-Feature``, ``Host`` and ``Content-Length``.
+``Grip-Feature``, ``Host`` and ``Content-Length``; its ``encode_request_head`` refuses a
+header name that is not a token or a value with CR, LF, NUL (a ``Meta-*`` from a control
+message, say): that request is not sent and the session closes with 1011, unretried.
 
 ``WohOrigin`` is the I/O: the OPEN request (relayed to the client as an HTTP response when the
 origin rejects it; never retried; targets fail over on connect errors), then one task that keeps
@@ -32,7 +34,7 @@ import trio
 from broker.errors import RemoteProtocolError
 from edge import responses
 from edge.headers import clean_response_headers
-from edge.origin import OriginError, open_origin
+from edge.origin import OriginError, RequestHeadError, open_origin
 from edge.wscontrol import grip_prefix
 from edge.wsevents import (CONTENT_TYPE, EventsError, WsEvent, close_content, decode_events,
                            encode_event, parse_close_content)
@@ -61,7 +63,8 @@ def woh_headers(cid: str, meta: dict) -> list[tuple[bytes, bytes]]:
            (b"Connection-Id", cid.encode()),
            (b"Content-Type", CONTENT_TYPE.encode())]
     for name, value in meta.items():
-        out.append((b"Meta-" + name.encode("latin-1"), value.encode("latin-1", "replace")))
+        out.append((b"Meta-" + name.encode("latin-1", "replace"),
+                    value.encode("latin-1", "replace")))
     return out
 
 
@@ -284,8 +287,8 @@ class WohOrigin:
                 self.last_request = trio.current_time()
                 return result
             except OriginError as exc:
-                if attempt == RETRIES:
-                    raise
+                if attempt == RETRIES or isinstance(exc, RequestHeadError):
+                    raise  # a bad header (a meta value with CR/LF...) stays bad: no retry
                 delay = (1 << attempt) + random.random()
                 log.info("websocket-over-http retry cid=%s in %.1fs: %s", self.cid, delay,
                          exc.reason)

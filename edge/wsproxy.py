@@ -22,7 +22,8 @@ from wsproto.utilities import generate_accept_token
 
 from broker.errors import RemoteProtocolError
 from edge import responses
-from edge.origin import DROP_HEADERS, GRIP_FEATURES, OriginError, forward_headers
+from edge.origin import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
+                         encode_request_head, forward_headers)
 from edge.woh import MAX_REJECT_BODY, Opened, rejection
 from edge.wscontrol import grip_prefix
 from edge.wsconn import Close, Message, Ping, Pong, WsConnection, WsError
@@ -46,24 +47,7 @@ def client_handshake(route, target, path: bytes, client_headers, key: bytes,
     if not route.no_grip:
         out.append((b"Grip-Feature", GRIP_FEATURES))
     rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
-    lines = [b"GET %s HTTP/1.1\r\nHost: %s\r\n" % (rpath, host)]
-    lines += [b"%s: %s\r\n" % (k, v) for k, v in out]
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-class _Head:
-    def __init__(self) -> None:
-        self.reason = b""
-        self.headers: list = []
-        self.body: list = []
-        self.head_done = self.complete = False
-
-    def on_status(self, s): self.reason += s
-    def on_header(self, k, v): self.headers.append((k, v))
-    def on_headers_complete(self): self.head_done = True
-    def on_body(self, b): self.body.append(b)
-    def on_message_complete(self): self.complete = True
+    return encode_request_head(b"GET", rpath, host, out)
 
 
 class WsOrigin:
@@ -95,6 +79,9 @@ class WsOrigin:
         timeout = self.app.cfg.origin_timeout_s
         errors = []
         for target in self.route.targets:
+            if target.ssl:  # refused at start (edge.routes); never plaintext to a TLS target
+                errors.append(f"{target}: TLS to WebSocket origins is not supported yet")
+                continue
             with trio.move_on_after(timeout):
                 try:
                     self.stream = await trio.open_tcp_stream(target.host, target.port)
@@ -106,13 +93,13 @@ class WsOrigin:
         if self.stream is None:
             raise OriginError("could not connect to any origin: " + "; ".join(errors))
         key = base64.b64encode(os.urandom(16))
-        p = _Head()
-        parser = httptools.HttpResponseParser(p)
+        request = client_handshake(self.route, target, self.path, self.client_headers, key,
+                                   self.app.sign(self.route))
+        p = ResponseHead()  # skips interim 1xx responses (a 103 before the 101)
+        parser = p.parser = httptools.HttpResponseParser(p)
         with trio.move_on_after(timeout) as scope:
             try:
-                await self.stream.send_all(client_handshake(self.route, target, self.path,
-                                                            self.client_headers, key,
-                                                            self.app.sign(self.route)))
+                await self.stream.send_all(request)
                 upgraded = False
                 while not upgraded and not p.complete:
                     data = await self.stream.receive_some(READ_SIZE)
@@ -123,8 +110,14 @@ class WsOrigin:
                     except httptools.HttpParserUpgrade as exc:
                         self.rest = data[exc.args[0]:] if exc.args else b""
                         upgraded = True
-                    if sum(map(len, p.body)) > MAX_REJECT_BODY:
+                    except httptools.HttpParserError:
+                        if not p.complete or p.status == 101:  # else: bytes after a
+                            raise  # rejection, never read
+                    if sum(map(len, p.chunks)) > MAX_REJECT_BODY:
                         raise OriginError("origin rejection body too large")
+                    if p.interim > MAX_INTERIM:
+                        raise OriginError(f"origin {target} sent more than {MAX_INTERIM} "
+                                          "interim responses")
             except (OSError, trio.BrokenResourceError) as exc:
                 raise OriginError(f"error talking to origin {target}: {exc}") from exc
             except httptools.HttpParserError as exc:
@@ -133,10 +126,10 @@ class WsOrigin:
             raise OriginError(f"timeout waiting for origin {target}")
         if not p.head_done:
             raise OriginError(f"origin {target} closed the connection without a response")
-        status = parser.get_status_code()
+        status = p.status
         if status != 101:
             return Opened(reject=rejection(status, p.reason.decode("latin-1"), p.headers,
-                                           b"".join(p.body)))
+                                           b"".join(p.chunks)))
         accept = next((v for k, v in p.headers if k.lower() == b"sec-websocket-accept"), b"")
         if accept.strip() != generate_accept_token(key):
             raise OriginError("origin's Sec-WebSocket-Accept does not match")
