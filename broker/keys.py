@@ -44,6 +44,8 @@ def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool)
                 data = fh.read()
         except OSError as exc:
             raise ConfigError([f"{setting}: cannot read {path}: {exc.strerror}"]) from exc
+        except ValueError as exc:  # a NUL in the path
+            raise ConfigError([f"{setting}: cannot read {path!r}: {exc}"]) from exc
         if data.lstrip().startswith(b"-----BEGIN"):
             return _pem(data, setting, private)
         try:
@@ -51,7 +53,10 @@ def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError([f"{setting}: {path} is neither PEM nor hex"]) from exc
         return _secret(secret, setting, path)
-    return JwtKey(spec.encode("utf-8"), "HS256")
+    try:
+        return JwtKey(spec.encode("utf-8"), "HS256")
+    except UnicodeEncodeError as exc:  # an environment value that was not UTF-8
+        raise ConfigError([f"{setting}: not valid UTF-8 text"]) from exc
 
 
 def _secret(secret: bytes, setting: str, where: str) -> JwtKey:
