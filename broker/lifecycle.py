@@ -103,9 +103,15 @@ REFUSE_TIMEOUT_S = 1.0
 
 
 async def _refuse(stream) -> None:
+    """Answer 503, then read briefly what the client sent: closing with unread input would
+    reset the connection and could lose the answer."""
     try:
         with trio.move_on_after(REFUSE_TIMEOUT_S):
             await stream.send_all(_TOO_MANY)
+            await stream.send_eof()
+            drained = 0
+            while drained < 65536 and (data := await stream.receive_some(16384)):
+                drained += len(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     await _close(stream)

@@ -59,7 +59,8 @@ def test_connections_are_capped():
             for n in range(5):
                 nursery.start_soon(run, Stream(n))
             await trio.testing.wait_all_tasks_blocked()
-            assert served == [0, 1] and closed == [2, 3, 4]
+            assert len(served) == 2 and len(closed) == 3  # trio starts tasks in any order
+            assert set(served) | set(closed) == set(range(5))
             gate.set()
         await run(Stream(9))  # slots free again
         assert served[-1] == 9
