@@ -7,8 +7,11 @@ given ``control_iss`` and ``key`` (claims ``{"iss": ..., "exp": now + 3600}``, H
 
 Key syntax (``publish_jwt_key``): ``""`` off; ``base64:<b64>`` a binary HS256 secret;
 ``file:<path>`` a PEM *public* key (RSA -> RS256, EC -> ES256) or, when the file is not PEM, a
-hex-encoded HS256 secret; anything else: the UTF-8 HS256 secret itself.  ``exp`` is checked
-when present (expired -> refused); ``iss`` is not (as Pushpin's ``Grip-Sig`` check).
+hex-encoded HS256 secret; anything else: the UTF-8 HS256 secret itself.  ``exp`` is required
+(a token without one would stay valid for ever once leaked; gripcontrol/pubcontrol always set
+it) and checked; ``iss`` and ``aud`` are checked when ``publish_jwt_iss`` / ``publish_jwt_aud``
+are set.  The config refuses ``publish_jwt_key`` equal to ``sig_key``: a ``Grip-Sig`` token the
+edges send to origins would otherwise be a valid publish token.
 
 ``check(headers, now)`` returns None when the request may proceed, else the one-line reason
 the API answers with ``401``.
@@ -30,8 +33,10 @@ def load_verify_key(spec: str, base_dir: str = ".") -> JwtKey | None:
 
 
 class PublishAuth:
-    def __init__(self, key: VerifyKey | None) -> None:
+    def __init__(self, key: VerifyKey | None, iss: str = "", aud: str = "") -> None:
         self.key = key
+        self.iss = iss or None
+        self.aud = aud or None
 
     @property
     def enabled(self) -> bool:
@@ -56,8 +61,15 @@ class PublishAuth:
             return "Authorization must be a Bearer JWT."
         try:
             jwt.decode(token.strip(), self.key.key, algorithms=[self.key.algorithm],
-                       options={"verify_aud": False, "verify_iat": False},
-                       leeway=LEEWAY_S)
+                       options={"verify_aud": self.aud is not None, "verify_iat": False,
+                                "require": ["exp"]},
+                       issuer=self.iss, audience=self.aud, leeway=LEEWAY_S)
+        except jwt.MissingRequiredClaimError as exc:
+            return f"Invalid token: the {exc.claim!r} claim is required."
+        except jwt.InvalidIssuerError:
+            return "Invalid token: wrong issuer (iss)."
+        except jwt.InvalidAudienceError:
+            return "Invalid token: wrong audience (aud)."
         except jwt.ExpiredSignatureError:
             return "Invalid token: expired."
         except jwt.InvalidAlgorithmError:

@@ -10,7 +10,8 @@ false, "condition": bytes, "value"?: bytes}``.  Methods:
 * ``publish`` (``args.items``, parsed like tnetstring items) -> ``value: null``; errors are
   ``bad-request`` with Pushpin's ``Invalid format: ...`` message as the value
   (sent once the items are stored; ``store-unavailable`` when the history store refused them)
-* ``recover`` -> ``value: null`` (forget remembered last ids)
+* ``recover`` -> ``value: null`` (forget remembered last ids); ``rate-limited`` over the
+  broker's ``recover_per_s``
 * anything else -> ``method-not-found``
 
 A request that is not a valid ZRPC tnetstring gets no reply (Pushpin logs and skips it).
@@ -33,7 +34,8 @@ class CommandResult:
     recover: bool = False
     error: str | None = None  # why the request was rejected, for logging
     # for publish: the reply to send instead of ``reply`` when the store refused the items
-    # (``reply`` is only sent once they are stored: nothing is acknowledged that was not)
+    # (``reply`` is only sent once they are stored: nothing is acknowledged that was not);
+    # for recover: the reply when the broker's rate limit refused it
     failed_reply: bytes | None = None
 
 
@@ -81,8 +83,10 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
 
     if name == "get-zmq-uris":
         return ok({k: v.encode("utf-8") for k, v in uris.items() if v})
-    if name == "recover":
-        return ok(None, recover=True)
+    if name == "recover":  # refused with failed_reply over the broker's recover_per_s
+        return ok(None, recover=True, failed_reply=_reply(
+            rid, False, condition="rate-limited",
+            value="too many recover requests; retry later"))
     if name == "publish":
         try:
             items = parse_items_container(args, json=False)
@@ -108,3 +112,9 @@ def _reply(
         if value is not None:
             out[b"value"] = value.encode("utf-8") if isinstance(value, str) else value
     return tnetstring.dumps(out)
+
+
+
+def rate_limited(result: CommandResult, message: str) -> CommandResult:
+    """A ``recover`` result answered with its ``rate-limited`` failure instead (nothing done)."""
+    return CommandResult(result.failed_reply, result.method, error=f"rate-limited: {message}")

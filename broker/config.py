@@ -5,14 +5,19 @@ Every key below is in ``deploy/gripcast.toml`` with its default and a comment.
 
 Wiring (the one place every endpoint is listed, like Pushpin's ``internal.conf``)::
 
-  name            socket   bind/connect  peer                         default
-  push_in         PULL     bind (broker) publishers' PUSH               tcp://127.0.0.1:5560
-  http_api        HTTP     bind (broker) publishers (POST /publish)     127.0.0.1:5561
-  sub_in          SUB      bind (broker) publishers' PUB/XPUB           tcp://127.0.0.1:5562
-  command         ROUTER   bind (broker) publishers' REQ/DEALER         tcp://127.0.0.1:5563
-  edge_pub        XPUB     bind (broker) edges' SUB (one per edge)      tcp://127.0.0.1:5564
-  edge_ctl        ROUTER   bind (broker) edges' DEALER (one per edge)   tcp://127.0.0.1:5565
-  client          TCP      bind (edges, SO_REUSEPORT)  clients          0.0.0.0:7999
+  name            socket   bind/connect  peer                         default           bind key
+  push_in         PULL     bind (broker) publishers' PUSH               tcp://127.0.0.1:5560  publish_bind
+  http_api        HTTP     bind (broker) publishers (POST /publish)     127.0.0.1:5561        http_bind
+  sub_in          SUB      bind (broker) publishers' PUB/XPUB           tcp://127.0.0.1:5562  publish_bind
+  command         ROUTER   bind (broker) publishers' REQ/DEALER         tcp://127.0.0.1:5563  publish_bind
+  edge_pub        XPUB     bind (broker) edges' SUB (one per edge)      tcp://127.0.0.1:5564  edge_bind
+  edge_ctl        ROUTER   bind (broker) edges' DEALER (one per edge)   tcp://127.0.0.1:5565  edge_bind
+  client          TCP      bind (edges, SO_REUSEPORT)  clients          0.0.0.0:7999          client_addr
+  ops             HTTP     bind (each process) /metrics /health /ready  127.0.0.1:off         metrics_addr
+
+Each ``*_bind`` left empty means ``broker_bind``.  A non-loopback publish or HTTP bind is
+refused at start unless Curve (``curve_publishers``) / ``publish_jwt_key`` protects it or
+``allow_unauthenticated_publish = true`` says the network is trusted.
 
 ``port_offset`` is added to every default port above (client and broker), like Pushpin's.
 Ports given explicitly (``--port``, ``client_port = ...``) are used as given.
@@ -20,12 +25,15 @@ Ports given explicitly (``--port``, ``client_port = ...``) are used as given.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from broker.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {
     "client_port": 7999,
@@ -117,6 +125,22 @@ class Config:
     # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
     # edge only ever joins its own runner's broker ("": no check, e.g. under systemd)
     cluster_id: str = ""
+    # exposure by role (docs/multihost.md): "" means broker_bind.  publish_bind: the ZeroMQ
+    # publish inputs (PULL, SUB, command); http_bind: the HTTP API; edge_bind: XPUB and the
+    # edge ROUTER.  A non-loopback publish_bind/http_bind needs Curve on the publisher sockets
+    # / publish_jwt_key, or allow_unauthenticated_publish = true (refused at start otherwise)
+    publish_bind: str = ""
+    http_bind: str = ""
+    edge_bind: str = ""
+    allow_unauthenticated_publish: bool = False
+    http_maxconn: int = 1000  # broker HTTP API connections at once; beyond: 503 and close
+    # publish JWT claims checked when set (exp is always required)
+    publish_jwt_iss: str = ""
+    publish_jwt_aud: str = ""
+    # rate limits on what makes edges re-ask origins (token buckets; excess refused, counted)
+    recover_per_s: float = 1.0  # recover requests, all inputs together (burst: 1 + rate)
+    hint_per_channel_per_s: float = 10.0  # published hint actions, per channel
+    hint_per_s: float = 100.0  # published hint actions, all channels together
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -127,9 +151,15 @@ class Config:
             return DEFAULT_PORTS[name] + self.port_offset
         return int(value)
 
+    def bind_addr(self, role: str) -> str:
+        """Where the broker binds ``role``: ``publish`` (PULL, SUB, command), ``http`` (the
+        HTTP API) or ``edge`` (XPUB, edge ROUTER); the role's key, else ``broker_bind``."""
+        return getattr(self, role + "_bind") or self.broker_bind
+
     def endpoint(self, name: str, *, bind: bool) -> str:
         """A ZeroMQ endpoint for ``push_in``, ``sub_in``, ``command``, ``edge_pub``, ``edge_ctl``."""
-        host = self.broker_bind if bind else self.broker_host
+        role = "edge" if name in ("edge_pub", "edge_ctl") else "publish"
+        host = self.bind_addr(role) if bind else self.broker_host
         if bind and host in ("0.0.0.0", ""):
             host = "*"
         return f"tcp://{host}:{self.port(name + '_port')}"
@@ -233,6 +263,8 @@ def load_config(
     problems.extend(validate(cfg))
     if problems:
         raise ConfigError(problems)
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
     return cfg
 
 
@@ -281,6 +313,7 @@ def validate(cfg: Config) -> list[str]:
         problems.append("edges: must be 0 (one per CPU) or more")
     problems.extend(_validate_ops(cfg))
     problems.extend(_validate_multihost(cfg))
+    problems.extend(_validate_exposure(cfg))
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
     return problems
@@ -321,6 +354,77 @@ def _validate_multihost(cfg: Config) -> list[str]:
 
     problems.extend(validate_curve(cfg))
     return problems
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this host can reach ("" and wildcards are not)."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind_key(cfg: Config, role: str) -> str:
+    key = role + "_bind"
+    return key if getattr(cfg, key) else f"broker_bind (the default of {key})"
+
+
+def _validate_exposure(cfg: Config) -> list[str]:
+    """Bind addresses, the publish-input auth rule, JWT claims and the rate limits."""
+    problems = []
+    for role in ("publish", "http", "edge"):
+        addr = getattr(cfg, role + "_bind")
+        if addr and any(c in addr for c in "/ \t"):
+            problems.append(f"{role}_bind: {addr!r} is not a host address")
+    if not cfg.allow_unauthenticated_publish:
+        addr = cfg.bind_addr("publish")
+        if not is_loopback(addr) and not (cfg.curve_secret_key and cfg.curve_publishers):
+            problems.append(
+                f"{_bind_key(cfg, 'publish')}: {addr!r} is not loopback and the ZeroMQ publish "
+                "inputs (PULL, SUB, command) have no Curve: set curve_secret_key and "
+                "curve_publishers = true, bind publish_bind to 127.0.0.1, or set "
+                "allow_unauthenticated_publish = true")
+        addr = cfg.bind_addr("http")
+        if not is_loopback(addr) and not cfg.publish_jwt_key:
+            problems.append(
+                f"{_bind_key(cfg, 'http')}: {addr!r} is not loopback and the HTTP publish API "
+                "has no auth: set publish_jwt_key, bind http_bind to 127.0.0.1, or set "
+                "allow_unauthenticated_publish = true")
+    if cfg.http_maxconn < 1:
+        problems.append("http_maxconn: must be at least 1")
+    for name in ("recover_per_s", "hint_per_channel_per_s", "hint_per_s"):
+        if not getattr(cfg, name) > 0:
+            problems.append(f"{name}: must be positive")
+    if cfg.publish_jwt_key and cfg.sig_key:
+        from broker.keys import load_jwt_key
+
+        try:
+            pub = load_jwt_key(cfg.publish_jwt_key, setting="publish_jwt_key", private=False)
+            base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."  # as the edge
+            sig = load_jwt_key(cfg.sig_key, base, setting="sig_key", private=True)
+        except ConfigError:
+            pass  # reported by the checks of each key
+        else:
+            if (pub is not None and sig is not None and pub.algorithm == "HS256"
+                    and pub.key == sig.key):
+                problems.append("publish_jwt_key: equals sig_key, so a Grip-Sig token sent to "
+                                "origins would be accepted as a publish token: use another key")
+    return problems
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Settings that work but are unsafe: logged as WARNING when the config is loaded."""
+    warnings = []
+    if cfg.sig_key == "changeme" and not is_loopback(cfg.client_addr):
+        warnings.append(
+            f"sig_key: the default 'changeme' with client_addr {cfg.client_addr!r} (not "
+            "loopback): anyone can forge Grip-Sig toward origins; set a secret sig_key")
+    return warnings
 
 
 def config_from_dict(d: Mapping[str, Any]) -> Config:

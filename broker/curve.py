@@ -229,15 +229,37 @@ def keygen_text() -> str:
 
 
 def write_keypair(prefix: str) -> tuple[str, str]:
-    """Write ``PREFIX.key`` (secret, mode 0600) and ``PREFIX.pub``; return their paths."""
+    """Write ``PREFIX.key`` (secret, mode 0600) and ``PREFIX.pub``; return their paths.
+
+    Both are created new (``O_EXCL``: an existing file, or a symlink planted where the key
+    goes, is never written through or replaced; ``O_NOFOLLOW`` as well); if either exists,
+    ``CurveKeyError`` says so and nothing is written."""
     public, secret = generate_keypair()
     sec_path, pub_path = prefix + ".key", prefix + ".pub"
-    fd = os.open(sec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"# gripcast CurveZMQ secret key (Z85)\n{secret}\n")
-    with open(pub_path, "w") as fh:
-        fh.write(f"# gripcast CurveZMQ public key (Z85)\n{public}\n")
+    for path in (sec_path, pub_path):
+        if os.path.lexists(path):
+            raise CurveKeyError(f"{path} already exists: not overwriting a key file (remove it "
+                                "or choose another --out)")
+    _write_new(sec_path, f"# gripcast CurveZMQ secret key (Z85)\n{secret}\n", 0o600)
+    try:
+        _write_new(pub_path, f"# gripcast CurveZMQ public key (Z85)\n{public}\n", 0o644)
+    except CurveKeyError:
+        os.unlink(sec_path)  # ours: created just above
+        raise
     return sec_path, pub_path
+
+
+def _write_new(path: str, text: str, mode: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise CurveKeyError(f"{path} already exists: not overwriting a key file (remove it "
+                            "or choose another --out)") from None
+    except OSError as exc:
+        raise CurveKeyError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def heartbeat_options(interval_s: float) -> dict[str, Any]:

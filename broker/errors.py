@@ -49,3 +49,10 @@ class ConfigError(GripcastError):
 
 class StoreUnavailable(GripcastError):
     """The history store cannot take writes right now (e.g. Redis is down)."""
+
+
+class RateLimited(RemoteProtocolError):
+    """A publisher exceeded a rate limit (``recover``, ``hint``): answered 429."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=429)

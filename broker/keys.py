@@ -34,7 +34,7 @@ def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool)
         return None
     if spec.startswith("base64:"):
         try:
-            return JwtKey(base64.b64decode(spec[7:], validate=True), "HS256")
+            return _secret(base64.b64decode(spec[7:], validate=True), setting, "base64:")
         except (binascii.Error, ValueError) as exc:
             raise ConfigError([f"{setting}: bad base64 ({exc})"]) from exc
     if spec.startswith("file:"):
@@ -44,13 +44,27 @@ def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool)
                 data = fh.read()
         except OSError as exc:
             raise ConfigError([f"{setting}: cannot read {path}: {exc.strerror}"]) from exc
+        except ValueError as exc:  # a NUL in the path
+            raise ConfigError([f"{setting}: cannot read {path!r}: {exc}"]) from exc
         if data.lstrip().startswith(b"-----BEGIN"):
             return _pem(data, setting, private)
         try:
-            return JwtKey(bytes.fromhex(data.decode("ascii").strip()), "HS256")
+            secret = bytes.fromhex(data.decode("ascii").strip())
         except (ValueError, UnicodeDecodeError) as exc:
             raise ConfigError([f"{setting}: {path} is neither PEM nor hex"]) from exc
-    return JwtKey(spec.encode("utf-8"), "HS256")
+        return _secret(secret, setting, path)
+    try:
+        return JwtKey(spec.encode("utf-8"), "HS256")
+    except UnicodeEncodeError as exc:  # an environment value that was not UTF-8
+        raise ConfigError([f"{setting}: not valid UTF-8 text"]) from exc
+
+
+def _secret(secret: bytes, setting: str, where: str) -> JwtKey:
+    """An HS256 key; an empty one would make every token signed with "" valid: refused."""
+    if not secret:
+        raise ConfigError([f"{setting}: {where} gives an empty key (an empty HMAC key signs "
+                           "tokens anyone can make)"])
+    return JwtKey(secret, "HS256")
 
 
 def _pem(pem: bytes, setting: str, private: bool) -> JwtKey:

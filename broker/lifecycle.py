@@ -62,7 +62,22 @@ async def serve_http(broker, listeners, *, task_status=trio.TASK_STATUS_IGNORED)
     """Accept publish API connections until the drain stops it; handlers run in their own
     nursery, which the drain lets finish."""
     async with trio.open_nursery() as handlers:
+        refusing = 0
+
         async def handle(stream) -> None:
+            nonlocal refusing
+            if broker.http_active >= broker.cfg.http_maxconn:
+                # over the cap: a short 503 (bounded too: past another cap's worth, just close)
+                broker.http_refused += 1
+                if refusing >= broker.cfg.http_maxconn:
+                    await _close(stream)
+                    return
+                refusing += 1
+                try:
+                    await _refuse(stream)
+                finally:
+                    refusing -= 1
+                return
             broker.http_active += 1
             try:
                 await broker.serve_http_connection(stream)
@@ -80,6 +95,34 @@ async def serve_http(broker, listeners, *, task_status=trio.TASK_STATUS_IGNORED)
                 with trio.CancelScope(shield=True):
                     for listener in listeners:
                         await listener.aclose()
+
+
+_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+             b"Connection: close\r\nContent-Length: 22\r\n\r\nToo many connections.\n")
+REFUSE_TIMEOUT_S = 1.0
+
+
+async def _refuse(stream) -> None:
+    """Answer 503, then read briefly what the client sent: closing with unread input would
+    reset the connection and could lose the answer."""
+    try:
+        with trio.move_on_after(REFUSE_TIMEOUT_S):
+            await stream.send_all(_TOO_MANY)
+            await stream.send_eof()
+            drained = 0
+            while drained < 65536 and (data := await stream.receive_some(16384)):
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    await _close(stream)
+
+
+async def _close(stream) -> None:
+    with trio.move_on_after(REFUSE_TIMEOUT_S):
+        try:
+            await stream.aclose()
+        except OSError:
+            pass
 
 
 async def _accept_loop(listener, handlers: trio.Nursery, handle) -> None:

@@ -73,6 +73,18 @@ class BrokerCollector(Collector):
         yield CounterMetricFamily(P + "curve_handshakes_refused",
                                   "CurveZMQ handshakes refused by ZAP (key not allowed).",
                                   value=getattr(b, "_zap_denied", 0))
+        rl = b.limiter.statistics()
+        r = CounterMetricFamily(P + "rate_limited",
+                                "recover requests and hint actions refused by the rate limits.",
+                                labels=["kind"])
+        r.add_metric(["recover"], rl.recover_refused)
+        r.add_metric(["hint"], rl.hint_refused)
+        yield r
+        yield CounterMetricFamily(P + "http_connections_refused",
+                                  "HTTP API connections refused at http_maxconn (503).",
+                                  value=b.http_refused)
+        yield GaugeMetricFamily(P + "http_connections", "HTTP API connections being served.",
+                                value=b.http_active)
         stats = getattr(b, "stats", None)
         if stats is not None:
             yield GaugeMetricFamily(P + "edges_reporting", "Edges that sent a stats report recently.",

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 8192
 REQUEST_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64  # at once; a scraper or probe needs one: beyond, closed unanswered
 
 ReadyFn = Callable[[], "str | None"]  # None: ready; else the reason it is not
 
@@ -112,4 +113,26 @@ async def serve_ops(host: str, port: int, registry, ready: ReadyFn,
     async def handler(stream: trio.SocketStream) -> None:
         await _serve_one(stream, registry, ready)
 
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    await trio.serve_listeners(capped(handler, MAX_CONNECTIONS), listeners,
+                               task_status=task_status)
+
+
+def capped(handler, limit: int):
+    """``handler`` serving at most ``limit`` connections at once; the others are closed at
+    once (connections that send nothing would otherwise each hold a task for
+    REQUEST_TIMEOUT_S)."""
+    active = 0
+
+    async def run(stream) -> None:
+        nonlocal active
+        if active >= limit:
+            with trio.move_on_after(1):
+                await stream.aclose()
+            return
+        active += 1
+        try:
+            await handler(stream)
+        finally:
+            active -= 1
+
+    return run

@@ -40,8 +40,10 @@ from broker.auth import PublishAuth, load_verify_key
 from broker.config import Config
 from broker.histogram import IntHistogram
 from broker.stats import StatsEncoder
-from broker.errors import EXIT_CONFIG, ConfigError, PublishError, RemoteProtocolError, StoreUnavailable
+from broker.errors import (EXIT_CONFIG, ConfigError, PublishError, RateLimited, RemoteProtocolError,
+                           StoreUnavailable)
 from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
+from broker.ratelimit import ActionLimiter
 from broker.history import MemoryHistory
 from broker.items import Item, parse_pull_frame, parse_sub_item
 from broker.sdnotify import notify
@@ -158,7 +160,12 @@ class Broker:
             MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s)
         )
         self.sequencer = Sequencer()
-        self.auth = PublishAuth(load_verify_key(cfg.publish_jwt_key))  # off unless configured
+        self.auth = PublishAuth(load_verify_key(cfg.publish_jwt_key), iss=cfg.publish_jwt_iss,
+                                aud=cfg.publish_jwt_aud)  # off unless configured
+        # recover and hint, whatever input they come by (broker.ratelimit)
+        self.limiter = ActionLimiter(cfg.recover_per_s, cfg.hint_per_channel_per_s,
+                                     cfg.hint_per_s, time.monotonic())
+        self.http_refused = 0  # HTTP API connections refused at http_maxconn
         self.broker_id = secrets.token_hex(8)
         self.started = time.time()
         self.live: set[str] = set()
@@ -290,14 +297,28 @@ class Broker:
 
     # -- the pipeline -----------------------------------------------------------------------------
 
-    async def publish(self, items: Sequence[Item]) -> None:
+    async def publish(self, items: Sequence[Item], *, strict: bool = False) -> None:
         """Sequence, retain and fan out ``items`` (one batch).
+
+        Hint actions over the rate limits (``broker.ratelimit``) are dropped, counted and
+        logged; with ``strict`` (inputs that can answer) ``RateLimited`` is raised instead and
+        nothing is published.
 
         Raises ``StoreUnavailable`` when the store cannot take the batch (logged and counted
         here; the released items are lost and their ids forgotten by the dedupe cache, so the
         HTTP API answers 503 and the publisher may retry).
         """
         assert self._lock is not None
+        items, refused = self.limiter.filter(items, time.monotonic())
+        if refused:
+            reason = (f"too many hint actions for channel {refused[0].channel!r} "
+                      f"(hint_per_channel_per_s={self.cfg.hint_per_channel_per_s:g}, "
+                      f"hint_per_s={self.cfg.hint_per_s:g})")
+            if strict:
+                raise RateLimited(reason.capitalize() + "; retry later.")
+            self._reject("rate-limit", f"{len(refused)} hint(s) dropped: {reason}")
+        if not items:
+            return
         async with self._lock:
             released = self.sequencer.add_many(list(items), trio.current_time())
             await self._commit(released)
@@ -368,12 +389,19 @@ class Broker:
         for frame in frames:
             self.stats_pub.send_frame(frame)
 
-    def recover(self) -> None:
+    def recover(self, source: str) -> bool:
         """Pushpin's recover: forget remembered last ids and tell every edge (``wire``'s
-        ``RECOVER_TOPIC``) to update its held sessions."""
+        ``RECOVER_TOPIC``) to update its held sessions.  False (nothing done) when over
+        ``recover_per_s``: each recover makes every held session ask its origin again."""
+        if not self.limiter.allow_recover(time.monotonic()):
+            self._reject(source, f"recover refused: over recover_per_s="
+                                 f"{self.cfg.recover_per_s:g}")
+            return False
+        log.info("recover request source=%s: forgetting remembered last ids", source)
         self.sequencer.recover()
         if self.edge_pub.send_frame(wire.encode_recover(time.time())):
             self.edge_pub.poke()
+        return True
 
     def _reject(self, source: str, reason: str) -> None:
         self._rejected += 1
@@ -455,9 +483,9 @@ class Broker:
                 result = commands.handle_command(payload, self.uris)
                 if result.error:
                     self._reject("command", f"method={result.method or '?'} {result.error}")
-                if result.recover:
-                    log.info("recover command: forgetting remembered last ids")
-                    self.recover()
+                if result.recover and not self.recover("command"):
+                    result = commands.rate_limited(result, "recover refused: over "
+                                                   f"recover_per_s={self.cfg.recover_per_s:g}")
                 items.extend(result.items)
                 if result.reply is not None:
                     if result.items:
@@ -645,12 +673,16 @@ class Broker:
         response = result.response
         if result.items:
             try:
-                await self.publish(result.items)
+                await self.publish(result.items, strict=True)
             except StoreUnavailable:
                 response = httpapi.respond(503, "Store unavailable.\n")
-        if result.recover:
-            log.info("recover request: forgetting remembered last ids")
-            self.recover()
+            except RateLimited as exc:
+                self._reject("http", exc.reason)
+                response = httpapi.respond(429, exc.reason + "\n", extra=(("Retry-After", "1"),))
+        if result.recover and not self.recover("http"):
+            response = httpapi.respond(
+                429, f"Too many recover requests (recover_per_s={self.cfg.recover_per_s:g}); "
+                "retry later.\n", extra=(("Retry-After", "1"),))
         log.debug(
             "http api method=%s path=%s code=%d items=%d",
             method, req.url.decode("latin-1"), response.status, len(result.items),
@@ -664,7 +696,7 @@ class Broker:
         self._lock = trio.Lock()
         self.bind()
         try:
-            host = self.cfg.broker_bind or None
+            host = self.cfg.bind_addr("http") or None
             self._listeners = await trio.open_tcp_listeners(self.cfg.port("http_port"), host=host)
         except BaseException:
             self.close()
@@ -696,7 +728,7 @@ class Broker:
                     "broker ready broker_id=%s store=%s http=%s:%d push_in=%s sub_in=%s "
                     "command=%s edge_pub=%s edge_ctl=%s",
                     self.broker_id, stores.describe(self.cfg) if self.store.name != "memory"
-                    else "memory", self.cfg.broker_bind,
+                    else "memory", self.cfg.bind_addr("http"),
                     self.cfg.port("http_port"),
                     *(self.cfg.endpoint(n, bind=True)
                       for n in ("push_in", "sub_in", "command", "edge_pub", "edge_ctl")),

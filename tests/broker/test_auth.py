@@ -31,7 +31,8 @@ def test_off_accepts_and_ignores_authorization():
      "signature verification failed"),
     (bearer(jwt.encode({"iss": "x", "exp": int(time.time()) - 600}, SECRET)), "expired"),
     (bearer("not.a.jwt"), "Invalid token"),
-    (bearer(jwt.encode({"iss": "x"}, SECRET)), None),
+    # a token without exp would stay valid for ever once leaked: refused
+    (bearer(jwt.encode({"iss": "x"}, SECRET)), "'exp' claim is required"),
     (bearer(jwt.encode({"iss": "x", "exp": int(time.time()) + 3600}, SECRET)), None),
 ])
 def test_hs256(headers, reason):
@@ -54,9 +55,9 @@ def test_public_key_file(tmp_path, make, alg):
     (tmp_path / "pub.pem").write_bytes(pem)
     auth = PublishAuth(load_verify_key(f"file:{tmp_path / 'pub.pem'}"))
     assert auth.key.algorithm == alg
-    good = jwt.encode({"iss": "me"}, priv, algorithm=alg)
+    good = jwt.encode({"iss": "me", "exp": int(time.time()) + 60}, priv, algorithm=alg)
     assert auth.check("POST", "/publish", bearer(good), time.time()) is None
-    hs = jwt.encode({"iss": "me"}, SECRET, algorithm="HS256")
+    hs = jwt.encode({"iss": "me", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
     assert "algorithm" in auth.check("POST", "/publish", bearer(hs), time.time())
 
 
@@ -65,3 +66,57 @@ def test_bad_key_specs():
         load_verify_key("base64:!!!")
     with pytest.raises(ConfigError):
         load_verify_key("file:/nonexistent/key.pem")
+
+
+def test_pubcontrol_token_is_accepted():
+    """pubcontrol (and gripcontrol through it) adds exp = now + 3600 to the claim it is given."""
+    from pubcontrol.utilities import _gen_auth_jwt_header
+
+    header = _gen_auth_jwt_header({"iss": "publisher"}, SECRET.encode())
+    auth = PublishAuth(load_verify_key(SECRET), iss="publisher")
+    assert auth.check("POST", "/publish", [(b"Authorization", header.encode())],
+                      time.time()) is None
+
+
+@pytest.mark.parametrize("claims, reason", [
+    ({"iss": "publisher", "aud": "gripcast"}, None),
+    ({"iss": "someone-else", "aud": "gripcast"}, "wrong issuer"),
+    ({"aud": "gripcast"}, "'iss' claim is required"),
+    ({"iss": "publisher", "aud": "other"}, "wrong audience"),
+    ({"iss": "publisher"}, "'aud' claim is required"),
+])
+def test_iss_and_aud_checked_when_configured(claims, reason):
+    auth = PublishAuth(load_verify_key(SECRET), iss="publisher", aud="gripcast")
+    token = jwt.encode({**claims, "exp": int(time.time()) + 60}, SECRET)
+    got = auth.check("POST", "/publish", bearer(token), time.time())
+    assert (got is None) if reason is None else (reason in got)
+
+
+def test_grip_sig_token_is_not_a_publish_token_by_config():
+    """publish_jwt_key equal to sig_key is refused: the edges send Grip-Sig tokens signed with
+    sig_key (and an exp) to every origin, which could replay them as publish tokens."""
+    from broker.config import load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, overrides={"publish_jwt_key": SECRET, "sig_key": SECRET})
+    assert any(p.startswith("publish_jwt_key: equals sig_key") for p in info.value.problems)
+    with pytest.raises(ConfigError):  # the same bytes spelled differently
+        import base64
+        load_config(env={}, overrides={
+            "publish_jwt_key": "base64:" + base64.b64encode(SECRET.encode()).decode(),
+            "sig_key": SECRET})
+    load_config(env={}, overrides={"publish_jwt_key": SECRET, "sig_key": SECRET + "2"})
+
+
+@pytest.mark.parametrize("spec", ["base64:", "file:{empty}", "file:{blank}"])
+def test_empty_key_is_a_config_error(tmp_path, spec):
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "blank").write_bytes(b"  \n")
+    spec = spec.format(empty=tmp_path / "empty", blank=tmp_path / "blank")
+    with pytest.raises(ConfigError) as info:
+        load_verify_key(spec)
+    assert "empty key" in info.value.problems[0]
+    from edge.sig import load_key
+
+    with pytest.raises(ConfigError):  # sig_key too (the edge signs with it; same parser)
+        load_key(spec)

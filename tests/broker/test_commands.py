@@ -125,3 +125,16 @@ def test_control_replies():
     m = wire.decode_control(control.replay_reply(3, "c", Replay("e", 3, True, [env])))
     assert (m["complete"], m["last_seq"]) == (True, 3)
     assert wire.Envelope.from_map("c", m["items"][0]) == env
+
+
+def test_recover_rate_limited_reply():
+    """Over the broker's recover_per_s the command socket answers rate-limited (issue 11)."""
+    from broker import commands as c
+    from broker import tnetstring as t
+
+    res = c.handle_command(t.dumps({b"id": b"7", b"method": b"recover"}), {})
+    assert res.recover
+    limited = c.rate_limited(res, "over recover_per_s=1")
+    reply = t.loads(limited.reply)
+    assert reply[b"id"] == b"7" and reply[b"success"] is False
+    assert reply[b"condition"] == b"rate-limited" and not limited.recover

@@ -30,6 +30,38 @@ def test_write_keypair_files_are_loadable(tmp_path):
     assert zmq.curve_public(secret) == public
 
 
+@pytest.mark.parametrize("which", [".key", ".pub"])
+def test_write_keypair_never_overwrites(tmp_path, which):
+    """An existing key file is not truncated or replaced (issue 11 item 13)."""
+    existing = tmp_path / ("k" + which)
+    existing.write_text("precious\n")
+    with pytest.raises(curve.CurveKeyError, match="already exists: not overwriting"):
+        curve.write_keypair(str(tmp_path / "k"))
+    assert existing.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing.name]  # nothing else left
+
+
+@pytest.mark.parametrize("which", [".key", ".pub"])
+def test_write_keypair_does_not_follow_a_planted_symlink(tmp_path, which):
+    """A symlink planted at the key path (e.g. to a file the victim can write) is refused,
+    dangling or not: the secret is never written through it."""
+    target = tmp_path / "target"
+    link = tmp_path / ("k" + which)
+    link.symlink_to(target)  # dangling: O_CREAT without O_EXCL would create target
+    with pytest.raises(curve.CurveKeyError, match="already exists"):
+        curve.write_keypair(str(tmp_path / "k"))
+    assert not target.exists()
+
+
+def test_write_new_refuses_a_symlink_created_in_the_race(tmp_path):
+    """The check before writing is not the protection: the open itself is O_EXCL."""
+    target = tmp_path / "target"
+    (tmp_path / "k.key").symlink_to(target)
+    with pytest.raises(curve.CurveKeyError, match="already exists"):
+        curve._write_new(str(tmp_path / "k.key"), "secret", 0o600)
+    assert not target.exists()
+
+
 def test_settings_from_config_and_files(tmp_path):
     bpub, bsec = pair()
     epub, esec = pair()

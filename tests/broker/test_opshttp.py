@@ -29,3 +29,40 @@ def test_unknown_path_method_and_head():
     assert answer("POST", "/metrics", _reg(), lambda: None).startswith(b"HTTP/1.1 405")
     head = answer("HEAD", "/health", _reg(), lambda: None)
     assert head.endswith(b"\r\n\r\n") and b"Content-Length: 3" in head
+
+
+def test_connections_are_capped():
+    """Idle connections cannot pile up on the ops listener (security issue 11, item 9)."""
+    import trio
+    import trio.testing
+
+    from broker.opshttp import capped
+
+    served, closed = [], []
+
+    class Stream:
+        def __init__(self, n):
+            self.n = n
+
+        async def aclose(self):
+            closed.append(self.n)
+
+    gate = trio.Event()
+
+    async def handler(stream):
+        served.append(stream.n)
+        await gate.wait()
+
+    async def main():
+        run = capped(handler, 2)
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(run, Stream(n))
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(served) == 2 and len(closed) == 3  # trio starts tasks in any order
+            assert set(served) | set(closed) == set(range(5))
+            gate.set()
+        await run(Stream(9))  # slots free again
+        assert served[-1] == 9
+
+    trio.run(main)

@@ -25,6 +25,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = ("gripcast-broker.service", "gripcast-edge@.service", "gripcast.target")
 INSTALLED_BIN = "/opt/gripcast/venv/bin/gripcast"
 INSTALLED_CONFIG = "/etc/gripcast/gripcast.toml"
+INSTALLED_EDGE_CONFIG = "/etc/gripcast/edge.toml"
 VENV_BIN = str(Path(sys.executable).parent / "gripcast")
 
 
@@ -43,14 +44,14 @@ def unit_keys(name: str) -> dict[str, list[str]]:
 def command(name: str, key: str, config: str, instance: str = "0", pid: int = 0) -> list[str]:
     (line,) = unit_keys(name)[key]
     argv = shlex.split(line.replace("%i", instance).replace("$MAINPID", str(pid)))
-    return [VENV_BIN if a == INSTALLED_BIN else config if a == INSTALLED_CONFIG else a for a in argv]
+    return [VENV_BIN if a == INSTALLED_BIN else config if a in (INSTALLED_CONFIG, INSTALLED_EDGE_CONFIG)
+            else a for a in argv]
 
 
 def test_units_have_the_operational_settings():
     for name in ("gripcast-broker.service", "gripcast-edge@.service"):
         k = unit_keys(name)
         assert k["Type"] == ["notify"]
-        assert k["User"] == ["gripcast"] and k["Group"] == ["gripcast"]
         assert int(k["LimitNOFILE"][0]) >= 65536
         assert k["Restart"] == ["on-failure"]
         assert k["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
@@ -58,6 +59,35 @@ def test_units_have_the_operational_settings():
         assert k["WantedBy"] == ["gripcast.target"] and k["PartOf"] == ["gripcast.target"]
         # the drain (drain_timeout_s, default 10) must fit in the stop timeout
         assert int(k["TimeoutStopSec"][0]) > 10
+
+
+def test_edges_and_broker_do_not_share_a_user_or_a_config():
+    """Internet-facing edges run as their own user with their own config file, so an edge
+    compromise does not read the broker's secrets (security issue 11, item 13)."""
+    broker, edge = unit_keys("gripcast-broker.service"), unit_keys("gripcast-edge@.service")
+    assert broker["User"] == ["gripcast"] and broker["Group"] == ["gripcast"]
+    assert edge["User"] == ["gripcast-edge"] and edge["Group"] == ["gripcast-edge"]
+    assert INSTALLED_CONFIG in broker["ExecStart"][0]
+    assert INSTALLED_EDGE_CONFIG in edge["ExecStart"][0]
+    assert INSTALLED_CONFIG not in edge["ExecStart"][0]
+    readme = (DEPLOY / "README.md").read_text()
+    assert "useradd" in readme and "gripcast-edge" in readme and "edge.toml" in readme
+
+
+BROKER_SECRETS = ("publish_jwt_key", "curve_secret_key", "curve_allowed_clients", "store",
+                  "publish_jwt_iss", "publish_jwt_aud")
+
+
+def test_example_edge_config_loads_and_holds_no_broker_secret():
+    import tomllib
+
+    from broker.config import load_config
+
+    text = (DEPLOY / "edge.toml").read_text()
+    keys = set(tomllib.loads(text))
+    assert keys and not keys & set(BROKER_SECRETS)
+    cfg = load_config(str(DEPLOY / "edge.toml"), env={})
+    assert not cfg.publish_jwt_key and not cfg.curve_secret_key
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
