@@ -508,8 +508,10 @@ def reply_from_map(m: dict, expect: type) -> Reply:
                                  _opt_int(m, "last_seq") or 0, _opt_str(m, "last_id"))
         if expect is ReplayReply:
             channel = _str(m, "channel")
-            items = m.get("items") or []
-            if not isinstance(items, list):
+            items = m.get("items")
+            if items is None:
+                items = []
+            elif not isinstance(items, list):
                 raise ControlError("'items' must be a list")
             complete = m.get("complete", False)
             if not isinstance(complete, bool):

@@ -179,7 +179,8 @@ class BrokerLink:
             except RemoteProtocolError as exc:
                 log.warning("bad control reply from broker: %s", exc)
                 continue
-            slot = self._waiting.get(m.get("rid"))  # type: ignore[arg-type]
+            rid = m.get("rid")
+            slot = self._waiting.get(rid) if isinstance(rid, int) else None
             if slot is None or slot.reply is not None:
                 continue
             try:
