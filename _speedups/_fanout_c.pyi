@@ -1,5 +1,7 @@
 from typing import Any, Iterable
 
+ENVELOPE_KEYS_PACKED: tuple[bytes, ...]
+
 def encode_envelopes(envs: Iterable[Any]) -> list[bytes]: ...
 def fan_out(sock: Any, envs: Iterable[Any], live: Any, recent: dict) -> tuple[int, int]: ...
 def make_envelope(cls: type, channel: Any, seq: Any, epoch: Any, formats: Any, id: Any,

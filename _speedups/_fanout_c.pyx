@@ -22,6 +22,9 @@ from libc.string cimport memcpy
 import msgpack
 import zmq
 
+# the contract; ``envelope_map`` is read at call time (``broker.wire`` imports ``_speedups``)
+from broker import wire as _wire
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
     bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
@@ -39,7 +42,9 @@ cdef object _new = object.__new__
 cdef object _Again = zmq.Again
 cdef int MAX_DEPTH = 64
 
-# fixmap 7, then each key as a fixstr
+# The envelope map's keys (``broker.wire.ENVELOPE_FIELDS``, in order), packed: fixmap 7, then
+# each key as a fixstr.  Kept as constants for speed; ``ENVELOPE_KEYS_PACKED`` shows them to
+# tests/speedups/test_contract.py, which checks them against the contract.
 cdef bytes K_HEAD = b"\x87\xa3seq"
 cdef bytes K_EPOCH = b"\xa5epoch"
 cdef bytes K_ID = b"\xa2id"
@@ -47,6 +52,7 @@ cdef bytes K_PREV = b"\xa7prev_id"
 cdef bytes K_FORMATS = b"\xa7formats"
 cdef bytes K_META = b"\xa4meta"
 cdef bytes K_TS = b"\xa2ts"
+ENVELOPE_KEYS_PACKED = (K_HEAD, K_EPOCH, K_ID, K_PREV, K_FORMATS, K_META, K_TS)
 
 
 cdef void _bind_zmq():
@@ -241,8 +247,7 @@ cdef int _pack_env(Buf* b, object env) except -1:
 
 
 cdef object _slow_map(object env):
-    return _pack({"seq": env.seq, "epoch": env.epoch, "id": env.id, "prev_id": env.prev_id,
-                  "formats": env.formats, "meta": env.meta, "ts": env.ts})
+    return _pack(_wire.envelope_map(env))
 
 
 cdef int _frame(Buf* b, object env, bytes topic) except -1:

@@ -1,8 +1,8 @@
 """The broker's fan-out frames, built and sent in one loop (pure-Python twin of ``_fanout_c``).
 
 A fan-out frame is ``broker.wire``'s contract: ``channel utf-8 + b"\\0" + msgpack`` of the
-envelope map ``{"seq", "epoch", "id", "prev_id", "formats", "meta", "ts"}`` (in that order,
-``msgpack.Packer(use_bin_type=True)``).  ``env`` is anything with those attributes and
+envelope map ``broker.wire.envelope_map(env)`` (keys ``broker.wire.ENVELOPE_FIELDS``, in that
+order, ``msgpack.Packer(use_bin_type=True)``): this twin writes no field name of its own.  ``env`` is anything with those attributes and
 ``channel`` (``broker.wire.Envelope``).
 
 ``make_envelope(cls, channel, seq, epoch, formats, id, prev_id, meta, ts)``: a new ``cls``
@@ -25,6 +25,9 @@ from typing import Any, Iterable
 
 import msgpack
 import zmq
+
+# the contract; ``envelope_map`` is read at call time (``broker.wire`` imports ``_speedups``)
+from broker import wire as _wire
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SEP = b"\x00"
@@ -54,6 +57,7 @@ def make_envelope(cls: type, channel: Any, seq: Any, epoch: Any, formats: Any, i
 def encode_envelopes(envs: Iterable[Any]) -> list[bytes]:
     topics: dict[str, bytes] = {}
     pack = _pack
+    to_map = _wire.envelope_map
     out = []
     add = out.append
     for env in envs:
@@ -61,8 +65,7 @@ def encode_envelopes(envs: Iterable[Any]) -> list[bytes]:
         t = topics.get(channel)
         if t is None:
             t = topics[channel] = channel.encode("utf-8") + _SEP
-        add(t + pack({"seq": env.seq, "epoch": env.epoch, "id": env.id, "prev_id": env.prev_id,
-                      "formats": env.formats, "meta": env.meta, "ts": env.ts}))
+        add(t + pack(to_map(env)))
     return out
 
 
@@ -76,6 +79,7 @@ def fan_out(sock: Any, envs: Iterable[Any], live: Any, recent: dict) -> tuple[in
     send = sock.send
     noblock = zmq.NOBLOCK
     pack = _pack
+    to_map = _wire.envelope_map
     channel = None
     topic = b""
     is_live = started = False
@@ -88,9 +92,7 @@ def fan_out(sock: Any, envs: Iterable[Any], live: Any, recent: dict) -> tuple[in
                 topic = channel.encode("utf-8") + _SEP
         if not is_live:
             continue
-        frame = topic + pack({"seq": env.seq, "epoch": env.epoch, "id": env.id,
-                              "prev_id": env.prev_id, "formats": env.formats, "meta": env.meta,
-                              "ts": env.ts})
+        frame = topic + pack(to_map(env))
         try:
             send(frame, noblock)
             sent += 1

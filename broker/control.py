@@ -1,26 +1,36 @@
-"""The edge control protocol, broker side, sans-IO (the contract is in ``broker.wire``).
+"""The edge control protocol, broker side, sans-IO (the contract and its typed messages are in
+``broker.wire``).
 
-``parse_control(frame)`` validates one request into a ``ControlRequest``; the server asks the
-store and builds the reply with ``position_reply``, ``replay_reply``, ``hello_reply`` or
-``error_reply``.  Every reply echoes ``rid``.  A request that cannot be decoded at all, or is
-invalid, gets an error reply (``rid`` is None when it could not be read).  A ``stats`` message
-(fire-and-forget, never answered) is handed over whole in ``ControlRequest.stats`` for
-``broker.stats`` to validate.
+``parse_control(frame)`` validates one request (``wire.decode_request``, plus the channel name
+checked as publish checks it, plus the wire version of a ``hello``) into a ``ControlRequest``;
+the server asks the store and builds the reply with ``position_reply``, ``replay_reply``,
+``hello_reply`` or ``error_reply`` (``wire.encode_reply`` of the typed replies).  Every reply
+echoes ``rid``.  A request that cannot be decoded at all, or is invalid, gets an error reply
+(``rid`` is None when it could not be read); so does a ``hello`` of another wire version, with
+a reason that names both versions.  A ``stats`` message (fire-and-forget, never answered) is
+handed over whole in ``ControlRequest.stats`` for ``broker.stats`` to validate.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from broker.errors import PublishError, RemoteProtocolError
+from broker import wire
+from broker.errors import PublishError
 from broker.history import Position, Replay
 from broker.items import validate_channel
-from broker.wire import REPLAY_LIMIT, decode_control, encode_control
+from broker.wire import REPLAY_LIMIT, WIRE_VERSION, ControlError
+
+__all__ = ["OPS", "ControlError", "ControlRequest", "parse_control", "hello_reply",
+           "position_reply", "replay_reply", "error_reply"]
 
 OPS = ("hello", "position", "replay", "stats")
 
 
 @dataclass(frozen=True, slots=True)
 class ControlRequest:
+    """The server's view of one typed request (``wire.HelloRequest``, ``PositionRequest``,
+    ``ReplayRequest`` or ``StatsReport``, in ``request``)."""
+
     op: str
     rid: object
     channel: str = ""
@@ -29,97 +39,41 @@ class ControlRequest:
     after_id: str | None = None
     limit: int = REPLAY_LIMIT
     stats: dict | None = None  # the whole message, for op "stats"
-
-
-class ControlError(RemoteProtocolError):
-    """An invalid control request; ``rid`` is what to echo in the error reply."""
-
-    def __init__(self, reason: str, rid: object = None) -> None:
-        super().__init__(reason)
-        self.rid = rid
-
-
-def _opt_str(m: dict, key: str, rid: object) -> str | None:
-    v = m.get(key)
-    if v is None or isinstance(v, str):
-        return v
-    raise ControlError(f"'{key}' must be a string", rid)
-
-
-def _opt_int(m: dict, key: str, rid: object) -> int | None:
-    v = m.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ControlError(f"'{key}' must be a non-negative integer", rid)
-    return v
+    request: object = field(default=None, compare=False)
 
 
 def parse_control(frame: bytes) -> ControlRequest:
+    req = wire.decode_request(frame)
+    rid = req.rid
+    if isinstance(req, wire.HelloRequest):
+        if req.wire_version != WIRE_VERSION:
+            raise ControlError(wire.version_mismatch(req.wire_version, WIRE_VERSION), rid)
+        return ControlRequest("hello", rid, request=req)
+    if isinstance(req, wire.StatsReport):
+        return ControlRequest("stats", rid, stats=req.raw, request=req)
     try:
-        m = decode_control(frame)
-    except RemoteProtocolError as exc:
-        raise ControlError(exc.reason) from None
-    rid = m.get("rid")
-    op = m.get("op")
-    if op not in OPS:
-        raise ControlError(f"unknown op {op!r}", rid)
-    if op == "hello":
-        return ControlRequest("hello", rid)
-    if op == "stats":
-        return ControlRequest("stats", rid, stats=m)
-    channel = m.get("channel")
-    if not isinstance(channel, str):
-        raise ControlError("'channel' must be a string", rid)
-    try:
-        validate_channel(channel, "request")
+        validate_channel(req.channel, "request")
     except PublishError as exc:
         raise ControlError(exc.reason, rid) from None
-    if op == "position":
-        return ControlRequest("position", rid, channel)
-    limit = _opt_int(m, "limit", rid)
-    return ControlRequest(
-        "replay",
-        rid,
-        channel,
-        epoch=_opt_str(m, "epoch", rid),
-        after_seq=_opt_int(m, "after_seq", rid),
-        after_id=_opt_str(m, "after_id", rid),
-        limit=REPLAY_LIMIT if limit is None else min(limit, REPLAY_LIMIT),
-    )
+    if isinstance(req, wire.PositionRequest):
+        return ControlRequest("position", rid, req.channel, request=req)
+    return ControlRequest("replay", rid, req.channel, epoch=req.epoch, after_seq=req.after_seq,
+                          after_id=req.after_id, limit=req.limit, request=req)
 
 
 def hello_reply(rid: object, broker_id: str, started: float, cluster_id: str = "") -> bytes:
-    return encode_control({"rid": rid, "ok": True, "broker_id": broker_id, "started": started,
-                           "cluster_id": cluster_id})
+    return wire.encode_reply(wire.HelloReply(rid, broker_id, started, cluster_id, WIRE_VERSION))
 
 
 def position_reply(rid: object, channel: str, pos: Position) -> bytes:
-    return encode_control(
-        {
-            "rid": rid,
-            "ok": True,
-            "channel": channel,
-            "epoch": pos.epoch,
-            "last_seq": pos.last_seq,
-            "last_id": pos.last_id,
-        }
-    )
+    return wire.encode_reply(wire.PositionReply(rid, channel, pos.epoch, pos.last_seq,
+                                                pos.last_id))
 
 
 def replay_reply(rid: object, channel: str, rep: Replay) -> bytes:
-    return encode_control(
-        {
-            "rid": rid,
-            "ok": True,
-            "channel": channel,
-            "epoch": rep.epoch,
-            "last_seq": rep.last_seq,
-            "complete": rep.complete,
-            "items": [env.to_map() for env in rep.items],
-        }
-    )
+    return wire.encode_reply(wire.ReplayReply(rid, channel, rep.epoch, rep.last_seq,
+                                              rep.complete, tuple(rep.items)))
 
 
 def error_reply(rid: object, reason: str) -> bytes:
-    return encode_control({"rid": rid, "ok": False, "error": reason})
+    return wire.encode_reply(wire.ErrorReply(rid, reason))

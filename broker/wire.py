@@ -15,7 +15,7 @@ Envelope map keys: ``seq`` (int, 1, 2, ... per channel and epoch), ``epoch`` (st
 
 Control (edge DEALER -> broker ROUTER), one msgpack map per frame, correlated by ``rid``:
 
-    {"op": "hello", "rid": n}                -> {"rid", "ok", "broker_id", "started", "cluster_id"}
+    {"op": "hello", "rid", "wire"}           -> {"rid", "ok", "broker_id", "started", "cluster_id", "wire"}
     {"op": "position", "rid", "channel"}     -> {"rid", "ok", "channel", "epoch", "last_seq", "last_id"}
     {"op": "replay", "rid", "channel", "epoch", "after_seq", "after_id", "limit"}
         -> {"rid", "ok", "channel", "epoch", "last_seq", "complete", "items": [envelope maps]}
@@ -26,6 +26,20 @@ the message whose publisher ``id`` (or ``"<epoch>:<seq>"`` cursor) is ``after_id
 retained, unknown id, or a different epoch): then ``items`` holds what is retained and the
 caller must fall back (Pushpin's way: ask the origin).  Errors: ``{"rid", "ok": False,
 "error": "<reason>"}``.
+
+Each request and reply is a frozen dataclass below (``HelloRequest``, ``PositionRequest``,
+``ReplayRequest``, ``StatsReport``; ``HelloReply``, ``PositionReply``, ``ReplayReply``,
+``ErrorReply``), written with ``encode_request`` / ``encode_reply`` and read with
+``decode_request`` (the broker) / ``decode_reply`` (the edge, which knows from ``rid`` which
+request a reply answers).  The decoders check shapes and types and raise ``ControlError``
+(requests: it carries the ``rid`` to echo) or ``RemoteProtocolError`` (replies).
+
+Wire version: ``WIRE_VERSION`` is sent in ``hello`` both ways (``"wire"``; a peer that sends
+none predates versioning: version 0) and in every heartbeat.  Peers of different versions
+refuse each other: the broker answers a mismatched ``hello`` with an error naming both
+versions; the edge stops (``EXIT_CONFIG``) on a mismatched hello reply or heartbeat, before
+it serves clients when the broker answers in time (``edge.server``).  Bump it whenever a
+change to this module is not understood by the previous release.
 
 Fire-and-forget (no ``rid``, no reply), sent by each edge about once a second (sooner when
 1,000 events wait) while the broker's heartbeat carries ``stats_ttl`` (its stats socket is on);
@@ -52,7 +66,7 @@ delivered replays the gap.  Other subscribers of the channel see it too and igno
 repair a gap they had not noticed yet).  ``decode_frame`` returns a ``Marker`` for it.
 
 Heartbeat (broker XPUB, every ``HEARTBEAT_INTERVAL_S``): ``HEARTBEAT_TOPIC`` + msgpack
-``{"broker_id", "started", "ts"}``, plus ``"stats_ttl": <seconds>`` while the broker's stats
+``{"broker_id", "started", "ts", "wire"}``, plus ``"stats_ttl": <seconds>`` while the broker's stats
 socket is on (edges then send ``stats`` reports); a new ``broker_id`` means the broker
 restarted.
 
@@ -65,24 +79,47 @@ with a next link fetches it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable, Union
 
 import msgpack
 
-from _speedups import encode_envelopes as _encode_envelopes
+import _speedups  # read at call time: ``_speedups._fanout_py`` imports this module
 from broker.errors import RemoteProtocolError
 
+WIRE_VERSION = 1
 SEP = b"\x00"
 HEARTBEAT_TOPIC = b"\x00hb\x00"
 HEARTBEAT_INTERVAL_S = 1.0
 RECOVER_TOPIC = b"\x00recover\x00"
 REPLAY_LIMIT = 1000
 
+# The envelope map's keys, in the order the fan-out writes them: the one list.  ``Envelope``
+# has these fields (plus ``channel``), ``envelope_map`` is generated from it, the pure fan-out
+# twin (``_speedups._fanout_py``) uses ``envelope_map``, and tests check the compiled twin's
+# byte constants (``_fanout_c.pyx``) against it.
+ENVELOPE_FIELDS = ("seq", "epoch", "id", "prev_id", "formats", "meta", "ts")
+
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _attr_map_function(name: str, keys: tuple[str, ...]) -> Any:
+    """``def name(o): return {"k1": o.k1, ...}`` for ``keys``, generated once (as dataclasses
+    generate ``__init__``): a dict literal, as fast as one written out by hand."""
+    for k in keys:
+        if not k.isidentifier():
+            raise ValueError(f"not an attribute name: {k!r}")
+    src = f"def {name}(o):\n    return {{{', '.join(f'{k!r}: o.{k}' for k in keys)}}}\n"
+    ns: dict[str, Any] = {}
+    exec(src, ns)  # noqa: S102 (source built from the identifiers above)
+    return ns[name]
+
+
+envelope_map = _attr_map_function("envelope_map", ENVELOPE_FIELDS)
+envelope_map.__doc__ = "The envelope map of ``env`` (keys ``ENVELOPE_FIELDS``, in order)."
 
 
 def topic(channel: str) -> bytes:
@@ -109,18 +146,12 @@ class Envelope:
         return self.id if self.id is not None else f"{self.epoch}:{self.seq}"
 
     def to_map(self) -> dict:
-        return {
-            "seq": self.seq,
-            "epoch": self.epoch,
-            "id": self.id,
-            "prev_id": self.prev_id,
-            "formats": self.formats,
-            "meta": self.meta,
-            "ts": self.ts,
-        }
+        return envelope_map(self)
 
     @classmethod
-    def from_map(cls, channel: str, m: dict) -> "Envelope":
+    def from_map(cls, channel: str, m: Any) -> "Envelope":
+        if not isinstance(m, dict):
+            raise RemoteProtocolError("bad envelope: not a map")
         try:
             return cls(
                 channel=channel,
@@ -151,13 +182,13 @@ def encode_marker(channel: str, epoch: str, last_seq: int) -> bytes:
 
 def encode_envelope(env: Envelope) -> bytes:
     """The one fan-out frame for ``env``."""
-    return topic(env.channel) + _packb(env.to_map())
+    return topic(env.channel) + _packb(envelope_map(env))
 
 
 def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
     """``encode_envelope`` for each of ``envs`` (a batch, written by ``_speedups``'
     ``encode_envelopes``: the same bytes; the broker's fan-out uses its ``fan_out``)."""
-    return _encode_envelopes(envs)
+    return _speedups.encode_envelopes(envs)
 
 
 def decode_frame(frame: bytes) -> "Envelope | Marker":
@@ -180,25 +211,44 @@ def decode_frame(frame: bytes) -> "Envelope | Marker":
     return Envelope.from_map(channel, m)
 
 
+# -- heartbeat and recover ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    broker_id: str
+    started: float
+    ts: float
+    stats_ttl: int = 0  # the broker's stats socket's connection ttl (0: off)
+    wire_version: int = 0  # 0: a broker that predates wire versions
+
+
 def is_heartbeat(frame: bytes) -> bool:
     return frame.startswith(HEARTBEAT_TOPIC)
 
 
 def encode_heartbeat(broker_id: str, started: float, ts: float, stats_ttl: int = 0) -> bytes:
-    hb = {"broker_id": broker_id, "started": started, "ts": ts}
+    hb: dict[str, Any] = {"broker_id": broker_id, "started": started, "ts": ts,
+                          "wire": WIRE_VERSION}
     if stats_ttl > 0:
         hb["stats_ttl"] = int(stats_ttl)
     return HEARTBEAT_TOPIC + _packb(hb)
 
 
-def decode_heartbeat(frame: bytes) -> dict:
+def decode_heartbeat(frame: bytes) -> Heartbeat:
     try:
         m = _unpackb(frame[len(HEARTBEAT_TOPIC) :])
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise RemoteProtocolError(f"bad heartbeat: {exc}") from exc
     if not isinstance(m, dict) or "broker_id" not in m:
         raise RemoteProtocolError("bad heartbeat")
-    return m
+    ttl = m.get("stats_ttl", 0)
+    try:
+        return Heartbeat(broker_id=str(m["broker_id"]), started=_number(m, "started"),
+                         ts=_number(m, "ts"), stats_ttl=ttl if _is_count(ttl) else 0,
+                         wire_version=_version(m))
+    except ControlError as exc:
+        raise RemoteProtocolError(f"bad heartbeat: {exc.reason}") from None
 
 
 def is_recover(frame: bytes) -> bool:
@@ -209,12 +259,120 @@ def encode_recover(ts: float) -> bytes:
     return RECOVER_TOPIC + _packb({"ts": ts})
 
 
+# -- control: requests (edge -> broker) and replies (broker -> edge) ---------------------------
+
+Rid = Any  # what the edge chose (an int from ``edge.brokerlink``); echoed as it came
+
+
+class ControlError(RemoteProtocolError):
+    """An invalid control request; ``rid`` is what to echo in the error reply."""
+
+    def __init__(self, reason: str, rid: Rid = None) -> None:
+        super().__init__(reason)
+        self.rid = rid
+
+
+def version_mismatch(edge_version: int, broker_version: int) -> str:
+    """The one sentence both sides log (and the broker replies) for a wire version mismatch."""
+    return (f"wire version mismatch: edge speaks wire version {edge_version}, broker speaks "
+            f"wire version {broker_version} (upgrade both to the same release)")
+
+
+@dataclass(frozen=True, slots=True)
+class HelloRequest:
+    wire_version: int = WIRE_VERSION
+    rid: Rid = None
+    op: ClassVar[str] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRequest:
+    channel: str
+    rid: Rid = None
+    op: ClassVar[str] = "position"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """After ``after_seq`` within ``epoch``, or after the message ``after_id``."""
+
+    channel: str
+    epoch: str | None = None
+    after_seq: int | None = None
+    after_id: str | None = None
+    limit: int = REPLAY_LIMIT
+    rid: Rid = None
+    op: ClassVar[str] = "replay"
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """An edge's fire-and-forget connections and counts report (no ``rid``, no reply;
+    validated by ``broker.stats``)."""
+
+    edge: str
+    full: bool = False
+    conns: tuple = ()  # ((id, "http"|"ws", peer), ...): new or refreshed connections
+    gone: tuple = ()  # (id, ...): closed connections
+    subs: tuple = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
+    connections: int = 0
+    connections_max: int = 0
+    conn_s: float = 0.0
+    sent: int = 0
+    raw: dict | None = field(default=None, compare=False, repr=False)  # the map as received
+    op: ClassVar[str] = "stats"
+    rid: ClassVar[Rid] = None
+
+
+Request = Union[HelloRequest, PositionRequest, ReplayRequest, StatsReport]
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    rid: Rid
+    broker_id: str
+    started: float
+    cluster_id: str = ""
+    wire_version: int = WIRE_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class PositionReply:
+    rid: Rid
+    channel: str
+    epoch: str
+    last_seq: int
+    last_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReply:
+    rid: Rid
+    channel: str
+    epoch: str
+    last_seq: int
+    complete: bool
+    items: tuple[Envelope, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    rid: Rid
+    error: str
+
+
+Reply = Union[HelloReply, PositionReply, ReplayReply, ErrorReply]
+REPLY_TYPES: dict[str, type] = {"hello": HelloReply, "position": PositionReply,
+                                "replay": ReplayReply}
+
+
 def encode_control(msg: dict) -> bytes:
-    """Encode one control request or reply (a map with ``rid``)."""
+    """Encode one control map (``encode_request`` / ``encode_reply`` are the typed way)."""
     return _packb(msg)
 
 
 def decode_control(frame: bytes) -> dict:
+    """Decode one control frame into its map (``decode_request`` / ``decode_reply`` type it)."""
     try:
         m = _unpackb(frame)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -222,6 +380,158 @@ def decode_control(frame: bytes) -> dict:
     if not isinstance(m, dict):
         raise RemoteProtocolError("bad control message: not a map")
     return m
+
+
+def request_map(req: Request) -> dict:
+    if isinstance(req, HelloRequest):
+        return {"op": "hello", "rid": req.rid, "wire": req.wire_version}
+    if isinstance(req, PositionRequest):
+        return {"op": "position", "rid": req.rid, "channel": req.channel}
+    if isinstance(req, ReplayRequest):
+        return {"op": "replay", "rid": req.rid, "channel": req.channel, "epoch": req.epoch,
+                "after_seq": req.after_seq, "after_id": req.after_id, "limit": req.limit}
+    if isinstance(req, StatsReport):
+        return {"op": "stats", "edge": req.edge, "full": req.full,
+                "conns": [list(c) for c in req.conns], "gone": list(req.gone),
+                "subs": [list(s) for s in req.subs], "connections": req.connections,
+                "connections_max": req.connections_max, "conn_s": req.conn_s, "sent": req.sent}
+    raise TypeError(f"not a control request: {req!r}")
+
+
+def encode_request(req: Request) -> bytes:
+    return _packb(request_map(req))
+
+
+def reply_map(rep: Reply) -> dict:
+    if isinstance(rep, HelloReply):
+        return {"rid": rep.rid, "ok": True, "broker_id": rep.broker_id, "started": rep.started,
+                "cluster_id": rep.cluster_id, "wire": rep.wire_version}
+    if isinstance(rep, PositionReply):
+        return {"rid": rep.rid, "ok": True, "channel": rep.channel, "epoch": rep.epoch,
+                "last_seq": rep.last_seq, "last_id": rep.last_id}
+    if isinstance(rep, ReplayReply):
+        return {"rid": rep.rid, "ok": True, "channel": rep.channel, "epoch": rep.epoch,
+                "last_seq": rep.last_seq, "complete": rep.complete,
+                "items": [envelope_map(e) for e in rep.items]}
+    if isinstance(rep, ErrorReply):
+        return {"rid": rep.rid, "ok": False, "error": rep.error}
+    raise TypeError(f"not a control reply: {rep!r}")
+
+
+def encode_reply(rep: Reply) -> bytes:
+    return _packb(reply_map(rep))
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _opt_str(m: dict, key: str, rid: Rid = None) -> str | None:
+    v = m.get(key)
+    if v is None or isinstance(v, str):
+        return v
+    raise ControlError(f"'{key}' must be a string", rid)
+
+
+def _str(m: dict, key: str, rid: Rid = None) -> str:
+    v = m.get(key)
+    if isinstance(v, str):
+        return v
+    raise ControlError(f"'{key}' must be a string", rid)
+
+
+def _opt_int(m: dict, key: str, rid: Rid = None) -> int | None:
+    v = m.get(key)
+    if v is None or _is_count(v):
+        return v
+    raise ControlError(f"'{key}' must be a non-negative integer", rid)
+
+
+def _number(m: dict, key: str, rid: Rid = None) -> float:
+    v = m.get(key, 0.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ControlError(f"'{key}' must be a number", rid)
+    return float(v)
+
+
+def _version(m: dict, rid: Rid = None) -> int:
+    v = m.get("wire", 0)  # absent: a peer that predates wire versions
+    if not _is_count(v):
+        raise ControlError("'wire' must be a non-negative integer", rid)
+    return v
+
+
+def decode_request(frame: bytes) -> Request:
+    """One control request, typed; ``ControlError`` (with the ``rid`` to echo) if invalid.
+
+    Channel names are checked for type only (the broker checks them as publish does); a
+    ``stats`` report keeps its map in ``raw`` for ``broker.stats`` to validate."""
+    try:
+        m = decode_control(frame)
+    except RemoteProtocolError as exc:
+        raise ControlError(exc.reason) from None
+    rid = m.get("rid")
+    op = m.get("op")
+    if op == "hello":
+        return HelloRequest(_version(m, rid), rid)
+    if op == "position":
+        return PositionRequest(_str(m, "channel", rid), rid)
+    if op == "replay":
+        limit = _opt_int(m, "limit", rid)
+        return ReplayRequest(
+            _str(m, "channel", rid), epoch=_opt_str(m, "epoch", rid),
+            after_seq=_opt_int(m, "after_seq", rid), after_id=_opt_str(m, "after_id", rid),
+            limit=REPLAY_LIMIT if limit is None else min(limit, REPLAY_LIMIT), rid=rid)
+    if op == "stats":
+        edge = m.get("edge")
+        return StatsReport(edge if isinstance(edge, str) else "", raw=m)
+    raise ControlError(f"unknown op {op!r}", rid)
+
+
+def reply_from_map(m: dict, expect: type) -> Reply:
+    """Type a decoded reply map that answers a request whose reply type is ``expect``
+    (``REPLY_TYPES[op]``); an ``ErrorReply`` when the broker refused.  RemoteProtocolError if
+    the map does not have the reply's shape."""
+    rid = m.get("rid")
+    try:
+        ok = m.get("ok")
+        if ok is False:
+            err = m.get("error")
+            return ErrorReply(rid, err if isinstance(err, str) else repr(err))
+        if ok is not True:
+            raise ControlError("'ok' must be a boolean")
+        if expect is HelloReply:
+            return HelloReply(rid, _str(m, "broker_id"), _number(m, "started"),
+                              _opt_str(m, "cluster_id") or "", _version(m))
+        if expect is PositionReply:
+            return PositionReply(rid, _str(m, "channel"), _str(m, "epoch"),
+                                 _opt_int(m, "last_seq") or 0, _opt_str(m, "last_id"))
+        if expect is ReplayReply:
+            channel = _str(m, "channel")
+            items = m.get("items")
+            if items is None:
+                items = []
+            elif not isinstance(items, list):
+                raise ControlError("'items' must be a list")
+            complete = m.get("complete", False)
+            if not isinstance(complete, bool):
+                raise ControlError("'complete' must be a boolean")
+            return ReplayReply(rid, channel, _str(m, "epoch"), _opt_int(m, "last_seq") or 0,
+                               complete, tuple(Envelope.from_map(channel, i) for i in items))
+    except ControlError as exc:
+        raise RemoteProtocolError(f"bad {_reply_name(expect)} reply: {exc.reason}") from None
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"bad {_reply_name(expect)} reply: {exc.reason}") from None
+    raise TypeError(f"not a reply type: {expect!r}")
+
+
+def _reply_name(expect: type) -> str:
+    return {v: k for k, v in REPLY_TYPES.items()}.get(expect, "control")
+
+
+def decode_reply(frame: bytes, expect: type) -> Reply:
+    """``reply_from_map(decode_control(frame), expect)``."""
+    return reply_from_map(decode_control(frame), expect)
 
 
 def subscription_notice(frame: bytes) -> tuple[bool, str] | None:

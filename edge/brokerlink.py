@@ -2,8 +2,8 @@
 
 * SUB connected to ``edge_pub``: heartbeats plus ``wire.topic(channel)`` of live channels.
   SNDHWM=0 (subscriptions are messages and must never be dropped), a large RCVHWM.
-* DEALER connected to ``edge_ctl``: hello / position / replay requests, correlated by ``rid``,
-  awaited with a timeout and retried; and ``send_nowait`` for fire-and-forget messages (the
+* DEALER connected to ``edge_ctl``: hello / position / replay requests (the typed messages of
+  ``broker.wire``), correlated by ``rid``, awaited with a timeout and retried; and ``send_nowait`` for fire-and-forget messages (the
   once-a-second ``stats`` report, ``edge.statsreport``), dropped rather than ever waiting.
 
 ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket has one reader task that drains
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import trio
 import zmq
@@ -36,6 +37,23 @@ class BrokerUnavailable(GripcastError):
     """The broker did not answer a control request in time."""
 
 
+class BrokerRefused(RemoteProtocolError):
+    """The broker answered a control request with an error reply (``reply``)."""
+
+    def __init__(self, op: str, reply: wire.ErrorReply) -> None:
+        super().__init__(f"broker refused {op}: {reply.error}")
+        self.reply = reply
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One awaited control request: set ``reply`` (typed, or the error it was) then ``event``."""
+
+    event: trio.Event
+    expect: type
+    reply: object = None
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerLinkStatistics:
     frames: int
@@ -47,6 +65,7 @@ class BrokerLinkStatistics:
     timeouts: int
     pending: int
     channels: int
+    unverified_dropped: int = 0  # frames dropped before the broker's wire version was known
 
 
 class BrokerLink:
@@ -71,12 +90,19 @@ class BrokerLink:
         self.ctl.connect(ctl_endpoint)
         self._parked: dict[int, trio.CancelScope] = {}
         self._rids = itertools.count(1)
-        self._waiting: dict[int, list] = {}  # rid -> [event, reply]
+        self._waiting: dict[int, _Slot] = {}
         self._channels: set[str] = set()
         self.broker_id: str | None = None
         self.stats_ttl = 0  # the broker's heartbeat: its stats socket's connection ttl (0: off)
         # called with (broker_id) on every heartbeat (edge.linkrepair.LinkWatch watches them)
-        self.on_heartbeat = None
+        self.on_heartbeat: Callable[[str], None] | None = None
+        # called once when the broker speaks another wire version (the edge then stops)
+        self.on_refuse: Callable[[], None] | None = None
+        # the broker's wire version was seen equal to ours (hello reply or heartbeat); until
+        # then fan-out frames are dropped, never read in a format that may not be ours
+        self.wire_ok = False
+        self.refused = False
+        self._unverified = 0
         self._last_hb: float | None = None
         self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
 
@@ -100,33 +126,39 @@ class BrokerLink:
 
     # -- control requests ----------------------------------------------------------------------
 
-    async def request(self, msg: dict, *, timeout_s: float = REQUEST_TIMEOUT_S,
-                      tries: int = REQUEST_TRIES) -> dict:
-        """Send a control request and await its reply (retried); BrokerUnavailable if none."""
+    async def request(self, req: wire.Request, *, timeout_s: float = REQUEST_TIMEOUT_S,
+                      tries: int = REQUEST_TRIES) -> wire.Reply:
+        """Send a control request (``wire.HelloRequest``, ``PositionRequest``,
+        ``ReplayRequest``) and await its typed reply (retried); ``BrokerUnavailable`` if none,
+        ``RemoteProtocolError`` if the broker refused it (an ``ErrorReply``) or answered with
+        a malformed reply."""
+        expect = wire.REPLY_TYPES[req.op]
         for attempt in range(tries):
             rid = next(self._rids)
-            slot = [trio.Event(), None]
+            slot = _Slot(trio.Event(), expect)
             self._waiting[rid] = slot
             self._requests += 1
             try:
-                self._send_ctl(wire.encode_control({**msg, "rid": rid}))
+                self._send_ctl(wire.encode_request(replace(req, rid=rid)))
                 with trio.move_on_after(timeout_s):
-                    await slot[0].wait()
+                    await slot.event.wait()
             finally:
                 del self._waiting[rid]
-            if slot[1] is not None:
-                reply = slot[1]
-                if not reply.get("ok", False):
-                    raise RemoteProtocolError(f"broker refused {msg.get('op')}: {reply.get('error')}")
+            reply = slot.reply
+            if reply is not None:
+                if isinstance(reply, wire.ErrorReply):
+                    raise BrokerRefused(req.op, reply)
+                if isinstance(reply, RemoteProtocolError):
+                    raise reply
                 return reply
             self._timeouts += 1
-            log.warning("broker request timed out op=%s try=%d", msg.get("op"), attempt + 1)
-        raise BrokerUnavailable(f"no answer from the broker to {msg.get('op')}")
+            log.warning("broker request timed out op=%s try=%d", req.op, attempt + 1)
+        raise BrokerUnavailable(f"no answer from the broker to {req.op}")
 
-    def send_nowait(self, msg: dict) -> bool:
+    def send_nowait(self, msg: wire.StatsReport) -> bool:
         """Send a control message that gets no reply; False (dropped) if it would block."""
         try:
-            self.ctl.send(wire.encode_control(msg), zmq.NOBLOCK)
+            self.ctl.send(wire.encode_request(msg), zmq.NOBLOCK)
         except zmq.Again:
             return False
         finally:
@@ -143,14 +175,20 @@ class BrokerLink:
     def _on_ctl_batch(self, frames: list[bytes]) -> None:
         for frame in frames:
             try:
-                reply = wire.decode_control(frame)
+                m = wire.decode_control(frame)
             except RemoteProtocolError as exc:
                 log.warning("bad control reply from broker: %s", exc)
                 continue
-            slot = self._waiting.get(reply.get("rid"))
-            if slot is not None and slot[1] is None:
-                slot[1] = reply
-                slot[0].set()
+            rid = m.get("rid")
+            slot = self._waiting.get(rid) if isinstance(rid, int) else None
+            if slot is None or slot.reply is not None:
+                continue
+            try:
+                slot.reply = wire.reply_from_map(m, slot.expect)
+            except RemoteProtocolError as exc:
+                log.warning("bad control reply from broker: %s", exc)
+                slot.reply = exc  # the request fails now rather than after its timeout
+            slot.event.set()
 
     # -- readers -------------------------------------------------------------------------------
 
@@ -192,6 +230,8 @@ class BrokerLink:
             for f in frames:
                 if wire.is_heartbeat(f):
                     self._on_heartbeat(f)
+                elif not self.wire_ok:
+                    self._unverified += 1  # a broker not yet known to speak our wire version
                 elif wire.is_recover(f):
                     if on_recover is not None:
                         on_recover()
@@ -208,6 +248,21 @@ class BrokerLink:
 
         await self._read_loop(self.ctl, handle)
 
+    def check_wire_version(self, theirs: int) -> bool:
+        """Whether the broker's wire version ``theirs`` is ours; if not, log it (an ERROR
+        naming both versions, once) and call ``on_refuse``."""
+        if theirs == wire.WIRE_VERSION:
+            self.wire_ok = True
+            return True
+        self.wire_ok = False
+        if not self.refused:
+            self.refused = True
+            log.error("the broker speaks another wire version: %s; stopping",
+                      wire.version_mismatch(wire.WIRE_VERSION, theirs))
+            if self.on_refuse is not None:
+                self.on_refuse()
+        return False
+
     def _on_heartbeat(self, frame: bytes) -> None:
         self._hbs += 1
         try:
@@ -215,15 +270,16 @@ class BrokerLink:
         except RemoteProtocolError as exc:
             log.warning("bad heartbeat: %s", exc)
             return
+        if not self.check_wire_version(hb.wire_version):
+            return
         self._last_hb = trio.current_time()
-        broker_id = str(hb["broker_id"])
+        broker_id = hb.broker_id
         if self.broker_id is None:
             log.info("broker link up broker_id=%s", broker_id)
         elif broker_id != self.broker_id:
             log.warning("broker restarted old=%s new=%s", self.broker_id, broker_id)
         self.broker_id = broker_id
-        ttl = hb.get("stats_ttl", 0)
-        self.stats_ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0 else 0
+        self.stats_ttl = hb.stats_ttl
         if self.on_heartbeat is not None:
             self.on_heartbeat(broker_id)
 
@@ -232,4 +288,5 @@ class BrokerLink:
             frames=self._frames, batches=self._batches, heartbeats=self._hbs,
             broker_id=self.broker_id, last_heartbeat=self._last_hb, requests=self._requests,
             timeouts=self._timeouts, pending=len(self._waiting), channels=len(self._channels),
+            unverified_dropped=self._unverified,
         )

@@ -2,7 +2,7 @@
 
 The broker builds the stats packets (``broker.stats``) but does not see client connections, so
 each edge keeps this small ledger and ``take()`` turns it, about once a second (sooner when
-``batch_events`` events are waiting), into one fire-and-forget ``{"op": "stats", ...}``
+``batch_events`` events are waiting), into one fire-and-forget ``wire.StatsReport``
 control message (the contract is in ``broker.wire``):
 
 * connection events: ``opened`` at accept (type ``http``, id ``<edge>:<n>`` like condure's
@@ -26,6 +26,8 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import Counter
+
+from broker.wire import StatsReport
 
 MODES = ("response", "stream", "ws")
 BATCH_EVENTS = 1000  # events that trigger a report before the next second
@@ -195,7 +197,7 @@ class ConnStats:
         self.lost += 1
         self._full = True
 
-    def take(self, now: float, sent_total: int, channels, count_modes) -> dict | None:
+    def take(self, now: float, sent_total: int, channels, count_modes) -> StatsReport | None:
         """The next ``stats`` message, or None while the broker's stats socket is off.
 
         ``sent_total``: messages delivered to clients so far (a counter); ``channels``: the
@@ -242,9 +244,8 @@ class ConnStats:
         self._new = {}
         gone.extend(self._gone)
         self._gone = []
-        return {"op": "stats", "edge": self.source, "full": full, "conns": conns, "gone": gone,
-                "subs": subs, "connections": self._open, "connections_max": peak,
-                "conn_s": round(area, 3), "sent": sent}
+        return StatsReport(self.source, full, tuple(tuple(c) for c in conns), tuple(gone),
+                           tuple(tuple(x) for x in subs), self._open, peak, round(area, 3), sent)
 
 
 def count_modes(sessions) -> dict:

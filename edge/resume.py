@@ -108,8 +108,8 @@ class Step(enum.Enum):
 class Catchup:
     """The sans-IO state of one session catching up on one channel.
 
-    ``request()`` is the next replay request map (None when none is due);
-    ``on_reply(reply, live)`` takes the broker's reply map and the tracker's position
+    ``request()`` is the next ``wire.ReplayRequest`` (None when none is due);
+    ``on_reply(reply, live)`` takes the broker's ``wire.ReplayReply`` and the tracker's position
     ``(epoch, last_seq)`` when it is handled, and returns the envelopes to deliver to the
     session (in order; none after the position); ``plan(backlog, live)`` is the next step of
     the hand-over (module docstring); ``accept_live(env)`` says whether a gated live envelope
@@ -131,27 +131,25 @@ class Catchup:
         self.duplicates = 0
         self._need_more = True
 
-    def request(self) -> dict | None:
+    def request(self) -> wire.ReplayRequest | None:
         if self.done or self.failed or not self._need_more:
             return None
         if self.last_seq is None:
-            return {"op": "replay", "channel": self.channel, "epoch": None, "after_seq": None,
-                    "after_id": self.cursor, "limit": self.limit}
-        return {"op": "replay", "channel": self.channel, "epoch": self.epoch,
-                "after_seq": self.last_seq, "after_id": None, "limit": self.limit}
+            return wire.ReplayRequest(self.channel, after_id=self.cursor, limit=self.limit)
+        return wire.ReplayRequest(self.channel, epoch=self.epoch, after_seq=self.last_seq,
+                                  limit=self.limit)
 
-    def on_reply(self, reply: dict, live: tuple | None = None) -> list[wire.Envelope]:
+    def on_reply(self, reply: wire.ReplayReply, live: tuple | None = None) -> list[wire.Envelope]:
         """Consume one replay reply; the envelopes to deliver, in seq order.
 
         ``live`` is the tracker's ``(epoch, last_seq)`` now (None or an unknown epoch: no
         bound): items after it are left to live delivery, which will bring them to the session.
         """
         self.pages += 1
-        epoch = str(reply.get("epoch") or "")
-        last = int(reply.get("last_seq") or 0)
-        complete = bool(reply.get("complete", False))
-        items = sorted((wire.Envelope.from_map(self.channel, m) for m in reply.get("items") or []),
-                       key=lambda e: e.seq)
+        epoch = reply.epoch
+        last = reply.last_seq
+        complete = reply.complete
+        items = sorted(reply.items, key=lambda e: e.seq)
         if self.last_seq is None:
             if not complete:
                 if last == 0:
@@ -314,9 +312,11 @@ class Resume:
     def _live(self) -> tuple | None:
         return self.app.tracker.position(self.c.channel)
 
-    async def _page(self, req: dict) -> list:
+    async def _page(self, req: wire.ReplayRequest | None) -> list:
         app, c = self.app, self.c
+        assert req is not None
         reply = await app.link.request(req)
+        assert isinstance(reply, wire.ReplayReply)
         if app.tracker.state(c.channel) is State.POSITION:
             await app.wait_positioned([c.channel])  # the hand-over point must be known
         return c.on_reply(reply, self._live())

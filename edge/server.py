@@ -23,7 +23,7 @@ from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtoco
 from broker.sdnotify import notify
 from edge import responses
 from broker.curve import link_options
-from edge.brokerlink import BrokerLink, BrokerUnavailable
+from edge.brokerlink import BrokerLink, BrokerRefused, BrokerUnavailable
 from edge import lifecycle
 from edge import metrics as edge_metrics
 from edge.deliver import Deliverer
@@ -207,24 +207,23 @@ class Edge:
 
     async def _ask_position(self, channel: str) -> None:
         try:
-            r = await self.link.request({"op": "position", "channel": channel})
+            r = await self.link.request(wire.PositionRequest(channel))
         except (BrokerUnavailable, RemoteProtocolError) as exc:
             log.warning("position request failed channel=%s: %s", channel, exc)
             self._pos_failed.add(channel)  # retried by serve_link_repair
             return  # the broker's marker on subscribe may still set the position
         out: list = []
-        self.tracker.on_position(channel, str(r.get("epoch") or ""), int(r.get("last_seq") or 0), out)
+        assert isinstance(r, wire.PositionReply)
+        self.tracker.on_position(channel, r.epoch, r.last_seq, out)
         await self._after_tracker(out)
 
     async def _ask_replay(self, req: RequestReplay) -> None:
         out: list = []
         try:
-            r = await self.link.request({"op": "replay", "channel": req.channel, "epoch": req.epoch,
-                                         "after_seq": req.after_seq, "after_id": None,
-                                         "limit": wire.REPLAY_LIMIT})
-            items = [wire.Envelope.from_map(req.channel, m) for m in r.get("items") or []]
-            self.tracker.on_replay(req, str(r.get("epoch") or ""), int(r.get("last_seq") or 0),
-                                   items, bool(r.get("complete", True)), out)
+            r = await self.link.request(wire.ReplayRequest(req.channel, epoch=req.epoch,
+                                                           after_seq=req.after_seq))
+            assert isinstance(r, wire.ReplayReply)
+            self.tracker.on_replay(req, r.epoch, r.last_seq, list(r.items), r.complete, out)
         except (BrokerUnavailable, RemoteProtocolError) as exc:
             log.warning("replay failed channel=%s after_seq=%d: %s", req.channel, req.after_seq, exc)
             self.tracker.on_replay_failed(req, out)
@@ -377,6 +376,12 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
         with listener, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
                 edge.nursery = nursery
+
+                def refuse() -> None:  # the broker speaks another wire version (logged)
+                    edge.exit_code = EXIT_CONFIG
+                    nursery.cancel_scope.cancel()
+
+                link.on_refuse = refuse
                 edge.deliverer = Deliverer(edge.hub, cfg.client_buffer_bytes, nursery.start_soon)
                 life = lifecycle.EdgeLifecycle(edge, listener, reload_config=reload_config,
                                                load_routes=load_routes)
@@ -386,8 +391,12 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
                 nursery.start_soon(edge.serve_timers)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
+                # the hello gate: a broker of another wire version or cluster stops this edge
+                # before it serves a client (no answer in time: serve, heartbeats check later)
+                if not await _hello(edge, link):
+                    nursery.cancel_scope.cancel()
+                    return edge.exit_code
                 nursery.start_soon(life.serve_clients)
-                nursery.start_soon(_hello, edge, link, nursery.cancel_scope)
                 log.info("edge ready index=%d listen=%s:%d routes=%d", index, listen[0], listen[1],
                          len(routes))
                 notify("READY=1\nSTATUS=serving")
@@ -397,24 +406,35 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
     return edge.exit_code
 
 
-async def _hello(edge: Edge, link: BrokerLink, scope: trio.CancelScope) -> None:
+async def _hello(edge: Edge, link: BrokerLink) -> bool:
+    """Say hello to the broker; False (``edge.exit_code`` set) when this edge must stop."""
     try:
-        r = await link.request({"op": "hello"}, tries=1)
-        log.info("broker hello broker_id=%s", r.get("broker_id"))
-        theirs = str(r.get("cluster_id") or "")
-        if edge.cfg.cluster_id and theirs != edge.cfg.cluster_id:
-            # another cluster's broker on our broker ports (a second ``gripcast run``): joining
-            # it would deliver that cluster's messages to our clients, so stop instead
-            log.error("the broker at %s belongs to another cluster (cluster_id %r, ours %r); "
-                      "stopping", edge.cfg.endpoint("edge_ctl", bind=False), theirs or "-",
-                      edge.cfg.cluster_id)
-            edge.exit_code = EXIT_CONFIG
-            scope.cancel()
-            return
-        if link.on_heartbeat is not None and r.get("broker_id"):
-            link.on_heartbeat(str(r["broker_id"]))  # same identity check as a heartbeat
+        r = await link.request(wire.HelloRequest(wire.WIRE_VERSION), tries=1)
+    except BrokerRefused as exc:
+        # the broker refuses edges of another wire version (its reason names both versions)
+        log.error("the broker at %s refused this edge (edge wire version %d): %s; stopping",
+                  edge.cfg.endpoint("edge_ctl", bind=False), wire.WIRE_VERSION, exc.reason)
+        edge.exit_code = EXIT_CONFIG
+        return False
     except GripcastError as exc:
         log.warning("broker did not answer hello: %s", exc)
+        return True
+    assert isinstance(r, wire.HelloReply)
+    log.info("broker hello broker_id=%s wire=%d", r.broker_id, r.wire_version)
+    if not link.check_wire_version(r.wire_version):
+        return False
+    theirs = r.cluster_id
+    if edge.cfg.cluster_id and theirs != edge.cfg.cluster_id:
+        # another cluster's broker on our broker ports (a second ``gripcast run``): joining
+        # it would deliver that cluster's messages to our clients, so stop instead
+        log.error("the broker at %s belongs to another cluster (cluster_id %r, ours %r); "
+                  "stopping", edge.cfg.endpoint("edge_ctl", bind=False), theirs or "-",
+                  edge.cfg.cluster_id)
+        edge.exit_code = EXIT_CONFIG
+        return False
+    if link.on_heartbeat is not None and r.broker_id:
+        link.on_heartbeat(r.broker_id)  # same identity check as a heartbeat
+    return True
 
 
 def main(cfg: Config, index: int = 0, reload_config=None) -> int:

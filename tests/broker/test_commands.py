@@ -93,7 +93,8 @@ def req(**m) -> bytes:
 
 
 def test_parse_control_requests():
-    assert control.parse_control(req(op="hello", rid=1)) == control.ControlRequest("hello", 1)
+    assert control.parse_control(req(op="hello", rid=1, wire=wire.WIRE_VERSION)) == \
+        control.ControlRequest("hello", 1)
     assert control.parse_control(req(op="position", rid=2, channel="c")).channel == "c"
     r = control.parse_control(req(op="replay", rid=3, channel="c", epoch="e", after_seq=4,
                                   after_id=None, limit=5000))
@@ -107,6 +108,10 @@ def test_parse_control_requests():
     (req(op="position", rid=3, channel=""), 3, "invalid value"),
     (req(op="replay", rid=4, channel="c", after_seq=-1), 4, "after_seq"),
     (req(op="replay", rid=5, channel="c", epoch=5), 5, "epoch"),
+    (req(op="hello", rid=6), 6, "edge speaks wire version 0, broker speaks wire version 1"),
+    (req(op="hello", rid=7, wire=99), 7, "edge speaks wire version 99, broker speaks wire "
+                                         "version 1"),
+    (req(op="hello", rid=8, wire="1"), 8, "'wire' must be a non-negative integer"),
 ])
 def test_parse_control_errors(payload, rid, why):
     with pytest.raises(control.ControlError, match=why) as info:
@@ -118,7 +123,8 @@ def test_parse_control_errors(payload, rid, why):
 
 def test_control_replies():
     assert wire.decode_control(control.hello_reply(1, "b", 2.0)) == {
-        "rid": 1, "ok": True, "broker_id": "b", "started": 2.0}
+        "rid": 1, "ok": True, "broker_id": "b", "started": 2.0, "cluster_id": "",
+        "wire": wire.WIRE_VERSION}
     assert wire.decode_control(control.position_reply(2, "c", Position("e", 3, "x"))) == {
         "rid": 2, "ok": True, "channel": "c", "epoch": "e", "last_seq": 3, "last_id": "x"}
     env = wire.Envelope("c", 3, "e", {"http-stream": {"action": "send", "content": b"z"}})

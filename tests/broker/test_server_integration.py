@@ -119,7 +119,7 @@ def test_broker_end_to_end(broker_proc):
 
         # control: hello, position, replay
         dealer = sock(zmq.DEALER, "edge_ctl_port")
-        dealer.send(wire.encode_control({"op": "hello", "rid": 1}))
+        dealer.send(wire.encode_request(wire.HelloRequest(rid=1)))
         hello = wire.decode_control(recv(dealer)[-1])
         assert hello["ok"] and hello["rid"] == 1 and hello["broker_id"]
         dealer.send(wire.encode_control({"op": "position", "rid": 2, "channel": "test"}))
@@ -187,7 +187,9 @@ def test_broker_end_to_end(broker_proc):
         hb.setsockopt(zmq.SUBSCRIBE, wire.HEARTBEAT_TOPIC)
         hb.connect(f"tcp://127.0.0.1:{ports['edge_pub_port']}")
         (frame,) = recv(hb, 5000)
-        assert wire.decode_heartbeat(frame)["broker_id"] == hello["broker_id"]
+        beat = wire.decode_heartbeat(frame)
+        assert beat.broker_id == hello["broker_id"] and beat.wire_version == wire.WIRE_VERSION
+        assert hello["wire"] == wire.WIRE_VERSION
     finally:
         for s in socks:
             s.close(linger=0)

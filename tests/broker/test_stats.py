@@ -183,8 +183,8 @@ def test_parse_edge_report_and_control_op():
 
 def test_heartbeat_announces_the_stats_ttl():
     hb = wire.decode_heartbeat(wire.encode_heartbeat("b", 1.0, 2.0, stats_ttl=120))
-    assert hb["stats_ttl"] == 120
-    assert "stats_ttl" not in wire.decode_heartbeat(wire.encode_heartbeat("b", 1.0, 2.0))
+    assert hb.stats_ttl == 120
+    assert wire.decode_heartbeat(wire.encode_heartbeat("b", 1.0, 2.0)).stats_ttl == 0
 
 
 def test_conn_packets_fast_path_equals_generic_encoding():

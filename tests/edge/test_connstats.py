@@ -1,5 +1,5 @@
 """The edge's stats ledger (sans-IO, time passed in) and what the broker makes of its reports."""
-from broker import tnetstring
+from broker import tnetstring, wire
 from broker.stats import StatsEncoder
 from edge.connstats import ConnStats, count_modes
 from edge.hub import Hub
@@ -14,7 +14,9 @@ def take(cs, now, sent=0, hub=None, channels=None):
     hub = hub or Hub()
     if channels is None:
         channels = hub.live_channels()
-    return cs.take(now, sent, channels, lambda ch: count_modes(hub.sessions(ch)))
+    rep = cs.take(now, sent, channels, lambda ch: count_modes(hub.sessions(ch)))
+    # the map the broker receives (the bytes on the wire are those of this map)
+    return None if rep is None else wire.decode_control(wire.encode_request(rep))
 
 
 def on(ttl=120, **kw):

@@ -98,7 +98,7 @@ class FakeBroker:
         self.requests.append(req)
         rid, op = req.get("rid"), req.get("op")
         if op == "hello":
-            return {"rid": rid, "ok": True, "broker_id": "fake", "started": 0.0}
+            return wire.reply_map(wire.HelloReply(rid, "fake", 0.0))
         ch = req.get("channel", "")
         if op == "position":
             return {"rid": rid, "ok": True, "channel": ch, "epoch": EPOCH,

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 from broker.history import MemoryHistory
 from broker.items import Item
-from broker.wire import Envelope
+from broker.wire import Envelope, ReplayReply, ReplayRequest
 from edge.resume import GATE_LIMIT, Catchup, Step, _Gate
 
 
@@ -17,10 +17,9 @@ def history(n: int, max_items: int = 1000, ids=True) -> MemoryHistory:
     return h
 
 
-def reply(h: MemoryHistory, req: dict) -> dict:
-    r = h.replay(req["channel"], req["epoch"], req["after_seq"], req["after_id"], req["limit"])
-    return {"epoch": r.epoch, "last_seq": r.last_seq, "complete": r.complete,
-            "items": [e.to_map() for e in r.items]}
+def reply(h: MemoryHistory, req: ReplayRequest) -> ReplayReply:
+    r = h.replay(req.channel, req.epoch, req.after_seq, req.after_id, req.limit)
+    return ReplayReply(None, req.channel, r.epoch, r.last_seq, r.complete, tuple(r.items))
 
 
 def drive(c: Catchup, h: MemoryHistory) -> list[int]:
@@ -103,17 +102,17 @@ def test_dropped_gate_is_refetched_from_history():
 
 def test_failed_catchup_lets_every_live_message_through():
     c = Catchup("c", "nope")
-    c.on_reply({"epoch": "E", "last_seq": 4, "complete": False, "items": []})
+    c.on_reply(ReplayReply(None, "c", "E", 4, False))
     assert c.failed and c.request() is None
     assert c.accept_live(Envelope("c", 1, "E", {}))
 
 
 def test_epoch_change_mid_catchup_skips_to_the_new_epoch():
     c = Catchup("c", "m1", limit=2)
-    c.on_reply({"epoch": "E", "last_seq": 9, "complete": True,
-                "items": [Envelope("c", s, "E", {}).to_map() for s in (2, 3)]})
-    got = c.on_reply({"epoch": "F", "last_seq": 2, "complete": False,
-                      "items": [Envelope("c", s, "F", {}).to_map() for s in (1, 2)]})
+    c.on_reply(ReplayReply(None, "c", "E", 9, True,
+                           tuple(Envelope("c", s, "E", {}) for s in (2, 3))))
+    got = c.on_reply(ReplayReply(None, "c", "F", 2, False,
+                                 tuple(Envelope("c", s, "F", {}) for s in (1, 2))))
     assert [e.seq for e in got] == [1, 2] and c.epoch == "F" and c.skipped
 
 
