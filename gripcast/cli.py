@@ -174,7 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         from broker.curve import keygen_text, write_keypair
 
         if args.out:
-            for path in write_keypair(args.out):
+            from broker.curve import CurveKeyError
+
+            try:
+                paths = write_keypair(args.out)
+            except CurveKeyError as exc:
+                print(f"gripcast keygen: {exc}", file=sys.stderr)
+                return 1
+            for path in paths:
                 print(path)
         else:
             sys.stdout.write(keygen_text())
