@@ -177,7 +177,9 @@ class Deliverer:
                         except filters.FilterError as exc:
                             log.info("filter dropped message conn=%s channel=%s: %s",
                                      s.id, env.channel, exc)
-                        except (TypeError, ValueError) as exc:
+                        except (TypeError, ValueError, RecursionError) as exc:
+                            # one session's answer (a patch past edge.jsonpatch's limits is a
+                            # PatchError: the timeout body goes out); never the edge
                             log.warning("bad http-response format channel=%s seq=%s: %s",
                                         env.channel, env.seq, exc)
                     else:
@@ -287,7 +289,15 @@ class Deliverer:
             while s.buf and not s.dead:
                 try:
                     await trio.lowlevel.wait_writable(s.sock)
-                except (trio.ClosedResourceError, OSError):
+                except trio.ClosedResourceError:
+                    # a hint or recover wakes the connection task's wait on this socket with
+                    # notify_closing (edge.readtimer.Waker), and that wakes this wait too: only
+                    # a socket really closed (or a session ended) ends the backlog
+                    if s.dead or s.done or s.sock.fileno() == -1:
+                        s.kill("closed")
+                        return
+                    continue
+                except OSError:
                     s.kill("closed")
                     return
                 if s.dead:

@@ -4,8 +4,17 @@ Heads are written from prepared bytes, never through a generic serializer on the
 Also: the response a long-poll client gets when an ``http-response`` is published (reference
 2.5 step 4: the timeout response's headers, replaced/extended by the published ones,
 ``Grip-*`` removed, ``Content-Length`` recomputed).
+
+Every head toward a client is built by ``head()``, and ``head()`` writes only what is valid
+HTTP whatever its source (a published item, an origin's ``Grip-Status`` or JSON instruction, a
+passed-through origin response): a header whose name is not an RFC 9110 token or whose value
+holds a control character (CR, LF, NUL, ...; HTAB is allowed) is left out, and a reason phrase
+that is not ``reason-phrase`` text is replaced by the code's standard one.  So no source can
+split a response or add a header; the broker refuses such publishes first (``broker.items``).
 """
 from __future__ import annotations
+
+import re
 
 from edge.grip import Hold
 from edge.headers import clean_response_headers, reason_for
@@ -20,13 +29,32 @@ def _latin1(s) -> bytes:
     return str(s).encode("latin-1", "replace")
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_TEXT_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+
+
+def valid_field(name: bytes, value: bytes) -> bool:
+    """May ``name: value`` be written in a head: the name a token, the value field text."""
+    return _TOKEN(name) is not None and _TEXT_BAD(value) is None
+
+
+def valid_reason(reason: bytes) -> bool:
+    """Is ``reason`` a reason phrase (HTAB, SP, VCHAR, obs-text)?"""
+    return _TEXT_BAD(reason) is None
+
+
 def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> bytes:
-    """Status line and headers (``(name, value)`` str or bytes pairs), blank line included."""
-    parts = [b"%s %d %s\r\n" % (version, code, _latin1(reason or reason_for(code)))]
+    """Status line and headers (``(name, value)`` str or bytes pairs), blank line included.
+
+    Invalid fields are left out and an invalid reason replaced (see the module docstring)."""
+    r = _latin1(reason) if reason else b""
+    if not r or not valid_reason(r):
+        r = reason_for(code).encode("latin-1")
+    parts = [b"%s %d %s\r\n" % (version, code, r)]
     for k, v in headers:
-        if b"\n" in _latin1(v) or b"\r" in _latin1(v):
-            continue  # never let a header value split the head
-        parts.append(b"%s: %s\r\n" % (_latin1(k), _latin1(v)))
+        kb, vb = _latin1(k), _latin1(v)
+        if valid_field(kb, vb):  # never let a header split the head or add another
+            parts.append(b"%s: %s\r\n" % (kb, vb))
     parts.append(_CRLF)
     return b"".join(parts)
 
@@ -72,7 +100,7 @@ def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
         if patch is not None:
             try:
                 body = patch_body(body, patch)
-            except PatchError:
+            except PatchError:  # also PatchLimitError: one session's answer, nothing else
                 pass  # Pushpin keeps the timeout body when the patch does not apply
     elif isinstance(body, str):
         body = body.encode("utf-8")
