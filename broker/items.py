@@ -436,14 +436,14 @@ def check_patch(ops: list) -> str | None:
     while stack:
         value, depth = stack.pop()
         if isinstance(value, dict):
-            if depth >= MAX_PATCH_DEPTH + 1:
+            if depth > MAX_PATCH_DEPTH + 1:  # the list 0, an op 1, its value 2
                 return f"value nested deeper than {MAX_PATCH_DEPTH}"
             size += 2 + len(value)
             for k, v in value.items():
                 size += len(k) + 3 if isinstance(k, (str, bytes)) else 8
                 stack.append((v, depth + 1))
         elif isinstance(value, list):
-            if depth >= MAX_PATCH_DEPTH + 1:
+            if depth > MAX_PATCH_DEPTH + 1:  # the list 0, an op 1, its value 2
                 return f"value nested deeper than {MAX_PATCH_DEPTH}"
             size += 2 + len(value)
             stack.extend((v, depth + 1) for v in value)

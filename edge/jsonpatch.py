@@ -171,13 +171,13 @@ def apply_patch(doc, ops):
     """``doc`` patched by ``ops`` (a new document; ``doc`` is left as it was)."""
     _check_ops(ops)
     budget = _Budget()
-    doc = _clone(doc, MAX_PATCH_DEPTH + 1, budget)  # also bounds the input's depth and size
+    doc = _clone(doc, MAX_PATCH_DEPTH, budget)  # also bounds the input's depth and size
     return _apply(doc, ops, budget)
 
 
 def _value(op: dict, path: list, budget: _Budget):
     # a value added at ``path`` sits len(path) levels down: the document stays within the depth
-    return _clone(op["value"], MAX_PATCH_DEPTH + 1 - len(path), budget)
+    return _clone(op["value"], MAX_PATCH_DEPTH - len(path), budget)
 
 
 def _apply(doc, ops, budget: _Budget):
@@ -209,13 +209,13 @@ def _apply(doc, ops, budget: _Budget):
             value = _get(doc, src)
             # the copy is charged (a copy from the root doubles the document); a move is too,
             # as the moved value may now sit deeper
-            value = _clone(value, MAX_PATCH_DEPTH + 1 - len(path), budget)
+            value = _clone(value, MAX_PATCH_DEPTH - len(path), budget)
             if name == "move":
                 _remove(doc, src)
             doc = _add(doc, path, value)
         elif name == "test":
             # compare what is bounded: the value's depth is checked before ``==`` recurses
-            _clone(op["value"], MAX_PATCH_DEPTH + 1, _Budget())
+            _clone(op["value"], MAX_PATCH_DEPTH, _Budget())
             if _get(doc, path) != op["value"]:
                 raise PatchError(f"test failed at {op.get('path')!r}")
         else:
