@@ -110,6 +110,8 @@ class Config:
     stats_report_interval_s: float = 10.0  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
     log_level: str = "info"
+    # payload bytes (content/body) kept per channel history, the newest message always; 0: none
+    history_max_bytes: int = 16 << 20
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -276,6 +278,8 @@ def validate(cfg: Config) -> list[str]:
     problems.extend(_validate_multihost(cfg))
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
+    if cfg.history_max_bytes < 0:
+        problems.append("history_max_bytes: must be 0 (no byte budget) or more")
     return problems
 
 

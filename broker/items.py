@@ -81,6 +81,12 @@ MAX_PATCH_RESULT_BYTES = 1 << 20
 # A published reason phrase (RFC 9112 ``reason-phrase``: HTAB, SP, VCHAR, obs-text) is at most
 # this long; header names are RFC 9110 tokens, values field text without CR, LF, NUL.
 MAX_REASON_CHARS = 512
+# One item's payload (the content/body of its formats together): history keeps up to
+# ``history_max_items`` of them per channel and ZeroMQ frames may be 16 MiB, so a bound per
+# item (refused with 413) and a byte budget per channel (``history_max_bytes``) keep broker
+# memory bounded.  Ten times Pushpin's 100,000-byte bodies; the HTTP API takes 1,000,000-byte
+# requests.
+MAX_ITEM_BYTES = 1 << 20
 FORMAT_NAMES = ("http-response", "http-stream", "ws-message")
 
 # Pushpin's reason phrases (PP:src/core/statusreasons.cpp); anything else is "Undefined Reason".
@@ -226,19 +232,23 @@ def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
         return [], ["received message with invalid format (msgpack parse failed)"]
     if type(values) is not list:
         return [], ["received message with invalid format (not a valid msgpack array)"]
-    if all(type(value) is Item for value in values):
-        return values, []
     items: list[Item] = []
     errors: list[str] = []
+    if all(type(value) is Item for value in values):
+        if all(item_bytes(value) <= MAX_ITEM_BYTES for value in values):
+            return values, []
     for value in values:
         if type(value) is Item:
-            items.append(value)
+            try:
+                items.append(check_item_size(value))
+            except PublishError as exc:
+                errors.append(exc.reason)
             continue
         if type(value) is not dict:
             errors.append("received message with invalid format (not a valid msgpack map)")
             continue
         try:
-            items.append(_parse_item_full(value, json=True))
+            items.append(check_item_size(_parse_item_full(value, json=True)))
         except PublishError as exc:
             errors.append(exc.reason)
     return items, errors
@@ -456,14 +466,32 @@ def check_patch(ops: list) -> str | None:
     return None
 
 
+def item_bytes(item: Item) -> int:
+    """The payload bytes of ``item``'s formats (what ``MAX_ITEM_BYTES`` bounds)."""
+    n = 0
+    for fmt in item.formats.values():
+        data = fmt.get("content")
+        if data is None:
+            data = fmt.get("body")
+        if data is not None:
+            n += len(data)
+    return n
+
+
+def check_item_size(item: Item) -> Item:
+    if item_bytes(item) > MAX_ITEM_BYTES:
+        raise PublishError(f"{_ITEM} is larger than {MAX_ITEM_BYTES} bytes", status=413)
+    return item
+
+
 def parse_item(value: Any, *, channel: str | None = None, json: bool) -> Item:
     """Parse one decoded item (JSON object or tnetstring dict); see the module docstring."""
     if type(value) is dict:
         # the usual shape, built fast (_speedups/_items_*.py); None: anything else, and errors
         item = normalise_item(value, channel, json, Item)
         if item is not None:
-            return item
-    return _parse_item_full(value, channel=channel, json=json)
+            return check_item_size(item)
+    return check_item_size(_parse_item_full(value, channel=channel, json=json))
 
 
 def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> Item:

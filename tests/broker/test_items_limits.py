@@ -119,3 +119,43 @@ def test_a_value_nested_far_past_the_limit_is_refused_without_recursion():
     for _ in range(100_000):
         deep = [deep]
     assert "nested deeper" in check_patch([{"op": "add", "path": "/a", "value": deep}])
+
+
+# -- item size and the history byte budget (item 8) ---------------------------------------------
+
+def test_an_item_over_the_size_cap_is_refused_on_every_path():
+    from broker.items import MAX_ITEM_BYTES
+    big = "x" * (MAX_ITEM_BYTES + 1)
+    item = {"channel": "c", "formats": {"http-stream": {"content": big}}}
+    for frame in (b"J" + json.dumps(item).encode(), b"M" + msgpack.packb(item),
+                  b"B" + msgpack.packb([item, stream_item()])):
+        items, errors = parse_pull_frame(frame)
+        assert len(errors) == 1 and "larger than 1048576 bytes" in errors[0]
+        assert [i.channel for i in items] == (["c"] if frame[:1] == b"B" else [])
+    with pytest.raises(PublishError, match="larger than"):
+        parse_zmq_item(b"J" + json.dumps(item).encode())
+    ok = {"channel": "c", "formats": {"http-stream": {"content": big[:-1]}}}
+    assert parse_pull_frame(b"J" + json.dumps(ok).encode())[1] == []
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_history_byte_budget_drops_the_oldest_and_keeps_the_newest(many):
+    from broker.history import MemoryHistory
+    from broker.items import Item
+
+    def item(n: int, size: int) -> Item:
+        return Item(channel="c", formats={"http-stream": {"action": "send",
+                                                          "content": b"x" * size}}, id=str(n))
+
+    h = MemoryHistory(max_items=1000, max_bytes=10_000)
+    items = [item(i, 3000) for i in range(10)]
+    if many:
+        h.append_many(items, now=1.0)
+    else:
+        for it in items:
+            h.append(it, now=1.0)
+    kept = h.replay("c", after_seq=0).items
+    assert [e.id for e in kept] == ["7", "8", "9"]  # 9,000 bytes: a fourth would pass 10,000
+    assert h.statistics().retained == 3
+    h.append(item(10, 50_000), now=1.0)  # one item over the budget: kept alone (newest)
+    assert [e.id for e in h.replay("c", after_seq=0).items] == ["10"]
