@@ -232,7 +232,8 @@ def patch_body(body: bytes, ops) -> bytes:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PatchError("body is not JSON") from exc
-    out = json.dumps(apply_patch(doc, ops), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    out = json.dumps(apply_patch(doc, ops), separators=(",", ":"),
+                     ensure_ascii=False).encode("utf-8")
     if len(out) > MAX_PATCH_RESULT_BYTES:
         raise PatchLimitError(f"patched document over {MAX_PATCH_RESULT_BYTES} bytes")
     return out

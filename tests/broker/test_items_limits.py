@@ -78,8 +78,9 @@ def test_reason_must_be_reason_phrase_text(reason):
     with pytest.raises(PublishError, match="'reason' with invalid value") as info:
         parse_http_publish(http(item))
     assert info.value.status == 400
-    ok = {"channel": "c", "http-response": {"code": 200, "reason": "Fine\tby me \u00e9", "body": ""}}
-    assert parse_http_publish(http(ok))[0].formats["http-response"]["reason"] == "Fine\tby me \u00e9"
+    fine = "Fine\tby me \u00e9"
+    ok = {"channel": "c", "http-response": {"code": 200, "reason": fine, "body": ""}}
+    assert parse_http_publish(http(ok))[0].formats["http-response"]["reason"] == fine
 
 
 @pytest.mark.parametrize("headers", [[["X Y", "1"]], [["X:Y", "1"]], [["", "1"]], [["X\r\nY", "1"]],
