@@ -9,7 +9,8 @@ Every head toward a client is built by ``head()``, and ``head()`` writes only wh
 HTTP whatever its source (a published item, an origin's ``Grip-Status`` or JSON instruction, a
 passed-through origin response): a header whose name is not an RFC 9110 token or whose value
 holds a control character (CR, LF, NUL, ...; HTAB is allowed) is left out, and a reason phrase
-that is not ``reason-phrase`` text is replaced by the code's standard one.  So no source can
+that is not ``reason-phrase`` text is replaced by the code's standard one (a code that is not
+three digits, e.g. a ``Grip-Status: 0`` or a published code 0, is written as 502).  So no source can
 split a response or add a header; the broker refuses such publishes first (``broker.items``).
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> by
     """Status line and headers (``(name, value)`` str or bytes pairs), blank line included.
 
     Invalid fields are left out and an invalid reason replaced (see the module docstring)."""
+    if not 100 <= code <= 999:  # a status-code is three digits; garbage from upstream: 502
+        code, reason = 502, ""
     r = _latin1(reason) if reason else b""
     if not r or not valid_reason(r):
         r = reason_for(code).encode("latin-1")
@@ -62,6 +65,8 @@ def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> by
 def full(code: int, reason: str, headers, body: bytes, *, keep_alive: bool = True,
          head_only: bool = False) -> bytes:
     """A complete response with ``Content-Length``; ``headers`` must not carry framing."""
+    if not 100 <= code <= 999:  # as head() writes it, so that the framing agrees
+        code, reason = 502, ""
     hs = list(headers)
     if code >= 200 and code not in (204, 304):
         hs.append(("Content-Length", str(len(body))))

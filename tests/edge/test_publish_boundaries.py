@@ -145,3 +145,11 @@ def test_websocket_channels_get_the_route_prefix():
         await s.control(wc.parse_control(b'{"type": "unsubscribe", "channel": "news"}'))
         assert app.hub.subs[s] == ["tenant1-news", "tenant1-room"]
     trio.run(main)
+
+
+@pytest.mark.parametrize("code", [0, 7, 99, 1000, -1])
+def test_a_status_code_that_is_not_three_digits_is_written_as_502(code):
+    data = responses.full(code, "Whatever", [("X-A", "1")], b"body")
+    status, fields = check_head(data[:data.index(b"\r\n\r\n") + 4])
+    assert status == b"HTTP/1.1 502 Bad Gateway"
+    assert (b"Content-Length", b"4") in fields and data.endswith(b"\r\n\r\nbody")
