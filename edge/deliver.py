@@ -99,6 +99,7 @@ class Deliverer:
             resp = formats.get("http-response")
             wsmsg = formats.get("ws-message")
             chunk = raw = wsframe = None
+            patched = None  # body-patch results by timeout body, for this message's polls
             for s in members:
                 if gate and only is None:
                     held = gate.get((s, env.channel))
@@ -172,7 +173,14 @@ class Deliverer:
                             if flt and filters.changes_content(flt) and r.get("body"):
                                 r = dict(r, body=filters.apply(
                                     flt, s.meta, env.meta, (), bytes(r["body"])))
-                            s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
+                            if r.get("body") is None and r.get("body-patch") is not None:
+                                if patched is None:
+                                    patched = {}
+                                s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive,
+                                                              patched=patched))
+                            else:
+                                s.respond(responses.published(s.hold, r,
+                                                              keep_alive=s.keep_alive))
                             self._deliveries += 1
                         except filters.FilterError as exc:
                             log.info("filter dropped message conn=%s channel=%s: %s",

@@ -232,8 +232,11 @@ def patch_body(body: bytes, ops) -> bytes:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PatchError("body is not JSON") from exc
-    out = json.dumps(apply_patch(doc, ops), separators=(",", ":"),
-                     ensure_ascii=False).encode("utf-8")
+    try:
+        out = json.dumps(apply_patch(doc, ops), separators=(",", ":"),
+                         ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in a value: not text
+        raise PatchError("value is not encodable text") from exc
     if len(out) > MAX_PATCH_RESULT_BYTES:
         raise PatchLimitError(f"patched document over {MAX_PATCH_RESULT_BYTES} bytes")
     return out

@@ -85,8 +85,12 @@ def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
                 keep_alive=keep_alive)
 
 
-def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
-    """The response for a response-hold client from a published ``http-response`` format."""
+def published(hold: Hold, fmt: dict, *, keep_alive: bool = True,
+              patched: dict | None = None) -> bytes:
+    """The response for a response-hold client from a published ``http-response`` format.
+
+    ``patched`` (optional, one per published message): ``body-patch`` results by timeout body,
+    so the polls of one message that share a timeout body (the usual case) patch it once."""
     code = fmt.get("code")
     code = 200 if code is None else int(code)
     reason = fmt.get("reason") or reason_for(code)
@@ -103,10 +107,15 @@ def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
         body = hold.body
         patch = fmt.get("body-patch")
         if patch is not None:
-            try:
-                body = patch_body(body, patch)
-            except PatchError:  # also PatchLimitError: one session's answer, nothing else
-                pass  # Pushpin keeps the timeout body when the patch does not apply
+            done = patched.get(body) if patched is not None else None
+            if done is None:
+                try:
+                    done = patch_body(body, patch)
+                except PatchError:  # also PatchLimitError: one session's answer, nothing else
+                    done = body  # Pushpin keeps the timeout body when the patch does not apply
+                if patched is not None:
+                    patched[body] = done
+            body = done
     elif isinstance(body, str):
         body = body.encode("utf-8")
     return full(code, reason, merged, body, keep_alive=keep_alive)

@@ -186,3 +186,32 @@ def test_bad_body_patch_answers_one_session_with_the_timeout_body():
         assert s2.result.endswith(b"\r\n\r\n{}")
 
     trio.run(main)
+
+
+def test_one_message_patches_a_shared_timeout_body_once(monkeypatch):
+    """A patch costs up to the edge's budget per timeout body, not per poll: 500 polls with
+    the same timeout body patch it once."""
+    import edge.responses as responses_mod
+
+    calls = []
+    real = responses_mod.patch_body
+    monkeypatch.setattr(responses_mod, "patch_body", lambda b, p: calls.append(b) or real(b, p))
+
+    async def main():
+        hub = Hub()
+        polls = [ResponseSession(Hold(mode="response", body=b'{"n":0}'), keep_alive=True,
+                                 deadline=9) for _ in range(500)]
+        other = ResponseSession(Hold(mode="response", body=b'{"n":1}'), keep_alive=True,
+                                deadline=9)
+        for s in polls + [other]:
+            hub.add(s, ["c"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        env = Envelope(channel="c", seq=1, epoch="e", formats={"http-response": {
+            "action": "send", "code": 200, "reason": "OK", "headers": [], "body": None,
+            "body-patch": [{"op": "add", "path": "/p", "value": True}]}})
+        await d.deliver([env], now=1.0)
+        assert all(s.result.endswith(b'\r\n\r\n{"n":0,"p":true}') for s in polls)
+        assert other.result.endswith(b'\r\n\r\n{"n":1,"p":true}')
+        assert len(calls) == 2
+
+    trio.run(main)

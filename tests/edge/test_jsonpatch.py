@@ -118,3 +118,8 @@ def test_odd_array_indexes_are_patch_errors():
     for token in ["\u00b2", "9" * 5000, "-1"]:
         with pytest.raises(PatchError):
             apply_patch({"a": [1]}, [{"op": "replace", "path": f"/a/{token}", "value": 2}])
+
+
+def test_a_value_that_is_not_text_is_a_patch_error():
+    with pytest.raises(PatchError):
+        patch_body(b"{}", [{"op": "add", "path": "/a", "value": "\udcff"}])
