@@ -40,7 +40,7 @@ def open_store(cfg: Config) -> Store:
     )
     return RedisStore(
         client, max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
-        owns_client=True,
+        max_bytes=cfg.history_max_bytes, owns_client=True,
     )
 
 
