@@ -29,8 +29,9 @@ backwards.  The record is built inside the script: Python packs the map without 
 Bounds: payload bytes by ``max_bytes`` (the stream holds ``c(newest) - c(oldest) + n(oldest)``
 bytes whatever trimmed it before, so no counter can drift; the oldest entries past the budget
 are trimmed with ``XTRIM MINID``, the newest always kept; entries written before the byte
-fields existed are left to the count and age bounds); count by ``XADD MAXLEN ~ max_items`` (``approximate_trim=False`` for exact
-``MAXLEN =``; the approximate form may keep up to one stream node, ~100 entries, more); age by
+fields existed are left to the count and age bounds); count by ``XADD MAXLEN ~ max_items``
+(``approximate_trim=False`` for exact ``MAXLEN =``; the approximate form may keep up to one
+stream node, ~100 entries, more); age by
 trimming the head (``XTRIM MINID``) of every stream that is written or replayed, by ``t``, plus
 ``PEXPIRE`` of the stream key so an idle channel's history vanishes by itself.  The meta hash
 is kept, so an idle channel keeps its epoch and seq.  If the meta hash is lost (Redis restarted
@@ -346,8 +347,8 @@ class RedisStore:
         ts_ms = int(now * 1000)
         cutoff_ms = int((now - self.max_age_s) * 1000)
         ttl_ms = int(self.max_age_s * 1000) + 1000
-        head = (str(self.max_items), "~" if self.approximate_trim else "=", cutoff_ms, ttl_ms, ts_ms,
-                self.max_bytes)
+        head = (str(self.max_items), "~" if self.approximate_trim else "=", cutoff_ms, ttl_ms,
+                ts_ms, self.max_bytes)
         commands: list[tuple] = []
         chunks: list[tuple[list[str], Sequence[Item]]] = []
         step = self.max_script_items
