@@ -4,6 +4,14 @@ behaviour, see there)."""
 from cpython.object cimport PyObject_GenericSetAttr
 
 cdef object _MISSING = object()
+import re
+# ids the complete parser might refuse go to it (as in the pure twin)
+cdef object _ID_BAD = re.compile("[\x00-\x1f\x7f]").search
+cdef Py_ssize_t MAX_FAST_ID_CHARS = 256
+
+
+cdef inline bint _id_ok(object s):
+    return len(<str>s) <= MAX_FAST_ID_CHARS and _ID_BAD(s) is None
 cdef object _new = object.__new__
 
 
@@ -86,6 +94,8 @@ def normalise_item(dict value, channel, bint json, item_cls):
             item_id = _text(item_id)
             if item_id is _MISSING:
                 return None
+        if not _id_ok(item_id):
+            return None
         if not item_id:
             item_id = None
     prev_id = value.get(K.prev)
@@ -94,6 +104,8 @@ def normalise_item(dict value, channel, bint json, item_cls):
             prev_id = _text(prev_id)
             if prev_id is _MISSING:
                 return None
+        if not _id_ok(prev_id):
+            return None
         if not prev_id:
             prev_id = None
     vf = value.get(K.formats)
@@ -348,10 +360,14 @@ cdef object _fast_item(Cur* c, object item_cls, list last_channel):
             item_id = _text_field(c, True)
             if item_id is None:
                 return None
+            if type(item_id) is str and not _id_ok(item_id):
+                return None
         elif _key(s, l, b"prev-id", 7):
             bit = 4
             prev_id = _text_field(c, True)
             if prev_id is None:
+                return None
+            if type(prev_id) is str and not _id_ok(prev_id):
                 return None
         elif _key(s, l, b"formats", 7):
             bit = 8

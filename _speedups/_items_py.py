@@ -7,7 +7,8 @@ common shape of a decoded publish item, and returns None for anything else: then
 this function never raises for bad input and never returns what the complete parser would not.
 
 The shape: ``channel`` a non-empty string of at most 256 characters without NUL (or the given
-``channel``), ``id``/``prev-id`` strings or absent (empty means absent), ``formats`` a map (or
+``channel``), ``id``/``prev-id`` strings of at most 256 characters without control characters
+or absent (empty means absent), ``formats`` a map (or
 the legacy shape: formats on the item itself) whose formats all have action ``send`` (or none),
 plain ``content``/``body`` (str: UTF-8 encoded; bytes as they are) and no other option
 (``content-filters``, ``type``, ``code``, ``reason``, ``headers``, and in JSON ``content-bin``
@@ -17,11 +18,16 @@ or a bool.  ``json`` says the item's keys are str (JSON, msgpack) rather than by
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from msgpack import unpackb as _unpackb
 
 _MISSING = object()
+# ids the complete parser might refuse (a control character; possibly over its 1024 UTF-8
+# bytes: more than 256 characters) go to it
+_ID_BAD = re.compile("[\x00-\x1f\x7f]").search
+MAX_FAST_ID_CHARS = 256
 _FIELDS = ("channel", "formats", "id", "prev_id", "meta", "no_seq")
 _setters: dict[type, tuple] = {}
 _new = object.__new__
@@ -90,6 +96,8 @@ def _make(json: bool):
                 item_id = text(item_id)
                 if item_id is missing:
                     return None
+            if len(item_id) > MAX_FAST_ID_CHARS or _ID_BAD(item_id):
+                return None
             item_id = item_id or None
         prev_id = get(K_PREV)
         if prev_id is not None:
@@ -97,6 +105,8 @@ def _make(json: bool):
                 prev_id = text(prev_id)
                 if prev_id is missing:
                     return None
+            if len(prev_id) > MAX_FAST_ID_CHARS or _ID_BAD(prev_id):
+                return None
             prev_id = prev_id or None
         vformats = get(K_FORMATS)
         legacy = vformats is None

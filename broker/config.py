@@ -141,6 +141,8 @@ class Config:
     recover_per_s: float = 1.0  # recover requests, all inputs together (burst: 1 + rate)
     hint_per_channel_per_s: float = 10.0  # published hint actions, per channel
     hint_per_s: float = 100.0  # published hint actions, all channels together
+    # payload bytes (content/body) kept per channel history, the newest message always; 0: none
+    history_max_bytes: int = 16 << 20
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -316,6 +318,8 @@ def validate(cfg: Config) -> list[str]:
     problems.extend(_validate_exposure(cfg))
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
+    if cfg.history_max_bytes < 0:
+        problems.append("history_max_bytes: must be 0 (no byte budget) or more")
     return problems
 
 

@@ -3,10 +3,12 @@
 Each channel has an ``epoch`` (``secrets.token_hex(8)``, created with the channel's history: a
 new epoch means "history before this is gone"), a ``last_seq`` (1, 2, 3, ... per epoch; 0 before
 the first message), the ``last_id`` (publisher id of the last message, or None) and a ring of
-the most recent ``Envelope``s bounded by count (``max_items``) and age (``max_age_s``, checked
-when the channel is written or read).  At most ``max_channels`` channels are kept; the least
-recently *written* one is evicted (its next use starts a new epoch), so memory is bounded by
-``max_channels * max_items`` envelopes.
+the most recent ``Envelope``s bounded by count (``max_items``), by payload bytes
+(``max_bytes``, the content/body bytes of the envelopes' formats, ``broker.items.item_bytes``;
+the newest message is always kept) and by age (``max_age_s``, checked when the channel is
+written or read).  At most ``max_channels`` channels are kept; the least recently *written* one
+is evicted (its next use starts a new epoch), so memory is bounded by ``max_channels *
+min(max_items * MAX_ITEM_BYTES, max_bytes)`` payload bytes.
 
 ``replay`` semantics (the contract of ``broker.wire``'s ``replay``):
 
@@ -30,7 +32,7 @@ from itertools import islice
 from typing import Callable, NamedTuple, Sequence
 
 from _speedups import make_envelope
-from broker.items import Item
+from broker.items import Item, item_bytes
 from broker.wire import REPLAY_LIMIT, Envelope
 
 
@@ -57,7 +59,7 @@ class HistoryStatistics:
 
 
 class _Channel:
-    __slots__ = ("epoch", "last_seq", "last_id", "ring", "ids")
+    __slots__ = ("epoch", "last_seq", "last_id", "ring", "ids", "bytes")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
@@ -65,9 +67,11 @@ class _Channel:
         self.last_id: str | None = None
         self.ring: deque[Envelope] = deque()
         self.ids: dict[str, int] = {}  # publisher id -> seq, for ids still in the ring
+        self.bytes = 0  # payload bytes of the ring (broker.items.item_bytes)
 
     def drop_oldest(self) -> None:
         env = self.ring.popleft()
+        self.bytes -= item_bytes(env)
         if env.id is not None and self.ids.get(env.id) == env.seq:
             del self.ids[env.id]
 
@@ -79,6 +83,7 @@ class MemoryHistory:
         max_items: int = 1000,
         max_age_s: float = 3600.0,
         max_channels: int = 100_000,
+        max_bytes: int = 0,
         new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
     ) -> None:
         if max_items < 1 or max_channels < 1 or max_age_s <= 0:
@@ -86,6 +91,7 @@ class MemoryHistory:
         self.max_items = max_items
         self.max_age_s = max_age_s
         self.max_channels = max_channels
+        self.max_bytes = max_bytes if max_bytes > 0 else float("inf")  # 0: no byte budget
         self._new_epoch = new_epoch
         self._channels: OrderedDict[str, _Channel] = OrderedDict()
         self._retained = 0
@@ -114,9 +120,10 @@ class MemoryHistory:
         ch.ring.append(env)
         if item.id is not None:
             ch.ids[item.id] = env.seq
+        ch.bytes += item_bytes(env)
         self._retained += 1
         self._appended += 1
-        while len(ch.ring) > self.max_items:
+        while len(ch.ring) > self.max_items or (ch.bytes > self.max_bytes and len(ch.ring) > 1):
             ch.drop_oldest()
             self._retained -= 1
         self._expire(ch, now)
@@ -130,6 +137,7 @@ class MemoryHistory:
         channels = self._channels
         move_to_end = channels.move_to_end
         max_items = self.max_items
+        max_bytes = self.max_bytes
         make = make_envelope
         cur_name = None
         ch: _Channel | None = None
@@ -158,8 +166,10 @@ class MemoryHistory:
             if item_id is not None:
                 ids[item_id] = seq
             retained += 1
-            while len(ring) > max_items:  # _Channel.drop_oldest, inlined
-                old = ring.popleft()
+            ch.bytes += item_bytes(env)
+            while len(ring) > max_items or (ch.bytes > max_bytes and len(ring) > 1):
+                old = ring.popleft()  # _Channel.drop_oldest, inlined
+                ch.bytes -= item_bytes(old)
                 if old.id is not None and ids.get(old.id) == old.seq:
                     del ids[old.id]
                 retained -= 1

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import base64
 import json as _json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,25 @@ from broker import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
 
 MAX_CHANNEL_BYTES = 1024
+# A publisher id / prev-id travels to origins in Grip-Last and to clients in SSE ``id:``
+# lines: text without control characters (CR, LF, NUL, ...), at most this many UTF-8 bytes.
+MAX_ID_BYTES = 1024
+# ``body-patch`` limits, shared with the edge's ``edge.jsonpatch`` (its second line): a copy
+# from the root doubles a document, so 30 ops made gigabytes; a value nested ~500 deep made
+# the edge's recursion fail.  The result cap is ten times Pushpin's 100,000-byte response
+# bodies: a patched long-poll answer is a JSON document of that order.
+MAX_PATCH_OPS = 100
+MAX_PATCH_DEPTH = 64
+MAX_PATCH_RESULT_BYTES = 1 << 20
+# A published reason phrase (RFC 9112 ``reason-phrase``: HTAB, SP, VCHAR, obs-text) is at most
+# this long; header names are RFC 9110 tokens, values field text without CR, LF, NUL.
+MAX_REASON_CHARS = 512
+# One item's payload (the content/body of its formats together): history keeps up to
+# ``history_max_items`` of them per channel and ZeroMQ frames may be 16 MiB, so a bound per
+# item (refused with 413) and a byte budget per channel (``history_max_bytes``) keep broker
+# memory bounded.  Ten times Pushpin's 100,000-byte bodies; the HTTP API takes 1,000,000-byte
+# requests.
+MAX_ITEM_BYTES = 1 << 20
 FORMAT_NAMES = ("http-response", "http-stream", "ws-message")
 
 # Pushpin's reason phrases (PP:src/core/statusreasons.cpp); anything else is "Undefined Reason".
@@ -212,19 +232,23 @@ def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
         return [], ["received message with invalid format (msgpack parse failed)"]
     if type(values) is not list:
         return [], ["received message with invalid format (not a valid msgpack array)"]
-    if all(type(value) is Item for value in values):
-        return values, []
     items: list[Item] = []
     errors: list[str] = []
+    if all(type(value) is Item for value in values):
+        if all(item_bytes(value) <= MAX_ITEM_BYTES for value in values):
+            return values, []
     for value in values:
         if type(value) is Item:
-            items.append(value)
+            try:
+                items.append(check_item_size(value))
+            except PublishError as exc:
+                errors.append(exc.reason)
             continue
         if type(value) is not dict:
             errors.append("received message with invalid format (not a valid msgpack map)")
             continue
         try:
-            items.append(_parse_item_full(value, json=True))
+            items.append(check_item_size(_parse_item_full(value, json=True)))
         except PublishError as exc:
             errors.append(exc.reason)
     return items, errors
@@ -383,14 +407,91 @@ def validate_channel(channel: str, where: str = _ITEM) -> str:
     return channel
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]").search
+_REASON_BAD = re.compile("[\x00-\x08\x0a-\x1f\x7f]").search
+_TOKEN = re.compile("[!#$%&'*+\\-.^_`|~0-9A-Za-z]+").fullmatch
+_FIELD_BAD = _REASON_BAD
+
+
+def validate_id(value: str | None, key: str = "id", where: str = _ITEM) -> str | None:
+    """Check a publisher ``id``/``prev-id`` (no control character, at most MAX_ID_BYTES)."""
+    if value is None:
+        return None
+    if _CONTROL(value):
+        raise PublishError(f"{where} contains '{key}' with invalid value (control character)")
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise PublishError(
+            f"{where} contains '{key}' with invalid value (longer than {MAX_ID_BYTES} bytes)")
+    return value
+
+
+def is_token(name: str) -> bool:
+    """An RFC 9110 token (a header name)."""
+    return _TOKEN(name) is not None
+
+
+def is_field_text(value: str) -> bool:
+    """Header field value / reason phrase text: no control character but HTAB (so no CR, LF,
+    NUL)."""
+    return _FIELD_BAD(value) is None
+
+
+def check_patch(ops: list) -> str | None:
+    """Why a ``body-patch`` list is past the limits (MAX_PATCH_*), or None."""
+    if len(ops) > MAX_PATCH_OPS:
+        return f"more than {MAX_PATCH_OPS} operations"
+    # iterative walk: a value nested far deeper than the limit must not recurse here either
+    size = 0
+    stack = [(ops, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > MAX_PATCH_DEPTH + 1:  # the list 0, an op 1, its value 2
+                return f"value nested deeper than {MAX_PATCH_DEPTH}"
+            size += 2 + len(value)
+            for k, v in value.items():
+                size += len(k) + 3 if isinstance(k, (str, bytes)) else 8
+                stack.append((v, depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_PATCH_DEPTH + 1:  # the list 0, an op 1, its value 2
+                return f"value nested deeper than {MAX_PATCH_DEPTH}"
+            size += 2 + len(value)
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, (str, bytes, bytearray)):
+            size += len(value) + 2
+        else:
+            size += 8
+        if size > MAX_PATCH_RESULT_BYTES:
+            return f"operations over {MAX_PATCH_RESULT_BYTES} bytes"
+    return None
+
+
+def item_bytes(item: Item) -> int:
+    """The payload bytes of ``item``'s formats (what ``MAX_ITEM_BYTES`` bounds)."""
+    n = 0
+    for fmt in item.formats.values():
+        data = fmt.get("content")
+        if data is None:
+            data = fmt.get("body")
+        if data is not None:
+            n += len(data)
+    return n
+
+
+def check_item_size(item: Item) -> Item:
+    if item_bytes(item) > MAX_ITEM_BYTES:
+        raise PublishError(f"{_ITEM} is larger than {MAX_ITEM_BYTES} bytes", status=413)
+    return item
+
+
 def parse_item(value: Any, *, channel: str | None = None, json: bool) -> Item:
     """Parse one decoded item (JSON object or tnetstring dict); see the module docstring."""
     if type(value) is dict:
         # the usual shape, built fast (_speedups/_items_*.py); None: anything else, and errors
         item = normalise_item(value, channel, json, Item)
         if item is not None:
-            return item
-    return _parse_item_full(value, channel=channel, json=json)
+            return check_item_size(item)
+    return check_item_size(_parse_item_full(value, channel=channel, json=json))
 
 
 def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> Item:
@@ -401,8 +502,8 @@ def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> I
     if not channel:
         channel = obj.string("channel", required=True)
     validate_channel(channel)  # type: ignore[arg-type]
-    item_id = obj.string("id") or None
-    prev_id = obj.string("prev-id") or None
+    item_id = validate_id(obj.string("id") or None, "id")
+    prev_id = validate_id(obj.string("prev-id") or None, "prev-id")
 
     vformats = obj.get("formats")
     if vformats is not None and not isinstance(vformats, dict):
@@ -502,7 +603,11 @@ def _http_response(f: _Obj, action: str) -> dict:
     elif not 0 <= code <= 999:
         raise f.invalid("code")
     out["code"] = code
-    out["reason"] = f.string("reason") or status_reason(code)
+    reason = f.string("reason")
+    if reason and (not is_field_text(reason) or len(reason) > MAX_REASON_CHARS):
+        raise f.invalid("reason", "control character" if len(reason) <= MAX_REASON_CHARS
+                        else f"longer than {MAX_REASON_CHARS} characters")
+    out["reason"] = reason or status_reason(code)
     vheaders = f.get("headers")
     if vheaders is not None:
         out["headers"] = _headers(vheaders, f)
@@ -519,6 +624,9 @@ def _http_response(f: _Obj, action: str) -> dict:
         patch = f.get("body-patch")
         if not isinstance(patch, list):
             raise f.wrong("body-patch")
+        why = check_patch(patch)
+        if why is not None:
+            raise f.invalid("body-patch", why)
         try:  # it travels to edges in the msgpack envelope: refuse what cannot (ints >= 2**64)
             msgpack.packb(patch)
         except (OverflowError, TypeError, ValueError):
@@ -555,7 +663,7 @@ def _headers(vheaders: Any, f: _Obj) -> list[list[str]]:
     else:
         raise f.wrong("headers")
     for name, val in out:
-        if not name or any(c in name for c in "\r\n:\x00") or any(c in val for c in "\r\n\x00"):
+        if not is_token(name) or not is_field_text(val):
             raise PublishError(f"headers contains '{name}' with invalid value")
     return out
 

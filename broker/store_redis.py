@@ -10,10 +10,13 @@ Keys, per channel (``P`` is ``key_prefix``, default ``"gc:"``)::
                                      touched (append, position or replay); never expires
                             seq      last seq handed out (HINCRBY: a range is reserved before use)
                             last_id  publisher id of the last message ("" for none)
+                            bytes_total  running payload byte total (entries' ``c``)
     P h:<channel>   stream  entry id "<seq>-0", fields t = ts in ms, i = publisher id ("" for
                             none), d = the record: msgpack of Envelope.to_map(), i.e.
                             {seq, epoch, id, prev_id, formats, meta, ts}, byte for byte what
-                            ``msgpack.packb(env.to_map(), use_bin_type=True)`` gives
+                            ``msgpack.packb(env.to_map(), use_bin_type=True)`` gives,
+                            c = the channel's running payload byte total up to and including
+                            this entry, n = this entry's payload bytes (item_bytes)
 
 Writes: ``append_batch`` runs one Lua script (EVALSHA) per ``max_script_items`` items, all
 pipelined in one round trip; each script is atomic, so seq assignment and XADD cannot be
@@ -23,8 +26,12 @@ if it fails half way (Redis out of memory, say), seqs are burnt (a gap, which re
 backwards.  The record is built inside the script: Python packs the map without ``seq`` and
 ``epoch``, the script prefixes the map header and those two entries (cmsgpack).
 
-Bounds: count by ``XADD MAXLEN ~ max_items`` (``approximate_trim=False`` for exact
-``MAXLEN =``; the approximate form may keep up to one stream node, ~100 entries, more); age by
+Bounds: payload bytes by ``max_bytes`` (the stream holds ``c(newest) - c(oldest) + n(oldest)``
+bytes whatever trimmed it before, so no counter can drift; the oldest entries past the budget
+are trimmed with ``XTRIM MINID``, the newest always kept; entries written before the byte
+fields existed are left to the count and age bounds); count by ``XADD MAXLEN ~ max_items``
+(``approximate_trim=False`` for exact ``MAXLEN =``; the approximate form may keep up to one
+stream node, ~100 entries, more); age by
 trimming the head (``XTRIM MINID``) of every stream that is written or replayed, by ``t``, plus
 ``PEXPIRE`` of the stream key so an idle channel's history vanishes by itself.  The meta hash
 is kept, so an idle channel keeps its epoch and seq.  If the meta hash is lost (Redis restarted
@@ -53,7 +60,7 @@ import msgpack
 
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
-from broker.items import Item
+from broker.items import Item, item_bytes
 from broker.redisclient import RedisClient, RedisClientStatistics, RedisReplyError, open_redis_url
 from broker.wire import REPLAY_LIMIT, Envelope
 
@@ -108,27 +115,51 @@ local function expire_head(stream, cutoff)
   redis.call('XTRIM', stream, 'MAXLEN', 0)  -- everything was old
   return dropped
 end
+
+-- keep at most maxbytes of payload (fields c at [8], n at [10]); newest_cum: c of the newest
+local function trim_bytes(stream, newest_cum, maxbytes)
+  local threshold = newest_cum - maxbytes
+  local page = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #page == 0 then return end
+  local c, n = tonumber(page[1][2][8]), tonumber(page[1][2][10])
+  if c == nil or n == nil or c - n >= threshold then return end
+  local last = nil
+  while #page > 0 do
+    for i = 1, #page do
+      local e = page[i]
+      local ec, en = tonumber(e[2][8]), tonumber(e[2][10])
+      if ec == nil or en == nil or ec - en >= threshold then
+        redis.call('XTRIM', stream, 'MINID', e[1])
+        return
+      end
+      last = e[1]
+    end
+    page = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 64)
+  end
+  redis.call('XTRIM', stream, 'MAXLEN', 1)  -- the newest alone is over: it is kept
+end
 """
 
 # KEYS: meta_1, stream_1, ..., meta_n, stream_n (the distinct channels of the batch)
-# ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, n, epoch candidate x n,
-#       then per item: channel index (1-based), publisher id or '', record tail
+# ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, maxbytes (0: none), n, epoch candidate x n,
+#       then per item: channel index (1-based), publisher id or '', record tail, payload bytes
 # -> {{epoch_1..epoch_n}, {seq per item}}
 _LUA_APPEND = _LUA_COMMON + r"""
-local nch = tonumber(ARGV[6])
-local base = 6 + nch
-local nitems = (#ARGV - base) / 3
-local counts, epochs, seqs, lastids = {}, {}, {}, {}
+local nch = tonumber(ARGV[7])
+local base = 7 + nch
+local nitems = (#ARGV - base) / 4
+local counts, epochs, seqs, lastids, totals = {}, {}, {}, {}, {}
 for c = 1, nch do counts[c] = 0 end
 for k = 0, nitems - 1 do
-  local c = tonumber(ARGV[base + 3 * k + 1])
+  local c = tonumber(ARGV[base + 4 * k + 1])
   counts[c] = counts[c] + 1
 end
 for c = 1, nch do
   local meta = KEYS[2 * c - 1]
-  ensure_epoch(meta, KEYS[2 * c], ARGV[6 + c])
+  ensure_epoch(meta, KEYS[2 * c], ARGV[7 + c])
   epochs[c] = redis.call('HGET', meta, 'epoch')
   seqs[c] = redis.call('HINCRBY', meta, 'seq', counts[c]) - counts[c]
+  totals[c] = tonumber(redis.call('HGET', meta, 'bytes_total')) or 0
 end
 local packed_epochs = {}
 for c = 1, nch do packed_epochs[c] = '\165epoch' .. cmsgpack.pack(epochs[c]) end
@@ -136,19 +167,24 @@ local out = {}
 local ts, maxlen, mode = ARGV[5], ARGV[1], ARGV[2]
 local call, pack, fmt = redis.call, cmsgpack.pack, string.format
 for k = 0, nitems - 1 do
-  local j = base + 3 * k
+  local j = base + 4 * k
   local c = tonumber(ARGV[j + 1])
   local pid = ARGV[j + 2]
   local seq = seqs[c] + 1
   seqs[c] = seq
+  local n = tonumber(ARGV[j + 4])
+  totals[c] = totals[c] + n
   call('XADD', KEYS[2 * c], 'MAXLEN', mode, maxlen, fmt('%d-0', seq), 't', ts, 'i', pid,
-       'd', '\135\163seq' .. pack(seq) .. packed_epochs[c] .. ARGV[j + 3])
+       'd', '\135\163seq' .. pack(seq) .. packed_epochs[c] .. ARGV[j + 3],
+       'c', fmt('%d', totals[c]), 'n', fmt('%d', n))
   lastids[c] = pid
   out[k + 1] = seq
 end
-local cutoff, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cutoff, ttl, maxbytes = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 for c = 1, nch do
-  redis.call('HSET', KEYS[2 * c - 1], 'last_id', lastids[c])
+  redis.call('HSET', KEYS[2 * c - 1], 'last_id', lastids[c], 'bytes_total',
+             fmt('%d', totals[c]))
+  if maxbytes > 0 then trim_bytes(KEYS[2 * c], totals[c], maxbytes) end
   expire_head(KEYS[2 * c], cutoff)
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2 * c], ttl) end
 end
@@ -268,6 +304,7 @@ class RedisStore:
         key_prefix: str = "gc:",
         approximate_trim: bool = True,
         max_script_items: int = 1000,
+        max_bytes: int = 0,
         new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
         owns_client: bool = False,
     ) -> None:
@@ -278,6 +315,7 @@ class RedisStore:
         self.max_age_s = max_age_s
         self.approximate_trim = approximate_trim
         self.max_script_items = max_script_items
+        self.max_bytes = max(0, int(max_bytes))  # payload bytes per channel; 0: no budget
         self._prefix = key_prefix.encode("utf-8")
         self._new_epoch = new_epoch
         self._owns_client = owns_client
@@ -309,7 +347,8 @@ class RedisStore:
         ts_ms = int(now * 1000)
         cutoff_ms = int((now - self.max_age_s) * 1000)
         ttl_ms = int(self.max_age_s * 1000) + 1000
-        head = (str(self.max_items), "~" if self.approximate_trim else "=", cutoff_ms, ttl_ms, ts_ms)
+        head = (str(self.max_items), "~" if self.approximate_trim else "=", cutoff_ms, ttl_ms,
+                ts_ms, self.max_bytes)
         commands: list[tuple] = []
         chunks: list[tuple[list[str], Sequence[Item]]] = []
         step = self.max_script_items
@@ -328,7 +367,8 @@ class RedisStore:
                     "meta": item.meta,
                     "ts": now,
                 })
-                args += (c, item.id or "", body[1:])  # body[0] is the fixmap header 0x85
+                # body[0] is the fixmap header 0x85
+                args += (c, item.id or "", body[1:], item_bytes(item))
             keys: list[bytes] = []
             for ch in index:
                 keys += (self.meta_key(ch), self.stream_key(ch))

@@ -30,7 +30,8 @@ def open_store(cfg: Config) -> Store:
     """The store ``cfg.store`` names (no I/O yet; raises ConfigError for a bad URL)."""
     if cfg.store == "memory":
         return MemoryStore(
-            MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s)
+            MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
+                          max_bytes=cfg.history_max_bytes)
         )
     host, port, db, password = parse_redis_url(cfg.store)
     client = RedisClient(
@@ -39,7 +40,7 @@ def open_store(cfg: Config) -> Store:
     )
     return RedisStore(
         client, max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
-        owns_client=True,
+        max_bytes=cfg.history_max_bytes, owns_client=True,
     )
 
 

@@ -99,6 +99,7 @@ class Deliverer:
             resp = formats.get("http-response")
             wsmsg = formats.get("ws-message")
             chunk = raw = wsframe = None
+            patched = None  # body-patch results by timeout body, for this message's polls
             for s in members:
                 if gate and only is None:
                     held = gate.get((s, env.channel))
@@ -172,12 +173,21 @@ class Deliverer:
                             if flt and filters.changes_content(flt) and r.get("body"):
                                 r = dict(r, body=filters.apply(
                                     flt, s.meta, env.meta, (), bytes(r["body"])))
-                            s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
+                            if r.get("body") is None and r.get("body-patch") is not None:
+                                if patched is None:
+                                    patched = {}
+                                s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive,
+                                                              patched=patched))
+                            else:
+                                s.respond(responses.published(s.hold, r,
+                                                              keep_alive=s.keep_alive))
                             self._deliveries += 1
                         except filters.FilterError as exc:
                             log.info("filter dropped message conn=%s channel=%s: %s",
                                      s.id, env.channel, exc)
-                        except (TypeError, ValueError) as exc:
+                        except (TypeError, ValueError, RecursionError) as exc:
+                            # one session's answer (a patch past edge.jsonpatch's limits is a
+                            # PatchError: the timeout body goes out); never the edge
                             log.warning("bad http-response format channel=%s seq=%s: %s",
                                         env.channel, env.seq, exc)
                     else:
@@ -287,7 +297,15 @@ class Deliverer:
             while s.buf and not s.dead:
                 try:
                     await trio.lowlevel.wait_writable(s.sock)
-                except (trio.ClosedResourceError, OSError):
+                except trio.ClosedResourceError:
+                    # a hint or recover wakes the connection task's wait on this socket with
+                    # notify_closing (edge.readtimer.Waker), and that wakes this wait too: only
+                    # a socket really closed (or a session ended) ends the backlog
+                    if s.dead or s.done or s.sock.fileno() == -1:
+                        s.kill("closed")
+                        return
+                    continue
+                except OSError:
                     s.kill("closed")
                     return
                 if s.dead:

@@ -6,15 +6,80 @@ ops)`` parses a JSON body, patches it and serialises it back (compact, UTF-8).  
 (RFC 6901: ``/a/0/b``, ``~0`` = ``~``, ``~1`` = ``/``, ``-`` = end of an array for ``add``).
 Any invalid operation, missing target or failed ``test`` raises ``PatchError`` and nothing is
 applied (Pushpin then keeps the unpatched body).
+
+Limits (a publisher is not trusted with the edge's memory or its loop): at most
+``MAX_PATCH_OPS`` operations, no value (in an operation or in the document) nested deeper than
+``MAX_PATCH_DEPTH``, and a document of at most ``MAX_PATCH_RESULT_BYTES`` (estimated while
+patching, so ``copy`` from the root cannot double the document twenty times, and checked
+exactly on the serialised result).  Past a limit: ``PatchLimitError`` (a ``PatchError``), so
+the one session whose response it was gets Pushpin's behaviour for a patch that does not apply
+and nothing else notices.  The broker refuses such a publish with the same limits
+(``broker.items``), so this is the second line.  Values are copied by ``_clone``, which counts
+what it copies, never by ``copy.deepcopy`` (unbounded, recursive).
 """
 from __future__ import annotations
 
-import copy
 import json
+
+from broker.items import MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_RESULT_BYTES
+
+__all__ = ["MAX_PATCH_DEPTH", "MAX_PATCH_OPS", "MAX_PATCH_RESULT_BYTES", "PatchError",
+           "PatchLimitError", "apply_patch", "parse_pointer", "patch_body"]
 
 
 class PatchError(ValueError):
     """The patch cannot be applied."""
+
+
+class PatchLimitError(PatchError):
+    """The patch, or the document it makes, is past a limit (see the module docstring)."""
+
+
+class _Budget:
+    """The estimated size of the document being patched (an upper bound: removals do not
+    give bytes back), against ``MAX_PATCH_RESULT_BYTES``."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def charge(self, n: int) -> None:
+        self.size += n
+        if self.size > MAX_PATCH_RESULT_BYTES:
+            raise PatchLimitError(f"patched document over {MAX_PATCH_RESULT_BYTES} bytes")
+
+
+def _clone(value, depth_left: int, budget: _Budget):
+    """A copy of the JSON value ``value``; charges its estimated serialised size to ``budget``
+    and raises PatchLimitError past ``depth_left`` levels of nesting or past the budget."""
+    t = type(value)
+    if t is dict:
+        if depth_left <= 0:
+            raise PatchLimitError(f"value nested deeper than {MAX_PATCH_DEPTH}")
+        budget.charge(2 + len(value))
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise PatchError("object key must be a string")
+            budget.charge(len(k) + 3)
+            out[k] = _clone(v, depth_left - 1, budget)
+        return out
+    if t is list:
+        if depth_left <= 0:
+            raise PatchLimitError(f"value nested deeper than {MAX_PATCH_DEPTH}")
+        budget.charge(2 + len(value))
+        return [_clone(v, depth_left - 1, budget) for v in value]
+    if t is str:
+        budget.charge(len(value) + 2)
+        return value
+    if value is None or t is bool:
+        budget.charge(5)
+        return value
+    if t is int or t is float:
+        budget.charge(24)
+        return value
+    raise PatchError(f"not a JSON value: {t.__name__}")
 
 
 def parse_pointer(path: str) -> list[str]:
@@ -30,7 +95,8 @@ def parse_pointer(path: str) -> list[str]:
 def _index(container: list, token: str, *, for_add: bool = False) -> int:
     if for_add and token == "-":
         return len(container)
-    if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+    if not (token.isascii() and token.isdigit()) or (len(token) > 1 and token[0] == "0") \
+            or len(token) > 18:
         raise PatchError(f"invalid array index {token!r}")
     i = int(token)
     if i > len(container) or (i == len(container) and not for_add):
@@ -94,10 +160,27 @@ def _remove(doc, tokens: list[str]):
     raise PatchError("target parent is not a container")
 
 
-def apply_patch(doc, ops):
+def _check_ops(ops) -> None:
     if not isinstance(ops, list):
         raise PatchError("patch must be a list of operations")
-    doc = copy.deepcopy(doc)
+    if len(ops) > MAX_PATCH_OPS:
+        raise PatchLimitError(f"more than {MAX_PATCH_OPS} operations")
+
+
+def apply_patch(doc, ops):
+    """``doc`` patched by ``ops`` (a new document; ``doc`` is left as it was)."""
+    _check_ops(ops)
+    budget = _Budget()
+    doc = _clone(doc, MAX_PATCH_DEPTH, budget)  # also bounds the input's depth and size
+    return _apply(doc, ops, budget)
+
+
+def _value(op: dict, path: list, budget: _Budget):
+    # a value added at ``path`` sits len(path) levels down: the document stays within the depth
+    return _clone(op["value"], MAX_PATCH_DEPTH - len(path), budget)
+
+
+def _apply(doc, ops, budget: _Budget):
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             raise PatchError("operation must be an object with 'op'")
@@ -105,26 +188,34 @@ def apply_patch(doc, ops):
         path = parse_pointer(op.get("path"))
         if name in ("add", "replace", "test") and "value" not in op:
             raise PatchError(f"'{name}' needs 'value'")
+        if len(path) > MAX_PATCH_DEPTH:
+            raise PatchLimitError(f"path deeper than {MAX_PATCH_DEPTH}")
         if name == "add":
-            doc = _add(doc, path, copy.deepcopy(op["value"]))
+            doc = _add(doc, path, _value(op, path, budget))
         elif name == "remove":
             _remove(doc, path)
         elif name == "replace":
             if not path:
-                doc = copy.deepcopy(op["value"])
+                doc = _value(op, path, budget)
             else:
                 _get(doc, path)
+                value = _value(op, path, budget)
                 _remove(doc, path)
-                doc = _add(doc, path, copy.deepcopy(op["value"]))
+                doc = _add(doc, path, value)
         elif name in ("move", "copy"):
             src = parse_pointer(op.get("from"))
             if name == "move" and path[:len(src)] == src and len(path) > len(src):
                 raise PatchError("cannot move a value into itself")
             value = _get(doc, src)
+            # the copy is charged (a copy from the root doubles the document); a move is too,
+            # as the moved value may now sit deeper
+            value = _clone(value, MAX_PATCH_DEPTH - len(path), budget)
             if name == "move":
                 _remove(doc, src)
-            doc = _add(doc, path, copy.deepcopy(value))
+            doc = _add(doc, path, value)
         elif name == "test":
+            # compare what is bounded: the value's depth is checked before ``==`` recurses
+            _clone(op["value"], MAX_PATCH_DEPTH, _Budget())
             if _get(doc, path) != op["value"]:
                 raise PatchError(f"test failed at {op.get('path')!r}")
         else:
@@ -133,8 +224,19 @@ def apply_patch(doc, ops):
 
 
 def patch_body(body: bytes, ops) -> bytes:
+    """``body`` (JSON) patched by ``ops``, serialised compact; PatchError when it cannot be."""
+    _check_ops(ops)
+    if len(body) > MAX_PATCH_RESULT_BYTES:
+        raise PatchLimitError(f"body over {MAX_PATCH_RESULT_BYTES} bytes")
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PatchError("body is not JSON") from exc
-    return json.dumps(apply_patch(doc, ops), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        out = json.dumps(apply_patch(doc, ops), separators=(",", ":"),
+                         ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in a value: not text
+        raise PatchError("value is not encodable text") from exc
+    if len(out) > MAX_PATCH_RESULT_BYTES:
+        raise PatchLimitError(f"patched document over {MAX_PATCH_RESULT_BYTES} bytes")
+    return out

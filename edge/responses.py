@@ -4,8 +4,18 @@ Heads are written from prepared bytes, never through a generic serializer on the
 Also: the response a long-poll client gets when an ``http-response`` is published (reference
 2.5 step 4: the timeout response's headers, replaced/extended by the published ones,
 ``Grip-*`` removed, ``Content-Length`` recomputed).
+
+Every head toward a client is built by ``head()``, and ``head()`` writes only what is valid
+HTTP whatever its source (a published item, an origin's ``Grip-Status`` or JSON instruction, a
+passed-through origin response): a header whose name is not an RFC 9110 token or whose value
+holds a control character (CR, LF, NUL, ...; HTAB is allowed) is left out, and a reason phrase
+that is not ``reason-phrase`` text is replaced by the code's standard one (a code that is not
+three digits, e.g. a ``Grip-Status: 0`` or a published code 0, is written as 502).  So no source can
+split a response or add a header; the broker refuses such publishes first (``broker.items``).
 """
 from __future__ import annotations
+
+import re
 
 from edge.grip import Hold
 from edge.headers import clean_response_headers, reason_for
@@ -20,13 +30,34 @@ def _latin1(s) -> bytes:
     return str(s).encode("latin-1", "replace")
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch
+_TEXT_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+
+
+def valid_field(name: bytes, value: bytes) -> bool:
+    """May ``name: value`` be written in a head: the name a token, the value field text."""
+    return _TOKEN(name) is not None and _TEXT_BAD(value) is None
+
+
+def valid_reason(reason: bytes) -> bool:
+    """Is ``reason`` a reason phrase (HTAB, SP, VCHAR, obs-text)?"""
+    return _TEXT_BAD(reason) is None
+
+
 def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> bytes:
-    """Status line and headers (``(name, value)`` str or bytes pairs), blank line included."""
-    parts = [b"%s %d %s\r\n" % (version, code, _latin1(reason or reason_for(code)))]
+    """Status line and headers (``(name, value)`` str or bytes pairs), blank line included.
+
+    Invalid fields are left out and an invalid reason replaced (see the module docstring)."""
+    if not 100 <= code <= 999:  # a status-code is three digits; garbage from upstream: 502
+        code, reason = 502, ""
+    r = _latin1(reason) if reason else b""
+    if not r or not valid_reason(r):
+        r = reason_for(code).encode("latin-1")
+    parts = [b"%s %d %s\r\n" % (version, code, r)]
     for k, v in headers:
-        if b"\n" in _latin1(v) or b"\r" in _latin1(v):
-            continue  # never let a header value split the head
-        parts.append(b"%s: %s\r\n" % (_latin1(k), _latin1(v)))
+        kb, vb = _latin1(k), _latin1(v)
+        if valid_field(kb, vb):  # never let a header split the head or add another
+            parts.append(b"%s: %s\r\n" % (kb, vb))
     parts.append(_CRLF)
     return b"".join(parts)
 
@@ -34,6 +65,8 @@ def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> by
 def full(code: int, reason: str, headers, body: bytes, *, keep_alive: bool = True,
          head_only: bool = False) -> bytes:
     """A complete response with ``Content-Length``; ``headers`` must not carry framing."""
+    if not 100 <= code <= 999:  # as head() writes it, so that the framing agrees
+        code, reason = 502, ""
     hs = list(headers)
     if code >= 200 and code not in (204, 304):
         hs.append(("Content-Length", str(len(body))))
@@ -52,8 +85,12 @@ def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
                 keep_alive=keep_alive)
 
 
-def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
-    """The response for a response-hold client from a published ``http-response`` format."""
+def published(hold: Hold, fmt: dict, *, keep_alive: bool = True,
+              patched: dict | None = None) -> bytes:
+    """The response for a response-hold client from a published ``http-response`` format.
+
+    ``patched`` (optional, one per published message): ``body-patch`` results by timeout body,
+    so the polls of one message that share a timeout body (the usual case) patch it once."""
     code = fmt.get("code")
     code = 200 if code is None else int(code)
     reason = fmt.get("reason") or reason_for(code)
@@ -70,10 +107,15 @@ def published(hold: Hold, fmt: dict, *, keep_alive: bool = True) -> bytes:
         body = hold.body
         patch = fmt.get("body-patch")
         if patch is not None:
-            try:
-                body = patch_body(body, patch)
-            except PatchError:
-                pass  # Pushpin keeps the timeout body when the patch does not apply
+            done = patched.get(body) if patched is not None else None
+            if done is None:
+                try:
+                    done = patch_body(body, patch)
+                except PatchError:  # also PatchLimitError: one session's answer, nothing else
+                    done = body  # Pushpin keeps the timeout body when the patch does not apply
+                if patched is not None:
+                    patched[body] = done
+            body = done
     elif isinstance(body, str):
         body = body.encode("utf-8")
     return full(code, reason, merged, body, keep_alive=keep_alive)

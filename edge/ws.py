@@ -167,9 +167,10 @@ class WsSession:
                  "dead", "done", "reason", "scope", "read_scope", "last_out", "filters", "meta",
                  "channel_names", "detached", "keep_alive", "ka_last", "delayed",
                  "delayed_at", "timer_at", "_closed", "client_close", "last_cursor",
-                 "__weakref__")
+                 "chan_prefix", "__weakref__")
 
-    def __init__(self, app, sock, side, prefix: str | None, now: float, max_message: int) -> None:
+    def __init__(self, app, sock, side, prefix: str | None, now: float, max_message: int,
+                 chan_prefix: str = "") -> None:
         self.id = next(_ids)
         self.app = app
         self.sock = sock
@@ -198,6 +199,20 @@ class WsSession:
         self._closed: trio.Event | None = None  # made on first wait (most sessions never wait)
         self.client_close: Close | None = None
         self.last_cursor: dict[str, str] = {}
+        # the route's ``prefix=``: prepended to every channel the origin names (route sub=
+        # channels, subscribe/unsubscribe), as Pushpin does and as HTTP holds do, so one
+        # tenant's origin cannot reach another tenant's channels; events to the origin name
+        # channels without it
+        self.chan_prefix = chan_prefix
+
+    def channel(self, name: str) -> str:
+        """The hub's name of the origin's channel ``name`` (the route prefix prepended)."""
+        return self.chan_prefix + name
+
+    def shown(self, channel: str) -> str:
+        """The origin's name of the hub's ``channel`` (the route prefix removed)."""
+        p = self.chan_prefix
+        return channel[len(p):] if p and channel.startswith(p) else channel
 
     def __repr__(self) -> str:
         return f"<WsSession conn={self.id} fd={self.fd}>"
@@ -252,7 +267,7 @@ class WsSession:
         if self.prefix is None:
             self.app.nursery.start_soon(self.close, 1012, "history lost")
             return
-        event = b"c:" + json.dumps({"type": "history-lost", "channel": channel}).encode()
+        event = b"c:" + json.dumps({"type": "history-lost", "channel": self.shown(channel)}).encode()
         self.app.nursery.start_soon(self._tell_origin, event)
 
     async def _tell_origin(self, event: bytes) -> None:
@@ -342,23 +357,25 @@ class WsSession:
     async def control(self, ctl) -> None:
         app = self.app
         if isinstance(ctl, wc.Subscribe):
+            name = self.channel(ctl.channel)
             chans = list(app.hub.channels_of(self))
-            if ctl.channel not in chans and len(chans) >= wc.MAX_CHANNELS:
+            if name not in chans and len(chans) >= wc.MAX_CHANNELS:
                 log.info("subscribe ignored (over %d channels) conn=%s", wc.MAX_CHANNELS, self.id)
                 return
             if ctl.filters:
-                self.filters[ctl.channel] = ctl.filters
+                self.filters[name] = ctl.filters
             else:
-                self.filters.pop(ctl.channel, None)
-            if ctl.channel not in chans:
-                self.set_channels(chans + [ctl.channel])
+                self.filters.pop(name, None)
+            if name not in chans:
+                self.set_channels(chans + [name])
                 if ctl.prev_id is not None:
-                    await self.resume(ctl.channel, ctl.prev_id)
+                    await self.resume(name, ctl.prev_id)
         elif isinstance(ctl, wc.Unsubscribe):
             if ctl.channel in self.side.fixed_channels:
                 return  # route sub= channels stay
-            chans = [c for c in app.hub.channels_of(self) if c != ctl.channel]
-            self.filters.pop(ctl.channel, None)
+            name = self.channel(ctl.channel)
+            chans = [c for c in app.hub.channels_of(self) if c != name]
+            self.filters.pop(name, None)
             self.set_channels(chans)
         elif isinstance(ctl, wc.Detach):
             self.detached = True
@@ -392,7 +409,7 @@ class WsSession:
         """Reliable WebSocket: replay what came after ``cursor`` before live messages."""
         ok = await self.app.resume(self, channel, cursor)
         if not ok and not self.done:
-            event = {"type": "resume-failed", "channel": channel, "prev-id": cursor}
+            event = {"type": "resume-failed", "channel": self.shown(channel), "prev-id": cursor}
             await self.side.client_event("TEXT", b"c:" + json.dumps(event).encode())
 
     async def flush_delayed(self) -> None:
@@ -459,7 +476,8 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
         return
     await conn.send_all(accept_head(key, opened.headers))
     now = trio.current_time()
-    session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app))
+    session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app),
+                        chan_prefix=route.prefix or "")
     app.ws_opened = getattr(app, "ws_opened", 0) + 1
     if getattr(app, "stats", None) is not None:  # a "conn" of type ws from now on (edge.connstats)
         app.stats.websocket(conn.sock, getattr(side, "cid", None))
@@ -467,7 +485,7 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
     try:
         async with trio.open_nursery() as nursery:
             session.scope = nursery.cancel_scope
-            session.set_channels(list(side.fixed_channels))
+            session.set_channels([session.channel(c) for c in side.fixed_channels])
             nursery.start_soon(side.serve, session)
             for ev in opened.events:
                 await session.from_origin(ev.type, ev.content)

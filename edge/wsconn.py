@@ -9,7 +9,9 @@ adds what sits above single frames (RFC 6455 sections 5.4 to 7):
   it, control frames may come in between.  A continuation with no message started, or a new
   data frame while one is open, is a protocol error (1002).
 * **Limits**: a message (all fragments together) larger than ``max_message`` fails the
-  connection with 1009 before more of it is buffered.  Text messages must be UTF-8 (1007).
+  connection with 1009 before more of it is buffered, and so does a message in more than
+  ``MAX_MESSAGE_FRAGMENTS`` frames (empty continuation frames cost nothing against
+  ``max_message``, yet each costs a parse and a list slot).  Text messages must be UTF-8 (1007).
 * **Close handshake** (states as data, ``CloseState``): ``OPEN`` -> we send a close ->
   ``LOCAL_SENT`` -> the peer's close arrives -> ``CLOSED``; or the peer's close arrives first ->
   ``REMOTE_RECEIVED`` (the caller answers with ``close()``) -> ``CLOSED``.  Nothing but close
@@ -33,6 +35,8 @@ from broker.errors import RemoteProtocolError
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 DEFAULT_MAX_MESSAGE = 1 << 20
+# frames of one message (the first and its continuations); browsers send one, libraries a few
+MAX_MESSAGE_FRAGMENTS = 1024
 
 
 class WsError(RemoteProtocolError):
@@ -116,6 +120,7 @@ class WsConnection:
         self._buf = bytearray()
         self._parts: list[bytes] = []
         self._size = 0
+        self._frags = 0  # frames of the message being assembled
         self._op: int | None = None  # opcode of the message being assembled
         self.close_received: Close | None = None
 
@@ -162,8 +167,12 @@ class WsConnection:
         self._size += len(payload)
         if self._size > self.max_message:
             raise WsError(1009, "message too big")
+        self._frags += 1
+        if self._frags > MAX_MESSAGE_FRAGMENTS:
+            raise WsError(1009, f"message in more than {MAX_MESSAGE_FRAGMENTS} frames")
         if not fin:
-            self._parts.append(payload)
+            if payload:
+                self._parts.append(payload)
             return None
         if self._parts:
             self._parts.append(payload)
@@ -172,6 +181,7 @@ class WsConnection:
         binary = self._op == OP_BINARY
         self._op = None
         self._size = 0
+        self._frags = 0
         if not binary:
             try:
                 payload.decode("utf-8")

@@ -377,3 +377,62 @@ def test_same_api_as_memory_store(method):
     assert inspect.iscoroutinefunction(getattr(RedisStore, method)) == inspect.iscoroutinefunction(
         getattr(MemoryStore, method))
     assert RedisStore.name == "redis"
+
+
+def _sized(channel: str, n: int, size: int) -> Item:
+    return Item(channel, {"http-stream": {"action": "send", "content": b"x" * size}}, id=str(n))
+
+
+def test_trim_by_bytes_keeps_the_budget_and_the_newest(shared_redis):
+    """Issue 11 item 8: a per-channel payload byte budget, as MemoryHistory keeps it, exact
+    across count trims (no counter to drift: the stream's own c/n fields say what it holds)."""
+    async def body(store, client):
+        for n in range(1, 11):
+            await store.append_batch([_sized("b", n, 3000)], NOW)
+        ep = (await store.position("b")).epoch
+        r = await store.replay("b", ep, 0, None, 100, NOW)
+        assert seqs(r) == [8, 9, 10]  # 9,000 bytes: a fourth would pass 10,000
+        await store.append_batch([_sized("b", 11, 50_000)], NOW)  # alone over: kept alone
+        assert seqs(await store.replay("b", ep, 0, None, 100, NOW)) == [11]
+        # one batch, two channels, then small items fill up again
+        await store.append_batch([_sized("b", 12, 4000), _sized("o", 1, 6000),
+                                  _sized("b", 13, 4000), _sized("b", 14, 4000)], NOW)
+        assert seqs(await store.replay("b", ep, 0, None, 100, NOW)) == [13, 14]
+        eo = (await store.position("o")).epoch
+        assert seqs(await store.replay("o", eo, 0, None, 100, NOW)) == [1]
+
+    with_store(shared_redis.port, body, max_bytes=10_000)
+
+
+def test_trim_by_bytes_after_count_trims(shared_redis):
+    async def body(store, client):
+        for n in range(1, 40):
+            await store.append_batch([_sized("c", n, 1000)], NOW)
+        ep = (await store.position("c")).epoch
+        assert seqs(await store.replay("c", ep, 0, None, 100, NOW)) == list(range(35, 40))
+        for n in range(40, 43):
+            await store.append_batch([_sized("c", n, 3000)], NOW)
+        assert seqs(await store.replay("c", ep, 0, None, 100, NOW)) == [41, 42]
+
+    with_store(shared_redis.port, body, max_items=5, approximate_trim=False, max_bytes=7000)
+
+
+def test_trim_by_bytes_matches_memory_history(shared_redis):
+    """The same items give the same kept seqs in both stores."""
+    sizes = [3000, 3000, 5000, 100, 9000, 20_000, 1, 1, 4000, 4000, 2000]
+    h = MemoryHistory(max_items=1000, max_bytes=10_000)
+    expected = []
+    for n, size in enumerate(sizes, 1):
+        h.append(_sized("m", n, size), NOW)
+        expected.append([e.seq for e in h.replay("m", after_seq=0).items])
+    assert expected[4] == [4, 5] and expected[7] == [7, 8] and expected[-1] == [9, 10, 11]
+
+    async def body(store, client):
+        got = []
+        for n, size in enumerate(sizes, 1):
+            await store.append_batch([_sized("m", n, size)], NOW)
+            ep = (await store.position("m")).epoch
+            got.append(seqs(await store.replay("m", ep, 0, None, 100, NOW)))
+        assert got == expected
+
+    with_store(shared_redis.port, body, max_bytes=10_000)

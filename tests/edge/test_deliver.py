@@ -128,3 +128,90 @@ def test_response_hold_gets_published_response():
         assert s.result.endswith(b"\r\n\r\nhi")
 
     trio.run(main)
+
+
+def test_hint_does_not_kill_a_backlogged_stream():
+    """Issue 11 item 12: a published hint wakes the held connection's wait with
+    ``notify_closing`` (edge.readtimer.Waker); the writer task waiting on the same socket
+    must not take that for a closed socket and drop the stream."""
+    from edge import readtimer
+
+    async def main():
+        hub = Hub()
+        pipe = PipeEnd()
+        s = StreamSession(pipe, Hold(mode="stream", next_link="http://o/next"), True, now=0.0)
+        s.writing = False
+        hub.add(s, ["c"], 0)
+        async with trio.open_nursery() as nursery:
+            d = Deliverer(hub, 1 << 20, spawn=nursery.start_soon)
+            await d.deliver([stream(b"y" * 150_000)], now=1.0)  # past the pipe: a backlog
+            await trio.testing.wait_all_tasks_blocked()
+            assert s.writing and s.buf
+            s.scope = readtimer.Waker(pipe)  # what hold_stream's wait installs
+            await d.deliver([stream(b"", action="hint", seq=2)], now=2.0)
+            assert s.hinted and s.scope.fired
+            got = bytearray()
+            while (s.buf or s.writing) and not s.dead:
+                got += pipe.read()
+                await trio.testing.wait_all_tasks_blocked()
+            got += pipe.read()
+        assert not s.dead, s.reason
+        assert len(got) > 150_000
+        pipe.close()
+
+    trio.run(main)
+
+
+def test_bad_body_patch_answers_one_session_with_the_timeout_body():
+    """Issue 11 item 2: a patch past the limits (or one nested too deep) is one session's
+    failed patch (Pushpin keeps the timeout body), never an exception out of delivery."""
+    async def main():
+        hub = Hub()
+        s = ResponseSession(Hold(mode="response", body=b'{"a":"' + b"x" * 1000 + b'"}'),
+                            keep_alive=True, deadline=9)
+        s2 = ResponseSession(Hold(mode="response", body=b"{}"), keep_alive=True, deadline=9)
+        hub.add(s, ["c"], 0)
+        hub.add(s2, ["d"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        deep: object = 1
+        for _ in range(3000):
+            deep = [deep]
+        bomb = [{"op": "copy", "from": "", "path": f"/k{i}"} for i in range(30)]
+        for chan, patch in (("d", [{"op": "add", "path": "/d", "value": deep}]), ("c", bomb)):
+            env = Envelope(channel=chan, seq=1, epoch="e", formats={"http-response": {
+                "action": "send", "code": 200, "reason": "OK", "headers": [], "body": None,
+                "body-patch": patch}})
+            await d.deliver([env], now=1.0)
+        assert s.result.endswith(b'\r\n\r\n{"a":"' + b"x" * 1000 + b'"}')
+        assert s2.result.endswith(b"\r\n\r\n{}")
+
+    trio.run(main)
+
+
+def test_one_message_patches_a_shared_timeout_body_once(monkeypatch):
+    """A patch costs up to the edge's budget per timeout body, not per poll: 500 polls with
+    the same timeout body patch it once."""
+    import edge.responses as responses_mod
+
+    calls = []
+    real = responses_mod.patch_body
+    monkeypatch.setattr(responses_mod, "patch_body", lambda b, p: calls.append(b) or real(b, p))
+
+    async def main():
+        hub = Hub()
+        polls = [ResponseSession(Hold(mode="response", body=b'{"n":0}'), keep_alive=True,
+                                 deadline=9) for _ in range(500)]
+        other = ResponseSession(Hold(mode="response", body=b'{"n":1}'), keep_alive=True,
+                                deadline=9)
+        for s in polls + [other]:
+            hub.add(s, ["c"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        env = Envelope(channel="c", seq=1, epoch="e", formats={"http-response": {
+            "action": "send", "code": 200, "reason": "OK", "headers": [], "body": None,
+            "body-patch": [{"op": "add", "path": "/p", "value": True}]}})
+        await d.deliver([env], now=1.0)
+        assert all(s.result.endswith(b'\r\n\r\n{"n":0,"p":true}') for s in polls)
+        assert other.result.endswith(b'\r\n\r\n{"n":1,"p":true}')
+        assert len(calls) == 2
+
+    trio.run(main)

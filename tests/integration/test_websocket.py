@@ -329,3 +329,32 @@ def test_reliable_websocket_catch_up_longer_than_the_buffer_limit(woh):
         assert got == list(range(1, 201))
 
     asyncio.run(main())
+
+
+def test_route_prefix_applies_to_websocket_channels(tmp_path):
+    """Issue 11 item 5: with ``prefix=t1-`` the origin's ``subscribe`` to ``secret`` and the
+    target's ``sub=news`` are the channels ``t1-secret`` and ``t1-news``: a tenant's origin
+    cannot reach another tenant's (unprefixed) channels, as Pushpin does."""
+    with WohOriginApp() as origin:
+        with Cluster(tmp_path, routes=[f"*,prefix=t1- 127.0.0.1:{origin.port},over_http,sub=news"],
+                     client_buffer_bytes=65536) as cluster:
+            url = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=secret"
+
+            async def main():
+                async with websockets.connect(url) as ws:
+                    await ws.send("hello")
+                    assert await recv(ws) == "hello"  # the subscribe was handled before
+                    for channel in ("secret", "news", "t1-secret", "t1-news"):
+                        await asyncio.to_thread(publish, cluster, channel,
+                                                WebSocketMessageFormat(f"to {channel}"))
+                    got = [await recv(ws), await recv(ws)]
+                    assert got == ["to t1-secret", "to t1-news"]
+                    await ws.send("unsub")  # the origin unsubscribes "secret": t1-secret goes
+                    await ws.send("sync")
+                    assert await recv(ws) == "sync"
+                    for channel in ("t1-secret", "t1-news"):
+                        await asyncio.to_thread(publish, cluster, channel,
+                                                WebSocketMessageFormat(f"again {channel}"))
+                    assert await recv(ws) == "again t1-news"
+
+            asyncio.run(main())
