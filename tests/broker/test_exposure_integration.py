@@ -18,6 +18,7 @@ import tnetstring as tnet3
 import zmq
 
 from broker import wire
+from broker.errors import EXIT_CONFIG
 from tests.helpers import NotifySocket, free_ports, stop_process, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -68,7 +69,7 @@ def frames_until_heartbeat_after(sub: zmq.Socket, t: float) -> list[bytes]:
             continue
         (frame,) = sub.recv_multipart()
         if wire.is_heartbeat(frame):
-            if wire.decode_heartbeat(frame)["ts"] > t:
+            if wire.decode_heartbeat(frame).ts > t:
                 return got
             continue
         got.append(frame)
@@ -179,7 +180,7 @@ def test_public_publish_bind_without_auth_does_not_start(tmp_path, flags, named)
     r = subprocess.run([sys.executable, "-m", "gripcast", "broker", "--config", str(cfg)],
                        cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True,
                        text=True, timeout=30)
-    assert r.returncode == 2
+    assert r.returncode == EXIT_CONFIG
     assert named in r.stderr and "allow_unauthenticated_publish" in r.stderr
 
 

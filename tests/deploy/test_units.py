@@ -18,6 +18,7 @@ import httpx
 import pytest
 from gripcontrol import create_grip_channel_header
 
+from broker.errors import EXIT_CONFIG
 from tests.integration.cluster import Origin, Proc, StreamClient, write_config, PORT_KEYS
 from tests.helpers import free_port_block, free_ports
 
@@ -54,6 +55,8 @@ def test_units_have_the_operational_settings():
         assert k["Type"] == ["notify"]
         assert int(k["LimitNOFILE"][0]) >= 65536
         assert k["Restart"] == ["on-failure"]
+        # a configuration error (gripcast's exit status) is not restarted, a crash is
+        assert k["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
         assert k["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
         assert k["ProtectSystem"] == ["strict"] and k["NoNewPrivileges"] == ["yes"]
         assert k["WantedBy"] == ["gripcast.target"] and k["PartOf"] == ["gripcast.target"]
