@@ -19,7 +19,7 @@ import pytest
 from gripcontrol import create_grip_channel_header
 
 from tests.integration.cluster import Origin, Proc, StreamClient, write_config, PORT_KEYS
-from tests.helpers import free_port_block, free_ports
+from tests.helpers import MISSING, free_port_block, free_ports
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = ("gripcast-broker.service", "gripcast-edge@.service", "gripcast.target")
@@ -60,7 +60,8 @@ def test_units_have_the_operational_settings():
         assert int(k["TimeoutStopSec"][0]) > 10
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason=MISSING + "systemd-analyze is not installed (Debian package systemd)")
 @pytest.mark.timeout(60)
 def test_systemd_analyze_verify_prints_nothing(tmp_path):
     for name in UNITS:

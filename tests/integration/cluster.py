@@ -194,6 +194,28 @@ class StreamClient:
             self.data += chunk
         return self.data
 
+    def read_for(self, seconds: float) -> bytes:
+        """Read whatever arrives within ``seconds`` (for "nothing more came" checks, made after
+        a positive signal that it would have come by then)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                chunk = self.chunks.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if chunk is None:
+                self.chunks.put(None)  # keep the end visible to later reads
+                break
+            self.data += chunk
+        return self.data
+
+    @property
+    def ended(self) -> bool:
+        """The response ended (the server closed it, or it failed)."""
+        return not self._thread.is_alive()
+
     def read_to_end(self, timeout: float = 10.0) -> bytes:
         self._thread.join(timeout)
         while True:

@@ -52,6 +52,8 @@ class Runner:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def config(tmp_path, routes=("* 127.0.0.1:1",), **extra) -> str:
