@@ -97,6 +97,11 @@ def env(tmp_path_factory):
                      "Grip-Channel": create_grip_channel_header("evilgone"),
                      "Grip-Link": f"<{evil}/gone>; rel=gone"}, b"[evil-gone]\n"
 
+    def ok_gone(req):
+        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
+                     "Grip-Channel": create_grip_channel_header("okgone"),
+                     "Grip-Link": "</ok-gone>; rel=gone"}, b"[ok-gone]\n"
+
     def ok_link(req):
         return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
                      "Grip-Channel": create_grip_channel_header("okl"),
@@ -104,11 +109,11 @@ def env(tmp_path_factory):
 
     def next_(req):
         return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("okl"),
-                     "Grip-Link": "</ok-gone>; rel=gone"}, b"[next]\n"
+                     "Grip-Channel": create_grip_channel_header("okl")}, b"[next]\n"
 
     origin = Origin({"/stream": stream, "/echo": echo, "/evil-link": evil_link,
-                     "/ok-link": ok_link, "/next": next_, "/evil-gone": evil_gone}).__enter__()
+                     "/ok-link": ok_link, "/next": next_, "/evil-gone": evil_gone,
+                     "/ok-gone-hold": ok_gone}).__enter__()
     cluster = Cluster(tmp_path_factory.mktemp("hostile"), [f"* 127.0.0.1:{origin.port}"],
                       client_head_timeout_s=HEAD_TIMEOUT_S, client_maxconn=MAXCONN,
                       client_body_bytes=1000, client_header_bytes=2048)
@@ -196,13 +201,22 @@ def test_next_and_gone_links_cannot_leave_the_origin(env):
     assert evil.ended, "the stream with a next link to another host was not ended"
     assert trap.accepted == 0
     evil.close()
+    ok.close()
     # rel=gone links, posted when the client leaves: the other host's is refused; the
     # origin's own, from a client that leaves just after, is posted (the positive signal;
     # both are local connects, so a followed evil one would have reached the trap by then)
-    evil_gone = StreamClient(cluster.url("/evil-gone"))
-    evil_gone.read_until(b"[evil-gone]\n")
-    evil_gone.close()
-    ok.close()
+    clients = []
+    for path, head in (("/evil-gone", b"[evil-gone]\n"), ("/ok-gone-hold", b"[ok-gone]\n")):
+        s = socket.create_connection(("127.0.0.1", cluster.edge_ports[0]), timeout=5)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        got = b""
+        while head not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        clients.append(s)
+    for s in clients:
+        s.close()
     wait_for(lambda: any(p == "/ok-gone" for _, p, _, _ in origin.requests), 10,
              "the origin's own gone link was never posted")
     assert trap.accepted == 0
