@@ -1,3 +1,4 @@
+import gc
 import os
 
 import pytest
@@ -57,3 +58,12 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"{reason.removeprefix('Skipped: ')}\nGRIPCAST_REQUIRE_ALL=1 "
                            "(scripts/test): every component the tests need must be installed")
+
+
+@pytest.fixture(autouse=True)
+def _collect_after_integration_tests(request):
+    """Collect garbage after each integration test, so that a socket or file it left open is
+    reported (ResourceWarning, an error here) against that test, not a later one."""
+    yield
+    if request.node.get_closest_marker("integration") is not None:
+        gc.collect()

@@ -23,12 +23,18 @@ def run_closing_the_pool(main) -> None:
             await main()
         finally:
             originpool.sweep(math.inf)
+            while _OPENED:
+                _OPENED.pop().close()
 
     trio.run(wrapper)
 
 
+_OPENED: list = []  # both ends of every pair, closed by run_closing_the_pool
+
+
 def _pair():
     a, b = trio.socket.socketpair()
+    _OPENED.extend((a, b))
     return trio.SocketStream(a), b
 
 

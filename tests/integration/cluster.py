@@ -162,6 +162,7 @@ class StreamClient:
     def _run(self, url, headers):
         try:
             with self._client.stream("GET", url, headers=headers) as resp:
+                self._sock = resp.extensions["network_stream"].get_extra_info("socket")
                 self.status, self.headers = resp.status_code, resp.headers
                 self._opened.set()
                 for chunk in resp.iter_raw():
@@ -229,4 +230,15 @@ class StreamClient:
         return self.data
 
     def close(self) -> None:
+        """Leave: shut the socket down (the reader thread sees the end and closes the
+        response), then close the client."""
+        import socket
+
+        sock = getattr(self, "_sock", None)
+        if sock is not None and self._thread.is_alive():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(5)
         self._client.close()

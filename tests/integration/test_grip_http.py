@@ -508,7 +508,7 @@ def test_publish_jwt_auth_and_first_subscription_retry(tmp_path):
             good = GripPubControl({"control_uri": cluster.publish_url,
                                    "control_iss": "me", "key": JWT_KEY})
             bad = GripPubControl({"control_uri": cluster.publish_url,
-                                  "control_iss": "me", "key": "wrong"})
+                                  "control_iss": "me", "key": "wrong-" + JWT_KEY[6:]})
             with ThreadPoolExecutor(1) as ex:
                 f = ex.submit(get, cluster, "/first")  # Pushpin: the origin sees it twice
                 c = StreamClient(cluster.url("/stream"))
