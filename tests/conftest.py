@@ -65,5 +65,6 @@ def _collect_after_integration_tests(request):
     """Collect garbage after each integration test, so that a socket or file it left open is
     reported (ResourceWarning, an error here) against that test, not a later one."""
     yield
-    if request.node.get_closest_marker("integration") is not None:
+    if request.node.get_closest_marker("integration") is not None or os.environ.get(
+            "GRIPCAST_GC_EACH_TEST") == "1":  # a debugging aid: charge every test
         gc.collect()
