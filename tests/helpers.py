@@ -8,7 +8,22 @@ import time
 
 from bench.procs import NotifySocket, free_ports  # one copy of each, shared with the bench
 
-__all__ = ["NotifySocket", "free_port_block", "free_ports", "stop_process", "wait_for"]
+__all__ = ["MISSING", "NotifySocket", "free_port_block", "free_ports", "skip_missing",
+           "stop_process", "wait_for"]
+
+# The prefix of every skip reason that means "a component this machine lacks" (redis-server,
+# chromium, network namespaces, systemd-analyze, the compiled twins).  With
+# GRIPCAST_REQUIRE_ALL=1 (scripts/test sets it) tests/conftest.py turns such a skip into a
+# failure: the test command installs what the tests need, or fails saying what is missing.
+MISSING = "missing component: "
+
+
+def skip_missing(what: str) -> None:
+    """Skip this test because ``what`` is not on this machine (a failure under
+    GRIPCAST_REQUIRE_ALL=1)."""
+    import pytest
+
+    pytest.skip(MISSING + what)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:

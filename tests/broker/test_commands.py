@@ -122,8 +122,8 @@ def test_parse_control_errors(payload, rid, why):
 
 
 def test_control_replies():
-    assert wire.decode_control(control.hello_reply(1, "b", 2.0)) == {
-        "rid": 1, "ok": True, "broker_id": "b", "started": 2.0, "cluster_id": "",
+    assert wire.decode_control(control.hello_reply(1, "b", 2.0, "c1")) == {
+        "rid": 1, "ok": True, "broker_id": "b", "started": 2.0, "cluster_id": "c1",
         "wire": wire.WIRE_VERSION}
     assert wire.decode_control(control.position_reply(2, "c", Position("e", 3, "x"))) == {
         "rid": 2, "ok": True, "channel": "c", "epoch": "e", "last_seq": 3, "last_id": "x"}

@@ -51,7 +51,13 @@ def test_msgpack_frames_end_to_end(broker_proc):  # noqa: F811
         assert got[1].formats == {"http-stream": {"action": "send", "content": b"2\n"}}
         assert got[-1].formats["ws-message"]["content"] == b"\x00\xff"
         assert got[-1].formats["ws-message"]["type"] == "binary"
-        assert not sub.poll(300)  # nothing more: the duplicate and the bad items were dropped
+        # nothing more: the duplicate and the bad items were dropped. The positive signal: a
+        # last item, sent after them all, is the next envelope (position markers, re-sent with
+        # heartbeats, may come in between)
+        push.send(b"M" + msgpack.packb(item(10000)))
+        while isinstance(nxt := recv_frame(sub), wire.Marker):
+            pass
+        assert (nxt.id, nxt.seq) == ("m10000", 2504)
     finally:
         sub.close()
         push.close()

@@ -17,10 +17,10 @@ from broker.redisclient import (
     open_redis_url,
     parse_redis_url,
 )
-from tests.helpers import free_ports
+from tests.helpers import MISSING, free_ports
 from tests.redis_server import RedisServer, redis_available
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+needs_redis = pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
 
 
 def integration(fn):

@@ -25,6 +25,7 @@ PORT_KEYS = (
     "edge_pub_port",
     "edge_ctl_port",
 )
+TWIN_SELECTORS = ("GRIPCAST_NO_SPEEDUPS", "GRIPCAST_REQUIRE_SPEEDUPS")
 CHILD = (
     "import json, sys\n"
     "from broker.config import load_config\n"
@@ -62,7 +63,9 @@ def broker_proc():
     ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS))))
     notify = NotifySocket()
     env = dict(os.environ, NOTIFY_SOCKET=notify.path, PYTHONPATH=str(ROOT))
-    env = {k: v for k, v in env.items() if not k.startswith("GRIPCAST_")}
+    # no config from the environment (GRIPCAST_* keys), but the twin choice is the run's
+    env = {k: v for k, v in env.items()
+           if not k.startswith("GRIPCAST_") or k in TWIN_SELECTORS}
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(dict(ports, log_level="debug"))],
         cwd=ROOT,

@@ -14,9 +14,10 @@ from broker.history import MemoryHistory
 from broker.items import Item
 from broker.redisclient import open_redis
 from broker.store_redis import RedisStore, RedisStoreError, open_redis_store
+from tests.helpers import MISSING
 from tests.redis_server import RedisServer, redis_available
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+needs_redis = pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), needs_redis]
 
 _prefixes = itertools.count()

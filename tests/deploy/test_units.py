@@ -20,7 +20,7 @@ from gripcontrol import create_grip_channel_header
 
 from broker.errors import EXIT_CONFIG
 from tests.integration.cluster import Origin, Proc, StreamClient, write_config, PORT_KEYS
-from tests.helpers import free_port_block, free_ports
+from tests.helpers import MISSING, free_port_block, free_ports
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = ("gripcast-broker.service", "gripcast-edge@.service", "gripcast.target")
@@ -93,7 +93,8 @@ def test_example_edge_config_loads_and_holds_no_broker_secret():
     assert not cfg.publish_jwt_key and not cfg.curve_secret_key
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason=MISSING + "systemd-analyze is not installed (Debian package systemd)")
 @pytest.mark.timeout(60)
 def test_systemd_analyze_verify_prints_nothing(tmp_path):
     for name in UNITS:

@@ -1,17 +1,24 @@
 """edge.readtimer: coarse socket-wait timeouts (trio's MockClock, a socketpair, no sleeps)."""
+import math
 import socket
 
 import pytest
 import trio
 import trio.testing
 
-from edge import readtimer
+from edge import originpool, readtimer
 from edge.origin import OriginError, OriginResponse
 from edge.routes import Target
 
 
 def _run(fn):
-    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+    async def main():
+        try:
+            await fn()
+        finally:  # a response read to its end goes back to the run's pool: close it there
+            originpool.sweep(math.inf)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_expired_wait_is_woken_and_marked():

@@ -162,6 +162,7 @@ class StreamClient:
     def _run(self, url, headers):
         try:
             with self._client.stream("GET", url, headers=headers) as resp:
+                self._sock = resp.extensions["network_stream"].get_extra_info("socket")
                 self.status, self.headers = resp.status_code, resp.headers
                 self._opened.set()
                 for chunk in resp.iter_raw():
@@ -194,6 +195,28 @@ class StreamClient:
             self.data += chunk
         return self.data
 
+    def read_for(self, seconds: float) -> bytes:
+        """Read whatever arrives within ``seconds`` (for "nothing more came" checks, made after
+        a positive signal that it would have come by then)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                chunk = self.chunks.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if chunk is None:
+                self.chunks.put(None)  # keep the end visible to later reads
+                break
+            self.data += chunk
+        return self.data
+
+    @property
+    def ended(self) -> bool:
+        """The response ended (the server closed it, or it failed)."""
+        return not self._thread.is_alive()
+
     def read_to_end(self, timeout: float = 10.0) -> bytes:
         self._thread.join(timeout)
         while True:
@@ -207,4 +230,15 @@ class StreamClient:
         return self.data
 
     def close(self) -> None:
+        """Leave: shut the socket down (the reader thread sees the end and closes the
+        response), then close the client."""
+        import socket
+
+        sock = getattr(self, "_sock", None)
+        if sock is not None and self._thread.is_alive():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(5)
         self._client.close()

@@ -12,7 +12,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from tests.helpers import free_ports, stop_process
+from tests.helpers import MISSING, free_ports, stop_process
 from tests.integration.cluster import PORT_KEYS, Proc, gripcast, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -79,7 +79,8 @@ def start_chromium(tmp_path):
     return proc, f"ws://127.0.0.1:{port}{path}"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test installs it)")
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason=MISSING + "chromium is not installed (scripts/test installs it)")
 def test_chat_demo_two_browser_pages(tmp_path):
     ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS))))
     demo_port = free_ports(1)[0]

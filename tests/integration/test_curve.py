@@ -25,6 +25,24 @@ def keypair():
     return public.decode(), secret.decode()
 
 
+def wait_handshake_failed(events, timeout: float = 10.0) -> bool:
+    """Read a socket monitor until a handshake fails (True) or succeeds (False)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    failed = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+              zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_DISCONNECTED}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not events.poll(int(max(deadline - time.monotonic(), 0) * 1000) + 1):
+            continue
+        ev = recv_monitor_message(events)["event"]
+        if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return False
+        if ev in failed:
+            return True
+    raise TimeoutError("the plain PUSH's monitor reported no handshake result")
+
+
 def stream(req):
     return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
                  "Grip-Channel": create_grip_channel_header("sec")}, b"[open]\n"
@@ -64,28 +82,34 @@ def test_curve_edges_and_publishers(tmp_path):
                 push.connect(f"tcp://127.0.0.1:{cluster.ports['push_in_port']}")
                 plain = ctx.socket(zmq.PUSH)
                 plain.setsockopt(zmq.LINGER, 0)
+                plain_events = plain.get_monitor_socket()
                 plain.connect(f"tcp://127.0.0.1:{cluster.ports['push_in_port']}")
                 try:
-                    item = {"channel": "sec", "formats": {"http-stream": {"content": "plain no\n"}}}
+                    item = {"channel": "sec", "formats": {"http-stream": {"content": ""}}}
                     item["formats"]["http-stream"]["content"] = "curve push 2\n"
                     push.send(b"J" + json.dumps(item).encode())
                     good.read_until(b"curve push 2\n")
-                    # a plain PUSH never completes a handshake: its send stays queued
+                    # a plain PUSH never completes a handshake: its send stays queued. The
+                    # positive signal: the plain socket's own monitor reports a failed handshake
                     item["formats"]["http-stream"]["content"] = "plain push\n"
                     plain.send(b"J" + json.dumps(item).encode())
+                    assert wait_handshake_failed(plain_events), "the plain PUSH got in"
                     pub.publish_http_stream("sec", "over curve 3\n")
                     good.read_until(b"over curve 3\n")
-                    time.sleep(0.5)
                     assert b"plain push" not in good.data
                 finally:
+                    plain.disable_monitor()
+                    plain_events.close(linger=0)
                     push.close()
                     plain.close()
-                # the edge whose key is not allowed never got a message
-                assert b"over curve" not in bad.data and b"curve push" not in bad.data
-                # and its refused handshakes are counted (the rogue edge and the plain PUSH)
+                # the edge whose key is not allowed: its refused handshakes are counted ...
                 wait_for(lambda: scrape(mport).get(
                     "gripcast_broker_curve_handshakes_refused_total", 0) >= 1,
                     what="refused handshakes counted")
+                # ... and it never got a message: what reached it is read now, after the good
+                # edge got the last one (an accepted edge gets each within milliseconds)
+                bad.read_for(1.0)
+                assert bad.data == b"[open]\n", bad.data
                 good.close()
                 bad.close()
             finally:

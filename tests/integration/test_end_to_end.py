@@ -103,5 +103,6 @@ def test_two_edges_http_and_zmq_publishers(tmp_path):
             subprocess.run(gripcast("publish", "news", "--close", "--url", cluster.publish_url),
                            check=True, capture_output=True, timeout=20)
             assert closer.read_to_end(timeout=10).endswith(b"[open]\n")
+            closer.close()
         # every origin request carried a Grip-Sig
         assert origin.requests and all("Grip-Sig" in h for (_, _, h, _) in origin.requests)

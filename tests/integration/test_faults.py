@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from broker import tnetstring
-from tests.helpers import free_port_block
+from tests.helpers import MISSING, free_port_block
 from tests.integration.cluster import Cluster, Origin, Proc, gripcast
 from tests.redis_server import RedisServer, redis_available
 
@@ -120,11 +120,16 @@ async def publish(client: httpx.AsyncClient, url: str, items: list[dict],
         await asyncio.sleep(0.05)
 
 
-async def finish(tasks, clients, timeout_s: float = 30.0) -> None:
-    """Wait for every client to complete; on timeout say how far each got."""
+async def finish(tasks, clients, timeout_s: float = 30.0,
+                 http: httpx.AsyncClient | None = None) -> None:
+    """Wait for every client to complete (then close their shared ``http`` client); on timeout
+    say how far each got."""
     done, pending = await asyncio.wait(tasks, timeout=timeout_s)
     for t in pending:
         t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if http is not None:
+        await http.aclose()
     for t in done:
         t.result()
     assert not pending, "clients did not complete: " + ", ".join(
@@ -166,7 +171,7 @@ def test_edge_killed_clients_resume_on_the_other_edge(tmp_path):
             clients = [SSE(urls if i < 80 else urls[1:], n) for i in range(nclients)]
 
             async def main():
-                http = shared_client()
+                http = shared_client()  # closed by finish()
                 tasks = [asyncio.create_task(c.run(http)) for c in clients]
                 await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in clients)), 20)
                 async with httpx.AsyncClient(timeout=10) as pub:
@@ -175,7 +180,7 @@ def test_edge_killed_clients_resume_on_the_other_edge(tmp_path):
                             cl.edge_procs[0].proc.kill()  # SIGKILL
                             cl.edge_procs[0].proc.wait()
                         await publish(pub, cl.publish_url, [item(k)])
-                await finish(tasks, clients)
+                await finish(tasks, clients, http=http)
 
             asyncio.run(main())
     assert_exact(clients, n)
@@ -186,7 +191,7 @@ def test_edge_killed_clients_resume_on_the_other_edge(tmp_path):
 # -- broker restart on Redis in the middle of a run ---------------------------------------------
 
 
-@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+@pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
 def test_broker_restart_with_redis_store_loses_nothing(tmp_path):
     n, restart_at = 300, 120
     with RedisServer() as redis, sse_app() as origin:
@@ -195,7 +200,7 @@ def test_broker_restart_with_redis_store_loses_nothing(tmp_path):
             clients = [SSE([cl.url("/sse", i % 2)], n) for i in range(10)]
 
             async def main():
-                http = shared_client()
+                http = shared_client()  # closed by finish()
                 tasks = [asyncio.create_task(c.run(http)) for c in clients]
                 await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in clients)), 20)
                 async with httpx.AsyncClient(timeout=10) as pub:
@@ -205,7 +210,7 @@ def test_broker_restart_with_redis_store_loses_nothing(tmp_path):
                         await publish(pub, cl.publish_url, [item(k)])
                         if k % 10 == 0:
                             await asyncio.sleep(0.01)
-                await finish(tasks, clients)
+                await finish(tasks, clients, http=http)
 
             asyncio.run(main())
     assert_exact(clients, n)
@@ -219,7 +224,7 @@ def restart_broker(cl: Cluster) -> None:
     cl.procs.insert(0, cl.broker)
 
 
-@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+@pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
 def test_redis_down_refuses_publishes_clearly_then_recovers(tmp_path):
     with RedisServer() as redis:
         cl = Cluster(tmp_path, [], edges=0, store=f"redis://127.0.0.1:{redis.port}/0")
@@ -265,13 +270,13 @@ def test_pubsub_drops_are_repaired_from_history(tmp_path):
             clients = [SSE([cl.url("/sse", i % 2)], n) for i in range(4)]
 
             async def main():
-                http = shared_client()
+                http = shared_client()  # closed by finish()
                 tasks = [asyncio.create_task(c.run(http)) for c in clients]
                 await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in clients)), 20)
                 async with httpx.AsyncClient(timeout=10) as pub:
                     for k in range(0, n, burst):  # one publish batch = one tight fan-out loop
                         await publish(pub, cl.publish_url, [item(j) for j in range(k, k + burst)])
-                await finish(tasks, clients)
+                await finish(tasks, clients, http=http)
 
             asyncio.run(main())
             stats = [metrics(mport + i) for i in (0, 1)]
@@ -307,7 +312,7 @@ def stalled_client_run(tmp_path, resume: bool):
             received: list[bytes] = []
 
             async def main():
-                http = shared_client()
+                http = shared_client()  # closed by finish()
                 tasks = [asyncio.create_task(c.run(http)) for c in readers]
                 await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in readers)), 20)
                 head = await asyncio.to_thread(read_until, stalled, b": open\n\n")
@@ -318,7 +323,7 @@ def stalled_client_run(tmp_path, resume: bool):
                         await publish(pub, cl.publish_url, [item(j, pad) for j in range(k, k + 10)])
                         published.extend([time.monotonic()] * 10)
                         await asyncio.sleep(0.01)
-                await finish(tasks, readers)
+                await finish(tasks, readers, http=http)
 
             asyncio.run(main())
             # the stalled client now reads what the kernel kept, up to the cut-off (EOF) ...
@@ -339,6 +344,10 @@ def stalled_client_run(tmp_path, resume: bool):
             if resume:
                 asyncio.run(asyncio.wait_for(late.run(), 6))
     assert_exact(readers, n)
+    # the readers stayed connected all along (a reader that was cut off too would still have
+    # got everything, by reconnecting with Last-Event-ID: exactness alone does not show it)
+    assert all(c.connects == 1 and not c.errors for c in readers), [
+        (c.connects, c.errors) for c in readers]
     if resume:
         assert_exact([late], n)
         assert late.connects == 1  # one reconnect, with Last-Event-ID

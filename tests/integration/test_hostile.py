@@ -11,6 +11,7 @@ import time
 import pytest
 from gripcontrol import GripPubControl, create_grip_channel_header
 
+from tests.helpers import wait_for
 from tests.integration.cluster import Cluster, Origin, StreamClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -91,6 +92,16 @@ def env(tmp_path_factory):
                      "Grip-Channel": create_grip_channel_header("evil"),
                      "Grip-Link": f"<{evil}/steal>; rel=next; timeout=1, <{evil}/gone>; rel=gone"}, b"[evil]\n"
 
+    def evil_gone(req):
+        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
+                     "Grip-Channel": create_grip_channel_header("evilgone"),
+                     "Grip-Link": f"<{evil}/gone>; rel=gone"}, b"[evil-gone]\n"
+
+    def ok_gone(req):
+        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
+                     "Grip-Channel": create_grip_channel_header("okgone"),
+                     "Grip-Link": "</ok-gone>; rel=gone"}, b"[ok-gone]\n"
+
     def ok_link(req):
         return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
                      "Grip-Channel": create_grip_channel_header("okl"),
@@ -101,7 +112,8 @@ def env(tmp_path_factory):
                      "Grip-Channel": create_grip_channel_header("okl")}, b"[next]\n"
 
     origin = Origin({"/stream": stream, "/echo": echo, "/evil-link": evil_link,
-                     "/ok-link": ok_link, "/next": next_}).__enter__()
+                     "/ok-link": ok_link, "/next": next_, "/evil-gone": evil_gone,
+                     "/ok-gone-hold": ok_gone}).__enter__()
     cluster = Cluster(tmp_path_factory.mktemp("hostile"), [f"* 127.0.0.1:{origin.port}"],
                       client_head_timeout_s=HEAD_TIMEOUT_S, client_maxconn=MAXCONN,
                       client_body_bytes=1000, client_header_bytes=2048)
@@ -183,10 +195,30 @@ def test_next_and_gone_links_cannot_leave_the_origin(env):
     # both links have timeout=1 and their channels stay quiet, so both holds fetch them: the
     # relative one reaches the origin (so this test can see a followed link) ...
     ok.read_until(b"[next]\n", timeout=10)
-    time.sleep(1.0)  # ... the absolute one to another host had as long, and was refused
-    evil.close()  # the rel=gone link on the client leaving is refused too
+    # ... the absolute one to another host is refused, and the edge ends that stream: the
+    # positive signal that its link was handled (a followed one would have reached the trap)
+    evil.read_to_end(timeout=10)
+    assert evil.ended, "the stream with a next link to another host was not ended"
+    assert trap.accepted == 0
+    evil.close()
     ok.close()
-    time.sleep(0.5)
+    # rel=gone links, posted when the client leaves: the other host's is refused; the
+    # origin's own, from a client that leaves just after, is posted (the positive signal;
+    # both are local connects, so a followed evil one would have reached the trap by then)
+    clients = []
+    for path, head in (("/evil-gone", b"[evil-gone]\n"), ("/ok-gone-hold", b"[ok-gone]\n")):
+        s = socket.create_connection(("127.0.0.1", cluster.edge_ports[0]), timeout=5)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        got = b""
+        while head not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        clients.append(s)
+    for s in clients:
+        s.close()
+    wait_for(lambda: any(p == "/ok-gone" for _, p, _, _ in origin.requests), 10,
+             "the origin's own gone link was never posted")
     assert trap.accepted == 0
     still_served(cluster, good, pub, "links")
 

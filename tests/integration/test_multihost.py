@@ -22,6 +22,7 @@ import time
 import pytest
 import zmq
 
+from tests.helpers import skip_missing
 from tests.integration.cluster import Proc, gripcast
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -141,6 +142,9 @@ class Lines:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def toml(path, **values) -> str:
@@ -171,7 +175,7 @@ def metric(net: Net, host: str, name: str) -> float:
 def test_edges_on_other_hosts_and_a_host_cut_off(tmp_path):
     reason = _netns_unavailable()
     if reason:
-        pytest.skip(reason)
+        skip_missing(reason)
     bpub, bsec = (k.decode() for k in zmq.curve_keypair())
     edge_keys = {h: tuple(k.decode() for k in zmq.curve_keypair()) for h in ("e1", "e2")}
     net = Net()

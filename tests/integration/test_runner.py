@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,8 @@ class Runner:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def config(tmp_path, routes=("* 127.0.0.1:1",), **extra) -> str:
@@ -80,7 +83,7 @@ def test_missing_routes_file_ends_the_start_at_once(tmp_path):
 
 def test_busy_port_is_named(tmp_path):
     cfg = config(tmp_path)
-    port = int(re.search(r"push_in_port = (\d+)", open(cfg).read()).group(1))
+    port = int(re.search(r"push_in_port = (\d+)", Path(cfg).read_text()).group(1))
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen(1)
@@ -101,7 +104,7 @@ def test_second_run_on_the_same_ports_is_refused(tmp_path):
         second = Runner("--config", cfg, "--edges", "1")
         try:
             assert second.wait_exit(20) == 78
-            client_port = re.search(r"client_port = (\d+)", open(cfg).read()).group(1)
+            client_port = re.search(r"client_port = (\d+)", Path(cfg).read_text()).group(1)
             assert f"port {client_port} is in use" in second.text
         finally:
             second.close()

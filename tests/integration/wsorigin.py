@@ -1,7 +1,8 @@
 """A WebSocket-over-HTTP origin app for tests, written with gripcontrol's helpers as a user would.
 
 POST /ws?channel=NAME[&prev=ID]: OPEN -> accept with ``grip; message-prefix=""``,
-``Set-Meta-User: alice``, subscribe to NAME (with ``prev-id`` when ``prev`` is given).
+``Set-Meta-User: alice``, subscribe to NAME (with ``prev-id`` when ``prev`` is given) and to
+each ``also=NAME`` channel.
 TEXT ``close`` -> CLOSE 4000 "bye"; TEXT ``unsub`` -> unsubscribe; TEXT ``detach`` -> detach;
 TEXT ``ka`` -> keep-alive "ka!" every 1 s (interval); TEXT ``delay`` -> send-delayed "later";
 any other TEXT/BINARY is echoed; CLOSE is answered with CLOSE.  Every request is recorded.
@@ -46,6 +47,9 @@ class WohOriginApp:
                         if q.get("prev"):
                             args["prev-id"] = q["prev"][0]
                         out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message("subscribe", args)))
+                        for also in q.get("also", []):
+                            out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
+                                "subscribe", {"channel": also})))
                         headers["Sec-WebSocket-Extensions"] = 'grip; message-prefix=""'
                         headers["Set-Meta-User"] = "alice"
                     elif e.type == "TEXT":

@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import _speedups
+from tests.helpers import skip_missing
 
 KEY = b"\x37\xfa\x21\x3d"
 
@@ -94,7 +95,7 @@ def test_twins_agree(frames, masked, key, limit, junk):
     try:
         c = _speedups.twin("wsframe", compiled=True)
     except ImportError:
-        pytest.skip("compiled twins are not built")
+        skip_missing("the compiled twins are not built (pip install . builds them)")
     data = b""
     for fin, op, payload in frames:
         a = c.ws_frame(op, payload, fin, key if masked else None)
@@ -112,5 +113,5 @@ def test_twins_agree_on_garbage(data, masked, limit):
     try:
         c = _speedups.twin("wsframe", compiled=True)
     except ImportError:
-        pytest.skip("compiled twins are not built")
+        skip_missing("the compiled twins are not built (pip install . builds them)")
     assert c.ws_parse(data, masked, limit) == py.ws_parse(data, masked, limit)
