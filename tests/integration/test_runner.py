@@ -188,3 +188,21 @@ def test_edge_refuses_a_broker_of_another_cluster(tmp_path):
         assert "'cluster-a'" in edge.stderr and "'cluster-b'" in edge.stderr
     finally:
         broker.stop()
+
+
+def test_no_secret_on_any_command_line(tmp_path):
+    """Security issue item 7: /proc/<pid>/cmdline is readable by every local user."""
+    secret_sig, secret_pub = "sig-" + "s" * 40, "pub-" + "p" * 40
+    r = Runner("--config", config(tmp_path, sig_key=secret_sig, publish_jwt_key=secret_pub),
+               "--edges", "1")
+    try:
+        r.wait_line(r"gripcast is ready")
+        pids = [int(p) for p in re.findall(r"started \w+ pid=(\d+)", r.text)] + [r.proc.pid]
+        assert len(pids) == 3
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+            assert secret_sig.encode() not in cmdline and secret_pub.encode() not in cmdline
+            assert b"--config-file" in cmdline or pid == r.proc.pid
+    finally:
+        r.close()
