@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from edge import responses
-from edge.grip import Hold, parse_instruct
+from edge.http1 import responses
+from edge.grip.instruct import Hold, parse_instruct
 
 MAX_ENTRIES = 512
 MAX_BODY = 4096

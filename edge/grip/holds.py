@@ -45,11 +45,12 @@ import trio
 
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
-from edge import readtimer, responses
-from edge.grip import Hold, is_grip_response
-from edge.instructcache import instruct, stream_head as cached_stream_head
-from edge.origin import OriginError, open_origin
-from edge.session import ResponseSession, StreamSession
+from edge import readtimer
+from edge.http1 import responses
+from edge.grip.instruct import Hold, is_grip_response
+from edge.grip.cache import instruct, stream_head as cached_stream_head
+from edge.origin.client import OriginError, open_origin
+from edge.grip.session import ResponseSession, StreamSession
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from broker.errors import InstructError
-from edge.headers import (
+from edge.http1.headers import (
     Headers, all_params, clean_response_headers, header_get, param_get, parse_params,
     reason_for, split_list, ParamError,
 )

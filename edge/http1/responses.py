@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 
-from edge.grip import Hold
-from edge.headers import clean_response_headers, reason_for
-from edge.jsonpatch import PatchError, patch_body
+from edge.grip.instruct import Hold
+from edge.http1.headers import clean_response_headers, reason_for
+from edge.grip.jsonpatch import PatchError, patch_body
 
 _CRLF = b"\r\n"
 

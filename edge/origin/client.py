@@ -32,7 +32,8 @@ import httptools
 import trio
 
 from broker.errors import RemoteProtocolError
-from edge import originpool, readtimer
+from edge import readtimer
+from edge.origin import pool as originpool
 from edge.fastpath import read_now, send_now
 from edge.routes import Route, Target
 

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 
 from broker.errors import RemoteProtocolError
-from edge.headers import all_params, param_get
+from edge.http1.headers import all_params, param_get
 
 DEFAULT_PREFIX = "m:"
 MAX_CHANNELS = 20

@@ -21,12 +21,12 @@ import trio
 from wsproto.utilities import generate_accept_token
 
 from broker.errors import RemoteProtocolError
-from edge import responses
-from edge.origin import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
+from edge.http1 import responses
+from edge.origin.client import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
                          encode_request_head, forward_headers)
-from edge.woh import MAX_REJECT_BODY, Opened, rejection
-from edge.wscontrol import grip_prefix
-from edge.wsconn import Close, Message, Ping, Pong, WsConnection, WsError
+from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
+from edge.ws.control import grip_prefix
+from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
 
 log = logging.getLogger(__name__)
 

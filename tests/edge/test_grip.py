@@ -6,8 +6,8 @@ import json
 import pytest
 
 from broker.errors import InstructError
-from edge.grip import Channel, KeepAlive, is_grip_response, parse_instruct, unescape_cstring
-from edge.headers import ParamError, clean_response_headers, parse_params, split_list
+from edge.grip.instruct import Channel, KeepAlive, is_grip_response, parse_instruct, unescape_cstring
+from edge.http1.headers import ParamError, clean_response_headers, parse_params, split_list
 
 CT = ("Content-Type", "text/plain")
 

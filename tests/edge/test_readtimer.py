@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from edge import readtimer
-from edge.origin import OriginError, OriginResponse
+from edge.origin.client import OriginError, OriginResponse
 from edge.routes import Target
 
 

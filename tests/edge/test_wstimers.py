@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from _speedups import ws_frame
-from edge import wscontrol as wc
-from edge.instructcache import instruct, stream_head
+from edge.ws import control as wc
+from edge.grip.cache import instruct, stream_head
 from edge.timers import TimerWheel
-from edge.ws import WsSession
-from edge.wsconn import OP_TEXT
-from edge.wstimers import WsTimers
+from edge.ws.session import WsSession
+from edge.ws.connection import OP_TEXT
+from edge.ws.timers import WsTimers
 
 
 @pytest.fixture
