@@ -44,7 +44,7 @@ from urllib.parse import urljoin, urlsplit
 import trio
 
 from _speedups import http_chunk
-from broker.errors import InstructError, RemoteProtocolError
+from broker.errors import GripcastError, InstructError, RemoteProtocolError
 from edge import readtimer
 from edge.http1 import responses
 from edge.grip.instruct import Hold, is_grip_response
@@ -145,8 +145,8 @@ class HoldRegistry:
         return len(self._sessions)
 
 
-class _Retry(Exception):
-    """Re-request the origin with these extra headers."""
+class _Retry(GripcastError):
+    """Re-request the origin with these extra headers (a control-flow signal, never escapes)."""
 
     def __init__(self, extra: list, resolve: bool) -> None:
         super().__init__("retry")

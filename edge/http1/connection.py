@@ -74,11 +74,11 @@ class Request:
         self.host = b""
 
 
-class _Reject(Exception):
+class _Reject(RemoteProtocolError):
     """Stop parsing: answer ``status`` with ``text`` and close."""
 
     def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
+        super().__init__(text, status=status)
         self.status, self.text = status, text
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from broker.errors import RemoteProtocolError
+
 Headers = list[tuple[str, str]]
 Param = tuple[str, "str | None"]
 
 
-class ParamError(ValueError):
+class ParamError(RemoteProtocolError):
     """A header element could not be parsed (unterminated quote or escape)."""
 
 

@@ -31,7 +31,7 @@ import re
 import httptools
 import trio
 
-from broker.errors import RemoteProtocolError
+from broker.errors import GripcastError, RemoteProtocolError
 from edge import readtimer
 from edge.origin import pool as originpool
 from edge.fastpath import read_now, send_now
@@ -235,7 +235,7 @@ class ResponseHead:
             self.parser = None
 
 
-class _Extra(Exception):
+class _Extra(GripcastError):
     """Raised from a callback to stop parsing bytes that follow the final response."""
 
 

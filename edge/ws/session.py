@@ -49,6 +49,7 @@ import trio
 from wsproto.utilities import generate_accept_token
 
 from _speedups import ws_frame
+from broker.errors import RemoteProtocolError
 from edge.grip import filters
 from edge.http1 import responses
 from edge.ws import control as wc
@@ -69,9 +70,9 @@ _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PO
 
 # -- handshake (sans-IO) ---------------------------------------------------------------------
 
-class HandshakeError(Exception):
+class HandshakeError(RemoteProtocolError):
     def __init__(self, status: int, text: str, headers=()) -> None:
-        super().__init__(text)
+        super().__init__(text, status=status)
         self.status, self.text, self.headers = status, text, list(headers)
 
     def response(self) -> bytes:
@@ -339,7 +340,7 @@ class WsSession:
                         return  # fragmented control messages are ignored (Pushpin)
                     try:
                         ctl = wc.parse_control(content[2:])
-                    except wc.ControlError as exc:
+                    except wc.WsControlError as exc:
                         if exc.close_code:
                             await self.close(exc.close_code, exc.reason)
                         else:

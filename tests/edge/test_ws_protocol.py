@@ -168,7 +168,7 @@ def test_control_messages():
     ('{"type":"keep-alive","content-bin":"!!"}', 0),
 ])
 def test_bad_control_messages(text, close):
-    with pytest.raises(wc.ControlError) as exc:
+    with pytest.raises(wc.WsControlError) as exc:
         wc.parse_control(text)
     assert exc.value.close_code == close
 
