@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass, field
 
 from broker.errors import InstructError
+from broker.items import status_reason
 from edge.http1.headers import (
     Headers, all_params, clean_response_headers, header_get, param_get, parse_params,
-    reason_for, split_list, ParamError,
+    split_list, ParamError,
 )
 
 DEFAULT_TIMEOUT_S = 55
@@ -244,7 +245,7 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
         if "response" in j:
             code, reason, out_headers, body = _json_response(j["response"], code, reason)
     if not reason:
-        reason = reason_for(code)
+        reason = status_reason(code)
     timeout = max(DEFAULT_TIMEOUT_S if timeout is None else timeout, MIN_TIMEOUT_S)
     names = [Channel(prefix + c.name, c.prev_id, c.filters) for c in channels]
     if mode is not None:
