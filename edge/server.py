@@ -32,6 +32,7 @@ from edge.sync.hub import Hub
 from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge import fastpath
 from edge.origin import pool as originpool
+from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.sync.resume import Resumer
 from edge.routes import RouteTable, parse_routes
@@ -96,6 +97,7 @@ class Edge:
         self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
         self.resumer = Resumer(self)
         self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+        self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
     def set_routes(self, cfg: Config, routes: RouteTable) -> None:

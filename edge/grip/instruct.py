@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from broker.errors import InstructError
 from broker.items import status_reason
@@ -53,7 +55,7 @@ class Hold:
     next_link: str | None = None
     next_link_timeout_s: int | None = None
     gone_link: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # read-only: shared
     code: int = 200
     reason: str = "OK"
     headers: tuple[tuple[str, str], ...] = ()  # client-facing, GRIP and hop-by-hop removed
@@ -254,7 +256,7 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
     return Hold(
         mode=mode, channels=tuple(names[:MAX_CHANNELS]), timeout_s=timeout,
         keep_alive=keep_alive, next_link=next_link, next_link_timeout_s=next_timeout,
-        gone_link=gone_link, meta=meta, code=code, reason=reason,
+        gone_link=gone_link, meta=MappingProxyType(meta), code=code, reason=reason,
         headers=tuple(out_headers), body=body,
     )
 

@@ -225,3 +225,11 @@ def test_cstring(text, data):
 def test_cstring_errors(text):
     with pytest.raises(InstructError):
         unescape_cstring(text)
+
+
+def test_hold_meta_is_read_only():
+    """Held sessions share one Hold (edge.grip.cache): its meta cannot be changed under them."""
+    i = instruct([("Grip-Hold", "response"), ("Grip-Channel", "a"), ("Grip-Set-Meta", "user=alice")])
+    assert i.meta == {"user": "alice"}
+    with pytest.raises(TypeError):
+        i.meta["user"] = "mallory"

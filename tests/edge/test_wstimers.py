@@ -10,7 +10,7 @@ import pytest
 
 from _speedups import ws_frame
 from edge.ws import control as wc
-from edge.grip.cache import instruct, stream_head
+from edge.grip.cache import InstructCache
 from edge.timers import TimerWheel
 from edge.ws.session import WsSession
 from edge.ws.connection import OP_TEXT
@@ -87,6 +87,8 @@ def test_wheel_next_due():
 
 
 def test_instruct_cache_shares_holds_and_heads():
+    cache = InstructCache()
+    instruct, stream_head = cache.instruct, cache.stream_head
     raw = [(b"Grip-Hold", b"stream"), (b"Grip-Channel", b"c0"), (b"Content-Type", b"text/plain")]
     h1 = instruct(200, "OK", raw, b"", prefix="", extra_channels=())
     h2 = instruct(200, "OK", list(raw), b"", prefix="", extra_channels=())
