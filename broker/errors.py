@@ -1,9 +1,13 @@
 """The one error tree of gripcast, split by whose fault it is (as h11 and httpcore do).
 
+* ``ProtocolError``: someone broke a protocol; split by whose fault it is:
 * ``RemoteProtocolError``: a peer (client, origin, publisher) sent something wrong.  It carries
   what to answer: an HTTP ``status`` and a one-line ``reason`` (and a WebSocket ``close_code``).
 * ``LocalProtocolError``: our own misuse of an API; a bug.
 * ``ConfigError``: the configuration is invalid; ``problems`` lists every problem at once.
+* the rest (``StoreUnavailable``, ``CurveKeyError``, ``BrokerUnavailable``, ...) derive from
+  ``GripcastError`` directly.  Every exception class of broker/, edge/ and gripcast/ is in this
+  tree (``tests/test_error_tree.py`` walks the modules), including private control-flow signals.
 """
 from __future__ import annotations
 
@@ -18,7 +22,11 @@ class GripcastError(Exception):
     """Root of every error gripcast raises on purpose."""
 
 
-class RemoteProtocolError(GripcastError):
+class ProtocolError(GripcastError):
+    """Someone broke a protocol: a peer (``RemoteProtocolError``) or we (``LocalProtocolError``)."""
+
+
+class RemoteProtocolError(ProtocolError):
     def __init__(self, reason: str, status: int = 400, close_code: int = 1002) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -37,7 +45,7 @@ class InstructError(RemoteProtocolError):
         super().__init__(reason, status=502)
 
 
-class LocalProtocolError(GripcastError):
+class LocalProtocolError(ProtocolError):
     """We misused one of our own APIs."""
 
 

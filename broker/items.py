@@ -90,6 +90,9 @@ MAX_ITEM_BYTES = 1 << 20
 FORMAT_NAMES = ("http-response", "http-stream", "ws-message")
 
 # Pushpin's reason phrases (PP:src/core/statusreasons.cpp); anything else is "Undefined Reason".
+# The one table of the project: the broker (publish API, http-response items) and the edge
+# (Grip-Status without a reason, its own error responses) both use ``status_reason``; never
+# Python's http.HTTPStatus, whose phrases changed in 3.13 (413 "Content Too Large").
 STATUS_REASONS = {
     100: "Continue", 101: "Switching Protocols", 102: "Processing",
     200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",

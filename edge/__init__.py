@@ -1,9 +1,18 @@
 """The gripcast edge: stateless trio processes that hold client connections.
 
-Sans-IO protocol modules: ``routes`` (Pushpin routes file), ``headers`` (GRIP header
-parameters, response cleaning), ``grip`` (instruct -> ``Hold``), ``hub`` (channel ->
-sessions), ``tracker`` (per-channel sequence tracking), ``timers`` (coarse timer buckets).
-I/O modules: ``sig`` (Grip-Sig), ``origin`` (HTTP client to the origin), ``httpserver``
-(client connections), ``brokerlink`` (the only zmq importer), ``deliver`` (the hot path),
-``server`` (composition root: ``main(cfg, index)``).
+Top level: ``server`` (composition root: ``main(cfg, index)``), ``routes`` (Pushpin routes file,
+sans-IO), ``timers`` (coarse timer buckets), ``readtimer`` (coarse socket-wait timeouts),
+``fastpath`` (non-blocking ``send``/``recv`` on trio sockets, the one place trio internals are used).
+
+Folders, one concern each:
+
+* ``http1/``  client connections: the HTTP/1.1 server (``connection``), response bytes, header rules.
+* ``origin/`` talking to the origin: the HTTP client with route fail-over, its keep-alive pool, Grip-Sig.
+* ``grip/``   GRIP instructs -> ``Hold``, their cache, held sessions and what happens to them
+  (``holds``: a publish for a held long-poll is answered through ``session``), filters, JSON patch.
+* ``ws/``     WebSocket: the client session, frames, GRIP control, WebSocket-over-HTTP and the
+  WebSocket-to-WebSocket proxy toward the origin, keep-alive timers.
+* ``sync/``   the broker: the ZeroMQ link, per-channel trackers, the channel hub, history resume and
+  repair, and the delivery hot path.
+* ``ops/``    operations: drain and reload, metrics, stats reports.
 """

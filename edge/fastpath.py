@@ -18,6 +18,9 @@ Python-level header work.  The helpers here remove what a connection does not ne
   trio's send only for what did not fit (so a small response head costs one syscall and no
   task switch).
 * ``read_now()``: one non-blocking read; ``None`` when nothing is there yet.
+* ``stdlib_socket()``: the stdlib socket inside a trio socket (trio's private ``_sock``): the
+  only place the edge reaches into trio; ``tests/edge/test_fastpath.py`` fails loudly if trio
+  moves it (the callers would otherwise quietly take their slower fallbacks).
 """
 from __future__ import annotations
 
@@ -47,6 +50,12 @@ def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:
     gc.set_threshold(*threshold)
 
 
+def stdlib_socket(sock) -> stdsocket.socket | None:
+    """The non-blocking stdlib socket a trio socket wraps, or None if this trio has none."""
+    raw = getattr(sock, "_sock", None)
+    return raw if isinstance(raw, stdsocket.socket) else None
+
+
 def set_listener_options(sock) -> None:
     """Options accepted sockets inherit on Linux (``TCP_NODELAY``): set once, not per accept."""
     try:
@@ -58,8 +67,8 @@ def set_listener_options(sock) -> None:
 async def accept_loop(listener, on_accept, batch: int = ACCEPT_BATCH) -> None:
     """Accept connections on ``listener`` (a trio socket) forever; ``on_accept(sock, addr)``
     (synchronous: it spawns whatever serves the connection) gets each as a trio socket."""
-    raw = getattr(listener, "_sock", None)  # trio's wrapped stdlib socket (non-blocking)
-    if raw is None or not isinstance(raw, stdsocket.socket):  # pragma: no cover - other trio
+    raw = stdlib_socket(listener)
+    if raw is None:  # pragma: no cover - another trio
         while True:
             sock, addr = await listener.accept()
             on_accept(sock, addr)

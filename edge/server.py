@@ -21,23 +21,25 @@ from broker.logsetup import configure_logging
 from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.sdnotify import notify
-from edge import responses
+from edge.http1 import responses
 from broker.curve import link_options
-from edge.brokerlink import BrokerLink, BrokerRefused, BrokerUnavailable
-from edge import lifecycle
-from edge import metrics as edge_metrics
-from edge.deliver import Deliverer
-from edge.httpserver import Connection
-from edge.hub import Hub
-from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
-from edge import fastpath, originpool
-from edge.holds import HoldRegistry
-from edge.resume import Resumer
+from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
+from edge.ops import lifecycle
+from edge.ops import metrics as edge_metrics
+from edge.sync.deliver import Deliverer
+from edge.http1.connection import Connection
+from edge.sync.hub import Hub
+from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge import fastpath
+from edge.origin import pool as originpool
+from edge.grip.cache import InstructCache
+from edge.grip.holds import HoldRegistry
+from edge.sync.resume import Resumer
 from edge.routes import RouteTable, parse_routes
-from edge.sig import Signer, load_key
-from edge import statsreport
+from edge.origin.sig import Signer, load_key
+from edge.ops import statsreport
 from edge.timers import TimerWheel
-from edge.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker
+from edge.sync.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Edge:
         self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
         self.resumer = Resumer(self)
         self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+        self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
     def set_routes(self, cfg: Config, routes: RouteTable) -> None:

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
-from edge.wsevents import EventsError, WsEvent, decode_events, encode_events
+from edge.ws.events import EventsError, WsEvent, decode_events, encode_events
 from gripcast.publish import build_item, post_items
 
 log = logging.getLogger(__name__)

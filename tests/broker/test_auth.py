@@ -116,7 +116,7 @@ def test_empty_key_is_a_config_error(tmp_path, spec):
     with pytest.raises(ConfigError) as info:
         load_verify_key(spec)
     assert "empty key" in info.value.problems[0]
-    from edge.sig import load_key
+    from edge.origin.sig import load_key
 
     with pytest.raises(ConfigError):  # sig_key too (the edge signs with it; same parser)
         load_key(spec)

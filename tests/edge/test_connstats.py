@@ -1,8 +1,8 @@
 """The edge's stats ledger (sans-IO, time passed in) and what the broker makes of its reports."""
 from broker import tnetstring, wire
 from broker.stats import StatsEncoder
-from edge.connstats import ConnStats, count_modes
-from edge.hub import Hub
+from edge.ops.connstats import ConnStats, count_modes
+from edge.sync.hub import Hub
 
 
 class S:

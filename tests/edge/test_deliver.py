@@ -10,16 +10,16 @@ import trio.testing
 
 import _speedups
 from broker.wire import Envelope
-from edge.deliver import Deliverer
-from edge.grip import Hold
-from edge.hub import Hub
-from edge.session import ResponseSession, StreamSession
+from edge.sync.deliver import Deliverer
+from edge.grip.instruct import Hold
+from edge.sync.hub import Hub
+from edge.grip.session import ResponseSession, StreamSession
 
 
 @pytest.fixture(autouse=True)
 def pure_send_batch(monkeypatch):
     """Pipes stand in for sockets; the compiled twin uses send(2), which pipes refuse."""
-    monkeypatch.setattr("edge.deliver.send_batch", _speedups.twin("sendmany", False).send_batch)
+    monkeypatch.setattr("edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch)
 
 
 class PipeEnd:
@@ -191,7 +191,7 @@ def test_bad_body_patch_answers_one_session_with_the_timeout_body():
 def test_one_message_patches_a_shared_timeout_body_once(monkeypatch):
     """A patch costs up to the edge's budget per timeout body, not per poll: 500 polls with
     the same timeout body patch it once."""
-    import edge.responses as responses_mod
+    import edge.http1.responses as responses_mod
 
     calls = []
     real = responses_mod.patch_body

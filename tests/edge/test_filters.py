@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.filters import FilterError, apply, var_subst
+from edge.grip.filters import FilterError, apply, var_subst
 
 
 @pytest.mark.parametrize("filters, sub, pub, channels, content, expect", [

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from broker.errors import InstructError
-from edge.grip import Channel, KeepAlive, is_grip_response, parse_instruct, unescape_cstring
-from edge.headers import ParamError, clean_response_headers, parse_params, split_list
+from edge.grip.instruct import Channel, KeepAlive, is_grip_response, parse_instruct, unescape_cstring
+from edge.http1.headers import ParamError, clean_response_headers, parse_params, split_list
 
 CT = ("Content-Type", "text/plain")
 
@@ -225,3 +225,11 @@ def test_cstring(text, data):
 def test_cstring_errors(text):
     with pytest.raises(InstructError):
         unescape_cstring(text)
+
+
+def test_hold_meta_is_read_only():
+    """Held sessions share one Hold (edge.grip.cache): its meta cannot be changed under them."""
+    i = instruct([("Grip-Hold", "response"), ("Grip-Channel", "a"), ("Grip-Set-Meta", "user=alice")])
+    assert i.meta == {"user": "alice"}
+    with pytest.raises(TypeError):
+        i.meta["user"] = "mallory"

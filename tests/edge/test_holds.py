@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.holds import HoldRegistry, LinkRefused, grip_last, resolve_link
+from edge.grip.holds import HoldRegistry, LinkRefused, grip_last, resolve_link
 from edge.routes import parse_routes
 
 ROUTE = parse_routes(["* 127.0.0.1:8080 origin.internal:80"]).routes[0]

@@ -9,7 +9,7 @@ import trio.testing
 
 from broker.config import Config
 from edge import readtimer
-from edge.httpserver import KEEPALIVE_IDLE_S, Connection
+from edge.http1.connection import KEEPALIVE_IDLE_S, Connection
 
 
 class App:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from broker.config import Config
-from edge import responses
-from edge.grip import Hold
-from edge.httpserver import Connection
-from edge.origin import build_request
+from edge.http1 import responses
+from edge.grip.instruct import Hold
+from edge.http1.connection import Connection
+from edge.origin.client import build_request
 from edge.routes import parse_routes
 
 CLIENT_HEADERS = [
@@ -41,7 +41,7 @@ def test_pushpin_header_rules():
 
 
 def test_connection_close_when_origin_keepalive_is_off():
-    from edge import originpool
+    from edge.origin import pool as originpool
 
     originpool.configure(0)
     try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.hub import Hub, Subscribe, Unsubscribe
+from edge.sync.hub import Hub, Subscribe, Unsubscribe
 from edge.timers import TimerWheel
 
 

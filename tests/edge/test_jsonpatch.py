@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from edge.jsonpatch import PatchError, apply_patch, patch_body
+from edge.grip.jsonpatch import PatchError, apply_patch, patch_body
 
 
 @pytest.mark.parametrize("doc, ops, expect", [
@@ -63,7 +63,7 @@ def test_patch_body_and_atomicity():
 def test_copy_from_the_root_is_stopped_at_the_result_limit():
     import time
 
-    from edge.jsonpatch import MAX_PATCH_RESULT_BYTES, PatchLimitError
+    from edge.grip.jsonpatch import MAX_PATCH_RESULT_BYTES, PatchLimitError
     doc = {"a": "x" * 1000}
     bomb = [{"op": "copy", "from": "", "path": f"/k{i}"} for i in range(30)]
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def test_copy_from_the_root_is_stopped_at_the_result_limit():
 
 
 def test_operation_count_limit():
-    from edge.jsonpatch import MAX_PATCH_OPS
+    from edge.grip.jsonpatch import MAX_PATCH_OPS
     ops = [{"op": "test", "path": "", "value": {}}] * MAX_PATCH_OPS
     assert apply_patch({}, ops) == {}
     with pytest.raises(PatchError, match="more than 100 operations"):
@@ -99,7 +99,7 @@ def test_deep_values_are_a_patch_error_not_a_recursion_error(depth):
 
 
 def test_depth_counts_the_path_a_value_is_added_at():
-    from edge.jsonpatch import MAX_PATCH_DEPTH
+    from edge.grip.jsonpatch import MAX_PATCH_DEPTH
     doc: object = {}
     cur = doc
     for _ in range(MAX_PATCH_DEPTH - 1):

@@ -1,7 +1,7 @@
-"""edge.lifecycle.end_session: how each kind of held session is ended for shutdown."""
-from edge.grip import Hold
-from edge.lifecycle import end_session
-from edge.session import ResponseSession, StreamSession
+"""edge.ops.lifecycle.end_session: how each kind of held session is ended for shutdown."""
+from edge.grip.instruct import Hold
+from edge.ops.lifecycle import end_session
+from edge.grip.session import ResponseSession, StreamSession
 
 
 class _Fd:

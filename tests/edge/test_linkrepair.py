@@ -1,9 +1,9 @@
 """LinkWatch (broker restart / lost link detection) and the epoch-change policy, sans-IO."""
 from __future__ import annotations
 
-from edge.grip import parse_instruct
-from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
-from edge.session import ResponseSession, StreamSession
+from edge.grip.instruct import parse_instruct
+from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.grip.session import ResponseSession, StreamSession
 
 
 def test_first_heartbeat_restart_and_loss():

@@ -11,11 +11,11 @@ from wsproto.utilities import generate_accept_token
 
 from broker.config import Config
 from broker.errors import ConfigError
-from edge.holds import grip_last
-from edge.origin import (RequestHeadError, ResponseHead, build_request, encode_request_head)
+from edge.grip.holds import grip_last
+from edge.origin.client import (RequestHeadError, ResponseHead, build_request, encode_request_head)
 from edge.routes import parse_routes
-from edge.woh import woh_headers
-from edge.wsproxy import WsOrigin, client_handshake
+from edge.ws.over_http import woh_headers
+from edge.ws.proxy import WsOrigin, client_handshake
 from tests.edge.test_http import parse
 
 SMUGGLE = "1\r\nX-Smuggled: yes"

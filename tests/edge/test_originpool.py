@@ -7,8 +7,8 @@ import pytest
 import trio
 import trio.testing
 
-from edge import originpool
-from edge.origin import open_origin
+from edge.origin import pool as originpool
+from edge.origin.client import open_origin
 from edge.routes import parse_routes
 from tests.helpers import skip_missing
 

@@ -8,11 +8,11 @@ import pytest
 import trio
 
 from _speedups import ws_frame
-from edge import responses
-from edge import wscontrol as wc
-from edge.grip import Hold
-from edge.ws import WsSession, accept_head
-from edge.wsconn import MAX_MESSAGE_FRAGMENTS, Message, WsConnection, WsError
+from edge.http1 import responses
+from edge.ws import control as wc
+from edge.grip.instruct import Hold
+from edge.ws.session import WsSession, accept_head
+from edge.ws.connection import MAX_MESSAGE_FRAGMENTS, Message, WsConnection, WsError
 
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 FIELD = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")

@@ -6,8 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from edge import originpool, readtimer
-from edge.origin import OriginError, OriginResponse
+from edge import readtimer
+from edge.origin import pool as originpool
+from edge.origin.client import OriginError, OriginResponse
 from edge.routes import Target
 
 

@@ -23,7 +23,7 @@ from broker.history import MemoryHistory
 from broker.items import Item
 from broker.sequencer import Sequencer
 from broker.wire import Marker
-from edge.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, Tracker
+from edge.sync.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, Tracker
 
 CHANNELS = ("a", "b")
 

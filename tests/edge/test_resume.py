@@ -1,4 +1,4 @@
-"""edge.resume.Catchup: one session catching up from a cursor (sans-IO, no sockets)."""
+"""edge.sync.resume.Catchup: one session catching up from a cursor (sans-IO, no sockets)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 from broker.history import MemoryHistory
 from broker.items import Item
 from broker.wire import Envelope, ReplayReply, ReplayRequest
-from edge.resume import GATE_LIMIT, Catchup, Step, _Gate
+from edge.sync.resume import GATE_LIMIT, Catchup, Step, _Gate
 
 
 def history(n: int, max_items: int = 1000, ids=True) -> MemoryHistory:

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from broker.errors import ConfigError
-from edge.sig import Signer, load_key
+from edge.origin.sig import Signer, load_key
 
 NOW = 1_700_000_000
 

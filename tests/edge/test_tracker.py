@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from broker.wire import Envelope, Marker
-from edge.tracker import (
+from edge.sync.tracker import (
     EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker,
 )
 

@@ -7,12 +7,12 @@ from gripcontrol import WebSocketEvent, decode_websocket_events, encode_websocke
 from hypothesis import given, strategies as st
 
 from _speedups import ws_frame, ws_parse
-from edge import wscontrol as wc
-from edge.woh import apply_headers, check_response, replay_headers, woh_headers
-from edge.ws import (HandshakeError, accept_head, check_handshake, is_websocket_request,
+from edge.ws import control as wc
+from edge.ws.over_http import apply_headers, check_response, replay_headers, woh_headers
+from edge.ws.session import (HandshakeError, accept_head, check_handshake, is_websocket_request,
                      message_frame)
-from edge.wsconn import Close, CloseState, Message, Ping, Pong, WsConnection, WsError
-from edge.wsevents import EventsError, WsEvent, decode_events, encode_events
+from edge.ws.connection import Close, CloseState, Message, Ping, Pong, WsConnection, WsError
+from edge.ws.events import EventsError, WsEvent, decode_events, encode_events
 
 KEY = b"abcd"
 
@@ -168,7 +168,7 @@ def test_control_messages():
     ('{"type":"keep-alive","content-bin":"!!"}', 0),
 ])
 def test_bad_control_messages(text, close):
-    with pytest.raises(wc.ControlError) as exc:
+    with pytest.raises(wc.WsControlError) as exc:
         wc.parse_control(text)
     assert exc.value.close_code == close
 

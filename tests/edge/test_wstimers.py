@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from _speedups import ws_frame
-from edge import wscontrol as wc
-from edge.instructcache import instruct, stream_head
+from edge.ws import control as wc
+from edge.grip.cache import InstructCache
 from edge.timers import TimerWheel
-from edge.ws import WsSession
-from edge.wsconn import OP_TEXT
-from edge.wstimers import WsTimers
+from edge.ws.session import WsSession
+from edge.ws.connection import OP_TEXT
+from edge.ws.timers import WsTimers
 
 
 @pytest.fixture
@@ -87,6 +87,8 @@ def test_wheel_next_due():
 
 
 def test_instruct_cache_shares_holds_and_heads():
+    cache = InstructCache()
+    instruct, stream_head = cache.instruct, cache.stream_head
     raw = [(b"Grip-Hold", b"stream"), (b"Grip-Channel", b"c0"), (b"Content-Type", b"text/plain")]
     h1 = instruct(200, "OK", raw, b"", prefix="", extra_channels=())
     h2 = instruct(200, "OK", list(raw), b"", prefix="", extra_channels=())

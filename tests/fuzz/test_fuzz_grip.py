@@ -1,4 +1,4 @@
-"""GRIP instructs (edge/grip.py) and header helpers (edge/headers.py) under hostile origins.
+"""GRIP instructs (edge/grip/instruct.py) and header helpers (edge/http1/headers.py) under hostile origins.
 
 An origin may answer anything: parsing yields a ``Hold`` or an ``InstructError`` (502 to the
 client), never another exception.
@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import InstructError, RemoteProtocolError
-from edge import headers as hdr
-from edge.grip import is_grip_response, parse_instruct
+from edge.http1 import headers as hdr
+from edge.grip.instruct import is_grip_response, parse_instruct
 from tests.fuzz.strategies import FUZZ, header_value, nasty_number, nasty_text
 
 grip_names = st.sampled_from(["Grip-Hold", "Grip-Channel", "Grip-Timeout", "Grip-Keep-Alive",

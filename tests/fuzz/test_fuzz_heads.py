@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from broker.errors import InstructError, PublishError
 from broker.items import parse_http_publish
-from edge import responses
-from edge.grip import Hold, parse_instruct
-from edge.ws import accept_head
+from edge.http1 import responses
+from edge.grip.instruct import Hold, parse_instruct
+from edge.ws.session import accept_head
 from tests.fuzz.strategies import FUZZ, header_value, nasty_text, token
 
 _STATUS = re.compile(rb"HTTP/1\.[01] \d{3} [\t\x20-\x7e\x80-\xff]*")

@@ -1,4 +1,4 @@
-"""Client HTTP/1.1 request parsing (edge/httpserver.py) under hostile bytes, sans-IO.
+"""Client HTTP/1.1 request parsing (edge/http1/connection.py) under hostile bytes, sans-IO.
 
 ``Connection.feed`` is the whole parsing path (httptools + our callbacks + limits) and never
 touches the socket, so it is driven directly.  Whatever arrives, ``feed`` must not raise: each
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.config import Config
-from edge.httpserver import Connection
+from edge.http1.connection import Connection
 from tests.fuzz.strategies import FUZZ, header_value, nasty_number, token
 
 ANSWERS = {400, 405, 413, 414, 431}

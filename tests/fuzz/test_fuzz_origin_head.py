@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import ConfigError
-from edge.holds import grip_last
-from edge.origin import RequestHeadError, build_request
+from edge.grip.holds import grip_last
+from edge.origin.client import RequestHeadError, build_request
 from edge.routes import parse_routes
-from edge.woh import woh_headers
-from edge.wsproxy import client_handshake
+from edge.ws.over_http import woh_headers
+from edge.ws.proxy import client_handshake
 from tests.fuzz.strategies import FUZZ, nasty_text, token
 
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

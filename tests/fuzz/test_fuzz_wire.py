@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from broker import wire
 from broker.control import ControlError, parse_control
 from broker.errors import RemoteProtocolError
-from edge.tracker import Tracker
+from edge.sync.tracker import Tracker
 from tests.fuzz.strategies import FUZZ
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),

@@ -1,5 +1,5 @@
-"""WebSocket input under hostile peers: the WebSocket-over-HTTP event codec (edge/wsevents.py),
-GRIP control messages (edge/wscontrol.py) and client frames (edge/wsconn.py).  Each returns
+"""WebSocket input under hostile peers: the WebSocket-over-HTTP event codec (edge/ws/events.py),
+GRIP control messages (edge/ws/control.py) and client frames (edge/ws/connection.py).  Each returns
 values or raises its ``RemoteProtocolError`` (502 / a close code), never anything else; a
 message over the size limit always closes with 1009.
 """
@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import RemoteProtocolError
-from edge import wscontrol, wsevents
-from edge.wsconn import WsConnection
+from edge.ws import control as wscontrol
+from edge.ws import events as wsevents
+from edge.ws.connection import WsConnection
 from tests.fuzz.strategies import FUZZ, nasty_number
 
 names = st.sampled_from([b"OPEN", b"TEXT", b"BINARY", b"PING", b"PONG", b"CLOSE", b"DISCONNECT",

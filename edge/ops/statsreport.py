@@ -13,7 +13,7 @@ import os
 
 import trio
 
-from edge.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
+from edge.ops.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
 
 log = logging.getLogger(__name__)
 

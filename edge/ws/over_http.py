@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import trio
 
 from broker.errors import RemoteProtocolError
-from edge import responses
-from edge.headers import clean_response_headers
-from edge.origin import OriginError, RequestHeadError, open_origin
-from edge.wscontrol import grip_prefix
-from edge.wsevents import (CONTENT_TYPE, EventsError, WsEvent, close_content, decode_events,
+from edge.http1 import responses
+from edge.http1.headers import clean_response_headers
+from edge.origin.client import OriginError, RequestHeadError, open_origin
+from edge.ws.control import grip_prefix
+from edge.ws.events import (CONTENT_TYPE, EventsError, WsEvent, close_content, decode_events,
                            encode_event, parse_close_content)
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,13 @@ Filters run in the order given; the first drop stops the chain.
 """
 from __future__ import annotations
 
+from broker.errors import RemoteProtocolError
+
 KNOWN = ("skip-self", "skip-users", "require-sub", "var-subst")
 DELIVERY = frozenset(["skip-self", "skip-users", "require-sub"])
 
 
-class FilterError(ValueError):
+class FilterError(RemoteProtocolError):
     """A content filter failed (the message is dropped for that subscriber)."""
 
 

@@ -8,7 +8,7 @@ control messages.
   ``("control", Control)``, ``("message", payload_without_prefix)`` or ``("drop", reason)``.
   BINARY messages go through ``strip_prefix``.
 * ``parse_control(data)``: the JSON object after ``c:`` -> a frozen control record, or
-  ``ControlError`` (``close_code`` 1011 where Pushpin closes the connection, else the message is
+  ``WsControlError`` (``close_code`` 1011 where Pushpin closes the connection, else the message is
   ignored with a warning).
 
 Deviation from Pushpin, on purpose: ``keep-alive``/``send-delayed`` with ``content-bin`` and no
@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 
 from broker.errors import RemoteProtocolError
-from edge.headers import all_params, param_get
+from edge.http1.headers import all_params, param_get
 
 DEFAULT_PREFIX = "m:"
 MAX_CHANNELS = 20
@@ -33,7 +33,7 @@ SEND_DELAYED_DEFAULT_S = 1.0
 MESSAGE_TYPES = ("text", "binary", "ping", "pong")
 
 
-class ControlError(RemoteProtocolError):
+class WsControlError(RemoteProtocolError):
     def __init__(self, reason: str, close_code: int = 0) -> None:
         super().__init__(reason, status=502, close_code=close_code)
 
@@ -103,27 +103,27 @@ def _num(v, name: str, default: float) -> float:
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ControlError(f"{name} must be a non-negative number")
+        raise WsControlError(f"{name} must be a non-negative number")
     return float(v)
 
 
 def _message(obj: dict, required: bool) -> OutMessage | None:
     mtype = obj.get("message-type")
     if mtype is not None and mtype not in MESSAGE_TYPES:
-        raise ControlError(f"unknown message-type {mtype!r}")
+        raise WsControlError(f"unknown message-type {mtype!r}")
     if "content-bin" in obj:
         try:
             content = base64.b64decode(obj["content-bin"], validate=True)
         except (binascii.Error, ValueError, TypeError):
-            raise ControlError("content-bin is not base64") from None
+            raise WsControlError("content-bin is not base64") from None
         return OutMessage(mtype or "binary", content)
     if "content" in obj:
         c = obj["content"]
         if not isinstance(c, str):
-            raise ControlError("content must be a string")
+            raise WsControlError("content must be a string")
         return OutMessage(mtype or "text", c.encode("utf-8"))
     if required:
-        raise ControlError("missing content")
+        raise WsControlError("missing content")
     return None
 
 
@@ -131,27 +131,27 @@ def parse_control(data: bytes | str):
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ControlError("control message is not JSON") from None
+        raise WsControlError("control message is not JSON") from None
     if not isinstance(obj, dict):
-        raise ControlError("control message is not an object")
+        raise WsControlError("control message is not an object")
     kind = obj.get("type")
     if kind == "subscribe":
         ch = obj.get("channel")
         if not isinstance(ch, str) or not ch or "\x00" in ch:
-            raise ControlError("subscribe needs a channel")
+            raise WsControlError("subscribe needs a channel")
         filters = obj.get("filters") or []
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
-            raise ControlError("filters must be a list of strings")
+            raise WsControlError("filters must be a list of strings")
         if len(filters) > MAX_FILTERS:
-            raise ControlError("too many filters", close_code=1011)
+            raise WsControlError("too many filters", close_code=1011)
         prev = obj.get("prev-id")
         if prev is not None and (not isinstance(prev, str) or not prev):
-            raise ControlError("prev-id must be a non-empty string")
+            raise WsControlError("prev-id must be a non-empty string")
         return Subscribe(ch, tuple(filters), prev)
     if kind == "unsubscribe":
         ch = obj.get("channel")
         if not isinstance(ch, str) or not ch:
-            raise ControlError("unsubscribe needs a channel")
+            raise WsControlError("unsubscribe needs a channel")
         return Unsubscribe(ch)
     if kind == "detach":
         return Detach()
@@ -161,13 +161,13 @@ def parse_control(data: bytes | str):
     if kind == "set-meta":
         name = obj.get("name")
         if not isinstance(name, str) or not name:
-            raise ControlError("set-meta needs a name")
+            raise WsControlError("set-meta needs a name")
         value = obj.get("value")
         return SetMeta(name, None if value is None else str(value))
     if kind == "keep-alive":
         mode = obj.get("mode", "idle")
         if mode not in ("idle", "interval"):
-            raise ControlError(f"unknown keep-alive mode {mode!r}")
+            raise WsControlError(f"unknown keep-alive mode {mode!r}")
         return KeepAlive(_message(obj, False), _num(obj.get("timeout"), "timeout",
                                                     KEEP_ALIVE_DEFAULT_S), mode)
     if kind == "send-delayed":
@@ -175,7 +175,7 @@ def parse_control(data: bytes | str):
                                                      SEND_DELAYED_DEFAULT_S))
     if kind == "flush-delayed":
         return FlushDelayed()
-    raise ControlError(f"unknown control message type {kind!r}")
+    raise WsControlError(f"unknown control message type {kind!r}")
 
 
 def classify(data: bytes, prefix: str):

@@ -44,12 +44,13 @@ from urllib.parse import urljoin, urlsplit
 import trio
 
 from _speedups import http_chunk
-from broker.errors import InstructError, RemoteProtocolError
-from edge import readtimer, responses
-from edge.grip import Hold, is_grip_response
-from edge.instructcache import instruct, stream_head as cached_stream_head
-from edge.origin import OriginError, open_origin
-from edge.session import ResponseSession, StreamSession
+from broker.errors import GripcastError, InstructError, RemoteProtocolError
+from edge import readtimer
+from edge.http1 import responses
+from edge.grip.instruct import Hold, is_grip_response
+from edge.grip.cache import InstructCache
+from edge.origin.client import OriginError, open_origin
+from edge.grip.session import ResponseSession, StreamSession
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,8 @@ class HoldRegistry:
         return len(self._sessions)
 
 
-class _Retry(Exception):
-    """Re-request the origin with these extra headers."""
+class _Retry(GripcastError):
+    """Re-request the origin with these extra headers (a control-flow signal, never escapes)."""
 
     def __init__(self, extra: list, resolve: bool) -> None:
         super().__init__("retry")
@@ -166,7 +167,7 @@ def _client_path(req) -> tuple[str, str]:
     return host.decode("latin-1"), path.decode("latin-1")
 
 
-async def _parse(resp, route) -> tuple[Hold, object]:
+async def _parse(resp, route, cache: InstructCache) -> tuple[Hold, object]:
     raw = resp.headers
     kw = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
     ctype, hold_value, has_next = b"", None, False
@@ -183,14 +184,14 @@ async def _parse(resp, route) -> tuple[Hold, object]:
     is_json = ctype.split(b";", 1)[0].strip() == b"application/grip-instruct"
     if not is_json and (hold_value == b"stream" or (hold_value is None and has_next)):
         # parsed once per distinct instruct (edge.instructcache), shared by held sessions
-        hold = instruct(resp.status, resp.reason, raw, b"", **kw)
+        hold = cache.instruct(resp.status, resp.reason, raw, b"", **kw)
         if hold.mode == "stream" or (hold.mode is None and hold.next_link):
             if resp.complete:  # the whole body is in: it goes out with the head, in one send
                 body = await resp.read_body(1 << 62)
-                return instruct(resp.status, resp.reason, raw, b"", stream_body=body, **kw), None
+                return cache.instruct(resp.status, resp.reason, raw, b"", stream_body=body, **kw), None
             return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
     body = await resp.read_body(MAX_ACCEPT_BODY)
-    return instruct(resp.status, resp.reason, raw, body, **kw), None
+    return cache.instruct(resp.status, resp.reason, raw, body, **kw), None
 
 
 async def handle_grip(conn, req, route, resp) -> bool:
@@ -207,7 +208,7 @@ async def handle_grip(conn, req, route, resp) -> bool:
     while True:
         try:
             try:
-                hold, body_iter = await _parse(resp, route)
+                hold, body_iter = await _parse(resp, route, app.instruct_cache)
                 if hold.mode == "response":
                     return await hold_response(conn, req, route, hold, resolve,
                                                attempts < MAX_ATTEMPTS)
@@ -426,7 +427,7 @@ class _Stream:
                             await self.conn.send_all(self.frame(piece))
                     self.hold = Hold(mode=None)
                     return True
-                hold, body_iter = await _parse(resp, self.route)
+                hold, body_iter = await _parse(resp, self.route, self.app.instruct_cache)
                 if hold.mode == "response":
                     raise InstructError("Next link returned non-stream hold.")
                 await self.send_body(hold.body, body_iter)
@@ -462,7 +463,7 @@ async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
                 raise InstructError(
                     f"channel '{failed[0].name}' specifies prev-id, but no next link found")
             await app.wait_positioned([c.name for c in hold.channels])
-        head = cached_stream_head(hold, chunked=s.chunked)
+        head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
             head, hold_body = head + st.frame(hold.body), b""
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 
-from edge.grip import Hold
+from edge.grip.instruct import Hold
 
 _ids = itertools.count(1)
 

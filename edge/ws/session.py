@@ -49,11 +49,13 @@ import trio
 from wsproto.utilities import generate_accept_token
 
 from _speedups import ws_frame
-from edge import filters, responses
-from edge import wscontrol as wc
+from broker.errors import RemoteProtocolError
+from edge.grip import filters
+from edge.http1 import responses
+from edge.ws import control as wc
 from edge.fastpath import read_now
-from edge.wstimers import ws_timers
-from edge.wsconn import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
+from edge.ws.timers import ws_timers
+from edge.ws.connection import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
                          OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
 
 log = logging.getLogger(__name__)
@@ -68,9 +70,9 @@ _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PO
 
 # -- handshake (sans-IO) ---------------------------------------------------------------------
 
-class HandshakeError(Exception):
+class HandshakeError(RemoteProtocolError):
     def __init__(self, status: int, text: str, headers=()) -> None:
-        super().__init__(text)
+        super().__init__(text, status=status)
         self.status, self.text, self.headers = status, text, list(headers)
 
     def response(self) -> bytes:
@@ -338,7 +340,7 @@ class WsSession:
                         return  # fragmented control messages are ignored (Pushpin)
                     try:
                         ctl = wc.parse_control(content[2:])
-                    except wc.ControlError as exc:
+                    except wc.WsControlError as exc:
                         if exc.close_code:
                             await self.close(exc.close_code, exc.reason)
                         else:
@@ -455,8 +457,8 @@ class WsSession:
 
 async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
     """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends."""
-    from edge.woh import WohOrigin
-    from edge.wsproxy import WsOrigin
+    from edge.ws.over_http import WohOrigin
+    from edge.ws.proxy import WsOrigin
 
     app = conn.app
     route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), True, False)

@@ -22,6 +22,8 @@ import socket
 
 import trio
 
+from edge.fastpath import stdlib_socket
+
 MAX_IDLE_PER_TARGET = 256
 DEFAULT_IDLE_S = 30.0
 
@@ -56,7 +58,7 @@ def _dead(stream) -> bool:
     One non-blocking ``recv(MSG_PEEK)``: ``select()`` cannot take a descriptor above 1023
     (an edge holding thousands of clients has those), which made every such pooled
     connection look dead and a new one be opened per request."""
-    raw = getattr(stream.socket, "_sock", None)  # trio's wrapped stdlib socket
+    raw = stdlib_socket(stream.socket)
     try:
         if raw is None:  # pragma: no cover - another trio
             p = select.poll()

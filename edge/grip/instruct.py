@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from broker.errors import InstructError
-from edge.headers import (
+from broker.items import status_reason
+from edge.http1.headers import (
     Headers, all_params, clean_response_headers, header_get, param_get, parse_params,
-    reason_for, split_list, ParamError,
+    split_list, ParamError,
 )
 
 DEFAULT_TIMEOUT_S = 55
@@ -52,7 +55,7 @@ class Hold:
     next_link: str | None = None
     next_link_timeout_s: int | None = None
     gone_link: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # read-only: shared
     code: int = 200
     reason: str = "OK"
     headers: tuple[tuple[str, str], ...] = ()  # client-facing, GRIP and hop-by-hop removed
@@ -244,7 +247,7 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
         if "response" in j:
             code, reason, out_headers, body = _json_response(j["response"], code, reason)
     if not reason:
-        reason = reason_for(code)
+        reason = status_reason(code)
     timeout = max(DEFAULT_TIMEOUT_S if timeout is None else timeout, MIN_TIMEOUT_S)
     names = [Channel(prefix + c.name, c.prev_id, c.filters) for c in channels]
     if mode is not None:
@@ -253,7 +256,7 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
     return Hold(
         mode=mode, channels=tuple(names[:MAX_CHANNELS]), timeout_s=timeout,
         keep_alive=keep_alive, next_link=next_link, next_link_timeout_s=next_timeout,
-        gone_link=gone_link, meta=meta, code=code, reason=reason,
+        gone_link=gone_link, meta=MappingProxyType(meta), code=code, reason=reason,
         headers=tuple(out_headers), body=body,
     )
 

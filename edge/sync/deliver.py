@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import trio
 
 from _speedups import http_chunk, send_batch
-from edge import filters, responses
-from edge.sseid import ID_TOKEN, render_ids
-from edge.ws import message_frame as ws_message_frame
+from edge.grip import filters
+from edge.http1 import responses
+from edge.grip.sseid import ID_TOKEN, render_ids
+from edge.ws.session import message_frame as ws_message_frame
 
 log = logging.getLogger(__name__)
 

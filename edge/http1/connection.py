@@ -46,12 +46,12 @@ import trio
 
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
-from edge import responses
+from edge.http1 import responses
 from edge.fastpath import read_now, send_now
-from edge.grip import is_grip_response
-from edge.holds import handle_grip
-from edge.origin import OriginError, open_origin
-from edge.ws import is_websocket_request, serve_websocket, woh_forbidden
+from edge.grip.instruct import is_grip_response
+from edge.grip.holds import handle_grip
+from edge.origin.client import OriginError, open_origin
+from edge.ws.session import is_websocket_request, serve_websocket, woh_forbidden
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,11 @@ class Request:
         self.host = b""
 
 
-class _Reject(Exception):
+class _Reject(RemoteProtocolError):
     """Stop parsing: answer ``status`` with ``text`` and close."""
 
     def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
+        super().__init__(text, status=status)
         self.status, self.text = status, text
 
 

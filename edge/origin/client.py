@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 
 import httptools
 import trio
 
-from broker.errors import RemoteProtocolError
-from edge import originpool, readtimer
+from broker.errors import GripcastError, RemoteProtocolError
+from edge import readtimer
+from edge.origin import pool as originpool
 from edge.fastpath import read_now, send_now
 from edge.routes import Route, Target
 
@@ -234,7 +236,7 @@ class ResponseHead:
             self.parser = None
 
 
-class _Extra(Exception):
+class _Extra(GripcastError):
     """Raised from a callback to stop parsing bytes that follow the final response."""
 
 
@@ -384,55 +386,79 @@ async def open_origin(route: Route, method: bytes, path: bytes,
                       sig: str | None, timeout_s: float,
                       extra: list[tuple[bytes, bytes]] = (), rewrite: bool = True,
                       targets=None) -> OriginResponse:
-    """Connect (failing over across targets on connect errors), send, read the head."""
-    errors = []
-    for target in (targets or route.targets):
+    """Connect (failing over across targets on connect errors: ``connect_first``), send, read
+    the head.  Once connected, an error is the answer (no other target is tried), except on a
+    pooled connection the origin had closed meanwhile: then once more, fresh."""
+    targets = list(targets or route.targets)
+    errors: list[str] = []
+
+    def take(target: Target) -> trio.SocketStream | None:
+        return originpool.take((target.host, target.port), trio.current_time())
+
+    i, target, stream, reused = await connect_first(targets, timeout_s, errors=errors, take=take)
+    while True:
+        request = build_request(route, target, method, path, headers, body, sig=sig,
+                                extra=extra, rewrite=rewrite)
+        resp = OriginResponse(stream, target, timeout_s, head_only=method == b"HEAD",
+                              reused=reused)
+        ok = False
+        try:
+            try:  # one non-blocking send first: a request head nearly always fits
+                sent = send_now(stream.socket, request)
+            except OSError as exc:
+                resp._broken = True
+                raise OriginError(f"error sending to origin {target}: {exc}") from exc
+            if sent < len(request):
+                with trio.move_on_after(timeout_s) as scope:
+                    try:
+                        await stream.send_all(memoryview(request)[sent:])
+                    except (OSError, trio.BrokenResourceError) as exc:
+                        resp._broken = True
+                        raise OriginError(f"error sending to origin {target}: {exc}") from exc
+                if scope.cancelled_caught:
+                    raise OriginError(f"timeout sending to origin {target}")
+            await resp._read_head()
+            ok = True
+            return resp
+        except OriginError:
+            if not (reused and resp._broken and not resp._got):
+                raise
+            log.debug("reused origin connection was closed target=%s: retrying", target)
+        finally:
+            if not ok:
+                await resp.aclose()
+        # the origin closed an idle connection: this target once more, fresh, then the rest
+        stale, targets = target, targets[i:]
+        i, target, stream, reused = await connect_first(
+            targets, timeout_s, errors=errors, take=lambda t: None if t is stale else take(t))
+
+
+async def connect_first(targets: Sequence[Target], timeout_s: float, *,
+                        errors: list[str] | None = None,
+                        take: Callable[[Target], trio.SocketStream | None] | None = None,
+                        ) -> tuple[int, Target, trio.SocketStream, bool]:
+    """The one connect-with-fail-over loop (origin requests here, WebSocket-to-WebSocket in
+    ``edge.ws.proxy``): try ``targets`` in order; a TLS target (never plaintext to it), a
+    refused or unreachable connect, or a connect timeout (``timeout_s`` each) moves on to the
+    next.  ``take`` may offer a pooled connection for a target before connecting.
+
+    Returns ``(index, target, stream, reused)``; raises ``OriginError`` naming every failure
+    (also appended to ``errors``) when no target connects."""
+    errors = [] if errors is None else errors
+    for i, target in enumerate(targets):
         if target.ssl:
             errors.append(f"{target}: TLS to origins is not supported yet")
             continue
-        key = (target.host, target.port)
-        request = build_request(route, target, method, path, headers, body, sig=sig,
-                                extra=extra, rewrite=rewrite)
-        for fresh in (False, True):
-            stream = None if fresh else originpool.take(key, trio.current_time())
-            reused = stream is not None
-            if stream is None:
-                with trio.move_on_after(timeout_s) as scope:
-                    try:
-                        stream = await trio.open_tcp_stream(target.host, target.port)
-                    except OSError as exc:
-                        errors.append(f"{target}: {exc.strerror or exc}")
-                if scope.cancelled_caught:
-                    errors.append(f"{target}: connect timeout")
-                if stream is None:
-                    break  # next target
-            resp = OriginResponse(stream, target, timeout_s, head_only=method == b"HEAD",
-                                  reused=reused)
-            ok = False
+        stream = take(target) if take is not None else None
+        if stream is not None:
+            return i, target, stream, True
+        with trio.move_on_after(timeout_s) as scope:
             try:
-                try:  # one non-blocking send first: a request head nearly always fits
-                    sent = send_now(stream.socket, request)
-                except OSError as exc:
-                    resp._broken = True
-                    raise OriginError(f"error sending to origin {target}: {exc}") from exc
-                if sent < len(request):
-                    with trio.move_on_after(timeout_s) as scope:
-                        try:
-                            await stream.send_all(memoryview(request)[sent:])
-                        except (OSError, trio.BrokenResourceError) as exc:
-                            resp._broken = True
-                            raise OriginError(f"error sending to origin {target}: {exc}") from exc
-                    if scope.cancelled_caught:
-                        raise OriginError(f"timeout sending to origin {target}")
-                await resp._read_head()
-                ok = True
-                return resp
-            except OriginError:
-                if reused and resp._broken and not resp._got:
-                    log.debug("reused origin connection was closed target=%s: retrying", target)
-                    continue  # the origin closed an idle connection: once more, fresh
-                raise
-            finally:
-                if not ok:
-                    await resp.aclose()
+                stream = await trio.open_tcp_stream(target.host, target.port)
+            except OSError as exc:
+                errors.append(f"{target}: {exc.strerror or exc}")
+        if scope.cancelled_caught:
+            errors.append(f"{target}: connect timeout")
+        if stream is not None:
+            return i, target, stream, False
     raise OriginError("could not connect to any origin: " + "; ".join(errors))

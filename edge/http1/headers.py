@@ -5,20 +5,20 @@
   ``first; name=value; name="quoted \\"value\\""; flag`` where ``first`` runs up to the first
   ``;`` and is trimmed.
 * Response header cleaning for what the client sees (reference 2.3.9).
-* The status reason table.
+* (Reason phrases are ``broker.items.status_reason``: Pushpin's table, shared with the broker.)
 
 Headers are lists of ``(name, value)`` pairs of ``str`` (latin-1 decoded); names keep their
 case, comparisons are case-insensitive.
 """
 from __future__ import annotations
 
-from http import HTTPStatus
+from broker.errors import RemoteProtocolError
 
 Headers = list[tuple[str, str]]
 Param = tuple[str, "str | None"]
 
 
-class ParamError(ValueError):
+class ParamError(RemoteProtocolError):
     """A header element could not be parsed (unterminated quote or escape)."""
 
 
@@ -185,11 +185,3 @@ def clean_response_headers(headers: Headers, *, expose: list[str] | None = None,
             continue
         out.append((k, v))
     return out
-
-
-def reason_for(code: int) -> str:
-    """The standard reason phrase for ``code`` ("Unknown" for codes without one)."""
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return "Unknown"

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 
+from broker.errors import RemoteProtocolError
 from broker.items import MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_RESULT_BYTES
 
 __all__ = ["MAX_PATCH_DEPTH", "MAX_PATCH_OPS", "MAX_PATCH_RESULT_BYTES", "PatchError",
            "PatchLimitError", "apply_patch", "parse_pointer", "patch_body"]
 
 
-class PatchError(ValueError):
+class PatchError(RemoteProtocolError):
     """The patch cannot be applied."""
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 
-from edge.grip import Hold
-from edge.headers import clean_response_headers, reason_for
-from edge.jsonpatch import PatchError, patch_body
+from broker.items import status_reason
+from edge.grip.instruct import Hold
+from edge.http1.headers import clean_response_headers
+from edge.grip.jsonpatch import PatchError, patch_body
 
 _CRLF = b"\r\n"
 
@@ -52,7 +53,7 @@ def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> by
         code, reason = 502, ""
     r = _latin1(reason) if reason else b""
     if not r or not valid_reason(r):
-        r = reason_for(code).encode("latin-1")
+        r = status_reason(code).encode("latin-1")
     parts = [b"%s %d %s\r\n" % (version, code, r)]
     for k, v in headers:
         kb, vb = _latin1(k), _latin1(v)
@@ -81,7 +82,7 @@ def full(code: int, reason: str, headers, body: bytes, *, keep_alive: bool = Tru
 def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
     """A ``text/plain`` error answer; the body ends with a newline (reference 1.8)."""
     body = text.encode("utf-8") + b"\n"
-    return full(code, reason_for(code), [("Content-Type", "text/plain")], body,
+    return full(code, status_reason(code), [("Content-Type", "text/plain")], body,
                 keep_alive=keep_alive)
 
 
@@ -93,7 +94,7 @@ def published(hold: Hold, fmt: dict, *, keep_alive: bool = True,
     so the polls of one message that share a timeout body (the usual case) patch it once."""
     code = fmt.get("code")
     code = 200 if code is None else int(code)
-    reason = fmt.get("reason") or reason_for(code)
+    reason = fmt.get("reason") or status_reason(code)
     raw = [(str(k), str(v)) for k, v in (fmt.get("headers") or [])]
     pub_headers = clean_response_headers(raw)
     names = {k.lower() for k, _ in pub_headers}

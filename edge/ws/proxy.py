@@ -21,12 +21,12 @@ import trio
 from wsproto.utilities import generate_accept_token
 
 from broker.errors import RemoteProtocolError
-from edge import responses
-from edge.origin import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
-                         encode_request_head, forward_headers)
-from edge.woh import MAX_REJECT_BODY, Opened, rejection
-from edge.wscontrol import grip_prefix
-from edge.wsconn import Close, Message, Ping, Pong, WsConnection, WsError
+from edge.http1 import responses
+from edge.origin.client import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
+                         connect_first, encode_request_head, forward_headers)
+from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
+from edge.ws.control import grip_prefix
+from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +77,7 @@ class WsOrigin:
 
     async def _open(self) -> Opened:
         timeout = self.app.cfg.origin_timeout_s
-        errors = []
-        for target in self.route.targets:
-            if target.ssl:  # refused at start (edge.routes); never plaintext to a TLS target
-                errors.append(f"{target}: TLS to WebSocket origins is not supported yet")
-                continue
-            with trio.move_on_after(timeout):
-                try:
-                    self.stream = await trio.open_tcp_stream(target.host, target.port)
-                    break
-                except OSError as exc:
-                    errors.append(f"{target}: {exc.strerror or exc}")
-                    continue
-            errors.append(f"{target}: connect timeout")
-        if self.stream is None:
-            raise OriginError("could not connect to any origin: " + "; ".join(errors))
+        _, target, self.stream, _ = await connect_first(self.route.targets, timeout)
         key = base64.b64encode(os.urandom(16))
         request = client_handshake(self.route, target, self.path, self.client_headers, key,
                                    self.app.sign(self.route))

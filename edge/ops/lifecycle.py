@@ -35,7 +35,7 @@ from broker.config import Config
 from broker.errors import ConfigError
 from broker.reload import EDGE_RELOADABLE, plan_reload
 from broker.sdnotify import notify
-from edge import responses
+from edge.http1 import responses
 
 log = logging.getLogger(__name__)
 

@@ -73,9 +73,9 @@ import trio
 
 from broker import wire
 from broker.errors import GripcastError, RemoteProtocolError
-from edge import responses
-from edge.linkrepair import tell_epoch_change
-from edge.tracker import State
+from edge.http1 import responses
+from edge.sync.repair import tell_epoch_change
+from edge.sync.tracker import State
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Operations: ``lifecycle`` (signals, graceful drain, reload), ``metrics`` (Prometheus and
+health endpoints), ``statsreport`` and ``connstats`` (Pushpin-style stats reports to the broker)."""
