@@ -118,7 +118,7 @@ def test_undecodable_replies(frame):
                                                   "last_seq", "items", "complete", "broker_id",
                                                   "wire", "started", "error", "limit"]),
                                  st.one_of(st.none(), st.booleans(), st.integers(-3, 3), text,
-                                           st.lists(st.integers(), max_size=2)),
+                                           st.lists(st.integers(-(2**63), 2**64 - 1), max_size=2)),
                                  max_size=8).map(msgpack.packb)))
 def test_decoders_raise_only_protocol_errors(frame):
     for expect in wire.REPLY_TYPES.values():
