@@ -91,7 +91,8 @@ def test_unpack_batch_twins_agree(values, use_bin_type, data):
         encoded, encoded, encoded[:i], encoded + b"\x01",
         encoded[:i] + data.draw(st.binary(min_size=1, max_size=2)) + encoded[i + 1:]]))
     outcomes = [_unpack_outcome(m, frame) for m in _twins("items")]
-    assert all(o == outcomes[0] for o in outcomes), outcomes
+    # compared by repr too: a mutated frame can decode to a NaN float, and NaN != NaN
+    assert all(o == outcomes[0] or repr(o) == repr(outcomes[0]) for o in outcomes), outcomes
 
 
 @SETTINGS
@@ -126,7 +127,8 @@ def test_unpack_batch_twins_agree_on_usual_frames(values, use_bin_type):
     """Frames of usual items only: the compiled twin's direct reader (no fallback)."""
     frame = msgpack.packb(values, use_bin_type=use_bin_type)
     outcomes = [_unpack_outcome(m, frame) for m in _twins("items")]
-    assert all(o == outcomes[0] for o in outcomes), outcomes
+    # compared by repr too: a mutated frame can decode to a NaN float, and NaN != NaN
+    assert all(o == outcomes[0] or repr(o) == repr(outcomes[0]) for o in outcomes), outcomes
 
 
 def test_unpack_batch_usual_items(twins):
