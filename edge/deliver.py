@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -20,6 +21,10 @@ from _speedups import http_chunk, send_batch
 from edge import filters, responses
 from edge.sseid import ID_TOKEN, render_ids
 from edge.ws import message_frame as ws_message_frame
+
+if TYPE_CHECKING:
+    from broker.histogram import IntHistogram
+    from edge.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +69,14 @@ _PACED_KINDS = ("stream", "ws")  # sessions whose one-session replays are paced 
 
 
 class Deliverer:
-    def __init__(self, hub, buffer_limit: int, spawn) -> None:
+    def __init__(self, hub: Hub, buffer_limit: int, spawn: Callable[..., Any]) -> None:
         self.hub = hub
         self.buffer_limit = buffer_limit
         self._spawn = spawn  # spawn(async_fn, *args): start a task in the server's nursery
         # (session, channel) -> live envelopes held while that session catches up (edge.resume)
         self.gate: dict = {}
         self._messages = self._deliveries = self._bytes = 0
-        self.latency = None  # an IntHistogram (edge.metrics): broker receive -> delivery
+        self.latency: IntHistogram | None = None  # an IntHistogram (edge.metrics): broker receive -> delivery
         self._backlogged = self._overflows = self._errors = self._writers = 0
         self._lag_since: dict = {}  # session with a writer task -> when its backlog began
         self._pacing = None  # the session a paced replay group is being delivered to

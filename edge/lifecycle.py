@@ -27,7 +27,8 @@ import logging
 import signal
 import socket as stdsocket
 import time
-from typing import Callable
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -36,6 +37,10 @@ from broker.errors import ConfigError
 from broker.reload import EDGE_RELOADABLE, plan_reload
 from broker.sdnotify import notify
 from edge import responses
+
+if TYPE_CHECKING:
+    from edge.routes import RouteTable
+    from edge.server import Edge
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,9 @@ def end_session(session) -> tuple | None:
 
 
 class EdgeLifecycle:
-    def __init__(self, edge, listener, *, reload_config: Callable[[], Config] | None,
-                 load_routes: Callable) -> None:
+    def __init__(self, edge: Edge, listener: trio.socket.SocketType, *,
+                 reload_config: Callable[[], Config] | None,
+                 load_routes: Callable[[Config], RouteTable]) -> None:
         self.edge = edge
         self.listener = listener
         self.reload_config = reload_config
@@ -82,7 +88,7 @@ class EdgeLifecycle:
         with self._accept_scope:
             await self.edge.serve_clients(self.listener)
 
-    async def run(self, signals, nursery: trio.Nursery) -> None:
+    async def run(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
         """Handle signals until a stop signal has drained the edge; then cancel ``nursery``."""
         async for signum in signals:
             if signum == signal.SIGHUP:
@@ -115,7 +121,7 @@ class EdgeLifecycle:
                         w = end_session(s)
                         if w is not None:
                             writes.append(w)
-                if writes and edge.deliverer is not None:
+                if writes:
                     await edge.deliverer.write_many(writes, trio.current_time())
                 if not sessions:
                     for sock in list(edge.sockets):
@@ -148,8 +154,7 @@ class EdgeLifecycle:
             log.error("reload failed, running config kept: %s", exc)
             notify("READY=1\nSTATUS=serving (last reload failed)")
             return False
-        if edge.deliverer is not None:
-            edge.deliverer.buffer_limit = plan.config.client_buffer_bytes
+        edge.deliverer.buffer_limit = plan.config.client_buffer_bytes
         logging.getLogger().setLevel(plan.config.log_level.upper())
         self.reloads += 1
         if plan.needs_restart:
@@ -161,7 +166,7 @@ class EdgeLifecycle:
         return True
 
 
-def _shutdown_read(sock) -> None:
+def _shutdown_read(sock: trio.socket.SocketType) -> None:
     try:
         sock.shutdown(stdsocket.SHUT_RD)
     except OSError:

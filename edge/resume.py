@@ -68,6 +68,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -76,6 +77,10 @@ from broker.errors import GripcastError, RemoteProtocolError
 from edge import responses
 from edge.linkrepair import tell_epoch_change
 from edge.tracker import State
+
+if TYPE_CHECKING:
+    from edge.services import ResumeServices
+    from edge.sessionstate import Session
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +185,8 @@ class Catchup:
         self._need_more = bool(out) and self.last_seq < upto
         return out
 
-    def plan(self, backlog: list, live: tuple | None) -> tuple[Step, list]:
+    def plan(self, backlog: list[wire.Envelope],
+             live: tuple | None) -> tuple[Step, list[wire.Envelope]]:
         """The next hand-over step at a synchronous point: ``(step, envelopes to deliver)``.
 
         ``backlog`` is what the gate held so far, in order (consumed: what is delivered or
@@ -240,7 +246,7 @@ class _Gate(list):
         super().__init__()
         self.overflowed = False
 
-    def append(self, env) -> None:  # called by Deliverer.deliver
+    def append(self, env: wire.Envelope) -> None:  # called by Deliverer.deliver
         if self.overflowed:
             return
         if len(self) >= GATE_LIMIT:
@@ -251,13 +257,10 @@ class _Gate(list):
 
 
 class Resumer:
-    """Drives ``Catchup`` against the broker link for an edge (``app``).
+    """Drives ``Catchup`` against the broker link for an edge (``app``: the deliverer's
+    ``gate`` dict is filled here; ``edge.services.ResumeServices``)."""
 
-    ``app`` provides ``link`` (``BrokerLink``), ``tracker``, ``deliverer`` (whose ``gate``
-    dict this fills) and ``wait_positioned(channels)``.
-    """
-
-    def __init__(self, app) -> None:
+    def __init__(self, app: ResumeServices) -> None:
         self.app = app
         self._resumes = self._answered = self._fell_back = 0
         self._replayed = self._dups = self._overflows = self._cut = 0
@@ -266,22 +269,22 @@ class Resumer:
     def gate(self) -> dict:
         return self.app.deliverer.gate
 
-    def begin(self, session, channel: str) -> None:
+    def begin(self, session: Session, channel: str) -> None:
         """Start holding ``channel``'s live messages for ``session`` (idempotent)."""
         if (session, channel) not in self.gate:
             self.gate[(session, channel)] = _Gate()
 
-    def abort(self, session, channel: str) -> list:
+    def abort(self, session: Session, channel: str) -> list[wire.Envelope]:
         """Close the gate without delivering; returns what it held."""
         return self.gate.pop((session, channel), [])
 
-    def open(self, session, channel: str, cursor: str) -> Resume:
+    def open(self, session: Session, channel: str, cursor: str) -> Resume:
         """A catch-up to ``probe()`` then ``finish()``; opens the gate now."""
         self.begin(session, channel)
         self._resumes += 1
         return Resume(self, session, Catchup(channel, cursor))
 
-    async def resume(self, session, channel: str, cursor: str, *,
+    async def resume(self, session: Session, channel: str, cursor: str, *,
                      flush_on_fail: bool = True) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor``; see the module docstring."""
         r = self.open(session, channel, cursor)
@@ -296,7 +299,7 @@ class Resumer:
 class Resume:
     """One session catching up on one channel: the I/O around its ``Catchup``."""
 
-    def __init__(self, resumer: Resumer, session, c: Catchup) -> None:
+    def __init__(self, resumer: Resumer, session: Session, c: Catchup) -> None:
         self.resumer = resumer
         self.app = resumer.app
         self.session = session

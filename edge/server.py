@@ -11,6 +11,7 @@ import signal
 import socket as stdsocket
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -33,10 +34,11 @@ from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge import fastpath, originpool
 from edge.holds import HoldRegistry
 from edge.resume import Resumer
-from edge.routes import RouteTable, parse_routes
+from edge.routes import Route, RouteTable, parse_routes
 from edge.sig import Signer, load_key
 from edge import statsreport
 from edge.timers import TimerWheel
+from edge.wstimers import WsTimers
 from edge.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker
 
 log = logging.getLogger(__name__)
@@ -72,47 +74,70 @@ def load_routes(cfg: Config) -> RouteTable:
     return table
 
 
-class Edge:
-    """Everything one edge process shares between its connections."""
+Signers = tuple[Signer, dict[int, Signer]]  # the default signer, and per route line
 
-    def __init__(self, cfg: Config, index: int, routes: RouteTable) -> None:
+
+def load_signers(cfg: Config, routes: RouteTable) -> Signers:
+    """The Grip-Sig signers of ``cfg`` and ``routes``; raises ConfigError (a bad key)."""
+    base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."
+    default_signer = Signer(cfg.sig_iss, load_key(cfg.sig_key, base))
+    signers = {}
+    for r in routes.routes:
+        if r.sig_iss is not None or r.sig_key is not None:
+            key = load_key(r.sig_key if r.sig_key is not None else cfg.sig_key, base)
+            signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
+    return default_signer, signers
+
+
+class Edge:
+    """Everything one edge process shares between its connections (the edge's root object).
+
+    Created once per process by ``serve``, inside the edge's nursery: every attribute is
+    declared here, none is optional, and nothing is attached later.  The modules it runs see it
+    through the protocols of ``edge.services``.
+    """
+
+    def __init__(self, cfg: Config, index: int, routes: RouteTable, link: BrokerLink,
+                 nursery: trio.Nursery, signers: Signers) -> None:
         self.cfg = cfg
         self.index = index
         self.routes = routes
+        self.link = link
+        self.nursery = nursery
         self.hub = Hub()
         self.tracker = Tracker()
         self.wheel = TimerWheel(TICK_S)
-        self.link: BrokerLink | None = None
-        self.deliverer: Deliverer | None = None
-        self.nursery: trio.Nursery | None = None
-        self.set_routes(cfg, routes)
+        self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
+        self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
+        self._default_signer: Signer
+        self._signers: dict[int, Signer]
+        self.set_routes(cfg, routes, signers)
         self.connections = self.requests = self.proxy_errors = self.rejected = 0
-        self.sockets: set = set()  # open client sockets (edge.lifecycle closes idle ones on drain)
+        self.ws_opened = 0  # WebSocket sessions opened
+        self._refusing = 0  # connections being refused right now (``_refuse``)
+        self.sockets: set[trio.socket.SocketType] = set()  # open client sockets (edge.lifecycle
+        # closes idle ones on drain)
         self.draining = False
         self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
         self._pos_waiters: dict[str, trio.Event] = {}
-        self.linkwatch: LinkWatch | None = None  # set by serve_link_repair
+        self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
         self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
         self.resumer = Resumer(self)
         self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
-    def set_routes(self, cfg: Config, routes: RouteTable) -> None:
+    def set_routes(self, cfg: Config, routes: RouteTable,
+                   signers: Signers | None = None) -> None:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
-        base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."
-        default_signer = Signer(cfg.sig_iss, load_key(cfg.sig_key, base))
-        signers = {}
-        for r in routes.routes:
-            if r.sig_iss is not None or r.sig_key is not None:
-                key = load_key(r.sig_key if r.sig_key is not None else cfg.sig_key, base)
-                signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
+        if signers is None:
+            signers = load_signers(cfg, routes)
         self.cfg, self.routes = cfg, routes
-        self._default_signer, self._signers = default_signer, signers
+        self._default_signer, self._signers = signers
         originpool.configure(cfg.origin_keepalive_idle_s)
 
     # -- used by connections -------------------------------------------------------------------
 
-    def sign(self, route) -> str | None:
+    def sign(self, route: Route) -> str | None:
         if route.no_grip:
             return None
         return self._signers.get(route.line, self._default_signer).token()
@@ -231,8 +256,6 @@ class Edge:
 
     def on_heartbeat(self, broker_id: str) -> None:
         """A broker heartbeat (or hello): re-synchronise every channel after a restart/loss."""
-        if self.linkwatch is None:
-            return
         for a in self.linkwatch.on_heartbeat(broker_id, trio.current_time()):
             if isinstance(a, Resync):
                 if self.tracker.statistics().channels:
@@ -243,7 +266,6 @@ class Edge:
 
     async def serve_link_repair(self) -> None:
         """Watch the broker link (edge.linkrepair) and retry unanswered repairs, every tick."""
-        self.linkwatch = LinkWatch(self.cfg.broker_link_timeout_s, trio.current_time())
         while True:
             await trio.sleep(TICK_S)
             for a in self.linkwatch.tick(trio.current_time()):
@@ -307,7 +329,7 @@ class Edge:
     async def _refuse(self, sock) -> None:
         """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the
         client's request unread would reset the connection and lose the answer."""
-        refusing = getattr(self, "_refusing", 0)
+        refusing = self._refusing
         self._refusing = refusing + 1
         try:
             with sock:
@@ -364,31 +386,32 @@ async def open_listener(host: str, port: int):
     return sock
 
 
-async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None) -> int:
-    edge = Edge(cfg, index, routes)
+async def serve(cfg: Config, index: int, routes: RouteTable,
+                reload_config: Callable[[], Config] | None = None) -> int:
     link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False),
                       options=link_options(cfg), rcvhwm=cfg.edge_sub_rcvhwm)
-    link.on_heartbeat = edge.on_heartbeat
-    edge.link = link
+    signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     listen = (cfg.client_addr, cfg.port("client_port"))
+    exit_code = 0
     try:
         listener = await open_listener(*listen)
         with listener, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
-                edge.nursery = nursery
+                edge = Edge(cfg, index, routes, link, nursery, signers)
+                link.on_heartbeat = edge.on_heartbeat
 
                 def refuse() -> None:  # the broker speaks another wire version (logged)
                     edge.exit_code = EXIT_CONFIG
                     nursery.cancel_scope.cancel()
 
                 link.on_refuse = refuse
-                edge.deliverer = Deliverer(edge.hub, cfg.client_buffer_bytes, nursery.start_soon)
                 life = lifecycle.EdgeLifecycle(edge, listener, reload_config=reload_config,
                                                load_routes=load_routes)
                 await edge_metrics.start(edge, nursery)
                 nursery.start_soon(link.serve_ctl)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
                 # the hello gate: a broker of another wire version or cluster stops this edge
@@ -401,9 +424,10 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
                          len(routes))
                 notify("READY=1\nSTATUS=serving")
                 await life.run(signals, nursery)  # SIGHUP: reload; SIGTERM/SIGINT: drain
+            exit_code = edge.exit_code
     finally:
         link.close()
-    return edge.exit_code
+    return exit_code
 
 
 async def _hello(edge: Edge, link: BrokerLink) -> bool:
@@ -437,7 +461,8 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
     return True
 
 
-def main(cfg: Config, index: int = 0, reload_config=None) -> int:
+def main(cfg: Config, index: int = 0,
+         reload_config: Callable[[], Config] | None = None) -> int:
     """Run one edge process until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(cfg.log_level, f"edge{index}")  # no-op when the CLI configured it
     try:

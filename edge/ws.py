@@ -44,6 +44,7 @@ import itertools
 import json
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import trio
 from wsproto.utilities import generate_accept_token
@@ -52,9 +53,19 @@ from _speedups import ws_frame
 from edge import filters, responses
 from edge import wscontrol as wc
 from edge.fastpath import read_now
-from edge.wstimers import ws_timers
 from edge.wsconn import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
                          OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
+
+if TYPE_CHECKING:
+    from broker.wire import Envelope
+    from edge.httpserver import Connection, Request
+    from edge.routes import Route
+    from edge.services import ConnectionServices, SessionServices
+    from edge.woh import WohOrigin
+    from edge.wsproxy import WsOrigin
+
+    OriginSide = WohOrigin | WsOrigin
+    Headers = list[tuple[bytes, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +80,7 @@ _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PO
 # -- handshake (sans-IO) ---------------------------------------------------------------------
 
 class HandshakeError(Exception):
-    def __init__(self, status: int, text: str, headers=()) -> None:
+    def __init__(self, status: int, text: str, headers: tuple | list = ()) -> None:
         super().__init__(text)
         self.status, self.text, self.headers = status, text, list(headers)
 
@@ -79,14 +90,14 @@ class HandshakeError(Exception):
         return responses.full(self.status, "", hs, body, keep_alive=False)
 
 
-def _get(headers, name: bytes) -> bytes | None:
+def _get(headers: Headers, name: bytes) -> bytes | None:
     for k, v in headers:
         if k.lower() == name:
             return v
     return None
 
 
-def _tokens(headers, name: bytes) -> set[bytes]:
+def _tokens(headers: Headers, name: bytes) -> set[bytes]:
     out = set()
     for k, v in headers:
         if k.lower() == name:
@@ -94,11 +105,11 @@ def _tokens(headers, name: bytes) -> set[bytes]:
     return out
 
 
-def is_websocket_request(headers) -> bool:
+def is_websocket_request(headers: Headers) -> bool:
     return b"websocket" in _tokens(headers, b"upgrade")
 
 
-def check_handshake(method: bytes, headers) -> bytes:
+def check_handshake(method: bytes, headers: Headers) -> bytes:
     """Validate a client's opening handshake; returns its ``Sec-WebSocket-Key``."""
     if method != b"GET":
         raise HandshakeError(405, "WebSocket handshake must be a GET.", [("Allow", "GET")])
@@ -122,7 +133,7 @@ _101_DROP = frozenset(["content-length", "content-type", "keep-alive-interval", 
                        "transfer-encoding", "keep-alive", "content-encoding"])
 
 
-def accept_head(key: bytes, origin_headers) -> bytes:
+def accept_head(key: bytes, origin_headers: list[tuple[bytes | str, bytes | str]]) -> bytes:
     """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
     hs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
           ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii"))]
@@ -169,7 +180,8 @@ class WsSession:
                  "delayed_at", "timer_at", "_closed", "client_close", "last_cursor",
                  "chan_prefix", "__weakref__")
 
-    def __init__(self, app, sock, side, prefix: str | None, now: float, max_message: int,
+    def __init__(self, app: SessionServices, sock: trio.socket.SocketType, side: OriginSide,
+                 prefix: str | None, now: float, max_message: int,
                  chan_prefix: str = "") -> None:
         self.id = next(_ids)
         self.app = app
@@ -274,7 +286,7 @@ class WsSession:
         if not self.done:
             await self.side.client_event("TEXT", event)
 
-    def on_publish(self, fmt: dict, env, flt) -> bytes | None:
+    def on_publish(self, fmt: dict, env: Envelope, flt: tuple[str, ...] | None) -> bytes | None:
         """A published ``ws-message`` that is not a plain shared frame: bytes to send or None."""
         action = fmt.get("action", "send")
         if action == "send":
@@ -354,7 +366,7 @@ class WsSession:
         elif type_ in ("PING", "PONG"):
             await self.send_message(type_.lower(), content)
 
-    async def control(self, ctl) -> None:
+    async def control(self, ctl: object) -> None:
         app = self.app
         if isinstance(ctl, wc.Subscribe):
             name = self.channel(ctl.channel)
@@ -431,7 +443,7 @@ class WsSession:
     def arm_timer(self) -> None:
         due = self.next_timer()
         if due < math.inf and not self.done:
-            ws_timers(self.app).arm(self, due)
+            self.app.ws_timers.arm(self, due)
 
     def due_frames(self, now: float) -> list[bytes]:
         """What is due at ``now`` (sans-IO): the delayed message, else a keep-alive."""
@@ -453,7 +465,7 @@ class WsSession:
 
 # -- the connection task ---------------------------------------------------------------------
 
-async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
+async def serve_websocket(conn: Connection, req: Request, host: bytes, path: bytes) -> None:
     """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends."""
     from edge.woh import WohOrigin
     from edge.wsproxy import WsOrigin
@@ -478,9 +490,8 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
     now = trio.current_time()
     session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app),
                         chan_prefix=route.prefix or "")
-    app.ws_opened = getattr(app, "ws_opened", 0) + 1
-    if getattr(app, "stats", None) is not None:  # a "conn" of type ws from now on (edge.connstats)
-        app.stats.websocket(conn.sock, getattr(side, "cid", None))
+    app.ws_opened += 1
+    app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
     clean = False
     try:
         async with trio.open_nursery() as nursery:
@@ -503,11 +514,12 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
         log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
 
 
-def ws_max_message(app) -> int:
-    return int(getattr(app.cfg, "ws_max_message_bytes", 1 << 20))
+def ws_max_message(app: ConnectionServices) -> int:
+    return app.cfg.ws_max_message_bytes
 
 
-async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
+async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
+                       data: bytes) -> bool:
     """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
     ws = session.ws
     sock = conn.sock
@@ -558,7 +570,7 @@ async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
             return False
 
 
-def woh_forbidden(route, headers) -> bool:
+def woh_forbidden(route: Route, headers: Headers) -> bool:
     """A plain HTTP request carrying WebSocket events toward an ``over_http`` target (403)."""
     if not route.targets or not route.targets[0].over_http:
         return False

@@ -20,8 +20,7 @@ from edge.wstimers import WsTimers
 @pytest.fixture
 def session():
     a, b = socket.socketpair()
-    app = SimpleNamespace()
-    app.ws_timers = WsTimers(app, resolution_s=0.1)
+    app = SimpleNamespace(ws_timers=WsTimers(None, resolution_s=0.1))
     s = WsSession(app, a, side=None, prefix="", now=0.0, max_message=1 << 20)
     yield s
     a.close()
