@@ -52,6 +52,7 @@ from edge.grip import Hold, is_grip_response
 from edge.instructcache import instruct, stream_head as cached_stream_head
 from edge.origin import OriginError, open_origin
 from edge.session import ResponseSession, StreamSession
+from edge.sessionstate import OPEN
 
 if TYPE_CHECKING:
     from edge.grip import Channel
@@ -310,7 +311,7 @@ async def hold_response(conn: Connection, req: Request, route: Route, hold: Hold
                                        {c.name: c.prev_id for c in hold.channels}),
                              resolve=False)
     finally:
-        session.done = True
+        session.end()
         app.holds.discard(session)
         app.remove_session(session)
         for c in prev:
@@ -566,7 +567,7 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
         if s.dead:
             log.debug("stream dropped conn=%s: %s", s.id, s.reason)
             return False
-        if not s.closing and s.chunked:
+        if s.state is OPEN and s.chunked:  # not ended by a published close
             await st.own_socket()
             await conn.send_all(b"0\r\n\r\n")
             s.writing = False
@@ -581,7 +582,7 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
                 await conn.send_all(http_chunk(f"\n\n{exc.reason}\n".encode()) + b"0\r\n\r\n")
         return False
     finally:
-        s.done = True
+        s.end()
         app.holds.discard(s)
         if st.registered:
             app.remove_session(s)

@@ -6,11 +6,10 @@ Drain, within ``drain_timeout_s`` (then whatever is left is cut):
    loop stops and the listening socket closes, so new connections go to the other edges
    sharing the port (SO_REUSEPORT) or, on another host, to the load balancer's next target.
 2. Every held session is ended so that its client reconnects elsewhere and resumes from its
-   cursor: an HTTP stream gets its final chunk (exactly like a published ``close``; the
-   client sees a complete response), a long-poll gets its timeout response, and any session
-   with a ``close_for_shutdown()`` method (WebSocket: close frame 1012 "service restart")
-   is asked to close itself.  Sessions that appear meanwhile (an origin answered a request
-   that was in flight) are ended the same way.
+   cursor (``Session.end_for_shutdown``): an HTTP stream gets its final chunk (exactly like a
+   published ``close``; the client sees a complete response), a long-poll gets its timeout
+   response, and a WebSocket is closed 1012 "service restart".  Sessions that appear
+   meanwhile (an origin answered a request that was in flight) are ended the same way.
 3. Once no session is held, the read side of every remaining client socket is shut down:
    idle keep-alive connections close at once; a request in flight is still answered, then
    its connection closes.
@@ -36,40 +35,25 @@ from broker.config import Config
 from broker.errors import ConfigError
 from broker.reload import EDGE_RELOADABLE, plan_reload
 from broker.sdnotify import notify
-from edge import responses
 
 if TYPE_CHECKING:
     from edge.routes import RouteTable
     from edge.server import Edge
+    from edge.sessionstate import Session
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_LAST_CHUNK = b"0\r\n\r\n"
 
 
-def end_session(session) -> tuple | None:
-    """Ask one held session to end for shutdown.
+def end_session(session: Session) -> tuple[Session, list[bytes]] | None:
+    """Ask one held session to end for shutdown (``Session.end_for_shutdown``).
 
     Returns ``(session, [bytes])`` for a stream session (to write through the deliverer, so
     it is ordered after anything buffered), else None.  Idempotent.
     """
-    close = getattr(session, "close_for_shutdown", None)
-    if close is not None:
-        close()
-        return None
-    kind = getattr(session, "kind", None)
-    if kind == "stream":
-        if session.done or session.closing or session.dead:
-            return None
-        session.closing = True
-        return session, [_LAST_CHUNK if session.chunked else b""]
-    if kind == "response":
-        if session.result is None and not session.done:
-            session.respond(responses.timeout(session.hold, keep_alive=False))
-        return None
-    return None
+    return session.end_for_shutdown()
 
 
 class EdgeLifecycle:

@@ -74,7 +74,6 @@ import trio
 
 from broker import wire
 from broker.errors import GripcastError, RemoteProtocolError
-from edge import responses
 from edge.linkrepair import tell_epoch_change
 from edge.tracker import State
 
@@ -357,7 +356,7 @@ class Resume:
         return not c.failed
 
     async def _deliver(self, envs: list, replayed: bool = True) -> None:
-        if envs and not _gone(self.session):
+        if envs and not self.session.gone():
             if replayed:
                 self.resumer._replayed += len(envs)
             await self.app.deliverer.deliver(envs, trio.current_time(), only=self.session)
@@ -366,7 +365,7 @@ class Resume:
         r, c, s, gate = self.resumer, self.c, self.session, self.resumer.gate
         backlog: list = []
         wait_until = None
-        while not _gone(s):
+        while not s.gone():
             if c.skipped and not self._told:
                 self._tell()
                 continue
@@ -377,7 +376,7 @@ class Resume:
             if g.overflowed or len(backlog) + len(g) > GATE_LIMIT:
                 r._overflows += 1
                 log.debug("resume gate overflow conn=%s channel=%s: refetching from history",
-                          getattr(s, "id", "?"), c.channel)
+                          s.id, c.channel)
                 g.clear()
                 g.overflowed = False
                 backlog.clear()
@@ -395,7 +394,7 @@ class Resume:
                 await self._deliver(envs, replayed=False)
             elif step is Step.REPLAY:
                 req = c.request()
-                while req is not None and not _gone(s):
+                while req is not None and not s.gone():
                     await self._deliver(await self._page(req))
                     req = c.request()
             elif step is Step.WAIT:
@@ -416,25 +415,12 @@ class Resume:
         self._told = True
         s, ch = self.session, self.c.channel
         log.warning("resume skipped messages lost from history conn=%s channel=%s",
-                    getattr(s, "id", "?"), ch)
-        tell_epoch_change([s], ch, _timeout_response)
+                    s.id, ch)
+        tell_epoch_change([s], ch)
 
     def _cut(self, reason: str) -> None:
         s = self.session
         self.resumer._cut += 1
         log.info("resume cut off conn=%s channel=%s: %s (it resumes with its cursor)",
-                 getattr(s, "id", "?"), self.c.channel, reason)
-        if getattr(s, "kind", "") == "response":
-            if s.result is None and not s.done:
-                s.respond(_timeout_response(s))
-        elif not _gone(s):
-            s.kill(f"resume: {reason}")
-
-
-def _timeout_response(session) -> bytes:
-    return responses.timeout(session.hold, keep_alive=session.keep_alive)
-
-
-def _gone(session) -> bool:
-    """Nothing more can be delivered: the hold ended, or a long-poll has its one answer."""
-    return bool(getattr(session, "done", False)) or getattr(session, "result", None) is not None
+                 s.id, self.c.channel, reason)
+        s.cut_off(reason)

@@ -34,6 +34,8 @@ from edge.linkrepair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge import fastpath, originpool
 from edge.holds import HoldRegistry
 from edge.resume import Resumer
+from edge.session import ResponseSession, StreamSession
+from edge.sessionstate import Session
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sig import Signer, load_key
 from edge import statsreport
@@ -142,18 +144,19 @@ class Edge:
             return None
         return self._signers.get(route.line, self._default_signer).token()
 
-    def add_session(self, session, channels: list[str]) -> None:
+    def add_session(self, session: Session, channels: list[str]) -> None:
         for action in self.hub.add(session, channels, trio.current_time()):
             self.link.subscribe(action.channel)
             self.tracker.track(action.channel)
             self.holds.first_subscribed(action.channel, trio.current_time())
         self._run_tracker_actions()
 
-    def begin_resume(self, session, channel: str) -> None:
+    def begin_resume(self, session: Session, channel: str) -> None:
         """Hold ``channel``'s live messages for ``session`` until ``resume`` releases them."""
         self.resumer.begin(session, channel)
 
-    async def resume(self, session, channel: str, cursor: str, *, flush_on_fail: bool = True) -> bool:
+    async def resume(self, session: Session, channel: str, cursor: str, *,
+                     flush_on_fail: bool = True) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor`` from broker history (edge.resume)."""
         return await self.resumer.resume(session, channel, cursor, flush_on_fail=flush_on_fail)
 
@@ -178,21 +181,21 @@ class Edge:
                 if state(ch) is State.POSITION:
                     await self._pos_waiters.setdefault(ch, trio.Event()).wait()
 
-    def remove_session(self, session) -> None:
+    def remove_session(self, session: Session) -> None:
         self.hub.remove(session, trio.current_time())
 
-    def schedule_keepalive(self, session) -> None:
+    def schedule_keepalive(self, session: StreamSession) -> None:
         ka = session.hold.keep_alive
         if ka is not None and not session.done:
             self.wheel.schedule(session, trio.current_time() + ka.timeout_s)
 
-    def schedule_timeout(self, session) -> None:
+    def schedule_timeout(self, session: ResponseSession) -> None:
         self.wheel.schedule(session, session.deadline)
 
     # -- broker side ---------------------------------------------------------------------------
 
     async def on_frames(self, frames: list[bytes]) -> None:
-        out: list = []
+        out: list[wire.Envelope] = []
         tracker = self.tracker
         for frame in frames:
             try:
@@ -218,13 +221,13 @@ class Edge:
             elif isinstance(a, RequestReplay):
                 self.nursery.start_soon(self._ask_replay, a)
             elif isinstance(a, EpochChanged):
-                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel, _timeout_response)
+                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel)
                 log.warning("channel history lost (epoch changed) channel=%s old=%s new=%s "
                             "streams_closed=%d responses_answered=%d told=%d", a.channel, a.old,
                             a.new, n.streams_closed, n.responses_answered, n.hooked)
             elif isinstance(a, GapSkipped):
                 # outside the history window: as for an epoch change, never continue silently
-                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel, _timeout_response)
+                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel)
                 log.warning("messages lost (older than history) channel=%s seq=%d..%d "
                             "streams_closed=%d responses_answered=%d told=%d", a.channel,
                             a.first_seq, a.last_seq, n.streams_closed, n.responses_answered,
@@ -298,11 +301,10 @@ class Edge:
                     self.tracker.untrack(action.channel)
             writes = []
             for s in self.wheel.pop_due(now):
-                if s.kind == "response":
-                    if s.result is None and not s.done:
-                        s.respond(responses.timeout(s.hold, keep_alive=s.keep_alive))
+                if isinstance(s, ResponseSession):
+                    s.timeout()
                     continue
-                if s.done or s.closing:
+                if s.state:  # closing or ended
                     continue
                 ka = s.hold.keep_alive
                 if ka.mode == "idle" and now - s.last_out < ka.timeout_s - 0.5:
@@ -315,18 +317,18 @@ class Edge:
 
     # -- clients -------------------------------------------------------------------------------
 
-    async def serve_clients(self, listener) -> None:
+    async def serve_clients(self, listener: trio.socket.SocketType) -> None:
         # many accepts per wakeup; TCP_NODELAY is inherited from the listener (edge.fastpath)
         await fastpath.accept_loop(listener, self._accepted)
 
-    def _accepted(self, sock, addr) -> None:
+    def _accepted(self, sock: trio.socket.SocketType, addr: tuple | None) -> None:
         if self.connections >= self.cfg.client_maxconn:
             self.rejected += 1
             self.nursery.start_soon(self._refuse, sock)
             return
         self.nursery.start_soon(self._serve_connection, sock, addr)
 
-    async def _refuse(self, sock) -> None:
+    async def _refuse(self, sock: trio.socket.SocketType) -> None:
         """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the
         client's request unread would reset the connection and lose the answer."""
         refusing = self._refusing
@@ -344,7 +346,7 @@ class Edge:
         finally:
             self._refusing -= 1
 
-    async def _serve_connection(self, sock, addr) -> None:
+    async def _serve_connection(self, sock: trio.socket.SocketType, addr: tuple | None) -> None:
         self.connections += 1
         self.sockets.add(sock)
         self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
@@ -367,15 +369,11 @@ class Edge:
                               self.rejected)
 
 
-def _timeout_response(session) -> bytes:
-    return responses.timeout(session.hold, keep_alive=session.keep_alive)
-
-
-def http_chunk_for(session, data: bytes) -> bytes:
+def http_chunk_for(session: StreamSession, data: bytes) -> bytes:
     return http_chunk(data) if session.chunked else data
 
 
-async def open_listener(host: str, port: int):
+async def open_listener(host: str, port: int) -> trio.socket.SocketType:
     family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
     sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)

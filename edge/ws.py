@@ -28,7 +28,7 @@ keep-alive, send-delayed, flush-delayed), other messages must carry the prefix (
 dropped.  Route ``sub=`` channels are subscribed at open.  A ``subscribe`` with ``prev-id``
 first replays, from broker history, what the connection missed (``edge.resume``); when history
 cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",...}``
-(docs/websocket.md); when a channel's history is lost later (``on_epoch_change``) it gets
+(docs/websocket.md); when a channel's history is lost later (``on_history_lost``) it gets
 ``c:{"type":"history-lost",...}``.
 
 Closing: a close from the client is passed to the origin, whose answering close (or, after
@@ -53,6 +53,7 @@ from _speedups import ws_frame
 from edge import filters, responses
 from edge import wscontrol as wc
 from edge.fastpath import read_now
+from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 from edge.wsconn import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
                          OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
 
@@ -165,24 +166,27 @@ def _frames(op: int, data: bytes) -> bytes:
 
 # -- the session -----------------------------------------------------------------------------
 
-class WsSession:
+class WsSession(Session):
     """One client WebSocket: what the hub maps channels to and the delivery path writes to.
 
-    Has the fields ``Deliverer.write_many`` relies on (``fd``, ``sock``, ``buf``, ``writing``,
-    ``closing``, ``dead``, ``done``, ``last_out``, ``finish()``, ``kill()``) and the ones
-    ``edge.filters`` reads (``filters``, ``meta``, ``channel_names``).
+    A ``Session`` (``edge.sessionstate``): CLOSING once our close frame is queued (nothing else
+    goes out), DONE once it is written (only the client's close reply is awaited), DEAD when
+    dropped.  Has the fields ``Deliverer.write_many`` relies on (``fd``, ``sock``, ``buf``,
+    ``writing``, ``last_out``, ``finish()``, ``kill()``) and the ones ``edge.filters`` reads
+    (``filters``, ``meta``, ``channel_names``).
     """
 
     kind = "ws"
-    __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing", "closing",
-                 "dead", "done", "reason", "scope", "read_scope", "last_out", "filters", "meta",
+    __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing",
+                 "scope", "read_scope", "last_out", "filters", "meta",
                  "channel_names", "detached", "keep_alive", "ka_last", "delayed",
                  "delayed_at", "timer_at", "_closed", "client_close", "last_cursor",
-                 "chan_prefix", "__weakref__")
+                 "chan_prefix")
 
     def __init__(self, app: SessionServices, sock: trio.socket.SocketType, side: OriginSide,
                  prefix: str | None, now: float, max_message: int,
                  chan_prefix: str = "") -> None:
+        super().__init__()
         self.id = next(_ids)
         self.app = app
         self.sock = sock
@@ -192,10 +196,6 @@ class WsSession:
         self.prefix = prefix  # None: GRIP not enabled by the origin
         self.buf = bytearray()
         self.writing = False
-        self.closing = False  # our close frame is queued: nothing else goes out
-        self.dead = False
-        self.done = False
-        self.reason = ""
         self.scope: trio.CancelScope | None = None
         self.read_scope: trio.CancelScope | None = None
         self.last_out = now
@@ -234,7 +234,7 @@ class WsSession:
         """Set once our close frame is written (or the session is dropped)."""
         if self._closed is None:
             self._closed = trio.Event()
-            if self.done:
+            if self.state >= DONE:
                 self._closed.set()
         return self._closed
 
@@ -246,27 +246,33 @@ class WsSession:
 
     def finish(self) -> None:
         """Our close frame is fully written: only the client's close reply is awaited now."""
-        self.done = True
+        self._on(FLUSHED)
         self._set_closed()
         if self.read_scope is not None:
             self.read_scope.deadline = min(self.read_scope.deadline,
                                            trio.current_time() + CLOSE_TIMEOUT_S)
 
     def kill(self, reason: str) -> None:
-        if not self.dead:
-            self.dead = True
+        if self._on(KILL) is not DEAD:
             self.reason = reason
-        self.done = True
         self._set_closed()
         if self.scope is not None:
             self.scope.cancel()
 
-    def close_for_shutdown(self) -> None:
-        """The edge is draining (``edge.lifecycle``): close 1012 so the client reconnects elsewhere."""
-        if not self.done and not self.closing:
-            self.app.nursery.start_soon(self.close, 1012, "service restart")
+    def hint(self) -> None:
+        """Nothing to refresh: a WebSocket's origin is told by events, not re-requested."""
 
-    def on_epoch_change(self, channel: str) -> None:
+    def end_for_shutdown(self) -> None:
+        """The edge is draining (``edge.lifecycle``): close 1012 so the client reconnects elsewhere."""
+        if self.state is OPEN:
+            self.app.nursery.start_soon(self.close, 1012, "service restart")
+        return None
+
+    def cut_off(self, reason: str) -> None:
+        if self.state < DONE:
+            self.kill(f"resume: {reason}")
+
+    def on_history_lost(self, channel: str) -> HistoryLost:
         """The broker lost ``channel``'s history (``edge.linkrepair``): never continue silently.
 
         An origin that speaks GRIP gets the TEXT event ``c:{"type": "history-lost", "channel":
@@ -274,16 +280,17 @@ class WsSession:
         on in the new epoch; with no GRIP origin to tell, the client is closed 1012 so it
         reconnects and the origin decides.
         """
-        if self.done or self.closing:
-            return
+        if self.state is not OPEN:
+            return HistoryLost.NOTHING
         if self.prefix is None:
             self.app.nursery.start_soon(self.close, 1012, "history lost")
-            return
+            return HistoryLost.TOLD
         event = b"c:" + json.dumps({"type": "history-lost", "channel": self.shown(channel)}).encode()
         self.app.nursery.start_soon(self._tell_origin, event)
+        return HistoryLost.TOLD
 
     async def _tell_origin(self, event: bytes) -> None:
-        if not self.done:
+        if self.state < DONE:
             await self.side.client_event("TEXT", event)
 
     def on_publish(self, fmt: dict, env: Envelope, flt: tuple[str, ...] | None) -> bytes | None:
@@ -308,19 +315,19 @@ class WsSession:
 
     def close_frame(self, code: int | None, reason: str = "") -> bytes:
         data = self.ws.close(code, reason)
-        if data:
-            self.closing = True
+        if data and self.state is OPEN:
+            self._on(CLOSE)
         return data
 
     # -- writing (always through the delivery path) ---------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        if data and not self.done:
+        if data and self.state < DONE:
             await self.app.deliverer.write_many([(self, [data])], trio.current_time())
 
     def message_bytes(self, type_: str, data: bytes) -> bytes | None:
         """The frame(s) of one message to the client; None once closing."""
-        if self.closing or self.ws.state is not CloseState.OPEN:
+        if self.state or self.ws.state is not CloseState.OPEN:
             return None
         op = _OPCODES.get(type_, OP_TEXT)
         if op >= OP_PING:
@@ -420,7 +427,7 @@ class WsSession:
     async def resume(self, channel: str, cursor: str) -> None:
         """Reliable WebSocket: replay what came after ``cursor`` before live messages."""
         ok = await self.app.resume(self, channel, cursor)
-        if not ok and not self.done:
+        if not ok and self.state < DONE:
             event = {"type": "resume-failed", "channel": self.shown(channel), "prev-id": cursor}
             await self.side.client_event("TEXT", b"c:" + json.dumps(event).encode())
 
@@ -442,12 +449,12 @@ class WsSession:
 
     def arm_timer(self) -> None:
         due = self.next_timer()
-        if due < math.inf and not self.done:
+        if due < math.inf and self.state < DONE:
             self.app.ws_timers.arm(self, due)
 
     def due_frames(self, now: float) -> list[bytes]:
         """What is due at ``now`` (sans-IO): the delayed message, else a keep-alive."""
-        if self.done or self.closing:
+        if self.state:  # closing or ended
             return []
         if now >= self.delayed_at:
             msg, self.delayed, self.delayed_at = self.delayed, None, math.inf
@@ -505,7 +512,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.debug("websocket ended conn=%s: %s", session.id, exc)
     finally:
-        session.done = True
+        session.end()
         app.remove_session(session)
         if not clean:
             side.disconnected()
@@ -556,7 +563,7 @@ async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
             await side.wait_room()
         with trio.CancelScope() as scope:
             session.read_scope = scope
-            if session.closing:
+            if session.state:  # our close is queued or written: the reply is due soon
                 scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
             # wait_readable + one read, not trio's recv: fewer frames kept per idle socket
             data = None

@@ -70,7 +70,7 @@ def test_ended_or_closing_sessions_get_nothing(session):
     timers = session.app.ws_timers
     session.delayed, session.delayed_at = wc.OutMessage("text", b"x"), 1.0
     session.arm_timer()
-    session.done = True
+    session.end()
     assert timers.due(2.0) == []
     assert len(timers.wheel) == 0
 
