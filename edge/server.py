@@ -11,6 +11,7 @@ import signal
 import socket as stdsocket
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -35,10 +36,13 @@ from edge.origin import pool as originpool
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.sync.resume import Resumer
-from edge.routes import RouteTable, parse_routes
+from edge.grip.session import ResponseSession, StreamSession
+from edge.sessionstate import Session
+from edge.routes import Route, RouteTable, parse_routes
 from edge.origin.sig import Signer, load_key
 from edge.ops import statsreport
 from edge.timers import TimerWheel
+from edge.ws.timers import WsTimers
 from edge.sync.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker
 
 log = logging.getLogger(__name__)
@@ -74,64 +78,88 @@ def load_routes(cfg: Config) -> RouteTable:
     return table
 
 
-class Edge:
-    """Everything one edge process shares between its connections."""
+Signers = tuple[Signer, dict[int, Signer]]  # the default signer, and per route line
 
-    def __init__(self, cfg: Config, index: int, routes: RouteTable) -> None:
+
+def load_signers(cfg: Config, routes: RouteTable) -> Signers:
+    """The Grip-Sig signers of ``cfg`` and ``routes``; raises ConfigError (a bad key)."""
+    base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."
+    default_signer = Signer(cfg.sig_iss, load_key(cfg.sig_key, base))
+    signers = {}
+    for r in routes.routes:
+        if r.sig_iss is not None or r.sig_key is not None:
+            key = load_key(r.sig_key if r.sig_key is not None else cfg.sig_key, base)
+            signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
+    return default_signer, signers
+
+
+class Edge:
+    """Everything one edge process shares between its connections (the edge's root object).
+
+    Created once per process by ``serve``, inside the edge's nursery: every attribute is
+    declared here, none is optional, and nothing is attached later.  The modules it runs see it
+    through the protocols of ``edge.services``.
+    """
+
+    def __init__(self, cfg: Config, index: int, routes: RouteTable, link: BrokerLink,
+                 nursery: trio.Nursery, signers: Signers) -> None:
         self.cfg = cfg
         self.index = index
         self.routes = routes
+        self.link = link
+        self.nursery = nursery
         self.hub = Hub()
         self.tracker = Tracker()
         self.wheel = TimerWheel(TICK_S)
-        self.link: BrokerLink | None = None
-        self.deliverer: Deliverer | None = None
-        self.nursery: trio.Nursery | None = None
-        self.set_routes(cfg, routes)
+        self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
+        self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
+        self._default_signer: Signer
+        self._signers: dict[int, Signer]
+        self.set_routes(cfg, routes, signers)
         self.connections = self.requests = self.proxy_errors = self.rejected = 0
-        self.sockets: set = set()  # open client sockets (edge.lifecycle closes idle ones on drain)
+        self.ws_opened = 0  # WebSocket sessions opened
+        self._refusing = 0  # connections being refused right now (``_refuse``)
+        self.sockets: set[trio.socket.SocketType] = set()  # open client sockets (edge.lifecycle
+        # closes idle ones on drain)
         self.draining = False
         self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
         self._pos_waiters: dict[str, trio.Event] = {}
-        self.linkwatch: LinkWatch | None = None  # set by serve_link_repair
+        self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
         self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
         self.resumer = Resumer(self)
         self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
-    def set_routes(self, cfg: Config, routes: RouteTable) -> None:
+    def set_routes(self, cfg: Config, routes: RouteTable,
+                   signers: Signers | None = None) -> None:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
-        base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."
-        default_signer = Signer(cfg.sig_iss, load_key(cfg.sig_key, base))
-        signers = {}
-        for r in routes.routes:
-            if r.sig_iss is not None or r.sig_key is not None:
-                key = load_key(r.sig_key if r.sig_key is not None else cfg.sig_key, base)
-                signers[r.line] = Signer(r.sig_iss if r.sig_iss is not None else cfg.sig_iss, key)
+        if signers is None:
+            signers = load_signers(cfg, routes)
         self.cfg, self.routes = cfg, routes
-        self._default_signer, self._signers = default_signer, signers
+        self._default_signer, self._signers = signers
         originpool.configure(cfg.origin_keepalive_idle_s)
 
     # -- used by connections -------------------------------------------------------------------
 
-    def sign(self, route) -> str | None:
+    def sign(self, route: Route) -> str | None:
         if route.no_grip:
             return None
         return self._signers.get(route.line, self._default_signer).token()
 
-    def add_session(self, session, channels: list[str]) -> None:
+    def add_session(self, session: Session, channels: list[str]) -> None:
         for action in self.hub.add(session, channels, trio.current_time()):
             self.link.subscribe(action.channel)
             self.tracker.track(action.channel)
             self.holds.first_subscribed(action.channel, trio.current_time())
         self._run_tracker_actions()
 
-    def begin_resume(self, session, channel: str) -> None:
+    def begin_resume(self, session: Session, channel: str) -> None:
         """Hold ``channel``'s live messages for ``session`` until ``resume`` releases them."""
         self.resumer.begin(session, channel)
 
-    async def resume(self, session, channel: str, cursor: str, *, flush_on_fail: bool = True) -> bool:
+    async def resume(self, session: Session, channel: str, cursor: str, *,
+                     flush_on_fail: bool = True) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor`` from broker history (edge.resume)."""
         return await self.resumer.resume(session, channel, cursor, flush_on_fail=flush_on_fail)
 
@@ -156,21 +184,21 @@ class Edge:
                 if state(ch) is State.POSITION:
                     await self._pos_waiters.setdefault(ch, trio.Event()).wait()
 
-    def remove_session(self, session) -> None:
+    def remove_session(self, session: Session) -> None:
         self.hub.remove(session, trio.current_time())
 
-    def schedule_keepalive(self, session) -> None:
+    def schedule_keepalive(self, session: StreamSession) -> None:
         ka = session.hold.keep_alive
         if ka is not None and not session.done:
             self.wheel.schedule(session, trio.current_time() + ka.timeout_s)
 
-    def schedule_timeout(self, session) -> None:
+    def schedule_timeout(self, session: ResponseSession) -> None:
         self.wheel.schedule(session, session.deadline)
 
     # -- broker side ---------------------------------------------------------------------------
 
     async def on_frames(self, frames: list[bytes]) -> None:
-        out: list = []
+        out: list[wire.Envelope] = []
         tracker = self.tracker
         for frame in frames:
             try:
@@ -196,13 +224,13 @@ class Edge:
             elif isinstance(a, RequestReplay):
                 self.nursery.start_soon(self._ask_replay, a)
             elif isinstance(a, EpochChanged):
-                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel, _timeout_response)
+                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel)
                 log.warning("channel history lost (epoch changed) channel=%s old=%s new=%s "
                             "streams_closed=%d responses_answered=%d told=%d", a.channel, a.old,
                             a.new, n.streams_closed, n.responses_answered, n.hooked)
             elif isinstance(a, GapSkipped):
                 # outside the history window: as for an epoch change, never continue silently
-                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel, _timeout_response)
+                n = tell_epoch_change(self.hub.sessions(a.channel), a.channel)
                 log.warning("messages lost (older than history) channel=%s seq=%d..%d "
                             "streams_closed=%d responses_answered=%d told=%d", a.channel,
                             a.first_seq, a.last_seq, n.streams_closed, n.responses_answered,
@@ -234,8 +262,6 @@ class Edge:
 
     def on_heartbeat(self, broker_id: str) -> None:
         """A broker heartbeat (or hello): re-synchronise every channel after a restart/loss."""
-        if self.linkwatch is None:
-            return
         for a in self.linkwatch.on_heartbeat(broker_id, trio.current_time()):
             if isinstance(a, Resync):
                 if self.tracker.statistics().channels:
@@ -246,7 +272,6 @@ class Edge:
 
     async def serve_link_repair(self) -> None:
         """Watch the broker link (edge.linkrepair) and retry unanswered repairs, every tick."""
-        self.linkwatch = LinkWatch(self.cfg.broker_link_timeout_s, trio.current_time())
         while True:
             await trio.sleep(TICK_S)
             for a in self.linkwatch.tick(trio.current_time()):
@@ -279,11 +304,10 @@ class Edge:
                     self.tracker.untrack(action.channel)
             writes = []
             for s in self.wheel.pop_due(now):
-                if s.kind == "response":
-                    if s.result is None and not s.done:
-                        s.respond(responses.timeout(s.hold, keep_alive=s.keep_alive))
+                if isinstance(s, ResponseSession):
+                    s.timeout()
                     continue
-                if s.done or s.closing:
+                if s.state:  # closing or ended
                     continue
                 ka = s.hold.keep_alive
                 if ka.mode == "idle" and now - s.last_out < ka.timeout_s - 0.5:
@@ -296,21 +320,21 @@ class Edge:
 
     # -- clients -------------------------------------------------------------------------------
 
-    async def serve_clients(self, listener) -> None:
+    async def serve_clients(self, listener: trio.socket.SocketType) -> None:
         # many accepts per wakeup; TCP_NODELAY is inherited from the listener (edge.fastpath)
         await fastpath.accept_loop(listener, self._accepted)
 
-    def _accepted(self, sock, addr) -> None:
+    def _accepted(self, sock: trio.socket.SocketType, addr: tuple | None) -> None:
         if self.connections >= self.cfg.client_maxconn:
             self.rejected += 1
             self.nursery.start_soon(self._refuse, sock)
             return
         self.nursery.start_soon(self._serve_connection, sock, addr)
 
-    async def _refuse(self, sock) -> None:
+    async def _refuse(self, sock: trio.socket.SocketType) -> None:
         """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the
         client's request unread would reset the connection and lose the answer."""
-        refusing = getattr(self, "_refusing", 0)
+        refusing = self._refusing
         self._refusing = refusing + 1
         try:
             with sock:
@@ -325,7 +349,7 @@ class Edge:
         finally:
             self._refusing -= 1
 
-    async def _serve_connection(self, sock, addr) -> None:
+    async def _serve_connection(self, sock: trio.socket.SocketType, addr: tuple | None) -> None:
         self.connections += 1
         self.sockets.add(sock)
         self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
@@ -348,15 +372,11 @@ class Edge:
                               self.rejected)
 
 
-def _timeout_response(session) -> bytes:
-    return responses.timeout(session.hold, keep_alive=session.keep_alive)
-
-
-def http_chunk_for(session, data: bytes) -> bytes:
+def http_chunk_for(session: StreamSession, data: bytes) -> bytes:
     return http_chunk(data) if session.chunked else data
 
 
-async def open_listener(host: str, port: int):
+async def open_listener(host: str, port: int) -> trio.socket.SocketType:
     family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
     sock = trio.socket.socket(family, stdsocket.SOCK_STREAM)
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
@@ -367,31 +387,32 @@ async def open_listener(host: str, port: int):
     return sock
 
 
-async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None) -> int:
-    edge = Edge(cfg, index, routes)
+async def serve(cfg: Config, index: int, routes: RouteTable,
+                reload_config: Callable[[], Config] | None = None) -> int:
     link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False),
                       options=link_options(cfg), rcvhwm=cfg.edge_sub_rcvhwm)
-    link.on_heartbeat = edge.on_heartbeat
-    edge.link = link
+    signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     listen = (cfg.client_addr, cfg.port("client_port"))
+    exit_code = 0
     try:
         listener = await open_listener(*listen)
         with listener, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
-                edge.nursery = nursery
+                edge = Edge(cfg, index, routes, link, nursery, signers)
+                link.on_heartbeat = edge.on_heartbeat
 
                 def refuse() -> None:  # the broker speaks another wire version (logged)
                     edge.exit_code = EXIT_CONFIG
                     nursery.cancel_scope.cancel()
 
                 link.on_refuse = refuse
-                edge.deliverer = Deliverer(edge.hub, cfg.client_buffer_bytes, nursery.start_soon)
                 life = lifecycle.EdgeLifecycle(edge, listener, reload_config=reload_config,
                                                load_routes=load_routes)
                 await edge_metrics.start(edge, nursery)
                 nursery.start_soon(link.serve_ctl)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
                 # the hello gate: a broker of another wire version or cluster stops this edge
@@ -404,9 +425,10 @@ async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None)
                          len(routes))
                 notify("READY=1\nSTATUS=serving")
                 await life.run(signals, nursery)  # SIGHUP: reload; SIGTERM/SIGINT: drain
+            exit_code = edge.exit_code
     finally:
         link.close()
-    return edge.exit_code
+    return exit_code
 
 
 async def _hello(edge: Edge, link: BrokerLink) -> bool:
@@ -440,7 +462,8 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
     return True
 
 
-def main(cfg: Config, index: int = 0, reload_config=None) -> int:
+def main(cfg: Config, index: int = 0,
+         reload_config: Callable[[], Config] | None = None) -> int:
     """Run one edge process until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(cfg.log_level, f"edge{index}")  # no-op when the CLI configured it
     try:

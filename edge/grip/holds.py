@@ -39,6 +39,8 @@ from __future__ import annotations
 import logging
 import random
 import weakref
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import trio
@@ -51,6 +53,15 @@ from edge.grip.instruct import Hold, is_grip_response
 from edge.grip.cache import InstructCache
 from edge.origin.client import OriginError, open_origin
 from edge.grip.session import ResponseSession, StreamSession
+from edge.sessionstate import OPEN
+
+if TYPE_CHECKING:
+    from edge.grip.instruct import Channel
+    from edge.http1.connection import Connection, Request
+    from edge.origin.client import OriginResponse
+    from edge.routes import Route, Target
+    from edge.services import ConnectionServices
+    from edge.sync.resume import Resume
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +80,8 @@ class LinkRefused(OriginError):
 # -- sans-IO helpers -------------------------------------------------------------------------
 
 
-def resolve_link(link: str, host: str, path: str, route) -> tuple[bytes, bool, tuple]:
+def resolve_link(link: str, host: str, path: str,
+                 route: Route) -> tuple[bytes, bool, tuple[Target, ...]]:
     """Where to send a next/gone link: ``(path, rewrite, targets)``.
 
     ``host``/``path`` are the client request's.  Relative links resolve against the request
@@ -96,7 +108,8 @@ def resolve_link(link: str, host: str, path: str, route) -> tuple[bytes, bool, t
     raise LinkRefused(f"next link {link!r} leaves the route's origin")
 
 
-def grip_last(channels, prefix: str, cursors: dict) -> list[tuple[bytes, bytes]]:
+def grip_last(channels: Iterable[str], prefix: str,
+              cursors: dict[str, str]) -> list[tuple[bytes, bytes]]:
     """``Grip-Last`` headers: one per channel with a known last id (names without ``prefix``,
     as the backend wrote them)."""
     out = []
@@ -113,13 +126,13 @@ class HoldRegistry:
     """Held HTTP sessions (weakly) and when each channel was first subscribed on this edge."""
 
     def __init__(self) -> None:
-        self._sessions: weakref.WeakSet = weakref.WeakSet()
+        self._sessions: weakref.WeakSet[ResponseSession | StreamSession] = weakref.WeakSet()
         self._first: dict[str, float] = {}
 
-    def add(self, session) -> None:
+    def add(self, session: ResponseSession | StreamSession) -> None:
         self._sessions.add(session)
 
-    def discard(self, session) -> None:
+    def discard(self, session: ResponseSession | StreamSession) -> None:
         self._sessions.discard(session)
 
     def first_subscribed(self, channel: str, now: float) -> None:
@@ -128,7 +141,7 @@ class HoldRegistry:
             horizon = now - 10 * FIRST_SUB_DELAY_S
             self._first = {c: t for c, t in self._first.items() if t > horizon}
 
-    def first_sub_deadline(self, channels, now: float) -> float | None:
+    def first_sub_deadline(self, channels: Iterable[str], now: float) -> float | None:
         """When a hold on ``channels`` should retry (a channel's first subscription + 1 s)."""
         due = [self._first[c] + FIRST_SUB_DELAY_S for c in channels
                if c in self._first and self._first[c] + FIRST_SUB_DELAY_S > now - 0.001]
@@ -148,7 +161,7 @@ class HoldRegistry:
 class _Retry(GripcastError):
     """Re-request the origin with these extra headers (a control-flow signal, never escapes)."""
 
-    def __init__(self, extra: list, resolve: bool) -> None:
+    def __init__(self, extra: list[tuple[bytes, bytes]], resolve: bool) -> None:
         super().__init__("retry")
         self.extra = extra
         self.resolve = resolve
@@ -157,7 +170,7 @@ class _Retry(GripcastError):
 # -- the flows -------------------------------------------------------------------------------
 
 
-def _client_path(req) -> tuple[str, str]:
+def _client_path(req: Request) -> tuple[str, str]:
     path = req.url
     host = req.host
     if path.startswith((b"http://", b"https://")):
@@ -167,7 +180,8 @@ def _client_path(req) -> tuple[str, str]:
     return host.decode("latin-1"), path.decode("latin-1")
 
 
-async def _parse(resp, route, cache: InstructCache) -> tuple[Hold, object]:
+async def _parse(resp: OriginResponse, route: Route,
+                 cache: InstructCache) -> tuple[Hold, AsyncIterator[bytes] | None]:
     raw = resp.headers
     kw = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
     ctype, hold_value, has_next = b"", None, False
@@ -194,7 +208,8 @@ async def _parse(resp, route, cache: InstructCache) -> tuple[Hold, object]:
     return cache.instruct(resp.status, resp.reason, raw, body, **kw), None
 
 
-async def handle_grip(conn, req, route, resp) -> bool:
+async def handle_grip(conn: Connection, req: Request, route: Route,
+                      resp: OriginResponse) -> bool:
     """Answer a client request whose origin response is a GRIP instruct; True if the
     connection may serve another request.  Closes ``resp`` (and any retried responses)."""
     app = conn.app
@@ -240,7 +255,7 @@ async def handle_grip(conn, req, route, resp) -> bool:
             return await conn.proxy_error(req, route, exc)
 
 
-def _post_gone(app, route, req, link: str) -> None:
+def _post_gone(app: ConnectionServices, route: Route, req: Request, link: str) -> None:
     async def post() -> None:
         host, path = _client_path(req)
         try:
@@ -255,7 +270,8 @@ def _post_gone(app, route, req, link: str) -> None:
     app.nursery.start_soon(post)
 
 
-async def hold_response(conn, req, route, hold: Hold, resolve: bool, may_retry: bool) -> bool:
+async def hold_response(conn: Connection, req: Request, route: Route, hold: Hold,
+                        resolve: bool, may_retry: bool) -> bool:
     app = conn.app
     now = trio.current_time()
     session = ResponseSession(hold, req.keep_alive, now + hold.timeout_s)
@@ -296,7 +312,7 @@ async def hold_response(conn, req, route, hold: Hold, resolve: bool, may_retry: 
                                        {c.name: c.prev_id for c in hold.channels}),
                              resolve=False)
     finally:
-        session.done = True
+        session.end()
         app.holds.discard(session)
         app.remove_session(session)
         for c in prev:
@@ -312,7 +328,7 @@ async def hold_response(conn, req, route, hold: Hold, resolve: bool, may_retry: 
 class _Stream:
     """One client's stream across next links (the connection task's state)."""
 
-    def __init__(self, conn, req, route, hold: Hold) -> None:
+    def __init__(self, conn: Connection, req: Request, route: Route, hold: Hold) -> None:
         self.conn = conn
         self.app = conn.app
         self.req = req
@@ -325,7 +341,7 @@ class _Stream:
         self.gone_link = hold.gone_link  # only the initial instruct's
         self.head_sent = False
 
-    def cursors(self) -> dict:
+    def cursors(self) -> dict[str, str]:
         out = {c.name: c.prev_id for c in self.hold.channels if c.prev_id is not None}
         out.update(self.session.last_cursor)
         return out
@@ -347,7 +363,7 @@ class _Stream:
         if s.closing and not s.dead:
             s.finish()
 
-    async def send_body(self, body: bytes, body_iter) -> None:
+    async def send_body(self, body: bytes, body_iter: AsyncIterator[bytes] | None) -> None:
         if body:
             await self.conn.send_all(self.frame(body))
         if body_iter is not None:
@@ -355,7 +371,7 @@ class _Stream:
                 if piece:
                     await self.conn.send_all(self.frame(piece))
 
-    def register(self, hold: Hold) -> list:
+    def register(self, hold: Hold) -> list[Channel]:
         """Put the session on the hub for ``hold``'s channels; gates prev-id channels."""
         app, s = self.app, self.session
         s.hold = hold
@@ -370,26 +386,26 @@ class _Stream:
         app.holds.add(s)
         return prev
 
-    async def probe(self, prev) -> tuple[list, list]:
+    async def probe(self, prev: list[Channel]) -> tuple[list[Resume], list[Channel]]:
         """Ask history about each prev-id channel, delivering nothing yet (the response head
         may not be out): ``(resumes to finish, the channels history could not answer)``."""
         resumes = [self.app.resumer.open(self.session, c.name, c.prev_id) for c in prev]
         failed = [c for c, r in zip(prev, resumes) if not await r.probe()]
         return resumes, failed
 
-    async def catch_up(self, resumes) -> None:
+    async def catch_up(self, resumes: list[Resume]) -> None:
         """Replay (paced by the socket: call once the head is out and the socket released)
         and hand over to live delivery; failed resumes just release their held messages."""
         for r in resumes:
             await r.finish()
 
-    async def resolve(self, prev) -> list:
+    async def resolve(self, prev: list[Channel]) -> list[Channel]:
         """Resume prev-id channels from history; the channels history could not answer."""
         resumes, failed = await self.probe(prev)
         await self.catch_up(resumes)
         return failed
 
-    async def fetch_next(self, link: str):
+    async def fetch_next(self, link: str) -> OriginResponse | None:
         """GET a next link (retried on errors); the response, or None to end the stream."""
         app, route = self.app, self.route
         extra = grip_last(self.session.channel_names if self.registered else
@@ -446,7 +462,8 @@ class _Stream:
         return True
 
 
-async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
+async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
+                      body_iter: AsyncIterator[bytes] | None) -> bool:
     app = conn.app
     st = _Stream(conn, req, route, hold)
     s = st.session
@@ -551,7 +568,7 @@ async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
         if s.dead:
             log.debug("stream dropped conn=%s: %s", s.id, s.reason)
             return False
-        if not s.closing and s.chunked:
+        if s.state is OPEN and s.chunked:  # not ended by a published close
             await st.own_socket()
             await conn.send_all(b"0\r\n\r\n")
             s.writing = False
@@ -566,7 +583,7 @@ async def hold_stream(conn, req, route, hold: Hold, body_iter) -> bool:
                 await conn.send_all(http_chunk(f"\n\n{exc.reason}\n".encode()) + b"0\r\n\r\n")
         return False
     finally:
-        s.done = True
+        s.end()
         app.holds.discard(s)
         if st.registered:
             app.remove_session(s)

@@ -7,30 +7,43 @@ draining a backlog) deliveries go to ``buf`` instead, so bytes never interleave.
 
 A ``ResponseSession`` is a long-poll (response hold): it waits for one published response or
 its timeout; the first ``respond()`` wins and wakes the connection task.
+
+Both follow the lifecycle of ``edge.sessionstate`` (OPEN, CLOSING, DONE, DEAD) and implement
+its ``Session`` interface.
 """
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
+from edge.http1 import responses
 from edge.grip.instruct import Hold
+from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
+
+if TYPE_CHECKING:
+    import trio
+
+    from edge.readtimer import Waker
 
 _ids = itertools.count(1)
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
-def _subscription(session, hold: Hold) -> None:
+def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
     """Per-channel filters (``edge.filters``) and the subscription meta from the hold."""
     session.filters = {c.name: c.filters for c in hold.channels if c.filters}
     session.meta = hold.meta
     session.channel_names = frozenset(c.name for c in hold.channels)
 
 
-class StreamSession:
+class StreamSession(Session):
     kind = "stream"
-    __slots__ = ("id", "fd", "sock", "chunked", "hold", "buf", "writing", "closing", "dead",
-                 "done", "reason", "scope", "last_out", "filters", "meta", "channel_names",
-                 "last_cursor", "hinted", "__weakref__")
+    __slots__ = ("id", "fd", "sock", "chunked", "hold", "buf", "writing", "scope", "last_out",
+                 "filters", "meta", "channel_names", "last_cursor", "hinted")
 
-    def __init__(self, sock, hold: Hold, chunked: bool, now: float) -> None:
+    def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool,
+                 now: float) -> None:
+        super().__init__()
         self.id = next(_ids)
         self.sock = sock
         self.fd = sock.fileno()
@@ -38,11 +51,7 @@ class StreamSession:
         self.chunked = chunked
         self.buf = bytearray()
         self.writing = True  # the connection task sends the initial response first
-        self.closing = False  # a published "close": end after the buffered bytes
-        self.dead = False  # the connection must be dropped (error, overflow)
-        self.done = False  # the hold is over (closing flushed, or dead)
-        self.reason = ""
-        self.scope = None  # the connection task's CancelScope while it waits
+        self.scope: trio.CancelScope | Waker | None = None  # the connection task's wait
         self.last_out = now
         _subscription(self, hold)
         self.last_cursor: dict[str, str] = {}  # channel -> cursor of the last delivered message
@@ -50,56 +59,106 @@ class StreamSession:
 
     def hint(self) -> None:
         """Ask the connection task to fetch the next link (no-op without one)."""
-        if self.hold.next_link and not self.done:
+        if self.hold.next_link and self.state < DONE:
             self.hinted = True
             if self.scope is not None:
                 self.scope.cancel()
 
+    def close(self) -> bytes:
+        """A published ``close`` (or a shutdown): the bytes that end the response (the final
+        chunk; nothing for HTTP/1.0, whose connection close ends it).  Only when OPEN."""
+        self._on(CLOSE)
+        return _LAST_CHUNK if self.chunked else b""
+
     def finish(self) -> None:
-        """End the hold normally (after a published close was fully written)."""
-        self.done = True
+        """The queued close was fully written: the hold ended normally."""
+        self._on(FLUSHED)
         if self.scope is not None:
             self.scope.cancel()
 
     def kill(self, reason: str) -> None:
         """Drop the connection (write error, buffer overflow)."""
-        if not self.dead:
-            self.dead = True
+        if self._on(KILL) is not DEAD:
             self.reason = reason
-        self.finish()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def end_for_shutdown(self) -> tuple[Session, list[bytes]] | None:
+        if self.state is not OPEN:
+            return None
+        return self, [self.close()]
+
+    def on_history_lost(self, channel: str) -> HistoryLost:
+        # closed without its final chunk: the client reconnects, the origin decides
+        if self.state >= DONE:
+            return HistoryLost.NOTHING
+        self.kill(f"history lost on channel {channel} (epoch changed)")
+        return HistoryLost.CLOSED
+
+    def cut_off(self, reason: str) -> None:
+        if self.state < DONE:
+            self.kill(f"resume: {reason}")
 
     def __repr__(self) -> str:
-        return f"<StreamSession conn={self.id} fd={self.fd}>"
+        return f"<StreamSession conn={self.id} fd={self.fd} {self.state.name}>"
 
 
-class ResponseSession:
+class ResponseSession(Session):
+    """A long-poll: ``CLOSING`` once answered (``result`` set), ``DONE`` once the connection
+    task stopped waiting (answered or client gone)."""
+
     kind = "response"
-    __slots__ = ("id", "hold", "keep_alive", "deadline", "result", "scope", "done",
-                 "filters", "meta", "channel_names", "retry", "__weakref__")
+    __slots__ = ("id", "hold", "keep_alive", "deadline", "result", "scope",
+                 "filters", "meta", "channel_names", "retry")
 
     def __init__(self, hold: Hold, keep_alive: bool, deadline: float) -> None:
+        super().__init__()
         self.id = next(_ids)
         self.hold = hold
         self.keep_alive = keep_alive
         self.deadline = deadline
         self.result: bytes | None = None
-        self.scope = None
-        self.done = False  # the connection task stopped waiting (answered or client gone)
+        self.scope: trio.CancelScope | None = None
         _subscription(self, hold)
         self.retry = False  # a published "hint" (or recover): re-request the origin
 
     def hint(self) -> None:
         """Ask the connection task to re-request the origin (unless already answered)."""
-        if self.result is None and not self.done:
+        if self.state is OPEN:
             self.retry = True
             if self.scope is not None:
                 self.scope.cancel()
 
     def respond(self, data: bytes) -> None:
-        if self.result is None:
+        """Answer the poll with ``data``; the first answer wins (later ones are ignored)."""
+        if self.state is OPEN:
             self.result = data
+            self._on(CLOSE)
             if self.scope is not None:
                 self.scope.cancel()
 
+    def timeout(self) -> None:
+        """Its timeout passed (or its history was lost): answer with the timeout response."""
+        if self.state is OPEN:
+            self.respond(responses.timeout(self.hold, keep_alive=self.keep_alive))
+
+    def gone(self) -> bool:
+        return self.state is not OPEN  # a poll takes one answer
+
+    def end_for_shutdown(self) -> None:
+        if self.state is OPEN:
+            self.respond(responses.timeout(self.hold, keep_alive=False))
+        return None
+
+    def on_history_lost(self, channel: str) -> HistoryLost:
+        # answered now as if its timeout passed: the client polls again, the origin decides
+        if self.state is not OPEN:
+            return HistoryLost.NOTHING
+        self.timeout()
+        return HistoryLost.ANSWERED
+
+    def cut_off(self, reason: str) -> None:
+        self.timeout()
+
     def __repr__(self) -> str:
-        return f"<ResponseSession conn={self.id}>"
+        return f"<ResponseSession conn={self.id} {self.state.name}>"

@@ -38,6 +38,7 @@ a configured route's targets (no open proxy); ``CONNECT`` is 405.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 from os import read as _os_read
 from socket import SHUT_WR as socket_SHUT_WR
 
@@ -52,6 +53,12 @@ from edge.grip.instruct import is_grip_response
 from edge.grip.holds import handle_grip
 from edge.origin.client import OriginError, open_origin
 from edge.ws.session import is_websocket_request, serve_websocket, woh_forbidden
+
+if TYPE_CHECKING:
+    from edge.origin.client import OriginResponse
+    from edge.readtimer import Waker
+    from edge.routes import Route
+    from edge.services import ConnectionServices
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,8 @@ class Connection:
                  "upgrade", "upgrade_rest", "eof", "need_continue", "now", "head_started",
                  "idle_since", "fresh", "body_started")
 
-    def __init__(self, app, sock, addr) -> None:
+    def __init__(self, app: ConnectionServices, sock: trio.socket.SocketType,
+                 addr: tuple | None) -> None:
         self.app = app
         self.sock = sock
         self.addr = addr
@@ -172,7 +180,7 @@ class Connection:
 
     # -- I/O -----------------------------------------------------------------------------------
 
-    async def send_all(self, data) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data``; a client that does not take it within ``client_write_timeout_s``
         (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``."""
         n = send_now(self.sock, data)  # usually all of it: no trio send, no task switch
@@ -331,7 +339,8 @@ class Connection:
         finally:
             await resp.aclose()
 
-    async def proxy_error(self, req: Request, route, exc: RemoteProtocolError) -> bool:
+    async def proxy_error(self, req: Request, route: Route | None,
+                          exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1
         log.warning("error while proxying to origin route_line=%d path=%s: %s",
                     route.line, req.url.decode("latin-1", "replace"), exc.reason)
@@ -339,7 +348,7 @@ class Connection:
         await self.send_all(responses.error(502, text, keep_alive=req.keep_alive))
         return req.keep_alive
 
-    async def passthrough(self, req: Request, resp) -> bool:
+    async def passthrough(self, req: Request, resp: OriginResponse) -> bool:
         headers = [(k, v) for k, v in resp.headers if k.lower() not in _PASS_DROP]
         has_length = any(k.lower() == b"content-length" for k, _ in headers)
         no_body = req.method == b"HEAD" or resp.status in (204, 304) or resp.status < 200
@@ -365,7 +374,7 @@ class Connection:
     def queue_blocked(self) -> bool:
         return self.reject is not None or self.upgrade
 
-    async def watch_client(self, waker=None) -> None:
+    async def watch_client(self, waker: Waker | None = None) -> None:
         """Return when the client closes; bytes it sends meanwhile are parsed for later.
 
         A held connection may wait here for hours, so it keeps little: between requests the

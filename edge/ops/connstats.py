@@ -250,4 +250,4 @@ class ConnStats:
 
 def count_modes(sessions) -> dict:
     """``{mode: n}`` of ``sessions`` (held sessions have ``kind``: stream, response, ws)."""
-    return Counter(getattr(s, "kind", None) for s in sessions)
+    return Counter(s.kind for s in sessions)

@@ -6,11 +6,10 @@ Drain, within ``drain_timeout_s`` (then whatever is left is cut):
    loop stops and the listening socket closes, so new connections go to the other edges
    sharing the port (SO_REUSEPORT) or, on another host, to the load balancer's next target.
 2. Every held session is ended so that its client reconnects elsewhere and resumes from its
-   cursor: an HTTP stream gets its final chunk (exactly like a published ``close``; the
-   client sees a complete response), a long-poll gets its timeout response, and any session
-   with a ``close_for_shutdown()`` method (WebSocket: close frame 1012 "service restart")
-   is asked to close itself.  Sessions that appear meanwhile (an origin answered a request
-   that was in flight) are ended the same way.
+   cursor (``Session.end_for_shutdown``): an HTTP stream gets its final chunk (exactly like a
+   published ``close``; the client sees a complete response), a long-poll gets its timeout
+   response, and a WebSocket is closed 1012 "service restart".  Sessions that appear
+   meanwhile (an origin answered a request that was in flight) are ended the same way.
 3. Once no session is held, the read side of every remaining client socket is shut down:
    idle keep-alive connections close at once; a request in flight is still answered, then
    its connection closes.
@@ -27,7 +26,8 @@ import logging
 import signal
 import socket as stdsocket
 import time
-from typing import Callable
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -37,39 +37,30 @@ from broker.reload import EDGE_RELOADABLE, plan_reload
 from broker.sdnotify import notify
 from edge.http1 import responses
 
+if TYPE_CHECKING:
+    from edge.routes import RouteTable
+    from edge.server import Edge
+    from edge.sessionstate import Session
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_LAST_CHUNK = b"0\r\n\r\n"
 
 
-def end_session(session) -> tuple | None:
-    """Ask one held session to end for shutdown.
+def end_session(session: Session) -> tuple[Session, list[bytes]] | None:
+    """Ask one held session to end for shutdown (``Session.end_for_shutdown``).
 
     Returns ``(session, [bytes])`` for a stream session (to write through the deliverer, so
     it is ordered after anything buffered), else None.  Idempotent.
     """
-    close = getattr(session, "close_for_shutdown", None)
-    if close is not None:
-        close()
-        return None
-    kind = getattr(session, "kind", None)
-    if kind == "stream":
-        if session.done or session.closing or session.dead:
-            return None
-        session.closing = True
-        return session, [_LAST_CHUNK if session.chunked else b""]
-    if kind == "response":
-        if session.result is None and not session.done:
-            session.respond(responses.timeout(session.hold, keep_alive=False))
-        return None
-    return None
+    return session.end_for_shutdown()
 
 
 class EdgeLifecycle:
-    def __init__(self, edge, listener, *, reload_config: Callable[[], Config] | None,
-                 load_routes: Callable) -> None:
+    def __init__(self, edge: Edge, listener: trio.socket.SocketType, *,
+                 reload_config: Callable[[], Config] | None,
+                 load_routes: Callable[[Config], RouteTable]) -> None:
         self.edge = edge
         self.listener = listener
         self.reload_config = reload_config
@@ -82,7 +73,7 @@ class EdgeLifecycle:
         with self._accept_scope:
             await self.edge.serve_clients(self.listener)
 
-    async def run(self, signals, nursery: trio.Nursery) -> None:
+    async def run(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
         """Handle signals until a stop signal has drained the edge; then cancel ``nursery``."""
         async for signum in signals:
             if signum == signal.SIGHUP:
@@ -115,7 +106,7 @@ class EdgeLifecycle:
                         w = end_session(s)
                         if w is not None:
                             writes.append(w)
-                if writes and edge.deliverer is not None:
+                if writes:
                     await edge.deliverer.write_many(writes, trio.current_time())
                 if not sessions:
                     for sock in list(edge.sockets):
@@ -148,8 +139,7 @@ class EdgeLifecycle:
             log.error("reload failed, running config kept: %s", exc)
             notify("READY=1\nSTATUS=serving (last reload failed)")
             return False
-        if edge.deliverer is not None:
-            edge.deliverer.buffer_limit = plan.config.client_buffer_bytes
+        edge.deliverer.buffer_limit = plan.config.client_buffer_bytes
         logging.getLogger().setLevel(plan.config.log_level.upper())
         self.reloads += 1
         if plan.needs_restart:
@@ -161,7 +151,7 @@ class EdgeLifecycle:
         return True
 
 
-def _shutdown_read(sock) -> None:
+def _shutdown_read(sock: trio.socket.SocketType) -> None:
     try:
         sock.shutdown(stdsocket.SHUT_RD)
     except OSError:

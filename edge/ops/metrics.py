@@ -9,40 +9,44 @@ listener (``edge_metrics_port + index``).  Metric names are listed in deploy/REA
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+if TYPE_CHECKING:
+    import trio
+
+    from edge.sync.hub import Hub
+    from edge.server import Edge
+
 P = "gripcast_edge_"
-LINK_TIMEOUT_S = 3.0  # no heartbeat for this long: the broker link is down
 
 
-def session_kinds(hub) -> Counter:
+def session_kinds(hub: Hub) -> Counter[str]:
     """Held sessions by kind ("stream", "response", "ws", ...)."""
-    return Counter(getattr(s, "kind", "other") for s in hub.all_sessions())
+    return Counter(s.kind for s in hub.all_sessions())
 
 
-def link_down_reason(edge, now: float) -> str | None:
+def link_down_reason(edge: Edge, now: float) -> str | None:
     """None when the broker link is up (a heartbeat was heard recently)."""
-    link = edge.link
-    if link is None:
-        return "broker link not started"
-    st = link.statistics()
+    st = edge.link.statistics()
     if st.last_heartbeat is None:
         return "broker link not up yet (no heartbeat)"
-    timeout = getattr(edge.cfg, "broker_link_timeout_s", LINK_TIMEOUT_S)
+    timeout = edge.cfg.broker_link_timeout_s
     if now - st.last_heartbeat > timeout:
         return f"broker link down (no heartbeat for {now - st.last_heartbeat:.1f}s)"
     return None
 
 
 class EdgeCollector(Collector):
-    def __init__(self, edge, now) -> None:
+    def __init__(self, edge: Edge, now: Callable[[], float]) -> None:
         self.edge = edge
         self._now = now  # the trio clock (heartbeat times are on it)
 
-    def collect(self):
+    def collect(self) -> Iterator:
         e = self.edge
         st = e.statistics()
         kinds = session_kinds(e.hub)
@@ -66,40 +70,39 @@ class EdgeCollector(Collector):
         yield GaugeMetricFamily(P + "channels", "Channels with local subscribers.", value=hub.channels)
         yield GaugeMetricFamily(P + "subscriptions", "Session-channel subscriptions.",
                                 value=hub.subscriptions)
-        if e.deliverer is not None:
-            d = e.deliverer.statistics()
-            yield CounterMetricFamily(P + "messages_received",
-                                      "Broker messages handed to the delivery path.", value=d.messages)
-            lat = getattr(e.deliverer, "latency", None)
-            yield CounterMetricFamily(P + "deliveries",
-                                      "Messages handed to client sessions (message x session).",
-                                      value=lat.count if lat is not None else d.deliveries)
-            yield CounterMetricFamily(P + "writes",
-                                      "Socket writes of the delivery path (a batch's messages to "
-                                      "one connection are joined into one write).",
-                                      value=d.deliveries)
-            yield CounterMetricFamily(P + "bytes_sent", "Bytes written to clients by the delivery path.",
-                                      value=d.bytes_sent)
-            yield CounterMetricFamily(P + "slow_consumer_disconnects",
-                                      "Connections dropped because their buffer overflowed.",
-                                      value=d.overflows)
-            yield CounterMetricFamily(P + "backlogged",
-                                      "Times a connection's socket was full and got a writer task.",
-                                      value=d.backlogged)
-            yield CounterMetricFamily(P + "send_errors", "Client sockets that failed on send.",
-                                      value=d.send_errors)
-            yield GaugeMetricFamily(P + "lagging_connections",
-                                    "Connections with unsent bytes queued right now.",
-                                    value=getattr(d, "lagging", 0))
-            yield GaugeMetricFamily(P + "max_connection_backlog_bytes",
-                                    "Largest unsent backlog of one connection (bytes).",
-                                    value=getattr(d, "max_buffered_bytes", 0))
-            yield GaugeMetricFamily(P + "max_connection_lag_seconds",
-                                    "Longest time one connection has been behind.",
-                                    value=getattr(d, "max_lag_s", 0.0))
-            if lat is not None:
-                yield lat.family(P + "delivery_latency_seconds",
-                                 "Broker receive to client write, per delivery.")
+        d = e.deliverer.statistics()
+        yield CounterMetricFamily(P + "messages_received",
+                                  "Broker messages handed to the delivery path.", value=d.messages)
+        lat = e.deliverer.latency
+        yield CounterMetricFamily(P + "deliveries",
+                                  "Messages handed to client sessions (message x session).",
+                                  value=lat.count if lat is not None else d.deliveries)
+        yield CounterMetricFamily(P + "writes",
+                                  "Socket writes of the delivery path (a batch's messages to "
+                                  "one connection are joined into one write).",
+                                  value=d.deliveries)
+        yield CounterMetricFamily(P + "bytes_sent", "Bytes written to clients by the delivery path.",
+                                  value=d.bytes_sent)
+        yield CounterMetricFamily(P + "slow_consumer_disconnects",
+                                  "Connections dropped because their buffer overflowed.",
+                                  value=d.overflows)
+        yield CounterMetricFamily(P + "backlogged",
+                                  "Times a connection's socket was full and got a writer task.",
+                                  value=d.backlogged)
+        yield CounterMetricFamily(P + "send_errors", "Client sockets that failed on send.",
+                                  value=d.send_errors)
+        yield GaugeMetricFamily(P + "lagging_connections",
+                                "Connections with unsent bytes queued right now.",
+                                value=d.lagging)
+        yield GaugeMetricFamily(P + "max_connection_backlog_bytes",
+                                "Largest unsent backlog of one connection (bytes).",
+                                value=d.max_buffered_bytes)
+        yield GaugeMetricFamily(P + "max_connection_lag_seconds",
+                                "Longest time one connection has been behind.",
+                                value=d.max_lag_s)
+        if lat is not None:
+            yield lat.family(P + "delivery_latency_seconds",
+                             "Broker receive to client write, per delivery.")
         t = e.tracker.statistics()
         yield CounterMetricFamily(P + "duplicates_dropped", "Broker messages dropped as duplicates.",
                                   value=t.duplicates)
@@ -116,41 +119,38 @@ class EdgeCollector(Collector):
         yield GaugeMetricFamily(P + "channels_positioning",
                                 "Channels subscribed but whose position the broker has not told yet.",
                                 value=t.positioning)
-        resumer = getattr(e, "resumer", None)
-        if resumer is not None and hasattr(resumer, "statistics"):
-            r = resumer.statistics()
-            for name in ("resumes", "answered", "fell_back", "replayed", "gate_overflows",
-                         "cut_off"):
-                if hasattr(r, name):
-                    yield CounterMetricFamily(P + "client_resume_" + name,
-                                              f"Client cursor resumes: {name}.", value=getattr(r, name))
-        if e.link is not None:
-            ls = e.link.statistics()
-            yield CounterMetricFamily(P + "broker_frames", "Frames received from the broker.",
-                                      value=ls.frames)
-            yield CounterMetricFamily(P + "broker_request_timeouts",
-                                      "Control requests the broker did not answer in time.",
-                                      value=ls.timeouts)
-            yield GaugeMetricFamily(P + "broker_link_up", "1 when broker heartbeats arrive.",
-                                    value=0 if link_down_reason(e, self._now()) else 1)
+        r = e.resumer.statistics()
+        for name, value in (("resumes", r.resumes), ("answered", r.answered),
+                            ("fell_back", r.fell_back), ("replayed", r.replayed),
+                            ("gate_overflows", r.gate_overflows), ("cut_off", r.cut_off)):
+            yield CounterMetricFamily(P + "client_resume_" + name,
+                                      f"Client cursor resumes: {name}.", value=value)
+        ls = e.link.statistics()
+        yield CounterMetricFamily(P + "broker_frames", "Frames received from the broker.",
+                                  value=ls.frames)
+        yield CounterMetricFamily(P + "broker_request_timeouts",
+                                  "Control requests the broker did not answer in time.",
+                                  value=ls.timeouts)
+        yield GaugeMetricFamily(P + "broker_link_up", "1 when broker heartbeats arrive.",
+                                value=0 if link_down_reason(e, self._now()) else 1)
         yield GaugeMetricFamily(P + "draining", "1 while the edge drains for shutdown.",
-                                value=1 if getattr(e, "draining", False) else 0)
+                                value=1 if e.draining else 0)
 
 
-def edge_registry(edge, now) -> CollectorRegistry:
+def edge_registry(edge: Edge, now: Callable[[], float]) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(EdgeCollector(edge, now))
     return reg
 
 
-def edge_ready(edge, now: float) -> str | None:
+def edge_ready(edge: Edge, now: float) -> str | None:
     """None when the edge should receive traffic, else why not."""
-    if getattr(edge, "draining", False):
+    if edge.draining:
         return "draining"
     return link_down_reason(edge, now)
 
 
-async def start(edge, nursery) -> None:
+async def start(edge: Edge, nursery: trio.Nursery) -> None:
     """Install the latency histogram and, if ``edge_metrics_port`` is set, start the ops
     listener on ``edge_metrics_port + index`` (a bind error stops the edge from starting)."""
     import trio
@@ -158,7 +158,7 @@ async def start(edge, nursery) -> None:
     from broker.histogram import IntHistogram
     from broker.opshttp import serve_ops
 
-    if edge.deliverer is not None and edge.deliverer.latency is None:
+    if edge.deliverer.latency is None:
         edge.deliverer.latency = IntHistogram()
     cfg = edge.cfg
     if not cfg.edge_metrics_port:

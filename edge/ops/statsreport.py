@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from edge.ops.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
+
+if TYPE_CHECKING:
+    from edge.sync.hub import Hub
+    from edge.server import Edge
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +33,14 @@ def open_conn_stats(index: int) -> ConnStats:
     return ConnStats(edge_name(index))
 
 
-def sent_total(edge) -> int:
+def sent_total(edge: Edge) -> int:
     """Messages handed to client sessions so far (the delivery path's own counter)."""
     d = edge.deliverer
-    if d is None:
-        return 0
-    lat = getattr(d, "latency", None)
+    lat = d.latency
     return lat.count if lat is not None else d.statistics().deliveries
 
 
-async def serve_stats(edge) -> None:
+async def serve_stats(edge: Edge) -> None:
     stats: ConnStats = edge.stats
     hub = edge.hub
 
@@ -56,17 +60,16 @@ async def serve_stats(edge) -> None:
             stats.report_lost()
 
 
-def _report(edge, stats: ConnStats, hub, modes) -> None:
+def _report(edge: Edge, stats: ConnStats, hub: Hub,
+            modes: Callable[[str], dict]) -> None:
     """Take and send one report (if the broker's stats socket is on and the link is up)."""
     link = edge.link
-    if link is None:
-        return
     stats.enable(link.stats_ttl)
     if not stats.enabled:
         hub.changed = None
         stats.take(trio.current_time(), sent_total(edge), (), modes)  # keeps counts fresh
         return
-    if edge.linkwatch is not None and not edge.linkwatch.up:
+    if not edge.linkwatch.up:
         return  # events wait (bounded); the report after the silence is a full one
     now = trio.current_time()
     changed, hub.changed = hub.changed, set()

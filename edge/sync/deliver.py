@@ -13,20 +13,28 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
 from _speedups import http_chunk, send_batch
 from edge.grip import filters
 from edge.http1 import responses
+from edge.grip.session import StreamSession
+from edge.sessionstate import CLOSING, DEAD, DONE, Session
 from edge.grip.sseid import ID_TOKEN, render_ids
+from edge.ws.session import WsSession
 from edge.ws.session import message_frame as ws_message_frame
+
+if TYPE_CHECKING:
+    from broker.histogram import IntHistogram
+    from broker.wire import Envelope
+    from edge.sync.hub import Hub
 
 log = logging.getLogger(__name__)
 
 SLICE = 1000
 WRITE_CHUNK = 256 * 1024
-_LAST_CHUNK = b"0\r\n\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,33 +69,36 @@ def _content(fmt: dict) -> bytes:
     return c.encode("utf-8") if isinstance(c, str) else bytes(c)
 
 
-_PACED_KINDS = ("stream", "ws")  # sessions whose one-session replays are paced by their socket
+# sessions whose one-session replays are paced by their socket
+_PACED = (StreamSession, WsSession)
+Writable = StreamSession | WsSession
 
 
 class Deliverer:
-    def __init__(self, hub, buffer_limit: int, spawn) -> None:
+    def __init__(self, hub: Hub, buffer_limit: int, spawn: Callable[..., Any]) -> None:
         self.hub = hub
         self.buffer_limit = buffer_limit
         self._spawn = spawn  # spawn(async_fn, *args): start a task in the server's nursery
         # (session, channel) -> live envelopes held while that session catches up (edge.resume)
-        self.gate: dict = {}
+        self.gate: dict[tuple[Session, str], list[Envelope]] = {}
         self._messages = self._deliveries = self._bytes = 0
-        self.latency = None  # an IntHistogram (edge.metrics): broker receive -> delivery
+        self.latency: IntHistogram | None = None  # an IntHistogram (edge.metrics): broker receive -> delivery
         self._backlogged = self._overflows = self._errors = self._writers = 0
-        self._lag_since: dict = {}  # session with a writer task -> when its backlog began
-        self._pacing = None  # the session a paced replay group is being delivered to
+        self._lag_since: dict[Writable, float] = {}  # session with a writer task -> when its backlog began
+        self._pacing: Session | None = None  # the session a paced replay group is being delivered to
 
-    async def deliver(self, envs: list, now: float, only=None) -> None:
+    async def deliver(self, envs: list[Envelope], now: float, only: Session | None = None) -> None:
         """Hand a batch of in-order envelopes to every subscribed session (or to ``only``,
         bypassing the resume gate: ``edge.resume`` replaying to one session)."""
         if (only is not None and len(envs) > 1 and only is not self._pacing
-                and getattr(only, "kind", "") in _PACED_KINDS):
+                and isinstance(only, _PACED)):
             await self._deliver_paced(envs, now, only)
             return
         pending: dict = {}
         lat = self.latency
         wall = time.time() if lat is not None else 0.0
         gate = self.gate
+        ws_cls, stream_cls = WsSession, StreamSession  # dispatch on type (locals: the hot loop)
         for env in envs:
             members = (only,) if only is not None else self.hub.sessions(env.channel)
             self._messages += 1
@@ -107,13 +118,14 @@ class Deliverer:
                     if held is not None:
                         held.append(env)
                         continue
-                flt = getattr(s, "filters", None)
+                flt = s.filters
                 if flt:
                     flt = flt.get(env.channel)
                 if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
                     continue
-                if s.kind == "ws":  # edge.ws: one frame per message, the same bytes for all
-                    if wsmsg is None or s.closing or s.done:
+                cls = type(s)
+                if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
+                    if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
                         continue
                     if wsmsg.get("action", "send") == "send" and not (
                             flt and filters.changes_content(flt)):
@@ -131,8 +143,8 @@ class Deliverer:
                     else:
                         parts.append(data)
                     continue
-                if s.kind == "stream":
-                    if stream is None or s.closing or s.done:
+                if cls is stream_cls:
+                    if stream is None or s.state:  # not OPEN
                         continue
                     action = stream.get("action", "send")
                     if action == "send":
@@ -157,8 +169,7 @@ class Deliverer:
                                 data = http_chunk(data)
                         s.last_cursor[env.channel] = env.cursor
                     elif action == "close":
-                        s.closing = True
-                        data = _LAST_CHUNK if s.chunked else b""
+                        data = s.close()  # OPEN -> CLOSING: the final chunk
                     else:
                         s.hint()  # "hint": fetch the next link now
                         continue
@@ -167,7 +178,7 @@ class Deliverer:
                         pending[s] = [data]
                     else:
                         parts.append(data)
-                elif resp is not None and s.result is None:
+                elif resp is not None and not s.state:  # a long-poll not answered yet
                     if resp.get("action", "send") == "send":
                         try:
                             r = resp
@@ -196,7 +207,7 @@ class Deliverer:
         if pending:
             await self.write_many(list(pending.items()), now)
 
-    async def _deliver_paced(self, envs: list, now: float, s) -> None:
+    async def _deliver_paced(self, envs: list[Envelope], now: float, s: Writable) -> None:
         """A replay to one stream or WebSocket session, paced by its socket: groups of at most half the
         buffer limit, each written once the previous one has drained, so a catch-up longer
         than ``buffer_limit`` completes instead of tripping the slow-consumer cut-off (the
@@ -204,7 +215,7 @@ class Deliverer:
         budget = max(1, self.buffer_limit // 2)
         group: list = []
         size = 0
-        fmt_name = "ws-message" if s.kind == "ws" else "http-stream"
+        fmt_name = "ws-message" if type(s) is WsSession else "http-stream"
         for env in envs:
             fmt = env.formats.get(fmt_name) or {}
             n = len(fmt.get("content") or b"") + 16
@@ -216,12 +227,12 @@ class Deliverer:
         if group:
             await self._send_group(group, now, s)
 
-    async def _send_group(self, group: list, now: float, s) -> None:
+    async def _send_group(self, group: list[Envelope], now: float, s: Writable) -> None:
         # wait while its writer task drains the backlog (not while the connection task owns
         # the socket before the response head: it is the one awaiting this replay)
-        while s.buf and s in self._lag_since and not (s.dead or s.done):
+        while s.buf and s in self._lag_since and s.state < DONE:
             await trio.sleep(0.005)
-        if s.dead or s.done:
+        if s.state >= DONE:
             return
         self._pacing = s
         try:
@@ -229,8 +240,9 @@ class Deliverer:
         finally:
             self._pacing = None
 
-    async def write_many(self, items: list, now: float) -> None:
+    async def write_many(self, items: list[tuple[Writable, list[bytes]]], now: float) -> None:
         """Write ``[(session, [bytes, ...]), ...]``: one send per connection."""
+        done_, closing = DONE, CLOSING  # states as locals: compared once per session
         for start in range(0, len(items), SLICE):
             if start:
                 await trio.lowlevel.checkpoint()
@@ -238,13 +250,13 @@ class Deliverer:
             datas: list[bytes] = []
             targets: list = []
             for s, parts in items[start:start + SLICE]:
-                if s.dead or s.done:
+                if s.state >= done_:
                     continue  # checked here, after any checkpoint: the fd may be gone
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
                 if s.writing or s.buf:
                     self._buffer(s, data)
                 elif not data:
-                    if s.closing:
+                    if s.state is closing:
                         s.finish()
                 else:
                     fds.append(s.fd)
@@ -258,7 +270,7 @@ class Deliverer:
                     self._deliveries += 1
                     self._bytes += n
                     s.last_out = now
-                    if s.closing:
+                    if s.state is closing:
                         s.finish()
                 elif n >= 0:
                     self._bytes += n
@@ -269,7 +281,7 @@ class Deliverer:
                     self._errors += 1
                     s.kill(f"send failed errno={-n}")
 
-    def _buffer(self, s, data: bytes) -> None:
+    def _buffer(self, s: Writable, data: bytes) -> None:
         s.buf += data
         if len(s.buf) > self.buffer_limit:
             self._overflows += 1
@@ -289,27 +301,27 @@ class Deliverer:
     def lag(self, now: float) -> list[ConnectionLag]:
         """The connections that are behind right now (their socket would block)."""
         return [ConnectionLag(s.id, len(s.buf), now - t) for s, t in self._lag_since.items()
-                if not s.dead]
+                if s.state is not DEAD]
 
-    async def drain(self, s) -> None:
+    async def drain(self, s: Writable) -> None:
         """Writer task: flush one session's backlog as the socket accepts it."""
         self._writers += 1
         try:
-            while s.buf and not s.dead:
+            while s.buf and s.state < DONE:  # ended: the fd may be reused (test_sessionstate)
                 try:
                     await trio.lowlevel.wait_writable(s.sock)
                 except trio.ClosedResourceError:
                     # a hint or recover wakes the connection task's wait on this socket with
                     # notify_closing (edge.readtimer.Waker), and that wakes this wait too: only
                     # a socket really closed (or a session ended) ends the backlog
-                    if s.dead or s.done or s.sock.fileno() == -1:
+                    if s.state >= DONE or s.sock.fileno() == -1:
                         s.kill("closed")
                         return
                     continue
                 except OSError:
                     s.kill("closed")
                     return
-                if s.dead:
+                if s.state >= DONE:
                     return
                 n = send_batch([s.fd], [bytes(s.buf[:WRITE_CHUNK])])[0]
                 if n < 0:
@@ -324,7 +336,7 @@ class Deliverer:
             self._writers -= 1
             s.writing = False
             self._lag_since.pop(s, None)
-        if s.closing and not s.buf and not s.dead:
+        if s.state is CLOSING and not s.buf:
             s.finish()
 
     def statistics(self) -> DeliveryStatistics:

@@ -20,10 +20,10 @@ The broker sends a heartbeat every ``wire.HEARTBEAT_INTERVAL_S`` on its XPUB, ca
 An epoch change means history was lost (a broker restart with the memory store, Redis losing
 its data), and so does a gap older than history (``GapSkipped``): the edge never continues
 silently.  ``tell_epoch_change(sessions, channel)`` applies
-the policy to every session held on the channel:
+the policy to every session held on the channel (``Session.on_history_lost``):
 
-* a session with an ``on_epoch_change(channel)`` method (WebSocket sessions) is told through
-  it and decides (the WebSocket transport sends its client a control event);
+* a WebSocket session is told and decides (it sends its origin a control event, or closes
+  its client 1012 when the origin does not speak GRIP);
 * an HTTP stream (incl. SSE) is closed without its final chunk: the client reconnects, the
   origin sees the request again and decides (resume from its cursor falls back to the origin,
   which may answer with fresh state);
@@ -32,8 +32,15 @@ the policy to every session held on the channel:
 """
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
+
+from edge.sessionstate import HistoryLost
+
+if TYPE_CHECKING:
+    from edge.sessionstate import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,28 +113,14 @@ class EpochNotice:
     """What ``tell_epoch_change`` did, for logs and statistics."""
 
     channel: str
-    hooked: int  # sessions told through on_epoch_change (WebSocket)
+    hooked: int  # sessions told through on_history_lost (WebSocket)
     streams_closed: int
     responses_answered: int
 
 
-def tell_epoch_change(sessions, channel: str, timeout_response: Callable) -> EpochNotice:
-    """Apply the epoch-change policy (module docstring) to ``sessions`` held on ``channel``.
-
-    ``timeout_response(session)`` builds a response hold's timeout response.
-    """
-    hooked = closed = answered = 0
-    for s in list(sessions):
-        hook = getattr(s, "on_epoch_change", None)
-        if hook is not None:
-            hook(channel)
-            hooked += 1
-        elif s.kind == "stream":
-            if not s.done:
-                s.kill(f"history lost on channel {channel} (epoch changed)")
-                closed += 1
-        elif s.kind == "response":
-            if s.result is None and not s.done:
-                s.respond(timeout_response(s))
-                answered += 1
-    return EpochNotice(channel, hooked, closed, answered)
+def tell_epoch_change(sessions: Iterable[Session], channel: str) -> EpochNotice:
+    """Apply the epoch-change policy (module docstring) to ``sessions`` held on ``channel``
+    (``Session.on_history_lost``)."""
+    done = Counter(s.on_history_lost(channel) for s in list(sessions))
+    return EpochNotice(channel, done[HistoryLost.TOLD], done[HistoryLost.CLOSED],
+                       done[HistoryLost.ANSWERED])

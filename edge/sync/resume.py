@@ -68,6 +68,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -76,6 +77,10 @@ from broker.errors import GripcastError, RemoteProtocolError
 from edge.http1 import responses
 from edge.sync.repair import tell_epoch_change
 from edge.sync.tracker import State
+
+if TYPE_CHECKING:
+    from edge.services import ResumeServices
+    from edge.sessionstate import Session
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +185,8 @@ class Catchup:
         self._need_more = bool(out) and self.last_seq < upto
         return out
 
-    def plan(self, backlog: list, live: tuple | None) -> tuple[Step, list]:
+    def plan(self, backlog: list[wire.Envelope],
+             live: tuple | None) -> tuple[Step, list[wire.Envelope]]:
         """The next hand-over step at a synchronous point: ``(step, envelopes to deliver)``.
 
         ``backlog`` is what the gate held so far, in order (consumed: what is delivered or
@@ -240,7 +246,7 @@ class _Gate(list):
         super().__init__()
         self.overflowed = False
 
-    def append(self, env) -> None:  # called by Deliverer.deliver
+    def append(self, env: wire.Envelope) -> None:  # called by Deliverer.deliver
         if self.overflowed:
             return
         if len(self) >= GATE_LIMIT:
@@ -251,13 +257,10 @@ class _Gate(list):
 
 
 class Resumer:
-    """Drives ``Catchup`` against the broker link for an edge (``app``).
+    """Drives ``Catchup`` against the broker link for an edge (``app``: the deliverer's
+    ``gate`` dict is filled here; ``edge.services.ResumeServices``)."""
 
-    ``app`` provides ``link`` (``BrokerLink``), ``tracker``, ``deliverer`` (whose ``gate``
-    dict this fills) and ``wait_positioned(channels)``.
-    """
-
-    def __init__(self, app) -> None:
+    def __init__(self, app: ResumeServices) -> None:
         self.app = app
         self._resumes = self._answered = self._fell_back = 0
         self._replayed = self._dups = self._overflows = self._cut = 0
@@ -266,22 +269,22 @@ class Resumer:
     def gate(self) -> dict:
         return self.app.deliverer.gate
 
-    def begin(self, session, channel: str) -> None:
+    def begin(self, session: Session, channel: str) -> None:
         """Start holding ``channel``'s live messages for ``session`` (idempotent)."""
         if (session, channel) not in self.gate:
             self.gate[(session, channel)] = _Gate()
 
-    def abort(self, session, channel: str) -> list:
+    def abort(self, session: Session, channel: str) -> list[wire.Envelope]:
         """Close the gate without delivering; returns what it held."""
         return self.gate.pop((session, channel), [])
 
-    def open(self, session, channel: str, cursor: str) -> Resume:
+    def open(self, session: Session, channel: str, cursor: str) -> Resume:
         """A catch-up to ``probe()`` then ``finish()``; opens the gate now."""
         self.begin(session, channel)
         self._resumes += 1
         return Resume(self, session, Catchup(channel, cursor))
 
-    async def resume(self, session, channel: str, cursor: str, *,
+    async def resume(self, session: Session, channel: str, cursor: str, *,
                      flush_on_fail: bool = True) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor``; see the module docstring."""
         r = self.open(session, channel, cursor)
@@ -296,7 +299,7 @@ class Resumer:
 class Resume:
     """One session catching up on one channel: the I/O around its ``Catchup``."""
 
-    def __init__(self, resumer: Resumer, session, c: Catchup) -> None:
+    def __init__(self, resumer: Resumer, session: Session, c: Catchup) -> None:
         self.resumer = resumer
         self.app = resumer.app
         self.session = session
@@ -354,7 +357,7 @@ class Resume:
         return not c.failed
 
     async def _deliver(self, envs: list, replayed: bool = True) -> None:
-        if envs and not _gone(self.session):
+        if envs and not self.session.gone():
             if replayed:
                 self.resumer._replayed += len(envs)
             await self.app.deliverer.deliver(envs, trio.current_time(), only=self.session)
@@ -363,7 +366,7 @@ class Resume:
         r, c, s, gate = self.resumer, self.c, self.session, self.resumer.gate
         backlog: list = []
         wait_until = None
-        while not _gone(s):
+        while not s.gone():
             if c.skipped and not self._told:
                 self._tell()
                 continue
@@ -374,7 +377,7 @@ class Resume:
             if g.overflowed or len(backlog) + len(g) > GATE_LIMIT:
                 r._overflows += 1
                 log.debug("resume gate overflow conn=%s channel=%s: refetching from history",
-                          getattr(s, "id", "?"), c.channel)
+                          s.id, c.channel)
                 g.clear()
                 g.overflowed = False
                 backlog.clear()
@@ -392,7 +395,7 @@ class Resume:
                 await self._deliver(envs, replayed=False)
             elif step is Step.REPLAY:
                 req = c.request()
-                while req is not None and not _gone(s):
+                while req is not None and not s.gone():
                     await self._deliver(await self._page(req))
                     req = c.request()
             elif step is Step.WAIT:
@@ -413,25 +416,12 @@ class Resume:
         self._told = True
         s, ch = self.session, self.c.channel
         log.warning("resume skipped messages lost from history conn=%s channel=%s",
-                    getattr(s, "id", "?"), ch)
-        tell_epoch_change([s], ch, _timeout_response)
+                    s.id, ch)
+        tell_epoch_change([s], ch)
 
     def _cut(self, reason: str) -> None:
         s = self.session
         self.resumer._cut += 1
         log.info("resume cut off conn=%s channel=%s: %s (it resumes with its cursor)",
-                 getattr(s, "id", "?"), self.c.channel, reason)
-        if getattr(s, "kind", "") == "response":
-            if s.result is None and not s.done:
-                s.respond(_timeout_response(s))
-        elif not _gone(s):
-            s.kill(f"resume: {reason}")
-
-
-def _timeout_response(session) -> bytes:
-    return responses.timeout(session.hold, keep_alive=session.keep_alive)
-
-
-def _gone(session) -> bool:
-    """Nothing more can be delivered: the hold ended, or a long-poll has its one answer."""
-    return bool(getattr(session, "done", False)) or getattr(session, "result", None) is not None
+                 s.id, self.c.channel, reason)
+        s.cut_off(reason)

@@ -22,6 +22,8 @@ is sent in the background and its response ignored.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import logging
 import math
@@ -38,6 +40,13 @@ from edge.origin.client import OriginError, RequestHeadError, open_origin
 from edge.ws.control import grip_prefix
 from edge.ws.events import (CONTENT_TYPE, EventsError, WsEvent, close_content, decode_events,
                            encode_event, parse_close_content)
+
+if TYPE_CHECKING:
+    from edge.routes import Route
+    from edge.services import OriginServices
+    from edge.ws.session import WsSession
+
+Headers = list[tuple[bytes, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +126,8 @@ def rejection(status: int, reason: str, headers, body: bytes) -> bytes:
 # -- I/O -------------------------------------------------------------------------------------
 
 class WohOrigin:
-    def __init__(self, app, route, client_headers, path: bytes) -> None:
+    def __init__(self, app: OriginServices, route: Route, client_headers: Headers,
+                 path: bytes) -> None:
         self.app = app
         self.route = route
         self.path = path
@@ -136,7 +146,7 @@ class WohOrigin:
         self.gone = False  # DISCONNECT sent/received: no more requests
         self.close_sent = False
         self.last_request = 0.0
-        self.session = None
+        self.session: WsSession | None = None
 
     async def _post(self, body: bytes):
         """One request; returns ``(status, reason, headers, body)``."""
@@ -242,7 +252,7 @@ class WohOrigin:
 
     # -- the request loop ------------------------------------------------------------------------
 
-    async def serve(self, session) -> None:
+    async def serve(self, session: WsSession) -> None:
         self.session = session
         while not self.gone and not self.detached:
             if not self.pending and not self.refreshing:
@@ -295,7 +305,7 @@ class WohOrigin:
                 await trio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _apply(self, session, events: list[WsEvent]) -> bool:
+    async def _apply(self, session: WsSession, events: list[WsEvent]) -> bool:
         got_close = False
         for ev in events:
             if ev.type in ("TEXT", "BINARY", "PING", "PONG"):

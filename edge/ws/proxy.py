@@ -12,6 +12,8 @@ extensions are never forwarded to the client.  Frames both ways go through
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import base64
 import logging
 import os
@@ -27,6 +29,13 @@ from edge.origin.client import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, Origin
 from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
 from edge.ws.control import grip_prefix
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
+
+if TYPE_CHECKING:
+    from edge.routes import Route
+    from edge.services import OriginServices
+    from edge.ws.session import WsSession
+
+Headers = list[tuple[bytes, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +60,13 @@ def client_handshake(route, target, path: bytes, client_headers, key: bytes,
 
 
 class WsOrigin:
-    def __init__(self, app, route, client_headers, path: bytes) -> None:
+    def __init__(self, app: OriginServices, route: Route, client_headers: Headers,
+                 path: bytes) -> None:
         self.app = app
         self.route = route
         self.path = path
         self.client_headers = client_headers
+        self.cid: str | None = None  # only WebSocket-over-HTTP names connections (edge.woh)
         self.fixed_channels = tuple(route.targets[0].subs)
         self.stream: trio.SocketStream | None = None
         self.ws = WsConnection(client=True, max_message=_max(app))
@@ -147,7 +158,7 @@ class WsOrigin:
     async def client_close(self, code: int | None, reason: str) -> None:
         await self._send(self.ws.close(code, reason))
 
-    def closed_by_client(self, code, reason) -> None:
+    def closed_by_client(self, code: int | None, reason: str) -> None:
         if not self.gone and self.stream is not None:
             self.app.nursery.start_soon(self._send, self.ws.close(code, reason))
 
@@ -170,7 +181,7 @@ class WsOrigin:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
-    async def serve(self, session) -> None:
+    async def serve(self, session: WsSession) -> None:
         data = self.rest
         while True:
             if data:
@@ -207,5 +218,5 @@ class WsOrigin:
                 return
 
 
-def _max(app) -> int:
-    return int(getattr(app.cfg, "ws_max_message_bytes", 1 << 20))
+def _max(app: OriginServices) -> int:
+    return app.cfg.ws_max_message_bytes

@@ -28,7 +28,7 @@ keep-alive, send-delayed, flush-delayed), other messages must carry the prefix (
 dropped.  Route ``sub=`` channels are subscribed at open.  A ``subscribe`` with ``prev-id``
 first replays, from broker history, what the connection missed (``edge.resume``); when history
 cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",...}``
-(docs/websocket.md); when a channel's history is lost later (``on_epoch_change``) it gets
+(docs/websocket.md); when a channel's history is lost later (``on_history_lost``) it gets
 ``c:{"type":"history-lost",...}``.
 
 Closing: a close from the client is passed to the origin, whose answering close (or, after
@@ -44,6 +44,7 @@ import itertools
 import json
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import trio
 from wsproto.utilities import generate_accept_token
@@ -54,9 +55,20 @@ from edge.grip import filters
 from edge.http1 import responses
 from edge.ws import control as wc
 from edge.fastpath import read_now
-from edge.ws.timers import ws_timers
+from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 from edge.ws.connection import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
                          OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
+
+if TYPE_CHECKING:
+    from broker.wire import Envelope
+    from edge.http1.connection import Connection, Request
+    from edge.routes import Route
+    from edge.services import ConnectionServices, SessionServices
+    from edge.ws.over_http import WohOrigin
+    from edge.ws.proxy import WsOrigin
+
+    OriginSide = WohOrigin | WsOrigin
+    Headers = list[tuple[bytes, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +83,7 @@ _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PO
 # -- handshake (sans-IO) ---------------------------------------------------------------------
 
 class HandshakeError(RemoteProtocolError):
-    def __init__(self, status: int, text: str, headers=()) -> None:
+    def __init__(self, status: int, text: str, headers: tuple | list = ()) -> None:
         super().__init__(text, status=status)
         self.status, self.text, self.headers = status, text, list(headers)
 
@@ -81,14 +93,14 @@ class HandshakeError(RemoteProtocolError):
         return responses.full(self.status, "", hs, body, keep_alive=False)
 
 
-def _get(headers, name: bytes) -> bytes | None:
+def _get(headers: Headers, name: bytes) -> bytes | None:
     for k, v in headers:
         if k.lower() == name:
             return v
     return None
 
 
-def _tokens(headers, name: bytes) -> set[bytes]:
+def _tokens(headers: Headers, name: bytes) -> set[bytes]:
     out = set()
     for k, v in headers:
         if k.lower() == name:
@@ -96,11 +108,11 @@ def _tokens(headers, name: bytes) -> set[bytes]:
     return out
 
 
-def is_websocket_request(headers) -> bool:
+def is_websocket_request(headers: Headers) -> bool:
     return b"websocket" in _tokens(headers, b"upgrade")
 
 
-def check_handshake(method: bytes, headers) -> bytes:
+def check_handshake(method: bytes, headers: Headers) -> bytes:
     """Validate a client's opening handshake; returns its ``Sec-WebSocket-Key``."""
     if method != b"GET":
         raise HandshakeError(405, "WebSocket handshake must be a GET.", [("Allow", "GET")])
@@ -124,7 +136,7 @@ _101_DROP = frozenset(["content-length", "content-type", "keep-alive-interval", 
                        "transfer-encoding", "keep-alive", "content-encoding"])
 
 
-def accept_head(key: bytes, origin_headers) -> bytes:
+def accept_head(key: bytes, origin_headers: list[tuple[bytes | str, bytes | str]]) -> bytes:
     """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
     hs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
           ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii"))]
@@ -156,23 +168,27 @@ def _frames(op: int, data: bytes) -> bytes:
 
 # -- the session -----------------------------------------------------------------------------
 
-class WsSession:
+class WsSession(Session):
     """One client WebSocket: what the hub maps channels to and the delivery path writes to.
 
-    Has the fields ``Deliverer.write_many`` relies on (``fd``, ``sock``, ``buf``, ``writing``,
-    ``closing``, ``dead``, ``done``, ``last_out``, ``finish()``, ``kill()``) and the ones
-    ``edge.filters`` reads (``filters``, ``meta``, ``channel_names``).
+    A ``Session`` (``edge.sessionstate``): CLOSING once our close frame is queued (nothing else
+    goes out), DONE once it is written (only the client's close reply is awaited), DEAD when
+    dropped.  Has the fields ``Deliverer.write_many`` relies on (``fd``, ``sock``, ``buf``,
+    ``writing``, ``last_out``, ``finish()``, ``kill()``) and the ones ``edge.filters`` reads
+    (``filters``, ``meta``, ``channel_names``).
     """
 
     kind = "ws"
-    __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing", "closing",
-                 "dead", "done", "reason", "scope", "read_scope", "last_out", "filters", "meta",
+    __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing",
+                 "scope", "read_scope", "last_out", "filters", "meta",
                  "channel_names", "detached", "keep_alive", "ka_last", "delayed",
                  "delayed_at", "timer_at", "_closed", "client_close", "last_cursor",
-                 "chan_prefix", "__weakref__")
+                 "chan_prefix")
 
-    def __init__(self, app, sock, side, prefix: str | None, now: float, max_message: int,
+    def __init__(self, app: SessionServices, sock: trio.socket.SocketType, side: OriginSide,
+                 prefix: str | None, now: float, max_message: int,
                  chan_prefix: str = "") -> None:
+        super().__init__()
         self.id = next(_ids)
         self.app = app
         self.sock = sock
@@ -182,10 +198,6 @@ class WsSession:
         self.prefix = prefix  # None: GRIP not enabled by the origin
         self.buf = bytearray()
         self.writing = False
-        self.closing = False  # our close frame is queued: nothing else goes out
-        self.dead = False
-        self.done = False
-        self.reason = ""
         self.scope: trio.CancelScope | None = None
         self.read_scope: trio.CancelScope | None = None
         self.last_out = now
@@ -224,7 +236,7 @@ class WsSession:
         """Set once our close frame is written (or the session is dropped)."""
         if self._closed is None:
             self._closed = trio.Event()
-            if self.done:
+            if self.state >= DONE:
                 self._closed.set()
         return self._closed
 
@@ -236,27 +248,33 @@ class WsSession:
 
     def finish(self) -> None:
         """Our close frame is fully written: only the client's close reply is awaited now."""
-        self.done = True
+        self._on(FLUSHED)
         self._set_closed()
         if self.read_scope is not None:
             self.read_scope.deadline = min(self.read_scope.deadline,
                                            trio.current_time() + CLOSE_TIMEOUT_S)
 
     def kill(self, reason: str) -> None:
-        if not self.dead:
-            self.dead = True
+        if self._on(KILL) is not DEAD:
             self.reason = reason
-        self.done = True
         self._set_closed()
         if self.scope is not None:
             self.scope.cancel()
 
-    def close_for_shutdown(self) -> None:
-        """The edge is draining (``edge.lifecycle``): close 1012 so the client reconnects elsewhere."""
-        if not self.done and not self.closing:
-            self.app.nursery.start_soon(self.close, 1012, "service restart")
+    def hint(self) -> None:
+        """Nothing to refresh: a WebSocket's origin is told by events, not re-requested."""
 
-    def on_epoch_change(self, channel: str) -> None:
+    def end_for_shutdown(self) -> None:
+        """The edge is draining (``edge.lifecycle``): close 1012 so the client reconnects elsewhere."""
+        if self.state is OPEN:
+            self.app.nursery.start_soon(self.close, 1012, "service restart")
+        return None
+
+    def cut_off(self, reason: str) -> None:
+        if self.state < DONE:
+            self.kill(f"resume: {reason}")
+
+    def on_history_lost(self, channel: str) -> HistoryLost:
         """The broker lost ``channel``'s history (``edge.linkrepair``): never continue silently.
 
         An origin that speaks GRIP gets the TEXT event ``c:{"type": "history-lost", "channel":
@@ -264,19 +282,20 @@ class WsSession:
         on in the new epoch; with no GRIP origin to tell, the client is closed 1012 so it
         reconnects and the origin decides.
         """
-        if self.done or self.closing:
-            return
+        if self.state is not OPEN:
+            return HistoryLost.NOTHING
         if self.prefix is None:
             self.app.nursery.start_soon(self.close, 1012, "history lost")
-            return
+            return HistoryLost.TOLD
         event = b"c:" + json.dumps({"type": "history-lost", "channel": self.shown(channel)}).encode()
         self.app.nursery.start_soon(self._tell_origin, event)
+        return HistoryLost.TOLD
 
     async def _tell_origin(self, event: bytes) -> None:
-        if not self.done:
+        if self.state < DONE:
             await self.side.client_event("TEXT", event)
 
-    def on_publish(self, fmt: dict, env, flt) -> bytes | None:
+    def on_publish(self, fmt: dict, env: Envelope, flt: tuple[str, ...] | None) -> bytes | None:
         """A published ``ws-message`` that is not a plain shared frame: bytes to send or None."""
         action = fmt.get("action", "send")
         if action == "send":
@@ -298,19 +317,19 @@ class WsSession:
 
     def close_frame(self, code: int | None, reason: str = "") -> bytes:
         data = self.ws.close(code, reason)
-        if data:
-            self.closing = True
+        if data and self.state is OPEN:
+            self._on(CLOSE)
         return data
 
     # -- writing (always through the delivery path) ---------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        if data and not self.done:
+        if data and self.state < DONE:
             await self.app.deliverer.write_many([(self, [data])], trio.current_time())
 
     def message_bytes(self, type_: str, data: bytes) -> bytes | None:
         """The frame(s) of one message to the client; None once closing."""
-        if self.closing or self.ws.state is not CloseState.OPEN:
+        if self.state or self.ws.state is not CloseState.OPEN:
             return None
         op = _OPCODES.get(type_, OP_TEXT)
         if op >= OP_PING:
@@ -356,7 +375,7 @@ class WsSession:
         elif type_ in ("PING", "PONG"):
             await self.send_message(type_.lower(), content)
 
-    async def control(self, ctl) -> None:
+    async def control(self, ctl: object) -> None:
         app = self.app
         if isinstance(ctl, wc.Subscribe):
             name = self.channel(ctl.channel)
@@ -410,7 +429,7 @@ class WsSession:
     async def resume(self, channel: str, cursor: str) -> None:
         """Reliable WebSocket: replay what came after ``cursor`` before live messages."""
         ok = await self.app.resume(self, channel, cursor)
-        if not ok and not self.done:
+        if not ok and self.state < DONE:
             event = {"type": "resume-failed", "channel": self.shown(channel), "prev-id": cursor}
             await self.side.client_event("TEXT", b"c:" + json.dumps(event).encode())
 
@@ -432,12 +451,12 @@ class WsSession:
 
     def arm_timer(self) -> None:
         due = self.next_timer()
-        if due < math.inf and not self.done:
-            ws_timers(self.app).arm(self, due)
+        if due < math.inf and self.state < DONE:
+            self.app.ws_timers.arm(self, due)
 
     def due_frames(self, now: float) -> list[bytes]:
         """What is due at ``now`` (sans-IO): the delayed message, else a keep-alive."""
-        if self.done or self.closing:
+        if self.state:  # closing or ended
             return []
         if now >= self.delayed_at:
             msg, self.delayed, self.delayed_at = self.delayed, None, math.inf
@@ -455,7 +474,7 @@ class WsSession:
 
 # -- the connection task ---------------------------------------------------------------------
 
-async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
+async def serve_websocket(conn: Connection, req: Request, host: bytes, path: bytes) -> None:
     """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends."""
     from edge.ws.over_http import WohOrigin
     from edge.ws.proxy import WsOrigin
@@ -480,9 +499,8 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
     now = trio.current_time()
     session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app),
                         chan_prefix=route.prefix or "")
-    app.ws_opened = getattr(app, "ws_opened", 0) + 1
-    if getattr(app, "stats", None) is not None:  # a "conn" of type ws from now on (edge.connstats)
-        app.stats.websocket(conn.sock, getattr(side, "cid", None))
+    app.ws_opened += 1
+    app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
     clean = False
     try:
         async with trio.open_nursery() as nursery:
@@ -496,7 +514,7 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.debug("websocket ended conn=%s: %s", session.id, exc)
     finally:
-        session.done = True
+        session.end()
         app.remove_session(session)
         if not clean:
             side.disconnected()
@@ -505,11 +523,12 @@ async def serve_websocket(conn, req, host: bytes, path: bytes) -> None:
         log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
 
 
-def ws_max_message(app) -> int:
-    return int(getattr(app.cfg, "ws_max_message_bytes", 1 << 20))
+def ws_max_message(app: ConnectionServices) -> int:
+    return app.cfg.ws_max_message_bytes
 
 
-async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
+async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
+                       data: bytes) -> bool:
     """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
     ws = session.ws
     sock = conn.sock
@@ -546,7 +565,7 @@ async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
             await side.wait_room()
         with trio.CancelScope() as scope:
             session.read_scope = scope
-            if session.closing:
+            if session.state:  # our close is queued or written: the reply is due soon
                 scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
             # wait_readable + one read, not trio's recv: fewer frames kept per idle socket
             data = None
@@ -560,7 +579,7 @@ async def _read_client(conn, session: WsSession, side, data: bytes) -> bool:
             return False
 
 
-def woh_forbidden(route, headers) -> bool:
+def woh_forbidden(route: Route, headers: Headers) -> bool:
     """A plain HTTP request carrying WebSocket events toward an ``over_http`` target (403)."""
     if not route.targets or not route.targets[0].over_http:
         return False

@@ -14,22 +14,29 @@ ended, is ignored.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import trio
 
 from edge.timers import TimerWheel
 
+if TYPE_CHECKING:
+    from edge.sync.deliver import Deliverer
+    from edge.ws.session import WsSession
+
 RESOLUTION_S = 0.1  # send-delayed defaults to 1 s: fire within ~0.1 s of the asked time
 
 
 class WsTimers:
-    def __init__(self, app, resolution_s: float = RESOLUTION_S) -> None:
-        self.app = app
+    """The edge's one WebSocket timer task (``serve``, started by ``edge.server.serve``)."""
+
+    def __init__(self, deliverer: Deliverer, resolution_s: float = RESOLUTION_S) -> None:
+        self.deliverer = deliverer
         self.wheel = TimerWheel(resolution_s)
         self._wake = trio.Event()
         self._sleep_until = math.inf
 
-    def arm(self, session, when: float) -> None:
+    def arm(self, session: WsSession, when: float) -> None:
         """Make sure ``session.due_frames`` is called at (or soon after) ``when``."""
         if when >= session.timer_at:
             return  # armed earlier already: that entry re-arms
@@ -38,7 +45,7 @@ class WsTimers:
         if when < self._sleep_until:
             self._wake.set()
 
-    def due(self, now: float) -> list:
+    def due(self, now: float) -> list[tuple[WsSession, list[bytes]]]:
         """``(session, [bytes])`` for every session with something due at ``now`` (sans-IO)."""
         writes = []
         for s in self.wheel.pop_due(now):
@@ -63,13 +70,4 @@ class WsTimers:
             now = trio.current_time()
             writes = self.due(now)
             if writes:
-                await self.app.deliverer.write_many(writes, now)
-
-
-def ws_timers(app) -> WsTimers:
-    """The edge's ``WsTimers``, its task started in the edge nursery on first use."""
-    t = getattr(app, "ws_timers", None)
-    if t is None:
-        t = app.ws_timers = WsTimers(app)
-        app.nursery.start_soon(t.serve)
-    return t
+                await self.deliverer.write_many(writes, now)

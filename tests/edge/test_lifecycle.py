@@ -1,7 +1,10 @@
 """edge.ops.lifecycle.end_session: how each kind of held session is ended for shutdown."""
+from types import SimpleNamespace
+
 from edge.grip.instruct import Hold
 from edge.ops.lifecycle import end_session
 from edge.grip.session import ResponseSession, StreamSession
+from edge.ws.session import WsSession
 
 
 class _Fd:
@@ -27,14 +30,19 @@ def test_long_poll_gets_its_timeout_response_with_connection_close():
     assert b"Connection: close" in s.result or b"connection: close" in s.result.lower()
 
 
-def test_session_with_close_for_shutdown_closes_itself():
-    class Ws:
-        kind = "ws"
-        calls = 0
+class _Nursery:
+    def __init__(self):
+        self.started = []
 
-        def close_for_shutdown(self):
-            self.calls += 1
+    def start_soon(self, fn, *args):
+        self.started.append((fn, args))
 
-    ws = Ws()
+
+def test_websocket_closes_itself_1012_once():
+    app = SimpleNamespace(nursery=_Nursery())
+    ws = WsSession(app, _Fd(), side=None, prefix="", now=0.0, max_message=1 << 20)
     assert end_session(ws) is None
-    assert ws.calls == 1
+    assert [(fn.__name__, args) for fn, args in app.nursery.started] == [
+        ("close", (1012, "service restart"))]
+    ws.close_frame(1012, "service restart")  # what that task queues first
+    assert end_session(ws) is None and len(app.nursery.started) == 1

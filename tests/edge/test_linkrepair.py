@@ -1,8 +1,12 @@
 """LinkWatch (broker restart / lost link detection) and the epoch-change policy, sans-IO."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from edge.grip.instruct import parse_instruct
-from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.sync.repair import EpochNotice, LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.sessionstate import SessionState
+from edge.ws.session import WsSession
 from edge.grip.session import ResponseSession, StreamSession
 
 
@@ -34,14 +38,12 @@ class _Sock:
         return -1
 
 
-class _Ws:
-    kind = "ws"
-
+class _Nursery:
     def __init__(self):
-        self.told = []
+        self.started = []
 
-    def on_epoch_change(self, channel):
-        self.told.append(channel)
+    def start_soon(self, fn, *args):
+        self.started.append((fn.__name__, args))
 
 
 def test_epoch_change_policy_per_transport():
@@ -49,9 +51,12 @@ def test_epoch_change_policy_per_transport():
     stream = StreamSession(_Sock(), hold, True, 0.0)
     rhold = parse_instruct(200, "OK", [("Grip-Hold", "response"), ("Grip-Channel", "c")], b"")
     resp = ResponseSession(rhold, True, 30.0)
-    ws = _Ws()
-    notice = tell_epoch_change([stream, resp, ws], "c", lambda s: b"TIMEOUT")
+    app = SimpleNamespace(nursery=_Nursery())
+    ws = WsSession(app, _Sock(), side=None, prefix="", now=0.0, max_message=1 << 20)
+    notice = tell_epoch_change([stream, resp, ws], "c")
     assert (notice.hooked, notice.streams_closed, notice.responses_answered) == (1, 1, 1)
     assert stream.dead and stream.done and "epoch" in stream.reason
-    assert resp.result == b"TIMEOUT"
-    assert ws.told == ["c"]
+    assert resp.result.startswith(b"HTTP/1.1 ") and resp.state is SessionState.CLOSING
+    assert app.nursery.started == [("_tell_origin", (b'c:{"type": "history-lost", "channel": "c"}',))]
+    # told once: ended sessions are left alone
+    assert tell_epoch_change([stream, resp], "c") == EpochNotice("c", 0, 0, 0)

@@ -20,8 +20,7 @@ from edge.ws.timers import WsTimers
 @pytest.fixture
 def session():
     a, b = socket.socketpair()
-    app = SimpleNamespace()
-    app.ws_timers = WsTimers(app, resolution_s=0.1)
+    app = SimpleNamespace(ws_timers=WsTimers(None, resolution_s=0.1))
     s = WsSession(app, a, side=None, prefix="", now=0.0, max_message=1 << 20)
     yield s
     a.close()
@@ -71,7 +70,7 @@ def test_ended_or_closing_sessions_get_nothing(session):
     timers = session.app.ws_timers
     session.delayed, session.delayed_at = wc.OutMessage("text", b"x"), 1.0
     session.arm_timer()
-    session.done = True
+    session.end()
     assert timers.due(2.0) == []
     assert len(timers.wheel) == 0
 
