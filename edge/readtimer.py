@@ -5,12 +5,15 @@ wait with ``trio.move_on_after`` cost a cancel scope per wait (its creation, a d
 trio's heap, the cancel-status bookkeeping on enter and exit): under
 ``python -m bench fanout --transport sse --clients 10000`` py-spy put about an eighth of an
 edge's per-connection Python time there (bench/RESULTS.md).  Origin timeouts are seconds long
-and need no precision, so here one system task per trio run checks every ``TICK_S`` for
-expired waits and ends each with ``trio.lowlevel.notify_closing(sock)``, which raises
-``trio.ClosedResourceError`` in the task waiting on that socket; ``Wait.expired`` tells the
-waiter that this was a timeout (it then treats the socket as broken and closes it).
+and need no precision, so here one ``ReadTimer`` per edge (``Edge.origin_client.timer``)
+checks every ``TICK_S`` for expired waits and ends each with
+``trio.lowlevel.notify_closing(sock)``, which raises ``trio.ClosedResourceError`` in the task
+waiting on that socket; ``Wait.expired`` tells the waiter that this was a timeout (it then
+treats the socket as broken and closes it).  Its ``serve()`` task runs in the edge's nursery
+(``edge.server.serve``): an error there ends the edge's nursery, like any of its tasks, and
+``start`` refuses to run before ``serve`` did (a wait that can never time out).
 
-    w = readtimer.start(sock, timeout_s)
+    w = timer.start(sock, timeout_s)
     try:
         await trio.lowlevel.wait_readable(sock)   # ClosedResourceError with w.expired: timeout
     finally:
@@ -27,15 +30,16 @@ from __future__ import annotations
 
 import trio
 
-TICK_S = 0.25
+from broker.errors import LocalProtocolError
 
-_state: trio.lowlevel.RunVar = trio.lowlevel.RunVar("gripcast_readtimer")
+TICK_S = 0.25
 
 
 class Wait:
     __slots__ = ("sock", "deadline", "expired", "_active")
 
-    def __init__(self, sock, deadline: float, active: dict) -> None:
+    def __init__(self, sock: trio.socket.SocketType, deadline: float,
+                 active: dict[Wait, None]) -> None:
         self.sock = sock
         self.deadline = deadline
         self.expired = False
@@ -62,40 +66,48 @@ class Waker:
                 pass
 
 
-def _active() -> dict:
-    try:
-        return _state.get()
-    except LookupError:
-        active: dict = {}
-        _state.set(active)
-        trio.lowlevel.spawn_system_task(_serve, active, name="gripcast readtimer")
-        return active
+class ReadTimer:
+    """Deadlines for socket waits, ended by one task (``serve``) every ``TICK_S``."""
 
+    __slots__ = ("_active", "_serving")
 
-def start(sock, timeout_s: float) -> Wait:
-    """Bound the waits on ``sock`` from now on by ``timeout_s`` (until ``done()``)."""
-    active = _active()
-    w = Wait(sock, trio.current_time() + timeout_s, active)
-    active[w] = None
-    return w
+    def __init__(self) -> None:
+        self._active: dict[Wait, None] = {}  # unfinished waits (insertion-ordered set)
+        self._serving = False
 
+    def start(self, sock: trio.socket.SocketType, timeout_s: float) -> Wait:
+        """Bound the waits on ``sock`` from now on by ``timeout_s`` (until ``done()``)."""
+        if not self._serving:
+            raise LocalProtocolError("ReadTimer.start before its serve() task started: "
+                                     "the wait could never time out")
+        active = self._active
+        w = Wait(sock, trio.current_time() + timeout_s, active)
+        active[w] = None
+        return w
 
-def expire(active: dict, now: float) -> int:
-    """End the waits whose deadline passed; how many.  (Only unfinished waits are kept:
-    in-flight origin requests, so a scan per tick is cheap.)"""
-    late = [w for w in active if w.deadline <= now]
-    for w in late:
-        del active[w]
-        w.expired = True
-        try:
-            trio.lowlevel.notify_closing(w.sock)
-        except Exception:  # pragma: no cover - a socket closed meanwhile: nothing waits on it
-            pass
-    return len(late)
+    def expire(self, now: float) -> int:
+        """End the waits whose deadline passed; how many.  (Only unfinished waits are kept:
+        in-flight origin requests, so a scan per tick is cheap.)"""
+        active = self._active
+        late = [w for w in active if w.deadline <= now]
+        for w in late:
+            del active[w]
+            w.expired = True
+            try:
+                trio.lowlevel.notify_closing(w.sock)
+            except Exception:  # pragma: no cover - a socket closed meanwhile: nothing waits on it
+                pass
+        return len(late)
 
+    def pending(self) -> int:
+        """Waits started and not done (nor expired)."""
+        return len(self._active)
 
-async def _serve(active: dict) -> None:
-    while True:
-        await trio.sleep(TICK_S)
-        if active:
-            expire(active, trio.current_time())
+    async def serve(self) -> None:
+        """Run forever in the edge's nursery: expire late waits every ``TICK_S``."""
+        self._serving = True
+        active = self._active
+        while True:
+            await trio.sleep(TICK_S)
+            if active:
+                self.expire(trio.current_time())

@@ -32,13 +32,13 @@ from edge.http1.connection import Connection
 from edge.sync.hub import Hub
 from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge import fastpath
-from edge.origin import pool as originpool
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.sync.resume import Resumer
 from edge.grip.session import ResponseSession, StreamSession
 from edge.sessionstate import Session
 from edge.routes import Route, RouteTable, parse_routes
+from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
 from edge.ops import statsreport
 from edge.timers import TimerWheel
@@ -113,6 +113,8 @@ class Edge:
         self.wheel = TimerWheel(TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
+        # origin connection pool, read timer (its task is started by ``serve``), header memo
+        self.origin_client = OriginClient(cfg.origin_keepalive_idle_s)
         self._default_signer: Signer
         self._signers: dict[int, Signer]
         self.set_routes(cfg, routes, signers)
@@ -138,7 +140,7 @@ class Edge:
             signers = load_signers(cfg, routes)
         self.cfg, self.routes = cfg, routes
         self._default_signer, self._signers = signers
-        originpool.configure(cfg.origin_keepalive_idle_s)
+        self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
 
     # -- used by connections -------------------------------------------------------------------
 
@@ -297,7 +299,7 @@ class Edge:
         while True:
             await trio.sleep(TICK_S)
             now = trio.current_time()
-            originpool.sweep(now)
+            self.origin_client.pool.sweep(now)
             for action in self.hub.expire(now):
                 if not self.hub.is_live(action.channel):
                     self.link.unsubscribe(action.channel)
@@ -413,6 +415,7 @@ async def serve(cfg: Config, index: int, routes: RouteTable,
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
                 nursery.start_soon(edge.ws_timers.serve)
+                nursery.start_soon(edge.origin_client.timer.serve)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
                 # the hello gate: a broker of another wire version or cluster stops this edge
@@ -425,6 +428,7 @@ async def serve(cfg: Config, index: int, routes: RouteTable,
                          len(routes))
                 notify("READY=1\nSTATUS=serving")
                 await life.run(signals, nursery)  # SIGHUP: reload; SIGTERM/SIGINT: drain
+            edge.origin_client.close()
             exit_code = edge.exit_code
     finally:
         link.close()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from broker.config import Config
     from edge.sync.link import BrokerLink
     from edge.ops.connstats import ConnStats
+    from edge.origin.client import OriginClient
     from edge.sync.deliver import Deliverer
     from edge.grip.cache import InstructCache
     from edge.grip.holds import HoldRegistry
@@ -36,6 +37,7 @@ class OriginServices(Protocol):
 
     cfg: Config
     nursery: trio.Nursery
+    origin_client: OriginClient  # the edge's origin connection pool, read timer, header memo
     proxy_errors: int  # requests answered 502 (origin failures)
 
     def sign(self, route: Route) -> str | None: ...

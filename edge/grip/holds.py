@@ -240,7 +240,8 @@ async def handle_grip(conn: Connection, req: Request, route: Route,
             resolve = retry.resolve
             log.debug("retrying origin request path=%s attempt=%d", req.url, attempts)
             try:
-                resp = await open_origin(route, req.method, _client_path(req)[1].encode("latin-1"),
+                resp = await open_origin(app.origin_client, route, req.method,
+                                         _client_path(req)[1].encode("latin-1"),
                                          req.headers, bytes(req.body), sig=app.sign(route),
                                          timeout_s=app.cfg.origin_timeout_s, extra=retry.extra)
             except OriginError as exc:
@@ -260,7 +261,8 @@ def _post_gone(app: ConnectionServices, route: Route, req: Request, link: str) -
         host, path = _client_path(req)
         try:
             p, rewrite, targets = resolve_link(link, host, path, route)
-            r = await open_origin(route, b"POST", p, [(b"Host", host.encode("latin-1"))], b"",
+            r = await open_origin(app.origin_client, route, b"POST", p,
+                                  [(b"Host", host.encode("latin-1"))], b"",
                                   sig=app.sign(route), timeout_s=app.cfg.origin_timeout_s,
                                   rewrite=rewrite, targets=targets or None)
             await r.aclose()
@@ -413,7 +415,7 @@ class _Stream:
         path, rewrite, targets = resolve_link(link, self.host, self.path, route)
         for attempt in range(NEXT_LINK_TRIES):
             try:
-                resp = await open_origin(route, b"GET", path,
+                resp = await open_origin(app.origin_client, route, b"GET", path,
                                          [(b"Host", self.host.encode("latin-1"))], b"",
                                          sig=app.sign(route), timeout_s=app.cfg.origin_timeout_s,
                                          extra=extra, rewrite=rewrite, targets=targets or None)

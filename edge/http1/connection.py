@@ -326,8 +326,9 @@ class Connection:
                 403, "Client not allowed to send WebSocket events directly.", keep_alive=req.keep_alive))
             return req.keep_alive
         try:
-            resp = await open_origin(route, req.method, path, req.headers, bytes(req.body),
-                                     sig=app.sign(route), timeout_s=app.cfg.origin_timeout_s)
+            resp = await open_origin(app.origin_client, route, req.method, path, req.headers,
+                                     bytes(req.body), sig=app.sign(route),
+                                     timeout_s=app.cfg.origin_timeout_s)
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)
         try:

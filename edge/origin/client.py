@@ -1,21 +1,26 @@
 """HTTP/1.1 client from the edge to the origin (trio sockets, httptools response parsing).
 
-``build_request`` (sans-IO) applies Pushpin's request rules (reference 1.4): hop-by-hop and
-client ``Grip-*`` headers dropped, ``Grip-Sig``/``Grip-Feature`` added, Host kept unless the
+``OriginClient.build_request`` (no I/O) applies Pushpin's request rules (reference 1.4):
+hop-by-hop and client ``Grip-*`` headers dropped, ``Grip-Sig``/``Grip-Feature`` added, Host kept unless the
 target's ``host=`` or the route's ``as_host=``, route ``header=`` props applied, path rewritten
 (``replace_beg``, ``path_rem``).  ``open_origin`` connects with failover across the route's
 targets (connect errors only), sends the request and returns an ``OriginResponse`` once the
 response head is in; its body is an async iterator.  Connections are kept alive and reused
-(``edge.originpool``): a response read to its end parks its connection for the next request
+(``edge.origin.pool``): a response read to its end parks its connection for the next request
 to that target, and a request on a reused connection that ends before any response byte is
 retried once on a fresh one.  With ``origin_keepalive_idle_s = 0`` every request has its own
 connection (``Connection: close``).  Every wait is bounded by ``timeout_s``.
 
+``OriginClient`` holds what these share per edge (no module-level state): the connection pool,
+the ``ReadTimer`` that ends late waits (its ``serve`` task runs in the edge's nursery) and the
+memo of header names already checked.  The edge creates one (``Edge.origin_client``) and every
+caller passes it to ``open_origin``; a unit test builds its own.
+
 Hostile or broken origins and header sources (docs/security.md):
 
-* ``encode_request_head`` is the one place a request head toward an origin is written, for
-  HTTP requests, WebSocket-over-HTTP POSTs and WebSocket-to-WebSocket handshakes.  Every
-  header name must be an HTTP token and every value (and the Host) a field value (no CR, LF,
+* ``OriginClient.encode_request_head`` is the one place a request head toward an origin is
+  written, for HTTP requests, WebSocket-over-HTTP POSTs and WebSocket-to-WebSocket handshakes.
+  Every header name must be an HTTP token and every value (and the Host) a field value (no CR, LF,
   NUL or other control character but HTAB), whatever its source: client headers, ``Grip-Last``
   built from published ids, ``Meta-*`` from the origin or control messages, route
   ``header=``.  Anything else raises ``RequestHeadError`` and nothing is sent.
@@ -33,9 +38,9 @@ import httptools
 import trio
 
 from broker.errors import GripcastError, RemoteProtocolError
-from edge import readtimer
-from edge.origin import pool as originpool
 from edge.fastpath import read_now, send_now
+from edge.origin.pool import DEFAULT_IDLE_S, OriginPool, close_stream
+from edge.readtimer import ReadTimer
 from edge.routes import Route, Target
 
 log = logging.getLogger(__name__)
@@ -66,43 +71,80 @@ class RequestHeadError(OriginError):
     it could smuggle headers or a second request); not worth retrying."""
 
 
-def encode_request_head(method: bytes, target: bytes, host: bytes,
-                        headers: list[tuple[bytes, bytes]]) -> bytes:
-    """``METHOD target HTTP/1.1``, ``Host`` and ``headers``, checked: the one writer of request
-    heads toward origins.  ``RequestHeadError`` if a name is not a token, a value (or the Host)
-    holds a control character other than HTAB, or the method or target is malformed."""
-    # cheap on the hot path (build_request 5.1 -> 8.0 us for 9 client headers, best of 15;
-    # regexes over joined names and values made it 18.7 us): names and methods are checked
-    # once and remembered; the whole head is then checked at once: exactly one CR and one LF
-    # per line, no other CTL
-    good = _GOOD_NAMES
-    if method not in good:
-        _remember_token(method)
-    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
-    for k, v in headers:
-        if k not in good:
-            _remember_token(k)
-        lines.append(b"%s: %s\r\n" % (k, v))
-    lines.append(b"\r\n")
-    head = b"".join(lines)
-    n = len(headers) + 3
-    if (head.count(b"\n") != n or head.count(b"\r") != n or not target or b" " in target
-            or len(head.translate(None, _CTL)) != len(head)):
-        raise RequestHeadError(_head_problem(method, target, host, headers))
-    return head
-
-
-_GOOD_NAMES: set = set()  # header names and methods seen to be tokens (bounded below)
 _CTL = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
+MAX_TOKENS_MEMO = 4096  # a client can make up header names: keep the memo small
 
 
-def _remember_token(name: bytes) -> None:
-    if _TOKEN.fullmatch(name) is None:
-        raise RequestHeadError(f"refused to send {name[:100]!r} as a method or header name "
-                               "(not an HTTP token)")
-    if len(_GOOD_NAMES) >= 4096:  # a client can make up names: keep the memo small
-        _GOOD_NAMES.clear()
-    _GOOD_NAMES.add(name)
+class OriginClient:
+    """What one edge's origin requests share: ``pool`` (idle keep-alive connections),
+    ``timer`` (ends late waits; run ``timer.serve`` in the edge's nursery) and the memo of
+    header names and methods seen to be tokens.  Plain attributes: read per request."""
+
+    __slots__ = ("pool", "timer", "_tokens")
+
+    def __init__(self, idle_s: float = DEFAULT_IDLE_S) -> None:
+        self.pool = OriginPool(idle_s)
+        self.timer = ReadTimer()
+        self._tokens: set[bytes] = set()  # header names and methods seen to be tokens
+
+    def encode_request_head(self, method: bytes, target: bytes, host: bytes,
+                            headers: list[tuple[bytes, bytes]]) -> bytes:
+        """``METHOD target HTTP/1.1``, ``Host`` and ``headers``, checked: the one writer of
+        request heads toward origins.  ``RequestHeadError`` if a name is not a token, a value
+        (or the Host) holds a control character other than HTAB, or the method or target is
+        malformed."""
+        # cheap on the hot path (build_request 5.1 -> 8.0 us for 9 client headers, best of 15;
+        # regexes over joined names and values made it 18.7 us): names and methods are checked
+        # once and remembered; the whole head is then checked at once: exactly one CR and one
+        # LF per line, no other CTL
+        good = self._tokens
+        if method not in good:
+            self._remember_token(method)
+        lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
+        for k, v in headers:
+            if k not in good:
+                self._remember_token(k)
+            lines.append(b"%s: %s\r\n" % (k, v))
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        n = len(headers) + 3
+        if (head.count(b"\n") != n or head.count(b"\r") != n or not target or b" " in target
+                or len(head.translate(None, _CTL)) != len(head)):
+            raise RequestHeadError(_head_problem(method, target, host, headers))
+        return head
+
+    def _remember_token(self, name: bytes) -> None:
+        if _TOKEN.fullmatch(name) is None:
+            raise RequestHeadError(f"refused to send {name[:100]!r} as a method or header name "
+                                   "(not an HTTP token)")
+        if len(self._tokens) >= MAX_TOKENS_MEMO:
+            self._tokens.clear()
+        self._tokens.add(name)
+
+    def build_request(self, route: Route, target: Target, method: bytes, path: bytes,
+                      headers: list[tuple[bytes, bytes]], body: bytes, *,
+                      sig: str | None, extra: Sequence[tuple[bytes, bytes]] = (),
+                      rewrite: bool = True) -> bytes:
+        """The request head + body sent to ``target`` for a client request (Pushpin's rules).
+
+        ``extra`` headers (``Grip-Last``) are added after the client's are filtered;
+        ``rewrite`` False sends ``path`` as is (a next link that already names the origin)."""
+        host, out = forward_headers(route, target, headers)
+        out.extend(extra)
+        if sig:
+            out.append((b"Grip-Sig", sig.encode("ascii")))
+        if not route.no_grip:
+            out.append((b"Grip-Feature", GRIP_FEATURES))
+        if body or method in (b"POST", b"PUT", b"PATCH"):
+            out.append((b"Content-Length", b"%d" % len(body)))
+        if not self.pool.keep_alive:
+            out.append((b"Connection", b"close"))
+        rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1") if rewrite else path
+        return self.encode_request_head(method, rpath, host, out) + body
+
+    def close(self) -> None:
+        """Close the parked connections (the edge stopped)."""
+        self.pool.close()
 
 
 def _head_problem(method: bytes, target: bytes, host: bytes, headers) -> str:
@@ -147,28 +189,6 @@ def forward_headers(route: Route, target: Target, headers, drop: frozenset = DRO
         if value:
             out.append((bname, value.encode("latin-1")))
     return host, out
-
-
-def build_request(route: Route, target: Target, method: bytes, path: bytes,
-                  headers: list[tuple[bytes, bytes]], body: bytes, *,
-                  sig: str | None, extra: list[tuple[bytes, bytes]] = (),
-                  rewrite: bool = True) -> bytes:
-    """The request head + body sent to ``target`` for a client request.
-
-    ``extra`` headers (``Grip-Last``) are added after the client's are filtered; ``rewrite``
-    False sends ``path`` as is (a next link that already names the origin)."""
-    host, out = forward_headers(route, target, headers)
-    out.extend(extra)
-    if sig:
-        out.append((b"Grip-Sig", sig.encode("ascii")))
-    if not route.no_grip:
-        out.append((b"Grip-Feature", GRIP_FEATURES))
-    if body or method in (b"POST", b"PUT", b"PATCH"):
-        out.append((b"Content-Length", b"%d" % len(body)))
-    if not originpool.enabled():
-        out.append((b"Connection", b"close"))
-    rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1") if rewrite else path
-    return encode_request_head(method, rpath, host, out) + body
 
 
 class ResponseHead:
@@ -241,11 +261,12 @@ class _Extra(GripcastError):
 
 
 class OriginResponse:
-    __slots__ = ("_stream", "_reused", "_got", "_broken", "target", "_timeout_s", "_p",
-                 "_parser", "_head_only", "_eof", "status", "reason", "headers", "framed")
+    __slots__ = ("_client", "_stream", "_reused", "_got", "_broken", "target", "_timeout_s",
+                 "_p", "_parser", "_head_only", "_eof", "status", "reason", "headers", "framed")
 
-    def __init__(self, stream: trio.SocketStream, target: Target, timeout_s: float,
-                 head_only: bool, reused: bool = False) -> None:
+    def __init__(self, client: OriginClient, stream: trio.SocketStream, target: Target,
+                 timeout_s: float, head_only: bool, reused: bool = False) -> None:
+        self._client = client  # its pool takes the connection back, its timer bounds waits
         self._stream = stream
         self._reused = reused
         self._got = False  # any response byte arrived (a reused connection is not retried then)
@@ -264,9 +285,9 @@ class OriginResponse:
     async def _read_more(self) -> None:
         # wait for readability (a checkpoint), then one plain read: cheaper than trio's
         # receive_some, which first tries a read that cannot succeed this soon after a request
-        # the timeout is edge.readtimer's (coarse, no cancel scope per wait)
+        # the timeout is the client's ReadTimer's (coarse, no cancel scope per wait)
         sock = self._stream.socket
-        wait = readtimer.start(sock, self._timeout_s)
+        wait = self._client.timer.start(sock, self._timeout_s)
         try:
             while True:
                 try:
@@ -367,9 +388,10 @@ class OriginResponse:
             return
         self._parser = self._p.parser = None
         if self._p.clean and self._p.keep and not self._p.extra and not self._head_only:
-            originpool.give((self.target.host, self.target.port), stream, trio.current_time())
+            self._client.pool.give((self.target.host, self.target.port), stream,
+                                   trio.current_time())
         else:
-            originpool._close(stream)
+            close_stream(stream)
 
     async def aclose(self) -> None:
         stream, self._stream = self._stream, None
@@ -381,25 +403,27 @@ class OriginResponse:
                 await stream.aclose()
 
 
-async def open_origin(route: Route, method: bytes, path: bytes,
+async def open_origin(client: OriginClient, route: Route, method: bytes, path: bytes,
                       headers: list[tuple[bytes, bytes]], body: bytes, *,
                       sig: str | None, timeout_s: float,
-                      extra: list[tuple[bytes, bytes]] = (), rewrite: bool = True,
-                      targets=None) -> OriginResponse:
+                      extra: Sequence[tuple[bytes, bytes]] = (), rewrite: bool = True,
+                      targets: Sequence[Target] | None = None) -> OriginResponse:
     """Connect (failing over across targets on connect errors: ``connect_first``), send, read
-    the head.  Once connected, an error is the answer (no other target is tried), except on a
-    pooled connection the origin had closed meanwhile: then once more, fresh."""
+    the head, with ``client``'s pool and timer.  Once connected, an error is the answer (no
+    other target is tried), except on a pooled connection the origin had closed meanwhile:
+    then once more, fresh."""
     targets = list(targets or route.targets)
     errors: list[str] = []
+    pool = client.pool
 
     def take(target: Target) -> trio.SocketStream | None:
-        return originpool.take((target.host, target.port), trio.current_time())
+        return pool.take((target.host, target.port), trio.current_time())
 
     i, target, stream, reused = await connect_first(targets, timeout_s, errors=errors, take=take)
     while True:
-        request = build_request(route, target, method, path, headers, body, sig=sig,
-                                extra=extra, rewrite=rewrite)
-        resp = OriginResponse(stream, target, timeout_s, head_only=method == b"HEAD",
+        request = client.build_request(route, target, method, path, headers, body, sig=sig,
+                                       extra=extra, rewrite=rewrite)
+        resp = OriginResponse(client, stream, target, timeout_s, head_only=method == b"HEAD",
                               reused=reused)
         ok = False
         try:

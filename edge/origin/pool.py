@@ -2,23 +2,26 @@
 
 Opening a TCP connection per origin request (connect, a TIME_WAIT socket, the origin's accept)
 was the largest cost of a new client connection through the proxy after the client's own
-socket.  ``edge.origin`` now asks this pool first: a response that was read to its end, on a
-connection neither side asked to close, parks its socket here, and the next request to the
+socket.  ``edge.origin.client`` now asks this pool first: a response that was read to its end,
+on a connection neither side asked to close, parks its socket here, and the next request to the
 same target takes it.
 
-* Per trio run (a ``RunVar``), keyed by ``(host, port)``; at most ``MAX_IDLE_PER_TARGET``
-  idle connections per target (the most recently parked are reused first, so the rest age
-  out), each for at most ``idle_s`` seconds (``origin_keepalive_idle_s``; 0 turns pooling
+* One ``OriginPool`` per edge, owned by its ``OriginClient`` (``Edge.origin_client.pool``),
+  keyed by ``(host, port)``; at most ``MAX_IDLE_PER_TARGET`` idle connections per target (the
+  most recently parked are reused first, so the rest age out), each for at most ``idle_s``
+  seconds (``origin_keepalive_idle_s``, changed on SIGHUP with ``set_idle_s``; 0 turns pooling
   off: one connection per request with ``Connection: close``, as before).
 * An idle connection the origin closed (or wrote to: there is no request outstanding) reads
-  as readable; ``take`` checks that with a zero-timeout poll and drops such a connection.
-  The origin can still close between that check and our request: ``edge.origin`` retries a
-  request once on a fresh connection when a reused one ends before any response byte.
+  as readable; ``take`` checks that with a non-blocking peek and drops such a connection.
+  The origin can still close between that check and our request: ``edge.origin.client``
+  retries a request once on a fresh connection when a reused one ends before any response byte.
 """
 from __future__ import annotations
 
+import math
 import select
 import socket
+from dataclasses import dataclass
 
 import trio
 
@@ -27,32 +30,20 @@ from edge.fastpath import stdlib_socket
 MAX_IDLE_PER_TARGET = 256
 DEFAULT_IDLE_S = 30.0
 
-_pools: trio.lowlevel.RunVar = trio.lowlevel.RunVar("gripcast_origin_pool")
-_settings = {"idle_s": DEFAULT_IDLE_S}
+Key = tuple[str, int]  # (host, port)
 
 
-def configure(idle_s: float) -> None:
-    """Set the idle lifetime of pooled origin connections (0: no pooling)."""
-    _settings["idle_s"] = max(0.0, float(idle_s))
-
-
-def enabled() -> bool:
-    return _settings["idle_s"] > 0
-
-
-def _pool() -> dict:
-    try:
-        return _pools.get()
-    except LookupError:
-        pool: dict = {}
-        _pools.set(pool)
-        return pool
+@dataclass(frozen=True, slots=True)
+class OriginPoolStatistics:
+    idle_s: float
+    targets: int
+    idle: int  # parked connections
 
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
-def _dead(stream) -> bool:
+def _dead(stream: trio.SocketStream) -> bool:
     """True if an idle connection has anything to read (EOF, reset or stray bytes).
 
     One non-blocking ``recv(MSG_PEEK)``: ``select()`` cannot take a descriptor above 1023
@@ -72,60 +63,78 @@ def _dead(stream) -> bool:
     return True  # EOF or bytes nobody asked for
 
 
-def take(key: tuple, now: float):
-    """An idle, live connection to ``key`` (``(host, port)``), or None."""
-    idle = _pool().get(key)
-    limit = _settings["idle_s"]
-    while idle:
-        stream, parked = idle.pop()
-        if now - parked <= limit and not _dead(stream):
-            return stream
-        _close(stream)
-    return None
-
-
-def give(key: tuple, stream, now: float) -> None:
-    """Park ``stream`` (its last response fully read) for reuse."""
-    if not enabled():
-        _close(stream)
-        return
-    idle = _pool().setdefault(key, [])
-    if len(idle) >= MAX_IDLE_PER_TARGET:
-        _close(idle.pop(0)[0])
-    idle.append((stream, now))
-
-
-def idle_count() -> int:
-    try:
-        return sum(len(v) for v in _pools.get().values())
-    except LookupError:
-        return 0
-
-
-def _close(stream) -> None:
+def close_stream(stream: trio.SocketStream) -> None:
+    """Close ``stream``'s socket at once (no checkpoint: also from a cancelled task)."""
     try:
         stream.socket.close()
     except OSError:
         pass
 
 
-def sweep(now: float) -> int:
-    """Close idle connections past their lifetime (call about once a second); how many."""
-    try:
-        pools = _pools.get()
-    except LookupError:
-        return 0
-    limit = _settings["idle_s"]
-    n = 0
-    for key in list(pools):
-        idle = pools[key]
-        keep = [(s, t) for s, t in idle if now - t <= limit]
-        for s, t in idle:
-            if now - t > limit:
-                _close(s)
-                n += 1
-        if keep:
-            pools[key] = keep
-        else:
-            del pools[key]
-    return n
+class OriginPool:
+    """Idle keep-alive connections to origins, per ``(host, port)`` (see the docstring).
+
+    ``keep_alive`` is a plain attribute (read per origin request by ``build_request``)."""
+
+    __slots__ = ("idle_s", "keep_alive", "_idle")
+
+    def __init__(self, idle_s: float = DEFAULT_IDLE_S) -> None:
+        self.idle_s = DEFAULT_IDLE_S
+        self.keep_alive = True  # idle_s > 0: connections are parked, not closed
+        self._idle: dict[Key, list[tuple[trio.SocketStream, float]]] = {}
+        self.set_idle_s(idle_s)
+
+    def set_idle_s(self, idle_s: float) -> None:
+        """Set the idle lifetime of parked connections (0: no pooling); startup and SIGHUP.
+        Connections parked longer than the new lifetime go at the next ``take`` or ``sweep``."""
+        self.idle_s = max(0.0, float(idle_s))
+        self.keep_alive = self.idle_s > 0
+
+    def take(self, key: Key, now: float) -> trio.SocketStream | None:
+        """An idle, live connection to ``key`` (``(host, port)``), or None."""
+        idle = self._idle.get(key)
+        limit = self.idle_s
+        while idle:
+            stream, parked = idle.pop()
+            if now - parked <= limit and not _dead(stream):
+                return stream
+            close_stream(stream)
+        return None
+
+    def give(self, key: Key, stream: trio.SocketStream, now: float) -> None:
+        """Park ``stream`` (its last response fully read) for reuse."""
+        if not self.keep_alive:
+            close_stream(stream)
+            return
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= MAX_IDLE_PER_TARGET:
+            close_stream(idle.pop(0)[0])
+        idle.append((stream, now))
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def sweep(self, now: float) -> int:
+        """Close idle connections past their lifetime (call about once a second); how many."""
+        pools = self._idle
+        limit = self.idle_s
+        n = 0
+        for key in list(pools):
+            idle = pools[key]
+            keep = [(s, t) for s, t in idle if now - t <= limit]
+            for s, t in idle:
+                if now - t > limit:
+                    close_stream(s)
+                    n += 1
+            if keep:
+                pools[key] = keep
+            else:
+                del pools[key]
+        return n
+
+    def close(self) -> int:
+        """Close every parked connection (the edge stops, or a test ends); how many."""
+        return self.sweep(math.inf)
+
+    def statistics(self) -> OriginPoolStatistics:
+        return OriginPoolStatistics(self.idle_s, len(self._idle), self.idle_count())

@@ -150,7 +150,8 @@ class WohOrigin:
 
     async def _post(self, body: bytes):
         """One request; returns ``(status, reason, headers, body)``."""
-        resp = await open_origin(self.route, b"POST", self.path, self.headers, body,
+        resp = await open_origin(self.app.origin_client, self.route, b"POST", self.path,
+                                 self.headers, body,
                                  sig=self.app.sign(self.route),
                                  timeout_s=self.app.cfg.origin_timeout_s,
                                  extra=woh_headers(self.cid, self.meta), targets=self.targets)

@@ -25,7 +25,7 @@ from wsproto.utilities import generate_accept_token
 from broker.errors import RemoteProtocolError
 from edge.http1 import responses
 from edge.origin.client import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
-                         connect_first, encode_request_head, forward_headers)
+                         OriginClient, connect_first, forward_headers)
 from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
 from edge.ws.control import grip_prefix
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
@@ -45,8 +45,8 @@ _DROP = DROP_HEADERS | frozenset([b"sec-websocket-key", b"sec-websocket-version"
                                   b"sec-websocket-extensions"])
 
 
-def client_handshake(route, target, path: bytes, client_headers, key: bytes,
-                     sig: str | None) -> bytes:
+def client_handshake(client: OriginClient, route, target, path: bytes, client_headers,
+                     key: bytes, sig: str | None) -> bytes:
     host, out = forward_headers(route, target, client_headers, _DROP)
     out += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
             (b"Sec-WebSocket-Key", key), (b"Sec-WebSocket-Version", b"13"),
@@ -56,7 +56,7 @@ def client_handshake(route, target, path: bytes, client_headers, key: bytes,
     if not route.no_grip:
         out.append((b"Grip-Feature", GRIP_FEATURES))
     rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
-    return encode_request_head(b"GET", rpath, host, out)
+    return client.encode_request_head(b"GET", rpath, host, out)
 
 
 class WsOrigin:
@@ -90,8 +90,8 @@ class WsOrigin:
         timeout = self.app.cfg.origin_timeout_s
         _, target, self.stream, _ = await connect_first(self.route.targets, timeout)
         key = base64.b64encode(os.urandom(16))
-        request = client_handshake(self.route, target, self.path, self.client_headers, key,
-                                   self.app.sign(self.route))
+        request = client_handshake(self.app.origin_client, self.route, target, self.path,
+                                   self.client_headers, key, self.app.sign(self.route))
         p = ResponseHead()  # skips interim 1xx responses (a 103 before the 101)
         parser = p.parser = httptools.HttpResponseParser(p)
         with trio.move_on_after(timeout) as scope:

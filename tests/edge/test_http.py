@@ -7,7 +7,7 @@ from broker.config import Config
 from edge.http1 import responses
 from edge.grip.instruct import Hold
 from edge.http1.connection import Connection
-from edge.origin.client import build_request
+from edge.origin.client import OriginClient
 from edge.routes import parse_routes
 
 CLIENT_HEADERS = [
@@ -18,9 +18,12 @@ CLIENT_HEADERS = [
 ]
 
 
-def request_lines(route_line: str, method=b"GET", path=b"/p?q=1", body=b"", sig="tok"):
+def request_lines(route_line: str, method=b"GET", path=b"/p?q=1", body=b"", sig="tok",
+                  client: OriginClient | None = None):
     route = parse_routes([route_line]).routes[0]
-    raw = build_request(route, route.targets[0], method, path, CLIENT_HEADERS, body, sig=sig)
+    client = OriginClient() if client is None else client
+    raw = client.build_request(route, route.targets[0], method, path, CLIENT_HEADERS, body,
+                               sig=sig)
     head, _, rest = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     return lines[0], lines[1:], rest
@@ -37,18 +40,16 @@ def test_pushpin_header_rules():
     assert b"Grip-Sig: tok" in headers and b"grip-last: x" not in headers
     assert b"Grip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:var-subst" in headers
     assert b"X-Forwarded-For: 1.2.3.4" in headers and b"Cookie: a=b" in headers
-    assert b"connection" not in names and body == b""  # kept alive (edge.originpool)
+    assert b"connection" not in names and body == b""  # kept alive (edge.origin.pool)
 
 
 def test_connection_close_when_origin_keepalive_is_off():
-    from edge.origin import pool as originpool
-
-    originpool.configure(0)
-    try:
-        _, headers, _ = request_lines("* o:80")
-        assert headers[-1] == b"Connection: close"
-    finally:
-        originpool.configure(originpool.DEFAULT_IDLE_S)
+    client = OriginClient(idle_s=0)
+    _, headers, _ = request_lines("* o:80", client=client)
+    assert headers[-1] == b"Connection: close"
+    client.pool.set_idle_s(30)  # SIGHUP turned it back on
+    _, headers, _ = request_lines("* o:80", client=client)
+    assert b"Connection: close" not in headers
 
 
 def test_host_override_headers_and_path_rewrite():

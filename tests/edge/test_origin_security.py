@@ -12,13 +12,21 @@ from wsproto.utilities import generate_accept_token
 from broker.config import Config
 from broker.errors import ConfigError
 from edge.grip.holds import grip_last
-from edge.origin.client import (RequestHeadError, ResponseHead, build_request, encode_request_head)
+from edge.origin.client import OriginClient, RequestHeadError, ResponseHead
 from edge.routes import parse_routes
 from edge.ws.over_http import woh_headers
 from edge.ws.proxy import WsOrigin, client_handshake
 from tests.edge.test_http import parse
 
 SMUGGLE = "1\r\nX-Smuggled: yes"
+
+
+def build_request(*args, **kw) -> bytes:
+    return OriginClient().build_request(*args, **kw)
+
+
+def encode_request_head(*args) -> bytes:
+    return OriginClient().encode_request_head(*args)
 
 
 def _route(line: str = "* o:80"):
@@ -85,11 +93,12 @@ def test_websocket_over_http_meta_with_crlf_is_refused():
 
 def test_websocket_handshake_goes_through_the_same_check():
     route, target = _route()
-    good = client_handshake(route, target, b"/ws", [(b"Host", b"h")], b"k==", None)
+    good = client_handshake(OriginClient(), route, target, b"/ws", [(b"Host", b"h")], b"k==",
+                            None)
     assert good.startswith(b"GET /ws HTTP/1.1\r\nHost: h\r\n")
     with pytest.raises(RequestHeadError):
-        client_handshake(route, target, b"/ws", [(b"Host", b"h"), (b"X-A", b"a\r\nB: c")],
-                         b"k==", None)
+        client_handshake(OriginClient(), route, target, b"/ws",
+                         [(b"Host", b"h"), (b"X-A", b"a\r\nB: c")], b"k==", None)
 
 
 def test_route_header_prop_with_a_bad_name_is_refused_at_start():
@@ -176,7 +185,7 @@ def test_websocket_route_with_an_ssl_target_is_refused_at_start(line):
 
 @pytest.mark.parametrize("line", ["*,proto=http o:443,ssl", "* o:80,over_http p:443,ssl"])
 def test_http_only_or_over_http_ssl_targets_still_parse(line):
-    # HTTP toward an ssl target is refused per request with 502 (edge.origin.open_origin)
+    # HTTP toward an ssl target is refused per request with 502 (edge.origin.client.open_origin)
     assert parse_routes([line]).routes[0].targets[-1].ssl
 
 
@@ -185,6 +194,9 @@ def test_http_only_or_over_http_ssl_targets_still_parse(line):
 class _WsApp:
     cfg = Config(origin_timeout_s=5.0)
     proxy_errors = 0
+
+    def __init__(self) -> None:
+        self.origin_client = OriginClient()
 
     def sign(self, route):
         return None

@@ -1,32 +1,40 @@
-"""edge.readtimer: coarse socket-wait timeouts (trio's MockClock, a socketpair, no sleeps)."""
-import math
+"""edge.readtimer: coarse socket-wait timeouts (trio's MockClock, a socketpair, no sleeps).
+
+Each test owns its ``OriginClient`` and runs its ``ReadTimer`` task in the test's nursery, as
+``edge.server.serve`` runs the edge's in the edge's nursery."""
 import socket
 
 import pytest
 import trio
 import trio.testing
 
+from broker.errors import LocalProtocolError
 from edge import readtimer
-from edge.origin import pool as originpool
-from edge.origin.client import OriginError, OriginResponse
+from edge.origin.client import OriginClient, OriginError, OriginResponse
 from edge.routes import Target
 
 
 def _run(fn):
+    client = OriginClient()
+
     async def main():
         try:
-            await fn()
-        finally:  # a response read to its end goes back to the run's pool: close it there
-            originpool.sweep(math.inf)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.timer.serve)
+                await trio.testing.wait_all_tasks_blocked()
+                await fn(client)
+                nursery.cancel_scope.cancel()
+        finally:  # a response read to its end goes back to the client's pool: close it there
+            client.close()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_expired_wait_is_woken_and_marked():
-    async def main():
+    async def main(client):
         a, b = trio.socket.socketpair()
         with a, b:
-            w = readtimer.start(a, 2.0)
+            w = client.timer.start(a, 2.0)
             t0 = trio.current_time()
             with pytest.raises(trio.ClosedResourceError):
                 await trio.lowlevel.wait_readable(a)
@@ -36,25 +44,26 @@ def test_expired_wait_is_woken_and_marked():
 
 
 def test_done_wait_never_fires():
-    async def main():
+    async def main(client):
         a, b = trio.socket.socketpair()
         with a, b:
-            w = readtimer.start(a, 1.0)
+            w = client.timer.start(a, 1.0)
             w.done()
             await b.send(b"x")
             await trio.sleep(5)
             await trio.lowlevel.wait_readable(a)
             assert not w.expired
-            assert readtimer.expire(readtimer._state.get(), trio.current_time()) == 0
+            assert client.timer.expire(trio.current_time()) == 0
+            assert client.timer.pending() == 0
     _run(main)
 
 
 def test_origin_read_times_out_as_origin_error():
-    async def main():
+    async def main(client):
         a, b = socket.socketpair()
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
         with b:
-            resp = OriginResponse(stream, Target("127.0.0.1", 1), 3.0, head_only=False)
+            resp = OriginResponse(client, stream, Target("127.0.0.1", 1), 3.0, head_only=False)
             t0 = trio.current_time()
             with pytest.raises(OriginError, match="timeout waiting for origin"):
                 await resp._read_head()
@@ -65,11 +74,11 @@ def test_origin_read_times_out_as_origin_error():
 
 
 def test_origin_read_in_time_is_not_cut():
-    async def main():
+    async def main(client):
         a, b = socket.socketpair()
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
         with b:
-            resp = OriginResponse(stream, Target("127.0.0.1", 1), 3.0, head_only=False)
+            resp = OriginResponse(client, stream, Target("127.0.0.1", 1), 3.0, head_only=False)
 
             async def answer():
                 await trio.sleep(2.9)
@@ -85,7 +94,7 @@ def test_origin_read_in_time_is_not_cut():
 
 
 def test_waker_ends_a_wait_on_the_socket_and_fires_once():
-    async def main():
+    async def main(client):
         a, b = trio.socket.socketpair()
         with a, b:
             waker = readtimer.Waker(a)
@@ -103,3 +112,42 @@ def test_waker_ends_a_wait_on_the_socket_and_fires_once():
             await trio.lowlevel.wait_readable(a)
             assert await a.recv(1) == b"x"
     _run(main)
+
+
+def test_start_before_serve_is_refused():
+    """A wait registered with a timer whose task never ran could never time out."""
+    timer = readtimer.ReadTimer()
+
+    async def main():
+        a, b = trio.socket.socketpair()
+        with a, b:
+            with pytest.raises(LocalProtocolError, match="serve"):
+                timer.start(a, 1.0)
+    trio.run(main)
+
+
+def test_timer_task_failure_propagates_to_the_nursery_that_owns_it():
+    """The timer task is the owner's (no system task): an error in it cancels the nursery it
+    runs in and reaches that nursery's owner (a system task's error ended the whole process)."""
+    timer = readtimer.ReadTimer()
+    reached: list[str] = []
+
+    async def main():
+        a, b = trio.socket.socketpair()
+        with a, b:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(timer.serve)
+                await trio.testing.wait_all_tasks_blocked()
+                w = timer.start(a, 1.0)
+                w.deadline = None  # a broken wait: the timer's task fails comparing it
+                try:
+                    await trio.sleep_forever()
+                except trio.Cancelled:  # the nursery's other tasks are cancelled
+                    reached.append("cancelled")
+                    raise
+
+    with pytest.raises(ExceptionGroup) as err:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    match, rest = err.value.split(TypeError)
+    assert match is not None and rest is None, err.value
+    assert reached == ["cancelled"]
