@@ -282,7 +282,7 @@ def validate(cfg: Config) -> list[str]:
     if cfg.history_max_age_s <= 0:
         problems.append("history_max_age_s: must be positive")
     if cfg.publish_jwt_key:
-        from broker.auth import load_verify_key
+        from broker.ingest.auth import load_verify_key
 
         try:
             load_verify_key(cfg.publish_jwt_key)
@@ -292,7 +292,7 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"store: {cfg.store!r} is not 'memory' or a redis://host:port/db URL")
     elif cfg.store.startswith("redis://"):
         try:
-            from broker.redisclient import parse_redis_url
+            from broker.store.redisclient import parse_redis_url
 
             parse_redis_url(cfg.store)
         except ConfigError as exc:

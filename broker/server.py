@@ -34,21 +34,24 @@ import trio
 import zmq
 
 from _speedups import fan_out
-from broker import commands, control, curve, httpapi, stores, wire
-from broker import lifecycle as broker_lifecycle
-from broker.auth import PublishAuth, load_verify_key
+from broker import control, curve, wire
+from broker.ingest import commands
+from broker.ingest import httpapi
+from broker import store as stores
+from broker.ops import lifecycle as broker_lifecycle
+from broker.ingest.auth import PublishAuth, load_verify_key
 from broker.config import Config
 from broker.histogram import IntHistogram
-from broker.stats import StatsEncoder
+from broker.ops.stats import StatsEncoder
 from broker.errors import (EXIT_CONFIG, ConfigError, PublishError, RateLimited, RemoteProtocolError,
                            StoreUnavailable)
-from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
+from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.ratelimit import ActionLimiter
 from broker.history import MemoryHistory
 from broker.items import Item, parse_pull_frame, parse_sub_item
-from broker.sdnotify import notify
+from broker.runtime.sdnotify import notify
 from broker.sequencer import Sequencer, SequencerStatistics
-from broker.store import MemoryStore, Store
+from broker.store.memory import MemoryStore, Store
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import trio
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
-from broker.logsetup import configure_logging
-from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
+from broker.runtime.logsetup import configure_logging
+from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
-from broker.sdnotify import notify
+from broker.runtime.sdnotify import notify
 from edge import responses
 from broker.curve import link_options
 from edge.brokerlink import BrokerLink, BrokerRefused, BrokerUnavailable

@@ -68,7 +68,7 @@ def frames_until_heartbeat_after(sub: zmq.Socket, t: float) -> list[bytes]:
             continue
         (frame,) = sub.recv_multipart()
         if wire.is_heartbeat(frame):
-            if wire.decode_heartbeat(frame)["ts"] > t:
+            if wire.decode_heartbeat(frame).ts > t:
                 return got
             continue
         got.append(frame)

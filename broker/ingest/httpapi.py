@@ -6,7 +6,7 @@ One request per connection.  The server calls ``check_head`` once the request he
 ``100 Continue``), reads the body, then calls ``handle_request``.  Every response carries
 ``Connection: close`` and ``Content-Length``.  ``Authorization`` is accepted and ignored, as
 Pushpin does (pypubcontrol sends a Bearer JWT), unless ``publish_jwt_key`` is set: then the
-server checks it first (``broker.auth``) and answers ``401`` with the reason.
+server checks it first (``broker.ingest.auth``) and answers ``401`` with the reason.
 
 Status texts and bodies are Pushpin's exactly: ``200 Published`` (text or
 ``{"message": "Published"}``), ``400 Body is not valid JSON.``, ``400 Invalid format...``,

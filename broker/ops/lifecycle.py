@@ -16,7 +16,7 @@ Stop, within ``drain_timeout_s``:
    socket gets a short linger on close so the last messages reach the edges.
 
 Reload (SIGHUP): the config is loaded again (same file, environment and flags) and the keys in
-``broker.reload.BROKER_RELOADABLE`` applied; a bad config is logged and the running one kept.
+``broker.ops.reload.BROKER_RELOADABLE`` applied; a bad config is logged and the running one kept.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ import trio
 
 from broker.config import Config
 from broker.errors import ConfigError, StoreUnavailable
-from broker.reload import BROKER_RELOADABLE, plan_reload
-from broker.sdnotify import notify
+from broker.ops.reload import BROKER_RELOADABLE, plan_reload
+from broker.runtime.sdnotify import notify
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,8 @@ async def start_ops(broker, nursery: trio.Nursery) -> None:
     (``stats_spec``) when configured; bind errors stop the broker from starting."""
     cfg = broker.cfg
     if cfg.metrics_port:
-        from broker.metrics import broker_ready, broker_registry
-        from broker.opshttp import serve_ops
+        from broker.ops.metrics import broker_ready, broker_registry
+        from broker.ops.opshttp import serve_ops
 
         await nursery.start(serve_ops, cfg.metrics_addr, cfg.metrics_port,
                             broker_registry(broker), lambda: broker_ready(broker))
