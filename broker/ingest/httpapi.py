@@ -14,14 +14,27 @@ Status texts and bodies are Pushpin's exactly: ``200 Published`` (text or
 Acceptable. Supported formats are text/plain and application/json.``, ``411 Request requires
 Content-Length.``, ``400 Request body too large.``, ``GET /`` -> ``Pushpin API``,
 ``POST /recover`` -> ``Updated``.  Errors are always ``text/plain``, as in Pushpin.
+
+``HttpApi`` at the end is the I/O: the listeners (at most ``http_maxconn`` connections at once,
+beyond: a short 503), one request per connection read by ``broker.runtime.http1``, and the
+stop (``stop_accepting``, ``wait_idle``) that the broker's lifecycle drives.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable, Sequence
 
-from broker.errors import PublishError
+import trio
+
+from broker.config import Config
+from broker.errors import PublishError, RateLimited, StoreUnavailable
+from broker.ingest.auth import PublishAuth
+from broker.ingest.pipeline import Pipeline
+from broker.runtime import http1
 from broker.items import Item, parse_http_publish, status_reason
 
 MAX_BODY_BYTES = 1_000_000
@@ -171,3 +184,188 @@ def header_too_large() -> Response:
 
 def bad_header() -> Response:
     return respond(400, "Failed to parse request header.\n")
+
+
+# -- the I/O ---------------------------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 30.0
+REFUSE_TIMEOUT_S = 1.0
+_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+             b"Connection: close\r\nContent-Length: 22\r\n\r\nToo many connections.\n")
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+IDLE_POLL_S = 0.02
+
+
+class HttpApi:
+    """Serves the publish API on trio: reads each request, checks auth, publishes through the
+    pipeline (``broker.ingest.pipeline``) and answers once the items are stored."""
+
+    def __init__(self, cfg: Config, pipeline: Pipeline, auth: PublishAuth) -> None:
+        self.cfg = cfg
+        self.pipeline: Pipeline = pipeline
+        self.auth: PublishAuth = auth
+        self.active = 0  # connections being served
+        self.refused = 0  # connections refused at http_maxconn
+        self._refusing = 0
+        self._accepting: trio.CancelScope | None = None
+        self._stopped = False
+
+    # -- listening -------------------------------------------------------------------------------
+
+    async def serve(self, listeners: Sequence[trio.SocketListener],
+                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until ``stop_accepting``; handlers run in their own nursery,
+        which is left to finish (``wait_idle``)."""
+        async with trio.open_nursery() as handlers:
+            with trio.CancelScope() as scope:
+                self._accepting = scope
+                if self._stopped:
+                    scope.cancel()
+                try:
+                    async with trio.open_nursery() as accepters:
+                        for listener in listeners:
+                            accepters.start_soon(_accept_loop, listener, handlers, self._handle)
+                        task_status.started()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        for listener in listeners:
+                            await listener.aclose()
+
+    def stop_accepting(self) -> None:
+        """Stop accepting and close the listeners; connections already accepted go on."""
+        self._stopped = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection is being served."""
+        while self.active:
+            await trio.sleep(IDLE_POLL_S)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        maxconn = self.cfg.http_maxconn
+        if self.active >= maxconn:
+            # over the cap: a short 503 (bounded too: past another cap's worth, just close)
+            self.refused += 1
+            if self._refusing >= maxconn:
+                await _close(stream)
+                return
+            self._refusing += 1
+            try:
+                await _refuse(stream)
+            finally:
+                self._refusing -= 1
+            return
+        self.active += 1
+        try:
+            await self.serve_connection(stream)
+        finally:
+            self.active -= 1
+
+    # -- one connection --------------------------------------------------------------------------
+
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        """One request, one response, then close (Pushpin's SimpleHttpServer)."""
+        try:
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
+                await self._exchange(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        except Exception:  # a bug must not take the API down; log it with the traceback
+            log.exception("http api: unexpected error")
+        finally:
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _exchange(self, stream: trio.SocketStream) -> None:
+        reader = http1.RequestReader(stream, MAX_HEADER_BYTES)
+        try:
+            head = await reader.read_head()
+        except http1.BadRequest:
+            await http1.answer_early(stream, bad_header().to_bytes(), MAX_BODY_BYTES)
+            return
+        except http1.HeadTooLarge:
+            await http1.answer_early(stream, header_too_large().to_bytes(), MAX_BODY_BYTES)
+            return
+        if head is None:
+            return
+        method, url, version = head.method, head.url, head.version
+        check = check_head(method, head.headers)
+        if check.response is not None:
+            await http1.answer_early(stream, check.response.to_bytes(version), MAX_BODY_BYTES)
+            return
+        if check.expect_continue and not reader.complete:
+            await stream.send_all(f"HTTP/{version} 100 Continue\r\n\r\n".encode())
+        try:
+            body = await reader.read_body()
+        except http1.BadRequest:
+            await http1.answer_early(stream, bad_header().to_bytes(version), MAX_BODY_BYTES)
+            return
+        if body is None:
+            return
+        p = self.pipeline
+        p.received("http")
+        denied = self.auth.check(method, url, head.headers, time.time())
+        if denied is not None:
+            p.reject("http", f"unauthorized: {denied}")
+            await stream.send_all(respond(
+                401, denied + "\n", extra=(("WWW-Authenticate", "Bearer"),)).to_bytes(version))
+            return
+        result = handle_request(method, url, head.headers, body)
+        if result.error:
+            p.reject("http", result.error)
+        response = result.response
+        if result.items:
+            try:
+                await p.publish(result.items, strict=True)
+            except StoreUnavailable:
+                response = respond(503, "Store unavailable.\n")
+            except RateLimited as exc:
+                p.reject("http", exc.reason)
+                response = respond(429, exc.reason + "\n", extra=(("Retry-After", "1"),))
+        if result.recover and not p.recover("http"):
+            response = respond(
+                429, f"Too many recover requests (recover_per_s={self.cfg.recover_per_s:g}); "
+                "retry later.\n", extra=(("Retry-After", "1"),))
+        log.debug("http api method=%s path=%s code=%d items=%d",
+                  method, url, response.status, len(result.items))
+        await stream.send_all(response.to_bytes(version))
+
+
+async def _refuse(stream: trio.SocketStream) -> None:
+    """Answer 503, then read briefly what the client sent: closing with unread input would
+    reset the connection and could lose the answer."""
+    try:
+        with trio.move_on_after(REFUSE_TIMEOUT_S):
+            await stream.send_all(_TOO_MANY)
+            await stream.send_eof()
+            drained = 0
+            while drained < 65536 and (data := await stream.receive_some(16384)):
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    await _close(stream)
+
+
+async def _close(stream: trio.SocketStream) -> None:
+    with trio.move_on_after(REFUSE_TIMEOUT_S):
+        try:
+            await stream.aclose()
+        except OSError:
+            pass
+
+
+async def _accept_loop(listener: trio.SocketListener, handlers: trio.Nursery,
+                       handle: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_RETRY:
+                log.error("publish API accept failed (%s); retrying", exc)
+                await trio.sleep(0.1)
+                continue
+            raise
+        handlers.start_soon(handle, stream)

@@ -59,9 +59,9 @@ async def probe(store: Store, timeout_s: float = STARTUP_PROBE_S) -> bool:
     The broker starts either way: an unreachable store only means publishes are refused until
     it answers.
     """
-    client = getattr(store, "client", None)
-    if client is None:
+    if not isinstance(store, RedisStore):
         return True
+    client = store.client
     try:
         await client.wait_connected(timeout_s=timeout_s)
         return True

@@ -449,6 +449,10 @@ class RedisStore:
                     break
         return Replay(cur_epoch.decode("utf-8"), int(last_seq), complete, envs)
 
+    def set_history_limits(self, max_items: int, max_age_s: float) -> None:
+        self.max_items = max_items
+        self.max_age_s = max_age_s
+
     def statistics(self) -> RedisStoreStatistics:
         return RedisStoreStatistics(
             appended=self._appended,
