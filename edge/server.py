@@ -22,7 +22,6 @@ from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_sig
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.runtime.sdnotify import notify
 from edge import responses
-from broker.curve import link_options
 from edge.brokerlink import BrokerLink, BrokerRefused, BrokerUnavailable
 from edge import lifecycle
 from edge import metrics as edge_metrics
@@ -366,8 +365,7 @@ async def open_listener(host: str, port: int):
 
 async def serve(cfg: Config, index: int, routes: RouteTable, reload_config=None) -> int:
     edge = Edge(cfg, index, routes)
-    link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False),
-                      options=link_options(cfg), rcvhwm=cfg.edge_sub_rcvhwm)
+    link = BrokerLink(cfg)
     link.on_heartbeat = edge.on_heartbeat
     edge.link = link
     listen = (cfg.client_addr, cfg.port("client_port"))
