@@ -40,6 +40,12 @@ DEFAULT_PORTS = {
 }
 
 
+def _reload(default: Any, role: str) -> Any:
+    """A config field a running process applies on SIGHUP: ``role`` is ``"edge"``,
+    ``"broker"`` or ``"both"`` (``reloadable_keys``); every other key needs a restart."""
+    return dataclasses.field(default=default, metadata={"reload": role})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     # client listener (edges)
@@ -56,16 +62,16 @@ class Config:
     edge_pub_port: int | None = None
     edge_ctl_port: int | None = None
     # routes: Pushpin routes-file lines; a routes file is read too when given
-    routes: tuple[str, ...] = ()
-    routes_file: str = ""
+    routes: tuple[str, ...] = _reload((), "edge")
+    routes_file: str = _reload("", "edge")
     # Grip-Sig toward origins
-    sig_iss: str = "pushpin"
-    sig_key: str = "changeme"
+    sig_iss: str = _reload("pushpin", "edge")
+    sig_key: str = _reload("changeme", "edge")
     # runner
     edges: int = 0  # 0: one per CPU
     # broker history (memory store)
-    history_max_items: int = 1000
-    history_max_age_s: float = 3600.0
+    history_max_items: int = _reload(1000, "broker")
+    history_max_age_s: float = _reload(3600.0, "broker")
     # history store: "memory" or "redis://[:password@]host[:port][/db]" (see docs/reliability.md)
     store: str = "memory"
     # broker XPUB send high-water mark per edge (messages); beyond it fan-out drops and the
@@ -77,13 +83,13 @@ class Config:
     # re-synchronises every channel when it is back
     broker_link_timeout_s: float = 3.0
     # edge limits
-    client_buffer_bytes: int = 1 << 20
-    client_header_bytes: int = 8192
-    client_maxconn: int = 50000
-    origin_timeout_s: float = 30.0
+    client_buffer_bytes: int = _reload(1 << 20, "edge")
+    client_header_bytes: int = _reload(8192, "edge")
+    client_maxconn: int = _reload(50000, "edge")
+    origin_timeout_s: float = _reload(30.0, "edge")
     # keep-alive connections to origins: an idle one is reused for this long (0: a new
     # connection per request, "Connection: close")
-    origin_keepalive_idle_s: float = 30.0
+    origin_keepalive_idle_s: float = _reload(30.0, "edge")
     # largest WebSocket message (all fragments) a client or origin may send; beyond: close 1009
     ws_max_message_bytes: int = 1 << 20
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
@@ -108,14 +114,14 @@ class Config:
     curve_client_secret_key: str = ""  # an edge's own secret key (its public key is derived)
     curve_publishers: bool = False  # Curve on the publisher sockets (PULL, SUB, command) too
     # lifecycle and observability (deploy/README.md)
-    drain_timeout_s: float = 10.0  # SIGTERM: longest graceful drain before exiting
+    drain_timeout_s: float = _reload(10.0, "both")  # SIGTERM: longest graceful drain before exiting
     metrics_addr: str = "127.0.0.1"  # /metrics, /health, /ready listeners
     metrics_port: int = 0  # broker's listener; 0: off
     edge_metrics_port: int = 0  # edge i listens on edge_metrics_port + i; 0: off
     stats_spec: str = ""  # Pushpin-style stats ZMQ PUB endpoint (broker binds); "": off
-    stats_report_interval_s: float = 10.0  # how often "report" stats packets go out
+    stats_report_interval_s: float = _reload(10.0, "broker")  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
-    log_level: str = "info"
+    log_level: str = _reload("info", "both")
     # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
     # edge only ever joins its own runner's broker ("": no check, e.g. under systemd)
     cluster_id: str = ""
@@ -174,6 +180,12 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
+
+
+def reloadable_keys(role: str) -> frozenset[str]:
+    """The keys process ``role`` (``"edge"`` or ``"broker"``) applies on SIGHUP."""
+    return frozenset(f.name for f in fields(Config)
+                     if f.metadata.get("reload") in (role, "both"))
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
 
 
