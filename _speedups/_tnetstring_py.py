@@ -3,8 +3,8 @@
 ``tnet_pop(data, offset)`` decodes the tnetstring starting at ``offset`` (0 <= offset <=
 len(data)) and returns (value, offset just past it): ``bytes`` for strings and dict keys,
 ``int``, ``float``, ``bool``, ``None``, ``list``, ``dict``.  Malformed input raises
-``ValueError`` whose text is the reason (``broker.tnetstring`` turns it into a
-``RemoteProtocolError``).  See ``broker.tnetstring`` for the format.
+``ValueError`` whose text is the reason (``broker.ingest.tnetstring`` turns it into a
+``RemoteProtocolError``).  See ``broker.ingest.tnetstring`` for the format.
 """
 from __future__ import annotations
 

@@ -19,12 +19,14 @@ import time
 import msgpack
 import trio
 
-from broker import tnetstring, wire
+from broker import wire
+from broker.ingest import tnetstring
 from broker.history import MemoryHistory
 from broker.items import parse_pull_frame
 from broker.sequencer import Sequencer
-from broker.server import BATCH_MAX, GC_THRESHOLD
-from broker.store import MemoryStore
+from broker.ingest.pipeline import BATCH_MAX
+from broker.server import GC_THRESHOLD
+from broker.store.memory import MemoryStore
 
 INPUTS = ("J", "tnet", "M", "B100")
 

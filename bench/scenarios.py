@@ -330,7 +330,7 @@ def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[lis
     if publisher == "zmq":
         return [b"J" + json.dumps(p).encode() for p in payloads], 1
     if publisher == "zmq-tnetstring":
-        from broker import tnetstring
+        from broker.ingest import tnetstring
 
         return [tnetstring.dumps(p) for p in payloads], 1
     if publisher == "zmq-msgpack":

@@ -3,17 +3,11 @@
 Precedence: defaults < TOML file (``--config``) < ``GRIPCAST_<KEY>`` environment < CLI flags.
 Every key below is in ``deploy/gripcast.toml`` with its default and a comment.
 
-Wiring (the one place every endpoint is listed, like Pushpin's ``internal.conf``)::
-
-  name            socket   bind/connect  peer                         default           bind key
-  push_in         PULL     bind (broker) publishers' PUSH               tcp://127.0.0.1:5560  publish_bind
-  http_api        HTTP     bind (broker) publishers (POST /publish)     127.0.0.1:5561        http_bind
-  sub_in          SUB      bind (broker) publishers' PUB/XPUB           tcp://127.0.0.1:5562  publish_bind
-  command         ROUTER   bind (broker) publishers' REQ/DEALER         tcp://127.0.0.1:5563  publish_bind
-  edge_pub        XPUB     bind (broker) edges' SUB (one per edge)      tcp://127.0.0.1:5564  edge_bind
-  edge_ctl        ROUTER   bind (broker) edges' DEALER (one per edge)   tcp://127.0.0.1:5565  edge_bind
-  client          TCP      bind (edges, SO_REUSEPORT)  clients          0.0.0.0:7999          client_addr
-  ops             HTTP     bind (each process) /metrics /health /ready  127.0.0.1:off         metrics_addr
+Wiring: ``WIRING`` at the end of this module is the one table of every socket (name, type,
+bind or connect, owner, peer, port and address keys, options, Curve role), like Pushpin's
+``internal.conf``; the broker and the edges build their sockets from it.  Default ports:
+push_in 5560, http_api 5561, sub_in 5562, command 5563, edge_pub 5564, edge_ctl 5565,
+client 7999; the ops listeners and the stats socket are off unless configured.
 
 Each ``*_bind`` left empty means ``broker_bind``.  A non-loopback publish or HTTP bind is
 refused at start unless Curve (``curve_publishers``) / ``publish_jwt_key`` protects it or
@@ -46,6 +40,12 @@ DEFAULT_PORTS = {
 }
 
 
+def _reload(default: Any, role: str) -> Any:
+    """A config field a running process applies on SIGHUP: ``role`` is ``"edge"``,
+    ``"broker"`` or ``"both"`` (``reloadable_keys``); every other key needs a restart."""
+    return dataclasses.field(default=default, metadata={"reload": role})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     # client listener (edges)
@@ -62,16 +62,16 @@ class Config:
     edge_pub_port: int | None = None
     edge_ctl_port: int | None = None
     # routes: Pushpin routes-file lines; a routes file is read too when given
-    routes: tuple[str, ...] = ()
-    routes_file: str = ""
+    routes: tuple[str, ...] = _reload((), "edge")
+    routes_file: str = _reload("", "edge")
     # Grip-Sig toward origins
-    sig_iss: str = "pushpin"
-    sig_key: str = "changeme"
+    sig_iss: str = _reload("pushpin", "edge")
+    sig_key: str = _reload("changeme", "edge")
     # runner
     edges: int = 0  # 0: one per CPU
     # broker history (memory store)
-    history_max_items: int = 1000
-    history_max_age_s: float = 3600.0
+    history_max_items: int = _reload(1000, "broker")
+    history_max_age_s: float = _reload(3600.0, "broker")
     # history store: "memory" or "redis://[:password@]host[:port][/db]" (see docs/reliability.md)
     store: str = "memory"
     # broker XPUB send high-water mark per edge (messages); beyond it fan-out drops and the
@@ -83,13 +83,13 @@ class Config:
     # re-synchronises every channel when it is back
     broker_link_timeout_s: float = 3.0
     # edge limits
-    client_buffer_bytes: int = 1 << 20
-    client_header_bytes: int = 8192
-    client_maxconn: int = 50000
-    origin_timeout_s: float = 30.0
+    client_buffer_bytes: int = _reload(1 << 20, "edge")
+    client_header_bytes: int = _reload(8192, "edge")
+    client_maxconn: int = _reload(50000, "edge")
+    origin_timeout_s: float = _reload(30.0, "edge")
     # keep-alive connections to origins: an idle one is reused for this long (0: a new
     # connection per request, "Connection: close")
-    origin_keepalive_idle_s: float = 30.0
+    origin_keepalive_idle_s: float = _reload(30.0, "edge")
     # largest WebSocket message (all fragments) a client or origin may send; beyond: close 1009
     ws_max_message_bytes: int = 1 << 20
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
@@ -114,14 +114,14 @@ class Config:
     curve_client_secret_key: str = ""  # an edge's own secret key (its public key is derived)
     curve_publishers: bool = False  # Curve on the publisher sockets (PULL, SUB, command) too
     # lifecycle and observability (deploy/README.md)
-    drain_timeout_s: float = 10.0  # SIGTERM: longest graceful drain before exiting
+    drain_timeout_s: float = _reload(10.0, "both")  # SIGTERM: longest graceful drain before exiting
     metrics_addr: str = "127.0.0.1"  # /metrics, /health, /ready listeners
     metrics_port: int = 0  # broker's listener; 0: off
     edge_metrics_port: int = 0  # edge i listens on edge_metrics_port + i; 0: off
     stats_spec: str = ""  # Pushpin-style stats ZMQ PUB endpoint (broker binds); "": off
-    stats_report_interval_s: float = 10.0  # how often "report" stats packets go out
+    stats_report_interval_s: float = _reload(10.0, "broker")  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
-    log_level: str = "info"
+    log_level: str = _reload("info", "both")
     # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
     # edge only ever joins its own runner's broker ("": no check, e.g. under systemd)
     cluster_id: str = ""
@@ -180,6 +180,12 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
+
+
+def reloadable_keys(role: str) -> frozenset[str]:
+    """The keys process ``role`` (``"edge"`` or ``"broker"``) applies on SIGHUP."""
+    return frozenset(f.name for f in fields(Config)
+                     if f.metadata.get("reload") in (role, "both"))
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
 
 
@@ -282,7 +288,7 @@ def validate(cfg: Config) -> list[str]:
     if cfg.history_max_age_s <= 0:
         problems.append("history_max_age_s: must be positive")
     if cfg.publish_jwt_key:
-        from broker.auth import load_verify_key
+        from broker.ingest.auth import load_verify_key
 
         try:
             load_verify_key(cfg.publish_jwt_key)
@@ -292,7 +298,7 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"store: {cfg.store!r} is not 'memory' or a redis://host:port/db URL")
     elif cfg.store.startswith("redis://"):
         try:
-            from broker.redisclient import parse_redis_url
+            from broker.store.redisclient import parse_redis_url
 
             parse_redis_url(cfg.store)
         except ConfigError as exc:
@@ -438,3 +444,78 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
     if "curve_allowed_clients" in d:
         d["curve_allowed_clients"] = tuple(d["curve_allowed_clients"])
     return Config(**d)
+
+
+# -- the wiring table ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One socket of the cluster (a row of ``WIRING``).
+
+    ``kind`` is a zmq socket type name (``"PULL"``) or ``"HTTP"``/``"TCP"`` for listeners;
+    ``bind``: the owning process binds (else connects); ``port_key``: the config key of its
+    port (or of its whole endpoint, ``stats_spec``); ``bind_key``: the config key of its
+    address; ``options``: zmq options by name, a ``str`` value naming the config key that
+    holds it; ``heartbeats``: ZMTP heartbeats (``zmq_heartbeat_s``); ``curve``: ``"server"``
+    (Curve with ``curve_secret_key``), ``"server-publishers"`` (also needs
+    ``curve_publishers``), ``"client"`` (with ``curve_public_key``) or ``""``."""
+
+    name: str
+    kind: str
+    bind: bool
+    owner: str  # "broker", "edge"
+    peer: str
+    port_key: str
+    bind_key: str = ""
+    options: tuple[tuple[str, int | str], ...] = ()
+    heartbeats: bool = False
+    curve: str = ""
+    address: str = ""  # a fixed address (inproc)
+
+    def options_for(self, cfg: Config) -> dict[str, Any]:
+        return {k: (getattr(cfg, v) if isinstance(v, str) else v) for k, v in self.options}
+
+
+PUBLISH_IN_HWM = 101_000  # Pushpin's DEFAULT_HWM for its publish inputs
+ZMQ_MAX_MSG_BYTES = 16 << 20  # largest ZeroMQ frame any peer may send the broker (drops it)
+
+WIRING: tuple[Endpoint, ...] = (
+    Endpoint("push_in", "PULL", True, "broker", "publishers' PUSH", "push_in_port",
+             "publish_bind", (("RCVHWM", PUBLISH_IN_HWM), ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
+             heartbeats=True, curve="server-publishers"),
+    Endpoint("http_api", "HTTP", True, "broker", "publishers (POST /publish)", "http_port",
+             "http_bind"),
+    Endpoint("sub_in", "SUB", True, "broker", "publishers' PUB/XPUB", "sub_in_port",
+             "publish_bind", (("RCVHWM", PUBLISH_IN_HWM), ("SNDHWM", 0),
+                              ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
+             heartbeats=True, curve="server-publishers"),
+    Endpoint("command", "ROUTER", True, "broker", "publishers' REQ/DEALER", "command_port",
+             "publish_bind", (("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),),
+             heartbeats=True, curve="server-publishers"),
+    # subscriptions are messages: RCVHWM=0 here and SNDHWM=0 on the edges' SUB, or they are
+    # lost in a burst; a full SNDHWM drops fan-out (edges repair the gap from history)
+    Endpoint("edge_pub", "XPUB", True, "broker", "edges' SUB (one per edge)", "edge_pub_port",
+             "edge_bind", (("XPUB_VERBOSE", 1), ("RCVHWM", 0), ("SNDHWM", "edge_pub_sndhwm"),
+                           ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
+             heartbeats=True, curve="server"),
+    Endpoint("edge_ctl", "ROUTER", True, "broker", "edges' DEALER (one per edge)",
+             "edge_ctl_port", "edge_bind", (("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),),
+             heartbeats=True, curve="server"),
+    Endpoint("stats", "PUB", True, "broker", "stats consumers (Pushpin's stats socket)",
+             "stats_spec"),
+    Endpoint("zap", "ROUTER", True, "broker", "libzmq's ZAP requests (Curve handshakes)", "",
+             address="inproc://zeromq.zap.01"),
+    Endpoint("broker_ops", "HTTP", True, "broker", "/metrics /health /ready", "metrics_port",
+             "metrics_addr"),
+    Endpoint("link_sub", "SUB", False, "edge", "broker's edge_pub", "edge_pub_port",
+             "broker_host", (("SNDHWM", 0), ("RCVHWM", "edge_sub_rcvhwm")),
+             heartbeats=True, curve="client"),
+    Endpoint("link_ctl", "DEALER", False, "edge", "broker's edge_ctl", "edge_ctl_port",
+             "broker_host", heartbeats=True, curve="client"),
+    Endpoint("client", "TCP", True, "edge", "clients (SO_REUSEPORT, all edges)", "client_port",
+             "client_addr"),
+    Endpoint("edge_ops", "HTTP", True, "edge", "/metrics /health /ready (edge i: port + i)",
+             "edge_metrics_port", "metrics_addr"),
+)
+ENDPOINTS: dict[str, Endpoint] = {ep.name: ep for ep in WIRING}

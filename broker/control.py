@@ -8,7 +8,7 @@ the server asks the store and builds the reply with ``position_reply``, ``replay
 echoes ``rid``.  A request that cannot be decoded at all, or is invalid, gets an error reply
 (``rid`` is None when it could not be read); so does a ``hello`` of another wire version, with
 a reason that names both versions.  A ``stats`` message (fire-and-forget, never answered) is
-handed over whole in ``ControlRequest.stats`` for ``broker.stats`` to validate.
+handed over whole in ``ControlRequest.stats`` for ``broker.ops.stats`` to validate.
 """
 from __future__ import annotations
 

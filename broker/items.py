@@ -64,7 +64,7 @@ from typing import Any
 import msgpack
 
 from _speedups import normalise_item, unpack_batch
-from broker import tnetstring
+from broker.ingest import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
 
 MAX_CHANNEL_BYTES = 1024

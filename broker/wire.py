@@ -43,7 +43,7 @@ change to this module is not understood by the previous release.
 
 Fire-and-forget (no ``rid``, no reply), sent by each edge about once a second (sooner when
 1,000 events wait) while the broker's heartbeat carries ``stats_ttl`` (its stats socket is on);
-dropped by the edge rather than ever blocking (``edge.connstats`` builds it, ``broker.stats``
+dropped by the edge rather than ever blocking (``edge.connstats`` builds it, ``broker.ops.stats``
 turns it into Pushpin's stats packets)::
 
     {"op": "stats", "edge": "<edge name>", "full": bool,
@@ -308,7 +308,7 @@ class ReplayRequest:
 @dataclass(frozen=True, slots=True)
 class StatsReport:
     """An edge's fire-and-forget connections and counts report (no ``rid``, no reply;
-    validated by ``broker.stats``)."""
+    validated by ``broker.ops.stats``)."""
 
     edge: str
     full: bool = False
@@ -465,7 +465,7 @@ def decode_request(frame: bytes) -> Request:
     """One control request, typed; ``ControlError`` (with the ``rid`` to echo) if invalid.
 
     Channel names are checked for type only (the broker checks them as publish does); a
-    ``stats`` report keeps its map in ``raw`` for ``broker.stats`` to validate."""
+    ``stats`` report keeps its map in ``raw`` for ``broker.ops.stats`` to validate."""
     try:
         m = decode_control(frame)
     except RemoteProtocolError as exc:

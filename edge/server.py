@@ -18,12 +18,11 @@ import trio
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
-from broker.logsetup import configure_logging
-from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
+from broker.runtime.logsetup import configure_logging
+from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
-from broker.sdnotify import notify
+from broker.runtime.sdnotify import notify
 from edge.http1 import responses
-from broker.curve import link_options
 from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
 from edge.ops import lifecycle
 from edge.ops import metrics as edge_metrics
@@ -391,8 +390,7 @@ async def open_listener(host: str, port: int) -> trio.socket.SocketType:
 
 async def serve(cfg: Config, index: int, routes: RouteTable,
                 reload_config: Callable[[], Config] | None = None) -> int:
-    link = BrokerLink(cfg.endpoint("edge_pub", bind=False), cfg.endpoint("edge_ctl", bind=False),
-                      options=link_options(cfg), rcvhwm=cfg.edge_sub_rcvhwm)
+    link = BrokerLink(cfg)
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     listen = (cfg.client_addr, cfg.port("client_port"))
     exit_code = 0

@@ -20,7 +20,7 @@ import sys
 
 from broker.config import Config, config_from_dict, load_config
 from broker.errors import EXIT_CONFIG, ConfigError
-from broker.logsetup import configure_logging, twins_description
+from broker.runtime.logsetup import configure_logging, twins_description
 
 log = logging.getLogger("gripcast")
 

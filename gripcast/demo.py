@@ -154,7 +154,7 @@ def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | 
     httpd = ThreadingHTTPServer((addr, port), handler)
     httpd.daemon_threads = True
     log.info("demo origin listening on http://%s:%d (publishing to %s)", addr, port, publish_url)
-    from broker.sdnotify import notify
+    from broker.runtime.sdnotify import notify
 
     if threading.current_thread() is threading.main_thread():
         def stop(signum: int, frame: object) -> None:
@@ -171,7 +171,7 @@ def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | 
     finally:
         httpd.server_close()
     if threading.current_thread() is threading.main_thread():
-        from broker.procsignals import ignore_stop_signals_for_exit
+        from broker.runtime.procsignals import ignore_stop_signals_for_exit
 
         ignore_stop_signals_for_exit()  # a second stop signal must not kill a clean exit
     log.info("demo origin stopped")

@@ -33,8 +33,8 @@ import trio
 
 from broker.config import Config
 from broker.errors import EXIT_CONFIG
-from broker.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
-from broker.sdnotify import notify
+from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
+from broker.runtime.sdnotify import notify
 
 log = logging.getLogger(__name__)
 

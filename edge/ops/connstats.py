@@ -1,6 +1,6 @@
 """What an edge tells the broker for Pushpin's stats socket (sans-IO: time passed in).
 
-The broker builds the stats packets (``broker.stats``) but does not see client connections, so
+The broker builds the stats packets (``broker.ops.stats``) but does not see client connections, so
 each edge keeps this small ledger and ``take()`` turns it, about once a second (sooner when
 ``batch_events`` events are waiting), into one fire-and-forget ``wire.StatsReport``
 control message (the contract is in ``broker.wire``):

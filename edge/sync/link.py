@@ -6,29 +6,30 @@
   ``broker.wire``), correlated by ``rid``, awaited with a timeout and retried; and ``send_nowait`` for fire-and-forget messages (the
   once-a-second ``stats`` report, ``edge.statsreport``), dropped rather than ever waiting.
 
-ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket has one reader task that drains
-with NOBLOCK until ``zmq.Again``, hands the batch over, checkpoints once per batch, and parks on
-``wait_readable(sock.FD)`` only after ``EVENTS`` shows nothing to read (the FD is
-edge-triggered).  Any send on a socket (a request, a SUB (un)subscribe) may consume the read
-edge, so it wakes that socket's parked reader, which re-checks.
+ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket is a ``broker.runtime.zmqtrio``
+``ZSocket`` read by one task (drain with NOBLOCK until ``zmq.Again``, one checkpoint per batch,
+park on the edge-triggered FD only when ``EVENTS`` says nothing is readable; every send or
+(un)subscribe wakes the parked reader).
 """
 from __future__ import annotations
 
 import itertools
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 import zmq
 
 from broker import wire
+from broker.config import ENDPOINTS, Config
+from broker.curve import link_options
+from broker.runtime.zmqtrio import ZSocket, open_zsocket
 from broker.errors import GripcastError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 4096
-SUB_RCVHWM = 1_000_000
 REQUEST_TIMEOUT_S = 2.0
 REQUEST_TRIES = 3
 
@@ -69,26 +70,17 @@ class BrokerLinkStatistics:
 
 
 class BrokerLink:
-    def __init__(self, pub_endpoint: str, ctl_endpoint: str, *, ctx: zmq.Context | None = None,
-                 options: dict | None = None, rcvhwm: int = SUB_RCVHWM) -> None:
-        """``options``: extra socket options by zmq name for both sockets (heartbeats, Curve:
-        ``broker.curve.link_options``)."""
+    def __init__(self, cfg: Config, *, ctx: zmq.Context | None = None) -> None:
+        """Both sockets built from the wiring table (``link_sub``, ``link_ctl`` of
+        ``broker.config.WIRING``), with heartbeats and Curve (``broker.curve.link_options``)."""
         self._ctx = ctx or zmq.Context.instance()
-        self.sub = self._ctx.socket(zmq.SUB)
-        for name, value in (options or {}).items():
-            self.sub.setsockopt(getattr(zmq, name), value)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SNDHWM, 0)
-        self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.sub.setsockopt(zmq.SUBSCRIBE, wire.HEARTBEAT_TOPIC)
-        self.sub.setsockopt(zmq.SUBSCRIBE, wire.RECOVER_TOPIC)
-        self.sub.connect(pub_endpoint)
-        self.ctl = self._ctx.socket(zmq.DEALER)
-        self.ctl.setsockopt(zmq.LINGER, 0)
-        for name, value in (options or {}).items():
-            self.ctl.setsockopt(getattr(zmq, name), value)
-        self.ctl.connect(ctl_endpoint)
-        self._parked: dict[int, trio.CancelScope] = {}
+        options = link_options(cfg)  # one call: both sockets share an ephemeral Curve pair
+        self.sub = open_zsocket(self._ctx, ENDPOINTS["link_sub"], cfg,
+                                cfg.endpoint("edge_pub", bind=False), options)
+        self.sub.subscribe(wire.HEARTBEAT_TOPIC)
+        self.sub.subscribe(wire.RECOVER_TOPIC)
+        self.ctl = open_zsocket(self._ctx, ENDPOINTS["link_ctl"], cfg,
+                                cfg.endpoint("edge_ctl", bind=False), options)
         self._rids = itertools.count(1)
         self._waiting: dict[int, _Slot] = {}
         self._channels: set[str] = set()
@@ -107,22 +99,20 @@ class BrokerLink:
         self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
 
     def close(self) -> None:
-        self.sub.close(linger=0)
-        self.ctl.close(linger=0)
+        self.sub.close()
+        self.ctl.close()
 
     # -- subscriptions -------------------------------------------------------------------------
 
     def subscribe(self, channel: str) -> None:
         if channel not in self._channels:
             self._channels.add(channel)
-            self.sub.setsockopt(zmq.SUBSCRIBE, wire.topic(channel))
-            self._wake(self.sub)
+            self.sub.subscribe(wire.topic(channel))
 
     def unsubscribe(self, channel: str) -> None:
         if channel in self._channels:
             self._channels.discard(channel)
-            self.sub.setsockopt(zmq.UNSUBSCRIBE, wire.topic(channel))
-            self._wake(self.sub)
+            self.sub.unsubscribe(wire.topic(channel))
 
     # -- control requests ----------------------------------------------------------------------
 
@@ -157,20 +147,11 @@ class BrokerLink:
 
     def send_nowait(self, msg: wire.StatsReport) -> bool:
         """Send a control message that gets no reply; False (dropped) if it would block."""
-        try:
-            self.ctl.send(wire.encode_request(msg), zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        finally:
-            self._wake(self.ctl)
-        return True
+        return self.ctl.send_frame(wire.encode_request(msg))
 
     def _send_ctl(self, frame: bytes) -> None:
-        try:
-            self.ctl.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
+        if not self.ctl.send_frame(frame):
             log.warning("broker control queue full: request dropped (will be retried)")
-        self._wake(self.ctl)
 
     def _on_ctl_batch(self, frames: list[bytes]) -> None:
         for frame in frames:
@@ -192,34 +173,12 @@ class BrokerLink:
 
     # -- readers -------------------------------------------------------------------------------
 
-    def _wake(self, sock: zmq.Socket) -> None:
-        scope = self._parked.get(id(sock))
-        if scope is not None:
-            scope.cancel()
+    async def _read_loop(self, z: ZSocket, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
+        async def counted(frames: list[bytes]) -> None:
+            self._batches += 1
+            await handle(frames)
 
-    async def _read_loop(self, sock: zmq.Socket, handle) -> None:
-        key = id(sock)
-        recv = sock.recv
-        while True:
-            frames = []
-            try:
-                while len(frames) < BATCH_MAX:
-                    frames.append(recv(zmq.NOBLOCK))
-            except zmq.Again:
-                pass
-            if frames:
-                self._batches += 1
-                await handle(frames)
-                await trio.lowlevel.checkpoint()
-                continue
-            if sock.get(zmq.EVENTS) & zmq.POLLIN:
-                continue
-            with trio.CancelScope() as scope:
-                self._parked[key] = scope
-                try:
-                    await trio.lowlevel.wait_readable(sock.FD)
-                finally:
-                    self._parked.pop(key, None)
+        await z.serve(lambda: z.recv_frames(BATCH_MAX), counted)
 
     async def serve_sub(self, on_frames, on_recover=None) -> None:
         """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out;

@@ -1,4 +1,4 @@
-"""broker.auth: optional JWT auth of the publish API (table-driven)."""
+"""broker.ingest.auth: optional JWT auth of the publish API (table-driven)."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.auth import PublishAuth, load_verify_key
+from broker.ingest.auth import PublishAuth, load_verify_key
 from broker.errors import ConfigError
 
 SECRET = "a-long-enough-test-secret-of-32-bytes!"

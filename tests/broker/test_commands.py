@@ -1,4 +1,4 @@
-"""broker.commands (publisher command socket) and broker.control (edge control protocol)."""
+"""broker.ingest.commands (publisher command socket) and broker.control (edge control protocol)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,8 @@ import tnetstring as tnet3
 from gripcontrol import HttpStreamFormat
 from pubcontrol import Item as PcItem
 
-from broker import commands, control, wire
+from broker import control, wire
+from broker.ingest import commands
 from broker.errors import RemoteProtocolError
 from broker.history import Position, Replay
 
@@ -135,8 +136,8 @@ def test_control_replies():
 
 def test_recover_rate_limited_reply():
     """Over the broker's recover_per_s the command socket answers rate-limited (issue 11)."""
-    from broker import commands as c
-    from broker import tnetstring as t
+    from broker.ingest import commands as c
+    from broker.ingest import tnetstring as t
 
     res = c.handle_command(t.dumps({b"id": b"7", b"method": b"recover"}), {})
     assert res.recover

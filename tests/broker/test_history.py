@@ -8,7 +8,7 @@ import trio
 
 from broker.history import MemoryHistory, Position
 from broker.items import Item
-from broker.store import MemoryStore
+from broker.store.memory import MemoryStore
 
 F = {"http-stream": {"action": "send", "content": b"x"}}
 

@@ -1,11 +1,11 @@
-"""broker.httpapi: every status and message of Pushpin's publish API."""
+"""broker.ingest.httpapi: every status and message of Pushpin's publish API."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from broker import httpapi
+from broker.ingest import httpapi
 
 ITEM = {"channel": "c", "formats": {"http-stream": {"content": "x"}}}
 GOOD = json.dumps({"items": [ITEM]}).encode()

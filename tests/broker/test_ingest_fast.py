@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import _speedups
-from broker import tnetstring, wire
+from broker import wire
+from broker.ingest import tnetstring
 from broker.errors import PublishError
 from broker.history import MemoryHistory
 from broker.items import Item, _parse_item_full, parse_item, parse_pull_frame, parse_zmq_item

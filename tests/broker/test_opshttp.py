@@ -1,6 +1,6 @@
 from prometheus_client import CollectorRegistry, Counter
 
-from broker.opshttp import answer
+from broker.ops.opshttp import answer
 
 
 def _reg():
@@ -36,7 +36,7 @@ def test_connections_are_capped():
     import trio
     import trio.testing
 
-    from broker.opshttp import capped
+    from broker.ops.opshttp import capped
 
     served, closed = [], []
 

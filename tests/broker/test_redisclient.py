@@ -1,4 +1,4 @@
-"""broker.redisclient against a real redis-server (and a silent fake one for timeouts)."""
+"""broker.store.redisclient against a real redis-server (and a silent fake one for timeouts)."""
 from __future__ import annotations
 
 from functools import partial
@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from broker.errors import ConfigError, LocalProtocolError, StoreUnavailable
-from broker.redisclient import (
+from broker.store.redisclient import (
     RedisClient,
     RedisReplyError,
     RedisUnavailable,

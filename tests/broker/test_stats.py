@@ -3,10 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import tnetstring, wire
+from broker import wire
+from broker.ingest import tnetstring
 from broker.control import parse_control
 from broker.errors import RemoteProtocolError
-from broker.stats import EDGE_EXPIRE_S, StatsEncoder, packet, parse_edge_report
+from broker.ops.stats import EDGE_EXPIRE_S, StatsEncoder, packet, parse_edge_report
 from broker.wire import Envelope
 
 
@@ -188,7 +189,7 @@ def test_heartbeat_announces_the_stats_ttl():
 
 
 def test_conn_packets_fast_path_equals_generic_encoding():
-    from broker.stats import conn_packets
+    from broker.ops.stats import conn_packets
     conns = [("gripcast-edge0_7:1", "http", "127.0.0.1"), ("é-id", "ws", ""),
              ("x" * 200, "http", "2001:db8::1")]
     got = conn_packets("gripcast-edge0_7", conns, ["a", "ü"], 120)

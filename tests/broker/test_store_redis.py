@@ -1,4 +1,4 @@
-"""broker.store_redis against a real redis-server, including a differential test vs MemoryHistory."""
+"""broker.store.redis against a real redis-server, including a differential test vs MemoryHistory."""
 from __future__ import annotations
 
 import itertools
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
 from broker.items import Item
-from broker.redisclient import open_redis
-from broker.store_redis import RedisStore, RedisStoreError, open_redis_store
+from broker.store.redisclient import open_redis
+from broker.store.redis import RedisStore, RedisStoreError, open_redis_store
 from tests.helpers import MISSING
 from tests.redis_server import RedisServer, redis_available
 
@@ -370,7 +370,7 @@ def test_matches_memory_history(shared_redis, ops):
 def test_same_api_as_memory_store(method):
     import inspect
 
-    from broker.store import MemoryStore
+    from broker.store.memory import MemoryStore
 
     mine = inspect.signature(getattr(RedisStore, method))
     theirs = inspect.signature(getattr(MemoryStore, method))

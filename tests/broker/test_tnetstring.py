@@ -1,4 +1,4 @@
-"""broker.tnetstring: encode/decode tables, agreement with the tnetstring3 package, bad input."""
+"""broker.ingest.tnetstring: encode/decode tables, agreement with the tnetstring3 package, bad input."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import tnetstring as tnet3  # reference implementation, tests only
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import tnetstring
+from broker.ingest import tnetstring
 from broker.errors import RemoteProtocolError
 
 ENCODE = [

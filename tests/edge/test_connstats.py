@@ -1,6 +1,7 @@
 """The edge's stats ledger (sans-IO, time passed in) and what the broker makes of its reports."""
-from broker import tnetstring, wire
-from broker.stats import StatsEncoder
+from broker import wire
+from broker.ingest import tnetstring
+from broker.ops.stats import StatsEncoder
 from edge.ops.connstats import ConnStats, count_modes
 from edge.sync.hub import Hub
 

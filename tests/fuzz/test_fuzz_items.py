@@ -1,4 +1,4 @@
-"""Publish input parsing (broker/items.py, broker/tnetstring.py, broker/commands.py) under
+"""Publish input parsing (broker/items.py, broker/ingest/tnetstring.py, broker/ingest/commands.py) under
 hostile publishers: every input is an ``Item`` list or a ``PublishError`` with Pushpin's text;
 tnetstring garbage is a ``RemoteProtocolError``; nothing else escapes.
 """
@@ -9,10 +9,10 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import tnetstring
-from broker.commands import handle_command, split_envelope
+from broker.ingest import tnetstring
+from broker.ingest.commands import handle_command, split_envelope
 from broker.errors import PublishError, RemoteProtocolError
-from broker.httpapi import check_head, handle_request
+from broker.ingest.httpapi import check_head, handle_request
 from broker.items import parse_http_publish, parse_items, parse_sub_item, parse_zmq_item
 from tests.fuzz.strategies import FUZZ, nasty_number
 

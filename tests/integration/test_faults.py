@@ -16,7 +16,7 @@ import httpx
 import pytest
 import zmq
 
-from broker import tnetstring
+from broker.ingest import tnetstring
 from tests.helpers import MISSING, free_port_block
 from tests.integration.cluster import Cluster, Origin, Proc, gripcast
 from tests.redis_server import RedisServer, redis_available

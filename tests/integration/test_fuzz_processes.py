@@ -21,7 +21,7 @@ import pytest
 import zmq
 from gripcontrol import GripPubControl, create_grip_channel_header
 
-from broker import tnetstring
+from broker.ingest import tnetstring
 from tests.integration.cluster import Cluster, Origin, StreamClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -12,7 +12,7 @@ import zmq
 from gripcontrol import create_grip_channel_header
 from websockets.sync.client import connect as ws_connect
 
-from broker import tnetstring
+from broker.ingest import tnetstring
 from tests.helpers import free_port_block
 from tests.integration.cluster import Cluster, Origin, StreamClient
 from tests.integration.test_metrics import scrape

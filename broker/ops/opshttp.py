@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-import httptools
 import trio
+
+from broker.runtime import http1
 
 log = logging.getLogger(__name__)
 
@@ -59,42 +60,22 @@ def answer(method: str, path: str, registry, ready: ReadyFn) -> bytes:
     return out
 
 
-class _Req:
-    def __init__(self) -> None:
-        self.url = b""
-        self.done = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_headers_complete(self) -> None:
-        self.done = True
-
-
 async def _serve_one(stream: trio.SocketStream, registry, ready: ReadyFn) -> None:
     try:
         with trio.move_on_after(REQUEST_TIMEOUT_S):
-            req = _Req()
-            parser = httptools.HttpRequestParser(req)
-            seen = 0
-            while not req.done:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                seen += len(data)
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserUpgrade:
-                    break
-                except httptools.HttpParserError:
-                    await stream.send_all(_response(400, "Bad Request", b"Bad request.\n"))
-                    return
-                if not req.done and seen > MAX_HEAD_BYTES:
-                    await stream.send_all(_response(431, "Request Header Fields Too Large",
-                                                    b"Request header too large.\n"))
-                    return
-            method = parser.get_method().decode("latin-1")
-            await stream.send_all(answer(method, req.url.decode("latin-1"), registry, ready))
+            reader = http1.RequestReader(stream, MAX_HEAD_BYTES, read_bytes=4096)
+            try:
+                head = await reader.read_head()
+            except http1.BadRequest:
+                await stream.send_all(_response(400, "Bad Request", b"Bad request.\n"))
+                return
+            except http1.HeadTooLarge:
+                await stream.send_all(_response(431, "Request Header Fields Too Large",
+                                                b"Request header too large.\n"))
+                return
+            if head is None:
+                return
+            await stream.send_all(answer(head.method, head.url, registry, ready))
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     except Exception:  # a bug here must not take the process down

@@ -8,19 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from broker.config import Config
+from broker.config import Config, reloadable_keys
 
-# keys an edge applies on SIGHUP (routes: also the routes file's contents, re-read every time)
-EDGE_RELOADABLE = frozenset({
-    "routes", "routes_file", "sig_iss", "sig_key", "client_buffer_bytes", "client_header_bytes",
-    "client_maxconn", "origin_timeout_s", "log_level", "drain_timeout_s",
-    "origin_keepalive_idle_s",
-})
-# keys the broker applies on SIGHUP
-BROKER_RELOADABLE = frozenset({
-    "history_max_items", "history_max_age_s", "log_level", "drain_timeout_s",
-    "stats_report_interval_s",
-})
+# the keys marked reloadable on the Config fields themselves (broker.config._reload)
+EDGE_RELOADABLE = reloadable_keys("edge")  # routes: also the routes file, re-read every time
+BROKER_RELOADABLE = reloadable_keys("broker")
 
 
 @dataclass(frozen=True, slots=True)

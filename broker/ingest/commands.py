@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from broker import tnetstring
+from broker.ingest import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
 from broker.items import Item, parse_items_container
 

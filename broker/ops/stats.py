@@ -35,7 +35,7 @@ import os
 from dataclasses import dataclass, field
 
 from broker.errors import RemoteProtocolError
-from broker.tnetstring import dumps
+from broker.ingest.tnetstring import dumps
 
 SUB_TTL_S = 60
 CONN_TTL_S = 120  # Pushpin's stats_connection_ttl

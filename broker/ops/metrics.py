@@ -66,14 +66,14 @@ class BrokerCollector(Collector):
                                 ("replays", CounterMetricFamily, "Replay requests the store served.")):
             if hasattr(store, attr):
                 yield kind(P + "history_" + attr, doc, value=getattr(store, attr))
-        yield b.store_latency.family(P + "store_latency_seconds",
+        yield b.pipeline.store_latency.family(P + "store_latency_seconds",
                                      "Time to store one publish batch.")
         yield GaugeMetricFamily(P + "draining", "1 while the broker shuts down.",
-                                value=1 if getattr(b, "draining", False) else 0)
+                                value=1 if b.draining else 0)
         yield CounterMetricFamily(P + "curve_handshakes_refused",
                                   "CurveZMQ handshakes refused by ZAP (key not allowed).",
-                                  value=getattr(b, "_zap_denied", 0))
-        rl = b.limiter.statistics()
+                                  value=b.zap_denied)
+        rl = b.pipeline.limiter.statistics()
         r = CounterMetricFamily(P + "rate_limited",
                                 "recover requests and hint actions refused by the rate limits.",
                                 labels=["kind"])
@@ -85,7 +85,7 @@ class BrokerCollector(Collector):
                                   value=b.http_refused)
         yield GaugeMetricFamily(P + "http_connections", "HTTP API connections being served.",
                                 value=b.http_active)
-        stats = getattr(b, "stats", None)
+        stats = b.stats
         if stats is not None:
             yield GaugeMetricFamily(P + "edges_reporting", "Edges that sent a stats report recently.",
                                     value=len(stats.edges))
@@ -105,8 +105,8 @@ def broker_registry(broker) -> CollectorRegistry:
 
 def broker_ready(broker) -> str | None:
     """None when the broker should receive traffic, else why not."""
-    if getattr(broker, "draining", False):
+    if broker.draining:
         return "draining"
-    if not getattr(broker, "serving", False):
+    if not broker.serving:
         return "starting"
     return None

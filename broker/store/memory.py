@@ -36,6 +36,9 @@ class Store(Protocol):
 
     def statistics(self) -> Any: ...
 
+    def set_history_limits(self, max_items: int, max_age_s: float) -> None:
+        """Apply reloaded history bounds (``history_max_items``, ``history_max_age_s``)."""
+
     async def aclose(self) -> None: ...
 
 
@@ -49,6 +52,10 @@ class MemoryStore:
 
     async def append_batch(self, items: Sequence[Item], now: float) -> list[Envelope]:
         return self.history.append_many(items, now)
+
+    def set_history_limits(self, max_items: int, max_age_s: float) -> None:
+        self.history.max_items = max_items
+        self.history.max_age_s = max_age_s
 
     async def position(self, channel: str) -> Position:
         return self.history.position(channel)

@@ -1,4 +1,5 @@
-"""Choosing the broker's history store from the config (``store`` key, ``--store`` flag).
+"""The broker's history stores: ``memory`` (memory.py) and ``redis`` (redis.py, over
+redisclient.py); this module chooses one from the config (``store`` key, ``--store`` flag).
 
 * ``memory`` (default): ``MemoryStore`` over ``MemoryHistory``; nothing survives a restart
   (every channel starts a new epoch, which edges report to their clients).
@@ -15,9 +16,9 @@ import logging
 from broker.config import Config
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
-from broker.redisclient import RedisClient, parse_redis_url
-from broker.store import MemoryStore, Store
-from broker.store_redis import RedisStore
+from broker.store.redisclient import RedisClient, parse_redis_url
+from broker.store.memory import MemoryStore, Store
+from broker.store.redis import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ async def probe(store: Store, timeout_s: float = STARTUP_PROBE_S) -> bool:
     The broker starts either way: an unreachable store only means publishes are refused until
     it answers.
     """
-    client = getattr(store, "client", None)
-    if client is None:
+    if not isinstance(store, RedisStore):
         return True
+    client = store.client
     try:
         await client.wait_connected(timeout_s=timeout_s)
         return True

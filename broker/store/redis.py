@@ -1,8 +1,8 @@
 """The Redis history store: epoch, seq and bounded history per channel that survive a broker restart.
 
-``RedisStore`` implements ``broker.store.Store`` (``append_batch``, ``position``, ``replay``,
+``RedisStore`` implements ``broker.store.memory.Store`` (``append_batch``, ``position``, ``replay``,
 ``statistics``, ``aclose``) with the semantics of ``broker.history.MemoryHistory`` (read its
-docstring for ``replay``'s cursor rules and ``complete``), over ``broker.redisclient``.
+docstring for ``replay``'s cursor rules and ``complete``), over ``broker.store.redisclient``.
 
 Keys, per channel (``P`` is ``key_prefix``, default ``"gc:"``)::
 
@@ -61,7 +61,7 @@ import msgpack
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
 from broker.items import Item, item_bytes
-from broker.redisclient import RedisClient, RedisClientStatistics, RedisReplyError, open_redis_url
+from broker.store.redisclient import RedisClient, RedisClientStatistics, RedisReplyError, open_redis_url
 from broker.wire import REPLAY_LIMIT, Envelope
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -291,7 +291,7 @@ def _str(value: bytes | None) -> str | None:
 
 
 class RedisStore:
-    """``broker.store.Store`` over Redis; see the module docstring."""
+    """``broker.store.memory.Store`` over Redis; see the module docstring."""
 
     name = "redis"
 
@@ -448,6 +448,10 @@ class RedisStore:
                     del envs[i:]
                     break
         return Replay(cur_epoch.decode("utf-8"), int(last_seq), complete, envs)
+
+    def set_history_limits(self, max_items: int, max_age_s: float) -> None:
+        self.max_items = max_items
+        self.max_age_s = max_age_s
 
     def statistics(self) -> RedisStoreStatistics:
         return RedisStoreStatistics(

@@ -1,0 +1,415 @@
+"""The broker's ingest pipeline: every input feeds it, one batch at a time.
+
+parse -> ``Sequencer`` (dedupe, reorder) -> ``Store.append_batch`` (seq, epoch, history) ->
+fan-out of the envelopes whose channel is live on ``edge_pub``, all under one lock so that
+seq order is release order.  Work is batched: each input's reader drains its socket until it
+would block (``broker.runtime.zmqtrio``), the pipeline processes the batch, writes the store
+once and sends the batch.
+
+``Pipeline`` also keeps what the fan-out needs: the live channels (from the XPUB's
+subscription notices, each answered with a position marker), the heartbeat with the
+trailing position markers, and the edges' control requests (hello, position, replay, stats).
+The sockets are handed in, built by the composition root (``broker.server``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import trio
+
+from _speedups import fan_out
+from broker import control, wire
+from broker.config import Config
+from broker.errors import PublishError, RateLimited, RemoteProtocolError, StoreUnavailable
+from broker.histogram import IntHistogram
+from broker.ingest import commands
+from broker.items import Item, parse_pull_frame, parse_sub_item
+from broker.ops.stats import StatsEncoder
+from broker.ratelimit import ActionLimiter
+from broker.runtime.zmqtrio import ZSocket
+from broker.sequencer import Sequencer, SequencerStatistics
+from broker.store.memory import Store
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 1000  # messages drained from one socket before processing them
+PULL_CHUNK = 32  # PULL frames received per step while filling a batch (B frames hold many items)
+REJECT_LOG_PER_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatistics:
+    broker_id: str
+    started: float
+    live_channels: int
+    received: dict[str, int]
+    rejected: int
+    published: int
+    fanned_out: int
+    fanout_dropped: int
+    markers: int
+    trailing_markers: int
+    control_requests: int
+    store_failures: int
+    sequencer: SequencerStatistics
+    store: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSockets:
+    """The sockets the pipeline sends on or subscribes (built from ``broker.config.WIRING``)."""
+
+    sub_in: ZSocket
+    command: ZSocket
+    edge_pub: ZSocket
+    stats: ZSocket | None  # with stats_spec
+
+
+class Pipeline:
+    """Sequence, retain and fan out; see the module docstring."""
+
+    def __init__(self, cfg: Config, store: Store, sockets: PipelineSockets, *,
+                 broker_id: str, started: float, uris: dict[str, str],
+                 stats: StatsEncoder | None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.sockets = sockets
+        self.broker_id = broker_id
+        self.started = started
+        self.uris = uris
+        self.stats = stats
+        self.sequencer = Sequencer()
+        # recover and hint, whatever input they come by (broker.ratelimit)
+        self.limiter = ActionLimiter(cfg.recover_per_s, cfg.hint_per_channel_per_s,
+                                     cfg.hint_per_s, time.monotonic())
+        self.store_latency = IntHistogram()
+        self.live: set[str] = set()
+        self.lock = trio.Lock()
+        self._received = {"pull": 0, "sub": 0, "http": 0, "command": 0}
+        self._rejected = 0
+        self._published = 0
+        self._fanned_out = 0
+        self._markers = 0
+        self._control_requests = 0
+        self._store_failures = 0
+        self._store_down = False  # the last store write failed (logged once, then rate-limited)
+        self._store_logged = 0.0
+        self._reject_window = 0.0
+        self._reject_logged = 0
+        self._reject_skipped = 0
+        # channel -> (epoch, last_seq) published since the last heartbeat, and the round before:
+        # the heartbeat re-sends their position markers so an edge that lost the tail of a
+        # burst on PUB/SUB (HWM) notices the gap even when nothing more is published
+        self._recent: dict[str, tuple[str, int]] = {}
+        self._recent_prev: dict[str, tuple[str, int]] = {}
+        self._trailing_markers = 0
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    async def publish(self, items: Sequence[Item], *, strict: bool = False) -> None:
+        """Sequence, retain and fan out ``items`` (one batch).
+
+        Hint actions over the rate limits (``broker.ratelimit``) are dropped, counted and
+        logged; with ``strict`` (inputs that can answer) ``RateLimited`` is raised instead and
+        nothing is published.
+
+        Raises ``StoreUnavailable`` when the store cannot take the batch (logged and counted
+        here; the released items are lost and their ids forgotten by the dedupe cache, so the
+        HTTP API answers 503 and the publisher may retry).
+        """
+        items, refused = self.limiter.filter(items, time.monotonic())
+        if refused:
+            reason = (f"too many hint actions for channel {refused[0].channel!r} "
+                      f"(hint_per_channel_per_s={self.cfg.hint_per_channel_per_s:g}, "
+                      f"hint_per_s={self.cfg.hint_per_s:g})")
+            if strict:
+                raise RateLimited(reason.capitalize() + "; retry later.")
+            self.reject("rate-limit", f"{len(refused)} hint(s) dropped: {reason}")
+        if not items:
+            return
+        async with self.lock:
+            released = self.sequencer.add_many(list(items), trio.current_time())
+            await self._commit(released)
+
+    async def ingest(self, items: Sequence[Item]) -> None:
+        """``publish`` for inputs that cannot answer (PULL, SUB)."""
+        try:
+            await self.publish(items)
+        except StoreUnavailable:
+            pass  # logged by _commit
+
+    async def poll_sequencer(self, *, flush: bool = False) -> None:
+        """Release (and store) what the sequencer held back past its wait; ``flush``: all of
+        it (a graceful stop: those items were acknowledged on arrival, Pushpin's behaviour)."""
+        async with self.lock:
+            released = self.sequencer.poll(trio.current_time() + (3600.0 if flush else 0.0))
+            if flush and released:
+                log.info("storing %d items held by the sequencer before exit", len(released))
+            for item in released:
+                log.debug("sequencer released after wait channel=%s id=%s", item.channel, item.id)
+            try:
+                await self._commit(released)
+            except StoreUnavailable:
+                pass  # logged by _commit
+
+    async def _commit(self, released: list[Item]) -> None:
+        if not released:
+            return
+        t0 = time.perf_counter()
+        try:
+            envelopes = await self.store.append_batch(released, time.time())
+            self.store_latency.observe(time.perf_counter() - t0)
+        except StoreUnavailable as exc:
+            self.sequencer.forget_ids(released)
+            self._store_failures += len(released)
+            now = time.monotonic()
+            if not self._store_down:
+                self._store_down = True
+                self._store_logged = now
+                log.error("store unavailable: publishes refused until it answers items=%d "
+                          "error=%s", len(released), exc)
+            elif now - self._store_logged >= 1.0:
+                self._store_logged = now
+                log.warning("store still unavailable: items refused items=%d total_refused=%d "
+                            "error=%s", len(released), self._store_failures, exc)
+            raise
+        if self._store_down:
+            self._store_down = False
+            log.warning("store available again: publishing resumed total_refused=%d",
+                        self._store_failures)
+        self._published += len(envelopes)
+        live = self.live
+        if log.isEnabledFor(logging.DEBUG):
+            for env in envelopes:
+                log.debug(
+                    "publish channel=%s seq=%d id=%s live=%s",
+                    env.channel, env.seq, env.id, env.channel in live,
+                )
+        # remember each channel's position for the trailing markers, then encode and send the
+        # frames of the live channels in one loop (_speedups' fan_out: no Python object per frame)
+        edge_pub = self.sockets.edge_pub
+        sent, blocked = fan_out(edge_pub.sock, envelopes, live, self._recent)
+        edge_pub.send_dropped += blocked
+        self._fanned_out += sent
+        if sent:
+            edge_pub.poke()
+        if self.stats is not None:
+            self.stats.received(len(envelopes))
+            self.emit_stats(self.stats.messages(envelopes, live))
+
+    def emit_stats(self, frames: list[bytes]) -> None:
+        stats = self.sockets.stats
+        if stats is not None:
+            for frame in frames:
+                stats.send_frame(frame)
+
+    def recover(self, source: str) -> bool:
+        """Pushpin's recover: forget remembered last ids and tell every edge (``wire``'s
+        ``RECOVER_TOPIC``) to update its held sessions.  False (nothing done) when over
+        ``recover_per_s``: each recover makes every held session ask its origin again."""
+        if not self.limiter.allow_recover(time.monotonic()):
+            self.reject(source, f"recover refused: over recover_per_s="
+                                f"{self.cfg.recover_per_s:g}")
+            return False
+        log.info("recover request source=%s: forgetting remembered last ids", source)
+        self.sequencer.recover()
+        self.sockets.edge_pub.send_frame(wire.encode_recover(time.time()))
+        return True
+
+    def received(self, source: str, n: int = 1) -> None:
+        self._received[source] += n
+
+    def reject(self, source: str, reason: str) -> None:
+        self._rejected += 1
+        # a publisher sending garbage in a loop must not flood the log: at most
+        # REJECT_LOG_PER_S lines a second, then how many were not shown
+        now = time.monotonic()
+        if now - self._reject_window >= 1.0:
+            if self._reject_skipped:
+                log.warning("rejected publish: %d more not logged", self._reject_skipped)
+            self._reject_window, self._reject_logged, self._reject_skipped = now, 0, 0
+        if self._reject_logged < REJECT_LOG_PER_S:
+            self._reject_logged += 1
+            log.warning("rejected publish source=%s reason=%r", source, reason)
+        else:
+            self._reject_skipped += 1
+
+    # -- the publish inputs (each: drain, then handle, on its ZSocket's read loop) ----------------
+
+    def drain_pull(self, z: ZSocket) -> list[Item]:
+        """Items of the PULL frames ready now, up to a batch's worth (a B frame, broker.items,
+        carries many)."""
+        items: list[Item] = []
+        while len(items) < BATCH_MAX:
+            batch = z.recv_batch(PULL_CHUNK)
+            self._received["pull"] += len(batch)
+            for frames in batch:
+                if len(frames) != 1:
+                    self.reject("pull", "received message with parts != 1")
+                    continue
+                parsed, errors = parse_pull_frame(frames[0])
+                items += parsed
+                for reason in errors:
+                    self.reject("pull", reason)
+            if len(batch) < PULL_CHUNK:
+                break
+        return items
+
+    async def handle_pull(self, items: list[Item]) -> None:
+        if len(items) > BATCH_MAX:  # one big B frame: keep batches (and fan-out bursts) bounded
+            for i in range(0, len(items), BATCH_MAX):
+                await self.ingest(items[i:i + BATCH_MAX])
+        else:
+            await self.ingest(items)
+
+    def drain_sub(self, z: ZSocket) -> list[Item]:
+        items: list[Item] = []
+        for frames in z.recv_batch(BATCH_MAX):
+            self._received["sub"] += 1
+            if len(frames) != 2:
+                self.reject("sub", "received message with parts != 2")
+                continue
+            try:
+                items.append(parse_sub_item(frames[0], frames[1]))
+            except PublishError as exc:
+                self.reject("sub", exc.reason)
+        return items
+
+    async def handle_commands(self, batch: list[list[bytes]]) -> None:
+        z = self.sockets.command
+        items: list[Item] = []
+        acks: list[tuple[list[bytes], commands.CommandResult]] = []
+        for frames in batch:
+            self._received["command"] += 1
+            try:
+                prefix, payload = commands.split_envelope(frames)
+            except RemoteProtocolError as exc:
+                self.reject("command", exc.reason)
+                continue
+            result = commands.handle_command(payload, self.uris)
+            if result.error:
+                self.reject("command", f"method={result.method or '?'} {result.error}")
+            if result.recover and not self.recover("command"):
+                result = commands.rate_limited(result, "recover refused: over "
+                                               f"recover_per_s={self.cfg.recover_per_s:g}")
+            items.extend(result.items)
+            if result.reply is not None:
+                if result.items:
+                    acks.append((prefix, result))  # acknowledged once stored
+                else:
+                    z.send(prefix + [result.reply])
+        if items:
+            try:
+                await self.publish(items)
+                stored = True
+            except StoreUnavailable:
+                stored = False  # logged by _commit
+            for prefix, result in acks:
+                reply = result.reply if stored else result.failed_reply
+                if reply is not None:
+                    z.send(prefix + [reply])
+
+    # -- the edges: live channels, control requests, heartbeats ----------------------------------
+
+    async def handle_subscriptions(self, batch: list[list[bytes]]) -> None:
+        """Track live channels from XPUB notices; answer each subscribe with a marker."""
+        sub_in = self.sockets.sub_in
+        async with self.lock:
+            for frames in batch:
+                notice = wire.subscription_notice(frames[0]) if frames else None
+                if notice is None:
+                    continue
+                subscribed, channel = notice
+                if subscribed:
+                    await self._subscribed(channel)
+                elif channel in self.live:
+                    self.live.discard(channel)
+                    sub_in.unsubscribe(channel.encode("utf-8"))
+                    log.debug("channel dead channel=%s", channel)
+
+    async def _subscribed(self, channel: str) -> None:
+        if channel not in self.live:
+            self.live.add(channel)
+            self.sockets.sub_in.subscribe(channel.encode("utf-8"))
+            log.debug("channel live channel=%s", channel)
+        try:
+            pos = await self.store.position(channel)
+        except StoreUnavailable as exc:
+            log.error("store unavailable, no marker channel=%s error=%s", channel, exc)
+            return
+        if self.sockets.edge_pub.send_frame(wire.encode_marker(channel, pos.epoch, pos.last_seq)):
+            self._markers += 1
+
+    async def handle_control(self, z: ZSocket, batch: list[list[bytes]]) -> None:
+        for frames in batch:
+            if len(frames) < 2:
+                continue
+            self._control_requests += 1
+            reply = await self._control(frames[-1])
+            if reply is not None:  # None: a fire-and-forget "stats" report
+                z.send(frames[:-1] + [reply])
+
+    async def _control(self, payload: bytes) -> bytes | None:
+        try:
+            req = control.parse_control(payload)
+        except control.ControlError as exc:
+            log.warning("bad control request reason=%r", exc.reason)
+            return control.error_reply(exc.rid, exc.reason)
+        if req.op == "hello":
+            return control.hello_reply(req.rid, self.broker_id, self.started, self.cfg.cluster_id)
+        if req.op == "stats":  # an edge's connections and counts (broker.ops.stats)
+            if self.stats is not None:
+                try:
+                    self.emit_stats(self.stats.edge_report(req.stats, time.time()))
+                except RemoteProtocolError as exc:
+                    log.warning("bad stats report from an edge: %s", exc.reason)
+            return None
+        try:
+            if req.op == "position":
+                pos = await self.store.position(req.channel)
+                return control.position_reply(req.rid, req.channel, pos)
+            rep = await self.store.replay(
+                req.channel, req.epoch, req.after_seq, req.after_id, req.limit, time.time()
+            )
+        except StoreUnavailable as exc:
+            log.error("store unavailable op=%s channel=%s error=%s", req.op, req.channel, exc)
+            return control.error_reply(req.rid, "store unavailable")
+        return control.replay_reply(req.rid, req.channel, rep)
+
+    def heartbeat(self) -> None:
+        """Send a heartbeat, then the trailing markers of the last two rounds' channels."""
+        self.sockets.edge_pub.send_frame(wire.encode_heartbeat(
+            self.broker_id, self.started, time.time(),
+            stats_ttl=self.stats.conn_ttl if self.stats is not None else 0))
+        self._send_trailing_markers()
+
+    def _send_trailing_markers(self) -> None:
+        """Re-send the position of channels published in the last two heartbeat rounds."""
+        rounds = {**self._recent_prev, **self._recent}
+        self._recent_prev, self._recent = self._recent, {}
+        live = self.live
+        send = self.sockets.edge_pub.send_frame
+        for channel, (epoch, last_seq) in rounds.items():
+            if channel in live and send(wire.encode_marker(channel, epoch, last_seq)):
+                self._trailing_markers += 1
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(
+            broker_id=self.broker_id,
+            started=self.started,
+            live_channels=len(self.live),
+            received=dict(self._received),
+            rejected=self._rejected,
+            published=self._published,
+            fanned_out=self._fanned_out,
+            fanout_dropped=self.sockets.edge_pub.send_dropped,
+            markers=self._markers,
+            trailing_markers=self._trailing_markers,
+            control_requests=self._control_requests,
+            store_failures=self._store_failures,
+            sequencer=self.sequencer.statistics(),
+            store=self.store.statistics(),
+        )

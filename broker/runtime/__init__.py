@@ -1,0 +1,6 @@
+"""Process plumbing shared by the broker and the edges (edges may import these).
+
+zmqtrio (the one ZeroMQ/trio bridge), http1 (the one HTTP/1 request reader of the broker's
+publish API and ops listeners), logsetup (logging configured once per process), sdnotify
+(systemd readiness) and procsignals (signal handling around start and exit).
+"""
