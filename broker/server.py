@@ -183,7 +183,7 @@ class Broker:
             self._bound.edge_pub.linger_ms = FANOUT_LINGER_MS
 
     def apply_reload(self, cfg: Config) -> None:
-        """Install a reloaded config (only the keys ``broker.ops.reload`` let change)."""
+        """Install a reloaded config (only the keys ``broker.runtime.reload`` let change)."""
         self.cfg = cfg
         self.store.set_history_limits(cfg.history_max_items, cfg.history_max_age_s)
         if self._bound is not None:

@@ -1,3 +1,3 @@
-"""Running the broker in production: lifecycle (graceful stop, SIGHUP reload), reload (which
-config keys apply live), metrics (Prometheus registry), stats (Pushpin's stats socket packets)
-and opshttp (the /metrics, /health, /ready listener, shared with the edges)."""
+"""Running the broker in production: lifecycle (graceful stop, SIGHUP reload), metrics
+(Prometheus registry), stats (Pushpin's stats socket packets).  What the edges share (reload
+planning, the /metrics listener) is in ``broker.runtime``."""

@@ -16,7 +16,7 @@ Stop, within ``drain_timeout_s``:
    socket gets a short linger on close so the last messages reach the edges.
 
 Reload (SIGHUP): the config is loaded again (same file, environment and flags) and the keys in
-``broker.ops.reload.BROKER_RELOADABLE`` applied; a bad config is logged and the running one kept.
+``broker.runtime.reload.BROKER_RELOADABLE`` applied; a bad config is logged and the running one kept.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import trio
 from broker.config import Config
 from broker.errors import ConfigError
 from broker.ops.stats import StatsEncoder
-from broker.ops.reload import BROKER_RELOADABLE, plan_reload
+from broker.runtime.reload import BROKER_RELOADABLE, plan_reload
 from broker.runtime.sdnotify import notify
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ async def start_ops(broker: Broker, nursery: trio.Nursery) -> None:
     cfg = broker.cfg
     if cfg.metrics_port:
         from broker.ops.metrics import broker_ready, broker_registry
-        from broker.ops.opshttp import serve_ops
+        from broker.runtime.opshttp import serve_ops
 
         await nursery.start(serve_ops, cfg.metrics_addr, cfg.metrics_port,
                             broker_registry(broker), lambda: broker_ready(broker))

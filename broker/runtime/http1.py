@@ -1,5 +1,5 @@
 """The one HTTP/1 request reader of the broker's two HTTP servers (the publish API,
-``broker.ingest.httpapi``, and the ops listener, ``broker.ops.opshttp``), on httptools.
+``broker.ingest.httpapi``, and the ops listener, ``broker.runtime.opshttp``), on httptools.
 
 ``RequestReader(stream, max_head_bytes)``: ``await read_head()`` returns the request head
 (``None`` if the client closed first), ``await read_body()`` the body (``None`` if the client

@@ -17,7 +17,7 @@ Drain, within ``drain_timeout_s`` (then whatever is left is cut):
    exits 0.
 
 Reload (SIGHUP): the config is loaded again (same file, environment and flags), the routes
-file re-read, and the reloadable keys (``broker.ops.reload.EDGE_RELOADABLE``) applied without
+file re-read, and the reloadable keys (``broker.runtime.reload.EDGE_RELOADABLE``) applied without
 touching any connection; a bad config or routes file is logged and the running one kept.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import trio
 
 from broker.config import Config
 from broker.errors import ConfigError
-from broker.ops.reload import EDGE_RELOADABLE, plan_reload
+from broker.runtime.reload import EDGE_RELOADABLE, plan_reload
 from broker.runtime.sdnotify import notify
 from edge.http1 import responses
 

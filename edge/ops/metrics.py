@@ -156,7 +156,7 @@ async def start(edge: Edge, nursery: trio.Nursery) -> None:
     import trio
 
     from broker.histogram import IntHistogram
-    from broker.ops.opshttp import serve_ops
+    from broker.runtime.opshttp import serve_ops
 
     if edge.deliverer.latency is None:
         edge.deliverer.latency = IntHistogram()

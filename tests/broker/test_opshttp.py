@@ -1,6 +1,6 @@
 from prometheus_client import CollectorRegistry, Counter
 
-from broker.ops.opshttp import answer
+from broker.runtime.opshttp import answer
 
 
 def _reg():
@@ -36,7 +36,7 @@ def test_connections_are_capped():
     import trio
     import trio.testing
 
-    from broker.ops.opshttp import capped
+    from broker.runtime.opshttp import capped
 
     served, closed = [], []
 

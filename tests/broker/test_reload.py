@@ -1,5 +1,5 @@
 from broker.config import Config
-from broker.ops.reload import BROKER_RELOADABLE, EDGE_RELOADABLE, plan_reload
+from broker.runtime.reload import BROKER_RELOADABLE, EDGE_RELOADABLE, plan_reload
 
 
 def test_edge_plan_applies_reloadable_and_reports_the_rest():
