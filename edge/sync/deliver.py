@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from broker.histogram import IntHistogram
     from broker.wire import Envelope
     from edge.sync.hub import Hub
+    from edge.sync.resume import _Gate
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Deliverer:
         self.buffer_limit = buffer_limit
         self._spawn = spawn  # spawn(async_fn, *args): start a task in the server's nursery
         # (session, channel) -> live envelopes held while that session catches up (edge.resume)
-        self.gate: dict[tuple[Session, str], list[Envelope]] = {}
+        self.gate: dict[tuple[Session, str], _Gate] = {}
         self._messages = self._deliveries = self._bytes = 0
         self.latency: IntHistogram | None = None  # an IntHistogram (edge.metrics): broker receive -> delivery
         self._backlogged = self._overflows = self._errors = self._writers = 0

@@ -83,6 +83,9 @@ class GapSkipped:
     last_seq: int
 
 
+# a channel's ``(epoch, last_seq)`` (``Tracker.position``)
+Position = tuple[str | None, int]
+
 # what ``take_actions`` returns (the caller performs them)
 Action = RequestPosition | RequestReplay | EpochChanged | GapSkipped
 
@@ -140,7 +143,7 @@ class Tracker:
         t = self._tracks.get(channel)
         return t.state if t else None
 
-    def position(self, channel: str) -> tuple[str | None, int] | None:
+    def position(self, channel: str) -> Position | None:
         t = self._tracks.get(channel)
         return (t.epoch, t.last_seq) if t else None
 
