@@ -29,6 +29,7 @@ import gc
 import logging
 import os
 import socket as stdsocket
+from collections.abc import Callable
 
 import trio
 
@@ -42,6 +43,9 @@ ACCEPT_PAUSE_S = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM
 _TRANSIENT = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
 _RETRY = frozenset([errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR])
 
+# a client's address as accept() gives it: (host, port) for IPv4, 4 items for IPv6
+PeerAddress = tuple[str, int] | tuple[str, int, int, int]
+
 
 def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:
     """Call once after start-up (before serving): freeze what exists, raise the thresholds."""
@@ -50,13 +54,13 @@ def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:
     gc.set_threshold(*threshold)
 
 
-def stdlib_socket(sock) -> stdsocket.socket | None:
+def stdlib_socket(sock: trio.socket.SocketType) -> stdsocket.socket | None:
     """The non-blocking stdlib socket a trio socket wraps, or None if this trio has none."""
     raw = getattr(sock, "_sock", None)
     return raw if isinstance(raw, stdsocket.socket) else None
 
 
-def set_listener_options(sock) -> None:
+def set_listener_options(sock: trio.socket.SocketType) -> None:
     """Options accepted sockets inherit on Linux (``TCP_NODELAY``): set once, not per accept."""
     try:
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
@@ -64,7 +68,9 @@ def set_listener_options(sock) -> None:
         pass
 
 
-async def accept_loop(listener, on_accept, batch: int = ACCEPT_BATCH) -> None:
+async def accept_loop(listener: trio.socket.SocketType,
+                      on_accept: Callable[[trio.socket.SocketType, PeerAddress], None],
+                      batch: int = ACCEPT_BATCH) -> None:
     """Accept connections on ``listener`` (a trio socket) forever; ``on_accept(sock, addr)``
     (synchronous: it spawns whatever serves the connection) gets each as a trio socket."""
     raw = stdlib_socket(listener)
@@ -93,7 +99,7 @@ async def accept_loop(listener, on_accept, batch: int = ACCEPT_BATCH) -> None:
             on_accept(from_stdlib(s), addr)
 
 
-def send_now(sock, data) -> int:
+def send_now(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> int:
     """Write what the socket takes right now (one non-blocking ``send``); bytes written.
 
     ``OSError`` (reset, broken pipe) propagates as from trio's ``send``."""
@@ -103,7 +109,7 @@ def send_now(sock, data) -> int:
         return 0
 
 
-def read_now(sock, size: int) -> bytes | None:
+def read_now(sock: trio.socket.SocketType, size: int) -> bytes | None:
     """One non-blocking read: the bytes (``b""`` at EOF), or None when nothing is there yet."""
     try:
         return os.read(sock.fileno(), size)

@@ -12,7 +12,9 @@ then a rule with ``ssl``; ties go to the earlier line.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from broker.errors import ConfigError
 
@@ -200,7 +202,7 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
         raise ValueError(f"bad target port in {spec!r}") from None
     if not 0 < port < 65536:
         raise ValueError(f"bad target port in {spec!r}")
-    kw: dict = {}
+    kw: dict[str, Any] = {}  # Target's keyword arguments, checked by its constructor
     subs = []
     for name, value in props[1:]:
         if name == "ssl":
@@ -218,11 +220,11 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
     return Target(host, port, subs=tuple(subs), **kw)
 
 
-def _parse_route(lineno: int, sections) -> Route:
+def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> Route:
     cond = sections[0]
     host = cond[0][0] if cond[0][1] is None else ""
     props = cond[1:] if cond[0][1] is None else cond
-    kw: dict = {}
+    kw: dict[str, Any] = {}  # Route's keyword arguments, checked by its constructor
     headers = []
     for name, value in props:
         if name == "proto":
@@ -265,12 +267,12 @@ def _parse_route(lineno: int, sections) -> Route:
     return Route(lineno, host.lower(), targets, headers=tuple(headers), **kw)
 
 
-def parse_routes(lines) -> RouteTable:
+def parse_routes(lines: Iterable[str]) -> RouteTable:
     """Parse routes-file lines (an iterable of str).  ConfigError lists every bad line."""
     routes: list[Route] = []
     problems: list[str] = []
     warnings: list[str] = []
-    seen: set = set()
+    seen: set[tuple[str, str | None, bool | None, str]] = set()
     for lineno, line in enumerate(lines, 1):
         try:
             sections = tokenize(line.rstrip("\r\n"))

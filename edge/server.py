@@ -107,9 +107,9 @@ class Edge:
         self.routes = routes
         self.link = link
         self.nursery = nursery
-        self.hub = Hub()
+        self.hub: Hub[Session] = Hub()
         self.tracker = Tracker()
-        self.wheel = TimerWheel(TICK_S)
+        self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
         # origin connection pool, read timer (its task is started by ``serve``), header memo
@@ -244,13 +244,13 @@ class Edge:
             log.warning("position request failed channel=%s: %s", channel, exc)
             self._pos_failed.add(channel)  # retried by serve_link_repair
             return  # the broker's marker on subscribe may still set the position
-        out: list = []
+        out: list[wire.Envelope] = []
         assert isinstance(r, wire.PositionReply)
         self.tracker.on_position(channel, r.epoch, r.last_seq, out)
         await self._after_tracker(out)
 
     async def _ask_replay(self, req: RequestReplay) -> None:
-        out: list = []
+        out: list[wire.Envelope] = []
         try:
             r = await self.link.request(wire.ReplayRequest(req.channel, epoch=req.epoch,
                                                            after_seq=req.after_seq))
@@ -287,7 +287,7 @@ class Edge:
                 self.tracker.repair()
                 self._run_tracker_actions()
 
-    async def _after_tracker(self, out: list) -> None:
+    async def _after_tracker(self, out: list[wire.Envelope]) -> None:
         self._run_tracker_actions()
         if out:
             await self.deliverer.deliver(out, trio.current_time())
@@ -311,6 +311,7 @@ class Edge:
                 if s.state:  # closing or ended
                     continue
                 ka = s.hold.keep_alive
+                assert ka is not None  # only sessions with a keep-alive are scheduled
                 if ka.mode == "idle" and now - s.last_out < ka.timeout_s - 0.5:
                     self.wheel.schedule(s, s.last_out + ka.timeout_s)
                     continue
@@ -325,7 +326,7 @@ class Edge:
         # many accepts per wakeup; TCP_NODELAY is inherited from the listener (edge.fastpath)
         await fastpath.accept_loop(listener, self._accepted)
 
-    def _accepted(self, sock: trio.socket.SocketType, addr: tuple | None) -> None:
+    def _accepted(self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None) -> None:
         if self.connections >= self.cfg.client_maxconn:
             self.rejected += 1
             self.nursery.start_soon(self._refuse, sock)
@@ -350,7 +351,7 @@ class Edge:
         finally:
             self._refusing -= 1
 
-    async def _serve_connection(self, sock: trio.socket.SocketType, addr: tuple | None) -> None:
+    async def _serve_connection(self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None) -> None:
         self.connections += 1
         self.sockets.add(sock)
         self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from edge.sync.resume import Resumer
     from edge.routes import Route, RouteTable
     from edge.sessionstate import Session
+    from edge.grip.session import ResponseSession, StreamSession
     from edge.sync.tracker import Tracker
     from edge.ws.timers import WsTimers
 
@@ -48,7 +49,7 @@ class SessionServices(Protocol):
     (``edge.ws.session.WsSession``, ``edge.grip.holds``)."""
 
     nursery: trio.Nursery
-    hub: Hub
+    hub: Hub[Session]
     deliverer: Deliverer
     ws_timers: WsTimers
 
@@ -75,9 +76,9 @@ class ConnectionServices(OriginServices, SessionServices, Protocol):
 
     async def wait_positioned(self, channels: list[str], timeout_s: float = ...) -> None: ...
 
-    def schedule_timeout(self, session: Session) -> None: ...
+    def schedule_timeout(self, session: ResponseSession) -> None: ...
 
-    def schedule_keepalive(self, session: Session) -> None: ...
+    def schedule_keepalive(self, session: StreamSession) -> None: ...
 
 
 class ResumeServices(Protocol):

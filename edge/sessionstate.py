@@ -39,9 +39,13 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 from broker.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from edge.grip.session import StreamSession
 
 
 class SessionState(enum.IntEnum):
@@ -97,7 +101,7 @@ class Session(ABC):
 
     id: int
     filters: dict[str, tuple[str, ...]]
-    meta: dict[str, str]
+    meta: Mapping[str, str]
     channel_names: frozenset[str]
 
     def __init__(self) -> None:
@@ -137,7 +141,7 @@ class Session(ABC):
         """A published ``hint`` or a ``recover``: refresh from the origin if that means anything."""
 
     @abstractmethod
-    def end_for_shutdown(self) -> tuple[Session, list[bytes]] | None:
+    def end_for_shutdown(self) -> tuple[StreamSession, list[bytes]] | None:
         """The edge drains (``edge.lifecycle``): end so that the client reconnects elsewhere.
         Returns ``(self, [bytes])`` to write through the deliverer, or None.  Idempotent."""
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class TimerWheel:
+class TimerWheel(Generic[T]):
     def __init__(self, resolution_s: float = 1.0) -> None:
         self.resolution_s = resolution_s
-        self._buckets: dict[int, list] = {}
+        self._buckets: dict[int, list[T]] = {}
         self._keys: list[int] = []
         self._count = 0
 
-    def schedule(self, item, when: float) -> None:
+    def schedule(self, item: T, when: float) -> None:
         key = math.ceil(when / self.resolution_s)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -27,10 +30,10 @@ class TimerWheel:
         bucket.append(item)
         self._count += 1
 
-    def pop_due(self, now: float) -> list:
+    def pop_due(self, now: float) -> list[T]:
         """Every item whose bucket ends at or before ``now``."""
         limit = math.floor(now / self.resolution_s)
-        due: list = []
+        due: list[T] = []
         keys = self._keys
         while keys and keys[0] <= limit:
             due.extend(self._buckets.pop(heapq.heappop(keys)))

@@ -17,7 +17,9 @@ misses); bodies over ``MAX_BODY`` bytes are not cached.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
+from typing import TypedDict
 
 from edge.http1 import responses
 from edge.grip.instruct import Hold, parse_instruct
@@ -26,7 +28,14 @@ MAX_ENTRIES = 512
 MAX_BODY = 4096
 
 
-def decode_headers(raw) -> list[tuple[str, str]]:
+class InstructOptions(TypedDict):
+    """The route's keyword arguments to ``InstructCache.instruct``."""
+
+    prefix: str
+    extra_channels: tuple[str, ...]
+
+
+def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
 
@@ -36,11 +45,11 @@ class InstructCache:
     __slots__ = ("_holds", "_heads")
 
     def __init__(self) -> None:
-        self._holds: dict = {}
-        self._heads: dict = {}
+        self._holds: dict[tuple[object, ...], Hold] = {}
+        self._heads: dict[tuple[object, ...], bytes] = {}
 
-    def instruct(self, status: int, reason: str, raw_headers, body: bytes, *, prefix: str,
-                 extra_channels: tuple, stream_body: bytes | None = None) -> Hold:
+    def instruct(self, status: int, reason: str, raw_headers: Iterable[tuple[bytes, bytes]],
+                 body: bytes, *, prefix: str, extra_channels: tuple[str, ...], stream_body: bytes | None = None) -> Hold:
         """``parse_instruct`` of a response with bytes headers, memoized.
 
         ``stream_body`` set: the headers-only parse of a stream instruct (``body`` b""), with

@@ -22,6 +22,8 @@ Filters run in the order given; the first drop stops the chain.
 """
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
+
 from broker.errors import RemoteProtocolError
 
 KNOWN = ("skip-self", "skip-users", "require-sub", "var-subst")
@@ -32,7 +34,7 @@ class FilterError(RemoteProtocolError):
     """A content filter failed (the message is dropped for that subscriber)."""
 
 
-def var_subst(content: bytes, meta: dict) -> bytes:
+def var_subst(content: bytes, meta: Mapping[str, object]) -> bytes:
     """Replace ``%(name)s`` with ``meta[name]`` (UTF-8); ``%%`` -> ``%``."""
     if b"%" not in content:
         return content
@@ -79,7 +81,8 @@ def var_subst(content: bytes, meta: dict) -> bytes:
     return bytes(out)
 
 
-def allowed(filters, sub_meta: dict, pub_meta: dict, channels) -> bool:
+def allowed(filters: Iterable[str], sub_meta: Mapping[str, object], pub_meta: Mapping[str, object],
+            channels: Collection[str]) -> bool:
     """The delivery filters' verdict (content filters aside)."""
     for f in filters:
         if f == "skip-self":
@@ -99,7 +102,8 @@ def allowed(filters, sub_meta: dict, pub_meta: dict, channels) -> bool:
     return True
 
 
-def apply(filters, sub_meta: dict, pub_meta: dict, channels, content: bytes) -> bytes | None:
+def apply(filters: Iterable[str], sub_meta: Mapping[str, object], pub_meta: Mapping[str, object],
+          channels: Collection[str], content: bytes) -> bytes | None:
     """Run ``filters`` for one delivery: the content to send, or None to drop.
 
     Raises FilterError when a content filter fails (the caller drops and logs).
@@ -113,5 +117,5 @@ def apply(filters, sub_meta: dict, pub_meta: dict, channels, content: bytes) -> 
     return content
 
 
-def changes_content(filters) -> bool:
+def changes_content(filters: Collection[str]) -> bool:
     return "var-subst" in filters

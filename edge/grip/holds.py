@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import random
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -56,6 +56,7 @@ from edge.grip.session import ResponseSession, StreamSession
 from edge.sessionstate import OPEN
 
 if TYPE_CHECKING:
+    from edge.grip.cache import InstructOptions
     from edge.grip.instruct import Channel
     from edge.http1.connection import Connection, Request
     from edge.origin.client import OriginResponse
@@ -109,7 +110,7 @@ def resolve_link(link: str, host: str, path: str,
 
 
 def grip_last(channels: Iterable[str], prefix: str,
-              cursors: dict[str, str]) -> list[tuple[bytes, bytes]]:
+              cursors: Mapping[str, str | None]) -> list[tuple[bytes, bytes]]:
     """``Grip-Last`` headers: one per channel with a known last id (names without ``prefix``,
     as the backend wrote them)."""
     out = []
@@ -120,6 +121,13 @@ def grip_last(channels: Iterable[str], prefix: str,
         shown = name[len(prefix):] if prefix and name.startswith(prefix) else name
         out.append((b"Grip-Last", f"{shown}; last-id={last}".encode("utf-8", "replace")))
     return out
+
+
+def _prev_id(c: Channel) -> str:
+    """The prev-id of one of a hold's prev-id channels (those are picked by ``prev_id is not
+    None``)."""
+    assert c.prev_id is not None
+    return c.prev_id
 
 
 class HoldRegistry:
@@ -183,7 +191,7 @@ def _client_path(req: Request) -> tuple[str, str]:
 async def _parse(resp: OriginResponse, route: Route,
                  cache: InstructCache) -> tuple[Hold, AsyncIterator[bytes] | None]:
     raw = resp.headers
-    kw = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
+    kw: InstructOptions = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
     ctype, hold_value, has_next = b"", None, False
     for k, v in raw:
         lk = k.lower()
@@ -288,7 +296,7 @@ async def hold_response(conn: Connection, req: Request, route: Route, hold: Hold
     gone = False
     try:
         for c in prev:
-            ok = await app.resume(session, c.name, c.prev_id, flush_on_fail=False)
+            ok = await app.resume(session, c.name, _prev_id(c), flush_on_fail=False)
             if not ok:
                 answered_by_history = False
                 if may_retry:
@@ -391,7 +399,7 @@ class _Stream:
     async def probe(self, prev: list[Channel]) -> tuple[list[Resume], list[Channel]]:
         """Ask history about each prev-id channel, delivering nothing yet (the response head
         may not be out): ``(resumes to finish, the channels history could not answer)``."""
-        resumes = [self.app.resumer.open(self.session, c.name, c.prev_id) for c in prev]
+        resumes = [self.app.resumer.open(self.session, c.name, _prev_id(c)) for c in prev]
         failed = [c for c, r in zip(prev, resumes) if not await r.probe()]
         return resumes, failed
 
@@ -471,8 +479,8 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
     s = st.session
     gone = False
     try:
-        failed: list = []
-        resumes: list = []
+        failed: list[Channel] = []
+        resumes: list[Resume] = []
         if hold.mode == "stream":
             prev = st.register(hold)
             # history first answers whether it can (before the head: Pushpin's 502 below);
@@ -491,7 +499,7 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
         st.head_sent = True
         # a held stream never re-sends the client's request (next links send only Grip-Last,
         # the signature and Host): do not keep its headers and body for the connection's life
-        req.headers, req.body = (), b""
+        req.headers, req.body = [], bytearray()
         try:
             await st.send_body(hold_body, body_iter)
         except OriginError as exc:

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, Literal, overload
 
 from broker.errors import InstructError
 from broker.items import status_reason
@@ -261,7 +262,7 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
     )
 
 
-def _parse_json_instruct(body: bytes) -> dict:
+def _parse_json_instruct(body: bytes) -> dict[str, Any]:
     try:
         j = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -271,7 +272,7 @@ def _parse_json_instruct(body: bytes) -> dict:
     return j
 
 
-def _json_int(obj: dict, key: str, pn: str) -> int | None:
+def _json_int(obj: dict[str, Any], key: str, pn: str) -> int | None:
     if key not in obj:
         return None
     v = obj[key]
@@ -282,17 +283,23 @@ def _json_int(obj: dict, key: str, pn: str) -> int | None:
     return int(v)
 
 
-def _json_str(obj: dict, key: str, pn: str, required: bool = False) -> str | None:
+@overload
+def _json_str(obj: dict[str, Any], key: str, pn: str, required: Literal[True]) -> str: ...
+@overload
+def _json_str(obj: dict[str, Any], key: str, pn: str, required: bool = False) -> str | None: ...
+def _json_str(obj: dict[str, Any], key: str, pn: str, required: bool = False) -> str | None:
     if key not in obj:
         if required:
             raise InstructError(f"{pn} does not contain '{key}'")
         return None
-    if not isinstance(obj[key], str):
+    v = obj[key]
+    if not isinstance(v, str):
         raise InstructError(f"{pn} contains '{key}' with wrong type")
-    return obj[key]
+    return v
 
 
-def _json_hold(hold):
+def _json_hold(hold: object) -> tuple[str, list[Channel], int | None, KeepAlive | None,
+                                     dict[str, str]]:
     if not isinstance(hold, dict):
         raise InstructError("instruct contains 'hold' with wrong type")
     mode = _json_str(hold, "mode", "hold") or "response"
@@ -332,7 +339,8 @@ def _json_hold(hold):
     return mode, channels, timeout, ka, dict(meta)
 
 
-def _json_response(resp, code: int, reason: str):
+def _json_response(resp: object, code: int, reason: str,
+                   ) -> tuple[int, str, list[tuple[str, str]], bytes]:
     if not isinstance(resp, dict):
         raise InstructError("instruct contains 'response' with wrong type")
     if "code" in resp:

@@ -20,12 +20,16 @@ what it copies, never by ``copy.deepcopy`` (unbounded, recursive).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from broker.errors import RemoteProtocolError
 from broker.items import MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_RESULT_BYTES
 
 __all__ = ["MAX_PATCH_DEPTH", "MAX_PATCH_OPS", "MAX_PATCH_RESULT_BYTES", "PatchError",
            "PatchLimitError", "apply_patch", "parse_pointer", "patch_body"]
+
+# a decoded JSON value (dict, list, str, int, float, bool or None), checked where it is used
+JSON = Any
 
 
 class PatchError(RemoteProtocolError):
@@ -51,7 +55,7 @@ class _Budget:
             raise PatchLimitError(f"patched document over {MAX_PATCH_RESULT_BYTES} bytes")
 
 
-def _clone(value, depth_left: int, budget: _Budget):
+def _clone(value: JSON, depth_left: int, budget: _Budget) -> JSON:
     """A copy of the JSON value ``value``; charges its estimated serialised size to ``budget``
     and raises PatchLimitError past ``depth_left`` levels of nesting or past the budget."""
     t = type(value)
@@ -59,7 +63,7 @@ def _clone(value, depth_left: int, budget: _Budget):
         if depth_left <= 0:
             raise PatchLimitError(f"value nested deeper than {MAX_PATCH_DEPTH}")
         budget.charge(2 + len(value))
-        out = {}
+        out: dict[str, JSON] = {}
         for k, v in value.items():
             if type(k) is not str:
                 raise PatchError("object key must be a string")
@@ -83,7 +87,7 @@ def _clone(value, depth_left: int, budget: _Budget):
     raise PatchError(f"not a JSON value: {t.__name__}")
 
 
-def parse_pointer(path: str) -> list[str]:
+def parse_pointer(path: object) -> list[str]:
     if not isinstance(path, str):
         raise PatchError("path must be a string")
     if path == "":
@@ -93,7 +97,7 @@ def parse_pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
-def _index(container: list, token: str, *, for_add: bool = False) -> int:
+def _index(container: list[JSON], token: str, *, for_add: bool = False) -> int:
     if for_add and token == "-":
         return len(container)
     if not (token.isascii() and token.isdigit()) or (len(token) > 1 and token[0] == "0") \
@@ -105,7 +109,7 @@ def _index(container: list, token: str, *, for_add: bool = False) -> int:
     return i
 
 
-def _parent(doc, tokens: list[str]):
+def _parent(doc: JSON, tokens: list[str]) -> JSON:
     cur = doc
     for t in tokens[:-1]:
         if isinstance(cur, dict):
@@ -119,7 +123,7 @@ def _parent(doc, tokens: list[str]):
     return cur
 
 
-def _get(doc, tokens: list[str]):
+def _get(doc: JSON, tokens: list[str]) -> JSON:
     if not tokens:
         return doc
     parent = _parent(doc, tokens)
@@ -133,7 +137,7 @@ def _get(doc, tokens: list[str]):
     raise PatchError("target parent is not a container")
 
 
-def _add(doc, tokens: list[str], value):
+def _add(doc: JSON, tokens: list[str], value: JSON) -> JSON:
     if not tokens:
         return value
     parent = _parent(doc, tokens)
@@ -147,7 +151,7 @@ def _add(doc, tokens: list[str], value):
     return doc
 
 
-def _remove(doc, tokens: list[str]):
+def _remove(doc: JSON, tokens: list[str]) -> JSON:
     if not tokens:
         raise PatchError("cannot remove the whole document")
     parent = _parent(doc, tokens)
@@ -161,14 +165,14 @@ def _remove(doc, tokens: list[str]):
     raise PatchError("target parent is not a container")
 
 
-def _check_ops(ops) -> None:
+def _check_ops(ops: object) -> None:
     if not isinstance(ops, list):
         raise PatchError("patch must be a list of operations")
     if len(ops) > MAX_PATCH_OPS:
         raise PatchLimitError(f"more than {MAX_PATCH_OPS} operations")
 
 
-def apply_patch(doc, ops):
+def apply_patch(doc: JSON, ops: JSON) -> JSON:
     """``doc`` patched by ``ops`` (a new document; ``doc`` is left as it was)."""
     _check_ops(ops)
     budget = _Budget()
@@ -176,12 +180,12 @@ def apply_patch(doc, ops):
     return _apply(doc, ops, budget)
 
 
-def _value(op: dict, path: list, budget: _Budget):
+def _value(op: dict[str, JSON], path: list[str], budget: _Budget) -> JSON:
     # a value added at ``path`` sits len(path) levels down: the document stays within the depth
     return _clone(op["value"], MAX_PATCH_DEPTH - len(path), budget)
 
 
-def _apply(doc, ops, budget: _Budget):
+def _apply(doc: JSON, ops: JSON, budget: _Budget) -> JSON:
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
             raise PatchError("operation must be an object with 'op'")
@@ -224,7 +228,7 @@ def _apply(doc, ops, budget: _Budget):
     return doc
 
 
-def patch_body(body: bytes, ops) -> bytes:
+def patch_body(body: bytes, ops: JSON) -> bytes:
     """``body`` (JSON) patched by ``ops``, serialised compact; PatchError when it cannot be."""
     _check_ops(ops)
     if len(body) > MAX_PATCH_RESULT_BYTES:

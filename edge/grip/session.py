@@ -83,7 +83,7 @@ class StreamSession(Session):
         if self.scope is not None:
             self.scope.cancel()
 
-    def end_for_shutdown(self) -> tuple[Session, list[bytes]] | None:
+    def end_for_shutdown(self) -> tuple[StreamSession, list[bytes]] | None:
         if self.state is not OPEN:
             return None
         return self, [self.close()]

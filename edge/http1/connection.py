@@ -48,7 +48,7 @@ import trio
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
 from edge.http1 import responses
-from edge.fastpath import read_now, send_now
+from edge.fastpath import PeerAddress, read_now, send_now
 from edge.grip.instruct import is_grip_response
 from edge.grip.holds import handle_grip
 from edge.origin.client import OriginError, open_origin
@@ -96,11 +96,11 @@ class Connection:
                  "idle_since", "fresh", "body_started")
 
     def __init__(self, app: ConnectionServices, sock: trio.socket.SocketType,
-                 addr: tuple | None) -> None:
+                 addr: PeerAddress | None) -> None:
         self.app = app
         self.sock = sock
         self.addr = addr
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: list[Request] = []
         self.cur: Request | None = None
         self.head_bytes = 0
@@ -116,6 +116,9 @@ class Connection:
         self.fresh = True  # no request answered yet
 
     # -- httptools callbacks -------------------------------------------------------------------
+    # httptools calls the others only between on_message_begin and on_message_complete, and
+    # only from ``feed`` (the parser is set): ``self.cur`` and ``self.parser`` are not None there
+    # (each is read once into a local, so the asserts cost no more than the reads they replace)
 
     def on_message_begin(self) -> None:
         self.cur = Request()
@@ -123,26 +126,32 @@ class Connection:
         self.head_started = self.now
 
     def on_url(self, url: bytes) -> None:
-        self.cur.url += url
+        cur = self.cur
+        assert cur is not None
+        cur.url += url
         self.head_bytes += len(url)
-        if len(self.cur.url) > self.app.cfg.client_header_bytes:
+        if len(cur.url) > self.app.cfg.client_header_bytes:
             raise _Reject(414, "URI Too Long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > self.app.cfg.client_header_bytes:
             raise _Reject(431, "Request Header Fields Too Large")
-        if self.cur.method:  # a chunked body's trailer (after the head): counted, dropped,
+        cur = self.cur
+        assert cur is not None
+        if cur.method:  # a chunked body's trailer (after the head): counted, dropped,
             return  # never a request header (a second Host past the route, say)
-        self.cur.headers.append((name, value))
+        cur.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         r = self.cur
+        parser = self.parser
+        assert r is not None and parser is not None
         self.body_started = self.now
-        r.method = self.parser.get_method()
-        r.keep_alive = self.parser.should_keep_alive()
-        r.http11 = self.parser.get_http_version() == "1.1"
-        lengths = set()
+        r.method = parser.get_method()
+        r.keep_alive = parser.should_keep_alive()
+        r.http11 = parser.get_http_version() == "1.1"
+        lengths: set[bytes] = set()
         te = False
         hosts = 0
         for k, v in r.headers:
@@ -170,12 +179,16 @@ class Connection:
             raise _Reject(413, "Request body too large.")
 
     def on_body(self, body: bytes) -> None:
-        self.cur.body += body
-        if len(self.cur.body) > self.app.cfg.client_body_bytes:
+        cur = self.cur
+        assert cur is not None
+        cur.body += body
+        if len(cur.body) > self.app.cfg.client_body_bytes:
             raise _Reject(413, "Request body too large.")
 
     def on_message_complete(self) -> None:
-        self.queue.append(self.cur)
+        cur = self.cur
+        assert cur is not None
+        self.queue.append(cur)
         self.cur = None
 
     # -- I/O -----------------------------------------------------------------------------------
@@ -340,7 +353,7 @@ class Connection:
         finally:
             await resp.aclose()
 
-    async def proxy_error(self, req: Request, route: Route | None,
+    async def proxy_error(self, req: Request, route: Route,
                           exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1
         log.warning("error while proxying to origin route_line=%d path=%s: %s",

@@ -26,8 +26,13 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING
 
 from broker.wire import StatsReport
+
+if TYPE_CHECKING:
+    from edge.sessionstate import Session
 
 MODES = ("response", "stream", "ws")
 BATCH_EVENTS = 1000  # events that trigger a report before the next second
@@ -54,7 +59,7 @@ class ConnStats:
         self.batch_events = batch_events
         self.max_pending = max_pending
         self.ttl_s = 0  # 0: the broker's stats socket is off
-        self.on_full = None  # called once pending events reach batch_events (wakes the sender)
+        self.on_full: Callable[[], None] | None = None  # called once pending events reach batch_events (wakes the sender)
         self._conns: dict[object, _Conn] = {}
         self._new: dict[str, _Conn] = {}  # not reported yet
         self._gone: list[str] = []
@@ -95,7 +100,7 @@ class ConnStats:
         if self.on_full is not None and self._pending() == self.batch_events:
             self.on_full()
 
-    def opened(self, key, peer: str, now: float) -> str:
+    def opened(self, key: Hashable, peer: str, now: float) -> str:
         """A client connection was accepted (``key``: anything hashable, e.g. its socket)."""
         c = _Conn(f"{self.source}:{next(self._ids)}", peer)
         self._conns[key] = c
@@ -108,7 +113,7 @@ class ConnStats:
                 self.dropped += 1
         return c.id
 
-    def websocket(self, key, ws_id: str | None) -> None:
+    def websocket(self, key: Hashable, ws_id: str | None) -> None:
         """The connection became a WebSocket (``ws_id``: its WebSocket-over-HTTP connection id;
         None: a new uuid, as Pushpin gives every WebSocket)."""
         c = self._conns.get(key)
@@ -130,7 +135,7 @@ class ConnStats:
             return
         c.id, c.type = new_id, "ws"
 
-    def closed(self, key, now: float) -> None:
+    def closed(self, key: Hashable, now: float) -> None:
         c = self._conns.pop(key, None)
         if c is None:
             return
@@ -197,7 +202,8 @@ class ConnStats:
         self.lost += 1
         self._full = True
 
-    def take(self, now: float, sent_total: int, channels, count_modes) -> StatsReport | None:
+    def take(self, now: float, sent_total: int, channels: Iterable[str],
+             count_modes: Callable[[str], dict[str, int]]) -> StatsReport | None:
         """The next ``stats`` message, or None while the broker's stats socket is off.
 
         ``sent_total``: messages delivered to clients so far (a counter); ``channels``: the
@@ -248,6 +254,6 @@ class ConnStats:
                            tuple(tuple(x) for x in subs), self._open, peak, round(area, 3), sent)
 
 
-def count_modes(sessions) -> dict:
+def count_modes(sessions: Iterable[Session]) -> dict[str, int]:
     """``{mode: n}`` of ``sessions`` (held sessions have ``kind``: stream, response, ws)."""
     return Counter(s.kind for s in sessions)

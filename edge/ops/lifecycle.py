@@ -40,6 +40,7 @@ from edge.http1 import responses
 if TYPE_CHECKING:
     from edge.routes import RouteTable
     from edge.server import Edge
+    from edge.grip.session import StreamSession
     from edge.sessionstate import Session
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ POLL_S = 0.05
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def end_session(session: Session) -> tuple[Session, list[bytes]] | None:
+def end_session(session: Session) -> tuple[StreamSession, list[bytes]] | None:
     """Ask one held session to end for shutdown (``Session.end_for_shutdown``).
 
     Returns ``(session, [bytes])`` for a stream session (to write through the deliverer, so
@@ -94,8 +95,8 @@ class EdgeLifecycle:
         started = trio.current_time()
         self._accept_scope.cancel()
         self.listener.close()
-        ended: set = set()
-        shut: set = set()
+        ended: set[int] = set()  # id() of sessions asked to end
+        shut: set[trio.socket.SocketType] = set()
         with trio.move_on_after(edge.cfg.drain_timeout_s) as scope:
             while True:
                 sessions = edge.hub.all_sessions()

@@ -19,13 +19,16 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     import trio
 
+    from prometheus_client.metrics_core import Metric
+
+    from edge.sessionstate import Session
     from edge.sync.hub import Hub
     from edge.server import Edge
 
 P = "gripcast_edge_"
 
 
-def session_kinds(hub: Hub) -> Counter[str]:
+def session_kinds(hub: Hub[Session]) -> Counter[str]:
     """Held sessions by kind ("stream", "response", "ws", ...)."""
     return Counter(s.kind for s in hub.all_sessions())
 
@@ -46,7 +49,7 @@ class EdgeCollector(Collector):
         self.edge = edge
         self._now = now  # the trio clock (heartbeat times are on it)
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         e = self.edge
         st = e.statistics()
         kinds = session_kinds(e.hub)

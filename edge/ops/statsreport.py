@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,6 +18,7 @@ import trio
 from edge.ops.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
 
 if TYPE_CHECKING:
+    from edge.sessionstate import Session
     from edge.sync.hub import Hub
     from edge.server import Edge
 
@@ -44,7 +45,7 @@ async def serve_stats(edge: Edge) -> None:
     stats: ConnStats = edge.stats
     hub = edge.hub
 
-    def modes(channel: str) -> dict:
+    def modes(channel: str) -> dict[str, int]:
         return count_modes(hub.sessions(channel))
 
     while True:
@@ -60,8 +61,8 @@ async def serve_stats(edge: Edge) -> None:
             stats.report_lost()
 
 
-def _report(edge: Edge, stats: ConnStats, hub: Hub,
-            modes: Callable[[str], dict]) -> None:
+def _report(edge: Edge, stats: ConnStats, hub: Hub[Session],
+            modes: Callable[[str], dict[str, int]]) -> None:
     """Take and send one report (if the broker's stats socket is on and the link is up)."""
     link = edge.link
     stats.enable(link.stats_ttl)
@@ -74,7 +75,7 @@ def _report(edge: Edge, stats: ConnStats, hub: Hub,
     now = trio.current_time()
     changed, hub.changed = hub.changed, set()
     if stats.needs_full(now, link.broker_id) or changed is None:
-        channels = hub.live_channels()  # (counts are diffed, so listing all is safe)
+        channels: Collection[str] = hub.live_channels()  # (counts are diffed, so listing all is safe)
     else:
         channels = changed
     msg = stats.take(now, sent_total(edge), channels, modes)

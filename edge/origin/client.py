@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import httptools
 import trio
@@ -147,7 +147,8 @@ class OriginClient:
         self.pool.close()
 
 
-def _head_problem(method: bytes, target: bytes, host: bytes, headers) -> str:
+def _head_problem(method: bytes, target: bytes, host: bytes,
+                  headers: Iterable[tuple[bytes, bytes]]) -> str:
     if _TOKEN.fullmatch(method) is None:
         return f"refused to send a request with method {method!r}"
     if not target or _BAD_TARGET.search(target) is not None:
@@ -163,7 +164,8 @@ def _head_problem(method: bytes, target: bytes, host: bytes, headers) -> str:
     return "refused to send a malformed request head"  # pragma: no cover
 
 
-def forward_headers(route: Route, target: Target, headers, drop: frozenset = DROP_HEADERS,
+def forward_headers(route: Route, target: Target, headers: Iterable[tuple[bytes, bytes]],
+                    drop: frozenset[bytes] = DROP_HEADERS,
                     ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The Host to send and the client's headers as the origin gets them (reference 1.4):
     hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed, route ``header=``
@@ -214,7 +216,7 @@ class ResponseHead:
         self.keep = False  # ... and neither side asked to close (read at the message end:
         # llhttp resets its keep-alive state once the message is complete)
         self.chunks: list[bytes] = []
-        self.parser = None  # set by the owner; dropped at the message end (breaks the cycle)
+        self.parser: httptools.HttpResponseParser | None = None  # set by the owner; dropped at the message end (breaks the cycle)
         self.interim = 0  # interim responses skipped
         self.extra = False  # bytes followed the final response: never reuse the connection
         self._in_interim = False
@@ -267,13 +269,14 @@ class OriginResponse:
     def __init__(self, client: OriginClient, stream: trio.SocketStream, target: Target,
                  timeout_s: float, head_only: bool, reused: bool = False) -> None:
         self._client = client  # its pool takes the connection back, its timer bounds waits
-        self._stream = stream
+        self._stream: trio.SocketStream | None = stream
         self._reused = reused
         self._got = False  # any response byte arrived (a reused connection is not retried then)
         self._broken = False  # the connection was closed or reset under us
         self.target = target
         self._timeout_s = timeout_s
-        self._p = ResponseHead()
+        self._p: ResponseHead | None = ResponseHead()
+        self._parser: httptools.HttpResponseParser | None
         self._parser = self._p.parser = httptools.HttpResponseParser(self._p)
         self._head_only = head_only
         self._eof = False
@@ -286,7 +289,11 @@ class OriginResponse:
         # wait for readability (a checkpoint), then one plain read: cheaper than trio's
         # receive_some, which first tries a read that cannot succeed this soon after a request
         # the timeout is the client's ReadTimer's (coarse, no cancel scope per wait)
-        sock = self._stream.socket
+        # _stream, _parser and _p are dropped only once the response is complete or closed,
+        # and nothing reads a response after that
+        stream, parser, p = self._stream, self._parser, self._p
+        assert stream is not None and parser is not None and p is not None
+        sock = stream.socket
         wait = self._client.timer.start(sock, self._timeout_s)
         try:
             while True:
@@ -312,44 +319,48 @@ class OriginResponse:
             return
         self._got = True
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if self._p.complete:  # bytes after the final response: never read as a response
-                self._p.extra = True
+            if p.complete:  # bytes after the final response: never read as a response
+                p.extra = True
                 log.debug("origin sent bytes after its response target=%s: not reused",
                           self.target)
                 return
             raise OriginError(f"bad response from origin {self.target}: {exc}") from exc
-        if self._p.interim > MAX_INTERIM:
+        if p.interim > MAX_INTERIM:
             raise OriginError(f"origin {self.target} sent more than {MAX_INTERIM} interim "
                               "responses")
 
     async def _read_head(self) -> None:
-        while not self._p.head_done:
+        p = self._p
+        assert p is not None  # dropped by forget(), once the body was read
+        while not p.head_done:
             await self._read_more()
-            if self._eof and not self._p.head_done:
+            if self._eof and not p.head_done:
                 raise OriginError(f"origin {self.target} closed the connection without a response")
-        self.status = self._p.status
+        self.status = p.status
         if self.status == 101:  # only a WebSocket handshake (edge.wsproxy) may switch protocols
             raise OriginError(f"origin {self.target} answered 101 to an HTTP request")
-        self.reason = self._p.reason.decode("latin-1")
-        self.headers = self._p.headers
+        self.reason = p.reason.decode("latin-1")
+        self.headers = p.headers
         names = {k.lower() for k, _ in self.headers}
         self.framed = b"content-length" in names or b"transfer-encoding" in names
         if self._head_only or self.status in (204, 304):
-            self._p.complete = True
-            self._p.chunks.clear()
-        if self._p.complete:
+            p.complete = True
+            p.chunks.clear()
+        if p.complete:
             self._release()
 
-    async def body_chunks(self):
+    async def body_chunks(self) -> AsyncIterator[bytes]:
         """Yield body pieces as they arrive; OriginError if the origin cuts a framed body."""
+        p = self._p
+        assert p is not None  # dropped by forget(), once the body was read
         while True:
-            if self._p.chunks:
-                chunks, self._p.chunks = self._p.chunks, []
+            if p.chunks:
+                chunks, p.chunks = p.chunks, []
                 for c in chunks:
                     yield c
-            if self._p.complete:
+            if p.complete:
                 self._release()
                 return
             if self._eof:
@@ -386,8 +397,10 @@ class OriginResponse:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        self._parser = self._p.parser = None
-        if self._p.clean and self._p.keep and not self._p.extra and not self._head_only:
+        p = self._p
+        assert p is not None  # forget() drops it only after this released the connection
+        self._parser = p.parser = None
+        if p.clean and p.keep and not p.extra and not self._head_only:
             self._client.pool.give((self.target.host, self.target.port), stream,
                                    trio.current_time())
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from broker.histogram import IntHistogram
     from broker.wire import Envelope
     from edge.sync.hub import Hub
+    from edge.sync.resume import _Gate
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class ConnectionLag:
     behind_s: float
 
 
-def _content(fmt: dict) -> bytes:
+def _content(fmt: dict[str, Any]) -> bytes:
     c = fmt.get("content")
     if c is None:
         return b""
@@ -75,12 +77,12 @@ Writable = StreamSession | WsSession
 
 
 class Deliverer:
-    def __init__(self, hub: Hub, buffer_limit: int, spawn: Callable[..., Any]) -> None:
+    def __init__(self, hub: Hub[Session], buffer_limit: int, spawn: Callable[..., Any]) -> None:
         self.hub = hub
         self.buffer_limit = buffer_limit
         self._spawn = spawn  # spawn(async_fn, *args): start a task in the server's nursery
         # (session, channel) -> live envelopes held while that session catches up (edge.resume)
-        self.gate: dict[tuple[Session, str], list[Envelope]] = {}
+        self.gate: dict[tuple[Session, str], _Gate] = {}
         self._messages = self._deliveries = self._bytes = 0
         self.latency: IntHistogram | None = None  # an IntHistogram (edge.metrics): broker receive -> delivery
         self._backlogged = self._overflows = self._errors = self._writers = 0
@@ -94,7 +96,7 @@ class Deliverer:
                 and isinstance(only, _PACED)):
             await self._deliver_paced(envs, now, only)
             return
-        pending: dict = {}
+        pending: dict[Writable, list[bytes]] = {}
         lat = self.latency
         wall = time.time() if lat is not None else 0.0
         gate = self.gate
@@ -110,8 +112,15 @@ class Deliverer:
             stream = formats.get("http-stream")
             resp = formats.get("http-response")
             wsmsg = formats.get("ws-message")
+            chunk: bytes | None
+            raw: bytes | None
+            wsframe: bytes | None
+            data: bytes | None
             chunk = raw = wsframe = None
-            patched = None  # body-patch results by timeout body, for this message's polls
+            patched: dict[bytes, bytes] | None = None  # body-patch results by timeout body, for this message's polls
+            # ``s`` is dispatched on its exact type through locals (``cls is ws_cls``), which
+            # mypy cannot narrow on: each branch uses the attributes of its session class
+            s: Any
             for s in members:
                 if gate and only is None:
                     held = gate.get((s, env.channel))
@@ -148,7 +157,7 @@ class Deliverer:
                         continue
                     action = stream.get("action", "send")
                     if action == "send":
-                        if raw is None:
+                        if chunk is None:  # raw and chunk are set together
                             raw = _content(stream)
                             if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor
                                 raw = render_ids(raw, env.cursor)
@@ -213,7 +222,7 @@ class Deliverer:
         than ``buffer_limit`` completes instead of tripping the slow-consumer cut-off (the
         limit is for live delivery, where one connection must not hold up the others)."""
         budget = max(1, self.buffer_limit // 2)
-        group: list = []
+        group: list[Envelope] = []
         size = 0
         fmt_name = "ws-message" if type(s) is WsSession else "http-stream"
         for env in envs:
@@ -240,7 +249,7 @@ class Deliverer:
         finally:
             self._pacing = None
 
-    async def write_many(self, items: list[tuple[Writable, list[bytes]]], now: float) -> None:
+    async def write_many(self, items: Sequence[tuple[Writable, list[bytes]]], now: float) -> None:
         """Write ``[(session, [bytes, ...]), ...]``: one send per connection."""
         done_, closing = DONE, CLOSING  # states as locals: compared once per session
         for start in range(0, len(items), SLICE):
@@ -248,7 +257,7 @@ class Deliverer:
                 await trio.lowlevel.checkpoint()
             fds: list[int] = []
             datas: list[bytes] = []
-            targets: list = []
+            targets: list[Writable] = []
             for s, parts in items[start:start + SLICE]:
                 if s.state >= done_:
                     continue  # checked here, after any checkpoint: the fd may be gone
@@ -347,7 +356,7 @@ class Deliverer:
             **self._lag_summary(),
         )
 
-    def _lag_summary(self) -> dict:
+    def _lag_summary(self) -> dict[str, Any]:
         if not self._lag_since:
             return {}
         try:

@@ -9,7 +9,11 @@ every channel a session joins or leaves is added to it (the stats report takes a
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+S = TypeVar("S", bound=Hashable)  # a session: any hashable object
 
 DEFAULT_LINGER_S = 5.0
 
@@ -32,19 +36,19 @@ class HubStatistics:
     subscriptions: int
 
 
-_EMPTY: frozenset = frozenset()
+_EMPTY: frozenset[Any] = frozenset()
 
 
-class Hub:
+class Hub(Generic[S]):
     def __init__(self, linger_s: float = DEFAULT_LINGER_S) -> None:
         self.linger_s = linger_s
-        self._members: dict[str, set] = {}
-        self._of_session: dict[object, tuple[str, ...]] = {}
+        self._members: dict[str, set[S]] = {}
+        self._of_session: dict[S, tuple[str, ...]] = {}
         self._lingering: dict[str, float] = {}  # channel -> unsubscribe deadline
         self._subscriptions = 0
         self.changed: set[str] | None = None
 
-    def add(self, session, channels, now: float) -> list[Subscribe]:
+    def add(self, session: S, channels: Iterable[str], now: float) -> list[Subscribe]:
         """Register ``session`` on ``channels``; returns the channels that need subscribing."""
         if session in self._of_session:
             raise ValueError("session already registered")
@@ -63,7 +67,7 @@ class Hub:
             self._subscriptions += 1
         return actions
 
-    def remove(self, session, now: float) -> None:
+    def remove(self, session: S, now: float) -> None:
         """Unregister ``session`` (no-op if unknown); emptied channels start lingering."""
         chans = self._of_session.pop(session, None)
         if chans is None:
@@ -87,18 +91,18 @@ class Hub:
             del self._lingering[ch]
         return [Unsubscribe(ch) for ch in due]
 
-    def sessions(self, channel: str):
+    def sessions(self, channel: str) -> AbstractSet[S]:
         """The sessions on ``channel`` (a live set: copy it before awaiting)."""
         return self._members.get(channel, _EMPTY)
 
-    def channels_of(self, session) -> tuple[str, ...]:
+    def channels_of(self, session: S) -> tuple[str, ...]:
         return self._of_session.get(session, ())
 
     def is_live(self, channel: str) -> bool:
         """Subscribed on the broker link (has sessions or is lingering)."""
         return channel in self._members or channel in self._lingering
 
-    def all_sessions(self) -> list:
+    def all_sessions(self) -> list[S]:
         """Every registered session (a copy: safe to iterate across awaits)."""
         return list(self._of_session)
 

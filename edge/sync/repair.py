@@ -74,10 +74,10 @@ class LinkWatch:
         self._lost_reported = False
         self._restarts = self._losses = self._resyncs = 0
 
-    def on_heartbeat(self, broker_id: str, now: float) -> list:
+    def on_heartbeat(self, broker_id: str, now: float) -> list[Resync]:
         """A heartbeat (or hello reply) from broker ``broker_id`` arrived at ``now``."""
         self._last = now
-        actions: list = []
+        actions: list[Resync] = []
         if self.broker_id is None:
             actions.append(Resync("link up", broker_id))
         elif broker_id != self.broker_id:
@@ -91,7 +91,7 @@ class LinkWatch:
         self._resyncs += len(actions)
         return actions
 
-    def tick(self, now: float) -> list:
+    def tick(self, now: float) -> list[LinkLost]:
         """Check for silence: ``LinkLost`` once per loss (also when never heard from)."""
         if self._lost_reported:
             return []

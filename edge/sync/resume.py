@@ -76,7 +76,7 @@ from broker import wire
 from broker.errors import GripcastError, RemoteProtocolError
 from edge.http1 import responses
 from edge.sync.repair import tell_epoch_change
-from edge.sync.tracker import State
+from edge.sync.tracker import Position, State
 
 if TYPE_CHECKING:
     from edge.services import ResumeServices
@@ -144,7 +144,7 @@ class Catchup:
         return wire.ReplayRequest(self.channel, epoch=self.epoch, after_seq=self.last_seq,
                                   limit=self.limit)
 
-    def on_reply(self, reply: wire.ReplayReply, live: tuple | None = None) -> list[wire.Envelope]:
+    def on_reply(self, reply: wire.ReplayReply, live: Position | None = None) -> list[wire.Envelope]:
         """Consume one replay reply; the envelopes to deliver, in seq order.
 
         ``live`` is the tracker's ``(epoch, last_seq)`` now (None or an unknown epoch: no
@@ -186,7 +186,7 @@ class Catchup:
         return out
 
     def plan(self, backlog: list[wire.Envelope],
-             live: tuple | None) -> tuple[Step, list[wire.Envelope]]:
+             live: Position | None) -> tuple[Step, list[wire.Envelope]]:
         """The next hand-over step at a synchronous point: ``(step, envelopes to deliver)``.
 
         ``backlog`` is what the gate held so far, in order (consumed: what is delivered or
@@ -237,7 +237,7 @@ class Catchup:
         return True
 
 
-class _Gate(list):
+class _Gate(list[wire.Envelope]):
     """The live envelopes held for one (session, channel), bounded (module docstring)."""
 
     __slots__ = ("overflowed",)
@@ -266,7 +266,7 @@ class Resumer:
         self._replayed = self._dups = self._overflows = self._cut = 0
 
     @property
-    def gate(self) -> dict:
+    def gate(self) -> dict[tuple[Session, str], _Gate]:
         return self.app.deliverer.gate
 
     def begin(self, session: Session, channel: str) -> None:
@@ -305,17 +305,17 @@ class Resume:
         self.session = session
         self.c = c
         self.key = (session, c.channel)
-        self._first: list = []  # the probed first page, delivered by finish()
+        self._first: list[wire.Envelope] = []  # the probed first page, delivered by finish()
         self._told = False
 
     @property
     def ok(self) -> bool:
         return not self.c.failed
 
-    def _live(self) -> tuple | None:
+    def _live(self) -> Position | None:
         return self.app.tracker.position(self.c.channel)
 
-    async def _page(self, req: wire.ReplayRequest | None) -> list:
+    async def _page(self, req: wire.ReplayRequest | None) -> list[wire.Envelope]:
         app, c = self.app, self.c
         assert req is not None
         reply = await app.link.request(req)
@@ -356,7 +356,7 @@ class Resume:
             c.duplicates = 0
         return not c.failed
 
-    async def _deliver(self, envs: list, replayed: bool = True) -> None:
+    async def _deliver(self, envs: list[wire.Envelope], replayed: bool = True) -> None:
         if envs and not self.session.gone():
             if replayed:
                 self.resumer._replayed += len(envs)
@@ -364,7 +364,7 @@ class Resume:
 
     async def _handover(self) -> None:
         r, c, s, gate = self.resumer, self.c, self.session, self.resumer.gate
-        backlog: list = []
+        backlog: list[wire.Envelope] = []
         wait_until = None
         while not s.gone():
             if c.skipped and not self._told:

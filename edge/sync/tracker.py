@@ -83,6 +83,13 @@ class GapSkipped:
     last_seq: int
 
 
+# a channel's ``(epoch, last_seq)`` (``Tracker.position``)
+Position = tuple[str | None, int]
+
+# what ``take_actions`` returns (the caller performs them)
+Action = RequestPosition | RequestReplay | EpochChanged | GapSkipped
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerStatistics:
     channels: int
@@ -113,7 +120,7 @@ class Tracker:
     def __init__(self, max_held: int = MAX_HELD) -> None:
         self.max_held = max_held
         self._tracks: dict[str, _Track] = {}
-        self._actions: list = []
+        self._actions: list[Action] = []
         self._delivered = self._duplicates = self._gaps = 0
         self._replays = self._skipped = self._epoch_changes = 0
         self._stalled = 0
@@ -136,17 +143,17 @@ class Tracker:
         t = self._tracks.get(channel)
         return t.state if t else None
 
-    def position(self, channel: str) -> tuple[str | None, int] | None:
+    def position(self, channel: str) -> Position | None:
         t = self._tracks.get(channel)
         return (t.epoch, t.last_seq) if t else None
 
-    def take_actions(self) -> list:
+    def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def on_envelope(self, env: Envelope, out: list) -> None:
+    def on_envelope(self, env: Envelope, out: list[Envelope]) -> None:
         t = self._tracks.get(env.channel)
         if t is None:
             return
@@ -159,14 +166,14 @@ class Tracker:
         if t.held and t.state is State.LIVE:
             self._ask_replay(env.channel, t)
 
-    def on_marker(self, marker: Marker, out: list) -> None:
+    def on_marker(self, marker: Marker, out: list[Envelope]) -> None:
         self._observe(marker.channel, marker.epoch, marker.last_seq, out)
 
-    def on_position(self, channel: str, epoch: str, last_seq: int, out: list) -> None:
+    def on_position(self, channel: str, epoch: str, last_seq: int, out: list[Envelope]) -> None:
         self._observe(channel, epoch, last_seq, out)
 
     def on_replay(self, request: RequestReplay, epoch: str, last_seq: int,
-                  items: list[Envelope], complete: bool, out: list) -> None:
+                  items: list[Envelope], complete: bool, out: list[Envelope]) -> None:
         """The broker's answer to ``request`` (answers to superseded requests are ignored)."""
         channel = request.channel
         t = self._tracks.get(channel)
@@ -189,7 +196,7 @@ class Tracker:
         else:
             self._skip_gap(channel, t, out)
 
-    def on_replay_failed(self, request: RequestReplay, out: list) -> None:
+    def on_replay_failed(self, request: RequestReplay, out: list[Envelope]) -> None:
         """``request`` could not be answered (broker down): keep the gap for ``repair()``."""
         channel = request.channel
         t = self._tracks.get(channel)
@@ -216,7 +223,7 @@ class Tracker:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _observe(self, channel: str, epoch: str, last_seq: int, out: list) -> None:
+    def _observe(self, channel: str, epoch: str, last_seq: int, out: list[Envelope]) -> None:
         t = self._tracks.get(channel)
         if t is None:
             return
@@ -234,7 +241,7 @@ class Tracker:
         if t.state is State.LIVE and self._has_gap(t):
             self._ask_replay(channel, t)
 
-    def _accept(self, channel: str, t: _Track, env: Envelope, out: list) -> None:
+    def _accept(self, channel: str, t: _Track, env: Envelope, out: list[Envelope]) -> None:
         seq = env.seq
         if seq <= t.last_seq:
             self._duplicates += 1
@@ -275,7 +282,7 @@ class Tracker:
         t.inflight = RequestReplay(channel, t.epoch or "", t.last_seq)
         self._actions.append(t.inflight)
 
-    def _skip_gap(self, channel: str, t: _Track, out: list) -> None:
+    def _skip_gap(self, channel: str, t: _Track, out: list[Envelope]) -> None:
         first = t.last_seq + 1
         new_last = (min(t.held) - 1) if t.held else t.target
         self._skipped += new_last - t.last_seq

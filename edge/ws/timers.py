@@ -32,7 +32,7 @@ class WsTimers:
 
     def __init__(self, deliverer: Deliverer, resolution_s: float = RESOLUTION_S) -> None:
         self.deliverer = deliverer
-        self.wheel = TimerWheel(resolution_s)
+        self.wheel: TimerWheel[WsSession] = TimerWheel(resolution_s)
         self._wake = trio.Event()
         self._sleep_until = math.inf
 
