@@ -276,7 +276,7 @@ def test_two_writers_on_one_channel_never_share_a_seq(shared_redis):
         async def writer(w):
             async with await open_redis("127.0.0.1", shared_redis.port) as client:
                 store = RedisStore(client, key_prefix=pfx)
-                for b in range(20):
+                for _ in range(20):
                     envs = await store.append_batch([item("shared", n) for n in range(10)], NOW)
                     got.extend((e.epoch, e.seq) for e in envs)
 
@@ -352,7 +352,7 @@ def test_matches_memory_history(shared_redis, ops):
                 mpos, rpos = mem.position(ch), await red.position(ch)
                 assert (mpos.last_seq, mpos.last_id) == (rpos.last_seq, rpos.last_id)
 
-                def args(pos):
+                def args(pos, ep_kind=ep_kind, cseq=cseq, after_id=after_id, after_seq=after_seq):
                     ep = {"none": None, "own": pos.epoch, "other": "nope"}[ep_kind]
                     aid = {"cursor": f"{pos.epoch}:{cseq}", "badcursor": f"nope:{cseq}"}.get(after_id, after_id)
                     return ep, after_seq, aid

@@ -154,7 +154,7 @@ def test_control_messages():
         wc.KeepAlive(wc.OutMessage("text", b"ka"), 20.0, "idle")
     assert p('{"type":"keep-alive"}') == wc.KeepAlive(None, 55.0, "idle")
     b64 = base64.b64encode(b"\x00\x01").decode()
-    assert p('{"type":"send-delayed","content-bin":"%s","mode":"x"}' % b64) == \
+    assert p('{"type":"send-delayed","content-bin":"' + b64 + '","mode":"x"}') == \
         wc.SendDelayed(wc.OutMessage("binary", b"\x00\x01"), 1.0)
     assert p('{"type":"keep-alive","content":"p","message-type":"ping","mode":"interval"}') == \
         wc.KeepAlive(wc.OutMessage("ping", b"p"), 55.0, "interval")

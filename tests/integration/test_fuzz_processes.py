@@ -195,4 +195,4 @@ def test_garbage_everywhere_while_a_good_client_streams(tmp_path):
             stop.set()
             codes = cluster.stop()
     assert codes == [0, 0], (codes, seed)
-    print("fuzz stats", stats, "messages", n, "max lag %.3f" % max(lags))
+    print("fuzz stats", stats, "messages", n, f"max lag {max(lags):.3f}")

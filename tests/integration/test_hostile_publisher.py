@@ -201,7 +201,7 @@ def test_hint_keeps_a_backlogged_stream(env):
             data += c.recv(65536)
         wait_for(lambda: HIT.get("next", 0) == before + 1, 10)
         chunk = "y" * 500_000
-        for i in range(24):  # 12 MB with the client not reading: past every kernel buffer
+        for _ in range(24):  # 12 MB with the client not reading: past every kernel buffer
             r = publish(cluster, {"channel": "bk", "http-stream": {"content": chunk}})
             assert r.status_code == 200
         wait_for(lambda: metrics(cluster).get("gripcast_edge_lagging_connections", 0) >= 1, 15)

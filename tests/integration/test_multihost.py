@@ -125,14 +125,14 @@ class Lines:
                 if line == text:
                     return t
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {text!r}; got {[l for _, l in self.lines]!r}")
+                raise TimeoutError(f"no {text!r}; got {[line for _, line in self.lines]!r}")
             try:
                 self.lines.append(self.q.get(timeout=0.1))
             except queue.Empty:
                 pass
 
     def texts(self) -> list[str]:
-        return [l for _, l in self.poll()]
+        return [line for _, line in self.poll()]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -253,7 +253,7 @@ def test_edges_on_other_hosts_and_a_host_cut_off(tmp_path):
 
         want = [f"line m{k}" for k in range(1, last_cut + 2)]
         for key, c in clients.items():
-            got = [l for l in c.texts() if l.startswith("line m")]
+            got = [t for t in c.texts() if t.startswith("line m")]
             assert got == want, (key, got)  # all, in order, once
             assert c.texts().count("open 200") == 1 and "closed" not in c.texts(), key
         # the other edge host's clients were never disturbed: each message within a second

@@ -169,7 +169,7 @@ def test_crashed_child_is_restarted(tmp_path):
         pid = int(re.search(r"started edge0 pid=(\d+)", r.text).group(1))
         os.kill(pid, signal.SIGKILL)
         r.wait_line(r"edge0 exited unexpectedly code=-9; restarting in 1s \(restart #1\)")
-        r.wait_line(r"started edge0 pid=(?!%d\b)\d+" % pid)
+        r.wait_line(rf"started edge0 pid=(?!{pid}\b)\d+")
         r.proc.send_signal(signal.SIGINT)
         assert r.wait_exit(30) == 0
     finally:
