@@ -59,7 +59,7 @@ import base64
 import json as _json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, Protocol, TypeAlias, overload
 
 import msgpack
 
@@ -479,7 +479,14 @@ def check_patch(ops: list[Any]) -> str | None:
     return None
 
 
-def item_bytes(item: Item) -> int:
+class HasFormats(Protocol):
+    """What ``item_bytes`` reads: an ``Item`` or a ``broker.wire.Envelope``."""
+
+    @property
+    def formats(self) -> Formats: ...
+
+
+def item_bytes(item: HasFormats) -> int:
     """The payload bytes of ``item``'s formats (what ``MAX_ITEM_BYTES`` bounds)."""
     n = 0
     for fmt in item.formats.values():
