@@ -1,8 +1,16 @@
-from typing import Any, Iterable
+from typing import Any, Container, Iterable, TypeVar
+
+import zmq
+
+from broker.wire import Envelope
+
+_T = TypeVar("_T")
 
 ENVELOPE_KEYS_PACKED: tuple[bytes, ...]
 
-def encode_envelopes(envs: Iterable[Any]) -> list[bytes]: ...
-def fan_out(sock: Any, envs: Iterable[Any], live: Any, recent: dict) -> tuple[int, int]: ...
-def make_envelope(cls: type, channel: Any, seq: Any, epoch: Any, formats: Any, id: Any,
-                  prev_id: Any, meta: Any, ts: Any) -> Any: ...
+def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]: ...
+def fan_out(sock: zmq.Socket[Any], envs: Iterable[Envelope], live: Container[str],
+            recent: dict[str, tuple[str, int]]) -> tuple[int, int]: ...
+def make_envelope(cls: type[_T], channel: str, seq: int, epoch: str,
+                  formats: dict[str, dict[str, Any]], id: str | None, prev_id: str | None,
+                  meta: dict[str, str], ts: float) -> _T: ...

@@ -21,7 +21,7 @@ raises what ``msgpack`` raises, after the frames before it were sent.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Container, Iterable, TypeVar
 
 import msgpack
 import zmq
@@ -29,15 +29,24 @@ import zmq
 # the contract; ``envelope_map`` is read at call time (``broker.wire`` imports ``_speedups``)
 from broker import wire as _wire
 
+if TYPE_CHECKING:
+    from broker.wire import Envelope
+
+_T = TypeVar("_T")
+
 _pack = msgpack.Packer(use_bin_type=True).pack
 _SEP = b"\x00"
 _FIELDS = ("channel", "seq", "epoch", "formats", "id", "prev_id", "meta", "ts")
-_setters: dict[type, tuple] = {}
-_new = object.__new__
+_setters: dict[type, tuple[Any, ...]] = {}
+if TYPE_CHECKING:
+    def _new(cls: type[_T]) -> _T: ...  # object.__new__, typed for the class it makes
+else:
+    _new = object.__new__
 
 
-def make_envelope(cls: type, channel: Any, seq: Any, epoch: Any, formats: Any, id: Any,
-                  prev_id: Any, meta: Any, ts: Any) -> Any:
+def make_envelope(cls: type[_T], channel: str, seq: int, epoch: str,
+                  formats: dict[str, dict[str, Any]], id: str | None, prev_id: str | None,
+                  meta: dict[str, str], ts: float) -> _T:
     setters = _setters.get(cls)
     if setters is None:
         setters = _setters[cls] = tuple(getattr(cls, n).__set__ for n in _FIELDS)
@@ -54,11 +63,11 @@ def make_envelope(cls: type, channel: Any, seq: Any, epoch: Any, formats: Any, i
     return env
 
 
-def encode_envelopes(envs: Iterable[Any]) -> list[bytes]:
+def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
     topics: dict[str, bytes] = {}
     pack = _pack
     to_map = _wire.envelope_map
-    out = []
+    out: list[bytes] = []
     add = out.append
     for env in envs:
         channel = env.channel
@@ -69,7 +78,8 @@ def encode_envelopes(envs: Iterable[Any]) -> list[bytes]:
     return out
 
 
-def fan_out(sock: Any, envs: Iterable[Any], live: Any, recent: dict) -> tuple[int, int]:
+def fan_out(sock: zmq.Socket[Any], envs: Iterable[Envelope], live: Container[str],
+            recent: dict[str, tuple[str, int]]) -> tuple[int, int]:
     envs = list(envs)
     n = len(envs)
     for i, env in enumerate(envs):
@@ -80,7 +90,7 @@ def fan_out(sock: Any, envs: Iterable[Any], live: Any, recent: dict) -> tuple[in
     noblock = zmq.NOBLOCK
     pack = _pack
     to_map = _wire.envelope_map
-    channel = None
+    channel: str | None = None
     topic = b""
     is_live = started = False
     for env in envs:

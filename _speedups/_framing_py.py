@@ -10,6 +10,6 @@ def http_chunk(data: bytes) -> bytes:
     return b"%X\r\n%b\r\n" % (n, data)
 
 
-def http_chunks(parts: list) -> bytes:
+def http_chunks(parts: list[bytes]) -> bytes:
     """Frame each non-empty part as its own chunk and join them."""
     return b"".join([b"%X\r\n%b\r\n" % (len(p), p) for p in parts if p])

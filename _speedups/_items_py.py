@@ -19,9 +19,11 @@ or a bool.  ``json`` says the item's keys are str (JSON, msgpack) rather than by
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from msgpack import unpackb as _unpackb
+
+_T = TypeVar("_T")
 
 _MISSING = object()
 # ids the complete parser might refuse (a control character; possibly over its 1024 UTF-8
@@ -29,8 +31,16 @@ _MISSING = object()
 _ID_BAD = re.compile("[\x00-\x1f\x7f]").search
 MAX_FAST_ID_CHARS = 256
 _FIELDS = ("channel", "formats", "id", "prev_id", "meta", "no_seq")
-_setters: dict[type, tuple] = {}
-_new = object.__new__
+_setters: dict[type, tuple[Any, ...]] = {}
+if TYPE_CHECKING:
+    def _new(cls: type[_T]) -> _T: ...  # object.__new__, typed for the class it makes
+else:
+    _new = object.__new__
+
+
+class _Normalise(Protocol):
+    def __call__(self, value: dict[Any, Any], channel: str | None,
+                 item_cls: type[_T]) -> _T | None: ...
 
 
 def _text(v: Any) -> Any:
@@ -45,8 +55,8 @@ def _text(v: Any) -> Any:
     return _MISSING
 
 
-def _make(json: bool):
-    k = (lambda s: s) if json else (lambda s: s.encode())
+def _make(json: bool) -> _Normalise:
+    k: Callable[[str], Any] = (lambda s: s) if json else (lambda s: s.encode())
     K_CHANNEL, K_ID, K_PREV, K_FORMATS, K_META, K_SIZE, K_NOSEQ = map(
         k, ("channel", "id", "prev-id", "formats", "meta", "size", "no-seq"))
     K_ACTION, K_CONTENT, K_CONTENT_BIN, K_FILTERS, K_TYPE = map(
@@ -64,7 +74,7 @@ def _make(json: bool):
     missing = _MISSING
     text = _text
 
-    def payload(f: dict, key: Any, other: tuple) -> Any:
+    def payload(f: dict[Any, Any], key: Any, other: tuple[Any, ...]) -> Any:
         fget = f.get
         action = fget(K_ACTION)
         if action is not None and action != SEND:
@@ -72,7 +82,7 @@ def _make(json: bool):
         for o in other:
             if fget(o) is not None:
                 return missing
-        c = fget(key)
+        c: Any = fget(key)
         t = type(c)
         if t is str:
             return c.encode("utf-8")
@@ -80,7 +90,7 @@ def _make(json: bool):
             return c
         return missing
 
-    def normalise(value: dict, channel: Any, item_cls: type) -> Any:
+    def normalise(value: dict[Any, Any], channel: str | None, item_cls: type[_T]) -> _T | None:
         get = value.get
         if not channel:
             channel = get(K_CHANNEL)
@@ -115,7 +125,7 @@ def _make(json: bool):
         elif type(vformats) is not dict:
             return None
         fget = vformats.get
-        formats: dict = {}
+        formats: dict[str, dict[str, Any]] = {}
         f = fget(K_HR, missing)
         if f is not missing and not (legacy and f is None):
             if type(f) is not dict:
@@ -146,7 +156,7 @@ def _make(json: bool):
             return None
         vmeta = get(K_META)
         if vmeta is None:
-            meta: dict = {}
+            meta: dict[str, str] = {}
         elif json and type(vmeta) is dict:
             for mk, mv in vmeta.items():
                 if type(mk) is not str or type(mv) is not str:
@@ -181,12 +191,13 @@ _json = _make(True)
 _tnet = _make(False)
 
 
-def normalise_item(value: dict, channel: Any, json: bool, item_cls: type) -> Any:
+def normalise_item(value: dict[Any, Any], channel: str | None, json: bool,
+                   item_cls: type[_T]) -> _T | None:
     """An ``item_cls`` for the usual item shape, or None (see the module docstring)."""
     return (_json if json else _tnet)(value, channel, item_cls)
 
 
-def unpack_batch(data: bytes, item_cls: type) -> Any:
+def unpack_batch(data: bytes, item_cls: type[Any]) -> Any:
     """``msgpack.unpackb(data, raw=False)`` (a ``B`` frame's body), with each map of a top-level
     array that has the usual item shape already replaced by its ``item_cls`` (as
     ``normalise_item(value, None, True, item_cls)`` builds it); other elements stay as decoded.

@@ -11,8 +11,8 @@ import os
 _write = os.write
 
 
-def send_batch(fds: list, datas: list) -> list:
-    out = []
+def send_batch(fds: list[int], datas: list[bytes]) -> list[int]:
+    out: list[int] = []
     append = out.append
     for fd, data in zip(fds, datas):
         try:

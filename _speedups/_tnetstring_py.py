@@ -75,7 +75,7 @@ def _pop(data: bytes, offset: int, limit: int, depth: int) -> tuple[Any, int]:
             items.append(value)
         return items, nxt
     if tag == 0x7D:  # }
-        result: dict = {}
+        result: dict[bytes, Any] = {}
         pos = start
         while pos < end:
             key, pos = _pop(data, pos, end, depth + 1)

@@ -47,8 +47,9 @@ def ws_frame(opcode: int, payload: bytes, fin: bool = True, mask_key: bytes | No
     return head + mask_key + ws_mask(bytes(payload), mask_key)
 
 
-def ws_parse(data, masked: bool, max_payload: int) -> tuple[list, int, int]:
-    frames: list = []
+def ws_parse(data: bytes | bytearray, masked: bool,
+             max_payload: int) -> tuple[list[tuple[bool, int, bytes]], int, int]:
+    frames: list[tuple[bool, int, bytes]] = []
     pos = 0
     size = len(data)
     while size - pos >= 2:

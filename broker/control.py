@@ -13,6 +13,7 @@ handed over whole in ``ControlRequest.stats`` for ``broker.ops.stats`` to valida
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker import wire
 from broker.errors import PublishError
@@ -38,7 +39,7 @@ class ControlRequest:
     after_seq: int | None = None
     after_id: str | None = None
     limit: int = REPLAY_LIMIT
-    stats: dict | None = None  # the whole message, for op "stats"
+    stats: dict[Any, Any] | None = None  # the whole message, for op "stats"
     request: object = field(default=None, compare=False)
 
 

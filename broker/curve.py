@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from broker.errors import GripcastError
 
@@ -174,7 +174,10 @@ def client_options(s: CurveSettings, ephemeral: tuple[bytes, bytes] | None = Non
     """Socket options for a socket connecting to the broker with Curve (empty when off)."""
     if not s.client:
         return {}
-    public, secret = (s.client_public, s.client_secret) if s.client_secret else ephemeral
+    pair = (s.client_public, s.client_secret) if s.client_secret else ephemeral
+    if pair is None:  # the caller's mistake (unpacking None raised this TypeError before)
+        raise TypeError("client_options: no client key pair and no ephemeral one")
+    public, secret = pair
     return {"CURVE_SERVERKEY": s.server_public, "CURVE_PUBLICKEY": public,
             "CURVE_SECRETKEY": secret}
 
@@ -189,7 +192,7 @@ class ZapDecision:
 
 
 def zap_reply(frames: Sequence[bytes], allowed: frozenset[bytes] | None,
-              z85_encode=None) -> ZapDecision:
+              z85_encode: Callable[[bytes], bytes] | None = None) -> ZapDecision:
     """Decide one ZAP request (RFC 27), given the frames after the routing prefix.
 
     Request: version, request id, domain, address, identity, mechanism, credentials...

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client.core import HistogramMetricFamily
 
 # seconds: 0.5 ms .. 10 s (publish-to-delivery latency, store latency)
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -44,7 +48,8 @@ class IntHistogram:
     def statistics(self) -> HistogramStatistics:
         return HistogramStatistics(self.bounds, tuple(self.counts), self.count, self.total)
 
-    def family(self, name: str, doc: str, labels: dict | None = None):
+    def family(self, name: str, doc: str,
+               labels: dict[str, str] | None = None) -> HistogramMetricFamily:
         """A prometheus ``HistogramMetricFamily`` with the cumulative buckets."""
         from prometheus_client.core import HistogramMetricFamily
 

@@ -140,7 +140,7 @@ class MemoryHistory:
         max_bytes = self.max_bytes
         make = make_envelope
         cur_name = None
-        ch: _Channel | None = None
+        ch: _Channel  # bound on the first item (its name differs from None)
         ring: deque[Envelope] = deque()
         ids: dict[str, int] = {}
         first = False

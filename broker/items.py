@@ -59,7 +59,7 @@ import base64
 import json as _json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol, TypeAlias, overload
 
 import msgpack
 
@@ -117,6 +117,11 @@ STATUS_REASONS = {
 }
 
 
+# One normalised format (its keys and their types: the module docstring), and an item's formats
+# by name ("http-response", "http-stream", "ws-message")
+Format: TypeAlias = dict[str, Any]
+Formats: TypeAlias = dict[str, Format]
+
 # gripcast's msgpack items (``M``/``B`` frames) have the JSON shape: str keys, and a msgpack
 # bin is accepted wherever JSON has a string (as UTF-8 text) and as raw bytes for content/body
 _MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
@@ -135,7 +140,7 @@ class Item:
     """One published message for one channel, formats normalised (see the module docstring)."""
 
     channel: str
-    formats: dict
+    formats: Formats
     id: str | None = None
     prev_id: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
@@ -183,7 +188,7 @@ def parse_http_publish(body: bytes) -> list[Item]:
     return parse_items_container(doc, json=True)
 
 
-def parse_items_container(doc: dict, *, json: bool) -> list[Item]:
+def parse_items_container(doc: dict[Any, Any], *, json: bool) -> list[Item]:
     """Parse ``{"items": [...]}`` (decoded JSON, or tnetstring command args with bytes keys)."""
     key = "items" if json else b"items"
     if key not in doc:
@@ -197,7 +202,7 @@ def parse_items_container(doc: dict, *, json: bool) -> list[Item]:
         raise PublishError(f"Invalid format: {exc.reason}") from None
 
 
-def parse_items(values: list, *, json: bool) -> list[Item]:
+def parse_items(values: list[Any], *, json: bool) -> list[Item]:
     """Parse every item of ``values`` (all-or-nothing); errors carry Pushpin's item message."""
     return [parse_item(v, json=json) for v in values]
 
@@ -292,7 +297,7 @@ class _Obj:
 
     __slots__ = ("d", "json", "name")
 
-    def __init__(self, d: dict, json: bool, name: str) -> None:
+    def __init__(self, d: dict[Any, Any], json: bool, name: str) -> None:
         self.d = d
         self.json = json
         self.name = name
@@ -312,6 +317,11 @@ class _Obj:
     def invalid(self, key: str, why: str = "") -> PublishError:
         extra = f" ({why})" if why else ""
         return PublishError(f"{self.name} contains '{key}' with invalid value{extra}")
+
+    @overload
+    def string(self, key: str, required: Literal[True]) -> str: ...
+    @overload
+    def string(self, key: str, required: bool = False) -> str | None: ...
 
     def string(self, key: str, required: bool = False) -> str | None:
         v = self.get(key)
@@ -439,7 +449,7 @@ def is_field_text(value: str) -> bool:
     return _FIELD_BAD(value) is None
 
 
-def check_patch(ops: list) -> str | None:
+def check_patch(ops: list[Any]) -> str | None:
     """Why a ``body-patch`` list is past the limits (MAX_PATCH_*), or None."""
     if len(ops) > MAX_PATCH_OPS:
         return f"more than {MAX_PATCH_OPS} operations"
@@ -469,7 +479,14 @@ def check_patch(ops: list) -> str | None:
     return None
 
 
-def item_bytes(item: Item) -> int:
+class HasFormats(Protocol):
+    """What ``item_bytes`` reads: an ``Item`` or a ``broker.wire.Envelope``."""
+
+    @property
+    def formats(self) -> Formats: ...
+
+
+def item_bytes(item: HasFormats) -> int:
     """The payload bytes of ``item``'s formats (what ``MAX_ITEM_BYTES`` bounds)."""
     n = 0
     for fmt in item.formats.values():
@@ -504,7 +521,7 @@ def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> I
     obj = _Obj(value, json, _ITEM)
     if not channel:
         channel = obj.string("channel", required=True)
-    validate_channel(channel)  # type: ignore[arg-type]
+    validate_channel(channel)
     item_id = validate_id(obj.string("id") or None, "id")
     prev_id = validate_id(obj.string("prev-id") or None, "prev-id")
 
@@ -517,7 +534,7 @@ def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> I
     present = [name for name in FORMAT_NAMES if fobj._k(name) in vformats]
     if not present:
         raise PublishError("no formats specified")
-    formats: dict[str, dict] = {}
+    formats: Formats = {}
     for name in present:
         parsed = _parse_format(name, vformats[fobj._k(name)], json)
         if parsed is not None:
@@ -548,7 +565,7 @@ def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> I
         raise obj.wrong("no-seq")
 
     return Item(
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         formats=formats,
         id=item_id,
         prev_id=prev_id,
@@ -559,7 +576,7 @@ def _parse_item_full(value: Any, *, channel: str | None = None, json: bool) -> I
 
 # -- formats -----------------------------------------------------------------------------------
 
-_ACTIONS = {
+_ACTIONS: dict[str, dict[str, str | None]] = {
     "http-stream": {"send": "send", "close": "close", "hint": "hint", "refresh": None},
     "http-response": {"send": "send", "hint": "hint", "close": None, "refresh": None},
     "ws-message": {"send": "send", "close": "close", "refresh": "refresh", "hint": "hint"},
@@ -567,7 +584,7 @@ _ACTIONS = {
 _WS_TYPES = ("text", "binary", "ping", "pong")
 
 
-def _parse_format(name: str, value: Any, json: bool) -> dict | None:
+def _parse_format(name: str, value: Any, json: bool) -> Format | None:
     """Parse one format; None when Pushpin accepts it but ignores it (see module docstring)."""
     pn = f"'{name}'"
     if not isinstance(value, dict):
@@ -589,14 +606,14 @@ def _parse_format(name: str, value: Any, json: bool) -> dict | None:
     return out
 
 
-def _filters(f: _Obj, out: dict) -> None:
+def _filters(f: _Obj, out: Format) -> None:
     filters = f.string_list("content-filters")
     if filters is not None:
         out["content-filters"] = filters
 
 
-def _http_response(f: _Obj, action: str) -> dict:
-    out: dict = {"action": action, "code": 200, "reason": "OK", "headers": [], "body": None,
+def _http_response(f: _Obj, action: str) -> Format:
+    out: Format = {"action": action, "code": 200, "reason": "OK", "headers": [], "body": None,
                  "body-patch": None}
     if action != "send":
         return out
@@ -671,8 +688,8 @@ def _headers(vheaders: Any, f: _Obj) -> list[list[str]]:
     return out
 
 
-def _http_stream(f: _Obj, action: str) -> dict:
-    out: dict = {"action": action, "content": b""}
+def _http_stream(f: _Obj, action: str) -> Format:
+    out: Format = {"action": action, "content": b""}
     if action != "send":
         return out
     _filters(f, out)
@@ -690,8 +707,8 @@ def _http_stream(f: _Obj, action: str) -> dict:
     return out
 
 
-def _ws_message(f: _Obj, action: str) -> dict:
-    out: dict = {"action": action, "type": "text", "content": b"", "code": None, "reason": ""}
+def _ws_message(f: _Obj, action: str) -> Format:
+    out: Format = {"action": action, "type": "text", "content": b"", "code": None, "reason": ""}
     if action == "send":
         mtype = f.string("type")
         if mtype is not None and mtype not in _WS_TYPES:

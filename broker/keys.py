@@ -18,17 +18,35 @@ import base64
 import binascii
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 from broker.errors import ConfigError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    # what ``key`` holds: a secret, or the PEM key loaded for signing / for verifying
+    PrivateKey: TypeAlias = bytes | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    PublicKey: TypeAlias = bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+_K = TypeVar("_K")
+
 
 @dataclass(frozen=True, slots=True)
-class JwtKey:
-    key: object  # bytes secret, or a loaded cryptography key object
+class JwtKey(Generic[_K]):
+    key: _K  # bytes secret, or a loaded cryptography key object
     algorithm: str  # HS256 | RS256 | ES256
 
 
-def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool) -> JwtKey | None:
+@overload
+def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str,
+                 private: Literal[True]) -> JwtKey[PrivateKey] | None: ...
+@overload
+def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str,
+                 private: Literal[False]) -> JwtKey[PublicKey] | None: ...
+
+
+def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool) -> JwtKey[Any] | None:
     """Parse ``spec``; a PEM key is loaded as a private (signing) or public (verifying) key."""
     if not spec:
         return None
@@ -59,7 +77,7 @@ def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool)
         raise ConfigError([f"{setting}: not valid UTF-8 text"]) from exc
 
 
-def _secret(secret: bytes, setting: str, where: str) -> JwtKey:
+def _secret(secret: bytes, setting: str, where: str) -> JwtKey[bytes]:
     """An HS256 key; an empty one would make every token signed with "" valid: refused."""
     if not secret:
         raise ConfigError([f"{setting}: {where} gives an empty key (an empty HMAC key signs "
@@ -67,7 +85,7 @@ def _secret(secret: bytes, setting: str, where: str) -> JwtKey:
     return JwtKey(secret, "HS256")
 
 
-def _pem(pem: bytes, setting: str, private: bool) -> JwtKey:
+def _pem(pem: bytes, setting: str, private: bool) -> JwtKey[Any]:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 

@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
+from broker.items import Item
+
 MAX_CHANNELS = 100_000
 
 
@@ -62,12 +64,12 @@ class RateLimitStatistics:
     channels_tracked: int
 
 
-def has_hint(item) -> bool:
+def has_hint(item: Item) -> bool:
     """True when a format of ``item`` (a normalised Item) is a ``hint`` action."""
     return any(isinstance(f, dict) and f.get("action") == "hint" for f in item.formats.values())
 
 
-def without_hints(item):
+def without_hints(item: Item) -> Item | None:
     """``item`` with its hint formats removed, or None when nothing else is left."""
     formats = {name: f for name, f in item.formats.items()
                if not (isinstance(f, dict) and f.get("action") == "hint")}
@@ -102,12 +104,13 @@ class ActionLimiter:
         self.hint_refused += 1
         return False
 
-    def filter(self, items: Sequence, now: float) -> tuple[list, list]:
+    def filter(self, items: Sequence[Item], now: float) -> tuple[list[Item], list[Item]]:
         """Split ``items`` into (admitted, refused), in order.  An item whose hint the buckets
         refuse is admitted without its hint formats when it has others (a ``send`` for
         another transport), else refused."""
-        kept: list = []
-        refused: list = []
+        kept: list[Item] = []
+        refused: list[Item] = []
+        item: Item | None
         for item in items:
             if has_hint(item) and not self.allow_hint(item.channel, now):
                 refused.append(item)

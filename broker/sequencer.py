@@ -132,7 +132,7 @@ class Sequencer:
             if prev_id is not None:
                 last = last_ids.get(channel)
                 if last is not None and last != prev_id:
-                    self._add_waiting(item, now)
+                    self._add_waiting(item, prev_id, now)
                     continue
             # released at once; nothing waits on this channel (checked above), so no chain
             if item_id is None:
@@ -222,21 +222,21 @@ class Sequencer:
             return
         last = self._last_ids.get(item.channel)
         if last is not None and item.prev_id is not None and last != item.prev_id:
-            self._add_waiting(item, now)
+            self._add_waiting(item, item.prev_id, now)
             return
         self._send(item, out)
 
-    def _add_waiting(self, item: Item, now: float) -> None:
+    def _add_waiting(self, item: Item, prev_id: str, now: float) -> None:
         """Park ``item`` (its ``prev_id`` is not the channel's last id) or drop it."""
         waiting = self._pending.setdefault(item.channel, {})
-        if item.prev_id in waiting:
+        if prev_id in waiting:
             self._dropped_conflict += 1
         elif len(waiting) >= self.pending_max:
             self._dropped_overflow += 1
         else:
             p = _Pending(now, item)
-            waiting[item.prev_id] = p
-            self._pending_by_time.append((item.channel, item.prev_id, p))
+            waiting[prev_id] = p
+            self._pending_by_time.append((item.channel, prev_id, p))
             self._pending_count += 1
         if not waiting:
             del self._pending[item.channel]

@@ -16,6 +16,7 @@ import gc
 import logging
 import secrets
 import time
+from typing import Any, Awaitable, Callable
 
 import trio
 import zmq
@@ -88,7 +89,7 @@ class _Bound:
         self.http = HttpApi(cfg, self.pipeline, broker.auth)
         self.listeners: list[trio.SocketListener] = []
 
-    def _open(self, name: str, address: str, extra: dict | None = None) -> ZSocket:
+    def _open(self, name: str, address: str, extra: dict[str, Any] | None = None) -> ZSocket:
         zsock = open_zsocket(self.ctx, ENDPOINTS[name], self.cfg, address, extra)
         self.sockets.append(zsock)
         return zsock
@@ -203,7 +204,7 @@ class Broker:
             raise
         self._bound = bound
 
-    async def _input(self, run) -> None:
+    async def _input(self, run: Callable[[], Awaitable[object]]) -> None:
         """Run a publish input until it ends or ``stop_inputs``."""
         with trio.CancelScope() as scope:
             self._inputs.append(scope)
@@ -221,7 +222,8 @@ class Broker:
             await trio.sleep(SEQUENCER_POLL_S)
             await self.parts.pipeline.poll_sequencer()
 
-    async def serve(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *,
+                    task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task until cancelled (opening first if needed); sockets closed on exit."""
         if self._bound is None:
             await self.open()
@@ -272,7 +274,7 @@ class Broker:
 # -- process entry -------------------------------------------------------------------------------
 
 
-async def serve_broker(cfg: Config, reload_config=None) -> None:
+async def serve_broker(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None:
     """Run the broker until SIGTERM or SIGINT, then stop cleanly (SIGHUP: reload)."""
     broker = Broker(cfg, store=stores.open_store(cfg))
     await stores.probe(broker.store)
@@ -283,7 +285,7 @@ async def serve_broker(cfg: Config, reload_config=None) -> None:
             await broker_lifecycle.BrokerLifecycle(broker, reload_config).run(signals, nursery)
 
 
-def main(cfg: Config, reload_config=None) -> int:
+def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the broker process; 0 after a clean stop, 1 if it could not start or crashed."""
     gc.set_threshold(*GC_THRESHOLD)
     ignore_late_stop_signals()

@@ -79,12 +79,15 @@ with a next link fetches it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeGuard, Union
 
 import msgpack
 
 import _speedups  # read at call time: ``_speedups._fanout_py`` imports this module
 from broker.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    from broker.items import Formats
 
 WIRE_VERSION = 1
 SEP = b"\x00"
@@ -99,21 +102,21 @@ REPLAY_LIMIT = 1000
 # byte constants (``_fanout_c.pyx``) against it.
 ENVELOPE_FIELDS = ("seq", "epoch", "id", "prev_id", "formats", "meta", "ts")
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
 def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def _attr_map_function(name: str, keys: tuple[str, ...]) -> Any:
+def _attr_map_function(name: str, keys: tuple[str, ...]) -> Callable[[Any], dict[str, Any]]:
     """``def name(o): return {"k1": o.k1, ...}`` for ``keys``, generated once (as dataclasses
     generate ``__init__``): a dict literal, as fast as one written out by hand."""
     for k in keys:
         if not k.isidentifier():
             raise ValueError(f"not an attribute name: {k!r}")
     src = f"def {name}(o):\n    return {{{', '.join(f'{k!r}: o.{k}' for k in keys)}}}\n"
-    ns: dict[str, Any] = {}
+    ns: dict[str, Callable[[Any], dict[str, Any]]] = {}
     exec(src, ns)  # noqa: S102 (source built from the identifiers above)
     return ns[name]
 
@@ -134,10 +137,10 @@ class Envelope:
     channel: str
     seq: int
     epoch: str
-    formats: dict
+    formats: Formats
     id: str | None = None
     prev_id: str | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
     ts: float = 0.0
 
     @property
@@ -145,7 +148,7 @@ class Envelope:
         """The message id clients resume from: the publisher's id, else ``epoch:seq``."""
         return self.id if self.id is not None else f"{self.epoch}:{self.seq}"
 
-    def to_map(self) -> dict:
+    def to_map(self) -> dict[str, Any]:
         return envelope_map(self)
 
     @classmethod
@@ -312,14 +315,14 @@ class StatsReport:
 
     edge: str
     full: bool = False
-    conns: tuple = ()  # ((id, "http"|"ws", peer), ...): new or refreshed connections
-    gone: tuple = ()  # (id, ...): closed connections
-    subs: tuple = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
+    conns: tuple[tuple[str, ...], ...] = ()  # ((id, "http"|"ws", peer), ...): new or refreshed connections
+    gone: tuple[str, ...] = ()  # (id, ...): closed connections
+    subs: tuple[tuple[str | int, ...], ...] = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
     connections: int = 0
     connections_max: int = 0
     conn_s: float = 0.0
     sent: int = 0
-    raw: dict | None = field(default=None, compare=False, repr=False)  # the map as received
+    raw: dict[Any, Any] | None = field(default=None, compare=False, repr=False)  # the map as received
     op: ClassVar[str] = "stats"
     rid: ClassVar[Rid] = None
 
@@ -366,12 +369,12 @@ REPLY_TYPES: dict[str, type] = {"hello": HelloReply, "position": PositionReply,
                                 "replay": ReplayReply}
 
 
-def encode_control(msg: dict) -> bytes:
+def encode_control(msg: dict[str, Any]) -> bytes:
     """Encode one control map (``encode_request`` / ``encode_reply`` are the typed way)."""
     return _packb(msg)
 
 
-def decode_control(frame: bytes) -> dict:
+def decode_control(frame: bytes) -> dict[Any, Any]:
     """Decode one control frame into its map (``decode_request`` / ``decode_reply`` type it)."""
     try:
         m = _unpackb(frame)
@@ -382,7 +385,7 @@ def decode_control(frame: bytes) -> dict:
     return m
 
 
-def request_map(req: Request) -> dict:
+def request_map(req: Request) -> dict[str, Any]:
     if isinstance(req, HelloRequest):
         return {"op": "hello", "rid": req.rid, "wire": req.wire_version}
     if isinstance(req, PositionRequest):
@@ -402,7 +405,7 @@ def encode_request(req: Request) -> bytes:
     return _packb(request_map(req))
 
 
-def reply_map(rep: Reply) -> dict:
+def reply_map(rep: Reply) -> dict[str, Any]:
     if isinstance(rep, HelloReply):
         return {"rid": rep.rid, "ok": True, "broker_id": rep.broker_id, "started": rep.started,
                 "cluster_id": rep.cluster_id, "wire": rep.wire_version}
@@ -422,39 +425,39 @@ def encode_reply(rep: Reply) -> bytes:
     return _packb(reply_map(rep))
 
 
-def _is_count(v: Any) -> bool:
+def _is_count(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _opt_str(m: dict, key: str, rid: Rid = None) -> str | None:
+def _opt_str(m: dict[Any, Any], key: str, rid: Rid = None) -> str | None:
     v = m.get(key)
     if v is None or isinstance(v, str):
         return v
     raise ControlError(f"'{key}' must be a string", rid)
 
 
-def _str(m: dict, key: str, rid: Rid = None) -> str:
+def _str(m: dict[Any, Any], key: str, rid: Rid = None) -> str:
     v = m.get(key)
     if isinstance(v, str):
         return v
     raise ControlError(f"'{key}' must be a string", rid)
 
 
-def _opt_int(m: dict, key: str, rid: Rid = None) -> int | None:
+def _opt_int(m: dict[Any, Any], key: str, rid: Rid = None) -> int | None:
     v = m.get(key)
     if v is None or _is_count(v):
         return v
     raise ControlError(f"'{key}' must be a non-negative integer", rid)
 
 
-def _number(m: dict, key: str, rid: Rid = None) -> float:
+def _number(m: dict[Any, Any], key: str, rid: Rid = None) -> float:
     v = m.get(key, 0.0)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ControlError(f"'{key}' must be a number", rid)
     return float(v)
 
 
-def _version(m: dict, rid: Rid = None) -> int:
+def _version(m: dict[Any, Any], rid: Rid = None) -> int:
     v = m.get("wire", 0)  # absent: a peer that predates wire versions
     if not _is_count(v):
         raise ControlError("'wire' must be a non-negative integer", rid)
@@ -488,7 +491,7 @@ def decode_request(frame: bytes) -> Request:
     raise ControlError(f"unknown op {op!r}", rid)
 
 
-def reply_from_map(m: dict, expect: type) -> Reply:
+def reply_from_map(m: dict[Any, Any], expect: type) -> Reply:
     """Type a decoded reply map that answers a request whose reply type is ``expect``
     (``REPLY_TYPES[op]``); an ``ErrorReply`` when the broker refused.  RemoteProtocolError if
     the map does not have the reply's shape."""

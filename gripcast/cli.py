@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from broker.config import Config, config_from_dict, load_config
 from broker.errors import EXIT_CONFIG, ConfigError
@@ -142,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 return config_from_dict(json.load(fh))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError([f"cannot read the resolved config {args.config_file}: {exc}"]) from exc
-    overrides: dict = {}
+    overrides: dict[str, Any] = {}
     if args.port:
         addr, port = _split_addr(args.port, "0.0.0.0")
         overrides["client_addr"], overrides["client_port"] = addr, port

@@ -23,9 +23,10 @@ import json
 import logging
 import signal
 import threading
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from edge.ws.events import EventsError, WsEvent, decode_events, encode_events
 from gripcast.publish import build_item, post_items
@@ -33,7 +34,7 @@ from gripcast.publish import build_item, post_items
 log = logging.getLogger(__name__)
 
 
-def _channel(query: dict) -> str:
+def _channel(query: dict[str, list[str]]) -> str:
     name = (query.get("channel") or ["test"])[0]
     return name if name and "\x00" not in name and len(name) <= 200 else "test"
 
@@ -44,7 +45,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     publish_url = "http://127.0.0.1:5561"
     publish_command = ".venv/bin/gripcast publish test hello"
 
-    def log_message(self, fmt: str, *args) -> None:  # route the stdlib's access log to logging
+    def log_message(self, fmt: str, *args: Any) -> None:  # route the stdlib's access log to logging
         log.debug("demo %s", fmt % args)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -78,8 +79,8 @@ class DemoHandler(BaseHTTPRequestHandler):
                 "Grip-Keep-Alive": ":\\n\\n; format=cstring; timeout=20",
             })
         elif url.path == "/chat":
-            page = resources.files("gripcast").joinpath("static/chat.html").read_bytes()
-            self._send(200, page, {"Content-Type": "text/html; charset=utf-8"})
+            chat_page = resources.files("gripcast").joinpath("static/chat.html").read_bytes()
+            self._send(200, chat_page, {"Content-Type": "text/html; charset=utf-8"})
         elif url.path == "/poll":
             self._send(200, b"no message yet\n", {
                 "Content-Type": "text/plain",
@@ -112,7 +113,7 @@ class DemoHandler(BaseHTTPRequestHandler):
         self._send(200 if status == 200 else 502, body.encode("utf-8"), {"Content-Type": "text/plain"})
 
 
-    def _chat_ws(self, url) -> None:
+    def _chat_ws(self, url: SplitResult) -> None:
         """One WebSocket-over-HTTP request of the chat (no state kept between requests)."""
         length = int(self.headers.get("Content-Length") or 0)
         if length > 100_000:

@@ -1,16 +1,17 @@
 """``gripcast publish``: one item to the broker's HTTP publish API (like ``pushpin-publish``)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
-from typing import TextIO
+from typing import Any, TextIO
 
 
 def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: str | None = None,
-               eol: bool = True, sse: bool = False, close: bool = False) -> dict:
+               eol: bool = True, sse: bool = False, close: bool = False) -> dict[str, Any]:
     """The publish item for ``text`` in all three formats (HTTP stream, long-poll, WebSocket)."""
     if sse:
         body = "".join(f"data: {line}\n" for line in text.split("\n")) + "\n"
@@ -21,13 +22,13 @@ def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: 
     stream_body = body
     if sse and not item_id:
         stream_body = "id: %(id)s\n" + body  # the edge writes the broker's epoch:seq id here
-    formats: dict = {
+    formats: dict[str, dict[str, str]] = {
         "http-stream": {"action": "close"} if close else {"content": stream_body},
         "ws-message": {"action": "close"} if close else {"content": text},
     }
     if not close:
         formats["http-response"] = {"body": body}
-    item: dict = {"channel": channel, "formats": formats}
+    item: dict[str, Any] = {"channel": channel, "formats": formats}
     if item_id:
         item["id"] = item_id
     if prev_id:
@@ -35,7 +36,7 @@ def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: 
     return item
 
 
-def post_items(base_url: str, items: list[dict], timeout: float = 10.0) -> tuple[int, str]:
+def post_items(base_url: str, items: list[dict[str, Any]], timeout: float = 10.0) -> tuple[int, str]:
     """POST ``{"items": items}`` to ``<base_url>/publish/``; returns (status, body text)."""
     data = json.dumps({"items": items}).encode("utf-8")
     req = urllib.request.Request(
@@ -71,7 +72,7 @@ def message_text(text: str | None, stdin: TextIO | None, close: bool) -> str:
     return data
 
 
-def publish_from_args(args, stdin: TextIO | None = None) -> int:
+def publish_from_args(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     base = args.url or os.environ.get("GRIP_URL") or f"http://127.0.0.1:{5561 + args.port_offset}"
     try:
         text = message_text(args.text, stdin, args.close)

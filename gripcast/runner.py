@@ -157,12 +157,13 @@ async def _supervise(child: Child, state: RunState) -> None:
 
 
 async def _stop_all(children: list[Child]) -> None:
-    running = [c for c in children if c.process is not None and c.process.returncode is None]
-    for c in running:
-        c.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    running = [c.process for c in children
+               if c.process is not None and c.process.returncode is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
     with trio.move_on_after(STOP_GRACE_S):
-        for c in running:
-            await c.process.wait()  # type: ignore[union-attr]
+        for process in running:
+            await process.wait()
     for c in children:
         if c.process is None:
             continue
@@ -237,7 +238,8 @@ async def serve_cluster(cfg: Config, demo: bool = False, demo_port: int | None =
         return state.exit_code
 
 
-async def _start_watch(child: Child, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _start_watch(child: Child,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await sock.bind(child.notify_path)
     task_status.started()

@@ -18,9 +18,14 @@ the API answers with ``401``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterable
+
 import jwt
 
 from broker.keys import JwtKey, load_jwt_key
+
+if TYPE_CHECKING:
+    from broker.keys import PublicKey
 
 LEEWAY_S = 30
 
@@ -28,12 +33,12 @@ LEEWAY_S = 30
 VerifyKey = JwtKey
 
 
-def load_verify_key(spec: str, base_dir: str = ".") -> JwtKey | None:
+def load_verify_key(spec: str, base_dir: str = ".") -> JwtKey[PublicKey] | None:
     return load_jwt_key(spec, base_dir, setting="publish_jwt_key", private=False)
 
 
 class PublishAuth:
-    def __init__(self, key: VerifyKey | None, iss: str = "", aud: str = "") -> None:
+    def __init__(self, key: JwtKey[PublicKey] | None, iss: str = "", aud: str = "") -> None:
         self.key = key
         self.iss = iss or None
         self.aud = aud or None
@@ -42,7 +47,8 @@ class PublishAuth:
     def enabled(self) -> bool:
         return self.key is not None
 
-    def check(self, method: str, path: str, headers, now: float) -> str | None:
+    def check(self, method: str, path: str, headers: Iterable[tuple[bytes | str, bytes | str]],
+              now: float) -> str | None:
         """None if allowed, else the reason for a 401."""
         if self.key is None:
             return None

@@ -74,8 +74,10 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
         return CommandResult(None, error="invalid request format")
     name = method.decode("utf-8", "replace")
 
-    def ok(value: object = None, **extra: object) -> CommandResult:
-        return CommandResult(_reply(rid, True, value=value), name, **extra)  # type: ignore[arg-type]
+    def ok(value: object = None, *, items: tuple[Item, ...] = (), recover: bool = False,
+           failed_reply: bytes | None = None) -> CommandResult:
+        return CommandResult(_reply(rid, True, value=value), name, items=items, recover=recover,
+                             failed_reply=failed_reply)
 
     def fail(condition: str, message: str | None = None) -> CommandResult:
         reply = _reply(rid, False, condition=condition, value=message)
@@ -101,7 +103,7 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
 def _reply(
     rid: bytes | None, success: bool, *, value: object = None, condition: str = ""
 ) -> bytes:
-    out: dict = {}
+    out: dict[bytes, object] = {}
     if rid:
         out[b"id"] = rid
     out[b"success"] = success

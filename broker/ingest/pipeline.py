@@ -361,7 +361,7 @@ class Pipeline:
         if req.op == "hello":
             return control.hello_reply(req.rid, self.broker_id, self.started, self.cfg.cluster_id)
         if req.op == "stats":  # an edge's connections and counts (broker.ops.stats)
-            if self.stats is not None:
+            if self.stats is not None and req.stats is not None:  # stats: always set for "stats"
                 try:
                     self.emit_stats(self.stats.edge_report(req.stats, time.time()))
                 except RemoteProtocolError as exc:

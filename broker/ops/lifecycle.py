@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 import trio
 
@@ -46,7 +46,7 @@ class BrokerLifecycle:
         self.broker = broker
         self.reload_config = reload_config
 
-    async def run(self, signals, nursery: trio.Nursery) -> None:
+    async def run(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 self.reload()

@@ -7,18 +7,25 @@ metrics of other processes).  Metric names are listed in deploy/README.md.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterator
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from broker.server import Broker
 
 P = "gripcast_broker_"
 
 
 class BrokerCollector(Collector):
-    def __init__(self, broker) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         b = self.broker
         st = b.statistics()
         yield InfoMetricFamily(P + "build", "Broker identity.",
@@ -97,13 +104,13 @@ class BrokerCollector(Collector):
                                       value=stats.bad_reports)
 
 
-def broker_registry(broker) -> CollectorRegistry:
+def broker_registry(broker: Broker) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(BrokerCollector(broker))
     return reg
 
 
-def broker_ready(broker) -> str | None:
+def broker_ready(broker: Broker) -> str | None:
     """None when the broker should receive traffic, else why not."""
     if broker.draining:
         return "draining"

@@ -33,9 +33,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Container, Iterable, Sequence
 
 from broker.errors import RemoteProtocolError
 from broker.ingest.tnetstring import dumps
+
+if TYPE_CHECKING:
+    from broker.wire import Envelope
 
 SUB_TTL_S = 60
 CONN_TTL_S = 120  # Pushpin's stats_connection_ttl
@@ -47,7 +51,7 @@ TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-mess
 MAX_ID = 256  # longest connection id / edge name / peer address accepted from an edge
 
 
-def packet(kind: str, fields: dict) -> bytes:
+def packet(kind: str, fields: dict[str, Any]) -> bytes:
     return kind.encode("ascii") + b" T" + dumps(fields)
 
 
@@ -60,12 +64,13 @@ _K_UNAVAILABLE = _tn(b"unavailable") + b"4:true!"
 _TYPES = {t: _tn(t.encode()) for t in CONN_TYPES}
 
 
-def conn_packets(source: str, conns, gone, ttl: int) -> list[bytes]:
+def conn_packets(source: str, conns: Iterable[tuple[str, str, str]], gone: Iterable[str],
+                 ttl: int) -> list[bytes]:
     """``conn`` packets, the same bytes as ``packet("conn", {...})`` but built directly (an
     edge's report can hold thousands of them)."""
     head = _tn(b"from") + _tn(source.encode())
     ttl_part = _tn(b"ttl") + b"%d:%d#" % (len(b"%d" % ttl), ttl)
-    out = []
+    out: list[bytes] = []
     for cid, ctype, peer in conns:
         body = head + _K_ID + _tn(cid.encode()) + _K_TYPE + _TYPES[ctype]
         if peer:
@@ -87,9 +92,9 @@ class EdgeReport:
 
     edge: str
     full: bool = False
-    conns: tuple = ()  # ((id, type, peer), ...): new or refreshed connections
-    gone: tuple = ()  # (id, ...): closed connections
-    subs: tuple = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
+    conns: tuple[tuple[str, str, str], ...] = ()  # ((id, type, peer), ...): new or refreshed connections
+    gone: tuple[str, ...] = ()  # (id, ...): closed connections
+    subs: tuple[tuple[str, str, int], ...] = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
     connections: int = 0
     connections_max: int = 0
     conn_s: float = 0.0
@@ -100,30 +105,30 @@ def _bad(reason: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"bad stats report: {reason}")
 
 
-def _short_str(v, what: str) -> str:
+def _short_str(v: object, what: str) -> str:
     if not isinstance(v, str) or not v or len(v) > MAX_ID:
         raise _bad(f"{what} must be a non-empty string of at most {MAX_ID} characters")
     return v
 
 
-def _count(m: dict, key: str) -> int:
+def _count(m: dict[Any, Any], key: str) -> int:
     v = m.get(key, 0)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise _bad(f"'{key}' must be a non-negative integer")
     return v
 
 
-def _list(m: dict, key: str) -> list:
+def _list(m: dict[Any, Any], key: str) -> Sequence[Any]:
     v = m.get(key) or []
     if not isinstance(v, (list, tuple)):
         raise _bad(f"'{key}' must be a list")
     return v
 
 
-def parse_edge_report(m: dict) -> EdgeReport:
+def parse_edge_report(m: dict[Any, Any]) -> EdgeReport:
     """Validate a decoded ``stats`` control message; ``RemoteProtocolError`` if it is bad."""
     edge = _short_str(m.get("edge"), "'edge'")
-    conns = []
+    conns: list[tuple[str, str, str]] = []
     for c in _list(m, "conns"):
         if not isinstance(c, (list, tuple)) or len(c) != 3:
             raise _bad("a 'conns' entry must be [id, type, peer]")
@@ -134,7 +139,7 @@ def parse_edge_report(m: dict) -> EdgeReport:
             raise _bad("peer address must be a string")
         conns.append((_short_str(cid, "connection id"), ctype, peer))
     gone = tuple(_short_str(cid, "connection id") for cid in _list(m, "gone"))
-    subs = []
+    subs: list[tuple[str, str, int]] = []
     for s in _list(m, "subs"):
         if not isinstance(s, (list, tuple)) or len(s) != 3:
             raise _bad("a 'subs' entry must be [mode, channel, count]")
@@ -162,7 +167,7 @@ def parse_edge_report(m: dict) -> EdgeReport:
 class EdgeState:
     last: float
     connections: int = 0
-    subs: dict = field(default_factory=dict)  # (mode, channel) -> subscribers on this edge
+    subs: dict[tuple[str, str], int] = field(default_factory=dict)  # (mode, channel) -> subscribers on this edge
 
 
 class StatsEncoder:
@@ -194,7 +199,8 @@ class StatsEncoder:
         return packet("sub", {"from": self.source, "mode": mode, "channel": channel,
                               "unavailable": True})
 
-    def _set_edge_sub(self, st: EdgeState, key: tuple[str, str], n: int, out: list) -> None:
+    def _set_edge_sub(self, st: EdgeState, key: tuple[str, str], n: int,
+                      out: list[bytes]) -> None:
         old = st.subs.get(key, 0)
         if n == old:
             return
@@ -223,7 +229,7 @@ class StatsEncoder:
 
     # -- edge reports --------------------------------------------------------------------------
 
-    def edge_report(self, m: dict, now: float) -> list[bytes]:
+    def edge_report(self, m: dict[Any, Any], now: float) -> list[bytes]:
         """Fold one edge ``stats`` message in; the ``conn`` and ``sub`` packets it makes.
 
         Raises ``RemoteProtocolError`` (nothing applied) when the message is invalid."""
@@ -238,7 +244,7 @@ class StatsEncoder:
         if st is None:
             st = self.edges[rep.edge] = EdgeState(now)
         st.last = now
-        seen = set()
+        seen: set[tuple[str, str]] = set()
         for mode, channel, n in rep.subs:
             key = (mode, channel)
             seen.add(key)
@@ -266,9 +272,9 @@ class StatsEncoder:
 
     # -- the broker's own events ---------------------------------------------------------------
 
-    def messages(self, envelopes, live) -> list[bytes]:
+    def messages(self, envelopes: Iterable[Envelope], live: Container[str]) -> list[bytes]:
         """``message`` packets for the envelopes fanned out (channel in ``live``)."""
-        out = []
+        out: list[bytes] = []
         subs = self._subs
         for env in envelopes:
             channel = env.channel
@@ -276,11 +282,11 @@ class StatsEncoder:
                 continue
             known = channel in self._chan_subs  # else: live, but no edge has reported it yet
             for transport in env.formats:
-                mode = TRANSPORT_MODE.get(transport)
+                mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
                 count = subs.get((mode, channel), 0) if known else 1
                 if count <= 0:
                     continue  # no receivers of this transport (Pushpin sends none then)
-                fields = {"from": self.source, "channel": channel, "transport": transport,
+                fields: dict[str, Any] = {"from": self.source, "channel": channel, "transport": transport,
                           "count": count}
                 if env.id is not None:
                     fields["item-id"] = env.id

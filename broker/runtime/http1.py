@@ -81,7 +81,7 @@ class RequestReader:
         """The whole request (head and body) has been read."""
         return self._req.complete
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | bytearray) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -16,11 +16,14 @@ process's own loop, so collectors read ``statistics()`` without locks.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import trio
 
 from broker.runtime import http1
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain; c
     return head.encode("latin-1") + body
 
 
-def answer(method: str, path: str, registry, ready: ReadyFn) -> bytes:
+def answer(method: str, path: str, registry: CollectorRegistry, ready: ReadyFn) -> bytes:
     """The whole response to one request."""
     path = path.split("?", 1)[0]
     if method not in ("GET", "HEAD"):
@@ -60,7 +63,8 @@ def answer(method: str, path: str, registry, ready: ReadyFn) -> bytes:
     return out
 
 
-async def _serve_one(stream: trio.SocketStream, registry, ready: ReadyFn) -> None:
+async def _serve_one(stream: trio.SocketStream, registry: CollectorRegistry,
+                     ready: ReadyFn) -> None:
     try:
         with trio.move_on_after(REQUEST_TIMEOUT_S):
             reader = http1.RequestReader(stream, MAX_HEAD_BYTES, read_bytes=4096)
@@ -85,8 +89,9 @@ async def _serve_one(stream: trio.SocketStream, registry, ready: ReadyFn) -> Non
             await stream.aclose()
 
 
-async def serve_ops(host: str, port: int, registry, ready: ReadyFn,
-                    *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_ops(host: str, port: int, registry: CollectorRegistry, ready: ReadyFn,
+                    *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
     """Serve /metrics, /health, /ready on ``host:port`` until cancelled."""
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     log.info("ops listener ready addr=%s:%d paths=/metrics,/health,/ready", host, port)
@@ -98,13 +103,14 @@ async def serve_ops(host: str, port: int, registry, ready: ReadyFn,
                                task_status=task_status)
 
 
-def capped(handler, limit: int):
+def capped(handler: Callable[[trio.SocketStream], Awaitable[None]],
+           limit: int) -> Callable[[trio.SocketStream], Awaitable[None]]:
     """``handler`` serving at most ``limit`` connections at once; the others are closed at
     once (connections that send nothing would otherwise each hold a task for
     REQUEST_TIMEOUT_S)."""
     active = 0
 
-    async def run(stream) -> None:
+    async def run(stream: trio.SocketStream) -> None:
         nonlocal active
         if active >= limit:
             with trio.move_on_after(1):

@@ -33,10 +33,10 @@ class ZSocket:
 
     __slots__ = ("sock", "name", "fd", "_parked", "send_dropped", "linger_ms")
 
-    def __init__(self, sock: zmq.Socket, name: str) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], name: str) -> None:
         self.sock = sock
         self.name = name
-        self.fd: int = sock.getsockopt(zmq.FD)
+        self.fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # pyzmq: get() -> int | bytes; FD is an int
         self._parked: trio.CancelScope | None = None
         self.send_dropped = 0  # sends refused because the socket would block
         self.linger_ms = 0  # on close (the broker's graceful stop gives its fan-out some)
@@ -108,7 +108,7 @@ class ZSocket:
 
     async def wait_readable(self) -> None:
         """Return when a message is ready; parks on the FD only while EVENTS says none is."""
-        while not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator, arg-type]  # pyzmq: get() -> int | bytes; EVENTS is an int
             with trio.CancelScope() as scope:
                 self._parked = scope
                 try:
@@ -136,13 +136,13 @@ class ZSocket:
         self.sock.close(linger=self.linger_ms)
 
 
-def set_options(sock: zmq.Socket, options: Mapping[str, Any]) -> None:
+def set_options(sock: zmq.Socket[bytes], options: Mapping[str, Any]) -> None:
     """Set socket options given by zmq constant name (``{"SNDHWM": 0}``)."""
     for name, value in options.items():
         sock.setsockopt(getattr(zmq, name), value)
 
 
-def open_zsocket(ctx: zmq.Context, ep: Endpoint, cfg: Config, address: str,
+def open_zsocket(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoint, cfg: Config, address: str,
                  extra: Mapping[str, Any] | None = None) -> ZSocket:
     """A socket for wiring-table entry ``ep``: its type, ``LINGER 0``, its options (values that
     name a config key are read from ``cfg``), ``extra`` (heartbeats, Curve), then bound to or

@@ -349,7 +349,7 @@ class RedisStore:
         ttl_ms = int(self.max_age_s * 1000) + 1000
         head = (str(self.max_items), "~" if self.approximate_trim else "=", cutoff_ms, ttl_ms,
                 ts_ms, self.max_bytes)
-        commands: list[tuple] = []
+        commands: list[tuple[Any, ...]] = []
         chunks: list[tuple[list[str], Sequence[Item]]] = []
         step = self.max_script_items
         for i in range(0, len(items), step):
@@ -470,7 +470,7 @@ class RedisStore:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _run_scripts(self, script: _Script, commands: list[tuple]) -> list[Any]:
+    async def _run_scripts(self, script: _Script, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Pipeline EVALSHA ``commands``; rerun NOSCRIPT ones with EVAL (it had not run)."""
         self._script_calls += len(commands)
         replies = await self.client.pipeline(commands)

@@ -95,7 +95,7 @@ def parse_redis_url(url: str) -> tuple[str, int, int, str | None]:
             problems.append(f"store: Redis URL database must be a number (got {path!r})")
         else:
             db = int(path)
-    if problems:
+    if problems or not parts.hostname:  # no host: a problem listed above
         raise ConfigError(problems)
     password = unquote(parts.password) if parts.password else None
     return parts.hostname, port, db, password
