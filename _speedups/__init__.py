@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 _NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring", "fanout")
 
@@ -40,18 +41,27 @@ def _choose() -> tuple[bool, dict[str, ModuleType]]:
 
 COMPILED, _modules = _choose()
 
-encode_envelopes = _modules["fanout"].encode_envelopes
-fan_out = _modules["fanout"].fan_out
-make_envelope = _modules["fanout"].make_envelope
-http_chunk = _modules["framing"].http_chunk
-http_chunks = _modules["framing"].http_chunks
-send_batch = _modules["sendmany"].send_batch
-normalise_item = _modules["items"].normalise_item
-unpack_batch = _modules["items"].unpack_batch
-tnet_pop = _modules["tnetstring"].tnet_pop
-ws_frame = _modules["wsframe"].ws_frame
-ws_mask = _modules["wsframe"].ws_mask
-ws_parse = _modules["wsframe"].ws_parse
+if TYPE_CHECKING:
+    # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
+    from _speedups._fanout_py import encode_envelopes, fan_out, make_envelope
+    from _speedups._framing_py import http_chunk, http_chunks
+    from _speedups._items_py import normalise_item, unpack_batch
+    from _speedups._sendmany_py import send_batch
+    from _speedups._tnetstring_py import tnet_pop
+    from _speedups._wsframe_py import ws_frame, ws_mask, ws_parse
+else:
+    encode_envelopes = _modules["fanout"].encode_envelopes
+    fan_out = _modules["fanout"].fan_out
+    make_envelope = _modules["fanout"].make_envelope
+    http_chunk = _modules["framing"].http_chunk
+    http_chunks = _modules["framing"].http_chunks
+    send_batch = _modules["sendmany"].send_batch
+    normalise_item = _modules["items"].normalise_item
+    unpack_batch = _modules["items"].unpack_batch
+    tnet_pop = _modules["tnetstring"].tnet_pop
+    ws_frame = _modules["wsframe"].ws_frame
+    ws_mask = _modules["wsframe"].ws_mask
+    ws_parse = _modules["wsframe"].ws_parse
 
 __all__ = ["COMPILED", "encode_envelopes", "fan_out", "http_chunk", "http_chunks",
            "make_envelope", "normalise_item", "send_batch", "tnet_pop", "twin", "unpack_batch", "ws_frame", "ws_mask",
