@@ -53,7 +53,7 @@ class Waker:
     """Stands in for a ``CancelScope`` whose only use is ``cancel()`` (see the docstring)."""
     __slots__ = ("sock", "fired")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock: trio.socket.SocketType) -> None:
         self.sock = sock
         self.fired = False
 

@@ -522,10 +522,16 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
                 want_next = True
             if want_next or s.hinted:
                 want_next = s.hinted = False
+                link = st.hold.next_link
+                if not link:
+                    # a stream hold without a next link: a hint (one that came while the
+                    # last link was fetched, or a first-subscription fetch) is a no-op
+                    # (reference 2.6); urljoin would make the client's own URL of no link
+                    continue
                 chain += 1
                 if chain > NEXT_LINK_MAX_CHAIN:
                     raise OriginError("too many next links")
-                await st.follow(st.hold.next_link)
+                await st.follow(link)
                 if s.done:
                     break
                 if st.hold.mode == "stream" and not st.registered:

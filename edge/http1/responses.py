@@ -16,6 +16,8 @@ split a response or add a header; the broker refuses such publishes first (``bro
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 from broker.items import status_reason
 from edge.grip.instruct import Hold
@@ -23,9 +25,11 @@ from edge.http1.headers import clean_response_headers
 from edge.grip.jsonpatch import PatchError, patch_body
 
 _CRLF = b"\r\n"
+# header pairs as the callers have them: str (ours, a hold's) or bytes (a client's, an origin's)
+HeaderPairs = Iterable[tuple[str | bytes, str | bytes]]
 
 
-def _latin1(s) -> bytes:
+def _latin1(s: object) -> bytes:
     if isinstance(s, bytes):
         return s
     return str(s).encode("latin-1", "replace")
@@ -45,7 +49,7 @@ def valid_reason(reason: bytes) -> bool:
     return _TEXT_BAD(reason) is None
 
 
-def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> bytes:
+def head(code: int, reason: str, headers: HeaderPairs, *, version: bytes = b"HTTP/1.1") -> bytes:
     """Status line and headers (``(name, value)`` str or bytes pairs), blank line included.
 
     Invalid fields are left out and an invalid reason replaced (see the module docstring)."""
@@ -63,7 +67,7 @@ def head(code: int, reason: str, headers, *, version: bytes = b"HTTP/1.1") -> by
     return b"".join(parts)
 
 
-def full(code: int, reason: str, headers, body: bytes, *, keep_alive: bool = True,
+def full(code: int, reason: str, headers: HeaderPairs, body: bytes, *, keep_alive: bool = True,
          head_only: bool = False) -> bytes:
     """A complete response with ``Content-Length``; ``headers`` must not carry framing."""
     if not 100 <= code <= 999:  # as head() writes it, so that the framing agrees
@@ -86,8 +90,8 @@ def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
                 keep_alive=keep_alive)
 
 
-def published(hold: Hold, fmt: dict, *, keep_alive: bool = True,
-              patched: dict | None = None) -> bytes:
+def published(hold: Hold, fmt: dict[str, Any], *, keep_alive: bool = True,
+              patched: dict[bytes, bytes] | None = None) -> bytes:
     """The response for a response-hold client from a published ``http-response`` format.
 
     ``patched`` (optional, one per published message): ``body-patch`` results by timeout body,

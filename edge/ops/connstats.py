@@ -220,7 +220,7 @@ class ConnStats:
             return None
         self._last_take = now
         full, self._full = self._full, False
-        subs = []
+        subs: list[list[str | int]] = []  # [mode, channel, count]
         if full:
             self._subs = {}
         for ch in channels:

@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import TYPE_CHECKING, Protocol, cast
 
 import jwt
 
+_ShortKeyWarning: type[Warning] | None
 try:  # Pushpin's default key "changeme" is short; PyJWT >= 2.10 warns about it on every call
     from jwt.warnings import InsecureKeyLengthWarning as _ShortKeyWarning
 except ImportError:  # pragma: no cover (older PyJWT)
     _ShortKeyWarning = None
 
-from broker.keys import JwtKey, load_jwt_key
+from broker.keys import load_jwt_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 LIFETIME_S = 3600
 
 
-SigningKey = JwtKey
+class SigningKey(Protocol):
+    """What ``Signer`` needs of a key: ``broker.keys.JwtKey`` as ``load_jwt_key(private=True)``
+    makes it (an HS256 secret, or an RSA/EC private key from a PEM file)."""
+
+    @property
+    def key(self) -> bytes | RSAPrivateKey | EllipticCurvePrivateKey: ...
+    @property
+    def algorithm(self) -> str: ...
 
 
-def load_key(spec: str, base_dir: str = ".") -> JwtKey | None:
+def load_key(spec: str, base_dir: str = ".") -> SigningKey | None:
     """Turn a ``sig_key`` string into a signing key (None for an empty key)."""
-    return load_jwt_key(spec, base_dir, setting="sig_key", private=True)
+    # private=True: a secret or a private key (JwtKey.key is typed ``object`` in broker.keys)
+    return cast("SigningKey | None",
+                load_jwt_key(spec, base_dir, setting="sig_key", private=True))
 
 
 class Signer:
@@ -43,7 +58,8 @@ class Signer:
         return bool(self.issuer) and self.key is not None
 
     def token(self, now: float | None = None) -> str | None:
-        if not self.enabled:
+        key = self.key
+        if key is None or not self.issuer:  # not self.enabled
             return None
         now = time.time() if now is None else now
         if self._cached is not None and int(now) == int(self._cached[0]):
@@ -52,6 +68,6 @@ class Signer:
         with warnings.catch_warnings():
             if _ShortKeyWarning is not None:
                 warnings.simplefilter("ignore", _ShortKeyWarning)
-            tok = jwt.encode(claims, self.key.key, algorithm=self.key.algorithm)
+            tok = jwt.encode(claims, key.key, algorithm=key.algorithm)
         self._cached = (now, tok)
         return tok

@@ -29,6 +29,9 @@ from broker.errors import GripcastError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
+# the requests that get a reply (``wire.REPLY_TYPES``; a ``StatsReport`` goes by send_nowait)
+ReplyRequest = wire.HelloRequest | wire.PositionRequest | wire.ReplayRequest
+
 BATCH_MAX = 4096
 REQUEST_TIMEOUT_S = 2.0
 REQUEST_TRIES = 3
@@ -52,7 +55,7 @@ class _Slot:
 
     event: trio.Event
     expect: type
-    reply: object = None
+    reply: wire.Reply | RemoteProtocolError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class BrokerLinkStatistics:
 
 
 class BrokerLink:
-    def __init__(self, cfg: Config, *, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, cfg: Config, *, ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         """Both sockets built from the wiring table (``link_sub``, ``link_ctl`` of
         ``broker.config.WIRING``), with heartbeats and Curve (``broker.curve.link_options``)."""
         self._ctx = ctx or zmq.Context.instance()
@@ -116,7 +119,7 @@ class BrokerLink:
 
     # -- control requests ----------------------------------------------------------------------
 
-    async def request(self, req: wire.Request, *, timeout_s: float = REQUEST_TIMEOUT_S,
+    async def request(self, req: ReplyRequest, *, timeout_s: float = REQUEST_TIMEOUT_S,
                       tries: int = REQUEST_TRIES) -> wire.Reply:
         """Send a control request (``wire.HelloRequest``, ``PositionRequest``,
         ``ReplayRequest``) and await its typed reply (retried); ``BrokerUnavailable`` if none,
@@ -180,12 +183,13 @@ class BrokerLink:
 
         await z.serve(lambda: z.recv_frames(BATCH_MAX), counted)
 
-    async def serve_sub(self, on_frames, on_recover=None) -> None:
+    async def serve_sub(self, on_frames: Callable[[list[bytes]], Awaitable[None]],
+                        on_recover: Callable[[], None] | None = None) -> None:
         """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out;
         a recover frame calls ``on_recover()``)."""
         async def handle(frames: list[bytes]) -> None:
             self._frames += len(frames)
-            data = []
+            data: list[bytes] = []
             for f in frames:
                 if wire.is_heartbeat(f):
                     self._on_heartbeat(f)

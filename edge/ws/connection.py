@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from _speedups import ws_frame, ws_parse
@@ -75,6 +76,10 @@ class Close:
     reason: str
 
 
+# what receive_data returns
+Event = Message | Ping | Pong | Close
+
+
 def valid_close_code(code: int) -> bool:
     """May this code appear in a close frame on the wire (RFC 6455 7.4)?"""
     return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) \
@@ -112,7 +117,7 @@ def parse_close_payload(payload: bytes) -> Close:
 
 class WsConnection:
     def __init__(self, *, client: bool = False, max_message: int = DEFAULT_MAX_MESSAGE,
-                 mask_key=os.urandom) -> None:
+                 mask_key: Callable[[int], bytes] = os.urandom) -> None:
         self.client = client
         self.max_message = max_message
         self._mask_key = mask_key
@@ -126,13 +131,13 @@ class WsConnection:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list:
+    def receive_data(self, data: bytes) -> list[Event]:
         if self.state in (CloseState.REMOTE_RECEIVED, CloseState.CLOSED):
             return []
         self._buf += data
         frames, used, err = ws_parse(self._buf, not self.client, self.max_message)
         del self._buf[:used]
-        events: list = []
+        events: list[Event] = []
         for fin, op, payload in frames:
             ev = self._frame(fin, op, payload)
             if ev is not None:
@@ -146,7 +151,7 @@ class WsConnection:
             raise WsError(err, "bad frame")
         return events
 
-    def _frame(self, fin: bool, op: int, payload: bytes):
+    def _frame(self, fin: bool, op: int, payload: bytes) -> Event | None:
         if op >= 8:
             if op == OP_PING:
                 return Ping(payload)

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 from broker.errors import RemoteProtocolError
 from edge.http1.headers import all_params, param_get
@@ -90,6 +91,13 @@ class FlushDelayed:
     pass
 
 
+Control = (Subscribe | Unsubscribe | Detach | SessionId | SetMeta | KeepAlive | SendDelayed
+           | FlushDelayed)
+# what strip_prefix and classify return: the message without its prefix, or why it is dropped
+Stripped = tuple[Literal["message"], bytes] | tuple[Literal["drop"], str]
+Classified = tuple[Literal["control"], Control] | Stripped
+
+
 def grip_prefix(values: list[str]) -> str | None:
     headers = [("Sec-WebSocket-Extensions", v) for v in values]
     for params in all_params(headers, "Sec-WebSocket-Extensions"):
@@ -99,7 +107,7 @@ def grip_prefix(values: list[str]) -> str | None:
     return None
 
 
-def _num(v, name: str, default: float) -> float:
+def _num(v: object, name: str, default: float) -> float:
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -107,7 +115,11 @@ def _num(v, name: str, default: float) -> float:
     return float(v)
 
 
-def _message(obj: dict, required: bool) -> OutMessage | None:
+@overload
+def _message(obj: dict[str, Any], required: Literal[True]) -> OutMessage: ...
+@overload
+def _message(obj: dict[str, Any], required: bool) -> OutMessage | None: ...
+def _message(obj: dict[str, Any], required: bool) -> OutMessage | None:
     mtype = obj.get("message-type")
     if mtype is not None and mtype not in MESSAGE_TYPES:
         raise WsControlError(f"unknown message-type {mtype!r}")
@@ -127,7 +139,7 @@ def _message(obj: dict, required: bool) -> OutMessage | None:
     return None
 
 
-def parse_control(data: bytes | str):
+def parse_control(data: bytes | str) -> Control:
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -178,14 +190,14 @@ def parse_control(data: bytes | str):
     raise WsControlError(f"unknown control message type {kind!r}")
 
 
-def classify(data: bytes, prefix: str):
+def classify(data: bytes, prefix: str) -> Classified:
     """One TEXT message from a GRIP-enabled origin: control, message or drop."""
     if data.startswith(b"c:"):
         return "control", parse_control(data[2:])
     return strip_prefix(data, prefix)
 
 
-def strip_prefix(data: bytes, prefix: str):
+def strip_prefix(data: bytes, prefix: str) -> Stripped:
     p = prefix.encode("utf-8")
     if data.startswith(p):
         return "message", data[len(p):]

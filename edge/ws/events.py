@@ -9,6 +9,7 @@ shorter than announced is taken as it is.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broker.errors import RemoteProtocolError
@@ -36,7 +37,7 @@ def encode_event(type_: str, content: bytes | None = None) -> bytes:
     return b"%s %x\r\n%s\r\n" % (type_.encode("ascii"), len(content), content)
 
 
-def encode_events(events) -> bytes:
+def encode_events(events: Iterable[WsEvent]) -> bytes:
     return b"".join(encode_event(e.type, e.content) for e in events)
 
 

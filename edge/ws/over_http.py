@@ -22,6 +22,7 @@ is sent in the background and its response ignored.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import dataclasses
@@ -42,7 +43,7 @@ from edge.ws.events import (CONTENT_TYPE, EventsError, WsEvent, close_content, d
                            encode_event, parse_close_content)
 
 if TYPE_CHECKING:
-    from edge.routes import Route
+    from edge.routes import Route, Target
     from edge.services import OriginServices
     from edge.ws.session import WsSession
 
@@ -61,12 +62,12 @@ _REPLAY_DROP = frozenset([b"upgrade", b"connection", b"accept", b"connection-id"
 
 # -- sans-IO ---------------------------------------------------------------------------------
 
-def replay_headers(client_headers) -> list[tuple[bytes, bytes]]:
+def replay_headers(client_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in client_headers
             if k.lower() not in _REPLAY_DROP and not k.lower().startswith(b"meta-")]
 
 
-def woh_headers(cid: str, meta: dict) -> list[tuple[bytes, bytes]]:
+def woh_headers(cid: str, meta: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     out = [(b"Sec-WebSocket-Extensions", b"grip"),
            (b"Accept", CONTENT_TYPE.encode()),
            (b"Connection-Id", cid.encode()),
@@ -77,7 +78,7 @@ def woh_headers(cid: str, meta: dict) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def check_response(status: int, headers) -> str | None:
+def check_response(status: int, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Why a WOH response is not acceptable (None when it is)."""
     if status != 200:
         return f"origin answered {status}"
@@ -87,7 +88,7 @@ def check_response(status: int, headers) -> str | None:
     return None
 
 
-def apply_headers(headers, meta: dict) -> float | None:
+def apply_headers(headers: Iterable[tuple[bytes, bytes]], meta: dict[str, str]) -> float | None:
     """Bind ``Set-Meta-*`` into ``meta``; returns the ``Keep-Alive-Interval`` (None if absent)."""
     interval = None
     for k, v in headers:
@@ -113,12 +114,13 @@ class Opened:
     """The origin side's answer to opening: a rejection to relay, or the 101's ingredients."""
 
     reject: bytes | None = None
-    headers: list = dataclasses.field(default_factory=list)
+    headers: Headers = dataclasses.field(default_factory=list)
     prefix: str | None = None
-    events: list = dataclasses.field(default_factory=list)
+    events: list[WsEvent] = dataclasses.field(default_factory=list)
 
 
-def rejection(status: int, reason: str, headers, body: bytes) -> bytes:
+def rejection(status: int, reason: str, headers: Iterable[tuple[bytes, bytes]],
+              body: bytes) -> bytes:
     hs = clean_response_headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
     return responses.full(status, reason, hs, body, keep_alive=False)
 
@@ -135,7 +137,7 @@ class WohOrigin:
         self.headers = replay_headers(client_headers)
         self.fixed_channels = tuple(route.targets[0].subs)
         self.meta: dict[str, str] = {}
-        self.targets = None  # after OPEN: the target that answered
+        self.targets: Sequence[Target] | None = None  # after OPEN: the target that answered
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.keep_alive_s: float | None = None
@@ -148,7 +150,7 @@ class WohOrigin:
         self.last_request = 0.0
         self.session: WsSession | None = None
 
-    async def _post(self, body: bytes):
+    async def _post(self, body: bytes) -> tuple[int, str, Headers, bytes]:
         """One request; returns ``(status, reason, headers, body)``."""
         resp = await open_origin(self.app.origin_client, self.route, b"POST", self.path,
                                  self.headers, body,
@@ -291,7 +293,7 @@ class WohOrigin:
                 session.closed.set()
                 return
 
-    async def _post_retrying(self, body: bytes):
+    async def _post_retrying(self, body: bytes) -> tuple[int, str, Headers, bytes]:
         for attempt in range(RETRIES + 1):
             try:
                 result = await self._post(body)

@@ -12,6 +12,7 @@ extensions are never forwarded to the client.  Frames both ways go through
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import base64
@@ -22,7 +23,7 @@ import httptools
 import trio
 from wsproto.utilities import generate_accept_token
 
-from broker.errors import RemoteProtocolError
+from broker.errors import LocalProtocolError, RemoteProtocolError
 from edge.http1 import responses
 from edge.origin.client import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
                          OriginClient, connect_first, forward_headers)
@@ -31,7 +32,7 @@ from edge.ws.control import grip_prefix
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
 
 if TYPE_CHECKING:
-    from edge.routes import Route
+    from edge.routes import Route, Target
     from edge.services import OriginServices
     from edge.ws.session import WsSession
 
@@ -45,8 +46,9 @@ _DROP = DROP_HEADERS | frozenset([b"sec-websocket-key", b"sec-websocket-version"
                                   b"sec-websocket-extensions"])
 
 
-def client_handshake(client: OriginClient, route, target, path: bytes, client_headers,
-                     key: bytes, sig: str | None) -> bytes:
+def client_handshake(client: OriginClient, route: Route, target: Target, path: bytes,
+                     client_headers: Iterable[tuple[bytes, bytes]], key: bytes,
+                     sig: str | None) -> bytes:
     host, out = forward_headers(route, target, client_headers, _DROP)
     out += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
             (b"Sec-WebSocket-Key", key), (b"Sec-WebSocket-Version", b"13"),
@@ -134,11 +136,12 @@ class WsOrigin:
         return Opened(headers=p.headers, prefix=grip_prefix(ext))
 
     async def _send(self, data: bytes) -> None:
-        if not data or self.gone:
+        stream = self.stream
+        if not data or self.gone or stream is None:  # (no stream: open() failed, nothing to tell)
             return
         async with self.send_lock:
             try:
-                await self.stream.send_all(data)
+                await stream.send_all(data)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 self.gone = True
 
@@ -182,6 +185,9 @@ class WsOrigin:
                 await self.stream.aclose()
 
     async def serve(self, session: WsSession) -> None:
+        stream = self.stream
+        if stream is None:
+            raise LocalProtocolError("WsOrigin.serve() without a successful open()")
         data = self.rest
         while True:
             if data:
@@ -208,7 +214,7 @@ class WsOrigin:
                         self.gone = True
                         return
             try:
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await stream.receive_some(READ_SIZE)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:

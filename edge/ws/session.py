@@ -44,7 +44,8 @@ import itertools
 import json
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import trio
 from wsproto.utilities import generate_accept_token
@@ -83,7 +84,7 @@ _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PO
 # -- handshake (sans-IO) ---------------------------------------------------------------------
 
 class HandshakeError(RemoteProtocolError):
-    def __init__(self, status: int, text: str, headers: tuple | list = ()) -> None:
+    def __init__(self, status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(text, status=status)
         self.status, self.text, self.headers = status, text, list(headers)
 
@@ -101,7 +102,7 @@ def _get(headers: Headers, name: bytes) -> bytes | None:
 
 
 def _tokens(headers: Headers, name: bytes) -> set[bytes]:
-    out = set()
+    out: set[bytes] = set()
     for k, v in headers:
         if k.lower() == name:
             out.update(t.strip().lower() for t in v.split(b","))
@@ -136,7 +137,7 @@ _101_DROP = frozenset(["content-length", "content-type", "keep-alive-interval", 
                        "transfer-encoding", "keep-alive", "content-encoding"])
 
 
-def accept_head(key: bytes, origin_headers: list[tuple[bytes | str, bytes | str]]) -> bytes:
+def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
     """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
     hs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
           ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii"))]
@@ -149,7 +150,7 @@ def accept_head(key: bytes, origin_headers: list[tuple[bytes | str, bytes | str]
     return responses.head(101, "Switching Protocols", hs)
 
 
-def message_frame(fmt: dict) -> bytes:
+def message_frame(fmt: dict[str, Any]) -> bytes:
     """The frame of a published ``ws-message`` send (built once, sent to every subscriber)."""
     op = _OPCODES.get(fmt.get("type") or "text", OP_TEXT)
     content = fmt.get("content") or b""
@@ -201,9 +202,9 @@ class WsSession(Session):
         self.scope: trio.CancelScope | None = None
         self.read_scope: trio.CancelScope | None = None
         self.last_out = now
-        self.filters: dict = {}
-        self.meta: dict = {}
-        self.channel_names: frozenset = frozenset()
+        self.filters: dict[str, tuple[str, ...]] = {}
+        self.meta: dict[str, str] = {}
+        self.channel_names: frozenset[str] = frozenset()
         self.detached = False
         self.keep_alive: wc.KeepAlive | None = None
         self.ka_last = now
@@ -295,13 +296,14 @@ class WsSession(Session):
         if self.state < DONE:
             await self.side.client_event("TEXT", event)
 
-    def on_publish(self, fmt: dict, env: Envelope, flt: tuple[str, ...] | None) -> bytes | None:
+    def on_publish(self, fmt: dict[str, Any], env: Envelope,
+                   flt: tuple[str, ...] | None) -> bytes | None:
         """A published ``ws-message`` that is not a plain shared frame: bytes to send or None."""
         action = fmt.get("action", "send")
         if action == "send":
             content = fmt.get("content") or b""
             try:
-                content = filters.apply(flt, self.meta, env.meta, self.channel_names, content)
+                content = filters.apply(flt or (), self.meta, env.meta, self.channel_names, content)
             except filters.FilterError as exc:
                 log.info("filter dropped message conn=%s channel=%s: %s", self.id, env.channel, exc)
                 return None
@@ -337,9 +339,9 @@ class WsSession(Session):
         return _frames(op, data)
 
     async def send_message(self, type_: str, data: bytes) -> None:
-        data = self.message_bytes(type_, data)
-        if data is not None:
-            await self.write(data)
+        frame = self.message_bytes(type_, data)
+        if frame is not None:
+            await self.write(frame)
 
     async def close(self, code: int | None = 1000, reason: str = "") -> None:
         """Send our close frame (once); the connection ends when the client answers."""
@@ -367,10 +369,11 @@ class WsSession(Session):
                         return
                     await self.control(ctl)
                     return
-                kind, content = wc.strip_prefix(content, self.prefix)
-                if kind == "drop":
+                stripped = wc.strip_prefix(content, self.prefix)
+                if stripped[0] == "drop":
                     log.debug("dropping unprefixed message conn=%s", self.id)
                     return
+                content = stripped[1]
             await self.send_message("text" if type_ == "TEXT" else "binary", content)
         elif type_ in ("PING", "PONG"):
             await self.send_message(type_.lower(), content)
@@ -467,7 +470,8 @@ class WsSession(Session):
         ka = self.keep_alive
         if ka is not None and now >= self.next_timer():
             self.ka_last = now
-            data = self.message_bytes(ka.message.type, ka.message.content)
+            msg = ka.message  # never None: control() keeps no KeepAlive without a message
+            data = self.message_bytes(msg.type, msg.content) if msg is not None else None
             return [data] if data else []
         return []
 
@@ -528,7 +532,7 @@ def ws_max_message(app: ConnectionServices) -> int:
 
 
 async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
-                       data: bytes) -> bool:
+                       data: bytes | None) -> bool:
     """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
     ws = session.ws
     sock = conn.sock
@@ -558,7 +562,7 @@ async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
                     await side.client_close(ev.code, ev.reason)
                     with trio.move_on_after(CLOSE_TIMEOUT_S):
                         await session.closed.wait()
-                    if ws.state is not CloseState.CLOSED:
+                    if not ws.closed:  # (the origin's close may have come meanwhile)
                         await session.write(ws.close(ev.code if ev.code is not None else None,
                                                      ev.reason))
                     return True

@@ -112,10 +112,25 @@ class FakeBroker:
 
 class Origin(BaseHTTPRequestHandler):
     seen: list = []
+    next_asked = threading.Event()  # /hinted/next was requested
+    next_release = threading.Event()  # ... and may answer now
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         Origin.seen.append((self.path, dict(self.headers)))
-        if self.path == "/stream":
+        if self.path == "/hinted":
+            body = b"[open]\n"
+            self.send_response(200)
+            self.send_header("Grip-Hold", "stream")
+            self.send_header("Grip-Channel", "hinted")
+            self.send_header("Grip-Link", "</hinted/next>; rel=next")
+        elif self.path == "/hinted/next":  # the same channel, and no next link any more
+            Origin.next_asked.set()
+            Origin.next_release.wait(10)
+            body = b"[next]\n"
+            self.send_response(200)
+            self.send_header("Grip-Hold", "stream")
+            self.send_header("Grip-Channel", "hinted")
+        elif self.path == "/stream":
             body = b"stream open\n"
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -242,6 +257,34 @@ def test_stream_hold_repairs_gap_and_closes(cluster):
         read_until(s, body, b"0\r\n\r\n")
         payload, ended = dechunk(bytes(body))
         assert ended and payload.endswith(b"three\n")
+
+
+def test_hint_during_a_next_link_fetch_that_ends_the_links(cluster):
+    """A hint that comes while the next link is fetched, whose answer has no next link: a
+    no-op (reference 2.6: "no-op without a next link"), the stream goes on."""
+    port, broker = cluster
+    subscribed = broker.subscribed_event("hinted")
+    Origin.next_asked.clear()
+    Origin.next_release.clear()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /hinted HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        body = bytearray()
+        read_until(s, body, b"[open]\n")
+        assert subscribed.wait(10)
+        broker.publish("hinted", {"action": "hint"})
+        assert Origin.next_asked.wait(10)
+        # the second hint reaches the session while /hinted/next is in flight; the message
+        # after it on the same channel says it was handled
+        broker.publish("hinted", {"action": "hint"})
+        broker.publish("hinted", {"action": "send", "content": b"mid\n"})
+        read_until(s, body, b"mid\n")
+        Origin.next_release.set()
+        read_until(s, body, b"[next]\n")
+        broker.publish("hinted", {"action": "send", "content": b"after\n"})
+        read_until(s, body, b"after\n")
+        payload, ended = dechunk(bytes(body.partition(b"\r\n\r\n")[2]))
+        assert payload == b"[open]\nmid\n[next]\nafter\n" and not ended
+    assert sum(1 for path, _ in Origin.seen if path == "/hinted/next") == 1
 
 
 def test_response_hold_gets_published_response(cluster):
