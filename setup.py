@@ -1,4 +1,5 @@
 """Build the Cython twins in _speedups/ (the pure-Python twins need no build)."""
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -11,4 +12,10 @@ extensions = [
     Extension("_speedups._fanout_c", ["_speedups/_fanout_c.pyx"]),
 ]
 
-setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False},
+    )
+)

@@ -9,6 +9,7 @@ built by ``pip install``) and ``_<name>_py`` (pure Python).  Callers import from
 missing compiled twin an ImportError instead of a silent fallback.  ``COMPILED`` tells which
 twins were loaded.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -63,6 +64,19 @@ else:
     ws_mask = _modules["wsframe"].ws_mask
     ws_parse = _modules["wsframe"].ws_parse
 
-__all__ = ["COMPILED", "encode_envelopes", "fan_out", "http_chunk", "http_chunks",
-           "make_envelope", "normalise_item", "send_batch", "tnet_pop", "twin", "unpack_batch", "ws_frame", "ws_mask",
-           "ws_parse"]
+__all__ = [
+    "COMPILED",
+    "encode_envelopes",
+    "fan_out",
+    "http_chunk",
+    "http_chunks",
+    "make_envelope",
+    "normalise_item",
+    "send_batch",
+    "tnet_pop",
+    "twin",
+    "unpack_batch",
+    "ws_frame",
+    "ws_mask",
+    "ws_parse",
+]

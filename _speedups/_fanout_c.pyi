@@ -1,4 +1,5 @@
-from typing import Any, Container, Iterable, TypeVar
+from collections.abc import Container, Iterable
+from typing import Any, TypeVar
 
 import zmq
 
@@ -9,8 +10,20 @@ _T = TypeVar("_T")
 ENVELOPE_KEYS_PACKED: tuple[bytes, ...]
 
 def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]: ...
-def fan_out(sock: zmq.Socket[Any], envs: Iterable[Envelope], live: Container[str],
-            recent: dict[str, tuple[str, int]]) -> tuple[int, int]: ...
-def make_envelope(cls: type[_T], channel: str, seq: int, epoch: str,
-                  formats: dict[str, dict[str, Any]], id: str | None, prev_id: str | None,
-                  meta: dict[str, str], ts: float) -> _T: ...
+def fan_out(
+    sock: zmq.Socket[Any],
+    envs: Iterable[Envelope],
+    live: Container[str],
+    recent: dict[str, tuple[str, int]],
+) -> tuple[int, int]: ...
+def make_envelope(
+    cls: type[_T],
+    channel: str,
+    seq: int,
+    epoch: str,
+    formats: dict[str, dict[str, Any]],
+    id: str | None,
+    prev_id: str | None,
+    meta: dict[str, str],
+    ts: float,
+) -> _T: ...

@@ -19,9 +19,11 @@ Then each envelope whose channel is in ``live`` is encoded and sent on the pyzmq
 Other ZeroMQ errors raise as ``sock.send`` raises them; an envelope that cannot be encoded
 raises what ``msgpack`` raises, after the frames before it were sent.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Container, Iterable, TypeVar
+from collections.abc import Container, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import zmq
@@ -39,14 +41,23 @@ _SEP = b"\x00"
 _FIELDS = ("channel", "seq", "epoch", "formats", "id", "prev_id", "meta", "ts")
 _setters: dict[type, tuple[Any, ...]] = {}
 if TYPE_CHECKING:
+
     def _new(cls: type[_T]) -> _T: ...  # object.__new__, typed for the class it makes
 else:
     _new = object.__new__
 
 
-def make_envelope(cls: type[_T], channel: str, seq: int, epoch: str,
-                  formats: dict[str, dict[str, Any]], id: str | None, prev_id: str | None,
-                  meta: dict[str, str], ts: float) -> _T:
+def make_envelope(
+    cls: type[_T],
+    channel: str,
+    seq: int,
+    epoch: str,
+    formats: dict[str, dict[str, Any]],
+    id: str | None,
+    prev_id: str | None,
+    meta: dict[str, str],
+    ts: float,
+) -> _T:
     setters = _setters.get(cls)
     if setters is None:
         setters = _setters[cls] = tuple(getattr(cls, n).__set__ for n in _FIELDS)
@@ -78,8 +89,12 @@ def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
     return out
 
 
-def fan_out(sock: zmq.Socket[Any], envs: Iterable[Envelope], live: Container[str],
-            recent: dict[str, tuple[str, int]]) -> tuple[int, int]:
+def fan_out(
+    sock: zmq.Socket[Any],
+    envs: Iterable[Envelope],
+    live: Container[str],
+    recent: dict[str, tuple[str, int]],
+) -> tuple[int, int]:
     envs = list(envs)
     n = len(envs)
     for i, env in enumerate(envs):

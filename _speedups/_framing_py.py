@@ -1,4 +1,5 @@
 """HTTP/1.1 chunked framing (pure-Python twin of ``_framing_c``)."""
+
 from __future__ import annotations
 
 

@@ -2,6 +2,7 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-def normalise_item(value: dict[Any, Any], channel: str | None, json: bool,
-                   item_cls: type[_T]) -> _T | None: ...
+def normalise_item(
+    value: dict[Any, Any], channel: str | None, json: bool, item_cls: type[_T]
+) -> _T | None: ...
 def unpack_batch(data: bytes, item_cls: type[Any]) -> Any: ...

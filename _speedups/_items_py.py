@@ -16,10 +16,12 @@ plain ``content``/``body`` (str: UTF-8 encoded; bytes as they are) and no other 
 or a bool.  ``json`` says the item's keys are str (JSON, msgpack) rather than bytes
 (tnetstring).  Values may be str or (UTF-8) bytes in either case, as the complete parser accepts.
 """
+
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from msgpack import unpackb as _unpackb
 
@@ -33,14 +35,16 @@ MAX_FAST_ID_CHARS = 256
 _FIELDS = ("channel", "formats", "id", "prev_id", "meta", "no_seq")
 _setters: dict[type, tuple[Any, ...]] = {}
 if TYPE_CHECKING:
+
     def _new(cls: type[_T]) -> _T: ...  # object.__new__, typed for the class it makes
 else:
     _new = object.__new__
 
 
 class _Normalise(Protocol):
-    def __call__(self, value: dict[Any, Any], channel: str | None,
-                 item_cls: type[_T]) -> _T | None: ...
+    def __call__(
+        self, value: dict[Any, Any], channel: str | None, item_cls: type[_T]
+    ) -> _T | None: ...
 
 
 def _text(v: Any) -> Any:
@@ -58,18 +62,24 @@ def _text(v: Any) -> Any:
 def _make(json: bool) -> _Normalise:
     k: Callable[[str], Any] = (lambda s: s) if json else (lambda s: s.encode())
     K_CHANNEL, K_ID, K_PREV, K_FORMATS, K_META, K_SIZE, K_NOSEQ = map(
-        k, ("channel", "id", "prev-id", "formats", "meta", "size", "no-seq"))
+        k, ("channel", "id", "prev-id", "formats", "meta", "size", "no-seq")
+    )
     K_ACTION, K_CONTENT, K_CONTENT_BIN, K_FILTERS, K_TYPE = map(
-        k, ("action", "content", "content-bin", "content-filters", "type"))
+        k, ("action", "content", "content-bin", "content-filters", "type")
+    )
     K_CODE, K_REASON, K_HEADERS, K_BODY, K_BODY_BIN = map(
-        k, ("code", "reason", "headers", "body", "body-bin"))
+        k, ("code", "reason", "headers", "body", "body-bin")
+    )
     K_HR, K_HS, K_WS = map(k, ("http-response", "http-stream", "ws-message"))
     SEND = k("send")
     # options that send a format to the complete parser (Pushpin ignores http-stream's
     # content-bin, and body-bin, in tnetstring input: there they change nothing)
     hs_other = (K_FILTERS, K_CONTENT_BIN) if json else (K_FILTERS,)
-    hr_other = ((K_CODE, K_REASON, K_HEADERS, K_FILTERS, K_BODY_BIN) if json
-                else (K_CODE, K_REASON, K_HEADERS, K_FILTERS))
+    hr_other = (
+        (K_CODE, K_REASON, K_HEADERS, K_FILTERS, K_BODY_BIN)
+        if json
+        else (K_CODE, K_REASON, K_HEADERS, K_FILTERS)
+    )
     ws_other = (K_TYPE, K_FILTERS, K_CONTENT_BIN)
     missing = _MISSING
     text = _text
@@ -133,8 +143,14 @@ def _make(json: bool) -> _Normalise:
             body = payload(f, K_BODY, hr_other)
             if body is missing:
                 return None
-            formats["http-response"] = {"action": "send", "code": 200, "reason": "OK",
-                                        "headers": [], "body": body, "body-patch": None}
+            formats["http-response"] = {
+                "action": "send",
+                "code": 200,
+                "reason": "OK",
+                "headers": [],
+                "body": body,
+                "body-patch": None,
+            }
         f = fget(K_HS, missing)
         if f is not missing and not (legacy and f is None):
             if type(f) is not dict:
@@ -150,8 +166,13 @@ def _make(json: bool) -> _Normalise:
             content = payload(f, K_CONTENT, ws_other)
             if content is missing:
                 return None
-            formats["ws-message"] = {"action": "send", "type": "text", "content": content,
-                                     "code": None, "reason": ""}
+            formats["ws-message"] = {
+                "action": "send",
+                "type": "text",
+                "content": content,
+                "code": None,
+                "reason": "",
+            }
         if not formats:
             return None
         vmeta = get(K_META)
@@ -191,8 +212,9 @@ _json = _make(True)
 _tnet = _make(False)
 
 
-def normalise_item(value: dict[Any, Any], channel: str | None, json: bool,
-                   item_cls: type[_T]) -> _T | None:
+def normalise_item(
+    value: dict[Any, Any], channel: str | None, json: bool, item_cls: type[_T]
+) -> _T | None:
     """An ``item_cls`` for the usual item shape, or None (see the module docstring)."""
     return (_json if json else _tnet)(value, channel, item_cls)
 

@@ -4,6 +4,7 @@
 and returns one int per socket: the number of bytes written (0 when the socket would block,
 possibly fewer than ``len(datas[i])``), or ``-errno`` when the write failed (peer gone).
 """
+
 from __future__ import annotations
 
 import os

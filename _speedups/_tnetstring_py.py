@@ -6,6 +6,7 @@ len(data)) and returns (value, offset just past it): ``bytes`` for strings and d
 ``ValueError`` whose text is the reason (``broker.ingest.tnetstring`` turns it into a
 ``RemoteProtocolError``).  See ``broker.ingest.tnetstring`` for the format.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -13,6 +13,7 @@ the first error; frames before it are returned.  An incomplete frame is left unc
 
 ``ws_mask(data, key)`` XORs ``data`` with the repeated 4-byte ``key``.
 """
+
 from __future__ import annotations
 
 _BAD_OPCODES = frozenset([3, 4, 5, 6, 7, 11, 12, 13, 14, 15])
@@ -25,7 +26,9 @@ def ws_mask(data: bytes, key: bytes) -> bytes:
     if len(key) != 4:
         raise ValueError("mask key must be 4 bytes")
     reps = key * (n // 4 + 1)
-    return (int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(n, "little")
+    return (int.from_bytes(data, "little") ^ int.from_bytes(reps[:n], "little")).to_bytes(
+        n, "little"
+    )
 
 
 def ws_frame(opcode: int, payload: bytes, fin: bool = True, mask_key: bytes | None = None) -> bytes:
@@ -47,8 +50,9 @@ def ws_frame(opcode: int, payload: bytes, fin: bool = True, mask_key: bytes | No
     return head + mask_key + ws_mask(bytes(payload), mask_key)
 
 
-def ws_parse(data: bytes | bytearray, masked: bool,
-             max_payload: int) -> tuple[list[tuple[bool, int, bytes]], int, int]:
+def ws_parse(
+    data: bytes | bytearray, masked: bool, max_payload: int
+) -> tuple[list[tuple[bool, int, bytes]], int, int]:
     frames: list[tuple[bool, int, bytes]] = []
     pos = 0
     size = len(data)
@@ -76,18 +80,18 @@ def ws_parse(data: bytes | bytearray, masked: bool,
                 break
             if data[at] & 0x80:
                 return frames, pos, 1002
-            n = int.from_bytes(bytes(data[at:at + 8]), "big")
+            n = int.from_bytes(bytes(data[at : at + 8]), "big")
             at += 8
         if n > max_payload:
             return frames, pos, 1009
         if has_mask:
             if size - at < 4:
                 break
-            key = bytes(data[at:at + 4])
+            key = bytes(data[at : at + 4])
             at += 4
         if size - at < n:
             break
-        payload = bytes(data[at:at + n])
+        payload = bytes(data[at : at + n])
         if has_mask:
             payload = ws_mask(payload, key)
         frames.append((fin, opcode, payload))

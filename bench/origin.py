@@ -14,6 +14,7 @@ Paths (``<ch>`` is the channel):
 It keeps connections alive, parses only the request line and the one header it needs, and runs
 in its own process so its CPU is measured apart from the target's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,17 +26,30 @@ import socket
 from bench.procs import raise_nofile
 
 _HEAD = {
-    b"stream": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: stream\r\n", b"[open]\n"),
-    b"sse": (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-             b"Grip-Hold: stream\r\n", b":open\n\n"),
-    b"lp": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: response\r\n"
-            b"Grip-Timeout: 30\r\n", b"T\n"),
+    b"stream": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: stream\r\n",
+        b"[open]\n",
+    ),
+    b"sse": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        b"Grip-Hold: stream\r\n",
+        b":open\n\n",
+    ),
+    b"lp": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nGrip-Hold: response\r\n"
+        b"Grip-Timeout: 30\r\n",
+        b"T\n",
+    ),
 }
-_404 = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nnot found\n"
+_404 = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nnot found\n"
+)
 
 
-_WOH_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\n"
-             b"Sec-WebSocket-Extensions: grip\r\n")
+_WOH_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/websocket-events\r\n"
+    b"Sec-WebSocket-Extensions: grip\r\n"
+)
 
 
 def respond_woh(channel: bytes, body: bytes) -> bytes:
@@ -89,7 +103,7 @@ class _OriginProtocol(asyncio.Protocol):
                     self.transport.close()
                 return
             head = self.buf[:end]
-            rest = self.buf[end + 4:]
+            rest = self.buf[end + 4 :]
             lines = head.split(b"\r\n")
             clen = 0
             last_id = None
@@ -115,7 +129,9 @@ class _OriginProtocol(asyncio.Protocol):
 async def _serve(sock: socket.socket, resume: bool, ready) -> None:
     loop = asyncio.get_running_loop()
     counter = [0]
-    server = await loop.create_server(lambda: _OriginProtocol(resume, counter), sock=sock, backlog=4096)
+    server = await loop.create_server(
+        lambda: _OriginProtocol(resume, counter), sock=sock, backlog=4096
+    )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     ready.send(("ready", os.getpid()))
@@ -141,9 +157,11 @@ class Origin:
         ctx = multiprocessing.get_context("fork")
         parent, child = ctx.Pipe()
         self._ready = parent
-        self.proc = ctx.Process(target=_main, args=(self.sock, resume, child), name="bench-origin", daemon=True)
+        self.proc = ctx.Process(
+            target=_main, args=(self.sock, resume, child), name="bench-origin", daemon=True
+        )
 
-    def start(self) -> "Origin":
+    def start(self) -> Origin:
         self.proc.start()
         if not self._ready.poll(10):
             raise TimeoutError("origin did not start")

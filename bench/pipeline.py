@@ -9,6 +9,7 @@ Inputs: ``J`` (J + JSON per item), ``tnet`` (a bare tnetstring per item), ``M`` 
 item), ``B100`` (B + a msgpack array of 100 items).  Times are CPU time of this process
 (``time.process_time``), best of ``--reps``, with the broker's GC thresholds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,11 @@ import msgpack
 import trio
 
 from broker import wire
-from broker.ingest import tnetstring
 from broker.history import MemoryHistory
+from broker.ingest import tnetstring
+from broker.ingest.pipeline import BATCH_MAX
 from broker.items import parse_pull_frame
 from broker.sequencer import Sequencer
-from broker.ingest.pipeline import BATCH_MAX
 from broker.server import GC_THRESHOLD
 from broker.store.memory import MemoryStore
 
@@ -32,8 +33,10 @@ INPUTS = ("J", "tnet", "M", "B100")
 
 
 def frames_for(name: str, n: int) -> tuple[list[bytes], int]:
-    payloads = [{"channel": "bench", "id": f"i{k}", "formats": {"http-stream": {"content": f"item {k}\n"}}}
-                for k in range(n)]
+    payloads = [
+        {"channel": "bench", "id": f"i{k}", "formats": {"http-stream": {"content": f"item {k}\n"}}}
+        for k in range(n)
+    ]
     if name == "J":
         return [b"J" + json.dumps(p).encode() for p in payloads], 1
     if name == "tnet":
@@ -41,7 +44,7 @@ def frames_for(name: str, n: int) -> tuple[list[bytes], int]:
     if name == "M":
         return [b"M" + msgpack.packb(p) for p in payloads], 1
     if name == "B100":
-        return [b"B" + msgpack.packb(payloads[i:i + 100]) for i in range(0, n, 100)], 100
+        return [b"B" + msgpack.packb(payloads[i : i + 100]) for i in range(0, n, 100)], 100
     raise ValueError(name)
 
 
@@ -57,7 +60,7 @@ def run_once(frames: list[bytes], per_frame: int, n: int) -> tuple[float, dict[s
         for i in range(0, len(frames), step):
             a = clock()
             items: list = []
-            for f in frames[i:i + step]:
+            for f in frames[i : i + step]:
                 items += parse_pull_frame(f)[0]
             b = clock()
             released = seq.add_many(items, trio.current_time())
@@ -77,7 +80,9 @@ def run_once(frames: list[bytes], per_frame: int, n: int) -> tuple[float, dict[s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("inputs", nargs="*", help=f"any of {', '.join(INPUTS)} (default: all)")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=5)
@@ -88,8 +93,9 @@ def main() -> None:
     gc.set_threshold(*GC_THRESHOLD)
     for name in args.inputs or INPUTS:
         frames, per_frame = frames_for(name, args.items)
-        rate, stages = max((run_once(frames, per_frame, args.items) for _ in range(args.reps)),
-                           key=lambda r: r[0])
+        rate, stages = max(
+            (run_once(frames, per_frame, args.items) for _ in range(args.reps)), key=lambda r: r[0]
+        )
         print(f"{name:5s} {rate:10,.0f} items per CPU second   us/item {stages}")
 
 

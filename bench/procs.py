@@ -3,6 +3,7 @@
 Everything here reads Linux's /proc directly (no psutil): ``VmRSS`` from ``status`` and
 ``utime + stime`` from ``stat``, for a process and all its descendants.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,7 +60,7 @@ class NotifySocket:
             self.sock.settimeout(min(remaining, 0.2))
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if b"READY=1" in data.split(b"\n"):
                 return
@@ -74,7 +75,9 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before port {port} opened")
+            raise RuntimeError(
+                f"process exited with code {proc.returncode} before port {port} opened"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -103,6 +106,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
 
 # --- /proc ---------------------------------------------------------------------------------
 
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -111,7 +115,7 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # comm may contain spaces and parens: split after the last ')'
     rparen = data.rindex(")")
-    return [data[data.index("(") + 1:rparen]] + data[rparen + 2:].split()
+    return [data[data.index("(") + 1 : rparen]] + data[rparen + 2 :].split()
 
 
 def descendants(root: int) -> list[int]:
@@ -186,14 +190,23 @@ def sample_tree(root: int) -> dict[int, ProcSample]:
     return sample(descendants(root))
 
 
-def cpu_delta(before: dict[int, ProcSample], after: dict[int, ProcSample], wall_s: float,
-              role: str) -> list[dict]:
+def cpu_delta(
+    before: dict[int, ProcSample], after: dict[int, ProcSample], wall_s: float, role: str
+) -> list[dict]:
     """Per-process CPU seconds between two samples (processes present in ``after``)."""
     rows = []
     for pid, a in after.items():
         b = before.get(pid)
         used = a.cpu_s - (b.cpu_s if b else 0.0)
-        rows.append({"role": role, "name": a.name, "pid": pid, "cpu_s": round(used, 3),
-                     "cpu_util": round(used / wall_s, 3) if wall_s > 0 else None,
-                     "rss_kib": a.rss_kib, "new": b is None})
+        rows.append(
+            {
+                "role": role,
+                "name": a.name,
+                "pid": pid,
+                "cpu_s": round(used, 3),
+                "cpu_util": round(used / wall_s, 3) if wall_s > 0 else None,
+                "rss_kib": a.rss_kib,
+                "new": b is None,
+            }
+        )
     return sorted(rows, key=lambda r: -r["cpu_s"])

@@ -8,6 +8,7 @@ body ``M..\\n`` (long-poll), ``ws-message`` ``M..`` (WebSocket).  Probes (``P<k>
 are the same shapes without a number, with id ``p<k>`` (so an SSE client has a cursor from the
 first probe it sees: it resumes with ``Last-Event-ID: p<k>`` if dropped before ``M1``).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -119,8 +120,11 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
         if due > published:
             # at most 1000 items per POST; a late tick catches up over several calls
             due = min(due, published + max(1, 1000 // len(channels)))
-            items = [format_item(plan.transport, ch, seq, now)
-                     for seq in range(published + 1, due + 1) for ch in channels]
+            items = [
+                format_item(plan.transport, ch, seq, now)
+                for seq in range(published + 1, due + 1)
+                for ch in channels
+            ]
             try:
                 pub.publish(items)
             except Exception as exc:  # a failed publish is reported, not retried: loss shows it
@@ -137,7 +141,15 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
             time.sleep(delay)
     elapsed = time.time() - start
     pub.close()
-    pipe.send({"published": {ch: published for ch in channels}, "per_channel": published,
-               "items": published * len(channels), "errors": errors, "error": error_text,
-               "calls": calls, "elapsed_s": round(elapsed, 3),
-               "rate_achieved": round(published * len(channels) / elapsed, 1) if elapsed > 0 else None})
+    pipe.send(
+        {
+            "published": {ch: published for ch in channels},
+            "per_channel": published,
+            "items": published * len(channels),
+            "errors": errors,
+            "error": error_text,
+            "calls": calls,
+            "elapsed_s": round(elapsed, 3),
+            "rate_achieved": round(published * len(channels) / elapsed, 1) if elapsed > 0 else None,
+        }
+    )

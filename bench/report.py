@@ -1,4 +1,5 @@
 """Outputs: the JSON record, PNG plots, and rich tables (one target, or two side by side)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ from rich.table import Table
 # (label, getter, better): better is "high", "low" or None (no ratio judgement)
 METRICS = [
     ("deliveries/s (received / time to receive)", lambda r: r["deliveries"]["per_s"], "high"),
-    ("deliveries/s (median second while publishing)", lambda r: r["deliveries"]["per_s_steady_median"], "high"),
-    ("deliveries received / expected", lambda r: f'{r["deliveries"]["received"]} / {r["deliveries"]["expected"]}', None),
+    (
+        "deliveries/s (median second while publishing)",
+        lambda r: r["deliveries"]["per_s_steady_median"],
+        "high",
+    ),
+    (
+        "deliveries received / expected",
+        lambda r: f"{r['deliveries']['received']} / {r['deliveries']['expected']}",
+        None,
+    ),
     ("latency p50 ms", lambda r: r["latency_ms"]["p50"], "low"),
     ("latency p90 ms", lambda r: r["latency_ms"]["p90"], "low"),
     ("latency p99 ms", lambda r: r["latency_ms"]["p99"], "low"),
@@ -20,17 +29,31 @@ METRICS = [
     ("connections/s while establishing", lambda r: r["connect"]["rate_per_s"], "high"),
     ("connect failures (retried)", lambda r: r["connect"]["failures"], None),
     ("memory per held connection KiB", lambda r: r["memory"]["per_conn_kib"], "low"),
-    ("server RSS before / after connect MiB",
-     lambda r: f'{r["memory"]["rss_before_kib"] / 1024:.0f} / {r["memory"]["rss_after_kib"] / 1024:.0f}', None),
+    (
+        "server RSS before / after connect MiB",
+        lambda r: (
+            f"{r['memory']['rss_before_kib'] / 1024:.0f} / {r['memory']['rss_after_kib'] / 1024:.0f}"
+        ),
+        None,
+    ),
     ("messages lost (all clients)", lambda r: r["loss"]["lost"], "low"),
     ("messages duplicated (all clients)", lambda r: r["loss"]["duplicated"], "low"),
-    ("clients with loss / with dups",
-     lambda r: f'{r["loss"]["clients_with_loss"]} / {r["loss"]["clients_with_dup"]}', None),
+    (
+        "clients with loss / with dups",
+        lambda r: f"{r['loss']['clients_with_loss']} / {r['loss']['clients_with_dup']}",
+        None,
+    ),
     ("worst client (lost, dup)", lambda r: _worst(r), None),
-    ("drops / reconnects / churned",
-     lambda r: "{drops} / {reconnects} / {churned}".format(**r["connections"]), None),
-    ("published items (achieved items/s)",
-     lambda r: f'{r["publish"]["items"]} ({r["publish"]["rate_achieved"]})', None),
+    (
+        "drops / reconnects / churned",
+        lambda r: "{drops} / {reconnects} / {churned}".format(**r["connections"]),
+        None,
+    ),
+    (
+        "published items (achieved items/s)",
+        lambda r: f"{r['publish']['items']} ({r['publish']['rate_achieved']})",
+        None,
+    ),
     ("publish errors", lambda r: r["publish"]["errors"], None),
     ("server CPU s, publish phase", lambda r: _cpu(r, "server"), "low"),
     ("load-generator CPU s, publish phase", lambda r: _cpu(r, "loadgen"), None),
@@ -40,7 +63,7 @@ METRICS = [
 
 def _worst(r):
     w = r["loss"]["worst_client"]
-    return f'#{w["client"]} ({w["lost"]}, {w["duplicated"]})' if w else "-"
+    return f"#{w['client']} ({w['lost']}, {w['duplicated']})" if w else "-"
 
 
 def _cpu(r, role):
@@ -52,7 +75,7 @@ def _busiest(r):
     if not rows:
         return "-"
     p = max(rows, key=lambda x: x["cpu_s"])
-    return f'{p["name"]} {p["cpu_util"]:.2f}'
+    return f"{p['name']} {p['cpu_util']:.2f}"
 
 
 def _fmt(v):
@@ -73,7 +96,12 @@ def _value(getter, r):
 
 
 def ratio_of(a, b, better):
-    if better is None or not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+    if (
+        better is None
+        or not isinstance(a, (int, float))
+        or not isinstance(b, (int, float))
+        or not b
+    ):
         return None
     return round(a / b, 2)
 
@@ -103,9 +131,11 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     if not ok:
         return
     cfg = runs[ok[0]]["config"]
-    title = (f"{cfg['scenario']}: {cfg['transport']}, {cfg['clients']} clients, {cfg['channels']} channel(s), "
-             f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}, "
-             f"gripcast edges {cfg['edges']}")
+    title = (
+        f"{cfg['scenario']}: {cfg['transport']}, {cfg['clients']} clients, {cfg['channels']} channel(s), "
+        f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}, "
+        f"gripcast edges {cfg['edges']}"
+    )
     table = Table(title=title)
     table.add_column("metric")
     for n in ok:
@@ -126,15 +156,22 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     console.print(table)
     for n in ok:
         r = runs[n]
-        t = Table(title=f"{n}: CPU seconds per process, publish phase ({r['cpu']['publish_phase_wall_s']:.1f} s wall;"
-                        f" core share 1.00 = one core saturated)")
+        t = Table(
+            title=f"{n}: CPU seconds per process, publish phase ({r['cpu']['publish_phase_wall_s']:.1f} s wall;"
+            f" core share 1.00 = one core saturated)"
+        )
         for col in ("role", "process", "pid", "CPU s", "core share", "connect-phase CPU s"):
             t.add_column(col, justify="right" if col not in ("role", "process") else "left")
         connect = {p["pid"]: p["cpu_s"] for p in r["cpu"]["connect_phase"]}
         for p in r["cpu"]["publish_phase"]:
-            t.add_row(p["role"], p["name"], str(p["pid"]), f"{p['cpu_s']:.2f}",
-                      f"{p['cpu_util']:.2f}" if p["cpu_util"] is not None else "-",
-                      f"{connect.get(p['pid'], 0):.2f}")
+            t.add_row(
+                p["role"],
+                p["name"],
+                str(p["pid"]),
+                f"{p['cpu_s']:.2f}",
+                f"{p['cpu_util']:.2f}" if p["cpu_util"] is not None else "-",
+                f"{connect.get(p['pid'], 0):.2f}",
+            )
         console.print(t)
         if "edge_kill" in r:
             console.print(f"{n}: edge kill: {r['edge_kill']}")
@@ -159,7 +196,10 @@ def print_ingest(r: dict, console: Console | None = None) -> None:
     if r.get("acked_per_s"):
         t.add_row("items/s acknowledged (HTTP)", _fmt(r["acked_per_s"]))
     for p in r["cpu"]:
-        t.add_row(f"CPU s {p['role']}: {p['name']} (core share)", f"{p['cpu_s']:.2f} ({p['cpu_util']:.2f})")
+        t.add_row(
+            f"CPU s {p['role']}: {p['name']} (core share)",
+            f"{p['cpu_s']:.2f} ({p['cpu_util']:.2f})",
+        )
     console.print(t)
     if not r.get("ok"):
         console.print(f"[red]{r.get('error')}[/red]")
@@ -190,9 +230,13 @@ def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
     for n, r in ok.items():
         s = r["series"]
         ts = [p["t"] for p in s]
-        line, = ax.plot(ts, [p["p50_ms"] for p in s], label=f"{n} p50")
-        ax.plot(ts, [p["p99_ms"] for p in s], linestyle="--", color=line.get_color(), label=f"{n} p99")
-        ax.plot(ts, [p["max_ms"] for p in s], linestyle=":", color=line.get_color(), label=f"{n} max")
+        (line,) = ax.plot(ts, [p["p50_ms"] for p in s], label=f"{n} p50")
+        ax.plot(
+            ts, [p["p99_ms"] for p in s], linestyle="--", color=line.get_color(), label=f"{n} p99"
+        )
+        ax.plot(
+            ts, [p["max_ms"] for p in s], linestyle=":", color=line.get_color(), label=f"{n} max"
+        )
     ax.set_yscale("log")
     ax.set_xlabel("seconds since publishing started (by receive time)")
     ax.set_ylabel("publish-to-receive latency, ms")

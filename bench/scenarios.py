@@ -9,6 +9,7 @@ one edge is SIGKILLed once); wait for deliveries to stop; collect every worker's
 CPU seconds are sampled from /proc for every server and load-generator process at each phase
 boundary.  Everything started is stopped by PID in ``finally``.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,9 @@ class LoadConfig:
 class _WorkerHandle:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.pipe, child = CTX.Pipe()
-        self.proc = CTX.Process(target=worker_main, args=(cfg, child), name=f"bench-worker{cfg.index}",
-                                daemon=True)
+        self.proc = CTX.Process(
+            target=worker_main, args=(cfg, child), name=f"bench-worker{cfg.index}", daemon=True
+        )
         self.status: dict = {}
         self.report: dict | None = None
 
@@ -133,8 +135,18 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             first, last = i * per, min(cfg.clients, (i + 1) * per)
             if first >= last:
                 break
-            w = _WorkerHandle(WorkerConfig(i, target.client_port, cfg.transport, first, last, cfg.channels,
-                                           max_seq, cfg.concurrency))
+            w = _WorkerHandle(
+                WorkerConfig(
+                    i,
+                    target.client_port,
+                    cfg.transport,
+                    first,
+                    last,
+                    cfg.channels,
+                    max_seq,
+                    cfg.concurrency,
+                )
+            )
             workers.append(w)
         t_connect = time.time()
         for w in workers:
@@ -152,21 +164,35 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         phase.done()
         t_firsts = [w.status["t_first"] for w in workers if w.status.get("t_first")]
         t_alls = [w.status["t_all"] for w in workers if w.status.get("t_all")]
-        setup_s = (max(t_alls) - min(t_firsts)) if len(t_alls) == len(workers) and t_firsts else None
+        setup_s = (
+            (max(t_alls) - min(t_firsts)) if len(t_alls) == len(workers) and t_firsts else None
+        )
         time.sleep(1.0)  # let the servers settle before measuring memory
         _pump_all(workers)
         srv1, lg1 = samples()
         rss_after = sum(s.rss_kib for s in srv1.values())
         result["connect"] = {
-            "clients": cfg.clients, "connected": connected, "failures": _sum(workers, "failures"),
+            "clients": cfg.clients,
+            "connected": connected,
+            "failures": _sum(workers, "failures"),
             "setup_s": round(setup_s, 3) if setup_s else None,
             "rate_per_s": round(connected / setup_s, 1) if setup_s else None,
-            "wall_s": round(time.time() - t_connect, 3)}
+            "wall_s": round(time.time() - t_connect, 3),
+        }
         result["memory"] = {
-            "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+            "rss_before_kib": rss_before,
+            "rss_after_kib": rss_after,
             "per_conn_kib": round((rss_after - rss_before) / connected, 2) if connected else None,
-            "by_process": [{"name": s.name, "pid": s.pid, "before_kib": srv0.get(p).rss_kib if p in srv0 else 0,
-                            "after_kib": s.rss_kib} for p, s in srv1.items()]}
+            "by_process": [
+                {
+                    "name": s.name,
+                    "pid": s.pid,
+                    "before_kib": srv0.get(p).rss_kib if p in srv0 else 0,
+                    "after_kib": s.rss_kib,
+                }
+                for p, s in srv1.items()
+            ],
+        }
 
         # --- probe barrier: every client subscribed ---------------------------------------
         phase = Phase(progress, tag + "subscribing (probes)", connected)
@@ -192,15 +218,27 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
 
         # --- publish ----------------------------------------------------------------------
         start_at = time.time() + 0.3
-        result["publish_start"] = round(start_at, 3)  # epoch s: loss.detail event times compare with it
+        result["publish_start"] = round(
+            start_at, 3
+        )  # epoch s: loss.detail event times compare with it
         for w in workers:
             w.pipe.send(("t0", start_at))
             if cfg.churn_per_s:
                 w.pipe.send(("churn", cfg.churn_per_s / len(workers)))
-        plan = PublishPlan(cfg.publisher, target.publish_url, target.push_spec, cfg.transport, cfg.channels,
-                           cfg.rate, cfg.duration, start_at)
+        plan = PublishPlan(
+            cfg.publisher,
+            target.publish_url,
+            target.push_spec,
+            cfg.transport,
+            cfg.channels,
+            cfg.rate,
+            cfg.duration,
+            start_at,
+        )
         pub_pipe, child = CTX.Pipe()
-        publisher = CTX.Process(target=publisher_main, args=(plan, child), name="publisher", daemon=True)
+        publisher = CTX.Process(
+            target=publisher_main, args=(plan, child), name="publisher", daemon=True
+        )
         publisher.start()
         lg_pids[publisher.pid] = "publisher"
         srv2, lg2 = samples()
@@ -218,10 +256,16 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             if now - last_t >= 0.5:
                 rate = (d - last_d) / (now - last_t)
                 last_d, last_t = d, now
-                phase.update(completed=max(0.0, min(el, cfg.duration)),
-                             description=f"{tag}publishing  {rate:,.0f} deliveries/s  live={_sum(workers, 'live')}")
-            if (cfg.kill_edge and kill_info is None and isinstance(target, GripcastTarget)
-                    and el >= cfg.duration / 3):
+                phase.update(
+                    completed=max(0.0, min(el, cfg.duration)),
+                    description=f"{tag}publishing  {rate:,.0f} deliveries/s  live={_sum(workers, 'live')}",
+                )
+            if (
+                cfg.kill_edge
+                and kill_info is None
+                and isinstance(target, GripcastTarget)
+                and el >= cfg.duration / 3
+            ):
                 pid = target.kill_edge(0)
                 kill_info = {"killed_pid": pid, "at_s": round(el, 2)}
             if el > cfg.duration + 60:
@@ -229,7 +273,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         publisher.join(5)
         phase.done()
         # --- drain ------------------------------------------------------------------------
-        expected = sum(pub_report["published"].get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients))
+        expected = sum(
+            pub_report["published"].get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients)
+        )
         for w in workers:
             if cfg.churn_per_s:
                 w.pipe.send(("churn", 0))
@@ -250,8 +296,10 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         wall = time.time() - start_at
         if kill_info is not None:
             kill_info["edges_after"] = [p for p in target.edge_pids()]
-            kill_info["restarted"] = kill_info["killed_pid"] not in kill_info["edges_after"] and \
-                len(kill_info["edges_after"]) == cfg.edges
+            kill_info["restarted"] = (
+                kill_info["killed_pid"] not in kill_info["edges_after"]
+                and len(kill_info["edges_after"]) == cfg.edges
+            )
         # --- collect ----------------------------------------------------------------------
         for w in workers:
             w.pipe.send(("report", pub_report["published"]))
@@ -264,29 +312,40 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         received = summary["deliveries"]
         lat = summary["latency_ms"]
         lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
-        worst = max((r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None)
+        worst = max(
+            (r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None
+        )
         series = summary["series"]
         steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
         result["publish"] = pub_report
         result["deliveries"] = {
-            "expected": expected, "received": received,
+            "expected": expected,
+            "received": received,
             # received / the time it took: publishing time, or longer if deliveries trailed behind
             "per_s": round(received / max(cfg.duration, (series[-1]["t"] + 1) if series else 0), 1)
-            if cfg.duration else None,
+            if cfg.duration
+            else None,
             "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
-            "per_s_peak": max(steady) if steady else None}
+            "per_s_peak": max(steady) if steady else None,
+        }
         result["latency_ms"] = lat
         result["series"] = series
         result["loss"] = {
-            "lost": sum(r["lost"] for r in reports), "duplicated": sum(r["dup"] for r in reports),
+            "lost": sum(r["lost"] for r in reports),
+            "duplicated": sum(r["dup"] for r in reports),
             "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
             "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
-            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]} if worst else None,
+            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]}
+            if worst
+            else None,
             "per_client_sample": [x for r in reports for x in r["per_client"]][:200],
             # lost/duplicated seq runs and recent (time, open|churned|dropped|failed, cursor)
-            "detail": [x for r in reports for x in r.get("detail", [])][:20]}
-        result["connections"] = {k: sum(r["status"][k] for r in reports)
-                                 for k in ("drops", "reconnects", "failures", "churned")}
+            "detail": [x for r in reports for x in r.get("detail", [])][:20],
+        }
+        result["connections"] = {
+            k: sum(r["status"][k] for r in reports)
+            for k in ("drops", "reconnects", "failures", "churned")
+        }
         if kill_info is not None:
             result["edge_kill"] = kill_info
         pub_wall = max(1e-6, wall)
@@ -296,7 +355,8 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             + procs.cpu_delta(lg0, lg1, connect_wall, "loadgen"),
             "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
             + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
-            "publish_phase_wall_s": round(pub_wall, 3)}
+            "publish_phase_wall_s": round(pub_wall, 3),
+        }
         result["ok"] = True
     except Exception as exc:
         result["ok"] = False
@@ -319,6 +379,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
 
 # --- ingest -------------------------------------------------------------------------------
 
+
 def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[list[bytes], int]:
     """The PUSH frames for ``payloads`` (made before the clock starts) and items per frame:
     ``zmq`` J + JSON, ``zmq-tnetstring`` a bare tnetstring, ``zmq-msgpack`` B + a msgpack list
@@ -336,12 +397,15 @@ def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[lis
     if publisher == "zmq-msgpack":
         if batch <= 1:
             return [b"M" + msgpack.packb(p) for p in payloads], 1
-        return [b"B" + msgpack.packb(payloads[i:i + batch])
-                for i in range(0, len(payloads), batch)], batch
+        return [
+            b"B" + msgpack.packb(payloads[i : i + batch]) for i in range(0, len(payloads), batch)
+        ], batch
     raise ValueError(f"unknown ingest publisher {publisher!r}")
 
 
-def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, timeout_s: float = 120.0) -> dict:
+def run_ingest(
+    items: int, publisher: str, batch: int = 100, progress=None, timeout_s: float = 120.0
+) -> dict:
     """Broker ingest: ``items`` messages into a lone gripcast broker, counted on its edge fan-out.
 
     A pyzmq SUB on the broker's edge_pub port subscribes to ``bench\\0`` (so the broker sees a
@@ -373,10 +437,18 @@ def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, time
             if time.monotonic() > deadline:
                 raise TimeoutError("broker never fanned out to the bench SUB")
         srv0 = procs.sample(target.pids())
-        me0 = {p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
-               for p, x in procs.sample([os.getpid()]).items()}
-        payloads = [{"channel": "bench", "id": f"i{n}", "formats": {"http-stream": {"content": f"item {n}\n"}}}
-                    for n in range(items)]
+        me0 = {
+            p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
+            for p, x in procs.sample([os.getpid()]).items()
+        }
+        payloads = [
+            {
+                "channel": "bench",
+                "id": f"i{n}",
+                "formats": {"http-stream": {"content": f"item {n}\n"}},
+            }
+            for n in range(items)
+        ]
         received = 0
         phase = Phase(progress, "ingest", items)
         t_start = time.time()
@@ -411,8 +483,8 @@ def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, time
         else:
             acked = 0
             for i in range(0, items, batch):
-                pub.publish(payloads[i:i + batch])
-                acked += len(payloads[i:i + batch])
+                pub.publish(payloads[i : i + batch])
+                acked += len(payloads[i : i + batch])
                 while True:
                     try:
                         received += b"item " in sub.recv(zmq.NOBLOCK)  # items only, not markers
@@ -426,19 +498,27 @@ def run_ingest(items: int, publisher: str, batch: int = 100, progress=None, time
         phase.done()
         pub.close()
         srv1 = procs.sample(target.pids())
-        me1 = {p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
-               for p, x in procs.sample([os.getpid()]).items()}
+        me1 = {
+            p: procs.ProcSample(p, "bench (publisher + SUB)", x.rss_kib, x.cpu_s)
+            for p, x in procs.sample([os.getpid()]).items()
+        }
         server_cpu = procs.cpu_delta(srv0, srv1, elapsed, "server")
         broker_cpu_s = sum(p["cpu_s"] for p in server_cpu)
-        result.update({
-            # items per CPU second of the broker: the broker's own cost, which (unlike items/s)
-            # does not move when other processes take the CPU away from it
-            "items_per_broker_cpu_s": round(received / broker_cpu_s, 1) if broker_cpu_s > 0 else None,
-            "received": received, "elapsed_s": round(elapsed, 3),
-            "items_per_s": round(received / elapsed, 1) if elapsed > 0 else None,
-            "acked_per_s": round(items / (t_sent - t_start), 1) if t_sent else None,
-            "cpu": server_cpu + procs.cpu_delta(me0, me1, elapsed, "loadgen (publisher + SUB)"),
-            "ok": received == items})
+        result.update(
+            {
+                # items per CPU second of the broker: the broker's own cost, which (unlike items/s)
+                # does not move when other processes take the CPU away from it
+                "items_per_broker_cpu_s": round(received / broker_cpu_s, 1)
+                if broker_cpu_s > 0
+                else None,
+                "received": received,
+                "elapsed_s": round(elapsed, 3),
+                "items_per_s": round(received / elapsed, 1) if elapsed > 0 else None,
+                "acked_per_s": round(items / (t_sent - t_start), 1) if t_sent else None,
+                "cpu": server_cpu + procs.cpu_delta(me0, me1, elapsed, "loadgen (publisher + SUB)"),
+                "ok": received == items,
+            }
+        )
         if received != items:
             result["error"] = f"received {received} of {items} items within the time limit"
     except Exception as exc:

@@ -1,4 +1,5 @@
 """Turn workers' latency histograms and counters into figures (pure functions, no I/O)."""
+
 from __future__ import annotations
 
 from bench.swarm import SEC_SHIFT, bucket_value_ms
@@ -45,7 +46,17 @@ def summarize(hist: dict[int, int]) -> dict:
     for sec in sorted(per_sec):
         h = per_sec[sec]
         pc = percentiles(h, (50, 99))
-        series.append({"t": sec, "deliveries": sum(h.values()), "p50_ms": pc["p50"], "p99_ms": pc["p99"],
-                       "max_ms": round(bucket_value_ms(max(h)), 3)})
-    return {"latency_ms": percentiles(overall, (50, 90, 99)), "series": series,
-            "deliveries": sum(overall.values())}
+        series.append(
+            {
+                "t": sec,
+                "deliveries": sum(h.values()),
+                "p50_ms": pc["p50"],
+                "p99_ms": pc["p99"],
+                "max_ms": round(bucket_value_ms(max(h)), 3),
+            }
+        )
+    return {
+        "latency_ms": percentiles(overall, (50, 90, 99)),
+        "series": series,
+        "deliveries": sum(overall.values()),
+    }

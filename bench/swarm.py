@@ -22,6 +22,7 @@ random clients itself at a given rate, and they resume the same way.
 The parent talks to a worker over a Pipe: commands in (``t0``, ``churn``, ``report``,
 ``stop``), ``status`` snapshots out every 0.25 s, and one final ``report``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -103,8 +104,25 @@ class WorkerConfig:
 
 
 class Client:
-    __slots__ = ("idx", "channel", "sock", "fd", "state", "raw", "left", "skip", "text", "seen", "last",
-                 "mode", "probed", "probe", "established", "hs", "events")
+    __slots__ = (
+        "idx",
+        "channel",
+        "sock",
+        "fd",
+        "state",
+        "raw",
+        "left",
+        "skip",
+        "text",
+        "seen",
+        "last",
+        "mode",
+        "probed",
+        "probe",
+        "established",
+        "hs",
+        "events",
+    )
 
     def __init__(self, idx: int, channel: str, max_seq: int) -> None:
         self.idx = idx
@@ -137,7 +155,7 @@ def dechunk(c: Client, data: bytes) -> tuple[bytes, bool]:
     while pos < n:
         if c.left:
             take = min(c.left, n - pos)
-            out.append(buf[pos:pos + take])
+            out.append(buf[pos : pos + take])
             pos += take
             c.left -= take
             if not c.left:
@@ -173,12 +191,12 @@ def deframe(c: Client, data: bytes) -> tuple[bytes, bool]:
         if size == 126:
             if n - pos < 4:
                 break
-            size = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            size = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             hdr = 4
         elif size == 127:
             if n - pos < 10:
                 break
-            size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             hdr = 10
         if b1 & 0x80:
             hdr += 4  # a masked frame (servers do not mask; tolerated)
@@ -186,7 +204,7 @@ def deframe(c: Client, data: bytes) -> tuple[bytes, bool]:
             break
         op = b0 & 0x0F
         if op in (1, 2):
-            out.append(buf[pos + hdr:pos + hdr + size])
+            out.append(buf[pos + hdr : pos + hdr + size])
             out.append(b"\n")
         elif op == 8:
             c.raw = b""
@@ -202,7 +220,9 @@ class Worker:
         self.pipe = pipe
         self.addr = ("127.0.0.1", cfg.port)
         prefix = {"stream": "stream", "sse": "sse", "longpoll": "lp", "ws": "ws"}[cfg.transport]
-        self.clients = [Client(i, f"c{i % cfg.channels}", cfg.max_seq) for i in range(cfg.first, cfg.last)]
+        self.clients = [
+            Client(i, f"c{i % cfg.channels}", cfg.max_seq) for i in range(cfg.first, cfg.last)
+        ]
         self.paths = {c.channel: f"/{prefix}/{c.channel}" for c in self.clients}
         self.ep = select.epoll()
         self.by_fd: dict[int, Client] = {}
@@ -249,9 +269,11 @@ class Worker:
 
     def request(self, c: Client) -> bytes:
         if self.ws:
-            return (f"GET {self.paths[c.channel]} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
-                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            return (
+                f"GET {self.paths[c.channel]} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
         extra = ""
         if self.sse:
             extra = "Accept: text/event-stream\r\n"
@@ -326,7 +348,7 @@ class Worker:
                 c.raw = buf
                 return
             head = buf[:end].lower()
-            data = buf[end + 4:]
+            data = buf[end + 4 :]
             c.raw = b""
             ok = (b"http/1.1 101",) if self.ws else (b"http/1.1 200", b"http/1.0 200")
             if not head.startswith(ok):
@@ -339,7 +361,7 @@ class Worker:
             elif b"content-length:" in head:
                 c.mode = "length"
                 i = head.index(b"content-length:") + 15
-                c.left = int(head[i:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
+                c.left = int(head[i : head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
             else:
                 c.mode = "raw"
             c.state = BODY
@@ -364,7 +386,7 @@ class Worker:
             if len(buf) < c.left:
                 c.raw = buf
                 return
-            payload, c.raw, ended = buf[:c.left], b"", True
+            payload, c.raw, ended = buf[: c.left], b"", True
         else:
             payload, ended = data, False
         if payload:
@@ -386,7 +408,7 @@ class Worker:
         if cut < 0:
             c.text = buf
             return
-        c.text = buf[cut + 1:]
+        c.text = buf[cut + 1 :]
         block = buf[:cut]
         if not c.last and b"P" in block:  # a probe: until a message comes, its id is the cursor
             probes = PROBE_RX.findall(block)
@@ -422,10 +444,20 @@ class Worker:
     # --- loop -----------------------------------------------------------------------------
 
     def status(self) -> dict:
-        return {"connected": self.connected, "probed": self.probed, "deliveries": self.deliveries,
-                "failures": self.failures, "drops": self.drops, "reconnects": self.reconnects,
-                "churned": self.churned, "t_first": self.t_first, "t_all": self.t_all,
-                "live": sum(1 for c in self.clients if c.sock is not None and c.established and not c.hs)}
+        return {
+            "connected": self.connected,
+            "probed": self.probed,
+            "deliveries": self.deliveries,
+            "failures": self.failures,
+            "drops": self.drops,
+            "reconnects": self.reconnects,
+            "churned": self.churned,
+            "t_first": self.t_first,
+            "t_all": self.t_all,
+            "live": sum(
+                1 for c in self.clients if c.sock is not None and c.established and not c.hs
+            ),
+        }
 
     def command(self, msg) -> None:
         kind = msg[0]
@@ -496,7 +528,7 @@ class Worker:
         detail = []  # which seqs, and the client's recent connections (time, what, cursor then)
         for c in self.clients:
             n = published.get(c.channel, 0)
-            sl = c.seen[1:n + 1]
+            sl = c.seen[1 : n + 1]
             lost = sl.count(0)
             dup = sum(sl) - (n - lost) if n else 0
             lost_total += lost
@@ -506,14 +538,29 @@ class Worker:
             if lost or dup:
                 per_client.append((c.idx, lost, dup))
                 if len(detail) < 20:
-                    detail.append({"client": c.idx, "channel": c.channel, "lost_seqs": seq_runs(c.seen, n, True),
-                                   "dup_seqs": seq_runs(c.seen, n, False), "events": c.events or []})
+                    detail.append(
+                        {
+                            "client": c.idx,
+                            "channel": c.channel,
+                            "lost_seqs": seq_runs(c.seen, n, True),
+                            "dup_seqs": seq_runs(c.seen, n, False),
+                            "events": c.events or [],
+                        }
+                    )
             if worst is None or (lost + dup) > worst[1] + worst[2]:
                 worst = (c.idx, lost, dup)
-        return {"status": self.status(), "hist": self.hist, "max_lat": self.max_lat,
-                "lost": lost_total, "dup": dup_total, "clients_with_loss": with_loss,
-                "clients_with_dup": with_dup, "worst": worst, "per_client": per_client[:1000],
-                "detail": detail}
+        return {
+            "status": self.status(),
+            "hist": self.hist,
+            "max_lat": self.max_lat,
+            "lost": lost_total,
+            "dup": dup_total,
+            "clients_with_loss": with_loss,
+            "clients_with_dup": with_dup,
+            "worst": worst,
+            "per_client": per_client[:1000],
+            "detail": detail,
+        }
 
 
 def worker_main(cfg: WorkerConfig, pipe) -> None:

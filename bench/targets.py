@@ -5,6 +5,7 @@ A target exposes the same things to a scenario: ``client_port``, ``publish_url``
 ``push_spec`` (ZeroMQ PUSH endpoint), ``pids()`` (every server process, for RSS and CPU), and
 ``start()``/``stop()``.  gripcast also has ``kill_edge()`` for the churn scenario.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,15 @@ from pathlib import Path
 
 from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group, wait_port
 
-GRIPCAST_PORT_KEYS = ("client_port", "push_in_port", "http_port", "sub_in_port", "command_port",
-                      "edge_pub_port", "edge_ctl_port")
+GRIPCAST_PORT_KEYS = (
+    "client_port",
+    "push_in_port",
+    "http_port",
+    "sub_in_port",
+    "command_port",
+    "edge_pub_port",
+    "edge_ctl_port",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -55,8 +63,10 @@ class Target:
 def write_gripcast_config(path: Path, ports: dict, origin_port: int, edges: int) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
     lines += [f"{k} = {v}" for k, v in ports.items()]
-    lines.append(f'routes = ["*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http", '
-                 f'"* 127.0.0.1:{origin_port}"]')
+    lines.append(
+        f'routes = ["*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http", '
+        f'"* 127.0.0.1:{origin_port}"]'
+    )
     lines.append(f"edges = {edges}")
     lines.append('log_level = "warning"')
     lines.append("history_max_items = 100000")
@@ -85,8 +95,14 @@ class GripcastTarget(Target):
         notify = NotifySocket()
         env = dict(os.environ, NOTIFY_SOCKET=notify.path, PYTHONUNBUFFERED="1", **self.env)
         self._log = open(self.log_path, "ab")
-        proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=self._log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=str(REPO),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             notify.wait_ready(proc, timeout)
         except BaseException:
@@ -96,14 +112,26 @@ class GripcastTarget(Target):
             notify.close()
         return proc
 
-    def start(self) -> "GripcastTarget":
-        self.proc = self._spawn([sys.executable, "-m", "gripcast", "run", "--edges", str(self.edges),
-                                 "--config", str(self.config)], timeout=60)
+    def start(self) -> GripcastTarget:
+        self.proc = self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "gripcast",
+                "run",
+                "--edges",
+                str(self.edges),
+                "--config",
+                str(self.config),
+            ],
+            timeout=60,
+        )
         return self
 
-    def start_broker_only(self) -> "GripcastTarget":
-        self.proc = self._spawn([sys.executable, "-m", "gripcast", "broker", "--config", str(self.config)],
-                                timeout=30)
+    def start_broker_only(self) -> GripcastTarget:
+        self.proc = self._spawn(
+            [sys.executable, "-m", "gripcast", "broker", "--config", str(self.config)], timeout=30
+        )
         return self
 
     def edge_pids(self) -> list[int]:
@@ -193,22 +221,43 @@ class PushpinTarget(Target):
         (self.dir / "run").mkdir(exist_ok=True)
         (self.dir / "log").mkdir(exist_ok=True)
         routes = self.dir / "routes"
-        routes.write_text(f"*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http\n"
-                          f"* 127.0.0.1:{origin_port}\n")
+        routes.write_text(
+            f"*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http\n* 127.0.0.1:{origin_port}\n"
+        )
         self.config = self.dir / "pushpin.conf"
-        self.config.write_text(PUSHPIN_CONF.format(
-            rundir=self.dir / "run", logdir=self.dir / "log", tag=os.getpid(), client_port=client,
-            routes=routes, push_port=push, sub_port=sub, http_port=http, command_port=command))
+        self.config.write_text(
+            PUSHPIN_CONF.format(
+                rundir=self.dir / "run",
+                logdir=self.dir / "log",
+                tag=os.getpid(),
+                client_port=client,
+                routes=routes,
+                push_port=push,
+                sub_port=sub,
+                http_port=http,
+                command_port=command,
+            )
+        )
         self.client_port = client
         self.publish_url = f"http://127.0.0.1:{http}"
         self.push_spec = f"tcp://127.0.0.1:{push}"
         self.log_path = str(self.dir / "pushpin.log")
 
-    def start(self) -> "PushpinTarget":
+    def start(self) -> PushpinTarget:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            ["pushpin", "--config", str(self.config), "--port", f"127.0.0.1:{self.client_port}",
-             "--merge-output"], stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "pushpin",
+                "--config",
+                str(self.config),
+                "--port",
+                f"127.0.0.1:{self.client_port}",
+                "--merge-output",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_port(self.client_port, 30, self.proc)
             wait_port(int(self.publish_url.rsplit(":", 1)[1]), 30, self.proc)
@@ -231,7 +280,9 @@ def _wait_http_ok(url: str, timeout: float, proc: subprocess.Popen) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"target exited with code {proc.returncode}")
         try:
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                url, data=body, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=2) as resp:
                 resp.read()
                 return

@@ -16,14 +16,16 @@ refused at start unless Curve (``curve_publishers``) / ``publish_jwt_key`` prote
 ``port_offset`` is added to every default port above (client and broker), like Pushpin's.
 Ports given explicitly (``--port``, ``client_port = ...``) are used as given.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from broker.errors import ConfigError
 
@@ -119,7 +121,9 @@ class Config:
     metrics_port: int = 0  # broker's listener; 0: off
     edge_metrics_port: int = 0  # edge i listens on edge_metrics_port + i; 0: off
     stats_spec: str = ""  # Pushpin-style stats ZMQ PUB endpoint (broker binds); "": off
-    stats_report_interval_s: float = _reload(10.0, "broker")  # how often "report" stats packets go out
+    stats_report_interval_s: float = _reload(
+        10.0, "broker"
+    )  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
     log_level: str = _reload("info", "both")
     # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
@@ -170,7 +174,7 @@ class Config:
     def edge_count(self) -> int:
         return self.edges if self.edges > 0 else (os.cpu_count() or 1)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,8 +188,9 @@ _FIELDS = {f.name: f for f in fields(Config)}
 
 def reloadable_keys(role: str) -> frozenset[str]:
     """The keys process ``role`` (``"edge"`` or ``"broker"``) applies on SIGHUP."""
-    return frozenset(f.name for f in fields(Config)
-                     if f.metadata.get("reload") in (role, "both"))
+    return frozenset(f.name for f in fields(Config) if f.metadata.get("reload") in (role, "both"))
+
+
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
 
 
@@ -207,8 +212,16 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
         if t == "float":
             return float(value)
         if t == "bool":
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0",
-                                                            "false", "no", "off"):
+            if isinstance(value, str) and value.lower() in (
+                "1",
+                "true",
+                "yes",
+                "on",
+                "0",
+                "false",
+                "no",
+                "off",
+            ):
                 return value.lower() in ("1", "true", "yes", "on")
             if not isinstance(value, bool):
                 raise ValueError("not a boolean")
@@ -398,13 +411,15 @@ def _validate_exposure(cfg: Config) -> list[str]:
                 f"{_bind_key(cfg, 'publish')}: {addr!r} is not loopback and the ZeroMQ publish "
                 "inputs (PULL, SUB, command) have no Curve: set curve_secret_key and "
                 "curve_publishers = true, bind publish_bind to 127.0.0.1, or set "
-                "allow_unauthenticated_publish = true")
+                "allow_unauthenticated_publish = true"
+            )
         addr = cfg.bind_addr("http")
         if not is_loopback(addr) and not cfg.publish_jwt_key:
             problems.append(
                 f"{_bind_key(cfg, 'http')}: {addr!r} is not loopback and the HTTP publish API "
                 "has no auth: set publish_jwt_key, bind http_bind to 127.0.0.1, or set "
-                "allow_unauthenticated_publish = true")
+                "allow_unauthenticated_publish = true"
+            )
     if cfg.http_maxconn < 1:
         problems.append("http_maxconn: must be at least 1")
     for name in ("recover_per_s", "hint_per_channel_per_s", "hint_per_s"):
@@ -420,10 +435,16 @@ def _validate_exposure(cfg: Config) -> list[str]:
         except ConfigError:
             pass  # reported by the checks of each key
         else:
-            if (pub is not None and sig is not None and pub.algorithm == "HS256"
-                    and pub.key == sig.key):
-                problems.append("publish_jwt_key: equals sig_key, so a Grip-Sig token sent to "
-                                "origins would be accepted as a publish token: use another key")
+            if (
+                pub is not None
+                and sig is not None
+                and pub.algorithm == "HS256"
+                and pub.key == sig.key
+            ):
+                problems.append(
+                    "publish_jwt_key: equals sig_key, so a Grip-Sig token sent to "
+                    "origins would be accepted as a publish token: use another key"
+                )
     return problems
 
 
@@ -433,7 +454,8 @@ def config_warnings(cfg: Config) -> list[str]:
     if cfg.sig_key == "changeme" and not is_loopback(cfg.client_addr):
         warnings.append(
             f"sig_key: the default 'changeme' with client_addr {cfg.client_addr!r} (not "
-            "loopback): anyone can forge Grip-Sig toward origins; set a secret sig_key")
+            "loopback): anyone can forge Grip-Sig toward origins; set a secret sig_key"
+        )
     return warnings
 
 
@@ -481,41 +503,137 @@ PUBLISH_IN_HWM = 101_000  # Pushpin's DEFAULT_HWM for its publish inputs
 ZMQ_MAX_MSG_BYTES = 16 << 20  # largest ZeroMQ frame any peer may send the broker (drops it)
 
 WIRING: tuple[Endpoint, ...] = (
-    Endpoint("push_in", "PULL", True, "broker", "publishers' PUSH", "push_in_port",
-             "publish_bind", (("RCVHWM", PUBLISH_IN_HWM), ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
-             heartbeats=True, curve="server-publishers"),
-    Endpoint("http_api", "HTTP", True, "broker", "publishers (POST /publish)", "http_port",
-             "http_bind"),
-    Endpoint("sub_in", "SUB", True, "broker", "publishers' PUB/XPUB", "sub_in_port",
-             "publish_bind", (("RCVHWM", PUBLISH_IN_HWM), ("SNDHWM", 0),
-                              ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
-             heartbeats=True, curve="server-publishers"),
-    Endpoint("command", "ROUTER", True, "broker", "publishers' REQ/DEALER", "command_port",
-             "publish_bind", (("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),),
-             heartbeats=True, curve="server-publishers"),
+    Endpoint(
+        "push_in",
+        "PULL",
+        True,
+        "broker",
+        "publishers' PUSH",
+        "push_in_port",
+        "publish_bind",
+        (("RCVHWM", PUBLISH_IN_HWM), ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
+        heartbeats=True,
+        curve="server-publishers",
+    ),
+    Endpoint(
+        "http_api", "HTTP", True, "broker", "publishers (POST /publish)", "http_port", "http_bind"
+    ),
+    Endpoint(
+        "sub_in",
+        "SUB",
+        True,
+        "broker",
+        "publishers' PUB/XPUB",
+        "sub_in_port",
+        "publish_bind",
+        (("RCVHWM", PUBLISH_IN_HWM), ("SNDHWM", 0), ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
+        heartbeats=True,
+        curve="server-publishers",
+    ),
+    Endpoint(
+        "command",
+        "ROUTER",
+        True,
+        "broker",
+        "publishers' REQ/DEALER",
+        "command_port",
+        "publish_bind",
+        (("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),),
+        heartbeats=True,
+        curve="server-publishers",
+    ),
     # subscriptions are messages: RCVHWM=0 here and SNDHWM=0 on the edges' SUB, or they are
     # lost in a burst; a full SNDHWM drops fan-out (edges repair the gap from history)
-    Endpoint("edge_pub", "XPUB", True, "broker", "edges' SUB (one per edge)", "edge_pub_port",
-             "edge_bind", (("XPUB_VERBOSE", 1), ("RCVHWM", 0), ("SNDHWM", "edge_pub_sndhwm"),
-                           ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES)),
-             heartbeats=True, curve="server"),
-    Endpoint("edge_ctl", "ROUTER", True, "broker", "edges' DEALER (one per edge)",
-             "edge_ctl_port", "edge_bind", (("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),),
-             heartbeats=True, curve="server"),
-    Endpoint("stats", "PUB", True, "broker", "stats consumers (Pushpin's stats socket)",
-             "stats_spec"),
-    Endpoint("zap", "ROUTER", True, "broker", "libzmq's ZAP requests (Curve handshakes)", "",
-             address="inproc://zeromq.zap.01"),
-    Endpoint("broker_ops", "HTTP", True, "broker", "/metrics /health /ready", "metrics_port",
-             "metrics_addr"),
-    Endpoint("link_sub", "SUB", False, "edge", "broker's edge_pub", "edge_pub_port",
-             "broker_host", (("SNDHWM", 0), ("RCVHWM", "edge_sub_rcvhwm")),
-             heartbeats=True, curve="client"),
-    Endpoint("link_ctl", "DEALER", False, "edge", "broker's edge_ctl", "edge_ctl_port",
-             "broker_host", heartbeats=True, curve="client"),
-    Endpoint("client", "TCP", True, "edge", "clients (SO_REUSEPORT, all edges)", "client_port",
-             "client_addr"),
-    Endpoint("edge_ops", "HTTP", True, "edge", "/metrics /health /ready (edge i: port + i)",
-             "edge_metrics_port", "metrics_addr"),
+    Endpoint(
+        "edge_pub",
+        "XPUB",
+        True,
+        "broker",
+        "edges' SUB (one per edge)",
+        "edge_pub_port",
+        "edge_bind",
+        (
+            ("XPUB_VERBOSE", 1),
+            ("RCVHWM", 0),
+            ("SNDHWM", "edge_pub_sndhwm"),
+            ("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),
+        ),
+        heartbeats=True,
+        curve="server",
+    ),
+    Endpoint(
+        "edge_ctl",
+        "ROUTER",
+        True,
+        "broker",
+        "edges' DEALER (one per edge)",
+        "edge_ctl_port",
+        "edge_bind",
+        (("MAXMSGSIZE", ZMQ_MAX_MSG_BYTES),),
+        heartbeats=True,
+        curve="server",
+    ),
+    Endpoint(
+        "stats", "PUB", True, "broker", "stats consumers (Pushpin's stats socket)", "stats_spec"
+    ),
+    Endpoint(
+        "zap",
+        "ROUTER",
+        True,
+        "broker",
+        "libzmq's ZAP requests (Curve handshakes)",
+        "",
+        address="inproc://zeromq.zap.01",
+    ),
+    Endpoint(
+        "broker_ops",
+        "HTTP",
+        True,
+        "broker",
+        "/metrics /health /ready",
+        "metrics_port",
+        "metrics_addr",
+    ),
+    Endpoint(
+        "link_sub",
+        "SUB",
+        False,
+        "edge",
+        "broker's edge_pub",
+        "edge_pub_port",
+        "broker_host",
+        (("SNDHWM", 0), ("RCVHWM", "edge_sub_rcvhwm")),
+        heartbeats=True,
+        curve="client",
+    ),
+    Endpoint(
+        "link_ctl",
+        "DEALER",
+        False,
+        "edge",
+        "broker's edge_ctl",
+        "edge_ctl_port",
+        "broker_host",
+        heartbeats=True,
+        curve="client",
+    ),
+    Endpoint(
+        "client",
+        "TCP",
+        True,
+        "edge",
+        "clients (SO_REUSEPORT, all edges)",
+        "client_port",
+        "client_addr",
+    ),
+    Endpoint(
+        "edge_ops",
+        "HTTP",
+        True,
+        "edge",
+        "/metrics /health /ready (edge i: port + i)",
+        "edge_metrics_port",
+        "metrics_addr",
+    ),
 )
 ENDPOINTS: dict[str, Endpoint] = {ep.name: ep for ep in WIRING}

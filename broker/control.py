@@ -10,6 +10,7 @@ echoes ``rid``.  A request that cannot be decoded at all, or is invalid, gets an
 a reason that names both versions.  A ``stats`` message (fire-and-forget, never answered) is
 handed over whole in ``ControlRequest.stats`` for ``broker.ops.stats`` to validate.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +22,16 @@ from broker.history import Position, Replay
 from broker.items import validate_channel
 from broker.wire import REPLAY_LIMIT, WIRE_VERSION, ControlError
 
-__all__ = ["OPS", "ControlError", "ControlRequest", "parse_control", "hello_reply",
-           "position_reply", "replay_reply", "error_reply"]
+__all__ = [
+    "OPS",
+    "ControlError",
+    "ControlRequest",
+    "parse_control",
+    "hello_reply",
+    "position_reply",
+    "replay_reply",
+    "error_reply",
+]
 
 OPS = ("hello", "position", "replay", "stats")
 
@@ -58,8 +67,16 @@ def parse_control(frame: bytes) -> ControlRequest:
         raise ControlError(exc.reason, rid) from None
     if isinstance(req, wire.PositionRequest):
         return ControlRequest("position", rid, req.channel, request=req)
-    return ControlRequest("replay", rid, req.channel, epoch=req.epoch, after_seq=req.after_seq,
-                          after_id=req.after_id, limit=req.limit, request=req)
+    return ControlRequest(
+        "replay",
+        rid,
+        req.channel,
+        epoch=req.epoch,
+        after_seq=req.after_seq,
+        after_id=req.after_id,
+        limit=req.limit,
+        request=req,
+    )
 
 
 def hello_reply(rid: object, broker_id: str, started: float, cluster_id: str = "") -> bytes:
@@ -67,13 +84,13 @@ def hello_reply(rid: object, broker_id: str, started: float, cluster_id: str = "
 
 
 def position_reply(rid: object, channel: str, pos: Position) -> bytes:
-    return wire.encode_reply(wire.PositionReply(rid, channel, pos.epoch, pos.last_seq,
-                                                pos.last_id))
+    return wire.encode_reply(wire.PositionReply(rid, channel, pos.epoch, pos.last_seq, pos.last_id))
 
 
 def replay_reply(rid: object, channel: str, rep: Replay) -> bytes:
-    return wire.encode_reply(wire.ReplayReply(rid, channel, rep.epoch, rep.last_seq,
-                                              rep.complete, tuple(rep.items)))
+    return wire.encode_reply(
+        wire.ReplayReply(rid, channel, rep.epoch, rep.last_seq, rep.complete, tuple(rep.items))
+    )
 
 
 def error_reply(rid: object, reason: str) -> bytes:

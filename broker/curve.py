@@ -17,11 +17,13 @@ with a valid handshake: encryption without client authentication).
 Keys are Z85 text (40 characters for 32 bytes), as ``gripcast keygen`` prints them; a config
 value that is not a Z85 key is read as the path of a file holding one.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from broker.errors import GripcastError
 
@@ -29,7 +31,9 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = "gripcast"
 ZAP_VERSION = b"1.0"
 KEY_LEN = 40  # Z85 text of a 32-byte key
-_Z85 = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+_Z85 = frozenset(
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
 EDGE_SOCKETS = ("edge_pub", "edge_ctl")
 PUBLISHER_SOCKETS = ("push_in", "sub_in", "command")
 
@@ -48,8 +52,9 @@ def _read_keys(path: str, what: str) -> list[bytes]:
         with open(path, encoding="ascii", errors="replace") as fh:
             lines = fh.read().splitlines()
     except OSError as exc:
-        raise CurveKeyError(f"{what}: not a Z85 key, and cannot read it as a file: "
-                        f"{exc.strerror or exc}") from None
+        raise CurveKeyError(
+            f"{what}: not a Z85 key, and cannot read it as a file: {exc.strerror or exc}"
+        ) from None
     keys = []
     for n, line in enumerate(lines, 1):
         line = line.strip()
@@ -143,8 +148,14 @@ def curve_settings(cfg: Any) -> CurveSettings:
         client_secret = load_key(cfg.curve_client_secret_key, "curve_client_secret_key")
         client_public = public_of(client_secret)
     allowed = load_allowed(cfg.curve_allowed_clients)
-    return CurveSettings(server_secret, server_public, allowed, client_secret, client_public,
-                         bool(cfg.curve_publishers))
+    return CurveSettings(
+        server_secret,
+        server_public,
+        allowed,
+        client_secret,
+        client_public,
+        bool(cfg.curve_publishers),
+    )
 
 
 def validate_curve(cfg: Any) -> list[str]:
@@ -155,8 +166,10 @@ def validate_curve(cfg: Any) -> list[str]:
         return [str(exc)]
     problems = []
     if s.server and s.allowed is not None and not s.allowed:
-        problems.append('curve_allowed_clients: empty, so no edge could connect (list client '
-                        'public keys, key files, or "*" for any client)')
+        problems.append(
+            "curve_allowed_clients: empty, so no edge could connect (list client "
+            'public keys, key files, or "*" for any client)'
+        )
     if s.publishers and not s.server:
         problems.append("curve_publishers: needs curve_secret_key (the broker's key pair)")
     if s.client_secret is not None and not s.client:
@@ -166,11 +179,17 @@ def validate_curve(cfg: Any) -> list[str]:
 
 def server_options(s: CurveSettings) -> dict[str, Any]:
     """Socket options (by zmq constant name) for a broker socket that speaks Curve."""
-    return {"CURVE_SERVER": 1, "CURVE_SECRETKEY": s.server_secret,
-            "CURVE_PUBLICKEY": s.server_public, "ZAP_DOMAIN": ZAP_DOMAIN.encode()}
+    return {
+        "CURVE_SERVER": 1,
+        "CURVE_SECRETKEY": s.server_secret,
+        "CURVE_PUBLICKEY": s.server_public,
+        "ZAP_DOMAIN": ZAP_DOMAIN.encode(),
+    }
 
 
-def client_options(s: CurveSettings, ephemeral: tuple[bytes, bytes] | None = None) -> dict[str, Any]:
+def client_options(
+    s: CurveSettings, ephemeral: tuple[bytes, bytes] | None = None
+) -> dict[str, Any]:
     """Socket options for a socket connecting to the broker with Curve (empty when off)."""
     if not s.client:
         return {}
@@ -178,8 +197,11 @@ def client_options(s: CurveSettings, ephemeral: tuple[bytes, bytes] | None = Non
     if pair is None:  # the caller's mistake (unpacking None raised this TypeError before)
         raise TypeError("client_options: no client key pair and no ephemeral one")
     public, secret = pair
-    return {"CURVE_SERVERKEY": s.server_public, "CURVE_PUBLICKEY": public,
-            "CURVE_SECRETKEY": secret}
+    return {
+        "CURVE_SERVERKEY": s.server_public,
+        "CURVE_PUBLICKEY": public,
+        "CURVE_SECRETKEY": secret,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +213,11 @@ class ZapDecision:
     address: str
 
 
-def zap_reply(frames: Sequence[bytes], allowed: frozenset[bytes] | None,
-              z85_encode: Callable[[bytes], bytes] | None = None) -> ZapDecision:
+def zap_reply(
+    frames: Sequence[bytes],
+    allowed: frozenset[bytes] | None,
+    z85_encode: Callable[[bytes], bytes] | None = None,
+) -> ZapDecision:
     """Decide one ZAP request (RFC 27), given the frames after the routing prefix.
 
     Request: version, request id, domain, address, identity, mechanism, credentials...
@@ -202,14 +227,16 @@ def zap_reply(frames: Sequence[bytes], allowed: frozenset[bytes] | None,
     """
     if len(frames) < 6 or frames[0] != ZAP_VERSION:
         rid = frames[1] if len(frames) > 1 else b""
-        return ZapDecision([ZAP_VERSION, rid, b"500", b"Bad ZAP request", b"", b""], False, "",
-                           "", "")
+        return ZapDecision(
+            [ZAP_VERSION, rid, b"500", b"Bad ZAP request", b"", b""], False, "", "", ""
+        )
     rid, address, mechanism = frames[1], frames[3], frames[5]
     addr = address.decode("latin-1")
     mech = mechanism.decode("latin-1")
     if mechanism != b"CURVE" or len(frames) < 7 or len(frames[6]) != 32:
-        return ZapDecision([ZAP_VERSION, rid, b"400", b"Curve required", b"", b""], False, mech,
-                           "", addr)
+        return ZapDecision(
+            [ZAP_VERSION, rid, b"400", b"Curve required", b"", b""], False, mech, "", addr
+        )
     if z85_encode is None:
         from zmq.utils import z85
 
@@ -226,9 +253,11 @@ def zap_reply(frames: Sequence[bytes], allowed: frozenset[bytes] | None,
 def keygen_text() -> str:
     """What ``gripcast keygen`` prints: a fresh key pair as TOML-friendly lines."""
     public, secret = generate_keypair()
-    return ("# gripcast CurveZMQ key pair (Z85); keep the secret key secret\n"
-            f'public_key = "{public}"\n'
-            f'secret_key = "{secret}"\n')
+    return (
+        "# gripcast CurveZMQ key pair (Z85); keep the secret key secret\n"
+        f'public_key = "{public}"\n'
+        f'secret_key = "{secret}"\n'
+    )
 
 
 def write_keypair(prefix: str) -> tuple[str, str]:
@@ -241,8 +270,10 @@ def write_keypair(prefix: str) -> tuple[str, str]:
     sec_path, pub_path = prefix + ".key", prefix + ".pub"
     for path in (sec_path, pub_path):
         if os.path.lexists(path):
-            raise CurveKeyError(f"{path} already exists: not overwriting a key file (remove it "
-                                "or choose another --out)")
+            raise CurveKeyError(
+                f"{path} already exists: not overwriting a key file (remove it "
+                "or choose another --out)"
+            )
     _write_new(sec_path, f"# gripcast CurveZMQ secret key (Z85)\n{secret}\n", 0o600)
     try:
         _write_new(pub_path, f"# gripcast CurveZMQ public key (Z85)\n{public}\n", 0o644)
@@ -257,8 +288,9 @@ def _write_new(path: str, text: str, mode: int) -> None:
     try:
         fd = os.open(path, flags, mode)
     except FileExistsError:
-        raise CurveKeyError(f"{path} already exists: not overwriting a key file (remove it "
-                            "or choose another --out)") from None
+        raise CurveKeyError(
+            f"{path} already exists: not overwriting a key file (remove it or choose another --out)"
+        ) from None
     except OSError as exc:
         raise CurveKeyError(f"cannot create {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:

@@ -9,8 +9,8 @@
   ``GripcastError`` directly.  Every exception class of broker/, edge/ and gripcast/ is in this
   tree (``tests/test_error_tree.py`` walks the modules), including private control-flow signals.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 # Exit status of a process stopped by a configuration problem (sysexits.h EX_CONFIG): the
 # runner does not restart such a child, and the systemd units list it in

@@ -4,6 +4,7 @@ Hot paths call ``observe(value, n)``: one ``bisect`` and two additions, no locks
 prometheus-client objects.  ``family(name, doc)`` builds a prometheus ``HistogramMetricFamily``
 from the counts when ``/metrics`` is scraped (``broker.ops.metrics``, ``edge.metrics``).
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -14,8 +15,22 @@ if TYPE_CHECKING:
     from prometheus_client.core import HistogramMetricFamily
 
 # seconds: 0.5 ms .. 10 s (publish-to-delivery latency, store latency)
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                     1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +63,9 @@ class IntHistogram:
     def statistics(self) -> HistogramStatistics:
         return HistogramStatistics(self.bounds, tuple(self.counts), self.count, self.total)
 
-    def family(self, name: str, doc: str,
-               labels: dict[str, str] | None = None) -> HistogramMetricFamily:
+    def family(
+        self, name: str, doc: str, labels: dict[str, str] | None = None
+    ) -> HistogramMetricFamily:
         """A prometheus ``HistogramMetricFamily`` with the cumulative buckets."""
         from prometheus_client.core import HistogramMetricFamily
 

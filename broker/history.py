@@ -23,13 +23,15 @@ min(max_items * MAX_ITEM_BYTES, max_bytes)`` payload bytes.
   cursor older than the oldest retained message, or a cursor beyond ``last_seq``.  ``items``
   then holds the oldest retained messages (at most ``limit``) and the caller falls back.
 """
+
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 from _speedups import make_envelope
 from broker.items import Item, item_bytes
@@ -160,8 +162,9 @@ class MemoryHistory:
             ch.last_seq = seq
             item_id = item.id
             ch.last_id = item_id
-            env = make(Envelope, name, seq, ch.epoch, item.formats, item_id, item.prev_id,
-                       item.meta, now)
+            env = make(
+                Envelope, name, seq, ch.epoch, item.formats, item_id, item.prev_id, item.meta, now
+            )
             ring.append(env)
             if item_id is not None:
                 ids[item_id] = seq

@@ -53,6 +53,7 @@ with them; such formats are dropped here.  ``type`` for a non-send ws-message is
 Channels are validated: a non-empty string, no NUL byte (the fan-out framing uses NUL), at
 most ``MAX_CHANNEL_BYTES`` bytes of UTF-8.  An empty ``id``/``prev-id`` is treated as absent.
 """
+
 from __future__ import annotations
 
 import base64
@@ -64,8 +65,8 @@ from typing import Any, Literal, Protocol, TypeAlias, overload
 import msgpack
 
 from _speedups import normalise_item, unpack_batch
-from broker.ingest import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
+from broker.ingest import tnetstring
 
 MAX_CHANNEL_BYTES = 1024
 # A publisher id / prev-id travels to origins in Grip-Last and to clients in SSE ``id:``
@@ -94,26 +95,64 @@ FORMAT_NAMES = ("http-response", "http-stream", "ws-message")
 # (Grip-Status without a reason, its own error responses) both use ``status_reason``; never
 # Python's http.HTTPStatus, whose phrases changed in 3.13 (413 "Content Too Large").
 STATUS_REASONS = {
-    100: "Continue", 101: "Switching Protocols", 102: "Processing",
-    200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information",
-    204: "No Content", 205: "Reset Content", 206: "Partial Content", 207: "Multi-Status",
-    208: "Already Reported", 226: "IM Used",
-    300: "Multiple Choices", 301: "Moved Permanently", 302: "Found", 303: "See Other",
-    304: "Not Modified", 305: "Use Proxy", 306: "Reserved", 307: "Temporary Redirect",
+    100: "Continue",
+    101: "Switching Protocols",
+    102: "Processing",
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    203: "Non-Authoritative Information",
+    204: "No Content",
+    205: "Reset Content",
+    206: "Partial Content",
+    207: "Multi-Status",
+    208: "Already Reported",
+    226: "IM Used",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    304: "Not Modified",
+    305: "Use Proxy",
+    306: "Reserved",
+    307: "Temporary Redirect",
     308: "Permanent Redirect",
-    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
-    407: "Proxy Authentication Required", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
-    411: "Length Required", 412: "Precondition Failed", 413: "Request Entity Too Large",
-    414: "Request-URI Too Long", 415: "Unsupported Media Type",
-    416: "Requested Range Not Satisfiable", 417: "Expectation Failed",
-    422: "Unprocessable Entity", 423: "Locked", 424: "Failed Dependency",
-    426: "Upgrade Required", 428: "Precondition Required", 429: "Too Many Requests",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    409: "Conflict",
+    410: "Gone",
+    411: "Length Required",
+    412: "Precondition Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Requested Range Not Satisfiable",
+    417: "Expectation Failed",
+    422: "Unprocessable Entity",
+    423: "Locked",
+    424: "Failed Dependency",
+    426: "Upgrade Required",
+    428: "Precondition Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-    506: "Variant Also Negotiates", 507: "Insufficient Storage", 508: "Loop Detected",
-    510: "Not Extended", 511: "Network Authentication Required",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+    506: "Variant Also Negotiates",
+    507: "Insufficient Storage",
+    508: "Loop Detected",
+    510: "Not Extended",
+    511: "Network Authentication Required",
 }
 
 
@@ -268,7 +307,9 @@ def _decode_payload(frame: bytes) -> tuple[Any, bool]:
         try:
             value = _unpackb(frame[1:])
         except _MSGPACK_ERRORS:
-            raise PublishError("received message with invalid format (msgpack parse failed)") from None
+            raise PublishError(
+                "received message with invalid format (msgpack parse failed)"
+            ) from None
         if type(value) is not dict:
             raise PublishError("received message with invalid format (not a valid msgpack map)")
         return value, True
@@ -283,7 +324,9 @@ def _decode_payload(frame: bytes) -> tuple[Any, bool]:
     try:
         value = tnetstring.loads(frame[1:] if frame[:1] == b"T" else frame)
     except RemoteProtocolError:
-        raise PublishError("received message with invalid format (tnetstring parse failed)") from None
+        raise PublishError(
+            "received message with invalid format (tnetstring parse failed)"
+        ) from None
     return value, False
 
 
@@ -434,7 +477,8 @@ def validate_id(value: str | None, key: str = "id", where: str = _ITEM) -> str |
         raise PublishError(f"{where} contains '{key}' with invalid value (control character)")
     if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8")) > MAX_ID_BYTES:
         raise PublishError(
-            f"{where} contains '{key}' with invalid value (longer than {MAX_ID_BYTES} bytes)")
+            f"{where} contains '{key}' with invalid value (longer than {MAX_ID_BYTES} bytes)"
+        )
     return value
 
 
@@ -613,8 +657,14 @@ def _filters(f: _Obj, out: Format) -> None:
 
 
 def _http_response(f: _Obj, action: str) -> Format:
-    out: Format = {"action": action, "code": 200, "reason": "OK", "headers": [], "body": None,
-                 "body-patch": None}
+    out: Format = {
+        "action": action,
+        "code": 200,
+        "reason": "OK",
+        "headers": [],
+        "body": None,
+        "body-patch": None,
+    }
     if action != "send":
         return out
     code = f.integer("code")
@@ -625,8 +675,12 @@ def _http_response(f: _Obj, action: str) -> Format:
     out["code"] = code
     reason = f.string("reason")
     if reason and (not is_field_text(reason) or len(reason) > MAX_REASON_CHARS):
-        raise f.invalid("reason", "control character" if len(reason) <= MAX_REASON_CHARS
-                        else f"longer than {MAX_REASON_CHARS} characters")
+        raise f.invalid(
+            "reason",
+            "control character"
+            if len(reason) <= MAX_REASON_CHARS
+            else f"longer than {MAX_REASON_CHARS} characters",
+        )
     out["reason"] = reason or status_reason(code)
     vheaders = f.get("headers")
     if vheaders is not None:

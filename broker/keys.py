@@ -12,6 +12,7 @@ secret or a PEM *public* key).  Pushpin's syntax (reference 1.5):
 
 Problems are ``ConfigError``s that name the setting.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,14 +40,18 @@ class JwtKey(Generic[_K]):
 
 
 @overload
-def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str,
-                 private: Literal[True]) -> JwtKey[PrivateKey] | None: ...
+def load_jwt_key(
+    spec: str, base_dir: str = ".", *, setting: str, private: Literal[True]
+) -> JwtKey[PrivateKey] | None: ...
 @overload
-def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str,
-                 private: Literal[False]) -> JwtKey[PublicKey] | None: ...
+def load_jwt_key(
+    spec: str, base_dir: str = ".", *, setting: str, private: Literal[False]
+) -> JwtKey[PublicKey] | None: ...
 
 
-def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool) -> JwtKey[Any] | None:
+def load_jwt_key(
+    spec: str, base_dir: str = ".", *, setting: str, private: bool
+) -> JwtKey[Any] | None:
     """Parse ``spec``; a PEM key is loaded as a private (signing) or public (verifying) key."""
     if not spec:
         return None
@@ -80,14 +85,21 @@ def load_jwt_key(spec: str, base_dir: str = ".", *, setting: str, private: bool)
 def _secret(secret: bytes, setting: str, where: str) -> JwtKey[bytes]:
     """An HS256 key; an empty one would make every token signed with "" valid: refused."""
     if not secret:
-        raise ConfigError([f"{setting}: {where} gives an empty key (an empty HMAC key signs "
-                           "tokens anyone can make)"])
+        raise ConfigError(
+            [
+                f"{setting}: {where} gives an empty key (an empty HMAC key signs "
+                "tokens anyone can make)"
+            ]
+        )
     return JwtKey(secret, "HS256")
 
 
 def _pem(pem: bytes, setting: str, private: bool) -> JwtKey[Any]:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+    from cryptography.hazmat.primitives.serialization import (
+        load_pem_private_key,
+        load_pem_public_key,
+    )
 
     kind = "private" if private else "public"
     try:

@@ -16,11 +16,12 @@ Refusals are counted (``statistics()``: the broker's ``rate_limited_total{kind}`
 Time comes from the caller (``now``, monotonic seconds).  The per-channel table is bounded:
 full buckets are forgotten when it grows past ``MAX_CHANNELS``.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from broker.items import Item
 
@@ -71,14 +72,18 @@ def has_hint(item: Item) -> bool:
 
 def without_hints(item: Item) -> Item | None:
     """``item`` with its hint formats removed, or None when nothing else is left."""
-    formats = {name: f for name, f in item.formats.items()
-               if not (isinstance(f, dict) and f.get("action") == "hint")}
+    formats = {
+        name: f
+        for name, f in item.formats.items()
+        if not (isinstance(f, dict) and f.get("action") == "hint")
+    }
     return dataclasses.replace(item, formats=formats) if formats else None
 
 
 class ActionLimiter:
-    def __init__(self, recover_per_s: float, hint_per_channel_per_s: float, hint_per_s: float,
-                 now: float) -> None:
+    def __init__(
+        self, recover_per_s: float, hint_per_channel_per_s: float, hint_per_s: float, now: float
+    ) -> None:
         self.hint_per_channel_per_s = hint_per_channel_per_s
         self._recover = TokenBucket(recover_per_s, now)
         self._hints = TokenBucket(hint_per_s, now)

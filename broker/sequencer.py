@@ -26,6 +26,7 @@ is sequenced: the broker keeps history for all of them.  The last-id memory is a
 Every method takes ``now`` (monotonic seconds, never decreasing) and returns the items released
 by that call, in release order.  ``next_deadline()`` says when ``poll`` has work to do.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict, deque

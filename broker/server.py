@@ -10,13 +10,15 @@ configured by the CLI, ``broker.runtime.logsetup``).  The parts:
 * ``broker.runtime.zmqtrio``: the ZeroMQ/trio bridge every socket is read through;
 * ``broker.ops``: lifecycle (drain, reload), metrics, the stats socket.
 """
+
 from __future__ import annotations
 
 import gc
 import logging
 import secrets
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 import zmq
@@ -54,7 +56,7 @@ BROKER_SOCKETS = ("push_in", "sub_in", "command", "edge_pub", "edge_ctl")
 class _Bound:
     """What ``Broker.open`` builds: the context, every socket and the parts over them."""
 
-    def __init__(self, broker: "Broker") -> None:
+    def __init__(self, broker: Broker) -> None:
         cfg = self.cfg = broker.cfg
         self.ctx = zmq.Context()
         self.sockets: list[ZSocket] = []
@@ -68,8 +70,10 @@ class _Bound:
             for name in BROKER_SOCKETS:
                 ep = ENDPOINTS[name]
                 extra = curve.heartbeat_options(cfg.zmq_heartbeat_s) if ep.heartbeats else {}
-                if settings.server and (ep.curve == "server" or (
-                        ep.curve == "server-publishers" and settings.publishers)):
+                if settings.server and (
+                    ep.curve == "server"
+                    or (ep.curve == "server-publishers" and settings.publishers)
+                ):
                     extra.update(curve.server_options(settings))
                 z[name] = self._open(name, cfg.endpoint(name, bind=True), extra)
             self.stats: StatsEncoder | None = None
@@ -83,9 +87,14 @@ class _Bound:
         self.push_in, self.sub_in, self.command = z["push_in"], z["sub_in"], z["command"]
         self.edge_pub, self.edge_ctl = z["edge_pub"], z["edge_ctl"]
         self.pipeline = Pipeline(
-            cfg, broker.store, PipelineSockets(self.sub_in, self.command, self.edge_pub, stats_pub),
-            broker_id=broker.broker_id, started=broker.started, uris=broker.uris,
-            stats=self.stats)
+            cfg,
+            broker.store,
+            PipelineSockets(self.sub_in, self.command, self.edge_pub, stats_pub),
+            broker_id=broker.broker_id,
+            started=broker.started,
+            uris=broker.uris,
+            stats=self.stats,
+        )
         self.http = HttpApi(cfg, self.pipeline, broker.auth)
         self.listeners: list[trio.SocketListener] = []
 
@@ -109,11 +118,15 @@ class Broker:
     def __init__(self, cfg: Config, store: Store | None = None) -> None:
         self.cfg = cfg
         self.store: Store = store or MemoryStore(
-            MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
-                          max_bytes=cfg.history_max_bytes)
+            MemoryHistory(
+                max_items=cfg.history_max_items,
+                max_age_s=cfg.history_max_age_s,
+                max_bytes=cfg.history_max_bytes,
+            )
         )
-        self.auth = PublishAuth(load_verify_key(cfg.publish_jwt_key), iss=cfg.publish_jwt_iss,
-                                aud=cfg.publish_jwt_aud)  # off unless configured
+        self.auth = PublishAuth(
+            load_verify_key(cfg.publish_jwt_key), iss=cfg.publish_jwt_iss, aud=cfg.publish_jwt_aud
+        )  # off unless configured
         self.broker_id = secrets.token_hex(8)
         self.started = time.time()
         self.uris = {
@@ -222,8 +235,9 @@ class Broker:
             await trio.sleep(SEQUENCER_POLL_S)
             await self.parts.pipeline.poll_sequencer()
 
-    async def serve(self, *,
-                    task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run every task until cancelled (opening first if needed); sockets closed on exit."""
         if self._bound is None:
             await self.open()
@@ -236,17 +250,25 @@ class Broker:
                 inputs = {
                     "pull": lambda: pull.serve(lambda: p.drain_pull(pull), p.handle_pull),
                     "sub": lambda: sub.serve(lambda: p.drain_sub(sub), p.ingest),
-                    "command": lambda: cmd.serve(lambda: cmd.recv_batch(BATCH_MAX),
-                                                 p.handle_commands),
+                    "command": lambda: cmd.serve(
+                        lambda: cmd.recv_batch(BATCH_MAX), p.handle_commands
+                    ),
                 }
                 for name, run in inputs.items():
                     nursery.start_soon(self._input, run, name=f"broker.serve_{name}")
                 edge_pub, edge_ctl = b.edge_pub, b.edge_ctl
-                nursery.start_soon(edge_pub.serve, lambda: edge_pub.recv_batch(BATCH_MAX),
-                                   p.handle_subscriptions, name="broker.serve_edge_pub")
-                nursery.start_soon(edge_ctl.serve, lambda: edge_ctl.recv_batch(BATCH_MAX),
-                                   lambda batch: p.handle_control(edge_ctl, batch),
-                                   name="broker.serve_edge_ctl")
+                nursery.start_soon(
+                    edge_pub.serve,
+                    lambda: edge_pub.recv_batch(BATCH_MAX),
+                    p.handle_subscriptions,
+                    name="broker.serve_edge_pub",
+                )
+                nursery.start_soon(
+                    edge_ctl.serve,
+                    lambda: edge_ctl.recv_batch(BATCH_MAX),
+                    lambda batch: p.handle_control(edge_ctl, batch),
+                    name="broker.serve_edge_ctl",
+                )
                 nursery.start_soon(self._serve_heartbeat, name="broker.serve_heartbeat")
                 nursery.start_soon(self._serve_sequencer_timer, name="broker.serve_sequencer")
                 if b.zap is not None:
@@ -257,8 +279,9 @@ class Broker:
                 log.info(
                     "broker ready broker_id=%s store=%s http=%s:%d push_in=%s sub_in=%s "
                     "command=%s edge_pub=%s edge_ctl=%s",
-                    self.broker_id, stores.describe(self.cfg) if self.store.name != "memory"
-                    else "memory", self.cfg.bind_addr("http"),
+                    self.broker_id,
+                    stores.describe(self.cfg) if self.store.name != "memory" else "memory",
+                    self.cfg.bind_addr("http"),
                     self.cfg.port("http_port"),
                     *(self.cfg.endpoint(n, bind=True) for n in BROKER_SOCKETS),
                 )

@@ -76,10 +76,12 @@ heartbeat): ``RECOVER_TOPIC`` + msgpack ``{"ts"}``, sent when a publisher calls 
 re-requests the origin (with ``Grip-Last`` for its prev-id channels) and every stream hold
 with a next link fetches it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeGuard, Union
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 import msgpack
 
@@ -152,7 +154,7 @@ class Envelope:
         return envelope_map(self)
 
     @classmethod
-    def from_map(cls, channel: str, m: Any) -> "Envelope":
+    def from_map(cls, channel: str, m: Any) -> Envelope:
         if not isinstance(m, dict):
             raise RemoteProtocolError("bad envelope: not a map")
         try:
@@ -194,7 +196,7 @@ def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
     return _speedups.encode_envelopes(envs)
 
 
-def decode_frame(frame: bytes) -> "Envelope | Marker":
+def decode_frame(frame: bytes) -> Envelope | Marker:
     """Parse one fan-out frame (not the heartbeat) into an Envelope or a Marker."""
     i = frame.find(SEP)
     if i <= 0:
@@ -231,8 +233,12 @@ def is_heartbeat(frame: bytes) -> bool:
 
 
 def encode_heartbeat(broker_id: str, started: float, ts: float, stats_ttl: int = 0) -> bytes:
-    hb: dict[str, Any] = {"broker_id": broker_id, "started": started, "ts": ts,
-                          "wire": WIRE_VERSION}
+    hb: dict[str, Any] = {
+        "broker_id": broker_id,
+        "started": started,
+        "ts": ts,
+        "wire": WIRE_VERSION,
+    }
     if stats_ttl > 0:
         hb["stats_ttl"] = int(stats_ttl)
     return HEARTBEAT_TOPIC + _packb(hb)
@@ -247,9 +253,13 @@ def decode_heartbeat(frame: bytes) -> Heartbeat:
         raise RemoteProtocolError("bad heartbeat")
     ttl = m.get("stats_ttl", 0)
     try:
-        return Heartbeat(broker_id=str(m["broker_id"]), started=_number(m, "started"),
-                         ts=_number(m, "ts"), stats_ttl=ttl if _is_count(ttl) else 0,
-                         wire_version=_version(m))
+        return Heartbeat(
+            broker_id=str(m["broker_id"]),
+            started=_number(m, "started"),
+            ts=_number(m, "ts"),
+            stats_ttl=ttl if _is_count(ttl) else 0,
+            wire_version=_version(m),
+        )
     except ControlError as exc:
         raise RemoteProtocolError(f"bad heartbeat: {exc.reason}") from None
 
@@ -277,8 +287,10 @@ class ControlError(RemoteProtocolError):
 
 def version_mismatch(edge_version: int, broker_version: int) -> str:
     """The one sentence both sides log (and the broker replies) for a wire version mismatch."""
-    return (f"wire version mismatch: edge speaks wire version {edge_version}, broker speaks "
-            f"wire version {broker_version} (upgrade both to the same release)")
+    return (
+        f"wire version mismatch: edge speaks wire version {edge_version}, broker speaks "
+        f"wire version {broker_version} (upgrade both to the same release)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,19 +327,25 @@ class StatsReport:
 
     edge: str
     full: bool = False
-    conns: tuple[tuple[str, ...], ...] = ()  # ((id, "http"|"ws", peer), ...): new or refreshed connections
+    conns: tuple[
+        tuple[str, ...], ...
+    ] = ()  # ((id, "http"|"ws", peer), ...): new or refreshed connections
     gone: tuple[str, ...] = ()  # (id, ...): closed connections
-    subs: tuple[tuple[str | int, ...], ...] = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
+    subs: tuple[
+        tuple[str | int, ...], ...
+    ] = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
     connections: int = 0
     connections_max: int = 0
     conn_s: float = 0.0
     sent: int = 0
-    raw: dict[Any, Any] | None = field(default=None, compare=False, repr=False)  # the map as received
+    raw: dict[Any, Any] | None = field(
+        default=None, compare=False, repr=False
+    )  # the map as received
     op: ClassVar[str] = "stats"
     rid: ClassVar[Rid] = None
 
 
-Request = Union[HelloRequest, PositionRequest, ReplayRequest, StatsReport]
+Request = HelloRequest | PositionRequest | ReplayRequest | StatsReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +382,12 @@ class ErrorReply:
     error: str
 
 
-Reply = Union[HelloReply, PositionReply, ReplayReply, ErrorReply]
-REPLY_TYPES: dict[str, type] = {"hello": HelloReply, "position": PositionReply,
-                                "replay": ReplayReply}
+Reply = HelloReply | PositionReply | ReplayReply | ErrorReply
+REPLY_TYPES: dict[str, type] = {
+    "hello": HelloReply,
+    "position": PositionReply,
+    "replay": ReplayReply,
+}
 
 
 def encode_control(msg: dict[str, Any]) -> bytes:
@@ -391,13 +412,28 @@ def request_map(req: Request) -> dict[str, Any]:
     if isinstance(req, PositionRequest):
         return {"op": "position", "rid": req.rid, "channel": req.channel}
     if isinstance(req, ReplayRequest):
-        return {"op": "replay", "rid": req.rid, "channel": req.channel, "epoch": req.epoch,
-                "after_seq": req.after_seq, "after_id": req.after_id, "limit": req.limit}
+        return {
+            "op": "replay",
+            "rid": req.rid,
+            "channel": req.channel,
+            "epoch": req.epoch,
+            "after_seq": req.after_seq,
+            "after_id": req.after_id,
+            "limit": req.limit,
+        }
     if isinstance(req, StatsReport):
-        return {"op": "stats", "edge": req.edge, "full": req.full,
-                "conns": [list(c) for c in req.conns], "gone": list(req.gone),
-                "subs": [list(s) for s in req.subs], "connections": req.connections,
-                "connections_max": req.connections_max, "conn_s": req.conn_s, "sent": req.sent}
+        return {
+            "op": "stats",
+            "edge": req.edge,
+            "full": req.full,
+            "conns": [list(c) for c in req.conns],
+            "gone": list(req.gone),
+            "subs": [list(s) for s in req.subs],
+            "connections": req.connections,
+            "connections_max": req.connections_max,
+            "conn_s": req.conn_s,
+            "sent": req.sent,
+        }
     raise TypeError(f"not a control request: {req!r}")
 
 
@@ -407,15 +443,33 @@ def encode_request(req: Request) -> bytes:
 
 def reply_map(rep: Reply) -> dict[str, Any]:
     if isinstance(rep, HelloReply):
-        return {"rid": rep.rid, "ok": True, "broker_id": rep.broker_id, "started": rep.started,
-                "cluster_id": rep.cluster_id, "wire": rep.wire_version}
+        return {
+            "rid": rep.rid,
+            "ok": True,
+            "broker_id": rep.broker_id,
+            "started": rep.started,
+            "cluster_id": rep.cluster_id,
+            "wire": rep.wire_version,
+        }
     if isinstance(rep, PositionReply):
-        return {"rid": rep.rid, "ok": True, "channel": rep.channel, "epoch": rep.epoch,
-                "last_seq": rep.last_seq, "last_id": rep.last_id}
+        return {
+            "rid": rep.rid,
+            "ok": True,
+            "channel": rep.channel,
+            "epoch": rep.epoch,
+            "last_seq": rep.last_seq,
+            "last_id": rep.last_id,
+        }
     if isinstance(rep, ReplayReply):
-        return {"rid": rep.rid, "ok": True, "channel": rep.channel, "epoch": rep.epoch,
-                "last_seq": rep.last_seq, "complete": rep.complete,
-                "items": [envelope_map(e) for e in rep.items]}
+        return {
+            "rid": rep.rid,
+            "ok": True,
+            "channel": rep.channel,
+            "epoch": rep.epoch,
+            "last_seq": rep.last_seq,
+            "complete": rep.complete,
+            "items": [envelope_map(e) for e in rep.items],
+        }
     if isinstance(rep, ErrorReply):
         return {"rid": rep.rid, "ok": False, "error": rep.error}
     raise TypeError(f"not a control reply: {rep!r}")
@@ -482,9 +536,13 @@ def decode_request(frame: bytes) -> Request:
     if op == "replay":
         limit = _opt_int(m, "limit", rid)
         return ReplayRequest(
-            _str(m, "channel", rid), epoch=_opt_str(m, "epoch", rid),
-            after_seq=_opt_int(m, "after_seq", rid), after_id=_opt_str(m, "after_id", rid),
-            limit=REPLAY_LIMIT if limit is None else min(limit, REPLAY_LIMIT), rid=rid)
+            _str(m, "channel", rid),
+            epoch=_opt_str(m, "epoch", rid),
+            after_seq=_opt_int(m, "after_seq", rid),
+            after_id=_opt_str(m, "after_id", rid),
+            limit=REPLAY_LIMIT if limit is None else min(limit, REPLAY_LIMIT),
+            rid=rid,
+        )
     if op == "stats":
         edge = m.get("edge")
         return StatsReport(edge if isinstance(edge, str) else "", raw=m)
@@ -504,11 +562,21 @@ def reply_from_map(m: dict[Any, Any], expect: type) -> Reply:
         if ok is not True:
             raise ControlError("'ok' must be a boolean")
         if expect is HelloReply:
-            return HelloReply(rid, _str(m, "broker_id"), _number(m, "started"),
-                              _opt_str(m, "cluster_id") or "", _version(m))
+            return HelloReply(
+                rid,
+                _str(m, "broker_id"),
+                _number(m, "started"),
+                _opt_str(m, "cluster_id") or "",
+                _version(m),
+            )
         if expect is PositionReply:
-            return PositionReply(rid, _str(m, "channel"), _str(m, "epoch"),
-                                 _opt_int(m, "last_seq") or 0, _opt_str(m, "last_id"))
+            return PositionReply(
+                rid,
+                _str(m, "channel"),
+                _str(m, "epoch"),
+                _opt_int(m, "last_seq") or 0,
+                _opt_str(m, "last_id"),
+            )
         if expect is ReplayReply:
             channel = _str(m, "channel")
             items = m.get("items")
@@ -519,8 +587,14 @@ def reply_from_map(m: dict[Any, Any], expect: type) -> Reply:
             complete = m.get("complete", False)
             if not isinstance(complete, bool):
                 raise ControlError("'complete' must be a boolean")
-            return ReplayReply(rid, channel, _str(m, "epoch"), _opt_int(m, "last_seq") or 0,
-                               complete, tuple(Envelope.from_map(channel, i) for i in items))
+            return ReplayReply(
+                rid,
+                channel,
+                _str(m, "epoch"),
+                _opt_int(m, "last_seq") or 0,
+                complete,
+                tuple(Envelope.from_map(channel, i) for i in items),
+            )
     except ControlError as exc:
         raise RemoteProtocolError(f"bad {_reply_name(expect)} reply: {exc.reason}") from None
     except RemoteProtocolError as exc:

@@ -22,6 +22,7 @@ Python-level header work.  The helpers here remove what a connection does not ne
   only place the edge reaches into trio; ``tests/edge/test_fastpath.py`` fails loudly if trio
   moves it (the callers would otherwise quietly take their slower fallbacks).
 """
+
 from __future__ import annotations
 
 import errno
@@ -68,9 +69,11 @@ def set_listener_options(sock: trio.socket.SocketType) -> None:
         pass
 
 
-async def accept_loop(listener: trio.socket.SocketType,
-                      on_accept: Callable[[trio.socket.SocketType, PeerAddress], None],
-                      batch: int = ACCEPT_BATCH) -> None:
+async def accept_loop(
+    listener: trio.socket.SocketType,
+    on_accept: Callable[[trio.socket.SocketType, PeerAddress], None],
+    batch: int = ACCEPT_BATCH,
+) -> None:
     """Accept connections on ``listener`` (a trio socket) forever; ``on_accept(sock, addr)``
     (synchronous: it spawns whatever serves the connection) gets each as a trio socket."""
     raw = stdlib_socket(listener)

@@ -26,6 +26,7 @@ A timeout fires between ``timeout_s`` and ``timeout_s + TICK_S`` after ``start``
 task waiting on the socket instead of cancelling a scope, so a held connection needs no
 ``CancelScope`` (its creation and bookkeeping per connection, and its memory while held).
 """
+
 from __future__ import annotations
 
 import trio
@@ -38,8 +39,9 @@ TICK_S = 0.25
 class Wait:
     __slots__ = ("sock", "deadline", "expired", "_active")
 
-    def __init__(self, sock: trio.socket.SocketType, deadline: float,
-                 active: dict[Wait, None]) -> None:
+    def __init__(
+        self, sock: trio.socket.SocketType, deadline: float, active: dict[Wait, None]
+    ) -> None:
         self.sock = sock
         self.deadline = deadline
         self.expired = False
@@ -51,6 +53,7 @@ class Wait:
 
 class Waker:
     """Stands in for a ``CancelScope`` whose only use is ``cancel()`` (see the docstring)."""
+
     __slots__ = ("sock", "fired")
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
@@ -78,8 +81,9 @@ class ReadTimer:
     def start(self, sock: trio.socket.SocketType, timeout_s: float) -> Wait:
         """Bound the waits on ``sock`` from now on by ``timeout_s`` (until ``done()``)."""
         if not self._serving:
-            raise LocalProtocolError("ReadTimer.start before its serve() task started: "
-                                     "the wait could never time out")
+            raise LocalProtocolError(
+                "ReadTimer.start before its serve() task started: the wait could never time out"
+            )
         active = self._active
         w = Wait(sock, trio.current_time() + timeout_s, active)
         active[w] = None

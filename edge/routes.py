@@ -9,6 +9,7 @@ those rules are considered, else the ``*`` rules.  Among the rules that match (`
 ``ssl``, ``path_beg``) a rule with ``proto`` beats one without, then the longer ``path_beg``,
 then a rule with ``ssl``; ties go to the earlier line.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,13 +20,27 @@ from typing import Any
 from broker.errors import ConfigError
 
 # props Pushpin knows that gripcast accepts but does not act on (yet)
-_IGNORED_COND = frozenset(["aco", "session", "sockjs", "sockjs_as_path", "orig_headers",
-                           "log_level", "jsonp_mode", "jsonp_cb", "jsonp_body", "jsonp_defcb",
-                           "jsonp_defmethod", "auto_cross_origin"])
+_IGNORED_COND = frozenset(
+    [
+        "aco",
+        "session",
+        "sockjs",
+        "sockjs_as_path",
+        "orig_headers",
+        "log_level",
+        "jsonp_mode",
+        "jsonp_cb",
+        "jsonp_body",
+        "jsonp_defcb",
+        "jsonp_defmethod",
+        "auto_cross_origin",
+    ]
+)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_IGNORED_TARGET = frozenset(["one_event", "trust_connect_host", "ipc_file_mode", "client_cert",
-                             "client_key"])
+_IGNORED_TARGET = frozenset(
+    ["one_event", "trust_connect_host", "ipc_file_mode", "client_cert", "client_key"]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +90,9 @@ class Route:
     def rewrite_path(self, path: str) -> str:
         """Apply ``path_rem`` and ``replace_beg`` to a request path (with query)."""
         if self.replace_beg is not None and path.startswith(self.path_beg):
-            path = self.replace_beg + path[len(self.path_beg):]
+            path = self.replace_beg + path[len(self.path_beg) :]
         if self.path_rem:
-            path = path[self.path_rem:]
+            path = path[self.path_rem :]
             if not path.startswith("/"):
                 path = "/" + path
         return path
@@ -94,7 +109,9 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self.routes)
 
-    def match(self, host: str, path: str, is_ws: bool = False, is_tls: bool = False) -> Route | None:
+    def match(
+        self, host: str, path: str, is_ws: bool = False, is_tls: bool = False
+    ) -> Route | None:
         candidates = self._by_host.get(strip_port(host).lower())
         if candidates is None:
             candidates = self._by_host.get("*", [])
@@ -143,7 +160,7 @@ def tokenize(line: str) -> list[list[tuple[str, str | None]]]:
         if in_quote:
             if c == "\\":
                 if i + 1 >= len(line) or line[i + 1] not in '\\"':
-                    raise ValueError("bad escape in quoted value (only \\\\ and \\\" allowed)")
+                    raise ValueError('bad escape in quoted value (only \\\\ and \\" allowed)')
                 buf.append(line[i + 1])
                 i += 1
             elif c == '"':
@@ -191,7 +208,7 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
         end = spec.find("]:")
         if end == -1:
             raise ValueError(f"bad target {spec!r} (expected [v6]:port)")
-        host, port_s = spec[1:end], spec[end + 2:]
+        host, port_s = spec[1:end], spec[end + 2 :]
     else:
         host, sep, port_s = spec.rpartition(":")
         if not sep or not host:
@@ -249,8 +266,9 @@ def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> R
             if not sep or not hname.strip():
                 raise ValueError(f"header must be Name:value, not {value!r}")
             if not _TOKEN.fullmatch(hname.strip()) or _CTL.search(hval):
-                raise ValueError(f"header name must be an HTTP token and its value printable, "
-                                 f"not {value!r}")
+                raise ValueError(
+                    f"header name must be an HTTP token and its value printable, not {value!r}"
+                )
             headers.append((hname.strip(), hval.strip()))
         elif name in ("debug", "no_grip"):
             kw[name] = _flag(value, name)
@@ -262,8 +280,10 @@ def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> R
     if kw.get("proto") != "http" and not targets[0].over_http:
         tls = next((t for t in targets if t.ssl), None)
         if tls is not None:  # edge.wsproxy would connect in plaintext
-            raise ValueError(f"target {tls} has ssl: TLS to WebSocket origins is not supported "
-                             "yet (add proto=http to route only HTTP here)")
+            raise ValueError(
+                f"target {tls} has ssl: TLS to WebSocket origins is not supported "
+                "yet (add proto=http to route only HTTP here)"
+            )
     return Route(lineno, host.lower(), targets, headers=tuple(headers), **kw)
 
 

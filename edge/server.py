@@ -3,46 +3,51 @@
 Wires the listener, the broker link, the hub, the tracker, the deliverer and the timers, and
 runs them under one trio nursery until SIGTERM/SIGINT.  No protocol logic lives here.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket as stdsocket
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import trio
 
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
+from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.runtime.logsetup import configure_logging
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
-from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
 from broker.runtime.sdnotify import notify
-from edge.http1 import responses
-from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
-from edge.ops import lifecycle
-from edge.ops import metrics as edge_metrics
-from edge.sync.deliver import Deliverer
-from edge.http1.connection import Connection
-from edge.sync.hub import Hub
-from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge import fastpath
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
-from edge.sync.resume import Resumer
 from edge.grip.session import ResponseSession, StreamSession
-from edge.sessionstate import Session
-from edge.routes import Route, RouteTable, parse_routes
+from edge.http1 import responses
+from edge.http1.connection import Connection
+from edge.ops import lifecycle, statsreport
+from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
-from edge.ops import statsreport
+from edge.routes import Route, RouteTable, parse_routes
+from edge.sessionstate import Session
+from edge.sync.deliver import Deliverer
+from edge.sync.hub import Hub
+from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
+from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.sync.resume import Resumer
+from edge.sync.tracker import (
+    EpochChanged,
+    GapSkipped,
+    RequestPosition,
+    RequestReplay,
+    State,
+    Tracker,
+)
 from edge.timers import TimerWheel
 from edge.ws.timers import WsTimers
-from edge.sync.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,9 @@ def load_routes(cfg: Config) -> RouteTable:
             with open(cfg.routes_file, encoding="utf-8") as fh:
                 lines.extend(fh.read().splitlines())
         except OSError as exc:
-            raise ConfigError([f"routes_file: cannot read {cfg.routes_file}: {exc.strerror}"]) from exc
+            raise ConfigError(
+                [f"routes_file: cannot read {cfg.routes_file}: {exc.strerror}"]
+            ) from exc
     table = parse_routes(lines)
     for w in table.warnings:
         log.warning("%s", w)
@@ -100,8 +107,15 @@ class Edge:
     through the protocols of ``edge.services``.
     """
 
-    def __init__(self, cfg: Config, index: int, routes: RouteTable, link: BrokerLink,
-                 nursery: trio.Nursery, signers: Signers) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        index: int,
+        routes: RouteTable,
+        link: BrokerLink,
+        nursery: trio.Nursery,
+        signers: Signers,
+    ) -> None:
         self.cfg = cfg
         self.index = index
         self.routes = routes
@@ -132,8 +146,7 @@ class Edge:
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
-    def set_routes(self, cfg: Config, routes: RouteTable,
-                   signers: Signers | None = None) -> None:
+    def set_routes(self, cfg: Config, routes: RouteTable, signers: Signers | None = None) -> None:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
         if signers is None:
             signers = load_signers(cfg, routes)
@@ -159,8 +172,9 @@ class Edge:
         """Hold ``channel``'s live messages for ``session`` until ``resume`` releases them."""
         self.resumer.begin(session, channel)
 
-    async def resume(self, session: Session, channel: str, cursor: str, *,
-                     flush_on_fail: bool = True) -> bool:
+    async def resume(
+        self, session: Session, channel: str, cursor: str, *, flush_on_fail: bool = True
+    ) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor`` from broker history (edge.resume)."""
         return await self.resumer.resume(session, channel, cursor, flush_on_fail=flush_on_fail)
 
@@ -170,7 +184,9 @@ class Edge:
         n = self.holds.recover()
         log.info("recover: %d held sessions asked to update", n)
 
-    async def wait_positioned(self, channels: list[str], timeout_s: float = POSITION_WAIT_S) -> None:
+    async def wait_positioned(
+        self, channels: list[str], timeout_s: float = POSITION_WAIT_S
+    ) -> None:
         """Return once every channel's position is known (or after ``timeout_s``).
 
         A hold's baseline is the channel's position when the hold starts: waiting for it before
@@ -226,16 +242,29 @@ class Edge:
                 self.nursery.start_soon(self._ask_replay, a)
             elif isinstance(a, EpochChanged):
                 n = tell_epoch_change(self.hub.sessions(a.channel), a.channel)
-                log.warning("channel history lost (epoch changed) channel=%s old=%s new=%s "
-                            "streams_closed=%d responses_answered=%d told=%d", a.channel, a.old,
-                            a.new, n.streams_closed, n.responses_answered, n.hooked)
+                log.warning(
+                    "channel history lost (epoch changed) channel=%s old=%s new=%s "
+                    "streams_closed=%d responses_answered=%d told=%d",
+                    a.channel,
+                    a.old,
+                    a.new,
+                    n.streams_closed,
+                    n.responses_answered,
+                    n.hooked,
+                )
             elif isinstance(a, GapSkipped):
                 # outside the history window: as for an epoch change, never continue silently
                 n = tell_epoch_change(self.hub.sessions(a.channel), a.channel)
-                log.warning("messages lost (older than history) channel=%s seq=%d..%d "
-                            "streams_closed=%d responses_answered=%d told=%d", a.channel,
-                            a.first_seq, a.last_seq, n.streams_closed, n.responses_answered,
-                            n.hooked)
+                log.warning(
+                    "messages lost (older than history) channel=%s seq=%d..%d "
+                    "streams_closed=%d responses_answered=%d told=%d",
+                    a.channel,
+                    a.first_seq,
+                    a.last_seq,
+                    n.streams_closed,
+                    n.responses_answered,
+                    n.hooked,
+                )
 
     async def _ask_position(self, channel: str) -> None:
         try:
@@ -252,12 +281,15 @@ class Edge:
     async def _ask_replay(self, req: RequestReplay) -> None:
         out: list[wire.Envelope] = []
         try:
-            r = await self.link.request(wire.ReplayRequest(req.channel, epoch=req.epoch,
-                                                           after_seq=req.after_seq))
+            r = await self.link.request(
+                wire.ReplayRequest(req.channel, epoch=req.epoch, after_seq=req.after_seq)
+            )
             assert isinstance(r, wire.ReplayReply)
             self.tracker.on_replay(req, r.epoch, r.last_seq, list(r.items), r.complete, out)
         except (BrokerUnavailable, RemoteProtocolError) as exc:
-            log.warning("replay failed channel=%s after_seq=%d: %s", req.channel, req.after_seq, exc)
+            log.warning(
+                "replay failed channel=%s after_seq=%d: %s", req.channel, req.after_seq, exc
+            )
             self.tracker.on_replay_failed(req, out)
         await self._after_tracker(out)
 
@@ -266,8 +298,12 @@ class Edge:
         for a in self.linkwatch.on_heartbeat(broker_id, trio.current_time()):
             if isinstance(a, Resync):
                 if self.tracker.statistics().channels:
-                    log.warning("broker link resync reason=%r broker_id=%s channels=%d",
-                                a.reason, a.broker_id, self.tracker.statistics().channels)
+                    log.warning(
+                        "broker link resync reason=%r broker_id=%s channels=%d",
+                        a.reason,
+                        a.broker_id,
+                        self.tracker.statistics().channels,
+                    )
                 self.tracker.resync()
         self._run_tracker_actions()
 
@@ -277,8 +313,11 @@ class Edge:
             await trio.sleep(TICK_S)
             for a in self.linkwatch.tick(trio.current_time()):
                 if isinstance(a, LinkLost):
-                    log.warning("broker link lost: no heartbeat for %.1fs (connections stay "
-                                "held; channels resync when it is back)", a.silent_s)
+                    log.warning(
+                        "broker link lost: no heartbeat for %.1fs (connections stay "
+                        "held; channels resync when it is back)",
+                        a.silent_s,
+                    )
             if self.linkwatch.up:
                 failed, self._pos_failed = self._pos_failed, set()
                 for ch in failed:
@@ -351,7 +390,9 @@ class Edge:
         finally:
             self._refusing -= 1
 
-    async def _serve_connection(self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None) -> None:
+    async def _serve_connection(
+        self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None
+    ) -> None:
         self.connections += 1
         self.sockets.add(sock)
         self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
@@ -370,8 +411,9 @@ class Edge:
             self.stats.closed(sock, trio.current_time())
 
     def statistics(self) -> EdgeStatistics:
-        return EdgeStatistics(self.index, self.connections, self.requests, self.proxy_errors,
-                              self.rejected)
+        return EdgeStatistics(
+            self.index, self.connections, self.requests, self.proxy_errors, self.rejected
+        )
 
 
 def http_chunk_for(session: StreamSession, data: bytes) -> bytes:
@@ -389,8 +431,9 @@ async def open_listener(host: str, port: int) -> trio.socket.SocketType:
     return sock
 
 
-async def serve(cfg: Config, index: int, routes: RouteTable,
-                reload_config: Callable[[], Config] | None = None) -> int:
+async def serve(
+    cfg: Config, index: int, routes: RouteTable, reload_config: Callable[[], Config] | None = None
+) -> int:
     link = BrokerLink(cfg)
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     listen = (cfg.client_addr, cfg.port("client_port"))
@@ -407,8 +450,9 @@ async def serve(cfg: Config, index: int, routes: RouteTable,
                     nursery.cancel_scope.cancel()
 
                 link.on_refuse = refuse
-                life = lifecycle.EdgeLifecycle(edge, listener, reload_config=reload_config,
-                                               load_routes=load_routes)
+                life = lifecycle.EdgeLifecycle(
+                    edge, listener, reload_config=reload_config, load_routes=load_routes
+                )
                 await edge_metrics.start(edge, nursery)
                 nursery.start_soon(link.serve_ctl)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
@@ -423,8 +467,13 @@ async def serve(cfg: Config, index: int, routes: RouteTable,
                     nursery.cancel_scope.cancel()
                     return edge.exit_code
                 nursery.start_soon(life.serve_clients)
-                log.info("edge ready index=%d listen=%s:%d routes=%d", index, listen[0], listen[1],
-                         len(routes))
+                log.info(
+                    "edge ready index=%d listen=%s:%d routes=%d",
+                    index,
+                    listen[0],
+                    listen[1],
+                    len(routes),
+                )
                 notify("READY=1\nSTATUS=serving")
                 await life.run(signals, nursery)  # SIGHUP: reload; SIGTERM/SIGINT: drain
             edge.origin_client.close()
@@ -440,8 +489,12 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
         r = await link.request(wire.HelloRequest(wire.WIRE_VERSION), tries=1)
     except BrokerRefused as exc:
         # the broker refuses edges of another wire version (its reason names both versions)
-        log.error("the broker at %s refused this edge (edge wire version %d): %s; stopping",
-                  edge.cfg.endpoint("edge_ctl", bind=False), wire.WIRE_VERSION, exc.reason)
+        log.error(
+            "the broker at %s refused this edge (edge wire version %d): %s; stopping",
+            edge.cfg.endpoint("edge_ctl", bind=False),
+            wire.WIRE_VERSION,
+            exc.reason,
+        )
         edge.exit_code = EXIT_CONFIG
         return False
     except GripcastError as exc:
@@ -455,9 +508,12 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
     if edge.cfg.cluster_id and theirs != edge.cfg.cluster_id:
         # another cluster's broker on our broker ports (a second ``gripcast run``): joining
         # it would deliver that cluster's messages to our clients, so stop instead
-        log.error("the broker at %s belongs to another cluster (cluster_id %r, ours %r); "
-                  "stopping", edge.cfg.endpoint("edge_ctl", bind=False), theirs or "-",
-                  edge.cfg.cluster_id)
+        log.error(
+            "the broker at %s belongs to another cluster (cluster_id %r, ours %r); stopping",
+            edge.cfg.endpoint("edge_ctl", bind=False),
+            theirs or "-",
+            edge.cfg.cluster_id,
+        )
         edge.exit_code = EXIT_CONFIG
         return False
     if link.on_heartbeat is not None and r.broker_id:
@@ -465,8 +521,7 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
     return True
 
 
-def main(cfg: Config, index: int = 0,
-         reload_config: Callable[[], Config] | None = None) -> int:
+def main(cfg: Config, index: int = 0, reload_config: Callable[[], Config] | None = None) -> int:
     """Run one edge process until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(cfg.log_level, f"edge{index}")  # no-op when the CLI configured it
     try:

@@ -10,6 +10,7 @@ tests pass small fakes that implement only the protocol of the module under test
 Attribute reads on these objects are plain attribute accesses (no properties): the connection
 and delivery paths read them per request or per message.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
@@ -18,17 +19,17 @@ if TYPE_CHECKING:
     import trio
 
     from broker.config import Config
-    from edge.sync.link import BrokerLink
-    from edge.ops.connstats import ConnStats
-    from edge.origin.client import OriginClient
-    from edge.sync.deliver import Deliverer
     from edge.grip.cache import InstructCache
     from edge.grip.holds import HoldRegistry
-    from edge.sync.hub import Hub
-    from edge.sync.resume import Resumer
+    from edge.grip.session import ResponseSession, StreamSession
+    from edge.ops.connstats import ConnStats
+    from edge.origin.client import OriginClient
     from edge.routes import Route, RouteTable
     from edge.sessionstate import Session
-    from edge.grip.session import ResponseSession, StreamSession
+    from edge.sync.deliver import Deliverer
+    from edge.sync.hub import Hub
+    from edge.sync.link import BrokerLink
+    from edge.sync.resume import Resumer
     from edge.sync.tracker import Tracker
     from edge.ws.timers import WsTimers
 
@@ -57,8 +58,9 @@ class SessionServices(Protocol):
 
     def remove_session(self, session: Session) -> None: ...
 
-    async def resume(self, session: Session, channel: str, cursor: str, *,
-                     flush_on_fail: bool = True) -> bool: ...
+    async def resume(
+        self, session: Session, channel: str, cursor: str, *, flush_on_fail: bool = True
+    ) -> bool: ...
 
 
 class ConnectionServices(OriginServices, SessionServices, Protocol):

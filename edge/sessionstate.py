@@ -35,6 +35,7 @@ Socket ownership (``writing`` on stream and WebSocket sessions: the connection t
 or a writer task drains a backlog, so deliveries go to the buffer) is orthogonal to this
 lifecycle and stays a separate flag.
 """
+
 from __future__ import annotations
 
 import enum
@@ -62,10 +63,18 @@ class SessionEvent(enum.Enum):
     KILL = "kill"  # drop the connection
 
 
-OPEN, CLOSING, DONE, DEAD = (SessionState.OPEN, SessionState.CLOSING, SessionState.DONE,
-                             SessionState.DEAD)
-CLOSE, FLUSHED, END, KILL = (SessionEvent.CLOSE, SessionEvent.FLUSHED, SessionEvent.END,
-                             SessionEvent.KILL)
+OPEN, CLOSING, DONE, DEAD = (
+    SessionState.OPEN,
+    SessionState.CLOSING,
+    SessionState.DONE,
+    SessionState.DEAD,
+)
+CLOSE, FLUSHED, END, KILL = (
+    SessionEvent.CLOSE,
+    SessionEvent.FLUSHED,
+    SessionEvent.END,
+    SessionEvent.KILL,
+)
 
 TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (OPEN, CLOSE): CLOSING,

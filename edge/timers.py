@@ -5,6 +5,7 @@ Keep-alives and hold timeouts of thousands of connections do not get one trio sl
 ``when``, and one task calls ``pop_due(now)`` every tick.  Cancelling is lazy: the owner of an
 item re-checks its own state when the item comes due (an item may be scheduled again).
 """
+
 from __future__ import annotations
 
 import heapq

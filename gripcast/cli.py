@@ -10,6 +10,7 @@
 Options shared with Pushpin's runner: --config FILE (TOML), --port [addr:]port, --route LINE
 (repeatable), --port-offset N.  No protocol logic lives here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,26 +27,50 @@ from broker.runtime.logsetup import configure_logging, twins_description
 log = logging.getLogger("gripcast")
 
 
-_EPILOG = "Docs: README.md and docs/ in the gripcast source; every config key: deploy/gripcast.toml."
+_EPILOG = (
+    "Docs: README.md and docs/ in the gripcast source; every config key: deploy/gripcast.toml."
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="TOML config file (every key, with its default: deploy/gripcast.toml)")
-    p.add_argument("--port", metavar="[ADDR:]PORT",
-                   help="client listener of the edges (default 0.0.0.0:7999)")
-    p.add_argument("--route", metavar="LINE", action="append", default=None,
-                   help='route line in Pushpin syntax, e.g. "* 127.0.0.1:8080" (repeatable; '
-                        "replaces the routes of the config file)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file (every key, with its default: deploy/gripcast.toml)",
+    )
+    p.add_argument(
+        "--port", metavar="[ADDR:]PORT", help="client listener of the edges (default 0.0.0.0:7999)"
+    )
+    p.add_argument(
+        "--route",
+        metavar="LINE",
+        action="append",
+        default=None,
+        help='route line in Pushpin syntax, e.g. "* 127.0.0.1:8080" (repeatable; '
+        "replaces the routes of the config file)",
+    )
     p.add_argument("--routes-file", metavar="FILE", help="Pushpin-style routes file")
-    p.add_argument("--port-offset", type=int, metavar="N",
-                   help="add N to every default port (client and broker), like Pushpin's")
-    p.add_argument("--broker-host", metavar="HOST",
-                   help="where edges and tools reach the broker (default 127.0.0.1)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="log verbosity (default info); logs go to standard error")
-    p.add_argument("--store", metavar="memory|redis://HOST:PORT/DB",
-                   help="broker history store (default memory; see docs/reliability.md)")
+    p.add_argument(
+        "--port-offset",
+        type=int,
+        metavar="N",
+        help="add N to every default port (client and broker), like Pushpin's",
+    )
+    p.add_argument(
+        "--broker-host",
+        metavar="HOST",
+        help="where edges and tools reach the broker (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default info); logs go to standard error",
+    )
+    p.add_argument(
+        "--store",
+        metavar="memory|redis://HOST:PORT/DB",
+        help="broker history store (default memory; see docs/reliability.md)",
+    )
     # the resolved config, from the runner: a 0600 file, so secrets stay off command lines
     p.add_argument("--config-file", dest="config_file", help=argparse.SUPPRESS)
 
@@ -54,77 +79,149 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gripcast",
         description="gripcast: a realtime push cluster that speaks GRIP (Pushpin's protocol). "
-                    "Edges hold client connections and proxy to your origin app; the broker "
-                    "sequences, retains and fans out published messages.",
-        epilog=_EPILOG)
+        "Edges hold client connections and proxy to your origin app; the broker "
+        "sequences, retains and fans out published messages.",
+        epilog=_EPILOG,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "run", help="start a broker and N edges (and the demo origin), supervised",
+        "run",
+        help="start a broker and N edges (and the demo origin), supervised",
         description="Start one broker and N edges as child processes, supervise them (a crashed "
-                    "child is restarted; a configuration error stops everything), and stop them "
-                    "all on Ctrl-C or SIGTERM. Routes, ports and config are checked first.",
-        epilog=_EPILOG)
+        "child is restarted; a configuration error stops everything), and stop them "
+        "all on Ctrl-C or SIGTERM. Routes, ports and config are checked first.",
+        epilog=_EPILOG,
+    )
     _add_common(p)
     p.add_argument("--edges", type=int, metavar="N", help="edge processes (default: one per CPU)")
-    p.add_argument("--demo", action="store_true",
-                   help="also start the demo origin app and route every request to it")
-    p.add_argument("--demo-port", type=int, default=None, metavar="PORT",
-                   help="demo origin port (default 8090 + port offset)")
-
-    p = sub.add_parser("broker", help="run one broker process (what the systemd unit runs)",
-                       description="Run one broker: the publish API (HTTP and ZeroMQ), the "
-                                   "sequencer, history and the fan-out to edges.",
-                       epilog=_EPILOG)
-    _add_common(p)
-
-    p = sub.add_parser("edge", help="run one edge process (what the systemd unit runs)",
-                       description="Run one edge: hold client connections, proxy to the origin "
-                                   "and deliver what the broker publishes.",
-                       epilog=_EPILOG)
-    _add_common(p)
-    p.add_argument("--index", type=int, default=0, metavar="I",
-                   help="edge index, for logs, metrics ports and stats (default 0)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also start the demo origin app and route every request to it",
+    )
+    p.add_argument(
+        "--demo-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="demo origin port (default 8090 + port offset)",
+    )
 
     p = sub.add_parser(
-        "publish", help="publish a message over the HTTP API (like pushpin-publish)",
+        "broker",
+        help="run one broker process (what the systemd unit runs)",
+        description="Run one broker: the publish API (HTTP and ZeroMQ), the "
+        "sequencer, history and the fan-out to edges.",
+        epilog=_EPILOG,
+    )
+    _add_common(p)
+
+    p = sub.add_parser(
+        "edge",
+        help="run one edge process (what the systemd unit runs)",
+        description="Run one edge: hold client connections, proxy to the origin "
+        "and deliver what the broker publishes.",
+        epilog=_EPILOG,
+    )
+    _add_common(p)
+    p.add_argument(
+        "--index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="edge index, for logs, metrics ports and stats (default 0)",
+    )
+
+    p = sub.add_parser(
+        "publish",
+        help="publish a message over the HTTP API (like pushpin-publish)",
         description="Publish one message to CHANNEL through the broker's HTTP publish API, in "
-                    "every format at once (HTTP stream, long-poll response, WebSocket message). "
-                    "Without TEXT, the message is read from standard input when it is not a "
-                    "terminal (echo hi | gripcast publish test).",
+        "every format at once (HTTP stream, long-poll response, WebSocket message). "
+        "Without TEXT, the message is read from standard input when it is not a "
+        "terminal (echo hi | gripcast publish test).",
         epilog="Without --sse, the text is sent as is: an SSE client (EventSource) ignores "
-               "lines that are not 'data:' fields, so use --sse for /events-style streams.")
+        "lines that are not 'data:' fields, so use --sse for /events-style streams.",
+    )
     p.add_argument("channel", metavar="CHANNEL", help="channel to publish to")
-    p.add_argument("text", nargs="?", default=None, metavar="TEXT",
-                   help="message text (a newline is appended; default: standard input)")
-    p.add_argument("--url", default=None, metavar="URL",
-                   help="publish API base URL (default $GRIP_URL or http://127.0.0.1:5561)")
-    p.add_argument("--port-offset", type=int, default=0, metavar="N",
-                   help="port offset of the cluster, for the default URL (default 0)")
-    p.add_argument("--id", dest="item_id", metavar="ID",
-                   help="the item's id (Pushpin's id: de-duplication and SSE id)")
-    p.add_argument("--prev-id", metavar="ID",
-                   help="id of the previous item on the channel (Pushpin's ordering)")
+    p.add_argument(
+        "text",
+        nargs="?",
+        default=None,
+        metavar="TEXT",
+        help="message text (a newline is appended; default: standard input)",
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="publish API base URL (default $GRIP_URL or http://127.0.0.1:5561)",
+    )
+    p.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="port offset of the cluster, for the default URL (default 0)",
+    )
+    p.add_argument(
+        "--id",
+        dest="item_id",
+        metavar="ID",
+        help="the item's id (Pushpin's id: de-duplication and SSE id)",
+    )
+    p.add_argument(
+        "--prev-id",
+        metavar="ID",
+        help="id of the previous item on the channel (Pushpin's ordering)",
+    )
     p.add_argument("--no-eol", action="store_true", help="do not append a newline")
-    p.add_argument("--sse", action="store_true",
-                   help="format the text as one Server-Sent Event (data: lines, with its id)")
-    p.add_argument("--close", action="store_true",
-                   help="send the close action instead (ends streams and WebSockets)")
+    p.add_argument(
+        "--sse",
+        action="store_true",
+        help="format the text as one Server-Sent Event (data: lines, with its id)",
+    )
+    p.add_argument(
+        "--close",
+        action="store_true",
+        help="send the close action instead (ends streams and WebSockets)",
+    )
 
-    p = sub.add_parser("keygen", help="print a CurveZMQ key pair (Z85) for multi-host setups",
-                       description="Make a CurveZMQ key pair (see docs/multihost.md).")
-    p.add_argument("--out", metavar="PREFIX",
-                   help="write PREFIX.key (secret, mode 0600) and PREFIX.pub instead of printing")
+    p = sub.add_parser(
+        "keygen",
+        help="print a CurveZMQ key pair (Z85) for multi-host setups",
+        description="Make a CurveZMQ key pair (see docs/multihost.md).",
+    )
+    p.add_argument(
+        "--out",
+        metavar="PREFIX",
+        help="write PREFIX.key (secret, mode 0600) and PREFIX.pub instead of printing",
+    )
 
-    p = sub.add_parser("demo-origin", help="run the demo origin app alone",
-                       description="The built-in demo origin: an ordinary HTTP app that answers "
-                                   "with GRIP instructions (what `gripcast run --demo` starts).")
-    p.add_argument("--listen", default="127.0.0.1:8090", metavar="[ADDR:]PORT",
-                   help="where the demo app listens (default 127.0.0.1:8090)")
-    p.add_argument("--publish-url", default="http://127.0.0.1:5561", metavar="URL",
-                   help="the broker's publish API, for the page's send box and the chat")
-    p.add_argument("--publish-command", default=".venv/bin/gripcast publish test hello",
-                   metavar="TEXT", help="the publish command the demo page shows")
+    p = sub.add_parser(
+        "demo-origin",
+        help="run the demo origin app alone",
+        description="The built-in demo origin: an ordinary HTTP app that answers "
+        "with GRIP instructions (what `gripcast run --demo` starts).",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8090",
+        metavar="[ADDR:]PORT",
+        help="where the demo app listens (default 127.0.0.1:8090)",
+    )
+    p.add_argument(
+        "--publish-url",
+        default="http://127.0.0.1:5561",
+        metavar="URL",
+        help="the broker's publish API, for the page's send box and the chat",
+    )
+    p.add_argument(
+        "--publish-command",
+        default=".venv/bin/gripcast publish test hello",
+        metavar="TEXT",
+        help="the publish command the demo page shows",
+    )
     return parser
 
 
@@ -142,7 +239,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             with open(args.config_file, encoding="utf-8") as fh:
                 return config_from_dict(json.load(fh))
         except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError([f"cannot read the resolved config {args.config_file}: {exc}"]) from exc
+            raise ConfigError(
+                [f"cannot read the resolved config {args.config_file}: {exc}"]
+            ) from exc
     overrides: dict[str, Any] = {}
     if args.port:
         addr, port = _split_addr(args.port, "0.0.0.0")

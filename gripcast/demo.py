@@ -16,6 +16,7 @@ itself.  Endpoints (``?channel=NAME``, default ``test``):
                       ``ws-message`` through the broker's HTTP API, so every tab in the room
                       (on any edge) receives it
 """
+
 from __future__ import annotations
 
 import html
@@ -23,9 +24,9 @@ import json
 import logging
 import signal
 import threading
-from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from typing import Any
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from edge.ws.events import EventsError, WsEvent, decode_events, encode_events
@@ -65,29 +66,41 @@ class DemoHandler(BaseHTTPRequestHandler):
             page = page.replace("{{publish_command}}", html.escape(self.publish_command))
             self._send(200, page.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8"})
         elif url.path == "/stream":
-            self._send(200, b"[stream open]\n", {
-                "Content-Type": "text/plain",
-                "Grip-Hold": "stream",
-                "Grip-Channel": channel,
-            })
+            self._send(
+                200,
+                b"[stream open]\n",
+                {
+                    "Content-Type": "text/plain",
+                    "Grip-Hold": "stream",
+                    "Grip-Channel": channel,
+                },
+            )
         elif url.path == "/events":
-            self._send(200, b"event: open\ndata: {}\n\n", {
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "Grip-Hold": "stream",
-                "Grip-Channel": channel,
-                "Grip-Keep-Alive": ":\\n\\n; format=cstring; timeout=20",
-            })
+            self._send(
+                200,
+                b"event: open\ndata: {}\n\n",
+                {
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "Grip-Hold": "stream",
+                    "Grip-Channel": channel,
+                    "Grip-Keep-Alive": ":\\n\\n; format=cstring; timeout=20",
+                },
+            )
         elif url.path == "/chat":
             chat_page = resources.files("gripcast").joinpath("static/chat.html").read_bytes()
             self._send(200, chat_page, {"Content-Type": "text/html; charset=utf-8"})
         elif url.path == "/poll":
-            self._send(200, b"no message yet\n", {
-                "Content-Type": "text/plain",
-                "Grip-Hold": "response",
-                "Grip-Channel": channel,
-                "Grip-Timeout": "55",
-            })
+            self._send(
+                200,
+                b"no message yet\n",
+                {
+                    "Content-Type": "text/plain",
+                    "Grip-Hold": "response",
+                    "Grip-Channel": channel,
+                    "Grip-Timeout": "55",
+                },
+            )
         else:
             self._send(404, b"Not Found\n", {"Content-Type": "text/plain"})
 
@@ -110,8 +123,9 @@ class DemoHandler(BaseHTTPRequestHandler):
             status, body = post_items(self.publish_url, [build_item(channel, text)], timeout=5)
         except OSError as exc:
             status, body = 502, f"cannot reach the broker: {exc}\n"
-        self._send(200 if status == 200 else 502, body.encode("utf-8"), {"Content-Type": "text/plain"})
-
+        self._send(
+            200 if status == 200 else 502, body.encode("utf-8"), {"Content-Type": "text/plain"}
+        )
 
     def _chat_ws(self, url: SplitResult) -> None:
         """One WebSocket-over-HTTP request of the chat (no state kept between requests)."""
@@ -147,17 +161,26 @@ class DemoHandler(BaseHTTPRequestHandler):
         self._send(200, encode_events(out), headers)
 
 
-def serve_demo(addr: str, port: int, publish_url: str, ready: threading.Event | None = None,
-               publish_command: str = DemoHandler.publish_command) -> int:
+def serve_demo(
+    addr: str,
+    port: int,
+    publish_url: str,
+    ready: threading.Event | None = None,
+    publish_command: str = DemoHandler.publish_command,
+) -> int:
     """Serve until SIGINT/SIGTERM (then exit 0), or until the caller's thread shuts it down."""
-    handler = type("BoundDemoHandler", (DemoHandler,),
-                   {"publish_url": publish_url, "publish_command": publish_command})
+    handler = type(
+        "BoundDemoHandler",
+        (DemoHandler,),
+        {"publish_url": publish_url, "publish_command": publish_command},
+    )
     httpd = ThreadingHTTPServer((addr, port), handler)
     httpd.daemon_threads = True
     log.info("demo origin listening on http://%s:%d (publishing to %s)", addr, port, publish_url)
     from broker.runtime.sdnotify import notify
 
     if threading.current_thread() is threading.main_thread():
+
         def stop(signum: int, frame: object) -> None:
             # shutdown() waits for serve_forever, which runs in this very thread: hand it over
             threading.Thread(target=httpd.shutdown, daemon=True).start()

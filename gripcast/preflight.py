@@ -8,6 +8,7 @@ Ports are tried with a plain ``bind()`` (``SO_REUSEADDR``, never ``SO_REUSEPORT`
 gripcast's edges hold the client port with ``SO_REUSEPORT``, and a socket without that option
 cannot join them, so a second cluster is refused instead of silently sharing the port.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,15 +18,21 @@ from dataclasses import dataclass
 from broker.config import Config
 from broker.errors import ConfigError
 
-BROKER_PORTS = ("push_in_port", "http_port", "sub_in_port", "command_port", "edge_pub_port",
-                "edge_ctl_port")
+BROKER_PORTS = (
+    "push_in_port",
+    "http_port",
+    "sub_in_port",
+    "command_port",
+    "edge_pub_port",
+    "edge_ctl_port",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class PortUse:
     """One TCP port the cluster will listen on."""
 
-    key: str   # the config key (or "demo origin")
+    key: str  # the config key (or "demo origin")
     addr: str
     port: int
 
@@ -38,8 +45,9 @@ def planned_ports(cfg: Config, demo_port: int | None) -> list[PortUse]:
         uses.append(PortUse("metrics_port", cfg.metrics_addr, cfg.metrics_port))
     if cfg.edge_metrics_port:
         for i in range(cfg.edge_count):
-            uses.append(PortUse(f"edge_metrics_port (edge{i})", cfg.metrics_addr,
-                                cfg.edge_metrics_port + i))
+            uses.append(
+                PortUse(f"edge_metrics_port (edge{i})", cfg.metrics_addr, cfg.edge_metrics_port + i)
+            )
     if demo_port is not None:
         uses.append(PortUse("demo origin", "127.0.0.1", demo_port))
     return uses
@@ -48,8 +56,9 @@ def planned_ports(cfg: Config, demo_port: int | None) -> list[PortUse]:
 def _bind_problem(use: PortUse) -> str | None:
     addr = "" if use.addr in ("*", "0.0.0.0", "") else use.addr
     try:
-        infos = socket.getaddrinfo(addr or None, use.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            addr or None, use.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
         return f"{use.key}: cannot resolve {use.addr!r}: {exc.strerror}"
     family, kind, proto, _, sockaddr = infos[0]
@@ -59,8 +68,10 @@ def _bind_problem(use: PortUse) -> str | None:
             s.bind(sockaddr)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return (f"port {use.port} is in use (another gripcast or Pushpin?): "
-                        f"{use.key} on {use.addr or '*'}")
+                return (
+                    f"port {use.port} is in use (another gripcast or Pushpin?): "
+                    f"{use.key} on {use.addr or '*'}"
+                )
             return f"{use.key}: cannot listen on {use.addr}:{use.port}: {exc.strerror}"
     return None
 

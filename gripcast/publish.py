@@ -1,4 +1,5 @@
 """``gripcast publish``: one item to the broker's HTTP publish API (like ``pushpin-publish``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,16 @@ import urllib.request
 from typing import Any, TextIO
 
 
-def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: str | None = None,
-               eol: bool = True, sse: bool = False, close: bool = False) -> dict[str, Any]:
+def build_item(
+    channel: str,
+    text: str,
+    *,
+    item_id: str | None = None,
+    prev_id: str | None = None,
+    eol: bool = True,
+    sse: bool = False,
+    close: bool = False,
+) -> dict[str, Any]:
     """The publish item for ``text`` in all three formats (HTTP stream, long-poll, WebSocket)."""
     if sse:
         body = "".join(f"data: {line}\n" for line in text.split("\n")) + "\n"
@@ -36,7 +45,9 @@ def build_item(channel: str, text: str, *, item_id: str | None = None, prev_id: 
     return item
 
 
-def post_items(base_url: str, items: list[dict[str, Any]], timeout: float = 10.0) -> tuple[int, str]:
+def post_items(
+    base_url: str, items: list[dict[str, Any]], timeout: float = 10.0
+) -> tuple[int, str]:
     """POST ``{"items": items}`` to ``<base_url>/publish/``; returns (status, body text)."""
     data = json.dumps({"items": items}).encode("utf-8")
     req = urllib.request.Request(
@@ -62,8 +73,10 @@ def message_text(text: str | None, stdin: TextIO | None, close: bool) -> str:
             raise ValueError("the message is empty (give TEXT, or pipe it on standard input)")
         return text
     if stdin is None or stdin.isatty():
-        raise ValueError("no message: give TEXT, or pipe it on standard input "
-                         "(echo hello | gripcast publish CHANNEL)")
+        raise ValueError(
+            "no message: give TEXT, or pipe it on standard input "
+            "(echo hello | gripcast publish CHANNEL)"
+        )
     data = stdin.read()
     if data.endswith("\n"):
         data = data[:-1]  # the newline is added back unless --no-eol
@@ -79,8 +92,15 @@ def publish_from_args(args: argparse.Namespace, stdin: TextIO | None = None) -> 
     except ValueError as exc:
         print(f"gripcast publish: {exc}", file=sys.stderr)
         return 2
-    item = build_item(args.channel, text, item_id=args.item_id, prev_id=args.prev_id,
-                      eol=not args.no_eol, sse=args.sse, close=args.close)
+    item = build_item(
+        args.channel,
+        text,
+        item_id=args.item_id,
+        prev_id=args.prev_id,
+        eol=not args.no_eol,
+        sse=args.sse,
+        close=args.close,
+    )
     try:
         status, body = post_items(base, [item])
     except (urllib.error.URLError, OSError) as exc:

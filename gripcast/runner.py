@@ -17,6 +17,7 @@ SIGINT (Ctrl-C, to the runner or its whole process group) and SIGTERM stop every
 (SIGTERM, then SIGKILL after ``STOP_GRACE_S``) and the runner exits 0, with one ``stopped``
 line per child.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,7 +85,9 @@ def demo_port_for(cfg: Config, demo: bool, demo_port: int | None) -> int | None:
     return demo_port if demo_port is not None else 8090 + cfg.port_offset
 
 
-def plan_children(cfg: Config, demo: bool, demo_port: int | None, rundir: str) -> tuple[Config, list[Child]]:
+def plan_children(
+    cfg: Config, demo: bool, demo_port: int | None, rundir: str
+) -> tuple[Config, list[Child]]:
     """Decide which children to run (and the config they share, written to ``rundir``)."""
     children = []
     port = demo_port_for(cfg, demo, demo_port)
@@ -92,20 +95,38 @@ def plan_children(cfg: Config, demo: bool, demo_port: int | None, rundir: str) -
         publish_url = f"http://{cfg.broker_host}:{cfg.port('http_port')}"
         if not cfg.routes and not cfg.routes_file:
             # the chat's WebSocket endpoint speaks WebSocket-over-HTTP; the rest is plain HTTP
-            cfg = cfg.replace(routes=(f"*,path_beg=/chat/ws 127.0.0.1:{port},over_http",
-                                      f"* 127.0.0.1:{port}"))
+            cfg = cfg.replace(
+                routes=(f"*,path_beg=/chat/ws 127.0.0.1:{port},over_http", f"* 127.0.0.1:{port}")
+            )
         else:
             log.warning("demo origin runs on 127.0.0.1:%d but your routes are used", port)
-        argv = [sys.executable, "-m", "gripcast", "demo-origin", "--listen", f"127.0.0.1:{port}",
-                "--publish-url", publish_url, "--publish-command", publish_command(cfg)]
+        argv = [
+            sys.executable,
+            "-m",
+            "gripcast",
+            "demo-origin",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--publish-url",
+            publish_url,
+            "--publish-command",
+            publish_command(cfg),
+        ]
         children.append(Child("demo", argv, os.path.join(rundir, "demo.sock")))
     if not cfg.cluster_id:
         cfg = cfg.replace(cluster_id=secrets.token_hex(8))
     path = write_config_file(cfg, rundir)
-    children.append(Child("broker", child_argv("broker", path), os.path.join(rundir, "broker.sock")))
+    children.append(
+        Child("broker", child_argv("broker", path), os.path.join(rundir, "broker.sock"))
+    )
     for i in range(cfg.edge_count):
-        children.append(Child(f"edge{i}", child_argv("edge", path, "--index", str(i)),
-                              os.path.join(rundir, f"edge{i}.sock")))
+        children.append(
+            Child(
+                f"edge{i}",
+                child_argv("edge", path, "--index", str(i)),
+                os.path.join(rundir, f"edge{i}.sock"),
+            )
+        )
     return cfg, children
 
 
@@ -141,24 +162,34 @@ async def _supervise(child: Child, state: RunState) -> None:
         if state.stopping.is_set():
             return  # _stop_all reports it
         if code in FATAL_CODES:
-            log.error("%s stopped: configuration error (exit status %d, see its log above); "
-                      "not restarting, stopping the others", child.name, code)
+            log.error(
+                "%s stopped: configuration error (exit status %d, see its log above); "
+                "not restarting, stopping the others",
+                child.name,
+                code,
+            )
             state.exit_code = code
             state.stopping.set()
             return
         if trio.current_time() - started > HEALTHY_AFTER_S:
             backoff = 1.0
         child.restarts += 1
-        log.error("%s exited unexpectedly code=%s; restarting in %.0fs (restart #%d)",
-                  child.name, code, backoff, child.restarts)
+        log.error(
+            "%s exited unexpectedly code=%s; restarting in %.0fs (restart #%d)",
+            child.name,
+            code,
+            backoff,
+            child.restarts,
+        )
         with trio.move_on_after(backoff):
             await state.stopping.wait()
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
 async def _stop_all(children: list[Child]) -> None:
-    running = [c.process for c in children
-               if c.process is not None and c.process.returncode is None]
+    running = [
+        c.process for c in children if c.process is not None and c.process.returncode is None
+    ]
     for process in running:
         process.send_signal(signal.SIGTERM)
     with trio.move_on_after(STOP_GRACE_S):
@@ -168,8 +199,9 @@ async def _stop_all(children: list[Child]) -> None:
         if c.process is None:
             continue
         if c.process.returncode is None:
-            log.warning("%s did not stop in %.0fs; killing pid=%d", c.name, STOP_GRACE_S,
-                        c.process.pid)
+            log.warning(
+                "%s did not stop in %.0fs; killing pid=%d", c.name, STOP_GRACE_S, c.process.pid
+            )
             c.process.kill()
             await c.process.wait()
         code = c.process.returncode
@@ -238,8 +270,9 @@ async def serve_cluster(cfg: Config, demo: bool = False, demo_port: int | None =
         return state.exit_code
 
 
-async def _start_watch(child: Child,
-                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _start_watch(
+    child: Child, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await sock.bind(child.notify_path)
     task_status.started()

@@ -37,6 +37,7 @@ def twins(request):
 
 # -- a skip for a missing component fails the test command ----------------------------------
 
+
 def _skip_reason(report) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
@@ -56,8 +57,10 @@ def pytest_runtest_makereport(item, call):
     reason = _skip_reason(report)
     if MISSING in reason:
         report.outcome = "failed"
-        report.longrepr = (f"{reason.removeprefix('Skipped: ')}\nGRIPCAST_REQUIRE_ALL=1 "
-                           "(scripts/test): every component the tests need must be installed")
+        report.longrepr = (
+            f"{reason.removeprefix('Skipped: ')}\nGRIPCAST_REQUIRE_ALL=1 "
+            "(scripts/test): every component the tests need must be installed"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +68,8 @@ def _collect_after_integration_tests(request):
     """Collect garbage after each integration test, so that a socket or file it left open is
     reported (ResourceWarning, an error here) against that test, not a later one."""
     yield
-    if request.node.get_closest_marker("integration") is not None or os.environ.get(
-            "GRIPCAST_GC_EACH_TEST") == "1":  # a debugging aid: charge every test
+    if (
+        request.node.get_closest_marker("integration") is not None
+        or os.environ.get("GRIPCAST_GC_EACH_TEST") == "1"
+    ):  # a debugging aid: charge every test
         gc.collect()

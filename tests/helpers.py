@@ -1,4 +1,5 @@
 """Shared test helpers: free ports, sd_notify readiness, and process cleanup."""
+
 from __future__ import annotations
 
 import signal
@@ -8,8 +9,15 @@ import time
 
 from bench.procs import NotifySocket, free_ports  # one copy of each, shared with the bench
 
-__all__ = ["MISSING", "NotifySocket", "free_port_block", "free_ports", "skip_missing",
-           "stop_process", "wait_for"]
+__all__ = [
+    "MISSING",
+    "NotifySocket",
+    "free_port_block",
+    "free_ports",
+    "skip_missing",
+    "stop_process",
+    "wait_for",
+]
 
 # The prefix of every skip reason that means "a component this machine lacks" (redis-server,
 # chromium, network namespaces, systemd-analyze, the compiled twins).  With

@@ -8,6 +8,7 @@
 Readiness is ``PING`` answering ``+PONG`` (polled on a fresh connection), never a fixed sleep.
 The server is stopped by its own PID.  Nothing is persisted (``--save "" --appendonly no``).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,11 @@ import time
 
 from tests.helpers import free_ports, stop_process
 
-REDIS_SERVER = os.environ.get("GRIPCAST_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SERVER = (
+    os.environ.get("GRIPCAST_REDIS_SERVER")
+    or shutil.which("redis-server")
+    or "/usr/bin/redis-server"
+)
 
 
 def redis_available() -> bool:
@@ -54,7 +59,7 @@ class RedisServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self, timeout: float = 20.0) -> "RedisServer":
+    def start(self, timeout: float = 20.0) -> RedisServer:
         """Start (on ``self.port``, or a free port) and wait until PING answers."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         attempts = 1 if self.port is not None else 3
@@ -72,17 +77,25 @@ class RedisServer:
     def _spawn(self, port: int, timeout: float) -> None:
         argv = [
             REDIS_SERVER,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir.name,
-            "--logfile", self.logfile,
-            "--daemonize", "no",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir.name,
+            "--logfile",
+            self.logfile,
+            "--daemonize",
+            "no",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         delay = 0.002
         while not ping(port):
@@ -120,7 +133,7 @@ class RedisServer:
         self.stop()
         self._dir.cleanup()
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         if self.proc is None:
             self.start()
         return self

@@ -1,6 +1,7 @@
 """One error tree: every exception class defined in broker/, edge/ and gripcast/ derives from
 ``broker.errors.GripcastError`` (protocol errors under ``ProtocolError``, split local/remote as
 h11 does), and no two of them share a name."""
+
 import importlib
 import inspect
 import pkgutil
@@ -8,8 +9,13 @@ import pkgutil
 import broker
 import edge
 import gripcast
-from broker.errors import (ConfigError, GripcastError, LocalProtocolError, ProtocolError,
-                           RemoteProtocolError)
+from broker.errors import (
+    ConfigError,
+    GripcastError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 
 
 def _modules():

@@ -4,6 +4,7 @@
   curve, histogram and ``broker.runtime.*``;
 * sans-IO modules import no trio, zmq, socket, time or logging (they take bytes, events and
   ``now``; tests drive them with no sockets and no sleeps)."""
+
 from __future__ import annotations
 
 import ast
@@ -13,18 +14,39 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-BROKER_CONTRACT = {"broker.config", "broker.wire", "broker.items", "broker.errors", "broker.keys",
-                   "broker.curve", "broker.histogram", "broker.runtime"}
+BROKER_CONTRACT = {
+    "broker.config",
+    "broker.wire",
+    "broker.items",
+    "broker.errors",
+    "broker.keys",
+    "broker.curve",
+    "broker.histogram",
+    "broker.runtime",
+}
 # until the broker restructure lands, its runtime modules still sit at the top of broker/;
 # broker.opshttp (serve_ops, the ops listener edges use for /metrics) must go to broker.runtime
 BROKER_RUNTIME_FLAT: set[str] = set()  # every shared runtime module is under broker.runtime
 
 SANS_IO = [
-    "broker/sequencer.py", "broker/history.py", "broker/control.py", "broker/ratelimit.py",
-    "broker/items.py", "broker/wire.py", "broker/ingest/tnetstring.py",
-    "edge/routes.py", "edge/grip/instruct.py", "edge/grip/filters.py", "edge/grip/jsonpatch.py",
-    "edge/grip/sseid.py", "edge/sync/tracker.py", "edge/sync/hub.py", "edge/ws/events.py",
-    "edge/ws/control.py", "edge/http1/headers.py", "edge/timers.py",
+    "broker/sequencer.py",
+    "broker/history.py",
+    "broker/control.py",
+    "broker/ratelimit.py",
+    "broker/items.py",
+    "broker/wire.py",
+    "broker/ingest/tnetstring.py",
+    "edge/routes.py",
+    "edge/grip/instruct.py",
+    "edge/grip/filters.py",
+    "edge/grip/jsonpatch.py",
+    "edge/grip/sseid.py",
+    "edge/sync/tracker.py",
+    "edge/sync/hub.py",
+    "edge/ws/events.py",
+    "edge/ws/control.py",
+    "edge/http1/headers.py",
+    "edge/timers.py",
 ]
 IO_MODULES = {"trio", "zmq", "socket", "time", "logging"}
 

@@ -16,9 +16,11 @@ edges send to origins would otherwise be a valid publish token.
 ``check(headers, now)`` returns None when the request may proceed, else the one-line reason
 the API answers with ``401``.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import jwt
 
@@ -47,8 +49,9 @@ class PublishAuth:
     def enabled(self) -> bool:
         return self.key is not None
 
-    def check(self, method: str, path: str, headers: Iterable[tuple[bytes | str, bytes | str]],
-              now: float) -> str | None:
+    def check(
+        self, method: str, path: str, headers: Iterable[tuple[bytes | str, bytes | str]], now: float
+    ) -> str | None:
         """None if allowed, else the reason for a 401."""
         if self.key is None:
             return None
@@ -66,10 +69,19 @@ class PublishAuth:
         if scheme.lower() != "bearer" or not token.strip():
             return "Authorization must be a Bearer JWT."
         try:
-            jwt.decode(token.strip(), self.key.key, algorithms=[self.key.algorithm],
-                       options={"verify_aud": self.aud is not None, "verify_iat": False,
-                                "require": ["exp"]},
-                       issuer=self.iss, audience=self.aud, leeway=LEEWAY_S)
+            jwt.decode(
+                token.strip(),
+                self.key.key,
+                algorithms=[self.key.algorithm],
+                options={
+                    "verify_aud": self.aud is not None,
+                    "verify_iat": False,
+                    "require": ["exp"],
+                },
+                issuer=self.iss,
+                audience=self.aud,
+                leeway=LEEWAY_S,
+            )
         except jwt.MissingRequiredClaimError as exc:
             return f"Invalid token: the {exc.claim!r} claim is required."
         except jwt.InvalidIssuerError:

@@ -16,13 +16,14 @@ false, "condition": bytes, "value"?: bytes}``.  Methods:
 
 A request that is not a valid ZRPC tnetstring gets no reply (Pushpin logs and skips it).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
-from broker.ingest import tnetstring
 from broker.errors import PublishError, RemoteProtocolError
+from broker.ingest import tnetstring
 from broker.items import Item, parse_items_container
 
 
@@ -68,16 +69,28 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
     rid = req.get(b"id")
     method = req.get(b"method")
     args = req.get(b"args", {})
-    if (rid is not None and not isinstance(rid, bytes)) or not isinstance(method, bytes) or (
-        not isinstance(args, dict)
+    if (
+        (rid is not None and not isinstance(rid, bytes))
+        or not isinstance(method, bytes)
+        or (not isinstance(args, dict))
     ):
         return CommandResult(None, error="invalid request format")
     name = method.decode("utf-8", "replace")
 
-    def ok(value: object = None, *, items: tuple[Item, ...] = (), recover: bool = False,
-           failed_reply: bytes | None = None) -> CommandResult:
-        return CommandResult(_reply(rid, True, value=value), name, items=items, recover=recover,
-                             failed_reply=failed_reply)
+    def ok(
+        value: object = None,
+        *,
+        items: tuple[Item, ...] = (),
+        recover: bool = False,
+        failed_reply: bytes | None = None,
+    ) -> CommandResult:
+        return CommandResult(
+            _reply(rid, True, value=value),
+            name,
+            items=items,
+            recover=recover,
+            failed_reply=failed_reply,
+        )
 
     def fail(condition: str, message: str | None = None) -> CommandResult:
         reply = _reply(rid, False, condition=condition, value=message)
@@ -86,23 +99,32 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
     if name == "get-zmq-uris":
         return ok({k: v.encode("utf-8") for k, v in uris.items() if v})
     if name == "recover":  # refused with failed_reply over the broker's recover_per_s
-        return ok(None, recover=True, failed_reply=_reply(
-            rid, False, condition="rate-limited",
-            value="too many recover requests; retry later"))
+        return ok(
+            None,
+            recover=True,
+            failed_reply=_reply(
+                rid, False, condition="rate-limited", value="too many recover requests; retry later"
+            ),
+        )
     if name == "publish":
         try:
             items = parse_items_container(args, json=False)
         except PublishError as exc:
             return fail("bad-request", exc.reason)
-        return ok(None, items=tuple(items), failed_reply=_reply(
-            rid, False, condition="store-unavailable",
-            value="history store unavailable, nothing published; retry later"))
+        return ok(
+            None,
+            items=tuple(items),
+            failed_reply=_reply(
+                rid,
+                False,
+                condition="store-unavailable",
+                value="history store unavailable, nothing published; retry later",
+            ),
+        )
     return fail("method-not-found")
 
 
-def _reply(
-    rid: bytes | None, success: bool, *, value: object = None, condition: str = ""
-) -> bytes:
+def _reply(rid: bytes | None, success: bool, *, value: object = None, condition: str = "") -> bytes:
     out: dict[bytes, object] = {}
     if rid:
         out[b"id"] = rid
@@ -114,7 +136,6 @@ def _reply(
         if value is not None:
             out[b"value"] = value.encode("utf-8") if isinstance(value, str) else value
     return tnetstring.dumps(out)
-
 
 
 def rate_limited(result: CommandResult, message: str) -> CommandResult:

@@ -19,14 +19,15 @@ Content-Length.``, ``400 Request body too large.``, ``GET /`` -> ``Pushpin API``
 beyond: a short 503), one request per connection read by ``broker.runtime.http1``, and the
 stop (``stop_accepting``, ``wait_idle``) that the broker's lifecycle drives.
 """
+
 from __future__ import annotations
 
 import errno
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Sequence
 
 import trio
 
@@ -34,8 +35,8 @@ from broker.config import Config
 from broker.errors import PublishError, RateLimited, StoreUnavailable
 from broker.ingest.auth import PublishAuth
 from broker.ingest.pipeline import Pipeline
-from broker.runtime import http1
 from broker.items import Item, parse_http_publish, status_reason
+from broker.runtime import http1
 
 MAX_BODY_BYTES = 1_000_000
 MAX_HEADER_BYTES = 10_000
@@ -192,8 +193,10 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 30.0
 REFUSE_TIMEOUT_S = 1.0
-_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-             b"Connection: close\r\nContent-Length: 22\r\n\r\nToo many connections.\n")
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Connection: close\r\nContent-Length: 22\r\n\r\nToo many connections.\n"
+)
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 IDLE_POLL_S = 0.02
 
@@ -214,8 +217,12 @@ class HttpApi:
 
     # -- listening -------------------------------------------------------------------------------
 
-    async def serve(self, listeners: Sequence[trio.SocketListener],
-                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Accept connections until ``stop_accepting``; handlers run in their own nursery,
         which is left to finish (``wait_idle``)."""
         async with trio.open_nursery() as handlers:
@@ -310,8 +317,11 @@ class HttpApi:
         denied = self.auth.check(method, url, head.headers, time.time())
         if denied is not None:
             p.reject("http", f"unauthorized: {denied}")
-            await stream.send_all(respond(
-                401, denied + "\n", extra=(("WWW-Authenticate", "Bearer"),)).to_bytes(version))
+            await stream.send_all(
+                respond(401, denied + "\n", extra=(("WWW-Authenticate", "Bearer"),)).to_bytes(
+                    version
+                )
+            )
             return
         result = handle_request(method, url, head.headers, body)
         if result.error:
@@ -327,10 +337,18 @@ class HttpApi:
                 response = respond(429, exc.reason + "\n", extra=(("Retry-After", "1"),))
         if result.recover and not p.recover("http"):
             response = respond(
-                429, f"Too many recover requests (recover_per_s={self.cfg.recover_per_s:g}); "
-                "retry later.\n", extra=(("Retry-After", "1"),))
-        log.debug("http api method=%s path=%s code=%d items=%d",
-                  method, url, response.status, len(result.items))
+                429,
+                f"Too many recover requests (recover_per_s={self.cfg.recover_per_s:g}); "
+                "retry later.\n",
+                extra=(("Retry-After", "1"),),
+            )
+        log.debug(
+            "http api method=%s path=%s code=%d items=%d",
+            method,
+            url,
+            response.status,
+            len(result.items),
+        )
         await stream.send_all(response.to_bytes(version))
 
 
@@ -357,8 +375,11 @@ async def _close(stream: trio.SocketStream) -> None:
             pass
 
 
-async def _accept_loop(listener: trio.SocketListener, handlers: trio.Nursery,
-                       handle: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handlers: trio.Nursery,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
     while True:
         try:
             stream = await listener.accept()

@@ -11,12 +11,14 @@ subscription notices, each answered with a position marker), the heartbeat with 
 trailing position markers, and the edges' control requests (hello, position, replay, stats).
 The sockets are handed in, built by the composition root (``broker.server``).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import trio
 
@@ -71,9 +73,17 @@ class PipelineSockets:
 class Pipeline:
     """Sequence, retain and fan out; see the module docstring."""
 
-    def __init__(self, cfg: Config, store: Store, sockets: PipelineSockets, *,
-                 broker_id: str, started: float, uris: dict[str, str],
-                 stats: StatsEncoder | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        sockets: PipelineSockets,
+        *,
+        broker_id: str,
+        started: float,
+        uris: dict[str, str],
+        stats: StatsEncoder | None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.sockets = sockets
@@ -83,8 +93,9 @@ class Pipeline:
         self.stats = stats
         self.sequencer = Sequencer()
         # recover and hint, whatever input they come by (broker.ratelimit)
-        self.limiter = ActionLimiter(cfg.recover_per_s, cfg.hint_per_channel_per_s,
-                                     cfg.hint_per_s, time.monotonic())
+        self.limiter = ActionLimiter(
+            cfg.recover_per_s, cfg.hint_per_channel_per_s, cfg.hint_per_s, time.monotonic()
+        )
         self.store_latency = IntHistogram()
         self.live: set[str] = set()
         self.lock = trio.Lock()
@@ -122,9 +133,11 @@ class Pipeline:
         """
         items, refused = self.limiter.filter(items, time.monotonic())
         if refused:
-            reason = (f"too many hint actions for channel {refused[0].channel!r} "
-                      f"(hint_per_channel_per_s={self.cfg.hint_per_channel_per_s:g}, "
-                      f"hint_per_s={self.cfg.hint_per_s:g})")
+            reason = (
+                f"too many hint actions for channel {refused[0].channel!r} "
+                f"(hint_per_channel_per_s={self.cfg.hint_per_channel_per_s:g}, "
+                f"hint_per_s={self.cfg.hint_per_s:g})"
+            )
             if strict:
                 raise RateLimited(reason.capitalize() + "; retry later.")
             self.reject("rate-limit", f"{len(refused)} hint(s) dropped: {reason}")
@@ -169,24 +182,35 @@ class Pipeline:
             if not self._store_down:
                 self._store_down = True
                 self._store_logged = now
-                log.error("store unavailable: publishes refused until it answers items=%d "
-                          "error=%s", len(released), exc)
+                log.error(
+                    "store unavailable: publishes refused until it answers items=%d error=%s",
+                    len(released),
+                    exc,
+                )
             elif now - self._store_logged >= 1.0:
                 self._store_logged = now
-                log.warning("store still unavailable: items refused items=%d total_refused=%d "
-                            "error=%s", len(released), self._store_failures, exc)
+                log.warning(
+                    "store still unavailable: items refused items=%d total_refused=%d error=%s",
+                    len(released),
+                    self._store_failures,
+                    exc,
+                )
             raise
         if self._store_down:
             self._store_down = False
-            log.warning("store available again: publishing resumed total_refused=%d",
-                        self._store_failures)
+            log.warning(
+                "store available again: publishing resumed total_refused=%d", self._store_failures
+            )
         self._published += len(envelopes)
         live = self.live
         if log.isEnabledFor(logging.DEBUG):
             for env in envelopes:
                 log.debug(
                     "publish channel=%s seq=%d id=%s live=%s",
-                    env.channel, env.seq, env.id, env.channel in live,
+                    env.channel,
+                    env.seq,
+                    env.id,
+                    env.channel in live,
                 )
         # remember each channel's position for the trailing markers, then encode and send the
         # frames of the live channels in one loop (_speedups' fan_out: no Python object per frame)
@@ -211,8 +235,7 @@ class Pipeline:
         ``RECOVER_TOPIC``) to update its held sessions.  False (nothing done) when over
         ``recover_per_s``: each recover makes every held session ask its origin again."""
         if not self.limiter.allow_recover(time.monotonic()):
-            self.reject(source, f"recover refused: over recover_per_s="
-                                f"{self.cfg.recover_per_s:g}")
+            self.reject(source, f"recover refused: over recover_per_s={self.cfg.recover_per_s:g}")
             return False
         log.info("recover request source=%s: forgetting remembered last ids", source)
         self.sequencer.recover()
@@ -261,7 +284,7 @@ class Pipeline:
     async def handle_pull(self, items: list[Item]) -> None:
         if len(items) > BATCH_MAX:  # one big B frame: keep batches (and fan-out bursts) bounded
             for i in range(0, len(items), BATCH_MAX):
-                await self.ingest(items[i:i + BATCH_MAX])
+                await self.ingest(items[i : i + BATCH_MAX])
         else:
             await self.ingest(items)
 
@@ -293,8 +316,9 @@ class Pipeline:
             if result.error:
                 self.reject("command", f"method={result.method or '?'} {result.error}")
             if result.recover and not self.recover("command"):
-                result = commands.rate_limited(result, "recover refused: over "
-                                               f"recover_per_s={self.cfg.recover_per_s:g}")
+                result = commands.rate_limited(
+                    result, f"recover refused: over recover_per_s={self.cfg.recover_per_s:g}"
+                )
             items.extend(result.items)
             if result.reply is not None:
                 if result.items:
@@ -381,9 +405,14 @@ class Pipeline:
 
     def heartbeat(self) -> None:
         """Send a heartbeat, then the trailing markers of the last two rounds' channels."""
-        self.sockets.edge_pub.send_frame(wire.encode_heartbeat(
-            self.broker_id, self.started, time.time(),
-            stats_ttl=self.stats.conn_ttl if self.stats is not None else 0))
+        self.sockets.edge_pub.send_frame(
+            wire.encode_heartbeat(
+                self.broker_id,
+                self.started,
+                time.time(),
+                stats_ttl=self.stats.conn_ttl if self.stats is not None else 0,
+            )
+        )
         self._send_trailing_markers()
 
     def _send_trailing_markers(self) -> None:

@@ -11,6 +11,7 @@ Malformed input raises ``RemoteProtocolError``; nothing here does I/O.  Decoding
 ``_speedups``' ``tnet_pop`` (a Cython twin: the bare-tnetstring publish input spent most of its
 time here).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -61,7 +62,9 @@ def _dump(value: Any, out: list[bytes], depth: int) -> None:
         parts = []
         for k, v in value.items():
             if not isinstance(k, (bytes, str)):
-                raise ValueError(f"tnetstring: dict key must be bytes or str, not {type(k).__name__}")
+                raise ValueError(
+                    f"tnetstring: dict key must be bytes or str, not {type(k).__name__}"
+                )
             _dump(k, parts, depth + 1)
             _dump(v, parts, depth + 1)
         _frame(b"".join(parts), b"}", out)

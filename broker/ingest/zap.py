@@ -5,6 +5,7 @@ libzmq asks a handler bound on ``inproc://zeromq.zap.01`` (the ``zap`` row of
 ``ZapAuthenticator.handle`` runs it for a batch of requests on the broker's trio loop (no
 thread).  Refused peers retry often, so each (address, key) is logged at most once a minute.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ class ZapAuthenticator:
                 i = frames.index(b"")
             except ValueError:
                 continue
-            d = curve.zap_reply(frames[i + 1:], self.allowed)
+            d = curve.zap_reply(frames[i + 1 :], self.allowed)
             if not d.allowed:
                 self.denied += 1
                 now = time.monotonic()
@@ -40,12 +41,16 @@ class ZapAuthenticator:
                     if len(self._logged) > LOGGED_MAX:
                         self._logged.clear()
                     self._logged[(d.address, d.client_key)] = now
-                    log.warning("curve handshake refused address=%s mechanism=%s "
-                                "client_key=%s refused_total=%d", d.address, d.mechanism,
-                                d.client_key, self.denied)
+                    log.warning(
+                        "curve handshake refused address=%s mechanism=%s "
+                        "client_key=%s refused_total=%d",
+                        d.address,
+                        d.mechanism,
+                        d.client_key,
+                        self.denied,
+                    )
             else:
-                log.debug("curve client accepted address=%s client_key=%s", d.address,
-                          d.client_key)
+                log.debug("curve client accepted address=%s client_key=%s", d.address, d.client_key)
             self.zsock.send(frames[: i + 1] + d.reply)
 
     async def serve(self) -> None:

@@ -18,12 +18,14 @@ Stop, within ``drain_timeout_s``:
 Reload (SIGHUP): the config is loaded again (same file, environment and flags) and the keys in
 ``broker.runtime.reload.BROKER_RELOADABLE`` applied; a bad config is logged and the running one kept.
 """
+
 from __future__ import annotations
 
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -51,8 +53,11 @@ class BrokerLifecycle:
             if signum == signal.SIGHUP:
                 self.reload()
                 continue
-            log.info("broker stopping signal=%s drain_timeout_s=%s",
-                     signal.Signals(signum).name, self.broker.cfg.drain_timeout_s)
+            log.info(
+                "broker stopping signal=%s drain_timeout_s=%s",
+                signal.Signals(signum).name,
+                self.broker.cfg.drain_timeout_s,
+            )
             await self.drain()
             nursery.cancel_scope.cancel()
             return
@@ -69,9 +74,13 @@ class BrokerLifecycle:
             await b.flush_sequencer()
         b.set_fanout_linger()
         st = b.statistics()
-        log.info("broker drained seconds=%.2f stored=%d http_cut=%d%s",
-                 trio.current_time() - started, st.published, b.http_active,
-                 " (drain_timeout_s reached)" if scope.cancelled_caught else "")
+        log.info(
+            "broker drained seconds=%.2f stored=%d http_cut=%d%s",
+            trio.current_time() - started,
+            st.published,
+            b.http_active,
+            " (drain_timeout_s reached)" if scope.cancelled_caught else "",
+        )
 
     def reload(self) -> bool:
         b = self.broker
@@ -86,8 +95,10 @@ class BrokerLifecycle:
         b.apply_reload(plan.config)
         logging.getLogger().setLevel(plan.config.log_level.upper())
         if plan.needs_restart:
-            log.warning("reload: changed keys that need a restart (not applied): %s",
-                        ", ".join(plan.needs_restart))
+            log.warning(
+                "reload: changed keys that need a restart (not applied): %s",
+                ", ".join(plan.needs_restart),
+            )
         log.info("broker reloaded changed=%s", ",".join(plan.applied) or "-")
         notify("READY=1\nSTATUS=serving")
         return True
@@ -101,11 +112,15 @@ async def start_ops(broker: Broker, nursery: trio.Nursery) -> None:
         from broker.ops.metrics import broker_ready, broker_registry
         from broker.runtime.opshttp import serve_ops
 
-        await nursery.start(serve_ops, cfg.metrics_addr, cfg.metrics_port,
-                            broker_registry(broker), lambda: broker_ready(broker))
+        await nursery.start(
+            serve_ops,
+            cfg.metrics_addr,
+            cfg.metrics_port,
+            broker_registry(broker),
+            lambda: broker_ready(broker),
+        )
     if broker.stats is not None:
-        nursery.start_soon(_serve_stats_reports, broker, broker.stats,
-                           name="broker.stats_reports")
+        nursery.start_soon(_serve_stats_reports, broker, broker.stats, name="broker.stats_reports")
         log.info("stats socket ready spec=%s", cfg.stats_spec)
 
 

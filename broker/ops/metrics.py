@@ -5,9 +5,11 @@ latency); this collector turns them into metric families only when ``/metrics`` 
 Each process has its own ``CollectorRegistry`` (no global default registry, no process
 metrics of other processes).  Metric names are listed in deploy/README.md.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -28,80 +30,122 @@ class BrokerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         b = self.broker
         st = b.statistics()
-        yield InfoMetricFamily(P + "build", "Broker identity.",
-                               value={"broker_id": st.broker_id, "store": b.store.name})
-        c = CounterMetricFamily(P + "publishes_received", "Publish requests/messages received, by input.",
-                                labels=["input"])
+        yield InfoMetricFamily(
+            P + "build",
+            "Broker identity.",
+            value={"broker_id": st.broker_id, "store": b.store.name},
+        )
+        c = CounterMetricFamily(
+            P + "publishes_received",
+            "Publish requests/messages received, by input.",
+            labels=["input"],
+        )
         for name, n in sorted(st.received.items()):
             c.add_metric([name], n)
         yield c
-        yield CounterMetricFamily(P + "publishes_rejected", "Publishes rejected as invalid.",
-                                  value=st.rejected)
-        yield CounterMetricFamily(P + "messages_stored",
-                                  "Messages sequenced and stored (acknowledged publishes).",
-                                  value=st.published)
-        yield CounterMetricFamily(P + "messages_fanned_out",
-                                  "Messages sent to edges (channel live on at least one edge).",
-                                  value=st.fanned_out)
-        yield CounterMetricFamily(P + "fanout_dropped",
-                                  "Fan-out sends dropped at the high-water mark (edges repair the gap).",
-                                  value=st.fanout_dropped)
-        yield CounterMetricFamily(P + "store_failures", "Messages lost because the store failed.",
-                                  value=st.store_failures)
-        yield CounterMetricFamily(P + "control_requests",
-                                  "Edge control messages (hello, position, replay, stats reports).",
-                                  value=st.control_requests)
-        yield CounterMetricFamily(P + "position_markers", "Position markers sent on subscribe.",
-                                  value=st.markers)
-        yield GaugeMetricFamily(P + "live_channels", "Channels with at least one subscribed edge.",
-                                value=st.live_channels)
+        yield CounterMetricFamily(
+            P + "publishes_rejected", "Publishes rejected as invalid.", value=st.rejected
+        )
+        yield CounterMetricFamily(
+            P + "messages_stored",
+            "Messages sequenced and stored (acknowledged publishes).",
+            value=st.published,
+        )
+        yield CounterMetricFamily(
+            P + "messages_fanned_out",
+            "Messages sent to edges (channel live on at least one edge).",
+            value=st.fanned_out,
+        )
+        yield CounterMetricFamily(
+            P + "fanout_dropped",
+            "Fan-out sends dropped at the high-water mark (edges repair the gap).",
+            value=st.fanout_dropped,
+        )
+        yield CounterMetricFamily(
+            P + "store_failures", "Messages lost because the store failed.", value=st.store_failures
+        )
+        yield CounterMetricFamily(
+            P + "control_requests",
+            "Edge control messages (hello, position, replay, stats reports).",
+            value=st.control_requests,
+        )
+        yield CounterMetricFamily(
+            P + "position_markers", "Position markers sent on subscribe.", value=st.markers
+        )
+        yield GaugeMetricFamily(
+            P + "live_channels",
+            "Channels with at least one subscribed edge.",
+            value=st.live_channels,
+        )
         seq = st.sequencer
-        yield GaugeMetricFamily(P + "sequencer_pending", "Items waiting for their prev-id.",
-                                value=seq.pending)
-        d = CounterMetricFamily(P + "sequencer_dropped", "Items the sequencer dropped, by reason.",
-                                labels=["reason"])
+        yield GaugeMetricFamily(
+            P + "sequencer_pending", "Items waiting for their prev-id.", value=seq.pending
+        )
+        d = CounterMetricFamily(
+            P + "sequencer_dropped", "Items the sequencer dropped, by reason.", labels=["reason"]
+        )
         d.add_metric(["duplicate"], seq.dropped_duplicate)
         d.add_metric(["conflict"], seq.dropped_conflict)
         d.add_metric(["overflow"], seq.dropped_overflow)
         yield d
-        yield CounterMetricFamily(P + "sequencer_timed_out",
-                                  "Items released after waiting for a missing prev-id.",
-                                  value=seq.timed_out)
+        yield CounterMetricFamily(
+            P + "sequencer_timed_out",
+            "Items released after waiting for a missing prev-id.",
+            value=seq.timed_out,
+        )
         store = st.store
-        for attr, kind, doc in (("channels", GaugeMetricFamily, "Channels with history."),
-                                ("retained", GaugeMetricFamily, "Messages retained in history."),
-                                ("replays", CounterMetricFamily, "Replay requests the store served.")):
+        for attr, kind, doc in (
+            ("channels", GaugeMetricFamily, "Channels with history."),
+            ("retained", GaugeMetricFamily, "Messages retained in history."),
+            ("replays", CounterMetricFamily, "Replay requests the store served."),
+        ):
             if hasattr(store, attr):
                 yield kind(P + "history_" + attr, doc, value=getattr(store, attr))
-        yield b.pipeline.store_latency.family(P + "store_latency_seconds",
-                                     "Time to store one publish batch.")
-        yield GaugeMetricFamily(P + "draining", "1 while the broker shuts down.",
-                                value=1 if b.draining else 0)
-        yield CounterMetricFamily(P + "curve_handshakes_refused",
-                                  "CurveZMQ handshakes refused by ZAP (key not allowed).",
-                                  value=b.zap_denied)
+        yield b.pipeline.store_latency.family(
+            P + "store_latency_seconds", "Time to store one publish batch."
+        )
+        yield GaugeMetricFamily(
+            P + "draining", "1 while the broker shuts down.", value=1 if b.draining else 0
+        )
+        yield CounterMetricFamily(
+            P + "curve_handshakes_refused",
+            "CurveZMQ handshakes refused by ZAP (key not allowed).",
+            value=b.zap_denied,
+        )
         rl = b.pipeline.limiter.statistics()
-        r = CounterMetricFamily(P + "rate_limited",
-                                "recover requests and hint actions refused by the rate limits.",
-                                labels=["kind"])
+        r = CounterMetricFamily(
+            P + "rate_limited",
+            "recover requests and hint actions refused by the rate limits.",
+            labels=["kind"],
+        )
         r.add_metric(["recover"], rl.recover_refused)
         r.add_metric(["hint"], rl.hint_refused)
         yield r
-        yield CounterMetricFamily(P + "http_connections_refused",
-                                  "HTTP API connections refused at http_maxconn (503).",
-                                  value=b.http_refused)
-        yield GaugeMetricFamily(P + "http_connections", "HTTP API connections being served.",
-                                value=b.http_active)
+        yield CounterMetricFamily(
+            P + "http_connections_refused",
+            "HTTP API connections refused at http_maxconn (503).",
+            value=b.http_refused,
+        )
+        yield GaugeMetricFamily(
+            P + "http_connections", "HTTP API connections being served.", value=b.http_active
+        )
         stats = b.stats
         if stats is not None:
-            yield GaugeMetricFamily(P + "edges_reporting", "Edges that sent a stats report recently.",
-                                    value=len(stats.edges))
-            yield CounterMetricFamily(P + "stats_edge_reports",
-                                      "Edge stats reports received (stats socket on).",
-                                      value=stats.reports)
-            yield CounterMetricFamily(P + "stats_edge_reports_bad",
-                                      "Edge stats reports refused as invalid.",
-                                      value=stats.bad_reports)
+            yield GaugeMetricFamily(
+                P + "edges_reporting",
+                "Edges that sent a stats report recently.",
+                value=len(stats.edges),
+            )
+            yield CounterMetricFamily(
+                P + "stats_edge_reports",
+                "Edge stats reports received (stats socket on).",
+                value=stats.reports,
+            )
+            yield CounterMetricFamily(
+                P + "stats_edge_reports_bad",
+                "Edge stats reports refused as invalid.",
+                value=stats.bad_reports,
+            )
 
 
 def broker_registry(broker: Broker) -> CollectorRegistry:

@@ -29,11 +29,13 @@ a second.  ``StatsEncoder.edge_report`` turns one report into packets and folds 
 An edge that has not reported for ``EDGE_EXPIRE_S`` is forgotten (its subscribers no longer
 count).  Nothing here does I/O: the broker sends the frames on the PUB socket at ``stats_spec``.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Container, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import RemoteProtocolError
 from broker.ingest.tnetstring import dumps
@@ -64,8 +66,9 @@ _K_UNAVAILABLE = _tn(b"unavailable") + b"4:true!"
 _TYPES = {t: _tn(t.encode()) for t in CONN_TYPES}
 
 
-def conn_packets(source: str, conns: Iterable[tuple[str, str, str]], gone: Iterable[str],
-                 ttl: int) -> list[bytes]:
+def conn_packets(
+    source: str, conns: Iterable[tuple[str, str, str]], gone: Iterable[str], ttl: int
+) -> list[bytes]:
     """``conn`` packets, the same bytes as ``packet("conn", {...})`` but built directly (an
     edge's report can hold thousands of them)."""
     head = _tn(b"from") + _tn(source.encode())
@@ -92,9 +95,13 @@ class EdgeReport:
 
     edge: str
     full: bool = False
-    conns: tuple[tuple[str, str, str], ...] = ()  # ((id, type, peer), ...): new or refreshed connections
+    conns: tuple[
+        tuple[str, str, str], ...
+    ] = ()  # ((id, type, peer), ...): new or refreshed connections
     gone: tuple[str, ...] = ()  # (id, ...): closed connections
-    subs: tuple[tuple[str, str, int], ...] = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
+    subs: tuple[
+        tuple[str, str, int], ...
+    ] = ()  # ((mode, channel, count), ...): changed counts (all of them when full)
     connections: int = 0
     connections_max: int = 0
     conn_s: float = 0.0
@@ -154,10 +161,17 @@ def parse_edge_report(m: dict[Any, Any]) -> EdgeReport:
     conn_s = m.get("conn_s", 0.0)
     if isinstance(conn_s, bool) or not isinstance(conn_s, (int, float)) or not 0 <= conn_s < 1e12:
         raise _bad("'conn_s' must be a non-negative number")
-    return EdgeReport(edge=edge, full=bool(m.get("full", False)), conns=tuple(conns), gone=gone,
-                      subs=tuple(subs), connections=_count(m, "connections"),
-                      connections_max=_count(m, "connections_max"), conn_s=float(conn_s),
-                      sent=_count(m, "sent"))
+    return EdgeReport(
+        edge=edge,
+        full=bool(m.get("full", False)),
+        conns=tuple(conns),
+        gone=gone,
+        subs=tuple(subs),
+        connections=_count(m, "connections"),
+        connections_max=_count(m, "connections_max"),
+        conn_s=float(conn_s),
+        sent=_count(m, "sent"),
+    )
 
 
 # -- the encoder -------------------------------------------------------------------------------
@@ -167,7 +181,9 @@ def parse_edge_report(m: dict[Any, Any]) -> EdgeReport:
 class EdgeState:
     last: float
     connections: int = 0
-    subs: dict[tuple[str, str], int] = field(default_factory=dict)  # (mode, channel) -> subscribers on this edge
+    subs: dict[tuple[str, str], int] = field(
+        default_factory=dict
+    )  # (mode, channel) -> subscribers on this edge
 
 
 class StatsEncoder:
@@ -194,13 +210,21 @@ class StatsEncoder:
 
     def _sub_packet(self, mode: str, channel: str, n: int) -> bytes:
         if n > 0:
-            return packet("sub", {"from": self.source, "mode": mode, "channel": channel,
-                                  "ttl": SUB_TTL_S, "subscribers": n})
-        return packet("sub", {"from": self.source, "mode": mode, "channel": channel,
-                              "unavailable": True})
+            return packet(
+                "sub",
+                {
+                    "from": self.source,
+                    "mode": mode,
+                    "channel": channel,
+                    "ttl": SUB_TTL_S,
+                    "subscribers": n,
+                },
+            )
+        return packet(
+            "sub", {"from": self.source, "mode": mode, "channel": channel, "unavailable": True}
+        )
 
-    def _set_edge_sub(self, st: EdgeState, key: tuple[str, str], n: int,
-                      out: list[bytes]) -> None:
+    def _set_edge_sub(self, st: EdgeState, key: tuple[str, str], n: int, out: list[bytes]) -> None:
         old = st.subs.get(key, 0)
         if n == old:
             return
@@ -286,8 +310,12 @@ class StatsEncoder:
                 count = subs.get((mode, channel), 0) if known else 1
                 if count <= 0:
                     continue  # no receivers of this transport (Pushpin sends none then)
-                fields: dict[str, Any] = {"from": self.source, "channel": channel, "transport": transport,
-                          "count": count}
+                fields: dict[str, Any] = {
+                    "from": self.source,
+                    "channel": channel,
+                    "transport": transport,
+                    "count": count,
+                }
                 if env.id is not None:
                     fields["item-id"] = env.id
                 out.append(packet("message", fields))
@@ -304,10 +332,19 @@ class StatsEncoder:
         self._last_report = now
         minutes = int(self._conn_s // 60)
         self._conn_s -= minutes * 60
-        out.append(packet("report", {"from": self.source,
-                                     "connections": max(self._conn_max, self._conn_total),
-                                     "minutes": minutes, "received": self._received,
-                                     "sent": self._sent, "duration": duration}))
+        out.append(
+            packet(
+                "report",
+                {
+                    "from": self.source,
+                    "connections": max(self._conn_max, self._conn_total),
+                    "minutes": minutes,
+                    "received": self._received,
+                    "sent": self._sent,
+                    "duration": duration,
+                },
+            )
+        )
         self._received = self._sent = 0
         self._conn_max = self._conn_total
         for i, ((mode, channel), n) in enumerate(self._subs.items()):

@@ -8,6 +8,7 @@ raises ``HeadTooLarge``: the caller answers (each server has its own words) and 
 ``linger`` so that closing with unread input does not reset the connection and lose the answer.
 An upgrade request is read as a plain request (neither server upgrades).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,9 @@ class _Callbacks:
 class RequestReader:
     """Reads one request from ``stream`` (see the module docstring)."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, max_head_bytes: int,
-                 read_bytes: int = READ_BYTES) -> None:
+    def __init__(
+        self, stream: trio.abc.ReceiveStream, max_head_bytes: int, read_bytes: int = READ_BYTES
+    ) -> None:
         self.stream = stream
         self.max_head_bytes = max_head_bytes
         self.read_bytes = read_bytes
@@ -103,9 +105,12 @@ class RequestReader:
         end = head.find(b"\r\n\r\n")
         if (end + 4 if end >= 0 else len(head)) > self.max_head_bytes:
             raise HeadTooLarge("request head too large")
-        return RequestHead(self._parser.get_method().decode("latin-1"),
-                           req.url.decode("latin-1"), self._parser.get_http_version(),
-                           req.headers)
+        return RequestHead(
+            self._parser.get_method().decode("latin-1"),
+            req.url.decode("latin-1"),
+            self._parser.get_http_version(),
+            req.headers,
+        )
 
     async def read_body(self) -> bytes | None:
         req = self._req
@@ -117,8 +122,12 @@ class RequestReader:
         return b"".join(req.body)
 
 
-async def answer_early(stream: trio.abc.HalfCloseableStream, response: bytes,
-                       max_drain_bytes: int, linger_s: float = LINGER_S) -> None:
+async def answer_early(
+    stream: trio.abc.HalfCloseableStream,
+    response: bytes,
+    max_drain_bytes: int,
+    linger_s: float = LINGER_S,
+) -> None:
     """Answer before the request was read in full, then drain what the client still sends
     (briefly), so that closing with unread input does not reset the connection and lose the
     answer."""

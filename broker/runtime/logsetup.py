@@ -1,6 +1,7 @@
 """The one place logging is configured: stderr (journald under systemd), one line per record,
 ``<time> <role> <LEVEL> <logger>: <message>``.  Composition roots call ``configure_logging``
 once at process start; library modules only ever use ``logging.getLogger(__name__)``."""
+
 from __future__ import annotations
 
 import logging

@@ -13,10 +13,12 @@ with ``Connection: close``:
 ``answer(method, path, ...)`` is the sans-IO part; ``serve_ops`` runs it on trio, in the
 process's own loop, so collectors read ``statistics()`` without locks.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -34,9 +36,13 @@ MAX_CONNECTIONS = 64  # at once; a scraper or probe needs one: beyond, closed un
 ReadyFn = Callable[[], "str | None"]  # None: ready; else the reason it is not
 
 
-def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain; charset=utf-8") -> bytes:
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+def _response(
+    status: int, reason: str, body: bytes, ctype: str = "text/plain; charset=utf-8"
+) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 
@@ -54,8 +60,11 @@ def answer(method: str, path: str, registry: CollectorRegistry, ready: ReadyFn) 
         out = _response(200, "OK", b"ok\n")
     elif path == "/ready":
         why = ready()
-        out = (_response(200, "OK", b"ready\n") if why is None
-               else _response(503, "Service Unavailable", f"not ready: {why}\n".encode()))
+        out = (
+            _response(200, "OK", b"ready\n")
+            if why is None
+            else _response(503, "Service Unavailable", f"not ready: {why}\n".encode())
+        )
     else:
         out = _response(404, "Not Found", b"Not found: try /metrics, /health or /ready.\n")
     if method == "HEAD":
@@ -63,8 +72,9 @@ def answer(method: str, path: str, registry: CollectorRegistry, ready: ReadyFn) 
     return out
 
 
-async def _serve_one(stream: trio.SocketStream, registry: CollectorRegistry,
-                     ready: ReadyFn) -> None:
+async def _serve_one(
+    stream: trio.SocketStream, registry: CollectorRegistry, ready: ReadyFn
+) -> None:
     try:
         with trio.move_on_after(REQUEST_TIMEOUT_S):
             reader = http1.RequestReader(stream, MAX_HEAD_BYTES, read_bytes=4096)
@@ -74,8 +84,11 @@ async def _serve_one(stream: trio.SocketStream, registry: CollectorRegistry,
                 await stream.send_all(_response(400, "Bad Request", b"Bad request.\n"))
                 return
             except http1.HeadTooLarge:
-                await stream.send_all(_response(431, "Request Header Fields Too Large",
-                                                b"Request header too large.\n"))
+                await stream.send_all(
+                    _response(
+                        431, "Request Header Fields Too Large", b"Request header too large.\n"
+                    )
+                )
                 return
             if head is None:
                 return
@@ -89,9 +102,14 @@ async def _serve_one(stream: trio.SocketStream, registry: CollectorRegistry,
             await stream.aclose()
 
 
-async def serve_ops(host: str, port: int, registry: CollectorRegistry, ready: ReadyFn,
-                    *, task_status: trio.TaskStatus[list[trio.SocketListener]]
-                    = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_ops(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    ready: ReadyFn,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve /metrics, /health, /ready on ``host:port`` until cancelled."""
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     log.info("ops listener ready addr=%s:%d paths=/metrics,/health,/ready", host, port)
@@ -99,12 +117,12 @@ async def serve_ops(host: str, port: int, registry: CollectorRegistry, ready: Re
     async def handler(stream: trio.SocketStream) -> None:
         await _serve_one(stream, registry, ready)
 
-    await trio.serve_listeners(capped(handler, MAX_CONNECTIONS), listeners,
-                               task_status=task_status)
+    await trio.serve_listeners(capped(handler, MAX_CONNECTIONS), listeners, task_status=task_status)
 
 
-def capped(handler: Callable[[trio.SocketStream], Awaitable[None]],
-           limit: int) -> Callable[[trio.SocketStream], Awaitable[None]]:
+def capped(
+    handler: Callable[[trio.SocketStream], Awaitable[None]], limit: int
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
     """``handler`` serving at most ``limit`` connections at once; the others are closed at
     once (connections that send nothing would otherwise each hold a task for
     REQUEST_TIMEOUT_S)."""

@@ -12,6 +12,7 @@ disposition, so a stop signal arriving while the interpreter shuts down would st
 process; ``ignore_stop_signals_for_exit`` (called once ``trio.run`` returned) sets them to
 ``SIG_IGN``, which finalization leaves alone.
 """
+
 from __future__ import annotations
 
 import signal

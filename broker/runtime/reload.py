@@ -4,6 +4,7 @@
 one and returns the config to install (the running one with only the reloadable keys
 changed) and the keys that changed but need a restart (they are logged, not applied).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields

@@ -4,6 +4,7 @@ When ``NOTIFY_SOCKET`` is set (systemd ``Type=notify`` units, the runner, the te
 process sends ``READY=1`` once its sockets are bound, ``RELOADING=1``/``STOPPING=1`` around
 reloads and shutdown, and ``STATUS=...`` lines.  Without it these calls do nothing.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,9 +14,11 @@ place:
 ``ZSocket`` wraps one ``zmq.Socket``; ``serve`` is the read loop.  ``open_zsocket`` builds a
 socket from the wiring table (``broker.config.WIRING``): type, options, bind or connect.
 """
+
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping, NoReturn, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import trio
 import zmq
@@ -116,8 +118,9 @@ class ZSocket:
                 finally:
                     self._parked = None
 
-    async def serve(self, drain: Callable[[], list[T]],
-                    handle: Callable[[list[T]], Awaitable[object]]) -> NoReturn:
+    async def serve(
+        self, drain: Callable[[], list[T]], handle: Callable[[list[T]], Awaitable[object]]
+    ) -> NoReturn:
         """The read loop: wait until readable, ``batch = drain()`` (non-blocking, e.g.
         ``recv_batch`` or a parser over it; may return nothing when all it read was refused),
         ``await handle(batch)`` if there is one, checkpoint once per batch."""
@@ -142,8 +145,13 @@ def set_options(sock: zmq.Socket[bytes], options: Mapping[str, Any]) -> None:
         sock.setsockopt(getattr(zmq, name), value)
 
 
-def open_zsocket(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoint, cfg: Config, address: str,
-                 extra: Mapping[str, Any] | None = None) -> ZSocket:
+def open_zsocket(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    ep: Endpoint,
+    cfg: Config,
+    address: str,
+    extra: Mapping[str, Any] | None = None,
+) -> ZSocket:
     """A socket for wiring-table entry ``ep``: its type, ``LINGER 0``, its options (values that
     name a config key are read from ``cfg``), ``extra`` (heartbeats, Curve), then bound to or
     connected to ``address`` as the entry says."""

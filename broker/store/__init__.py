@@ -9,6 +9,7 @@ redisclient.py); this module chooses one from the config (``store`` key, ``--sto
   counted) until Redis answers; it reconnects by itself (with backoff, at most
   ``REDIS_BACKOFF_MAX_S`` between attempts) on the next publish or history request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,9 @@ import logging
 from broker.config import Config
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
-from broker.store.redisclient import RedisClient, parse_redis_url
 from broker.store.memory import MemoryStore, Store
 from broker.store.redis import RedisStore
+from broker.store.redisclient import RedisClient, parse_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,28 @@ def open_store(cfg: Config) -> Store:
     """The store ``cfg.store`` names (no I/O yet; raises ConfigError for a bad URL)."""
     if cfg.store == "memory":
         return MemoryStore(
-            MemoryHistory(max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
-                          max_bytes=cfg.history_max_bytes)
+            MemoryHistory(
+                max_items=cfg.history_max_items,
+                max_age_s=cfg.history_max_age_s,
+                max_bytes=cfg.history_max_bytes,
+            )
         )
     host, port, db, password = parse_redis_url(cfg.store)
     client = RedisClient(
-        host, port, db, password=password, timeout_s=REDIS_TIMEOUT_S,
-        backoff_max_s=REDIS_BACKOFF_MAX_S, client_name="gripcast-broker",
+        host,
+        port,
+        db,
+        password=password,
+        timeout_s=REDIS_TIMEOUT_S,
+        backoff_max_s=REDIS_BACKOFF_MAX_S,
+        client_name="gripcast-broker",
     )
     return RedisStore(
-        client, max_items=cfg.history_max_items, max_age_s=cfg.history_max_age_s,
-        max_bytes=cfg.history_max_bytes, owns_client=True,
+        client,
+        max_items=cfg.history_max_items,
+        max_age_s=cfg.history_max_age_s,
+        max_bytes=cfg.history_max_bytes,
+        owns_client=True,
     )
 
 

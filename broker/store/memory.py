@@ -6,9 +6,11 @@ server calls ``append_batch`` once per ingest batch, in release order, under one
 backend may pipeline a whole batch.  Semantics of ``position`` and ``replay`` are those of
 ``broker.history``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from broker.history import MemoryHistory, Position, Replay
 from broker.items import Item

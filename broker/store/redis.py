@@ -48,12 +48,14 @@ search walks the stream from the newest entry, inside the script).
 Differences from the memory store: no ``max_channels`` eviction (an idle channel costs one small
 hash); age is measured with the ``now`` the broker passes (wall-clock seconds), in milliseconds.
 """
+
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import hiredis
 import msgpack
@@ -61,7 +63,12 @@ import msgpack
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
 from broker.items import Item, item_bytes
-from broker.store.redisclient import RedisClient, RedisClientStatistics, RedisReplyError, open_redis_url
+from broker.store.redisclient import (
+    RedisClient,
+    RedisClientStatistics,
+    RedisReplyError,
+    open_redis_url,
+)
 from broker.wire import REPLAY_LIMIT, Envelope
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -144,7 +151,9 @@ end
 # ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, maxbytes (0: none), n, epoch candidate x n,
 #       then per item: channel index (1-based), publisher id or '', record tail, payload bytes
 # -> {{epoch_1..epoch_n}, {seq per item}}
-_LUA_APPEND = _LUA_COMMON + r"""
+_LUA_APPEND = (
+    _LUA_COMMON
+    + r"""
 local nch = tonumber(ARGV[7])
 local base = 7 + nch
 local nitems = (#ARGV - base) / 4
@@ -190,18 +199,24 @@ for c = 1, nch do
 end
 return {epochs, out}
 """
+)
 
 # KEYS: meta, stream.  ARGV: epoch candidate -> {epoch, seq or false, last_id or false}
-_LUA_POSITION = _LUA_COMMON + r"""
+_LUA_POSITION = (
+    _LUA_COMMON
+    + r"""
 ensure_epoch(KEYS[1], KEYS[2], ARGV[1])
 return redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'last_id')
 """
+)
 
 # KEYS: meta, stream.
 # ARGV: epoch candidate, epoch ('' = current), after_seq ('' = none), after_id ('' = none),
 #       limit, cutoff_ms
 # -> {epoch, last_seq, from_cursor (1: records start after the cursor, 0: oldest retained), records}
-_LUA_REPLAY = _LUA_COMMON + r"""
+_LUA_REPLAY = (
+    _LUA_COMMON
+    + r"""
 local meta, stream = KEYS[1], KEYS[2]
 ensure_epoch(meta, stream, ARGV[1])
 local m = redis.call('HMGET', meta, 'epoch', 'seq', 'last_id')
@@ -264,6 +279,7 @@ end
 if limit == 0 then return {epoch, last_seq, 0, {}} end
 return {epoch, last_seq, 0, records(redis.call('XRANGE', stream, '-', '+', 'COUNT', limit))}
 """
+)
 
 
 class _Script:
@@ -347,8 +363,14 @@ class RedisStore:
         ts_ms = int(now * 1000)
         cutoff_ms = int((now - self.max_age_s) * 1000)
         ttl_ms = int(self.max_age_s * 1000) + 1000
-        head = (str(self.max_items), "~" if self.approximate_trim else "=", cutoff_ms, ttl_ms,
-                ts_ms, self.max_bytes)
+        head = (
+            str(self.max_items),
+            "~" if self.approximate_trim else "=",
+            cutoff_ms,
+            ttl_ms,
+            ts_ms,
+            self.max_bytes,
+        )
         commands: list[tuple[Any, ...]] = []
         chunks: list[tuple[list[str], Sequence[Item]]] = []
         step = self.max_script_items
@@ -360,22 +382,24 @@ class RedisStore:
                 c = index.get(item.channel)
                 if c is None:
                     c = index[item.channel] = len(index) + 1
-                body = _packb({
-                    "id": item.id,
-                    "prev_id": item.prev_id,
-                    "formats": item.formats,
-                    "meta": item.meta,
-                    "ts": now,
-                })
+                body = _packb(
+                    {
+                        "id": item.id,
+                        "prev_id": item.prev_id,
+                        "formats": item.formats,
+                        "meta": item.meta,
+                        "ts": now,
+                    }
+                )
                 # body[0] is the fixmap header 0x85
                 args += (c, item.id or "", body[1:], item_bytes(item))
             keys: list[bytes] = []
             for ch in index:
                 keys += (self.meta_key(ch), self.stream_key(ch))
             epochs = [self._new_epoch() for _ in index]
-            commands.append((
-                "EVALSHA", _APPEND.sha, len(keys), *keys, *head, len(index), *epochs, *args
-            ))
+            commands.append(
+                ("EVALSHA", _APPEND.sha, len(keys), *keys, *head, len(index), *epochs, *args)
+            )
             chunks.append((list(index), chunk))
         replies = await self._run_scripts(_APPEND, commands)
         out: list[Envelope] = []
@@ -383,16 +407,18 @@ class RedisStore:
             ep = [e.decode("utf-8") for e in epochs]
             index = {ch: i for i, ch in enumerate(channels)}
             for item, seq in zip(chunk, seqs):
-                out.append(Envelope(
-                    channel=item.channel,
-                    seq=seq,
-                    epoch=ep[index[item.channel]],
-                    formats=item.formats,
-                    id=item.id,
-                    prev_id=item.prev_id,
-                    meta=item.meta,
-                    ts=now,
-                ))
+                out.append(
+                    Envelope(
+                        channel=item.channel,
+                        seq=seq,
+                        epoch=ep[index[item.channel]],
+                        formats=item.formats,
+                        id=item.id,
+                        prev_id=item.prev_id,
+                        meta=item.meta,
+                        ts=now,
+                    )
+                )
         self._appended += len(out)
         self._batches += 1
         return out
@@ -400,8 +426,14 @@ class RedisStore:
     async def position(self, channel: str) -> Position:
         """The channel's ``(epoch, last_seq, last_id)``; creates its epoch if it has none."""
         self._positions += 1
-        cmd = ("EVALSHA", _POSITION.sha, 2, self.meta_key(channel), self.stream_key(channel),
-               self._new_epoch())
+        cmd = (
+            "EVALSHA",
+            _POSITION.sha,
+            2,
+            self.meta_key(channel),
+            self.stream_key(channel),
+            self._new_epoch(),
+        )
         (reply,) = await self._run_scripts(_POSITION, [cmd])
         epoch, seq, last_id = reply
         return Position(epoch.decode("utf-8"), int(seq or 0), _str(last_id))
@@ -423,7 +455,11 @@ class RedisStore:
         limit = REPLAY_LIMIT if limit is None else max(0, min(int(limit), REPLAY_LIMIT))
         cutoff_ms = 0 if now is None else int((now - self.max_age_s) * 1000)
         cmd = (
-            "EVALSHA", _REPLAY.sha, 2, self.meta_key(channel), self.stream_key(channel),
+            "EVALSHA",
+            _REPLAY.sha,
+            2,
+            self.meta_key(channel),
+            self.stream_key(channel),
             self._new_epoch(),
             epoch if epoch is not None else "",
             "" if after_seq is None else int(after_seq),
@@ -437,8 +473,18 @@ class RedisStore:
         envs = []
         for rec in records:
             m = _unpackb(rec)
-            envs.append(Envelope(channel, m["seq"], m["epoch"], m["formats"], m["id"],
-                                 m["prev_id"], m["meta"], m["ts"]))
+            envs.append(
+                Envelope(
+                    channel,
+                    m["seq"],
+                    m["epoch"],
+                    m["formats"],
+                    m["id"],
+                    m["prev_id"],
+                    m["meta"],
+                    m["ts"],
+                )
+            )
         complete = bool(from_cursor)
         if complete:
             # burnt seqs (a failed script) leave holes: stop before one; the next call from

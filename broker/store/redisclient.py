@@ -28,11 +28,13 @@ with that backoff until it succeeds or its own deadline passes.
 Timeouts: ``connect_timeout_s`` bounds connecting (TCP + AUTH/SELECT), ``timeout_s`` bounds each
 request's round trip.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -145,7 +147,7 @@ class RedisClient:
     def connected(self) -> bool:
         return self._stream is not None
 
-    async def __aenter__(self) -> "RedisClient":
+    async def __aenter__(self) -> RedisClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -183,7 +185,9 @@ class RedisClient:
                         last = exc
             wake = min(self._next_attempt, deadline)
             if trio.current_time() >= deadline:
-                raise RedisUnavailable(f"redis {self.host}:{self.port} unreachable: {last}") from last
+                raise RedisUnavailable(
+                    f"redis {self.host}:{self.port} unreachable: {last}"
+                ) from last
             await trio.sleep_until(wake)
 
     # -- requests -----------------------------------------------------------------------------
@@ -232,7 +236,9 @@ class RedisClient:
         async with self._lock:
             if self._stream is None:
                 if trio.current_time() < self._next_attempt:
-                    raise RedisUnavailable(f"redis {self.host}:{self.port} is down (retrying later)")
+                    raise RedisUnavailable(
+                        f"redis {self.host}:{self.port} is down (retrying later)"
+                    )
                 await self._connect()
             self._requests += 1
             self._commands += len(commands)
@@ -256,7 +262,9 @@ class RedisClient:
                     if reply is _NOT_ENOUGH:
                         chunk = await stream.receive_some(_RECV_SIZE)
                         if not chunk:
-                            raise RedisUnavailable(f"redis {self.host}:{self.port} closed the connection")
+                            raise RedisUnavailable(
+                                f"redis {self.host}:{self.port} closed the connection"
+                            )
                         reader.feed(chunk)
                         continue
                     replies.append(reply)
@@ -297,7 +305,9 @@ class RedisClient:
                 data = b"".join(hiredis.pack_command(tuple(c)) for c in setup)
                 for reply in await self._round_trip(data, len(setup), self.connect_timeout_s):
                     if isinstance(reply, hiredis.ReplyError):
-                        raise RedisUnavailable(f"redis {self.host}:{self.port} setup failed: {reply}")
+                        raise RedisUnavailable(
+                            f"redis {self.host}:{self.port} setup failed: {reply}"
+                        )
             ok = True
         except trio.TooSlowError as exc:
             raise RedisUnavailable(

@@ -15,14 +15,15 @@ Errors (``InstructError``) are never cached.  Each cache holds at most ``MAX_ENT
 emptied when full (an origin that varies its headers per request, e.g. with cookies, just
 misses); bodies over ``MAX_BODY`` bytes are not cached.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TypedDict
 
-from edge.http1 import responses
 from edge.grip.instruct import Hold, parse_instruct
+from edge.http1 import responses
 
 MAX_ENTRIES = 512
 MAX_BODY = 4096
@@ -48,8 +49,17 @@ class InstructCache:
         self._holds: dict[tuple[object, ...], Hold] = {}
         self._heads: dict[tuple[object, ...], bytes] = {}
 
-    def instruct(self, status: int, reason: str, raw_headers: Iterable[tuple[bytes, bytes]],
-                 body: bytes, *, prefix: str, extra_channels: tuple[str, ...], stream_body: bytes | None = None) -> Hold:
+    def instruct(
+        self,
+        status: int,
+        reason: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        prefix: str,
+        extra_channels: tuple[str, ...],
+        stream_body: bytes | None = None,
+    ) -> Hold:
         """``parse_instruct`` of a response with bytes headers, memoized.
 
         ``stream_body`` set: the headers-only parse of a stream instruct (``body`` b""), with
@@ -60,10 +70,17 @@ class InstructCache:
         hold = holds.get(key) if size <= MAX_BODY else None
         if hold is not None:
             return hold
-        hold = parse_instruct(status, reason, decode_headers(raw_headers), body, prefix=prefix,
-                              extra_channels=extra_channels)
-        if stream_body is not None and (hold.mode == "stream"
-                                        or (hold.mode is None and hold.next_link)):
+        hold = parse_instruct(
+            status,
+            reason,
+            decode_headers(raw_headers),
+            body,
+            prefix=prefix,
+            extra_channels=extra_channels,
+        )
+        if stream_body is not None and (
+            hold.mode == "stream" or (hold.mode is None and hold.next_link)
+        ):
             hold = replace(hold, body=stream_body)
         if size <= MAX_BODY:
             if len(holds) >= MAX_ENTRIES:

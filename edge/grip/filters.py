@@ -20,6 +20,7 @@ returns the content to send, or None to drop the message:
 
 Filters run in the order given; the first drop stops the chain.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
@@ -63,7 +64,7 @@ def var_subst(content: bytes, meta: Mapping[str, object]) -> bytes:
             end = content.find(b")", k)
             if end == -1:
                 raise FilterError("Unterminated directive argument")
-            arg = content[k + 1:end]
+            arg = content[k + 1 : end]
             k = end + 1
         if k >= n:
             raise FilterError("Unexpected end of format")
@@ -81,8 +82,12 @@ def var_subst(content: bytes, meta: Mapping[str, object]) -> bytes:
     return bytes(out)
 
 
-def allowed(filters: Iterable[str], sub_meta: Mapping[str, object], pub_meta: Mapping[str, object],
-            channels: Collection[str]) -> bool:
+def allowed(
+    filters: Iterable[str],
+    sub_meta: Mapping[str, object],
+    pub_meta: Mapping[str, object],
+    channels: Collection[str],
+) -> bool:
     """The delivery filters' verdict (content filters aside)."""
     for f in filters:
         if f == "skip-self":
@@ -102,8 +107,13 @@ def allowed(filters: Iterable[str], sub_meta: Mapping[str, object], pub_meta: Ma
     return True
 
 
-def apply(filters: Iterable[str], sub_meta: Mapping[str, object], pub_meta: Mapping[str, object],
-          channels: Collection[str], content: bytes) -> bytes | None:
+def apply(
+    filters: Iterable[str],
+    sub_meta: Mapping[str, object],
+    pub_meta: Mapping[str, object],
+    channels: Collection[str],
+    content: bytes,
+) -> bytes | None:
     """Run ``filters`` for one delivery: the content to send, or None to drop.
 
     Raises FilterError when a content filter fails (the caller drops and logs).

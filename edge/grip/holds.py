@@ -34,6 +34,7 @@ empty body to it (best effort, not retried), as Pushpin 1.41 does.
 ``HoldRegistry`` is the edge-wide registry these flows use for ``recover`` and for the
 first-subscription times of channels.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,11 +49,11 @@ import trio
 from _speedups import http_chunk
 from broker.errors import GripcastError, InstructError, RemoteProtocolError
 from edge import readtimer
-from edge.http1 import responses
-from edge.grip.instruct import Hold, is_grip_response
 from edge.grip.cache import InstructCache
-from edge.origin.client import OriginError, open_origin
+from edge.grip.instruct import Hold, is_grip_response
 from edge.grip.session import ResponseSession, StreamSession
+from edge.http1 import responses
+from edge.origin.client import OriginError, open_origin
 from edge.sessionstate import OPEN
 
 if TYPE_CHECKING:
@@ -81,8 +82,9 @@ class LinkRefused(OriginError):
 # -- sans-IO helpers -------------------------------------------------------------------------
 
 
-def resolve_link(link: str, host: str, path: str,
-                 route: Route) -> tuple[bytes, bool, tuple[Target, ...]]:
+def resolve_link(
+    link: str, host: str, path: str, route: Route
+) -> tuple[bytes, bool, tuple[Target, ...]]:
     """Where to send a next/gone link: ``(path, rewrite, targets)``.
 
     ``host``/``path`` are the client request's.  Relative links resolve against the request
@@ -97,8 +99,7 @@ def resolve_link(link: str, host: str, path: str,
         raise LinkRefused(f"next link {link!r} is not http")
     target_path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     authority = parts.netloc.lower()
-    if authority == (host or "localhost").lower() or (
-            parts.netloc == "" and link.startswith("/")):
+    if authority == (host or "localhost").lower() or (parts.netloc == "" and link.startswith("/")):
         return target_path.encode("latin-1"), True, ()
     for t in route.targets:
         names = {f"{t.host}:{t.port}".lower(), str(t).lower()}
@@ -109,8 +110,9 @@ def resolve_link(link: str, host: str, path: str,
     raise LinkRefused(f"next link {link!r} leaves the route's origin")
 
 
-def grip_last(channels: Iterable[str], prefix: str,
-              cursors: Mapping[str, str | None]) -> list[tuple[bytes, bytes]]:
+def grip_last(
+    channels: Iterable[str], prefix: str, cursors: Mapping[str, str | None]
+) -> list[tuple[bytes, bytes]]:
     """``Grip-Last`` headers: one per channel with a known last id (names without ``prefix``,
     as the backend wrote them)."""
     out = []
@@ -118,7 +120,7 @@ def grip_last(channels: Iterable[str], prefix: str,
         last = cursors.get(name)
         if last is None:
             continue
-        shown = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        shown = name[len(prefix) :] if prefix and name.startswith(prefix) else name
         out.append((b"Grip-Last", f"{shown}; last-id={last}".encode("utf-8", "replace")))
     return out
 
@@ -151,8 +153,11 @@ class HoldRegistry:
 
     def first_sub_deadline(self, channels: Iterable[str], now: float) -> float | None:
         """When a hold on ``channels`` should retry (a channel's first subscription + 1 s)."""
-        due = [self._first[c] + FIRST_SUB_DELAY_S for c in channels
-               if c in self._first and self._first[c] + FIRST_SUB_DELAY_S > now - 0.001]
+        due = [
+            self._first[c] + FIRST_SUB_DELAY_S
+            for c in channels
+            if c in self._first and self._first[c] + FIRST_SUB_DELAY_S > now - 0.001
+        ]
         return max(due) if due else None
 
     def recover(self) -> int:
@@ -188,8 +193,9 @@ def _client_path(req: Request) -> tuple[str, str]:
     return host.decode("latin-1"), path.decode("latin-1")
 
 
-async def _parse(resp: OriginResponse, route: Route,
-                 cache: InstructCache) -> tuple[Hold, AsyncIterator[bytes] | None]:
+async def _parse(
+    resp: OriginResponse, route: Route, cache: InstructCache
+) -> tuple[Hold, AsyncIterator[bytes] | None]:
     raw = resp.headers
     kw: InstructOptions = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
     ctype, hold_value, has_next = b"", None, False
@@ -210,21 +216,23 @@ async def _parse(resp: OriginResponse, route: Route,
         if hold.mode == "stream" or (hold.mode is None and hold.next_link):
             if resp.complete:  # the whole body is in: it goes out with the head, in one send
                 body = await resp.read_body(1 << 62)
-                return cache.instruct(resp.status, resp.reason, raw, b"", stream_body=body, **kw), None
+                return cache.instruct(
+                    resp.status, resp.reason, raw, b"", stream_body=body, **kw
+                ), None
             return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
     body = await resp.read_body(MAX_ACCEPT_BODY)
     return cache.instruct(resp.status, resp.reason, raw, body, **kw), None
 
 
-async def handle_grip(conn: Connection, req: Request, route: Route,
-                      resp: OriginResponse) -> bool:
+async def handle_grip(conn: Connection, req: Request, route: Route, resp: OriginResponse) -> bool:
     """Answer a client request whose origin response is a GRIP instruct; True if the
     connection may serve another request.  Closes ``resp`` (and any retried responses)."""
     app = conn.app
     if len(req.body) > MAX_ACCEPT_REQUEST_BODY:
         await resp.aclose()
-        await conn.send_all(responses.error(400, "Request too large to accept GRIP instruct.",
-                                            keep_alive=False))
+        await conn.send_all(
+            responses.error(400, "Request too large to accept GRIP instruct.", keep_alive=False)
+        )
         return False
     resolve = True
     attempts = 0
@@ -233,8 +241,9 @@ async def handle_grip(conn: Connection, req: Request, route: Route,
             try:
                 hold, body_iter = await _parse(resp, route, app.instruct_cache)
                 if hold.mode == "response":
-                    return await hold_response(conn, req, route, hold, resolve,
-                                               attempts < MAX_ATTEMPTS)
+                    return await hold_response(
+                        conn, req, route, hold, resolve, attempts < MAX_ATTEMPTS
+                    )
                 if hold.mode == "stream" or hold.next_link:
                     if body_iter is None:
                         resp.forget()  # a held stream keeps none of the origin's response
@@ -248,10 +257,17 @@ async def handle_grip(conn: Connection, req: Request, route: Route,
             resolve = retry.resolve
             log.debug("retrying origin request path=%s attempt=%d", req.url, attempts)
             try:
-                resp = await open_origin(app.origin_client, route, req.method,
-                                         _client_path(req)[1].encode("latin-1"),
-                                         req.headers, bytes(req.body), sig=app.sign(route),
-                                         timeout_s=app.cfg.origin_timeout_s, extra=retry.extra)
+                resp = await open_origin(
+                    app.origin_client,
+                    route,
+                    req.method,
+                    _client_path(req)[1].encode("latin-1"),
+                    req.headers,
+                    bytes(req.body),
+                    sig=app.sign(route),
+                    timeout_s=app.cfg.origin_timeout_s,
+                    extra=retry.extra,
+                )
             except OriginError as exc:
                 return await conn.proxy_error(req, route, exc)
             if route.no_grip or not is_grip_response(resp.headers):
@@ -269,10 +285,18 @@ def _post_gone(app: ConnectionServices, route: Route, req: Request, link: str) -
         host, path = _client_path(req)
         try:
             p, rewrite, targets = resolve_link(link, host, path, route)
-            r = await open_origin(app.origin_client, route, b"POST", p,
-                                  [(b"Host", host.encode("latin-1"))], b"",
-                                  sig=app.sign(route), timeout_s=app.cfg.origin_timeout_s,
-                                  rewrite=rewrite, targets=targets or None)
+            r = await open_origin(
+                app.origin_client,
+                route,
+                b"POST",
+                p,
+                [(b"Host", host.encode("latin-1"))],
+                b"",
+                sig=app.sign(route),
+                timeout_s=app.cfg.origin_timeout_s,
+                rewrite=rewrite,
+                targets=targets or None,
+            )
             await r.aclose()
         except RemoteProtocolError as exc:
             log.info("gone link failed link=%s: %s", link, exc.reason)
@@ -280,8 +304,9 @@ def _post_gone(app: ConnectionServices, route: Route, req: Request, link: str) -
     app.nursery.start_soon(post)
 
 
-async def hold_response(conn: Connection, req: Request, route: Route, hold: Hold,
-                        resolve: bool, may_retry: bool) -> bool:
+async def hold_response(
+    conn: Connection, req: Request, route: Route, hold: Hold, resolve: bool, may_retry: bool
+) -> bool:
     app = conn.app
     now = trio.current_time()
     session = ResponseSession(hold, req.keep_alive, now + hold.timeout_s)
@@ -300,8 +325,12 @@ async def hold_response(conn: Connection, req: Request, route: Route, hold: Hold
             if not ok:
                 answered_by_history = False
                 if may_retry:
-                    raise _Retry(grip_last([c.name for c in prev], route.prefix,
-                                           {c.name: c.prev_id for c in prev}), resolve=False)
+                    raise _Retry(
+                        grip_last(
+                            [c.name for c in prev], route.prefix, {c.name: c.prev_id for c in prev}
+                        ),
+                        resolve=False,
+                    )
         await app.wait_positioned(channels)
         deadline = None
         if may_retry and app.cfg.update_on_first_subscription and not answered_by_history:
@@ -317,10 +346,14 @@ async def hold_response(conn: Connection, req: Request, route: Route, hold: Hold
                 gone = True
                 return False  # the client went away
             if session.result is None and may_retry and (session.retry or deadline is not None):
-                raise _Retry(grip_last([c.name for c in hold.channels if c.prev_id],
-                                       route.prefix,
-                                       {c.name: c.prev_id for c in hold.channels}),
-                             resolve=False)
+                raise _Retry(
+                    grip_last(
+                        [c.name for c in hold.channels if c.prev_id],
+                        route.prefix,
+                        {c.name: c.prev_id for c in hold.channels},
+                    ),
+                    resolve=False,
+                )
     finally:
         session.end()
         app.holds.discard(session)
@@ -418,25 +451,38 @@ class _Stream:
     async def fetch_next(self, link: str) -> OriginResponse | None:
         """GET a next link (retried on errors); the response, or None to end the stream."""
         app, route = self.app, self.route
-        extra = grip_last(self.session.channel_names if self.registered else
-                          [c.name for c in self.hold.channels], route.prefix, self.cursors())
+        extra = grip_last(
+            self.session.channel_names if self.registered else [c.name for c in self.hold.channels],
+            route.prefix,
+            self.cursors(),
+        )
         path, rewrite, targets = resolve_link(link, self.host, self.path, route)
         for attempt in range(NEXT_LINK_TRIES):
             try:
-                resp = await open_origin(app.origin_client, route, b"GET", path,
-                                         [(b"Host", self.host.encode("latin-1"))], b"",
-                                         sig=app.sign(route), timeout_s=app.cfg.origin_timeout_s,
-                                         extra=extra, rewrite=rewrite, targets=targets or None)
+                resp = await open_origin(
+                    app.origin_client,
+                    route,
+                    b"GET",
+                    path,
+                    [(b"Host", self.host.encode("latin-1"))],
+                    b"",
+                    sig=app.sign(route),
+                    timeout_s=app.cfg.origin_timeout_s,
+                    extra=extra,
+                    rewrite=rewrite,
+                    targets=targets or None,
+                )
             except OriginError as exc:
                 log.info("next link failed link=%s try=%d: %s", link, attempt + 1, exc.reason)
             else:
                 if 200 <= resp.status < 300:
                     return resp
-                log.info("next link failed link=%s try=%d: status %d", link, attempt + 1,
-                         resp.status)
+                log.info(
+                    "next link failed link=%s try=%d: status %d", link, attempt + 1, resp.status
+                )
                 await resp.aclose()
             if attempt + 1 < NEXT_LINK_TRIES:
-                await trio.sleep(2 ** attempt + random.random())
+                await trio.sleep(2**attempt + random.random())
         return None
 
     async def follow(self, link: str) -> bool:
@@ -472,8 +518,9 @@ class _Stream:
         return True
 
 
-async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
-                      body_iter: AsyncIterator[bytes] | None) -> bool:
+async def hold_stream(
+    conn: Connection, req: Request, route: Route, hold: Hold, body_iter: AsyncIterator[bytes] | None
+) -> bool:
     app = conn.app
     st = _Stream(conn, req, route, hold)
     s = st.session
@@ -488,7 +535,8 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
             resumes, failed = await st.probe(prev)
             if failed and not hold.next_link:
                 raise InstructError(
-                    f"channel '{failed[0].name}' specifies prev-id, but no next link found")
+                    f"channel '{failed[0].name}' specifies prev-id, but no next link found"
+                )
             await app.wait_positioned([c.name for c in hold.channels])
         head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
@@ -578,8 +626,11 @@ async def hold_stream(conn: Connection, req: Request, route: Route, hold: Hold,
                 first_sub = None
                 want_next = True
             elif window and not s.hinted:
-                idle = [c for c in s.channel_names if s.last_cursor.get(c) == seen.get(c)
-                        or c not in s.last_cursor]
+                idle = [
+                    c
+                    for c in s.channel_names
+                    if s.last_cursor.get(c) == seen.get(c) or c not in s.last_cursor
+                ]
                 want_next = bool(idle)
         if s.dead:
             log.debug("stream dropped conn=%s: %s", s.id, s.reason)

@@ -5,6 +5,7 @@ Follows Pushpin's ``handler/instruct.cpp``: the ``Grip-*`` headers are parsed fi
 mode/timeout/keep-alive overriding, meta merged, and the client response built only from the
 JSON ``response`` object).  Errors raise ``InstructError`` whose reason is Pushpin's debug text.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,14 @@ from typing import Any, Literal, overload
 from broker.errors import InstructError
 from broker.items import status_reason
 from edge.http1.headers import (
-    Headers, all_params, clean_response_headers, header_get, param_get, parse_params,
-    split_list, ParamError,
+    Headers,
+    ParamError,
+    all_params,
+    clean_response_headers,
+    header_get,
+    param_get,
+    parse_params,
+    split_list,
 )
 
 DEFAULT_TIMEOUT_S = 55
@@ -56,7 +63,9 @@ class Hold:
     next_link: str | None = None
     next_link_timeout_s: int | None = None
     gone_link: str | None = None
-    meta: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # read-only: shared
+    meta: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # read-only: shared
     code: int = 200
     reason: str = "OK"
     headers: tuple[tuple[str, str], ...] = ()  # client-facing, GRIP and hop-by-hop removed
@@ -69,7 +78,10 @@ def is_grip_response(headers: list[tuple[bytes, bytes]]) -> bool:
         lk = k.lower()
         if lk.startswith(b"grip-"):
             return True
-        if lk == b"content-type" and v.split(b";", 1)[0].strip().lower() == b"application/grip-instruct":
+        if (
+            lk == b"content-type"
+            and v.split(b";", 1)[0].strip().lower() == b"application/grip-instruct"
+        ):
             return True
     return False
 
@@ -100,7 +112,7 @@ def unescape_cstring(data: str) -> bytes:
             elif e == 0x6E:
                 out.append(0x0A)
             elif e == 0x78:
-                hexdigits = raw[n + 1:n + 3]
+                hexdigits = raw[n + 1 : n + 3]
                 if len(hexdigits) != 2 or not all(chr(h) in _HEX for h in hexdigits):
                     raise InstructError("failed to parse Grip-Keep-Alive cstring format")
                 out.append(int(hexdigits, 16))
@@ -187,8 +199,15 @@ def _links(headers: Headers) -> tuple[str | None, int | None, str | None]:
     return next_link, next_timeout, gone_link
 
 
-def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
-                   prefix: str = "", extra_channels: tuple[str, ...] = ()) -> Hold:
+def parse_instruct(
+    code: int,
+    reason: str,
+    headers: Headers,
+    body: bytes,
+    *,
+    prefix: str = "",
+    extra_channels: tuple[str, ...] = (),
+) -> Hold:
     """Parse an origin response that ``is_grip_response`` into a Hold.
 
     ``prefix`` (route ``prefix=``) is prepended to every channel name; ``extra_channels``
@@ -255,10 +274,18 @@ def parse_instruct(code: int, reason: str, headers: Headers, body: bytes, *,
         known = {c.name for c in names}
         names.extend(Channel(prefix + s) for s in extra_channels if prefix + s not in known)
     return Hold(
-        mode=mode, channels=tuple(names[:MAX_CHANNELS]), timeout_s=timeout,
-        keep_alive=keep_alive, next_link=next_link, next_link_timeout_s=next_timeout,
-        gone_link=gone_link, meta=MappingProxyType(meta), code=code, reason=reason,
-        headers=tuple(out_headers), body=body,
+        mode=mode,
+        channels=tuple(names[:MAX_CHANNELS]),
+        timeout_s=timeout,
+        keep_alive=keep_alive,
+        next_link=next_link,
+        next_link_timeout_s=next_timeout,
+        gone_link=gone_link,
+        meta=MappingProxyType(meta),
+        code=code,
+        reason=reason,
+        headers=tuple(out_headers),
+        body=body,
     )
 
 
@@ -298,16 +325,20 @@ def _json_str(obj: dict[str, Any], key: str, pn: str, required: bool = False) ->
     return v
 
 
-def _json_hold(hold: object) -> tuple[str, list[Channel], int | None, KeepAlive | None,
-                                     dict[str, str]]:
+def _json_hold(
+    hold: object,
+) -> tuple[str, list[Channel], int | None, KeepAlive | None, dict[str, str]]:
     if not isinstance(hold, dict):
         raise InstructError("instruct contains 'hold' with wrong type")
     mode = _json_str(hold, "mode", "hold") or "response"
     if mode not in ("response", "stream"):
         raise InstructError("hold 'mode' must be set to either 'response' or 'stream'")
     if not isinstance(hold.get("channels"), list):
-        raise InstructError("hold does not contain 'channels'" if "channels" not in hold
-                            else "hold contains 'channels' with wrong type")
+        raise InstructError(
+            "hold does not contain 'channels'"
+            if "channels" not in hold
+            else "hold contains 'channels' with wrong type"
+        )
     channels = []
     for c in hold["channels"]:
         if not isinstance(c, dict):
@@ -339,8 +370,11 @@ def _json_hold(hold: object) -> tuple[str, list[Channel], int | None, KeepAlive 
     return mode, channels, timeout, ka, dict(meta)
 
 
-def _json_response(resp: object, code: int, reason: str,
-                   ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+def _json_response(
+    resp: object,
+    code: int,
+    reason: str,
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
     if not isinstance(resp, dict):
         raise InstructError("instruct contains 'response' with wrong type")
     if "code" in resp:

@@ -17,6 +17,7 @@ and nothing else notices.  The broker refuses such a publish with the same limit
 (``broker.items``), so this is the second line.  Values are copied by ``_clone``, which counts
 what it copies, never by ``copy.deepcopy`` (unbounded, recursive).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,16 @@ from typing import Any
 from broker.errors import RemoteProtocolError
 from broker.items import MAX_PATCH_DEPTH, MAX_PATCH_OPS, MAX_PATCH_RESULT_BYTES
 
-__all__ = ["MAX_PATCH_DEPTH", "MAX_PATCH_OPS", "MAX_PATCH_RESULT_BYTES", "PatchError",
-           "PatchLimitError", "apply_patch", "parse_pointer", "patch_body"]
+__all__ = [
+    "MAX_PATCH_DEPTH",
+    "MAX_PATCH_OPS",
+    "MAX_PATCH_RESULT_BYTES",
+    "PatchError",
+    "PatchLimitError",
+    "apply_patch",
+    "parse_pointer",
+    "patch_body",
+]
 
 # a decoded JSON value (dict, list, str, int, float, bool or None), checked where it is used
 JSON = Any
@@ -100,8 +109,11 @@ def parse_pointer(path: object) -> list[str]:
 def _index(container: list[JSON], token: str, *, for_add: bool = False) -> int:
     if for_add and token == "-":
         return len(container)
-    if not (token.isascii() and token.isdigit()) or (len(token) > 1 and token[0] == "0") \
-            or len(token) > 18:
+    if (
+        not (token.isascii() and token.isdigit())
+        or (len(token) > 1 and token[0] == "0")
+        or len(token) > 18
+    ):
         raise PatchError(f"invalid array index {token!r}")
     i = int(token)
     if i > len(container) or (i == len(container) and not for_add):
@@ -209,7 +221,7 @@ def _apply(doc: JSON, ops: JSON, budget: _Budget) -> JSON:
                 doc = _add(doc, path, value)
         elif name in ("move", "copy"):
             src = parse_pointer(op.get("from"))
-            if name == "move" and path[:len(src)] == src and len(path) > len(src):
+            if name == "move" and path[: len(src)] == src and len(path) > len(src):
                 raise PatchError("cannot move a value into itself")
             value = _get(doc, src)
             # the copy is charged (a copy from the root doubles the document); a move is too,
@@ -238,8 +250,9 @@ def patch_body(body: bytes, ops: JSON) -> bytes:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PatchError("body is not JSON") from exc
     try:
-        out = json.dumps(apply_patch(doc, ops), separators=(",", ":"),
-                         ensure_ascii=False).encode("utf-8")
+        out = json.dumps(apply_patch(doc, ops), separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
     except UnicodeEncodeError as exc:  # a lone surrogate in a value: not text
         raise PatchError("value is not encodable text") from exc
     if len(out) > MAX_PATCH_RESULT_BYTES:

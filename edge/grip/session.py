@@ -11,13 +11,14 @@ its timeout; the first ``respond()`` wins and wakes the connection task.
 Both follow the lifecycle of ``edge.sessionstate`` (OPEN, CLOSING, DONE, DEAD) and implement
 its ``Session`` interface.
 """
+
 from __future__ import annotations
 
 import itertools
 from typing import TYPE_CHECKING
 
-from edge.http1 import responses
 from edge.grip.instruct import Hold
+from edge.http1 import responses
 from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 
 if TYPE_CHECKING:
@@ -38,11 +39,24 @@ def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
 
 class StreamSession(Session):
     kind = "stream"
-    __slots__ = ("id", "fd", "sock", "chunked", "hold", "buf", "writing", "scope", "last_out",
-                 "filters", "meta", "channel_names", "last_cursor", "hinted")
+    __slots__ = (
+        "id",
+        "fd",
+        "sock",
+        "chunked",
+        "hold",
+        "buf",
+        "writing",
+        "scope",
+        "last_out",
+        "filters",
+        "meta",
+        "channel_names",
+        "last_cursor",
+        "hinted",
+    )
 
-    def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool,
-                 now: float) -> None:
+    def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool, now: float) -> None:
         super().__init__()
         self.id = next(_ids)
         self.sock = sock
@@ -108,8 +122,18 @@ class ResponseSession(Session):
     task stopped waiting (answered or client gone)."""
 
     kind = "response"
-    __slots__ = ("id", "hold", "keep_alive", "deadline", "result", "scope",
-                 "filters", "meta", "channel_names", "retry")
+    __slots__ = (
+        "id",
+        "hold",
+        "keep_alive",
+        "deadline",
+        "result",
+        "scope",
+        "filters",
+        "meta",
+        "channel_names",
+        "retry",
+    )
 
     def __init__(self, hold: Hold, keep_alive: bool, deadline: float) -> None:
         super().__init__()

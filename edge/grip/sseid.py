@@ -15,6 +15,7 @@ one substring test per message (not per connection); content without the placeho
 untouched.  ``%(id)s`` is therefore reserved in published content (Pushpin's ``var-subst``
 filter cannot substitute a subscription meta value named ``id``).
 """
+
 from __future__ import annotations
 
 ID_TOKEN = b"%(id)s"

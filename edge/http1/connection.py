@@ -35,22 +35,23 @@ origin-form targets (``/...``), ``*`` and absolute ``http(s)://`` targets are ac
 absolute target is routed by its authority like a Host header, so a request can only ever reach
 a configured route's targets (no open proxy); ``CONNECT`` is 405.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 from os import read as _os_read
 from socket import SHUT_WR as socket_SHUT_WR
+from typing import TYPE_CHECKING
 
 import httptools
 import trio
 
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
-from edge.http1 import responses
 from edge.fastpath import PeerAddress, read_now, send_now
-from edge.grip.instruct import is_grip_response
 from edge.grip.holds import handle_grip
+from edge.grip.instruct import is_grip_response
+from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
 from edge.ws.session import is_websocket_request, serve_websocket, woh_forbidden
 
@@ -64,8 +65,17 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_IDLE_S = 120.0
 READ_SIZE = 65536
-_PASS_DROP = frozenset([b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer",
-                        b"upgrade", b"proxy-connection"])
+_PASS_DROP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-connection",
+    ]
+)
 
 
 class Request:
@@ -91,12 +101,29 @@ class _Reject(RemoteProtocolError):
 
 class Connection:
     # slotted: one of these lives as long as every held connection
-    __slots__ = ("app", "sock", "addr", "parser", "queue", "cur", "head_bytes", "reject",
-                 "upgrade", "upgrade_rest", "eof", "need_continue", "now", "head_started",
-                 "idle_since", "fresh", "body_started")
+    __slots__ = (
+        "app",
+        "sock",
+        "addr",
+        "parser",
+        "queue",
+        "cur",
+        "head_bytes",
+        "reject",
+        "upgrade",
+        "upgrade_rest",
+        "eof",
+        "need_continue",
+        "now",
+        "head_started",
+        "idle_since",
+        "fresh",
+        "body_started",
+    )
 
-    def __init__(self, app: ConnectionServices, sock: trio.socket.SocketType,
-                 addr: PeerAddress | None) -> None:
+    def __init__(
+        self, app: ConnectionServices, sock: trio.socket.SocketType, addr: PeerAddress | None
+    ) -> None:
         self.app = app
         self.sock = sock
         self.addr = addr
@@ -172,8 +199,11 @@ class Connection:
         if r.method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported.")
         url = r.url
-        if not (url.startswith(b"/") or url.startswith((b"http://", b"https://"))
-                or (url == b"*" and r.method == b"OPTIONS")):
+        if not (
+            url.startswith(b"/")
+            or url.startswith((b"http://", b"https://"))
+            or (url == b"*" and r.method == b"OPTIONS")
+        ):
             raise _Reject(400, "Bad request target")
         if lengths and int(next(iter(lengths))) > self.app.cfg.client_body_bytes:
             raise _Reject(413, "Request body too large.")
@@ -214,7 +244,7 @@ class Connection:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.upgrade = True
-            self.upgrade_rest = data[exc.args[0]:] if exc.args else b""
+            self.upgrade_rest = data[exc.args[0] :] if exc.args else b""
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
             self.reject = cause if isinstance(cause, _Reject) else _Reject(400, "Bad Request")
@@ -328,20 +358,34 @@ class Connection:
             req.host = host
         if self.upgrade and not self.queue and is_websocket_request(req.headers):
             self.parser = None  # no more HTTP on this connection
-            await serve_websocket(self, req, host, path)  # edge.ws: the connection is the socket's now
+            await serve_websocket(
+                self, req, host, path
+            )  # edge.ws: the connection is the socket's now
             return False
         route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), False, False)
         if route is None:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
             return req.keep_alive
         if woh_forbidden(route, req.headers):
-            await self.send_all(responses.error(
-                403, "Client not allowed to send WebSocket events directly.", keep_alive=req.keep_alive))
+            await self.send_all(
+                responses.error(
+                    403,
+                    "Client not allowed to send WebSocket events directly.",
+                    keep_alive=req.keep_alive,
+                )
+            )
             return req.keep_alive
         try:
-            resp = await open_origin(app.origin_client, route, req.method, path, req.headers,
-                                     bytes(req.body), sig=app.sign(route),
-                                     timeout_s=app.cfg.origin_timeout_s)
+            resp = await open_origin(
+                app.origin_client,
+                route,
+                req.method,
+                path,
+                req.headers,
+                bytes(req.body),
+                sig=app.sign(route),
+                timeout_s=app.cfg.origin_timeout_s,
+            )
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)
         try:
@@ -353,11 +397,14 @@ class Connection:
         finally:
             await resp.aclose()
 
-    async def proxy_error(self, req: Request, route: Route,
-                          exc: RemoteProtocolError) -> bool:
+    async def proxy_error(self, req: Request, route: Route, exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1
-        log.warning("error while proxying to origin route_line=%d path=%s: %s",
-                    route.line, req.url.decode("latin-1", "replace"), exc.reason)
+        log.warning(
+            "error while proxying to origin route_line=%d path=%s: %s",
+            route.line,
+            req.url.decode("latin-1", "replace"),
+            exc.reason,
+        )
         text = exc.reason if route.debug else "Error while proxying to origin."
         await self.send_all(responses.error(502, text, keep_alive=req.keep_alive))
         return req.keep_alive

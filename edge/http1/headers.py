@@ -10,6 +10,7 @@
 Headers are lists of ``(name, value)`` pairs of ``str`` (latin-1 decoded); names keep their
 case, comparisons are case-insensitive.
 """
+
 from __future__ import annotations
 
 from broker.errors import RemoteProtocolError
@@ -140,7 +141,9 @@ def param_get(params: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def all_params(headers: Headers, name: str, parse_first: bool = False) -> list[list[tuple[str, str]]]:
+def all_params(
+    headers: Headers, name: str, parse_first: bool = False
+) -> list[list[tuple[str, str]]]:
     """Every element of every ``name`` header, parsed; unparsable elements are skipped
     (as Pushpin's ``getAllAsParameters`` does)."""
     out = []
@@ -160,13 +163,23 @@ def all_params(headers: Headers, name: str, parse_first: bool = False) -> list[l
 # -- response cleaning -----------------------------------------------------------------------
 
 HOP_BY_HOP = frozenset(
-    ["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-     "proxy-connection", "proxy-authenticate", "proxy-authorization"]
+    [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ]
 )
 
 
-def clean_response_headers(headers: Headers, *, expose: list[str] | None = None,
-                           keep_length: bool = False) -> Headers:
+def clean_response_headers(
+    headers: Headers, *, expose: list[str] | None = None, keep_length: bool = False
+) -> Headers:
     """What the client may see of an origin response (reference 2.3.9).
 
     Drops every ``Grip-*`` header and the hop-by-hop headers; drops ``Content-Length`` unless

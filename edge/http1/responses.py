@@ -13,6 +13,7 @@ that is not ``reason-phrase`` text is replaced by the code's standard one (a cod
 three digits, e.g. a ``Grip-Status: 0`` or a published code 0, is written as 502).  So no source can
 split a response or add a header; the broker refuses such publishes first (``broker.items``).
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,8 @@ from typing import Any
 
 from broker.items import status_reason
 from edge.grip.instruct import Hold
-from edge.http1.headers import clean_response_headers
 from edge.grip.jsonpatch import PatchError, patch_body
+from edge.http1.headers import clean_response_headers
 
 _CRLF = b"\r\n"
 # header pairs as the callers have them: str (ours, a hold's) or bytes (a client's, an origin's)
@@ -67,8 +68,15 @@ def head(code: int, reason: str, headers: HeaderPairs, *, version: bytes = b"HTT
     return b"".join(parts)
 
 
-def full(code: int, reason: str, headers: HeaderPairs, body: bytes, *, keep_alive: bool = True,
-         head_only: bool = False) -> bytes:
+def full(
+    code: int,
+    reason: str,
+    headers: HeaderPairs,
+    body: bytes,
+    *,
+    keep_alive: bool = True,
+    head_only: bool = False,
+) -> bytes:
     """A complete response with ``Content-Length``; ``headers`` must not carry framing."""
     if not 100 <= code <= 999:  # as head() writes it, so that the framing agrees
         code, reason = 502, ""
@@ -86,12 +94,18 @@ def full(code: int, reason: str, headers: HeaderPairs, body: bytes, *, keep_aliv
 def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
     """A ``text/plain`` error answer; the body ends with a newline (reference 1.8)."""
     body = text.encode("utf-8") + b"\n"
-    return full(code, status_reason(code), [("Content-Type", "text/plain")], body,
-                keep_alive=keep_alive)
+    return full(
+        code, status_reason(code), [("Content-Type", "text/plain")], body, keep_alive=keep_alive
+    )
 
 
-def published(hold: Hold, fmt: dict[str, Any], *, keep_alive: bool = True,
-              patched: dict[bytes, bytes] | None = None) -> bytes:
+def published(
+    hold: Hold,
+    fmt: dict[str, Any],
+    *,
+    keep_alive: bool = True,
+    patched: dict[bytes, bytes] | None = None,
+) -> bytes:
     """The response for a response-hold client from a published ``http-response`` format.
 
     ``patched`` (optional, one per published message): ``body-patch`` results by timeout body,
@@ -103,8 +117,13 @@ def published(hold: Hold, fmt: dict[str, Any], *, keep_alive: bool = True,
     pub_headers = clean_response_headers(raw)
     names = {k.lower() for k, _ in pub_headers}
     merged = [(k, v) for k, v in hold.headers if k.lower() not in names] + pub_headers
-    expose = [e.strip().lower() for k, v in raw if k.lower() == "grip-expose-headers"
-              for e in v.split(",") if e.strip()]
+    expose = [
+        e.strip().lower()
+        for k, v in raw
+        if k.lower() == "grip-expose-headers"
+        for e in v.split(",")
+        if e.strip()
+    ]
     if expose:  # whitelist semantics (reference 2.3.8: the C++ handler's inversion is a bug)
         merged = [(k, v) for k, v in merged if k.lower() in expose]
     body = fmt.get("body")

@@ -21,6 +21,7 @@ control message (the contract is in ``broker.wire``):
 The broker announces in its heartbeat whether its stats socket is on and the connection ttl
 (``enable(ttl_s)``); while it is off connections are only counted, no events are kept.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,13 +54,16 @@ class _Conn:
 
 
 class ConnStats:
-    def __init__(self, source: str, *, batch_events: int = BATCH_EVENTS,
-                 max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self, source: str, *, batch_events: int = BATCH_EVENTS, max_pending: int = MAX_PENDING
+    ) -> None:
         self.source = source
         self.batch_events = batch_events
         self.max_pending = max_pending
         self.ttl_s = 0  # 0: the broker's stats socket is off
-        self.on_full: Callable[[], None] | None = None  # called once pending events reach batch_events (wakes the sender)
+        self.on_full: Callable[[], None] | None = (
+            None  # called once pending events reach batch_events (wakes the sender)
+        )
         self._conns: dict[object, _Conn] = {}
         self._new: dict[str, _Conn] = {}  # not reported yet
         self._gone: list[str] = []
@@ -202,8 +206,13 @@ class ConnStats:
         self.lost += 1
         self._full = True
 
-    def take(self, now: float, sent_total: int, channels: Iterable[str],
-             count_modes: Callable[[str], dict[str, int]]) -> StatsReport | None:
+    def take(
+        self,
+        now: float,
+        sent_total: int,
+        channels: Iterable[str],
+        count_modes: Callable[[str], dict[str, int]],
+    ) -> StatsReport | None:
         """The next ``stats`` message, or None while the broker's stats socket is off.
 
         ``sent_total``: messages delivered to clients so far (a counter); ``channels``: the
@@ -250,8 +259,17 @@ class ConnStats:
         self._new = {}
         gone.extend(self._gone)
         self._gone = []
-        return StatsReport(self.source, full, tuple(tuple(c) for c in conns), tuple(gone),
-                           tuple(tuple(x) for x in subs), self._open, peak, round(area, 3), sent)
+        return StatsReport(
+            self.source,
+            full,
+            tuple(tuple(c) for c in conns),
+            tuple(gone),
+            tuple(tuple(x) for x in subs),
+            self._open,
+            peak,
+            round(area, 3),
+            sent,
+        )
 
 
 def count_modes(sessions: Iterable[Session]) -> dict[str, int]:

@@ -20,14 +20,15 @@ Reload (SIGHUP): the config is loaded again (same file, environment and flags), 
 file re-read, and the reloadable keys (``broker.runtime.reload.EDGE_RELOADABLE``) applied without
 touching any connection; a bad config or routes file is logged and the running one kept.
 """
+
 from __future__ import annotations
 
 import logging
 import signal
 import socket as stdsocket
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,12 +36,11 @@ from broker.config import Config
 from broker.errors import ConfigError
 from broker.runtime.reload import EDGE_RELOADABLE, plan_reload
 from broker.runtime.sdnotify import notify
-from edge.http1 import responses
 
 if TYPE_CHECKING:
+    from edge.grip.session import StreamSession
     from edge.routes import RouteTable
     from edge.server import Edge
-    from edge.grip.session import StreamSession
     from edge.sessionstate import Session
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,14 @@ def end_session(session: Session) -> tuple[StreamSession, list[bytes]] | None:
 
 
 class EdgeLifecycle:
-    def __init__(self, edge: Edge, listener: trio.socket.SocketType, *,
-                 reload_config: Callable[[], Config] | None,
-                 load_routes: Callable[[Config], RouteTable]) -> None:
+    def __init__(
+        self,
+        edge: Edge,
+        listener: trio.socket.SocketType,
+        *,
+        reload_config: Callable[[], Config] | None,
+        load_routes: Callable[[Config], RouteTable],
+    ) -> None:
         self.edge = edge
         self.listener = listener
         self.reload_config = reload_config
@@ -80,8 +85,12 @@ class EdgeLifecycle:
             if signum == signal.SIGHUP:
                 self.reload()
                 continue
-            log.info("edge stopping index=%d signal=%s drain_timeout_s=%s", self.edge.index,
-                     signal.Signals(signum).name, self.edge.cfg.drain_timeout_s)
+            log.info(
+                "edge stopping index=%d signal=%s drain_timeout_s=%s",
+                self.edge.index,
+                signal.Signals(signum).name,
+                self.edge.cfg.drain_timeout_s,
+            )
             await self.drain()
             nursery.cancel_scope.cancel()
             return
@@ -118,9 +127,14 @@ class EdgeLifecycle:
                         break
                 await trio.sleep(POLL_S)
         left = edge.connections
-        log.info("edge drained index=%d seconds=%.2f sessions_ended=%d connections_cut=%d%s",
-                 edge.index, trio.current_time() - started, len(ended), left,
-                 " (drain_timeout_s reached)" if scope.cancelled_caught else "")
+        log.info(
+            "edge drained index=%d seconds=%.2f sessions_ended=%d connections_cut=%d%s",
+            edge.index,
+            trio.current_time() - started,
+            len(ended),
+            left,
+            " (drain_timeout_s reached)" if scope.cancelled_caught else "",
+        )
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -144,10 +158,16 @@ class EdgeLifecycle:
         logging.getLogger().setLevel(plan.config.log_level.upper())
         self.reloads += 1
         if plan.needs_restart:
-            log.warning("reload: changed keys that need a restart (not applied): %s",
-                        ", ".join(plan.needs_restart))
-        log.info("edge reloaded index=%d routes=%d changed=%s", edge.index, len(routes),
-                 ",".join(plan.applied) or "-")
+            log.warning(
+                "reload: changed keys that need a restart (not applied): %s",
+                ", ".join(plan.needs_restart),
+            )
+        log.info(
+            "edge reloaded index=%d routes=%d changed=%s",
+            edge.index,
+            len(routes),
+            ",".join(plan.applied) or "-",
+        )
         notify("READY=1\nSTATUS=serving")
         return True
 

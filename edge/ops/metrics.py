@@ -6,6 +6,7 @@ sessions as weight, the envelope's ``ts`` being the broker's receive time); this
 reads them when ``/metrics`` is scraped.  Each edge process has its own registry and its own
 listener (``edge_metrics_port + index``).  Metric names are listed in deploy/README.md.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,12 +19,11 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     import trio
-
     from prometheus_client.metrics_core import Metric
 
+    from edge.server import Edge
     from edge.sessionstate import Session
     from edge.sync.hub import Hub
-    from edge.server import Edge
 
 P = "gripcast_edge_"
 
@@ -54,8 +54,9 @@ class EdgeCollector(Collector):
         st = e.statistics()
         kinds = session_kinds(e.hub)
         ws = kinds.get("ws", 0)
-        g = GaugeMetricFamily(P + "connections", "Open client connections, by transport.",
-                              labels=["transport"])
+        g = GaugeMetricFamily(
+            P + "connections", "Open client connections, by transport.", labels=["transport"]
+        )
         g.add_metric(["http"], max(st.connections - ws, 0))
         g.add_metric(["ws"], ws)
         yield g
@@ -64,80 +65,129 @@ class EdgeCollector(Collector):
             g.add_metric([mode], kinds.get(mode, 0))
         yield g
         yield CounterMetricFamily(P + "requests", "HTTP requests received.", value=st.requests)
-        yield CounterMetricFamily(P + "proxy_errors", "Requests answered 502 (origin failures).",
-                                  value=st.proxy_errors)
-        yield CounterMetricFamily(P + "connections_refused",
-                                  "Connections refused with 503 (client_maxconn).",
-                                  value=st.rejected)
+        yield CounterMetricFamily(
+            P + "proxy_errors", "Requests answered 502 (origin failures).", value=st.proxy_errors
+        )
+        yield CounterMetricFamily(
+            P + "connections_refused",
+            "Connections refused with 503 (client_maxconn).",
+            value=st.rejected,
+        )
         hub = e.hub.statistics()
-        yield GaugeMetricFamily(P + "channels", "Channels with local subscribers.", value=hub.channels)
-        yield GaugeMetricFamily(P + "subscriptions", "Session-channel subscriptions.",
-                                value=hub.subscriptions)
+        yield GaugeMetricFamily(
+            P + "channels", "Channels with local subscribers.", value=hub.channels
+        )
+        yield GaugeMetricFamily(
+            P + "subscriptions", "Session-channel subscriptions.", value=hub.subscriptions
+        )
         d = e.deliverer.statistics()
-        yield CounterMetricFamily(P + "messages_received",
-                                  "Broker messages handed to the delivery path.", value=d.messages)
+        yield CounterMetricFamily(
+            P + "messages_received",
+            "Broker messages handed to the delivery path.",
+            value=d.messages,
+        )
         lat = e.deliverer.latency
-        yield CounterMetricFamily(P + "deliveries",
-                                  "Messages handed to client sessions (message x session).",
-                                  value=lat.count if lat is not None else d.deliveries)
-        yield CounterMetricFamily(P + "writes",
-                                  "Socket writes of the delivery path (a batch's messages to "
-                                  "one connection are joined into one write).",
-                                  value=d.deliveries)
-        yield CounterMetricFamily(P + "bytes_sent", "Bytes written to clients by the delivery path.",
-                                  value=d.bytes_sent)
-        yield CounterMetricFamily(P + "slow_consumer_disconnects",
-                                  "Connections dropped because their buffer overflowed.",
-                                  value=d.overflows)
-        yield CounterMetricFamily(P + "backlogged",
-                                  "Times a connection's socket was full and got a writer task.",
-                                  value=d.backlogged)
-        yield CounterMetricFamily(P + "send_errors", "Client sockets that failed on send.",
-                                  value=d.send_errors)
-        yield GaugeMetricFamily(P + "lagging_connections",
-                                "Connections with unsent bytes queued right now.",
-                                value=d.lagging)
-        yield GaugeMetricFamily(P + "max_connection_backlog_bytes",
-                                "Largest unsent backlog of one connection (bytes).",
-                                value=d.max_buffered_bytes)
-        yield GaugeMetricFamily(P + "max_connection_lag_seconds",
-                                "Longest time one connection has been behind.",
-                                value=d.max_lag_s)
+        yield CounterMetricFamily(
+            P + "deliveries",
+            "Messages handed to client sessions (message x session).",
+            value=lat.count if lat is not None else d.deliveries,
+        )
+        yield CounterMetricFamily(
+            P + "writes",
+            "Socket writes of the delivery path (a batch's messages to "
+            "one connection are joined into one write).",
+            value=d.deliveries,
+        )
+        yield CounterMetricFamily(
+            P + "bytes_sent", "Bytes written to clients by the delivery path.", value=d.bytes_sent
+        )
+        yield CounterMetricFamily(
+            P + "slow_consumer_disconnects",
+            "Connections dropped because their buffer overflowed.",
+            value=d.overflows,
+        )
+        yield CounterMetricFamily(
+            P + "backlogged",
+            "Times a connection's socket was full and got a writer task.",
+            value=d.backlogged,
+        )
+        yield CounterMetricFamily(
+            P + "send_errors", "Client sockets that failed on send.", value=d.send_errors
+        )
+        yield GaugeMetricFamily(
+            P + "lagging_connections",
+            "Connections with unsent bytes queued right now.",
+            value=d.lagging,
+        )
+        yield GaugeMetricFamily(
+            P + "max_connection_backlog_bytes",
+            "Largest unsent backlog of one connection (bytes).",
+            value=d.max_buffered_bytes,
+        )
+        yield GaugeMetricFamily(
+            P + "max_connection_lag_seconds",
+            "Longest time one connection has been behind.",
+            value=d.max_lag_s,
+        )
         if lat is not None:
-            yield lat.family(P + "delivery_latency_seconds",
-                             "Broker receive to client write, per delivery.")
+            yield lat.family(
+                P + "delivery_latency_seconds", "Broker receive to client write, per delivery."
+            )
         t = e.tracker.statistics()
-        yield CounterMetricFamily(P + "duplicates_dropped", "Broker messages dropped as duplicates.",
-                                  value=t.duplicates)
-        yield CounterMetricFamily(P + "gaps", "Sequence gaps detected on the broker link.",
-                                  value=t.gaps)
-        yield CounterMetricFamily(P + "replays", "Replay requests sent to the broker (gap repair).",
-                                  value=t.replays)
-        yield CounterMetricFamily(P + "gaps_repaired", "Gaps closed from broker history.",
-                                  value=max(t.gaps - t.skipped, 0))
-        yield CounterMetricFamily(P + "gaps_skipped", "Gaps given up on (history did not cover them).",
-                                  value=t.skipped)
-        yield CounterMetricFamily(P + "epoch_changes", "Channels whose broker history was reset.",
-                                  value=t.epoch_changes)
-        yield GaugeMetricFamily(P + "channels_positioning",
-                                "Channels subscribed but whose position the broker has not told yet.",
-                                value=t.positioning)
+        yield CounterMetricFamily(
+            P + "duplicates_dropped", "Broker messages dropped as duplicates.", value=t.duplicates
+        )
+        yield CounterMetricFamily(
+            P + "gaps", "Sequence gaps detected on the broker link.", value=t.gaps
+        )
+        yield CounterMetricFamily(
+            P + "replays", "Replay requests sent to the broker (gap repair).", value=t.replays
+        )
+        yield CounterMetricFamily(
+            P + "gaps_repaired",
+            "Gaps closed from broker history.",
+            value=max(t.gaps - t.skipped, 0),
+        )
+        yield CounterMetricFamily(
+            P + "gaps_skipped", "Gaps given up on (history did not cover them).", value=t.skipped
+        )
+        yield CounterMetricFamily(
+            P + "epoch_changes", "Channels whose broker history was reset.", value=t.epoch_changes
+        )
+        yield GaugeMetricFamily(
+            P + "channels_positioning",
+            "Channels subscribed but whose position the broker has not told yet.",
+            value=t.positioning,
+        )
         r = e.resumer.statistics()
-        for name, value in (("resumes", r.resumes), ("answered", r.answered),
-                            ("fell_back", r.fell_back), ("replayed", r.replayed),
-                            ("gate_overflows", r.gate_overflows), ("cut_off", r.cut_off)):
-            yield CounterMetricFamily(P + "client_resume_" + name,
-                                      f"Client cursor resumes: {name}.", value=value)
+        for name, value in (
+            ("resumes", r.resumes),
+            ("answered", r.answered),
+            ("fell_back", r.fell_back),
+            ("replayed", r.replayed),
+            ("gate_overflows", r.gate_overflows),
+            ("cut_off", r.cut_off),
+        ):
+            yield CounterMetricFamily(
+                P + "client_resume_" + name, f"Client cursor resumes: {name}.", value=value
+            )
         ls = e.link.statistics()
-        yield CounterMetricFamily(P + "broker_frames", "Frames received from the broker.",
-                                  value=ls.frames)
-        yield CounterMetricFamily(P + "broker_request_timeouts",
-                                  "Control requests the broker did not answer in time.",
-                                  value=ls.timeouts)
-        yield GaugeMetricFamily(P + "broker_link_up", "1 when broker heartbeats arrive.",
-                                value=0 if link_down_reason(e, self._now()) else 1)
-        yield GaugeMetricFamily(P + "draining", "1 while the edge drains for shutdown.",
-                                value=1 if e.draining else 0)
+        yield CounterMetricFamily(
+            P + "broker_frames", "Frames received from the broker.", value=ls.frames
+        )
+        yield CounterMetricFamily(
+            P + "broker_request_timeouts",
+            "Control requests the broker did not answer in time.",
+            value=ls.timeouts,
+        )
+        yield GaugeMetricFamily(
+            P + "broker_link_up",
+            "1 when broker heartbeats arrive.",
+            value=0 if link_down_reason(e, self._now()) else 1,
+        )
+        yield GaugeMetricFamily(
+            P + "draining", "1 while the edge drains for shutdown.", value=1 if e.draining else 0
+        )
 
 
 def edge_registry(edge: Edge, now: Callable[[], float]) -> CollectorRegistry:
@@ -168,5 +218,10 @@ async def start(edge: Edge, nursery: trio.Nursery) -> None:
         return
     now = trio.current_time
     registry = edge_registry(edge, now)
-    await nursery.start(serve_ops, cfg.metrics_addr, cfg.edge_metrics_port + edge.index, registry,
-                        lambda: edge_ready(edge, now()))
+    await nursery.start(
+        serve_ops,
+        cfg.metrics_addr,
+        cfg.edge_metrics_port + edge.index,
+        registry,
+        lambda: edge_ready(edge, now()),
+    )

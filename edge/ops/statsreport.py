@@ -6,6 +6,7 @@ next report and send it with ``BrokerLink.send_nowait`` (never waits: a report t
 block is dropped and the next one lists every subscription again).  Client connections only
 touch ``ConnStats`` (a dict entry at accept and at close); the delivery counter is read here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,9 +19,9 @@ import trio
 from edge.ops.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
 
 if TYPE_CHECKING:
+    from edge.server import Edge
     from edge.sessionstate import Session
     from edge.sync.hub import Hub
-    from edge.server import Edge
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ async def serve_stats(edge: Edge) -> None:
             stats.report_lost()
 
 
-def _report(edge: Edge, stats: ConnStats, hub: Hub[Session],
-            modes: Callable[[str], dict[str, int]]) -> None:
+def _report(
+    edge: Edge, stats: ConnStats, hub: Hub[Session], modes: Callable[[str], dict[str, int]]
+) -> None:
     """Take and send one report (if the broker's stats socket is on and the link is up)."""
     link = edge.link
     stats.enable(link.stats_ttl)
@@ -75,7 +77,9 @@ def _report(edge: Edge, stats: ConnStats, hub: Hub[Session],
     now = trio.current_time()
     changed, hub.changed = hub.changed, set()
     if stats.needs_full(now, link.broker_id) or changed is None:
-        channels: Collection[str] = hub.live_channels()  # (counts are diffed, so listing all is safe)
+        channels: Collection[str] = (
+            hub.live_channels()
+        )  # (counts are diffed, so listing all is safe)
     else:
         channels = changed
     msg = stats.take(now, sent_total(edge), channels, modes)

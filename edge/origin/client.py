@@ -28,6 +28,7 @@ Hostile or broken origins and header sources (docs/security.md):
   keeps reading for the final one; bytes after the final response (a second response, garbage)
   are never parsed as anything: the connection is marked not reusable and closed, never pooled.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,12 +46,27 @@ from edge.routes import Route, Target
 
 log = logging.getLogger(__name__)
 
-GRIP_FEATURES = (b"status, link:next, link:gone, filter:skip-self, filter:skip-users, "
-                 b"filter:require-sub, filter:var-subst")
-DROP_HEADERS = frozenset([b"connection", b"keep-alive", b"accept-encoding", b"content-encoding",
-                   b"transfer-encoding", b"expect", b"content-length", b"host", b"te",
-                   b"upgrade", b"proxy-connection", b"x-forwarded-proto",
-                   b"x-forwarded-protocol"])
+GRIP_FEATURES = (
+    b"status, link:next, link:gone, filter:skip-self, filter:skip-users, "
+    b"filter:require-sub, filter:var-subst"
+)
+DROP_HEADERS = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"accept-encoding",
+        b"content-encoding",
+        b"transfer-encoding",
+        b"expect",
+        b"content-length",
+        b"host",
+        b"te",
+        b"upgrade",
+        b"proxy-connection",
+        b"x-forwarded-proto",
+        b"x-forwarded-protocol",
+    ]
+)
 READ_SIZE = 65536
 MAX_INTERIM = 32  # interim 1xx responses accepted before a final one (more: 502)
 
@@ -87,8 +103,9 @@ class OriginClient:
         self.timer = ReadTimer()
         self._tokens: set[bytes] = set()  # header names and methods seen to be tokens
 
-    def encode_request_head(self, method: bytes, target: bytes, host: bytes,
-                            headers: list[tuple[bytes, bytes]]) -> bytes:
+    def encode_request_head(
+        self, method: bytes, target: bytes, host: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
         """``METHOD target HTTP/1.1``, ``Host`` and ``headers``, checked: the one writer of
         request heads toward origins.  ``RequestHeadError`` if a name is not a token, a value
         (or the Host) holds a control character other than HTAB, or the method or target is
@@ -108,23 +125,38 @@ class OriginClient:
         lines.append(b"\r\n")
         head = b"".join(lines)
         n = len(headers) + 3
-        if (head.count(b"\n") != n or head.count(b"\r") != n or not target or b" " in target
-                or len(head.translate(None, _CTL)) != len(head)):
+        if (
+            head.count(b"\n") != n
+            or head.count(b"\r") != n
+            or not target
+            or b" " in target
+            or len(head.translate(None, _CTL)) != len(head)
+        ):
             raise RequestHeadError(_head_problem(method, target, host, headers))
         return head
 
     def _remember_token(self, name: bytes) -> None:
         if _TOKEN.fullmatch(name) is None:
-            raise RequestHeadError(f"refused to send {name[:100]!r} as a method or header name "
-                                   "(not an HTTP token)")
+            raise RequestHeadError(
+                f"refused to send {name[:100]!r} as a method or header name (not an HTTP token)"
+            )
         if len(self._tokens) >= MAX_TOKENS_MEMO:
             self._tokens.clear()
         self._tokens.add(name)
 
-    def build_request(self, route: Route, target: Target, method: bytes, path: bytes,
-                      headers: list[tuple[bytes, bytes]], body: bytes, *,
-                      sig: str | None, extra: Sequence[tuple[bytes, bytes]] = (),
-                      rewrite: bool = True) -> bytes:
+    def build_request(
+        self,
+        route: Route,
+        target: Target,
+        method: bytes,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        sig: str | None,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+        rewrite: bool = True,
+    ) -> bytes:
         """The request head + body sent to ``target`` for a client request (Pushpin's rules).
 
         ``extra`` headers (``Grip-Last``) are added after the client's are filtered;
@@ -147,8 +179,9 @@ class OriginClient:
         self.pool.close()
 
 
-def _head_problem(method: bytes, target: bytes, host: bytes,
-                  headers: Iterable[tuple[bytes, bytes]]) -> str:
+def _head_problem(
+    method: bytes, target: bytes, host: bytes, headers: Iterable[tuple[bytes, bytes]]
+) -> str:
     if _TOKEN.fullmatch(method) is None:
         return f"refused to send a request with method {method!r}"
     if not target or _BAD_TARGET.search(target) is not None:
@@ -159,14 +192,19 @@ def _head_problem(method: bytes, target: bytes, host: bytes,
         if _TOKEN.fullmatch(k) is None:
             return f"refused to send header name {k[:100]!r} (not an HTTP token)"
         if _BAD_VALUE.search(v) is not None:
-            return (f"refused to send header {k.decode('latin-1')!r}: its value holds a "
-                    "control character (CR, LF, NUL, ...)")
+            return (
+                f"refused to send header {k.decode('latin-1')!r}: its value holds a "
+                "control character (CR, LF, NUL, ...)"
+            )
     return "refused to send a malformed request head"  # pragma: no cover
 
 
-def forward_headers(route: Route, target: Target, headers: Iterable[tuple[bytes, bytes]],
-                    drop: frozenset[bytes] = DROP_HEADERS,
-                    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def forward_headers(
+    route: Route,
+    target: Target,
+    headers: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes] = DROP_HEADERS,
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The Host to send and the client's headers as the origin gets them (reference 1.4):
     hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed, route ``header=``
     props applied.  Shared by HTTP requests and WebSocket-to-WebSocket handshakes."""
@@ -203,8 +241,20 @@ class ResponseHead:
     origin sent starts a message nobody asked for: ``extra`` is set, parsing stops (the
     callback raises) and the connection is not reused."""
 
-    __slots__ = ("status", "reason", "headers", "head_done", "complete", "clean", "keep",
-                 "chunks", "parser", "interim", "extra", "_in_interim")
+    __slots__ = (
+        "status",
+        "reason",
+        "headers",
+        "head_done",
+        "complete",
+        "clean",
+        "keep",
+        "chunks",
+        "parser",
+        "interim",
+        "extra",
+        "_in_interim",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -216,7 +266,9 @@ class ResponseHead:
         self.keep = False  # ... and neither side asked to close (read at the message end:
         # llhttp resets its keep-alive state once the message is complete)
         self.chunks: list[bytes] = []
-        self.parser: httptools.HttpResponseParser | None = None  # set by the owner; dropped at the message end (breaks the cycle)
+        self.parser: httptools.HttpResponseParser | None = (
+            None  # set by the owner; dropped at the message end (breaks the cycle)
+        )
         self.interim = 0  # interim responses skipped
         self.extra = False  # bytes followed the final response: never reuse the connection
         self._in_interim = False
@@ -263,11 +315,33 @@ class _Extra(GripcastError):
 
 
 class OriginResponse:
-    __slots__ = ("_client", "_stream", "_reused", "_got", "_broken", "target", "_timeout_s",
-                 "_p", "_parser", "_head_only", "_eof", "status", "reason", "headers", "framed")
+    __slots__ = (
+        "_client",
+        "_stream",
+        "_reused",
+        "_got",
+        "_broken",
+        "target",
+        "_timeout_s",
+        "_p",
+        "_parser",
+        "_head_only",
+        "_eof",
+        "status",
+        "reason",
+        "headers",
+        "framed",
+    )
 
-    def __init__(self, client: OriginClient, stream: trio.SocketStream, target: Target,
-                 timeout_s: float, head_only: bool, reused: bool = False) -> None:
+    def __init__(
+        self,
+        client: OriginClient,
+        stream: trio.SocketStream,
+        target: Target,
+        timeout_s: float,
+        head_only: bool,
+        reused: bool = False,
+    ) -> None:
         self._client = client  # its pool takes the connection back, its timer bounds waits
         self._stream: trio.SocketStream | None = stream
         self._reused = reused
@@ -323,13 +397,13 @@ class OriginResponse:
         except httptools.HttpParserError as exc:
             if p.complete:  # bytes after the final response: never read as a response
                 p.extra = True
-                log.debug("origin sent bytes after its response target=%s: not reused",
-                          self.target)
+                log.debug("origin sent bytes after its response target=%s: not reused", self.target)
                 return
             raise OriginError(f"bad response from origin {self.target}: {exc}") from exc
         if p.interim > MAX_INTERIM:
-            raise OriginError(f"origin {self.target} sent more than {MAX_INTERIM} interim "
-                              "responses")
+            raise OriginError(
+                f"origin {self.target} sent more than {MAX_INTERIM} interim responses"
+            )
 
     async def _read_head(self) -> None:
         p = self._p
@@ -401,8 +475,9 @@ class OriginResponse:
         assert p is not None  # forget() drops it only after this released the connection
         self._parser = p.parser = None
         if p.clean and p.keep and not p.extra and not self._head_only:
-            self._client.pool.give((self.target.host, self.target.port), stream,
-                                   trio.current_time())
+            self._client.pool.give(
+                (self.target.host, self.target.port), stream, trio.current_time()
+            )
         else:
             close_stream(stream)
 
@@ -416,11 +491,20 @@ class OriginResponse:
                 await stream.aclose()
 
 
-async def open_origin(client: OriginClient, route: Route, method: bytes, path: bytes,
-                      headers: list[tuple[bytes, bytes]], body: bytes, *,
-                      sig: str | None, timeout_s: float,
-                      extra: Sequence[tuple[bytes, bytes]] = (), rewrite: bool = True,
-                      targets: Sequence[Target] | None = None) -> OriginResponse:
+async def open_origin(
+    client: OriginClient,
+    route: Route,
+    method: bytes,
+    path: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    sig: str | None,
+    timeout_s: float,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    rewrite: bool = True,
+    targets: Sequence[Target] | None = None,
+) -> OriginResponse:
     """Connect (failing over across targets on connect errors: ``connect_first``), send, read
     the head, with ``client``'s pool and timer.  Once connected, an error is the answer (no
     other target is tried), except on a pooled connection the origin had closed meanwhile:
@@ -434,10 +518,12 @@ async def open_origin(client: OriginClient, route: Route, method: bytes, path: b
 
     i, target, stream, reused = await connect_first(targets, timeout_s, errors=errors, take=take)
     while True:
-        request = client.build_request(route, target, method, path, headers, body, sig=sig,
-                                       extra=extra, rewrite=rewrite)
-        resp = OriginResponse(client, stream, target, timeout_s, head_only=method == b"HEAD",
-                              reused=reused)
+        request = client.build_request(
+            route, target, method, path, headers, body, sig=sig, extra=extra, rewrite=rewrite
+        )
+        resp = OriginResponse(
+            client, stream, target, timeout_s, head_only=method == b"HEAD", reused=reused
+        )
         ok = False
         try:
             try:  # one non-blocking send first: a request head nearly always fits
@@ -466,14 +552,22 @@ async def open_origin(client: OriginClient, route: Route, method: bytes, path: b
                 await resp.aclose()
         # the origin closed an idle connection: this target once more, fresh, then the rest
         stale, targets = target, targets[i:]
+
+        def take_fresh(t: Target, stale: Target = stale) -> trio.SocketStream | None:
+            return None if t is stale else take(t)
+
         i, target, stream, reused = await connect_first(
-            targets, timeout_s, errors=errors, take=lambda t: None if t is stale else take(t))
+            targets, timeout_s, errors=errors, take=take_fresh
+        )
 
 
-async def connect_first(targets: Sequence[Target], timeout_s: float, *,
-                        errors: list[str] | None = None,
-                        take: Callable[[Target], trio.SocketStream | None] | None = None,
-                        ) -> tuple[int, Target, trio.SocketStream, bool]:
+async def connect_first(
+    targets: Sequence[Target],
+    timeout_s: float,
+    *,
+    errors: list[str] | None = None,
+    take: Callable[[Target], trio.SocketStream | None] | None = None,
+) -> tuple[int, Target, trio.SocketStream, bool]:
     """The one connect-with-fail-over loop (origin requests here, WebSocket-to-WebSocket in
     ``edge.ws.proxy``): try ``targets`` in order; a TLS target (never plaintext to it), a
     refused or unreachable connect, or a connect timeout (``timeout_s`` each) moves on to the

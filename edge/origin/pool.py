@@ -16,6 +16,7 @@ same target takes it.
   The origin can still close between that check and our request: ``edge.origin.client``
   retries a request once on a fresh connection when a reused one ends before any response byte.
 """
+
 from __future__ import annotations
 
 import math

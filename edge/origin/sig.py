@@ -5,6 +5,7 @@ Claims are exactly ``{"iss": <issuer>, "exp": <now + 3600>}``.  The key string i
 else is a hex-encoded secret) or a plain UTF-8 secret (HS256).  An empty key or issuer means
 no header.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import jwt
 
+from broker.keys import load_jwt_key
+
 _ShortKeyWarning: type[Warning] | None
 try:  # Pushpin's default key "changeme" is short; PyJWT >= 2.10 warns about it on every call
     from jwt.warnings import InsecureKeyLengthWarning as _ShortKeyWarning
 except ImportError:  # pragma: no cover (older PyJWT)
     _ShortKeyWarning = None
 
-from broker.keys import load_jwt_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -41,8 +43,7 @@ class SigningKey(Protocol):
 def load_key(spec: str, base_dir: str = ".") -> SigningKey | None:
     """Turn a ``sig_key`` string into a signing key (None for an empty key)."""
     # private=True: a secret or a private key (JwtKey.key is typed ``object`` in broker.keys)
-    return cast("SigningKey | None",
-                load_jwt_key(spec, base_dir, setting="sig_key", private=True))
+    return cast("SigningKey | None", load_jwt_key(spec, base_dir, setting="sig_key", private=True))
 
 
 class Signer:

@@ -8,22 +8,23 @@ written with ONE non-blocking ``send()`` per connection, all in one ``send_batch
 rest in its own bounded buffer and gets a writer task; one whose buffer passes
 ``buffer_limit`` is dropped (the client resumes with its cursor) and counted.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from _speedups import http_chunk, send_batch
 from edge.grip import filters
-from edge.http1 import responses
 from edge.grip.session import StreamSession
-from edge.sessionstate import CLOSING, DEAD, DONE, Session
 from edge.grip.sseid import ID_TOKEN, render_ids
+from edge.http1 import responses
+from edge.sessionstate import CLOSING, DEAD, DONE, Session
 from edge.ws.session import WsSession
 from edge.ws.session import message_frame as ws_message_frame
 
@@ -84,16 +85,26 @@ class Deliverer:
         # (session, channel) -> live envelopes held while that session catches up (edge.resume)
         self.gate: dict[tuple[Session, str], _Gate] = {}
         self._messages = self._deliveries = self._bytes = 0
-        self.latency: IntHistogram | None = None  # an IntHistogram (edge.metrics): broker receive -> delivery
+        self.latency: IntHistogram | None = (
+            None  # an IntHistogram (edge.metrics): broker receive -> delivery
+        )
         self._backlogged = self._overflows = self._errors = self._writers = 0
-        self._lag_since: dict[Writable, float] = {}  # session with a writer task -> when its backlog began
-        self._pacing: Session | None = None  # the session a paced replay group is being delivered to
+        self._lag_since: dict[
+            Writable, float
+        ] = {}  # session with a writer task -> when its backlog began
+        self._pacing: Session | None = (
+            None  # the session a paced replay group is being delivered to
+        )
 
     async def deliver(self, envs: list[Envelope], now: float, only: Session | None = None) -> None:
         """Hand a batch of in-order envelopes to every subscribed session (or to ``only``,
         bypassing the resume gate: ``edge.resume`` replaying to one session)."""
-        if (only is not None and len(envs) > 1 and only is not self._pacing
-                and isinstance(only, _PACED)):
+        if (
+            only is not None
+            and len(envs) > 1
+            and only is not self._pacing
+            and isinstance(only, _PACED)
+        ):
             await self._deliver_paced(envs, now, only)
             return
         pending: dict[Writable, list[bytes]] = {}
@@ -117,7 +128,9 @@ class Deliverer:
             wsframe: bytes | None
             data: bytes | None
             chunk = raw = wsframe = None
-            patched: dict[bytes, bytes] | None = None  # body-patch results by timeout body, for this message's polls
+            patched: dict[bytes, bytes] | None = (
+                None  # body-patch results by timeout body, for this message's polls
+            )
             # ``s`` is dispatched on its exact type through locals (``cls is ws_cls``), which
             # mypy cannot narrow on: each branch uses the attributes of its session class
             s: Any
@@ -137,7 +150,8 @@ class Deliverer:
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
                         continue
                     if wsmsg.get("action", "send") == "send" and not (
-                            flt and filters.changes_content(flt)):
+                        flt and filters.changes_content(flt)
+                    ):
                         if wsframe is None:
                             wsframe = ws_message_frame(wsmsg)
                         data = wsframe
@@ -169,8 +183,12 @@ class Deliverer:
                             try:
                                 data = filters.apply(flt, s.meta, env.meta, (), raw)
                             except filters.FilterError as exc:
-                                log.info("filter dropped message conn=%s channel=%s: %s",
-                                         s.id, env.channel, exc)
+                                log.info(
+                                    "filter dropped message conn=%s channel=%s: %s",
+                                    s.id,
+                                    env.channel,
+                                    exc,
+                                )
                                 continue
                             if not data:
                                 continue
@@ -192,25 +210,37 @@ class Deliverer:
                         try:
                             r = resp
                             if flt and filters.changes_content(flt) and r.get("body"):
-                                r = dict(r, body=filters.apply(
-                                    flt, s.meta, env.meta, (), bytes(r["body"])))
+                                r = dict(
+                                    r,
+                                    body=filters.apply(flt, s.meta, env.meta, (), bytes(r["body"])),
+                                )
                             if r.get("body") is None and r.get("body-patch") is not None:
                                 if patched is None:
                                     patched = {}
-                                s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive,
-                                                              patched=patched))
+                                s.respond(
+                                    responses.published(
+                                        s.hold, r, keep_alive=s.keep_alive, patched=patched
+                                    )
+                                )
                             else:
-                                s.respond(responses.published(s.hold, r,
-                                                              keep_alive=s.keep_alive))
+                                s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
                             self._deliveries += 1
                         except filters.FilterError as exc:
-                            log.info("filter dropped message conn=%s channel=%s: %s",
-                                     s.id, env.channel, exc)
+                            log.info(
+                                "filter dropped message conn=%s channel=%s: %s",
+                                s.id,
+                                env.channel,
+                                exc,
+                            )
                         except (TypeError, ValueError, RecursionError) as exc:
                             # one session's answer (a patch past edge.jsonpatch's limits is a
                             # PatchError: the timeout body goes out); never the edge
-                            log.warning("bad http-response format channel=%s seq=%s: %s",
-                                        env.channel, env.seq, exc)
+                            log.warning(
+                                "bad http-response format channel=%s seq=%s: %s",
+                                env.channel,
+                                env.seq,
+                                exc,
+                            )
                     else:
                         s.hint()  # "hint": re-request the origin
         if pending:
@@ -258,7 +288,7 @@ class Deliverer:
             fds: list[int] = []
             datas: list[bytes] = []
             targets: list[Writable] = []
-            for s, parts in items[start:start + SLICE]:
+            for s, parts in items[start : start + SLICE]:
                 if s.state >= done_:
                     continue  # checked here, after any checkpoint: the fd may be gone
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -296,8 +326,14 @@ class Deliverer:
             self._overflows += 1
             since = self._lag_since.get(s)
             behind = trio.current_time() - since if since is not None else 0.0
-            log.info("slow client cut off conn=%s buffered=%d limit=%d behind_s=%.1f "
-                     "(it resumes with its cursor)", s.id, len(s.buf), self.buffer_limit, behind)
+            log.info(
+                "slow client cut off conn=%s buffered=%d limit=%d behind_s=%.1f "
+                "(it resumes with its cursor)",
+                s.id,
+                len(s.buf),
+                self.buffer_limit,
+                behind,
+            )
             s.buf.clear()
             s.kill("buffer overflow")
             return
@@ -309,8 +345,11 @@ class Deliverer:
 
     def lag(self, now: float) -> list[ConnectionLag]:
         """The connections that are behind right now (their socket would block)."""
-        return [ConnectionLag(s.id, len(s.buf), now - t) for s, t in self._lag_since.items()
-                if s.state is not DEAD]
+        return [
+            ConnectionLag(s.id, len(s.buf), now - t)
+            for s, t in self._lag_since.items()
+            if s.state is not DEAD
+        ]
 
     async def drain(self, s: Writable) -> None:
         """Writer task: flush one session's backlog as the socket accepts it."""
@@ -350,8 +389,12 @@ class Deliverer:
 
     def statistics(self) -> DeliveryStatistics:
         return DeliveryStatistics(
-            messages=self._messages, deliveries=self._deliveries, bytes_sent=self._bytes,
-            backlogged=self._backlogged, overflows=self._overflows, send_errors=self._errors,
+            messages=self._messages,
+            deliveries=self._deliveries,
+            bytes_sent=self._bytes,
+            backlogged=self._backlogged,
+            overflows=self._overflows,
+            send_errors=self._errors,
             writers=self._writers,
             **self._lag_summary(),
         )
@@ -364,6 +407,8 @@ class Deliverer:
         except RuntimeError:  # outside trio
             return {"lagging": len(self._lag_since)}
         lags = self.lag(now)
-        return {"lagging": len(lags),
-                "max_buffered_bytes": max((c.buffered_bytes for c in lags), default=0),
-                "max_lag_s": max((c.behind_s for c in lags), default=0.0)}
+        return {
+            "lagging": len(lags),
+            "max_buffered_bytes": max((c.buffered_bytes for c in lags), default=0),
+            "max_lag_s": max((c.behind_s for c in lags), default=0.0),
+        }

@@ -7,9 +7,11 @@ channel lingers ``linger_s`` (time is passed in as ``now``) and ``expire(now)`` 
 Sessions are any hashable objects.  When ``changed`` is a set (``edge.connstats`` sets it),
 every channel a session joins or leaves is added to it (the stats report takes and clears it).
 """
+
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Set as AbstractSet
+from collections.abc import Hashable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 

@@ -11,12 +11,13 @@ ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket is a ``broker.runti
 park on the edge-triggered FD only when ``EVENTS`` says nothing is readable; every send or
 (un)subscribe wakes the parked reader).
 """
+
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable
 
 import trio
 import zmq
@@ -24,8 +25,8 @@ import zmq
 from broker import wire
 from broker.config import ENDPOINTS, Config
 from broker.curve import link_options
-from broker.runtime.zmqtrio import ZSocket, open_zsocket
 from broker.errors import GripcastError, RemoteProtocolError
+from broker.runtime.zmqtrio import ZSocket, open_zsocket
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,14 @@ class BrokerLink:
         ``broker.config.WIRING``), with heartbeats and Curve (``broker.curve.link_options``)."""
         self._ctx = ctx or zmq.Context.instance()
         options = link_options(cfg)  # one call: both sockets share an ephemeral Curve pair
-        self.sub = open_zsocket(self._ctx, ENDPOINTS["link_sub"], cfg,
-                                cfg.endpoint("edge_pub", bind=False), options)
+        self.sub = open_zsocket(
+            self._ctx, ENDPOINTS["link_sub"], cfg, cfg.endpoint("edge_pub", bind=False), options
+        )
         self.sub.subscribe(wire.HEARTBEAT_TOPIC)
         self.sub.subscribe(wire.RECOVER_TOPIC)
-        self.ctl = open_zsocket(self._ctx, ENDPOINTS["link_ctl"], cfg,
-                                cfg.endpoint("edge_ctl", bind=False), options)
+        self.ctl = open_zsocket(
+            self._ctx, ENDPOINTS["link_ctl"], cfg, cfg.endpoint("edge_ctl", bind=False), options
+        )
         self._rids = itertools.count(1)
         self._waiting: dict[int, _Slot] = {}
         self._channels: set[str] = set()
@@ -119,8 +122,9 @@ class BrokerLink:
 
     # -- control requests ----------------------------------------------------------------------
 
-    async def request(self, req: ReplyRequest, *, timeout_s: float = REQUEST_TIMEOUT_S,
-                      tries: int = REQUEST_TRIES) -> wire.Reply:
+    async def request(
+        self, req: ReplyRequest, *, timeout_s: float = REQUEST_TIMEOUT_S, tries: int = REQUEST_TRIES
+    ) -> wire.Reply:
         """Send a control request (``wire.HelloRequest``, ``PositionRequest``,
         ``ReplayRequest``) and await its typed reply (retried); ``BrokerUnavailable`` if none,
         ``RemoteProtocolError`` if the broker refused it (an ``ErrorReply``) or answered with
@@ -176,17 +180,23 @@ class BrokerLink:
 
     # -- readers -------------------------------------------------------------------------------
 
-    async def _read_loop(self, z: ZSocket, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
+    async def _read_loop(
+        self, z: ZSocket, handle: Callable[[list[bytes]], Awaitable[None]]
+    ) -> None:
         async def counted(frames: list[bytes]) -> None:
             self._batches += 1
             await handle(frames)
 
         await z.serve(lambda: z.recv_frames(BATCH_MAX), counted)
 
-    async def serve_sub(self, on_frames: Callable[[list[bytes]], Awaitable[None]],
-                        on_recover: Callable[[], None] | None = None) -> None:
+    async def serve_sub(
+        self,
+        on_frames: Callable[[list[bytes]], Awaitable[None]],
+        on_recover: Callable[[], None] | None = None,
+    ) -> None:
         """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out;
         a recover frame calls ``on_recover()``)."""
+
         async def handle(frames: list[bytes]) -> None:
             self._frames += len(frames)
             data: list[bytes] = []
@@ -220,8 +230,10 @@ class BrokerLink:
         self.wire_ok = False
         if not self.refused:
             self.refused = True
-            log.error("the broker speaks another wire version: %s; stopping",
-                      wire.version_mismatch(wire.WIRE_VERSION, theirs))
+            log.error(
+                "the broker speaks another wire version: %s; stopping",
+                wire.version_mismatch(wire.WIRE_VERSION, theirs),
+            )
             if self.on_refuse is not None:
                 self.on_refuse()
         return False
@@ -248,8 +260,14 @@ class BrokerLink:
 
     def statistics(self) -> BrokerLinkStatistics:
         return BrokerLinkStatistics(
-            frames=self._frames, batches=self._batches, heartbeats=self._hbs,
-            broker_id=self.broker_id, last_heartbeat=self._last_hb, requests=self._requests,
-            timeouts=self._timeouts, pending=len(self._waiting), channels=len(self._channels),
+            frames=self._frames,
+            batches=self._batches,
+            heartbeats=self._hbs,
+            broker_id=self.broker_id,
+            last_heartbeat=self._last_hb,
+            requests=self._requests,
+            timeouts=self._timeouts,
+            pending=len(self._waiting),
+            channels=len(self._channels),
             unverified_dropped=self._unverified,
         )

@@ -30,6 +30,7 @@ the policy to every session held on the channel (``Session.on_history_lost``):
 * a response hold (long-poll) gets its timeout response now, as if its timeout had passed:
   the client polls again and the origin decides.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -104,8 +105,9 @@ class LinkWatch:
         return []
 
     def statistics(self) -> LinkWatchStatistics:
-        return LinkWatchStatistics(self.broker_id, self.up, self._last, self._restarts,
-                                   self._losses, self._resyncs)
+        return LinkWatchStatistics(
+            self.broker_id, self.up, self._last, self._restarts, self._losses, self._resyncs
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,5 +124,6 @@ def tell_epoch_change(sessions: Iterable[Session], channel: str) -> EpochNotice:
     """Apply the epoch-change policy (module docstring) to ``sessions`` held on ``channel``
     (``Session.on_history_lost``)."""
     done = Counter(s.on_history_lost(channel) for s in list(sessions))
-    return EpochNotice(channel, done[HistoryLost.TOLD], done[HistoryLost.CLOSED],
-                       done[HistoryLost.ANSWERED])
+    return EpochNotice(
+        channel, done[HistoryLost.TOLD], done[HistoryLost.CLOSED], done[HistoryLost.ANSWERED]
+    )

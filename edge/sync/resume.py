@@ -63,6 +63,7 @@ gets an event); if the hand-over cannot complete (broker unreachable mid catch-u
 not reaching the client's cursor within ``HANDOVER_WAIT_S``, ``MAX_PAGES``), the session is cut
 off with the reason logged and its client resumes with its cursor.
 """
+
 from __future__ import annotations
 
 import enum
@@ -74,7 +75,6 @@ import trio
 
 from broker import wire
 from broker.errors import GripcastError, RemoteProtocolError
-from edge.http1 import responses
 from edge.sync.repair import tell_epoch_change
 from edge.sync.tracker import Position, State
 
@@ -141,10 +141,13 @@ class Catchup:
             return None
         if self.last_seq is None:
             return wire.ReplayRequest(self.channel, after_id=self.cursor, limit=self.limit)
-        return wire.ReplayRequest(self.channel, epoch=self.epoch, after_seq=self.last_seq,
-                                  limit=self.limit)
+        return wire.ReplayRequest(
+            self.channel, epoch=self.epoch, after_seq=self.last_seq, limit=self.limit
+        )
 
-    def on_reply(self, reply: wire.ReplayReply, live: Position | None = None) -> list[wire.Envelope]:
+    def on_reply(
+        self, reply: wire.ReplayReply, live: Position | None = None
+    ) -> list[wire.Envelope]:
         """Consume one replay reply; the envelopes to deliver, in seq order.
 
         ``live`` is the tracker's ``(epoch, last_seq)`` now (None or an unknown epoch: no
@@ -185,8 +188,9 @@ class Catchup:
         self._need_more = bool(out) and self.last_seq < upto
         return out
 
-    def plan(self, backlog: list[wire.Envelope],
-             live: Position | None) -> tuple[Step, list[wire.Envelope]]:
+    def plan(
+        self, backlog: list[wire.Envelope], live: Position | None
+    ) -> tuple[Step, list[wire.Envelope]]:
         """The next hand-over step at a synchronous point: ``(step, envelopes to deliver)``.
 
         ``backlog`` is what the gate held so far, in order (consumed: what is delivered or
@@ -206,8 +210,9 @@ class Catchup:
             backlog.clear()
             return (Step.DELIVER, envs) if envs else (Step.DONE, [])
         k = 0
-        while k < len(backlog) and backlog[k].epoch == self.epoch \
-                and backlog[k].seq <= self.last_seq:
+        while (
+            k < len(backlog) and backlog[k].epoch == self.epoch and backlog[k].seq <= self.last_seq
+        ):
             k += 1
         if k:
             self.duplicates += k
@@ -284,16 +289,25 @@ class Resumer:
         self._resumes += 1
         return Resume(self, session, Catchup(channel, cursor))
 
-    async def resume(self, session: Session, channel: str, cursor: str, *,
-                     flush_on_fail: bool = True) -> bool:
+    async def resume(
+        self, session: Session, channel: str, cursor: str, *, flush_on_fail: bool = True
+    ) -> bool:
         """Catch ``session`` up on ``channel`` after ``cursor``; see the module docstring."""
         r = self.open(session, channel, cursor)
         await r.probe()
         return await r.finish(flush_on_fail=flush_on_fail)
 
     def statistics(self) -> ResumeStatistics:
-        return ResumeStatistics(self._resumes, self._answered, self._fell_back, self._replayed,
-                                self._dups, len(self.gate), self._overflows, self._cut)
+        return ResumeStatistics(
+            self._resumes,
+            self._answered,
+            self._fell_back,
+            self._replayed,
+            self._dups,
+            len(self.gate),
+            self._overflows,
+            self._cut,
+        )
 
 
 class Resume:
@@ -376,8 +390,11 @@ class Resume:
                 return
             if g.overflowed or len(backlog) + len(g) > GATE_LIMIT:
                 r._overflows += 1
-                log.debug("resume gate overflow conn=%s channel=%s: refetching from history",
-                          s.id, c.channel)
+                log.debug(
+                    "resume gate overflow conn=%s channel=%s: refetching from history",
+                    s.id,
+                    c.channel,
+                )
                 g.clear()
                 g.overflowed = False
                 backlog.clear()
@@ -403,8 +420,10 @@ class Resume:
                 if wait_until is None:
                     wait_until = now + HANDOVER_WAIT_S
                 elif now >= wait_until:
-                    self._cut(f"live delivery did not reach the client's cursor "
-                              f"(seq {c.last_seq}) in {HANDOVER_WAIT_S:.0f}s")
+                    self._cut(
+                        f"live delivery did not reach the client's cursor "
+                        f"(seq {c.last_seq}) in {HANDOVER_WAIT_S:.0f}s"
+                    )
                     return
                 await trio.sleep(HANDOVER_POLL_S)
             else:
@@ -415,13 +434,16 @@ class Resume:
         """History lost part of what the session needed: never continue silently."""
         self._told = True
         s, ch = self.session, self.c.channel
-        log.warning("resume skipped messages lost from history conn=%s channel=%s",
-                    s.id, ch)
+        log.warning("resume skipped messages lost from history conn=%s channel=%s", s.id, ch)
         tell_epoch_change([s], ch)
 
     def _cut(self, reason: str) -> None:
         s = self.session
         self.resumer._cut += 1
-        log.info("resume cut off conn=%s channel=%s: %s (it resumes with its cursor)",
-                 s.id, self.c.channel, reason)
+        log.info(
+            "resume cut off conn=%s channel=%s: %s (it resumes with its cursor)",
+            s.id,
+            self.c.channel,
+            reason,
+        )
         s.cut_off(reason)

@@ -24,6 +24,7 @@ adds what sits above single frames (RFC 6455 sections 5.4 to 7):
 caller then sends ``close(exc.close_code, exc.reason)`` and drops the connection.  Nothing here
 answers pings by itself: the caller decides (``pong()``).
 """
+
 from __future__ import annotations
 
 import enum
@@ -82,8 +83,10 @@ Event = Message | Ping | Pong | Close
 
 def valid_close_code(code: int) -> bool:
     """May this code appear in a close frame on the wire (RFC 6455 7.4)?"""
-    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) \
+    return (
+        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
         or 3000 <= code <= 4999
+    )
 
 
 def close_payload(code: int | None, reason: str = "") -> bytes:
@@ -116,8 +119,13 @@ def parse_close_payload(payload: bytes) -> Close:
 
 
 class WsConnection:
-    def __init__(self, *, client: bool = False, max_message: int = DEFAULT_MAX_MESSAGE,
-                 mask_key: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        *,
+        client: bool = False,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        mask_key: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.client = client
         self.max_message = max_message
         self._mask_key = mask_key
@@ -159,8 +167,11 @@ class WsConnection:
                 return Pong(payload)
             close = parse_close_payload(payload)
             self.close_received = close
-            self.state = (CloseState.CLOSED if self.state is CloseState.LOCAL_SENT
-                          else CloseState.REMOTE_RECEIVED)
+            self.state = (
+                CloseState.CLOSED
+                if self.state is CloseState.LOCAL_SENT
+                else CloseState.REMOTE_RECEIVED
+            )
             return close
         if op == OP_CONT:
             if self._op is None:

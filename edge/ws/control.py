@@ -15,6 +15,7 @@ Deviation from Pushpin, on purpose: ``keep-alive``/``send-delayed`` with ``conte
 ``message-type`` send a binary message (Pushpin keeps the type ``text``, which would put
 arbitrary bytes in a text frame).
 """
+
 from __future__ import annotations
 
 import base64
@@ -91,8 +92,9 @@ class FlushDelayed:
     pass
 
 
-Control = (Subscribe | Unsubscribe | Detach | SessionId | SetMeta | KeepAlive | SendDelayed
-           | FlushDelayed)
+Control = (
+    Subscribe | Unsubscribe | Detach | SessionId | SetMeta | KeepAlive | SendDelayed | FlushDelayed
+)
 # what strip_prefix and classify return: the message without its prefix, or why it is dropped
 Stripped = tuple[Literal["message"], bytes] | tuple[Literal["drop"], str]
 Classified = tuple[Literal["control"], Control] | Stripped
@@ -180,11 +182,13 @@ def parse_control(data: bytes | str) -> Control:
         mode = obj.get("mode", "idle")
         if mode not in ("idle", "interval"):
             raise WsControlError(f"unknown keep-alive mode {mode!r}")
-        return KeepAlive(_message(obj, False), _num(obj.get("timeout"), "timeout",
-                                                    KEEP_ALIVE_DEFAULT_S), mode)
+        return KeepAlive(
+            _message(obj, False), _num(obj.get("timeout"), "timeout", KEEP_ALIVE_DEFAULT_S), mode
+        )
     if kind == "send-delayed":
-        return SendDelayed(_message(obj, True), _num(obj.get("timeout"), "timeout",
-                                                     SEND_DELAYED_DEFAULT_S))
+        return SendDelayed(
+            _message(obj, True), _num(obj.get("timeout"), "timeout", SEND_DELAYED_DEFAULT_S)
+        )
     if kind == "flush-delayed":
         return FlushDelayed()
     raise WsControlError(f"unknown control message type {kind!r}")
@@ -200,5 +204,5 @@ def classify(data: bytes, prefix: str) -> Classified:
 def strip_prefix(data: bytes, prefix: str) -> Stripped:
     p = prefix.encode("utf-8")
     if data.startswith(p):
-        return "message", data[len(p):]
+        return "message", data[len(p) :]
     return "drop", "unprefixed message"

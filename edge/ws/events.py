@@ -7,6 +7,7 @@ written in lowercase hex; any base-16 integer is accepted.  As in Pushpin, a mis
 an event line or a bad length makes the whole body invalid (``EventsError``), and content
 shorter than announced is taken as it is.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -70,14 +71,14 @@ def decode_events(body: bytes) -> list[WsEvent]:
             name, content = line, None
         else:
             name = line[:sp]
-            hexlen = line[sp + 1:].strip()
+            hexlen = line[sp + 1 :].strip()
             try:
                 n = int(hexlen, 16)
             except ValueError:
                 raise EventsError(f"bad event length {hexlen[:20]!r}") from None
             if n < 0:
                 raise EventsError("negative event length")
-            content = body[start:start + n]
+            content = body[start : start + n]
             start += n + 2
         try:
             type_ = name.decode("ascii")

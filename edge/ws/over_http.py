@@ -20,17 +20,17 @@ before a response is retried up to ``RETRIES`` times (1 s x 2^n + up to 1 s of j
 that, or on a bad response, the client is closed with 1011.  ``DISCONNECT`` (client vanished)
 is sent in the background and its response ignored.
 """
-from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from __future__ import annotations
 
 import dataclasses
 import logging
 import math
 import random
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -39,8 +39,15 @@ from edge.http1 import responses
 from edge.http1.headers import clean_response_headers
 from edge.origin.client import OriginError, RequestHeadError, open_origin
 from edge.ws.control import grip_prefix
-from edge.ws.events import (CONTENT_TYPE, EventsError, WsEvent, close_content, decode_events,
-                           encode_event, parse_close_content)
+from edge.ws.events import (
+    CONTENT_TYPE,
+    EventsError,
+    WsEvent,
+    close_content,
+    decode_events,
+    encode_event,
+    parse_close_content,
+)
 
 if TYPE_CHECKING:
     from edge.routes import Route, Target
@@ -56,25 +63,41 @@ MAX_REJECT_BODY = 100_000
 MAX_PENDING_BYTES = 200_000
 MIN_KEEP_ALIVE_S = 20.0
 RETRIES = 5
-_REPLAY_DROP = frozenset([b"upgrade", b"connection", b"accept", b"connection-id",
-                          b"content-length", b"content-type", b"sec-websocket-extensions"])
+_REPLAY_DROP = frozenset(
+    [
+        b"upgrade",
+        b"connection",
+        b"accept",
+        b"connection-id",
+        b"content-length",
+        b"content-type",
+        b"sec-websocket-extensions",
+    ]
+)
 
 
 # -- sans-IO ---------------------------------------------------------------------------------
 
+
 def replay_headers(client_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in client_headers
-            if k.lower() not in _REPLAY_DROP and not k.lower().startswith(b"meta-")]
+    return [
+        (k, v)
+        for k, v in client_headers
+        if k.lower() not in _REPLAY_DROP and not k.lower().startswith(b"meta-")
+    ]
 
 
 def woh_headers(cid: str, meta: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    out = [(b"Sec-WebSocket-Extensions", b"grip"),
-           (b"Accept", CONTENT_TYPE.encode()),
-           (b"Connection-Id", cid.encode()),
-           (b"Content-Type", CONTENT_TYPE.encode())]
+    out = [
+        (b"Sec-WebSocket-Extensions", b"grip"),
+        (b"Accept", CONTENT_TYPE.encode()),
+        (b"Connection-Id", cid.encode()),
+        (b"Content-Type", CONTENT_TYPE.encode()),
+    ]
     for name, value in meta.items():
-        out.append((b"Meta-" + name.encode("latin-1", "replace"),
-                    value.encode("latin-1", "replace")))
+        out.append(
+            (b"Meta-" + name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+        )
     return out
 
 
@@ -119,17 +142,20 @@ class Opened:
     events: list[WsEvent] = dataclasses.field(default_factory=list)
 
 
-def rejection(status: int, reason: str, headers: Iterable[tuple[bytes, bytes]],
-              body: bytes) -> bytes:
+def rejection(
+    status: int, reason: str, headers: Iterable[tuple[bytes, bytes]], body: bytes
+) -> bytes:
     hs = clean_response_headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
     return responses.full(status, reason, hs, body, keep_alive=False)
 
 
 # -- I/O -------------------------------------------------------------------------------------
 
+
 class WohOrigin:
-    def __init__(self, app: OriginServices, route: Route, client_headers: Headers,
-                 path: bytes) -> None:
+    def __init__(
+        self, app: OriginServices, route: Route, client_headers: Headers, path: bytes
+    ) -> None:
         self.app = app
         self.route = route
         self.path = path
@@ -152,13 +178,22 @@ class WohOrigin:
 
     async def _post(self, body: bytes) -> tuple[int, str, Headers, bytes]:
         """One request; returns ``(status, reason, headers, body)``."""
-        resp = await open_origin(self.app.origin_client, self.route, b"POST", self.path,
-                                 self.headers, body,
-                                 sig=self.app.sign(self.route),
-                                 timeout_s=self.app.cfg.origin_timeout_s,
-                                 extra=woh_headers(self.cid, self.meta), targets=self.targets)
+        resp = await open_origin(
+            self.app.origin_client,
+            self.route,
+            b"POST",
+            self.path,
+            self.headers,
+            body,
+            sig=self.app.sign(self.route),
+            timeout_s=self.app.cfg.origin_timeout_s,
+            extra=woh_headers(self.cid, self.meta),
+            targets=self.targets,
+        )
         try:
-            limit = MAX_REJECT_BODY if check_response(resp.status, resp.headers) else MAX_RESPONSE_BODY
+            limit = (
+                MAX_REJECT_BODY if check_response(resp.status, resp.headers) else MAX_RESPONSE_BODY
+            )
             try:
                 data = await resp.read_body(limit)
             except OriginError as exc:
@@ -191,8 +226,11 @@ class WohOrigin:
 
     def _proxy_error(self, exc: RemoteProtocolError) -> Opened:
         self.app.proxy_errors += 1
-        log.warning("websocket-over-http open failed path=%s: %s",
-                    self.path.decode("latin-1", "replace"), exc.reason)
+        log.warning(
+            "websocket-over-http open failed path=%s: %s",
+            self.path.decode("latin-1", "replace"),
+            exc.reason,
+        )
         text = exc.reason if self.route.debug else "Error while proxying to origin."
         return Opened(reject=responses.error(502, text))
 
@@ -303,8 +341,9 @@ class WohOrigin:
                 if attempt == RETRIES or isinstance(exc, RequestHeadError):
                     raise  # a bad header (a meta value with CR/LF...) stays bad: no retry
                 delay = (1 << attempt) + random.random()
-                log.info("websocket-over-http retry cid=%s in %.1fs: %s", self.cid, delay,
-                         exc.reason)
+                log.info(
+                    "websocket-over-http retry cid=%s in %.1fs: %s", self.cid, delay, exc.reason
+                )
                 await trio.sleep(delay)
         raise AssertionError("unreachable")
 

@@ -10,14 +10,14 @@ to the client.  A ``grip`` extension in the 101 enables GRIP control (``edge.wsc
 extensions are never forwarded to the client.  Frames both ways go through
 ``edge.wsconn.WsConnection`` (client role: masked) and the ``_speedups`` frame twin.
 """
-from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from __future__ import annotations
 
 import base64
 import logging
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import httptools
 import trio
@@ -25,11 +25,19 @@ from wsproto.utilities import generate_accept_token
 
 from broker.errors import LocalProtocolError, RemoteProtocolError
 from edge.http1 import responses
-from edge.origin.client import (DROP_HEADERS, GRIP_FEATURES, MAX_INTERIM, OriginError, ResponseHead,
-                         OriginClient, connect_first, forward_headers)
-from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
-from edge.ws.control import grip_prefix
+from edge.origin.client import (
+    DROP_HEADERS,
+    GRIP_FEATURES,
+    MAX_INTERIM,
+    OriginClient,
+    OriginError,
+    ResponseHead,
+    connect_first,
+    forward_headers,
+)
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
+from edge.ws.control import grip_prefix
+from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
 
 if TYPE_CHECKING:
     from edge.routes import Route, Target
@@ -42,17 +50,28 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 # the HTTP request rules (reference 1.4), plus the handshake headers the edge sets itself
-_DROP = DROP_HEADERS | frozenset([b"sec-websocket-key", b"sec-websocket-version",
-                                  b"sec-websocket-extensions"])
+_DROP = DROP_HEADERS | frozenset(
+    [b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions"]
+)
 
 
-def client_handshake(client: OriginClient, route: Route, target: Target, path: bytes,
-                     client_headers: Iterable[tuple[bytes, bytes]], key: bytes,
-                     sig: str | None) -> bytes:
+def client_handshake(
+    client: OriginClient,
+    route: Route,
+    target: Target,
+    path: bytes,
+    client_headers: Iterable[tuple[bytes, bytes]],
+    key: bytes,
+    sig: str | None,
+) -> bytes:
     host, out = forward_headers(route, target, client_headers, _DROP)
-    out += [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
-            (b"Sec-WebSocket-Key", key), (b"Sec-WebSocket-Version", b"13"),
-            (b"Sec-WebSocket-Extensions", b"grip")]
+    out += [
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Key", key),
+        (b"Sec-WebSocket-Version", b"13"),
+        (b"Sec-WebSocket-Extensions", b"grip"),
+    ]
     if sig:
         out.append((b"Grip-Sig", sig.encode("ascii")))
     if not route.no_grip:
@@ -62,8 +81,9 @@ def client_handshake(client: OriginClient, route: Route, target: Target, path: b
 
 
 class WsOrigin:
-    def __init__(self, app: OriginServices, route: Route, client_headers: Headers,
-                 path: bytes) -> None:
+    def __init__(
+        self, app: OriginServices, route: Route, client_headers: Headers, path: bytes
+    ) -> None:
         self.app = app
         self.route = route
         self.path = path
@@ -82,8 +102,11 @@ class WsOrigin:
             return await self._open()
         except RemoteProtocolError as exc:
             self.app.proxy_errors += 1
-            log.warning("websocket origin open failed path=%s: %s",
-                        self.path.decode("latin-1", "replace"), exc.reason)
+            log.warning(
+                "websocket origin open failed path=%s: %s",
+                self.path.decode("latin-1", "replace"),
+                exc.reason,
+            )
             await self.aclose()
             text = exc.reason if self.route.debug else "Error while proxying to origin."
             return Opened(reject=responses.error(502, text))
@@ -92,8 +115,15 @@ class WsOrigin:
         timeout = self.app.cfg.origin_timeout_s
         _, target, self.stream, _ = await connect_first(self.route.targets, timeout)
         key = base64.b64encode(os.urandom(16))
-        request = client_handshake(self.app.origin_client, self.route, target, self.path,
-                                   self.client_headers, key, self.app.sign(self.route))
+        request = client_handshake(
+            self.app.origin_client,
+            self.route,
+            target,
+            self.path,
+            self.client_headers,
+            key,
+            self.app.sign(self.route),
+        )
         p = ResponseHead()  # skips interim 1xx responses (a 103 before the 101)
         parser = p.parser = httptools.HttpResponseParser(p)
         with trio.move_on_after(timeout) as scope:
@@ -107,7 +137,7 @@ class WsOrigin:
                     try:
                         parser.feed_data(data)
                     except httptools.HttpParserUpgrade as exc:
-                        self.rest = data[exc.args[0]:] if exc.args else b""
+                        self.rest = data[exc.args[0] :] if exc.args else b""
                         upgraded = True
                     except httptools.HttpParserError:
                         if not p.complete or p.status == 101:  # else: bytes after a
@@ -115,8 +145,9 @@ class WsOrigin:
                     if sum(map(len, p.chunks)) > MAX_REJECT_BODY:
                         raise OriginError("origin rejection body too large")
                     if p.interim > MAX_INTERIM:
-                        raise OriginError(f"origin {target} sent more than {MAX_INTERIM} "
-                                          "interim responses")
+                        raise OriginError(
+                            f"origin {target} sent more than {MAX_INTERIM} interim responses"
+                        )
             except (OSError, trio.BrokenResourceError) as exc:
                 raise OriginError(f"error talking to origin {target}: {exc}") from exc
             except httptools.HttpParserError as exc:
@@ -127,12 +158,15 @@ class WsOrigin:
             raise OriginError(f"origin {target} closed the connection without a response")
         status = p.status
         if status != 101:
-            return Opened(reject=rejection(status, p.reason.decode("latin-1"), p.headers,
-                                           b"".join(p.chunks)))
+            return Opened(
+                reject=rejection(status, p.reason.decode("latin-1"), p.headers, b"".join(p.chunks))
+            )
         accept = next((v for k, v in p.headers if k.lower() == b"sec-websocket-accept"), b"")
         if accept.strip() != generate_accept_token(key):
             raise OriginError("origin's Sec-WebSocket-Accept does not match")
-        ext = [v.decode("latin-1") for k, v in p.headers if k.lower() == b"sec-websocket-extensions"]
+        ext = [
+            v.decode("latin-1") for k, v in p.headers if k.lower() == b"sec-websocket-extensions"
+        ]
         return Opened(headers=p.headers, prefix=grip_prefix(ext))
 
     async def _send(self, data: bytes) -> None:

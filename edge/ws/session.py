@@ -36,6 +36,7 @@ Closing: a close from the client is passed to the origin, whose answering close 
 publish is sent to the client, whose reply (or ``CLOSE_TIMEOUT_S``) ends the connection.  A
 client that vanishes without a close makes the origin side send ``DISCONNECT``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,13 +53,24 @@ from wsproto.utilities import generate_accept_token
 
 from _speedups import ws_frame
 from broker.errors import RemoteProtocolError
+from edge.fastpath import read_now
 from edge.grip import filters
 from edge.http1 import responses
-from edge.ws import control as wc
-from edge.fastpath import read_now
 from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
-from edge.ws.connection import (Close, CloseState, Message, Ping, Pong, WsConnection, WsError,
-                         OP_BINARY, OP_PING, OP_PONG, OP_TEXT)
+from edge.ws import control as wc
+from edge.ws.connection import (
+    OP_BINARY,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    CloseState,
+    Message,
+    Ping,
+    Pong,
+    WsConnection,
+    WsError,
+)
 
 if TYPE_CHECKING:
     from broker.wire import Envelope
@@ -82,6 +94,7 @@ _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PO
 
 
 # -- handshake (sans-IO) ---------------------------------------------------------------------
+
 
 class HandshakeError(RemoteProtocolError):
     def __init__(self, status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> None:
@@ -121,7 +134,9 @@ def check_handshake(method: bytes, headers: Headers) -> bytes:
         raise HandshakeError(400, "Missing Connection: Upgrade.")
     version = _get(headers, b"sec-websocket-version")
     if version is None or version.strip() != b"13":
-        raise HandshakeError(426, "Unsupported WebSocket version.", [("Sec-WebSocket-Version", "13")])
+        raise HandshakeError(
+            426, "Unsupported WebSocket version.", [("Sec-WebSocket-Version", "13")]
+        )
     key = (_get(headers, b"sec-websocket-key") or b"").strip()
     try:
         ok = len(base64.b64decode(key, validate=True)) == 16
@@ -132,15 +147,29 @@ def check_handshake(method: bytes, headers: Headers) -> bytes:
     return key
 
 
-_101_DROP = frozenset(["content-length", "content-type", "keep-alive-interval", "connection",
-                       "upgrade", "sec-websocket-accept", "sec-websocket-extensions",
-                       "transfer-encoding", "keep-alive", "content-encoding"])
+_101_DROP = frozenset(
+    [
+        "content-length",
+        "content-type",
+        "keep-alive-interval",
+        "connection",
+        "upgrade",
+        "sec-websocket-accept",
+        "sec-websocket-extensions",
+        "transfer-encoding",
+        "keep-alive",
+        "content-encoding",
+    ]
+)
 
 
 def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
     """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
-    hs = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-          ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii"))]
+    hs = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii")),
+    ]
     for k, v in origin_headers:
         ks = k.decode("latin-1") if isinstance(k, bytes) else k
         lk = ks.lower()
@@ -162,12 +191,15 @@ def message_frame(fmt: dict[str, Any]) -> bytes:
 def _frames(op: int, data: bytes) -> bytes:
     if len(data) <= MAX_FRAME:
         return ws_frame(op, data)
-    parts = [ws_frame(op if i == 0 else 0, data[i:i + MAX_FRAME], i + MAX_FRAME >= len(data))
-             for i in range(0, len(data), MAX_FRAME)]
+    parts = [
+        ws_frame(op if i == 0 else 0, data[i : i + MAX_FRAME], i + MAX_FRAME >= len(data))
+        for i in range(0, len(data), MAX_FRAME)
+    ]
     return b"".join(parts)
 
 
 # -- the session -----------------------------------------------------------------------------
+
 
 class WsSession(Session):
     """One client WebSocket: what the hub maps channels to and the delivery path writes to.
@@ -180,15 +212,44 @@ class WsSession(Session):
     """
 
     kind = "ws"
-    __slots__ = ("id", "app", "sock", "fd", "ws", "side", "prefix", "buf", "writing",
-                 "scope", "read_scope", "last_out", "filters", "meta",
-                 "channel_names", "detached", "keep_alive", "ka_last", "delayed",
-                 "delayed_at", "timer_at", "_closed", "client_close", "last_cursor",
-                 "chan_prefix")
+    __slots__ = (
+        "id",
+        "app",
+        "sock",
+        "fd",
+        "ws",
+        "side",
+        "prefix",
+        "buf",
+        "writing",
+        "scope",
+        "read_scope",
+        "last_out",
+        "filters",
+        "meta",
+        "channel_names",
+        "detached",
+        "keep_alive",
+        "ka_last",
+        "delayed",
+        "delayed_at",
+        "timer_at",
+        "_closed",
+        "client_close",
+        "last_cursor",
+        "chan_prefix",
+    )
 
-    def __init__(self, app: SessionServices, sock: trio.socket.SocketType, side: OriginSide,
-                 prefix: str | None, now: float, max_message: int,
-                 chan_prefix: str = "") -> None:
+    def __init__(
+        self,
+        app: SessionServices,
+        sock: trio.socket.SocketType,
+        side: OriginSide,
+        prefix: str | None,
+        now: float,
+        max_message: int,
+        chan_prefix: str = "",
+    ) -> None:
         super().__init__()
         self.id = next(_ids)
         self.app = app
@@ -227,7 +288,7 @@ class WsSession(Session):
     def shown(self, channel: str) -> str:
         """The origin's name of the hub's ``channel`` (the route prefix removed)."""
         p = self.chan_prefix
-        return channel[len(p):] if p and channel.startswith(p) else channel
+        return channel[len(p) :] if p and channel.startswith(p) else channel
 
     def __repr__(self) -> str:
         return f"<WsSession conn={self.id} fd={self.fd}>"
@@ -252,8 +313,9 @@ class WsSession(Session):
         self._on(FLUSHED)
         self._set_closed()
         if self.read_scope is not None:
-            self.read_scope.deadline = min(self.read_scope.deadline,
-                                           trio.current_time() + CLOSE_TIMEOUT_S)
+            self.read_scope.deadline = min(
+                self.read_scope.deadline, trio.current_time() + CLOSE_TIMEOUT_S
+            )
 
     def kill(self, reason: str) -> None:
         if self._on(KILL) is not DEAD:
@@ -288,7 +350,9 @@ class WsSession(Session):
         if self.prefix is None:
             self.app.nursery.start_soon(self.close, 1012, "history lost")
             return HistoryLost.TOLD
-        event = b"c:" + json.dumps({"type": "history-lost", "channel": self.shown(channel)}).encode()
+        event = (
+            b"c:" + json.dumps({"type": "history-lost", "channel": self.shown(channel)}).encode()
+        )
         self.app.nursery.start_soon(self._tell_origin, event)
         return HistoryLost.TOLD
 
@@ -296,8 +360,9 @@ class WsSession(Session):
         if self.state < DONE:
             await self.side.client_event("TEXT", event)
 
-    def on_publish(self, fmt: dict[str, Any], env: Envelope,
-                   flt: tuple[str, ...] | None) -> bytes | None:
+    def on_publish(
+        self, fmt: dict[str, Any], env: Envelope, flt: tuple[str, ...] | None
+    ) -> bytes | None:
         """A published ``ws-message`` that is not a plain shared frame: bytes to send or None."""
         action = fmt.get("action", "send")
         if action == "send":
@@ -351,7 +416,9 @@ class WsSession(Session):
 
     # -- origin traffic (either origin side) -----------------------------------------------------
 
-    async def from_origin(self, type_: str, content: bytes | None, *, single_frame: bool = True) -> None:
+    async def from_origin(
+        self, type_: str, content: bytes | None, *, single_frame: bool = True
+    ) -> None:
         """One message from the origin: GRIP processing, then to the client."""
         content = content or b""
         if type_ in ("TEXT", "BINARY"):
@@ -478,6 +545,7 @@ class WsSession(Session):
 
 # -- the connection task ---------------------------------------------------------------------
 
+
 async def serve_websocket(conn: Connection, req: Request, host: bytes, path: bytes) -> None:
     """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends."""
     from edge.ws.over_http import WohOrigin
@@ -501,8 +569,15 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         return
     await conn.send_all(accept_head(key, opened.headers))
     now = trio.current_time()
-    session = WsSession(app, conn.sock, side, opened.prefix, now, ws_max_message(app),
-                        chan_prefix=route.prefix or "")
+    session = WsSession(
+        app,
+        conn.sock,
+        side,
+        opened.prefix,
+        now,
+        ws_max_message(app),
+        chan_prefix=route.prefix or "",
+    )
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
     clean = False
@@ -531,8 +606,9 @@ def ws_max_message(app: ConnectionServices) -> int:
     return app.cfg.ws_max_message_bytes
 
 
-async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
-                       data: bytes | None) -> bool:
+async def _read_client(
+    conn: Connection, session: WsSession, side: OriginSide, data: bytes | None
+) -> bool:
     """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
     ws = session.ws
     sock = conn.sock
@@ -541,8 +617,12 @@ async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
             try:
                 events = ws.receive_data(data)
             except WsError as exc:
-                log.info("websocket protocol error conn=%s code=%d: %s", session.id,
-                         exc.close_code, exc.reason)
+                log.info(
+                    "websocket protocol error conn=%s code=%d: %s",
+                    session.id,
+                    exc.close_code,
+                    exc.reason,
+                )
                 await session.close(exc.close_code, exc.reason)
                 side.disconnected()
                 return True
@@ -563,8 +643,9 @@ async def _read_client(conn: Connection, session: WsSession, side: OriginSide,
                     with trio.move_on_after(CLOSE_TIMEOUT_S):
                         await session.closed.wait()
                     if not ws.closed:  # (the origin's close may have come meanwhile)
-                        await session.write(ws.close(ev.code if ev.code is not None else None,
-                                                     ev.reason))
+                        await session.write(
+                            ws.close(ev.code if ev.code is not None else None, ev.reason)
+                        )
                     return True
             await side.wait_room()
         with trio.CancelScope() as scope:

@@ -11,6 +11,7 @@ Cancelling is lazy (as in ``edge.timers``): a session remembers the time it is a
 (``timer_at``); an entry that comes due while the session is armed for later, or after it
 ended, is ignored.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ with ``Last-Event-ID``, HTTP streams with the bench origin's ``?last=`` query).
 Regression: a client dropped after the probes but before message ``M1`` reached it used to
 reconnect with no ``Last-Event-ID`` (probes carried no id), went live, and lost seq 1 (one
 message in 40,000, in about half the runs of ``bench churn --clients 200``)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _worker(transport: str = "sse", resume: bool = True) -> Worker:
-    cfg = WorkerConfig(index=0, port=1, transport=transport, first=0, last=2, channels=1, max_seq=20,
-                       resume=resume)
+    cfg = WorkerConfig(
+        index=0, port=1, transport=transport, first=0, last=2, channels=1, max_seq=20, resume=resume
+    )
     return Worker(cfg, None)
 
 
@@ -79,9 +81,29 @@ def test_churn_zero_loss_and_duplicates(tmp_path, transport):
     a probe cursor), edge0 is SIGKILLed and restarted a third of the way in."""
     out = tmp_path / "churn.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "churn", "--transport", transport, "--clients", "100", "--rate", "20",
-         "--duration", "5", "--churn-rate", "25", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=140)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "churn",
+            "--transport",
+            transport,
+            "--clients",
+            "100",
+            "--rate",
+            "20",
+            "--duration",
+            "5",
+            "--churn-rate",
+            "25",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     run = json.loads(out.read_text())["runs"]["gripcast"]
     assert run["ok"], run.get("error")
@@ -108,5 +130,7 @@ def test_stream_clients_resume_with_a_query_cursor():
     finally:
         w.ep.close()
     assert b"Grip-Channel: c0; prev-id=7\r\n" in respond(b"/stream/c0?last=7", None, True)
-    assert b"Grip-Channel: c0\r\n" in respond(b"/stream/c0?last=7", None, False)  # Pushpin: no prev-id
+    assert b"Grip-Channel: c0\r\n" in respond(
+        b"/stream/c0?last=7", None, False
+    )  # Pushpin: no prev-id
     assert b"Grip-Channel: c0\r\n" in respond(b"/stream/c0", None, True)

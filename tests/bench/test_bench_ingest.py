@@ -1,4 +1,5 @@
 """``python -m bench ingest`` with each PUSH framing: every item counted back off the fan-out."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ingest_frames_are_valid_publish_input():
-    payloads = [{"channel": "bench", "id": f"i{n}", "formats": {"http-stream": {"content": f"item {n}\n"}}}
-                for n in range(7)]
-    for publisher, batch, nframes in [("zmq", 100, 7), ("zmq-tnetstring", 100, 7),
-                                      ("zmq-msgpack", 3, 3), ("zmq-msgpack", 1, 7)]:
+    payloads = [
+        {"channel": "bench", "id": f"i{n}", "formats": {"http-stream": {"content": f"item {n}\n"}}}
+        for n in range(7)
+    ]
+    for publisher, batch, nframes in [
+        ("zmq", 100, 7),
+        ("zmq-tnetstring", 100, 7),
+        ("zmq-msgpack", 3, 3),
+        ("zmq-msgpack", 1, 7),
+    ]:
         frames, per_frame = ingest_frames(publisher, payloads, batch)
         assert len(frames) == nframes
         items = [i for f in frames for i in parse_pull_frame(f)[0]]
@@ -33,9 +40,25 @@ def test_ingest_frames_are_valid_publish_input():
 def test_ingest_runs(tmp_path, publisher):
     out = tmp_path / "ingest.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "ingest", "--items", "3000", "--publisher", publisher,
-         "--batch", "50", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=80)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "ingest",
+            "--items",
+            "3000",
+            "--publisher",
+            publisher,
+            "--batch",
+            "50",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())["result"]
     assert result["ok"], result.get("error")

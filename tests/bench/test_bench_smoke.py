@@ -1,4 +1,5 @@
 """The bench's smoke fanout against a real gripcast cluster: zero loss, and the JSON is written."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 def test_smoke_fanout_gripcast(tmp_path, transport):
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast", "--transport", transport,
-         "--edges", "2", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=110)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "fanout",
+            "--smoke",
+            "--target",
+            "gripcast",
+            "--transport",
+            transport,
+            "--edges",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(out.read_text())
     run = record["runs"]["gripcast"]

@@ -1,8 +1,10 @@
 """The bench's WebSocket pieces, sans-IO: the origin's WebSocket-over-HTTP answers and the
 swarm's frame parsing (incremental, any split)."""
+
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from _speedups import ws_frame
 from bench.origin import respond
@@ -25,7 +27,10 @@ def test_origin_accepts_open_with_a_subscribe_control_message():
 
 def test_ws_formats():
     assert format_item("ws", "c0", 7, 1.5) == {
-        "channel": "c0", "id": "7", "formats": {"ws-message": {"content": "M7 1.500000"}}}
+        "channel": "c0",
+        "id": "7",
+        "formats": {"ws-message": {"content": "M7 1.500000"}},
+    }
     assert probe_item("ws", "c0", 2)["formats"] == {"ws-message": {"content": "P2"}}
 
 

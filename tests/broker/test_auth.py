@@ -1,4 +1,5 @@
 """broker.ingest.auth: optional JWT auth of the publish API (table-driven)."""
+
 from __future__ import annotations
 
 import time
@@ -8,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.ingest.auth import PublishAuth, load_verify_key
 from broker.errors import ConfigError
+from broker.ingest.auth import PublishAuth, load_verify_key
 
 SECRET = "a-long-enough-test-secret-of-32-bytes!"
 
@@ -24,17 +25,22 @@ def test_off_accepts_and_ignores_authorization():
     assert auth.check("POST", "/publish", bearer("garbage"), time.time()) is None
 
 
-@pytest.mark.parametrize("headers, reason", [
-    ([], "Authorization required"),
-    ([(b"Authorization", b"Basic dXNlcjpwYXNz")], "must be a Bearer JWT"),
-    (bearer(jwt.encode({"iss": "x"}, "wrong-secret-wrong-secret-wrong-secret")),
-     "signature verification failed"),
-    (bearer(jwt.encode({"iss": "x", "exp": int(time.time()) - 600}, SECRET)), "expired"),
-    (bearer("not.a.jwt"), "Invalid token"),
-    # a token without exp would stay valid for ever once leaked: refused
-    (bearer(jwt.encode({"iss": "x"}, SECRET)), "'exp' claim is required"),
-    (bearer(jwt.encode({"iss": "x", "exp": int(time.time()) + 3600}, SECRET)), None),
-])
+@pytest.mark.parametrize(
+    "headers, reason",
+    [
+        ([], "Authorization required"),
+        ([(b"Authorization", b"Basic dXNlcjpwYXNz")], "must be a Bearer JWT"),
+        (
+            bearer(jwt.encode({"iss": "x"}, "wrong-secret-wrong-secret-wrong-secret")),
+            "signature verification failed",
+        ),
+        (bearer(jwt.encode({"iss": "x", "exp": int(time.time()) - 600}, SECRET)), "expired"),
+        (bearer("not.a.jwt"), "Invalid token"),
+        # a token without exp would stay valid for ever once leaked: refused
+        (bearer(jwt.encode({"iss": "x"}, SECRET)), "'exp' claim is required"),
+        (bearer(jwt.encode({"iss": "x", "exp": int(time.time()) + 3600}, SECRET)), None),
+    ],
+)
 def test_hs256(headers, reason):
     got = PublishAuth(load_verify_key(SECRET)).check("POST", "/publish", headers, time.time())
     assert (got is None) if reason is None else (reason in got)
@@ -44,14 +50,18 @@ def test_banner_needs_no_token():
     assert PublishAuth(load_verify_key(SECRET)).check("GET", "/", [], time.time()) is None
 
 
-@pytest.mark.parametrize("make, alg", [
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
-    (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
-])
+@pytest.mark.parametrize(
+    "make, alg",
+    [
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
+        (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+    ],
+)
 def test_public_key_file(tmp_path, make, alg):
     priv = make()
-    pem = priv.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = priv.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     (tmp_path / "pub.pem").write_bytes(pem)
     auth = PublishAuth(load_verify_key(f"file:{tmp_path / 'pub.pem'}"))
     assert auth.key.algorithm == alg
@@ -74,17 +84,21 @@ def test_pubcontrol_token_is_accepted():
 
     header = _gen_auth_jwt_header({"iss": "publisher"}, SECRET.encode())
     auth = PublishAuth(load_verify_key(SECRET), iss="publisher")
-    assert auth.check("POST", "/publish", [(b"Authorization", header.encode())],
-                      time.time()) is None
+    assert (
+        auth.check("POST", "/publish", [(b"Authorization", header.encode())], time.time()) is None
+    )
 
 
-@pytest.mark.parametrize("claims, reason", [
-    ({"iss": "publisher", "aud": "gripcast"}, None),
-    ({"iss": "someone-else", "aud": "gripcast"}, "wrong issuer"),
-    ({"aud": "gripcast"}, "'iss' claim is required"),
-    ({"iss": "publisher", "aud": "other"}, "wrong audience"),
-    ({"iss": "publisher"}, "'aud' claim is required"),
-])
+@pytest.mark.parametrize(
+    "claims, reason",
+    [
+        ({"iss": "publisher", "aud": "gripcast"}, None),
+        ({"iss": "someone-else", "aud": "gripcast"}, "wrong issuer"),
+        ({"aud": "gripcast"}, "'iss' claim is required"),
+        ({"iss": "publisher", "aud": "other"}, "wrong audience"),
+        ({"iss": "publisher"}, "'aud' claim is required"),
+    ],
+)
 def test_iss_and_aud_checked_when_configured(claims, reason):
     auth = PublishAuth(load_verify_key(SECRET), iss="publisher", aud="gripcast")
     token = jwt.encode({**claims, "exp": int(time.time()) + 60}, SECRET)
@@ -102,9 +116,14 @@ def test_grip_sig_token_is_not_a_publish_token_by_config():
     assert any(p.startswith("publish_jwt_key: equals sig_key") for p in info.value.problems)
     with pytest.raises(ConfigError):  # the same bytes spelled differently
         import base64
-        load_config(env={}, overrides={
-            "publish_jwt_key": "base64:" + base64.b64encode(SECRET.encode()).decode(),
-            "sig_key": SECRET})
+
+        load_config(
+            env={},
+            overrides={
+                "publish_jwt_key": "base64:" + base64.b64encode(SECRET.encode()).decode(),
+                "sig_key": SECRET,
+            },
+        )
     load_config(env={}, overrides={"publish_jwt_key": SECRET, "sig_key": SECRET + "2"})
 
 

@@ -1,4 +1,5 @@
 """broker.ingest.commands (publisher command socket) and broker.control (edge control protocol)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,9 @@ from gripcontrol import HttpStreamFormat
 from pubcontrol import Item as PcItem
 
 from broker import control, wire
-from broker.ingest import commands
 from broker.errors import RemoteProtocolError
 from broker.history import Position, Replay
+from broker.ingest import commands
 
 URIS = {
     "command": "tcp://127.0.0.1:5563",
@@ -25,11 +26,14 @@ def run(request: dict) -> tuple[commands.CommandResult, dict | None]:
 
 def test_get_zmq_uris_as_pubcontrol_asks():
     result, reply = run({b"method": b"get-zmq-uris"})
-    assert reply == {b"success": True, b"value": {
-        b"command": b"tcp://127.0.0.1:5563",
-        b"publish-pull": b"tcp://127.0.0.1:5560",
-        b"publish-sub": b"tcp://127.0.0.1:5562",
-    }}
+    assert reply == {
+        b"success": True,
+        b"value": {
+            b"command": b"tcp://127.0.0.1:5563",
+            b"publish-pull": b"tcp://127.0.0.1:5560",
+            b"publish-sub": b"tcp://127.0.0.1:5562",
+        },
+    }
     assert result.method == "get-zmq-uris" and result.error is None
 
 
@@ -51,11 +55,14 @@ def test_publish():
     assert [(i.channel, i.id) for i in result.items] == [("c", "1")]
 
 
-@pytest.mark.parametrize("args,message", [
-    ({}, b"Invalid format: object does not contain 'items'"),
-    ({b"items": b"x"}, b"Invalid format: object contains 'items' with wrong type"),
-    ({b"items": [{b"channel": b"c"}]}, b"Invalid format: no formats specified"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ({}, b"Invalid format: object does not contain 'items'"),
+        ({b"items": b"x"}, b"Invalid format: object contains 'items' with wrong type"),
+        ({b"items": [{b"channel": b"c"}]}, b"Invalid format: no formats specified"),
+    ],
+)
 def test_publish_bad_request(args, message):
     result, reply = run({b"method": b"publish", b"args": args})
     assert reply == {b"success": False, b"condition": b"bad-request", b"value": message}
@@ -68,10 +75,16 @@ def test_method_not_found():
     assert result.error == "method-not-found"
 
 
-@pytest.mark.parametrize("payload", [
-    b"garbage", tnet3.dumps([b"x"]), tnet3.dumps({b"id": b"1"}),
-    tnet3.dumps({b"method": b"recover", b"args": b"x"}), tnet3.dumps({b"method": 5}),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"garbage",
+        tnet3.dumps([b"x"]),
+        tnet3.dumps({b"id": b"1"}),
+        tnet3.dumps({b"method": b"recover", b"args": b"x"}),
+        tnet3.dumps({b"method": 5}),
+    ],
+)
 def test_invalid_requests_get_no_reply(payload):
     result = commands.handle_command(payload, URIS)
     assert result.reply is None and result.error
@@ -94,26 +107,34 @@ def req(**m) -> bytes:
 
 
 def test_parse_control_requests():
-    assert control.parse_control(req(op="hello", rid=1, wire=wire.WIRE_VERSION)) == \
-        control.ControlRequest("hello", 1)
+    assert control.parse_control(
+        req(op="hello", rid=1, wire=wire.WIRE_VERSION)
+    ) == control.ControlRequest("hello", 1)
     assert control.parse_control(req(op="position", rid=2, channel="c")).channel == "c"
-    r = control.parse_control(req(op="replay", rid=3, channel="c", epoch="e", after_seq=4,
-                                  after_id=None, limit=5000))
+    r = control.parse_control(
+        req(op="replay", rid=3, channel="c", epoch="e", after_seq=4, after_id=None, limit=5000)
+    )
     assert (r.epoch, r.after_seq, r.after_id, r.limit) == ("e", 4, None, wire.REPLAY_LIMIT)
 
 
-@pytest.mark.parametrize("payload,rid,why", [
-    (b"\xc1", None, "bad control message"),
-    (req(op="nope", rid=1), 1, "unknown op"),
-    (req(op="position", rid=2), 2, "'channel' must be a string"),
-    (req(op="position", rid=3, channel=""), 3, "invalid value"),
-    (req(op="replay", rid=4, channel="c", after_seq=-1), 4, "after_seq"),
-    (req(op="replay", rid=5, channel="c", epoch=5), 5, "epoch"),
-    (req(op="hello", rid=6), 6, "edge speaks wire version 0, broker speaks wire version 1"),
-    (req(op="hello", rid=7, wire=99), 7, "edge speaks wire version 99, broker speaks wire "
-                                         "version 1"),
-    (req(op="hello", rid=8, wire="1"), 8, "'wire' must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "payload,rid,why",
+    [
+        (b"\xc1", None, "bad control message"),
+        (req(op="nope", rid=1), 1, "unknown op"),
+        (req(op="position", rid=2), 2, "'channel' must be a string"),
+        (req(op="position", rid=3, channel=""), 3, "invalid value"),
+        (req(op="replay", rid=4, channel="c", after_seq=-1), 4, "after_seq"),
+        (req(op="replay", rid=5, channel="c", epoch=5), 5, "epoch"),
+        (req(op="hello", rid=6), 6, "edge speaks wire version 0, broker speaks wire version 1"),
+        (
+            req(op="hello", rid=7, wire=99),
+            7,
+            "edge speaks wire version 99, broker speaks wire version 1",
+        ),
+        (req(op="hello", rid=8, wire="1"), 8, "'wire' must be a non-negative integer"),
+    ],
+)
 def test_parse_control_errors(payload, rid, why):
     with pytest.raises(control.ControlError, match=why) as info:
         control.parse_control(payload)
@@ -124,10 +145,21 @@ def test_parse_control_errors(payload, rid, why):
 
 def test_control_replies():
     assert wire.decode_control(control.hello_reply(1, "b", 2.0, "c1")) == {
-        "rid": 1, "ok": True, "broker_id": "b", "started": 2.0, "cluster_id": "c1",
-        "wire": wire.WIRE_VERSION}
+        "rid": 1,
+        "ok": True,
+        "broker_id": "b",
+        "started": 2.0,
+        "cluster_id": "c1",
+        "wire": wire.WIRE_VERSION,
+    }
     assert wire.decode_control(control.position_reply(2, "c", Position("e", 3, "x"))) == {
-        "rid": 2, "ok": True, "channel": "c", "epoch": "e", "last_seq": 3, "last_id": "x"}
+        "rid": 2,
+        "ok": True,
+        "channel": "c",
+        "epoch": "e",
+        "last_seq": 3,
+        "last_id": "x",
+    }
     env = wire.Envelope("c", 3, "e", {"http-stream": {"action": "send", "content": b"z"}})
     m = wire.decode_control(control.replay_reply(3, "c", Replay("e", 3, True, [env])))
     assert (m["complete"], m["last_seq"]) == (True, 3)

@@ -1,4 +1,5 @@
 """CurveZMQ keys, config validation and the ZAP decision (no sockets)."""
+
 from __future__ import annotations
 
 import pytest
@@ -68,15 +69,24 @@ def test_settings_from_config_and_files(tmp_path):
     other, _ = pair()
     allowed = tmp_path / "allowed"
     allowed.write_text(f"# edges\n{epub}\n\n{other}\n")  # '#' starts a comment only at line start
-    cfg = Config(curve_secret_key=bsec, curve_allowed_clients=(str(allowed),),
-                 curve_client_secret_key=esec, curve_public_key=bpub)
+    cfg = Config(
+        curve_secret_key=bsec,
+        curve_allowed_clients=(str(allowed),),
+        curve_client_secret_key=esec,
+        curve_public_key=bpub,
+    )
     s = curve.curve_settings(cfg)
     assert s.server and s.client and s.server_public == bpub.encode()
     assert s.allowed == {epub.encode(), other.encode()}
     assert s.client_public == epub.encode()
     assert s.server_sockets() == ("edge_pub", "edge_ctl")
     assert curve.curve_settings(cfg.replace(curve_publishers=True)).server_sockets() == (
-        "edge_pub", "edge_ctl", "push_in", "sub_in", "command")
+        "edge_pub",
+        "edge_ctl",
+        "push_in",
+        "sub_in",
+        "command",
+    )
     assert curve.client_options(s)["CURVE_SERVERKEY"] == bpub.encode()
     assert curve.curve_settings(Config(curve_allowed_clients=("*",))).allowed is None
 
@@ -91,15 +101,21 @@ def test_key_with_hash_in_a_file(tmp_path):
     assert curve.load_key(str(f), "k") == public.encode()
 
 
-@pytest.mark.parametrize("overrides, expect", [
-    ({"curve_secret_key": "short"}, "curve_secret_key: not a Z85 key"),
-    ({"curve_secret_key": "S"}, "cannot read it as a file"),
-    ({"curve_public_key": "!" * 40, "curve_client_secret_key": "nope"}, "curve_client_secret_key"),
-    ({"curve_publishers": True}, "curve_publishers: needs curve_secret_key"),
-    ({"zmq_heartbeat_s": -1}, "zmq_heartbeat_s"),
-    ({"client_head_timeout_s": 0}, "client_head_timeout_s"),
-    ({"curve_publishers": "maybe"}, "curve_publishers: invalid value"),
-])
+@pytest.mark.parametrize(
+    "overrides, expect",
+    [
+        ({"curve_secret_key": "short"}, "curve_secret_key: not a Z85 key"),
+        ({"curve_secret_key": "S"}, "cannot read it as a file"),
+        (
+            {"curve_public_key": "!" * 40, "curve_client_secret_key": "nope"},
+            "curve_client_secret_key",
+        ),
+        ({"curve_publishers": True}, "curve_publishers: needs curve_secret_key"),
+        ({"zmq_heartbeat_s": -1}, "zmq_heartbeat_s"),
+        ({"client_head_timeout_s": 0}, "client_head_timeout_s"),
+        ({"curve_publishers": "maybe"}, "curve_publishers: invalid value"),
+    ],
+)
 def test_bad_curve_config_is_reported(overrides, expect):
     with pytest.raises(ConfigError) as info:
         load_config(None, env={}, overrides=overrides)
@@ -117,16 +133,28 @@ def test_mismatched_public_key_is_an_error():
     _, sec = pair()
     pub2, _ = pair()
     with pytest.raises(ConfigError) as info:
-        load_config(None, env={}, overrides={"curve_secret_key": sec, "curve_public_key": pub2,
-                                             "curve_allowed_clients": ("*",)})
+        load_config(
+            None,
+            env={},
+            overrides={
+                "curve_secret_key": sec,
+                "curve_public_key": pub2,
+                "curve_allowed_clients": ("*",),
+            },
+        )
     assert any("does not match" in p for p in info.value.problems)
 
 
 def test_env_and_bool_coercion():
     pub, sec = pair()
-    cfg = load_config(None, env={"GRIPCAST_CURVE_SECRET_KEY": sec,
-                                 "GRIPCAST_CURVE_ALLOWED_CLIENTS": pub + "\n",
-                                 "GRIPCAST_CURVE_PUBLISHERS": "true"})
+    cfg = load_config(
+        None,
+        env={
+            "GRIPCAST_CURVE_SECRET_KEY": sec,
+            "GRIPCAST_CURVE_ALLOWED_CLIENTS": pub + "\n",
+            "GRIPCAST_CURVE_PUBLISHERS": "true",
+        },
+    )
     assert cfg.curve_publishers is True and cfg.curve_allowed_clients == (pub,)
 
 
@@ -144,10 +172,18 @@ def test_zap_allows_listed_keys_only():
     assert curve.zap_reply(zap_request(key=b"\x06" * 32), None).allowed  # "*"
 
 
-@pytest.mark.parametrize("frames", [
-    [], [b"1.0"], zap_request(version=b"9.9"), zap_request(mechanism=b"NULL"),
-    zap_request(mechanism=b"PLAIN"), zap_request(key=b"short"), zap_request()[:6],
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b"1.0"],
+        zap_request(version=b"9.9"),
+        zap_request(mechanism=b"NULL"),
+        zap_request(mechanism=b"PLAIN"),
+        zap_request(key=b"short"),
+        zap_request()[:6],
+    ],
+)
 def test_zap_refuses_malformed_and_non_curve(frames):
     d = curve.zap_reply(frames, None)
     assert not d.allowed and d.reply[2] in (b"400", b"500") and len(d.reply) == 6
@@ -155,5 +191,8 @@ def test_zap_refuses_malformed_and_non_curve(frames):
 
 def test_heartbeat_options():
     assert curve.heartbeat_options(0) == {}
-    assert curve.heartbeat_options(0.5) == {"HEARTBEAT_IVL": 500, "HEARTBEAT_TIMEOUT": 1500,
-                                            "HEARTBEAT_TTL": 1500}
+    assert curve.heartbeat_options(0.5) == {
+        "HEARTBEAT_IVL": 500,
+        "HEARTBEAT_TIMEOUT": 1500,
+        "HEARTBEAT_TTL": 1500,
+    }

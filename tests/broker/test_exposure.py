@@ -1,5 +1,6 @@
 """Bind addresses per role and the refusal of unauthenticated publish inputs on the network
 (broker.config), and the warning about the default sig_key (security issue 11, items 8, 10)."""
+
 from __future__ import annotations
 
 import logging
@@ -36,11 +37,22 @@ def test_roles_bind_separately():
     assert cfg.endpoint("edge_pub", bind=False) == "tcp://127.0.0.1:5564"  # broker_host
 
 
-@pytest.mark.parametrize("host, loop", [
-    ("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True),
-    ("[::1]", True), ("0.0.0.0", False), ("", False), ("*", False), ("::", False),
-    ("10.0.0.1", False), ("broker.example", False),
-])
+@pytest.mark.parametrize(
+    "host, loop",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("*", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("broker.example", False),
+    ],
+)
 def test_is_loopback(host, loop):
     assert is_loopback(host) is loop
 
@@ -54,11 +66,15 @@ def test_documented_old_recipe_is_refused_with_the_key_named():
     the HTTP API to the network without auth: refused, one line per exposed role."""
     got = problems(broker_bind="0.0.0.0")
     assert len(got) == 2
-    assert got[0].startswith("broker_bind (the default of publish_bind): '0.0.0.0' is not "
-                             "loopback and the ZeroMQ publish inputs")
+    assert got[0].startswith(
+        "broker_bind (the default of publish_bind): '0.0.0.0' is not "
+        "loopback and the ZeroMQ publish inputs"
+    )
     assert "allow_unauthenticated_publish = true" in got[0]
-    assert got[1].startswith("broker_bind (the default of http_bind): '0.0.0.0' is not "
-                             "loopback and the HTTP publish API has no auth")
+    assert got[1].startswith(
+        "broker_bind (the default of http_bind): '0.0.0.0' is not "
+        "loopback and the HTTP publish API has no auth"
+    )
     assert all("\n" not in p for p in got)
 
 
@@ -77,33 +93,53 @@ def test_secure_multihost_recipe_is_accepted(tmp_path):
     public, secret = generate_keypair()
     edge_pub, _ = generate_keypair()
     # edges on the network with Curve, publish inputs on loopback
-    assert problems(edge_bind="0.0.0.0", curve_secret_key=secret,
-                    curve_allowed_clients=(edge_pub,)) == []
+    assert (
+        problems(edge_bind="0.0.0.0", curve_secret_key=secret, curve_allowed_clients=(edge_pub,))
+        == []
+    )
     # publishers on the network too: Curve on the ZeroMQ inputs, a JWT key on the HTTP API
-    assert problems(broker_bind="0.0.0.0", curve_secret_key=secret, curve_publishers=True,
-                    curve_allowed_clients=(edge_pub,),
-                    publish_jwt_key="a-long-publish-secret-0123456789") == []
+    assert (
+        problems(
+            broker_bind="0.0.0.0",
+            curve_secret_key=secret,
+            curve_publishers=True,
+            curve_allowed_clients=(edge_pub,),
+            publish_jwt_key="a-long-publish-secret-0123456789",
+        )
+        == []
+    )
     # Curve without curve_publishers leaves PULL/SUB/command plain: still refused
-    got = problems(broker_bind="0.0.0.0", curve_secret_key=secret,
-                   curve_allowed_clients=(edge_pub,),
-                   publish_jwt_key="a-long-publish-secret-0123456789")
+    got = problems(
+        broker_bind="0.0.0.0",
+        curve_secret_key=secret,
+        curve_allowed_clients=(edge_pub,),
+        publish_jwt_key="a-long-publish-secret-0123456789",
+    )
     assert len(got) == 1 and "ZeroMQ publish inputs" in got[0]
 
 
-@pytest.mark.parametrize("overrides, expect", [
-    ({"http_maxconn": 0}, "http_maxconn: must be at least 1"),
-    ({"recover_per_s": 0}, "recover_per_s: must be positive"),
-    ({"hint_per_channel_per_s": -1}, "hint_per_channel_per_s: must be positive"),
-    ({"hint_per_s": 0}, "hint_per_s: must be positive"),
-    ({"edge_bind": "tcp://0.0.0.0"}, "edge_bind: 'tcp://0.0.0.0' is not a host address"),
-])
+@pytest.mark.parametrize(
+    "overrides, expect",
+    [
+        ({"http_maxconn": 0}, "http_maxconn: must be at least 1"),
+        ({"recover_per_s": 0}, "recover_per_s: must be positive"),
+        ({"hint_per_channel_per_s": -1}, "hint_per_channel_per_s: must be positive"),
+        ({"hint_per_s": 0}, "hint_per_s: must be positive"),
+        ({"edge_bind": "tcp://0.0.0.0"}, "edge_bind: 'tcp://0.0.0.0' is not a host address"),
+    ],
+)
 def test_bad_values(overrides, expect):
     assert expect in problems(**overrides)
 
 
 def test_env_sets_the_new_keys():
-    cfg = load_config(env={"GRIPCAST_ALLOW_UNAUTHENTICATED_PUBLISH": "true",
-                           "GRIPCAST_PUBLISH_BIND": "0.0.0.0", "GRIPCAST_HINT_PER_S": "5"})
+    cfg = load_config(
+        env={
+            "GRIPCAST_ALLOW_UNAUTHENTICATED_PUBLISH": "true",
+            "GRIPCAST_PUBLISH_BIND": "0.0.0.0",
+            "GRIPCAST_HINT_PER_S": "5",
+        }
+    )
     assert cfg.allow_unauthenticated_publish and cfg.bind_addr("publish") == "0.0.0.0"
     assert cfg.hint_per_s == 5.0
 

@@ -1,6 +1,7 @@
 """The broker process against hostile publishers (security issue 11, items 8 and 9): recover
 and hint floods are rate-limited on every input, the HTTP API has a connection cap, and a
 network bind of the publish inputs without auth does not start."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,15 @@ from tests.helpers import NotifySocket, free_ports, stop_process, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).resolve().parents[2]
-PORT_KEYS = ("push_in_port", "http_port", "sub_in_port", "command_port", "edge_pub_port",
-             "edge_ctl_port", "metrics_port")
+PORT_KEYS = (
+    "push_in_port",
+    "http_port",
+    "sub_in_port",
+    "command_port",
+    "edge_pub_port",
+    "edge_ctl_port",
+    "metrics_port",
+)
 CHILD = (
     "import json, sys\n"
     "from broker.config import load_config\n"
@@ -40,8 +48,9 @@ def broker(**overrides):
     notify = NotifySocket()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIPCAST_")}
     env.update(NOTIFY_SOCKET=notify.path, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({**ports, **overrides})],
-                            cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps({**ports, **overrides})], cwd=ROOT, env=env
+    )
     try:
         notify.wait_ready(proc, timeout=20)
         yield ports
@@ -89,8 +98,7 @@ def test_recover_flood_is_rate_limited_on_every_input():
     of them (HTTP and command socket) reaches the edges at recover_per_s."""
     ctx = zmq.Context()
     with broker(recover_per_s=0.01) as ports:  # burst 1.01: one recover, then ~none
-        sub = zsock(ctx, zmq.SUB, ports["edge_pub_port"], wire.RECOVER_TOPIC,
-                    wire.HEARTBEAT_TOPIC)
+        sub = zsock(ctx, zmq.SUB, ports["edge_pub_port"], wire.RECOVER_TOPIC, wire.HEARTBEAT_TOPIC)
         frames_until_heartbeat_after(sub, 0)  # the subscription is in place
         url = f"http://127.0.0.1:{ports['http_port']}/recover"
         statuses = [httpx.post(url).status_code for _ in range(10)]
@@ -102,8 +110,7 @@ def test_recover_flood_is_rate_limited_on_every_input():
         assert cmd.poll(5000)
         reply = tnet3.loads(cmd.recv())
         assert reply[b"success"] is False and reply[b"condition"] == b"rate-limited"
-        recovers = [f for f in frames_until_heartbeat_after(sub, time.time())
-                    if wire.is_recover(f)]
+        recovers = [f for f in frames_until_heartbeat_after(sub, time.time()) if wire.is_recover(f)]
         assert len(recovers) == 1
         assert metric(ports, 'gripcast_broker_rate_limited_total{kind="recover"}') == 11
         for s in (sub, cmd):
@@ -116,15 +123,18 @@ def test_hint_flood_is_rate_limited_per_channel():
     pass at hint_per_channel_per_s; sends are never limited; HTTP answers 429."""
     ctx = zmq.Context()
     with broker(hint_per_channel_per_s=0.01) as ports:
-        sub = zsock(ctx, zmq.SUB, ports["edge_pub_port"], wire.topic("h"),
-                    wire.HEARTBEAT_TOPIC)
+        sub = zsock(ctx, zmq.SUB, ports["edge_pub_port"], wire.topic("h"), wire.HEARTBEAT_TOPIC)
         frames_until_heartbeat_after(sub, 0)  # subscribed: channel h is live
         push = zsock(ctx, zmq.PUSH, ports["push_in_port"])
         hint = {"channel": "h", "formats": {"http-stream": {"action": "hint"}}}
         for _ in range(20):
             push.send(b"J" + json.dumps(hint).encode())
-        push.send(b"J" + json.dumps({"channel": "h", "formats": {
-            "http-stream": {"content": "after\n"}}}).encode())
+        push.send(
+            b"J"
+            + json.dumps(
+                {"channel": "h", "formats": {"http-stream": {"content": "after\n"}}}
+            ).encode()
+        )
         got = []
         while len(got) < 2:
             assert sub.poll(5000)
@@ -134,12 +144,13 @@ def test_hint_flood_is_rate_limited_per_channel():
                 if isinstance(f, wire.Envelope):
                     got.append(f.formats["http-stream"])
         assert got[0]["action"] == "hint" and got[1]["content"] == b"after\n"  # 19 dropped
-        r = httpx.post(f"http://127.0.0.1:{ports['http_port']}/publish/",
-                       json={"items": [hint]})
+        r = httpx.post(f"http://127.0.0.1:{ports['http_port']}/publish/", json={"items": [hint]})
         assert r.status_code == 429 and "hint" in r.text and r.headers["retry-after"] == "1"
         # another channel has its own bucket
-        r = httpx.post(f"http://127.0.0.1:{ports['http_port']}/publish/",
-                       json={"items": [dict(hint, channel="other")]})
+        r = httpx.post(
+            f"http://127.0.0.1:{ports['http_port']}/publish/",
+            json={"items": [dict(hint, channel="other")]},
+        )
         assert r.status_code == 200
         assert metric(ports, 'gripcast_broker_rate_limited_total{kind="hint"}') == 20
         for s in (sub, push):
@@ -169,17 +180,25 @@ def test_http_api_connection_cap():
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{addr[1]}/").status_code == 200)
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["broker_bind = \"0.0.0.0\""], "broker_bind (the default of publish_bind): '0.0.0.0'"),
-    (["http_bind = \"0.0.0.0\""], "http_bind: '0.0.0.0' is not loopback"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (['broker_bind = "0.0.0.0"'], "broker_bind (the default of publish_bind): '0.0.0.0'"),
+        (['http_bind = "0.0.0.0"'], "http_bind: '0.0.0.0' is not loopback"),
+    ],
+)
 def test_public_publish_bind_without_auth_does_not_start(tmp_path, flags, named):
     cfg = tmp_path / "gripcast.toml"
     cfg.write_text("\n".join(flags) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIPCAST_")}
-    r = subprocess.run([sys.executable, "-m", "gripcast", "broker", "--config", str(cfg)],
-                       cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "gripcast", "broker", "--config", str(cfg)],
+        cwd=ROOT,
+        env=dict(env, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == EXIT_CONFIG
     assert named in r.stderr and "allow_unauthenticated_publish" in r.stderr
 

@@ -8,10 +8,10 @@ from broker.histogram import IntHistogram
 def test_observe_buckets_and_sum():
     h = IntHistogram((0.1, 1.0))
     h.observe(0.05)
-    h.observe(0.1)       # le is inclusive
+    h.observe(0.1)  # le is inclusive
     h.observe(0.5, n=3)
     h.observe(7.0)
-    h.observe(-1.0)      # clock skew counts as 0
+    h.observe(-1.0)  # clock skew counts as 0
     st = h.statistics()
     assert st.counts == (3, 3, 1)
     assert st.count == 7

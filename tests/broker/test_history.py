@@ -1,4 +1,5 @@
 """broker.history (memory store): sequencing, bounds, replay semantics; broker.store adapter."""
+
 from __future__ import annotations
 
 import itertools
@@ -40,8 +41,14 @@ def test_append_sequences_per_channel():
     a1 = h.append(item("x", "a", prev="w"), 10.0)
     b1 = h.append(item(None, "b"), 11.0)
     a2 = h.append(item(None, "a"), 12.0)
-    assert (a1.seq, a1.epoch, a1.id, a1.prev_id, a1.ts, a1.meta) == (1, "e1", "x", "w", 10.0,
-                                                                      {"k": "v"})
+    assert (a1.seq, a1.epoch, a1.id, a1.prev_id, a1.ts, a1.meta) == (
+        1,
+        "e1",
+        "x",
+        "w",
+        10.0,
+        {"k": "v"},
+    )
     assert (b1.seq, b1.epoch) == (1, "e2")
     assert (a2.seq, a2.epoch, a2.cursor) == (2, "e1", "e1:2")
     assert h.position("a") == Position("e1", 2, None)
@@ -87,25 +94,28 @@ def test_channel_bound_evicts_least_recently_written():
     assert h.position("b") == ("e4", 0, None)  # a new epoch: history before is gone
 
 
-@pytest.mark.parametrize("kw,complete,expected", [
-    (dict(epoch="e1", after_seq=0), True, [1, 2, 3, 4, 5]),
-    (dict(epoch="e1", after_seq=3), True, [4, 5]),
-    (dict(epoch="e1", after_seq=5), True, []),
-    (dict(epoch="e1", after_seq=6), False, [1, 2, 3, 4, 5]),  # beyond last_seq
-    (dict(epoch="other", after_seq=3), False, [1, 2, 3, 4, 5]),
-    (dict(epoch=None, after_seq=3), True, [4, 5]),
-    (dict(), True, [1, 2, 3, 4, 5]),
-    (dict(after_id="i2"), True, [3, 4, 5]),
-    (dict(after_id="i5"), True, []),
-    (dict(after_id="e1:4"), True, [5]),
-    (dict(after_id="e1:9"), False, [1, 2, 3, 4, 5]),
-    (dict(after_id="zz:2"), False, [1, 2, 3, 4, 5]),
-    (dict(after_id="unknown"), False, [1, 2, 3, 4, 5]),
-    (dict(after_id="unknown", epoch="e1", after_seq=4), True, [5]),  # falls back to after_seq
-    (dict(epoch="e1", after_seq=1, limit=2), True, [2, 3]),
-    (dict(epoch="other", limit=2), False, [1, 2]),
-    (dict(epoch="e1", after_seq=0, limit=0), True, []),
-])
+@pytest.mark.parametrize(
+    "kw,complete,expected",
+    [
+        (dict(epoch="e1", after_seq=0), True, [1, 2, 3, 4, 5]),
+        (dict(epoch="e1", after_seq=3), True, [4, 5]),
+        (dict(epoch="e1", after_seq=5), True, []),
+        (dict(epoch="e1", after_seq=6), False, [1, 2, 3, 4, 5]),  # beyond last_seq
+        (dict(epoch="other", after_seq=3), False, [1, 2, 3, 4, 5]),
+        (dict(epoch=None, after_seq=3), True, [4, 5]),
+        (dict(), True, [1, 2, 3, 4, 5]),
+        (dict(after_id="i2"), True, [3, 4, 5]),
+        (dict(after_id="i5"), True, []),
+        (dict(after_id="e1:4"), True, [5]),
+        (dict(after_id="e1:9"), False, [1, 2, 3, 4, 5]),
+        (dict(after_id="zz:2"), False, [1, 2, 3, 4, 5]),
+        (dict(after_id="unknown"), False, [1, 2, 3, 4, 5]),
+        (dict(after_id="unknown", epoch="e1", after_seq=4), True, [5]),  # falls back to after_seq
+        (dict(epoch="e1", after_seq=1, limit=2), True, [2, 3]),
+        (dict(epoch="other", limit=2), False, [1, 2]),
+        (dict(epoch="e1", after_seq=0, limit=0), True, []),
+    ],
+)
 def test_replay_semantics(kw, complete, expected):
     h = make()
     fill(h, 5)

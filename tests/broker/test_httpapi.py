@@ -1,4 +1,5 @@
 """broker.ingest.httpapi: every status and message of Pushpin's publish API."""
+
 from __future__ import annotations
 
 import json
@@ -37,16 +38,19 @@ def test_authorization_is_accepted_and_ignored():
     assert result.response.status == 200 and len(result.items) == 1
 
 
-@pytest.mark.parametrize("accept,ctype,body", [
-    ("text/plain", "text/plain", b"Published\n"),
-    ("text/*", "text/plain", b"Published\n"),
-    ("*/*", "text/plain", b"Published\n"),
-    ("*", "text/plain", b"Published\n"),
-    ("application/json", "application/json", b'{"message": "Published"}\n'),
-    ("application/*", "application/json", b'{"message": "Published"}\n'),
-    ("text/html, application/json;q=0.9", "application/json", b'{"message": "Published"}\n'),
-    ("application/json, text/plain", "text/plain", b"Published\n"),  # last one wins (Pushpin)
-])
+@pytest.mark.parametrize(
+    "accept,ctype,body",
+    [
+        ("text/plain", "text/plain", b"Published\n"),
+        ("text/*", "text/plain", b"Published\n"),
+        ("*/*", "text/plain", b"Published\n"),
+        ("*", "text/plain", b"Published\n"),
+        ("application/json", "application/json", b'{"message": "Published"}\n'),
+        ("application/*", "application/json", b'{"message": "Published"}\n'),
+        ("text/html, application/json;q=0.9", "application/json", b'{"message": "Published"}\n'),
+        ("application/json, text/plain", "text/plain", b"Published\n"),  # last one wins (Pushpin)
+    ],
+)
 def test_accept_negotiation(accept, ctype, body):
     r = call(headers=[("Accept", accept)]).response
     assert (r.status, hdr(r, "Content-Type"), r.body) == (200, ctype, body)
@@ -64,19 +68,30 @@ def test_not_acceptable(accept):
 
 def test_errors_are_text_even_when_json_accepted():
     r = call(headers=[("Accept", "application/json")], body=b"nope").response
-    assert (r.status, r.body, hdr(r, "Content-Type")) == (400, b"Body is not valid JSON.\n",
-                                                          "text/plain")
+    assert (r.status, r.body, hdr(r, "Content-Type")) == (
+        400,
+        b"Body is not valid JSON.\n",
+        "text/plain",
+    )
 
 
-@pytest.mark.parametrize("body,message", [
-    (b"nope", b"Body is not valid JSON.\n"),
-    (b"[1]", b"Invalid format.\n"),
-    (b"{}", b"Invalid format: object does not contain 'items'\n"),
-    (b'{"items": [{"channel": "c"}]}', b"Invalid format: no formats specified\n"),
-    (b'{"items": [{"http-stream": {"content": "x"}}]}',
-     b"Invalid format: publish item object does not contain 'channel'\n"),
-    (b'{"items": [{"channel": "c", "http-stream": {"action": "nope"}}]}', b"Invalid format: \n"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"nope", b"Body is not valid JSON.\n"),
+        (b"[1]", b"Invalid format.\n"),
+        (b"{}", b"Invalid format: object does not contain 'items'\n"),
+        (b'{"items": [{"channel": "c"}]}', b"Invalid format: no formats specified\n"),
+        (
+            b'{"items": [{"http-stream": {"content": "x"}}]}',
+            b"Invalid format: publish item object does not contain 'channel'\n",
+        ),
+        (
+            b'{"items": [{"channel": "c", "http-stream": {"action": "nope"}}]}',
+            b"Invalid format: \n",
+        ),
+    ],
+)
 def test_publish_bad_request(body, message):
     result = call(body=body)
     r = result.response
@@ -105,10 +120,13 @@ def test_not_found():
     assert (r.status, r.reason, r.body) == (404, "Not Found", b"Not Found\n")
 
 
-@pytest.mark.parametrize("accept,body", [
-    (None, b"Updated\n"),
-    ("application/json", b'{"message": "Updated"}\n'),
-])
+@pytest.mark.parametrize(
+    "accept,body",
+    [
+        (None, b"Updated\n"),
+        ("application/json", b'{"message": "Updated"}\n'),
+    ],
+)
 def test_recover(accept, body):
     headers = [("Accept", accept)] if accept else []
     result = call(path="/recover", headers=headers, body=b"")
@@ -122,8 +140,11 @@ def test_recover(accept, body):
 def test_post_requires_content_length():
     check = httpapi.check_head("POST", [])
     r = check.response
-    assert (r.status, r.reason, r.body) == (411, "Length Required",
-                                            b"Request requires Content-Length.\n")
+    assert (r.status, r.reason, r.body) == (
+        411,
+        "Length Required",
+        b"Request requires Content-Length.\n",
+    )
     assert hdr(r, "Connection") == "close"
 
 

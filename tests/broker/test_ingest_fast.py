@@ -7,6 +7,7 @@
 * ``Sequencer.add_many`` == ``add`` item by item; ``MemoryHistory.append_many`` == ``append``
   item by item; ``wire.encode_envelopes`` == ``encode_envelope`` each.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,13 @@ from hypothesis import strategies as st
 
 import _speedups
 from broker import wire
-from broker.ingest import tnetstring
 from broker.errors import PublishError
 from broker.history import MemoryHistory
+from broker.ingest import tnetstring
 from broker.items import Item, _parse_item_full, parse_item, parse_pull_frame, parse_zmq_item
 from broker.sequencer import Sequencer
 
-SETTINGS = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _twin_modules():
@@ -60,43 +60,92 @@ def to_tnet(v):
 
 long_text = st.builds(lambda c, n: c * n, st.sampled_from("xé"), st.integers(250, 300))
 text = st.one_of(st.text(max_size=8), st.sampled_from(["", "a", "\x00"]), long_text)
-odd = st.one_of(st.none(), st.booleans(), st.integers(-3, 1000), st.floats(allow_nan=False),
-                st.binary(max_size=4), text, st.lists(st.integers(), max_size=2),
-                st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2))
+odd = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 1000),
+    st.floats(allow_nan=False),
+    st.binary(max_size=4),
+    text,
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+)
 maybe_odd = st.one_of(text, text, text, odd)
-action = st.one_of(st.none(), st.just("send"), st.just("send"),
-                   st.sampled_from(["close", "hint", "refresh", "", "bogus"]), odd)
+action = st.one_of(
+    st.none(),
+    st.just("send"),
+    st.just("send"),
+    st.sampled_from(["close", "hint", "refresh", "", "bogus"]),
+    odd,
+)
 
 
 def fmt(payload_key, extra_keys):
     return st.fixed_dictionaries(
         {payload_key: st.one_of(text, text, st.binary(max_size=6), odd)},
-        optional={"action": action,
-                  **{k: odd for k in extra_keys}})
+        optional={"action": action, **{k: odd for k in extra_keys}},
+    )
 
 
 hs = fmt("content", ["content-bin", "content-filters", "x"])
 hr = fmt("body", ["code", "reason", "headers", "body-bin", "body-patch", "content-filters"])
 ws = fmt("content", ["type", "content-bin", "content-filters", "code"])
-formats = st.fixed_dictionaries({}, optional={"http-stream": st.one_of(hs, hs, odd),
-                                              "http-response": st.one_of(hr, odd),
-                                              "ws-message": st.one_of(ws, odd)})
+formats = st.fixed_dictionaries(
+    {},
+    optional={
+        "http-stream": st.one_of(hs, hs, odd),
+        "http-response": st.one_of(hr, odd),
+        "ws-message": st.one_of(ws, odd),
+    },
+)
 good_text = st.one_of(st.text(min_size=1, max_size=6), long_text)
 payload = st.one_of(st.text(max_size=6), st.binary(max_size=6))
-usual_formats = st.fixed_dictionaries({}, optional={
-    "http-stream": st.fixed_dictionaries({"content": payload}, optional={"action": st.just("send")}),
-    "http-response": st.fixed_dictionaries({"body": payload}, optional={"action": st.just("send")}),
-    "ws-message": st.fixed_dictionaries({"content": payload}, optional={"action": st.just("send")}),
-})
+usual_formats = st.fixed_dictionaries(
+    {},
+    optional={
+        "http-stream": st.fixed_dictionaries(
+            {"content": payload}, optional={"action": st.just("send")}
+        ),
+        "http-response": st.fixed_dictionaries(
+            {"body": payload}, optional={"action": st.just("send")}
+        ),
+        "ws-message": st.fixed_dictionaries(
+            {"content": payload}, optional={"action": st.just("send")}
+        ),
+    },
+)
 usual = st.fixed_dictionaries(
     {"channel": good_text, "formats": usual_formats},
-    optional={"id": st.text(max_size=3), "prev-id": st.text(max_size=3),
-              "meta": st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
-              "no-seq": st.booleans()})
-option_keys = st.sampled_from(["channel", "id", "prev-id", "formats", "meta", "size", "no-seq",
-                               "http-stream", "action", "content", "content-bin", "body",
-                               "body-bin", "content-filters", "type", "code", "reason",
-                               "headers", "body-patch"])
+    optional={
+        "id": st.text(max_size=3),
+        "prev-id": st.text(max_size=3),
+        "meta": st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+        "no-seq": st.booleans(),
+    },
+)
+option_keys = st.sampled_from(
+    [
+        "channel",
+        "id",
+        "prev-id",
+        "formats",
+        "meta",
+        "size",
+        "no-seq",
+        "http-stream",
+        "action",
+        "content",
+        "content-bin",
+        "body",
+        "body-bin",
+        "content-filters",
+        "type",
+        "code",
+        "reason",
+        "headers",
+        "body-patch",
+    ]
+)
 
 
 @st.composite
@@ -105,8 +154,9 @@ def near_usual(draw):
     value = draw(usual)
     for _ in range(draw(st.integers(0, 2))):
         vf = value.get("formats")
-        targets = [value] + ([f for f in vf.values() if isinstance(f, dict)]
-                             if isinstance(vf, dict) else [])
+        targets = [value] + (
+            [f for f in vf.values() if isinstance(f, dict)] if isinstance(vf, dict) else []
+        )
         target = draw(st.sampled_from(targets))
         target[draw(option_keys)] = draw(odd)
     if draw(st.integers(0, 5)) == 0:  # the legacy shape
@@ -115,18 +165,31 @@ def near_usual(draw):
 
 
 items = st.one_of(
-    near_usual(), near_usual(), near_usual(),
+    near_usual(),
+    near_usual(),
+    near_usual(),
     st.fixed_dictionaries(
         {"channel": maybe_odd, "formats": st.one_of(formats, formats, formats, odd)},
-        optional={"id": maybe_odd, "prev-id": maybe_odd, "no-seq": st.one_of(st.booleans(), odd),
-                  "meta": st.one_of(st.dictionaries(st.text(max_size=4), st.text(max_size=4),
-                                                    max_size=3), odd),
-                  "size": odd}),
+        optional={
+            "id": maybe_odd,
+            "prev-id": maybe_odd,
+            "no-seq": st.one_of(st.booleans(), odd),
+            "meta": st.one_of(
+                st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3), odd
+            ),
+            "size": odd,
+        },
+    ),
     # the legacy shape: formats on the item itself
-    st.fixed_dictionaries({"channel": maybe_odd},
-                          optional={"http-stream": st.one_of(hs, st.none(), odd),
-                                    "http-response": st.one_of(hr, st.none()),
-                                    "ws-message": ws, "id": maybe_odd}),
+    st.fixed_dictionaries(
+        {"channel": maybe_odd},
+        optional={
+            "http-stream": st.one_of(hs, st.none(), odd),
+            "http-response": st.one_of(hr, st.none()),
+            "ws-message": ws,
+            "id": maybe_odd,
+        },
+    ),
 )
 
 
@@ -156,47 +219,76 @@ def test_fast_path_agrees_with_a_given_channel(value, channel):
 
 def test_usual_shapes_take_the_fast_path(twins):
     item = twins.normalise_item(
-        {"channel": "c", "id": "1", "formats": {"http-stream": {"content": "hi"},
-                                                "ws-message": {"content": b"\x00\xff"},
-                                                "http-response": {"body": "b", "action": "send"}},
-         "meta": {"user": "u"}}, None, True, Item)
-    assert item == Item(channel="c", id="1", meta={"user": "u"}, formats={
-        "http-response": {"action": "send", "code": 200, "reason": "OK", "headers": [],
-                          "body": b"b", "body-patch": None},
-        "http-stream": {"action": "send", "content": b"hi"},
-        "ws-message": {"action": "send", "type": "text", "content": b"\x00\xff", "code": None,
-                       "reason": ""}})
-    tnet = twins.normalise_item({b"channel": b"c", b"prev-id": b"", b"http-stream": {b"content": b"x"}},
-                                None, False, Item)
-    assert tnet == Item(channel="c", prev_id=None,
-                        formats={"http-stream": {"action": "send", "content": b"x"}})
+        {
+            "channel": "c",
+            "id": "1",
+            "formats": {
+                "http-stream": {"content": "hi"},
+                "ws-message": {"content": b"\x00\xff"},
+                "http-response": {"body": "b", "action": "send"},
+            },
+            "meta": {"user": "u"},
+        },
+        None,
+        True,
+        Item,
+    )
+    assert item == Item(
+        channel="c",
+        id="1",
+        meta={"user": "u"},
+        formats={
+            "http-response": {
+                "action": "send",
+                "code": 200,
+                "reason": "OK",
+                "headers": [],
+                "body": b"b",
+                "body-patch": None,
+            },
+            "http-stream": {"action": "send", "content": b"hi"},
+            "ws-message": {
+                "action": "send",
+                "type": "text",
+                "content": b"\x00\xff",
+                "code": None,
+                "reason": "",
+            },
+        },
+    )
+    tnet = twins.normalise_item(
+        {b"channel": b"c", b"prev-id": b"", b"http-stream": {b"content": b"x"}}, None, False, Item
+    )
+    assert tnet == Item(
+        channel="c", prev_id=None, formats={"http-stream": {"action": "send", "content": b"x"}}
+    )
 
 
-@pytest.mark.parametrize("value", [
-    {"channel": "c", "formats": {"http-stream": {"content": "x", "content-filters": []}}},
-    {"channel": "c", "formats": {"http-stream": {"action": "close"}}},
-    {"channel": "c", "formats": {"ws-message": {"content": "x", "type": "binary"}}},
-    {"channel": "c", "formats": {"http-response": {"body": "x", "code": 404}}},
-    {"channel": "c", "formats": {}},
-    {"channel": "", "formats": {"http-stream": {"content": "x"}}},
-    {"channel": "a\x00", "formats": {"http-stream": {"content": "x"}}},
-    {"channel": "c", "formats": {"http-stream": {"content": 5}}},
-    {"channel": "c", "formats": {"http-stream": {"content": "x"}}, "size": 3},
-    {"channel": "c", "formats": {"http-stream": {"content": "x"}}, "no-seq": 1},
-    {"channel": b"\xff", "formats": {"http-stream": {"content": "x"}}},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"channel": "c", "formats": {"http-stream": {"content": "x", "content-filters": []}}},
+        {"channel": "c", "formats": {"http-stream": {"action": "close"}}},
+        {"channel": "c", "formats": {"ws-message": {"content": "x", "type": "binary"}}},
+        {"channel": "c", "formats": {"http-response": {"body": "x", "code": 404}}},
+        {"channel": "c", "formats": {}},
+        {"channel": "", "formats": {"http-stream": {"content": "x"}}},
+        {"channel": "a\x00", "formats": {"http-stream": {"content": "x"}}},
+        {"channel": "c", "formats": {"http-stream": {"content": 5}}},
+        {"channel": "c", "formats": {"http-stream": {"content": "x"}}, "size": 3},
+        {"channel": "c", "formats": {"http-stream": {"content": "x"}}, "no-seq": 1},
+        {"channel": b"\xff", "formats": {"http-stream": {"content": "x"}}},
+    ],
+)
 def test_unusual_items_go_to_the_complete_parser(twins, value):
     assert twins.normalise_item(value, None, True, Item) is None
 
 
 def test_error_messages_are_unchanged():
     cases = {
-        b'J{"channel":"c","formats":{"http-stream":{"content":5}}}':
-            "'http-stream' contains 'content' with wrong type",
-        b'J{"channel":"","formats":{"http-stream":{"content":"x"}}}':
-            "publish item object contains 'channel' with invalid value (empty)",
-        b'J{"formats":{"http-stream":{"content":"x"}}}':
-            "publish item object does not contain 'channel'",
+        b'J{"channel":"c","formats":{"http-stream":{"content":5}}}': "'http-stream' contains 'content' with wrong type",
+        b'J{"channel":"","formats":{"http-stream":{"content":"x"}}}': "publish item object contains 'channel' with invalid value (empty)",
+        b'J{"formats":{"http-stream":{"content":"x"}}}': "publish item object does not contain 'channel'",
         b'J{"channel":"c","formats":{}}': "no formats specified",
         b"J[1]": "received message with invalid format (not a valid json object)",
     }
@@ -212,14 +304,21 @@ def test_error_messages_are_unchanged():
 def test_m_frame_is_one_msgpack_item():
     item = {"channel": "c", "id": "7", "formats": {"http-stream": {"content": b"\x00raw"}}}
     parsed = parse_zmq_item(b"M" + msgpack.packb(item, use_bin_type=True))
-    assert parsed == Item(channel="c", id="7",
-                          formats={"http-stream": {"action": "send", "content": b"\x00raw"}})
+    assert parsed == Item(
+        channel="c", id="7", formats={"http-stream": {"action": "send", "content": b"\x00raw"}}
+    )
     # the same item as J + JSON (text content) gives the same Item
-    assert parse_zmq_item(b"J" + json.dumps({**item, "formats": {"http-stream": {
-        "content": "\x00raw"}}}).encode()) == parsed
+    assert (
+        parse_zmq_item(
+            b"J" + json.dumps({**item, "formats": {"http-stream": {"content": "\x00raw"}}}).encode()
+        )
+        == parsed
+    )
     # and the complete parser's options work too (base64 content-bin, as in JSON)
     ws = {"channel": "c", "formats": {"ws-message": {"content-bin": "aGk="}}}
-    assert parse_pull_frame(b"M" + msgpack.packb(ws))[0][0].formats["ws-message"]["content"] == b"hi"
+    assert (
+        parse_pull_frame(b"M" + msgpack.packb(ws))[0][0].formats["ws-message"]["content"] == b"hi"
+    )
 
 
 def test_b_frame_items_stand_alone():
@@ -228,20 +327,25 @@ def test_b_frame_items_stand_alone():
     frame = b"B" + msgpack.packb([good, bad, 3, {**good, "id": "x"}])
     parsed, errors = parse_pull_frame(frame)
     assert [i.id for i in parsed] == [None, "x"]
-    assert errors == ["'http-stream' contains 'content' with wrong type",
-                      "received message with invalid format (not a valid msgpack map)"]
+    assert errors == [
+        "'http-stream' contains 'content' with wrong type",
+        "received message with invalid format (not a valid msgpack map)",
+    ]
     assert parse_pull_frame(b"B" + msgpack.packb([])) == ([], [])
 
 
-@pytest.mark.parametrize("frame,reason", [
-    (b"M\xc1", "received message with invalid format (msgpack parse failed)"),
-    (b"M", "received message with invalid format (msgpack parse failed)"),
-    (b"M\x93\x01\x02\x03", "received message with invalid format (not a valid msgpack map)"),
-    (b"M\x81\x01\x02", "received message with invalid format (msgpack parse failed)"),
-    (b"B\xc1", "received message with invalid format (msgpack parse failed)"),
-    (b"B\x81\xa1a\x01", "received message with invalid format (not a valid msgpack array)"),
-    (b"B\x91\x81\xa1a\xa1\xff", "received message with invalid format (msgpack parse failed)"),
-])
+@pytest.mark.parametrize(
+    "frame,reason",
+    [
+        (b"M\xc1", "received message with invalid format (msgpack parse failed)"),
+        (b"M", "received message with invalid format (msgpack parse failed)"),
+        (b"M\x93\x01\x02\x03", "received message with invalid format (not a valid msgpack map)"),
+        (b"M\x81\x01\x02", "received message with invalid format (msgpack parse failed)"),
+        (b"B\xc1", "received message with invalid format (msgpack parse failed)"),
+        (b"B\x81\xa1a\x01", "received message with invalid format (not a valid msgpack array)"),
+        (b"B\x91\x81\xa1a\xa1\xff", "received message with invalid format (msgpack parse failed)"),
+    ],
+)
 def test_bad_msgpack_frames_are_rejected_with_a_reason(frame, reason):
     assert parse_pull_frame(frame) == ([], [reason])
 
@@ -256,17 +360,23 @@ def test_pushpin_framings_are_unchanged_by_the_new_prefixes():
     assert parse_pull_frame(b"T" + bare) == ([want], [])
     assert parse_pull_frame(b"J" + json.dumps(item).encode()) == ([want], [])
     assert parse_pull_frame(b"X") == (
-        [], ["received message with invalid format (tnetstring parse failed)"])
+        [],
+        ["received message with invalid format (tnetstring parse failed)"],
+    )
 
 
 # -- sequencer, history, encoding: the batch paths == the one-by-one paths ------------------------
 
 seq_items = st.lists(
-    st.builds(lambda ch, i, p, ns: Item(channel=ch, formats={}, id=i, prev_id=p, no_seq=ns),
-              st.sampled_from(["a", "b"]), st.one_of(st.none(), st.sampled_from("123456")),
-              st.one_of(st.none(), st.none(), st.sampled_from("123456")),
-              st.sampled_from([False, False, False, True])),
-    max_size=40)
+    st.builds(
+        lambda ch, i, p, ns: Item(channel=ch, formats={}, id=i, prev_id=p, no_seq=ns),
+        st.sampled_from(["a", "b"]),
+        st.one_of(st.none(), st.sampled_from("123456")),
+        st.one_of(st.none(), st.none(), st.sampled_from("123456")),
+        st.sampled_from([False, False, False, True]),
+    ),
+    max_size=40,
+)
 
 
 @SETTINGS
@@ -285,14 +395,27 @@ def test_sequencer_add_many_equals_add_one_by_one(batches, pending_max, id_cache
 
 
 @SETTINGS
-@given(st.lists(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
-                                   st.one_of(st.none(), st.sampled_from("xyz"))), max_size=12),
-                max_size=6),
-       st.integers(1, 5), st.integers(1, 2))
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "c"]), st.one_of(st.none(), st.sampled_from("xyz"))
+            ),
+            max_size=12,
+        ),
+        max_size=6,
+    ),
+    st.integers(1, 5),
+    st.integers(1, 2),
+)
 def test_history_append_many_equals_append_one_by_one(batches, max_items, max_channels):
     epochs = iter(range(10**6))
-    kw = dict(max_items=max_items, max_age_s=10.0, max_channels=max_channels,
-              new_epoch=lambda: f"e{next(epochs)}")
+    kw = dict(
+        max_items=max_items,
+        max_age_s=10.0,
+        max_channels=max_channels,
+        new_epoch=lambda: f"e{next(epochs)}",
+    )
     one = MemoryHistory(**kw)
     epochs2 = iter(range(10**6))
     many = MemoryHistory(**{**kw, "new_epoch": lambda: f"e{next(epochs2)}"})
@@ -306,9 +429,18 @@ def test_history_append_many_equals_append_one_by_one(batches, max_items, max_ch
 
 
 def test_encode_envelopes_equals_encode_envelope():
-    envs = [wire.Envelope(channel=ch, seq=n, epoch="e", formats={"http-stream": {
-        "action": "send", "content": b"x"}}, id=str(n) if n % 2 else None, meta={"k": "v"},
-        ts=1.5) for n, ch in enumerate(["a", "b", "a", "é"])]
+    envs = [
+        wire.Envelope(
+            channel=ch,
+            seq=n,
+            epoch="e",
+            formats={"http-stream": {"action": "send", "content": b"x"}},
+            id=str(n) if n % 2 else None,
+            meta={"k": "v"},
+            ts=1.5,
+        )
+        for n, ch in enumerate(["a", "b", "a", "é"])
+    ]
     assert wire.encode_envelopes(envs) == [wire.encode_envelope(e) for e in envs]
     assert wire.encode_envelopes([]) == []
 
@@ -316,10 +448,18 @@ def test_encode_envelopes_equals_encode_envelope():
 # -- tnetstring decoding: both twins, same values and same reasons --------------------------------
 
 tnet_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.binary(max_size=6),
-              st.floats(allow_nan=False)),
-    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.binary(max_size=3), c, max_size=3)),
-    max_leaves=12)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.binary(max_size=6),
+        st.floats(allow_nan=False),
+    ),
+    lambda c: st.one_of(
+        st.lists(c, max_size=3), st.dictionaries(st.binary(max_size=3), c, max_size=3)
+    ),
+    max_leaves=12,
+)
 
 
 def _tnet_outcome(mod, data, offset=0):
@@ -344,13 +484,22 @@ def test_tnetstring_twins_agree(value, data):
     encoded = tnetstring.dumps(value)
     # and damaged: a byte changed, cut short, or junk appended
     i = data.draw(st.integers(0, len(encoded)))
-    damaged = data.draw(st.sampled_from([
-        encoded, encoded[:i], encoded[:i] + data.draw(st.binary(min_size=1, max_size=2)) + encoded[i + 1:],
-        encoded + b"1:x,"]))
+    damaged = data.draw(
+        st.sampled_from(
+            [
+                encoded,
+                encoded[:i],
+                encoded[:i] + data.draw(st.binary(min_size=1, max_size=2)) + encoded[i + 1 :],
+                encoded + b"1:x,",
+            ]
+        )
+    )
     results = [_tnet_outcome(m, damaged) for m in _tnet_twins()]
     assert all(r == results[0] for r in results), results
-    assert _tnet_outcome(_speedups.twin("tnetstring", False), encoded) == ("ok", (
-        tnetstring.loads(encoded), len(encoded)))
+    assert _tnet_outcome(_speedups.twin("tnetstring", False), encoded) == (
+        "ok",
+        (tnetstring.loads(encoded), len(encoded)),
+    )
 
 
 @SETTINGS

@@ -4,6 +4,7 @@ Every input framing (HTTP JSON, ZeroMQ ``J``/``T``/bare tnetstring, ``M`` and ``
 SUB) goes through the same checks, with both ``_speedups`` twins (the test run sets which):
 the fast twins hand anything doubtful to the complete parser, which refuses it with a reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,16 @@ from broker.items import (
     parse_zmq_item,
 )
 
-BAD_IDS = ["1\r\nX-Smuggled: yes", "1\r\n\r\nGET / HTTP/1.1", "a\x00b", "a\nb", "tab\there",
-           "\x7f", "x" * (MAX_ID_BYTES + 1), "\u00e9" * (MAX_ID_BYTES // 2 + 1)]
+BAD_IDS = [
+    "1\r\nX-Smuggled: yes",
+    "1\r\n\r\nGET / HTTP/1.1",
+    "a\x00b",
+    "a\nb",
+    "tab\there",
+    "\x7f",
+    "x" * (MAX_ID_BYTES + 1),
+    "\u00e9" * (MAX_ID_BYTES // 2 + 1),
+]
 
 
 def http(item: dict) -> bytes:
@@ -38,11 +47,13 @@ def stream_item(**extra) -> dict:
 
 def every_framing(item: dict):
     """(name, parse) for each input path: each returns items or raises PublishError."""
+
     def pull(frame):
         items, errors = parse_pull_frame(frame)
         if errors:
             raise PublishError(errors[0])
         return items
+
     tn = {k.encode(): v.encode() for k, v in item.items() if k != "formats"}
     tn[b"formats"] = {b"http-stream": {b"content": b"x"}}
     yield "http", lambda: parse_http_publish(http(item))
@@ -71,8 +82,10 @@ def test_ordinary_ids_pass_on_every_path(key):
             assert getattr(item, key.replace("-", "_")) == ok, name
 
 
-@pytest.mark.parametrize("reason", ["OK\r\nSet-Cookie: a=b\r\n\r\nHTTP/1.1 200 OK", "a\nb",
-                                    "a\x00", "\x1b[31m", "x" * 513])
+@pytest.mark.parametrize(
+    "reason",
+    ["OK\r\nSet-Cookie: a=b\r\n\r\nHTTP/1.1 200 OK", "a\nb", "a\x00", "\x1b[31m", "x" * 513],
+)
 def test_reason_must_be_reason_phrase_text(reason):
     item = {"channel": "c", "http-response": {"code": 200, "reason": reason, "body": "x"}}
     with pytest.raises(PublishError, match="'reason' with invalid value") as info:
@@ -83,9 +96,20 @@ def test_reason_must_be_reason_phrase_text(reason):
     assert parse_http_publish(http(ok))[0].formats["http-response"]["reason"] == fine
 
 
-@pytest.mark.parametrize("headers", [[["X Y", "1"]], [["X:Y", "1"]], [["", "1"]], [["X\r\nY", "1"]],
-                                     [["(x)", "1"]], [["X-A", "1\r\nSet-Cookie: a"]],
-                                     [["X-A", "a\x00"]], {"X\u00e9": "1"}, {"X-A": "\x01"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [["X Y", "1"]],
+        [["X:Y", "1"]],
+        [["", "1"]],
+        [["X\r\nY", "1"]],
+        [["(x)", "1"]],
+        [["X-A", "1\r\nSet-Cookie: a"]],
+        [["X-A", "a\x00"]],
+        {"X\u00e9": "1"},
+        {"X-A": "\x01"},
+    ],
+)
 def test_header_names_are_tokens_and_values_field_text(headers):
     item = {"channel": "c", "http-response": {"headers": headers, "body": "x"}}
     with pytest.raises(PublishError, match="headers contains") as info:
@@ -105,9 +129,11 @@ def test_body_patch_limits():
     for _ in range(MAX_PATCH_DEPTH - 2):
         nested_ok = [nested_ok]
     big = [{"op": "add", "path": "/a", "value": "x" * (1 << 20)}]
-    for patch, why in [(too_many, "more than 100 operations"),
-                       ([{"op": "add", "path": "/a", "value": deep}], "nested deeper than 64"),
-                       (big, "over 1048576 bytes")]:
+    for patch, why in [
+        (too_many, "more than 100 operations"),
+        ([{"op": "add", "path": "/a", "value": deep}], "nested deeper than 64"),
+        (big, "over 1048576 bytes"),
+    ]:
         item = {"channel": "c", "http-response": {"body-patch": patch}}
         with pytest.raises(PublishError, match="'body-patch' with invalid value") as info:
             parse_http_publish(http(item))
@@ -124,12 +150,17 @@ def test_a_value_nested_far_past_the_limit_is_refused_without_recursion():
 
 # -- item size and the history byte budget (item 8) ---------------------------------------------
 
+
 def test_an_item_over_the_size_cap_is_refused_on_every_path():
     from broker.items import MAX_ITEM_BYTES
+
     big = "x" * (MAX_ITEM_BYTES + 1)
     item = {"channel": "c", "formats": {"http-stream": {"content": big}}}
-    for frame in (b"J" + json.dumps(item).encode(), b"M" + msgpack.packb(item),
-                  b"B" + msgpack.packb([item, stream_item()])):
+    for frame in (
+        b"J" + json.dumps(item).encode(),
+        b"M" + msgpack.packb(item),
+        b"B" + msgpack.packb([item, stream_item()]),
+    ):
         items, errors = parse_pull_frame(frame)
         assert len(errors) == 1 and "larger than 1048576 bytes" in errors[0]
         assert [i.channel for i in items] == (["c"] if frame[:1] == b"B" else [])
@@ -145,8 +176,11 @@ def test_history_byte_budget_drops_the_oldest_and_keeps_the_newest(many):
     from broker.items import Item
 
     def item(n: int, size: int) -> Item:
-        return Item(channel="c", formats={"http-stream": {"action": "send",
-                                                          "content": b"x" * size}}, id=str(n))
+        return Item(
+            channel="c",
+            formats={"http-stream": {"action": "send", "content": b"x" * size}},
+            id=str(n),
+        )
 
     h = MemoryHistory(max_items=1000, max_bytes=10_000)
     items = [item(i, 3000) for i in range(10)]

@@ -1,5 +1,6 @@
 """gripcast's msgpack PUSH input (M and B frames) through a real broker process, and the
 Pushpin framings next to it: every item fanned out once, in order, bad items rejected alone."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from tests.broker.test_server_integration import broker_proc, recv_frame  # noqa
 
 
 def item(n: int, **extra) -> dict:
-    return {"channel": "mp", "id": f"m{n}", "formats": {"http-stream": {"content": f"{n}\n".encode()}},
-            **extra}
+    return {
+        "channel": "mp",
+        "id": f"m{n}",
+        "formats": {"http-stream": {"content": f"{n}\n".encode()}},
+        **extra,
+    }
 
 
 @pytest.mark.integration
@@ -38,11 +43,22 @@ def test_msgpack_frames_end_to_end(broker_proc):  # noqa: F811
         batch.insert(9, "not a map")
         push.send(b"B" + msgpack.packb(batch))
         push.send(b"B\xc1")  # not msgpack: rejected, nothing else disturbed
-        push.send(b"J" + json.dumps({"channel": "mp", "id": "j",
-                                     "formats": {"http-stream": {"content": "J\n"}}}).encode())
+        push.send(
+            b"J"
+            + json.dumps(
+                {"channel": "mp", "id": "j", "formats": {"http-stream": {"content": "J\n"}}}
+            ).encode()
+        )
         push.send(b"M" + msgpack.packb(item(1)))  # a retry of m1: dropped as a duplicate
-        push.send(b"M" + msgpack.packb({**item(9999), "formats": {"ws-message": {
-            "content": b"\x00\xff", "type": "binary"}}}))
+        push.send(
+            b"M"
+            + msgpack.packb(
+                {
+                    **item(9999),
+                    "formats": {"ws-message": {"content": b"\x00\xff", "type": "binary"}},
+                }
+            )
+        )
 
         got = [recv_frame(sub) for _ in range(2503)]
         assert all(isinstance(e, wire.Envelope) for e in got)

@@ -1,4 +1,5 @@
 """broker.ratelimit: token buckets for recover and hint (fake time, no sockets)."""
+
 from __future__ import annotations
 
 from broker.items import Item
@@ -8,8 +9,13 @@ from broker.ratelimit import ActionLimiter, TokenBucket
 def hint(channel: str, *, also_ws_send: bool = False) -> Item:
     formats = {"http-stream": {"action": "hint", "content": b""}}
     if also_ws_send:
-        formats["ws-message"] = {"action": "send", "type": "text", "content": b"x",
-                                 "code": None, "reason": ""}
+        formats["ws-message"] = {
+            "action": "send",
+            "type": "text",
+            "content": b"x",
+            "code": None,
+            "reason": "",
+        }
     return Item(channel, formats)
 
 
@@ -37,7 +43,12 @@ def test_hints_limited_per_channel_and_sends_untouched():
     items = [hint("a"), send("a"), hint("a"), hint("a"), hint("b"), send("a"), hint("a")]
     kept, refused = lim.filter(items, 0.0)
     assert [(i.channel, i.formats["http-stream"]["action"]) for i in kept] == [
-        ("a", "hint"), ("a", "send"), ("a", "hint"), ("b", "hint"), ("a", "send")]
+        ("a", "hint"),
+        ("a", "send"),
+        ("a", "hint"),
+        ("b", "hint"),
+        ("a", "send"),
+    ]
     assert len(refused) == 2 and lim.statistics().hint_refused == 2
     kept, refused = lim.filter([hint("a")], 1.0)
     assert len(kept) == 1 and not refused

@@ -1,4 +1,5 @@
 """broker.store.redisclient against a real redis-server (and a silent fake one for timeouts)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -20,7 +21,9 @@ from broker.store.redisclient import (
 from tests.helpers import MISSING, free_ports
 from tests.redis_server import RedisServer, redis_available
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
+needs_redis = pytest.mark.skipif(
+    not redis_available(), reason=MISSING + "redis-server is not installed"
+)
 
 
 def integration(fn):
@@ -96,10 +99,14 @@ def test_error_replies(redis):
             with pytest.raises(RedisReplyError) as info:
                 await r.execute("EVALSHA", "0" * 40, 0)
             assert info.value.code == "NOSCRIPT"
-            replies = await r.pipeline([("SET", "a", 1), ("INCR", "s"), ("NOSUCHCMD",), ("INCR", "a")])
+            replies = await r.pipeline(
+                [("SET", "a", 1), ("INCR", "s"), ("NOSUCHCMD",), ("INCR", "a")]
+            )
             assert replies[0] == b"OK" and replies[3] == 2
             assert isinstance(replies[1], hiredis.ReplyError)
-            assert isinstance(replies[2], hiredis.ReplyError) and "unknown command" in str(replies[2])
+            assert isinstance(replies[2], hiredis.ReplyError) and "unknown command" in str(
+                replies[2]
+            )
             # a transaction's error inside EXEC comes back nested, in place
             replies = await r.pipeline([("MULTI",), ("INCR", "a"), ("INCR", "s"), ("EXEC",)])
             assert replies[:3] == [b"OK", b"QUEUED", b"QUEUED"]
@@ -114,6 +121,7 @@ def test_error_replies(redis):
 @integration
 def test_large_values(redis):
     big = bytes(range(256)) * (32 * 1024)  # 8 MiB, every byte value, \r\n inside
+
     async def main():
         async with await open_redis("127.0.0.1", redis.port, timeout_s=30) as r:
             assert await r.execute("SET", "big", big) == b"OK"
@@ -187,8 +195,9 @@ def test_connection_refused():
 @integration
 def test_server_killed_then_restarted(redis):
     async def main():
-        r = await open_redis("127.0.0.1", redis.port, timeout_s=5, backoff_initial_s=0.01,
-                             backoff_max_s=0.1)
+        r = await open_redis(
+            "127.0.0.1", redis.port, timeout_s=5, backoff_initial_s=0.01, backoff_max_s=0.1
+        )
         async with r:
             assert await r.execute("SET", "k", "v") == b"OK"
             redis.kill()
@@ -218,6 +227,7 @@ def test_server_killed_then_restarted(redis):
 @integration
 def test_server_killed_while_requests_wait(redis):
     """Every request queued behind the lock gets RedisUnavailable, none hangs."""
+
     async def main():
         async with await open_redis("127.0.0.1", redis.port, backoff_initial_s=0.01) as r:
             outcomes = []
@@ -286,4 +296,3 @@ def test_read_timeout_against_silent_server():
             nursery.cancel_scope.cancel()
 
     run(main)
-

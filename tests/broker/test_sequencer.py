@@ -1,4 +1,5 @@
 """broker.sequencer: Pushpin's dedupe and reorder semantics, driven with explicit ``now``."""
+
 from __future__ import annotations
 
 from hypothesis import given, settings

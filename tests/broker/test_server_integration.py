@@ -1,4 +1,5 @@
 """The broker process on loopback: readiness, fan-out, markers, control, PUSH and commands."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,7 @@ def broker_proc():
     notify = NotifySocket()
     env = dict(os.environ, NOTIFY_SOCKET=notify.path, PYTHONPATH=str(ROOT))
     # no config from the environment (GRIPCAST_* keys), but the twin choice is the run's
-    env = {k: v for k, v in env.items()
-           if not k.startswith("GRIPCAST_") or k in TWIN_SELECTORS}
+    env = {k: v for k, v in env.items() if not k.startswith("GRIPCAST_") or k in TWIN_SELECTORS}
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(dict(ports, log_level="debug"))],
         cwd=ROOT,
@@ -110,8 +110,11 @@ def test_broker_end_to_end(broker_proc):
         epoch = marker.epoch
 
         # HTTP publish -> envelope seq 1
-        body = {"items": [{"channel": "test", "id": "a1",
-                           "formats": {"http-stream": {"content": "hello\n"}}}]}
+        body = {
+            "items": [
+                {"channel": "test", "id": "a1", "formats": {"http-stream": {"content": "hello\n"}}}
+            ]
+        }
         r = httpx.post(f"http://127.0.0.1:{ports['http_port']}/publish/", json=body, timeout=5)
         assert (r.status_code, r.text) == (200, "Published\n")
         assert r.headers["connection"] == "close"
@@ -127,27 +130,48 @@ def test_broker_end_to_end(broker_proc):
         assert hello["ok"] and hello["rid"] == 1 and hello["broker_id"]
         dealer.send(wire.encode_control({"op": "position", "rid": 2, "channel": "test"}))
         pos = wire.decode_control(recv(dealer)[-1])
-        assert pos == {"rid": 2, "ok": True, "channel": "test", "epoch": epoch,
-                       "last_seq": 1, "last_id": "a1"}
-        dealer.send(wire.encode_control({"op": "replay", "rid": 3, "channel": "test",
-                                         "epoch": epoch, "after_seq": 0, "after_id": None,
-                                         "limit": 10}))
+        assert pos == {
+            "rid": 2,
+            "ok": True,
+            "channel": "test",
+            "epoch": epoch,
+            "last_seq": 1,
+            "last_id": "a1",
+        }
+        dealer.send(
+            wire.encode_control(
+                {
+                    "op": "replay",
+                    "rid": 3,
+                    "channel": "test",
+                    "epoch": epoch,
+                    "after_seq": 0,
+                    "after_id": None,
+                    "limit": 10,
+                }
+            )
+        )
         rep = wire.decode_control(recv(dealer)[-1])
         assert rep["ok"] and rep["complete"] and rep["last_seq"] == 1
         assert [m["seq"] for m in rep["items"]] == [1]
 
         # a bare tnetstring over PUSH (what pubcontrol's zmq client sends)
         push = sock(zmq.PUSH, "push_in_port")
-        push.send(tnet3.dumps({b"channel": b"test",
-                               b"formats": {b"http-stream": {b"content": b"bare\n"}}}))
+        push.send(
+            tnet3.dumps(
+                {b"channel": b"test", b"formats": {b"http-stream": {b"content": b"bare\n"}}}
+            )
+        )
         env = recv_frame(sub)
         assert isinstance(env, wire.Envelope)
         assert (env.seq, env.formats["http-stream"]["content"]) == (2, b"bare\n")
 
         # a bad item never kills the broker; the next good one still flows
         push.send(b"J{not json")
-        push.send(b"T" + tnet3.dumps({b"channel": b"test",
-                                      b"formats": {b"http-stream": {b"content": b"t\n"}}}))
+        push.send(
+            b"T"
+            + tnet3.dumps({b"channel": b"test", b"formats": {b"http-stream": {b"content": b"t\n"}}})
+        )
         env = recv_frame(sub)
         assert isinstance(env, wire.Envelope) and env.seq == 3
 
@@ -156,7 +180,9 @@ def test_broker_end_to_end(broker_proc):
         req.send(tnet3.dumps({b"method": b"get-zmq-uris"}))
         resp = tnet3.loads(recv(req)[0])
         assert resp[b"success"] is True
-        assert resp[b"value"][b"publish-pull"] == f"tcp://127.0.0.1:{ports['push_in_port']}".encode()
+        assert (
+            resp[b"value"][b"publish-pull"] == f"tcp://127.0.0.1:{ports['push_in_port']}".encode()
+        )
 
         # an XPUB publisher (pubcontrol's require_subscribers mode) sees the live channel and
         # its [channel, item] messages are sequenced like any other
@@ -173,7 +199,8 @@ def test_broker_end_to_end(broker_proc):
         # raw HTTP: Pushpin's server-level answers
         http = ("127.0.0.1", ports["http_port"])
         assert raw_http(http, b"POST /publish HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
-            b"HTTP/1.1 411 Length Required\r\n")
+            b"HTTP/1.1 411 Length Required\r\n"
+        )
         big = b"GET / HTTP/1.1\r\nX: " + b"a" * 10_000 + b"\r\n\r\n"
         assert b"400 Bad Request" in raw_http(http, big)
         resp = raw_http(http, b"GET /publish HTTP/1.0\r\n\r\n")
@@ -199,6 +226,3 @@ def test_broker_end_to_end(broker_proc):
         ctx.term()
 
     assert stop_process(proc, timeout=10) == 0
-
-
-

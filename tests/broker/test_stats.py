@@ -1,12 +1,13 @@
 """Pushpin stats packets built by the broker (sans-IO): framing, conn/sub/message/report."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker import wire
-from broker.ingest import tnetstring
 from broker.control import parse_control
 from broker.errors import RemoteProtocolError
+from broker.ingest import tnetstring
 from broker.ops.stats import EDGE_EXPIRE_S, StatsEncoder, packet, parse_edge_report
 from broker.wire import Envelope
 
@@ -30,8 +31,18 @@ def packets(frames):
 
 
 def report(edge="gripcast-edge0_7", **kw):
-    m = {"op": "stats", "edge": edge, "full": False, "conns": [], "gone": [], "subs": [],
-         "connections": 0, "connections_max": 0, "conn_s": 0.0, "sent": 0}
+    m = {
+        "op": "stats",
+        "edge": edge,
+        "full": False,
+        "conns": [],
+        "gone": [],
+        "subs": [],
+        "connections": 0,
+        "connections_max": 0,
+        "conn_s": 0.0,
+        "sent": 0,
+    }
     m.update(kw)
     return m
 
@@ -46,33 +57,44 @@ def test_conn_packets_match_pushpins_observed_packet():
     # OBS (reference 6.1): conn T108:4:from,21:pushpin-handler_18434,3:ttl,3:120#4:type,4:http,
     # 2:id,13:condure:0-0-8,12:peer-address,9:127.0.0.1,}
     enc = StatsEncoder("gripcast-broker_1")
-    frames = enc.edge_report(report(conns=[["gripcast-edge0_7:1", "http", "127.0.0.1"],
-                                           ["5f0c", "ws", "::1"]],
-                                    gone=["gripcast-edge0_7:0"]), 0.0)
+    frames = enc.edge_report(
+        report(
+            conns=[["gripcast-edge0_7:1", "http", "127.0.0.1"], ["5f0c", "ws", "::1"]],
+            gone=["gripcast-edge0_7:0"],
+        ),
+        0.0,
+    )
     raw = [parse(f) for f in frames]
     # tnetstring types as Pushpin's StatsPacket::fromVariant requires them
     kind, f = raw[0]
     assert kind == "conn"
-    assert f == {b"from": b"gripcast-edge0_7", b"id": b"gripcast-edge0_7:1", b"type": b"http",
-                 b"peer-address": b"127.0.0.1", b"ttl": 120}
+    assert f == {
+        b"from": b"gripcast-edge0_7",
+        b"id": b"gripcast-edge0_7:1",
+        b"type": b"http",
+        b"peer-address": b"127.0.0.1",
+        b"ttl": 120,
+    }
     assert _norm(raw[1][1])["type"] == "ws" and _norm(raw[1][1])["peer-address"] == "::1"
-    assert raw[2] == ("conn", {b"from": b"gripcast-edge0_7", b"id": b"gripcast-edge0_7:0",
-                               b"unavailable": True})
+    assert raw[2] == (
+        "conn",
+        {b"from": b"gripcast-edge0_7", b"id": b"gripcast-edge0_7:0", b"unavailable": True},
+    )
 
 
 def test_conn_ttl_from_config_and_no_empty_peer():
     enc = StatsEncoder("b", conn_ttl_s=600)
-    (kind, f), = packets(enc.edge_report(report(conns=[["c1", "http", ""]]), 0.0))
+    ((kind, f),) = packets(enc.edge_report(report(conns=[["c1", "http", ""]]), 0.0))
     assert f["ttl"] == 600 and "peer-address" not in f
 
 
 def test_sub_counts_are_summed_over_edges_per_mode():
     enc = StatsEncoder("b")
     got = packets(enc.edge_report(report("e1", subs=[["stream", "news", 2], ["ws", "news", 1]]), 0))
-    assert got == [("sub", {"from": "b", "mode": "stream", "channel": "news", "ttl": 60,
-                            "subscribers": 2}),
-                   ("sub", {"from": "b", "mode": "ws", "channel": "news", "ttl": 60,
-                            "subscribers": 1})]
+    assert got == [
+        ("sub", {"from": "b", "mode": "stream", "channel": "news", "ttl": 60, "subscribers": 2}),
+        ("sub", {"from": "b", "mode": "ws", "channel": "news", "ttl": 60, "subscribers": 1}),
+    ]
     got = packets(enc.edge_report(report("e2", subs=[["stream", "news", 3]]), 0))
     assert [f["subscribers"] for _, f in got] == [5]
     assert enc.subscribers("stream", "news") == 5
@@ -81,16 +103,14 @@ def test_sub_counts_are_summed_over_edges_per_mode():
     got = packets(enc.edge_report(report("e1", subs=[["stream", "news", 0]]), 1))
     assert [f["subscribers"] for _, f in got] == [3]
     got = packets(enc.edge_report(report("e2", subs=[["stream", "news", 0]]), 1))
-    assert got == [("sub", {"from": "b", "mode": "stream", "channel": "news",
-                            "unavailable": True})]
+    assert got == [("sub", {"from": "b", "mode": "stream", "channel": "news", "unavailable": True})]
 
 
 def test_full_report_replaces_the_edges_subscriptions():
     enc = StatsEncoder("b")
     enc.edge_report(report("e1", subs=[["stream", "a", 1], ["response", "b", 4]]), 0)
     got = packets(enc.edge_report(report("e1", full=True, subs=[["stream", "a", 1]]), 1))
-    assert got == [("sub", {"from": "b", "mode": "response", "channel": "b",
-                            "unavailable": True})]
+    assert got == [("sub", {"from": "b", "mode": "response", "channel": "b", "unavailable": True})]
 
 
 def test_silent_edges_expire():
@@ -98,8 +118,10 @@ def test_silent_edges_expire():
     enc.edge_report(report("e1", subs=[["stream", "a", 2]], connections=5), 0)
     enc.edge_report(report("e2", subs=[["stream", "a", 1]], connections=1), 9)
     out = packets(enc.report(EDGE_EXPIRE_S + 1))
-    assert ("sub", {"from": "b", "mode": "stream", "channel": "a", "ttl": 60,
-                    "subscribers": 1}) in out
+    assert (
+        "sub",
+        {"from": "b", "mode": "stream", "channel": "a", "ttl": 60, "subscribers": 1},
+    ) in out
     assert list(enc.edges) == ["e2"]
     rep = next(f for k, f in packets(enc.report(EDGE_EXPIRE_S + 2)) if k == "report")
     assert rep["connections"] == 1
@@ -114,58 +136,84 @@ def test_report_folds_edge_counts():
     kind, rep = out[0]
     assert kind == "report"
     # the most open at once: e1's peak of 7 (e2's 3 arrived when e1 was down to 2)
-    assert rep == {"from": "b", "connections": 7, "minutes": 2, "received": 3, "sent": 15,
-                   "duration": 0}
+    assert rep == {
+        "from": "b",
+        "connections": 7,
+        "minutes": 2,
+        "received": 3,
+        "sent": 15,
+        "duration": 0,
+    }
     # the next interval: peak is what is open now; the seconds left over carry on
     enc.edge_report(report("e1", connections=2, connections_max=2, conn_s=50.0), 105)
     enc.edge_report(report("e2", connections=3, connections_max=3), 105)
     kind, rep = packets(enc.report(110.0))[0]
-    assert rep == {"from": "b", "connections": 5, "minutes": 1, "received": 0, "sent": 0,
-                   "duration": 10000}
+    assert rep == {
+        "from": "b",
+        "connections": 5,
+        "minutes": 1,
+        "received": 0,
+        "sent": 0,
+        "duration": 10000,
+    }
 
 
 def test_report_refreshes_live_subscriptions():
     enc = StatsEncoder("b")
     enc.edge_report(report("e1", subs=[["ws", "chat", 4]]), 0)
     out = packets(enc.report(1.0))
-    assert out[1] == ("sub", {"from": "b", "mode": "ws", "channel": "chat", "ttl": 60,
-                              "subscribers": 4})
+    assert out[1] == (
+        "sub",
+        {"from": "b", "mode": "ws", "channel": "chat", "ttl": 60, "subscribers": 4},
+    )
 
 
 def test_message_counts_receivers_of_each_transport():
     enc = StatsEncoder("b")
-    envs = [Envelope("news", 1, "e", {"http-stream": {"content": "a"}, "ws-message": {}}, id="i1"),
-            Envelope("dead", 1, "e", {"http-stream": {}}),
-            Envelope("fresh", 1, "e", {"http-response": {}})]
+    envs = [
+        Envelope("news", 1, "e", {"http-stream": {"content": "a"}, "ws-message": {}}, id="i1"),
+        Envelope("dead", 1, "e", {"http-stream": {}}),
+        Envelope("fresh", 1, "e", {"http-response": {}}),
+    ]
     # no edge has reported yet: live channels count as one receiver per format
-    got = [(f["channel"], f["transport"], f["count"], f.get("item-id"))
-           for _, f in packets(enc.messages(envs, {"news", "fresh"}))]
-    assert got == [("news", "http-stream", 1, "i1"), ("news", "ws-message", 1, "i1"),
-                   ("fresh", "http-response", 1, None)]
+    got = [
+        (f["channel"], f["transport"], f["count"], f.get("item-id"))
+        for _, f in packets(enc.messages(envs, {"news", "fresh"}))
+    ]
+    assert got == [
+        ("news", "http-stream", 1, "i1"),
+        ("news", "ws-message", 1, "i1"),
+        ("fresh", "http-response", 1, None),
+    ]
     enc.edge_report(report("e1", subs=[["stream", "news", 3]]), 0)
-    got = [(f["channel"], f["transport"], f["count"])
-           for _, f in packets(enc.messages(envs[:1], {"news"}))]
+    got = [
+        (f["channel"], f["transport"], f["count"])
+        for _, f in packets(enc.messages(envs[:1], {"news"}))
+    ]
     assert got == [("news", "http-stream", 3)]  # no ws subscribers: no ws-message packet
 
 
-@pytest.mark.parametrize("bad", [
-    {"op": "stats"},
-    report(edge=""),
-    report(edge=7),
-    report(conns=[["id", "tcp", "1.2.3.4"]]),
-    report(conns=[["id", "http"]]),
-    report(conns=[["", "http", ""]]),
-    report(conns="x"),
-    report(gone=[None]),
-    report(subs=[["push", "c", 1]]),
-    report(subs=[["stream", "c", -1]]),
-    report(subs=[["stream", "", 1]]),
-    report(subs=[["stream", "c", True]]),
-    report(connections=-1),
-    report(sent="9"),
-    report(conn_s=-1.0),
-    report(conn_s=float("nan")),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"op": "stats"},
+        report(edge=""),
+        report(edge=7),
+        report(conns=[["id", "tcp", "1.2.3.4"]]),
+        report(conns=[["id", "http"]]),
+        report(conns=[["", "http", ""]]),
+        report(conns="x"),
+        report(gone=[None]),
+        report(subs=[["push", "c", 1]]),
+        report(subs=[["stream", "c", -1]]),
+        report(subs=[["stream", "", 1]]),
+        report(subs=[["stream", "c", True]]),
+        report(connections=-1),
+        report(sent="9"),
+        report(conn_s=-1.0),
+        report(conn_s=float("nan")),
+    ],
+)
 def test_bad_reports_are_refused_and_change_nothing(bad):
     enc = StatsEncoder("b")
     enc.edge_report(report("e1", subs=[["stream", "c", 1]], connections=1), 0)
@@ -190,8 +238,12 @@ def test_heartbeat_announces_the_stats_ttl():
 
 def test_conn_packets_fast_path_equals_generic_encoding():
     from broker.ops.stats import conn_packets
-    conns = [("gripcast-edge0_7:1", "http", "127.0.0.1"), ("é-id", "ws", ""),
-             ("x" * 200, "http", "2001:db8::1")]
+
+    conns = [
+        ("gripcast-edge0_7:1", "http", "127.0.0.1"),
+        ("é-id", "ws", ""),
+        ("x" * 200, "http", "2001:db8::1"),
+    ]
     got = conn_packets("gripcast-edge0_7", conns, ["a", "ü"], 120)
     want = []
     for cid, ctype, peer in conns:
@@ -200,25 +252,52 @@ def test_conn_packets_fast_path_equals_generic_encoding():
             f["peer-address"] = peer
         f["ttl"] = 120
         want.append(packet("conn", f))
-    want += [packet("conn", {"from": "gripcast-edge0_7", "id": c, "unavailable": True})
-             for c in ("a", "ü")]
+    want += [
+        packet("conn", {"from": "gripcast-edge0_7", "id": c, "unavailable": True})
+        for c in ("a", "ü")
+    ]
     assert got == want
 
 
-_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-                    st.text(max_size=8), st.binary(max_size=8))
-_value = st.recursive(_scalar, lambda c: st.one_of(st.lists(c, max_size=4),
-                                                   st.dictionaries(st.text(max_size=6), c,
-                                                                   max_size=4)),
-                      max_leaves=20)
-_entry = st.one_of(_value, st.lists(st.one_of(st.sampled_from(["http", "ws", "stream", "ws",
-                                                                "response", "c"]), _scalar),
-                                    min_size=2, max_size=4))
+_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+_value = st.recursive(
+    _scalar,
+    lambda c: st.one_of(
+        st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)
+    ),
+    max_leaves=20,
+)
+_entry = st.one_of(
+    _value,
+    st.lists(
+        st.one_of(st.sampled_from(["http", "ws", "stream", "ws", "response", "c"]), _scalar),
+        min_size=2,
+        max_size=4,
+    ),
+)
 _reports = st.fixed_dictionaries(
     {"edge": st.one_of(st.just("e"), _scalar)},
-    optional={k: st.one_of(st.lists(_entry, max_size=4), _value)
-              for k in ("conns", "gone", "subs", "connections", "connections_max", "conn_s",
-                        "sent", "full")})
+    optional={
+        k: st.one_of(st.lists(_entry, max_size=4), _value)
+        for k in (
+            "conns",
+            "gone",
+            "subs",
+            "connections",
+            "connections_max",
+            "conn_s",
+            "sent",
+            "full",
+        )
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)

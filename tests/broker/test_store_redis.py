@@ -1,4 +1,5 @@
 """broker.store.redis against a real redis-server, including a differential test vs MemoryHistory."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,12 +13,14 @@ from hypothesis import strategies as st
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
 from broker.items import Item
-from broker.store.redisclient import open_redis
 from broker.store.redis import RedisStore, RedisStoreError, open_redis_store
+from broker.store.redisclient import open_redis
 from tests.helpers import MISSING
 from tests.redis_server import RedisServer, redis_available
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
+needs_redis = pytest.mark.skipif(
+    not redis_available(), reason=MISSING + "redis-server is not installed"
+)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), needs_redis]
 
 _prefixes = itertools.count()
@@ -41,10 +44,17 @@ def prefix() -> str:
     return f"t{next(_prefixes)}:"
 
 
-def item(channel: str, n: int | None = None, id: str | None = None, prev_id: str | None = None) -> Item:
+def item(
+    channel: str, n: int | None = None, id: str | None = None, prev_id: str | None = None
+) -> Item:
     content = b"" if n is None else f"msg {n}\n".encode()
-    return Item(channel, {"http-stream": {"action": "send", "content": content}}, id=id,
-                prev_id=prev_id, meta={"n": str(n)})
+    return Item(
+        channel,
+        {"http-stream": {"action": "send", "content": content}},
+        id=id,
+        prev_id=prev_id,
+        meta={"n": str(n)},
+    )
 
 
 def seqs(replay) -> list[int]:
@@ -67,7 +77,8 @@ def test_append_position_replay(shared_redis):
         pos = await store.position("a")
         assert pos.last_seq == 0 and pos.last_id is None and len(pos.epoch) == 16
         envs = await store.append_batch(
-            [item("a", 1, id="x1"), item("b", 1), item("a", 2, prev_id="x1"), item("a", 3)], NOW)
+            [item("a", 1, id="x1"), item("b", 1), item("a", 2, prev_id="x1"), item("a", 3)], NOW
+        )
         assert [(e.channel, e.seq) for e in envs] == [("a", 1), ("b", 1), ("a", 2), ("a", 3)]
         assert envs[0].epoch == pos.epoch  # position created the epoch the appends use
         assert envs[1].epoch != pos.epoch
@@ -79,7 +90,9 @@ def test_append_position_replay(shared_redis):
         raw = await client.execute("XRANGE", store.stream_key("a"), "-", "+")
         assert [r[0] for r in raw] == [b"1-0", b"2-0", b"3-0", b"4-0"]
         recs = [dict(zip(r[1][::2], r[1][1::2]))[b"d"] for r in raw]
-        assert recs == [msgpack.packb(e.to_map(), use_bin_type=True) for e in envs[:1] + envs[2:] + envs2]
+        assert recs == [
+            msgpack.packb(e.to_map(), use_bin_type=True) for e in envs[:1] + envs[2:] + envs2
+        ]
         r = await store.replay("a", pos.epoch, 0, None, 100, NOW)
         assert r.complete and r.epoch == pos.epoch and r.last_seq == 4 and seqs(r) == [1, 2, 3, 4]
         assert r.items[0] == envs[0] and r.items[3] == envs2[0]
@@ -93,7 +106,8 @@ def test_append_position_replay(shared_redis):
 def test_replay_cursors_and_limits(shared_redis):
     async def body(store, client):
         envs = await store.append_batch(
-            [item("c", n, id=f"id{n}" if n % 2 else None) for n in range(1, 11)], NOW)
+            [item("c", n, id=f"id{n}" if n % 2 else None) for n in range(1, 11)], NOW
+        )
         ep = envs[0].epoch
         assert seqs(await store.replay("c", ep, 7, None, 100, NOW)) == [8, 9, 10]
         # paging with limit
@@ -108,8 +122,14 @@ def test_replay_cursors_and_limits(shared_redis):
         assert seqs(await store.replay("c", None, None, "id3", 100, NOW)) == [4, 5, 6, 7, 8, 9, 10]
         assert seqs(await store.replay("c", None, None, f"{ep}:8", 100, NOW)) == [9, 10]
         # cursors that cannot be placed: complete False, oldest retained items
-        for args in [("other-epoch", 3, None), (ep, 11, None), (ep, -1, None),
-                     (None, None, "unknown-id"), (None, None, "other:3"), (None, None, f"{ep}:11")]:
+        for args in [
+            ("other-epoch", 3, None),
+            (ep, 11, None),
+            (ep, -1, None),
+            (None, None, "unknown-id"),
+            (None, None, "other:3"),
+            (None, None, f"{ep}:11"),
+        ]:
             r = await store.replay("c", *args, 4, NOW)
             assert not r.complete and seqs(r) == [1, 2, 3, 4], args
         # an unknown id falls back to after_seq when one is given
@@ -180,7 +200,9 @@ def test_broker_restart_keeps_epochs_seqs_and_history(shared_redis):
     first = {}
 
     async def before(store, client):
-        envs = await store.append_batch([item(ch, n, id=f"{ch}{n}") for n in range(1, 6) for ch in "xy"], NOW)
+        envs = await store.append_batch(
+            [item(ch, n, id=f"{ch}{n}") for n in range(1, 6) for ch in "xy"], NOW
+        )
         first.update({e.channel: e.epoch for e in envs})
 
     async def after(store, client):
@@ -198,7 +220,9 @@ def test_broker_restart_keeps_epochs_seqs_and_history(shared_redis):
 
 def test_open_redis_store_url(shared_redis):
     async def main():
-        store = await open_redis_store(f"redis://127.0.0.1:{shared_redis.port}/5", key_prefix=prefix())
+        store = await open_redis_store(
+            f"redis://127.0.0.1:{shared_redis.port}/5", key_prefix=prefix()
+        )
         (env,) = await store.append_batch([item("u", 1)], NOW)
         assert env.seq == 1 and store.statistics().client.db == 5
         await store.aclose()
@@ -291,8 +315,9 @@ def test_two_writers_on_one_channel_never_share_a_seq(shared_redis):
 
 def test_redis_down_then_back(redis):
     async def main():
-        async with await open_redis("127.0.0.1", redis.port, backoff_initial_s=0.01,
-                                    backoff_max_s=0.05) as client:
+        async with await open_redis(
+            "127.0.0.1", redis.port, backoff_initial_s=0.01, backoff_max_s=0.05
+        ) as client:
             store = RedisStore(client, key_prefix="d:")
             await store.append_batch([item("k", 1)], NOW)
             redis.kill()
@@ -320,15 +345,17 @@ append_op = st.tuples(
 replay_op = st.tuples(
     st.just("replay"),
     st.sampled_from(CHANNELS),
-    st.sampled_from(["none", "own", "other"]),                        # epoch
-    st.one_of(st.none(), st.integers(-1, 25)),                        # after_seq
+    st.sampled_from(["none", "own", "other"]),  # epoch
+    st.one_of(st.none(), st.integers(-1, 25)),  # after_seq
     st.one_of(st.none(), st.sampled_from(["p", "q", "r", "zz", "cursor", "badcursor"])),
-    st.sampled_from([None, 0, 1, 3, 100]),                            # limit
-    st.integers(0, 25),                                               # cursor seq
+    st.sampled_from([None, 0, 1, 3, 100]),  # limit
+    st.integers(0, 25),  # cursor seq
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=st.lists(st.one_of(append_op, replay_op), min_size=1, max_size=25))
 def test_matches_memory_history(shared_redis, ops):
     pfx = prefix()
@@ -346,7 +373,9 @@ def test_matches_memory_history(shared_redis, ops):
                         batch.append(item(ch, n, id=id))
                     got = await red.append_batch(batch, NOW)
                     want = [mem.append(i, NOW) for i in batch]
-                    assert [(e.channel, e.seq, e.id) for e in got] == [(e.channel, e.seq, e.id) for e in want]
+                    assert [(e.channel, e.seq, e.id) for e in got] == [
+                        (e.channel, e.seq, e.id) for e in want
+                    ]
                     continue
                 _, ch, ep_kind, after_seq, after_id, limit, cseq = op
                 mpos, rpos = mem.position(ch), await red.position(ch)
@@ -354,14 +383,19 @@ def test_matches_memory_history(shared_redis, ops):
 
                 def args(pos, ep_kind=ep_kind, cseq=cseq, after_id=after_id, after_seq=after_seq):
                     ep = {"none": None, "own": pos.epoch, "other": "nope"}[ep_kind]
-                    aid = {"cursor": f"{pos.epoch}:{cseq}", "badcursor": f"nope:{cseq}"}.get(after_id, after_id)
+                    aid = {"cursor": f"{pos.epoch}:{cseq}", "badcursor": f"nope:{cseq}"}.get(
+                        after_id, after_id
+                    )
                     return ep, after_seq, aid
 
                 want = mem.replay(ch, *args(mpos), limit, now=NOW)
                 got = await red.replay(ch, *args(rpos), limit, NOW)
                 assert got.epoch == rpos.epoch
                 assert (got.last_seq, got.complete, [(e.seq, e.id, e.meta) for e in got.items]) == (
-                    want.last_seq, want.complete, [(e.seq, e.id, e.meta) for e in want.items]), op
+                    want.last_seq,
+                    want.complete,
+                    [(e.seq, e.id, e.meta) for e in want.items],
+                ), op
 
     trio.run(main)
 
@@ -376,7 +410,8 @@ def test_same_api_as_memory_store(method):
     theirs = inspect.signature(getattr(MemoryStore, method))
     assert list(mine.parameters) == list(theirs.parameters)
     assert inspect.iscoroutinefunction(getattr(RedisStore, method)) == inspect.iscoroutinefunction(
-        getattr(MemoryStore, method))
+        getattr(MemoryStore, method)
+    )
     assert RedisStore.name == "redis"
 
 
@@ -387,6 +422,7 @@ def _sized(channel: str, n: int, size: int) -> Item:
 def test_trim_by_bytes_keeps_the_budget_and_the_newest(shared_redis):
     """Issue 11 item 8: a per-channel payload byte budget, as MemoryHistory keeps it, exact
     across count trims (no counter to drift: the stream's own c/n fields say what it holds)."""
+
     async def body(store, client):
         for n in range(1, 11):
             await store.append_batch([_sized("b", n, 3000)], NOW)
@@ -396,8 +432,15 @@ def test_trim_by_bytes_keeps_the_budget_and_the_newest(shared_redis):
         await store.append_batch([_sized("b", 11, 50_000)], NOW)  # alone over: kept alone
         assert seqs(await store.replay("b", ep, 0, None, 100, NOW)) == [11]
         # one batch, two channels, then small items fill up again
-        await store.append_batch([_sized("b", 12, 4000), _sized("o", 1, 6000),
-                                  _sized("b", 13, 4000), _sized("b", 14, 4000)], NOW)
+        await store.append_batch(
+            [
+                _sized("b", 12, 4000),
+                _sized("o", 1, 6000),
+                _sized("b", 13, 4000),
+                _sized("b", 14, 4000),
+            ],
+            NOW,
+        )
         assert seqs(await store.replay("b", ep, 0, None, 100, NOW)) == [13, 14]
         eo = (await store.position("o")).epoch
         assert seqs(await store.replay("o", eo, 0, None, 100, NOW)) == [1]

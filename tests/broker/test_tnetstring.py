@@ -1,4 +1,5 @@
 """broker.ingest.tnetstring: encode/decode tables, agreement with the tnetstring3 package, bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,8 @@ import tnetstring as tnet3  # reference implementation, tests only
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.ingest import tnetstring
 from broker.errors import RemoteProtocolError
+from broker.ingest import tnetstring
 
 ENCODE = [
     (b"", b"0:,"),
@@ -37,9 +38,7 @@ def test_dumps(value, encoded):
 def test_loads_roundtrip(value, encoded):
     expected = value.encode() if isinstance(value, str) else value
     if isinstance(value, dict):
-        expected = {
-            (k.encode() if isinstance(k, str) else k): v for k, v in value.items()
-        }
+        expected = {(k.encode() if isinstance(k, str) else k): v for k, v in value.items()}
     assert tnetstring.loads(encoded) == expected
 
 
@@ -98,8 +97,10 @@ values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.binary(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.binary(max_size=8), children, max_size=5)
+    ),
     max_leaves=25,
 )
 

@@ -1,4 +1,5 @@
 """broker.runtime.zmqtrio on inproc sockets: batches, parking, wake-ups, the wiring table."""
+
 from __future__ import annotations
 
 import trio
@@ -58,6 +59,7 @@ def test_parked_reader_wakes_for_a_later_message_and_on_poke() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+
             async def handle(batch: list[bytes]) -> None:
                 got.extend(batch)
                 if len(got) == 2:
@@ -90,6 +92,7 @@ def test_send_on_the_socket_wakes_its_parked_reader() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+
             async def handle(batch: list[bytes]) -> None:
                 replies.extend(batch)
                 nursery.cancel_scope.cancel()
@@ -131,19 +134,34 @@ def test_wiring_table_builds_the_sockets_it_describes() -> None:
 def test_wiring_table_covers_every_socket_once() -> None:
     names = [ep.name for ep in WIRING]
     assert len(names) == len(set(names))
-    assert {"push_in", "sub_in", "command", "edge_pub", "edge_ctl", "http_api", "stats", "zap",
-            "broker_ops", "edge_ops", "client", "link_sub", "link_ctl"} == set(names)
+    assert {
+        "push_in",
+        "sub_in",
+        "command",
+        "edge_pub",
+        "edge_ctl",
+        "http_api",
+        "stats",
+        "zap",
+        "broker_ops",
+        "edge_ops",
+        "client",
+        "link_sub",
+        "link_ctl",
+    } == set(names)
     for ep in WIRING:
         assert ep.port_key == "" or hasattr(Config(), ep.port_key), ep
         assert ep.bind_key == "" or hasattr(Config(), ep.bind_key), ep
         if ep.kind not in ("HTTP", "TCP"):
             assert hasattr(zmq, ep.kind), ep
             for opt, value in ep.options:
-                assert hasattr(zmq, opt) and (not isinstance(value, str)
-                                              or hasattr(Config(), value)), ep
+                assert hasattr(zmq, opt) and (
+                    not isinstance(value, str) or hasattr(Config(), value)
+                ), ep
     from broker import curve
 
     assert {ep.name for ep in WIRING if ep.curve == "server"} == set(curve.EDGE_SOCKETS)
-    assert ({ep.name for ep in WIRING if ep.curve == "server-publishers"}
-            == set(curve.PUBLISHER_SOCKETS))
+    assert {ep.name for ep in WIRING if ep.curve == "server-publishers"} == set(
+        curve.PUBLISHER_SOCKETS
+    )
     assert ENDPOINTS["zap"].address == curve.ZAP_ENDPOINT

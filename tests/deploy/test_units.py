@@ -4,6 +4,7 @@ The units name /opt/gripcast/venv/bin/gripcast and /etc/gripcast/gripcast.toml; 
 point them at this checkout's venv and at a config on free ports, and otherwise use the
 units' own ``ExecStart``/``ExecReload`` lines and ``KillSignal``.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -19,8 +20,8 @@ import pytest
 from gripcontrol import create_grip_channel_header
 
 from broker.errors import EXIT_CONFIG
-from tests.integration.cluster import Origin, Proc, StreamClient, write_config, PORT_KEYS
 from tests.helpers import MISSING, free_port_block, free_ports
+from tests.integration.cluster import PORT_KEYS, Origin, Proc, StreamClient, write_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = ("gripcast-broker.service", "gripcast-edge@.service", "gripcast.target")
@@ -45,8 +46,14 @@ def unit_keys(name: str) -> dict[str, list[str]]:
 def command(name: str, key: str, config: str, instance: str = "0", pid: int = 0) -> list[str]:
     (line,) = unit_keys(name)[key]
     argv = shlex.split(line.replace("%i", instance).replace("$MAINPID", str(pid)))
-    return [VENV_BIN if a == INSTALLED_BIN else config if a in (INSTALLED_CONFIG, INSTALLED_EDGE_CONFIG)
-            else a for a in argv]
+    return [
+        VENV_BIN
+        if a == INSTALLED_BIN
+        else config
+        if a in (INSTALLED_CONFIG, INSTALLED_EDGE_CONFIG)
+        else a
+        for a in argv
+    ]
 
 
 def test_units_have_the_operational_settings():
@@ -77,8 +84,14 @@ def test_edges_and_broker_do_not_share_a_user_or_a_config():
     assert "useradd" in readme and "gripcast-edge" in readme and "edge.toml" in readme
 
 
-BROKER_SECRETS = ("publish_jwt_key", "curve_secret_key", "curve_allowed_clients", "store",
-                  "publish_jwt_iss", "publish_jwt_aud")
+BROKER_SECRETS = (
+    "publish_jwt_key",
+    "curve_secret_key",
+    "curve_allowed_clients",
+    "store",
+    "publish_jwt_iss",
+    "publish_jwt_aud",
+)
 
 
 def test_example_edge_config_loads_and_holds_no_broker_secret():
@@ -93,8 +106,10 @@ def test_example_edge_config_loads_and_holds_no_broker_secret():
     assert not cfg.publish_jwt_key and not cfg.curve_secret_key
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason=MISSING + "systemd-analyze is not installed (Debian package systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason=MISSING + "systemd-analyze is not installed (Debian package systemd)",
+)
 @pytest.mark.timeout(60)
 def test_systemd_analyze_verify_prints_nothing(tmp_path):
     for name in UNITS:
@@ -102,8 +117,13 @@ def test_systemd_analyze_verify_prints_nothing(tmp_path):
         target = name.replace("@.service", "@0.service")  # the template, as an instance
         (tmp_path / target).write_text(text)
     files = [str(tmp_path / n.replace("@.service", "@0.service")) for n in UNITS]
-    out = subprocess.run(["systemd-analyze", "verify", "--man=no", *files], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=50)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *files],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr
 
@@ -112,20 +132,34 @@ def test_systemd_analyze_verify_prints_nothing(tmp_path):
 @pytest.mark.timeout(60)
 def test_unit_command_lines_start_ready_serve_reload_and_stop(tmp_path):
     def hold(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("u")}, b"[open]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("u"),
+            },
+            b"[open]\n",
+        )
 
     with Origin({"/s": hold}) as origin:
         ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS))))
         mport = free_port_block(3)  # broker; edges 0 and 1 on eport + index
         eport = mport + 1
-        config = write_config(tmp_path / "gripcast.toml", ports, [f"* 127.0.0.1:{origin.port}"],
-                              metrics_port=mport, edge_metrics_port=eport)
+        config = write_config(
+            tmp_path / "gripcast.toml",
+            ports,
+            [f"* 127.0.0.1:{origin.port}"],
+            metrics_port=mport,
+            edge_metrics_port=eport,
+        )
         env = {"PYTHONUNBUFFERED": "1"}
         broker = Proc(command("gripcast-broker.service", "ExecStart", config), env).wait_ready()
         edge = None
         try:
-            edge = Proc(command("gripcast-edge@.service", "ExecStart", config, "1"), env).wait_ready()
+            edge = Proc(
+                command("gripcast-edge@.service", "ExecStart", config, "1"), env
+            ).wait_ready()
             # edge instance 1 serves metrics on edge_metrics_port + 1
             wait = time.monotonic() + 10
             while httpx.get(f"http://127.0.0.1:{eport + 1}/ready").status_code != 200:
@@ -134,8 +168,14 @@ def test_unit_command_lines_start_ready_serve_reload_and_stop(tmp_path):
             assert httpx.get(f"http://127.0.0.1:{mport}/ready").status_code == 200
             client = StreamClient(f"http://127.0.0.1:{ports['client_port']}/s").wait_open()
             client.read_until(b"[open]\n")
-            r = httpx.post(f"http://127.0.0.1:{ports['http_port']}/publish/", json={
-                "items": [{"channel": "u", "formats": {"http-stream": {"content": "via-units\n"}}}]})
+            r = httpx.post(
+                f"http://127.0.0.1:{ports['http_port']}/publish/",
+                json={
+                    "items": [
+                        {"channel": "u", "formats": {"http-stream": {"content": "via-units\n"}}}
+                    ]
+                },
+            )
             assert r.status_code == 200
             client.read_until(b"via-units\n")
             for p, unit in ((broker, "gripcast-broker.service"), (edge, "gripcast-edge@.service")):

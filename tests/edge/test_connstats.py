@@ -1,4 +1,5 @@
 """The edge's stats ledger (sans-IO, time passed in) and what the broker makes of its reports."""
+
 from broker import wire
 from broker.ingest import tnetstring
 from broker.ops.stats import StatsEncoder
@@ -61,7 +62,7 @@ def test_upgrade_after_report_replaces_the_http_conn():
     cs.websocket("s", None)  # WS-to-WS: a fresh uuid
     m = take(cs, 2.0)
     assert m["gone"] == ["gripcast-edge0_9:1"]
-    (cid, kind, peer), = m["conns"]
+    ((cid, kind, peer),) = m["conns"]
     assert kind == "ws" and len(cid) == 36 and peer == "1.2.3.4"
 
 
@@ -149,7 +150,23 @@ def test_edge_reports_become_pushpin_conn_and_sub_packets():
     cs.needs_full(1.0, "b")
     out = [f.partition(b" ") for f in enc.edge_report(take(cs, 1.0, hub=hub), 1.0)]
     got = [(k, tnetstring.loads(rest[1:])) for k, _, rest in out]
-    assert got[0] == (b"conn", {b"from": b"gripcast-edge0_9", b"id": b"gripcast-edge0_9:1",
-                                b"type": b"http", b"peer-address": b"127.0.0.1", b"ttl": 120})
-    assert got[1] == (b"sub", {b"from": b"gripcast-broker_1", b"mode": b"stream",
-                               b"channel": b"news", b"ttl": 60, b"subscribers": 1})
+    assert got[0] == (
+        b"conn",
+        {
+            b"from": b"gripcast-edge0_9",
+            b"id": b"gripcast-edge0_9:1",
+            b"type": b"http",
+            b"peer-address": b"127.0.0.1",
+            b"ttl": 120,
+        },
+    )
+    assert got[1] == (
+        b"sub",
+        {
+            b"from": b"gripcast-broker_1",
+            b"mode": b"stream",
+            b"channel": b"news",
+            b"ttl": 60,
+            b"subscribers": 1,
+        },
+    )

@@ -1,4 +1,5 @@
 """Delivery hot path on pipes (no sockets, no sleeps): one write per connection per batch."""
+
 from __future__ import annotations
 
 import fcntl
@@ -10,16 +11,18 @@ import trio.testing
 
 import _speedups
 from broker.wire import Envelope
-from edge.sync.deliver import Deliverer
 from edge.grip.instruct import Hold
-from edge.sync.hub import Hub
 from edge.grip.session import ResponseSession, StreamSession
+from edge.sync.deliver import Deliverer
+from edge.sync.hub import Hub
 
 
 @pytest.fixture(autouse=True)
 def pure_send_batch(monkeypatch):
     """Pipes stand in for sockets; the compiled twin uses send(2), which pipes refuse."""
-    monkeypatch.setattr("edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch)
+    monkeypatch.setattr(
+        "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
+    )
 
 
 class PipeEnd:
@@ -43,8 +46,12 @@ class PipeEnd:
 
 
 def stream(content: bytes, action="send", seq=1, channel="c") -> Envelope:
-    return Envelope(channel=channel, seq=seq, epoch="e",
-                    formats={"http-stream": {"action": action, "content": content}})
+    return Envelope(
+        channel=channel,
+        seq=seq,
+        epoch="e",
+        formats={"http-stream": {"action": action, "content": content}},
+    )
 
 
 def session(pipe, chunked=True) -> StreamSession:
@@ -122,8 +129,20 @@ def test_response_hold_gets_published_response():
         s = ResponseSession(Hold(mode="response", body=b"timeout"), keep_alive=True, deadline=9)
         hub.add(s, ["c"], 0)
         d = Deliverer(hub, 1 << 20, spawn=None)
-        env = Envelope(channel="c", seq=1, epoch="e", formats={"http-response": {
-            "action": "send", "code": 200, "reason": "OK", "headers": [], "body": b"hi"}})
+        env = Envelope(
+            channel="c",
+            seq=1,
+            epoch="e",
+            formats={
+                "http-response": {
+                    "action": "send",
+                    "code": 200,
+                    "reason": "OK",
+                    "headers": [],
+                    "body": b"hi",
+                }
+            },
+        )
         await d.deliver([env], now=1.0)
         assert s.result.endswith(b"\r\n\r\nhi")
 
@@ -165,10 +184,12 @@ def test_hint_does_not_kill_a_backlogged_stream():
 def test_bad_body_patch_answers_one_session_with_the_timeout_body():
     """Issue 11 item 2: a patch past the limits (or one nested too deep) is one session's
     failed patch (Pushpin keeps the timeout body), never an exception out of delivery."""
+
     async def main():
         hub = Hub()
-        s = ResponseSession(Hold(mode="response", body=b'{"a":"' + b"x" * 1000 + b'"}'),
-                            keep_alive=True, deadline=9)
+        s = ResponseSession(
+            Hold(mode="response", body=b'{"a":"' + b"x" * 1000 + b'"}'), keep_alive=True, deadline=9
+        )
         s2 = ResponseSession(Hold(mode="response", body=b"{}"), keep_alive=True, deadline=9)
         hub.add(s, ["c"], 0)
         hub.add(s2, ["d"], 0)
@@ -178,9 +199,21 @@ def test_bad_body_patch_answers_one_session_with_the_timeout_body():
             deep = [deep]
         bomb = [{"op": "copy", "from": "", "path": f"/k{i}"} for i in range(30)]
         for chan, patch in (("d", [{"op": "add", "path": "/d", "value": deep}]), ("c", bomb)):
-            env = Envelope(channel=chan, seq=1, epoch="e", formats={"http-response": {
-                "action": "send", "code": 200, "reason": "OK", "headers": [], "body": None,
-                "body-patch": patch}})
+            env = Envelope(
+                channel=chan,
+                seq=1,
+                epoch="e",
+                formats={
+                    "http-response": {
+                        "action": "send",
+                        "code": 200,
+                        "reason": "OK",
+                        "headers": [],
+                        "body": None,
+                        "body-patch": patch,
+                    }
+                },
+            )
             await d.deliver([env], now=1.0)
         assert s.result.endswith(b'\r\n\r\n{"a":"' + b"x" * 1000 + b'"}')
         assert s2.result.endswith(b"\r\n\r\n{}")
@@ -199,16 +232,29 @@ def test_one_message_patches_a_shared_timeout_body_once(monkeypatch):
 
     async def main():
         hub = Hub()
-        polls = [ResponseSession(Hold(mode="response", body=b'{"n":0}'), keep_alive=True,
-                                 deadline=9) for _ in range(500)]
-        other = ResponseSession(Hold(mode="response", body=b'{"n":1}'), keep_alive=True,
-                                deadline=9)
+        polls = [
+            ResponseSession(Hold(mode="response", body=b'{"n":0}'), keep_alive=True, deadline=9)
+            for _ in range(500)
+        ]
+        other = ResponseSession(Hold(mode="response", body=b'{"n":1}'), keep_alive=True, deadline=9)
         for s in polls + [other]:
             hub.add(s, ["c"], 0)
         d = Deliverer(hub, 1 << 20, spawn=None)
-        env = Envelope(channel="c", seq=1, epoch="e", formats={"http-response": {
-            "action": "send", "code": 200, "reason": "OK", "headers": [], "body": None,
-            "body-patch": [{"op": "add", "path": "/p", "value": True}]}})
+        env = Envelope(
+            channel="c",
+            seq=1,
+            epoch="e",
+            formats={
+                "http-response": {
+                    "action": "send",
+                    "code": 200,
+                    "reason": "OK",
+                    "headers": [],
+                    "body": None,
+                    "body-patch": [{"op": "add", "path": "/p", "value": True}],
+                }
+            },
+        )
         await d.deliver([env], now=1.0)
         assert all(s.result.endswith(b'\r\n\r\n{"n":0,"p":true}') for s in polls)
         assert other.result.endswith(b'\r\n\r\n{"n":1,"p":true}')

@@ -1,4 +1,5 @@
 """The edge process end to end: a fake broker (XPUB + ROUTER) and a tiny origin in the test."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,13 @@ class FakeBroker:
     def subscribed_event(self, channel: str) -> threading.Event:
         return self.subscribed.setdefault(channel, threading.Event())
 
-    def publish(self, channel: str, stream: dict | None = None, live: bool = True,
-                formats: dict | None = None) -> None:
+    def publish(
+        self,
+        channel: str,
+        stream: dict | None = None,
+        live: bool = True,
+        formats: dict | None = None,
+    ) -> None:
         done = threading.Event()
         self.commands.put((channel, formats or {"http-stream": stream}, live, done))
         assert done.wait(5)
@@ -80,15 +86,18 @@ class FakeBroker:
                     self.subscribed_event(ch).set()
             if self.ctl in events:
                 ident, frame = self.ctl.recv_multipart()
-                self.ctl.send_multipart([ident, wire.encode_control(self._answer(wire.decode_control(frame)))])
+                self.ctl.send_multipart(
+                    [ident, wire.encode_control(self._answer(wire.decode_control(frame)))]
+                )
             while True:
                 try:
                     channel, formats, live, done = self.commands.get_nowait()
                 except queue.Empty:
                     break
                 hist = self.history.setdefault(channel, [])
-                env = wire.Envelope(channel=channel, seq=len(hist) + 1, epoch=EPOCH,
-                                    formats=formats)
+                env = wire.Envelope(
+                    channel=channel, seq=len(hist) + 1, epoch=EPOCH, formats=formats
+                )
                 hist.append(env)
                 if live:
                     self.pub.send(wire.encode_envelope(env))
@@ -101,12 +110,25 @@ class FakeBroker:
             return wire.reply_map(wire.HelloReply(rid, "fake", 0.0))
         ch = req.get("channel", "")
         if op == "position":
-            return {"rid": rid, "ok": True, "channel": ch, "epoch": EPOCH,
-                    "last_seq": self._last(ch), "last_id": None}
+            return {
+                "rid": rid,
+                "ok": True,
+                "channel": ch,
+                "epoch": EPOCH,
+                "last_seq": self._last(ch),
+                "last_id": None,
+            }
         if op == "replay":
             items = [e.to_map() for e in self.history.get(ch, []) if e.seq > req["after_seq"]]
-            return {"rid": rid, "ok": True, "channel": ch, "epoch": EPOCH,
-                    "last_seq": self._last(ch), "complete": True, "items": items[: req["limit"]]}
+            return {
+                "rid": rid,
+                "ok": True,
+                "channel": ch,
+                "epoch": EPOCH,
+                "last_seq": self._last(ch),
+                "complete": True,
+                "items": items[: req["limit"]],
+            }
         return {"rid": rid, "ok": False, "error": "unknown op"}
 
 
@@ -172,17 +194,27 @@ def cluster():
     origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     oport = origin.server_address[1]
-    cfg = load_config(env={}, overrides={
-        "client_addr": "127.0.0.1", "client_port": edge_port, "broker_host": "127.0.0.1",
-        "edge_pub_port": pub_port, "edge_ctl_port": ctl_port, "origin_timeout_s": 5.0,
-        "routes": [f"127.0.0.1,debug 127.0.0.1:{oport}", f"localhost 127.0.0.1:{oport}"],
-    })
+    cfg = load_config(
+        env={},
+        overrides={
+            "client_addr": "127.0.0.1",
+            "client_port": edge_port,
+            "broker_host": "127.0.0.1",
+            "edge_pub_port": pub_port,
+            "edge_ctl_port": ctl_port,
+            "origin_timeout_s": 5.0,
+            "routes": [f"127.0.0.1,debug 127.0.0.1:{oport}", f"localhost 127.0.0.1:{oport}"],
+        },
+    )
     notify = NotifySocket()
-    code = ("import json, sys; from broker.config import config_from_dict; "
-            "from edge.server import main; sys.exit(main(config_from_dict(json.loads(sys.argv[1]))))")
+    code = (
+        "import json, sys; from broker.config import config_from_dict; "
+        "from edge.server import main; sys.exit(main(config_from_dict(json.loads(sys.argv[1]))))"
+    )
     env = dict(os.environ, NOTIFY_SOCKET=notify.path, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg.to_dict())], env=env,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(cfg.to_dict())], env=env, cwd=ROOT
+    )
     try:
         notify.wait_ready(proc, timeout=15)
         yield edge_port, broker
@@ -213,7 +245,7 @@ def dechunk(data: bytes) -> tuple[bytes, bool]:
         n = int(data[i:end], 16)
         if n == 0:
             return out, True
-        out += data[end + 2:end + 2 + n]
+        out += data[end + 2 : end + 2 + n]
         i = end + 2 + n + 2
     return out, False
 
@@ -293,9 +325,19 @@ def test_response_hold_gets_published_response(cluster):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /poll HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert subscribed.wait(10)
-        broker.publish("poll", formats={"http-response": {
-            "action": "send", "code": 200, "reason": "OK",
-            "headers": [["X-Pub", "yes"]], "body": b"published\n", "body-patch": None}})
+        broker.publish(
+            "poll",
+            formats={
+                "http-response": {
+                    "action": "send",
+                    "code": 200,
+                    "reason": "OK",
+                    "headers": [["X-Pub", "yes"]],
+                    "body": b"published\n",
+                    "body-patch": None,
+                }
+            },
+        )
         buf = bytearray()
         read_until(s, buf, b"published\n")
         assert buf.startswith(b"HTTP/1.1 200 OK\r\n")

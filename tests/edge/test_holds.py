@@ -1,4 +1,5 @@
 """edge.holds sans-IO helpers: next-link resolution, Grip-Last, the hold registry."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,19 +10,29 @@ from edge.routes import parse_routes
 ROUTE = parse_routes(["* 127.0.0.1:8080 origin.internal:80"]).routes[0]
 
 
-@pytest.mark.parametrize("link, expect", [
-    ("/next?a=1", (b"/next?a=1", True, ())),
-    ("next", (b"/dir/next", True, ())),
-    ("http://client.example:7999/n", (b"/n", True, ())),
-    ("http://127.0.0.1:8080/n", (b"/n", False, (ROUTE.targets[0],))),
-    ("http://origin.internal/n", (b"/n", False, (ROUTE.targets[1],))),
-])
+@pytest.mark.parametrize(
+    "link, expect",
+    [
+        ("/next?a=1", (b"/next?a=1", True, ())),
+        ("next", (b"/dir/next", True, ())),
+        ("http://client.example:7999/n", (b"/n", True, ())),
+        ("http://127.0.0.1:8080/n", (b"/n", False, (ROUTE.targets[0],))),
+        ("http://origin.internal/n", (b"/n", False, (ROUTE.targets[1],))),
+    ],
+)
 def test_resolve_link(link, expect):
     assert resolve_link(link, "client.example:7999", "/dir/page?x=1", ROUTE) == expect
 
 
-@pytest.mark.parametrize("link", ["http://evil.example/n", "http://127.0.0.1:9999/n",
-                                  "//evil.example/n", "ftp://client.example:7999/n"])
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://evil.example/n",
+        "http://127.0.0.1:9999/n",
+        "//evil.example/n",
+        "ftp://client.example:7999/n",
+    ],
+)
 def test_other_hosts_are_refused(link):
     with pytest.raises(LinkRefused):
         resolve_link(link, "client.example:7999", "/p", ROUTE)
@@ -29,7 +40,9 @@ def test_other_hosts_are_refused(link):
 
 def test_grip_last_strips_the_route_prefix_and_skips_unknown():
     assert grip_last(["p-a", "p-b", "p-c"], "p-", {"p-a": "1", "p-c": "x;y"}) == [
-        (b"Grip-Last", b"a; last-id=1"), (b"Grip-Last", b"c; last-id=x;y")]
+        (b"Grip-Last", b"a; last-id=1"),
+        (b"Grip-Last", b"c; last-id=x;y"),
+    ]
 
 
 class S:

@@ -1,4 +1,5 @@
 """Hostile-input rules of the client request parser (no sockets, time passed in)."""
+
 from __future__ import annotations
 
 import socket
@@ -40,18 +41,29 @@ def test_head_deadlines():
     assert c.read_deadline(250.0) == 200.0 + KEEPALIVE_IDLE_S
 
 
-@pytest.mark.parametrize("data, status", [
-    (b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 405),
-    (b"GET evil:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    (b"GET ftp://evil/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n", 414),
-    (b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413),  # refused before the body
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n" + b"a" * 101 + b"\r\n0\r\n\r\n", 413),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),  # llhttp: strict
-])
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 405),
+        (b"GET evil:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"GET ftp://evil/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413),  # refused before the body
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n"
+            + b"a" * 101
+            + b"\r\n0\r\n\r\n",
+            413,
+        ),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            400,
+        ),  # llhttp: strict
+    ],
+)
 def test_rejections(data, status):
     c = conn()
     c.feed(data)
@@ -59,11 +71,14 @@ def test_rejections(data, status):
     assert c.queue == []
 
 
-@pytest.mark.parametrize("data", [
-    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
-    b"GET http://example.com/x HTTP/1.1\r\nHost: other\r\n\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"a" * 100,
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET http://example.com/x HTTP/1.1\r\nHost: other\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"a" * 100,
+    ],
+)
 def test_accepted(data):
     c = conn()
     c.feed(data)
@@ -72,6 +87,7 @@ def test_accepted(data):
 
 def test_slow_body_gets_408_at_its_total_deadline():
     """A body dribbled one byte per 5 s never resets the deadline (it did: now + limit)."""
+
     async def main():
         a, b = trio.socket.socketpair()
         c = Connection(App(), sock=a, addr=None)
@@ -119,9 +135,10 @@ def test_held_connection_buffers_one_pipelined_head_then_stops_reading(waker):
         a = trio.socket.from_stdlib_socket(ra)
         c = Connection(Big(), sock=a, addr=None)
         b.setblocking(False)
-        pending = (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
-                   b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 8000000\r\n\r\n"
-                   + b"x" * 8_000_000)
+        pending = (
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 8000000\r\n\r\n" + b"x" * 8_000_000
+        )
         returned = []
 
         async def watch():
@@ -133,11 +150,11 @@ def test_held_connection_buffers_one_pipelined_head_then_stops_reading(waker):
             sent = 0
             while sent < len(pending):  # push until the kernel buffers are full
                 try:
-                    sent += b.send(pending[sent:sent + 65536])
+                    sent += b.send(pending[sent : sent + 65536])
                 except BlockingIOError:
                     await trio.testing.wait_all_tasks_blocked()
                     try:
-                        sent += b.send(pending[sent:sent + 65536])
+                        sent += b.send(pending[sent : sent + 65536])
                     except BlockingIOError:
                         break
                 await trio.testing.wait_all_tasks_blocked()

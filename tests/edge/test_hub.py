@@ -1,4 +1,5 @@
 """Hub: first session subscribes, last one leaving unsubscribes after the linger."""
+
 from __future__ import annotations
 
 import pytest

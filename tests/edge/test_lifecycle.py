@@ -1,9 +1,10 @@
 """edge.ops.lifecycle.end_session: how each kind of held session is ended for shutdown."""
+
 from types import SimpleNamespace
 
 from edge.grip.instruct import Hold
-from edge.ops.lifecycle import end_session
 from edge.grip.session import ResponseSession, StreamSession
+from edge.ops.lifecycle import end_session
 from edge.ws.session import WsSession
 
 
@@ -43,6 +44,7 @@ def test_websocket_closes_itself_1012_once():
     ws = WsSession(app, _Fd(), side=None, prefix="", now=0.0, max_message=1 << 20)
     assert end_session(ws) is None
     assert [(fn.__name__, args) for fn, args in app.nursery.started] == [
-        ("close", (1012, "service restart"))]
+        ("close", (1012, "service restart"))
+    ]
     ws.close_frame(1012, "service restart")  # what that task queues first
     assert end_session(ws) is None and len(app.nursery.started) == 1

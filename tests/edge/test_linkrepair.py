@@ -1,13 +1,14 @@
 """LinkWatch (broker restart / lost link detection) and the epoch-change policy, sans-IO."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from edge.grip.instruct import parse_instruct
-from edge.sync.repair import EpochNotice, LinkLost, LinkWatch, Resync, tell_epoch_change
-from edge.sessionstate import SessionState
-from edge.ws.session import WsSession
 from edge.grip.session import ResponseSession, StreamSession
+from edge.sessionstate import SessionState
+from edge.sync.repair import EpochNotice, LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.ws.session import WsSession
 
 
 def test_first_heartbeat_restart_and_loss():
@@ -57,6 +58,8 @@ def test_epoch_change_policy_per_transport():
     assert (notice.hooked, notice.streams_closed, notice.responses_answered) == (1, 1, 1)
     assert stream.dead and stream.done and "epoch" in stream.reason
     assert resp.result.startswith(b"HTTP/1.1 ") and resp.state is SessionState.CLOSING
-    assert app.nursery.started == [("_tell_origin", (b'c:{"type": "history-lost", "channel": "c"}',))]
+    assert app.nursery.started == [
+        ("_tell_origin", (b'c:{"type": "history-lost", "channel": "c"}',))
+    ]
     # told once: ended sessions are left alone
     assert tell_epoch_change([stream, resp], "c") == EpochNotice("c", 0, 0, 0)

@@ -1,5 +1,6 @@
 """edge.origin.pool and keep-alive reuse in edge.origin.client (real sockets on 127.0.0.1, no
 sleeps).  Each test builds its own ``OriginPool`` or ``OriginClient``: nothing is shared."""
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
@@ -16,8 +17,9 @@ from tests.helpers import skip_missing
 pytestmark = pytest.mark.timeout(10)
 
 
-def run_closing_the_pool(main: Callable[[OriginPool], Awaitable[None]],
-                         pool: OriginPool | None = None) -> None:
+def run_closing_the_pool(
+    main: Callable[[OriginPool], Awaitable[None]], pool: OriginPool | None = None
+) -> None:
     """trio.run(main(pool)), then close what is left in the pool (a connection left open is a
     ResourceWarning, an error in this suite)."""
     pool = OriginPool() if pool is None else pool
@@ -113,6 +115,7 @@ def test_sweep_and_disable():
 async def _origin(listener, accepted: list, close_after: int | None = None):
     """A tiny keep-alive origin: answers every request with a 3-byte body; counts connections;
     optionally closes each connection after ``close_after`` responses."""
+
     async def serve(stream):
         accepted.append(stream)
         buf, n = b"", 0
@@ -142,8 +145,9 @@ def test_open_origin_reuses_and_retries_a_closed_connection(close_after):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_origin, listeners[0], accepted, close_after)
             for _ in range(3):
-                resp = await open_origin(client, route, b"GET", b"/x", [(b"Host", b"h")], b"",
-                                         sig=None, timeout_s=5)
+                resp = await open_origin(
+                    client, route, b"GET", b"/x", [(b"Host", b"h")], b"", sig=None, timeout_s=5
+                )
                 assert resp.status == 200 and await resp.read_body(100) == b"abc"
                 await resp.aclose()
                 if close_after:  # let the origin's close arrive (it is not retried otherwise)
@@ -172,8 +176,9 @@ def test_request_on_a_pooled_connection_closed_under_it_is_retried_fresh():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_origin, listeners[0], accepted, None)
             nursery.start_soon(close_on_request)
-            resp = await open_origin(client, route, b"GET", b"/x", [(b"Host", b"h")], b"",
-                                     sig=None, timeout_s=5)
+            resp = await open_origin(
+                client, route, b"GET", b"/x", [(b"Host", b"h")], b"", sig=None, timeout_s=5
+            )
             assert resp.status == 200 and await resp.read_body(100) == b"abc"
             assert len(accepted) == 1  # the retry went to the real origin
             nursery.cancel_scope.cancel()
@@ -206,6 +211,7 @@ def test_live_connection_on_a_descriptor_above_1023_is_reused():
         finally:
             for s in filler:
                 s.close()
+
     run_closing_the_pool(main)
 
 
@@ -216,8 +222,9 @@ def test_two_origin_clients_share_no_state():
     assert a.pool.keep_alive and not b.pool.keep_alive  # settings are per client
 
     route = parse_routes(["* o:80"]).routes[0]
-    raw_a = a.build_request(route, route.targets[0], b"GET", b"/", [(b"X-Only-A", b"1")], b"",
-                            sig=None)
+    raw_a = a.build_request(
+        route, route.targets[0], b"GET", b"/", [(b"X-Only-A", b"1")], b"", sig=None
+    )
     raw_b = b.build_request(route, route.targets[0], b"GET", b"/", [], b"", sig=None)
     assert b"Connection: close" not in raw_a and b"Connection: close" in raw_b
     assert b"X-Only-A" in a._tokens and b"X-Only-A" not in b._tokens

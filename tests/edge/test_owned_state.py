@@ -5,6 +5,7 @@ Read from the source with ``ast``: no ``trio.lowlevel.RunVar`` (state keyed by t
 invisible to whoever owns the edge), no ``spawn_system_task`` (an error there ends the whole
 process outside any nursery the edge owns), and no module-level mutable containers in the
 origin side's modules."""
+
 from __future__ import annotations
 
 import ast
@@ -38,8 +39,11 @@ def test_no_run_vars_or_system_tasks(path):
 def _mutable(value: ast.expr | None) -> bool:
     if isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)):
         return True
-    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
-            and value.func.id in {"dict", "list", "set", "defaultdict", "OrderedDict", "deque"})
+    return (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, ast.Name)
+        and value.func.id in {"dict", "list", "set", "defaultdict", "OrderedDict", "deque"}
+    )
 
 
 @pytest.mark.parametrize("rel", ORIGIN_SIDE)

@@ -1,5 +1,6 @@
 """Issue 11: what a publisher or an origin names cannot reach a client head unchecked, cannot
 reach another tenant's channels, and cannot grow a WebSocket message without bound (no sockets)."""
+
 from __future__ import annotations
 
 import re
@@ -8,11 +9,11 @@ import pytest
 import trio
 
 from _speedups import ws_frame
+from edge.grip.instruct import Hold
 from edge.http1 import responses
 from edge.ws import control as wc
-from edge.grip.instruct import Hold
-from edge.ws.session import WsSession, accept_head
 from edge.ws.connection import MAX_MESSAGE_FRAGMENTS, Message, WsConnection, WsError
+from edge.ws.session import WsSession, accept_head
 
 TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 FIELD = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
@@ -34,15 +35,32 @@ def check_head(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return status, fields
 
 
-INJECTIONS = ["OK\r\nSet-Cookie: session=ALICE\r\n\r\nHTTP/1.1 200 OK", "a\nb", "a\rb", "a\x00b",
-              "\x7f", "\x1b[0m"]
+INJECTIONS = [
+    "OK\r\nSet-Cookie: session=ALICE\r\n\r\nHTTP/1.1 200 OK",
+    "a\nb",
+    "a\rb",
+    "a\x00b",
+    "\x7f",
+    "\x1b[0m",
+]
 
 
 @pytest.mark.parametrize("bad", INJECTIONS)
 def test_head_never_writes_a_bad_reason_or_field(bad):
-    data = responses.head(200, bad, [("X-Ok", "1"), (bad, "v"), ("X-Bad", bad),
-                                     ("X Space", "v"), ("X:Colon", "v"), ("", "v"),
-                                     (b"X-Bytes\r\nY", b"v"), ("X-Tab", "a\tb")])
+    data = responses.head(
+        200,
+        bad,
+        [
+            ("X-Ok", "1"),
+            (bad, "v"),
+            ("X-Bad", bad),
+            ("X Space", "v"),
+            ("X:Colon", "v"),
+            ("", "v"),
+            (b"X-Bytes\r\nY", b"v"),
+            ("X-Tab", "a\tb"),
+        ],
+    )
     status, fields = check_head(data)
     assert status == b"HTTP/1.1 200 OK"
     assert fields == [(b"X-Ok", b"1"), (b"X-Tab", b"a\tb")]
@@ -50,14 +68,26 @@ def test_head_never_writes_a_bad_reason_or_field(bad):
 
 
 def test_published_response_and_timeout_and_stream_heads_are_checked():
-    hold = Hold(mode="response", code=200, reason="OK\r\nX-Evil: 1", body=b"t",
-                headers=[("X-Origin", "o\r\nX-Evil: 2"), ("X-Fine", "yes")])
-    fmt = {"action": "send", "code": 202, "reason": "Yes\r\nSet-Cookie: a=b",
-           "headers": [["X-Pub", "p\nX-Evil: 3"], ["Bad Name", "1"], ["X-Good", "g"]],
-           "body": b"hi"}
-    for data in (responses.published(hold, fmt), responses.timeout(hold),
-                 responses.stream_head(hold, chunked=True)):
-        head = data[:data.index(b"\r\n\r\n") + 4]
+    hold = Hold(
+        mode="response",
+        code=200,
+        reason="OK\r\nX-Evil: 1",
+        body=b"t",
+        headers=[("X-Origin", "o\r\nX-Evil: 2"), ("X-Fine", "yes")],
+    )
+    fmt = {
+        "action": "send",
+        "code": 202,
+        "reason": "Yes\r\nSet-Cookie: a=b",
+        "headers": [["X-Pub", "p\nX-Evil: 3"], ["Bad Name", "1"], ["X-Good", "g"]],
+        "body": b"hi",
+    }
+    for data in (
+        responses.published(hold, fmt),
+        responses.timeout(hold),
+        responses.stream_head(hold, chunked=True),
+    ):
+        head = data[: data.index(b"\r\n\r\n") + 4]
         status, fields = check_head(head)
         assert b"X-Evil" not in head and b"Set-Cookie" not in head
     assert responses.published(hold, fmt).startswith(b"HTTP/1.1 202 Accepted\r\n")
@@ -71,6 +101,7 @@ def test_websocket_accept_head_is_checked():
 
 
 # -- WebSocket continuation frames (item 9) -----------------------------------------------------
+
 
 def client_frame(op, payload, fin=True):
     return ws_frame(op, payload, fin, b"\x01\x02\x03\x04")
@@ -89,6 +120,7 @@ def test_empty_continuations_are_bounded():
 
 
 # -- route prefix= on WebSocket channels (item 5) -----------------------------------------------
+
 
 class FakeHub:
     def __init__(self) -> None:
@@ -136,20 +168,22 @@ def test_websocket_channels_get_the_route_prefix():
         s.set_channels([s.channel(c) for c in side.fixed_channels])
         await s.control(wc.parse_control(b'{"type": "subscribe", "channel": "tenant2-secret"}'))
         assert app.hub.subs[s] == ["tenant1-news", "tenant1-tenant2-secret"]
-        await s.control(wc.parse_control(
-            b'{"type": "subscribe", "channel": "room", "prev-id": "7"}'))
+        await s.control(
+            wc.parse_control(b'{"type": "subscribe", "channel": "room", "prev-id": "7"}')
+        )
         assert app.resumed == [("tenant1-room", "7")]
         # the origin hears its own names back
         assert side.events and b'"channel": "room"' in side.events[-1][1]
         await s.control(wc.parse_control(b'{"type": "unsubscribe", "channel": "tenant2-secret"}'))
         await s.control(wc.parse_control(b'{"type": "unsubscribe", "channel": "news"}'))
         assert app.hub.subs[s] == ["tenant1-news", "tenant1-room"]
+
     trio.run(main)
 
 
 @pytest.mark.parametrize("code", [0, 7, 99, 1000, -1])
 def test_a_status_code_that_is_not_three_digits_is_written_as_502(code):
     data = responses.full(code, "Whatever", [("X-A", "1")], b"body")
-    status, fields = check_head(data[:data.index(b"\r\n\r\n") + 4])
+    status, fields = check_head(data[: data.index(b"\r\n\r\n") + 4])
     assert status == b"HTTP/1.1 502 Bad Gateway"
     assert (b"Content-Length", b"4") in fields and data.endswith(b"\r\n\r\nbody")

@@ -2,6 +2,7 @@
 
 Each test owns its ``OriginClient`` and runs its ``ReadTimer`` task in the test's nursery, as
 ``edge.server.serve`` runs the edge's in the edge's nursery."""
+
 import socket
 
 import pytest
@@ -40,6 +41,7 @@ def test_expired_wait_is_woken_and_marked():
                 await trio.lowlevel.wait_readable(a)
             assert w.expired
             assert 2.0 <= trio.current_time() - t0 <= 2.0 + readtimer.TICK_S + 1e-6
+
     _run(main)
 
 
@@ -55,6 +57,7 @@ def test_done_wait_never_fires():
             assert not w.expired
             assert client.timer.expire(trio.current_time()) == 0
             assert client.timer.pending() == 0
+
     _run(main)
 
 
@@ -70,6 +73,7 @@ def test_origin_read_times_out_as_origin_error():
             assert 3.0 <= trio.current_time() - t0 <= 3.0 + readtimer.TICK_S + 1e-6
             assert resp._broken
             await resp.aclose()
+
     _run(main)
 
 
@@ -83,6 +87,7 @@ def test_origin_read_in_time_is_not_cut():
             async def answer():
                 await trio.sleep(2.9)
                 b.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
             async with trio.open_nursery() as n:
                 n.start_soon(answer)
                 await resp._read_head()
@@ -90,6 +95,7 @@ def test_origin_read_in_time_is_not_cut():
             await trio.sleep(10)  # the expired registration must not touch the socket later
             assert await resp.read_body(100) == b"ok"
             await resp.aclose()
+
     _run(main)
 
 
@@ -103,6 +109,7 @@ def test_waker_ends_a_wait_on_the_socket_and_fires_once():
                 await trio.sleep(1)
                 waker.cancel()
                 waker.cancel()  # a second cancel is a no-op
+
             async with trio.open_nursery() as n:
                 n.start_soon(fire)
                 with pytest.raises(trio.ClosedResourceError):
@@ -111,6 +118,7 @@ def test_waker_ends_a_wait_on_the_socket_and_fires_once():
             await b.send(b"x")  # the socket itself is still usable
             await trio.lowlevel.wait_readable(a)
             assert await a.recv(1) == b"x"
+
     _run(main)
 
 
@@ -123,6 +131,7 @@ def test_start_before_serve_is_refused():
         with a, b:
             with pytest.raises(LocalProtocolError, match="serve"):
                 timer.start(a, 1.0)
+
     trio.run(main)
 
 

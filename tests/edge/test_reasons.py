@@ -2,6 +2,7 @@
 
 Python's http.HTTPStatus says "Content Too Large" for 413 since 3.13; Pushpin always says
 "Request Entity Too Large", and "Undefined Reason" for a code it has no phrase for."""
+
 import pytest
 
 import edge.http1.headers
@@ -20,10 +21,16 @@ def test_table():
     assert not hasattr(edge.http1.headers, "reason_for")  # the second table is gone
 
 
-@pytest.mark.parametrize("code, reason", [(413, "Request Entity Too Large"), (299, "Undefined Reason")])
+@pytest.mark.parametrize(
+    "code, reason", [(413, "Request Entity Too Large"), (299, "Undefined Reason")]
+)
 def test_grip_status_without_reason(code, reason):
-    hold = parse_instruct(200, "OK", [GRIP, ("Grip-Hold", "response"), ("Grip-Channel", "a"),
-                                      ("Grip-Status", str(code))], b"")
+    hold = parse_instruct(
+        200,
+        "OK",
+        [GRIP, ("Grip-Hold", "response"), ("Grip-Channel", "a"), ("Grip-Status", str(code))],
+        b"",
+    )
     assert (hold.code, hold.reason) == (code, reason)
     assert responses.timeout(hold).startswith(b"HTTP/1.1 %d %s\r\n" % (code, reason.encode()))
 

@@ -1,8 +1,10 @@
 """edge.sync.resume.Catchup: one session catching up from a cursor (sans-IO, no sockets)."""
+
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.history import MemoryHistory
 from broker.items import Item
@@ -29,15 +31,18 @@ def drive(c: Catchup, h: MemoryHistory) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("n, cursor, limit, expect, failed", [
-    (5, "m2", 1000, [3, 4, 5], False),        # publisher id
-    (5, "E:3", 1000, [4, 5], False),          # broker cursor epoch:seq
-    (5, "m5", 1000, [], False),               # up to date
-    (2500, "m10", 1000, list(range(11, 2501)), False),  # paged (3 pages)
-    (5, "unknown", 1000, [], True),           # history cannot answer
-    (5, "OTHER:2", 1000, [], True),           # another epoch
-    (0, "whatever", 1000, [], False),         # channel never had a message
-])
+@pytest.mark.parametrize(
+    "n, cursor, limit, expect, failed",
+    [
+        (5, "m2", 1000, [3, 4, 5], False),  # publisher id
+        (5, "E:3", 1000, [4, 5], False),  # broker cursor epoch:seq
+        (5, "m5", 1000, [], False),  # up to date
+        (2500, "m10", 1000, list(range(11, 2501)), False),  # paged (3 pages)
+        (5, "unknown", 1000, [], True),  # history cannot answer
+        (5, "OTHER:2", 1000, [], True),  # another epoch
+        (0, "whatever", 1000, [], False),  # channel never had a message
+    ],
+)
 def test_catchup_table(n, cursor, limit, expect, failed):
     h = history(n, max_items=5000)
     c = Catchup("c", cursor, limit=limit)
@@ -109,10 +114,12 @@ def test_failed_catchup_lets_every_live_message_through():
 
 def test_epoch_change_mid_catchup_skips_to_the_new_epoch():
     c = Catchup("c", "m1", limit=2)
-    c.on_reply(ReplayReply(None, "c", "E", 9, True,
-                           tuple(Envelope("c", s, "E", {}) for s in (2, 3))))
-    got = c.on_reply(ReplayReply(None, "c", "F", 2, False,
-                                 tuple(Envelope("c", s, "F", {}) for s in (1, 2))))
+    c.on_reply(
+        ReplayReply(None, "c", "E", 9, True, tuple(Envelope("c", s, "E", {}) for s in (2, 3)))
+    )
+    got = c.on_reply(
+        ReplayReply(None, "c", "F", 2, False, tuple(Envelope("c", s, "F", {}) for s in (1, 2)))
+    )
     assert [e.seq for e in got] == [1, 2] and c.epoch == "F" and c.skipped
 
 
@@ -195,9 +202,15 @@ def run_catchup(edge: Edge, c: Catchup, awaits, overflow_at: set) -> None:
 events = st.lists(st.lists(st.integers(0, 2), max_size=4), max_size=12)
 
 
-@given(n=st.integers(0, 40), lag=st.integers(0, 5), start=st.integers(0, 45),
-       limit=st.integers(1, 7), awaits=events, overflow_at=st.sets(st.integers(0, 6), max_size=2),
-       after=st.integers(0, 5))
+@given(
+    n=st.integers(0, 40),
+    lag=st.integers(0, 5),
+    start=st.integers(0, 45),
+    limit=st.integers(1, 7),
+    awaits=events,
+    overflow_at=st.sets(st.integers(0, 6), max_size=2),
+    after=st.integers(0, 5),
+)
 def test_never_loses_never_duplicates(n, lag, start, limit, awaits, overflow_at, after):
     """Replay + live hand-over delivers exactly the messages after the cursor, in order,
     whatever arrives over PUB/SUB while replies are in flight (a reply may overtake the link),

@@ -1,4 +1,5 @@
 """Routes file parsing and matching (reference 1.2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,37 +8,49 @@ from broker.errors import ConfigError
 from edge.routes import Target, parse_routes, strip_port, tokenize
 
 
-@pytest.mark.parametrize("line, sections", [
-    ("* localhost:80", [[("*", None)], [("localhost:80", None)]]),
-    ("*,path_beg=/a,debug 127.0.0.1:8000,sub=x,sub=y",
-     [[("*", None), ("path_beg", "/a"), ("debug", None)],
-      [("127.0.0.1:8000", None), ("sub", "x"), ("sub", "y")]]),
-    ('example.com,header="X-A:b c" h:1  # comment',
-     [[("example.com", None), ("header", "X-A:b c")], [("h:1", None)]]),
-    (r'*,prefix="a\"b\\c" h:1', [[("*", None), ("prefix", 'a"b\\c')], [("h:1", None)]]),
-    ("# only a comment", []),
-    ("   ", []),
-    (",id=x h:1", [[("", None), ("id", "x")], [("h:1", None)]]),
-    ("*,header=X:a=b h:1", [[("*", None), ("header", "X:a=b")], [("h:1", None)]]),
-])
+@pytest.mark.parametrize(
+    "line, sections",
+    [
+        ("* localhost:80", [[("*", None)], [("localhost:80", None)]]),
+        (
+            "*,path_beg=/a,debug 127.0.0.1:8000,sub=x,sub=y",
+            [
+                [("*", None), ("path_beg", "/a"), ("debug", None)],
+                [("127.0.0.1:8000", None), ("sub", "x"), ("sub", "y")],
+            ],
+        ),
+        (
+            'example.com,header="X-A:b c" h:1  # comment',
+            [[("example.com", None), ("header", "X-A:b c")], [("h:1", None)]],
+        ),
+        (r'*,prefix="a\"b\\c" h:1', [[("*", None), ("prefix", 'a"b\\c')], [("h:1", None)]]),
+        ("# only a comment", []),
+        ("   ", []),
+        (",id=x h:1", [[("", None), ("id", "x")], [("h:1", None)]]),
+        ("*,header=X:a=b h:1", [[("*", None), ("header", "X:a=b")], [("h:1", None)]]),
+    ],
+)
 def test_tokenize(line, sections):
     assert tokenize(line) == sections
 
 
-@pytest.mark.parametrize("line, message", [
-    ('*,prefix="abc h:1', "unterminated quote"),
-    (r'*,prefix="a\nb" h:1', "bad escape"),
-    ("*", "no targets"),
-    ("*,proto=udp h:1", "proto must be http or ws"),
-    ("*,path_beg= h:1", "path_beg cannot be empty"),
-    ("*,bogus h:1", "unknown condition property 'bogus'"),
-    ("* h:1,bogus", "unknown target property 'bogus'"),
-    ("* nohost", "bad target"),
-    ("* h:99999", "bad target port"),
-    ("* test", "not supported"),
-    ("*,path_rem=x h:1", "path_rem must be an integer"),
-    ("*,header=nocolon h:1", "header must be Name:value"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('*,prefix="abc h:1', "unterminated quote"),
+        (r'*,prefix="a\nb" h:1', "bad escape"),
+        ("*", "no targets"),
+        ("*,proto=udp h:1", "proto must be http or ws"),
+        ("*,path_beg= h:1", "path_beg cannot be empty"),
+        ("*,bogus h:1", "unknown condition property 'bogus'"),
+        ("* h:1,bogus", "unknown target property 'bogus'"),
+        ("* nohost", "bad target"),
+        ("* h:99999", "bad target port"),
+        ("* test", "not supported"),
+        ("*,path_rem=x h:1", "path_rem must be an integer"),
+        ("*,header=nocolon h:1", "header must be Name:value"),
+    ],
+)
 def test_bad_lines_report_line_numbers(line, message):
     with pytest.raises(ConfigError) as ei:
         parse_routes(["# first", line])
@@ -53,20 +66,41 @@ def test_every_bad_line_is_reported():
 
 
 def test_route_and_target_properties():
-    table = parse_routes([
-        "api.example,proto=http,ssl=no,path_beg=/api,id=api,sig_iss=me,sig_key=base64:AAAA,"
-        "prefix=p-,as_host=internal:8080,path_rem=4,header=X-A:1,header=X-B:,debug,no_grip "
-        "10.0.0.1:80,ssl,host=origin.example,sub=a,sub=b,over_http,untrusted,insecure "
-        "[::1]:8080",
-    ])
+    table = parse_routes(
+        [
+            "api.example,proto=http,ssl=no,path_beg=/api,id=api,sig_iss=me,sig_key=base64:AAAA,"
+            "prefix=p-,as_host=internal:8080,path_rem=4,header=X-A:1,header=X-B:,debug,no_grip "
+            "10.0.0.1:80,ssl,host=origin.example,sub=a,sub=b,over_http,untrusted,insecure "
+            "[::1]:8080",
+        ]
+    )
     (r,) = table.routes
-    assert (r.host, r.proto, r.ssl, r.path_beg, r.id) == ("api.example", "http", False, "/api", "api")
-    assert (r.sig_iss, r.sig_key, r.prefix, r.as_host) == ("me", "base64:AAAA", "p-", "internal:8080")
+    assert (r.host, r.proto, r.ssl, r.path_beg, r.id) == (
+        "api.example",
+        "http",
+        False,
+        "/api",
+        "api",
+    )
+    assert (r.sig_iss, r.sig_key, r.prefix, r.as_host) == (
+        "me",
+        "base64:AAAA",
+        "p-",
+        "internal:8080",
+    )
     assert r.path_rem == 4 and r.debug and r.no_grip
     assert r.headers == (("X-A", "1"), ("X-B", ""))
     assert r.targets == (
-        Target("10.0.0.1", 80, ssl=True, host_header="origin.example", subs=("a", "b"),
-               over_http=True, untrusted=True, insecure=True),
+        Target(
+            "10.0.0.1",
+            80,
+            ssl=True,
+            host_header="origin.example",
+            subs=("a", "b"),
+            over_http=True,
+            untrusted=True,
+            insecure=True,
+        ),
         Target("::1", 8080),
     )
     assert str(r.targets[1]) == "[::1]:8080"
@@ -89,17 +123,20 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize("host, path, ws, tls, expected", [
-    ("x.example", "/", False, False, "any"),
-    ("x.example:8080", "/api/thing", False, False, "any-api"),
-    ("x.example", "/api/v2/x", False, False, "any-api2"),
-    ("x.example", "/api/v2/x", True, False, "ws"),  # proto beats a longer path_beg
-    ("x.example", "/s/1", False, True, "tls"),
-    ("x.example", "/s/1", False, False, "plain-s"),
-    ("exact.example", "/only/x", False, False, "exact"),
-    ("EXACT.example:80", "/only", False, False, "exact"),
-    ("exact.example", "/other", False, False, None),  # exact host shadows the * rules
-])
+@pytest.mark.parametrize(
+    "host, path, ws, tls, expected",
+    [
+        ("x.example", "/", False, False, "any"),
+        ("x.example:8080", "/api/thing", False, False, "any-api"),
+        ("x.example", "/api/v2/x", False, False, "any-api2"),
+        ("x.example", "/api/v2/x", True, False, "ws"),  # proto beats a longer path_beg
+        ("x.example", "/s/1", False, True, "tls"),
+        ("x.example", "/s/1", False, False, "plain-s"),
+        ("exact.example", "/only/x", False, False, "exact"),
+        ("EXACT.example:80", "/only", False, False, "exact"),
+        ("exact.example", "/other", False, False, None),  # exact host shadows the * rules
+    ],
+)
 def test_matching(host, path, ws, tls, expected):
     route = parse_routes(TABLE).match(host, path, ws, tls)
     assert (route.targets[0].host if route else None) == expected
@@ -112,18 +149,27 @@ def test_no_rules_no_match_and_id_lookup():
     assert table.by_id("hidden").targets[0].port == 1
 
 
-@pytest.mark.parametrize("route_line, path, expected", [
-    ("*,path_beg=/ws,replace_beg=/path-a h:1", "/ws/x?y=1", "/path-a/x?y=1"),
-    ("*,path_rem=4 h:1", "/api/x", "/x"),
-    ("*,path_rem=4 h:1", "/api", "/"),
-    ("* h:1", "/same", "/same"),
-])
+@pytest.mark.parametrize(
+    "route_line, path, expected",
+    [
+        ("*,path_beg=/ws,replace_beg=/path-a h:1", "/ws/x?y=1", "/path-a/x?y=1"),
+        ("*,path_rem=4 h:1", "/api/x", "/x"),
+        ("*,path_rem=4 h:1", "/api", "/"),
+        ("* h:1", "/same", "/same"),
+    ],
+)
 def test_path_rewriting(route_line, path, expected):
     assert parse_routes([route_line]).routes[0].rewrite_path(path) == expected
 
 
-@pytest.mark.parametrize("host, bare", [
-    ("a.example:80", "a.example"), ("a.example", "a.example"), ("[::1]:80", "::1"), ("::1", "::1"),
-])
+@pytest.mark.parametrize(
+    "host, bare",
+    [
+        ("a.example:80", "a.example"),
+        ("a.example", "a.example"),
+        ("[::1]:80", "::1"),
+        ("::1", "::1"),
+    ],
+)
 def test_strip_port(host, bare):
     assert strip_port(host) == bare

@@ -7,6 +7,7 @@ fake ``send_batch`` and a fake ``wait_writable`` standing in for the socket: the
 moves forward along the table, and no byte is written once a session is DONE or DEAD (nor,
 for a stream, after its final chunk).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,20 +21,20 @@ from hypothesis import strategies as st
 
 from broker.errors import LocalProtocolError
 from broker.wire import Envelope
-from edge.ops import lifecycle
-from edge.sync.deliver import Deliverer
 from edge.grip.instruct import Hold
+from edge.grip.session import ResponseSession, StreamSession
+from edge.ops import lifecycle
+from edge.sessionstate import TRANSITIONS, HistoryLost, SessionEvent, SessionState, next_state
+from edge.sync.deliver import Deliverer
 from edge.sync.hub import Hub
 from edge.sync.repair import tell_epoch_change
-from edge.grip.session import ResponseSession, StreamSession
-from edge.sessionstate import (TRANSITIONS, HistoryLost, SessionEvent, SessionState,
-                               next_state)
 from edge.ws.session import WsSession
 
 S, E = SessionState, SessionEvent
 
 
 # -- the table -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("state", list(S))
 @pytest.mark.parametrize("event", list(E))
@@ -126,17 +127,36 @@ class FakeNet:
         self.writable = trio.Event()  # one write round per "writable" event
 
 
-OPS = ("send", "close", "hint", "block", "partial", "error", "full", "writable", "shutdown",
-       "lost", "cut", "timeout", "end")
+OPS = (
+    "send",
+    "close",
+    "hint",
+    "block",
+    "partial",
+    "error",
+    "full",
+    "writable",
+    "shutdown",
+    "lost",
+    "cut",
+    "timeout",
+    "end",
+)
 
 
 def _formats(kind: str, op: str) -> dict:
     if op == "send":
-        return {"http-stream": {"content": b"m"}, "ws-message": {"content": b"m"},
-                "http-response": {"body": b"m"}}
+        return {
+            "http-stream": {"content": b"m"},
+            "ws-message": {"content": b"m"},
+            "http-response": {"body": b"m"},
+        }
     if op == "close":
-        return {"http-stream": {"action": "close"}, "ws-message": {"action": "close"},
-                "http-response": {"body": b"bye"}}
+        return {
+            "http-stream": {"action": "close"},
+            "ws-message": {"action": "close"},
+            "http-response": {"body": b"bye"},
+        }
     return {"http-stream": {"action": "hint"}, "http-response": {"action": "hint"}}
 
 
@@ -144,6 +164,7 @@ async def _drive(kind: str, ops: list[str], chunked: bool) -> None:
     net = FakeNet()
     real_wait = trio.lowlevel.wait_writable
     import edge.sync.deliver as deliver_mod
+
     real_send = deliver_mod.send_batch
     trio.lowlevel.wait_writable = net.wait_writable
     deliver_mod.send_batch = net.send_batch
@@ -153,16 +174,15 @@ async def _drive(kind: str, ops: list[str], chunked: bool) -> None:
             d = Deliverer(hub, 64, nursery.start_soon)
             fd = next(_fds)
             if kind == "stream":
-                s = StreamSession(_Fd(fd), Hold(mode="stream", next_link="http://o/n"), chunked,
-                                  now=0.0)
+                s = StreamSession(
+                    _Fd(fd), Hold(mode="stream", next_link="http://o/n"), chunked, now=0.0
+                )
                 s.writing = False  # the head went out
             elif kind == "response":
-                s = ResponseSession(Hold(mode="response", body=b"t"), keep_alive=True,
-                                    deadline=9)
+                s = ResponseSession(Hold(mode="response", body=b"t"), keep_alive=True, deadline=9)
             else:
                 app = SimpleNamespace(nursery=nursery, deliverer=d)
-                s = WsSession(app, _Fd(fd), side=None, prefix=None, now=0.0,
-                              max_message=1 << 20)
+                s = WsSession(app, _Fd(fd), side=None, prefix=None, now=0.0, max_message=1 << 20)
             net.sessions[fd] = s
             hub.add(s, ["c"], 0.0)
             first_result = None
@@ -195,8 +215,9 @@ async def _drive(kind: str, ops: list[str], chunked: bool) -> None:
                 prev = s.state
                 if isinstance(s, ResponseSession):
                     # CLOSING means answered; DONE may be unanswered (the client went away)
-                    assert (s.result is not None) == (s.state is S.CLOSING or (
-                        s.state is S.DONE and first_result is not None))
+                    assert (s.result is not None) == (
+                        s.state is S.CLOSING or (s.state is S.DONE and first_result is not None)
+                    )
                     first_result = first_result or s.result
                     assert s.result is first_result  # one answer, never replaced
                 assert not net.violations, net.violations
@@ -207,8 +228,11 @@ async def _drive(kind: str, ops: list[str], chunked: bool) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(kind=st.sampled_from(["stream", "response", "ws"]),
-       ops=st.lists(st.sampled_from(OPS), max_size=30), chunked=st.booleans())
+@given(
+    kind=st.sampled_from(["stream", "response", "ws"]),
+    ops=st.lists(st.sampled_from(OPS), max_size=30),
+    chunked=st.booleans(),
+)
 def test_random_event_sequences_stay_legal_and_never_write_after_close(kind, ops, chunked):
     trio.run(_drive, kind, ops, chunked)
 

@@ -1,4 +1,5 @@
 """Grip-Sig signing (reference 1.5)."""
+
 from __future__ import annotations
 
 import base64
@@ -28,7 +29,9 @@ def test_base64_key():
     secret = b"\x00\x01binary\xff" * 4  # 36 bytes: PyJWT warns on HMAC keys under 32
     key = load_key("base64:" + base64.b64encode(secret).decode())
     tok = Signer("me", key).token(now=NOW)
-    assert jwt.decode(tok, secret, algorithms=["HS256"], options={"verify_exp": False})["iss"] == "me"
+    assert (
+        jwt.decode(tok, secret, algorithms=["HS256"], options={"verify_exp": False})["iss"] == "me"
+    )
 
 
 def test_file_keys(tmp_path):
@@ -37,8 +40,11 @@ def test_file_keys(tmp_path):
     ec_key = ec.generate_private_key(ec.SECP256R1())
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     for name, k, alg in (("ec.pem", ec_key, "ES256"), ("rsa.pem", rsa_key, "RS256")):
-        pem = k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption())
+        pem = k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         (tmp_path / name).write_bytes(pem)
         key = load_key(f"file:{name}", str(tmp_path))
         assert key.algorithm == alg

@@ -1,11 +1,17 @@
 """Tracker: deliver each channel's messages exactly once, in order, whatever the link does."""
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.wire import Envelope, Marker
 from edge.sync.tracker import (
-    EpochChanged, GapSkipped, RequestPosition, RequestReplay, State, Tracker,
+    EpochChanged,
+    GapSkipped,
+    RequestPosition,
+    RequestReplay,
+    State,
+    Tracker,
 )
 
 CH = "test"

@@ -5,6 +5,7 @@ with another version, refuses the hello as a newer broker does, or stays silent 
 control socket while its heartbeats carry another version: each time the edge logs an ERROR
 naming both versions and exits with ``EXIT_CONFIG`` (78), the way a cluster_id mismatch does.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,8 @@ class VersionedFakeBroker:
         poller.register(self.pub, zmq.POLLIN)
         poller.register(self.ctl, zmq.POLLIN)
         beat = HEARTBEAT = wire.HEARTBEAT_TOPIC + msgpack.packb(
-            {"broker_id": "other", "started": 0.0, "ts": 0.0, "wire": OTHER})
+            {"broker_id": "other", "started": 0.0, "ts": 0.0, "wire": OTHER}
+        )
         while not self.stop.is_set():
             events = dict(poller.poll(50))
             if self.pub in events:
@@ -84,24 +86,37 @@ class VersionedFakeBroker:
 def test_edge_refuses_a_broker_of_another_wire_version(mode):
     edge_port, pub_port, ctl_port = free_ports(3)
     broker = VersionedFakeBroker(pub_port, ctl_port, mode)
-    cfg = load_config(env={}, overrides={
-        "client_addr": "127.0.0.1", "client_port": edge_port, "broker_host": "127.0.0.1",
-        "edge_pub_port": pub_port, "edge_ctl_port": ctl_port, "routes": ["* 127.0.0.1:9"],
-    })
-    code = ("import json, sys; from broker.config import config_from_dict; "
-            "from edge.server import main; sys.exit(main(config_from_dict(json.loads(sys.argv[1]))))")
+    cfg = load_config(
+        env={},
+        overrides={
+            "client_addr": "127.0.0.1",
+            "client_port": edge_port,
+            "broker_host": "127.0.0.1",
+            "edge_pub_port": pub_port,
+            "edge_ctl_port": ctl_port,
+            "routes": ["* 127.0.0.1:9"],
+        },
+    )
+    code = (
+        "import json, sys; from broker.config import config_from_dict; "
+        "from edge.server import main; sys.exit(main(config_from_dict(json.loads(sys.argv[1]))))"
+    )
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("NOTIFY_SOCKET", None)
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg.to_dict())], env=env,
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(cfg.to_dict())],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, err = proc.communicate(timeout=30)
     finally:
         stop_process(proc)
         broker.close()
     assert proc.returncode == EXIT_CONFIG, err
-    both = (f"edge speaks wire version {wire.WIRE_VERSION}, broker speaks wire version "
-            f"{OTHER}")
+    both = f"edge speaks wire version {wire.WIRE_VERSION}, broker speaks wire version {OTHER}"
     errors = [line for line in err.splitlines() if " ERROR " in line]
     assert any(both in line for line in errors), err
     if mode != "silent":

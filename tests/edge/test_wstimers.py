@@ -1,5 +1,6 @@
 """WebSocket keep-alive / send-delayed on the shared timer wheel (edge.wstimers), sans-IO:
 time is passed in; the session is a real ``WsSession`` on one end of a socketpair."""
+
 from __future__ import annotations
 
 import math
@@ -9,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from _speedups import ws_frame
-from edge.ws import control as wc
 from edge.grip.cache import InstructCache
 from edge.timers import TimerWheel
-from edge.ws.session import WsSession
+from edge.ws import control as wc
 from edge.ws.connection import OP_TEXT
+from edge.ws.session import WsSession
 from edge.ws.timers import WsTimers
 
 

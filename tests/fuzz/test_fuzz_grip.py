@@ -3,6 +3,7 @@
 An origin may answer anything: parsing yields a ``Hold`` or an ``InstructError`` (502 to the
 client), never another exception.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,33 +12,96 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import InstructError, RemoteProtocolError
-from edge.http1 import headers as hdr
 from edge.grip.instruct import is_grip_response, parse_instruct
+from edge.http1 import headers as hdr
 from tests.fuzz.strategies import FUZZ, header_value, nasty_number, nasty_text
 
-grip_names = st.sampled_from(["Grip-Hold", "Grip-Channel", "Grip-Timeout", "Grip-Keep-Alive",
-                              "Grip-Link", "Grip-Status", "Grip-Set-Meta", "Grip-Expose-Headers",
-                              "Grip-Previous-Id", "grip-hold", "Content-Type", "X-Other"])
+grip_names = st.sampled_from(
+    [
+        "Grip-Hold",
+        "Grip-Channel",
+        "Grip-Timeout",
+        "Grip-Keep-Alive",
+        "Grip-Link",
+        "Grip-Status",
+        "Grip-Set-Meta",
+        "Grip-Expose-Headers",
+        "Grip-Previous-Id",
+        "grip-hold",
+        "Content-Type",
+        "X-Other",
+    ]
+)
 grip_values = st.one_of(
     header_value,
     nasty_number,
-    st.sampled_from(["stream", "response", "bogus", "application/grip-instruct",
-                     "text/plain; charset=utf-8", "\\x00; format=cstring", "abc; timeout=-1",
-                     "a; prev-id=1, b; filter=skip-self", "<http://evil.example/x>; rel=next",
-                     "</next>; rel=next; timeout=0", "<>; rel=gone", "<x", "200 OK", "999",
-                     "a; format=base64", "c; mode=interval; timeout=1", "x; y=\"unterminated"]),
+    st.sampled_from(
+        [
+            "stream",
+            "response",
+            "bogus",
+            "application/grip-instruct",
+            "text/plain; charset=utf-8",
+            "\\x00; format=cstring",
+            "abc; timeout=-1",
+            "a; prev-id=1, b; filter=skip-self",
+            "<http://evil.example/x>; rel=next",
+            "</next>; rel=next; timeout=0",
+            "<>; rel=gone",
+            "<x",
+            "200 OK",
+            "999",
+            "a; format=base64",
+            "c; mode=interval; timeout=1",
+            'x; y="unterminated',
+        ]
+    ),
     st.lists(nasty_text, max_size=5).map(", ".join),
 )
 headers = st.lists(st.tuples(grip_names, grip_values), max_size=8)
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65),
-                        st.floats(allow_nan=True), st.text(max_size=10))
-json_values = st.recursive(json_scalar, lambda c: st.one_of(
-    st.lists(c, max_size=4),
-    st.dictionaries(st.sampled_from(["hold", "mode", "channels", "name", "prev-id", "timeout",
-                                     "keep-alive", "content", "content-bin", "response", "code",
-                                     "reason", "headers", "body", "body-bin", "meta", "x",
-                                     "filters", "format", "next", "next-link"]), c, max_size=5)),
-    max_leaves=20)
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    st.floats(allow_nan=True),
+    st.text(max_size=10),
+)
+json_values = st.recursive(
+    json_scalar,
+    lambda c: st.one_of(
+        st.lists(c, max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "hold",
+                    "mode",
+                    "channels",
+                    "name",
+                    "prev-id",
+                    "timeout",
+                    "keep-alive",
+                    "content",
+                    "content-bin",
+                    "response",
+                    "code",
+                    "reason",
+                    "headers",
+                    "body",
+                    "body-bin",
+                    "meta",
+                    "x",
+                    "filters",
+                    "format",
+                    "next",
+                    "next-link",
+                ]
+            ),
+            c,
+            max_size=5,
+        ),
+    ),
+    max_leaves=20,
+)
 bodies = st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()))
 
 

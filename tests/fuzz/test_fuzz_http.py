@@ -4,6 +4,7 @@
 touches the socket, so it is driven directly.  Whatever arrives, ``feed`` must not raise: each
 request either parses or the connection records one clear rejection (status 400/405/413/414/431).
 """
+
 from __future__ import annotations
 
 from hypothesis import given
@@ -54,28 +55,71 @@ def test_random_bytes(data, cuts):
     check(feed_all(split(data, cuts)))
 
 
-methods = st.sampled_from([b"GET", b"POST", b"PUT", b"CONNECT", b"OPTIONS", b"PRI", b"G ET",
-                           b"get", b"\x00", b"DELETE"])
+methods = st.sampled_from(
+    [b"GET", b"POST", b"PUT", b"CONNECT", b"OPTIONS", b"PRI", b"G ET", b"get", b"\x00", b"DELETE"]
+)
 targets = st.one_of(
-    st.sampled_from([b"/", b"*", b"http://evil.example/x", b"evil.example:443", b"//x",
-                     b"/a?b=c#d", b"/%00", b"/\xff", b""]),
+    st.sampled_from(
+        [
+            b"/",
+            b"*",
+            b"http://evil.example/x",
+            b"evil.example:443",
+            b"//x",
+            b"/a?b=c#d",
+            b"/%00",
+            b"/\xff",
+            b"",
+        ]
+    ),
     st.binary(max_size=50),
 )
-names = st.one_of(st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Host",
-                                   b"Expect", b"Connection", b"Upgrade", b"content-length",
-                                   b"Content-Length ", b" Transfer-Encoding", b"X"]),
-                  token.map(lambda t: t.encode()))
-values = st.one_of(nasty_number.map(str.encode),
-                   st.sampled_from([b"chunked", b"chunked, identity", b"identity, chunked",
-                                    b"gzip", b"100-continue", b"close", b"keep-alive",
-                                    b"websocket", b"chunked\x00", b" chunked"]),
-                   header_value.map(lambda v: v.encode("utf-8", "surrogateescape")))
+names = st.one_of(
+    st.sampled_from(
+        [
+            b"Content-Length",
+            b"Transfer-Encoding",
+            b"Host",
+            b"Expect",
+            b"Connection",
+            b"Upgrade",
+            b"content-length",
+            b"Content-Length ",
+            b" Transfer-Encoding",
+            b"X",
+        ]
+    ),
+    token.map(lambda t: t.encode()),
+)
+values = st.one_of(
+    nasty_number.map(str.encode),
+    st.sampled_from(
+        [
+            b"chunked",
+            b"chunked, identity",
+            b"identity, chunked",
+            b"gzip",
+            b"100-continue",
+            b"close",
+            b"keep-alive",
+            b"websocket",
+            b"chunked\x00",
+            b" chunked",
+        ]
+    ),
+    header_value.map(lambda v: v.encode("utf-8", "surrogateescape")),
+)
 bodies = st.one_of(
     st.binary(max_size=200),
-    st.lists(st.tuples(st.one_of(nasty_number, st.sampled_from(["ffffffffffffffffff", "g", "0",
-                                                                 "1;ext=x", " 5"])),
-                       st.binary(max_size=20)), max_size=4)
-    .map(lambda cs: b"".join(n.encode() + b"\r\n" + d + b"\r\n" for n, d in cs) + b"0\r\n\r\n"),
+    st.lists(
+        st.tuples(
+            st.one_of(
+                nasty_number, st.sampled_from(["ffffffffffffffffff", "g", "0", "1;ext=x", " 5"])
+            ),
+            st.binary(max_size=20),
+        ),
+        max_size=4,
+    ).map(lambda cs: b"".join(n.encode() + b"\r\n" + d + b"\r\n" for n, d in cs) + b"0\r\n\r\n"),
 )
 versions = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"HTTP/9", b""])
 eols = st.sampled_from([b"\r\n", b"\n", b"\r"])
@@ -99,8 +143,17 @@ def test_structured_requests(reqs, cuts):
 @FUZZ
 @given(st.sampled_from([b"Content-Length", b"content-length"]), nasty_number, nasty_number)
 def test_content_length_conflicts_never_pass(name, a, b):
-    data = (b"POST / HTTP/1.1\r\nHost: h\r\n" + name + b": " + a.encode() + b"\r\n"
-            + name + b": " + b.encode() + b"\r\n\r\n")
+    data = (
+        b"POST / HTTP/1.1\r\nHost: h\r\n"
+        + name
+        + b": "
+        + a.encode()
+        + b"\r\n"
+        + name
+        + b": "
+        + b.encode()
+        + b"\r\n\r\n"
+    )
     conn = feed_all([data])
     check(conn)
     if a.strip() != b.strip():
@@ -111,8 +164,13 @@ def test_content_length_conflicts_never_pass(name, a, b):
 @FUZZ
 @given(st.sampled_from([b"chunked", b"gzip, chunked", b"Chunked", b"identity"]), nasty_number)
 def test_length_with_transfer_encoding_is_rejected(te, cl):
-    data = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: " + te + b"\r\nContent-Length: "
-            + cl.encode() + b"\r\n\r\n0\r\n\r\n")
+    data = (
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+        + te
+        + b"\r\nContent-Length: "
+        + cl.encode()
+        + b"\r\n\r\n0\r\n\r\n"
+    )
     conn = feed_all([data])
     check(conn)
     assert conn.queue == [] and conn.reject is not None and conn.reject.status == 400

@@ -2,6 +2,7 @@
 hostile publishers: every input is an ``Item`` list or a ``PublishError`` with Pushpin's text;
 tnetstring garbage is a ``RemoteProtocolError``; nothing else escapes.
 """
+
 from __future__ import annotations
 
 import json
@@ -9,24 +10,55 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest import tnetstring
 from broker.ingest.commands import handle_command, split_envelope
-from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest.httpapi import check_head, handle_request
 from broker.items import parse_http_publish, parse_items, parse_sub_item, parse_zmq_item
 from tests.fuzz.strategies import FUZZ, nasty_number
 
-keys = st.sampled_from(["channel", "id", "prev-id", "formats", "http-stream", "http-response",
-                        "ws-message", "content", "content-bin", "action", "code", "reason",
-                        "headers", "body", "body-bin", "body-patch", "type", "meta", "size",
-                        "no-seq", "content-filters", "items", "x"])
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(),
-                    st.text(max_size=12), st.sampled_from(["send", "close", "hint", "refresh",
-                                                           "text", "binary", "ping", "!!", "",
-                                                           "\x00", "aGk="]))
-values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=4),
-                                                   st.dictionaries(keys, c, max_size=6)),
-                      max_leaves=25)
+keys = st.sampled_from(
+    [
+        "channel",
+        "id",
+        "prev-id",
+        "formats",
+        "http-stream",
+        "http-response",
+        "ws-message",
+        "content",
+        "content-bin",
+        "action",
+        "code",
+        "reason",
+        "headers",
+        "body",
+        "body-bin",
+        "body-patch",
+        "type",
+        "meta",
+        "size",
+        "no-seq",
+        "content-filters",
+        "items",
+        "x",
+    ]
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["send", "close", "hint", "refresh", "text", "binary", "ping", "!!", "", "\x00", "aGk="]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(keys, c, max_size=6)),
+    max_leaves=25,
+)
 items = st.dictionaries(keys, values, max_size=6)
 docs = st.one_of(st.fixed_dictionaries({"items": st.lists(items, max_size=3)}), values)
 
@@ -72,11 +104,17 @@ def test_http_publish_bytes(body):
 
 
 @FUZZ
-@given(st.sampled_from(["POST", "GET", "PUT", "X"]),
-       st.lists(st.tuples(st.sampled_from(["Content-Length", "Transfer-Encoding", "Expect",
-                                           "Accept"]),
-                          st.one_of(nasty_number, st.text(max_size=10))), max_size=4),
-       st.text(max_size=30))
+@given(
+    st.sampled_from(["POST", "GET", "PUT", "X"]),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Content-Length", "Transfer-Encoding", "Expect", "Accept"]),
+            st.one_of(nasty_number, st.text(max_size=10)),
+        ),
+        max_size=4,
+    ),
+    st.text(max_size=30),
+)
 def test_http_api_head_and_paths(method, hs, target):
     check = check_head(method, hs)
     if check.response is not None:
@@ -112,8 +150,11 @@ tnet_tags = st.sampled_from([b",", b"#", b"^", b"!", b"~", b"}", b"]", b"x", b""
 @st.composite
 def tnet_garbage(draw, depth=0):
     """Almost-valid tnetstrings: wrong lengths, tags, nesting."""
-    payload = draw(st.binary(max_size=20)) if depth > 2 else b"".join(
-        draw(st.lists(tnet_garbage(depth + 1), max_size=3)))
+    payload = (
+        draw(st.binary(max_size=20))
+        if depth > 2
+        else b"".join(draw(st.lists(tnet_garbage(depth + 1), max_size=3)))
+    )
     n = draw(st.one_of(st.just(str(len(payload))), nasty_number))
     return n.encode() + b":" + payload + draw(tnet_tags)
 
@@ -128,9 +169,17 @@ def test_tnetstring_loads(data):
 
 
 @FUZZ
-@given(st.lists(st.binary(max_size=40), max_size=5), st.one_of(tnet_garbage(), values.map(
-    lambda v: tnetstring.dumps({b"method": b"publish", b"args": to_tnet(v)})
-    if True else b"")))
+@given(
+    st.lists(st.binary(max_size=40), max_size=5),
+    st.one_of(
+        tnet_garbage(),
+        values.map(
+            lambda v: (
+                tnetstring.dumps({b"method": b"publish", b"args": to_tnet(v)}) if True else b""
+            )
+        ),
+    ),
+)
 def test_command_socket(frames, payload):
     try:
         split_envelope(frames)
@@ -148,7 +197,7 @@ def test_deeply_nested_json_is_a_clear_error():
         ok_items(parse_http_publish, doc)
         ok_items(parse_zmq_item, b"J" + doc)
         ok_items(parse_http_publish, b'{"items": [{"channel": "c", "meta": ' + doc + b"}]}")
-    deep_tnet = b"0:]" 
+    deep_tnet = b"0:]"
     for _ in range(5000):
         deep_tnet = b"%d:%s]" % (len(deep_tnet), deep_tnet)
     try:

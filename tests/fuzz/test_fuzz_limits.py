@@ -1,6 +1,7 @@
 """Fuzz the broker's new boundaries (security issue 11): the recover/hint rate limiter never
 admits more than its buckets allow, and config validation of the exposure keys reports
 problems instead of raising."""
+
 from __future__ import annotations
 
 from hypothesis import given
@@ -15,8 +16,14 @@ from tests.fuzz.strategies import FUZZ, nasty_text
 HINT = {"http-stream": {"action": "hint", "content": b""}}
 SEND = {"http-stream": {"action": "send", "content": b"x"}}
 
-events = st.lists(st.tuples(st.floats(min_value=0, max_value=5, allow_nan=False),
-                            st.sampled_from(["a", "b", "c"]), st.booleans()), max_size=200)
+events = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=5, allow_nan=False),
+        st.sampled_from(["a", "b", "c"]),
+        st.booleans(),
+    ),
+    max_size=200,
+)
 
 
 @FUZZ
@@ -45,9 +52,21 @@ def test_limiter_admits_at_most_burst_plus_rate(evs, per_channel, total):
 
 
 @FUZZ
-@given(st.sampled_from(["publish_bind", "http_bind", "edge_bind", "broker_bind",
-                        "publish_jwt_iss", "publish_jwt_aud", "publish_jwt_key", "sig_key"]),
-       nasty_text)
+@given(
+    st.sampled_from(
+        [
+            "publish_bind",
+            "http_bind",
+            "edge_bind",
+            "broker_bind",
+            "publish_jwt_iss",
+            "publish_jwt_aud",
+            "publish_jwt_key",
+            "sig_key",
+        ]
+    ),
+    nasty_text,
+)
 def test_exposure_keys_never_crash_validation(key, value):
     try:
         load_config(env={}, overrides={key: value})

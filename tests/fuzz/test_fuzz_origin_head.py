@@ -6,6 +6,7 @@ past llhttp, and worse), ``Grip-Last`` from published ids and channel names, ``M
 the origin or control messages (WebSocket-over-HTTP), route ``header=``/``as_host``/target
 ``host=`` props, and the WebSocket-to-WebSocket handshake.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,20 +31,40 @@ TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
 
 raw_bytes = st.one_of(
     st.binary(max_size=20),
-    st.sampled_from([b"\r\n", b"\n", b"\r", b"\x00", b"\r\nX-Smuggled: yes", b"\r\n\r\nGET / HTTP/1.1",
-                     b" ", b"\t", b":", b"\xff", b"\x7f"]),
+    st.sampled_from(
+        [
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"\x00",
+            b"\r\nX-Smuggled: yes",
+            b"\r\n\r\nGET / HTTP/1.1",
+            b" ",
+            b"\t",
+            b":",
+            b"\xff",
+            b"\x7f",
+        ]
+    ),
     token.map(str.encode),
 )
 nasty_bytes = st.lists(raw_bytes, max_size=4).map(b"".join)
-client_headers = st.lists(st.tuples(st.one_of(token.map(str.encode), nasty_bytes), nasty_bytes),
-                          max_size=6)
+client_headers = st.lists(
+    st.tuples(st.one_of(token.map(str.encode), nasty_bytes), nasty_bytes), max_size=6
+)
 route_line = st.tuples(
     st.lists(st.one_of(token, nasty_text), max_size=2),  # header= props
     st.one_of(st.none(), nasty_text),  # as_host
     st.one_of(st.none(), nasty_text),  # target host=
-).map(lambda t: "*" + "".join(f',"header={h}:{v}"' for h, v in zip(t[0], t[0][::-1]))
-      + (f',"as_host={t[1]}"' if t[1] is not None else "")
-      + " o:80" + (f',"host={t[2]}"' if t[2] is not None else ""))
+).map(
+    lambda t: (
+        "*"
+        + "".join(f',"header={h}:{v}"' for h, v in zip(t[0], t[0][::-1]))
+        + (f',"as_host={t[1]}"' if t[1] is not None else "")
+        + " o:80"
+        + (f',"host={t[2]}"' if t[2] is not None else "")
+    )
+)
 
 
 def check_head(raw: bytes, body: bytes = b"") -> None:
@@ -88,7 +109,9 @@ def request(draw):
     return dict(
         line=draw(route_line),
         method=draw(st.one_of(st.sampled_from([b"GET", b"POST", b"HEAD"]), nasty_bytes)),
-        path=draw(st.one_of(st.sampled_from([b"/", b"/a?b=c"]), nasty_bytes.map(lambda b: b"/" + b))),
+        path=draw(
+            st.one_of(st.sampled_from([b"/", b"/a?b=c"]), nasty_bytes.map(lambda b: b"/" + b))
+        ),
         headers=draw(client_headers),
         channels=draw(st.lists(st.one_of(token, nasty_text), max_size=3)),
         ids=draw(st.lists(st.one_of(token, nasty_text), max_size=3)),
@@ -115,16 +138,18 @@ def test_every_origin_request_head_is_valid_or_refused(r):
     extra = grip_last(r["channels"], "", dict(zip(r["channels"], r["ids"])))
     extra += woh_headers("cid", r["meta"])
     try:
-        raw = CLIENT.build_request(route, target, r["method"], r["path"], r["headers"],
-                                   r["body"], sig="a.b.c", extra=extra)
+        raw = CLIENT.build_request(
+            route, target, r["method"], r["path"], r["headers"], r["body"], sig="a.b.c", extra=extra
+        )
     except RequestHeadError:
         pass
     else:
         body = r["body"]
         check_head(raw, body)
     try:
-        raw = client_handshake(CLIENT, route, target, r["path"], r["headers"],
-                               b"dGhlIHNhbXBsZQ==", "a.b.c")
+        raw = client_handshake(
+            CLIENT, route, target, r["path"], r["headers"], b"dGhlIHNhbXBsZQ==", "a.b.c"
+        )
     except RequestHeadError:
         return
     check_head(raw)
@@ -136,11 +161,13 @@ def test_grip_last_with_any_published_id_never_adds_a_header(channels, last_id):
     route = parse_routes(["* o:80"]).routes[0]
     extra = grip_last(channels, "", {c: last_id for c in channels})
     try:
-        raw = CLIENT.build_request(route, route.targets[0], b"GET", b"/next",
-                                   [(b"Host", b"h")], b"", sig=None, extra=extra)
+        raw = CLIENT.build_request(
+            route, route.targets[0], b"GET", b"/next", [(b"Host", b"h")], b"", sig=None, extra=extra
+        )
     except RequestHeadError:
         assert any(c in last_id + "".join(channels) for c in "\r\n\x00") or any(
-            ord(c) < 32 and c != "\t" or ord(c) == 127 for c in last_id + "".join(channels))
+            ord(c) < 32 and c != "\t" or ord(c) == 127 for c in last_id + "".join(channels)
+        )
         return
     check_head(raw)
     names = [line.split(b":")[0] for line in raw.split(b"\r\n")[1:] if line]

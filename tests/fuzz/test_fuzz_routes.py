@@ -1,4 +1,5 @@
 """Routes lines (edge/routes.py): any text is either parsed or a ConfigError listing the line."""
+
 from __future__ import annotations
 
 from hypothesis import given
@@ -8,16 +9,46 @@ from broker.errors import ConfigError
 from edge.routes import parse_routes
 from tests.fuzz.strategies import FUZZ, nasty_text, token
 
-props = st.sampled_from(["path_beg", "path_rem", "replace_beg", "prefix", "as_host", "ssl",
-                         "over_http", "sig_iss", "sig_key", "header", "proto", "no_grip",
-                         "debug", "host", "sub", "insecure", "id", "aco", "log_level",
-                         "session_header", "trust_connect_host", "x"])
-prop = st.one_of(st.tuples(props, st.one_of(st.none(), nasty_text)).map(
-    lambda kv: kv[0] if kv[1] is None else f"{kv[0]}={kv[1]}"), nasty_text)
-target = st.one_of(st.tuples(st.sampled_from(["127.0.0.1", "o", "[::1]", "", "*", ":"]),
-                             st.one_of(st.integers(-5, 70000).map(str), nasty_text))
-                   .map(lambda hp: f"{hp[0]}:{hp[1]}"),
-                   st.sampled_from(["zhttp/x", "test", "o:80,over_http", "x:1,host=h"]), token)
+props = st.sampled_from(
+    [
+        "path_beg",
+        "path_rem",
+        "replace_beg",
+        "prefix",
+        "as_host",
+        "ssl",
+        "over_http",
+        "sig_iss",
+        "sig_key",
+        "header",
+        "proto",
+        "no_grip",
+        "debug",
+        "host",
+        "sub",
+        "insecure",
+        "id",
+        "aco",
+        "log_level",
+        "session_header",
+        "trust_connect_host",
+        "x",
+    ]
+)
+prop = st.one_of(
+    st.tuples(props, st.one_of(st.none(), nasty_text)).map(
+        lambda kv: kv[0] if kv[1] is None else f"{kv[0]}={kv[1]}"
+    ),
+    nasty_text,
+)
+target = st.one_of(
+    st.tuples(
+        st.sampled_from(["127.0.0.1", "o", "[::1]", "", "*", ":"]),
+        st.one_of(st.integers(-5, 70000).map(str), nasty_text),
+    ).map(lambda hp: f"{hp[0]}:{hp[1]}"),
+    st.sampled_from(["zhttp/x", "test", "o:80,over_http", "x:1,host=h"]),
+    token,
+)
 
 
 @st.composite

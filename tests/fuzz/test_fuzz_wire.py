@@ -1,6 +1,7 @@
 """The broker<->edge contract (broker/wire.py, broker/control.py) under garbage frames: decoders
 return a value or raise ``RemoteProtocolError``; nothing else escapes (a bad frame from a broker
 or an edge is logged and skipped, never fatal)."""
+
 from __future__ import annotations
 
 import msgpack
@@ -13,15 +14,44 @@ from broker.errors import RemoteProtocolError
 from edge.sync.tracker import Tracker
 from tests.fuzz.strategies import FUZZ
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-                    st.text(max_size=8), st.binary(max_size=8))
-keys = st.sampled_from(["seq", "epoch", "id", "prev_id", "formats", "meta", "ts", "marker",
-                        "last_seq", "op", "rid", "channel", "after_seq", "after_id", "limit",
-                        "broker_id", "items", "complete", "ok"])
-values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3),
-                                                   st.dictionaries(st.one_of(keys, scalars), c,
-                                                                   max_size=5)),
-                      max_leaves=20)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+keys = st.sampled_from(
+    [
+        "seq",
+        "epoch",
+        "id",
+        "prev_id",
+        "formats",
+        "meta",
+        "ts",
+        "marker",
+        "last_seq",
+        "op",
+        "rid",
+        "channel",
+        "after_seq",
+        "after_id",
+        "limit",
+        "broker_id",
+        "items",
+        "complete",
+        "ok",
+    ]
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.one_of(
+        st.lists(c, max_size=3), st.dictionaries(st.one_of(keys, scalars), c, max_size=5)
+    ),
+    max_leaves=20,
+)
 maps = st.dictionaries(keys, values, max_size=8)
 
 
@@ -84,8 +114,12 @@ def test_deeply_nested_msgpack_is_a_clear_error():
 def test_unhashable_msgpack_map_keys_are_a_clear_error():
     for body in (b"\x81\x80\xc0", b"\x81\x90\xc0", b"\x81\x91\x80\xc0"):  # {{}: nil}, {[]: nil}
         for frame in (b"chan" + wire.SEP + body, body):
-            for fn in (wire.decode_frame, wire.decode_control, parse_control,
-                       lambda f: wire.decode_heartbeat(wire.HEARTBEAT_TOPIC + f)):
+            for fn in (
+                wire.decode_frame,
+                wire.decode_control,
+                parse_control,
+                lambda f: wire.decode_heartbeat(wire.HEARTBEAT_TOPIC + f),
+            ):
                 try:
                     fn(frame)
                 except RemoteProtocolError:

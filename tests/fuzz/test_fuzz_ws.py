@@ -3,6 +3,7 @@ GRIP control messages (edge/ws/control.py) and client frames (edge/ws/connection
 values or raises its ``RemoteProtocolError`` (502 / a close code), never anything else; a
 message over the size limit always closes with 1009.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,21 @@ from edge.ws import events as wsevents
 from edge.ws.connection import WsConnection
 from tests.fuzz.strategies import FUZZ, nasty_number
 
-names = st.sampled_from([b"OPEN", b"TEXT", b"BINARY", b"PING", b"PONG", b"CLOSE", b"DISCONNECT",
-                         b"BOGUS", b"", b"\xff", b"text"])
+names = st.sampled_from(
+    [
+        b"OPEN",
+        b"TEXT",
+        b"BINARY",
+        b"PING",
+        b"PONG",
+        b"CLOSE",
+        b"DISCONNECT",
+        b"BOGUS",
+        b"",
+        b"\xff",
+        b"text",
+    ]
+)
 
 
 @st.composite
@@ -49,21 +63,54 @@ def test_decode_events(body):
             wsevents.parse_close_content(e.content)
 
 
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(),
-                        st.text(max_size=10))
+json_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=10)
+)
 controls = st.dictionaries(
-    st.sampled_from(["type", "channel", "filters", "prev-id", "id", "name", "value", "mode",
-                     "timeout", "content", "content-bin", "message", "x"]),
-    st.one_of(json_scalar, st.sampled_from(["subscribe", "unsubscribe", "detach", "session",
-                                            "set-meta", "keep-alive", "send-delayed",
-                                            "flush-delayed", "idle", "interval"]),
-              st.lists(json_scalar, max_size=3)),
-    max_size=6)
+    st.sampled_from(
+        [
+            "type",
+            "channel",
+            "filters",
+            "prev-id",
+            "id",
+            "name",
+            "value",
+            "mode",
+            "timeout",
+            "content",
+            "content-bin",
+            "message",
+            "x",
+        ]
+    ),
+    st.one_of(
+        json_scalar,
+        st.sampled_from(
+            [
+                "subscribe",
+                "unsubscribe",
+                "detach",
+                "session",
+                "set-meta",
+                "keep-alive",
+                "send-delayed",
+                "flush-delayed",
+                "idle",
+                "interval",
+            ]
+        ),
+        st.lists(json_scalar, max_size=3),
+    ),
+    max_size=6,
+)
 
 
 @FUZZ
-@given(st.one_of(controls.map(lambda c: json.dumps(c).encode()), st.binary(max_size=80)),
-       st.sampled_from(["", "m:", "\x00"]))
+@given(
+    st.one_of(controls.map(lambda c: json.dumps(c).encode()), st.binary(max_size=80)),
+    st.sampled_from(["", "m:", "\x00"]),
+)
 def test_control_messages(data, prefix):
     try:
         wscontrol.classify(b"c:" + data, prefix)
@@ -90,8 +137,14 @@ def frame(fin: bool, op: int, payload: bytes, masked: bool, length_override=None
     return head + payload
 
 
-frames = st.builds(frame, st.booleans(), st.integers(0, 15), st.binary(max_size=64),
-                   st.booleans(), st.one_of(st.none(), st.integers(0, 2**63 - 1)))
+frames = st.builds(
+    frame,
+    st.booleans(),
+    st.integers(0, 15),
+    st.binary(max_size=64),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(0, 2**63 - 1)),
+)
 
 
 @FUZZ

@@ -1,4 +1,5 @@
 """Config precedence, CLI flags and the runner's plan: no sockets, no processes."""
+
 import pytest
 
 from broker.config import load_config
@@ -10,8 +11,10 @@ from gripcast.runner import plan_children
 
 def test_defaults_match_pushpin():
     cfg = load_config(env={})
-    assert [cfg.port(k) for k in ("client_port", "push_in_port", "http_port", "sub_in_port", "command_port")] == [
-        7999, 5560, 5561, 5562, 5563]
+    assert [
+        cfg.port(k)
+        for k in ("client_port", "push_in_port", "http_port", "sub_in_port", "command_port")
+    ] == [7999, 5560, 5561, 5562, 5563]
     assert (cfg.sig_iss, cfg.sig_key) == ("pushpin", "changeme")
 
 
@@ -36,8 +39,20 @@ def test_validation_reports_every_problem(tmp_path):
 
 def test_cli_flags_become_config():
     args = build_parser().parse_args(
-        ["run", "--port", "127.0.0.1:9000", "--route", "* 127.0.0.1:8080", "--route", "api.example.com 10.0.0.1:80",
-         "--port-offset", "3", "--edges", "2"])
+        [
+            "run",
+            "--port",
+            "127.0.0.1:9000",
+            "--route",
+            "* 127.0.0.1:8080",
+            "--route",
+            "api.example.com 10.0.0.1:80",
+            "--port-offset",
+            "3",
+            "--edges",
+            "2",
+        ]
+    )
     cfg = config_from_args(args)
     assert (cfg.client_addr, cfg.port("client_port")) == ("127.0.0.1", 9000)
     assert cfg.routes == ("* 127.0.0.1:8080", "api.example.com 10.0.0.1:80")
@@ -69,5 +84,6 @@ def test_publish_item_shapes():
     assert sse["http-stream"]["content"] == "id: %(id)s\ndata: a\ndata: b\n\n"  # edge fills the id
     assert sse["http-response"]["body"] == "data: a\ndata: b\n\n"
     assert build_item("c", "x", sse=True, item_id="7")["formats"]["http-stream"]["content"] == (
-        "id: 7\ndata: x\n\n")
+        "id: 7\ndata: x\n\n"
+    )
     assert build_item("c", "", close=True)["formats"]["http-stream"] == {"action": "close"}

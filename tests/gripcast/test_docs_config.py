@@ -3,6 +3,7 @@
 broker/config.py is the source of truth; the README's configuration table and the example
 config file must list every key with the same default, so the three cannot drift apart.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,7 +88,8 @@ def test_readme_table_has_key_with_default(key):
     documented = _readme_defaults()
     assert key in documented, f"{key} is missing from README.md's configuration table"
     assert _same(documented[key], _default(key)), (
-        f"README.md says {key} defaults to {documented[key]!r}; broker/config.py: {_default(key)!r}")
+        f"README.md says {key} defaults to {documented[key]!r}; broker/config.py: {_default(key)!r}"
+    )
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -96,7 +98,8 @@ def test_example_config_has_key_with_default(key):
     assert key in documented, f"{key} is missing from deploy/gripcast.toml"
     assert _same(documented[key], _default(key)), (
         f"deploy/gripcast.toml sets {key} = {documented[key]!r}; "
-        f"broker/config.py: {_default(key)!r}")
+        f"broker/config.py: {_default(key)!r}"
+    )
 
 
 def test_docs_list_no_unknown_keys():

@@ -1,5 +1,6 @@
 """The first five minutes, without sockets: help text, the publish message, the demo's imports,
 the runner's plan (ports, config file, banner)."""
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,10 @@ def test_demo_needs_nothing_beyond_the_package():
 
 
 def test_planned_ports_cover_every_listener():
-    cfg = load_config(env={}, overrides={"port_offset": 100, "edges": 2, "metrics_port": 9100,
-                                         "edge_metrics_port": 9200})
+    cfg = load_config(
+        env={},
+        overrides={"port_offset": 100, "edges": 2, "metrics_port": 9100, "edge_metrics_port": 9200},
+    )
     uses = {u.key: u.port for u in planned_ports(cfg, 8190)}
     assert uses["push_in_port"] == 5660 and uses["edge_ctl_port"] == 5665
     assert uses["client_port"] == 8099 and uses["demo origin"] == 8190
@@ -95,8 +98,15 @@ def test_planned_ports_cover_every_listener():
 def test_secrets_go_to_a_private_file_not_the_command_line(tmp_path):
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
-    cfg = load_config(env={}, overrides={"sig_key": "s3cret-sig", "publish_jwt_key": "s3cret-pub",
-                                         "edges": 2, "routes": ("* 127.0.0.1:8080",)})
+    cfg = load_config(
+        env={},
+        overrides={
+            "sig_key": "s3cret-sig",
+            "publish_jwt_key": "s3cret-pub",
+            "edges": 2,
+            "routes": ("* 127.0.0.1:8080",),
+        },
+    )
     cfg2, children = runner.plan_children(cfg, False, None, str(rundir))
     for child in children:
         assert not any("s3cret" in arg for arg in child.argv), child.argv

@@ -1,4 +1,5 @@
 """Start real gripcast processes on 127.0.0.1 (ports chosen at run time) for integration tests."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,15 @@ import httpx
 
 from tests.helpers import NotifySocket, free_ports, stop_process
 
-PORT_KEYS = ("client_port", "push_in_port", "http_port", "sub_in_port", "command_port",
-             "edge_pub_port", "edge_ctl_port")
+PORT_KEYS = (
+    "client_port",
+    "push_in_port",
+    "http_port",
+    "sub_in_port",
+    "command_port",
+    "edge_pub_port",
+    "edge_ctl_port",
+)
 
 
 def write_config(path, ports: dict, routes: list[str], **extra) -> str:
@@ -35,7 +43,7 @@ class Proc:
         full_env.update(env or {})
         self.proc = subprocess.Popen(argv, env=full_env)
 
-    def wait_ready(self, timeout: float = 30.0) -> "Proc":
+    def wait_ready(self, timeout: float = 30.0) -> Proc:
         self.notify.wait_ready(self.proc, timeout)
         return self
 
@@ -53,25 +61,38 @@ def gripcast(*args: str) -> list[str]:
 class Cluster:
     """A broker plus edges, each a real process, sharing one config file."""
 
-    def __init__(self, tmp_path, routes: list[str], edges: int = 1, separate_ports: bool = False, **extra):
+    def __init__(
+        self, tmp_path, routes: list[str], edges: int = 1, separate_ports: bool = False, **extra
+    ):
         # a short graceful drain, so that stopping (SIGTERM) a cluster with stalled clients
         # stays well inside stop_process's wait; drain tests set their own
         extra.setdefault("drain_timeout_s", 2.0)
         ports = free_ports(len(PORT_KEYS) + edges)
         self.ports = dict(zip(PORT_KEYS, ports))
-        self.edge_ports = [self.ports["client_port"]] * edges if not separate_ports else ports[len(PORT_KEYS):]
+        self.edge_ports = (
+            [self.ports["client_port"]] * edges if not separate_ports else ports[len(PORT_KEYS) :]
+        )
         self.config = write_config(tmp_path / "gripcast.toml", self.ports, routes, **extra)
         self.procs: list[Proc] = []
         self.edges = edges
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         try:
             self.broker = Proc(gripcast("broker", "--config", self.config)).wait_ready()
             self.procs.append(self.broker)
             self.edge_procs = []
             for i in range(self.edges):
-                p = Proc(gripcast("edge", "--index", str(i), "--config", self.config,
-                                  "--port", f"127.0.0.1:{self.edge_ports[i]}"))
+                p = Proc(
+                    gripcast(
+                        "edge",
+                        "--index",
+                        str(i),
+                        "--config",
+                        self.config,
+                        "--port",
+                        f"127.0.0.1:{self.edge_ports[i]}",
+                    )
+                )
                 self.procs.append(p)
                 self.edge_procs.append(p.wait_ready())
         except BaseException:
@@ -93,7 +114,7 @@ class Cluster:
     def stop(self) -> list:
         return [p.stop() for p in reversed(self.procs)]
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -137,7 +158,7 @@ class Origin:
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "Origin":
+    def __enter__(self) -> Origin:
         self.thread.start()
         return self
 
@@ -150,7 +171,7 @@ class StreamClient:
     """An httpx streaming GET read in a thread; ``read_until(text)`` waits with a timeout."""
 
     def __init__(self, url: str, headers: dict | None = None) -> None:
-        self.chunks: "queue.Queue[bytes | None]" = queue.Queue()
+        self.chunks: queue.Queue[bytes | None] = queue.Queue()
         self.data = b""
         self.status: int | None = None
         self.headers: httpx.Headers | None = None
@@ -173,7 +194,7 @@ class StreamClient:
             self._opened.set()
             self.chunks.put(None)
 
-    def wait_open(self, timeout: float = 10.0) -> "StreamClient":
+    def wait_open(self, timeout: float = 10.0) -> StreamClient:
         if not self._opened.wait(timeout):
             raise TimeoutError("stream did not open")
         return self

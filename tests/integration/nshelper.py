@@ -6,6 +6,7 @@ cannot open sockets.
     publish URL CHANNEL         publishes each stdin line (gripcontrol over HTTP); prints "ok N"
     get URL                     one GET; prints the body
 """
+
 from __future__ import annotations
 
 import sys

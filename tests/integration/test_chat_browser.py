@@ -1,6 +1,7 @@
 """The chat demo in a real browser: ``gripcast run --demo`` (two edges), two headless Chromium
 pages in the same room, one sends, the other sees it.  Chromium is driven over the Chrome
 DevTools protocol with the ``websockets`` library (no browser automation framework)."""
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,13 @@ class Cdp:
         self.ws = ws
         self.ids = itertools.count(1)
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 10.0) -> dict:
+    def call(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 10.0,
+    ) -> dict:
         mid = next(self.ids)
         msg = {"id": mid, "method": method, "params": params or {}}
         if session:
@@ -44,7 +50,9 @@ class Cdp:
 
     def open_page(self, url: str) -> str:
         target = self.call("Target.createTarget", {"url": url})["targetId"]
-        return self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        return self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
 
     def eval(self, session: str, expr: str):
         r = self.call("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session)
@@ -64,10 +72,22 @@ class Cdp:
 def start_chromium(tmp_path):
     profile = tmp_path / "chromium-profile"
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     port_file = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 30
     while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
@@ -79,14 +99,16 @@ def start_chromium(tmp_path):
     return proc, f"ws://127.0.0.1:{port}{path}"
 
 
-@pytest.mark.skipif(CHROMIUM is None,
-                    reason=MISSING + "chromium is not installed (scripts/test installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason=MISSING + "chromium is not installed (scripts/test installs it)"
+)
 def test_chat_demo_two_browser_pages(tmp_path):
     ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS))))
     demo_port = free_ports(1)[0]
     cfg = write_config(tmp_path / "run.toml", ports, [])
-    runner = Proc(gripcast("run", "--demo", "--edges", "2", "--config", cfg,
-                           "--demo-port", str(demo_port)))
+    runner = Proc(
+        gripcast("run", "--demo", "--edges", "2", "--config", cfg, "--demo-port", str(demo_port))
+    )
     browser = None
     try:
         runner.wait_ready(timeout=60)
@@ -97,13 +119,19 @@ def test_chat_demo_two_browser_pages(tmp_path):
             a, b = cdp.open_page(url), cdp.open_page(url)
             for page in (a, b):
                 cdp.wait_eval(page, "document.body && document.body.dataset.ready === '1'")
-            cdp.eval(a, "document.getElementById('nick').value = 'ann';"
-                        "document.getElementById('t').value = 'hello from page A';"
-                        "document.getElementById('f').requestSubmit(); true")
+            cdp.eval(
+                a,
+                "document.getElementById('nick').value = 'ann';"
+                "document.getElementById('t').value = 'hello from page A';"
+                "document.getElementById('f').requestSubmit(); true",
+            )
             for page in (b, a):
-                text = cdp.wait_eval(page, "(() => { const t = document.getElementById('log')"
-                                           ".textContent; return t.includes('hello from page A')"
-                                           " && t; })()")
+                text = cdp.wait_eval(
+                    page,
+                    "(() => { const t = document.getElementById('log')"
+                    ".textContent; return t.includes('hello from page A')"
+                    " && t; })()",
+                )
                 assert "ann: hello from page A" in text
     finally:
         if browser is not None:

@@ -4,6 +4,7 @@ An edge with an allowed key pair gets messages; an edge whose key the broker doe
 refused at the handshake and gets nothing; with ``curve_publishers`` a Curve PUSH publisher is
 accepted and a plain one is not, while the HTTP API keeps working.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import zmq
 from gripcontrol import GripPubControl, create_grip_channel_header
 
 from tests.helpers import free_port_block, free_ports
-from tests.integration.test_metrics import scrape, wait_for
 from tests.integration.cluster import Cluster, Origin, Proc, StreamClient, gripcast
+from tests.integration.test_metrics import scrape, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -29,8 +30,12 @@ def wait_handshake_failed(events, timeout: float = 10.0) -> bool:
     """Read a socket monitor until a handshake fails (True) or succeeds (False)."""
     from zmq.utils.monitor import recv_monitor_message
 
-    failed = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-              zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_DISCONNECTED}
+    failed = {
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+        zmq.EVENT_DISCONNECTED,
+    }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not events.poll(int(max(deadline - time.monotonic(), 0) * 1000) + 1):
@@ -44,8 +49,15 @@ def wait_handshake_failed(events, timeout: float = 10.0) -> bool:
 
 
 def stream(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                 "Grip-Channel": create_grip_channel_header("sec")}, b"[open]\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "stream",
+            "Grip-Channel": create_grip_channel_header("sec"),
+        },
+        b"[open]\n",
+    )
 
 
 def test_curve_edges_and_publishers(tmp_path):
@@ -55,16 +67,32 @@ def test_curve_edges_and_publishers(tmp_path):
     _, rogue_sec = keypair()
     mport = free_port_block(1)
     with Origin({"/stream": stream}) as origin:
-        cluster = Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], separate_ports=False,
-                          curve_secret_key=bsec, curve_public_key=bpub,
-                          curve_allowed_clients=[epub, ppub], curve_client_secret_key=esec,
-                          curve_publishers="true", metrics_port=mport)
+        cluster = Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            separate_ports=False,
+            curve_secret_key=bsec,
+            curve_public_key=bpub,
+            curve_allowed_clients=[epub, ppub],
+            curve_client_secret_key=esec,
+            curve_publishers="true",
+            metrics_port=mport,
+        )
         rogue_port = free_ports(1)[0]
         cluster.start()
         try:
-            rogue = Proc(gripcast("edge", "--index", "9", "--config", cluster.config, "--port",
-                                  f"127.0.0.1:{rogue_port}"),
-                         env={"GRIPCAST_CURVE_CLIENT_SECRET_KEY": rogue_sec}).wait_ready()
+            rogue = Proc(
+                gripcast(
+                    "edge",
+                    "--index",
+                    "9",
+                    "--config",
+                    cluster.config,
+                    "--port",
+                    f"127.0.0.1:{rogue_port}",
+                ),
+                env={"GRIPCAST_CURVE_CLIENT_SECRET_KEY": rogue_sec},
+            ).wait_ready()
             try:
                 good = StreamClient(cluster.url("/stream"))
                 bad = StreamClient(f"http://127.0.0.1:{rogue_port}/stream")
@@ -78,7 +106,10 @@ def test_curve_edges_and_publishers(tmp_path):
                 push = ctx.socket(zmq.PUSH)
                 push.setsockopt(zmq.LINGER, 0)
                 push.curve_serverkey, push.curve_publickey, push.curve_secretkey = (
-                    bpub.encode(), ppub.encode(), psec.encode())
+                    bpub.encode(),
+                    ppub.encode(),
+                    psec.encode(),
+                )
                 push.connect(f"tcp://127.0.0.1:{cluster.ports['push_in_port']}")
                 plain = ctx.socket(zmq.PUSH)
                 plain.setsockopt(zmq.LINGER, 0)
@@ -103,9 +134,12 @@ def test_curve_edges_and_publishers(tmp_path):
                     push.close()
                     plain.close()
                 # the edge whose key is not allowed: its refused handshakes are counted ...
-                wait_for(lambda: scrape(mport).get(
-                    "gripcast_broker_curve_handshakes_refused_total", 0) >= 1,
-                    what="refused handshakes counted")
+                wait_for(
+                    lambda: (
+                        scrape(mport).get("gripcast_broker_curve_handshakes_refused_total", 0) >= 1
+                    ),
+                    what="refused handshakes counted",
+                )
                 # ... and it never got a message: what reached it is read now, after the good
                 # edge got the last one (an accepted edge gets each within milliseconds)
                 bad.read_for(1.0)

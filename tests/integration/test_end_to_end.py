@@ -4,26 +4,47 @@ A client holds an HTTP stream through an edge, the origin answers with GRIP, a p
 publishes (gripcast publish, gripcontrol over HTTP, pubcontrol over ZeroMQ PUSH), the broker
 sequences and fans out, the edge delivers.
 """
+
 from __future__ import annotations
 
 import subprocess
 
 import pytest
-from gripcontrol import GripPubControl, create_grip_channel_header, create_hold_stream
-from gripcontrol import HttpStreamFormat
+from gripcontrol import (
+    GripPubControl,
+    HttpStreamFormat,
+    create_grip_channel_header,
+    create_hold_stream,
+)
 from pubcontrol import Item
 from pubcontrol.zmqpubcontrolclient import ZmqPubControlClient
 
 from tests.helpers import free_ports
-from tests.integration.cluster import Cluster, Origin, Proc, StreamClient, gripcast, write_config, PORT_KEYS
+from tests.integration.cluster import (
+    PORT_KEYS,
+    Cluster,
+    Origin,
+    Proc,
+    StreamClient,
+    gripcast,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def stream_hold_header(channel):
     def handler(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header(channel)}, b"[open]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header(channel),
+            },
+            b"[open]\n",
+        )
+
     return handler
 
 
@@ -31,6 +52,7 @@ def stream_hold_instruct(channel):
     def handler(req):
         body = create_hold_stream(channel, "[open-json]\n")
         return 200, {"Content-Type": "application/grip-instruct"}, body.encode()
+
     return handler
 
 
@@ -39,7 +61,9 @@ def test_run_demo_then_curl_and_publish(tmp_path):
     ports = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS) + 1)))
     demo_port = free_ports(1)[0]
     cfg = write_config(tmp_path / "run.toml", ports, [])
-    runner = Proc(gripcast("run", "--demo", "--edges", "2", "--config", cfg, "--demo-port", str(demo_port)))
+    runner = Proc(
+        gripcast("run", "--demo", "--edges", "2", "--config", cfg, "--demo-port", str(demo_port))
+    )
     try:
         runner.wait_ready(timeout=60)
         client = StreamClient(f"http://127.0.0.1:{ports['client_port']}/stream")
@@ -47,7 +71,10 @@ def test_run_demo_then_curl_and_publish(tmp_path):
         assert client.status == 200
         out = subprocess.run(
             gripcast("publish", "test", "hello", "--url", f"http://127.0.0.1:{ports['http_port']}"),
-            capture_output=True, text=True, timeout=20)
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         assert out.returncode == 0, out.stderr
         assert "Published" in out.stdout
         client.read_until(b"hello\n")
@@ -58,8 +85,12 @@ def test_run_demo_then_curl_and_publish(tmp_path):
 
 
 def test_two_edges_http_and_zmq_publishers(tmp_path):
-    with Origin({"/hdr": stream_hold_header("news"), "/json": stream_hold_instruct("news")}) as origin:
-        cluster = Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port}"], edges=2, separate_ports=True)
+    with Origin(
+        {"/hdr": stream_hold_header("news"), "/json": stream_hold_instruct("news")}
+    ) as origin:
+        cluster = Cluster(
+            tmp_path, routes=[f"* 127.0.0.1:{origin.port}"], edges=2, separate_ports=True
+        )
         with cluster:
             clients = []
             for edge in (0, 1):
@@ -87,8 +118,12 @@ def test_two_edges_http_and_zmq_publishers(tmp_path):
                 zpub.close()
 
             # gripcast publish (the CLI)
-            out = subprocess.run(gripcast("publish", "news", "three", "--url", cluster.publish_url),
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                gripcast("publish", "news", "three", "--url", cluster.publish_url),
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             assert out.returncode == 0, out.stderr
 
             for c in clients:
@@ -100,8 +135,12 @@ def test_two_edges_http_and_zmq_publishers(tmp_path):
             # the close action ends every stream
             closer = StreamClient(cluster.url("/hdr", 1))
             closer.read_until(b"[open]\n")
-            subprocess.run(gripcast("publish", "news", "--close", "--url", cluster.publish_url),
-                           check=True, capture_output=True, timeout=20)
+            subprocess.run(
+                gripcast("publish", "news", "--close", "--url", cluster.publish_url),
+                check=True,
+                capture_output=True,
+                timeout=20,
+            )
             assert closer.read_to_end(timeout=10).endswith(b"[open]\n")
             closer.close()
         # every origin request carried a Grip-Sig

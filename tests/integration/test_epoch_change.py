@@ -3,6 +3,7 @@ the memory store starts every channel in a new epoch, and the edge never continu
 HTTP streams and SSE are closed without the final chunk (clients reconnect, the origin decides);
 long-polls get their timeout response now. Against a control: with the Redis store the same
 restart keeps the epoch, and every session goes on."""
+
 from __future__ import annotations
 
 import threading
@@ -23,18 +24,32 @@ POLL_TIMEOUT_S = 40  # the long-poll's own timeout: far beyond what the test wai
 
 
 def o_stream(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                 "Grip-Channel": "ep-stream"}, b"[open]\n"
+    return (
+        200,
+        {"Content-Type": "text/plain", "Grip-Hold": "stream", "Grip-Channel": "ep-stream"},
+        b"[open]\n",
+    )
 
 
 def o_sse(req):
-    return 200, {"Content-Type": "text/event-stream", "Grip-Hold": "stream",
-                 "Grip-Channel": "ep-sse"}, b": open\n\n"
+    return (
+        200,
+        {"Content-Type": "text/event-stream", "Grip-Hold": "stream", "Grip-Channel": "ep-sse"},
+        b": open\n\n",
+    )
 
 
 def o_poll(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "response",
-                 "Grip-Channel": "ep-poll", "Grip-Timeout": str(POLL_TIMEOUT_S)}, b"poll timeout\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "response",
+            "Grip-Channel": "ep-poll",
+            "Grip-Timeout": str(POLL_TIMEOUT_S),
+        },
+        b"poll timeout\n",
+    )
 
 
 def held(mport: int, mode: str) -> float:
@@ -55,8 +70,7 @@ def run(tmp_path, origin, **store):
     """Publish once on each channel (so its epoch is known), hold a stream, an SSE stream and
     a long-poll, restart the broker, and check what each session got."""
     mport = free_port_block(1)
-    with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edge_metrics_port=mport,
-                 **store) as cl:
+    with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edge_metrics_port=mport, **store) as cl:
         pub = GripPubControl({"control_uri": cl.publish_url})
         for ch in ("ep-stream", "ep-sse", "ep-poll"):  # each channel has an epoch now
             pub.publish_http_stream(ch, "before\n", blocking=True)
@@ -72,8 +86,10 @@ def run(tmp_path, origin, **store):
 
         t = threading.Thread(target=do_poll, daemon=True)
         t.start()
-        wait_for(lambda: held(mport, "stream") >= 2 and held(mport, "response") >= 1,
-                 what="the three sessions are not all held")
+        wait_for(
+            lambda: held(mport, "stream") >= 2 and held(mport, "response") >= 1,
+            what="the three sessions are not all held",
+        )
         restarted = time.monotonic()
         restart_broker(cl)
         try:

@@ -2,6 +2,7 @@
 connections, the second answers. A plain request, a GRIP stream hold, its relative next link
 and a WebSocket-over-HTTP session all reach the second target; a route whose only target
 refuses answers 502 (so the refusing target really refuses)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,23 +24,41 @@ def plain(req):
 
 
 def stream(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                 "Grip-Channel": create_grip_channel_header("fo"),
-                 "Grip-Link": "</next>; rel=next; timeout=1"}, b"[open]\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "stream",
+            "Grip-Channel": create_grip_channel_header("fo"),
+            "Grip-Link": "</next>; rel=next; timeout=1",
+        },
+        b"[open]\n",
+    )
 
 
 def next_(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                 "Grip-Channel": create_grip_channel_header("fo")}, b"[next]\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "stream",
+            "Grip-Channel": create_grip_channel_header("fo"),
+        },
+        b"[next]\n",
+    )
 
 
 def test_requests_fail_over_to_the_second_target(tmp_path):
     dead = free_ports(1)[0]  # bound, then closed: connecting is refused
-    with Origin({"/plain": plain, "/stream": stream, "/next": next_}) as origin, \
-            WohOriginApp() as woh:
-        routes = [f"*,path_beg=/only-dead 127.0.0.1:{dead}",
-                  f"*,path_beg=/ws 127.0.0.1:{dead},over_http 127.0.0.1:{woh.port},over_http",
-                  f"* 127.0.0.1:{dead} 127.0.0.1:{origin.port}"]
+    with (
+        Origin({"/plain": plain, "/stream": stream, "/next": next_}) as origin,
+        WohOriginApp() as woh,
+    ):
+        routes = [
+            f"*,path_beg=/only-dead 127.0.0.1:{dead}",
+            f"*,path_beg=/ws 127.0.0.1:{dead},over_http 127.0.0.1:{woh.port},over_http",
+            f"* 127.0.0.1:{dead} 127.0.0.1:{origin.port}",
+        ]
         with Cluster(tmp_path, routes) as cluster:
             r = httpx.get(cluster.url("/only-dead"), timeout=10)
             assert r.status_code == 502, (r.status_code, r.text)
@@ -51,7 +70,8 @@ def test_requests_fail_over_to_the_second_target(tmp_path):
             try:
                 c.read_until(b"[open]\n")  # sent once the hold is positioned
                 GripPubControl({"control_uri": cluster.publish_url}).publish_http_stream(
-                    "fo", "published\n", blocking=True)
+                    "fo", "published\n", blocking=True
+                )
                 c.read_until(b"published\n")
                 c.read_until(b"[next]\n")  # the relative next link fails over too
             finally:

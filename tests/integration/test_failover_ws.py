@@ -1,6 +1,7 @@
 """Fail-over across a route's targets (one loop, ``edge.origin.client.connect_first``, used by
 origin requests and WebSocket-to-WebSocket): the first target refuses connections, the second
 answers, for an HTTP request and a WebSocket handshake alike."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,18 +34,25 @@ def test_http_and_ws_to_ws_fail_over_to_the_second_target(tmp_path):
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
-        with Origin({"/http/a": lambda req: (200, {"Content-Type": "text/plain"}, b"second\n")}) as origin:
-            routes = [f"*,path_beg=/http 127.0.0.1:{dead_port} 127.0.0.1:{origin.port}",
-                      f"* 127.0.0.1:{dead_port} 127.0.0.1:{ws_port}"]
+        with Origin(
+            {"/http/a": lambda req: (200, {"Content-Type": "text/plain"}, b"second\n")}
+        ) as origin:
+            routes = [
+                f"*,path_beg=/http 127.0.0.1:{dead_port} 127.0.0.1:{origin.port}",
+                f"* 127.0.0.1:{dead_port} 127.0.0.1:{ws_port}",
+            ]
             with Cluster(tmp_path, routes=routes) as cluster:
                 r = httpx.get(cluster.url("/http/a"), timeout=20)
                 assert (r.status_code, r.text) == (200, "second\n")
                 assert [p for _, p, _, _ in origin.requests] == ["/http/a"]
 
                 async def main():
-                    async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws") as ws:
+                    async with websockets.connect(
+                        f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws"
+                    ) as ws:
                         await ws.send("hi")
                         assert await asyncio.wait_for(ws.recv(), 5) == "second:hi"
+
                 asyncio.run(main())
     finally:
         server.shutdown()

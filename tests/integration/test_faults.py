@@ -6,6 +6,7 @@ exactly the published sequence 0..N-1: in order, no gaps, no duplicates.  Messag
 publisher id: events are ``id: %(id)s`` and the edge writes the broker's ``epoch:seq``, which
 clients send back as ``Last-Event-ID`` and the origin passes on as ``prev-id``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,11 @@ def sse_origin(req):
     """The two-line origin change: Last-Event-ID -> Grip-Channel prev-id."""
     last = req.headers.get("Last-Event-ID")
     channel = f"{CH}; prev-id={last}" if last else CH
-    return 200, {"Content-Type": "text/event-stream", "Grip-Hold": "stream",
-                 "Grip-Channel": channel}, b": open\n\n"
+    return (
+        200,
+        {"Content-Type": "text/event-stream", "Grip-Hold": "stream", "Grip-Channel": channel},
+        b": open\n\n",
+    )
 
 
 def item(n: int, pad: int = 0) -> dict:
@@ -99,13 +103,15 @@ class SSE:
 
 def shared_client() -> httpx.AsyncClient:
     """One client for many streams (creating an httpx client per stream costs ~50 ms)."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0),
-                             limits=httpx.Limits(max_connections=None,
-                                                 max_keepalive_connections=0))
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(20.0, connect=5.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+    )
 
 
-async def publish(client: httpx.AsyncClient, url: str, items: list[dict],
-                  deadline_s: float = 20.0) -> None:
+async def publish(
+    client: httpx.AsyncClient, url: str, items: list[dict], deadline_s: float = 20.0
+) -> None:
     """Publish until acknowledged (the broker may be restarting: retry what was refused)."""
     deadline = time.monotonic() + deadline_s
     while True:
@@ -120,8 +126,9 @@ async def publish(client: httpx.AsyncClient, url: str, items: list[dict],
         await asyncio.sleep(0.05)
 
 
-async def finish(tasks, clients, timeout_s: float = 30.0,
-                 http: httpx.AsyncClient | None = None) -> None:
+async def finish(
+    tasks, clients, timeout_s: float = 30.0, http: httpx.AsyncClient | None = None
+) -> None:
     """Wait for every client to complete (then close their shared ``http`` client); on timeout
     say how far each got."""
     done, pending = await asyncio.wait(tasks, timeout=timeout_s)
@@ -133,7 +140,8 @@ async def finish(tasks, clients, timeout_s: float = 30.0,
     for t in done:
         t.result()
     assert not pending, "clients did not complete: " + ", ".join(
-        f"{len(c.got)} msgs/{c.connects} connects" for c in clients if len(c.got) < c.expect)
+        f"{len(c.got)} msgs/{c.connects} connects" for c in clients if len(c.got) < c.expect
+    )
 
 
 def assert_exact(clients, n: int) -> None:
@@ -141,7 +149,8 @@ def assert_exact(clients, n: int) -> None:
         bad = next((k for k, (a, b) in enumerate(zip(c.got, range(n))) if a != b), len(c.got))
         assert c.got == list(range(n)), (
             f"client {i}: {len(c.got)} messages, first bad index {bad}: "
-            f"{c.got[max(bad - 3, 0):bad + 3]} connects={c.connects} errors={c.errors}")
+            f"{c.got[max(bad - 3, 0) : bad + 3]} connects={c.connects} errors={c.errors}"
+        )
 
 
 def metrics(port: int) -> dict:
@@ -184,7 +193,9 @@ def test_edge_killed_clients_resume_on_the_other_edge(tmp_path):
 
             asyncio.run(main())
     assert_exact(clients, n)
-    assert all(c.connects == 2 for c in clients[:80]), [c.errors for c in clients if c.connects != 2]
+    assert all(c.connects == 2 for c in clients[:80]), [
+        c.errors for c in clients if c.connects != 2
+    ]
     assert all(c.connects == 1 for c in clients[80:])
 
 
@@ -195,8 +206,13 @@ def test_edge_killed_clients_resume_on_the_other_edge(tmp_path):
 def test_broker_restart_with_redis_store_loses_nothing(tmp_path):
     n, restart_at = 300, 120
     with RedisServer() as redis, sse_app() as origin:
-        with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edges=2, separate_ports=True,
-                     store=f"redis://127.0.0.1:{redis.port}/0") as cl:
+        with Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            edges=2,
+            separate_ports=True,
+            store=f"redis://127.0.0.1:{redis.port}/0",
+        ) as cl:
             clients = [SSE([cl.url("/sse", i % 2)], n) for i in range(10)]
 
             async def main():
@@ -240,9 +256,22 @@ def test_redis_down_refuses_publishes_clearly_then_recovers(tmp_path):
             req.setsockopt(zmq.RCVTIMEO, 10_000)
             req.connect(cl.command_uri)
             try:
-                req.send(tnetstring.dumps({b"id": b"1", b"method": b"publish", b"args": {
-                    b"items": [{b"channel": CH.encode(), b"formats": {
-                        b"http-stream": {b"content": b"x"}}}]}}))
+                req.send(
+                    tnetstring.dumps(
+                        {
+                            b"id": b"1",
+                            b"method": b"publish",
+                            b"args": {
+                                b"items": [
+                                    {
+                                        b"channel": CH.encode(),
+                                        b"formats": {b"http-stream": {b"content": b"x"}},
+                                    }
+                                ]
+                            },
+                        }
+                    )
+                )
                 reply = tnetstring.loads(req.recv())
             finally:
                 req.close()
@@ -264,9 +293,16 @@ def test_pubsub_drops_are_repaired_from_history(tmp_path):
     n, burst = 3000, 1000
     mport = two_free_ports()
     with sse_app() as origin:
-        with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edges=2, separate_ports=True,
-                     edge_pub_sndhwm=2, edge_sub_rcvhwm=2, edge_metrics_port=mport,
-                     history_max_items=10 * n) as cl:
+        with Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            edges=2,
+            separate_ports=True,
+            edge_pub_sndhwm=2,
+            edge_sub_rcvhwm=2,
+            edge_metrics_port=mport,
+            history_max_items=10 * n,
+        ) as cl:
             clients = [SSE([cl.url("/sse", i % 2)], n) for i in range(4)]
 
             async def main():
@@ -301,8 +337,9 @@ def test_stalled_client_completes_after_resuming_with_its_cursor(tmp_path):
 def stalled_client_run(tmp_path, resume: bool):
     n, pad, limit = 400, 16000, 64 * 1024
     with sse_app() as origin:
-        with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edges=1,
-                     client_buffer_bytes=limit) as cl:
+        with Cluster(
+            tmp_path, [f"* 127.0.0.1:{origin.port}"], edges=1, client_buffer_bytes=limit
+        ) as cl:
             readers = [SSE([cl.url("/sse")], n) for _ in range(5)]
             stalled = socket.socket()
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -347,7 +384,8 @@ def stalled_client_run(tmp_path, resume: bool):
     # the readers stayed connected all along (a reader that was cut off too would still have
     # got everything, by reconnecting with Last-Event-ID: exactness alone does not show it)
     assert all(c.connects == 1 and not c.errors for c in readers), [
-        (c.connects, c.errors) for c in readers]
+        (c.connects, c.errors) for c in readers
+    ]
     if resume:
         assert_exact([late], n)
         assert late.connects == 1  # one reconnect, with Last-Event-ID
@@ -375,6 +413,6 @@ def dechunk(raw: bytes) -> bytes:
         size = int(raw[:size_end], 16)
         if size == 0 or len(raw) < size_end + 2 + size + 2:
             break
-        out.append(raw[size_end + 2:size_end + 2 + size])
-        raw = raw[size_end + 2 + size + 2:]
+        out.append(raw[size_end + 2 : size_end + 2 + size])
+        raw = raw[size_end + 2 + size + 2 :]
     return b"".join(out)

@@ -7,6 +7,7 @@ message, in order, within a second of its publish; afterwards both processes are
 and stop cleanly.  The random seed is printed so a failure can be replayed
 (``GRIPCAST_FUZZ_SEED``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,28 @@ from tests.integration.cluster import Cluster, Origin, StreamClient
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 DURATION_S = 4.0
-HTTP_SNIPPETS = [b"GET / HTTP/1.1\r\n", b"POST /publish HTTP/1.1\r\n", b"Host: x\r\n",
-                 b"Content-Length: 5\r\n", b"Content-Length: 99999999999\r\n",
-                 b"Transfer-Encoding: chunked\r\n", b"Upgrade: websocket\r\n",
-                 b"Connection: Upgrade\r\n", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-                 b"Sec-WebSocket-Version: 13\r\n", b"Expect: 100-continue\r\n", b"\r\n",
-                 b"ffffffff\r\n", b"0\r\n\r\n", b"GET http://evil/ HTTP/1.1\r\n",
-                 b"CONNECT evil:443 HTTP/1.1\r\n", b"X: " + b"a" * 9000 + b"\r\n", b"\x00\xff",
-                 b'{"items": [{"channel": "good", "formats": {}}]}', b"\x88\x82abcd"]
+HTTP_SNIPPETS = [
+    b"GET / HTTP/1.1\r\n",
+    b"POST /publish HTTP/1.1\r\n",
+    b"Host: x\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: 99999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Upgrade: websocket\r\n",
+    b"Connection: Upgrade\r\n",
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    b"Sec-WebSocket-Version: 13\r\n",
+    b"Expect: 100-continue\r\n",
+    b"\r\n",
+    b"ffffffff\r\n",
+    b"0\r\n\r\n",
+    b"GET http://evil/ HTTP/1.1\r\n",
+    b"CONNECT evil:443 HTTP/1.1\r\n",
+    b"X: " + b"a" * 9000 + b"\r\n",
+    b"\x00\xff",
+    b'{"items": [{"channel": "good", "formats": {}}]}',
+    b"\x88\x82abcd",
+]
 
 
 def garbage(rng: random.Random, n: int = 400) -> bytes:
@@ -47,8 +62,23 @@ def json_garbage(rng: random.Random):
     # Valid items may come out of this: they go to channel "fuzz", never to the good client's
     # channel, where a random but valid "close" would legitimately end its stream.
     choices = [None, True, -1, 2**70, 1.5, "", "fuzz", "\x00", [], {}, "send", "close"]
-    keys = ["channel", "formats", "http-stream", "content", "id", "prev-id", "items", "action",
-            "http-response", "ws-message", "code", "headers", "body-bin", "content-bin"]
+    keys = [
+        "channel",
+        "formats",
+        "http-stream",
+        "content",
+        "id",
+        "prev-id",
+        "items",
+        "action",
+        "http-response",
+        "ws-message",
+        "code",
+        "headers",
+        "body-bin",
+        "content-bin",
+    ]
+
     def value(depth=0):
         r = rng.random()
         if depth > 3 or r < 0.4:
@@ -56,6 +86,7 @@ def json_garbage(rng: random.Random):
         if r < 0.6:
             return [value(depth + 1) for _ in range(rng.randint(0, 3))]
         return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
     return value()
 
 
@@ -77,7 +108,7 @@ def tcp_fuzzer(port: int, rng: random.Random, stop: threading.Event, stats: dict
                 s.settimeout(0.2)
                 try:
                     s.recv(65536)
-                except (socket.timeout, OSError):
+                except (TimeoutError, OSError):
                     pass
             stats[key] += 1
         except OSError:
@@ -107,23 +138,73 @@ def zmq_fuzzer(ports: dict, rng: random.Random, stop: threading.Event, stats: di
         while not stop.is_set():
             j = json.dumps(json_garbage(rng)).encode()
             frames = {
-                "push": [rng.choice([b"J" + j, b"T" + rng.randbytes(30), garbage(rng),
-                                     b"J" + b"[" * 5000, rng.randbytes(200_000)])],
+                "push": [
+                    rng.choice(
+                        [
+                            b"J" + j,
+                            b"T" + rng.randbytes(30),
+                            garbage(rng),
+                            b"J" + b"[" * 5000,
+                            rng.randbytes(200_000),
+                        ]
+                    )
+                ],
                 "push_multi": [garbage(rng), garbage(rng)],
                 "pub": [rng.choice([b"fuzz", b"", b"\x00", rng.randbytes(8)]), b"J" + j],
-                "cmd": [b"", rng.choice([garbage(rng), tnetstring.dumps(
-                    {b"method": rng.choice([b"publish", b"get-zmq-uris", b"recover", b"x"]),
-                     b"args": {b"items": [b"x", 5]}})])],
-                "ctl": [rng.choice([garbage(rng), packb(json_garbage(rng)),
-                                    msgpack.packb({"op": "replay", "channel": "good",
-                                                   "after_seq": -5, "limit": 10**9, "rid": 1}),
-                                    msgpack.packb({"op": "position", "channel": "\x00"})])],
-                "xsub": [rng.choice([b"\x01" + rng.randbytes(5) + b"\x00", b"\x00good\x00",
-                                     b"\x01" + b"z" * 2000 + b"\x00", garbage(rng, 20)])],
+                "cmd": [
+                    b"",
+                    rng.choice(
+                        [
+                            garbage(rng),
+                            tnetstring.dumps(
+                                {
+                                    b"method": rng.choice(
+                                        [b"publish", b"get-zmq-uris", b"recover", b"x"]
+                                    ),
+                                    b"args": {b"items": [b"x", 5]},
+                                }
+                            ),
+                        ]
+                    ),
+                ],
+                "ctl": [
+                    rng.choice(
+                        [
+                            garbage(rng),
+                            packb(json_garbage(rng)),
+                            msgpack.packb(
+                                {
+                                    "op": "replay",
+                                    "channel": "good",
+                                    "after_seq": -5,
+                                    "limit": 10**9,
+                                    "rid": 1,
+                                }
+                            ),
+                            msgpack.packb({"op": "position", "channel": "\x00"}),
+                        ]
+                    )
+                ],
+                "xsub": [
+                    rng.choice(
+                        [
+                            b"\x01" + rng.randbytes(5) + b"\x00",
+                            b"\x00good\x00",
+                            b"\x01" + b"z" * 2000 + b"\x00",
+                            garbage(rng, 20),
+                        ]
+                    )
+                ],
             }
             name = rng.choice(list(frames))
-            target = {"push": push, "push_multi": push, "pub": pub, "cmd": cmd, "ctl": ctl,
-                      "xsub": xsub}[name]
+            target = {
+                "push": push,
+                "push_multi": push,
+                "pub": pub,
+                "cmd": cmd,
+                "ctl": ctl,
+                "xsub": xsub,
+            }[name]
             try:
                 target.send_multipart(frames[name], zmq.NOBLOCK)
                 stats["zmq"] += 1
@@ -148,8 +229,15 @@ def test_garbage_everywhere_while_a_good_client_streams(tmp_path):
     print(f"fuzz seed {seed} (GRIPCAST_FUZZ_SEED={seed} replays it)")
 
     def stream(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("good")}, b"[open]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("good"),
+            },
+            b"[open]\n",
+        )
 
     with Origin({"/stream": stream}) as origin:
         cluster = Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], client_head_timeout_s=2.0)
@@ -157,14 +245,21 @@ def test_garbage_everywhere_while_a_good_client_streams(tmp_path):
         stop = threading.Event()
         stats = {k: 0 for k in ("edge", "edge_err", "api", "api_err", "zmq")}
         threads = [
-            threading.Thread(target=tcp_fuzzer, args=(cluster.edge_ports[0], random.Random(seed),
-                                                      stop, stats, "edge")),
-            threading.Thread(target=tcp_fuzzer, args=(cluster.edge_ports[0],
-                                                      random.Random(seed + 1), stop, stats, "edge")),
-            threading.Thread(target=tcp_fuzzer, args=(cluster.ports["http_port"],
-                                                      random.Random(seed + 2), stop, stats, "api")),
-            threading.Thread(target=zmq_fuzzer, args=(cluster.ports, random.Random(seed + 3),
-                                                      stop, stats)),
+            threading.Thread(
+                target=tcp_fuzzer,
+                args=(cluster.edge_ports[0], random.Random(seed), stop, stats, "edge"),
+            ),
+            threading.Thread(
+                target=tcp_fuzzer,
+                args=(cluster.edge_ports[0], random.Random(seed + 1), stop, stats, "edge"),
+            ),
+            threading.Thread(
+                target=tcp_fuzzer,
+                args=(cluster.ports["http_port"], random.Random(seed + 2), stop, stats, "api"),
+            ),
+            threading.Thread(
+                target=zmq_fuzzer, args=(cluster.ports, random.Random(seed + 3), stop, stats)
+            ),
         ]
         try:
             good = StreamClient(cluster.url("/stream"))

@@ -4,6 +4,7 @@ One cluster (broker + 1 edge) and one scripted origin built with gripcontrol ser
 (``update_on_first_subscription = false`` there, so origin hit counts are exact); a second
 cluster with publish JWT auth and Pushpin's default first-subscription retry covers those.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import jwt
 import pytest
-from gripcontrol import (Channel, GripPubControl, HttpResponseFormat, HttpStreamFormat,
-                         create_grip_channel_header, create_hold_response)
+from gripcontrol import (
+    Channel,
+    GripPubControl,
+    HttpResponseFormat,
+    HttpStreamFormat,
+    create_grip_channel_header,
+    create_hold_response,
+)
 from pubcontrol import Item
 from pubcontrol.zmqpubcontrolclient import ZmqPubControlClient
 
@@ -42,9 +49,13 @@ def grip_last(req) -> list[str]:
 
 
 def stream_channels(req, *channels, link=None, extra=None):
-    h = {"Content-Type": "text/plain", "Grip-Hold": "stream",
-         "Grip-Channel": create_grip_channel_header(
-             [Channel(c) if isinstance(c, str) else c for c in channels])}
+    h = {
+        "Content-Type": "text/plain",
+        "Grip-Hold": "stream",
+        "Grip-Channel": create_grip_channel_header(
+            [Channel(c) if isinstance(c, str) else c for c in channels]
+        ),
+    }
     if link:
         h["Grip-Link"] = link
     h.update(extra or {})
@@ -56,8 +67,16 @@ def stream_channels(req, *channels, link=None, extra=None):
 
 def o_poll(req):  # response hold, JSON timeout body, custom header
     ch = req.path.split("ch=")[1] if "ch=" in req.path else "poll"
-    return 200, {"Content-Type": "application/json", "X-Origin": "1", "Grip-Hold": "response",
-                 "Grip-Channel": create_grip_channel_header(ch)}, b'{"n": 0, "items": []}'
+    return (
+        200,
+        {
+            "Content-Type": "application/json",
+            "X-Origin": "1",
+            "Grip-Hold": "response",
+            "Grip-Channel": create_grip_channel_header(ch),
+        },
+        b'{"n": 0, "items": []}',
+    )
 
 
 def o_poll_prev(req):  # long-poll with prev-id; the retried request (Grip-Last) answers now
@@ -70,11 +89,23 @@ def o_poll_prev(req):  # long-poll with prev-id; the retried request (Grip-Last)
 
 def o_timeouts(req):
     if "json" in req.path:
-        body = create_hold_response("never-json", HttpResponseFormat(
-            code=200, headers={"X-A": "1"}, body="json timeout\n"), timeout=1)
+        body = create_hold_response(
+            "never-json",
+            HttpResponseFormat(code=200, headers={"X-A": "1"}, body="json timeout\n"),
+            timeout=1,
+        )
         return 200, {"Content-Type": "application/grip-instruct"}, body.encode()
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "response", "Grip-Channel": "never",
-                 "Grip-Timeout": "2", "Grip-Status": "404 Nope"}, b"timed out\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "response",
+            "Grip-Channel": "never",
+            "Grip-Timeout": "2",
+            "Grip-Status": "404 Nope",
+        },
+        b"timed out\n",
+    )
 
 
 def o_stream_prev(req):  # SSE-style: stream with prev-id; next link for the fallback
@@ -95,8 +126,11 @@ def o_next(req):
 def o_hist(req):  # streaming historical data: a chain of next links, then a stream hold
     step = int(req.path.split("/")[-1])
     if step < 3:
-        return 200, {"Content-Type": "text/plain",
-                     "Grip-Link": f"</hist/{step + 1}>; rel=next"}, f"part{step}\n".encode()
+        return (
+            200,
+            {"Content-Type": "text/plain", "Grip-Link": f"</hist/{step + 1}>; rel=next"},
+            f"part{step}\n".encode(),
+        )
     return 200, stream_channels(req, "hist"), b"part3\n"
 
 
@@ -104,10 +138,16 @@ def o_idle(req):
     if "/idle/next" in req.path:
         _hit("idle-next")
         LAST["idle"] = grip_last(req)
-        return 200, stream_channels(req, Channel("idle", "i1"),
-                                    link="</idle/next>; rel=next; timeout=1"), b"[refetched]\n"
-    return 200, stream_channels(req, Channel("idle"), link="</idle/next>; rel=next; timeout=1"), \
-        b"[open]\n"
+        return (
+            200,
+            stream_channels(req, Channel("idle", "i1"), link="</idle/next>; rel=next; timeout=1"),
+            b"[refetched]\n",
+        )
+    return (
+        200,
+        stream_channels(req, Channel("idle"), link="</idle/next>; rel=next; timeout=1"),
+        b"[open]\n",
+    )
 
 
 def o_gone(req):
@@ -118,8 +158,11 @@ def o_gone(req):
 
 
 def o_far(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Link": "<http://192.0.2.1:9/x>; rel=next"}, \
-        b"[open]\n"
+    return (
+        200,
+        {"Content-Type": "text/plain", "Grip-Link": "<http://192.0.2.1:9/x>; rel=next"},
+        b"[open]\n",
+    )
 
 
 def o_hint_stream(req):
@@ -133,21 +176,34 @@ def o_hint_poll(req):
     n = _hit("hint-poll")
     if n > 1:
         return 200, {"Content-Type": "text/plain"}, b"re-requested\n"
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "response",
-                 "Grip-Channel": "hintpoll"}, b"timeout\n"
+    return (
+        200,
+        {"Content-Type": "text/plain", "Grip-Hold": "response", "Grip-Channel": "hintpoll"},
+        b"timeout\n",
+    )
 
 
 def o_filters(req):
     user = req.path.split("user=")[1]
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                 "Grip-Channel": "chat; filter=skip-self; filter=var-subst, "
-                                 "alerts; filter=skip-users; filter=require-sub, side",
-                 "Grip-Set-Meta": f"user={user}"}, b"[open]\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "stream",
+            "Grip-Channel": "chat; filter=skip-self; filter=var-subst, "
+            "alerts; filter=skip-users; filter=require-sub, side",
+            "Grip-Set-Meta": f"user={user}",
+        },
+        b"[open]\n",
+    )
 
 
 def o_big_hold(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "response",
-                 "Grip-Channel": "big"}, b"x" * 100_001
+    return (
+        200,
+        {"Content-Type": "text/plain", "Grip-Hold": "response", "Grip-Channel": "big"},
+        b"x" * 100_001,
+    )
 
 
 def o_big_stream(req):
@@ -155,8 +211,17 @@ def o_big_stream(req):
 
 
 def o_expose(req):
-    return 200, {"Content-Type": "text/plain", "X-A": "a", "X-B": "b", "Grip-Channel": "x",
-                 "Grip-Expose-Headers": "X-A, Content-Type"}, b"exposed\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "X-A": "a",
+            "X-B": "b",
+            "Grip-Channel": "x",
+            "Grip-Expose-Headers": "X-A, Content-Type",
+        },
+        b"exposed\n",
+    )
 
 
 def o_plain_stream(req):
@@ -164,13 +229,30 @@ def o_plain_stream(req):
     return 200, stream_channels(req, ch), b"[open]\n"
 
 
-ROUTES = {"/poll": o_poll, "/pollprev": o_poll_prev, "/timeouts": o_timeouts,
-          "/streamprev": o_stream_prev, "/next": o_next, "/hist/0": o_hist, "/hist/1": o_hist,
-          "/hist/2": o_hist, "/hist/3": o_hist, "/idle": o_idle, "/idle/next": o_idle,
-          "/gone": o_gone, "/gone/bye": o_gone, "/far": o_far, "/hint": o_hint_stream,
-          "/hint/next": o_hint_stream, "/hintpoll": o_hint_poll, "/filters": o_filters,
-          "/bighold": o_big_hold, "/bigstream": o_big_stream, "/expose": o_expose,
-          "/s": o_plain_stream}
+ROUTES = {
+    "/poll": o_poll,
+    "/pollprev": o_poll_prev,
+    "/timeouts": o_timeouts,
+    "/streamprev": o_stream_prev,
+    "/next": o_next,
+    "/hist/0": o_hist,
+    "/hist/1": o_hist,
+    "/hist/2": o_hist,
+    "/hist/3": o_hist,
+    "/idle": o_idle,
+    "/idle/next": o_idle,
+    "/gone": o_gone,
+    "/gone/bye": o_gone,
+    "/far": o_far,
+    "/hint": o_hint_stream,
+    "/hint/next": o_hint_stream,
+    "/hintpoll": o_hint_poll,
+    "/filters": o_filters,
+    "/bighold": o_big_hold,
+    "/bigstream": o_big_stream,
+    "/expose": o_expose,
+    "/s": o_plain_stream,
+}
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +260,13 @@ def env(tmp_path_factory):
     with Origin(ROUTES) as origin:
         tmp = tmp_path_factory.mktemp("grip")
         mport = free_port_block(1)
-        with Cluster(tmp, [f"*,debug 127.0.0.1:{origin.port}"], edge_metrics_port=mport,
-                     update_on_first_subscription="false", history_max_items=2000) as cluster:
+        with Cluster(
+            tmp,
+            [f"*,debug 127.0.0.1:{origin.port}"],
+            edge_metrics_port=mport,
+            update_on_first_subscription="false",
+            history_max_items=2000,
+        ) as cluster:
             cluster.metrics_port = mport
             pub = GripPubControl({"control_uri": cluster.publish_url})
             yield cluster, origin, pub
@@ -217,10 +304,14 @@ def edge_metrics(cluster) -> dict:
 def wait_held(cluster, mode, n, timeout=10.0):
     """Wait until the edge holds ``n`` sessions of ``mode`` and knows every channel's position:
     from then on a publish is after the holds' baseline, so it reaches them."""
+
     def ready():
         m = edge_metrics(cluster)
-        return (m.get(f'gripcast_edge_held_sessions{{mode="{mode}"}}', 0) >= n
-                and m.get("gripcast_edge_channels_positioning", 1) == 0)
+        return (
+            m.get(f'gripcast_edge_held_sessions{{mode="{mode}"}}', 0) >= n
+            and m.get("gripcast_edge_channels_positioning", 1) == 0
+        )
+
     wait_for(ready, timeout)
 
 
@@ -239,12 +330,29 @@ def test_response_hold_publish_merges_headers_and_applies_body_patch(env):
         f1 = ex.submit(get, cluster, "/poll?ch=lp1")
         f2 = ex.submit(get, cluster, "/poll?ch=lp2")
         wait_polls(cluster, origin, "/poll", 2)
-        pub.publish_http_response("lp1", HttpResponseFormat(
-            code=201, headers={"X-Pub": "yes", "Grip-Foo": "no"}, body="published\n"),
-            blocking=True)
-        publish(cluster, [{"channel": "lp2", "formats": {"http-response": {
-            "body-patch": [{"op": "replace", "path": "/n", "value": 1},
-                           {"op": "add", "path": "/items/-", "value": "a"}]}}}])
+        pub.publish_http_response(
+            "lp1",
+            HttpResponseFormat(
+                code=201, headers={"X-Pub": "yes", "Grip-Foo": "no"}, body="published\n"
+            ),
+            blocking=True,
+        )
+        publish(
+            cluster,
+            [
+                {
+                    "channel": "lp2",
+                    "formats": {
+                        "http-response": {
+                            "body-patch": [
+                                {"op": "replace", "path": "/n", "value": 1},
+                                {"op": "add", "path": "/items/-", "value": "a"},
+                            ]
+                        }
+                    },
+                }
+            ],
+        )
         r1, r2 = f1.result(), f2.result()
     assert (r1.status_code, r1.text) == (201, "published\n")
     assert r1.headers["x-pub"] == "yes" and r1.headers["x-origin"] == "1"
@@ -270,8 +378,17 @@ def test_response_hold_timeouts_have_a_5s_minimum_and_grip_status(env):
 @pytest.mark.timeout(30)
 def test_response_hold_prev_id_is_answered_from_broker_history(env):
     cluster, origin, _ = env
-    publish(cluster, [{"channel": "lph", "id": f"m{i}", "formats": {
-        "http-response": {"body": f"message {i}\n"}}} for i in range(1, 4)])
+    publish(
+        cluster,
+        [
+            {
+                "channel": "lph",
+                "id": f"m{i}",
+                "formats": {"http-response": {"body": f"message {i}\n"}},
+            }
+            for i in range(1, 4)
+        ],
+    )
     r = get(cluster, "/pollprev?ch=lph&prev=m1")
     assert r.text == "message 2\n"
     # the origin was asked once, for the instruction; the answer came from history, with no
@@ -282,8 +399,9 @@ def test_response_hold_prev_id_is_answered_from_broker_history(env):
 @pytest.mark.timeout(30)
 def test_response_hold_unknown_prev_id_retries_the_origin_with_grip_last(env):
     cluster, origin, _ = env
-    publish(cluster, [{"channel": "lpu", "id": "a1", "formats": {
-        "http-response": {"body": "x\n"}}}])
+    publish(
+        cluster, [{"channel": "lpu", "id": "a1", "formats": {"http-response": {"body": "x\n"}}}]
+    )
     r = get(cluster, "/pollprev?ch=lpu&prev=unknown-id")
     assert r.text == "from origin lpu; last-id=unknown-id"
     assert len(requests_with(origin, "/pollprev", "ch=lpu")) == 2
@@ -320,13 +438,20 @@ def test_recover_re_requests_held_polls(env):
 def test_stream_prev_id_replays_history_then_live_with_paging(env):
     cluster, origin, _ = env
     n = 1100  # more than one replay page (1,000)
-    publish(cluster, [{"channel": "sp", "id": f"e{i}", "formats": {
-        "http-stream": {"content": f"<{i}>\n"}}} for i in range(1, n + 1)])
+    publish(
+        cluster,
+        [
+            {"channel": "sp", "id": f"e{i}", "formats": {"http-stream": {"content": f"<{i}>\n"}}}
+            for i in range(1, n + 1)
+        ],
+    )
     c = StreamClient(cluster.url("/streamprev?ch=sp&prev=e5"))
     try:
         c.read_until(f"<{n}>\n".encode(), timeout=20)
-        publish(cluster, [{"channel": "sp", "id": "live", "formats": {
-            "http-stream": {"content": "<live>\n"}}}])
+        publish(
+            cluster,
+            [{"channel": "sp", "id": "live", "formats": {"http-stream": {"content": "<live>\n"}}}],
+        )
         data = c.read_until(b"<live>\n").decode()
     finally:
         c.close()
@@ -339,8 +464,9 @@ def test_stream_prev_id_replays_history_then_live_with_paging(env):
 @pytest.mark.timeout(30)
 def test_stream_unknown_prev_id_fetches_next_link_with_grip_last_or_502(env):
     cluster, origin, _ = env
-    publish(cluster, [{"channel": "sq", "id": "q1", "formats": {
-        "http-stream": {"content": "q1\n"}}}])
+    publish(
+        cluster, [{"channel": "sq", "id": "q1", "formats": {"http-stream": {"content": "q1\n"}}}]
+    )
     c = StreamClient(cluster.url("/streamprev?ch=sq&prev=nope&link=1"))
     try:
         c.read_until(b"[next sq; last-id=nope]\n")
@@ -426,15 +552,31 @@ def test_filters_and_set_meta(env):
         alice.read_until(b"[open]\n")
         bob.read_until(b"[open]\n")
         wait_held(cluster, "stream", 2)
-        publish(cluster, [
-            {"channel": "chat", "meta": {"sender": "alice"},
-             "formats": {"http-stream": {"content": "from alice to %(user)s\n"}}},
-            {"channel": "alerts", "meta": {"skip_users": "bob, carol", "require_sub": "side"},
-             "formats": {"http-stream": {"content": "alert1\n"}}},
-            {"channel": "alerts", "meta": {"require_sub": "elsewhere"},
-             "formats": {"http-stream": {"content": "alert2\n"}}},
-            {"channel": "chat", "meta": {"sender": "carol"},
-             "formats": {"http-stream": {"content": "end for %(user)s\n"}}}])
+        publish(
+            cluster,
+            [
+                {
+                    "channel": "chat",
+                    "meta": {"sender": "alice"},
+                    "formats": {"http-stream": {"content": "from alice to %(user)s\n"}},
+                },
+                {
+                    "channel": "alerts",
+                    "meta": {"skip_users": "bob, carol", "require_sub": "side"},
+                    "formats": {"http-stream": {"content": "alert1\n"}},
+                },
+                {
+                    "channel": "alerts",
+                    "meta": {"require_sub": "elsewhere"},
+                    "formats": {"http-stream": {"content": "alert2\n"}},
+                },
+                {
+                    "channel": "chat",
+                    "meta": {"sender": "carol"},
+                    "formats": {"http-stream": {"content": "end for %(user)s\n"}},
+                },
+            ],
+        )
         a = alice.read_until(b"end for alice\n")
         b = bob.read_until(b"end for bob\n")
     finally:
@@ -448,8 +590,10 @@ def test_filters_and_set_meta(env):
 def test_limits_and_exposed_headers(env):
     cluster, _, _ = env
     r = get(cluster, "/bighold")
-    assert (r.status_code, r.text) == (502, "GRIP instruct response too large from "
-                                       f"127.0.0.1:{env[1].port}\n")  # debug route: the reason
+    assert (r.status_code, r.text) == (
+        502,
+        f"GRIP instruct response too large from 127.0.0.1:{env[1].port}\n",
+    )  # debug route: the reason
     r = httpx.post(cluster.url("/bighold"), content=b"z" * 150_000, timeout=10)
     assert (r.status_code, r.text) == (400, "Request too large to accept GRIP instruct.\n")
     c = StreamClient(cluster.url("/bigstream"))
@@ -469,8 +613,11 @@ def test_zmq_push_and_xpub_require_subscribers(env):
     cluster, _, _ = env
     subs = []
     push = ZmqPubControlClient(cluster.command_uri)
-    xpub = ZmqPubControlClient(cluster.command_uri, require_subscribers=True,
-                               sub_callback=lambda kind, ch: subs.append((kind, ch)))
+    xpub = ZmqPubControlClient(
+        cluster.command_uri,
+        require_subscribers=True,
+        sub_callback=lambda kind, ch: subs.append((kind, ch)),
+    )
     xpub._discover_uris()
     xpub.connect_zmq()  # the XPUB connects to the broker's SUB input (5562)
     c = StreamClient(cluster.url("/s?ch=zq"))
@@ -496,19 +643,32 @@ JWT_KEY = "s3cret-s3cret-s3cret-s3cret-s3cr"  # 32 bytes: PyJWT warns on shorter
 @pytest.mark.timeout(60)
 def test_publish_jwt_auth_and_first_subscription_retry(tmp_path):
     def first(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "response",
-                     "Grip-Channel": "fresh", "Grip-Timeout": "5"}, b"timeout\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "response",
+                "Grip-Channel": "fresh",
+                "Grip-Timeout": "5",
+            },
+            b"timeout\n",
+        )
 
     def stream(req):
         return 200, stream_channels(req, "authch"), b"[open]\n"
 
     with Origin({"/first": first, "/stream": stream}) as origin:
-        with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"],
-                     publish_jwt_key=JWT_KEY) as cluster:
-            good = GripPubControl({"control_uri": cluster.publish_url,
-                                   "control_iss": "me", "key": JWT_KEY})
-            bad = GripPubControl({"control_uri": cluster.publish_url,
-                                  "control_iss": "me", "key": "wrong-" + JWT_KEY[6:]})
+        with Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], publish_jwt_key=JWT_KEY) as cluster:
+            good = GripPubControl(
+                {"control_uri": cluster.publish_url, "control_iss": "me", "key": JWT_KEY}
+            )
+            bad = GripPubControl(
+                {
+                    "control_uri": cluster.publish_url,
+                    "control_iss": "me",
+                    "key": "wrong-" + JWT_KEY[6:],
+                }
+            )
             with ThreadPoolExecutor(1) as ex:
                 f = ex.submit(get, cluster, "/first")  # Pushpin: the origin sees it twice
                 c = StreamClient(cluster.url("/stream"))
@@ -526,8 +686,11 @@ def test_publish_jwt_auth_and_first_subscription_retry(tmp_path):
                     r = httpx.post(cluster.publish_url + "/publish", json={"items": []})
                     assert r.status_code == 401 and "Authorization required" in r.text
                     tok = jwt.encode({"iss": "me", "exp": int(time.time()) - 600}, JWT_KEY)
-                    r = httpx.post(cluster.publish_url + "/publish", json={"items": []},
-                                   headers={"Authorization": f"Bearer {tok}"})
+                    r = httpx.post(
+                        cluster.publish_url + "/publish",
+                        json={"items": []},
+                        headers={"Authorization": f"Bearer {tok}"},
+                    )
                     assert (r.status_code, r.text) == (401, "Invalid token: expired.\n")
                     assert httpx.get(cluster.publish_url + "/").text == "Pushpin API\n"
                 finally:

@@ -2,6 +2,7 @@
 only ever reach the configured route's origin, and a well-behaved stream client is never
 disturbed meanwhile.
 """
+
 from __future__ import annotations
 
 import socket
@@ -38,7 +39,7 @@ class Trap:
         while not self._stop:
             try:
                 c, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.accepted += 1
             c.close()
@@ -60,7 +61,7 @@ def raw(port: int, data: bytes, *, timeout: float = 5.0, shut: bool = False) -> 
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             except ConnectionResetError:
                 raise AssertionError(f"connection reset; got {out!r}") from None
@@ -81,42 +82,101 @@ def env(tmp_path_factory):
     evil = f"http://127.0.0.1:{trap.port}"
 
     def stream(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("good")}, b"[open]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("good"),
+            },
+            b"[open]\n",
+        )
 
     def echo(req):
-        return 200, {"Content-Type": "text/plain"}, f"{req.command} {req.path} {req.headers.get('Host')}".encode()
+        return (
+            200,
+            {"Content-Type": "text/plain"},
+            f"{req.command} {req.path} {req.headers.get('Host')}".encode(),
+        )
 
     def evil_link(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("evil"),
-                     "Grip-Link": f"<{evil}/steal>; rel=next; timeout=1, <{evil}/gone>; rel=gone"}, b"[evil]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("evil"),
+                "Grip-Link": f"<{evil}/steal>; rel=next; timeout=1, <{evil}/gone>; rel=gone",
+            },
+            b"[evil]\n",
+        )
 
     def evil_gone(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("evilgone"),
-                     "Grip-Link": f"<{evil}/gone>; rel=gone"}, b"[evil-gone]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("evilgone"),
+                "Grip-Link": f"<{evil}/gone>; rel=gone",
+            },
+            b"[evil-gone]\n",
+        )
 
     def ok_gone(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("okgone"),
-                     "Grip-Link": "</ok-gone>; rel=gone"}, b"[ok-gone]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("okgone"),
+                "Grip-Link": "</ok-gone>; rel=gone",
+            },
+            b"[ok-gone]\n",
+        )
 
     def ok_link(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("okl"),
-                     "Grip-Link": "</next>; rel=next; timeout=1"}, b"[ok]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("okl"),
+                "Grip-Link": "</next>; rel=next; timeout=1",
+            },
+            b"[ok]\n",
+        )
 
     def next_(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("okl")}, b"[next]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("okl"),
+            },
+            b"[next]\n",
+        )
 
-    origin = Origin({"/stream": stream, "/echo": echo, "/evil-link": evil_link,
-                     "/ok-link": ok_link, "/next": next_, "/evil-gone": evil_gone,
-                     "/ok-gone-hold": ok_gone}).__enter__()
-    cluster = Cluster(tmp_path_factory.mktemp("hostile"), [f"* 127.0.0.1:{origin.port}"],
-                      client_head_timeout_s=HEAD_TIMEOUT_S, client_maxconn=MAXCONN,
-                      client_body_bytes=1000, client_header_bytes=2048)
+    origin = Origin(
+        {
+            "/stream": stream,
+            "/echo": echo,
+            "/evil-link": evil_link,
+            "/ok-link": ok_link,
+            "/next": next_,
+            "/evil-gone": evil_gone,
+            "/ok-gone-hold": ok_gone,
+        }
+    ).__enter__()
+    cluster = Cluster(
+        tmp_path_factory.mktemp("hostile"),
+        [f"* 127.0.0.1:{origin.port}"],
+        client_head_timeout_s=HEAD_TIMEOUT_S,
+        client_maxconn=MAXCONN,
+        client_body_bytes=1000,
+        client_header_bytes=2048,
+    )
     try:
         cluster.start()
         good = StreamClient(cluster.url("/stream"))
@@ -137,34 +197,95 @@ def still_served(cluster, good, pub, tag: str) -> None:
     good.read_until(f"still here {tag}\n".encode(), timeout=5)
 
 
-@pytest.mark.parametrize("name, data, code", [
-    ("431 header size", b"GET /echo HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n", 431),
-    ("431 many headers", b"GET /echo HTTP/1.1\r\nHost: h\r\n" + b"X-A: b\r\n" * 400 + b"\r\n", 431),
-    ("414 uri", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
-    ("413 declared", b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n" + b"a" * 5000, 413),
-    ("413 chunked", b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-     + b"200\r\n" + b"a" * 512 + b"\r\n" + b"200\r\n" + b"a" * 512 + b"\r\n" * 2 + b"0\r\n\r\n", 413),
-    ("CL+TE", b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    ("TE+CL", b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n"
-     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    ("two CL", b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\n"
-     b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    ("CL list", b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 38\r\n\r\n"
-     b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"zz\r\nabc\r\n0\r\n\r\n", 400),
-    ("chunk size overflow", b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"fffffffffffffffff1\r\nabc\r\n0\r\n\r\n", 400),
-    ("TE obfuscated", b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n"
-     b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    ("space before colon", b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length : 38\r\n\r\n"
-     b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-    ("bare LF in header", b"GET /echo HTTP/1.1\r\nHost: h\r\nX: a\rGET /smuggled HTTP/1.1\r\n\r\n", 400),
-    ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)), 400),
-    ("CONNECT", b"CONNECT 127.0.0.1:{trap} HTTP/1.1\r\nHost: 127.0.0.1:{trap}\r\n\r\n", 405),
-    ("authority form", b"GET 127.0.0.1:{trap} HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-])
+@pytest.mark.parametrize(
+    "name, data, code",
+    [
+        (
+            "431 header size",
+            b"GET /echo HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n",
+            431,
+        ),
+        (
+            "431 many headers",
+            b"GET /echo HTTP/1.1\r\nHost: h\r\n" + b"X-A: b\r\n" * 400 + b"\r\n",
+            431,
+        ),
+        ("414 uri", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
+        (
+            "413 declared",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n" + b"a" * 5000,
+            413,
+        ),
+        (
+            "413 chunked",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"200\r\n"
+            + b"a" * 512
+            + b"\r\n"
+            + b"200\r\n"
+            + b"a" * 512
+            + b"\r\n" * 2
+            + b"0\r\n\r\n",
+            413,
+        ),
+        (
+            "CL+TE",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "TE+CL",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n"
+            b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "two CL",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 38\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "CL list",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0, 38\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "bad chunk size",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"zz\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "chunk size overflow",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"fffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "TE obfuscated",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n"
+            b"\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "space before colon",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length : 38\r\n\r\n"
+            b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "bare LF in header",
+            b"GET /echo HTTP/1.1\r\nHost: h\r\nX: a\rGET /smuggled HTTP/1.1\r\n\r\n",
+            400,
+        ),
+        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)), 400),
+        ("CONNECT", b"CONNECT 127.0.0.1:{trap} HTTP/1.1\r\nHost: 127.0.0.1:{trap}\r\n\r\n", 405),
+        ("authority form", b"GET 127.0.0.1:{trap} HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+    ],
+)
 def test_limits_and_smuggling_answer_clearly(env, name, data, code):
     cluster, origin, trap, good, pub = env
     before = len(origin.requests)
@@ -179,8 +300,11 @@ def test_limits_and_smuggling_answer_clearly(env, name, data, code):
 
 def test_absolute_form_only_reaches_the_routes_origin(env):
     cluster, origin, trap, good, pub = env
-    resp = raw(cluster.edge_ports[0], f"GET http://127.0.0.1:{trap.port}/echo HTTP/1.1\r\n"
-               f"Host: 127.0.0.1:{trap.port}\r\nConnection: close\r\n\r\n".encode())
+    resp = raw(
+        cluster.edge_ports[0],
+        f"GET http://127.0.0.1:{trap.port}/echo HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{trap.port}\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert status(resp) == 200
     assert resp.endswith(f"GET /echo 127.0.0.1:{trap.port}".encode())  # served by the origin
     assert trap.accepted == 0
@@ -217,8 +341,11 @@ def test_next_and_gone_links_cannot_leave_the_origin(env):
         clients.append(s)
     for s in clients:
         s.close()
-    wait_for(lambda: any(p == "/ok-gone" for _, p, _, _ in origin.requests), 10,
-             "the origin's own gone link was never posted")
+    wait_for(
+        lambda: any(p == "/ok-gone" for _, p, _, _ in origin.requests),
+        10,
+        "the origin's own gone link was never posted",
+    )
     assert trap.accepted == 0
     still_served(cluster, good, pub, "links")
 
@@ -246,7 +373,7 @@ def test_slowloris_gets_408_and_idle_connections_are_closed(env):
                 if not chunk:
                     break
                 got += chunk
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert status(got) == 408, got
     still_served(cluster, good, pub, "slowloris")

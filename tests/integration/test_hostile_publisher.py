@@ -7,6 +7,7 @@ history past its byte budget (413 per item).  A published ``hint`` does not end 
 whose client is behind (its backlog keeps draining, then the next link is fetched).
 Throughout, the edge keeps serving: a response hold gets its clean published answer after.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,28 +28,57 @@ HIT: dict = {}
 
 def o_poll(h):
     HIT["poll"] = HIT.get("poll", 0) + 1
-    return 200, {"Grip-Hold": "response", "Grip-Channel": "lp", "Grip-Timeout": "60",
-                 "Content-Type": "application/json"}, TIMEOUT_BODY
+    return (
+        200,
+        {
+            "Grip-Hold": "response",
+            "Grip-Channel": "lp",
+            "Grip-Timeout": "60",
+            "Content-Type": "application/json",
+        },
+        TIMEOUT_BODY,
+    )
 
 
 def o_stream(h):
-    return 200, {"Grip-Hold": "stream", "Grip-Channel": "bk", "Content-Type": "text/plain",
-                 "Grip-Link": "</stream/next>; rel=next; timeout=0"}, b"start\n"
+    return (
+        200,
+        {
+            "Grip-Hold": "stream",
+            "Grip-Channel": "bk",
+            "Content-Type": "text/plain",
+            "Grip-Link": "</stream/next>; rel=next; timeout=0",
+        },
+        b"start\n",
+    )
 
 
 def o_next(h):
     HIT["next"] = HIT.get("next", 0) + 1
-    return 200, {"Grip-Hold": "stream", "Grip-Channel": "bk", "Content-Type": "text/plain",
-                 "Grip-Link": "</stream/next>; rel=next; timeout=0"}, b"next\n"
+    return (
+        200,
+        {
+            "Grip-Hold": "stream",
+            "Grip-Channel": "bk",
+            "Content-Type": "text/plain",
+            "Grip-Link": "</stream/next>; rel=next; timeout=0",
+        },
+        b"next\n",
+    )
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     with Origin({"/poll": o_poll, "/stream": o_stream, "/stream/next": o_next}) as origin:
         mport = free_port_block(1)
-        with Cluster(tmp_path_factory.mktemp("hpub"), [f"* 127.0.0.1:{origin.port}"],
-                     edge_metrics_port=mport, update_on_first_subscription="false",
-                     client_buffer_bytes=64 << 20, history_max_bytes=4 << 20) as cluster:
+        with Cluster(
+            tmp_path_factory.mktemp("hpub"),
+            [f"* 127.0.0.1:{origin.port}"],
+            edge_metrics_port=mport,
+            update_on_first_subscription="false",
+            client_buffer_bytes=64 << 20,
+            history_max_bytes=4 << 20,
+        ) as cluster:
             cluster.metrics_port = mport
             yield cluster, origin
 
@@ -64,8 +94,13 @@ def metrics(cluster) -> dict:
 
 
 def wait_held(cluster, mode, n):
-    wait_for(lambda: metrics(cluster).get(f'gripcast_edge_held_sessions{{mode="{mode}"}}', 0) >= n
-             and metrics(cluster).get("gripcast_edge_channels_positioning", 1) == 0, 15)
+    wait_for(
+        lambda: (
+            metrics(cluster).get(f'gripcast_edge_held_sessions{{mode="{mode}"}}', 0) >= n
+            and metrics(cluster).get("gripcast_edge_channels_positioning", 1) == 0
+        ),
+        15,
+    )
 
 
 def publish(cluster, *items) -> httpx.Response:
@@ -80,17 +115,37 @@ def deep(n: int):
 
 
 HOSTILE = [
-    ("deep patch", {"http-response": {"body-patch": [
-        {"op": "add", "path": "/d", "value": deep(600)}]}}, 400, "body-patch"),
-    ("many ops", {"http-response": {"body-patch": [
-        {"op": "test", "path": "", "value": {}}] * 101}}, 400, "body-patch"),
-    ("split reason", {"http-response": {
-        "reason": "OK\r\nSet-Cookie: session=ALICE\r\n\r\nHTTP/1.1 200 OK", "body": "x"}}, 400,
-     "'reason'"),
+    (
+        "deep patch",
+        {"http-response": {"body-patch": [{"op": "add", "path": "/d", "value": deep(600)}]}},
+        400,
+        "body-patch",
+    ),
+    (
+        "many ops",
+        {"http-response": {"body-patch": [{"op": "test", "path": "", "value": {}}] * 101}},
+        400,
+        "body-patch",
+    ),
+    (
+        "split reason",
+        {
+            "http-response": {
+                "reason": "OK\r\nSet-Cookie: session=ALICE\r\n\r\nHTTP/1.1 200 OK",
+                "body": "x",
+            }
+        },
+        400,
+        "'reason'",
+    ),
     ("header name", {"http-response": {"headers": [["X Evil", "1"]], "body": "x"}}, 400, "headers"),
     ("id header", {"id": "1\r\nX-Smuggled: yes", "http-stream": {"content": "x"}}, 400, "'id'"),
-    ("prev-id request", {"prev-id": "1\r\n\r\nGET /admin HTTP/1.1",
-                         "http-stream": {"content": "x"}}, 400, "'prev-id'"),
+    (
+        "prev-id request",
+        {"prev-id": "1\r\n\r\nGET /admin HTTP/1.1", "http-stream": {"content": "x"}},
+        400,
+        "'prev-id'",
+    ),
 ]
 
 
@@ -121,13 +176,18 @@ def test_a_patch_the_broker_cannot_judge_is_one_sessions_failed_patch(env):
     so the edge's budget stops it (1 MiB) and that one poll gets the unpatched timeout body,
     quickly; before, 20 ops blocked the loop for seconds and 30 exhausted memory."""
     cluster, origin = env
-    bomb = {"http-response": {"body-patch": [
-        {"op": "copy", "from": "", "path": f"/k{i}"} for i in range(30)]}}
+    bomb = {
+        "http-response": {
+            "body-patch": [{"op": "copy", "from": "", "path": f"/k{i}"} for i in range(30)]
+        }
+    }
     head, body, took = held_poll_answer(cluster, bomb)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == TIMEOUT_BODY
     assert took < 5.0
-    head, body, _ = held_poll_answer(cluster, {"http-response": {"body-patch": [
-        {"op": "replace", "path": "/a", "value": "patched"}]}})
+    head, body, _ = held_poll_answer(
+        cluster,
+        {"http-response": {"body-patch": [{"op": "replace", "path": "/a", "value": "patched"}]}},
+    )
     assert body == b'{"a":"patched"}'
     assert all(p.proc.poll() is None for p in cluster.procs)
 
@@ -138,8 +198,15 @@ def test_hostile_publishes_are_refused_and_the_edge_keeps_serving(env, name, fmt
     r = publish(cluster, {"channel": "lp", **fmt})
     assert r.status_code == code and word in r.text, r.text
     # a held poll still gets the next clean publish, cleanly, from the same edge process
-    head, body, _ = held_poll_answer(cluster, {"http-response": {"body-patch": [
-        {"op": "replace", "path": "/a", "value": "patched"}], "headers": {"X-Pub": "yes"}}})
+    head, body, _ = held_poll_answer(
+        cluster,
+        {
+            "http-response": {
+                "body-patch": [{"op": "replace", "path": "/a", "value": "patched"}],
+                "headers": {"X-Pub": "yes"},
+            }
+        },
+    )
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nX-Pub: yes" in head
     assert body == b'{"a":"patched"}'
     assert all(p.proc.poll() is None for p in cluster.procs)
@@ -195,8 +262,10 @@ def test_hint_keeps_a_backlogged_stream(env):
         # through a readtimer.Waker (no cancel scope), which a hint wakes with notify_closing;
         # a first hint and its next link first, as a warm-up
         before = HIT.get("next", 0)
-        assert publish(cluster, {"channel": "bk",
-                                 "http-stream": {"action": "hint"}}).status_code == 200
+        assert (
+            publish(cluster, {"channel": "bk", "http-stream": {"action": "hint"}}).status_code
+            == 200
+        )
         while b"next\n" not in data:
             data += c.recv(65536)
         wait_for(lambda: HIT.get("next", 0) == before + 1, 10)
@@ -206,8 +275,10 @@ def test_hint_keeps_a_backlogged_stream(env):
             assert r.status_code == 200
         wait_for(lambda: metrics(cluster).get("gripcast_edge_lagging_connections", 0) >= 1, 15)
         before = HIT.get("next", 0)
-        assert publish(cluster, {"channel": "bk",
-                                 "http-stream": {"action": "hint"}}).status_code == 200
+        assert (
+            publish(cluster, {"channel": "bk", "http-stream": {"action": "hint"}}).status_code
+            == 200
+        )
         time.sleep(0.5)  # let the hint reach the edge while the backlog is still there
         assert metrics(cluster).get("gripcast_edge_lagging_connections", 0) >= 1
         total = 0

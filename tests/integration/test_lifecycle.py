@@ -1,4 +1,5 @@
 """Graceful drain (SIGTERM) and reload (SIGHUP) of real edge and broker processes."""
+
 from __future__ import annotations
 
 import signal
@@ -19,22 +20,39 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 def stream_hold(channel, body=b"[open]\n"):
     def handler(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header(channel)}, body
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header(channel),
+            },
+            body,
+        )
+
     return handler
 
 
 def response_hold(channel):
     def handler(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "response",
-                     "Grip-Channel": create_grip_channel_header(channel),
-                     "Grip-Timeout": "60"}, b"timeout-body\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "response",
+                "Grip-Channel": create_grip_channel_header(channel),
+                "Grip-Timeout": "60",
+            },
+            b"timeout-body\n",
+        )
+
     return handler
 
 
 def plain(text):
     def handler(req):
         return 200, {"Content-Type": "text/plain"}, text
+
     return handler
 
 
@@ -44,9 +62,19 @@ def publish(cluster, channel, text, **kw):
 
 def test_edge_sigterm_drains_streams_and_long_polls_then_exits(tmp_path):
     mport = free_port_block(2)
-    with Origin({"/s": stream_hold("d"), "/lp": response_hold("d"), "/p": plain(b"plain\n")}) as origin, \
-            Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edges=2, separate_ports=True,
-                    drain_timeout_s=5.0, edge_metrics_port=mport) as cluster:
+    with (
+        Origin(
+            {"/s": stream_hold("d"), "/lp": response_hold("d"), "/p": plain(b"plain\n")}
+        ) as origin,
+        Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            edges=2,
+            separate_ports=True,
+            drain_timeout_s=5.0,
+            edge_metrics_port=mport,
+        ) as cluster,
+    ):
         stream = StreamClient(cluster.url("/s", edge=0)).wait_open()
         stream.read_until(b"[open]\n")
         lp_result = {}
@@ -65,8 +93,10 @@ def test_edge_sigterm_drains_streams_and_long_polls_then_exits(tmp_path):
             got += idle.recv(4096)
         publish(cluster, "d", "one\n")
         stream.read_until(b"one\n")
-        wait_for(lambda: scrape(mport)["gripcast_edge_held_sessions{mode=response}"] == 1,
-                 what="long-poll held")
+        wait_for(
+            lambda: scrape(mport)["gripcast_edge_held_sessions{mode=response}"] == 1,
+            what="long-poll held",
+        )
 
         edge0 = cluster.edge_procs[0].proc
         t0 = time.monotonic()
@@ -94,9 +124,16 @@ def test_edge_drain_timeout_cuts_what_is_left(tmp_path):
     """A client that never reads keeps its stream's final chunk unsent: drain_timeout_s bounds
     the wait."""
     mport = free_port_block(2)
-    with Origin({"/s": stream_hold("slow")}) as origin, \
-            Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], drain_timeout_s=1.0,
-                    client_buffer_bytes=1 << 26, edge_metrics_port=mport) as cluster:
+    with (
+        Origin({"/s": stream_hold("slow")}) as origin,
+        Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            drain_timeout_s=1.0,
+            client_buffer_bytes=1 << 26,
+            edge_metrics_port=mport,
+        ) as cluster,
+    ):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", cluster.edge_ports[0]))
@@ -108,8 +145,10 @@ def test_edge_drain_timeout_cuts_what_is_left(tmp_path):
         big = "x" * 900_000 + "\n"
         for _ in range(12):  # ~11 MB the client never reads: more than the kernel buffers
             publish(cluster, "slow", big)
-        wait_for(lambda: scrape(mport)["gripcast_edge_messages_received_total"] == 12,
-                 what="messages reached the edge")
+        wait_for(
+            lambda: scrape(mport)["gripcast_edge_messages_received_total"] == 12,
+            what="messages reached the edge",
+        )
         assert scrape(mport)["gripcast_edge_backlogged_total"] >= 1  # the edge holds a backlog
         edge0 = cluster.edge_procs[0].proc
         t0 = time.monotonic()
@@ -121,8 +160,10 @@ def test_edge_drain_timeout_cuts_what_is_left(tmp_path):
 
 
 def test_edge_sighup_reloads_routes_without_dropping_connections(tmp_path):
-    with Origin({"/s": stream_hold("r"), "/x": plain(b"from-a\n")}) as a, \
-            Origin({"/x": plain(b"from-b\n")}) as b:
+    with (
+        Origin({"/s": stream_hold("r"), "/x": plain(b"from-a\n")}) as a,
+        Origin({"/x": plain(b"from-b\n")}) as b,
+    ):
         routes = tmp_path / "routes"
         routes.write_text(f"* 127.0.0.1:{a.port}\n")
         with Cluster(tmp_path, [], routes_file=str(routes)) as cluster:
@@ -151,8 +192,10 @@ def test_edge_sighup_reloads_routes_without_dropping_connections(tmp_path):
 def test_broker_sigterm_never_acknowledges_what_it_did_not_store(tmp_path):
     """Publishers hammer the broker while it stops: every publish answered 200 was stored and
     fanned out (the held stream got it); after the stop, publishes fail instead."""
-    with Origin({"/s": stream_hold("b")}) as origin, \
-            Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], drain_timeout_s=5.0) as cluster:
+    with (
+        Origin({"/s": stream_hold("b")}) as origin,
+        Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], drain_timeout_s=5.0) as cluster,
+    ):
         stream = StreamClient(cluster.url("/s")).wait_open()
         stream.read_until(b"[open]\n")
         acked: list[str] = []
@@ -166,8 +209,15 @@ def test_broker_sigterm_never_acknowledges_what_it_did_not_store(tmp_path):
                 while not stop.is_set():
                     n += 1
                     mid = f"p{k}-{n}"
-                    body = {"items": [{"channel": "b", "id": mid,
-                                       "formats": {"http-stream": {"content": mid + "\n"}}}]}
+                    body = {
+                        "items": [
+                            {
+                                "channel": "b",
+                                "id": mid,
+                                "formats": {"http-stream": {"content": mid + "\n"}},
+                            }
+                        ]
+                    }
                     try:
                         r = client.post(cluster.publish_url + "/publish/", json=body)
                         ok = r.status_code == 200
@@ -205,6 +255,8 @@ def test_broker_sighup_reload(tmp_path):
         broker.proc.send_signal(signal.SIGHUP)
         broker.wait_ready(timeout=10)
         assert broker.proc.poll() is None
-        r = httpx.post(cluster.publish_url + "/publish/",
-                       json={"items": [{"channel": "c", "formats": {"http-stream": {"content": "x"}}}]})
+        r = httpx.post(
+            cluster.publish_url + "/publish/",
+            json={"items": [{"channel": "c", "formats": {"http-stream": {"content": "x"}}}]},
+        )
         assert r.status_code == 200

@@ -8,6 +8,7 @@ get every message on time throughout.
 
 Needs root and ``ip netns`` (CI runs as root); skipped otherwise, with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,11 @@ class Net:
     def __init__(self) -> None:
         self.id = "gc" + secrets.token_hex(3)
         self.sw = self.id + "sw"
-        self.hosts = {"b": (self.id + "b", f"{NET}.1"), "e1": (self.id + "e1", f"{NET}.2"),
-                      "e2": (self.id + "e2", f"{NET}.3")}
+        self.hosts = {
+            "b": (self.id + "b", f"{NET}.1"),
+            "e1": (self.id + "e1", f"{NET}.2"),
+            "e2": (self.id + "e2", f"{NET}.3"),
+        }
         self.created: list[str] = []
 
     def ns(self, host: str) -> str:
@@ -73,8 +77,20 @@ class Net:
         ip("-n", self.sw, "link", "add", "br0", "type", "bridge")
         ip("-n", self.sw, "link", "set", "br0", "up")
         for host, (ns, addr) in self.hosts.items():
-            ip("-n", self.sw, "link", "add", self.port(host), "type", "veth", "peer", "name",
-               "eth0", "netns", ns)
+            ip(
+                "-n",
+                self.sw,
+                "link",
+                "add",
+                self.port(host),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            )
             ip("-n", self.sw, "link", "set", self.port(host), "master", "br0", "up")
             ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
@@ -101,9 +117,14 @@ class Lines:
     """A helper process (tests/integration/nshelper.py) whose stdout lines are collected."""
 
     def __init__(self, argv: list[str], stdin: bool = False) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT, text=True,
-                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
-        self.q: "queue.Queue[tuple[float, str]]" = queue.Queue()
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        )
+        self.q: queue.Queue[tuple[float, str]] = queue.Queue()
         self.lines: list[tuple[float, str]] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -163,9 +184,14 @@ def toml(path, **values) -> str:
 def metric(net: Net, host: str, name: str) -> float:
     """A counter from the edge's /metrics (edge index 1 or 2: port 9100 + index)."""
     url = f"http://127.0.0.1:{9100 + int(host[1])}/metrics"
-    out = subprocess.run(net.exec(host) + [sys.executable, "-m", "tests.integration.nshelper",
-                                            "get", url], capture_output=True, text=True,
-                         cwd=ROOT, timeout=20, check=True).stdout
+    out = subprocess.run(
+        net.exec(host) + [sys.executable, "-m", "tests.integration.nshelper", "get", url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=20,
+        check=True,
+    ).stdout
     for line in out.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "_total "):
             return float(line.split()[-1])
@@ -185,20 +211,39 @@ def test_edges_on_other_hosts_and_a_host_cut_off(tmp_path):
         net.up()
         # the secure recipe (docs/multihost.md): edge sockets on the network with Curve,
         # publish inputs and the HTTP API on loopback (the publishers run on the broker host)
-        broker_cfg = toml(tmp_path / "broker.toml", edge_bind="0.0.0.0",
-                          zmq_heartbeat_s=HEARTBEAT_S, curve_secret_key=bsec,
-                          curve_allowed_clients=[edge_keys["e1"][0], edge_keys["e2"][0]])
-        origin = Proc(net.exec("b") + gripcast("demo-origin", "--listen", f"{BROKER_IP}:8090",
-                                               "--publish-url", "http://127.0.0.1:5561"))
+        broker_cfg = toml(
+            tmp_path / "broker.toml",
+            edge_bind="0.0.0.0",
+            zmq_heartbeat_s=HEARTBEAT_S,
+            curve_secret_key=bsec,
+            curve_allowed_clients=[edge_keys["e1"][0], edge_keys["e2"][0]],
+        )
+        origin = Proc(
+            net.exec("b")
+            + gripcast(
+                "demo-origin",
+                "--listen",
+                f"{BROKER_IP}:8090",
+                "--publish-url",
+                "http://127.0.0.1:5561",
+            )
+        )
         origin.wait_ready()
         procs.append(origin)
         procs.append(Proc(net.exec("b") + gripcast("broker", "--config", broker_cfg)).wait_ready())
         for h in ("e1", "e2"):
-            cfg = toml(tmp_path / f"{h}.toml", broker_host=BROKER_IP, routes=[f"* {BROKER_IP}:8090"],
-                       zmq_heartbeat_s=HEARTBEAT_S, curve_public_key=bpub,
-                       curve_client_secret_key=edge_keys[h][1], edge_metrics_port=9100)
-            procs.append(Proc(net.exec(h) + gripcast("edge", "--index", h[1], "--config", cfg))
-                         .wait_ready())
+            cfg = toml(
+                tmp_path / f"{h}.toml",
+                broker_host=BROKER_IP,
+                routes=[f"* {BROKER_IP}:8090"],
+                zmq_heartbeat_s=HEARTBEAT_S,
+                curve_public_key=bpub,
+                curve_client_secret_key=edge_keys[h][1],
+                edge_metrics_port=9100,
+            )
+            procs.append(
+                Proc(net.exec(h) + gripcast("edge", "--index", h[1], "--config", cfg)).wait_ready()
+            )
 
         helper = [sys.executable, "-m", "tests.integration.nshelper"]
         clients = {}
@@ -209,8 +254,9 @@ def test_edges_on_other_hosts_and_a_host_cut_off(tmp_path):
                 clients[(h, n)] = c
         for c in clients.values():
             c.wait_for("line [stream open]", timeout=20)  # the origin is up and reachable too
-        pub = Lines(net.exec("b") + helper + ["publish", "http://127.0.0.1:5561", "test"],
-                    stdin=True)
+        pub = Lines(
+            net.exec("b") + helper + ["publish", "http://127.0.0.1:5561", "test"], stdin=True
+        )
         helpers.append(pub)
         sent = 0
 

@@ -2,6 +2,7 @@
 anyway, refuses publishes clearly (503 "Store unavailable.") instead of acknowledging what it
 cannot store, and once Redis comes up it reconnects by itself: publishes are acknowledged and
 reach the clients an edge held meanwhile."""
+
 from __future__ import annotations
 
 import time
@@ -14,14 +15,23 @@ from tests.helpers import MISSING, free_port_block, free_ports, wait_for
 from tests.integration.cluster import Cluster, Origin, StreamClient
 from tests.redis_server import RedisServer, redis_available
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
-              pytest.mark.skipif(not redis_available(),
-                                 reason=MISSING + "redis-server is not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed"),
+]
 
 
 def stream(req):
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                 "Grip-Channel": create_grip_channel_header("rs")}, b"[open]\n"
+    return (
+        200,
+        {
+            "Content-Type": "text/plain",
+            "Grip-Hold": "stream",
+            "Grip-Channel": create_grip_channel_header("rs"),
+        },
+        b"[open]\n",
+    )
 
 
 def item(text: str) -> dict:
@@ -66,8 +76,12 @@ def test_broker_started_while_redis_is_down_recovers_when_it_comes_up(tmp_path):
     try:
         with Origin({"/stream": stream}) as origin:
             mport = free_port_block(1)
-            cl = Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], edge_metrics_port=mport,
-                         store=f"redis://127.0.0.1:{redis.port}/0")
+            cl = Cluster(
+                tmp_path,
+                [f"* 127.0.0.1:{origin.port}"],
+                edge_metrics_port=mport,
+                store=f"redis://127.0.0.1:{redis.port}/0",
+            )
             cl.metrics_port = mport
             cl.start()  # both processes report READY with the store down
             try:

@@ -1,5 +1,6 @@
 """``gripcast run`` as a new user meets it: mistakes end the start at once with the reason,
 a second cluster is refused, Ctrl-C stops everything cleanly, crashes are restarted."""
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,13 @@ class Runner:
     """``gripcast run`` in its own process group, with its merged log collected."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(gripcast("run", *args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.proc = subprocess.Popen(
+            gripcast("run", *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -40,8 +45,11 @@ class Runner:
         return "".join(self.lines)
 
     def wait_line(self, pattern: str, timeout: float = 30.0) -> None:
-        wait_for(lambda: re.search(pattern, self.text, re.M), timeout,
-                 f"no line matching {pattern!r} in:\n{self.text}")
+        wait_for(
+            lambda: re.search(pattern, self.text, re.M),
+            timeout,
+            f"no line matching {pattern!r} in:\n{self.text}",
+        )
 
     def wait_exit(self, timeout: float = 30.0) -> int:
         code = self.proc.wait(timeout)
@@ -128,8 +136,15 @@ def test_child_config_error_is_not_restarted(tmp_path):
 @pytest.mark.parametrize("how", ["group", "runner", "sigterm"])
 def test_ctrl_c_and_sigterm_stop_everything_cleanly(tmp_path, how):
     demo_port = free_ports(1)[0]
-    r = Runner("--config", config(tmp_path, routes=()), "--edges", "2", "--demo",
-               "--demo-port", str(demo_port))
+    r = Runner(
+        "--config",
+        config(tmp_path, routes=()),
+        "--edges",
+        "2",
+        "--demo",
+        "--demo-port",
+        str(demo_port),
+    )
     try:
         r.wait_line(r"^=+$\n\Z|Ctrl-C stops everything")
         if how == "group":
@@ -150,8 +165,15 @@ def test_ctrl_c_and_sigterm_stop_everything_cleanly(tmp_path, how):
 
 def test_banner_is_last_and_names_the_commands(tmp_path):
     demo_port = free_ports(1)[0]
-    r = Runner("--config", config(tmp_path, routes=()), "--edges", "1", "--demo",
-               "--demo-port", str(demo_port))
+    r = Runner(
+        "--config",
+        config(tmp_path, routes=()),
+        "--edges",
+        "1",
+        "--demo",
+        "--demo-port",
+        str(demo_port),
+    )
     try:
         r.wait_line(r"Ctrl-C stops everything")
         time.sleep(0)  # (the banner lines come in one write)
@@ -180,9 +202,13 @@ def test_edge_refuses_a_broker_of_another_cluster(tmp_path):
     cfg = config(tmp_path, cluster_id="cluster-a")
     broker = Proc(gripcast("broker", "--config", cfg)).wait_ready()
     try:
-        edge = subprocess.run(gripcast("edge", "--config", cfg, "--index", "0"),
-                              env=dict(os.environ, GRIPCAST_CLUSTER_ID="cluster-b"),
-                              capture_output=True, text=True, timeout=30)
+        edge = subprocess.run(
+            gripcast("edge", "--config", cfg, "--index", "0"),
+            env=dict(os.environ, GRIPCAST_CLUSTER_ID="cluster-b"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert edge.returncode == 78, edge.stderr
         assert "belongs to another cluster" in edge.stderr
         assert "'cluster-a'" in edge.stderr and "'cluster-b'" in edge.stderr
@@ -193,8 +219,9 @@ def test_edge_refuses_a_broker_of_another_cluster(tmp_path):
 def test_no_secret_on_any_command_line(tmp_path):
     """Security issue item 7: /proc/<pid>/cmdline is readable by every local user."""
     secret_sig, secret_pub = "sig-" + "s" * 40, "pub-" + "p" * 40
-    r = Runner("--config", config(tmp_path, sig_key=secret_sig, publish_jwt_key=secret_pub),
-               "--edges", "1")
+    r = Runner(
+        "--config", config(tmp_path, sig_key=secret_sig, publish_jwt_key=secret_pub), "--edges", "1"
+    )
     try:
         r.wait_line(r"gripcast is ready")
         pids = [int(p) for p in re.findall(r"started \w+ pid=(\d+)", r.text)] + [r.proc.pid]

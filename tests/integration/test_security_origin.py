@@ -3,6 +3,7 @@ as a raw socket server sends interim responses and bytes after its responses; no
 crosses from one client to another, and the request the origin sees carries exactly the Host
 that picked the route and no trailer.
 """
+
 from __future__ import annotations
 
 import select
@@ -16,11 +17,12 @@ from tests.integration.cluster import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-ALICE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: session=ALICE\r\n"
-         b"Content-Length: 13\r\n\r\nalice-private")
+ALICE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: session=ALICE\r\n"
+    b"Content-Length: 13\r\n\r\nalice-private"
+)
 BOB = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nbob"
-MALLORY = (b"HTTP/1.1 200 OK\r\nSet-Cookie: session=MALLORY\r\nContent-Length: 6\r\n\r\n"
-           b"secret")
+MALLORY = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=MALLORY\r\nContent-Length: 6\r\n\r\nsecret"
 
 
 class HostileOrigin:
@@ -50,7 +52,7 @@ class HostileOrigin:
         while not self._stop:
             try:
                 c, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self._n += 1
             t = threading.Thread(target=self._serve, args=(c, self._n), daemon=True)
@@ -71,8 +73,14 @@ class HostileOrigin:
                         return
                     buf += data
                 head, _, buf = buf.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 while len(buf) < length:
                     buf += c.recv(65536)
                 buf = buf[length:]  # the body (the edge sends a length, never chunked)
@@ -119,7 +127,7 @@ def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
         while True:
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break
@@ -194,17 +202,23 @@ def test_bytes_after_a_framed_response_are_never_a_response(env, path):
 def test_duplicate_host_is_refused_before_any_origin_request(env):
     port, origin = env
     before = len(origin.log)
-    resp = exchange(port, b"GET /echo HTTP/1.1\r\nHost: app.example\r\nHost: admin.internal\r\n"
-                          b"Connection: close\r\n\r\n")
+    resp = exchange(
+        port,
+        b"GET /echo HTTP/1.1\r\nHost: app.example\r\nHost: admin.internal\r\n"
+        b"Connection: close\r\n\r\n",
+    )
     assert resp.startswith(b"HTTP/1.1 400 "), resp
     assert len(origin.log) == before
 
 
 def test_chunked_trailers_never_reach_the_origin(env):
     port, origin = env
-    resp = exchange(port, b"POST /echo HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n"
-                          b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
-                          b"Host: admin.internal\r\nX-Trailer: evil\r\n\r\n")
+    resp = exchange(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+        b"Host: admin.internal\r\nX-Trailer: evil\r\n\r\n",
+    )
     assert resp.startswith(b"HTTP/1.1 200 "), resp
     seen = origin.log[-1][2]
     assert b"admin.internal" not in seen and b"X-Trailer" not in seen, seen

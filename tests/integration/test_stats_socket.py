@@ -1,4 +1,5 @@
 """Pushpin's stats socket on the broker, read with a plain ZeroMQ SUB as Pushpin's tools do."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,13 +28,26 @@ def _s(v):
 
 def test_stats_socket_sub_message_report(tmp_path):
     def hold(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("st")}, b"[open]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("st"),
+            },
+            b"[open]\n",
+        )
 
     sport = free_port_block(1)
-    with Origin({"/s": hold}) as origin, \
-            Cluster(tmp_path, [f"* 127.0.0.1:{origin.port}"], stats_spec=f"tcp://127.0.0.1:{sport}",
-                    stats_report_interval_s=0.5) as cluster:
+    with (
+        Origin({"/s": hold}) as origin,
+        Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            stats_spec=f"tcp://127.0.0.1:{sport}",
+            stats_report_interval_s=0.5,
+        ) as cluster,
+    ):
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -58,18 +72,36 @@ def test_stats_socket_sub_message_report(tmp_path):
             pump(lambda: "report" in seen)
             client = StreamClient(cluster.url("/s")).wait_open()
             client.read_until(b"[open]\n")
-            r = httpx.post(cluster.publish_url + "/publish/", json={"items": [
-                {"channel": "st", "id": "m1", "formats": {"http-stream": {"content": "x\n"}}}]})
+            r = httpx.post(
+                cluster.publish_url + "/publish/",
+                json={
+                    "items": [
+                        {
+                            "channel": "st",
+                            "id": "m1",
+                            "formats": {"http-stream": {"content": "x\n"}},
+                        }
+                    ]
+                },
+            )
             assert r.status_code == 200
             client.read_until(b"x\n")
-            pump(lambda: any(m["channel"] == "st" for m in seen.get("message", []))
-                 and any(s["channel"] == "st" for s in seen.get("sub", [])))
+            pump(
+                lambda: (
+                    any(m["channel"] == "st" for m in seen.get("message", []))
+                    and any(s["channel"] == "st" for s in seen.get("sub", []))
+                )
+            )
             msg = next(m for m in seen["message"] if m["channel"] == "st")
             assert msg["item-id"] == "m1" and msg["transport"] == "http-stream"
             n = len(seen["report"])
-            pump(lambda: len(seen["report"]) > n and any(
-                rep["received"] >= 1 for rep in seen["report"][n:]) or
-                any(rep["received"] >= 1 for rep in seen["report"]))
+            pump(
+                lambda: (
+                    len(seen["report"]) > n
+                    and any(rep["received"] >= 1 for rep in seen["report"][n:])
+                    or any(rep["received"] >= 1 for rep in seen["report"])
+                )
+            )
             client.close()
         finally:
             sub.close()
@@ -82,7 +114,7 @@ def _monitorstats_decode(m_raw: bytes):
     ``unavailable`` a bool, ``peer-address`` an IP address)."""
     at = m_raw.find(b" ")
     mtype = m_raw[:at].decode()
-    mdata = m_raw[at + 1:]
+    mdata = m_raw[at + 1 :]
     assert mdata[0] == ord(b"T"), m_raw
     raw = tnetstring.loads(mdata[1:])
     assert isinstance(raw, dict) and isinstance(raw[b"from"], bytes)
@@ -94,7 +126,9 @@ def _monitorstats_decode(m_raw: bytes):
             assert raw[b"type"] in (b"http", b"ws") and isinstance(raw[b"ttl"], int)
             ipaddress.ip_address(raw[b"peer-address"].decode())
     elif mtype == "sub":
-        assert raw[b"mode"] in (b"response", b"stream", b"ws") and isinstance(raw[b"channel"], bytes)
+        assert raw[b"mode"] in (b"response", b"stream", b"ws") and isinstance(
+            raw[b"channel"], bytes
+        )
         assert raw.get(b"unavailable") is True or isinstance(raw[b"ttl"], int)
     elif mtype == "report":
         assert all(isinstance(raw[k], int) for k in (b"connections", b"received", b"sent"))
@@ -104,16 +138,31 @@ def _monitorstats_decode(m_raw: bytes):
 def test_stats_socket_conn_events_from_edges(tmp_path):
     """HTTP stream and WebSocket clients through an edge show up as Pushpin ``conn`` packets
     (type, peer, ttl), go ``unavailable`` when they leave, and count in ``report`` and ``sub``."""
+
     def hold(req):
-        return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream",
-                     "Grip-Channel": create_grip_channel_header("cs")}, b"[open]\n"
+        return (
+            200,
+            {
+                "Content-Type": "text/plain",
+                "Grip-Hold": "stream",
+                "Grip-Channel": create_grip_channel_header("cs"),
+            },
+            b"[open]\n",
+        )
 
     sport = free_port_block(2)
     mport = sport + 1
-    with WohOriginApp() as woh, Origin({"/s": hold}) as origin, \
-            Cluster(tmp_path, [f"*,path_beg=/ws 127.0.0.1:{woh.port},over_http",
-                               f"* 127.0.0.1:{origin.port}"], metrics_port=mport,
-                    stats_spec=f"tcp://127.0.0.1:{sport}", stats_report_interval_s=0.5) as cluster:
+    with (
+        WohOriginApp() as woh,
+        Origin({"/s": hold}) as origin,
+        Cluster(
+            tmp_path,
+            [f"*,path_beg=/ws 127.0.0.1:{woh.port},over_http", f"* 127.0.0.1:{origin.port}"],
+            metrics_port=mport,
+            stats_spec=f"tcp://127.0.0.1:{sport}",
+            stats_report_interval_s=0.5,
+        ) as cluster,
+    ):
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -147,17 +196,29 @@ def test_stats_socket_conn_events_from_edges(tmp_path):
             assert conn["id"].startswith(conn["from"] + ":")
             assert conn["peer-address"] == "127.0.0.1" and conn["ttl"] == 120
             _, s = pump(lambda k, f: k == "sub" and f["channel"] == "cs")
-            assert s == {"from": s["from"], "mode": "stream", "channel": "cs", "ttl": 60,
-                         "subscribers": 1} and s["from"].startswith("gripcast-broker_")
+            assert s == {
+                "from": s["from"],
+                "mode": "stream",
+                "channel": "cs",
+                "ttl": 60,
+                "subscribers": 1,
+            } and s["from"].startswith("gripcast-broker_")
 
-            ws = stack.enter_context(ws_connect(
-                f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=cs", open_timeout=10))
+            ws = stack.enter_context(
+                ws_connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=cs", open_timeout=10)
+            )
             _, wconn = pump(lambda k, f: k == "conn" and f.get("type") == "ws")
             uuid.UUID(wconn["id"])  # Pushpin's WebSocket ids are uuids: the Connection-Id
             assert any(h.get("Connection-Id") == wconn["id"] for h, _ in woh.requests)
             assert wconn["peer-address"] == "127.0.0.1"
-            pump(lambda k, f: k == "sub" and f["channel"] == "cs" and f["mode"] == "ws"
-                 and f.get("subscribers") == 1)
+            pump(
+                lambda k, f: (
+                    k == "sub"
+                    and f["channel"] == "cs"
+                    and f["mode"] == "ws"
+                    and f.get("subscribers") == 1
+                )
+            )
             pump(lambda k, f: k == "report" and f["connections"] >= 2, start=len(seen))
             m = scrape(mport)
             assert m["gripcast_broker_edges_reporting"] == 1
@@ -165,9 +226,21 @@ def test_stats_socket_conn_events_from_edges(tmp_path):
             assert m["gripcast_broker_stats_edge_reports_bad_total"] == 0
 
             # a publish reaches both; message packets count each transport's receivers
-            r = httpx.post(cluster.publish_url + "/publish/", json={"items": [
-                {"channel": "cs", "id": "m1", "formats": {"http-stream": {"content": "x\n"},
-                                                          "ws-message": {"content": "y"}}}]})
+            r = httpx.post(
+                cluster.publish_url + "/publish/",
+                json={
+                    "items": [
+                        {
+                            "channel": "cs",
+                            "id": "m1",
+                            "formats": {
+                                "http-stream": {"content": "x\n"},
+                                "ws-message": {"content": "y"},
+                            },
+                        }
+                    ]
+                },
+            )
             assert r.status_code == 200
             while b"x\n" not in body:
                 body += next(chunks)
@@ -180,6 +253,12 @@ def test_stats_socket_conn_events_from_edges(tmp_path):
             pump(lambda k, f: k == "conn" and f["id"] == conn["id"] and f.get("unavailable"))
             ws.close()
             pump(lambda k, f: k == "conn" and f["id"] == wconn["id"] and f.get("unavailable"))
-            pump(lambda k, f: k == "sub" and f["channel"] == "cs" and f["mode"] == "ws"
-                 and f.get("unavailable"))
+            pump(
+                lambda k, f: (
+                    k == "sub"
+                    and f["channel"] == "cs"
+                    and f["mode"] == "ws"
+                    and f.get("unavailable")
+                )
+            )
             pump(lambda k, f: k == "report" and f["connections"] == 0, start=len(seen))

@@ -1,6 +1,7 @@
 """WebSockets end to end: real broker and edge processes, the ``websockets`` client library, a
 WebSocket-over-HTTP origin written with gripcontrol's helpers (``tests/integration/wsorigin``),
 a WebSocket origin written with ``websockets`` (WS-to-WS), publishes with gripcontrol."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 def publish(cluster, channel, fmt, id=None, prev_id=None):
     GripPubControl({"control_uri": cluster.publish_url}).publish(
-        channel, Item(fmt, id=id, prev_id=prev_id), blocking=True)
+        channel, Item(fmt, id=id, prev_id=prev_id), blocking=True
+    )
 
 
 def publish_items(cluster, items):
@@ -44,8 +46,12 @@ async def recv(ws, timeout=5.0):
 @pytest.fixture
 def woh(tmp_path):
     with WohOriginApp() as origin:
-        with Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"],
-                     client_buffer_bytes=65536, ws_max_message_bytes=1000) as cluster:
+        with Cluster(
+            tmp_path,
+            routes=[f"* 127.0.0.1:{origin.port},over_http"],
+            client_buffer_bytes=65536,
+            ws_max_message_bytes=1000,
+        ) as cluster:
             yield origin, cluster
 
 
@@ -56,19 +62,25 @@ def test_woh_echo_publish_and_close(woh):
     url = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=room"
 
     async def main():
-        async with websockets.connect(url, additional_headers={"Meta-User": "spoof",
-                                                               "X-Client": "c1"}) as ws:
+        async with websockets.connect(
+            url, additional_headers={"Meta-User": "spoof", "X-Client": "c1"}
+        ) as ws:
             await ws.send("hello")
             assert await recv(ws) == "hello"
             await ws.send(b"\x00\x01")
             assert await recv(ws) == b"\x00\x01"
             await asyncio.to_thread(publish, cluster, "room", WebSocketMessageFormat("pushed"))
             assert await recv(ws) == "pushed"
-            await asyncio.to_thread(publish, cluster, "room",
-                                    WebSocketMessageFormat(b"\xff\x00", binary=True))
+            await asyncio.to_thread(
+                publish, cluster, "room", WebSocketMessageFormat(b"\xff\x00", binary=True)
+            )
             assert await recv(ws) == b"\xff\x00"
-            await asyncio.to_thread(publish, cluster, "room", WebSocketMessageFormat(
-                action="close", code=4001, reason="bye"))
+            await asyncio.to_thread(
+                publish,
+                cluster,
+                "room",
+                WebSocketMessageFormat(action="close", code=4001, reason="bye"),
+            )
             with pytest.raises(websockets.ConnectionClosed) as exc:
                 await recv(ws)
             assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (4001, "bye")
@@ -79,7 +91,9 @@ def test_woh_echo_publish_and_close(woh):
     cids = {h["Connection-Id"] for h, _ in reqs}
     assert len(cids) == 1
     first, second = reqs[0][0], reqs[1][0]
-    assert "Meta-User" not in first and second["Meta-User"] == "alice"  # stripped, then Set-Meta echo
+    assert (
+        "Meta-User" not in first and second["Meta-User"] == "alice"
+    )  # stripped, then Set-Meta echo
     assert first["X-Client"] == "c1" and first["Sec-WebSocket-Extensions"] == "grip"
     assert first["Accept"] == first["Content-Type"] == "application/websocket-events"
     for h, _ in reqs:
@@ -119,9 +133,14 @@ def test_woh_origin_close_unsubscribe_controls_and_limits(woh):
             # one publish, in order: c2 (left) then c2side (still subscribed). The edge handles
             # a publish's items in order, so receiving the second is the positive signal that
             # the first was handled, and not sent
-            await asyncio.to_thread(publish_items, cluster, [
-                {"channel": "c2", "formats": {"ws-message": {"content": "not for you"}}},
-                {"channel": "c2side", "formats": {"ws-message": {"content": "for you"}}}])
+            await asyncio.to_thread(
+                publish_items,
+                cluster,
+                [
+                    {"channel": "c2", "formats": {"ws-message": {"content": "not for you"}}},
+                    {"channel": "c2side", "formats": {"ws-message": {"content": "for you"}}},
+                ],
+            )
             assert await recv(ws) == "for you"
 
     asyncio.run(main())
@@ -130,6 +149,7 @@ def test_woh_origin_close_unsubscribe_controls_and_limits(woh):
 def test_woh_open_rejected_and_disconnect(tmp_path):
     with WohOriginApp(reject_open=True) as origin:
         with Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"]) as cluster:
+
             async def main():
                 with pytest.raises(websockets.InvalidStatus) as exc:
                     async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws"):
@@ -137,6 +157,7 @@ def test_woh_open_rejected_and_disconnect(tmp_path):
                 assert exc.value.response.status_code == 403
                 assert exc.value.response.headers["X-Why"] == "no"
                 assert exc.value.response.body == b"go away\n"
+
             asyncio.run(main())
     with WohOriginApp() as origin:
         with Cluster(tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"]) as cluster:
@@ -145,8 +166,12 @@ def test_woh_open_rejected_and_disconnect(tmp_path):
             wait_for(lambda: origin.events("DISCONNECT"))
             # a plain HTTP client may not send WebSocket events to an over_http origin
             import httpx
-            r = httpx.post(cluster.url("/ws"), content=b"OPEN\r\n",
-                           headers={"Content-Type": "application/websocket-events"})
+
+            r = httpx.post(
+                cluster.url("/ws"),
+                content=b"OPEN\r\n",
+                headers={"Content-Type": "application/websocket-events"},
+            )
             assert r.status_code == 403
 
 
@@ -157,8 +182,12 @@ def raw_ws(port, path, rcvbuf=None):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     s.settimeout(10)
     while b"\r\n\r\n" not in head:
@@ -172,8 +201,13 @@ def test_reliable_websocket_prev_id_misses_nothing(woh):
     base = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=rel"
 
     def pub(i):
-        publish(cluster, "rel", WebSocketMessageFormat(json.dumps({"id": f"m{i}", "n": i})),
-                id=f"m{i}", prev_id=f"m{i - 1}" if i > 1 else None)
+        publish(
+            cluster,
+            "rel",
+            WebSocketMessageFormat(json.dumps({"id": f"m{i}", "n": i})),
+            id=f"m{i}",
+            prev_id=f"m{i - 1}" if i > 1 else None,
+        )
 
     async def main():
         seen = []
@@ -209,14 +243,19 @@ def test_websocket_is_told_when_its_channel_history_is_lost(woh):
     origin, cluster = woh
 
     async def main():
-        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=ep") as ws:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=ep"
+        ) as ws:
             await ws.send("sync")
             assert await recv(ws) == "sync"
             await asyncio.to_thread(publish, cluster, "ep", WebSocketMessageFormat("before"))
             assert await recv(ws) == "before"
             await asyncio.to_thread(restart_broker, cluster)
-            await asyncio.to_thread(wait_for, lambda: any(
-                c and c.startswith(b"c:") for _, c in origin.events("TEXT")), 15)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: any(c and c.startswith(b"c:") for _, c in origin.events("TEXT")),
+                15,
+            )
             ctl = [json.loads(c[2:]) for _, c in origin.events("TEXT") if c and c.startswith(b"c:")]
             assert ctl == [{"type": "history-lost", "channel": "ep"}]
             await asyncio.to_thread(publish, cluster, "ep", WebSocketMessageFormat("after"))
@@ -230,7 +269,9 @@ def test_draining_edge_closes_websockets_1012(woh):
     origin, cluster = woh
 
     async def main():
-        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=dr") as ws:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=dr"
+        ) as ws:
             await ws.send("sync")
             assert await recv(ws) == "sync"
             cluster.edge_procs[0].proc.send_signal(signal.SIGTERM)
@@ -248,12 +289,16 @@ def test_slow_websocket_client_never_delays_others(woh):
     big = "x" * 20000
 
     async def main():
-        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=fan") as ws:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=fan"
+        ) as ws:
             await ws.send("sync")
             assert await recv(ws) == "sync"
             t0 = time.monotonic()
             for i in range(300):  # 6 MB: far more than the slow client's socket buffers take
-                await asyncio.to_thread(publish, cluster, "fan", WebSocketMessageFormat(f"{i}:{big}"))
+                await asyncio.to_thread(
+                    publish, cluster, "fan", WebSocketMessageFormat(f"{i}:{big}")
+                )
                 assert (await recv(ws)).startswith(f"{i}:")
             return time.monotonic() - t0
 
@@ -296,6 +341,7 @@ def test_ws_to_ws_proxy_with_grip_extension(tmp_path):
     t.start()
     try:
         with Cluster(tmp_path, routes=[f"* 127.0.0.1:{port}"]) as cluster:
+
             async def main():
                 async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/x") as ws:
                     await ws.send("hi")
@@ -306,6 +352,7 @@ def test_ws_to_ws_proxy_with_grip_extension(tmp_path):
                     with pytest.raises(websockets.ConnectionClosed) as exc:
                         await recv(ws)
                     assert (exc.value.rcvd.code, exc.value.rcvd.reason) == (4002, "origin bye")
+
             asyncio.run(main())
     finally:
         server.shutdown()
@@ -327,14 +374,26 @@ def test_reliable_websocket_catch_up_longer_than_the_buffer_limit(woh):
         async with websockets.connect(base) as ws:
             await ws.send("sync")
             assert await recv(ws) == "sync"
-            await asyncio.to_thread(publish, cluster, "big",
-                                    WebSocketMessageFormat(json.dumps({"n": 0, "pad": pad})), "b0")
+            await asyncio.to_thread(
+                publish,
+                cluster,
+                "big",
+                WebSocketMessageFormat(json.dumps({"n": 0, "pad": pad})),
+                "b0",
+            )
             assert json.loads(await recv(ws))["n"] == 0
-        items = [{"channel": "big", "id": f"b{i}", "prev-id": f"b{i - 1}",
-                  "formats": {"ws-message": {"content": json.dumps({"n": i, "pad": pad})}}}
-                 for i in range(1, 201)]
-        r = await asyncio.to_thread(httpx.post, cluster.publish_url + "/publish/",
-                                    json={"items": items}, timeout=10)
+        items = [
+            {
+                "channel": "big",
+                "id": f"b{i}",
+                "prev-id": f"b{i - 1}",
+                "formats": {"ws-message": {"content": json.dumps({"n": i, "pad": pad})}},
+            }
+            for i in range(1, 201)
+        ]
+        r = await asyncio.to_thread(
+            httpx.post, cluster.publish_url + "/publish/", json={"items": items}, timeout=10
+        )
         assert r.status_code == 200, r.text
         async with websockets.connect(base + "&prev=b0", max_size=None) as ws:
             got = [json.loads(await recv(ws, timeout=10))["n"] for _ in range(200)]
@@ -348,8 +407,11 @@ def test_route_prefix_applies_to_websocket_channels(tmp_path):
     target's ``sub=news`` are the channels ``t1-secret`` and ``t1-news``: a tenant's origin
     cannot reach another tenant's (unprefixed) channels, as Pushpin does."""
     with WohOriginApp() as origin:
-        with Cluster(tmp_path, routes=[f"*,prefix=t1- 127.0.0.1:{origin.port},over_http,sub=news"],
-                     client_buffer_bytes=65536) as cluster:
+        with Cluster(
+            tmp_path,
+            routes=[f"*,prefix=t1- 127.0.0.1:{origin.port},over_http,sub=news"],
+            client_buffer_bytes=65536,
+        ) as cluster:
             url = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=secret"
 
             async def main():
@@ -357,16 +419,18 @@ def test_route_prefix_applies_to_websocket_channels(tmp_path):
                     await ws.send("hello")
                     assert await recv(ws) == "hello"  # the subscribe was handled before
                     for channel in ("secret", "news", "t1-secret", "t1-news"):
-                        await asyncio.to_thread(publish, cluster, channel,
-                                                WebSocketMessageFormat(f"to {channel}"))
+                        await asyncio.to_thread(
+                            publish, cluster, channel, WebSocketMessageFormat(f"to {channel}")
+                        )
                     got = [await recv(ws), await recv(ws)]
                     assert got == ["to t1-secret", "to t1-news"]
                     await ws.send("unsub")  # the origin unsubscribes "secret": t1-secret goes
                     await ws.send("sync")
                     assert await recv(ws) == "sync"
                     for channel in ("t1-secret", "t1-news"):
-                        await asyncio.to_thread(publish, cluster, channel,
-                                                WebSocketMessageFormat(f"again {channel}"))
+                        await asyncio.to_thread(
+                            publish, cluster, channel, WebSocketMessageFormat(f"again {channel}")
+                        )
                     assert await recv(ws) == "again t1-news"
 
             asyncio.run(main())

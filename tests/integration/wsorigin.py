@@ -7,14 +7,19 @@ TEXT ``close`` -> CLOSE 4000 "bye"; TEXT ``unsub`` -> unsubscribe; TEXT ``detach
 TEXT ``ka`` -> keep-alive "ka!" every 1 s (interval); TEXT ``delay`` -> send-delayed "later";
 any other TEXT/BINARY is echoed; CLOSE is answered with CLOSE.  Every request is recorded.
 """
+
 from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from gripcontrol import (WebSocketEvent, decode_websocket_events, encode_websocket_events,
-                         websocket_control_message)
+from gripcontrol import (
+    WebSocketEvent,
+    decode_websocket_events,
+    encode_websocket_events,
+    websocket_control_message,
+)
 
 
 class WohOriginApp:
@@ -40,16 +45,27 @@ class WohOriginApp:
                 for e in events:
                     if e.type == "OPEN":
                         if reject_open:
-                            self._reply(403, {"Content-Type": "text/plain", "X-Why": "no"}, b"go away\n")
+                            self._reply(
+                                403, {"Content-Type": "text/plain", "X-Why": "no"}, b"go away\n"
+                            )
                             return
                         out.append(WebSocketEvent("OPEN"))
                         args = {"channel": channel}
                         if q.get("prev"):
                             args["prev-id"] = q["prev"][0]
-                        out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message("subscribe", args)))
+                        out.append(
+                            WebSocketEvent(
+                                "TEXT", "c:" + websocket_control_message("subscribe", args)
+                            )
+                        )
                         for also in q.get("also", []):
-                            out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
-                                "subscribe", {"channel": also})))
+                            out.append(
+                                WebSocketEvent(
+                                    "TEXT",
+                                    "c:"
+                                    + websocket_control_message("subscribe", {"channel": also}),
+                                )
+                            )
                         headers["Sec-WebSocket-Extensions"] = 'grip; message-prefix=""'
                         headers["Set-Meta-User"] = "alice"
                     elif e.type == "TEXT":
@@ -57,16 +73,40 @@ class WohOriginApp:
                         if text == "close":
                             out.append(WebSocketEvent("CLOSE", (4000).to_bytes(2, "big") + b"bye"))
                         elif text == "unsub":
-                            out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
-                                "unsubscribe", {"channel": channel})))
+                            out.append(
+                                WebSocketEvent(
+                                    "TEXT",
+                                    "c:"
+                                    + websocket_control_message(
+                                        "unsubscribe", {"channel": channel}
+                                    ),
+                                )
+                            )
                         elif text == "detach":
-                            out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message("detach")))
+                            out.append(
+                                WebSocketEvent("TEXT", "c:" + websocket_control_message("detach"))
+                            )
                         elif text == "ka":
-                            out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
-                                "keep-alive", {"content": "ka!", "timeout": 1, "mode": "interval"})))
+                            out.append(
+                                WebSocketEvent(
+                                    "TEXT",
+                                    "c:"
+                                    + websocket_control_message(
+                                        "keep-alive",
+                                        {"content": "ka!", "timeout": 1, "mode": "interval"},
+                                    ),
+                                )
+                            )
                         elif text == "delay":
-                            out.append(WebSocketEvent("TEXT", "c:" + websocket_control_message(
-                                "send-delayed", {"content": "later", "timeout": 0.2})))
+                            out.append(
+                                WebSocketEvent(
+                                    "TEXT",
+                                    "c:"
+                                    + websocket_control_message(
+                                        "send-delayed", {"content": "later", "timeout": 0.2}
+                                    ),
+                                )
+                            )
                         elif text.startswith("c:"):
                             pass  # a control event from the edge (resume-failed): recorded only
                         else:
@@ -95,7 +135,7 @@ class WohOriginApp:
             evs = [e for _, es in self.requests for e in es]
         return [e for e in evs if type_ is None or e[0] == type_]
 
-    def __enter__(self) -> "WohOriginApp":
+    def __enter__(self) -> WohOriginApp:
         self.thread.start()
         return self
 

@@ -5,10 +5,12 @@ the pure twin builds its maps with ``wire.envelope_map``; the compiled twin keep
 constants for speed, checked here.  Every frame either twin writes must decode, with the
 contract's own decoder, to the fields the contract lists, in its order.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+import uuid
 
 import msgpack
 import pytest
@@ -22,7 +24,7 @@ from tests.speedups.test_fanout import SETTINGS, _twins, envelope
 
 
 def _key_order(frame: bytes) -> list[str]:
-    body = frame[frame.index(wire.SEP) + 1:]
+    body = frame[frame.index(wire.SEP) + 1 :]
     return [k for k, _ in msgpack.unpackb(body, raw=False, object_pairs_hook=list)]
 
 
@@ -69,8 +71,9 @@ def test_both_twins_write_what_the_contract_decodes(envs):
             got = wire.decode_frame(frame)
             assert isinstance(got, Envelope) and got.channel == env.channel
             if isinstance(env.seq, int) and isinstance(env.epoch, str):
-                want = dataclasses.replace(env, ts=float(env.ts or 0.0),
-                                           formats=env.formats or {}, meta=env.meta or {})
+                want = dataclasses.replace(
+                    env, ts=float(env.ts or 0.0), formats=env.formats or {}, meta=env.meta or {}
+                )
                 assert _same(got, want), mod.__name__
 
 
@@ -78,11 +81,15 @@ def test_fan_out_frames_decode_to_the_contract(twins):
     ctx = zmq.Context.instance()
     pub, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     try:
-        pub.bind("inproc://contract-fanout")
-        sub.connect("inproc://contract-fanout")
-        envs = [Envelope("a", 1, "e", {"http-stream": {"content": b"x"}}, "i1", None,
-                         {"k": "v"}, 1.5),
-                Envelope("a", 2, "e", {}, None, "i1", {}, 0.0)]
+        # a fresh name per run: closing is asynchronous in libzmq, so the previous twin's
+        # socket may still hold a reused inproc name when the next one binds
+        addr = f"inproc://contract-fanout-{uuid.uuid4().hex}"
+        pub.bind(addr)
+        sub.connect(addr)
+        envs = [
+            Envelope("a", 1, "e", {"http-stream": {"content": b"x"}}, "i1", None, {"k": "v"}, 1.5),
+            Envelope("a", 2, "e", {}, None, "i1", {}, 0.0),
+        ]
         assert twins.fan_out(pub, envs, {"a"}, {}) == (2, 0)
         frames = [sub.recv(), sub.recv()]
         assert [wire.decode_frame(f) for f in frames] == envs
@@ -93,8 +100,16 @@ def test_fan_out_frames_decode_to_the_contract(twins):
 
 
 def test_make_envelope_sets_every_contract_field(twins):
-    values = {"channel": "c", "seq": 7, "epoch": "e", "formats": {"f": 1}, "id": "i",
-              "prev_id": "p", "meta": {"m": "v"}, "ts": 2.5}
+    values = {
+        "channel": "c",
+        "seq": 7,
+        "epoch": "e",
+        "formats": {"f": 1},
+        "id": "i",
+        "prev_id": "p",
+        "meta": {"m": "v"},
+        "ts": 2.5,
+    }
     env = twins.make_envelope(Envelope, *values.values())
     assert {f.name: getattr(env, f.name) for f in dataclasses.fields(Envelope)} == values
 
@@ -102,13 +117,19 @@ def test_make_envelope_sets_every_contract_field(twins):
 # -- items: the twins fill exactly the fields of broker.items.Item --------------------------------
 
 item_values = st.fixed_dictionaries(
-    {"channel": st.text(min_size=1, max_size=8).filter(lambda c: "\x00" not in c),
-     "formats": st.fixed_dictionaries(
-         {}, optional={"http-stream": st.fixed_dictionaries({"content": st.text(max_size=5)}),
-                       "ws-message": st.fixed_dictionaries({"content": st.binary(max_size=5)}),
-                       "http-response": st.fixed_dictionaries({"body": st.text(max_size=5)})})},
-    optional={"id": st.text(max_size=5), "prev-id": st.text(max_size=5),
-              "no-seq": st.booleans()})
+    {
+        "channel": st.text(min_size=1, max_size=8).filter(lambda c: "\x00" not in c),
+        "formats": st.fixed_dictionaries(
+            {},
+            optional={
+                "http-stream": st.fixed_dictionaries({"content": st.text(max_size=5)}),
+                "ws-message": st.fixed_dictionaries({"content": st.binary(max_size=5)}),
+                "http-response": st.fixed_dictionaries({"body": st.text(max_size=5)}),
+            },
+        ),
+    },
+    optional={"id": st.text(max_size=5), "prev-id": st.text(max_size=5), "no-seq": st.booleans()},
+)
 
 
 @SETTINGS

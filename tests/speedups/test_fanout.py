@@ -8,6 +8,7 @@
   updates the trailing-marker positions, counts would-block sends.
 * ``make_envelope``: an Envelope equal to the one ``__init__`` builds.
 """
+
 from __future__ import annotations
 
 import msgpack
@@ -36,8 +37,14 @@ def _twins(name):
 def _visible(value):
     """A value with Items, key order and bytes-vs-str made comparable."""
     if isinstance(value, Item):
-        return ("Item", value.channel, value.id, value.prev_id, value.no_seq,
-                msgpack.packb([value.formats, value.meta], use_bin_type=True))
+        return (
+            "Item",
+            value.channel,
+            value.id,
+            value.prev_id,
+            value.no_seq,
+            msgpack.packb([value.formats, value.meta], use_bin_type=True),
+        )
     if isinstance(value, list):
         return [_visible(v) for v in value]
     if isinstance(value, dict):
@@ -57,28 +64,52 @@ def _unpack_outcome(mod, data):
 text = st.one_of(st.text(max_size=6), st.sampled_from(["", "\x00", "é" * 130, "x" * 300]))
 string = st.one_of(text, text, st.binary(max_size=6), st.just(b"\xff\xfe"))
 payload = st.one_of(text, st.binary(max_size=8))
-send = st.fixed_dictionaries({}, optional={"action": st.sampled_from(["send", "close", None, b"send"])})
-odd = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=False),
-                st.lists(st.integers(-1000, 1000), max_size=2), string)
+send = st.fixed_dictionaries(
+    {}, optional={"action": st.sampled_from(["send", "close", None, b"send"])}
+)
+odd = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 300),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(-1000, 1000), max_size=2),
+    string,
+)
 
 
 def fmt(key):
-    return st.builds(lambda base, p, extra: {**base, **({key: p} if p is not None else {}), **extra},
-                     send, st.one_of(payload, payload, st.none(), odd),
-                     st.dictionaries(st.sampled_from(["type", "code", "content-filters", "body",
-                                                      "content"]), odd, max_size=1))
+    return st.builds(
+        lambda base, p, extra: {**base, **({key: p} if p is not None else {}), **extra},
+        send,
+        st.one_of(payload, payload, st.none(), odd),
+        st.dictionaries(
+            st.sampled_from(["type", "code", "content-filters", "body", "content"]), odd, max_size=1
+        ),
+    )
 
 
-formats = st.fixed_dictionaries({}, optional={"http-stream": st.one_of(fmt("content"), odd),
-                                              "http-response": fmt("body"),
-                                              "ws-message": fmt("content")})
+formats = st.fixed_dictionaries(
+    {},
+    optional={
+        "http-stream": st.one_of(fmt("content"), odd),
+        "http-response": fmt("body"),
+        "ws-message": fmt("content"),
+    },
+)
 item = st.fixed_dictionaries(
-    {"channel": st.one_of(st.sampled_from(["c", "news", "c"]), string),
-     "formats": st.one_of(formats, formats, formats, odd)},
-    optional={"id": st.one_of(string, st.none()), "prev-id": st.one_of(string, st.none()),
-              "meta": st.one_of(st.dictionaries(text, text, max_size=2), st.none(), odd),
-              "no-seq": st.one_of(st.booleans(), st.none(), odd),
-              "size": odd, "other": odd})
+    {
+        "channel": st.one_of(st.sampled_from(["c", "news", "c"]), string),
+        "formats": st.one_of(formats, formats, formats, odd),
+    },
+    optional={
+        "id": st.one_of(string, st.none()),
+        "prev-id": st.one_of(string, st.none()),
+        "meta": st.one_of(st.dictionaries(text, text, max_size=2), st.none(), odd),
+        "no-seq": st.one_of(st.booleans(), st.none(), odd),
+        "size": odd,
+        "other": odd,
+    },
+)
 batch = st.lists(st.one_of(item, item, item, odd), max_size=6)
 
 
@@ -87,9 +118,17 @@ batch = st.lists(st.one_of(item, item, item, odd), max_size=6)
 def test_unpack_batch_twins_agree(values, use_bin_type, data):
     encoded = msgpack.packb(values, use_bin_type=use_bin_type)
     i = data.draw(st.integers(0, len(encoded)))
-    frame = data.draw(st.sampled_from([
-        encoded, encoded, encoded[:i], encoded + b"\x01",
-        encoded[:i] + data.draw(st.binary(min_size=1, max_size=2)) + encoded[i + 1:]]))
+    frame = data.draw(
+        st.sampled_from(
+            [
+                encoded,
+                encoded,
+                encoded[:i],
+                encoded + b"\x01",
+                encoded[:i] + data.draw(st.binary(min_size=1, max_size=2)) + encoded[i + 1 :],
+            ]
+        )
+    )
     outcomes = [_unpack_outcome(m, frame) for m in _twins("items")]
     # compared by repr too: a mutated frame can decode to a NaN float, and NaN != NaN
     assert all(o == outcomes[0] or repr(o) == repr(outcomes[0]) for o in outcomes), outcomes
@@ -110,15 +149,28 @@ def test_unpack_batch_is_unpack_and_normalise(values):
 
 usual_payload = st.fixed_dictionaries({}, optional={"action": st.sampled_from(["send", None])})
 usual = st.fixed_dictionaries(
-    {"channel": st.one_of(st.sampled_from(["c", "c", "news"]), st.text(min_size=1, max_size=300),
-                          st.text(min_size=1, max_size=4).map(str.encode)),
-     "formats": st.fixed_dictionaries({}, optional={
-         "http-stream": st.builds(lambda a, p: {**a, "content": p}, usual_payload, payload),
-         "http-response": st.builds(lambda a, p: {**a, "body": p}, usual_payload, payload),
-         "ws-message": st.builds(lambda a, p: {**a, "content": p}, usual_payload, payload)})},
-    optional={"id": st.one_of(text, st.none()), "prev-id": st.one_of(text, st.none()),
-              "meta": st.one_of(st.dictionaries(text, text, max_size=3), st.none()),
-              "no-seq": st.one_of(st.booleans(), st.none())})
+    {
+        "channel": st.one_of(
+            st.sampled_from(["c", "c", "news"]),
+            st.text(min_size=1, max_size=300),
+            st.text(min_size=1, max_size=4).map(str.encode),
+        ),
+        "formats": st.fixed_dictionaries(
+            {},
+            optional={
+                "http-stream": st.builds(lambda a, p: {**a, "content": p}, usual_payload, payload),
+                "http-response": st.builds(lambda a, p: {**a, "body": p}, usual_payload, payload),
+                "ws-message": st.builds(lambda a, p: {**a, "content": p}, usual_payload, payload),
+            },
+        ),
+    },
+    optional={
+        "id": st.one_of(text, st.none()),
+        "prev-id": st.one_of(text, st.none()),
+        "meta": st.one_of(st.dictionaries(text, text, max_size=3), st.none()),
+        "no-seq": st.one_of(st.booleans(), st.none()),
+    },
+)
 
 
 @SETTINGS
@@ -132,20 +184,47 @@ def test_unpack_batch_twins_agree_on_usual_frames(values, use_bin_type):
 
 
 def test_unpack_batch_usual_items(twins):
-    values = [{"channel": "c", "id": "1", "formats": {"http-stream": {"content": "a\n"}}},
-              {"channel": b"c", "prev-id": "1", "meta": {"k": "v"}, "no-seq": False,
-               "formats": {"ws-message": {"content": b"\xff"},
-                           "http-response": {"action": "send", "body": "é"}}},
-              {"channel": "c", "formats": {"http-stream": {"content": "x", "content-filters": []}}},
-              7]
+    values = [
+        {"channel": "c", "id": "1", "formats": {"http-stream": {"content": "a\n"}}},
+        {
+            "channel": b"c",
+            "prev-id": "1",
+            "meta": {"k": "v"},
+            "no-seq": False,
+            "formats": {
+                "ws-message": {"content": b"\xff"},
+                "http-response": {"action": "send", "body": "é"},
+            },
+        },
+        {"channel": "c", "formats": {"http-stream": {"content": "x", "content-filters": []}}},
+        7,
+    ]
     got = twins.unpack_batch(msgpack.packb(values, use_bin_type=True), Item)
-    assert got[0] == Item(channel="c", id="1",
-                          formats={"http-stream": {"action": "send", "content": b"a\n"}})
-    assert got[1] == Item(channel="c", prev_id="1", meta={"k": "v"}, formats={
-        "http-response": {"action": "send", "code": 200, "reason": "OK", "headers": [],
-                          "body": "é".encode(), "body-patch": None},
-        "ws-message": {"action": "send", "type": "text", "content": b"\xff", "code": None,
-                       "reason": ""}})
+    assert got[0] == Item(
+        channel="c", id="1", formats={"http-stream": {"action": "send", "content": b"a\n"}}
+    )
+    assert got[1] == Item(
+        channel="c",
+        prev_id="1",
+        meta={"k": "v"},
+        formats={
+            "http-response": {
+                "action": "send",
+                "code": 200,
+                "reason": "OK",
+                "headers": [],
+                "body": "é".encode(),
+                "body-patch": None,
+            },
+            "ws-message": {
+                "action": "send",
+                "type": "text",
+                "content": b"\xff",
+                "code": None,
+                "reason": "",
+            },
+        },
+    )
     assert list(got[1].formats) == ["http-response", "ws-message"]  # normalise_item's order
     assert got[2] == values[2] and got[3] == 7  # left for the complete parser
     assert twins.unpack_batch(msgpack.packb({"a": 1}), Item) == {"a": 1}
@@ -157,18 +236,34 @@ def test_unpack_batch_usual_items(twins):
 
 # -- encode_envelopes, make_envelope ------------------------------------------------------------
 
-leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(),
-                 st.text(max_size=40), st.binary(max_size=40), st.just("x" * 70000),
-                 st.just(b"y" * 300))
-nested = st.recursive(leaf, lambda c: st.one_of(st.lists(c, max_size=20),
-                                                st.dictionaries(st.text(max_size=4), c, max_size=20),
-                                                st.tuples(c)), max_leaves=30)
+leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(),
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.just("x" * 70000),
+    st.just(b"y" * 300),
+)
+nested = st.recursive(
+    leaf,
+    lambda c: st.one_of(
+        st.lists(c, max_size=20), st.dictionaries(st.text(max_size=4), c, max_size=20), st.tuples(c)
+    ),
+    max_leaves=30,
+)
 envelope = st.builds(
-    Envelope, channel=st.sampled_from(["a", "b", "é"]), seq=st.integers(0, 2**63),
-    epoch=st.text(max_size=17), formats=st.dictionaries(st.text(max_size=12), nested, max_size=3),
-    id=st.one_of(st.none(), st.text(max_size=5)), prev_id=st.one_of(st.none(), st.text(max_size=5)),
+    Envelope,
+    channel=st.sampled_from(["a", "b", "é"]),
+    seq=st.integers(0, 2**63),
+    epoch=st.text(max_size=17),
+    formats=st.dictionaries(st.text(max_size=12), nested, max_size=3),
+    id=st.one_of(st.none(), st.text(max_size=5)),
+    prev_id=st.one_of(st.none(), st.text(max_size=5)),
     meta=st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
-    ts=st.one_of(st.floats(), st.integers(0, 10)))
+    ts=st.one_of(st.floats(), st.integers(0, 10)),
+)
 
 
 def _encode_outcome(mod, envs):
@@ -183,8 +278,10 @@ def _encode_outcome(mod, envs):
 def test_encode_envelopes_twins_agree_with_msgpack(envs):
     want = []
     try:
-        want = ("ok", [wire.topic(e.channel) + msgpack.packb(e.to_map(), use_bin_type=True)
-                       for e in envs])
+        want = (
+            "ok",
+            [wire.topic(e.channel) + msgpack.packb(e.to_map(), use_bin_type=True) for e in envs],
+        )
     except Exception as exc:  # noqa: BLE001
         want = ("error", type(exc).__name__)
     for mod in _twins("fanout"):
@@ -192,9 +289,32 @@ def test_encode_envelopes_twins_agree_with_msgpack(envs):
 
 
 def test_encode_envelopes_edges(twins):
-    envs = [Envelope("c", 1, "e", {"k": [1, -1, -33, -129, -40000, -2**40, 2**64 - 1, 1.5, True,
-                                         None, "é" * 40, b"x" * 300, {"n": []}]}, ts=3),
-            Envelope("c", 2, "e", {"t": (1, 2)}, meta={"a": "b"}, ts=1.25)]
+    envs = [
+        Envelope(
+            "c",
+            1,
+            "e",
+            {
+                "k": [
+                    1,
+                    -1,
+                    -33,
+                    -129,
+                    -40000,
+                    -(2**40),
+                    2**64 - 1,
+                    1.5,
+                    True,
+                    None,
+                    "é" * 40,
+                    b"x" * 300,
+                    {"n": []},
+                ]
+            },
+            ts=3,
+        ),
+        Envelope("c", 2, "e", {"t": (1, 2)}, meta={"a": "b"}, ts=1.25),
+    ]
     assert twins.encode_envelopes(envs) == [wire.encode_envelope(e) for e in envs]
     with pytest.raises(OverflowError):
         twins.encode_envelopes([Envelope("c", 2**64, "e", {})])
@@ -203,8 +323,9 @@ def test_encode_envelopes_edges(twins):
 
 
 def test_make_envelope(twins):
-    args = dict(channel="c", seq=3, epoch="e", formats={"f": 1}, id="i", prev_id=None,
-                meta={}, ts=1.5)
+    args = dict(
+        channel="c", seq=3, epoch="e", formats={"f": 1}, id="i", prev_id=None, meta={}, ts=1.5
+    )
     env = twins.make_envelope(Envelope, *args.values())
     assert type(env) is Envelope and env == Envelope(**args)
     with pytest.raises(AttributeError):
@@ -239,8 +360,12 @@ def test_fan_out_sends_live_channels_and_records_positions(twins, pubsub):
     envs = [_env("a", 1), _env("b", 1), _env("a", 2), _env("c", 1), _env("a", 3), _env("b", 2)]
     recent = {"z": ("old", 9), "a": ("old", 0)}
     assert twins.fan_out(pub, envs, {"a", "b"}, recent) == (5, 0)
-    assert list(recent.items()) == [("z", ("old", 9)), ("a", ("e", 3)), ("b", ("e", 2)),
-                                    ("c", ("e", 1))]
+    assert list(recent.items()) == [
+        ("z", ("old", 9)),
+        ("a", ("e", 3)),
+        ("b", ("e", 2)),
+        ("c", ("e", 1)),
+    ]
     got = [sub.recv(zmq.NOBLOCK) for _ in range(5)]
     assert got == [wire.encode_envelope(e) for e in envs if e.channel != "c"]
     with pytest.raises(zmq.Again):

@@ -1,9 +1,11 @@
 """Both twins of every _speedups module: same results, and the compiled one really loads."""
+
 import os
 import socket
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import _speedups
 from tests.helpers import skip_missing

@@ -1,6 +1,8 @@
 """The WebSocket frame twins (``_wsframe_c`` / ``_wsframe_py``): same results, RFC 6455 rules."""
+
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import _speedups
 from tests.helpers import skip_missing
@@ -21,9 +23,15 @@ def test_rfc_examples(twins):
     assert twins.ws_frame(9, b"Hello") == b"\x89\x05Hello"
 
 
-@pytest.mark.parametrize("size,header", [(125, b"\x82\x7d"), (126, b"\x82\x7e\x00\x7e"),
-                                         (65535, b"\x82\x7e\xff\xff"),
-                                         (65536, b"\x82\x7f" + (65536).to_bytes(8, "big"))])
+@pytest.mark.parametrize(
+    "size,header",
+    [
+        (125, b"\x82\x7d"),
+        (126, b"\x82\x7e\x00\x7e"),
+        (65535, b"\x82\x7e\xff\xff"),
+        (65536, b"\x82\x7f" + (65536).to_bytes(8, "big")),
+    ],
+)
 def test_length_encodings(twins, size, header):
     payload = b"x" * size
     frame = twins.ws_frame(2, payload)
@@ -40,16 +48,19 @@ def test_incomplete_frames_are_left_unconsumed(twins):
     assert (len(frames), used, err) == (1, len(frame), 0)
 
 
-@pytest.mark.parametrize("data,masked", [
-    (b"\xc1\x80" + KEY, True),          # RSV1 set, no extension negotiated
-    (b"\x83\x80" + KEY, True),          # reserved data opcode 3
-    (b"\x8b\x80" + KEY, True),          # reserved control opcode 0xB
-    (b"\x09\x80" + KEY, True),          # fragmented ping
-    (b"\x89\xfe\x00\x7e" + KEY, True),  # control frame longer than 125
-    (b"\x81\x05Hello", True),           # a client must mask
-    (b"\x81\x85" + KEY + b"abcde", False),  # a server must not
-    (b"\x82\xff\x80" + b"\x00" * 7 + KEY, True),  # 64-bit length with the top bit set
-])
+@pytest.mark.parametrize(
+    "data,masked",
+    [
+        (b"\xc1\x80" + KEY, True),  # RSV1 set, no extension negotiated
+        (b"\x83\x80" + KEY, True),  # reserved data opcode 3
+        (b"\x8b\x80" + KEY, True),  # reserved control opcode 0xB
+        (b"\x09\x80" + KEY, True),  # fragmented ping
+        (b"\x89\xfe\x00\x7e" + KEY, True),  # control frame longer than 125
+        (b"\x81\x05Hello", True),  # a client must mask
+        (b"\x81\x85" + KEY + b"abcde", False),  # a server must not
+        (b"\x82\xff\x80" + b"\x00" * 7 + KEY, True),  # 64-bit length with the top bit set
+    ],
+)
 def test_protocol_errors(twins, data, masked):
     assert twins.ws_parse(data, masked, 1 << 20) == ([], 0, 1002)
 
@@ -79,17 +90,25 @@ def test_mask_and_bad_args(twins):
 
 def test_compiled_wsframe_loaded():
     import os
+
     if os.environ.get("GRIPCAST_REQUIRE_SPEEDUPS") == "1":
         assert _speedups.COMPILED
         assert _speedups.ws_parse is _speedups.twin("wsframe", True).ws_parse
 
 
-frames_st = st.lists(st.tuples(st.booleans(), st.sampled_from([0, 1, 2, 8, 9, 10]),
-                               st.binary(max_size=300)), max_size=6)
+frames_st = st.lists(
+    st.tuples(st.booleans(), st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=300)),
+    max_size=6,
+)
 
 
-@given(frames_st, st.booleans(), st.binary(min_size=4, max_size=4), st.integers(0, 400),
-       st.binary(max_size=40))
+@given(
+    frames_st,
+    st.booleans(),
+    st.binary(min_size=4, max_size=4),
+    st.integers(0, 400),
+    st.binary(max_size=40),
+)
 def test_twins_agree(frames, masked, key, limit, junk):
     py = _speedups.twin("wsframe", compiled=False)
     try:
