@@ -2,7 +2,7 @@
 
 Hot paths call ``observe(value, n)``: one ``bisect`` and two additions, no locks, no
 prometheus-client objects.  ``family(name, doc)`` builds a prometheus ``HistogramMetricFamily``
-from the counts when ``/metrics`` is scraped (``broker.ops.metrics``, ``edge.metrics``).
+from the counts when ``/metrics`` is scraped (``broker.ops.metrics``, ``edge.ops.metrics``).
 """
 
 from __future__ import annotations

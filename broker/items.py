@@ -72,7 +72,7 @@ MAX_CHANNEL_BYTES = 1024
 # A publisher id / prev-id travels to origins in Grip-Last and to clients in SSE ``id:``
 # lines: text without control characters (CR, LF, NUL, ...), at most this many UTF-8 bytes.
 MAX_ID_BYTES = 1024
-# ``body-patch`` limits, shared with the edge's ``edge.jsonpatch`` (its second line): a copy
+# ``body-patch`` limits, shared with the edge's ``edge.grip.jsonpatch`` (its second line): a copy
 # from the root doubles a document, so 30 ops made gigabytes; a value nested ~500 deep made
 # the edge's recursion fail.  The result cap is ten times Pushpin's 100,000-byte response
 # bodies: a patched long-poll answer is a JSON document of that order.

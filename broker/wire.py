@@ -43,7 +43,7 @@ change to this module is not understood by the previous release.
 
 Fire-and-forget (no ``rid``, no reply), sent by each edge about once a second (sooner when
 1,000 events wait) while the broker's heartbeat carries ``stats_ttl`` (its stats socket is on);
-dropped by the edge rather than ever blocking (``edge.connstats`` builds it, ``broker.ops.stats``
+dropped by the edge rather than ever blocking (``edge.ops.connstats`` builds it, ``broker.ops.stats``
 turns it into Pushpin's stats packets)::
 
     {"op": "stats", "edge": "<edge name>", "full": bool,
@@ -274,7 +274,7 @@ def encode_recover(ts: float) -> bytes:
 
 # -- control: requests (edge -> broker) and replies (broker -> edge) ---------------------------
 
-Rid = Any  # what the edge chose (an int from ``edge.brokerlink``); echoed as it came
+Rid = Any  # what the edge chose (an int from ``edge.sync.link``); echoed as it came
 
 
 class ControlError(RemoteProtocolError):

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A held session is what the hub maps channels to and the delivery path writes to.  There are
-three kinds (``edge.session.ResponseSession``: a long-poll; ``edge.session.StreamSession``: an
-HTTP stream; ``edge.ws.WsSession``: a WebSocket), and one lifecycle for all of them::
+three kinds (``edge.grip.session.ResponseSession``: a long-poll; ``edge.grip.session.StreamSession``: an
+HTTP stream; ``edge.ws.session.WsSession``: a WebSocket), and one lifecycle for all of them::
 
     OPEN --CLOSE--> CLOSING --FLUSHED--> DONE
       |                |                   |
@@ -102,7 +102,7 @@ class Session(ABC):
     """What the hub, the deliverer, the timers, the link repair and the lifecycle call.
 
     Subclasses have ``__slots__`` and set ``id``, ``filters``, ``meta`` and ``channel_names``
-    (read by ``edge.filters`` on the hot path); ``state`` changes only through ``_on``.
+    (read by ``edge.grip.filters`` on the hot path); ``state`` changes only through ``_on``.
     """
 
     __slots__ = ("state", "reason", "__weakref__")
@@ -138,7 +138,7 @@ class Session(ABC):
         return self.state is DEAD
 
     def gone(self) -> bool:
-        """Nothing more can be delivered to it (``edge.resume`` stops catching it up)."""
+        """Nothing more can be delivered to it (``edge.sync.resume`` stops catching it up)."""
         return self.state >= DONE
 
     def end(self) -> None:
@@ -151,16 +151,16 @@ class Session(ABC):
 
     @abstractmethod
     def end_for_shutdown(self) -> tuple[StreamSession, list[bytes]] | None:
-        """The edge drains (``edge.lifecycle``): end so that the client reconnects elsewhere.
+        """The edge drains (``edge.ops.lifecycle``): end so that the client reconnects elsewhere.
         Returns ``(self, [bytes])`` to write through the deliverer, or None.  Idempotent."""
 
     @abstractmethod
     def on_history_lost(self, channel: str) -> HistoryLost:
-        """The broker lost ``channel``'s history (``edge.linkrepair``): never continue silently."""
+        """The broker lost ``channel``'s history (``edge.sync.repair``): never continue silently."""
 
     @abstractmethod
     def cut_off(self, reason: str) -> None:
-        """A catch-up cannot hand over without a gap (``edge.resume``): end it so that the
+        """A catch-up cannot hand over without a gap (``edge.sync.resume``): end it so that the
         client resumes with its cursor."""
 
 

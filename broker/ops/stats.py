@@ -7,7 +7,7 @@ packet has ``from``: ``gripcast-broker_<pid>`` for what the broker builds, the e
 ``StatsPacket`` (strings as tnetstring byte strings, ``ttl`` an int, ``unavailable`` a bool).
 
 The broker does not see client connections; each edge reports them over its control link
-(``{"op": "stats", ...}``, contract in ``broker.wire``; built by ``edge.connstats``) about once
+(``{"op": "stats", ...}``, contract in ``broker.wire``; built by ``edge.ops.connstats``) about once
 a second.  ``StatsEncoder.edge_report`` turns one report into packets and folds its counts in:
 
 * ``conn``: ``{"from", "id", "type": "http"|"ws", "peer-address", "ttl"}`` for a new or

@@ -3,12 +3,12 @@
 Theory of operation
 -------------------
 ``handle_grip(conn, req, route, resp)`` (called by ``httpserver.Connection``) parses the
-instruct (``edge.grip``) and runs one of three flows; each may re-request the origin, so the
+instruct (``edge.grip.instruct``) and runs one of three flows; each may re-request the origin, so the
 whole thing is a loop over *attempts* (at most ``MAX_ATTEMPTS`` retries per client request):
 
 * **answer now** (no hold, no next link): the instruct's response, ``Grip-Status`` applied.
 * **response hold** (long-poll): a ``ResponseSession`` on the hub.  Channels with ``prev-id``
-  are first resolved against broker history (``edge.resume``): the first retained message
+  are first resolved against broker history (``edge.sync.resume``): the first retained message
   after the prev-id answers the poll.  Only when history cannot answer is the request retried
   against the origin with ``Grip-Last: <channel>; last-id=<prev-id>`` (Pushpin; the retried
   answer is held as is).  The poll is also retried on a published ``hint``, on ``recover``, and

@@ -31,7 +31,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 
 def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
-    """Per-channel filters (``edge.filters``) and the subscription meta from the hold."""
+    """Per-channel filters (``edge.grip.filters``) and the subscription meta from the hold."""
     session.filters = {c.name: c.filters for c in hold.channels if c.filters}
     session.meta = hold.meta
     session.channel_names = frozenset(c.name for c in hold.channels)

@@ -8,11 +8,11 @@ strictly one at a time, so pipelined requests are answered in order.  Reading st
 request is being handled, which bounds what a client can make us buffer.
 
 Per request: pick a route (none -> ``502 Route not found``), forward to the origin
-(``edge.origin``), then by the origin's answer:
+(``edge.origin.client``), then by the origin's answer:
 
 * no ``Grip-*`` header and not ``application/grip-instruct`` (or a ``no_grip`` route):
   passthrough, streamed; re-framed with chunked encoding when the origin gave no length;
-* GRIP (holds, next links, prev-id resume, retries): ``edge.holds.handle_grip``, summarised:
+* GRIP (holds, next links, prev-id resume, retries): ``edge.grip.holds.handle_grip``, summarised:
 * an instruct without hold: answered at once (GRIP headers stripped, ``Grip-Status`` applied);
 * ``stream`` hold: the head and the initial body are sent, the ``StreamSession`` is registered
   with the hub *before* that (deliveries meanwhile are buffered, never lost), then the task only

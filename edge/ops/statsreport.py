@@ -1,4 +1,4 @@
-"""Sends the edge's stats reports to the broker: the I/O side of ``edge.connstats``.
+"""Sends the edge's stats reports to the broker: the I/O side of ``edge.ops.connstats``.
 
 One task per edge: about once a second (sooner when ``ConnStats`` has ``BATCH_EVENTS`` events
 waiting), if the broker's heartbeat says its stats socket is on and the link is up, take the

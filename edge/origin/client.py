@@ -233,7 +233,7 @@ def forward_headers(
 
 class ResponseHead:
     """httptools callbacks for one response toward an origin request (shared with
-    ``edge.wsproxy``).
+    ``edge.ws.proxy``).
 
     Interim ``1xx`` responses (not ``101``, which ends HTTP on the connection) are skipped: their
     status and headers are forgotten and the parser goes on to the next message (llhttp parses

@@ -98,7 +98,7 @@ class Deliverer:
 
     async def deliver(self, envs: list[Envelope], now: float, only: Session | None = None) -> None:
         """Hand a batch of in-order envelopes to every subscribed session (or to ``only``,
-        bypassing the resume gate: ``edge.resume`` replaying to one session)."""
+        bypassing the resume gate: ``edge.sync.resume`` replaying to one session)."""
         if (
             only is not None
             and len(envs) > 1

@@ -4,7 +4,7 @@ The first local session on a channel yields ``Subscribe(channel)`` (the caller s
 SUB socket and asks the broker for the channel's position); when the last one leaves, the
 channel lingers ``linger_s`` (time is passed in as ``now``) and ``expire(now)`` then yields
 ``Unsubscribe(channel)``.  A session arriving during the linger revives the channel silently.
-Sessions are any hashable objects.  When ``changed`` is a set (``edge.connstats`` sets it),
+Sessions are any hashable objects.  When ``changed`` is a set (``edge.ops.connstats`` sets it),
 every channel a session joins or leaves is added to it (the stats report takes and clears it).
 """
 

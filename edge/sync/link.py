@@ -4,7 +4,7 @@
   SNDHWM=0 (subscriptions are messages and must never be dropped), a large RCVHWM.
 * DEALER connected to ``edge_ctl``: hello / position / replay requests (the typed messages of
   ``broker.wire``), correlated by ``rid``, awaited with a timeout and retried; and ``send_nowait`` for fire-and-forget messages (the
-  once-a-second ``stats`` report, ``edge.statsreport``), dropped rather than ever waiting.
+  once-a-second ``stats`` report, ``edge.ops.statsreport``), dropped rather than ever waiting.
 
 ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket is a ``broker.runtime.zmqtrio``
 ``ZSocket`` read by one task (drain with NOBLOCK until ``zmq.Again``, one checkpoint per batch,

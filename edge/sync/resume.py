@@ -58,7 +58,7 @@ when it overflows it drops what it holds and stops collecting; the next synchron
 reopens it at ``T`` and the catch-up fetches the dropped messages from history again.  Nothing
 is ever lost silently: if history no longer covers what the session needs (trimmed under a
 client too slow to catch up, or an epoch change), the session is told as for a lost history
-(``edge.linkrepair.tell_epoch_change``: a stream is closed so its client resumes, a WebSocket
+(``edge.sync.repair.tell_epoch_change``: a stream is closed so its client resumes, a WebSocket
 gets an event); if the hand-over cannot complete (broker unreachable mid catch-up, the tracker
 not reaching the client's cursor within ``HANDOVER_WAIT_S``, ``MAX_PAGES``), the session is cut
 off with the reason logged and its client resumes with its cursor.

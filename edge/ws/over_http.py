@@ -6,7 +6,7 @@ minus ``Upgrade``, ``Connection``, ``Accept``, ``Connection-Id``, ``Content-Leng
 (what each request adds: ``Sec-WebSocket-Extensions: grip``, ``Accept``, ``Content-Type``,
 ``Connection-Id``, ``Meta-<Name>`` for each bound meta), ``check_response`` (exactly ``200`` and
 ``Content-Type: application/websocket-events``) and ``apply_headers`` (``Set-Meta-*``,
-``Keep-Alive-Interval``).  ``edge.origin`` adds ``Grip-Sig`` (fresh for every request),
+``Keep-Alive-Interval``).  ``edge.origin.client`` adds ``Grip-Sig`` (fresh for every request),
 ``Grip-Feature``, ``Host`` and ``Content-Length``; its ``encode_request_head`` refuses a
 header name that is not a token or a value with CR, LF, NUL (a ``Meta-*`` from a control
 message, say): that request is not sent and the session closes with 1011, unretried.

@@ -6,9 +6,9 @@ processed as for HTTP (hop-by-hop and ``Grip-*`` dropped, ``Host`` kept), a fres
 ``Sec-WebSocket-Key``, ``Sec-WebSocket-Extensions: grip`` instead of the client's extensions,
 ``Grip-Sig`` and ``Grip-Feature``.  The response is parsed with httptools; ``101`` with the
 right ``Sec-WebSocket-Accept`` (wsproto's token) opens the session, any other answer is relayed
-to the client.  A ``grip`` extension in the 101 enables GRIP control (``edge.wscontrol``);
+to the client.  A ``grip`` extension in the 101 enables GRIP control (``edge.ws.control``);
 extensions are never forwarded to the client.  Frames both ways go through
-``edge.wsconn.WsConnection`` (client role: masked) and the ``_speedups`` frame twin.
+``edge.ws.connection.WsConnection`` (client role: masked) and the ``_speedups`` frame twin.
 """
 
 from __future__ import annotations

@@ -6,15 +6,15 @@ Theory of operation
 ``httpserver.Connection`` hands an ``Upgrade: websocket`` request here (``serve_websocket``)
 with the bytes that followed it.  The handshake is checked (RFC 6455 4.2.1; the accept token is
 wsproto's), the route is matched as a WebSocket request, and the origin side is opened first:
-WebSocket-over-HTTP (``edge.woh``, target ``over_http``) or a WebSocket to the origin
-(``edge.wsproxy``).  A rejection by the origin is relayed to the client as an HTTP response;
+WebSocket-over-HTTP (``edge.ws.over_http``, target ``over_http``) or a WebSocket to the origin
+(``edge.ws.proxy``).  A rejection by the origin is relayed to the client as an HTTP response;
 otherwise the client gets ``101 Switching Protocols`` with the origin's headers.
 
 From then on two tasks run under one nursery: this task reads the client socket and feeds
-``edge.wsconn.WsConnection`` (frames parsed by the ``_speedups`` twin); the origin side's task
+``edge.ws.connection.WsConnection`` (frames parsed by the ``_speedups`` twin); the origin side's task
 turns client events into origin traffic and origin traffic into session actions.  The
 ``keep-alive`` and ``send-delayed`` messages the origin asks for are sent by the edge's one
-shared timer task (``edge.wstimers``: coarse buckets, no task or timer per connection).
+shared timer task (``edge.ws.timers``: coarse buckets, no task or timer per connection).
 
 Every byte to the client, from the origin side or from a publish, goes through the delivery
 path (``Deliverer.write_many``): one non-blocking send, else the session's bounded buffer and a
@@ -22,11 +22,11 @@ writer task, and a session that overflows it is dropped.  So a slow WebSocket cl
 delays anyone else, and published frames are built once per message
 (``message_frame``) and written as the same bytes to every subscriber.
 
-GRIP over the socket (``edge.wscontrol``): when the origin enabled the ``grip`` extension, a
+GRIP over the socket (``edge.ws.control``): when the origin enabled the ``grip`` extension, a
 TEXT ``c:`` message from it is a control message (subscribe, unsubscribe, detach, set-meta,
 keep-alive, send-delayed, flush-delayed), other messages must carry the prefix (stripped) or are
 dropped.  Route ``sub=`` channels are subscribed at open.  A ``subscribe`` with ``prev-id``
-first replays, from broker history, what the connection missed (``edge.resume``); when history
+first replays, from broker history, what the connection missed (``edge.sync.resume``); when history
 cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",...}``
 (docs/websocket.md); when a channel's history is lost later (``on_history_lost``) it gets
 ``c:{"type":"history-lost",...}``.
@@ -207,7 +207,7 @@ class WsSession(Session):
     A ``Session`` (``edge.sessionstate``): CLOSING once our close frame is queued (nothing else
     goes out), DONE once it is written (only the client's close reply is awaited), DEAD when
     dropped.  Has the fields ``Deliverer.write_many`` relies on (``fd``, ``sock``, ``buf``,
-    ``writing``, ``last_out``, ``finish()``, ``kill()``) and the ones ``edge.filters`` reads
+    ``writing``, ``last_out``, ``finish()``, ``kill()``) and the ones ``edge.grip.filters`` reads
     (``filters``, ``meta``, ``channel_names``).
     """
 
@@ -328,7 +328,7 @@ class WsSession(Session):
         """Nothing to refresh: a WebSocket's origin is told by events, not re-requested."""
 
     def end_for_shutdown(self) -> None:
-        """The edge is draining (``edge.lifecycle``): close 1012 so the client reconnects elsewhere."""
+        """The edge is draining (``edge.ops.lifecycle``): close 1012 so the client reconnects elsewhere."""
         if self.state is OPEN:
             self.app.nursery.start_soon(self.close, 1012, "service restart")
         return None
@@ -338,7 +338,7 @@ class WsSession(Session):
             self.kill(f"resume: {reason}")
 
     def on_history_lost(self, channel: str) -> HistoryLost:
-        """The broker lost ``channel``'s history (``edge.linkrepair``): never continue silently.
+        """The broker lost ``channel``'s history (``edge.sync.repair``): never continue silently.
 
         An origin that speaks GRIP gets the TEXT event ``c:{"type": "history-lost", "channel":
         ...}`` (as for ``resume-failed``: the app resyncs its client) and the subscription goes
