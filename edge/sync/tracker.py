@@ -30,14 +30,14 @@ channel's history (restart with the memory store): ``EpochChanged`` is reported 
 tells the channel's sessions: see ``edge.sync.repair``), the track restarts at
 ``(new epoch, 0)`` and repairs from there.
 
-Epochs are only believed from answers, never from the link.  Answers travel on the request
-socket, the link on the SUB socket, and an answer can overtake what the link still carries:
-after a history loss and a resync, the position reply may already have moved the track to
-the new epoch while a marker or message of the lost epoch is still in flight (or a message
-of the new epoch was already replayed and arrives again).  Epochs are random, not ordered,
-so a link input of another epoch may be older or newer than the track's.  It is dropped
-(counted in ``other_epoch``) and the position is asked (``checking``: once until the next
-position answer); the answer decides.  If the epoch really changed, the position's
+Once a track has an epoch, a new one is only believed from an answer, never from the link.
+Answers travel on the request socket, the link on the SUB socket, and an answer can overtake
+what the link still carries: after a history loss and a resync, the position reply may
+already have moved the track to the new epoch (and replay delivered its first messages)
+while a marker or message of the lost epoch is still in flight.  Epochs are random, not
+ordered, so a link input of another epoch may be older or newer than the track's.  It is
+dropped (counted in ``other_epoch``) and the position is asked (``checking``: once until the
+next position answer); the answer decides.  If the epoch really changed, the position's
 ``last_seq`` covers what was dropped and replay fetches it.  Comparing epochs is the check
 the hot path already makes; only the rare mismatch takes this path.
 
