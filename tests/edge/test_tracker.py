@@ -139,8 +139,8 @@ def test_epoch_change_resyncs():
     t.on_replay(RequestReplay(CH, "e2", 0), "e2", 2, [], True, out)  # not the request: ignored
     assert out == []
     t.on_envelope(env(3, epoch="e2"), out)  # held behind the gap
-    req = t.statistics()
-    assert req.other_epoch == 2 and req.held == 1
+    stats = t.statistics()
+    assert stats.other_epoch == 2 and stats.held == 1
 
 
 def test_epoch_change_replay_delivers_the_new_epoch():
