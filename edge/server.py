@@ -321,7 +321,7 @@ class Edge:
             if self.linkwatch.up:
                 failed, self._pos_failed = self._pos_failed, set()
                 for ch in failed:
-                    if self.tracker.state(ch) is State.POSITION:
+                    if self.tracker.wants_position(ch):
                         self.nursery.start_soon(self._ask_position, ch)
                 self.tracker.repair()
                 self._run_tracker_actions()

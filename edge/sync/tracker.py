@@ -25,9 +25,21 @@ States (``State``):
 
 Positions and markers seen while ``LIVE`` raise the known high-water mark (``target``); a
 target beyond ``last_seq`` with nothing in flight is a gap too (the last messages were lost).
-A different epoch on any input means the broker lost the channel's history (restart with the
-memory store): ``EpochChanged`` is reported (the edge tells the channel's sessions: see
-``edge.linkrepair``), the track restarts at ``(new epoch, 0)`` and repairs from there.
+A different epoch in a broker *answer* (``position``, ``replay``) means the broker lost the
+channel's history (restart with the memory store): ``EpochChanged`` is reported (the edge
+tells the channel's sessions: see ``edge.sync.repair``), the track restarts at
+``(new epoch, 0)`` and repairs from there.
+
+Once a track has an epoch, a new one is only believed from an answer, never from the link.
+Answers travel on the request socket, the link on the SUB socket, and an answer can overtake
+what the link still carries: after a history loss and a resync, the position reply may
+already have moved the track to the new epoch (and replay delivered its first messages)
+while a marker or message of the lost epoch is still in flight.  Epochs are random, not
+ordered, so a link input of another epoch may be older or newer than the track's.  It is
+dropped (counted in ``other_epoch``) and the position is asked (``checking``: once until the
+next position answer); the answer decides.  If the epoch really changed, the position's
+``last_seq`` covers what was dropped and replay fetches it.  Comparing epochs is the check
+the hot path already makes; only the rare mismatch takes this path.
 
 A replay that could not be answered (broker down or restarting) leaves the gap in place and
 the later messages held: ``repair()`` (called periodically, and after the link comes back)
@@ -102,10 +114,11 @@ class TrackerStatistics:
     held: int
     replay_failures: int
     positioning: int  # channels whose position the broker has not told yet
+    other_epoch: int  # link inputs of another epoch than the track's (dropped, position asked)
 
 
 class _Track:
-    __slots__ = ("state", "epoch", "last_seq", "target", "held", "inflight")
+    __slots__ = ("state", "epoch", "last_seq", "target", "held", "inflight", "checking")
 
     def __init__(self) -> None:
         self.state = State.POSITION
@@ -114,6 +127,7 @@ class _Track:
         self.target = 0
         self.held: dict[int, Envelope] = {}
         self.inflight: RequestReplay | None = None
+        self.checking = False  # a position asked because the link showed another epoch
 
 
 class Tracker:
@@ -123,7 +137,7 @@ class Tracker:
         self._actions: list[Action] = []
         self._delivered = self._duplicates = self._gaps = 0
         self._replays = self._skipped = self._epoch_changes = 0
-        self._stalled = 0
+        self._stalled = self._other_epoch = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -147,6 +161,11 @@ class Tracker:
         t = self._tracks.get(channel)
         return (t.epoch, t.last_seq) if t else None
 
+    def wants_position(self, channel: str) -> bool:
+        """Whether a position answer is still needed (to retry one that failed)."""
+        t = self._tracks.get(channel)
+        return t is not None and (t.state is State.POSITION or t.checking)
+
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions
@@ -161,15 +180,23 @@ class Tracker:
             self._hold(t, env)
             return
         if env.epoch != t.epoch:
-            self._new_epoch(env.channel, t, env.epoch)
+            self._link_other_epoch(env.channel, t)
+            return
         self._accept(env.channel, t, env, out)
         if t.held and t.state is State.LIVE:
             self._ask_replay(env.channel, t)
 
     def on_marker(self, marker: Marker, out: list[Envelope]) -> None:
+        t = self._tracks.get(marker.channel)
+        if t is not None and t.state is not State.POSITION and marker.epoch != t.epoch:
+            self._link_other_epoch(marker.channel, t)
+            return
         self._observe(marker.channel, marker.epoch, marker.last_seq, out)
 
     def on_position(self, channel: str, epoch: str, last_seq: int, out: list[Envelope]) -> None:
+        t = self._tracks.get(channel)
+        if t is not None:
+            t.checking = False
         self._observe(channel, epoch, last_seq, out)
 
     def on_replay(self, request: RequestReplay, epoch: str, last_seq: int,
@@ -240,6 +267,14 @@ class Tracker:
             t.target = max(t.target, last_seq)
         if t.state is State.LIVE and self._has_gap(t):
             self._ask_replay(channel, t)
+
+    def _link_other_epoch(self, channel: str, t: _Track) -> None:
+        """The link showed an epoch other than the track's: maybe stale, maybe new (theory of
+        operation).  Drop the input and let the broker's position decide."""
+        self._other_epoch += 1
+        if not t.checking:
+            t.checking = True
+            self._actions.append(RequestPosition(channel))
 
     def _accept(self, channel: str, t: _Track, env: Envelope, out: list[Envelope]) -> None:
         seq = env.seq
@@ -313,6 +348,7 @@ class Tracker:
             held=sum(len(t.held) for t in self._tracks.values()),
             replay_failures=self._stalled,
             positioning=sum(1 for t in self._tracks.values() if t.state is State.POSITION),
+            other_epoch=self._other_epoch,
         )
 
 

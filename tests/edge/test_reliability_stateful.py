@@ -235,3 +235,31 @@ class ReliabilityMachine(RuleBasedStateMachine):
 ReliabilityMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
                                                 deadline=None)
 TestReliability = ReliabilityMachine.TestCase
+
+
+# -- pinned cases: failures hypothesis found once, replayed on every run ---------------------
+
+def _replay(*steps: tuple) -> None:
+    state = ReliabilityMachine()
+    state.setup()
+    for name, kwargs in steps:
+        getattr(state, name)(**kwargs)
+        state.history_is_in_chain_order_without_duplicates()
+        state.delivered_in_order_no_duplicates_no_holes()
+    state.teardown()
+
+
+def test_pinned_stale_marker_after_double_resync():
+    """A marker of the lost epoch reached the tracker after position answers had moved it to
+    the new epoch and replay had delivered seq 1: seq 1 was delivered twice."""
+    _replay(("marker", {"ch": "b"}), ("broker_loses_history", {}), ("resync", {}),
+            ("resync", {}), ("answer", {"i": 1}), ("publish_next", {"ch": "b"}),
+            ("answer", {"i": 87}), ("answer", {"i": 14}), ("receive", {"n": 2}))
+
+
+def test_pinned_lost_epoch_duplicate_after_position():
+    """A duplicate of the lost epoch's seq 1, still on the link after the position answer
+    reported the new epoch, switched the tracker back and was delivered again."""
+    _replay(("marker", {"ch": "a"}), ("publish_next", {"ch": "a"}), ("receive", {"n": 2}),
+            ("duplicate", {"back": 1, "ch": "a"}), ("broker_loses_history", {}),
+            ("answer", {"i": 0}), ("receive", {"n": 1}))

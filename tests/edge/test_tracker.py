@@ -130,12 +130,35 @@ def test_resync_asks_every_position_and_finds_a_lost_tail():
 
 
 def test_epoch_change_resyncs():
+    """Another epoch on the link is checked against the broker's position; the answer
+    confirms the new epoch and replay fetches what the link already showed."""
     t = started(last_seq=10)
     out = []
     t.on_envelope(env(1, epoch="e2"), out)
-    assert seqs(out) == [1]
-    assert t.take_actions() == [EpochChanged(CH, "e1", "e2")]
-    assert t.position(CH) == ("e2", 1)
+    t.on_envelope(env(2, epoch="e2"), out)
+    assert out == [] and t.position(CH) == ("e1", 10)
+    assert t.take_actions() == [RequestPosition(CH)]  # once, not per message
+    assert t.wants_position(CH)
+    t.on_position(CH, "e2", 2, out)
+    assert not t.wants_position(CH)
+    assert t.take_actions() == [EpochChanged(CH, "e1", "e2"), RequestReplay(CH, "e2", 0)]
+    t.on_replay(RequestReplay(CH, "e2", 0), "e2", 2, [], True, out)  # not the request: ignored
+    assert out == []
+    t.on_envelope(env(3, epoch="e2"), out)  # held behind the gap
+    stats = t.statistics()
+    assert stats.other_epoch == 2 and stats.held == 1
+
+
+def test_epoch_change_replay_delivers_the_new_epoch():
+    t = started(last_seq=10)
+    out = []
+    t.on_envelope(env(1, epoch="e2"), out)
+    t.take_actions()
+    t.on_position(CH, "e2", 1, out)
+    _, req = t.take_actions()
+    t.on_replay(req, "e2", 1, [env(1, epoch="e2")], True, out)
+    assert [(e.epoch, e.seq) for e in out] == [("e2", 1)]
+    assert t.position(CH) == ("e2", 1) and t.state(CH) is State.LIVE
 
 
 def test_stale_replay_answer_is_ignored():
@@ -143,10 +166,59 @@ def test_stale_replay_answer_is_ignored():
     out = []
     t.on_envelope(env(2), out)
     (req,) = t.take_actions()
-    t.on_envelope(env(1, epoch="e2"), out)  # epoch change supersedes the request
+    t.on_envelope(env(1, epoch="e2"), out)
+    assert t.take_actions() == [RequestPosition(CH)]
+    t.on_position(CH, "e2", 1, out)  # epoch change supersedes the request
     t.take_actions()
     t.on_replay(req, "e1", 2, [env(1), env(2)], True, out)
-    assert seqs(out) == [1]
+    assert out == []
+
+
+def test_stale_epoch_on_the_link_after_resync_is_not_delivered_again():
+    """Regression (found by test_reliability_stateful): after the broker lost its history and
+    the edge re-synchronised twice, a marker of the lost epoch still on the link arrived after
+    the position answers had moved the track to the new epoch and replay had delivered its
+    seq 1.  The marker reset the track to the old epoch and the live seq 1 then reset it to
+    the new one again, delivering seq 1 twice."""
+    t = Tracker()
+    t.track(CH)
+    assert t.take_actions() == [RequestPosition(CH)]
+    link = [Marker(CH, "e0", 0)]  # sent before the broker lost its history (then epoch e3)
+    t.resync()
+    t.resync()
+    assert t.take_actions() == [RequestPosition(CH), RequestPosition(CH)]
+    out: list[Envelope] = []
+    t.on_position(CH, "e3", 0, out)  # a first answer: the new epoch, empty
+    link.append(env(1, epoch="e3"))  # published; still on the link behind the stale marker
+    t.on_position(CH, "e3", 1, out)  # a second answer reveals seq 1
+    (req,) = t.take_actions()
+    assert req == RequestReplay(CH, "e3", 0)
+    t.on_replay(req, "e3", 1, [env(1, epoch="e3")], True, out)
+    assert [(e.epoch, e.seq) for e in out] == [("e3", 1)]
+    t.on_marker(link[0], out)
+    t.on_envelope(link[1], out)
+    assert [(e.epoch, e.seq) for e in out] == [("e3", 1)]  # delivered once
+    assert t.position(CH) == ("e3", 1)
+    actions = t.take_actions()
+    assert not any(isinstance(a, EpochChanged) for a in actions)
+    assert actions == [RequestPosition(CH)]  # the stale marker is checked, not believed
+    t.on_position(CH, "e3", 1, out)
+    assert t.take_actions() == [] and t.position(CH) == ("e3", 1) and out[1:] == []
+
+
+def test_lost_epoch_message_after_the_answer_moved_on_is_not_delivered_again():
+    """Regression (test_reliability_stateful): a duplicate of the lost epoch's seq 1 still on
+    the link after a position answer reported the new epoch switched the track back to the
+    lost epoch and delivered its seq 1 a second time."""
+    t = started(epoch="e0")
+    out: list[Envelope] = []
+    t.on_envelope(env(1, epoch="e0"), out)
+    t.on_position(CH, "e2", 0, out)  # the broker lost its history
+    assert t.take_actions() == [EpochChanged(CH, "e0", "e2")]
+    t.on_envelope(env(1, epoch="e0"), out)  # the duplicate, sent before the loss
+    assert [(e.epoch, e.seq) for e in out] == [("e0", 1)]
+    assert t.position(CH) == ("e2", 0)
+    assert t.take_actions() == [RequestPosition(CH)]
 
 
 def test_untracked_channel_is_ignored():
