@@ -53,6 +53,7 @@ actions (``RequestPosition``, ``RequestReplay``, ``EpochChanged``, ``GapSkipped`
 until ``take_actions()``.  Held messages are bounded (``max_held``); one dropped there is just
 fetched again by the next replay.
 """
+
 from __future__ import annotations
 
 import enum
@@ -199,8 +200,15 @@ class Tracker:
             t.checking = False
         self._observe(channel, epoch, last_seq, out)
 
-    def on_replay(self, request: RequestReplay, epoch: str, last_seq: int,
-                  items: list[Envelope], complete: bool, out: list[Envelope]) -> None:
+    def on_replay(
+        self,
+        request: RequestReplay,
+        epoch: str,
+        last_seq: int,
+        items: list[Envelope],
+        complete: bool,
+        out: list[Envelope],
+    ) -> None:
         """The broker's answer to ``request`` (answers to superseded requests are ignored)."""
         channel = request.channel
         t = self._tracks.get(channel)
@@ -342,9 +350,13 @@ class Tracker:
 
     def statistics(self) -> TrackerStatistics:
         return TrackerStatistics(
-            channels=len(self._tracks), delivered=self._delivered,
-            duplicates=self._duplicates, gaps=self._gaps, replays=self._replays,
-            skipped=self._skipped, epoch_changes=self._epoch_changes,
+            channels=len(self._tracks),
+            delivered=self._delivered,
+            duplicates=self._duplicates,
+            gaps=self._gaps,
+            replays=self._replays,
+            skipped=self._skipped,
+            epoch_changes=self._epoch_changes,
             held=sum(len(t.held) for t in self._tracks.values()),
             replay_failures=self._stalled,
             positioning=sum(1 for t in self._tracks.values() if t.state is State.POSITION),

@@ -14,6 +14,7 @@ Invariants, checked after every step:
 * after ``settle`` (link drained, every request answered, a marker sent) everything published
   under the current epoch after the tracker's baseline has been delivered: nothing lost.
 """
+
 from __future__ import annotations
 
 from hypothesis import settings
@@ -52,8 +53,12 @@ class ReliabilityMachine(RuleBasedStateMachine):
     # -- helpers ---------------------------------------------------------------------------
 
     def _item(self, ch: str, k: int) -> Item:
-        return Item(channel=ch, formats={"http-stream": {"content": f"{ch}{k}"}},
-                    id=f"{ch}-{k}", prev_id=f"{ch}-{k - 1}" if k else None)
+        return Item(
+            channel=ch,
+            formats={"http-stream": {"content": f"{ch}{k}"}},
+            id=f"{ch}-{k}",
+            prev_id=f"{ch}-{k - 1}" if k else None,
+        )
 
     def _commit(self, released):
         for item in released:
@@ -232,12 +237,14 @@ class ReliabilityMachine(RuleBasedStateMachine):
             assert after == list(range(base + 1, pos.last_seq + 1)), (ch, after, base, pos)
 
 
-ReliabilityMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
-                                                deadline=None)
+ReliabilityMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None
+)
 TestReliability = ReliabilityMachine.TestCase
 
 
 # -- pinned cases: failures hypothesis found once, replayed on every run ---------------------
+
 
 def _replay(*steps: tuple) -> None:
     state = ReliabilityMachine()
@@ -252,14 +259,28 @@ def _replay(*steps: tuple) -> None:
 def test_pinned_stale_marker_after_double_resync():
     """A marker of the lost epoch reached the tracker after position answers had moved it to
     the new epoch and replay had delivered seq 1: seq 1 was delivered twice."""
-    _replay(("marker", {"ch": "b"}), ("broker_loses_history", {}), ("resync", {}),
-            ("resync", {}), ("answer", {"i": 1}), ("publish_next", {"ch": "b"}),
-            ("answer", {"i": 87}), ("answer", {"i": 14}), ("receive", {"n": 2}))
+    _replay(
+        ("marker", {"ch": "b"}),
+        ("broker_loses_history", {}),
+        ("resync", {}),
+        ("resync", {}),
+        ("answer", {"i": 1}),
+        ("publish_next", {"ch": "b"}),
+        ("answer", {"i": 87}),
+        ("answer", {"i": 14}),
+        ("receive", {"n": 2}),
+    )
 
 
 def test_pinned_lost_epoch_duplicate_after_position():
     """A duplicate of the lost epoch's seq 1, still on the link after the position answer
     reported the new epoch, switched the tracker back and was delivered again."""
-    _replay(("marker", {"ch": "a"}), ("publish_next", {"ch": "a"}), ("receive", {"n": 2}),
-            ("duplicate", {"back": 1, "ch": "a"}), ("broker_loses_history", {}),
-            ("answer", {"i": 0}), ("receive", {"n": 1}))
+    _replay(
+        ("marker", {"ch": "a"}),
+        ("publish_next", {"ch": "a"}),
+        ("receive", {"n": 2}),
+        ("duplicate", {"back": 1, "ch": "a"}),
+        ("broker_loses_history", {}),
+        ("answer", {"i": 0}),
+        ("receive", {"n": 1}),
+    )

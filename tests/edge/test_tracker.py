@@ -1,4 +1,5 @@
 """Tracker: deliver each channel's messages exactly once, in order, whatever the link does."""
+
 from __future__ import annotations
 
 from hypothesis import given, settings
@@ -231,13 +232,19 @@ def test_untracked_channel_is_ignored():
 
 # -- the property: exactly 1..N in order -----------------------------------------------------
 
+
 @st.composite
 def schedules(draw):
     n = draw(st.integers(1, 40))
-    ops = draw(st.lists(
-        st.sampled_from(["publish", "publish", "publish", "drop", "dup", "marker", "answer",
-                         "position"]),
-        min_size=0, max_size=150))
+    ops = draw(
+        st.lists(
+            st.sampled_from(
+                ["publish", "publish", "publish", "drop", "dup", "marker", "answer", "position"]
+            ),
+            min_size=0,
+            max_size=150,
+        )
+    )
     limit = draw(st.integers(1, 5))
     return n, ops, limit
 
