@@ -140,7 +140,7 @@ class Edge:
         self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
         self._pos_waiters: dict[str, trio.Event] = {}
         self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
-        self._pos_failed: set[str] = set()  # position requests to retry (edge.linkrepair)
+        self._pos_failed: set[str] = set()  # position requests to retry (edge.sync.repair)
         self.resumer = Resumer(self)
         self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
@@ -308,7 +308,7 @@ class Edge:
         self._run_tracker_actions()
 
     async def serve_link_repair(self) -> None:
-        """Watch the broker link (edge.linkrepair) and retry unanswered repairs, every tick."""
+        """Watch the broker link (edge.sync.repair) and retry unanswered repairs, every tick."""
         while True:
             await trio.sleep(TICK_S)
             for a in self.linkwatch.tick(trio.current_time()):

@@ -92,7 +92,7 @@ class BrokerLink:
         self._channels: set[str] = set()
         self.broker_id: str | None = None
         self.stats_ttl = 0  # the broker's heartbeat: its stats socket's connection ttl (0: off)
-        # called with (broker_id) on every heartbeat (edge.linkrepair.LinkWatch watches them)
+        # called with (broker_id) on every heartbeat (edge.sync.repair.LinkWatch watches them)
         self.on_heartbeat: Callable[[str], None] | None = None
         # called once when the broker speaks another wire version (the edge then stops)
         self.on_refuse: Callable[[], None] | None = None
