@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from broker.history import HistoryStatistics
+from broker.store.redis import RedisStoreStatistics
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
@@ -93,14 +96,18 @@ class BrokerCollector(Collector):
             "Items released after waiting for a missing prev-id.",
             value=seq.timed_out,
         )
-        store = st.store
-        for attr, kind, doc in (
-            ("channels", GaugeMetricFamily, "Channels with history."),
-            ("retained", GaugeMetricFamily, "Messages retained in history."),
-            ("replays", CounterMetricFamily, "Replay requests the store served."),
-        ):
-            if hasattr(store, attr):
-                yield kind(P + "history_" + attr, doc, value=getattr(store, attr))
+        store = st.store  # each store kind has its own statistics record
+        if isinstance(store, HistoryStatistics):
+            yield GaugeMetricFamily(
+                P + "history_channels", "Channels with history.", value=store.channels
+            )
+            yield GaugeMetricFamily(
+                P + "history_retained", "Messages retained in history.", value=store.retained
+            )
+        elif isinstance(store, RedisStoreStatistics):
+            yield CounterMetricFamily(
+                P + "history_replays", "Replay requests the store served.", value=store.replays
+            )
         yield b.pipeline.store_latency.family(
             P + "store_latency_seconds", "Time to store one publish batch."
         )

@@ -89,6 +89,9 @@ def test_metrics_move_with_traffic(tmp_path):
         assert b["gripcast_broker_messages_stored_total"] == 5
         assert b["gripcast_broker_messages_fanned_out_total"] == 5
         assert b["gripcast_broker_live_channels"] == 1
+        # the memory store reports its history (a Redis store reports replays instead)
+        assert b["gripcast_broker_history_channels"] == 1
+        assert b["gripcast_broker_history_retained"] == 5
         assert b["gripcast_broker_store_latency_seconds_count"] >= 1
         assert e["gripcast_edge_connections{transport=http}"] == 3
         assert e["gripcast_edge_held_sessions{mode=stream}"] == 3
