@@ -353,8 +353,18 @@ def test_keep_alive_and_bad_instruct(cluster):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /ka HTTP/1.1\r\nHost: localhost\r\n\r\n")
         buf = bytearray()
+        read_until(s, buf, b"\r\n\r\n")
+        opened = time.monotonic()
         read_until(s, buf, b":ka\n\n")
         assert b"Content-Type: text/event-stream" in buf
+        # Grip-Keep-Alive timeout=1: about one a second, as Pushpin (at least two in 3 s)
+        s.settimeout(0.2)
+        while time.monotonic() - opened < 3.0:
+            try:
+                buf += s.recv(4096)
+            except TimeoutError:
+                pass
+        assert buf.count(b":ka\n\n") >= 2, buf
     r = httpx.get(f"http://127.0.0.1:{port}/bogus")  # route 127.0.0.1 has debug
     assert r.status_code == 502
     assert r.text == "Grip-Hold must be set to either 'response' or 'stream'\n"
