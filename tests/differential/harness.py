@@ -10,26 +10,32 @@ never skips.
 
 Usage (see tests/differential/test_harness_diff.py for complete examples)::
 
-    def test_something(each_system, origin):
+    def test_something(each_system, origin, uniq):
+        ch = uniq("a")  # a channel name no other test uses (the systems are shared)
         origin.respond("/stream", OriginResponse(200, [("Grip-Hold", "stream"),
-                                                        ("Grip-Channel", "a")], b"start\\n"))
+                                                        ("Grip-Channel", ch)], b"start\\n"))
         seen = {}
-        for system in each_system(routes=f"* 127.0.0.1:{origin.port}"):
+        for system in each_system(routes=f"* 127.0.0.1:{origin.port}\\n"):
             with HttpClient(system.client_port) as client:
                 client.send(b"GET /stream HTTP/1.1\\r\\nHost: example\\r\\n\\r\\n")
                 client.read_until(b"start\\n")
-                system.publish("a", {"http-stream": {"content": "hi\\n"}})
-                head, body = client.read_response_until(b"hi\\n")
-            seen[system.name] = (head.status, body, origin.take())
-        assert seen["gripcast"] == (200, b"start\\nhi\\n", [...])
+                system.publish(ch, {"http-stream": {"content": "hi\\n"}})
+                head, body = client.response(until=b"hi\\n")
+            seen[system.name] = (head.comparable(), body, origin.take())
+        assert seen["gripcast"] == ((200, "OK", ()), b"start\\nhi\\n", [...])
         same_as_pushpin(seen)
 
 ``each_system(routes=..., proxy={...}, handler={...}, gripcast={...})`` yields a started
-gripcast, then (when installed) a started Pushpin; each is stopped before the next starts.
-``proxy``/``handler``/``runner`` are pushpin.conf section overrides: Pushpin gets them in its
-config file; gripcast gets the keys whose gripcast name is the same (the ``[proxy]`` keys such as
-``auto_cross_origin`` or ``x_forwarded_for``), plus ``gripcast={...}`` as extra TOML keys.
-Between systems the origin's recorded requests are cleared and its responses kept.
+gripcast, then (when installed) a started Pushpin.  ``proxy``/``handler``/``runner`` are
+pushpin.conf section overrides: Pushpin gets them in its config file; gripcast gets the keys
+whose gripcast name is the same (the ``[proxy]`` keys such as ``auto_cross_origin`` or
+``x_forwarded_for``), plus ``gripcast={...}`` as extra TOML keys.
+
+Systems are shared: tests asking for the same configuration get the same running processes
+(:class:`SystemPool`), so a test must use channel names of its own (the ``uniq`` fixture) and
+leave the systems as it found them; a test that reloads, signals or breaks them asks for
+``fresh=True``.  The origin is shared too: the ``origin`` fixture clears its answers and its
+record for each test, and the record is cleared before each system is handed out.
 
 Environment: ``GRIPCAST_DIFF_PUSHPIN=0`` leaves the Pushpin side out (scripts/test sets it for
 the second, pure-twin pass: Pushpin's answers do not depend on gripcast's twins, and the first
@@ -160,6 +166,11 @@ class RecordingOrigin:
 
     def respond(self, path: str, answer: Handler | OriginResponse) -> None:
         self._handlers[path] = answer
+
+    def reset(self) -> None:
+        """Forget every answer and every recorded request."""
+        self._handlers.clear()
+        self.take()
 
     @property
     def requests(self) -> list[OriginRequest]:
@@ -727,14 +738,66 @@ def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-class SystemRunner:
-    """Behind the ``each_system`` fixture: starts each system in turn and stops it after."""
+SYSTEMS_KEPT = 3  # configurations kept running between tests (each: a gripcast and a Pushpin)
 
-    def __init__(self, tmp_path: Path, origin: RecordingOrigin | None, test_name: str) -> None:
-        self.tmp_path = tmp_path
+
+class SystemPool:
+    """The systems of a test session, shared by the tests that ask for the same configuration
+    (routes, pushpin.conf overrides, gripcast keys): starting Pushpin and gripcast costs
+    seconds, a scenario milliseconds.  The last ``SYSTEMS_KEPT`` configurations stay up;
+    ``fresh=True`` gives a test its own systems, stopped when it ends."""
+
+    def __init__(self, tmp_root: Path) -> None:
+        self.tmp_root = tmp_root
+        self._kept: dict[str, dict[str, System]] = {}  # in least-recently-used order
+        self._count = 0
+
+    def get(self, kind: str, key: str, make: Callable[[Path], System]) -> System:
+        systems = self._kept.pop(key, None) or {}
+        self._kept[key] = systems
+        system = systems.get(kind)
+        if system is None or system.proc is None or system.proc.poll() is not None:
+            self._count += 1
+            workdir = self.tmp_root / f"{kind}-{self._count}"
+            workdir.mkdir(parents=True)
+            system = make(workdir)
+            try:
+                system.start()
+            except BaseException:
+                sys.stdout.write(f"--- {kind} log tail ---\n{system.log_tail()}\n")
+                raise
+            systems[kind] = system
+        while len(self._kept) > SYSTEMS_KEPT:
+            oldest = next(iter(self._kept))
+            for s in self._kept.pop(oldest).values():
+                s.stop()
+        return system
+
+    def make_fresh(self, kind: str, make: Callable[[Path], System]) -> System:
+        self._count += 1
+        workdir = self.tmp_root / f"{kind}-{self._count}"
+        workdir.mkdir(parents=True)
+        system = make(workdir)
+        system.start()
+        return system
+
+    def stop_all(self) -> None:
+        for systems in self._kept.values():
+            for s in systems.values():
+                s.stop()
+        self._kept.clear()
+
+
+class SystemRunner:
+    """Behind the ``each_system`` fixture: hands out a started gripcast, then a started
+    Pushpin, with the origin's record cleared before and after each."""
+
+    def __init__(self, pool: SystemPool, origin: RecordingOrigin | None, test_name: str) -> None:
+        self.pool = pool
         self.origin = origin
         self.test_name = test_name
-        self.started: list[System] = []
+        self.used: list[System] = []
+        self.fresh: list[System] = []
 
     def __call__(
         self,
@@ -745,37 +808,47 @@ class SystemRunner:
         gripcast: dict[str, Any] | None = None,
         warmup: bool = True,
         pushpin: bool = True,
+        fresh: bool = False,
     ) -> Iterator[System]:
+        """Yield gripcast, then Pushpin (when installed and ``pushpin``), both started with
+        ``routes`` (the routes file's text) and the settings.  ``fresh=True``: systems of this
+        test's own (for tests that reload, signal or break them), stopped when it ends."""
         proxy = dict(proxy or {})
+        overrides = {
+            "proxy": proxy,
+            "handler": dict(handler or {}),
+            "runner": dict(runner or {}),
+        }
+        key = repr((routes, sorted(overrides.items()), sorted((gripcast or {}).items()), warmup))
         kinds = ["gripcast"]
         if pushpin and pushpin_wanted():
             kinds.append("pushpin")
         elif pushpin:
             PUSHPIN_LEFT_OUT.append(self.test_name)
         for kind in kinds:
-            workdir = self.tmp_path / kind
-            workdir.mkdir(exist_ok=True)
-            system: System
-            if kind == "gripcast":
-                system = GripcastSystem(workdir, routes, proxy, dict(gripcast or {}))
-            else:
-                overrides = {"proxy": proxy, "handler": dict(handler or {})}
-                overrides["runner"] = dict(runner or {})
-                system = PushpinSystem(workdir, routes, overrides, warmup)
-            self.started.append(system)
-            try:
-                system.start()
-                if self.origin is not None:
-                    self.origin.take()
-                yield system
-            finally:
-                system.stop()
-                if self.origin is not None:
-                    self.origin.take()
 
-    def stop_all(self) -> None:
-        """Stop every system this test started and print their log tails (shown by pytest
-        only when the test failed)."""
-        for s in self.started:
+            def make(workdir: Path, kind: str = kind) -> System:
+                if kind == "gripcast":
+                    return GripcastSystem(workdir, routes, proxy, dict(gripcast or {}))
+                return PushpinSystem(workdir, routes, overrides, warmup)
+
+            if fresh:
+                system = self.pool.make_fresh(kind, make)
+                self.fresh.append(system)
+            else:
+                system = self.pool.get(kind, key, make)
+            self.used.append(system)
+            if self.origin is not None:
+                self.origin.take()
+            yield system
+            if self.origin is not None:
+                self.origin.take()
+
+    def finish(self, failed: bool) -> None:
+        """Stop this test's fresh systems; print the log tails of every system it used
+        (pytest shows them only when the test failed)."""
+        for s in self.fresh:
             s.stop()
-            sys.stdout.write(f"--- {s.name} log tail ---\n{s.log_tail()}\n")
+        if failed:
+            for s in self.used:
+                sys.stdout.write(f"--- {s.name} log tail ({s.log_path}) ---\n{s.log_tail()}\n")

@@ -16,7 +16,7 @@ from tests.differential.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def test_passthrough_and_origin_request(each_system, origin):
+def test_passthrough_and_origin_request(each_system, origin, uniq):
     origin.respond(
         "/plain", OriginResponse(200, [("Content-Type", "text/plain"), ("X-Mine", "1")], b"hi\n")
     )
@@ -38,12 +38,13 @@ def test_passthrough_and_origin_request(each_system, origin):
     same_as_pushpin(seen)
 
 
-def test_stream_hold_and_publish(each_system, origin):
+def test_stream_hold_and_publish(each_system, origin, uniq):
+    ch = uniq("a")
     origin.respond(
         "/stream",
         OriginResponse(
             200,
-            [("Content-Type", "text/plain"), ("Grip-Hold", "stream"), ("Grip-Channel", "a")],
+            [("Content-Type", "text/plain"), ("Grip-Hold", "stream"), ("Grip-Channel", ch)],
             b"start\n",
         ),
     )
@@ -52,9 +53,9 @@ def test_stream_hold_and_publish(each_system, origin):
         with HttpClient(system.client_port) as c:
             c.send(b"GET /stream HTTP/1.1\r\nHost: example.com\r\n\r\n")
             c.read_until(b"start\n")
-            system.publish("a", {"http-stream": {"content": "one\n"}})
+            system.publish(ch, {"http-stream": {"content": "one\n"}})
             c.read_until(b"one\n")
-            system.publish("a", {"http-stream": {"content": "two\n"}})
+            system.publish(ch, {"http-stream": {"content": "two\n"}})
             head, body = c.response(until=b"two\n")
         seen[system.name] = (head.comparable(), body)
     assert seen["gripcast"] == (
@@ -64,7 +65,8 @@ def test_stream_hold_and_publish(each_system, origin):
     same_as_pushpin(seen)
 
 
-def test_response_hold_and_publish(each_system, origin):
+def test_response_hold_and_publish(each_system, origin, uniq):
+    ch = uniq("b")
     origin.respond(
         "/poll",
         OriginResponse(
@@ -72,7 +74,7 @@ def test_response_hold_and_publish(each_system, origin):
             [
                 ("Content-Type", "text/plain"),
                 ("Grip-Hold", "response"),
-                ("Grip-Channel", "b"),
+                ("Grip-Channel", ch),
                 ("Grip-Timeout", "20"),
             ],
             b"timeout\n",
@@ -87,7 +89,7 @@ def test_response_hold_and_publish(each_system, origin):
             deadline = time.monotonic() + 10
             while True:
                 system.publish(
-                    "b",
+                    ch,
                     {
                         "http-response": {
                             "code": 201,
@@ -108,7 +110,8 @@ def test_response_hold_and_publish(each_system, origin):
     same_as_pushpin(seen)
 
 
-def test_keep_alive_timeout_one_second(each_system, origin):
+def test_keep_alive_timeout_one_second(each_system, origin, uniq):
+    ch = uniq("c")
     origin.respond(
         "/ka",
         OriginResponse(
@@ -116,7 +119,7 @@ def test_keep_alive_timeout_one_second(each_system, origin):
             [
                 ("Content-Type", "text/plain"),
                 ("Grip-Hold", "stream"),
-                ("Grip-Channel", "c"),
+                ("Grip-Channel", ch),
                 ("Grip-Keep-Alive", "ping\\n; format=cstring; timeout=1"),
             ],
             b"start\n",
@@ -140,7 +143,7 @@ def test_keep_alive_timeout_one_second(each_system, origin):
     strict=True,
     reason="filter:build-id and session land with issue 13 (branches h13-sse, h13-routes)",
 )
-def test_grip_feature_covers_pushpins(each_system, origin):
+def test_grip_feature_covers_pushpins(each_system, origin, uniq):
     origin.respond("/f", OriginResponse(200, [], b"ok\n"))
     features = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port}\n"):
