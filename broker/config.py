@@ -242,6 +242,8 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
                 raise ValueError("not a boolean")
             return value
         if t == "str":
+            if name == "set_x_forwarded_protocol" and isinstance(value, bool):
+                return "true" if value else "false"  # Pushpin's INI value, read as TOML
             if not isinstance(value, str):
                 raise ValueError("not a string")
             return value

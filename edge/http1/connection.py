@@ -416,7 +416,7 @@ class Connection:
             try:
                 jreq = jsonp.parse_request(route.jsonp, method, path, headers)
             except jsonp.JsonpError as exc:
-                await self.send_all(responses.error(400, str(exc), keep_alive=req.keep_alive))
+                await self.send_error(req, 400, str(exc), aco=True)
                 return req.keep_alive
             if jreq is not None:
                 method, path, headers, body = jreq.method, jreq.target, jreq.headers, jreq.body
@@ -455,17 +455,23 @@ class Connection:
 
     async def proxy_error(self, req: Request, route: Route, exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1
-        log.warning(
-            "error while proxying to origin route_line=%d path=%s: %s",
-            route.line,
+        log.log(
+            accesslog.route_level(route, logging.WARNING),
+            "error while proxying to origin route=%s path=%s: %s",
+            route.name,
             req.url.decode("latin-1", "replace"),
             exc.reason,
         )
         text = (
             exc.reason if route.debug or self.app.rules.debug else "Error while proxying to origin."
         )
-        await self.send_all(responses.error(502, text, keep_alive=req.keep_alive))
+        await self.send_error(req, 502, text, aco=route.aco or self.app.rules.aco)
         return req.keep_alive
+
+    async def send_error(self, req: Request, status: int, text: str, *, aco: bool) -> None:
+        """A ``text/plain`` error answer; on ``aco`` routes with CORS headers (Pushpin)."""
+        extra = cors_headers(req.headers, [(b"Content-Type", b"text/plain")]) if aco else []
+        await self.send_all(responses.error(status, text, keep_alive=req.keep_alive, extra=extra))
 
     async def passthrough_jsonp(
         self, req: Request, resp: OriginResponse, jreq: jsonp.JsonpRequest
@@ -477,7 +483,6 @@ class Connection:
             log.warning("JSON-P passthrough body failed: %s", exc.reason)
             return False
         headers = [(k, v) for k, v in resp.headers if k.lower() not in _PASS_DROP]
-        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         reason = resp.reason.encode("latin-1") if isinstance(resp.reason, str) else resp.reason
         hs, out = jsonp.wrap(jreq, resp.status, reason, headers, body)
         if not req.keep_alive:
