@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from broker.errors import RemoteProtocolError
+
 if TYPE_CHECKING:
     from edge.routes import Jsonp
 
@@ -31,8 +33,11 @@ _HEX = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _EXTRACTABLE = (b"cache-control",)
 
 
-class JsonpError(ValueError):
-    """A JSON-P request Pushpin answers 400 (``str(exc)`` is the body's line)."""
+class JsonpError(RemoteProtocolError):
+    """A JSON-P request Pushpin answers 400 (``reason`` is the body's line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -416,7 +416,7 @@ class Connection:
             try:
                 jreq = jsonp.parse_request(route.jsonp, method, path, headers)
             except jsonp.JsonpError as exc:
-                await self.send_error(req, 400, str(exc), aco=True)
+                await self.send_error(req, 400, exc.reason, aco=True)
                 return req.keep_alive
             if jreq is not None:
                 method, path, headers, body = jreq.method, jreq.target, jreq.headers, jreq.body
