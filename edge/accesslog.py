@@ -5,8 +5,7 @@ then ``from=<address>`` with ``log_from`` (the logical client address: Pushpin's
 first ``X-Forwarded-For`` value unless ``x_forwarded_for`` truncates it all) and ``ua="..."``
 with ``log_user_agent``.  ``mode`` is how the request was answered: ``passthrough``,
 ``response`` / ``stream`` (GRIP holds), ``instruct`` (GRIP without a hold), ``error`` (no
-route, refused, origin failure).  WebSocket sessions are logged by ``edge.ws`` with
-``mode=ws``.  ``bytes`` counts what the request's task wrote (a stream's published content
+route, refused, origin failure).  WebSocket sessions are not logged here yet.  ``bytes`` counts what the request's task wrote (a stream's published content
 goes out on the delivery path and is not counted).
 
 Logged at INFO, or at the route's ``log_level`` (Pushpin's 0 error, 1 warning, 2 info,
