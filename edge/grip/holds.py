@@ -76,6 +76,7 @@ from edge.origin.client import OriginError, open_origin
 from edge.sessionstate import OPEN
 
 if TYPE_CHECKING:
+    from broker.wire import Envelope
     from edge.grip.cache import InstructOptions
     from edge.grip.instruct import Channel
     from edge.http1.connection import Connection, Request
@@ -133,6 +134,16 @@ def _prev_id(c: Channel) -> str:
     None``)."""
     assert c.prev_id is not None
     return c.prev_id
+
+
+def _until_hint(envs: list[Envelope]) -> list[Envelope]:
+    """Held items up to the first ``hint`` (Pushpin clears its queue on a hint: "any items
+    will be redundant", the next link's answer brings them)."""
+    for i, env in enumerate(envs):
+        fmt = env.formats.get("http-stream")
+        if fmt is not None and fmt.get("action") == "hint":
+            return envs[: i + 1]
+    return envs
 
 
 def _checked_ids(hold: Hold) -> dict[str, str | None]:
@@ -655,7 +666,7 @@ class _Stream:
             raise InstructError(f"channel '{bad}' specifies prev-id, but no next link found")
         track = s.track
         assert track is not None  # follow() made one
-        rest = track.after_update(_checked_ids(hold), s.channel_names)
+        rest = _until_hint(track.after_update(_checked_ids(hold), s.channel_names))
         if track.idle:
             s.track = None
         if rest:
