@@ -111,6 +111,12 @@ class Config:
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
     # subscription on an edge (Pushpin's default; skipped when history resolved the prev-ids)
     update_on_first_subscription: bool = True
+    # next links (docs/grip-http.md): fetch links to hosts other than the route's origin (off:
+    # refused; on, the edge fetches any URL an origin names: an open proxy for a bad origin)
+    next_link_other_hosts: bool = _reload(False, "edge")
+    # low-priority next-link fetches and long-poll retries (recover, prev-id gaps, idle links,
+    # first subscriptions): at most this many batches of 100 sessions a second (Pushpin's 10)
+    next_link_updates_per_s: float = 10.0
     # broker HTTP API auth: "" (off: Authorization ignored), an HS256 secret, "base64:<b64>",
     # or "file:<path>" to a PEM public key (RS256/ES256)
     publish_jwt_key: str = ""
@@ -465,7 +471,12 @@ def _validate_exposure(cfg: Config) -> list[str]:
             )
     if cfg.http_maxconn < 1:
         problems.append("http_maxconn: must be at least 1")
-    for name in ("recover_per_s", "hint_per_channel_per_s", "hint_per_s"):
+    for name in (
+        "recover_per_s",
+        "hint_per_channel_per_s",
+        "hint_per_s",
+        "next_link_updates_per_s",
+    ):
         if not getattr(cfg, name) > 0:
             problems.append(f"{name}: must be positive")
     if cfg.publish_jwt_key and cfg.sig_key:

@@ -149,7 +149,8 @@ class Edge:
         self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
         self._pos_failed: set[str] = set()  # position requests to retry (edge.sync.repair)
         self.resumer = Resumer(self)
-        self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+        # HTTP holds: recover, first-subscription retries, the next-link update limiter
+        self.holds = HoldRegistry(cfg.next_link_updates_per_s)
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
@@ -191,8 +192,8 @@ class Edge:
     def on_recover(self) -> None:
         """The broker relayed a ``recover``: response holds re-ask the origin, streams with a
         next link fetch it (Pushpin's recover command)."""
-        n = self.holds.recover()
-        log.info("recover: %d held sessions asked to update", n)
+        n = self.holds.recover(trio.current_time())
+        log.info("recover: %d held sessions asked to update (rate-limited)", n)
 
     async def wait_positioned(
         self, channels: list[str], timeout_s: float = POSITION_WAIT_S
@@ -471,6 +472,7 @@ async def serve(
                 nursery.start_soon(link.serve_ctl)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.origin_client.timer.serve)
                 nursery.start_soon(edge.serve_link_repair)

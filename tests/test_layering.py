@@ -41,6 +41,8 @@ SANS_IO = [
     "edge/grip/filters.py",
     "edge/grip/jsonpatch.py",
     "edge/grip/sseid.py",
+    "edge/grip/nextlink.py",
+    "edge/grip/nextlink_track.py",
     "edge/sync/tracker.py",
     "edge/sync/hub.py",
     "edge/ws/events.py",
