@@ -5,11 +5,8 @@ a WebSocket origin written with ``websockets`` (WS-to-WS), publishes with gripco
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import signal
-import socket
 import threading
 import time
 
@@ -24,6 +21,7 @@ from tests.helpers import wait_for
 from tests.integration.cluster import Cluster
 from tests.integration.test_faults import restart_broker
 from tests.integration.wsorigin import WohOriginApp
+from tests.integration.wsraw import raw_ws
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -173,27 +171,6 @@ def test_woh_open_rejected_and_disconnect(tmp_path):
                 headers={"Content-Type": "application/websocket-events"},
             )
             assert r.status_code == 403
-
-
-def raw_ws(port, path, rcvbuf=None):
-    """A raw client socket past the handshake (for clients that misbehave on purpose)."""
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    s.settimeout(10)
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return s
 
 
 def test_reliable_websocket_prev_id_misses_nothing(woh):
