@@ -237,8 +237,11 @@ class WsOrigin:
                     if isinstance(ev, Message):
                         if not self.detached:
                             await session.from_origin("BINARY" if ev.binary else "TEXT", ev.data)
-                    elif isinstance(ev, Ping):
-                        await self._send(self.ws.pong(ev.data))
+                    elif isinstance(ev, Ping):  # relayed: the client answers (Pushpin)
+                        if self.detached:
+                            await self._send(self.ws.pong(ev.data))
+                        else:
+                            await session.from_origin("PING", ev.data)
                     elif isinstance(ev, Pong):
                         await session.from_origin("PONG", ev.data)
                     elif isinstance(ev, Close):

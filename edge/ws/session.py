@@ -31,6 +31,11 @@ cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",
 (docs/websocket.md); when a channel's history is lost later (``on_history_lost``) it gets
 ``c:{"type":"history-lost",...}``.
 
+Pings: a client's ping goes to the origin (a ``PING`` event with its payload, or a ping frame
+to a WebSocket origin) and the origin's pong comes back as the client's pong, as Pushpin relays
+every frame; the origin's pings reach the client the same way.  Only a detached session (no
+origin left) answers pings itself.
+
 Closing: a close from the client is passed to the origin, whose answering close (or, after
 ``CLOSE_TIMEOUT_S``, an echo of the client's code) is sent back; a close from the origin or a
 publish is sent to the client, whose reply (or ``CLOSE_TIMEOUT_S``) ends the connection.  A
@@ -631,7 +636,10 @@ async def _read_client(
                     if not session.detached:
                         await side.client_event("BINARY" if ev.binary else "TEXT", ev.data)
                 elif isinstance(ev, Ping):
-                    await session.write(ws.pong(ev.data))
+                    if session.detached:  # no origin to ask (Pushpin drops it): answer here
+                        await session.write(ws.pong(ev.data))
+                    else:  # the origin answers (a PONG event, or its pong frame), as Pushpin
+                        await side.client_event("PING", ev.data or None)
                 elif isinstance(ev, Pong):
                     await side.client_event("PONG", ev.data or None)
                 elif isinstance(ev, Close):

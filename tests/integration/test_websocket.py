@@ -111,7 +111,8 @@ def test_woh_origin_close_unsubscribe_controls_and_limits(woh):
             await ws.send("ka")
             assert await recv(ws, 3) == "ka!"  # keep-alive, interval 1 s
             assert await recv(ws, 3) == "ka!"
-            await ws.ping(b"p")  # answered by the edge
+            await asyncio.wait_for(await ws.ping(b"p"), 5)  # relayed: the origin answers
+            assert origin.events("PING") == [("PING", b"p")]
             await ws.send("close")
             with pytest.raises(websockets.ConnectionClosed) as exc:
                 while True:
@@ -323,6 +324,7 @@ def test_ws_to_ws_proxy_with_grip_extension(tmp_path):
                 async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/x") as ws:
                     await ws.send("hi")
                     assert await recv(ws) == "hi"
+                    await asyncio.wait_for(await ws.ping(b"x"), 5)  # relayed to the origin
                     await asyncio.to_thread(publish, cluster, "wsws", WebSocketMessageFormat("pub"))
                     assert await recv(ws) == "pub"
                     await ws.send("close")
