@@ -38,9 +38,7 @@ _IGNORED_COND = frozenset(
 )
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_IGNORED_TARGET = frozenset(
-    ["one_event", "trust_connect_host", "ipc_file_mode", "client_cert", "client_key"]
-)
+_IGNORED_TARGET = frozenset(["trust_connect_host", "ipc_file_mode", "client_cert", "client_key"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +51,7 @@ class Target:
     over_http: bool = False
     untrusted: bool = False
     insecure: bool = False
+    one_event: bool = False  # WebSocket-over-HTTP: one event per request (edge.ws.outbox)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -230,7 +229,7 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
             if not value:
                 raise ValueError("sub= needs a channel name")
             subs.append(value)
-        elif name in ("over_http", "untrusted", "insecure"):
+        elif name in ("over_http", "untrusted", "insecure", "one_event"):
             kw[name] = _flag(value, name)
         elif name not in _IGNORED_TARGET:
             raise ValueError(f"unknown target property {name!r}")
