@@ -76,6 +76,7 @@ from edge.ws.connection import (
     WsConnection,
     WsError,
 )
+from edge.ws.deflate import Deflate, Inflater, deflate_message, negotiate, set_rsv1
 
 if TYPE_CHECKING:
     from broker.wire import Envelope
@@ -168,13 +169,20 @@ _101_DROP = frozenset(
 )
 
 
-def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
-    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
+def accept_head(
+    key: bytes,
+    origin_headers: Iterable[tuple[bytes | str, bytes | str]],
+    deflate: Deflate | None = None,
+) -> bytes:
+    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs),
+    and the permessage-deflate agreement when there is one."""
     hs = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii")),
     ]
+    if deflate is not None:
+        hs.append(("Sec-WebSocket-Extensions", deflate.response()))
     for k, v in origin_headers:
         ks = k.decode("latin-1") if isinstance(k, bytes) else k
         lk = ks.lower()
@@ -184,22 +192,30 @@ def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | 
     return responses.head(101, "Switching Protocols", hs)
 
 
-def message_frame(fmt: dict[str, Any]) -> bytes:
-    """The frame of a published ``ws-message`` send (built once, sent to every subscriber)."""
+def message_frame(fmt: dict[str, Any], compressed: bool = False) -> bytes:
+    """The frame of a published ``ws-message`` send (built once, sent to every subscriber;
+    once more, compressed, for the subscribers that agreed to permessage-deflate)."""
     op = _OPCODES.get(fmt.get("type") or "text", OP_TEXT)
     content = fmt.get("content") or b""
     if op >= OP_PING:
-        content = content[:125]
+        return ws_frame(op, content[:125])
+    if compressed:
+        return set_rsv1(ws_frame(op, deflate_message(content)))
     return ws_frame(op, content)
 
 
-def _frames(op: int, data: bytes) -> bytes:
+def _frames(op: int, data: bytes, compressed: bool = False) -> bytes:
+    if compressed:
+        data = deflate_message(data)
     if len(data) <= MAX_FRAME:
-        return ws_frame(op, data)
+        frame = ws_frame(op, data)
+        return set_rsv1(frame) if compressed else frame
     parts = [
         ws_frame(op if i == 0 else 0, data[i : i + MAX_FRAME], i + MAX_FRAME >= len(data))
         for i in range(0, len(data), MAX_FRAME)
     ]
+    if compressed:
+        parts[0] = set_rsv1(parts[0])
     return b"".join(parts)
 
 
@@ -243,6 +259,7 @@ class WsSession(Session):
         "client_close",
         "last_cursor",
         "chan_prefix",
+        "deflate",
     )
 
     def __init__(
@@ -254,13 +271,18 @@ class WsSession(Session):
         now: float,
         max_message: int,
         chan_prefix: str = "",
+        deflate: Deflate | None = None,
     ) -> None:
         super().__init__()
         self.id = next(_ids)
         self.app = app
         self.sock = sock
         self.fd = sock.fileno()
-        self.ws = WsConnection(max_message=max_message)
+        self.ws = WsConnection(
+            max_message=max_message, inflater=Inflater(deflate) if deflate is not None else None
+        )
+        # permessage-deflate agreed: data messages go out compressed (edge.ws.deflate)
+        self.deflate = deflate is not None
         self.side = side
         self.prefix = prefix  # None: GRIP not enabled by the origin
         self.buf = bytearray()
@@ -379,7 +401,7 @@ class WsSession(Session):
                 return None
             if content is None:
                 return None
-            return message_frame(dict(fmt, content=content))
+            return message_frame(dict(fmt, content=content), self.deflate)
         if action == "close":
             code = fmt.get("code")
             return self.close_frame(code if code is not None else 1000, fmt.get("reason") or "")
@@ -406,7 +428,7 @@ class WsSession(Session):
         op = _OPCODES.get(type_, OP_TEXT)
         if op >= OP_PING:
             return ws_frame(op, data[:125])
-        return _frames(op, data)
+        return _frames(op, data, self.deflate)
 
     async def send_message(self, type_: str, data: bytes) -> None:
         frame = self.message_bytes(type_, data)
@@ -572,7 +594,8 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     if opened.reject is not None:
         await conn.send_all(opened.reject)
         return
-    await conn.send_all(accept_head(key, opened.headers))
+    deflate = negotiate(req.headers) if app.cfg.allow_compression else None
+    await conn.send_all(accept_head(key, opened.headers, deflate))
     now = trio.current_time()
     session = WsSession(
         app,
@@ -582,6 +605,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         now,
         ws_max_message(app),
         chan_prefix=route.prefix or "",
+        deflate=deflate,
     )
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)

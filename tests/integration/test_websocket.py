@@ -9,6 +9,7 @@ import json
 import signal
 import threading
 import time
+import zlib
 
 import httpx
 import jwt
@@ -413,3 +414,60 @@ def test_route_prefix_applies_to_websocket_channels(tmp_path):
                     assert await recv(ws) == "again t1-news"
 
             asyncio.run(main())
+
+
+def test_permessage_deflate_when_allowed(tmp_path):
+    """``allow_compression``: the websockets client's permessage-deflate offer is accepted with
+    ``server_no_context_takeover``; client and origin messages and publishes go compressed, a
+    published message as the same bytes to every compressed client."""
+    from tests.integration.wsraw import read_frame_full
+
+    with WohOriginApp() as origin:
+        with Cluster(
+            tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"], allow_compression=True
+        ) as cluster:
+            port = cluster.edge_ports[0]
+            offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+            heads: list = []
+            raws = [raw_ws(port, "/ws?channel=z", headers=offer, head_out=heads) for _ in range(2)]
+            plain = raw_ws(port, "/ws?channel=z")
+            text = "compressible " * 50
+
+            async def main():
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws?channel=z") as ws:
+                    ext = ws.response.headers["Sec-WebSocket-Extensions"]
+                    assert ext == "permessage-deflate; server_no_context_takeover"
+                    await ws.send(text)  # compressed by the client, with context takeover
+                    assert await recv(ws) == text
+                    await ws.send(text)
+                    assert await recv(ws) == text
+                    await asyncio.to_thread(publish, cluster, "z", WebSocketMessageFormat(text))
+                    assert await recv(ws) == text
+
+            try:
+                asyncio.run(main())
+                assert b"server_no_context_takeover" in heads[0]
+                frames = [read_frame_full(s) for s in raws]
+                assert frames[0] == frames[1]  # the same compressed bytes for both
+                op, fin, rsv1, payload = frames[0]
+                assert (op, fin, rsv1) == (1, True, True) and len(payload) < len(text)
+                assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == (
+                    text.encode()
+                )
+                assert read_frame_full(plain) == (1, True, False, text.encode())
+            finally:
+                for s in [*raws, plain]:
+                    s.close()
+    assert origin.events("TEXT")[:2] == [("TEXT", text.encode())] * 2  # inflated for the origin
+
+
+def test_no_compression_by_default(woh):
+    origin, cluster = woh
+
+    async def main():
+        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws") as ws:
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.send("x")
+            assert await recv(ws) == "x"
+
+    asyncio.run(main())
