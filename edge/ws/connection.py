@@ -262,7 +262,9 @@ class WsConnection:
         else:
             return b""
         if code is not None and not valid_close_code(code):
-            code = 1000 if code in (1005, 1006, 1015) else 1011
+            # never an invalid code on the wire (Pushpin relays an origin's verbatim): "no
+            # status" codes and 0-999 (grip's WebSocketContext.close() defaults to 0) -> 1000
+            code = 1000 if code < 1000 or code in (1005, 1006, 1015) else 1011
         return self._frame_out(OP_CLOSE, close_payload(code, reason))
 
     @property

@@ -10,13 +10,20 @@ import socket
 from _speedups import ws_frame
 
 
-def raw_ws(port, path, rcvbuf=None, headers: dict | None = None, head_out: list | None = None):
+def raw_ws(
+    port,
+    path,
+    rcvbuf=None,
+    headers: dict | None = None,
+    head_out: list | None = None,
+    key: str | None = None,
+):
     """A client socket past the handshake (``head_out`` gets the 101's head when given)."""
     s = socket.socket()
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
+    key = key or base64.b64encode(os.urandom(16)).decode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     s.sendall(
         (
