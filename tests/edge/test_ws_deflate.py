@@ -189,4 +189,3 @@ def test_rsv1_without_agreement_is_a_protocol_error():
     with pytest.raises(WsError) as exc:
         WsConnection().receive_data(rsv1(ws_frame(1, deflate_message(b"x"), True, b"abcd")))
     assert exc.value.close_code == 1002
-
