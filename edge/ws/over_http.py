@@ -176,6 +176,7 @@ class WohOrigin:
         self.wake = trio.Event()
         self.room: trio.Event | None = None  # made only while the client is not read (wait_room)
         self.refreshing = False
+        self.close_in_flight = False  # serve() is sending the CLOSE (shielded)
         self.detached = False
         self.gone = False  # DISCONNECT sent/received: no more requests
         self.last_request = 0.0
@@ -273,12 +274,21 @@ class WohOrigin:
         self.outbox.clear()
         self._free_room()
 
-    def closed_by_client(self, code: int | None, reason: str) -> None:
-        """The client answered a close from us (a publish): tell the origin, in the background."""
+    def close_published(self) -> None:
+        """A published close is closing the client: a bare ``CLOSE`` goes to the origin now
+        (after the queued messages), as Pushpin sends it."""
         if self.gone or self.detached:
             return
+        self.outbox.close(None, "")
+        self.wake.set()
+
+    def closed_by_client(self, code: int | None, reason: str) -> None:
+        """The client answered a close from us: the origin is told (in the background) unless
+        its CLOSE is on the way already."""
+        if self.gone or self.detached or self.close_in_flight or self.outbox.close_sent:
+            return
         self.gone = True
-        self.outbox.close(code, reason)
+        self.outbox.close(code, reason)  # (no-op after a published close: that bare CLOSE)
         offer = self.outbox.offer()
         self.app.nursery.start_soon(self._final, offer.body, offer.replayed)
 
@@ -323,7 +333,15 @@ class WohOrigin:
             offer = outbox.offer()
             self.refreshing = False
             try:
-                status, _, headers, data = await self._post_retrying(offer.body, offer.replayed)
+                if offer.close:  # the last request: not cut short when the client is done
+                    self.close_in_flight = True
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + self.app.cfg.origin_timeout_s
+                        status, _, headers, data = await self._post(offer.body, offer.replayed)
+                    if scope.cancelled_caught:
+                        raise OriginError("timeout waiting for the origin's answer to CLOSE")
+                else:
+                    status, _, headers, data = await self._post_retrying(offer.body, offer.replayed)
                 problem = check_response(status, headers)
                 if problem:
                     raise OriginError(problem)

@@ -195,6 +195,9 @@ class WsOrigin:
     async def client_close(self, code: int | None, reason: str) -> None:
         await self._send(self.ws.close(code, reason))
 
+    def close_published(self) -> None:
+        """A published close: the origin's WebSocket is closed when the client answers."""
+
     def closed_by_client(self, code: int | None, reason: str) -> None:
         if not self.gone and self.stream is not None:
             self.app.nursery.start_soon(self._send, self.ws.close(code, reason))

@@ -404,7 +404,10 @@ class WsSession(Session):
             return message_frame(dict(fmt, content=content), self.deflate)
         if action == "close":
             code = fmt.get("code")
-            return self.close_frame(code if code is not None else 1000, fmt.get("reason") or "")
+            data = self.close_frame(code if code is not None else 1000, fmt.get("reason") or "")
+            if data:
+                self.side.close_published()
+            return data
         if action == "refresh":
             self.side.refresh()
         return None

@@ -196,3 +196,61 @@ def test_origin_close_without_a_valid_code(each_system, origin, uniq, answer, pu
     assert seen["gripcast"] == [(8, b"\x03\xe8")]
     if "pushpin" in seen:
         assert seen["pushpin"] == [(8, pushpin)]
+
+
+def test_one_event_per_request(each_system, origin, uniq):
+    """Target option ``one_event``: three messages in one client write go to the origin in
+    three requests, one event each, and the close in a request of its own."""
+    path = "/" + uniq("woh-one")
+    origin.respond(path, App([], lambda ev: [ev] if ev[0] == "TEXT" else [("CLOSE", b"\x03\xe8")]))
+    seen = {}
+    for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http,one_event\n"):
+        s = raw_ws(system.client_port, path, key=KEY)
+        try:
+            s.sendall(b"".join(client_frame(1, m) for m in (b"a", b"b", b"c")))
+            frames = [read_frame(s) for _ in range(3)]
+            s.sendall(client_frame(8, (1000).to_bytes(2, "big")))
+            frames.append(read_frame(s))
+        finally:
+            s.close()
+        seen[system.name] = (frames, [events(r.body) for r in origin.wait_requests(5)])
+        origin.take()
+    assert seen["gripcast"] == (
+        [(1, b"a"), (1, b"b"), (1, b"c"), (8, b"\x03\xe8")],
+        [
+            [("OPEN", None)],
+            [("TEXT", b"a")],
+            [("TEXT", b"b")],
+            [("TEXT", b"c")],
+            [("CLOSE", b"\x03\xe8")],
+        ],
+    )
+    same_as_pushpin(seen)
+
+
+def test_published_close(each_system, origin, uniq):
+    """A published ``ws-message`` close: the client gets the close frame with the published
+    code and the origin a bare ``CLOSE`` at once (not the client's answer), as Pushpin."""
+    path = "/" + uniq("woh-pubclose")
+    room = uniq("pc")
+    sub = b'c:{"type": "subscribe", "channel": "%s"}' % room.encode()
+    origin.respond(path, App([("TEXT", sub)], lambda ev: [ev] if ev[0] == "TEXT" else []))
+    seen = {}
+    for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
+        s = raw_ws(system.client_port, path, key=KEY)
+        try:
+            s.sendall(client_frame(1, b"sync"))
+            frames = [read_frame(s)]
+            system.publish(room, {"ws-message": {"action": "close", "code": 4001, "reason": "bye"}})
+            frames.append(read_frame(s))
+            s.sendall(client_frame(8, b"\x0f\xa1bye"))
+            reqs = origin.wait_requests(3)
+        finally:
+            s.close()
+        seen[system.name] = (frames, [events(r.body) for r in reqs])
+        origin.take()
+    assert seen["gripcast"] == (
+        [(1, b"sync"), (8, b"\x0f\xa1bye")],
+        [[("OPEN", None)], [("TEXT", b"sync")], [("CLOSE", None)]],
+    )
+    same_as_pushpin(seen)
