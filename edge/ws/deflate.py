@@ -28,6 +28,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from broker.errors import RemoteProtocolError
 from edge.http1.headers import all_params
 
 NAME = "permessage-deflate"
@@ -43,13 +44,11 @@ _PARAMS = frozenset(
 )
 
 
-class InflateError(ValueError):
+class InflateError(RemoteProtocolError):
     """A compressed message could not be inflated (``close_code``: 1007, or 1009 when too big)."""
 
     def __init__(self, close_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.close_code = close_code
-        self.reason = reason
+        super().__init__(reason, status=400, close_code=close_code)
 
 
 @dataclass(frozen=True, slots=True)
