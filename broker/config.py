@@ -108,6 +108,7 @@ class Config:
     origin_keepalive_idle_s: float = _reload(30.0, "edge")
     # largest WebSocket message (all fragments) a client or origin may send; beyond: close 1009
     ws_max_message_bytes: int = 1 << 20
+    allow_compression: bool = _reload(False, "edge")  # WebSocket permessage-deflate
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
     # subscription on an edge (Pushpin's default; skipped when history resolved the prev-ids)
     update_on_first_subscription: bool = True

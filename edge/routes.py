@@ -40,7 +40,6 @@ _JSONP_PROPS = {
 }
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_IGNORED_TARGET = frozenset(["one_event"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +66,7 @@ class Target:
     over_http: bool = False
     untrusted: bool = False
     insecure: bool = False
+    one_event: bool = False  # WebSocket-over-HTTP: one event per request (edge.ws.outbox)
 
     @property
     def is_test(self) -> bool:
@@ -284,11 +284,11 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
             if not value:
                 raise ValueError("sub= needs a channel name")
             subs.append(value)
-        elif name in ("over_http", "untrusted", "insecure"):
+        elif name in ("over_http", "untrusted", "insecure", "one_event"):
             kw[name] = _flag(value, name)
         elif name in _REFUSED_TARGET:
             raise ValueError(f"target property {name!r} is not supported: {_REFUSED_TARGET[name]}")
-        elif name not in _IGNORED_TARGET:
+        else:
             raise ValueError(f"unknown target property {name!r}")
     return Target(host, port, subs=tuple(subs), **kw)
 

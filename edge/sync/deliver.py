@@ -128,8 +128,9 @@ class Deliverer:
             chunk: bytes | None
             raw: bytes | None
             wsframe: bytes | None
+            wsframe_z: bytes | None
             data: bytes | None
-            chunk = raw = wsframe = None
+            chunk = raw = wsframe = wsframe_z = None
             patched: dict[bytes, bytes] | None = (
                 None  # body-patch results by timeout body, for this message's polls
             )
@@ -167,9 +168,14 @@ class Deliverer:
                     if wsmsg.get("action", "send") == "send" and not (
                         flt and filters.changes_content(flt)
                     ):
-                        if wsframe is None:
-                            wsframe = ws_message_frame(wsmsg)
-                        data = wsframe
+                        if not s.deflate:
+                            if wsframe is None:
+                                wsframe = ws_message_frame(wsmsg)
+                            data = wsframe
+                        else:  # permessage-deflate: compressed once per message as well
+                            if wsframe_z is None:
+                                wsframe_z = ws_message_frame(wsmsg, True)
+                            data = wsframe_z
                     else:
                         data = s.on_publish(wsmsg, env, flt)  # close, refresh, var-subst
                         if not data:

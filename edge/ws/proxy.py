@@ -195,6 +195,9 @@ class WsOrigin:
     async def client_close(self, code: int | None, reason: str) -> None:
         await self._send(self.ws.close(code, reason))
 
+    def close_published(self) -> None:
+        """A published close: the origin's WebSocket is closed when the client answers."""
+
     def closed_by_client(self, code: int | None, reason: str) -> None:
         if not self.gone and self.stream is not None:
             self.app.nursery.start_soon(self._send, self.ws.close(code, reason))
@@ -237,8 +240,11 @@ class WsOrigin:
                     if isinstance(ev, Message):
                         if not self.detached:
                             await session.from_origin("BINARY" if ev.binary else "TEXT", ev.data)
-                    elif isinstance(ev, Ping):
-                        await self._send(self.ws.pong(ev.data))
+                    elif isinstance(ev, Ping):  # relayed: the client answers (Pushpin)
+                        if self.detached:
+                            await self._send(self.ws.pong(ev.data))
+                        else:
+                            await session.from_origin("PING", ev.data)
                     elif isinstance(ev, Pong):
                         await session.from_origin("PONG", ev.data)
                     elif isinstance(ev, Close):
