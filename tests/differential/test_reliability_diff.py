@@ -70,6 +70,10 @@ def test_stream_gap_fetches_the_next_link_with_grip_last(each_system, origin):
             c.send(b"GET /rs HTTP/1.1\r\nHost: example.com\r\n\r\n")
             c.read_until(b"start\n")
             origin.wait_requests(2)  # the first-subscription fetch (~1 s)
+            if system.name == "pushpin":
+                # Pushpin drops an item published while that fetch's answer is in flight: wait
+                # for its handler to log the answer
+                system.wait_log("/rs/next route=")
             script.gap.set()
             system.publish("rs", {"http-stream": {"content": "three\n"}}, id="3", prev_id="2")
             c.read_until(b"two\nthree\n")
