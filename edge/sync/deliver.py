@@ -21,7 +21,7 @@ import trio
 
 from _speedups import http_chunk, send_batch
 from edge.grip import filters
-from edge.grip.session import StreamSession
+from edge.grip.session import ResponseSession, StreamSession
 from edge.grip.sseid import ID_TOKEN, render_ids
 from edge.http1 import responses
 from edge.sessionstate import CLOSING, DEAD, DONE, Session
@@ -70,6 +70,25 @@ def _content(fmt: dict[str, Any]) -> bytes:
     if c is None:
         return b""
     return c.encode("utf-8") if isinstance(c, str) else bytes(c)
+
+
+def _ids(s: StreamSession | ResponseSession, env: Envelope) -> dict[str, str | None]:
+    """The session's channel ids as ``build-id`` sees them while ``env`` is delivered."""
+    seen = s.last_cursor if type(s) is StreamSession else {}  # a long-poll gets one message
+    return filters.prev_ids(
+        ((c.name, c.prev_id) for c in s.hold.channels), seen, env.channel, env.cursor
+    )
+
+
+def _filter_failed(s: StreamSession | ResponseSession, env: Envelope, reason: str) -> bytes:
+    """A content filter failed, or the format's ``content-filters`` do not match the
+    subscription's: as Pushpin 1.36, a stream ends (the bytes returned end it) and a
+    long-poll is answered 502."""
+    log.info("filter error conn=%s channel=%s: %s", s.id, env.channel, reason)
+    if isinstance(s, StreamSession):
+        return s.close()
+    s.respond(responses.error(502, "Error while proxying to origin.", keep_alive=s.keep_alive))
+    return b""
 
 
 # sessions whose one-session replays are paced by their socket
@@ -131,6 +150,13 @@ class Deliverer:
             patched: dict[bytes, bytes] | None = (
                 None  # body-patch results by timeout body, for this message's polls
             )
+            # a format's "content-filters" must match each subscription's (rare: a publisher
+            # that uses build-id or var-subst); one test per message otherwise
+            cf = (
+                (stream is not None and "content-filters" in stream)
+                or (resp is not None and "content-filters" in resp)
+                or (wsmsg is not None and "content-filters" in wsmsg)
+            )
             # ``s`` is dispatched on its exact type through locals (``cls is ws_cls``), which
             # mypy cannot narrow on: each branch uses the attributes of its session class
             s: Any
@@ -143,9 +169,11 @@ class Deliverer:
                 flt = s.filters
                 if flt:
                     flt = flt.get(env.channel)
+                cls = type(s)
+                if cf and not self._content_filters_match(s, cls, flt, env, pending):
+                    continue
                 if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
                     continue
-                cls = type(s)
                 if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
                         continue
@@ -180,20 +208,17 @@ class Deliverer:
                             continue
                         data = chunk if s.chunked else raw
                         if flt and filters.changes_content(flt):
+                            # Pushpin's format language owns "%" here: the content as
+                            # published, not with edge.grip.sseid's "%(id)s" rendered
                             try:
-                                data = filters.apply(flt, s.meta, env.meta, (), raw)
+                                data = filters.render(flt, s.meta, _content(stream), _ids(s, env))
                             except filters.FilterError as exc:
-                                log.info(
-                                    "filter dropped message conn=%s channel=%s: %s",
-                                    s.id,
-                                    env.channel,
-                                    exc,
-                                )
-                                continue
-                            if not data:
-                                continue
-                            if s.chunked:
-                                data = http_chunk(data)
+                                data = _filter_failed(s, env, str(exc))
+                            else:
+                                if not data:
+                                    continue
+                                if s.chunked:
+                                    data = http_chunk(data)
                         s.last_cursor[env.channel] = env.cursor
                     elif action == "close":
                         data = s.close()  # OPEN -> CLOSING: the final chunk
@@ -212,7 +237,9 @@ class Deliverer:
                             if flt and filters.changes_content(flt) and r.get("body"):
                                 r = dict(
                                     r,
-                                    body=filters.apply(flt, s.meta, env.meta, (), bytes(r["body"])),
+                                    body=filters.render(
+                                        flt, s.meta, bytes(r["body"]), _ids(s, env)
+                                    ),
                                 )
                             if r.get("body") is None and r.get("body-patch") is not None:
                                 if patched is None:
@@ -226,12 +253,7 @@ class Deliverer:
                                 s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
                             self._deliveries += 1
                         except filters.FilterError as exc:
-                            log.info(
-                                "filter dropped message conn=%s channel=%s: %s",
-                                s.id,
-                                env.channel,
-                                exc,
-                            )
+                            _filter_failed(s, env, str(exc))
                         except (TypeError, ValueError, RecursionError) as exc:
                             # one session's answer (a patch past edge.jsonpatch's limits is a
                             # PatchError: the timeout body goes out); never the edge
@@ -245,6 +267,43 @@ class Deliverer:
                         s.hint()  # "hint": re-request the origin
         if pending:
             await self.write_many(list(pending.items()), now)
+
+    def _content_filters_match(
+        self,
+        s: Any,
+        cls: type,
+        flt: tuple[str, ...] | None,
+        env: Envelope,
+        pending: dict[Writable, list[bytes]],
+    ) -> bool:
+        """True to go on delivering ``env`` to ``s``; False when the format ``s`` would get
+        names ``content-filters`` other than the subscription's (Pushpin's check comes before
+        the delivery filters): a WebSocket message is dropped, a stream ends, a long-poll is
+        answered 502."""
+        if cls is WsSession:
+            fmt = env.formats.get("ws-message")
+        elif cls is StreamSession:
+            fmt = env.formats.get("http-stream")
+        else:
+            fmt = env.formats.get("http-response")
+        if fmt is None or s.state:  # not OPEN: nothing is delivered anyway
+            return True
+        published = fmt.get("content-filters")
+        if filters.content_match(flt, published):
+            return True
+        reason = filters.mismatch_reason(flt, published or ())
+        if cls is WsSession:
+            log.debug("dropped message conn=%s channel=%s: %s", s.id, env.channel, reason)
+            return False
+        data = _filter_failed(s, env, reason)
+        if cls is StreamSession:
+            s.last_cursor[env.channel] = env.cursor
+            parts = pending.get(s)
+            if parts is None:
+                pending[s] = [data]
+            else:
+                parts.append(data)
+        return False
 
     async def _deliver_paced(self, envs: list[Envelope], now: float, s: Writable) -> None:
         """A replay to one stream or WebSocket session, paced by its socket: groups of at most half the
