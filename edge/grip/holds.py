@@ -49,6 +49,7 @@ import trio
 from _speedups import http_chunk
 from broker.errors import GripcastError, InstructError, RemoteProtocolError
 from edge import readtimer
+from edge.grip import filters
 from edge.grip.cache import InstructCache
 from edge.grip.instruct import Hold, is_grip_response
 from edge.grip.session import ResponseSession, StreamSession
@@ -219,9 +220,50 @@ async def _parse(
                 return cache.instruct(
                     resp.status, resp.reason, raw, b"", stream_body=body, **kw
                 ), None
-            return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
+            # relayed as it arrives (no size limit)
+            return hold, _proxy_filtered(hold, resp.body_chunks())
     body = await resp.read_body(MAX_ACCEPT_BODY)
     return cache.instruct(resp.status, resp.reason, raw, body, **kw), None
+
+
+class _ProxyFiltered:
+    """A stream body relayed as it arrives, through the hold's proxy-content filters
+    (``build-id``: ``edge.grip.filters.IdRenderer``); a filter error ends the response."""
+
+    __slots__ = ("_pieces", "_renderer", "_hold", "_done")
+
+    def __init__(self, hold: Hold, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+        self._hold = hold
+        self._renderer: filters.IdRenderer | None = None
+        self._done = False
+
+    def __aiter__(self) -> _ProxyFiltered:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            if self._renderer is None:
+                self._renderer = filters.proxy_renderer(
+                    (c.filters for c in self._hold.channels), self._hold.meta
+                )
+            try:
+                piece = await self._pieces.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return self._renderer.finalize() if self._renderer is not None else b""
+            return self._renderer.update(piece) if self._renderer is not None else piece
+        except filters.FilterError as exc:
+            self._done = True
+            raise InstructError(f"filter error: {exc}") from None
+
+
+def _proxy_filtered(hold: Hold, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if hold.mode == "response" or not filters.proxy_filters(c.filters for c in hold.channels):
+        return pieces
+    return _ProxyFiltered(hold, pieces)
 
 
 async def handle_grip(conn: Connection, req: Request, route: Route, resp: OriginResponse) -> bool:
@@ -248,6 +290,8 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
                     if body_iter is None:
                         resp.forget()  # a held stream keeps none of the origin's response
                     return await hold_stream(conn, req, route, hold, body_iter)
+                if hold.body_error is not None:
+                    raise InstructError(hold.body_error)
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
                 return req.keep_alive
             finally:
@@ -502,6 +546,8 @@ class _Stream:
                 hold, body_iter = await _parse(resp, self.route, self.app.instruct_cache)
                 if hold.mode == "response":
                     raise InstructError("Next link returned non-stream hold.")
+                if hold.body_error is not None:
+                    raise InstructError(hold.body_error)
                 await self.send_body(hold.body, body_iter)
             finally:
                 await self.release_socket()
@@ -545,6 +591,8 @@ async def hold_stream(
             hold_body = hold.body
         await conn.send_all(head)
         st.head_sent = True
+        if hold.body_error is not None:  # build-id failed on the initial body
+            raise InstructError(hold.body_error)
         # a held stream never re-sends the client's request (next links send only Grip-Last,
         # the signature and Host): do not keep its headers and body for the connection's life
         req.headers, req.body = [], bytearray()

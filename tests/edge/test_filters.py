@@ -301,3 +301,66 @@ def test_unfiltered_subscribers_share_one_chunk_and_sseid():
             p.close()
 
     trio.run(main)
+
+
+# -- proxy content: the initial body of a stream instruct -------------------------------------
+
+
+def _instruct(headers, body):
+    from edge.grip.instruct import parse_instruct
+
+    return parse_instruct(200, "OK", headers, body)
+
+
+def test_initial_stream_body_goes_through_build_id():
+    h = [
+        ("Grip-Hold", "stream"),
+        ("Grip-Channel", "events-test; prev-id=4; filter=build-id; filter=skip-users"),
+        ("Grip-Set-Meta", "id_format=test:%(events-test)s"),
+    ]
+    hold = _instruct(h, b"event: message\nid: test:4\ndata: 100%% real\n\n")
+    assert hold.body == b"event: message\nid: test:4\ndata: 100% real\n\n"
+    assert hold.body_error is None
+    # %I has no id in the initial body (Pushpin passes no channel ids there): the response
+    # ends after the head
+    bad = _instruct(h, b"id: %I\n\n")
+    assert bad.body == b"" and bad.body_error == (
+        "filter error: build-id: No ID specified and no default ID in context at position 5"
+    )
+    # without build-id the body is untouched; a response hold's (timeout) body too
+    assert _instruct([("Grip-Hold", "stream"), ("Grip-Channel", "c")], b"100%%").body == b"100%%"
+    resp = [("Grip-Hold", "response"), ("Grip-Channel", "c; filter=build-id")]
+    assert _instruct(resp, b"100%%").body == b"100%%"
+    # no id_format: an error only when there is a body to render
+    nometa = [("Grip-Hold", "stream"), ("Grip-Channel", "c; filter=build-id")]
+    assert _instruct(nometa, b"").body_error is None
+    assert "no sub meta 'id_format'" in (_instruct(nometa, b"x").body_error or "")
+
+
+def test_stream_body_in_pieces_goes_through_build_id():
+    from broker.errors import InstructError
+    from edge.grip.holds import _proxy_filtered
+
+    hold = _instruct(
+        [
+            ("Grip-Hold", "stream"),
+            ("Grip-Channel", "c; filter=build-id"),
+            ("Grip-Set-Meta", "id_format=x"),
+        ],
+        b"",
+    )
+
+    async def pieces(*ps):
+        for p in ps:
+            yield p
+
+    async def collect(it):
+        return [p async for p in it]
+
+    async def main():
+        got = await collect(_proxy_filtered(hold, pieces(b"100%", b"% and 5", b"0%%")))
+        assert b"".join(got) == b"100% and 50%"
+        with pytest.raises(InstructError, match="Expected directive after '%'"):
+            await collect(_proxy_filtered(hold, pieces(b"ok", b"50%")))
+
+    trio.run(main)
