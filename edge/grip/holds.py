@@ -589,10 +589,17 @@ async def hold_stream(
             head, hold_body = head + st.frame(hold.body), b""
         else:
             hold_body = hold.body
+        if hold.body_error is not None:
+            # build-id failed on the initial body: the head, then the end (Pushpin's doError)
+            log.info("stream ended route_line=%d path=%s: %s", route.line, st.path, hold.body_error)
+            if s.chunked:
+                if route.debug:
+                    head += http_chunk(f"\n\n{hold.body_error}\n".encode())
+                head += b"0\r\n\r\n"
+            await conn.send_all(head)
+            return req.keep_alive and s.chunked
         await conn.send_all(head)
         st.head_sent = True
-        if hold.body_error is not None:  # build-id failed on the initial body
-            raise InstructError(hold.body_error)
         # a held stream never re-sends the client's request (next links send only Grip-Last,
         # the signature and Host): do not keep its headers and body for the connection's life
         req.headers, req.body = [], bytearray()

@@ -1,0 +1,229 @@
+"""Filters, the same from Pushpin and gripcast (issue 13): build-id (``id_format``, ``%I``,
+``%(x)I``, ``id_encoding=hex``, ``%%``) on published items and on the initial body,
+skip-self, skip-users, require-sub, var-subst, and a format's ``content-filters`` against
+the subscription's (a mismatch or a filter error ends the stream, answers a long-poll 502)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.differential.harness import HttpClient, OriginRequest, OriginResponse, same_as_pushpin
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def _stream(channels: str, meta: str | None = None, body: bytes = b"start\n") -> OriginResponse:
+    headers = [("Content-Type", "text/plain"), ("Grip-Hold", "stream"), ("Grip-Channel", channels)]
+    if meta is not None:
+        headers.append(("Grip-Set-Meta", meta))
+    return OriginResponse(200, headers, body)
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n".encode()
+
+
+def _routes(origin) -> str:
+    return f"* 127.0.0.1:{origin.port}\n"
+
+
+def test_build_id_renders_ids_and_percent(each_system, origin, uniq):
+    ch = uniq("bid")
+    origin.respond(
+        "/bid",
+        _stream(f"{ch}; filter=build-id", "id_format=fixed", b"start 100%% real\n"),
+    )
+    origin.respond(
+        "/hex",
+        _stream(f"{ch}; filter=build-id", "id_format=C3PO, id_encoding=hex", b"hex\n"),
+    )
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        with HttpClient(system.client_port) as a, HttpClient(system.client_port) as b:
+            a.send(_get("/bid"))
+            b.send(_get("/hex"))
+            a.read_until(b"start 100% real\n")
+            b.read_until(b"hex\n")
+            system.publish(
+                ch,
+                {
+                    "http-stream": {
+                        "content": "id: %I\ndata: 100%% of %(R2D2)I\n\n",
+                        "content-filters": ["build-id"],
+                    }
+                },
+            )
+            _, body_a = a.response(until=b"R2D2\n\n")
+            _, body_b = b.response(until=b"\n\n")
+        seen[system.name] = (body_a, body_b)
+    assert seen["gripcast"] == (
+        b"start 100% real\nid: fixed\ndata: 100% of R2D2\n\n",
+        b"hex\nid: 4333504f\ndata: 100% of 52324432\n\n",
+    )
+    same_as_pushpin(seen)
+
+
+def test_build_id_needs_content_filters_to_match(each_system, origin, uniq):
+    """A published format naming content filters other than the subscription's ends the
+    stream (Pushpin 1.36: "content filter mismatch"); one naming none is fine."""
+    ch = uniq("cf")
+    origin.respond("/cf", _stream(f"{ch}; filter=build-id", "id_format=x"))
+    origin.respond("/plain", _stream(ch, None, b"plain\n"))
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        with HttpClient(system.client_port) as a, HttpClient(system.client_port) as b:
+            a.send(_get("/cf"))
+            b.send(_get("/plain"))
+            a.read_until(b"start\n")
+            b.read_until(b"plain\n")
+            system.publish(ch, {"http-stream": {"content": "one %%\n"}})  # no content-filters
+            a.read_until(b"one %\n")
+            b.read_until(b"one %%\n")
+            system.publish(
+                ch, {"http-stream": {"content": "two %%\n", "content-filters": ["build-id"]}}
+            )
+            a.read_until(b"two %\n")
+            _, body_b = b.response()  # [] != [build-id]: the plain subscriber's stream ends
+            system.publish(ch, {"http-stream": {"content": "three\n", "content-filters": []}})
+            _, body_a = a.response()  # [build-id] != []: ends too
+        seen[system.name] = (body_a, body_b)
+    assert seen["gripcast"] == (b"start\none %\ntwo %\n", b"plain\none %%\n")
+    same_as_pushpin(seen)
+
+
+def test_filter_error_ends_the_stream(each_system, origin, uniq):
+    ch = uniq("err")
+    origin.respond("/vs", _stream(f"{ch}; filter=var-subst", "user=al"))
+    origin.respond("/id", _stream(f"{ch}; filter=build-id", "id_format=x", b"id\n"))
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        with HttpClient(system.client_port) as a, HttpClient(system.client_port) as b:
+            a.send(_get("/vs"))
+            b.send(_get("/id"))
+            a.read_until(b"start\n")
+            b.read_until(b"id\n")
+            system.publish(ch, {"http-stream": {"content": "hi %(user)s\n"}})
+            a.read_until(b"hi al\n")  # build-id fails on %(user)s: b's stream ends
+            system.publish(ch, {"http-stream": {"content": "50%\n"}})  # var-subst fails
+            _, body_a = a.response()
+            _, body_b = b.response()
+        seen[system.name] = (body_a, body_b)
+    assert seen["gripcast"] == (b"start\nhi al\n", b"id\n")
+    same_as_pushpin(seen)
+
+
+def test_build_id_initial_body_error(each_system, origin, uniq):
+    """``%I`` in the initial body has no id (Pushpin renders it with no channel ids): the
+    head goes out and the response ends."""
+    ch = uniq("init")
+    origin.respond("/init", _stream(f"{ch}; filter=build-id", "id_format=x", b"id: %I\n"))
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        with HttpClient(system.client_port) as c:
+            c.send(_get("/init"))
+            head, body = c.response()
+        seen[system.name] = (head.comparable(), body)
+    assert seen["gripcast"] == ((200, "OK", (("content-type", "text/plain"),)), b"")
+    same_as_pushpin(seen)
+
+
+def _meta_stream(channels: str):
+    def answer(req: OriginRequest) -> OriginResponse:
+        user = req.path.partition("user=")[2]
+        return _stream(channels, f"user={user}", f"hello {user}\n".encode())
+
+    return answer
+
+
+def test_skip_self_skip_users_require_sub_var_subst(each_system, origin, uniq):
+    chat, alerts, side = uniq("chat"), uniq("alerts"), uniq("side")
+    origin.respond(
+        "/f",
+        _meta_stream(
+            f"{chat}; filter=skip-self; filter=var-subst, "
+            f"{alerts}; filter=skip-users; filter=require-sub"
+        ),
+    )
+    origin.respond("/g", _meta_stream(f"{alerts}; filter=require-sub, {side}"))
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        with (
+            HttpClient(system.client_port) as alice,
+            HttpClient(system.client_port) as bob,
+            HttpClient(system.client_port) as carol,
+        ):
+            alice.send(_get("/f?user=alice"))
+            bob.send(_get("/f?user=bob"))
+            carol.send(_get("/g?user=carol"))
+            alice.read_until(b"hello alice\n")
+            bob.read_until(b"hello bob\n")
+            carol.read_until(b"hello carol\n")
+            system.publish(
+                chat,
+                {"http-stream": {"content": "from alice to %(user)s\n"}},
+                meta={"sender": "alice"},
+            )
+            system.publish(
+                alerts, {"http-stream": {"content": "a1\n"}}, meta={"skip_users": "x, bob"}
+            )
+            system.publish(alerts, {"http-stream": {"content": "a2\n"}}, meta={"require_sub": side})
+            system.publish(chat, {"http-stream": {"content": "x\n"}}, meta={"sender": "x"})
+            system.publish(alerts, {"http-stream": {"content": "end\n"}})
+            _, a = alice.response(until=b"end\n")
+            _, b = bob.response(until=b"end\n")
+            _, c = carol.response(until=b"end\n")
+        seen[system.name] = (a, b, c)
+    assert seen["gripcast"] == (
+        b"hello alice\na1\nx\nend\n",
+        b"hello bob\nfrom alice to bob\nx\nend\n",
+        b"hello carol\na1\na2\nend\n",
+    )
+    same_as_pushpin(seen)
+
+
+def test_long_poll_build_id_and_mismatch(each_system, origin, uniq):
+    ch = uniq("lp")
+    origin.respond(
+        "/poll",
+        OriginResponse(
+            200,
+            [
+                ("Content-Type", "text/plain"),
+                ("Grip-Hold", "response"),
+                ("Grip-Channel", f"{ch}; filter=build-id"),
+                ("Grip-Set-Meta", "id_format=x"),
+                ("Grip-Timeout", "20"),
+            ],
+            b"timeout 100%%\n",
+        ),
+    )
+
+    def poll(system, fmt: dict) -> tuple:
+        with HttpClient(system.client_port) as c:
+            c.send(_get("/poll"))
+            origin.wait_requests(1)
+            origin.take()
+            deadline = time.monotonic() + 10
+            while True:  # the hold is in place once a publish reaches it
+                system.publish(ch, {"http-response": fmt})
+                if c.read_for(0.2):
+                    break
+                assert time.monotonic() < deadline, "the long-poll never got the publish"
+            head, body = c.response()
+        return head.comparable(), body
+
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        ok = poll(system, {"body": "%(a)I 100%%\n", "content-filters": ["build-id"]})
+        bad = poll(system, {"body": "x\n", "content-filters": ["var-subst"]})
+        seen[system.name] = (ok, bad)
+    assert seen["gripcast"] == (
+        ((200, "OK", (("content-type", "text/plain"),)), b"a 100%\n"),
+        (
+            (502, "Bad Gateway", (("content-type", "text/plain"),)),
+            b"Error while proxying to origin.\n",
+        ),
+    )
+    same_as_pushpin(seen)
