@@ -227,3 +227,76 @@ def test_long_poll_build_id_and_mismatch(each_system, origin, uniq):
         ),
     )
     same_as_pushpin(seen)
+
+
+def test_django_eventstream_flow(each_system, origin, uniq):
+    """What django-eventstream 5.3 answers and publishes (its reliable channel ``test``):
+    a stream held with ``prev-id`` and a next link, ``build-id`` and ``skip-users``, ids
+    rendered from ``id_format``, the data's ``%`` doubled.  Client bytes compared (gripcast
+    asks the next link at once when its history does not know the ``prev-id``: issue 13
+    item 3 deals with the origin's side)."""
+    ch = uniq("events-test")
+    user = uniq("user")
+
+    def answer(req: OriginRequest) -> OriginResponse:
+        first = "link=next" not in req.path
+        body = b":" + b" " * 64 + b"\n\nevent: stream-open\ndata:\n\n" if first else b""
+        if first and "last=" in req.path:  # what it stored after Last-Event-ID: escaped
+            body += b'event: message\nid: test:1\ndata: "stored 10%% off"\n\n'
+        prev = "1" if "last=" in req.path else "0"
+        headers = [
+            ("Content-Type", "text/event-stream"),
+            ("Grip-Hold", "stream"),
+            (
+                "Grip-Channel",
+                f"{ch}; prev-id={prev}; filter=build-id; filter=skip-users, "
+                f"{user}; filter=require-sub",
+            ),
+            ("Grip-Link", "</events/?link=next&recover=true>; rel=next"),
+            ("Grip-Set-Meta", f"id_format=test:%({ch})s, user=anonymous"),
+            ("Grip-Keep-Alive", "event: keep-alive\\ndata:\\n\\n; format=cstring; timeout=20"),
+        ]
+        return OriginResponse(200, headers, body)
+
+    origin.respond("/events/", answer)
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        with HttpClient(system.client_port) as c:
+            c.send(_get("/events/"))
+            c.read_until(b"event: stream-open\ndata:\n\n")
+            system.publish(
+                ch,
+                {
+                    "http-stream": {
+                        "content": 'event: message\nid: %I\ndata: "event 1 is 100%% real"\n\n',
+                        "content-filters": ["build-id"],
+                    }
+                },
+                id="1",
+                prev_id="0",
+            )
+            _, body = c.response(until=b"real")
+        with HttpClient(system.client_port) as c:
+            c.send(_get("/events/?last=1"))
+            c.read_until(b"stored")
+            system.publish(
+                ch,
+                {
+                    "http-stream": {
+                        "content": 'event: message\nid: %I\ndata: "2%%"\n\n',
+                        "content-filters": ["build-id"],
+                    }
+                },
+                id="2",
+                prev_id="1",
+            )
+            _, again = c.response(until=b'"2%"\n\n')
+        seen[system.name] = (body, again)
+    pad = b":" + b" " * 64 + b"\n\nevent: stream-open\ndata:\n\n"
+    assert seen["gripcast"] == (
+        pad + b'event: message\nid: test:1\ndata: "event 1 is 100% real"\n\n',
+        pad
+        + b'event: message\nid: test:1\ndata: "stored 10% off"\n\n'
+        + b'event: message\nid: test:2\ndata: "2%"\n\n',
+    )
+    same_as_pushpin(seen)
