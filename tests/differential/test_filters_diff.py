@@ -5,6 +5,7 @@ the subscription's (a mismatch or a filter error ends the stream, answers a long
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -299,4 +300,65 @@ def test_django_eventstream_flow(each_system, origin, uniq):
         + b'event: message\nid: test:1\ndata: "stored 10% off"\n\n'
         + b'event: message\nid: test:2\ndata: "2%"\n\n',
     )
+    same_as_pushpin(seen)
+
+
+def _woh_events(*events: tuple[str, bytes]) -> bytes:
+    out = b""
+    for kind, content in events:
+        out += f"{kind} {len(content):x}\r\n".encode() + content + b"\r\n"
+    return out
+
+
+def test_websocket_build_id_and_content_filters(each_system, origin, uniq):
+    """WebSocket-over-HTTP: ``%%`` is ``%`` under build-id, ``%I`` has no id on a WebSocket
+    (Pushpin 1.36 passes no channel ids there: the message is dropped), and a message whose
+    ``content-filters`` differ from the subscription's is dropped (the connection stays)."""
+    from websockets.sync.client import connect
+
+    ch = uniq("ws")
+    subscribe = json.dumps({"type": "subscribe", "channel": ch, "filters": ["build-id"]})
+    set_meta = json.dumps({"type": "set-meta", "name": "id_format", "value": "x"})
+
+    def answer(req: OriginRequest) -> OriginResponse:
+        body = b""
+        if req.body.startswith(b"OPEN"):
+            body = b"OPEN\r\n" + _woh_events(
+                ("TEXT", b"c:" + set_meta.encode()), ("TEXT", b"c:" + subscribe.encode())
+            )
+        return OriginResponse(
+            200,
+            [
+                ("Content-Type", "application/websocket-events"),
+                ("Sec-WebSocket-Extensions", "grip"),
+            ],
+            body,
+        )
+
+    origin.respond("/ws", answer)
+    seen = {}
+    for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
+        got = []
+        with connect(f"ws://127.0.0.1:{system.client_port}/ws", open_timeout=10) as ws:
+            origin.wait_requests(1)
+            deadline = time.monotonic() + 10
+            while True:  # subscribed once a publish reaches the client
+                system.publish(ch, {"ws-message": {"content": "ready", "content-filters": []}})
+                system.publish(
+                    ch, {"ws-message": {"content": "100%% ready", "content-filters": ["build-id"]}}
+                )
+                try:
+                    got.append(ws.recv(timeout=0.3))
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "the subscription never got a publish"
+            for content in ("id %I", "%(a)I and 1%%"):
+                system.publish(
+                    ch, {"ws-message": {"content": content, "content-filters": ["build-id"]}}
+                )
+            system.publish(ch, {"ws-message": {"content": "no filters"}})
+            got.append(ws.recv(timeout=10))
+            got.append(ws.recv(timeout=10))
+        seen[system.name] = got
+    assert seen["gripcast"] == ["100% ready", "a and 1%", "no filters"]
     same_as_pushpin(seen)
