@@ -21,6 +21,7 @@ import trio
 
 from _speedups import http_chunk, send_batch
 from edge.grip import filters
+from edge.grip.jsonpatch import PatchError, patch_body
 from edge.grip.session import ResponseSession, StreamSession
 from edge.grip.sseid import ID_TOKEN, render_ids
 from edge.http1 import responses
@@ -89,6 +90,27 @@ def _filter_failed(s: StreamSession | ResponseSession, env: Envelope, reason: st
         return s.close()
     s.respond(responses.error(502, "Error while proxying to origin.", keep_alive=s.keep_alive))
     return b""
+
+
+def _rendered_response(
+    r: dict[str, Any], s: ResponseSession, env: Envelope, flt: tuple[str, ...]
+) -> dict[str, Any]:
+    """A published ``http-response`` through the poll's content filters: its ``body``, or the
+    timeout body with its ``body-patch`` applied (Pushpin filters the patched body)."""
+    body = r.get("body")
+    if body is None:
+        patch = r.get("body-patch")
+        if patch is None:
+            return r
+        try:
+            body = patch_body(s.hold.body, patch)
+        except PatchError:
+            body = s.hold.body  # Pushpin keeps the timeout body when the patch does not apply
+    elif isinstance(body, str):
+        body = body.encode("utf-8")
+    if not body:
+        return r
+    return dict(r, body=filters.render(flt, s.meta, bytes(body), _ids(s, env)))
 
 
 # sessions whose one-session replays are paced by their socket
@@ -234,13 +256,8 @@ class Deliverer:
                     if resp.get("action", "send") == "send":
                         try:
                             r = resp
-                            if flt and filters.changes_content(flt) and r.get("body"):
-                                r = dict(
-                                    r,
-                                    body=filters.render(
-                                        flt, s.meta, bytes(r["body"]), _ids(s, env)
-                                    ),
-                                )
+                            if flt and filters.changes_content(flt):
+                                r = _rendered_response(r, s, env, flt)
                             if r.get("body") is None and r.get("body-patch") is not None:
                                 if patched is None:
                                     patched = {}

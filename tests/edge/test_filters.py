@@ -364,3 +364,25 @@ def test_stream_body_in_pieces_goes_through_build_id():
             await collect(_proxy_filtered(hold, pieces(b"ok", b"50%")))
 
     trio.run(main)
+
+
+def test_long_poll_body_patch_goes_through_the_content_filters():
+    async def main():
+        hub = Hub()
+        hold = Hold(
+            mode="response",
+            channels=(Channel("c", None, ("var-subst",)),),
+            meta={"who": "al"},
+            body=b'{"msg": "none"}',
+        )
+        s = ResponseSession(hold, keep_alive=True, deadline=9)
+        hub.add(s, ["c"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        patch = [{"op": "replace", "path": "/msg", "value": "hi %(who)s"}]
+        fmt = {"action": "send", "code": 200, "headers": [], "body": None, "body-patch": patch}
+        await d.deliver(
+            [Envelope(channel="c", seq=1, epoch="e", formats={"http-response": fmt})], 1
+        )
+        assert s.result.endswith(b'\r\n\r\n{"msg":"hi al"}')
+
+    trio.run(main)
