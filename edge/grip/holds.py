@@ -354,6 +354,7 @@ async def hold_response(
     app = conn.app
     now = trio.current_time()
     session = ResponseSession(hold, req.keep_alive, now + hold.timeout_s)
+    session.debug = route.debug
     channels = [c.name for c in hold.channels]
     app.add_session(session, channels)
     prev = [c for c in hold.channels if c.prev_id is not None] if resolve else []
@@ -422,6 +423,7 @@ class _Stream:
         self.route = route
         self.hold = hold  # the current instruct
         self.session = StreamSession(conn.sock, hold, req.http11, trio.current_time())
+        self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes
         self.host, self.path = _client_path(req)

@@ -54,6 +54,7 @@ class StreamSession(Session):
         "channel_names",
         "last_cursor",
         "hinted",
+        "debug",
     )
 
     def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool, now: float) -> None:
@@ -70,6 +71,7 @@ class StreamSession(Session):
         _subscription(self, hold)
         self.last_cursor: dict[str, str] = {}  # channel -> cursor of the last delivered message
         self.hinted = False  # a published "hint" (or recover): fetch the next link
+        self.debug = False  # the route's ``debug``: filter errors are told to the client
 
     def hint(self) -> None:
         """Ask the connection task to fetch the next link (no-op without one)."""
@@ -133,6 +135,7 @@ class ResponseSession(Session):
         "meta",
         "channel_names",
         "retry",
+        "debug",
     )
 
     def __init__(self, hold: Hold, keep_alive: bool, deadline: float) -> None:
@@ -145,6 +148,7 @@ class ResponseSession(Session):
         self.scope: trio.CancelScope | None = None
         _subscription(self, hold)
         self.retry = False  # a published "hint" (or recover): re-request the origin
+        self.debug = False  # the route's ``debug``: filter errors are told to the client
 
     def hint(self) -> None:
         """Ask the connection task to re-request the origin (unless already answered)."""

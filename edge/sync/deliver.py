@@ -87,8 +87,12 @@ def _filter_failed(s: StreamSession | ResponseSession, env: Envelope, reason: st
     long-poll is answered 502."""
     log.info("filter error conn=%s channel=%s: %s", s.id, env.channel, reason)
     if isinstance(s, StreamSession):
-        return s.close()
-    s.respond(responses.error(502, "Error while proxying to origin.", keep_alive=s.keep_alive))
+        told = f"\n\n{reason}\n".encode() if s.debug else b""  # debug routes: the reason
+        if told and s.chunked:
+            told = http_chunk(told)
+        return told + s.close()
+    text = reason if s.debug else "Error while proxying to origin."
+    s.respond(responses.error(502, text, keep_alive=s.keep_alive))
     return b""
 
 
@@ -235,7 +239,7 @@ class Deliverer:
                             try:
                                 data = filters.render(flt, s.meta, _content(stream), _ids(s, env))
                             except filters.FilterError as exc:
-                                data = _filter_failed(s, env, str(exc))
+                                data = _filter_failed(s, env, f"filter error: {exc}")
                             else:
                                 if not data:
                                     continue
@@ -270,7 +274,7 @@ class Deliverer:
                                 s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
                             self._deliveries += 1
                         except filters.FilterError as exc:
-                            _filter_failed(s, env, str(exc))
+                            _filter_failed(s, env, f"filter error: {exc}")
                         except (TypeError, ValueError, RecursionError) as exc:
                             # one session's answer (a patch past edge.jsonpatch's limits is a
                             # PatchError: the timeout body goes out); never the edge

@@ -362,3 +362,57 @@ def test_websocket_build_id_and_content_filters(each_system, origin, uniq):
         seen[system.name] = got
     assert seen["gripcast"] == ["100% ready", "a and 1%", "no filters"]
     same_as_pushpin(seen)
+
+
+def test_debug_route_tells_the_reason(each_system, origin, uniq):
+    """On a ``debug`` route the client gets Pushpin's reason: appended to the stream before
+    its end, or as the long-poll's 502 body."""
+    ch = uniq("dbg")
+    origin.respond("/s", _stream(f"{ch}; filter=build-id", "id_format=x"))
+    origin.respond("/v", _stream(f"{ch}; filter=var-subst", "user=al", b"v\n"))
+    origin.respond("/i", _stream(f"{ch}; filter=build-id", "id_format=x", b"id: %I\n"))
+    origin.respond(
+        "/p",
+        OriginResponse(
+            200,
+            [("Grip-Hold", "response"), ("Grip-Channel", f"{ch}; filter=var-subst")],
+            b"timeout\n",
+        ),
+    )
+    seen = {}
+    for system in each_system(routes=f"*,debug 127.0.0.1:{origin.port}\n"):
+        with (
+            HttpClient(system.client_port) as a,
+            HttpClient(system.client_port) as b,
+            HttpClient(system.client_port) as p,
+        ):
+            a.send(_get("/s"))
+            b.send(_get("/v"))
+            a.read_until(b"start\n")
+            b.read_until(b"v\n")
+            p.send(_get("/p"))
+            origin.wait_requests(3)
+            deadline = time.monotonic() + 10
+            while True:  # the long-poll is held once a publish reaches it
+                system.publish(ch, {"http-response": {"body": "%(nope)s"}})
+                if p.read_for(0.2):
+                    break
+                assert time.monotonic() < deadline, "the long-poll never got the publish"
+            system.publish(
+                ch, {"http-stream": {"content": "%(nope)s", "content-filters": ["var-subst"]}}
+            )
+            _, body_a = a.response()
+            _, body_b = b.response()
+            head, body_p = p.response()
+        with HttpClient(system.client_port) as i:
+            i.send(_get("/i"))
+            _, body_i = i.response()
+        seen[system.name] = (body_a, body_b, head.status, body_p, body_i)
+    assert seen["gripcast"] == (
+        b"start\n\n\ncontent filter mismatch: subscription=build-id message=var-subst\n",
+        b"v\n\n\nfilter error: var-subst: No such variable 'nope' at position 7\n",
+        502,
+        b"filter error: var-subst: No such variable 'nope' at position 7\n",
+        b"\n\nfilter error: build-id: No ID specified and no default ID in context at position 5\n",
+    )
+    same_as_pushpin(seen)
