@@ -416,3 +416,53 @@ def test_debug_route_tells_the_reason(each_system, origin, uniq):
         b"\n\nfilter error: build-id: No ID specified and no default ID in context at position 5\n",
     )
     same_as_pushpin(seen)
+
+
+def test_build_id_on_no_hold_answers_and_next_links(each_system, origin, uniq):
+    """``build-id`` renders the body of an answer without a hold, and of a next link."""
+    ch = uniq("nh")
+    grip = [("Content-Type", "text/plain"), ("Grip-Set-Meta", "id_format=x")]
+    origin.respond(
+        "/once",
+        OriginResponse(200, [*grip, ("Grip-Channel", f"{ch}; filter=build-id")], b"100%%\n"),
+    )
+    origin.respond(
+        "/bad", OriginResponse(200, [*grip, ("Grip-Channel", f"{ch}; filter=build-id")], b"%I\n")
+    )
+    origin.respond(
+        "/first",
+        OriginResponse(
+            200,
+            [*grip, ("Grip-Channel", f"{ch}; filter=build-id"), ("Grip-Link", "</next>; rel=next")],
+            b"first 1%%\n",
+        ),
+    )
+    origin.respond(
+        "/next",
+        OriginResponse(
+            200,
+            [*grip, ("Grip-Hold", "stream"), ("Grip-Channel", f"{ch}; filter=build-id")],
+            b"next 2%%\n",
+        ),
+    )
+    seen = {}
+    for system in each_system(routes=_routes(origin)):
+        out = []
+        for path in ("/once", "/bad"):
+            with HttpClient(system.client_port) as c:
+                c.send(_get(path))
+                head, body = c.response()
+                out.append((head.status, body))
+        with HttpClient(system.client_port) as c:
+            c.send(_get("/first"))
+            c.read_until(b"next 2%\n")
+            system.publish(ch, {"http-stream": {"content": "pub 3%%\n"}})
+            _, body = c.response(until=b"pub 3%\n")
+            out.append((200, body))
+        seen[system.name] = out
+    assert seen["gripcast"] == [
+        (200, b"100%\n"),
+        (502, b"Error while proxying to origin.\n"),
+        (200, b"first 1%\nnext 2%\npub 3%\n"),
+    ]
+    same_as_pushpin(seen)
