@@ -61,7 +61,7 @@ class FilterError(RemoteProtocolError):
     """A content filter failed: Pushpin ends the stream (or answers the long-poll 502)."""
 
 
-class _Partial(Exception):
+class _Partial(FilterError):
     """An incomplete directive at the end of the input (incremental rendering only)."""
 
 
