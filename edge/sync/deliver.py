@@ -199,6 +199,10 @@ class Deliverer:
                 if cf and not self._content_filters_match(s, cls, flt, env, pending):
                     continue
                 if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
+                    if cls is stream_cls and not s.state:
+                        # Pushpin advances a stream's id past a filtered-out item too (its
+                        # next link's Grip-Last, build-id's other channels)
+                        s.last_cursor[env.channel] = env.cursor
                     continue
                 if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
