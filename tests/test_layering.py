@@ -46,6 +46,9 @@ SANS_IO = [
     "edge/ws/events.py",
     "edge/ws/control.py",
     "edge/http1/headers.py",
+    "edge/proxyrules.py",
+    "edge/cors.py",
+    "edge/jsonp.py",
     "edge/timers.py",
 ]
 IO_MODULES = {"trio", "zmq", "socket", "time", "logging"}
