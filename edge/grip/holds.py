@@ -58,6 +58,7 @@ import trio
 from _speedups import http_chunk
 from broker.errors import GripcastError, InstructError, RemoteProtocolError
 from edge import readtimer
+from edge.grip import filters
 from edge.grip.cache import InstructCache
 from edge.grip.instruct import Hold, is_grip_response
 from edge.grip.nextlink import (
@@ -294,7 +295,8 @@ async def _parse(
                 return cache.instruct(
                     resp.status, resp.reason, raw, b"", stream_body=body, **kw
                 ), None
-            return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
+            # relayed as it arrives (no size limit)
+            return hold, _proxy_filtered(hold, resp.body_chunks())
     body = await resp.read_body(MAX_ACCEPT_BODY)
     return cache.instruct(resp.status, resp.reason, raw, body, **kw), None
 
@@ -310,7 +312,7 @@ async def _parse_fetched(
         if hold.mode == "stream" or (hold.mode is None and hold.next_link):
             if f.rest is None:
                 return cache.instruct(f.status, f.reason, raw, b"", stream_body=f.body, **kw), None
-            return hold, f.chunks()
+            return hold, _proxy_filtered(hold, f.chunks())
     parts, size = [], 0
     async for piece in f.chunks():
         size += len(piece)
@@ -318,6 +320,46 @@ async def _parse_fetched(
             raise OriginError("GRIP instruct response too large from a next link")
         parts.append(piece)
     return cache.instruct(f.status, f.reason, raw, b"".join(parts), **kw), None
+
+
+class _ProxyFiltered:
+    """A stream body relayed as it arrives, through the hold's proxy-content filters
+    (``build-id``: ``edge.grip.filters.IdRenderer``); a filter error ends the response."""
+
+    __slots__ = ("_pieces", "_renderer", "_hold", "_done")
+
+    def __init__(self, hold: Hold, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+        self._hold = hold
+        self._renderer: filters.IdRenderer | None = None
+        self._done = False
+
+    def __aiter__(self) -> _ProxyFiltered:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            if self._renderer is None:
+                self._renderer = filters.proxy_renderer(
+                    (c.filters for c in self._hold.channels), self._hold.meta
+                )
+            try:
+                piece = await self._pieces.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return self._renderer.finalize() if self._renderer is not None else b""
+            return self._renderer.update(piece) if self._renderer is not None else piece
+        except filters.FilterError as exc:
+            self._done = True
+            raise InstructError(f"filter error: {exc}") from None
+
+
+def _proxy_filtered(hold: Hold, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if hold.mode == "response" or not filters.proxy_filters(c.filters for c in hold.channels):
+        return pieces
+    return _ProxyFiltered(hold, pieces)
 
 
 async def handle_grip(conn: Connection, req: Request, route: Route, resp: OriginResponse) -> bool:
@@ -344,6 +386,8 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
                     if body_iter is None:
                         resp.forget()  # a held stream keeps none of the origin's response
                     return await hold_stream(conn, req, route, hold, body_iter)
+                if hold.body_error is not None:
+                    raise InstructError(hold.body_error)
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
                 return req.keep_alive
             finally:
@@ -406,6 +450,7 @@ async def hold_response(
     app = conn.app
     now = trio.current_time()
     session = ResponseSession(hold, req.keep_alive, now + hold.timeout_s)
+    session.debug = route.debug
     channels = [c.name for c in hold.channels]
     app.add_session(session, channels)
     prev = [c for c in hold.channels if c.prev_id is not None]
@@ -493,6 +538,7 @@ class _Stream:
         self.route = route
         self.hold = hold  # the current instruct
         self.session = StreamSession(conn.sock, hold, req.http11, trio.current_time())
+        self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes
         self.host, self.path = _client_path(req)
@@ -637,6 +683,8 @@ class _Stream:
                 hold, body_iter = await _parse_fetched(fetched, self.route, self.app.instruct_cache)
                 if hold.mode == "response":
                     raise InstructError("Next link returned non-stream hold.")
+                if hold.body_error is not None:
+                    raise InstructError(hold.body_error)
                 await self.send_body(hold.body, body_iter)
                 self.hold = hold
                 self.set_link(hold)
@@ -703,6 +751,15 @@ async def hold_stream(
             head, hold_body = head + st.frame(hold.body), b""
         else:
             hold_body = hold.body
+        if hold.body_error is not None:
+            # build-id failed on the initial body: the head, then the end (Pushpin's doError)
+            log.info("stream ended route_line=%d path=%s: %s", route.line, st.path, hold.body_error)
+            if s.chunked:
+                if route.debug:
+                    head += http_chunk(f"\n\n{hold.body_error}\n".encode())
+                head += b"0\r\n\r\n"
+            await conn.send_all(head)
+            return req.keep_alive and s.chunked
         await conn.send_all(head)
         st.head_sent = True
         # a held stream never re-sends the client's request (next links send only Grip-Last,

@@ -57,6 +57,7 @@ class StreamSession(Session):
         "hinted",
         "track",
         "update_key",
+        "debug",
     )
 
     def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool, now: float) -> None:
@@ -78,6 +79,7 @@ class StreamSession(Session):
         self.track: PrevIds | None = None
         # the update limiter's key (the next link's URL), None while the hold has no next link
         self.update_key: str | None = None
+        self.debug = False  # the route's ``debug``: filter errors are told to the client
 
     def hint(self) -> None:
         """Ask the connection task to fetch the next link (no-op without one)."""
@@ -149,6 +151,7 @@ class ResponseSession(Session):
         "retry",
         "track",
         "update_key",
+        "debug",
     )
 
     def __init__(self, hold: Hold, keep_alive: bool, deadline: float) -> None:
@@ -163,6 +166,7 @@ class ResponseSession(Session):
         self.retry = False  # re-request the origin now (a "hint", or the update limiter's turn)
         self.track: PrevIds | None = None  # prev-id checks (edge.grip.nextlink_track)
         self.update_key: str | None = ""  # the update limiter's key: long-polls share ""
+        self.debug = False  # the route's ``debug``: filter errors are told to the client
 
     def hint(self) -> None:
         """Ask the connection task to re-request the origin (unless already answered)."""

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 GRIP_FEATURES = (
     b"status, link:next, link:gone, filter:skip-self, filter:skip-users, "
-    b"filter:require-sub, filter:var-subst"
+    b"filter:require-sub, filter:build-id, filter:var-subst"
 )
 DROP_HEADERS = frozenset(
     [
