@@ -202,6 +202,7 @@ class Broker:
         self.store.set_history_limits(cfg.history_max_items, cfg.history_max_age_s)
         if self._bound is not None:
             self._bound.pipeline.cfg = cfg
+            self._bound.pipeline.sequencer.configure(cfg.id_cache_ttl_s, cfg.message_wait_s)
             self._bound.http.cfg = cfg
 
     # -- running ---------------------------------------------------------------------------------
