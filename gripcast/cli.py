@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--url",
         default=None,
         metavar="URL",
-        help="publish API base URL (default $GRIP_URL or http://127.0.0.1:5561)",
+        help="publish API base URL, Fanout style with credentials allowed "
+        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
     )
     p.add_argument(
         "--port-offset",
@@ -170,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="port offset of the cluster, for the default URL (default 0)",
+    )
+    p.add_argument(
+        "--key",
+        metavar="KEY",
+        help="sign with this key (the broker's publish_jwt_key; base64:<b64> for a binary "
+        "key), as gripcontrol does; default: the key= of GRIP_URL",
+    )
+    p.add_argument(
+        "--iss",
+        metavar="ISS",
+        help="JWT issuer (with --key: an HS256 token; without an issuer the key is sent as "
+        "a bearer token, as gripcontrol does); default: the iss= of GRIP_URL",
     )
     p.add_argument(
         "--id",
