@@ -80,7 +80,12 @@ class _Bound:
             stats_pub = None
             if cfg.stats_spec:  # Pushpin's stats PUB socket (broker.ops.stats)
                 stats_pub = self._open("stats", cfg.stats_spec)
-                self.stats = StatsEncoder(conn_ttl_s=cfg.stats_connection_ttl_s)
+                self.stats = StatsEncoder(
+                    conn_ttl_s=cfg.stats_connection_ttl_s,
+                    fmt=cfg.stats_format,
+                    sub_ttl_s=cfg.stats_subscription_ttl_s,
+                    conn_send=cfg.stats_connection_send,
+                )
         except BaseException:
             self.close()
             raise
