@@ -430,3 +430,13 @@ def test_migrated_toml_gives_the_same_config(tmp_path):
     assert (direct.message_wait_s, direct.id_cache_ttl_s) == (1.5, 90.0)
     assert direct.stats_format == "json" and direct.stats_spec == "tcp://127.0.0.1:7010"
     assert "# from [handler] message_wait (line 19" in toml.read_text()
+
+
+def test_every_key_is_in_the_migration_guide():
+    guide = (Path(__file__).resolve().parents[2] / "docs/migrating-from-pushpin.md").read_text()
+    missing = [
+        f"[{s}] {k}"
+        for (s, k), rule in RULES.items()
+        if rule.kind != "internal" and f"`{k}`" not in guide
+    ]
+    assert missing == []
