@@ -47,6 +47,10 @@ SANS_IO = [
     "edge/ws/control.py",
     "edge/http1/headers.py",
     "edge/timers.py",
+    "broker/ops/stats.py",
+    "edge/ops/connstats.py",
+    "gripcast/pushpinini.py",
+    "gripcast/pushpinconf.py",
 ]
 IO_MODULES = {"trio", "zmq", "socket", "time", "logging"}
 
