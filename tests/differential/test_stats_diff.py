@@ -1,7 +1,7 @@
 """Stats socket, side by side: Pushpin's ``activity`` and ``counts`` packets and its JSON format.
 
-One GET through a route is one ``activity`` (count 1) and one ``counts``
-(``requests-received`` 1) on the stats socket of each system; with ``stats_format = json``
+One GET through a route is one ``activity`` (count 1, with ``route`` when the route has an
+explicit ``id``) and one ``counts`` (``requests-received`` 1) on the stats socket of each system; with ``stats_format = json``
 the frames are ``<type> J<compact JSON, keys sorted>``.  ``from`` names the process
 (``pushpin-handler_<pid>``, ``gripcast-broker_<pid>``) and is compared by its presence only.
 """
@@ -64,12 +64,13 @@ def _shape(frame: bytes) -> tuple:
     return kind.decode(), tuple(sorted(fields.items()))
 
 
-def test_activity_and_counts_json(each_system, origin):
+@pytest.mark.parametrize("route_id", ["", "r1"])
+def test_activity_and_counts_json(each_system, origin, route_id):
     origin.respond("/plain", OriginResponse(200, [("Content-Type", "text/plain")], b"ok\n"))
     gport, pport = free_ports(2)
     seen = {}
     for system in each_system(
-        routes=f"* 127.0.0.1:{origin.port}\n",
+        routes=f"*{',id=' + route_id if route_id else ''} 127.0.0.1:{origin.port}\n",
         handler={"stats_spec": f"tcp://127.0.0.1:{pport}", "stats_format": "json"},
         gripcast={"stats_spec": f"tcp://127.0.0.1:{gport}", "stats_format": "json"},
     ):
@@ -82,8 +83,9 @@ def test_activity_and_counts_json(each_system, origin):
 
         frames = _collect(f"tcp://127.0.0.1:{port}", get, want=2)
         seen[system.name] = sorted(_shape(f) for f in frames)
+    route = (("route", route_id),) if route_id else ()  # Pushpin's separate stats: explicit id
     assert seen["gripcast"] == [
-        ("activity", (("count", 1),)),
+        ("activity", (("count", 1), *route)),
         ("counts", (("requests-received", 1),)),
     ]
     same_as_pushpin(seen)
