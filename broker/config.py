@@ -69,6 +69,20 @@ class Config:
     # Grip-Sig toward origins
     sig_iss: str = _reload("pushpin", "edge")
     sig_key: str = _reload("changeme", "edge")
+    # proxy: Pushpin's [proxy] request rules (reference 1.4, 1.9)
+    x_forwarded_for: tuple[str, ...] = _reload((), "edge")  # "truncate:N" and/or "append"
+    x_forwarded_for_trusted: tuple[str, ...] = _reload((), "edge")
+    set_x_forwarded_protocol: str = _reload("proto-only", "edge")  # "true" | "false" | "proto-only"
+    accept_x_forwarded_protocol: bool = _reload(False, "edge")
+    orig_headers_need_mark: tuple[str, ...] = _reload((), "edge")
+    accept_pushpin_route: bool = _reload(False, "edge")
+    cdn_loop: str = _reload("", "edge")
+    auto_cross_origin: bool = _reload(False, "edge")
+    debug: bool = _reload(False, "edge")
+    log_from: bool = _reload(False, "edge")
+    log_user_agent: bool = _reload(False, "edge")
+    access_log: bool = _reload(True, "edge")
+    routes_file_watch: bool = True
     # runner
     edges: int = 0  # 0: one per CPU
     # broker history (memory store)
@@ -97,6 +111,12 @@ class Config:
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
     # subscription on an edge (Pushpin's default; skipped when history resolved the prev-ids)
     update_on_first_subscription: bool = True
+    # next links (docs/grip-http.md): fetch links to hosts other than the route's origin (off:
+    # refused; on, the edge fetches any URL an origin names: an open proxy for a bad origin)
+    next_link_other_hosts: bool = _reload(False, "edge")
+    # low-priority next-link fetches and long-poll retries (recover, prev-id gaps, idle links,
+    # first subscriptions): at most this many batches of 100 sessions a second (Pushpin's 10)
+    next_link_updates_per_s: float = 10.0
     # broker HTTP API auth: "" (off: Authorization ignored), an HS256 secret, "base64:<b64>",
     # or "file:<path>" to a PEM public key (RS256/ES256)
     publish_jwt_key: str = ""
@@ -201,6 +221,7 @@ def reloadable_keys(role: str) -> frozenset[str]:
 
 
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
+_COMMA_LISTS = frozenset(["x_forwarded_for", "x_forwarded_for_trusted", "orig_headers_need_mark"])
 
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
@@ -236,10 +257,14 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
                 raise ValueError("not a boolean")
             return value
         if t == "str":
+            if name == "set_x_forwarded_protocol" and isinstance(value, bool):
+                return "true" if value else "false"  # Pushpin's INI value, read as TOML
             if not isinstance(value, str):
                 raise ValueError("not a string")
             return value
         if t == "tuple[str, ...]":
+            if isinstance(value, str) and name in _COMMA_LISTS:  # Pushpin's comma lists
+                return tuple(v.strip() for v in value.split(",") if v.strip())
             if isinstance(value, str):
                 return tuple(line for line in value.split("\n") if line.strip())
             return tuple(str(v) for v in value)
@@ -359,6 +384,30 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
     if cfg.history_max_bytes < 0:
         problems.append("history_max_bytes: must be 0 (no byte budget) or more")
+    problems.extend(_validate_proxy_rules(cfg))
+    return problems
+
+
+def _validate_proxy_rules(cfg: Config) -> list[str]:
+    """Pushpin's [proxy] request rules (reference 1.4)."""
+    problems = []
+    for key in ("x_forwarded_for", "x_forwarded_for_trusted"):
+        for item in getattr(cfg, key):
+            n = item[len("truncate:") :] if item.startswith("truncate:") else None
+            if item != "append" and not (n is not None and n.isdigit()):
+                problems.append(f"{key}: {item!r} is not 'truncate:N' (N >= 0) or 'append'")
+    if cfg.set_x_forwarded_protocol not in ("true", "false", "proto-only"):
+        problems.append(
+            f"set_x_forwarded_protocol: {cfg.set_x_forwarded_protocol!r} is not true, false "
+            "or proto-only"
+        )
+    import re
+
+    for name in cfg.orig_headers_need_mark:
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+            problems.append(f"orig_headers_need_mark: {name!r} is not a header name")
+    if any(c in cfg.cdn_loop for c in "\r\n\0"):
+        problems.append("cdn_loop: must not hold CR, LF or NUL")
     return problems
 
 
@@ -450,7 +499,12 @@ def _validate_exposure(cfg: Config) -> list[str]:
             )
     if cfg.http_maxconn < 1:
         problems.append("http_maxconn: must be at least 1")
-    for name in ("recover_per_s", "hint_per_channel_per_s", "hint_per_s"):
+    for name in (
+        "recover_per_s",
+        "hint_per_channel_per_s",
+        "hint_per_s",
+        "next_link_updates_per_s",
+    ):
         if not getattr(cfg, name) > 0:
             problems.append(f"{name}: must be positive")
     if cfg.publish_jwt_key and cfg.sig_key:
@@ -491,8 +545,9 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Rebuild a Config handed to a child process (``Config.to_dict`` output)."""
     d = dict(d)
     d["routes"] = tuple(d.get("routes", ()))
-    if "curve_allowed_clients" in d:
-        d["curve_allowed_clients"] = tuple(d["curve_allowed_clients"])
+    for key in ("curve_allowed_clients", *_COMMA_LISTS):
+        if key in d:
+            d[key] = tuple(d[key])
     return Config(**d)
 
 

@@ -21,7 +21,7 @@ from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtoco
 from broker.runtime.logsetup import configure_logging
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
-from edge import fastpath
+from edge import fastpath, routeswatch, testorigin
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.grip.session import ResponseSession, StreamSession
@@ -31,6 +31,7 @@ from edge.ops import lifecycle, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
+from edge.proxyrules import ProxyRules
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
@@ -118,8 +119,11 @@ class Edge:
         link: BrokerLink,
         nursery: trio.Nursery,
         signers: Signers,
+        test_origin: tuple[str, int] = ("127.0.0.1", 9),
     ) -> None:
         self.cfg = cfg
+        self.test_origin = test_origin  # where ``test`` targets go (edge.testorigin)
+        self.rules = ProxyRules.from_config(cfg)  # Pushpin's [proxy] request rules
         self.index = index
         self.routes = routes
         self.link = link
@@ -145,7 +149,8 @@ class Edge:
         self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
         self._pos_failed: set[str] = set()  # position requests to retry (edge.sync.repair)
         self.resumer = Resumer(self)
-        self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+        # HTTP holds: recover, first-subscription retries, the next-link update limiter
+        self.holds = HoldRegistry(cfg.next_link_updates_per_s)
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
@@ -153,7 +158,10 @@ class Edge:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
         if signers is None:
             signers = load_signers(cfg, routes)
+        if routes.has_test_targets:
+            routes = routes.bind_test_origin(*self.test_origin)
         self.cfg, self.routes = cfg, routes
+        self.rules = ProxyRules.from_config(cfg)
         self._default_signer, self._signers = signers
         self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
 
@@ -184,8 +192,8 @@ class Edge:
     def on_recover(self) -> None:
         """The broker relayed a ``recover``: response holds re-ask the origin, streams with a
         next link fetch it (Pushpin's recover command)."""
-        n = self.holds.recover()
-        log.info("recover: %d held sessions asked to update", n)
+        n = self.holds.recover(trio.current_time())
+        log.info("recover: %d held sessions asked to update (rate-limited)", n)
 
     async def wait_positioned(
         self, channels: list[str], timeout_s: float = POSITION_WAIT_S
@@ -444,9 +452,13 @@ async def serve(
     exit_code = 0
     try:
         listener = await open_listener(*listen)
+        # Pushpin's ``test`` target: served on a loopback port of this edge's own
+        test_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        test_port = test_listeners[0].socket.getsockname()[1]
         with listener, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
-                edge = Edge(cfg, index, routes, link, nursery, signers)
+                nursery.start_soon(testorigin.serve, test_listeners)
+                edge = Edge(cfg, index, routes, link, nursery, signers, ("127.0.0.1", test_port))
                 link.on_heartbeat = edge.on_heartbeat
 
                 def refuse() -> None:  # the broker speaks another wire version (logged)
@@ -461,10 +473,15 @@ async def serve(
                 nursery.start_soon(link.serve_ctl)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.origin_client.timer.serve)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
+                if cfg.routes_file_watch:
+                    nursery.start_soon(
+                        routeswatch.serve_watch, lambda: edge.cfg.routes_file, life.reload
+                    )
                 # the hello gate: a broker of another wire version or cluster stops this edge
                 # before it serves a client (no answer in time: serve, heartbeats check later)
                 if not await _hello(edge, link):

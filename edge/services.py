@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from edge.grip.session import ResponseSession, StreamSession
     from edge.ops.connstats import ConnStats
     from edge.origin.client import OriginClient
+    from edge.proxyrules import ProxyRules
     from edge.routes import Route, RouteTable
     from edge.sessionstate import Session
     from edge.sync.deliver import Deliverer
@@ -67,6 +68,7 @@ class ConnectionServices(OriginServices, SessionServices, Protocol):
     """What a client connection needs (``edge.http1.connection``, ``edge.grip.holds``, ``edge.ws.session``)."""
 
     routes: RouteTable
+    rules: ProxyRules  # Pushpin's [proxy] request rules (edge.proxyrules)
     requests: int  # HTTP requests received
     ws_opened: int  # WebSocket sessions opened
     holds: HoldRegistry

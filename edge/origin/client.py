@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import httptools
@@ -41,6 +42,7 @@ import trio
 from broker.errors import GripcastError, RemoteProtocolError
 from edge.fastpath import read_now, send_now
 from edge.origin.pool import DEFAULT_IDLE_S, OriginPool, close_stream
+from edge.proxyrules import denied_destination
 from edge.readtimer import ReadTimer
 from edge.routes import Route, Target
 
@@ -63,8 +65,6 @@ DROP_HEADERS = frozenset(
         b"te",
         b"upgrade",
         b"proxy-connection",
-        b"x-forwarded-proto",
-        b"x-forwarded-protocol",
     ]
 )
 READ_SIZE = 65536
@@ -197,6 +197,10 @@ def _head_problem(
                 "control character (CR, LF, NUL, ...)"
             )
     return "refused to send a malformed request head"  # pragma: no cover
+
+
+# X-Forwarded-Proto/-Protocol, X-Forwarded-For, CDN-Loop, Pushpin-Route and orig_headers
+# are Pushpin's [proxy] rules, applied before this by ``edge.proxyrules.apply``
 
 
 def forward_headers(
@@ -561,6 +565,14 @@ async def open_origin(
         )
 
 
+async def _untrusted_denied(target: Target) -> bool:
+    try:
+        infos = await trio.socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except OSError:
+        infos = []
+    return denied_destination(target.host, [str(i[4][0]) for i in infos])
+
+
 async def connect_first(
     targets: Sequence[Target],
     timeout_s: float,
@@ -579,6 +591,9 @@ async def connect_first(
     for i, target in enumerate(targets):
         if target.ssl:
             errors.append(f"{target}: TLS to origins is not supported yet")
+            continue
+        if target.untrusted and await _untrusted_denied(target):
+            errors.append(f"{target}: untrusted target at a denied (private) address")
             continue
         stream = take(target) if take is not None else None
         if stream is not None:

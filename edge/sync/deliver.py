@@ -21,6 +21,7 @@ import trio
 
 from _speedups import http_chunk, send_batch
 from edge.grip import filters
+from edge.grip.nextlink_track import Verdict
 from edge.grip.session import StreamSession
 from edge.grip.sseid import ID_TOKEN, render_ids
 from edge.http1 import responses
@@ -112,6 +113,7 @@ class Deliverer:
         wall = time.time() if lat is not None else 0.0
         gate = self.gate
         ws_cls, stream_cls = WsSession, StreamSession  # dispatch on type (locals: the hot loop)
+        deliver_now, gap = Verdict.DELIVER, Verdict.GAP
         for env in envs:
             members = (only,) if only is not None else self.hub.sessions(env.channel)
             self._messages += 1
@@ -140,12 +142,25 @@ class Deliverer:
                     if held is not None:
                         held.append(env)
                         continue
+                cls = type(s)
+                if cls is not ws_cls:
+                    tr = s.track  # None unless prev-ids are checked or an update is under way
+                    if (
+                        tr is not None
+                        and not s.state
+                        and (stream if cls is stream_cls else resp) is not None
+                    ):
+                        # Pushpin's prev-id check, before filters (edge.grip.nextlink_track)
+                        verdict = tr.admit(env)
+                        if verdict is not deliver_now:
+                            if verdict is gap:
+                                s.on_gap()
+                            continue
                 flt = s.filters
                 if flt:
                     flt = flt.get(env.channel)
                 if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
                     continue
-                cls = type(s)
                 if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
                         continue

@@ -53,9 +53,11 @@ from wsproto.utilities import generate_accept_token
 
 from _speedups import ws_frame
 from broker.errors import RemoteProtocolError
+from edge import proxyrules
 from edge.fastpath import read_now
 from edge.grip import filters
 from edge.http1 import responses
+from edge.proxyrules import claims_tls, pick_route
 from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 from edge.ws import control as wc
 from edge.ws.connection import (
@@ -552,7 +554,16 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     from edge.ws.proxy import WsOrigin
 
     app = conn.app
-    route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), True, False)
+    tls = claims_tls(app.rules, req.headers)
+    route = pick_route(
+        app.routes,
+        app.rules,
+        host.decode("latin-1"),
+        path.decode("latin-1"),
+        req.headers,
+        ws=True,
+        tls=tls,
+    )
     if route is None:
         await conn.send_all(responses.error(502, "Route not found"))
         return
@@ -563,7 +574,9 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         await conn.send_all(exc.response())
         return
     side_cls = WohOrigin if route.targets[0].over_http else WsOrigin
-    side = side_cls(app, route, req.headers, path)
+    peer = str(conn.addr[0]) if conn.addr else ""
+    headers = proxyrules.apply(app.rules, route, req.headers, tls=tls, ws=True, peer=peer)
+    side = side_cls(app, route, headers, path)
     opened = await side.open()
     if opened.reject is not None:
         await conn.send_all(opened.reject)
