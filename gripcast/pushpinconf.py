@@ -328,7 +328,8 @@ def _publish_host(t: Translation, e: Entry, host: str) -> None:
 
 
 def _push_in_sub_specs(t: Translation, e: Entry) -> None:
-    specs = t.conf.items(e)
+    raw = e.value if isinstance(e.value, tuple) else (e.value,)
+    specs = [v.strip() for v in raw if v.strip()]  # resolved once, by _publish_spec
     if not specs:
         return
     if len(specs) > 1:

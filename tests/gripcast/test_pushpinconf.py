@@ -120,7 +120,7 @@ def test_port_offset_applies_to_tcp_specs_and_http_port_not_client_port():
     s = t.settings
     assert (s["push_in_port"], s["sub_in_port"], s["command_port"], s["http_port"]) == (
         5660,
-        5762,
+        5662,
         5663,
         5661,
     )
