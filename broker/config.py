@@ -146,6 +146,15 @@ class Config:
         10.0, "broker"
     )  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
+    # stats socket framing: "tnetstring" ("<type> T<tnetstring>") or "json" ("<type> J<json>")
+    stats_format: str = "tnetstring"
+    stats_subscription_ttl_s: int = 60  # "sub" packets' ttl (Pushpin's stats_subscription_ttl)
+    stats_connection_send: bool = True  # "conn" packets (Pushpin's stats_connection_send)
+    # sequencer (Pushpin's message_wait, id_cache_ttl; reference 5.1): an item whose prev-id
+    # does not follow waits this long for its predecessor; a repeated (channel, id) within
+    # id_cache_ttl_s is dropped
+    message_wait_s: float = _reload(5.0, "broker")
+    id_cache_ttl_s: float = _reload(60.0, "broker")
     log_level: str = _reload("info", "both")
     # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
     # edge only ever joins its own runner's broker ("": no check, e.g. under systemd)
@@ -270,10 +279,21 @@ def load_config(
     path: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    file_values: Mapping[str, Any] | None = None,
+    file_label: str = "",
 ) -> Config:
-    """Build a Config from defaults < TOML file < environment < overrides, validating all of it."""
+    """Build a Config from defaults < TOML file < environment < overrides, validating all of it.
+
+    ``file_values`` (named ``file_label`` in errors) take the TOML file's place: the settings
+    ``gripcast.pushpinconf`` read from a Pushpin config."""
     problems: list[str] = []
     values: dict[str, Any] = {}
+    for key, value in (file_values or {}).items():
+        if key not in _FIELDS:
+            problems.append(f"{file_label}: {key!r} is not a setting of this gripcast")
+            continue
+        values[key] = _coerce(key, value, problems)
     if path:
         try:
             with open(path, "rb") as fh:
@@ -408,6 +428,14 @@ def _validate_ops(cfg: Config) -> list[str]:
         problems.append("stats_report_interval_s: must be positive")
     if not 1 <= cfg.stats_connection_ttl_s <= 86400:
         problems.append("stats_connection_ttl_s: must be 1 to 86400 seconds")
+    if cfg.stats_format not in ("tnetstring", "json"):
+        problems.append(f"stats_format: {cfg.stats_format!r} is not 'tnetstring' or 'json'")
+    if not 1 <= cfg.stats_subscription_ttl_s <= 86400:
+        problems.append("stats_subscription_ttl_s: must be 1 to 86400 seconds")
+    if not 0 <= cfg.message_wait_s <= 3600:
+        problems.append("message_wait_s: must be 0 to 3600 seconds")
+    if not 0 <= cfg.id_cache_ttl_s <= 86400:
+        problems.append("id_cache_ttl_s: must be 0 (no de-duplication) to 86400 seconds")
     return problems
 
 

@@ -368,6 +368,7 @@ class Edge:
                 writes.append((s, [http_chunk_for(s, ka.data)]))
                 self.wheel.schedule(s, now + ka.timeout_s)
             if writes:
+                self.stats.activity(None, len(writes))  # Pushpin counts keep-alives as activity
                 await self.deliverer.write_many(writes, now)
 
     # -- clients -------------------------------------------------------------------------------

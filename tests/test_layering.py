@@ -52,6 +52,10 @@ SANS_IO = [
     "edge/cors.py",
     "edge/jsonp.py",
     "edge/timers.py",
+    "broker/ops/stats.py",
+    "edge/ops/connstats.py",
+    "gripcast/pushpinini.py",
+    "gripcast/pushpinconf.py",
 ]
 IO_MODULES = {"trio", "zmq", "socket", "time", "logging"}
 

@@ -400,6 +400,7 @@ class Connection:
         if route is None:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
             return req.keep_alive
+        app.stats.request(route.id)  # stats "activity" and "counts" (edge.ops.connstats)
         if woh_forbidden(route, req.headers):
             await self.send_all(
                 responses.error(

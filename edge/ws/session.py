@@ -597,6 +597,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     if route is None:
         await conn.send_all(responses.error(502, "Route not found"))
         return
+    app.stats.request(route.id)  # stats "activity" and "counts" (edge.ops.connstats)
     try:
         key = check_handshake(req.method, req.headers)
     except HandshakeError as exc:
