@@ -114,6 +114,8 @@ class WsOrigin:
     async def _open(self) -> Opened:
         timeout = self.app.cfg.origin_timeout_s
         _, target, self.stream, _ = await connect_first(self.route.targets, timeout)
+        if target.ssl and not isinstance(self.stream, trio.SSLStream):  # never plaintext to it
+            raise OriginError(f"{target}: refusing to speak plaintext to a TLS (ssl) target")
         key = base64.b64encode(os.urandom(16))
         request = client_handshake(
             self.app.origin_client,
