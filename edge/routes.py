@@ -38,9 +38,7 @@ _IGNORED_COND = frozenset(
 )
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_IGNORED_TARGET = frozenset(
-    ["one_event", "trust_connect_host", "ipc_file_mode", "client_cert", "client_key"]
-)
+_IGNORED_TARGET = frozenset(["one_event", "ipc_file_mode"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +51,11 @@ class Target:
     over_http: bool = False
     untrusted: bool = False
     insecure: bool = False
+    # TLS to the origin (edge.origin.tls): verify the certificate against the connect host, not
+    # host=; a client certificate (PEM paths, relative to the routes file) for mutual TLS
+    trust_connect_host: bool = False
+    client_cert: str | None = None
+    client_key: str | None = None
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -230,10 +233,16 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
             if not value:
                 raise ValueError("sub= needs a channel name")
             subs.append(value)
-        elif name in ("over_http", "untrusted", "insecure"):
+        elif name in ("over_http", "untrusted", "insecure", "trust_connect_host"):
             kw[name] = _flag(value, name)
+        elif name in ("client_cert", "client_key"):
+            if not value:
+                raise ValueError(f"{name}= needs a file path")
+            kw[name] = value
         elif name not in _IGNORED_TARGET:
             raise ValueError(f"unknown target property {name!r}")
+    if "client_key" in kw and "client_cert" not in kw:
+        raise ValueError("client_key= needs client_cert= (the certificate it belongs to)")
     return Target(host, port, subs=tuple(subs), **kw)
 
 
@@ -277,13 +286,6 @@ def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> R
     if len(sections) < 2:
         raise ValueError("no targets")
     targets = tuple(_parse_target(s) for s in sections[1:])
-    if kw.get("proto") != "http" and not targets[0].over_http:
-        tls = next((t for t in targets if t.ssl), None)
-        if tls is not None:  # edge.wsproxy would connect in plaintext
-            raise ValueError(
-                f"target {tls} has ssl: TLS to WebSocket origins is not supported "
-                "yet (add proto=http to route only HTTP here)"
-            )
     return Route(lineno, host.lower(), targets, headers=tuple(headers), **kw)
 
 

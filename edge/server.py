@@ -31,6 +31,7 @@ from edge.ops import lifecycle, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
+from edge.origin.tls import load_origin_tls
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
@@ -153,9 +154,11 @@ class Edge:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
         if signers is None:
             signers = load_signers(cfg, routes)
+        origin_tls = load_origin_tls(cfg, routes)  # before anything changes: it may raise
         self.cfg, self.routes = cfg, routes
         self._default_signer, self._signers = signers
         self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
+        self.origin_client.tls = origin_tls  # TLS toward ssl targets (edge.origin.tls)
 
     # -- used by connections -------------------------------------------------------------------
 
@@ -439,6 +442,7 @@ async def serve(
 ) -> int:
     link = BrokerLink(cfg)
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
+    load_origin_tls(cfg, routes)  # (the same: a bad CA file or client certificate)
     listen = (cfg.client_addr, cfg.port("client_port"))
     exit_code = 0
     try:

@@ -35,6 +35,8 @@ from edge.origin.client import (
     connect_first,
     forward_headers,
 )
+from edge.origin.pool import close_stream
+from edge.origin.tls import OriginStream
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
 from edge.ws.control import grip_prefix
 from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
@@ -90,7 +92,7 @@ class WsOrigin:
         self.client_headers = client_headers
         self.cid: str | None = None  # only WebSocket-over-HTTP names connections (edge.woh)
         self.fixed_channels = tuple(route.targets[0].subs)
-        self.stream: trio.SocketStream | None = None
+        self.stream: OriginStream | None = None
         self.ws = WsConnection(client=True, max_message=_max(app))
         self.rest = b""
         self.gone = False
@@ -113,7 +115,8 @@ class WsOrigin:
 
     async def _open(self) -> Opened:
         timeout = self.app.cfg.origin_timeout_s
-        _, target, self.stream, _ = await connect_first(self.route.targets, timeout)
+        tls = self.app.origin_client.tls  # an ssl target: wss (TLS), never plaintext
+        _, target, self.stream, _ = await connect_first(self.route.targets, timeout, tls=tls)
         if target.ssl and not isinstance(self.stream, trio.SSLStream):  # never plaintext to it
             raise OriginError(f"{target}: refusing to speak plaintext to a TLS (ssl) target")
         key = base64.b64encode(os.urandom(16))
@@ -133,7 +136,7 @@ class WsOrigin:
                 await self.stream.send_all(request)
                 upgraded = False
                 while not upgraded and not p.complete:
-                    data = await self.stream.receive_some(READ_SIZE)
+                    data = bytes(await self.stream.receive_some(READ_SIZE))
                     if not data:
                         break
                     try:
@@ -216,7 +219,9 @@ class WsOrigin:
         self.gone = True
 
     async def aclose(self) -> None:
-        if self.stream is not None:
+        if isinstance(self.stream, trio.SSLStream):
+            close_stream(self.stream)  # no close_notify: never wait on the origin here
+        elif self.stream is not None:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -250,7 +255,7 @@ class WsOrigin:
                         self.gone = True
                         return
             try:
-                data = await stream.receive_some(READ_SIZE)
+                data = bytes(await stream.receive_some(READ_SIZE))
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
