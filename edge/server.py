@@ -48,6 +48,7 @@ from edge.sync.tracker import (
     Tracker,
 )
 from edge.timers import TimerWheel
+from edge.upstream import Upstream
 from edge.ws.timers import WsTimers
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ def load_routes(cfg: Config) -> RouteTable:
     for w in table.warnings:
         log.warning("%s", w)
     return table
+
+
+def load_upstream(cfg: Config) -> Upstream:
+    """The ``upstream_key`` verifier (relative ``file:`` paths as for ``sig_key``)."""
+    return Upstream.load(cfg.upstream_key, os.path.dirname(cfg.routes_file) or ".")
 
 
 Signers = tuple[Signer, dict[int, Signer]]  # the default signer, and per route line
@@ -133,6 +139,7 @@ class Edge:
         # origin connection pool, read timer (its task is started by ``serve``), header memo
         self.origin_client = OriginClient(cfg.origin_keepalive_idle_s)
         self._default_signer: Signer
+        self.upstream: Upstream
         self._signers: dict[int, Signer]
         self.set_routes(cfg, routes, signers)
         self.connections = self.requests = self.proxy_errors = self.rejected = 0
@@ -155,10 +162,12 @@ class Edge:
         if signers is None:
             signers = load_signers(cfg, routes)
         origin_tls = load_origin_tls(cfg, routes)  # before anything changes: it may raise
+        upstream = load_upstream(cfg)
         self.cfg, self.routes = cfg, routes
         self._default_signer, self._signers = signers
         self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
         self.origin_client.tls = origin_tls  # TLS toward ssl targets (edge.origin.tls)
+        self.upstream = upstream  # upstream_key (edge.upstream: chaining)
 
     # -- used by connections -------------------------------------------------------------------
 

@@ -366,7 +366,8 @@ class Connection:
         if route is None:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
             return req.keep_alive
-        if woh_forbidden(route, req.headers):
+        trusted = app.upstream.trusted_now(req.headers)  # a GRIP proxy in front (chaining)
+        if not trusted and woh_forbidden(route, req.headers):
             await self.send_all(
                 responses.error(
                     403,
@@ -383,13 +384,14 @@ class Connection:
                 path,
                 req.headers,
                 bytes(req.body),
-                sig=app.sign(route),
+                sig=None if trusted else app.sign(route),
                 timeout_s=app.cfg.origin_timeout_s,
+                trusted=trusted,
             )
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)
-        try:
-            if route.no_grip or not is_grip_response(resp.headers):
+        try:  # trusted: GRIP instructions go up to the proxy in front, untouched
+            if trusted or route.no_grip or not is_grip_response(resp.headers):
                 return await self.passthrough(req, resp)
             return await handle_grip(self, req, route, resp)
         except (OriginError, InstructError) as exc:

@@ -166,16 +166,19 @@ class OriginClient:
         sig: str | None,
         extra: Sequence[tuple[bytes, bytes]] = (),
         rewrite: bool = True,
+        trusted: bool = False,
     ) -> bytes:
         """The request head + body sent to ``target`` for a client request (Pushpin's rules).
 
         ``extra`` headers (``Grip-Last``) are added after the client's are filtered;
-        ``rewrite`` False sends ``path`` as is (a next link that already names the origin)."""
-        host, out = forward_headers(route, target, headers)
+        ``rewrite`` False sends ``path`` as is (a next link that already names the origin);
+        ``trusted`` (a GRIP proxy in front, ``edge.upstream``): its ``Grip-*`` headers are kept
+        and none of ours is added."""
+        host, out = forward_headers(route, target, headers, keep_grip=trusted)
         out.extend(extra)
-        if sig:
+        if sig and not trusted:
             out.append((b"Grip-Sig", sig.encode("ascii")))
-        if not route.no_grip:
+        if not route.no_grip and not trusted:
             out.append((b"Grip-Feature", GRIP_FEATURES))
         if body or method in (b"POST", b"PUT", b"PATCH"):
             out.append((b"Content-Length", b"%d" % len(body)))
@@ -214,17 +217,20 @@ def forward_headers(
     target: Target,
     headers: Iterable[tuple[bytes, bytes]],
     drop: frozenset[bytes] = DROP_HEADERS,
+    *,
+    keep_grip: bool = False,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The Host to send and the client's headers as the origin gets them (reference 1.4):
-    hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed, route ``header=``
-    props applied.  Shared by HTTP requests and WebSocket-to-WebSocket handshakes."""
+    hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed (kept with
+    ``keep_grip``: a trusted GRIP proxy in front), route ``header=`` props applied.  Shared by
+    HTTP requests and WebSocket-to-WebSocket handshakes."""
     client_host = b""
     out: list[tuple[bytes, bytes]] = []
     for k, v in headers:
         lk = k.lower()
         if lk == b"host":
             client_host = v
-        if lk in drop or lk.startswith(b"grip-"):
+        if lk in drop or (lk.startswith(b"grip-") and not keep_grip):
             continue
         out.append((k, v))
     if target.host_header:
@@ -535,6 +541,7 @@ async def open_origin(
     extra: Sequence[tuple[bytes, bytes]] = (),
     rewrite: bool = True,
     targets: Sequence[Target] | None = None,
+    trusted: bool = False,
 ) -> OriginResponse:
     """Connect (failing over across targets on connect errors: ``connect_first``), send, read
     the head, with ``client``'s pool and timer.  Once connected, an error is the answer (no
@@ -552,7 +559,16 @@ async def open_origin(
     )
     while True:
         request = client.build_request(
-            route, target, method, path, headers, body, sig=sig, extra=extra, rewrite=rewrite
+            route,
+            target,
+            method,
+            path,
+            headers,
+            body,
+            sig=sig,
+            extra=extra,
+            rewrite=rewrite,
+            trusted=trusted,
         )
         resp = OriginResponse(
             client, stream, target, timeout_s, head_only=method == b"HEAD", reused=reused
