@@ -65,8 +65,11 @@ def client_handshake(
     client_headers: Iterable[tuple[bytes, bytes]],
     key: bytes,
     sig: str | None,
+    trusted: bool = False,
 ) -> bytes:
-    host, out = forward_headers(route, target, client_headers, _DROP)
+    """The opening handshake toward ``target``; ``trusted`` (a GRIP proxy in front,
+    ``edge.upstream``): its ``Grip-*`` headers are kept and none of ours is added."""
+    host, out = forward_headers(route, target, client_headers, _DROP, keep_grip=trusted)
     out += [
         (b"Upgrade", b"websocket"),
         (b"Connection", b"Upgrade"),
@@ -74,9 +77,9 @@ def client_handshake(
         (b"Sec-WebSocket-Version", b"13"),
         (b"Sec-WebSocket-Extensions", b"grip"),
     ]
-    if sig:
+    if sig and not trusted:
         out.append((b"Grip-Sig", sig.encode("ascii")))
-    if not route.no_grip:
+    if not route.no_grip and not trusted:
         out.append((b"Grip-Feature", GRIP_FEATURES))
     rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
     return client.encode_request_head(b"GET", rpath, host, out)
@@ -90,6 +93,8 @@ class WsOrigin:
         self.route = route
         self.path = path
         self.client_headers = client_headers
+        # from a trusted GRIP proxy in front: the origin's GRIP goes up to it, untouched
+        self.trusted = app.upstream.trusted_now(client_headers)
         self.cid: str | None = None  # only WebSocket-over-HTTP names connections (edge.woh)
         self.fixed_channels = tuple(route.targets[0].subs)
         self.stream: OriginStream | None = None
@@ -127,7 +132,8 @@ class WsOrigin:
             self.path,
             self.client_headers,
             key,
-            self.app.sign(self.route),
+            None if self.trusted else self.app.sign(self.route),
+            self.trusted,
         )
         p = ResponseHead()  # skips interim 1xx responses (a 103 before the 101)
         parser = p.parser = httptools.HttpResponseParser(p)
@@ -172,6 +178,10 @@ class WsOrigin:
         ext = [
             v.decode("latin-1") for k, v in p.headers if k.lower() == b"sec-websocket-extensions"
         ]
+        if self.trusted:  # the proxy in front acts on GRIP: relay the grip extension, if any
+            each = ",".join(ext).split(",")
+            grip = [e.strip() for e in each if e.split(";", 1)[0].strip().lower() == "grip"]
+            return Opened(headers=p.headers, pass_extensions=", ".join(grip).encode("latin-1"))
         return Opened(headers=p.headers, prefix=grip_prefix(ext))
 
     async def _send(self, data: bytes) -> None:

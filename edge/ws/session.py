@@ -163,8 +163,13 @@ _101_DROP = frozenset(
 )
 
 
-def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
-    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
+def accept_head(
+    key: bytes,
+    origin_headers: Iterable[tuple[bytes | str, bytes | str]],
+    extensions: bytes = b"",
+) -> bytes:
+    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs);
+    ``extensions``: a ``Sec-WebSocket-Extensions`` to send (to a trusted proxy in front)."""
     hs = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
@@ -176,6 +181,8 @@ def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | 
         if lk in _101_DROP or lk.startswith(("grip-", "set-meta-")):
             continue
         hs.append((ks, v.decode("latin-1") if isinstance(v, bytes) else v))
+    if extensions:
+        hs.append(("Sec-WebSocket-Extensions", extensions.decode("latin-1")))
     return responses.head(101, "Switching Protocols", hs)
 
 
@@ -567,7 +574,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     if opened.reject is not None:
         await conn.send_all(opened.reject)
         return
-    await conn.send_all(accept_head(key, opened.headers))
+    await conn.send_all(accept_head(key, opened.headers, opened.pass_extensions))
     now = trio.current_time()
     session = WsSession(
         app,

@@ -15,6 +15,7 @@ from broker.errors import ConfigError
 from edge.grip.holds import grip_last
 from edge.origin.client import OriginClient, RequestHeadError, ResponseHead
 from edge.routes import parse_routes
+from edge.upstream import Upstream
 from edge.ws.over_http import woh_headers
 from edge.ws.proxy import WsOrigin, client_handshake
 from tests.edge.test_http import parse
@@ -253,6 +254,7 @@ class _WsApp:
 
     def __init__(self) -> None:
         self.origin_client = OriginClient()
+        self.upstream = Upstream()
 
     def sign(self, route):
         return None

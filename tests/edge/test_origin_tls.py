@@ -13,6 +13,7 @@ from broker.errors import ConfigError
 from edge.origin.client import OriginClient, OriginError, open_origin
 from edge.origin.tls import OriginTls
 from edge.routes import Route, Target, parse_routes
+from edge.upstream import Upstream
 from edge.ws.proxy import WsOrigin
 
 pytestmark = pytest.mark.timeout(10)
@@ -24,6 +25,7 @@ class _WsApp:
     def __init__(self, cfg: Config | None = None) -> None:
         self.cfg = cfg or Config(origin_timeout_s=5.0)
         self.origin_client = OriginClient()
+        self.upstream = Upstream()
 
     def sign(self, route):
         return None

@@ -262,3 +262,60 @@ def test_gripcast_in_front_of_nginx_over_tls_in_front_of_the_origin(tmp_path):
                 )
                 assert got == [b"via-gateway\n"]
     assert origin.requests[0][2]["Grip-Sig"]  # gripcast's signature went through nginx
+
+
+def test_websocket_gripcast_in_front_of_gripcast(tmp_path):
+    """WebSocket-to-WebSocket through both: the back relays the origin's grip extension and its
+    control messages up untouched; the front acts on them (subscribes, strips the prefix)."""
+    import asyncio
+    import threading
+
+    import websockets
+    from gripcontrol import WebSocketMessageFormat
+    from websockets.sync.server import serve
+
+    seen = []
+
+    def handler(conn):
+        seen.append(conn.request.headers)
+        conn.send('c:{"type": "subscribe", "channel": "chain-ws"}')
+        for msg in conn:
+            conn.send("m:" + msg)
+
+    def add_grip(conn, request, response):
+        response.headers["Sec-WebSocket-Extensions"] = "grip"
+
+    server = serve(handler, "127.0.0.1", 0, process_response=add_grip)
+    port = server.socket.getsockname()[1]
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        with Cluster(
+            sub(tmp_path, "back"), [f"* 127.0.0.1:{port}"], upstream_key=FRONT_KEY, sig_key=BACK_KEY
+        ) as back:
+            with Cluster(
+                sub(tmp_path, "front"),
+                [f"* 127.0.0.1:{back.edge_ports[0]}"],
+                sig_key=FRONT_KEY,
+                sig_iss="front",
+            ) as front:
+
+                async def main():
+                    url = f"ws://127.0.0.1:{front.edge_ports[0]}/x"
+                    async with websockets.connect(url) as ws:
+                        await ws.send("hi")
+                        assert await asyncio.wait_for(ws.recv(), 10) == "hi"
+                        await asyncio.to_thread(
+                            GripPubControl({"control_uri": front.publish_url}).publish,
+                            "chain-ws",
+                            Item(WebSocketMessageFormat("pub")),
+                            blocking=True,
+                        )
+                        assert await asyncio.wait_for(ws.recv(), 10) == "pub"
+
+                asyncio.run(main())
+    finally:
+        server.shutdown()
+        t.join(5)
+    claims = jwt.decode(seen[0]["Grip-Sig"], FRONT_KEY, algorithms=["HS256"])
+    assert claims["iss"] == "front"
