@@ -300,7 +300,7 @@ def test_https_origin_verified_against_the_ca_with_sni_from_the_target(tmp_path,
     run_origin_test(server_context(cert, key, sni_seen=sni), main)
 
 
-def test_wrong_ca_is_a_clean_origin_error_naming_the_reason(tmp_path, pki):
+def test_wrong_ca_is_a_clean_origin_error_naming_the_reason(tmp_path, pki, caplog):
     cert, key = pki.issue("localhost", dns=["localhost"])
     other = Pki(tmp_path, "Other CA")
 
@@ -314,6 +314,8 @@ def test_wrong_ca_is_a_clean_origin_error_naming_the_reason(tmp_path, pki):
         assert err.value.status == 502
         assert client.tls.statistics().failures == 1
         assert origin.heads == []  # nothing was sent in the clear or otherwise
+        logged = [r.getMessage() for r in caplog.records if r.name == "edge.origin.client"]
+        assert any("certificate verify failed" in m for m in logged), logged
 
     run_origin_test(server_context(cert, key), main)
 
