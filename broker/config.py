@@ -83,6 +83,12 @@ class Config:
     log_user_agent: bool = _reload(False, "edge")
     access_log: bool = _reload(True, "edge")
     routes_file_watch: bool = True
+    # chaining (docs/chaining.md): a request whose Grip-Sig verifies against this key (sig_key
+    # syntax) comes from a trusted GRIP proxy in front: Grip-* headers kept, GRIP passed up
+    upstream_key: str = _reload("", "edge")
+    # TLS toward ssl targets (docs/tls.md): a PEM CA bundle to verify origins against instead of
+    # the system CAs ("": the system's, which honours SSL_CERT_FILE / SSL_CERT_DIR)
+    origin_ca_file: str = _reload("", "edge")
     # runner
     edges: int = 0  # 0: one per CPU
     # broker history (memory store)
@@ -419,6 +425,16 @@ def _validate_ops(cfg: Config) -> list[str]:
         problems.append("drain_timeout_s: must be 0 or more")
     if cfg.origin_keepalive_idle_s < 0:
         problems.append("origin_keepalive_idle_s: must be 0 or more")
+    if cfg.origin_ca_file and not os.path.isfile(cfg.origin_ca_file):
+        problems.append(f"origin_ca_file: {cfg.origin_ca_file} is not a readable file")
+    if cfg.upstream_key:
+        from broker.keys import load_jwt_key
+
+        try:
+            base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."  # as the edge
+            load_jwt_key(cfg.upstream_key, base, setting="upstream_key", private=False)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for name in ("metrics_port", "edge_metrics_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             problems.append(f"{name}: {getattr(cfg, name)} out of range (0: off)")

@@ -27,9 +27,6 @@ _REFUSED_COND = {
     "auto_cross_origin config key for every route",
 }
 _REFUSED_TARGET = {
-    "trust_connect_host": "needs TLS to origins, issue #14",
-    "client_cert": "needs TLS to origins, issue #14",
-    "client_key": "needs TLS to origins, issue #14",
     "ipc_file_mode": "only applies to zhttp/ targets, which gripcast does not support",
 }
 _JSONP_PROPS = {
@@ -67,6 +64,11 @@ class Target:
     untrusted: bool = False
     insecure: bool = False
     one_event: bool = False  # WebSocket-over-HTTP: one event per request (edge.ws.outbox)
+    # TLS to the origin (edge.origin.tls): verify the certificate against the connect host, not
+    # host=; a client certificate (PEM paths, relative to the routes file) for mutual TLS
+    trust_connect_host: bool = False
+    client_cert: str | None = None
+    client_key: str | None = None
 
     @property
     def is_test(self) -> bool:
@@ -284,12 +286,18 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
             if not value:
                 raise ValueError("sub= needs a channel name")
             subs.append(value)
-        elif name in ("over_http", "untrusted", "insecure", "one_event"):
+        elif name in ("over_http", "untrusted", "insecure", "one_event", "trust_connect_host"):
             kw[name] = _flag(value, name)
+        elif name in ("client_cert", "client_key"):
+            if not value:
+                raise ValueError(f"{name}= needs a file path")
+            kw[name] = value
         elif name in _REFUSED_TARGET:
             raise ValueError(f"target property {name!r} is not supported: {_REFUSED_TARGET[name]}")
         else:
             raise ValueError(f"unknown target property {name!r}")
+    if "client_key" in kw and "client_cert" not in kw:
+        raise ValueError("client_key= needs client_cert= (the certificate it belongs to)")
     return Target(host, port, subs=tuple(subs), **kw)
 
 
@@ -358,13 +366,6 @@ def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> R
     if len(sections) < 2:
         raise ValueError("no targets")
     targets = tuple(_parse_target(s) for s in sections[1:])
-    if kw.get("proto") != "http" and not targets[0].over_http:
-        tls = next((t for t in targets if t.ssl), None)
-        if tls is not None:  # edge.wsproxy would connect in plaintext
-            raise ValueError(
-                f"target {tls} has ssl: TLS to WebSocket origins is not supported "
-                "yet (add proto=http to route only HTTP here)"
-            )
     return Route(lineno, host.lower(), targets, headers=tuple(headers), **kw)
 
 

@@ -31,6 +31,7 @@ from edge.ops import lifecycle, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
+from edge.origin.tls import load_origin_tls
 from edge.proxyrules import ProxyRules
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
@@ -48,6 +49,7 @@ from edge.sync.tracker import (
     Tracker,
 )
 from edge.timers import TimerWheel
+from edge.upstream import Upstream
 from edge.ws.timers import WsTimers
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,11 @@ def load_routes(cfg: Config) -> RouteTable:
     for w in table.warnings:
         log.warning("%s", w)
     return table
+
+
+def load_upstream(cfg: Config) -> Upstream:
+    """The ``upstream_key`` verifier (relative ``file:`` paths as for ``sig_key``)."""
+    return Upstream.load(cfg.upstream_key, os.path.dirname(cfg.routes_file) or ".")
 
 
 Signers = tuple[Signer, dict[int, Signer]]  # the default signer, and per route line
@@ -136,6 +143,7 @@ class Edge:
         # origin connection pool, read timer (its task is started by ``serve``), header memo
         self.origin_client = OriginClient(cfg.origin_keepalive_idle_s)
         self._default_signer: Signer
+        self.upstream: Upstream
         self._signers: dict[int, Signer]
         self.set_routes(cfg, routes, signers)
         self.connections = self.requests = self.proxy_errors = self.rejected = 0
@@ -160,10 +168,14 @@ class Edge:
             signers = load_signers(cfg, routes)
         if routes.has_test_targets:
             routes = routes.bind_test_origin(*self.test_origin)
+        origin_tls = load_origin_tls(cfg, routes)  # before anything changes: it may raise
+        upstream = load_upstream(cfg)
         self.cfg, self.routes = cfg, routes
         self.rules = ProxyRules.from_config(cfg)
         self._default_signer, self._signers = signers
         self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
+        self.origin_client.tls = origin_tls  # TLS toward ssl targets (edge.origin.tls)
+        self.upstream = upstream  # upstream_key (edge.upstream: chaining)
 
     # -- used by connections -------------------------------------------------------------------
 
@@ -448,6 +460,7 @@ async def serve(
 ) -> int:
     link = BrokerLink(cfg)
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
+    load_origin_tls(cfg, routes)  # (the same: a bad CA file or client certificate)
     listen = (cfg.client_addr, cfg.port("client_port"))
     exit_code = 0
     try:

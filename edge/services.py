@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from edge.sync.link import BrokerLink
     from edge.sync.resume import Resumer
     from edge.sync.tracker import Tracker
+    from edge.upstream import Upstream
     from edge.ws.timers import WsTimers
 
 
@@ -42,6 +43,7 @@ class OriginServices(Protocol):
     nursery: trio.Nursery
     origin_client: OriginClient  # the edge's origin connection pool, read timer, header memo
     proxy_errors: int  # requests answered 502 (origin failures)
+    upstream: Upstream  # upstream_key: is a request from a trusted GRIP proxy in front?
 
     def sign(self, route: Route) -> str | None: ...
 

@@ -401,7 +401,8 @@ class Connection:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
             return req.keep_alive
         app.stats.request(route.id)  # stats "activity" and "counts" (edge.ops.connstats)
-        if woh_forbidden(route, req.headers):
+        trusted = app.upstream.trusted_now(req.headers)  # a GRIP proxy in front (chaining)
+        if not trusted and woh_forbidden(route, req.headers):
             await self.send_all(
                 responses.error(
                     403,
@@ -422,7 +423,9 @@ class Connection:
             if jreq is not None:
                 method, path, headers, body = jreq.method, jreq.target, jreq.headers, jreq.body
         peer = str(self.addr[0]) if self.addr else ""
-        headers = proxyrules.apply(app.rules, route, headers, tls=tls, ws=False, peer=peer)
+        headers = proxyrules.apply(
+            app.rules, route, headers, tls=tls, ws=False, peer=peer, trusted=trusted
+        )
         try:
             resp = await open_origin(
                 app.origin_client,
@@ -431,13 +434,14 @@ class Connection:
                 path,
                 headers,
                 body,
-                sig=app.sign(route),
+                sig=None if trusted else app.sign(route),
                 timeout_s=app.cfg.origin_timeout_s,
+                trusted=trusted,
             )
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)
-        try:
-            if route.no_grip or not is_grip_response(resp.headers):
+        try:  # trusted: GRIP instructions go up to the proxy in front, untouched
+            if trusted or route.no_grip or not is_grip_response(resp.headers):
                 self.mode = "passthrough"
                 if jreq is not None:
                     return await self.passthrough_jsonp(req, resp, jreq)

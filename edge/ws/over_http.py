@@ -147,6 +147,8 @@ class Opened:
     headers: Headers = dataclasses.field(default_factory=list)
     prefix: str | None = None
     events: list[WsEvent] = dataclasses.field(default_factory=list)
+    # the origin's grip extension, relayed to a trusted GRIP proxy in front (edge.upstream)
+    pass_extensions: bytes = b""
 
 
 def rejection(

@@ -175,9 +175,11 @@ def accept_head(
     key: bytes,
     origin_headers: Iterable[tuple[bytes | str, bytes | str]],
     deflate: Deflate | None = None,
+    extensions: bytes = b"",
 ) -> bytes:
     """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs),
-    and the permessage-deflate agreement when there is one."""
+    and the permessage-deflate agreement when there is one; ``extensions``: a
+    ``Sec-WebSocket-Extensions`` to send (to a trusted proxy in front)."""
     hs = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
@@ -191,6 +193,8 @@ def accept_head(
         if lk in _101_DROP or lk.startswith(("grip-", "set-meta-")):
             continue
         hs.append((ks, v.decode("latin-1") if isinstance(v, bytes) else v))
+    if extensions:
+        hs.append(("Sec-WebSocket-Extensions", extensions.decode("latin-1")))
     return responses.head(101, "Switching Protocols", hs)
 
 
@@ -605,14 +609,20 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         return
     side_cls = WohOrigin if route.targets[0].over_http else WsOrigin
     peer = str(conn.addr[0]) if conn.addr else ""
-    headers = proxyrules.apply(app.rules, route, req.headers, tls=tls, ws=True, peer=peer)
+    trusted = app.upstream.trusted_now(req.headers)  # a GRIP proxy in front (edge.upstream)
+    headers = proxyrules.apply(
+        app.rules, route, req.headers, tls=tls, ws=True, peer=peer, trusted=trusted
+    )
     side = side_cls(app, route, headers, path)
     opened = await side.open()
     if opened.reject is not None:
         await conn.send_all(opened.reject)
         return
-    deflate = negotiate(req.headers) if app.cfg.allow_compression else None
-    await conn.send_all(accept_head(key, opened.headers, deflate))
+    # a trusted proxy in front gets the origin's extension relayed; no compression then
+    deflate = (
+        negotiate(req.headers) if app.cfg.allow_compression and not opened.pass_extensions else None
+    )
+    await conn.send_all(accept_head(key, opened.headers, deflate, opened.pass_extensions))
     now = trio.current_time()
     session = WsSession(
         app,
