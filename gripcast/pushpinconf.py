@@ -282,11 +282,11 @@ def _sig_key(t: Translation, e: Entry) -> None:
 
 
 def _upstream_key(t: Translation, e: Entry) -> None:
-    if t.conf.text(e):
-        t.refuse(
-            e,
-            "forwarding GRIP upstream is not supported yet (issue #14): leave upstream_key empty",
-        )
+    key = t.conf.text(e)
+    if key.startswith("file:") and not key[5:].startswith("/"):
+        key = "file:" + posixpath.normpath(posixpath.join(t.conf.directory, key[5:]))
+    if key:
+        t.set(e, "upstream_key", key)
 
 
 def _x_forwarded_protocol(t: Translation, e: Entry) -> None:

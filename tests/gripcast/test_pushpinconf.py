@@ -181,6 +181,8 @@ MAPPED: list[tuple[str, str, str, dict[str, Any]]] = [
     ("proxy", "sig_key", "base64:aGk=", {"sig_key": "base64:aGk="}),
     ("proxy", "sig_key", "file:keys/k.pem", {"sig_key": "file:/etc/pushpin/keys/k.pem"}),
     ("proxy", "upstream_key", "", {}),
+    ("proxy", "upstream_key", "s3cret", {"upstream_key": "s3cret"}),
+    ("proxy", "upstream_key", "file:up.pem", {"upstream_key": "file:/etc/pushpin/up.pem"}),
     ("proxy", "max_open_requests", "-1", {}),
     ("proxy", "prometheus_port", "9480", {"edge_metrics_port": 9480}),
     ("proxy", "prometheus_prefix", "", {}),
@@ -272,7 +274,6 @@ REFUSED = [
     ("runner", "client_buffer_size", "10", "out of range"),
     ("runner", "services", "condure", "no pushpin-proxy or pushpin-handler"),
     ("proxy", "set_x_forwarded_protocol", "yes", "is not true, false or proto-only"),
-    ("proxy", "upstream_key", "secret", "issue #14"),
     ("proxy", "max_open_requests", "100", "does not cap open origin requests"),
     ("proxy", "prometheus_port", "ipc:///run/p", "TCP only"),
     ("handler", "push_in_spec", "ipc:///run/in", "tcp://host:port only"),
@@ -364,7 +365,9 @@ def test_publish_hosts_must_agree():
 
 def test_every_problem_reported_at_once():
     with pytest.raises(ConfigError) as exc:
-        translate(conf_of("[proxy]\nupstream_key=x\nbogus=1\n[runner]\nhttps_ports=443\n"))
+        translate(
+            conf_of("[proxy]\ncdn_loop=\nbogus=1\n[runner]\nhttps_ports=443\nhttp_port=1,2\n")
+        )
     assert len(exc.value.problems) == 3
 
 
