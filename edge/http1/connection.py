@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEEPALIVE_IDLE_S = 120.0
+# toward the origin for a TLS client (Pushpin's set_x_forwarded_protocol, proto-only: the
+# client's own X-Forwarded-Proto is always dropped by edge.origin.client)
+FORWARDED_HTTPS = ((b"X-Forwarded-Proto", b"https"),)
 READ_SIZE = 65536
 _PASS_DROP = frozenset(
     [
@@ -119,14 +122,20 @@ class Connection:
         "idle_since",
         "fresh",
         "body_started",
+        "tls",
     )
 
     def __init__(
-        self, app: ConnectionServices, sock: trio.socket.SocketType, addr: PeerAddress | None
+        self,
+        app: ConnectionServices,
+        sock: trio.socket.SocketType,
+        addr: PeerAddress | None,
+        tls: bool = False,
     ) -> None:
         self.app = app
-        self.sock = sock
+        self.sock = sock  # for a TLS client, the plaintext end of its pair (edge.tlsconn)
         self.addr = addr
+        self.tls = tls  # the client came in on an HTTPS listener
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: list[Request] = []
         self.cur: Request | None = None
@@ -362,7 +371,7 @@ class Connection:
                 self, req, host, path
             )  # edge.ws: the connection is the socket's now
             return False
-        route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), False, False)
+        route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), False, self.tls)
         if route is None:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
             return req.keep_alive
@@ -385,6 +394,7 @@ class Connection:
                 bytes(req.body),
                 sig=app.sign(route),
                 timeout_s=app.cfg.origin_timeout_s,
+                extra=FORWARDED_HTTPS if self.tls else (),
             )
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)

@@ -552,7 +552,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     from edge.ws.proxy import WsOrigin
 
     app = conn.app
-    route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), True, False)
+    route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), True, conn.tls)
     if route is None:
         await conn.send_all(responses.error(502, "Route not found"))
         return
