@@ -57,7 +57,10 @@ class CA:
         now = datetime.datetime.now(datetime.UTC)
         start, end = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=days))
         if days < 0:
-            start, end = now + datetime.timedelta(days=days * 2), now + datetime.timedelta(days=days)
+            start, end = (
+                now + datetime.timedelta(days=days * 2),
+                now + datetime.timedelta(days=days),
+            )
         sans: list[x509.GeneralName] = []
         for h in hosts:
             try:
