@@ -21,7 +21,8 @@ Backpressure carries through: a TLS client that stops reading stalls ``send_all`
 buffer fills, and the HTTP side sees a full socket as for a plain client (deliveries buffer in
 the session up to ``client_buffer_bytes``, then the slow-consumer cut-off; response writes time
 out after ``client_write_timeout_s``).  Either side ending ends the other: the HTTP side closing
-its end sends ``close_notify`` and closes the TCP connection; the client closing (or breaking
+its end (once what it wrote is flushed) closes the TCP connection (``https_compatible``: as
+browsers and web servers, no ``close_notify`` exchange); the client closing (or breaking
 TLS) half-closes the pair so the HTTP side reads EOF; the drain's read shutdown works on the
 inner end as on a plain socket.
 
@@ -46,7 +47,7 @@ from edge.tls import Certificates
 log = logging.getLogger(__name__)
 
 PUMP_BYTES = 256 * 1024  # one read of the pair: a delivery batch for one connection
-CLOSE_NOTIFY_S = 1.0  # at most this long to send close_notify when the connection ends
+CLOSE_S = 1.0  # closing the client's socket (shielded from the edge's cancellation)
 
 ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, bool], Awaitable[None]]
 
@@ -97,7 +98,9 @@ class TlsServer:
             trio.SocketStream(sock),
             self.certs.for_port(port),
             server_side=True,
-            https_compatible=True,  # no close_notify wait (browsers often send none)
+            # as browsers and servers do: a missing close_notify is not an error, and none is
+            # exchanged at the end (HTTP framing, not TLS EOF, says where a response ends)
+            https_compatible=True,
         )
         try:
             if not await self._handshake(stream, addr, handshake_timeout_s):
@@ -114,11 +117,13 @@ class TlsServer:
                     with trio.move_on_after(write_timeout_s):
                         await flushed.wait()
                     nursery.cancel_scope.cancel()
+        except Exception:  # a bug in one connection must not take the edge down
+            log.exception("TLS connection failed addr=%s", addr)
         finally:
             self.active -= 1
-            with trio.move_on_after(CLOSE_NOTIFY_S) as scope:
+            with trio.move_on_after(CLOSE_S) as scope:
                 scope.shield = True
-                await stream.aclose()  # close_notify when possible; always closes the socket
+                await stream.aclose()  # closes the client's socket
 
     async def _handshake(
         self, stream: trio.SSLStream[trio.SocketStream], addr: PeerAddress | None, timeout_s: float
