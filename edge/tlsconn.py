@@ -47,6 +47,12 @@ from edge.tls import Certificates
 log = logging.getLogger(__name__)
 
 PUMP_BYTES = 256 * 1024  # one read of the pair: a delivery batch for one connection
+# the pair's edge -> client buffer: a plain client's TCP send buffer grows to MBs (tcp_wmem),
+# while a unix socket's stays at wmem_default (208 KiB): one burst of large messages would
+# overflow it before the pump runs, and cut a reading TLS client off as a slow consumer that a
+# plain one would not be.  The kernel doubles it and caps it at wmem_max; memory is used only
+# while bytes wait in it.
+PAIR_SNDBUF = 1 << 20
 CLOSE_S = 1.0  # closing the client's socket (shielded from the edge's cancellation)
 
 ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, bool], Awaitable[None]]
@@ -69,6 +75,9 @@ class TlsServer:
         self.certs = certs
         self.handshakes = self.failures = self.timeouts = self.active = 0
         self.resumed = self.reloads = 0
+        # connections past their handshake and not yet closed: the drain waits for these too
+        # (what the HTTP side wrote last may still be on its way through the pair)
+        self.bridged = 0
 
     def install(self, certs: Certificates) -> None:
         """New connections use ``certs`` from now on; open ones keep theirs."""
@@ -105,18 +114,11 @@ class TlsServer:
         try:
             if not await self._handshake(stream, addr, handshake_timeout_s):
                 return
-            inner, outer = trio.socket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-            flushed = trio.Event()
-            with outer:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_to_client, stream, outer, nursery.cancel_scope, flushed)
-                    nursery.start_soon(_from_client, stream, outer)
-                    # the HTTP side owns (and closes) ``inner``; while it lingers (reading
-                    # what a refused client still sends) the client's bytes keep flowing to it
-                    await serve_plain(inner, addr, True)
-                    with trio.move_on_after(write_timeout_s):
-                        await flushed.wait()
-                    nursery.cancel_scope.cancel()
+            self.bridged += 1
+            try:
+                await self._bridge(stream, addr, serve_plain, write_timeout_s)
+            finally:
+                self.bridged -= 1
         except Exception:  # a bug in one connection must not take the edge down
             log.exception("TLS connection failed addr=%s", addr)
         finally:
@@ -124,6 +126,28 @@ class TlsServer:
             with trio.move_on_after(CLOSE_S) as scope:
                 scope.shield = True
                 await stream.aclose()  # closes the client's socket
+
+    async def _bridge(
+        self,
+        stream: trio.SSLStream[trio.SocketStream],
+        addr: PeerAddress | None,
+        serve_plain: ServePlain,
+        write_timeout_s: float,
+    ) -> None:
+        """The socket pair and its two pumps, until the HTTP side is done and flushed."""
+        inner, outer = trio.socket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        inner.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, PAIR_SNDBUF)
+        flushed = trio.Event()
+        with outer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_to_client, stream, outer, nursery.cancel_scope, flushed)
+                nursery.start_soon(_from_client, stream, outer)
+                # the HTTP side owns (and closes) ``inner``; while it lingers (reading what a
+                # refused client still sends) the client's bytes keep flowing to it
+                await serve_plain(inner, addr, True)
+                with trio.move_on_after(write_timeout_s):
+                    await flushed.wait()
+                nursery.cancel_scope.cancel()
 
     async def _handshake(
         self, stream: trio.SSLStream[trio.SocketStream], addr: PeerAddress | None, timeout_s: float

@@ -143,7 +143,7 @@ class TlsStream:
     """A raw HTTPS stream reader in a thread (verification on), like cluster.StreamClient."""
 
     def __init__(self, env: Env, path: str) -> None:
-        self.buf = b""
+        self.buf = bytearray()
         self.cond = threading.Condition()
         self.sock = env.client_ctx().wrap_socket(
             socket.create_connection(("127.0.0.1", env.https_port), timeout=10),
@@ -163,10 +163,22 @@ class TlsStream:
             pass
 
     def read_until(self, text: bytes, timeout: float = 10.0) -> bytes:
+        start = 0  # where the next search begins (each byte is searched about once)
+
+        def found() -> bool:
+            nonlocal start
+            if self.buf.find(text, start) >= 0:
+                return True
+            start = max(start, len(self.buf) - len(text) + 1)
+            return False
+
         with self.cond:
-            if not self.cond.wait_for(lambda: text in self.buf, timeout):
-                raise AssertionError(f"{text!r} not received; got {self.buf!r}")
-            return self.buf
+            if not self.cond.wait_for(found, timeout):
+                tail = bytes(self.buf[-300:])
+                raise AssertionError(
+                    f"{text!r} not received; {len(self.buf)} bytes, ending {tail!r}"
+                )
+            return bytes(self.buf)
 
     def close(self) -> None:
         try:
@@ -440,3 +452,105 @@ def test_bad_certificate_stops_the_edge_with_exit_78(tmp_path, env):
     )
     assert out.returncode == 78, out.stderr
     assert "the certificate expired on" in out.stderr
+
+
+def test_sigterm_drains_tls_streams(tmp_path):
+    """SIGTERM: a stream held over TLS gets its last chunk, through the TLS layer, before the
+    edge exits 0 (the drain waits for TLS connections to flush)."""
+    ca = make_ca(tmp_path)
+    pair = ca.issue(tmp_path, "server", ["localhost"])
+    https_port = _free_port()
+    with (
+        Origin({"/stream": _stream}) as origin,
+        Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            https_port=[f"127.0.0.1:{https_port}"],
+            tls_cert=pair.cert,
+            tls_key=pair.key,
+            drain_timeout_s=5.0,
+        ) as cluster,
+    ):
+        env = Env(tmp_path, origin, None, cluster, ca, {}, https_port)
+        s = TlsStream(env, "/stream?ch=tls-drain")
+        try:
+            s.read_until(b"[open]\n")
+            env.publish("tls-drain", HttpStreamFormat("one\n"))
+            s.read_until(b"one\n")
+            edge = cluster.edge_procs[0].proc
+            t0 = time.monotonic()
+            edge.send_signal(signal.SIGTERM)
+            data = s.read_until(b"0\r\n\r\n")  # the last chunk: a complete response
+            assert data.endswith(b"one\n\r\n0\r\n\r\n")
+            assert edge.wait(10) == 0
+            assert time.monotonic() - t0 < 5.0
+            s.thread.join(5)
+            assert not s.thread.is_alive()  # and the connection was closed after it
+        finally:
+            s.close()
+
+
+def test_stalled_tls_client_is_cut_off_others_keep_flowing(tmp_path):
+    """Back-pressure through the TLS bridge: a TLS client that stops reading fills its pair
+    and its session buffer, and is cut off (client_buffer_bytes) as a plain one would be; a
+    reading TLS client on the same channel gets every message."""
+    ca = make_ca(tmp_path)
+    pair = ca.issue(tmp_path, "server", ["localhost"])
+    https_port, metrics_port = _free_port(), _free_port()
+    n, pad = 400, 16000
+    with (
+        Origin({"/stream": _stream}) as origin,
+        Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            https_port=[f"127.0.0.1:{https_port}"],
+            tls_cert=pair.cert,
+            tls_key=pair.key,
+            client_buffer_bytes=65536,
+            edge_metrics_port=metrics_port,
+        ) as cluster,
+    ):
+        env = Env(tmp_path, origin, None, cluster, ca, {}, https_port)
+        env.metrics_port = metrics_port
+        reader = TlsStream(env, "/stream?ch=tls-slow")
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", https_port))
+        stalled = env.client_ctx().wrap_socket(raw, server_hostname="localhost")
+        try:
+            stalled.sendall(b"GET /stream?ch=tls-slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            reader.read_until(b"[open]\n")
+            head = b""
+            while b"[open]\n" not in head:
+                head += stalled.recv(4096)
+            with httpx.Client(timeout=10) as pub:
+                for k in range(0, n, 10):
+                    items = [
+                        {
+                            "channel": "tls-slow",
+                            "formats": {"http-stream": {"content": f"m{j} " + "x" * pad + "\n"}},
+                        }
+                        for j in range(k, k + 10)
+                    ]
+                    r = pub.post(cluster.publish_url + "/publish/", json={"items": items})
+                    assert r.status_code == 200
+            data = reader.read_until(f"m{n - 1} ".encode(), timeout=30)
+            assert all(f"m{j} ".encode() in data for j in range(n))
+            wait_for(
+                lambda: _metric(env, "gripcast_edge_slow_consumer_disconnects_total") >= 1,
+                timeout=15,
+                what="stalled TLS client cut off",
+            )
+            # the stalled client reads what was on its way, then EOF: no last chunk
+            stalled.settimeout(10)
+            got = head
+            try:
+                while chunk := stalled.recv(65536):
+                    got += chunk
+            except (ssl.SSLError, ConnectionResetError):
+                pass
+            assert b"\r\n0\r\n\r\n" not in got[-16:]
+            assert f"m{n - 1} ".encode() not in got
+        finally:
+            stalled.close()
+            reader.close()
