@@ -40,12 +40,13 @@ MAX_NAME = 253  # longest DNS name (Pushpin refuses longer SNI names too)
 _OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
 
 
-class _EncryptedKey(Exception):
-    pass
+class EncryptedKeyError(ConfigError):
+    """A private key asks for a password (raised from the ssl module's password callback, so
+    that loading never prompts on a terminal)."""
 
 
 def _no_password() -> str:
-    raise _EncryptedKey
+    raise EncryptedKeyError(["the private key is encrypted (not supported)"])
 
 
 def server_context(cert: str, key: str) -> ssl.SSLContext:
@@ -53,7 +54,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = base_context()
     try:
         ctx.load_cert_chain(cert, key, password=_no_password)
-    except _EncryptedKey:
+    except EncryptedKeyError:
         raise ConfigError([f"{key}: the private key is encrypted (not supported)"]) from None
     except FileNotFoundError as exc:
         raise ConfigError([f"{exc.filename or cert}: no such file"]) from exc
