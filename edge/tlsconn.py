@@ -38,6 +38,7 @@ import socket as stdsocket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from os import read as os_read
 
 import trio
 
@@ -45,6 +46,7 @@ from edge.fastpath import PeerAddress
 from edge.tls import Certificates
 
 log = logging.getLogger(__name__)
+wait_readable = trio.lowlevel.wait_readable
 
 PUMP_BYTES = 256 * 1024  # one read of the pair: a delivery batch for one connection
 # the pair's edge -> client buffer: a plain client's TCP send buffer grows to MBs (tcp_wmem),
@@ -160,8 +162,7 @@ class TlsServer:
                 log.debug("TLS handshake failed addr=%s: %s", addr, _reason(exc))
                 return False
             self.handshakes += 1
-            obj = stream._ssl_object  # trio's SSLStream forwards attributes of its SSLObject
-            if obj.session_reused:
+            if stream.session_reused:  # forwarded from the SSLObject by trio's SSLStream
                 self.resumed += 1
             return True
         self.timeouts += 1
@@ -176,10 +177,18 @@ async def _to_client(
     scope: trio.CancelScope,
     flushed: trio.Event,
 ) -> None:
-    """Edge -> client: what the pair holds, one ``send_all`` (one encryption) per read."""
+    """Edge -> client: what the pair holds, one ``send_all`` (one encryption) per read.
+
+    The pair is read after ``wait_readable`` with one plain ``read`` (as ``watch_client`` does):
+    no trio ``recv`` round trip per delivery batch."""
+    fd = outer.fileno()
     try:
         while True:
-            data = await outer.recv(PUMP_BYTES)
+            await wait_readable(outer)
+            try:
+                data = os_read(fd, PUMP_BYTES)
+            except (BlockingIOError, InterruptedError):
+                continue
             if not data:  # the HTTP side is done writing: all of it is out
                 flushed.set()
                 return

@@ -23,7 +23,7 @@ import websockets
 from gripcontrol import GripPubControl, HttpStreamFormat, WebSocketMessageFormat
 from pubcontrol import Item
 
-from tests.helpers import wait_for
+from tests.helpers import skip_missing, wait_for
 from tests.integration.cluster import Cluster, Origin
 from tests.integration.wsorigin import WohOriginApp
 from tests.tlscerts import make_ca
@@ -339,8 +339,9 @@ def _metric(env: Env, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 def test_renegotiation_is_refused(env):
+    if shutil.which("openssl") is None:
+        skip_missing("openssl")
     s = TlsStream(env, "/stream?ch=tls-r1")
     try:
         s.read_until(b"[open]\n")
