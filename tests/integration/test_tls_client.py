@@ -401,8 +401,35 @@ def test_sighup_reload_new_connections_only(env):
         env.pairs["default"] = new
         r = httpx.get(env.url("/echo"), verify=env.client_ctx(), timeout=10)
         assert r.status_code == 200
+        # a bad pair on the next SIGHUP (a key that does not match): the reload fails and the
+        # running certificates stay
+        other = env.ca.issue(env.tmp, "other", ["localhost"])
+        env.ca.issue(certs, "default", ["localhost", "127.0.0.1"])
+        shutil.copy(other.key, certs / "default.key")
+        notify = env.cluster.edge_procs[0].notify
+        os.kill(edge.pid, signal.SIGHUP)
+        _wait_status(notify, b"STATUS=serving (last reload failed)")
+        assert _peer_serial(env, "localhost") == new.serial
+        env.publish("tls-reload", HttpStreamFormat("after bad reload\n"))
+        s.read_until(b"after bad reload\n")
     finally:
         s.close()
+
+
+def _wait_status(notify, status: bytes, timeout: float = 10.0) -> None:
+    """Read the edge's sd_notify datagrams until one carries ``status``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {status!r} from the edge")
+        notify.sock.settimeout(remaining)
+        try:
+            data = notify.sock.recv(4096)
+        except TimeoutError:
+            continue
+        if status in data.split(b"\n"):
+            return
 
 
 def test_session_resumption(env):
