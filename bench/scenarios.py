@@ -44,6 +44,7 @@ class LoadConfig:
     concurrency: int
     churn_per_s: float = 0.0  # churn: client disconnects per second, over all workers
     kill_edge: bool = False  # churn: SIGKILL one gripcast edge once, a third of the way in
+    tls: bool = False  # clients connect over HTTPS / WSS (the target's https_port)
     connect_timeout_s: float = 90.0
     probe_timeout_s: float = 20.0
 
@@ -114,7 +115,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
     try:
         origin = Origin(resume=(kind == "gripcast")).start()
         lg_pids[origin.pid] = "origin"
-        target = make_target(kind, origin.port, cfg.edges, workdir)
+        target = make_target(kind, origin.port, cfg.edges, workdir, tls=cfg.tls)
         target.start()
 
         def samples():
@@ -138,13 +139,14 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             w = _WorkerHandle(
                 WorkerConfig(
                     i,
-                    target.client_port,
+                    target.https_port if cfg.tls else target.client_port,
                     cfg.transport,
                     first,
                     last,
                     cfg.channels,
                     max_seq,
                     cfg.concurrency,
+                    tls=cfg.tls,
                 )
             )
             workers.append(w)

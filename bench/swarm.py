@@ -33,6 +33,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ PROBE_RX = re.compile(rb"P(\d+)")
 BUCKETS_PER_E = 20  # latency histogram: bucket b covers [e^(b/20), e^((b+1)/20)) microseconds (~5%)
 SEC_SHIFT = 10
 
-HEAD, BODY, IDLE, CONNECTING = 0, 1, 2, 3
+HEAD, BODY, IDLE, CONNECTING, TLS_HANDSHAKE = 0, 1, 2, 3, 4
+_WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
 
 
@@ -101,6 +103,7 @@ class WorkerConfig:
     max_seq: int
     concurrency: int = 64
     resume: bool = True  # SSE: send Last-Event-ID on reconnect
+    tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
 
 
 class Client:
@@ -247,6 +250,14 @@ class Worker:
         self.lp = cfg.transport == "longpoll"
         self.sse = cfg.transport == "sse"
         self.ws = cfg.transport == "ws"
+        self.tls_ctx: ssl.SSLContext | None = None
+        if cfg.tls:
+            # the bench measures the server: no verification work here, no session resumption
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self.tls_ctx = ctx
 
     # --- connections ----------------------------------------------------------------------
 
@@ -320,6 +331,31 @@ class Worker:
         if err:
             self.fail(c, now)
             return
+        if self.tls_ctx is not None:
+            c.sock = self.tls_ctx.wrap_socket(
+                c.sock, server_hostname="localhost", do_handshake_on_connect=False
+            )
+            c.state = TLS_HANDSHAKE
+            self.handshake(c, now)
+            return
+        self.send_request(c, now)
+
+    def handshake(self, c: Client, now: float) -> None:
+        """One step of a non-blocking TLS handshake; the request goes out once it is done."""
+        try:
+            c.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.ep.modify(c.fd, select.EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self.ep.modify(c.fd, select.EPOLLOUT)
+            return
+        except OSError:
+            self.fail(c, now)
+            return
+        self.send_request(c, now)
+
+    def send_request(self, c: Client, now: float) -> None:
         try:
             c.sock.send(self.request(c))
         except OSError:
@@ -328,13 +364,37 @@ class Worker:
         c.state = HEAD
         self.ep.modify(c.fd, select.EPOLLIN)
 
+    def recv_tls(self, c: Client) -> bytes | None:
+        """Everything the TLS socket has decrypted (one record per ``recv``): b"" at EOF,
+        None when nothing is there yet."""
+        parts = []
+        while True:
+            try:
+                data = c.sock.recv(262144)
+            except _WANT:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                if not parts:
+                    return b""
+                break
+            parts.append(data)
+        return b"".join(parts) if parts else None
+
     def on_readable(self, c: Client, now: float) -> None:
-        try:
-            data = c.sock.recv(262144)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        if self.tls_ctx is not None:
+            got = self.recv_tls(c)
+            if got is None:
+                return
+            data = got
+        else:
+            try:
+                data = c.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
         if not data:
             if c.hs:
                 self.fail(c, now)
@@ -502,6 +562,8 @@ class Worker:
                 now = time.time()
                 if c.state == CONNECTING:
                     self.on_writable(c, now)
+                elif c.state == TLS_HANDSHAKE:
+                    self.handshake(c, now)
                 elif ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                     self.on_readable(c, now)
             now = time.time()

@@ -4,6 +4,11 @@ started with its own config on free ports, in its own process group, and stopped
 A target exposes the same things to a scenario: ``client_port``, ``publish_url`` (HTTP API),
 ``push_spec`` (ZeroMQ PUSH endpoint), ``pids()`` (every server process, for RSS and CPU), and
 ``start()``/``stop()``.  gripcast also has ``kill_edge()`` for the churn scenario.
+
+With ``tls`` (``--tls``) a target also listens for HTTPS on ``https_port`` with a certificate
+made for the run (``bench.certs``): gripcast with ``https_port``/``tls_cert``/``tls_key``,
+Pushpin with its runner's ``https_ports`` and ``runner/certs/default_<port>.crt`` beside its config
+(the name Pushpin's runner gives condure as the port's default certificate).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.certs import write_self_signed
 from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group, wait_port
 
 GRIPCAST_PORT_KEYS = (
@@ -34,6 +40,7 @@ class Target:
     name = "?"
     proc: subprocess.Popen | None = None
     client_port: int
+    https_port: int = 0  # with tls: the HTTPS listener
     publish_url: str
     push_spec: str
 
@@ -60,8 +67,17 @@ class Target:
         self.stop()
 
 
-def write_gripcast_config(path: Path, ports: dict, origin_port: int, edges: int) -> None:
+def write_gripcast_config(
+    path: Path, ports: dict, origin_port: int, edges: int, tls: tuple[int, str, str] | None = None
+) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
+    if tls is not None:
+        port, cert, key = tls
+        lines += [
+            f'https_port = ["127.0.0.1:{port}"]',
+            f'tls_cert = "{cert}"',
+            f'tls_key = "{key}"',
+        ]
     lines += [f"{k} = {v}" for k, v in ports.items()]
     lines.append(
         f'routes = ["*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http", '
@@ -78,12 +94,24 @@ class GripcastTarget(Target):
 
     name = "gripcast"
 
-    def __init__(self, origin_port: int, edges: int, workdir: str, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        origin_port: int,
+        edges: int,
+        workdir: str,
+        env: dict | None = None,
+        tls: bool = False,
+    ) -> None:
         self.ports = dict(zip(GRIPCAST_PORT_KEYS, free_ports(len(GRIPCAST_PORT_KEYS))))
         self.edges = edges
         self.dir = Path(workdir)
         self.config = self.dir / "gripcast.toml"
-        write_gripcast_config(self.config, self.ports, origin_port, edges)
+        tls_spec = None
+        if tls:
+            self.https_port = free_ports(1)[0]
+            cert, key = write_self_signed(self.dir, "server")
+            tls_spec = (self.https_port, cert, key)
+        write_gripcast_config(self.config, self.ports, origin_port, edges, tls_spec)
         self.log_path = str(self.dir / "gripcast.log")
         self.client_port = self.ports["client_port"]
         self.publish_url = f"http://127.0.0.1:{self.ports['http_port']}"
@@ -157,6 +185,7 @@ stats_connection_ttl=120
 [runner]
 services=condure,zurl,pushpin-proxy,pushpin-handler
 http_port={client_port}
+{https_line}
 logdir={logdir}
 log_level=2
 client_buffer_size=8192
@@ -215,9 +244,16 @@ class PushpinTarget(Target):
 
     name = "pushpin"
 
-    def __init__(self, origin_port: int, workdir: str) -> None:
+    def __init__(self, origin_port: int, workdir: str, tls: bool = False) -> None:
         client, push, http, sub, command = free_ports(5)
         self.dir = Path(workdir)
+        self.https_port = 0
+        if tls:
+            self.https_port = free_ports(1)[0]
+            # Pushpin 1.36's runner: <config dir>/runner/certs, default_<port> per HTTPS port
+            certs = self.dir / "runner" / "certs"
+            certs.mkdir(parents=True, exist_ok=True)
+            write_self_signed(certs, f"default_{self.https_port}")
         (self.dir / "run").mkdir(exist_ok=True)
         (self.dir / "log").mkdir(exist_ok=True)
         routes = self.dir / "routes"
@@ -230,7 +266,10 @@ class PushpinTarget(Target):
                 rundir=self.dir / "run",
                 logdir=self.dir / "log",
                 tag=os.getpid(),
-                client_port=client,
+                client_port=f"127.0.0.1:{client}" if tls else client,
+                # Pushpin's --port replaces every listener (HTTPS too): with TLS the HTTP port
+                # is given here instead, with its address
+                https_line=f"https_ports=127.0.0.1:{self.https_port}" if tls else "",
                 routes=routes,
                 push_port=push,
                 sub_port=sub,
@@ -245,21 +284,17 @@ class PushpinTarget(Target):
 
     def start(self) -> PushpinTarget:
         self._log = open(self.log_path, "ab")
+        port_flag = [] if self.https_port else ["--port", f"127.0.0.1:{self.client_port}"]
         self.proc = subprocess.Popen(
-            [
-                "pushpin",
-                "--config",
-                str(self.config),
-                "--port",
-                f"127.0.0.1:{self.client_port}",
-                "--merge-output",
-            ],
+            ["pushpin", "--config", str(self.config), *port_flag, "--merge-output"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
             wait_port(self.client_port, 30, self.proc)
+            if self.https_port:
+                wait_port(self.https_port, 30, self.proc)
             wait_port(int(self.publish_url.rsplit(":", 1)[1]), 30, self.proc)
             # the handler binds its publish port before the proxy is wired to it: ask both once
             _wait_http_ok(self.publish_url + "/publish/", 30, self.proc)
@@ -312,10 +347,10 @@ def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def make_target(kind: str, origin_port: int, edges: int, workdir: str) -> Target:
+def make_target(kind: str, origin_port: int, edges: int, workdir: str, tls: bool = False) -> Target:
     sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
     if kind == "gripcast":
-        return GripcastTarget(origin_port, edges, sub)
+        return GripcastTarget(origin_port, edges, sub, tls=tls)
     if kind == "pushpin":
-        return PushpinTarget(origin_port, sub)
+        return PushpinTarget(origin_port, sub, tls=tls)
     raise ValueError(kind)

@@ -54,6 +54,14 @@ class Config:
     client_addr: str = "0.0.0.0"
     client_port: int | None = None  # None: 7999 + port_offset
     port_offset: int = 0
+    # HTTPS listeners of the edges (docs/tls.md): "[addr:]port" each (addr: client_addr),
+    # port_offset added; certificates from tls_cert + tls_key (one PEM pair) and/or
+    # tls_certs_dir (<host>.crt/.key pairs picked by SNI, default.crt/.key for the rest),
+    # read at start and on SIGHUP
+    https_port: tuple[str, ...] = ()
+    tls_cert: str = _reload("", "edge")
+    tls_key: str = _reload("", "edge")
+    tls_certs_dir: str = _reload("", "edge")
     # broker addresses: where the broker binds, and where edges and tools reach it
     broker_bind: str = "127.0.0.1"
     broker_host: str = "127.0.0.1"
@@ -193,6 +201,13 @@ class Config:
             return DEFAULT_PORTS[name] + self.port_offset
         return int(value)
 
+    def https_listens(self) -> list[tuple[str, int]]:
+        """``(addr, port)`` of every HTTPS listener (``https_port``, port_offset applied)."""
+        return [
+            (addr or self.client_addr, port + self.port_offset)
+            for addr, port in (split_listen(v) for v in self.https_port)
+        ]
+
     def bind_addr(self, role: str) -> str:
         """Where the broker binds ``role``: ``publish`` (PULL, SUB, command), ``http`` (the
         HTTP API) or ``edge`` (XPUB, edge ROUTER); the role's key, else ``broker_bind``."""
@@ -229,12 +244,38 @@ def reloadable_keys(role: str) -> frozenset[str]:
 
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
 _COMMA_LISTS = frozenset(["x_forwarded_for", "x_forwarded_for_trusted", "orig_headers_need_mark"])
+_LISTEN_LISTS = {"https_port"}  # "[addr:]port" items: an int, "a,b" (Pushpin) or a list
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"[addr:]port"`` -> ``(addr or "", port)``; ``ValueError`` when it is not."""
+    addr, _, port = value.strip().rpartition(":")
+    n = int(port)
+    if not 0 < n <= 65535:
+        raise ValueError(f"port {n} out of range")
+    return addr.strip("[]"), n
+
+
+def _listen_list(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError("not [addr:]port")
+        parts = [item] if isinstance(item, int) else [p for p in item.split(",") if p.strip()]
+        for part in parts:
+            text = str(part).strip()
+            split_listen(text)
+            out.append(text)
+    return tuple(out)
 
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     f = _FIELDS[name]
     t = f.type
     try:
+        if name in _LISTEN_LISTS:
+            return _listen_list(value)
         if name in _INT_OR_NONE:
             if value is None or value == "":
                 return None
@@ -348,6 +389,7 @@ def validate(cfg: Config) -> list[str]:
     for name in DEFAULT_PORTS:
         if not 0 <= cfg.port(name) <= 65535:
             problems.append(f"{name}: {cfg.port(name)} out of range (port_offset too large?)")
+    problems.extend(_validate_tls(cfg))
     if cfg.history_max_items < 1:
         problems.append("history_max_items: must be at least 1")
     if cfg.history_max_age_s <= 0:
@@ -547,6 +589,22 @@ def _validate_exposure(cfg: Config) -> list[str]:
     return problems
 
 
+def _validate_tls(cfg: Config) -> list[str]:
+    """HTTPS ports in range, and certificates named for them (the files are checked by
+    ``edge.tls.load_certificates`` when an edge starts, and by ``gripcast run`` first)."""
+    problems = []
+    for addr, port in cfg.https_listens():
+        if port > 65535:
+            problems.append(f"https_port: {port} out of range (port_offset too large?)")
+        if port == cfg.port("client_port") and addr == cfg.client_addr:
+            problems.append(f"https_port: {port} is also the client_port")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        problems.append("tls_cert and tls_key: set both (a PEM certificate chain and its key)")
+    if cfg.https_port and not (cfg.tls_cert or cfg.tls_certs_dir):
+        problems.append("https_port: set tls_cert and tls_key, or tls_certs_dir")
+    return problems
+
+
 def config_warnings(cfg: Config) -> list[str]:
     """Settings that work but are unsafe: logged as WARNING when the config is loaded."""
     warnings = []
@@ -562,7 +620,7 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Rebuild a Config handed to a child process (``Config.to_dict`` output)."""
     d = dict(d)
     d["routes"] = tuple(d.get("routes", ()))
-    for key in ("curve_allowed_clients", *_COMMA_LISTS):
+    for key in ("curve_allowed_clients", "https_port", *_COMMA_LISTS):
         if key in d:
             d[key] = tuple(d[key])
     return Config(**d)

@@ -58,10 +58,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--routes-file", metavar="FILE", help="Pushpin-style routes file")
     p.add_argument(
+        "--https-port",
+        metavar="[ADDR:]PORT",
+        action="append",
+        default=None,
+        help="HTTPS listener of the edges (repeatable; replaces https_port of the config; "
+        "needs --tls-cert/--tls-key or tls_certs_dir; docs/tls.md)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for HTTPS")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
         "--port-offset",
         type=int,
         metavar="N",
-        help="add N to every default port (client and broker), like Pushpin's",
+        help="add N to every default port (client and broker) and to every HTTPS port, "
+        "like Pushpin's",
     )
     p.add_argument(
         "--broker-host",
@@ -307,6 +318,12 @@ def config_from_args(
     if args.port:
         addr, port = _split_addr(args.port, "0.0.0.0")
         overrides["client_addr"], overrides["client_port"] = addr, port
+    if args.https_port is not None:
+        overrides["https_port"] = tuple(args.https_port)
+    if args.tls_cert is not None:
+        overrides["tls_cert"] = args.tls_cert
+    if args.tls_key is not None:
+        overrides["tls_key"] = args.tls_key
     if args.route is not None:
         overrides["routes"] = tuple(args.route)
         overrides["routes_file"] = ""

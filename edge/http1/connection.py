@@ -126,14 +126,20 @@ class Connection:
         "sent",
         "status",
         "mode",
+        "tls",
     )
 
     def __init__(
-        self, app: ConnectionServices, sock: trio.socket.SocketType, addr: PeerAddress | None
+        self,
+        app: ConnectionServices,
+        sock: trio.socket.SocketType,
+        addr: PeerAddress | None,
+        tls: bool = False,
     ) -> None:
         self.app = app
-        self.sock = sock
+        self.sock = sock  # for a TLS client, the plaintext end of its pair (edge.tlsconn)
         self.addr = addr
+        self.tls = tls  # the client came in on an HTTPS listener
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: list[Request] = []
         self.cur: Request | None = None
@@ -376,7 +382,8 @@ class Connection:
             )  # edge.ws: the connection is the socket's now
             return False
         rules = app.rules
-        tls = claims_tls(rules, req.headers)
+        # a TLS client, or one behind a trusted TLS terminator (accept_x_forwarded_protocol)
+        tls = self.tls or claims_tls(rules, req.headers)
         route = pick_route(
             app.routes,
             rules,

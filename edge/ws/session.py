@@ -588,7 +588,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     from edge.ws.proxy import WsOrigin
 
     app = conn.app
-    tls = claims_tls(app.rules, req.headers)
+    tls = conn.tls or claims_tls(app.rules, req.headers)
     route = pick_route(
         app.routes,
         app.rules,
