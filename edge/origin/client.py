@@ -83,6 +83,12 @@ class OriginError(RemoteProtocolError):
         super().__init__(reason, status=502)
 
 
+def _escape_high(target: bytes) -> bytes:
+    """``target`` with every byte above 0x7f percent-encoded (``/caf\xc3\xa9`` ->
+    ``/caf%C3%A9``), as an HTTP client library sends a non-ASCII URL."""
+    return b"".join(b"%%%02X" % c if c > 0x7F else bytes((c,)) for c in target)
+
+
 class RequestHeadError(OriginError):
     """A request head toward the origin would carry a bad header name or value (never sent:
     it could smuggle headers or a second request); not worth retrying."""
@@ -127,6 +133,8 @@ class OriginClient:
         good = self._tokens
         if method not in good:
             self._remember_token(method)
+        if not target.isascii():  # a request target is ASCII (RFC 3986): escape the rest
+            target = _escape_high(target)
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
         for k, v in headers:
             if k not in good:
