@@ -51,6 +51,7 @@ SANS_IO = [
     "edge/proxyrules.py",
     "edge/cors.py",
     "edge/jsonp.py",
+    "edge/grip/aco.py",
     "edge/timers.py",
     "broker/ops/stats.py",
     "edge/ops/connstats.py",

@@ -50,6 +50,7 @@ import random
 import re
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
@@ -59,6 +60,7 @@ from _speedups import http_chunk
 from broker.errors import GripcastError, InstructError, RemoteProtocolError
 from edge import readtimer
 from edge.grip import filters
+from edge.grip.aco import finish_held, with_cors
 from edge.grip.cache import InstructCache
 from edge.grip.instruct import Hold, is_grip_response
 from edge.grip.nextlink import (
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
     from edge.grip.cache import InstructOptions
     from edge.grip.instruct import Channel
     from edge.http1.connection import Connection, Request
+    from edge.jsonp import JsonpRequest
     from edge.origin.client import OriginResponse
     from edge.routes import Route
     from edge.services import ConnectionServices
@@ -362,9 +365,19 @@ def _proxy_filtered(hold: Hold, pieces: AsyncIterator[bytes]) -> AsyncIterator[b
     return _ProxyFiltered(hold, pieces)
 
 
-async def handle_grip(conn: Connection, req: Request, route: Route, resp: OriginResponse) -> bool:
+async def handle_grip(
+    conn: Connection,
+    req: Request,
+    route: Route,
+    resp: OriginResponse,
+    *,
+    aco: bool = False,
+    jsonp: JsonpRequest | None = None,
+) -> bool:
     """Answer a client request whose origin response is a GRIP instruct; True if the
-    connection may serve another request.  Closes ``resp`` (and any retried responses)."""
+    connection may serve another request.  Closes ``resp`` (and any retried responses).
+    ``aco``: the route's auto cross-origin, with ``jsonp`` when the request was JSON-P
+    (``edge.grip.aco``: CORS on heads, JSON-P or CORS on a response hold's answer)."""
     app = conn.app
     if len(req.body) > MAX_ACCEPT_REQUEST_BODY:
         await resp.aclose()
@@ -379,9 +392,12 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
             try:
                 hold, body_iter = await _parse(resp, route, app.instruct_cache)
                 if hold.mode == "response":
+                    finish = _AcoFinish(req.headers, jsonp) if aco else None
                     return await hold_response(
-                        conn, req, route, hold, resolve, attempts < MAX_ATTEMPTS
+                        conn, req, route, hold, resolve, attempts < MAX_ATTEMPTS, finish
                     )
+                if aco:  # heads (stream, answer now) get CORS, never JSON-P
+                    hold = replace(hold, headers=with_cors(hold.headers, req.headers))
                 if hold.mode == "stream" or hold.next_link:
                     if body_iter is None:
                         resp.forget()  # a held stream keeps none of the origin's response
@@ -396,14 +412,24 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
             attempts += 1
             resolve = retry.resolve
             log.debug("retrying origin request path=%s attempt=%d", req.url, attempts)
+            if jsonp is not None:  # the request JSON-P stood for (Pushpin retries that one)
+                method, target, headers, body = (
+                    jsonp.method,
+                    jsonp.target,
+                    jsonp.headers,
+                    jsonp.body,
+                )
+            else:
+                method, headers, body = req.method, req.headers, bytes(req.body)
+                target = _client_path(req)[1].encode("latin-1")
             try:
                 resp = await open_origin(
                     app.origin_client,
                     route,
-                    req.method,
-                    _client_path(req)[1].encode("latin-1"),
-                    req.headers,
-                    bytes(req.body),
+                    method,
+                    target,
+                    headers,
+                    body,
                     sig=app.sign(route),
                     timeout_s=app.cfg.origin_timeout_s,
                     extra=retry.extra,
@@ -412,7 +438,9 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
                 return await conn.proxy_error(req, route, exc)
             if route.no_grip or not is_grip_response(resp.headers):
                 try:
-                    return await conn.passthrough(req, resp)
+                    if jsonp is not None:
+                        return await conn.passthrough_jsonp(req, resp, jsonp)
+                    return await conn.passthrough(req, resp, req.headers if aco else None)
                 finally:
                     await resp.aclose()
             continue
@@ -444,8 +472,26 @@ def _post_gone(app: ConnectionServices, route: Route, req: Request, link: str) -
     app.nursery.start_soon(post)
 
 
+class _AcoFinish:
+    """A response hold's answer on an ``aco`` route (``edge.grip.aco.finish_held``)."""
+
+    __slots__ = ("request", "jsonp")
+
+    def __init__(self, request: list[tuple[bytes, bytes]], jsonp: JsonpRequest | None) -> None:
+        self.request, self.jsonp = request, jsonp
+
+    def __call__(self, data: bytes) -> bytes:
+        return finish_held(data, self.request, self.jsonp)
+
+
 async def hold_response(
-    conn: Connection, req: Request, route: Route, hold: Hold, resolve: bool, may_retry: bool
+    conn: Connection,
+    req: Request,
+    route: Route,
+    hold: Hold,
+    resolve: bool,
+    may_retry: bool,
+    finish: _AcoFinish | None = None,
 ) -> bool:
     app = conn.app
     now = trio.current_time()
@@ -524,7 +570,7 @@ async def hold_response(
             _post_gone(app, route, req, hold.gone_link)
     if session.result is None:  # a retry that may not happen (too many attempts)
         session.result = responses.timeout(hold, keep_alive=req.keep_alive)
-    await conn.send_all(session.result)
+    await conn.send_all(session.result if finish is None else finish(session.result))
     return req.keep_alive
 
 

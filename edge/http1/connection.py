@@ -455,11 +455,7 @@ class Connection:
                 return await self.passthrough(req, resp, cors_request=req.headers if aco else None)
             hold = next((v for k, v in resp.headers if k.lower() == b"grip-hold"), None)
             self.mode = hold.decode("latin-1") if hold in (b"response", b"stream") else "instruct"
-            if aco:  # the client sees the instruct's headers (Grip-* excluded) with CORS
-                resp.headers += cors_headers(
-                    req.headers, [(k, v) for k, v in resp.headers if k.lower() not in _PASS_DROP]
-                )
-            return await handle_grip(self, req, route, resp)
+            return await handle_grip(self, req, route, resp, aco=aco, jsonp=jreq)
         except (OriginError, InstructError) as exc:
             return await self.proxy_error(req, route, exc)
         finally:
