@@ -5,8 +5,11 @@ then ``from=<address>`` with ``log_from`` (the logical client address: Pushpin's
 first ``X-Forwarded-For`` value unless ``x_forwarded_for`` truncates it all) and ``ua="..."``
 with ``log_user_agent``.  ``mode`` is how the request was answered: ``passthrough``,
 ``response`` / ``stream`` (GRIP holds), ``instruct`` (GRIP without a hold), ``error`` (no
-route, refused, origin failure).  WebSocket sessions are not logged here yet.  ``bytes`` counts what the request's task wrote (a stream's published content
-goes out on the delivery path and is not counted).
+route, refused, origin failure), ``ws`` (a WebSocket session: its line is written when it
+ends, ``status=101`` when it opened, the duration is the session's).  ``bytes`` is every byte
+written to the client for the request: what the connection task wrote plus what the delivery
+path wrote to a held stream or a WebSocket session (published content, keep-alives, the end of
+a stream; one integer add per delivery, ``StreamSession.sent`` / ``WsSession.sent``).
 
 Logged at INFO, or at the route's ``log_level`` (Pushpin's 0 error, 1 warning, 2 info,
 3 debug); ``access_log = false`` turns it off.

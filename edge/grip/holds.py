@@ -940,6 +940,7 @@ async def hold_stream(
                 await conn.send_all(f"\n\n{exc.reason}\n".encode())
         return False
     finally:
+        conn.sent += s.sent  # what the delivery path wrote, for the access log
         s.end()
         app.holds.discard(s)
         if st.registered:

@@ -50,6 +50,7 @@ class StreamSession(Session):
         "writing",
         "scope",
         "last_out",
+        "sent",
         "filters",
         "meta",
         "channel_names",
@@ -71,6 +72,7 @@ class StreamSession(Session):
         self.writing = True  # the connection task sends the initial response first
         self.scope: trio.CancelScope | Waker | None = None  # the connection task's wait
         self.last_out = now
+        self.sent = 0  # bytes the delivery path wrote (the access log's count)
         _subscription(self, hold)
         self.last_cursor: dict[str, str] = {}  # channel -> cursor of the last delivered message
         self.hinted = False  # fetch the next link now (a "hint", or the update limiter's turn)

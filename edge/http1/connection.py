@@ -126,6 +126,7 @@ class Connection:
         "sent",
         "status",
         "mode",
+        "ws_route",
         "tls",
     )
 
@@ -157,6 +158,7 @@ class Connection:
         self.sent = 0  # bytes written by this task (the access log's byte count)
         self.status = 0  # the status of the current request's answer (0: none yet)
         self.mode = ""  # how the current request was answered (edge.accesslog)
+        self.ws_route: Route | None = None  # a WebSocket session's route (edge.ws.session)
 
     # -- httptools callbacks -------------------------------------------------------------------
     # httptools calls the others only between on_message_begin and on_message_complete, and
@@ -377,9 +379,14 @@ class Connection:
             req.host = host
         if self.upgrade and not self.queue and is_websocket_request(req.headers):
             self.parser = None  # no more HTTP on this connection
-            await serve_websocket(
-                self, req, host, path
-            )  # edge.ws: the connection is the socket's now
+            log_rec = accesslog.Begin(trio.current_time(), self.sent)
+            self.status, self.mode, self.ws_route = 0, "ws", None
+            try:  # edge.ws: the connection is the socket's now
+                await serve_websocket(self, req, host, path)
+            finally:  # the session's line, however it ended
+                accesslog.log_request(
+                    app.cfg, app.rules, req, self.ws_route, path, self, log_rec, self.mode
+                )
             return False
         rules = app.rules
         # a TLS client, or one behind a trusted TLS terminator (accept_x_forwarded_protocol)

@@ -413,11 +413,13 @@ class Deliverer:
                 if n == len(data):
                     self._deliveries += 1
                     self._bytes += n
+                    s.sent += n
                     s.last_out = now
                     if s.state is closing:
                         s.finish()
                 elif n >= 0:
                     self._bytes += n
+                    s.sent += n
                     if n:
                         s.last_out = now
                     self._buffer(s, data[n:])
@@ -484,6 +486,7 @@ class Deliverer:
                 if n:
                     del s.buf[:n]
                     self._bytes += n
+                    s.sent += n
                     s.last_out = trio.current_time()
         finally:
             self._writers -= 1

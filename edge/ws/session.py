@@ -252,6 +252,7 @@ class WsSession(Session):
         "scope",
         "read_scope",
         "last_out",
+        "sent",
         "filters",
         "meta",
         "channel_names",
@@ -296,6 +297,7 @@ class WsSession(Session):
         self.scope: trio.CancelScope | None = None
         self.read_scope: trio.CancelScope | None = None
         self.last_out = now
+        self.sent = 0  # bytes the delivery path wrote (the access log's count)
         self.filters: dict[str, tuple[str, ...]] = {}
         self.meta: dict[str, str] = {}
         self.channel_names: frozenset[str] = frozenset()
@@ -598,6 +600,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         ws=True,
         tls=tls,
     )
+    conn.ws_route = route  # for the access log's line (edge.accesslog)
     if route is None:
         await conn.send_all(responses.error(502, "Route not found"))
         return
@@ -649,6 +652,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.debug("websocket ended conn=%s: %s", session.id, exc)
     finally:
+        conn.sent += session.sent  # what the delivery path wrote, for the access log
         session.end()
         app.remove_session(session)
         if not clean:

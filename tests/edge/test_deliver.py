@@ -261,3 +261,19 @@ def test_one_message_patches_a_shared_timeout_body_once(monkeypatch):
         assert len(calls) == 2
 
     trio.run(main)
+
+
+def test_sessions_count_what_the_delivery_path_wrote():
+    """``sent`` (the access log's count of a held stream's bytes) is every byte written."""
+
+    async def main():
+        hub = Hub()
+        p1 = PipeEnd()
+        s1 = session(p1)
+        hub.add(s1, ["c"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        await d.deliver([stream(b"one"), stream(b"two", seq=2)], now=1.0)
+        assert s1.sent == len(p1.read()) == 16
+        p1.close()
+
+    trio.run(main)
