@@ -101,29 +101,52 @@ class PublishPlan:
     rate: float  # messages per second per channel
     duration: float
     start_at: float  # time.time() to start at
+    base: int = 0  # the first message of each channel has seq base + 1
+    batch: int = 0  # HTTP: items per POST (0: every item due, at most 1000 per POST)
+
+
+def plan_total(plan: PublishPlan) -> int:
+    """How many items the plan publishes: ``rate x duration`` per channel (at least one)."""
+    return max(1, int(plan.rate * plan.duration)) * plan.channels
+
+
+def item_of(k: int, channels: int, base: int) -> tuple[str, int]:
+    """The ``k``-th item (from 0) of a plan: its channel and seq.  Items go round the
+    channels, so publishes are spread evenly over them in time."""
+    return f"c{k % channels}", base + k // channels + 1
+
+
+def published_counts(sent: int, channels: int) -> dict[str, int]:
+    """Messages each channel got when the first ``sent`` items went out."""
+    q, r = divmod(sent, channels)
+    return {f"c{i}": q + (1 if i < r else 0) for i in range(channels)}
 
 
 def publisher_main(plan: PublishPlan, pipe) -> None:
-    """Publish ``rate`` msg/s to every channel for ``duration`` s; send back what was published."""
+    """Publish ``rate`` msg/s to every channel for ``duration`` s (``rate x channels`` items/s in
+    all, round the channels); send back what was published.  With ``batch`` B each HTTP POST
+    carries B items and goes out when its last item is due."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pub = open_publisher(plan.kind, plan.url, plan.spec)
-    channels = [f"c{i}" for i in range(plan.channels)]
-    total = max(1, int(plan.rate * plan.duration))
+    total = plan_total(plan)
+    per_s = plan.rate * plan.channels  # items per second
+    chunk = plan.batch if plan.batch > 0 and plan.kind == "http" else 0
     errors, error_text, calls = 0, "", 0
-    published = 0  # seq of the last message published (same on every channel)
+    sent = 0
     while time.time() < plan.start_at:
         time.sleep(min(0.01, max(0.0, plan.start_at - time.time())))
     start = time.time()
-    while published < total:
+    while sent < total:
         now = time.time()
-        due = min(total, int((now - start) * plan.rate) + 1)
-        if due > published:
-            # at most 1000 items per POST; a late tick catches up over several calls
-            due = min(due, published + max(1, 1000 // len(channels)))
+        due = min(total, int((now - start) * per_s) + 1)
+        if chunk and due < total:
+            due = sent + (due - sent) // chunk * chunk  # whole batches only
+        if due > sent:
+            # a late tick catches up over several calls
+            end = min(due, sent + (chunk or 1000))
             items = [
-                format_item(plan.transport, ch, seq, now)
-                for seq in range(published + 1, due + 1)
-                for ch in channels
+                format_item(plan.transport, *item_of(k, plan.channels, plan.base), now)
+                for k in range(sent, end)
             ]
             try:
                 pub.publish(items)
@@ -131,25 +154,33 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
                 errors += len(items)
                 error_text = repr(exc)[:300]
             calls += 1
-            published = due
+            sent = end
             if pipe.poll():
                 if pipe.recv() == "stop":
                     break
-        next_at = start + published / plan.rate
-        delay = next_at - time.time()
+            if sent < due:
+                continue
+        next_k = min(total, sent + (chunk or 1)) - 1  # the item whose due time we wait for
+        delay = start + next_k / per_s - time.time()
         if delay > 0:
             time.sleep(delay)
     elapsed = time.time() - start
     pub.close()
+    counts = published_counts(sent, plan.channels)
     pipe.send(
         {
-            "published": {ch: published for ch in channels},
-            "per_channel": published,
-            "items": published * len(channels),
+            "published": counts,
+            "base": plan.base,
+            "per_channel": max(counts.values()),
+            "items": sent,
             "errors": errors,
             "error": error_text,
             "calls": calls,
+            "items_per_call": round(sent / calls, 1) if calls else None,
             "elapsed_s": round(elapsed, 3),
-            "rate_achieved": round(published * len(channels) / elapsed, 1) if elapsed > 0 else None,
+            "offered_per_s": round(per_s, 1),
+            "rate_achieved": round(sent / elapsed, 1) if elapsed > 0 else None,
+            # how long after its schedule the last item went out: the publisher's own limit
+            "lag_s": round(elapsed - (total - 1) / per_s, 3),
         }
     )

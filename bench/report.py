@@ -11,6 +11,16 @@ from rich.table import Table
 
 # (label, getter, better): better is "high", "low" or None (no ratio judgement)
 METRICS = [
+    (
+        "saturation: limit deliveries/s (best unsaturated step)",
+        lambda r: r["saturation"]["limit_deliveries_per_s"],
+        "high",
+    ),
+    (
+        "saturation: saturated at msg/s (why)",
+        lambda r: _saturated(r),
+        None,
+    ),
     ("deliveries/s (received / time to receive)", lambda r: r["deliveries"]["per_s"], "high"),
     (
         "deliveries/s (median second while publishing)",
@@ -28,7 +38,12 @@ METRICS = [
     ("latency max ms", lambda r: r["latency_ms"]["max"], "low"),
     ("connections/s while establishing", lambda r: r["connect"]["rate_per_s"], "high"),
     ("connect failures (retried)", lambda r: r["connect"]["failures"], None),
-    ("memory per held connection KiB", lambda r: r["memory"]["per_conn_kib"], "low"),
+    (
+        "memory per held connection KiB (whole process tree)",
+        lambda r: r["memory"]["per_conn_kib"],
+        "low",
+    ),
+    ("server processes measured", lambda r: r["memory"]["processes"], None),
     (
         "server RSS before / after connect MiB",
         lambda r: (
@@ -36,7 +51,13 @@ METRICS = [
         ),
         None,
     ),
-    ("messages lost (all clients)", lambda r: r["loss"]["lost"], "low"),
+    (
+        "late deliveries (after late ms; counted delivered)",
+        lambda r: f"{r['late']['count']:,} (>{r['late']['late_after_ms']} ms)",
+        None,
+    ),
+    ("late deliveries latency p50 / p99 / max ms", lambda r: _late(r), None),
+    ("messages lost (never arrived; all clients)", lambda r: r["loss"]["lost"], "low"),
     ("messages duplicated (all clients)", lambda r: r["loss"]["duplicated"], "low"),
     (
         "clients with loss / with dups",
@@ -59,6 +80,22 @@ METRICS = [
     ("load-generator CPU s, publish phase", lambda r: _cpu(r, "loadgen"), None),
     ("busiest process (core share)", lambda r: _busiest(r), None),
 ]
+
+
+def _saturated(r):
+    s = r["saturation"]
+    if s["saturated_rate"] is None:
+        return f"not saturated ({s['stopped_by']})"
+    return f"{s['saturated_rate'] * r['config']['channels']:,.6g}: " + "; ".join(
+        s["saturated_reasons"]
+    )
+
+
+def _late(r):
+    la = r["late"]
+    if not la["count"]:
+        return "-"
+    return f"{_fmt(la['p50_ms'])} / {_fmt(la['p99_ms'])} / {_fmt(la['max_ms'])}"
 
 
 def _worst(r):
@@ -133,8 +170,12 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     cfg = runs[ok[0]]["config"]
     title = (
         f"{cfg['scenario']}: {cfg['transport']}, {cfg['clients']} clients, {cfg['channels']} channel(s), "
-        f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}, "
-        f"gripcast edges {cfg['edges']}"
+        f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}"
+        f"{' batch ' + str(cfg['batch']) if cfg.get('batch') else ''}, "
+        f"gripcast edges {cfg['edges']}; log level {cfg.get('log_level')}, stats "
+        f"{'on' if cfg.get('stats') else 'off'} on both; clients "
+        f"{'resume with cursor' if cfg.get('resume') else 'reconnect without cursor'}"
+        f"{'; saturation search' if cfg.get('saturate') else ''}; order {' then '.join(names)}"
     )
     table = Table(title=title)
     table.add_column("metric")
@@ -144,6 +185,8 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         table.add_column(f"{ok[0]} / {ok[1]}", justify="right")
     for label, getter, better in METRICS:
         vals = [_value(getter, runs[n]) for n in ok]
+        if label.startswith("saturation") and all(v is None for v in vals):
+            continue  # not a saturation search
         cells = [_fmt(v) for v in vals]
         if len(ok) == 2:
             rt = ratio_of(vals[0], vals[1], better)
@@ -154,6 +197,11 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
                 cells.append(f"[{'green' if good else 'red'}]{rt:.2f}x[/]")
         table.add_row(label, *cells)
     console.print(table)
+    for n in ok:
+        if runs[n].get("steps"):
+            print_steps(n, runs[n], console)
+    for n in ok:
+        print_memory(n, runs[n], console)
     for n in ok:
         r = runs[n]
         t = Table(
@@ -175,6 +223,69 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         console.print(t)
         if "edge_kill" in r:
             console.print(f"{n}: edge kill: {r['edge_kill']}")
+
+
+def print_steps(name: str, r: dict, console: Console) -> None:
+    """The saturation search of one target: one row per rate step."""
+    s = r["saturation"]
+    t = Table(
+        title=f"{name}: saturation search (stopped: {s['stopped_by']}; limit "
+        f"{_fmt(s['limit_deliveries_per_s'])} deliveries/s)"
+    )
+    for col in (
+        "msg/s",
+        "offered deliv/s",
+        "deliv/s",
+        "on time",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "late",
+        "lost",
+        "publisher items/s",
+        "verdict",
+    ):
+        t.add_column(col, justify="left" if col == "verdict" else "right")
+    for st in r["steps"]:
+        d = st["deliveries"]
+        v = st["saturation"]
+        verdict = "; ".join(v["reasons"]) or "ok"
+        if v["loadgen_limited"]:
+            verdict += f" (load generator: {v['note']})"
+        t.add_row(
+            _fmt(st["msgs_per_s"]),
+            _fmt(st["offered_deliveries_per_s"]),
+            _fmt(d["per_s"]),
+            f"{d['on_time'] / d['expected']:.1%}" if d["expected"] else "-",
+            _fmt(st["latency_ms"]["p50"]),
+            _fmt(st["latency_ms"]["p99"]),
+            _fmt(st["latency_ms"]["max"]),
+            _fmt(st["late"]["count"]),
+            _fmt(st["loss"]["lost"]),
+            _fmt(st["publish"]["rate_achieved"]),
+            verdict,
+        )
+    console.print(t)
+
+
+def print_memory(name: str, r: dict, console: Console) -> None:
+    """RSS of every process of the target's tree, before/after the connections, per connection."""
+    m = r["memory"]
+    t = Table(
+        title=f"{name}: memory over the whole process tree ({m['processes']} processes; "
+        f"{_fmt(m['per_conn_kib'])} KiB per connection in all)"
+    )
+    for col in ("process", "pid", "RSS before KiB", "RSS after KiB", "KiB per connection"):
+        t.add_column(col, justify="left" if col == "process" else "right")
+    for p in m["by_process"]:
+        t.add_row(
+            p["name"],
+            str(p["pid"]),
+            _fmt(p["before_kib"]),
+            _fmt(p["after_kib"]),
+            _fmt(p.get("per_conn_kib")),
+        )
+    console.print(t)
 
 
 def print_ingest(r: dict, console: Console | None = None) -> None:

@@ -1,13 +1,24 @@
 """Scenarios: one load run against one target (``run_load``), and broker ingest (``run_ingest``).
 
-A load run, in order: start the origin and the target; sample server RSS; start the client
-workers and let them connect (setup rate = clients / time from first connect to last head);
-sample RSS again (memory per held connection); publish probes until every client has seen one
-(so nobody is counted as losing a message published before it was subscribed); publish numbered
-messages for ``duration`` seconds (churn: workers also drop and resume clients, and on gripcast
-one edge is SIGKILLed once); wait for deliveries to stop; collect every worker's counts.
-CPU seconds are sampled from /proc for every server and load-generator process at each phase
-boundary.  Everything started is stopped by PID in ``finally``.
+A load run, in order: start the origin and the target (the same log level and the same stats
+socket on both targets); the same warm-up on both (``targets.warm_up``); sample the RSS of the
+target's whole process tree; start the client workers and let them connect (setup rate =
+clients / time from first connect to last head); sample RSS again (memory per held connection,
+all processes together and per process); publish probes until every client has seen one (so
+nobody is counted as losing a message published before it was subscribed); then one or more
+publishing *steps* with the clients kept connected: one step for a plain run, rising rates for a
+saturation search (``bench.saturation``).  A step publishes numbered messages for ``duration``
+seconds (churn: workers also drop and resume clients, and on gripcast one edge is SIGKILLed
+once), waits for stragglers (until every delivery arrived, or none came for ``stall_s``, at most
+``drain_max_s``), and collects every worker's counts: deliveries later than ``late_s`` after
+their publish are *late* (counted, with their latency), messages that never came are *lost*.
+CPU seconds are sampled from /proc for every server and load-generator process around each
+step.  Everything started is stopped by PID in ``finally``.
+
+Client behaviour is the same on both targets: a client the server drops reconnects, with its
+cursor (SSE ``Last-Event-ID``, HTTP-stream ``?last=``) only when ``resume`` is on, which only
+the ``churn`` scenario (labelled "resume with cursor") does; the origin turns a cursor into
+``prev-id`` for either target.
 """
 
 from __future__ import annotations
@@ -23,21 +34,22 @@ from dataclasses import asdict, dataclass
 from bench import procs
 from bench.origin import Origin
 from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_main
-from bench.stats import merge_hists, summarize
-from bench.swarm import WorkerConfig, worker_main
-from bench.targets import GripcastTarget, make_target
+from bench.saturation import SaturationRule, rate_steps, summary, verdict
+from bench.stats import merge_hists, percentiles, summarize
+from bench.swarm import WorkerConfig, bucket_value_ms, worker_main
+from bench.targets import GripcastTarget, make_target, warm_up
 
 CTX = multiprocessing.get_context("fork")
 
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
-    scenario: str  # fanout | churn
+    scenario: str  # fanout | churn | channels
     transport: str
     clients: int
     channels: int
-    rate: float  # messages/s per channel
-    duration: float
+    rate: float  # messages/s per channel (the first step's, in a saturation search)
+    duration: float  # seconds of publishing per step
     edges: int
     publisher: str  # http | zmq
     procs: int
@@ -46,6 +58,20 @@ class LoadConfig:
     kill_edge: bool = False  # churn: SIGKILL one gripcast edge once, a third of the way in
     connect_timeout_s: float = 90.0
     probe_timeout_s: float = 20.0
+    resume: bool = False  # clients reconnect with a cursor (the labelled resume scenario)
+    batch: int = 0  # HTTP publishing: items per POST (0: whatever is due, up to 1000)
+    late_s: float = 5.0  # deliveries later than this are late (not lost)
+    drain_max_s: float = 30.0  # the longest wait for stragglers after a step's last publish
+    stall_s: float = 5.0  # ... which ends earlier when no delivery came for this long
+    log_level: str = "warning"  # both targets
+    stats: bool = True  # both targets' Pushpin-style stats socket
+    warmup: int = 100  # warm-up connections (same on both targets)
+    saturate: bool = False  # a saturation search: rising rates until the target saturates
+    factor: float = 1.5  # rate multiplier between steps
+    max_steps: int = 10
+    max_rate: float = 0.0  # per channel; 0: no cap
+    p99_bound_ms: float = 500.0
+    step_pause_s: float = 1.0  # between steps
 
 
 class _WorkerHandle:
@@ -102,52 +128,281 @@ class Phase:
             self.progress.update(self.task, completed=t.total or 1, total=t.total or 1)
 
 
+def _step_rates(cfg: LoadConfig) -> list[float]:
+    if not cfg.saturate:
+        return [cfg.rate]
+    return rate_steps(cfg.rate, cfg.factor, cfg.max_steps, cfg.max_rate)
+
+
+def step_count(rate: float, duration: float) -> int:
+    """Messages each channel gets in a step (at least one)."""
+    return max(1, int(rate * duration))
+
+
+def _memory(srv0: dict, srv1: dict, connected: int) -> dict:
+    """RSS of every server process before/after the connections, in all and per connection."""
+    rss_before = sum(s.rss_kib for s in srv0.values())
+    rss_after = sum(s.rss_kib for s in srv1.values())
+    rows = []
+    for p, s in srv1.items():
+        before = srv0[p].rss_kib if p in srv0 else 0
+        rows.append(
+            {
+                "name": s.name,
+                "pid": s.pid,
+                "before_kib": before,
+                "after_kib": s.rss_kib,
+                "per_conn_kib": round((s.rss_kib - before) / connected, 3) if connected else None,
+            }
+        )
+    return {
+        "processes": len(srv1),
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "per_conn_kib": round((rss_after - rss_before) / connected, 2) if connected else None,
+        "by_process": sorted(rows, key=lambda r: -r["after_kib"]),
+    }
+
+
+class _Session:
+    """What the steps of one run share: the target, the workers, the process samples."""
+
+    def __init__(self, kind, cfg, target, workers, lg_pids, progress, tag) -> None:
+        self.kind, self.cfg, self.target, self.workers = kind, cfg, target, workers
+        self.lg_pids, self.progress, self.tag = lg_pids, progress, tag
+        self.publisher = None
+
+    def samples(self):
+        server = procs.sample(self.target.pids())
+        lg = procs.sample(list(self.lg_pids))
+        for pid, s in lg.items():
+            lg[pid] = procs.ProcSample(pid, self.lg_pids[pid], s.rss_kib, s.cpu_s)
+        return server, lg
+
+    def step(self, index: int, rate: float, base: int) -> dict:
+        cfg, workers, target, tag = self.cfg, self.workers, self.target, self.tag
+        if cfg.saturate:
+            tag += f"step {index + 1} ({rate * cfg.channels:,.6g} msg/s) "
+        count = step_count(rate, cfg.duration)
+        churn = cfg.churn_per_s if index == 0 else 0.0
+        for w in workers:
+            w.report = None
+        start_at = time.time() + 0.3
+        for w in workers:
+            w.pipe.send(("step", start_at, base, count))
+            if churn:
+                w.pipe.send(("churn", churn / len(workers)))
+        plan = PublishPlan(
+            cfg.publisher,
+            target.publish_url,
+            target.push_spec,
+            cfg.transport,
+            cfg.channels,
+            rate,
+            cfg.duration,
+            start_at,
+            base,
+            cfg.batch,
+        )
+        pub_pipe, child = CTX.Pipe()
+        publisher = self.publisher = CTX.Process(
+            target=publisher_main, args=(plan, child), name="publisher", daemon=True
+        )
+        publisher.start()
+        self.lg_pids[publisher.pid] = "publisher"
+        srv2, lg2 = self.samples()
+        phase = Phase(self.progress, tag + "publishing", cfg.duration)
+        kill_info = None
+        last_d, last_t = 0, time.time()
+        pub_report = None
+        while pub_report is None:
+            if pub_pipe.poll(0.1):
+                pub_report = pub_pipe.recv()
+            _pump_all(workers)
+            now = time.time()
+            el = now - start_at
+            d = _sum(workers, "step_deliveries")
+            if now - last_t >= 0.5:
+                r = (d - last_d) / (now - last_t)
+                last_d, last_t = d, now
+                phase.update(
+                    completed=max(0.0, min(el, cfg.duration)),
+                    description=f"{tag}publishing  {r:,.0f} deliveries/s  live={_sum(workers, 'live')}",
+                )
+            if (
+                cfg.kill_edge
+                and index == 0
+                and kill_info is None
+                and isinstance(target, GripcastTarget)
+                and el >= cfg.duration / 3
+            ):
+                pid = target.kill_edge(0)
+                kill_info = {"killed_pid": pid, "at_s": round(el, 2)}
+            if pub_report is None and not publisher.is_alive() and not pub_pipe.poll():
+                raise RuntimeError(f"publisher exited with code {publisher.exitcode}")
+            if el > cfg.duration * 3 + 60:
+                raise TimeoutError("publisher did not finish")
+        publisher.join(5)
+        self.lg_pids.pop(publisher.pid, None)
+        phase.done()
+        # --- stragglers -------------------------------------------------------------------
+        published = pub_report["published"]
+        expected = sum(published.get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients))
+        for w in workers:
+            if churn:
+                w.pipe.send(("churn", 0))
+        phase = Phase(self.progress, tag + "waiting for stragglers", expected)
+        t_drain = time.time()
+        last_d, still_since = -1, time.time()
+        while time.time() - t_drain < cfg.drain_max_s:
+            _pump_all(workers)
+            d = _sum(workers, "step_deliveries")
+            phase.update(completed=d)
+            if d >= expected and time.time() - t_drain > 0.3:
+                break
+            if d != last_d:
+                last_d, still_since = d, time.time()
+            elif time.time() - still_since > cfg.stall_s:
+                break
+            time.sleep(0.1)
+        phase.done()
+        drain_s = time.time() - t_drain
+        srv3, lg3 = self.samples()
+        wall = time.time() - start_at
+        if kill_info is not None:
+            kill_info["edges_after"] = list(target.edge_pids())
+            kill_info["restarted"] = (
+                kill_info["killed_pid"] not in kill_info["edges_after"]
+                and len(kill_info["edges_after"]) == cfg.edges
+            )
+        # --- collect ----------------------------------------------------------------------
+        for w in workers:
+            w.pipe.send(("report", published))
+        deadline = time.monotonic() + 30
+        while any(w.report is None for w in workers) and time.monotonic() < deadline:
+            _pump_all(workers)
+            time.sleep(0.05)
+        reports = [w.report for w in workers if w.report is not None]
+        if len(reports) < len(workers):
+            raise TimeoutError(f"only {len(reports)} of {len(workers)} workers reported")
+        st = _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s)
+        if kill_info is not None:
+            st["edge_kill"] = kill_info
+        pub_wall = max(1e-6, wall)
+        st["cpu"] = {
+            "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
+            + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
+            "publish_phase_wall_s": round(pub_wall, 3),
+        }
+        return st
+
+
+def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) -> dict:
+    summary_ = summarize(merge_hists([r["hist"] for r in reports]))
+    received = summary_["deliveries"]
+    lat = summary_["latency_ms"]
+    lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
+    late_hist = merge_hists([r["late_hist"] for r in reports])
+    late = sum(r["late"] for r in reports)
+    late_pc = percentiles(late_hist, (50, 99))
+    worst = max(
+        (r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None
+    )
+    series = summary_["series"]
+    steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
+    on_time = sum(s["deliveries"] for s in series if s["t"] <= int(cfg.duration))
+    taken = max(cfg.duration, (series[-1]["t"] + 1) if series else 0)
+    lost = sum(r["lost"] for r in reports)
+    return {
+        "rate": rate,
+        "msgs_per_s": round(rate * cfg.channels, 3),
+        "offered_deliveries_per_s": round(rate * cfg.clients, 1),
+        "publish_start": round(start_at, 3),  # epoch s: loss.detail event times compare with it
+        "publish": pub_report,
+        "deliveries": {
+            "expected": expected,
+            "received": received,
+            # received within 1 s after publishing ended (the saturation test's "on time")
+            "on_time": on_time,
+            # received / the time it took: publishing time, or longer if deliveries trailed behind
+            "per_s": round(received / taken, 1) if taken else None,
+            "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
+            "per_s_peak": max(steady) if steady else None,
+            "stale": sum(r["stale"] for r in reports),
+        },
+        "latency_ms": lat,
+        "late": {
+            "late_after_ms": round(cfg.late_s * 1000),
+            "count": late,
+            "p50_ms": late_pc["p50"],
+            "p99_ms": late_pc["p99"],
+            "max_ms": round(bucket_value_ms(max(late_hist)), 3) if late_hist else None,
+        },
+        "drain_s": round(drain_s, 3),
+        "series": series,
+        "loss": {
+            "lost": lost,
+            "duplicated": sum(r["dup"] for r in reports),
+            "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
+            "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
+            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]}
+            if worst
+            else None,
+            "per_client_sample": [x for r in reports for x in r["per_client"]][:200],
+            # lost/duplicated seq runs and recent (time, open|churned|dropped|failed, cursor)
+            "detail": [x for r in reports for x in r.get("detail", [])][:20],
+        },
+        "connections": {
+            k: sum(r["status"][k] for r in reports)
+            for k in ("drops", "reconnects", "failures", "churned")
+        },
+    }
+
+
 def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict:
-    """One fanout/churn run against target ``kind``; returns the result record."""
+    """One fanout/churn/channels run against target ``kind``; returns the result record."""
     procs.raise_nofile()
     workdir = tempfile.mkdtemp(prefix=f"bench-{kind}-")
-    origin = target = publisher = None
+    origin = target = None
+    session = None
     workers: list[_WorkerHandle] = []
     lg_pids: dict[int, str] = {os.getpid(): "bench (parent)"}
     result: dict = {"target": kind, "config": asdict(cfg)}
     tag = f"[{label or kind}] "
     try:
-        origin = Origin(resume=(kind == "gripcast")).start()
+        origin = Origin(resume=cfg.resume).start()
         lg_pids[origin.pid] = "origin"
-        target = make_target(kind, origin.port, cfg.edges, workdir)
+        target = make_target(kind, origin.port, cfg.edges, workdir, cfg.log_level, cfg.stats)
         target.start()
-
-        def samples():
-            server = procs.sample(target.pids())
-            lg = procs.sample(list(lg_pids))
-            for pid, s in lg.items():
-                lg[pid] = procs.ProcSample(pid, lg_pids[pid], s.rss_kib, s.cpu_s)
-            return server, lg
+        result["warmup"] = warm_up(target, cfg.warmup)
+        session = _Session(kind, cfg, target, workers, lg_pids, progress, tag)
 
         time.sleep(0.5)
-        srv0, lg0 = samples()
-        rss_before = sum(s.rss_kib for s in srv0.values())
+        srv0, lg0 = session.samples()
 
         # --- connect ----------------------------------------------------------------------
         per = math.ceil(cfg.clients / cfg.procs)
-        max_seq = int(cfg.rate * cfg.duration) + 16
+        max_seq = step_count(cfg.rate, cfg.duration) + 16
         for i in range(cfg.procs):
             first, last = i * per, min(cfg.clients, (i + 1) * per)
             if first >= last:
                 break
-            w = _WorkerHandle(
-                WorkerConfig(
-                    i,
-                    target.client_port,
-                    cfg.transport,
-                    first,
-                    last,
-                    cfg.channels,
-                    max_seq,
-                    cfg.concurrency,
+            workers.append(
+                _WorkerHandle(
+                    WorkerConfig(
+                        i,
+                        target.client_port,
+                        cfg.transport,
+                        first,
+                        last,
+                        cfg.channels,
+                        max_seq,
+                        cfg.concurrency,
+                        resume=cfg.resume,
+                        late_s=cfg.late_s,
+                    )
                 )
             )
-            workers.append(w)
         t_connect = time.time()
         for w in workers:
             w.proc.start()
@@ -169,30 +424,20 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         )
         time.sleep(1.0)  # let the servers settle before measuring memory
         _pump_all(workers)
-        srv1, lg1 = samples()
-        rss_after = sum(s.rss_kib for s in srv1.values())
+        srv1, lg1 = session.samples()
+        connect_wall = max(1e-6, time.time() - t_connect)
         result["connect"] = {
             "clients": cfg.clients,
             "connected": connected,
             "failures": _sum(workers, "failures"),
             "setup_s": round(setup_s, 3) if setup_s else None,
             "rate_per_s": round(connected / setup_s, 1) if setup_s else None,
-            "wall_s": round(time.time() - t_connect, 3),
+            "wall_s": round(connect_wall, 3),
         }
-        result["memory"] = {
-            "rss_before_kib": rss_before,
-            "rss_after_kib": rss_after,
-            "per_conn_kib": round((rss_after - rss_before) / connected, 2) if connected else None,
-            "by_process": [
-                {
-                    "name": s.name,
-                    "pid": s.pid,
-                    "before_kib": srv0.get(p).rss_kib if p in srv0 else 0,
-                    "after_kib": s.rss_kib,
-                }
-                for p, s in srv1.items()
-            ],
-        }
+        result["memory"] = _memory(srv0, srv1, connected)
+        connect_cpu = procs.cpu_delta(srv0, srv1, connect_wall, "server") + procs.cpu_delta(
+            lg0, lg1, connect_wall, "loadgen"
+        )
 
         # --- probe barrier: every client subscribed ---------------------------------------
         phase = Phase(progress, tag + "subscribing (probes)", connected)
@@ -202,7 +447,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         try:
             while True:
                 k += 1
-                pub.publish([probe_item(cfg.transport, f"c{i}", k) for i in range(cfg.channels)])
+                items = [probe_item(cfg.transport, f"c{i}", k) for i in range(cfg.channels)]
+                for j in range(0, len(items), 1000):
+                    pub.publish(items[j : j + 1000])
                 t_end = time.monotonic() + 0.3
                 while time.monotonic() < t_end:
                     _pump_all(workers)
@@ -216,147 +463,31 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         phase.done()
         result["probes"] = {"sent": k, "clients_probed": probed}
 
-        # --- publish ----------------------------------------------------------------------
-        start_at = time.time() + 0.3
-        result["publish_start"] = round(
-            start_at, 3
-        )  # epoch s: loss.detail event times compare with it
-        for w in workers:
-            w.pipe.send(("t0", start_at))
-            if cfg.churn_per_s:
-                w.pipe.send(("churn", cfg.churn_per_s / len(workers)))
-        plan = PublishPlan(
-            cfg.publisher,
-            target.publish_url,
-            target.push_spec,
-            cfg.transport,
-            cfg.channels,
-            cfg.rate,
-            cfg.duration,
-            start_at,
-        )
-        pub_pipe, child = CTX.Pipe()
-        publisher = CTX.Process(
-            target=publisher_main, args=(plan, child), name="publisher", daemon=True
-        )
-        publisher.start()
-        lg_pids[publisher.pid] = "publisher"
-        srv2, lg2 = samples()
-        phase = Phase(progress, tag + "publishing", cfg.duration)
-        kill_info = None
-        last_d, last_t = 0, time.time()
-        pub_report = None
-        while pub_report is None:
-            if pub_pipe.poll(0.1):
-                pub_report = pub_pipe.recv()
-            _pump_all(workers)
-            now = time.time()
-            el = now - start_at
-            d = _sum(workers, "deliveries")
-            if now - last_t >= 0.5:
-                rate = (d - last_d) / (now - last_t)
-                last_d, last_t = d, now
-                phase.update(
-                    completed=max(0.0, min(el, cfg.duration)),
-                    description=f"{tag}publishing  {rate:,.0f} deliveries/s  live={_sum(workers, 'live')}",
-                )
-            if (
-                cfg.kill_edge
-                and kill_info is None
-                and isinstance(target, GripcastTarget)
-                and el >= cfg.duration / 3
+        # --- publishing steps -------------------------------------------------------------
+        rule = SaturationRule(p99_bound_ms=cfg.p99_bound_ms)
+        steps: list[dict] = []
+        base = 0
+        for index, rate in enumerate(_step_rates(cfg)):
+            if index:
+                time.sleep(cfg.step_pause_s)
+            st = session.step(index, rate, base)
+            st["saturation"] = verdict(st, rule)
+            steps.append(st)
+            base += st["publish"]["per_channel"]
+            if cfg.saturate and (
+                st["saturation"]["saturated"] or st["saturation"]["loadgen_limited"]
             ):
-                pid = target.kill_edge(0)
-                kill_info = {"killed_pid": pid, "at_s": round(el, 2)}
-            if el > cfg.duration + 60:
-                raise TimeoutError("publisher did not finish")
-        publisher.join(5)
-        phase.done()
-        # --- drain ------------------------------------------------------------------------
-        expected = sum(
-            pub_report["published"].get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients)
-        )
-        for w in workers:
-            if cfg.churn_per_s:
-                w.pipe.send(("churn", 0))
-        drain_max = 10.0 if cfg.scenario == "churn" else 5.0
-        t_drain = time.time()
-        last_d, still_since = -1, time.time()
-        while time.time() - t_drain < drain_max:
-            _pump_all(workers)
-            d = _sum(workers, "deliveries")
-            if d >= expected and time.time() - t_drain > 0.3:
                 break
-            if d != last_d:
-                last_d, still_since = d, time.time()
-            elif time.time() - still_since > 1.5:
-                break
-            time.sleep(0.1)
-        srv3, lg3 = samples()
-        wall = time.time() - start_at
-        if kill_info is not None:
-            kill_info["edges_after"] = [p for p in target.edge_pids()]
-            kill_info["restarted"] = (
-                kill_info["killed_pid"] not in kill_info["edges_after"]
-                and len(kill_info["edges_after"]) == cfg.edges
-            )
-        # --- collect ----------------------------------------------------------------------
-        for w in workers:
-            w.pipe.send(("report", pub_report["published"]))
-        deadline = time.monotonic() + 30
-        while any(w.report is None for w in workers) and time.monotonic() < deadline:
-            _pump_all(workers)
-            time.sleep(0.05)
-        reports = [w.report for w in workers if w.report is not None]
-        summary = summarize(merge_hists([r["hist"] for r in reports]))
-        received = summary["deliveries"]
-        lat = summary["latency_ms"]
-        lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
-        worst = max(
-            (r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None
-        )
-        series = summary["series"]
-        steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
-        result["publish"] = pub_report
-        result["deliveries"] = {
-            "expected": expected,
-            "received": received,
-            # received / the time it took: publishing time, or longer if deliveries trailed behind
-            "per_s": round(received / max(cfg.duration, (series[-1]["t"] + 1) if series else 0), 1)
-            if cfg.duration
-            else None,
-            "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
-            "per_s_peak": max(steady) if steady else None,
-        }
-        result["latency_ms"] = lat
-        result["series"] = series
-        result["loss"] = {
-            "lost": sum(r["lost"] for r in reports),
-            "duplicated": sum(r["dup"] for r in reports),
-            "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
-            "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
-            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]}
-            if worst
-            else None,
-            "per_client_sample": [x for r in reports for x in r["per_client"]][:200],
-            # lost/duplicated seq runs and recent (time, open|churned|dropped|failed, cursor)
-            "detail": [x for r in reports for x in r.get("detail", [])][:20],
-        }
-        result["connections"] = {
-            k: sum(r["status"][k] for r in reports)
-            for k in ("drops", "reconnects", "failures", "churned")
-        }
-        if kill_info is not None:
-            result["edge_kill"] = kill_info
-        pub_wall = max(1e-6, wall)
-        connect_wall = max(1e-6, result["connect"]["wall_s"])
-        result["cpu"] = {
-            "connect_phase": procs.cpu_delta(srv0, srv1, connect_wall, "server")
-            + procs.cpu_delta(lg0, lg1, connect_wall, "loadgen"),
-            "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
-            + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
-            "publish_phase_wall_s": round(pub_wall, 3),
-        }
+        if cfg.saturate:
+            result["steps"] = [{k: v for k, v in st.items() if k != "series"} for st in steps]
+            result["saturation"] = summary(steps, cfg.max_steps)
+            ok = [s for s in steps if not s["saturation"]["saturated"]]
+            shown = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0) if ok else steps[0]
+        else:
+            shown = steps[0]
+        # the table's columns: the one step (or the search's best unsaturated step)
+        result.update(shown)
+        result["cpu"]["connect_phase"] = connect_cpu
         result["ok"] = True
     except Exception as exc:
         result["ok"] = False
@@ -366,9 +497,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
     finally:
         for w in workers:
             w.stop()
-        if publisher is not None and publisher.is_alive():
-            publisher.kill()
-            publisher.join()
+        if session is not None and session.publisher is not None and session.publisher.is_alive():
+            session.publisher.kill()
+            session.publisher.join()
         if target is not None:
             target.stop()
         if origin is not None:

@@ -19,8 +19,13 @@ with ``Last-Event-ID`` (the last seq they saw, ``p<k>`` after only probes), HTTP
 clients with ``?last=`` and the same cursor (the bench origin makes it a ``prev-id``).  The ``churn`` command makes the worker close
 random clients itself at a given rate, and they resume the same way.
 
-The parent talks to a worker over a Pipe: commands in (``t0``, ``churn``, ``report``,
-``stop``), ``status`` snapshots out every 0.25 s, and one final ``report``.
+The parent talks to a worker over a Pipe: commands in (``step``, ``churn``, ``report``,
+``stop``), ``status`` snapshots out every 0.25 s, and a ``report`` per step.  A run can publish
+in several steps (the saturation search): ``step`` gives the step's start time and its seqs
+(``base + 1 .. base + count``), and the worker counts that step alone; a delivery of an earlier
+step arriving after it was counted is *stale*.  A delivery more than ``late_s`` after its
+publish time is *late*: it still counts as delivered (not lost), and is reported apart with its
+own latency histogram.
 """
 
 from __future__ import annotations
@@ -85,6 +90,11 @@ def seq_runs(seen, n: int, want_zero: bool, limit: int = 10) -> list:
     return runs
 
 
+def shift_runs(runs: list, base: int) -> list:
+    """Runs of step-relative seqs as the seqs they were published with."""
+    return [[a + base, b + base] for a, b in runs]
+
+
 def bucket_value_ms(b: int) -> float:
     """The middle of latency bucket ``b``, in milliseconds."""
     return math.exp((b + 0.5) / BUCKETS_PER_E) / 1000.0
@@ -100,7 +110,8 @@ class WorkerConfig:
     channels: int
     max_seq: int
     concurrency: int = 64
-    resume: bool = True  # SSE: send Last-Event-ID on reconnect
+    resume: bool = True  # reconnect with a cursor (SSE Last-Event-ID, stream ?last=)
+    late_s: float = 5.0  # a delivery later than this after its publish counts as late
 
 
 class Client:
@@ -241,6 +252,11 @@ class Worker:
         self.t0 = 0.0  # publish start: latency histogram seconds are counted from here
         self.hist: dict[int, int] = {}
         self.max_lat = 0.0
+        self.base = 0  # the step's first seq is base + 1
+        self.late = 0
+        self.late_hist: dict[int, int] = {}  # latency bucket -> late deliveries
+        self.stale = 0
+        self.step_deliveries = 0
         self.churn_interval = 0.0
         self.next_churn = 0.0
         self.running = True
@@ -424,22 +440,35 @@ class Worker:
         hist = self.hist
         base = int(now - self.t0) << SEC_SHIFT if self.t0 else 0
         log = math.log
+        first = self.base  # seq ``first + i`` is at ``seen[i]``: the step's own numbering
+        late_s = self.cfg.late_s
+        n = 0
         for s, t in found:
             seq = int(s)
-            if seq >= len(seen):
-                seen.extend(bytes(seq + 1 - len(seen)))
-            v = seen[seq]
-            if v < 255:
-                seen[seq] = v + 1
             if seq > c.last:
                 c.last = seq
+            i = seq - first
+            if i < 1:  # a straggler of an earlier step, after that step was counted
+                self.stale += 1
+                continue
+            if i >= len(seen):
+                seen.extend(bytes(i + 1 - len(seen)))
+            v = seen[i]
+            if v < 255:
+                seen[i] = v + 1
             lat = now - float(t)
             if lat > self.max_lat:
                 self.max_lat = lat
             us = lat * 1e6
-            key = base | (int(log(us) * BUCKETS_PER_E) if us > 1.0 else 0)
+            b = int(log(us) * BUCKETS_PER_E) if us > 1.0 else 0
+            key = base | b
             hist[key] = hist.get(key, 0) + 1
-        self.deliveries += len(found)
+            if lat > late_s:
+                self.late += 1
+                self.late_hist[b] = self.late_hist.get(b, 0) + 1
+            n += 1
+        self.deliveries += n
+        self.step_deliveries += n
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -448,6 +477,7 @@ class Worker:
             "connected": self.connected,
             "probed": self.probed,
             "deliveries": self.deliveries,
+            "step_deliveries": self.step_deliveries,
             "failures": self.failures,
             "drops": self.drops,
             "reconnects": self.reconnects,
@@ -461,8 +491,8 @@ class Worker:
 
     def command(self, msg) -> None:
         kind = msg[0]
-        if kind == "t0":
-            self.t0 = msg[1]
+        if kind == "step":
+            self.start_step(msg[1], msg[2], msg[3])
         elif kind == "churn":
             per_s = msg[1]
             self.churn_interval = 1.0 / per_s if per_s > 0 else 0.0
@@ -471,6 +501,20 @@ class Worker:
             self.pipe.send(("report", self.report(msg[1])))
         elif kind == "stop":
             self.running = False
+
+    def start_step(self, t0: float, base: int, count: int) -> None:
+        """A new publishing step: seqs ``base + 1 .. base + count``, latency seconds from
+        ``t0``; the counts of the step before are gone (the parent collected them)."""
+        self.t0 = t0
+        self.base = base
+        for c in self.clients:
+            c.seen = bytearray(count + 2)
+        self.hist = {}
+        self.max_lat = 0.0
+        self.late = 0
+        self.late_hist = {}
+        self.stale = 0
+        self.step_deliveries = 0
 
     def churn(self, now: float) -> None:
         while self.churn_interval and now >= self.next_churn:
@@ -542,8 +586,8 @@ class Worker:
                         {
                             "client": c.idx,
                             "channel": c.channel,
-                            "lost_seqs": seq_runs(c.seen, n, True),
-                            "dup_seqs": seq_runs(c.seen, n, False),
+                            "lost_seqs": shift_runs(seq_runs(c.seen, n, True), self.base),
+                            "dup_seqs": shift_runs(seq_runs(c.seen, n, False), self.base),
                             "events": c.events or [],
                         }
                     )
@@ -553,6 +597,9 @@ class Worker:
             "status": self.status(),
             "hist": self.hist,
             "max_lat": self.max_lat,
+            "late": self.late,
+            "late_hist": self.late_hist,
+            "stale": self.stale,
             "lost": lost_total,
             "dup": dup_total,
             "clients_with_loss": with_loss,

@@ -47,4 +47,10 @@ def test_smoke_fanout_gripcast(tmp_path, transport):
     assert run["loss"]["lost"] == 0, run["loss"]
     assert run["loss"]["duplicated"] == 0, run["loss"]
     assert run["deliveries"]["received"] == run["deliveries"]["expected"]
+    assert run["late"]["count"] == 0
+    assert run["warmup"]["received"] == run["warmup"]["clients"] == 100
+    # memory over the whole process tree: the runner, the broker and every edge
+    names = {p["name"] for p in run["memory"]["by_process"]}
+    assert {"run", "broker", "edge0", "edge1"} <= names, names
+    assert record["order"] == ["gripcast"]
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,92 @@
+"""The saturation search, sans-IO: which publish rates to try, and whether a step saturated.
+
+A search publishes at rising rates (``start``, ``start x factor``, ...) against clients that stay
+connected, and stops at the first step where the target saturated, so the report shows the
+target's limit rather than the end of a fixed sweep.  A step is *saturated* when
+
+* deliveries fell behind: fewer than ``on_time_min`` of the expected deliveries arrived within
+  one second after publishing ended (the rest trailed behind, arrived late, or never came);
+* the p99 publish-to-receive latency passed ``p99_bound_ms``;
+* any message was lost (never arrived, after the bounded wait for stragglers).
+
+A step where the *publisher* could not keep to its schedule (its achieved rate under
+``publisher_min`` of the offered rate) measured the load generator, not the target: the search
+stops there too and says so (``stopped_by: loadgen``), without calling it the target's limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SaturationRule:
+    p99_bound_ms: float = 500.0
+    on_time_min: float = 0.95
+    publisher_min: float = 0.9
+
+
+def rate_steps(start: float, factor: float, max_steps: int, max_rate: float = 0.0) -> list[float]:
+    """``start``, ``start x factor``, ... (``max_steps`` of them, none above ``max_rate`` when set)."""
+    if start <= 0 or factor <= 1 or max_steps < 1:
+        raise ValueError("saturation search needs start > 0, factor > 1 and at least one step")
+    out, r = [], start
+    for _ in range(max_steps):
+        if max_rate and r > max_rate * (1 + 1e-9):
+            break
+        out.append(round(r, 6))
+        r *= factor
+    return out
+
+
+def verdict(step: dict, rule: SaturationRule) -> dict:
+    """Whether ``step`` (a step record of ``run_load``) saturated the target, and why."""
+    reasons: list[str] = []
+    d = step["deliveries"]
+    expected = d["expected"] or 0
+    if expected and d["on_time"] / expected < rule.on_time_min:
+        reasons.append(
+            f"behind: {d['on_time'] / expected:.1%} of deliveries within 1 s of the last publish"
+        )
+    p99 = step["latency_ms"].get("p99")
+    if p99 is not None and p99 > rule.p99_bound_ms:
+        reasons.append(f"p99 {p99:,.0f} ms > {rule.p99_bound_ms:,.0f} ms")
+    lost = step["loss"]["lost"]
+    if lost:
+        reasons.append(f"lost {lost:,}")
+    pub = step["publish"]
+    offered = pub.get("offered_per_s") or 0
+    achieved = pub.get("rate_achieved") or 0
+    loadgen = bool(offered) and achieved < rule.publisher_min * offered
+    return {
+        "saturated": bool(reasons),
+        "reasons": reasons,
+        "loadgen_limited": loadgen,
+        "note": f"publisher reached {achieved:,.0f} of {offered:,.0f} items/s" if loadgen else "",
+    }
+
+
+def summary(steps: list[dict], max_steps: int) -> dict:
+    """The search's outcome: the best unsaturated step (the target's limit as measured) and the
+    step that saturated it."""
+    ok = [s for s in steps if not s["saturation"]["saturated"]]
+    bad = [s for s in steps if s["saturation"]["saturated"]]
+    best = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0, default=None)
+    if bad:
+        stopped_by = "saturated"
+    elif steps and steps[-1]["saturation"]["loadgen_limited"]:
+        stopped_by = "loadgen"
+    else:
+        stopped_by = "max_steps" if len(steps) >= max_steps else "incomplete"
+    first_bad = bad[0] if bad else None
+    return {
+        "stopped_by": stopped_by,
+        "steps": len(steps),
+        "limit_deliveries_per_s": best["deliveries"]["per_s"] if best else None,
+        "limit_rate": best["rate"] if best else None,
+        "limit_p99_ms": best["latency_ms"]["p99"] if best else None,
+        "saturated_rate": first_bad["rate"] if first_bad else None,
+        "saturated_deliveries_per_s": first_bad["deliveries"]["per_s"] if first_bad else None,
+        "saturated_p99_ms": first_bad["latency_ms"]["p99"] if first_bad else None,
+        "saturated_reasons": first_bad["saturation"]["reasons"] if first_bad else [],
+    }
