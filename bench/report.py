@@ -373,4 +373,37 @@ def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     out.append(p)
+    searched = {n: r for n, r in runs.items() if r.get("ok") and r.get("steps")}
+    if searched:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for n, r in searched.items():
+            xs = [st["offered_deliveries_per_s"] for st in r["steps"]]
+            (line,) = a1.plot(xs, [st["deliveries"]["per_s"] for st in r["steps"]], "o-", label=n)
+            a2.plot(
+                xs,
+                [st["latency_ms"]["p99"] for st in r["steps"]],
+                "o-",
+                color=line.get_color(),
+                label=f"{n} p99",
+            )
+        lim = max(
+            max(st["offered_deliveries_per_s"] for st in r["steps"]) for r in searched.values()
+        )
+        a1.plot([0, lim], [0, lim], ":", color="grey", label="offered")
+        a1.set_xlabel("offered deliveries/s")
+        a1.set_ylabel("deliveries/s achieved")
+        a1.set_title("saturation search: throughput")
+        a2.set_xscale("log")
+        a2.set_yscale("log")
+        a2.set_xlabel("offered deliveries/s")
+        a2.set_ylabel("p99 latency, ms")
+        a2.set_title("saturation search: p99")
+        for a in (a1, a2):
+            a.grid(True, which="both", alpha=0.3)
+            a.legend(fontsize="small")
+        fig.tight_layout()
+        p = stem.with_name(stem.name + "-saturation.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(p)
     return out

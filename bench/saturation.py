@@ -10,8 +10,9 @@ target's limit rather than the end of a fixed sweep.  A step is *saturated* when
 * any message was lost (never arrived, after the bounded wait for stragglers).
 
 A step where the *publisher* could not keep to its schedule (its achieved rate under
-``publisher_min`` of the offered rate) measured the load generator, not the target: the search
-stops there too and says so (``stopped_by: loadgen``), without calling it the target's limit.
+``publisher_min`` of the offered rate), or where a client worker used a full core, measured the
+load generator, not the target: the search stops there too and says so (``stopped_by:
+loadgen``), so the limit shown is a lower bound of the target's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class SaturationRule:
     p99_bound_ms: float = 500.0
     on_time_min: float = 0.95
     publisher_min: float = 0.9
+    worker_max: float = 0.95  # a client worker at this core share measured itself
 
 
 def rate_steps(start: float, factor: float, max_steps: int, max_rate: float = 0.0) -> list[float]:
@@ -57,12 +59,27 @@ def verdict(step: dict, rule: SaturationRule) -> dict:
     pub = step["publish"]
     offered = pub.get("offered_per_s") or 0
     achieved = pub.get("rate_achieved") or 0
-    loadgen = bool(offered) and achieved < rule.publisher_min * offered
+    notes = []
+    if offered and achieved < rule.publisher_min * offered:
+        notes.append(f"publisher reached {achieved:,.0f} of {offered:,.0f} items/s")
+    rows = step.get("cpu", {}).get("publish_phase", [])
+    busy = [
+        r
+        for r in rows
+        if r["role"] == "loadgen"
+        and r["name"].startswith("bench-worker")
+        and (r["cpu_util"] or 0) >= rule.worker_max
+    ]
+    if busy:
+        notes.append(
+            "client workers at a full core: "
+            + ", ".join(f"{r['name']} {r['cpu_util']:.2f}" for r in busy)
+        )
     return {
         "saturated": bool(reasons),
         "reasons": reasons,
-        "loadgen_limited": loadgen,
-        "note": f"publisher reached {achieved:,.0f} of {offered:,.0f} items/s" if loadgen else "",
+        "loadgen_limited": bool(notes),
+        "note": "; ".join(notes),
     }
 
 
@@ -72,10 +89,10 @@ def summary(steps: list[dict], max_steps: int) -> dict:
     ok = [s for s in steps if not s["saturation"]["saturated"]]
     bad = [s for s in steps if s["saturation"]["saturated"]]
     best = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0, default=None)
-    if bad:
+    if steps and steps[-1]["saturation"]["loadgen_limited"]:
+        stopped_by = "loadgen"  # the load generator's limit (the target's may be higher)
+    elif bad:
         stopped_by = "saturated"
-    elif steps and steps[-1]["saturation"]["loadgen_limited"]:
-        stopped_by = "loadgen"
     else:
         stopped_by = "max_steps" if len(steps) >= max_steps else "incomplete"
     first_bad = bad[0] if bad else None

@@ -311,7 +311,8 @@ def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) ->
     series = summary_["series"]
     steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
     on_time = sum(s["deliveries"] for s in series if s["t"] <= int(cfg.duration))
-    taken = max(cfg.duration, (series[-1]["t"] + 1) if series else 0)
+    last_rx = max((r["last_rx"] for r in reports), default=0.0)
+    taken = max(cfg.duration, last_rx - start_at)
     lost = sum(r["lost"] for r in reports)
     return {
         "rate": rate,
@@ -479,14 +480,16 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             ):
                 break
         if cfg.saturate:
-            result["steps"] = [{k: v for k, v in st.items() if k != "series"} for st in steps]
-            result["saturation"] = summary(steps, cfg.max_steps)
             ok = [s for s in steps if not s["saturation"]["saturated"]]
             shown = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0) if ok else steps[0]
         else:
             shown = steps[0]
         # the table's columns: the one step (or the search's best unsaturated step)
         result.update(shown)
+        result["verdict"] = result.pop("saturation")
+        if cfg.saturate:
+            result["steps"] = [{k: v for k, v in st.items() if k != "series"} for st in steps]
+            result["saturation"] = summary(steps, cfg.max_steps)
         result["cpu"]["connect_phase"] = connect_cpu
         result["ok"] = True
     except Exception as exc:

@@ -257,6 +257,7 @@ class Worker:
         self.late_hist: dict[int, int] = {}  # latency bucket -> late deliveries
         self.stale = 0
         self.step_deliveries = 0
+        self.last_rx = 0.0  # the time of the step's last delivery
         self.churn_interval = 0.0
         self.next_churn = 0.0
         self.running = True
@@ -469,6 +470,7 @@ class Worker:
             n += 1
         self.deliveries += n
         self.step_deliveries += n
+        self.last_rx = now
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -515,6 +517,7 @@ class Worker:
         self.late_hist = {}
         self.stale = 0
         self.step_deliveries = 0
+        self.last_rx = 0.0  # the time of the step's last delivery
 
     def churn(self, now: float) -> None:
         while self.churn_interval and now >= self.next_churn:
@@ -600,6 +603,7 @@ class Worker:
             "late": self.late,
             "late_hist": self.late_hist,
             "stale": self.stale,
+            "last_rx": self.last_rx,
             "lost": lost_total,
             "dup": dup_total,
             "clients_with_loss": with_loss,

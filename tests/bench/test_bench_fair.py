@@ -148,6 +148,15 @@ def test_saturation_verdicts():
     assert verdict(_step(1, 1000, 1000, 80, lost=3), rule)["reasons"] == ["lost 3"]
     v = verdict(_step(1, 1000, 1000, 80, achieved=50), rule)
     assert v["loadgen_limited"] and not v["saturated"]
+    st = _step(1, 1000, 1000, 80)
+    st["cpu"] = {
+        "publish_phase": [
+            {"role": "loadgen", "name": "bench-worker1", "cpu_util": 0.97},
+            {"role": "server", "name": "edge0", "cpu_util": 1.0},
+        ]
+    }
+    v = verdict(st, rule)
+    assert v["loadgen_limited"] and v["note"] == "client workers at a full core: bench-worker1 0.97"
 
 
 def test_saturation_summary_names_the_limit_and_what_broke_it():
@@ -161,3 +170,5 @@ def test_saturation_summary_names_the_limit_and_what_broke_it():
     assert out["saturated_rate"] == 4
     assert len(out["saturated_reasons"]) == 2
     assert summary(steps[:2], 2)["stopped_by"] == "max_steps"
+    steps[2]["saturation"]["loadgen_limited"] = True
+    assert summary(steps, 10)["stopped_by"] == "loadgen"
