@@ -51,6 +51,14 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         f"(default {100 if channels else 0}; 0: every due item, up to 1,000 per POST)",
     )
     p.add_argument(
+        "--publish-conns",
+        type=int,
+        default=4 if channels else 1,
+        help="HTTP publishing: POSTs in flight on as many keep-alive connections "
+        f"(default {4 if channels else 1}; more than 1 can reorder a channel's messages when "
+        "its consecutive ones fall in POSTs in flight together)",
+    )
+    p.add_argument(
         "--target", choices=("gripcast", "pushpin", "both"), default="gripcast" if churn else "both"
     )
     p.add_argument(
@@ -101,6 +109,14 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
     )
     if channels:
         p.add_argument("--no-saturate", dest="saturate", action="store_false")
+    p.add_argument(
+        "--py-spy",
+        default="",
+        metavar="DIR",
+        help="py-spy gripcast's broker and edge0 during step --profile-step (raw collapsed "
+        "stacks in DIR; summarise with python -m bench.profile)",
+    )
+    p.add_argument("--profile-step", type=int, default=1, help="the step to profile (1)")
     p.add_argument("--factor", type=float, default=1.5, help="rate step multiplier (default 1.5)")
     p.add_argument("--max-steps", type=int, default=10, help="saturation steps at most (10)")
     p.add_argument(
@@ -214,6 +230,10 @@ def load_config(args) -> LoadConfig:
         kill_edge=churn and not args.no_kill_edge,
         resume=churn,
         batch=args.batch,
+        # never two POSTs in flight holding consecutive messages of one channel
+        publish_conns=max(1, min(args.publish_conns, args.channels // args.batch))
+        if args.batch > 0
+        else 1,
         late_s=args.late_ms / 1000.0,
         drain_max_s=args.drain_max,
         log_level=args.log_level,
@@ -223,6 +243,8 @@ def load_config(args) -> LoadConfig:
         factor=args.factor,
         max_steps=args.max_steps,
         p99_bound_ms=args.p99_bound_ms,
+        profile_dir=args.py_spy,
+        profile_step=args.profile_step,
     )
 
 

@@ -27,6 +27,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -37,7 +39,7 @@ from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_m
 from bench.saturation import SaturationRule, rate_steps, summary, verdict
 from bench.stats import merge_hists, percentiles, summarize
 from bench.swarm import WorkerConfig, bucket_value_ms, worker_main
-from bench.targets import GripcastTarget, make_target, warm_up
+from bench.targets import GripcastTarget, Target, make_target, warm_up
 
 CTX = multiprocessing.get_context("fork")
 
@@ -60,6 +62,7 @@ class LoadConfig:
     probe_timeout_s: float = 20.0
     resume: bool = False  # clients reconnect with a cursor (the labelled resume scenario)
     batch: int = 0  # HTTP publishing: items per POST (0: whatever is due, up to 1000)
+    publish_conns: int = 1  # HTTP publishing: POSTs in flight
     late_s: float = 5.0  # deliveries later than this are late (not lost)
     drain_max_s: float = 30.0  # the longest wait for stragglers after a step's last publish
     stall_s: float = 5.0  # ... which ends earlier when no delivery came for this long
@@ -72,6 +75,8 @@ class LoadConfig:
     max_rate: float = 0.0  # per channel; 0: no cap
     p99_bound_ms: float = 500.0
     step_pause_s: float = 1.0  # between steps
+    profile_dir: str = ""  # py-spy the broker and edge0 (gripcast) during step profile_step
+    profile_step: int = 1
 
 
 class _WorkerHandle:
@@ -164,7 +169,61 @@ def _memory(srv0: dict, srv1: dict, connected: int) -> dict:
     }
 
 
-class _Session:
+def _py_spy() -> str | None:
+    venv = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return venv if os.path.exists(venv) else shutil.which("py-spy")
+
+
+class _Profiler:
+    """py-spy of gripcast's broker and edge0 during one step (``--py-spy DIR``)."""
+
+    cfg: LoadConfig
+    kind: str
+    target: Target
+
+    def _profile_start(self, index: int, start_at: float) -> list:
+        """py-spy (sampling, non-blocking) on gripcast's broker and edge0 for this step's
+        publishing, when ``profile_dir`` is set and this is ``profile_step``."""
+        cfg = self.cfg
+        if not cfg.profile_dir or index + 1 != cfg.profile_step or self.kind != "gripcast":
+            return []
+        exe = _py_spy()
+        if exe is None:
+            return [("error", "py-spy not found (pip install py-spy)")]
+        os.makedirs(cfg.profile_dir, exist_ok=True)
+        spies = []
+        for pid in self.target.pids():
+            name = procs.proc_name(pid)
+            if name not in ("broker", "edge0"):
+                continue
+            out = os.path.join(cfg.profile_dir, f"{name}-step{index + 1}.txt")
+            argv = [exe, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", out]
+            argv += ["-d", str(max(1, int(cfg.duration))), "-p", str(pid)]
+            log = open(out + ".log", "wb")
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            spies.append((name, proc, out, log))
+        return spies
+
+    def _profile_stop(self, spies: list) -> dict:
+        out: dict = {}
+        for s in spies:
+            if s[0] == "error":
+                out["error"] = s[1]
+                continue
+            name, proc, path, log = s
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            procs.stop_group(proc, timeout=5)
+            log.close()
+            out[name] = path if os.path.exists(path) else f"(no profile; see {path}.log)"
+        return out
+
+
+class _Session(_Profiler):
     """What the steps of one run share: the target, the workers, the process samples."""
 
     def __init__(self, kind, cfg, target, workers, lg_pids, progress, tag) -> None:
@@ -203,6 +262,7 @@ class _Session:
             start_at,
             base,
             cfg.batch,
+            cfg.publish_conns,
         )
         pub_pipe, child = CTX.Pipe()
         publisher = self.publisher = CTX.Process(
@@ -211,6 +271,7 @@ class _Session:
         publisher.start()
         self.lg_pids[publisher.pid] = "publisher"
         srv2, lg2 = self.samples()
+        spies = self._profile_start(index, start_at)
         phase = Phase(self.progress, tag + "publishing", cfg.duration)
         kill_info = None
         last_d, last_t = 0, time.time()
@@ -245,6 +306,7 @@ class _Session:
         publisher.join(5)
         self.lg_pids.pop(publisher.pid, None)
         phase.done()
+        profiles = self._profile_stop(spies)
         # --- stragglers -------------------------------------------------------------------
         published = pub_report["published"]
         expected = sum(published.get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients))
@@ -288,6 +350,8 @@ class _Session:
         st = _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s)
         if kill_info is not None:
             st["edge_kill"] = kill_info
+        if profiles:
+            st["profiles"] = profiles
         pub_wall = max(1e-6, wall)
         st["cpu"] = {
             "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")

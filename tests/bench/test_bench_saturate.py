@@ -50,3 +50,33 @@ def test_saturation_steps_gripcast(tmp_path):
     else:
         assert (tmp_path / "sat-saturation.png").exists()
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("publisher", "batch"), [("http", "10"), ("zmq", "0")])
+def test_many_channels_smoke_gripcast(tmp_path, publisher, batch):
+    """20 channels of 2 clients, publishes spread round the channels (HTTP in batches of 10
+    items, or ZeroMQ), two rate steps: every client gets exactly its channel's messages."""
+    out = tmp_path / "ch.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "channels", "--smoke", "--target", "gripcast"]
+        + ["--publisher", publisher, "--batch", batch, "--max-steps", "2", "--factor", "2"]
+        + ["--p99-bound-ms", "5000", "--warmup", "10", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads(out.read_text())["runs"]["gripcast"]
+    assert run["ok"], run.get("error")
+    assert run["config"]["clients"] == 40 and run["config"]["channels"] == 20
+    assert [s["msgs_per_s"] for s in run["steps"]] == [40, 80]
+    for s in run["steps"]:
+        pub = s["publish"]
+        assert len(pub["published"]) == 20
+        assert pub["items"] == sum(pub["published"].values())
+        if publisher == "http":
+            assert pub["items_per_call"] == 10
+        assert s["deliveries"]["expected"] == s["deliveries"]["received"] == 2 * pub["items"]
+        assert s["loss"]["lost"] == s["loss"]["duplicated"] == 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
