@@ -51,6 +51,12 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         f"(default {100 if channels else 0}; 0: every due item, up to 1,000 per POST)",
     )
     p.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=0,
+        help="large messages: pad every message to about this many bytes (e.g. 16384, 65536)",
+    )
+    p.add_argument(
         "--publish-conns",
         type=int,
         default=4 if channels else 1,
@@ -116,7 +122,9 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         help="py-spy gripcast's broker and edge0 during step --profile-step (raw collapsed "
         "stacks in DIR; summarise with python -m bench.profile)",
     )
-    p.add_argument("--profile-step", type=int, default=1, help="the step to profile (1)")
+    p.add_argument(
+        "--profile-step", type=int, default=1, help="the step to profile (default 1; 0: every step)"
+    )
     p.add_argument("--factor", type=float, default=1.5, help="rate step multiplier (default 1.5)")
     p.add_argument("--max-steps", type=int, default=10, help="saturation steps at most (10)")
     p.add_argument(
@@ -231,6 +239,7 @@ def load_config(args) -> LoadConfig:
         resume=churn,
         batch=args.batch,
         # never two POSTs in flight holding consecutive messages of one channel
+        payload_bytes=args.payload_bytes,
         publish_conns=max(1, min(args.publish_conns, args.channels // args.batch))
         if args.batch > 0
         else 1,

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 
-def format_item(transport: str, channel: str, seq: int, now: float) -> dict:
-    text = f"M{seq} {now:.6f}"
+def format_item(transport: str, channel: str, seq: int, now: float, pad: str = "") -> dict:
+    """Message ``seq``: ``M<seq> <now>``, then ``pad`` (a space and filler, for large
+    messages; the client's parser reads the number and the time only)."""
+    text = f"M{seq} {now:.6f}{pad}"
     if transport == "sse":
         formats = {"http-stream": {"content": f"id: {seq}\ndata: {text}\n\n"}}
     elif transport == "longpoll":
@@ -137,6 +139,13 @@ class PublishPlan:
     base: int = 0  # the first message of each channel has seq base + 1
     batch: int = 0  # HTTP: items per POST (0: every item due, at most 1000 per POST)
     conns: int = 1  # HTTP: POSTs in flight (keep-alive connections)
+    payload_bytes: int = 0  # pad each message's text to about this many bytes
+
+
+def padding(payload_bytes: int) -> str:
+    """The filler that makes a message text about ``payload_bytes`` long (none when 0)."""
+    n = payload_bytes - 20  # ``M<seq> <time>`` is about 20 characters
+    return " " + "x" * (n - 1) if n > 1 else ""
 
 
 def plan_total(plan: PublishPlan) -> int:
@@ -165,6 +174,7 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
     total = plan_total(plan)
     per_s = plan.rate * plan.channels  # items per second
     chunk = plan.batch if plan.batch > 0 and plan.kind == "http" else 0
+    pad = padding(plan.payload_bytes)
     errors, error_text, calls = 0, "", 0
     sent = 0
     while time.time() < plan.start_at:
@@ -179,7 +189,7 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
             # a late tick catches up over several calls
             end = min(due, sent + (chunk or 1000))
             items = [
-                format_item(plan.transport, *item_of(k, plan.channels, plan.base), now)
+                format_item(plan.transport, *item_of(k, plan.channels, plan.base), now, pad)
                 for k in range(sent, end)
             ]
             try:

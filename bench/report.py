@@ -32,6 +32,11 @@ METRICS = [
         lambda r: f"{r['deliveries']['received']} / {r['deliveries']['expected']}",
         None,
     ),
+    (
+        "payload MB/s delivered",
+        lambda r: round(r["deliveries"]["payload_bytes_per_s"] / 1e6, 2),
+        "high",
+    ),
     ("latency p50 ms", lambda r: r["latency_ms"]["p50"], "low"),
     ("latency p90 ms", lambda r: r["latency_ms"]["p90"], "low"),
     ("latency p99 ms", lambda r: r["latency_ms"]["p99"], "low"),

@@ -9,8 +9,12 @@ target's limit rather than the end of a fixed sweep.  A step is *saturated* when
 * the p99 publish-to-receive latency passed ``p99_bound_ms``;
 * any message was lost (never arrived, after the bounded wait for stragglers).
 
-A step where the *publisher* could not keep to its schedule (its achieved rate under
-``publisher_min`` of the offered rate), or where a client worker used a full core, measured the
+* the target's publish path fell behind: the publisher missed its schedule (achieved under
+  ``publisher_min`` of the offered rate) while it was mostly waiting for the target's answers
+  (under ``publisher_cpu_max`` of a core).
+
+A step where the *publisher* missed its schedule while busy itself, or where a client worker
+used a full core, measured the
 load generator, not the target: the search stops there too and says so (``stopped_by:
 loadgen``), so the limit shown is a lower bound of the target's.
 """
@@ -25,6 +29,7 @@ class SaturationRule:
     p99_bound_ms: float = 500.0
     on_time_min: float = 0.95
     publisher_min: float = 0.9
+    publisher_cpu_max: float = 0.8  # a publisher this busy was held back by its own CPU
     worker_max: float = 0.95  # a client worker at this core share measured itself
 
 
@@ -61,7 +66,16 @@ def verdict(step: dict, rule: SaturationRule) -> dict:
     achieved = pub.get("rate_achieved") or 0
     notes = []
     if offered and achieved < rule.publisher_min * offered:
-        notes.append(f"publisher reached {achieved:,.0f} of {offered:,.0f} items/s")
+        cpu = pub.get("cpu_s")
+        share = cpu / pub["elapsed_s"] if cpu is not None and pub.get("elapsed_s") else None
+        if share is not None and share < rule.publisher_cpu_max:
+            # the publisher waited for the target's answers: its publish path is the limit
+            reasons.append(
+                f"publish behind: the target took {achieved:,.0f} of {offered:,.0f} items/s "
+                f"(publisher at {share:.2f} of a core)"
+            )
+        else:
+            notes.append(f"publisher reached {achieved:,.0f} of {offered:,.0f} items/s")
     rows = step.get("cpu", {}).get("publish_phase", [])
     busy = [
         r

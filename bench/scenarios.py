@@ -63,6 +63,7 @@ class LoadConfig:
     resume: bool = False  # clients reconnect with a cursor (the labelled resume scenario)
     batch: int = 0  # HTTP publishing: items per POST (0: whatever is due, up to 1000)
     publish_conns: int = 1  # HTTP publishing: POSTs in flight
+    payload_bytes: int = 0  # large messages: each message text padded to about this size
     late_s: float = 5.0  # deliveries later than this are late (not lost)
     drain_max_s: float = 30.0  # the longest wait for stragglers after a step's last publish
     stall_s: float = 5.0  # ... which ends earlier when no delivery came for this long
@@ -185,7 +186,7 @@ class _Profiler:
         """py-spy (sampling, non-blocking) on gripcast's broker and edge0 for this step's
         publishing, when ``profile_dir`` is set and this is ``profile_step``."""
         cfg = self.cfg
-        if not cfg.profile_dir or index + 1 != cfg.profile_step or self.kind != "gripcast":
+        if not cfg.profile_dir or cfg.profile_step not in (0, index + 1) or self.kind != "gripcast":
             return []
         exe = _py_spy()
         if exe is None:
@@ -263,6 +264,7 @@ class _Session(_Profiler):
             base,
             cfg.batch,
             cfg.publish_conns,
+            cfg.payload_bytes,
         )
         pub_pipe, child = CTX.Pipe()
         publisher = self.publisher = CTX.Process(
@@ -394,6 +396,10 @@ def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) ->
             "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
             "per_s_peak": max(steady) if steady else None,
             "stale": sum(r["stale"] for r in reports),
+            # message payload bytes delivered per second (large messages)
+            "payload_bytes_per_s": round(received / taken * max(cfg.payload_bytes, 20), 1)
+            if taken
+            else None,
         },
         "latency_ms": lat,
         "late": {

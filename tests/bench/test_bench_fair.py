@@ -147,7 +147,16 @@ def test_saturation_verdicts():
     assert verdict(_step(1, 1000, 1000, 800), rule)["reasons"] == ["p99 800 ms > 500 ms"]
     assert verdict(_step(1, 1000, 1000, 80, lost=3), rule)["reasons"] == ["lost 3"]
     v = verdict(_step(1, 1000, 1000, 80, achieved=50), rule)
-    assert v["loadgen_limited"] and not v["saturated"]
+    assert v["loadgen_limited"] and not v["saturated"]  # publisher's CPU unknown: its limit
+    st = _step(1, 1000, 1000, 80, achieved=50)
+    st["publish"].update(cpu_s=1.8, elapsed_s=2.0)  # busy: the load generator's limit
+    assert verdict(st, rule)["loadgen_limited"]
+    st["publish"].update(cpu_s=0.4, elapsed_s=2.0)  # mostly waiting for the target's answers
+    v = verdict(st, rule)
+    assert v["saturated"] and not v["loadgen_limited"]
+    assert v["reasons"] == [
+        "publish behind: the target took 50 of 100 items/s (publisher at 0.20 of a core)"
+    ]
     st = _step(1, 1000, 1000, 80)
     st["cpu"] = {
         "publish_phase": [
