@@ -172,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         True,
     )
+    slow = sub.add_parser(
+        "slow",
+        help="slow readers: one step without, one with every --slow-every-th client reading "
+        "at a trickle (they resume with their cursor when cut); the others' throughput and "
+        "latency compared",
+    )
+    _add_load_args(slow, False)
+    slow.add_argument(
+        "--slow-every", type=int, default=10, help="every Nth client is slow (default 10: 10%%)"
+    )
+    slow.add_argument(
+        "--slow-rate",
+        type=int,
+        default=2048,
+        help="bytes per second a slow reader reads while slowed (default 2048)",
+    )
     _add_load_args(
         sub.add_parser(
             "channels",
@@ -219,6 +235,7 @@ def load_config(args) -> LoadConfig:
     procs = args.procs or (2 if args.clients <= 5000 else 4)
     procs = max(1, min(procs, args.clients))
     churn = args.scenario == "churn"
+    slow = args.scenario == "slow"
     return LoadConfig(
         scenario=args.scenario,
         transport=args.transport,
@@ -236,7 +253,9 @@ def load_config(args) -> LoadConfig:
         if churn
         else 0.0,
         kill_edge=churn and not args.no_kill_edge,
-        resume=churn,
+        resume=churn or slow,
+        slow_every=args.slow_every if slow else 0,
+        slow_bytes_per_s=args.slow_rate if slow else 2048,
         batch=args.batch,
         # never two POSTs in flight holding consecutive messages of one channel
         payload_bytes=args.payload_bytes,

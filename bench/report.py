@@ -206,6 +206,9 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         if runs[n].get("steps"):
             print_steps(n, runs[n], console)
     for n in ok:
+        if runs[n].get("slow_effect"):
+            print_slow(n, runs[n], console)
+    for n in ok:
         print_memory(n, runs[n], console)
     for n in ok:
         r = runs[n]
@@ -271,6 +274,36 @@ def print_steps(name: str, r: dict, console: Console) -> None:
             verdict,
         )
     console.print(t)
+
+
+def print_slow(name: str, r: dict, console: Console) -> None:
+    """Slow readers: the fast clients without / with the slow ones slowed, and the slow ones."""
+    e = r["slow_effect"]
+    t = Table(
+        title=f"{name}: slow readers (goal: the others keep 90%: "
+        f"{'met' if e['goal_met'] else 'NOT met'})"
+    )
+    for col in ("step", "fast deliv/s", "fast on time", "fast p50 ms", "fast p99 ms", "fast lost"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    for st in r["steps"]:
+        d = st["deliveries"]
+        t.add_row(
+            "slow readers slowed" if st.get("slowed") else "all read at full speed",
+            _fmt(d["per_s"]),
+            f"{d['on_time'] / d['expected']:.1%}" if d["expected"] else "-",
+            _fmt(st["latency_ms"]["p50"]),
+            _fmt(st["latency_ms"]["p99"]),
+            _fmt(st["loss"]["lost"]),
+        )
+    console.print(t)
+    s = e["slow_readers"] or {}
+    console.print(
+        f"{name}: fast clients kept {_fmt(e['fast_throughput_kept'])} of their deliveries/s, "
+        f"p99 x{_fmt(e['fast_p99_ratio'])}; slow readers ({s.get('clients')} at "
+        f"{s.get('bytes_per_s')} B/s): cut {s.get('drops')} times, received "
+        f"{s.get('received')} of {s.get('expected')}, lost {s.get('lost')}, duplicated "
+        f"{s.get('duplicated')}, p99 {_fmt(s.get('p99_ms'))} ms"
+    )
 
 
 def print_memory(name: str, r: dict, console: Console) -> None:

@@ -76,6 +76,8 @@ class LoadConfig:
     max_rate: float = 0.0  # per channel; 0: no cap
     p99_bound_ms: float = 500.0
     step_pause_s: float = 1.0  # between steps
+    slow_every: int = 0  # slow readers: every slow_every-th client (step 2 of the slow scenario)
+    slow_bytes_per_s: int = 2048
     profile_dir: str = ""  # py-spy the broker and edge0 (gripcast) during step profile_step
     profile_step: int = 1
 
@@ -135,6 +137,8 @@ class Phase:
 
 
 def _step_rates(cfg: LoadConfig) -> list[float]:
+    if cfg.slow_every:
+        return [cfg.rate, cfg.rate]  # without, then with the slow readers slowed
     if not cfg.saturate:
         return [cfg.rate]
     return rate_steps(cfg.rate, cfg.factor, cfg.max_steps, cfg.max_rate)
@@ -245,6 +249,7 @@ class _Session(_Profiler):
             tag += f"step {index + 1} ({rate * cfg.channels:,.6g} msg/s) "
         count = step_count(rate, cfg.duration)
         churn = cfg.churn_per_s if index == 0 else 0.0
+        slowed = bool(cfg.slow_every) and index == 1
         for w in workers:
             w.report = None
         start_at = time.time() + 0.3
@@ -252,6 +257,8 @@ class _Session(_Profiler):
             w.pipe.send(("step", start_at, base, count))
             if churn:
                 w.pipe.send(("churn", churn / len(workers)))
+            if slowed:
+                w.pipe.send(("slow", True))
         plan = PublishPlan(
             cfg.publisher,
             target.publish_url,
@@ -315,6 +322,8 @@ class _Session(_Profiler):
         for w in workers:
             if churn:
                 w.pipe.send(("churn", 0))
+            if slowed:  # the slow readers catch up while the run waits for stragglers
+                w.pipe.send(("slow", False))
         phase = Phase(self.progress, tag + "waiting for stragglers", expected)
         t_drain = time.time()
         last_d, still_since = -1, time.time()
@@ -350,6 +359,8 @@ class _Session(_Profiler):
         if len(reports) < len(workers):
             raise TimeoutError(f"only {len(reports)} of {len(workers)} workers reported")
         st = _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s)
+        if cfg.slow_every:
+            st["slowed"] = slowed
         if kill_info is not None:
             st["edge_kill"] = kill_info
         if profiles:
@@ -363,8 +374,55 @@ class _Session(_Profiler):
         return st
 
 
+def slow_effect(before: dict, after: dict) -> dict:
+    """What the slow readers cost the others: the fast clients' deliveries/s and latency with
+    the slow readers slowed (``after``) over without (``before``); the goal keeps 90%."""
+
+    def ratio(a, b):
+        return round(a / b, 3) if a is not None and b else None
+
+    d0, d1 = before["deliveries"], after["deliveries"]
+    l0, l1 = before["latency_ms"], after["latency_ms"]
+    throughput = ratio(d1["per_s"], d0["per_s"])
+    p99 = ratio(l1["p99"], l0["p99"])
+    return {
+        "fast_throughput_kept": throughput,
+        "fast_on_time_kept": ratio(d1["on_time"], d0["on_time"]),
+        "fast_p50_ratio": ratio(l1["p50"], l0["p50"]),
+        "fast_p99_ratio": p99,
+        # 90% of the throughput kept, and the p99 at most 1/0.9 of what it was
+        "goal_met": throughput is not None
+        and throughput >= 0.9
+        and p99 is not None
+        and p99 <= 1 / 0.9,
+        "slow_readers": after.get("slow_readers"),
+    }
+
+
+def _slow_group(cfg, published, reports) -> dict:
+    """The slow readers of a step: their expected deliveries, what they got, lost, drops."""
+    idx = [i for i in range(cfg.clients) if i % cfg.slow_every == 0]
+    expected = sum(published.get(f"c{i % cfg.channels}", 0) for i in idx)
+    slow = [r["slow"] for r in reports]
+    pc = percentiles(merge_hists([s["hist"] for s in slow]), (50, 99))
+    return {
+        "clients": len(idx),
+        "bytes_per_s": cfg.slow_bytes_per_s,
+        "expected": expected,
+        "received": sum(s["deliveries"] for s in slow),
+        "lost": sum(s["lost"] for s in slow),
+        "duplicated": sum(s["duplicated"] for s in slow),
+        "drops": sum(s["drops"] for s in slow),
+        "p50_ms": pc["p50"],
+        "p99_ms": pc["p99"],
+    }
+
+
 def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) -> dict:
     summary_ = summarize(merge_hists([r["hist"] for r in reports]))
+    slow = _slow_group(cfg, pub_report["published"], reports) if cfg.slow_every else None
+    if slow is not None:  # the table's figures are the other clients' (the fast ones)
+        expected -= slow["expected"]
     received = summary_["deliveries"]
     lat = summary_["latency_ms"]
     lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
@@ -375,12 +433,16 @@ def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) ->
         (r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None
     )
     series = summary_["series"]
-    steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
-    on_time = sum(s["deliveries"] for s in series if s["t"] <= int(cfg.duration))
+    # how long publishing took: not ``duration`` when a channel's share of messages rounds
+    dur = pub_report.get("elapsed_s") or cfg.duration
+    steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(dur)]
+    on_time = sum(s["deliveries"] for s in series if s["t"] <= int(dur))
     last_rx = max((r["last_rx"] for r in reports), default=0.0)
-    taken = max(cfg.duration, last_rx - start_at)
-    lost = sum(r["lost"] for r in reports)
+    taken = max(dur, last_rx - start_at)
+    lost = sum(r["lost"] for r in reports) - (slow["lost"] if slow else 0)
+    dup = sum(r["dup"] for r in reports) - (slow["duplicated"] if slow else 0)
     return {
+        **({"slow_readers": slow} if slow else {}),
         "rate": rate,
         "msgs_per_s": round(rate * cfg.channels, 3),
         "offered_deliveries_per_s": round(rate * cfg.clients, 1),
@@ -413,7 +475,7 @@ def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) ->
         "series": series,
         "loss": {
             "lost": lost,
-            "duplicated": sum(r["dup"] for r in reports),
+            "duplicated": dup,
             "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
             "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
             "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]}
@@ -552,14 +614,19 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         if cfg.saturate:
             ok = [s for s in steps if not s["saturation"]["saturated"]]
             shown = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0) if ok else steps[0]
+        elif cfg.slow_every:
+            shown = steps[-1]  # the step with the slow readers slowed
         else:
             shown = steps[0]
         # the table's columns: the one step (or the search's best unsaturated step)
         result.update(shown)
         result["verdict"] = result.pop("saturation")
-        if cfg.saturate:
+        if cfg.saturate or cfg.slow_every:
             result["steps"] = [{k: v for k, v in st.items() if k != "series"} for st in steps]
+        if cfg.saturate:
             result["saturation"] = summary(steps, cfg.max_steps)
+        if cfg.slow_every and len(steps) == 2:
+            result["slow_effect"] = slow_effect(steps[0], steps[1])
         result["cpu"]["connect_phase"] = connect_cpu
         result["ok"] = True
     except Exception as exc:

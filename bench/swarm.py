@@ -112,6 +112,9 @@ class WorkerConfig:
     concurrency: int = 64
     resume: bool = True  # reconnect with a cursor (SSE Last-Event-ID, stream ?last=)
     late_s: float = 5.0  # a delivery later than this after its publish counts as late
+    slow_every: int = 0  # slow readers: client i is slow when i % slow_every == 0 (0: none)
+    slow_bytes_per_s: int = 2048  # what a slow reader reads per second while slowed
+    slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
 
 
 class Client:
@@ -131,6 +134,8 @@ class Client:
         "probed",
         "probe",
         "established",
+        "slow",
+        "muted",
         "hs",
         "events",
     )
@@ -146,6 +151,8 @@ class Client:
         self.probed = False
         self.probe = 0  # the last probe seen (SSE id ``p<k>``): the cursor until a message came
         self.established = False
+        self.slow = False  # a slow reader (reads at a trickle while the worker's slow mode is on)
+        self.muted = False  # a slow reader not polled for input (read by the trickle instead)
         self.hs = False  # a handshake of ours is in flight (counts against concurrency)
         self.events: list | None = None  # the last EVENTS_KEPT (time, what, cursor) of this client
         self.reset()
@@ -257,10 +264,18 @@ class Worker:
         self.late_hist: dict[int, int] = {}  # latency bucket -> late deliveries
         self.stale = 0
         self.step_deliveries = 0
-        self.last_rx = 0.0  # the time of the step's last delivery
+        self.last_rx = 0.0  # the time of the step's last delivery (slow readers' left out)
+        self.slow_deliveries = 0
         self.churn_interval = 0.0
         self.next_churn = 0.0
         self.running = True
+        if cfg.slow_every:
+            for c in self.clients:
+                c.slow = c.idx % cfg.slow_every == 0
+        self.slow_on = False
+        self.hist_slow: dict[int, int] = {}  # slow readers' latencies (kept out of ``hist``)
+        self.slow_drops = 0
+        self.next_trickle = 0.0
         self.lp = cfg.transport == "longpoll"
         self.sse = cfg.transport == "sse"
         self.ws = cfg.transport == "ws"
@@ -269,13 +284,15 @@ class Worker:
 
     def open(self, c: Client, now: float) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if c.slow:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.slow_rcvbuf)
         s.setblocking(False)
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):
             s.close()
             self.fail(c, now)
             return
-        c.sock, c.fd, c.state, c.hs = s, s.fileno(), CONNECTING, True
+        c.sock, c.fd, c.state, c.hs, c.muted = s, s.fileno(), CONNECTING, True, False
         note(c, now, "open")
         c.reset()
         self.by_fd[c.fd] = c
@@ -328,6 +345,7 @@ class Worker:
     def dropped(self, c: Client, now: float) -> None:
         """The server closed an established connection: reconnect (resuming) shortly."""
         self.drops += 1
+        self.slow_drops += c.slow
         note(c, now, "dropped")
         self.close(c)
         heapq.heappush(self.timers, (now + 0.05 + random.random() * 0.45, c.idx))
@@ -345,9 +363,32 @@ class Worker:
         c.state = HEAD
         self.ep.modify(c.fd, select.EPOLLIN)
 
-    def on_readable(self, c: Client, now: float) -> None:
+    def mute(self, c: Client, on: bool) -> None:
+        """Stop (or restart) polling a slow reader for input: the trickle reads it instead."""
+        if c.muted != on and c.sock is not None and c.state == BODY:
+            self.ep.modify(c.fd, 0 if on else select.EPOLLIN)  # HUP/ERR are still reported
+            c.muted = on
+
+    def set_slow(self, on: bool) -> None:
+        self.slow_on = on
+        for c in self.clients:
+            if c.slow:
+                self.mute(c, on)
+
+    def trickle(self, now: float) -> None:
+        """Every 0.1 s, each slow reader reads a tenth of its bytes per second."""
+        if now < self.next_trickle:
+            return
+        self.next_trickle = now + 0.1
+        size = max(1, self.cfg.slow_bytes_per_s // 10)
+        for c in self.clients:
+            if c.slow and c.sock is not None and c.state == BODY:
+                self.mute(c, True)
+                self.on_readable(c, now, size)
+
+    def on_readable(self, c: Client, now: float, size: int = 262144) -> None:
         try:
-            data = c.sock.recv(262144)
+            data = c.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -438,11 +479,12 @@ class Worker:
         if not found:
             return
         seen = c.seen
-        hist = self.hist
+        # slow readers' latencies are kept apart, and they are never "late"
+        hist = self.hist_slow if c.slow else self.hist
         base = int(now - self.t0) << SEC_SHIFT if self.t0 else 0
         log = math.log
         first = self.base  # seq ``first + i`` is at ``seen[i]``: the step's own numbering
-        late_s = self.cfg.late_s
+        late_s = math.inf if c.slow else self.cfg.late_s
         n = 0
         for s, t in found:
             seq = int(s)
@@ -458,7 +500,7 @@ class Worker:
             if v < 255:
                 seen[i] = v + 1
             lat = now - float(t)
-            if lat > self.max_lat:
+            if lat > self.max_lat and not c.slow:
                 self.max_lat = lat
             us = lat * 1e6
             b = int(log(us) * BUCKETS_PER_E) if us > 1.0 else 0
@@ -470,7 +512,10 @@ class Worker:
             n += 1
         self.deliveries += n
         self.step_deliveries += n
-        self.last_rx = now
+        if c.slow:
+            self.slow_deliveries += n
+        else:
+            self.last_rx = now
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -480,6 +525,7 @@ class Worker:
             "probed": self.probed,
             "deliveries": self.deliveries,
             "step_deliveries": self.step_deliveries,
+            "slow_deliveries": self.slow_deliveries,
             "failures": self.failures,
             "drops": self.drops,
             "reconnects": self.reconnects,
@@ -495,6 +541,8 @@ class Worker:
         kind = msg[0]
         if kind == "step":
             self.start_step(msg[1], msg[2], msg[3])
+        elif kind == "slow":
+            self.set_slow(msg[1])
         elif kind == "churn":
             per_s = msg[1]
             self.churn_interval = 1.0 / per_s if per_s > 0 else 0.0
@@ -512,12 +560,15 @@ class Worker:
         for c in self.clients:
             c.seen = bytearray(count + 2)
         self.hist = {}
+        self.hist_slow = {}
+        self.slow_drops = 0
         self.max_lat = 0.0
         self.late = 0
         self.late_hist = {}
         self.stale = 0
         self.step_deliveries = 0
-        self.last_rx = 0.0  # the time of the step's last delivery
+        self.last_rx = 0.0  # the time of the step's last delivery (slow readers' left out)
+        self.slow_deliveries = 0
 
     def churn(self, now: float) -> None:
         while self.churn_interval and now >= self.next_churn:
@@ -561,6 +612,8 @@ class Worker:
                     self.open(c, now)
             if self.churn_interval:
                 self.churn(now)
+            if self.slow_on:
+                self.trickle(now)
             if now >= next_status:
                 next_status = now + 0.25
                 self.pipe.send(("status", self.status()))
@@ -570,6 +623,7 @@ class Worker:
 
     def report(self, published: dict[str, int]) -> dict:
         lost_total = dup_total = with_loss = with_dup = 0
+        slow_lost = slow_dup = slow_clients = 0
         worst = None
         per_client = []
         detail = []  # which seqs, and the client's recent connections (time, what, cursor then)
@@ -580,6 +634,10 @@ class Worker:
             dup = sum(sl) - (n - lost) if n else 0
             lost_total += lost
             dup_total += dup
+            if c.slow:
+                slow_clients += 1
+                slow_lost += lost
+                slow_dup += dup
             with_loss += lost > 0
             with_dup += dup > 0
             if lost or dup:
@@ -611,6 +669,15 @@ class Worker:
             "worst": worst,
             "per_client": per_client[:1000],
             "detail": detail,
+            # slow readers (their deliveries are in lost/dup above too, not in hist)
+            "slow": {
+                "clients": slow_clients,
+                "deliveries": self.slow_deliveries,
+                "lost": slow_lost,
+                "duplicated": slow_dup,
+                "drops": self.slow_drops,
+                "hist": self.hist_slow,
+            },
         }
 
 
