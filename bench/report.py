@@ -82,6 +82,7 @@ METRICS = [
     ),
     ("publish errors", lambda r: r["publish"]["errors"], None),
     ("server CPU s, publish phase", lambda r: _cpu(r, "server"), "low"),
+    ("server CPU us per delivery (all server processes)", lambda r: _us_per(r), "low"),
     ("load-generator CPU s, publish phase", lambda r: _cpu(r, "loadgen"), None),
     ("busiest process (core share)", lambda r: _busiest(r), None),
 ]
@@ -110,6 +111,13 @@ def _worst(r):
 
 def _cpu(r, role):
     return round(sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["role"] == role), 2)
+
+
+def _us_per(r):
+    """Server CPU microseconds per delivery in the publish phase: the per-message cost, which
+    (unlike latency) moves little when other work on the machine takes the CPU."""
+    n = r["deliveries"]["received"]
+    return round(_cpu(r, "server") * 1e6 / n, 1) if n else None
 
 
 def _busiest(r):
@@ -203,7 +211,7 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         table.add_row(label, *cells)
     console.print(table)
     for n in ok:
-        if runs[n].get("steps"):
+        if runs[n].get("saturation"):
             print_steps(n, runs[n], console)
     for n in ok:
         if runs[n].get("slow_effect"):
@@ -251,6 +259,7 @@ def print_steps(name: str, r: dict, console: Console) -> None:
         "late",
         "lost",
         "publisher items/s",
+        "server CPU us/deliv",
         "verdict",
     ):
         t.add_column(col, justify="left" if col == "verdict" else "right")
@@ -271,6 +280,7 @@ def print_steps(name: str, r: dict, console: Console) -> None:
             _fmt(st["late"]["count"]),
             _fmt(st["loss"]["lost"]),
             _fmt(st["publish"]["rate_achieved"]),
+            _fmt(_us_per(st)),
             verdict,
         )
     console.print(t)

@@ -90,12 +90,15 @@ class _WorkerHandle:
         )
         self.status: dict = {}
         self.report: dict | None = None
+        self.stepped: int | None = None  # the base of the last step this worker acknowledged
 
     def pump(self) -> None:
         while self.pipe.poll():
             kind, body = self.pipe.recv()
             if kind == "status":
                 self.status = body
+            elif kind == "stepped":
+                self.stepped = body
             else:
                 self.report = body
 
@@ -252,9 +255,17 @@ class _Session(_Profiler):
         slowed = bool(cfg.slow_every) and index == 1
         for w in workers:
             w.report = None
+            w.stepped = None
+            w.pipe.send(("step", base, count))
+        deadline = time.monotonic() + 30
+        while any(w.stepped != base for w in workers):  # every worker counts this step now
+            if time.monotonic() > deadline:
+                raise TimeoutError("client workers did not start the step")
+            _pump_all(workers)
+            time.sleep(0.02)
         start_at = time.time() + 0.3
         for w in workers:
-            w.pipe.send(("step", start_at, base, count))
+            w.pipe.send(("t0", start_at))
             if churn:
                 w.pipe.send(("churn", churn / len(workers)))
             if slowed:
@@ -404,7 +415,7 @@ def _slow_group(cfg, published, reports) -> dict:
     idx = [i for i in range(cfg.clients) if i % cfg.slow_every == 0]
     expected = sum(published.get(f"c{i % cfg.channels}", 0) for i in idx)
     slow = [r["slow"] for r in reports]
-    pc = percentiles(merge_hists([s["hist"] for s in slow]), (50, 99))
+    pc = summarize(merge_hists([s["hist"] for s in slow]))["latency_ms"]  # keys hold seconds
     return {
         "clients": len(idx),
         "bytes_per_s": cfg.slow_bytes_per_s,
@@ -533,6 +544,8 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         cfg.concurrency,
                         resume=cfg.resume,
                         late_s=cfg.late_s,
+                        slow_every=cfg.slow_every,
+                        slow_bytes_per_s=cfg.slow_bytes_per_s,
                     )
                 )
             )

@@ -19,10 +19,13 @@ with ``Last-Event-ID`` (the last seq they saw, ``p<k>`` after only probes), HTTP
 clients with ``?last=`` and the same cursor (the bench origin makes it a ``prev-id``).  The ``churn`` command makes the worker close
 random clients itself at a given rate, and they resume the same way.
 
-The parent talks to a worker over a Pipe: commands in (``step``, ``churn``, ``report``,
-``stop``), ``status`` snapshots out every 0.25 s, and a ``report`` per step.  A run can publish
-in several steps (the saturation search): ``step`` gives the step's start time and its seqs
-(``base + 1 .. base + count``), and the worker counts that step alone; a delivery of an earlier
+The parent talks to a worker over a Pipe: commands in (``step``, ``t0``, ``churn``, ``slow``,
+``report``, ``stop``), ``status`` snapshots out every 0.25 s, a ``stepped`` ack, and a
+``report`` per step.  A run can publish
+in several steps (the saturation search): ``step`` gives the step's seqs (``base + 1 .. base + count``)
+and is acknowledged before the step's publisher starts (a worker slow to read its pipe must not
+reset its counts after the first deliveries came), ``t0`` its start time; the worker counts
+that step alone; a delivery of an earlier
 step arriving after it was counted is *stale*.  A delivery more than ``late_s`` after its
 publish time is *late*: it still counts as delivered (not lost), and is reported apart with its
 own latency histogram.
@@ -540,7 +543,10 @@ class Worker:
     def command(self, msg) -> None:
         kind = msg[0]
         if kind == "step":
-            self.start_step(msg[1], msg[2], msg[3])
+            self.start_step(0.0, msg[1], msg[2])
+            self.pipe.send(("stepped", msg[1]))  # the parent starts publishing after every ack
+        elif kind == "t0":
+            self.t0 = msg[1]
         elif kind == "slow":
             self.set_slow(msg[1])
         elif kind == "churn":

@@ -181,3 +181,32 @@ def test_saturation_summary_names_the_limit_and_what_broke_it():
     assert summary(steps[:2], 2)["stopped_by"] == "max_steps"
     steps[2]["saturation"]["loadgen_limited"] = True
     assert summary(steps, 10)["stopped_by"] == "loadgen"
+
+
+def test_slow_readers_are_counted_apart():
+    w = Worker(WorkerConfig(0, 1, "sse", 0, 2, 1, 10, slow_every=2), None)
+    slow, fast = w.clients
+    assert slow.slow and not fast.slow
+    w.start_step(100.0, 0, 2)
+    w.consume(fast, b"id: 1\ndata: M1 100.000000\n\n", 100.01)
+    w.consume(slow, b"id: 1\ndata: M1 100.000000\n\n", 109.0)  # 9 s: slow, not "late"
+    r = w.report({"c0": 2})
+    assert sum(r["hist"].values()) == 1  # the fast client's delivery only
+    assert r["late"] == 0 and r["max_lat"] < 1
+    assert r["slow"]["deliveries"] == 1 and sum(r["slow"]["hist"].values()) == 1
+    assert (r["lost"], r["slow"]["lost"]) == (2, 1)  # seq 2: both lost, one of them slow
+
+
+def test_slow_effect_compares_the_fast_clients():
+    from bench.scenarios import slow_effect
+
+    def st(per_s, p99):
+        return {
+            "deliveries": {"per_s": per_s, "on_time": per_s},
+            "latency_ms": {"p50": 1.0, "p99": p99},
+        }
+
+    e = slow_effect(st(1000, 100), st(950, 105))
+    assert (e["fast_throughput_kept"], e["fast_p99_ratio"], e["goal_met"]) == (0.95, 1.05, True)
+    assert not slow_effect(st(1000, 100), st(850, 100))["goal_met"]
+    assert not slow_effect(st(1000, 100), st(1000, 200))["goal_met"]
