@@ -51,6 +51,25 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         f"(default {100 if channels else 0}; 0: every due item, up to 1,000 per POST)",
     )
     p.add_argument(
+        "--keep-alive",
+        type=int,
+        default=0,
+        help="the origin asks for Grip-Keep-Alive every S seconds (SSE comment, stream newline)",
+    )
+    p.add_argument(
+        "--rest",
+        type=float,
+        default=0.0,
+        help="seconds at rest after connecting, nothing published: server CPU at rest",
+    )
+    p.add_argument(
+        "--source-addrs",
+        type=int,
+        default=0,
+        help="spread the clients over N loopback source addresses 127.0.0.2.. (more than "
+        "~28,000 connections to one port need several; default: 0, one)",
+    )
+    p.add_argument(
         "--payload-bytes",
         type=int,
         default=0,
@@ -232,7 +251,8 @@ def load_config(args) -> LoadConfig:
         rate = rate / args.channels  # total msgs/s -> per channel
     elif args.smoke:
         args.clients, args.duration, rate, args.channels = 50, 5.0, 10.0, 1
-    procs = args.procs or (2 if args.clients <= 5000 else 4)
+    # one worker holds at most ~15,000 connections (every process is held to 20,000 files)
+    procs = args.procs or max(2 if args.clients <= 5000 else 4, -(-args.clients // 15000))
     procs = max(1, min(procs, args.clients))
     churn = args.scenario == "churn"
     slow = args.scenario == "slow"
@@ -259,6 +279,10 @@ def load_config(args) -> LoadConfig:
         batch=args.batch,
         # never two POSTs in flight holding consecutive messages of one channel
         payload_bytes=args.payload_bytes,
+        keep_alive_s=args.keep_alive,
+        rest_s=args.rest,
+        source_addrs=args.source_addrs
+        or (-(-args.clients // 20000) if args.clients > 25000 else 0),
         publish_conns=max(1, min(args.publish_conns, args.channels // args.batch))
         if args.batch > 0
         else 1,
@@ -277,6 +301,7 @@ def load_config(args) -> LoadConfig:
 
 
 ORDER_FILE = RESULTS_DIR / ".order"
+PUSHPIN_MAX_CLIENTS = 18000
 
 
 def target_order(target: str, order: str, state: Path | None = None) -> list[str]:
@@ -334,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if r.get("ok") else 1
     cfg = load_config(args)
     targets = target_order(args.target, args.order)
+    if "pushpin" in targets and cfg.clients > PUSHPIN_MAX_CLIENTS:
+        console.print(
+            f"[red]Pushpin's one connection manager (condure) cannot hold more than about "
+            f"{PUSHPIN_MAX_CLIENTS:,} connections here (20,000 open files per process): compare "
+            f"at {PUSHPIN_MAX_CLIENTS:,} and run gripcast alone above it[/red]"
+        )
+        return 2
     if args.scenario == "churn" and "pushpin" in targets:
         console.print(
             "note: resume with cursor: Pushpin does not resume from a prev-id by itself (its "

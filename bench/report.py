@@ -42,6 +42,12 @@ METRICS = [
     ("latency p99 ms", lambda r: r["latency_ms"]["p99"], "low"),
     ("latency max ms", lambda r: r["latency_ms"]["max"], "low"),
     ("connections/s while establishing", lambda r: r["connect"]["rate_per_s"], "high"),
+    ("at rest: server core share (keep-alive s)", lambda r: _rest(r), None),
+    (
+        "at rest: server CPU us per connection-second",
+        lambda r: r["rest"]["server_cpu_us_per_conn_s"],
+        "low",
+    ),
     ("connect failures (retried)", lambda r: r["connect"]["failures"], None),
     (
         "memory per held connection KiB (whole process tree)",
@@ -111,6 +117,11 @@ def _worst(r):
 
 def _cpu(r, role):
     return round(sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["role"] == role), 2)
+
+
+def _rest(r):
+    x = r["rest"]
+    return f"{x['server_core_share']:.3f} ({x['keep_alive_s'] or 'off'})"
 
 
 def _us_per(r):
@@ -198,8 +209,8 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         table.add_column(f"{ok[0]} / {ok[1]}", justify="right")
     for label, getter, better in METRICS:
         vals = [_value(getter, runs[n]) for n in ok]
-        if label.startswith("saturation") and all(v is None for v in vals):
-            continue  # not a saturation search
+        if label.startswith(("saturation", "at rest")) and all(v is None for v in vals):
+            continue  # not a saturation search / no rest phase
         cells = [_fmt(v) for v in vals]
         if len(ok) == 2:
             rt = ratio_of(vals[0], vals[1], better)

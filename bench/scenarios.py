@@ -78,6 +78,9 @@ class LoadConfig:
     step_pause_s: float = 1.0  # between steps
     slow_every: int = 0  # slow readers: every slow_every-th client (step 2 of the slow scenario)
     slow_bytes_per_s: int = 2048
+    keep_alive_s: int = 0  # the origin asks for Grip-Keep-Alive (SSE comment / empty line)
+    rest_s: float = 0.0  # seconds of rest after connecting: CPU at rest (keep-alives on)
+    source_addrs: int = 0  # client source addresses 127.0.0.2.. (0: the default one)
     profile_dir: str = ""  # py-spy the broker and edge0 (gripcast) during step profile_step
     profile_step: int = 1
 
@@ -514,7 +517,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
     result: dict = {"target": kind, "config": asdict(cfg)}
     tag = f"[{label or kind}] "
     try:
-        origin = Origin(resume=cfg.resume).start()
+        origin = Origin(resume=cfg.resume, keep_alive=cfg.keep_alive_s).start()
         lg_pids[origin.pid] = "origin"
         target = make_target(kind, origin.port, cfg.edges, workdir, cfg.log_level, cfg.stats)
         target.start()
@@ -546,6 +549,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         late_s=cfg.late_s,
                         slow_every=cfg.slow_every,
                         slow_bytes_per_s=cfg.slow_bytes_per_s,
+                        source_addrs=cfg.source_addrs,
                     )
                 )
             )
@@ -584,6 +588,29 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         connect_cpu = procs.cpu_delta(srv0, srv1, connect_wall, "server") + procs.cpu_delta(
             lg0, lg1, connect_wall, "loadgen"
         )
+        if cfg.rest_s > 0:  # every connection open, nothing published: CPU at rest
+            phase = Phase(progress, tag + "at rest", cfg.rest_s)
+            t_rest = time.time()
+            while time.time() - t_rest < cfg.rest_s:
+                _pump_all(workers)
+                phase.update(completed=time.time() - t_rest)
+                time.sleep(0.2)
+            phase.done()
+            srv_r, lg_r = session.samples()
+            rest_wall = time.time() - t_rest
+            rest = procs.cpu_delta(srv1, srv_r, rest_wall, "server")
+            server_s = sum(p["cpu_s"] for p in rest)
+            result["rest"] = {
+                "s": round(rest_wall, 3),
+                "keep_alive_s": cfg.keep_alive_s,
+                "server_cpu_s": round(server_s, 3),
+                "server_core_share": round(server_s / rest_wall, 4),
+                "server_cpu_us_per_conn_s": round(server_s * 1e6 / rest_wall / connected, 3)
+                if connected
+                else None,
+                "live": _sum(workers, "live"),
+                "cpu": rest + procs.cpu_delta(lg1, lg_r, rest_wall, "loadgen"),
+            }
 
         # --- probe barrier: every client subscribed ---------------------------------------
         phase = Phase(progress, tag + "subscribing (probes)", connected)

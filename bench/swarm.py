@@ -118,6 +118,7 @@ class WorkerConfig:
     slow_every: int = 0  # slow readers: client i is slow when i % slow_every == 0 (0: none)
     slow_bytes_per_s: int = 2048  # what a slow reader reads per second while slowed
     slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
+    source_addrs: int = 0  # bind client i to 127.0.0.<2 + i % n> (more ephemeral ports); 0: no
 
 
 class Client:
@@ -289,6 +290,9 @@ class Worker:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if c.slow:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.slow_rcvbuf)
+        if self.cfg.source_addrs:
+            # one loopback source address has ~28,000 ephemeral ports to the one server port
+            s.bind((f"127.0.0.{2 + c.idx % self.cfg.source_addrs}", 0))
         s.setblocking(False)
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):

@@ -210,3 +210,32 @@ def test_slow_effect_compares_the_fast_clients():
     assert (e["fast_throughput_kept"], e["fast_p99_ratio"], e["goal_met"]) == (0.95, 1.05, True)
     assert not slow_effect(st(1000, 100), st(850, 100))["goal_met"]
     assert not slow_effect(st(1000, 100), st(1000, 200))["goal_met"]
+
+
+def test_origin_keep_alive_header():
+    from bench.origin import keep_alive_header, respond
+
+    assert keep_alive_header(b"sse", 20) == (
+        b"Grip-Keep-Alive: :ka\\n\\n; format=cstring; timeout=20\r\n"
+    )
+    assert keep_alive_header(b"stream", 5) == b"Grip-Keep-Alive: \\n; format=cstring; timeout=5\r\n"
+    assert keep_alive_header(b"lp", 5) == keep_alive_header(b"sse", 0) == b""
+    assert b"Grip-Keep-Alive" not in respond(b"/sse/c1", None, False)
+    assert b"timeout=7" in respond(b"/sse/c1", None, False, b"", 7)
+
+
+def test_many_clients_spread_over_workers_and_source_addresses():
+    p = build_parser()
+    cfg = load_config(p.parse_args(["fanout", "--clients", "100000", "--target", "gripcast"]))
+    assert cfg.procs == 7  # at most ~15,000 connections per worker
+    assert cfg.source_addrs == 5  # at most ~20,000 per loopback source address
+    assert load_config(p.parse_args(["fanout", "--clients", "1000"])).source_addrs == 0
+
+
+def test_pushpin_is_not_run_past_its_connection_limit(capsys):
+    from bench.cli import main
+
+    assert (
+        main(["fanout", "--clients", "20000", "--target", "both", "--order", "gripcast-first"]) == 2
+    )
+    assert "18,000" in capsys.readouterr().out

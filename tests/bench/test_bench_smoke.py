@@ -54,3 +54,27 @@ def test_smoke_fanout_gripcast(tmp_path, transport):
     assert {"run", "broker", "edge0", "edge1"} <= names, names
     assert record["order"] == ["gripcast"]
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_rest_with_keep_alives_gripcast(tmp_path):
+    """CPU at rest with keep-alives on: every connection stays open and gets keep-alives
+    (ignored by the clients), then the messages arrive as usual."""
+    out = tmp_path / "rest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast"]
+        + ["--rest", "2.5", "--keep-alive", "1", "--warmup", "10", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads(out.read_text())["runs"]["gripcast"]
+    assert run["ok"], run.get("error")
+    rest = run["rest"]
+    assert rest["keep_alive_s"] == 1 and rest["s"] >= 2.5
+    assert rest["live"] == 50
+    assert rest["server_cpu_s"] > 0 and rest["server_cpu_us_per_conn_s"] > 0
+    assert {p["name"] for p in rest["cpu"] if p["role"] == "server"} >= {"broker", "edge0"}
+    assert run["deliveries"]["received"] == run["deliveries"]["expected"] > 0
+    assert run["loss"]["lost"] == 0
