@@ -191,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         True,
     )
+    soak = sub.add_parser(
+        "soak",
+        help="soak: connects, disconnects, resumes (with cursor) and publishes for --minutes; "
+        "RSS and open files of every server process sampled each --interval and judged",
+    )
+    _add_load_args(soak, True)
+    soak.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
+    soak.add_argument(
+        "--interval", type=float, default=60.0, help="seconds per sample/step (default 60)"
+    )
+    soak.add_argument(
+        "--quick", action="store_true", help="CI form: 1 minute in 10-second steps, 200 clients"
+    )
     slow = sub.add_parser(
         "slow",
         help="slow readers: one step without, one with every --slow-every-th client reading "
@@ -254,7 +267,12 @@ def load_config(args) -> LoadConfig:
     # one worker holds at most ~15,000 connections (every process is held to 20,000 files)
     procs = args.procs or max(2 if args.clients <= 5000 else 4, -(-args.clients // 15000))
     procs = max(1, min(procs, args.clients))
-    churn = args.scenario == "churn"
+    soak = args.scenario == "soak"
+    if soak:
+        if args.quick:
+            args.minutes, args.interval, args.clients = 1.0, 10.0, min(args.clients, 200)
+        args.duration = args.interval
+    churn = args.scenario in ("churn", "soak")
     slow = args.scenario == "slow"
     return LoadConfig(
         scenario=args.scenario,
@@ -272,7 +290,8 @@ def load_config(args) -> LoadConfig:
         )
         if churn
         else 0.0,
-        kill_edge=churn and not args.no_kill_edge,
+        kill_edge=churn and not args.no_kill_edge and not soak,
+        soak_steps=max(2, round(args.minutes * 60 / args.interval)) if soak else 0,
         resume=churn or slow,
         slow_every=args.slow_every if slow else 0,
         slow_bytes_per_s=args.slow_rate if slow else 2048,
@@ -390,7 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(record, path)
     pngs = report.plot(runs, path.with_suffix(""))
     console.print(f"results: {path}" + "".join(f"\nplot: {p}" for p in pngs))
-    return 0 if all(r.get("ok") for r in runs.values()) else 1
+    # a soak fails when a process grew or something was lost
+    return (
+        0
+        if all(r.get("ok") and r.get("soak", {}).get("ok") is not False for r in runs.values())
+        else 1
+    )
 
 
 def _cpus() -> int:

@@ -193,6 +193,14 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def fd_count(pid: int) -> int:
+    """Open file descriptors of ``pid`` (0 if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` so far (0 if it is gone)."""
     f = _stat_fields(pid)

@@ -228,6 +228,9 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         if runs[n].get("slow_effect"):
             print_slow(n, runs[n], console)
     for n in ok:
+        if runs[n].get("soak"):
+            print_soak(n, runs[n], console)
+    for n in ok:
         print_memory(n, runs[n], console)
     for n in ok:
         r = runs[n]
@@ -325,6 +328,26 @@ def print_slow(name: str, r: dict, console: Console) -> None:
         f"{s.get('received')} of {s.get('expected')}, lost {s.get('lost')}, duplicated "
         f"{s.get('duplicated')}, p99 {_fmt(s.get('p99_ms'))} ms"
     )
+
+
+def print_soak(name: str, r: dict, console: Console) -> None:
+    v = r["soak"]
+    t = Table(
+        title=f"{name}: soak, {len(r['steps'])} steps "
+        f"({'ok' if v['ok'] else 'FAILED: ' + '; '.join(v.get('problems', []))})"
+    )
+    for col in ("process", "RSS KiB after warm-up", "RSS KiB last", "growth", "fds", "fds last"):
+        t.add_column(col, justify="left" if col == "process" else "right")
+    for p in v["processes"]:
+        t.add_row(
+            p["name"],
+            _fmt(p["rss_kib_after_warmup"]),
+            _fmt(p["rss_kib_last"]),
+            f"{p['rss_growth']:+.1%}",
+            _fmt(p["fds_after_warmup"]),
+            _fmt(p["fds_last"]),
+        )
+    console.print(t)
 
 
 def print_memory(name: str, r: dict, console: Console) -> None:
@@ -432,7 +455,39 @@ def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     out.append(p)
-    searched = {n: r for n, r in runs.items() if r.get("ok") and r.get("steps")}
+    soaked = {n: r for n, r in runs.items() if r.get("ok") and r.get("soak")}
+    if soaked:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for n, r in soaked.items():
+            names = sorted({p["name"] for st in r["steps"] for p in st.get("resources", [])})
+            for name in names:
+                pts = [
+                    (i + 1, p)
+                    for i, st in enumerate(r["steps"])
+                    for p in st.get("resources", [])
+                    if p["name"] == name
+                ]
+                a1.plot(
+                    [i for i, _ in pts],
+                    [p["rss_kib"] / 1024 for _, p in pts],
+                    "o-",
+                    label=f"{n} {name}",
+                )
+                a2.plot([i for i, _ in pts], [p["fds"] for _, p in pts], "o-", label=f"{n} {name}")
+        a1.set_ylabel("RSS, MiB")
+        a2.set_ylabel("open file descriptors")
+        for a in (a1, a2):
+            a.set_xlabel("soak step (one sample interval each)")
+            a.grid(True, alpha=0.3)
+            a.legend(fontsize="x-small")
+        a1.set_title("soak: RSS per process")
+        a2.set_title("soak: open files per process")
+        fig.tight_layout()
+        p = stem.with_name(stem.name + "-soak.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(p)
+    searched = {n: r for n, r in runs.items() if r.get("ok") and r.get("saturation")}
     if searched:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
         for n, r in searched.items():

@@ -37,6 +37,7 @@ from bench import procs
 from bench.origin import Origin
 from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_main
 from bench.saturation import SaturationRule, rate_steps, summary, verdict
+from bench.soak import verdict as soak_verdict
 from bench.stats import merge_hists, percentiles, summarize
 from bench.swarm import WorkerConfig, bucket_value_ms, worker_main
 from bench.targets import GripcastTarget, Target, make_target, warm_up
@@ -81,6 +82,7 @@ class LoadConfig:
     keep_alive_s: int = 0  # the origin asks for Grip-Keep-Alive (SSE comment / empty line)
     rest_s: float = 0.0  # seconds of rest after connecting: CPU at rest (keep-alives on)
     source_addrs: int = 0  # client source addresses 127.0.0.2.. (0: the default one)
+    soak_steps: int = 0  # soak: this many steps of ``duration`` s, churning and resuming in each
     profile_dir: str = ""  # py-spy the broker and edge0 (gripcast) during step profile_step
     profile_step: int = 1
 
@@ -143,6 +145,8 @@ class Phase:
 
 
 def _step_rates(cfg: LoadConfig) -> list[float]:
+    if cfg.soak_steps:
+        return [cfg.rate] * cfg.soak_steps
     if cfg.slow_every:
         return [cfg.rate, cfg.rate]  # without, then with the slow readers slowed
     if not cfg.saturate:
@@ -254,7 +258,7 @@ class _Session(_Profiler):
         if cfg.saturate:
             tag += f"step {index + 1} ({rate * cfg.channels:,.6g} msg/s) "
         count = step_count(rate, cfg.duration)
-        churn = cfg.churn_per_s if index == 0 else 0.0
+        churn = cfg.churn_per_s if index == 0 or cfg.soak_steps else 0.0
         slowed = bool(cfg.slow_every) and index == 1
         for w in workers:
             w.report = None
@@ -379,6 +383,11 @@ class _Session(_Profiler):
             st["edge_kill"] = kill_info
         if profiles:
             st["profiles"] = profiles
+        if cfg.soak_steps:  # every server process's RSS and open files after the step
+            st["resources"] = [
+                {"name": s.name, "pid": pid, "rss_kib": s.rss_kib, "fds": procs.fd_count(pid)}
+                for pid, s in srv3.items()
+            ]
         pub_wall = max(1e-6, wall)
         st["cpu"] = {
             "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
@@ -654,14 +663,16 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         if cfg.saturate:
             ok = [s for s in steps if not s["saturation"]["saturated"]]
             shown = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0) if ok else steps[0]
-        elif cfg.slow_every:
-            shown = steps[-1]  # the step with the slow readers slowed
+        elif cfg.slow_every or cfg.soak_steps:
+            shown = steps[-1]  # the step with the slow readers slowed / the soak's last
         else:
             shown = steps[0]
         # the table's columns: the one step (or the search's best unsaturated step)
         result.update(shown)
         result["verdict"] = result.pop("saturation")
-        if cfg.saturate or cfg.slow_every:
+        if cfg.soak_steps:
+            result["soak"] = soak_verdict(steps)
+        if cfg.saturate or cfg.slow_every or cfg.soak_steps:
             result["steps"] = [{k: v for k, v in st.items() if k != "series"} for st in steps]
         if cfg.saturate:
             result["saturation"] = summary(steps, cfg.max_steps)
