@@ -283,6 +283,8 @@ def print_steps(name: str, r: dict, console: Console) -> None:
         verdict = "; ".join(v["reasons"]) or "ok"
         if v["loadgen_limited"]:
             verdict += f" (load generator: {v['note']})"
+        if v.get("idle_target"):
+            verdict += f" ({v['idle_target']}: the machine's load?)"
         t.add_row(
             _fmt(st["msgs_per_s"]),
             _fmt(st["offered_deliveries_per_s"]),

@@ -31,6 +31,7 @@ class SaturationRule:
     publisher_min: float = 0.9
     publisher_cpu_max: float = 0.8  # a publisher this busy was held back by its own CPU
     worker_max: float = 0.95  # a client worker at this core share measured itself
+    server_busy: float = 0.5  # saturated below this core share everywhere: say so
 
 
 def rate_steps(start: float, factor: float, max_steps: int, max_rate: float = 0.0) -> list[float]:
@@ -89,11 +90,18 @@ def verdict(step: dict, rule: SaturationRule) -> dict:
             "client workers at a full core: "
             + ", ".join(f"{r['name']} {r['cpu_util']:.2f}" for r in busy)
         )
+    server = [r["cpu_util"] or 0 for r in rows if r["role"] == "server"]
+    idle_target = ""
+    if reasons and server and max(server) < rule.server_busy:
+        # saturated with no server process busy: on a shared machine, other work's share of
+        # the CPU (run-queue waits) may have set this limit rather than the target's own cost
+        idle_target = f"no server process above {max(server):.2f} of a core"
     return {
         "saturated": bool(reasons),
         "reasons": reasons,
         "loadgen_limited": bool(notes),
         "note": "; ".join(notes),
+        "idle_target": idle_target,
     }
 
 

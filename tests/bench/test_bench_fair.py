@@ -239,3 +239,12 @@ def test_pushpin_is_not_run_past_its_connection_limit(capsys):
         main(["fanout", "--clients", "20000", "--target", "both", "--order", "gripcast-first"]) == 2
     )
     assert "18,000" in capsys.readouterr().out
+
+
+def test_a_saturated_step_with_idle_servers_says_so():
+    st = _step(1, 1000, 1000, 900)
+    st["cpu"] = {"publish_phase": [{"role": "server", "name": "edge0", "cpu_util": 0.1}]}
+    v = verdict(st, SaturationRule(p99_bound_ms=500))
+    assert v["saturated"] and v["idle_target"] == "no server process above 0.10 of a core"
+    st["cpu"]["publish_phase"][0]["cpu_util"] = 0.9
+    assert verdict(st, SaturationRule(p99_bound_ms=500))["idle_target"] == ""
