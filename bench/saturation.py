@@ -77,7 +77,8 @@ def verdict(step: dict, rule: SaturationRule) -> dict:
             )
         else:
             notes.append(f"publisher reached {achieved:,.0f} of {offered:,.0f} items/s")
-    rows = step.get("cpu", {}).get("publish_phase", [])
+    cpu = step.get("cpu", {})
+    rows = cpu.get("publishing") or cpu.get("publish_phase", [])  # shares while publishing
     busy = [
         r
         for r in rows

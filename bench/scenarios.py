@@ -332,6 +332,8 @@ class _Session(_Profiler):
                 raise TimeoutError("publisher did not finish")
         publisher.join(5)
         self.lg_pids.pop(publisher.pid, None)
+        srv_p, lg_p = self.samples()  # publishing alone (the wait for stragglers not included)
+        t_pub_end = time.time()
         phase.done()
         profiles = self._profile_stop(spies)
         # --- stragglers -------------------------------------------------------------------
@@ -393,6 +395,9 @@ class _Session(_Profiler):
             "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
             + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
             "publish_phase_wall_s": round(pub_wall, 3),
+            # while publishing only: core shares not diluted by a long wait for stragglers
+            "publishing": procs.cpu_delta(srv2, srv_p, max(1e-6, t_pub_end - start_at), "server")
+            + procs.cpu_delta(lg2, lg_p, max(1e-6, t_pub_end - start_at), "loadgen"),
         }
         return st
 
