@@ -6,6 +6,7 @@ import argparse
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -163,6 +164,12 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
     )
     p.add_argument(
         "--smoke", action="store_true", help="tiny run: 50 clients, 5 s, 10 msg/s (for CI)"
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="each target runs twice, over plain HTTP then over HTTPS/WSS (a certificate made "
+        "for the run), and the TLS cost (HTTPS / HTTP) is shown per target",
     )
     if churn:
         p.add_argument(
@@ -395,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     with _progress(console) as progress:
         for t in targets:
             runs[t] = run_load(t, cfg, progress=progress, label=t)
+            if args.tls:
+                name = t + "+tls"
+                runs[name] = run_load(t, replace(cfg, tls=True), progress=progress, label=name)
     report.print_runs(runs, console)
+    if args.tls:
+        report.print_tls_cost(runs, console)
     path = out_path(args.out, args.scenario, stamp)
     record = {
         **meta,
@@ -406,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if len(runs) == 2:
         record["comparison"] = report.comparison(runs)
+    if args.tls:
+        record["tls_cost"] = report.tls_cost(runs)
     report.write_json(record, path)
     pngs = report.plot(runs, path.with_suffix(""))
     console.print(f"results: {path}" + "".join(f"\nplot: {p}" for p in pngs))

@@ -372,6 +372,55 @@ def print_memory(name: str, r: dict, console: Console) -> None:
     console.print(t)
 
 
+# what TLS costs a target: HTTPS / plain HTTP of these, from the same ``--tls`` invocation
+TLS_METRICS = [
+    ("connections/s while establishing", lambda r: r["connect"]["rate_per_s"], "high"),
+    ("deliveries/s (received / time to receive)", lambda r: r["deliveries"]["per_s"], "high"),
+    (
+        "deliveries/s (median second while publishing)",
+        lambda r: r["deliveries"]["per_s_steady_median"],
+        "high",
+    ),
+    ("latency p50 ms", lambda r: r["latency_ms"]["p50"], "low"),
+    ("latency p99 ms", lambda r: r["latency_ms"]["p99"], "low"),
+    ("memory per held connection KiB", lambda r: r["memory"]["per_conn_kib"], "low"),
+    ("server CPU s, publish phase", lambda r: _cpu(r, "server"), "low"),
+    ("server CPU s, connect phase", lambda r: _cpu_connect(r), "low"),
+]
+
+
+def _cpu_connect(r):
+    rows = r["cpu"]["connect_phase"]
+    return round(sum(p["cpu_s"] for p in rows if p.get("role") == "server"), 2)
+
+
+def tls_cost(runs: dict[str, dict]) -> dict:
+    """{metric: {target: HTTPS / HTTP ratio, ...}} for every target run both ways."""
+    out: dict[str, dict] = {}
+    for label, getter, better in TLS_METRICS:
+        row = {}
+        for name in runs:
+            tls = runs.get(name + "+tls")
+            if tls is None or not runs[name].get("ok") or not tls.get("ok"):
+                continue
+            row[name] = ratio_of(_value(getter, tls), _value(getter, runs[name]), better)
+        out[label] = row
+    return out
+
+
+def print_tls_cost(runs: dict[str, dict], console: Console | None = None) -> None:
+    console = console or Console()
+    cost = tls_cost(runs)
+    names = [n for n in runs if n + "+tls" in runs]
+    table = Table(title="TLS cost: HTTPS / plain HTTP, same invocation (1.00 = free)")
+    table.add_column("metric")
+    for n in names:
+        table.add_column(n, justify="right")
+    for label, _, _ in TLS_METRICS:
+        table.add_row(label, *[_fmt(cost[label].get(n)) for n in names])
+    console.print(table)
+
+
 def print_ingest(r: dict, console: Console | None = None) -> None:
     console = console or Console()
     if not r.get("ok") and "items_per_s" not in r:

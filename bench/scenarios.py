@@ -59,6 +59,7 @@ class LoadConfig:
     concurrency: int
     churn_per_s: float = 0.0  # churn: client disconnects per second, over all workers
     kill_edge: bool = False  # churn: SIGKILL one gripcast edge once, a third of the way in
+    tls: bool = False  # clients connect over HTTPS / WSS (the target's https_port)
     connect_timeout_s: float = 90.0
     probe_timeout_s: float = 20.0
     resume: bool = False  # clients reconnect with a cursor (the labelled resume scenario)
@@ -533,7 +534,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
     try:
         origin = Origin(resume=cfg.resume, keep_alive=cfg.keep_alive_s).start()
         lg_pids[origin.pid] = "origin"
-        target = make_target(kind, origin.port, cfg.edges, workdir, cfg.log_level, cfg.stats)
+        target = make_target(
+            kind, origin.port, cfg.edges, workdir, cfg.log_level, cfg.stats, tls=cfg.tls
+        )
         target.start()
         result["warmup"] = warm_up(target, cfg.warmup)
         session = _Session(kind, cfg, target, workers, lg_pids, progress, tag)
@@ -552,7 +555,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                 _WorkerHandle(
                     WorkerConfig(
                         i,
-                        target.client_port,
+                        target.https_port if cfg.tls else target.client_port,
                         cfg.transport,
                         first,
                         last,
@@ -564,6 +567,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         slow_every=cfg.slow_every,
                         slow_bytes_per_s=cfg.slow_bytes_per_s,
                         source_addrs=cfg.source_addrs,
+                        tls=cfg.tls,
                     )
                 )
             )

@@ -13,6 +13,8 @@ increment in a latency histogram keyed by (second since t0, log bucket).  Probe 
 WebSocket clients (``ws``) do the upgrade handshake (101), then undo the server's unmasked
 frames (text/binary payloads are parsed like stream lines; pings, pongs and continuation
 frames are ignored; a close frame is a server-side close).
+With ``tls`` a connection makes a non-blocking TLS handshake (no verification, no resumption)
+before its request, and a read takes everything the TLS layer decrypted (epoll does not see it).
 Long-poll clients read a ``Content-Length`` response and re-poll on the same connection.
 A connection the server closes is reopened after a short random delay; SSE clients resume
 with ``Last-Event-ID`` (the last seq they saw, ``p<k>`` after only probes), HTTP-stream
@@ -41,6 +43,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -51,7 +54,9 @@ PROBE_RX = re.compile(rb"P(\d+)")
 BUCKETS_PER_E = 20  # latency histogram: bucket b covers [e^(b/20), e^((b+1)/20)) microseconds (~5%)
 SEC_SHIFT = 10
 
-HEAD, BODY, IDLE, CONNECTING = 0, 1, 2, 3
+HEAD, BODY, IDLE, CONNECTING, TLS_HANDSHAKE = 0, 1, 2, 3, 4
+_WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+READ_SIZE = 262144  # one recv() at most
 EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
 
 
@@ -119,6 +124,7 @@ class WorkerConfig:
     slow_bytes_per_s: int = 2048  # what a slow reader reads per second while slowed
     slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
     source_addrs: int = 0  # bind client i to 127.0.0.<2 + i % n> (more ephemeral ports); 0: no
+    tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
 
 
 class Client:
@@ -283,6 +289,14 @@ class Worker:
         self.lp = cfg.transport == "longpoll"
         self.sse = cfg.transport == "sse"
         self.ws = cfg.transport == "ws"
+        self.tls_ctx: ssl.SSLContext | None = None
+        if cfg.tls:
+            # the bench measures the server: no verification work here, no session resumption
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self.tls_ctx = ctx
 
     # --- connections ----------------------------------------------------------------------
 
@@ -362,6 +376,31 @@ class Worker:
         if err:
             self.fail(c, now)
             return
+        if self.tls_ctx is not None:
+            c.sock = self.tls_ctx.wrap_socket(
+                c.sock, server_hostname="localhost", do_handshake_on_connect=False
+            )
+            c.state = TLS_HANDSHAKE
+            self.handshake(c, now)
+            return
+        self.send_request(c, now)
+
+    def handshake(self, c: Client, now: float) -> None:
+        """One step of a non-blocking TLS handshake; the request goes out once it is done."""
+        try:
+            c.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.ep.modify(c.fd, select.EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self.ep.modify(c.fd, select.EPOLLOUT)
+            return
+        except OSError:
+            self.fail(c, now)
+            return
+        self.send_request(c, now)
+
+    def send_request(self, c: Client, now: float) -> None:
         try:
             c.sock.send(self.request(c))
         except OSError:
@@ -378,9 +417,14 @@ class Worker:
 
     def set_slow(self, on: bool) -> None:
         self.slow_on = on
+        now = time.time()
         for c in self.clients:
             if c.slow:
                 self.mute(c, on)
+                # bytes the TLS layer decrypted already raise no epoll event: read them now
+                tls = self.tls_ctx is not None and c.sock is not None and c.state == BODY
+                if not on and tls and c.sock.pending():
+                    self.on_readable(c, now)
 
     def trickle(self, now: float) -> None:
         """Every 0.1 s, each slow reader reads a tenth of its bytes per second."""
@@ -393,13 +437,41 @@ class Worker:
                 self.mute(c, True)
                 self.on_readable(c, now, size)
 
-    def on_readable(self, c: Client, now: float, size: int = 262144) -> None:
-        try:
-            data = c.sock.recv(size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+    def recv_tls(self, c: Client, limit: int | None) -> bytes | None:
+        """What the TLS socket has decrypted, all of it or up to ``limit`` bytes (one record per
+        ``recv``): b"" at EOF, None when nothing is there yet.  Without a limit nothing stays in
+        the TLS layer, where epoll would not see it (a slow reader's trickle reads the rest)."""
+        parts = []
+        got = 0
+        while limit is None or got < limit:
+            try:
+                data = c.sock.recv(READ_SIZE if limit is None else limit - got)
+            except _WANT:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                if not parts:
+                    return b""
+                break
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts) if parts else None
+
+    def on_readable(self, c: Client, now: float, size: int = 0) -> None:
+        """Read what is there (``size`` > 0: at most that many bytes, a slow reader's share)."""
+        if self.tls_ctx is not None:
+            got = self.recv_tls(c, size or None)
+            if got is None:
+                return
+            data = got
+        else:
+            try:
+                data = c.sock.recv(size or READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
         if not data:
             if c.hs:
                 self.fail(c, now)
@@ -610,6 +682,8 @@ class Worker:
                 now = time.time()
                 if c.state == CONNECTING:
                     self.on_writable(c, now)
+                elif c.state == TLS_HANDSHAKE:
+                    self.handshake(c, now)
                 elif ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                     self.on_readable(c, now)
             now = time.time()

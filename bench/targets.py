@@ -4,6 +4,11 @@ started with its own config on free ports, in its own process group, and stopped
 A target exposes the same things to a scenario: ``client_port``, ``publish_url`` (HTTP API),
 ``push_spec`` (ZeroMQ PUSH endpoint), ``pids()`` (every server process, for RSS and CPU), and
 ``start()``/``stop()``.  gripcast also has ``kill_edge()`` for the churn scenario.
+
+With ``tls`` (``--tls``) a target also listens for HTTPS on ``https_port`` with a certificate
+made for the run (``bench.certs``): gripcast with ``https_port``/``tls_cert``/``tls_key``,
+Pushpin with its runner's ``https_ports`` and ``runner/certs/default_<port>.crt`` beside its config
+(the name Pushpin's runner gives condure as the port's default certificate).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.certs import write_self_signed
 from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group, wait_port
 
 GRIPCAST_PORT_KEYS = (
@@ -34,6 +40,7 @@ class Target:
     name = "?"
     proc: subprocess.Popen | None = None
     client_port: int
+    https_port: int = 0  # with tls: the HTTPS listener
     publish_url: str
     push_spec: str
 
@@ -73,8 +80,16 @@ def write_gripcast_config(
     edges: int,
     log_level: str = "warning",
     stats_spec: str = "",
+    tls: tuple[int, str, str] | None = None,
 ) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
+    if tls is not None:
+        port, cert, key = tls
+        lines += [
+            f'https_port = ["127.0.0.1:{port}"]',
+            f'tls_cert = "{cert}"',
+            f'tls_key = "{key}"',
+        ]
     lines += [f"{k} = {v}" for k, v in ports.items()]
     lines.append(
         f'routes = ["*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http", '
@@ -103,14 +118,20 @@ class GripcastTarget(Target):
         env: dict | None = None,
         log_level: str = "warning",
         stats: bool = True,
+        tls: bool = False,
     ) -> None:
         self.ports = dict(zip(GRIPCAST_PORT_KEYS, free_ports(len(GRIPCAST_PORT_KEYS))))
         self.edges = edges
         self.dir = Path(workdir)
         self.config = self.dir / "gripcast.toml"
         self.stats_spec = f"ipc://{self.dir}/stats" if stats else ""
+        tls_spec = None
+        if tls:
+            self.https_port = free_ports(1)[0]
+            cert, key = write_self_signed(self.dir, "server")
+            tls_spec = (self.https_port, cert, key)
         write_gripcast_config(
-            self.config, self.ports, origin_port, edges, log_level, self.stats_spec
+            self.config, self.ports, origin_port, edges, log_level, self.stats_spec, tls_spec
         )
         self.log_path = str(self.dir / "gripcast.log")
         self.client_port = self.ports["client_port"]
@@ -185,6 +206,7 @@ stats_connection_ttl={stats_ttl}
 [runner]
 services=condure,zurl,pushpin-proxy,pushpin-handler
 http_port={client_port}
+{https_line}
 logdir={logdir}
 log_level={log_level}
 client_buffer_size=8192
@@ -238,11 +260,19 @@ stats_format=tnetstring
 """
 
 
-def pushpin_config(*, log_level: str = "warning", stats: bool = True, **ports) -> str:
+def pushpin_config(
+    *, log_level: str = "warning", stats: bool = True, https_port: int = 0, **ports
+) -> str:
     """The generated pushpin.conf (pure): ``ports`` fills rundir, logdir, tag, routes and the
-    ports; logging and stats as gripcast gets them (``write_gripcast_config``)."""
+    ports; logging and stats as gripcast gets them (``write_gripcast_config``); with
+    ``https_port`` an HTTPS listener too."""
+    if https_port:
+        # Pushpin's --port replaces every listener (HTTPS too): with TLS the HTTP port is given
+        # here instead, with its address
+        ports["client_port"] = f"127.0.0.1:{ports['client_port']}"
     return PUSHPIN_CONF.format(
         **ports,
+        https_line=f"https_ports=127.0.0.1:{https_port}" if https_port else "",
         log_level=PUSHPIN_LOG_LEVELS[log_level],
         # "": the handler binds no stats socket (the proxy's internal stats to the handler
         # cannot be turned off)
@@ -258,10 +288,22 @@ class PushpinTarget(Target):
     name = "pushpin"
 
     def __init__(
-        self, origin_port: int, workdir: str, log_level: str = "warning", stats: bool = True
+        self,
+        origin_port: int,
+        workdir: str,
+        log_level: str = "warning",
+        stats: bool = True,
+        tls: bool = False,
     ) -> None:
         client, push, http, sub, command = free_ports(5)
         self.dir = Path(workdir)
+        self.https_port = 0
+        if tls:
+            self.https_port = free_ports(1)[0]
+            # Pushpin 1.36's runner: <config dir>/runner/certs, default_<port> per HTTPS port
+            certs = self.dir / "runner" / "certs"
+            certs.mkdir(parents=True, exist_ok=True)
+            write_self_signed(certs, f"default_{self.https_port}")
         (self.dir / "run").mkdir(exist_ok=True)
         (self.dir / "log").mkdir(exist_ok=True)
         routes = self.dir / "routes"
@@ -275,6 +317,7 @@ class PushpinTarget(Target):
                 logdir=self.dir / "log",
                 tag=os.getpid(),
                 client_port=client,
+                https_port=self.https_port,
                 routes=routes,
                 push_port=push,
                 sub_port=sub,
@@ -291,21 +334,17 @@ class PushpinTarget(Target):
 
     def start(self) -> PushpinTarget:
         self._log = open(self.log_path, "ab")
+        port_flag = [] if self.https_port else ["--port", f"127.0.0.1:{self.client_port}"]
         self.proc = subprocess.Popen(
-            [
-                "pushpin",
-                "--config",
-                str(self.config),
-                "--port",
-                f"127.0.0.1:{self.client_port}",
-                "--merge-output",
-            ],
+            ["pushpin", "--config", str(self.config), *port_flag, "--merge-output"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
             wait_port(self.client_port, 30, self.proc)
+            if self.https_port:
+                wait_port(self.https_port, 30, self.proc)
             wait_port(int(self.publish_url.rsplit(":", 1)[1]), 30, self.proc)
             # the handler binds its publish port before the proxy is wired to it: ask both once
             _wait_http_ok(self.publish_url + "/publish/", 30, self.proc)
@@ -365,12 +404,13 @@ def make_target(
     workdir: str,
     log_level: str = "warning",
     stats: bool = True,
+    tls: bool = False,
 ) -> Target:
     sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
     if kind == "gripcast":
-        return GripcastTarget(origin_port, edges, sub, log_level=log_level, stats=stats)
+        return GripcastTarget(origin_port, edges, sub, log_level=log_level, stats=stats, tls=tls)
     if kind == "pushpin":
-        return PushpinTarget(origin_port, sub, log_level=log_level, stats=stats)
+        return PushpinTarget(origin_port, sub, log_level=log_level, stats=stats, tls=tls)
     raise ValueError(kind)
 
 

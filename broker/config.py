@@ -54,6 +54,14 @@ class Config:
     client_addr: str = "0.0.0.0"
     client_port: int | None = None  # None: 7999 + port_offset
     port_offset: int = 0
+    # HTTPS listeners of the edges (docs/tls.md): "[addr:]port" each (addr: client_addr),
+    # port_offset added; certificates from tls_cert + tls_key (one PEM pair) and/or
+    # tls_certs_dir (<host>.crt/.key pairs picked by SNI, default.crt/.key for the rest),
+    # read at start and on SIGHUP
+    https_port: tuple[str, ...] = ()
+    tls_cert: str = _reload("", "edge")
+    tls_key: str = _reload("", "edge")
+    tls_certs_dir: str = _reload("", "edge")
     # broker addresses: where the broker binds, and where edges and tools reach it
     broker_bind: str = "127.0.0.1"
     broker_host: str = "127.0.0.1"
@@ -69,6 +77,26 @@ class Config:
     # Grip-Sig toward origins
     sig_iss: str = _reload("pushpin", "edge")
     sig_key: str = _reload("changeme", "edge")
+    # proxy: Pushpin's [proxy] request rules (reference 1.4, 1.9)
+    x_forwarded_for: tuple[str, ...] = _reload((), "edge")  # "truncate:N" and/or "append"
+    x_forwarded_for_trusted: tuple[str, ...] = _reload((), "edge")
+    set_x_forwarded_protocol: str = _reload("proto-only", "edge")  # "true" | "false" | "proto-only"
+    accept_x_forwarded_protocol: bool = _reload(False, "edge")
+    orig_headers_need_mark: tuple[str, ...] = _reload((), "edge")
+    accept_pushpin_route: bool = _reload(False, "edge")
+    cdn_loop: str = _reload("", "edge")
+    auto_cross_origin: bool = _reload(False, "edge")
+    debug: bool = _reload(False, "edge")
+    log_from: bool = _reload(False, "edge")
+    log_user_agent: bool = _reload(False, "edge")
+    access_log: bool = _reload(True, "edge")
+    routes_file_watch: bool = True
+    # chaining (docs/chaining.md): a request whose Grip-Sig verifies against this key (sig_key
+    # syntax) comes from a trusted GRIP proxy in front: Grip-* headers kept, GRIP passed up
+    upstream_key: str = _reload("", "edge")
+    # TLS toward ssl targets (docs/tls.md): a PEM CA bundle to verify origins against instead of
+    # the system CAs ("": the system's, which honours SSL_CERT_FILE / SSL_CERT_DIR)
+    origin_ca_file: str = _reload("", "edge")
     # runner
     edges: int = 0  # 0: one per CPU
     # broker history (memory store)
@@ -94,9 +122,16 @@ class Config:
     origin_keepalive_idle_s: float = _reload(30.0, "edge")
     # largest WebSocket message (all fragments) a client or origin may send; beyond: close 1009
     ws_max_message_bytes: int = 1 << 20
+    allow_compression: bool = _reload(False, "edge")  # WebSocket permessage-deflate
     # GRIP over HTTP (docs/grip-http.md): re-ask the origin ~1 s after a channel's first
     # subscription on an edge (Pushpin's default; skipped when history resolved the prev-ids)
     update_on_first_subscription: bool = True
+    # next links (docs/grip-http.md): fetch links to hosts other than the route's origin (off:
+    # refused; on, the edge fetches any URL an origin names: an open proxy for a bad origin)
+    next_link_other_hosts: bool = _reload(False, "edge")
+    # low-priority next-link fetches and long-poll retries (recover, prev-id gaps, idle links,
+    # first subscriptions): at most this many batches of 100 sessions a second (Pushpin's 10)
+    next_link_updates_per_s: float = 10.0
     # broker HTTP API auth: "" (off: Authorization ignored), an HS256 secret, "base64:<b64>",
     # or "file:<path>" to a PEM public key (RS256/ES256)
     publish_jwt_key: str = ""
@@ -125,6 +160,15 @@ class Config:
         10.0, "broker"
     )  # how often "report" stats packets go out
     stats_connection_ttl_s: int = 120  # "conn" packets' ttl (Pushpin's stats_connection_ttl)
+    # stats socket framing: "tnetstring" ("<type> T<tnetstring>") or "json" ("<type> J<json>")
+    stats_format: str = "tnetstring"
+    stats_subscription_ttl_s: int = 60  # "sub" packets' ttl (Pushpin's stats_subscription_ttl)
+    stats_connection_send: bool = True  # "conn" packets (Pushpin's stats_connection_send)
+    # sequencer (Pushpin's message_wait, id_cache_ttl; reference 5.1): an item whose prev-id
+    # does not follow waits this long for its predecessor; a repeated (channel, id) within
+    # id_cache_ttl_s is dropped
+    message_wait_s: float = _reload(5.0, "broker")
+    id_cache_ttl_s: float = _reload(60.0, "broker")
     log_level: str = _reload("info", "both")
     # the cluster this process belongs to; ``gripcast run`` sets a fresh one per start so an
     # edge only ever joins its own runner's broker ("": no check, e.g. under systemd)
@@ -156,6 +200,13 @@ class Config:
         if value is None:
             return DEFAULT_PORTS[name] + self.port_offset
         return int(value)
+
+    def https_listens(self) -> list[tuple[str, int]]:
+        """``(addr, port)`` of every HTTPS listener (``https_port``, port_offset applied)."""
+        return [
+            (addr or self.client_addr, port + self.port_offset)
+            for addr, port in (split_listen(v) for v in self.https_port)
+        ]
 
     def bind_addr(self, role: str) -> str:
         """Where the broker binds ``role``: ``publish`` (PULL, SUB, command), ``http`` (the
@@ -192,12 +243,39 @@ def reloadable_keys(role: str) -> frozenset[str]:
 
 
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
+_COMMA_LISTS = frozenset(["x_forwarded_for", "x_forwarded_for_trusted", "orig_headers_need_mark"])
+_LISTEN_LISTS = {"https_port"}  # "[addr:]port" items: an int, "a,b" (Pushpin) or a list
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"[addr:]port"`` -> ``(addr or "", port)``; ``ValueError`` when it is not."""
+    addr, _, port = value.strip().rpartition(":")
+    n = int(port)
+    if not 0 < n <= 65535:
+        raise ValueError(f"port {n} out of range")
+    return addr.strip("[]"), n
+
+
+def _listen_list(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError("not [addr:]port")
+        parts = [item] if isinstance(item, int) else [p for p in item.split(",") if p.strip()]
+        for part in parts:
+            text = str(part).strip()
+            split_listen(text)
+            out.append(text)
+    return tuple(out)
 
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     f = _FIELDS[name]
     t = f.type
     try:
+        if name in _LISTEN_LISTS:
+            return _listen_list(value)
         if name in _INT_OR_NONE:
             if value is None or value == "":
                 return None
@@ -227,10 +305,14 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
                 raise ValueError("not a boolean")
             return value
         if t == "str":
+            if name == "set_x_forwarded_protocol" and isinstance(value, bool):
+                return "true" if value else "false"  # Pushpin's INI value, read as TOML
             if not isinstance(value, str):
                 raise ValueError("not a string")
             return value
         if t == "tuple[str, ...]":
+            if isinstance(value, str) and name in _COMMA_LISTS:  # Pushpin's comma lists
+                return tuple(v.strip() for v in value.split(",") if v.strip())
             if isinstance(value, str):
                 return tuple(line for line in value.split("\n") if line.strip())
             return tuple(str(v) for v in value)
@@ -244,10 +326,21 @@ def load_config(
     path: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    file_values: Mapping[str, Any] | None = None,
+    file_label: str = "",
 ) -> Config:
-    """Build a Config from defaults < TOML file < environment < overrides, validating all of it."""
+    """Build a Config from defaults < TOML file < environment < overrides, validating all of it.
+
+    ``file_values`` (named ``file_label`` in errors) take the TOML file's place: the settings
+    ``gripcast.pushpinconf`` read from a Pushpin config."""
     problems: list[str] = []
     values: dict[str, Any] = {}
+    for key, value in (file_values or {}).items():
+        if key not in _FIELDS:
+            problems.append(f"{file_label}: {key!r} is not a setting of this gripcast")
+            continue
+        values[key] = _coerce(key, value, problems)
     if path:
         try:
             with open(path, "rb") as fh:
@@ -296,6 +389,7 @@ def validate(cfg: Config) -> list[str]:
     for name in DEFAULT_PORTS:
         if not 0 <= cfg.port(name) <= 65535:
             problems.append(f"{name}: {cfg.port(name)} out of range (port_offset too large?)")
+    problems.extend(_validate_tls(cfg))
     if cfg.history_max_items < 1:
         problems.append("history_max_items: must be at least 1")
     if cfg.history_max_age_s <= 0:
@@ -339,6 +433,30 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
     if cfg.history_max_bytes < 0:
         problems.append("history_max_bytes: must be 0 (no byte budget) or more")
+    problems.extend(_validate_proxy_rules(cfg))
+    return problems
+
+
+def _validate_proxy_rules(cfg: Config) -> list[str]:
+    """Pushpin's [proxy] request rules (reference 1.4)."""
+    problems = []
+    for key in ("x_forwarded_for", "x_forwarded_for_trusted"):
+        for item in getattr(cfg, key):
+            n = item[len("truncate:") :] if item.startswith("truncate:") else None
+            if item != "append" and not (n is not None and n.isdigit()):
+                problems.append(f"{key}: {item!r} is not 'truncate:N' (N >= 0) or 'append'")
+    if cfg.set_x_forwarded_protocol not in ("true", "false", "proto-only"):
+        problems.append(
+            f"set_x_forwarded_protocol: {cfg.set_x_forwarded_protocol!r} is not true, false "
+            "or proto-only"
+        )
+    import re
+
+    for name in cfg.orig_headers_need_mark:
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+            problems.append(f"orig_headers_need_mark: {name!r} is not a header name")
+    if any(c in cfg.cdn_loop for c in "\r\n\0"):
+        problems.append("cdn_loop: must not hold CR, LF or NUL")
     return problems
 
 
@@ -349,6 +467,16 @@ def _validate_ops(cfg: Config) -> list[str]:
         problems.append("drain_timeout_s: must be 0 or more")
     if cfg.origin_keepalive_idle_s < 0:
         problems.append("origin_keepalive_idle_s: must be 0 or more")
+    if cfg.origin_ca_file and not os.path.isfile(cfg.origin_ca_file):
+        problems.append(f"origin_ca_file: {cfg.origin_ca_file} is not a readable file")
+    if cfg.upstream_key:
+        from broker.keys import load_jwt_key
+
+        try:
+            base = os.path.dirname(cfg.routes_file) if cfg.routes_file else "."  # as the edge
+            load_jwt_key(cfg.upstream_key, base, setting="upstream_key", private=False)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for name in ("metrics_port", "edge_metrics_port"):
         if not 0 <= getattr(cfg, name) <= 65535:
             problems.append(f"{name}: {getattr(cfg, name)} out of range (0: off)")
@@ -358,6 +486,14 @@ def _validate_ops(cfg: Config) -> list[str]:
         problems.append("stats_report_interval_s: must be positive")
     if not 1 <= cfg.stats_connection_ttl_s <= 86400:
         problems.append("stats_connection_ttl_s: must be 1 to 86400 seconds")
+    if cfg.stats_format not in ("tnetstring", "json"):
+        problems.append(f"stats_format: {cfg.stats_format!r} is not 'tnetstring' or 'json'")
+    if not 1 <= cfg.stats_subscription_ttl_s <= 86400:
+        problems.append("stats_subscription_ttl_s: must be 1 to 86400 seconds")
+    if not 0 <= cfg.message_wait_s <= 3600:
+        problems.append("message_wait_s: must be 0 to 3600 seconds")
+    if not 0 <= cfg.id_cache_ttl_s <= 86400:
+        problems.append("id_cache_ttl_s: must be 0 (no de-duplication) to 86400 seconds")
     return problems
 
 
@@ -422,7 +558,12 @@ def _validate_exposure(cfg: Config) -> list[str]:
             )
     if cfg.http_maxconn < 1:
         problems.append("http_maxconn: must be at least 1")
-    for name in ("recover_per_s", "hint_per_channel_per_s", "hint_per_s"):
+    for name in (
+        "recover_per_s",
+        "hint_per_channel_per_s",
+        "hint_per_s",
+        "next_link_updates_per_s",
+    ):
         if not getattr(cfg, name) > 0:
             problems.append(f"{name}: must be positive")
     if cfg.publish_jwt_key and cfg.sig_key:
@@ -448,6 +589,22 @@ def _validate_exposure(cfg: Config) -> list[str]:
     return problems
 
 
+def _validate_tls(cfg: Config) -> list[str]:
+    """HTTPS ports in range, and certificates named for them (the files are checked by
+    ``edge.tls.load_certificates`` when an edge starts, and by ``gripcast run`` first)."""
+    problems = []
+    for addr, port in cfg.https_listens():
+        if port > 65535:
+            problems.append(f"https_port: {port} out of range (port_offset too large?)")
+        if port == cfg.port("client_port") and addr == cfg.client_addr:
+            problems.append(f"https_port: {port} is also the client_port")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        problems.append("tls_cert and tls_key: set both (a PEM certificate chain and its key)")
+    if cfg.https_port and not (cfg.tls_cert or cfg.tls_certs_dir):
+        problems.append("https_port: set tls_cert and tls_key, or tls_certs_dir")
+    return problems
+
+
 def config_warnings(cfg: Config) -> list[str]:
     """Settings that work but are unsafe: logged as WARNING when the config is loaded."""
     warnings = []
@@ -463,8 +620,9 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
     """Rebuild a Config handed to a child process (``Config.to_dict`` output)."""
     d = dict(d)
     d["routes"] = tuple(d.get("routes", ()))
-    if "curve_allowed_clients" in d:
-        d["curve_allowed_clients"] = tuple(d["curve_allowed_clients"])
+    for key in ("curve_allowed_clients", "https_port", *_COMMA_LISTS):
+        if key in d:
+            d[key] = tuple(d[key])
     return Config(**d)
 
 

@@ -88,6 +88,12 @@ class Sequencer:
 
     # -- public -------------------------------------------------------------------------------
 
+    def configure(self, id_cache_ttl_s: float, message_wait_s: float) -> None:
+        """Apply reloaded settings (``id_cache_ttl_s``, ``message_wait_s``): ids already cached
+        keep their expiry; waiting items are released by the new wait on the next ``poll``."""
+        self.id_cache_ttl_s = id_cache_ttl_s
+        self.message_wait_s = message_wait_s
+
     def add(self, item: Item, now: float) -> list[Item]:
         """Offer one item; return the items released (possibly none, possibly a chain)."""
         out: list[Item] = []

@@ -80,7 +80,12 @@ class _Bound:
             stats_pub = None
             if cfg.stats_spec:  # Pushpin's stats PUB socket (broker.ops.stats)
                 stats_pub = self._open("stats", cfg.stats_spec)
-                self.stats = StatsEncoder(conn_ttl_s=cfg.stats_connection_ttl_s)
+                self.stats = StatsEncoder(
+                    conn_ttl_s=cfg.stats_connection_ttl_s,
+                    fmt=cfg.stats_format,
+                    sub_ttl_s=cfg.stats_subscription_ttl_s,
+                    conn_send=cfg.stats_connection_send,
+                )
         except BaseException:
             self.close()
             raise
@@ -202,6 +207,7 @@ class Broker:
         self.store.set_history_limits(cfg.history_max_items, cfg.history_max_age_s)
         if self._bound is not None:
             self._bound.pipeline.cfg = cfg
+            self._bound.pipeline.sequencer.configure(cfg.id_cache_ttl_s, cfg.message_wait_s)
             self._bound.http.cfg = cfg
 
     # -- running ---------------------------------------------------------------------------------

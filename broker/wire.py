@@ -54,8 +54,12 @@ turns it into Pushpin's stats packets)::
                                                          that changed (0: none left); every
                                                          one when ``full``
      "connections": n, "connections_max": n,             open now, most since the last report
-     "conn_s": float, "sent": n}                         connection-seconds, messages sent to
+     "conn_s": float, "sent": n,                         connection-seconds, messages sent to
                                                          clients, since the last report
+     "activity": [[route, n], ...], "requests": n}       per route id ("": none) activity and
+                                                         requests received since the last
+                                                         report (left out when none; an older
+                                                         broker ignores them)
 
 Position marker (broker XPUB, on the channel's own topic): whenever an edge's SUB subscribes
 to a channel (the broker's XPUB is VERBOSE so it sees every subscribe), the broker sends
@@ -338,6 +342,8 @@ class StatsReport:
     connections_max: int = 0
     conn_s: float = 0.0
     sent: int = 0
+    activity: tuple[tuple[str, int], ...] = ()  # ((route id or "", count), ...)
+    requests: int = 0
     raw: dict[Any, Any] | None = field(
         default=None, compare=False, repr=False
     )  # the map as received
@@ -422,7 +428,7 @@ def request_map(req: Request) -> dict[str, Any]:
             "limit": req.limit,
         }
     if isinstance(req, StatsReport):
-        return {
+        m: dict[str, Any] = {
             "op": "stats",
             "edge": req.edge,
             "full": req.full,
@@ -434,6 +440,11 @@ def request_map(req: Request) -> dict[str, Any]:
             "conn_s": req.conn_s,
             "sent": req.sent,
         }
+        if req.activity:
+            m["activity"] = [list(a) for a in req.activity]
+        if req.requests:
+            m["requests"] = req.requests
+        return m
     raise TypeError(f"not a control request: {req!r}")
 
 

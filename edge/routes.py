@@ -14,38 +14,48 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from broker.errors import ConfigError
 
-# props Pushpin knows that gripcast accepts but does not act on (yet)
-_IGNORED_COND = frozenset(
-    [
-        "aco",
-        "session",
-        "sockjs",
-        "sockjs_as_path",
-        "orig_headers",
-        "log_level",
-        "jsonp_mode",
-        "jsonp_cb",
-        "jsonp_body",
-        "jsonp_defcb",
-        "jsonp_defmethod",
-        "auto_cross_origin",
-    ]
-)
+# props Pushpin knows that gripcast refuses, each with the reason given in the error
+_REFUSED_COND = {
+    "sockjs": "SockJS emulation is not supported by gripcast (use WebSocket or SSE)",
+    "sockjs_as_path": "SockJS emulation is not supported by gripcast (use WebSocket or SSE)",
+    "auto_cross_origin": "not a route property: use aco on the route, or the "
+    "auto_cross_origin config key for every route",
+}
+_REFUSED_TARGET = {
+    "ipc_file_mode": "only applies to zhttp/ targets, which gripcast does not support",
+}
+_JSONP_PROPS = {
+    "jsonp_cb": "callback_param",
+    "jsonp_body": "body_param",
+    "jsonp_defcb": "default_callback",
+    "jsonp_defmethod": "default_method",
+}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_IGNORED_TARGET = frozenset(
-    ["one_event", "trust_connect_host", "ipc_file_mode", "client_cert", "client_key"]
-)
+
+
+@dataclass(frozen=True, slots=True)
+class Jsonp:
+    """A route's JSON-P settings (Pushpin's ``jsonp_*`` props; active with ``aco``)."""
+
+    extended: bool = True  # jsonp_mode=extended (default) | basic
+    callback_param: str = "callback"  # jsonp_cb
+    body_param: str = ""  # jsonp_body ("": the ``_body`` query parameter)
+    default_callback: str = ""  # jsonp_defcb
+    default_method: str = "GET"  # jsonp_defmethod (basic mode: POST)
+
+
+TEST_HOST = "test"  # a ``test`` target: Pushpin's built-in test handler (edge.testorigin)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    host: str
+    host: str  # TEST_HOST for Pushpin's ``test`` target (see ``is_test``)
     port: int
     ssl: bool = False
     host_header: str | None = None  # host=
@@ -53,8 +63,20 @@ class Target:
     over_http: bool = False
     untrusted: bool = False
     insecure: bool = False
+    one_event: bool = False  # WebSocket-over-HTTP: one event per request (edge.ws.outbox)
+    # TLS to the origin (edge.origin.tls): verify the certificate against the connect host, not
+    # host=; a client certificate (PEM paths, relative to the routes file) for mutual TLS
+    trust_connect_host: bool = False
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @property
+    def is_test(self) -> bool:
+        return self.port == 0 and self.host == TEST_HOST
 
     def __str__(self) -> str:
+        if self.is_test:
+            return TEST_HOST
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -76,6 +98,16 @@ class Route:
     headers: tuple[tuple[str, str], ...] = ()
     debug: bool = False
     no_grip: bool = False
+    aco: bool = False  # auto cross-origin: CORS headers, and JSON-P (``jsonp``)
+    jsonp: Jsonp = Jsonp()
+    orig_headers: bool = False  # copy the client's headers under the eb9bf0f5- prefix
+    session: bool = False  # Pushpin's session detection: needs a state service (none)
+    log_level: int | None = None  # Pushpin level (0 error .. 3 debug) of route log lines
+
+    @property
+    def name(self) -> str:
+        """How logs name the route: its id, else its routes-file line."""
+        return self.id if self.id else f"line{self.line}"
 
     def matches(self, path: str, is_ws: bool, is_tls: bool) -> bool:
         if self.proto is not None and (self.proto == "ws") != is_ws:
@@ -121,11 +153,31 @@ class RouteTable:
                 best = r
         return best
 
-    def by_id(self, route_id: str) -> Route | None:
+    @property
+    def has_test_targets(self) -> bool:
+        return any(t.is_test for r in self.routes for t in r.targets)
+
+    def bind_test_origin(self, host: str, port: int) -> RouteTable:
+        """This table with every ``test`` target pointing at the edge's test origin
+        (``edge.testorigin``) at ``host:port``.  As in Pushpin, a test target sees the path
+        without the route's ``path_beg`` (its trailing ``/`` kept)."""
+        routes = []
         for r in self.routes:
-            if r.id == route_id:
-                return r
-        return None
+            if not any(t.is_test for t in r.targets):
+                routes.append(r)
+                continue
+            targets = tuple(replace(t, host=host, port=port) if t.is_test else t for t in r.targets)
+            changes: dict[str, Any] = {"targets": targets}
+            if r.path_beg and not r.path_rem and r.replace_beg is None:
+                changes["path_rem"] = len(r.path_beg) - r.path_beg.endswith("/")
+            routes.append(replace(r, **changes))
+        return RouteTable(routes, self.warnings)
+
+    def by_id(self, route_id: str) -> Route | None:
+        """The route with ``id=route_id``; None if none or if several share it (Pushpin: a
+        shared id cannot select a route)."""
+        found = [r for r in self.routes if r.id == route_id]
+        return found[0] if len(found) == 1 else None
 
 
 def strip_port(host: str) -> str:
@@ -202,9 +254,13 @@ def _flag(value: str | None, prop: str) -> bool:
 
 def _parse_target(props: list[tuple[str, str | None]]) -> Target:
     spec = props[0][0] if props[0][1] is None else f"{props[0][0]}={props[0][1]}"
-    if spec == "test" or spec.startswith(("zhttp/", "zhttpreq/")):
-        raise ValueError(f"target {spec!r} is not supported by gripcast")
-    if spec.startswith("["):
+    if spec.startswith(("zhttp/", "zhttpreq/")):
+        raise ValueError(
+            f"target {spec!r}: origins reached over ZeroMQ (zhttp) are not supported by gripcast"
+        )
+    if spec == TEST_HOST:
+        host, port_s = TEST_HOST, "0"
+    elif spec.startswith("["):
         end = spec.find("]:")
         if end == -1:
             raise ValueError(f"bad target {spec!r} (expected [v6]:port)")
@@ -217,7 +273,7 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
         port = int(port_s)
     except ValueError:
         raise ValueError(f"bad target port in {spec!r}") from None
-    if not 0 < port < 65536:
+    if not 0 < port < 65536 and host != TEST_HOST:
         raise ValueError(f"bad target port in {spec!r}")
     kw: dict[str, Any] = {}  # Target's keyword arguments, checked by its constructor
     subs = []
@@ -230,10 +286,18 @@ def _parse_target(props: list[tuple[str, str | None]]) -> Target:
             if not value:
                 raise ValueError("sub= needs a channel name")
             subs.append(value)
-        elif name in ("over_http", "untrusted", "insecure"):
+        elif name in ("over_http", "untrusted", "insecure", "one_event", "trust_connect_host"):
             kw[name] = _flag(value, name)
-        elif name not in _IGNORED_TARGET:
+        elif name in ("client_cert", "client_key"):
+            if not value:
+                raise ValueError(f"{name}= needs a file path")
+            kw[name] = value
+        elif name in _REFUSED_TARGET:
+            raise ValueError(f"target property {name!r} is not supported: {_REFUSED_TARGET[name]}")
+        else:
             raise ValueError(f"unknown target property {name!r}")
+    if "client_key" in kw and "client_cert" not in kw:
+        raise ValueError("client_key= needs client_cert= (the certificate it belongs to)")
     return Target(host, port, subs=tuple(subs), **kw)
 
 
@@ -242,6 +306,7 @@ def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> R
     host = cond[0][0] if cond[0][1] is None else ""
     props = cond[1:] if cond[0][1] is None else cond
     kw: dict[str, Any] = {}  # Route's keyword arguments, checked by its constructor
+    jsonp: dict[str, Any] = {}  # Jsonp's
     headers = []
     for name, value in props:
         if name == "proto":
@@ -270,20 +335,37 @@ def _parse_route(lineno: int, sections: list[list[tuple[str, str | None]]]) -> R
                     f"header name must be an HTTP token and its value printable, not {value!r}"
                 )
             headers.append((hname.strip(), hval.strip()))
-        elif name in ("debug", "no_grip"):
+        elif name in ("debug", "no_grip", "aco", "orig_headers", "session"):
             kw[name] = _flag(value, name)
-        elif name not in _IGNORED_COND:
+        elif name == "log_level":
+            if value is None or not value.strip().lstrip("-").isdigit():
+                raise ValueError(
+                    f"log_level must be an integer (0 error .. 3 debug), not {value!r}"
+                )
+            kw["log_level"] = int(value)
+        elif name == "jsonp_mode":
+            if value not in ("basic", "extended"):
+                raise ValueError(f"jsonp_mode must be basic or extended, not {value!r}")
+            jsonp["extended"] = value == "extended"
+        elif name in _JSONP_PROPS:
+            jsonp[_JSONP_PROPS[name]] = value or ""
+        elif name in _REFUSED_COND:
+            raise ValueError(f"{name!r} is not supported: {_REFUSED_COND[name]}")
+        else:
             raise ValueError(f"unknown condition property {name!r}")
+    if jsonp:
+        if "default_method" not in jsonp:  # Pushpin: POST in basic mode, GET in extended
+            jsonp["default_method"] = "GET" if jsonp.get("extended", True) else "POST"
+        if not jsonp.get("callback_param", "callback"):
+            jsonp["callback_param"] = "callback"
+        if not _TOKEN.fullmatch(jsonp["default_method"]):
+            raise ValueError(
+                f"jsonp_defmethod must be an HTTP method, not {jsonp['default_method']!r}"
+            )
+        kw["jsonp"] = Jsonp(**jsonp)
     if len(sections) < 2:
         raise ValueError("no targets")
     targets = tuple(_parse_target(s) for s in sections[1:])
-    if kw.get("proto") != "http" and not targets[0].over_http:
-        tls = next((t for t in targets if t.ssl), None)
-        if tls is not None:  # edge.wsproxy would connect in plaintext
-            raise ValueError(
-                f"target {tls} has ssl: TLS to WebSocket origins is not supported "
-                "yet (add proto=http to route only HTTP here)"
-            )
     return Route(lineno, host.lower(), targets, headers=tuple(headers), **kw)
 
 
@@ -307,6 +389,12 @@ def parse_routes(lines: Iterable[str]) -> RouteTable:
             warnings.append(f"routes line {lineno}: duplicate condition skipped")
             continue
         seen.add(key)
+        if route.session:
+            warnings.append(
+                f"routes line {lineno}: session has no effect: session detection needs "
+                "Pushpin's external state service (handler state_spec), which gripcast does "
+                "not have; Pushpin without a state_spec ignores it the same way"
+            )
         routes.append(route)
     if problems:
         raise ConfigError(problems)

@@ -10,7 +10,9 @@ import logging
 import os
 import socket as stdsocket
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -21,7 +23,7 @@ from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtoco
 from broker.runtime.logsetup import configure_logging
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
-from edge import fastpath
+from edge import fastpath, routeswatch, testorigin
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.grip.session import ResponseSession, StreamSession
@@ -31,6 +33,8 @@ from edge.ops import lifecycle, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
+from edge.origin.tls import load_origin_tls
+from edge.proxyrules import ProxyRules
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
@@ -47,6 +51,9 @@ from edge.sync.tracker import (
     Tracker,
 )
 from edge.timers import TimerWheel
+from edge.tls import Certificates, load_certificates
+from edge.tlsconn import TlsServer
+from edge.upstream import Upstream
 from edge.ws.timers import WsTimers
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,16 @@ TIMER_TICK_S = 0.25
 POSITION_WAIT_S = 2.0
 LISTEN_BACKLOG = 4096
 REFUSE_LINGER = 256  # refused connections (503) drained at once; beyond, closed at once
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A listening socket of the edge: plain HTTP, or HTTPS (``tls``) on ``port``."""
+
+    sock: trio.socket.SocketType
+    addr: str
+    port: int
+    tls: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,11 @@ def load_routes(cfg: Config) -> RouteTable:
     for w in table.warnings:
         log.warning("%s", w)
     return table
+
+
+def load_upstream(cfg: Config) -> Upstream:
+    """The ``upstream_key`` verifier (relative ``file:`` paths as for ``sig_key``)."""
+    return Upstream.load(cfg.upstream_key, os.path.dirname(cfg.routes_file) or ".")
 
 
 Signers = tuple[Signer, dict[int, Signer]]  # the default signer, and per route line
@@ -118,8 +140,14 @@ class Edge:
         link: BrokerLink,
         nursery: trio.Nursery,
         signers: Signers,
+        test_origin: tuple[str, int] = ("127.0.0.1", 9),
+        certs: Certificates | None = None,
     ) -> None:
         self.cfg = cfg
+        self.test_origin = test_origin  # where ``test`` targets go (edge.testorigin)
+        self.rules = ProxyRules.from_config(cfg)  # Pushpin's [proxy] request rules
+        # HTTPS listeners' certificates and counters (edge.tlsconn); None: no HTTPS
+        self.tls = TlsServer(certs) if certs is not None else None
         self.index = index
         self.routes = routes
         self.link = link
@@ -132,6 +160,7 @@ class Edge:
         # origin connection pool, read timer (its task is started by ``serve``), header memo
         self.origin_client = OriginClient(cfg.origin_keepalive_idle_s)
         self._default_signer: Signer
+        self.upstream: Upstream
         self._signers: dict[int, Signer]
         self.set_routes(cfg, routes, signers)
         self.connections = self.requests = self.proxy_errors = self.rejected = 0
@@ -145,17 +174,34 @@ class Edge:
         self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
         self._pos_failed: set[str] = set()  # position requests to retry (edge.sync.repair)
         self.resumer = Resumer(self)
-        self.holds = HoldRegistry()  # HTTP holds, for recover and first-subscription retries
+        # HTTP holds: recover, first-subscription retries, the next-link update limiter
+        self.holds = HoldRegistry(cfg.next_link_updates_per_s)
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
 
     def set_routes(self, cfg: Config, routes: RouteTable, signers: Signers | None = None) -> None:
-        """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError."""
+        """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError.
+
+        On reload (no ``signers``) the TLS certificates are read again too: new connections
+        get them, open ones keep theirs; a bad certificate fails the reload (nothing changes)."""
+        certs = None
         if signers is None:
             signers = load_signers(cfg, routes)
+            if self.tls is not None:
+                certs = load_certificates(cfg)
+        if routes.has_test_targets:
+            routes = routes.bind_test_origin(*self.test_origin)
+        origin_tls = load_origin_tls(cfg, routes)  # before anything changes: it may raise
+        upstream = load_upstream(cfg)
         self.cfg, self.routes = cfg, routes
+        self.rules = ProxyRules.from_config(cfg)
+        if self.tls is not None and certs is not None:
+            self.tls.install(certs)
+            log.info("TLS certificates reloaded files=%s", ",".join(certs.files))
         self._default_signer, self._signers = signers
         self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
+        self.origin_client.tls = origin_tls  # TLS toward ssl targets (edge.origin.tls)
+        self.upstream = upstream  # upstream_key (edge.upstream: chaining)
 
     # -- used by connections -------------------------------------------------------------------
 
@@ -184,8 +230,8 @@ class Edge:
     def on_recover(self) -> None:
         """The broker relayed a ``recover``: response holds re-ask the origin, streams with a
         next link fetch it (Pushpin's recover command)."""
-        n = self.holds.recover()
-        log.info("recover: %d held sessions asked to update", n)
+        n = self.holds.recover(trio.current_time())
+        log.info("recover: %d held sessions asked to update (rate-limited)", n)
 
     async def wait_positioned(
         self, channels: list[str], timeout_s: float = POSITION_WAIT_S
@@ -360,13 +406,41 @@ class Edge:
                 writes.append((s, [http_chunk_for(s, ka.data)]))
                 self.wheel.schedule(s, now + ka.timeout_s)
             if writes:
+                self.stats.activity(None, len(writes))  # Pushpin counts keep-alives as activity
                 await self.deliverer.write_many(writes, now)
 
     # -- clients -------------------------------------------------------------------------------
 
-    async def serve_clients(self, listener: trio.socket.SocketType) -> None:
+    async def serve_clients(self, listeners: list[Listener]) -> None:
         # many accepts per wakeup; TCP_NODELAY is inherited from the listener (edge.fastpath)
-        await fastpath.accept_loop(listener, self._accepted)
+        async with trio.open_nursery() as nursery:
+            for lst in listeners:
+                on_accept = self._accepted_tls(lst.port) if lst.tls else self._accepted
+                nursery.start_soon(fastpath.accept_loop, lst.sock, on_accept)
+
+    def _accepted_tls(
+        self, port: int
+    ) -> Callable[[trio.socket.SocketType, fastpath.PeerAddress | None], None]:
+        def accepted(sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None) -> None:
+            tls = self.tls
+            assert tls is not None  # HTTPS listeners exist only with certificates
+            if self.connections >= self.cfg.client_maxconn:
+                self.rejected += 1  # no 503 before a handshake: closed at once
+                sock.close()
+                return
+            self.nursery.start_soon(
+                partial(
+                    tls.serve_connection,
+                    sock,
+                    addr,
+                    port,
+                    self._serve_connection,
+                    handshake_timeout_s=self.cfg.client_head_timeout_s,
+                    write_timeout_s=self.cfg.client_write_timeout_s,
+                )
+            )
+
+        return accepted
 
     def _accepted(self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None) -> None:
         if self.connections >= self.cfg.client_maxconn:
@@ -394,14 +468,14 @@ class Edge:
             self._refusing -= 1
 
     async def _serve_connection(
-        self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None
+        self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None, tls: bool = False
     ) -> None:
         self.connections += 1
         self.sockets.add(sock)
         self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
         try:
             try:
-                await Connection(self, sock, addr).serve()
+                await Connection(self, sock, addr, tls).serve()
             finally:
                 # trio's close() wakes tasks parked on this fd (a deliverer writer); the stdlib
                 # close that ``with sock:`` does would leave them registered on a reusable fd
@@ -434,18 +508,49 @@ async def open_listener(host: str, port: int) -> trio.socket.SocketType:
     return sock
 
 
+async def open_listeners(cfg: Config) -> list[Listener]:
+    """The plain HTTP listener and every HTTPS one (``https_port``), all with SO_REUSEPORT."""
+    wanted = [(cfg.client_addr, cfg.port("client_port"), False)]
+    wanted += [(addr, port, True) for addr, port in cfg.https_listens()]
+    out: list[Listener] = []
+    try:
+        for addr, port, tls in wanted:
+            out.append(Listener(await open_listener(addr, port), addr, port, tls))
+    except BaseException:
+        for lst in out:
+            lst.sock.close()
+        raise
+    return out
+
+
 async def serve(
     cfg: Config, index: int, routes: RouteTable, reload_config: Callable[[], Config] | None = None
 ) -> int:
     link = BrokerLink(cfg)
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
-    listen = (cfg.client_addr, cfg.port("client_port"))
+    load_origin_tls(cfg, routes)  # (the same: a bad CA file or client certificate)
+    certs = load_certificates(cfg) if cfg.https_port else None  # ConfigError: exit 78
     exit_code = 0
     try:
-        listener = await open_listener(*listen)
-        with listener, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
+        listeners = await open_listeners(cfg)
+        # Pushpin's ``test`` target: served on a loopback port of this edge's own
+        test_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        test_port = test_listeners[0].socket.getsockname()[1]
+        with ExitStack() as stack, trio.open_signal_receiver(*lifecycle.SIGNALS) as signals:
+            for lst in listeners:
+                stack.enter_context(lst.sock)
             async with trio.open_nursery() as nursery:
-                edge = Edge(cfg, index, routes, link, nursery, signers)
+                nursery.start_soon(testorigin.serve, test_listeners)
+                edge = Edge(
+                    cfg,
+                    index,
+                    routes,
+                    link,
+                    nursery,
+                    signers,
+                    test_origin=("127.0.0.1", test_port),
+                    certs=certs,
+                )
                 link.on_heartbeat = edge.on_heartbeat
 
                 def refuse() -> None:  # the broker speaks another wire version (logged)
@@ -454,16 +559,25 @@ async def serve(
 
                 link.on_refuse = refuse
                 life = lifecycle.EdgeLifecycle(
-                    edge, listener, reload_config=reload_config, load_routes=load_routes
+                    edge,
+                    [lst.sock for lst in listeners],
+                    reload_config=reload_config,
+                    load_routes=load_routes,
+                    serve=partial(edge.serve_clients, listeners),
                 )
                 await edge_metrics.start(edge, nursery)
                 nursery.start_soon(link.serve_ctl)
                 nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.origin_client.timer.serve)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
+                if cfg.routes_file_watch:
+                    nursery.start_soon(
+                        routeswatch.serve_watch, lambda: edge.cfg.routes_file, life.reload
+                    )
                 # the hello gate: a broker of another wire version or cluster stops this edge
                 # before it serves a client (no answer in time: serve, heartbeats check later)
                 if not await _hello(edge, link):
@@ -471,10 +585,12 @@ async def serve(
                     return edge.exit_code
                 nursery.start_soon(life.serve_clients)
                 log.info(
-                    "edge ready index=%d listen=%s:%d routes=%d",
+                    "edge ready index=%d listen=%s routes=%d",
                     index,
-                    listen[0],
-                    listen[1],
+                    " ".join(
+                        f"{'https' if lst.tls else 'http'}://{lst.addr}:{lst.port}"
+                        for lst in listeners
+                    ),
                     len(routes),
                 )
                 notify("READY=1\nSTATUS=serving")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from edge.grip.session import ResponseSession, StreamSession
     from edge.ops.connstats import ConnStats
     from edge.origin.client import OriginClient
+    from edge.proxyrules import ProxyRules
     from edge.routes import Route, RouteTable
     from edge.sessionstate import Session
     from edge.sync.deliver import Deliverer
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from edge.sync.link import BrokerLink
     from edge.sync.resume import Resumer
     from edge.sync.tracker import Tracker
+    from edge.upstream import Upstream
     from edge.ws.timers import WsTimers
 
 
@@ -41,6 +43,7 @@ class OriginServices(Protocol):
     nursery: trio.Nursery
     origin_client: OriginClient  # the edge's origin connection pool, read timer, header memo
     proxy_errors: int  # requests answered 502 (origin failures)
+    upstream: Upstream  # upstream_key: is a request from a trusted GRIP proxy in front?
 
     def sign(self, route: Route) -> str | None: ...
 
@@ -67,6 +70,7 @@ class ConnectionServices(OriginServices, SessionServices, Protocol):
     """What a client connection needs (``edge.http1.connection``, ``edge.grip.holds``, ``edge.ws.session``)."""
 
     routes: RouteTable
+    rules: ProxyRules  # Pushpin's [proxy] request rules (edge.proxyrules)
     requests: int  # HTTP requests received
     ws_opened: int  # WebSocket sessions opened
     holds: HoldRegistry

@@ -6,6 +6,7 @@
     gripcast publish CHANNEL TEXT         publish over the HTTP API, like pushpin-publish
     gripcast demo-origin [--listen P]     the built-in demo origin app alone
     gripcast keygen [--out PREFIX]        a CurveZMQ key pair (docs/multihost.md)
+    gripcast migrate PUSHPIN_CONF         print the gripcast.toml equivalent to a pushpin.conf
 
 Options shared with Pushpin's runner: --config FILE (TOML), --port [addr:]port, --route LINE
 (repeatable), --port-offset N.  No protocol logic lives here.
@@ -39,6 +40,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="TOML config file (every key, with its default: deploy/gripcast.toml)",
     )
     p.add_argument(
+        "--pushpin-config",
+        metavar="FILE",
+        help="read Pushpin's pushpin.conf (and the routes file it names) instead of --config; "
+        "see docs/migrating-from-pushpin.md",
+    )
+    p.add_argument(
         "--port", metavar="[ADDR:]PORT", help="client listener of the edges (default 0.0.0.0:7999)"
     )
     p.add_argument(
@@ -51,10 +58,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--routes-file", metavar="FILE", help="Pushpin-style routes file")
     p.add_argument(
+        "--https-port",
+        metavar="[ADDR:]PORT",
+        action="append",
+        default=None,
+        help="HTTPS listener of the edges (repeatable; replaces https_port of the config; "
+        "needs --tls-cert/--tls-key or tls_certs_dir; docs/tls.md)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain for HTTPS")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
         "--port-offset",
         type=int,
         metavar="N",
-        help="add N to every default port (client and broker), like Pushpin's",
+        help="add N to every default port (client and broker) and to every HTTPS port, "
+        "like Pushpin's",
     )
     p.add_argument(
         "--broker-host",
@@ -155,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--url",
         default=None,
         metavar="URL",
-        help="publish API base URL (default $GRIP_URL or http://127.0.0.1:5561)",
+        help="publish API base URL, Fanout style with credentials allowed "
+        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
     )
     p.add_argument(
         "--port-offset",
@@ -163,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="port offset of the cluster, for the default URL (default 0)",
+    )
+    p.add_argument(
+        "--key",
+        metavar="KEY",
+        help="sign with this key (the broker's publish_jwt_key; base64:<b64> for a binary "
+        "key), as gripcontrol does; default: the key= of GRIP_URL",
+    )
+    p.add_argument(
+        "--iss",
+        metavar="ISS",
+        help="JWT issuer (with --key: an HS256 token; without an issuer the key is sent as "
+        "a bearer token, as gripcontrol does); default: the iss= of GRIP_URL",
     )
     p.add_argument(
         "--id",
@@ -196,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="PREFIX",
         help="write PREFIX.key (secret, mode 0600) and PREFIX.pub instead of printing",
+    )
+
+    p = sub.add_parser(
+        "migrate",
+        help="print the gripcast.toml equivalent to a Pushpin config",
+        description="Read Pushpin's pushpin.conf (with its include= file) and print the "
+        "equivalent gripcast.toml on standard output; what gripcast ignores is listed in "
+        "comments, what it cannot honour is refused (file, line, key).",
+        epilog="Guide: docs/migrating-from-pushpin.md",
+    )
+    p.add_argument("pushpin_conf", metavar="PUSHPIN_CONF", help="path of pushpin.conf")
+    p.add_argument(
+        "--libdir",
+        metavar="DIR",
+        help="Pushpin's library directory for {libdir} (default /usr/lib/pushpin)",
     )
 
     p = sub.add_parser(
@@ -233,7 +279,33 @@ def _split_addr(value: str, default_addr: str) -> tuple[str, int]:
         raise ConfigError([f"--port: {value!r} is not [addr:]port"]) from None
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def _pushpin_values(
+    args: argparse.Namespace, notes: list[tuple[int, str]] | None
+) -> tuple[dict[str, Any], str]:
+    """The settings of ``--pushpin-config`` (what to log about it appended to ``notes`` as
+    ``(level, text)``: a warning per key gripcast ignores, one info line for the wiring)."""
+    path = getattr(args, "pushpin_config", None)
+    if not path:
+        return {}, ""
+    if args.config:
+        raise ConfigError(["give --config or --pushpin-config, not both"])
+    from gripcast.migrate import ensure_rundir, read_pushpin_config
+    from gripcast.pushpinconf import internal_note
+
+    t = read_pushpin_config(path)
+    if notes is not None:
+        notes.extend((logging.WARNING, str(w)) for w in t.warnings)
+        note = internal_note(t)
+        if note:
+            notes.append((logging.INFO, note))
+    if args.command in ("run", "broker"):
+        ensure_rundir(t)
+    return t.settings, t.conf.path
+
+
+def config_from_args(
+    args: argparse.Namespace, notes: list[tuple[int, str]] | None = None
+) -> Config:
     if getattr(args, "config_file", None):
         try:
             with open(args.config_file, encoding="utf-8") as fh:
@@ -246,6 +318,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.port:
         addr, port = _split_addr(args.port, "0.0.0.0")
         overrides["client_addr"], overrides["client_port"] = addr, port
+    if args.https_port is not None:
+        overrides["https_port"] = tuple(args.https_port)
+    if args.tls_cert is not None:
+        overrides["tls_cert"] = args.tls_cert
+    if args.tls_key is not None:
+        overrides["tls_key"] = args.tls_key
     if args.route is not None:
         overrides["routes"] = tuple(args.route)
         overrides["routes_file"] = ""
@@ -255,7 +333,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    return load_config(args.config, overrides=overrides)
+    file_values, label = _pushpin_values(args, notes)
+    return load_config(args.config, overrides=overrides, file_values=file_values, file_label=label)
 
 
 def _setup_logging(level: str, role: str) -> None:
@@ -286,28 +365,40 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stdout.write(keygen_text())
         return 0
+    if args.command == "migrate":
+        from gripcast.migrate import read_pushpin_config, render_toml
+
+        try:
+            text = render_toml(read_pushpin_config(args.pushpin_conf, args.libdir))
+        except ConfigError as exc:
+            print(f"gripcast migrate: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        sys.stdout.write(text)
+        return 0
     if args.command == "demo-origin":
         _setup_logging("info", "demo")
         from gripcast.demo import serve_demo
 
         addr, port = _split_addr(args.listen, "127.0.0.1")
         return serve_demo(addr, port, args.publish_url, publish_command=args.publish_command)
+    notes: list[tuple[int, str]] = []
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, notes)
     except ConfigError as exc:
         print(f"gripcast: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    role = f"edge{args.index}" if args.command == "edge" else args.command
+    _setup_logging(cfg.log_level, "runner" if role == "run" else role)
+    for level, note in notes:
+        log.log(level, "pushpin config: %s", note)
     if args.command == "broker":
-        _setup_logging(cfg.log_level, "broker")
         from broker.server import main as broker_main
 
         return broker_main(cfg, reload_config=lambda: config_from_args(args))
     if args.command == "edge":
-        _setup_logging(cfg.log_level, f"edge{args.index}")
         from edge.server import main as edge_main
 
         return edge_main(cfg, args.index, reload_config=lambda: config_from_args(args))
-    _setup_logging(cfg.log_level, "runner")
     from gripcast.runner import run_cluster
 
     try:

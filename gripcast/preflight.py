@@ -1,4 +1,4 @@
-"""What ``gripcast run`` checks before it starts anything: routes and free ports.
+"""What ``gripcast run`` checks before it starts anything: routes, certificates, free ports.
 
 A mistake the runner can know about up front (a routes line with no target, a missing routes
 file, a port another program holds) ends the start at once with one line per problem, instead
@@ -41,6 +41,8 @@ def planned_ports(cfg: Config, demo_port: int | None) -> list[PortUse]:
     """Every TCP port ``gripcast run`` is about to listen on, in start order."""
     uses = [PortUse(key, cfg.broker_bind, cfg.port(key)) for key in BROKER_PORTS]
     uses.append(PortUse("client_port", cfg.client_addr, cfg.port("client_port")))
+    for addr, port in cfg.https_listens():
+        uses.append(PortUse("https_port", addr, port))
     if cfg.metrics_port:
         uses.append(PortUse("metrics_port", cfg.metrics_addr, cfg.metrics_port))
     if cfg.edge_metrics_port:
@@ -98,13 +100,24 @@ def check_routes(cfg: Config) -> None:
     load_routes(cfg)
 
 
+def check_certificates(cfg: Config) -> None:
+    """Load the HTTPS certificates the edges will load (raises ConfigError naming each file:
+    missing, unreadable, not PEM, key not matching, expired)."""
+    if not cfg.https_port:
+        return
+    from edge.tls import load_certificates
+
+    load_certificates(cfg)
+
+
 def preflight(cfg: Config, demo_port: int | None) -> None:
     """Raise ConfigError listing every problem found before starting the cluster."""
     problems: list[str] = []
-    try:
-        check_routes(cfg)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
+    for check in (check_routes, check_certificates):
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     problems.extend(busy_ports(planned_ports(cfg, demo_port)))
     if problems:
         raise ConfigError(problems)

@@ -1,14 +1,74 @@
-"""``gripcast publish``: one item to the broker's HTTP publish API (like ``pushpin-publish``)."""
+"""``gripcast publish``: one item to the broker's HTTP publish API (like ``pushpin-publish``).
+
+Authentication as gripcontrol does it: a Fanout-style ``GRIP_URL``
+(``http://host:5561/?iss=ISS&key=KEY``, ``key=base64:...`` for a binary key) or ``--key`` and
+``--iss``; with an issuer the request carries ``Authorization: Bearer <JWT>`` (HS256, claims
+``iss`` and ``exp`` one hour ahead), with a key alone ``Authorization: Bearer <key>``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
+import warnings
+from dataclasses import dataclass
 from typing import Any, TextIO
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import jwt
+
+TOKEN_TTL_S = 3600  # gripcontrol's (pubcontrol's) exp: one hour
+
+
+@dataclass(frozen=True, slots=True)
+class GripUrl:
+    """A publish endpoint with its credentials (gripcontrol's ``parse_grip_uri``)."""
+
+    control_uri: str
+    iss: str | None = None
+    key: bytes | None = None
+
+
+def decode_key(text: str) -> bytes:
+    """A key as gripcontrol reads it: ``base64:<b64>`` decoded, anything else as UTF-8."""
+    if text.startswith("base64:"):
+        try:
+            return base64.b64decode(text[7:], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"bad base64 key ({exc})") from None
+    return text.encode("utf-8")
+
+
+def parse_grip_url(url: str) -> GripUrl:
+    """Split ``iss`` and ``key`` off the query (a ``+`` in them stays a ``+``, as
+    gripcontrol's workaround for base64 keys); a trailing ``/`` of the path is dropped."""
+    parts = urlsplit(url)
+    params = parse_qs(parts.query.replace("+", "%2B"), keep_blank_values=False)
+    iss = params.pop("iss", [None])[0]
+    key_text = params.pop("key", [None])[0]
+    qs = urlencode(params, doseq=True)
+    path = parts.path[:-1] if parts.path.endswith("/") else parts.path
+    control = f"{parts.scheme}://{parts.netloc}{path}" + (f"?{qs}" if qs else "")
+    return GripUrl(control, iss or None, decode_key(key_text) if key_text else None)
+
+
+def auth_header(iss: str | None, key: bytes | None, now: float) -> str | None:
+    """The ``Authorization`` value gripcontrol sends for these credentials (None: none)."""
+    if key is None:
+        return None
+    if iss is None:
+        return "Bearer " + key.decode("utf-8", "replace")
+    with warnings.catch_warnings():  # a short key is the user's choice (as with gripcontrol)
+        warnings.simplefilter("ignore", UserWarning)  # PyJWT's InsecureKeyLengthWarning
+        token = jwt.encode({"iss": iss, "exp": int(now) + TOKEN_TTL_S}, key, algorithm="HS256")
+    return "Bearer " + token
 
 
 def build_item(
@@ -46,15 +106,22 @@ def build_item(
 
 
 def post_items(
-    base_url: str, items: list[dict[str, Any]], timeout: float = 10.0
+    base_url: str,
+    items: list[dict[str, Any]],
+    timeout: float = 10.0,
+    authorization: str | None = None,
 ) -> tuple[int, str]:
     """POST ``{"items": items}`` to ``<base_url>/publish/``; returns (status, body text)."""
     data = json.dumps({"items": items}).encode("utf-8")
+    headers = {"Content-Type": "application/json", "Accept": "text/plain"}
+    if authorization:
+        headers["Authorization"] = authorization
+    base, _, query = base_url.partition("?")
     req = urllib.request.Request(
-        base_url.rstrip("/") + "/publish/",
+        base.rstrip("/") + "/publish/" + (f"?{query}" if query else ""),
         data=data,
         method="POST",
-        headers={"Content-Type": "application/json", "Accept": "text/plain"},
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -85,13 +152,24 @@ def message_text(text: str | None, stdin: TextIO | None, close: bool) -> str:
     return data
 
 
+def target_from_args(args: argparse.Namespace, environ: dict[str, str]) -> GripUrl:
+    """Where to publish and with what credentials: ``--url``, else ``GRIP_URL``, else the
+    local broker; ``--iss``/``--key`` override the URL's.  ValueError for a bad key."""
+    url = args.url or environ.get("GRIP_URL") or f"http://127.0.0.1:{5561 + args.port_offset}"
+    target = parse_grip_url(url)
+    iss = args.iss if args.iss is not None else target.iss
+    key = decode_key(args.key) if args.key is not None else target.key
+    return GripUrl(target.control_uri, iss or None, key or None)
+
+
 def publish_from_args(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
-    base = args.url or os.environ.get("GRIP_URL") or f"http://127.0.0.1:{5561 + args.port_offset}"
     try:
+        target = target_from_args(args, dict(os.environ))
         text = message_text(args.text, stdin, args.close)
     except ValueError as exc:
         print(f"gripcast publish: {exc}", file=sys.stderr)
         return 2
+    base = target.control_uri
     item = build_item(
         args.channel,
         text,
@@ -102,7 +180,9 @@ def publish_from_args(args: argparse.Namespace, stdin: TextIO | None = None) -> 
         close=args.close,
     )
     try:
-        status, body = post_items(base, [item])
+        status, body = post_items(
+            base, [item], authorization=auth_header(target.iss, target.key, time.time())
+        )
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"gripcast publish: cannot reach {base}: {reason}", file=sys.stderr)

@@ -41,12 +41,21 @@ SANS_IO = [
     "edge/grip/filters.py",
     "edge/grip/jsonpatch.py",
     "edge/grip/sseid.py",
+    "edge/grip/nextlink.py",
+    "edge/grip/nextlink_track.py",
     "edge/sync/tracker.py",
     "edge/sync/hub.py",
     "edge/ws/events.py",
     "edge/ws/control.py",
     "edge/http1/headers.py",
+    "edge/proxyrules.py",
+    "edge/cors.py",
+    "edge/jsonp.py",
     "edge/timers.py",
+    "broker/ops/stats.py",
+    "edge/ops/connstats.py",
+    "gripcast/pushpinini.py",
+    "gripcast/pushpinconf.py",
 ]
 IO_MODULES = {"trio", "zmq", "socket", "time", "logging"}
 

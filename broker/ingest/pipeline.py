@@ -91,7 +91,9 @@ class Pipeline:
         self.started = started
         self.uris = uris
         self.stats = stats
-        self.sequencer = Sequencer()
+        self.sequencer = Sequencer(
+            id_cache_ttl_s=cfg.id_cache_ttl_s, message_wait_s=cfg.message_wait_s
+        )
         # recover and hint, whatever input they come by (broker.ratelimit)
         self.limiter = ActionLimiter(
             cfg.recover_per_s, cfg.hint_per_channel_per_s, cfg.hint_per_s, time.monotonic()

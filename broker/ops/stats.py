@@ -24,7 +24,19 @@ a second.  ``StatsEncoder.edge_report`` turns one report into packets and folds 
   an edge that has not reported it yet);
 * ``report``: every ``stats_report_interval_s``: ``{"from", "connections", "minutes",
   "received", "sent", "duration"}``: the most client connections open at once (all edges),
-  connection-minutes, publish items received, messages sent to clients, milliseconds covered.
+  connection-minutes, publish items received, messages sent to clients, milliseconds covered;
+* ``activity``: ``{"from", "route"?, "count"}`` per route with activity since the edge's last
+  report: a request received (HTTP or WebSocket, once a route is found) counts 1, as in
+  Pushpin's proxy; ``route`` only for a route with an explicit ``id`` (Pushpin's
+  ``separateStats``).  Edges report activity within ``ACTIVITY_DELAY_S`` (Pushpin batches it
+  for 100 ms);
+* ``counts``: ``{"from", "requests-received"}`` with the requests received since the edge's
+  last report (none when 0, as Pushpin).
+
+Framing (``stats_format``): ``<type> T<tnetstring>`` or, with ``json``, ``<type> J<json>``, the
+JSON compact with its keys sorted, as Qt's ``QJsonDocument`` writes Pushpin's.  Pushpin's
+``conn-max`` packets travel between its proxy and handler only; gripcast's edges report to the
+broker over their control link instead, so none appear on the socket (as on Pushpin's).
 
 An edge that has not reported for ``EDGE_EXPIRE_S`` is forgotten (its subscribers no longer
 count).  Nothing here does I/O: the broker sends the frames on the PUB socket at ``stats_spec``.
@@ -32,6 +44,7 @@ count).  Nothing here does I/O: the broker sends the frames on the PUB socket at
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +66,14 @@ TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-mess
 MAX_ID = 256  # longest connection id / edge name / peer address accepted from an edge
 
 
-def packet(kind: str, fields: dict[str, Any]) -> bytes:
+FORMATS = ("tnetstring", "json")
+
+
+def packet(kind: str, fields: dict[str, Any], fmt: str = "tnetstring") -> bytes:
+    """One stats frame: ``<kind> T<tnetstring>`` or (``fmt == "json"``) ``<kind> J<json>``."""
+    if fmt == "json":
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return kind.encode("ascii") + b" J" + text.encode("utf-8")
     return kind.encode("ascii") + b" T" + dumps(fields)
 
 
@@ -67,13 +87,27 @@ _TYPES = {t: _tn(t.encode()) for t in CONN_TYPES}
 
 
 def conn_packets(
-    source: str, conns: Iterable[tuple[str, str, str]], gone: Iterable[str], ttl: int
+    source: str,
+    conns: Iterable[tuple[str, str, str]],
+    gone: Iterable[str],
+    ttl: int,
+    fmt: str = "tnetstring",
 ) -> list[bytes]:
     """``conn`` packets, the same bytes as ``packet("conn", {...})`` but built directly (an
     edge's report can hold thousands of them)."""
+    if fmt == "json":
+        out: list[bytes] = []
+        for cid, ctype, peer in conns:
+            fields: dict[str, Any] = {"from": source, "id": cid, "type": ctype, "ttl": ttl}
+            if peer:
+                fields["peer-address"] = peer
+            out.append(packet("conn", fields, fmt))
+        for cid in gone:
+            out.append(packet("conn", {"from": source, "id": cid, "unavailable": True}, fmt))
+        return out
     head = _tn(b"from") + _tn(source.encode())
     ttl_part = _tn(b"ttl") + b"%d:%d#" % (len(b"%d" % ttl), ttl)
-    out: list[bytes] = []
+    out = []
     for cid, ctype, peer in conns:
         body = head + _K_ID + _tn(cid.encode()) + _K_TYPE + _TYPES[ctype]
         if peer:
@@ -106,6 +140,8 @@ class EdgeReport:
     connections_max: int = 0
     conn_s: float = 0.0
     sent: int = 0
+    activity: tuple[tuple[str, int], ...] = ()  # ((route id or "", count), ...)
+    requests: int = 0  # requests received since the last report
 
 
 def _bad(reason: str) -> RemoteProtocolError:
@@ -158,6 +194,16 @@ def parse_edge_report(m: dict[Any, Any]) -> EdgeReport:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise _bad("subscriber count must be a non-negative integer")
         subs.append((mode, channel, n))
+    activity: list[tuple[str, int]] = []
+    for a in _list(m, "activity"):
+        if not isinstance(a, (list, tuple)) or len(a) != 2:
+            raise _bad("an 'activity' entry must be [route, count]")
+        route, n = a
+        if not isinstance(route, str) or len(route) > MAX_ID:
+            raise _bad("an activity route must be a string")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise _bad("an activity count must be a non-negative integer")
+        activity.append((route, n))
     conn_s = m.get("conn_s", 0.0)
     if isinstance(conn_s, bool) or not isinstance(conn_s, (int, float)) or not 0 <= conn_s < 1e12:
         raise _bad("'conn_s' must be a non-negative number")
@@ -171,6 +217,8 @@ def parse_edge_report(m: dict[Any, Any]) -> EdgeReport:
         connections_max=_count(m, "connections_max"),
         conn_s=float(conn_s),
         sent=_count(m, "sent"),
+        activity=tuple(activity),
+        requests=_count(m, "requests"),
     )
 
 
@@ -187,9 +235,22 @@ class EdgeState:
 
 
 class StatsEncoder:
-    def __init__(self, source: str | None = None, conn_ttl_s: float = CONN_TTL_S) -> None:
+    def __init__(
+        self,
+        source: str | None = None,
+        conn_ttl_s: float = CONN_TTL_S,
+        *,
+        fmt: str = "tnetstring",
+        sub_ttl_s: int = SUB_TTL_S,
+        conn_send: bool = True,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"stats format {fmt!r} is not one of {FORMATS}")
         self.source = source or f"gripcast-broker_{os.getpid()}"
         self.conn_ttl_s = conn_ttl_s
+        self.fmt = fmt
+        self.sub_ttl_s = sub_ttl_s
+        self.conn_send = conn_send
         self.edges: dict[str, EdgeState] = {}
         self._subs: dict[tuple[str, str], int] = {}  # (mode, channel) -> sum over edges
         self._chan_subs: dict[str, int] = {}  # channel -> sum over modes and edges
@@ -216,12 +277,15 @@ class StatsEncoder:
                     "from": self.source,
                     "mode": mode,
                     "channel": channel,
-                    "ttl": SUB_TTL_S,
+                    "ttl": self.sub_ttl_s,
                     "subscribers": n,
                 },
+                self.fmt,
             )
         return packet(
-            "sub", {"from": self.source, "mode": mode, "channel": channel, "unavailable": True}
+            "sub",
+            {"from": self.source, "mode": mode, "channel": channel, "unavailable": True},
+            self.fmt,
         )
 
     def _set_edge_sub(self, st: EdgeState, key: tuple[str, str], n: int, out: list[bytes]) -> None:
@@ -263,7 +327,11 @@ class StatsEncoder:
             self.bad_reports += 1
             raise
         self.reports += 1
-        out = conn_packets(rep.edge, rep.conns, rep.gone, self.conn_ttl)
+        out = (
+            conn_packets(rep.edge, rep.conns, rep.gone, self.conn_ttl, self.fmt)
+            if self.conn_send
+            else []
+        )
         st = self.edges.get(rep.edge)
         if st is None:
             st = self.edges[rep.edge] = EdgeState(now)
@@ -282,6 +350,21 @@ class StatsEncoder:
         self._conn_max = max(self._conn_max, peak, self._conn_total)
         self._conn_s += rep.conn_s
         self._sent += rep.sent
+        out.extend(self._activity_packets(rep))
+        return out
+
+    def _activity_packets(self, rep: EdgeReport) -> list[bytes]:
+        """``activity`` per route with a count, then ``counts`` when requests came in."""
+        out = []
+        for route, n in rep.activity:
+            if n > 0:
+                fields: dict[str, Any] = {"from": self.source, "count": n}
+                if route:
+                    fields["route"] = route
+                out.append(packet("activity", fields, self.fmt))
+        if rep.requests > 0:
+            fields = {"from": self.source, "requests-received": rep.requests}
+            out.append(packet("counts", fields, self.fmt))
         return out
 
     def expire(self, now: float) -> list[bytes]:
@@ -318,7 +401,7 @@ class StatsEncoder:
                 }
                 if env.id is not None:
                     fields["item-id"] = env.id
-                out.append(packet("message", fields))
+                out.append(packet("message", fields, self.fmt))
         return out
 
     def received(self, n: int) -> None:
@@ -343,6 +426,7 @@ class StatsEncoder:
                     "sent": self._sent,
                     "duration": duration,
                 },
+                self.fmt,
             )
         )
         self._received = self._sent = 0

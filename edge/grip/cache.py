@@ -19,10 +19,9 @@ misses); bodies over ``MAX_BODY`` bytes are not cached.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import TypedDict
 
-from edge.grip.instruct import Hold, parse_instruct
+from edge.grip.instruct import Hold, parse_instruct, with_body
 from edge.http1 import responses
 
 MAX_ENTRIES = 512
@@ -81,7 +80,7 @@ class InstructCache:
         if stream_body is not None and (
             hold.mode == "stream" or (hold.mode is None and hold.next_link)
         ):
-            hold = replace(hold, body=stream_body)
+            hold = with_body(hold, stream_body)
         if size <= MAX_BODY:
             if len(holds) >= MAX_ENTRIES:
                 holds.clear()

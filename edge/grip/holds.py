@@ -9,61 +9,91 @@ whole thing is a loop over *attempts* (at most ``MAX_ATTEMPTS`` retries per clie
 * **answer now** (no hold, no next link): the instruct's response, ``Grip-Status`` applied.
 * **response hold** (long-poll): a ``ResponseSession`` on the hub.  Channels with ``prev-id``
   are first resolved against broker history (``edge.sync.resume``): the first retained message
-  after the prev-id answers the poll.  Only when history cannot answer is the request retried
-  against the origin with ``Grip-Last: <channel>; last-id=<prev-id>`` (Pushpin; the retried
-  answer is held as is).  The poll is also retried on a published ``hint``, on ``recover``, and
+  after the prev-id answers the poll.  A prev-id the channel's history does not hold while it
+  holds others (a conflict) retries the request against the origin at once with
+  ``Grip-Last: <channel>; last-id=<prev-id>`` (Pushpin; the retried answer is held as is).
+  Otherwise the poll is held with Pushpin's prev-id check (``edge.grip.nextlink_track``): an
+  item whose ``prev-id`` is not the poll's is a gap, and the request is retried with
+  ``Grip-Last``.  It is also retried on a published ``hint`` (at once), on ``recover``, and
   about 1 s after a channel's first subscription on this edge when
-  ``update_on_first_subscription`` is on (skipped when every channel's prev-id was resolved
-  by history: then nothing can have been missed).
+  ``update_on_first_subscription`` is on (skipped when history held every prev-id).
 * **stream** (``Grip-Hold: stream``, or a ``Grip-Link rel=next`` without hold: Pushpin's
   "streaming historical data"): the head and body go out at once, chunked.  Next links are
   fetched (GET, only ``Grip-Last`` + ``Grip-Sig``/``Grip-Feature``, never the client's headers)
   and their bodies appended; a next response may carry another link (a chain), turn the
-  response into a stream hold, or end it.  A held stream fetches its next link on a ``hint``,
-  on ``recover``, after ``timeout`` seconds unless every channel got a message in that window
-  (idle recovery), when a prev-id cannot be resolved by history, and ~1 s after a first
-  subscription.  A prev-id that history cannot answer and no next link: Pushpin's error.
+  response into a stream hold, or end it.  A held stream fetches its next link on a ``hint``
+  (at once), and through the update limiter on a prev-id gap, on ``recover``, after
+  ``timeout`` seconds unless every channel got a message in that window (idle recovery), when
+  a prev-id conflicts with history, and ~1 s after a first subscription.  Between asking and
+  the answer, what is published to it is held and filtered by the answer's prev-ids
+  (``edge.grip.nextlink_track``).  A prev-id that history does not hold and no next link:
+  Pushpin's error (the initial response goes out, then the stream ends).
 
-Next links must stay on the route's origin: a relative link, or an absolute one naming the
-client-facing host of the request or one of the route's targets.  Any other host is refused
-(the stream ends; the reason is logged, and appended on ``debug`` routes).
+Updates at low priority go through the edge's ``UpdateLimiter`` (``edge.grip.nextlink``: 10
+actions a second, at most 100 sessions each), and identical next-link fetches in flight share
+one origin request (``edge.grip.nextlink_fetch``), as Pushpin's update manager and auto-share.
+
+Next links stay on the route's origin (relative links, the request's host, a route target);
+another host only with ``next_link_other_hosts`` (``edge.grip.nextlink.resolve_link``).
 
 ``Grip-Link rel=gone``: when the client disconnects before the hold ended, the edge POSTs an
 empty body to it (best effort, not retried), as Pushpin 1.41 does.
 
-``HoldRegistry`` is the edge-wide registry these flows use for ``recover`` and for the
-first-subscription times of channels.
+``HoldRegistry`` is the edge-wide registry these flows use for ``recover``, the update limiter
+and the first-subscription times of channels.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import trio
 
 from _speedups import http_chunk
 from broker.errors import GripcastError, InstructError, RemoteProtocolError
 from edge import readtimer
+from edge.grip import filters
 from edge.grip.cache import InstructCache
 from edge.grip.instruct import Hold, is_grip_response
-from edge.grip.session import ResponseSession, StreamSession
+from edge.grip.nextlink import (
+    UPDATES_PER_S,
+    LinkRefused,
+    LinkTarget,
+    UpdateLimiter,
+    resolve_link,
+    share_key,
+)
+from edge.grip.nextlink_fetch import Fetched, SharedFetches
+from edge.grip.nextlink_track import PrevIds
+from edge.grip.session import ResponseSession, StreamSession, _subscription
 from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
 from edge.sessionstate import OPEN
 
 if TYPE_CHECKING:
+    from broker.wire import Envelope
     from edge.grip.cache import InstructOptions
     from edge.grip.instruct import Channel
     from edge.http1.connection import Connection, Request
     from edge.origin.client import OriginResponse
-    from edge.routes import Route, Target
+    from edge.routes import Route
     from edge.services import ConnectionServices
     from edge.sync.resume import Resume
+
+__all__ = [
+    "HoldRegistry",
+    "LinkRefused",
+    "LinkTarget",
+    "grip_last",
+    "handle_grip",
+    "resolve_link",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,41 +103,11 @@ MAX_ATTEMPTS = 8  # origin requests per client request (retries, hints)
 FIRST_SUB_DELAY_S = 1.0  # Pushpin's SUBSCRIBED_DELAY
 NEXT_LINK_TRIES = 5
 NEXT_LINK_MAX_CHAIN = 1000
-
-
-class LinkRefused(OriginError):
-    """A next/gone link that leaves the route's origin."""
+# the broker's own cursor form, "<epoch>:<seq>" (epoch: 16 hex digits): no publisher id
+_CURSOR = re.compile(r"[0-9a-f]{16}:[0-9]+\Z")
 
 
 # -- sans-IO helpers -------------------------------------------------------------------------
-
-
-def resolve_link(
-    link: str, host: str, path: str, route: Route
-) -> tuple[bytes, bool, tuple[Target, ...]]:
-    """Where to send a next/gone link: ``(path, rewrite, targets)``.
-
-    ``host``/``path`` are the client request's.  Relative links resolve against the request
-    URI and go through the route as a client request would (``rewrite`` True, all targets).
-    Absolute links must name the request's host (same handling) or one of the route's targets
-    (sent to that target as is).  Anything else raises ``LinkRefused``.
-    """
-    base = f"http://{host or 'localhost'}{path}"
-    url = urljoin(base, link)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise LinkRefused(f"next link {link!r} is not http")
-    target_path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    authority = parts.netloc.lower()
-    if authority == (host or "localhost").lower() or (parts.netloc == "" and link.startswith("/")):
-        return target_path.encode("latin-1"), True, ()
-    for t in route.targets:
-        names = {f"{t.host}:{t.port}".lower(), str(t).lower()}
-        if t.port == 80:
-            names.add(t.host.lower())
-        if authority in names:
-            return target_path.encode("latin-1"), False, (t,)
-    raise LinkRefused(f"next link {link!r} leaves the route's origin")
 
 
 def grip_last(
@@ -125,6 +125,11 @@ def grip_last(
     return out
 
 
+def is_cursor(prev_id: str | None) -> bool:
+    """Whether ``prev_id`` is the broker's ``<epoch>:<seq>`` cursor (not a publisher id)."""
+    return prev_id is not None and _CURSOR.match(prev_id) is not None
+
+
 def _prev_id(c: Channel) -> str:
     """The prev-id of one of a hold's prev-id channels (those are picked by ``prev_id is not
     None``)."""
@@ -132,18 +137,52 @@ def _prev_id(c: Channel) -> str:
     return c.prev_id
 
 
-class HoldRegistry:
-    """Held HTTP sessions (weakly) and when each channel was first subscribed on this edge."""
+def _until_hint(envs: list[Envelope]) -> list[Envelope]:
+    """Held items up to the first ``hint`` (Pushpin clears its queue on a hint: "any items
+    will be redundant", the next link's answer brings them)."""
+    for i, env in enumerate(envs):
+        fmt = env.formats.get("http-stream")
+        if fmt is not None and fmt.get("action") == "hint":
+            return envs[: i + 1]
+    return envs
 
-    def __init__(self) -> None:
+
+def _checked_ids(hold: Hold) -> dict[str, str | None]:
+    """The prev-ids an instruct gives, for Pushpin's check (a broker cursor is not checked)."""
+    return {c.name: (None if is_cursor(c.prev_id) else c.prev_id) for c in hold.channels}
+
+
+def _tracking(prev: list[Channel], resumes: list[Resume]) -> PrevIds | None:
+    """The prev-id check of a hold after history was asked: a channel whose prev-id history
+    held is checked leniently, one it did not hold strictly, a broker cursor not at all."""
+    ids: dict[str, str | None] = {}
+    strict = []
+    for c, r in zip(prev, resumes):
+        if is_cursor(c.prev_id):
+            continue
+        ids[c.name] = c.prev_id
+        if not r.found:
+            strict.append(c.name)
+    return PrevIds(ids, strict) if ids else None
+
+
+class HoldRegistry:
+    """Held HTTP sessions (weakly), the update limiter and its task, the shared next-link
+    fetches, and when each channel was first subscribed on this edge."""
+
+    def __init__(self, updates_per_s: float = UPDATES_PER_S) -> None:
         self._sessions: weakref.WeakSet[ResponseSession | StreamSession] = weakref.WeakSet()
         self._first: dict[str, float] = {}
+        self.limiter: UpdateLimiter[ResponseSession | StreamSession] = UpdateLimiter(updates_per_s)
+        self.fetches = SharedFetches()
+        self._wake: trio.Event | None = None
 
     def add(self, session: ResponseSession | StreamSession) -> None:
         self._sessions.add(session)
 
     def discard(self, session: ResponseSession | StreamSession) -> None:
         self._sessions.discard(session)
+        self.limiter.discard(session)
 
     def first_subscribed(self, channel: str, now: float) -> None:
         self._first[channel] = now
@@ -160,12 +199,44 @@ class HoldRegistry:
         ]
         return max(due) if due else None
 
-    def recover(self) -> int:
-        n = 0
-        for s in list(self._sessions):
-            s.hint()
-            n += 1
-        return n
+    # -- updates (edge.grip.nextlink) ------------------------------------------------------------
+
+    def request_update(self, session: ResponseSession | StreamSession, now: float) -> bool:
+        """A low-priority update: queued in the limiter (a stream holds what is published to
+        it from now on); False when the session cannot update (a stream without next link)."""
+        key = session.update_key
+        if key is None or session.state is not OPEN:
+            return False
+        if isinstance(session, StreamSession):
+            if session.track is None:
+                session.track = PrevIds({})
+            session.track.begin_update()
+        self.limiter.add(key, session, now)
+        if self._wake is not None:
+            self._wake.set()
+        return True
+
+    def cancel_update(self, session: ResponseSession | StreamSession) -> None:
+        """The session updates now (high priority) or ended: no turn needed any more."""
+        self.limiter.discard(session)
+
+    def recover(self, now: float) -> int:
+        """Pushpin's ``recover``: every held session updates, at low priority."""
+        return sum(1 for s in list(self._sessions) if self.request_update(s, now))
+
+    async def serve_updates(self) -> None:
+        """Release the limiter's actions as they fall due (one task per edge)."""
+        limiter = self.limiter
+        while True:
+            due = limiter.next_due()
+            if due is None:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                self._wake = None
+                continue
+            await trio.sleep_until(due)
+            for s in limiter.pop_due(trio.current_time()):
+                s.hint()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -193,11 +264,8 @@ def _client_path(req: Request) -> tuple[str, str]:
     return host.decode("latin-1"), path.decode("latin-1")
 
 
-async def _parse(
-    resp: OriginResponse, route: Route, cache: InstructCache
-) -> tuple[Hold, AsyncIterator[bytes] | None]:
-    raw = resp.headers
-    kw: InstructOptions = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
+def _streamish(raw: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a response's instruct may be a stream (its body relayed as it arrives)."""
     ctype, hold_value, has_next = b"", None, False
     for k, v in raw:
         lk = k.lower()
@@ -210,7 +278,15 @@ async def _parse(
         elif lk == b"grip-link" and b"next" in v:
             has_next = True
     is_json = ctype.split(b";", 1)[0].strip() == b"application/grip-instruct"
-    if not is_json and (hold_value == b"stream" or (hold_value is None and has_next)):
+    return not is_json and (hold_value == b"stream" or (hold_value is None and has_next))
+
+
+async def _parse(
+    resp: OriginResponse, route: Route, cache: InstructCache
+) -> tuple[Hold, AsyncIterator[bytes] | None]:
+    raw = resp.headers
+    kw: InstructOptions = {"prefix": route.prefix, "extra_channels": tuple(resp.target.subs)}
+    if _streamish(raw):
         # parsed once per distinct instruct (edge.instructcache), shared by held sessions
         hold = cache.instruct(resp.status, resp.reason, raw, b"", **kw)
         if hold.mode == "stream" or (hold.mode is None and hold.next_link):
@@ -219,9 +295,71 @@ async def _parse(
                 return cache.instruct(
                     resp.status, resp.reason, raw, b"", stream_body=body, **kw
                 ), None
-            return hold, resp.body_chunks()  # relayed as it arrives (no size limit)
+            # relayed as it arrives (no size limit)
+            return hold, _proxy_filtered(hold, resp.body_chunks())
     body = await resp.read_body(MAX_ACCEPT_BODY)
     return cache.instruct(resp.status, resp.reason, raw, body, **kw), None
+
+
+async def _parse_fetched(
+    f: Fetched, route: Route, cache: InstructCache
+) -> tuple[Hold, AsyncIterator[bytes] | None]:
+    """``_parse`` of a next link's answer (``edge.grip.nextlink_fetch``)."""
+    raw = f.headers
+    kw: InstructOptions = {"prefix": route.prefix, "extra_channels": f.subs}
+    if _streamish(raw):
+        hold = cache.instruct(f.status, f.reason, raw, b"", **kw)
+        if hold.mode == "stream" or (hold.mode is None and hold.next_link):
+            if f.rest is None:
+                return cache.instruct(f.status, f.reason, raw, b"", stream_body=f.body, **kw), None
+            return hold, _proxy_filtered(hold, f.chunks())
+    parts, size = [], 0
+    async for piece in f.chunks():
+        size += len(piece)
+        if size > MAX_ACCEPT_BODY:
+            raise OriginError("GRIP instruct response too large from a next link")
+        parts.append(piece)
+    return cache.instruct(f.status, f.reason, raw, b"".join(parts), **kw), None
+
+
+class _ProxyFiltered:
+    """A stream body relayed as it arrives, through the hold's proxy-content filters
+    (``build-id``: ``edge.grip.filters.IdRenderer``); a filter error ends the response."""
+
+    __slots__ = ("_pieces", "_renderer", "_hold", "_done")
+
+    def __init__(self, hold: Hold, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+        self._hold = hold
+        self._renderer: filters.IdRenderer | None = None
+        self._done = False
+
+    def __aiter__(self) -> _ProxyFiltered:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            if self._renderer is None:
+                self._renderer = filters.proxy_renderer(
+                    (c.filters for c in self._hold.channels), self._hold.meta
+                )
+            try:
+                piece = await self._pieces.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return self._renderer.finalize() if self._renderer is not None else b""
+            return self._renderer.update(piece) if self._renderer is not None else piece
+        except filters.FilterError as exc:
+            self._done = True
+            raise InstructError(f"filter error: {exc}") from None
+
+
+def _proxy_filtered(hold: Hold, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if hold.mode == "response" or not filters.proxy_filters(c.filters for c in hold.channels):
+        return pieces
+    return _ProxyFiltered(hold, pieces)
 
 
 async def handle_grip(conn: Connection, req: Request, route: Route, resp: OriginResponse) -> bool:
@@ -248,6 +386,8 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
                     if body_iter is None:
                         resp.forget()  # a held stream keeps none of the origin's response
                     return await hold_stream(conn, req, route, hold, body_iter)
+                if hold.body_error is not None:
+                    raise InstructError(hold.body_error)
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
                 return req.keep_alive
             finally:
@@ -276,7 +416,7 @@ async def handle_grip(conn: Connection, req: Request, route: Route, resp: Origin
                 finally:
                     await resp.aclose()
             continue
-        except (OriginError, InstructError) as exc:
+        except (OriginError, InstructError, LinkRefused) as exc:
             return await conn.proxy_error(req, route, exc)
 
 
@@ -284,18 +424,18 @@ def _post_gone(app: ConnectionServices, route: Route, req: Request, link: str) -
     async def post() -> None:
         host, path = _client_path(req)
         try:
-            p, rewrite, targets = resolve_link(link, host, path, route)
+            where = resolve_link(link, host, path, route, other_hosts=app.cfg.next_link_other_hosts)
             r = await open_origin(
                 app.origin_client,
                 route,
                 b"POST",
-                p,
+                where.path,
                 [(b"Host", host.encode("latin-1"))],
                 b"",
                 sig=app.sign(route),
                 timeout_s=app.cfg.origin_timeout_s,
-                rewrite=rewrite,
-                targets=targets or None,
+                rewrite=where.rewrite,
+                targets=where.targets or None,
             )
             await r.aclose()
         except RemoteProtocolError as exc:
@@ -310,50 +450,70 @@ async def hold_response(
     app = conn.app
     now = trio.current_time()
     session = ResponseSession(hold, req.keep_alive, now + hold.timeout_s)
+    session.debug = route.debug
     channels = [c.name for c in hold.channels]
     app.add_session(session, channels)
-    prev = [c for c in hold.channels if c.prev_id is not None] if resolve else []
-    for c in prev:
-        app.begin_resume(session, c.name)
+    prev = [c for c in hold.channels if c.prev_id is not None]
+    resumes = [app.resumer.open(session, c.name, _prev_id(c)) for c in prev] if resolve else []
+    if not resolve:  # a retried answer: Pushpin's check from the origin's prev-ids, strictly
+        ids = {k: v for k, v in _checked_ids(hold).items() if v is not None}
+        session.track = PrevIds(ids, ids, queue=False) if ids else None
     app.schedule_timeout(session)
     app.holds.add(session)
-    answered_by_history = bool(prev)
+    held_all = bool(resumes)  # history held every prev-id: nothing can have been missed
     gone = False
     try:
-        for c in prev:
-            ok = await app.resume(session, c.name, _prev_id(c), flush_on_fail=False)
-            if not ok:
-                answered_by_history = False
-                if may_retry:
-                    raise _Retry(
-                        grip_last(
-                            [c.name for c in prev], route.prefix, {c.name: c.prev_id for c in prev}
-                        ),
-                        resolve=False,
-                    )
+        for r in resumes:
+            await r.probe()
+        conflict = [c for c, r in zip(prev, resumes) if not r.ok]
+        if conflict and may_retry:
+            # the channel's history holds other ids, not this one: ask the origin at once
+            raise _Retry(
+                grip_last([c.name for c in prev], route.prefix, {c.name: c.prev_id for c in prev}),
+                resolve=False,
+            )
+        if resumes:
+            held_all = all(
+                r.found or (r.ok and is_cursor(c.prev_id)) for c, r in zip(prev, resumes)
+            )
+            track = _tracking(prev, resumes)
+            if track is not None:
+                track.queue = False  # a long-poll takes one answer: no queue
+            session.track = track
+            for r in resumes:
+                await r.finish()
         await app.wait_positioned(channels)
         deadline = None
-        if may_retry and app.cfg.update_on_first_subscription and not answered_by_history:
+        if may_retry and app.cfg.update_on_first_subscription and not held_all:
             deadline = app.holds.first_sub_deadline(channels, trio.current_time())
-        if session.result is None and not session.retry:
+        while session.result is None and not session.retry:
+            track = session.track
             with trio.CancelScope() as scope:
                 session.scope = scope
                 if deadline is not None:
                     scope.deadline = deadline
-                if session.result is not None or session.retry:
+                if session.result is not None or session.retry or (track and track.gap):
                     scope.cancel()
                 await conn.watch_client()
                 gone = True
                 return False  # the client went away
-            if session.result is None and may_retry and (session.retry or deadline is not None):
-                raise _Retry(
-                    grip_last(
-                        [c.name for c in hold.channels if c.prev_id],
-                        route.prefix,
-                        {c.name: c.prev_id for c in hold.channels},
-                    ),
-                    resolve=False,
-                )
+            session.scope = None
+            low = False
+            if deadline is not None and trio.current_time() >= deadline:
+                deadline, low = None, True  # first subscription: Pushpin's low-priority update
+            if track is not None and track.gap:
+                track.gap, low = False, True  # a prev-id gap
+            if low and may_retry and session.result is None:
+                app.holds.request_update(session, trio.current_time())
+        if session.result is None and may_retry and session.retry:
+            raise _Retry(
+                grip_last(
+                    [c.name for c in hold.channels if c.prev_id],
+                    route.prefix,
+                    {c.name: c.prev_id for c in hold.channels},
+                ),
+                resolve=False,
+            )
     finally:
         session.end()
         app.holds.discard(session)
@@ -378,16 +538,19 @@ class _Stream:
         self.route = route
         self.hold = hold  # the current instruct
         self.session = StreamSession(conn.sock, hold, req.http11, trio.current_time())
+        self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes
         self.host, self.path = _client_path(req)
+        self.current = f"http://{self.host or 'localhost'}{self.path}"  # the URI links resolve on
         self.gone_link = hold.gone_link  # only the initial instruct's
         self.head_sent = False
+        self.set_link(hold)
 
-    def cursors(self) -> dict[str, str]:
-        out = {c.name: c.prev_id for c in self.hold.channels if c.prev_id is not None}
-        out.update(self.session.last_cursor)
-        return out
+    def set_link(self, hold: Hold) -> None:
+        """The update limiter's key: the next link as a URL (None: no next link)."""
+        link = hold.next_link
+        self.session.update_key = urljoin(self.current, link) if link else None
 
     async def own_socket(self) -> None:
         """Take the socket for direct writes (deliveries buffer meanwhile)."""
@@ -418,9 +581,7 @@ class _Stream:
         """Put the session on the hub for ``hold``'s channels; gates prev-id channels."""
         app, s = self.app, self.session
         s.hold = hold
-        s.filters = {c.name: c.filters for c in hold.channels if c.filters}
-        s.meta = hold.meta
-        s.channel_names = frozenset(c.name for c in hold.channels)
+        _subscription(s, hold)
         app.add_session(s, [c.name for c in hold.channels])
         prev = [c for c in hold.channels if c.prev_id is not None]
         for c in prev:
@@ -429,12 +590,20 @@ class _Stream:
         app.holds.add(s)
         return prev
 
-    async def probe(self, prev: list[Channel]) -> tuple[list[Resume], list[Channel]]:
+    async def probe(self, prev: list[Channel]) -> list[Resume]:
         """Ask history about each prev-id channel, delivering nothing yet (the response head
-        may not be out): ``(resumes to finish, the channels history could not answer)``."""
+        may not be out)."""
         resumes = [self.app.resumer.open(self.session, c.name, _prev_id(c)) for c in prev]
-        failed = [c for c, r in zip(prev, resumes) if not await r.probe()]
-        return resumes, failed
+        for r in resumes:
+            await r.probe()
+        return resumes
+
+    def start_tracking(self, hold: Hold, prev: list[Channel], resumes: list[Resume]) -> bool:
+        """Pushpin's prev-id check for a stream that has a next link (before any delivery on
+        those channels); True when a prev-id conflicts with history (update, low priority)."""
+        if hold.next_link:
+            self.session.track = _tracking(prev, resumes)
+        return any(not r.ok for r in resumes)
 
     async def catch_up(self, resumes: list[Resume]) -> None:
         """Replay (paced by the socket: call once the head is out and the socket released)
@@ -442,80 +611,116 @@ class _Stream:
         for r in resumes:
             await r.finish()
 
-    async def resolve(self, prev: list[Channel]) -> list[Channel]:
-        """Resume prev-id channels from history; the channels history could not answer."""
-        resumes, failed = await self.probe(prev)
-        await self.catch_up(resumes)
-        return failed
-
-    async def fetch_next(self, link: str) -> OriginResponse | None:
-        """GET a next link (retried on errors); the response, or None to end the stream."""
-        app, route = self.app, self.route
+    async def fetch_next(self, link: str) -> Fetched:
+        """GET a next link (shared with identical fetches, retried on errors)."""
+        app, route, s = self.app, self.route, self.session
+        track = s.track
         extra = grip_last(
-            self.session.channel_names if self.registered else [c.name for c in self.hold.channels],
+            s.channel_names if self.registered else (),
             route.prefix,
-            self.cursors(),
+            track.grip_last() if track is not None else {},
         )
-        path, rewrite, targets = resolve_link(link, self.host, self.path, route)
+        where = resolve_link(
+            link, self.host, self.path, route, other_hosts=app.cfg.next_link_other_hosts
+        )
+        host = where.targets[0].host_header if where.external else self.host
+        fetches = app.holds.fetches
+
+        async def open_() -> OriginResponse:
+            return await open_origin(
+                app.origin_client,
+                route,
+                b"GET",
+                where.path,
+                [(b"Host", (host or "").encode("latin-1"))],
+                b"",
+                sig=app.sign(route),
+                timeout_s=app.cfg.origin_timeout_s,
+                extra=extra,
+                rewrite=where.rewrite,
+                targets=where.targets or None,
+            )
+
+        key = share_key(route.line, where, extra)
         for attempt in range(NEXT_LINK_TRIES):
             try:
-                resp = await open_origin(
-                    app.origin_client,
-                    route,
-                    b"GET",
-                    path,
-                    [(b"Host", self.host.encode("latin-1"))],
-                    b"",
-                    sig=app.sign(route),
-                    timeout_s=app.cfg.origin_timeout_s,
-                    extra=extra,
-                    rewrite=rewrite,
-                    targets=targets or None,
-                )
+                fetched = await fetches.fetch(key, open_)
+                if fetched is None:  # another session's answer was too long to share
+                    fetched = await fetches.fetch_alone(open_)
             except OriginError as exc:
                 log.info("next link failed link=%s try=%d: %s", link, attempt + 1, exc.reason)
             else:
-                if 200 <= resp.status < 300:
-                    return resp
+                if 200 <= fetched.status < 300:
+                    self.current = urljoin(self.current, link)
+                    return fetched
                 log.info(
-                    "next link failed link=%s try=%d: status %d", link, attempt + 1, resp.status
+                    "next link failed link=%s try=%d: status %d", link, attempt + 1, fetched.status
                 )
-                await resp.aclose()
+                await fetched.aclose()
             if attempt + 1 < NEXT_LINK_TRIES:
                 await trio.sleep(2**attempt + random.random())
-        return None
+        raise OriginError("Failed to retrieve next link.")
 
-    async def follow(self, link: str) -> bool:
-        """Fetch ``link`` and append its body; False when the stream must end."""
-        resp = await self.fetch_next(link)
-        if resp is None:
-            raise OriginError(f"next link {link} failed")
+    async def follow(self, link: str) -> None:
+        """Fetch ``link``, append its body and take its instruct.  What is published meanwhile
+        is held, then filtered by the new prev-ids (``edge.grip.nextlink_track``)."""
+        s = self.session
+        track = s.track
+        if track is None:
+            track = s.track = PrevIds({})
+        track.begin_update()
+        fetched = await self.fetch_next(link)
         try:
             await self.own_socket()
             try:
-                if not is_grip_response(resp.headers):
-                    async for piece in resp.body_chunks():
+                if not is_grip_response(fetched.headers):
+                    async for piece in fetched.chunks():
                         if piece:
                             await self.conn.send_all(self.frame(piece))
                     self.hold = Hold(mode=None)
-                    return True
-                hold, body_iter = await _parse(resp, self.route, self.app.instruct_cache)
+                    self.set_link(self.hold)
+                    return
+                hold, body_iter = await _parse_fetched(fetched, self.route, self.app.instruct_cache)
                 if hold.mode == "response":
                     raise InstructError("Next link returned non-stream hold.")
+                if hold.body_error is not None:
+                    raise InstructError(hold.body_error)
                 await self.send_body(hold.body, body_iter)
+                self.hold = hold
+                self.set_link(hold)
+                if hold.mode == "stream" and self.registered:
+                    await self.take_instruct(hold)
             finally:
                 await self.release_socket()
         finally:
-            await resp.aclose()
-        if hold.mode == "stream" and self.registered:
-            names = frozenset(c.name for c in hold.channels)
-            if names != self.session.channel_names:
-                self.app.remove_session(self.session)
-                self.register(hold)
-            else:
-                self.session.hold = hold
-        self.hold = hold
-        return True
+            await fetched.aclose()
+
+    async def take_instruct(self, hold: Hold) -> None:
+        """A next link's stream hold while the socket is owned: its channels and prev-ids
+        replace the session's, and the held items still worth it are queued behind its body
+        (in the session's buffer, so nothing published meanwhile overtakes them)."""
+        app, s = self.app, self.session
+        names = frozenset(c.name for c in hold.channels)
+        if names != s.channel_names:
+            app.remove_session(s)
+            s.hold = hold
+            _subscription(s, hold)
+            app.add_session(s, sorted(names))
+        else:
+            s.hold = hold
+            _subscription(s, hold)
+        if any(c.prev_id is not None for c in hold.channels) and not hold.next_link:
+            bad = next(c.name for c in hold.channels if c.prev_id is not None)
+            raise InstructError(f"channel '{bad}' specifies prev-id, but no next link found")
+        track = s.track
+        assert track is not None  # follow() made one
+        rest = _until_hint(track.after_update(_checked_ids(hold), s.channel_names))
+        if track.idle:
+            s.track = None
+        if rest:
+            # the socket is ours (s.writing): these go to the session's buffer now, in order,
+            # before anything published from here on, and out with release_socket()
+            await app.deliverer.deliver(rest, trio.current_time(), only=s)
 
 
 async def hold_stream(
@@ -526,23 +731,35 @@ async def hold_stream(
     s = st.session
     gone = False
     try:
-        failed: list[Channel] = []
         resumes: list[Resume] = []
+        error = None  # Pushpin's: the initial response goes out, then the stream ends
+        want_low = False  # a low-priority update is due (a prev-id conflicting with history)
         if hold.mode == "stream":
             prev = st.register(hold)
-            # history first answers whether it can (before the head: Pushpin's 502 below);
-            # the replay itself goes out after the head, paced by the client's socket
-            resumes, failed = await st.probe(prev)
-            if failed and not hold.next_link:
-                raise InstructError(
-                    f"channel '{failed[0].name}' specifies prev-id, but no next link found"
-                )
+            # history first answers whether it can (before the head); the replay itself goes
+            # out after the head, paced by the client's socket
+            resumes = await st.probe(prev)
+            want_low = st.start_tracking(hold, prev, resumes)
+            unheld = [
+                c for c, r in zip(prev, resumes) if not (r.found or (r.ok and is_cursor(c.prev_id)))
+            ]
+            if unheld and not hold.next_link:
+                error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
             await app.wait_positioned([c.name for c in hold.channels])
         head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
             head, hold_body = head + st.frame(hold.body), b""
         else:
             hold_body = hold.body
+        if hold.body_error is not None:
+            # build-id failed on the initial body: the head, then the end (Pushpin's doError)
+            log.info("stream ended route_line=%d path=%s: %s", route.line, st.path, hold.body_error)
+            if s.chunked:
+                if route.debug:
+                    head += http_chunk(f"\n\n{hold.body_error}\n".encode())
+                head += b"0\r\n\r\n"
+            await conn.send_all(head)
+            return req.keep_alive and s.chunked
         await conn.send_all(head)
         st.head_sent = True
         # a held stream never re-sends the client's request (next links send only Grip-Last,
@@ -553,24 +770,37 @@ async def hold_stream(
         except OriginError as exc:
             log.warning("stream hold initial body cut: %s", exc.reason)
             return False
+        if error is not None:
+            await st.release_socket()
+            raise InstructError(error)
         await st.release_socket()
         if hold.mode == "stream":
             app.schedule_keepalive(s)
             await st.catch_up(resumes)
-        want_next = bool(failed)
         first_sub = None
         if hold.mode == "stream" and hold.next_link and app.cfg.update_on_first_subscription:
             first_sub = app.holds.first_sub_deadline(s.channel_names, trio.current_time())
         chain = 0
         while True:
             cur = st.hold
-            if cur.mode != "stream":
-                if not cur.next_link:
+            track = s.track
+            if cur.mode == "stream" and not s.hinted:
+                if track is not None and track.gap:
+                    track.gap, want_low = False, True
+                if want_low:
+                    want_low = False
+                    if not app.holds.request_update(s, trio.current_time()) and track:
+                        # no next link to ask: deliver what was held, as it is
+                        held = track.cancel_update()
+                        if held:
+                            await app.deliverer.deliver(held, trio.current_time(), only=s)
+            if cur.mode != "stream" or s.hinted:
+                if cur.mode == "stream":
+                    s.hinted = False
+                elif not cur.next_link:
                     break  # the chain ended without a hold: end the response
-                want_next = True
-            if want_next or s.hinted:
-                want_next = s.hinted = False
-                link = st.hold.next_link
+                app.holds.cancel_update(s)
+                link = cur.next_link
                 if not link:
                     # a stream hold without a next link: a hint (one that came while the
                     # last link was fetched, or a first-subscription fetch) is a no-op
@@ -583,19 +813,26 @@ async def hold_stream(
                 if s.done:
                     break
                 if st.hold.mode == "stream" and not st.registered:
-                    prev = st.register(st.hold)
-                    failed = await st.resolve(prev)  # history first, then the next link
-                    want_next = bool(failed) and bool(st.hold.next_link)
+                    # a chain turned into a stream hold: history first, then the next link
+                    nxt = st.hold
+                    prev = st.register(nxt)
+                    held = s.track.cancel_update() if s.track is not None else []
+                    s.track = None
+                    resumes = await st.probe(prev)
+                    want_low = st.start_tracking(nxt, prev, resumes)
+                    if held:
+                        await app.deliverer.deliver(held, trio.current_time(), only=s)
+                    await st.catch_up(resumes)
                     app.schedule_keepalive(s)
                 continue
-            # held: wait for the client, a close, a hint, or the next link's idle window
+            # held: wait for the client, a close, a hint, an update's turn, or the idle window
             window = st.hold.next_link_timeout_s if st.hold.next_link else None
             seen = dict(s.last_cursor)
             if not window and first_sub is None:
                 # no deadline: wait without a cancel scope; finish()/kill() wake the wait
                 # through the socket (edge.readtimer.Waker), a shutdown's close as before
                 waker = s.scope = readtimer.Waker(conn.sock)
-                if not (s.done or s.hinted):
+                if not (s.done or s.hinted or (s.track is not None and s.track.gap)):
                     try:
                         await conn.watch_client(waker)
                     except trio.ClosedResourceError:
@@ -614,7 +851,7 @@ async def hold_stream(
                     scope.deadline = trio.current_time() + window
                 if first_sub is not None:
                     scope.deadline = min(scope.deadline, first_sub)
-                if s.done or s.hinted:
+                if s.done or s.hinted or (s.track is not None and s.track.gap):
                     scope.cancel()
                 await conn.watch_client()
                 gone = True
@@ -622,16 +859,17 @@ async def hold_stream(
             s.scope = None
             if s.done:
                 break
-            if first_sub is not None and trio.current_time() >= first_sub:
+            now = trio.current_time()
+            if first_sub is not None and now >= first_sub:
                 first_sub = None
-                want_next = True
-            elif window and not s.hinted:
+                want_low = True
+            elif window and scope.deadline <= now and not s.hinted:
                 idle = [
                     c
                     for c in s.channel_names
                     if s.last_cursor.get(c) == seen.get(c) or c not in s.last_cursor
                 ]
-                want_next = bool(idle)
+                want_low = bool(idle)
         if s.dead:
             log.debug("stream dropped conn=%s: %s", s.id, s.reason)
             return False
@@ -640,14 +878,20 @@ async def hold_stream(
             await conn.send_all(b"0\r\n\r\n")
             s.writing = False
         return req.keep_alive and s.chunked and not conn.queue_blocked()
-    except (OriginError, InstructError) as exc:
+    except (OriginError, InstructError, LinkRefused) as exc:
         if not st.head_sent:
             raise  # answered 502 by handle_grip
+        # Pushpin's doError for a stream: the reason on debug routes, then the end of the body
         log.warning("stream ended route_line=%d path=%s: %s", route.line, st.path, exc.reason)
-        if route.debug and s.chunked and not s.dead:
+        if s.chunked and not s.dead:
             with trio.move_on_after(5):
                 await st.own_socket()
-                await conn.send_all(http_chunk(f"\n\n{exc.reason}\n".encode()) + b"0\r\n\r\n")
+                end = http_chunk(f"\n\n{exc.reason}\n".encode()) if route.debug else b""
+                await conn.send_all(end + b"0\r\n\r\n")
+        elif route.debug and not s.dead:
+            with trio.move_on_after(5):
+                await st.own_socket()
+                await conn.send_all(f"\n\n{exc.reason}\n".encode())
         return False
     finally:
         s.end()

@@ -12,12 +12,13 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
 from broker.errors import InstructError
 from broker.items import status_reason
+from edge.grip import filters
 from edge.http1.headers import (
     Headers,
     ParamError,
@@ -70,6 +71,8 @@ class Hold:
     reason: str = "OK"
     headers: tuple[tuple[str, str], ...] = ()  # client-facing, GRIP and hop-by-hop removed
     body: bytes = b""
+    # the proxy-content filter (build-id) failed on ``body`` (then b""): Pushpin's debug text
+    body_error: str | None = None
 
 
 def is_grip_response(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -273,20 +276,37 @@ def parse_instruct(
     if mode is not None:
         known = {c.name for c in names}
         names.extend(Channel(prefix + s) for s in extra_channels if prefix + s not in known)
-    return Hold(
-        mode=mode,
-        channels=tuple(names[:MAX_CHANNELS]),
-        timeout_s=timeout,
-        keep_alive=keep_alive,
-        next_link=next_link,
-        next_link_timeout_s=next_timeout,
-        gone_link=gone_link,
-        meta=MappingProxyType(meta),
-        code=code,
-        reason=reason,
-        headers=tuple(out_headers),
-        body=body,
+    return with_body(
+        Hold(
+            mode=mode,
+            channels=tuple(names[:MAX_CHANNELS]),
+            timeout_s=timeout,
+            keep_alive=keep_alive,
+            next_link=next_link,
+            next_link_timeout_s=next_timeout,
+            gone_link=gone_link,
+            meta=MappingProxyType(meta),
+            code=code,
+            reason=reason,
+            headers=tuple(out_headers),
+        ),
+        body,
     )
+
+
+def with_body(hold: Hold, body: bytes) -> Hold:
+    """``hold`` with ``body`` as the client's initial body, through the proxy-content filters
+    of its channels (``build-id``: ``%%`` -> ``%``; reference 2.8) unless it is a response
+    hold (whose body is the timeout response, sent as is).  A filter error leaves the body
+    empty and ``body_error`` set: Pushpin then sends the head and ends the response."""
+    if body and hold.mode != "response":
+        try:
+            renderer = filters.proxy_renderer((c.filters for c in hold.channels), hold.meta)
+            if renderer is not None:
+                body = renderer.process(body)
+        except filters.FilterError as exc:
+            return replace(hold, body=b"", body_error=f"filter error: {exc}")
+    return replace(hold, body=body) if body is not hold.body else hold
 
 
 def _parse_json_instruct(body: bytes) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLos
 if TYPE_CHECKING:
     import trio
 
+    from edge.grip.nextlink_track import PrevIds
     from edge.readtimer import Waker
 
 _ids = itertools.count(1)
@@ -54,6 +55,9 @@ class StreamSession(Session):
         "channel_names",
         "last_cursor",
         "hinted",
+        "track",
+        "update_key",
+        "debug",
     )
 
     def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool, now: float) -> None:
@@ -69,7 +73,13 @@ class StreamSession(Session):
         self.last_out = now
         _subscription(self, hold)
         self.last_cursor: dict[str, str] = {}  # channel -> cursor of the last delivered message
-        self.hinted = False  # a published "hint" (or recover): fetch the next link
+        self.hinted = False  # fetch the next link now (a "hint", or the update limiter's turn)
+        # prev-id checks and the queue of an update under way (edge.grip.nextlink_track); None
+        # in the common case (no prev-id, no update): the delivery path's fast path
+        self.track: PrevIds | None = None
+        # the update limiter's key (the next link's URL), None while the hold has no next link
+        self.update_key: str | None = None
+        self.debug = False  # the route's ``debug``: filter errors are told to the client
 
     def hint(self) -> None:
         """Ask the connection task to fetch the next link (no-op without one)."""
@@ -77,6 +87,12 @@ class StreamSession(Session):
             self.hinted = True
             if self.scope is not None:
                 self.scope.cancel()
+
+    def on_gap(self) -> None:
+        """The delivery path saw a prev-id gap (``track.gap``): wake the connection task,
+        which asks the update limiter for its turn."""
+        if self.scope is not None and self.state < DONE:
+            self.scope.cancel()
 
     def close(self) -> bytes:
         """A published ``close`` (or a shutdown): the bytes that end the response (the final
@@ -133,6 +149,9 @@ class ResponseSession(Session):
         "meta",
         "channel_names",
         "retry",
+        "track",
+        "update_key",
+        "debug",
     )
 
     def __init__(self, hold: Hold, keep_alive: bool, deadline: float) -> None:
@@ -144,7 +163,10 @@ class ResponseSession(Session):
         self.result: bytes | None = None
         self.scope: trio.CancelScope | None = None
         _subscription(self, hold)
-        self.retry = False  # a published "hint" (or recover): re-request the origin
+        self.retry = False  # re-request the origin now (a "hint", or the update limiter's turn)
+        self.track: PrevIds | None = None  # prev-id checks (edge.grip.nextlink_track)
+        self.update_key: str | None = ""  # the update limiter's key: long-polls share ""
+        self.debug = False  # the route's ``debug``: filter errors are told to the client
 
     def hint(self) -> None:
         """Ask the connection task to re-request the origin (unless already answered)."""
@@ -152,6 +174,12 @@ class ResponseSession(Session):
             self.retry = True
             if self.scope is not None:
                 self.scope.cancel()
+
+    def on_gap(self) -> None:
+        """The delivery path saw a prev-id gap: wake the connection task (which asks the
+        update limiter for its turn to re-request the origin)."""
+        if self.state is OPEN and self.scope is not None:
+            self.scope.cancel()
 
     def respond(self, data: bytes) -> None:
         """Answer the poll with ``data``; the first answer wins (later ones are ignored)."""

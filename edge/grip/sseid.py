@@ -12,8 +12,9 @@ sequenced), so it writes the placeholder instead::
 and every edge replaces ``%(id)s`` in ``http-stream`` content with ``Envelope.cursor`` (the
 publisher's id if it gave one, else ``epoch:seq``), live and in replays alike.  The check is
 one substring test per message (not per connection); content without the placeholder is
-untouched.  ``%(id)s`` is therefore reserved in published content (Pushpin's ``var-subst``
-filter cannot substitute a subscription meta value named ``id``).
+untouched.  ``%(id)s`` is therefore reserved in published content.  Only subscribers without
+content filters get it: for one whose channel has ``build-id`` or ``var-subst`` the content
+as published goes through Pushpin's format language (``edge.grip.filters``), as in Pushpin.
 """
 
 from __future__ import annotations

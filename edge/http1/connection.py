@@ -48,11 +48,14 @@ import trio
 
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
+from edge import accesslog, jsonp, proxyrules
+from edge.cors import cors_headers
 from edge.fastpath import PeerAddress, read_now, send_now
 from edge.grip.holds import handle_grip
 from edge.grip.instruct import is_grip_response
 from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
+from edge.proxyrules import claims_tls, pick_route
 from edge.ws.session import is_websocket_request, serve_websocket, woh_forbidden
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEEPALIVE_IDLE_S = 120.0
+MAX_JSONP_BODY = 100_000  # a JSON-P answer is buffered whole (Pushpin's initial buffer)
 READ_SIZE = 65536
 _PASS_DROP = frozenset(
     [
@@ -119,14 +123,23 @@ class Connection:
         "idle_since",
         "fresh",
         "body_started",
+        "sent",
+        "status",
+        "mode",
+        "tls",
     )
 
     def __init__(
-        self, app: ConnectionServices, sock: trio.socket.SocketType, addr: PeerAddress | None
+        self,
+        app: ConnectionServices,
+        sock: trio.socket.SocketType,
+        addr: PeerAddress | None,
+        tls: bool = False,
     ) -> None:
         self.app = app
-        self.sock = sock
+        self.sock = sock  # for a TLS client, the plaintext end of its pair (edge.tlsconn)
         self.addr = addr
+        self.tls = tls  # the client came in on an HTTPS listener
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: list[Request] = []
         self.cur: Request | None = None
@@ -141,6 +154,9 @@ class Connection:
         self.body_started = 0.0  # when the current request's head completed
         self.idle_since: float | None = None  # end of the last request (None: not started)
         self.fresh = True  # no request answered yet
+        self.sent = 0  # bytes written by this task (the access log's byte count)
+        self.status = 0  # the status of the current request's answer (0: none yet)
+        self.mode = ""  # how the current request was answered (edge.accesslog)
 
     # -- httptools callbacks -------------------------------------------------------------------
     # httptools calls the others only between on_message_begin and on_message_complete, and
@@ -226,6 +242,9 @@ class Connection:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data``; a client that does not take it within ``client_write_timeout_s``
         (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``."""
+        self.sent += len(data)
+        if not self.status and data[:5] == b"HTTP/" and bytes(data[9:12]).isdigit():
+            self.status = int(bytes(data[9:12]))  # the answer's status, for the access log
         n = send_now(self.sock, data)  # usually all of it: no trio send, no task switch
         if n == len(data):
             return
@@ -362,11 +381,35 @@ class Connection:
                 self, req, host, path
             )  # edge.ws: the connection is the socket's now
             return False
-        route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), False, False)
+        rules = app.rules
+        # a TLS client, or one behind a trusted TLS terminator (accept_x_forwarded_protocol)
+        tls = self.tls or claims_tls(rules, req.headers)
+        route = pick_route(
+            app.routes,
+            rules,
+            host.decode("latin-1"),
+            path.decode("latin-1"),
+            req.headers,
+            ws=False,
+            tls=tls,
+        )
+        log_rec = accesslog.Begin(trio.current_time(), self.sent)
+        self.status = 0
+        keep = await self._handle_routed(req, route, path, tls)
+        accesslog.log_request(app.cfg, rules, req, route, path, self, log_rec, self.mode)
+        return keep
+
+    async def _handle_routed(
+        self, req: Request, route: Route | None, path: bytes, tls: bool
+    ) -> bool:
+        app = self.app
+        self.mode = "error"
         if route is None:
             await self.send_all(responses.error(502, "Route not found", keep_alive=req.keep_alive))
             return req.keep_alive
-        if woh_forbidden(route, req.headers):
+        app.stats.request(route.id)  # stats "activity" and "counts" (edge.ops.connstats)
+        trusted = app.upstream.trusted_now(req.headers)  # a GRIP proxy in front (chaining)
+        if not trusted and woh_forbidden(route, req.headers):
             await self.send_all(
                 responses.error(
                     403,
@@ -375,22 +418,47 @@ class Connection:
                 )
             )
             return req.keep_alive
+        aco = route.aco or app.rules.aco
+        method, headers, body = req.method, req.headers, bytes(req.body)
+        jreq = None
+        if aco:
+            try:
+                jreq = jsonp.parse_request(route.jsonp, method, path, headers)
+            except jsonp.JsonpError as exc:
+                await self.send_error(req, 400, exc.reason, aco=True)
+                return req.keep_alive
+            if jreq is not None:
+                method, path, headers, body = jreq.method, jreq.target, jreq.headers, jreq.body
+        peer = str(self.addr[0]) if self.addr else ""
+        headers = proxyrules.apply(
+            app.rules, route, headers, tls=tls, ws=False, peer=peer, trusted=trusted
+        )
         try:
             resp = await open_origin(
                 app.origin_client,
                 route,
-                req.method,
+                method,
                 path,
-                req.headers,
-                bytes(req.body),
-                sig=app.sign(route),
+                headers,
+                body,
+                sig=None if trusted else app.sign(route),
                 timeout_s=app.cfg.origin_timeout_s,
+                trusted=trusted,
             )
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)
-        try:
-            if route.no_grip or not is_grip_response(resp.headers):
-                return await self.passthrough(req, resp)
+        try:  # trusted: GRIP instructions go up to the proxy in front, untouched
+            if trusted or route.no_grip or not is_grip_response(resp.headers):
+                self.mode = "passthrough"
+                if jreq is not None:
+                    return await self.passthrough_jsonp(req, resp, jreq)
+                return await self.passthrough(req, resp, cors_request=req.headers if aco else None)
+            hold = next((v for k, v in resp.headers if k.lower() == b"grip-hold"), None)
+            self.mode = hold.decode("latin-1") if hold in (b"response", b"stream") else "instruct"
+            if aco:  # the client sees the instruct's headers (Grip-* excluded) with CORS
+                resp.headers += cors_headers(
+                    req.headers, [(k, v) for k, v in resp.headers if k.lower() not in _PASS_DROP]
+                )
             return await handle_grip(self, req, route, resp)
         except (OriginError, InstructError) as exc:
             return await self.proxy_error(req, route, exc)
@@ -399,18 +467,50 @@ class Connection:
 
     async def proxy_error(self, req: Request, route: Route, exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1
-        log.warning(
-            "error while proxying to origin route_line=%d path=%s: %s",
-            route.line,
+        log.log(
+            accesslog.route_level(route, logging.WARNING),
+            "error while proxying to origin route=%s path=%s: %s",
+            route.name,
             req.url.decode("latin-1", "replace"),
             exc.reason,
         )
-        text = exc.reason if route.debug else "Error while proxying to origin."
-        await self.send_all(responses.error(502, text, keep_alive=req.keep_alive))
+        text = (
+            exc.reason if route.debug or self.app.rules.debug else "Error while proxying to origin."
+        )
+        await self.send_error(req, 502, text, aco=route.aco or self.app.rules.aco)
         return req.keep_alive
 
-    async def passthrough(self, req: Request, resp: OriginResponse) -> bool:
+    async def send_error(self, req: Request, status: int, text: str, *, aco: bool) -> None:
+        """A ``text/plain`` error answer; on ``aco`` routes with CORS headers (Pushpin)."""
+        extra = cors_headers(req.headers, [(b"Content-Type", b"text/plain")]) if aco else []
+        await self.send_all(responses.error(status, text, keep_alive=req.keep_alive, extra=extra))
+
+    async def passthrough_jsonp(
+        self, req: Request, resp: OriginResponse, jreq: jsonp.JsonpRequest
+    ) -> bool:
+        """A passthrough answer wrapped as JSON-P (``edge.jsonp``): always 200, complete."""
+        try:
+            body = await resp.read_body(MAX_JSONP_BODY)
+        except OriginError as exc:
+            log.warning("JSON-P passthrough body failed: %s", exc.reason)
+            return False
         headers = [(k, v) for k, v in resp.headers if k.lower() not in _PASS_DROP]
+        reason = resp.reason.encode("latin-1") if isinstance(resp.reason, str) else resp.reason
+        hs, out = jsonp.wrap(jreq, resp.status, reason, headers, body)
+        if not req.keep_alive:
+            hs.append((b"Connection", b"close"))
+        await self.send_all(responses.head(200, "OK", hs) + out)
+        return req.keep_alive
+
+    async def passthrough(
+        self,
+        req: Request,
+        resp: OriginResponse,
+        cors_request: list[tuple[bytes, bytes]] | None = None,
+    ) -> bool:
+        headers = [(k, v) for k, v in resp.headers if k.lower() not in _PASS_DROP]
+        if cors_request is not None:
+            headers += cors_headers(cors_request, headers)
         has_length = any(k.lower() == b"content-length" for k, _ in headers)
         no_body = req.method == b"HEAD" or resp.status in (204, 304) or resp.status < 200
         chunked = not has_length and not no_body and req.http11

@@ -91,12 +91,13 @@ def full(
     return out + body
 
 
-def error(code: int, text: str, *, keep_alive: bool = False) -> bytes:
-    """A ``text/plain`` error answer; the body ends with a newline (reference 1.8)."""
+def error(code: int, text: str, *, keep_alive: bool = False, extra: HeaderPairs = ()) -> bytes:
+    """A ``text/plain`` error answer; the body ends with a newline (reference 1.8).
+    ``extra`` headers (CORS on ``aco`` routes) follow ``Content-Type``."""
     body = text.encode("utf-8") + b"\n"
-    return full(
-        code, status_reason(code), [("Content-Type", "text/plain")], body, keep_alive=keep_alive
-    )
+    headers: list[tuple[str | bytes, str | bytes]] = [("Content-Type", "text/plain")]
+    headers.extend(extra)
+    return full(code, status_reason(code), headers, body, keep_alive=keep_alive)
 
 
 def published(

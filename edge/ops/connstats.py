@@ -14,6 +14,10 @@ control message (the contract is in ``broker.wire``):
 * counts: open connections now and the most since the last report, connection-seconds, and
   messages sent to clients since the last report (the caller reads the delivery path's
   counter; nothing here runs per delivery);
+* activity (Pushpin's ``activity`` and ``counts`` packets): ``request(route_id)`` for each
+  request received once its route is found (HTTP or WebSocket), ``activity(route_id)`` for
+  other activity Pushpin counts; the first one after a report calls ``on_activity`` so the
+  sender reports within ``ACTIVITY_DELAY_S``, as Pushpin batches activity for 100 ms;
 * subscriber counts per ``(mode, channel)`` for the channels whose sessions changed (the hub's
   ``changed`` set), ``0`` when none are left; everything (``full``) on the first report, after a
   report was lost, after a broker restart, or after a silence the broker may have expired.
@@ -39,6 +43,7 @@ MODES = ("response", "stream", "ws")
 BATCH_EVENTS = 1000  # events that trigger a report before the next second
 MAX_PENDING = 50_000  # events kept while reports cannot go out; beyond, dropped (ttl covers them)
 FLUSH_INTERVAL_S = 1.0
+ACTIVITY_DELAY_S = 0.1  # Pushpin's ACTIVITY_TIMEOUT (statsmanager.cpp): activity batched 100 ms
 FULL_AFTER_S = 5.0  # a silence this long: send everything (the broker forgets an edge at 10 s)
 
 
@@ -80,6 +85,12 @@ class ConnStats:
         self._broker_id: str | None = None
         self._last_take: float | None = None
         self._sent_base: int | None = None
+        self._refreshed_at: float | None = None
+        self._activity: dict[str, int] = {}  # route id ("": none) -> count since the last report
+        self._requests = 0
+        self.on_activity: Callable[[], None] | None = (
+            None  # called at the first activity after a report (wakes the sender)
+        )
         self.dropped = 0  # events dropped (pending beyond max_pending)
         self.lost = 0  # reports that could not be sent
 
@@ -158,6 +169,29 @@ class ConnStats:
             else:
                 self.dropped += 1
 
+    # -- activity (per request, never per delivery) ---------------------------------------------
+
+    def activity(self, route_id: str | None, n: int = 1) -> None:
+        """Activity on a route (``route_id``: the route's explicit id, None or "" without)."""
+        if not self.enabled:
+            return
+        key = route_id or ""
+        first = not self._activity and not self._requests
+        self._activity[key] = self._activity.get(key, 0) + n
+        if first and self.on_activity is not None:
+            self.on_activity()
+
+    def request(self, route_id: str | None) -> None:
+        """A client request was received and routed: activity 1 and one request."""
+        if not self.enabled:
+            return
+        self.activity(route_id)
+        self._requests += 1
+
+    @property
+    def activity_pending(self) -> bool:
+        return bool(self._activity or self._requests)
+
     # -- reporting -----------------------------------------------------------------------------
 
     def enable(self, ttl_s: int) -> None:
@@ -177,6 +211,8 @@ class ConnStats:
             self._new.clear()
             self._gone.clear()
             self._subs.clear()
+            self._activity.clear()
+            self._requests = 0
             self._full = True
             return
         if not was:  # on: every open connection is new to the broker
@@ -250,15 +286,21 @@ class ConnStats:
             conns.append([c.id, c.type, c.peer])
             if c.closed:
                 gone.append(c.id)
-        refresh = self._buckets[self._bucket]
-        self._bucket = (self._bucket + 1) % len(self._buckets)
-        conns.extend([c.id, c.type, c.peer] for c in refresh.values())
+        # one refresh bucket per FLUSH_INTERVAL_S, however often reports go out (activity
+        # makes them more frequent)
+        if self._refreshed_at is None or now - self._refreshed_at >= FLUSH_INTERVAL_S * 0.9:
+            self._refreshed_at = now
+            refresh = self._buckets[self._bucket]
+            self._bucket = (self._bucket + 1) % len(self._buckets)
+            conns.extend([c.id, c.type, c.peer] for c in refresh.values())
         for c in self._new.values():
             if not c.closed:
                 self._place(c)
         self._new = {}
         gone.extend(self._gone)
         self._gone = []
+        activity, self._activity = tuple(self._activity.items()), {}
+        requests, self._requests = self._requests, 0
         return StatsReport(
             self.source,
             full,
@@ -269,6 +311,8 @@ class ConnStats:
             peak,
             round(area, 3),
             sent,
+            activity,
+            requests,
         )
 
 

@@ -27,7 +27,7 @@ import logging
 import signal
 import socket as stdsocket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -62,13 +62,15 @@ class EdgeLifecycle:
     def __init__(
         self,
         edge: Edge,
-        listener: trio.socket.SocketType,
+        listeners: list[trio.socket.SocketType],
         *,
         reload_config: Callable[[], Config] | None,
         load_routes: Callable[[Config], RouteTable],
+        serve: Callable[[], Awaitable[None]],
     ) -> None:
         self.edge = edge
-        self.listener = listener
+        self.listeners = listeners  # HTTP and HTTPS (edge.server.open_listeners)
+        self._serve = serve  # the accept loops of every listener
         self.reload_config = reload_config
         self.load_routes = load_routes
         self._accept_scope = trio.CancelScope()
@@ -77,7 +79,7 @@ class EdgeLifecycle:
     async def serve_clients(self) -> None:
         """The edge's accept loop, stoppable by the drain."""
         with self._accept_scope:
-            await self.edge.serve_clients(self.listener)
+            await self._serve()
 
     async def run(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
         """Handle signals until a stop signal has drained the edge; then cancel ``nursery``."""
@@ -103,7 +105,8 @@ class EdgeLifecycle:
         notify("STOPPING=1\nSTATUS=draining")
         started = trio.current_time()
         self._accept_scope.cancel()
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         ended: set[int] = set()  # id() of sessions asked to end
         shut: set[trio.socket.SocketType] = set()
         with trio.move_on_after(edge.cfg.drain_timeout_s) as scope:
@@ -123,7 +126,8 @@ class EdgeLifecycle:
                         if sock not in shut:
                             shut.add(sock)
                             _shutdown_read(sock)
-                    if edge.connections == 0:
+                    # TLS clients: also until what their HTTP side wrote last is through
+                    if edge.connections == 0 and (edge.tls is None or edge.tls.bridged == 0):
                         break
                 await trio.sleep(POLL_S)
         left = edge.connections

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from edge.server import Edge
     from edge.sessionstate import Session
     from edge.sync.hub import Hub
+    from edge.tlsconn import TlsStatistics
 
 P = "gripcast_edge_"
 
@@ -188,6 +189,32 @@ class EdgeCollector(Collector):
         yield GaugeMetricFamily(
             P + "draining", "1 while the edge drains for shutdown.", value=1 if e.draining else 0
         )
+        if e.tls is not None:
+            yield from tls_metrics(e.tls.statistics())
+
+
+def tls_metrics(t: TlsStatistics) -> Iterator[Metric]:
+    """HTTPS listeners (edge.tlsconn): handshakes, failures and open TLS connections."""
+    yield CounterMetricFamily(
+        P + "tls_handshakes", "TLS handshakes completed on HTTPS listeners.", value=t.handshakes
+    )
+    yield CounterMetricFamily(
+        P + "tls_handshakes_resumed", "TLS handshakes that resumed a session.", value=t.resumed
+    )
+    yield CounterMetricFamily(
+        P + "tls_handshake_failures",
+        "TLS handshakes that failed (not TLS, refused, broken or timed out).",
+        value=t.failures,
+    )
+    yield CounterMetricFamily(
+        P + "tls_handshake_timeouts",
+        "TLS handshakes not complete within client_head_timeout_s.",
+        value=t.timeouts,
+    )
+    yield GaugeMetricFamily(P + "tls_connections", "Open TLS client connections.", value=t.active)
+    yield CounterMetricFamily(
+        P + "tls_certificate_reloads", "Certificate sets loaded on SIGHUP.", value=t.reloads
+    )
 
 
 def edge_registry(edge: Edge, now: Callable[[], float]) -> CollectorRegistry:

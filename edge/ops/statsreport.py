@@ -1,7 +1,7 @@
 """Sends the edge's stats reports to the broker: the I/O side of ``edge.ops.connstats``.
 
 One task per edge: about once a second (sooner when ``ConnStats`` has ``BATCH_EVENTS`` events
-waiting), if the broker's heartbeat says its stats socket is on and the link is up, take the
+waiting, and ``ACTIVITY_DELAY_S`` after the first request or other activity), if the broker's heartbeat says its stats socket is on and the link is up, take the
 next report and send it with ``BrokerLink.send_nowait`` (never waits: a report that would
 block is dropped and the next one lists every subscription again).  Client connections only
 touch ``ConnStats`` (a dict entry at accept and at close); the delivery counter is read here.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from edge.ops.connstats import FLUSH_INTERVAL_S, ConnStats, count_modes
+from edge.ops.connstats import ACTIVITY_DELAY_S, FLUSH_INTERVAL_S, ConnStats, count_modes
 
 if TYPE_CHECKING:
     from edge.server import Edge
@@ -52,9 +52,14 @@ async def serve_stats(edge: Edge) -> None:
     while True:
         wake = trio.Event()
         stats.on_full = wake.set
+        stats.on_activity = wake.set
+        if stats.activity_pending:  # came while the last report was being made
+            wake.set()
         with trio.move_on_after(FLUSH_INTERVAL_S):
             await wake.wait()
-        stats.on_full = None
+        stats.on_full = stats.on_activity = None
+        if wake.is_set() and stats.activity_pending:
+            await trio.sleep(ACTIVITY_DELAY_S)  # batch activity as Pushpin does (100 ms)
         try:
             _report(edge, stats, hub, modes)
         except Exception:  # statistics must never take the edge (and its clients) down

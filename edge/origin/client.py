@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import httptools
@@ -41,6 +42,8 @@ import trio
 from broker.errors import GripcastError, RemoteProtocolError
 from edge.fastpath import read_now, send_now
 from edge.origin.pool import DEFAULT_IDLE_S, OriginPool, close_stream
+from edge.origin.tls import OriginStream, OriginTls, TlsHandshakeError, server_name
+from edge.proxyrules import denied_destination
 from edge.readtimer import ReadTimer
 from edge.routes import Route, Target
 
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 GRIP_FEATURES = (
     b"status, link:next, link:gone, filter:skip-self, filter:skip-users, "
-    b"filter:require-sub, filter:var-subst"
+    b"filter:require-sub, filter:build-id, filter:var-subst"
 )
 DROP_HEADERS = frozenset(
     [
@@ -63,8 +66,6 @@ DROP_HEADERS = frozenset(
         b"te",
         b"upgrade",
         b"proxy-connection",
-        b"x-forwarded-proto",
-        b"x-forwarded-protocol",
     ]
 )
 READ_SIZE = 65536
@@ -82,6 +83,12 @@ class OriginError(RemoteProtocolError):
         super().__init__(reason, status=502)
 
 
+def _escape_high(target: bytes) -> bytes:
+    """``target`` with every byte above 0x7f percent-encoded (``/caf\xc3\xa9`` ->
+    ``/caf%C3%A9``), as an HTTP client library sends a non-ASCII URL."""
+    return b"".join(b"%%%02X" % c if c > 0x7F else bytes((c,)) for c in target)
+
+
 class RequestHeadError(OriginError):
     """A request head toward the origin would carry a bad header name or value (never sent:
     it could smuggle headers or a second request); not worth retrying."""
@@ -93,15 +100,24 @@ MAX_TOKENS_MEMO = 4096  # a client can make up header names: keep the memo small
 
 class OriginClient:
     """What one edge's origin requests share: ``pool`` (idle keep-alive connections),
-    ``timer`` (ends late waits; run ``timer.serve`` in the edge's nursery) and the memo of
-    header names and methods seen to be tokens.  Plain attributes: read per request."""
+    ``timer`` (ends late waits; run ``timer.serve`` in the edge's nursery), ``tls`` (the TLS
+    contexts of ``ssl`` targets, replaced on SIGHUP) and the memo of header names and methods
+    seen to be tokens.  Plain attributes: read per request."""
 
-    __slots__ = ("pool", "timer", "_tokens")
+    __slots__ = ("pool", "timer", "tls", "_tokens")
 
-    def __init__(self, idle_s: float = DEFAULT_IDLE_S) -> None:
+    def __init__(self, idle_s: float = DEFAULT_IDLE_S, tls: OriginTls | None = None) -> None:
         self.pool = OriginPool(idle_s)
         self.timer = ReadTimer()
+        self.tls = OriginTls() if tls is None else tls
         self._tokens: set[bytes] = set()  # header names and methods seen to be tokens
+
+    def pool_key(self, target: Target) -> tuple[object, ...]:
+        """Which parked connections may serve ``target``: a TLS connection only for the same
+        name and TLS profile, never a plaintext one (and the other way round)."""
+        if not target.ssl:
+            return (target.host, target.port)
+        return (target.host, target.port, server_name(target), self.tls.profile(target))
 
     def encode_request_head(
         self, method: bytes, target: bytes, host: bytes, headers: list[tuple[bytes, bytes]]
@@ -117,6 +133,8 @@ class OriginClient:
         good = self._tokens
         if method not in good:
             self._remember_token(method)
+        if not target.isascii():  # a request target is ASCII (RFC 3986): escape the rest
+            target = _escape_high(target)
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
         for k, v in headers:
             if k not in good:
@@ -156,16 +174,19 @@ class OriginClient:
         sig: str | None,
         extra: Sequence[tuple[bytes, bytes]] = (),
         rewrite: bool = True,
+        trusted: bool = False,
     ) -> bytes:
         """The request head + body sent to ``target`` for a client request (Pushpin's rules).
 
         ``extra`` headers (``Grip-Last``) are added after the client's are filtered;
-        ``rewrite`` False sends ``path`` as is (a next link that already names the origin)."""
-        host, out = forward_headers(route, target, headers)
+        ``rewrite`` False sends ``path`` as is (a next link that already names the origin);
+        ``trusted`` (a GRIP proxy in front, ``edge.upstream``): its ``Grip-*`` headers are kept
+        and none of ours is added."""
+        host, out = forward_headers(route, target, headers, keep_grip=trusted)
         out.extend(extra)
-        if sig:
+        if sig and not trusted:
             out.append((b"Grip-Sig", sig.encode("ascii")))
-        if not route.no_grip:
+        if not route.no_grip and not trusted:
             out.append((b"Grip-Feature", GRIP_FEATURES))
         if body or method in (b"POST", b"PUT", b"PATCH"):
             out.append((b"Content-Length", b"%d" % len(body)))
@@ -199,22 +220,29 @@ def _head_problem(
     return "refused to send a malformed request head"  # pragma: no cover
 
 
+# X-Forwarded-Proto/-Protocol, X-Forwarded-For, CDN-Loop, Pushpin-Route and orig_headers
+# are Pushpin's [proxy] rules, applied before this by ``edge.proxyrules.apply``
+
+
 def forward_headers(
     route: Route,
     target: Target,
     headers: Iterable[tuple[bytes, bytes]],
     drop: frozenset[bytes] = DROP_HEADERS,
+    *,
+    keep_grip: bool = False,
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The Host to send and the client's headers as the origin gets them (reference 1.4):
-    hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed, route ``header=``
-    props applied.  Shared by HTTP requests and WebSocket-to-WebSocket handshakes."""
+    hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed (kept with
+    ``keep_grip``: a trusted GRIP proxy in front), route ``header=`` props applied.  Shared by
+    HTTP requests and WebSocket-to-WebSocket handshakes."""
     client_host = b""
     out: list[tuple[bytes, bytes]] = []
     for k, v in headers:
         lk = k.lower()
         if lk == b"host":
             client_host = v
-        if lk in drop or lk.startswith(b"grip-"):
+        if lk in drop or (lk.startswith(b"grip-") and not keep_grip):
             continue
         out.append((k, v))
     if target.host_header:
@@ -336,14 +364,14 @@ class OriginResponse:
     def __init__(
         self,
         client: OriginClient,
-        stream: trio.SocketStream,
+        stream: OriginStream,
         target: Target,
         timeout_s: float,
         head_only: bool,
         reused: bool = False,
     ) -> None:
         self._client = client  # its pool takes the connection back, its timer bounds waits
-        self._stream: trio.SocketStream | None = stream
+        self._stream: OriginStream | None = stream
         self._reused = reused
         self._got = False  # any response byte arrived (a reused connection is not retried then)
         self._broken = False  # the connection was closed or reset under us
@@ -367,27 +395,33 @@ class OriginResponse:
         # and nothing reads a response after that
         stream, parser, p = self._stream, self._parser, self._p
         assert stream is not None and parser is not None and p is not None
-        sock = stream.socket
-        wait = self._client.timer.start(sock, self._timeout_s)
-        try:
-            while True:
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:
-                    if not wait.expired:
-                        raise
-                if wait.expired:
-                    self._broken = True
-                    raise OriginError(f"timeout waiting for origin {self.target}")
-                try:
-                    data = read_now(sock, READ_SIZE)
-                except OSError as exc:
-                    self._broken = True
-                    raise OriginError(f"error reading from origin {self.target}: {exc}") from exc
-                if data is not None:
-                    break
-        finally:
-            wait.done()
+        data: bytes | None
+        if isinstance(stream, trio.SSLStream):
+            data = await self._receive_tls(stream)
+        else:
+            sock = stream.socket
+            wait = self._client.timer.start(sock, self._timeout_s)
+            try:
+                while True:
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    except trio.ClosedResourceError:
+                        if not wait.expired:
+                            raise
+                    if wait.expired:
+                        self._broken = True
+                        raise OriginError(f"timeout waiting for origin {self.target}")
+                    try:
+                        data = read_now(sock, READ_SIZE)
+                    except OSError as exc:
+                        self._broken = True
+                        raise OriginError(
+                            f"error reading from origin {self.target}: {exc}"
+                        ) from exc
+                    if data is not None:
+                        break
+            finally:
+                wait.done()
         if not data:
             self._eof = self._broken = True
             return
@@ -404,6 +438,20 @@ class OriginResponse:
             raise OriginError(
                 f"origin {self.target} sent more than {MAX_INTERIM} interim responses"
             )
+
+    async def _receive_tls(self, stream: trio.SSLStream[trio.SocketStream]) -> bytes:
+        """One read through TLS (the records decrypted by ``SSLStream``), bounded in time."""
+        with trio.move_on_after(self._timeout_s) as scope:
+            try:
+                return bytes(await stream.receive_some(READ_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._broken = True
+                raise OriginError(
+                    f"error reading from origin {self.target}: {exc.__cause__ or exc}"
+                ) from exc
+        assert scope.cancelled_caught
+        self._broken = True
+        raise OriginError(f"timeout waiting for origin {self.target}")
 
     async def _read_head(self) -> None:
         p = self._p
@@ -475,9 +523,8 @@ class OriginResponse:
         assert p is not None  # forget() drops it only after this released the connection
         self._parser = p.parser = None
         if p.clean and p.keep and not p.extra and not self._head_only:
-            self._client.pool.give(
-                (self.target.host, self.target.port), stream, trio.current_time()
-            )
+            client = self._client
+            client.pool.give(client.pool_key(self.target), stream, trio.current_time())
         else:
             close_stream(stream)
 
@@ -486,7 +533,9 @@ class OriginResponse:
         self._parser = None
         if self._p is not None:
             self._p.parser = None
-        if stream is not None:
+        if isinstance(stream, trio.SSLStream):
+            close_stream(stream)  # no close_notify: nothing waits on a peer that may not read
+        elif stream is not None:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -504,6 +553,7 @@ async def open_origin(
     extra: Sequence[tuple[bytes, bytes]] = (),
     rewrite: bool = True,
     targets: Sequence[Target] | None = None,
+    trusted: bool = False,
 ) -> OriginResponse:
     """Connect (failing over across targets on connect errors: ``connect_first``), send, read
     the head, with ``client``'s pool and timer.  Once connected, an error is the answer (no
@@ -513,24 +563,39 @@ async def open_origin(
     errors: list[str] = []
     pool = client.pool
 
-    def take(target: Target) -> trio.SocketStream | None:
-        return pool.take((target.host, target.port), trio.current_time())
+    def take(target: Target) -> OriginStream | None:
+        return pool.take(client.pool_key(target), trio.current_time())
 
-    i, target, stream, reused = await connect_first(targets, timeout_s, errors=errors, take=take)
+    i, target, stream, reused = await connect_first(
+        targets, timeout_s, errors=errors, take=take, tls=client.tls
+    )
     while True:
         request = client.build_request(
-            route, target, method, path, headers, body, sig=sig, extra=extra, rewrite=rewrite
+            route,
+            target,
+            method,
+            path,
+            headers,
+            body,
+            sig=sig,
+            extra=extra,
+            rewrite=rewrite,
+            trusted=trusted,
         )
         resp = OriginResponse(
             client, stream, target, timeout_s, head_only=method == b"HEAD", reused=reused
         )
         ok = False
         try:
-            try:  # one non-blocking send first: a request head nearly always fits
-                sent = send_now(stream.socket, request)
-            except OSError as exc:
-                resp._broken = True
-                raise OriginError(f"error sending to origin {target}: {exc}") from exc
+            if isinstance(stream, trio.SSLStream):
+                await _send_tls(resp, stream, request, timeout_s)
+                sent = len(request)
+            else:
+                try:  # one non-blocking send first: a request head nearly always fits
+                    sent = send_now(stream.socket, request)
+                except OSError as exc:
+                    resp._broken = True
+                    raise OriginError(f"error sending to origin {target}: {exc}") from exc
             if sent < len(request):
                 with trio.move_on_after(timeout_s) as scope:
                     try:
@@ -553,12 +618,39 @@ async def open_origin(
         # the origin closed an idle connection: this target once more, fresh, then the rest
         stale, targets = target, targets[i:]
 
-        def take_fresh(t: Target, stale: Target = stale) -> trio.SocketStream | None:
+        def take_fresh(t: Target, stale: Target = stale) -> OriginStream | None:
             return None if t is stale else take(t)
 
         i, target, stream, reused = await connect_first(
-            targets, timeout_s, errors=errors, take=take_fresh
+            targets, timeout_s, errors=errors, take=take_fresh, tls=client.tls
         )
+
+
+async def _untrusted_denied(target: Target) -> bool:
+    try:
+        infos = await trio.socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except OSError:
+        infos = []
+    return denied_destination(target.host, [str(i[4][0]) for i in infos])
+
+
+async def _send_tls(
+    resp: OriginResponse,
+    stream: trio.SSLStream[trio.SocketStream],
+    data: bytes,
+    timeout_s: float,
+) -> None:
+    with trio.move_on_after(timeout_s) as scope:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            resp._broken = True
+            raise OriginError(
+                f"error sending to origin {resp.target}: {exc.__cause__ or exc}"
+            ) from exc
+    if scope.cancelled_caught:
+        resp._broken = True
+        raise OriginError(f"timeout sending to origin {resp.target}")
 
 
 async def connect_first(
@@ -566,23 +658,29 @@ async def connect_first(
     timeout_s: float,
     *,
     errors: list[str] | None = None,
-    take: Callable[[Target], trio.SocketStream | None] | None = None,
-) -> tuple[int, Target, trio.SocketStream, bool]:
+    take: Callable[[Target], OriginStream | None] | None = None,
+    tls: OriginTls | None = None,
+) -> tuple[int, Target, OriginStream, bool]:
     """The one connect-with-fail-over loop (origin requests here, WebSocket-to-WebSocket in
-    ``edge.ws.proxy``): try ``targets`` in order; a TLS target (never plaintext to it), a
-    refused or unreachable connect, or a connect timeout (``timeout_s`` each) moves on to the
+    ``edge.ws.proxy``): try ``targets`` in order; a refused or unreachable connect, a connect
+    timeout (``timeout_s`` each), or for an ``ssl`` target a failed or late TLS handshake
+    (``tls``; without it an ssl target is never tried: no plaintext to it) moves on to the
     next.  ``take`` may offer a pooled connection for a target before connecting.
 
     Returns ``(index, target, stream, reused)``; raises ``OriginError`` naming every failure
     (also appended to ``errors``) when no target connects."""
     errors = [] if errors is None else errors
     for i, target in enumerate(targets):
-        if target.ssl:
-            errors.append(f"{target}: TLS to origins is not supported yet")
+        if target.ssl and tls is None:
+            errors.append(f"{target}: no TLS settings to reach this ssl target with")
             continue
-        stream = take(target) if take is not None else None
-        if stream is not None:
-            return i, target, stream, True
+        if target.untrusted and await _untrusted_denied(target):
+            errors.append(f"{target}: untrusted target at a denied (private) address")
+            continue
+        pooled = take(target) if take is not None else None
+        if pooled is not None:
+            return i, target, pooled, True
+        stream: trio.SocketStream | None = None
         with trio.move_on_after(timeout_s) as scope:
             try:
                 stream = await trio.open_tcp_stream(target.host, target.port)
@@ -590,6 +688,18 @@ async def connect_first(
                 errors.append(f"{target}: {exc.strerror or exc}")
         if scope.cancelled_caught:
             errors.append(f"{target}: connect timeout")
-        if stream is not None:
+        if stream is None:
+            continue
+        if tls is None or not target.ssl:
             return i, target, stream, False
+        with trio.move_on_after(timeout_s) as scope:
+            try:
+                return i, target, await tls.wrap(stream, target), False
+            except TlsHandshakeError as exc:
+                errors.append(f"{target}: {exc.reason}")
+                log.warning("TLS to origin %s failed: %s", target, exc.reason)
+        if scope.cancelled_caught:
+            errors.append(f"{target}: TLS handshake timeout")
+            log.warning("TLS to origin %s failed: handshake timeout", target)
+        close_stream(stream)
     raise OriginError("could not connect to any origin: " + "; ".join(errors))

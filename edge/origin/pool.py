@@ -7,7 +7,8 @@ on a connection neither side asked to close, parks its socket here, and the next
 same target takes it.
 
 * One ``OriginPool`` per edge, owned by its ``OriginClient`` (``Edge.origin_client.pool``),
-  keyed by ``(host, port)``; at most ``MAX_IDLE_PER_TARGET`` idle connections per target (the
+  keyed by ``OriginClient.pool_key``: ``(host, port)``, plus the TLS name and profile for a TLS
+  connection (``trio.SSLStream``; its TCP socket is what is peeked and closed here); at most ``MAX_IDLE_PER_TARGET`` idle connections per target (the
   most recently parked are reused first, so the rest age out), each for at most ``idle_s``
   seconds (``origin_keepalive_idle_s``, changed on SIGHUP with ``set_idle_s``; 0 turns pooling
   off: one connection per request with ``Connection: close``, as before).
@@ -31,7 +32,8 @@ from edge.fastpath import stdlib_socket
 MAX_IDLE_PER_TARGET = 256
 DEFAULT_IDLE_S = 30.0
 
-Key = tuple[str, int]  # (host, port)
+Key = tuple[object, ...]  # (host, port), + TLS name and profile (OriginClient.pool_key)
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +46,25 @@ class OriginPoolStatistics:
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
-def _dead(stream: trio.SocketStream) -> bool:
+def _socket(stream: Stream) -> trio.socket.SocketType:
+    if isinstance(stream, trio.SSLStream):
+        return stream.transport_stream.socket
+    return stream.socket
+
+
+def _dead(stream: Stream) -> bool:
     """True if an idle connection has anything to read (EOF, reset or stray bytes).
 
     One non-blocking ``recv(MSG_PEEK)``: ``select()`` cannot take a descriptor above 1023
     (an edge holding thousands of clients has those), which made every such pooled
-    connection look dead and a new one be opened per request."""
-    raw = stdlib_socket(stream.socket)
+    connection look dead and a new one be opened per request.  Over TLS, any bytes (an alert,
+    a late session ticket) also make it look dead: a new connection is the safe answer."""
+    sock = _socket(stream)
+    raw = stdlib_socket(sock)
     try:
         if raw is None:  # pragma: no cover - another trio
             p = select.poll()
-            p.register(stream.socket.fileno(), select.POLLIN)
+            p.register(sock.fileno(), select.POLLIN)
             return bool(p.poll(0))
         raw.recv(1, _PEEK)
     except (BlockingIOError, InterruptedError):
@@ -64,10 +74,11 @@ def _dead(stream: trio.SocketStream) -> bool:
     return True  # EOF or bytes nobody asked for
 
 
-def close_stream(stream: trio.SocketStream) -> None:
-    """Close ``stream``'s socket at once (no checkpoint: also from a cancelled task)."""
+def close_stream(stream: Stream) -> None:
+    """Close ``stream``'s socket at once (no checkpoint: also from a cancelled task; over TLS
+    without ``close_notify``)."""
     try:
-        stream.socket.close()
+        _socket(stream).close()
     except OSError:
         pass
 
@@ -82,7 +93,7 @@ class OriginPool:
     def __init__(self, idle_s: float = DEFAULT_IDLE_S) -> None:
         self.idle_s = DEFAULT_IDLE_S
         self.keep_alive = True  # idle_s > 0: connections are parked, not closed
-        self._idle: dict[Key, list[tuple[trio.SocketStream, float]]] = {}
+        self._idle: dict[Key, list[tuple[Stream, float]]] = {}
         self.set_idle_s(idle_s)
 
     def set_idle_s(self, idle_s: float) -> None:
@@ -91,7 +102,7 @@ class OriginPool:
         self.idle_s = max(0.0, float(idle_s))
         self.keep_alive = self.idle_s > 0
 
-    def take(self, key: Key, now: float) -> trio.SocketStream | None:
+    def take(self, key: Key, now: float) -> Stream | None:
         """An idle, live connection to ``key`` (``(host, port)``), or None."""
         idle = self._idle.get(key)
         limit = self.idle_s
@@ -102,7 +113,7 @@ class OriginPool:
             close_stream(stream)
         return None
 
-    def give(self, key: Key, stream: trio.SocketStream, now: float) -> None:
+    def give(self, key: Key, stream: Stream, now: float) -> None:
         """Park ``stream`` (its last response fully read) for reuse."""
         if not self.keep_alive:
             close_stream(stream)

@@ -21,7 +21,9 @@ import trio
 
 from _speedups import http_chunk, send_batch
 from edge.grip import filters
-from edge.grip.session import StreamSession
+from edge.grip.jsonpatch import PatchError, patch_body
+from edge.grip.nextlink_track import Verdict
+from edge.grip.session import ResponseSession, StreamSession
 from edge.grip.sseid import ID_TOKEN, render_ids
 from edge.http1 import responses
 from edge.sessionstate import CLOSING, DEAD, DONE, Session
@@ -72,6 +74,50 @@ def _content(fmt: dict[str, Any]) -> bytes:
     return c.encode("utf-8") if isinstance(c, str) else bytes(c)
 
 
+def _ids(s: StreamSession | ResponseSession, env: Envelope) -> dict[str, str | None]:
+    """The session's channel ids as ``build-id`` sees them while ``env`` is delivered."""
+    seen = s.last_cursor if type(s) is StreamSession else {}  # a long-poll gets one message
+    return filters.prev_ids(
+        ((c.name, c.prev_id) for c in s.hold.channels), seen, env.channel, env.cursor
+    )
+
+
+def _filter_failed(s: StreamSession | ResponseSession, env: Envelope, reason: str) -> bytes:
+    """A content filter failed, or the format's ``content-filters`` do not match the
+    subscription's: as Pushpin 1.36, a stream ends (the bytes returned end it) and a
+    long-poll is answered 502."""
+    log.info("filter error conn=%s channel=%s: %s", s.id, env.channel, reason)
+    if isinstance(s, StreamSession):
+        told = f"\n\n{reason}\n".encode() if s.debug else b""  # debug routes: the reason
+        if told and s.chunked:
+            told = http_chunk(told)
+        return told + s.close()
+    text = reason if s.debug else "Error while proxying to origin."
+    s.respond(responses.error(502, text, keep_alive=s.keep_alive))
+    return b""
+
+
+def _rendered_response(
+    r: dict[str, Any], s: ResponseSession, env: Envelope, flt: tuple[str, ...]
+) -> dict[str, Any]:
+    """A published ``http-response`` through the poll's content filters: its ``body``, or the
+    timeout body with its ``body-patch`` applied (Pushpin filters the patched body)."""
+    body = r.get("body")
+    if body is None:
+        patch = r.get("body-patch")
+        if patch is None:
+            return r
+        try:
+            body = patch_body(s.hold.body, patch)
+        except PatchError:
+            body = s.hold.body  # Pushpin keeps the timeout body when the patch does not apply
+    elif isinstance(body, str):
+        body = body.encode("utf-8")
+    if not body:
+        return r
+    return dict(r, body=filters.render(flt, s.meta, bytes(body), _ids(s, env)))
+
+
 # sessions whose one-session replays are paced by their socket
 _PACED = (StreamSession, WsSession)
 Writable = StreamSession | WsSession
@@ -112,6 +158,7 @@ class Deliverer:
         wall = time.time() if lat is not None else 0.0
         gate = self.gate
         ws_cls, stream_cls = WsSession, StreamSession  # dispatch on type (locals: the hot loop)
+        deliver_now, gap = Verdict.DELIVER, Verdict.GAP
         for env in envs:
             members = (only,) if only is not None else self.hub.sessions(env.channel)
             self._messages += 1
@@ -126,10 +173,18 @@ class Deliverer:
             chunk: bytes | None
             raw: bytes | None
             wsframe: bytes | None
+            wsframe_z: bytes | None
             data: bytes | None
-            chunk = raw = wsframe = None
+            chunk = raw = wsframe = wsframe_z = None
             patched: dict[bytes, bytes] | None = (
                 None  # body-patch results by timeout body, for this message's polls
+            )
+            # a format's "content-filters" must match each subscription's (rare: a publisher
+            # that uses build-id or var-subst); one test per message otherwise
+            cf = (
+                (stream is not None and "content-filters" in stream)
+                or (resp is not None and "content-filters" in resp)
+                or (wsmsg is not None and "content-filters" in wsmsg)
             )
             # ``s`` is dispatched on its exact type through locals (``cls is ws_cls``), which
             # mypy cannot narrow on: each branch uses the attributes of its session class
@@ -140,21 +195,45 @@ class Deliverer:
                     if held is not None:
                         held.append(env)
                         continue
+                cls = type(s)
+                if cls is not ws_cls:
+                    tr = s.track  # None unless prev-ids are checked or an update is under way
+                    if (
+                        tr is not None
+                        and not s.state
+                        and (stream if cls is stream_cls else resp) is not None
+                    ):
+                        # Pushpin's prev-id check, before filters (edge.grip.nextlink_track)
+                        verdict = tr.admit(env)
+                        if verdict is not deliver_now:
+                            if verdict is gap:
+                                s.on_gap()
+                            continue
                 flt = s.filters
                 if flt:
                     flt = flt.get(env.channel)
-                if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
+                if cf and not self._content_filters_match(s, cls, flt, env, pending):
                     continue
-                cls = type(s)
+                if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
+                    if cls is stream_cls and not s.state:
+                        # Pushpin advances a stream's id past a filtered-out item too (its
+                        # next link's Grip-Last, build-id's other channels)
+                        s.last_cursor[env.channel] = env.cursor
+                    continue
                 if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
                         continue
                     if wsmsg.get("action", "send") == "send" and not (
                         flt and filters.changes_content(flt)
                     ):
-                        if wsframe is None:
-                            wsframe = ws_message_frame(wsmsg)
-                        data = wsframe
+                        if not s.deflate:
+                            if wsframe is None:
+                                wsframe = ws_message_frame(wsmsg)
+                            data = wsframe
+                        else:  # permessage-deflate: compressed once per message as well
+                            if wsframe_z is None:
+                                wsframe_z = ws_message_frame(wsmsg, True)
+                            data = wsframe_z
                     else:
                         data = s.on_publish(wsmsg, env, flt)  # close, refresh, var-subst
                         if not data:
@@ -180,20 +259,17 @@ class Deliverer:
                             continue
                         data = chunk if s.chunked else raw
                         if flt and filters.changes_content(flt):
+                            # Pushpin's format language owns "%" here: the content as
+                            # published, not with edge.grip.sseid's "%(id)s" rendered
                             try:
-                                data = filters.apply(flt, s.meta, env.meta, (), raw)
+                                data = filters.render(flt, s.meta, _content(stream), _ids(s, env))
                             except filters.FilterError as exc:
-                                log.info(
-                                    "filter dropped message conn=%s channel=%s: %s",
-                                    s.id,
-                                    env.channel,
-                                    exc,
-                                )
-                                continue
-                            if not data:
-                                continue
-                            if s.chunked:
-                                data = http_chunk(data)
+                                data = _filter_failed(s, env, f"filter error: {exc}")
+                            else:
+                                if not data:
+                                    continue
+                                if s.chunked:
+                                    data = http_chunk(data)
                         s.last_cursor[env.channel] = env.cursor
                     elif action == "close":
                         data = s.close()  # OPEN -> CLOSING: the final chunk
@@ -209,11 +285,8 @@ class Deliverer:
                     if resp.get("action", "send") == "send":
                         try:
                             r = resp
-                            if flt and filters.changes_content(flt) and r.get("body"):
-                                r = dict(
-                                    r,
-                                    body=filters.apply(flt, s.meta, env.meta, (), bytes(r["body"])),
-                                )
+                            if flt and filters.changes_content(flt):
+                                r = _rendered_response(r, s, env, flt)
                             if r.get("body") is None and r.get("body-patch") is not None:
                                 if patched is None:
                                     patched = {}
@@ -226,12 +299,7 @@ class Deliverer:
                                 s.respond(responses.published(s.hold, r, keep_alive=s.keep_alive))
                             self._deliveries += 1
                         except filters.FilterError as exc:
-                            log.info(
-                                "filter dropped message conn=%s channel=%s: %s",
-                                s.id,
-                                env.channel,
-                                exc,
-                            )
+                            _filter_failed(s, env, f"filter error: {exc}")
                         except (TypeError, ValueError, RecursionError) as exc:
                             # one session's answer (a patch past edge.jsonpatch's limits is a
                             # PatchError: the timeout body goes out); never the edge
@@ -245,6 +313,43 @@ class Deliverer:
                         s.hint()  # "hint": re-request the origin
         if pending:
             await self.write_many(list(pending.items()), now)
+
+    def _content_filters_match(
+        self,
+        s: Any,
+        cls: type,
+        flt: tuple[str, ...] | None,
+        env: Envelope,
+        pending: dict[Writable, list[bytes]],
+    ) -> bool:
+        """True to go on delivering ``env`` to ``s``; False when the format ``s`` would get
+        names ``content-filters`` other than the subscription's (Pushpin's check comes before
+        the delivery filters): a WebSocket message is dropped, a stream ends, a long-poll is
+        answered 502."""
+        if cls is WsSession:
+            fmt = env.formats.get("ws-message")
+        elif cls is StreamSession:
+            fmt = env.formats.get("http-stream")
+        else:
+            fmt = env.formats.get("http-response")
+        if fmt is None or s.state:  # not OPEN: nothing is delivered anyway
+            return True
+        published = fmt.get("content-filters")
+        if filters.content_match(flt, published):
+            return True
+        reason = filters.mismatch_reason(flt, published or ())
+        if cls is WsSession:
+            log.debug("dropped message conn=%s channel=%s: %s", s.id, env.channel, reason)
+            return False
+        data = _filter_failed(s, env, reason)
+        if cls is StreamSession:
+            s.last_cursor[env.channel] = env.cursor
+            parts = pending.get(s)
+            if parts is None:
+                pending[s] = [data]
+            else:
+                parts.append(data)
+        return False
 
     async def _deliver_paced(self, envs: list[Envelope], now: float, s: Writable) -> None:
         """A replay to one stream or WebSocket session, paced by its socket: groups of at most half the

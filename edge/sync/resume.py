@@ -130,6 +130,7 @@ class Catchup:
         self.epoch: str | None = None
         self.last_seq: int | None = None  # the session's own last seq on the channel
         self.failed = False
+        self.empty = False  # the channel has no history at all: nothing known, no conflict
         self.skipped = False
         self.done = False
         self.pages = 0
@@ -164,6 +165,7 @@ class Catchup:
                     # the channel never had a message (or its history restarted empty): the
                     # client cannot have missed anything we know of
                     self.epoch, self.last_seq = epoch, 0
+                    self.empty = True
                     self._need_more = False
                     return []
                 self.failed = True
@@ -325,6 +327,16 @@ class Resume:
     @property
     def ok(self) -> bool:
         return not self.c.failed
+
+    @property
+    def found(self) -> bool:
+        """History held the cursor (not merely an empty channel): what followed it is known."""
+        return not self.c.failed and not self.c.empty
+
+    @property
+    def epoch(self) -> str | None:
+        """The channel's epoch, once probed."""
+        return self.c.epoch
 
     def _live(self) -> Position | None:
         return self.app.tracker.position(self.c.channel)

@@ -18,6 +18,10 @@ adds what sits above single frames (RFC 6455 sections 5.4 to 7):
   frames is sent after our close; data arriving after the peer's close is ignored.
 * **Masking**: a server requires masked frames from its client and sends unmasked ones; a client
   (``client=True``, used for WebSocket-to-WebSocket proxying) masks with keys from ``mask_key``.
+* **Compression** (``inflater``, when permessage-deflate was agreed; ``edge.ws.deflate``): a
+  message whose first frame has RSV1 is inflated once complete, capped at ``max_message``
+  (1009 past it, 1007 when it does not inflate); RSV1 on a control or continuation frame is a
+  protocol error (1002).  What we send is compressed by the caller (``edge.ws.deflate``).
 
 ``receive_data(data)`` returns events (``Message``, ``Ping``, ``Pong``, ``Close``) and raises
 ``WsError`` (a ``RemoteProtocolError`` with ``close_code``) when the peer broke the protocol; the
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 
 from _speedups import ws_frame, ws_parse
 from broker.errors import RemoteProtocolError
+from edge.ws.deflate import InflateError, Inflater, take_rsv1
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 DEFAULT_MAX_MESSAGE = 1 << 20
@@ -125,6 +130,7 @@ class WsConnection:
         client: bool = False,
         max_message: int = DEFAULT_MAX_MESSAGE,
         mask_key: Callable[[int], bytes] = os.urandom,
+        inflater: Inflater | None = None,
     ) -> None:
         self.client = client
         self.max_message = max_message
@@ -136,6 +142,10 @@ class WsConnection:
         self._frags = 0  # frames of the message being assembled
         self._op: int | None = None  # opcode of the message being assembled
         self.close_received: Close | None = None
+        self.inflater = inflater
+        self._rsv: list[bool] = []  # RSV1 of the buffered frames walked so far (compressed)
+        self._walked = 0  # where the next unwalked frame header starts in _buf
+        self._compressed = False  # the message being assembled is compressed
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -143,10 +153,22 @@ class WsConnection:
         if self.state in (CloseState.REMOTE_RECEIVED, CloseState.CLOSED):
             return []
         self._buf += data
+        if self.inflater is not None:
+            bits, self._walked = take_rsv1(self._buf, self._walked)
+            self._rsv += bits
         frames, used, err = ws_parse(self._buf, not self.client, self.max_message)
         del self._buf[:used]
         events: list[Event] = []
-        for fin, op, payload in frames:
+        flags: list[bool] = []
+        if self.inflater is not None:
+            flags = self._rsv[: len(frames)]
+            del self._rsv[: len(frames)]
+            self._walked -= used
+        for i, (fin, op, payload) in enumerate(frames):
+            if flags and flags[i]:
+                if op >= 8 or op == OP_CONT:
+                    raise WsError(1002, "RSV1 on a control or continuation frame")
+                self._compressed = True
             ev = self._frame(fin, op, payload)
             if ev is not None:
                 events.append(ev)
@@ -198,6 +220,13 @@ class WsConnection:
         self._op = None
         self._size = 0
         self._frags = 0
+        if self._compressed:
+            self._compressed = False
+            assert self.inflater is not None
+            try:
+                payload = self.inflater.inflate(payload, self.max_message)
+            except InflateError as exc:
+                raise WsError(exc.close_code, exc.reason) from exc
         if not binary:
             try:
                 payload.decode("utf-8")
@@ -233,7 +262,9 @@ class WsConnection:
         else:
             return b""
         if code is not None and not valid_close_code(code):
-            code = 1000 if code in (1005, 1006, 1015) else 1011
+            # never an invalid code on the wire (Pushpin relays an origin's verbatim): "no
+            # status" codes and 0-999 (grip's WebSocketContext.close() defaults to 0) -> 1000
+            code = 1000 if code < 1000 or code in (1005, 1006, 1015) else 1011
         return self._frame_out(OP_CLOSE, close_payload(code, reason))
 
     @property

@@ -13,12 +13,19 @@ message, say): that request is not sent and the session closes with 1011, unretr
 
 ``WohOrigin`` is the I/O: the OPEN request (relayed to the client as an HTTP response when the
 origin rejects it; never retried; targets fail over on connect errors), then one task that keeps
-exactly one request in flight: it waits for client events (queued, at most
-``MAX_PENDING_BYTES`` before the client is no longer read), a ``refresh`` or the keep-alive
-interval, POSTs them, and applies the response's events to the session.  A request that fails
-before a response is retried up to ``RETRIES`` times (1 s x 2^n + up to 1 s of jitter); after
-that, or on a bad response, the client is closed with 1011.  ``DISCONNECT`` (client vanished)
-is sent in the background and its response ignored.
+exactly one request in flight: it waits for client events (queued in an ``edge.ws.outbox.Outbox``,
+at most ``MAX_PENDING_BYTES`` of content before the client is no longer read), a ``refresh`` or
+the keep-alive interval, POSTs them (``Content-Bytes-Replayed`` when some were offered before),
+applies the origin's ``Content-Bytes-Accepted`` and the response's events to the session.  The
+target option ``one_event`` sends one event per request.  A request that fails before a
+response is retried up to ``RETRIES`` times (1 s x 2^n + up to 1 s of jitter); after that, or on
+a bad response, the client is closed with 1011.
+
+Closing follows Pushpin: the client's close goes to the origin first (``CLOSE`` after the queued
+messages) and the client is closed with the origin's answering ``CLOSE``; when the origin
+answers without one and has no keep-alive, the connection is over (the client's close is
+echoed).  ``DISCONNECT`` (client vanished) is sent alone, in the background, its response
+ignored.
 """
 
 from __future__ import annotations
@@ -43,11 +50,11 @@ from edge.ws.events import (
     CONTENT_TYPE,
     EventsError,
     WsEvent,
-    close_content,
     decode_events,
     encode_event,
     parse_close_content,
 )
+from edge.ws.outbox import Outbox
 
 if TYPE_CHECKING:
     from edge.routes import Route, Target
@@ -140,6 +147,8 @@ class Opened:
     headers: Headers = dataclasses.field(default_factory=list)
     prefix: str | None = None
     events: list[WsEvent] = dataclasses.field(default_factory=list)
+    # the origin's grip extension, relayed to a trusted GRIP proxy in front (edge.upstream)
+    pass_extensions: bytes = b""
 
 
 def rejection(
@@ -164,20 +173,22 @@ class WohOrigin:
         self.fixed_channels = tuple(route.targets[0].subs)
         self.meta: dict[str, str] = {}
         self.targets: Sequence[Target] | None = None  # after OPEN: the target that answered
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
+        self.outbox = Outbox()  # one_event set from the target that answers the OPEN
         self.keep_alive_s: float | None = None
         self.wake = trio.Event()
         self.room: trio.Event | None = None  # made only while the client is not read (wait_room)
         self.refreshing = False
+        self.close_in_flight = False  # serve() is sending the CLOSE (shielded)
         self.detached = False
         self.gone = False  # DISCONNECT sent/received: no more requests
-        self.close_sent = False
         self.last_request = 0.0
         self.session: WsSession | None = None
 
-    async def _post(self, body: bytes) -> tuple[int, str, Headers, bytes]:
+    async def _post(self, body: bytes, replayed: int = 0) -> tuple[int, str, Headers, bytes]:
         """One request; returns ``(status, reason, headers, body)``."""
+        extra = woh_headers(self.cid, self.meta)
+        if replayed:
+            extra.append((b"Content-Bytes-Replayed", b"%d" % replayed))
         resp = await open_origin(
             self.app.origin_client,
             self.route,
@@ -187,7 +198,7 @@ class WohOrigin:
             body,
             sig=self.app.sign(self.route),
             timeout_s=self.app.cfg.origin_timeout_s,
-            extra=woh_headers(self.cid, self.meta),
+            extra=extra,
             targets=self.targets,
         )
         try:
@@ -221,6 +232,8 @@ class WohOrigin:
         if not events or events[0].type != "OPEN":
             return self._proxy_error(RemoteProtocolError("origin did not accept the OPEN"))
         self.keep_alive_s = apply_headers(headers, self.meta)
+        if self.targets:
+            self.outbox.one_event = self.targets[0].one_event
         ext = [v.decode("latin-1") for k, v in headers if k.lower() == b"sec-websocket-extensions"]
         return Opened(headers=headers, prefix=grip_prefix(ext), events=events[1:])
 
@@ -239,17 +252,18 @@ class WohOrigin:
     async def client_event(self, type_: str, content: bytes | None) -> None:
         if self.gone or self.detached:
             return
-        data = encode_event(type_, content)
-        self.pending.append(data)
-        self.pending_bytes += len(data)
+        self.outbox.add(type_, content)
         self.wake.set()
 
     async def client_close(self, code: int | None, reason: str) -> None:
-        await self.client_event("CLOSE", close_content(code, reason))
-        self.close_sent = True
+        """The client closed: relay it to the origin (whose answer closes the client)."""
+        if self.gone or self.detached:
+            return
+        self.outbox.close(code, reason)
+        self.wake.set()
 
     async def wait_room(self) -> None:
-        while self.pending_bytes > MAX_PENDING_BYTES and not self.gone:
+        while self.outbox.size > MAX_PENDING_BYTES and not self.gone and not self.detached:
             room = self.room = trio.Event()
             await room.wait()
 
@@ -259,27 +273,38 @@ class WohOrigin:
 
     def detach(self) -> None:
         self.detached = True
-        self.pending.clear()
-        self.pending_bytes = 0
+        self.outbox.clear()
         self._free_room()
 
-    def closed_by_client(self, code: int | None, reason: str) -> None:
-        """The client answered a close from us (a publish): tell the origin, in the background."""
+    def close_published(self) -> None:
+        """A published close is closing the client: a bare ``CLOSE`` goes to the origin now
+        (after the queued messages), as Pushpin sends it."""
         if self.gone or self.detached:
             return
+        self.outbox.close(None, "")
+        self.wake.set()
+
+    def closed_by_client(self, code: int | None, reason: str) -> None:
+        """The client answered a close from us: the origin is told (in the background) unless
+        its CLOSE is on the way already."""
+        if self.gone or self.detached or self.close_in_flight or self.outbox.close_sent:
+            return
         self.gone = True
-        self.app.nursery.start_soon(self._final, encode_event("CLOSE", close_content(code, reason)))
+        self.outbox.close(code, reason)  # (no-op after a published close: that bare CLOSE)
+        offer = self.outbox.offer()
+        self.app.nursery.start_soon(self._final, offer.body, offer.replayed)
 
     def disconnected(self) -> None:
         """The client vanished: tell the origin in the background (response ignored)."""
         if self.gone or self.detached:
             return
         self.gone = True
-        self.app.nursery.start_soon(self._final, encode_event("DISCONNECT"))
+        self.outbox.clear()  # Pushpin's DISCONNECT request carries nothing else
+        self.app.nursery.start_soon(self._final, encode_event("DISCONNECT"), 0)
 
-    async def _final(self, body: bytes) -> None:
+    async def _final(self, body: bytes, replayed: int) -> None:
         try:
-            await self._post(b"".join(self.pending) + body)
+            await self._post(body, replayed)
         except (RemoteProtocolError, OSError) as exc:
             log.debug("last request to origin failed cid=%s: %s", self.cid, exc)
 
@@ -295,8 +320,9 @@ class WohOrigin:
 
     async def serve(self, session: WsSession) -> None:
         self.session = session
+        outbox = self.outbox
         while not self.gone and not self.detached:
-            if not self.pending and not self.refreshing:
+            if not outbox.due() and not self.refreshing:
                 due = (self.last_request + self.keep_alive_s) if self.keep_alive_s else math.inf
                 self.wake = trio.Event()
                 if due == math.inf:  # no keep-alive interval: no cancel scope either
@@ -306,35 +332,47 @@ class WohOrigin:
                         await self.wake.wait()
                 if self.gone or self.detached:
                     return
-            body = b"".join(self.pending)
-            self.pending.clear()
-            self.pending_bytes = 0
+            offer = outbox.offer()
             self.refreshing = False
-            self._free_room()
             try:
-                status, _, headers, data = await self._post_retrying(body)
+                if offer.close:  # the last request: not cut short when the client is done
+                    self.close_in_flight = True
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + self.app.cfg.origin_timeout_s
+                        status, _, headers, data = await self._post(offer.body, offer.replayed)
+                    if scope.cancelled_caught:
+                        raise OriginError("timeout waiting for the origin's answer to CLOSE")
+                else:
+                    status, _, headers, data = await self._post_retrying(offer.body, offer.replayed)
                 problem = check_response(status, headers)
                 if problem:
                     raise OriginError(problem)
+                accepted = next(
+                    (v for k, v in headers if k.lower() == b"content-bytes-accepted"), None
+                )
+                outbox.accept(offer, accepted)
                 events = decode_events(data)
             except RemoteProtocolError as exc:
                 log.warning("websocket-over-http request failed cid=%s: %s", self.cid, exc.reason)
                 self.gone = True
                 await session.close(1011, "origin error")
                 return
+            self._free_room()
             interval = apply_headers(headers, self.meta)
             if interval is not None:
                 self.keep_alive_s = interval
             got_close = await self._apply(session, events)
-            if self.close_sent and not got_close and not self.keep_alive_s:
+            if outbox.close_sent and not got_close and not self.keep_alive_s:
                 self.gone = True  # uncleanly closed: the connection task echoes the client
                 session.closed.set()
                 return
 
-    async def _post_retrying(self, body: bytes) -> tuple[int, str, Headers, bytes]:
+    async def _post_retrying(
+        self, body: bytes, replayed: int = 0
+    ) -> tuple[int, str, Headers, bytes]:
         for attempt in range(RETRIES + 1):
             try:
-                result = await self._post(body)
+                result = await self._post(body, replayed)
                 self.last_request = trio.current_time()
                 return result
             except OriginError as exc:

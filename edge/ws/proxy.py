@@ -35,6 +35,8 @@ from edge.origin.client import (
     connect_first,
     forward_headers,
 )
+from edge.origin.pool import close_stream
+from edge.origin.tls import OriginStream
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
 from edge.ws.control import grip_prefix
 from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
@@ -63,8 +65,11 @@ def client_handshake(
     client_headers: Iterable[tuple[bytes, bytes]],
     key: bytes,
     sig: str | None,
+    trusted: bool = False,
 ) -> bytes:
-    host, out = forward_headers(route, target, client_headers, _DROP)
+    """The opening handshake toward ``target``; ``trusted`` (a GRIP proxy in front,
+    ``edge.upstream``): its ``Grip-*`` headers are kept and none of ours is added."""
+    host, out = forward_headers(route, target, client_headers, _DROP, keep_grip=trusted)
     out += [
         (b"Upgrade", b"websocket"),
         (b"Connection", b"Upgrade"),
@@ -72,9 +77,9 @@ def client_handshake(
         (b"Sec-WebSocket-Version", b"13"),
         (b"Sec-WebSocket-Extensions", b"grip"),
     ]
-    if sig:
+    if sig and not trusted:
         out.append((b"Grip-Sig", sig.encode("ascii")))
-    if not route.no_grip:
+    if not route.no_grip and not trusted:
         out.append((b"Grip-Feature", GRIP_FEATURES))
     rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
     return client.encode_request_head(b"GET", rpath, host, out)
@@ -88,9 +93,11 @@ class WsOrigin:
         self.route = route
         self.path = path
         self.client_headers = client_headers
+        # from a trusted GRIP proxy in front: the origin's GRIP goes up to it, untouched
+        self.trusted = app.upstream.trusted_now(client_headers)
         self.cid: str | None = None  # only WebSocket-over-HTTP names connections (edge.woh)
         self.fixed_channels = tuple(route.targets[0].subs)
-        self.stream: trio.SocketStream | None = None
+        self.stream: OriginStream | None = None
         self.ws = WsConnection(client=True, max_message=_max(app))
         self.rest = b""
         self.gone = False
@@ -113,7 +120,10 @@ class WsOrigin:
 
     async def _open(self) -> Opened:
         timeout = self.app.cfg.origin_timeout_s
-        _, target, self.stream, _ = await connect_first(self.route.targets, timeout)
+        tls = self.app.origin_client.tls  # an ssl target: wss (TLS), never plaintext
+        _, target, self.stream, _ = await connect_first(self.route.targets, timeout, tls=tls)
+        if target.ssl and not isinstance(self.stream, trio.SSLStream):  # never plaintext to it
+            raise OriginError(f"{target}: refusing to speak plaintext to a TLS (ssl) target")
         key = base64.b64encode(os.urandom(16))
         request = client_handshake(
             self.app.origin_client,
@@ -122,7 +132,8 @@ class WsOrigin:
             self.path,
             self.client_headers,
             key,
-            self.app.sign(self.route),
+            None if self.trusted else self.app.sign(self.route),
+            self.trusted,
         )
         p = ResponseHead()  # skips interim 1xx responses (a 103 before the 101)
         parser = p.parser = httptools.HttpResponseParser(p)
@@ -131,7 +142,7 @@ class WsOrigin:
                 await self.stream.send_all(request)
                 upgraded = False
                 while not upgraded and not p.complete:
-                    data = await self.stream.receive_some(READ_SIZE)
+                    data = bytes(await self.stream.receive_some(READ_SIZE))
                     if not data:
                         break
                     try:
@@ -167,6 +178,10 @@ class WsOrigin:
         ext = [
             v.decode("latin-1") for k, v in p.headers if k.lower() == b"sec-websocket-extensions"
         ]
+        if self.trusted:  # the proxy in front acts on GRIP: relay the grip extension, if any
+            each = ",".join(ext).split(",")
+            grip = [e.strip() for e in each if e.split(";", 1)[0].strip().lower() == "grip"]
+            return Opened(headers=p.headers, pass_extensions=", ".join(grip).encode("latin-1"))
         return Opened(headers=p.headers, prefix=grip_prefix(ext))
 
     async def _send(self, data: bytes) -> None:
@@ -195,6 +210,9 @@ class WsOrigin:
     async def client_close(self, code: int | None, reason: str) -> None:
         await self._send(self.ws.close(code, reason))
 
+    def close_published(self) -> None:
+        """A published close: the origin's WebSocket is closed when the client answers."""
+
     def closed_by_client(self, code: int | None, reason: str) -> None:
         if not self.gone and self.stream is not None:
             self.app.nursery.start_soon(self._send, self.ws.close(code, reason))
@@ -214,7 +232,9 @@ class WsOrigin:
         self.gone = True
 
     async def aclose(self) -> None:
-        if self.stream is not None:
+        if isinstance(self.stream, trio.SSLStream):
+            close_stream(self.stream)  # no close_notify: never wait on the origin here
+        elif self.stream is not None:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -237,8 +257,11 @@ class WsOrigin:
                     if isinstance(ev, Message):
                         if not self.detached:
                             await session.from_origin("BINARY" if ev.binary else "TEXT", ev.data)
-                    elif isinstance(ev, Ping):
-                        await self._send(self.ws.pong(ev.data))
+                    elif isinstance(ev, Ping):  # relayed: the client answers (Pushpin)
+                        if self.detached:
+                            await self._send(self.ws.pong(ev.data))
+                        else:
+                            await session.from_origin("PING", ev.data)
                     elif isinstance(ev, Pong):
                         await session.from_origin("PONG", ev.data)
                     elif isinstance(ev, Close):
@@ -248,7 +271,7 @@ class WsOrigin:
                         self.gone = True
                         return
             try:
-                data = await stream.receive_some(READ_SIZE)
+                data = bytes(await stream.receive_some(READ_SIZE))
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:

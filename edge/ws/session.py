@@ -31,6 +31,11 @@ cannot cover the gap the origin gets the TEXT event ``c:{"type":"resume-failed",
 (docs/websocket.md); when a channel's history is lost later (``on_history_lost``) it gets
 ``c:{"type":"history-lost",...}``.
 
+Pings: a client's ping goes to the origin (a ``PING`` event with its payload, or a ping frame
+to a WebSocket origin) and the origin's pong comes back as the client's pong, as Pushpin relays
+every frame; the origin's pings reach the client the same way.  Only a detached session (no
+origin left) answers pings itself.
+
 Closing: a close from the client is passed to the origin, whose answering close (or, after
 ``CLOSE_TIMEOUT_S``, an echo of the client's code) is sent back; a close from the origin or a
 publish is sent to the client, whose reply (or ``CLOSE_TIMEOUT_S``) ends the connection.  A
@@ -53,9 +58,11 @@ from wsproto.utilities import generate_accept_token
 
 from _speedups import ws_frame
 from broker.errors import RemoteProtocolError
+from edge import proxyrules
 from edge.fastpath import read_now
 from edge.grip import filters
 from edge.http1 import responses
+from edge.proxyrules import claims_tls, pick_route
 from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 from edge.ws import control as wc
 from edge.ws.connection import (
@@ -71,6 +78,7 @@ from edge.ws.connection import (
     WsConnection,
     WsError,
 )
+from edge.ws.deflate import Deflate, Inflater, deflate_message, negotiate, set_rsv1
 
 if TYPE_CHECKING:
     from broker.wire import Envelope
@@ -163,38 +171,57 @@ _101_DROP = frozenset(
 )
 
 
-def accept_head(key: bytes, origin_headers: Iterable[tuple[bytes | str, bytes | str]]) -> bytes:
-    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs)."""
+def accept_head(
+    key: bytes,
+    origin_headers: Iterable[tuple[bytes | str, bytes | str]],
+    deflate: Deflate | None = None,
+    extensions: bytes = b"",
+) -> bytes:
+    """``101 Switching Protocols`` for ``key`` with the origin's headers (str or bytes pairs),
+    and the permessage-deflate agreement when there is one; ``extensions``: a
+    ``Sec-WebSocket-Extensions`` to send (to a trusted proxy in front)."""
     hs = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii")),
     ]
+    if deflate is not None:
+        hs.append(("Sec-WebSocket-Extensions", deflate.response()))
     for k, v in origin_headers:
         ks = k.decode("latin-1") if isinstance(k, bytes) else k
         lk = ks.lower()
         if lk in _101_DROP or lk.startswith(("grip-", "set-meta-")):
             continue
         hs.append((ks, v.decode("latin-1") if isinstance(v, bytes) else v))
+    if extensions:
+        hs.append(("Sec-WebSocket-Extensions", extensions.decode("latin-1")))
     return responses.head(101, "Switching Protocols", hs)
 
 
-def message_frame(fmt: dict[str, Any]) -> bytes:
-    """The frame of a published ``ws-message`` send (built once, sent to every subscriber)."""
+def message_frame(fmt: dict[str, Any], compressed: bool = False) -> bytes:
+    """The frame of a published ``ws-message`` send (built once, sent to every subscriber;
+    once more, compressed, for the subscribers that agreed to permessage-deflate)."""
     op = _OPCODES.get(fmt.get("type") or "text", OP_TEXT)
     content = fmt.get("content") or b""
     if op >= OP_PING:
-        content = content[:125]
+        return ws_frame(op, content[:125])
+    if compressed:
+        return set_rsv1(ws_frame(op, deflate_message(content)))
     return ws_frame(op, content)
 
 
-def _frames(op: int, data: bytes) -> bytes:
+def _frames(op: int, data: bytes, compressed: bool = False) -> bytes:
+    if compressed:
+        data = deflate_message(data)
     if len(data) <= MAX_FRAME:
-        return ws_frame(op, data)
+        frame = ws_frame(op, data)
+        return set_rsv1(frame) if compressed else frame
     parts = [
         ws_frame(op if i == 0 else 0, data[i : i + MAX_FRAME], i + MAX_FRAME >= len(data))
         for i in range(0, len(data), MAX_FRAME)
     ]
+    if compressed:
+        parts[0] = set_rsv1(parts[0])
     return b"".join(parts)
 
 
@@ -238,6 +265,7 @@ class WsSession(Session):
         "client_close",
         "last_cursor",
         "chan_prefix",
+        "deflate",
     )
 
     def __init__(
@@ -249,13 +277,18 @@ class WsSession(Session):
         now: float,
         max_message: int,
         chan_prefix: str = "",
+        deflate: Deflate | None = None,
     ) -> None:
         super().__init__()
         self.id = next(_ids)
         self.app = app
         self.sock = sock
         self.fd = sock.fileno()
-        self.ws = WsConnection(max_message=max_message)
+        self.ws = WsConnection(
+            max_message=max_message, inflater=Inflater(deflate) if deflate is not None else None
+        )
+        # permessage-deflate agreed: data messages go out compressed (edge.ws.deflate)
+        self.deflate = deflate is not None
         self.side = side
         self.prefix = prefix  # None: GRIP not enabled by the origin
         self.buf = bytearray()
@@ -374,10 +407,13 @@ class WsSession(Session):
                 return None
             if content is None:
                 return None
-            return message_frame(dict(fmt, content=content))
+            return message_frame(dict(fmt, content=content), self.deflate)
         if action == "close":
             code = fmt.get("code")
-            return self.close_frame(code if code is not None else 1000, fmt.get("reason") or "")
+            data = self.close_frame(code if code is not None else 1000, fmt.get("reason") or "")
+            if data:
+                self.side.close_published()
+            return data
         if action == "refresh":
             self.side.refresh()
         return None
@@ -401,7 +437,7 @@ class WsSession(Session):
         op = _OPCODES.get(type_, OP_TEXT)
         if op >= OP_PING:
             return ws_frame(op, data[:125])
-        return _frames(op, data)
+        return _frames(op, data, self.deflate)
 
     async def send_message(self, type_: str, data: bytes) -> None:
         frame = self.message_bytes(type_, data)
@@ -552,22 +588,41 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     from edge.ws.proxy import WsOrigin
 
     app = conn.app
-    route = app.routes.match(host.decode("latin-1"), path.decode("latin-1"), True, False)
+    tls = conn.tls or claims_tls(app.rules, req.headers)
+    route = pick_route(
+        app.routes,
+        app.rules,
+        host.decode("latin-1"),
+        path.decode("latin-1"),
+        req.headers,
+        ws=True,
+        tls=tls,
+    )
     if route is None:
         await conn.send_all(responses.error(502, "Route not found"))
         return
+    app.stats.request(route.id)  # stats "activity" and "counts" (edge.ops.connstats)
     try:
         key = check_handshake(req.method, req.headers)
     except HandshakeError as exc:
         await conn.send_all(exc.response())
         return
     side_cls = WohOrigin if route.targets[0].over_http else WsOrigin
-    side = side_cls(app, route, req.headers, path)
+    peer = str(conn.addr[0]) if conn.addr else ""
+    trusted = app.upstream.trusted_now(req.headers)  # a GRIP proxy in front (edge.upstream)
+    headers = proxyrules.apply(
+        app.rules, route, req.headers, tls=tls, ws=True, peer=peer, trusted=trusted
+    )
+    side = side_cls(app, route, headers, path)
     opened = await side.open()
     if opened.reject is not None:
         await conn.send_all(opened.reject)
         return
-    await conn.send_all(accept_head(key, opened.headers))
+    # a trusted proxy in front gets the origin's extension relayed; no compression then
+    deflate = (
+        negotiate(req.headers) if app.cfg.allow_compression and not opened.pass_extensions else None
+    )
+    await conn.send_all(accept_head(key, opened.headers, deflate, opened.pass_extensions))
     now = trio.current_time()
     session = WsSession(
         app,
@@ -577,6 +632,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         now,
         ws_max_message(app),
         chan_prefix=route.prefix or "",
+        deflate=deflate,
     )
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
@@ -631,7 +687,10 @@ async def _read_client(
                     if not session.detached:
                         await side.client_event("BINARY" if ev.binary else "TEXT", ev.data)
                 elif isinstance(ev, Ping):
-                    await session.write(ws.pong(ev.data))
+                    if session.detached:  # no origin to ask (Pushpin drops it): answer here
+                        await session.write(ws.pong(ev.data))
+                    else:  # the origin answers (a PONG event, or its pong frame), as Pushpin
+                        await side.client_event("PING", ev.data or None)
                 elif isinstance(ev, Pong):
                     await side.client_event("PONG", ev.data or None)
                 elif isinstance(ev, Close):

@@ -248,3 +248,22 @@ def test_a_saturated_step_with_idle_servers_says_so():
     assert v["saturated"] and v["idle_target"] == "no server process above 0.10 of a core"
     st["cpu"]["publish_phase"][0]["cpu_util"] = 0.9
     assert verdict(st, SaturationRule(p99_bound_ms=500))["idle_target"] == ""
+
+
+def test_tls_listeners_keep_the_fair_settings(tmp_path):
+    """``--tls`` adds an HTTPS listener to both targets and changes nothing else they share."""
+    pp = pushpin_config(log_level="info", stats=True, https_port=7, **PORTS)
+    assert _conf_value(pp, "https_ports") == "127.0.0.1:7"
+    assert _conf_value(pp, "http_port") == "127.0.0.1:1"  # --port is not passed with TLS
+    assert _conf_value(pp, "log_level") == "2"
+    assert _conf_value(pp, "stats_spec") == "ipc://{rundir}/{ipc_prefix}stats"
+    plain = pushpin_config(**PORTS)
+    assert "https_ports" not in plain and _conf_value(plain, "http_port") == "1"
+    gc = tmp_path / "g.toml"
+    write_gripcast_config(
+        gc, {"client_port": 1}, 9, 2, "info", "ipc:///x/stats", (7, "/c.crt", "/c.key")
+    )
+    text = gc.read_text()
+    assert 'https_port = ["127.0.0.1:7"]' in text
+    assert 'tls_cert = "/c.crt"' in text and 'tls_key = "/c.key"' in text
+    assert 'log_level = "info"' in text and 'stats_spec = "ipc:///x/stats"' in text

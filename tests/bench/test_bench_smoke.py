@@ -56,6 +56,34 @@ def test_smoke_fanout_gripcast(tmp_path, transport):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_smoke_fanout_tls_gripcast(tmp_path):
+    """``--tls``: the same target over plain HTTP, then over HTTPS, both lossless, with the
+    fair comparison's settings and the TLS cost in the JSON."""
+    out = tmp_path / "tls.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast", "--tls"]
+        + ["--warmup", "10", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert list(record["runs"]) == ["gripcast", "gripcast+tls"]
+    for name, run in record["runs"].items():
+        assert run["ok"], (name, run.get("error"))
+        assert run["config"]["tls"] == (name == "gripcast+tls")
+        assert run["config"]["stats"] and run["config"]["log_level"] == "warning"
+        assert run["connect"]["connected"] == 50
+        assert run["deliveries"]["received"] == run["deliveries"]["expected"] > 0
+        assert run["loss"]["lost"] == run["loss"]["duplicated"] == 0, run["loss"]
+    cost = record["tls_cost"]["connections/s while establishing"]
+    assert cost["gripcast"] is not None and cost["gripcast"] > 0
+    assert "TLS cost" in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_rest_with_keep_alives_gripcast(tmp_path):
     """CPU at rest with keep-alives on: every connection stays open and gets keep-alives
     (ignored by the clients), then the messages arrive as usual."""

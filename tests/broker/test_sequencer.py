@@ -208,3 +208,14 @@ def test_arbitrary_input_invariants(ops):
     span = ops[-1][1] if ops else 0
     if span < 60:
         assert all(v == 1 for v in seen.values())
+
+
+def test_configure_applies_reloaded_settings():
+    # message_wait_s / id_cache_ttl_s from Config (Pushpin's message_wait, id_cache_ttl)
+    s = Sequencer(message_wait_s=5.0, id_cache_ttl_s=60.0)
+    s.add(it("a"), 0.0)
+    assert s.add(it("c", "b"), 0.0) == []
+    s.configure(id_cache_ttl_s=0.0, message_wait_s=1.0)
+    assert s.next_deadline() == 1.0 and ids(s.poll(1.0)) == ["c"]
+    assert ids(s.add(it("x"), 2.0)) == ["x"]
+    assert ids(s.add(it("x"), 2.1)) == ["x"]  # no de-duplication any more

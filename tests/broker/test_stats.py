@@ -319,3 +319,78 @@ def test_any_edge_report_is_folded_in_or_refused_cleanly(m):
             totals[key] = totals.get(key, 0) + n
     assert totals == enc._subs
     assert enc._conn_total == sum(e.connections for e in enc.edges.values())
+
+
+# -- activity, counts, the JSON format (Pushpin's statsmanager.cpp / statspacket.cpp) ----------
+
+
+def test_activity_and_counts_packets_from_an_edge_report():
+    enc = StatsEncoder("gripcast-broker_1")
+    frames = enc.edge_report(report(activity=[["", 3], ["api", 1], ["idle", 0]], requests=2), 0.0)
+    assert packets(frames) == [
+        ("activity", {"from": "gripcast-broker_1", "count": 3}),
+        ("activity", {"from": "gripcast-broker_1", "route": "api", "count": 1}),
+        ("counts", {"from": "gripcast-broker_1", "requests-received": 2}),
+    ]
+    assert enc.edge_report(report(), 1.0) == []  # nothing to say: no packets (as Pushpin)
+
+
+def test_bad_activity_is_refused():
+    for bad in ([["", -1]], [["", "x"]], [[1, 1]], [["a"]], "x"):
+        with pytest.raises(RemoteProtocolError):
+            parse_edge_report(report(activity=bad))
+    with pytest.raises(RemoteProtocolError):
+        parse_edge_report(report(requests=-1))
+
+
+def test_json_framing_is_qt_compact_with_sorted_keys():
+    # QJsonDocument(obj).toJson(Compact): keys sorted (QJsonObject), no spaces, UTF-8
+    assert packet("counts", {"requests-received": 1, "from": "x"}, "json") == (
+        b'counts J{"from":"x","requests-received":1}'
+    )
+    assert packet("sub", {"channel": "\u00e9", "unavailable": True, "from": "x"}, "json") == (
+        'sub J{"channel":"\u00e9","from":"x","unavailable":true}'.encode()
+    )
+
+
+def test_json_format_for_every_packet_type():
+    import json
+
+    enc = StatsEncoder("b", fmt="json", sub_ttl_s=30)
+    frames = enc.edge_report(
+        report(
+            conns=[["c1", "http", "127.0.0.1"]],
+            gone=["c0"],
+            subs=[["stream", "ch", 2]],
+            activity=[["", 1]],
+            requests=1,
+        ),
+        0.0,
+    )
+    env = Envelope("ch", 1, "e", {"http-stream": {"content": "x"}}, id="id1")
+    frames += enc.messages([env], {"ch"})
+    frames += enc.report(5.0)
+    got = []
+    for f in frames:
+        kind, _, rest = f.partition(b" ")
+        assert rest[:1] == b"J"
+        got.append((kind.decode(), json.loads(rest[1:])))
+    kinds = [k for k, _ in got]
+    assert kinds == ["conn", "conn", "sub", "activity", "counts", "message", "report", "sub"]
+    assert got[0][1] == {"from": "gripcast-edge0_7", "id": "c1", "type": "http", "ttl": 120,
+                         "peer-address": "127.0.0.1"}  # fmt: skip
+    assert got[1][1] == {"from": "gripcast-edge0_7", "id": "c0", "unavailable": True}
+    assert got[2][1] == {
+        "from": "b",
+        "mode": "stream",
+        "channel": "ch",
+        "ttl": 30,
+        "subscribers": 2,
+    }
+    assert got[5][1]["item-id"] == "id1" and got[5][1]["count"] == 2
+
+
+def test_conn_send_off_leaves_conn_packets_out():
+    enc = StatsEncoder("b", conn_send=False)
+    frames = enc.edge_report(report(conns=[["c1", "http", ""]], subs=[["ws", "c", 1]]), 0.0)
+    assert [k for k, _ in packets(frames)] == ["sub"]

@@ -227,6 +227,12 @@ class RecordingOrigin:
                     return
                 if req.path.split("?")[0] == "/__warmup__":
                     answer: Handler | OriginResponse = OriginResponse(200, [], b"ok\n")
+                elif req.path.split("?")[0] == "/__warmup_hold__":
+                    answer = OriginResponse(
+                        200,
+                        [("Grip-Hold", "stream"), ("Grip-Channel", "__warmup__")],
+                        b"held\n",
+                    )
                 else:
                     with self._cond:
                         self._requests.append(req)
@@ -466,6 +472,21 @@ class System:
         body = {"channel": channel, "formats": formats}
         body.update({k.replace("_", "-"): v for k, v in item.items()})
         publish_json(self.publish_url, {"items": [body]})
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until ``text`` appears ``count`` times in this system's log (a readiness signal
+        for steps the client and origin cannot see, such as Pushpin finishing an update)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                seen = self.log_path.read_text(errors="replace").count(text)
+            except OSError:
+                seen = 0
+            if seen >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} log: {text!r} seen {seen} times, wanted {count}")
+            time.sleep(0.02)
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -720,17 +741,31 @@ def _wait_publish_ready(url: str, timeout: float, proc: subprocess.Popen) -> Non
             time.sleep(0.1)
 
 
+def _get_ok(port: int, path: str, body: bytes) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: warmup\r\n\r\n".encode())
+        s.settimeout(2.0)
+        data = b""
+        while body not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.startswith(b"HTTP/1.1 200") and body in data
+
+
 def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"pushpin exited with code {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
-                s.sendall(b"GET /__warmup__ HTTP/1.1\r\nHost: warmup\r\nConnection: close\r\n\r\n")
-                s.settimeout(2.0)
-                if s.recv(4096).startswith(b"HTTP/1.1 200"):
-                    return
+            # a proxied request (condure -> proxy -> zurl -> origin), then a held one (the
+            # proxy's accept hand-off to the handler, "Accept service unavailable" until then)
+            if _get_ok(port, "/__warmup__", b"ok\n") and _get_ok(
+                port, "/__warmup_hold__", b"held\n"
+            ):
+                return
         except OSError:
             pass
         if time.monotonic() > deadline:
@@ -840,6 +875,7 @@ class SystemRunner:
             self.used.append(system)
             if self.origin is not None:
                 self.origin.take()
+            sys.stdout.write(f"=== now on {system.name} ({system.log_path})\n")
             yield system
             if self.origin is not None:
                 self.origin.take()

@@ -170,3 +170,56 @@ def test_edge_reports_become_pushpin_conn_and_sub_packets():
             b"subscribers": 1,
         },
     )
+
+
+def test_requests_and_activity_per_route_wake_the_sender_once():
+    cs = on()
+    woken = []
+    cs.on_activity = lambda: woken.append(1)
+    cs.request(None)
+    cs.request("api")
+    cs.request(None)
+    cs.activity(None, 2)  # e.g. two stream keep-alives
+    assert woken == [1] and cs.activity_pending
+    m = take(cs, 1.0)
+    assert m["activity"] == [["", 4], ["api", 1]] and m["requests"] == 3
+    assert not cs.activity_pending
+    m = take(cs, 2.0)
+    assert "activity" not in m and "requests" not in m  # left out when there is none
+    cs.request(None)
+    assert woken == [1, 1]
+
+
+def test_activity_not_kept_while_stats_are_off():
+    cs = ConnStats("e")
+    cs.request("api")
+    assert not cs.activity_pending
+    cs.enable(120)
+    cs.enable(0)
+    assert take(cs, 1.0) is None
+
+
+def test_frequent_reports_do_not_speed_up_refreshes():
+    cs = on(ttl=4)  # 3 buckets of one second
+    for i in range(3):
+        cs.opened(f"s{i}", "", 0.0)
+    take(cs, 0.0)  # all three reported (new) and placed one per bucket
+    refreshed = []
+    for k in range(1, 31):  # ten reports a second (activity) for three seconds
+        cs.request(None)
+        m = take(cs, k / 10)
+        refreshed += [c[0] for c in m["conns"]]
+    # one bucket a second: each connection refreshed once per 3 s, not ten times as often
+    assert sorted(refreshed) == [f"gripcast-edge0_9:{i}" for i in range(1, 4)]
+
+
+def test_edge_activity_becomes_pushpin_activity_and_counts_packets():
+    cs = on()
+    cs.request("r1")
+    m = take(cs, 1.0)
+    enc = StatsEncoder("gripcast-broker_3")
+    frames = enc.edge_report(m, 1.0)
+    kinds = [f.partition(b" ")[0] for f in frames]
+    assert kinds == [b"activity", b"counts"]
+    fields = tnetstring.loads(frames[0].partition(b" T")[2])
+    assert fields == {b"from": b"gripcast-broker_3", b"route": b"r1", b"count": 1}

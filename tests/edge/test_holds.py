@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edge.grip.holds import HoldRegistry, LinkRefused, grip_last, resolve_link
-from edge.routes import parse_routes
+from edge.grip.holds import HoldRegistry, LinkRefused, LinkTarget, grip_last, resolve_link
+from edge.grip.instruct import Hold
+from edge.grip.session import ResponseSession
+from edge.routes import Target, parse_routes
 
 ROUTE = parse_routes(["* 127.0.0.1:8080 origin.internal:80"]).routes[0]
 
@@ -21,7 +23,12 @@ ROUTE = parse_routes(["* 127.0.0.1:8080 origin.internal:80"]).routes[0]
     ],
 )
 def test_resolve_link(link, expect):
-    assert resolve_link(link, "client.example:7999", "/dir/page?x=1", ROUTE) == expect
+    got = resolve_link(link, "client.example:7999", "/dir/page?x=1", ROUTE)
+    assert got == LinkTarget(*expect)
+    # next_link_other_hosts changes nothing for links that stay on the route's origin
+    assert (
+        resolve_link(link, "client.example:7999", "/dir/page?x=1", ROUTE, other_hosts=True) == got
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,6 +45,32 @@ def test_other_hosts_are_refused(link):
         resolve_link(link, "client.example:7999", "/p", ROUTE)
 
 
+@pytest.mark.parametrize(
+    "link, target, path",
+    [
+        (
+            "http://evil.example/n?q=1",
+            Target("evil.example", 80, host_header="evil.example"),
+            b"/n?q=1",
+        ),
+        (
+            "https://far.example:8443/x",
+            Target("far.example", 8443, ssl=True, host_header="far.example:8443"),
+            b"/x",
+        ),
+        ("//evil.example/n", Target("evil.example", 80, host_header="evil.example"), b"/n"),
+    ],
+)
+def test_other_hosts_are_fetched_there_when_allowed(link, target, path):
+    got = resolve_link(link, "client.example:7999", "/p", ROUTE, other_hosts=True)
+    assert got == LinkTarget(path, False, (target,), external=True)
+
+
+def test_non_http_links_are_refused_even_when_other_hosts_are_allowed():
+    with pytest.raises(LinkRefused):
+        resolve_link("ftp://far.example/n", "client.example:7999", "/p", ROUTE, other_hosts=True)
+
+
 def test_grip_last_strips_the_route_prefix_and_skips_unknown():
     assert grip_last(["p-a", "p-b", "p-c"], "p-", {"p-a": "1", "p-c": "x;y"}) == [
         (b"Grip-Last", b"a; last-id=1"),
@@ -45,20 +78,18 @@ def test_grip_last_strips_the_route_prefix_and_skips_unknown():
     ]
 
 
-class S:
-    hinted = 0
-
-    def hint(self):
-        self.hinted += 1
-
-
-def test_registry_recover_and_first_subscription_deadline():
-    reg = HoldRegistry()
-    a, b = S(), S()
+def test_registry_recover_queues_low_priority_updates_and_first_subscription_deadline():
+    reg = HoldRegistry(updates_per_s=10)
+    a, b = (
+        ResponseSession(Hold(mode="response"), True, 60.0),
+        ResponseSession(Hold(mode="response"), True, 60.0),
+    )
     reg.add(a)
     reg.add(b)
     reg.discard(b)
-    assert reg.recover() == 1 and a.hinted == 1 and b.hinted == 0
+    assert reg.recover(5.0) == 1 and not a.retry and not b.retry
+    assert reg.limiter.next_due() == pytest.approx(5.1)  # Pushpin's batch wait: one interval
+    assert reg.limiter.pop_due(5.1) == [a]
     reg.first_subscribed("c", 10.0)
     assert reg.first_sub_deadline(["c", "d"], 10.2) == 11.0
     assert reg.first_sub_deadline(["c"], 11.5) is None

@@ -59,7 +59,7 @@ def test_pushpin_header_rules():
         assert gone not in names
     assert b"Grip-Sig: tok" in headers and b"grip-last: x" not in headers
     assert (
-        b"Grip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:var-subst"
+        b"Grip-Feature: status, link:next, link:gone, filter:skip-self, filter:skip-users, filter:require-sub, filter:build-id, filter:var-subst"
         in headers
     )
     assert b"X-Forwarded-For: 1.2.3.4" in headers and b"Cookie: a=b" in headers

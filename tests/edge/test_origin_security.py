@@ -15,6 +15,7 @@ from broker.errors import ConfigError
 from edge.grip.holds import grip_last
 from edge.origin.client import OriginClient, RequestHeadError, ResponseHead
 from edge.routes import parse_routes
+from edge.upstream import Upstream
 from edge.ws.over_http import woh_headers
 from edge.ws.proxy import WsOrigin, client_handshake
 from tests.edge.test_http import parse
@@ -229,20 +230,19 @@ def test_chunked_trailers_are_dropped():
 
 
 @pytest.mark.parametrize(
-    "line", ["* o:443,ssl", "*,proto=ws o:443,ssl", "example.com,path_beg=/ws o:80 p:443,ssl"]
+    "line",
+    [
+        "* o:443,ssl",
+        "*,proto=ws o:443,ssl",
+        "example.com,path_beg=/ws o:80 p:443,ssl",
+        "*,proto=http o:443,ssl",
+        "* o:80,over_http p:443,ssl",
+    ],
 )
-def test_websocket_route_with_an_ssl_target_is_refused_at_start(line):
-    with pytest.raises(ConfigError) as err:
-        parse_routes(["* other:80", line])
-    assert err.value.problems == [err.value.problems[0]]
-    assert err.value.problems[0].startswith("routes line 2: target ")
-    assert "has ssl" in err.value.problems[0] and "not supported" in err.value.problems[0]
-
-
-@pytest.mark.parametrize("line", ["*,proto=http o:443,ssl", "* o:80,over_http p:443,ssl"])
-def test_http_only_or_over_http_ssl_targets_still_parse(line):
-    # HTTP toward an ssl target is refused per request with 502 (edge.origin.client.open_origin)
-    assert parse_routes([line]).routes[0].targets[-1].ssl
+def test_ssl_targets_parse_for_every_kind_of_route(line):
+    # TLS toward origins (issue 14): HTTP, WebSocket-over-HTTP and WebSocket-to-WebSocket all
+    # connect with TLS to an ssl target (tests/edge/test_origin_tls.py: never in plaintext)
+    assert parse_routes(["other.example other:80", line]).routes[-1].targets[-1].ssl
 
 
 # -- item 1, WebSocket to WebSocket: a 103 before the 101 -------------------------------------
@@ -254,6 +254,7 @@ class _WsApp:
 
     def __init__(self) -> None:
         self.origin_client = OriginClient()
+        self.upstream = Upstream()
 
     def sign(self, route):
         return None

@@ -46,7 +46,16 @@ def test_tokenize(line, sections):
         ("* h:1,bogus", "unknown target property 'bogus'"),
         ("* nohost", "bad target"),
         ("* h:99999", "bad target port"),
-        ("* test", "not supported"),
+        ("* zhttp/tcp://127.0.0.1:5000", "over ZeroMQ (zhttp) are not supported"),
+        ("*,sockjs=/s h:1", "'sockjs' is not supported: SockJS"),
+        ("*,sockjs_as_path=/s h:1", "'sockjs_as_path' is not supported"),
+        ("*,auto_cross_origin h:1", "use aco on the route"),
+        ("* h:1,client_cert=", "client_cert= needs a file path"),
+        ("* h:1,client_key=k.pem", "client_key= needs client_cert="),
+        ("* h:1,ipc_file_mode=600", "only applies to zhttp/ targets"),
+        ("*,jsonp_mode=fancy h:1", "jsonp_mode must be basic or extended"),
+        ("*,log_level=loud h:1", "log_level must be an integer"),
+        ('*,jsonp_defmethod="G T" h:1', "jsonp_defmethod must be an HTTP method"),
         ("*,path_rem=x h:1", "path_rem must be an integer"),
         ("*,header=nocolon h:1", "header must be Name:value"),
     ],
@@ -173,3 +182,38 @@ def test_path_rewriting(route_line, path, expected):
 )
 def test_strip_port(host, bare):
     assert strip_port(host) == bare
+
+
+def test_pushpin_route_options_are_parsed():
+    t = parse_routes(
+        [
+            "*,id=a,aco,jsonp_mode=basic,jsonp_cb=cb,jsonp_body=b,jsonp_defcb=f,log_level=1 h:1",
+            "*,path_beg=/o,orig_headers,session h:2,untrusted",
+            "*,path_beg=/e,aco,jsonp_defmethod=PUT h:3",
+        ]
+    )
+    a, o, e = t.routes
+    assert a.aco and a.log_level == 1 and a.name == "a"
+    assert (a.jsonp.extended, a.jsonp.callback_param, a.jsonp.body_param) == (False, "cb", "b")
+    assert (a.jsonp.default_callback, a.jsonp.default_method) == ("f", "POST")
+    assert o.orig_headers and o.session and o.targets[0].untrusted and o.name == "line2"
+    assert e.jsonp.extended and e.jsonp.default_method == "PUT"
+    # session does nothing without a state service (as in Pushpin): said at load, not silent
+    assert any("line 2: session has no effect" in w for w in t.warnings)
+
+
+def test_test_target_binds_to_the_edges_test_origin():
+    t = parse_routes(["*,path_beg=/t/ test", "*,path_beg=/u h:1,over_http"])
+    assert t.has_test_targets and str(t.routes[0].targets[0]) == "test"
+    bound = t.bind_test_origin("127.0.0.1", 4321)
+    assert not bound.has_test_targets
+    r = bound.routes[0]
+    assert (r.targets[0].host, r.targets[0].port) == ("127.0.0.1", 4321)
+    assert r.rewrite_path("/t/stream?channel=x") == "/stream?channel=x"
+    assert bound.routes[1] is t.routes[1]
+
+
+def test_shared_id_selects_no_route():
+    t = parse_routes(["*,id=x,path_beg=/a h:1", "*,id=x,path_beg=/b h:2", "*,id=y h:3"])
+    assert t.by_id("x") is None
+    assert t.by_id("y") is t.routes[2]

@@ -182,7 +182,9 @@ async def _drive(kind: str, ops: list[str], chunked: bool) -> None:
                 s = ResponseSession(Hold(mode="response", body=b"t"), keep_alive=True, deadline=9)
             else:
                 app = SimpleNamespace(nursery=nursery, deliverer=d)
-                s = WsSession(app, _Fd(fd), side=None, prefix=None, now=0.0, max_message=1 << 20)
+                # the origin side is told of a published close (edge.ws.over_http)
+                side = SimpleNamespace(close_published=lambda: None)
+                s = WsSession(app, _Fd(fd), side=side, prefix=None, now=0.0, max_message=1 << 20)
             net.sessions[fd] = s
             hub.add(s, ["c"], 0.0)
             first_result = None

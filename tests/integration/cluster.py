@@ -29,7 +29,10 @@ def write_config(path, ports: dict, routes: list[str], **extra) -> str:
     lines += [f"{k} = {v}" for k, v in ports.items()]
     lines.append("routes = [" + ", ".join(f'"{r}"' for r in routes) + "]")
     for k, v in extra.items():
-        lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
+        if isinstance(v, bool):
+            lines.append(f"{k} = {str(v).lower()}")
+        else:
+            lines.append(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"')
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 

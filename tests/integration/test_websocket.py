@@ -5,13 +5,11 @@ a WebSocket origin written with ``websockets`` (WS-to-WS), publishes with gripco
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import signal
-import socket
 import threading
 import time
+import zlib
 
 import httpx
 import jwt
@@ -24,6 +22,7 @@ from tests.helpers import wait_for
 from tests.integration.cluster import Cluster
 from tests.integration.test_faults import restart_broker
 from tests.integration.wsorigin import WohOriginApp
+from tests.integration.wsraw import raw_ws
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -113,7 +112,8 @@ def test_woh_origin_close_unsubscribe_controls_and_limits(woh):
             await ws.send("ka")
             assert await recv(ws, 3) == "ka!"  # keep-alive, interval 1 s
             assert await recv(ws, 3) == "ka!"
-            await ws.ping(b"p")  # answered by the edge
+            await asyncio.wait_for(await ws.ping(b"p"), 5)  # relayed: the origin answers
+            assert origin.events("PING") == [("PING", b"p")]
             await ws.send("close")
             with pytest.raises(websockets.ConnectionClosed) as exc:
                 while True:
@@ -173,27 +173,6 @@ def test_woh_open_rejected_and_disconnect(tmp_path):
                 headers={"Content-Type": "application/websocket-events"},
             )
             assert r.status_code == 403
-
-
-def raw_ws(port, path, rcvbuf=None):
-    """A raw client socket past the handshake (for clients that misbehave on purpose)."""
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    s.settimeout(10)
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return s
 
 
 def test_reliable_websocket_prev_id_misses_nothing(woh):
@@ -346,6 +325,7 @@ def test_ws_to_ws_proxy_with_grip_extension(tmp_path):
                 async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/x") as ws:
                     await ws.send("hi")
                     assert await recv(ws) == "hi"
+                    await asyncio.wait_for(await ws.ping(b"x"), 5)  # relayed to the origin
                     await asyncio.to_thread(publish, cluster, "wsws", WebSocketMessageFormat("pub"))
                     assert await recv(ws) == "pub"
                     await ws.send("close")
@@ -434,3 +414,60 @@ def test_route_prefix_applies_to_websocket_channels(tmp_path):
                     assert await recv(ws) == "again t1-news"
 
             asyncio.run(main())
+
+
+def test_permessage_deflate_when_allowed(tmp_path):
+    """``allow_compression``: the websockets client's permessage-deflate offer is accepted with
+    ``server_no_context_takeover``; client and origin messages and publishes go compressed, a
+    published message as the same bytes to every compressed client."""
+    from tests.integration.wsraw import read_frame_full
+
+    with WohOriginApp() as origin:
+        with Cluster(
+            tmp_path, routes=[f"* 127.0.0.1:{origin.port},over_http"], allow_compression=True
+        ) as cluster:
+            port = cluster.edge_ports[0]
+            offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+            heads: list = []
+            raws = [raw_ws(port, "/ws?channel=z", headers=offer, head_out=heads) for _ in range(2)]
+            plain = raw_ws(port, "/ws?channel=z")
+            text = "compressible " * 50
+
+            async def main():
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws?channel=z") as ws:
+                    ext = ws.response.headers["Sec-WebSocket-Extensions"]
+                    assert ext == "permessage-deflate; server_no_context_takeover"
+                    await ws.send(text)  # compressed by the client, with context takeover
+                    assert await recv(ws) == text
+                    await ws.send(text)
+                    assert await recv(ws) == text
+                    await asyncio.to_thread(publish, cluster, "z", WebSocketMessageFormat(text))
+                    assert await recv(ws) == text
+
+            try:
+                asyncio.run(main())
+                assert b"server_no_context_takeover" in heads[0]
+                frames = [read_frame_full(s) for s in raws]
+                assert frames[0] == frames[1]  # the same compressed bytes for both
+                op, fin, rsv1, payload = frames[0]
+                assert (op, fin, rsv1) == (1, True, True) and len(payload) < len(text)
+                assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == (
+                    text.encode()
+                )
+                assert read_frame_full(plain) == (1, True, False, text.encode())
+            finally:
+                for s in [*raws, plain]:
+                    s.close()
+    assert origin.events("TEXT")[:2] == [("TEXT", text.encode())] * 2  # inflated for the origin
+
+
+def test_no_compression_by_default(woh):
+    origin, cluster = woh
+
+    async def main():
+        async with websockets.connect(f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws") as ws:
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.send("x")
+            assert await recv(ws) == "x"
+
+    asyncio.run(main())

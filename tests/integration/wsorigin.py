@@ -5,7 +5,7 @@ POST /ws?channel=NAME[&prev=ID]: OPEN -> accept with ``grip; message-prefix=""``
 each ``also=NAME`` channel.
 TEXT ``close`` -> CLOSE 4000 "bye"; TEXT ``unsub`` -> unsubscribe; TEXT ``detach`` -> detach;
 TEXT ``ka`` -> keep-alive "ka!" every 1 s (interval); TEXT ``delay`` -> send-delayed "later";
-any other TEXT/BINARY is echoed; CLOSE is answered with CLOSE.  Every request is recorded.
+any other TEXT/BINARY is echoed; CLOSE is answered with CLOSE; PING with PONG (same payload).  Every request is recorded.
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ class WohOriginApp:
                         out.append(WebSocketEvent("BINARY", e.content))
                     elif e.type == "CLOSE":
                         out.append(WebSocketEvent("CLOSE", e.content))
+                    elif e.type == "PING":
+                        out.append(WebSocketEvent("PONG", e.content))
                 self._reply(200, headers, encode_websocket_events(out))
 
             def _reply(self, status, headers, body):
