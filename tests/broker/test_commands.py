@@ -70,7 +70,7 @@ def test_publish_bad_request(args, message):
 
 
 def test_method_not_found():
-    result, reply = run({b"id": b"7", b"method": b"conncheck"})
+    result, reply = run({b"id": b"7", b"method": b"get-zombies"})
     assert reply == {b"id": b"7", b"success": False, b"condition": b"method-not-found"}
     assert result.error == "method-not-found"
 
