@@ -126,11 +126,15 @@ def test_parse_control_requests():
         (req(op="position", rid=3, channel=""), 3, "invalid value"),
         (req(op="replay", rid=4, channel="c", after_seq=-1), 4, "after_seq"),
         (req(op="replay", rid=5, channel="c", epoch=5), 5, "epoch"),
-        (req(op="hello", rid=6), 6, "edge speaks wire version 0, broker speaks wire version 1"),
+        (
+            req(op="hello", rid=6),
+            6,
+            f"edge speaks wire version 0, broker speaks wire version {wire.WIRE_VERSION}",
+        ),
         (
             req(op="hello", rid=7, wire=99),
             7,
-            "edge speaks wire version 99, broker speaks wire version 1",
+            f"edge speaks wire version 99, broker speaks wire version {wire.WIRE_VERSION}",
         ),
         (req(op="hello", rid=8, wire="1"), 8, "'wire' must be a non-negative integer"),
     ],
