@@ -15,9 +15,9 @@ import pytest
 import tnetstring
 import zmq
 
-from tests.differential.harness import OriginRequest, OriginResponse, same_as_pushpin
+from tests.differential.harness import OriginRequest, OriginResponse, open_ws, same_as_pushpin
 from tests.differential.test_ws_diff import KEY, WOH, encode, events, woh_requests
-from tests.integration.wsraw import client_frame, raw_ws, read_frame
+from tests.integration.wsraw import client_frame, read_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -91,7 +91,7 @@ def test_conncheck_and_refresh(each_system, origin, uniq):
     seen = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
         spec = system.command_spec
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             cid = origin.wait_requests(1)[0].header("Connection-Id") or ""
             bcid = cid.encode()
