@@ -19,20 +19,136 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TRANSPORTS = ("stream", "sse", "longpoll", "ws")
 
 
-def _add_load_args(p: argparse.ArgumentParser, churn: bool) -> None:
+def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = False) -> None:
     p.add_argument("--transport", choices=TRANSPORTS, default="sse")
-    p.add_argument("--clients", type=int, default=1000)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument(
-        "--rate", type=float, default=10.0, help="messages per second per channel (default 10)"
-    )
+    if channels:
+        p.add_argument("--channels", type=int, default=1000, help="channels (default 1,000)")
+        p.add_argument(
+            "--per-channel", type=int, default=10, help="clients on each channel (default 10)"
+        )
+        p.add_argument(
+            "--rate",
+            type=float,
+            default=1000.0,
+            help="messages per second over all channels, spread round them (the first step "
+            "of the saturation search; default 1,000)",
+        )
+    else:
+        p.add_argument("--clients", type=int, default=1000)
+        p.add_argument("--channels", type=int, default=1)
+        p.add_argument(
+            "--rate", type=float, default=10.0, help="messages per second per channel (default 10)"
+        )
     p.add_argument(
         "--duration", type=float, default=15.0, help="seconds of publishing (default 15)"
     )
     p.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     p.add_argument("--publisher", choices=("http", "zmq"), default="http")
     p.add_argument(
+        "--batch",
+        type=int,
+        default=100 if channels else 0,
+        help="HTTP publishing: items per POST, each sent when its last item is due "
+        f"(default {100 if channels else 0}; 0: every due item, up to 1,000 per POST)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=int,
+        default=0,
+        help="the origin asks for Grip-Keep-Alive every S seconds (SSE comment, stream newline)",
+    )
+    p.add_argument(
+        "--rest",
+        type=float,
+        default=0.0,
+        help="seconds at rest after connecting, nothing published: server CPU at rest",
+    )
+    p.add_argument(
+        "--source-addrs",
+        type=int,
+        default=0,
+        help="spread the clients over N loopback source addresses 127.0.0.2.. (more than "
+        "~28,000 connections to one port need several; default: 0, one)",
+    )
+    p.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=0,
+        help="large messages: pad every message to about this many bytes (e.g. 16384, 65536)",
+    )
+    p.add_argument(
+        "--publish-conns",
+        type=int,
+        default=4 if channels else 1,
+        help="HTTP publishing: POSTs in flight on as many keep-alive connections "
+        f"(default {4 if channels else 1}; more than 1 can reorder a channel's messages when "
+        "its consecutive ones fall in POSTs in flight together)",
+    )
+    p.add_argument(
         "--target", choices=("gripcast", "pushpin", "both"), default="gripcast" if churn else "both"
+    )
+    p.add_argument(
+        "--order",
+        choices=("alternate", "gripcast-first", "pushpin-first"),
+        default="alternate",
+        help="which target runs first with --target both (default: alternate between "
+        "invocations, remembered in bench/results/.order)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("error", "warning", "info", "debug"),
+        default="warning",
+        help="log level of both targets (Pushpin: 0-3; default warning)",
+    )
+    p.add_argument(
+        "--no-stats",
+        action="store_true",
+        help="turn off both targets' stats socket (Pushpin's handler stats_spec, gripcast's "
+        "stats_spec); on by default on both",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="warm-up connections, each receiving one message, on both targets (default 100)",
+    )
+    p.add_argument(
+        "--late-ms",
+        type=float,
+        default=5000.0,
+        help="a delivery later than this is counted late, not lost (default 5000)",
+    )
+    p.add_argument(
+        "--drain-max",
+        type=float,
+        default=30.0,
+        help="longest wait for stragglers after a step's last publish, s (default 30; it ends "
+        "sooner when everything arrived or nothing came for 5 s)",
+    )
+    p.add_argument(
+        "--saturate",
+        action="store_true",
+        default=channels,
+        help="saturation search: rising rates (x --factor per step) until deliveries fall "
+        "behind, p99 passes --p99-bound-ms, or a message is lost"
+        + (" (on by default here; --no-saturate for one step)" if channels else ""),
+    )
+    if channels:
+        p.add_argument("--no-saturate", dest="saturate", action="store_false")
+    p.add_argument(
+        "--py-spy",
+        default="",
+        metavar="DIR",
+        help="py-spy gripcast's broker and edge0 during step --profile-step (raw collapsed "
+        "stacks in DIR; summarise with python -m bench.profile)",
+    )
+    p.add_argument(
+        "--profile-step", type=int, default=1, help="the step to profile (default 1; 0: every step)"
+    )
+    p.add_argument("--factor", type=float, default=1.5, help="rate step multiplier (default 1.5)")
+    p.add_argument("--max-steps", type=int, default=10, help="saturation steps at most (10)")
+    p.add_argument(
+        "--p99-bound-ms", type=float, default=500.0, help="saturation p99 bound (default 500)"
     )
     p.add_argument(
         "--procs",
@@ -76,9 +192,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_load_args(
         sub.add_parser(
-            "churn", help="clients disconnect and resume (Last-Event-ID); an edge is killed"
+            "churn",
+            help="resume with cursor: clients disconnect and resume (Last-Event-ID); "
+            "an edge is killed",
         ),
         True,
+    )
+    soak = sub.add_parser(
+        "soak",
+        help="soak: connects, disconnects, resumes (with cursor) and publishes for --minutes; "
+        "RSS and open files of every server process sampled each --interval and judged",
+    )
+    _add_load_args(soak, True)
+    soak.add_argument("--minutes", type=float, default=30.0, help="soak length (default 30)")
+    soak.add_argument(
+        "--interval", type=float, default=60.0, help="seconds per sample/step (default 60)"
+    )
+    soak.add_argument(
+        "--quick", action="store_true", help="CI form: 1 minute in 10-second steps, 200 clients"
+    )
+    slow = sub.add_parser(
+        "slow",
+        help="slow readers: one step without, one with every --slow-every-th client reading "
+        "at a trickle (they resume with their cursor when cut); the others' throughput and "
+        "latency compared",
+    )
+    _add_load_args(slow, False)
+    slow.add_argument(
+        "--slow-every", type=int, default=10, help="every Nth client is slow (default 10: 10%%)"
+    )
+    slow.add_argument(
+        "--slow-rate",
+        type=int,
+        default=2048,
+        help="bytes per second a slow reader reads while slowed (default 2048)",
+    )
+    _add_load_args(
+        sub.add_parser(
+            "channels",
+            help="many channels: --channels C of --per-channel K clients each, publishes spread "
+            "round the channels, saturation search",
+        ),
+        False,
+        channels=True,
     )
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
@@ -107,17 +263,30 @@ def out_path(out: str | None, scenario: str, stamp: str) -> Path:
 
 
 def load_config(args) -> LoadConfig:
-    if args.smoke:
-        args.clients, args.duration, args.rate, args.channels = 50, 5.0, 10.0, 1
-    procs = args.procs or (2 if args.clients <= 5000 else 4)
+    rate = args.rate
+    if args.scenario == "channels":
+        if args.smoke:
+            args.channels, args.per_channel, args.duration, rate = 20, 2, 4.0, 40.0
+        args.clients = args.channels * args.per_channel
+        rate = rate / args.channels  # total msgs/s -> per channel
+    elif args.smoke:
+        args.clients, args.duration, rate, args.channels = 50, 5.0, 10.0, 1
+    # one worker holds at most ~15,000 connections (every process is held to 20,000 files)
+    procs = args.procs or max(2 if args.clients <= 5000 else 4, -(-args.clients // 15000))
     procs = max(1, min(procs, args.clients))
-    churn = args.scenario == "churn"
+    soak = args.scenario == "soak"
+    if soak:
+        if args.quick:
+            args.minutes, args.interval, args.clients = 1.0, 10.0, min(args.clients, 200)
+        args.duration = args.interval
+    churn = args.scenario in ("churn", "soak")
+    slow = args.scenario == "slow"
     return LoadConfig(
         scenario=args.scenario,
         transport=args.transport,
         clients=args.clients,
         channels=args.channels,
-        rate=args.rate,
+        rate=rate,
         duration=args.duration,
         edges=args.edges,
         publisher=args.publisher,
@@ -128,8 +297,58 @@ def load_config(args) -> LoadConfig:
         )
         if churn
         else 0.0,
-        kill_edge=churn and not args.no_kill_edge,
+        kill_edge=churn and not args.no_kill_edge and not soak,
+        soak_steps=max(2, round(args.minutes * 60 / args.interval)) if soak else 0,
+        resume=churn or slow,
+        slow_every=args.slow_every if slow else 0,
+        slow_bytes_per_s=args.slow_rate if slow else 2048,
+        batch=args.batch,
+        # never two POSTs in flight holding consecutive messages of one channel
+        payload_bytes=args.payload_bytes,
+        keep_alive_s=args.keep_alive,
+        rest_s=args.rest,
+        source_addrs=args.source_addrs
+        or (-(-args.clients // 20000) if args.clients > 25000 else 0),
+        publish_conns=max(1, min(args.publish_conns, args.channels // args.batch))
+        if args.batch > 0
+        else 1,
+        late_s=args.late_ms / 1000.0,
+        drain_max_s=args.drain_max,
+        log_level=args.log_level,
+        stats=not args.no_stats,
+        warmup=args.warmup,
+        saturate=args.saturate,
+        factor=args.factor,
+        max_steps=args.max_steps,
+        p99_bound_ms=args.p99_bound_ms,
+        profile_dir=args.py_spy,
+        profile_step=args.profile_step,
     )
+
+
+ORDER_FILE = RESULTS_DIR / ".order"
+PUSHPIN_MAX_CLIENTS = 18000
+
+
+def target_order(target: str, order: str, state: Path | None = None) -> list[str]:
+    """The targets to run, in order.  ``alternate`` flips the first one at every invocation
+    (remembered in ``state``), so neither target always runs on a machine the other warmed."""
+    if target != "both":
+        return [target]
+    pair = ["gripcast", "pushpin"]
+    if order == "pushpin-first":
+        return pair[::-1]
+    if order == "gripcast-first":
+        return pair
+    state = state or ORDER_FILE
+    try:
+        last = state.read_text().strip()
+    except OSError:
+        last = "pushpin"
+    first = "pushpin" if last == "gripcast" else "gripcast"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(first + "\n")
+    return [first, "gripcast" if first == "pushpin" else "pushpin"]
 
 
 def _progress(console: Console) -> Progress:
@@ -165,11 +384,19 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"results: {path}")
         return 0 if r.get("ok") else 1
     cfg = load_config(args)
-    targets = ["gripcast", "pushpin"] if args.target == "both" else [args.target]
+    targets = target_order(args.target, args.order)
+    if "pushpin" in targets and cfg.clients > PUSHPIN_MAX_CLIENTS:
+        console.print(
+            f"[red]Pushpin's one connection manager (condure) cannot hold more than about "
+            f"{PUSHPIN_MAX_CLIENTS:,} connections here (20,000 open files per process): compare "
+            f"at {PUSHPIN_MAX_CLIENTS:,} and run gripcast alone above it[/red]"
+        )
+        return 2
     if args.scenario == "churn" and "pushpin" in targets:
         console.print(
-            "note: Pushpin does not resume from Last-Event-ID by itself (its origin must replay), "
-            "so its churn loss is expected; no edge is killed on Pushpin."
+            "note: resume with cursor: Pushpin does not resume from a prev-id by itself (its "
+            "origin must replay through a Grip-Link), so its churn loss is expected; no edge is "
+            "killed on Pushpin."
         )
     runs = {}
     with _progress(console) as progress:
@@ -182,7 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.tls:
         report.print_tls_cost(runs, console)
     path = out_path(args.out, args.scenario, stamp)
-    record = {**meta, "scenario": args.scenario, "config": runs[targets[0]]["config"], "runs": runs}
+    record = {
+        **meta,
+        "scenario": args.scenario,
+        "order": targets,
+        "config": runs[targets[0]]["config"],
+        "runs": runs,
+    }
     if len(runs) == 2:
         record["comparison"] = report.comparison(runs)
     if args.tls:
@@ -190,7 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(record, path)
     pngs = report.plot(runs, path.with_suffix(""))
     console.print(f"results: {path}" + "".join(f"\nplot: {p}" for p in pngs))
-    return 0 if all(r.get("ok") for r in runs.values()) else 1
+    # a soak fails when a process grew or something was lost
+    return (
+        0
+        if all(r.get("ok") and r.get("soak", {}).get("ok") is not False for r in runs.values())
+        else 1
+    )
 
 
 def _cpus() -> int:

@@ -64,7 +64,21 @@ def respond_woh(channel: bytes, body: bytes) -> bytes:
     return b"%sContent-Length: %d\r\n\r\n%s" % (_WOH_HEAD, len(out), out)
 
 
-def respond(path: bytes, last_event_id: bytes | None, resume: bool, body: bytes = b"") -> bytes:
+def keep_alive_header(kind: bytes, seconds: int) -> bytes:
+    """``Grip-Keep-Alive`` for a held stream: an SSE comment, or an empty line (none when 0)."""
+    if not seconds or kind not in (b"sse", b"stream"):
+        return b""
+    data = b":ka\\n\\n" if kind == b"sse" else b"\\n"
+    return b"Grip-Keep-Alive: %s; format=cstring; timeout=%d\r\n" % (data, seconds)
+
+
+def respond(
+    path: bytes,
+    last_event_id: bytes | None,
+    resume: bool,
+    body: bytes = b"",
+    keep_alive: int = 0,
+) -> bytes:
     """The whole response for one request (pure: bytes in, bytes out)."""
     target, _, query = path.partition(b"?")
     parts = target.split(b"/")
@@ -80,16 +94,18 @@ def respond(path: bytes, last_event_id: bytes | None, resume: bool, body: bytes 
         grip_channel = b"Grip-Channel: " + channel + b"; prev-id=" + last_event_id + b"\r\n"
     else:
         grip_channel = b"Grip-Channel: " + channel + b"\r\n"
+    head += keep_alive_header(parts[1], keep_alive)
     return b"%s%sContent-Length: %d\r\n\r\n%s" % (head, grip_channel, len(body), body)
 
 
 class _OriginProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "buf", "resume", "counter")
+    __slots__ = ("transport", "buf", "resume", "counter", "keep_alive")
 
-    def __init__(self, resume: bool, counter: list) -> None:
+    def __init__(self, resume: bool, counter: list, keep_alive: int = 0) -> None:
         self.buf = b""
         self.resume = resume
         self.counter = counter
+        self.keep_alive = keep_alive
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -123,14 +139,14 @@ class _OriginProtocol(asyncio.Protocol):
                 self.transport.close()
                 return
             self.counter[0] += 1
-            self.transport.write(respond(path, last_id, self.resume, body))
+            self.transport.write(respond(path, last_id, self.resume, body, self.keep_alive))
 
 
-async def _serve(sock: socket.socket, resume: bool, ready) -> None:
+async def _serve(sock: socket.socket, resume: bool, ready, keep_alive: int = 0) -> None:
     loop = asyncio.get_running_loop()
     counter = [0]
     server = await loop.create_server(
-        lambda: _OriginProtocol(resume, counter), sock=sock, backlog=4096
+        lambda: _OriginProtocol(resume, counter, keep_alive), sock=sock, backlog=4096
     )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -139,16 +155,16 @@ async def _serve(sock: socket.socket, resume: bool, ready) -> None:
         await stop.wait()
 
 
-def _main(sock: socket.socket, resume: bool, ready) -> None:
+def _main(sock: socket.socket, resume: bool, ready, keep_alive: int = 0) -> None:
     raise_nofile()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    asyncio.run(_serve(sock, resume, ready))
+    asyncio.run(_serve(sock, resume, ready, keep_alive))
 
 
 class Origin:
     """The origin in a child process, listening on a port bound before it starts."""
 
-    def __init__(self, resume: bool = False) -> None:
+    def __init__(self, resume: bool = False, keep_alive: int = 0) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -158,7 +174,10 @@ class Origin:
         parent, child = ctx.Pipe()
         self._ready = parent
         self.proc = ctx.Process(
-            target=_main, args=(self.sock, resume, child), name="bench-origin", daemon=True
+            target=_main,
+            args=(self.sock, resume, child, keep_alive),
+            name="bench-origin",
+            daemon=True,
         )
 
     def start(self) -> Origin:

@@ -118,8 +118,35 @@ def _stat_fields(pid: int) -> list[str] | None:
     return [data[data.index("(") + 1 : rparen]] + data[rparen + 2 :].split()
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every live descendant of it (scanning /proc once)."""
+def _thread_ids(pid: int) -> list[int]:
+    """Every thread id of ``pid`` (its own pid first); just ``[pid]`` if it is gone."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+    return [pid] + [t for t in tids if t != pid]
+
+
+def _task_children(pid: int) -> list[int] | None:
+    """Children of every thread of ``pid`` from ``/proc/<pid>/task/<tid>/children`` (a process
+    started from a worker thread, as trio's ``open_process`` does, is listed under that
+    thread only); None where the kernel has no such file (CONFIG_PROC_CHILDREN off)."""
+    out: list[int] = []
+    for tid in _thread_ids(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None
+        except OSError:
+            continue
+    return out
+
+
+def _ppid_index() -> dict[int, list[int]]:
+    """{parent pid: [child pids]} from one scan of /proc (``ppid`` of every process)."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -128,12 +155,30 @@ def descendants(root: int) -> list[int]:
         if f is None:
             continue
         children.setdefault(int(f[2]), []).append(int(name))  # f[2] = ppid
-    out, todo = [], [root]
+    return children
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every live descendant of it: the children of every thread of every process
+    in the tree.  Uses ``/proc/<pid>/task/<tid>/children`` where the kernel has it, else one
+    scan of every process's ``ppid`` (keyed by each thread id of a parent as well as by its
+    pid, so a child whose parent is reported as a thread is found either way)."""
+    index: dict[int, list[int]] | None = None
+    out: list[int] = []
+    seen: set[int] = set()
+    todo = [root]
     while todo:
         pid = todo.pop()
-        if os.path.exists(f"/proc/{pid}"):
-            out.append(pid)
-            todo.extend(children.get(pid, ()))
+        if pid in seen or not os.path.exists(f"/proc/{pid}"):
+            continue
+        seen.add(pid)
+        out.append(pid)
+        kids = _task_children(pid)
+        if kids is None:
+            if index is None:
+                index = _ppid_index()
+            kids = [k for tid in _thread_ids(pid) for k in index.get(tid, ())]
+        todo.extend(kids)
     return out
 
 
@@ -146,6 +191,14 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of ``pid`` (0 if it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def cpu_s(pid: int) -> float:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 
-def format_item(transport: str, channel: str, seq: int, now: float) -> dict:
-    text = f"M{seq} {now:.6f}"
+def format_item(transport: str, channel: str, seq: int, now: float, pad: str = "") -> dict:
+    """Message ``seq``: ``M<seq> <now>``, then ``pad`` (a space and filler, for large
+    messages; the client's parser reads the number and the time only)."""
+    text = f"M{seq} {now:.6f}{pad}"
     if transport == "sse":
         formats = {"http-stream": {"content": f"id: {seq}\ndata: {text}\n\n"}}
     elif transport == "longpoll":
@@ -45,26 +47,59 @@ def probe_item(transport: str, channel: str, k: int) -> dict:
 
 
 class HttpPublisher:
-    def __init__(self, url: str) -> None:
+    """POSTs to ``/publish/`` over ``conns`` keep-alive connections: with more than one, a POST
+    goes out on the next connection before the answers of the others were read (up to
+    ``conns`` in flight), so the publisher is not held to one round trip per POST on a busy
+    machine.  A POST's answer is read before its connection is used again, and at ``close``."""
+
+    def __init__(self, url: str, conns: int = 1) -> None:
         u = urlsplit(url)
         self.host, self.port = u.hostname, u.port
-        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        self.conns = [self._connect() for _ in range(max(1, conns))]
+        self.pending = [False] * len(self.conns)
+        self.next = 0
+        self.conn = self.conns[0]
 
-    def publish(self, items: list[dict]) -> None:
-        body = json.dumps({"items": items}).encode()
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=10)
+
+    def _finish(self, i: int) -> None:
+        """Read the answer of the POST in flight on connection ``i``."""
+        self.pending[i] = False
         try:
-            self.conn.request("POST", "/publish/", body, {"Content-Type": "application/json"})
-            resp = self.conn.getresponse()
+            resp = self.conns[i].getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException):
-            self.conn.close()
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            self.conns[i].close()
+            self.conns[i] = self._connect()
             raise
         if resp.status != 200:
             raise RuntimeError(f"publish answered {resp.status}: {data[:200]!r}")
 
+    def publish(self, items: list[dict]) -> None:
+        body = json.dumps({"items": items}).encode()
+        i = self.next
+        self.next = (i + 1) % len(self.conns)
+        if self.pending[i]:
+            self._finish(i)  # an error here belongs to an earlier POST: still reported
+        try:
+            self.conns[i].request("POST", "/publish/", body, {"Content-Type": "application/json"})
+        except (OSError, http.client.HTTPException):
+            self.conns[i].close()
+            self.conns[i] = self._connect()
+            raise
+        self.pending[i] = True
+        if len(self.conns) == 1:
+            self._finish(i)
+
     def close(self) -> None:
-        self.conn.close()
+        try:
+            for i, busy in enumerate(self.pending):
+                if busy:
+                    self._finish(i)
+        finally:
+            for c in self.conns:
+                c.close()
 
 
 class ZmqPublisher:
@@ -87,8 +122,8 @@ class ZmqPublisher:
         self.ctx.term()
 
 
-def open_publisher(kind: str, url: str, spec: str):
-    return ZmqPublisher(spec) if kind == "zmq" else HttpPublisher(url)
+def open_publisher(kind: str, url: str, spec: str, conns: int = 1):
+    return ZmqPublisher(spec) if kind == "zmq" else HttpPublisher(url, conns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,29 +136,61 @@ class PublishPlan:
     rate: float  # messages per second per channel
     duration: float
     start_at: float  # time.time() to start at
+    base: int = 0  # the first message of each channel has seq base + 1
+    batch: int = 0  # HTTP: items per POST (0: every item due, at most 1000 per POST)
+    conns: int = 1  # HTTP: POSTs in flight (keep-alive connections)
+    payload_bytes: int = 0  # pad each message's text to about this many bytes
+
+
+def padding(payload_bytes: int) -> str:
+    """The filler that makes a message text about ``payload_bytes`` long (none when 0)."""
+    n = payload_bytes - 20  # ``M<seq> <time>`` is about 20 characters
+    return " " + "x" * (n - 1) if n > 1 else ""
+
+
+def plan_total(plan: PublishPlan) -> int:
+    """How many items the plan publishes: ``rate x duration`` per channel (at least one)."""
+    return max(1, int(plan.rate * plan.duration)) * plan.channels
+
+
+def item_of(k: int, channels: int, base: int) -> tuple[str, int]:
+    """The ``k``-th item (from 0) of a plan: its channel and seq.  Items go round the
+    channels, so publishes are spread evenly over them in time."""
+    return f"c{k % channels}", base + k // channels + 1
+
+
+def published_counts(sent: int, channels: int) -> dict[str, int]:
+    """Messages each channel got when the first ``sent`` items went out."""
+    q, r = divmod(sent, channels)
+    return {f"c{i}": q + (1 if i < r else 0) for i in range(channels)}
 
 
 def publisher_main(plan: PublishPlan, pipe) -> None:
-    """Publish ``rate`` msg/s to every channel for ``duration`` s; send back what was published."""
+    """Publish ``rate`` msg/s to every channel for ``duration`` s (``rate x channels`` items/s in
+    all, round the channels); send back what was published.  With ``batch`` B each HTTP POST
+    carries B items and goes out when its last item is due."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pub = open_publisher(plan.kind, plan.url, plan.spec)
-    channels = [f"c{i}" for i in range(plan.channels)]
-    total = max(1, int(plan.rate * plan.duration))
+    pub = open_publisher(plan.kind, plan.url, plan.spec, plan.conns)
+    total = plan_total(plan)
+    per_s = plan.rate * plan.channels  # items per second
+    chunk = plan.batch if plan.batch > 0 and plan.kind == "http" else 0
+    pad = padding(plan.payload_bytes)
     errors, error_text, calls = 0, "", 0
-    published = 0  # seq of the last message published (same on every channel)
+    sent = 0
     while time.time() < plan.start_at:
         time.sleep(min(0.01, max(0.0, plan.start_at - time.time())))
     start = time.time()
-    while published < total:
+    while sent < total:
         now = time.time()
-        due = min(total, int((now - start) * plan.rate) + 1)
-        if due > published:
-            # at most 1000 items per POST; a late tick catches up over several calls
-            due = min(due, published + max(1, 1000 // len(channels)))
+        due = min(total, int((now - start) * per_s) + 1)
+        if chunk and due < total:
+            due = sent + (due - sent) // chunk * chunk  # whole batches only
+        if due > sent:
+            # a late tick catches up over several calls
+            end = min(due, sent + (chunk or 1000))
             items = [
-                format_item(plan.transport, ch, seq, now)
-                for seq in range(published + 1, due + 1)
-                for ch in channels
+                format_item(plan.transport, *item_of(k, plan.channels, plan.base), now, pad)
+                for k in range(sent, end)
             ]
             try:
                 pub.publish(items)
@@ -131,25 +198,38 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
                 errors += len(items)
                 error_text = repr(exc)[:300]
             calls += 1
-            published = due
+            sent = end
             if pipe.poll():
                 if pipe.recv() == "stop":
                     break
-        next_at = start + published / plan.rate
-        delay = next_at - time.time()
+            if sent < due:
+                continue
+        next_k = min(total, sent + (chunk or 1)) - 1  # the item whose due time we wait for
+        delay = start + next_k / per_s - time.time()
         if delay > 0:
             time.sleep(delay)
     elapsed = time.time() - start
-    pub.close()
+    try:
+        pub.close()  # reads the answers still in flight
+    except Exception as exc:
+        errors += 1
+        error_text = repr(exc)[:300]
+    counts = published_counts(sent, plan.channels)
     pipe.send(
         {
-            "published": {ch: published for ch in channels},
-            "per_channel": published,
-            "items": published * len(channels),
+            "published": counts,
+            "base": plan.base,
+            "per_channel": max(counts.values()),
+            "items": sent,
             "errors": errors,
             "error": error_text,
             "calls": calls,
+            "items_per_call": round(sent / calls, 1) if calls else None,
             "elapsed_s": round(elapsed, 3),
-            "rate_achieved": round(published * len(channels) / elapsed, 1) if elapsed > 0 else None,
+            "offered_per_s": round(per_s, 1),
+            "rate_achieved": round(sent / elapsed, 1) if elapsed > 0 else None,
+            # how long after its schedule the last item went out: the publisher's own limit
+            "lag_s": round(elapsed - (total - 1) / per_s, 3),
+            "cpu_s": round(time.process_time(), 3),  # the publisher process's own CPU
         }
     )

@@ -11,6 +11,16 @@ from rich.table import Table
 
 # (label, getter, better): better is "high", "low" or None (no ratio judgement)
 METRICS = [
+    (
+        "saturation: limit deliveries/s (best unsaturated step)",
+        lambda r: r["saturation"]["limit_deliveries_per_s"],
+        "high",
+    ),
+    (
+        "saturation: saturated at msg/s (why)",
+        lambda r: _saturated(r),
+        None,
+    ),
     ("deliveries/s (received / time to receive)", lambda r: r["deliveries"]["per_s"], "high"),
     (
         "deliveries/s (median second while publishing)",
@@ -22,13 +32,29 @@ METRICS = [
         lambda r: f"{r['deliveries']['received']} / {r['deliveries']['expected']}",
         None,
     ),
+    (
+        "payload MB/s delivered",
+        lambda r: round(r["deliveries"]["payload_bytes_per_s"] / 1e6, 2),
+        "high",
+    ),
     ("latency p50 ms", lambda r: r["latency_ms"]["p50"], "low"),
     ("latency p90 ms", lambda r: r["latency_ms"]["p90"], "low"),
     ("latency p99 ms", lambda r: r["latency_ms"]["p99"], "low"),
     ("latency max ms", lambda r: r["latency_ms"]["max"], "low"),
     ("connections/s while establishing", lambda r: r["connect"]["rate_per_s"], "high"),
+    ("at rest: server core share (keep-alive s)", lambda r: _rest(r), None),
+    (
+        "at rest: server CPU us per connection-second",
+        lambda r: r["rest"]["server_cpu_us_per_conn_s"],
+        "low",
+    ),
     ("connect failures (retried)", lambda r: r["connect"]["failures"], None),
-    ("memory per held connection KiB", lambda r: r["memory"]["per_conn_kib"], "low"),
+    (
+        "memory per held connection KiB (whole process tree)",
+        lambda r: r["memory"]["per_conn_kib"],
+        "low",
+    ),
+    ("server processes measured", lambda r: r["memory"]["processes"], None),
     (
         "server RSS before / after connect MiB",
         lambda r: (
@@ -36,7 +62,13 @@ METRICS = [
         ),
         None,
     ),
-    ("messages lost (all clients)", lambda r: r["loss"]["lost"], "low"),
+    (
+        "late deliveries (after late ms; counted delivered)",
+        lambda r: f"{r['late']['count']:,} (>{r['late']['late_after_ms']} ms)",
+        None,
+    ),
+    ("late deliveries latency p50 / p99 / max ms", lambda r: _late(r), None),
+    ("messages lost (never arrived; all clients)", lambda r: r["loss"]["lost"], "low"),
     ("messages duplicated (all clients)", lambda r: r["loss"]["duplicated"], "low"),
     (
         "clients with loss / with dups",
@@ -56,9 +88,26 @@ METRICS = [
     ),
     ("publish errors", lambda r: r["publish"]["errors"], None),
     ("server CPU s, publish phase", lambda r: _cpu(r, "server"), "low"),
+    ("server CPU us per delivery (all server processes)", lambda r: _us_per(r), "low"),
     ("load-generator CPU s, publish phase", lambda r: _cpu(r, "loadgen"), None),
     ("busiest process (core share)", lambda r: _busiest(r), None),
 ]
+
+
+def _saturated(r):
+    s = r["saturation"]
+    if s["saturated_rate"] is None:
+        return f"not saturated ({s['stopped_by']})"
+    return f"{s['saturated_rate'] * r['config']['channels']:,.6g}: " + "; ".join(
+        s["saturated_reasons"]
+    )
+
+
+def _late(r):
+    la = r["late"]
+    if not la["count"]:
+        return "-"
+    return f"{_fmt(la['p50_ms'])} / {_fmt(la['p99_ms'])} / {_fmt(la['max_ms'])}"
 
 
 def _worst(r):
@@ -68,6 +117,18 @@ def _worst(r):
 
 def _cpu(r, role):
     return round(sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["role"] == role), 2)
+
+
+def _rest(r):
+    x = r["rest"]
+    return f"{x['server_core_share']:.3f} ({x['keep_alive_s'] or 'off'})"
+
+
+def _us_per(r):
+    """Server CPU microseconds per delivery in the publish phase: the per-message cost, which
+    (unlike latency) moves little when other work on the machine takes the CPU."""
+    n = r["deliveries"]["received"]
+    return round(_cpu(r, "server") * 1e6 / n, 1) if n else None
 
 
 def _busiest(r):
@@ -133,8 +194,12 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     cfg = runs[ok[0]]["config"]
     title = (
         f"{cfg['scenario']}: {cfg['transport']}, {cfg['clients']} clients, {cfg['channels']} channel(s), "
-        f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}, "
-        f"gripcast edges {cfg['edges']}"
+        f"{cfg['rate']:g} msg/s per channel, {cfg['duration']:g} s, publisher {cfg['publisher']}"
+        f"{' batch ' + str(cfg['batch']) if cfg.get('batch') else ''}, "
+        f"gripcast edges {cfg['edges']}; log level {cfg.get('log_level')}, stats "
+        f"{'on' if cfg.get('stats') else 'off'} on both; clients "
+        f"{'resume with cursor' if cfg.get('resume') else 'reconnect without cursor'}"
+        f"{'; saturation search' if cfg.get('saturate') else ''}; order {' then '.join(names)}"
     )
     table = Table(title=title)
     table.add_column("metric")
@@ -144,6 +209,8 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         table.add_column(f"{ok[0]} / {ok[1]}", justify="right")
     for label, getter, better in METRICS:
         vals = [_value(getter, runs[n]) for n in ok]
+        if label.startswith(("saturation", "at rest")) and all(v is None for v in vals):
+            continue  # not a saturation search / no rest phase
         cells = [_fmt(v) for v in vals]
         if len(ok) == 2:
             rt = ratio_of(vals[0], vals[1], better)
@@ -154,6 +221,17 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
                 cells.append(f"[{'green' if good else 'red'}]{rt:.2f}x[/]")
         table.add_row(label, *cells)
     console.print(table)
+    for n in ok:
+        if runs[n].get("saturation"):
+            print_steps(n, runs[n], console)
+    for n in ok:
+        if runs[n].get("slow_effect"):
+            print_slow(n, runs[n], console)
+    for n in ok:
+        if runs[n].get("soak"):
+            print_soak(n, runs[n], console)
+    for n in ok:
+        print_memory(n, runs[n], console)
     for n in ok:
         r = runs[n]
         t = Table(
@@ -175,6 +253,123 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         console.print(t)
         if "edge_kill" in r:
             console.print(f"{n}: edge kill: {r['edge_kill']}")
+
+
+def print_steps(name: str, r: dict, console: Console) -> None:
+    """The saturation search of one target: one row per rate step."""
+    s = r["saturation"]
+    t = Table(
+        title=f"{name}: saturation search (stopped: {s['stopped_by']}; limit "
+        f"{_fmt(s['limit_deliveries_per_s'])} deliveries/s)"
+    )
+    for col in (
+        "msg/s",
+        "offered deliv/s",
+        "deliv/s",
+        "on time",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "late",
+        "lost",
+        "publisher items/s",
+        "server CPU us/deliv",
+        "verdict",
+    ):
+        t.add_column(col, justify="left" if col == "verdict" else "right")
+    for st in r["steps"]:
+        d = st["deliveries"]
+        v = st["saturation"]
+        verdict = "; ".join(v["reasons"]) or "ok"
+        if v["loadgen_limited"]:
+            verdict += f" (load generator: {v['note']})"
+        if v.get("idle_target"):
+            verdict += f" ({v['idle_target']}: the machine's load?)"
+        t.add_row(
+            _fmt(st["msgs_per_s"]),
+            _fmt(st["offered_deliveries_per_s"]),
+            _fmt(d["per_s"]),
+            f"{d['on_time'] / d['expected']:.1%}" if d["expected"] else "-",
+            _fmt(st["latency_ms"]["p50"]),
+            _fmt(st["latency_ms"]["p99"]),
+            _fmt(st["latency_ms"]["max"]),
+            _fmt(st["late"]["count"]),
+            _fmt(st["loss"]["lost"]),
+            _fmt(st["publish"]["rate_achieved"]),
+            _fmt(_us_per(st)),
+            verdict,
+        )
+    console.print(t)
+
+
+def print_slow(name: str, r: dict, console: Console) -> None:
+    """Slow readers: the fast clients without / with the slow ones slowed, and the slow ones."""
+    e = r["slow_effect"]
+    t = Table(
+        title=f"{name}: slow readers (goal: the others keep 90%: "
+        f"{'met' if e['goal_met'] else 'NOT met'})"
+    )
+    for col in ("step", "fast deliv/s", "fast on time", "fast p50 ms", "fast p99 ms", "fast lost"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    for st in r["steps"]:
+        d = st["deliveries"]
+        t.add_row(
+            "slow readers slowed" if st.get("slowed") else "all read at full speed",
+            _fmt(d["per_s"]),
+            f"{d['on_time'] / d['expected']:.1%}" if d["expected"] else "-",
+            _fmt(st["latency_ms"]["p50"]),
+            _fmt(st["latency_ms"]["p99"]),
+            _fmt(st["loss"]["lost"]),
+        )
+    console.print(t)
+    s = e["slow_readers"] or {}
+    console.print(
+        f"{name}: fast clients kept {_fmt(e['fast_throughput_kept'])} of their deliveries/s, "
+        f"p99 x{_fmt(e['fast_p99_ratio'])}; slow readers ({s.get('clients')} at "
+        f"{s.get('bytes_per_s')} B/s): cut {s.get('drops')} times, received "
+        f"{s.get('received')} of {s.get('expected')}, lost {s.get('lost')}, duplicated "
+        f"{s.get('duplicated')}, p99 {_fmt(s.get('p99_ms'))} ms"
+    )
+
+
+def print_soak(name: str, r: dict, console: Console) -> None:
+    v = r["soak"]
+    t = Table(
+        title=f"{name}: soak, {len(r['steps'])} steps "
+        f"({'ok' if v['ok'] else 'FAILED: ' + '; '.join(v.get('problems', []))})"
+    )
+    for col in ("process", "RSS KiB after warm-up", "RSS KiB last", "growth", "fds", "fds last"):
+        t.add_column(col, justify="left" if col == "process" else "right")
+    for p in v["processes"]:
+        t.add_row(
+            p["name"],
+            _fmt(p["rss_kib_after_warmup"]),
+            _fmt(p["rss_kib_last"]),
+            f"{p['rss_growth']:+.1%}",
+            _fmt(p["fds_after_warmup"]),
+            _fmt(p["fds_last"]),
+        )
+    console.print(t)
+
+
+def print_memory(name: str, r: dict, console: Console) -> None:
+    """RSS of every process of the target's tree, before/after the connections, per connection."""
+    m = r["memory"]
+    t = Table(
+        title=f"{name}: memory over the whole process tree ({m['processes']} processes; "
+        f"{_fmt(m['per_conn_kib'])} KiB per connection in all)"
+    )
+    for col in ("process", "pid", "RSS before KiB", "RSS after KiB", "KiB per connection"):
+        t.add_column(col, justify="left" if col == "process" else "right")
+    for p in m["by_process"]:
+        t.add_row(
+            p["name"],
+            str(p["pid"]),
+            _fmt(p["before_kib"]),
+            _fmt(p["after_kib"]),
+            _fmt(p.get("per_conn_kib")),
+        )
+    console.print(t)
 
 
 # what TLS costs a target: HTTPS / plain HTTP of these, from the same ``--tls`` invocation
@@ -311,4 +506,69 @@ def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     out.append(p)
+    soaked = {n: r for n, r in runs.items() if r.get("ok") and r.get("soak")}
+    if soaked:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for n, r in soaked.items():
+            names = sorted({p["name"] for st in r["steps"] for p in st.get("resources", [])})
+            for name in names:
+                pts = [
+                    (i + 1, p)
+                    for i, st in enumerate(r["steps"])
+                    for p in st.get("resources", [])
+                    if p["name"] == name
+                ]
+                a1.plot(
+                    [i for i, _ in pts],
+                    [p["rss_kib"] / 1024 for _, p in pts],
+                    "o-",
+                    label=f"{n} {name}",
+                )
+                a2.plot([i for i, _ in pts], [p["fds"] for _, p in pts], "o-", label=f"{n} {name}")
+        a1.set_ylabel("RSS, MiB")
+        a2.set_ylabel("open file descriptors")
+        for a in (a1, a2):
+            a.set_xlabel("soak step (one sample interval each)")
+            a.grid(True, alpha=0.3)
+            a.legend(fontsize="x-small")
+        a1.set_title("soak: RSS per process")
+        a2.set_title("soak: open files per process")
+        fig.tight_layout()
+        p = stem.with_name(stem.name + "-soak.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(p)
+    searched = {n: r for n, r in runs.items() if r.get("ok") and r.get("saturation")}
+    if searched:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for n, r in searched.items():
+            xs = [st["offered_deliveries_per_s"] for st in r["steps"]]
+            (line,) = a1.plot(xs, [st["deliveries"]["per_s"] for st in r["steps"]], "o-", label=n)
+            a2.plot(
+                xs,
+                [st["latency_ms"]["p99"] for st in r["steps"]],
+                "o-",
+                color=line.get_color(),
+                label=f"{n} p99",
+            )
+        lim = max(
+            max(st["offered_deliveries_per_s"] for st in r["steps"]) for r in searched.values()
+        )
+        a1.plot([0, lim], [0, lim], ":", color="grey", label="offered")
+        a1.set_xlabel("offered deliveries/s")
+        a1.set_ylabel("deliveries/s achieved")
+        a1.set_title("saturation search: throughput")
+        a2.set_xscale("log")
+        a2.set_yscale("log")
+        a2.set_xlabel("offered deliveries/s")
+        a2.set_ylabel("p99 latency, ms")
+        a2.set_title("saturation search: p99")
+        for a in (a1, a2):
+            a.grid(True, which="both", alpha=0.3)
+            a.legend(fontsize="small")
+        fig.tight_layout()
+        p = stem.with_name(stem.name + "-saturation.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(p)
     return out

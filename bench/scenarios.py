@@ -1,13 +1,24 @@
 """Scenarios: one load run against one target (``run_load``), and broker ingest (``run_ingest``).
 
-A load run, in order: start the origin and the target; sample server RSS; start the client
-workers and let them connect (setup rate = clients / time from first connect to last head);
-sample RSS again (memory per held connection); publish probes until every client has seen one
-(so nobody is counted as losing a message published before it was subscribed); publish numbered
-messages for ``duration`` seconds (churn: workers also drop and resume clients, and on gripcast
-one edge is SIGKILLed once); wait for deliveries to stop; collect every worker's counts.
-CPU seconds are sampled from /proc for every server and load-generator process at each phase
-boundary.  Everything started is stopped by PID in ``finally``.
+A load run, in order: start the origin and the target (the same log level and the same stats
+socket on both targets); the same warm-up on both (``targets.warm_up``); sample the RSS of the
+target's whole process tree; start the client workers and let them connect (setup rate =
+clients / time from first connect to last head); sample RSS again (memory per held connection,
+all processes together and per process); publish probes until every client has seen one (so
+nobody is counted as losing a message published before it was subscribed); then one or more
+publishing *steps* with the clients kept connected: one step for a plain run, rising rates for a
+saturation search (``bench.saturation``).  A step publishes numbered messages for ``duration``
+seconds (churn: workers also drop and resume clients, and on gripcast one edge is SIGKILLed
+once), waits for stragglers (until every delivery arrived, or none came for ``stall_s``, at most
+``drain_max_s``), and collects every worker's counts: deliveries later than ``late_s`` after
+their publish are *late* (counted, with their latency), messages that never came are *lost*.
+CPU seconds are sampled from /proc for every server and load-generator process around each
+step.  Everything started is stopped by PID in ``finally``.
+
+Client behaviour is the same on both targets: a client the server drops reconnects, with its
+cursor (SSE ``Last-Event-ID``, HTTP-stream ``?last=``) only when ``resume`` is on, which only
+the ``churn`` scenario (labelled "resume with cursor") does; the origin turns a cursor into
+``prev-id`` for either target.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -23,21 +36,23 @@ from dataclasses import asdict, dataclass
 from bench import procs
 from bench.origin import Origin
 from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_main
-from bench.stats import merge_hists, summarize
-from bench.swarm import WorkerConfig, worker_main
-from bench.targets import GripcastTarget, make_target
+from bench.saturation import SaturationRule, rate_steps, summary, verdict
+from bench.soak import verdict as soak_verdict
+from bench.stats import merge_hists, percentiles, summarize
+from bench.swarm import WorkerConfig, bucket_value_ms, worker_main
+from bench.targets import GripcastTarget, Target, make_target, warm_up
 
 CTX = multiprocessing.get_context("fork")
 
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
-    scenario: str  # fanout | churn
+    scenario: str  # fanout | churn | channels
     transport: str
     clients: int
     channels: int
-    rate: float  # messages/s per channel
-    duration: float
+    rate: float  # messages/s per channel (the first step's, in a saturation search)
+    duration: float  # seconds of publishing per step
     edges: int
     publisher: str  # http | zmq
     procs: int
@@ -47,6 +62,30 @@ class LoadConfig:
     tls: bool = False  # clients connect over HTTPS / WSS (the target's https_port)
     connect_timeout_s: float = 90.0
     probe_timeout_s: float = 20.0
+    resume: bool = False  # clients reconnect with a cursor (the labelled resume scenario)
+    batch: int = 0  # HTTP publishing: items per POST (0: whatever is due, up to 1000)
+    publish_conns: int = 1  # HTTP publishing: POSTs in flight
+    payload_bytes: int = 0  # large messages: each message text padded to about this size
+    late_s: float = 5.0  # deliveries later than this are late (not lost)
+    drain_max_s: float = 30.0  # the longest wait for stragglers after a step's last publish
+    stall_s: float = 5.0  # ... which ends earlier when no delivery came for this long
+    log_level: str = "warning"  # both targets
+    stats: bool = True  # both targets' Pushpin-style stats socket
+    warmup: int = 100  # warm-up connections (same on both targets)
+    saturate: bool = False  # a saturation search: rising rates until the target saturates
+    factor: float = 1.5  # rate multiplier between steps
+    max_steps: int = 10
+    max_rate: float = 0.0  # per channel; 0: no cap
+    p99_bound_ms: float = 500.0
+    step_pause_s: float = 1.0  # between steps
+    slow_every: int = 0  # slow readers: every slow_every-th client (step 2 of the slow scenario)
+    slow_bytes_per_s: int = 2048
+    keep_alive_s: int = 0  # the origin asks for Grip-Keep-Alive (SSE comment / empty line)
+    rest_s: float = 0.0  # seconds of rest after connecting: CPU at rest (keep-alives on)
+    source_addrs: int = 0  # client source addresses 127.0.0.2.. (0: the default one)
+    soak_steps: int = 0  # soak: this many steps of ``duration`` s, churning and resuming in each
+    profile_dir: str = ""  # py-spy the broker and edge0 (gripcast) during step profile_step
+    profile_step: int = 1
 
 
 class _WorkerHandle:
@@ -57,12 +96,15 @@ class _WorkerHandle:
         )
         self.status: dict = {}
         self.report: dict | None = None
+        self.stepped: int | None = None  # the base of the last step this worker acknowledged
 
     def pump(self) -> None:
         while self.pipe.poll():
             kind, body = self.pipe.recv()
             if kind == "status":
                 self.status = body
+            elif kind == "stepped":
+                self.stepped = body
             else:
                 self.report = body
 
@@ -103,53 +145,432 @@ class Phase:
             self.progress.update(self.task, completed=t.total or 1, total=t.total or 1)
 
 
+def _step_rates(cfg: LoadConfig) -> list[float]:
+    if cfg.soak_steps:
+        return [cfg.rate] * cfg.soak_steps
+    if cfg.slow_every:
+        return [cfg.rate, cfg.rate]  # without, then with the slow readers slowed
+    if not cfg.saturate:
+        return [cfg.rate]
+    return rate_steps(cfg.rate, cfg.factor, cfg.max_steps, cfg.max_rate)
+
+
+def step_count(rate: float, duration: float) -> int:
+    """Messages each channel gets in a step (at least one)."""
+    return max(1, int(rate * duration))
+
+
+def _memory(srv0: dict, srv1: dict, connected: int) -> dict:
+    """RSS of every server process before/after the connections, in all and per connection."""
+    rss_before = sum(s.rss_kib for s in srv0.values())
+    rss_after = sum(s.rss_kib for s in srv1.values())
+    rows = []
+    for p, s in srv1.items():
+        before = srv0[p].rss_kib if p in srv0 else 0
+        rows.append(
+            {
+                "name": s.name,
+                "pid": s.pid,
+                "before_kib": before,
+                "after_kib": s.rss_kib,
+                "per_conn_kib": round((s.rss_kib - before) / connected, 3) if connected else None,
+            }
+        )
+    return {
+        "processes": len(srv1),
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "per_conn_kib": round((rss_after - rss_before) / connected, 2) if connected else None,
+        "by_process": sorted(rows, key=lambda r: -r["after_kib"]),
+    }
+
+
+def _py_spy() -> str | None:
+    venv = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return venv if os.path.exists(venv) else shutil.which("py-spy")
+
+
+class _Profiler:
+    """py-spy of gripcast's broker and edge0 during one step (``--py-spy DIR``)."""
+
+    cfg: LoadConfig
+    kind: str
+    target: Target
+
+    def _profile_start(self, index: int, start_at: float) -> list:
+        """py-spy (sampling, non-blocking) on gripcast's broker and edge0 for this step's
+        publishing, when ``profile_dir`` is set and this is ``profile_step``."""
+        cfg = self.cfg
+        if not cfg.profile_dir or cfg.profile_step not in (0, index + 1) or self.kind != "gripcast":
+            return []
+        exe = _py_spy()
+        if exe is None:
+            return [("error", "py-spy not found (pip install py-spy)")]
+        os.makedirs(cfg.profile_dir, exist_ok=True)
+        spies = []
+        for pid in self.target.pids():
+            name = procs.proc_name(pid)
+            if name not in ("broker", "edge0"):
+                continue
+            out = os.path.join(cfg.profile_dir, f"{name}-step{index + 1}.txt")
+            argv = [exe, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", out]
+            argv += ["-d", str(max(1, int(cfg.duration))), "-p", str(pid)]
+            log = open(out + ".log", "wb")
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            spies.append((name, proc, out, log))
+        return spies
+
+    def _profile_stop(self, spies: list) -> dict:
+        out: dict = {}
+        for s in spies:
+            if s[0] == "error":
+                out["error"] = s[1]
+                continue
+            name, proc, path, log = s
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            procs.stop_group(proc, timeout=5)
+            log.close()
+            out[name] = path if os.path.exists(path) else f"(no profile; see {path}.log)"
+        return out
+
+
+class _Session(_Profiler):
+    """What the steps of one run share: the target, the workers, the process samples."""
+
+    def __init__(self, kind, cfg, target, workers, lg_pids, progress, tag) -> None:
+        self.kind, self.cfg, self.target, self.workers = kind, cfg, target, workers
+        self.lg_pids, self.progress, self.tag = lg_pids, progress, tag
+        self.publisher = None
+
+    def samples(self):
+        server = procs.sample(self.target.pids())
+        lg = procs.sample(list(self.lg_pids))
+        for pid, s in lg.items():
+            lg[pid] = procs.ProcSample(pid, self.lg_pids[pid], s.rss_kib, s.cpu_s)
+        return server, lg
+
+    def step(self, index: int, rate: float, base: int) -> dict:
+        cfg, workers, target, tag = self.cfg, self.workers, self.target, self.tag
+        if cfg.saturate:
+            tag += f"step {index + 1} ({rate * cfg.channels:,.6g} msg/s) "
+        count = step_count(rate, cfg.duration)
+        churn = cfg.churn_per_s if index == 0 or cfg.soak_steps else 0.0
+        slowed = bool(cfg.slow_every) and index == 1
+        for w in workers:
+            w.report = None
+            w.stepped = None
+            w.pipe.send(("step", base, count))
+        deadline = time.monotonic() + 30
+        while any(w.stepped != base for w in workers):  # every worker counts this step now
+            if time.monotonic() > deadline:
+                raise TimeoutError("client workers did not start the step")
+            _pump_all(workers)
+            time.sleep(0.02)
+        start_at = time.time() + 0.3
+        for w in workers:
+            w.pipe.send(("t0", start_at))
+            if churn:
+                w.pipe.send(("churn", churn / len(workers)))
+            if slowed:
+                w.pipe.send(("slow", True))
+        plan = PublishPlan(
+            cfg.publisher,
+            target.publish_url,
+            target.push_spec,
+            cfg.transport,
+            cfg.channels,
+            rate,
+            cfg.duration,
+            start_at,
+            base,
+            cfg.batch,
+            cfg.publish_conns,
+            cfg.payload_bytes,
+        )
+        pub_pipe, child = CTX.Pipe()
+        publisher = self.publisher = CTX.Process(
+            target=publisher_main, args=(plan, child), name="publisher", daemon=True
+        )
+        publisher.start()
+        self.lg_pids[publisher.pid] = "publisher"
+        srv2, lg2 = self.samples()
+        spies = self._profile_start(index, start_at)
+        phase = Phase(self.progress, tag + "publishing", cfg.duration)
+        kill_info = None
+        last_d, last_t = 0, time.time()
+        pub_report = None
+        while pub_report is None:
+            if pub_pipe.poll(0.1):
+                pub_report = pub_pipe.recv()
+            _pump_all(workers)
+            now = time.time()
+            el = now - start_at
+            d = _sum(workers, "step_deliveries")
+            if now - last_t >= 0.5:
+                r = (d - last_d) / (now - last_t)
+                last_d, last_t = d, now
+                phase.update(
+                    completed=max(0.0, min(el, cfg.duration)),
+                    description=f"{tag}publishing  {r:,.0f} deliveries/s  live={_sum(workers, 'live')}",
+                )
+            if (
+                cfg.kill_edge
+                and index == 0
+                and kill_info is None
+                and isinstance(target, GripcastTarget)
+                and el >= cfg.duration / 3
+            ):
+                pid = target.kill_edge(0)
+                kill_info = {"killed_pid": pid, "at_s": round(el, 2)}
+            if pub_report is None and not publisher.is_alive() and not pub_pipe.poll():
+                raise RuntimeError(f"publisher exited with code {publisher.exitcode}")
+            if el > cfg.duration * 3 + 60:
+                raise TimeoutError("publisher did not finish")
+        publisher.join(5)
+        self.lg_pids.pop(publisher.pid, None)
+        srv_p, lg_p = self.samples()  # publishing alone (the wait for stragglers not included)
+        t_pub_end = time.time()
+        phase.done()
+        profiles = self._profile_stop(spies)
+        # --- stragglers -------------------------------------------------------------------
+        published = pub_report["published"]
+        expected = sum(published.get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients))
+        for w in workers:
+            if churn:
+                w.pipe.send(("churn", 0))
+            if slowed:  # the slow readers catch up while the run waits for stragglers
+                w.pipe.send(("slow", False))
+        phase = Phase(self.progress, tag + "waiting for stragglers", expected)
+        t_drain = time.time()
+        last_d, still_since = -1, time.time()
+        while time.time() - t_drain < cfg.drain_max_s:
+            _pump_all(workers)
+            d = _sum(workers, "step_deliveries")
+            phase.update(completed=d)
+            if d >= expected and time.time() - t_drain > 0.3:
+                break
+            if d != last_d:
+                last_d, still_since = d, time.time()
+            elif time.time() - still_since > cfg.stall_s:
+                break
+            time.sleep(0.1)
+        phase.done()
+        drain_s = time.time() - t_drain
+        srv3, lg3 = self.samples()
+        wall = time.time() - start_at
+        if kill_info is not None:
+            kill_info["edges_after"] = list(target.edge_pids())
+            kill_info["restarted"] = (
+                kill_info["killed_pid"] not in kill_info["edges_after"]
+                and len(kill_info["edges_after"]) == cfg.edges
+            )
+        # --- collect ----------------------------------------------------------------------
+        for w in workers:
+            w.pipe.send(("report", published))
+        deadline = time.monotonic() + 30
+        while any(w.report is None for w in workers) and time.monotonic() < deadline:
+            _pump_all(workers)
+            time.sleep(0.05)
+        reports = [w.report for w in workers if w.report is not None]
+        if len(reports) < len(workers):
+            raise TimeoutError(f"only {len(reports)} of {len(workers)} workers reported")
+        st = _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s)
+        if cfg.slow_every:
+            st["slowed"] = slowed
+        if kill_info is not None:
+            st["edge_kill"] = kill_info
+        if profiles:
+            st["profiles"] = profiles
+        if cfg.soak_steps:  # every server process's RSS and open files after the step
+            st["resources"] = [
+                {"name": s.name, "pid": pid, "rss_kib": s.rss_kib, "fds": procs.fd_count(pid)}
+                for pid, s in srv3.items()
+            ]
+        pub_wall = max(1e-6, wall)
+        st["cpu"] = {
+            "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
+            + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
+            "publish_phase_wall_s": round(pub_wall, 3),
+            # while publishing only: core shares not diluted by a long wait for stragglers
+            "publishing": procs.cpu_delta(srv2, srv_p, max(1e-6, t_pub_end - start_at), "server")
+            + procs.cpu_delta(lg2, lg_p, max(1e-6, t_pub_end - start_at), "loadgen"),
+        }
+        return st
+
+
+def slow_effect(before: dict, after: dict) -> dict:
+    """What the slow readers cost the others: the fast clients' deliveries/s and latency with
+    the slow readers slowed (``after``) over without (``before``); the goal keeps 90%."""
+
+    def ratio(a, b):
+        return round(a / b, 3) if a is not None and b else None
+
+    d0, d1 = before["deliveries"], after["deliveries"]
+    l0, l1 = before["latency_ms"], after["latency_ms"]
+    throughput = ratio(d1["per_s"], d0["per_s"])
+    p99 = ratio(l1["p99"], l0["p99"])
+    return {
+        "fast_throughput_kept": throughput,
+        "fast_on_time_kept": ratio(d1["on_time"], d0["on_time"]),
+        "fast_p50_ratio": ratio(l1["p50"], l0["p50"]),
+        "fast_p99_ratio": p99,
+        # 90% of the throughput kept, and the p99 at most 1/0.9 of what it was
+        "goal_met": throughput is not None
+        and throughput >= 0.9
+        and p99 is not None
+        and p99 <= 1 / 0.9,
+        "slow_readers": after.get("slow_readers"),
+    }
+
+
+def _slow_group(cfg, published, reports) -> dict:
+    """The slow readers of a step: their expected deliveries, what they got, lost, drops."""
+    idx = [i for i in range(cfg.clients) if i % cfg.slow_every == 0]
+    expected = sum(published.get(f"c{i % cfg.channels}", 0) for i in idx)
+    slow = [r["slow"] for r in reports]
+    pc = summarize(merge_hists([s["hist"] for s in slow]))["latency_ms"]  # keys hold seconds
+    return {
+        "clients": len(idx),
+        "bytes_per_s": cfg.slow_bytes_per_s,
+        "expected": expected,
+        "received": sum(s["deliveries"] for s in slow),
+        "lost": sum(s["lost"] for s in slow),
+        "duplicated": sum(s["duplicated"] for s in slow),
+        "drops": sum(s["drops"] for s in slow),
+        "p50_ms": pc["p50"],
+        "p99_ms": pc["p99"],
+    }
+
+
+def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) -> dict:
+    summary_ = summarize(merge_hists([r["hist"] for r in reports]))
+    slow = _slow_group(cfg, pub_report["published"], reports) if cfg.slow_every else None
+    if slow is not None:  # the table's figures are the other clients' (the fast ones)
+        expected -= slow["expected"]
+    received = summary_["deliveries"]
+    lat = summary_["latency_ms"]
+    lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
+    late_hist = merge_hists([r["late_hist"] for r in reports])
+    late = sum(r["late"] for r in reports)
+    late_pc = percentiles(late_hist, (50, 99))
+    worst = max(
+        (r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None
+    )
+    series = summary_["series"]
+    # how long publishing took: not ``duration`` when a channel's share of messages rounds
+    dur = pub_report.get("elapsed_s") or cfg.duration
+    steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(dur)]
+    on_time = sum(s["deliveries"] for s in series if s["t"] <= int(dur))
+    last_rx = max((r["last_rx"] for r in reports), default=0.0)
+    taken = max(dur, last_rx - start_at)
+    lost = sum(r["lost"] for r in reports) - (slow["lost"] if slow else 0)
+    dup = sum(r["dup"] for r in reports) - (slow["duplicated"] if slow else 0)
+    return {
+        **({"slow_readers": slow} if slow else {}),
+        "rate": rate,
+        "msgs_per_s": round(rate * cfg.channels, 3),
+        "offered_deliveries_per_s": round(rate * cfg.clients, 1),
+        "publish_start": round(start_at, 3),  # epoch s: loss.detail event times compare with it
+        "publish": pub_report,
+        "deliveries": {
+            "expected": expected,
+            "received": received,
+            # received within 1 s after publishing ended (the saturation test's "on time")
+            "on_time": on_time,
+            # received / the time it took: publishing time, or longer if deliveries trailed behind
+            "per_s": round(received / taken, 1) if taken else None,
+            "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
+            "per_s_peak": max(steady) if steady else None,
+            "stale": sum(r["stale"] for r in reports),
+            # message payload bytes delivered per second (large messages)
+            "payload_bytes_per_s": round(received / taken * max(cfg.payload_bytes, 20), 1)
+            if taken
+            else None,
+        },
+        "latency_ms": lat,
+        "late": {
+            "late_after_ms": round(cfg.late_s * 1000),
+            "count": late,
+            "p50_ms": late_pc["p50"],
+            "p99_ms": late_pc["p99"],
+            "max_ms": round(bucket_value_ms(max(late_hist)), 3) if late_hist else None,
+        },
+        "drain_s": round(drain_s, 3),
+        "series": series,
+        "loss": {
+            "lost": lost,
+            "duplicated": dup,
+            "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
+            "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
+            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]}
+            if worst
+            else None,
+            "per_client_sample": [x for r in reports for x in r["per_client"]][:200],
+            # lost/duplicated seq runs and recent (time, open|churned|dropped|failed, cursor)
+            "detail": [x for r in reports for x in r.get("detail", [])][:20],
+        },
+        "connections": {
+            k: sum(r["status"][k] for r in reports)
+            for k in ("drops", "reconnects", "failures", "churned")
+        },
+    }
+
+
 def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict:
-    """One fanout/churn run against target ``kind``; returns the result record."""
+    """One fanout/churn/channels run against target ``kind``; returns the result record."""
     procs.raise_nofile()
     workdir = tempfile.mkdtemp(prefix=f"bench-{kind}-")
-    origin = target = publisher = None
+    origin = target = None
+    session = None
     workers: list[_WorkerHandle] = []
     lg_pids: dict[int, str] = {os.getpid(): "bench (parent)"}
     result: dict = {"target": kind, "config": asdict(cfg)}
     tag = f"[{label or kind}] "
     try:
-        origin = Origin(resume=(kind == "gripcast")).start()
+        origin = Origin(resume=cfg.resume, keep_alive=cfg.keep_alive_s).start()
         lg_pids[origin.pid] = "origin"
-        target = make_target(kind, origin.port, cfg.edges, workdir, tls=cfg.tls)
+        target = make_target(
+            kind, origin.port, cfg.edges, workdir, cfg.log_level, cfg.stats, tls=cfg.tls
+        )
         target.start()
-
-        def samples():
-            server = procs.sample(target.pids())
-            lg = procs.sample(list(lg_pids))
-            for pid, s in lg.items():
-                lg[pid] = procs.ProcSample(pid, lg_pids[pid], s.rss_kib, s.cpu_s)
-            return server, lg
+        result["warmup"] = warm_up(target, cfg.warmup)
+        session = _Session(kind, cfg, target, workers, lg_pids, progress, tag)
 
         time.sleep(0.5)
-        srv0, lg0 = samples()
-        rss_before = sum(s.rss_kib for s in srv0.values())
+        srv0, lg0 = session.samples()
 
         # --- connect ----------------------------------------------------------------------
         per = math.ceil(cfg.clients / cfg.procs)
-        max_seq = int(cfg.rate * cfg.duration) + 16
+        max_seq = step_count(cfg.rate, cfg.duration) + 16
         for i in range(cfg.procs):
             first, last = i * per, min(cfg.clients, (i + 1) * per)
             if first >= last:
                 break
-            w = _WorkerHandle(
-                WorkerConfig(
-                    i,
-                    target.https_port if cfg.tls else target.client_port,
-                    cfg.transport,
-                    first,
-                    last,
-                    cfg.channels,
-                    max_seq,
-                    cfg.concurrency,
-                    tls=cfg.tls,
+            workers.append(
+                _WorkerHandle(
+                    WorkerConfig(
+                        i,
+                        target.https_port if cfg.tls else target.client_port,
+                        cfg.transport,
+                        first,
+                        last,
+                        cfg.channels,
+                        max_seq,
+                        cfg.concurrency,
+                        resume=cfg.resume,
+                        late_s=cfg.late_s,
+                        slow_every=cfg.slow_every,
+                        slow_bytes_per_s=cfg.slow_bytes_per_s,
+                        source_addrs=cfg.source_addrs,
+                        tls=cfg.tls,
+                    )
                 )
             )
-            workers.append(w)
         t_connect = time.time()
         for w in workers:
             w.proc.start()
@@ -171,30 +592,43 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         )
         time.sleep(1.0)  # let the servers settle before measuring memory
         _pump_all(workers)
-        srv1, lg1 = samples()
-        rss_after = sum(s.rss_kib for s in srv1.values())
+        srv1, lg1 = session.samples()
+        connect_wall = max(1e-6, time.time() - t_connect)
         result["connect"] = {
             "clients": cfg.clients,
             "connected": connected,
             "failures": _sum(workers, "failures"),
             "setup_s": round(setup_s, 3) if setup_s else None,
             "rate_per_s": round(connected / setup_s, 1) if setup_s else None,
-            "wall_s": round(time.time() - t_connect, 3),
+            "wall_s": round(connect_wall, 3),
         }
-        result["memory"] = {
-            "rss_before_kib": rss_before,
-            "rss_after_kib": rss_after,
-            "per_conn_kib": round((rss_after - rss_before) / connected, 2) if connected else None,
-            "by_process": [
-                {
-                    "name": s.name,
-                    "pid": s.pid,
-                    "before_kib": srv0.get(p).rss_kib if p in srv0 else 0,
-                    "after_kib": s.rss_kib,
-                }
-                for p, s in srv1.items()
-            ],
-        }
+        result["memory"] = _memory(srv0, srv1, connected)
+        connect_cpu = procs.cpu_delta(srv0, srv1, connect_wall, "server") + procs.cpu_delta(
+            lg0, lg1, connect_wall, "loadgen"
+        )
+        if cfg.rest_s > 0:  # every connection open, nothing published: CPU at rest
+            phase = Phase(progress, tag + "at rest", cfg.rest_s)
+            t_rest = time.time()
+            while time.time() - t_rest < cfg.rest_s:
+                _pump_all(workers)
+                phase.update(completed=time.time() - t_rest)
+                time.sleep(0.2)
+            phase.done()
+            srv_r, lg_r = session.samples()
+            rest_wall = time.time() - t_rest
+            rest = procs.cpu_delta(srv1, srv_r, rest_wall, "server")
+            server_s = sum(p["cpu_s"] for p in rest)
+            result["rest"] = {
+                "s": round(rest_wall, 3),
+                "keep_alive_s": cfg.keep_alive_s,
+                "server_cpu_s": round(server_s, 3),
+                "server_core_share": round(server_s / rest_wall, 4),
+                "server_cpu_us_per_conn_s": round(server_s * 1e6 / rest_wall / connected, 3)
+                if connected
+                else None,
+                "live": _sum(workers, "live"),
+                "cpu": rest + procs.cpu_delta(lg1, lg_r, rest_wall, "loadgen"),
+            }
 
         # --- probe barrier: every client subscribed ---------------------------------------
         phase = Phase(progress, tag + "subscribing (probes)", connected)
@@ -204,7 +638,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         try:
             while True:
                 k += 1
-                pub.publish([probe_item(cfg.transport, f"c{i}", k) for i in range(cfg.channels)])
+                items = [probe_item(cfg.transport, f"c{i}", k) for i in range(cfg.channels)]
+                for j in range(0, len(items), 1000):
+                    pub.publish(items[j : j + 1000])
                 t_end = time.monotonic() + 0.3
                 while time.monotonic() < t_end:
                     _pump_all(workers)
@@ -218,147 +654,40 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         phase.done()
         result["probes"] = {"sent": k, "clients_probed": probed}
 
-        # --- publish ----------------------------------------------------------------------
-        start_at = time.time() + 0.3
-        result["publish_start"] = round(
-            start_at, 3
-        )  # epoch s: loss.detail event times compare with it
-        for w in workers:
-            w.pipe.send(("t0", start_at))
-            if cfg.churn_per_s:
-                w.pipe.send(("churn", cfg.churn_per_s / len(workers)))
-        plan = PublishPlan(
-            cfg.publisher,
-            target.publish_url,
-            target.push_spec,
-            cfg.transport,
-            cfg.channels,
-            cfg.rate,
-            cfg.duration,
-            start_at,
-        )
-        pub_pipe, child = CTX.Pipe()
-        publisher = CTX.Process(
-            target=publisher_main, args=(plan, child), name="publisher", daemon=True
-        )
-        publisher.start()
-        lg_pids[publisher.pid] = "publisher"
-        srv2, lg2 = samples()
-        phase = Phase(progress, tag + "publishing", cfg.duration)
-        kill_info = None
-        last_d, last_t = 0, time.time()
-        pub_report = None
-        while pub_report is None:
-            if pub_pipe.poll(0.1):
-                pub_report = pub_pipe.recv()
-            _pump_all(workers)
-            now = time.time()
-            el = now - start_at
-            d = _sum(workers, "deliveries")
-            if now - last_t >= 0.5:
-                rate = (d - last_d) / (now - last_t)
-                last_d, last_t = d, now
-                phase.update(
-                    completed=max(0.0, min(el, cfg.duration)),
-                    description=f"{tag}publishing  {rate:,.0f} deliveries/s  live={_sum(workers, 'live')}",
-                )
-            if (
-                cfg.kill_edge
-                and kill_info is None
-                and isinstance(target, GripcastTarget)
-                and el >= cfg.duration / 3
+        # --- publishing steps -------------------------------------------------------------
+        rule = SaturationRule(p99_bound_ms=cfg.p99_bound_ms)
+        steps: list[dict] = []
+        base = 0
+        for index, rate in enumerate(_step_rates(cfg)):
+            if index:
+                time.sleep(cfg.step_pause_s)
+            st = session.step(index, rate, base)
+            st["saturation"] = verdict(st, rule)
+            steps.append(st)
+            base += st["publish"]["per_channel"]
+            if cfg.saturate and (
+                st["saturation"]["saturated"] or st["saturation"]["loadgen_limited"]
             ):
-                pid = target.kill_edge(0)
-                kill_info = {"killed_pid": pid, "at_s": round(el, 2)}
-            if el > cfg.duration + 60:
-                raise TimeoutError("publisher did not finish")
-        publisher.join(5)
-        phase.done()
-        # --- drain ------------------------------------------------------------------------
-        expected = sum(
-            pub_report["published"].get(f"c{i % cfg.channels}", 0) for i in range(cfg.clients)
-        )
-        for w in workers:
-            if cfg.churn_per_s:
-                w.pipe.send(("churn", 0))
-        drain_max = 10.0 if cfg.scenario == "churn" else 5.0
-        t_drain = time.time()
-        last_d, still_since = -1, time.time()
-        while time.time() - t_drain < drain_max:
-            _pump_all(workers)
-            d = _sum(workers, "deliveries")
-            if d >= expected and time.time() - t_drain > 0.3:
                 break
-            if d != last_d:
-                last_d, still_since = d, time.time()
-            elif time.time() - still_since > 1.5:
-                break
-            time.sleep(0.1)
-        srv3, lg3 = samples()
-        wall = time.time() - start_at
-        if kill_info is not None:
-            kill_info["edges_after"] = [p for p in target.edge_pids()]
-            kill_info["restarted"] = (
-                kill_info["killed_pid"] not in kill_info["edges_after"]
-                and len(kill_info["edges_after"]) == cfg.edges
-            )
-        # --- collect ----------------------------------------------------------------------
-        for w in workers:
-            w.pipe.send(("report", pub_report["published"]))
-        deadline = time.monotonic() + 30
-        while any(w.report is None for w in workers) and time.monotonic() < deadline:
-            _pump_all(workers)
-            time.sleep(0.05)
-        reports = [w.report for w in workers if w.report is not None]
-        summary = summarize(merge_hists([r["hist"] for r in reports]))
-        received = summary["deliveries"]
-        lat = summary["latency_ms"]
-        lat["max"] = round(max((r["max_lat"] for r in reports), default=0.0) * 1000, 3)
-        worst = max(
-            (r["worst"] for r in reports if r["worst"]), key=lambda x: x[1] + x[2], default=None
-        )
-        series = summary["series"]
-        steady = [s["deliveries"] for s in series if 0 <= s["t"] < int(cfg.duration)]
-        result["publish"] = pub_report
-        result["deliveries"] = {
-            "expected": expected,
-            "received": received,
-            # received / the time it took: publishing time, or longer if deliveries trailed behind
-            "per_s": round(received / max(cfg.duration, (series[-1]["t"] + 1) if series else 0), 1)
-            if cfg.duration
-            else None,
-            "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
-            "per_s_peak": max(steady) if steady else None,
-        }
-        result["latency_ms"] = lat
-        result["series"] = series
-        result["loss"] = {
-            "lost": sum(r["lost"] for r in reports),
-            "duplicated": sum(r["dup"] for r in reports),
-            "clients_with_loss": sum(r["clients_with_loss"] for r in reports),
-            "clients_with_dup": sum(r["clients_with_dup"] for r in reports),
-            "worst_client": {"client": worst[0], "lost": worst[1], "duplicated": worst[2]}
-            if worst
-            else None,
-            "per_client_sample": [x for r in reports for x in r["per_client"]][:200],
-            # lost/duplicated seq runs and recent (time, open|churned|dropped|failed, cursor)
-            "detail": [x for r in reports for x in r.get("detail", [])][:20],
-        }
-        result["connections"] = {
-            k: sum(r["status"][k] for r in reports)
-            for k in ("drops", "reconnects", "failures", "churned")
-        }
-        if kill_info is not None:
-            result["edge_kill"] = kill_info
-        pub_wall = max(1e-6, wall)
-        connect_wall = max(1e-6, result["connect"]["wall_s"])
-        result["cpu"] = {
-            "connect_phase": procs.cpu_delta(srv0, srv1, connect_wall, "server")
-            + procs.cpu_delta(lg0, lg1, connect_wall, "loadgen"),
-            "publish_phase": procs.cpu_delta(srv2, srv3, pub_wall, "server")
-            + procs.cpu_delta(lg2, lg3, pub_wall, "loadgen"),
-            "publish_phase_wall_s": round(pub_wall, 3),
-        }
+        if cfg.saturate:
+            ok = [s for s in steps if not s["saturation"]["saturated"]]
+            shown = max(ok, key=lambda s: s["deliveries"]["per_s"] or 0) if ok else steps[0]
+        elif cfg.slow_every or cfg.soak_steps:
+            shown = steps[-1]  # the step with the slow readers slowed / the soak's last
+        else:
+            shown = steps[0]
+        # the table's columns: the one step (or the search's best unsaturated step)
+        result.update(shown)
+        result["verdict"] = result.pop("saturation")
+        if cfg.soak_steps:
+            result["soak"] = soak_verdict(steps)
+        if cfg.saturate or cfg.slow_every or cfg.soak_steps:
+            result["steps"] = [{k: v for k, v in st.items() if k != "series"} for st in steps]
+        if cfg.saturate:
+            result["saturation"] = summary(steps, cfg.max_steps)
+        if cfg.slow_every and len(steps) == 2:
+            result["slow_effect"] = slow_effect(steps[0], steps[1])
+        result["cpu"]["connect_phase"] = connect_cpu
         result["ok"] = True
     except Exception as exc:
         result["ok"] = False
@@ -368,9 +697,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
     finally:
         for w in workers:
             w.stop()
-        if publisher is not None and publisher.is_alive():
-            publisher.kill()
-            publisher.join()
+        if session is not None and session.publisher is not None and session.publisher.is_alive():
+            session.publisher.kill()
+            session.publisher.join()
         if target is not None:
             target.stop()
         if origin is not None:

@@ -13,14 +13,24 @@ increment in a latency histogram keyed by (second since t0, log bucket).  Probe 
 WebSocket clients (``ws``) do the upgrade handshake (101), then undo the server's unmasked
 frames (text/binary payloads are parsed like stream lines; pings, pongs and continuation
 frames are ignored; a close frame is a server-side close).
+With ``tls`` a connection makes a non-blocking TLS handshake (no verification, no resumption)
+before its request, and a read takes everything the TLS layer decrypted (epoll does not see it).
 Long-poll clients read a ``Content-Length`` response and re-poll on the same connection.
 A connection the server closes is reopened after a short random delay; SSE clients resume
 with ``Last-Event-ID`` (the last seq they saw, ``p<k>`` after only probes), HTTP-stream
 clients with ``?last=`` and the same cursor (the bench origin makes it a ``prev-id``).  The ``churn`` command makes the worker close
 random clients itself at a given rate, and they resume the same way.
 
-The parent talks to a worker over a Pipe: commands in (``t0``, ``churn``, ``report``,
-``stop``), ``status`` snapshots out every 0.25 s, and one final ``report``.
+The parent talks to a worker over a Pipe: commands in (``step``, ``t0``, ``churn``, ``slow``,
+``report``, ``stop``), ``status`` snapshots out every 0.25 s, a ``stepped`` ack, and a
+``report`` per step.  A run can publish
+in several steps (the saturation search): ``step`` gives the step's seqs (``base + 1 .. base + count``)
+and is acknowledged before the step's publisher starts (a worker slow to read its pipe must not
+reset its counts after the first deliveries came), ``t0`` its start time; the worker counts
+that step alone; a delivery of an earlier
+step arriving after it was counted is *stale*.  A delivery more than ``late_s`` after its
+publish time is *late*: it still counts as delivered (not lost), and is reported apart with its
+own latency histogram.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ SEC_SHIFT = 10
 
 HEAD, BODY, IDLE, CONNECTING, TLS_HANDSHAKE = 0, 1, 2, 3, 4
 _WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+READ_SIZE = 262144  # one recv() at most
 EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
 
 
@@ -87,6 +98,11 @@ def seq_runs(seen, n: int, want_zero: bool, limit: int = 10) -> list:
     return runs
 
 
+def shift_runs(runs: list, base: int) -> list:
+    """Runs of step-relative seqs as the seqs they were published with."""
+    return [[a + base, b + base] for a, b in runs]
+
+
 def bucket_value_ms(b: int) -> float:
     """The middle of latency bucket ``b``, in milliseconds."""
     return math.exp((b + 0.5) / BUCKETS_PER_E) / 1000.0
@@ -102,7 +118,12 @@ class WorkerConfig:
     channels: int
     max_seq: int
     concurrency: int = 64
-    resume: bool = True  # SSE: send Last-Event-ID on reconnect
+    resume: bool = True  # reconnect with a cursor (SSE Last-Event-ID, stream ?last=)
+    late_s: float = 5.0  # a delivery later than this after its publish counts as late
+    slow_every: int = 0  # slow readers: client i is slow when i % slow_every == 0 (0: none)
+    slow_bytes_per_s: int = 2048  # what a slow reader reads per second while slowed
+    slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
+    source_addrs: int = 0  # bind client i to 127.0.0.<2 + i % n> (more ephemeral ports); 0: no
     tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
 
 
@@ -123,6 +144,8 @@ class Client:
         "probed",
         "probe",
         "established",
+        "slow",
+        "muted",
         "hs",
         "events",
     )
@@ -138,6 +161,8 @@ class Client:
         self.probed = False
         self.probe = 0  # the last probe seen (SSE id ``p<k>``): the cursor until a message came
         self.established = False
+        self.slow = False  # a slow reader (reads at a trickle while the worker's slow mode is on)
+        self.muted = False  # a slow reader not polled for input (read by the trickle instead)
         self.hs = False  # a handshake of ours is in flight (counts against concurrency)
         self.events: list | None = None  # the last EVENTS_KEPT (time, what, cursor) of this client
         self.reset()
@@ -244,9 +269,23 @@ class Worker:
         self.t0 = 0.0  # publish start: latency histogram seconds are counted from here
         self.hist: dict[int, int] = {}
         self.max_lat = 0.0
+        self.base = 0  # the step's first seq is base + 1
+        self.late = 0
+        self.late_hist: dict[int, int] = {}  # latency bucket -> late deliveries
+        self.stale = 0
+        self.step_deliveries = 0
+        self.last_rx = 0.0  # the time of the step's last delivery (slow readers' left out)
+        self.slow_deliveries = 0
         self.churn_interval = 0.0
         self.next_churn = 0.0
         self.running = True
+        if cfg.slow_every:
+            for c in self.clients:
+                c.slow = c.idx % cfg.slow_every == 0
+        self.slow_on = False
+        self.hist_slow: dict[int, int] = {}  # slow readers' latencies (kept out of ``hist``)
+        self.slow_drops = 0
+        self.next_trickle = 0.0
         self.lp = cfg.transport == "longpoll"
         self.sse = cfg.transport == "sse"
         self.ws = cfg.transport == "ws"
@@ -263,13 +302,18 @@ class Worker:
 
     def open(self, c: Client, now: float) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if c.slow:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.slow_rcvbuf)
+        if self.cfg.source_addrs:
+            # one loopback source address has ~28,000 ephemeral ports to the one server port
+            s.bind((f"127.0.0.{2 + c.idx % self.cfg.source_addrs}", 0))
         s.setblocking(False)
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):
             s.close()
             self.fail(c, now)
             return
-        c.sock, c.fd, c.state, c.hs = s, s.fileno(), CONNECTING, True
+        c.sock, c.fd, c.state, c.hs, c.muted = s, s.fileno(), CONNECTING, True, False
         note(c, now, "open")
         c.reset()
         self.by_fd[c.fd] = c
@@ -322,6 +366,7 @@ class Worker:
     def dropped(self, c: Client, now: float) -> None:
         """The server closed an established connection: reconnect (resuming) shortly."""
         self.drops += 1
+        self.slow_drops += c.slow
         note(c, now, "dropped")
         self.close(c)
         heapq.heappush(self.timers, (now + 0.05 + random.random() * 0.45, c.idx))
@@ -364,13 +409,43 @@ class Worker:
         c.state = HEAD
         self.ep.modify(c.fd, select.EPOLLIN)
 
-    def recv_tls(self, c: Client) -> bytes | None:
-        """Everything the TLS socket has decrypted (one record per ``recv``): b"" at EOF,
-        None when nothing is there yet."""
+    def mute(self, c: Client, on: bool) -> None:
+        """Stop (or restart) polling a slow reader for input: the trickle reads it instead."""
+        if c.muted != on and c.sock is not None and c.state == BODY:
+            self.ep.modify(c.fd, 0 if on else select.EPOLLIN)  # HUP/ERR are still reported
+            c.muted = on
+
+    def set_slow(self, on: bool) -> None:
+        self.slow_on = on
+        now = time.time()
+        for c in self.clients:
+            if c.slow:
+                self.mute(c, on)
+                # bytes the TLS layer decrypted already raise no epoll event: read them now
+                tls = self.tls_ctx is not None and c.sock is not None and c.state == BODY
+                if not on and tls and c.sock.pending():
+                    self.on_readable(c, now)
+
+    def trickle(self, now: float) -> None:
+        """Every 0.1 s, each slow reader reads a tenth of its bytes per second."""
+        if now < self.next_trickle:
+            return
+        self.next_trickle = now + 0.1
+        size = max(1, self.cfg.slow_bytes_per_s // 10)
+        for c in self.clients:
+            if c.slow and c.sock is not None and c.state == BODY:
+                self.mute(c, True)
+                self.on_readable(c, now, size)
+
+    def recv_tls(self, c: Client, limit: int | None) -> bytes | None:
+        """What the TLS socket has decrypted, all of it or up to ``limit`` bytes (one record per
+        ``recv``): b"" at EOF, None when nothing is there yet.  Without a limit nothing stays in
+        the TLS layer, where epoll would not see it (a slow reader's trickle reads the rest)."""
         parts = []
-        while True:
+        got = 0
+        while limit is None or got < limit:
             try:
-                data = c.sock.recv(262144)
+                data = c.sock.recv(READ_SIZE if limit is None else limit - got)
             except _WANT:
                 break
             except OSError:
@@ -380,17 +455,19 @@ class Worker:
                     return b""
                 break
             parts.append(data)
+            got += len(data)
         return b"".join(parts) if parts else None
 
-    def on_readable(self, c: Client, now: float) -> None:
+    def on_readable(self, c: Client, now: float, size: int = 0) -> None:
+        """Read what is there (``size`` > 0: at most that many bytes, a slow reader's share)."""
         if self.tls_ctx is not None:
-            got = self.recv_tls(c)
+            got = self.recv_tls(c, size or None)
             if got is None:
                 return
             data = got
         else:
             try:
-                data = c.sock.recv(262144)
+                data = c.sock.recv(size or READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -481,25 +558,43 @@ class Worker:
         if not found:
             return
         seen = c.seen
-        hist = self.hist
+        # slow readers' latencies are kept apart, and they are never "late"
+        hist = self.hist_slow if c.slow else self.hist
         base = int(now - self.t0) << SEC_SHIFT if self.t0 else 0
         log = math.log
+        first = self.base  # seq ``first + i`` is at ``seen[i]``: the step's own numbering
+        late_s = math.inf if c.slow else self.cfg.late_s
+        n = 0
         for s, t in found:
             seq = int(s)
-            if seq >= len(seen):
-                seen.extend(bytes(seq + 1 - len(seen)))
-            v = seen[seq]
-            if v < 255:
-                seen[seq] = v + 1
             if seq > c.last:
                 c.last = seq
+            i = seq - first
+            if i < 1:  # a straggler of an earlier step, after that step was counted
+                self.stale += 1
+                continue
+            if i >= len(seen):
+                seen.extend(bytes(i + 1 - len(seen)))
+            v = seen[i]
+            if v < 255:
+                seen[i] = v + 1
             lat = now - float(t)
-            if lat > self.max_lat:
+            if lat > self.max_lat and not c.slow:
                 self.max_lat = lat
             us = lat * 1e6
-            key = base | (int(log(us) * BUCKETS_PER_E) if us > 1.0 else 0)
+            b = int(log(us) * BUCKETS_PER_E) if us > 1.0 else 0
+            key = base | b
             hist[key] = hist.get(key, 0) + 1
-        self.deliveries += len(found)
+            if lat > late_s:
+                self.late += 1
+                self.late_hist[b] = self.late_hist.get(b, 0) + 1
+            n += 1
+        self.deliveries += n
+        self.step_deliveries += n
+        if c.slow:
+            self.slow_deliveries += n
+        else:
+            self.last_rx = now
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -508,6 +603,8 @@ class Worker:
             "connected": self.connected,
             "probed": self.probed,
             "deliveries": self.deliveries,
+            "step_deliveries": self.step_deliveries,
+            "slow_deliveries": self.slow_deliveries,
             "failures": self.failures,
             "drops": self.drops,
             "reconnects": self.reconnects,
@@ -521,8 +618,13 @@ class Worker:
 
     def command(self, msg) -> None:
         kind = msg[0]
-        if kind == "t0":
+        if kind == "step":
+            self.start_step(0.0, msg[1], msg[2])
+            self.pipe.send(("stepped", msg[1]))  # the parent starts publishing after every ack
+        elif kind == "t0":
             self.t0 = msg[1]
+        elif kind == "slow":
+            self.set_slow(msg[1])
         elif kind == "churn":
             per_s = msg[1]
             self.churn_interval = 1.0 / per_s if per_s > 0 else 0.0
@@ -531,6 +633,24 @@ class Worker:
             self.pipe.send(("report", self.report(msg[1])))
         elif kind == "stop":
             self.running = False
+
+    def start_step(self, t0: float, base: int, count: int) -> None:
+        """A new publishing step: seqs ``base + 1 .. base + count``, latency seconds from
+        ``t0``; the counts of the step before are gone (the parent collected them)."""
+        self.t0 = t0
+        self.base = base
+        for c in self.clients:
+            c.seen = bytearray(count + 2)
+        self.hist = {}
+        self.hist_slow = {}
+        self.slow_drops = 0
+        self.max_lat = 0.0
+        self.late = 0
+        self.late_hist = {}
+        self.stale = 0
+        self.step_deliveries = 0
+        self.last_rx = 0.0  # the time of the step's last delivery (slow readers' left out)
+        self.slow_deliveries = 0
 
     def churn(self, now: float) -> None:
         while self.churn_interval and now >= self.next_churn:
@@ -576,6 +696,8 @@ class Worker:
                     self.open(c, now)
             if self.churn_interval:
                 self.churn(now)
+            if self.slow_on:
+                self.trickle(now)
             if now >= next_status:
                 next_status = now + 0.25
                 self.pipe.send(("status", self.status()))
@@ -585,6 +707,7 @@ class Worker:
 
     def report(self, published: dict[str, int]) -> dict:
         lost_total = dup_total = with_loss = with_dup = 0
+        slow_lost = slow_dup = slow_clients = 0
         worst = None
         per_client = []
         detail = []  # which seqs, and the client's recent connections (time, what, cursor then)
@@ -595,6 +718,10 @@ class Worker:
             dup = sum(sl) - (n - lost) if n else 0
             lost_total += lost
             dup_total += dup
+            if c.slow:
+                slow_clients += 1
+                slow_lost += lost
+                slow_dup += dup
             with_loss += lost > 0
             with_dup += dup > 0
             if lost or dup:
@@ -604,8 +731,8 @@ class Worker:
                         {
                             "client": c.idx,
                             "channel": c.channel,
-                            "lost_seqs": seq_runs(c.seen, n, True),
-                            "dup_seqs": seq_runs(c.seen, n, False),
+                            "lost_seqs": shift_runs(seq_runs(c.seen, n, True), self.base),
+                            "dup_seqs": shift_runs(seq_runs(c.seen, n, False), self.base),
                             "events": c.events or [],
                         }
                     )
@@ -615,6 +742,10 @@ class Worker:
             "status": self.status(),
             "hist": self.hist,
             "max_lat": self.max_lat,
+            "late": self.late,
+            "late_hist": self.late_hist,
+            "stale": self.stale,
+            "last_rx": self.last_rx,
             "lost": lost_total,
             "dup": dup_total,
             "clients_with_loss": with_loss,
@@ -622,6 +753,15 @@ class Worker:
             "worst": worst,
             "per_client": per_client[:1000],
             "detail": detail,
+            # slow readers (their deliveries are in lost/dup above too, not in hist)
+            "slow": {
+                "clients": slow_clients,
+                "deliveries": self.slow_deliveries,
+                "lost": slow_lost,
+                "duplicated": slow_dup,
+                "drops": self.slow_drops,
+                "hist": self.hist_slow,
+            },
         }
 
 

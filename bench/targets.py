@@ -67,8 +67,20 @@ class Target:
         self.stop()
 
 
+# the same logging on both targets: gripcast's level name -> Pushpin's log_level number
+PUSHPIN_LOG_LEVELS = {"error": 0, "warning": 1, "info": 2, "debug": 3}
+STATS_REPORT_INTERVAL_S = 10  # both targets' "report" stats packets (Pushpin's default)
+STATS_CONNECTION_TTL_S = 120
+
+
 def write_gripcast_config(
-    path: Path, ports: dict, origin_port: int, edges: int, tls: tuple[int, str, str] | None = None
+    path: Path,
+    ports: dict,
+    origin_port: int,
+    edges: int,
+    log_level: str = "warning",
+    stats_spec: str = "",
+    tls: tuple[int, str, str] | None = None,
 ) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
     if tls is not None:
@@ -84,7 +96,11 @@ def write_gripcast_config(
         f'"* 127.0.0.1:{origin_port}"]'
     )
     lines.append(f"edges = {edges}")
-    lines.append('log_level = "warning"')
+    lines.append(f'log_level = "{log_level}"')
+    if stats_spec:  # Pushpin-style stats PUB, as Pushpin's handler has it
+        lines.append(f'stats_spec = "{stats_spec}"')
+        lines.append(f"stats_report_interval_s = {STATS_REPORT_INTERVAL_S}")
+        lines.append(f"stats_connection_ttl_s = {STATS_CONNECTION_TTL_S}")
     lines.append("history_max_items = 100000")
     path.write_text("\n".join(lines) + "\n")
 
@@ -100,18 +116,23 @@ class GripcastTarget(Target):
         edges: int,
         workdir: str,
         env: dict | None = None,
+        log_level: str = "warning",
+        stats: bool = True,
         tls: bool = False,
     ) -> None:
         self.ports = dict(zip(GRIPCAST_PORT_KEYS, free_ports(len(GRIPCAST_PORT_KEYS))))
         self.edges = edges
         self.dir = Path(workdir)
         self.config = self.dir / "gripcast.toml"
+        self.stats_spec = f"ipc://{self.dir}/stats" if stats else ""
         tls_spec = None
         if tls:
             self.https_port = free_ports(1)[0]
             cert, key = write_self_signed(self.dir, "server")
             tls_spec = (self.https_port, cert, key)
-        write_gripcast_config(self.config, self.ports, origin_port, edges, tls_spec)
+        write_gripcast_config(
+            self.config, self.ports, origin_port, edges, log_level, self.stats_spec, tls_spec
+        )
         self.log_path = str(self.dir / "gripcast.log")
         self.client_port = self.ports["client_port"]
         self.publish_url = f"http://127.0.0.1:{self.ports['http_port']}"
@@ -180,14 +201,14 @@ include={{libdir}}/internal.conf
 rundir={rundir}
 ipc_prefix=bench-{tag}-
 port_offset=0
-stats_connection_ttl=120
+stats_connection_ttl={stats_ttl}
 
 [runner]
 services=condure,zurl,pushpin-proxy,pushpin-handler
 http_port={client_port}
 {https_line}
 logdir={logdir}
-log_level=2
+log_level={log_level}
 client_buffer_size=8192
 client_maxconn=50000
 condure_bin=condure
@@ -225,7 +246,7 @@ push_in_http_addr=127.0.0.1
 push_in_http_port={http_port}
 push_in_http_max_headers_size=10000
 push_in_http_max_body_size=10000000
-stats_spec=ipc://{{rundir}}/{{ipc_prefix}}stats
+stats_spec={stats_spec}
 command_spec=tcp://127.0.0.1:{command_port}
 message_rate=1000000
 message_hwm=1000000
@@ -234,9 +255,31 @@ id_cache_ttl=60
 connection_subscription_max=20
 subscription_linger=60
 stats_subscription_ttl=60
-stats_report_interval=10
+stats_report_interval={stats_interval}
 stats_format=tnetstring
 """
+
+
+def pushpin_config(
+    *, log_level: str = "warning", stats: bool = True, https_port: int = 0, **ports
+) -> str:
+    """The generated pushpin.conf (pure): ``ports`` fills rundir, logdir, tag, routes and the
+    ports; logging and stats as gripcast gets them (``write_gripcast_config``); with
+    ``https_port`` an HTTPS listener too."""
+    if https_port:
+        # Pushpin's --port replaces every listener (HTTPS too): with TLS the HTTP port is given
+        # here instead, with its address
+        ports["client_port"] = f"127.0.0.1:{ports['client_port']}"
+    return PUSHPIN_CONF.format(
+        **ports,
+        https_line=f"https_ports=127.0.0.1:{https_port}" if https_port else "",
+        log_level=PUSHPIN_LOG_LEVELS[log_level],
+        # "": the handler binds no stats socket (the proxy's internal stats to the handler
+        # cannot be turned off)
+        stats_spec="ipc://{rundir}/{ipc_prefix}stats" if stats else "",
+        stats_interval=STATS_REPORT_INTERVAL_S,
+        stats_ttl=STATS_CONNECTION_TTL_S,
+    )
 
 
 class PushpinTarget(Target):
@@ -244,7 +287,14 @@ class PushpinTarget(Target):
 
     name = "pushpin"
 
-    def __init__(self, origin_port: int, workdir: str, tls: bool = False) -> None:
+    def __init__(
+        self,
+        origin_port: int,
+        workdir: str,
+        log_level: str = "warning",
+        stats: bool = True,
+        tls: bool = False,
+    ) -> None:
         client, push, http, sub, command = free_ports(5)
         self.dir = Path(workdir)
         self.https_port = 0
@@ -262,19 +312,19 @@ class PushpinTarget(Target):
         )
         self.config = self.dir / "pushpin.conf"
         self.config.write_text(
-            PUSHPIN_CONF.format(
+            pushpin_config(
                 rundir=self.dir / "run",
                 logdir=self.dir / "log",
                 tag=os.getpid(),
-                client_port=f"127.0.0.1:{client}" if tls else client,
-                # Pushpin's --port replaces every listener (HTTPS too): with TLS the HTTP port
-                # is given here instead, with its address
-                https_line=f"https_ports=127.0.0.1:{self.https_port}" if tls else "",
+                client_port=client,
+                https_port=self.https_port,
                 routes=routes,
                 push_port=push,
                 sub_port=sub,
                 http_port=http,
                 command_port=command,
+                log_level=log_level,
+                stats=stats,
             )
         )
         self.client_port = client
@@ -299,7 +349,7 @@ class PushpinTarget(Target):
             # the handler binds its publish port before the proxy is wired to it: ask both once
             _wait_http_ok(self.publish_url + "/publish/", 30, self.proc)
             # zurl's PUB -> proxy's SUB link joins late: the first proxied request can be lost
-            _wait_proxied(self.client_port, 30, self.proc)
+            wait_proxied(self.client_port, 30, self.proc)
         except BaseException:
             self.stop()
             raise
@@ -327,7 +377,7 @@ def _wait_http_ok(url: str, timeout: float, proc: subprocess.Popen) -> None:
             time.sleep(0.1)
 
 
-def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
+def wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
     """Wait until a request through the proxy reaches the origin and gets its stream head back."""
     import socket
 
@@ -347,10 +397,77 @@ def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def make_target(kind: str, origin_port: int, edges: int, workdir: str, tls: bool = False) -> Target:
+def make_target(
+    kind: str,
+    origin_port: int,
+    edges: int,
+    workdir: str,
+    log_level: str = "warning",
+    stats: bool = True,
+    tls: bool = False,
+) -> Target:
     sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
     if kind == "gripcast":
-        return GripcastTarget(origin_port, edges, sub, tls=tls)
+        return GripcastTarget(origin_port, edges, sub, log_level=log_level, stats=stats, tls=tls)
     if kind == "pushpin":
-        return PushpinTarget(origin_port, sub, tls=tls)
+        return PushpinTarget(origin_port, sub, log_level=log_level, stats=stats, tls=tls)
     raise ValueError(kind)
+
+
+def warm_up(target: Target, clients: int = 100, timeout: float = 30.0) -> dict:
+    """The same warm-up on every target, after it is ready: one request through the proxy to
+    the origin (Pushpin needs it anyway: its first proxied request can be lost), then
+    ``clients`` HTTP-stream connections on channel ``_warmup`` that each receive one published
+    message, then closed.  Returns what it did (for the JSON)."""
+    import json
+    import socket
+    import urllib.request
+
+    t0 = time.monotonic()
+    wait_proxied(target.client_port, timeout, target.proc)
+    socks = []
+    got = 0
+    try:
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", target.client_port), timeout=5)
+            s.sendall(b"GET /stream/_warmup HTTP/1.1\r\nHost: bench\r\n\r\n")
+            socks.append(s)
+        for s in socks:
+            head = b""
+            while b"[open]" not in head:  # the response head and the origin's first line
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        deadline = time.monotonic() + timeout
+        pending = list(socks)
+        k = 0
+        while pending and time.monotonic() < deadline:
+            k += 1  # publish until every connection saw a message (subscriptions land late)
+            body = json.dumps(
+                {"items": [{"channel": "_warmup", "formats": {"http-stream": {"content": "W\n"}}}]}
+            ).encode()
+            req = urllib.request.Request(
+                target.publish_url + "/publish/",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                resp.read()
+            still = []
+            for s in pending:
+                s.settimeout(0.3 if s is pending[0] else 0.02)
+                try:
+                    data = s.recv(4096)
+                except TimeoutError:
+                    still.append(s)
+                    continue
+                if b"W" in data:
+                    got += 1
+                else:
+                    still.append(s)
+            pending = still
+    finally:
+        for s in socks:
+            s.close()
+    return {"clients": clients, "received": got, "s": round(time.monotonic() - t0, 3)}

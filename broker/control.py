@@ -8,7 +8,9 @@ the server asks the store and builds the reply with ``position_reply``, ``replay
 echoes ``rid``.  A request that cannot be decoded at all, or is invalid, gets an error reply
 (``rid`` is None when it could not be read); so does a ``hello`` of another wire version, with
 a reason that names both versions.  A ``stats`` message (fire-and-forget, never answered) is
-handed over whole in ``ControlRequest.stats`` for ``broker.ops.stats`` to validate.
+handed over whole in ``ControlRequest.stats`` for ``broker.ops.stats`` to validate; an
+``answer`` to a relayed command (never answered either) in ``ControlRequest.request``, a
+``wire.CommandAnswer`` for ``broker.ingest.edgecmds``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = [
     "error_reply",
 ]
 
-OPS = ("hello", "position", "replay", "stats")
+OPS = ("hello", "position", "replay", "stats", "answer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ def parse_control(frame: bytes) -> ControlRequest:
         return ControlRequest("hello", rid, request=req)
     if isinstance(req, wire.StatsReport):
         return ControlRequest("stats", rid, stats=req.raw, request=req)
+    if isinstance(req, wire.CommandAnswer):
+        return ControlRequest("answer", rid, request=req)
     try:
         validate_channel(req.channel, "request")
     except PublishError as exc:

@@ -252,6 +252,7 @@ class Broker:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(b.http.serve, b.listeners)
+                await nursery.start(p.relay.serve)  # before the command socket is read
                 pull, sub, cmd = b.push_in, b.sub_in, b.command
                 inputs = {
                     "pull": lambda: pull.serve(lambda: p.drain_pull(pull), p.handle_pull),

@@ -79,6 +79,27 @@ heartbeat): ``RECOVER_TOPIC`` + msgpack ``{"ts"}``, sent when a publisher calls 
 /recover`` or the ``recover`` command.  Edges then do what Pushpin does: every response hold
 re-requests the origin (with ``Grip-Last`` for its prev-id channels) and every stream hold
 with a next link fetches it.
+
+Commands relayed to the edges (Pushpin's ``conncheck`` and ``refresh``, which its handler asks
+its proxy; reference 6.2).  Each edge subscribes, besides the heartbeat, to ``COMMAND_TOPIC``
+and to its own presence topic ``edge_topic(name)`` (``name``: the edge's stats name, unique per
+process).  The broker's XPUB sees every presence subscribe, and libzmq emits the unsubscribe
+when an edge's SUB disconnects, so ``edge_notice`` of those notices is the broker's list of live
+edges (after a broker restart the SUBs reconnect and subscribe again).  The broker sends::
+
+    COMMAND_TOPIC + msgpack {"cmd": n, "op": "conncheck", "ids": [str, ...]}
+    COMMAND_TOPIC + msgpack {"cmd": n, "op": "refresh", "cid": str|None, "channel": str|None}
+
+and every edge answers each one, fire-and-forget on its DEALER, with what it found here::
+
+    {"op": "answer", "edge": "<edge name>", "cmd": n, "found": [str, ...]}
+
+(conncheck: the ids open on this edge; refresh: the WebSocket connection ids it refreshed).  The
+broker answers the command once every live edge answered, an edge that went away counting as
+answered (``broker.ingest.edgecmds``).  Typed as ``ConnCheckCommand``, ``RefreshCommand``
+(``encode_command`` / ``decode_command``) and ``CommandAnswer`` (a control request, like
+``StatsReport``).  Wire version 2 added them: a version 1 edge would not answer, and a broker
+would wait for it.
 """
 
 from __future__ import annotations
@@ -95,11 +116,13 @@ from broker.errors import RemoteProtocolError
 if TYPE_CHECKING:
     from broker.items import Formats
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: edge commands (conncheck, refresh) and presence topics
 SEP = b"\x00"
 HEARTBEAT_TOPIC = b"\x00hb\x00"
 HEARTBEAT_INTERVAL_S = 1.0
 RECOVER_TOPIC = b"\x00recover\x00"
+COMMAND_TOPIC = b"\x00cmd\x00"
+EDGE_TOPIC = b"\x00edge\x00"  # + edge name + SEP: an edge's presence topic
 REPLAY_LIMIT = 1000
 
 # The envelope map's keys, in the order the fan-out writes them: the one list.  ``Envelope``
@@ -276,6 +299,88 @@ def encode_recover(ts: float) -> bytes:
     return RECOVER_TOPIC + _packb({"ts": ts})
 
 
+# -- commands relayed to the edges (conncheck, refresh) and the edges' presence ---------------
+
+
+def edge_topic(name: str) -> bytes:
+    """The presence topic an edge named ``name`` subscribes to (names never contain NUL)."""
+    return EDGE_TOPIC + name.encode("utf-8") + SEP
+
+
+def edge_notice(frame: bytes) -> tuple[bool, str] | None:
+    """Parse an XPUB notice of a presence topic: (subscribed?, edge name), else None."""
+    if len(frame) < 2 or frame[0] not in (0, 1) or not frame.startswith(EDGE_TOPIC, 1):
+        return None
+    body = frame[1 + len(EDGE_TOPIC) :]
+    if not body.endswith(SEP) or len(body) < 2 or SEP in body[:-1]:
+        return None
+    try:
+        return frame[0] == 1, body[:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnCheckCommand:
+    """Which of ``ids`` are open client connections (Pushpin's ``conncheck``)."""
+
+    cmd: int
+    ids: tuple[str, ...]
+    op: ClassVar[str] = "conncheck"
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshCommand:
+    """Refresh the WebSocket connection ``cid``, or every WebSocket session subscribed to
+    ``channel`` (Pushpin's ``refresh``: a WebSocket-over-HTTP session asks its origin now)."""
+
+    cmd: int
+    cid: str | None = None
+    channel: str | None = None
+    op: ClassVar[str] = "refresh"
+
+
+EdgeCommand = ConnCheckCommand | RefreshCommand
+
+
+def is_command(frame: bytes) -> bool:
+    return frame.startswith(COMMAND_TOPIC)
+
+
+def encode_command(c: EdgeCommand) -> bytes:
+    if isinstance(c, ConnCheckCommand):
+        m: dict[str, Any] = {"cmd": c.cmd, "op": c.op, "ids": list(c.ids)}
+    elif isinstance(c, RefreshCommand):
+        m = {"cmd": c.cmd, "op": c.op, "cid": c.cid, "channel": c.channel}
+    else:
+        raise TypeError(f"not an edge command: {c!r}")
+    return COMMAND_TOPIC + _packb(m)
+
+
+def decode_command(frame: bytes) -> EdgeCommand:
+    """One command frame (``is_command``), typed; RemoteProtocolError if malformed."""
+    try:
+        m = _unpackb(frame[len(COMMAND_TOPIC) :])
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(f"bad command: {exc}") from exc
+    if not isinstance(m, dict):
+        raise RemoteProtocolError("bad command: not a map")
+    cmd, op = m.get("cmd"), m.get("op")
+    try:
+        if not _is_count(cmd):
+            raise ControlError("'cmd' must be a non-negative integer")
+        if op == "conncheck":
+            return ConnCheckCommand(cmd, _str_list(m, "ids"))
+        if op == "refresh":
+            cid, channel = _opt_str(m, "cid"), _opt_str(m, "channel")
+            if (cid is None) == (channel is None):
+                raise ControlError("refresh needs exactly one of 'cid' and 'channel'")
+            return RefreshCommand(cmd, cid, channel)
+    except ControlError as exc:
+        raise RemoteProtocolError(f"bad command: {exc.reason}") from None
+    raise RemoteProtocolError(f"bad command: unknown op {op!r}")
+
+
 # -- control: requests (edge -> broker) and replies (broker -> edge) ---------------------------
 
 Rid = Any  # what the edge chose (an int from ``edge.sync.link``); echoed as it came
@@ -351,7 +456,19 @@ class StatsReport:
     rid: ClassVar[Rid] = None
 
 
-Request = HelloRequest | PositionRequest | ReplayRequest | StatsReport
+@dataclass(frozen=True, slots=True)
+class CommandAnswer:
+    """An edge's answer to a relayed command ``cmd`` (no ``rid``, no reply): the ids it found
+    (conncheck: open here; refresh: the WebSocket connections it refreshed)."""
+
+    edge: str
+    cmd: int
+    found: tuple[str, ...] = ()
+    op: ClassVar[str] = "answer"
+    rid: ClassVar[Rid] = None
+
+
+Request = HelloRequest | PositionRequest | ReplayRequest | StatsReport | CommandAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +562,8 @@ def request_map(req: Request) -> dict[str, Any]:
         if req.requests:
             m["requests"] = req.requests
         return m
+    if isinstance(req, CommandAnswer):
+        return {"op": "answer", "edge": req.edge, "cmd": req.cmd, "found": list(req.found)}
     raise TypeError(f"not a control request: {req!r}")
 
 
@@ -515,6 +634,13 @@ def _opt_int(m: dict[Any, Any], key: str, rid: Rid = None) -> int | None:
     raise ControlError(f"'{key}' must be a non-negative integer", rid)
 
 
+def _str_list(m: dict[Any, Any], key: str, rid: Rid = None) -> tuple[str, ...]:
+    v = m.get(key)
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    raise ControlError(f"'{key}' must be a list of strings", rid)
+
+
 def _number(m: dict[Any, Any], key: str, rid: Rid = None) -> float:
     v = m.get(key, 0.0)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -557,6 +683,11 @@ def decode_request(frame: bytes) -> Request:
     if op == "stats":
         edge = m.get("edge")
         return StatsReport(edge if isinstance(edge, str) else "", raw=m)
+    if op == "answer":
+        cmd = m.get("cmd")
+        if not _is_count(cmd):
+            raise ControlError("'cmd' must be a non-negative integer", rid)
+        return CommandAnswer(_str(m, "edge", rid), cmd, _str_list(m, "found", rid))
     raise ControlError(f"unknown op {op!r}", rid)
 
 

@@ -54,6 +54,8 @@ from edge.timers import TimerWheel
 from edge.tls import Certificates, load_certificates
 from edge.tlsconn import TlsServer
 from edge.upstream import Upstream
+from edge.ws import commands as ws_commands
+from edge.ws.session import WsSession
 from edge.ws.timers import WsTimers
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,7 @@ class Edge:
         self.holds = HoldRegistry(cfg.next_link_updates_per_s)
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
+        self.websockets: dict[str, WsSession] = {}  # by connection id (conncheck, refresh)
 
     def set_routes(self, cfg: Config, routes: RouteTable, signers: Signers | None = None) -> None:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError.
@@ -232,6 +235,12 @@ class Edge:
         next link fetch it (Pushpin's recover command)."""
         n = self.holds.recover(trio.current_time())
         log.info("recover: %d held sessions asked to update (rate-limited)", n)
+
+    def on_command(self, command: wire.EdgeCommand) -> None:
+        """A ``conncheck`` or ``refresh`` relayed by the broker: do it, answer what was found."""
+        found = ws_commands.answer(command, self.stats, self.websockets, self.hub)
+        log.debug("command op=%s cmd=%d found=%d", command.op, command.cmd, len(found))
+        self.link.answer(command.cmd, found)
 
     async def wait_positioned(
         self, channels: list[str], timeout_s: float = POSITION_WAIT_S
@@ -526,7 +535,7 @@ async def open_listeners(cfg: Config) -> list[Listener]:
 async def serve(
     cfg: Config, index: int, routes: RouteTable, reload_config: Callable[[], Config] | None = None
 ) -> int:
-    link = BrokerLink(cfg)
+    link = BrokerLink(cfg, name=statsreport.edge_name(index))
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     load_origin_tls(cfg, routes)  # (the same: a bad CA file or client certificate)
     certs = load_certificates(cfg) if cfg.https_port else None  # ConfigError: exit 78
@@ -567,7 +576,7 @@ async def serve(
                 )
                 await edge_metrics.start(edge, nursery)
                 nursery.start_soon(link.serve_ctl)
-                nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover)
+                nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover, edge.on_command)
                 nursery.start_soon(edge.serve_timers)
                 nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from edge.sync.resume import Resumer
     from edge.sync.tracker import Tracker
     from edge.upstream import Upstream
+    from edge.ws.session import WsSession
     from edge.ws.timers import WsTimers
 
 
@@ -77,6 +78,7 @@ class ConnectionServices(OriginServices, SessionServices, Protocol):
     instruct_cache: InstructCache  # parsed instructs shared by held sessions
     resumer: Resumer
     stats: ConnStats
+    websockets: dict[str, WsSession]  # open WebSocket sessions by connection id
 
     def begin_resume(self, session: Session, channel: str) -> None: ...
 

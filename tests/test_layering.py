@@ -32,6 +32,7 @@ SANS_IO = [
     "broker/sequencer.py",
     "broker/history.py",
     "broker/control.py",
+    "broker/ingest/edgecmds.py",
     "broker/ratelimit.py",
     "broker/items.py",
     "broker/wire.py",

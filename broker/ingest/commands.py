@@ -12,7 +12,19 @@ false, "condition": bytes, "value"?: bytes}``.  Methods:
   (sent once the items are stored; ``store-unavailable`` when the history store refused them)
 * ``recover`` -> ``value: null`` (forget remembered last ids); ``rate-limited`` over the
   broker's ``recover_per_s``
+* ``conncheck`` (``args.ids``: a list of connection ids) -> the list of those ids that are open
+  client connections on some edge (``bad-request`` when ``ids`` is missing or not a list of
+  strings; ``proxy-request-failed`` when an edge did not answer in time)
+* ``refresh`` (``args.cid``, else ``args.channel``) -> ``value: null`` once the WebSocket
+  connection ``cid`` (``item-not-found`` when no edge has it; ``proxy-request-failed`` when an
+  edge did not answer in time), or every WebSocket session subscribed to ``channel`` (always a
+  success, as in Pushpin), was refreshed: a WebSocket-over-HTTP session sends its origin a
+  request now (with the events it has queued, often none); ``bad-request`` without either key
+  or when the value is not a string
 * anything else -> ``method-not-found``
+
+``conncheck`` and ``refresh`` are answered by the edges: ``CommandResult.relay`` is the command
+to relay (``broker.ingest.edgecmds``), and ``relay_reply`` the answer once they have answered.
 
 A request that is not a valid ZRPC tnetstring gets no reply (Pushpin logs and skips it).
 """
@@ -25,6 +37,7 @@ from dataclasses import dataclass
 from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest import tnetstring
 from broker.items import Item, parse_items_container
+from broker.wire import ConnCheckCommand, EdgeCommand, RefreshCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,10 @@ class CommandResult:
     # (``reply`` is only sent once they are stored: nothing is acknowledged that was not);
     # for recover: the reply when the broker's rate limit refused it
     failed_reply: bytes | None = None
+    # conncheck and refresh: the command the edges answer (``cmd`` 0: the relay numbers it);
+    # ``reply`` is None then, ``relay_reply`` builds it with the request's ``rid``
+    relay: EdgeCommand | None = None
+    rid: bytes | None = None
 
 
 def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], bytes]:
@@ -121,7 +138,42 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
                 value="history store unavailable, nothing published; retry later",
             ),
         )
+    if name == "conncheck":
+        ids = args.get(b"ids")
+        if not isinstance(ids, list) or not all(isinstance(i, bytes) for i in ids):
+            return fail("bad-request")
+        cids = tuple(dict.fromkeys(i.decode("utf-8", "replace") for i in ids))
+        return CommandResult(None, name, relay=ConnCheckCommand(0, cids), rid=rid)
+    if name == "refresh":
+        for key in (b"cid", b"channel"):  # cid first, as Pushpin looks at it first
+            if key in args:
+                value = args[key]
+                if not isinstance(value, bytes):
+                    return fail("bad-request")
+                text = value.decode("utf-8", "replace")
+                cmd = (
+                    RefreshCommand(0, cid=text)
+                    if key == b"cid"
+                    else RefreshCommand(0, channel=text)
+                )
+                return CommandResult(None, name, relay=cmd, rid=rid)
+        return fail("bad-request")
     return fail("method-not-found")
+
+
+def relay_reply(
+    rid: bytes | None, command: EdgeCommand, found: set[str], *, complete: bool
+) -> bytes:
+    """The reply to a relayed command: ``found`` is what the edges found, ``complete`` whether
+    every edge answered (or the answer was known before: every id found, the cid found)."""
+    if isinstance(command, ConnCheckCommand):
+        if not complete:
+            return _reply(rid, False, condition="proxy-request-failed")
+        return _reply(rid, True, value=[i.encode("utf-8") for i in command.ids if i in found])
+    if command.cid is not None and command.cid not in found:
+        condition = "item-not-found" if complete else "proxy-request-failed"
+        return _reply(rid, False, condition=condition)
+    return _reply(rid, True)  # a channel's sessions: errors ignored, as Pushpin does
 
 
 def _reply(rid: bytes | None, success: bool, *, value: object = None, condition: str = "") -> bytes:

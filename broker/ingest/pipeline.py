@@ -9,6 +9,8 @@ once and sends the batch.
 ``Pipeline`` also keeps what the fan-out needs: the live channels (from the XPUB's
 subscription notices, each answered with a position marker), the heartbeat with the
 trailing position markers, and the edges' control requests (hello, position, replay, stats).
+The commands the edges answer (``conncheck``, ``refresh``) go through its ``relay``
+(``broker.ingest.relay``), which also gets the edges' presence notices and answers.
 The sockets are handed in, built by the composition root (``broker.server``).
 """
 
@@ -28,6 +30,7 @@ from broker.config import Config
 from broker.errors import PublishError, RateLimited, RemoteProtocolError, StoreUnavailable
 from broker.histogram import IntHistogram
 from broker.ingest import commands
+from broker.ingest.relay import EdgeRelay
 from broker.items import Item, parse_pull_frame, parse_sub_item
 from broker.ops.stats import StatsEncoder
 from broker.ratelimit import ActionLimiter
@@ -101,6 +104,7 @@ class Pipeline:
         self.store_latency = IntHistogram()
         self.live: set[str] = set()
         self.lock = trio.Lock()
+        self.relay = EdgeRelay(sockets.edge_pub, sockets.command)  # conncheck, refresh
         self._received = {"pull": 0, "sub": 0, "http": 0, "command": 0}
         self._rejected = 0
         self._published = 0
@@ -321,6 +325,9 @@ class Pipeline:
                 result = commands.rate_limited(
                     result, f"recover refused: over recover_per_s={self.cfg.recover_per_s:g}"
                 )
+            if result.relay is not None:  # answered by the edges
+                self.relay.submit(prefix, result)
+                continue
             items.extend(result.items)
             if result.reply is not None:
                 if result.items:
@@ -345,8 +352,13 @@ class Pipeline:
         sub_in = self.sockets.sub_in
         async with self.lock:
             for frames in batch:
-                notice = wire.subscription_notice(frames[0]) if frames else None
+                if not frames:
+                    continue
+                notice = wire.subscription_notice(frames[0])
                 if notice is None:
+                    edge = wire.edge_notice(frames[0])  # an edge came or went
+                    if edge is not None:
+                        self.relay.on_notice(*edge)
                     continue
                 subscribed, channel = notice
                 if subscribed:
@@ -392,6 +404,10 @@ class Pipeline:
                     self.emit_stats(self.stats.edge_report(req.stats, time.time()))
                 except RemoteProtocolError as exc:
                     log.warning("bad stats report from an edge: %s", exc.reason)
+            return None
+        if req.op == "answer":  # an edge's answer to a relayed command
+            assert isinstance(req.request, wire.CommandAnswer)
+            self.relay.on_answer(req.request)
             return None
         try:
             if req.op == "position":

@@ -150,6 +150,12 @@ class ConnStats:
             return
         c.id, c.type = new_id, "ws"
 
+    def open_ids(self, ids: Iterable[str]) -> tuple[str, ...]:
+        """Which of ``ids`` are open connections here (the ``conncheck`` command; rare, so a
+        scan rather than an index kept on the accept path)."""
+        wanted = set(ids)
+        return tuple(c.id for c in self._conns.values() if c.id in wanted)
+
     def closed(self, key: Hashable, now: float) -> None:
         c = self._conns.pop(key, None)
         if c is None:

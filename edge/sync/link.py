@@ -4,7 +4,11 @@
   SNDHWM=0 (subscriptions are messages and must never be dropped), a large RCVHWM.
 * DEALER connected to ``edge_ctl``: hello / position / replay requests (the typed messages of
   ``broker.wire``), correlated by ``rid``, awaited with a timeout and retried; and ``send_nowait`` for fire-and-forget messages (the
-  once-a-second ``stats`` report, ``edge.ops.statsreport``), dropped rather than ever waiting.
+  once-a-second ``stats`` report, ``edge.ops.statsreport``; answers to relayed commands),
+  dropped rather than ever waiting.
+* Relayed commands (``conncheck``, ``refresh``): the SUB takes ``wire.COMMAND_TOPIC`` and, once
+  the broker is known to speak our wire version, this edge's presence topic
+  (``wire.edge_topic(name)``), by which the broker knows which edges must answer.
 
 ZeroMQ under trio (DESIGN.md "trio and ZeroMQ"): each socket is a ``broker.runtime.zmqtrio``
 ``ZSocket`` read by one task (drain with NOBLOCK until ``zmq.Again``, one checkpoint per batch,
@@ -74,9 +78,12 @@ class BrokerLinkStatistics:
 
 
 class BrokerLink:
-    def __init__(self, cfg: Config, *, ctx: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, ctx: zmq.Context[zmq.Socket[bytes]] | None = None, name: str = ""
+    ) -> None:
         """Both sockets built from the wiring table (``link_sub``, ``link_ctl`` of
-        ``broker.config.WIRING``), with heartbeats and Curve (``broker.curve.link_options``)."""
+        ``broker.config.WIRING``), with heartbeats and Curve (``broker.curve.link_options``);
+        ``name``: this edge's name (its presence topic; "" takes no relayed commands)."""
         self._ctx = ctx or zmq.Context.instance()
         options = link_options(cfg)  # one call: both sockets share an ephemeral Curve pair
         self.sub = open_zsocket(
@@ -84,6 +91,10 @@ class BrokerLink:
         )
         self.sub.subscribe(wire.HEARTBEAT_TOPIC)
         self.sub.subscribe(wire.RECOVER_TOPIC)
+        self.name = name
+        self._present = False  # subscribed to the presence topic
+        if name:
+            self.sub.subscribe(wire.COMMAND_TOPIC)
         self.ctl = open_zsocket(
             self._ctx, ENDPOINTS["link_ctl"], cfg, cfg.endpoint("edge_ctl", bind=False), options
         )
@@ -152,7 +163,7 @@ class BrokerLink:
             log.warning("broker request timed out op=%s try=%d", req.op, attempt + 1)
         raise BrokerUnavailable(f"no answer from the broker to {req.op}")
 
-    def send_nowait(self, msg: wire.StatsReport) -> bool:
+    def send_nowait(self, msg: wire.StatsReport | wire.CommandAnswer) -> bool:
         """Send a control message that gets no reply; False (dropped) if it would block."""
         return self.ctl.send_frame(wire.encode_request(msg))
 
@@ -193,9 +204,10 @@ class BrokerLink:
         self,
         on_frames: Callable[[list[bytes]], Awaitable[None]],
         on_recover: Callable[[], None] | None = None,
+        on_command: Callable[[wire.EdgeCommand], None] | None = None,
     ) -> None:
         """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out;
-        a recover frame calls ``on_recover()``)."""
+        a recover frame calls ``on_recover()``, a relayed command ``on_command(command)``)."""
 
         async def handle(frames: list[bytes]) -> None:
             self._frames += len(frames)
@@ -208,6 +220,8 @@ class BrokerLink:
                 elif wire.is_recover(f):
                     if on_recover is not None:
                         on_recover()
+                elif wire.is_command(f):
+                    self._on_command(f, on_command)
                 else:
                     data.append(f)
             if data:
@@ -221,11 +235,31 @@ class BrokerLink:
 
         await self._read_loop(self.ctl, handle)
 
+    def _on_command(
+        self, frame: bytes, on_command: Callable[[wire.EdgeCommand], None] | None
+    ) -> None:
+        try:
+            command = wire.decode_command(frame)
+        except RemoteProtocolError as exc:
+            log.warning("bad command from broker: %s", exc.reason)
+            return
+        if on_command is not None:
+            on_command(command)
+
+    def answer(self, cmd: int, found: tuple[str, ...]) -> None:
+        """Answer the relayed command ``cmd`` (fire-and-forget; dropped if it would block,
+        and the broker then answers ``proxy-request-failed``)."""
+        if not self.send_nowait(wire.CommandAnswer(self.name, cmd, found)):
+            log.warning("broker control queue full: answer to command %d dropped", cmd)
+
     def check_wire_version(self, theirs: int) -> bool:
         """Whether the broker's wire version ``theirs`` is ours; if not, log it (an ERROR
         naming both versions, once) and call ``on_refuse``."""
         if theirs == wire.WIRE_VERSION:
             self.wire_ok = True
+            if self.name and not self._present:  # from now on the broker waits for our answers
+                self._present = True
+                self.sub.subscribe(wire.edge_topic(self.name))
             return True
         self.wire_ok = False
         if not self.refused:

@@ -268,6 +268,11 @@ class WohOrigin:
             await room.wait()
 
     def refresh(self) -> None:
+        """Send the origin a request now (a published ``refresh`` action, or the ``refresh``
+        command), with whatever events are queued; one more after the request in flight.
+        Only while connected and not closing, as Pushpin."""
+        if self.gone or self.detached or self.close_in_flight or self.outbox.close_sent:
+            return
         self.refreshing = True
         self.wake.set()
 

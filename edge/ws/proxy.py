@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,9 @@ class WsOrigin:
         self.client_headers = client_headers
         # from a trusted GRIP proxy in front: the origin's GRIP goes up to it, untouched
         self.trusted = app.upstream.trusted_now(client_headers)
-        self.cid: str | None = None  # only WebSocket-over-HTTP names connections (edge.woh)
+        # the connection's id (stats, conncheck, refresh); only WebSocket-over-HTTP tells the
+        # origin (``Connection-Id``), a proxied WebSocket's origin never sees it (as Pushpin)
+        self.cid = str(uuid.uuid4())
         self.fixed_channels = tuple(route.targets[0].subs)
         self.stream: OriginStream | None = None
         self.ws = WsConnection(client=True, max_message=_max(app))
@@ -221,7 +224,7 @@ class WsOrigin:
         pass
 
     def refresh(self) -> None:
-        pass
+        """Nothing to do: Pushpin's ``refresh`` of a proxied WebSocket succeeds doing nothing."""
 
     def detach(self) -> None:
         self.detached = True

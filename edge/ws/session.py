@@ -362,6 +362,16 @@ class WsSession(Session):
     def hint(self) -> None:
         """Nothing to refresh: a WebSocket's origin is told by events, not re-requested."""
 
+    @property
+    def cid(self) -> str:
+        """The connection id (``Connection-Id`` toward a WebSocket-over-HTTP origin)."""
+        return self.side.cid
+
+    def refresh(self) -> None:
+        """The ``refresh`` command: a WebSocket-over-HTTP origin is asked now (while open)."""
+        if self.state is OPEN:
+            self.side.refresh()
+
     def end_for_shutdown(self) -> None:
         """The edge is draining (``edge.ops.lifecycle``): close 1012 so the client reconnects elsewhere."""
         if self.state is OPEN:
@@ -639,6 +649,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     )
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
+    app.websockets[side.cid] = session  # found by the refresh command (edge.ws.commands)
     clean = False
     try:
         async with trio.open_nursery() as nursery:
@@ -653,6 +664,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         log.debug("websocket ended conn=%s: %s", session.id, exc)
     finally:
         conn.sent += session.sent  # what the delivery path wrote, for the access log
+        app.websockets.pop(side.cid, None)
         session.end()
         app.remove_session(session)
         if not clean:

@@ -47,4 +47,62 @@ def test_smoke_fanout_gripcast(tmp_path, transport):
     assert run["loss"]["lost"] == 0, run["loss"]
     assert run["loss"]["duplicated"] == 0, run["loss"]
     assert run["deliveries"]["received"] == run["deliveries"]["expected"]
+    assert run["late"]["count"] == 0
+    assert run["warmup"]["received"] == run["warmup"]["clients"] == 100
+    # memory over the whole process tree: the runner, the broker and every edge
+    names = {p["name"] for p in run["memory"]["by_process"]}
+    assert {"run", "broker", "edge0", "edge1"} <= names, names
+    assert record["order"] == ["gripcast"]
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_smoke_fanout_tls_gripcast(tmp_path):
+    """``--tls``: the same target over plain HTTP, then over HTTPS, both lossless, with the
+    fair comparison's settings and the TLS cost in the JSON."""
+    out = tmp_path / "tls.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast", "--tls"]
+        + ["--warmup", "10", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert list(record["runs"]) == ["gripcast", "gripcast+tls"]
+    for name, run in record["runs"].items():
+        assert run["ok"], (name, run.get("error"))
+        assert run["config"]["tls"] == (name == "gripcast+tls")
+        assert run["config"]["stats"] and run["config"]["log_level"] == "warning"
+        assert run["connect"]["connected"] == 50
+        assert run["deliveries"]["received"] == run["deliveries"]["expected"] > 0
+        assert run["loss"]["lost"] == run["loss"]["duplicated"] == 0, run["loss"]
+    cost = record["tls_cost"]["connections/s while establishing"]
+    assert cost["gripcast"] is not None and cost["gripcast"] > 0
+    assert "TLS cost" in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_rest_with_keep_alives_gripcast(tmp_path):
+    """CPU at rest with keep-alives on: every connection stays open and gets keep-alives
+    (ignored by the clients), then the messages arrive as usual."""
+    out = tmp_path / "rest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast"]
+        + ["--rest", "2.5", "--keep-alive", "1", "--warmup", "10", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads(out.read_text())["runs"]["gripcast"]
+    assert run["ok"], run.get("error")
+    rest = run["rest"]
+    assert rest["keep_alive_s"] == 1 and rest["s"] >= 2.5
+    assert rest["live"] == 50
+    assert rest["server_cpu_s"] > 0 and rest["server_cpu_us_per_conn_s"] > 0
+    assert {p["name"] for p in rest["cpu"] if p["role"] == "server"} >= {"broker", "edge0"}
+    assert run["deliveries"]["received"] == run["deliveries"]["expected"] > 0
+    assert run["loss"]["lost"] == 0

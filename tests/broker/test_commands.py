@@ -70,7 +70,7 @@ def test_publish_bad_request(args, message):
 
 
 def test_method_not_found():
-    result, reply = run({b"id": b"7", b"method": b"conncheck"})
+    result, reply = run({b"id": b"7", b"method": b"get-zombies"})
     assert reply == {b"id": b"7", b"success": False, b"condition": b"method-not-found"}
     assert result.error == "method-not-found"
 
@@ -126,11 +126,15 @@ def test_parse_control_requests():
         (req(op="position", rid=3, channel=""), 3, "invalid value"),
         (req(op="replay", rid=4, channel="c", after_seq=-1), 4, "after_seq"),
         (req(op="replay", rid=5, channel="c", epoch=5), 5, "epoch"),
-        (req(op="hello", rid=6), 6, "edge speaks wire version 0, broker speaks wire version 1"),
+        (
+            req(op="hello", rid=6),
+            6,
+            f"edge speaks wire version 0, broker speaks wire version {wire.WIRE_VERSION}",
+        ),
         (
             req(op="hello", rid=7, wire=99),
             7,
-            "edge speaks wire version 99, broker speaks wire version 1",
+            f"edge speaks wire version 99, broker speaks wire version {wire.WIRE_VERSION}",
         ),
         (req(op="hello", rid=8, wire="1"), 8, "'wire' must be a non-negative integer"),
     ],

@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from tests.differential.harness import OriginRequest, OriginResponse, same_as_pushpin
-from tests.integration.wsraw import client_frame, raw_ws, read_frame
+from tests.differential.harness import OriginRequest, OriginResponse, open_ws, same_as_pushpin
+from tests.integration.wsraw import client_frame, read_frame
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -79,7 +79,7 @@ def test_client_close_goes_to_the_origin_first(each_system, origin, uniq):
     seen = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
         app.log.clear()
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             s.sendall(client_frame(1, b"hi"))
             frames = [read_frame(s)]
@@ -116,7 +116,7 @@ def test_pings_and_pongs_are_relayed(each_system, origin, uniq):
     origin.respond(path, App([], on))
     seen = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             s.sendall(client_frame(9, b"p1"))
             frames = [read_frame(s)]
@@ -153,7 +153,7 @@ def test_route_prefix_applies_to_subscribe(each_system, origin, uniq):
     origin.respond(path, App([("TEXT", sub)], lambda ev: [ev] if ev[0] == "TEXT" else []))
     seen = {}
     for system in each_system(routes=f"*,prefix=pfx- 127.0.0.1:{origin.port},over_http\n"):
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             s.sendall(client_frame(1, b"sync"))
             frames = [read_frame(s)]  # the echo: the subscribe was handled before it
@@ -184,7 +184,7 @@ def test_origin_close_without_a_valid_code(each_system, origin, uniq, answer, pu
     origin.respond(path, App([], lambda ev: [("CLOSE", answer)] if ev[0] == "CLOSE" else []))
     seen = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             s.sendall(client_frame(8, (1000).to_bytes(2, "big")))
             frames = [read_frame(s)]
@@ -205,7 +205,7 @@ def test_one_event_per_request(each_system, origin, uniq):
     origin.respond(path, App([], lambda ev: [ev] if ev[0] == "TEXT" else [("CLOSE", b"\x03\xe8")]))
     seen = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http,one_event\n"):
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             s.sendall(b"".join(client_frame(1, m) for m in (b"a", b"b", b"c")))
             frames = [read_frame(s) for _ in range(3)]
@@ -237,7 +237,7 @@ def test_published_close(each_system, origin, uniq):
     origin.respond(path, App([("TEXT", sub)], lambda ev: [ev] if ev[0] == "TEXT" else []))
     seen = {}
     for system in each_system(routes=f"* 127.0.0.1:{origin.port},over_http\n"):
-        s = raw_ws(system.client_port, path, key=KEY)
+        s = open_ws(system, origin, path, key=KEY)
         try:
             s.sendall(client_frame(1, b"sync"))
             frames = [read_frame(s)]

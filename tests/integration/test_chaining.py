@@ -51,7 +51,10 @@ def grip_origin(channel: str) -> Origin:
     def ok(h):
         return 200, {"Content-Type": "text/plain"}, b"ok\n"
 
-    return Origin({"/s": hold, "/__warmup__": ok})
+    def held(h):  # the harness's warm-up of Pushpin's hand-off to its handler
+        return 200, {"Grip-Hold": "stream", "Grip-Channel": "__warmup__"}, b"held\n"
+
+    return Origin({"/s": hold, "/__warmup__": ok, "/__warmup_hold__": held})
 
 
 def sub(tmp_path, name: str):

@@ -10,6 +10,7 @@ failure under ``GRIPCAST_REQUIRE_ALL=1``)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import subprocess
@@ -36,7 +37,10 @@ def node_modules() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         skip_missing("node and npm (Debian packages nodejs, npm)")
     mods = NODE_DIR / "node_modules"
-    with _install_lock:
+    # one install at a time, in this process (threads) and across processes (scripts/test runs
+    # both twin passes side by side)
+    with _install_lock, open(NODE_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not (mods / "@fanoutio" / "serve-grip" / "package.json").exists():
             r = subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],

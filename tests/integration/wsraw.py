@@ -22,22 +22,26 @@ def raw_ws(
     s = socket.socket()
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect(("127.0.0.1", port))
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    s.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        ).encode()
-    )
-    head = b""
-    s.settimeout(10)
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    if head_out is not None:
-        head_out.append(head)
+    try:
+        s.connect(("127.0.0.1", port))
+        key = key or base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        s.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+            ).encode()
+        )
+        head = b""
+        s.settimeout(10)
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        if head_out is not None:
+            head_out.append(head)
+    except BaseException:
+        s.close()  # a refused handshake must not leak the socket into a later test
+        raise
     return s
 
 

@@ -1,0 +1,50 @@
+"""``python -m bench fanout --target pushpin``: the smoke run against Debian's Pushpin, with the
+same client behaviour, logging, stats and warm-up as gripcast gets; memory over its whole
+process tree (the runner and every service it started)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(shutil.which("pushpin") is None, reason="pushpin is not installed"),
+]
+
+
+def test_smoke_fanout_pushpin(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "pushpin"]
+        + ["--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert list(record["runs"]) == ["pushpin"] == record["order"]
+    run = record["runs"]["pushpin"]
+    assert run["ok"], (run.get("error"), run.get("target_log_tail"))
+    cfg = run["config"]
+    assert (cfg["log_level"], cfg["stats"], cfg["resume"]) == ("warning", True, False)
+    assert run["warmup"]["received"] == run["warmup"]["clients"] == 100
+    assert run["connect"]["connected"] == 50
+    assert run["deliveries"]["expected"] == 50 * run["publish"]["per_channel"] > 0
+    assert run["deliveries"]["received"] == run["deliveries"]["expected"]
+    assert run["loss"]["lost"] == run["loss"]["duplicated"] == run["late"]["count"] == 0
+    names = {p["name"] for p in run["memory"]["by_process"]}
+    assert {"pushpin", "condure", "zurl", "pushpin-proxy", "pushpin-handler"} <= names, names
+    assert run["memory"]["processes"] == len(run["memory"]["by_process"])
+    assert all("per_conn_kib" in p for p in run["memory"]["by_process"])
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,46 @@
+"""Slow readers against a real gripcast cluster, kept small: 10% of the clients read at a
+trickle in the second step; they are counted apart, catch up (resuming with their cursor when
+the edge cuts them) and lose nothing; the others lose nothing either."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def test_slow_readers_gripcast(tmp_path):
+    out = tmp_path / "slow.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "slow", "--target", "gripcast", "--clients", "100"]
+        + ["--rate", "20", "--duration", "3", "--payload-bytes", "2048", "--slow-rate", "1024"]
+        + ["--warmup", "10", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads(out.read_text())["runs"]["gripcast"]
+    assert run["ok"], run.get("error")
+    assert run["config"]["resume"] and run["config"]["slow_every"] == 10
+    first, second = run["steps"]
+    assert (first["slowed"], second["slowed"]) == (False, True)
+    for st in (first, second):
+        slow = st["slow_readers"]
+        assert slow["clients"] == 10
+        assert st["deliveries"]["expected"] == 90 * st["publish"]["per_channel"]
+        assert st["deliveries"]["received"] == st["deliveries"]["expected"]
+        assert st["loss"]["lost"] == st["loss"]["duplicated"] == 0
+        assert slow["lost"] == 0, slow  # caught up (resumed with the cursor if cut)
+        assert slow["received"] >= slow["expected"]
+    effect = run["slow_effect"]
+    assert effect["fast_throughput_kept"] is not None and "goal_met" in effect
+    assert proc.returncode == 0, proc.stderr[-3000:]
