@@ -5,6 +5,7 @@ sentinels (``redis-server --sentinel``) on 127.0.0.1, ports chosen at run time.
         url = g.url()                                   # redis+sentinel://.../gcmaster/0
         g.kill_master()                                 # SIGKILL the current master
         g.wait_failover(old)                            # a replica promoted, all sentinels agree
+        g.rejoin(killed)                                # back, as a replica of the new master
 
 Readiness is polled (``INFO replication``, ``SENTINEL master``), never a fixed sleep; every
 wait is bounded; every process is stopped by its own PID (``RedisServer.stop``).
@@ -220,6 +221,22 @@ class SentinelGroup:
         wait(promoted, timeout, f"no replica was promoted after 127.0.0.1:{old_port} failed")
         assert self.master_port is not None
         return self.master_port
+
+    def rejoin(self, server: RedisServer, timeout: float = 20.0) -> None:
+        """Restart a killed server (same port, empty) as a replica of the current master and
+        wait until it is in sync (the sentinels alone would notice it only at their next
+        10-second INFO round; a restarted master must never come back as a master)."""
+        server.extra_args = [a for a in server.extra_args]
+        if "--replicaof" in server.extra_args:
+            i = server.extra_args.index("--replicaof")
+            del server.extra_args[i : i + 3]
+        server.extra_args += ["--replicaof", "127.0.0.1", str(self.master_port)]
+        server.start()
+        wait(
+            lambda: info(server.port).get("master_link_status") == "up",
+            timeout,
+            f"127.0.0.1:{server.port} never synchronised with the new master",
+        )
 
     def close(self) -> None:
         for s in self.sentinels + self.servers:
