@@ -36,6 +36,7 @@ pytestmark = [
 ]
 
 CH = "sentinel"
+LATE = "late"  # first subscribed while there is no master
 
 
 def sse_origin(req):
@@ -49,9 +50,17 @@ def sse_origin(req):
     )
 
 
-def item(n: int) -> dict:
+def late_origin(req):
+    return (
+        200,
+        {"Content-Type": "text/event-stream", "Grip-Hold": "stream", "Grip-Channel": LATE},
+        b": open\n\n",
+    )
+
+
+def item(n: int, channel: str = CH) -> dict:
     content = f"id: %(id)s\ndata: {n}\n\n"
-    return {"channel": CH, "formats": {"http-stream": {"content": content}}}
+    return {"channel": channel, "formats": {"http-stream": {"content": content}}}
 
 
 class SSE:
@@ -101,7 +110,7 @@ class SSE:
 
 def test_master_killed_nothing_acknowledged_is_lost(tmp_path):
     nclients, before, after = 30, 60, 60
-    origin = Origin({"/sse": sse_origin})
+    origin = Origin({"/sse": sse_origin, "/late": late_origin})
     origin.httpd.socket.listen(256)
     with SentinelGroup(replicas=1, sentinels=3) as group, origin:
         with Cluster(
@@ -114,9 +123,11 @@ def test_master_killed_nothing_acknowledged_is_lost(tmp_path):
             redis_wait_timeout_ms=500,
         ) as cl:
             clients = [SSE(cl.url("/sse", i % 2)) for i in range(nclients)]
+            late = [SSE(cl.url("/late", i)) for i in range(2)]
             acked: list[int] = []
             refused: list[int] = []
             timeline: dict[str, float] = {}
+            late_from: list[int] = []
 
             async def main():
                 http = httpx.AsyncClient(
@@ -131,9 +142,8 @@ def test_master_killed_nothing_acknowledged_is_lost(tmp_path):
 
                         async def publish() -> None:
                             nonlocal n
-                            r = await pub.post(
-                                cl.publish_url + "/publish", json={"items": [item(n)]}
-                            )
+                            items = [item(n)] + ([item(n, LATE)] if late_from else [])
+                            r = await pub.post(cl.publish_url + "/publish", json={"items": items})
                             if r.status_code == 200:
                                 acked.append(n)
                             else:
@@ -151,6 +161,11 @@ def test_master_killed_nothing_acknowledged_is_lost(tmp_path):
                         timeline["killed"] = time.monotonic()
                         for c in clients[::3]:  # these resume by cursor during the failover
                             await c.drop()
+                        # a channel first subscribed now: its first publish acknowledged after
+                        # the failover must reach these holds (edges position it meanwhile)
+                        tasks.extend(asyncio.create_task(c.run(http)) for c in late)
+                        await asyncio.wait_for(asyncio.gather(*(c.opened.wait() for c in late)), 10)
+                        late_from.append(n)
 
                         async def replace() -> None:
                             await asyncio.to_thread(group.wait_failover, old)
@@ -173,9 +188,11 @@ def test_master_killed_nothing_acknowledged_is_lost(tmp_path):
                         await replacing
                     last = acked[-1]
                     deadline = time.monotonic() + 30
-                    while not all(last in c.got for c in clients):
+                    while not all(last in c.got for c in clients + late):
                         assert time.monotonic() < deadline, (
-                            "clients never received the last " + str([len(c.got) for c in clients])
+                            f"clients never received the last: {[len(c.got) for c in clients]} "
+                            f"late: {[(c.got[:5], c.connects, c.errors[:2]) for c in late]} "
+                            f"late_from={late_from} acked={acked[-5:]}"
                         )
                         await asyncio.sleep(0.05)
                     await asyncio.sleep(0.3)  # nothing more may arrive (a duplicate, say)
@@ -189,6 +206,11 @@ def test_master_killed_nothing_acknowledged_is_lost(tmp_path):
         codes = cl.stop()
     assert codes == [0, 0, 0], codes
 
+    late_acked = [n for n in acked if n >= late_from[0]]
+    for c in late:
+        assert c.got == late_acked or (
+            set(late_acked) <= set(c.got) and c.got == sorted(set(c.got))
+        ), f"late client lost {sorted(set(late_acked) - set(c.got))[:10]} got {c.got[:10]}"
     assert refused, "no publish was refused: the failover window was not exercised"
     assert refused[0] > acked[before - 1]
     refused_set = set(refused)
