@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, RemoteProtocolError
 
 SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -64,8 +64,12 @@ class SwitchMaster:
     new: tuple[str, int]
 
 
-class SentinelReplyError(ValueError):
-    """A sentinel or server reply that does not have the expected shape."""
+class SentinelReplyError(RemoteProtocolError):
+    """A sentinel or server reply that does not have the expected shape (the store treats the
+    server as unavailable: ``RedisUnavailable``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=503)
 
 
 def is_sentinel_url(url: str) -> bool:
