@@ -47,6 +47,7 @@ class SentinelLocatorStatistics:
     sentinel_errors: int  # sentinels that did not answer a lookup
     master_changes: int  # the address changed (a failover followed)
     switch_messages: int  # +switch-master announcements received
+    watching: tuple[str, int] | None  # the sentinel watch() is subscribed to
 
 
 class SentinelLocator:
@@ -63,6 +64,7 @@ class SentinelLocator:
         self._sentinel_errors = 0
         self._master_changes = 0
         self._switch_messages = 0
+        self._watching: tuple[str, int] | None = None
         self._closed = False
 
     @property
@@ -144,7 +146,11 @@ class SentinelLocator:
                     client_name="gripcast-broker-sentinel-watch",
                 )
 
-                def on_message(message: object) -> None:
+                def on_message(message: object, addr: tuple[str, int] = addr) -> None:
+                    if isinstance(message, list) and message[:1] == [b"subscribe"]:
+                        self._watching = addr
+                        log.debug("sentinel watch subscribed sentinel=%s:%d", *addr)
+                        return
                     switch = _switch_or_none(message)
                     if switch is not None and switch.master_name == self.url.master_name:
                         self._switch_messages += 1
@@ -156,6 +162,8 @@ class SentinelLocator:
                         await client.serve_subscription(["+switch-master"], on_message)
                 except StoreUnavailable as exc:
                     log.debug("sentinel watch lost sentinel=%s:%d error=%s", *addr, exc)
+                finally:
+                    self._watching = None
             await trio.sleep(max(self.timeout_s, 0.5))
 
     def statistics(self) -> SentinelLocatorStatistics:
@@ -166,6 +174,7 @@ class SentinelLocator:
             sentinel_errors=self._sentinel_errors,
             master_changes=self._master_changes,
             switch_messages=self._switch_messages,
+            watching=self._watching,
         )
 
     async def aclose(self) -> None:

@@ -168,6 +168,9 @@ def test_coordinated_failover_is_followed_and_sequencing_continues():
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.serve)
+                with trio.fail_after(10):  # the +switch-master subscription is up
+                    while store.statistics().sentinel.watching is None:
+                        await trio.sleep(0.01)
                 envs = await store.append_batch([item(n) for n in range(10)], time.time())
                 assert envs[-1].seq == 10
                 old = group.master_port
@@ -184,6 +187,7 @@ def test_coordinated_failover_is_followed_and_sequencing_continues():
                 nursery.cancel_scope.cancel()
             st = store.statistics().sentinel
             assert st is not None and st.master_changes >= 1
+            assert st.switch_messages == 1  # the announcement was seen (and followed)
         finally:
             await store.aclose()
 
