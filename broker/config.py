@@ -102,8 +102,14 @@ class Config:
     # broker history (memory store)
     history_max_items: int = _reload(1000, "broker")
     history_max_age_s: float = _reload(3600.0, "broker")
-    # history store: "memory" or "redis://[:password@]host[:port][/db]" (see docs/reliability.md)
+    # history store: "memory", "redis://[:password@]host[:port][/db]" or, through Redis Sentinel,
+    # "redis+sentinel://[:password@]host1[:port1],host2[:port2]/<master-name>[/db]"
+    # (see docs/reliability.md)
     store: str = "memory"
+    # Redis stores: acknowledge a publish only once this many replicas confirmed it (Redis WAIT;
+    # 0: once the master stored it), else refuse it (503); waiting at most redis_wait_timeout_ms
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     # broker XPUB send high-water mark per edge (messages); beyond it fan-out drops and the
     # edges repair the gap from history
     edge_pub_sndhwm: int = 100_000
@@ -401,15 +407,24 @@ def validate(cfg: Config) -> list[str]:
             load_verify_key(cfg.publish_jwt_key)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    if cfg.store != "memory" and not cfg.store.startswith("redis://"):
-        problems.append(f"store: {cfg.store!r} is not 'memory' or a redis://host:port/db URL")
-    elif cfg.store.startswith("redis://"):
+    if cfg.store != "memory" and not cfg.store.startswith(("redis://", "redis+sentinel://")):
+        problems.append(
+            f"store: {cfg.store!r} is not 'memory', a redis://host:port/db URL or a "
+            "redis+sentinel://host:port,host:port/<master-name>/db URL"
+        )
+    elif cfg.store != "memory":
         try:
-            from broker.store.redisclient import parse_redis_url
+            from broker.store import parse_store_url
 
-            parse_redis_url(cfg.store)
+            parse_store_url(cfg.store)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    if cfg.redis_wait_replicas < 0:
+        problems.append("redis_wait_replicas: must be 0 (no WAIT) or more")
+    if not 1 <= cfg.redis_wait_timeout_ms <= 60_000:
+        problems.append("redis_wait_timeout_ms: must be between 1 and 60000")
+    if cfg.redis_wait_replicas and cfg.store == "memory":
+        problems.append("redis_wait_replicas: needs a Redis store (store = redis://...)")
     if cfg.edge_pub_sndhwm < 0:
         problems.append("edge_pub_sndhwm: must be 0 (no limit) or more")
     if cfg.edge_sub_rcvhwm < 0:

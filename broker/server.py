@@ -280,6 +280,9 @@ class Broker:
                 nursery.start_soon(self._serve_sequencer_timer, name="broker.serve_sequencer")
                 if b.zap is not None:
                     nursery.start_soon(b.zap.serve, name="broker.serve_zap")
+                store_serve = getattr(self.store, "serve", None)  # Redis Sentinel: +switch-master
+                if store_serve is not None:
+                    nursery.start_soon(store_serve, name="broker.serve_store")
                 await broker_lifecycle.start_ops(self, nursery)
                 self.serving = True
                 notify(f"READY=1\nSTATUS=broker {self.broker_id} ready")

@@ -51,6 +51,7 @@ class RedisServer:
     def __init__(self, port: int | None = None, *extra_args: str) -> None:
         self.port = port
         self.extra_args = list(extra_args)
+        self.config_file: str | None = None  # a config file to start with (e.g. a sentinel's)
         self.proc: subprocess.Popen | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="gc-redis-")
         self.logfile = os.path.join(self._dir.name, "redis.log")
@@ -77,6 +78,7 @@ class RedisServer:
     def _spawn(self, port: int, timeout: float) -> None:
         argv = [
             REDIS_SERVER,
+            *([self.config_file] if self.config_file else []),
             "--port",
             str(port),
             "--bind",

@@ -37,6 +37,7 @@ SANS_IO = [
     "broker/items.py",
     "broker/wire.py",
     "broker/ingest/tnetstring.py",
+    "broker/store/sentinel.py",
     "edge/routes.py",
     "edge/grip/instruct.py",
     "edge/grip/filters.py",

@@ -37,6 +37,7 @@ from broker.ratelimit import ActionLimiter
 from broker.runtime.zmqtrio import ZSocket
 from broker.sequencer import Sequencer, SequencerStatistics
 from broker.store.memory import Store
+from broker.wire import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ class Pipeline:
         # the heartbeat re-sends their position markers so an edge that lost the tail of a
         # burst on PUB/SUB (HWM) notices the gap even when nothing more is published
         self._recent: dict[str, tuple[str, int]] = {}
+        # live channels whose subscription marker could not be sent (the store was down): the
+        # first publish on one after the store answers is preceded by the marker of the
+        # position just before it, so an edge still positioning that channel delivers it
+        # (instead of positioning past it when its own retried request is answered)
+        self._unmarked: set[str] = set()
         self._recent_prev: dict[str, tuple[str, int]] = {}
         self._trailing_markers = 0
 
@@ -221,6 +227,8 @@ class Pipeline:
         # remember each channel's position for the trailing markers, then encode and send the
         # frames of the live channels in one loop (_speedups' fan_out: no Python object per frame)
         edge_pub = self.sockets.edge_pub
+        if self._unmarked:
+            self._mark_before(envelopes)
         sent, blocked = fan_out(edge_pub.sock, envelopes, live, self._recent)
         edge_pub.send_dropped += blocked
         self._fanned_out += sent
@@ -229,6 +237,16 @@ class Pipeline:
         if self.stats is not None:
             self.stats.received(len(envelopes))
             self.emit_stats(self.stats.messages(envelopes, live))
+
+    def _mark_before(self, envelopes: list[Envelope]) -> None:
+        """Send the marker ``(epoch, seq - 1)`` of each unmarked channel's first envelope."""
+        for env in envelopes:
+            if env.channel in self._unmarked:
+                self._unmarked.discard(env.channel)
+                if env.channel in self.live and self.sockets.edge_pub.send_frame(
+                    wire.encode_marker(env.channel, env.epoch, env.seq - 1)
+                ):
+                    self._markers += 1
 
     def emit_stats(self, frames: list[bytes]) -> None:
         stats = self.sockets.stats
@@ -365,6 +383,7 @@ class Pipeline:
                     await self._subscribed(channel)
                 elif channel in self.live:
                     self.live.discard(channel)
+                    self._unmarked.discard(channel)
                     sub_in.unsubscribe(channel.encode("utf-8"))
                     log.debug("channel dead channel=%s", channel)
 
@@ -377,7 +396,9 @@ class Pipeline:
             pos = await self.store.position(channel)
         except StoreUnavailable as exc:
             log.error("store unavailable, no marker channel=%s error=%s", channel, exc)
+            self._unmarked.add(channel)
             return
+        self._unmarked.discard(channel)
         if self.sockets.edge_pub.send_frame(wire.encode_marker(channel, pos.epoch, pos.last_seq)):
             self._markers += 1
 

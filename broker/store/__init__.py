@@ -8,6 +8,12 @@ redisclient.py); this module chooses one from the config (``store`` key, ``--sto
   refuses publishes (HTTP 503, an error reply on the command socket, PUSH/SUB items logged and
   counted) until Redis answers; it reconnects by itself (with backoff, at most
   ``REDIS_BACKOFF_MAX_S`` between attempts) on the next publish or history request.
+* ``redis+sentinel://[:password@]host1[:port1],host2[:port2],.../<master-name>[/db]``: the same
+  ``RedisStore`` on the master the sentinels name, following failovers
+  (``broker.store.sentinel`` for the URL form, ``broker.store.sentinelclient`` for the lookup).
+
+``redis_wait_replicas`` / ``redis_wait_timeout_ms`` (either Redis form): acknowledge only what
+that many replicas confirmed (``WAIT``), see ``broker.store.redis``.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ from broker.history import MemoryHistory
 from broker.store.memory import MemoryStore, Store
 from broker.store.redis import RedisStore
 from broker.store.redisclient import RedisClient, parse_redis_url
+from broker.store.sentinel import is_sentinel_url, parse_sentinel_url
+from broker.store.sentinelclient import SentinelLocator
 
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 2.0  # one round trip; a publish waits at most this long for Redis
 REDIS_BACKOFF_MAX_S = 1.0
+SENTINEL_TIMEOUT_S = 0.5  # one sentinel lookup; a dead sentinel is skipped after this
 STARTUP_PROBE_S = 2.0
 
 
@@ -38,15 +47,24 @@ def open_store(cfg: Config) -> Store:
                 max_bytes=cfg.history_max_bytes,
             )
         )
-    host, port, db, password = parse_redis_url(cfg.store)
+    locator: SentinelLocator | None = None
+    if is_sentinel_url(cfg.store):
+        url = parse_sentinel_url(cfg.store)
+        locator = SentinelLocator(url, timeout_s=SENTINEL_TIMEOUT_S)
+        host, port, db, password = url.sentinels[0][0], 0, url.db, url.password
+    else:
+        host, port, db, password = parse_redis_url(cfg.store)
+    wait_s = cfg.redis_wait_timeout_ms / 1000 if cfg.redis_wait_replicas else 0.0
     client = RedisClient(
         host,
         port,
         db,
         password=password,
-        timeout_s=REDIS_TIMEOUT_S,
+        timeout_s=REDIS_TIMEOUT_S + wait_s,  # a round trip includes WAIT's own timeout
+        connect_timeout_s=REDIS_TIMEOUT_S,
         backoff_max_s=REDIS_BACKOFF_MAX_S,
         client_name="gripcast-broker",
+        locator=locator,
     )
     return RedisStore(
         client,
@@ -54,6 +72,9 @@ def open_store(cfg: Config) -> Store:
         max_age_s=cfg.history_max_age_s,
         max_bytes=cfg.history_max_bytes,
         owns_client=True,
+        wait_replicas=cfg.redis_wait_replicas,
+        wait_timeout_ms=cfg.redis_wait_timeout_ms,
+        locator=locator,
     )
 
 
@@ -61,8 +82,22 @@ def describe(cfg: Config) -> str:
     """The store for logs, without a password."""
     if cfg.store == "memory":
         return "memory"
-    host, port, db, _ = parse_redis_url(cfg.store)
-    return f"redis://{host}:{port}/{db}"
+    if is_sentinel_url(cfg.store):
+        text = parse_sentinel_url(cfg.store).describe()
+    else:
+        host, port, db, _ = parse_redis_url(cfg.store)
+        text = f"redis://{host}:{port}/{db}"
+    if cfg.redis_wait_replicas:
+        text += f" wait_replicas={cfg.redis_wait_replicas}"
+    return text
+
+
+def parse_store_url(url: str) -> None:
+    """Validate a Redis store URL of either form (ConfigError listing every problem)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    else:
+        parse_redis_url(url)
 
 
 async def probe(store: Store, timeout_s: float = STARTUP_PROBE_S) -> bool:

@@ -38,6 +38,22 @@ is kept, so an idle channel keeps its epoch and seq.  If the meta hash is lost (
 without persistence, or evicted by ``maxmemory``), the channel starts a new epoch and its stale
 stream is deleted: seqs may restart, but never under a known epoch.
 
+Acknowledged means stored: ``append_batch`` returns (and the broker acknowledges and fans out)
+only after every script's reply came back without an error.  With ``wait_replicas = N`` (the
+``redis_wait_replicas`` key) each pipeline ends with ``WAIT N wait_timeout_ms``: fewer than N
+replicas confirming raises ``RedisStoreError`` (a ``StoreUnavailable``: HTTP 503, an error reply
+on the command socket), so a message is acknowledged only once N replicas hold it and a
+failover to one of them cannot lose it.  Reads (``position``, ``replay``) end with the same
+``WAIT``: what an edge learns (a seq, a record) is on N replicas too, so no edge can see a seq
+that a failover then hands out again for another message.  A refused batch may still be on the
+master (its seqs are then used: edges repair them from history like any gap) or lost with it
+(never fanned out, so its seqs being handed out again cannot be noticed).
+
+Redis Sentinel (``redis+sentinel://`` URLs, ``broker.store.sentinel``): the client follows
+the master (``broker.store.sentinelclient``); ``serve()`` (run by the broker) also follows the
+sentinels' ``+switch-master`` announcements.  Each channel's state is all in Redis and replicated
+with it, so after a failover sequencing continues where the new master's copy ends.
+
 Durability across a *Redis* restart is Redis's own persistence (AOF with ``appendfsync``) and the
 operator's choice; across a *broker* restart it is everything above.
 
@@ -59,6 +75,7 @@ from typing import Any
 
 import hiredis
 import msgpack
+import trio
 
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
@@ -69,6 +86,7 @@ from broker.store.redisclient import (
     RedisReplyError,
     open_redis_url,
 )
+from broker.store.sentinelclient import SentinelLocator, SentinelLocatorStatistics
 from broker.wire import REPLAY_LIMIT, Envelope
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -90,7 +108,9 @@ class RedisStoreStatistics:
     script_reloads: int
     positions: int
     replays: int
+    wait_refusals: int  # batches (or reads) refused: fewer than wait_replicas confirmed
     client: RedisClientStatistics
+    sentinel: SentinelLocatorStatistics | None
 
 
 # -- Lua -------------------------------------------------------------------------------------
@@ -323,9 +343,18 @@ class RedisStore:
         max_bytes: int = 0,
         new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
         owns_client: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        locator: SentinelLocator | None = None,
     ) -> None:
         if max_items < 1 or max_age_s <= 0 or max_script_items < 1:
             raise ValueError("history bounds must be positive")
+        if wait_replicas < 0 or (wait_replicas and wait_timeout_ms < 1):
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.locator = locator
+        self._wait_refusals = 0
         self.client = client
         self.max_items = max_items
         self.max_age_s = max_age_s
@@ -507,30 +536,53 @@ class RedisStore:
             script_reloads=self._script_reloads,
             positions=self._positions,
             replays=self._replays,
+            wait_refusals=self._wait_refusals,
             client=self.client.statistics(),
+            sentinel=self.locator.statistics() if self.locator is not None else None,
         )
+
+    async def serve(self) -> None:
+        """Follow the sentinels' ``+switch-master`` (Sentinel only; otherwise nothing to do)."""
+        if self.locator is None:
+            await trio.sleep_forever()
+            return
+        client = self.client
+        await self.locator.watch(lambda switch: client.invalidate())
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self.client.aclose()
+            if self.locator is not None:
+                await self.locator.aclose()
 
     # -- internals ----------------------------------------------------------------------------
 
     async def _run_scripts(self, script: _Script, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Pipeline EVALSHA ``commands``; rerun NOSCRIPT ones with EVAL (it had not run)."""
         self._script_calls += len(commands)
-        replies = await self.client.pipeline(commands)
+        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms) if self.wait_replicas else None
+        replies = await self.client.pipeline(commands + [wait] if wait else commands)
+        waited = replies.pop() if wait else None
         retry = [i for i, r in enumerate(replies) if _is_noscript(r)]
         if retry:
             self._script_reloads += 1
-            again = await self.client.pipeline(
-                [("EVAL", script.source, *commands[i][2:]) for i in retry]
-            )
+            reload = [("EVAL", script.source, *commands[i][2:]) for i in retry]
+            again = await self.client.pipeline(reload + [wait] if wait else reload)
+            waited = again.pop() if wait else None
             for i, r in zip(retry, again):
                 replies[i] = r
         for r in replies:
             if isinstance(r, hiredis.ReplyError):
                 raise RedisStoreError(f"redis refused a store write: {r}") from RedisReplyError(r)
+        if wait is not None:
+            if isinstance(waited, hiredis.ReplyError):
+                raise RedisStoreError(f"redis refused WAIT: {waited}") from RedisReplyError(waited)
+            if not isinstance(waited, int) or waited < self.wait_replicas:
+                self._wait_refusals += 1
+                raise RedisStoreError(
+                    f"only {waited} of {self.wait_replicas} replicas confirmed within "
+                    f"{self.wait_timeout_ms} ms; not acknowledged"
+                )
         return replies
 
 

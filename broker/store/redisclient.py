@@ -27,20 +27,29 @@ with that backoff until it succeeds or its own deadline passes.
 
 Timeouts: ``connect_timeout_s`` bounds connecting (TCP + AUTH/SELECT), ``timeout_s`` bounds each
 request's round trip.
+
+Following a master (Redis Sentinel, ``broker.store.sentinelclient``): a client made with a
+``locator`` asks it for the address at each connect (instead of a fixed host and port) and
+checks that the server found answers ``ROLE`` as a master.  An error reply ``-READONLY``,
+``-LOADING`` or ``-MASTERDOWN`` (``broker.store.sentinel.needs_new_master``) drops the
+connection after the request (the reply is still returned or raised as usual), and
+``invalidate()`` (a ``+switch-master`` seen) makes the next request reconnect: either way the
+next request locates the master again.  The request that saw the error is not retried here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 import trio
 
 from broker.errors import ConfigError, GripcastError, LocalProtocolError, StoreUnavailable
+from broker.store.sentinel import SentinelReplyError, is_master_role, needs_new_master
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,12 @@ _NOT_ENOUGH = object()  # Reader.gets() returns it for "no complete reply yet"
 _RECV_SIZE = 256 * 1024
 
 Command = Sequence[Any]
+
+
+class Locator(Protocol):
+    """Where the master is now (``broker.store.sentinelclient.SentinelLocator``)."""
+
+    async def locate(self) -> tuple[str, int]: ...
 
 
 class RedisUnavailable(StoreUnavailable):
@@ -76,6 +91,8 @@ class RedisClientStatistics:
     commands: int
     error_replies: int
     waiting: int  # requests queued behind the lock
+    failover_drops: int  # connections dropped on READONLY/LOADING/MASTERDOWN or invalidate()
+    role_refusals: int  # connects refused because the server found was not a master
 
 
 def parse_redis_url(url: str) -> tuple[str, int, int, str | None]:
@@ -118,6 +135,7 @@ class RedisClient:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         client_name: str | None = None,
+        locator: Locator | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -128,6 +146,10 @@ class RedisClient:
         self.backoff_max_s = backoff_max_s
         self._password = password
         self._client_name = client_name
+        self._locator = locator
+        self._stale = False  # invalidate(): reconnect before the next request
+        self._failover_drops = 0
+        self._role_refusals = 0
         self._stream: trio.SocketStream | None = None
         self._reader: hiredis.Reader | None = None
         self._lock = trio.Lock()
@@ -190,6 +212,11 @@ class RedisClient:
                 ) from last
             await trio.sleep_until(wake)
 
+    def invalidate(self) -> None:
+        """The master moved (``+switch-master``): reconnect (and locate) before the next request."""
+        if self._stream is not None:
+            self._stale = True
+
     # -- requests -----------------------------------------------------------------------------
 
     async def execute(self, *args: Any) -> Any:
@@ -219,6 +246,8 @@ class RedisClient:
             commands=self._commands,
             error_replies=self._error_replies,
             waiting=self._lock.statistics().tasks_waiting,
+            failover_drops=self._failover_drops,
+            role_refusals=self._role_refusals,
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -234,6 +263,9 @@ class RedisClient:
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError(f"cannot encode Redis command: {exc}") from exc
         async with self._lock:
+            if self._stale:
+                self._failover_drops += 1
+                self._drop("the master moved")
             if self._stream is None:
                 if trio.current_time() < self._next_attempt:
                     raise RedisUnavailable(
@@ -243,10 +275,58 @@ class RedisClient:
             self._requests += 1
             self._commands += len(commands)
             replies = await self._round_trip(data, len(commands), self.timeout_s)
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                self._error_replies += 1
+            moved = None
+            for reply in replies:
+                if isinstance(reply, hiredis.ReplyError):
+                    self._error_replies += 1
+                    if moved is None and needs_new_master(str(reply)):
+                        moved = reply
+            if moved is not None:
+                self._failover_drops += 1
+                log.warning(
+                    "redis server is not a usable master host=%s port=%d reply=%s",
+                    self.host,
+                    self.port,
+                    moved,
+                )
+                self._drop("not a usable master")
         return replies
+
+    async def serve_subscription(
+        self, channels: Sequence[str], on_message: Callable[[Any], None]
+    ) -> None:
+        """SUBSCRIBE to ``channels`` and call ``on_message`` with every push (a list such as
+        ``[b"message", channel, payload]``) until the connection ends (RedisUnavailable).
+
+        The client is in pub/sub mode afterwards: use a client of its own for this."""
+        self._check_open()
+        async with self._lock:
+            if self._stream is None:
+                await self._connect()
+            stream, reader = self._stream, self._reader
+            assert stream is not None and reader is not None
+            try:
+                subscribe: tuple[Any, ...] = ("SUBSCRIBE", *channels)
+                await stream.send_all(hiredis.pack_command(subscribe))
+                while True:
+                    reply = reader.gets()
+                    if reply is _NOT_ENOUGH:
+                        chunk = await stream.receive_some(_RECV_SIZE)
+                        if not chunk:
+                            raise RedisUnavailable(
+                                f"redis {self.host}:{self.port} closed the connection"
+                            )
+                        reader.feed(chunk)
+                        continue
+                    on_message(reply)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise RedisUnavailable(f"redis {self.host}:{self.port}: {exc}") from exc
+            except hiredis.ProtocolError as exc:
+                raise RedisUnavailable(
+                    f"redis {self.host}:{self.port} protocol error: {exc}"
+                ) from exc
+            finally:
+                self._drop("subscription ended")
 
     async def _round_trip(self, data: bytes, n: int, timeout_s: float) -> list[Any]:
         """Write ``data`` and read ``n`` replies; any failure (or cancellation) drops the link."""
@@ -287,9 +367,12 @@ class RedisClient:
     async def _connect(self) -> None:
         """Open the connection (AUTH, SELECT, SETNAME); on failure set the backoff and raise."""
         self._drop("connecting")
+        self._stale = False
         stream = None
         ok = False
         try:
+            if self._locator is not None:
+                self.host, self.port = await self._locator.locate()
             with trio.fail_after(self.connect_timeout_s):
                 stream = await trio.open_tcp_stream(self.host, self.port)
             self._stream = stream
@@ -301,12 +384,26 @@ class RedisClient:
                 setup.append(("SELECT", self.db))
             if self._client_name:
                 setup.append(("CLIENT", "SETNAME", self._client_name))
+            if self._locator is not None:
+                setup.append(("ROLE",))
             if setup:
                 data = b"".join(hiredis.pack_command(tuple(c)) for c in setup)
-                for reply in await self._round_trip(data, len(setup), self.connect_timeout_s):
+                replies = await self._round_trip(data, len(setup), self.connect_timeout_s)
+                for reply in replies:
                     if isinstance(reply, hiredis.ReplyError):
                         raise RedisUnavailable(
                             f"redis {self.host}:{self.port} setup failed: {reply}"
+                        )
+                if self._locator is not None:
+                    try:
+                        master = is_master_role(replies[-1])
+                    except SentinelReplyError as exc:
+                        raise RedisUnavailable(f"redis {self.host}:{self.port}: {exc}") from exc
+                    if not master:
+                        self._role_refusals += 1
+                        raise RedisUnavailable(
+                            f"redis {self.host}:{self.port} is not a master (ROLE); "
+                            "a failover is under way"
                         )
             ok = True
         except trio.TooSlowError as exc:
