@@ -226,6 +226,20 @@ def _http_port(t: Translation, e: Entry) -> None:
     t.set(e, "client_port", port)
 
 
+def _https_ports(t: Translation, e: Entry) -> None:
+    """Pushpin's HTTPS listeners, with its certificates directory (``<config dir>/runner/certs``:
+    ``<host>.crt``/``.key`` by SNI, ``default_<port>`` / ``default`` for the rest)."""
+    values = t.conf.items(e)
+    if not values:
+        return
+    for v in values:
+        if split_addr_port(v) is None:
+            t.refuse(e, f"{v!r} is not [addr:]port")
+            return
+    t.set(e, "https_port", tuple(values))
+    t.set(e, "tls_certs_dir", posixpath.normpath(posixpath.join(t.conf.directory, "runner/certs")))
+
+
 def _no_listeners(kind: str) -> Handler:
     def handle(t: Translation, e: Entry) -> None:
         if t.conf.items(e):
@@ -480,7 +494,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("runner", "rundir"): _LOADER,
     ("runner", "services"): _map(_services),
     ("runner", "http_port"): _map(_http_port),
-    ("runner", "https_ports"): _map(_no_listeners("HTTPS")),
+    ("runner", "https_ports"): _map(_https_ports),
     ("runner", "local_ports"): _map(_no_listeners("unix socket")),
     ("runner", "logdir"): _warn("gripcast logs to standard error (journald under systemd)"),
     ("runner", "log_level"): _map(_log_level),

@@ -181,6 +181,12 @@ MAPPED: list[tuple[str, str, str, dict[str, Any]]] = [
     ("proxy", "sig_key", "base64:aGk=", {"sig_key": "base64:aGk="}),
     ("proxy", "sig_key", "file:keys/k.pem", {"sig_key": "file:/etc/pushpin/keys/k.pem"}),
     ("proxy", "upstream_key", "", {}),
+    (
+        "runner",
+        "https_ports",
+        "443,127.0.0.1:8443",
+        {"https_port": ("443", "127.0.0.1:8443"), "tls_certs_dir": "/etc/pushpin/runner/certs"},
+    ),
     ("proxy", "upstream_key", "s3cret", {"upstream_key": "s3cret"}),
     ("proxy", "upstream_key", "file:up.pem", {"upstream_key": "file:/etc/pushpin/up.pem"}),
     ("proxy", "max_open_requests", "-1", {}),
@@ -268,7 +274,7 @@ REFUSED = [
     ("global", "stats_connection_send", "maybe", "not true or false"),
     ("runner", "http_port", "7999,8000", "2 listeners"),
     ("runner", "http_port", "localhost:http", "is not [addr:]port"),
-    ("runner", "https_ports", "443", "no HTTPS listener"),
+    ("runner", "https_ports", "localhost:https", "is not [addr:]port"),
     ("runner", "local_ports", "/run/x.sock", "no unix socket listener"),
     ("runner", "log_level", "loud", "a log level is a number"),
     ("runner", "client_buffer_size", "10", "out of range"),
@@ -366,7 +372,7 @@ def test_publish_hosts_must_agree():
 def test_every_problem_reported_at_once():
     with pytest.raises(ConfigError) as exc:
         translate(
-            conf_of("[proxy]\ncdn_loop=\nbogus=1\n[runner]\nhttps_ports=443\nhttp_port=1,2\n")
+            conf_of("[proxy]\ncdn_loop=\nbogus=1\n[runner]\nhttps_ports=x:y\nhttp_port=1,2\n")
         )
     assert len(exc.value.problems) == 3
 
