@@ -139,10 +139,6 @@ def test_keep_alive_timeout_one_second(each_system, origin, uniq):
         assert counts["pushpin"] >= 2, counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="filter:build-id and session land with issue 13 (branches h13-sse, h13-routes)",
-)
 def test_grip_feature_covers_pushpins(each_system, origin, uniq):
     origin.respond("/f", OriginResponse(200, [], b"ok\n"))
     features = {}
@@ -152,7 +148,18 @@ def test_grip_feature_covers_pushpins(each_system, origin, uniq):
             c.response()
         (req,) = origin.take()
         features[system.name] = {f.strip() for f in (req.header("Grip-Feature") or "").split(",")}
-    assert {"status", "link:next", "filter:skip-self", "filter:var-subst"} <= features["gripcast"]
+    assert {
+        "status",
+        "link:next",
+        "filter:skip-self",
+        "filter:skip-users",
+        "filter:require-sub",
+        "filter:build-id",
+        "filter:var-subst",
+    } <= features["gripcast"]
     if "pushpin" in features:
+        # "session" only: Pushpin 1.36 advertises it, but its sessions need an external state
+        # service it does not ship; gripcast accepts the route option with a warning and does
+        # not claim the feature (docs/migrating-from-pushpin.md)
         missing = features["pushpin"] - features["gripcast"]
-        assert not missing, f"Pushpin advertises {missing}, gripcast does not"
+        assert missing <= {"session"}, f"Pushpin advertises {missing}, gripcast does not"

@@ -90,6 +90,8 @@ def start_pushpin(conf: Path, client_port: int, publish_url: str, log: Path) -> 
             start_new_session=True,
             cwd=str(conf.parent),
         )
+    import time
+
     try:
         wait_port(client_port, 30, proc)
         for _ in range(300):
@@ -97,9 +99,21 @@ def start_pushpin(conf: Path, client_port: int, publish_url: str, log: Path) -> 
                 publish_json(publish_url, {"items": []})
                 break
             except OSError:
-                import time
-
                 time.sleep(0.1)
+        # the proxy's hand-off of held requests to the handler joins late ("500 Accept service
+        # unavailable." until then): wait until a hold on the test target opens
+        deadline = time.monotonic() + 30
+        while True:
+            with HttpClient(client_port) as c:
+                c.send(b"GET /stream HTTP/1.1\r\nHost: warmup\r\n\r\n")
+                try:
+                    if c.read_until(b"\r\n\r\n", timeout=2).startswith(b"HTTP/1.1 200"):
+                        break
+                except (TimeoutError, EOFError):
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("Pushpin's test target never held a stream")
+            time.sleep(0.1)
     except BaseException:
         stop_group(proc)
         raise
