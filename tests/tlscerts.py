@@ -52,7 +52,11 @@ class CA:
         *,
         days: int = 30,
         key: ec.EllipticCurvePrivateKey | None = None,
+        cn: str | None = None,
+        client: bool = False,
     ) -> Pair:
+        """A certificate for ``hosts`` (subject alt names; none for a client certificate),
+        common name ``cn`` (default: the first host), for server or ``client`` use."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         start, end = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=days))
@@ -68,18 +72,23 @@ class CA:
             except ValueError:
                 sans.append(x509.DNSName(h))
         serial = x509.random_serial_number()
-        cert = (
+        usage = x509.oid.ExtendedKeyUsageOID
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(hosts[0]))
+            .subject_name(_name(cn or hosts[0]))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = (
+            builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+                x509.ExtendedKeyUsage([usage.CLIENT_AUTH if client else usage.SERVER_AUTH]),
+                critical=False,
             )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
@@ -100,7 +109,7 @@ class CA:
         return Pair(str(crt), str(kf), serial)
 
 
-def make_ca(directory: pathlib.Path, cn: str = "gripcast test CA") -> CA:
+def make_ca(directory: pathlib.Path, cn: str = "gripcast test CA", filename: str = "ca.crt") -> CA:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -129,6 +138,6 @@ def make_ca(directory: pathlib.Path, cn: str = "gripcast test CA") -> CA:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    path = directory / "ca.crt"
+    path = directory / filename
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return CA(str(path), cert, key)

@@ -15,6 +15,7 @@ from edge.origin.tls import OriginTls
 from edge.routes import Route, Target, parse_routes
 from edge.upstream import Upstream
 from edge.ws.proxy import WsOrigin
+from tests.tlscerts import make_ca
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -65,98 +66,18 @@ def test_websocket_to_websocket_ssl_target_never_gets_plaintext():
 
 
 class Pki:
-    """A CA and certificates it issues, written as PEM files under ``dir``."""
+    """A CA and certificates it issues, written as PEM files under ``dir``
+    (``tests.tlscerts``)."""
 
     def __init__(self, dir, name: str = "Test CA") -> None:
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
-        self._now = datetime.datetime.now(datetime.UTC)
-        self._day = datetime.timedelta(days=1)
         self.dir = dir
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self._now - self._day)
-            .not_valid_after(self._now + self._day)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.ca_file = self._write(f"{name.replace(' ', '_')}.crt", self._pem(self.cert))
-
-    def _pem(self, obj) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        if hasattr(obj, "public_bytes"):
-            return obj.public_bytes(serialization.Encoding.PEM)
-        return obj.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def _write(self, name: str, data: bytes) -> str:
-        path = self.dir / name
-        path.write_bytes(data)
-        return str(path)
+        self._ca = make_ca(dir, name, f"{name.replace(' ', '_')}.crt")
+        self.ca_file = self._ca.cert_path
 
     def issue(self, name: str, dns=(), ips=(), client: bool = False) -> tuple[str, str]:
         """(cert path, key path) for ``name``, with ``dns`` and ``ips`` as subject alt names."""
-        import ipaddress
-
-        x509, oid = self._x509, self._oid
-        key = self._ec.generate_private_key(self._ec.SECP256R1())
-        sans = [x509.DNSName(d) for d in dns] + [
-            x509.IPAddress(ipaddress.ip_address(i)) for i in ips
-        ]
-        from cryptography.x509.oid import ExtendedKeyUsageOID
-
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(oid.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self._now - self._day)
-            .not_valid_after(self._now + self._day)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
-                ),
-                critical=False,
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self.key, self._hashes.SHA256())
-        return (
-            self._write(f"{name}.crt", self._pem(cert)),
-            self._write(f"{name}.key", self._pem(key)),
-        )
+        pair = self._ca.issue(self.dir, name, [*dns, *ips], cn=name, client=client)
+        return pair.cert, pair.key
 
 
 def server_context(cert: str, key: str, client_ca: str | None = None, sni_seen=None):
