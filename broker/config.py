@@ -407,10 +407,13 @@ def validate(cfg: Config) -> list[str]:
             load_verify_key(cfg.publish_jwt_key)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    if cfg.store != "memory" and not cfg.store.startswith(("redis://", "redis+sentinel://")):
+    if cfg.store != "memory" and not cfg.store.startswith(
+        ("redis://", "redis+sentinel://", "redis+cluster://")
+    ):
         problems.append(
-            f"store: {cfg.store!r} is not 'memory', a redis://host:port/db URL or a "
-            "redis+sentinel://host:port,host:port/<master-name>/db URL"
+            f"store: {cfg.store!r} is not 'memory', a redis://host:port/db URL, a "
+            "redis+sentinel://host:port,host:port/<master-name>/db URL or a "
+            "redis+cluster://host:port,host:port URL"
         )
     elif cfg.store != "memory":
         try:
