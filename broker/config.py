@@ -104,6 +104,7 @@ class Config:
     history_max_age_s: float = _reload(3600.0, "broker")
     # history store: "memory", "redis://[:password@]host[:port][/db]" or, through Redis Sentinel,
     # "redis+sentinel://[:password@]host1[:port1],host2[:port2]/<master-name>[/db]"
+    # or, on a Redis Cluster, "redis+cluster://[:password@]host1:port1,host2:port2" (docs/redis.md)
     # (see docs/reliability.md)
     store: str = "memory"
     # Redis stores: acknowledge a publish only once this many replicas confirmed it (Redis WAIT;

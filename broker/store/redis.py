@@ -18,6 +18,17 @@ Keys, per channel (``P`` is ``key_prefix``, default ``"gc:"``)::
                             c = the channel's running payload byte total up to and including
                             this entry, n = this entry's payload bytes (item_bytes)
 
+    P i:<channel>   zset    shared sequencing only: publisher ids seen, scored by expiry (ms);
+                            expired entries trimmed on write, the key expires by itself
+
+``<channel>`` is the channel name on standalone Redis and Sentinel (the layout of earlier
+versions, so existing data keeps working; ``i:`` is the only new key).  On a Redis Cluster
+(``RedisClusterClient``) it is the channel's hash tag (``broker.store.cluster.channel_tag``):
+``{news}``, or ``{#<sha1>}:<channel>`` for a channel with a brace, so every key of a channel is
+in one slot and each script touches one slot.  A batch is then split by slot (one script per
+slot and ``max_script_items``) and pipelined to each master at once; the envelopes still come
+back in the order of the batch.
+
 Writes: ``append_batch`` runs one Lua script (EVALSHA) per ``max_script_items`` items, all
 pipelined in one round trip; each script is atomic, so seq assignment and XADD cannot be
 separated.  The script reserves each channel's seqs with HINCRBY *before* adding the entries:
@@ -49,10 +60,31 @@ that a failover then hands out again for another message.  A refused batch may s
 master (its seqs are then used: edges repair them from history like any gap) or lost with it
 (never fanned out, so its seqs being handed out again cannot be noticed).
 
+Redis Cluster (``redis+cluster://`` URLs, ``broker.store.clusterclient``): ``WAIT`` is sent to
+every master written to and the fewest confirmations count; while a failed master's slots have
+no master (until the cluster promotes a replica) its channels' writes are refused
+(``RedisUnavailable`` or a ``CLUSTERDOWN`` reply: ``StoreUnavailable``).  A batch refused by one
+master may have been stored by the others (not acknowledged; edges repair those seqs as gaps,
+and a publisher retry with the same ids is dropped as a duplicate).
+
 Redis Sentinel (``redis+sentinel://`` URLs, ``broker.store.sentinel``): the client follows
 the master (``broker.store.sentinelclient``); ``serve()`` (run by the broker) also follows the
 sentinels' ``+switch-master`` announcements.  Each channel's state is all in Redis and replicated
 with it, so after a failover sequencing continues where the new master's copy ends.
+
+Shared sequencing (several brokers on one Redis; on when ``id_cache_ttl_s`` > 0 or
+``check_prev_id``, which ``broker.store.open_store`` sets from the broker's ``id_cache_ttl_s``
+and ``message_wait_s``): the append script also does Pushpin's sequencer steps, in Redis, so
+they hold whichever broker an item reaches.  Per item (flags in the script's arguments): an id
+seen on the channel within ``id_cache_ttl_s`` is dropped (answer 0; the id is recorded
+otherwise, even if the item is then held); with a ``prev_id`` that is not the channel's
+``last_id`` (when it has one) the item is held (answer -1) and not stored.  ``append_batch``
+leaves both out of its envelopes; held items go to the broker's ``Sequencer``
+(``attach_sequencer``: its ``defer`` queue), which offers them again at its next ``poll``; one
+whose predecessor this store stores is retried at once.  A held item is retried without its id
+check and, once ``message_wait_s`` has passed since it was first held, without the prev-id check
+(counted ``timed_out``).  ``recover`` lets each channel's next item and every held item through
+unchecked.
 
 Durability across a *Redis* restart is Redis's own persistence (AOF with ``appendfsync``) and the
 operator's choice; across a *broker* restart it is everything above.

@@ -4,6 +4,7 @@ slots and shards, MOVED/ASK, a master failover, and two stores ("brokers") on on
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 
 import pytest
@@ -308,3 +309,57 @@ def test_prev_id_waits_for_its_predecessor_through_another_broker(cluster):
         assert a.store.statistics().dropped_duplicate == 1
 
     two_brokers(cluster, body)
+
+
+def test_two_broker_processes_on_the_cluster(cluster, tmp_path):
+    """Real brokers (HTTP publish API) on one Redis Cluster: a duplicate id through the other
+    broker is dropped; an item whose prev-id went through the other broker waits for it."""
+    import httpx
+
+    from tests.integration.cluster import Cluster
+
+    ch = f"procs{next(_prefixes)}"
+
+    def pub(broker: Cluster, n: int, id: str, prev: str | None = None) -> None:
+        it = {"channel": ch, "id": id, "formats": {"http-stream": {"content": f"{n}\n"}}}
+        if prev is not None:
+            it["prev-id"] = prev
+        r = httpx.post(broker.publish_url + "/publish", json={"items": [it]}, timeout=10)
+        assert r.status_code == 200, r.text
+
+    async def history() -> list[tuple[int, str | None]]:
+        async with client_for(cluster) as client:
+            rep = await RedisStore(client).replay(ch, after_seq=0)
+            return [(e.seq, e.id) for e in rep.items]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    url = cluster.url()
+    a = Cluster(tmp_path / "a", [], edges=0, store=url)
+    b = Cluster(tmp_path / "b", [], edges=0, store=url)
+    errors: list[BaseException] = []
+
+    def start(c: Cluster) -> None:
+        try:
+            c.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    starting = [threading.Thread(target=start, args=(c,)) for c in (a, b)]  # both at once
+    for t in starting:
+        t.start()
+    for t in starting:
+        t.join()
+    try:
+        assert not errors, errors
+        pub(a, 0, "p0")
+        pub(b, 0, "p0")  # a retry through the other broker: dropped
+        pub(b, 2, "p2", prev="p1")  # ahead of its predecessor: held by b
+        pub(a, 1, "p1", prev="p0")
+        deadline = time.monotonic() + 10
+        while (got := trio.run(history)) != [(1, "p0"), (2, "p1"), (3, "p2")]:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+    finally:
+        a.stop()
+        b.stop()
