@@ -204,9 +204,29 @@ class Sequencer:
         for hook in self.on_recover:
             hook()
 
-    def defer(self, items: list[Item]) -> None:
-        """Offer ``items`` (already past dedupe and release) again at the next ``poll``."""
-        self._deferred.extend(items)
+    def defer(self, items: list[Item]) -> list[Item]:
+        """Offer ``items`` (already past dedupe and release) again at the next ``poll``; as for
+        waiting items, at most ``pending_max`` per channel and one per ``prev_id`` (the others
+        are dropped, counted, and returned)."""
+        per_channel: dict[str, int] = {}
+        waiting: set[tuple[str, str | None]] = set()
+        for item in self._deferred:
+            per_channel[item.channel] = per_channel.get(item.channel, 0) + 1
+            waiting.add((item.channel, item.prev_id))
+        dropped: list[Item] = []
+        for item in items:
+            key = (item.channel, item.prev_id)
+            if key in waiting:
+                self._dropped_conflict += 1
+                dropped.append(item)
+            elif per_channel.get(item.channel, 0) >= self.pending_max:
+                self._dropped_overflow += 1
+                dropped.append(item)
+            else:
+                waiting.add(key)
+                per_channel[item.channel] = per_channel.get(item.channel, 0) + 1
+                self._deferred.append(item)
+        return dropped
 
     def deferred_count(self) -> int:
         return len(self._deferred)

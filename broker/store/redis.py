@@ -131,6 +131,9 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+RECOVER_CHANNELS_MAX = 100_000  # after a recover, channels let through unchecked, at most
+
+
 class RedisStoreError(StoreUnavailable):
     """Redis refused a store command (out of memory, read-only replica, a foreign key, ...)."""
 
@@ -637,6 +640,8 @@ class RedisStore:
         if self._recover_seen is not None and item.channel not in self._recover_seen:
             self._recover_seen.add(item.channel)
             skip = True  # the channel's first item since a recover goes through
+            if len(self._recover_seen) > RECOVER_CHANNELS_MAX:
+                self._recover_seen = None  # bounded memory: the rest are checked again
         if self.check_prev_id and item.prev_id is not None and not skip:
             wait_s = (
                 self.message_wait_s if self._sequencer is None else self._sequencer.message_wait_s
@@ -656,7 +661,8 @@ class RedisStore:
             return
         # retried at the sequencer's next poll, or at once when their predecessor is stored
         # through this broker (``append_batch``)
-        self._sequencer.defer(held)
+        for item in self._sequencer.defer(held):  # dropped: one per prev-id, pending_max
+            self._held_since.pop(_held_key(item), None)
 
     def _recovered(self) -> None:
         """Pushpin's recover: held items go through on their next try without a prev check,

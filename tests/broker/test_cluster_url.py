@@ -91,3 +91,14 @@ def test_sequencer_retry_queue():
     assert seq.clock == 1.0 and seq.next_deadline() is None
     seq.recover()
     assert recovered == [1]
+    # as for waiting items: one per prev-id, at most pending_max per channel
+    small = Sequencer(pending_max=2)
+    x1, x1b, x2, x3 = (
+        _item("x", "a", "p1"),
+        _item("x", "b", "p1"),
+        _item("x", "c", "p2"),
+        _item("x", "d", "p3"),
+    )
+    assert small.defer([x1, x1b, x2, x3]) == [x1b, x3]
+    st = small.statistics()
+    assert (st.dropped_conflict, st.dropped_overflow, small.deferred_count()) == (1, 1, 2)
