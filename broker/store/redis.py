@@ -80,8 +80,9 @@ seen on the channel within ``id_cache_ttl_s`` is dropped (answer 0; the id is re
 otherwise, even if the item is then held); with a ``prev_id`` that is not the channel's
 ``last_id`` (when it has one) the item is held (answer -1) and not stored.  ``append_batch``
 leaves both out of its envelopes; held items go to the broker's ``Sequencer``
-(``attach_sequencer``: its ``defer`` queue), which offers them again at its next ``poll``; one
-whose predecessor this store stores is retried at once.  A held item is retried without its id
+(``attach_sequencer``: its ``defer`` queue), which offers them again at its next ``poll`` (the
+broker's sequencer timer, and ``serve`` every ``HELD_RETRY_S`` while any are held); one whose
+predecessor this store stores is retried at once.  A held item is retried without its id
 check and, once ``message_wait_s`` has passed since it was first held, without the prev-id check
 (counted ``timed_out``).  ``recover`` lets each channel's next item and every held item through
 unchecked.
@@ -101,7 +102,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,7 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+HELD_RETRY_S = 0.1  # items held for their prev-id are offered again this often (``serve``)
 RECOVER_CHANNELS_MAX = 100_000  # after a recover, channels let through unchecked, at most
 
 
@@ -463,6 +465,7 @@ class RedisStore:
         self.message_wait_s = message_wait_s
         self._shared = self.id_cache_ttl_s > 0 or check_prev_id
         self._sequencer: Sequencer | None = None
+        self._poll: Callable[[], Awaitable[None]] | None = None
         self._held_since: dict[tuple[str, str | None, str | None], float] = {}
         self._recover_seen: set[str] | None = None
         self._unattached: list[Item] = []
@@ -620,16 +623,27 @@ class RedisStore:
 
     # -- shared sequencing (several brokers on one Redis) ------------------------------------
 
-    def attach_sequencer(self, sequencer: Sequencer) -> None:
+    def attach_sequencer(
+        self, sequencer: Sequencer, poll: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Let Redis sequence across brokers (module docstring): the broker's ``sequencer``
         keeps de-duplicating locally but no longer holds items for their ``prev-id`` (this
-        store does, through the sequencer's retry queue).  A no-op unless shared sequencing
-        is on."""
+        store does, through the sequencer's retry queue).  ``poll`` (the broker's
+        ``poll_sequencer``) is called by ``serve`` every ``HELD_RETRY_S`` while items are held,
+        so a held item goes soon after its predecessor reached Redis through another broker.
+        A no-op unless shared sequencing is on."""
         if not self._shared:
             return
         self._sequencer = sequencer
+        self._poll = poll
         sequencer.last_ids_max = 0  # Redis knows the channel's last id, whichever broker wrote it
         sequencer.on_recover.append(self._recovered)
+
+    async def _retry_held(self, poll: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await trio.sleep(HELD_RETRY_S)
+            if self._sequencer is not None and self._sequencer.deferred_count():
+                await poll()
 
     def _flags(self, item: Item, mono: float) -> int:
         flags = 0
@@ -770,12 +784,22 @@ class RedisStore:
         return held
 
     async def serve(self) -> None:
-        """Follow the sentinels' ``+switch-master`` (Sentinel only; otherwise nothing to do)."""
+        """Follow the sentinels' ``+switch-master`` (Sentinel), and retry held items
+        (``attach_sequencer``); otherwise nothing to do."""
+        client = self.client
+        poll = self._poll
         if self.locator is None:
+            if poll is not None:
+                await self._retry_held(poll)
             await trio.sleep_forever()
             return
-        client = self.client
-        await self.locator.watch(lambda switch: client.invalidate())
+        if poll is None:
+            await self.locator.watch(lambda switch: client.invalidate())
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._retry_held, poll)
+            await self.locator.watch(lambda switch: client.invalidate())
+            nursery.cancel_scope.cancel()
 
     async def aclose(self) -> None:
         if self._owns_client:
