@@ -361,5 +361,8 @@ def test_two_broker_processes_on_the_cluster(cluster, tmp_path):
             assert time.monotonic() < deadline, got
             time.sleep(0.05)
     finally:
-        a.stop()
-        b.stop()
+        stopping = [threading.Thread(target=c.stop) for c in (a, b)]
+        for t in stopping:
+            t.start()
+        for t in stopping:
+            t.join()
