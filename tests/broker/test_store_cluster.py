@@ -116,6 +116,25 @@ def test_append_replay_position_on_every_shard(cluster):
                 assert cluster.run(master, "EXISTS", pfx.encode() + kind + tag) == 1
 
 
+def test_wait_replicas_on_every_master_written_to(cluster):
+    channels = [c for cs in channels_on_each_master(cluster, 1).values() for c in cs]
+    pfx = prefix()
+
+    async def main():
+        async with client_for(cluster) as client:
+            # one replica per master: WAIT 1 is met on all three
+            store = RedisStore(client, key_prefix=pfx, wait_replicas=1, wait_timeout_ms=2000)
+            envs = await store.append_batch([item(ch, 0) for ch in channels], NOW)
+            assert [e.seq for e in envs] == [1, 1, 1]
+            # WAIT 2 cannot be met: refused (503 upstream), counted
+            strict = RedisStore(client, key_prefix=pfx, wait_replicas=2, wait_timeout_ms=50)
+            with pytest.raises(StoreUnavailable, match="only 1 of 2 replicas"):
+                await strict.append_batch([item(ch, 1) for ch in channels], NOW)
+            assert strict.statistics().wait_refusals == 1
+
+    trio.run(main)
+
+
 def test_ask_tryagain_and_moved_during_a_slot_migration(cluster):
     by_master = channels_on_each_master(cluster, per_master=1)
     src, dst = sorted(by_master)[:2]
