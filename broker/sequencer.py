@@ -259,7 +259,7 @@ class Sequencer:
 
     def statistics(self) -> SequencerStatistics:
         return SequencerStatistics(
-            pending=self._pending_count,
+            pending=self._pending_count + len(self._deferred),  # held here or (deferred) in Redis
             channels_pending=len(self._pending),
             ids_cached=len(self._ids),
             last_ids=len(self._last_ids),
