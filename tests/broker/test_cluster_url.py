@@ -102,3 +102,34 @@ def test_sequencer_retry_queue():
     assert small.defer([x1, x1b, x2, x3]) == [x1b, x3]
     st = small.statistics()
     assert (st.dropped_conflict, st.dropped_overflow, small.deferred_count()) == (1, 1, 2)
+
+
+def test_config_and_open_store_for_a_cluster():
+    from broker import store as stores
+    from broker.config import Config, validate
+    from broker.store.clusterclient import RedisClusterClient
+
+    assert validate(Config(store="redis+cluster://a:7000,b:7001")) == []
+    problems = validate(Config(store="redis+cluster://a:7000/2"))
+    assert any("no path" in p for p in problems)
+    cfg = Config(
+        store="redis+cluster://:pw@a:7000,b:7001",
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=250,
+        id_cache_ttl_s=30.0,
+        message_wait_s=2.0,
+    )
+    store = stores.open_store(cfg)  # no I/O yet
+    assert isinstance(store, stores.RedisStore)
+    assert isinstance(store.client, RedisClusterClient)
+    assert store.client.url.seeds == (("a", 7000), ("b", 7001))
+    assert store.client.timeout_s > 0.25  # a round trip includes WAIT's timeout
+    assert (store.wait_replicas, store.id_cache_ttl_s, store.message_wait_s) == (1, 30.0, 2.0)
+    assert store.check_prev_id
+    assert store.meta_key("news") == b"gc:m:{news}"
+    assert stores.describe(cfg) == "redis+cluster://a:7000,b:7001 wait_replicas=1"
+    assert "pw" not in stores.describe(cfg)
+    # standalone keeps the earlier key layout; sequencing in Redis is on for every Redis form
+    plain = stores.open_store(Config(store="redis://h/0"))
+    assert isinstance(plain, stores.RedisStore)
+    assert plain.meta_key("news") == b"gc:m:news" and plain.check_prev_id
