@@ -104,6 +104,7 @@ class Config:
     history_max_age_s: float = _reload(3600.0, "broker")
     # history store: "memory", "redis://[:password@]host[:port][/db]" or, through Redis Sentinel,
     # "redis+sentinel://[:password@]host1[:port1],host2[:port2]/<master-name>[/db]"
+    # or, on a Redis Cluster, "redis+cluster://[:password@]host1:port1,host2:port2" (docs/redis.md)
     # (see docs/reliability.md)
     store: str = "memory"
     # Redis stores: acknowledge a publish only once this many replicas confirmed it (Redis WAIT;
@@ -407,10 +408,13 @@ def validate(cfg: Config) -> list[str]:
             load_verify_key(cfg.publish_jwt_key)
         except ConfigError as exc:
             problems.extend(exc.problems)
-    if cfg.store != "memory" and not cfg.store.startswith(("redis://", "redis+sentinel://")):
+    if cfg.store != "memory" and not cfg.store.startswith(
+        ("redis://", "redis+sentinel://", "redis+cluster://")
+    ):
         problems.append(
-            f"store: {cfg.store!r} is not 'memory', a redis://host:port/db URL or a "
-            "redis+sentinel://host:port,host:port/<master-name>/db URL"
+            f"store: {cfg.store!r} is not 'memory', a redis://host:port/db URL, a "
+            "redis+sentinel://host:port,host:port/<master-name>/db URL or a "
+            "redis+cluster://host:port,host:port URL"
         )
     elif cfg.store != "memory":
         try:

@@ -25,11 +25,19 @@ is sequenced: the broker keeps history for all of them.  The last-id memory is a
 
 Every method takes ``now`` (monotonic seconds, never decreasing) and returns the items released
 by that call, in release order.  ``next_deadline()`` says when ``poll`` has work to do.
+
+Several brokers on one Redis (``broker.store.redis``, shared sequencing): the store attaches
+itself (``RedisStore.attach_sequencer``), turns the reorder step off here (``last_ids_max = 0``:
+the channel's last id is the one in Redis, whichever broker stored it) and hands back the items
+Redis held for their predecessor (``defer``); ``poll`` offers them again (the store decides when
+their ``message_wait_s`` is over), ``take_deferred`` gives the store those whose predecessor it
+just stored.  ``recover`` calls the ``on_recover`` hooks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.items import Item
@@ -85,6 +93,9 @@ class Sequencer:
         self._dropped_conflict = 0
         self._dropped_overflow = 0
         self._timed_out = 0
+        self.clock = float("-inf")  # the latest ``now`` given to ``poll``
+        self.on_recover: list[Callable[[], None]] = []
+        self._deferred: list[Item] = []  # held by the store for their prev-id: offered again
 
     # -- public -------------------------------------------------------------------------------
 
@@ -157,6 +168,9 @@ class Sequencer:
     def poll(self, now: float) -> list[Item]:
         """Release the items that waited ``message_wait_s`` or more (and what they unblock)."""
         out: list[Item] = []
+        self.clock = max(self.clock, now)
+        if self._deferred:
+            out, self._deferred = self._deferred, []
         threshold = now - self.message_wait_s
         q = self._pending_by_time
         while q and q[0][2].time <= threshold:
@@ -171,7 +185,10 @@ class Sequencer:
         return out
 
     def next_deadline(self) -> float | None:
-        """When the oldest waiting item times out (None if nothing waits)."""
+        """When the oldest waiting item times out (None if nothing waits); ``-inf`` when
+        deferred items are to be offered again."""
+        if self._deferred:
+            return float("-inf")
         q = self._pending_by_time
         while q:
             channel, prev_id, p = q[0]
@@ -184,6 +201,51 @@ class Sequencer:
     def recover(self) -> None:
         """Forget every remembered last id (Pushpin's ``recover`` command)."""
         self._last_ids.clear()
+        for hook in self.on_recover:
+            hook()
+
+    def defer(self, items: list[Item]) -> list[Item]:
+        """Offer ``items`` (already past dedupe and release) again at the next ``poll``; as for
+        waiting items, at most ``pending_max`` per channel and one per ``prev_id`` (the others
+        are dropped, counted, and returned)."""
+        per_channel: dict[str, int] = {}
+        waiting: set[tuple[str, str | None]] = set()
+        for item in self._deferred:
+            per_channel[item.channel] = per_channel.get(item.channel, 0) + 1
+            waiting.add((item.channel, item.prev_id))
+        dropped: list[Item] = []
+        for item in items:
+            key = (item.channel, item.prev_id)
+            if key in waiting:
+                self._dropped_conflict += 1
+                dropped.append(item)
+            elif per_channel.get(item.channel, 0) >= self.pending_max:
+                self._dropped_overflow += 1
+                dropped.append(item)
+            else:
+                waiting.add(key)
+                per_channel[item.channel] = per_channel.get(item.channel, 0) + 1
+                self._deferred.append(item)
+        return dropped
+
+    def deferred_count(self) -> int:
+        return len(self._deferred)
+
+    def take_deferred(self, stored: list[tuple[str, str | None]]) -> list[Item]:
+        """The deferred items whose ``prev_id`` is one of the ``(channel, id)`` just stored
+        (and, down the chain, those waiting on them), removed from the deferred list."""
+        wanted = set(stored)
+        taken: list[Item] = []
+        rest: list[Item] = []
+        for item in self._deferred:
+            if (item.channel, item.prev_id) in wanted:
+                taken.append(item)
+                if item.id is not None:
+                    wanted.add((item.channel, item.id))
+            else:
+                rest.append(item)
+        self._deferred = rest
+        return taken
 
     def forget_ids(self, items: list[Item]) -> None:
         """Drop these items' ids from the dedupe cache (their batch could not be stored, so a
@@ -197,7 +259,7 @@ class Sequencer:
 
     def statistics(self) -> SequencerStatistics:
         return SequencerStatistics(
-            pending=self._pending_count,
+            pending=self._pending_count + len(self._deferred),  # held here or (deferred) in Redis
             channels_pending=len(self._pending),
             ids_cached=len(self._ids),
             last_ids=len(self._last_ids),

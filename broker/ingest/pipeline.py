@@ -98,6 +98,9 @@ class Pipeline:
         self.sequencer = Sequencer(
             id_cache_ttl_s=cfg.id_cache_ttl_s, message_wait_s=cfg.message_wait_s
         )
+        attach = getattr(store, "attach_sequencer", None)
+        if attach is not None:  # several brokers on one Redis: sequencing in Redis (RedisStore)
+            attach(self.sequencer, self.poll_sequencer)
         # recover and hint, whatever input they come by (broker.ratelimit)
         self.limiter = ActionLimiter(
             cfg.recover_per_s, cfg.hint_per_channel_per_s, cfg.hint_per_s, time.monotonic()

@@ -81,20 +81,22 @@ class BrokerCollector(Collector):
             value=st.live_channels,
         )
         seq = st.sequencer
+        # sequencing in Redis (several brokers): the store drops duplicates and times out holds
+        rs = st.store if isinstance(st.store, RedisStoreStatistics) else None
         yield GaugeMetricFamily(
             P + "sequencer_pending", "Items waiting for their prev-id.", value=seq.pending
         )
         d = CounterMetricFamily(
             P + "sequencer_dropped", "Items the sequencer dropped, by reason.", labels=["reason"]
         )
-        d.add_metric(["duplicate"], seq.dropped_duplicate)
+        d.add_metric(["duplicate"], seq.dropped_duplicate + (rs.dropped_duplicate if rs else 0))
         d.add_metric(["conflict"], seq.dropped_conflict)
         d.add_metric(["overflow"], seq.dropped_overflow)
         yield d
         yield CounterMetricFamily(
             P + "sequencer_timed_out",
             "Items released after waiting for a missing prev-id.",
-            value=seq.timed_out,
+            value=seq.timed_out + (rs.timed_out if rs else 0),
         )
         store = st.store  # each store kind has its own statistics record
         if isinstance(store, HistoryStatistics):

@@ -12,7 +12,15 @@ redisclient.py); this module chooses one from the config (``store`` key, ``--sto
   ``RedisStore`` on the master the sentinels name, following failovers
   (``broker.store.sentinel`` for the URL form, ``broker.store.sentinelclient`` for the lookup).
 
-``redis_wait_replicas`` / ``redis_wait_timeout_ms`` (either Redis form): acknowledge only what
+* ``redis+cluster://[:password@]host:port[,host:port...]``: the same ``RedisStore`` on a Redis
+  Cluster (``broker.store.cluster`` for the URL form and key tags,
+  ``broker.store.clusterclient`` for slots and redirections); each channel's keys in one slot.
+
+Every Redis form sequences across brokers (``RedisStore``'s shared sequencing: Redis
+de-duplicates ids within ``id_cache_ttl_s`` and holds an item whose prev-id is not the
+channel's last id, up to ``message_wait_s``), so several brokers may share one Redis.
+
+``redis_wait_replicas`` / ``redis_wait_timeout_ms`` (any Redis form): acknowledge only what
 that many replicas confirmed (``WAIT``), see ``broker.store.redis``.
 """
 
@@ -23,6 +31,8 @@ import logging
 from broker.config import Config
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
+from broker.store.cluster import is_cluster_url, parse_cluster_url
+from broker.store.clusterclient import RedisClusterClient
 from broker.store.memory import MemoryStore, Store
 from broker.store.redis import RedisStore
 from broker.store.redisclient import RedisClient, parse_redis_url
@@ -48,13 +58,23 @@ def open_store(cfg: Config) -> Store:
             )
         )
     locator: SentinelLocator | None = None
+    wait_s = cfg.redis_wait_timeout_ms / 1000 if cfg.redis_wait_replicas else 0.0
+    client: RedisClient | RedisClusterClient
+    if is_cluster_url(cfg.store):
+        client = RedisClusterClient(
+            parse_cluster_url(cfg.store),
+            timeout_s=REDIS_TIMEOUT_S + wait_s,
+            connect_timeout_s=REDIS_TIMEOUT_S,
+            backoff_max_s=REDIS_BACKOFF_MAX_S,
+            client_name="gripcast-broker",
+        )
+        return _redis_store(cfg, client, None)
     if is_sentinel_url(cfg.store):
         url = parse_sentinel_url(cfg.store)
         locator = SentinelLocator(url, timeout_s=SENTINEL_TIMEOUT_S)
         host, port, db, password = url.sentinels[0][0], 0, url.db, url.password
     else:
         host, port, db, password = parse_redis_url(cfg.store)
-    wait_s = cfg.redis_wait_timeout_ms / 1000 if cfg.redis_wait_replicas else 0.0
     client = RedisClient(
         host,
         port,
@@ -66,6 +86,12 @@ def open_store(cfg: Config) -> Store:
         client_name="gripcast-broker",
         locator=locator,
     )
+    return _redis_store(cfg, client, locator)
+
+
+def _redis_store(
+    cfg: Config, client: RedisClient | RedisClusterClient, locator: SentinelLocator | None
+) -> RedisStore:
     return RedisStore(
         client,
         max_items=cfg.history_max_items,
@@ -75,6 +101,9 @@ def open_store(cfg: Config) -> Store:
         wait_replicas=cfg.redis_wait_replicas,
         wait_timeout_ms=cfg.redis_wait_timeout_ms,
         locator=locator,
+        id_cache_ttl_s=cfg.id_cache_ttl_s,
+        check_prev_id=True,
+        message_wait_s=cfg.message_wait_s,
     )
 
 
@@ -82,7 +111,9 @@ def describe(cfg: Config) -> str:
     """The store for logs, without a password."""
     if cfg.store == "memory":
         return "memory"
-    if is_sentinel_url(cfg.store):
+    if is_cluster_url(cfg.store):
+        text = parse_cluster_url(cfg.store).describe()
+    elif is_sentinel_url(cfg.store):
         text = parse_sentinel_url(cfg.store).describe()
     else:
         host, port, db, _ = parse_redis_url(cfg.store)
@@ -94,7 +125,9 @@ def describe(cfg: Config) -> str:
 
 def parse_store_url(url: str) -> None:
     """Validate a Redis store URL of either form (ConfigError listing every problem)."""
-    if is_sentinel_url(url):
+    if is_cluster_url(url):
+        parse_cluster_url(url)
+    elif is_sentinel_url(url):
         parse_sentinel_url(url)
     else:
         parse_redis_url(url)

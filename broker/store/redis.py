@@ -18,6 +18,17 @@ Keys, per channel (``P`` is ``key_prefix``, default ``"gc:"``)::
                             c = the channel's running payload byte total up to and including
                             this entry, n = this entry's payload bytes (item_bytes)
 
+    P i:<channel>   zset    shared sequencing only: publisher ids seen, scored by expiry (ms);
+                            expired entries trimmed on write, the key expires by itself
+
+``<channel>`` is the channel name on standalone Redis and Sentinel (the layout of earlier
+versions, so existing data keeps working; ``i:`` is the only new key).  On a Redis Cluster
+(``RedisClusterClient``) it is the channel's hash tag (``broker.store.cluster.channel_tag``):
+``{news}``, or ``{#<sha1>}:<channel>`` for a channel with a brace, so every key of a channel is
+in one slot and each script touches one slot.  A batch is then split by slot (one script per
+slot and ``max_script_items``) and pipelined to each master at once; the envelopes still come
+back in the order of the batch.
+
 Writes: ``append_batch`` runs one Lua script (EVALSHA) per ``max_script_items`` items, all
 pipelined in one round trip; each script is atomic, so seq assignment and XADD cannot be
 separated.  The script reserves each channel's seqs with HINCRBY *before* adding the entries:
@@ -49,10 +60,32 @@ that a failover then hands out again for another message.  A refused batch may s
 master (its seqs are then used: edges repair them from history like any gap) or lost with it
 (never fanned out, so its seqs being handed out again cannot be noticed).
 
+Redis Cluster (``redis+cluster://`` URLs, ``broker.store.clusterclient``): ``WAIT`` is sent to
+every master written to and the fewest confirmations count; while a failed master's slots have
+no master (until the cluster promotes a replica) its channels' writes are refused
+(``RedisUnavailable`` or a ``CLUSTERDOWN`` reply: ``StoreUnavailable``).  A batch refused by one
+master may have been stored by the others (not acknowledged; edges repair those seqs as gaps,
+and a publisher retry with the same ids is dropped as a duplicate).
+
 Redis Sentinel (``redis+sentinel://`` URLs, ``broker.store.sentinel``): the client follows
 the master (``broker.store.sentinelclient``); ``serve()`` (run by the broker) also follows the
 sentinels' ``+switch-master`` announcements.  Each channel's state is all in Redis and replicated
 with it, so after a failover sequencing continues where the new master's copy ends.
+
+Shared sequencing (several brokers on one Redis; on when ``id_cache_ttl_s`` > 0 or
+``check_prev_id``, which ``broker.store.open_store`` sets from the broker's ``id_cache_ttl_s``
+and ``message_wait_s``): the append script also does Pushpin's sequencer steps, in Redis, so
+they hold whichever broker an item reaches.  Per item (flags in the script's arguments): an id
+seen on the channel within ``id_cache_ttl_s`` is dropped (answer 0; the id is recorded
+otherwise, even if the item is then held); with a ``prev_id`` that is not the channel's
+``last_id`` (when it has one) the item is held (answer -1) and not stored.  ``append_batch``
+leaves both out of its envelopes; held items go to the broker's ``Sequencer``
+(``attach_sequencer``: its ``defer`` queue), which offers them again at its next ``poll`` (the
+broker's sequencer timer, and ``serve`` every ``HELD_RETRY_S`` while any are held); one whose
+predecessor this store stores is retried at once.  A held item is retried without its id
+check and, once ``message_wait_s`` has passed since it was first held, without the prev-id check
+(counted ``timed_out``).  ``recover`` lets each channel's next item and every held item through
+unchecked.
 
 Durability across a *Redis* restart is Redis's own persistence (AOF with ``appendfsync``) and the
 operator's choice; across a *broker* restart it is everything above.
@@ -69,7 +102,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +113,9 @@ import trio
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
 from broker.items import Item, item_bytes
+from broker.sequencer import Sequencer
+from broker.store.cluster import channel_tag, key_slot
+from broker.store.clusterclient import ClusterClientStatistics, RedisClusterClient
 from broker.store.redisclient import (
     RedisClient,
     RedisClientStatistics,
@@ -96,6 +132,10 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+HELD_RETRY_S = 0.1  # items held for their prev-id are offered again this often (``serve``)
+RECOVER_CHANNELS_MAX = 100_000  # after a recover, channels let through unchecked, at most
+
+
 class RedisStoreError(StoreUnavailable):
     """Redis refused a store command (out of memory, read-only replica, a foreign key, ...)."""
 
@@ -109,8 +149,11 @@ class RedisStoreStatistics:
     positions: int
     replays: int
     wait_refusals: int  # batches (or reads) refused: fewer than wait_replicas confirmed
-    client: RedisClientStatistics
+    client: RedisClientStatistics | ClusterClientStatistics
     sentinel: SentinelLocatorStatistics | None
+    dropped_duplicate: int  # shared sequencing: ids Redis had seen within id_cache_ttl_s
+    held: int  # shared sequencing: items held (each try) because prev-id was not the last id
+    timed_out: int  # shared sequencing: held items stored without the check after the wait
 
 
 # -- Lua -------------------------------------------------------------------------------------
@@ -167,57 +210,96 @@ local function trim_bytes(stream, newest_cum, maxbytes)
 end
 """
 
-# KEYS: meta_1, stream_1, ..., meta_n, stream_n (the distinct channels of the batch)
-# ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, maxbytes (0: none), n, epoch candidate x n,
-#       then per item: channel index (1-based), publisher id or '', record tail, payload bytes
-# -> {{epoch_1..epoch_n}, {seq per item}}
+# KEYS: meta_1, stream_1, ids_1, ..., meta_n, stream_n, ids_n (the distinct channels)
+# ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, maxbytes (0: none), id_ttl_ms (0: no
+#       de-duplication here), n, epoch candidate x n, then per item: channel index (1-based),
+#       publisher id or '', record tail, payload bytes, prev id or '', flags (1: de-duplicate
+#       the id, 2: hold if prev id is not the channel's last id)
+# -> {{epoch_1..epoch_n}, {seq per item: > 0 stored, 0 duplicate dropped, -1 held},
+#     {last id per channel after the batch}}
 _LUA_APPEND = (
     _LUA_COMMON
     + r"""
-local nch = tonumber(ARGV[7])
-local base = 7 + nch
-local nitems = (#ARGV - base) / 4
-local counts, epochs, seqs, lastids, totals = {}, {}, {}, {}, {}
-for c = 1, nch do counts[c] = 0 end
+local nch = tonumber(ARGV[8])
+local base = 8 + nch
+local nitems = (#ARGV - base) / 6
+local idttl = tonumber(ARGV[7])
+local now = tonumber(ARGV[5])
+local counts, epochs, seqs, lastids, totals, touched = {}, {}, {}, {}, {}, {}
+local verdict = {}
+local call = redis.call
+for c = 1, nch do
+  counts[c] = 0
+  lastids[c] = call('HGET', KEYS[3 * c - 2], 'last_id') or ''
+end
 for k = 0, nitems - 1 do
-  local c = tonumber(ARGV[base + 4 * k + 1])
-  counts[c] = counts[c] + 1
+  local j = base + 6 * k
+  local c = tonumber(ARGV[j + 1])
+  local pid, prev, flags = ARGV[j + 2], ARGV[j + 5], tonumber(ARGV[j + 6])
+  local ok = true
+  if pid ~= '' and idttl > 0 and flags % 2 == 1 then
+    local ids = KEYS[3 * c]
+    local exp = call('ZSCORE', ids, pid)
+    if exp and tonumber(exp) > now then
+      ok = false
+      verdict[k + 1] = 0
+    else
+      call('ZADD', ids, now + idttl, pid)
+      touched[c] = true
+    end
+  end
+  if ok and flags >= 2 and prev ~= '' and lastids[c] ~= '' and lastids[c] ~= prev then
+    ok = false
+    verdict[k + 1] = -1
+  end
+  if ok then
+    counts[c] = counts[c] + 1
+    lastids[c] = pid
+    verdict[k + 1] = 1
+  end
 end
 for c = 1, nch do
-  local meta = KEYS[2 * c - 1]
-  ensure_epoch(meta, KEYS[2 * c], ARGV[7 + c])
-  epochs[c] = redis.call('HGET', meta, 'epoch')
-  seqs[c] = redis.call('HINCRBY', meta, 'seq', counts[c]) - counts[c]
-  totals[c] = tonumber(redis.call('HGET', meta, 'bytes_total')) or 0
+  local meta = KEYS[3 * c - 2]
+  ensure_epoch(meta, KEYS[3 * c - 1], ARGV[8 + c])
+  epochs[c] = call('HGET', meta, 'epoch')
+  seqs[c] = call('HINCRBY', meta, 'seq', counts[c]) - counts[c]
+  totals[c] = tonumber(call('HGET', meta, 'bytes_total')) or 0
+  if touched[c] then
+    call('ZREMRANGEBYSCORE', KEYS[3 * c], '-inf', now)
+    call('PEXPIRE', KEYS[3 * c], idttl)
+  end
 end
 local packed_epochs = {}
 for c = 1, nch do packed_epochs[c] = '\165epoch' .. cmsgpack.pack(epochs[c]) end
 local out = {}
 local ts, maxlen, mode = ARGV[5], ARGV[1], ARGV[2]
-local call, pack, fmt = redis.call, cmsgpack.pack, string.format
+local pack, fmt = cmsgpack.pack, string.format
 for k = 0, nitems - 1 do
-  local j = base + 4 * k
-  local c = tonumber(ARGV[j + 1])
-  local pid = ARGV[j + 2]
-  local seq = seqs[c] + 1
-  seqs[c] = seq
-  local n = tonumber(ARGV[j + 4])
-  totals[c] = totals[c] + n
-  call('XADD', KEYS[2 * c], 'MAXLEN', mode, maxlen, fmt('%d-0', seq), 't', ts, 'i', pid,
-       'd', '\135\163seq' .. pack(seq) .. packed_epochs[c] .. ARGV[j + 3],
-       'c', fmt('%d', totals[c]), 'n', fmt('%d', n))
-  lastids[c] = pid
-  out[k + 1] = seq
+  if verdict[k + 1] == 1 then
+    local j = base + 6 * k
+    local c = tonumber(ARGV[j + 1])
+    local seq = seqs[c] + 1
+    seqs[c] = seq
+    local n = tonumber(ARGV[j + 4])
+    totals[c] = totals[c] + n
+    call('XADD', KEYS[3 * c - 1], 'MAXLEN', mode, maxlen, fmt('%d-0', seq), 't', ts,
+         'i', ARGV[j + 2], 'd', '\135\163seq' .. pack(seq) .. packed_epochs[c] .. ARGV[j + 3],
+         'c', fmt('%d', totals[c]), 'n', fmt('%d', n))
+    out[k + 1] = seq
+  else
+    out[k + 1] = verdict[k + 1]
+  end
 end
 local cutoff, ttl, maxbytes = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 for c = 1, nch do
-  redis.call('HSET', KEYS[2 * c - 1], 'last_id', lastids[c], 'bytes_total',
-             fmt('%d', totals[c]))
-  if maxbytes > 0 then trim_bytes(KEYS[2 * c], totals[c], maxbytes) end
-  expire_head(KEYS[2 * c], cutoff)
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2 * c], ttl) end
+  if counts[c] > 0 then
+    call('HSET', KEYS[3 * c - 2], 'last_id', lastids[c], 'bytes_total', fmt('%d', totals[c]))
+    if maxbytes > 0 then trim_bytes(KEYS[3 * c - 1], totals[c], maxbytes) end
+  end
+  expire_head(KEYS[3 * c - 1], cutoff)
+  if ttl > 0 then call('PEXPIRE', KEYS[3 * c - 1], ttl) end
 end
-return {epochs, out}
+return {epochs, out, lastids}
 """
 )
 
@@ -333,7 +415,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: RedisClient,
+        client: RedisClient | RedisClusterClient,
         *,
         max_items: int = 1000,
         max_age_s: float = 3600.0,
@@ -346,6 +428,9 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         locator: SentinelLocator | None = None,
+        id_cache_ttl_s: float = 0.0,
+        check_prev_id: bool = False,
+        message_wait_s: float = 5.0,
     ) -> None:
         if max_items < 1 or max_age_s <= 0 or max_script_items < 1:
             raise ValueError("history bounds must be positive")
@@ -370,14 +455,50 @@ class RedisStore:
         self._script_reloads = 0
         self._positions = 0
         self._replays = 0
+        # Redis Cluster: keys carry the channel's hash tag (module docstring)
+        self._cluster = client if isinstance(client, RedisClusterClient) else None
+        if self._cluster is not None and (b"{" in self._prefix or b"}" in self._prefix):
+            raise ValueError("key_prefix must not contain braces on a Redis Cluster")
+        # shared sequencing (several brokers on one Redis; module docstring)
+        self.id_cache_ttl_s = max(0.0, float(id_cache_ttl_s))
+        self.check_prev_id = check_prev_id
+        self.message_wait_s = message_wait_s
+        self._shared = self.id_cache_ttl_s > 0 or check_prev_id
+        self._sequencer: Sequencer | None = None
+        self._poll: Callable[[], Awaitable[None]] | None = None
+        self._held_since: dict[tuple[str, str | None, str | None], float] = {}
+        self._recover_seen: set[str] | None = None
+        self._unattached: list[Item] = []
+        self._dropped_duplicate = 0
+        self._held = 0
+        self._timed_out = 0
 
     # -- keys ---------------------------------------------------------------------------------
 
+    def _name(self, channel: str) -> bytes:
+        if self._cluster is not None:
+            return channel_tag(channel)
+        return channel.encode("utf-8")
+
     def meta_key(self, channel: str) -> bytes:
-        return self._prefix + b"m:" + channel.encode("utf-8")
+        return self._prefix + b"m:" + self._name(channel)
 
     def stream_key(self, channel: str) -> bytes:
-        return self._prefix + b"h:" + channel.encode("utf-8")
+        return self._prefix + b"h:" + self._name(channel)
+
+    def ids_key(self, channel: str) -> bytes:
+        return self._prefix + b"i:" + self._name(channel)
+
+    def _keys(self, channel: str) -> tuple[bytes, bytes, bytes]:
+        name = self._name(channel)
+        p = self._prefix
+        return p + b"m:" + name, p + b"h:" + name, p + b"i:" + name
+
+    def _slot(self, channel: str) -> int:
+        return key_slot(channel_tag(channel))
+
+    def _slot_of(self, channel: str) -> int:
+        return self._slot(channel) if self._cluster is not None else 0
 
     # -- Store --------------------------------------------------------------------------------
 
@@ -385,7 +506,12 @@ class RedisStore:
         """Sequence and retain ``items`` in order, in one round trip; return their envelopes.
 
         ``now`` is wall-clock seconds (it is compared across broker restarts).  On an error
-        (``StoreUnavailable``) a prefix of the batch, or all of it, may have been stored.
+        (``StoreUnavailable``) a prefix of the batch, or all of it, may have been stored (on a
+        cluster: any subset whose masters answered).
+
+        With shared sequencing on (``id_cache_ttl_s`` > 0 or ``check_prev_id``; the module
+        docstring) the envelopes of dropped duplicates are left out, and so are items held for
+        their predecessor: those go back to the attached sequencer for a retry.
         """
         if not items:
             return []
@@ -399,58 +525,165 @@ class RedisStore:
             ttl_ms,
             ts_ms,
             self.max_bytes,
+            int(self.id_cache_ttl_s * 1000),
         )
+        shared = self._shared
+        mono = 0.0
+        if shared:
+            mono = trio.current_time()
+            if self._sequencer is not None:
+                mono = max(mono, self._sequencer.clock)  # a flush polls far ahead: all go
+        groups: dict[int, list[int]] = {}
+        if self._cluster is not None:
+            for i, item in enumerate(items):
+                groups.setdefault(self._slot(item.channel), []).append(i)
+        else:
+            groups[0] = list(range(len(items)))
         commands: list[tuple[Any, ...]] = []
-        chunks: list[tuple[list[str], Sequence[Item]]] = []
+        slots: list[int] = []
+        chunks: list[tuple[list[str], list[int]]] = []
         step = self.max_script_items
-        for i in range(0, len(items), step):
-            chunk = items[i : i + step]
-            index: dict[str, int] = {}
-            args: list[Any] = []
-            for item in chunk:
-                c = index.get(item.channel)
-                if c is None:
-                    c = index[item.channel] = len(index) + 1
-                body = _packb(
-                    {
-                        "id": item.id,
-                        "prev_id": item.prev_id,
-                        "formats": item.formats,
-                        "meta": item.meta,
-                        "ts": now,
-                    }
+        for slot, positions in groups.items():
+            for start in range(0, len(positions), step):
+                chunk = positions[start : start + step]
+                index: dict[str, int] = {}
+                args: list[Any] = []
+                for pos in chunk:
+                    item = items[pos]
+                    c = index.get(item.channel)
+                    if c is None:
+                        c = index[item.channel] = len(index) + 1
+                    body = _packb(
+                        {
+                            "id": item.id,
+                            "prev_id": item.prev_id,
+                            "formats": item.formats,
+                            "meta": item.meta,
+                            "ts": now,
+                        }
+                    )
+                    flags = self._flags(item, mono) if shared else 0
+                    # body[0] is the fixmap header 0x85
+                    args += (
+                        c,
+                        item.id or "",
+                        body[1:],
+                        item_bytes(item),
+                        item.prev_id or "",
+                        flags,
+                    )
+                keys: list[bytes] = []
+                for ch in index:
+                    keys += self._keys(ch)
+                epochs = [self._new_epoch() for _ in index]
+                commands.append(
+                    ("EVALSHA", _APPEND.sha, len(keys), *keys, *head, len(index), *epochs, *args)
                 )
-                # body[0] is the fixmap header 0x85
-                args += (c, item.id or "", body[1:], item_bytes(item))
-            keys: list[bytes] = []
-            for ch in index:
-                keys += (self.meta_key(ch), self.stream_key(ch))
-            epochs = [self._new_epoch() for _ in index]
-            commands.append(
-                ("EVALSHA", _APPEND.sha, len(keys), *keys, *head, len(index), *epochs, *args)
-            )
-            chunks.append((list(index), chunk))
-        replies = await self._run_scripts(_APPEND, commands)
-        out: list[Envelope] = []
-        for (channels, chunk), (epochs, seqs) in zip(chunks, replies):
+                slots.append(slot)
+                chunks.append((list(index), chunk))
+        replies = await self._run_scripts(_APPEND, commands, slots)
+        placed: list[Envelope | None] = [None] * len(items)
+        held: list[Item] = []
+        for (channels, chunk), (epochs, seqs, _last_ids) in zip(chunks, replies):
             ep = [e.decode("utf-8") for e in epochs]
             index = {ch: i for i, ch in enumerate(channels)}
-            for item, seq in zip(chunk, seqs):
-                out.append(
-                    Envelope(
-                        channel=item.channel,
-                        seq=seq,
-                        epoch=ep[index[item.channel]],
-                        formats=item.formats,
-                        id=item.id,
-                        prev_id=item.prev_id,
-                        meta=item.meta,
-                        ts=now,
-                    )
+            for pos, seq in zip(chunk, seqs):
+                item = items[pos]
+                if seq <= 0:
+                    if seq == 0:
+                        self._dropped_duplicate += 1
+                        self._held_since.pop(_held_key(item), None)
+                    else:
+                        held.append(item)
+                    continue
+                if shared and self._held_since:
+                    self._held_since.pop(_held_key(item), None)
+                placed[pos] = Envelope(
+                    channel=item.channel,
+                    seq=seq,
+                    epoch=ep[index[item.channel]],
+                    formats=item.formats,
+                    id=item.id,
+                    prev_id=item.prev_id,
+                    meta=item.meta,
+                    ts=now,
                 )
+        out = [env for env in placed if env is not None]
         self._appended += len(out)
         self._batches += 1
+        if held:
+            self._hold(held, mono)
+        seq = self._sequencer
+        if seq is not None and seq.deferred_count():
+            # items held for a predecessor stored just now go at once, not at the next poll
+            chained = seq.take_deferred([(env.channel, env.id) for env in out if env.id])
+            if chained:
+                out += await self.append_batch(chained, now)
         return out
+
+    # -- shared sequencing (several brokers on one Redis) ------------------------------------
+
+    def attach_sequencer(
+        self, sequencer: Sequencer, poll: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Let Redis sequence across brokers (module docstring): the broker's ``sequencer``
+        keeps de-duplicating locally but no longer holds items for their ``prev-id`` (this
+        store does, through the sequencer's retry queue).  ``poll`` (the broker's
+        ``poll_sequencer``) is called by ``serve`` every ``HELD_RETRY_S`` while items are held,
+        so a held item goes soon after its predecessor reached Redis through another broker.
+        A no-op unless shared sequencing is on."""
+        if not self._shared:
+            return
+        self._sequencer = sequencer
+        self._poll = poll
+        sequencer.last_ids_max = 0  # Redis knows the channel's last id, whichever broker wrote it
+        sequencer.on_recover.append(self._recovered)
+
+    async def _retry_held(self, poll: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await trio.sleep(HELD_RETRY_S)
+            if self._sequencer is not None and self._sequencer.deferred_count():
+                await poll()
+
+    def _flags(self, item: Item, mono: float) -> int:
+        flags = 0
+        since = self._held_since.get(_held_key(item))
+        if since is None:
+            flags |= 1  # first time here: de-duplicate (a retry's id is recorded already)
+        skip = False
+        if self._recover_seen is not None and item.channel not in self._recover_seen:
+            self._recover_seen.add(item.channel)
+            skip = True  # the channel's first item since a recover goes through
+            if len(self._recover_seen) > RECOVER_CHANNELS_MAX:
+                self._recover_seen = None  # bounded memory: the rest are checked again
+        if self.check_prev_id and item.prev_id is not None and not skip:
+            wait_s = (
+                self.message_wait_s if self._sequencer is None else self._sequencer.message_wait_s
+            )
+            if since is None or mono - since < wait_s:
+                flags |= 2
+            else:
+                self._timed_out += 1
+        return flags
+
+    def _hold(self, held: list[Item], mono: float) -> None:
+        for item in held:
+            self._held_since.setdefault(_held_key(item), mono)
+        self._held += len(held)
+        if self._sequencer is None:
+            self._unattached.extend(held)  # a store used alone: ``take_held`` hands them back
+            return
+        # retried at the sequencer's next poll, or at once when their predecessor is stored
+        # through this broker (``append_batch``)
+        for item in self._sequencer.defer(held):  # dropped: one per prev-id, pending_max
+            self._held_since.pop(_held_key(item), None)
+
+    def _recovered(self) -> None:
+        """Pushpin's recover: held items go through on their next try without a prev check,
+        and so does each channel's next item."""
+        self._recover_seen = set()
+        for key in list(self._held_since):
+            self._held_since[key] = float("-inf")
 
     async def position(self, channel: str) -> Position:
         """The channel's ``(epoch, last_seq, last_id)``; creates its epoch if it has none."""
@@ -463,7 +696,7 @@ class RedisStore:
             self.stream_key(channel),
             self._new_epoch(),
         )
-        (reply,) = await self._run_scripts(_POSITION, [cmd])
+        (reply,) = await self._run_scripts(_POSITION, [cmd], [self._slot_of(channel)])
         epoch, seq, last_id = reply
         return Position(epoch.decode("utf-8"), int(seq or 0), _str(last_id))
 
@@ -496,7 +729,7 @@ class RedisStore:
             limit,
             cutoff_ms,
         )
-        (reply,) = await self._run_scripts(_REPLAY, [cmd])
+        (reply,) = await self._run_scripts(_REPLAY, [cmd], [self._slot_of(channel)])
         cur_epoch, last_seq, from_cursor, records = reply
         # our own records (written by _LUA_APPEND): build the Envelopes directly
         envs = []
@@ -539,42 +772,62 @@ class RedisStore:
             wait_refusals=self._wait_refusals,
             client=self.client.statistics(),
             sentinel=self.locator.statistics() if self.locator is not None else None,
+            dropped_duplicate=self._dropped_duplicate,
+            held=self._held,
+            timed_out=self._timed_out,
         )
 
+    def take_held(self) -> list[Item]:
+        """Items held for their prev-id while no sequencer was attached (a store used alone):
+        offer them again to ``append_batch`` (after ``message_wait_s`` they go unchecked)."""
+        held, self._unattached = self._unattached, []
+        return held
+
     async def serve(self) -> None:
-        """Follow the sentinels' ``+switch-master`` (Sentinel only; otherwise nothing to do)."""
+        """Follow the sentinels' ``+switch-master`` (Sentinel), and retry held items
+        (``attach_sequencer``); otherwise nothing to do."""
+        client = self.client
+        poll = self._poll
         if self.locator is None:
+            if poll is not None:
+                await self._retry_held(poll)
             await trio.sleep_forever()
             return
-        client = self.client
-        await self.locator.watch(lambda switch: client.invalidate())
+        if poll is None:
+            await self.locator.watch(lambda switch: client.invalidate())
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._retry_held, poll)
+            await self.locator.watch(lambda switch: client.invalidate())
+            nursery.cancel_scope.cancel()
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self.client.aclose()
+            await self.client.aclose()  # a cluster client closes every node's connection
             if self.locator is not None:
                 await self.locator.aclose()
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _run_scripts(self, script: _Script, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _run_scripts(
+        self, script: _Script, commands: list[tuple[Any, ...]], slots: list[int]
+    ) -> list[Any]:
         """Pipeline EVALSHA ``commands``; rerun NOSCRIPT ones with EVAL (it had not run)."""
         self._script_calls += len(commands)
-        wait = ("WAIT", self.wait_replicas, self.wait_timeout_ms) if self.wait_replicas else None
-        replies = await self.client.pipeline(commands + [wait] if wait else commands)
-        waited = replies.pop() if wait else None
+        replies, waited = await self._send(commands, slots)
         retry = [i for i, r in enumerate(replies) if _is_noscript(r)]
         if retry:
             self._script_reloads += 1
             reload = [("EVAL", script.source, *commands[i][2:]) for i in retry]
-            again = await self.client.pipeline(reload + [wait] if wait else reload)
-            waited = again.pop() if wait else None
+            again, waited2 = await self._send(reload, [slots[i] for i in retry])
+            if self.wait_replicas:
+                waited = waited2 if not isinstance(waited, int) else min(waited, waited2)
             for i, r in zip(retry, again):
                 replies[i] = r
         for r in replies:
             if isinstance(r, hiredis.ReplyError):
                 raise RedisStoreError(f"redis refused a store write: {r}") from RedisReplyError(r)
-        if wait is not None:
+        if self.wait_replicas:
             if isinstance(waited, hiredis.ReplyError):
                 raise RedisStoreError(f"redis refused WAIT: {waited}") from RedisReplyError(waited)
             if not isinstance(waited, int) or waited < self.wait_replicas:
@@ -584,6 +837,27 @@ class RedisStore:
                     f"{self.wait_timeout_ms} ms; not acknowledged"
                 )
         return replies
+
+    async def _send(
+        self, commands: list[tuple[Any, ...]], slots: list[int]
+    ) -> tuple[list[Any], Any]:
+        """Run ``commands`` (one pipeline, or one per cluster master), then ``WAIT`` on each
+        connection written to; return the replies and the fewest replicas confirmed."""
+        if self._cluster is not None:
+            wait = (self.wait_replicas, self.wait_timeout_ms) if self.wait_replicas else None
+            return await self._cluster.pipeline(commands, slots, wait)
+        assert isinstance(self.client, RedisClient)
+        if not self.wait_replicas:
+            return await self.client.pipeline(commands), None
+        replies = await self.client.pipeline(
+            [*commands, ("WAIT", self.wait_replicas, self.wait_timeout_ms)]
+        )
+        waited = replies.pop()
+        return replies, waited
+
+
+def _held_key(item: Item) -> tuple[str, str | None, str | None]:
+    return (item.channel, item.id, item.prev_id)
 
 
 async def open_redis_store(url: str, *, timeout_s: float = 5.0, **kwargs: Any) -> RedisStore:

@@ -480,3 +480,40 @@ def test_trim_by_bytes_matches_memory_history(shared_redis):
         assert got == expected
 
     with_store(shared_redis.port, body, max_bytes=10_000)
+
+
+def test_sequencing_in_redis_on_standalone_keeps_the_key_layout(shared_redis):
+    """Two stores ("brokers") with sequencing in Redis on one standalone Redis: ids dropped
+    across them, prev-id held until the predecessor is stored through the other; the keys keep
+    the layout of earlier versions (plus the ids key)."""
+    from broker.sequencer import Sequencer
+
+    pfx = prefix()
+
+    async def main():
+        async with (
+            await open_redis("127.0.0.1", shared_redis.port) as c1,
+            await open_redis("127.0.0.1", shared_redis.port) as c2,
+        ):
+            kw = dict(key_prefix=pfx, id_cache_ttl_s=60.0, check_prev_id=True)
+            a, b = RedisStore(c1, **kw), RedisStore(c2, **kw)
+            sa, sb = Sequencer(), Sequencer()
+            a.attach_sequencer(sa)
+            b.attach_sequencer(sb)
+            assert [e.seq for e in await a.append_batch([item("s", 0, id="i0")], NOW)] == [1]
+            assert await b.append_batch([item("s", 0, id="i0")], NOW) == []  # duplicate
+            assert await b.append_batch([item("s", 2, id="i2", prev_id="i1")], NOW) == []
+            assert sb.deferred_count() == 1
+            envs = await a.append_batch([item("s", 1, id="i1", prev_id="i0")], NOW)
+            assert [e.seq for e in envs] == [2]
+            envs = await b.append_batch(sb.poll(trio.current_time()), NOW)
+            assert [(e.id, e.seq) for e in envs] == [("i2", 3)]
+            assert await c1.execute("HGET", pfx + "m:s", "last_id") == b"i2"
+            assert await c1.execute("XLEN", pfx + "h:s") == 3
+            assert await c1.execute("ZCARD", pfx + "i:s") == 3
+            # a store without sequencing in Redis (the default) reads and continues the same keys
+            plain = RedisStore(c1, key_prefix=pfx)
+            assert (await plain.position("s")).last_seq == 3
+            assert [e.seq for e in await plain.append_batch([item("s", 3)], NOW)] == [4]
+
+    trio.run(main)
