@@ -1,0 +1,148 @@
+"""Publish rate with and without channel API load (docs/channel-api.md).
+
+    .venv/bin/python -m bench.channelapi_load [--seconds 8] [--store redis://127.0.0.1:6379/0]
+
+Starts one broker (no edges), fills a channel with 1,000 retained messages, then runs two
+phases of ``--seconds`` each: HTTP publishers alone (``--publishers`` threads, one item per
+request, as fast as answered), then the same with ``--rate`` channel API requests a second in
+flight (history pages of 100 items, channel state, the live-channel listing, in turn).  Prints
+per phase: publishes/s, the broker's CPU seconds per publish (from /proc), and the API
+requests' rate and p50/p99 latency.  One run each; the machine's noise applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.procs import NotifySocket, cpu_s, free_ports
+
+HISTORY_ITEMS = 1000
+
+
+def start_broker(store: str) -> tuple[subprocess.Popen, NotifySocket, int, str]:
+    ports = free_ports(5)
+    keys = ("push_in_port", "http_port", "sub_in_port", "command_port", "edge_pub_port")
+    cfg = dict(zip(keys, ports))
+    tmp = tempfile.mkdtemp(prefix="gc-chapi-")
+    lines = [f"{k} = {v}" for k, v in cfg.items()]
+    lines += [f"edge_ctl_port = {free_ports(1)[0]}", f'store = "{store}"', 'log_level = "warning"']
+    path = Path(tmp) / "gripcast.toml"
+    path.write_text("\n".join(lines) + "\n")
+    notify = NotifySocket()
+    import os
+
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gripcast", "broker", "--config", str(path)], env=env
+    )
+    notify.wait_ready(proc, 30)
+    return proc, notify, cfg["http_port"], tmp
+
+
+def item(channel: str, text: str) -> dict:
+    return {"channel": channel, "formats": {"http-stream": {"content": text}}}
+
+
+def publishers(base: str, n: int, seconds: float) -> int:
+    done = [0] * n
+    stop = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        with httpx.Client(timeout=10) as c:
+            while time.monotonic() < stop:
+                r = c.post(base + "/publish/", json={"items": [item(f"pub{i}", "x\n")]})
+                r.raise_for_status()
+                done[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done)
+
+
+def api_load(base: str, rate: float, stop: threading.Event, lat: list[float]) -> None:
+    paths = ["/channels/hist/items?limit=100", "/channels/hist", "/channels?limit=100"]
+    with httpx.Client(timeout=10) as c:
+        i = 0
+        nxt = time.monotonic()
+        while not stop.is_set():
+            t0 = time.monotonic()
+            r = c.get(base + paths[i % len(paths)])
+            r.raise_for_status()
+            lat.append(time.monotonic() - t0)
+            i += 1
+            nxt += 1 / rate
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
+def phase(proc: subprocess.Popen, base: str, args: argparse.Namespace, rate: float) -> dict:
+    lat: list[float] = []
+    stop = threading.Event()
+    threads = []
+    if rate:
+        per = rate / args.api_threads
+        threads = [
+            threading.Thread(target=api_load, args=(base, per, stop, lat))
+            for _ in range(args.api_threads)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        lat.clear()
+    cpu0 = cpu_s(proc.pid)
+    t0 = time.monotonic()
+    n = publishers(base, args.publishers, args.seconds)
+    wall = time.monotonic() - t0
+    cpu = cpu_s(proc.pid) - cpu0
+    stop.set()
+    for t in threads:
+        t.join()
+    out = {"publishes_per_s": n / wall, "broker_cpu_us_per_publish": cpu / max(n, 1) * 1e6}
+    if lat:
+        lat.sort()
+        out["api_per_s"] = len(lat) / wall
+        out["api_p50_ms"] = statistics.median(lat) * 1000
+        out["api_p99_ms"] = lat[int(len(lat) * 0.99) - 1] * 1000
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--publishers", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=100.0, help="API requests per second")
+    ap.add_argument("--api-threads", type=int, default=4)
+    ap.add_argument("--store", default="memory")
+    args = ap.parse_args()
+    proc, notify, port, _ = start_broker(args.store)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        httpx.post(
+            base + "/publish/",
+            json={"items": [item("hist", f"message {i}\n") for i in range(HISTORY_ITEMS)]},
+        ).raise_for_status()
+        for name, rate in (("publish alone", 0.0), (f"with {args.rate:g} API req/s", args.rate)):
+            res = phase(proc, base, args, rate)
+            print(f"{name:24s} " + "  ".join(f"{k}={v:.1f}" for k, v in res.items()))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        notify.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
