@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -146,14 +146,17 @@ def render_channels(doc: dict[str, Any], console: Console) -> None:
 
 
 def render_history(doc: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"{doc.get('channel')} (epoch {doc.get('epoch')}, last seq "
-                  f"{doc.get('last_seq')})")
+    table = Table(
+        title=f"{doc.get('channel')} (epoch {doc.get('epoch')}, last seq {doc.get('last_seq')})"
+    )
     for col in ("id", "publisher id", "time", "text"):
         table.add_column(col)
     for item in doc.get("items", []):
-        ts = datetime.fromtimestamp(item.get("ts", 0), tz=timezone.utc)
+        ts = datetime.fromtimestamp(item.get("ts", 0), tz=UTC)
         table.add_row(
-            item["id"], item.get("publisher_id", ""), ts.strftime("%H:%M:%S.%f")[:-3],
+            item["id"],
+            item.get("publisher_id", ""),
+            ts.strftime("%H:%M:%S.%f")[:-3],
             preview(item),
         )
     console.print(table)

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest import tnetstring
-from broker.ops import channelapi
 from broker.items import Item, parse_items_container
+from broker.ops import channelapi
 from broker.wire import ConnCheckCommand, EdgeCommand, RefreshCommand
 
 
@@ -180,9 +180,7 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
 def query_reply(rid: bytes | None, value: dict[str, object] | None) -> bytes:
     """The reply to a channel API query: its answer, or ``store-unavailable`` (None)."""
     if value is None:
-        return _reply(
-            rid, False, condition="store-unavailable", value="history store unavailable"
-        )
+        return _reply(rid, False, condition="store-unavailable", value="history store unavailable")
     return _reply(rid, True, value=value)
 
 

@@ -40,8 +40,8 @@ from broker.config import Config
 from broker.errors import PublishError, RateLimited, StoreUnavailable
 from broker.ingest.auth import PublishAuth
 from broker.ingest.pipeline import Pipeline
-from broker.ops import channelapi
 from broker.items import Item, parse_http_publish, status_reason
+from broker.ops import channelapi
 from broker.runtime import http1
 
 MAX_BODY_BYTES = 1_000_000
@@ -320,7 +320,9 @@ class HttpApi:
             return
         p = self.pipeline
         if channelapi.match_path(url):  # the channel API (its own module), same auth
-            answer = await p.channels.http(method, url, self.auth.check(method, url, head.headers, time.time()))
+            answer = await p.channels.http(
+                method, url, self.auth.check(method, url, head.headers, time.time())
+            )
             await stream.send_all(
                 respond(answer.status, answer.body, answer.content_type, answer.headers).to_bytes(
                     version

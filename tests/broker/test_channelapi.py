@@ -122,7 +122,11 @@ def test_bad_requests(target, status, reason):
 def test_method_not_allowed():
     _, _, api = setup()
     a = http(api, "/channels/x", method="POST")
-    assert (a.status, a.body, a.headers) == (405, "Method not allowed: POST.\n", (("Allow", "GET"),))
+    assert (a.status, a.body, a.headers) == (
+        405,
+        "Method not allowed: POST.\n",
+        (("Allow", "GET"),),
+    )
     assert api.statistics().refused == 1
 
 
@@ -166,9 +170,7 @@ def test_history_paging_with_next():
     assert "next" not in doc
 
 
-@pytest.mark.parametrize(
-    "after", ["ep:1", "gone-id", "other-epoch:4", "ep:99"]
-)
+@pytest.mark.parametrize("after", ["ep:1", "gone-id", "other-epoch:4", "ep:99"])
 def test_truncated_when_history_cannot_cover_the_cursor(after):
     _, _, api = setup(max_items=3, n=6)  # keeps 4, 5, 6
     doc = run(api, ItemsQuery("c", after))
@@ -289,7 +291,13 @@ def test_channels_listing_prefix_paging_and_bounds():
     doc = run(api, ChannelsQuery("chat.", "chat.b", 2))
     assert ([r["channel"] for r in doc["channels"]], doc["more"]) == (["chat.c"], False)
     doc = run(api, ChannelsQuery())  # every channel: live, or with reported subscribers
-    assert [r["channel"] for r in doc["channels"]] == ["chat.a", "chat.b", "chat.c", "news", "other"]
+    assert [r["channel"] for r in doc["channels"]] == [
+        "chat.a",
+        "chat.b",
+        "chat.c",
+        "news",
+        "other",
+    ]
 
 
 def test_channels_listing_is_bounded_with_many_channels():
@@ -325,8 +333,12 @@ def _env(channel, seq, id=None):
 def test_publish_text_answer_unchanged():
     """The sans-IO publish answer is still Pushpin's (the JSON ids are added by the I/O once
     stored, tests/integration/test_channel_api.py)."""
-    r = httpapi.handle_request("POST", "/publish", [], b'{"items":[{"channel":"a","formats":'
-                               b'{"http-stream":{"content":"x"}}}]}').response
+    r = httpapi.handle_request(
+        "POST",
+        "/publish",
+        [],
+        b'{"items":[{"channel":"a","formats":{"http-stream":{"content":"x"}}}]}',
+    ).response
     assert r.body == b"Published\n"
 
 

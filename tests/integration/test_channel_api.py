@@ -31,8 +31,10 @@ KEY = "channel-api-secret-of-at-least-32-bytes"
 
 def hold(req):
     channel = req.path.rsplit("/", 1)[-1]
-    return 200, {"Content-Type": "text/plain", "Grip-Hold": "stream", "Grip-Channel": channel}, (
-        b"[open]\n"
+    return (
+        200,
+        {"Content-Type": "text/plain", "Grip-Hold": "stream", "Grip-Channel": channel},
+        (b"[open]\n"),
     )
 
 
