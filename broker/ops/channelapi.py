@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl, unquote
 
 from broker.errors import PublishError, RemoteProtocolError, StoreUnavailable
 from broker.history import Position, Replay
-from broker.items import Item, validate_channel, validate_id
+from broker.items import Item, item_bytes, validate_channel, validate_id
 from broker.ops.stats import MODES, StatsEncoder
 from broker.store.memory import Store
 from broker.wire import REPLAY_LIMIT, Envelope
@@ -59,6 +59,7 @@ from broker.wire import REPLAY_LIMIT, Envelope
 PATH = "/channels"
 ITEMS_LIMIT_DEFAULT = 100
 ITEMS_LIMIT_MAX = REPLAY_LIMIT  # 1000: what one store replay returns at most
+ITEMS_MAX_BYTES = 1 << 20  # payload bytes in one history answer (at least one item), then "more"
 CHANNELS_LIMIT_DEFAULT = 100
 CHANNELS_LIMIT_MAX = 1000
 MAX_QUERY_FIELDS = 10
@@ -255,15 +256,15 @@ def format_json(fmt: Mapping[str, Any]) -> dict[str, Any]:
     ``content-bin``); unset fields left out."""
     out: dict[str, Any] = {}
     for key, value in fmt.items():
-        if value is None:
-            continue
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
+        t = type(value)
+        if t is str or t is int:  # most fields (action, code, type): as they are
+            out[key] = value
+        elif t is bytes:
             try:
-                out[key] = data.decode("utf-8")
+                out[key] = value.decode("utf-8")
             except UnicodeDecodeError:
-                out[key + "-bin"] = base64.b64encode(data).decode("ascii")
-        else:
+                out[key + "-bin"] = base64.b64encode(value).decode("ascii")
+        elif value is not None:
             out[key] = _jsonable(value)
     return out
 
@@ -276,15 +277,23 @@ def item_json(env: Envelope) -> dict[str, Any]:
         out["publisher_id"] = env.id
     if env.prev_id is not None:
         out["prev_id"] = env.prev_id
-    out["ts"] = round(env.ts, 3)
+    out["ts"] = env.ts
     out["formats"] = {name: format_json(f) for name, f in env.formats.items()}
     if env.meta:
         out["meta"] = dict(env.meta)
     return out
 
 
-def items_answer(q: ItemsQuery, rep: Replay) -> dict[str, Any]:
+def items_answer(q: ItemsQuery, rep: Replay, max_bytes: int = ITEMS_MAX_BYTES) -> dict[str, Any]:
+    """The answer to ``q`` from the store's replay: at most ``max_bytes`` of payload (at least
+    one item), so one answer never holds the loop long whatever the items' size."""
     items = rep.items
+    total = 0
+    for n, env in enumerate(items):
+        total += item_bytes(env)
+        if total > max_bytes and n:
+            items = items[:n]
+            break
     last = items[-1].seq if items else None
     more = last is not None and last < rep.last_seq
     out: dict[str, Any] = {

@@ -170,6 +170,17 @@ def test_history_paging_with_next():
     assert "next" not in doc
 
 
+def test_big_items_are_paged_by_bytes():
+    src, clock, api = setup()
+    trio.run(src.store.append_batch, [item(body=b"x" * 400_000) for _ in range(5)], clock.t)
+    doc = run(api, ItemsQuery("c", None, 1000))
+    assert ([i["seq"] for i in doc["items"]], doc["more"], doc["next"]) == ([1, 2], True, "ep:2")
+    big = channelapi.items_answer(
+        ItemsQuery("c"), trio.run(src.store.replay, "c", None, 0, None, 9, 0), 10
+    )
+    assert [i["seq"] for i in big["items"]] == [1]  # at least one, however big
+
+
 @pytest.mark.parametrize("after", ["ep:1", "gone-id", "other-epoch:4", "ep:99"])
 def test_truncated_when_history_cannot_cover_the_cursor(after):
     _, _, api = setup(max_items=3, n=6)  # keeps 4, 5, 6
