@@ -64,7 +64,7 @@ def add_parsers(sub: Any) -> None:
         description="Show the messages the broker retains for CHANNEL (GET "
         "/channels/CHANNEL/items), after a cursor (a publisher id or epoch:seq).",
     )
-    p.add_argument("channel", metavar="CHANNEL")
+    p.add_argument("channel", metavar="CHANNEL", help="the channel whose history to show")
     p.add_argument("--after", metavar="ID", help="only messages after this id")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (1-1000)")
     add_auth_options(p)
