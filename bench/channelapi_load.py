@@ -56,6 +56,9 @@ def item(channel: str, text: str) -> dict:
 
 
 def publishers(base: str, n: int, seconds: float) -> int:
+    if n == 0:
+        time.sleep(seconds)
+        return 0
     done = [0] * n
     stop = time.monotonic() + seconds
 
@@ -96,7 +99,9 @@ def api_load(base: str, rate: float, seconds: float, out: Any) -> None:
     out.put(lat)
 
 
-def phase(proc: subprocess.Popen, base: str, args: argparse.Namespace, rate: float) -> dict:
+def phase(
+    proc: subprocess.Popen, base: str, args: argparse.Namespace, rate: float, api_only: bool = False
+) -> dict:
     lat: list[float] = []
     procs = []
     results: Any = multiprocessing.Queue()
@@ -113,7 +118,7 @@ def phase(proc: subprocess.Popen, base: str, args: argparse.Namespace, rate: flo
         time.sleep(0.5)  # the API load runs before and after the measured publishes
     cpu0 = cpu_s(proc.pid)
     t0 = time.monotonic()
-    n = publishers(base, args.publishers, args.seconds)
+    n = publishers(base, args.publishers if not api_only else 0, args.seconds)
     wall = time.monotonic() - t0
     cpu = cpu_s(proc.pid) - cpu0
     for _ in procs:
@@ -121,6 +126,8 @@ def phase(proc: subprocess.Popen, base: str, args: argparse.Namespace, rate: flo
     for p in procs:
         p.join(10)
     out = {"publishes_per_s": n / wall, "broker_cpu_us_per_publish": cpu / max(n, 1) * 1e6}
+    if api_only:
+        out = {"broker_cpu_s_per_s": cpu / wall}
     out["_publishes"], out["_cpu_s"] = n, cpu
     if lat:
         lat.sort()
@@ -152,12 +159,16 @@ def main() -> int:
             res = phase(proc, base, args, rate)
             if alone is None:
                 alone = res
-            elif res.get("_api"):  # the broker CPU the API requests took, per request
+            elif res.get("_api") and "_publishes" in res:  # the broker CPU per API request
                 per_pub = alone["_cpu_s"] / max(alone["_publishes"], 1)
                 extra = res["_cpu_s"] - res["_publishes"] * per_pub
                 res["broker_cpu_us_per_api_request"] = extra / res["_api"] * 1e6
             shown = {k: v for k, v in res.items() if not k.startswith("_")}
             print(f"{name:24s} " + "  ".join(f"{k}={v:.1f}" for k, v in shown.items()))
+        res = phase(proc, base, args, args.rate, api_only=True)
+        res["broker_cpu_us_per_api_request"] = res["broker_cpu_s_per_s"] / res["api_per_s"] * 1e6
+        shown = {k: v for k, v in res.items() if not k.startswith("_")}
+        print(f"{'API alone':24s} " + "  ".join(f"{k}={v:.3f}" for k, v in shown.items()))
     finally:
         proc.terminate()
         proc.wait(10)

@@ -168,7 +168,7 @@ def _query(text: str, allowed: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in pairs:
         if k not in allowed:
-            raise QueryError(f"Unknown parameter {k!r} (allowed: {', '.join(allowed)}).")
+            raise QueryError(f"Unknown parameter {k!r} (allowed: {', '.join(allowed) or 'none'}).")
         if k in out:
             raise QueryError(f"Parameter {k!r} given twice.")
         out[k] = v
