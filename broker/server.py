@@ -76,16 +76,18 @@ class _Bound:
                 ):
                     extra.update(curve.server_options(settings))
                 z[name] = self._open(name, cfg.endpoint(name, bind=True), extra)
-            self.stats: StatsEncoder | None = None
             stats_pub = None
             if cfg.stats_spec:  # Pushpin's stats PUB socket (broker.ops.stats)
                 stats_pub = self._open("stats", cfg.stats_spec)
-                self.stats = StatsEncoder(
-                    conn_ttl_s=cfg.stats_connection_ttl_s,
-                    fmt=cfg.stats_format,
-                    sub_ttl_s=cfg.stats_subscription_ttl_s,
-                    conn_send=cfg.stats_connection_send,
-                )
+            # always on: the edges' subscriber counts feed the channel API
+            # (broker.ops.channelapi) too; packets go out only with the stats socket
+            self.stats: StatsEncoder | None = StatsEncoder(
+                conn_ttl_s=cfg.stats_connection_ttl_s,
+                fmt=cfg.stats_format,
+                sub_ttl_s=cfg.stats_subscription_ttl_s,
+                conn_send=cfg.stats_connection_send and stats_pub is not None,
+                edge_expire_s=cfg.channel_counts_max_age_s,
+            )
         except BaseException:
             self.close()
             raise

@@ -7,6 +7,8 @@
     gripcast demo-origin [--listen P]     the built-in demo origin app alone
     gripcast keygen [--out PREFIX]        a CurveZMQ key pair (docs/multihost.md)
     gripcast migrate PUSHPIN_CONF         print the gripcast.toml equivalent to a pushpin.conf
+    gripcast channels [PREFIX]            live channels with subscriber counts (channel API)
+    gripcast history CHANNEL [--after ID] a channel's retained messages (channel API)
 
 Options shared with Pushpin's runner: --config FILE (TOML), --port [addr:]port, --route LINE
 (repeatable), --port-offset N.  No protocol logic lives here.
@@ -218,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the close action instead (ends streams and WebSockets)",
     )
 
+    _add_channel_commands(sub)
+
     p = sub.add_parser(
         "keygen",
         help="print a CurveZMQ key pair (Z85) for multi-host setups",
@@ -269,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the publish command the demo page shows",
     )
     return parser
+
+
+def _add_channel_commands(sub: Any) -> None:
+    """``channels`` and ``history`` (gripcast.channels; docs/channel-api.md)."""
+    from gripcast.channels import add_parsers
+
+    add_parsers(sub)
 
 
 def _split_addr(value: str, default_addr: str) -> tuple[str, int]:
@@ -349,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         from gripcast.publish import publish_from_args
 
         return publish_from_args(args, sys.stdin)
+    if args.command in ("channels", "history"):
+        from gripcast.channels import channels_from_args
+
+        return channels_from_args(args)
     if args.command == "keygen":
         from broker.curve import keygen_text, write_keypair
 

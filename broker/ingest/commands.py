@@ -21,6 +21,12 @@ false, "condition": bytes, "value"?: bytes}``.  Methods:
   success, as in Pushpin), was refreshed: a WebSocket-over-HTTP session sends its origin a
   request now (with the events it has queued, often none); ``bad-request`` without either key
   or when the value is not a string
+* ``channel-items`` (``args.channel``, ``args.after``?, ``args.limit``?), ``channel-info``
+  (``args.channel``), ``channels`` (``args.prefix``?, ``args.after``?, ``args.limit``?): the
+  channel API's queries (``broker.ops.channelapi``, docs/channel-api.md), answered with the
+  same map as the HTTP calls; ``bad-request`` with the reason for bad arguments,
+  ``store-unavailable`` when the store did not answer.  ``CommandResult.query`` is the query
+  to run; the pipeline answers it with ``query_reply``
 * anything else -> ``method-not-found``
 
 ``conncheck`` and ``refresh`` are answered by the edges: ``CommandResult.relay`` is the command
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest import tnetstring
 from broker.items import Item, parse_items_container
+from broker.ops import channelapi
 from broker.wire import ConnCheckCommand, EdgeCommand, RefreshCommand
 
 
@@ -55,6 +62,9 @@ class CommandResult:
     # ``reply`` is None then, ``relay_reply`` builds it with the request's ``rid``
     relay: EdgeCommand | None = None
     rid: bytes | None = None
+    # channel-items, channel-info, channels: the query the pipeline runs (``reply`` is None
+    # then; ``query_reply`` builds it with ``rid``)
+    query: channelapi.Query | None = None
 
 
 def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], bytes]:
@@ -158,7 +168,20 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
                 )
                 return CommandResult(None, name, relay=cmd, rid=rid)
         return fail("bad-request")
+    if name in channelapi.COMMAND_METHODS:
+        try:
+            query = channelapi.parse_command(name, args)
+        except channelapi.QueryError as exc:
+            return fail("bad-request", exc.reason)
+        return CommandResult(None, name, rid=rid, query=query)
     return fail("method-not-found")
+
+
+def query_reply(rid: bytes | None, value: dict[str, object] | None) -> bytes:
+    """The reply to a channel API query: its answer, or ``store-unavailable`` (None)."""
+    if value is None:
+        return _reply(rid, False, condition="store-unavailable", value="history store unavailable")
+    return _reply(rid, True, value=value)
 
 
 def relay_reply(

@@ -15,6 +15,11 @@ Acceptable. Supported formats are text/plain and application/json.``, ``411 Requ
 Content-Length.``, ``400 Request body too large.``, ``GET /`` -> ``Pushpin API``,
 ``POST /recover`` -> ``Updated``.  Errors are always ``text/plain``, as in Pushpin.
 
+``GET /channels...`` (the channel API: history, channel state, live channels) is
+``broker.ops.channelapi``'s, after the same auth.  A publish whose answer is JSON
+(``Accept: application/json``) also lists each item's id (``channelapi.published_answer``);
+text answers stay Pushpin's ``Published``.
+
 ``HttpApi`` at the end is the I/O: the listeners (at most ``http_maxconn`` connections at once,
 beyond: a short 503), one request per connection read by ``broker.runtime.http1``, and the
 stop (``stop_accepting``, ``wait_idle``) that the broker's lifecycle drives.
@@ -36,6 +41,7 @@ from broker.errors import PublishError, RateLimited, StoreUnavailable
 from broker.ingest.auth import PublishAuth
 from broker.ingest.pipeline import Pipeline
 from broker.items import Item, parse_http_publish, status_reason
+from broker.ops import channelapi
 from broker.runtime import http1
 
 MAX_BODY_BYTES = 1_000_000
@@ -313,6 +319,16 @@ class HttpApi:
         if body is None:
             return
         p = self.pipeline
+        if channelapi.match_path(url):  # the channel API (its own module), same auth
+            answer = await p.channels.http(
+                method, url, self.auth.check(method, url, head.headers, time.time())
+            )
+            await stream.send_all(
+                respond(answer.status, answer.body, answer.content_type, answer.headers).to_bytes(
+                    version
+                )
+            )
+            return
         p.received("http")
         denied = self.auth.check(method, url, head.headers, time.time())
         if denied is not None:
@@ -329,7 +345,10 @@ class HttpApi:
         response = result.response
         if result.items:
             try:
-                await p.publish(result.items, strict=True)
+                stored = await p.publish(result.items, strict=True)
+                if response.status == 200 and negotiate(head.headers) == _JSON:  # with the ids
+                    doc = channelapi.published_answer(result.items, stored)
+                    response = respond(200, json.dumps(doc) + "\n", _JSON)
             except StoreUnavailable:
                 response = respond(503, "Store unavailable.\n")
             except RateLimited as exc:

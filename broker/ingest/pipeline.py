@@ -32,6 +32,7 @@ from broker.histogram import IntHistogram
 from broker.ingest import commands
 from broker.ingest.relay import EdgeRelay
 from broker.items import Item, parse_pull_frame, parse_sub_item
+from broker.ops.channelapi import ChannelApi
 from broker.ops.stats import StatsEncoder
 from broker.ratelimit import ActionLimiter
 from broker.runtime.zmqtrio import ZSocket
@@ -132,10 +133,13 @@ class Pipeline:
         self._unmarked: set[str] = set()
         self._recent_prev: dict[str, tuple[str, int]] = {}
         self._trailing_markers = 0
+        self.channels = ChannelApi(self)  # history, channel state, live channels
 
     # -- publishing -------------------------------------------------------------------------------
 
-    async def publish(self, items: Sequence[Item], *, strict: bool = False) -> None:
+    async def publish(
+        self, items: Sequence[Item], *, strict: bool = False
+    ) -> list[tuple[Item, Envelope]]:
         """Sequence, retain and fan out ``items`` (one batch).
 
         Hint actions over the rate limits (``broker.ratelimit``) are dropped, counted and
@@ -145,6 +149,9 @@ class Pipeline:
         Raises ``StoreUnavailable`` when the store cannot take the batch (logged and counted
         here; the released items are lost and their ids forgotten by the dedupe cache, so the
         HTTP API answers 503 and the publisher may retry).
+
+        Returns the items stored by this call with their envelopes (the ids the HTTP API
+        answers with under ``Accept: application/json``).
         """
         items, refused = self.limiter.filter(items, time.monotonic())
         if refused:
@@ -157,10 +164,10 @@ class Pipeline:
                 raise RateLimited(reason.capitalize() + "; retry later.")
             self.reject("rate-limit", f"{len(refused)} hint(s) dropped: {reason}")
         if not items:
-            return
+            return []
         async with self.lock:
             released = self.sequencer.add_many(list(items), trio.current_time())
-            await self._commit(released)
+            return list(zip(released, await self._commit(released)))
 
     async def ingest(self, items: Sequence[Item]) -> None:
         """``publish`` for inputs that cannot answer (PULL, SUB)."""
@@ -183,9 +190,9 @@ class Pipeline:
             except StoreUnavailable:
                 pass  # logged by _commit
 
-    async def _commit(self, released: list[Item]) -> None:
+    async def _commit(self, released: list[Item]) -> list[Envelope]:
         if not released:
-            return
+            return []
         t0 = time.perf_counter()
         try:
             envelopes = await self.store.append_batch(released, time.time())
@@ -237,9 +244,10 @@ class Pipeline:
         self._fanned_out += sent
         if sent:
             edge_pub.poke()
-        if self.stats is not None:
+        if self.stats is not None and self.sockets.stats is not None:
             self.stats.received(len(envelopes))
             self.emit_stats(self.stats.messages(envelopes, live))
+        return envelopes
 
     def _mark_before(self, envelopes: list[Envelope]) -> None:
         """Send the marker ``(epoch, seq - 1)`` of each unmarked channel's first envelope."""
@@ -348,6 +356,10 @@ class Pipeline:
                 )
             if result.relay is not None:  # answered by the edges
                 self.relay.submit(prefix, result)
+                continue
+            if result.query is not None:  # the channel API (broker.ops.channelapi)
+                value = await self.channels.command(result.query)
+                z.send(prefix + [commands.query_reply(result.rid, value)])
                 continue
             items.extend(result.items)
             if result.reply is not None:

@@ -119,12 +119,25 @@ async def start_ops(broker: Broker, nursery: trio.Nursery) -> None:
             broker_registry(broker),
             lambda: broker_ready(broker),
         )
-    if broker.stats is not None:
+    if broker.stats is not None and cfg.stats_spec:
         nursery.start_soon(_serve_stats_reports, broker, broker.stats, name="broker.stats_reports")
         log.info("stats socket ready spec=%s", cfg.stats_spec)
+    if broker.stats is not None:  # the channel API's counts: a dead edge's drop out in time
+        nursery.start_soon(_serve_count_expiry, broker, broker.stats, name="broker.count_expiry")
 
 
 async def _serve_stats_reports(broker: Broker, stats: StatsEncoder) -> None:
     while True:
         await trio.sleep(broker.cfg.stats_report_interval_s)
         broker.pipeline.emit_stats(stats.report(time.time()))
+
+
+COUNT_EXPIRY_INTERVAL_S = 1.0
+
+
+async def _serve_count_expiry(broker: Broker, stats: StatsEncoder) -> None:
+    """Forget edges silent for ``channel_counts_max_age_s`` (checked every second, with or
+    without the stats socket; with it, the ``sub`` packets that changes go out)."""
+    while True:
+        await trio.sleep(COUNT_EXPIRY_INTERVAL_S)
+        broker.pipeline.emit_stats(stats.expire(time.time()))

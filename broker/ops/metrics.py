@@ -147,7 +147,7 @@ class BrokerCollector(Collector):
             )
             yield CounterMetricFamily(
                 P + "stats_edge_reports",
-                "Edge stats reports received (stats socket on).",
+                "Edge stats reports received (subscriber counts, stats socket events).",
                 value=stats.reports,
             )
             yield CounterMetricFamily(

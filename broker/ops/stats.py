@@ -243,6 +243,7 @@ class StatsEncoder:
         fmt: str = "tnetstring",
         sub_ttl_s: int = SUB_TTL_S,
         conn_send: bool = True,
+        edge_expire_s: float = EDGE_EXPIRE_S,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"stats format {fmt!r} is not one of {FORMATS}")
@@ -251,6 +252,7 @@ class StatsEncoder:
         self.fmt = fmt
         self.sub_ttl_s = sub_ttl_s
         self.conn_send = conn_send
+        self.edge_expire_s = edge_expire_s  # silent this long: an edge is forgotten
         self.edges: dict[str, EdgeState] = {}
         self._subs: dict[tuple[str, str], int] = {}  # (mode, channel) -> sum over edges
         self._chan_subs: dict[str, int] = {}  # channel -> sum over modes and edges
@@ -368,9 +370,9 @@ class StatsEncoder:
         return out
 
     def expire(self, now: float) -> list[bytes]:
-        """Forget edges silent for ``EDGE_EXPIRE_S``; the ``sub`` packets that changes."""
+        """Forget edges silent for ``edge_expire_s``; the ``sub`` packets that changes."""
         out: list[bytes] = []
-        for name in [n for n, st in self.edges.items() if now - st.last > EDGE_EXPIRE_S]:
+        for name in [n for n, st in self.edges.items() if now - st.last > self.edge_expire_s]:
             st = self.edges.pop(name)
             for key in list(st.subs):
                 self._set_edge_sub(st, key, 0, out)
@@ -436,3 +438,20 @@ class StatsEncoder:
                 break
             out.append(self._sub_packet(mode, channel, n))
         return out
+
+    # -- what the channel API reads (broker.ops.channelapi) -------------------------------------
+
+    def channel_modes(self, channel: str) -> dict[str, int]:
+        """``{mode: subscribers}`` of ``channel`` summed over the edges (modes with none left out)."""
+        subs = self._subs
+        return {m: n for m in MODES if (n := subs.get((m, channel), 0))}
+
+    def channel_totals(self) -> dict[str, int]:
+        """``{channel: subscribers}`` over every mode and edge (a live view: do not modify)."""
+        return self._chan_subs
+
+    def reports_age(self, now: float) -> float | None:
+        """Seconds since the oldest of the edges' last reports (None: no edge reporting)."""
+        if not self.edges:
+            return None
+        return max(0.0, now - min(st.last for st in self.edges.values()))
