@@ -734,13 +734,47 @@ def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[lis
     raise ValueError(f"unknown ingest publisher {publisher!r}")
 
 
+class _StatusPoller:
+    """GETs ``/status/data`` ``per_s`` times a second in a thread until ``stop`` (0: never)."""
+
+    def __init__(self, url: str, per_s: float) -> None:
+        import threading
+
+        self.url, self.per_s, self.count = url + "/status/data", per_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if per_s > 0:
+            self._thread.start()
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=5.0) as client:
+            while not self._stop.wait(1.0 / self.per_s):
+                if client.get(self.url).status_code == 200:
+                    self.count += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        if self.per_s > 0:
+            self._thread.join()
+        return self.count
+
+
 def run_ingest(
-    items: int, publisher: str, batch: int = 100, progress=None, timeout_s: float = 120.0
+    items: int,
+    publisher: str,
+    batch: int = 100,
+    progress=None,
+    timeout_s: float = 120.0,
+    status_polls_per_s: float = 0.0,
 ) -> dict:
     """Broker ingest: ``items`` messages into a lone gripcast broker, counted on its edge fan-out.
 
     A pyzmq SUB on the broker's edge_pub port subscribes to ``bench\\0`` (so the broker sees a
     live channel and fans out); the rate is items / (first send .. last item received).
+    ``status_polls_per_s``: a thread GETs the broker's ``/status/data`` that often meanwhile
+    (the status page's cost on the publish path).
     """
     import zmq
 
@@ -782,6 +816,7 @@ def run_ingest(
         ]
         received = 0
         phase = Phase(progress, "ingest", items)
+        poller = _StatusPoller(target.publish_url, status_polls_per_s)
         t_start = time.time()
         if publisher.startswith("zmq"):
             pushsock = ctx.socket(zmq.PUSH)
@@ -826,6 +861,7 @@ def run_ingest(
             while received < items and sub.poll(2000):
                 received += b"item " in sub.recv()
         elapsed = time.time() - t_start
+        result["status_polls"] = poller.stop()
         phase.done()
         pub.close()
         srv1 = procs.sample(target.pids())

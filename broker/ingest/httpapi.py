@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,6 +38,9 @@ from broker.ingest.auth import PublishAuth
 from broker.ingest.pipeline import Pipeline
 from broker.items import Item, parse_http_publish, status_reason
 from broker.runtime import http1
+
+if TYPE_CHECKING:
+    from broker.ops.status import StatusPage
 
 MAX_BODY_BYTES = 1_000_000
 MAX_HEADER_BYTES = 10_000
@@ -205,8 +209,11 @@ class HttpApi:
     """Serves the publish API on trio: reads each request, checks auth, publishes through the
     pipeline (``broker.ingest.pipeline``) and answers once the items are stored."""
 
-    def __init__(self, cfg: Config, pipeline: Pipeline, auth: PublishAuth) -> None:
+    def __init__(
+        self, cfg: Config, pipeline: Pipeline, auth: PublishAuth, status: StatusPage | None = None
+    ) -> None:
         self.cfg = cfg
+        self.status = status  # GET /status, /status/data (broker.ops.status)
         self.pipeline: Pipeline = pipeline
         self.auth: PublishAuth = auth
         self.active = 0  # connections being served
@@ -312,6 +319,12 @@ class HttpApi:
             return
         if body is None:
             return
+        if url.startswith("/status") and self.status is not None:  # not a publish: not counted
+            answer = self.status.answer(method, url, head.headers, time.time())
+            if answer is not None:  # logged without the query (it can hold a token)
+                log.debug("http api method=%s path=%s code=%d", method, url.split("?")[0], answer.status)
+                await stream.send_all(answer.to_bytes(version))
+                return
         p = self.pipeline
         p.received("http")
         denied = self.auth.check(method, url, head.headers, time.time())
