@@ -322,7 +322,9 @@ class HttpApi:
         if url.startswith("/status") and self.status is not None:  # not a publish: not counted
             answer = self.status.answer(method, url, head.headers, time.time())
             if answer is not None:  # logged without the query (it can hold a token)
-                log.debug("http api method=%s path=%s code=%d", method, url.split("?")[0], answer.status)
+                log.debug(
+                    "http api method=%s path=%s code=%d", method, url.split("?")[0], answer.status
+                )
                 await stream.send_all(answer.to_bytes(version))
                 return
         p = self.pipeline

@@ -214,7 +214,8 @@ def store_state(kind: str, stats: Any, write_failing: bool) -> StoreState:
         up = up and c.connected
         detail = {"server": f"{c.host}:{c.port}", "connected": c.connected, "drops": c.drops}
         if stats.sentinel is not None and stats.sentinel.master is not None:
-            detail["master"] = "%s:%d" % stats.sentinel.master
+            host, port = stats.sentinel.master
+            detail["master"] = f"{host}:{port}"
     return StoreState(kind, up, detail)
 
 
@@ -253,11 +254,12 @@ def assemble(
         "rates": {"publish_per_s": latest[1], "deliver_per_s": latest[2]},
         "edges": [asdict(e) for e in fig.edges],
         "top_subscribed": [{"channel": c, "subscribers": n} for c, n in fig.top_subscribed],
-        "top_publishing": [
-            {"channel": c, "publish_per_s": round(r, 2)} for c, r in top_rates
-        ],
-        "chart": {"interval_s": SAMPLE_INTERVAL_S, "columns": ["t", "publish", "deliver"],
-                  "samples": chart},
+        "top_publishing": [{"channel": c, "publish_per_s": round(r, 2)} for c, r in top_rates],
+        "chart": {
+            "interval_s": SAMPLE_INTERVAL_S,
+            "columns": ["t", "publish", "deliver"],
+            "samples": chart,
+        },
     }
 
 
@@ -362,8 +364,12 @@ class StatusPage:
         return body
 
     def _denied(
-        self, method: str, path: str, headers: Iterable[tuple[bytes | str, bytes | str]],
-        token: str | None, now: float,
+        self,
+        method: str,
+        path: str,
+        headers: Iterable[tuple[bytes | str, bytes | str]],
+        token: str | None,
+        now: float,
     ) -> str | None:
         if not self.auth.enabled:
             return None
@@ -404,8 +410,11 @@ class StatusPage:
         if query_token is not None and self.auth.enabled:
             # keep the token in a cookie and out of the address bar (and its history)
             cookie = f"{COOKIE}={query_token}; Path=/status; HttpOnly; SameSite=Strict"
-            return respond(303, "See /status\n", extra=(("Location", "/status"),
-                                                         ("Set-Cookie", cookie)) + _NO_STORE)
+            return respond(
+                303,
+                "See /status\n",
+                extra=(("Location", "/status"), ("Set-Cookie", cookie)) + _NO_STORE,
+            )
         if self._html is None:
             self._html = page_html()
         extra = _NO_STORE + (("Content-Security-Policy", _CSP),)
@@ -416,7 +425,5 @@ def _with_body(
     status: int, body: bytes, ctype: str, extra: tuple[tuple[str, str], ...], method: str
 ) -> Response:
     r = respond(status, "", ctype, extra)
-    headers = tuple(
-        (k, str(len(body))) if k == "Content-Length" else (k, v) for k, v in r.headers
-    )
+    headers = tuple((k, str(len(body))) if k == "Content-Length" else (k, v) for k, v in r.headers)
     return Response(r.status, r.reason, headers, b"" if method == "HEAD" else body)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gripcast import __version__
 from edge.ops.connstats import ACTIVITY_DELAY_S, FLUSH_INTERVAL_S, ConnStats, count_modes
+from gripcast import __version__
 
 if TYPE_CHECKING:
     from edge.server import Edge

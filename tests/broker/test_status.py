@@ -126,7 +126,12 @@ def test_assemble_sums_the_edges_reports():
     assert doc["totals"]["delivered"] == 22
     assert doc["totals"]["channels_with_subscribers"] == 2
     e0, e1 = doc["edges"]
-    assert (e0["name"], e0["addr"], e0["version"], e0["connections"]) == ("edge0", "h0:7999", "1.2.3", 2)
+    assert (e0["name"], e0["addr"], e0["version"], e0["connections"]) == (
+        "edge0",
+        "h0:7999",
+        "1.2.3",
+        2,
+    )
     assert (e0["sent"], e0["lagging"], e0["max_lag_s"]) == (17, 1, 0.25)
     assert e0["report_age_s"] == 0.5 and e0["up_s"] == 1.5
     assert (e1["name"], e1["addr"], e1["version"], e1["sent"]) == ("edge1", "", "", 5)
@@ -264,7 +269,10 @@ def test_auth_refuses_a_missing_or_bad_token(path):
 def test_auth_accepts_a_header_a_query_token_or_the_cookie():
     p, _ = page(SECRET)
     t = token()
-    assert p.answer("GET", "/status/data", [(b"Authorization", f"Bearer {t}".encode())], T0).status == 200
+    assert (
+        p.answer("GET", "/status/data", [(b"Authorization", f"Bearer {t}".encode())], T0).status
+        == 200
+    )
     assert p.answer("GET", "/status/data?token=" + t, [], T0).status == 200
     cookies = [("Cookie", f"other=1; {COOKIE}={t}")]
     assert p.answer("GET", "/status/data", cookies, T0).status == 200

@@ -108,8 +108,9 @@ def test_status_data_figures(cluster):
     # every client subscribed, as the edges reported it
     wait_data(
         url,
-        lambda d: {t["channel"]: t["subscribers"] for t in d["top_subscribed"]}
-        == {"news": 5, "chat": 1},
+        lambda d: (
+            {t["channel"]: t["subscribers"] for t in d["top_subscribed"]} == {"news": 5, "chat": 1}
+        ),
     )
     before = wait_data(url, lambda d: True)["totals"]
     publish(url, "news", PUBLISHES)
@@ -117,9 +118,11 @@ def test_status_data_figures(cluster):
     want_delivered = before["delivered"] + PUBLISHES * 5 + 1
     doc = wait_data(
         url,
-        lambda d: d["totals"]["delivered"] >= want_delivered
-        and any(s[1] > 0 for s in d["chart"]["samples"])
-        and any(s[2] > 0 for s in d["chart"]["samples"]),
+        lambda d: (
+            d["totals"]["delivered"] >= want_delivered
+            and any(s[1] > 0 for s in d["chart"]["samples"])
+            and any(s[2] > 0 for s in d["chart"]["samples"])
+        ),
     )
     tot = doc["totals"]
     assert tot["published"] == before["published"] + PUBLISHES + 1
@@ -153,7 +156,9 @@ def test_status_auth(cluster):
     assert r.status_code == 200 and r.json()["broker"]["id"]
     r = httpx.get(url + "/status?token=" + t, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/status"
-    with httpx.Client(base_url=url, follow_redirects=True) as client:  # the browser's way: the cookie, then polls
+    with httpx.Client(
+        base_url=url, follow_redirects=True
+    ) as client:  # the browser's way: the cookie, then polls
         r = client.get("/status?token=" + t)  # follows the redirect with the cookie
         assert r.status_code == 200 and "<svg" in r.text
         assert client.get("/status/data").status_code == 200
@@ -189,8 +194,7 @@ def test_status_page_in_chromium(cluster, tmp_path):
             )
             cells = cdp.eval(
                 page,
-                "[...document.querySelectorAll('#edges td.connections')]"
-                ".map(td => td.textContent)",
+                "[...document.querySelectorAll('#edges td.connections')].map(td => td.textContent)",
             )
             assert cells == ["3", "3"]
             top = cdp.eval(page, "document.querySelector('#top-subscribed tbody').innerText")
