@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -734,31 +735,41 @@ def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[lis
     raise ValueError(f"unknown ingest publisher {publisher!r}")
 
 
+_POLLER = """
+import sys, time, httpx
+url, period, n = sys.argv[1], 1.0 / float(sys.argv[2]), 0
+with httpx.Client(timeout=5.0) as client:
+    next_t = time.monotonic()
+    try:
+        while True:
+            next_t += period
+            time.sleep(max(next_t - time.monotonic(), 0))
+            n += client.get(url).status_code == 200
+    except KeyboardInterrupt:
+        print(n, flush=True)
+"""
+
+
 class _StatusPoller:
-    """GETs ``/status/data`` ``per_s`` times a second in a thread until ``stop`` (0: never)."""
+    """GETs ``/status/data`` ``per_s`` times a second until ``stop`` (0: never), from its own
+    process so that it does not take the publisher's GIL."""
 
     def __init__(self, url: str, per_s: float) -> None:
-        import threading
-
-        self.url, self.per_s, self.count = url + "/status/data", per_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.proc = None
         if per_s > 0:
-            self._thread.start()
-
-    def _run(self) -> None:
-        import httpx
-
-        with httpx.Client(timeout=5.0) as client:
-            while not self._stop.wait(1.0 / self.per_s):
-                if client.get(self.url).status_code == 200:
-                    self.count += 1
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _POLLER, url + "/status/data", str(per_s)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
 
     def stop(self) -> int:
-        self._stop.set()
-        if self.per_s > 0:
-            self._thread.join()
-        return self.count
+        """Stop it; the polls answered 200."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        return int(out.strip() or 0)
 
 
 def run_ingest(

@@ -48,6 +48,7 @@ SAMPLE_INTERVAL_S = 1.0
 RING_SECONDS = 300  # the chart's window: five minutes of per-second samples
 TOP_N = 10  # channels listed by subscribers and by publish rate
 CACHE_S = 0.5  # /status/data is assembled at most this often, however many poll it
+CACHE_CHANNELS = 100_000  # beyond this many channels with subscribers, CACHE_S grows with them
 COOKIE = "gripcast_status_token"
 PATHS = ("/status", "/status/data")
 _HTML = "text/html; charset=utf-8"
@@ -137,7 +138,8 @@ class ChannelRates:
         self.rates = rates
 
     def top(self, n: int) -> list[tuple[str, float]]:
-        return heapq.nlargest(n, self.rates.items(), key=lambda kv: kv[1])
+        d = self.rates
+        return [(ch, r) for r, ch in heapq.nlargest(n, zip(d.values(), d.keys()))]
 
 
 # -- the figures and the document ------------------------------------------------------------------
@@ -343,6 +345,7 @@ class StatusPage:
         self.cache_s = cache_s
         self._html = html
         self._cached: tuple[float, bytes] | None = None
+        self._valid_s = cache_s
         self.requests = 0
         self.refused = 0
 
@@ -356,11 +359,15 @@ class StatusPage:
     def data(self, now: float) -> bytes:
         """The JSON document, assembled at most once per ``cache_s``."""
         cached = self._cached
-        if cached is not None and 0 <= now - cached[0] < self.cache_s:
+        if cached is not None and 0 <= now - cached[0] < self._valid_s:
             return cached[1]
-        doc = assemble(self.figures(now), self.ring.samples, self.channels.top(TOP_N), now)
+        fig = self.figures(now)
+        doc = assemble(fig, self.ring.samples, self.channels.top(TOP_N), now)
         body = (json.dumps(doc, separators=(",", ":")) + "\n").encode("utf-8")
         self._cached = (now, body)
+        # the top-10 is linear in the channels with subscribers (~0.1 us each): with very many,
+        # the document is kept longer so pollers never cost more than a few % of a core
+        self._valid_s = self.cache_s * max(1.0, fig.channels_with_subscribers / CACHE_CHANNELS)
         return body
 
     def _denied(

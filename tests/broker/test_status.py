@@ -247,6 +247,21 @@ def test_the_data_is_assembled_at_most_once_per_cache_period():
     assert src.calls == 2
 
 
+def test_with_very_many_channels_the_data_is_kept_longer():
+    calls = []
+
+    def source(now):
+        calls.append(now)
+        return figures(StatsEncoder(source="b"), now, channels_with_subscribers=300_000)
+
+    p = StatusPage(PublishAuth(load_verify_key("")), source, html=b"", cache_s=0.5)
+    for t in (0, 0.6, 1.4):  # 300,000 channels: 3 x CACHE_CHANNELS, so 1.5 s
+        p.answer("GET", "/status/data", [], T0 + t)
+    assert calls == [T0]
+    p.answer("GET", "/status/data", [], T0 + 1.6)
+    assert calls == [T0, T0 + 1.6]
+
+
 @pytest.mark.parametrize("path", ["/status", "/status/data"])
 def test_auth_refuses_a_missing_or_bad_token(path):
     p, _ = page(SECRET)
