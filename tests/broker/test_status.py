@@ -169,6 +169,20 @@ def test_store_state():
     assert not store_state("memory", hist, True).up  # the last write failed
 
 
+def test_store_state_of_redis():
+    from broker.store.redis import RedisStoreStatistics
+    from broker.store.redisclient import RedisClientStatistics
+
+    def redis(connected):
+        client = RedisClientStatistics(connected, "r1", 6379, 0, 1, 0, 2, 5, 5, 0, 0, 0, 0)
+        return RedisStoreStatistics(5, 1, 1, 0, 0, 0, 0, client, None)
+
+    up = store_state("redis", redis(True), False)
+    assert up == StoreState("redis", True, {"server": "r1:6379", "connected": True, "drops": 2})
+    assert not store_state("redis", redis(False), False).up  # the connection is down
+    assert not store_state("redis", redis(True), True).up  # the last write failed
+
+
 @pytest.mark.parametrize(
     "field, value", [("version", 5), ("addr", "x" * 300), ("lagging", -1), ("max_lag_s", "1")]
 )

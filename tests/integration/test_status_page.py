@@ -137,9 +137,12 @@ def test_status_data_figures(cluster):
         assert e["version"] and e["report_age_s"] < 5 and e["lagging"] == 0
     assert doc["broker"]["stats_socket"] is False  # reports flow with the stats socket off
     assert doc["store"]["kind"] == "memory" and doc["store"]["up"] is True
-    # the publish rate and the delivery rate, both seen in the chart's samples
-    assert sum(s[1] for s in doc["chart"]["samples"]) >= PUBLISHES  # at most 1 s per sample
-    assert max(s[2] for s in doc["chart"]["samples"]) > 0
+    # the publish rate and the delivery rate, both seen in the chart's samples, about once a
+    # second (the rates themselves: tests/broker/test_status.py)
+    samples = doc["chart"]["samples"]
+    assert max(s[1] for s in samples) > 0 and max(s[2] for s in samples) > 0
+    gaps = [b[0] - a[0] for a, b in zip(samples, samples[1:])]
+    assert gaps and all(0.9 < g < 5 for g in gaps), gaps
 
 
 def test_status_auth(cluster):
