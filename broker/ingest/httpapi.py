@@ -14,6 +14,8 @@ Status texts and bodies are Pushpin's exactly: ``200 Published`` (text or
 Acceptable. Supported formats are text/plain and application/json.``, ``411 Request requires
 Content-Length.``, ``400 Request body too large.``, ``GET /`` -> ``Pushpin API``,
 ``POST /recover`` -> ``Updated``.  Errors are always ``text/plain``, as in Pushpin.
+``GET /status`` and ``/status/data`` (the live status page) are answered by
+``broker.ops.status`` before anything here, and not counted as publishes.
 
 ``HttpApi`` at the end is the I/O: the listeners (at most ``http_maxconn`` connections at once,
 beyond: a short 503), one request per connection read by ``broker.runtime.http1``, and the
