@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="items per HTTP POST or per zmq-msgpack B frame (default 100)",
     )
+    ing.add_argument(
+        "--status-polls-per-s",
+        type=float,
+        default=0.0,
+        help="GET the broker's /status/data this often during the run (its cost; default 0)",
+    )
     ing.add_argument("--out", default=None)
     return p
 
@@ -376,7 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.scenario == "ingest":
         with _progress(console) as progress:
-            r = run_ingest(args.items, args.publisher, args.batch, progress=progress)
+            r = run_ingest(
+                args.items,
+                args.publisher,
+                args.batch,
+                progress=progress,
+                status_polls_per_s=args.status_polls_per_s,
+            )
         report.print_ingest(r, console)
         path = report.write_json(
             {**meta, "scenario": "ingest", "result": r}, out_path(args.out, "ingest", stamp)

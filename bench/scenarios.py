@@ -27,6 +27,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -734,13 +735,57 @@ def ingest_frames(publisher: str, payloads: list[dict], batch: int) -> tuple[lis
     raise ValueError(f"unknown ingest publisher {publisher!r}")
 
 
+_POLLER = """
+import sys, time, httpx
+url, period, n = sys.argv[1], 1.0 / float(sys.argv[2]), 0
+with httpx.Client(timeout=5.0) as client:
+    next_t = time.monotonic()
+    try:
+        while True:
+            next_t += period
+            time.sleep(max(next_t - time.monotonic(), 0))
+            n += client.get(url).status_code == 200
+    except KeyboardInterrupt:
+        print(n, flush=True)
+"""
+
+
+class _StatusPoller:
+    """GETs ``/status/data`` ``per_s`` times a second until ``stop`` (0: never), from its own
+    process so that it does not take the publisher's GIL."""
+
+    def __init__(self, url: str, per_s: float) -> None:
+        self.proc = None
+        if per_s > 0:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _POLLER, url + "/status/data", str(per_s)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+
+    def stop(self) -> int:
+        """Stop it; the polls answered 200."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        return int(out.strip() or 0)
+
+
 def run_ingest(
-    items: int, publisher: str, batch: int = 100, progress=None, timeout_s: float = 120.0
+    items: int,
+    publisher: str,
+    batch: int = 100,
+    progress=None,
+    timeout_s: float = 120.0,
+    status_polls_per_s: float = 0.0,
 ) -> dict:
     """Broker ingest: ``items`` messages into a lone gripcast broker, counted on its edge fan-out.
 
     A pyzmq SUB on the broker's edge_pub port subscribes to ``bench\\0`` (so the broker sees a
     live channel and fans out); the rate is items / (first send .. last item received).
+    ``status_polls_per_s``: a thread GETs the broker's ``/status/data`` that often meanwhile
+    (the status page's cost on the publish path).
     """
     import zmq
 
@@ -782,6 +827,7 @@ def run_ingest(
         ]
         received = 0
         phase = Phase(progress, "ingest", items)
+        poller = _StatusPoller(target.publish_url, status_polls_per_s)
         t_start = time.time()
         if publisher.startswith("zmq"):
             pushsock = ctx.socket(zmq.PUSH)
@@ -826,6 +872,7 @@ def run_ingest(
             while received < items and sub.poll(2000):
                 received += b"item " in sub.recv()
         elapsed = time.time() - t_start
+        result["status_polls"] = poller.stop()
         phase.done()
         pub.close()
         srv1 = procs.sample(target.pids())

@@ -34,6 +34,8 @@ from broker.ingest.pipeline import BATCH_MAX, BrokerStatistics, Pipeline, Pipeli
 from broker.ingest.zap import ZapAuthenticator
 from broker.ops import lifecycle as broker_lifecycle
 from broker.ops.stats import StatsEncoder
+from broker.ops.status import SAMPLE_INTERVAL_S as STATUS_SAMPLE_S
+from broker.ops.status import StatusPage, broker_figures
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
 from broker.runtime.zmqtrio import ZSocket, open_zsocket
@@ -76,18 +78,21 @@ class _Bound:
                 ):
                     extra.update(curve.server_options(settings))
                 z[name] = self._open(name, cfg.endpoint(name, bind=True), extra)
-            stats_pub = None
-            if cfg.stats_spec:  # Pushpin's stats PUB socket (broker.ops.stats)
-                stats_pub = self._open("stats", cfg.stats_spec)
-            # always on: the edges' subscriber counts feed the channel API
-            # (broker.ops.channelapi) too; packets go out only with the stats socket
-            self.stats: StatsEncoder | None = StatsEncoder(
+            # the edges' reports, folded in whether or not the stats socket is on (the status
+            # page, broker.ops.status, and the channel API,
+            # broker.ops.channelapi, read them); packets go out only with the stats socket
+            self.edge_stats = StatsEncoder(
                 conn_ttl_s=cfg.stats_connection_ttl_s,
                 fmt=cfg.stats_format,
                 sub_ttl_s=cfg.stats_subscription_ttl_s,
-                conn_send=cfg.stats_connection_send and stats_pub is not None,
+                conn_send=cfg.stats_connection_send and bool(cfg.stats_spec),
                 edge_expire_s=cfg.channel_counts_max_age_s,
             )
+            self.stats: StatsEncoder | None = None
+            stats_pub = None
+            if cfg.stats_spec:  # Pushpin's stats PUB socket (broker.ops.stats)
+                stats_pub = self._open("stats", cfg.stats_spec)
+                self.stats = self.edge_stats
         except BaseException:
             self.close()
             raise
@@ -101,8 +106,10 @@ class _Bound:
             started=broker.started,
             uris=broker.uris,
             stats=self.stats,
+            edge_stats=self.edge_stats,
         )
-        self.http = HttpApi(cfg, self.pipeline, broker.auth)
+        self.status = StatusPage(broker.auth, lambda now: broker_figures(broker, now))
+        self.http = HttpApi(cfg, self.pipeline, broker.auth, self.status)
         self.listeners: list[trio.SocketListener] = []
 
     def _open(self, name: str, address: str, extra: dict[str, Any] | None = None) -> ZSocket:
@@ -169,6 +176,11 @@ class Broker:
     @property
     def stats(self) -> StatsEncoder | None:
         return self._bound.stats if self._bound is not None else None
+
+    @property
+    def edge_stats(self) -> StatsEncoder | None:
+        """The edges' reports, folded in with or without the stats socket."""
+        return self._bound.edge_stats if self._bound is not None else None
 
     @property
     def zap_denied(self) -> int:
@@ -243,6 +255,20 @@ class Broker:
             await trio.sleep(SEQUENCER_POLL_S)
             await self.parts.pipeline.poll_sequencer()
 
+    async def _serve_status_sampler(self) -> None:
+        """Once a second: the status page's rate samples (and, with the stats socket off,
+        forget silent edges, which its report loop does otherwise)."""
+        b = self.parts
+        while True:
+            now = time.time()
+            b.status.sample(
+                now,
+                self.statistics().published,
+                b.edge_stats.sent_total,
+                b.pipeline.recent_positions(),
+            )
+            await trio.sleep(STATUS_SAMPLE_S)
+
     async def serve(
         self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -280,6 +306,7 @@ class Broker:
                 )
                 nursery.start_soon(self._serve_heartbeat, name="broker.serve_heartbeat")
                 nursery.start_soon(self._serve_sequencer_timer, name="broker.serve_sequencer")
+                nursery.start_soon(self._serve_status_sampler, name="broker.serve_status")
                 if b.zap is not None:
                     nursery.start_soon(b.zap.serve, name="broker.serve_zap")
                 store_serve = getattr(self.store, "serve", None)  # Redis Sentinel: +switch-master

@@ -56,10 +56,14 @@ turns it into Pushpin's stats packets)::
      "connections": n, "connections_max": n,             open now, most since the last report
      "conn_s": float, "sent": n,                         connection-seconds, messages sent to
                                                          clients, since the last report
-     "activity": [[route, n], ...], "requests": n}       per route id ("": none) activity and
+     "activity": [[route, n], ...], "requests": n,       per route id ("": none) activity and
                                                          requests received since the last
                                                          report (left out when none; an older
                                                          broker ignores them)
+     "version": str, "addr": "host:port",               the edge's release, where its clients
+     "lagging": n, "max_lag_s": float}                   connect, its slow consumers now and
+                                                         the longest behind (the broker's status
+                                                         page; left out when unset)
 
 Position marker (broker XPUB, on the channel's own topic): whenever an edge's SUB subscribes
 to a channel (the broker's XPUB is VERBOSE so it sees every subscribe), the broker sends
@@ -452,6 +456,11 @@ class StatsReport:
     raw: dict[Any, Any] | None = field(
         default=None, compare=False, repr=False
     )  # the map as received
+    # for the broker's status page (left out when unset; an older broker ignores them)
+    version: str = ""  # the edge's gripcast release
+    addr: str = ""  # where its clients connect
+    lagging: int = 0  # client connections behind right now
+    max_lag_s: float = 0.0  # the longest one of them has been behind
     op: ClassVar[str] = "stats"
     rid: ClassVar[Rid] = None
 
@@ -561,6 +570,9 @@ def request_map(req: Request) -> dict[str, Any]:
             m["activity"] = [list(a) for a in req.activity]
         if req.requests:
             m["requests"] = req.requests
+        for key in ("version", "addr", "lagging", "max_lag_s"):
+            if getattr(req, key):
+                m[key] = getattr(req, key)
         return m
     if isinstance(req, CommandAnswer):
         return {"op": "answer", "edge": req.edge, "cmd": req.cmd, "found": list(req.found)}

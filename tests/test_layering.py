@@ -56,6 +56,7 @@ SANS_IO = [
     "edge/grip/aco.py",
     "edge/timers.py",
     "broker/ops/stats.py",
+    "broker/ops/status.py",
     "edge/ops/connstats.py",
     "gripcast/pushpinini.py",
     "gripcast/pushpinconf.py",

@@ -14,6 +14,8 @@ Status texts and bodies are Pushpin's exactly: ``200 Published`` (text or
 Acceptable. Supported formats are text/plain and application/json.``, ``411 Request requires
 Content-Length.``, ``400 Request body too large.``, ``GET /`` -> ``Pushpin API``,
 ``POST /recover`` -> ``Updated``.  Errors are always ``text/plain``, as in Pushpin.
+``GET /status`` and ``/status/data`` (the live status page) are answered by
+``broker.ops.status`` before anything here, and not counted as publishes.
 
 ``GET /channels...`` (the channel API: history, channel state, live channels) is
 ``broker.ops.channelapi``'s, after the same auth.  A publish whose answer is JSON
@@ -33,6 +35,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -43,6 +46,9 @@ from broker.ingest.pipeline import Pipeline
 from broker.items import Item, parse_http_publish, status_reason
 from broker.ops import channelapi
 from broker.runtime import http1
+
+if TYPE_CHECKING:
+    from broker.ops.status import StatusPage
 
 MAX_BODY_BYTES = 1_000_000
 MAX_HEADER_BYTES = 10_000
@@ -211,8 +217,11 @@ class HttpApi:
     """Serves the publish API on trio: reads each request, checks auth, publishes through the
     pipeline (``broker.ingest.pipeline``) and answers once the items are stored."""
 
-    def __init__(self, cfg: Config, pipeline: Pipeline, auth: PublishAuth) -> None:
+    def __init__(
+        self, cfg: Config, pipeline: Pipeline, auth: PublishAuth, status: StatusPage | None = None
+    ) -> None:
         self.cfg = cfg
+        self.status = status  # GET /status, /status/data (broker.ops.status)
         self.pipeline: Pipeline = pipeline
         self.auth: PublishAuth = auth
         self.active = 0  # connections being served
@@ -318,15 +327,21 @@ class HttpApi:
             return
         if body is None:
             return
+        if url.startswith("/status") and self.status is not None:  # not a publish: not counted
+            answer = self.status.answer(method, url, head.headers, time.time())
+            if answer is not None:  # logged without the query (it can hold a token)
+                log.debug(
+                    "http api method=%s path=%s code=%d", method, url.split("?")[0], answer.status
+                )
+                await stream.send_all(answer.to_bytes(version))
+                return
         p = self.pipeline
         if channelapi.match_path(url):  # the channel API (its own module), same auth
-            answer = await p.channels.http(
+            capi = await p.channels.http(
                 method, url, self.auth.check(method, url, head.headers, time.time())
             )
             await stream.send_all(
-                respond(answer.status, answer.body, answer.content_type, answer.headers).to_bytes(
-                    version
-                )
+                respond(capi.status, capi.body, capi.content_type, capi.headers).to_bytes(version)
             )
             return
         p.received("http")

@@ -88,6 +88,7 @@ class Pipeline:
         started: float,
         uris: dict[str, str],
         stats: StatsEncoder | None,
+        edge_stats: StatsEncoder | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -96,6 +97,9 @@ class Pipeline:
         self.started = started
         self.uris = uris
         self.stats = stats
+        # the edges' reports: folded in even with the stats socket off (the status page reads
+        # them, broker.ops.status); the same encoder as ``stats`` when that is on
+        self.edge_stats = stats if stats is not None else edge_stats
         self.sequencer = Sequencer(
             id_cache_ttl_s=cfg.id_cache_ttl_s, message_wait_s=cfg.message_wait_s
         )
@@ -435,9 +439,9 @@ class Pipeline:
         if req.op == "hello":
             return control.hello_reply(req.rid, self.broker_id, self.started, self.cfg.cluster_id)
         if req.op == "stats":  # an edge's connections and counts (broker.ops.stats)
-            if self.stats is not None and req.stats is not None:  # stats: always set for "stats"
+            if self.edge_stats is not None and req.stats is not None:  # always set for "stats"
                 try:
-                    self.emit_stats(self.stats.edge_report(req.stats, time.time()))
+                    self.emit_stats(self.edge_stats.edge_report(req.stats, time.time()))
                 except RemoteProtocolError as exc:
                     log.warning("bad stats report from an edge: %s", exc.reason)
             return None
@@ -464,7 +468,7 @@ class Pipeline:
                 self.broker_id,
                 self.started,
                 time.time(),
-                stats_ttl=self.stats.conn_ttl if self.stats is not None else 0,
+                stats_ttl=self.edge_stats.conn_ttl if self.edge_stats is not None else 0,
             )
         )
         self._send_trailing_markers()
@@ -496,3 +500,13 @@ class Pipeline:
             sequencer=self.sequencer.statistics(),
             store=self.store.statistics(),
         )
+
+    def recent_positions(self) -> dict[str, tuple[str, int]]:
+        """``channel -> (epoch, last_seq)`` of the channels published in the last two heartbeat
+        rounds (what the trailing markers re-send; the status page's per-channel rates)."""
+        return {**self._recent_prev, **self._recent}
+
+    @property
+    def store_down(self) -> bool:
+        """The last store write failed (until one succeeds)."""
+        return self._store_down

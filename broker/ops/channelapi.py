@@ -422,7 +422,7 @@ class Source(Protocol):
 
     store: Store
     live: set[str]
-    stats: StatsEncoder | None
+    edge_stats: StatsEncoder | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,12 +458,12 @@ class ChannelApi:
                 self._queries["info"] += 1
                 pos = await src.store.position(q.channel)
                 oldest = await src.store.replay(q.channel, pos.epoch, 0, None, 1, now)
-                return channel_answer(q, pos, oldest, q.channel in src.live, src.stats, now)
+                return channel_answer(q, pos, oldest, q.channel in src.live, src.edge_stats, now)
         except StoreUnavailable:
             self._store_failures += 1
             raise
         self._queries["channels"] += 1
-        return channels_answer(q, src.live, src.stats, now)
+        return channels_answer(q, src.live, src.edge_stats, now)
 
     async def http(self, method: str, target: str, denied: str | None = None) -> Answer:
         """The answer to a ``match_path`` request (errors as one line of text); ``denied``:

@@ -122,8 +122,10 @@ async def start_ops(broker: Broker, nursery: trio.Nursery) -> None:
     if broker.stats is not None and cfg.stats_spec:
         nursery.start_soon(_serve_stats_reports, broker, broker.stats, name="broker.stats_reports")
         log.info("stats socket ready spec=%s", cfg.stats_spec)
-    if broker.stats is not None:  # the channel API's counts: a dead edge's drop out in time
-        nursery.start_soon(_serve_count_expiry, broker, broker.stats, name="broker.count_expiry")
+    if broker.edge_stats is not None:  # counts (channel API, status): a dead edge's drop out
+        nursery.start_soon(
+            _serve_count_expiry, broker, broker.edge_stats, name="broker.count_expiry"
+        )
 
 
 async def _serve_stats_reports(broker: Broker, stats: StatsEncoder) -> None:

@@ -44,6 +44,7 @@ count).  Nothing here does I/O: the broker sends the frames on the PUB socket at
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 from collections.abc import Container, Iterable, Sequence
@@ -142,6 +143,11 @@ class EdgeReport:
     sent: int = 0
     activity: tuple[tuple[str, int], ...] = ()  # ((route id or "", count), ...)
     requests: int = 0  # requests received since the last report
+    # for the status page (broker.ops.status); absent from an older edge's report
+    version: str = ""  # the edge's gripcast release
+    addr: str = ""  # where its clients connect ("host:port")
+    lagging: int = 0  # client connections behind right now (their socket would block)
+    max_lag_s: float = 0.0  # the longest one of them has been behind
 
 
 def _bad(reason: str) -> RemoteProtocolError:
@@ -219,7 +225,25 @@ def parse_edge_report(m: dict[Any, Any]) -> EdgeReport:
         sent=_count(m, "sent"),
         activity=tuple(activity),
         requests=_count(m, "requests"),
+        **_status_fields(m),
     )
+
+
+def _status_fields(m: dict[Any, Any]) -> dict[str, Any]:
+    """The optional fields the status page shows (``version``, ``addr``, ``lagging``,
+    ``max_lag_s``), checked like the rest."""
+    out: dict[str, Any] = {}
+    for key in ("version", "addr"):
+        v = m.get(key, "")
+        if not isinstance(v, str) or len(v) > MAX_ID:
+            raise _bad(f"'{key}' must be a string of at most {MAX_ID} characters")
+        out[key] = v
+    out["lagging"] = _count(m, "lagging")
+    lag = m.get("max_lag_s", 0.0)
+    if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not 0 <= lag < 1e12:
+        raise _bad("'max_lag_s' must be a non-negative number")
+    out["max_lag_s"] = float(lag)
+    return out
 
 
 # -- the encoder -------------------------------------------------------------------------------
@@ -232,6 +256,13 @@ class EdgeState:
     subs: dict[tuple[str, str], int] = field(
         default_factory=dict
     )  # (mode, channel) -> subscribers on this edge
+    # for the status page (broker.ops.status): as last reported, and since first seen
+    first: float = 0.0
+    sent_total: int = 0  # messages sent to clients
+    version: str = ""
+    addr: str = ""
+    lagging: int = 0
+    max_lag_s: float = 0.0
 
 
 class StatsEncoder:
@@ -264,6 +295,7 @@ class StatsEncoder:
         self._last_report: float | None = None
         self.reports = 0  # edge reports folded in
         self.bad_reports = 0
+        self.sent_total = 0  # messages sent to clients, all edges, since start (status page)
 
     @property
     def conn_ttl(self) -> int:
@@ -336,8 +368,12 @@ class StatsEncoder:
         )
         st = self.edges.get(rep.edge)
         if st is None:
-            st = self.edges[rep.edge] = EdgeState(now)
+            st = self.edges[rep.edge] = EdgeState(now, first=now)
         st.last = now
+        st.sent_total += rep.sent
+        self.sent_total += rep.sent
+        st.version, st.addr = rep.version or st.version, rep.addr or st.addr
+        st.lagging, st.max_lag_s = rep.lagging, rep.max_lag_s
         seen: set[tuple[str, str]] = set()
         for mode, channel, n in rep.subs:
             key = (mode, channel)
@@ -455,3 +491,13 @@ class StatsEncoder:
         if not self.edges:
             return None
         return max(0.0, now - min(st.last for st in self.edges.values()))
+
+    # -- what the status page reads (broker.ops.status) ----------------------------------------
+
+    def top_channels(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` channels with the most subscribers (all edges, all modes), most first."""
+        d = self._chan_subs  # (count, channel) tuples: no key function (1.3x faster at 10k)
+        return [(ch, k) for k, ch in heapq.nlargest(n, zip(d.values(), d.keys()))]
+
+    def channels_with_subscribers(self) -> int:
+        return len(self._chan_subs)

@@ -1,9 +1,11 @@
 """Sends the edge's stats reports to the broker: the I/O side of ``edge.ops.connstats``.
 
 One task per edge: about once a second (sooner when ``ConnStats`` has ``BATCH_EVENTS`` events
-waiting, and ``ACTIVITY_DELAY_S`` after the first request or other activity), if the broker's heartbeat says its stats socket is on and the link is up, take the
-next report and send it with ``BrokerLink.send_nowait`` (never waits: a report that would
-block is dropped and the next one lists every subscription again).  Client connections only
+waiting, and ``ACTIVITY_DELAY_S`` after the first request or other activity), if the broker's
+heartbeat says it wants reports (its stats socket is on, or its status page,
+``broker.ops.status``) and the link is up, take the next report, with ``status_fields``, and
+send it with ``BrokerLink.send_nowait`` (never waits: a report that would block is dropped
+and the next one lists every subscription again).  Client connections only
 touch ``ConnStats`` (a dict entry at accept and at close); the delivery counter is read here.
 """
 
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from edge.ops.connstats import ACTIVITY_DELAY_S, FLUSH_INTERVAL_S, ConnStats, count_modes
+from gripcast import __version__
 
 if TYPE_CHECKING:
     from edge.server import Edge
@@ -88,5 +93,24 @@ def _report(
     else:
         channels = changed
     msg = stats.take(now, sent_total(edge), channels, modes)
+    if msg is not None:
+        msg = replace(msg, **status_fields(edge))
     if msg is not None and not link.send_nowait(msg):
         stats.report_lost()
+
+
+def status_fields(edge: Edge) -> dict[str, Any]:
+    """What the broker's status page shows of this edge besides its counts: the release, the
+    clients' address and the slow consumers right now (``Deliverer.lag``: one pass over the
+    connections that are behind, once a second)."""
+    d = edge.deliverer.statistics()
+    cfg = edge.cfg
+    host = cfg.client_addr
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return {
+        "version": __version__,
+        "addr": f"{host}:{cfg.port('client_port')}",
+        "lagging": d.lagging,
+        "max_lag_s": round(d.max_lag_s, 3),
+    }

@@ -33,7 +33,7 @@ class Source:
     def __init__(self, max_items=1000):
         self.store = MemoryStore(MemoryHistory(max_items=max_items, new_epoch=lambda: "ep"))
         self.live: set[str] = set()
-        self.stats: StatsEncoder | None = StatsEncoder(conn_send=False)
+        self.edge_stats: StatsEncoder | None = StatsEncoder(conn_send=False)
 
 
 class Clock:
@@ -262,8 +262,8 @@ def edge_report(stats, edge, subs, now, full=True):
 def test_channel_info_counts_and_history():
     src, clock, api = setup(max_items=3, n=5, ids=True)
     src.live.add("c")
-    edge_report(src.stats, "e0", [["stream", "c", 2], ["ws", "c", 1]], clock.t - 0.5)
-    edge_report(src.stats, "e1", [["stream", "c", 3]], clock.t - 1.25)
+    edge_report(src.edge_stats, "e0", [["stream", "c", 2], ["ws", "c", 1]], clock.t - 0.5)
+    edge_report(src.edge_stats, "e1", [["stream", "c", 3]], clock.t - 1.25)
     doc = run(api, ChannelQuery("c"))
     assert (doc["last_seq"], doc["last_id"], doc["last_publisher_id"]) == (5, "ep:5", "p5")
     assert doc["history"] == {"items": 3, "first_seq": 3}
@@ -280,13 +280,13 @@ def test_unknown_channel_is_empty_not_an_error():
 
 def test_dead_edge_counts_drop_out():
     src, clock, api = setup()
-    src.stats = StatsEncoder(conn_send=False, edge_expire_s=6.0)
-    edge_report(src.stats, "e0", [["stream", "c", 2]], clock.t)
-    edge_report(src.stats, "e1", [["stream", "c", 3]], clock.t)
+    src.edge_stats = StatsEncoder(conn_send=False, edge_expire_s=6.0)
+    edge_report(src.edge_stats, "e0", [["stream", "c", 2]], clock.t)
+    edge_report(src.edge_stats, "e1", [["stream", "c", 3]], clock.t)
     clock.t += 5
-    edge_report(src.stats, "e0", [], clock.t, full=False)  # e0 still reporting, e1 silent
+    edge_report(src.edge_stats, "e0", [], clock.t, full=False)  # e0 still reporting, e1 silent
     clock.t += 1.5
-    src.stats.expire(clock.t)
+    src.edge_stats.expire(clock.t)
     doc = run(api, ChannelQuery("c"))
     assert (doc["subscribers"], doc["edges"], doc["counts_age_s"]) == (2, 1, 1.5)
 
@@ -294,7 +294,7 @@ def test_dead_edge_counts_drop_out():
 def test_channels_listing_prefix_paging_and_bounds():
     src, clock, api = setup()
     src.live.update({"chat.a", "chat.b", "chat.c", "news"})
-    edge_report(src.stats, "e0", [["ws", "chat.b", 4], ["stream", "other", 1]], clock.t)
+    edge_report(src.edge_stats, "e0", [["ws", "chat.b", 4], ["stream", "other", 1]], clock.t)
     doc = run(api, ChannelsQuery("chat.", None, 2))
     assert [r["channel"] for r in doc["channels"]] == ["chat.a", "chat.b"]
     assert doc["channels"][1]["subscribers"] == 4 and doc["channels"][1]["by_mode"]["ws"] == 4

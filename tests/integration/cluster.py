@@ -97,7 +97,9 @@ class Cluster:
                     )
                 )
                 self.procs.append(p)
-                self.edge_procs.append(p.wait_ready())
+                self.edge_procs.append(p)
+            for p in self.edge_procs:  # the edges start side by side (a few seconds each)
+                p.wait_ready()
         except BaseException:
             self.stop()
             raise
