@@ -18,18 +18,71 @@ from dataclasses import dataclass
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports that were free a moment ago on 127.0.0.1."""
-    socks = []
+# Ports handed out by ``free_ports``: below Linux's ephemeral range (32768-60999 by default), so
+# an outgoing connection of another process never takes one between our pick and the child's
+# bind, and above tests' ``free_port_block`` (10000-21000).  Parallel runs (two test passes side
+# by side) reserve each port in a shared directory for PORT_RESERVE_S so they never pick the
+# same one; a reservation older than that is taken over.
+PORT_RANGE = (21000, 32768)
+PORT_RESERVE_DIR = os.path.join(tempfile.gettempdir(), "gripcast-ports")
+PORT_RESERVE_S = 120.0
+
+
+def _ephemeral_low() -> int:
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
     finally:
-        for s in socks:
-            s.close()
+        s.close()
+
+
+def reserve_port(port: int, now: float | None = None) -> bool:
+    """Claim ``port`` for this process across processes (False: another holds it)."""
+    os.makedirs(PORT_RESERVE_DIR, mode=0o1777, exist_ok=True)
+    path = os.path.join(PORT_RESERVE_DIR, str(port))
+    for _ in range(2):
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return True
+        except FileExistsError:
+            try:
+                age = (time.time() if now is None else now) - os.stat(path).st_mtime
+                if age < PORT_RESERVE_S:
+                    return False
+                os.unlink(path)  # stale: take it over
+            except FileNotFoundError:
+                pass
+    return False
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports, free on 127.0.0.1 a moment ago and reserved for this process
+    (see PORT_RANGE)."""
+    import random
+
+    low, high = PORT_RANGE
+    high = min(high, _ephemeral_low())
+    got: list[int] = []
+    for _ in range(50 * n + 1000):
+        if len(got) == n:
+            return got
+        port = random.randrange(low, high)
+        if port not in got and _bindable(port) and reserve_port(port):
+            got.append(port)
+    if len(got) == n:
+        return got
+    raise RuntimeError(f"no {n} free ports in {low}-{high}")
 
 
 def raise_nofile() -> int:

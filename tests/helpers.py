@@ -7,7 +7,11 @@ import socket
 import subprocess
 import time
 
-from bench.procs import NotifySocket, free_ports  # one copy of each, shared with the bench
+from bench.procs import (  # one copy of each, shared with the bench
+    NotifySocket,
+    free_ports,
+    reserve_port,
+)
 
 __all__ = [
     "MISSING",
@@ -46,9 +50,10 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
     return proc.returncode
 
 
-def free_port_block(n: int, low: int = 20000, high: int = 30000) -> int:
+def free_port_block(n: int, low: int = 10000, high: int = 21000) -> int:
     """The first of ``n`` consecutive free ports on 127.0.0.1 (for ``base + index`` schemes),
-    outside the ephemeral range so ``free_ports`` (bind to 0) never hands one of them out."""
+    below ``free_ports``' range and the ephemeral range, each reserved across processes as
+    ``free_ports`` does (``bench.procs.reserve_port``)."""
     import random
 
     for _ in range(200):
@@ -59,12 +64,13 @@ def free_port_block(n: int, low: int = 20000, high: int = 30000) -> int:
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", p))
-            return base
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
+        if all(reserve_port(p) for p in range(base, base + n)):
+            return base
     raise RuntimeError("no free port block")
 
 

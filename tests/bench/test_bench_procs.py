@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -56,3 +57,16 @@ def test_descendants_include_children_of_every_thread():
         for f in (proc.stdin, proc.stdout):
             if f is not None:
                 f.close()
+
+
+def test_a_reserved_port_is_not_handed_out_twice_until_its_reservation_is_stale(
+    tmp_path, monkeypatch
+):
+    from bench import procs
+
+    monkeypatch.setattr(procs, "PORT_RESERVE_DIR", str(tmp_path))
+    assert procs.reserve_port(23456, now=1000.0)
+    assert not procs.reserve_port(23456)  # another process (or this one) asks again: refused
+    os.utime(tmp_path / "23456", (0, 0))  # the holder is long gone
+    assert procs.reserve_port(23456)  # taken over
+    assert not procs.reserve_port(23456)
