@@ -323,6 +323,10 @@ class HttpApi:
                 )
             )
             return
+        answer = p.presence.answer(method, url)  # GET /channels/<ch>/presence
+        if answer is not None:
+            await stream.send_all(respond(*answer).to_bytes(version))
+            return
         result = handle_request(method, url, head.headers, body)
         if result.error:
             p.reject("http", result.error)

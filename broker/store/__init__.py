@@ -23,6 +23,7 @@ import logging
 from broker.config import Config
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
+from broker.namespaces import NamespaceTable
 from broker.store.memory import MemoryStore, Store
 from broker.store.redis import RedisStore
 from broker.store.redisclient import RedisClient, parse_redis_url
@@ -45,6 +46,7 @@ def open_store(cfg: Config) -> Store:
                 max_items=cfg.history_max_items,
                 max_age_s=cfg.history_max_age_s,
                 max_bytes=cfg.history_max_bytes,
+                limits=NamespaceTable(cfg.namespaces),
             )
         )
     locator: SentinelLocator | None = None
@@ -75,6 +77,7 @@ def open_store(cfg: Config) -> Store:
         wait_replicas=cfg.redis_wait_replicas,
         wait_timeout_ms=cfg.redis_wait_timeout_ms,
         locator=locator,
+        limits=NamespaceTable(cfg.namespaces) if cfg.namespaces else None,
     )
 
 

@@ -80,6 +80,7 @@ import trio
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
 from broker.items import Item, item_bytes
+from broker.namespaces import NamespaceTable, limit_runs
 from broker.store.redisclient import (
     RedisClient,
     RedisClientStatistics,
@@ -346,6 +347,7 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         locator: SentinelLocator | None = None,
+        limits: NamespaceTable | None = None,
     ) -> None:
         if max_items < 1 or max_age_s <= 0 or max_script_items < 1:
             raise ValueError("history bounds must be positive")
@@ -358,6 +360,7 @@ class RedisStore:
         self.client = client
         self.max_items = max_items
         self.max_age_s = max_age_s
+        self.limits = limits  # per-prefix history bounds (broker.namespaces)
         self.approximate_trim = approximate_trim
         self.max_script_items = max_script_items
         self.max_bytes = max(0, int(max_bytes))  # payload bytes per channel; 0: no budget
@@ -390,21 +393,21 @@ class RedisStore:
         if not items:
             return []
         ts_ms = int(now * 1000)
-        cutoff_ms = int((now - self.max_age_s) * 1000)
-        ttl_ms = int(self.max_age_s * 1000) + 1000
-        head = (
-            str(self.max_items),
-            "~" if self.approximate_trim else "=",
-            cutoff_ms,
-            ttl_ms,
-            ts_ms,
-            self.max_bytes,
-        )
         commands: list[tuple[Any, ...]] = []
         chunks: list[tuple[list[str], Sequence[Item]]] = []
-        step = self.max_script_items
-        for i in range(0, len(items), step):
-            chunk = items[i : i + step]
+        # one script call per chunk of items sharing history bounds (per-prefix bounds:
+        # broker.namespaces; without namespaces, plain slices of max_script_items)
+        for max_items, max_age_s, chunk in limit_runs(
+            items, self.limits, self.max_items, self.max_age_s, self.max_script_items
+        ):
+            head = (
+                str(max_items),
+                "~" if self.approximate_trim else "=",
+                int((now - max_age_s) * 1000),  # cutoff
+                int(max_age_s * 1000) + 1000,  # ttl
+                ts_ms,
+                self.max_bytes,
+            )
             index: dict[str, int] = {}
             args: list[Any] = []
             for item in chunk:
@@ -482,7 +485,12 @@ class RedisStore:
         """
         self._replays += 1
         limit = REPLAY_LIMIT if limit is None else max(0, min(int(limit), REPLAY_LIMIT))
-        cutoff_ms = 0 if now is None else int((now - self.max_age_s) * 1000)
+        max_age_s = (
+            self.limits.history_limits(channel, self.max_items, self.max_age_s)[1]
+            if self.limits
+            else self.max_age_s
+        )
+        cutoff_ms = 0 if now is None else int((now - max_age_s) * 1000)
         cmd = (
             "EVALSHA",
             _REPLAY.sha,
