@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the close action instead (ends streams and WebSockets)",
     )
 
+    _add_presence(sub)
+
     p = sub.add_parser(
         "keygen",
         help="print a CurveZMQ key pair (Z85) for multi-host setups",
@@ -269,6 +271,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="the publish command the demo page shows",
     )
     return parser
+
+
+def _add_presence(sub: Any) -> None:
+    """``gripcast presence CHANNEL`` (gripcast.presence), with publish's target and auth."""
+    p = sub.add_parser(
+        "presence",
+        help="who is subscribed to a channel with presence on",
+        description="List the users present on CHANNEL (a channel in a namespace with "
+        "presence = true), with their connection counts, from the broker's "
+        "GET /channels/<channel>/presence (docs/channel-api.md).",
+    )
+    p.add_argument("channel", metavar="CHANNEL", help="channel to ask about")
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="publish API base URL, Fanout style with credentials allowed "
+        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
+    )
+    p.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="port offset of the cluster, for the default URL (default 0)",
+    )
+    p.add_argument("--key", metavar="KEY", help="the broker's publish_jwt_key (as publish)")
+    p.add_argument("--iss", metavar="ISS", help="JWT issuer (as publish)")
+    p.add_argument("--json", action="store_true", help="print the broker's JSON answer")
 
 
 def _split_addr(value: str, default_addr: str) -> tuple[str, int]:
@@ -349,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         from gripcast.publish import publish_from_args
 
         return publish_from_args(args, sys.stdin)
+    if args.command == "presence":
+        from gripcast.presence import presence_from_args
+
+        return presence_from_args(args)
     if args.command == "keygen":
         from broker.curve import keygen_text, write_keypair
 
