@@ -65,11 +65,7 @@ def presence_from_args(args: argparse.Namespace) -> int:
         print(f"gripcast presence: cannot reach {base}: {reason}", file=sys.stderr)
         return 1
     if status != 200:
-        try:
-            reason = json.loads(body)["error"]
-        except (ValueError, KeyError, TypeError):
-            reason = body.strip()
-        print(f"gripcast presence: {status} {reason}", file=sys.stderr)
+        print(f"gripcast presence: {status} {body.strip()}", file=sys.stderr)
         return 1
     if args.json:
         print(body.strip())

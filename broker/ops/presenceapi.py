@@ -107,16 +107,17 @@ class PresenceService:
         raw = path[len(PREFIX) : -len(SUFFIX)]
         if not raw:
             return None
-        if method not in ("GET", "HEAD"):
+        if method != "GET":
             return 405, f"Method not allowed: {method}.\n", "text/plain", (("Allow", "GET"),)
         channel = unquote(raw)
         try:
             validate_channel(channel, "request")
         except PublishError as exc:
-            return _error(400, exc.reason)
+            return _error(400, f"Invalid channel: {exc.reason}.")
         if not self.table.tracked(channel):
             return _error(
-                404, f"presence is off for channel {channel!r} (no namespace with presence = true)"
+                404,
+                f"Presence is off for channel {channel!r} (no namespace with presence = true).",
             )
         users = self.table.users(channel)
         body = {
@@ -128,4 +129,5 @@ class PresenceService:
 
 
 def _error(status: int, reason: str) -> Answer:
-    return status, json.dumps({"error": reason}) + "\n", _JSON, ()
+    """Errors are one line of text, as the rest of the publish API's (and Pushpin's)."""
+    return status, reason + "\n", "text/plain", ()

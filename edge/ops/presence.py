@@ -21,7 +21,7 @@ presence on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -95,17 +95,27 @@ class PresenceCounter:
         return PresenceReport(self.source, full, tuple(users))
 
 
+def _user(meta: Mapping[str, str]) -> str | None:
+    """``meta``'s ``user`` (meta names compare case-insensitively: ``Set-Meta-User``)."""
+    user = meta.get("user")
+    if user is None:
+        for name, value in meta.items():
+            if name.lower() == "user":
+                return value
+    return user
+
+
 def session_user(s: Session) -> str | None:
     """The ``user`` meta of a held session (None: none, or the session is over)."""
     if s.done:
         return None
-    user = s.meta.get("user")
+    user = _user(s.meta)
     if user is None:
         from edge.ws.over_http import WohOrigin
         from edge.ws.session import WsSession
 
         if isinstance(s, WsSession) and isinstance(s.side, WohOrigin):
-            user = s.side.meta.get("user")  # Set-Meta-user from the WebSocket-over-HTTP origin
+            user = _user(s.side.meta)  # Set-Meta-User from the WebSocket-over-HTTP origin
     return user or None
 
 

@@ -5,6 +5,7 @@ redis-server for the Redis store's per-prefix bounds (docs/channel-api.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import zmq
+from websockets.sync.client import connect as ws_connect
 
 from broker import wire
 from broker.ingest import tnetstring
@@ -22,11 +24,12 @@ from gripcast.cli import main as cli_main
 from gripcast.publish import auth_header
 from tests.helpers import skip_missing, wait_for
 from tests.integration.cluster import Cluster, Origin, Proc, StreamClient, gripcast
+from tests.integration.wsorigin import WohOriginApp
 from tests.redis_server import RedisServer, redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-KEY = "presence-test-secret"
+KEY = "presence-test-secret-of-32-bytes-or-more"
 NAMESPACES = """
 [[namespace]]
 prefix = "chat:"
@@ -63,10 +66,10 @@ def _hold(req):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("presence")
-    with Origin({"/hold": _hold}) as origin:
+    with Origin({"/hold": _hold}) as origin, WohOriginApp() as woh:
         cl = Cluster(
             tmp,
-            [f"* 127.0.0.1:{origin.port}"],
+            [f"*,path_beg=/ws 127.0.0.1:{woh.port},over_http", f"* 127.0.0.1:{origin.port}"],
             edges=3,  # edge 2 is killed by one test
             separate_ports=True,
             history_max_items=5,
@@ -157,6 +160,7 @@ def test_joins_and_leaves_across_edges(env):
     cl = env
     watcher = _client(cl, "chat:room/presence", edge=0)  # no user: not counted
     clients = []
+    stack = contextlib.ExitStack()
     try:
         ann0 = _client(cl, "chat:room", "ann", edge=0)
         clients.append(ann0)
@@ -164,21 +168,31 @@ def test_joins_and_leaves_across_edges(env):
         bob1 = _client(cl, "chat:room", "bob", edge=1)
         clients.append(bob1)
         _wait_event(watcher, "join", "bob")
+        # a WebSocket-over-HTTP client: its origin answers OPEN with Set-Meta-User: alice
+        alice = stack.enter_context(
+            ws_connect(f"ws://127.0.0.1:{cl.edge_ports[1]}/ws?channel=chat:room")
+        )
+        _wait_event(watcher, "join", "alice")
         ann1 = _client(cl, "chat:room", "ann", edge=1)  # ann again, on the other edge
         clients.append(ann1)
-        wait_for(lambda: _presence(cl, "chat:room") == {"ann": 2, "bob": 1}, 5, "ann twice")
+        wait_for(
+            lambda: _presence(cl, "chat:room") == {"alice": 1, "ann": 2, "bob": 1}, 5, "ann twice"
+        )
         ann0.close()  # ann still has her edge-1 connection: no leave
-        wait_for(lambda: _presence(cl, "chat:room") == {"ann": 1, "bob": 1}, 5, "ann once")
-        bob1.close()
-        ann1.close()
-        _wait_event(watcher, "leave", "bob")
-        _wait_event(watcher, "leave", "ann")
+        wait_for(
+            lambda: _presence(cl, "chat:room") == {"alice": 1, "ann": 1, "bob": 1}, 5, "ann once"
+        )
+        for c in (bob1, ann1, alice):
+            c.close()
+        for user in ("bob", "ann", "alice"):
+            _wait_event(watcher, "leave", user)
         assert _presence(cl, "chat:room") == {}
         kinds = [(e["type"], e["user"]) for e in _events(watcher)]
-        assert kinds[:2] == [("join", "ann"), ("join", "bob")]
-        assert sorted(kinds[2:]) == [("leave", "ann"), ("leave", "bob")]  # once each
+        assert kinds[:3] == [("join", "ann"), ("join", "bob"), ("join", "alice")]
+        assert sorted(kinds[3:]) == [("leave", "alice"), ("leave", "ann"), ("leave", "bob")]
         assert all(e["channel"] == "chat:room" for e in _events(watcher))
     finally:
+        stack.close()
         for c in clients + [watcher]:
             c.close()
 
@@ -218,7 +232,7 @@ def test_presence_api_auth_and_cli(env, capsys):
     assert httpx.get(url, headers=bad).status_code == 401
     assert httpx.get(url, headers=_auth()).status_code == 200
     off = httpx.get(f"{cl.publish_url}/channels/tick:x/presence", headers=_auth())
-    assert off.status_code == 404 and "presence is off" in off.json()["error"]
+    assert off.status_code == 404 and "Presence is off" in off.text
     erin = _client(cl, "chat:cli", "erin", edge=1)
     try:
         wait_for(lambda: _presence(cl, "chat:cli") == {"erin": 1}, 5, "erin present")
