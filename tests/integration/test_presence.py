@@ -22,7 +22,7 @@ from broker.ops.presence import PRESENCE_BOUND_S
 from edge.ops.presence import REPORT_INTERVAL_S
 from gripcast.cli import main as cli_main
 from gripcast.publish import auth_header
-from tests.helpers import skip_missing, wait_for
+from tests.helpers import free_ports, skip_missing, wait_for
 from tests.integration.cluster import Cluster, Origin, Proc, StreamClient, gripcast
 from tests.integration.wsorigin import WohOriginApp
 from tests.redis_server import RedisServer, redis_available
@@ -66,6 +66,7 @@ def _hold(req):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("presence")
+    mport = free_ports(1)[0]
     with Origin({"/hold": _hold}) as origin, WohOriginApp() as woh:
         cl = Cluster(
             tmp,
@@ -74,7 +75,9 @@ def env(tmp_path_factory):
             separate_ports=True,
             history_max_items=5,
             publish_jwt_key=KEY,
+            metrics_port=mport,
         )
+        cl.ports["metrics_port"] = mport
         with open(cl.config, "a") as fh:
             fh.write(NAMESPACES)
         try:
@@ -284,6 +287,9 @@ def test_publish_zmq_false_refused(env):
         assert _replay(cl, "http:closed").last_seq == 0
         _publish(cl, "http:closed", 1)  # the HTTP API may publish there
         assert _replay(cl, "http:closed").last_seq == 1
+        metrics = httpx.get(f"http://127.0.0.1:{cl.ports['metrics_port']}/metrics").text
+        assert "gripcast_broker_publishes_refused_zmq_total 2.0" in metrics
+        assert 'gripcast_broker_presence_events_total{type="join"}' in metrics
     finally:
         push.close()
         req.close()
