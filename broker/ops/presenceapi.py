@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import trio
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 PREFIX = "/channels/"
 SUFFIX = "/presence"
 _JSON = "application/json"
+LIMIT_DEFAULT = 1000  # users listed by GET /channels/<channel>/presence ("truncated" beyond)
+LIMIT_MAX = 10_000
 
 Answer = tuple[int, str, str, tuple[tuple[str, str], ...]]  # status, body, type, extra headers
 
@@ -90,9 +92,16 @@ class PresenceService:
             events += self.table.expire(trio.current_time())
             if not events:
                 continue
-            items = [event_item(self.table.companion(ev.channel), ev) for ev in events]
+            items = []
             for ev in events:
                 log.info("presence %s channel=%s user=%s", ev.kind, ev.channel, ev.user)
+                try:
+                    items.append(event_item(self.table.companion(ev.channel), ev))
+                except PublishError as exc:  # e.g. a companion name over the channel limit
+                    self.publish_failures += 1
+                    log.warning("presence event not published channel=%s: %s", ev.channel, exc)
+            if not items:
+                continue
             try:
                 await self._publish(items)
             except (StoreUnavailable, RateLimited) as exc:
@@ -119,13 +128,32 @@ class PresenceService:
                 404,
                 f"Presence is off for channel {channel!r} (no namespace with presence = true).",
             )
+        try:
+            limit = _limit(target)
+        except ValueError as exc:
+            return _error(400, str(exc))
         users = self.table.users(channel)
         body = {
             "channel": channel,
             "count": len(users),
-            "users": [{"user": u, "connections": n} for u, n in users],
+            "users": [{"user": u, "connections": n} for u, n in users[:limit]],
+            "truncated": len(users) > limit,
         }
         return 200, json.dumps(body) + "\n", _JSON, ()
+
+
+def _limit(target: str) -> int:
+    """The ``limit`` query parameter (users listed, default ``LIMIT_DEFAULT``, at most
+    ``LIMIT_MAX``); ValueError with the reason when it is not a positive integer."""
+    query = parse_qs(target.partition("?")[2], keep_blank_values=True)
+    values = query.pop("limit", [])
+    if query:
+        raise ValueError(f"Unknown query parameter {sorted(query)[0]!r}.")
+    if not values:
+        return LIMIT_DEFAULT
+    if len(values) > 1 or not values[0].isdigit() or int(values[0]) < 1:
+        raise ValueError("Invalid limit: a positive integer.")
+    return min(int(values[0]), LIMIT_MAX)
 
 
 def _error(status: int, reason: str) -> Answer:

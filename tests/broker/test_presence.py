@@ -141,7 +141,14 @@ def test_http_answer_and_event_items():
         "channel": "chat:a b",
         "count": 1,
         "users": [{"user": "ann", "connections": 2}],
+        "truncated": False,
     }
+    svc.table.report(_r("e1", ("chat:a b", "bo", 1)), 1.0)
+    doc = json.loads(svc.answer("GET", "/channels/chat:a%20b/presence?limit=1")[1])
+    assert doc["count"] == 2 and doc["truncated"] and doc["users"][0]["user"] == "ann"
+    assert svc.answer("GET", "/channels/chat:a/presence?limit=0")[0] == 400
+    assert svc.answer("GET", "/channels/chat:a/presence?limit=x")[0] == 400
+    assert svc.answer("GET", "/channels/chat:a/presence?colour=red")[0] == 400
     assert svc.answer("GET", "/channels/other/presence")[0] == 404
     assert svc.answer("POST", "/channels/chat:a/presence")[0] == 405
     assert svc.answer("GET", "/channels/chat:a/items") is None
@@ -152,3 +159,24 @@ def test_http_answer_and_event_items():
     doc = json.loads(item.formats["ws-message"]["content"])
     assert doc == {"type": "leave", "channel": "chat:a", "user": "ann", "connections": 0}
     assert item.formats["http-stream"]["content"].endswith(b"\n")
+
+
+def test_event_for_a_companion_name_over_the_limit_is_skipped():
+    import trio
+    import trio.testing
+
+    published = []
+
+    async def publish(items):
+        published.append(items)
+
+    svc = PresenceService(NS, publish)
+
+    async def main():
+        svc.on_report(_r("e1", ("chat:" + "x" * 2000, "ann", 1), ("chat:b", "bo", 1), full=True))
+        with trio.move_on_after(2):
+            await svc.serve()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [i.channel for batch in published for i in batch] == ["chat:b/presence"]
+    assert svc.publish_failures == 1
