@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import zmq
 from websockets.sync.client import connect as ws_connect
+from websockets.sync.server import serve as ws_serve
 
 from broker import wire
 from broker.ingest import tnetstring
@@ -67,10 +69,18 @@ def _hold(req):
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("presence")
     mport = free_ports(1)[0]
-    with Origin({"/hold": _hold}) as origin, WohOriginApp() as woh:
+    with (
+        Origin({"/hold": _hold}) as origin,
+        WohOriginApp() as woh,
+        _ws_origin() as wsport,
+    ):
         cl = Cluster(
             tmp,
-            [f"*,path_beg=/ws 127.0.0.1:{woh.port},over_http", f"* 127.0.0.1:{origin.port}"],
+            [
+                f"*,path_beg=/direct 127.0.0.1:{wsport}",
+                f"*,path_beg=/ws 127.0.0.1:{woh.port},over_http",
+                f"* 127.0.0.1:{origin.port}",
+            ],
             edges=3,  # edge 2 is killed by one test
             separate_ports=True,
             history_max_items=5,
@@ -85,6 +95,32 @@ def env(tmp_path_factory):
             yield cl
         finally:
             cl.stop()
+
+
+@contextlib.contextmanager
+def _ws_origin():
+    """A WebSocket origin (WS-to-WS, GRIP enabled) that names its user with the ``set-meta``
+    control message, then subscribes to the channel of the path's query."""
+
+    def handler(conn):
+        q = parse_qs(urlsplit(conn.request.path).query)
+        user, channel = q["user"][0], q["ch"][0]
+        conn.send("c:" + json.dumps({"type": "set-meta", "name": "user", "value": user}))
+        conn.send("c:" + json.dumps({"type": "subscribe", "channel": channel}))
+        for _ in conn:
+            pass
+
+    def add_grip(conn, request, response):
+        response.headers["Sec-WebSocket-Extensions"] = "grip"
+
+    server = ws_serve(handler, "127.0.0.1", 0, process_response=add_grip)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server.socket.getsockname()[1]
+    finally:
+        server.shutdown()
+        t.join(5)
 
 
 def _start(cl: Cluster) -> None:
@@ -165,34 +201,52 @@ def test_joins_and_leaves_across_edges(env):
     clients = []
     stack = contextlib.ExitStack()
     try:
-        ann0 = _client(cl, "chat:room", "ann", edge=0)
+        # four users at once, on both edges, by every way a user is named
+        ann0 = _client(cl, "chat:room", "ann", edge=0)  # Grip-Set-Meta: user=ann (HTTP)
         clients.append(ann0)
-        _wait_event(watcher, "join", "ann")
         bob1 = _client(cl, "chat:room", "bob", edge=1)
         clients.append(bob1)
-        _wait_event(watcher, "join", "bob")
         # a WebSocket-over-HTTP client: its origin answers OPEN with Set-Meta-User: alice
         alice = stack.enter_context(
             ws_connect(f"ws://127.0.0.1:{cl.edge_ports[1]}/ws?channel=chat:room")
         )
-        _wait_event(watcher, "join", "alice")
+        # a WebSocket client whose (WebSocket) origin sends the set-meta control message
+        wes = stack.enter_context(
+            ws_connect(f"ws://127.0.0.1:{cl.edge_ports[0]}/direct?ch=chat:room&user=wes")
+        )
+        for user in ("ann", "bob", "alice", "wes"):
+            _wait_event(watcher, "join", user)
         ann1 = _client(cl, "chat:room", "ann", edge=1)  # ann again, on the other edge
         clients.append(ann1)
         wait_for(
-            lambda: _presence(cl, "chat:room") == {"alice": 1, "ann": 2, "bob": 1}, 5, "ann twice"
+            lambda: _presence(cl, "chat:room") == {"alice": 1, "ann": 2, "bob": 1, "wes": 1},
+            5,
+            "ann twice",
         )
         ann0.close()  # ann still has her edge-1 connection: no leave
         wait_for(
-            lambda: _presence(cl, "chat:room") == {"alice": 1, "ann": 1, "bob": 1}, 5, "ann once"
+            lambda: _presence(cl, "chat:room") == {"alice": 1, "ann": 1, "bob": 1, "wes": 1},
+            5,
+            "ann once",
         )
-        for c in (bob1, ann1, alice):
+        for c in (bob1, ann1, alice, wes):
             c.close()
-        for user in ("bob", "ann", "alice"):
+        for user in ("bob", "ann", "alice", "wes"):
             _wait_event(watcher, "leave", user)
         assert _presence(cl, "chat:room") == {}
         kinds = [(e["type"], e["user"]) for e in _events(watcher)]
-        assert kinds[:3] == [("join", "ann"), ("join", "bob"), ("join", "alice")]
-        assert sorted(kinds[3:]) == [("leave", "alice"), ("leave", "ann"), ("leave", "bob")]
+        assert sorted(kinds[:4]) == [
+            ("join", "alice"),
+            ("join", "ann"),
+            ("join", "bob"),
+            ("join", "wes"),
+        ]  # once each
+        assert sorted(kinds[4:]) == [
+            ("leave", "alice"),
+            ("leave", "ann"),
+            ("leave", "bob"),
+            ("leave", "wes"),
+        ]
         assert all(e["channel"] == "chat:room" for e in _events(watcher))
     finally:
         stack.close()
