@@ -272,7 +272,9 @@ def test_killed_edge_users_leave_within_the_bound(env):
             "dave did not leave",
         )
         took = time.monotonic() - killed
-        assert took <= PRESENCE_BOUND_S + REPORT_INTERVAL_S + 0.5, took
+        # the bound counts from the edge's last report, which came before the kill; 1 s of
+        # slack for a loaded machine (polling, scheduling)
+        assert took <= PRESENCE_BOUND_S + 1.0, took
         _wait_event(watcher, "leave", "dave")
         assert not any(e["user"] == "carol" and e["type"] == "leave" for e in _events(watcher))
         dave.close()
