@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from broker.errors import ConfigError
+from broker.namespaces import Namespace, namespace_from_dict, parse_namespaces
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,9 @@ class Config:
     # channel API (docs/channel-api.md): an edge whose subscriber counts are older than this
     # (it stopped reporting: dead or cut off) no longer counts; edges report every second
     channel_counts_max_age_s: float = 10.0
+    # channel namespaces (docs/channel-api.md, "Namespaces"): the ``[[namespace]]`` tables
+    # (history bounds, presence, ZeroMQ publish per channel prefix; longest prefix wins)
+    namespaces: tuple[Namespace, ...] = ()
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -284,6 +288,8 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     f = _FIELDS[name]
     t = f.type
     try:
+        if name == "namespaces":
+            return parse_namespaces(value, problems)
         if name in _LISTEN_LISTS:
             return _listen_list(value)
         if name in _INT_OR_NONE:
@@ -366,6 +372,8 @@ def load_config(
                 flat.update(value)
             else:
                 flat[key] = value
+        if "namespace" in flat:  # [[namespace]] tables: the key "namespaces"
+            flat["namespaces"] = flat.pop("namespace")
         for key, value in flat.items():
             if key not in _FIELDS:
                 problems.append(f"{path}: unknown key {key!r}")
@@ -647,6 +655,8 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
     for key in ("curve_allowed_clients", "https_port", *_COMMA_LISTS):
         if key in d:
             d[key] = tuple(d[key])
+    if "namespaces" in d:
+        d["namespaces"] = tuple(namespace_from_dict(n) for n in d["namespaces"])
     return Config(**d)
 
 

@@ -35,7 +35,7 @@ __all__ = [
     "error_reply",
 ]
 
-OPS = ("hello", "position", "replay", "stats", "answer")
+OPS = ("hello", "position", "replay", "stats", "answer", "presence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,8 @@ def parse_control(frame: bytes) -> ControlRequest:
         return ControlRequest("stats", rid, stats=req.raw, request=req)
     if isinstance(req, wire.CommandAnswer):
         return ControlRequest("answer", rid, request=req)
+    if isinstance(req, wire.PresenceReport):  # fire-and-forget (broker.ops.presence)
+        return ControlRequest("presence", rid, request=req)
     try:
         validate_channel(req.channel, "request")
     except PublishError as exc:

@@ -6,7 +6,9 @@ the first message), the ``last_id`` (publisher id of the last message, or None) 
 the most recent ``Envelope``s bounded by count (``max_items``), by payload bytes
 (``max_bytes``, the content/body bytes of the envelopes' formats, ``broker.items.item_bytes``;
 the newest message is always kept) and by age (``max_age_s``, checked when the channel is
-written or read).  At most ``max_channels`` channels are kept; the least recently *written* one
+written or read).  With channel namespaces (``limits``, a ``broker.namespaces.NamespaceTable``)
+``max_items`` and ``max_age_s`` are the defaults of channels in no namespace: each channel takes
+its own bounds when it is created (and again on ``set_limits``).  At most ``max_channels`` channels are kept; the least recently *written* one
 is evicted (its next use starts a new epoch), so memory is bounded by ``max_channels *
 min(max_items * MAX_ITEM_BYTES, max_bytes)`` payload bytes.
 
@@ -35,6 +37,7 @@ from typing import NamedTuple
 
 from _speedups import make_envelope
 from broker.items import Item, item_bytes
+from broker.namespaces import NamespaceTable
 from broker.wire import REPLAY_LIMIT, Envelope
 
 
@@ -61,10 +64,12 @@ class HistoryStatistics:
 
 
 class _Channel:
-    __slots__ = ("epoch", "last_seq", "last_id", "ring", "ids", "bytes")
+    __slots__ = ("epoch", "last_seq", "last_id", "ring", "ids", "bytes", "max_items", "max_age_s")
 
-    def __init__(self, epoch: str) -> None:
+    def __init__(self, epoch: str, max_items: int, max_age_s: float) -> None:
         self.epoch = epoch
+        self.max_items = max_items  # this channel's bounds (its namespace's, else the globals)
+        self.max_age_s = max_age_s
         self.last_seq = 0
         self.last_id: str | None = None
         self.ring: deque[Envelope] = deque()
@@ -87,6 +92,7 @@ class MemoryHistory:
         max_channels: int = 100_000,
         max_bytes: int = 0,
         new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
+        limits: NamespaceTable | None = None,
     ) -> None:
         if max_items < 1 or max_channels < 1 or max_age_s <= 0:
             raise ValueError("history bounds must be positive")
@@ -95,6 +101,7 @@ class MemoryHistory:
         self.max_channels = max_channels
         self.max_bytes = max_bytes if max_bytes > 0 else float("inf")  # 0: no byte budget
         self._new_epoch = new_epoch
+        self.limits = limits if limits else None  # per-prefix bounds (broker.namespaces)
         self._channels: OrderedDict[str, _Channel] = OrderedDict()
         self._retained = 0
         self._appended = 0
@@ -125,7 +132,7 @@ class MemoryHistory:
         ch.bytes += item_bytes(env)
         self._retained += 1
         self._appended += 1
-        while len(ch.ring) > self.max_items or (ch.bytes > self.max_bytes and len(ch.ring) > 1):
+        while len(ch.ring) > ch.max_items or (ch.bytes > self.max_bytes and len(ch.ring) > 1):
             ch.drop_oldest()
             self._retained -= 1
         self._expire(ch, now)
@@ -138,7 +145,6 @@ class MemoryHistory:
         add = out.append
         channels = self._channels
         move_to_end = channels.move_to_end
-        max_items = self.max_items
         max_bytes = self.max_bytes
         make = make_envelope
         cur_name = None
@@ -157,6 +163,7 @@ class MemoryHistory:
                 cur_name = name
                 ring = ch.ring
                 ids = ch.ids
+                max_items = ch.max_items
                 first = name not in expired_checked
             seq = ch.last_seq + 1
             ch.last_seq = seq
@@ -222,10 +229,22 @@ class MemoryHistory:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def set_limits(self, max_items: int, max_age_s: float) -> None:
+        """New global bounds (a reload): every channel takes its bounds again."""
+        self.max_items = max_items
+        self.max_age_s = max_age_s
+        for name, ch in self._channels.items():
+            ch.max_items, ch.max_age_s = self._limits(name)
+
+    def _limits(self, name: str) -> tuple[int, float]:
+        if self.limits is None:
+            return self.max_items, self.max_age_s
+        return self.limits.history_limits(name, self.max_items, self.max_age_s)
+
     def _channel(self, name: str) -> _Channel:
         ch = self._channels.get(name)
         if ch is None:
-            ch = _Channel(self._new_epoch())
+            ch = _Channel(self._new_epoch(), *self._limits(name))
             self._channels[name] = ch
             while len(self._channels) > self.max_channels:
                 _, old = self._channels.popitem(last=False)
@@ -234,7 +253,7 @@ class MemoryHistory:
         return ch
 
     def _expire(self, ch: _Channel, now: float) -> None:
-        horizon = now - self.max_age_s
+        horizon = now - ch.max_age_s
         ring = ch.ring
         while ring and ring[0].ts < horizon:
             ch.drop_oldest()

@@ -32,6 +32,7 @@ from broker.ingest.auth import PublishAuth, load_verify_key
 from broker.ingest.httpapi import HttpApi
 from broker.ingest.pipeline import BATCH_MAX, BrokerStatistics, Pipeline, PipelineSockets
 from broker.ingest.zap import ZapAuthenticator
+from broker.namespaces import NamespaceTable
 from broker.ops import lifecycle as broker_lifecycle
 from broker.ops.stats import StatsEncoder
 from broker.ops.status import SAMPLE_INTERVAL_S as STATUS_SAMPLE_S
@@ -136,6 +137,7 @@ class Broker:
                 max_items=cfg.history_max_items,
                 max_age_s=cfg.history_max_age_s,
                 max_bytes=cfg.history_max_bytes,
+                limits=NamespaceTable(cfg.namespaces),
             )
         )
         self.auth = PublishAuth(
@@ -307,6 +309,7 @@ class Broker:
                 nursery.start_soon(self._serve_heartbeat, name="broker.serve_heartbeat")
                 nursery.start_soon(self._serve_sequencer_timer, name="broker.serve_sequencer")
                 nursery.start_soon(self._serve_status_sampler, name="broker.serve_status")
+                nursery.start_soon(p.presence.serve, name="broker.serve_presence")
                 if b.zap is not None:
                     nursery.start_soon(b.zap.serve, name="broker.serve_zap")
                 store_serve = getattr(self.store, "serve", None)  # Redis Sentinel: +switch-master

@@ -538,7 +538,7 @@ def decode_control(frame: bytes) -> dict[Any, Any]:
     return m
 
 
-def request_map(req: Request) -> dict[str, Any]:
+def request_map(req: Request | PresenceReport) -> dict[str, Any]:
     if isinstance(req, HelloRequest):
         return {"op": "hello", "rid": req.rid, "wire": req.wire_version}
     if isinstance(req, PositionRequest):
@@ -576,10 +576,12 @@ def request_map(req: Request) -> dict[str, Any]:
         return m
     if isinstance(req, CommandAnswer):
         return {"op": "answer", "edge": req.edge, "cmd": req.cmd, "found": list(req.found)}
+    if isinstance(req, PresenceReport):
+        return presence_map(req)
     raise TypeError(f"not a control request: {req!r}")
 
 
-def encode_request(req: Request) -> bytes:
+def encode_request(req: Request | PresenceReport) -> bytes:
     return _packb(request_map(req))
 
 
@@ -667,7 +669,7 @@ def _version(m: dict[Any, Any], rid: Rid = None) -> int:
     return v
 
 
-def decode_request(frame: bytes) -> Request:
+def decode_request(frame: bytes) -> Request | PresenceReport:
     """One control request, typed; ``ControlError`` (with the ``rid`` to echo) if invalid.
 
     Channel names are checked for type only (the broker checks them as publish does); a
@@ -700,6 +702,8 @@ def decode_request(frame: bytes) -> Request:
         if not _is_count(cmd):
             raise ControlError("'cmd' must be a non-negative integer", rid)
         return CommandAnswer(_str(m, "edge", rid), cmd, _str_list(m, "found", rid))
+    if op == "presence":
+        return decode_presence(m, rid)
     raise ControlError(f"unknown op {op!r}", rid)
 
 
@@ -776,3 +780,59 @@ def subscription_notice(frame: bytes) -> tuple[bool, str] | None:
         return frame[0] == 1, body[:-1].decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+# -- presence (edge -> broker, fire-and-forget; broker.ops.presence) ----------------------------
+#
+#     {"op": "presence", "edge": "<edge name>", "full": bool,
+#      "users": [[channel, user, n], ...]}      connections of ``user`` on ``channel`` on this
+#                                               edge, for the pairs that changed (0: none left);
+#                                               every pair when ``full``
+#
+# Sent by each edge about once a second (``edge.ops.presence``) while a namespace has presence
+# on, even with nothing changed: the broker takes an edge silent for
+# ``broker.ops.presence.EDGE_SILENCE_S`` as gone.  A broker that predates it answers an error
+# reply without a ``rid``, which the edge ignores (wire version unchanged: nothing else depends
+# on it).
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceReport:
+    """An edge's presence report: connections per (channel, user) on this edge."""
+
+    edge: str
+    full: bool = False
+    users: tuple[tuple[str, str, int], ...] = ()  # ((channel, user, connections), ...)
+    op: ClassVar[str] = "presence"
+    rid: ClassVar[Rid] = None
+
+
+def presence_map(req: PresenceReport) -> dict[str, Any]:
+    return {
+        "op": "presence",
+        "edge": req.edge,
+        "full": req.full,
+        "users": [list(u) for u in req.users],
+    }
+
+
+def decode_presence(m: dict[Any, Any], rid: Rid = None) -> PresenceReport:
+    """A ``presence`` request map, typed; ``ControlError`` if malformed."""
+    users = m.get("users")
+    if not isinstance(users, list):
+        raise ControlError("'users' must be a list", rid)
+    out: list[tuple[str, str, int]] = []
+    for u in users:
+        if (
+            not isinstance(u, list)
+            or len(u) != 3
+            or not isinstance(u[0], str)
+            or not isinstance(u[1], str)
+            or not _is_count(u[2])
+        ):
+            raise ControlError("'users' must hold [channel, user, count] entries", rid)
+        out.append((u[0], u[1], u[2]))
+    full = m.get("full", False)
+    if not isinstance(full, bool):
+        raise ControlError("'full' must be a boolean", rid)
+    return PresenceReport(_str(m, "edge", rid), full, tuple(out))

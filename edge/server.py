@@ -29,7 +29,7 @@ from edge.grip.holds import HoldRegistry
 from edge.grip.session import ResponseSession, StreamSession
 from edge.http1 import responses
 from edge.http1.connection import Connection
-from edge.ops import lifecycle, statsreport
+from edge.ops import lifecycle, presence, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
@@ -583,6 +583,7 @@ async def serve(
                 nursery.start_soon(edge.origin_client.timer.serve)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
+                nursery.start_soon(presence.serve_presence, edge)  # broker.ops.presence
                 if cfg.routes_file_watch:
                     nursery.start_soon(
                         routeswatch.serve_watch, lambda: edge.cfg.routes_file, life.reload

@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_channel_commands(sub)
+    _add_presence(sub)
 
     p = sub.add_parser(
         "keygen",
@@ -280,6 +281,35 @@ def _add_channel_commands(sub: Any) -> None:
     from gripcast.channels import add_parsers
 
     add_parsers(sub)
+
+
+def _add_presence(sub: Any) -> None:
+    """``gripcast presence CHANNEL`` (gripcast.presence), with publish's target and auth."""
+    p = sub.add_parser(
+        "presence",
+        help="who is subscribed to a channel with presence on",
+        description="List the users present on CHANNEL (a channel in a namespace with "
+        "presence = true), with their connection counts, from the broker's "
+        "GET /channels/<channel>/presence (docs/channel-api.md).",
+    )
+    p.add_argument("channel", metavar="CHANNEL", help="channel to ask about")
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="publish API base URL, Fanout style with credentials allowed "
+        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
+    )
+    p.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="port offset of the cluster, for the default URL (default 0)",
+    )
+    p.add_argument("--key", metavar="KEY", help="the broker's publish_jwt_key (as publish)")
+    p.add_argument("--iss", metavar="ISS", help="JWT issuer (as publish)")
+    p.add_argument("--json", action="store_true", help="print the broker's JSON answer")
 
 
 def _split_addr(value: str, default_addr: str) -> tuple[str, int]:
@@ -364,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         from gripcast.channels import channels_from_args
 
         return channels_from_args(args)
+    if args.command == "presence":
+        from gripcast.presence import presence_from_args
+
+        return presence_from_args(args)
     if args.command == "keygen":
         from broker.curve import keygen_text, write_keypair
 

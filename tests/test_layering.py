@@ -23,6 +23,7 @@ BROKER_CONTRACT = {
     "broker.curve",
     "broker.histogram",
     "broker.runtime",
+    "broker.namespaces",  # the [[namespace]] tables of the config
 }
 # until the broker restructure lands, its runtime modules still sit at the top of broker/;
 # broker.opshttp (serve_ops, the ops listener edges use for /metrics) must go to broker.runtime
@@ -58,6 +59,8 @@ SANS_IO = [
     "broker/ops/stats.py",
     "broker/ops/status.py",
     "edge/ops/connstats.py",
+    "broker/namespaces.py",
+    "broker/ops/presence.py",
     "gripcast/pushpinini.py",
     "gripcast/pushpinconf.py",
 ]

@@ -354,6 +354,10 @@ class HttpApi:
                 )
             )
             return
+        pres = p.presence.answer(method, url)  # GET /channels/<ch>/presence
+        if pres is not None:
+            await stream.send_all(respond(*pres).to_bytes(version))
+            return
         result = handle_request(method, url, head.headers, body)
         if result.error:
             p.reject("http", result.error)

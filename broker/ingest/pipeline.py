@@ -32,7 +32,9 @@ from broker.histogram import IntHistogram
 from broker.ingest import commands
 from broker.ingest.relay import EdgeRelay
 from broker.items import Item, parse_pull_frame, parse_sub_item
+from broker.namespaces import NamespaceTable, refused_command_reply, zmq_refusal
 from broker.ops.channelapi import ChannelApi
+from broker.ops.presenceapi import PresenceService
 from broker.ops.stats import StatsEncoder
 from broker.ratelimit import ActionLimiter
 from broker.runtime.zmqtrio import ZSocket
@@ -114,6 +116,8 @@ class Pipeline:
         self.live: set[str] = set()
         self.lock = trio.Lock()
         self.relay = EdgeRelay(sockets.edge_pub, sockets.command)  # conncheck, refresh
+        self.namespaces = NamespaceTable(cfg.namespaces)  # publish_zmq (broker.namespaces)
+        self.presence = PresenceService(self.namespaces, self.publish)  # broker.ops.presenceapi
         self._received = {"pull": 0, "sub": 0, "http": 0, "command": 0}
         self._rejected = 0
         self._published = 0
@@ -175,6 +179,8 @@ class Pipeline:
 
     async def ingest(self, items: Sequence[Item]) -> None:
         """``publish`` for inputs that cannot answer (PULL, SUB)."""
+        if self.namespaces.zmq_closed:
+            items = self._zmq_allowed(items, "zmq")
         try:
             await self.publish(items)
         except StoreUnavailable:
@@ -281,6 +287,14 @@ class Pipeline:
         self.sockets.edge_pub.send_frame(wire.encode_recover(time.time()))
         return True
 
+    def _zmq_allowed(self, items: Sequence[Item], source: str) -> list[Item]:
+        """``items`` without those of namespaces with ``publish_zmq = false`` (refused: logged
+        and counted)."""
+        allowed, refused = self.namespaces.split_zmq(items)
+        for item in refused:
+            self.reject(source, zmq_refusal(item.channel, self.namespaces.match(item.channel)))
+        return allowed
+
     def received(self, source: str, n: int = 1) -> None:
         self._received[source] += n
 
@@ -365,6 +379,12 @@ class Pipeline:
                 value = await self.channels.command(result.query)
                 z.send(prefix + [commands.query_reply(result.rid, value)])
                 continue
+            if result.items and self.namespaces.zmq_closed:
+                if len(self._zmq_allowed(result.items, "command")) < len(result.items):
+                    reply = refused_command_reply(result.failed_reply, "publish_zmq = false")
+                    if reply is not None:
+                        z.send(prefix + [reply])
+                    continue
             items.extend(result.items)
             if result.reply is not None:
                 if result.items:
@@ -444,6 +464,10 @@ class Pipeline:
                     self.emit_stats(self.edge_stats.edge_report(req.stats, time.time()))
                 except RemoteProtocolError as exc:
                     log.warning("bad stats report from an edge: %s", exc.reason)
+            return None
+        if req.op == "presence":  # an edge's presence report (broker.ops.presenceapi)
+            assert isinstance(req.request, wire.PresenceReport)
+            self.presence.on_report(req.request)
             return None
         if req.op == "answer":  # an edge's answer to a relayed command
             assert isinstance(req.request, wire.CommandAnswer)

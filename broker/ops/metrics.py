@@ -155,6 +155,27 @@ class BrokerCollector(Collector):
                 "Edge stats reports refused as invalid.",
                 value=stats.bad_reports,
             )
+        # namespaces and presence (broker.namespaces, broker.ops.presence)
+        p = b.pipeline
+        yield CounterMetricFamily(
+            P + "publishes_refused_zmq",
+            "ZeroMQ-published items refused by a namespace's publish_zmq = false.",
+            value=p.namespaces.zmq_refused,
+        )
+        if p.presence.enabled:
+            ps = p.presence.table.statistics()
+            yield GaugeMetricFamily(
+                P + "presence_users", "(channel, user) pairs present.", value=ps.users
+            )
+            yield GaugeMetricFamily(
+                P + "presence_edges", "Edges reporting presence now.", value=ps.edges
+            )
+            e = CounterMetricFamily(
+                P + "presence_events", "Presence events, by type.", labels=["type"]
+            )
+            e.add_metric(["join"], ps.joins)
+            e.add_metric(["leave"], ps.leaves)
+            yield e
 
 
 def broker_registry(broker: Broker) -> CollectorRegistry:

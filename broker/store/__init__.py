@@ -31,6 +31,7 @@ import logging
 from broker.config import Config
 from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
+from broker.namespaces import NamespaceTable
 from broker.store.cluster import is_cluster_url, parse_cluster_url
 from broker.store.clusterclient import RedisClusterClient
 from broker.store.memory import MemoryStore, Store
@@ -55,6 +56,7 @@ def open_store(cfg: Config) -> Store:
                 max_items=cfg.history_max_items,
                 max_age_s=cfg.history_max_age_s,
                 max_bytes=cfg.history_max_bytes,
+                limits=NamespaceTable(cfg.namespaces),
             )
         )
     locator: SentinelLocator | None = None
@@ -104,6 +106,7 @@ def _redis_store(
         id_cache_ttl_s=cfg.id_cache_ttl_s,
         check_prev_id=True,
         message_wait_s=cfg.message_wait_s,
+        limits=NamespaceTable(cfg.namespaces) if cfg.namespaces else None,
     )
 
 

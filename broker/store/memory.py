@@ -56,8 +56,7 @@ class MemoryStore:
         return self.history.append_many(items, now)
 
     def set_history_limits(self, max_items: int, max_age_s: float) -> None:
-        self.history.max_items = max_items
-        self.history.max_age_s = max_age_s
+        self.history.set_limits(max_items, max_age_s)
 
     async def position(self, channel: str) -> Position:
         return self.history.position(channel)

@@ -113,6 +113,7 @@ import trio
 from broker.errors import StoreUnavailable
 from broker.history import Position, Replay
 from broker.items import Item, item_bytes
+from broker.namespaces import NamespaceTable
 from broker.sequencer import Sequencer
 from broker.store.cluster import channel_tag, key_slot
 from broker.store.clusterclient import ClusterClientStatistics, RedisClusterClient
@@ -431,6 +432,7 @@ class RedisStore:
         id_cache_ttl_s: float = 0.0,
         check_prev_id: bool = False,
         message_wait_s: float = 5.0,
+        limits: NamespaceTable | None = None,
     ) -> None:
         if max_items < 1 or max_age_s <= 0 or max_script_items < 1:
             raise ValueError("history bounds must be positive")
@@ -443,6 +445,7 @@ class RedisStore:
         self.client = client
         self.max_items = max_items
         self.max_age_s = max_age_s
+        self.limits = limits  # per-prefix history bounds (broker.namespaces)
         self.approximate_trim = approximate_trim
         self.max_script_items = max_script_items
         self.max_bytes = max(0, int(max_bytes))  # payload bytes per channel; 0: no budget
@@ -516,34 +519,41 @@ class RedisStore:
         if not items:
             return []
         ts_ms = int(now * 1000)
-        cutoff_ms = int((now - self.max_age_s) * 1000)
-        ttl_ms = int(self.max_age_s * 1000) + 1000
-        head = (
-            str(self.max_items),
-            "~" if self.approximate_trim else "=",
-            cutoff_ms,
-            ttl_ms,
-            ts_ms,
-            self.max_bytes,
-            int(self.id_cache_ttl_s * 1000),
-        )
         shared = self._shared
         mono = 0.0
         if shared:
             mono = trio.current_time()
             if self._sequencer is not None:
                 mono = max(mono, self._sequencer.clock)  # a flush polls far ahead: all go
-        groups: dict[int, list[int]] = {}
-        if self._cluster is not None:
-            for i, item in enumerate(items):
-                groups.setdefault(self._slot(item.channel), []).append(i)
+        # one script call per chunk of items sharing a hash slot (a cluster) and history bounds
+        # (per-prefix bounds: broker.namespaces); a channel's items keep their order in one group
+        groups: dict[tuple[int, int, float], list[int]] = {}
+        limits, cluster = self.limits, self._cluster is not None
+        if not limits and not cluster:
+            groups[(0, self.max_items, self.max_age_s)] = list(range(len(items)))
         else:
-            groups[0] = list(range(len(items)))
+            for i, item in enumerate(items):
+                ch = item.channel
+                mi, ma = (
+                    limits.history_limits(ch, self.max_items, self.max_age_s)
+                    if limits
+                    else (self.max_items, self.max_age_s)
+                )
+                groups.setdefault((self._slot(ch) if cluster else 0, mi, ma), []).append(i)
         commands: list[tuple[Any, ...]] = []
         slots: list[int] = []
         chunks: list[tuple[list[str], list[int]]] = []
         step = self.max_script_items
-        for slot, positions in groups.items():
+        for (slot, max_items, max_age_s), positions in groups.items():
+            head = (
+                str(max_items),
+                "~" if self.approximate_trim else "=",
+                int((now - max_age_s) * 1000),  # cutoff
+                int(max_age_s * 1000) + 1000,  # ttl
+                ts_ms,
+                self.max_bytes,
+                int(self.id_cache_ttl_s * 1000),
+            )
             for start in range(0, len(positions), step):
                 chunk = positions[start : start + step]
                 index: dict[str, int] = {}
@@ -715,7 +725,12 @@ class RedisStore:
         """
         self._replays += 1
         limit = REPLAY_LIMIT if limit is None else max(0, min(int(limit), REPLAY_LIMIT))
-        cutoff_ms = 0 if now is None else int((now - self.max_age_s) * 1000)
+        max_age_s = (
+            self.limits.history_limits(channel, self.max_items, self.max_age_s)[1]
+            if self.limits
+            else self.max_age_s
+        )
+        cutoff_ms = 0 if now is None else int((now - max_age_s) * 1000)
         cmd = (
             "EVALSHA",
             _REPLAY.sha,

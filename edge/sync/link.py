@@ -163,7 +163,7 @@ class BrokerLink:
             log.warning("broker request timed out op=%s try=%d", req.op, attempt + 1)
         raise BrokerUnavailable(f"no answer from the broker to {req.op}")
 
-    def send_nowait(self, msg: wire.StatsReport | wire.CommandAnswer) -> bool:
+    def send_nowait(self, msg: wire.StatsReport | wire.CommandAnswer | wire.PresenceReport) -> bool:
         """Send a control message that gets no reply; False (dropped) if it would block."""
         return self.ctl.send_frame(wire.encode_request(msg))
 

@@ -1,0 +1,182 @@
+"""The broker's presence table (sans-IO, fake time) and the edge's counter
+(``broker.ops.presence``, ``edge.ops.presence``), plus the HTTP answer and the event items."""
+
+from __future__ import annotations
+
+import json
+
+from broker.namespaces import Namespace, NamespaceTable
+from broker.ops.presence import PresenceEvent, PresenceTable
+from broker.ops.presenceapi import PresenceService, event_item
+from broker.wire import PresenceReport, decode_request, encode_request
+from edge.ops.presence import PresenceCounter
+
+NS = NamespaceTable([Namespace("chat:", presence=True), Namespace("chat:quiet:")])
+
+
+def _table(**kw) -> PresenceTable:
+    return PresenceTable(NS, silence_s=3.0, leave_grace_s=1.5, **kw)
+
+
+def _r(edge: str, *users: tuple[str, str, int], full: bool = False) -> PresenceReport:
+    return PresenceReport(edge, full, tuple(users))
+
+
+def test_join_once_across_edges_and_connections_leave_after_last():
+    t = _table()
+    ev = t.report(_r("e1", ("chat:a", "ann", 2), full=True), 0.0)
+    assert ev == [PresenceEvent("join", "chat:a", "ann", 2)]
+    assert t.report(_r("e2", ("chat:a", "ann", 1), full=True), 0.1) == []  # already present
+    assert t.users("chat:a") == [("ann", 3)]
+    assert t.report(_r("e1", ("chat:a", "ann", 0)), 1.0) == []
+    assert t.users("chat:a") == [("ann", 1)]
+    assert t.expire(5.0) == []  # e2 is still there (its reports keep coming)
+    t.report(_r("e2"), 2.0)
+    t.report(_r("e2", ("chat:a", "ann", 0)), 3.0)
+    assert t.users("chat:a") == []
+    assert t.expire(4.0) == []  # in its leave grace
+    assert t.expire(4.6) == [PresenceEvent("leave", "chat:a", "ann", 0)]
+    assert t.statistics().joins == 1 and t.statistics().leaves == 1
+
+
+def test_back_within_grace_is_neither_leave_nor_join():
+    t = _table()
+    t.report(_r("e1", ("chat:a", "bob", 1), full=True), 0.0)
+    t.report(_r("e1", ("chat:a", "bob", 0)), 1.0)  # a long-poll between two polls
+    assert t.report(_r("e2", ("chat:a", "bob", 1), full=True), 2.0) == []
+    assert t.expire(10.0 - 8.0 + 0.9) == []
+    assert t.users("chat:a") == [("bob", 1)]
+
+
+def test_silent_edge_users_leave_within_the_bound():
+    t = _table()
+    t.report(_r("e1", ("chat:a", "ann", 1), ("chat:b", "cy", 1), full=True), 0.0)
+    t.report(_r("e2", ("chat:a", "dee", 1), full=True), 0.0)
+    for now in (1.0, 2.0, 3.0, 4.0):
+        t.report(_r("e2"), now)  # e2 keeps reporting, e1 died at 0
+    assert t.expire(3.1) == []  # silent 3.1 s: gone, its users in their grace
+    assert t.users("chat:a") == [("dee", 1)]
+    left = t.expire(4.7)
+    assert sorted((e.channel, e.user) for e in left) == [("chat:a", "ann"), ("chat:b", "cy")]
+    assert all(e.kind == "leave" for e in left)
+    assert t.statistics().silent_edges == 1
+
+
+def test_slow_edge_back_restores_its_pairs_before_its_diff():
+    t = _table()
+    t.report(_r("e1", ("chat:a", "ann", 1), ("chat:a", "bo", 1), full=True), 0.0)
+    t.expire(3.5)
+    leaves = t.expire(5.1)
+    assert len(leaves) == 2
+    ev = t.report(_r("e1", ("chat:a", "bo", 0)), 5.5)  # only slow: its diff is against before
+    assert ev == [PresenceEvent("join", "chat:a", "ann", 1)]
+    assert t.users("chat:a") == [("ann", 1)]
+    assert t.expire(70.0) == []  # silent again: ann in her grace; past forget_s: dropped
+    assert t.expire(71.6) == [PresenceEvent("leave", "chat:a", "ann", 0)]
+    assert t.statistics().edges == 0 and t.statistics().silent_edges == 0
+
+
+def test_full_report_replaces_what_the_edge_said():
+    t = _table()
+    t.report(_r("e1", ("chat:a", "ann", 1), ("chat:a", "bo", 2), full=True), 0.0)
+    t.report(_r("e1", ("chat:a", "bo", 1), full=True), 1.0)
+    assert t.users("chat:a") == [("bo", 1)]
+    assert t.statistics().leaving == 1
+
+
+def test_channels_without_presence_and_companions_ignored():
+    t = _table()
+    ev = t.report(
+        _r("e1", ("chat:quiet:x", "a", 1), ("other", "a", 1), ("chat:a/presence", "a", 1)), 0.0
+    )
+    assert ev == [] and list(t.present()) == []
+    assert t.statistics().ignored == 3
+    assert t.companion("chat:a") == "chat:a/presence"
+    assert PresenceTable(
+        NamespaceTable([Namespace("x", presence=True, presence_suffix=".who")])
+    ).companion("x1") == ("x1.who")
+
+
+def test_report_wire_round_trip():
+    r = _r("edge0", ("chat:a", "ann", 2), ("chat:b", "bo", 0), full=True)
+    assert decode_request(encode_request(r)) == r
+
+
+def test_edge_counter_diffs_and_full_reports():
+    c = PresenceCounter("e", NS)
+
+    class S:
+        def __init__(self, user: str | None) -> None:
+            self.user = user
+
+    sessions = {
+        "chat:a": [S("ann"), S("ann"), S(None)],
+        "chat:quiet:q": [S("x")],
+        "chat:a/presence": [S("ann")],
+    }
+    take = lambda now, b="b1": c.take(  # noqa: E731
+        now, b, list(sessions), lambda ch: sessions[ch], lambda s: s.user
+    )
+    r = take(0.0)
+    assert r.full and r.users == (("chat:a", "ann", 2),)
+    assert take(1.0).users == () and not take(1.0).full  # nothing changed
+    sessions["chat:a"] = [S("bo")]
+    r = take(2.0)
+    assert not r.full and sorted(r.users) == [("chat:a", "ann", 0), ("chat:a", "bo", 1)]
+    assert take(3.0, "b2").full  # a broker restart: everything again
+    c.report_lost()
+    assert take(4.0, "b2").users == (("chat:a", "bo", 1),)
+    assert take(40.0, "b2").full  # every FULL_EVERY_S anyway
+
+
+def test_http_answer_and_event_items():
+    async def publish(items):  # never called here
+        raise AssertionError
+
+    svc = PresenceService(NS, publish)
+    svc.table.report(_r("e1", ("chat:a b", "ann", 2), full=True), 0.0)
+    status, body, ctype, _ = svc.answer("GET", "/channels/chat%3Aa%20b/presence")
+    assert status == 200 and ctype == "application/json"
+    assert json.loads(body) == {
+        "channel": "chat:a b",
+        "count": 1,
+        "users": [{"user": "ann", "connections": 2}],
+        "truncated": False,
+    }
+    svc.table.report(_r("e1", ("chat:a b", "bo", 1)), 1.0)
+    doc = json.loads(svc.answer("GET", "/channels/chat:a%20b/presence?limit=1")[1])
+    assert doc["count"] == 2 and doc["truncated"] and doc["users"][0]["user"] == "ann"
+    assert svc.answer("GET", "/channels/chat:a/presence?limit=0")[0] == 400
+    assert svc.answer("GET", "/channels/chat:a/presence?limit=x")[0] == 400
+    assert svc.answer("GET", "/channels/chat:a/presence?colour=red")[0] == 400
+    assert svc.answer("GET", "/channels/other/presence")[0] == 404
+    assert svc.answer("POST", "/channels/chat:a/presence")[0] == 405
+    assert svc.answer("GET", "/channels/chat:a/items") is None
+    assert svc.answer("GET", "/publish") is None
+    assert svc.answer("GET", "/channels/%00/presence")[0] == 400
+    item = event_item("chat:a/presence", PresenceEvent("leave", "chat:a", "ann", 0))
+    assert item.channel == "chat:a/presence"
+    doc = json.loads(item.formats["ws-message"]["content"])
+    assert doc == {"type": "leave", "channel": "chat:a", "user": "ann", "connections": 0}
+    assert item.formats["http-stream"]["content"].endswith(b"\n")
+
+
+def test_event_for_a_companion_name_over_the_limit_is_skipped():
+    import trio
+    import trio.testing
+
+    published = []
+
+    async def publish(items):
+        published.append(items)
+
+    svc = PresenceService(NS, publish)
+
+    async def main():
+        svc.on_report(_r("e1", ("chat:" + "x" * 2000, "ann", 1), ("chat:b", "bo", 1), full=True))
+        with trio.move_on_after(2):
+            await svc.serve()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [i.channel for batch in published for i in batch] == ["chat:b/presence"]
+    assert svc.publish_failures == 1
