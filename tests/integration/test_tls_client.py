@@ -519,9 +519,10 @@ def test_sigterm_drains_tls_streams(tmp_path):
 
 
 def test_stalled_tls_client_is_cut_off_others_keep_flowing(tmp_path):
-    """Back-pressure through the TLS bridge: a TLS client that stops reading fills its pair
-    and its session buffer, and is cut off (client_buffer_bytes) as a plain one would be; a
-    reading TLS client on the same channel gets every message."""
+    """Back-pressure through TLS: a TLS client that stops reading fills its socket and its
+    session buffer (plaintext backlog plus unsent ciphertext), and is cut off
+    (client_buffer_bytes) as a plain one would be; a reading TLS client on the same channel
+    gets every message."""
     ca = make_ca(tmp_path)
     pair = ca.issue(tmp_path, "server", ["localhost"])
     https_port, metrics_port = _free_port(), _free_port()
