@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ssl import SSLError
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -405,7 +406,12 @@ class Deliverer:
                         s.finish()
                 else:
                     if crypt is not None:  # a TLS client: this batch is one encryption
-                        data = crypt.encrypt(data)
+                        try:
+                            data = crypt.encrypt(data)
+                        except SSLError as exc:  # its TLS is broken: this connection only
+                            self._errors += 1
+                            s.kill(f"tls write failed: {exc.reason or exc}")
+                            continue
                     fds.append(s.fd)
                     datas.append(data)
                     targets.append(s)
@@ -493,7 +499,12 @@ class Deliverer:
                     chunk = bytes(s.buf[:WRITE_CHUNK])
                 else:  # a TLS client: queued ciphertext first, then the backlog encrypted
                     if not crypt.out:
-                        crypt.queue(s.buf[:WRITE_CHUNK])
+                        try:
+                            crypt.queue(s.buf[:WRITE_CHUNK])
+                        except SSLError as exc:
+                            self._errors += 1
+                            s.kill(f"tls write failed: {exc.reason or exc}")
+                            return
                         del s.buf[:WRITE_CHUNK]
                     chunk = bytes(crypt.out[:WRITE_CHUNK])
                 n = send_batch([s.fd], [chunk])[0]
