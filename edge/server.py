@@ -52,7 +52,7 @@ from edge.sync.tracker import (
 )
 from edge.timers import TimerWheel
 from edge.tls import Certificates, load_certificates
-from edge.tlsconn import TlsServer
+from edge.tlsconn import TlsConn, TlsServer
 from edge.upstream import Upstream
 from edge.ws import commands as ws_commands
 from edge.ws.session import WsSession
@@ -203,6 +203,7 @@ class Edge:
             log.info("TLS certificates reloaded files=%s", ",".join(certs.files))
         self._default_signer, self._signers = signers
         self.origin_client.pool.set_idle_s(cfg.origin_keepalive_idle_s)
+        origin_tls.carry_counts(self.origin_client.tls)  # counters survive a reload
         self.origin_client.tls = origin_tls  # TLS toward ssl targets (edge.origin.tls)
         self.upstream = upstream  # upstream_key (edge.upstream: chaining)
 
@@ -434,8 +435,8 @@ class Edge:
             tls = self.tls
             assert tls is not None  # HTTPS listeners exist only with certificates
             if self.connections >= self.cfg.client_maxconn:
-                self.rejected += 1  # no 503 before a handshake: closed at once
-                sock.close()
+                self.rejected += 1  # the handshake, then the same 503 as over HTTP
+                self.nursery.start_soon(self._refuse_tls, tls, sock, addr, port)
                 return
             self.nursery.start_soon(
                 partial(
@@ -445,7 +446,6 @@ class Edge:
                     port,
                     self._serve_connection,
                     handshake_timeout_s=self.cfg.client_head_timeout_s,
-                    write_timeout_s=self.cfg.client_write_timeout_s,
                 )
             )
 
@@ -476,8 +476,39 @@ class Edge:
         finally:
             self._refusing -= 1
 
+    async def _refuse_tls(
+        self,
+        tls: TlsServer,
+        sock: trio.socket.SocketType,
+        addr: fastpath.PeerAddress | None,
+        port: int,
+    ) -> None:
+        """Over HTTPS: the handshake (within the head timeout, counted as any), then the 503
+        and the lingering close as ``_refuse``."""
+        refusing = self._refusing
+        self._refusing = refusing + 1
+        try:
+            with sock:
+                conn = await tls.handshake(sock, addr, port, self.cfg.client_head_timeout_s)
+                if conn is None:
+                    return
+                with trio.move_on_after(1.0 if refusing < REFUSE_LINGER else 0.05):
+                    try:
+                        conn.queue(responses.error(503, "Too many connections."))
+                        await conn.flush()
+                        sock.shutdown(stdsocket.SHUT_WR)
+                        while await sock.recv(65536):
+                            pass
+                    except OSError:
+                        pass
+        finally:
+            self._refusing -= 1
+
     async def _serve_connection(
-        self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None, tls: bool = False
+        self,
+        sock: trio.socket.SocketType,
+        addr: fastpath.PeerAddress | None,
+        tls: TlsConn | None = None,
     ) -> None:
         self.connections += 1
         self.sockets.add(sock)

@@ -1,44 +1,43 @@
-"""A client connection on an HTTPS listener: the handshake, then plaintext through a socket pair.
+"""A client connection on an HTTPS listener: TLS from the ssl module in memory, on the raw socket.
 
 Theory of operation
 -------------------
 The HTTP side of the edge (``edge.http1.connection``, ``edge.ws.session``, the delivery path
-``edge.sync.deliver``) works on plain non-blocking sockets: it writes a batch's bytes for a
-connection with one ``send()`` on its fd (``_speedups.send_batch``) and reads with ``read()``
-after ``wait_readable``.  Those raw fast paths must never touch a TLS socket.  So a TLS client
-gets a local ``socketpair``: the HTTP side serves the *inner* end exactly as a plain client's
-socket (every feature, limit and timeout as over HTTP, by construction), and this module pumps
-between the *outer* end and the client's ``trio.SSLStream`` (TLS from the ssl module, never
-hand-written):
+``edge.sync.deliver``) works on plain non-blocking sockets: the delivery path writes a batch's
+bytes for a connection with one ``send()`` on its fd (``_speedups.send_batch``) and the readers
+read with one ``read()`` after ``wait_readable``.  A TLS client keeps all of that: its
+connection owns a ``TlsConn`` (an ``ssl.SSLObject`` between two ``ssl.MemoryBIO``: the TLS state
+machine of the ssl module, never a hand-written layer), and
 
-* client -> edge: ``receive_some`` (decrypt) then a write to the pair;
-* edge -> client: one read of everything the pair holds (up to ``PUMP_BYTES``) then one
-  ``send_all`` through the SSLStream: what the delivery path wrote for a connection in one batch
-  is read back in one piece, so it is **encrypted once per connection per batch** (one TLS
-  record, or a few for more than 16 KB), as the issue asks.
+* **writes** encrypt where the plaintext would have gone out: ``encrypt()`` puts one batch's
+  bytes through ``SSLObject.write`` (one encryption per connection per batch: one TLS record,
+  or a few past 16 KiB) and takes the records from the outgoing BIO; the ciphertext goes out
+  with the same non-blocking send as a plain connection's bytes.  What the socket does not
+  take waits in ``out`` (ciphertext, already sequenced: it must leave before anything
+  encrypted later) and the session's writer task flushes it, then encrypts the plaintext
+  backlog (``buf``) as the socket takes it;
+* **reads** wait on the raw socket as before, read the ciphertext with one non-blocking
+  ``read()``, feed it to the incoming BIO and return every plaintext byte it completes
+  (``read_now``: nothing stays decrypted inside the SSLObject, so ``wait_readable`` on the
+  raw socket is always the right wait);
+* the **handshake** runs in the connection's own task before the HTTP side starts, bounded by
+  ``client_head_timeout_s``; session tickets (TLS 1.3: sent with the handshake's last flight),
+  the SNI callback (``edge.tls``) and ALPN work as with any ``SSLObject``.
 
-Backpressure carries through: a TLS client that stops reading stalls ``send_all``, the pair's
-buffer fills, and the HTTP side sees a full socket as for a plain client (deliveries buffer in
-the session up to ``client_buffer_bytes``, then the slow-consumer cut-off; response writes time
-out after ``client_write_timeout_s``).  Either side ending ends the other: the HTTP side closing
-its end (once what it wrote is flushed) closes the TCP connection (``https_compatible``: as
-browsers and web servers, no ``close_notify`` exchange); the client closing (or breaking
-TLS) half-closes the pair so the HTTP side reads EOF; the drain's read shutdown works on the
-inner end as on a plain socket.
-
-The handshake must finish within ``client_head_timeout_s`` (a client that stalls in it, or
-sends something that is not TLS, is closed, counted as a failure and logged at DEBUG): only
-then is the pair made and the connection counted as an HTTP connection.
+No socket pair, no pump task, no extra copy through the kernel: a TLS connection costs its
+SSLObject and two BIOs.  The end is ``https_compatible`` (as browsers and web servers): no
+``close_notify`` is exchanged; HTTP framing says where a response ends.  Bytes TLS itself must
+send after the handshake (an alert, a key update's answer) go out in order with the next write.
 """
 
 from __future__ import annotations
 
 import logging
-import socket as stdsocket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from os import read as os_read
+from os import write as os_write
 
 import trio
 
@@ -47,17 +46,139 @@ from edge.tls import Certificates
 
 log = logging.getLogger(__name__)
 wait_readable = trio.lowlevel.wait_readable
+wait_writable = trio.lowlevel.wait_writable
 
-PUMP_BYTES = 256 * 1024  # one read of the pair: a delivery batch for one connection
-# the pair's edge -> client buffer: a plain client's TCP send buffer grows to MBs (tcp_wmem),
-# while a unix socket's stays at wmem_default (208 KiB): one burst of large messages would
-# overflow it before the pump runs, and cut a reading TLS client off as a slow consumer that a
-# plain one would not be.  The kernel doubles it and caps it at wmem_max; memory is used only
-# while bytes wait in it.
-PAIR_SNDBUF = 1 << 20
-CLOSE_S = 1.0  # closing the client's socket (shielded from the edge's cancellation)
+READ_BYTES = 64 * 1024  # ciphertext read at once (a few records)
+_WantRead = ssl.SSLWantReadError
+_ZeroReturn = ssl.SSLZeroReturnError
 
-ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, bool], Awaitable[None]]
+
+class TlsConn:
+    """One client's TLS state: the SSLObject, its BIOs and the ciphertext not yet sent."""
+
+    __slots__ = ("obj", "inb", "outb", "out", "sock", "fd", "eof")
+
+    def __init__(self, sock: trio.socket.SocketType, ctx: ssl.SSLContext) -> None:
+        self.inb = ssl.MemoryBIO()
+        self.outb = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inb, self.outb, server_side=True)
+        self.out = bytearray()  # ciphertext encrypted but not yet taken by the socket
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.eof = False  # the client's side of TCP is closed
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """``data`` as TLS records (one ``SSLObject.write``), after anything TLS queued itself."""
+        if data:
+            self.obj.write(data)
+        return self.outb.read()
+
+    def queue(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` behind what is already waiting in ``out``."""
+        self.out += self.encrypt(data)
+
+    def send_out(self) -> int:
+        """Write what the socket takes of ``out`` now (one non-blocking write); bytes written.
+        ``OSError`` (reset, broken pipe) propagates."""
+        out = self.out
+        if not out:
+            return 0
+        try:
+            n = os_write(self.fd, out)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        del out[:n]
+        return n
+
+    async def flush(self) -> None:
+        """Until ``out`` is empty (the caller bounds the time)."""
+        while self.out:
+            if not self.send_out():
+                await wait_writable(self.sock)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_now(self, size: int = READ_BYTES) -> bytes | None:
+        """The plaintext the client's bytes complete now: ``b""`` at EOF (TCP end or
+        ``close_notify``), None when nothing is complete yet.  ``ssl.SSLError`` (an ``OSError``)
+        for bad records or a refused renegotiation."""
+        data = self._decrypted()
+        if data:
+            return data
+        if self.eof:
+            return b""
+        try:
+            raw = os_read(self.fd, size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        if not raw:
+            self.eof = True
+            return b""
+        self.inb.write(raw)
+        try:
+            data = self._decrypted()
+        finally:
+            if self.outb.pending:  # what TLS answers (an alert, a key update): out in order
+                self.out += self.outb.read()
+                self.send_out()
+        return b"" if data is None else (data or None)
+
+    def _decrypted(self) -> bytes | None:
+        """All the plaintext the incoming BIO completes (``b""``: none; None: the client ended
+        TLS with ``close_notify``)."""
+        obj = self.obj
+        parts = []
+        try:
+            while True:
+                data = obj.read(READ_BYTES)
+                if not data:  # close_notify (the ssl module answers b"" rather than raising)
+                    raise _ZeroReturn
+                parts.append(data)
+        except _WantRead:
+            pass
+        except _ZeroReturn:
+            self.eof = True
+            return None if not parts else b"".join(parts)
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def recv(self, size: int = READ_BYTES) -> bytes:
+        """Wait for plaintext (``b""`` at EOF)."""
+        while True:
+            data = self.read_now(size)
+            if data is not None:
+                return data
+            await wait_readable(self.sock)
+
+    # -- the handshake -------------------------------------------------------------------------
+
+    async def handshake(self) -> None:
+        """Complete the server side of the handshake (its last flight sent, with the session
+        tickets).  ``ssl.SSLError`` for a refused one, ``EOFError`` when the client leaves."""
+        obj = self.obj
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except _WantRead:
+                self.out += self.outb.read()
+                await self.flush()
+                raw = await self.sock.recv(READ_BYTES)
+                if not raw:
+                    raise EOFError("the client closed during the handshake") from None
+                self.inb.write(raw)
+            except ssl.SSLError:
+                self.out += self.outb.read()  # the alert, best effort
+                self.send_out()
+                raise
+        self.out += self.outb.read()
+        await self.flush()
+
+
+ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, TlsConn], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +198,6 @@ class TlsServer:
         self.certs = certs
         self.handshakes = self.failures = self.timeouts = self.active = 0
         self.resumed = self.reloads = 0
-        # connections past their handshake and not yet closed: the drain waits for these too
-        # (what the HTTP side wrote last may still be on its way through the pair)
-        self.bridged = 0
 
     def install(self, certs: Certificates) -> None:
         """New connections use ``certs`` from now on; open ones keep theirs."""
@@ -99,129 +217,45 @@ class TlsServer:
         serve_plain: ServePlain,
         *,
         handshake_timeout_s: float,
-        write_timeout_s: float,
     ) -> None:
-        """Serve one accepted TLS client until it is done; ``serve_plain(inner, addr, True)``
-        runs the HTTP side on the inner end of the pair.  Once the HTTP side is done, what it
-        wrote last is flushed to the client for at most ``write_timeout_s``."""
+        """Serve one accepted TLS client until it is done: the handshake, then
+        ``serve_plain(sock, addr, conn)`` (the HTTP side, which closes ``sock``)."""
         self.active += 1
-        stream = trio.SSLStream(
-            trio.SocketStream(sock),
-            self.certs.for_port(port),
-            server_side=True,
-            # as browsers and servers do: a missing close_notify is not an error, and none is
-            # exchanged at the end (HTTP framing, not TLS EOF, says where a response ends)
-            https_compatible=True,
-        )
         try:
-            if not await self._handshake(stream, addr, handshake_timeout_s):
+            conn = await self.handshake(sock, addr, port, handshake_timeout_s)
+            if conn is None:
+                sock.close()
                 return
-            self.bridged += 1
-            try:
-                await self._bridge(stream, addr, serve_plain, write_timeout_s)
-            finally:
-                self.bridged -= 1
+            await serve_plain(sock, addr, conn)
         except Exception:  # a bug in one connection must not take the edge down
             log.exception("TLS connection failed addr=%s", addr)
+            sock.close()
         finally:
             self.active -= 1
-            with trio.move_on_after(CLOSE_S) as scope:
-                scope.shield = True
-                await stream.aclose()  # closes the client's socket
 
-    async def _bridge(
-        self,
-        stream: trio.SSLStream[trio.SocketStream],
-        addr: PeerAddress | None,
-        serve_plain: ServePlain,
-        write_timeout_s: float,
-    ) -> None:
-        """The socket pair and its two pumps, until the HTTP side is done and flushed."""
-        inner, outer = trio.socket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-        inner.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, PAIR_SNDBUF)
-        flushed = trio.Event()
-        with outer:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_to_client, stream, outer, nursery.cancel_scope, flushed)
-                nursery.start_soon(_from_client, stream, outer)
-                # the HTTP side owns (and closes) ``inner``; while it lingers (reading what a
-                # refused client still sends) the client's bytes keep flowing to it
-                await serve_plain(inner, addr, True)
-                with trio.move_on_after(write_timeout_s):
-                    await flushed.wait()
-                nursery.cancel_scope.cancel()
-
-    async def _handshake(
-        self, stream: trio.SSLStream[trio.SocketStream], addr: PeerAddress | None, timeout_s: float
-    ) -> bool:
+    async def handshake(
+        self, sock: trio.socket.SocketType, addr: PeerAddress | None, port: int, timeout_s: float
+    ) -> TlsConn | None:
+        """The server side of a handshake within ``timeout_s``, counted; None if it failed."""
+        conn = TlsConn(sock, self.certs.for_port(port))
         with trio.move_on_after(timeout_s):
             try:
-                await stream.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await conn.handshake()
+            except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
                 self.failures += 1
                 log.debug("TLS handshake failed addr=%s: %s", addr, _reason(exc))
-                return False
+                return None
             self.handshakes += 1
-            if stream.session_reused:  # forwarded from the SSLObject by trio's SSLStream
+            if conn.obj.session_reused:
                 self.resumed += 1
-            return True
+            return conn
         self.timeouts += 1
         self.failures += 1
         log.debug("TLS handshake timed out addr=%s after %.1fs", addr, timeout_s)
-        return False
-
-
-async def _to_client(
-    stream: trio.SSLStream[trio.SocketStream],
-    outer: trio.socket.SocketType,
-    scope: trio.CancelScope,
-    flushed: trio.Event,
-) -> None:
-    """Edge -> client: what the pair holds, one ``send_all`` (one encryption) per read.
-
-    The pair is read after ``wait_readable`` with one plain ``read`` (as ``watch_client`` does):
-    no trio ``recv`` round trip per delivery batch."""
-    fd = outer.fileno()
-    try:
-        while True:
-            await wait_readable(outer)
-            try:
-                data = os_read(fd, PUMP_BYTES)
-            except (BlockingIOError, InterruptedError):
-                continue
-            if not data:  # the HTTP side is done writing: all of it is out
-                flushed.set()
-                return
-            await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        log.debug("TLS connection ended (send): %s", _reason(exc))
-    scope.cancel()  # the client is gone: end the HTTP side and the reader now
-
-
-async def _from_client(
-    stream: trio.SSLStream[trio.SocketStream], outer: trio.socket.SocketType
-) -> None:
-    """Client -> edge: decrypted bytes into the pair; EOF or a broken TLS stream half-closes it."""
-    try:
-        while True:
-            data = await stream.receive_some(PUMP_BYTES)
-            if not data:
-                break
-            view = memoryview(data)
-            while view:
-                n = await outer.send(view)
-                view = view[n:]
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        # garbage, a refused renegotiation, a reset: this connection only
-        log.debug("TLS connection ended (receive): %s", _reason(exc))
-    try:
-        outer.shutdown(stdsocket.SHUT_WR)  # the HTTP side reads EOF, as from a plain client
-    except OSError:
-        pass
+        return None
 
 
 def _reason(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ssl.SSLError):
-        return cause.reason or str(cause)
-    return str(cause or exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return str(exc) or type(exc).__name__

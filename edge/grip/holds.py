@@ -583,7 +583,7 @@ class _Stream:
         self.req = req
         self.route = route
         self.hold = hold  # the current instruct
-        self.session = StreamSession(conn.sock, hold, req.http11, trio.current_time())
+        self.session = StreamSession(conn.sock, hold, req.http11, trio.current_time(), conn.crypt)
         self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes

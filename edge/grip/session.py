@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from edge.grip.nextlink_track import PrevIds
     from edge.readtimer import Waker
+    from edge.tlsconn import TlsConn
 
 _ids = itertools.count(1)
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -44,6 +45,7 @@ class StreamSession(Session):
         "id",
         "fd",
         "sock",
+        "crypt",
         "chunked",
         "hold",
         "buf",
@@ -61,11 +63,19 @@ class StreamSession(Session):
         "debug",
     )
 
-    def __init__(self, sock: trio.socket.SocketType, hold: Hold, chunked: bool, now: float) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        hold: Hold,
+        chunked: bool,
+        now: float,
+        crypt: TlsConn | None = None,
+    ) -> None:
         super().__init__()
         self.id = next(_ids)
         self.sock = sock
         self.fd = sock.fileno()
+        self.crypt = crypt  # a TLS client's state (edge.tlsconn): the delivery path encrypts
         self.hold = hold
         self.chunked = chunked
         self.buf = bytearray()

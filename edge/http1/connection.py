@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from edge.readtimer import Waker
     from edge.routes import Route
     from edge.services import ConnectionServices
+    from edge.tlsconn import TlsConn
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class Connection:
         "mode",
         "ws_route",
         "tls",
+        "crypt",
     )
 
     def __init__(
@@ -135,12 +137,13 @@ class Connection:
         app: ConnectionServices,
         sock: trio.socket.SocketType,
         addr: PeerAddress | None,
-        tls: bool = False,
+        crypt: TlsConn | None = None,
     ) -> None:
         self.app = app
-        self.sock = sock  # for a TLS client, the plaintext end of its pair (edge.tlsconn)
+        self.sock = sock  # the client's socket (for a TLS client, ciphertext goes through it)
         self.addr = addr
-        self.tls = tls  # the client came in on an HTTPS listener
+        self.tls = crypt is not None  # the client came in on an HTTPS listener
+        self.crypt = crypt  # its TLS state (edge.tlsconn): reads decrypt, writes encrypt
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: list[Request] = []
         self.cur: Request | None = None
@@ -247,6 +250,16 @@ class Connection:
         self.sent += len(data)
         if not self.status and data[:5] == b"HTTP/" and bytes(data[9:12]).isdigit():
             self.status = int(bytes(data[9:12]))  # the answer's status, for the access log
+        crypt = self.crypt
+        if crypt is not None:  # behind any ciphertext still queued (a writer task's backlog)
+            crypt.queue(data)
+            crypt.send_out()  # usually all of it
+            if not crypt.out:
+                return
+            with trio.move_on_after(self.app.cfg.client_write_timeout_s):
+                await crypt.flush()
+                return
+            raise trio.BrokenResourceError("client write timeout")
         n = send_now(self.sock, data)  # usually all of it: no trio send, no task switch
         if n == len(data):
             return
@@ -287,7 +300,7 @@ class Connection:
             if self.now == 0.0:
                 # a new connection's first read: the request is usually in already; read it
                 # without a cancel scope or trio's recv (later reads go through trio)
-                data = read_now(self.sock, READ_SIZE)
+                data = self.read_now()
                 if data is not None:
                     self.now = trio.current_time()
                     if not data:
@@ -296,7 +309,7 @@ class Connection:
                         self.feed(data)
                     continue
             with trio.move_on_at(self.read_deadline(trio.current_time())):
-                data = await self.sock.recv(READ_SIZE)
+                data = await self.recv()
                 self.now = trio.current_time()
                 if not data:
                     self.eof = True
@@ -307,6 +320,18 @@ class Connection:
                 self.reject = _Reject(408, "Request Timeout")
             return None  # idle connection
         return self.queue.pop(0)
+
+    def read_now(self) -> bytes | None:
+        """One non-blocking read of the client (plaintext): ``b""`` at EOF, None: nothing yet."""
+        crypt = self.crypt
+        return read_now(self.sock, READ_SIZE) if crypt is None else crypt.read_now(READ_SIZE)
+
+    async def recv(self) -> bytes:
+        """Wait for the client's next bytes (plaintext)."""
+        crypt = self.crypt
+        if crypt is None:
+            return await self.sock.recv(READ_SIZE)
+        return await crypt.recv(READ_SIZE)
 
     def read_deadline(self, now: float) -> float:
         """When to give up waiting for more of the next request.
@@ -553,12 +578,18 @@ class Connection:
             self.parser = None
         sock = self.sock
         fd = sock.fileno()
+        crypt = self.crypt
         while waker is None or not waker.fired:
             await trio.lowlevel.wait_readable(sock)
-            try:
-                data = _os_read(fd, READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                continue
+            if crypt is not None:
+                data = crypt.read_now(READ_SIZE)
+                if data is None:
+                    continue
+            else:
+                try:
+                    data = _os_read(fd, READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
             if not data:
                 self.eof = True
                 return

@@ -126,8 +126,7 @@ class EdgeLifecycle:
                         if sock not in shut:
                             shut.add(sock)
                             _shutdown_read(sock)
-                    # TLS clients: also until what their HTTP side wrote last is through
-                    if edge.connections == 0 and (edge.tls is None or edge.tls.bridged == 0):
+                    if edge.connections == 0:
                         break
                 await trio.sleep(POLL_S)
         left = edge.connections

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import trio
     from prometheus_client.metrics_core import Metric
 
+    from edge.origin.tls import OriginTlsStatistics
     from edge.server import Edge
     from edge.sessionstate import Session
     from edge.sync.hub import Hub
@@ -191,6 +192,7 @@ class EdgeCollector(Collector):
         )
         if e.tls is not None:
             yield from tls_metrics(e.tls.statistics())
+        yield from origin_tls_metrics(e.origin_client.tls.statistics())
 
 
 def tls_metrics(t: TlsStatistics) -> Iterator[Metric]:
@@ -214,6 +216,23 @@ def tls_metrics(t: TlsStatistics) -> Iterator[Metric]:
     yield GaugeMetricFamily(P + "tls_connections", "Open TLS client connections.", value=t.active)
     yield CounterMetricFamily(
         P + "tls_certificate_reloads", "Certificate sets loaded on SIGHUP.", value=t.reloads
+    )
+
+
+def origin_tls_metrics(t: OriginTlsStatistics) -> Iterator[Metric]:
+    """TLS toward ssl route targets (edge.origin.tls)."""
+    yield CounterMetricFamily(
+        P + "origin_tls_handshakes", "TLS handshakes completed with origins.", value=t.handshakes
+    )
+    yield CounterMetricFamily(
+        P + "origin_tls_handshake_failures",
+        "TLS handshakes with origins that failed (verification failures included).",
+        value=t.failures,
+    )
+    yield CounterMetricFamily(
+        P + "origin_tls_verify_failures",
+        "TLS handshakes with origins whose certificate did not verify (chain or name).",
+        value=t.verify_failures,
     )
 
 

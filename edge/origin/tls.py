@@ -56,7 +56,8 @@ class TlsProfile:
 class OriginTlsStatistics:
     contexts: int
     handshakes: int
-    failures: int
+    failures: int  # every failed handshake, verification failures included
+    verify_failures: int  # the origin's certificate did not verify (chain or name)
 
 
 class TlsHandshakeError(RemoteProtocolError):
@@ -84,7 +85,7 @@ def load_origin_tls(cfg: Config, routes: RouteTable) -> OriginTls:
 class OriginTls:
     """The TLS contexts of one edge (``Edge.origin_client.tls``), per ``TlsProfile``."""
 
-    __slots__ = ("ca_file", "base_dir", "_contexts", "handshakes", "failures")
+    __slots__ = ("ca_file", "base_dir", "_contexts", "handshakes", "failures", "verify_failures")
 
     def __init__(self, ca_file: str = "", base_dir: str = ".") -> None:
         self.ca_file = ca_file
@@ -92,6 +93,14 @@ class OriginTls:
         self._contexts: dict[TlsProfile, ssl.SSLContext] = {}
         self.handshakes = 0
         self.failures = 0
+        self.verify_failures = 0
+
+    def carry_counts(self, old: OriginTls | None) -> None:
+        """Keep counting from ``old``'s figures (a SIGHUP builds a new ``OriginTls``)."""
+        if old is not None:
+            self.handshakes = old.handshakes
+            self.failures = old.failures
+            self.verify_failures = old.verify_failures
 
     @classmethod
     def load(cls, ca_file: str, routes: RouteTable, base_dir: str = ".") -> OriginTls:
@@ -157,6 +166,8 @@ class OriginTls:
             await ssl_stream.do_handshake()
         except trio.BrokenResourceError as exc:
             self.failures += 1
+            if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                self.verify_failures += 1
             raise TlsHandshakeError(
                 f"TLS handshake failed: {_reason(exc.__cause__ or exc)}"
             ) from exc
@@ -164,7 +175,9 @@ class OriginTls:
         return ssl_stream
 
     def statistics(self) -> OriginTlsStatistics:
-        return OriginTlsStatistics(len(self._contexts), self.handshakes, self.failures)
+        return OriginTlsStatistics(
+            len(self._contexts), self.handshakes, self.failures, self.verify_failures
+        )
 
 
 def _reason(exc: BaseException) -> str:

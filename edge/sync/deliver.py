@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ssl import SSLError
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -397,12 +398,20 @@ class Deliverer:
                 if s.state >= done_:
                     continue  # checked here, after any checkpoint: the fd may be gone
                 data = parts[0] if len(parts) == 1 else b"".join(parts)
-                if s.writing or s.buf:
+                crypt = s.crypt
+                if s.writing or s.buf or (crypt is not None and crypt.out):
                     self._buffer(s, data)
                 elif not data:
                     if s.state is closing:
                         s.finish()
                 else:
+                    if crypt is not None:  # a TLS client: this batch is one encryption
+                        try:
+                            data = crypt.encrypt(data)
+                        except SSLError as exc:  # its TLS is broken: this connection only
+                            self._errors += 1
+                            s.kill(f"tls write failed: {exc.reason or exc}")
+                            continue
                     fds.append(s.fd)
                     datas.append(data)
                     targets.append(s)
@@ -422,14 +431,20 @@ class Deliverer:
                     s.sent += n
                     if n:
                         s.last_out = now
-                    self._buffer(s, data[n:])
+                    crypt = s.crypt
+                    if crypt is None:
+                        self._buffer(s, data[n:])
+                    else:  # ciphertext, sequenced: it leaves before anything encrypted later
+                        crypt.out += data[n:]
+                        self._buffer(s, b"")
                 else:
                     self._errors += 1
                     s.kill(f"send failed errno={-n}")
 
     def _buffer(self, s: Writable, data: bytes) -> None:
         s.buf += data
-        if len(s.buf) > self.buffer_limit:
+        crypt = s.crypt
+        if len(s.buf) + (0 if crypt is None else len(crypt.out)) > self.buffer_limit:
             self._overflows += 1
             since = self._lag_since.get(s)
             behind = trio.current_time() - since if since is not None else 0.0
@@ -461,8 +476,10 @@ class Deliverer:
     async def drain(self, s: Writable) -> None:
         """Writer task: flush one session's backlog as the socket accepts it."""
         self._writers += 1
+        crypt = s.crypt
         try:
-            while s.buf and s.state < DONE:  # ended: the fd may be reused (test_sessionstate)
+            # ended: the fd may be reused (test_sessionstate)
+            while (s.buf or (crypt is not None and crypt.out)) and s.state < DONE:
                 try:
                     await trio.lowlevel.wait_writable(s.sock)
                 except trio.ClosedResourceError:
@@ -478,13 +495,25 @@ class Deliverer:
                     return
                 if s.state >= DONE:
                     return
-                n = send_batch([s.fd], [bytes(s.buf[:WRITE_CHUNK])])[0]
+                if crypt is None:
+                    chunk = bytes(s.buf[:WRITE_CHUNK])
+                else:  # a TLS client: queued ciphertext first, then the backlog encrypted
+                    if not crypt.out:
+                        try:
+                            crypt.queue(s.buf[:WRITE_CHUNK])
+                        except SSLError as exc:
+                            self._errors += 1
+                            s.kill(f"tls write failed: {exc.reason or exc}")
+                            return
+                        del s.buf[:WRITE_CHUNK]
+                    chunk = bytes(crypt.out[:WRITE_CHUNK])
+                n = send_batch([s.fd], [chunk])[0]
                 if n < 0:
                     self._errors += 1
                     s.kill(f"send failed errno={-n}")
                     return
                 if n:
-                    del s.buf[:n]
+                    del (s.buf if crypt is None else crypt.out)[:n]
                     self._bytes += n
                     s.sent += n
                     s.last_out = trio.current_time()
@@ -492,7 +521,7 @@ class Deliverer:
             self._writers -= 1
             s.writing = False
             self._lag_since.pop(s, None)
-        if s.state is CLOSING and not s.buf:
+        if s.state is CLOSING and not s.buf and (crypt is None or not crypt.out):
             s.finish()
 
     def statistics(self) -> DeliveryStatistics:

@@ -109,6 +109,14 @@ def grip_prefix(values: list[str]) -> str | None:
     return None
 
 
+def grip_extension(values: list[str]) -> bytes:
+    """The ``grip`` entries of ``Sec-WebSocket-Extensions`` values, as given (with their
+    parameters), for relaying to a trusted GRIP proxy in front; ``b""``: none."""
+    each = ",".join(values).split(",")
+    grip = [e.strip() for e in each if e.split(";", 1)[0].strip().lower() == "grip"]
+    return ", ".join(grip).encode("latin-1")
+
+
 def _num(v: object, name: str, default: float) -> float:
     if v is None:
         return default

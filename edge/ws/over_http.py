@@ -45,7 +45,7 @@ from broker.errors import RemoteProtocolError
 from edge.http1 import responses
 from edge.http1.headers import clean_response_headers
 from edge.origin.client import OriginError, RequestHeadError, open_origin
-from edge.ws.control import grip_prefix
+from edge.ws.control import grip_extension, grip_prefix
 from edge.ws.events import (
     CONTENT_TYPE,
     EventsError,
@@ -170,6 +170,9 @@ class WohOrigin:
         self.path = path
         self.cid = str(uuid.uuid4())
         self.headers = replay_headers(client_headers)
+        # from a trusted GRIP proxy in front (edge.upstream): its Grip-* headers go to the
+        # origin (no Grip-Sig of ours) and the origin's GRIP goes up to it untouched
+        self.trusted = app.upstream.trusted_now(client_headers)
         self.fixed_channels = tuple(route.targets[0].subs)
         self.meta: dict[str, str] = {}
         self.targets: Sequence[Target] | None = None  # after OPEN: the target that answered
@@ -196,10 +199,11 @@ class WohOrigin:
             self.path,
             self.headers,
             body,
-            sig=self.app.sign(self.route),
+            sig=None if self.trusted else self.app.sign(self.route),
             timeout_s=self.app.cfg.origin_timeout_s,
             extra=extra,
             targets=self.targets,
+            trusted=self.trusted,
         )
         try:
             limit = (
@@ -235,6 +239,8 @@ class WohOrigin:
         if self.targets:
             self.outbox.one_event = self.targets[0].one_event
         ext = [v.decode("latin-1") for k, v in headers if k.lower() == b"sec-websocket-extensions"]
+        if self.trusted:  # the proxy in front acts on GRIP: relay the grip extension, if any
+            return Opened(headers=headers, events=events[1:], pass_extensions=grip_extension(ext))
         return Opened(headers=headers, prefix=grip_prefix(ext), events=events[1:])
 
     def _proxy_error(self, exc: RemoteProtocolError) -> Opened:

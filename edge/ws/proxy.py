@@ -39,7 +39,7 @@ from edge.origin.client import (
 from edge.origin.pool import close_stream
 from edge.origin.tls import OriginStream
 from edge.ws.connection import Close, Message, Ping, Pong, WsConnection, WsError
-from edge.ws.control import grip_prefix
+from edge.ws.control import grip_extension, grip_prefix
 from edge.ws.over_http import MAX_REJECT_BODY, Opened, rejection
 
 if TYPE_CHECKING:
@@ -182,9 +182,7 @@ class WsOrigin:
             v.decode("latin-1") for k, v in p.headers if k.lower() == b"sec-websocket-extensions"
         ]
         if self.trusted:  # the proxy in front acts on GRIP: relay the grip extension, if any
-            each = ",".join(ext).split(",")
-            grip = [e.strip() for e in each if e.split(";", 1)[0].strip().lower() == "grip"]
-            return Opened(headers=p.headers, pass_extensions=", ".join(grip).encode("latin-1"))
+            return Opened(headers=p.headers, pass_extensions=grip_extension(ext))
         return Opened(headers=p.headers, prefix=grip_prefix(ext))
 
     async def _send(self, data: bytes) -> None:

@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from edge.http1.connection import Connection, Request
     from edge.routes import Route
     from edge.services import ConnectionServices, SessionServices
+    from edge.tlsconn import TlsConn
     from edge.ws.over_http import WohOrigin
     from edge.ws.proxy import WsOrigin
 
@@ -244,6 +245,7 @@ class WsSession(Session):
         "app",
         "sock",
         "fd",
+        "crypt",
         "ws",
         "side",
         "prefix",
@@ -279,12 +281,14 @@ class WsSession(Session):
         max_message: int,
         chan_prefix: str = "",
         deflate: Deflate | None = None,
+        crypt: TlsConn | None = None,
     ) -> None:
         super().__init__()
         self.id = next(_ids)
         self.app = app
         self.sock = sock
         self.fd = sock.fileno()
+        self.crypt = crypt  # a TLS client's state (edge.tlsconn): the delivery path encrypts
         self.ws = WsConnection(
             max_message=max_message, inflater=Inflater(deflate) if deflate is not None else None
         )
@@ -646,6 +650,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         ws_max_message(app),
         chan_prefix=route.prefix or "",
         deflate=deflate,
+        crypt=conn.crypt,
     )
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
@@ -684,6 +689,7 @@ async def _read_client(
     """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
     ws = session.ws
     sock = conn.sock
+    crypt = conn.crypt
     while True:
         if data:
             try:
@@ -731,7 +737,7 @@ async def _read_client(
             data = None
             while data is None:
                 await wait_readable(sock)
-                data = read_now(sock, READ_SIZE)
+                data = read_now(sock, READ_SIZE) if crypt is None else crypt.read_now(READ_SIZE)
         session.read_scope = None
         if scope.cancelled_caught:
             return session.ws.state is not CloseState.OPEN

@@ -97,3 +97,71 @@ def test_wrongly_signed_upstream_is_an_ordinary_client(each_system, origin, uniq
         True,
     )
     same_as_pushpin(seen)
+
+
+def test_trusted_upstream_on_websocket_over_http_gets_grip_passed_through(
+    each_system, origin, uniq
+):
+    """A WebSocket client whose ``Grip-Sig`` verifies against ``upstream_key``, on an
+    ``over_http`` route: the origin's control message reaches the client as sent (the proxy
+    does not act on it) and the origin gets the client's ``Grip-Sig``, as from Pushpin."""
+    from gripcontrol import decode_websocket_events
+
+    from tests.differential.harness import OriginResponse, open_ws
+    from tests.integration.wsraw import client_frame, read_frame
+
+    path = "/" + uniq("woh-up")
+    control = b'c:{"type": "subscribe", "channel": "%s"}' % uniq("woh-up-ch").encode()
+
+    def app(req):
+        evs = [(e.type, e.content) for e in decode_websocket_events(req.body)]
+        body = b""
+        headers = [("Content-Type", "application/websocket-events")]
+        if evs and evs[0][0] == "OPEN":
+            headers.append(("Sec-WebSocket-Extensions", "grip"))
+            body = b"OPEN\r\nTEXT %x\r\n%s\r\n" % (len(control), control)
+        for name, content in evs:
+            if name == "TEXT":
+                reply = b"m:" + (content or b"")
+                body += b"TEXT %x\r\n%s\r\n" % (len(reply), reply)
+        return OriginResponse(200, headers, body)
+
+    origin.respond(path, app)
+    token = _token(UPSTREAM_KEY)
+    seen = {}
+    extensions: dict[str, list[bytes]] = {}
+    for system in each_system(
+        routes=f"* 127.0.0.1:{origin.port},over_http\n", proxy={"upstream_key": UPSTREAM_KEY}
+    ):
+        head_out: list[bytes] = []
+        s = open_ws(
+            system,
+            origin,
+            path,
+            key="dGhlIHNhbXBsZSBub25jZQ==",
+            headers={"Grip-Sig": token, "Sec-WebSocket-Extensions": "grip"},
+            head_out=head_out,
+        )
+        try:
+            frames = [read_frame(s)]
+            s.sendall(client_frame(1, b"hi"))
+            frames.append(read_frame(s))
+        finally:
+            s.close()
+        opened = origin.wait_requests(1)[0]
+        origin.take()
+        ext = [
+            line.split(b":", 1)[1].strip()
+            for line in head_out[0].split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-extensions:")
+        ]
+        seen[system.name] = (frames, opened.header("Grip-Sig") == token)
+        extensions[system.name] = ext
+    assert seen["gripcast"] == ([(1, control), (1, b"m:hi")], True)
+    same_as_pushpin(seen)
+    # the one difference: gripcast also relays the origin's grip extension in the 101, so the
+    # proxy in front (gripcast, or Pushpin on a WebSocket route) turns GRIP on for the session
+    # and acts on the control message; Pushpin drops it on WebSocket-over-HTTP routes
+    assert extensions["gripcast"] == [b"grip"]
+    if "pushpin" in extensions:
+        assert extensions["pushpin"] == []

@@ -321,3 +321,14 @@ def test_published_frames():
     assert message_frame({"type": "binary", "content": b"\x00"}) == b"\x82\x01\x00"
     assert message_frame({"type": "ping", "content": b""}) == b"\x89\x00"
     assert message_frame({"type": "pong", "content": b"x" * 200})[:2] == b"\x8a\x7d"
+
+
+def test_grip_extension_keeps_only_the_grip_entries_with_their_parameters():
+    from edge.ws.control import grip_extension
+
+    assert grip_extension(['permessage-deflate, grip; message-prefix=""']) == (
+        b'grip; message-prefix=""'
+    )
+    assert grip_extension(["x-other", "GRIP"]) == b"GRIP"
+    assert grip_extension(["permessage-deflate"]) == b""
+    assert grip_extension([]) == b""

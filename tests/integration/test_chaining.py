@@ -322,3 +322,75 @@ def test_websocket_gripcast_in_front_of_gripcast(tmp_path):
         t.join(5)
     claims = jwt.decode(seen[0]["Grip-Sig"], FRONT_KEY, algorithms=["HS256"])
     assert claims["iss"] == "front"
+
+
+def test_websocket_over_http_behind_a_trusted_gripcast(tmp_path):
+    """A WebSocket-over-HTTP route on the back (``over_http``), a GRIP proxy in front: the back
+    keeps the front's ``Grip-Sig`` (none of its own), relays the origin's grip extension and its
+    ``c:`` control message up untouched (it does not act on them); the front subscribes."""
+    import asyncio
+
+    import websockets
+    from gripcontrol import WebSocketMessageFormat
+
+    from edge.ws.events import decode_events, encode_event
+
+    origin: Origin
+
+    def woh(h):
+        events = decode_events(origin.requests[-1][3])
+        out = b""
+        for ev in events:
+            if ev.type == "OPEN":
+                out += encode_event("OPEN")
+                out += encode_event("TEXT", b'c:{"type": "subscribe", "channel": "chain-woh"}')
+            elif ev.type == "TEXT":
+                out += encode_event("TEXT", b"m:" + (ev.content or b""))
+            elif ev.type in ("CLOSE", "DISCONNECT"):
+                out += encode_event(ev.type, ev.content)
+        headers = {"Content-Type": "application/websocket-events"}
+        if events and events[0].type == "OPEN":
+            headers["Sec-WebSocket-Extensions"] = "grip"
+        return 200, headers, out
+
+    origin = Origin({"/x": woh})
+    with origin:
+        with Cluster(
+            sub(tmp_path, "back"),
+            [f"* 127.0.0.1:{origin.port},over_http"],
+            upstream_key=FRONT_KEY,
+            sig_key=BACK_KEY,
+        ) as back:
+            with Cluster(
+                sub(tmp_path, "front"),
+                [f"* 127.0.0.1:{back.edge_ports[0]}"],
+                sig_key=FRONT_KEY,
+                sig_iss="front",
+            ) as front:
+
+                async def main():
+                    url = f"ws://127.0.0.1:{front.edge_ports[0]}/x"
+                    async with websockets.connect(url) as ws:
+                        await ws.send("hi")
+                        assert await asyncio.wait_for(ws.recv(), 10) == "hi"
+                        await asyncio.to_thread(
+                            GripPubControl({"control_uri": front.publish_url}).publish,
+                            "chain-woh",
+                            Item(WebSocketMessageFormat("pub")),
+                            blocking=True,
+                        )
+                        assert await asyncio.wait_for(ws.recv(), 10) == "pub"
+                        # published to the back: nobody there subscribed (it did not act)
+                        await asyncio.to_thread(
+                            GripPubControl({"control_uri": back.publish_url}).publish,
+                            "chain-woh",
+                            Item(WebSocketMessageFormat("not-here")),
+                            blocking=True,
+                        )
+                        await ws.send("again")
+                        assert await asyncio.wait_for(ws.recv(), 10) == "again"
+
+                asyncio.run(main())
+    opened = origin.requests[0]
+    claims = jwt.decode(opened[2]["Grip-Sig"], FRONT_KEY, algorithms=["HS256"])
+    assert claims["iss"] == "front"  # the front's signature, not the back's

@@ -519,9 +519,10 @@ def test_sigterm_drains_tls_streams(tmp_path):
 
 
 def test_stalled_tls_client_is_cut_off_others_keep_flowing(tmp_path):
-    """Back-pressure through the TLS bridge: a TLS client that stops reading fills its pair
-    and its session buffer, and is cut off (client_buffer_bytes) as a plain one would be; a
-    reading TLS client on the same channel gets every message."""
+    """Back-pressure through TLS: a TLS client that stops reading fills its socket and its
+    session buffer (plaintext backlog plus unsent ciphertext), and is cut off
+    (client_buffer_bytes) as a plain one would be; a reading TLS client on the same channel
+    gets every message."""
     ca = make_ca(tmp_path)
     pair = ca.issue(tmp_path, "server", ["localhost"])
     https_port, metrics_port = _free_port(), _free_port()
@@ -582,3 +583,48 @@ def test_stalled_tls_client_is_cut_off_others_keep_flowing(tmp_path):
         finally:
             stalled.close()
             reader.close()
+
+
+def test_tls_client_over_maxconn_gets_503_after_the_handshake(tmp_path):
+    """Past client_maxconn an HTTPS client is answered as a plain one: the handshake completes
+    (counted), then ``503 Too many connections.`` through TLS, then the close; the held
+    connection keeps flowing."""
+    ca = make_ca(tmp_path)
+    pair = ca.issue(tmp_path, "server", ["localhost"])
+    https_port, metrics_port = _free_port(), _free_port()
+    with (
+        Origin({"/stream": _stream}) as origin,
+        Cluster(
+            tmp_path,
+            [f"* 127.0.0.1:{origin.port}"],
+            https_port=[f"127.0.0.1:{https_port}"],
+            tls_cert=pair.cert,
+            tls_key=pair.key,
+            client_maxconn=1,
+            edge_metrics_port=metrics_port,
+        ) as cluster,
+    ):
+        env = Env(tmp_path, origin, None, cluster, ca, {}, https_port)
+        env.metrics_port = metrics_port
+        held = TlsStream(env, "/stream?ch=tls-max")
+        try:
+            held.read_until(b"[open]\n")
+            before = _metric(env, "gripcast_edge_tls_handshakes_total")
+            with env.client_ctx().wrap_socket(
+                socket.create_connection(("127.0.0.1", https_port), timeout=10),
+                server_hostname="localhost",
+            ) as extra:
+                extra.sendall(b"GET /stream?ch=tls-max HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                got = b""
+                try:
+                    while chunk := extra.recv(65536):
+                        got += chunk
+                except (ssl.SSLError, ConnectionResetError):
+                    pass
+            assert got.startswith(b"HTTP/1.1 503 "), got
+            assert got.endswith(b"Too many connections.\n"), got
+            assert _metric(env, "gripcast_edge_tls_handshakes_total") == before + 1
+            env.publish("tls-max", HttpStreamFormat("still\n"))
+            held.read_until(b"still\n")
+        finally:
+            held.close()

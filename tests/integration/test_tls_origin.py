@@ -18,6 +18,7 @@ from gripcontrol import GripPubControl, HttpStreamFormat, WebSocketMessageFormat
 from pubcontrol import Item
 
 from tests.edge.test_origin_tls import Pki, server_context
+from tests.helpers import free_ports
 from tests.integration.cluster import Cluster, Origin
 from tests.integration.wsorigin import WohOriginApp
 
@@ -55,6 +56,16 @@ def stream(channel: str):
     return fn
 
 
+def origin_tls_counts(metrics_port: int) -> tuple[int, ...]:
+    """The edge's origin TLS counters: (handshakes, failures, verification failures)."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    values = dict(line.split() for line in text.splitlines() if line.startswith("gripcast_"))
+    return tuple(
+        int(float(values[f"gripcast_edge_origin_tls_{n}_total"]))
+        for n in ("handshakes", "handshake_failures", "verify_failures")
+    )
+
+
 def publish(cluster: Cluster, channel: str, fmt) -> None:
     GripPubControl({"control_uri": cluster.publish_url}).publish(channel, Item(fmt), blocking=True)
 
@@ -64,12 +75,16 @@ def test_https_origin_verified_kept_alive_and_streams(tmp_path, pki):
     peers: list[int] = []
     with tls_origin(server_context(cert, key), {"/x": hello(peers), "/s": stream("tls-s")}) as o:
         routes = [f"* localhost:{o.port},ssl"]
-        with Cluster(tmp_path, routes, origin_ca_file=pki.ca_file) as cluster:
+        metrics_port = free_ports(1)[0]
+        with Cluster(
+            tmp_path, routes, origin_ca_file=pki.ca_file, edge_metrics_port=metrics_port
+        ) as cluster:
             with httpx.Client(timeout=10) as c:
                 for _ in range(3):
                     r = c.get(cluster.url("/x"))
                     assert (r.status_code, r.text) == (200, "hello over tls\n")
             assert len(peers) == 3 and len(set(peers)) == 1, peers  # one TLS connection, reused
+            assert origin_tls_counts(metrics_port) == (1, 0, 0)  # one handshake, kept alive
             with httpx.Client(timeout=10) as c, c.stream("GET", cluster.url("/s")) as r:
                 it = r.iter_raw()
                 assert next(it) == b"start\n"
@@ -86,12 +101,17 @@ def test_wrong_ca_is_502_with_the_reason_on_debug_routes(tmp_path, pki):
             f"*,path_beg=/dbg,debug,replace_beg=/x localhost:{o.port},ssl",
             f"* localhost:{o.port},ssl",
         ]
-        with Cluster(tmp_path, routes, origin_ca_file=other.ca_file) as cluster:
+        metrics_port = free_ports(1)[0]
+        with Cluster(
+            tmp_path, routes, origin_ca_file=other.ca_file, edge_metrics_port=metrics_port
+        ) as cluster:
             r = httpx.get(cluster.url("/x"), timeout=10)
             assert (r.status_code, r.text) == (502, "Error while proxying to origin.\n")
             r = httpx.get(cluster.url("/dbg"), timeout=10)
             assert r.status_code == 502
             assert "certificate verify failed" in r.text, r.text
+            # (handshakes, failures, verification failures) in the edge's /metrics
+            assert origin_tls_counts(metrics_port) == (0, 2, 2)
     assert o.requests == []
 
 

@@ -1,0 +1,99 @@
+"""``edge.tlsconn.TlsConn`` without a network: the server side of a real TLS 1.3 session (the
+ssl module's SSLObject over memory BIOs) against a client SSLObject, bytes carried by hand.
+What is tested is the in-memory layer the edge's reads and writes go through: one encryption
+per batch, every plaintext byte a read completes, ``close_notify`` as EOF."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from edge.tls import server_context
+from edge.tlsconn import TlsConn
+from tests.tlscerts import make_ca
+
+
+class _NoSocket:
+    """Only a descriptor number: these tests never reach the socket (``fileno`` -1)."""
+
+    def fileno(self) -> int:
+        return -1
+
+
+@pytest.fixture
+def session(tmp_path):
+    ca = make_ca(tmp_path)
+    pair = ca.issue(tmp_path, "server", ["localhost"])
+    conn = TlsConn(_NoSocket(), server_context(pair.cert, pair.key))  # type: ignore[arg-type]
+    cctx = ssl.create_default_context(cafile=ca.cert_path)
+    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = cctx.wrap_bio(cin, cout, server_hostname="localhost")
+    for _ in range(10):  # the flights, carried by hand
+        done = 0
+        for side in (client, conn.obj):
+            try:
+                side.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        conn.inb.write(cout.read())
+        cin.write(conn.outb.read())
+        if done == 2:
+            break
+    assert conn.obj.version() == "TLSv1.3"
+    return conn, client, cin, cout
+
+
+def _client_reads(client: ssl.SSLObject, cin: ssl.MemoryBIO, data: bytes) -> bytes:
+    cin.write(data)
+    out = b""
+    while True:
+        try:
+            out += client.read(65536)
+        except ssl.SSLWantReadError:
+            return out
+
+
+def test_a_batch_is_one_encryption_and_the_client_reads_it_all(session):
+    conn, client, cin, cout = session
+    _client_reads(client, cin, b"")  # the session tickets
+    batch = b"".join(b"message %d\n" % i for i in range(5000))  # ~59 KB: four records
+    wire = conn.encrypt(batch)
+    assert len(wire) < len(batch) + 4 * 40  # records' overhead only
+    assert _client_reads(client, cin, wire) == batch
+
+
+def test_queue_keeps_order_behind_unsent_ciphertext(session):
+    conn, client, cin, cout = session
+    _client_reads(client, cin, b"")
+    conn.queue(b"first ")
+    conn.queue(b"second")
+    wire = bytes(conn.out)
+    assert _client_reads(client, cin, wire) == b"first second"
+
+
+def test_a_read_returns_every_plaintext_byte_it_completes(session):
+    conn, client, cin, cout = session
+    client.write(b"GET / HTTP/1.1\r\n")
+    client.write(b"Host: x\r\n\r\n")
+    wire = cout.read()
+    conn.inb.write(wire[:10])  # part of a record: nothing yet
+    assert conn._decrypted() == b""
+    conn.inb.write(wire[10:])
+    assert conn._decrypted() == b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"  # both records at once
+
+
+def test_close_notify_is_eof_and_stays_eof(session):
+    conn, client, cin, cout = session
+    client.write(b"last words")
+    try:
+        client.unwrap()  # sends close_notify
+    except ssl.SSLWantReadError:
+        pass
+    conn.inb.write(cout.read())
+    assert conn._decrypted() == b"last words"
+    assert conn.eof
+    # read_now answers EOF without touching the socket, however often it is asked
+    assert conn.read_now() == b""
+    assert conn.read_now() == b""
