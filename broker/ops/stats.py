@@ -86,6 +86,8 @@ _K_UNAVAILABLE = _tn(b"unavailable") + b"4:true!"
 _TYPES = {t: _tn(t.encode()) for t in CONN_TYPES}
 _K_CHANNEL, _K_TRANSPORT, _K_COUNT = _tn(b"channel"), _tn(b"transport"), _tn(b"count")
 _K_ITEM_ID = _tn(b"item-id")
+_K_MODE, _K_SUBSCRIBERS, _K_TTL = _tn(b"mode"), _tn(b"subscribers"), _tn(b"ttl")
+_MODES = {m: _tn(m.encode()) for m in MODES}
 
 
 def conn_packets(
@@ -274,6 +276,15 @@ class StatsEncoder:
     # -- subscriptions -------------------------------------------------------------------------
 
     def _sub_packet(self, mode: str, channel: str, n: int) -> bytes:
+        ttl = self.sub_ttl_s
+        if self.fmt == "tnetstring" and type(ttl) is int:  # a report refreshes REFRESH_MAX
+            body = self._msg_head + _K_MODE + _MODES[mode] + _K_CHANNEL + _tn(channel.encode())
+            if n > 0:
+                t, c = b"%d" % ttl, b"%d" % n
+                body += b"%s%d:%s#%s%d:%s#" % (_K_TTL, len(t), t, _K_SUBSCRIBERS, len(c), c)
+            else:
+                body += _K_UNAVAILABLE
+            return b"sub T%d:%s}" % (len(body), body)
         if n > 0:
             return packet(
                 "sub",

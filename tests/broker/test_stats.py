@@ -236,6 +236,23 @@ def test_message_packets_are_the_bytes_of_the_generic_encoder(
     assert len(json_enc.messages([env], {channel})) == len(expected)  # the JSON path agrees
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    mode=st.sampled_from(["response", "stream", "ws"]),
+    channel=_names,
+    n=st.integers(0, 10**9),
+    ttl=st.integers(1, 10**6),
+    source=st.text(min_size=1, max_size=30),
+)
+def test_sub_packets_are_the_bytes_of_the_generic_encoder(mode, channel, n, ttl, source):
+    enc = StatsEncoder(source, sub_ttl_s=ttl)
+    if n > 0:
+        fields = {"from": source, "mode": mode, "channel": channel, "ttl": ttl, "subscribers": n}
+    else:
+        fields = {"from": source, "mode": mode, "channel": channel, "unavailable": True}
+    assert enc._sub_packet(mode, channel, n) == packet("sub", fields)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
