@@ -40,7 +40,7 @@ from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
 from edge.sync.hub import Hub
 from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
-from edge.sync.markers import MarkerMemo, feed_frames
+from edge.sync.markers import FrameFeeder
 from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge.sync.resume import Resumer
 from edge.sync.tracker import (
@@ -157,7 +157,7 @@ class Edge:
         self.nursery = nursery
         self.hub: Hub[Session] = Hub()
         self.tracker = Tracker()
-        self.marker_memo = MarkerMemo()  # repeated trailing markers, not decoded again
+        self.feeder = FrameFeeder(self.tracker)  # fan-out frames in (edge.sync.markers)
         self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TIMER_TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
@@ -276,7 +276,7 @@ class Edge:
 
     async def on_frames(self, frames: list[bytes]) -> None:
         out: list[wire.Envelope] = []
-        feed_frames(frames, self.tracker, self.marker_memo, trio.current_time(), out)
+        self.feeder.feed(frames, out)
         self._run_tracker_actions()
         if out:
             await self.deliverer.deliver(out, trio.current_time())
