@@ -16,6 +16,7 @@ def fan_out(
     live: Container[str],
     recent: dict[str, tuple[str, int]],
 ) -> tuple[int, int]: ...
+def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> tuple[int, int]: ...
 def make_envelope(
     cls: type[_T],
     channel: str,

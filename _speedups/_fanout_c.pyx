@@ -346,6 +346,44 @@ def fan_out(sock, envs, live, dict recent):
     return sent, blocked
 
 
+def send_frames(sock, list frames):
+    cdef Py_ssize_t i, n = len(frames)
+    cdef Py_ssize_t sent = 0, blocked = 0
+    cdef void* handle = NULL
+    cdef int rc, err
+    cdef bytes frame
+    if _zmq_bound == 0:
+        _bind_zmq()
+    if _zmq_bound == 1 and not sock.closed:
+        handle = <void*><uintptr_t>sock.underlying
+    if handle == NULL:
+        send = sock.send
+        for i in range(n):
+            try:
+                send(frames[i], _ZMQ_DONTWAIT)
+                sent += 1
+            except _Again:
+                blocked += 1
+        return sent, blocked
+    for i in range(n):
+        frame = frames[i]
+        while True:
+            rc = _zmq_send(handle, PyBytes_AS_STRING(frame), <size_t>PyBytes_GET_SIZE(frame), _ZMQ_DONTWAIT)
+            if rc >= 0:
+                sent += 1
+                break
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                blocked += 1
+                break
+            if err == _ETERM:
+                raise zmq.ContextTerminated(err)
+            raise zmq.ZMQError(err)
+    return sent, blocked
+
+
 def make_envelope(cls, channel, seq, epoch, formats, id, prev_id, meta, ts):
     env = _new(cls)
     PyObject_GenericSetAttr(env, "channel", channel)

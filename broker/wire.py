@@ -188,16 +188,17 @@ class Envelope:
     def from_map(cls, channel: str, m: Any) -> Envelope:
         if not isinstance(m, dict):
             raise RemoteProtocolError("bad envelope: not a map")
-        try:
-            return cls(
-                channel=channel,
-                seq=int(m["seq"]),
-                epoch=str(m["epoch"]),
-                formats=m.get("formats") or {},
-                id=m.get("id"),
-                prev_id=m.get("prev_id"),
-                meta=m.get("meta") or {},
-                ts=float(m.get("ts") or 0.0),
+        try:  # make_envelope: __init__'s result without its per-field object.__setattr__
+            return _speedups.make_envelope(
+                cls,
+                channel,
+                int(m["seq"]),
+                str(m["epoch"]),
+                m.get("formats") or {},
+                m.get("id"),
+                m.get("prev_id"),
+                m.get("meta") or {},
+                float(m.get("ts") or 0.0),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RemoteProtocolError(f"bad envelope: {exc}") from exc

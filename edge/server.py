@@ -40,6 +40,7 @@ from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
 from edge.sync.hub import Hub
 from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
+from edge.sync.markers import FrameFeeder
 from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
 from edge.sync.resume import Resumer
 from edge.sync.tracker import (
@@ -156,6 +157,7 @@ class Edge:
         self.nursery = nursery
         self.hub: Hub[Session] = Hub()
         self.tracker = Tracker()
+        self.feeder = FrameFeeder(self.tracker)  # fan-out frames in (edge.sync.markers)
         self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TIMER_TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
@@ -275,17 +277,7 @@ class Edge:
 
     async def on_frames(self, frames: list[bytes]) -> None:
         out: list[wire.Envelope] = []
-        tracker = self.tracker
-        for frame in frames:
-            try:
-                msg = wire.decode_frame(frame)
-            except RemoteProtocolError as exc:
-                log.warning("bad frame from broker: %s", exc.reason)
-                continue
-            if isinstance(msg, wire.Envelope):
-                tracker.on_envelope(msg, out)
-            else:
-                tracker.on_marker(msg, out)
+        self.feeder.feed(frames, out)
         self._run_tracker_actions()
         if out:
             await self.deliverer.deliver(out, trio.current_time())

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import trio
 
-from _speedups import fan_out
+from _speedups import fan_out, send_frames
 from broker import control, wire
 from broker.config import Config
 from broker.errors import PublishError, RateLimited, RemoteProtocolError, StoreUnavailable
@@ -75,6 +76,21 @@ class PipelineSockets:
     command: ZSocket
     edge_pub: ZSocket
     stats: ZSocket | None  # with stats_spec
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_MARKER_HEAD: dict[str, bytes] = {}  # epoch -> the marker map up to its last_seq value
+
+
+def _marker_frame(channel: str, epoch: str, last_seq: int) -> bytes:
+    """``wire.encode_marker(channel, epoch, last_seq)`` (the same bytes: tests/broker/
+    test_pipeline_markers.py) from a cached head per epoch: the heartbeat sends thousands."""
+    head = _MARKER_HEAD.get(epoch)
+    if head is None:
+        if len(_MARKER_HEAD) >= 64:  # epochs change only when history is lost: keep it small
+            _MARKER_HEAD.clear()
+        head = _MARKER_HEAD[epoch] = b"\x83\xa6marker\xc3\xa5epoch" + _pack(epoch) + b"\xa8last_seq"
+    return channel.encode("utf-8") + wire.SEP + head + _pack(last_seq)
 
 
 class Pipeline:
@@ -270,10 +286,12 @@ class Pipeline:
                     self._markers += 1
 
     def emit_stats(self, frames: list[bytes]) -> None:
+        """Send stats packets, one ZeroMQ message each, in one call (``send_frames``)."""
         stats = self.sockets.stats
-        if stats is not None:
-            for frame in frames:
-                stats.send_frame(frame)
+        if stats is not None and frames:
+            _, blocked = send_frames(stats.sock, frames)
+            stats.send_dropped += blocked
+            stats.poke()
 
     def recover(self, source: str) -> bool:
         """Pushpin's recover: forget remembered last ids and tell every edge (``wire``'s
@@ -502,10 +520,17 @@ class Pipeline:
         rounds = {**self._recent_prev, **self._recent}
         self._recent_prev, self._recent = self._recent, {}
         live = self.live
-        send = self.sockets.edge_pub.send_frame
-        for channel, (epoch, last_seq) in rounds.items():
-            if channel in live and send(wire.encode_marker(channel, epoch, last_seq)):
-                self._trailing_markers += 1
+        frames = [
+            _marker_frame(channel, epoch, last_seq)
+            for channel, (epoch, last_seq) in rounds.items()
+            if channel in live
+        ]
+        if frames:
+            edge_pub = self.sockets.edge_pub
+            sent, blocked = send_frames(edge_pub.sock, frames)
+            edge_pub.send_dropped += blocked
+            edge_pub.poke()
+            self._trailing_markers += sent
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(

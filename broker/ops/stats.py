@@ -85,6 +85,10 @@ def _tn(b: bytes) -> bytes:
 _K_ID, _K_TYPE, _K_PEER = _tn(b"id"), _tn(b"type"), _tn(b"peer-address")
 _K_UNAVAILABLE = _tn(b"unavailable") + b"4:true!"
 _TYPES = {t: _tn(t.encode()) for t in CONN_TYPES}
+_K_CHANNEL, _K_TRANSPORT, _K_COUNT = _tn(b"channel"), _tn(b"transport"), _tn(b"count")
+_K_ITEM_ID = _tn(b"item-id")
+_K_MODE, _K_SUBSCRIBERS, _K_TTL = _tn(b"mode"), _tn(b"subscribers"), _tn(b"ttl")
+_MODES = {m: _tn(m.encode()) for m in MODES}
 
 
 def conn_packets(
@@ -294,6 +298,8 @@ class StatsEncoder:
         self._conn_s = 0.0  # connection-seconds not yet reported as minutes
         self._last_report: float | None = None
         self.reports = 0  # edge reports folded in
+        self._msg_head = _tn(b"from") + _tn(self.source.encode("utf-8"))  # message packets
+        self._msg_transports: dict[str, bytes] = {}
         self.bad_reports = 0
         self.sent_total = 0  # messages sent to clients, all edges, since start (status page)
 
@@ -304,6 +310,15 @@ class StatsEncoder:
     # -- subscriptions -------------------------------------------------------------------------
 
     def _sub_packet(self, mode: str, channel: str, n: int) -> bytes:
+        ttl = self.sub_ttl_s
+        if self.fmt == "tnetstring" and type(ttl) is int:  # a report refreshes REFRESH_MAX
+            body = self._msg_head + _K_MODE + _MODES[mode] + _K_CHANNEL + _tn(channel.encode())
+            if n > 0:
+                t, c = b"%d" % ttl, b"%d" % n
+                body += b"%s%d:%s#%s%d:%s#" % (_K_TTL, len(t), t, _K_SUBSCRIBERS, len(c), c)
+            else:
+                body += _K_UNAVAILABLE
+            return b"sub T%d:%s}" % (len(body), body)
         if n > 0:
             return packet(
                 "sub",
@@ -418,19 +433,56 @@ class StatsEncoder:
     # -- the broker's own events ---------------------------------------------------------------
 
     def messages(self, envelopes: Iterable[Envelope], live: Container[str]) -> list[bytes]:
-        """``message`` packets for the envelopes fanned out (channel in ``live``)."""
+        """``message`` packets for the envelopes fanned out (channel in ``live``).
+
+        One packet per envelope and transport with receivers, as Pushpin's handler sends them;
+        in the tnetstring format built directly from cached pieces (the same bytes as
+        ``packet("message", {...})``: tests/broker/test_stats.py), since with many channels
+        this runs once per published message."""
+        if self.fmt != "tnetstring":
+            return self._messages_generic(envelopes, live)
+        out: list[bytes] = []
+        add = out.append
+        subs = self._subs
+        chan_subs = self._chan_subs
+        head = self._msg_head
+        transports = self._msg_transports
+        for env in envelopes:
+            channel = env.channel
+            if channel not in live:
+                continue
+            known = channel in chan_subs  # else: live, but no edge has reported it yet
+            ch_part = b""
+            for transport in env.formats:
+                mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
+                count = subs.get((mode, channel), 0) if known else 1
+                if count <= 0:
+                    continue  # no receivers of this transport (Pushpin sends none then)
+                if not ch_part:
+                    ch_part = _K_CHANNEL + _tn(channel.encode("utf-8"))
+                t_part = transports.get(transport)
+                if t_part is None:
+                    t_part = transports[transport] = _K_TRANSPORT + _tn(transport.encode("utf-8"))
+                digits = b"%d" % count
+                body = b"%s%s%s%s%d:%s#" % (head, ch_part, t_part, _K_COUNT, len(digits), digits)
+                if env.id is not None:
+                    body += _K_ITEM_ID + _tn(env.id.encode("utf-8"))
+                add(b"message T%d:%s}" % (len(body), body))
+        return out
+
+    def _messages_generic(self, envelopes: Iterable[Envelope], live: Container[str]) -> list[bytes]:
         out: list[bytes] = []
         subs = self._subs
         for env in envelopes:
             channel = env.channel
             if channel not in live:
                 continue
-            known = channel in self._chan_subs  # else: live, but no edge has reported it yet
+            known = channel in self._chan_subs
             for transport in env.formats:
-                mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
+                mode = TRANSPORT_MODE.get(transport, "")
                 count = subs.get((mode, channel), 0) if known else 1
                 if count <= 0:
-                    continue  # no receivers of this transport (Pushpin sends none then)
+                    continue
                 fields: dict[str, Any] = {
                     "from": self.source,
                     "channel": channel,

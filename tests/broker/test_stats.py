@@ -193,6 +193,66 @@ def test_message_counts_receivers_of_each_transport():
     assert got == [("news", "http-stream", 3)]  # no ws subscribers: no ws-message packet
 
 
+_names = st.text(min_size=1, max_size=12).filter(lambda s: "\x00" not in s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    channel=_names,
+    item_id=st.none() | st.text(max_size=20),
+    transports=st.lists(
+        st.sampled_from(["http-response", "http-stream", "ws-message", "other"]),
+        min_size=1,
+        max_size=4,
+        unique=True,
+    ),
+    counts=st.lists(st.integers(0, 10**6), min_size=3, max_size=3),
+    source=st.text(min_size=1, max_size=30),
+)
+def test_message_packets_are_the_bytes_of_the_generic_encoder(
+    channel, item_id, transports, counts, source
+):
+    """The fast ``message`` encoder writes exactly ``packet("message", {...})``."""
+    enc = StatsEncoder(source)
+    subs = [[m, channel, n] for m, n in zip(("response", "stream", "ws"), counts, strict=True)]
+    enc.edge_report(report("e1", subs=subs), 0)
+    env = Envelope(channel, 1, "e", {t: {} for t in transports}, id=item_id)
+    fast = enc.messages([env, env], {channel})
+    json_enc = StatsEncoder(source, fmt="json")
+    json_enc.edge_report(report("e1", subs=subs), 0)
+    expected = []
+    known = any(counts)  # else: live, but no edge reported it: one receiver per transport
+    for t in transports:
+        mode = {"http-response": "response", "http-stream": "stream", "ws-message": "ws"}.get(t)
+        n = dict(zip(("response", "stream", "ws"), counts, strict=True)).get(mode or "", 0)
+        n = n if known else 1
+        if n <= 0:
+            continue
+        fields = {"from": source, "channel": channel, "transport": t, "count": n}
+        if item_id is not None:
+            fields["item-id"] = item_id
+        expected.append(packet("message", fields))
+    assert fast == expected * 2
+    assert len(json_enc.messages([env], {channel})) == len(expected)  # the JSON path agrees
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    mode=st.sampled_from(["response", "stream", "ws"]),
+    channel=_names,
+    n=st.integers(0, 10**9),
+    ttl=st.integers(1, 10**6),
+    source=st.text(min_size=1, max_size=30),
+)
+def test_sub_packets_are_the_bytes_of_the_generic_encoder(mode, channel, n, ttl, source):
+    enc = StatsEncoder(source, sub_ttl_s=ttl)
+    if n > 0:
+        fields = {"from": source, "mode": mode, "channel": channel, "ttl": ttl, "subscribers": n}
+    else:
+        fields = {"from": source, "mode": mode, "channel": channel, "unavailable": True}
+    assert enc._sub_packet(mode, channel, n) == packet("sub", fields)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -396,3 +396,39 @@ def test_fan_out_on_a_closed_socket_raises_like_pyzmq(twins):
             twins.fan_out(pub, [_env("a", 1)], {"a"}, {})
     finally:
         ctx.term()
+
+
+# -- send_frames: many ready-made frames in one call (stats packets, trailing markers) ----------
+
+
+def test_send_frames_sends_each_frame_as_one_message(twins, pubsub):
+    pub, sub = pubsub
+    frames = [b"message T3:a,b}", b"", b"x" * 70_000, wire.encode_marker("ch", "e", 7)]
+    assert twins.send_frames(pub, frames) == (4, 0)
+    assert [sub.recv(zmq.NOBLOCK) for _ in range(4)] == frames
+    with pytest.raises(zmq.Again):
+        sub.recv(zmq.NOBLOCK)
+    assert twins.send_frames(pub, []) == (0, 0)
+
+
+def test_send_frames_counts_would_block(twins):
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)  # no peer: every NOBLOCK send would block
+    try:
+        push.setsockopt(zmq.SNDHWM, 1)
+        push.bind("inproc://send-frames-block")
+        assert twins.send_frames(push, [b"a", b"b", b"c"]) == (0, 3)
+    finally:
+        push.close(linger=0)
+        ctx.term()
+
+
+def test_send_frames_on_a_closed_socket_raises_like_pyzmq(twins):
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.close()
+    try:
+        with pytest.raises(zmq.ZMQError):
+            twins.send_frames(pub, [b"a"])
+    finally:
+        ctx.term()

@@ -1,0 +1,93 @@
+"""The edge's fan-out reader, with position markers checked without decoding them (sans-IO;
+issue 16).
+
+The broker re-sends a channel's position marker in the two heartbeats after the channel was
+published (``broker.ingest.pipeline``: so that an edge that lost the tail of a burst notices).
+With many channels these markers outnumber the messages, and nearly all of them tell an edge
+what it already has: the channel's delivered position.  ``FrameFeeder.feed`` compares a marker's
+bytes with the marker of the channel's delivered position (``Tracker.position``), built the way
+``broker.wire.encode_marker`` writes it; when they are equal and the channel is ``LIVE`` the
+marker is skipped: the tracker would only find its target unchanged.  Every other marker (the
+edge is behind it: a lost tail; the channel is positioning or replaying; another epoch) is
+decoded and goes to the tracker as before, so a lost tail is still found by the first marker
+that reaches the edge.
+
+The one difference: after a replay that failed (the broker down), a marker equal to the
+delivered position no longer re-asks at once for a gap found by other means; the tracker's
+periodic ``repair()`` asks then, as it does for every such gap.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import msgpack
+
+from broker.errors import RemoteProtocolError
+from broker.wire import SEP, Envelope, decode_frame
+from edge.sync.tracker import State, Tracker
+
+log = logging.getLogger(__name__)
+
+# a marker's map as the broker writes it (``broker.wire.encode_marker``): fixmap 3, "marker":
+# True, "epoch": str, "last_seq": int
+MARKER_BODY = b"\x83\xa6marker\xc3"
+_K_EPOCH = b"\xa5epoch"
+_K_LAST_SEQ = b"\xa8last_seq"
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+@dataclass(frozen=True, slots=True)
+class FeederStatistics:
+    frames: int
+    markers_current: int  # markers equal to the channel's delivered position: skipped
+    markers_decoded: int
+
+
+class FrameFeeder:
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._frames = 0
+        self._current = 0
+        self._decoded = 0
+
+    def feed(self, frames: list[bytes], out: list[Envelope]) -> None:
+        """Decode fan-out ``frames`` (not heartbeats) into the tracker; deliverables into
+        ``out``."""
+        tracker = self.tracker
+        position = tracker.position
+        state = tracker.state
+        self._frames += len(frames)
+        for frame in frames:
+            i = frame.find(SEP)
+            if i > 0 and frame.startswith(MARKER_BODY, i + 1):
+                try:
+                    channel = frame[:i].decode("utf-8")
+                except UnicodeDecodeError:
+                    channel = ""  # decode_frame reports it
+                pos = position(channel) if channel else None
+                if (
+                    pos is not None
+                    and pos[0] is not None
+                    and frame.endswith(_pack(pos[1]))
+                    and state(channel) is State.LIVE
+                    and frame
+                    == b"".join((frame[: i + 1], MARKER_BODY, _K_EPOCH, _pack(pos[0]), _K_LAST_SEQ))
+                    + _pack(pos[1])
+                ):
+                    self._current += 1
+                    continue
+                self._decoded += 1
+            try:
+                msg = decode_frame(frame)
+            except RemoteProtocolError as exc:
+                log.warning("bad frame from broker: %s", exc.reason)
+                continue
+            if isinstance(msg, Envelope):
+                tracker.on_envelope(msg, out)
+            else:
+                tracker.on_marker(msg, out)
+
+    def statistics(self) -> FeederStatistics:
+        return FeederStatistics(self._frames, self._current, self._decoded)

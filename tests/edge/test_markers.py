@@ -1,0 +1,77 @@
+"""The edge's fan-out reader (edge.sync.markers, issue 16), sans-IO: a marker equal to the
+channel's delivered position is skipped without decoding it; every other one reaches the
+tracker, so a lost tail is still found, by the first marker or by its repeat."""
+
+from __future__ import annotations
+
+from broker import wire
+from broker.wire import Envelope
+from edge.sync.markers import FrameFeeder
+from edge.sync.tracker import RequestPosition, RequestReplay, State, Tracker
+
+
+def _env(ch, seq, epoch="e1"):
+    return wire.encode_envelope(Envelope(ch, seq, epoch, {"http-stream": {"content": f"{seq}"}}))
+
+
+def _live(channel="a", epoch="e1", last_seq=0):
+    t = Tracker()
+    t.track(channel)
+    t.on_position(channel, epoch, last_seq, [])
+    t.take_actions()
+    assert t.state(channel) is State.LIVE
+    return t, FrameFeeder(t), []
+
+
+def test_markers_at_the_delivered_position_are_skipped():
+    t, f, out = _live()
+    f.feed([_env("a", 1), _env("a", 2), wire.encode_marker("a", "e1", 2)], out)
+    f.feed([wire.encode_marker("a", "e1", 2)], out)  # the broker's second round
+    assert [e.seq for e in out] == [1, 2]
+    assert t.position("a") == ("e1", 2) and t.take_actions() == []
+    st = f.statistics()
+    assert (st.frames, st.markers_current, st.markers_decoded) == (4, 2, 0)
+
+
+def test_long_names_epochs_and_seqs_compare_exactly():
+    ch, epoch = "ch-" + "é" * 40, "x" * 300
+    t, f, out = _live(ch, epoch, 2**40)
+    f.feed([wire.encode_marker(ch, epoch, 2**40)], out)
+    assert f.statistics().markers_current == 1
+    f.feed([wire.encode_marker(ch, epoch, 2**40 + 1)], out)  # one more than delivered
+    assert f.statistics().markers_decoded == 1
+    assert t.take_actions() == [RequestReplay(ch, epoch, 2**40)]
+
+
+def test_lost_tail_found_by_the_first_marker():
+    t, f, out = _live()
+    f.feed([_env("a", 1), wire.encode_marker("a", "e1", 3)], out)  # 2 and 3 lost
+    assert t.take_actions() == [RequestReplay("a", "e1", 1)]
+    assert t.state("a") is State.REPLAYING
+
+
+def test_lost_tail_found_by_the_repeat_when_the_first_marker_was_lost_too():
+    t, f, out = _live()
+    f.feed([_env("a", 1)], out)  # 2, 3 and the first marker lost
+    f.feed([wire.encode_marker("a", "e1", 3)], out)
+    assert t.take_actions() == [RequestReplay("a", "e1", 1)]
+
+
+def test_markers_of_another_epoch_or_a_positioning_channel_reach_the_tracker():
+    t, f, out = _live()
+    f.feed([wire.encode_marker("a", "e2", 0)], out)  # another epoch: the position decides
+    assert t.take_actions() == [RequestPosition("a")]
+    t2 = Tracker()
+    t2.track("b")  # positioning: the marker sets the position
+    t2.take_actions()
+    f2 = FrameFeeder(t2)
+    f2.feed([wire.encode_marker("b", "e1", 4)], out)
+    assert t2.state("b") is State.LIVE and t2.position("b") == ("e1", 4)
+    f2.feed([wire.encode_marker("untracked", "e1", 4)], out)  # not ours: ignored by the tracker
+    assert f2.statistics().markers_decoded == 2
+
+
+def test_bad_frames_are_skipped():
+    t, f, out = _live()
+    f.feed([b"no separator", b"a\x00\xc1", b"\xff\x00\x83\xa6marker\xc3", _env("a", 1)], out)
+    assert [e.seq for e in out] == [1]
