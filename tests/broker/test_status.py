@@ -175,7 +175,7 @@ def test_store_state_of_redis():
 
     def redis(connected):
         client = RedisClientStatistics(connected, "r1", 6379, 0, 1, 0, 2, 5, 5, 0, 0, 0, 0)
-        return RedisStoreStatistics(5, 1, 1, 0, 0, 0, 0, client, None)
+        return RedisStoreStatistics(5, 1, 1, 0, 0, 0, 0, client, None, 0, 0, 0)
 
     up = store_state("redis", redis(True), False)
     assert up == StoreState("redis", True, {"server": "r1:6379", "connected": True, "drops": 2})
