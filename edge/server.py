@@ -159,6 +159,7 @@ class Edge:
         several = len(link.links) > 1
         self.tracker = Tracker(reorder_window_s=cfg.reorder_window_s if several else 0.0)
         self._reorder_wake = trio.Event()  # set when the tracker has a reorder deadline
+        self.verified: set[str] = set()  # broker_ids whose hello was checked (_hello_one)
         self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TIMER_TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
@@ -374,13 +375,25 @@ class Edge:
                         self.tracker.statistics().channels,
                     )
                 self.tracker.resync()
+        if broker_id not in self.verified and len(self.link.links) > 1:
+            # a broker this edge has not said hello to (it was down when the edge started,
+            # or it restarted): check it as at start (store, cluster, wire version)
+            self.verified.add(broker_id)
+            self.nursery.start_soon(self._verify, self.link.links[index])
         self._run_tracker_actions()
+
+    async def _verify(self, link: BrokerLink) -> None:
+        if not await _hello_one(self, link, several=True):
+            self.nursery.cancel_scope.cancel()  # logged by _hello_one; exit_code set
 
     async def serve_link_repair(self) -> None:
         """Watch the broker links (edge.sync.repair) and retry unanswered repairs, every tick."""
         while True:
             await trio.sleep(TICK_S)
             now = trio.current_time()
+            for link in self.link.links:
+                if link.last_data is not None:
+                    self.linkwatch.on_activity(link.index, link.last_data)
             for index, a in self.linkwatch.tick(now):
                 if isinstance(a, LinkLost):
                     endpoint = self.link.links[index].endpoints[1]
@@ -685,6 +698,7 @@ async def _hello_one(edge: Edge, link: BrokerLink, *, several: bool) -> bool:
         log.warning("broker did not answer hello: %s", exc)
         return True
     assert isinstance(r, wire.HelloReply)
+    edge.verified.add(r.broker_id)
     log.info("broker hello broker=%s broker_id=%s wire=%d", where, r.broker_id, r.wire_version)
     if not link.check_wire_version(r.wire_version):
         return False

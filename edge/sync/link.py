@@ -134,6 +134,9 @@ class BrokerLink:
         self.refused = False
         self._unverified = 0
         self._last_hb: float | None = None
+        # when the last batch of channel frames came (a sign of life between heartbeats:
+        # edge.sync.repair.LinkWatch.on_activity)
+        self.last_data: float | None = None
         self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
 
     def close(self) -> None:
@@ -251,6 +254,7 @@ class BrokerLink:
                 else:
                     data.append(f)
             if data:
+                self.last_data = trio.current_time()
                 await on_frames(data)
 
         await self._read_loop(self.sub, handle)

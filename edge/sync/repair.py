@@ -97,6 +97,18 @@ class LinkWatch:
         self._resyncs += len(actions)
         return actions
 
+    def on_activity(self, at: float) -> None:
+        """Channel frames came from the broker at ``at``: it is alive, even if no heartbeat has
+        arrived since it (re)started.  No ``Resync`` (the broker's identity is unknown here; a
+        restart shows in its next heartbeat), but a later silence is a loss again: a broker
+        that restarts and dies before its first heartbeat reaches this edge still makes the
+        edge repair the tail it may have left."""
+        if self._last is None or at > self._last:
+            self._last = at
+            if not self.up:
+                self.up = True
+                self._lost_reported = False
+
     def tick(self, now: float) -> list[LinkLost]:
         """Check for silence: ``LinkLost`` once per loss (also when never heard from)."""
         if self._lost_reported:
@@ -131,6 +143,9 @@ class LinkWatches:
 
     def on_heartbeat(self, index: int, broker_id: str, now: float) -> list[Resync]:
         return self.watches[index].on_heartbeat(broker_id, now)
+
+    def on_activity(self, index: int, at: float) -> None:
+        self.watches[index].on_activity(at)
 
     def tick(self, now: float) -> list[tuple[int, LinkLost]]:
         """``(index, LinkLost)`` for every broker that just went silent."""

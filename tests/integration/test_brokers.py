@@ -145,8 +145,8 @@ class Brokers:
         common = dict(
             store=self.url,
             brokers=listed,
-            broker_link_timeout_s=2.0,
-            drain_timeout_s=1.0,
+            broker_link_timeout_s=1.5,
+            drain_timeout_s=0.0,
             log_level="warning",
         )
         self.configs = [
@@ -155,8 +155,10 @@ class Brokers:
         ]
         self.brokers: list[Proc | None] = [None, None]
         self.edges: list[Proc] = []
-        for i in range(2):
-            self.start_broker(i)
+
+    def start(self) -> None:
+        """Every process at once (edges retry their brokers until they answer)."""
+        self.brokers = [Proc(gripcast("broker", "--config", c)) for c in self.configs]
         for i, port in enumerate(self.client_ports):
             argv = gripcast(
                 "edge",
@@ -167,10 +169,15 @@ class Brokers:
                 "--port",
                 f"127.0.0.1:{port}",
             )
-            self.edges.append(Proc(argv).wait_ready())
+            self.edges.append(Proc(argv))
+        for p in [*self.brokers, *self.edges]:
+            assert p is not None
+            p.wait_ready()
 
-    def start_broker(self, i: int) -> None:
-        self.brokers[i] = Proc(gripcast("broker", "--config", self.configs[i])).wait_ready()
+    def start_broker(self, i: int, wait: bool = True) -> None:
+        self.brokers[i] = p = Proc(gripcast("broker", "--config", self.configs[i]))
+        if wait:
+            p.wait_ready()
 
     def kill_broker(self, i: int) -> None:
         p = self.brokers[i]
@@ -198,6 +205,7 @@ def brokers(tmp_path_factory):
         pytest.skip("redis-server not installed")
     b = Brokers(tmp_path_factory.mktemp("brokers"))
     try:
+        b.start()
         yield b
     finally:
         b.close()
@@ -280,36 +288,7 @@ class Publisher:
 
 
 def published(s: Swarm, name: str) -> list[str]:
-    return [m for m in s.got[name] if m.startswith("p")]
-
-
-def test_kill_and_restart_a_broker_under_publishing(brokers, swarm):
-    with Publisher(0, brokers.publish_url(0)) as p0, Publisher(1, brokers.publish_url(1)) as p1:
-        wait_for(lambda: len(p0.acked) >= 40 and len(p1.acked) >= 40, 20, "publishing stalled")
-        brokers.kill_broker(1)  # under publishing: p1's request in flight may be half-done
-        n0 = len(p0.acked)
-        wait_for(lambda: len(p0.acked) >= n0 + 40, 20, "broker 0 stopped acknowledging")
-        brokers.start_broker(1)  # restarted while broker 0 runs
-        n1 = len(p1.acked)
-        wait_for(lambda: len(p1.acked) >= n1 + 40, 20, "the restarted broker does not publish")
-    acked = set(p0.acked) | set(p1.acked)
-    unknown = set(p0.unknown) | set(p1.unknown)
-
-    def complete() -> bool:
-        return all(acked <= set(published(swarm, n)) for n in swarm.got)
-
-    wait_for(complete, 20, f"acknowledged messages missing; errors={swarm.errors}")
-    # what was not acknowledged may still arrive (stored, then repaired): let it settle
-    wait_for(lambda: len({len(published(swarm, n)) for n in swarm.got}) == 1, 10, "clients differ")
-    assert not swarm.errors, swarm.errors
-    first = published(swarm, next(iter(swarm.got)))
-    assert len(first) == len(set(first)), "a message was delivered twice"
-    assert set(first) - acked <= unknown, set(first) - acked - unknown
-    for p in (p0, p1):
-        mine = [m for m in first if m.startswith(f"p{p.n}-")]
-        assert [m for m in mine if m in acked] == p.acked, f"publisher {p.n}: out of order"
-    for name in swarm.got:
-        assert published(swarm, name) == first, f"{name} got another sequence"
+    return [m for m in s.got[name] if m.startswith(("p0-", "p1-"))]
 
 
 def test_tail_loss_is_repaired_when_a_broker_is_lost(brokers, swarm):
@@ -331,42 +310,75 @@ def test_tail_loss_is_repaired_when_a_broker_is_lost(brokers, swarm):
     trio.run(store_only)
     brokers.kill_broker(1)
     try:
-        try:
-            wait_for(lambda: all(published(swarm, n)[-1:] == [tail] for n in swarm.got), 15)
-        except TimeoutError:
-            ends = {n: g[-2:] for n, g in swarm.got.items()}
-            raise AssertionError(
-                f"the tail did not reach every client: {ends} {swarm.errors}"
-            ) from None
-        assert not swarm.errors, swarm.errors
-    finally:
-        brokers.start_broker(1)
+        wait_for(lambda: all(got[-1:] == [tail] for got in swarm.got.values()), 15)
+    except TimeoutError:
+        ends = {n: g[-2:] for n, g in swarm.got.items()}
+        raise AssertionError(
+            f"the tail did not reach every client: {ends} {swarm.errors}"
+        ) from None
+    assert not swarm.errors, swarm.errors
+    brokers.start_broker(1, wait=False)  # for the next test (its publisher waits for it)
 
 
-def test_second_broker_on_the_memory_store_is_refused(tmp_path):
+def test_kill_and_restart_a_broker_under_publishing(brokers, swarm):
+    with Publisher(0, brokers.publish_url(0)) as p0, Publisher(1, brokers.publish_url(1)) as p1:
+        wait_for(lambda: len(p0.acked) >= 20 and len(p1.acked) >= 20, 20, "publishing stalled")
+        brokers.kill_broker(1)  # under publishing: p1's request in flight may be half-done
+        n0 = len(p0.acked)
+        wait_for(lambda: len(p0.acked) >= n0 + 15, 20, "broker 0 stopped acknowledging")
+        brokers.start_broker(1)  # restarted while broker 0 runs
+        n1 = len(p1.acked)
+        wait_for(lambda: len(p1.acked) >= n1 + 15, 20, "the restarted broker does not publish")
+    acked = set(p0.acked) | set(p1.acked)
+    unknown = set(p0.unknown) | set(p1.unknown)
+
+    def complete() -> bool:
+        return all(acked <= set(published(swarm, n)) for n in swarm.got)
+
+    wait_for(complete, 20, f"acknowledged messages missing; errors={swarm.errors}")
+    # what was not acknowledged may still arrive (stored, then repaired): let it settle
+    wait_for(lambda: len({len(published(swarm, n)) for n in swarm.got}) == 1, 10, "clients differ")
+    assert not swarm.errors, swarm.errors
+    first = published(swarm, next(iter(swarm.got)))
+    assert len(first) == len(set(first)), "a message was delivered twice"
+    assert set(first) - acked <= unknown, set(first) - acked - unknown
+    for p in (p0, p1):
+        mine = [m for m in first if m.startswith(f"p{p.n}-")]
+        assert [m for m in mine if m in acked] == p.acked, f"publisher {p.n}: out of order"
+    for name in swarm.got:
+        assert published(swarm, name) == first, f"{name} got another sequence"
+
+
+def test_memory_store_refused_with_several_brokers(tmp_path):
+    """A broker whose config lists several brokers refuses the memory store at start; an edge
+    listing several refuses a broker whose hello says it keeps channels in memory, whatever
+    that broker's config says, even when the broker was not up for the edge's first hello
+    (the edge checks it at its first heartbeat).  All three processes start at once."""
     ports = broker_ports(free_port_block(6))
-    listed = ["127.0.0.1:5564", "127.0.0.1:5574"]
-    cfg = write_config(tmp_path / "b.toml", ports, ["* 127.0.0.1:9"], brokers=listed)
-    r = subprocess.run(gripcast("broker", "--config", cfg), capture_output=True, timeout=30)
-    assert r.returncode == EXIT_CONFIG
-    assert b"several brokers need a shared Redis store" in r.stderr, r.stderr
-
-
-def test_edge_listing_brokers_refuses_a_memory_store_broker(tmp_path):
-    ports = broker_ports(free_port_block(6))
-    bcfg = write_config(tmp_path / "b.toml", ports, ["* 127.0.0.1:9"], drain_timeout_s=1.0)
-    broker = Proc(gripcast("broker", "--config", bcfg)).wait_ready()
+    routes = ["* 127.0.0.1:9"]
+    two = ["127.0.0.1:5564", "127.0.0.1:5574"]
+    refused_cfg = write_config(tmp_path / "r.toml", broker_ports(1), routes, brokers=two)
+    bcfg = write_config(tmp_path / "b.toml", ports, routes, drain_timeout_s=0.0)
+    # the same broker under two names: two brokers to the edge
+    listed = [f"127.0.0.1:{ports['edge_pub_port']}", f"localhost:{ports['edge_pub_port']}"]
+    ecfg = write_config(tmp_path / "e.toml", ports, routes, brokers=listed)
+    port = free_ports(1)[0]
+    refused = subprocess.Popen(gripcast("broker", "--config", refused_cfg), stderr=subprocess.PIPE)
+    broker = Proc(gripcast("broker", "--config", bcfg))
+    edge = subprocess.Popen(
+        gripcast("edge", "--config", ecfg, "--port", f"127.0.0.1:{port}"),
+        stderr=subprocess.PIPE,
+    )
     try:
-        other = free_port_block(2)  # nobody listens: that hello times out
-        listed = [f"127.0.0.1:{ports['edge_pub_port']}", f"127.0.0.1:{other}"]
-        ecfg = write_config(tmp_path / "e.toml", ports, ["* 127.0.0.1:9"], brokers=listed)
-        port = free_ports(1)[0]
-        r = subprocess.run(
-            gripcast("edge", "--config", ecfg, "--port", f"127.0.0.1:{port}"),
-            capture_output=True,
-            timeout=30,
-        )
-        assert r.returncode == EXIT_CONFIG, r.stderr
-        assert b"keeps channels in its own memory store" in r.stderr, r.stderr
+        _, err = refused.communicate(timeout=30)
+        assert refused.returncode == EXIT_CONFIG, err
+        assert b"several brokers need a shared Redis store" in err, err
+        _, err = edge.communicate(timeout=30)
+        assert edge.returncode == EXIT_CONFIG, err
+        assert b"keeps channels in its own memory store" in err, err
     finally:
+        for p in (refused, edge):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         broker.stop()
