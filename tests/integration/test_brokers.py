@@ -32,7 +32,7 @@ import websockets
 from broker.errors import EXIT_CONFIG
 from broker.items import parse_http_publish
 from tests.helpers import free_port_block, free_ports, wait_for
-from tests.integration.cluster import Origin, Proc, gripcast, write_config
+from tests.integration.cluster import Origin, Proc, StreamClient, gripcast, write_config
 from tests.integration.wsorigin import WohOriginApp
 from tests.redis_server import RedisServer, redis_available
 
@@ -382,3 +382,57 @@ def test_memory_store_refused_with_several_brokers(tmp_path):
                 p.kill()
                 p.wait()
         broker.stop()
+
+
+def hold_r(req):
+    return (
+        200,
+        {"Content-Type": "text/plain", "Grip-Hold": "stream", "Grip-Channel": "r"},
+        b"[open]\n",
+    )
+
+
+def test_run_brokers_n_starts_brokers_ten_ports_apart_and_edges_on_all(tmp_path):
+    """``gripcast run --brokers 2``: refused on the memory store before anything starts; on
+    Redis, broker 1 listens on the broker ports + 10, and a message published through either
+    broker reaches a client of the (one) edge."""
+    from tests.integration.test_runner import Runner
+
+    if not redis_available():
+        pytest.skip("redis-server not installed")
+    base = free_port_block(16)
+    ports = broker_ports(base)
+    ports["client_port"] = free_ports(1)[0]
+    with Origin({"/s": hold_r}) as origin, RedisServer() as redis:
+        routes = [f"* 127.0.0.1:{origin.port}"]
+        mem = write_config(tmp_path / "m.toml", ports, routes)
+        r = Runner("--config", mem, "--edges", "1", "--brokers", "2")
+        try:
+            assert r.wait_exit(30) == EXIT_CONFIG
+            assert "several brokers need a shared Redis store" in r.text, r.text
+            assert "started broker" not in r.text
+        finally:
+            r.close()
+        cfg = write_config(
+            tmp_path / "g.toml", ports, routes, store=f"redis://127.0.0.1:{redis.port}/0"
+        )
+        r = Runner("--config", cfg, "--edges", "1", "--brokers", "2")
+        try:
+            r.wait_line(r"gripcast is ready: 2 brokers, 1 edge")
+            assert f":{base + 11}/publish/" in r.text  # broker 1: http_port + 10
+            client = StreamClient(f"http://127.0.0.1:{ports['client_port']}/s").wait_open()
+            try:
+                client.read_until(b"[open]\n")
+                with httpx.Client(timeout=5) as http:
+                    for i, http_port in enumerate((base + 1, base + 11)):
+                        item = {"channel": "r", "formats": {"http-stream": {"content": f"b{i}\n"}}}
+                        url = f"http://127.0.0.1:{http_port}/publish/"
+                        assert http.post(url, json={"items": [item]}).status_code == 200
+                client.read_until(b"b0\nb1\n")
+            finally:
+                client.close()
+            os.killpg(r.proc.pid, signal.SIGINT)
+            assert r.wait_exit(30) == 0
+            assert "broker0 stopped" in r.text and "broker1 stopped" in r.text, r.text
+        finally:
+            r.close()
