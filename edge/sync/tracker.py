@@ -207,12 +207,12 @@ class Tracker:
             self._link_other_epoch(env.channel, t)
             return
         self._accept(env.channel, t, env, out)
-        if t.state is State.LIVE:
-            if t.held:
+        if t.held:
+            if t.state is State.LIVE:
                 self._gap(env.channel, t, now)
-            elif self._due and t.target <= t.last_seq and env.channel in self._due:
-                del self._due[env.channel]  # the gap closed within its window
-                self._reordered += 1
+        elif self._due and env.channel in self._due and t.target <= t.last_seq:
+            del self._due[env.channel]  # the gap closed within its window
+            self._reordered += 1
 
     def on_marker(self, marker: Marker, out: list[Envelope], now: float = 0.0) -> None:
         t = self._tracks.get(marker.channel)

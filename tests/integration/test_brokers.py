@@ -46,8 +46,9 @@ BROKER_KEYS = (
     "edge_pub_port",
     "edge_ctl_port",
 )
-SSE_PER_EDGE = 6
-WS_PER_EDGE = 6
+# clients per edge and transport: a few dozen in all for CI; GRIPCAST_BROKERS_CLIENTS=100
+# (per edge and transport: 400 clients) is the heavier manual mode
+SSE_PER_EDGE = WS_PER_EDGE = int(os.environ.get("GRIPCAST_BROKERS_CLIENTS", "6"))
 
 
 def broker_ports(base: int) -> dict[str, int]:
