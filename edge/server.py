@@ -159,7 +159,8 @@ class Edge:
         several = len(link.links) > 1
         self.tracker = Tracker(reorder_window_s=cfg.reorder_window_s if several else 0.0)
         self._reorder_wake = trio.Event()  # set when the tracker has a reorder deadline
-        self.verified: set[str] = set()  # broker_ids whose hello was checked (_hello_one)
+        self.verified: set[str] = set()  # broker_ids whose hello was answered and checked
+        self._verifying: set[str] = set()  # broker_ids whose hello is being asked
         self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TIMER_TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
@@ -375,16 +376,24 @@ class Edge:
                         self.tracker.statistics().channels,
                     )
                 self.tracker.resync()
-        if broker_id not in self.verified and len(self.link.links) > 1:
+        if (
+            broker_id not in self.verified
+            and broker_id not in self._verifying
+            and len(self.link.links) > 1
+        ):
             # a broker this edge has not said hello to (it was down when the edge started,
             # or it restarted): check it as at start (store, cluster, wire version)
-            self.verified.add(broker_id)
-            self.nursery.start_soon(self._verify, self.link.links[index])
+            self._verifying.add(broker_id)
+            self.nursery.start_soon(self._verify, self.link.links[index], broker_id)
         self._run_tracker_actions()
 
-    async def _verify(self, link: BrokerLink) -> None:
-        if not await _hello_one(self, link, several=True):
-            self.nursery.cancel_scope.cancel()  # logged by _hello_one; exit_code set
+    async def _verify(self, link: BrokerLink, broker_id: str) -> None:
+        """Check a broker's hello (``_hello_one``); unanswered, its next heartbeat asks again."""
+        try:
+            if not await _hello_one(self, link, several=True):
+                self.nursery.cancel_scope.cancel()  # logged by _hello_one; exit_code set
+        finally:
+            self._verifying.discard(broker_id)
 
     async def serve_link_repair(self) -> None:
         """Watch the broker links (edge.sync.repair) and retry unanswered repairs, every tick."""

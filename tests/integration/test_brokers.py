@@ -80,6 +80,7 @@ class Swarm:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start(self, sse_urls, ws_urls) -> None:
+        self._handshakes = asyncio.Semaphore(16)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_connections=len(sse_urls) + 1),
@@ -105,9 +106,13 @@ class Swarm:
 
     async def _ws(self, name: str, url: str) -> None:
         try:
-            async with websockets.connect(url, open_timeout=10) as ws:
+            async with self._handshakes:  # the origin is a thread of this process: pace it
+                ws = await websockets.connect(url, open_timeout=30)
+            try:
                 async for msg in ws:
                     self.got[name].append(msg if isinstance(msg, str) else msg.decode())
+            finally:
+                await ws.close()
         except (websockets.WebSocketException, OSError) as exc:
             self.errors.append(f"{name}: {exc!r}")
         self.errors.append(f"{name}: closed")
