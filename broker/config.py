@@ -205,6 +205,12 @@ class Config:
     # channel namespaces (docs/channel-api.md, "Namespaces"): the ``[[namespace]]`` tables
     # (history bounds, presence, ZeroMQ publish per channel prefix; longest prefix wins)
     namespaces: tuple[Namespace, ...] = ()
+    # several brokers (docs/cluster.md): each "host" or "host:port", port = that broker's
+    # edge_pub port (its edge_ctl port is port + 1); [] = the one broker at broker_host
+    brokers: tuple[str, ...] = ()
+    # how long an edge waits for a missing seq to arrive from another broker before it asks
+    # for a replay (only with several brokers; one broker's PUB/SUB keeps order)
+    reorder_window_s: float = 0.05
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -235,6 +241,19 @@ class Config:
             host = "*"
         return f"tcp://{host}:{self.port(name + '_port')}"
 
+    def broker_endpoints(self) -> list[tuple[str, str]]:
+        """``(edge_pub, edge_ctl)`` ZeroMQ endpoints of every broker an edge connects to
+        (``brokers``; [] = the one broker at ``broker_host``)."""
+        if not self.brokers:
+            return [(self.endpoint("edge_pub", bind=False), self.endpoint("edge_ctl", bind=False))]
+        out = []
+        for entry in self.brokers:
+            host, port = split_broker(entry)
+            pub = port if port is not None else self.port("edge_pub_port")
+            ctl = port + 1 if port is not None else self.port("edge_ctl_port")
+            out.append((f"tcp://{host}:{pub}", f"tcp://{host}:{ctl}"))
+        return out
+
     @property
     def edge_count(self) -> int:
         return self.edges if self.edges > 0 else (os.cpu_count() or 1)
@@ -257,7 +276,9 @@ def reloadable_keys(role: str) -> frozenset[str]:
 
 
 _INT_OR_NONE = {name for name in DEFAULT_PORTS}
-_COMMA_LISTS = frozenset(["x_forwarded_for", "x_forwarded_for_trusted", "orig_headers_need_mark"])
+_COMMA_LISTS = frozenset(
+    ["brokers", "x_forwarded_for", "x_forwarded_for_trusted", "orig_headers_need_mark"]
+)
 _LISTEN_LISTS = {"https_port"}  # "[addr:]port" items: an int, "a,b" (Pushpin) or a list
 
 
@@ -268,6 +289,66 @@ def split_listen(value: str) -> tuple[str, int]:
     if not 0 < n <= 65535:
         raise ValueError(f"port {n} out of range")
     return addr.strip("[]"), n
+
+
+def split_broker(entry: str) -> tuple[str, int | None]:
+    """A ``brokers`` entry -> ``(host, edge_pub port or None)``: ``"host"``, ``"host:port"``,
+    ``"[v6]"`` or ``"[v6]:port"`` (IPv6 hosts keep their brackets, as ZeroMQ wants them);
+    ``ValueError`` when it is not one of those."""
+    text = entry.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 2:
+            raise ValueError("an IPv6 host is written [addr] or [addr]:port")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError("an IPv6 host is written [addr] or [addr]:port")
+        port_text = rest[1:] if rest else None
+    else:
+        host, sep, port_text_ = text.partition(":")
+        port_text = port_text_ if sep else None
+        if ":" in port_text_:
+            raise ValueError("an IPv6 host is written [addr] or [addr]:port")
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError("not a host name or address")
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit():
+        raise ValueError(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65534:  # edge_ctl is port + 1
+        raise ValueError(f"port {port} out of range (1-65534: edge_ctl is port + 1)")
+    return host, port
+
+
+def _validate_brokers(cfg: Config) -> list[str]:
+    """``brokers`` and ``reorder_window_s``."""
+    problems = []
+    seen: set[tuple[str, int | None]] = set()
+    for entry in cfg.brokers:
+        try:
+            key = split_broker(entry)
+        except ValueError as exc:
+            problems.append(f'brokers: {entry!r} is not "host" or "host:port" ({exc})')
+            continue
+        if key in seen:
+            problems.append(f"brokers: {entry!r} is listed twice")
+        seen.add(key)
+    if not 0 <= cfg.reorder_window_s <= 10:
+        problems.append("reorder_window_s: must be 0 to 10 seconds")
+    return problems
+
+
+def several_brokers_problems(cfg: Config) -> list[str]:
+    """Why a broker (or ``gripcast run``) must not start as one of several brokers with this
+    config: several brokers share their channels' state in Redis, never in memory."""
+    if len(cfg.brokers) > 1 and cfg.store == "memory":
+        return [
+            f'brokers: {len(cfg.brokers)} brokers are listed but store = "memory": several '
+            'brokers need a shared Redis store (store = "redis://..." or '
+            '"redis+sentinel://..."); the memory store keeps each channel in one broker'
+        ]
+    return []
 
 
 def _listen_list(value: Any) -> tuple[str, ...]:
@@ -466,6 +547,7 @@ def validate(cfg: Config) -> list[str]:
     if not 6 <= cfg.channel_counts_max_age_s <= 3600:  # edges resend all counts after 5 s
         problems.append("channel_counts_max_age_s: must be 6 to 3600 seconds")
     problems.extend(_validate_proxy_rules(cfg))
+    problems.extend(_validate_brokers(cfg))
     return problems
 
 

@@ -85,8 +85,12 @@ def parse_control(frame: bytes) -> ControlRequest:
     )
 
 
-def hello_reply(rid: object, broker_id: str, started: float, cluster_id: str = "") -> bytes:
-    return wire.encode_reply(wire.HelloReply(rid, broker_id, started, cluster_id, WIRE_VERSION))
+def hello_reply(
+    rid: object, broker_id: str, started: float, cluster_id: str = "", shared_store: bool = False
+) -> bytes:
+    return wire.encode_reply(
+        wire.HelloReply(rid, broker_id, started, cluster_id, WIRE_VERSION, shared_store)
+    )
 
 
 def position_reply(rid: object, channel: str, pos: Position) -> bytes:

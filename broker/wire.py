@@ -488,6 +488,9 @@ class HelloReply:
     started: float
     cluster_id: str = ""
     wire_version: int = WIRE_VERSION
+    # the broker keeps channels in a store other brokers share (Redis): edges listing several
+    # brokers refuse one that does not (docs/cluster.md); absent (older broker): False
+    shared_store: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,6 +598,7 @@ def reply_map(rep: Reply) -> dict[str, Any]:
             "started": rep.started,
             "cluster_id": rep.cluster_id,
             "wire": rep.wire_version,
+            "shared_store": rep.shared_store,
         }
     if isinstance(rep, PositionReply):
         return {
@@ -727,6 +731,7 @@ def reply_from_map(m: dict[Any, Any], expect: type) -> Reply:
                 _number(m, "started"),
                 _opt_str(m, "cluster_id") or "",
                 _version(m),
+                m.get("shared_store") is True,
             )
         if expect is PositionReply:
             return PositionReply(

@@ -39,9 +39,9 @@ from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
 from edge.sync.hub import Hub
-from edge.sync.link import BrokerLink, BrokerRefused, BrokerUnavailable
+from edge.sync.link import BrokerLink, BrokerLinks, BrokerRefused, BrokerUnavailable
 from edge.sync.markers import FrameFeeder
-from edge.sync.repair import LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.sync.repair import LinkLost, LinkWatches, Resync, tell_epoch_change
 from edge.sync.resume import Resumer
 from edge.sync.tracker import (
     EpochChanged,
@@ -140,7 +140,7 @@ class Edge:
         cfg: Config,
         index: int,
         routes: RouteTable,
-        link: BrokerLink,
+        link: BrokerLinks,
         nursery: trio.Nursery,
         signers: Signers,
         test_origin: tuple[str, int] = ("127.0.0.1", 9),
@@ -156,8 +156,13 @@ class Edge:
         self.link = link
         self.nursery = nursery
         self.hub: Hub[Session] = Hub()
-        self.tracker = Tracker()
+        # several brokers: a gap may be a message still in flight from another broker
+        several = len(link.links) > 1
+        self.tracker = Tracker(reorder_window_s=cfg.reorder_window_s if several else 0.0)
         self.feeder = FrameFeeder(self.tracker)  # fan-out frames in (edge.sync.markers)
+        self._reorder_wake = trio.Event()  # set when the tracker has a reorder deadline
+        self.verified: set[str] = set()  # broker_ids whose hello was answered and checked
+        self._verifying: set[str] = set()  # broker_ids whose hello is being asked
         self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TIMER_TICK_S)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
@@ -175,7 +180,9 @@ class Edge:
         self.draining = False
         self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
         self._pos_waiters: dict[str, trio.Event] = {}
-        self.linkwatch = LinkWatch(cfg.broker_link_timeout_s, trio.current_time())
+        self.linkwatch = LinkWatches(
+            len(link.links), cfg.broker_link_timeout_s, trio.current_time()
+        )
         self._pos_failed: set[str] = set()  # position requests to retry (edge.sync.repair)
         self.resumer = Resumer(self)
         # HTTP holds: recover, first-subscription retries, the next-link update limiter
@@ -239,11 +246,12 @@ class Edge:
         n = self.holds.recover(trio.current_time())
         log.info("recover: %d held sessions asked to update (rate-limited)", n)
 
-    def on_command(self, command: wire.EdgeCommand) -> None:
-        """A ``conncheck`` or ``refresh`` relayed by the broker: do it, answer what was found."""
+    def on_command(self, command: wire.EdgeCommand, link: BrokerLink | None = None) -> None:
+        """A ``conncheck`` or ``refresh`` relayed by a broker: do it, answer what was found
+        (to the broker that relayed it)."""
         found = ws_commands.answer(command, self.stats, self.websockets, self.hub)
         log.debug("command op=%s cmd=%d found=%d", command.op, command.cmd, len(found))
-        self.link.answer(command.cmd, found)
+        (link or self.link.primary).answer(command.cmd, found)
 
     async def wait_positioned(
         self, channels: list[str], timeout_s: float = POSITION_WAIT_S
@@ -277,7 +285,7 @@ class Edge:
 
     async def on_frames(self, frames: list[bytes]) -> None:
         out: list[wire.Envelope] = []
-        self.feeder.feed(frames, out)
+        self.feeder.feed(frames, out, trio.current_time())
         self._run_tracker_actions()
         if out:
             await self.deliverer.deliver(out, trio.current_time())
@@ -286,6 +294,8 @@ class Edge:
         if self._pos_waiters:
             for ch in [c for c in self._pos_waiters if self.tracker.state(c) is not State.POSITION]:
                 self._pos_waiters.pop(ch).set()
+        if self.tracker.reorder_window_s and self.tracker.next_deadline() is not None:
+            self._reorder_wake.set()
         for a in self.tracker.take_actions():
             if isinstance(a, RequestPosition):
                 self.nursery.start_soon(self._ask_position, a.channel)
@@ -326,7 +336,7 @@ class Edge:
             return  # the broker's marker on subscribe may still set the position
         out: list[wire.Envelope] = []
         assert isinstance(r, wire.PositionReply)
-        self.tracker.on_position(channel, r.epoch, r.last_seq, out)
+        self.tracker.on_position(channel, r.epoch, r.last_seq, out, trio.current_time())
         await self._after_tracker(out)
 
     async def _ask_replay(self, req: RequestReplay) -> None:
@@ -344,38 +354,90 @@ class Edge:
             self.tracker.on_replay_failed(req, out)
         await self._after_tracker(out)
 
-    def on_heartbeat(self, broker_id: str) -> None:
-        """A broker heartbeat (or hello): re-synchronise every channel after a restart/loss."""
-        for a in self.linkwatch.on_heartbeat(broker_id, trio.current_time()):
+    def on_heartbeat(self, index: int, broker_id: str) -> None:
+        """Broker ``index``'s heartbeat (or hello): re-synchronise every channel after its
+        restart or loss."""
+        for a in self.linkwatch.on_heartbeat(index, broker_id, trio.current_time()):
             if isinstance(a, Resync):
                 if self.tracker.statistics().channels:
                     log.warning(
-                        "broker link resync reason=%r broker_id=%s channels=%d",
+                        "broker link resync reason=%r broker=%s broker_id=%s channels=%d",
                         a.reason,
+                        self.link.links[index].endpoints[1],
                         a.broker_id,
                         self.tracker.statistics().channels,
                     )
                 self.tracker.resync()
+        if (
+            broker_id not in self.verified
+            and broker_id not in self._verifying
+            and len(self.link.links) > 1
+        ):
+            # a broker this edge has not said hello to (it was down when the edge started,
+            # or it restarted): check it as at start (store, cluster, wire version)
+            self._verifying.add(broker_id)
+            self.nursery.start_soon(self._verify, self.link.links[index], broker_id)
         self._run_tracker_actions()
 
+    async def _verify(self, link: BrokerLink, broker_id: str) -> None:
+        """Check a broker's hello (``_hello_one``); unanswered, its next heartbeat asks again."""
+        try:
+            if not await _hello_one(self, link, several=True):
+                self.nursery.cancel_scope.cancel()  # logged by _hello_one; exit_code set
+        finally:
+            self._verifying.discard(broker_id)
+
     async def serve_link_repair(self) -> None:
-        """Watch the broker link (edge.sync.repair) and retry unanswered repairs, every tick."""
+        """Watch the broker links (edge.sync.repair) and retry unanswered repairs, every tick."""
         while True:
             await trio.sleep(TICK_S)
-            for a in self.linkwatch.tick(trio.current_time()):
+            now = trio.current_time()
+            for link in self.link.links:
+                if link.last_data is not None:
+                    self.linkwatch.on_activity(link.index, link.last_data)
+            for index, a in self.linkwatch.tick(now):
                 if isinstance(a, LinkLost):
-                    log.warning(
-                        "broker link lost: no heartbeat for %.1fs (connections stay "
-                        "held; channels resync when it is back)",
-                        a.silent_s,
-                    )
+                    endpoint = self.link.links[index].endpoints[1]
+                    if self.linkwatch.up:
+                        # tail repair: what the lost broker stored but never sent is in the
+                        # store; the positions (asked of a live broker) show it
+                        log.warning(
+                            "broker lost: no heartbeat for %.1fs broker=%s; resync from the "
+                            "%d live broker(s)",
+                            a.silent_s,
+                            endpoint,
+                            self.linkwatch.up_count(),
+                        )
+                        self.tracker.resync()
+                    else:
+                        log.warning(
+                            "broker link lost: no heartbeat for %.1fs broker=%s (connections "
+                            "stay held; channels resync when it is back)",
+                            a.silent_s,
+                            endpoint,
+                        )
             if self.linkwatch.up:
                 failed, self._pos_failed = self._pos_failed, set()
                 for ch in failed:
                     if self.tracker.wants_position(ch):
                         self.nursery.start_soon(self._ask_position, ch)
-                self.tracker.repair()
+                self.tracker.repair(now)
                 self._run_tracker_actions()
+
+    async def serve_reorder(self) -> None:
+        """With several brokers: ask the replays whose reorder window passed (edge.sync.tracker)."""
+        tracker = self.tracker
+        if tracker.reorder_window_s <= 0:
+            return
+        while True:
+            at = tracker.next_deadline()
+            if at is None:
+                self._reorder_wake = trio.Event()
+                await self._reorder_wake.wait()
+                continue
+            await trio.sleep_until(at)
+            tracker.expire(trio.current_time())
+            self._run_tracker_actions()
 
     async def _after_tracker(self, out: list[wire.Envelope]) -> None:
         self._run_tracker_actions()
@@ -558,7 +620,7 @@ async def open_listeners(cfg: Config) -> list[Listener]:
 async def serve(
     cfg: Config, index: int, routes: RouteTable, reload_config: Callable[[], Config] | None = None
 ) -> int:
-    link = BrokerLink(cfg, name=statsreport.edge_name(index))
+    link = BrokerLinks(cfg, name=statsreport.edge_name(index))
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     load_origin_tls(cfg, routes)  # (the same: a bad CA file or client certificate)
     certs = load_certificates(cfg) if cfg.https_port else None  # ConfigError: exit 78
@@ -598,8 +660,8 @@ async def serve(
                     serve=partial(edge.serve_clients, listeners),
                 )
                 await edge_metrics.start(edge, nursery)
-                nursery.start_soon(link.serve_ctl)
-                nursery.start_soon(link.serve_sub, edge.on_frames, edge.on_recover, edge.on_command)
+                nursery.start_soon(link.serve, edge.on_frames, edge.on_recover, edge.on_command)
+                nursery.start_soon(edge.serve_reorder)
                 nursery.start_soon(edge.serve_timers)
                 nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)
@@ -635,15 +697,30 @@ async def serve(
     return exit_code
 
 
-async def _hello(edge: Edge, link: BrokerLink) -> bool:
-    """Say hello to the broker; False (``edge.exit_code`` set) when this edge must stop."""
+async def _hello(edge: Edge, links: BrokerLinks) -> bool:
+    """Say hello to every broker (at once); False (``edge.exit_code`` set) when this edge
+    must stop: any broker refusing it, of another cluster, or (with several brokers) one
+    that does not keep channels in a shared store."""
+    verdicts: list[bool] = []
+
+    async def one(link: BrokerLink) -> None:
+        verdicts.append(await _hello_one(edge, link, several=len(links.links) > 1))
+
+    async with trio.open_nursery() as nursery:
+        for link in links.links:
+            nursery.start_soon(one, link)
+    return all(verdicts)
+
+
+async def _hello_one(edge: Edge, link: BrokerLink, *, several: bool) -> bool:
+    where = link.endpoints[1]
     try:
         r = await link.request(wire.HelloRequest(wire.WIRE_VERSION), tries=1)
     except BrokerRefused as exc:
         # the broker refuses edges of another wire version (its reason names both versions)
         log.error(
             "the broker at %s refused this edge (edge wire version %d): %s; stopping",
-            edge.cfg.endpoint("edge_ctl", bind=False),
+            where,
             wire.WIRE_VERSION,
             exc.reason,
         )
@@ -653,7 +730,8 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
         log.warning("broker did not answer hello: %s", exc)
         return True
     assert isinstance(r, wire.HelloReply)
-    log.info("broker hello broker_id=%s wire=%d", r.broker_id, r.wire_version)
+    edge.verified.add(r.broker_id)
+    log.info("broker hello broker=%s broker_id=%s wire=%d", where, r.broker_id, r.wire_version)
     if not link.check_wire_version(r.wire_version):
         return False
     theirs = r.cluster_id
@@ -662,9 +740,20 @@ async def _hello(edge: Edge, link: BrokerLink) -> bool:
         # it would deliver that cluster's messages to our clients, so stop instead
         log.error(
             "the broker at %s belongs to another cluster (cluster_id %r, ours %r); stopping",
-            edge.cfg.endpoint("edge_ctl", bind=False),
+            where,
             theirs or "-",
             edge.cfg.cluster_id,
+        )
+        edge.exit_code = EXIT_CONFIG
+        return False
+    if several and not r.shared_store:
+        # each broker would sequence the channel on its own: two seq 1s, two histories
+        log.error(
+            "the broker at %s keeps channels in its own memory store, but this edge lists %d "
+            "brokers (brokers = ...): several brokers need a shared Redis store "
+            '(store = "redis://..."); stopping',
+            where,
+            len(edge.link.links),
         )
         edge.exit_code = EXIT_CONFIG
         return False

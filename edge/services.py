@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from edge.sessionstate import Session
     from edge.sync.deliver import Deliverer
     from edge.sync.hub import Hub
-    from edge.sync.link import BrokerLink
+    from edge.sync.link import BrokerLinks
     from edge.sync.resume import Resumer
     from edge.sync.tracker import Tracker
     from edge.upstream import Upstream
@@ -92,7 +92,7 @@ class ConnectionServices(OriginServices, SessionServices, Protocol):
 class ResumeServices(Protocol):
     """What catching a session up from broker history needs (``edge.sync.resume``)."""
 
-    link: BrokerLink
+    link: BrokerLinks
     tracker: Tracker
     deliverer: Deliverer
 

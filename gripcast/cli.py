@@ -116,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--edges", type=int, metavar="N", help="edge processes (default: one per CPU)")
     p.add_argument(
+        "--brokers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="broker processes (default 1); N > 1 needs --store redis://... (broker i on the "
+        "broker ports + 10*i; docs/cluster.md)",
+    )
+    p.add_argument(
         "--demo",
         action="store_true",
         help="also start the demo origin app and route every request to it",
@@ -441,8 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     for level, note in notes:
         log.log(level, "pushpin config: %s", note)
     if args.command == "broker":
+        from broker.config import several_brokers_problems
         from broker.server import main as broker_main
 
+        if problems := several_brokers_problems(cfg):
+            log.error("not started: %s", "; ".join(problems))
+            return EXIT_CONFIG
         return broker_main(cfg, reload_config=lambda: config_from_args(args))
     if args.command == "edge":
         from edge.server import main as edge_main
@@ -451,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from gripcast.runner import run_cluster
 
     try:
-        return run_cluster(cfg, demo=args.demo, demo_port=args.demo_port)
+        return run_cluster(cfg, demo=args.demo, demo_port=args.demo_port, brokers=args.brokers)
     except ConfigError as exc:
         log.error("not started: %s", exc)
         return EXIT_CONFIG

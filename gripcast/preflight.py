@@ -39,12 +39,21 @@ class PortUse:
 
 def planned_ports(cfg: Config, demo_port: int | None) -> list[PortUse]:
     """Every TCP port ``gripcast run`` is about to listen on, in start order."""
-    uses = [PortUse(key, cfg.broker_bind, cfg.port(key)) for key in BROKER_PORTS]
+    brokers = max(1, len(cfg.brokers))  # ``gripcast run --brokers N``: broker i at + 10 * i
+    uses = [
+        PortUse(
+            f"{key} (broker{i})" if brokers > 1 else key, cfg.broker_bind, cfg.port(key) + 10 * i
+        )
+        for i in range(brokers)
+        for key in BROKER_PORTS
+    ]
     uses.append(PortUse("client_port", cfg.client_addr, cfg.port("client_port")))
     for addr, port in cfg.https_listens():
         uses.append(PortUse("https_port", addr, port))
     if cfg.metrics_port:
-        uses.append(PortUse("metrics_port", cfg.metrics_addr, cfg.metrics_port))
+        for i in range(brokers):
+            key = f"metrics_port (broker{i})" if brokers > 1 else "metrics_port"
+            uses.append(PortUse(key, cfg.metrics_addr, cfg.metrics_port + 10 * i))
     if cfg.edge_metrics_port:
         for i in range(cfg.edge_count):
             uses.append(
@@ -118,6 +127,9 @@ def preflight(cfg: Config, demo_port: int | None) -> None:
             check(cfg)
         except ConfigError as exc:
             problems.extend(exc.problems)
+    from broker.config import several_brokers_problems
+
+    problems.extend(several_brokers_problems(cfg))
     problems.extend(busy_ports(planned_ports(cfg, demo_port)))
     if problems:
         raise ConfigError(problems)

@@ -1,5 +1,9 @@
 """``gripcast run``: one broker and N edges (and the demo origin) as supervised children.
 
+``--brokers N`` (N > 1, with a Redis store: docs/cluster.md) starts N brokers instead: broker
+``i`` on the default broker ports plus ``10 * i`` (on top of ``--port-offset``), each with its
+own config file, and the edges list them all (``brokers``).
+
 Before anything starts, ``gripcast.preflight`` checks the routes and that every port is free; a
 problem ends the start at once (exit status ``EXIT_CONFIG``).  Each child is
 ``python -m gripcast <role> --config-file <path>``: the resolved config (secrets included) is
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 import trio
 
 from broker.config import Config
-from broker.errors import EXIT_CONFIG
+from broker.errors import EXIT_CONFIG, ConfigError
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
 
@@ -44,6 +48,15 @@ BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
 CLEAN_EXIT_GRACE_S = 2.0
 FATAL_CODES = frozenset({EXIT_CONFIG, 2})  # configuration / usage errors: never restarted
+BROKER_PORT_STEP = 10  # broker i listens on the broker ports + 10 * i (``--brokers N``)
+BROKER_PORT_KEYS = (
+    "push_in_port",
+    "http_port",
+    "sub_in_port",
+    "command_port",
+    "edge_pub_port",
+    "edge_ctl_port",
+)
 
 
 @dataclass(slots=True)
@@ -64,9 +77,61 @@ class RunState:
     exit_code: int = 0
 
 
-def write_config_file(cfg: Config, rundir: str) -> str:
+def broker_config(cfg: Config, index: int) -> Config:
+    """Broker ``index``'s config under ``--brokers N``: every broker port (and the broker's
+    metrics port, when on) moved by ``10 * index``."""
+    if index == 0:
+        return cfg
+    shift = BROKER_PORT_STEP * index
+    changes: dict[str, int] = {key: cfg.port(key) + shift for key in BROKER_PORT_KEYS}
+    if cfg.metrics_port:
+        changes["metrics_port"] = cfg.metrics_port + shift
+    return cfg.replace(**changes)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def cluster_config(cfg: Config, brokers: int | None) -> Config:
+    """The runner's config for ``--brokers`` (None: not given); raises ConfigError."""
+    if brokers is None:
+        if cfg.brokers:
+            raise ConfigError(
+                [
+                    "brokers: gripcast run starts its brokers itself (--brokers N); the brokers "
+                    "list is for gripcast edge / gripcast broker on separate hosts"
+                ]
+            )
+        return cfg
+    problems = []
+    if brokers < 1:
+        problems.append(f"--brokers: {brokers} (must be 1 or more)")
+    if brokers > 1:
+        if cfg.port("edge_ctl_port") != cfg.port("edge_pub_port") + 1:
+            problems.append(
+                "--brokers: edge_ctl_port must be edge_pub_port + 1 (a brokers entry "
+                "host:port names the edge_pub port; edge_ctl is the next one)"
+            )
+        if cfg.stats_spec:
+            problems.append(
+                "--brokers: stats_spec would be bound by every broker; run the brokers "
+                "separately (gripcast broker, one stats_spec each)"
+            )
+    if problems:
+        raise ConfigError(problems)
+    if brokers == 1:
+        return cfg.replace(brokers=())
+    host = _host(cfg.broker_host)
+    pub = cfg.port("edge_pub_port")
+    return cfg.replace(
+        brokers=tuple(f"{host}:{pub + BROKER_PORT_STEP * i}" for i in range(brokers))
+    )
+
+
+def write_config_file(cfg: Config, rundir: str, name: str = "config.json") -> str:
     """The resolved config as a 0600 JSON file in ``rundir`` (created 0700 by mkdtemp)."""
-    path = os.path.join(rundir, "config.json")
+    path = os.path.join(rundir, name)
     if os.path.lexists(path):
         os.unlink(path)  # a new plan (tests plan twice); never write through an old file
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -116,9 +181,20 @@ def plan_children(
     if not cfg.cluster_id:
         cfg = cfg.replace(cluster_id=secrets.token_hex(8))
     path = write_config_file(cfg, rundir)
-    children.append(
-        Child("broker", child_argv("broker", path), os.path.join(rundir, "broker.sock"))
-    )
+    if len(cfg.brokers) <= 1:
+        children.append(
+            Child("broker", child_argv("broker", path), os.path.join(rundir, "broker.sock"))
+        )
+    else:
+        for i in range(len(cfg.brokers)):
+            bpath = write_config_file(broker_config(cfg, i), rundir, f"config-broker{i}.json")
+            children.append(
+                Child(
+                    f"broker{i}",
+                    child_argv("broker", bpath),
+                    os.path.join(rundir, f"broker{i}.sock"),
+                )
+            )
     for i in range(cfg.edge_count):
         children.append(
             Child(
@@ -215,15 +291,20 @@ def banner(cfg: Config, children: list[Child]) -> str:
     host = cfg.client_addr if cfg.client_addr not in ("0.0.0.0", "::", "") else "127.0.0.1"
     client = f"http://{host}:{cfg.port('client_port')}"
     edges = sum(c.name.startswith("edge") for c in children)
+    brokers = max(1, len(cfg.brokers))
     rule = "=" * 72
     lines = [
         "",
         rule,
-        f"gripcast is ready: 1 broker, {edges} edge(s)",
+        f"gripcast is ready: {brokers} broker{'s' if brokers > 1 else ''}, {edges} edge(s)",
         f"  clients  {client}/",
-        f"  publish  http://{cfg.broker_host}:{cfg.port('http_port')}/publish/  "
-        f"(ZeroMQ PUSH {cfg.endpoint('push_in', bind=False)})",
     ]
+    for i in range(brokers):
+        b = broker_config(cfg, i)
+        lines.append(
+            f"  publish  http://{b.broker_host}:{b.port('http_port')}/publish/  "
+            f"(ZeroMQ PUSH {b.endpoint('push_in', bind=False)})"
+        )
     if any(c.name == "demo" for c in children):
         lines += [
             "",
@@ -283,9 +364,12 @@ async def _start_watch(
                 child.ready.set()
 
 
-def run_cluster(cfg: Config, demo: bool = False, demo_port: int | None = None) -> int:
+def run_cluster(
+    cfg: Config, demo: bool = False, demo_port: int | None = None, brokers: int | None = None
+) -> int:
     from gripcast.preflight import preflight
 
+    cfg = cluster_config(cfg, brokers)  # raises ConfigError
     preflight(cfg, demo_port_for(cfg, demo, demo_port))  # raises ConfigError
     ignore_late_stop_signals()
     code: int = trio.run(serve_cluster, cfg, demo, demo_port)

@@ -475,7 +475,13 @@ class Pipeline:
             log.warning("bad control request reason=%r", exc.reason)
             return control.error_reply(exc.rid, exc.reason)
         if req.op == "hello":
-            return control.hello_reply(req.rid, self.broker_id, self.started, self.cfg.cluster_id)
+            return control.hello_reply(
+                req.rid,
+                self.broker_id,
+                self.started,
+                self.cfg.cluster_id,
+                shared_store=self.cfg.store != "memory",
+            )
         if req.op == "stats":  # an edge's connections and counts (broker.ops.stats)
             if self.edge_stats is not None and req.stats is not None:  # always set for "stats"
                 try:

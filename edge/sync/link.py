@@ -1,4 +1,13 @@
-"""The edge's link to the broker: the only edge module that imports zmq.
+"""The edge's links to the brokers: the only edge module that imports zmq.
+
+``BrokerLinks`` is what the edge holds: one ``BrokerLink`` per broker of ``cfg.brokers``
+(``Config.broker_endpoints``; one when the list is empty).  Subscriptions go to every broker
+(each fans out what it sequenced), the SUB readers of all feed the same tracker (which orders
+a channel's messages by seq whichever broker they came from), and a control request goes to
+one live broker, then the next when it does not answer (all brokers read the same Redis, so
+any of them answers a position or replay).  See docs/cluster.md.
+
+Each ``BrokerLink``:
 
 * SUB connected to ``edge_pub``: heartbeats plus ``wire.topic(channel)`` of live channels.
   SNDHWM=0 (subscriptions are messages and must never be dropped), a large RCVHWM.
@@ -75,29 +84,41 @@ class BrokerLinkStatistics:
     pending: int
     channels: int
     unverified_dropped: int = 0  # frames dropped before the broker's wire version was known
+    brokers: int = 1  # (``BrokerLinks``) brokers this edge is linked to
+    brokers_up: int = 1  # of which heartbeats arrive
+    failovers: int = 0  # requests a broker did not answer that another one then got
 
 
 class BrokerLink:
     def __init__(
-        self, cfg: Config, *, ctx: zmq.Context[zmq.Socket[bytes]] | None = None, name: str = ""
+        self,
+        cfg: Config,
+        *,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        name: str = "",
+        endpoints: tuple[str, str] | None = None,
+        index: int = 0,
     ) -> None:
         """Both sockets built from the wiring table (``link_sub``, ``link_ctl`` of
         ``broker.config.WIRING``), with heartbeats and Curve (``broker.curve.link_options``);
-        ``name``: this edge's name (its presence topic; "" takes no relayed commands)."""
+        ``name``: this edge's name (its presence topic; "" takes no relayed commands);
+        ``endpoints``: the broker's ``(edge_pub, edge_ctl)`` (default: the one broker of
+        ``cfg``); ``index``: its place in ``cfg.brokers``."""
         self._ctx = ctx or zmq.Context.instance()
+        if endpoints is None:
+            endpoints = cfg.broker_endpoints()[0]
+        self.endpoints = endpoints
+        self.index = index
+        self.timeout_s = cfg.broker_link_timeout_s
         options = link_options(cfg)  # one call: both sockets share an ephemeral Curve pair
-        self.sub = open_zsocket(
-            self._ctx, ENDPOINTS["link_sub"], cfg, cfg.endpoint("edge_pub", bind=False), options
-        )
+        self.sub = open_zsocket(self._ctx, ENDPOINTS["link_sub"], cfg, endpoints[0], options)
         self.sub.subscribe(wire.HEARTBEAT_TOPIC)
         self.sub.subscribe(wire.RECOVER_TOPIC)
         self.name = name
         self._present = False  # subscribed to the presence topic
         if name:
             self.sub.subscribe(wire.COMMAND_TOPIC)
-        self.ctl = open_zsocket(
-            self._ctx, ENDPOINTS["link_ctl"], cfg, cfg.endpoint("edge_ctl", bind=False), options
-        )
+        self.ctl = open_zsocket(self._ctx, ENDPOINTS["link_ctl"], cfg, endpoints[1], options)
         self._rids = itertools.count(1)
         self._waiting: dict[int, _Slot] = {}
         self._channels: set[str] = set()
@@ -113,6 +134,9 @@ class BrokerLink:
         self.refused = False
         self._unverified = 0
         self._last_hb: float | None = None
+        # when the last batch of channel frames came (a sign of life between heartbeats:
+        # edge.sync.repair.LinkWatch.on_activity)
+        self.last_data: float | None = None
         self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
 
     def close(self) -> None:
@@ -160,8 +184,13 @@ class BrokerLink:
                     raise reply
                 return reply
             self._timeouts += 1
-            log.warning("broker request timed out op=%s try=%d", req.op, attempt + 1)
-        raise BrokerUnavailable(f"no answer from the broker to {req.op}")
+            log.warning(
+                "broker request timed out op=%s try=%d broker=%s",
+                req.op,
+                attempt + 1,
+                self.endpoints[1],
+            )
+        raise BrokerUnavailable(f"no answer from the broker at {self.endpoints[1]} to {req.op}")
 
     def send_nowait(self, msg: wire.StatsReport | wire.CommandAnswer | wire.PresenceReport) -> bool:
         """Send a control message that gets no reply; False (dropped) if it would block."""
@@ -225,6 +254,7 @@ class BrokerLink:
                 else:
                     data.append(f)
             if data:
+                self.last_data = trio.current_time()
                 await on_frames(data)
 
         await self._read_loop(self.sub, handle)
@@ -292,6 +322,10 @@ class BrokerLink:
         if self.on_heartbeat is not None:
             self.on_heartbeat(broker_id)
 
+    def is_up(self, now: float) -> bool:
+        """Whether this broker's heartbeats arrive (one within ``broker_link_timeout_s``)."""
+        return self._last_hb is not None and now - self._last_hb <= self.timeout_s
+
     def statistics(self) -> BrokerLinkStatistics:
         return BrokerLinkStatistics(
             frames=self._frames,
@@ -305,3 +339,159 @@ class BrokerLink:
             channels=len(self._channels),
             unverified_dropped=self._unverified,
         )
+
+
+class BrokerLinks:
+    """One ``BrokerLink`` per broker (module docstring): what the edge holds as ``edge.link``.
+
+    Callbacks are per broker: ``on_heartbeat(index, broker_id)`` (each broker is watched on
+    its own: one going silent is that broker lost, not the link), ``on_refuse()`` (any broker
+    of another wire version stops the edge), and ``serve``'s ``on_command(command, link)``
+    (a relayed command is answered to the broker that relayed it).
+    """
+
+    def __init__(
+        self, cfg: Config, *, ctx: zmq.Context[zmq.Socket[bytes]] | None = None, name: str = ""
+    ) -> None:
+        self.links: list[BrokerLink] = []
+        try:
+            for i, eps in enumerate(cfg.broker_endpoints()):
+                self.links.append(BrokerLink(cfg, ctx=ctx, name=name, endpoints=eps, index=i))
+        except BaseException:
+            self.close()
+            raise
+        self.name = name
+        self._next = 0  # round-robin start among live brokers
+        self._failovers = 0
+        self.on_heartbeat: Callable[[int, str], None] | None = None
+        self.on_refuse: Callable[[], None] | None = None
+        for link in self.links:
+            link.on_heartbeat = self._heartbeat_of(link.index)
+            link.on_refuse = self._refuse
+
+    def _heartbeat_of(self, index: int) -> Callable[[str], None]:
+        def heard(broker_id: str) -> None:
+            if self.on_heartbeat is not None:
+                self.on_heartbeat(index, broker_id)
+
+        return heard
+
+    def _refuse(self) -> None:
+        if self.on_refuse is not None:
+            self.on_refuse()
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+
+    @property
+    def refused(self) -> bool:
+        return any(link.refused for link in self.links)
+
+    # -- subscriptions: every broker -----------------------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        for link in self.links:
+            link.subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        for link in self.links:
+            link.unsubscribe(channel)
+
+    # -- control: one live broker --------------------------------------------------------------
+
+    def up(self, now: float | None = None) -> list[BrokerLink]:
+        """The brokers whose heartbeats arrive."""
+        t = trio.current_time() if now is None else now
+        return [link for link in self.links if link.is_up(t)]
+
+    def candidates(self, now: float | None = None) -> list[BrokerLink]:
+        """Every broker in the order a request tries them: live ones first (round-robin, so
+        repairs spread over the brokers), then the others (maybe up but not heard from yet)."""
+        links = self.links
+        if len(links) == 1:
+            return links
+        t = trio.current_time() if now is None else now
+        start = self._next
+        self._next = (start + 1) % len(links)
+        ordered = links[start:] + links[:start]
+        return [x for x in ordered if x.is_up(t)] + [x for x in ordered if not x.is_up(t)]
+
+    @property
+    def primary(self) -> BrokerLink:
+        """The broker stats reports go to: the first live one (else the first)."""
+        up = self.up()
+        return up[0] if up else self.links[0]
+
+    async def request(
+        self, req: ReplyRequest, *, timeout_s: float = REQUEST_TIMEOUT_S, tries: int = REQUEST_TRIES
+    ) -> wire.Reply:
+        """``BrokerLink.request`` on one broker, the next one when it does not answer;
+        ``tries`` rounds over all of them.  A refusal (``BrokerRefused``) is final: every
+        broker reads the same store and would answer the same."""
+        links = self.links
+        if len(links) == 1:
+            return await links[0].request(req, timeout_s=timeout_s, tries=tries)
+        for _ in range(tries):
+            for n, link in enumerate(self.candidates()):
+                try:
+                    reply = await link.request(req, timeout_s=timeout_s, tries=1)
+                except BrokerUnavailable:
+                    continue
+                if n:
+                    self._failovers += 1
+                return reply
+        raise BrokerUnavailable(f"no broker answered {req.op} ({len(links)} tried)")
+
+    def send_nowait(self, msg: wire.StatsReport | wire.CommandAnswer | wire.PresenceReport) -> bool:
+        return self.primary.send_nowait(msg)
+
+    @property
+    def broker_id(self) -> str | None:
+        return self.primary.broker_id
+
+    @property
+    def stats_ttl(self) -> int:
+        return self.primary.stats_ttl
+
+    # -- readers -------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        on_frames: Callable[[list[bytes]], Awaitable[None]],
+        on_recover: Callable[[], None] | None = None,
+        on_command: Callable[[wire.EdgeCommand, BrokerLink], None] | None = None,
+    ) -> None:
+        """Run every broker's SUB and DEALER readers (``BrokerLink.serve_sub``)."""
+        async with trio.open_nursery() as nursery:
+            for link in self.links:
+                nursery.start_soon(link.serve_ctl)
+                cmd = None if on_command is None else _bind_command(on_command, link)
+                nursery.start_soon(link.serve_sub, on_frames, on_recover, cmd)
+
+    def statistics(self) -> BrokerLinkStatistics:
+        """The links' counters summed; ``broker_id`` and ``last_heartbeat``: the primary's and
+        the latest of all (the edge is "linked" while any broker is heard)."""
+        sts = [link.statistics() for link in self.links]
+        beats = [s.last_heartbeat for s in sts if s.last_heartbeat is not None]
+        return BrokerLinkStatistics(
+            frames=sum(s.frames for s in sts),
+            batches=sum(s.batches for s in sts),
+            heartbeats=sum(s.heartbeats for s in sts),
+            broker_id=self.broker_id,
+            last_heartbeat=max(beats) if beats else None,
+            requests=sum(s.requests for s in sts),
+            timeouts=sum(s.timeouts for s in sts),
+            pending=sum(s.pending for s in sts),
+            channels=sts[0].channels,
+            unverified_dropped=sum(s.unverified_dropped for s in sts),
+            brokers=len(sts),
+            brokers_up=len(self.up()),
+            failovers=self._failovers,
+        )
+
+
+def _bind_command(
+    on_command: Callable[[wire.EdgeCommand, BrokerLink], None], link: BrokerLink
+) -> Callable[[wire.EdgeCommand], None]:
+    return lambda command: on_command(command, link)

@@ -52,9 +52,9 @@ class FrameFeeder:
         self._current = 0
         self._decoded = 0
 
-    def feed(self, frames: list[bytes], out: list[Envelope]) -> None:
+    def feed(self, frames: list[bytes], out: list[Envelope], now: float = 0.0) -> None:
         """Decode fan-out ``frames`` (not heartbeats) into the tracker; deliverables into
-        ``out``."""
+        ``out``; ``now`` starts the tracker's reorder windows (several brokers)."""
         tracker = self.tracker
         position = tracker.position
         state = tracker.state
@@ -85,9 +85,9 @@ class FrameFeeder:
                 log.warning("bad frame from broker: %s", exc.reason)
                 continue
             if isinstance(msg, Envelope):
-                tracker.on_envelope(msg, out)
+                tracker.on_envelope(msg, out, now)
             else:
-                tracker.on_marker(msg, out)
+                tracker.on_marker(msg, out, now)
 
     def statistics(self) -> FeederStatistics:
         return FeederStatistics(self._frames, self._current, self._decoded)

@@ -17,6 +17,11 @@ The broker sends a heartbeat every ``wire.HEARTBEAT_INTERVAL_S`` on its XPUB, ca
   heartbeat intervals).  Logged; held connections stay open (nothing is lost while the broker
   is away: what is published meanwhile is in its history when it is back).
 
+Several brokers (docs/cluster.md): ``LinkWatches`` keeps one ``LinkWatch`` per broker, so a
+broker going silent is *that broker* lost, not the edge's link.  The edge resyncs on a loss
+too, when another broker is still up: a broker can die after storing a message in Redis and
+before sending it, and the surviving broker's positions show that message (*tail repair*).
+
 An epoch change means history was lost (a broker restart with the memory store, Redis losing
 its data), and so does a gap older than history (``GapSkipped``): the edge never continues
 silently.  ``tell_epoch_change(sessions, channel)`` applies
@@ -92,6 +97,18 @@ class LinkWatch:
         self._resyncs += len(actions)
         return actions
 
+    def on_activity(self, at: float) -> None:
+        """Channel frames came from the broker at ``at``: it is alive, even if no heartbeat has
+        arrived since it (re)started.  No ``Resync`` (the broker's identity is unknown here; a
+        restart shows in its next heartbeat), but a later silence is a loss again: a broker
+        that restarts and dies before its first heartbeat reaches this edge still makes the
+        edge repair the tail it may have left."""
+        if self._last is None or at > self._last:
+            self._last = at
+            if not self.up:
+                self.up = True
+                self._lost_reported = False
+
     def tick(self, now: float) -> list[LinkLost]:
         """Check for silence: ``LinkLost`` once per loss (also when never heard from)."""
         if self._lost_reported:
@@ -108,6 +125,34 @@ class LinkWatch:
         return LinkWatchStatistics(
             self.broker_id, self.up, self._last, self._restarts, self._losses, self._resyncs
         )
+
+
+class LinkWatches:
+    """One ``LinkWatch`` per broker (``index``: its place in ``cfg.brokers``)."""
+
+    def __init__(self, brokers: int, timeout_s: float, now: float) -> None:
+        self.watches = [LinkWatch(timeout_s, now) for _ in range(brokers)]
+
+    @property
+    def up(self) -> bool:
+        """Any broker heard from recently (the edge can publish stats, ask repairs)."""
+        return any(w.up for w in self.watches)
+
+    def up_count(self) -> int:
+        return sum(w.up for w in self.watches)
+
+    def on_heartbeat(self, index: int, broker_id: str, now: float) -> list[Resync]:
+        return self.watches[index].on_heartbeat(broker_id, now)
+
+    def on_activity(self, index: int, at: float) -> None:
+        self.watches[index].on_activity(at)
+
+    def tick(self, now: float) -> list[tuple[int, LinkLost]]:
+        """``(index, LinkLost)`` for every broker that just went silent."""
+        return [(i, lost) for i, w in enumerate(self.watches) for lost in w.tick(now)]
+
+    def statistics(self) -> tuple[LinkWatchStatistics, ...]:
+        return tuple(w.statistics() for w in self.watches)
 
 
 @dataclass(frozen=True, slots=True)

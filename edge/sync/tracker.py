@@ -15,7 +15,8 @@ States (``State``):
   after it are then released (in order, repairing any gap).
 * ``LIVE``: ``seq == last_seq + 1`` is delivered; ``seq <= last_seq`` is a duplicate and is
   dropped; a jump is a gap: the message is held back and a ``RequestReplay(after_seq =
-  last_seq)`` is emitted -> ``REPLAYING``.
+  last_seq)`` is emitted -> ``REPLAYING`` (with several brokers, after the reorder window:
+  below).
 * ``REPLAYING``: one replay request is in flight.  Live messages keep being accepted: the next
   one is delivered (the gap may close by itself), later ones are held.  The reply's items are
   accepted the same way (duplicates drop out).  If a gap remains afterwards, another replay is
@@ -25,6 +26,20 @@ States (``State``):
 
 Positions and markers seen while ``LIVE`` raise the known high-water mark (``target``); a
 target beyond ``last_seq`` with nothing in flight is a gap too (the last messages were lost).
+
+Several brokers (docs/cluster.md): the edge subscribes to every broker and feeds all their
+SUB sockets into this one tracker.  Each broker fans out what it sequenced itself, so one
+channel's messages come from several ordered streams merged in any order: seq 7 (through
+broker B) can arrive before seq 6 (through broker A), and a marker or position from one broker
+can be ahead of what another broker still has in flight.  Ordering by seq already copes (6
+and 7 are held, then delivered in order, duplicates drop out); what changes is that a gap is
+no longer proof of a loss.  So with ``reorder_window_s > 0`` a gap seen on the link, or from a
+marker or position, does not ask a replay at once: the channel gets a deadline ``now +
+reorder_window_s`` and ``expire(now)`` (the caller's timer, woken for ``next_deadline()``)
+asks the replay only if the gap is still open by then.  A gap that closes by itself costs no
+round trip; a real loss (a broker died after storing and before sending) costs one window of
+latency.  ``reorder_window_s = 0`` (one broker: PUB/SUB keeps order) asks at once, as before.
+Replays and positions go to any live broker: they all read the same store.
 A different epoch in a broker *answer* (``position``, ``replay``) means the broker lost the
 channel's history (restart with the memory store): ``EpochChanged`` is reported (the edge
 tells the channel's sessions: see ``edge.sync.repair``), the track restarts at
@@ -42,11 +57,12 @@ next position answer); the answer decides.  If the epoch really changed, the pos
 the hot path already makes; only the rare mismatch takes this path.
 
 A replay that could not be answered (broker down or restarting) leaves the gap in place and
-the later messages held: ``repair()`` (called periodically, and after the link comes back)
-asks again.  Nothing after a gap is delivered before the gap is filled or history says it is
+the later messages held: ``repair(now)`` (called periodically, and after the link comes back)
+asks again (leaving alone a gap still inside its reorder window).  Nothing after a gap is delivered before the gap is filled or history says it is
 gone (``GapSkipped``).  ``resync()`` asks every channel's position again (after a broker
-restart or a lost link): a position beyond ``last_seq`` is a gap, another epoch an
-``EpochChanged``.
+restart or a lost link; with several brokers, when any one of them is lost: the messages it
+stored in Redis but never sent are then found through another broker's position, the *tail
+repair*): a position beyond ``last_seq`` is a gap, another epoch an ``EpochChanged``.
 
 Outputs: deliverable ``Envelope``s are appended to the caller's ``out`` list (batch friendly);
 actions (``RequestPosition``, ``RequestReplay``, ``EpochChanged``, ``GapSkipped``) accumulate
@@ -116,6 +132,8 @@ class TrackerStatistics:
     replay_failures: int
     positioning: int  # channels whose position the broker has not told yet
     other_epoch: int  # link inputs of another epoch than the track's (dropped, position asked)
+    reordered: int = 0  # gaps that closed by themselves within the reorder window
+    reorder_waiting: int = 0  # channels whose gap is inside its reorder window now
 
 
 class _Track:
@@ -132,8 +150,11 @@ class _Track:
 
 
 class Tracker:
-    def __init__(self, max_held: int = MAX_HELD) -> None:
+    def __init__(self, max_held: int = MAX_HELD, reorder_window_s: float = 0.0) -> None:
         self.max_held = max_held
+        self.reorder_window_s = reorder_window_s
+        self._due: dict[str, float] = {}  # channel -> when its open gap gets a replay
+        self._reordered = 0
         self._tracks: dict[str, _Track] = {}
         self._actions: list[Action] = []
         self._delivered = self._duplicates = self._gaps = 0
@@ -150,6 +171,7 @@ class Tracker:
 
     def untrack(self, channel: str) -> None:
         self._tracks.pop(channel, None)
+        self._due.pop(channel, None)
 
     def is_tracked(self, channel: str) -> bool:
         return channel in self._tracks
@@ -173,7 +195,8 @@ class Tracker:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def on_envelope(self, env: Envelope, out: list[Envelope]) -> None:
+    def on_envelope(self, env: Envelope, out: list[Envelope], now: float = 0.0) -> None:
+        """A message from the link (any broker's); ``now`` starts a reorder window."""
         t = self._tracks.get(env.channel)
         if t is None:
             return
@@ -184,21 +207,46 @@ class Tracker:
             self._link_other_epoch(env.channel, t)
             return
         self._accept(env.channel, t, env, out)
-        if t.held and t.state is State.LIVE:
-            self._ask_replay(env.channel, t)
+        if t.held:
+            if t.state is State.LIVE:
+                self._gap(env.channel, t, now)
+        elif self._due and env.channel in self._due and t.target <= t.last_seq:
+            del self._due[env.channel]  # the gap closed within its window
+            self._reordered += 1
 
-    def on_marker(self, marker: Marker, out: list[Envelope]) -> None:
+    def on_marker(self, marker: Marker, out: list[Envelope], now: float = 0.0) -> None:
         t = self._tracks.get(marker.channel)
         if t is not None and t.state is not State.POSITION and marker.epoch != t.epoch:
             self._link_other_epoch(marker.channel, t)
             return
-        self._observe(marker.channel, marker.epoch, marker.last_seq, out)
+        self._observe(marker.channel, marker.epoch, marker.last_seq, out, now)
 
-    def on_position(self, channel: str, epoch: str, last_seq: int, out: list[Envelope]) -> None:
+    def on_position(
+        self, channel: str, epoch: str, last_seq: int, out: list[Envelope], now: float = 0.0
+    ) -> None:
         t = self._tracks.get(channel)
         if t is not None:
             t.checking = False
-        self._observe(channel, epoch, last_seq, out)
+        self._observe(channel, epoch, last_seq, out, now)
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` has something to do (the earliest reorder deadline), or None."""
+        return min(self._due.values()) if self._due else None
+
+    def expire(self, now: float) -> None:
+        """Ask a replay for every gap whose reorder window has passed and is still open."""
+        if not self._due:
+            return
+        due = [ch for ch, at in self._due.items() if at <= now]
+        for ch in due:
+            del self._due[ch]
+            t = self._tracks.get(ch)
+            if t is None or t.state is not State.LIVE or t.inflight is not None:
+                continue
+            if self._has_gap(t):
+                self._ask_replay(ch, t)
+            else:
+                self._reordered += 1
 
     def on_replay(
         self,
@@ -241,10 +289,15 @@ class Tracker:
         t.state = State.LIVE
         self._stalled += 1
 
-    def repair(self) -> None:
-        """Ask a replay again for every channel with a gap and no replay in flight."""
+    def repair(self, now: float | None = None) -> None:
+        """Ask a replay again for every channel with a gap and no replay in flight (but not
+        for a gap inside its reorder window at ``now``: ``expire`` asks for those)."""
+        due = self._due
         for channel, t in self._tracks.items():
             if t.state is State.LIVE and t.inflight is None and self._has_gap(t):
+                if due and now is not None and due.get(channel, now) > now:
+                    continue
+                due.pop(channel, None)
                 self._ask_replay(channel, t)
 
     def resync(self) -> None:
@@ -258,7 +311,9 @@ class Tracker:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _observe(self, channel: str, epoch: str, last_seq: int, out: list[Envelope]) -> None:
+    def _observe(
+        self, channel: str, epoch: str, last_seq: int, out: list[Envelope], now: float = 0.0
+    ) -> None:
         t = self._tracks.get(channel)
         if t is None:
             return
@@ -274,7 +329,14 @@ class Tracker:
                 self._new_epoch(channel, t, epoch)
             t.target = max(t.target, last_seq)
         if t.state is State.LIVE and self._has_gap(t):
+            self._gap(channel, t, now)
+
+    def _gap(self, channel: str, t: _Track, now: float) -> None:
+        """A gap seen on a ``LIVE`` track: replay now, or once its reorder window passed."""
+        if self.reorder_window_s <= 0:
             self._ask_replay(channel, t)
+        elif channel not in self._due:
+            self._due[channel] = now + self.reorder_window_s
 
     def _link_other_epoch(self, channel: str, t: _Track) -> None:
         """The link showed an epoch other than the track's: maybe stale, maybe new (theory of
@@ -319,6 +381,8 @@ class Tracker:
         return bool(t.held) or t.target > t.last_seq
 
     def _ask_replay(self, channel: str, t: _Track) -> None:
+        if self._due:
+            self._due.pop(channel, None)
         t.state = State.REPLAYING
         self._gaps += 1
         self._replays += 1
@@ -343,6 +407,7 @@ class Tracker:
 
     def _new_epoch(self, channel: str, t: _Track, epoch: str) -> None:
         self._epoch_changes += 1
+        self._due.pop(channel, None)
         self._actions.append(EpochChanged(channel, t.epoch, epoch))
         t.epoch, t.last_seq, t.target, t.held, t.inflight = epoch, 0, 0, {}, None
         if t.state is State.REPLAYING:
@@ -361,6 +426,8 @@ class Tracker:
             replay_failures=self._stalled,
             positioning=sum(1 for t in self._tracks.values() if t.state is State.POSITION),
             other_epoch=self._other_epoch,
+            reordered=self._reordered,
+            reorder_waiting=len(self._due),
         )
 
 

@@ -155,7 +155,12 @@ def test_control_replies():
         "started": 2.0,
         "cluster_id": "c1",
         "wire": wire.WIRE_VERSION,
+        "shared_store": False,
     }
+    # a broker on a Redis store says so: edges listing several brokers refuse one that does not
+    hello = wire.decode_control(control.hello_reply(1, "b", 2.0, "c1", shared_store=True))
+    assert hello["shared_store"] is True
+    assert wire.reply_from_map(hello, wire.HelloReply).shared_store is True
     assert wire.decode_control(control.position_reply(2, "c", Position("e", 3, "x"))) == {
         "rid": 2,
         "ok": True,

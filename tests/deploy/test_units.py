@@ -24,7 +24,12 @@ from tests.helpers import MISSING, free_port_block, free_ports
 from tests.integration.cluster import PORT_KEYS, Origin, Proc, StreamClient, write_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-UNITS = ("gripcast-broker.service", "gripcast-edge@.service", "gripcast.target")
+UNITS = (
+    "gripcast-broker.service",
+    "gripcast-broker@.service",
+    "gripcast-edge@.service",
+    "gripcast.target",
+)
 INSTALLED_BIN = "/opt/gripcast/venv/bin/gripcast"
 INSTALLED_CONFIG = "/etc/gripcast/gripcast.toml"
 INSTALLED_EDGE_CONFIG = "/etc/gripcast/edge.toml"
@@ -57,7 +62,7 @@ def command(name: str, key: str, config: str, instance: str = "0", pid: int = 0)
 
 
 def test_units_have_the_operational_settings():
-    for name in ("gripcast-broker.service", "gripcast-edge@.service"):
+    for name in ("gripcast-broker.service", "gripcast-broker@.service", "gripcast-edge@.service"):
         k = unit_keys(name)
         assert k["Type"] == ["notify"]
         assert int(k["LimitNOFILE"][0]) >= 65536
@@ -82,6 +87,22 @@ def test_edges_and_broker_do_not_share_a_user_or_a_config():
     assert INSTALLED_CONFIG not in edge["ExecStart"][0]
     readme = (DEPLOY / "README.md").read_text()
     assert "useradd" in readme and "gripcast-edge" in readme and "edge.toml" in readme
+
+
+def test_broker_template_instance_is_the_port_offset(tmp_path):
+    """gripcast-broker@10 runs a broker on the broker ports + 10 (broker 1 of
+    ``gripcast run --brokers N``), with the same user and config file as the single unit."""
+    from gripcast.cli import build_parser, config_from_args
+
+    single, many = unit_keys("gripcast-broker.service"), unit_keys("gripcast-broker@.service")
+    for key in ("User", "Group", "Type", "Restart", "RestartPreventExitStatus", "KillSignal"):
+        assert single[key] == many[key], key
+    config = write_config(tmp_path / "g.toml", {}, ["* 127.0.0.1:9"], store="redis://h:1/0")
+    argv = command("gripcast-broker@.service", "ExecStart", config, "10")
+    assert argv[:2] == [VENV_BIN, "broker"]
+    cfg = config_from_args(build_parser().parse_args(argv[1:]))
+    assert (cfg.port("push_in_port"), cfg.port("edge_pub_port")) == (5570, 5574)
+    assert (cfg.port("edge_ctl_port"), cfg.port("http_port")) == (5575, 5571)
 
 
 BROKER_SECRETS = (

@@ -7,7 +7,14 @@ from types import SimpleNamespace
 from edge.grip.instruct import parse_instruct
 from edge.grip.session import ResponseSession, StreamSession
 from edge.sessionstate import SessionState
-from edge.sync.repair import EpochNotice, LinkLost, LinkWatch, Resync, tell_epoch_change
+from edge.sync.repair import (
+    EpochNotice,
+    LinkLost,
+    LinkWatch,
+    LinkWatches,
+    Resync,
+    tell_epoch_change,
+)
 from edge.ws.session import WsSession
 
 
@@ -63,3 +70,28 @@ def test_epoch_change_policy_per_transport():
     ]
     # told once: ended sessions are left alone
     assert tell_epoch_change([stream, resp], "c") == EpochNotice("c", 0, 0, 0)
+
+
+def test_activity_between_heartbeats_makes_a_later_silence_a_loss_again():
+    """A broker restarts, fans out messages, and dies before its first heartbeat reached the
+    edge: its frames count as a sign of life, so its silence is reported (the tail repair)."""
+    w = LinkWatch(timeout_s=2.0, now=0.0)
+    w.on_heartbeat("b1", 1.0)
+    assert w.tick(4.0) == [LinkLost(3.0)]  # died
+    w.on_activity(5.0)  # restarted: its messages arrive, no heartbeat yet
+    assert w.up and w.tick(6.0) == []
+    assert w.tick(7.5) == [LinkLost(2.5)]  # died again: lost again
+    w.on_activity(5.0)  # an old sign of life changes nothing
+    assert not w.up and w.tick(9.0) == []
+    assert w.on_heartbeat("b2", 10.0) == [Resync("broker restarted (was b1)", "b2")]
+
+
+def test_link_watches_are_per_broker():
+    ws = LinkWatches(2, timeout_s=2.0, now=0.0)
+    ws.on_heartbeat(0, "a", 1.0)
+    ws.on_heartbeat(1, "b", 1.0)
+    ws.on_heartbeat(0, "a", 3.0)
+    assert ws.tick(3.5) == [(1, LinkLost(2.5))]  # broker 1 lost, broker 0 still up
+    assert ws.up and ws.up_count() == 1
+    assert ws.tick(6.0) == [(0, LinkLost(3.0))]
+    assert not ws.up
