@@ -157,10 +157,9 @@ def counts(cl, ch):
     return get(cl, f"/channels/{ch}").json()
 
 
+@pytest.mark.parametrize("cluster", ["memory"], indirect=True)  # store-independent
 def test_counts_follow_clients_on_both_edges(cluster):
     """With the Pushpin stats socket off (no stats_spec): the edges report anyway."""
-    if cluster.store != "memory":
-        pytest.skip("counts do not depend on the store (this cluster has no edges)")
     ch = "cnt-" + cluster.store
     clients = [StreamClient(cluster.url(f"/s/{ch}", edge)) for edge in (0, 0, 1)]
     try:
@@ -212,10 +211,9 @@ def test_command_socket(cluster):
     assert (rep[b"success"], rep[b"condition"]) == (False, b"bad-request")
 
 
+@pytest.mark.parametrize("cluster", ["memory"], indirect=True)  # store-independent
 def test_killed_edge_counts_drop_out(cluster):
     """Last in the module: kills edge 1."""
-    if cluster.store != "memory":
-        pytest.skip("counts do not depend on the store (this cluster has no edges)")
     ch = "dead-edge"
     client = StreamClient(cluster.url(f"/s/{ch}", 1))
     try:
@@ -241,9 +239,8 @@ def test_killed_edge_counts_drop_out(cluster):
 # -- auth --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cluster", ["memory"], indirect=True)  # store-independent
 def test_auth_refuses_missing_or_bad_tokens_on_every_call(cluster, capsys, monkeypatch):
-    if cluster.store != "memory":
-        pytest.skip("the auth is the HTTP API's, whatever the store")
     calls = ["/channels", "/channels?prefix=a", "/channels/a", "/channels/a/items?limit=1"]
     bad_headers = [
         {},
