@@ -18,7 +18,9 @@ pytestmark = [
 
 
 def test_smoke_fanout_pushpin(tmp_path):
-    record, proc = run_bench(tmp_path / "smoke.json", "fanout", "--smoke", "--target", "pushpin")
+    record, proc = run_bench(
+        tmp_path / "smoke.json", "fanout", "--smoke", "--target", "pushpin", "--duration", "2"
+    )
     assert list(record["runs"]) == ["pushpin"] == record["order"]
     run = record["runs"]["pushpin"]
     assert run["ok"], (run.get("error"), run.get("target_log_tail"))

@@ -14,7 +14,7 @@ def test_smoke_fanout_gripcast(tmp_path, transport):
     record, proc = run_bench(
         tmp_path / "smoke.json",
         *("fanout", "--smoke", "--target", "gripcast", "--transport", transport),
-        *("--edges", "2"),
+        *("--edges", "2", "--duration", "2"),
     )
     run = record["runs"]["gripcast"]
     assert run["ok"], run.get("error")
@@ -38,6 +38,7 @@ def test_smoke_fanout_tls_gripcast(tmp_path):
     record, proc = run_bench(
         tmp_path / "tls.json",
         *("fanout", "--smoke", "--target", "gripcast", "--tls", "--warmup", "10"),
+        *("--duration", "2"),
     )
     assert list(record["runs"]) == ["gripcast", "gripcast+tls"]
     for name, run in record["runs"].items():
@@ -59,7 +60,7 @@ def test_rest_with_keep_alives_gripcast(tmp_path):
     run, _ = gripcast_run(
         tmp_path / "rest.json",
         *("fanout", "--smoke", "--target", "gripcast", "--rest", "2.5", "--keep-alive", "1"),
-        *("--warmup", "10"),
+        *("--warmup", "10", "--duration", "1"),
     )
     rest = run["rest"]
     assert rest["keep_alive_s"] == 1 and rest["s"] >= 2.5

@@ -1,5 +1,5 @@
-"""The soak: its verdict (sans-IO), and a half-minute soak against a real gripcast cluster
-shortened further (connects, disconnects, resumes and publishes; RSS and open files of every
+"""The soak: its verdict (sans-IO), and a soak against a real gripcast cluster shortened to
+three 3-second steps (connects, disconnects, resumes and publishes; RSS and open files of every
 server process after each step; nothing lost)."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def test_soak_verdict_flat_and_growing():
 def test_soak_quick_gripcast(tmp_path):
     run, _ = gripcast_run(
         tmp_path / "soak.json",
-        *("soak", "--minutes", "0.5", "--interval", "10", "--clients", "60", "--rate", "10"),
+        *("soak", "--minutes", "0.15", "--interval", "3", "--clients", "60", "--rate", "10"),
         *("--churn-rate", "6", "--warmup", "10"),
     )
     assert run["config"]["resume"] and run["config"]["soak_steps"] == 3
