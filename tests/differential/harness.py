@@ -627,7 +627,7 @@ def _proxied(port: int) -> bool:
     return get_ok(port, "/__warmup__", b"ok\n") and get_ok(port, "/__warmup_hold__", b"held\n")
 
 
-SYSTEMS_KEPT = 6  # configurations kept running between tests (each: a gripcast and a Pushpin)
+SYSTEMS_KEPT = 3  # configurations kept running between tests (each: a gripcast and a Pushpin)
 
 
 class SystemPool:
