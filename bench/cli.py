@@ -40,7 +40,11 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
             "--rate", type=float, default=10.0, help="messages per second per channel (default 10)"
         )
     p.add_argument(
-        "--duration", type=float, default=15.0, help="seconds of publishing (default 15)"
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of publishing (default 15; --smoke: 5, channels --smoke: 4; given, it "
+        "wins over --smoke's)",
     )
     p.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     p.add_argument("--publisher", choices=("http", "zmq"), default="http")
@@ -270,13 +274,16 @@ def out_path(out: str | None, scenario: str, stamp: str) -> Path:
 
 def load_config(args) -> LoadConfig:
     rate = args.rate
+    duration = 15.0
     if args.scenario == "channels":
         if args.smoke:
-            args.channels, args.per_channel, args.duration, rate = 20, 2, 4.0, 40.0
+            args.channels, args.per_channel, duration, rate = 20, 2, 4.0, 40.0
         args.clients = args.channels * args.per_channel
         rate = rate / args.channels  # total msgs/s -> per channel
     elif args.smoke:
-        args.clients, args.duration, rate, args.channels = 50, 5.0, 10.0, 1
+        args.clients, duration, rate, args.channels = 50, 5.0, 10.0, 1
+    if getattr(args, "duration", None) is None:  # an explicit --duration wins over --smoke's
+        args.duration = duration
     # one worker holds at most ~15,000 connections (every process is held to 20,000 files)
     procs = args.procs or max(2 if args.clients <= 5000 else 4, -(-args.clients // 15000))
     procs = max(1, min(procs, args.clients))

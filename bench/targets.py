@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from bench.certs import write_self_signed
-from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group, wait_port
+from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group
+from bench.pushpin import PushpinLaunch, conf_text, poll_until, port_sections
 
 GRIPCAST_PORT_KEYS = (
     "client_port",
@@ -195,69 +196,27 @@ class GripcastTarget(Target):
         return None
 
 
-PUSHPIN_CONF = """\
-[global]
-include={{libdir}}/internal.conf
-rundir={rundir}
-ipc_prefix=bench-{tag}-
-port_offset=0
-stats_connection_ttl={stats_ttl}
+# the bench's Pushpin settings over the shared pushpin.conf (bench.pushpin): mongrel2's binaries
+# named, larger publish bodies, no publish rate limit; logging and stats as gripcast gets them
+PUSHPIN_BENCH_OVERRIDES: dict[str, dict[str, object]] = {
+    "runner": {"mongrel2_bin": "mongrel2", "m2sh_bin": "m2sh"},
+    "handler": {
+        "push_in_http_max_body_size": 10000000,
+        "message_rate": 1000000,
+        "message_hwm": 1000000,
+        "stats_report_interval": STATS_REPORT_INTERVAL_S,
+    },
+    "global": {"stats_connection_ttl": STATS_CONNECTION_TTL_S},
+}
 
-[runner]
-services=condure,zurl,pushpin-proxy,pushpin-handler
-http_port={client_port}
-{https_line}
-logdir={logdir}
-log_level={log_level}
-client_buffer_size=8192
-client_maxconn=50000
-condure_bin=condure
-mongrel2_bin=mongrel2
-m2sh_bin=m2sh
-zurl_bin=zurl
 
-[proxy]
-# outbound requests go through zurl (Debian's 1.36); run our own instance on our rundir
-zurl_out_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in
-zurl_out_stream_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-in-stream
-zurl_in_specs=ipc://{{rundir}}/{{ipc_prefix}}zurl-out
-routesfile={routes}
-debug=false
-auto_cross_origin=false
-accept_x_forwarded_protocol=false
-set_x_forwarded_protocol=proto-only
-x_forwarded_for=
-x_forwarded_for_trusted=
-orig_headers_need_mark=
-accept_pushpin_route=false
-log_from=false
-log_user_agent=false
-sig_iss=pushpin
-sig_key=changeme
-upstream_key=
-updates_check=off
-organization_name=
-
-[handler]
-push_in_spec=tcp://127.0.0.1:{push_port}
-push_in_sub_specs=tcp://127.0.0.1:{sub_port}
-push_in_sub_connect=false
-push_in_http_addr=127.0.0.1
-push_in_http_port={http_port}
-push_in_http_max_headers_size=10000
-push_in_http_max_body_size=10000000
-stats_spec={stats_spec}
-command_spec=tcp://127.0.0.1:{command_port}
-message_rate=1000000
-message_hwm=1000000
-message_wait=5000
-id_cache_ttl=60
-connection_subscription_max=20
-subscription_linger=60
-stats_subscription_ttl=60
-stats_report_interval={stats_interval}
-stats_format=tnetstring
-"""
+def _bench_overrides(log_level: str, stats: bool) -> dict[str, dict[str, object]]:
+    out = {k: dict(v) for k, v in PUSHPIN_BENCH_OVERRIDES.items()}
+    out["runner"]["log_level"] = PUSHPIN_LOG_LEVELS[log_level]
+    # "": the handler binds no stats socket (the proxy's internal stats to the handler cannot
+    # be turned off)
+    out["handler"]["stats_spec"] = "ipc://{rundir}/{ipc_prefix}stats" if stats else ""
+    return out
 
 
 def pushpin_config(
@@ -266,24 +225,25 @@ def pushpin_config(
     """The generated pushpin.conf (pure): ``ports`` fills rundir, logdir, tag, routes and the
     ports; logging and stats as gripcast gets them (``write_gripcast_config``); with
     ``https_port`` an HTTPS listener too."""
-    if https_port:
-        # Pushpin's --port replaces every listener (HTTPS too): with TLS the HTTP port is given
-        # here instead, with its address
-        ports["client_port"] = f"127.0.0.1:{ports['client_port']}"
-    return PUSHPIN_CONF.format(
-        **ports,
-        https_line=f"https_ports=127.0.0.1:{https_port}" if https_port else "",
-        log_level=PUSHPIN_LOG_LEVELS[log_level],
-        # "": the handler binds no stats socket (the proxy's internal stats to the handler
-        # cannot be turned off)
-        stats_spec="ipc://{rundir}/{ipc_prefix}stats" if stats else "",
-        stats_interval=STATS_REPORT_INTERVAL_S,
-        stats_ttl=STATS_CONNECTION_TTL_S,
-    )
+    tag = ports.pop("tag")
+    sections = port_sections(ipc_prefix=f"bench-{tag}-", https_port=https_port, **ports)
+    for section, values in _bench_overrides(log_level, stats).items():
+        sections.setdefault(section, {}).update(values)
+    return conf_text(sections)
+
+
+def _bench_proxied(port: int) -> bool:
+    """One request through the proxy reached the bench origin and got its stream head back."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        s.sendall(b"GET /stream/_warmup HTTP/1.1\r\nHost: bench\r\n\r\n")
+        return s.recv(4096).startswith(b"HTTP/1.1 200")
 
 
 class PushpinTarget(Target):
-    """Debian's ``pushpin`` (condure + zurl + pushpin-proxy + pushpin-handler) on its own free ports."""
+    """Debian's ``pushpin`` (condure + zurl + pushpin-proxy + pushpin-handler) on its own free
+    ports, started by the shared launcher (``bench.pushpin.PushpinLaunch``)."""
 
     name = "pushpin"
 
@@ -295,106 +255,46 @@ class PushpinTarget(Target):
         stats: bool = True,
         tls: bool = False,
     ) -> None:
-        client, push, http, sub, command = free_ports(5)
         self.dir = Path(workdir)
-        self.https_port = 0
+        self.launch = PushpinLaunch(
+            self.dir,
+            f"*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http\n* 127.0.0.1:{origin_port}\n",
+            _bench_overrides(log_level, stats),
+            ipc_prefix=f"bench-{os.getpid()}-",
+            https=tls,
+        )
+        self.https_port = self.launch.https_port
         if tls:
-            self.https_port = free_ports(1)[0]
             # Pushpin 1.36's runner: <config dir>/runner/certs, default_<port> per HTTPS port
             certs = self.dir / "runner" / "certs"
             certs.mkdir(parents=True, exist_ok=True)
             write_self_signed(certs, f"default_{self.https_port}")
-        (self.dir / "run").mkdir(exist_ok=True)
-        (self.dir / "log").mkdir(exist_ok=True)
-        routes = self.dir / "routes"
-        routes.write_text(
-            f"*,path_beg=/ws/ 127.0.0.1:{origin_port},over_http\n* 127.0.0.1:{origin_port}\n"
-        )
-        self.config = self.dir / "pushpin.conf"
-        self.config.write_text(
-            pushpin_config(
-                rundir=self.dir / "run",
-                logdir=self.dir / "log",
-                tag=os.getpid(),
-                client_port=client,
-                https_port=self.https_port,
-                routes=routes,
-                push_port=push,
-                sub_port=sub,
-                http_port=http,
-                command_port=command,
-                log_level=log_level,
-                stats=stats,
-            )
-        )
-        self.client_port = client
-        self.publish_url = f"http://127.0.0.1:{http}"
-        self.push_spec = f"tcp://127.0.0.1:{push}"
+        self.config = self.launch.config
+        self.client_port = self.launch.client_port
+        self.publish_url = self.launch.publish_url
+        self.push_spec = self.launch.push_spec
         self.log_path = str(self.dir / "pushpin.log")
 
     def start(self) -> PushpinTarget:
-        self._log = open(self.log_path, "ab")
-        port_flag = [] if self.https_port else ["--port", f"127.0.0.1:{self.client_port}"]
-        self.proc = subprocess.Popen(
-            ["pushpin", "--config", str(self.config), *port_flag, "--merge-output"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        # the ports, the publish API (the handler binds its publish port before the proxy is
+        # wired to it), then one proxied request (zurl's PUB -> proxy's SUB link joins late:
+        # the first proxied request can be lost)
+        self.proc = self.launch.start(
+            Path(self.log_path),
+            port_flag=True,
+            wait_ports=True,
+            publish_request_timeout=2.0,
+            proxied=_bench_proxied,
+            who="target",
         )
-        try:
-            wait_port(self.client_port, 30, self.proc)
-            if self.https_port:
-                wait_port(self.https_port, 30, self.proc)
-            wait_port(int(self.publish_url.rsplit(":", 1)[1]), 30, self.proc)
-            # the handler binds its publish port before the proxy is wired to it: ask both once
-            _wait_http_ok(self.publish_url + "/publish/", 30, self.proc)
-            # zurl's PUB -> proxy's SUB link joins late: the first proxied request can be lost
-            wait_proxied(self.client_port, 30, self.proc)
-        except BaseException:
-            self.stop()
-            raise
         return self
-
-
-def _wait_http_ok(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    body = b'{"items": []}'
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"target exited with code {proc.returncode}")
-        try:
-            req = urllib.request.Request(
-                url, data=body, headers={"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                resp.read()
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer in {timeout:.0f}s") from None
-            time.sleep(0.1)
 
 
 def wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
     """Wait until a request through the proxy reaches the origin and gets its stream head back."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"target exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-                s.sendall(b"GET /stream/_warmup HTTP/1.1\r\nHost: bench\r\n\r\n")
-                if s.recv(4096).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no proxied request succeeded in {timeout:.0f}s")
-        time.sleep(0.1)
+    poll_until(
+        lambda: _bench_proxied(port), timeout, proc, "no proxied request succeeded", "target"
+    )
 
 
 def make_target(

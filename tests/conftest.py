@@ -73,3 +73,43 @@ def _collect_after_integration_tests(request):
         or os.environ.get("GRIPCAST_GC_EACH_TEST") == "1"
     ):  # a debugging aid: charge every test
         gc.collect()
+
+
+# -- shards: scripts/test runs each pass as several pytest processes side by side ----------
+
+
+def _shard_spec(config) -> tuple[int, int] | None:
+    """``GRIPCAST_TEST_SHARD=I/N`` (1 <= I <= N): this process runs shard I of N."""
+    spec = os.environ.get("GRIPCAST_TEST_SHARD", "").strip()
+    if not spec:
+        return None
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"GRIPCAST_TEST_SHARD={spec!r}: want I/N with 1 <= I <= N")
+    return index, count
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``GRIPCAST_TEST_SHARD=I/N``, keep the tests of every N-th test file (the files
+    sorted by path, starting at the I-th): the N shards of one collection hold every test
+    exactly once, a file's tests stay together (its module fixtures are started once), and a
+    new file joins a shard by itself.  The others are reported as deselected."""
+    shard = _shard_spec(config)
+    if shard is None:
+        return
+    index, count = shard
+    files = sorted({str(item.path) for item in items})
+    mine = {f for k, f in enumerate(files) if k % count == index - 1}
+    keep = [item for item in items if str(item.path) in mine]
+    drop = [item for item in items if str(item.path) not in mine]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
+
+def pytest_report_header(config):
+    shard = _shard_spec(config)
+    return f"shard {shard[0]} of {shard[1]} (GRIPCAST_TEST_SHARD)" if shard else None

@@ -8,17 +8,11 @@ message in 40,000, in about half the runs of ``bench churn --clients 200``)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.publisher import probe_item
 from bench.swarm import Client, Worker, WorkerConfig, seq_runs, sse_cursor
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import gripcast_run
 
 
 def _worker(transport: str = "sse", resume: bool = True) -> Worker:
@@ -79,34 +73,12 @@ def test_seq_runs():
 def test_churn_zero_loss_and_duplicates(tmp_path, transport):
     """Clients drop and resume at 25/s from 0.3 s before the first message (so some resume with
     a probe cursor), edge0 is SIGKILLed and restarted a third of the way in."""
-    out = tmp_path / "churn.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "churn",
-            "--transport",
-            transport,
-            "--clients",
-            "100",
-            "--rate",
-            "20",
-            "--duration",
-            "5",
-            "--churn-rate",
-            "25",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    run, proc = gripcast_run(
+        tmp_path / "churn.json",
+        *("churn", "--transport", transport, "--clients", "100", "--rate", "20"),
+        *("--duration", "5", "--churn-rate", "25"),
         timeout=140,
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"]["gripcast"]
-    assert run["ok"], run.get("error")
     assert run["edge_kill"]["restarted"], run["edge_kill"]
     assert run["connections"]["churned"] > 50
     assert run["connections"]["drops"] > 0  # the killed edge's clients came back

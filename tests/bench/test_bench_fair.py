@@ -267,3 +267,14 @@ def test_tls_listeners_keep_the_fair_settings(tmp_path):
     assert 'https_port = ["127.0.0.1:7"]' in text
     assert 'tls_cert = "/c.crt"' in text and 'tls_key = "/c.key"' in text
     assert 'log_level = "info"' in text and 'stats_spec = "ipc:///x/stats"' in text
+
+
+def test_an_explicit_duration_wins_over_smoke():
+    p = build_parser()
+    assert load_config(p.parse_args(["fanout", "--smoke"])).duration == 5.0
+    assert load_config(p.parse_args(["fanout", "--smoke", "--duration", "2"])).duration == 2.0
+    assert load_config(p.parse_args(["channels", "--smoke"])).duration == 4.0
+    assert load_config(p.parse_args(["channels", "--smoke", "--duration", "1"])).duration == 1.0
+    assert load_config(p.parse_args(["fanout"])).duration == 15.0
+    soak = p.parse_args(["soak", "--minutes", "0.15", "--interval", "3"])
+    assert (load_config(soak).duration, load_config(soak).soak_steps) == (3.0, 3)

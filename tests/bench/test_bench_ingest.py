@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import msgpack
 import pytest
 
 from bench.scenarios import ingest_frames
 from broker.items import parse_pull_frame
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import run_bench
 
 
 def test_ingest_frames_are_valid_publish_input():
@@ -38,29 +32,12 @@ def test_ingest_frames_are_valid_publish_input():
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("publisher", ["zmq-msgpack", "zmq-tnetstring"])
 def test_ingest_runs(tmp_path, publisher):
-    out = tmp_path / "ingest.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "ingest",
-            "--items",
-            "3000",
-            "--publisher",
-            publisher,
-            "--batch",
-            "50",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    record, _ = run_bench(
+        tmp_path / "ingest.json",
+        *("ingest", "--items", "3000", "--publisher", publisher, "--batch", "50"),
         timeout=80,
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())["result"]
+    result = record["result"]
     assert result["ok"], result.get("error")
     assert result["received"] == 3000
     assert result["items_per_broker_cpu_s"] > 0

@@ -4,15 +4,11 @@ process tree (the runner and every service it started)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import run_bench
 
 pytestmark = [
     pytest.mark.integration,
@@ -22,17 +18,9 @@ pytestmark = [
 
 
 def test_smoke_fanout_pushpin(tmp_path):
-    out = tmp_path / "smoke.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "pushpin"]
-        + ["--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    record, proc = run_bench(
+        tmp_path / "smoke.json", "fanout", "--smoke", "--target", "pushpin", "--duration", "2"
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads(out.read_text())
     assert list(record["runs"]) == ["pushpin"] == record["order"]
     run = record["runs"]["pushpin"]
     assert run["ok"], (run.get("error"), run.get("target_log_tail"))

@@ -4,32 +4,20 @@ summary says why the search stopped."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import gripcast_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def test_saturation_steps_gripcast(tmp_path):
-    out = tmp_path / "sat.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "fanout", "--target", "gripcast", "--clients", "40"]
-        + ["--rate", "5", "--duration", "2", "--saturate", "--factor", "2", "--max-steps", "3"]
-        + ["--p99-bound-ms", "5000", "--warmup", "10", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    run, proc = gripcast_run(
+        tmp_path / "sat.json",
+        *("fanout", "--target", "gripcast", "--clients", "40", "--rate", "5", "--duration", "2"),
+        *("--saturate", "--factor", "2", "--max-steps", "3", "--p99-bound-ms", "5000"),
+        *("--warmup", "10"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"]["gripcast"]
-    assert run["ok"], run.get("error")
     steps = run["steps"]
     assert [s["rate"] for s in steps] == [5, 10, 20]
     base = 0
@@ -56,19 +44,12 @@ def test_saturation_steps_gripcast(tmp_path):
 def test_many_channels_smoke_gripcast(tmp_path, publisher, batch):
     """20 channels of 2 clients, publishes spread round the channels (HTTP in batches of 10
     items, or ZeroMQ), two rate steps: every client gets exactly its channel's messages."""
-    out = tmp_path / "ch.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "channels", "--smoke", "--target", "gripcast"]
-        + ["--publisher", publisher, "--batch", batch, "--max-steps", "2", "--factor", "2"]
-        + ["--p99-bound-ms", "5000", "--warmup", "10", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    run, proc = gripcast_run(
+        tmp_path / "ch.json",
+        *("channels", "--smoke", "--target", "gripcast", "--publisher", publisher),
+        *("--batch", batch, "--max-steps", "2", "--factor", "2", "--p99-bound-ms", "5000"),
+        *("--warmup", "10"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"]["gripcast"]
-    assert run["ok"], run.get("error")
     assert run["config"]["clients"] == 40 and run["config"]["channels"] == 20
     assert [s["msgs_per_s"] for s in run["steps"]] == [40, 80]
     for s in run["steps"]:

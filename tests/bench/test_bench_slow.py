@@ -4,32 +4,19 @@ the edge cuts them) and lose nothing; the others lose nothing either."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import gripcast_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def test_slow_readers_gripcast(tmp_path):
-    out = tmp_path / "slow.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "slow", "--target", "gripcast", "--clients", "100"]
-        + ["--rate", "20", "--duration", "3", "--payload-bytes", "2048", "--slow-rate", "1024"]
-        + ["--warmup", "10", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    run, proc = gripcast_run(
+        tmp_path / "slow.json",
+        *("slow", "--target", "gripcast", "--clients", "100", "--rate", "20", "--duration", "3"),
+        *("--payload-bytes", "2048", "--slow-rate", "1024", "--warmup", "10"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"]["gripcast"]
-    assert run["ok"], run.get("error")
     assert run["config"]["resume"] and run["config"]["slow_every"] == 10
     first, second = run["steps"]
     assert (first["slowed"], second["slowed"]) == (False, True)

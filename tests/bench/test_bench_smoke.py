@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import gripcast_run, run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 def test_smoke_fanout_gripcast(tmp_path, transport):
-    out = tmp_path / "smoke.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "fanout",
-            "--smoke",
-            "--target",
-            "gripcast",
-            "--transport",
-            transport,
-            "--edges",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    record, proc = run_bench(
+        tmp_path / "smoke.json",
+        *("fanout", "--smoke", "--target", "gripcast", "--transport", transport),
+        *("--edges", "2", "--duration", "2"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads(out.read_text())
     run = record["runs"]["gripcast"]
     assert run["ok"], run.get("error")
     assert run["connect"]["connected"] == 50
@@ -59,17 +35,11 @@ def test_smoke_fanout_gripcast(tmp_path, transport):
 def test_smoke_fanout_tls_gripcast(tmp_path):
     """``--tls``: the same target over plain HTTP, then over HTTPS, both lossless, with the
     fair comparison's settings and the TLS cost in the JSON."""
-    out = tmp_path / "tls.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast", "--tls"]
-        + ["--warmup", "10", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    record, proc = run_bench(
+        tmp_path / "tls.json",
+        *("fanout", "--smoke", "--target", "gripcast", "--tls", "--warmup", "10"),
+        *("--duration", "2"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads(out.read_text())
     assert list(record["runs"]) == ["gripcast", "gripcast+tls"]
     for name, run in record["runs"].items():
         assert run["ok"], (name, run.get("error"))
@@ -87,18 +57,11 @@ def test_smoke_fanout_tls_gripcast(tmp_path):
 def test_rest_with_keep_alives_gripcast(tmp_path):
     """CPU at rest with keep-alives on: every connection stays open and gets keep-alives
     (ignored by the clients), then the messages arrive as usual."""
-    out = tmp_path / "rest.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "fanout", "--smoke", "--target", "gripcast"]
-        + ["--rest", "2.5", "--keep-alive", "1", "--warmup", "10", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    run, _ = gripcast_run(
+        tmp_path / "rest.json",
+        *("fanout", "--smoke", "--target", "gripcast", "--rest", "2.5", "--keep-alive", "1"),
+        *("--warmup", "10", "--duration", "1"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"]["gripcast"]
-    assert run["ok"], run.get("error")
     rest = run["rest"]
     assert rest["keep_alive_s"] == 1 and rest["s"] >= 2.5
     assert rest["live"] == 50

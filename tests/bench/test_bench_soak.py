@@ -1,19 +1,13 @@
-"""The soak: its verdict (sans-IO), and a half-minute soak against a real gripcast cluster
-shortened further (connects, disconnects, resumes and publishes; RSS and open files of every
+"""The soak: its verdict (sans-IO), and a soak against a real gripcast cluster shortened to
+three 3-second steps (connects, disconnects, resumes and publishes; RSS and open files of every
 server process after each step; nothing lost)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bench.soak import verdict
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import gripcast_run
 
 
 def _step(rss: dict, fds: dict, lost: int = 0) -> dict:
@@ -43,19 +37,11 @@ def test_soak_verdict_flat_and_growing():
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_soak_quick_gripcast(tmp_path):
-    out = tmp_path / "soak.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "soak", "--minutes", "0.5", "--interval", "10"]
-        + ["--clients", "60", "--rate", "10", "--churn-rate", "6", "--warmup", "10"]
-        + ["--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    run, _ = gripcast_run(
+        tmp_path / "soak.json",
+        *("soak", "--minutes", "0.15", "--interval", "3", "--clients", "60", "--rate", "10"),
+        *("--churn-rate", "6", "--warmup", "10"),
     )
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"]["gripcast"]
-    assert run["ok"], run.get("error")
     assert run["config"]["resume"] and run["config"]["soak_steps"] == 3
     assert len(run["steps"]) == 3
     assert sum(s["connections"]["churned"] for s in run["steps"]) > 0

@@ -45,7 +45,6 @@ pass compared them).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -57,10 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import NotifySocket, free_ports, stop_group, wait_port
+from bench.procs import NotifySocket, free_ports, stop_group
+from bench.pushpin import PUSHPIN_BIN, PushpinLaunch, get_ok
 
 REPO = Path(__file__).resolve().parents[2]
-PUSHPIN_BIN = shutil.which("pushpin") or ""
 # tests whose Pushpin side was left out, for the session summary (tests/differential/conftest.py)
 PUSHPIN_LEFT_OUT: list[str] = []
 
@@ -589,72 +588,10 @@ class GripcastSystem(System):
         return self
 
 
-PUSHPIN_SECTIONS: dict[str, dict[str, str]] = {
-    "global": {
-        "include": "{libdir}/internal.conf",
-        "rundir": "",  # filled in
-        "ipc_prefix": "",  # filled in
-        "port_offset": "0",
-        "stats_connection_ttl": "120",
-    },
-    "runner": {
-        "services": "condure,zurl,pushpin-proxy,pushpin-handler",
-        "http_port": "",  # filled in
-        "logdir": "",  # filled in
-        "log_level": "2",
-        "client_buffer_size": "8192",
-        "client_maxconn": "50000",
-        "condure_bin": "condure",
-        "zurl_bin": "zurl",
-    },
-    "proxy": {
-        # outbound requests go through our own zurl on our own rundir
-        "zurl_out_specs": "ipc://{rundir}/{ipc_prefix}zurl-in",
-        "zurl_out_stream_specs": "ipc://{rundir}/{ipc_prefix}zurl-in-stream",
-        "zurl_in_specs": "ipc://{rundir}/{ipc_prefix}zurl-out",
-        "routesfile": "",  # filled in
-        "debug": "false",
-        "auto_cross_origin": "false",
-        "accept_x_forwarded_protocol": "false",
-        "set_x_forwarded_protocol": "proto-only",
-        "x_forwarded_for": "",
-        "x_forwarded_for_trusted": "",
-        "orig_headers_need_mark": "",
-        "accept_pushpin_route": "false",
-        "log_from": "false",
-        "log_user_agent": "false",
-        "sig_iss": "pushpin",
-        "sig_key": "changeme",
-        "upstream_key": "",
-        "updates_check": "off",
-        "organization_name": "",
-    },
-    "handler": {
-        "push_in_spec": "",  # filled in
-        "push_in_sub_specs": "",
-        "push_in_sub_connect": "false",
-        "push_in_http_addr": "127.0.0.1",
-        "push_in_http_port": "",
-        "push_in_http_max_headers_size": "10000",
-        "push_in_http_max_body_size": "1000000",
-        "stats_spec": "ipc://{rundir}/{ipc_prefix}stats",
-        "command_spec": "",
-        "message_rate": "2500",
-        "message_hwm": "25000",
-        "message_wait": "5000",
-        "id_cache_ttl": "60",
-        "connection_subscription_max": "20",
-        "subscription_linger": "60",
-        "stats_subscription_ttl": "60",
-        "stats_report_interval": "10",
-        "stats_format": "tnetstring",
-    },
-}
-
-
 class PushpinSystem(System):
     """Debian's ``pushpin`` (condure, zurl, pushpin-proxy, pushpin-handler) with its own
-    config, rundir and free ports, in its own process group."""
+    config, rundir and free ports, in its own process group (``bench.pushpin.PushpinLaunch``,
+    the launcher the bench uses too)."""
 
     name = "pushpin"
 
@@ -666,111 +603,28 @@ class PushpinSystem(System):
         warmup: bool,
     ) -> None:
         self.dir = workdir
-        (workdir / "run").mkdir(exist_ok=True)
-        (workdir / "log").mkdir(exist_ok=True)
-        client, push, http, sub, command = free_ports(5)
-        routes_file = workdir / "routes"
-        routes_file.write_text(routes)
-        sections = {name: dict(values) for name, values in PUSHPIN_SECTIONS.items()}
-        sections["global"].update(rundir=str(workdir / "run"), ipc_prefix=f"diff{os.getpid()}-")
-        sections["runner"].update(http_port=str(client), logdir=str(workdir / "log"))
-        sections["proxy"]["routesfile"] = str(routes_file)
-        sections["handler"].update(
-            push_in_spec=f"tcp://127.0.0.1:{push}",
-            push_in_sub_specs=f"tcp://127.0.0.1:{sub}",
-            push_in_http_port=str(http),
-            command_spec=f"tcp://127.0.0.1:{command}",
-        )
-        for section, values in overrides.items():
-            for k, v in values.items():
-                sections.setdefault(section, {})[k] = _ini_str(v)
-        self.config = workdir / "pushpin.conf"
-        self.config.write_text(
-            "".join(
-                f"[{name}]\n" + "".join(f"{k}={v}\n" for k, v in values.items()) + "\n"
-                for name, values in sections.items()
-            )
-        )
-        self.client_port = client
-        self.publish_url = f"http://127.0.0.1:{http}"
-        self.push_spec = f"tcp://127.0.0.1:{push}"
-        self.command_spec = f"tcp://127.0.0.1:{command}"
+        self.launch = PushpinLaunch(workdir, routes, overrides, ipc_prefix=f"diff{os.getpid()}-")
+        self.config = self.launch.config
+        self.client_port = self.launch.client_port
+        self.publish_url = self.launch.publish_url
+        self.push_spec = self.launch.push_spec
+        self.command_spec = self.launch.command_spec
         self.log_path = workdir / "pushpin.log"
         self.warmup = warmup
 
     def start(self) -> PushpinSystem:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [PUSHPIN_BIN, "--config", str(self.config), "--merge-output"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=str(self.dir),
+        # with warmup: zurl's PUB -> proxy SUB link joins late, the first proxied request can
+        # be lost
+        self.proc = self.launch.start(
+            self.log_path, cwd=self.dir, proxied=_proxied if self.warmup else None
         )
-        try:
-            wait_port(self.client_port, 30, self.proc)
-            _wait_publish_ready(self.publish_url, 30, self.proc)
-            if self.warmup:
-                # zurl's PUB -> proxy SUB link joins late: the first proxied request can be lost
-                _wait_proxied(self.client_port, 30, self.proc)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
 
-def _ini_str(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list | tuple):
-        return ",".join(str(x) for x in v)
-    return str(v)
-
-
-def _wait_publish_ready(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pushpin exited with code {proc.returncode}")
-        try:
-            publish_json(url, {"items": []})
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer in {timeout:.0f}s") from None
-            time.sleep(0.1)
-
-
-def _get_ok(port: int, path: str, body: bytes) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: warmup\r\n\r\n".encode())
-        s.settimeout(2.0)
-        data = b""
-        while body not in data:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data.startswith(b"HTTP/1.1 200") and body in data
-
-
-def _wait_proxied(port: int, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"pushpin exited with code {proc.returncode}")
-        try:
-            # a proxied request (condure -> proxy -> zurl -> origin), then a held one (the
-            # proxy's accept hand-off to the handler, "Accept service unavailable" until then)
-            if _get_ok(port, "/__warmup__", b"ok\n") and _get_ok(
-                port, "/__warmup_hold__", b"held\n"
-            ):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no proxied request succeeded in {timeout:.0f}s")
-        time.sleep(0.1)
+def _proxied(port: int) -> bool:
+    # a proxied request (condure -> proxy -> zurl -> origin), then a held one (the proxy's
+    # accept hand-off to the handler, "Accept service unavailable" until then)
+    return get_ok(port, "/__warmup__", b"ok\n") and get_ok(port, "/__warmup_hold__", b"held\n")
 
 
 SYSTEMS_KEPT = 3  # configurations kept running between tests (each: a gripcast and a Pushpin)
