@@ -1,0 +1,697 @@
+"""``python -m bench capacity``: the unit costs of the capacity model (docs/capacity.md).
+
+Three parts, one run:
+
+``throughput``
+    For each store (a Redis Cluster of 3 masters and 3 replicas made with ``redis-cli --cluster
+    create``, and a standalone ``redis-server``) and 1, 2 and 3 ``gripcast broker`` processes on
+    it: two publisher processes, one POSTing batches over HTTP round-robin to every broker, one
+    PUSHing over ZeroMQ connected to every broker (ZeroMQ spreads the messages), each closed-loop
+    (at most ``window`` items published and not yet seen on its own SUB, which is connected to
+    every broker's edge XPUB and subscribed to its channels).  Measured over ``seconds``: items/s,
+    CPU seconds per 1,000 items of the brokers and of the Redis servers (every node, from /proc),
+    and Redis commands per item (``INFO commandstats`` deltas over the masters).
+``fanout``
+    One broker (memory store), ``edges`` = 1, 10, 100 lightweight SUB peers (plain pyzmq SUB
+    sockets spread over a few processes, each connected to the broker's edge XPUB and subscribed
+    to every channel) standing in for edges; a fixed publish rate over ZeroMQ; the broker's CPU
+    microseconds per message at each edge count and the slope (µs per message per extra edge).
+``edge``
+    A small fan-out run (``bench.scenarios.run_load``: one gripcast edge, idle SSE clients
+    connected, then messages to them): the edge's CPU per delivery and RSS per idle connection.
+
+This machine has 2 cores shared by every process of the run (brokers, Redis nodes, publishers):
+items/s cannot grow with brokers here, so the figures to read are the per-CPU-second ones.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from bench import procs
+from bench.redisprocs import RedisCluster, StandaloneRedis, command_calls, info
+from bench.targets import GripcastTarget
+
+CTX = multiprocessing.get_context("fork")
+NOTE = (
+    "2-core machine shared by brokers, Redis nodes and load generators: items/s cannot show "
+    "scaling with brokers here; read CPU seconds per 1,000 items (per-CPU-second figures)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityConfig:
+    quick: bool = False
+    stores: tuple[str, ...] = ("cluster", "standalone")
+    brokers: tuple[int, ...] = (1, 2, 3)
+    seconds: float = 6.0  # measured publishing per (store, brokers)
+    warmup_s: float = 1.5
+    channels: int = 64  # per publisher process (spread over the cluster's slots)
+    batch: int = 50  # HTTP items per POST; ZeroMQ items sent per turn
+    window: int = 2000  # items published and not yet seen, per publisher
+    edge_counts: tuple[int, ...] = (1, 10, 100)
+    fan_channels: int = 10
+    fan_rate: float = 400.0  # messages per second (all channels)
+    fan_seconds: float = 5.0
+    sub_procs: int = 4  # processes holding the SUB peers
+    edge_clients: int = 1000  # the edge part: idle SSE clients on one edge
+    edge_rate: float = 5.0  # messages per second to them (one channel)
+    edge_seconds: float = 6.0
+    parts: tuple[str, ...] = ("throughput", "fanout", "edge")
+
+
+QUICK = CapacityConfig(
+    quick=True,
+    stores=("cluster",),
+    brokers=(1, 2),
+    seconds=1.5,
+    warmup_s=0.5,
+    channels=32,
+    window=1000,
+    fan_rate=300.0,
+    fan_seconds=1.5,
+    sub_procs=2,
+    parts=("throughput", "fanout"),
+)
+
+
+def item(channel: str, ident: str, n: int) -> dict:
+    return {"channel": channel, "id": ident, "formats": {"http-stream": {"content": f"item {n}\n"}}}
+
+
+# --- brokers ---------------------------------------------------------------------------------
+
+
+def start_broker(store: str, workdir: str) -> GripcastTarget:
+    """One ``gripcast broker`` on free ports with ``store``; ready (sd_notify) when returned."""
+    os.makedirs(workdir, exist_ok=True)
+    t = GripcastTarget(origin_port=9, edges=0, workdir=workdir, stats=False)
+    with open(t.config, "a") as f:
+        f.write(f'store = "{store}"\n')
+    try:
+        return t.start_broker_only()
+    except BaseException:
+        t.stop()
+        raise
+
+
+def stop_all(targets: list[GripcastTarget]) -> None:
+    for t in targets:
+        t.stop()
+
+
+# --- publisher processes (throughput) --------------------------------------------------------
+
+
+def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counters, stop, pipe):
+    """Publish closed-loop until ``stop``; ``counters`` = [sent, received] (shared memory)."""
+    import zmq
+
+    from bench.publisher import HttpPublisher
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.LINGER, 0)
+    for s in subs:
+        sub.connect(s)
+    names = [f"{tag}{c}" for c in range(channels)]
+    for name in names:
+        sub.setsockopt(zmq.SUBSCRIBE, name.encode() + b"\x00")
+    push = None
+    https: list[HttpPublisher] = []
+    error = ""
+    try:
+        if kind == "zmq":
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.SNDHWM, 0)
+            push.setsockopt(zmq.LINGER, 0)
+            for s in specs:
+                push.connect(s)
+        else:
+            https = [HttpPublisher(u, conns=2) for u in urls]
+        # subscriptions reach every broker: probes until one is seen on each channel
+        seen: set[bytes] = set()
+        deadline = time.monotonic() + 20
+        probe = 0
+        while len(seen) < len(names):
+            probe += 1
+            batch_items = [item(n, f"{tag}p{probe}-{n}", 0) for n in names]
+            if push is not None:
+                for it in batch_items:
+                    push.send(b"J" + _dumps(it))
+            else:
+                for h in https:
+                    h.publish(batch_items)
+            t_end = time.monotonic() + 0.3
+            while sub.poll(max(1, int(1000 * (t_end - time.monotonic())))):
+                frame = sub.recv()
+                seen.add(frame.split(b"\x00", 1)[0])
+                if time.monotonic() > t_end:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{tag}: {len(seen)}/{len(names)} channels fanned out")
+        while sub.poll(300):  # drain what the probes left
+            sub.recv()
+        pipe.send(("ready", None))
+        n = 0
+        turn = 0
+        sent = received = 0
+        while not stop.is_set():
+            if sent - received < window:
+                items = []
+                for _ in range(batch):
+                    n += 1
+                    items.append(item(names[n % len(names)], f"{tag}{n}", n))
+                if push is not None:
+                    for it in items:
+                        push.send(b"J" + _dumps(it))
+                else:
+                    https[turn % len(https)].publish(items)
+                    turn += 1
+                sent += len(items)
+                counters[0] = sent
+                timeout = 0
+            else:
+                timeout = 50
+            while sub.poll(timeout):
+                received += b"item " in sub.recv()
+                timeout = 0
+            counters[1] = received
+    except Exception as exc:  # reported to the parent, which fails the run
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for h in https:
+            try:
+                h.close()
+            except Exception:
+                pass
+        sub.close(0)
+        if push is not None:
+            push.close(0)
+        ctx.term()
+    pipe.send(("done", error))
+
+
+def _dumps(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj).encode()
+
+
+class _Proc:
+    def __init__(self, target, *args) -> None:
+        self.pipe, child = CTX.Pipe()
+        self.counters = CTX.Array("q", 2, lock=False)
+        self.stop = CTX.Event()
+        self.proc = CTX.Process(
+            target=target, args=(*args, self.counters, self.stop, child), daemon=True
+        )
+        self.proc.start()
+
+    def wait(self, kind: str, timeout: float) -> Any:
+        if not self.pipe.poll(timeout):
+            raise TimeoutError(f"no {kind!r} from a load process in {timeout:.0f}s")
+        got, body = self.pipe.recv()
+        if got != kind:
+            raise RuntimeError(f"load process: {got} {body}")
+        return body
+
+    def finish(self) -> str:
+        self.stop.set()
+        error = ""
+        if self.pipe.poll(10):
+            _, error = self.pipe.recv()
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        return error or ""
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(procs.cpu_s(p) for p in pids)
+
+
+def _calls(ports: list[int]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for p in ports:
+        for k, v in command_calls(p).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def throughput_step(cfg: CapacityConfig, store_kind: str, redis, nbrokers: int, tag: str) -> dict:
+    workdir = tempfile.mkdtemp(prefix="bench-capacity-")
+    brokers: list[GripcastTarget] = []
+    loads: list[_Proc] = []
+    row: dict[str, Any] = {"store": store_kind, "brokers": nbrokers}
+    try:
+        for i in range(nbrokers):
+            brokers.append(start_broker(redis.url(), f"{workdir}/b{i}"))
+        urls = [b.publish_url for b in brokers]
+        specs = [b.push_spec for b in brokers]
+        subs = [b.edge_pub_spec for b in brokers]
+        for kind in ("http", "zmq"):
+            loads.append(
+                _Proc(
+                    publisher_main,
+                    kind,
+                    f"{tag}{kind[0]}",
+                    urls,
+                    specs,
+                    subs,
+                    cfg.channels,
+                    cfg.batch,
+                    cfg.window,
+                )
+            )
+        for lp in loads:
+            lp.wait("ready", 60)
+        time.sleep(cfg.warmup_s)  # the load runs; steady state before measuring
+        masters = (
+            redis.master_ports() if isinstance(redis, RedisCluster) else redis.ports()
+        )
+        bpids = [p for b in brokers for p in b.pids()]
+        rpids = redis.pids()
+        calls0 = _calls(masters)
+        b0, r0 = _cpu(bpids), _cpu(rpids)
+        got0 = [(lp.counters[0], lp.counters[1]) for lp in loads]
+        t0 = time.monotonic()
+        time.sleep(cfg.seconds)
+        got1 = [(lp.counters[0], lp.counters[1]) for lp in loads]
+        b1, r1 = _cpu(bpids), _cpu(rpids)
+        wall = time.monotonic() - t0
+        calls1 = _calls(masters)
+        errors = [e for e in (lp.finish() for lp in loads) if e]
+        loads = []
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        items = sum(g1[1] - g0[1] for g0, g1 in zip(got0, got1))
+        by_kind = {
+            kind: round((g1[1] - g0[1]) / wall, 1)
+            for kind, g0, g1 in zip(("http", "zmq"), got0, got1)
+        }
+        calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0)}
+        calls.pop("info", None)
+        ncalls = sum(calls.values())
+        per_k = 1000 / items if items else 0.0
+        row.update(
+            {
+                "items": items,
+                "wall_s": round(wall, 3),
+                "items_per_s": round(items / wall, 1),
+                "items_per_s_by_publisher": by_kind,
+                "broker_cpu_s": round(b1 - b0, 3),
+                "redis_cpu_s": round(r1 - r0, 3),
+                "broker_cpu_s_per_1k": round((b1 - b0) * per_k, 4),
+                "redis_cpu_s_per_1k": round((r1 - r0) * per_k, 4),
+                "items_per_broker_cpu_s": round(items / (b1 - b0), 1) if b1 > b0 else None,
+                "redis_commands_per_item": round(ncalls / items, 3) if items else None,
+                "redis_commands": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+                "redis_nodes": len(rpids),
+                "redis_masters": len(masters),
+                "ok": items > 0,
+            }
+        )
+    except Exception as exc:
+        row["ok"] = False
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        if brokers:
+            row["broker_log_tail"] = brokers[0].log_tail(20)
+    finally:
+        for lp in loads:
+            lp.finish()
+        stop_all(brokers)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return row
+
+
+def run_throughput(cfg: CapacityConfig, progress=None) -> list[dict]:
+    rows = []
+    for store in cfg.stores:
+        redis = RedisCluster() if store == "cluster" else StandaloneRedis()
+        with redis:
+            for n in cfg.brokers:
+                tag = f"{store[0]}{n}{time.time_ns() % 100000}"
+                rows.append(throughput_step(cfg, store, redis, n, tag))
+                if progress:
+                    progress(rows[-1])
+    return rows
+
+
+# --- SUB peers (fan-out) ---------------------------------------------------------------------
+
+
+def peers_main(spec, nsocks, channels, counters, stop, pipe):
+    """``nsocks`` SUB sockets on ``spec``, each subscribed to every channel.  counters[0]:
+    sockets that have seen every channel (probes); counters[1]: item frames received."""
+    import zmq
+
+    ctx = zmq.Context()
+    socks = []
+    for _ in range(nsocks):
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(spec)
+        for c in channels:
+            s.setsockopt(zmq.SUBSCRIBE, c.encode() + b"\x00")
+        socks.append(s)
+    poller = zmq.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    seen: list[set[bytes]] = [set() for _ in socks]
+    index = {s: i for i, s in enumerate(socks)}
+    ready = 0
+    received = 0
+    pipe.send(("ready", None))
+    try:
+        while not stop.is_set():
+            for s, _ in poller.poll(50):
+                i = index[s]
+                while True:
+                    try:
+                        frame = s.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if b"item " in frame:
+                        received += 1
+                    elif len(seen[i]) < len(channels):
+                        seen[i].add(frame.split(b"\x00", 1)[0])
+                        if len(seen[i]) == len(channels):
+                            ready += 1
+            counters[0] = ready
+            counters[1] = received
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+    pipe.send(("done", ""))
+
+
+def fanout_step(cfg: CapacityConfig, edges: int) -> dict:
+    import zmq
+
+    workdir = tempfile.mkdtemp(prefix="bench-capacity-fan-")
+    broker = None
+    peers: list[_Proc] = []
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 0)
+    push.setsockopt(zmq.LINGER, 0)
+    channels = [f"f{c}" for c in range(cfg.fan_channels)]
+    row: dict[str, Any] = {"edges": edges}
+    try:
+        broker = start_broker("memory", workdir)
+        push.connect(broker.push_spec)
+        nproc = max(1, min(cfg.sub_procs, edges))
+        shares = [edges // nproc + (1 if i < edges % nproc else 0) for i in range(nproc)]
+        for n in shares:
+            peers.append(_Proc(peers_main, broker.edge_pub_spec, n, channels))
+        for p in peers:
+            p.wait("ready", 30)
+        deadline = time.monotonic() + 30
+        k = 0
+        while sum(p.counters[0] for p in peers) < edges:
+            k += 1
+            for c in channels:
+                push.send(b"J" + _dumps({"channel": c, "formats": {"http-stream": {"content": "p\n"}}}))
+            time.sleep(0.1)  # probes: until every SUB peer saw every channel
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{sum(p.counters[0] for p in peers)}/{edges} SUB peers subscribed"
+                )
+        time.sleep(0.3)
+        bpids = broker.pids()
+        rx0 = sum(p.counters[1] for p in peers)
+        c0 = _cpu(bpids)
+        t0 = time.monotonic()
+        interval = 0.01
+        per_tick = cfg.fan_rate * interval
+        sent = 0
+        n = 0
+        while True:
+            now = time.monotonic() - t0
+            if now >= cfg.fan_seconds:
+                break
+            due = int(per_tick * (now / interval + 1))
+            while sent < due:
+                n += 1
+                push.send(b"J" + _dumps(item(channels[n % len(channels)], f"e{edges}-{n}", n)))
+                sent += 1
+            time.sleep(interval - (time.monotonic() - t0) % interval)
+        # stragglers: until every delivery arrived (or nothing more for a second)
+        expected = sent * edges
+        last, t_last = -1, time.monotonic()
+        while True:
+            rx = sum(p.counters[1] for p in peers) - rx0
+            if rx >= expected or time.monotonic() - t_last > 1.0:
+                break
+            if rx != last:
+                last, t_last = rx, time.monotonic()
+            time.sleep(0.02)
+        c1 = _cpu(bpids)
+        wall = time.monotonic() - t0
+        cpu = c1 - c0
+        row.update(
+            {
+                "messages": sent,
+                "rate": round(sent / cfg.fan_seconds, 1),
+                "deliveries_expected": expected,
+                "deliveries": rx,
+                "wall_s": round(wall, 3),
+                "broker_cpu_s": round(cpu, 3),
+                "broker_us_per_msg": round(1e6 * cpu / sent, 2) if sent else None,
+                "broker_us_per_delivery": round(1e6 * cpu / expected, 3) if expected else None,
+                "ok": rx == expected,
+            }
+        )
+        if rx != expected:
+            row["error"] = f"SUB peers received {rx} of {expected} deliveries"
+    except Exception as exc:
+        row["ok"] = False
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        for p in peers:
+            p.finish()
+        push.close(0)
+        ctx.term()
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return row
+
+
+def slope(rows: list[dict]) -> dict:
+    """Least-squares µs per message per extra edge over the rows, and the slope of each
+    segment between consecutive edge counts (flat: the segments agree within 2x)."""
+    pts = [(r["edges"], r["broker_us_per_msg"]) for r in rows if r.get("broker_us_per_msg")]
+    if len(pts) < 2:
+        return {"us_per_msg_per_edge": None, "segments": [], "flat": None}
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    fit = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    segs = [
+        {
+            "from": a[0],
+            "to": b[0],
+            "us_per_msg_per_edge": round((b[1] - a[1]) / (b[0] - a[0]), 3),
+        }
+        for a, b in zip(pts, pts[1:])
+    ]
+    # flat: the marginal cost of an edge does not grow with the number of edges (the last
+    # segment's slope at most twice the fitted one; a small first segment is noise)
+    last = segs[-1]["us_per_msg_per_edge"]
+    return {
+        "us_per_msg_per_edge": round(fit, 3),
+        "intercept_us_per_msg": round(my - fit * mx, 2),
+        "segments": segs,
+        "flat": bool(fit > 0 and last <= 2 * fit),
+    }
+
+
+def run_fanout(cfg: CapacityConfig, progress=None) -> dict:
+    rows = []
+    for e in cfg.edge_counts:
+        rows.append(fanout_step(cfg, e))
+        if progress:
+            progress(rows[-1])
+    return {"rows": rows, "slope": slope(rows)}
+
+
+# --- edge unit costs -------------------------------------------------------------------------
+
+
+def run_edge(cfg: CapacityConfig) -> dict:
+    """Edge CPU per delivery and RSS per idle connection from one small fan-out run."""
+    from bench.scenarios import LoadConfig, run_load
+
+    lc = LoadConfig(
+        scenario="fanout",
+        transport="sse",
+        clients=cfg.edge_clients,
+        channels=1,
+        rate=cfg.edge_rate,
+        duration=cfg.edge_seconds,
+        edges=1,
+        publisher="http",
+        procs=2,
+        concurrency=64,
+        warmup=20,
+        stats=False,
+    )
+    r = run_load("gripcast", lc)
+    out: dict[str, Any] = {"clients": cfg.edge_clients, "ok": bool(r.get("ok"))}
+    if not r.get("ok"):
+        out["error"] = r.get("error")
+        return out
+    received = r["deliveries"]["received"]
+    edge_cpu = sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["name"].startswith("edge"))
+    mem = {p["name"]: p for p in r["memory"]["by_process"]}
+    edge_mem = [p for n, p in mem.items() if n.startswith("edge")]
+    out.update(
+        {
+            "deliveries": received,
+            "edge_cpu_s": round(edge_cpu, 3),
+            "edge_us_per_delivery": round(1e6 * edge_cpu / received, 2) if received else None,
+            "edge_kib_per_conn": edge_mem[0]["per_conn_kib"] if edge_mem else None,
+            "all_kib_per_conn": r["memory"]["per_conn_kib"],
+            "lost": r.get("loss", {}).get("lost") if isinstance(r.get("loss"), dict) else None,
+        }
+    )
+    return out
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+def run_capacity(cfg: CapacityConfig, progress=None) -> dict:
+    procs.raise_nofile()
+    t0 = time.monotonic()
+    out: dict[str, Any] = {"config": asdict(cfg), "note": NOTE}
+    if "throughput" in cfg.parts:
+        out["throughput"] = run_throughput(cfg, progress)
+    if "fanout" in cfg.parts:
+        out["fanout"] = run_fanout(cfg, progress)
+    if "edge" in cfg.parts:
+        out["edge"] = run_edge(cfg)
+    out["unit_costs"] = unit_costs(out)
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    oks = [r.get("ok") for r in out.get("throughput", [])]
+    oks += [r.get("ok") for r in out.get("fanout", {}).get("rows", [])]
+    if "edge" in out:
+        oks.append(out["edge"].get("ok"))
+    out["ok"] = all(oks)
+    return out
+
+
+def unit_costs(out: dict) -> dict:
+    """The model's inputs (docs/capacity.md) from this run's figures."""
+    u: dict[str, Any] = {}
+    rows = [r for r in out.get("throughput", []) if r.get("ok")]
+    for store in ("cluster", "standalone"):
+        mine = [r for r in rows if r["store"] == store]
+        if not mine:
+            continue
+        items = sum(r["items"] for r in mine)
+        u[store] = {
+            "broker_cpu_us_per_item": round(1e6 * sum(r["broker_cpu_s"] for r in mine) / items, 1),
+            "redis_cpu_us_per_item": round(1e6 * sum(r["redis_cpu_s"] for r in mine) / items, 1),
+            "redis_commands_per_item": round(
+                sum(r["redis_commands_per_item"] * r["items"] for r in mine) / items, 3
+            ),
+        }
+    fan = out.get("fanout", {})
+    if fan.get("slope", {}).get("us_per_msg_per_edge") is not None:
+        u["broker_us_per_msg_per_edge"] = fan["slope"]["us_per_msg_per_edge"]
+        u["broker_us_per_msg_base"] = fan["slope"]["intercept_us_per_msg"]
+    edge = out.get("edge", {})
+    if edge.get("ok"):
+        u["edge_us_per_delivery"] = edge["edge_us_per_delivery"]
+        u["edge_kib_per_idle_conn"] = edge["edge_kib_per_conn"]
+    return u
+
+
+def config_for(quick: bool, **overrides: Any) -> CapacityConfig:
+    base = QUICK if quick else CapacityConfig()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def print_report(out: dict, console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]note:[/bold] {out['note']}")
+    if out.get("throughput"):
+        t = Table(title="publish throughput: brokers on one Redis (HTTP batches + ZeroMQ)")
+        for col in (
+            "store",
+            "brokers",
+            "items/s",
+            "http/s",
+            "zmq/s",
+            "broker cpu s/1k",
+            "redis cpu s/1k",
+            "items/broker cpu s",
+            "redis cmds/item",
+        ):
+            t.add_column(col, justify="right")
+        for r in out["throughput"]:
+            if not r.get("ok"):
+                t.add_row(r["store"], str(r["brokers"]), f"[red]{r.get('error')}[/red]")
+                continue
+            by = r["items_per_s_by_publisher"]
+            t.add_row(
+                r["store"],
+                str(r["brokers"]),
+                f"{r['items_per_s']:,.0f}",
+                f"{by['http']:,.0f}",
+                f"{by['zmq']:,.0f}",
+                f"{r['broker_cpu_s_per_1k']:.3f}",
+                f"{r['redis_cpu_s_per_1k']:.3f}",
+                f"{r['items_per_broker_cpu_s'] or 0:,.0f}",
+                f"{r['redis_commands_per_item']}",
+            )
+        console.print(t)
+    fan = out.get("fanout")
+    if fan:
+        t = Table(title="broker CPU per message with N edges subscribed (SUB peers)")
+        for col in ("edges", "msgs/s", "deliveries", "broker µs/msg", "broker µs/delivery"):
+            t.add_column(col, justify="right")
+        for r in fan["rows"]:
+            if not r.get("ok") and "messages" not in r:
+                t.add_row(str(r["edges"]), f"[red]{r.get('error')}[/red]")
+                continue
+            t.add_row(
+                str(r["edges"]),
+                f"{r['rate']:,.0f}",
+                f"{r['deliveries']:,}/{r['deliveries_expected']:,}",
+                f"{r['broker_us_per_msg']}",
+                f"{r['broker_us_per_delivery']}",
+            )
+        console.print(t)
+        s = fan["slope"]
+        segs = ", ".join(
+            f"{g['from']}->{g['to']}: {g['us_per_msg_per_edge']}" for g in s["segments"]
+        )
+        console.print(
+            f"slope: {s['us_per_msg_per_edge']} µs per message per extra edge "
+            f"(segments {segs}); flat: {s['flat']}"
+        )
+    edge = out.get("edge")
+    if edge:
+        if edge.get("ok"):
+            console.print(
+                f"edge: {edge['edge_us_per_delivery']} µs CPU per delivery, "
+                f"{edge['edge_kib_per_conn']} KiB RSS per idle SSE connection "
+                f"({edge['clients']:,} clients, {edge['deliveries']:,} deliveries)"
+            )
+        else:
+            console.print(f"[red]edge part failed: {edge.get('error')}[/red]")
+    console.print(f"unit costs: {out['unit_costs']}")
