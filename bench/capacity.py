@@ -57,8 +57,9 @@ class CapacityConfig:
     window: int = 2000  # items published and not yet seen, per publisher
     edge_counts: tuple[int, ...] = (1, 10, 100)
     fan_channels: int = 10
-    fan_rate: float = 400.0  # messages per second (all channels)
+    fan_rate: float = 1000.0  # messages per second (all channels)
     fan_seconds: float = 5.0
+    fan_rest_s: float = 1.0  # the broker's CPU at rest, measured before each step
     sub_procs: int = 4  # processes holding the SUB peers
     edge_clients: int = 1000  # the edge part: idle SSE clients on one edge
     edge_rate: float = 5.0  # messages per second to them (one channel)
@@ -70,12 +71,13 @@ QUICK = CapacityConfig(
     quick=True,
     stores=("cluster",),
     brokers=(1, 2),
-    seconds=1.5,
-    warmup_s=0.5,
+    seconds=1.2,
+    warmup_s=0.4,
     channels=32,
     window=1000,
-    fan_rate=300.0,
-    fan_seconds=1.5,
+    fan_rate=500.0,
+    fan_seconds=1.2,
+    fan_rest_s=0.5,
     sub_procs=2,
     parts=("throughput", "fanout"),
 )
@@ -247,14 +249,31 @@ def _calls(ports: list[int]) -> dict[str, int]:
     return total
 
 
-def throughput_step(cfg: CapacityConfig, store_kind: str, redis, nbrokers: int, tag: str) -> dict:
-    workdir = tempfile.mkdtemp(prefix="bench-capacity-")
-    brokers: list[GripcastTarget] = []
+def start_brokers(store: str, n: int, workdir: str) -> list[GripcastTarget]:
+    """``n`` brokers on ``store``, started at once (threads wait on their readiness)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        futs = [pool.submit(start_broker, store, f"{workdir}/b{i}") for i in range(n)]
+    out, errors = [], []
+    for f in futs:
+        try:
+            out.append(f.result())
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        stop_all(out)
+        raise errors[0]
+    return out
+
+
+def throughput_step(
+    cfg: CapacityConfig, store_kind: str, redis, brokers: list[GripcastTarget], tag: str
+) -> dict:
+    nbrokers = len(brokers)
     loads: list[_Proc] = []
     row: dict[str, Any] = {"store": store_kind, "brokers": nbrokers}
     try:
-        for i in range(nbrokers):
-            brokers.append(start_broker(redis.url(), f"{workdir}/b{i}"))
         urls = [b.publish_url for b in brokers]
         specs = [b.push_spec for b in brokers]
         subs = [b.edge_pub_spec for b in brokers]
@@ -275,9 +294,7 @@ def throughput_step(cfg: CapacityConfig, store_kind: str, redis, nbrokers: int, 
         for lp in loads:
             lp.wait("ready", 60)
         time.sleep(cfg.warmup_s)  # the load runs; steady state before measuring
-        masters = (
-            redis.master_ports() if isinstance(redis, RedisCluster) else redis.ports()
-        )
+        masters = redis.master_ports() if isinstance(redis, RedisCluster) else redis.ports()
         bpids = [p for b in brokers for p in b.pids()]
         rpids = redis.pids()
         calls0 = _calls(masters)
@@ -299,8 +316,10 @@ def throughput_step(cfg: CapacityConfig, store_kind: str, redis, nbrokers: int, 
             for kind, g0, g1 in zip(("http", "zmq"), got0, got1)
         }
         calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0)}
-        calls.pop("info", None)
-        ncalls = sum(calls.values())
+        for k in ("info", "replconf", "cluster", "ping", "command"):
+            calls.pop(k, None)  # the bench's and the replication's, not the store's
+        ncalls = sum(calls.values())  # commands run inside scripts count too
+        scripts = calls.get("evalsha", 0) + calls.get("eval", 0) + calls.get("fcall", 0)
         per_k = 1000 / items if items else 0.0
         row.update(
             {
@@ -314,6 +333,7 @@ def throughput_step(cfg: CapacityConfig, store_kind: str, redis, nbrokers: int, 
                 "redis_cpu_s_per_1k": round((r1 - r0) * per_k, 4),
                 "items_per_broker_cpu_s": round(items / (b1 - b0), 1) if b1 > b0 else None,
                 "redis_commands_per_item": round(ncalls / items, 3) if items else None,
+                "redis_scripts_per_item": round(scripts / items, 4) if items else None,
                 "redis_commands": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
                 "redis_nodes": len(rpids),
                 "redis_masters": len(masters),
@@ -328,8 +348,6 @@ def throughput_step(cfg: CapacityConfig, store_kind: str, redis, nbrokers: int, 
     finally:
         for lp in loads:
             lp.finish()
-        stop_all(brokers)
-        shutil.rmtree(workdir, ignore_errors=True)
     return row
 
 
@@ -337,12 +355,21 @@ def run_throughput(cfg: CapacityConfig, progress=None) -> list[dict]:
     rows = []
     for store in cfg.stores:
         redis = RedisCluster() if store == "cluster" else StandaloneRedis()
-        with redis:
-            for n in cfg.brokers:
-                tag = f"{store[0]}{n}{time.time_ns() % 100000}"
-                rows.append(throughput_step(cfg, store, redis, n, tag))
-                if progress:
-                    progress(rows[-1])
+        workdir = tempfile.mkdtemp(prefix="bench-capacity-")
+        brokers: list[GripcastTarget] = []
+        try:
+            with redis:
+                # the most brokers asked for, started once; a step uses the first n of them
+                # (on channels of its own), the others idle
+                brokers = start_brokers(redis.url(), max(cfg.brokers), workdir)
+                for n in cfg.brokers:
+                    tag = f"{store[0]}{n}{time.time_ns() % 100000}"
+                    rows.append(throughput_step(cfg, store, redis, brokers[:n], tag))
+                    if progress:
+                        progress(rows[-1])
+        finally:
+            stop_all(brokers)
+            shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
 
@@ -396,97 +423,117 @@ def peers_main(spec, nsocks, channels, counters, stop, pipe):
     pipe.send(("done", ""))
 
 
-def fanout_step(cfg: CapacityConfig, edges: int) -> dict:
-    import zmq
+class _Fan:
+    """One broker (memory store) and its SUB peers, added step by step (1, then 10, then 100)."""
 
-    workdir = tempfile.mkdtemp(prefix="bench-capacity-fan-")
-    broker = None
-    peers: list[_Proc] = []
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 0)
-    push.setsockopt(zmq.LINGER, 0)
-    channels = [f"f{c}" for c in range(cfg.fan_channels)]
-    row: dict[str, Any] = {"edges": edges}
-    try:
-        broker = start_broker("memory", workdir)
-        push.connect(broker.push_spec)
-        nproc = max(1, min(cfg.sub_procs, edges))
-        shares = [edges // nproc + (1 if i < edges % nproc else 0) for i in range(nproc)]
-        for n in shares:
-            peers.append(_Proc(peers_main, broker.edge_pub_spec, n, channels))
-        for p in peers:
+    def __init__(self, cfg: CapacityConfig) -> None:
+        import zmq
+
+        self.cfg = cfg
+        self.workdir = tempfile.mkdtemp(prefix="bench-capacity-fan-")
+        self.channels = [f"f{c}" for c in range(cfg.fan_channels)]
+        self.peers: list[_Proc] = []
+        self.ctx = zmq.Context()
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.SNDHWM, 0)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.broker: GripcastTarget | None = None
+        self.edges = 0
+        self.n = 0
+
+    def start(self) -> None:
+        self.broker = start_broker("memory", self.workdir)
+        self.push.connect(self.broker.push_spec)
+
+    def grow(self, edges: int) -> None:
+        """Add SUB peers up to ``edges``; return once every one has seen every channel."""
+        assert self.broker is not None
+        add = edges - self.edges
+        nproc = max(1, min(self.cfg.sub_procs, add // 10 or 1))
+        shares = [add // nproc + (1 if i < add % nproc else 0) for i in range(nproc)]
+        new = [_Proc(peers_main, self.broker.edge_pub_spec, k, self.channels) for k in shares]
+        self.peers += new
+        for p in new:
             p.wait("ready", 30)
+        self.edges = edges
         deadline = time.monotonic() + 30
-        k = 0
-        while sum(p.counters[0] for p in peers) < edges:
-            k += 1
-            for c in channels:
-                push.send(b"J" + _dumps({"channel": c, "formats": {"http-stream": {"content": "p\n"}}}))
-            time.sleep(0.1)  # probes: until every SUB peer saw every channel
+        while sum(p.counters[0] for p in self.peers) < edges:
+            for c in self.channels:  # probes: until every SUB peer saw every channel
+                probe = {"channel": c, "formats": {"http-stream": {"content": "p\n"}}}
+                self.push.send(b"J" + _dumps(probe))
+            time.sleep(0.05)
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{sum(p.counters[0] for p in peers)}/{edges} SUB peers subscribed"
-                )
-        time.sleep(0.3)
-        bpids = broker.pids()
-        rx0 = sum(p.counters[1] for p in peers)
+                got = sum(p.counters[0] for p in self.peers)
+                raise TimeoutError(f"{got}/{edges} SUB peers subscribed")
+
+    def received(self) -> int:
+        return sum(p.counters[1] for p in self.peers)
+
+    def step(self) -> dict:
+        assert self.broker is not None
+        cfg, edges = self.cfg, self.edges
+        bpids = self.broker.pids()
+        time.sleep(0.2)  # the probes' deliveries done
+        # the broker's CPU at rest (timers, heartbeats), taken off the publishing figure
+        i0, t_i = _cpu(bpids), time.monotonic()
+        time.sleep(cfg.fan_rest_s)
+        idle_per_s = (_cpu(bpids) - i0) / (time.monotonic() - t_i)
+        rx0 = self.received()
         c0 = _cpu(bpids)
         t0 = time.monotonic()
         interval = 0.01
-        per_tick = cfg.fan_rate * interval
         sent = 0
-        n = 0
         while True:
             now = time.monotonic() - t0
             if now >= cfg.fan_seconds:
                 break
-            due = int(per_tick * (now / interval + 1))
+            due = int(cfg.fan_rate * min(cfg.fan_seconds, now + interval))
             while sent < due:
-                n += 1
-                push.send(b"J" + _dumps(item(channels[n % len(channels)], f"e{edges}-{n}", n)))
+                self.n += 1
+                k = self.n
+                it = item(self.channels[k % len(self.channels)], f"e{k}", k)
+                self.push.send(b"J" + _dumps(it))
                 sent += 1
             time.sleep(interval - (time.monotonic() - t0) % interval)
-        # stragglers: until every delivery arrived (or nothing more for a second)
         expected = sent * edges
         last, t_last = -1, time.monotonic()
-        while True:
-            rx = sum(p.counters[1] for p in peers) - rx0
+        rx = 0
+        while True:  # stragglers: until every delivery arrived (or none for a second)
+            rx = self.received() - rx0
             if rx >= expected or time.monotonic() - t_last > 1.0:
                 break
             if rx != last:
                 last, t_last = rx, time.monotonic()
             time.sleep(0.02)
-        c1 = _cpu(bpids)
         wall = time.monotonic() - t0
-        cpu = c1 - c0
-        row.update(
-            {
-                "messages": sent,
-                "rate": round(sent / cfg.fan_seconds, 1),
-                "deliveries_expected": expected,
-                "deliveries": rx,
-                "wall_s": round(wall, 3),
-                "broker_cpu_s": round(cpu, 3),
-                "broker_us_per_msg": round(1e6 * cpu / sent, 2) if sent else None,
-                "broker_us_per_delivery": round(1e6 * cpu / expected, 3) if expected else None,
-                "ok": rx == expected,
-            }
-        )
+        raw = _cpu(bpids) - c0
+        cpu = max(0.0, raw - idle_per_s * wall)
+        row: dict[str, Any] = {
+            "edges": edges,
+            "messages": sent,
+            "rate": round(sent / cfg.fan_seconds, 1),
+            "deliveries_expected": expected,
+            "deliveries": rx,
+            "wall_s": round(wall, 3),
+            "broker_cpu_s_raw": round(raw, 3),
+            "broker_idle_cpu_per_s": round(idle_per_s, 4),
+            "broker_cpu_s": round(cpu, 3),
+            "broker_us_per_msg": round(1e6 * cpu / sent, 2) if sent else None,
+            "broker_us_per_delivery": round(1e6 * cpu / expected, 3) if expected else None,
+            "ok": rx == expected,
+        }
         if rx != expected:
             row["error"] = f"SUB peers received {rx} of {expected} deliveries"
-    except Exception as exc:
-        row["ok"] = False
-        row["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        for p in peers:
+        return row
+
+    def close(self) -> None:
+        for p in self.peers:
             p.finish()
-        push.close(0)
-        ctx.term()
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    return row
+        self.push.close(0)
+        self.ctx.term()
+        if self.broker is not None:
+            self.broker.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def slope(rows: list[dict]) -> dict:
@@ -518,11 +565,21 @@ def slope(rows: list[dict]) -> dict:
 
 
 def run_fanout(cfg: CapacityConfig, progress=None) -> dict:
-    rows = []
-    for e in cfg.edge_counts:
-        rows.append(fanout_step(cfg, e))
-        if progress:
-            progress(rows[-1])
+    rows: list[dict] = []
+    fan = _Fan(cfg)
+    try:
+        fan.start()
+        for e in cfg.edge_counts:
+            try:
+                fan.grow(e)
+                rows.append(fan.step())
+            except Exception as exc:
+                rows.append({"edges": e, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                break
+            if progress:
+                progress(rows[-1])
+    finally:
+        fan.close()
     return {"rows": rows, "slope": slope(rows)}
 
 

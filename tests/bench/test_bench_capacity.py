@@ -39,10 +39,22 @@ def test_slope_flat_and_growing():
 def test_unit_costs_weighted_by_items():
     out = {
         "throughput": [
-            {"store": "cluster", "ok": True, "items": 1000, "broker_cpu_s": 0.1,
-             "redis_cpu_s": 0.05, "redis_commands_per_item": 0.2},
-            {"store": "cluster", "ok": True, "items": 3000, "broker_cpu_s": 0.3,
-             "redis_cpu_s": 0.15, "redis_commands_per_item": 0.6},
+            {
+                "store": "cluster",
+                "ok": True,
+                "items": 1000,
+                "broker_cpu_s": 0.1,
+                "redis_cpu_s": 0.05,
+                "redis_commands_per_item": 0.2,
+            },
+            {
+                "store": "cluster",
+                "ok": True,
+                "items": 3000,
+                "broker_cpu_s": 0.3,
+                "redis_cpu_s": 0.15,
+                "redis_commands_per_item": 0.6,
+            },
             {"store": "standalone", "ok": False},
         ],
         "fanout": {"slope": {"us_per_msg_per_edge": 1.5, "intercept_us_per_msg": 40.0}},
