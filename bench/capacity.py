@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench import procs
-from bench.redisprocs import RedisCluster, StandaloneRedis, command_calls, info
+from bench.redisprocs import RedisCluster, StandaloneRedis, command_calls
 from bench.targets import GripcastTarget
 
 CTX = multiprocessing.get_context("fork")
@@ -297,13 +297,14 @@ def throughput_step(
         masters = redis.master_ports() if isinstance(redis, RedisCluster) else redis.ports()
         bpids = [p for b in brokers for p in b.pids()]
         rpids = redis.pids()
+        mpids = redis.pids_of(masters)
         calls0 = _calls(masters)
-        b0, r0 = _cpu(bpids), _cpu(rpids)
+        b0, r0, m0 = _cpu(bpids), _cpu(rpids), _cpu(mpids)
         got0 = [(lp.counters[0], lp.counters[1]) for lp in loads]
         t0 = time.monotonic()
         time.sleep(cfg.seconds)
         got1 = [(lp.counters[0], lp.counters[1]) for lp in loads]
-        b1, r1 = _cpu(bpids), _cpu(rpids)
+        b1, r1, m1 = _cpu(bpids), _cpu(rpids), _cpu(mpids)
         wall = time.monotonic() - t0
         calls1 = _calls(masters)
         errors = [e for e in (lp.finish() for lp in loads) if e]
@@ -329,8 +330,10 @@ def throughput_step(
                 "items_per_s_by_publisher": by_kind,
                 "broker_cpu_s": round(b1 - b0, 3),
                 "redis_cpu_s": round(r1 - r0, 3),
+                "redis_master_cpu_s": round(m1 - m0, 3),
                 "broker_cpu_s_per_1k": round((b1 - b0) * per_k, 4),
                 "redis_cpu_s_per_1k": round((r1 - r0) * per_k, 4),
+                "redis_master_cpu_s_per_1k": round((m1 - m0) * per_k, 4),
                 "items_per_broker_cpu_s": round(items / (b1 - b0), 1) if b1 > b0 else None,
                 "redis_commands_per_item": round(ncalls / items, 3) if items else None,
                 "redis_scripts_per_item": round(scripts / items, 4) if items else None,
@@ -661,6 +664,12 @@ def unit_costs(out: dict) -> dict:
         u[store] = {
             "broker_cpu_us_per_item": round(1e6 * sum(r["broker_cpu_s"] for r in mine) / items, 1),
             "redis_cpu_us_per_item": round(1e6 * sum(r["redis_cpu_s"] for r in mine) / items, 1),
+            "redis_master_cpu_us_per_item": round(
+                1e6 * sum(r.get("redis_master_cpu_s", 0.0) for r in mine) / items, 1
+            ),
+            "redis_scripts_per_item": round(
+                sum(r.get("redis_scripts_per_item", 0.0) * r["items"] for r in mine) / items, 4
+            ),
             "redis_commands_per_item": round(
                 sum(r["redis_commands_per_item"] * r["items"] for r in mine) / items, 3
             ),
@@ -694,9 +703,10 @@ def print_report(out: dict, console) -> None:
             "http/s",
             "zmq/s",
             "broker cpu s/1k",
-            "redis cpu s/1k",
+            "redis cpu s/1k (masters)",
             "items/broker cpu s",
             "redis cmds/item",
+            "scripts/item",
         ):
             t.add_column(col, justify="right")
         for r in out["throughput"]:
@@ -711,9 +721,10 @@ def print_report(out: dict, console) -> None:
                 f"{by['http']:,.0f}",
                 f"{by['zmq']:,.0f}",
                 f"{r['broker_cpu_s_per_1k']:.3f}",
-                f"{r['redis_cpu_s_per_1k']:.3f}",
+                f"{r['redis_cpu_s_per_1k']:.3f} ({r['redis_master_cpu_s_per_1k']:.3f})",
                 f"{r['items_per_broker_cpu_s'] or 0:,.0f}",
                 f"{r['redis_commands_per_item']}",
+                f"{r['redis_scripts_per_item']}",
             )
         console.print(t)
     fan = out.get("fanout")

@@ -185,6 +185,9 @@ class StandaloneRedis:
     def pids(self) -> list[int]:
         return [self.node.proc.pid] if self.node.proc else []
 
+    def pids_of(self, ports: list[int]) -> list[int]:
+        return self.pids()
+
     def close(self) -> None:
         self.node.close()
 
@@ -281,6 +284,9 @@ class RedisCluster:
 
     def pids(self) -> list[int]:
         return [n.proc.pid for n in self.nodes.values() if n.proc is not None]
+
+    def pids_of(self, ports: list[int]) -> list[int]:
+        return [n.proc.pid for p, n in self.nodes.items() if p in ports and n.proc is not None]
 
     def close(self) -> None:
         for node in self.nodes.values():
