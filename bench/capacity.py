@@ -637,12 +637,17 @@ def run_capacity(cfg: CapacityConfig, progress=None) -> dict:
     procs.raise_nofile()
     t0 = time.monotonic()
     out: dict[str, Any] = {"config": asdict(cfg), "note": NOTE}
-    if "throughput" in cfg.parts:
-        out["throughput"] = run_throughput(cfg, progress)
-    if "fanout" in cfg.parts:
-        out["fanout"] = run_fanout(cfg, progress)
-    if "edge" in cfg.parts:
-        out["edge"] = run_edge(cfg)
+    took: dict[str, float] = {}
+    for part, fn in (
+        ("throughput", lambda: run_throughput(cfg, progress)),
+        ("fanout", lambda: run_fanout(cfg, progress)),
+        ("edge", lambda: run_edge(cfg)),
+    ):
+        if part in cfg.parts:
+            t_part = time.monotonic()
+            out[part] = fn()
+            took[part] = round(time.monotonic() - t_part, 1)
+    out["part_s"] = took
     out["unit_costs"] = unit_costs(out)
     out["elapsed_s"] = round(time.monotonic() - t0, 1)
     oks = [r.get("ok") for r in out.get("throughput", [])]

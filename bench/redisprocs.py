@@ -212,6 +212,8 @@ def cluster_node_args(base: int, n: int, i: int) -> list[str]:
         str(base + n + i),
         "--cluster-replica-validity-factor",
         "0",  # a replica may always be promoted (tests kill masters on purpose)
+        "--repl-diskless-sync-delay",
+        "0",  # a replica's first full sync starts at once (the default waits 5 s for others)
     ]
 
 
