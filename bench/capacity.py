@@ -140,7 +140,7 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
             https = [HttpPublisher(u, conns=2) for u in urls]
         # subscriptions reach every broker: probes until one is seen on each channel
         seen: set[bytes] = set()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 + len(names) / 200
         probe = 0
         while len(seen) < len(names):
             probe += 1
@@ -150,7 +150,8 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
                     push.send(b"J" + _dumps(it))
             else:
                 for h in https:
-                    h.publish(batch_items)
+                    for i in range(0, len(batch_items), 500):  # a POST's body is limited
+                        h.publish(batch_items[i : i + 500])
             t_end = time.monotonic() + 0.3
             while sub.poll(max(1, int(1000 * (t_end - time.monotonic())))):
                 frame = sub.recv()
@@ -216,25 +217,34 @@ class _Proc:
             target=target, args=(*args, self.counters, self.stop, child), daemon=True
         )
         self.proc.start()
+        self.finished: str | None = None
 
     def wait(self, kind: str, timeout: float) -> Any:
         if not self.pipe.poll(timeout):
             raise TimeoutError(f"no {kind!r} from a load process in {timeout:.0f}s")
         got, body = self.pipe.recv()
         if got != kind:
+            self.finished = body or ""
             raise RuntimeError(f"load process: {got} {body}")
         return body
 
     def finish(self) -> str:
+        """Stop the process (once); its error message, if it reported one."""
+        if self.finished is not None:
+            return self.finished
         self.stop.set()
         error = ""
-        if self.pipe.poll(10):
-            _, error = self.pipe.recv()
+        try:
+            if self.pipe.poll(10):
+                _, error = self.pipe.recv()
+        except (EOFError, OSError):
+            error = error or "load process ended without a report"
         self.proc.join(5)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
-        return error or ""
+        self.finished = error or ""
+        return self.finished
 
 
 def _cpu(pids: list[int]) -> float:
@@ -717,7 +727,9 @@ def print_report(out: dict, console) -> None:
             t.add_column(col, justify="right")
         for r in out["throughput"]:
             if not r.get("ok"):
-                t.add_row(r["store"], str(r["brokers"]), f"[red]{r.get('error')}[/red]")
+                t.add_row(
+                    r["store"], str(r["brokers"]), f"[red]failed: {r.get('error')}[/red]"[:80]
+                )
                 continue
             by = r["items_per_s_by_publisher"]
             t.add_row(

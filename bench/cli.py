@@ -268,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cap.add_argument("--seconds", type=float, default=None, help="measured s per broker count")
     cap.add_argument("--edge-clients", type=int, default=None, help="edge part: idle clients")
+    cap.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help="throughput: channels per publisher (default 64: busy channels; e.g. 10000 for "
+        "many quiet ones, each batch then touching as many channels as items)",
+    )
+    cap.add_argument("--brokers", default=None, help="throughput: broker counts (default 1,2,3)")
+    cap.add_argument("--stores", default=None, help="throughput: cluster,standalone (default both)")
     cap.add_argument("--out", default=None)
     return p
 
@@ -457,6 +466,9 @@ def _capacity(args, meta: dict, stamp: str, console: Console) -> int:
         parts=tuple(args.parts.split(",")) if args.parts else None,
         seconds=args.seconds,
         edge_clients=args.edge_clients,
+        channels=args.channels,
+        brokers=tuple(int(b) for b in args.brokers.split(",")) if args.brokers else None,
+        stores=tuple(args.stores.split(",")) if args.stores else None,
     )
     r = capacity.run_capacity(cfg, progress=lambda row: console.print(f"  done: {row}"[:200]))
     capacity.print_report(r, console)
