@@ -120,6 +120,7 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SNDHWM, 0)  # thousands of subscriptions: none dropped at the HWM
     sub.setsockopt(zmq.LINGER, 0)
     for s in subs:
         sub.connect(s)
@@ -138,28 +139,34 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
                 push.connect(s)
         else:
             https = [HttpPublisher(u, conns=2) for u in urls]
-        # subscriptions reach every broker: probes until one is seen on each channel
-        seen: set[bytes] = set()
-        deadline = time.monotonic() + 20 + len(names) / 200
+        # subscriptions reach every broker: a SUB's subscriptions reach a broker in order, so
+        # once a probe on the last channel comes back from a broker, all of them are in place
+        # there; probes through each broker's HTTP API, until every broker's came back
+        import re
+
+        probes = [HttpPublisher(u) for u in urls]
+        want = set(range(len(probes)))
+        seen: set[int] = set()
+        deadline = time.monotonic() + 30
         probe = 0
-        while len(seen) < len(names):
-            probe += 1
-            batch_items = [item(n, f"{tag}p{probe}-{n}", 0) for n in names]
-            if push is not None:
-                for it in batch_items:
-                    push.send(b"J" + _dumps(it))
-            else:
-                for h in https:
-                    for i in range(0, len(batch_items), 500):  # a POST's body is limited
-                        h.publish(batch_items[i : i + 500])
-            t_end = time.monotonic() + 0.3
-            while sub.poll(max(1, int(1000 * (t_end - time.monotonic())))):
-                frame = sub.recv()
-                seen.add(frame.split(b"\x00", 1)[0])
-                if time.monotonic() > t_end:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{tag}: {len(seen)}/{len(names)} channels fanned out")
+        try:
+            while seen != want:
+                probe += 1
+                for i, h in enumerate(probes):
+                    if i not in seen:
+                        h.publish([item(names[-1], f"{tag}p{probe}-{i}", 0) | _probe_fmt(i)])
+                t_end = time.monotonic() + 0.2
+                while sub.poll(max(1, int(1000 * (t_end - time.monotonic())))):
+                    m = re.search(rb"probe (\d+)\n", sub.recv())
+                    if m:
+                        seen.add(int(m.group(1)))
+                    if time.monotonic() > t_end:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{tag}: probes back from {len(seen)}/{len(want)} brokers")
+        finally:
+            for h in probes:
+                h.close()
         while sub.poll(150):  # drain what the probes left
             sub.recv()
         pipe.send(("ready", None))
@@ -200,6 +207,10 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
             push.close(0)
         ctx.term()
     pipe.send(("done", error))
+
+
+def _probe_fmt(i: int) -> dict:
+    return {"formats": {"http-stream": {"content": f"probe {i}\n"}}}
 
 
 def _dumps(obj: Any) -> bytes:
@@ -399,6 +410,7 @@ def peers_main(spec, nsocks, channels, counters, stop, pipe):
     for _ in range(nsocks):
         s = ctx.socket(zmq.SUB)
         s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(spec)
         for c in channels:
