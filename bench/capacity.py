@@ -147,7 +147,8 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
         probes = [HttpPublisher(u) for u in urls]
         want = set(range(len(probes)))
         seen: set[int] = set()
-        deadline = time.monotonic() + 30
+        # a broker takes its time over thousands of subscriptions on a loaded machine
+        deadline = time.monotonic() + 30 + len(names) * len(urls) / 200
         probe = 0
         try:
             while seen != want:
@@ -313,7 +314,7 @@ def throughput_step(
                 )
             )
         for lp in loads:
-            lp.wait("ready", 60)
+            lp.wait("ready", 60 + cfg.channels * nbrokers / 200)
         time.sleep(cfg.warmup_s)  # the load runs; steady state before measuring
         masters = redis.master_ports() if isinstance(redis, RedisCluster) else redis.ports()
         bpids = [p for b in brokers for p in b.pids()]
