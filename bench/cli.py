@@ -263,6 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="GET the broker's /status/data this often during the run (its cost; default 0)",
     )
     ing.add_argument("--out", default=None)
+    cap = sub.add_parser(
+        "capacity",
+        help="capacity model's unit costs: publish throughput with 1-3 brokers on Redis "
+        "Cluster and standalone Redis, broker CPU per message with 1/10/100 edges (SUB "
+        "peers), edge CPU per delivery and memory per connection (docs/capacity.md)",
+    )
+    cap.add_argument("--quick", action="store_true", help="CI form: under ~20 s")
+    cap.add_argument(
+        "--parts",
+        default=None,
+        help="comma-separated subset of throughput,fanout,edge (default: all; --quick: "
+        "throughput,fanout)",
+    )
+    cap.add_argument("--seconds", type=float, default=None, help="measured s per broker count")
+    cap.add_argument("--edge-clients", type=int, default=None, help="edge part: idle clients")
+    cap.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help="throughput: channels per publisher (default 64: busy channels; e.g. 10000 for "
+        "many quiet ones, each batch then touching as many channels as items)",
+    )
+    cap.add_argument("--brokers", default=None, help="throughput: broker counts (default 1,2,3)")
+    cap.add_argument("--stores", default=None, help="throughput: cluster,standalone (default both)")
+    cap.add_argument("--out", default=None)
     return p
 
 
@@ -402,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         console.print(f"results: {path}")
         return 0 if r.get("ok") else 1
+    if args.scenario == "capacity":
+        return _capacity(args, meta, stamp, console)
     cfg = load_config(args)
     targets = target_order(args.target, args.order)
     if "pushpin" in targets and cfg.clients > PUSHPIN_MAX_CLIENTS:
@@ -448,6 +475,27 @@ def main(argv: list[str] | None = None) -> int:
         if all(r.get("ok") and r.get("soak", {}).get("ok") is not False for r in runs.values())
         else 1
     )
+
+
+def _capacity(args, meta: dict, stamp: str, console: Console) -> int:
+    from bench import capacity
+
+    cfg = capacity.config_for(
+        args.quick,
+        parts=tuple(args.parts.split(",")) if args.parts else None,
+        seconds=args.seconds,
+        edge_clients=args.edge_clients,
+        channels=args.channels,
+        brokers=tuple(int(b) for b in args.brokers.split(",")) if args.brokers else None,
+        stores=tuple(args.stores.split(",")) if args.stores else None,
+    )
+    r = capacity.run_capacity(cfg, progress=lambda row: console.print(f"  done: {row}"[:200]))
+    capacity.print_report(r, console)
+    path = report.write_json(
+        {**meta, "scenario": "capacity", "result": r}, out_path(args.out, "capacity", stamp)
+    )
+    console.print(f"results: {path}")
+    return 0 if r.get("ok") else 1
 
 
 def _cpus() -> int:

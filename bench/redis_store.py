@@ -120,12 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         urls = list(args.url)
         if not urls:
-            from tests.redis_cluster import RedisCluster
-            from tests.redis_server import RedisServer
+            from bench.redisprocs import RedisCluster, StandaloneRedis
 
-            srv = stack.enter_context(RedisServer())
+            srv = stack.enter_context(StandaloneRedis())
             cluster = stack.enter_context(RedisCluster())
-            urls = [f"redis://127.0.0.1:{srv.port}/0", cluster.url()]
+            urls = [srv.url(), cluster.url()]
         print(
             f"{'store':<60} {'items':>8} {'items/s':>9} {'bench cpu ms/1k':>16} {'redis cpu ms/1k':>16}"
         )

@@ -12,32 +12,33 @@ Readiness is polled (``CLUSTER INFO``, ``CLUSTER SLOTS``, ``INFO replication``),
 sleep; every wait is bounded; every process is stopped by its own PID (``RedisServer.stop``).
 ``cluster-node-timeout`` is 1000 ms so a failover takes a couple of seconds.  Each node's data
 port and cluster bus port come from one block of free ports (``cluster-port``, so the bus does
-not land on port + 10000).
+not land on port + 10000).  The startup (node arguments, ``redis-cli --cluster create``, readiness) is
+bench/redisprocs.py's, shared with the benches.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from typing import Any
 
+from bench.redisprocs import (
+    NODE_TIMEOUT_MS,
+    REDIS_CLI,
+    cluster_info,
+    cluster_node_args,
+    cluster_ready,
+    command,
+    create_cluster,
+)
 from tests.helpers import free_port_block
-from tests.redis_sentinel import command, info
 from tests.redis_server import RedisServer
 
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-NODE_TIMEOUT_MS = 1000
+__all__ = ["NODE_TIMEOUT_MS", "RedisCluster", "cli_available", "cluster_info"]
 
 
 def cli_available() -> bool:
     return os.path.exists(REDIS_CLI) and os.access(REDIS_CLI, os.X_OK)
-
-
-def cluster_info(port: int) -> dict[str, str]:
-    text = command(port, "CLUSTER", "INFO").decode()
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
 class RedisCluster:
@@ -54,30 +55,10 @@ class RedisCluster:
         base = free_port_block(2 * n)
         try:
             for i in range(n):
-                port = base + i
-                srv = RedisServer(
-                    port,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    str(NODE_TIMEOUT_MS),
-                    "--cluster-port",
-                    str(base + n + i),
-                    "--cluster-replica-validity-factor",
-                    "0",  # a replica may always be promoted (tests kill masters on purpose)
-                )
+                srv = RedisServer(base + i, *cluster_node_args(base, n, i))
                 srv.start()
-                self.nodes[port] = srv
-            argv = [REDIS_CLI, "--cluster", "create"]
-            argv += [f"127.0.0.1:{p}" for p in sorted(self.nodes)]
-            argv += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-            if done.returncode != 0:
-                raise RuntimeError(
-                    f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}"
-                )
+                self.nodes[base + i] = srv
+            create_cluster(list(self.nodes), self.replicas_per_master, timeout)
             self.wait_ready(timeout)
         except BaseException:
             self.close()
@@ -99,28 +80,8 @@ class RedisCluster:
             delay = min(delay * 2, 0.1)
 
     def _ready(self) -> bool | str:
-        masters = 0
-        for port, srv in self.nodes.items():
-            if srv.proc is None or srv.proc.poll() is not None:
-                continue
-            try:
-                ci = cluster_info(port)
-                if ci.get("cluster_state") != "ok" or ci.get("cluster_slots_ok") != "16384":
-                    return (
-                        f"{port}: {ci.get('cluster_state')} slots_ok={ci.get('cluster_slots_ok')}"
-                    )
-                rep = info(port)
-            except (OSError, ConnectionError) as exc:
-                return f"{port}: {exc}"
-            if rep.get("role") == "master":
-                masters += 1
-                if int(rep.get("connected_slaves", "0")) < self.replicas_per_master:
-                    return f"{port}: replicas not connected"
-            elif rep.get("master_link_status") != "up":
-                return f"{port}: replica link {rep.get('master_link_status')}"
-        if masters < self.masters:
-            return f"{masters} masters"
-        return True
+        running = [p for p, s in self.nodes.items() if s.proc is not None and s.proc.poll() is None]
+        return cluster_ready(running, self.masters, self.replicas_per_master)
 
     def close(self) -> None:
         for srv in self.nodes.values():
