@@ -796,10 +796,10 @@ def subscription_notice(frame: bytes) -> tuple[bool, str] | None:
 #                                               every pair when ``full``
 #
 #      "seq": n, "since": [s, ...]}            (optional) the report's number (per edge, one
-#                                               series for all brokers) and, in a full report,
-#                                               per pair the number of the report that first
-#                                               listed it (the presence event ids derive from
-#                                               them: broker.ops.presence)
+#                                               series for all brokers) and, per entry of
+#                                               "users", the number of the report that first
+#                                               listed the pair (0: gone); the presence event
+#                                               ids derive from them (broker.ops.presence)
 #
 # Sent by each edge about once a second (``edge.ops.presence``) to every live broker while a
 # namespace has presence on, even with nothing changed: the broker takes an edge silent for
@@ -816,7 +816,7 @@ class PresenceReport:
     full: bool = False
     users: tuple[tuple[str, str, int], ...] = ()  # ((channel, user, connections), ...)
     seq: int = 0  # this report's number (0: unnumbered, an older edge)
-    since: tuple[int, ...] = ()  # full reports: per entry of ``users``, the seq that first had it
+    since: tuple[int, ...] = ()  # per entry of ``users``: the seq that first listed it (0: gone)
     op: ClassVar[str] = "presence"
     rid: ClassVar[Rid] = None
 

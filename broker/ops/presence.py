@@ -23,10 +23,10 @@ keeps the whole table and answers the presence queries, and each broker publishe
 it sees.  An event is one item however many brokers publish it: its item id is derived from
 what every broker sees alike (``event_id``): a join from the channel, the user, the edge whose
 report made the pair present and that edge's report number (``seq``) that first listed the
-pair (the ``since`` of a full report); a leave from the id of the join it ends.  The Redis
+pair (its ``since``); a leave from the id of the join it ends.  The Redis
 store's id de-duplication (``id_cache_ttl_s``) keeps the first and drops the others.  A broker
-that learns an edge for the first time (it started, or restarted, after the edge) takes the
-pairs that report lists from before it as already announced (``quiet``: no join; the join id
+that learns an edge (it started, or restarted, after the edge) takes the pairs its reports
+list from before, until its first full one, as already announced (``quiet``: no join; the join id
 is kept for their leave), so a broker restart publishes no join again, even past
 ``id_cache_ttl_s``.
 
@@ -163,13 +163,15 @@ class PresenceTable:
         self._reports += 1
         events: list[PresenceEvent] = []
         edge = self._edges.get(r.edge)
-        # an edge reporting to this broker for the first time, past its first report: what it
-        # lists from before was announced (by another broker, or this one before a restart)
-        first = r.edge not in self._seen and r.full and r.seq > 1
+        # an edge that has not yet sent this broker a full report (this broker started, or
+        # restarted, after it): what it lists from before this report was announced (by
+        # another broker, or by this one before its restart)
+        first = r.edge not in self._seen and r.seq > 1
         # one forgotten (silent past ``forget_s``) whose users left: their joins are new ones
         returning = edge is None and r.edge in self._seen
         if edge is None:
             edge = self._edges[r.edge] = _Edge(now)
+        if r.full and r.edge not in self._seen:
             if len(self._seen) >= SEEN_EDGES_MAX:
                 self._seen.clear()
             self._seen.add(r.edge)
@@ -206,7 +208,7 @@ class PresenceTable:
                 self._add(key, n, now, events, f"{r.edge}\0{r.seq}")
         else:
             for key, old in changes.items():
-                s = r.seq if returning else since.get(key, r.seq)
+                s = r.seq if returning else (since.get(key) or r.seq)
                 quiet = first and s < r.seq
                 self._add(key, pairs.get(key, 0) - old, now, events, f"{r.edge}\0{s}", quiet)
         return events

@@ -46,8 +46,8 @@ class PresenceCounter:
 
     Each ``take`` is one numbered scan (``seq``, one series for all brokers, so every broker
     sees the same numbers); a broker gets the pairs changed since the last scan, or every pair
-    (``full``, with each pair's ``since``: the seq of the first report that listed it on this
-    edge) when it did not get the last report, restarted (another broker id), or every
+    (``full``); each listed pair with its ``since``: the seq of the first report that listed it
+    on this edge (0: gone) when it did not get the last report, restarted (another broker id), or every
     ``FULL_EVERY_S``.  The brokers derive the presence events' ids from these numbers."""
 
     def __init__(self, source: str, namespaces: NamespaceTable) -> None:
@@ -122,7 +122,13 @@ class PresenceCounter:
                     sent = self._sent
                     users = [(ch, u, n) for (ch, u), n in counts.items() if sent.get((ch, u)) != n]
                     users += [(ch, u, 0) for (ch, u) in sent if (ch, u) not in counts]
-                    diff_r = PresenceReport(self.source, False, tuple(users), seq)
+                    diff_r = PresenceReport(
+                        self.source,
+                        False,
+                        tuple(users),
+                        seq,
+                        tuple(since.get((ch, u), 0) for ch, u, _ in users),
+                    )
                 out[index] = diff_r
         self._synced = dict(brokers)
         self._sent = counts

@@ -156,6 +156,7 @@ def test_edge_counter_diffs_and_full_reports():
     sessions["chat:a"] = [S("bo")]
     both = take(5.0, {0: "b2", 1: "c1"})
     assert not both[0].full and both[0].users == (("chat:a", "ann", 0),)
+    assert both[0].since == (0,)  # gone
     assert both[1].full and both[1].users == (("chat:a", "bo", 1),) and both[1].since == (3,)
     assert both[0].seq == both[1].seq == 6
     c.report_lost(1)  # broker 1 did not get it: the next one it gets is full, broker 0's not
@@ -236,6 +237,20 @@ def test_broker_new_to_running_edges_announces_no_join_again():
     la, lb = old.expire(10.0), new.expire(10.0)
     assert [(e.kind, e.user) for e in la] == [("leave", "ann")] and la[0].id == lb[0].id
     assert first[0].id != la[0].id
+
+
+def test_broker_restart_diff_before_the_full_report_announces_nothing_again():
+    """The edge's first report to a restarted broker can be a diff (sent before the edge
+    heard the new broker id): neither it nor the full report after it joins anyone again."""
+    t = _table()
+    assert t.report(_r("e1", ("chat:a", "ann", 2), seq=9, since=(3,)), 0.0) == []
+    ev = t.report(
+        _r("e1", ("chat:a", "ann", 2), ("chat:a", "bo", 1), full=True, seq=10, since=(3, 5)),
+        1.0,
+    )
+    assert ev == [] and t.users("chat:a") == [("ann", 2), ("bo", 1)]
+    ev = t.report(_r("e1", ("chat:a", "cy", 1), seq=11, since=(11,)), 2.0)
+    assert [(e.kind, e.user) for e in ev] == [("join", "cy")]
 
 
 def test_forgotten_edge_back_joins_with_new_ids():
