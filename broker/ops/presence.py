@@ -23,12 +23,12 @@ keeps the whole table and answers the presence queries, and each broker publishe
 it sees.  An event is one item however many brokers publish it: its item id is derived from
 what every broker sees alike (``event_id``): a join from the channel, the user, the edge whose
 report made the pair present and that edge's report number (``seq``) that first listed the
-pair (its ``since``); a leave from the id of the join it ends.  The Redis
-store's id de-duplication (``id_cache_ttl_s``) keeps the first and drops the others.  A broker
-that learns an edge (it started, or restarted, after the edge) takes the pairs its reports
-list from before, until its first full one, as already announced (``quiet``: no join; the join id
-is kept for their leave), so a broker restart publishes no join again, even past
-``id_cache_ttl_s``.
+pair (its ``since``); a leave from the edge and the report number that made the pair absent
+(or that edge's silence after that report).  The Redis store's id de-duplication
+(``id_cache_ttl_s``) keeps the first and drops the others.  A broker that learns an edge (it
+started, or restarted, after the edge) takes the pairs its reports list from before, until its
+first full one, as already announced (``quiet``: no join), so a broker restart publishes no
+join again, even past ``id_cache_ttl_s``.
 
 The table never blocks and does no I/O; ``broker.ops.presenceapi`` runs it (a tick task, the
 companion-channel publishes and the HTTP answer).
@@ -97,12 +97,13 @@ class PresenceStatistics:
 
 
 class _Edge:
-    __slots__ = ("pairs", "last_seen", "alive")
+    __slots__ = ("pairs", "last_seen", "alive", "seq")
 
     def __init__(self, now: float) -> None:
         self.pairs: dict[Key, int] = {}
         self.last_seen = now
         self.alive = True
+        self.seq = 0  # of its last report
 
 
 class PresenceTable:
@@ -120,8 +121,8 @@ class PresenceTable:
         self.forget_s = forget_s
         self._edges: dict[str, _Edge] = {}
         self._channels: dict[str, dict[str, int]] = {}  # channel -> user -> connections
-        self._leaving: dict[Key, float] = {}  # pair -> when it leaves
-        self._join_ids: dict[Key, str] = {}  # pair -> the id of its join (present or leaving)
+        # pair -> (when it leaves, what made it absent: the origin of its leave's id)
+        self._leaving: dict[Key, tuple[float, str]] = {}
         self._seen: set[str] = set()  # edge names ever reported (bounded: SEEN_EDGES_MAX)
         self._reports = self._joins = self._leaves = self._ignored = self._quiet = 0
 
@@ -184,6 +185,7 @@ class PresenceTable:
         revived = not edge.alive
         edge.alive = True
         edge.last_seen = now
+        edge.seq = r.seq
         pairs = edge.pairs
         changes: dict[Key, int] = {}  # pair -> old count, for the pairs this report changes
         if r.full:
@@ -220,17 +222,16 @@ class PresenceTable:
             if edge.alive and now - edge.last_seen > self.silence_s:
                 edge.alive = False
                 for key, n in edge.pairs.items():
-                    self._add(key, -n, now, events)
+                    self._add(key, -n, now, events, f"{name}\0silent\0{edge.seq}")
             if not edge.alive and now - edge.last_seen > self.forget_s:
                 del self._edges[name]
-        due = [key for key, t in self._leaving.items() if t <= now]
-        for key in due:
+        due = [(key, origin) for key, (t, origin) in self._leaving.items() if t <= now]
+        for key, origin in due:
             del self._leaving[key]
             self._leaves += 1
             channel, user = key
-            join = self._join_ids.pop(key, "")
             events.append(
-                PresenceEvent("leave", channel, user, 0, event_id("leave", channel, user, join))
+                PresenceEvent("leave", channel, user, 0, event_id("leave", channel, user, origin))
             )
         return events
 
@@ -240,7 +241,7 @@ class PresenceTable:
         events: list[PresenceEvent] = []
         if edge is not None and edge.alive:
             for key, n in edge.pairs.items():
-                self._add(key, -n, now, events)
+                self._add(key, -n, now, events, f"{name}\0gone\0{edge.seq}")
         return events
 
     # -- internals --------------------------------------------------------------------------------
@@ -254,8 +255,10 @@ class PresenceTable:
         origin: str = "",
         quiet: bool = False,
     ) -> None:
-        """Change ``key``'s total by ``delta``; a join's id derives from ``origin`` (the edge
-        and report number); ``quiet``: a join announced before (no event)."""
+        """Change ``key``'s total by ``delta``; the id of the join or leave this makes derives
+        from ``origin`` (the edge and the report number that listed the pair first, for a
+        join; that made it absent, for a leave); ``quiet``: a join announced before (no
+        event)."""
         if not delta:
             return
         channel, user = key
@@ -268,18 +271,18 @@ class PresenceTable:
             users[user] = after
             if not before:
                 if self._leaving.pop(key, None) is None:  # not back within its grace
-                    jid = self._join_ids[key] = event_id("join", channel, user, origin)
                     if quiet:
                         self._quiet += 1
                     else:
                         self._joins += 1
+                        jid = event_id("join", channel, user, origin)
                         events.append(PresenceEvent("join", channel, user, after, jid))
         elif before:
             assert users is not None
             del users[user]
             if not users:
                 del self._channels[channel]
-            self._leaving[key] = now + self.leave_grace_s
+            self._leaving[key] = (now + self.leave_grace_s, origin)
 
     def present(self) -> Iterable[tuple[str, str, int]]:
         """Every ``(channel, user, connections)`` present (for tests and debugging)."""

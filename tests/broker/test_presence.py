@@ -253,6 +253,27 @@ def test_broker_restart_diff_before_the_full_report_announces_nothing_again():
     assert [(e.kind, e.user) for e in ev] == [("join", "cy")]
 
 
+def test_leave_ids_agree_for_a_user_on_two_edges_across_a_broker_restart():
+    """A leave's id comes from the report (or the silence) that made the user absent, so a
+    broker that came later agrees with the others even for a user on several edges."""
+    a = _table()
+    a.report(_r("e1", ("chat:a", "ann", 1), full=True, seq=1, since=(1,)), 0.0)
+    a.report(_r("e2", ("chat:a", "ann", 1), full=True, seq=5, since=(5,)), 0.0)
+    c = _table()  # started later: e2's report comes first
+    c.report(_r("e2", ("chat:a", "ann", 1), full=True, seq=6, since=(5,)), 1.0)
+    c.report(_r("e1", ("chat:a", "ann", 1), full=True, seq=2, since=(1,)), 1.0)
+    for t in (a, c):
+        t.report(_r("e1", ("chat:a", "ann", 0), seq=3), 2.0)
+        t.report(_r("e2", ("chat:a", "ann", 0), seq=7), 2.1)
+    la, lc = a.expire(4.0), c.expire(4.0)
+    assert [(e.kind, e.user) for e in la] == [("leave", "ann")] and la[0].id == lc[0].id
+    # an edge's silence: the same id on every broker too
+    for t in (a, c):
+        t.report(_r("e1", ("chat:a", "bo", 1), seq=4, since=(4,)), 5.0)
+    sa, sc = a.expire(8.1) + a.expire(9.7), c.expire(8.2) + c.expire(9.8)
+    assert [(e.kind, e.user) for e in sa] == [("leave", "bo")] and sa[0].id == sc[0].id
+
+
 def test_forgotten_edge_back_joins_with_new_ids():
     t = _table()
     j = t.report(_r("e1", ("chat:a", "ann", 1), full=True, seq=1, since=(1,)), 0.0)
