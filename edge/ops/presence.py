@@ -9,8 +9,9 @@ without it are not counted.  Companion channels (``<channel>/presence``) are not
 ``PresenceCounter.take`` (sans-IO) scans those channels' sessions and returns the next
 ``wire.PresenceReport``: the pairs whose count changed since the last report (0: none left),
 or every pair (``full``) on the first report, after a lost one, after a broker restart, and
-every ``FULL_EVERY_S`` anyway; each live broker gets them (docs/cluster.md).  Nothing runs per delivery or per connection: a scan a second
-of the presence channels' sessions, which also notices meta set after the subscription.
+every ``FULL_EVERY_S`` anyway; each live broker gets them (docs/cluster.md).  Nothing runs per
+delivery or per connection: a scan a second of the presence channels' sessions, which also
+notices meta set after the subscription.
 
 ``serve_presence`` (the I/O) sends one report every ``REPORT_INTERVAL_S`` while the broker
 link is up, even an empty one: the broker takes an edge silent for
@@ -45,10 +46,11 @@ class PresenceCounter:
     """The reports of one edge, for every broker it reports to.
 
     Each ``take`` is one numbered scan (``seq``, one series for all brokers, so every broker
-    sees the same numbers); a broker gets the pairs changed since the last scan, or every pair
-    (``full``); each listed pair with its ``since``: the seq of the first report that listed it
-    on this edge (0: gone) when it did not get the last report, restarted (another broker id), or every
-    ``FULL_EVERY_S``.  The brokers derive the presence events' ids from these numbers."""
+    sees the same numbers).  A broker gets the pairs changed since the last scan, or every pair
+    (``full``) when it did not get the last report, restarted (another broker id), and every
+    ``FULL_EVERY_S``; each listed pair with its ``since``: the seq of the first report that
+    listed it on this edge (0: gone).  The brokers derive the presence events' ids from these
+    numbers (``broker.ops.presence``)."""
 
     def __init__(self, source: str, namespaces: NamespaceTable) -> None:
         self.source = source
@@ -84,6 +86,9 @@ class PresenceCounter:
         """The next report for each broker of ``brokers`` (index -> broker id: the ones to
         send to now); ``channels``: the edge's live channels, ``sessions(channel)``: the
         sessions held on one, ``user_of(session)``: its user (None: not counted)."""
+        if not brokers:  # no scan, no number: a number no broker got would look announced
+            self._synced.clear()
+            return {}
         counts: dict[Key, int] = {}
         for ch in channels:
             if not self.tracked(ch):

@@ -164,6 +164,8 @@ def test_edge_counter_diffs_and_full_reports():
     assert not r2[0].full and r2[1].full
     assert list(take(7.0, {1: "c1"})) == [1]  # broker 0 not live: nothing for it
     assert take(8.0, {0: "b2", 1: "c1"})[0].full  # it missed one: everything
+    seq = c.seq
+    assert take(9.0, {}) == {} and c.seq == seq  # no live broker: no scan, no number
     assert take(40.0, {0: "b2"})[0].full  # every FULL_EVERY_S anyway
 
 
