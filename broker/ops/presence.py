@@ -74,6 +74,12 @@ def event_id(kind: str, channel: str, user: str, origin: str) -> str:
     return f"presence-{kind}-{hashlib.blake2b(text, digest_size=12).hexdigest()}"
 
 
+def _origin(edge: str, seq: int, what: object) -> str:
+    """What an event's id derives from; "" (no id) for an edge that does not number its
+    reports (an older one: its events would all look alike)."""
+    return f"{edge}\0{what}" if seq else ""
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceQuery:
     """Who is on ``channel`` (``GET /channels/<ch>/presence``, the ``presence`` command)."""
@@ -207,12 +213,13 @@ class PresenceTable:
                 del pairs[key]
         if revived:  # its pairs count again from this report
             for key, n in pairs.items():
-                self._add(key, n, now, events, f"{r.edge}\0{r.seq}")
+                self._add(key, n, now, events, _origin(r.edge, r.seq, r.seq))
         else:
             for key, old in changes.items():
                 s = r.seq if returning else (since.get(key) or r.seq)
                 quiet = first and s < r.seq
-                self._add(key, pairs.get(key, 0) - old, now, events, f"{r.edge}\0{s}", quiet)
+                origin = _origin(r.edge, r.seq, s)
+                self._add(key, pairs.get(key, 0) - old, now, events, origin, quiet)
         return events
 
     def expire(self, now: float) -> list[PresenceEvent]:
@@ -222,7 +229,7 @@ class PresenceTable:
             if edge.alive and now - edge.last_seen > self.silence_s:
                 edge.alive = False
                 for key, n in edge.pairs.items():
-                    self._add(key, -n, now, events, f"{name}\0silent\0{edge.seq}")
+                    self._add(key, -n, now, events, _origin(name, edge.seq, f"silent {edge.seq}"))
             if not edge.alive and now - edge.last_seen > self.forget_s:
                 del self._edges[name]
         due = [(key, origin) for key, (t, origin) in self._leaving.items() if t <= now]
@@ -231,7 +238,13 @@ class PresenceTable:
             self._leaves += 1
             channel, user = key
             events.append(
-                PresenceEvent("leave", channel, user, 0, event_id("leave", channel, user, origin))
+                PresenceEvent(
+                    "leave",
+                    channel,
+                    user,
+                    0,
+                    event_id("leave", channel, user, origin) if origin else "",
+                )
             )
         return events
 
@@ -241,7 +254,7 @@ class PresenceTable:
         events: list[PresenceEvent] = []
         if edge is not None and edge.alive:
             for key, n in edge.pairs.items():
-                self._add(key, -n, now, events, f"{name}\0gone\0{edge.seq}")
+                self._add(key, -n, now, events, _origin(name, edge.seq, f"gone {edge.seq}"))
         return events
 
     # -- internals --------------------------------------------------------------------------------
@@ -275,7 +288,7 @@ class PresenceTable:
                         self._quiet += 1
                     else:
                         self._joins += 1
-                        jid = event_id("join", channel, user, origin)
+                        jid = event_id("join", channel, user, origin) if origin else ""
                         events.append(PresenceEvent("join", channel, user, after, jid))
         elif before:
             assert users is not None

@@ -287,6 +287,15 @@ def test_forgotten_edge_back_joins_with_new_ids():
     assert [(e.kind, e.user) for e in back] == [("join", "ann")] and back[0].id != j[0].id
 
 
+def test_unnumbered_reports_give_events_without_ids():
+    """An edge that does not number its reports (an older one): no ids (they would all be
+    alike, and the store would drop a user's second join as a repeat)."""
+    t = _table()
+    ev = t.report(_r("e1", ("chat:a", "ann", 1), full=True), 0.0)
+    ev += t.report(_r("e1", ("chat:a", "ann", 0)), 1.0) + t.expire(3.0)
+    assert [(e.kind, e.id) for e in ev] == [("join", ""), ("leave", "")]
+
+
 def test_presence_query_answer():
     t = _table()
     t.report(_r("e1", ("chat:a", "ann", 2), ("chat:a", "bo", 1), full=True), 0.0)
