@@ -1,6 +1,6 @@
 """Publish rate with and without channel API load (docs/channel-api.md).
 
-    .venv/bin/python -m bench.channelapi_load [--seconds 8] [--store redis://127.0.0.1:6379/0]
+    .venv/bin/python -m bench.channelapi_load [--seconds 8] [--store redis://127.0.0.1:6379/0] [--status]
 
 Starts one broker (no edges), fills a channel with 1,000 retained messages, then runs two
 phases of ``--seconds`` each: HTTP publishers alone (``--publishers`` threads, one item per
@@ -8,7 +8,11 @@ request, as fast as answered), then the same with ``--rate`` channel API request
 flight (history pages of 100 items, channel state, the live-channel listing, in turn).  Prints
 per phase: publishes/s, the broker's CPU seconds per publish (from /proc), and the API
 requests' rate and p50/p99 latency (made from ``--api-procs`` processes of their own), and the
-broker CPU per API request (its CPU beyond what the publishes took alone).  One run each; the machine's noise applies.
+broker CPU per API request (its CPU beyond what the publishes took alone).  ``--status`` adds
+the status page's ``/status/data`` to the requests' rotation.  Last, the publish path's own cost:
+broker CPU per publish alone, and under the API load net of the API's own CPU (measured in the
+"API alone" phase), with publishes per broker CPU second: the figures the machine's noise moves
+least.  One run each; the machine's noise applies.
 """
 
 from __future__ import annotations
@@ -77,10 +81,12 @@ def publishers(base: str, n: int, seconds: float) -> int:
     return sum(done)
 
 
-def api_load(base: str, rate: float, seconds: float, out: Any) -> None:
+PATHS = ["/channels/hist/items?limit=100", "/channels/hist", "/channels?limit=100"]
+
+
+def api_load(base: str, rate: float, seconds: float, out: Any, paths: list[str] = PATHS) -> None:
     """In its own process (the publishers' GIL stays theirs): ``rate`` requests a second for
     ``seconds``; puts the latencies on ``out``."""
-    paths = ["/channels/hist/items?limit=100", "/channels/hist", "/channels?limit=100"]
     lat: list[float] = []
     stop = time.monotonic() + seconds
     with httpx.Client(timeout=10) as c:
@@ -109,7 +115,9 @@ def phase(
         per = rate / args.api_procs
         procs = [
             multiprocessing.Process(
-                target=api_load, args=(base, per, args.seconds + 1.0, results), daemon=True
+                target=api_load,
+                args=(base, per, args.seconds + 1.0, results, args.paths),
+                daemon=True,
             )
             for _ in range(args.api_procs)
         ]
@@ -128,7 +136,7 @@ def phase(
     out = {"publishes_per_s": n / wall, "broker_cpu_us_per_publish": cpu / max(n, 1) * 1e6}
     if api_only:
         out = {"broker_cpu_s_per_s": cpu / wall}
-    out["_publishes"], out["_cpu_s"] = n, cpu
+    out["_publishes"], out["_cpu_s"], out["_wall"] = n, cpu, wall
     if lat:
         lat.sort()
         span = args.seconds + 1.0
@@ -146,7 +154,9 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="API requests per second")
     ap.add_argument("--api-procs", type=int, default=2, help="processes making API requests")
     ap.add_argument("--store", default="memory")
+    ap.add_argument("--status", action="store_true", help="also GET /status/data in turn")
     args = ap.parse_args()
+    args.paths = PATHS + (["/status/data"] if args.status else [])
     proc, notify, port, _ = start_broker(args.store)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -154,12 +164,15 @@ def main() -> int:
             base + "/publish/",
             json={"items": [item("hist", f"message {i}\n") for i in range(HISTORY_ITEMS)]},
         ).raise_for_status()
-        alone = None
+        alone = loaded = None
         for name, rate in (("publish alone", 0.0), (f"with {args.rate:g} API req/s", args.rate)):
             res = phase(proc, base, args, rate)
             if alone is None:
                 alone = res
-            elif res.get("_api") and "_publishes" in res:  # the broker CPU per API request
+            else:
+                loaded = res
+            # the broker CPU per API request
+            if res is loaded and res.get("_api") and "_publishes" in res:
                 per_pub = alone["_cpu_s"] / max(alone["_publishes"], 1)
                 extra = res["_cpu_s"] - res["_publishes"] * per_pub
                 res["broker_cpu_us_per_api_request"] = extra / res["_api"] * 1e6
@@ -169,6 +182,15 @@ def main() -> int:
         res["broker_cpu_us_per_api_request"] = res["broker_cpu_s_per_s"] / res["api_per_s"] * 1e6
         shown = {k: v for k, v in res.items() if not k.startswith("_")}
         print(f"{'API alone':24s} " + "  ".join(f"{k}={v:.3f}" for k, v in shown.items()))
+        assert alone is not None and loaded is not None
+        per_alone = alone["_cpu_s"] / max(alone["_publishes"], 1)
+        api_cpu = res["broker_cpu_s_per_s"] * loaded["_wall"]  # the API's own, at the same rate
+        net = (loaded["_cpu_s"] - api_cpu) / max(loaded["_publishes"], 1)
+        print(
+            f"{'publish path':24s} broker_cpu_us_per_publish alone={per_alone * 1e6:.1f} "
+            f"under_api_load_net={net * 1e6:.1f}  publishes_per_broker_cpu_s "
+            f"alone={1 / per_alone:.0f} under_api_load_net={1 / max(net, 1e-9):.0f}"
+        )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -795,8 +795,14 @@ def subscription_notice(frame: bytes) -> tuple[bool, str] | None:
 #                                               edge, for the pairs that changed (0: none left);
 #                                               every pair when ``full``
 #
-# Sent by each edge about once a second (``edge.ops.presence``) while a namespace has presence
-# on, even with nothing changed: the broker takes an edge silent for
+#      "seq": n, "since": [s, ...]}            (optional) the report's number (per edge, one
+#                                               series for all brokers) and, per entry of
+#                                               "users", the number of the report that first
+#                                               listed the pair (0: gone); the presence event
+#                                               ids derive from them (broker.ops.presence)
+#
+# Sent by each edge about once a second (``edge.ops.presence``) to every live broker while a
+# namespace has presence on, even with nothing changed: the broker takes an edge silent for
 # ``broker.ops.presence.EDGE_SILENCE_S`` as gone.  A broker that predates it answers an error
 # reply without a ``rid``, which the edge ignores (wire version unchanged: nothing else depends
 # on it).
@@ -809,6 +815,8 @@ class PresenceReport:
     edge: str
     full: bool = False
     users: tuple[tuple[str, str, int], ...] = ()  # ((channel, user, connections), ...)
+    seq: int = 0  # this report's number (0: unnumbered, an older edge)
+    since: tuple[int, ...] = ()  # per entry of ``users``: the seq that first listed it (0: gone)
     op: ClassVar[str] = "presence"
     rid: ClassVar[Rid] = None
 
@@ -819,6 +827,8 @@ def presence_map(req: PresenceReport) -> dict[str, Any]:
         "edge": req.edge,
         "full": req.full,
         "users": [list(u) for u in req.users],
+        "seq": req.seq,
+        "since": list(req.since),
     }
 
 
@@ -841,4 +851,14 @@ def decode_presence(m: dict[Any, Any], rid: Rid = None) -> PresenceReport:
     full = m.get("full", False)
     if not isinstance(full, bool):
         raise ControlError("'full' must be a boolean", rid)
-    return PresenceReport(_str(m, "edge", rid), full, tuple(out))
+    seq = m.get("seq", 0)
+    if not _is_count(seq):
+        raise ControlError("'seq' must be a non-negative integer", rid)
+    since = m.get("since", [])
+    if (
+        not isinstance(since, list)
+        or not all(_is_count(s) for s in since)
+        or (since and len(since) != len(out))
+    ):
+        raise ControlError("'since' must be a list of integers, one per 'users' entry", rid)
+    return PresenceReport(_str(m, "edge", rid), full, tuple(out), seq, tuple(since))

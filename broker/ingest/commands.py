@@ -27,6 +27,10 @@ false, "condition": bytes, "value"?: bytes}``.  Methods:
   same map as the HTTP calls; ``bad-request`` with the reason for bad arguments,
   ``store-unavailable`` when the store did not answer.  ``CommandResult.query`` is the query
   to run; the pipeline answers it with ``query_reply``
+* ``presence`` (``args.channel``, ``args.limit``?): who is on a channel with presence on
+  (``broker.ops.presence``), the same map as ``GET /channels/<ch>/presence``; ``bad-request``
+  with the reason for bad arguments, ``item-not-found`` when presence is off for the channel.
+  ``CommandResult.presence`` is the query; the pipeline answers it with ``presence_reply``
 * anything else -> ``method-not-found``
 
 ``conncheck`` and ``refresh`` are answered by the edges: ``CommandResult.relay`` is the command
@@ -42,8 +46,9 @@ from dataclasses import dataclass
 
 from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest import tnetstring
-from broker.items import Item, parse_items_container
+from broker.items import Item, parse_items_container, validate_channel
 from broker.ops import channelapi
+from broker.ops.presence import LIMIT_DEFAULT, LIMIT_MAX, PresenceQuery
 from broker.wire import ConnCheckCommand, EdgeCommand, RefreshCommand
 
 
@@ -65,6 +70,8 @@ class CommandResult:
     # channel-items, channel-info, channels: the query the pipeline runs (``reply`` is None
     # then; ``query_reply`` builds it with ``rid``)
     query: channelapi.Query | None = None
+    # presence: the query the pipeline answers (``reply`` is None; ``presence_reply``)
+    presence: PresenceQuery | None = None
 
 
 def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], bytes]:
@@ -174,7 +181,42 @@ def handle_command(payload: bytes, uris: Mapping[str, str]) -> CommandResult:
         except channelapi.QueryError as exc:
             return fail("bad-request", exc.reason)
         return CommandResult(None, name, rid=rid, query=query)
+    if name == "presence":
+        try:
+            q = parse_presence(args)
+        except PublishError as exc:
+            return fail("bad-request", exc.reason)
+        return CommandResult(None, name, rid=rid, presence=q)
     return fail("method-not-found")
+
+
+def parse_presence(args: Mapping[bytes, object]) -> PresenceQuery:
+    """The ``presence`` command's query (``channel``; ``limit``: a positive integer, or its
+    digits, at most ``LIMIT_MAX``, as over HTTP); ``PublishError`` with the reason if bad."""
+    raw = args.get(b"channel")
+    if not isinstance(raw, bytes):
+        raise PublishError("Invalid channel: 'channel' is required, a string.")
+    try:
+        channel = validate_channel(raw.decode("utf-8"), "channel")
+    except UnicodeDecodeError:
+        raise PublishError("Invalid channel: not UTF-8.") from None
+    except PublishError as exc:
+        raise PublishError(f"Invalid channel: {exc.reason}") from None
+    limit = args.get(b"limit", LIMIT_DEFAULT)
+    if isinstance(limit, bytes) and limit.isdigit() and len(limit) < 10:
+        limit = int(limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise PublishError("Invalid limit: a positive integer.")
+    return PresenceQuery(channel, min(limit, LIMIT_MAX))
+
+
+def presence_reply(rid: bytes | None, q: PresenceQuery, value: dict[str, object] | None) -> bytes:
+    """The reply to a ``presence`` query: its answer, or ``item-not-found`` (None: presence
+    is off for the channel)."""
+    if value is None:
+        reason = f"presence is off for channel {q.channel!r} (no namespace with presence = true)"
+        return _reply(rid, False, condition="item-not-found", value=reason)
+    return _reply(rid, True, value=value)
 
 
 def query_reply(rid: bytes | None, value: dict[str, object] | None) -> bytes:

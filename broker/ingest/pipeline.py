@@ -393,6 +393,10 @@ class Pipeline:
             if result.relay is not None:  # answered by the edges
                 self.relay.submit(prefix, result)
                 continue
+            if result.presence is not None:  # who is on a channel (broker.ops.presence)
+                value = self.presence.command(result.presence)
+                z.send(prefix + [commands.presence_reply(result.rid, result.presence, value)])
+                continue
             if result.query is not None:  # the channel API (broker.ops.channelapi)
                 value = await self.channels.command(result.query)
                 z.send(prefix + [commands.query_reply(result.rid, value)])

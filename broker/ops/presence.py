@@ -18,14 +18,28 @@ alive, so:
   reported is kept for ``forget_s``: if it reports again (it was only slow), its pairs are put
   back before its report is applied, so its diffs stay right.
 
+Several brokers (docs/cluster.md): every edge reports to every live broker, so each broker
+keeps the whole table and answers the presence queries, and each broker publishes the events
+it sees.  An event is one item however many brokers publish it: its item id is derived from
+what every broker sees alike (``event_id``): a join from the channel, the user, the edge whose
+report made the pair present and that edge's report number (``seq``) that first listed the
+pair (its ``since``); a leave from the edge and the report number that made the pair absent
+(or that edge's silence after that report).  The Redis store's id de-duplication
+(``id_cache_ttl_s``) keeps the first and drops the others.  A broker that learns an edge (it
+started, or restarted, after the edge) takes the pairs its reports list from before, until its
+first full one, as already announced (``quiet``: no join), so a broker restart publishes no
+join again, even past ``id_cache_ttl_s``.
+
 The table never blocks and does no I/O; ``broker.ops.presenceapi`` runs it (a tick task, the
 companion-channel publishes and the HTTP answer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from broker.namespaces import NamespaceTable
 from broker.wire import PresenceReport
@@ -35,6 +49,9 @@ LEAVE_GRACE_S = 1.5  # a user back within this long never left
 EXPIRE_TICK_S = 0.5  # how often the broker calls ``expire``
 FORGET_S = 60.0  # a silent edge's last report is kept this long (in case it was only slow)
 PRESENCE_BOUND_S = EDGE_SILENCE_S + LEAVE_GRACE_S + EXPIRE_TICK_S  # a dead edge's users leave
+LIMIT_DEFAULT = 1000  # users listed by a presence query ("truncated" beyond)
+LIMIT_MAX = 10_000
+SEEN_EDGES_MAX = 10_000  # edge names remembered (to tell a new edge from a forgotten one)
 
 Key = tuple[str, str]  # (channel, user)
 
@@ -47,6 +64,28 @@ class PresenceEvent:
     channel: str
     user: str
     connections: int
+    id: str = ""  # the item id it is published with (``event_id``)
+
+
+def event_id(kind: str, channel: str, user: str, origin: str) -> str:
+    """The item id of a presence event: the same on every broker for the same event
+    (``origin``: for a join, the edge and its report number; for a leave, the join's id)."""
+    text = "\0".join((kind, channel, user, origin)).encode("utf-8", "surrogatepass")
+    return f"presence-{kind}-{hashlib.blake2b(text, digest_size=12).hexdigest()}"
+
+
+def _origin(edge: str, seq: int, what: object) -> str:
+    """What an event's id derives from; "" (no id) for an edge that does not number its
+    reports (an older one: its events would all look alike)."""
+    return f"{edge}\0{what}" if seq else ""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    """Who is on ``channel`` (``GET /channels/<ch>/presence``, the ``presence`` command)."""
+
+    channel: str
+    limit: int = LIMIT_DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +99,17 @@ class PresenceStatistics:
     joins: int
     leaves: int
     ignored: int  # report entries for channels without presence
+    quiet_joins: int = 0  # pairs of an edge new to this broker, present from before (no event)
 
 
 class _Edge:
-    __slots__ = ("pairs", "last_seen", "alive")
+    __slots__ = ("pairs", "last_seen", "alive", "seq")
 
     def __init__(self, now: float) -> None:
         self.pairs: dict[Key, int] = {}
         self.last_seen = now
         self.alive = True
+        self.seq = 0  # of its last report
 
 
 class PresenceTable:
@@ -86,8 +127,10 @@ class PresenceTable:
         self.forget_s = forget_s
         self._edges: dict[str, _Edge] = {}
         self._channels: dict[str, dict[str, int]] = {}  # channel -> user -> connections
-        self._leaving: dict[Key, float] = {}  # pair -> when it leaves
-        self._reports = self._joins = self._leaves = self._ignored = 0
+        # pair -> (when it leaves, what made it absent: the origin of its leave's id)
+        self._leaving: dict[Key, tuple[float, str]] = {}
+        self._seen: set[str] = set()  # edge names ever reported (bounded: SEEN_EDGES_MAX)
+        self._reports = self._joins = self._leaves = self._ignored = self._quiet = 0
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -100,6 +143,19 @@ class PresenceTable:
     def users(self, channel: str) -> list[tuple[str, int]]:
         """``[(user, connections), ...]`` present on ``channel``, sorted by user."""
         return sorted(self._channels.get(channel, {}).items())
+
+    def answer(self, q: PresenceQuery) -> dict[str, Any] | None:
+        """The answer to ``q`` (the HTTP and command socket map); None: presence is off for
+        the channel."""
+        if not self.tracked(q.channel):
+            return None
+        users = self.users(q.channel)
+        return {
+            "channel": q.channel,
+            "count": len(users),
+            "users": [{"user": u, "connections": n} for u, n in users[: q.limit]],
+            "truncated": len(users) > q.limit,
+        }
 
     def companion(self, channel: str) -> str:
         """The channel ``channel``'s join and leave events are published to."""
@@ -114,14 +170,28 @@ class PresenceTable:
         self._reports += 1
         events: list[PresenceEvent] = []
         edge = self._edges.get(r.edge)
+        # an edge that has not yet sent this broker a full report (this broker started, or
+        # restarted, after it): what it lists from before this report was announced (by
+        # another broker, or by this one before its restart)
+        first = r.edge not in self._seen and r.seq > 1
+        # one forgotten (silent past ``forget_s``) whose users left: their joins are new ones
+        returning = edge is None and r.edge in self._seen
         if edge is None:
             edge = self._edges[r.edge] = _Edge(now)
+        if r.full and r.edge not in self._seen:
+            if len(self._seen) >= SEEN_EDGES_MAX:
+                self._seen.clear()
+            self._seen.add(r.edge)
+        since: Mapping[Key, int] = (
+            {(ch, u): s for (ch, u, _), s in zip(r.users, r.since, strict=True)} if r.since else {}
+        )
         # an edge taken as gone that reports again was only slow: its report applies to what
         # it reported before, and the result counts again (no join-then-leave for a pair its
         # report removes)
         revived = not edge.alive
         edge.alive = True
         edge.last_seen = now
+        edge.seq = r.seq
         pairs = edge.pairs
         changes: dict[Key, int] = {}  # pair -> old count, for the pairs this report changes
         if r.full:
@@ -141,12 +211,15 @@ class PresenceTable:
                 pairs[key] = n
             else:
                 del pairs[key]
-        if revived:
+        if revived:  # its pairs count again from this report
             for key, n in pairs.items():
-                self._add(key, n, now, events)
+                self._add(key, n, now, events, _origin(r.edge, r.seq, r.seq))
         else:
             for key, old in changes.items():
-                self._add(key, pairs.get(key, 0) - old, now, events)
+                s = r.seq if returning else (since.get(key) or r.seq)
+                quiet = first and s < r.seq
+                origin = _origin(r.edge, r.seq, s)
+                self._add(key, pairs.get(key, 0) - old, now, events, origin, quiet)
         return events
 
     def expire(self, now: float) -> list[PresenceEvent]:
@@ -156,14 +229,23 @@ class PresenceTable:
             if edge.alive and now - edge.last_seen > self.silence_s:
                 edge.alive = False
                 for key, n in edge.pairs.items():
-                    self._add(key, -n, now, events)
+                    self._add(key, -n, now, events, _origin(name, edge.seq, f"silent {edge.seq}"))
             if not edge.alive and now - edge.last_seen > self.forget_s:
                 del self._edges[name]
-        due = [key for key, t in self._leaving.items() if t <= now]
-        for key in due:
+        due = [(key, origin) for key, (t, origin) in self._leaving.items() if t <= now]
+        for key, origin in due:
             del self._leaving[key]
             self._leaves += 1
-            events.append(PresenceEvent("leave", key[0], key[1], 0))
+            channel, user = key
+            events.append(
+                PresenceEvent(
+                    "leave",
+                    channel,
+                    user,
+                    0,
+                    event_id("leave", channel, user, origin) if origin else "",
+                )
+            )
         return events
 
     def edge_gone(self, name: str, now: float) -> list[PresenceEvent]:
@@ -172,12 +254,24 @@ class PresenceTable:
         events: list[PresenceEvent] = []
         if edge is not None and edge.alive:
             for key, n in edge.pairs.items():
-                self._add(key, -n, now, events)
+                self._add(key, -n, now, events, _origin(name, edge.seq, f"gone {edge.seq}"))
         return events
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _add(self, key: Key, delta: int, now: float, events: list[PresenceEvent]) -> None:
+    def _add(
+        self,
+        key: Key,
+        delta: int,
+        now: float,
+        events: list[PresenceEvent],
+        origin: str = "",
+        quiet: bool = False,
+    ) -> None:
+        """Change ``key``'s total by ``delta``; the id of the join or leave this makes derives
+        from ``origin`` (the edge and the report number that listed the pair first, for a
+        join; that made it absent, for a leave); ``quiet``: a join announced before (no
+        event)."""
         if not delta:
             return
         channel, user = key
@@ -190,14 +284,18 @@ class PresenceTable:
             users[user] = after
             if not before:
                 if self._leaving.pop(key, None) is None:  # not back within its grace
-                    self._joins += 1
-                    events.append(PresenceEvent("join", channel, user, after))
+                    if quiet:
+                        self._quiet += 1
+                    else:
+                        self._joins += 1
+                        jid = event_id("join", channel, user, origin) if origin else ""
+                        events.append(PresenceEvent("join", channel, user, after, jid))
         elif before:
             assert users is not None
             del users[user]
             if not users:
                 del self._channels[channel]
-            self._leaving[key] = now + self.leave_grace_s
+            self._leaving[key] = (now + self.leave_grace_s, origin)
 
     def present(self) -> Iterable[tuple[str, str, int]]:
         """Every ``(channel, user, connections)`` present (for tests and debugging)."""
@@ -217,4 +315,5 @@ class PresenceTable:
             joins=self._joins,
             leaves=self._leaves,
             ignored=self._ignored,
+            quiet_joins=self._quiet,
         )

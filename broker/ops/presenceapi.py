@@ -26,7 +26,14 @@ import trio
 from broker.errors import PublishError, RateLimited, StoreUnavailable
 from broker.items import Item, parse_item, validate_channel
 from broker.namespaces import NamespaceTable
-from broker.ops.presence import EXPIRE_TICK_S, PresenceEvent, PresenceTable
+from broker.ops.presence import (
+    EXPIRE_TICK_S,
+    LIMIT_DEFAULT,
+    LIMIT_MAX,
+    PresenceEvent,
+    PresenceQuery,
+    PresenceTable,
+)
 from broker.wire import PresenceReport
 
 log = logging.getLogger(__name__)
@@ -34,21 +41,23 @@ log = logging.getLogger(__name__)
 PREFIX = "/channels/"
 SUFFIX = "/presence"
 _JSON = "application/json"
-LIMIT_DEFAULT = 1000  # users listed by GET /channels/<channel>/presence ("truncated" beyond)
-LIMIT_MAX = 10_000
 
 Answer = tuple[int, str, str, tuple[tuple[str, str], ...]]  # status, body, type, extra headers
 
 
 def event_item(channel: str, ev: PresenceEvent) -> Item:
-    """The published item of one event, on ``channel`` (the companion channel)."""
+    """The published item of one event, on ``channel`` (the companion channel), with the
+    event's id as its item id (several brokers publishing it: one item)."""
     text = json.dumps(
         {"type": ev.kind, "channel": ev.channel, "user": ev.user, "connections": ev.connections},
         separators=(",", ":"),
     )
+    raw: dict[str, object] = {"channel": channel}
+    if ev.id:
+        raw["id"] = ev.id
     return parse_item(
         {
-            "channel": channel,
+            **raw,
             "formats": {
                 "http-stream": {"content": text + "\n"},
                 "http-response": {"body": text + "\n"},
@@ -132,14 +141,14 @@ class PresenceService:
             limit = _limit(target)
         except ValueError as exc:
             return _error(400, str(exc))
-        users = self.table.users(channel)
-        body = {
-            "channel": channel,
-            "count": len(users),
-            "users": [{"user": u, "connections": n} for u, n in users[:limit]],
-            "truncated": len(users) > limit,
-        }
+        body = self.table.answer(PresenceQuery(channel, limit))
+        assert body is not None  # tracked
         return 200, json.dumps(body) + "\n", _JSON, ()
+
+    def command(self, q: PresenceQuery) -> dict[str, object] | None:
+        """The command socket's ``presence`` (``broker.ingest.commands``): the HTTP answer's
+        map; None when presence is off for the channel."""
+        return self.table.answer(q)
 
 
 def _limit(target: str) -> int:

@@ -9,8 +9,9 @@ without it are not counted.  Companion channels (``<channel>/presence``) are not
 ``PresenceCounter.take`` (sans-IO) scans those channels' sessions and returns the next
 ``wire.PresenceReport``: the pairs whose count changed since the last report (0: none left),
 or every pair (``full``) on the first report, after a lost one, after a broker restart, and
-every ``FULL_EVERY_S`` anyway.  Nothing runs per delivery or per connection: a scan a second
-of the presence channels' sessions, which also notices meta set after the subscription.
+every ``FULL_EVERY_S`` anyway; each live broker gets them (docs/cluster.md).  Nothing runs per
+delivery or per connection: a scan a second of the presence channels' sessions, which also
+notices meta set after the subscription.
 
 ``serve_presence`` (the I/O) sends one report every ``REPORT_INTERVAL_S`` while the broker
 link is up, even an empty one: the broker takes an edge silent for
@@ -42,12 +43,22 @@ Key = tuple[str, str]
 
 
 class PresenceCounter:
+    """The reports of one edge, for every broker it reports to.
+
+    Each ``take`` is one numbered scan (``seq``, one series for all brokers, so every broker
+    sees the same numbers).  A broker gets the pairs changed since the last scan, or every pair
+    (``full``) when it did not get the last report, restarted (another broker id), and every
+    ``FULL_EVERY_S``; each listed pair with its ``since``: the seq of the first report that
+    listed it on this edge (0: gone).  The brokers derive the presence events' ids from these
+    numbers (``broker.ops.presence``)."""
+
     def __init__(self, source: str, namespaces: NamespaceTable) -> None:
         self.source = source
         self.namespaces = namespaces
-        self._sent: dict[Key, int] = {}  # as last reported
-        self._full = True
-        self._broker_id: str | None = None
+        self.seq = 0
+        self._sent: dict[Key, int] = {}  # counts of the last scan
+        self._since: dict[Key, int] = {}  # pair -> seq of the first report that listed it
+        self._synced: dict[int, str | None] = {}  # broker index -> its id, when it got the last
         self._last_full: float | None = None
         self.lost = 0
 
@@ -55,21 +66,29 @@ class PresenceCounter:
         ns = self.namespaces.presence_of(channel)
         return ns is not None and not channel.endswith(ns.presence_suffix)
 
-    def report_lost(self) -> None:
-        """The last report was not sent: the next one lists everything."""
+    def report_lost(self, index: int | None = None) -> None:
+        """The last report did not reach broker ``index`` (None: any broker): the next one it
+        gets lists everything."""
         self.lost += 1
-        self._full = True
+        if index is None:
+            self._synced.clear()
+        else:
+            self._synced.pop(index, None)
 
     def take(
         self,
         now: float,
-        broker_id: str | None,
+        brokers: Mapping[int, str | None],
         channels: Iterable[str],
         sessions: Callable[[str], Iterable[Any]],
         user_of: Callable[[Any], str | None],
-    ) -> PresenceReport:
-        """The next report; ``channels``: the edge's live channels, ``sessions(channel)``:
-        the sessions held on one, ``user_of(session)``: its user (None: not counted)."""
+    ) -> dict[int, PresenceReport]:
+        """The next report for each broker of ``brokers`` (index -> broker id: the ones to
+        send to now); ``channels``: the edge's live channels, ``sessions(channel)``: the
+        sessions held on one, ``user_of(session)``: its user (None: not counted)."""
+        if not brokers:  # no scan, no number: a number no broker got would look announced
+            self._synced.clear()
+            return {}
         counts: dict[Key, int] = {}
         for ch in channels:
             if not self.tracked(ch):
@@ -79,20 +98,46 @@ class PresenceCounter:
                 if user:
                     key = (ch, user)
                     counts[key] = counts.get(key, 0) + 1
-        if broker_id != self._broker_id:
-            self._broker_id = broker_id
-            self._full = True
-        if self._last_full is None or now - self._last_full >= FULL_EVERY_S:
-            self._full = True
-        full, self._full = self._full, False
-        if full:
+        self.seq += 1
+        seq = self.seq
+        since = self._since
+        for key in [k for k in since if k not in counts]:
+            del since[key]
+        for key in counts:
+            since.setdefault(key, seq)
+        every = self._last_full is None or now - self._last_full >= FULL_EVERY_S
+        if every:
             self._last_full = now
-            users = [(ch, u, n) for (ch, u), n in counts.items()]
-        else:
-            users = [(ch, u, n) for (ch, u), n in counts.items() if self._sent.get((ch, u)) != n]
-            users += [(ch, u, 0) for (ch, u) in self._sent if (ch, u) not in counts]
+        full_r = diff_r = None
+        out: dict[int, PresenceReport] = {}
+        for index, broker_id in brokers.items():
+            if every or index not in self._synced or self._synced[index] != broker_id:
+                if full_r is None:
+                    pairs = list(counts.items())
+                    full_r = PresenceReport(
+                        self.source,
+                        True,
+                        tuple((ch, u, n) for (ch, u), n in pairs),
+                        seq,
+                        tuple(since[k] for k, _ in pairs),
+                    )
+                out[index] = full_r
+            else:
+                if diff_r is None:
+                    sent = self._sent
+                    users = [(ch, u, n) for (ch, u), n in counts.items() if sent.get((ch, u)) != n]
+                    users += [(ch, u, 0) for (ch, u) in sent if (ch, u) not in counts]
+                    diff_r = PresenceReport(
+                        self.source,
+                        False,
+                        tuple(users),
+                        seq,
+                        tuple(since.get((ch, u), 0) for ch, u, _ in users),
+                    )
+                out[index] = diff_r
+        self._synced = dict(brokers)
         self._sent = counts
-        return PresenceReport(self.source, full, tuple(users))
+        return out
 
 
 def _user(meta: Mapping[str, str]) -> str | None:
@@ -128,18 +173,22 @@ async def serve_presence(edge: Edge) -> None:
     while True:
         await trio.sleep(REPORT_INTERVAL_S)
         if not edge.linkwatch.up:
-            counter.report_lost()  # the broker may have forgotten us: everything next time
+            counter.report_lost()  # the brokers may have forgotten us: everything next time
             continue
         try:
-            msg = counter.take(
+            # every live broker gets the reports (each keeps the whole table; the events'
+            # ids make the brokers' publishes of one event one item: broker.ops.presence)
+            links = {link.index: link for link in edge.link.up()}
+            reports = counter.take(
                 trio.current_time(),
-                edge.link.broker_id,
+                {i: link.broker_id for i, link in links.items()},
                 hub.live_channels(),
                 hub.sessions,
                 session_user,
             )
-            if not edge.link.send_nowait(msg):
-                counter.report_lost()
+            for index, msg in reports.items():
+                if not links[index].send_nowait(msg):
+                    counter.report_lost(index)
         except Exception:  # presence must never take the edge (and its clients) down
             log.exception("presence report failed")
             counter.report_lost()

@@ -444,6 +444,8 @@ class BrokerLinks:
         raise BrokerUnavailable(f"no broker answered {req.op} ({len(links)} tried)")
 
     def send_nowait(self, msg: wire.StatsReport | wire.CommandAnswer | wire.PresenceReport) -> bool:
+        """To the primary (stats reports); presence reports go to every live broker, each
+        by its own link (``edge.ops.presence.serve_presence``: ``up()``)."""
         return self.primary.send_nowait(msg)
 
     @property

@@ -11,6 +11,7 @@ from broker import control, wire
 from broker.errors import RemoteProtocolError
 from broker.history import Position, Replay
 from broker.ingest import commands
+from broker.ops.presence import LIMIT_MAX, PresenceQuery
 
 URIS = {
     "command": "tcp://127.0.0.1:5563",
@@ -73,6 +74,42 @@ def test_method_not_found():
     result, reply = run({b"id": b"7", b"method": b"get-zombies"})
     assert reply == {b"id": b"7", b"success": False, b"condition": b"method-not-found"}
     assert result.error == "method-not-found"
+
+
+def test_presence_query():
+    result, reply = run({b"id": b"p", b"method": b"presence", b"args": {b"channel": b"chat:a"}})
+    assert reply is None and result.presence == PresenceQuery("chat:a") and result.rid == b"p"
+    for limit in (5, b"5"):
+        result, _ = run({b"method": b"presence", b"args": {b"channel": b"c", b"limit": limit}})
+        assert result.presence == PresenceQuery("c", 5)
+    result, _ = run({b"method": b"presence", b"args": {b"channel": b"c", b"limit": 10**9}})
+    assert result.presence == PresenceQuery("c", LIMIT_MAX)  # capped, as over HTTP
+    answer = {"channel": "c", "count": 0, "users": [], "truncated": False}
+    assert tnet3.loads(commands.presence_reply(b"p", PresenceQuery("c"), answer)) == {
+        b"id": b"p",
+        b"success": True,
+        b"value": {b"channel": b"c", b"count": 0, b"users": [], b"truncated": False},
+    }
+    off = tnet3.loads(commands.presence_reply(None, PresenceQuery("c"), None))
+    assert off[b"condition"] == b"item-not-found" and b"presence is off" in off[b"value"]
+
+
+@pytest.mark.parametrize(
+    "args,why",
+    [
+        ({}, b"'channel' is required"),
+        ({b"channel": 5}, b"'channel' is required"),
+        ({b"channel": b""}, b"Invalid channel"),
+        ({b"channel": b"\xff"}, b"not UTF-8"),
+        ({b"channel": b"c", b"limit": 0}, b"Invalid limit"),
+        ({b"channel": b"c", b"limit": b"x"}, b"Invalid limit"),
+        ({b"channel": b"c", b"limit": True}, b"Invalid limit"),
+    ],
+)
+def test_presence_bad_request(args, why):
+    result, reply = run({b"method": b"presence", b"args": args})
+    assert reply[b"condition"] == b"bad-request" and why in reply[b"value"]
+    assert result.presence is None
 
 
 @pytest.mark.parametrize(

@@ -309,6 +309,44 @@ def test_presence_api_auth_and_cli(env, capsys):
         erin.close()
 
 
+def _command(cl: Cluster, method: str, args: dict) -> dict:
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.linger = 0
+    try:
+        req.connect(cl.command_uri)
+        req.send(tnetstring.dumps({b"id": b"q", b"method": method.encode(), b"args": args}))
+        assert req.poll(5000), "no reply on the command socket"
+        return tnetstring.loads(req.recv())
+    finally:
+        req.close()
+
+
+def test_presence_on_the_command_socket(env):
+    """The ``presence`` command answers the HTTP call's map (docs/channel-api.md)."""
+    cl = env
+    fay = _client(cl, "chat:cmd", "fay", edge=0)
+    gus = _client(cl, "chat:cmd", "gus", edge=1)
+    try:
+        wait_for(lambda: _presence(cl, "chat:cmd") == {"fay": 1, "gus": 1}, 5, "fay and gus")
+        reply = _command(cl, "presence", {b"channel": b"chat:cmd", b"limit": 1})
+        assert reply[b"success"] is True and reply[b"id"] == b"q", reply
+        http = httpx.get(
+            f"{cl.publish_url}/channels/chat:cmd/presence?limit=1", headers=_auth()
+        ).json()
+        value = reply[b"value"]
+        assert value[b"count"] == http["count"] == 2 and value[b"truncated"] is True
+        assert value[b"users"] == [{b"user": b"fay", b"connections": 1}] and http["users"] == [
+            {"user": "fay", "connections": 1}
+        ]
+        off = _command(cl, "presence", {b"channel": b"tick:x"})
+        assert off[b"success"] is False and off[b"condition"] == b"item-not-found", off
+        bad = _command(cl, "presence", {b"channel": b"chat:cmd", b"limit": b"x"})
+        assert bad[b"condition"] == b"bad-request" and b"limit" in bad[b"value"], bad
+    finally:
+        fay.close()
+        gus.close()
+
+
 def test_history_bounds_per_prefix_memory(env):
     cl = env
     for ch in ("tick:a", "chat:hist", "plain"):

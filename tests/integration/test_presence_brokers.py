@@ -1,0 +1,245 @@
+"""Presence with several brokers (docs/cluster.md, docs/channel-api.md "Presence"): a real
+redis-server, two brokers on it, two edges listing both, an origin holding streams with
+``Grip-Set-Meta: user=...``.
+
+Every edge reports to every broker, so both brokers answer the presence list (HTTP and the
+command socket), and both publish every join and leave: the events' item ids are the same on
+both, so the companion channel has each event exactly once.  Then the primary broker is killed
+and restarted: it gets the edges' full reports, and publishes no join again for who was
+already there, while new joins and leaves still come exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections import Counter
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import zmq
+
+from broker.ingest import tnetstring
+from tests.helpers import free_port_block, free_ports, wait_for
+from tests.integration.cluster import Origin, Proc, StreamClient, gripcast, write_config
+from tests.redis_server import RedisServer, redis_available
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+BROKER_KEYS = (
+    "push_in_port",
+    "http_port",
+    "sub_in_port",
+    "command_port",
+    "edge_pub_port",
+    "edge_ctl_port",
+    "metrics_port",
+)
+NAMESPACE = """
+[[namespace]]
+prefix = "chat:"
+presence = true
+"""
+ROOM = "chat:room"
+COMPANION = "chat:room/presence"
+
+
+def _hold(req):
+    q = parse_qs(urlsplit(req.path).query)
+    headers = {"Content-Type": "text/plain", "Grip-Hold": "stream", "Grip-Channel": q["ch"][0]}
+    if "user" in q:
+        headers["Grip-Set-Meta"] = f"user={q['user'][0]}"
+    return 200, headers, b"open\n"
+
+
+class Cluster2:
+    def __init__(self, tmp) -> None:
+        self.redis = RedisServer().start()
+        self.origin = Origin({"/hold": _hold}).__enter__()
+        base = free_port_block(20)
+        self.ports = [{k: base + 10 * b + i for i, k in enumerate(BROKER_KEYS)} for b in range(2)]
+        self.edge_ports = free_ports(2)
+        common = dict(
+            store=f"redis://127.0.0.1:{self.redis.port}/0",
+            brokers=[f"127.0.0.1:{p['edge_pub_port']}" for p in self.ports],
+            broker_link_timeout_s=1.5,
+            drain_timeout_s=0.0,
+            log_level="warning",
+        )
+        self.configs = []
+        for i, p in enumerate(self.ports):
+            path = write_config(
+                tmp / f"broker{i}.toml", p, [f"* 127.0.0.1:{self.origin.port}"], **common
+            )
+            with open(path, "a") as fh:
+                fh.write(NAMESPACE)
+            self.configs.append(path)
+        self.brokers: list[Proc | None] = [None, None]
+        self.edges: list[Proc] = []
+
+    def start(self) -> None:
+        self.brokers = [Proc(gripcast("broker", "--config", c)) for c in self.configs]
+        for i, port in enumerate(self.edge_ports):
+            self.edges.append(
+                Proc(
+                    gripcast(
+                        "edge",
+                        "--index",
+                        str(i),
+                        "--config",
+                        self.configs[0],
+                        "--port",
+                        f"127.0.0.1:{port}",
+                    )
+                )
+            )
+        for p in [*self.brokers, *self.edges]:
+            assert p is not None
+            p.wait_ready()
+
+    def restart_broker(self, i: int) -> None:
+        p = self.brokers[i]
+        assert p is not None
+        os.kill(p.proc.pid, signal.SIGKILL)
+        p.proc.wait()
+        p.notify.close()
+        self.brokers[i] = Proc(gripcast("broker", "--config", self.configs[i])).wait_ready()
+
+    def close(self) -> None:
+        for p in [*reversed(self.edges), *self.brokers]:
+            if p is not None:
+                p.stop()
+        self.origin.__exit__(None, None, None)
+        self.redis.close()
+
+    # -- clients and queries -------------------------------------------------------------------
+
+    def client(self, channel: str, user: str | None, edge: int) -> StreamClient:
+        path = f"/hold?ch={channel}" + (f"&user={user}" if user else "")
+        c = StreamClient(f"http://127.0.0.1:{self.edge_ports[edge]}{path}").wait_open()
+        c.read_until(b"open\n")
+        return c
+
+    def presence(self, broker: int) -> dict[str, int]:
+        port = self.ports[broker]["http_port"]
+        r = httpx.get(f"http://127.0.0.1:{port}/channels/{ROOM}/presence", timeout=5)
+        assert r.status_code == 200, r.text
+        return {u["user"]: u["connections"] for u in r.json()["users"]}
+
+    def presence_command(self, broker: int) -> dict[str, int]:
+        req = zmq.Context.instance().socket(zmq.REQ)
+        req.linger = 0
+        try:
+            req.connect(f"tcp://127.0.0.1:{self.ports[broker]['command_port']}")
+            args = {b"channel": ROOM.encode()}
+            req.send(tnetstring.dumps({b"method": b"presence", b"args": args}))
+            assert req.poll(5000), "no reply on the command socket"
+            reply = tnetstring.loads(req.recv())
+        finally:
+            req.close()
+        assert reply[b"success"] is True, reply
+        return {u[b"user"].decode(): u[b"connections"] for u in reply[b"value"][b"users"]}
+
+    def emitted(self, broker: int) -> dict[str, float]:
+        """The broker's presence events handed to its publish path, by type (its metrics)."""
+        port = self.ports[broker]["metrics_port"]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        found = re.findall(r'gripcast_broker_presence_events_total\{type="(\w+)"\} (\S+)', text)
+        return {k: float(v) for k, v in found}
+
+    def history(self) -> list[tuple[str, str]]:
+        """The companion channel's retained events, ``(type, user)`` in order."""
+        port = self.ports[1]["http_port"]
+        r = httpx.get(f"http://127.0.0.1:{port}/channels/{COMPANION}/items", params={"limit": 100})
+        assert r.status_code == 200, r.text
+        out = []
+        for item in r.json()["items"]:
+            ev = json.loads(item["formats"]["http-stream"]["content"])
+            out.append((ev["type"], ev["user"]))
+        return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not redis_available():
+        pytest.skip("redis-server not installed")
+    c = Cluster2(tmp_path_factory.mktemp("presence-brokers"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def _events(watcher: StreamClient) -> list[tuple[str, str]]:
+    body = watcher.data.split(b"open\n", 1)[1]
+    return [
+        (e["type"], e["user"])
+        for e in (json.loads(line) for line in body.splitlines() if line.strip())
+    ]
+
+
+def _wait_events(watcher: StreamClient, want: list[tuple[str, str]], timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not set(want) <= set(_events(watcher)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waiting for {want}: {_events(watcher)}")
+        watcher.read_for(0.1)
+
+
+def _once(events: list[tuple[str, str]]) -> None:
+    twice = {e: n for e, n in Counter(events).items() if n > 1}
+    assert not twice, f"events more than once: {twice} in {events}"
+
+
+def test_events_once_and_full_lists_on_both_brokers(cluster):
+    c = cluster
+    watcher = c.client(COMPANION, None, edge=0)
+    clients = []
+    try:
+        ann = c.client(ROOM, "ann", edge=0)
+        clients.append(ann)
+        clients.append(c.client(ROOM, "bo", edge=1))
+        _wait_events(watcher, [("join", "ann"), ("join", "bo")])
+        # every broker has the whole table: each answers for users on both edges
+        for b in (0, 1):
+            wait_for(lambda b=b: c.presence(b) == {"ann": 1, "bo": 1}, 5, f"broker {b} list")
+            assert c.presence_command(b) == {"ann": 1, "bo": 1}
+        ann.close()
+        _wait_events(watcher, [("leave", "ann")])
+        # both brokers published each event (so a duplicate had its chance) ...
+        want = {"join": 2.0, "leave": 1.0}
+        for b in (0, 1):
+            wait_for(lambda b=b: c.emitted(b) == want, 5, f"broker {b} events")
+        # ... and the channel has each once (its history, and what a subscriber got)
+        assert sorted(c.history()) == sorted([("join", "ann"), ("join", "bo"), ("leave", "ann")])
+        watcher.read_for(0.3)
+        _once(_events(watcher))
+
+        # the edges' primary broker restarts: full reports, no join again for bo
+        c.restart_broker(0)
+        wait_for(lambda: c.presence(0) == {"bo": 1}, 8, "restarted broker's list")
+        clients.append(c.client(ROOM, "cy", edge=0))
+        _wait_events(watcher, [("join", "cy")])
+        clients[1].close()  # bo
+        _wait_events(watcher, [("leave", "bo")])
+        try:
+            wait_for(lambda: c.emitted(0) == {"join": 1.0, "leave": 1.0}, 5, "broker 0 events")
+            wait_for(lambda: c.emitted(1) == {"join": 3.0, "leave": 2.0}, 5, "broker 1 events")
+        except TimeoutError:
+            raise AssertionError((c.emitted(0), c.emitted(1), c.history())) from None
+        history = c.history()
+        assert sorted(history) == sorted(
+            [("join", "ann"), ("join", "bo"), ("leave", "ann"), ("join", "cy"), ("leave", "bo")]
+        ), history
+        watcher.read_for(0.3)
+        _once(_events(watcher))
+        assert c.presence(0) == c.presence(1) == {"cy": 1}
+    finally:
+        for cl in clients:
+            cl.close()
+        watcher.close()
