@@ -58,10 +58,15 @@ class FrameFeeder:
         tracker = self.tracker
         position = tracker.position
         state = tracker.state
+        on_envelopes = tracker.on_envelopes
+        envs: list[Envelope] = []  # envelopes in a row: one tracker call for them all
         self._frames += len(frames)
         for frame in frames:
             i = frame.find(SEP)
             if i > 0 and frame.startswith(MARKER_BODY, i + 1):
+                if envs:  # the envelopes before the marker first: they move the position
+                    on_envelopes(envs, out, now)
+                    envs = []
                 try:
                     channel = frame[:i].decode("utf-8")
                 except UnicodeDecodeError:
@@ -85,9 +90,14 @@ class FrameFeeder:
                 log.warning("bad frame from broker: %s", exc.reason)
                 continue
             if isinstance(msg, Envelope):
-                tracker.on_envelope(msg, out, now)
+                envs.append(msg)
             else:
+                if envs:  # what came before the marker goes first
+                    on_envelopes(envs, out, now)
+                    envs = []
                 tracker.on_marker(msg, out, now)
+        if envs:
+            on_envelopes(envs, out, now)
 
     def statistics(self) -> FeederStatistics:
         return FeederStatistics(self._frames, self._current, self._decoded)
