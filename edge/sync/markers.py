@@ -26,7 +26,7 @@ import msgpack
 
 from broker.errors import RemoteProtocolError
 from broker.wire import SEP, Envelope, decode_frame
-from edge.sync.tracker import State, Tracker
+from edge.sync.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ class FrameFeeder:
         """Decode fan-out ``frames`` (not heartbeats) into the tracker; deliverables into
         ``out``; ``now`` starts the tracker's reorder windows (several brokers)."""
         tracker = self.tracker
-        position = tracker.position
-        state = tracker.state
+        live_position = tracker.live_position
         on_envelopes = tracker.on_envelopes
         envs: list[Envelope] = []  # envelopes in a row: one tracker call for them all
         self._frames += len(frames)
@@ -71,18 +70,15 @@ class FrameFeeder:
                     channel = frame[:i].decode("utf-8")
                 except UnicodeDecodeError:
                     channel = ""  # decode_frame reports it
-                pos = position(channel) if channel else None
-                if (
-                    pos is not None
-                    and pos[0] is not None
-                    and frame.endswith(_pack(pos[1]))
-                    and state(channel) is State.LIVE
-                    and frame
-                    == b"".join((frame[: i + 1], MARKER_BODY, _K_EPOCH, _pack(pos[0]), _K_LAST_SEQ))
-                    + _pack(pos[1])
-                ):
-                    self._current += 1
-                    continue
+                pos = live_position(channel) if channel else None
+                if pos is not None:
+                    tail = b"".join(
+                        (MARKER_BODY, _K_EPOCH, _pack(pos[0]), _K_LAST_SEQ, _pack(pos[1]))
+                    )
+                    # the channel (up to the first separator) is this one: the rest decides
+                    if len(frame) == i + 1 + len(tail) and frame.endswith(tail):
+                        self._current += 1
+                        continue
                 self._decoded += 1
             try:
                 msg = decode_frame(frame)

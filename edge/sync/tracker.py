@@ -190,6 +190,14 @@ class Tracker:
         t = self._tracks.get(channel)
         return (t.epoch, t.last_seq) if t else None
 
+    def live_position(self, channel: str) -> Position | None:
+        """``position`` of a ``LIVE`` channel whose epoch is known, else None (one call for
+        the marker check of ``edge.sync.markers``)."""
+        t = self._tracks.get(channel)
+        if t is None or t.state is not State.LIVE or t.epoch is None:
+            return None
+        return (t.epoch, t.last_seq)
+
     def wants_position(self, channel: str) -> bool:
         """Whether a position answer is still needed (to retry one that failed)."""
         t = self._tracks.get(channel)
