@@ -58,11 +58,17 @@ the hot path already makes; only the rare mismatch takes this path.
 
 A replay that could not be answered (broker down or restarting) leaves the gap in place and
 the later messages held: ``repair(now)`` (called periodically, and after the link comes back)
-asks again (leaving alone a gap still inside its reorder window).  Nothing after a gap is delivered before the gap is filled or history says it is
+asks again (leaving alone a gap still inside its reorder window); it visits only the
+channels that may have a gap (a set every change that can open one adds to), so its cost
+follows the channels needing repair, not the channels tracked.  Nothing after a gap is delivered before the gap is filled or history says it is
 gone (``GapSkipped``).  ``resync()`` asks every channel's position again (after a broker
 restart or a lost link; with several brokers, when any one of them is lost: the messages it
 stored in Redis but never sent are then found through another broker's position, the *tail
 repair*): a position beyond ``last_seq`` is a gap, another epoch an ``EpochChanged``.
+
+``on_envelopes`` takes a batch of link envelopes (``edge.sync.markers`` passes each run
+between markers): the in-order case (next seq, nothing held or known beyond it, no reorder
+deadline pending) is inlined there, everything else goes through ``on_envelope``.
 
 Outputs: deliverable ``Envelope``s are appended to the caller's ``out`` list (batch friendly);
 actions (``RequestPosition``, ``RequestReplay``, ``EpochChanged``, ``GapSkipped``) accumulate
