@@ -351,7 +351,7 @@ _batch_env = st.builds(
     window=st.sampled_from([0.0, 0.05]),
     start=st.integers(0, 2),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_on_envelopes_is_on_envelope_for_each(batches, window, start):
     """The batch entry (its inlined in-order fast path) does what one call per envelope
     does: the same deliveries, actions and statistics."""
