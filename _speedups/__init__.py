@@ -44,7 +44,13 @@ COMPILED, _modules = _choose()
 
 if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
-    from _speedups._fanout_py import encode_envelopes, fan_out, make_envelope, send_frames
+    from _speedups._fanout_py import (
+        encode_envelopes,
+        fan_out,
+        make_envelope,
+        recv_frames,
+        send_frames,
+    )
     from _speedups._framing_py import http_chunk, http_chunks
     from _speedups._items_py import normalise_item, unpack_batch
     from _speedups._sendmany_py import send_batch
@@ -55,6 +61,7 @@ else:
     fan_out = _modules["fanout"].fan_out
     make_envelope = _modules["fanout"].make_envelope
     send_frames = _modules["fanout"].send_frames
+    recv_frames = _modules["fanout"].recv_frames
     http_chunk = _modules["framing"].http_chunk
     http_chunks = _modules["framing"].http_chunks
     send_batch = _modules["sendmany"].send_batch
@@ -73,6 +80,7 @@ __all__ = [
     "http_chunks",
     "make_envelope",
     "normalise_item",
+    "recv_frames",
     "send_batch",
     "send_frames",
     "tnet_pop",

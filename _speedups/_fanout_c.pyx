@@ -32,7 +32,22 @@ cdef extern from "Python.h":
 
 ctypedef int (*zmq_send_t)(void* sock, const void* buf, size_t n, int flags) noexcept nogil
 
+# libzmq's zmq_msg_t: 64 opaque bytes, 8-byte aligned (zmq.h)
+ctypedef struct zmq_msg_t:
+    uint64_t _[8]
+
+ctypedef int (*zmq_msg_init_t)(zmq_msg_t* msg) noexcept nogil
+ctypedef int (*zmq_msg_recv_t)(zmq_msg_t* msg, void* sock, int flags) noexcept nogil
+ctypedef void* (*zmq_msg_data_t)(zmq_msg_t* msg) noexcept nogil
+ctypedef size_t (*zmq_msg_size_t)(const zmq_msg_t* msg) noexcept nogil
+ctypedef int (*zmq_msg_close_t)(zmq_msg_t* msg) noexcept nogil
+
 cdef zmq_send_t _zmq_send = NULL
+cdef zmq_msg_init_t _zmq_msg_init = NULL
+cdef zmq_msg_recv_t _zmq_msg_recv = NULL
+cdef zmq_msg_data_t _zmq_msg_data = NULL
+cdef zmq_msg_size_t _zmq_msg_size = NULL
+cdef zmq_msg_close_t _zmq_msg_close = NULL
 cdef int _zmq_bound = 0  # 0 not tried, 1 found, -1 not available
 cdef int _ZMQ_DONTWAIT = zmq.NOBLOCK
 cdef int _ETERM = zmq.ETERM
@@ -56,17 +71,30 @@ ENVELOPE_KEYS_PACKED = (K_HEAD, K_EPOCH, K_ID, K_PREV, K_FORMATS, K_META, K_TS)
 
 
 cdef void _bind_zmq():
-    global _zmq_send, _zmq_bound
+    global _zmq_send, _zmq_bound, _zmq_msg_init, _zmq_msg_recv, _zmq_msg_data, _zmq_msg_size
+    global _zmq_msg_close
     _zmq_bound = -1
     try:
         import ctypes
         import zmq.backend.cython._zmq as backend
         # dlsym on pyzmq's extension searches the libzmq it was loaded with
-        addr = ctypes.cast(ctypes.CDLL(backend.__file__).zmq_send, ctypes.c_void_p).value
+        lib = ctypes.CDLL(backend.__file__)
+        addrs = [
+            ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+            for name in (
+                "zmq_send", "zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size",
+                "zmq_msg_close",
+            )
+        ]
     except Exception:
         return
-    if addr:
-        _zmq_send = <zmq_send_t><uintptr_t>addr
+    if all(addrs):
+        _zmq_send = <zmq_send_t><uintptr_t>addrs[0]
+        _zmq_msg_init = <zmq_msg_init_t><uintptr_t>addrs[1]
+        _zmq_msg_recv = <zmq_msg_recv_t><uintptr_t>addrs[2]
+        _zmq_msg_data = <zmq_msg_data_t><uintptr_t>addrs[3]
+        _zmq_msg_size = <zmq_msg_size_t><uintptr_t>addrs[4]
+        _zmq_msg_close = <zmq_msg_close_t><uintptr_t>addrs[5]
         _zmq_bound = 1
 
 
@@ -382,6 +410,46 @@ def send_frames(sock, list frames):
                 raise zmq.ContextTerminated(err)
             raise zmq.ZMQError(err)
     return sent, blocked
+
+
+def recv_frames(sock, Py_ssize_t limit):
+    """Up to ``limit`` messages ready on ``sock`` now, each as bytes (one frame each: the
+    edges' SUB and DEALER), read with libzmq's ``zmq_msg_recv`` (no pyzmq call and no
+    ``zmq.Again`` raised per batch); without it (or on a closed socket), ``sock.recv``."""
+    cdef list out = []
+    cdef void* handle = NULL
+    cdef zmq_msg_t msg
+    cdef int rc, err
+    if _zmq_bound == 0:
+        _bind_zmq()
+    if _zmq_bound == 1 and not sock.closed:
+        handle = <void*><uintptr_t>sock.underlying
+    if handle == NULL:
+        recv = sock.recv
+        try:
+            while len(out) < limit:
+                out.append(recv(_ZMQ_DONTWAIT))
+        except _Again:
+            pass
+        return out
+    while len(out) < limit:
+        _zmq_msg_init(&msg)
+        rc = _zmq_msg_recv(&msg, handle, _ZMQ_DONTWAIT)
+        if rc < 0:
+            err = errno
+            _zmq_msg_close(&msg)
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                break
+            if err == _ETERM:
+                raise zmq.ContextTerminated(err)
+            raise zmq.ZMQError(err)
+        try:
+            out.append(PyBytes_FromStringAndSize(<char*>_zmq_msg_data(&msg), <Py_ssize_t>_zmq_msg_size(&msg)))
+        finally:
+            _zmq_msg_close(&msg)
+    return out
 
 
 def make_envelope(cls, channel, seq, epoch, formats, id, prev_id, meta, ts):

@@ -22,6 +22,10 @@ raises what ``msgpack`` raises, after the frames before it were sent.
 ``send_frames(sock, frames)``: send each bytes object of the list ``frames`` as one message on
 ``sock`` without blocking (the broker's stats packets and trailing markers: one call per batch,
 no pyzmq call per frame in the compiled twin); returns ``(sent, would_block)`` like ``fan_out``.
+
+``recv_frames(sock, limit)``: up to ``limit`` single-frame messages ready on ``sock`` now, as
+bytes (the edges' SUB and DEALER readers; the compiled twin reads with libzmq's
+``zmq_msg_recv``: no pyzmq call per frame and no ``zmq.Again`` raised at the end of a batch).
 """
 
 from __future__ import annotations
@@ -128,6 +132,18 @@ def fan_out(
         except zmq.Again:
             blocked += 1
     return sent, blocked
+
+
+def recv_frames(sock: zmq.Socket[Any], limit: int) -> list[bytes]:
+    out: list[bytes] = []
+    recv = sock.recv
+    noblock = zmq.NOBLOCK
+    try:
+        while len(out) < limit:
+            out.append(recv(noblock))
+    except zmq.Again:
+        pass
+    return out
 
 
 def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> tuple[int, int]:

@@ -285,10 +285,11 @@ class Edge:
 
     async def on_frames(self, frames: list[bytes]) -> None:
         out: list[wire.Envelope] = []
-        self.feeder.feed(frames, out, trio.current_time())
+        now = trio.current_time()  # one clock read per batch (it is all "now" to a client)
+        self.feeder.feed(frames, out, now)
         self._run_tracker_actions()
         if out:
-            await self.deliverer.deliver(out, trio.current_time())
+            await self.deliverer.deliver(out, now)
 
     def _run_tracker_actions(self) -> None:
         if self._pos_waiters:

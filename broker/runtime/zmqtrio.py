@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 import trio
 import zmq
 
+import _speedups
 from broker.config import Config, Endpoint
 
 T = TypeVar("T")
@@ -58,15 +59,9 @@ class ZSocket:
 
     def recv_frames(self, limit: int = BATCH_MAX) -> list[bytes]:
         """Up to ``limit`` single-frame messages that are ready now (one frame per message is
-        3 to 4x faster to receive than multipart: the edges' SUB and DEALER use it)."""
-        out: list[bytes] = []
-        recv = self.sock.recv
-        try:
-            while len(out) < limit:
-                out.append(recv(zmq.NOBLOCK))
-        except zmq.Again:
-            pass
-        return out
+        3 to 4x faster to receive than multipart: the edges' SUB and DEALER use it), read by
+        ``_speedups.recv_frames``."""
+        return _speedups.recv_frames(self.sock, limit)  # no zmq.Again raised (compiled twin)
 
     # -- sending (never blocks; wakes the parked reader) -----------------------------------------
 

@@ -40,6 +40,7 @@ from broker.config import ENDPOINTS, Config
 from broker.curve import link_options
 from broker.errors import GripcastError, RemoteProtocolError
 from broker.runtime.zmqtrio import ZSocket, open_zsocket
+from broker.wire import SEP
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +242,16 @@ class BrokerLink:
         async def handle(frames: list[bytes]) -> None:
             self._frames += len(frames)
             data: list[bytes] = []
+            append = data.append
             for f in frames:
-                if wire.is_heartbeat(f):
+                # a channel frame (channel, SEP, map) never starts with SEP: every topic of
+                # the broker's own (heartbeat, recover, command, presence) does
+                if not f.startswith(SEP):
+                    if self.wire_ok:
+                        append(f)
+                    else:
+                        self._unverified += 1
+                elif wire.is_heartbeat(f):
                     self._on_heartbeat(f)
                 elif not self.wire_ok:
                     self._unverified += 1  # a broker not yet known to speak our wire version

@@ -58,11 +58,17 @@ the hot path already makes; only the rare mismatch takes this path.
 
 A replay that could not be answered (broker down or restarting) leaves the gap in place and
 the later messages held: ``repair(now)`` (called periodically, and after the link comes back)
-asks again (leaving alone a gap still inside its reorder window).  Nothing after a gap is delivered before the gap is filled or history says it is
+asks again (leaving alone a gap still inside its reorder window); it visits only the
+channels that may have a gap (a set every change that can open one adds to), so its cost
+follows the channels needing repair, not the channels tracked.  Nothing after a gap is delivered before the gap is filled or history says it is
 gone (``GapSkipped``).  ``resync()`` asks every channel's position again (after a broker
 restart or a lost link; with several brokers, when any one of them is lost: the messages it
 stored in Redis but never sent are then found through another broker's position, the *tail
 repair*): a position beyond ``last_seq`` is a gap, another epoch an ``EpochChanged``.
+
+``on_envelopes`` takes a batch of link envelopes (``edge.sync.markers`` passes each run
+between markers): the in-order case (next seq, nothing held or known beyond it, no reorder
+deadline pending) is inlined there, everything else goes through ``on_envelope``.
 
 Outputs: deliverable ``Envelope``s are appended to the caller's ``out`` list (batch friendly);
 actions (``RequestPosition``, ``RequestReplay``, ``EpochChanged``, ``GapSkipped``) accumulate
@@ -134,6 +140,7 @@ class TrackerStatistics:
     other_epoch: int  # link inputs of another epoch than the track's (dropped, position asked)
     reordered: int = 0  # gaps that closed by themselves within the reorder window
     reorder_waiting: int = 0  # channels whose gap is inside its reorder window now
+    repair_candidates: int = 0  # channels ``repair`` visits (may have a gap; not all tracked)
 
 
 class _Track:
@@ -156,6 +163,10 @@ class Tracker:
         self._due: dict[str, float] = {}  # channel -> when its open gap gets a replay
         self._reordered = 0
         self._tracks: dict[str, _Track] = {}
+        # channels that may have a gap (a superset of those that do: every change that can
+        # open one adds the channel; ``repair`` and ``gaps`` drop the ones whose gap closed),
+        # so ``repair`` costs the channels needing it, not every tracked one
+        self._open: set[str] = set()
         self._actions: list[Action] = []
         self._delivered = self._duplicates = self._gaps = 0
         self._replays = self._skipped = self._epoch_changes = 0
@@ -172,6 +183,7 @@ class Tracker:
     def untrack(self, channel: str) -> None:
         self._tracks.pop(channel, None)
         self._due.pop(channel, None)
+        self._open.discard(channel)
 
     def is_tracked(self, channel: str) -> bool:
         return channel in self._tracks
@@ -183,6 +195,14 @@ class Tracker:
     def position(self, channel: str) -> Position | None:
         t = self._tracks.get(channel)
         return (t.epoch, t.last_seq) if t else None
+
+    def live_position(self, channel: str) -> Position | None:
+        """``position`` of a ``LIVE`` channel whose epoch is known, else None (one call for
+        the marker check of ``edge.sync.markers``)."""
+        t = self._tracks.get(channel)
+        if t is None or t.state is not State.LIVE or t.epoch is None:
+            return None
+        return (t.epoch, t.last_seq)
 
     def wants_position(self, channel: str) -> bool:
         """Whether a position answer is still needed (to retry one that failed)."""
@@ -197,22 +217,57 @@ class Tracker:
 
     def on_envelope(self, env: Envelope, out: list[Envelope], now: float = 0.0) -> None:
         """A message from the link (any broker's); ``now`` starts a reorder window."""
-        t = self._tracks.get(env.channel)
+        channel = env.channel
+        t = self._tracks.get(channel)
         if t is None:
             return
         if t.state is State.POSITION:
             self._hold(t, env)
             return
         if env.epoch != t.epoch:
-            self._link_other_epoch(env.channel, t)
+            self._link_other_epoch(channel, t)
             return
-        self._accept(env.channel, t, env, out)
+        seq = env.seq
+        if seq == t.last_seq + 1 and not t.held and seq > t.target:
+            # the in-order fast path: nothing held, nothing known beyond it
+            out.append(env)
+            t.last_seq = t.target = seq
+            self._delivered += 1
+            if self._due and channel in self._due:
+                del self._due[channel]  # the gap closed within its window
+                self._reordered += 1
+            return
+        self._accept(channel, t, env, out)
         if t.held:
             if t.state is State.LIVE:
-                self._gap(env.channel, t, now)
-        elif self._due and env.channel in self._due and t.target <= t.last_seq:
-            del self._due[env.channel]  # the gap closed within its window
+                self._gap(channel, t, now)
+        elif self._due and channel in self._due and t.target <= t.last_seq:
+            del self._due[channel]  # the gap closed within its window
             self._reordered += 1
+
+    def on_envelopes(self, envs: list[Envelope], out: list[Envelope], now: float = 0.0) -> None:
+        """``on_envelope`` for each of ``envs`` (a batch from the link, in arrival order)."""
+        tracks = self._tracks
+        live = State.LIVE
+        n = 0
+        for env in envs:
+            t = tracks.get(env.channel)
+            # the in-order fast path inlined (as in ``on_envelope``); anything else goes there
+            if (
+                t is not None
+                and t.state is live
+                and env.seq == t.last_seq + 1
+                and env.seq > t.target
+                and not t.held
+                and env.epoch == t.epoch
+                and not self._due
+            ):
+                out.append(env)
+                t.last_seq = t.target = env.seq
+                n += 1
+            else:
+                self.on_envelope(env, out, now)
+        self._delivered += n
 
     def on_marker(self, marker: Marker, out: list[Envelope], now: float = 0.0) -> None:
         t = self._tracks.get(marker.channel)
@@ -274,6 +329,7 @@ class Tracker:
         t.state = State.LIVE
         if not self._has_gap(t):
             return
+        self._open.add(channel)
         if t.last_seq > before and complete:
             self._ask_replay(channel, t)  # more pages to fetch
         else:
@@ -291,10 +347,16 @@ class Tracker:
 
     def repair(self, now: float | None = None) -> None:
         """Ask a replay again for every channel with a gap and no replay in flight (but not
-        for a gap inside its reorder window at ``now``: ``expire`` asks for those)."""
+        for a gap inside its reorder window at ``now``: ``expire`` asks for those).  Costs
+        the channels that may have a gap (``_open``), not every tracked channel."""
         due = self._due
-        for channel, t in self._tracks.items():
-            if t.state is State.LIVE and t.inflight is None and self._has_gap(t):
+        tracks = self._tracks
+        for channel in list(self._open):
+            t = tracks.get(channel)
+            if t is None or not self._has_gap(t):
+                self._open.discard(channel)
+                continue
+            if t.state is State.LIVE and t.inflight is None:
                 if due and now is not None and due.get(channel, now) > now:
                     continue
                 due.pop(channel, None)
@@ -307,7 +369,8 @@ class Tracker:
 
     def gaps(self) -> list[str]:
         """Channels with a gap not yet repaired (for statistics and tests)."""
-        return [ch for ch, t in self._tracks.items() if self._has_gap(t)]
+        tracks = self._tracks
+        return [ch for ch in self._open if ch in tracks and self._has_gap(tracks[ch])]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -328,8 +391,10 @@ class Tracker:
             if epoch != t.epoch:
                 self._new_epoch(channel, t, epoch)
             t.target = max(t.target, last_seq)
-        if t.state is State.LIVE and self._has_gap(t):
-            self._gap(channel, t, now)
+        if self._has_gap(t):
+            self._open.add(channel)
+            if t.state is State.LIVE:
+                self._gap(channel, t, now)
 
     def _gap(self, channel: str, t: _Track, now: float) -> None:
         """A gap seen on a ``LIVE`` track: replay now, or once its reorder window passed."""
@@ -369,6 +434,7 @@ class Tracker:
                 nxt += 1
 
     def _hold(self, t: _Track, env: Envelope) -> None:
+        self._open.add(env.channel)
         if env.seq > t.target:
             t.target = env.seq
         if env.seq in t.held:
@@ -422,12 +488,13 @@ class Tracker:
             replays=self._replays,
             skipped=self._skipped,
             epoch_changes=self._epoch_changes,
-            held=sum(len(t.held) for t in self._tracks.values()),
+            held=sum(len(t.held) for ch in self._open if (t := self._tracks.get(ch)) is not None),
             replay_failures=self._stalled,
             positioning=sum(1 for t in self._tracks.values() if t.state is State.POSITION),
             other_epoch=self._other_epoch,
             reordered=self._reordered,
             reorder_waiting=len(self._due),
+            repair_candidates=len(self._open),
         )
 
 

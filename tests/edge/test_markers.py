@@ -75,3 +75,27 @@ def test_bad_frames_are_skipped():
     t, f, out = _live()
     f.feed([b"no separator", b"a\x00\xc1", b"\xff\x00\x83\xa6marker\xc3", _env("a", 1)], out)
     assert [e.seq for e in out] == [1]
+
+
+def test_a_repeated_current_marker_is_one_set_lookup_and_tells_nothing_later():
+    """The broker's second round repeats a marker's bytes: skipped by the remembered set.
+    Remembered markers stay harmless: after the channel moved on, after a new epoch (from a
+    position answer), and for a channel tracked again (its position answer decides)."""
+    t, f, out = _live()
+    m2 = wire.encode_marker("a", "e1", 2)
+    f.feed([_env("a", 1), _env("a", 2), m2, m2], out)
+    st = f.statistics()
+    assert (st.markers_current, st.markers_repeated, st.markers_decoded) == (2, 1, 0)
+    f.feed([_env("a", 3), m2], out)  # an old repeat after the channel moved on
+    assert [e.seq for e in out] == [1, 2, 3] and t.take_actions() == []
+    t.on_position("a", "e9", 0, out)  # the broker lost the history: a new epoch
+    t.take_actions()
+    f.feed([m2, _env("a", 1, "e9")], out)  # the stale marker: nothing asked, nothing lost
+    assert t.position("a") == ("e9", 1) and t.take_actions() == []
+    t.untrack("a")
+    t.track("a")
+    assert t.take_actions() == [RequestPosition("a")]
+    f.feed([m2], out)  # tracked again: the position answer, not a remembered marker, decides
+    assert t.state("a") is State.POSITION
+    t.on_position("a", "e9", 5, out)
+    assert t.state("a") is State.LIVE and t.position("a") == ("e9", 5)

@@ -114,12 +114,16 @@ class ReliabilityMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 5))
     def receive(self, n):
         out = []
+        envs = []  # envelopes in a row go in as one batch, as edge.sync.markers feeds them
         for msg in self.link[:n]:
             if isinstance(msg, Marker):
+                self.tracker.on_envelopes(envs, out)
+                envs = []
                 self._note_baseline(msg.channel, msg.epoch, msg.last_seq)
                 self.tracker.on_marker(msg, out)
             else:
-                self.tracker.on_envelope(msg, out)
+                envs.append(msg)
+        self.tracker.on_envelopes(envs, out)
         del self.link[:n]
         self._collect(out)
 
@@ -211,6 +215,14 @@ class ReliabilityMachine(RuleBasedStateMachine):
                 if prev is not None:
                     assert env.seq == prev + 1, f"{ch}: {prev} then {env.seq}"
                 last[env.epoch] = env.seq
+
+    @invariant()
+    def every_gap_is_in_the_repair_set(self):
+        """``repair`` visits only the channels that may have a gap: every channel that has
+        one must be among them (a full scan finds no other)."""
+        tracker = self.tracker
+        scanned = {ch for ch, t in tracker._tracks.items() if tracker._has_gap(t)}
+        assert scanned <= tracker._open, scanned - tracker._open
 
     def teardown(self):
         if not hasattr(self, "tracker"):

@@ -204,12 +204,16 @@ class TwoBrokersMachine(RuleBasedStateMachine):
     def receive(self, b, n):
         out: list[Envelope] = []
         link = self.links[b]
+        envs: list[Envelope] = []  # envelopes in a row: one batch (edge.sync.markers)
         for msg in link[:n]:
             if isinstance(msg, Marker):
+                self.tracker.on_envelopes(envs, out, self.now)
+                envs = []
                 self._note_baseline(msg.channel, msg.last_seq)
                 self.tracker.on_marker(msg, out, self.now)
             else:
-                self.tracker.on_envelope(msg, out, self.now)
+                envs.append(msg)
+        self.tracker.on_envelopes(envs, out, self.now)
         del link[:n]
         self._collect(out)
 
@@ -254,6 +258,12 @@ class TwoBrokersMachine(RuleBasedStateMachine):
             self._collect()
 
     # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def every_gap_is_in_the_repair_set(self):
+        tracker = self.tracker
+        scanned = {ch for ch, t in tracker._tracks.items() if tracker._has_gap(t)}
+        assert scanned <= tracker._open, scanned - tracker._open
 
     @invariant()
     def in_order_exactly_once(self):

@@ -312,3 +312,61 @@ def test_property_exactly_once_in_order(schedule):
     if position_at is None:
         position_at = 0
     assert seqs(out) == list(range(position_at + 1, n + 1))
+
+
+def test_repair_visits_only_channels_that_may_have_a_gap():
+    """``repair`` costs the channels with a gap, not every tracked one (issue 16)."""
+    t = Tracker()
+    chans = [f"c{i}" for i in range(1000)]
+    out: list[Envelope] = []
+    for ch in chans:
+        t.track(ch)
+        t.on_position(ch, "e1", 0, out)
+    t.take_actions()
+    t.on_envelopes([env(1, channel=ch) for ch in chans], out)
+    assert len(out) == 1000 and t.statistics().repair_candidates == 0
+    t.on_envelope(env(3, channel="c7"), out)  # 2 lost
+    (req,) = t.take_actions()
+    t.on_replay_failed(req, out)
+    assert t.statistics().repair_candidates == 1 and t.gaps() == ["c7"]
+    t.repair()
+    (again,) = t.take_actions()
+    assert again == RequestReplay("c7", "e1", 1)
+    t.on_replay(again, "e1", 3, [env(2, channel="c7")], True, out)
+    assert t.state("c7") is State.LIVE and t.gaps() == []
+    t.repair()  # finds the gap closed: the channel leaves the set
+    assert t.take_actions() == [] and t.statistics().repair_candidates == 0
+
+
+_batch_env = st.builds(
+    env,
+    st.integers(1, 8),
+    st.sampled_from(["e1", "e1", "e1", "e2"]),
+    st.sampled_from(["a", "b", CH, "untracked"]),
+)
+
+
+@given(
+    batches=st.lists(st.lists(_batch_env, max_size=8), max_size=6),
+    window=st.sampled_from([0.0, 0.05]),
+    start=st.integers(0, 2),
+)
+@settings(max_examples=100, deadline=None)
+def test_on_envelopes_is_on_envelope_for_each(batches, window, start):
+    """The batch entry (its inlined in-order fast path) does what one call per envelope
+    does: the same deliveries, actions and statistics."""
+    one, many = Tracker(reorder_window_s=window), Tracker(reorder_window_s=window)
+    for t in (one, many):
+        for ch in ("a", "b", CH):
+            t.track(ch)
+        t.on_position("a", "e1", start, [])
+        t.on_position("b", "e1", 0, [])  # CH stays positioning: held
+    out_one: list[Envelope] = []
+    out_many: list[Envelope] = []
+    for k, batch in enumerate(batches):
+        for e in batch:
+            one.on_envelope(e, out_one, float(k))
+        many.on_envelopes(batch, out_many, float(k))
+        assert out_one == out_many
+        assert one.take_actions() == many.take_actions()
+        assert one.statistics() == many.statistics()

@@ -432,3 +432,50 @@ def test_send_frames_on_a_closed_socket_raises_like_pyzmq(twins):
             twins.send_frames(pub, [b"a"])
     finally:
         ctx.term()
+
+
+def test_recv_frames_reads_what_is_ready_up_to_the_limit(twins, pubsub):
+    """The edges' SUB reader (``recv_frames``): each message as bytes, in order, at most
+    ``limit`` a call, an empty list (not ``zmq.Again``) when nothing is ready."""
+    pub, sub = pubsub
+    frames = [b"ch\x00" + bytes([i % 256]) * i for i in range(300)] + [b"", b"x" * 70_000]
+    for f in frames:
+        pub.send(f)
+    got: list[bytes] = []
+    for _ in range(1000):  # inproc delivers at once; a few calls read it all
+        got += twins.recv_frames(sub, 100)
+        if len(got) >= len(frames):
+            break
+    assert got == frames
+    assert twins.recv_frames(sub, 100) == []
+    pub.send(b"one")
+    for _ in range(1000):
+        batch = twins.recv_frames(sub, 1)
+        if batch:
+            break
+    assert batch == [b"one"]
+
+
+def test_recv_frames_twins_agree(pubsub):
+    pub, sub = pubsub
+    frames = [wire.encode_marker(f"c{i}", "e", i) for i in range(50)]
+    results = []
+    for mod in _twins("fanout"):
+        for f in frames:
+            pub.send(f)
+        got: list[bytes] = []
+        while len(got) < len(frames):
+            got += mod.recv_frames(sub, 7)
+        results.append(got)
+    assert results[0] == results[1] == frames
+
+
+def test_recv_frames_on_a_closed_socket_raises_like_pyzmq(twins):
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.close()
+    try:
+        with pytest.raises(zmq.ZMQError):
+            twins.recv_frames(sub, 10)
+    finally:
+        ctx.term()
