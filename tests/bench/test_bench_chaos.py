@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import FAULT_KINDS, ChaosConfig, fault_plan
+from bench.chaos import FAULT_KINDS, ChaosClient, ChaosConfig, PubRecord, Run, fault_plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +28,34 @@ def test_fault_plan_is_replayable_and_covers_every_kind_first():
     for f in plan:
         limit = cfg.edges if f.kind == "edge_kill" else cfg.brokers
         assert 0 <= f.target < (3 if f.kind == "redis_failover" else limit)
+
+
+def _account(got: dict[str, list[str]], history: list[str], acked, unacked=()) -> dict:
+    run = Run(ChaosConfig(channels=1), None, print)  # type: ignore[arg-type]
+    run.clients = [ChaosClient(name, "sse", "chaos0", 0, list(g)) for name, g in got.items()]
+    run.pubs = [PubRecord(acked=[("chaos0", m) for m in acked], unacked=list(unacked))]
+    return run.account({"chaos0": history})
+
+
+def test_accounting_finds_loss_duplicates_order_and_half_done():
+    h = ["w-1", "p0-1", "p0-2", "p1-1", "p0-3"]
+    acked = ["p0-1", "p0-2", "p1-1", "p0-3"]
+    good = _account({"a": h, "b": h[2:]}, h, acked)  # b joined later: its window starts later
+    assert good["ok"] and good["lost"] == good["duplicated"] == 0 and good["delivered"] == 7
+    lost = _account({"a": h, "b": ["p0-1", "p1-1", "p0-3"]}, h, acked)
+    assert not lost["ok"] and lost["lost"] == 1 and lost["examples"]["lost"] == ["b:p0-2"]
+    dup = _account({"a": h + ["p0-3"]}, h, acked)
+    assert not dup["ok"] and dup["duplicated"] == 1
+    order = _account({"a": ["w-1", "p0-2", "p0-1", "p1-1", "p0-3"]}, h, acked)
+    assert not order["ok"] and order["order_errors"] == 1
+    gone = _account({"a": h}, h, [*acked, "p1-2"])  # acknowledged, not in the store
+    assert not gone["ok"] and gone["lost_in_store"] == 1 and gone["lost"] == 1
+    # not acknowledged: in history and delivered to some only, or delivered and not stored
+    unacked = [("chaos0", "p1-1")]
+    half = _account({"a": h, "b": ["p0-1", "p0-2", "p0-3"]}, h, acked[:2] + acked[3:], unacked)
+    assert not half["ok"] and half["unacked_partial"] == 1 and half["lost"] == 0
+    ghost = _account({"a": [*h, "p1-9"]}, h, acked, [("chaos0", "p1-9")])
+    assert not ghost["ok"] and ghost["unacked_delivered_not_stored"] == 1
 
 
 @pytest.mark.integration
