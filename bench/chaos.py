@@ -80,7 +80,7 @@ class ChaosConfig:
     def quick(seed: int = 1, redis: str = "sentinel") -> ChaosConfig:
         return ChaosConfig(
             seed=seed,
-            duration_s=22.0,
+            duration_s=16.0,
             redis=redis,
             brokers=2,
             sse_clients=30,
@@ -341,6 +341,8 @@ class ChaosClient:
     cuts: int = 0  # connections lost (fault or churn) and resumed
     churned: int = 0
     errors: list[str] = field(default_factory=list)
+    # every (re)connection: (seconds into the run, messages received before it, edge, cursor)
+    sessions: list[tuple[float, int, int, str | None]] = field(default_factory=list)
     task: asyncio.Task | None = None
     conn: object = None  # the live stream/websocket, for churn
 
@@ -389,6 +391,7 @@ class Run:
             c.edge = edge
             port = self.cluster.edge_ports[edge]
             cursor = c.got[-1] if c.got else None
+            c.sessions.append((self.now(), len(c.got), edge, cursor))
             try:
                 if c.kind == "sse":
                     headers = {"Last-Event-ID": cursor} if cursor else {}
@@ -624,12 +627,26 @@ class Run:
                 return history
             await asyncio.sleep(0.5)  # polling the clients' progress
 
+    @staticmethod
+    def context(c: ChaosClient, window: list[str], k: int) -> dict:
+        """Where a client's loss sits: the messages around it and its (re)connections near."""
+        got_at = {m: i for i, m in enumerate(c.got)}
+        before = next((got_at[m] for m in reversed(window[:k]) if m in got_at), -1)
+        return {
+            "client": c.name,
+            "missing": window[k],
+            "history_around": window[max(0, k - 3) : k + 4],
+            "got_around": c.got[max(0, before - 2) : before + 4],
+            "sessions_near": [s for s in c.sessions if before - 3 <= s[1] <= before + 4],
+        }
+
     def account(self, history: dict[str, list[str]]) -> dict:
         acked = {pid: ch for p in self.pubs for ch, pid in p.acked}
         unacked = {pid: ch for p in self.pubs for ch, pid in p.unacked}
         published = sum(p.attempts for p in self.pubs)
         lost = dup = foreign = unacked_partial = 0
         lost_examples: list[str] = []
+        lost_context: list[dict] = []
         dup_examples: list[str] = []
         in_history: set[str] = set()
         pos: dict[str, dict[str, int]] = {}
@@ -656,12 +673,13 @@ class Run:
             h = history[c.channel]
             first = idx[0]
             window = h[first:]  # still connected at the end: up to the channel's last item
-            for m in window:
+            for k, m in enumerate(window):
                 if m not in seen:
                     if m in acked:
                         lost += 1
                         if len(lost_examples) < 10:
                             lost_examples.append(f"{c.name}:{m}")
+                            lost_context.append(self.context(c, window, k))
                     else:
                         unacked_partial += 1
             # acknowledged items lost by the store, for a client subscribed at the time: its
@@ -712,6 +730,7 @@ class Run:
             "timeline": self.timeline,
             "examples": {
                 "lost": lost_examples[:10],
+                "lost_context": lost_context,
                 "duplicated": dup_examples,
                 "phantom": phantom[:10],
                 "client_errors": [e for c in self.clients for e in c.errors][:20],
