@@ -288,7 +288,51 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--brokers", default=None, help="throughput: broker counts (default 1,2,3)")
     cap.add_argument("--stores", default=None, help="throughput: cluster,standalone (default both)")
     cap.add_argument("--out", default=None)
+    add_chaos_args(sub)
     return p
+
+
+def add_chaos_args(sub) -> None:
+    ch = sub.add_parser(
+        "chaos",
+        help="several brokers on Redis Sentinel or Cluster under seeded random faults (broker "
+        "and edge kills, Redis failovers, link cuts), clients resuming by cursor; fails on any "
+        "loss or duplicate among acknowledged messages",
+    )
+    ch.add_argument("--seed", type=int, default=1, help="the faults and choices (default 1)")
+    ch.add_argument("--duration", type=float, default=180.0, help="seconds (default 180)")
+    ch.add_argument("--redis", choices=("sentinel", "cluster"), default="sentinel")
+    ch.add_argument("--brokers", type=int, default=3, help="brokers (2 or 3; default 3)")
+    ch.add_argument("--clients", type=int, default=300, help="SSE + WebSocket (default 300)")
+    ch.add_argument("--rate", type=float, default=40.0, help="items per second (default 40)")
+    ch.add_argument("--fault-every", type=float, default=10.0, help="seconds between faults")
+    ch.add_argument("--quick", action="store_true", help="CI form: ~20 s, 60 clients, 2 brokers")
+    ch.add_argument("--out", default=None)
+
+
+def run_chaos_cli(args, console: Console, meta: dict, stamp: str) -> int:
+    from bench import chaos
+
+    if args.quick:
+        cfg = chaos.ChaosConfig.quick(args.seed, args.redis)
+    else:
+        cfg = chaos.ChaosConfig(
+            seed=args.seed,
+            duration_s=args.duration,
+            redis=args.redis,
+            brokers=args.brokers,
+            sse_clients=args.clients // 2,
+            ws_clients=args.clients - args.clients // 2,
+            publish_rate=args.rate,
+            fault_every_s=args.fault_every,
+        )
+    r = chaos.run_chaos(cfg, log=console.print)
+    chaos.print_result(r, console)
+    path = report.write_json(
+        {**meta, "scenario": "chaos", "result": r}, out_path(args.out, "chaos", stamp)
+    )
+    console.print(f"results: {path}")
+    return 0 if r["ok"] else 1
 
 
 def out_path(out: str | None, scenario: str, stamp: str) -> Path:
@@ -412,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "cpus": _cpus(),
     }
+    if args.scenario == "chaos":
+        return run_chaos_cli(args, console, meta, stamp)
     if args.scenario == "ingest":
         with _progress(console) as progress:
             r = run_ingest(

@@ -9,7 +9,7 @@ Paths (``<ch>`` is the channel):
 * ``/lp/<ch>``      ``Grip-Hold: response`` (long-poll), timeout 30 s, body ``T`` on timeout
 * ``/ws/<ch>``      WebSocket-over-HTTP (the target's route has ``over_http``): the ``OPEN``
   event is accepted with ``Sec-WebSocket-Extensions: grip`` and a ``c:`` subscribe control
-  message for ``<ch>``; any later event gets an empty 200 (a ``CLOSE`` is echoed)
+  message for ``<ch>`` (with ``prev-id`` from a ``?prev=<id>`` query: resume after it); any later event gets an empty 200 (a ``CLOSE`` is echoed)
 
 It keeps connections alive, parses only the request line and the one header it needs, and runs
 in its own process so its CPU is measured apart from the target's.
@@ -52,10 +52,13 @@ _WOH_HEAD = (
 )
 
 
-def respond_woh(channel: bytes, body: bytes) -> bytes:
-    """A WebSocket-over-HTTP answer to the events in ``body`` (pure)."""
+def respond_woh(channel: bytes, body: bytes, prev: bytes = b"") -> bytes:
+    """A WebSocket-over-HTTP answer to the events in ``body`` (pure); ``prev`` (the request's
+    ``?prev=<id>``) resumes the subscription after that id (gripcast's ``prev-id``)."""
     if body.startswith(b"OPEN"):
         msg = b'c:{"type": "subscribe", "channel": "%s"}' % channel
+        if prev:
+            msg = msg[:-1] + b', "prev-id": "%s"}' % prev
         out = b"OPEN\r\nTEXT %x\r\n%s\r\n" % (len(msg), msg)
     elif b"CLOSE" in body:
         out = b"CLOSE\r\n"
@@ -83,7 +86,8 @@ def respond(
     target, _, query = path.partition(b"?")
     parts = target.split(b"/")
     if len(parts) == 3 and parts[1] == b"ws" and parts[2]:
-        return respond_woh(parts[2], body)
+        prev = query[5:].split(b"&", 1)[0] if query.startswith(b"prev=") else b""
+        return respond_woh(parts[2], body, prev)
     if len(parts) != 3 or parts[1] not in _HEAD or not parts[2]:
         return _404
     head, body = _HEAD[parts[1]]
