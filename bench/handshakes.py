@@ -35,7 +35,7 @@ from bench import procs
 from bench.origin import Origin
 from bench.targets import make_target, warm_up
 
-CASES = ("plain", "tls1.3", "tls1.2", "tls1.3-resume")
+CASES = ("plain", "tls1.3", "tls1.2", "tls1.3-resume", "tls1.2-resume")
 VERSIONS = {"tls1.3": ssl.TLSVersion.TLSv1_3, "tls1.2": ssl.TLSVersion.TLSv1_2}
 
 
