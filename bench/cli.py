@@ -240,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
         False,
         channels=True,
     )
+    hs = sub.add_parser(
+        "handshakes",
+        help="server CPU per new connection, plain and TLS 1.3 / 1.2 / resumed (bench.handshakes)",
+    )
+    hs.add_argument("--target", choices=("gripcast", "pushpin", "both"), default="both")
+    hs.add_argument("--conns", type=int, default=2000, help="connections per case (default 2,000)")
+    hs.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
+    hs.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated: plain,tls1.3,tls1.2,tls1.3-resume (default: all)",
+    )
+    hs.add_argument(
+        "--request", action="store_true", help="each connection also opens a stream (GET)"
+    )
+    hs.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
+    hs.add_argument("--repeat", type=int, default=1, help="rounds of every case (default 1)")
+    hs.add_argument("--out", default="", help="JSON path (default bench/results/handshakes-*.json)")
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
     ing.add_argument(
@@ -458,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.scenario == "chaos":
         return run_chaos_cli(args, console, meta, stamp)
+    if args.scenario == "handshakes":
+        from bench import handshakes
+
+        args.argv = argv if argv is not None else sys.argv[1:]
+        return handshakes.main(args)
     if args.scenario == "ingest":
         with _progress(console) as progress:
             r = run_ingest(

@@ -18,9 +18,12 @@ file when its mtime changes, on the next handshake), files are read only at star
 Each pair gets its own ``ssl.SSLContext`` with the same settings: TLS 1.2 or newer, the ssl
 module's default (secure) cipher list for ``PROTOCOL_TLS_SERVER``, ALPN ``http/1.1`` (there is
 no HTTP/2 here), renegotiation refused (``OP_NO_RENEGOTIATION``), compression off, and
-session tickets (OpenSSL's default: two per TLS 1.3 handshake; the ticket key is per context,
-so tickets survive until the next reload and are per edge process).  The SNI callback switches
-a connection's context to the pair its host name picks.  A reload builds new contexts: open
+session tickets (one per TLS 1.3 handshake, ``NUM_TICKETS``; the ticket key is per context,
+so tickets survive until the next reload and are per edge process).  With several pairs, the
+SNI callback switches a connection's context to the pair its host name picks; with one pair
+(``tls_cert`` / ``tls_key``, or a directory holding only ``default``) there is no callback:
+every name gets that pair anyway (the same holds for a directory of ``default_<port>`` pairs
+only), and the handshake skips a call into Python.  A reload builds new contexts: open
 connections keep the context they were made with; new connections get the new ones.
 """
 
@@ -37,6 +40,10 @@ from broker.errors import ConfigError
 
 ALPN = ["http/1.1"]
 MAX_NAME = 253  # longest DNS name (Pushpin refuses longer SNI names too)
+# TLS 1.3 session tickets sent per handshake (OpenSSL's default is 2): each new connection,
+# resumed or not, gets a fresh one, so a client always holds one for its next connection (and
+# RFC 8446 clients use a ticket once); a second costs an encryption and a record per handshake
+NUM_TICKETS = 1
 _OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
 
 
@@ -78,6 +85,7 @@ def base_context() -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= _OPTIONS
     ctx.set_alpn_protocols(ALPN)
+    ctx.num_tickets = NUM_TICKETS
     return ctx
 
 
@@ -186,10 +194,16 @@ def load_certificates(cfg: Config, now: datetime.datetime | None = None) -> Cert
     if problems:
         raise ConfigError(problems)
     certs = Certificates(by_name, tuple(cert for _, cert, _ in wanted))
-    callback = _sni_callback(certs)
-    for ctx in (*by_name.values(), certs._fallback):
-        ctx.sni_callback = callback
+    if any(_is_host(name) for name in by_name):  # else no callback: nothing to pick per name
+        callback = _sni_callback(certs)
+        for ctx in (*by_name.values(), certs._fallback):
+            ctx.sni_callback = callback
     return certs
+
+
+def _is_host(name: str) -> bool:
+    """A pair's name that an SNI host name can pick (not a listener's default)."""
+    return name != "default" and not name.startswith("default_")
 
 
 SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]

@@ -157,25 +157,37 @@ class TlsConn:
 
     async def handshake(self) -> None:
         """Complete the server side of the handshake (its last flight sent, with the session
-        tickets).  ``ssl.SSLError`` for a refused one, ``EOFError`` when the client leaves."""
-        obj = self.obj
+        tickets).  ``ssl.SSLError`` for a refused one, ``EOFError`` when the client leaves.
+
+        The client speaks first: each round reads what the socket holds (one non-blocking
+        ``read()``; ``wait_readable`` only when nothing is there yet, no trio ``recv`` and its
+        two scheduler round trips), feeds it to the SSLObject, and sends what the SSLObject
+        answers with one ``write()`` (a whole flight: the ServerHello to the Finished in TLS
+        1.3, then nothing until the client's Finished, answered by the session ticket)."""
+        obj, inb, outb, fd, sock = self.obj, self.inb, self.outb, self.fd, self.sock
         while True:
+            try:
+                raw = os_read(fd, READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                await wait_readable(sock)
+                continue
+            if not raw:
+                raise EOFError("the client closed during the handshake")
+            inb.write(raw)
             try:
                 obj.do_handshake()
                 break
             except _WantRead:
-                self.out += self.outb.read()
-                await self.flush()
-                raw = await self.sock.recv(READ_BYTES)
-                if not raw:
-                    raise EOFError("the client closed during the handshake") from None
-                self.inb.write(raw)
+                if outb.pending:  # a flight to send before the client's next one
+                    self.out += outb.read()
+                    await self.flush()
             except ssl.SSLError:
-                self.out += self.outb.read()  # the alert, best effort
+                self.out += outb.read()  # the alert, best effort
                 self.send_out()
                 raise
-        self.out += self.outb.read()
-        await self.flush()
+        if outb.pending:
+            self.out += outb.read()
+            await self.flush()
 
 
 ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, TlsConn], Awaitable[None]]

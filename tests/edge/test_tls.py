@@ -44,7 +44,8 @@ def test_one_pair_every_setting(tmp_path, ca):
     assert ctx.options & ssl.OP_NO_RENEGOTIATION
     assert ctx.options & ssl.OP_NO_COMPRESSION
     assert not ctx.options & ssl.OP_NO_TICKET  # session tickets on
-    assert ctx.sni_callback is not None
+    assert ctx.num_tickets == 1  # one TLS 1.3 ticket per handshake (edge.tls.NUM_TICKETS)
+    assert ctx.sni_callback is None  # one pair: nothing to pick per name
     assert all(c["protocol"] in ("TLSv1.2", "TLSv1.3") for c in ctx.get_ciphers())
 
 
@@ -120,6 +121,19 @@ def test_certs_dir_sni_choice(tmp_path, ca):
     assert certs.pick("x" * 300) is None
     assert certs.for_port(8443) is by["default_8443"]  # Pushpin's per-port default
     assert certs.for_port(443) is by["default"]
+    # host names to pick: every context (and the certificate-less fallback) has the callback
+    assert all(ctx.sni_callback is not None for ctx in by.values())
+    assert certs.for_port(1) is by["default"]
+
+
+def test_defaults_only_need_no_sni_callback(tmp_path, ca):
+    d = tmp_path / "certs"
+    d.mkdir()
+    ca.issue(d, "default", ["localhost"])
+    ca.issue(d, "default_8443", ["localhost"])
+    certs = load_certificates(_cfg(tls_certs_dir=str(d)))
+    assert certs is not None
+    assert all(ctx.sni_callback is None for ctx in certs.by_name.values())
 
 
 def test_certs_dir_without_default_has_a_certificate_less_start(tmp_path, ca):
