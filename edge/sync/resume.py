@@ -373,8 +373,20 @@ class Resume:
         reply = await self._request(req)
         assert isinstance(reply, wire.ReplayReply)
         if app.tracker.state(c.channel) is State.POSITION:
-            await app.wait_positioned([c.channel])  # the hand-over point must be known
+            await self._positioned()  # the hand-over point must be known
         return c.on_reply(reply, self._live())
+
+    async def _positioned(self) -> None:
+        """Wait for the tracker's position on the channel (``RETRY_FOR_S`` at most: its
+        position request is retried while the store fails over): handing over without it
+        could close the gate before messages the tracker will count as already delivered."""
+        app, ch = self.app, self.c.channel
+        deadline = trio.current_time() + RETRY_FOR_S
+        while app.tracker.state(ch) is State.POSITION:
+            if self.session.gone() or trio.current_time() >= deadline:
+                raise BrokerUnavailable(f"channel position unknown after {RETRY_FOR_S:.0f}s")
+            await app.wait_positioned([ch])
+            await trio.sleep(0)  # a checkpoint even if the wait returned at once
 
     async def _request(self, req: wire.ReplayRequest) -> wire.Reply:
         """``link.request``, asked again while the failure is transient (``RETRY_FOR_S``)."""

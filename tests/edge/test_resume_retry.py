@@ -67,15 +67,21 @@ class App:
         self.deliverer = self
         self.gate: dict = {}
 
-    # tracker
-    def state(self, channel: str) -> State:
-        return State.LIVE
+    # tracker (positioned at ``positioned_at`` on the clock: its position request failed
+    # while the store was down, and is retried)
+    positioned_at = 0.0
 
-    def position(self, channel: str) -> tuple[str, int]:
+    def state(self, channel: str) -> State:
+        return State.POSITION if trio.current_time() < self.positioned_at else State.LIVE
+
+    def position(self, channel: str) -> tuple[str | None, int]:
+        if self.state(channel) is State.POSITION:
+            return (None, 0)
         return ("E", self.h.position("c").last_seq)
 
-    async def wait_positioned(self, channels: list[str], timeout_s: float = 1.0) -> None:
-        return None
+    async def wait_positioned(self, channels: list[str], timeout_s: float = 2.0) -> None:
+        if self.state("c") is State.POSITION:  # edge.server: an event, or the timeout
+            await trio.sleep(min(timeout_s, self.positioned_at - trio.current_time()))
 
     # deliverer
     async def deliver(self, envs: list[Envelope], now: float, only: Session) -> None:
@@ -151,3 +157,18 @@ def test_refusal_other_than_store_unavailable_is_not_retried():
     ok, resumer = run(app, "m3")
     assert not ok and app.link.requests == 1 and resumer.statistics().retries == 0
     assert not app.session.cut  # a plain failure: falls back as before
+
+
+@pytest.mark.parametrize("positioned_at, ok", [(7.0, True), (100.0, False)])
+def test_replay_waits_for_the_tracker_position(positioned_at, ok):
+    """The store answered the replay but the tracker's position is still unknown (its request
+    failed meanwhile): the hand-over waits for it (a plain 2 s wait then went on without a
+    hand-over point), or cuts the session off past ``RETRY_FOR_S``."""
+    app = App(5, down=2)
+    app.positioned_at = positioned_at
+    got_ok, resumer = run(app, "m3")
+    assert got_ok is ok
+    if ok:
+        assert app.session.got == [4, 5, 6, 7] and not app.session.cut
+    else:
+        assert app.session.got == [] and len(app.session.cut) == 1
