@@ -169,6 +169,7 @@ class EdgeCollector(Collector):
             ("replayed", r.replayed),
             ("gate_overflows", r.gate_overflows),
             ("cut_off", r.cut_off),
+            ("retries", r.retries),
         ):
             yield CounterMetricFamily(
                 P + "client_resume_" + name, f"Client cursor resumes: {name}.", value=value

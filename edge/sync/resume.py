@@ -15,10 +15,14 @@ with no gap and no duplicate, and returns:
 * ``True``: history answered (possibly with nothing to replay: the cursor is the channel's last
   message, or the channel has never had a message);
 * ``False``: history cannot answer (cursor unknown or older than what is retained, another
-  epoch, broker unreachable).  Nothing was replayed; the caller falls back (Pushpin's way:
+  epoch).  Nothing was replayed; the caller falls back (Pushpin's way:
   retry the origin request with ``Grip-Last``, fetch the stream's next link, or just go live).
   With ``flush_on_fail=True`` (default) the live messages held meanwhile are delivered before
   returning; with False they are dropped (a response hold that is about to be retried).
+  A history request that fails only *for now* (the broker's store failing over answers "store
+  unavailable", or no broker answers) is not a miss: it is asked again with backoff for up to
+  ``RETRY_FOR_S``, the live messages staying held; past that the session is cut off (its
+  client resumes with its cursor) and ``False`` returned: never live with a gap.
 
 A stream hold must know whether history answers *before* its response head (Pushpin answers
 502 when a prev-id cannot be resolved and there is no next link), but can only be paced by its
@@ -75,6 +79,7 @@ import trio
 
 from broker import wire
 from broker.errors import GripcastError, RemoteProtocolError
+from edge.sync.link import BrokerRefused, BrokerUnavailable
 from edge.sync.repair import tell_epoch_change
 from edge.sync.tracker import Position, State
 
@@ -88,6 +93,23 @@ MAX_PAGES = 1000  # bound on replay round trips for one catch-up (1,000 x REPLAY
 GATE_LIMIT = wire.REPLAY_LIMIT  # live envelopes held per gate (one history page refills them)
 HANDOVER_WAIT_S = 5.0  # the tracker catching up with a client cursor ahead of this edge
 HANDOVER_POLL_S = 0.005
+# A history request the broker could not answer *for now* (its store is failing over: it
+# answers "store unavailable"; or no broker answered in time) is asked again, with backoff,
+# for up to RETRY_FOR_S; the session's live messages stay held at the gate meanwhile.  Only a
+# cursor history does not hold is a resume failure: going live on a transient error would skip
+# what was published after the cursor.  Past the bound the session is cut off (its client
+# resumes with its cursor), never handed over with a gap.
+RETRY_FOR_S = 15.0
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+STORE_UNAVAILABLE = "store unavailable"  # the broker's ErrorReply (broker.ingest.pipeline)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed history request may succeed if asked again (store/broker down)."""
+    if isinstance(exc, BrokerUnavailable):
+        return True
+    return isinstance(exc, BrokerRefused) and exc.reply.error == STORE_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +122,7 @@ class ResumeStatistics:
     active: int
     gate_overflows: int = 0
     cut_off: int = 0
+    retries: int = 0  # history requests asked again after a transient failure
 
 
 class Step(enum.Enum):
@@ -271,6 +294,7 @@ class Resumer:
         self.app = app
         self._resumes = self._answered = self._fell_back = 0
         self._replayed = self._dups = self._overflows = self._cut = 0
+        self._retries = 0
 
     @property
     def gate(self) -> dict[tuple[Session, str], _Gate]:
@@ -309,6 +333,7 @@ class Resumer:
             len(self.gate),
             self._overflows,
             self._cut,
+            self._retries,
         )
 
 
@@ -323,6 +348,7 @@ class Resume:
         self.key = (session, c.channel)
         self._first: list[wire.Envelope] = []  # the probed first page, delivered by finish()
         self._told = False
+        self.unavailable: str | None = None  # history could not be asked (reason): not a miss
 
     @property
     def ok(self) -> bool:
@@ -344,25 +370,72 @@ class Resume:
     async def _page(self, req: wire.ReplayRequest | None) -> list[wire.Envelope]:
         app, c = self.app, self.c
         assert req is not None
-        reply = await app.link.request(req)
+        reply = await self._request(req)
         assert isinstance(reply, wire.ReplayReply)
         if app.tracker.state(c.channel) is State.POSITION:
-            await app.wait_positioned([c.channel])  # the hand-over point must be known
+            await self._positioned()  # the hand-over point must be known
         return c.on_reply(reply, self._live())
 
+    async def _positioned(self) -> None:
+        """Wait for the tracker's position on the channel (``RETRY_FOR_S`` at most: its
+        position request is retried while the store fails over): handing over without it
+        could close the gate before messages the tracker will count as already delivered."""
+        app, ch = self.app, self.c.channel
+        deadline = trio.current_time() + RETRY_FOR_S
+        while app.tracker.state(ch) is State.POSITION:
+            if self.session.gone() or trio.current_time() >= deadline:
+                raise BrokerUnavailable(f"channel position unknown after {RETRY_FOR_S:.0f}s")
+            await app.wait_positioned([ch])
+            await trio.sleep(0)  # a checkpoint even if the wait returned at once
+
+    async def _request(self, req: wire.ReplayRequest) -> wire.Reply:
+        """``link.request``, asked again while the failure is transient (``RETRY_FOR_S``)."""
+        deadline = trio.current_time() + RETRY_FOR_S
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                return await self.app.link.request(req)
+            except (GripcastError, RemoteProtocolError) as exc:
+                if not transient(exc) or self.session.gone():
+                    raise
+                now = trio.current_time()
+                if now + delay > deadline:
+                    raise
+                self.resumer._retries += 1
+                log.info(
+                    "resume waits for history conn=%s channel=%s (retry in %.2fs): %s",
+                    self.session.id,
+                    self.c.channel,
+                    delay,
+                    exc,
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
     async def probe(self) -> bool:
-        """Ask history for the first page (nothing is delivered yet); whether it answers."""
+        """Ask history for the first page (nothing is delivered yet); whether it answers.
+
+        False also when history could not be asked (``unavailable``): ``finish`` then cuts the
+        session off rather than going live with a gap."""
         c = self.c
         try:
             self._first = await self._page(c.request())
         except (GripcastError, RemoteProtocolError) as exc:
             log.warning("resume failed channel=%s cursor=%s: %s", c.channel, c.cursor, exc)
             c.failed = True
+            if transient(exc):
+                self.unavailable = str(exc)
         return not c.failed
 
     async def finish(self, *, flush_on_fail: bool = True) -> bool:
         """Deliver the replay, then hand over to live delivery; returns ``ok``."""
         r, c, s = self.resumer, self.c, self.session
+        if self.unavailable is not None:
+            # what followed the cursor is unknown, not missing: never go live past it
+            r._fell_back += 1
+            r.abort(s, c.channel)
+            self._cut(f"history unavailable: {self.unavailable}")
+            return False
         if c.failed:
             r._fell_back += 1
             if not flush_on_fail:

@@ -18,11 +18,12 @@ import websockets
 from gripcontrol import GripPubControl, WebSocketMessageFormat
 from pubcontrol import Item
 
-from tests.helpers import wait_for
+from tests.helpers import MISSING, wait_for
 from tests.integration.cluster import Cluster
 from tests.integration.test_faults import restart_broker
 from tests.integration.wsorigin import WohOriginApp
 from tests.integration.wsraw import raw_ws
+from tests.redis_server import RedisServer, redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -471,3 +472,56 @@ def test_no_compression_by_default(woh):
             assert await recv(ws) == "x"
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed")
+def test_websocket_resume_while_the_store_is_down_misses_nothing(tmp_path):
+    """Chaos run D: a WebSocket resuming (``prev-id``) while Redis is down got the broker's
+    "store unavailable" and went live, missing what followed its cursor.  Now the edge waits
+    for the store (Redis restarted on its port, its data reloaded from its append-only file)
+    and replays."""
+    with RedisServer(None, "--appendonly", "yes") as redis, WohOriginApp() as origin:
+        with Cluster(
+            tmp_path,
+            routes=[f"* 127.0.0.1:{origin.port},over_http"],
+            store=f"redis://127.0.0.1:{redis.port}/0",
+        ) as cluster:
+            base = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=rs"
+
+            def pub(i):
+                fmt = WebSocketMessageFormat(json.dumps({"id": f"m{i}", "n": i}))
+                deadline = time.monotonic() + 15
+                while True:  # refused (503) until the broker's store answers again
+                    try:
+                        return publish(cluster, "rs", fmt, id=f"m{i}")
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+
+            async def main():
+                seen = []
+                async with websockets.connect(base) as ws:
+                    await ws.send("sync")
+                    assert await recv(ws) == "sync"
+                    await asyncio.to_thread(pub, 1)
+                    seen.append(json.loads(await recv(ws))["n"])
+                for i in (2, 3):  # published (acknowledged) while the client is away
+                    await asyncio.to_thread(pub, i)
+                redis.stop()  # SIGTERM: the append-only file is flushed
+                restarted = threading.Timer(1.5, redis.start)
+                restarted.start()
+                try:
+                    async with websockets.connect(base + "&prev=m1", open_timeout=20) as ws:
+                        for _ in range(2):
+                            seen.append(json.loads(await recv(ws, 20))["n"])
+                        restarted.join()
+                        await asyncio.to_thread(pub, 4)
+                        seen.append(json.loads(await recv(ws, 20))["n"])
+                finally:
+                    restarted.join()
+                assert seen == [1, 2, 3, 4]
+                ctl = [c for _, c in origin.events("TEXT") if c and c.startswith(b"c:")]
+                assert ctl == []  # no resume-failed: nothing to resync
+
+            asyncio.run(main())
