@@ -45,18 +45,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.origin import Origin
-from bench.procs import NotifySocket, free_ports
-from bench.redisfaults import RedisCluster, SentinelGroup, free_port_block
+from bench.procs import NotifySocket, free_port_block, free_ports
+from bench.redisprocs import RedisCluster, SentinelGroup
+from gripcast.runner import BROKER_PORT_KEYS
 
 FAULT_KINDS = ("broker_kill", "edge_kill", "redis_failover", "link_cut")
-BROKER_KEYS = (
-    "push_in_port",
-    "http_port",
-    "sub_in_port",
-    "command_port",
-    "edge_pub_port",
-    "edge_ctl_port",
-)
+BROKER_KEYS = BROKER_PORT_KEYS  # a broker's ports (gripcast.runner's, one list)
 REPO = Path(__file__).resolve().parent.parent
 
 

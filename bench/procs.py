@@ -20,7 +20,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Ports handed out by ``free_ports``: below Linux's ephemeral range (32768-60999 by default), so
 # an outgoing connection of another process never takes one between our pick and the child's
-# bind, and above tests' ``free_port_block`` (10000-21000).  Parallel runs (two test passes side
+# bind, and above ``free_port_block`` (10000-21000).  Parallel runs (two test passes side
 # by side) reserve each port in a shared directory for PORT_RESERVE_S so they never pick the
 # same one; a reservation older than that is taken over.
 PORT_RANGE = (21000, 32768)
@@ -83,6 +83,42 @@ def free_ports(n: int) -> list[int]:
     if len(got) == n:
         return got
     raise RuntimeError(f"no {n} free ports in {low}-{high}")
+
+
+def free_port_block(n: int, low: int = 10000, high: int = 21000) -> int:
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (for ``base + index`` schemes),
+    below ``free_ports``' range and the ephemeral range, each reserved across processes as
+    ``free_ports`` does (``reserve_port``)."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(low, high - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        if all(reserve_port(p) for p in range(base, base + n)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL: always leaves ``proc`` reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def raise_nofile() -> int:

@@ -20,30 +20,15 @@ from urllib.parse import quote, urlencode
 from rich.console import Console
 from rich.table import Table
 
-from gripcast.publish import GripUrl, auth_header, target_from_args
+from gripcast.publish import GripUrl, add_target_options, auth_header, target_from_args
 
 PREVIEW_CHARS = 60
 _FORMAT_TEXT = (("http-stream", "content"), ("ws-message", "content"), ("http-response", "body"))
 
 
 def add_auth_options(p: argparse.ArgumentParser) -> None:
-    """``gripcast publish``'s --url, --port-offset, --key, --iss (see its help)."""
-    p.add_argument(
-        "--url",
-        default=None,
-        metavar="URL",
-        help="publish API base URL, Fanout style with credentials allowed "
-        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
-    )
-    p.add_argument(
-        "--port-offset",
-        type=int,
-        default=0,
-        metavar="N",
-        help="port offset of the cluster, for the default URL (default 0)",
-    )
-    p.add_argument("--key", metavar="KEY", help="sign with this key (as gripcast publish)")
-    p.add_argument("--iss", metavar="ISS", help="JWT issuer (as gripcast publish)")
+    """``gripcast publish``'s --url, --port-offset, --key, --iss, and --json."""
+    add_target_options(p)
     p.add_argument("--json", action="store_true", help="print the broker's JSON answer as is")
 
 

@@ -96,6 +96,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gripcast.publish import add_target_options  # publish's --url/--port-offset/--key/--iss
+
     parser = argparse.ArgumentParser(
         prog="gripcast",
         description="gripcast: a realtime push cluster that speaks GRIP (Pushpin's protocol). "
@@ -179,32 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="message text (a newline is appended; default: standard input)",
     )
-    p.add_argument(
-        "--url",
-        default=None,
-        metavar="URL",
-        help="publish API base URL, Fanout style with credentials allowed "
-        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
-    )
-    p.add_argument(
-        "--port-offset",
-        type=int,
-        default=0,
-        metavar="N",
-        help="port offset of the cluster, for the default URL (default 0)",
-    )
-    p.add_argument(
-        "--key",
-        metavar="KEY",
-        help="sign with this key (the broker's publish_jwt_key; base64:<b64> for a binary "
-        "key), as gripcontrol does; default: the key= of GRIP_URL",
-    )
-    p.add_argument(
-        "--iss",
-        metavar="ISS",
-        help="JWT issuer (with --key: an HS256 token; without an issuer the key is sent as "
-        "a bearer token, as gripcontrol does); default: the iss= of GRIP_URL",
-    )
+    add_target_options(p)
     p.add_argument(
         "--id",
         dest="item_id",
@@ -300,23 +277,10 @@ def _add_presence(sub: Any) -> None:
         "presence = true), with their connection counts, from the broker's "
         "GET /channels/<channel>/presence (docs/channel-api.md).",
     )
+    from gripcast.publish import add_target_options
+
     p.add_argument("channel", metavar="CHANNEL", help="channel to ask about")
-    p.add_argument(
-        "--url",
-        default=None,
-        metavar="URL",
-        help="publish API base URL, Fanout style with credentials allowed "
-        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
-    )
-    p.add_argument(
-        "--port-offset",
-        type=int,
-        default=0,
-        metavar="N",
-        help="port offset of the cluster, for the default URL (default 0)",
-    )
-    p.add_argument("--key", metavar="KEY", help="the broker's publish_jwt_key (as publish)")
-    p.add_argument("--iss", metavar="ISS", help="JWT issuer (as publish)")
+    add_target_options(p)
     p.add_argument("--json", action="store_true", help="print the broker's JSON answer")
 
 

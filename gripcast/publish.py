@@ -152,6 +152,38 @@ def message_text(text: str | None, stdin: TextIO | None, close: bool) -> str:
     return data
 
 
+def add_target_options(p: argparse.ArgumentParser) -> None:
+    """The publish API target and auth options (``--url``, ``--port-offset``, ``--key``,
+    ``--iss``) that ``target_from_args`` reads: ``gripcast publish``, ``channels``, ``history``
+    and ``presence`` share them."""
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="publish API base URL, Fanout style with credentials allowed "
+        "(http://host:5561/?iss=ISS&key=KEY) (default $GRIP_URL or http://127.0.0.1:5561)",
+    )
+    p.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="port offset of the cluster, for the default URL (default 0)",
+    )
+    p.add_argument(
+        "--key",
+        metavar="KEY",
+        help="sign with this key (the broker's publish_jwt_key; base64:<b64> for a binary "
+        "key), as gripcontrol does; default: the key= of GRIP_URL",
+    )
+    p.add_argument(
+        "--iss",
+        metavar="ISS",
+        help="JWT issuer (with --key: an HS256 token; without an issuer the key is sent as "
+        "a bearer token, as gripcontrol does); default: the iss= of GRIP_URL",
+    )
+
+
 def target_from_args(args: argparse.Namespace, environ: dict[str, str]) -> GripUrl:
     """Where to publish and with what credentials: ``--url``, else ``GRIP_URL``, else the
     local broker; ``--iss``/``--key`` override the URL's.  ValueError for a bad key."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
 import time
 
 from bench.procs import (  # one copy of each, shared with the bench
     NotifySocket,
+    free_port_block,
     free_ports,
-    reserve_port,
+    stop_process,
 )
 
 __all__ = [
@@ -36,42 +34,6 @@ def skip_missing(what: str) -> None:
     import pytest
 
     pytest.skip(MISSING + what)
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
-    """SIGTERM, wait, then SIGKILL: always leaves ``proc`` reaped."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def free_port_block(n: int, low: int = 10000, high: int = 21000) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1 (for ``base + index`` schemes),
-    below ``free_ports``' range and the ephemeral range, each reserved across processes as
-    ``free_ports`` does (``bench.procs.reserve_port``)."""
-    import random
-
-    for _ in range(200):
-        base = random.randrange(low, high - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        if all(reserve_port(p) for p in range(base, base + n)):
-            return base
-    raise RuntimeError("no free port block")
 
 
 def wait_for(pred, timeout: float = 10.0, what: str = "condition not met") -> None:

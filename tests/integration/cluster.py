@@ -61,6 +61,42 @@ def gripcast(*args: str) -> list[str]:
     return [sys.executable, "-m", "gripcast", *args]
 
 
+def broker_configs(tmp, ports: list[dict], routes: list[str], store: str) -> list[str]:
+    """One config file per broker (``tmp/broker<i>.toml`` on ``ports[i]``), each listing every
+    broker's ``edge_pub_port``, on ``store``, with quick broker-link failure detection."""
+    common = dict(
+        store=store,
+        brokers=[f"127.0.0.1:{p['edge_pub_port']}" for p in ports],
+        broker_link_timeout_s=1.5,
+        drain_timeout_s=0.0,
+        log_level="warning",
+    )
+    return [write_config(tmp / f"broker{i}.toml", p, routes, **common) for i, p in enumerate(ports)]
+
+
+def start_brokers_edges(configs: list[str], edge_ports: list[int]) -> tuple[list[Proc], list[Proc]]:
+    """A broker per config and an edge per port (edge ``i`` on ``configs[0]``), all started at
+    once (edges retry their brokers until they answer), then each waited on; (brokers, edges).
+    If one never gets ready, all are stopped."""
+    brokers = [Proc(gripcast("broker", "--config", c)) for c in configs]
+    edges = [
+        Proc(
+            gripcast(
+                "edge", "--index", str(i), "--config", configs[0], "--port", f"127.0.0.1:{port}"
+            )
+        )
+        for i, port in enumerate(edge_ports)
+    ]
+    try:
+        for p in [*brokers, *edges]:
+            p.wait_ready()
+    except BaseException:
+        for p in [*reversed(edges), *brokers]:
+            p.stop()
+        raise
+    return brokers, edges
+
+
 class Cluster:
     """A broker plus edges, each a real process, sharing one config file."""
 

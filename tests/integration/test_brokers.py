@@ -31,21 +31,23 @@ import websockets
 
 from broker.errors import EXIT_CONFIG
 from broker.items import parse_http_publish
+from gripcast.runner import BROKER_PORT_KEYS
 from tests.helpers import free_port_block, free_ports, wait_for
-from tests.integration.cluster import Origin, Proc, StreamClient, gripcast, write_config
+from tests.integration.cluster import (
+    Origin,
+    Proc,
+    StreamClient,
+    broker_configs,
+    gripcast,
+    start_brokers_edges,
+    write_config,
+)
 from tests.integration.wsorigin import WohOriginApp
 from tests.redis_server import RedisServer, redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-BROKER_KEYS = (
-    "push_in_port",
-    "http_port",
-    "sub_in_port",
-    "command_port",
-    "edge_pub_port",
-    "edge_ctl_port",
-)
+BROKER_KEYS = BROKER_PORT_KEYS  # a broker's ports (gripcast.runner's, one list)
 # clients per edge and transport: a few dozen in all for CI; GRIPCAST_BROKERS_CLIENTS=100
 # (per edge and transport: 400 clients) is the heavier manual mode
 SSE_PER_EDGE = WS_PER_EDGE = int(os.environ.get("GRIPCAST_BROKERS_CLIENTS", "6"))
@@ -143,42 +145,18 @@ class Brokers:
         base = free_port_block(16)
         self.ports = [broker_ports(base), broker_ports(base + 10)]
         self.client_ports = free_ports(2)
-        listed = [f"127.0.0.1:{p['edge_pub_port']}" for p in self.ports]
         routes = [
             f"*,path_beg=/ws 127.0.0.1:{self.woh.port},over_http",
             f"* 127.0.0.1:{self.origin.port}",
         ]
-        common = dict(
-            store=self.url,
-            brokers=listed,
-            broker_link_timeout_s=1.5,
-            drain_timeout_s=0.0,
-            log_level="warning",
-        )
-        self.configs = [
-            write_config(tmp / f"broker{i}.toml", p, routes, **common)
-            for i, p in enumerate(self.ports)
-        ]
+        self.configs = broker_configs(tmp, self.ports, routes, self.url)
         self.brokers: list[Proc | None] = [None, None]
         self.edges: list[Proc] = []
 
     def start(self) -> None:
         """Every process at once (edges retry their brokers until they answer)."""
-        self.brokers = [Proc(gripcast("broker", "--config", c)) for c in self.configs]
-        for i, port in enumerate(self.client_ports):
-            argv = gripcast(
-                "edge",
-                "--index",
-                str(i),
-                "--config",
-                self.configs[0],
-                "--port",
-                f"127.0.0.1:{port}",
-            )
-            self.edges.append(Proc(argv))
-        for p in [*self.brokers, *self.edges]:
-            assert p is not None
-            p.wait_ready()
+        brokers, self.edges = start_brokers_edges(self.configs, self.client_ports)
+        self.brokers = list(brokers)
 
     def start_broker(self, i: int, wait: bool = True) -> None:
         self.brokers[i] = p = Proc(gripcast("broker", "--config", self.configs[i]))

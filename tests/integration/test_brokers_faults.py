@@ -23,7 +23,7 @@ import shutil
 import pytest
 
 from bench.chaos import ChaosCluster, ChaosConfig, Fault, run_on
-from bench.redisfaults import cli_available, redis_available
+from bench.redisprocs import cli_available, redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

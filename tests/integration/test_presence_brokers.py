@@ -24,21 +24,21 @@ import pytest
 import zmq
 
 from broker.ingest import tnetstring
+from gripcast.runner import BROKER_PORT_KEYS
 from tests.helpers import free_port_block, free_ports, wait_for
-from tests.integration.cluster import Origin, Proc, StreamClient, gripcast, write_config
+from tests.integration.cluster import (
+    Origin,
+    Proc,
+    StreamClient,
+    broker_configs,
+    gripcast,
+    start_brokers_edges,
+)
 from tests.redis_server import RedisServer, redis_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-BROKER_KEYS = (
-    "push_in_port",
-    "http_port",
-    "sub_in_port",
-    "command_port",
-    "edge_pub_port",
-    "edge_ctl_port",
-    "metrics_port",
-)
+BROKER_KEYS = (*BROKER_PORT_KEYS, "metrics_port")  # gripcast.runner's, and metrics
 NAMESPACE = """
 [[namespace]]
 prefix = "chat:"
@@ -63,43 +63,18 @@ class Cluster2:
         base = free_port_block(20)
         self.ports = [{k: base + 10 * b + i for i, k in enumerate(BROKER_KEYS)} for b in range(2)]
         self.edge_ports = free_ports(2)
-        common = dict(
-            store=f"redis://127.0.0.1:{self.redis.port}/0",
-            brokers=[f"127.0.0.1:{p['edge_pub_port']}" for p in self.ports],
-            broker_link_timeout_s=1.5,
-            drain_timeout_s=0.0,
-            log_level="warning",
-        )
-        self.configs = []
-        for i, p in enumerate(self.ports):
-            path = write_config(
-                tmp / f"broker{i}.toml", p, [f"* 127.0.0.1:{self.origin.port}"], **common
-            )
+        routes = [f"* 127.0.0.1:{self.origin.port}"]
+        store = f"redis://127.0.0.1:{self.redis.port}/0"
+        self.configs = broker_configs(tmp, self.ports, routes, store)
+        for path in self.configs:
             with open(path, "a") as fh:
                 fh.write(NAMESPACE)
-            self.configs.append(path)
         self.brokers: list[Proc | None] = [None, None]
         self.edges: list[Proc] = []
 
     def start(self) -> None:
-        self.brokers = [Proc(gripcast("broker", "--config", c)) for c in self.configs]
-        for i, port in enumerate(self.edge_ports):
-            self.edges.append(
-                Proc(
-                    gripcast(
-                        "edge",
-                        "--index",
-                        str(i),
-                        "--config",
-                        self.configs[0],
-                        "--port",
-                        f"127.0.0.1:{port}",
-                    )
-                )
-            )
-        for p in [*self.brokers, *self.edges]:
-            assert p is not None
-            p.wait_ready()
+        brokers, self.edges = start_brokers_edges(self.configs, self.edge_ports)
+        self.brokers = list(brokers)
 
     def restart_broker(self, i: int) -> None:
         p = self.brokers[i]
