@@ -108,13 +108,6 @@ def test_clients_resume_by_cursor_across_a_broker_loss(sentinel_cluster):
     assert r["faults"]["broker_kill"] == 1 and r["faults"]["edge_kill"] == 1
 
 
-@pytest.mark.xfail(
-    reason="known loss (issue #15, found here), now less frequent (1 run out of 2): after a "
-    "Cluster master's failover, the last acknowledged items of a channel of that shard reach no "
-    "client (their seqs were already seen by the edges).  Reads not confirmed by WAIT (another "
-    "connection's writes) were one cause (fixed); the rest is not found yet",
-    strict=False,
-)
 def test_cluster_master_killed_with_two_brokers(redis_cluster):
     """The Cluster master of one shard (holding some of the six channels) is killed: its
     channels' publishes are refused (503) until its replica takes over, none half-done."""
