@@ -56,7 +56,9 @@ replicas confirming raises ``RedisStoreError`` (a ``StoreUnavailable``: HTTP 503
 on the command socket), so a message is acknowledged only once N replicas hold it and a
 failover to one of them cannot lose it.  Reads (``position``, ``replay``) end with the same
 ``WAIT``: what an edge learns (a seq, a record) is on N replicas too, so no edge can see a seq
-that a failover then hands out again for another message.  A refused batch may still be on the
+that a failover then hands out again for another message.  ``WAIT`` covers only its own
+connection's writes, so such a read first makes a no-op write (``HINCRBY seq 0``, replicated):
+``WAIT`` then also covers what other connections (other brokers) wrote before the read.  A refused batch may still be on the
 master (its seqs are then used: edges repair them from history like any gap) or lost with it
 (never fanned out, so its seqs being handed out again cannot be noticed).
 
