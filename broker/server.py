@@ -252,6 +252,11 @@ class Broker:
             self.parts.pipeline.heartbeat()
             await trio.sleep(wire.HEARTBEAT_INTERVAL_S)
 
+    async def _serve_refused_markers(self) -> None:
+        while True:
+            await trio.sleep(wire.HEARTBEAT_INTERVAL_S)
+            await self.parts.pipeline.remark_refused()
+
     async def _serve_sequencer_timer(self) -> None:
         while True:
             await trio.sleep(SEQUENCER_POLL_S)
@@ -308,6 +313,7 @@ class Broker:
                 )
                 nursery.start_soon(self._serve_heartbeat, name="broker.serve_heartbeat")
                 nursery.start_soon(self._serve_sequencer_timer, name="broker.serve_sequencer")
+                nursery.start_soon(self._serve_refused_markers, name="broker.serve_refused")
                 nursery.start_soon(self._serve_status_sampler, name="broker.serve_status")
                 nursery.start_soon(p.presence.serve, name="broker.serve_presence")
                 if b.zap is not None:

@@ -155,6 +155,11 @@ class Pipeline:
         # position just before it, so an edge still positioning that channel delivers it
         # (instead of positioning past it when its own retried request is answered)
         self._unmarked: set[str] = set()
+        # channels with a refused write (StoreUnavailable): it may still be in the store (a
+        # WAIT that no replica confirmed), then nothing announces its seq unless something is
+        # published after it; once the store answers, their (confirmed) position is sent as a
+        # marker so edges repair those items from history (remark_refused)
+        self._refused: set[str] = set()
         self._recent_prev: dict[str, tuple[str, int]] = {}
         self._trailing_markers = 0
         self.channels = ChannelApi(self)  # history, channel state, live channels
@@ -225,6 +230,7 @@ class Pipeline:
             self.store_latency.observe(time.perf_counter() - t0)
         except StoreUnavailable as exc:
             self.sequencer.forget_ids(released)
+            self._refused.update(item.channel for item in released)
             self._store_failures += len(released)
             now = time.monotonic()
             if not self._store_down:
@@ -512,6 +518,24 @@ class Pipeline:
             log.error("store unavailable op=%s channel=%s error=%s", req.op, req.channel, exc)
             return control.error_reply(req.rid, "store unavailable")
         return control.replay_reply(req.rid, req.channel, rep)
+
+    async def remark_refused(self) -> None:
+        """Send the position marker of each live channel that had a refused write, once the
+        store answers (a confirmed read), so edges fetch what the refused write stored."""
+        while self._refused:
+            channel = next(iter(self._refused))
+            if channel not in self.live:
+                self._refused.discard(channel)
+                continue
+            try:
+                pos = await self.store.position(channel)
+            except StoreUnavailable:
+                return  # the next round tries again
+            self._refused.discard(channel)
+            if self.sockets.edge_pub.send_frame(
+                wire.encode_marker(channel, pos.epoch, pos.last_seq)
+            ):
+                self._markers += 1
 
     def heartbeat(self) -> None:
         """Send a heartbeat, then the trailing markers of the last two rounds' channels."""

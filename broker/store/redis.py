@@ -56,7 +56,9 @@ replicas confirming raises ``RedisStoreError`` (a ``StoreUnavailable``: HTTP 503
 on the command socket), so a message is acknowledged only once N replicas hold it and a
 failover to one of them cannot lose it.  Reads (``position``, ``replay``) end with the same
 ``WAIT``: what an edge learns (a seq, a record) is on N replicas too, so no edge can see a seq
-that a failover then hands out again for another message.  A refused batch may still be on the
+that a failover then hands out again for another message.  ``WAIT`` covers only its own
+connection's writes, so such a read first makes a no-op write (``HINCRBY seq 0``, replicated):
+``WAIT`` then also covers what other connections (other brokers) wrote before the read.  A refused batch may still be on the
 master (its seqs are then used: edges repair them from history like any gap) or lost with it
 (never fanned out, so its seqs being handed out again cannot be noticed).
 
@@ -164,6 +166,13 @@ local function ensure_epoch(meta, stream, candidate)
   if redis.call('HSETNX', meta, 'epoch', candidate) == 1 then
     redis.call('DEL', stream)  -- a stale stream from a lost epoch
   end
+end
+
+-- a read followed by WAIT: a no-op write (it is replicated) moves this connection's
+-- replication offset up to the master's, so WAIT confirms every write the read saw,
+-- whichever connection made it (WAIT only covers the caller's own writes)
+local function confirm(meta, flag)
+  if flag == '1' then redis.call('HINCRBY', meta, 'seq', 0) end
 end
 
 -- drop entries older than cutoff (ms, field t) from the head of the stream
@@ -304,24 +313,27 @@ return {epochs, out, lastids}
 """
 )
 
-# KEYS: meta, stream.  ARGV: epoch candidate -> {epoch, seq or false, last_id or false}
+# KEYS: meta, stream.  ARGV: epoch candidate, confirm ('1': before WAIT)
+# -> {epoch, seq or false, last_id or false}
 _LUA_POSITION = (
     _LUA_COMMON
     + r"""
 ensure_epoch(KEYS[1], KEYS[2], ARGV[1])
+confirm(KEYS[1], ARGV[2])
 return redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'last_id')
 """
 )
 
 # KEYS: meta, stream.
 # ARGV: epoch candidate, epoch ('' = current), after_seq ('' = none), after_id ('' = none),
-#       limit, cutoff_ms
+#       limit, cutoff_ms, confirm ('1': before WAIT)
 # -> {epoch, last_seq, from_cursor (1: records start after the cursor, 0: oldest retained), records}
 _LUA_REPLAY = (
     _LUA_COMMON
     + r"""
 local meta, stream = KEYS[1], KEYS[2]
 ensure_epoch(meta, stream, ARGV[1])
+confirm(meta, ARGV[7])
 local m = redis.call('HMGET', meta, 'epoch', 'seq', 'last_id')
 local epoch, last_seq, last_id = m[1], tonumber(m[2]) or 0, m[3] or ''
 expire_head(stream, tonumber(ARGV[6]))
@@ -705,6 +717,7 @@ class RedisStore:
             self.meta_key(channel),
             self.stream_key(channel),
             self._new_epoch(),
+            "1" if self.wait_replicas else "",
         )
         (reply,) = await self._run_scripts(_POSITION, [cmd], [self._slot_of(channel)])
         epoch, seq, last_id = reply
@@ -743,6 +756,7 @@ class RedisStore:
             after_id or "",
             limit,
             cutoff_ms,
+            "1" if self.wait_replicas else "",
         )
         (reply,) = await self._run_scripts(_REPLAY, [cmd], [self._slot_of(channel)])
         cur_epoch, last_seq, from_cursor, records = reply

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from broker import wire
 from broker.config import Config
+from broker.errors import StoreUnavailable
 from broker.history import MemoryHistory
 from broker.ingest.pipeline import Pipeline, PipelineSockets, _marker_frame
 from broker.items import Item
@@ -115,3 +116,43 @@ def test_heartbeat_marks_live_channels_of_the_last_two_rounds(rig):
     p.heartbeat()
     assert len(_drain(sub)) == 1  # the heartbeat alone
     assert p.statistics().trailing_markers == 5
+
+
+class _RefusingStore(MemoryStore):
+    """Stores every write but, while ``down``, refuses it afterwards (a WAIT no replica
+    confirmed) and refuses reads too."""
+
+    down = False
+
+    async def append_batch(self, items, now):
+        envs = await super().append_batch(items, now)
+        if self.down:
+            raise StoreUnavailable("only 0 of 1 replicas confirmed")
+        return envs
+
+    async def position(self, channel):
+        if self.down:
+            raise StoreUnavailable("only 0 of 1 replicas confirmed")
+        return await super().position(channel)
+
+
+def test_a_refused_write_is_announced_once_the_store_answers(rig):
+    p, sub, _stats = rig
+    store = _RefusingStore(MemoryHistory(max_items=100))
+    p.store = store
+    p.live.update({"a", "gone"})
+    trio.run(p.publish, _items("a"))
+    (first,) = map(wire.decode_frame, _drain(sub))
+    store.down = True
+    for ch in ("a", "a", "gone"):
+        with pytest.raises(StoreUnavailable):
+            trio.run(p.publish, _items(ch))  # stored (seq 2, 3 of a), not acknowledged
+    assert _drain(sub) == []  # nothing fanned out
+    p.live.discard("gone")
+    trio.run(p.remark_refused)  # the store still refuses: nothing yet
+    assert _drain(sub) == []
+    store.down = False
+    trio.run(p.remark_refused)  # a's confirmed position: edges repair seqs 2 and 3
+    assert [wire.decode_frame(f) for f in _drain(sub)] == [wire.Marker("a", first.epoch, 3)]
+    trio.run(p.remark_refused)  # once
+    assert _drain(sub) == []

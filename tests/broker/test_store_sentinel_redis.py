@@ -6,6 +6,8 @@ confirm, and sequencing continues on the new master with no reused or lost seq."
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import time
 
 import pytest
@@ -99,6 +101,43 @@ def test_wait_refuses_what_no_replica_confirmed(group):
             assert env.seq == 3 + refused_first + refused
         finally:
             await store.aclose()
+
+    trio.run(main)
+
+
+def test_a_read_confirms_what_other_connections_wrote(group):
+    """WAIT only covers its own connection's writes: a read (position, replay) must not hand
+    out a seq another connection wrote that no replica holds yet (a failover would reuse it)."""
+
+    async def main():
+        writer = open_store(group)  # wait_replicas=0: stored on the master alone
+        reader = open_store(group, wait_replicas=1, redis_wait_timeout_ms=200)
+        replica = next(s for s in group.servers if s.port != group.master_port)
+        try:
+            await writer.append_batch([item(0)], time.time())
+            pos = await reader.position("s")  # the replica is in sync: confirmed
+            assert pos.last_seq == 1
+            assert replica.proc is not None
+            os.kill(replica.proc.pid, signal.SIGSTOP)  # acknowledges nothing from now on
+            try:
+                await writer.append_batch([item(1)], time.time())
+                with pytest.raises(RedisStoreError, match="only 0 of 1 replicas"):
+                    await reader.position("s")
+                with pytest.raises(RedisStoreError, match="only 0 of 1 replicas"):
+                    await reader.replay("s", after_seq=0)
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            deadline = trio.current_time() + 10
+            while True:  # confirmed again once the replica has caught up
+                try:
+                    assert (await reader.position("s")).last_seq == 2
+                    break
+                except RedisStoreError:
+                    assert trio.current_time() < deadline
+                    await trio.sleep(0.05)
+        finally:
+            await writer.aclose()
+            await reader.aclose()
 
     trio.run(main)
 

@@ -108,13 +108,6 @@ def test_clients_resume_by_cursor_across_a_broker_loss(sentinel_cluster):
     assert r["faults"]["broker_kill"] == 1 and r["faults"]["edge_kill"] == 1
 
 
-@pytest.mark.xfail(
-    reason="known loss (issue #15, found here): after a Cluster master's failover, publishes to "
-    "its shard are refused while the promoted replica has no replica of its own (WAIT 0 of 1); "
-    "the next acknowledged items of such a channel take the seqs those refused items had and "
-    "reach no client (edges drop seq <= last_seq as duplicates); reproduced 4 runs out of 4",
-    strict=False,
-)
 def test_cluster_master_killed_with_two_brokers(redis_cluster):
     """The Cluster master of one shard (holding some of the six channels) is killed: its
     channels' publishes are refused (503) until its replica takes over, none half-done."""
