@@ -13,6 +13,7 @@ import time
 import pytest
 import trio
 
+from bench.redisprocs import info, wait
 from broker import store as stores
 from broker.config import Config
 from broker.errors import StoreUnavailable
@@ -217,7 +218,19 @@ def test_coordinated_failover_is_followed_and_sequencing_continues():
                 # both replicas hold them before the failover: WAIT 1 confirmed one, and the
                 # sentinels may promote the other (then the channel's data is gone and a new
                 # epoch is right, but not what this test is about)
-                assert command(old, "WAIT", 2, 10000) == 2
+                # (WAIT on a fresh connection would confirm nothing: it waits for that
+                # connection's own writes, so compare replication offsets instead)
+                target = int(info(old)["master_repl_offset"])
+                replicas = [r.port for r in group.servers if r.port != old]
+                await trio.to_thread.run_sync(
+                    lambda: wait(
+                        lambda: all(
+                            int(info(p).get("slave_repl_offset", "0")) >= target for p in replicas
+                        ),
+                        10,
+                        "replicas never caught up",
+                    )
+                )
                 assert command(group.sentinels[0].port, "SENTINEL", "FAILOVER", "gcmaster") == b"OK"
                 await trio.to_thread.run_sync(group.wait_failover, old)
                 env, refused = await append_until_stored(store, 10)
