@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from broker.errors import ConfigError, RemoteProtocolError
+from broker.store.addr import hostport, parse_hostport
 
 SCHEME = "redis+cluster"
 SLOTS = 16384
@@ -70,34 +71,6 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(SCHEME + "://")
 
 
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_node(text: str) -> tuple[str, int]:
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"unclosed '[' in {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"bad address {text!r}")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = text.partition(":")
-        if ":" in port_text:
-            raise ValueError(f"bad address {text!r} (an IPv6 address goes in [brackets])")
-    if not host:
-        raise ValueError(f"a node address has no host ({text!r})")
-    port = DEFAULT_PORT
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port {port_text!r}")
-        port = int(port_text)
-    return host, port
-
-
 def parse_cluster_url(url: str) -> ClusterURL:
     """Parse a ``redis+cluster://`` URL (module docstring); ConfigError listing every problem."""
     prefix = SCHEME + "://"
@@ -118,7 +91,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     else:
         for part in netloc.split(","):
             try:
-                seeds.append(_parse_node(part))
+                seeds.append(parse_hostport(part, DEFAULT_PORT, "a node"))
             except ValueError as exc:
                 problems.append(f"store: Redis Cluster URL: {exc}")
     if path.strip("/"):

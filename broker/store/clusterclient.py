@@ -37,11 +37,11 @@ import hiredis
 import trio
 
 from broker.errors import LocalProtocolError
+from broker.store.addr import hostport
 from broker.store.cluster import (
     SLOTS,
     ClusterReplyError,
     ClusterURL,
-    hostport,
     parse_redirect,
     parse_slots,
 )

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from broker.errors import ConfigError, RemoteProtocolError
+from broker.store.addr import hostport, parse_hostport
 
 SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -51,7 +52,7 @@ class SentinelURL:
 
     def describe(self) -> str:
         """The URL without passwords (for logs)."""
-        hosts = ",".join(_hostport(h, p) for h, p in self.sentinels)
+        hosts = ",".join(hostport(h, p) for h, p in self.sentinels)
         return f"{SCHEME}://{hosts}/{self.master_name}/{self.db}"
 
 
@@ -76,34 +77,6 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SCHEME + "://")
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_host(text: str) -> tuple[str, int]:
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"unclosed '[' in {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"bad address {text!r}")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = text.partition(":")
-        if ":" in port_text:
-            raise ValueError(f"bad address {text!r} (an IPv6 address goes in [brackets])")
-    if not host:
-        raise ValueError(f"a sentinel address has no host ({text!r})")
-    port = SENTINEL_PORT
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port {port_text!r}")
-        port = int(port_text)
-    return host, port
-
-
 def parse_sentinel_url(url: str) -> SentinelURL:
     """Parse a ``redis+sentinel://`` URL (module docstring); ConfigError naming what is wrong."""
     prefix = SCHEME + "://"
@@ -124,7 +97,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     else:
         for part in netloc.split(","):
             try:
-                sentinels.append(_parse_host(part))
+                sentinels.append(parse_hostport(part, SENTINEL_PORT, "a sentinel"))
             except ValueError as exc:
                 problems.append(f"store: Sentinel URL: {exc}")
     segments = [unquote(s) for s in path.split("/")] if path else []
