@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
+from broker.errors import ConfigError
+
 
 def hostport(host: str, port: int) -> str:
     """``host:port``, an IPv6 host in brackets."""
@@ -33,3 +37,33 @@ def parse_hostport(text: str, default_port: int, role: str) -> tuple[str, int]:
             raise ValueError(f"bad port {port_text!r}")
         port = int(port_text)
     return host, port
+
+
+def split_hosts_url(
+    url: str, scheme: str, label: str, default_port: int, role: str, what: str = "host:port"
+) -> tuple[list[tuple[str, int]], str | None, str, str, list[str]]:
+    """The parts common to ``<scheme>://[:password@]host[:port],...[/path][?query]`` URLs:
+    ``(hosts, password, path, query, problems)``; ``label`` names the URL in messages ("Sentinel
+    URL"), ``role`` each address ("a sentinel"), ``what`` the list when it is empty.  Raises
+    ConfigError when the scheme is wrong (nothing else can be read then)."""
+    prefix = scheme + "://"
+    if not url.startswith(prefix):
+        raise ConfigError([f"store: a {label} must start with {prefix} (got {url!r})"])
+    rest, _, query = url[len(prefix) :].partition("?")
+    netloc, _, path = rest.partition("/")
+    problems: list[str] = []
+    password: str | None = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        _, _, pw = userinfo.partition(":")
+        password = unquote(pw) if pw else None
+    hosts: list[tuple[str, int]] = []
+    if not netloc:
+        problems.append(f"store: {label} lists no {what} ({url!r})")
+    else:
+        for part in netloc.split(","):
+            try:
+                hosts.append(parse_hostport(part, default_port, role))
+            except ValueError as exc:
+                problems.append(f"store: {label}: {exc}")
+    return hosts, password, path, query, problems

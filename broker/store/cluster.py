@@ -31,10 +31,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from broker.errors import ConfigError, RemoteProtocolError
-from broker.store.addr import hostport, parse_hostport
+from broker.store.addr import hostport, split_hosts_url
 
 SCHEME = "redis+cluster"
 SLOTS = 16384
@@ -73,27 +72,9 @@ def is_cluster_url(url: str) -> bool:
 
 def parse_cluster_url(url: str) -> ClusterURL:
     """Parse a ``redis+cluster://`` URL (module docstring); ConfigError listing every problem."""
-    prefix = SCHEME + "://"
-    if not url.startswith(prefix):
-        raise ConfigError([f"store: a Redis Cluster URL must start with {prefix} (got {url!r})"])
-    rest = url[len(prefix) :]
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    problems: list[str] = []
-    password: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        _, _, pw = userinfo.partition(":")
-        password = unquote(pw) if pw else None
-    seeds: list[tuple[str, int]] = []
-    if not netloc:
-        problems.append(f"store: Redis Cluster URL lists no host:port ({url!r})")
-    else:
-        for part in netloc.split(","):
-            try:
-                seeds.append(parse_hostport(part, DEFAULT_PORT, "a node"))
-            except ValueError as exc:
-                problems.append(f"store: Redis Cluster URL: {exc}")
+    seeds, password, path, query, problems = split_hosts_url(
+        url, SCHEME, "Redis Cluster URL", DEFAULT_PORT, "a node"
+    )
     if path.strip("/"):
         problems.append(
             f"store: Redis Cluster URL takes no path (a cluster has one database; got {path!r})"

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from broker.errors import ConfigError, RemoteProtocolError
-from broker.store.addr import hostport, parse_hostport
+from broker.store.addr import hostport, split_hosts_url
 
 SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
@@ -79,27 +79,9 @@ def is_sentinel_url(url: str) -> bool:
 
 def parse_sentinel_url(url: str) -> SentinelURL:
     """Parse a ``redis+sentinel://`` URL (module docstring); ConfigError naming what is wrong."""
-    prefix = SCHEME + "://"
-    if not url.startswith(prefix):
-        raise ConfigError([f"store: a Sentinel URL must start with {prefix} (got {url!r})"])
-    rest = url[len(prefix) :]
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    problems: list[str] = []
-    password: str | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        _, _, pw = userinfo.partition(":")
-        password = unquote(pw) if pw else None
-    sentinels: list[tuple[str, int]] = []
-    if not netloc:
-        problems.append(f"store: Sentinel URL lists no sentinel host:port ({url!r})")
-    else:
-        for part in netloc.split(","):
-            try:
-                sentinels.append(parse_hostport(part, SENTINEL_PORT, "a sentinel"))
-            except ValueError as exc:
-                problems.append(f"store: Sentinel URL: {exc}")
+    sentinels, password, path, query, problems = split_hosts_url(
+        url, SCHEME, "Sentinel URL", SENTINEL_PORT, "a sentinel", "sentinel host:port"
+    )
     segments = [unquote(s) for s in path.split("/")] if path else []
     while segments and segments[-1] == "":
         segments.pop()
@@ -107,7 +89,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     db = 0
     if not master_name:
         problems.append(
-            f"store: Sentinel URL needs the master name: {prefix}host:port/<master-name>[/db]"
+            f"store: Sentinel URL needs the master name: {SCHEME}://host:port/<master-name>[/db]"
         )
     if len(segments) > 2:
         problems.append(f"store: Sentinel URL path is /<master-name>[/db] (got {path!r})")
