@@ -211,6 +211,10 @@ class Config:
     # how long an edge waits for a missing seq to arrive from another broker before it asks
     # for a replay (only with several brokers; one broker's PUB/SUB keeps order)
     reorder_window_s: float = 0.05
+    # an edge resuming a client whose history request fails *for now* (the store failing over,
+    # no broker answering) asks again with backoff for this long, holding the client's live
+    # messages, then cuts the client off (it resumes with its cursor); never live with a gap
+    resume_retry_for_s: float = _reload(15.0, "edge")
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -336,6 +340,8 @@ def _validate_brokers(cfg: Config) -> list[str]:
         seen.add(key)
     if not 0 <= cfg.reorder_window_s <= 10:
         problems.append("reorder_window_s: must be 0 to 10 seconds")
+    if not 0.1 <= cfg.resume_retry_for_s <= 600:
+        problems.append("resume_retry_for_s: must be 0.1 to 600 seconds")
     return problems
 
 

@@ -184,7 +184,7 @@ class Edge:
             len(link.links), cfg.broker_link_timeout_s, trio.current_time()
         )
         self._pos_failed: set[str] = set()  # position requests to retry (edge.sync.repair)
-        self.resumer = Resumer(self)
+        self.resumer = Resumer(self, cfg.resume_retry_for_s)
         # HTTP holds: recover, first-subscription retries, the next-link update limiter
         self.holds = HoldRegistry(cfg.next_link_updates_per_s)
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
@@ -215,6 +215,8 @@ class Edge:
         origin_tls.carry_counts(self.origin_client.tls)  # counters survive a reload
         self.origin_client.tls = origin_tls  # TLS toward ssl targets (edge.origin.tls)
         self.upstream = upstream  # upstream_key (edge.upstream: chaining)
+        if hasattr(self, "resumer"):  # not yet at startup (__init__ passes the key)
+            self.resumer.retry_for_s = cfg.resume_retry_for_s
 
     # -- used by connections -------------------------------------------------------------------
 

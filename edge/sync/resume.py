@@ -21,7 +21,7 @@ with no gap and no duplicate, and returns:
   returning; with False they are dropped (a response hold that is about to be retried).
   A history request that fails only *for now* (the broker's store failing over answers "store
   unavailable", or no broker answers) is not a miss: it is asked again with backoff for up to
-  ``RETRY_FOR_S``, the live messages staying held; past that the session is cut off (its
+  ``resume_retry_for_s`` (config, default 15 s), the live messages staying held; past that the session is cut off (its
   client resumes with its cursor) and ``False`` returned: never live with a gap.
 
 A stream hold must know whether history answers *before* its response head (Pushpin answers
@@ -98,7 +98,8 @@ HANDOVER_POLL_S = 0.005
 # for up to RETRY_FOR_S; the session's live messages stay held at the gate meanwhile.  Only a
 # cursor history does not hold is a resume failure: going live on a transient error would skip
 # what was published after the cursor.  Past the bound the session is cut off (its client
-# resumes with its cursor), never handed over with a gap.
+# resumes with its cursor), never handed over with a gap.  The edge's ``resume_retry_for_s``
+# config key sets it (``Resumer.retry_for_s``; applied on SIGHUP); this is its default.
 RETRY_FOR_S = 15.0
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
@@ -290,8 +291,9 @@ class Resumer:
     """Drives ``Catchup`` against the broker link for an edge (``app``: the deliverer's
     ``gate`` dict is filled here; ``edge.services.ResumeServices``)."""
 
-    def __init__(self, app: ResumeServices) -> None:
+    def __init__(self, app: ResumeServices, retry_for_s: float = RETRY_FOR_S) -> None:
         self.app = app
+        self.retry_for_s = retry_for_s  # config ``resume_retry_for_s`` (module docstring)
         self._resumes = self._answered = self._fell_back = 0
         self._replayed = self._dups = self._overflows = self._cut = 0
         self._retries = 0
@@ -377,20 +379,21 @@ class Resume:
         return c.on_reply(reply, self._live())
 
     async def _positioned(self) -> None:
-        """Wait for the tracker's position on the channel (``RETRY_FOR_S`` at most: its
+        """Wait for the tracker's position on the channel (``retry_for_s`` at most: its
         position request is retried while the store fails over): handing over without it
         could close the gate before messages the tracker will count as already delivered."""
         app, ch = self.app, self.c.channel
-        deadline = trio.current_time() + RETRY_FOR_S
+        bound = self.resumer.retry_for_s
+        deadline = trio.current_time() + bound
         while app.tracker.state(ch) is State.POSITION:
             if self.session.gone() or trio.current_time() >= deadline:
-                raise BrokerUnavailable(f"channel position unknown after {RETRY_FOR_S:.0f}s")
+                raise BrokerUnavailable(f"channel position unknown after {bound:g}s")
             await app.wait_positioned([ch])
             await trio.sleep(0)  # a checkpoint even if the wait returned at once
 
     async def _request(self, req: wire.ReplayRequest) -> wire.Reply:
-        """``link.request``, asked again while the failure is transient (``RETRY_FOR_S``)."""
-        deadline = trio.current_time() + RETRY_FOR_S
+        """``link.request``, asked again while the failure is transient (``retry_for_s``)."""
+        deadline = trio.current_time() + self.resumer.retry_for_s
         delay = RETRY_FIRST_S
         while True:
             try:

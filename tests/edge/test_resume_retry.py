@@ -172,3 +172,31 @@ def test_replay_waits_for_the_tracker_position(positioned_at, ok):
         assert app.session.got == [4, 5, 6, 7] and not app.session.cut
     else:
         assert app.session.got == [] and len(app.session.cut) == 1
+
+
+@pytest.mark.parametrize("bound", [0.5, 3.0, 40.0])
+def test_retry_bound_is_the_configured_resume_retry_for_s(bound):
+    """``resume_retry_for_s`` (``Resumer.retry_for_s``) bounds the wait: the session is cut
+    off once the next retry would pass it, never before, whatever the bound."""
+    app = App(5, down=10_000)
+    resumer = Resumer(app, retry_for_s=bound)  # type: ignore[arg-type]
+    cut_at: list[float] = []
+
+    async def main() -> None:
+        ok = await resumer.resume(app.session, "c", "m3")
+        assert not ok
+        cut_at.append(trio.current_time())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(app.session.cut) == 1 and "history unavailable" in app.session.cut[0]
+    # the last retry's backoff (at most RETRY_MAX_S) plus its round trip before the bound
+    assert bound - resume_mod.RETRY_MAX_S - 0.05 <= cut_at[0] <= bound + 0.05
+
+
+def test_reload_changes_the_retry_bound():
+    """The edge applies the key on SIGHUP (``reloadable_keys``), through ``set_routes``."""
+    from broker.config import load_config, reloadable_keys
+
+    assert "resume_retry_for_s" in reloadable_keys("edge")
+    assert load_config(env={}).resume_retry_for_s == resume_mod.RETRY_FOR_S
+    assert load_config(env={"GRIPCAST_RESUME_RETRY_FOR_S": "2.5"}).resume_retry_for_s == 2.5

@@ -112,3 +112,12 @@ def test_plan_children_one_config_per_broker(tmp_path):
     assert edge["http_port"] is None  # edges keep the listed brokers, not broker ports
     text = runner.banner(cfg, children)
     assert "2 brokers" in text and ":5561/publish/" in text and ":5571/publish/" in text
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.05, 601, "soon"])
+def test_resume_retry_for_s_is_validated_with_the_other_problems(value):
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={}, overrides={"resume_retry_for_s": value, "reorder_window_s": -1})
+    text = str(exc.value)
+    assert "resume_retry_for_s" in text and "reorder_window_s" in text  # all at once
+    assert load_config(env={}, overrides={"resume_retry_for_s": 0.1}).resume_retry_for_s == 0.1
