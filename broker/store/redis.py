@@ -62,6 +62,15 @@ connection's writes, so such a read first makes a no-op write (``HINCRBY seq 0``
 master (its seqs are then used: edges repair them from history like any gap) or lost with it
 (never fanned out, so its seqs being handed out again cannot be noticed).
 
+Seq went backwards: without ``WAIT`` a failover may promote a replica that missed acknowledged
+writes, so a channel's seq in Redis is lower than seqs already handed out (and delivered).  The
+store remembers per channel the highest ``(epoch, seq)`` it stored or read (``_seen``, at most
+``SEEN_CHANNELS_MAX`` channels, least recently touched dropped first) and passes it to every
+script: ``check_floor`` moves a channel found in that epoch below that seq to a new epoch (seq
+0, stream deleted) before anything else, atomically, so every broker agrees and no seq is
+handed out twice (counted ``seq_regressions``, logged).  Edges catch the case a broker cannot
+(it restarted, forgetting): ``edge.sync.tracker``.
+
 Redis Cluster (``redis+cluster://`` URLs, ``broker.store.clusterclient``): ``WAIT`` is sent to
 every master written to and the fewest confirmations count; while a failed master's slots have
 no master (until the cluster promotes a replica) its channels' writes are refused
@@ -103,6 +112,8 @@ hash); age is measured with the ``now`` the broker passes (wall-clock seconds), 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -129,12 +140,14 @@ from broker.store.sentinelclient import SentinelLocator, SentinelLocatorStatisti
 from broker.wire import REPLAY_LIMIT, Envelope
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+log = logging.getLogger(__name__)
 
 
 def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+SEEN_CHANNELS_MAX = 100_000  # channels whose highest seen seq is remembered (oldest dropped)
 HELD_RETRY_S = 0.1  # items held for their prev-id are offered again this often (``serve``)
 RECOVER_CHANNELS_MAX = 100_000  # after a recover, channels let through unchecked, at most
 
@@ -157,6 +170,7 @@ class RedisStoreStatistics:
     dropped_duplicate: int  # shared sequencing: ids Redis had seen within id_cache_ttl_s
     held: int  # shared sequencing: items held (each try) because prev-id was not the last id
     timed_out: int  # shared sequencing: held items stored without the check after the wait
+    seq_regressions: int = 0  # channels moved to a new epoch: their seq went backwards
 
 
 # -- Lua -------------------------------------------------------------------------------------
@@ -166,6 +180,19 @@ local function ensure_epoch(meta, stream, candidate)
   if redis.call('HSETNX', meta, 'epoch', candidate) == 1 then
     redis.call('DEL', stream)  -- a stale stream from a lost epoch
   end
+end
+
+-- seq went backwards (a failover lost acknowledged writes: module docstring, "Seq went
+-- backwards"): the caller saw seq fseq in epoch fepoch; if the channel is still in that epoch
+-- with a lower seq, move it to the new epoch 'candidate' now (seq 0, no last id, the stale
+-- stream deleted), before anything is sequenced, so no seq is ever handed out twice.  1: moved
+local function check_floor(meta, stream, candidate, fepoch, fseq)
+  if fepoch == nil or fepoch == '' then return 0 end
+  local m = redis.call('HMGET', meta, 'epoch', 'seq')
+  if m[1] ~= fepoch or (tonumber(m[2]) or 0) >= tonumber(fseq) then return 0 end
+  redis.call('DEL', meta, stream)
+  redis.call('HSET', meta, 'epoch', candidate)
+  return 1
 end
 
 -- a read followed by WAIT: a no-op write (it is replicated) moves this connection's
@@ -222,24 +249,28 @@ end
 
 # KEYS: meta_1, stream_1, ids_1, ..., meta_n, stream_n, ids_n (the distinct channels)
 # ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, maxbytes (0: none), id_ttl_ms (0: no
-#       de-duplication here), n, epoch candidate x n, then per item: channel index (1-based),
+#       de-duplication here), n, epoch candidate x n, seen epoch x n ('' none), seen seq x n
+#       (the broker's floor per channel: ``check_floor``), then per item: channel index (1-based),
 #       publisher id or '', record tail, payload bytes, prev id or '', flags (1: de-duplicate
 #       the id, 2: hold if prev id is not the channel's last id)
 # -> {{epoch_1..epoch_n}, {seq per item: > 0 stored, 0 duplicate dropped, -1 held},
-#     {last id per channel after the batch}}
+#     {last id per channel after the batch}, channels moved to a new epoch (seq went back)}
 _LUA_APPEND = (
     _LUA_COMMON
     + r"""
 local nch = tonumber(ARGV[8])
-local base = 8 + nch
+local base = 8 + 3 * nch
 local nitems = (#ARGV - base) / 6
 local idttl = tonumber(ARGV[7])
 local now = tonumber(ARGV[5])
 local counts, epochs, seqs, lastids, totals, touched = {}, {}, {}, {}, {}, {}
 local verdict = {}
 local call = redis.call
+local moved = 0
 for c = 1, nch do
   counts[c] = 0
+  moved = moved + check_floor(KEYS[3 * c - 2], KEYS[3 * c - 1], ARGV[8 + c], ARGV[8 + nch + c],
+                              ARGV[8 + 2 * nch + c])
   lastids[c] = call('HGET', KEYS[3 * c - 2], 'last_id') or ''
 end
 for k = 0, nitems - 1 do
@@ -309,29 +340,33 @@ for c = 1, nch do
   expire_head(KEYS[3 * c - 1], cutoff)
   if ttl > 0 then call('PEXPIRE', KEYS[3 * c - 1], ttl) end
 end
-return {epochs, out, lastids}
+return {epochs, out, lastids, moved}
 """
 )
 
-# KEYS: meta, stream.  ARGV: epoch candidate, confirm ('1': before WAIT)
-# -> {epoch, seq or false, last_id or false}
+# KEYS: meta, stream.  ARGV: epoch candidate, confirm ('1': before WAIT), seen epoch, seen seq
+# -> {epoch, seq or false, last_id or false, 1 if moved to a new epoch (check_floor)}
 _LUA_POSITION = (
     _LUA_COMMON
     + r"""
+local moved = check_floor(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[4])
 ensure_epoch(KEYS[1], KEYS[2], ARGV[1])
 confirm(KEYS[1], ARGV[2])
-return redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'last_id')
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'last_id')
+return {m[1], m[2], m[3], moved}
 """
 )
 
 # KEYS: meta, stream.
 # ARGV: epoch candidate, epoch ('' = current), after_seq ('' = none), after_id ('' = none),
-#       limit, cutoff_ms, confirm ('1': before WAIT)
-# -> {epoch, last_seq, from_cursor (1: records start after the cursor, 0: oldest retained), records}
+#       limit, cutoff_ms, confirm ('1': before WAIT), seen epoch, seen seq
+# -> {epoch, last_seq, from_cursor (1: records start after the cursor, 0: oldest retained), records,
+#     1 if moved to a new epoch (check_floor)}
 _LUA_REPLAY = (
     _LUA_COMMON
     + r"""
 local meta, stream = KEYS[1], KEYS[2]
+local moved = check_floor(meta, stream, ARGV[1], ARGV[8], ARGV[9])
 ensure_epoch(meta, stream, ARGV[1])
 confirm(meta, ARGV[7])
 local m = redis.call('HMGET', meta, 'epoch', 'seq', 'last_id')
@@ -388,11 +423,12 @@ if start ~= nil then
   if #page > 0 then first = tonumber(string.match(page[1][1], '^(%d+)')) end
   if first == start + 1 then
     if limit == 0 then page = {} end
-    return {epoch, last_seq, 1, records(page)}
+    return {epoch, last_seq, 1, records(page), moved}
   end
 end
-if limit == 0 then return {epoch, last_seq, 0, {}} end
-return {epoch, last_seq, 0, records(redis.call('XRANGE', stream, '-', '+', 'COUNT', limit))}
+if limit == 0 then return {epoch, last_seq, 0, {}, moved} end
+return {epoch, last_seq, 0, records(redis.call('XRANGE', stream, '-', '+', 'COUNT', limit)),
+        moved}
 """
 )
 
@@ -487,6 +523,10 @@ class RedisStore:
         self._dropped_duplicate = 0
         self._held = 0
         self._timed_out = 0
+        # the highest (epoch, seq) this broker stored or read per channel (bounded, oldest
+        # dropped first): the floor under which a channel's seq must not go (module docstring)
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._seq_regressions = 0
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -598,17 +638,32 @@ class RedisStore:
                 for ch in index:
                     keys += self._keys(ch)
                 epochs = [self._new_epoch() for _ in index]
+                floors = [self._floor(ch) for ch in index]
                 commands.append(
-                    ("EVALSHA", _APPEND.sha, len(keys), *keys, *head, len(index), *epochs, *args)
+                    (
+                        "EVALSHA",
+                        _APPEND.sha,
+                        len(keys),
+                        *keys,
+                        *head,
+                        len(index),
+                        *epochs,
+                        *[f[0] for f in floors],
+                        *[f[1] for f in floors],
+                        *args,
+                    )
                 )
                 slots.append(slot)
                 chunks.append((list(index), chunk))
         replies = await self._run_scripts(_APPEND, commands, slots)
         placed: list[Envelope | None] = [None] * len(items)
         held: list[Item] = []
-        for (channels, chunk), (epochs, seqs, _last_ids) in zip(chunks, replies):
+        seen = self._seen
+        for (channels, chunk), (epochs, seqs, _last_ids, moved) in zip(chunks, replies):
             ep = [e.decode("utf-8") for e in epochs]
             index = {ch: i for i, ch in enumerate(channels)}
+            if moved:
+                self._moved(channels, ep, moved)
             for pos, seq in zip(chunk, seqs):
                 item = items[pos]
                 if seq <= 0:
@@ -631,6 +686,11 @@ class RedisStore:
                     ts=now,
                 )
         out = [env for env in placed if env is not None]
+        for env in out:  # in seq order per channel: the last one is the highest
+            seen.pop(env.channel, None)
+            seen[env.channel] = (env.epoch, env.seq)
+        if len(seen) > SEEN_CHANNELS_MAX:
+            self._trim_seen()
         self._appended += len(out)
         self._batches += 1
         if held:
@@ -707,6 +767,44 @@ class RedisStore:
         for key in list(self._held_since):
             self._held_since[key] = float("-inf")
 
+    # -- seq went backwards (module docstring) ----------------------------------------------
+
+    def _floor(self, channel: str) -> tuple[str, int]:
+        return self._seen.get(channel, ("", 0))
+
+    def _observed(self, channel: str, epoch: str, seq: int) -> None:
+        seen = self._seen
+        old = seen.pop(channel, None)
+        if old is not None and old[0] == epoch and old[1] > seq:
+            seq = old[1]  # not lower: the script moved the channel on if it was
+        seen[channel] = (epoch, seq)
+        if len(seen) > SEEN_CHANNELS_MAX:
+            self._trim_seen()
+
+    def _trim_seen(self) -> None:
+        seen = self._seen
+        for ch in list(itertools.islice(seen, len(seen) - SEEN_CHANNELS_MAX)):
+            del seen[ch]
+
+    def _moved(self, channels: list[str], epochs: list[str], count: int) -> None:
+        """``count`` of ``channels`` went to a new epoch in this script (seq went back)."""
+        for ch, epoch in zip(channels, epochs):
+            old = self._seen.get(ch)
+            if old is not None and old[0] != epoch:
+                self._log_moved(ch, old, epoch)
+        self._seq_regressions += count
+
+    @staticmethod
+    def _log_moved(channel: str, old: tuple[str, int], epoch: str) -> None:
+        log.warning(
+            "channel %r: the store's seq went below %d (epoch %s): acknowledged writes were "
+            "lost (a Redis failover without redis_wait_replicas?); new epoch %s",
+            channel,
+            old[1],
+            old[0],
+            epoch,
+        )
+
     async def position(self, channel: str) -> Position:
         """The channel's ``(epoch, last_seq, last_id)``; creates its epoch if it has none."""
         self._positions += 1
@@ -718,10 +816,15 @@ class RedisStore:
             self.stream_key(channel),
             self._new_epoch(),
             "1" if self.wait_replicas else "",
+            *self._floor(channel),
         )
         (reply,) = await self._run_scripts(_POSITION, [cmd], [self._slot_of(channel)])
-        epoch, seq, last_id = reply
-        return Position(epoch.decode("utf-8"), int(seq or 0), _str(last_id))
+        epoch, seq, last_id, moved = reply
+        pos = Position(epoch.decode("utf-8"), int(seq or 0), _str(last_id))
+        if moved:
+            self._moved([channel], [pos.epoch], moved)
+        self._observed(channel, pos.epoch, pos.last_seq)
+        return pos
 
     async def replay(
         self,
@@ -757,9 +860,13 @@ class RedisStore:
             limit,
             cutoff_ms,
             "1" if self.wait_replicas else "",
+            *self._floor(channel),
         )
         (reply,) = await self._run_scripts(_REPLAY, [cmd], [self._slot_of(channel)])
-        cur_epoch, last_seq, from_cursor, records = reply
+        cur_epoch, last_seq, from_cursor, records, moved = reply
+        if moved:
+            self._moved([channel], [cur_epoch.decode("utf-8")], moved)
+        self._observed(channel, cur_epoch.decode("utf-8"), int(last_seq))
         # our own records (written by _LUA_APPEND): build the Envelopes directly
         envs = []
         for rec in records:
@@ -804,6 +911,7 @@ class RedisStore:
             dropped_duplicate=self._dropped_duplicate,
             held=self._held,
             timed_out=self._timed_out,
+            seq_regressions=self._seq_regressions,
         )
 
     def take_held(self) -> list[Item]:

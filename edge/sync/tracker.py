@@ -56,6 +56,16 @@ next position answer); the answer decides.  If the epoch really changed, the pos
 ``last_seq`` covers what was dropped and replay fetches it.  Comparing epochs is the check
 the hot path already makes; only the rare mismatch takes this path.
 
+A seq that went backwards is an epoch change too (docs/cluster.md, "Seq went backwards"): a
+Redis failover without ``redis_wait_replicas`` can lose acknowledged writes, and the store then
+answers the same epoch with a lower seq than this edge delivered; its next seqs would be taken
+for duplicates and dropped.  Brokers move such a channel to a new epoch themselves when they
+saw the higher seq; a broker that did not (it restarted) answers the lower seq.  So a position
+answer in the track's epoch below ``asked`` (the track's ``last_seq`` when the first position
+request still unanswered was asked: the store held at least that much when it answered, so a
+live message overtaking the answer cannot cause it) is reported as ``EpochChanged`` (old and
+new the same epoch) and the track goes on from the answer's ``last_seq``.
+
 A replay that could not be answered (broker down or restarting) leaves the gap in place and
 the later messages held: ``repair(now)`` (called periodically, and after the link comes back)
 asks again (leaving alone a gap still inside its reorder window); it visits only the
@@ -141,10 +151,11 @@ class TrackerStatistics:
     reordered: int = 0  # gaps that closed by themselves within the reorder window
     reorder_waiting: int = 0  # channels whose gap is inside its reorder window now
     repair_candidates: int = 0  # channels ``repair`` visits (may have a gap; not all tracked)
+    seq_regressions: int = 0  # position answers below what was delivered (epoch changes too)
 
 
 class _Track:
-    __slots__ = ("state", "epoch", "last_seq", "target", "held", "inflight", "checking")
+    __slots__ = ("state", "epoch", "last_seq", "target", "held", "inflight", "checking", "asked")
 
     def __init__(self) -> None:
         self.state = State.POSITION
@@ -154,6 +165,7 @@ class _Track:
         self.held: dict[int, Envelope] = {}
         self.inflight: RequestReplay | None = None
         self.checking = False  # a position asked because the link showed another epoch
+        self.asked: int | None = None  # last_seq when an unanswered position was first asked
 
 
 class Tracker:
@@ -171,6 +183,7 @@ class Tracker:
         self._delivered = self._duplicates = self._gaps = 0
         self._replays = self._skipped = self._epoch_changes = 0
         self._stalled = self._other_epoch = 0
+        self._seq_regressions = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -282,6 +295,15 @@ class Tracker:
         t = self._tracks.get(channel)
         if t is not None:
             t.checking = False
+            asked, t.asked = t.asked, None
+            if (
+                asked is not None
+                and t.state is not State.POSITION
+                and epoch == t.epoch
+                and last_seq < asked
+            ):
+                self._seq_went_back(channel, t, last_seq)
+                return
         self._observe(channel, epoch, last_seq, out, now)
 
     def next_deadline(self) -> float | None:
@@ -364,7 +386,8 @@ class Tracker:
 
     def resync(self) -> None:
         """Ask every tracked channel's position again (after a broker restart or link loss)."""
-        for channel in self._tracks:
+        for channel, t in self._tracks.items():
+            self._asked(t)
             self._actions.append(RequestPosition(channel))
 
     def gaps(self) -> list[str]:
@@ -409,6 +432,7 @@ class Tracker:
         self._other_epoch += 1
         if not t.checking:
             t.checking = True
+            self._asked(t)
             self._actions.append(RequestPosition(channel))
 
     def _accept(self, channel: str, t: _Track, env: Envelope, out: list[Envelope]) -> None:
@@ -471,6 +495,18 @@ class Tracker:
         if self._has_gap(t):
             self._ask_replay(channel, t)
 
+    @staticmethod
+    def _asked(t: _Track) -> None:
+        if t.asked is None and t.state is not State.POSITION:
+            t.asked = t.last_seq
+
+    def _seq_went_back(self, channel: str, t: _Track, last_seq: int) -> None:
+        """The store's seq is below what this edge delivered in the same epoch (theory of
+        operation): tell the sessions as for an epoch change, go on from ``last_seq``."""
+        self._seq_regressions += 1
+        self._new_epoch(channel, t, t.epoch or "")
+        t.last_seq = t.target = last_seq
+
     def _new_epoch(self, channel: str, t: _Track, epoch: str) -> None:
         self._epoch_changes += 1
         self._due.pop(channel, None)
@@ -495,6 +531,7 @@ class Tracker:
             reordered=self._reordered,
             reorder_waiting=len(self._due),
             repair_candidates=len(self._open),
+            seq_regressions=self._seq_regressions,
         )
 
 

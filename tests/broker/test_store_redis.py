@@ -517,3 +517,91 @@ def test_sequencing_in_redis_on_standalone_keeps_the_key_layout(shared_redis):
             assert [e.seq for e in await plain.append_batch([item("s", 3)], NOW)] == [4]
 
     trio.run(main)
+
+
+async def lose_writes(client, store: RedisStore, channel: str, keep: int) -> None:
+    """Emulate a Redis failover that lost the channel's writes after seq ``keep`` (the promoted
+    replica missed them): its meta hash and stream as the replica had them.  A real Redis, the
+    lost state written with HSET/XTRIM (tests/integration/test_seq_regression.py promotes a
+    real replica)."""
+    await client.execute("HSET", store.meta_key(channel), "seq", keep, "last_id", f"i{keep}")
+    await client.execute("XTRIM", store.stream_key(channel), "MAXLEN", "=", keep)
+
+
+@pytest.mark.parametrize("via", ["append", "position", "replay"])
+def test_seq_went_backwards_is_a_new_epoch_for_every_broker(shared_redis, via):
+    """The store answering a lower seq than this broker stored in the same epoch moves the
+    channel to a new epoch in Redis, atomically, before sequencing: another broker that never
+    saw the lost seqs then agrees (same new epoch, next seq), no seq is handed out twice."""
+    pfx = prefix()
+
+    async def main():
+        async with (
+            await open_redis("127.0.0.1", shared_redis.port) as ca,
+            await open_redis("127.0.0.1", shared_redis.port) as cb,
+        ):
+            a = RedisStore(ca, key_prefix=pfx)
+            b = RedisStore(cb, key_prefix=pfx)
+            envs = await a.append_batch([item("r", n, id=f"i{n}") for n in range(1, 6)], NOW)
+            old = envs[0].epoch
+            await lose_writes(ca, a, "r", 3)
+            if via == "append":
+                (env,) = await a.append_batch([item("r", 6, id="i6")], NOW)
+                new = env.epoch
+                assert env.seq == 1
+            elif via == "position":
+                pos = await a.position("r")
+                new = pos.epoch
+                assert pos.last_seq == 0 and pos.last_id is None
+            else:
+                r = await a.replay("r", old, 5, None, 100, NOW)
+                new = r.epoch
+                assert r.last_seq == 0 and r.items == []
+            assert new != old
+            assert a.statistics().seq_regressions == 1
+            (env_b,) = await b.append_batch([item("r", 7, id="i7")], NOW)
+            assert env_b.epoch == new and env_b.seq == (2 if via == "append" else 1)
+            assert b.statistics().seq_regressions == 0
+            # the old epoch's cursor is unknown now: resumes fail, never read new seqs as old
+            r = await b.replay("r", old, 3, None, 100, NOW)
+            assert not r.complete and r.epoch == new
+            # and nothing moves again: a's floor follows the new epoch
+            (env_a,) = await a.append_batch([item("r", 8, id="i8")], NOW)
+            assert env_a.epoch == new and a.statistics().seq_regressions == 1
+
+    trio.run(main)
+
+
+def test_no_new_epoch_when_seq_did_not_go_back(shared_redis):
+    """Another broker moving the seq on is never taken for a regression."""
+    pfx = prefix()
+
+    async def main():
+        async with (
+            await open_redis("127.0.0.1", shared_redis.port) as ca,
+            await open_redis("127.0.0.1", shared_redis.port) as cb,
+        ):
+            a = RedisStore(ca, key_prefix=pfx)
+            b = RedisStore(cb, key_prefix=pfx)
+            (e1,) = await a.append_batch([item("s", 1)], NOW)
+            for n in range(2, 6):
+                await b.append_batch([item("s", n)], NOW)
+            (e6,) = await a.append_batch([item("s", 6)], NOW)
+            assert e6.epoch == e1.epoch and e6.seq == 6
+            assert (await b.position("s")).last_seq == 6
+            assert a.statistics().seq_regressions == b.statistics().seq_regressions == 0
+
+    trio.run(main)
+
+
+def test_seen_seqs_are_bounded(shared_redis, monkeypatch):
+    from broker.store import redis as redis_mod
+
+    monkeypatch.setattr(redis_mod, "SEEN_CHANNELS_MAX", 10)
+
+    async def body(store, client):
+        await store.append_batch([item(f"b{n}", n) for n in range(25)], NOW)
+        await store.position("b3")  # dropped already: remembered again, as the newest
+        assert len(store._seen) == 10 and list(store._seen)[-1] == "b3"
+
+    with_store(shared_redis.port, body)

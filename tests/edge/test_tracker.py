@@ -370,3 +370,46 @@ def test_on_envelopes_is_on_envelope_for_each(batches, window, start):
         assert out_one == out_many
         assert one.take_actions() == many.take_actions()
         assert one.statistics() == many.statistics()
+
+
+def test_position_below_what_was_delivered_is_an_epoch_change():
+    """A Redis failover lost acknowledged writes and the broker answering did not see them:
+    the same epoch with a lower seq.  Never silent: ``EpochChanged`` (sessions are told), and
+    the track goes on from the store's seq, so the reused seqs are delivered, not dropped."""
+    t = started(last_seq=10)
+    t.resync()
+    assert t.take_actions() == [RequestPosition(CH)]
+    out = []
+    t.on_position(CH, "e1", 7, out)
+    assert t.take_actions() == [EpochChanged(CH, "e1", "e1")]
+    assert t.position(CH) == ("e1", 7) and out == []
+    t.on_envelope(env(8), out)
+    assert seqs(out) == [8]
+    st = t.statistics()
+    assert st.seq_regressions == 1 and st.epoch_changes == 1 and st.duplicates == 0
+
+
+def test_position_overtaken_by_live_messages_is_not_a_regression():
+    """A position answer computed before messages the link delivered first is lower than
+    ``last_seq`` but not than what was delivered when it was asked: no epoch change."""
+    t = started(last_seq=10)
+    t.resync()
+    t.take_actions()
+    out = []
+    for s in (11, 12):
+        t.on_envelope(env(s), out)
+    t.resync()  # a second request while the first is unanswered keeps the first bound
+    t.take_actions()
+    t.on_position(CH, "e1", 11, out)
+    assert t.take_actions() == [] and t.position(CH) == ("e1", 12)
+    t.on_position(CH, "e1", 10, out)  # the second answer: no bound left, nothing happens
+    assert t.take_actions() == [] and t.statistics().seq_regressions == 0
+
+
+def test_other_epoch_check_also_catches_a_lower_seq():
+    t = started(last_seq=5)
+    out = []
+    t.on_envelope(env(1, epoch="e2"), out)  # the link shows another epoch: position asked
+    assert t.take_actions() == [RequestPosition(CH)]
+    t.on_position(CH, "e1", 3, out)
+    assert t.take_actions() == [EpochChanged(CH, "e1", "e1")] and t.position(CH) == ("e1", 3)

@@ -1,0 +1,137 @@
+"""A channel whose seq went backwards is an epoch change, never silent (docs/cluster.md, "Seq
+went backwards").  A Redis master failing over without ``redis_wait_replicas`` can lose
+acknowledged writes: the promoted replica's seq for the channel is lower than what the broker
+handed out and the edges delivered, and the next publishes would reuse those seqs (edges would
+drop them as duplicates: clients silently miss them).
+
+The lost writes are emulated in a real ``redis-server``: after m1..m5 were acknowledged and
+delivered, the channel's meta hash is set back to seq 3 (``HSET``) and its stream trimmed to
+its first 3 entries (``XTRIM MAXLEN = 3``), i.e. the keys as a replica that missed the last two
+writes holds them once promoted.  Then:
+
+* the broker that sequenced m4 and m5 remembers seq 5, so the next publish moves the channel to
+  a new epoch in Redis before sequencing; the edge sees the new epoch and takes the
+  epoch-change path (stream and SSE closed, long-poll answered now);
+* a broker restarted after the loss remembers nothing, and answers the edge's position
+  request with the same epoch and seq 3; the edge, which delivered seq 5, takes the same path.
+Real broker, edge, Redis and HTTP clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from gripcontrol import GripPubControl
+
+from bench.redisprocs import command
+from tests.helpers import MISSING, free_port_block, wait_for
+from tests.integration.cluster import Cluster, Origin, StreamClient
+from tests.integration.test_epoch_change import held
+from tests.integration.test_faults import restart_broker
+from tests.redis_server import RedisServer, redis_available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not redis_available(), reason=MISSING + "redis-server is not installed"),
+]
+
+POLL_TIMEOUT_S = 40
+
+
+def hold(kind: str):
+    def handler(req):
+        ch = req.path.rsplit("/", 1)[1]
+        if kind == "poll":
+            return (
+                200,
+                {
+                    "Content-Type": "text/plain",
+                    "Grip-Hold": "response",
+                    "Grip-Channel": ch,
+                    "Grip-Timeout": str(POLL_TIMEOUT_S),
+                },
+                b"poll timeout\n",
+            )
+        return (
+            200,
+            {"Content-Type": "text/event-stream", "Grip-Hold": "stream", "Grip-Channel": ch},
+            b": open\n\n",
+        )
+
+    return handler
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seqback")
+    routes = {f"/sse/{c}": hold("sse") for c in ("b1", "b2")}
+    routes.update({f"/poll/{c}": hold("poll") for c in ("b1", "b2")})
+    mport = free_port_block(1)
+    with RedisServer() as redis, Origin(routes) as origin:
+        store = f"redis://127.0.0.1:{redis.port}/0"
+        with Cluster(
+            tmp,
+            [f"* 127.0.0.1:{origin.port}"],
+            edge_metrics_port=mport,
+            store=store,
+            broker_link_timeout_s=1.0,
+        ) as cl:
+            yield cl, redis, mport
+
+
+def lose_writes(port: int, channel: str, keep: int) -> None:
+    """The channel's keys as a promoted replica that missed the writes after ``keep`` has them."""
+    command(port, "HSET", f"gc:m:{channel}", "seq", keep, "last_id", "")
+    command(port, "XTRIM", f"gc:h:{channel}", "MAXLEN", "=", keep)
+
+
+def scenario(setup, channel: str, restart: bool) -> None:
+    cl, redis, mport = setup
+    pub = GripPubControl({"control_uri": cl.publish_url})
+    e = StreamClient(cl.url(f"/sse/{channel}"))
+    e.read_until(b": open\n\n")
+    wait_for(lambda: held(mport, "stream") >= 1, what="the SSE stream is not held")
+    for n in range(1, 6):
+        pub.publish_http_stream(channel, f"data: m{n}\n\n", blocking=True)
+    e.read_until(b"data: m5\n\n")
+    poll: dict = {}
+
+    def do_poll():
+        r = httpx.get(cl.url(f"/poll/{channel}"), timeout=POLL_TIMEOUT_S + 10)
+        poll["at"], poll["response"] = time.monotonic(), r
+
+    t = threading.Thread(target=do_poll, daemon=True)
+    t.start()
+    wait_for(lambda: held(mport, "response") >= 1, what="the long-poll is not held")
+    try:
+        lose_writes(redis.port, channel, 3)
+        at = time.monotonic()
+        if restart:
+            restart_broker(cl)  # forgets the seqs it saw: the edge's position check decides
+        else:
+            pub.publish_http_stream(channel, "data: m6\n\n", blocking=True)
+        e.read_to_end(timeout=20)
+        assert e.ended, "the SSE stream went on across a seq that went backwards"
+        assert isinstance(getattr(e, "error", None), httpx.RemoteProtocolError), e.data
+        t.join(20)
+        assert "response" in poll, "the long-poll was not answered"
+        assert poll["response"].text == "poll timeout\n"  # answered now, not at its timeout
+        assert poll["at"] - at < POLL_TIMEOUT_S / 2
+        assert b"data: m6" not in e.data  # nothing of the new epoch went out on the old stream
+    finally:
+        e.close()
+
+
+def test_broker_that_saw_the_higher_seq_moves_the_channel_to_a_new_epoch(setup):
+    cl, redis, _ = setup
+    scenario(setup, "b1", restart=False)
+    meta = command(redis.port, "HGETALL", "gc:m:b1")
+    fields = dict(zip(meta[::2], meta[1::2]))
+    assert fields[b"seq"] == b"1"  # m6 is seq 1 of a new epoch, not a second seq 4
+
+
+def test_edge_that_delivered_the_higher_seq_tells_its_clients(setup):
+    scenario(setup, "b2", restart=True)
