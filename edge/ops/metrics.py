@@ -188,12 +188,68 @@ class EdgeCollector(Collector):
             "1 when broker heartbeats arrive.",
             value=0 if link_down_reason(e, self._now()) else 1,
         )
+        yield from broker_link_metrics(e, self._now())
         yield GaugeMetricFamily(
             P + "draining", "1 while the edge drains for shutdown.", value=1 if e.draining else 0
         )
         if e.tls is not None:
             yield from tls_metrics(e.tls.statistics())
         yield from origin_tls_metrics(e.origin_client.tls.statistics())
+
+
+def broker_link_metrics(e: Edge, now: float) -> Iterator[Metric]:
+    """Per configured broker (label ``broker="host:port"``, its edge_pub endpoint): link up,
+    heartbeats and the age of the last one, losses (no heartbeat for broker_link_timeout_s),
+    reconnects (heartbeats back after a loss, or from a restarted broker), restarts seen, and
+    the control requests it answered, refused, left unanswered, or failed over to another."""
+    links = e.link.links
+    watches = e.linkwatch.statistics()
+    names = ["broker"]
+    up = GaugeMetricFamily(P + "broker_up", "1 when this broker's heartbeats arrive.", labels=names)
+    age = GaugeMetricFamily(
+        P + "broker_heartbeat_age_seconds",
+        "Seconds since this broker's last heartbeat (absent: none yet).",
+        labels=names,
+    )
+    beats = CounterMetricFamily(P + "broker_heartbeats", "Heartbeats received.", labels=names)
+    lost = CounterMetricFamily(
+        P + "broker_link_losses",
+        "Times no heartbeat came from this broker for broker_link_timeout_s.",
+        labels=names,
+    )
+    back = CounterMetricFamily(
+        P + "broker_reconnects",
+        "Heartbeats back after a loss, or from a restarted broker.",
+        labels=names,
+    )
+    restarts = CounterMetricFamily(
+        P + "broker_restarts", "A new broker_id seen on this link.", labels=names
+    )
+    reqs = CounterMetricFamily(
+        P + "broker_requests",
+        "Control requests (position, replay, hello) to this broker, by outcome.",
+        labels=["broker", "outcome"],
+    )
+    failed = CounterMetricFamily(
+        P + "broker_failovers",
+        "Requests this broker did not answer that were then asked of another broker.",
+        labels=names,
+    )
+    for link, w in zip(links, watches):
+        st = link.statistics()
+        label = [link.label]
+        up.add_metric(label, 1 if link.is_up(now) else 0)
+        if st.last_heartbeat is not None:
+            age.add_metric(label, max(0.0, now - st.last_heartbeat))
+        beats.add_metric(label, st.heartbeats)
+        lost.add_metric(label, w.losses)
+        back.add_metric(label, max(0, w.resyncs - 1))  # the first is the link coming up
+        restarts.add_metric(label, w.restarts)
+        reqs.add_metric([link.label, "answered"], st.answered)
+        reqs.add_metric([link.label, "refused"], st.refused)
+        reqs.add_metric([link.label, "timeout"], st.timeouts)
+        failed.add_metric(label, st.failed_over_from)
+    yield from (up, age, beats, lost, back, restarts, reqs, failed)
 
 
 def tls_metrics(t: TlsStatistics) -> Iterator[Metric]:

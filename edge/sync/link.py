@@ -88,6 +88,9 @@ class BrokerLinkStatistics:
     brokers: int = 1  # (``BrokerLinks``) brokers this edge is linked to
     brokers_up: int = 1  # of which heartbeats arrive
     failovers: int = 0  # requests a broker did not answer that another one then got
+    answered: int = 0  # control requests answered (a typed reply)
+    refused: int = 0  # control requests refused (an error reply, or a malformed one)
+    failed_over_from: int = 0  # (per broker) requests it did not answer, then asked elsewhere
 
 
 class BrokerLink:
@@ -139,6 +142,12 @@ class BrokerLink:
         # edge.sync.repair.LinkWatch.on_activity)
         self.last_data: float | None = None
         self._frames = self._batches = self._hbs = self._requests = self._timeouts = 0
+        self._answered = self._refused = self._failed_over = 0
+
+    @property
+    def label(self) -> str:
+        """``host:port`` of this broker's edge_pub endpoint (the metrics' ``broker`` label)."""
+        return self.endpoints[0].removeprefix("tcp://")
 
     def close(self) -> None:
         self.sub.close()
@@ -180,9 +189,12 @@ class BrokerLink:
             reply = slot.reply
             if reply is not None:
                 if isinstance(reply, wire.ErrorReply):
+                    self._refused += 1
                     raise BrokerRefused(req.op, reply)
                 if isinstance(reply, RemoteProtocolError):
+                    self._refused += 1
                     raise reply
+                self._answered += 1
                 return reply
             self._timeouts += 1
             log.warning(
@@ -347,6 +359,9 @@ class BrokerLink:
             pending=len(self._waiting),
             channels=len(self._channels),
             unverified_dropped=self._unverified,
+            answered=self._answered,
+            refused=self._refused,
+            failed_over_from=self._failed_over,
         )
 
 
@@ -446,6 +461,7 @@ class BrokerLinks:
                 try:
                     reply = await link.request(req, timeout_s=timeout_s, tries=1)
                 except BrokerUnavailable:
+                    link._failed_over += 1
                     continue
                 if n:
                     self._failovers += 1
@@ -499,6 +515,9 @@ class BrokerLinks:
             brokers=len(sts),
             brokers_up=len(self.up()),
             failovers=self._failovers,
+            answered=sum(s.answered for s in sts),
+            refused=sum(s.refused for s in sts),
+            failed_over_from=sum(s.failed_over_from for s in sts),
         )
 
 

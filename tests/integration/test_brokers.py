@@ -150,6 +150,9 @@ class Brokers:
             f"* 127.0.0.1:{self.origin.port}",
         ]
         self.configs = broker_configs(tmp, self.ports, routes, self.url)
+        self.metrics_port = free_port_block(2)  # edge i's /metrics on metrics_port + i
+        with open(self.configs[0], "a") as fh:  # the edges' config
+            fh.write(f"edge_metrics_port = {self.metrics_port}\n")
         self.brokers: list[Proc | None] = [None, None]
         self.edges: list[Proc] = []
 
@@ -331,6 +334,45 @@ def test_kill_and_restart_a_broker_under_publishing(brokers, swarm):
         assert [m for m in mine if m in acked] == p.acked, f"publisher {p.n}: out of order"
     for name in swarm.got:
         assert published(swarm, name) == first, f"{name} got another sequence"
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """``{(metric name, broker label[/outcome]): value}`` of an edge's per-broker metrics."""
+    out = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith("gripcast_edge_broker_") and 'broker="' in line:
+            name, rest = line.split("{", 1)
+            labels, value = rest.rsplit("} ", 1)
+            key = ",".join(v.split('"')[1] for v in labels.split(","))
+            out[(name, key)] = float(value)
+    return out
+
+
+def test_per_broker_link_metrics(brokers, swarm):
+    """After the tests above (broker 1 killed twice, restarted), every edge's /metrics shows
+    each broker by ``host:port``: both up again, heartbeats arriving, broker 1's losses and
+    reconnects counted, and the position/replay requests each broker answered."""
+    labels = [f"127.0.0.1:{p['edge_pub_port']}" for p in brokers.ports]
+    for i in range(len(brokers.edges)):
+        port = brokers.metrics_port + i
+        wait_for(
+            lambda: all(scrape(port).get(("gripcast_edge_broker_up", b)) == 1 for b in labels),
+            15,
+            "a broker is not up on the edge's metrics",
+        )
+        m = scrape(port)
+        for b in labels:
+            assert m[("gripcast_edge_broker_heartbeats_total", b)] > 0
+            assert 0 <= m[("gripcast_edge_broker_heartbeat_age_seconds", b)] < 5
+            for outcome in ("answered", "refused", "timeout"):
+                assert ("gripcast_edge_broker_requests_total", f"{b},{outcome}") in m
+            assert ("gripcast_edge_broker_failovers_total", b) in m
+        zero, one = labels
+        assert m[("gripcast_edge_broker_link_losses_total", one)] >= 1  # killed, twice
+        assert m[("gripcast_edge_broker_reconnects_total", one)] >= 1
+        assert m[("gripcast_edge_broker_link_losses_total", zero)] == 0
+        answered = sum(m[("gripcast_edge_broker_requests_total", f"{b},answered")] for b in labels)
+        assert answered >= 2  # hellos at least, and the tail repair's positions
 
 
 def test_memory_store_refused_with_several_brokers(tmp_path):
