@@ -356,7 +356,9 @@ def test_per_broker_link_metrics(brokers, swarm):
     for i in range(len(brokers.edges)):
         port = brokers.metrics_port + i
         wait_for(
-            lambda: all(scrape(port).get(("gripcast_edge_broker_up", b)) == 1 for b in labels),
+            lambda port=port: all(
+                scrape(port).get(("gripcast_edge_broker_up", b)) == 1 for b in labels
+            ),
             15,
             "a broker is not up on the edge's metrics",
         )
