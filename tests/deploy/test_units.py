@@ -29,6 +29,7 @@ UNITS = (
     "gripcast-broker@.service",
     "gripcast-edge@.service",
     "gripcast.target",
+    "gripcast-brokers.target",
 )
 INSTALLED_BIN = "/opt/gripcast/venv/bin/gripcast"
 INSTALLED_CONFIG = "/etc/gripcast/gripcast.toml"
@@ -74,6 +75,26 @@ def test_units_have_the_operational_settings():
         assert k["WantedBy"] == ["gripcast.target"] and k["PartOf"] == ["gripcast.target"]
         # the drain (drain_timeout_s, default 10) must fit in the stop timeout
         assert int(k["TimeoutStopSec"][0]) > 10
+
+
+def test_edges_are_ordered_after_every_broker_but_never_need_one():
+    """Edges start after the brokers of their host (single unit and every template instance,
+    through gripcast-brokers.target: a template cannot be named in After=), yet only Wants=
+    it: a broker that is down must not keep an edge from starting (it fails over)."""
+    edge = unit_keys("gripcast-edge@.service")
+    after = " ".join(edge["After"]).split()
+    wants = " ".join(edge["Wants"]).split()
+    assert "gripcast-brokers.target" in after and "gripcast-broker.service" in after
+    assert "gripcast-brokers.target" in wants
+    for key in ("Requires", "Requisite", "BindsTo"):
+        assert key not in edge, key
+    for name in ("gripcast-broker.service", "gripcast-broker@.service"):
+        k = unit_keys(name)
+        assert k["Before"] == ["gripcast-brokers.target"], name
+        assert "gripcast-edge" not in " ".join(k.get("After", [])), name  # no cycle
+    target = unit_keys("gripcast-brokers.target")
+    for key in ("Requires", "Requisite", "BindsTo", "Wants", "After"):
+        assert key not in target, key  # an ordering point only: it pulls no broker in
 
 
 def test_edges_and_broker_do_not_share_a_user_or_a_config():
