@@ -11,7 +11,9 @@ WebSocket, each on one channel and one edge, resume by cursor whenever they are 
 random broker's HTTP API, each item with its own ``id`` (``p<n>-<k>``, also its payload and SSE
 event id), and record what was acknowledged (200); a failed publish is retried with the same
 id on other brokers (the cross-broker de-duplication must keep it single) before it is given up
-(not acknowledged).
+(not acknowledged).  ``--publisher command`` publishes through the brokers' command sockets
+instead (acknowledged by the success reply), ``--publisher zmq`` through one ZeroMQ PUSH
+connected to every broker, whose items are never acknowledged (``PUBLISHERS``).
 
 Faults, drawn from ``--seed`` (the plan is replayable; the timing of real processes is not):
 ``broker_kill`` (SIGKILL a broker, restart it), ``edge_kill`` (SIGKILL an edge: its clients
@@ -50,6 +52,17 @@ from bench.redisprocs import RedisCluster, SentinelGroup
 from gripcast.runner import BROKER_PORT_KEYS
 
 FAULT_KINDS = ("broker_kill", "edge_kill", "redis_failover", "link_cut")
+# how publishers reach the brokers (``--publisher``), and what counts as acknowledged:
+# * http: POST /publish/ to a random broker; 200 is the acknowledgement (retried elsewhere,
+#   same id, on a failure);
+# * command: the command socket's ZRPC ``publish`` (a DEALER per broker) to a random broker;
+#   its success reply is sent once the item is stored, so it acknowledges like HTTP's 200;
+# * zmq: one ZeroMQ PUSH connected to every broker's PULL port (ZeroMQ spreads the items over
+#   the brokers it is connected to, ZMQ_IMMEDIATE: never queued for a broker that is down).
+#   PUSH has no acknowledgement, so every item sent is recorded as sent and *not
+#   acknowledged*: the run then checks that each is delivered everywhere or nowhere (in
+#   history and at every client subscribed, or at none), never that it arrived.
+PUBLISHERS = ("http", "command", "zmq")
 BROKER_KEYS = BROKER_PORT_KEYS  # a broker's ports (gripcast.runner's, one list)
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,13 +82,15 @@ class ChaosConfig:
     churn_per_s: float = 2.0  # clients cut on purpose per second (they resume)
     fault_every_s: float = 10.0  # a fault starts this long after the last one recovered
     settle_s: float = 30.0  # longest wait for clients to catch up at the end
+    publisher: str = "http"  # "http", "zmq" (PUSH to every broker) or "command" (PUBLISHERS)
 
     @staticmethod
-    def quick(seed: int = 1, redis: str = "sentinel") -> ChaosConfig:
+    def quick(seed: int = 1, redis: str = "sentinel", publisher: str = "http") -> ChaosConfig:
         return ChaosConfig(
             seed=seed,
             duration_s=16.0,
             redis=redis,
+            publisher=publisher,
             brokers=2,
             sse_clients=30,
             ws_clients=30,
@@ -350,6 +365,96 @@ class PubRecord:
     retried_ok: int = 0  # acknowledged on a retry
 
 
+class ZmqPublisher:
+    """A publisher's ZeroMQ sockets (``PUBLISHERS``): one PUSH connected to every broker's
+    PULL port, and a DEALER per broker for the command socket's ``publish``."""
+
+    REPLY_TIMEOUT_S = 3.0
+
+    def __init__(self, cluster: ChaosCluster) -> None:
+        import zmq
+        import zmq.asyncio
+
+        self.zmq = zmq
+        self.ctx = zmq.asyncio.Context()
+        self.cluster = cluster
+        self.pusher = self.ctx.socket(zmq.PUSH)
+        self.pusher.setsockopt(zmq.LINGER, 0)
+        self.pusher.setsockopt(zmq.IMMEDIATE, 1)  # only brokers connected now take items
+        for ports in cluster.broker_ports:
+            self.pusher.connect(f"tcp://127.0.0.1:{ports['push_in_port']}")
+        self.dealers: dict[int, object] = {}
+        self._rids = 0
+
+    async def push(self, item: dict, rec: PubRecord) -> bool:
+        """Send ``item`` on the PUSH socket (``J`` + JSON); whether it left (False: no broker
+        connected, after a few tries).  Never acknowledged: PUSH has no answer."""
+        frame = b"J" + json.dumps(item).encode()
+        for attempt in range(4):
+            rec.attempts += 1
+            try:
+                await self.pusher.send(frame, flags=self.zmq.NOBLOCK)
+                return True
+            except self.zmq.Again:
+                await asyncio.sleep(0.2 * (attempt + 1))
+        return False
+
+    def _dealer(self, broker: int):
+        sock = self.dealers.get(broker)
+        if sock is None:
+            zmq = self.zmq
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            port = self.cluster.broker_ports[broker]["command_port"]
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            self.dealers[broker] = sock
+        return sock
+
+    async def command(self, broker: int, item: dict, rec: PubRecord) -> tuple[bool, bool | None]:
+        """The command socket's ``publish`` of ``item`` on ``broker``: ``(acknowledged,
+        sent)``, sent None when the answer never came (it may have been stored)."""
+        from broker.ingest import tnetstring
+
+        sock = self._dealer(broker)
+        self._rids += 1
+        rid = str(self._rids).encode()
+        fmt = item["formats"]
+        body = {
+            b"channel": item["channel"].encode(),
+            b"id": item["id"].encode(),
+            b"formats": {
+                b"http-stream": {b"content": fmt["http-stream"]["content"].encode()},
+                b"ws-message": {b"content": fmt["ws-message"]["content"].encode()},
+            },
+        }
+        req = {b"id": rid, b"method": b"publish", b"args": {b"items": [body]}}
+        try:
+            await sock.send_multipart([b"", tnetstring.dumps(req)], flags=self.zmq.NOBLOCK)
+        except self.zmq.Again:
+            return False, False  # not connected to that broker: nothing sent
+        deadline = time.monotonic() + self.REPLY_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frames = await asyncio.wait_for(sock.recv_multipart(), left)
+            except TimeoutError:
+                break
+            reply = tnetstring.loads(frames[-1])
+            if reply.get(b"id") != rid:
+                continue  # a late answer to an earlier request that timed out
+            if reply.get(b"success"):
+                return True, True
+            rec.refused += reply.get(b"condition") == b"store-unavailable"
+            return False, True
+        return False, None
+
+    def close(self) -> None:
+        self.pusher.close()
+        for sock in self.dealers.values():
+            sock.close()  # type: ignore[attr-defined]
+        self.ctx.term()
+
+
 class Run:
     def __init__(self, cfg: ChaosConfig, cluster: ChaosCluster, log) -> None:
         self.cfg = cfg
@@ -443,12 +548,29 @@ class Run:
     # -- publishers ---------------------------------------------------------------------------
 
     async def publisher(self, n: int, http) -> None:
-        import httpx
 
         rec = PubRecord()
         self.pubs.append(rec)
         rng = random.Random(f"pub-{self.cfg.seed}-{n}")
         interval = self.cfg.publishers / self.cfg.publish_rate
+        zpub = ZmqPublisher(self.cluster) if self.cfg.publisher != "http" else None
+        try:
+            await self._publish_loop(n, http, rec, rng, interval, zpub)
+        finally:
+            if zpub is not None:
+                zpub.close()
+
+    async def _publish_loop(
+        self,
+        n: int,
+        http,
+        rec: PubRecord,
+        rng: random.Random,
+        interval: float,
+        zpub: ZmqPublisher | None,
+    ) -> None:
+        import httpx
+
         k = 0
         next_at = time.monotonic()
         while not self.stop_publishing.is_set():
@@ -466,9 +588,23 @@ class Run:
             }
             ok = False
             sent = False
-            for attempt in range(4):
-                url = self.cluster.publish_url(rng.randrange(self.cfg.brokers))
+            if self.cfg.publisher == "zmq":
+                assert zpub is not None
+                sent = await zpub.push(item, rec)
+            for attempt in range(4 if self.cfg.publisher != "zmq" else 0):
+                broker = rng.randrange(self.cfg.brokers)
                 rec.attempts += 1
+                if self.cfg.publisher == "command":
+                    assert zpub is not None
+                    done, answered = await zpub.command(broker, item, rec)
+                    sent = sent or answered is not False
+                    if done:
+                        ok = True
+                        rec.retried_ok += attempt > 0
+                        break
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                url = self.cluster.publish_url(broker)
                 try:
                     r = await http.post(url, json={"items": [item]})
                     sent = True
@@ -705,6 +841,9 @@ class Run:
             "items": len(acked) + len(unacked),
             "acknowledged": len(acked),
             "not_acknowledged": len(unacked),
+            # of those, stored (and so delivered to every client subscribed): a ZeroMQ PUSH
+            # item that is not was refused or dropped with its broker, reaching no one
+            "not_acknowledged_stored": sum(1 for pid in unacked if pid in in_history),
             "retried_ok": sum(p.retried_ok for p in self.pubs),
             "refused_503": sum(p.refused for p in self.pubs),
             "delivered": delivered,
@@ -774,7 +913,8 @@ def run_chaos(cfg: ChaosConfig, log=print) -> dict:
 def print_result(r: dict, console) -> None:
     from rich.table import Table
 
-    t = Table(title=f"chaos (seed {r['config']['seed']}, redis {r['config']['redis']})")
+    pub = r["config"].get("publisher", "http")
+    t = Table(title=f"chaos (seed {r['config']['seed']}, redis {r['config']['redis']}, {pub})")
     t.add_column("figure")
     t.add_column("value", justify="right")
     for k in (
@@ -782,6 +922,7 @@ def print_result(r: dict, console) -> None:
         "items",
         "acknowledged",
         "not_acknowledged",
+        "not_acknowledged_stored",
         "retried_ok",
         "refused_503",
         "delivered",

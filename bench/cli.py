@@ -318,12 +318,22 @@ def add_chaos_args(sub) -> None:
         "loss or duplicate among acknowledged messages",
     )
     ch.add_argument("--seed", type=int, default=1, help="the faults and choices (default 1)")
-    ch.add_argument("--duration", type=float, default=180.0, help="seconds (default 180)")
+    ch.add_argument(
+        "--duration", type=float, default=None, help="seconds (default 180; --quick: 16)"
+    )
     ch.add_argument("--redis", choices=("sentinel", "cluster"), default="sentinel")
     ch.add_argument("--brokers", type=int, default=3, help="brokers (2 or 3; default 3)")
     ch.add_argument("--clients", type=int, default=300, help="SSE + WebSocket (default 300)")
     ch.add_argument("--rate", type=float, default=40.0, help="items per second (default 40)")
     ch.add_argument("--fault-every", type=float, default=10.0, help="seconds between faults")
+    ch.add_argument(
+        "--publisher",
+        choices=("http", "command", "zmq"),
+        default="http",
+        help="how items are published: HTTP POST (acknowledged by 200), the command socket's "
+        "publish (acknowledged by its reply) or a ZeroMQ PUSH to every broker (no "
+        "acknowledgement: each item must reach every client or none; default http)",
+    )
     ch.add_argument("--quick", action="store_true", help="CI form: ~20 s, 60 clients, 2 brokers")
     ch.add_argument("--out", default=None)
 
@@ -332,17 +342,20 @@ def run_chaos_cli(args, console: Console, meta: dict, stamp: str) -> int:
     from bench import chaos
 
     if args.quick:
-        cfg = chaos.ChaosConfig.quick(args.seed, args.redis)
+        cfg = chaos.ChaosConfig.quick(args.seed, args.redis, args.publisher)
+        if args.duration is not None:  # a shorter smoke run (tests/bench/test_bench_chaos.py)
+            cfg = replace(cfg, duration_s=args.duration)
     else:
         cfg = chaos.ChaosConfig(
             seed=args.seed,
-            duration_s=args.duration,
+            duration_s=180.0 if args.duration is None else args.duration,
             redis=args.redis,
             brokers=args.brokers,
             sse_clients=args.clients // 2,
             ws_clients=args.clients - args.clients // 2,
             publish_rate=args.rate,
             fault_every_s=args.fault_every,
+            publisher=args.publisher,
         )
     r = chaos.run_chaos(cfg, log=console.print)
     chaos.print_result(r, console)

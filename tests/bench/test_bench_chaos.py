@@ -6,6 +6,7 @@ duplicated, and at least one fault of each kind carried out."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,44 @@ def test_chaos_quick_loses_and_duplicates_nothing(tmp_path):
     assert r["ok"], done.stdout[-3000:]
     assert all(r["faults"][k] >= 1 for k in FAULT_KINDS), r["timeline"]
     assert r["client_cuts"] > 0 and r["delivered"] > r["acknowledged"]
+
+
+def _quick(tmp_path, publisher: str, duration: str) -> tuple[dict, subprocess.CompletedProcess]:
+    out = tmp_path / f"chaos-{publisher}.json"
+    argv = [sys.executable, "-m", "bench", "chaos", "--quick", "--seed", "3"]
+    argv += ["--publisher", publisher, "--duration", duration, "--out", str(out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert out.exists(), done.stdout[-4000:] + done.stderr[-4000:]
+    r = json.loads(out.read_text())["result"]
+    assert done.returncode == (0 if r["ok"] else 1), done.stderr[-2000:]
+    assert r["config"]["publisher"] == publisher
+    assert r["lost"] == 0 and r["duplicated"] == 0, (r["examples"], done.stdout[-3000:])
+    assert r["unacked_partial"] == 0 and r["unacked_delivered_not_stored"] == 0, r["examples"]
+    assert r["order_errors"] == 0 and r["outside_history"] == 0, r["examples"]
+    assert r["ok"], done.stdout[-3000:]
+    assert sum(r["faults"].values()) >= 2, r["timeline"]
+    return r, done
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_chaos_zmq_push_publisher_items_reach_everyone_or_no_one(tmp_path):
+    """``--publisher zmq``: one PUSH connected to every broker.  PUSH has no acknowledgement,
+    so every item is "sent, not acknowledged": each must be delivered to every subscribed
+    client or to none (stored in history or not), never to some."""
+    r, _ = _quick(tmp_path, "zmq", "6")
+    assert r["acknowledged"] == 0 and r["not_acknowledged"] > 50, r
+    assert 0 < r["not_acknowledged_stored"] <= r["not_acknowledged"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    not os.environ.get("GRIPCAST_CHAOS_ALL_PUBLISHERS"),
+    reason="another ~35 s chaos run: GRIPCAST_CHAOS_ALL_PUBLISHERS=1 runs it",
+)
+def test_chaos_command_socket_publisher_is_acknowledged(tmp_path):
+    """``--publisher command``: the command socket's ``publish`` answers once the item is
+    stored, so its items are acknowledged (and retried elsewhere with the same id)."""
+    r, _ = _quick(tmp_path, "command", "6")
+    assert r["acknowledged"] > 10, r
