@@ -4,10 +4,17 @@ acknowledged writes: the promoted replica's seq for the channel is lower than wh
 handed out and the edges delivered, and the next publishes would reuse those seqs (edges would
 drop them as duplicates: clients silently miss them).
 
-The lost writes are emulated in a real ``redis-server``: after m1..m5 were acknowledged and
-delivered, the channel's meta hash is set back to seq 3 (``HSET``) and its stream trimmed to
-its first 3 entries (``XTRIM MAXLEN = 3``), i.e. the keys as a replica that missed the last two
-writes holds them once promoted.  Then:
+``test_real_failover_to_a_replica_that_missed_writes`` loses them for real: a master and its
+replica (real ``redis-server`` replication), the broker reaching the master through a TCP
+relay (the stand-in for a virtual IP or DNS name that a failover moves); the replica is cut off
+from its master (``REPLICAOF NO ONE``: promoted with m1..m3) before m4 and m5 are published
+and acknowledged by the master; the master is killed and the relay moved to the promoted
+replica.  The next publish must start a new epoch, and the clients be told.
+
+The other two tests emulate the lost writes in one real ``redis-server``: after m1..m5 were
+acknowledged and delivered, the channel's meta hash is set back to seq 3 (``HSET``) and its
+stream trimmed to its first 3 entries (``XTRIM MAXLEN = 3``), i.e. the keys as a replica that
+missed the last two writes holds them once promoted.  Then:
 
 * the broker that sequenced m4 and m5 remembers seq 5, so the next publish moves the channel to
   a new epoch in Redis before sequencing; the edge sees the new epoch and takes the
@@ -18,6 +25,7 @@ Real broker, edge, Redis and HTTP clients."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -25,7 +33,7 @@ import httpx
 import pytest
 from gripcontrol import GripPubControl
 
-from bench.redisprocs import command
+from bench.redisprocs import command, info
 from tests.helpers import MISSING, free_port_block, wait_for
 from tests.integration.cluster import Cluster, Origin, StreamClient
 from tests.integration.test_epoch_change import held
@@ -88,13 +96,18 @@ def lose_writes(port: int, channel: str, keep: int) -> None:
     command(port, "XTRIM", f"gc:h:{channel}", "MAXLEN", "=", keep)
 
 
-def scenario(setup, channel: str, restart: bool) -> None:
+def scenario(setup, channel: str, restart: bool, lose=None) -> None:
+    """Hold an SSE stream and a long-poll on ``channel``, publish m1..m5, lose the writes after
+    m3 (``lose()``, else ``lose_writes``), then publish m6 or restart the broker: both sessions
+    must take the epoch-change path."""
     cl, redis, mport = setup
     pub = GripPubControl({"control_uri": cl.publish_url})
     e = StreamClient(cl.url(f"/sse/{channel}"))
     e.read_until(b": open\n\n")
     wait_for(lambda: held(mport, "stream") >= 1, what="the SSE stream is not held")
     for n in range(1, 6):
+        if n == 4 and lose is not None:
+            lose.before_m4()
         pub.publish_http_stream(channel, f"data: m{n}\n\n", blocking=True)
     e.read_until(b"data: m5\n\n")
     poll: dict = {}
@@ -107,12 +120,15 @@ def scenario(setup, channel: str, restart: bool) -> None:
     t.start()
     wait_for(lambda: held(mport, "response") >= 1, what="the long-poll is not held")
     try:
-        lose_writes(redis.port, channel, 3)
         at = time.monotonic()
+        if lose is None:
+            lose_writes(redis.port, channel, 3)
+        else:
+            lose()
         if restart:
             restart_broker(cl)  # forgets the seqs it saw: the edge's position check decides
         else:
-            pub.publish_http_stream(channel, "data: m6\n\n", blocking=True)
+            publish_until_stored(cl, channel, "data: m6\n\n")
         e.read_to_end(timeout=20)
         assert e.ended, "the SSE stream went on across a seq that went backwards"
         assert isinstance(getattr(e, "error", None), httpx.RemoteProtocolError), e.data
@@ -123,6 +139,123 @@ def scenario(setup, channel: str, restart: bool) -> None:
         assert b"data: m6" not in e.data  # nothing of the new epoch went out on the old stream
     finally:
         e.close()
+
+
+def publish_until_stored(cl, channel: str, content: str, timeout: float = 20.0) -> None:
+    """POST one item until the broker acknowledges it (503 while its store reconnects)."""
+    item = {"channel": channel, "formats": {"http-stream": {"content": content}}}
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.post(cl.publish_url + "/publish/", json={"items": [item]}, timeout=10)
+        if r.status_code == 200:
+            return
+        assert r.status_code == 503 and time.monotonic() < deadline, (r.status_code, r.text)
+        time.sleep(0.1)  # the store reconnects with backoff; retrying a refused publish
+
+
+class Relay:
+    """A TCP relay on ``port`` to ``127.0.0.1:target`` (what a virtual IP is to the Redis
+    master); ``move(target)`` cuts every relayed connection and sends new ones to ``target``."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def move(self, target: int) -> None:
+        self.target = target
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.lsock.close()
+        self.move(self.target)
+
+
+class Failover:
+    """The replica stops replicating before m4 (promoted with m1..m3); after m5 the master dies
+    and the relay moves to the replica: m4 and m5, acknowledged, are lost."""
+
+    def __init__(self, master, replica, relay: Relay) -> None:
+        self.master, self.replica, self.relay = master, replica, relay
+
+    def before_m4(self) -> None:
+        m = info(self.master.port)
+        wait_for(
+            lambda: (
+                info(self.replica.port).get("master_repl_offset") == m["master_repl_offset"]
+                and info(self.replica.port).get("master_link_status") == "up"
+            ),
+            what="the replica did not catch up with m1..m3",
+        )
+        assert command(self.replica.port, "REPLICAOF", "NO", "ONE") == b"OK"
+
+    def __call__(self) -> None:
+        self.master.kill()
+        self.relay.move(self.replica.port)
+
+
+def test_real_failover_to_a_replica_that_missed_writes(tmp_path):
+    mport = free_port_block(1)
+    with (
+        RedisServer() as master,
+        RedisServer() as replica,
+        Origin({"/sse/f1": hold("sse"), "/poll/f1": hold("poll")}) as origin,
+    ):
+        assert command(replica.port, "REPLICAOF", "127.0.0.1", master.port) == b"OK"
+        relay = Relay(master.port)
+        try:
+            with Cluster(
+                tmp_path,
+                [f"* 127.0.0.1:{origin.port}"],
+                edge_metrics_port=mport,
+                store=f"redis://127.0.0.1:{relay.port}/0",
+            ) as cl:
+                scenario((cl, replica, mport), "f1", False, Failover(master, replica, relay))
+                meta = command(replica.port, "HGETALL", "gc:m:f1")
+                fields = dict(zip(meta[::2], meta[1::2]))
+                assert fields[b"seq"] == b"1"  # m6: seq 1 of a new epoch, not a second seq 4
+        finally:
+            relay.close()
 
 
 def test_broker_that_saw_the_higher_seq_moves_the_channel_to_a_new_epoch(setup):
