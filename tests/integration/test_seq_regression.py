@@ -11,16 +11,16 @@ from its master (``REPLICAOF NO ONE``: promoted with m1..m3) before m4 and m5 ar
 and acknowledged by the master; the master is killed and the relay moved to the promoted
 replica.  The next publish must start a new epoch, and the clients be told.
 
-The other two tests emulate the lost writes in one real ``redis-server``: after m1..m5 were
-acknowledged and delivered, the channel's meta hash is set back to seq 3 (``HSET``) and its
-stream trimmed to its first 3 entries (``XTRIM MAXLEN = 3``), i.e. the keys as a replica that
-missed the last two writes holds them once promoted.  Then:
+The broker that sequenced m4 and m5 remembers seq 5, so that publish moves the channel to a new
+epoch in Redis before sequencing; the edge sees the new epoch and takes the epoch-change path
+(SSE stream closed, long-poll answered now).
 
-* the broker that sequenced m4 and m5 remembers seq 5, so the next publish moves the channel to
-  a new epoch in Redis before sequencing; the edge sees the new epoch and takes the
-  epoch-change path (stream and SSE closed, long-poll answered now);
-* a broker restarted after the loss remembers nothing, and answers the edge's position
-  request with the same epoch and seq 3; the edge, which delivered seq 5, takes the same path.
+``test_edge_that_delivered_the_higher_seq_tells_its_clients`` emulates the loss in the Redis in
+use: after m1..m5 were acknowledged and delivered, the channel's meta hash is set back to seq 3
+(``HSET``) and its stream trimmed to its first 3 entries (``XTRIM MAXLEN = 3``), i.e. the keys
+as a replica that missed the last two writes holds them once promoted; then the broker is
+restarted, so it remembers nothing and answers the edge's position request with the same epoch
+and seq 3; the edge, which delivered seq 5, takes the same path.
 Real broker, edge, Redis and HTTP clients."""
 
 from __future__ import annotations
@@ -72,24 +72,6 @@ def hold(kind: str):
     return handler
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("seqback")
-    routes = {f"/sse/{c}": hold("sse") for c in ("b1", "b2")}
-    routes.update({f"/poll/{c}": hold("poll") for c in ("b1", "b2")})
-    mport = free_port_block(1)
-    with RedisServer() as redis, Origin(routes) as origin:
-        store = f"redis://127.0.0.1:{redis.port}/0"
-        with Cluster(
-            tmp,
-            [f"* 127.0.0.1:{origin.port}"],
-            edge_metrics_port=mport,
-            store=store,
-            broker_link_timeout_s=1.0,
-        ) as cl:
-            yield cl, redis, mport
-
-
 def lose_writes(port: int, channel: str, keep: int) -> None:
     """The channel's keys as a promoted replica that missed the writes after ``keep`` has them."""
     command(port, "HSET", f"gc:m:{channel}", "seq", keep, "last_id", "")
@@ -100,7 +82,7 @@ def scenario(setup, channel: str, restart: bool, lose=None) -> None:
     """Hold an SSE stream and a long-poll on ``channel``, publish m1..m5, lose the writes after
     m3 (``lose()``, else ``lose_writes``), then publish m6 or restart the broker: both sessions
     must take the epoch-change path."""
-    cl, redis, mport = setup
+    cl, mport, relay = setup.cl, setup.mport, setup.relay
     pub = GripPubControl({"control_uri": cl.publish_url})
     e = StreamClient(cl.url(f"/sse/{channel}"))
     e.read_until(b": open\n\n")
@@ -122,7 +104,7 @@ def scenario(setup, channel: str, restart: bool, lose=None) -> None:
     try:
         at = time.monotonic()
         if lose is None:
-            lose_writes(redis.port, channel, 3)
+            lose_writes(relay.target, channel, 3)  # in the Redis the broker uses now
         else:
             lose()
         if restart:
@@ -234,37 +216,59 @@ class Failover:
         self.relay.move(self.replica.port)
 
 
-def test_real_failover_to_a_replica_that_missed_writes(tmp_path):
-    mport = free_port_block(1)
-    with (
-        RedisServer() as master,
-        RedisServer() as replica,
-        Origin({"/sse/f1": hold("sse"), "/poll/f1": hold("poll")}) as origin,
-    ):
-        assert command(replica.port, "REPLICAOF", "127.0.0.1", master.port) == b"OK"
-        relay = Relay(master.port)
-        try:
-            with Cluster(
-                tmp_path,
-                [f"* 127.0.0.1:{origin.port}"],
-                edge_metrics_port=mport,
-                store=f"redis://127.0.0.1:{relay.port}/0",
-            ) as cl:
-                scenario((cl, replica, mport), "f1", False, Failover(master, replica, relay))
-                meta = command(replica.port, "HGETALL", "gc:m:f1")
-                fields = dict(zip(meta[::2], meta[1::2]))
-                assert fields[b"seq"] == b"1"  # m6: seq 1 of a new epoch, not a second seq 4
-        finally:
-            relay.close()
+class Setup:
+    """The module's processes: a Redis master and its replica, the relay the broker reaches
+    Redis through, the origin, one broker and one edge."""
+
+    def __init__(self, tmp) -> None:
+        self.mport = free_port_block(1)
+        self.master, self.replica = RedisServer(), RedisServer()
+        routes = {f"/{kind}/{c}": hold(kind) for kind in ("sse", "poll") for c in ("f1", "b2")}
+        self.origin = Origin(routes).__enter__()  # serving now: close() shuts it down
+        self.relay: Relay | None = None
+        self.tmp = tmp
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        assert command(self.replica.port, "REPLICAOF", "127.0.0.1", self.master.port) == b"OK"
+        self.relay = Relay(self.master.port)
+        self.cl = Cluster(
+            self.tmp,
+            [f"* 127.0.0.1:{self.origin.port}"],
+            edge_metrics_port=self.mport,
+            store=f"redis://127.0.0.1:{self.relay.port}/0",
+            broker_link_timeout_s=1.0,
+        ).start()
+
+    def close(self) -> None:
+        if getattr(self, "cl", None) is not None:
+            self.cl.stop()
+        if self.relay is not None:
+            self.relay.close()
+        self.origin.__exit__(None, None, None)
+        self.replica.close()
+        self.master.close()
 
 
-def test_broker_that_saw_the_higher_seq_moves_the_channel_to_a_new_epoch(setup):
-    cl, redis, _ = setup
-    scenario(setup, "b1", restart=False)
-    meta = command(redis.port, "HGETALL", "gc:m:b1")
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    s = Setup(tmp_path_factory.mktemp("seqback"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.close()
+
+
+def test_real_failover_to_a_replica_that_missed_writes(setup):
+    scenario(setup, "f1", False, Failover(setup.master, setup.replica, setup.relay))
+    meta = command(setup.replica.port, "HGETALL", "gc:m:f1")
     fields = dict(zip(meta[::2], meta[1::2]))
-    assert fields[b"seq"] == b"1"  # m6 is seq 1 of a new epoch, not a second seq 4
+    assert fields[b"seq"] == b"1"  # m6: seq 1 of a new epoch, not a second seq 4
 
 
 def test_edge_that_delivered_the_higher_seq_tells_its_clients(setup):
+    """The loss written into the Redis in use (``lose_writes``), then the broker restarted: it
+    remembers no seq, answers the edge's position with the lower one, and the edge decides."""
     scenario(setup, "b2", restart=True)
