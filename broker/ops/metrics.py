@@ -110,6 +110,12 @@ class BrokerCollector(Collector):
             yield CounterMetricFamily(
                 P + "history_replays", "Replay requests the store served.", value=store.replays
             )
+            yield CounterMetricFamily(
+                P + "store_seq_regressions",
+                "Channels moved to a new epoch: their seq in Redis went below one this broker "
+                "saw (acknowledged writes lost in a failover; docs/redis.md).",
+                value=store.seq_regressions,
+            )
         yield b.pipeline.store_latency.family(
             P + "store_latency_seconds", "Time to store one publish batch."
         )

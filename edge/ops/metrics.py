@@ -156,6 +156,12 @@ class EdgeCollector(Collector):
         yield CounterMetricFamily(
             P + "epoch_changes", "Channels whose broker history was reset.", value=t.epoch_changes
         )
+        yield CounterMetricFamily(
+            P + "seq_regressions",
+            "Position answers below what this edge delivered in the same epoch (taken as epoch "
+            "changes: acknowledged writes lost in a Redis failover; docs/redis.md).",
+            value=t.seq_regressions,
+        )
         yield GaugeMetricFamily(
             P + "channels_positioning",
             "Channels subscribed but whose position the broker has not told yet.",

@@ -272,3 +272,11 @@ def test_edge_that_delivered_the_higher_seq_tells_its_clients(setup):
     """The loss written into the Redis in use (``lose_writes``), then the broker restarted: it
     remembers no seq, answers the edge's position with the lower one, and the edge decides."""
     scenario(setup, "b2", restart=True)
+    assert metric(setup.mport, "gripcast_edge_seq_regressions_total") >= 1
+
+
+def metric(port: int, name: str) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in the metrics")
