@@ -200,3 +200,9 @@ def test_reload_changes_the_retry_bound():
     assert "resume_retry_for_s" in reloadable_keys("edge")
     assert load_config(env={}).resume_retry_for_s == resume_mod.RETRY_FOR_S
     assert load_config(env={"GRIPCAST_RESUME_RETRY_FOR_S": "2.5"}).resume_retry_for_s == 2.5
+    from broker.runtime.reload import EDGE_RELOADABLE, plan_reload
+
+    running = load_config(env={})
+    plan = plan_reload(running, running.replace(resume_retry_for_s=3.0), EDGE_RELOADABLE)
+    assert "resume_retry_for_s" in plan.applied and not plan.needs_restart
+    assert plan.config.resume_retry_for_s == 3.0
