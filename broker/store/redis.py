@@ -65,7 +65,7 @@ master (its seqs are then used: edges repair them from history like any gap) or 
 Seq went backwards: without ``WAIT`` a failover may promote a replica that missed acknowledged
 writes, so a channel's seq in Redis is lower than seqs already handed out (and delivered).  The
 store remembers per channel the highest ``(epoch, seq)`` it stored or read (``_seen``, at most
-``SEEN_CHANNELS_MAX`` channels, least recently touched dropped first) and passes it to every
+``SEEN_CHANNELS_MAX`` channels, the first remembered dropped first) and passes it to every
 script: ``check_floor`` moves a channel found in that epoch below that seq to a new epoch (seq
 0, stream deleted) before anything else, atomically, so every broker agrees and no seq is
 handed out twice (counted ``seq_regressions``, logged).  Edges catch the case a broker cannot
@@ -147,7 +147,7 @@ def _unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-SEEN_CHANNELS_MAX = 100_000  # channels whose highest seen seq is remembered (oldest dropped)
+SEEN_CHANNELS_MAX = 100_000  # channels whose highest seen seq is remembered (first in, first out)
 HELD_RETRY_S = 0.1  # items held for their prev-id are offered again this often (``serve``)
 RECOVER_CHANNELS_MAX = 100_000  # after a recover, channels let through unchecked, at most
 
@@ -249,8 +249,8 @@ end
 
 # KEYS: meta_1, stream_1, ids_1, ..., meta_n, stream_n, ids_n (the distinct channels)
 # ARGV: maxlen, '~' or '=', cutoff_ms, ttl_ms, ts_ms, maxbytes (0: none), id_ttl_ms (0: no
-#       de-duplication here), n, epoch candidate x n, seen epoch x n ('' none), seen seq x n
-#       (the broker's floor per channel: ``check_floor``), then per item: channel index (1-based),
+#       de-duplication here), n, epoch candidate x n, "<seen epoch>:<seen seq>" x n ('' none:
+#       the broker's floor per channel, as ``check_floor``), then per item: channel index (1-based),
 #       publisher id or '', record tail, payload bytes, prev id or '', flags (1: de-duplicate
 #       the id, 2: hold if prev id is not the channel's last id)
 # -> {{epoch_1..epoch_n}, {seq per item: > 0 stored, 0 duplicate dropped, -1 held},
@@ -259,7 +259,7 @@ _LUA_APPEND = (
     _LUA_COMMON
     + r"""
 local nch = tonumber(ARGV[8])
-local base = 8 + 3 * nch
+local base = 8 + 2 * nch
 local nitems = (#ARGV - base) / 6
 local idttl = tonumber(ARGV[7])
 local now = tonumber(ARGV[5])
@@ -269,9 +269,22 @@ local call = redis.call
 local moved = 0
 for c = 1, nch do
   counts[c] = 0
-  moved = moved + check_floor(KEYS[3 * c - 2], KEYS[3 * c - 1], ARGV[8 + c], ARGV[8 + nch + c],
-                              ARGV[8 + 2 * nch + c])
-  lastids[c] = call('HGET', KEYS[3 * c - 2], 'last_id') or ''
+  -- check_floor, inlined: one read of the meta hash for it and the last id
+  local meta = KEYS[3 * c - 2]
+  local m = call('HMGET', meta, 'last_id', 'epoch', 'seq')
+  local floor = ARGV[8 + nch + c]
+  local fseq = nil
+  if floor ~= '' and m[2] and string.sub(floor, 1, #m[2] + 1) == m[2] .. ':' then
+    fseq = tonumber(string.sub(floor, #m[2] + 2))
+  end
+  if fseq ~= nil and (tonumber(m[3]) or 0) < fseq then
+    call('DEL', meta, KEYS[3 * c - 1])
+    call('HSET', meta, 'epoch', ARGV[8 + c])
+    moved = moved + 1
+    lastids[c] = ''
+  else
+    lastids[c] = m[1] or ''
+  end
 end
 for k = 0, nitems - 1 do
   local j = base + 6 * k
@@ -523,8 +536,8 @@ class RedisStore:
         self._dropped_duplicate = 0
         self._held = 0
         self._timed_out = 0
-        # the highest (epoch, seq) this broker stored or read per channel (bounded, oldest
-        # dropped first): the floor under which a channel's seq must not go (module docstring)
+        # the highest (epoch, seq) this broker stored or read per channel (bounded, the first
+        # remembered dropped first): the floor under which a channel's seq must not go (module docstring)
         self._seen: dict[str, tuple[str, int]] = {}
         self._seq_regressions = 0
 
@@ -648,8 +661,7 @@ class RedisStore:
                         *head,
                         len(index),
                         *epochs,
-                        *[f[0] for f in floors],
-                        *[f[1] for f in floors],
+                        *[f"{f[0]}:{f[1]}" if f[0] else "" for f in floors],
                         *args,
                     )
                 )
@@ -687,7 +699,6 @@ class RedisStore:
                 )
         out = [env for env in placed if env is not None]
         for env in out:  # in seq order per channel: the last one is the highest
-            seen.pop(env.channel, None)
             seen[env.channel] = (env.epoch, env.seq)
         if len(seen) > SEEN_CHANNELS_MAX:
             self._trim_seen()
@@ -774,9 +785,9 @@ class RedisStore:
 
     def _observed(self, channel: str, epoch: str, seq: int) -> None:
         seen = self._seen
-        old = seen.pop(channel, None)
+        old = seen.get(channel)
         if old is not None and old[0] == epoch and old[1] > seq:
-            seq = old[1]  # not lower: the script moved the channel on if it was
+            return  # not lower: the script moved the channel on if it was
         seen[channel] = (epoch, seq)
         if len(seen) > SEEN_CHANNELS_MAX:
             self._trim_seen()

@@ -601,6 +601,7 @@ def test_seen_seqs_are_bounded(shared_redis, monkeypatch):
 
     async def body(store, client):
         await store.append_batch([item(f"b{n}", n) for n in range(25)], NOW)
+        assert list(store._seen) == [f"b{n}" for n in range(15, 25)]  # first in, first out
         await store.position("b3")  # dropped already: remembered again, as the newest
         assert len(store._seen) == 10 and list(store._seen)[-1] == "b3"
 
