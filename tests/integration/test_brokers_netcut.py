@@ -1,0 +1,171 @@
+"""A broker cut off the network for real, and restored (issue #15), with loss accounting.
+
+Two brokers share one standalone redis-server; each broker is on its own "host", a network
+namespace joined to the root namespace by two veth pairs (``bench.netcut``): its edge link
+(XPUB and edge ROUTER, plain TCP with ZMTP heartbeats) and its service link (HTTP publish API,
+its connection to Redis).  Redis, two edges, the origin (cursor resume on), 150 SSE and 150
+WebSocket clients and the publishers are in the root namespace; ``bench.chaos`` drives the
+clients (they resume by cursor when cut, some are cut on purpose) and the publishers (each
+item POSTed to a random broker, retried on another with the same id, acknowledged on 200).
+
+Broker 1 is cut twice while publishing goes on (the namespace end of a link set down: packets
+vanish, TCP stalls, nothing is reset), each time for longer than the heartbeats take to drop
+its links, then restored:
+
+* ``link_cut``: its edge link only.  It keeps taking publishes, storing and acknowledging
+  them, and fans them out into the void: the edges must repair them from history (asked of
+  broker 0).
+* ``host_cut``: both links.  Publishes sent to it time out and are not acknowledged (the
+  publisher retries them on broker 0); what it stored anyway is delivered everywhere.
+
+Then (``bench.chaos.Run.account``, per client against each channel's history read back from
+the brokers): every acknowledged message reached every subscribed client exactly once, in
+order; a message not acknowledged reached every subscribed client or none.  And the edges
+noticed broker 1's loss each time, and took it back after each restore (their logs), while
+broker 0 was never lost.
+
+Needs root and ``ip netns`` (CI runs as root); skipped otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from bench.chaos import ChaosConfig, Fault, run_on
+from bench.netcut import NetcutCluster, netns_unavailable
+from bench.redisprocs import redis_available
+from tests.helpers import skip_missing, wait_for
+from tests.integration.cluster import StreamClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+HOLD_S = 3.0  # > 3 ZMTP heartbeats of 0.5 s and broker_link_timeout_s = 1.5
+
+
+def config(**kw) -> ChaosConfig:
+    base = dict(
+        seed=15,
+        duration_s=10.0,
+        redis="standalone",
+        brokers=2,
+        edges=2,
+        sse_clients=150,
+        ws_clients=150,
+        channels=4,
+        publishers=4,
+        publish_rate=20.0,
+        churn_per_s=3.0,
+        settle_s=15.0,  # a correct run settles within a second or two
+    )
+    base.update(kw)
+    return ChaosConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = netns_unavailable()
+    if reason:
+        skip_missing(reason)
+    if not redis_available():
+        skip_missing("redis-server not installed")
+    c = NetcutCluster(config(), tmp_path_factory.mktemp("netcut"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def test_a_broker_cut_off_and_restored(cluster):
+    plan = [
+        Fault(1.0, "link_cut", 1, HOLD_S),  # fans out into the void, still acknowledges
+        Fault(5.5, "host_cut", 1, HOLD_S),  # its publishes time out: not acknowledged
+    ]
+    r = run_on(cluster, config(), plan, log=print)
+    detail = (r["examples"], r["timeline"])
+    kinds = [e["kind"] for e in r["timeline"] if "error" not in e]
+    assert kinds == ["link_cut", "host_cut"], r["timeline"]
+    assert r["acknowledged"] > 100, r
+    assert r["lost"] == 0 and r["lost_in_store"] == 0, detail
+    assert r["duplicated"] == 0, detail
+    assert r["order_errors"] == 0 and r["outside_history"] == 0, detail
+    assert r["unacked_partial"] == 0 and r["unacked_delivered_not_stored"] == 0, detail
+    assert r["clients_received"] == r["clients"] == 300, detail
+    assert r["churned"] >= 10, r  # clients did resume by cursor meanwhile
+    assert r["ok"], r
+    # the edge-only cut: broker 1 went on storing (and acknowledging) what went into the void
+    assert r["timeline"][0].get("stored_while_cut", 0) > 0, r["timeline"]
+    # the host cut: publishes sent to broker 1 got no answer; retried on broker 0
+    assert r["retried_ok"] > 0, r
+
+    # the edges noticed broker 1's loss once per cut (the second one after it was back from
+    # the first), never broker 0's; and after each restore they took broker 1 back: their SUBs
+    # subscribed again (broker 1 answered with position markers)
+    for e in range(2):
+        text = cluster.log_text(f"edge{e}")
+        assert len(re.findall(lost_line(cluster, 1), text)) == 2, text[-3000:]
+        assert not re.search(lost_line(cluster, 0), text), text[-3000:]
+    for entry in r["timeline"]:
+        assert entry["resubscribed_s"] is not None, r["timeline"]
+
+
+def lost_line(cluster: NetcutCluster, i: int) -> str:
+    """The edge's log line for broker ``i`` lost (edge.server.serve_link_repair)."""
+    ctl = f"{cluster.hosts.addr(i, 'e', 'ns')}:{cluster.broker_ports[i]['edge_ctl_port']}"
+    return rf"broker lost: .* broker=tcp://{re.escape(ctl)};"
+
+
+def sse_item(channel: str, pid: str) -> dict:
+    return {
+        "channel": channel,
+        "id": pid,
+        "formats": {"http-stream": {"content": f"id: {pid}\ndata: {pid}\n\n"}},
+    }
+
+
+def test_what_a_cut_off_broker_stored_reaches_the_clients_after_restore(cluster):
+    """The tail: a message acknowledged by broker 1 after the edges gave it up (and resynced
+    from broker 0), fanned out into the void, and nothing published after it: the edges
+    repair it when broker 1 is back, without another publish."""
+    ch = "netcut-tail"
+    clients = [
+        StreamClient(f"http://127.0.0.1:{port}/sse/{ch}")
+        for port in cluster.edge_ports
+        for _ in range(2)
+    ]
+    try:
+        for c in clients:
+            assert c.wait_open().status == 200
+        r = httpx.post(cluster.publish_url(0), json={"items": [sse_item(ch, "t0")]}, timeout=5)
+        assert r.status_code == 200, r.text
+        for c in clients:
+            c.read_until(b"data: t0\n")
+        seen = [
+            len(re.findall(lost_line(cluster, 1), cluster.log_text(f"edge{e}"))) for e in (0, 1)
+        ]
+        cluster.hosts.cut(1, "link_cut")
+        try:
+            wait_for(
+                lambda: all(
+                    len(re.findall(lost_line(cluster, 1), cluster.log_text(f"edge{e}"))) > seen[e]
+                    for e in (0, 1)
+                ),
+                timeout=10,
+                what="the edges to give broker 1 up",
+            )
+            r = httpx.post(cluster.publish_url(1), json={"items": [sse_item(ch, "t1")]}, timeout=5)
+            assert r.status_code == 200, r.text  # stored in Redis, fanned out into the void
+            # acknowledged: broker 1 fanned it out right after storing it, into the void
+            for k, c in enumerate(clients):
+                assert b"t1" not in c.read_for(0.5 if k == 0 else 0.0), "the cut did not cut"
+        finally:
+            cluster.hosts.restore(1)
+        for c in clients:
+            data = c.read_until(b"data: t1\n", timeout=15)
+            assert data.count(b"data: t1\n") == 1 and data.count(b"data: t0\n") == 1, data
+    finally:
+        for c in clients:
+            c.close()
