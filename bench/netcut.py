@@ -6,8 +6,10 @@ root namespace, where Redis, the edges, the origin, the clients and the publishe
 
 * the **edge link** (``<id>e<i>``): the broker's XPUB and edge ROUTER (``edge_bind``); the edges
   connect to its namespace address;
-* the **service link** (``<id>s<i>``): the HTTP publish API (``http_bind``) and the broker's own
-  connection to Redis (which listens on the root end of every service link).
+* the **service link** (``<id>s<i>``): the HTTP publish API (``http_bind``), the metrics
+  listener and the broker's own connections to Redis.  Redis (standalone, Sentinel or Cluster:
+  ``bench.redisprocs`` with ``host``) listens on, and announces, the *hub* address: the root
+  end of one more veth pair, each broker host routing to it over its service link.
 
 A cut sets the namespace end of a link down: the root end stays up without carrier, so what the
 edges (or publishers, or Redis) send is dropped silently, as on a dead cable -- TCP stalls and
@@ -16,7 +18,7 @@ publishes and storing them, and fans them out into the void); ``host_cut`` cuts 
 broker's publishes time out, its Redis connection stalls).  Restoring sets the links up again.
 
 Addresses: ``10.<a>.<b + 2i>.{1,2}/24`` (edge link) and ``10.<a>.<b + 2i + 1>.{1,2}/24``
-(service link), ``<a>.<b>`` drawn at random among subnets not in use on this machine (several
+(service link), ``10.<a>.<b + 2n>.1`` (the hub), ``<a>.<b>`` drawn at random among subnets not in use on this machine (several
 runs can coexist).  Needs root and ``ip netns``: ``netns_unavailable()`` says why not.
 """
 
@@ -30,12 +32,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.chaos import BROKER_KEYS, ChaosCluster, ChaosConfig, Fault, GripProc, _r, write_config
 from bench.origin import Origin
 from bench.procs import free_port_block, free_ports
-from bench.redisprocs import RedisServer
+from bench.redisprocs import RedisCluster, RedisServer, SentinelGroup, reachable_at
 
 CUT_KINDS = ("link_cut", "host_cut")
 
@@ -90,7 +93,7 @@ class BrokerHosts:
         rng = random.Random()
         for _ in range(100):
             a, b = rng.randrange(100, 250), rng.randrange(0, 250 - 2 * n, 2)
-            if not any((a, b + k) in used for k in range(2 * n)):
+            if not any((a, b + k) in used for k in range(2 * n + 1)):
                 break
         else:
             raise RuntimeError("no free 10.x.y.0/24 subnets for the broker hosts")
@@ -106,11 +109,25 @@ class BrokerHosts:
         a, b = self.net
         return f"10.{a}.{b + 2 * i + (link == 's')}.{1 if end == 'root' else 2}"
 
+    @property
+    def hub(self) -> str:
+        """The root namespace's address every broker host reaches Redis at (the root end of
+        a veth pair to a namespace of its own, so that it has a carrier whatever is cut)."""
+        a, b = self.net
+        return f"10.{a}.{b + 2 * self.n}.1"
+
     def exec(self, i: int) -> list[str]:
         return ["ip", "netns", "exec", self.ns(i)]
 
     def up(self) -> BrokerHosts:
         try:
+            ns = f"{self.id}h"
+            ip("netns", "add", ns)
+            self.created.append(ns)
+            ip("link", "add", ns, "type", "veth", "peer", "name", "hub", "netns", ns)
+            ip("addr", "add", f"{self.hub}/24", "dev", ns)
+            ip("link", "set", ns, "up")
+            ip("-n", ns, "link", "set", "dev", "hub", "up")
             for i in range(self.n):
                 ns = self.ns(i)
                 ip("netns", "add", ns)
@@ -123,6 +140,7 @@ class BrokerHosts:
                     ip("link", "set", root_dev, "up")
                     ip("-n", ns, "addr", "add", f"{self.addr(i, link, 'ns')}/24", "dev", link)
                     ip("-n", ns, "link", "set", link, "up")
+                self._route_hub(i)
         except BaseException:
             self.down()
             raise
@@ -138,7 +156,11 @@ class BrokerHosts:
     def restore(self, i: int) -> None:
         for link in ("e", "s"):
             ip("-n", self.ns(i), "link", "set", link, "up")
-        self.cut_now.pop(i, None)
+        if self.cut_now.pop(i, None) == "host_cut":
+            self._route_hub(i)  # gone with the link
+
+    def _route_hub(self, i: int) -> None:
+        ip("-n", self.ns(i), "route", "add", f"{self.hub}/32", "via", self.addr(i, "s", "root"))
 
     def down(self) -> None:
         """Delete the namespaces (their veth pairs go with them).  Only processes started in
@@ -156,18 +178,37 @@ class BrokerHosts:
 
 class NetcutCluster(ChaosCluster):
     """A chaos cluster (``bench.chaos``: ``run_on`` drives it) whose brokers are on their own
-    hosts (``BrokerHosts``), on one standalone redis-server; edges, origin, clients and
-    publishers in the root namespace.  Faults: ``link_cut`` / ``host_cut`` (``BrokerHosts.cut``,
-    restored after ``hold_s``) and ``broker_kill`` / ``edge_kill`` as in ``ChaosCluster``.
+    hosts (``BrokerHosts``); Redis (``cfg.redis``: ``standalone``, ``sentinel`` or ``cluster``,
+    known by the hub address), edges, origin, clients and publishers in the root namespace.
+    Faults: ``link_cut`` / ``host_cut`` (``BrokerHosts.cut``, restored after ``hold_s``), the
+    others as in ``ChaosCluster``.  ``alternate``: ``link_cut`` faults are an edge-link cut and
+    a whole-host cut in turn (``bench.chaos``'s plans draw ``link_cut`` only).
 
     ``zmq_heartbeat_s`` (ZMTP heartbeats) drops a silent broker link after three intervals: a
     cut longer than that loses what was in flight for good, and only history repairs it."""
 
-    def __init__(self, cfg: ChaosConfig, workdir: Path, zmq_heartbeat_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        cfg: ChaosConfig,
+        workdir: Path,
+        zmq_heartbeat_s: float = 0.5,
+        alternate: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.dir = workdir
         self.hosts = BrokerHosts(cfg.brokers)
-        self.redis_server: RedisServer | None = None
+        self.redis: RedisServer | SentinelGroup | RedisCluster  # type: ignore[assignment]
+        hub = self.hosts.hub
+        if cfg.redis == "standalone":
+            self.redis = RedisServer(None, *reachable_at(hub))
+        elif cfg.redis == "sentinel":
+            self.redis = SentinelGroup(replicas=1, sentinels=3, host=hub)
+        elif cfg.redis == "cluster":
+            self.redis = RedisCluster(host=hub)
+        else:
+            raise ValueError(f"redis: standalone, sentinel or cluster, not {cfg.redis!r}")
+        self.alternate = alternate
+        self.link_cuts = 0
         self.origin = Origin(resume=True)
         base = free_port_block(10 * cfg.brokers + 6)
         self.broker_ports = [
@@ -182,10 +223,11 @@ class NetcutCluster(ChaosCluster):
 
     def start(self) -> NetcutCluster:
         self.hosts.up()
-        binds = ["127.0.0.1"] + [self.hosts.addr(i, "s", "root") for i in range(self.cfg.brokers)]
-        # the brokers reach Redis over their service links: it listens on their root ends
-        self.redis_server = RedisServer(None, "--bind", *binds, "--protected-mode", "no")
-        self.redis_server.start()
+        self.redis.start()
+        if isinstance(self.redis, RedisServer):
+            store = f"redis://{self.hosts.hub}:{self.redis.port}"
+        else:
+            store = self.redis.url()
         self.origin.start()
         listed = [
             f"{self.hosts.addr(i, 'e', 'ns')}:{p['edge_pub_port']}"
@@ -196,7 +238,9 @@ class NetcutCluster(ChaosCluster):
                 f"*,path_beg=/ws/ 127.0.0.1:{self.origin.port},over_http",
                 f"* 127.0.0.1:{self.origin.port}",
             ],
+            "store": store,
             "brokers": listed,
+            "redis_wait_replicas": 0 if isinstance(self.redis, RedisServer) else 1,
             "broker_link_timeout_s": 1.5,
             "zmq_heartbeat_s": self.zmq_heartbeat_s,
             "drain_timeout_s": 0.0,
@@ -207,7 +251,6 @@ class NetcutCluster(ChaosCluster):
         for i, ports in enumerate(self.broker_ports):
             own = {
                 **common,
-                "store": f"redis://{self.hosts.addr(i, 's', 'root')}:{self.redis_server.port}",
                 "edge_bind": self.hosts.addr(i, "e", "ns"),
                 "http_bind": self.hosts.addr(i, "s", "ns"),
                 "allow_unauthenticated_publish": True,  # a test network
@@ -221,11 +264,7 @@ class NetcutCluster(ChaosCluster):
                     self.dir / f"broker{i}.log",
                 )
             )
-        edge_cfg = write_config(
-            self.dir / "edge.toml",
-            self.broker_ports[0],
-            {**common, "store": f"redis://127.0.0.1:{self.redis_server.port}"},
-        )
+        edge_cfg = write_config(self.dir / "edge.toml", self.broker_ports[0], common)
         self.edges = [
             GripProc(
                 [*py, "edge", "--index", str(i), "--config", edge_cfg]
@@ -249,6 +288,10 @@ class NetcutCluster(ChaosCluster):
     def inject(self, f: Fault, log) -> dict:
         if f.kind not in CUT_KINDS:
             return super().inject(f, log)
+        if f.kind == "link_cut" and self.alternate:
+            self.link_cuts += 1
+            if self.link_cuts % 2 == 0:
+                f = replace(f, kind="host_cut")
         t0 = time.monotonic()
         what = "from the edges" if f.kind == "link_cut" else "from everything"
         before = self.broker_metric(f.target, "gripcast_broker_messages_stored")
@@ -275,7 +318,8 @@ class NetcutCluster(ChaosCluster):
                 detail += f"; edges subscribed again {resubscribed}s after"
                 break
             time.sleep(0.1)  # polling the broker's counter
-        entry = {"kind": f.kind, "target": f.target, "detail": detail, "took_s": _r(t0)}
+        kind = "link_cut" if self.alternate else f.kind  # (the plan's name, for its counts)
+        entry = {"kind": kind, "target": f.target, "detail": detail, "took_s": _r(t0)}
         entry["resubscribed_s"] = resubscribed
         if before is not None and during is not None:
             entry["stored_while_cut"] = during - before
@@ -312,6 +356,5 @@ class NetcutCluster(ChaosCluster):
         for p in [*self.edges, *self.brokers]:
             p.stop()
         self.origin.stop()
-        if self.redis_server is not None:
-            self.redis_server.close()
+        self.redis.close()
         self.hosts.down()

@@ -3,7 +3,7 @@
 Two brokers share one standalone redis-server; each broker is on its own "host", a network
 namespace joined to the root namespace by two veth pairs (``bench.netcut``): its edge link
 (XPUB and edge ROUTER, plain TCP with ZMTP heartbeats) and its service link (HTTP publish API,
-its connection to Redis).  Redis, two edges, the origin (cursor resume on), 150 SSE and 150
+its connection to Redis, which listens on a root-namespace "hub" address).  Redis, two edges, the origin (cursor resume on), 150 SSE and 150
 WebSocket clients and the publishers are in the root namespace; ``bench.chaos`` drives the
 clients (they resume by cursor when cut, some are cut on purpose) and the publishers (each
 item POSTed to a random broker, retried on another with the same id, acknowledged on 200).
