@@ -108,7 +108,7 @@ def test_a_broker_cut_off_and_restored(cluster):
     # subscribed again (broker 1 answered with position markers)
     for e in range(2):
         text = cluster.log_text(f"edge{e}")
-        assert len(re.findall(lost_line(cluster, 1), text)) == 2, text[-3000:]
+        assert len(re.findall(lost_line(cluster, 1), text)) >= 2, text[-3000:]
         assert not re.search(lost_line(cluster, 0), text), text[-3000:]
     for entry in r["timeline"]:
         assert entry["resubscribed_s"] is not None, r["timeline"]
