@@ -193,6 +193,7 @@ class NetcutCluster(ChaosCluster):
         workdir: Path,
         zmq_heartbeat_s: float = 0.5,
         alternate: bool = False,
+        broker_link_timeout_s: float = 1.5,
     ) -> None:
         self.cfg = cfg
         self.dir = workdir
@@ -220,6 +221,7 @@ class NetcutCluster(ChaosCluster):
         self.edges: list[GripProc] = []
         self.redis_lock = threading.Lock()
         self.zmq_heartbeat_s = zmq_heartbeat_s
+        self.broker_link_timeout_s = broker_link_timeout_s
 
     def start(self) -> NetcutCluster:
         self.hosts.up()
@@ -241,7 +243,7 @@ class NetcutCluster(ChaosCluster):
             "store": store,
             "brokers": listed,
             "redis_wait_replicas": 0 if isinstance(self.redis, RedisServer) else 1,
-            "broker_link_timeout_s": 1.5,
+            "broker_link_timeout_s": self.broker_link_timeout_s,
             "zmq_heartbeat_s": self.zmq_heartbeat_s,
             "drain_timeout_s": 0.0,
             "history_max_items": 100000,
@@ -273,8 +275,23 @@ class NetcutCluster(ChaosCluster):
             )
             for i, port in enumerate(self.edge_ports)
         ]
-        for p in [*self.brokers, *self.edges]:
-            p.start()
+        # all at once (the edges retry their brokers until they answer), each waited on
+        procs = [*self.brokers, *self.edges]
+        failed: list[BaseException] = []
+
+        def start_one(p: GripProc) -> None:
+            try:
+                p.start()
+            except BaseException as exc:
+                failed.append(exc)
+
+        threads = [threading.Thread(target=start_one, args=(p,)) for p in procs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failed:
+            raise failed[0]
         return self
 
     def publish_url(self, i: int) -> str:

@@ -44,13 +44,17 @@ from tests.integration.cluster import StreamClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-HOLD_S = 3.0  # > 3 ZMTP heartbeats of 0.5 s and broker_link_timeout_s = 1.5
+# broker heartbeats every 1 s: the edges call a broker lost after 2.5 s without one (not less:
+# a loaded machine must not make broker 0 look lost); ZMTP heartbeats drop a silent link after
+# 1.5 s; a cut lasts longer than both
+LINK_TIMEOUT_S = 2.5
+HOLD_S = 3.5
 
 
 def config(**kw) -> ChaosConfig:
     base = dict(
         seed=15,
-        duration_s=10.0,
+        duration_s=11.0,
         redis="standalone",
         brokers=2,
         edges=2,
@@ -73,7 +77,9 @@ def cluster(tmp_path_factory):
         skip_missing(reason)
     if not redis_available():
         skip_missing("redis-server not installed")
-    c = NetcutCluster(config(), tmp_path_factory.mktemp("netcut"))
+    c = NetcutCluster(
+        config(), tmp_path_factory.mktemp("netcut"), broker_link_timeout_s=LINK_TIMEOUT_S
+    )
     try:
         c.start()
         yield c
@@ -84,13 +90,13 @@ def cluster(tmp_path_factory):
 def test_a_broker_cut_off_and_restored(cluster):
     plan = [
         Fault(1.0, "link_cut", 1, HOLD_S),  # fans out into the void, still acknowledges
-        Fault(5.5, "host_cut", 1, HOLD_S),  # its publishes time out: not acknowledged
+        Fault(6.0, "host_cut", 1, HOLD_S),  # its publishes time out: not acknowledged
     ]
     r = run_on(cluster, config(), plan, log=print)
     detail = (r["examples"], r["timeline"])
     kinds = [e["kind"] for e in r["timeline"] if "error" not in e]
     assert kinds == ["link_cut", "host_cut"], r["timeline"]
-    assert r["acknowledged"] > 100, r
+    assert r["acknowledged"] > 50, r
     assert r["lost"] == 0 and r["lost_in_store"] == 0, detail
     assert r["duplicated"] == 0, detail
     assert r["order_errors"] == 0 and r["outside_history"] == 0, detail
