@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 
 import httpx
 import pytest
@@ -224,11 +225,13 @@ def test_a_publish_in_flight_to_a_broker_cut_off_is_not_acknowledged(cluster):
             sock.close()
             cluster.hosts.restore(1)
         # after the restore: a last publish through broker 1 (taken back), then history
+        restored = time.monotonic()
         wait_for(
             lambda: post_ok(cluster.publish_url(1), sse_item(ch, "f3")),
             timeout=15,
             what="broker 1 to take publishes again",
         )
+        print(f"broker 1 took publishes again {time.monotonic() - restored:.2f}s after the restore")
         for c in clients:
             c.read_until(b"data: f3\n", timeout=15)
         items = httpx.get(cluster.items_url(0, ch), timeout=5).json()["items"]
