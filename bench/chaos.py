@@ -19,9 +19,12 @@ Faults, drawn from ``--seed`` (the plan is replayable; the timing of real proces
 ``broker_kill`` (SIGKILL a broker, restart it), ``edge_kill`` (SIGKILL an edge: its clients
 resume on the other edge; the edge is restarted), ``redis_failover`` (SIGKILL the Redis master
 -- Sentinel's, or one Cluster shard's -- wait for the replica's promotion, then bring the old
-one back as a replica) and ``link_cut`` (a broker SIGSTOPped for a few seconds then SIGCONT: a
-stand-in for a network cut; the edges call the link lost after ``broker_link_timeout_s``).  The
-first faults cover every kind once, the rest are random.
+one back as a replica) and ``link_cut``: with ``link_cut="netns"`` (``--link-cut netns``, the
+default where network namespaces can be made) a real cut, each broker on a host of its own
+(``bench.netcut``): its links set down for a few seconds, the edge link only and the whole host
+in turn; with ``"stop"`` a stand-in, the broker SIGSTOPped then SIGCONT.  Either way the edges
+call the broker lost after ``broker_link_timeout_s``.  The first faults cover every kind once,
+the rest are random.
 
 At the end, publishing stops, every client catches up, and each channel's history is read from
 the brokers' channel API (``/channels/<ch>/items``): the canonical order.  For every client, what
@@ -877,17 +880,29 @@ def run_on(cluster: ChaosCluster, cfg: ChaosConfig, plan: list[Fault], log=print
     return asyncio.run(Run(cfg, cluster, log).main(plan))
 
 
-def run_chaos(cfg: ChaosConfig, log=print) -> dict:
+def make_cluster(cfg: ChaosConfig, workdir: Path, link_cut: str = "stop") -> ChaosCluster:
+    """The cluster of a run: ``link_cut`` ``"netns"`` puts each broker on a host of its own
+    (``bench.netcut``) and cuts its links for real; ``"stop"`` SIGSTOPs it."""
+    if link_cut == "netns":
+        from bench.netcut import NetcutCluster
+
+        return NetcutCluster(cfg, workdir, alternate=True)
+    if link_cut != "stop":
+        raise ValueError(f"link_cut: netns or stop, not {link_cut!r}")
+    return ChaosCluster(cfg, workdir)
+
+
+def run_chaos(cfg: ChaosConfig, log=print, link_cut: str = "stop") -> dict:
     """One chaos run: start everything, run, account, stop everything."""
     plan = fault_plan(cfg)
     with tempfile.TemporaryDirectory(prefix="bench-chaos-") as d:
-        cluster = ChaosCluster(cfg, Path(d))
+        cluster = make_cluster(cfg, Path(d), link_cut)
         t0 = time.monotonic()
         try:
             cluster.start()
             log(
                 f"chaos seed={cfg.seed}: {cfg.brokers} brokers, {cfg.edges} edges, redis "
-                f"{cfg.redis} ({cluster.redis.url()}); started in {_r(t0)}s; "
+                f"{cfg.redis} ({cluster.redis.url()}), link cuts {link_cut}; started in {_r(t0)}s; "
                 f"{len(plan)} faults planned"
             )
             result = run_on(cluster, cfg, plan, log)
@@ -905,6 +920,7 @@ def run_chaos(cfg: ChaosConfig, log=print) -> dict:
         finally:
             cluster.close()
     result["config"] = asdict(cfg)
+    result["link_cut"] = link_cut
     result["plan"] = [asdict(f) for f in plan]
     result["wall_s"] = _r(t0)
     return result

@@ -336,6 +336,13 @@ def add_chaos_args(sub) -> None:
     )
     ch.add_argument("--quick", action="store_true", help="CI form: ~20 s, 60 clients, 2 brokers")
     ch.add_argument("--out", default=None)
+    ch.add_argument(
+        "--link-cut",
+        choices=("netns", "stop"),
+        default=None,
+        help="link cuts: netns (brokers on hosts of their own, links set down; the default "
+        "where network namespaces can be made) or stop (SIGSTOP/SIGCONT)",
+    )
 
 
 def run_chaos_cli(args, console: Console, meta: dict, stamp: str) -> int:
@@ -357,7 +364,15 @@ def run_chaos_cli(args, console: Console, meta: dict, stamp: str) -> int:
             fault_every_s=args.fault_every,
             publisher=args.publisher,
         )
-    r = chaos.run_chaos(cfg, log=console.print)
+    link_cut = args.link_cut
+    if link_cut is None:
+        from bench.netcut import netns_unavailable
+
+        why = netns_unavailable()
+        link_cut = "stop" if why else "netns"
+        if why:
+            console.print(f"link cuts: SIGSTOP ({why})")
+    r = chaos.run_chaos(cfg, log=console.print, link_cut=link_cut)
     chaos.print_result(r, console)
     path = report.write_json(
         {**meta, "scenario": "chaos", "result": r}, out_path(args.out, "chaos", stamp)

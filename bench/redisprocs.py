@@ -211,6 +211,14 @@ def wait(pred, timeout: float, what: str) -> None:
         delay = min(delay * 2, 0.1)
 
 
+def reachable_at(host: str) -> list[str]:
+    """Extra redis-server arguments to also listen on ``host`` (an address of this machine that
+    other network namespaces reach, bench.netcut), without protected mode (no password)."""
+    if host == "127.0.0.1":
+        return []
+    return ["--bind", "127.0.0.1", host, "--protected-mode", "no"]
+
+
 class SentinelGroup:
     def __init__(
         self,
@@ -220,15 +228,21 @@ class SentinelGroup:
         down_after_ms: int = 500,
         failover_timeout_ms: int = 2000,
         master_name: str = MASTER_NAME,
+        host: str = "127.0.0.1",
     ) -> None:
+        """``host``: the address the servers and sentinels are known by (and also listen on);
+        another than 127.0.0.1 for brokers in other network namespaces."""
         self.master_name = master_name
+        self.host = host
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         # no 5 s wait before a full sync (Redis 7's repl-diskless-sync-delay default)
-        fast = ("--repl-diskless-sync-delay", "0")
+        fast = ("--repl-diskless-sync-delay", "0", *reachable_at(host))
         self.servers: list[RedisServer] = [RedisServer(None, *fast)]
         self.servers += [RedisServer(None, *fast) for _ in range(replicas)]
-        self.sentinels: list[RedisServer] = [RedisServer() for _ in range(sentinels)]
+        self.sentinels: list[RedisServer] = [
+            RedisServer(None, *reachable_at(host)) for _ in range(sentinels)
+        ]
         self.quorum = sentinels // 2 + 1
         self.master_port: int | None = None
 
@@ -239,7 +253,7 @@ class SentinelGroup:
             master = self.servers[0].start()
             self.master_port = master.port
             for r in self.servers[1:]:
-                r.extra_args += ["--replicaof", "127.0.0.1", str(master.port)]
+                r.extra_args += ["--replicaof", self.host, str(master.port)]
                 r.start()
             wait(
                 lambda: (
@@ -263,12 +277,12 @@ class SentinelGroup:
         # known ids, replicas and peers in the config: no wait for discovery (hello every 2 s)
         me = self.sentinels.index(s)
         known = [
-            f"sentinel known-sentinel {self.master_name} 127.0.0.1 {o.port} {_myid(i)}"
+            f"sentinel known-sentinel {self.master_name} {self.host} {o.port} {_myid(i)}"
             for i, o in enumerate(self.sentinels)
             if o is not s
         ]
         known += [
-            f"sentinel known-replica {self.master_name} 127.0.0.1 {r.port}"
+            f"sentinel known-replica {self.master_name} {self.host} {r.port}"
             for r in self.servers
             if r.port != self.master_port
         ]
@@ -278,18 +292,23 @@ class SentinelGroup:
                 "\n".join(
                     [
                         f"sentinel myid {_myid(me)}",
-                        f"sentinel monitor {self.master_name} 127.0.0.1 {self.master_port} "
+                        f"sentinel monitor {self.master_name} {self.host} {self.master_port} "
                         f"{self.quorum}",
                         f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
                         f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
                         f"sentinel parallel-syncs {self.master_name} 1",
                         *known,
+                        *(
+                            [f"sentinel announce-ip {self.host}"]
+                            if self.host != "127.0.0.1"
+                            else []
+                        ),
                         "",
                     ]
                 )
             )
         # RedisServer's argv: redis-server --port P ...; a config file must come first
-        s.extra_args = ["--sentinel"]
+        s.extra_args = ["--sentinel", *reachable_at(self.host)]
         s.config_file = conf
         s.start()
 
@@ -321,7 +340,7 @@ class SentinelGroup:
 
     def url(self, db: int = 0, password: str | None = None) -> str:
         auth = f":{password}@" if password else ""
-        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        hosts = ",".join(f"{self.host}:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{auth}{hosts}/{self.master_name}/{db}"
 
     def master(self) -> RedisServer:
@@ -367,7 +386,7 @@ class SentinelGroup:
         if "--replicaof" in server.extra_args:
             i = server.extra_args.index("--replicaof")
             del server.extra_args[i : i + 3]
-        server.extra_args += ["--replicaof", "127.0.0.1", str(self.master_port)]
+        server.extra_args += ["--replicaof", self.host, str(self.master_port)]
         server.start()
         wait(
             lambda: info(server.port).get("master_link_status") == "up",
@@ -434,9 +453,11 @@ def cluster_node_args(base: int, n: int, i: int) -> list[str]:
     ]
 
 
-def create_cluster(ports: list[int], replicas_per_master: int, timeout: float = 30.0) -> None:
+def create_cluster(
+    ports: list[int], replicas_per_master: int, timeout: float = 30.0, host: str = "127.0.0.1"
+) -> None:
     """``redis-cli --cluster create`` over the running nodes on ``ports``."""
-    argv = [REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{p}" for p in sorted(ports)]]
+    argv = [REDIS_CLI, "--cluster", "create", *[f"{host}:{p}" for p in sorted(ports)]]
     argv += ["--cluster-replicas", str(replicas_per_master), "--cluster-yes"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
@@ -468,7 +489,10 @@ def cluster_ready(ports: list[int], masters: int, replicas_per_master: int) -> b
 
 
 class RedisCluster:
-    def __init__(self, masters: int = 3, replicas_per_master: int = 1) -> None:
+    def __init__(self, masters: int = 3, replicas_per_master: int = 1, host: str = "127.0.0.1"):
+        """``host``: the address the nodes announce (and also listen on); another than
+        127.0.0.1 for brokers in other network namespaces."""
+        self.host = host
         self.masters = masters
         self.replicas_per_master = replicas_per_master
         self.nodes: dict[int, RedisServer] = {}
@@ -481,10 +505,13 @@ class RedisCluster:
         base = free_port_block(2 * n)
         try:
             for i in range(n):
-                srv = RedisServer(base + i, *cluster_node_args(base, n, i))
+                announce = ["--cluster-announce-ip", self.host] if self.host != "127.0.0.1" else []
+                srv = RedisServer(
+                    base + i, *cluster_node_args(base, n, i), *reachable_at(self.host), *announce
+                )
                 srv.start()
                 self.nodes[base + i] = srv
-            create_cluster(list(self.nodes), self.replicas_per_master, timeout)
+            create_cluster(list(self.nodes), self.replicas_per_master, timeout, self.host)
             self.wait_ready(timeout)
         except BaseException:
             self.close()
@@ -525,7 +552,7 @@ class RedisCluster:
 
     def url(self, n: int = 3) -> str:
         ports = sorted(p for p, s in self.nodes.items() if s.proc and s.proc.poll() is None)
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:n])
+        return "redis+cluster://" + ",".join(f"{self.host}:{p}" for p in ports[:n])
 
     def any_port(self) -> int:
         for p, s in self.nodes.items():
