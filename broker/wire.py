@@ -309,7 +309,7 @@ def encode_heartbeat(
 def encode_marks(marks: Iterable[tuple[str, str, int]]) -> bytes:
     """The packed trailing positions of a heartbeat: a msgpack array of ``[channel, epoch,
     last_seq]``."""
-    return _packb([list(m) for m in marks])
+    return _packb(marks if isinstance(marks, list) else list(marks))  # tuples pack as arrays
 
 
 def decode_marks(data: bytes) -> list[tuple[str, str, int]]:
