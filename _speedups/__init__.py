@@ -45,6 +45,7 @@ COMPILED, _modules = _choose()
 if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
     from _speedups._fanout_py import (
+        decode_envelopes,
         encode_envelopes,
         fan_out,
         make_envelope,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from _speedups._wsframe_py import ws_frame, ws_mask, ws_parse
 else:
     encode_envelopes = _modules["fanout"].encode_envelopes
+    decode_envelopes = _modules["fanout"].decode_envelopes
     fan_out = _modules["fanout"].fan_out
     make_envelope = _modules["fanout"].make_envelope
     send_frames = _modules["fanout"].send_frames
@@ -74,6 +76,7 @@ else:
 
 __all__ = [
     "COMPILED",
+    "decode_envelopes",
     "encode_envelopes",
     "fan_out",
     "http_chunk",

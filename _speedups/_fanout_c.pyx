@@ -17,7 +17,7 @@ from cpython.ref cimport PyObject
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memchr
 
 import msgpack
 import zmq
@@ -26,6 +26,8 @@ import zmq
 from broker import wire as _wire
 
 cdef extern from "Python.h":
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
     bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
@@ -463,3 +465,79 @@ def make_envelope(cls, channel, seq, epoch, formats, id, prev_id, meta, ts):
     PyObject_GenericSetAttr(env, "meta", meta)
     PyObject_GenericSetAttr(env, "ts", ts)
     return env
+
+
+cdef object _unpackb = msgpack.unpackb
+cdef str S_SEQ = "seq"
+cdef str S_EPOCH = "epoch"
+cdef str S_FORMATS = "formats"
+cdef str S_ID = "id"
+cdef str S_PREV = "prev_id"
+cdef str S_META = "meta"
+cdef str S_TS = "ts"
+cdef str S_MARKER = "marker"
+
+
+cdef inline object _get(dict m, str key):
+    cdef PyObject* v = PyDict_GetItemWithError(m, key)
+    if v == NULL:
+        return None
+    return <object>v
+
+
+cdef object _decode_envelope(bytes frame, object cls):
+    cdef const char* data = PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+    cdef const char* sep = <const char*>memchr(data, 0, <size_t>n)
+    cdef Py_ssize_t i
+    if sep == NULL or sep == data:
+        return None
+    i = sep - data
+    try:
+        channel = PyUnicode_DecodeUTF8(data, i, NULL)
+        m = _unpackb(PyBytes_FromStringAndSize(data + i + 1, n - i - 1))
+    except Exception:
+        return None
+    if type(m) is not dict:
+        return None
+    cdef dict d = <dict>m
+    if S_MARKER in d:
+        return None
+    seq = _get(d, S_SEQ)
+    epoch = _get(d, S_EPOCH)
+    formats = _get(d, S_FORMATS)
+    id_ = _get(d, S_ID)
+    prev_id = _get(d, S_PREV)
+    meta = _get(d, S_META)
+    ts = _get(d, S_TS)
+    if (
+        type(seq) is not int
+        or type(epoch) is not str
+        or type(formats) is not dict
+        or type(meta) is not dict
+        or (id_ is not None and type(id_) is not str)
+        or (prev_id is not None and type(prev_id) is not str)
+        or (type(ts) is not float and type(ts) is not int)
+    ):
+        return None
+    env = _new(cls)
+    PyObject_GenericSetAttr(env, "channel", channel)
+    PyObject_GenericSetAttr(env, "seq", seq)
+    PyObject_GenericSetAttr(env, "epoch", epoch)
+    PyObject_GenericSetAttr(env, "formats", formats)
+    PyObject_GenericSetAttr(env, "id", id_)
+    PyObject_GenericSetAttr(env, "prev_id", prev_id)
+    PyObject_GenericSetAttr(env, "meta", meta)
+    PyObject_GenericSetAttr(env, "ts", float(ts))
+    return env
+
+
+def decode_envelopes(list frames, cls):
+    """For each fan-out frame, the ``cls`` envelope it carries, or None (see ``_fanout_py``)."""
+    cdef list out = []
+    for frame in frames:
+        if type(frame) is bytes:
+            out.append(_decode_envelope(<bytes>frame, cls))
+        else:
+            out.append(None)
+    return out

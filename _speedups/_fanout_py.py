@@ -26,6 +26,16 @@ no pyzmq call per frame in the compiled twin); returns ``(sent, would_block)`` l
 ``recv_frames(sock, limit)``: up to ``limit`` single-frame messages ready on ``sock`` now, as
 bytes (the edges' SUB and DEALER readers; the compiled twin reads with libzmq's
 ``zmq_msg_recv``: no pyzmq call per frame and no ``zmq.Again`` raised at the end of a batch).
+
+``decode_envelopes(frames, cls)``: for each fan-out frame, the ``cls`` (``broker.wire.Envelope``)
+it carries, or None when it is not an envelope of exactly the wire's types (the edge's reader,
+issue 16: one call per batch).  An Envelope when: a channel (valid UTF-8, at least one byte)
+before the first NUL, then a msgpack map (``msgpack.unpackb`` with its defaults: str keys only)
+without a ``"marker"`` key, whose ``seq`` is an int (not a bool), ``epoch`` a str, ``formats``
+and ``meta`` dicts, ``id`` and ``prev_id`` None or a str, ``ts`` a float or an int (made a
+float); the other keys are ignored.  That Envelope equals ``broker.wire.decode_frame``'s.  None
+for everything else (a marker, a heartbeat, a bad frame, an envelope of other types): the caller
+reads those with ``broker.wire.decode_frame``, which decides and reports.
 """
 
 from __future__ import annotations
@@ -157,3 +167,42 @@ def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> tuple[int, int]:
         except zmq.Again:
             blocked += 1
     return sent, blocked
+
+
+def decode_envelopes(frames: list[bytes], cls: type[_T]) -> list[_T | None]:
+    envs: list[_T | None] = []
+    append = envs.append
+    for frame in frames:
+        append(_decode_envelope(frame, cls))
+    return envs
+
+
+def _decode_envelope(frame: bytes, cls: type[_T]) -> _T | None:
+    i = frame.find(_SEP)
+    if i <= 0:
+        return None
+    try:
+        channel = frame[:i].decode("utf-8")
+        m = msgpack.unpackb(frame[i + 1 :])
+    except Exception:  # noqa: BLE001 - any bad frame takes the caller's checked path
+        return None
+    if type(m) is not dict or "marker" in m:
+        return None
+    seq = m.get("seq")
+    epoch = m.get("epoch")
+    formats = m.get("formats")
+    id_ = m.get("id")
+    prev_id = m.get("prev_id")
+    meta = m.get("meta")
+    ts = m.get("ts")
+    if (
+        type(seq) is not int
+        or type(epoch) is not str
+        or type(formats) is not dict
+        or type(meta) is not dict
+        or (id_ is not None and type(id_) is not str)
+        or (prev_id is not None and type(prev_id) is not str)
+        or (type(ts) is not float and type(ts) is not int)
+    ):
+        return None
+    return make_envelope(cls, channel, seq, epoch, formats, id_, prev_id, meta, float(ts))

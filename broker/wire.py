@@ -74,9 +74,22 @@ delivered replays the gap.  Other subscribers of the channel see it too and igno
 repair a gap they had not noticed yet).  ``decode_frame`` returns a ``Marker`` for it.
 
 Heartbeat (broker XPUB, every ``HEARTBEAT_INTERVAL_S``): ``HEARTBEAT_TOPIC`` + msgpack
-``{"broker_id", "started", "ts", "wire"}``, plus ``"stats_ttl": <seconds>`` while the broker's stats
+``{"broker_id", "started", "ts", "wire", "n"}``, plus ``"stats_ttl": <seconds>`` while the broker's stats
 socket is on (edges then send ``stats`` reports); a new ``broker_id`` means the broker
-restarted.
+restarted.  ``n`` counts the broker process's heartbeat frames (1, 2, 3, ...): an edge that sees
+it skip knows it lost a heartbeat frame, and with it the positions it carried.
+
+Trailing positions (wire version 3; they replace version 2's marker frame per channel and
+heartbeat): the heartbeat also carries ``"marks"``, a msgpack ``bin`` holding a packed msgpack
+array of ``[channel, epoch, last_seq]``, one for each live channel published since the last
+heartbeat (``encode_marks`` / ``decode_marks``; a ``bin`` so that a reader that only wants the
+heartbeat copies it without decoding it).  A heartbeat carries at most ``MARKS_PER_HEARTBEAT``
+positions: more are spread over several heartbeat frames sent back to back, each with its own
+``n``.  They let an edge notice that it lost the last messages of a channel over PUB/SUB (HWM,
+reconnect) although nothing more is published on it: a position beyond what the edge delivered
+is a gap, repaired from history.  Sent once, not repeated: losing a heartbeat shows in the
+next one's ``n``, and the edge then asks the position of every channel it tracks, as after a
+broker restart (``edge.sync.markers``).
 
 Recover (broker XPUB, reserved topic ``RECOVER_TOPIC``, which every edge subscribes to like the
 heartbeat): ``RECOVER_TOPIC`` + msgpack ``{"ts"}``, sent when a publisher calls ``POST
@@ -120,7 +133,8 @@ from broker.errors import RemoteProtocolError
 if TYPE_CHECKING:
     from broker.items import Formats
 
-WIRE_VERSION = 2  # 2: edge commands (conncheck, refresh) and presence topics
+WIRE_VERSION = 3  # 2: edge commands (conncheck, refresh) and presence topics; 3: heartbeat
+# counter and batched trailing positions ("n", "marks") instead of one marker frame per channel
 SEP = b"\x00"
 HEARTBEAT_TOPIC = b"\x00hb\x00"
 HEARTBEAT_INTERVAL_S = 1.0
@@ -128,6 +142,7 @@ RECOVER_TOPIC = b"\x00recover\x00"
 COMMAND_TOPIC = b"\x00cmd\x00"
 EDGE_TOPIC = b"\x00edge\x00"  # + edge name + SEP: an edge's presence topic
 REPLAY_LIMIT = 1000
+MARKS_PER_HEARTBEAT = 4096  # trailing positions per heartbeat frame (more: several frames)
 
 # The envelope map's keys, in the order the fan-out writes them: the one list.  ``Envelope``
 # has these fields (plus ``channel``), ``envelope_map`` is generated from it, the pure fan-out
@@ -258,13 +273,24 @@ class Heartbeat:
     ts: float
     stats_ttl: int = 0  # the broker's stats socket's connection ttl (0: off)
     wire_version: int = 0  # 0: a broker that predates wire versions
+    n: int = 0  # the broker process's heartbeat counter (0: none, before wire version 3)
+    marks: bytes = b""  # packed trailing positions (``decode_marks``); b"": none
 
 
 def is_heartbeat(frame: bytes) -> bool:
     return frame.startswith(HEARTBEAT_TOPIC)
 
 
-def encode_heartbeat(broker_id: str, started: float, ts: float, stats_ttl: int = 0) -> bytes:
+def encode_heartbeat(
+    broker_id: str,
+    started: float,
+    ts: float,
+    stats_ttl: int = 0,
+    n: int = 0,
+    marks: bytes = b"",
+) -> bytes:
+    """A heartbeat frame; ``n``: its counter (0: left out), ``marks``: ``encode_marks``'s
+    packed positions (b"": left out)."""
     hb: dict[str, Any] = {
         "broker_id": broker_id,
         "started": started,
@@ -273,7 +299,40 @@ def encode_heartbeat(broker_id: str, started: float, ts: float, stats_ttl: int =
     }
     if stats_ttl > 0:
         hb["stats_ttl"] = int(stats_ttl)
+    if n > 0:
+        hb["n"] = int(n)
+    if marks:
+        hb["marks"] = bytes(marks)
     return HEARTBEAT_TOPIC + _packb(hb)
+
+
+def encode_marks(marks: Iterable[tuple[str, str, int]]) -> bytes:
+    """The packed trailing positions of a heartbeat: a msgpack array of ``[channel, epoch,
+    last_seq]``."""
+    return _packb(marks if isinstance(marks, list) else list(marks))  # tuples pack as arrays
+
+
+def decode_marks(data: bytes) -> list[tuple[str, str, int]]:
+    """``encode_marks``'s positions, checked (``RemoteProtocolError`` on any bad entry)."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, use_list=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(f"bad marks: {exc}") from exc
+    if not isinstance(raw, tuple):
+        raise RemoteProtocolError("bad marks: not an array")
+    for m in raw:
+        if not (
+            isinstance(m, tuple)
+            and len(m) == 3
+            and type(m[0]) is str
+            and m[0]
+            and "\x00" not in m[0]
+            and type(m[1]) is str
+            and type(m[2]) is int
+            and m[2] >= 0
+        ):
+            raise RemoteProtocolError(f"bad marks: bad entry {m!r:.80}")
+    return raw  # type: ignore[return-value]  # checked above: tuples of (str, str, int)
 
 
 def decode_heartbeat(frame: bytes) -> Heartbeat:
@@ -284,6 +343,8 @@ def decode_heartbeat(frame: bytes) -> Heartbeat:
     if not isinstance(m, dict) or "broker_id" not in m:
         raise RemoteProtocolError("bad heartbeat")
     ttl = m.get("stats_ttl", 0)
+    n = m.get("n", 0)
+    marks = m.get("marks", b"")
     try:
         return Heartbeat(
             broker_id=str(m["broker_id"]),
@@ -291,6 +352,8 @@ def decode_heartbeat(frame: bytes) -> Heartbeat:
             ts=_number(m, "ts"),
             stats_ttl=ttl if _is_count(ttl) else 0,
             wire_version=_version(m),
+            n=n if _is_count(n) else 0,
+            marks=marks if isinstance(marks, bytes) else b"",
         )
     except ControlError as exc:
         raise RemoteProtocolError(f"bad heartbeat: {exc.reason}") from None

@@ -8,7 +8,9 @@ once and sends the batch.
 
 ``Pipeline`` also keeps what the fan-out needs: the live channels (from the XPUB's
 subscription notices, each answered with a position marker), the heartbeat with the
-trailing position markers, and the edges' control requests (hello, position, replay, stats).
+trailing positions (``wire`` version 3: the live channels published since the last heartbeat,
+packed into the heartbeat frame itself), and the edges' control requests (hello, position,
+replay, stats).
 The commands the edges answer (``conncheck``, ``refresh``) go through its ``relay``
 (``broker.ingest.relay``), which also gets the edges' presence notices and answers.
 The sockets are handed in, built by the composition root (``broker.server``).
@@ -22,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import trio
 
 from _speedups import fan_out, send_frames
@@ -78,21 +79,6 @@ class PipelineSockets:
     stats: ZSocket | None  # with stats_spec
 
 
-_pack = msgpack.Packer(use_bin_type=True).pack
-_MARKER_HEAD: dict[str, bytes] = {}  # epoch -> the marker map up to its last_seq value
-
-
-def _marker_frame(channel: str, epoch: str, last_seq: int) -> bytes:
-    """``wire.encode_marker(channel, epoch, last_seq)`` (the same bytes: tests/broker/
-    test_pipeline_markers.py) from a cached head per epoch: the heartbeat sends thousands."""
-    head = _MARKER_HEAD.get(epoch)
-    if head is None:
-        if len(_MARKER_HEAD) >= 64:  # epochs change only when history is lost: keep it small
-            _MARKER_HEAD.clear()
-        head = _MARKER_HEAD[epoch] = b"\x83\xa6marker\xc3\xa5epoch" + _pack(epoch) + b"\xa8last_seq"
-    return channel.encode("utf-8") + wire.SEP + head + _pack(last_seq)
-
-
 class Pipeline:
     """Sequence, retain and fan out; see the module docstring."""
 
@@ -146,9 +132,9 @@ class Pipeline:
         self._reject_window = 0.0
         self._reject_logged = 0
         self._reject_skipped = 0
-        # channel -> (epoch, last_seq) published since the last heartbeat, and the round before:
-        # the heartbeat re-sends their position markers so an edge that lost the tail of a
-        # burst on PUB/SUB (HWM) notices the gap even when nothing more is published
+        # channel -> (epoch, last_seq) published since the last heartbeat (and the round before,
+        # for the status page): the heartbeat carries their positions so an edge that lost the
+        # tail of a burst on PUB/SUB (HWM) notices the gap even when nothing more is published
         self._recent: dict[str, tuple[str, int]] = {}
         # live channels whose subscription marker could not be sent (the store was down): the
         # first publish on one after the store answers is preceded by the marker of the
@@ -162,6 +148,7 @@ class Pipeline:
         self._refused: set[str] = set()
         self._recent_prev: dict[str, tuple[str, int]] = {}
         self._trailing_markers = 0
+        self._heartbeats = 0  # heartbeat frames sent: their counter ``n``
         self.channels = ChannelApi(self)  # history, channel state, live channels
 
     # -- publishing -------------------------------------------------------------------------------
@@ -538,33 +525,35 @@ class Pipeline:
                 self._markers += 1
 
     def heartbeat(self) -> None:
-        """Send a heartbeat, then the trailing markers of the last two rounds' channels."""
-        self.sockets.edge_pub.send_frame(
-            wire.encode_heartbeat(
-                self.broker_id,
-                self.started,
-                time.time(),
-                stats_ttl=self.edge_stats.conn_ttl if self.edge_stats is not None else 0,
-            )
-        )
-        self._send_trailing_markers()
-
-    def _send_trailing_markers(self) -> None:
-        """Re-send the position of channels published in the last two heartbeat rounds."""
-        rounds = {**self._recent_prev, **self._recent}
-        self._recent_prev, self._recent = self._recent, {}
+        """Send a heartbeat carrying the positions of the live channels published since the
+        last one (``wire.MARKS_PER_HEARTBEAT`` at most per frame: more go in several heartbeat
+        frames, back to back, each with the next counter ``n``)."""
+        recent = self._recent
+        self._recent_prev, self._recent = recent, {}
         live = self.live
-        frames = [
-            _marker_frame(channel, epoch, last_seq)
-            for channel, (epoch, last_seq) in rounds.items()
-            if channel in live
-        ]
-        if frames:
-            edge_pub = self.sockets.edge_pub
-            sent, blocked = send_frames(edge_pub.sock, frames)
-            edge_pub.send_dropped += blocked
-            edge_pub.poke()
-            self._trailing_markers += sent
+        marks = [(ch, pos[0], pos[1]) for ch, pos in recent.items() if ch in live]
+        per = wire.MARKS_PER_HEARTBEAT
+        chunks = [marks[i : i + per] for i in range(0, len(marks), per)] or [[]]
+        ttl = self.edge_stats.conn_ttl if self.edge_stats is not None else 0
+        now = time.time()
+        frames = []
+        for chunk in chunks:
+            self._heartbeats += 1
+            frames.append(
+                wire.encode_heartbeat(
+                    self.broker_id,
+                    self.started,
+                    now,
+                    stats_ttl=ttl,
+                    n=self._heartbeats,
+                    marks=wire.encode_marks(chunk) if chunk else b"",
+                )
+            )
+        edge_pub = self.sockets.edge_pub
+        sent, blocked = send_frames(edge_pub.sock, frames)
+        edge_pub.send_dropped += blocked
+        edge_pub.poke()
+        self._trailing_markers += len(marks)
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(

@@ -248,7 +248,8 @@ class BrokerLink:
         on_recover: Callable[[], None] | None = None,
         on_command: Callable[[wire.EdgeCommand], None] | None = None,
     ) -> None:
-        """Run the SUB reader: ``await on_frames(frames)`` per batch (heartbeats filtered out;
+        """Run the SUB reader: ``await on_frames(frames)`` per batch (channel frames, and the
+        heartbeats too, in link order, once handled here: they carry the trailing positions;
         a recover frame calls ``on_recover()``, a relayed command ``on_command(command)``)."""
 
         async def handle(frames: list[bytes]) -> None:
@@ -265,6 +266,8 @@ class BrokerLink:
                         self._unverified += 1
                 elif wire.is_heartbeat(f):
                     self._on_heartbeat(f)
+                    if self.wire_ok:  # its counter and trailing positions, in link order
+                        append(f)
                 elif not self.wire_ok:
                     self._unverified += 1  # a broker not yet known to speak our wire version
                 elif wire.is_recover(f):

@@ -89,6 +89,7 @@ fetched again by the next replay.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker.wire import Envelope, Marker
@@ -288,6 +289,23 @@ class Tracker:
             self._link_other_epoch(marker.channel, t)
             return
         self._observe(marker.channel, marker.epoch, marker.last_seq, out, now)
+
+    def on_marks(
+        self, marks: Sequence[tuple[str, str, int]], out: list[Envelope], now: float = 0.0
+    ) -> int:
+        """A heartbeat's trailing positions ``(channel, epoch, last_seq)`` (``on_marker`` for
+        each).  Those of channels not tracked here, and of ``LIVE`` channels already delivered
+        up to them, change nothing and are skipped in the loop; returns how many were."""
+        tracks = self._tracks
+        live = State.LIVE
+        skipped = 0
+        for channel, epoch, last_seq in marks:
+            t = tracks.get(channel)
+            if t is None or (t.state is live and epoch == t.epoch and last_seq <= t.last_seq):
+                skipped += 1
+                continue
+            self.on_marker(Marker(channel, epoch, last_seq), out, now)
+        return skipped
 
     def on_position(
         self, channel: str, epoch: str, last_seq: int, out: list[Envelope], now: float = 0.0

@@ -1,9 +1,10 @@
-"""The broker's trailing position markers and stats packets, sent in batches (issue 16).
+"""The broker's trailing positions and stats packets, sent in batches (issue 16).
 
-* ``_marker_frame`` writes exactly ``wire.encode_marker``'s bytes (from a cached head per epoch);
-* the heartbeat re-sends the position of each live channel published in the last two rounds,
-  once per channel, after the heartbeat itself (the property that lets an edge notice a lost
-  tail: tests/edge/test_linkrepair.py covers the edge's side);
+* the heartbeat carries the position of each live channel published since the last one, once
+  (wire version 3: packed in the heartbeat frame; the property that lets an edge notice a lost
+  tail: tests/edge/test_markers.py and test_linkrepair.py cover the edge's side), with a
+  counter that shows a lost heartbeat; more than ``MARKS_PER_HEARTBEAT`` positions go in
+  several heartbeat frames;
 * stats packets go out one ZeroMQ message each.
 
 Sockets are ZeroMQ ``inproc`` (no network), as in tests/speedups/test_fanout.py.
@@ -16,31 +17,16 @@ import time
 import pytest
 import trio
 import zmq
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from broker import wire
 from broker.config import Config
-from broker.errors import StoreUnavailable
+from broker.errors import RemoteProtocolError, StoreUnavailable
 from broker.history import MemoryHistory
-from broker.ingest.pipeline import Pipeline, PipelineSockets, _marker_frame
+from broker.ingest.pipeline import Pipeline, PipelineSockets
 from broker.items import Item
 from broker.ops.stats import StatsEncoder
 from broker.runtime.zmqtrio import ZSocket
 from broker.store.memory import MemoryStore
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    channel=st.text(min_size=1, max_size=20).filter(lambda s: "\x00" not in s),
-    epoch=st.text(max_size=40),
-    last_seq=st.integers(0, 2**63 - 1),
-)
-def test_marker_frame_is_wire_encode_marker(channel, epoch, last_seq):
-    assert _marker_frame(channel, epoch, last_seq) == wire.encode_marker(channel, epoch, last_seq)
-    assert wire.decode_frame(_marker_frame(channel, epoch, last_seq)) == wire.Marker(
-        channel, epoch, last_seq
-    )
 
 
 @pytest.fixture
@@ -88,7 +74,13 @@ def _items(*channels):
     return [Item(ch, {"http-stream": {"content": f"{ch}\n"}}) for ch in channels]
 
 
-def test_heartbeat_marks_live_channels_of_the_last_two_rounds(rig):
+def _beats(frames):
+    beats = [wire.decode_heartbeat(f) for f in frames]
+    assert all(wire.is_heartbeat(f) for f in frames)
+    return [(hb.n, sorted(wire.decode_marks(hb.marks)) if hb.marks else []) for hb in beats]
+
+
+def test_heartbeat_carries_live_channels_published_since_the_last_one(rig):
     p, sub, stats_sub = rig
     p.live.update({"a", "b", "c"})
     trio.run(p.publish, _items("a", "b", "a", "dead"))
@@ -98,24 +90,52 @@ def test_heartbeat_marks_live_channels_of_the_last_two_rounds(rig):
     stats = _drain(stats_sub)
     assert [f.split(b" ", 1)[0] for f in stats] == [b"message"] * 3  # one per live message
 
-    p.heartbeat()  # round 1: a (seq 2) and b (seq 1); "dead" is not live
-    frames = _drain(sub)
-    assert wire.is_heartbeat(frames[0])
-    assert sorted((wire.decode_frame(f) for f in frames[1:]), key=repr) == [
-        wire.Marker("a", epoch["a"], 2),
-        wire.Marker("b", epoch["b"], 1),
-    ]
+    p.heartbeat()  # a (seq 2) and b (seq 1); "dead" is not live
+    assert _beats(_drain(sub)) == [(1, [("a", epoch["a"], 2), ("b", epoch["b"], 1)])]
     trio.run(p.publish, _items("c"))
     epoch["c"] = wire.decode_frame(_drain(sub)[0]).epoch
-    p.live.discard("b")
-    p.heartbeat()  # round 2: a again (its marker may have been lost), c new; b no longer live
-    markers = sorted((wire.decode_frame(f) for f in _drain(sub)[1:]), key=repr)
-    assert markers == [wire.Marker("a", epoch["a"], 2), wire.Marker("c", epoch["c"], 1)]
-    p.heartbeat()  # round 3: c's second marker only
-    assert [wire.decode_frame(f) for f in _drain(sub)[1:]] == [wire.Marker("c", epoch["c"], 1)]
+    p.heartbeat()  # c only: a's position went once (a lost heartbeat shows in the counter)
+    assert _beats(_drain(sub)) == [(2, [("c", epoch["c"], 1)])]
     p.heartbeat()
-    assert len(_drain(sub)) == 1  # the heartbeat alone
-    assert p.statistics().trailing_markers == 5
+    assert _beats(_drain(sub)) == [(3, [])]  # the heartbeat alone
+    assert p.statistics().trailing_markers == 3
+    # the status page still sees the last two rounds
+    assert set(p.recent_positions()) == set()  # nothing published in the last two rounds
+
+
+def test_many_positions_spread_over_several_heartbeat_frames(rig, monkeypatch):
+    p, sub, _stats = rig
+    monkeypatch.setattr(wire, "MARKS_PER_HEARTBEAT", 3)
+    chans = [f"c{i}" for i in range(7)]
+    p.live.update(chans)
+    trio.run(p.publish, _items(*chans))
+    _drain(sub)
+    p.heartbeat()
+    beats = _beats(_drain(sub))
+    assert [n for n, _ in beats] == [1, 2, 3]
+    assert [len(m) for _, m in beats] == [3, 3, 1]
+    assert sorted(ch for _, m in beats for ch, _e, _s in m) == chans
+
+
+def test_marks_roundtrip_and_bad_marks_are_refused():
+    marks = [("a", "e1", 0), ("é" * 30, "x" * 40, 2**63 - 1)]
+    assert wire.decode_marks(wire.encode_marks(marks)) == tuple(marks)
+    for bad in (
+        b"\xc1",
+        b"\x01",  # not an array
+        wire.encode_marks([("a", "e1", -1)]),
+        wire.encode_marks([("", "e1", 1)]),
+        wire.encode_marks([("a\x00b", "e1", 1)]),
+        b"\x91\x92\xa1a\xa1e",  # two fields
+        b"\x91\x93\xa1a\x01\x01",  # epoch not a str
+        b"\x91\x93\xa1a\xa1e\xc3",  # seq a bool
+    ):
+        with pytest.raises(RemoteProtocolError):
+            wire.decode_marks(bad)
+    hb = wire.decode_heartbeat(wire.encode_heartbeat("b", 1.0, 2.0, n=7, marks=b"xy"))
+    assert (hb.n, hb.marks, hb.wire_version) == (7, b"xy", wire.WIRE_VERSION)
+    hb = wire.decode_heartbeat(wire.encode_heartbeat("b", 1.0, 2.0))
+    assert (hb.n, hb.marks) == (0, b"")
 
 
 class _RefusingStore(MemoryStore):

@@ -11,8 +11,15 @@ Invariants, checked after every step:
 * tracker: what it hands to sessions is, per channel and epoch, strictly increasing by one
   (never out of order, never duplicated, never a hole) unless history said a gap is gone
   (``GapSkipped``), which never happens inside the window (history here holds everything);
-* after ``settle`` (link drained, every request answered, a marker sent) everything published
-  under the current epoch after the tracker's baseline has been delivered: nothing lost.
+* after ``settle`` (link drained, every request answered, one more heartbeat sent) everything
+  published under the current epoch after the tracker's baseline has been delivered: nothing
+  lost.
+
+The broker's heartbeats (wire version 3) are on the link too, as frames read by the edge's
+``FrameFeeder``: each carries a counter and the positions of the channels published since the
+one before, sent once; the link may drop them like anything else (a lost heartbeat shows in the
+next one's counter, and the edge then asks every position).  So the settle's one heartbeat, not
+a marker per channel, is what must find every lost tail.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from broker import wire
 from broker.history import MemoryHistory
 from broker.items import Item
 from broker.sequencer import Sequencer
 from broker.wire import Marker
+from edge.sync.markers import FrameFeeder
 from edge.sync.tracker import EpochChanged, GapSkipped, RequestPosition, RequestReplay, Tracker
 
 CHANNELS = ("a", "b")
@@ -46,8 +55,12 @@ class ReliabilityMachine(RuleBasedStateMachine):
         self.delivered: dict[str, list] = {ch: [] for ch in CHANNELS}
         self.baseline: dict[str, tuple] = {}
         self.skipped = []
+        self.feeder = FrameFeeder(self.tracker)
+        self.beats = 0  # the broker's heartbeat counter
+        self.recent: set[str] = set()  # channels published since the last heartbeat
         for ch in CHANNELS:
             self.tracker.track(ch)
+        self.feeder.feed([self._beat()], [])  # the link comes up with a heartbeat
         self._collect()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -65,6 +78,20 @@ class ReliabilityMachine(RuleBasedStateMachine):
             env = self.history.append(item, self.wall)
             self.published[item.channel].append(env)
             self.link.append(env)
+            self.recent.add(item.channel)
+
+    def _beat(self) -> bytes:
+        """The broker's next heartbeat: the positions of the channels published since the
+        last one (``broker.ingest.pipeline``)."""
+        self.beats += 1
+        marks = []
+        for ch in sorted(self.recent):
+            pos = self.history.position(ch)
+            marks.append((ch, pos.epoch, pos.last_seq))
+        self.recent.clear()
+        return wire.encode_heartbeat(
+            "b1", 1.0, 2.0, n=self.beats, marks=wire.encode_marks(marks) if marks else b""
+        )
 
     def _note_baseline(self, ch, epoch, last_seq):
         """The position that ends the tracker's POSITION state is where delivery starts."""
@@ -116,7 +143,14 @@ class ReliabilityMachine(RuleBasedStateMachine):
         out = []
         envs = []  # envelopes in a row go in as one batch, as edge.sync.markers feeds them
         for msg in self.link[:n]:
-            if isinstance(msg, Marker):
+            if isinstance(msg, bytes):  # a heartbeat: through the edge's frame reader
+                self.tracker.on_envelopes(envs, out)
+                envs = []
+                marks = wire.decode_heartbeat(msg).marks  # a positioning channel's baseline
+                for ch, epoch, last_seq in wire.decode_marks(marks) if marks else ():
+                    self._note_baseline(ch, epoch, last_seq)
+                self.feeder.feed([msg], out)
+            elif isinstance(msg, Marker):
                 self.tracker.on_envelopes(envs, out)
                 envs = []
                 self._note_baseline(msg.channel, msg.epoch, msg.last_seq)
@@ -140,6 +174,10 @@ class ReliabilityMachine(RuleBasedStateMachine):
         current = [e for e in self.published[ch] if e.epoch == self.history.position(ch).epoch]
         if current:
             self.link.append(current[-min(back, len(current))])
+
+    @rule()
+    def heartbeat(self):
+        self.link.append(self._beat())
 
     @rule(ch=st.sampled_from(CHANNELS))
     def marker(self, ch):
@@ -227,10 +265,9 @@ class ReliabilityMachine(RuleBasedStateMachine):
     def teardown(self):
         if not hasattr(self, "tracker"):
             return
-        # settle: a marker per channel, then deliver and answer until quiet
-        for ch in CHANNELS:
-            pos = self.history.position(ch)
-            self.link.append(Marker(ch, pos.epoch, pos.last_seq))
+        # settle: one more heartbeat (its positions, or its counter if one was lost), then
+        # deliver and answer until quiet
+        self.link.append(self._beat())
         for _ in range(10_000):
             if self.link:
                 self.receive(len(self.link))
@@ -294,5 +331,21 @@ def test_pinned_lost_epoch_duplicate_after_position():
         ("duplicate", {"back": 1, "ch": "a"}),
         ("broker_loses_history", {}),
         ("answer", {"i": 0}),
+        ("receive", {"n": 1}),
+    )
+
+
+def test_pinned_lost_tail_and_lost_heartbeat_found_by_the_counter():
+    """The last message of a channel and the heartbeat carrying its position are both lost,
+    and nothing more is published: the next heartbeat's counter shows the loss (positions are
+    sent once, wire version 3), the edge asks every position and replays the tail."""
+    _replay(
+        ("answer", {"i": 0}),
+        ("answer", {"i": 0}),
+        ("publish_next", {"ch": "a"}),
+        ("heartbeat", {}),
+        ("drop", {"i": 0}),  # a's seq 1
+        ("drop", {"i": 0}),  # the heartbeat after it
+        ("heartbeat", {}),
         ("receive", {"n": 1}),
     )

@@ -479,3 +479,74 @@ def test_recv_frames_on_a_closed_socket_raises_like_pyzmq(twins):
             twins.recv_frames(sub, 10)
     finally:
         ctx.term()
+
+
+# -- decode_envelopes: the edge's reader, a batch of fan-out frames in one call ---------------
+
+_ENV_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+)
+
+
+@st.composite
+def _fanout_frames(draw):
+    """Fan-out frames: real envelopes, markers, and maps with any value at any key."""
+    channel = draw(st.text(min_size=1, max_size=6).filter(lambda c: "\x00" not in c))
+    kind = draw(st.sampled_from(["envelope", "marker", "map", "bytes"]))
+    if kind == "envelope":
+        env = Envelope(
+            channel,
+            draw(st.integers(0, 2**63 - 1)),
+            draw(st.text(max_size=6)),
+            {"http-stream": {"content": draw(st.text(max_size=6))}},
+            draw(st.none() | st.text(max_size=4)),
+            draw(st.none() | st.text(max_size=4)),
+            draw(st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
+            draw(st.floats(0, 2e9)),
+        )
+        return wire.encode_envelope(env)
+    if kind == "marker":
+        return wire.encode_marker(channel, draw(st.text(max_size=6)), draw(st.integers(0, 99)))
+    if kind == "map":
+        keys = st.sampled_from(list(wire.ENVELOPE_FIELDS) + ["marker", "x"])
+        m = draw(st.dictionaries(keys, _ENV_VALUES, max_size=8))
+        return wire.topic(channel) + msgpack.packb(m, use_bin_type=True)
+    return draw(st.binary(max_size=24))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(_fanout_frames(), max_size=4))
+def test_decode_envelopes_twins_agree_and_equal_the_wire(frames):
+    """Both twins give the same list; each Envelope equals ``wire.decode_frame``'s, and every
+    real envelope frame the broker writes is taken (None only for what the caller reads)."""
+    results = [mod.decode_envelopes(frames, Envelope) for mod in _twins("fanout")]
+    for other in results[1:]:
+        assert other == results[0]
+        assert [type(e) for e in other] == [type(e) for e in results[0]]
+    for frame, env in zip(frames, results[0], strict=True):
+        if env is not None:
+            assert wire.decode_frame(frame) == env
+            assert type(env.ts) is float
+
+
+def test_decode_envelopes_takes_every_broker_frame_and_leaves_the_rest(twins):
+    env = Envelope("ch", 3, "e1", {"ws-message": {"content": "x"}}, "id3", "id2", {"k": "v"}, 1.5)
+    frames = [
+        *wire.encode_envelopes([env, Envelope("é", 1, "e", {})]),
+        wire.encode_marker("ch", "e1", 3),
+        wire.encode_heartbeat("b", 1.0, 2.0, n=1),
+        b"no separator",
+        b"\x00starts with NUL",
+        b"ch\x00\xc1",
+        b"\xff\x00\x80",  # bad UTF-8 channel
+        wire.topic("ch") + msgpack.packb({"seq": True, "epoch": "e", "formats": {}, "meta": {}}),
+    ]
+    got = twins.decode_envelopes(frames, Envelope)
+    assert got[:2] == [env, Envelope("é", 1, "e", {})]
+    assert got[2:] == [None] * 7
