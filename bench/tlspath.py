@@ -1,12 +1,15 @@
 """The edge's TLS accept + handshake path alone, for A/B runs of edge/tls.py and edge/tlsconn.py.
 
-``python -m bench.tlspath [--case tls1.3|tls1.2|plain] [--conns N] [--procs P] [--profile]``:
+``python -m bench.tlspath [--case tls1.3|tls1.2|plain] [--conns N] [--procs P] [--profile [F]]
+[--perf FILE] [--defer-accept]``:
 a trio server in a child process (``edge.fastpath.accept_loop`` + ``TlsServer
 .serve_connection``, the connection read to its end and closed; no HTTP), blocking client
 processes from ``bench.handshakes`` (full handshake, then close), and the server process's
-user + system CPU per connection from ``getrusage``.  ``--perf FILE`` records the server's run
-with ``perf record -g`` (C frames: OpenSSL, CPython, the kernel).  ``--profile`` prints the server's
-cProfile (wall-clock times: a ``write()`` that waits for the CPU looks long).  Run it against
+user + system CPU per connection from ``getrusage``.  ``--perf FILE`` records the server's
+serving (not its start-up) with ``perf record -g``: C frames, so the split between OpenSSL,
+CPython and the kernel.  ``--profile F.prof`` saves the server's cProfile for ``pstats``
+(call counts per connection are exact where times are not); ``--profile`` alone prints its top
+functions (wall-clock times: a ``write()`` that waits for the CPU looks long).  Run it against
 two trees (``PYTHONPATH=<tree>``) alternately in the same minutes: the machine's load moves
 the figures more than small changes do.
 """
@@ -33,7 +36,7 @@ from bench.handshakes import ClientJob, _client
 
 
 def _serve(
-    cert: str, key: str, case: str, profile: bool, perf: str, defer: bool, port_q, done, out
+    cert: str, key: str, case: str, profile: str, perf: str, defer: bool, port_q, done, out
 ) -> None:
     from edge import fastpath
     from edge.tls import load_certificates
@@ -85,7 +88,7 @@ def _serve(
     ls.bind(("127.0.0.1", 0))
     ls.listen(4096)
     ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if defer and case != "plain":  # as the edge's HTTPS listeners (edge.server.defer_accept)
+    if defer and case != "plain":  # the ClientHello is in when the connection is accepted
         ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 10)
     ls.setblocking(False)
     port = ls.getsockname()[1]
@@ -108,7 +111,10 @@ def _serve(
         import pstats
 
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        if profile.endswith(".prof"):  # for pstats (callers, call counts per connection)
+            prof.dump_stats(profile)
+        else:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     st = server.statistics()
     out.put(
         {
@@ -137,12 +143,19 @@ def main() -> int:
     p.add_argument("--case", choices=("tls1.3", "tls1.2", "plain"), default="tls1.3")
     p.add_argument("--conns", type=int, default=1500)
     p.add_argument("--procs", type=int, default=2)
-    p.add_argument("--profile", action="store_true")
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const="print",
+        default="",
+        help="cProfile the server: print the top functions, or save them to FILE.prof",
+    )
     p.add_argument("--perf", default="", help="perf record the server's run into this file")
     p.add_argument(
-        "--no-defer-accept",
+        "--defer-accept",
         action="store_true",
-        help="no TCP_DEFER_ACCEPT on the listener (the edge's HTTPS listeners have it)",
+        help="TCP_DEFER_ACCEPT on the listener (tried in round 3: no measured gain; the edge "
+        "does not set it)",
     )
     args = p.parse_args()
     cert, key = write_self_signed(Path(tempfile.mkdtemp(prefix="bench-tlspath-")), "server")
@@ -156,7 +169,7 @@ def main() -> int:
             args.case,
             args.profile,
             args.perf,
-            not args.no_defer_accept,
+            args.defer_accept,
             port_q,
             done,
             out,

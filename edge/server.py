@@ -7,7 +7,6 @@ runs them under one trio nursery until SIGTERM/SIGINT.  No protocol logic lives 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket as stdsocket
 from collections.abc import Callable
@@ -604,20 +603,6 @@ async def open_listener(host: str, port: int) -> trio.socket.SocketType:
     return sock
 
 
-def defer_accept(sock: trio.socket.SocketType, timeout_s: float) -> None:
-    """HTTPS listeners: the kernel hands a connection over once its first bytes (the
-    ClientHello: TLS clients speak first) are in, so the handshake's first read finds them
-    instead of waiting through the scheduler (``TCP_DEFER_ACCEPT``; a client silent for
-    ``timeout_s`` is handed over anyway, then the handshake timeout applies)."""
-    opt = getattr(stdsocket, "TCP_DEFER_ACCEPT", None)
-    if opt is None:  # pragma: no cover - not Linux
-        return
-    try:
-        sock.setsockopt(stdsocket.IPPROTO_TCP, opt, max(1, math.ceil(timeout_s)))
-    except OSError:  # pragma: no cover
-        pass
-
-
 async def open_listeners(cfg: Config) -> list[Listener]:
     """The plain HTTP listener and every HTTPS one (``https_port``), all with SO_REUSEPORT."""
     wanted = [(cfg.client_addr, cfg.port("client_port"), False)]
@@ -625,10 +610,7 @@ async def open_listeners(cfg: Config) -> list[Listener]:
     out: list[Listener] = []
     try:
         for addr, port, tls in wanted:
-            sock = await open_listener(addr, port)
-            if tls:
-                defer_accept(sock, cfg.client_head_timeout_s)
-            out.append(Listener(sock, addr, port, tls))
+            out.append(Listener(await open_listener(addr, port), addr, port, tls))
     except BaseException:
         for lst in out:
             lst.sock.close()
