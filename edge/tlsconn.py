@@ -56,7 +56,7 @@ _ZeroReturn = ssl.SSLZeroReturnError
 class TlsConn:
     """One client's TLS state: the SSLObject, its BIOs and the ciphertext not yet sent."""
 
-    __slots__ = ("obj", "inb", "outb", "out", "sock", "fd", "eof")
+    __slots__ = ("obj", "inb", "outb", "out", "sock", "fd", "eof", "fed")
 
     def __init__(self, sock: trio.socket.SocketType, ctx: ssl.SSLContext) -> None:
         self.inb = ssl.MemoryBIO()
@@ -66,6 +66,10 @@ class TlsConn:
         self.sock = sock
         self.fd = sock.fileno()
         self.eof = False  # the client's side of TCP is closed
+        # ciphertext went into the SSLObject since it last wanted more: only then can reading
+        # it give plaintext (else ``obj.read`` just raises SSLWantReadError: a Python exception
+        # per read for nothing)
+        self.fed = False
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -104,9 +108,10 @@ class TlsConn:
         """The plaintext the client's bytes complete now: ``b""`` at EOF (TCP end or
         ``close_notify``), None when nothing is complete yet.  ``ssl.SSLError`` (an ``OSError``)
         for bad records or a refused renegotiation."""
-        data = self._decrypted()
-        if data:
-            return data
+        if self.fed:
+            data = self._decrypted()
+            if data:
+                return data
         if self.eof:
             return b""
         try:
@@ -117,6 +122,7 @@ class TlsConn:
             self.eof = True
             return b""
         self.inb.write(raw)
+        self.fed = True
         try:
             data = self._decrypted()
         finally:
@@ -127,8 +133,10 @@ class TlsConn:
 
     def _decrypted(self) -> bytes | None:
         """All the plaintext the incoming BIO completes (``b""``: none; None: the client ended
-        TLS with ``close_notify``)."""
-        obj = self.obj
+        TLS with ``close_notify``).  Stops without the SSLObject's SSLWantReadError when
+        nothing is left to decrypt: no ciphertext in the incoming BIO, no plaintext in the
+        SSLObject (without read-ahead, OpenSSL takes from the BIO only the record it reads)."""
+        obj, inb = self.obj, self.inb
         parts = []
         try:
             while True:
@@ -136,8 +144,11 @@ class TlsConn:
                 if not data:  # close_notify (the ssl module answers b"" rather than raising)
                     raise _ZeroReturn
                 parts.append(data)
+                if not inb.pending and not obj.pending():
+                    self.fed = False
+                    break
         except _WantRead:
-            pass
+            self.fed = False
         except _ZeroReturn:
             self.eof = True
             return None if not parts else b"".join(parts)
@@ -185,6 +196,8 @@ class TlsConn:
                 self.out += outb.read()  # the alert, best effort
                 self.send_out()
                 raise
+        # the client's first records may have come with its last handshake flight
+        self.fed = inb.pending > 0
         if outb.pending:
             self.out += outb.read()
             await self.flush()

@@ -97,3 +97,27 @@ def test_close_notify_is_eof_and_stays_eof(session):
     # read_now answers EOF without touching the socket, however often it is asked
     assert conn.read_now() == b""
     assert conn.read_now() == b""
+
+
+def test_reads_stop_without_want_read_when_nothing_is_left(session):
+    conn, client, cin, cout = session
+    client.write(b"GET / HTTP/1.1\r\n\r\n")
+    wire = cout.read()
+    conn.inb.write(wire[:10])  # part of a record
+    conn.fed = True
+    assert conn._decrypted() == b""
+    assert not conn.fed  # OpenSSL wants more: no read until more ciphertext comes
+    conn.inb.write(wire[10:])
+    conn.fed = True
+    # read_now decrypts what was fed without touching the socket (fileno -1 would raise)
+    assert conn.read_now() == b"GET / HTTP/1.1\r\n\r\n"
+    assert not conn.fed  # the BIO is empty and nothing is decrypted-but-unread: done
+
+
+def test_a_read_smaller_than_a_record_leaves_the_rest_for_the_next(session):
+    conn, client, cin, cout = session
+    client.write(b"x" * 100)
+    conn.inb.write(cout.read())
+    conn.fed = True
+    assert conn.read_now(10) == b"x" * 100  # every byte the record completes, at once
+    assert not conn.fed
