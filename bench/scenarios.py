@@ -387,9 +387,16 @@ class _Session(_Profiler):
             st["edge_kill"] = kill_info
         if profiles:
             st["profiles"] = profiles
-        if cfg.soak_steps:  # every server process's RSS and open files after the step
+        if cfg.soak_steps:  # every server process's RSS, open files and trio tasks after it
+            tasks = target.task_counts() if isinstance(target, GripcastTarget) else {}
             st["resources"] = [
-                {"name": s.name, "pid": pid, "rss_kib": s.rss_kib, "fds": procs.fd_count(pid)}
+                {
+                    "name": s.name,
+                    "pid": pid,
+                    "rss_kib": s.rss_kib,
+                    "fds": procs.fd_count(pid),
+                    "tasks": tasks.get(s.name),
+                }
                 for pid, s in srv3.items()
             ]
         pub_wall = max(1e-6, wall)
