@@ -90,6 +90,7 @@ def write_gripcast_config(
     stats_spec: str = "",
     tls: tuple[int, str, str] | None = None,
     metrics: tuple[int, int] | None = None,
+    history_max_items: int = 100000,
 ) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
     if tls is not None:
@@ -110,7 +111,7 @@ def write_gripcast_config(
         lines.append(f'stats_spec = "{stats_spec}"')
         lines.append(f"stats_report_interval_s = {STATS_REPORT_INTERVAL_S}")
         lines.append(f"stats_connection_ttl_s = {STATS_CONNECTION_TTL_S}")
-    lines.append("history_max_items = 100000")
+    lines.append(f"history_max_items = {history_max_items}")
     if metrics is not None:  # /metrics of the broker and of edge i (edge port + i)
         lines.append(f"metrics_port = {metrics[0]}")
         lines.append(f"edge_metrics_port = {metrics[1]}")
@@ -131,6 +132,7 @@ class GripcastTarget(Target):
         log_level: str = "warning",
         stats: bool = True,
         tls: bool = False,
+        history_max_items: int = 100000,
     ) -> None:
         self.ports = dict(zip(GRIPCAST_PORT_KEYS, free_ports(len(GRIPCAST_PORT_KEYS))))
         self.edges = edges
@@ -153,6 +155,7 @@ class GripcastTarget(Target):
             self.stats_spec,
             tls_spec,
             self.metrics_ports,
+            history_max_items,
         )
         self.log_path = str(self.dir / "gripcast.log")
         self.client_port = self.ports["client_port"]
@@ -347,10 +350,19 @@ def make_target(
     log_level: str = "warning",
     stats: bool = True,
     tls: bool = False,
+    history_max_items: int = 100000,
 ) -> Target:
     sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
     if kind == "gripcast":
-        return GripcastTarget(origin_port, edges, sub, log_level=log_level, stats=stats, tls=tls)
+        return GripcastTarget(
+            origin_port,
+            edges,
+            sub,
+            log_level=log_level,
+            stats=stats,
+            tls=tls,
+            history_max_items=history_max_items,
+        )
     if kind == "pushpin":
         return PushpinTarget(origin_port, sub, log_level=log_level, stats=stats, tls=tls)
     raise ValueError(kind)

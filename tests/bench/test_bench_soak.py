@@ -80,3 +80,23 @@ def test_soak_quick_gripcast(tmp_path):
     assert {p["name"] for p in run["soak"]["processes"] if p["tasks_last"]} >= {"broker", "edge0"}
     assert run["soak"]["lost"] == 0, run["soak"]
     assert run["soak"]["ok"] is not None
+
+
+def test_soak_broker_retains_one_steps_messages(tmp_path):
+    """The soak's broker keeps one step's messages per channel (its history is full by the
+    end of the warm-up: retained history does not read as RSS growth); other scenarios keep
+    100,000."""
+    from bench.cli import build_parser, load_config
+    from bench.targets import write_gripcast_config
+
+    def cfg(*argv):
+        return load_config(build_parser().parse_args(list(argv)))
+
+    assert cfg("soak", "--rate", "5").history_max_items == 300  # 5 msg/s x 60 s
+    assert cfg("soak", "--quick").history_max_items == 100  # at least 100
+    assert cfg("fanout").history_max_items == 100000
+    path = tmp_path / "g.toml"
+    write_gripcast_config(path, {"client_port": 1}, 2, 1, metrics=(3, 4), history_max_items=300)
+    text = path.read_text()
+    assert "history_max_items = 300\n" in text
+    assert "metrics_port = 3\n" in text and "edge_metrics_port = 4\n" in text
