@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -451,6 +452,9 @@ def load_config(args) -> LoadConfig:
         p99_bound_ms=args.p99_bound_ms,
         profile_dir=args.py_spy,
         profile_step=args.profile_step,
+        # the soak's broker retains one step's messages (at least 100, enough for a churned
+        # client's resume): full by the end of the warm-up, so retained history is not growth
+        history_max_items=max(100, math.ceil(rate * args.interval)) if soak else 100000,
     )
 
 

@@ -148,6 +148,19 @@ def padding(payload_bytes: int) -> str:
     return " " + "x" * (n - 1) if n > 1 else ""
 
 
+# an HTTP POST stays under the broker's 1,000,000-byte request limit (broker.ingest.httpapi)
+# and Pushpin's (10,000,000 here): large messages go fewer to a POST
+POST_BYTES_MAX = 900_000
+ITEM_OVERHEAD_BYTES = 200  # channel, id, format keys and the JSON around an item
+
+
+def items_per_post(batch: int, payload_bytes: int) -> int:
+    """Most items one HTTP POST carries: ``batch`` (0: 1,000), fewer when large payloads
+    would pass ``POST_BYTES_MAX``."""
+    fit = POST_BYTES_MAX // (max(payload_bytes, 0) + ITEM_OVERHEAD_BYTES)
+    return max(1, min(batch if batch > 0 else 1000, fit))
+
+
 def plan_total(plan: PublishPlan) -> int:
     """How many items the plan publishes: ``rate x duration`` per channel (at least one)."""
     return max(1, int(plan.rate * plan.duration)) * plan.channels
@@ -175,6 +188,7 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
     per_s = plan.rate * plan.channels  # items per second
     chunk = plan.batch if plan.batch > 0 and plan.kind == "http" else 0
     pad = padding(plan.payload_bytes)
+    per_post = items_per_post(chunk, plan.payload_bytes) if plan.kind == "http" else 1000
     errors, error_text, calls = 0, "", 0
     sent = 0
     while time.time() < plan.start_at:
@@ -187,7 +201,7 @@ def publisher_main(plan: PublishPlan, pipe) -> None:
             due = sent + (due - sent) // chunk * chunk  # whole batches only
         if due > sent:
             # a late tick catches up over several calls
-            end = min(due, sent + (chunk or 1000))
+            end = min(due, sent + per_post)
             items = [
                 format_item(plan.transport, *item_of(k, plan.channels, plan.base), now, pad)
                 for k in range(sent, end)

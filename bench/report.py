@@ -338,7 +338,8 @@ def print_soak(name: str, r: dict, console: Console) -> None:
         title=f"{name}: soak, {len(r['steps'])} steps "
         f"({'ok' if v['ok'] else 'FAILED: ' + '; '.join(v.get('problems', []))})"
     )
-    for col in ("process", "RSS KiB after warm-up", "RSS KiB last", "growth", "fds", "fds last"):
+    cols = ("process", "RSS KiB after warm-up", "RSS KiB last", "growth", "fds", "fds last")
+    for col in cols + ("trio tasks", "tasks last", "tasks max"):
         t.add_column(col, justify="left" if col == "process" else "right")
     for p in v["processes"]:
         t.add_row(
@@ -348,6 +349,9 @@ def print_soak(name: str, r: dict, console: Console) -> None:
             f"{p['rss_growth']:+.1%}",
             _fmt(p["fds_after_warmup"]),
             _fmt(p["fds_last"]),
+            _fmt(p.get("tasks_after_warmup")),
+            _fmt(p.get("tasks_last")),
+            _fmt(p.get("tasks_max")),
         )
     console.print(t)
 
@@ -508,7 +512,7 @@ def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
     out.append(p)
     soaked = {n: r for n, r in runs.items() if r.get("ok") and r.get("soak")}
     if soaked:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.5))
         for n, r in soaked.items():
             names = sorted({p["name"] for st in r["steps"] for p in st.get("resources", [])})
             for name in names:
@@ -525,14 +529,19 @@ def plot(runs: dict[str, dict], stem: Path) -> list[Path]:
                     label=f"{n} {name}",
                 )
                 a2.plot([i for i, _ in pts], [p["fds"] for _, p in pts], "o-", label=f"{n} {name}")
+                tk = [(i, p["tasks"]) for i, p in pts if p.get("tasks") is not None]
+                if tk:
+                    a3.plot([i for i, _ in tk], [k for _, k in tk], "o-", label=f"{n} {name}")
         a1.set_ylabel("RSS, MiB")
         a2.set_ylabel("open file descriptors")
-        for a in (a1, a2):
+        a3.set_ylabel("trio tasks alive (gripcast)")
+        for a in (a1, a2, a3):
             a.set_xlabel("soak step (one sample interval each)")
             a.grid(True, alpha=0.3)
             a.legend(fontsize="x-small")
         a1.set_title("soak: RSS per process")
         a2.set_title("soak: open files per process")
+        a3.set_title("soak: trio tasks per process")
         fig.tight_layout()
         p = stem.with_name(stem.name + "-soak.png")
         fig.savefig(p, dpi=110)

@@ -87,6 +87,9 @@ class LoadConfig:
     soak_steps: int = 0  # soak: this many steps of ``duration`` s, churning and resuming in each
     profile_dir: str = ""  # py-spy the broker and edge0 (gripcast) during step profile_step
     profile_step: int = 1
+    # messages the broker retains per channel (history_max_items); the soak sets it to one
+    # step's worth, so the history is full by the end of the warm-up and does not read as growth
+    history_max_items: int = 100000
 
 
 class _WorkerHandle:
@@ -387,9 +390,16 @@ class _Session(_Profiler):
             st["edge_kill"] = kill_info
         if profiles:
             st["profiles"] = profiles
-        if cfg.soak_steps:  # every server process's RSS and open files after the step
+        if cfg.soak_steps:  # every server process's RSS, open files and trio tasks after it
+            tasks = target.task_counts() if isinstance(target, GripcastTarget) else {}
             st["resources"] = [
-                {"name": s.name, "pid": pid, "rss_kib": s.rss_kib, "fds": procs.fd_count(pid)}
+                {
+                    "name": s.name,
+                    "pid": pid,
+                    "rss_kib": s.rss_kib,
+                    "fds": procs.fd_count(pid),
+                    "tasks": tasks.get(s.name),
+                }
                 for pid, s in srv3.items()
             ]
         pub_wall = max(1e-6, wall)
@@ -536,7 +546,14 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         origin = Origin(resume=cfg.resume, keep_alive=cfg.keep_alive_s).start()
         lg_pids[origin.pid] = "origin"
         target = make_target(
-            kind, origin.port, cfg.edges, workdir, cfg.log_level, cfg.stats, tls=cfg.tls
+            kind,
+            origin.port,
+            cfg.edges,
+            workdir,
+            cfg.log_level,
+            cfg.stats,
+            tls=cfg.tls,
+            history_max_items=cfg.history_max_items,
         )
         target.start()
         result["warmup"] = warm_up(target, cfg.warmup)

@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 
 from bench.certs import write_self_signed
-from bench.procs import NotifySocket, descendants, free_ports, proc_name, stop_group
+from bench.procs import (
+    NotifySocket,
+    descendants,
+    free_port_block,
+    free_ports,
+    proc_name,
+    stop_group,
+)
 from bench.pushpin import PushpinLaunch, conf_text, poll_until, port_sections
 
 GRIPCAST_PORT_KEYS = (
@@ -82,6 +89,8 @@ def write_gripcast_config(
     log_level: str = "warning",
     stats_spec: str = "",
     tls: tuple[int, str, str] | None = None,
+    metrics: tuple[int, int] | None = None,
+    history_max_items: int = 100000,
 ) -> None:
     lines = ['client_addr = "127.0.0.1"', 'broker_bind = "127.0.0.1"']
     if tls is not None:
@@ -102,7 +111,10 @@ def write_gripcast_config(
         lines.append(f'stats_spec = "{stats_spec}"')
         lines.append(f"stats_report_interval_s = {STATS_REPORT_INTERVAL_S}")
         lines.append(f"stats_connection_ttl_s = {STATS_CONNECTION_TTL_S}")
-    lines.append("history_max_items = 100000")
+    lines.append(f"history_max_items = {history_max_items}")
+    if metrics is not None:  # /metrics of the broker and of edge i (edge port + i)
+        lines.append(f"metrics_port = {metrics[0]}")
+        lines.append(f"edge_metrics_port = {metrics[1]}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -120,6 +132,7 @@ class GripcastTarget(Target):
         log_level: str = "warning",
         stats: bool = True,
         tls: bool = False,
+        history_max_items: int = 100000,
     ) -> None:
         self.ports = dict(zip(GRIPCAST_PORT_KEYS, free_ports(len(GRIPCAST_PORT_KEYS))))
         self.edges = edges
@@ -131,8 +144,18 @@ class GripcastTarget(Target):
             self.https_port = free_ports(1)[0]
             cert, key = write_self_signed(self.dir, "server")
             tls_spec = (self.https_port, cert, key)
+        # the ops listeners (/metrics): the soak reads every process's trio task count there
+        self.metrics_ports = (free_ports(1)[0], free_port_block(edges))
         write_gripcast_config(
-            self.config, self.ports, origin_port, edges, log_level, self.stats_spec, tls_spec
+            self.config,
+            self.ports,
+            origin_port,
+            edges,
+            log_level,
+            self.stats_spec,
+            tls_spec,
+            self.metrics_ports,
+            history_max_items,
         )
         self.log_path = str(self.dir / "gripcast.log")
         self.client_port = self.ports["client_port"]
@@ -183,6 +206,28 @@ class GripcastTarget(Target):
             [sys.executable, "-m", "gripcast", "broker", "--config", str(self.config)], timeout=30
         )
         return self
+
+    def task_counts(self) -> dict[str, int]:
+        """Every process's trio task count by process name (``broker``, ``edge0``, ...), read
+        from its ``/metrics`` (``gripcast_*_trio_tasks``); a process that does not answer is
+        left out."""
+        import urllib.request
+
+        out: dict[str, int] = {}
+        broker_port, edge_port = self.metrics_ports
+        where = [("broker", broker_port, "gripcast_broker_trio_tasks")] + [
+            (f"edge{i}", edge_port + i, "gripcast_edge_trio_tasks") for i in range(self.edges)
+        ]
+        for name, port, metric in where:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(metric + " "):
+                    out[name] = int(float(line.split()[1]))
+        return out
 
     def edge_pids(self) -> list[int]:
         return [p for p in self.pids() if proc_name(p).startswith("edge")]
@@ -305,10 +350,19 @@ def make_target(
     log_level: str = "warning",
     stats: bool = True,
     tls: bool = False,
+    history_max_items: int = 100000,
 ) -> Target:
     sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
     if kind == "gripcast":
-        return GripcastTarget(origin_port, edges, sub, log_level=log_level, stats=stats, tls=tls)
+        return GripcastTarget(
+            origin_port,
+            edges,
+            sub,
+            log_level=log_level,
+            stats=stats,
+            tls=tls,
+            history_max_items=history_max_items,
+        )
     if kind == "pushpin":
         return PushpinTarget(origin_port, sub, log_level=log_level, stats=stats, tls=tls)
     raise ValueError(kind)

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from broker.history import HistoryStatistics
+from broker.runtime.taskcount import TrioTaskCollector
 from broker.store.redis import RedisStoreStatistics
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ class BrokerCollector(Collector):
 def broker_registry(broker: Broker) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(BrokerCollector(broker))
+    reg.register(TrioTaskCollector(P))
     return reg
 
 

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from broker.runtime.taskcount import TrioTaskCollector
+
 if TYPE_CHECKING:
     import trio
     from prometheus_client.metrics_core import Metric
@@ -302,6 +304,7 @@ def origin_tls_metrics(t: OriginTlsStatistics) -> Iterator[Metric]:
 def edge_registry(edge: Edge, now: Callable[[], float]) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(EdgeCollector(edge, now))
+    reg.register(TrioTaskCollector(P))
     return reg
 
 

@@ -10,7 +10,15 @@ import math
 import pytest
 
 from bench.cli import build_parser, load_config, target_order
-from bench.publisher import PublishPlan, item_of, plan_total, published_counts
+from bench.publisher import (
+    PublishPlan,
+    format_item,
+    item_of,
+    items_per_post,
+    padding,
+    plan_total,
+    published_counts,
+)
 from bench.saturation import SaturationRule, rate_steps, summary, verdict
 from bench.swarm import Worker, WorkerConfig
 from bench.targets import pushpin_config, write_gripcast_config
@@ -278,3 +286,16 @@ def test_an_explicit_duration_wins_over_smoke():
     assert load_config(p.parse_args(["fanout"])).duration == 15.0
     soak = p.parse_args(["soak", "--minutes", "0.15", "--interval", "3"])
     assert (load_config(soak).duration, load_config(soak).soak_steps) == (3.0, 3)
+
+
+def test_large_messages_go_fewer_to_a_post():
+    """A POST of 64 KiB messages stays under the broker's 1,000,000-byte request limit."""
+    import json
+
+    assert items_per_post(0, 0) == 1000 and items_per_post(100, 0) == 100
+    for size in (4096, 16384, 65536, 1 << 20):
+        n = items_per_post(0, size)
+        items = [format_item("sse", "c0", k, 1.0, padding(size)) for k in range(n)]
+        body = json.dumps({"items": items}).encode()
+        assert n >= 1 and (len(body) < 1_000_000 or n == 1), (size, n, len(body))
+    assert items_per_post(0, 65536) == 13 and items_per_post(10, 65536) == 10

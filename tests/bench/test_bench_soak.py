@@ -1,6 +1,6 @@
 """The soak: its verdict (sans-IO), and a soak against a real gripcast cluster shortened to
-three 3-second steps (connects, disconnects, resumes and publishes; RSS and open files of every
-server process after each step; nothing lost)."""
+three 3-second steps (connects, disconnects, resumes and publishes; RSS, open files and trio
+tasks of every server process after each step; nothing lost)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from bench.soak import verdict
 from tests.bench.benchrun import gripcast_run
 
 
-def _step(rss: dict, fds: dict, lost: int = 0) -> dict:
+def _step(rss: dict, fds: dict, lost: int = 0, tasks: dict | None = None) -> dict:
+    tasks = tasks or {}
     return {
-        "resources": [{"name": n, "rss_kib": rss[n], "fds": fds[n]} for n in rss],
+        "resources": [
+            {"name": n, "rss_kib": rss[n], "fds": fds[n], "tasks": tasks.get(n)} for n in rss
+        ],
         "loss": {"lost": lost, "duplicated": 0},
     }
 
@@ -34,6 +37,28 @@ def test_soak_verdict_flat_and_growing():
     assert verdict(flat[:1])["ok"] is None  # no step after the warm-up
 
 
+def test_soak_verdict_trio_tasks():
+    """Tasks are judged like RSS: within 10% (at least 32 tasks) of the count after the
+    warm-up; a process without a count (Pushpin's) is judged on RSS and files only."""
+    rss, fds = {"edge0": 1000, "broker": 500}, {"edge0": 60, "broker": 20}
+
+    def run(*edge_tasks):
+        return [_step(rss, fds, tasks={"edge0": t, "broker": 40}) for t in edge_tasks]
+
+    v = verdict(run(1000, 1090, 950, 1080))  # churn: a few percent in flight
+    assert v["ok"], v["problems"]
+    row = next(p for p in v["processes"] if p["name"] == "edge0")
+    assert (row["tasks_after_warmup"], row["tasks_last"], row["tasks_max"]) == (1000, 1080, 1090)
+    v = verdict(run(1000, 1050, 1101))
+    assert v["problems"] == ["edge0 runs 101 more trio tasks than after the warm-up"]
+    v = verdict(run(100, 120, 132))  # small counts: the 32-task floor
+    assert v["ok"]
+    assert verdict(run(100, 120, 133))["problems"] == [
+        "edge0 runs 33 more trio tasks than after the warm-up"
+    ]
+    assert verdict([_step(rss, fds) for _ in range(3)])["ok"]  # no task counts at all
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_soak_quick_gripcast(tmp_path):
@@ -48,5 +73,30 @@ def test_soak_quick_gripcast(tmp_path):
     assert all(
         {"broker", "edge0", "edge1"} <= {p["name"] for p in s["resources"]} for s in run["steps"]
     )
+    # every gripcast process's trio task count, read from its /metrics
+    for s in run["steps"]:
+        tasks = {p["name"]: p["tasks"] for p in s["resources"]}
+        assert all(tasks[n] > 0 for n in ("broker", "edge0", "edge1")), tasks
+    assert {p["name"] for p in run["soak"]["processes"] if p["tasks_last"]} >= {"broker", "edge0"}
     assert run["soak"]["lost"] == 0, run["soak"]
     assert run["soak"]["ok"] is not None
+
+
+def test_soak_broker_retains_one_steps_messages(tmp_path):
+    """The soak's broker keeps one step's messages per channel (its history is full by the
+    end of the warm-up: retained history does not read as RSS growth); other scenarios keep
+    100,000."""
+    from bench.cli import build_parser, load_config
+    from bench.targets import write_gripcast_config
+
+    def cfg(*argv):
+        return load_config(build_parser().parse_args(list(argv)))
+
+    assert cfg("soak", "--rate", "5").history_max_items == 300  # 5 msg/s x 60 s
+    assert cfg("soak", "--quick").history_max_items == 100  # at least 100
+    assert cfg("fanout").history_max_items == 100000
+    path = tmp_path / "g.toml"
+    write_gripcast_config(path, {"client_port": 1}, 2, 1, metrics=(3, 4), history_max_items=300)
+    text = path.read_text()
+    assert "history_max_items = 300\n" in text
+    assert "metrics_port = 3\n" in text and "edge_metrics_port = 4\n" in text

@@ -66,3 +66,37 @@ def test_connections_are_capped():
         assert served[-1] == 9
 
     trio.run(main)
+
+
+def test_trio_task_gauge_counts_living_tasks():
+    """``<prefix>trio_tasks`` follows the tasks alive in the run (the soak samples it to find
+    task leaks); outside a trio run the collector yields nothing."""
+    import trio
+    import trio.testing
+
+    from broker.runtime.taskcount import TrioTaskCollector
+
+    def gauge(reg) -> float | None:
+        return reg.get_sample_value("x_trio_tasks")
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(TrioTaskCollector("x_"))
+    assert gauge(reg) is None
+    seen = []
+
+    async def main():
+        seen.append(gauge(reg))
+        async with trio.open_nursery() as n:
+            for _ in range(25):
+                n.start_soon(trio.sleep_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            seen.append(gauge(reg))
+            body = answer("GET", "/metrics", reg, lambda: None)
+            n.cancel_scope.cancel()
+        seen.append(gauge(reg))
+        assert b"# TYPE x_trio_tasks gauge" in body
+
+    trio.run(main)
+    base = seen[0]
+    assert base is not None and base >= 1
+    assert seen[1] == base + 25 and seen[2] == base

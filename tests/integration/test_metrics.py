@@ -105,6 +105,8 @@ def test_metrics_move_with_traffic(tmp_path):
         assert e["gripcast_edge_delivery_latency_seconds_bucket{le=10.0}"] == 15
         assert e["gripcast_edge_broker_link_up"] == 1
         assert e["gripcast_edge_slow_consumer_disconnects_total"] == 0
+        # trio tasks alive in each process (read from trio's own run statistics)
+        assert e["gripcast_edge_trio_tasks"] >= 1 and b["gripcast_broker_trio_tasks"] >= 1
         for c in clients:
             c.close()
         r = httpx.get(f"http://127.0.0.1:{eport}/nope")
