@@ -788,15 +788,6 @@ class HeldStream:
         self.begin: object = None
 
 
-async def run_held_stream(conn: Connection, held: HeldStream) -> bool:
-    """``hold_stream`` for a deferred hold, with ``handle_grip``'s error answer; True if the
-    connection may serve another request."""
-    try:
-        return await hold_stream(conn, held.req, held.route, held.hold, None)
-    except (OriginError, InstructError, LinkRefused) as exc:
-        return await conn.proxy_error(held.req, held.route, exc)
-
-
 async def hold_stream(
     conn: Connection, req: Request, route: Route, hold: Hold, body_iter: AsyncIterator[bytes] | None
 ) -> bool:

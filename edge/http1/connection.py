@@ -51,8 +51,9 @@ from broker.errors import InstructError, RemoteProtocolError
 from edge import accesslog, jsonp, proxyrules
 from edge.cors import cors_headers
 from edge.fastpath import PeerAddress, read_now, send_now
-from edge.grip.holds import handle_grip, run_held_stream
+from edge.grip.holds import handle_grip, hold_stream
 from edge.grip.instruct import is_grip_response
+from edge.grip.nextlink import LinkRefused
 from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
 from edge.proxyrules import claims_tls, pick_route
@@ -366,7 +367,10 @@ class Connection:
                     # a stream hold runs here, after handle() and the GRIP code returned: their
                     # frames are not kept for the life of the held connection
                     self.held = None
-                    keep = await run_held_stream(self, held)
+                    try:  # inline, not a helper coroutine: one frame less while held
+                        keep = await hold_stream(self, held.req, held.route, held.hold, None)
+                    except (OriginError, InstructError, LinkRefused) as exc:
+                        keep = await self.proxy_error(held.req, held.route, exc)
                     accesslog.log_request(
                         self.app.cfg,
                         self.app.rules,
