@@ -513,7 +513,8 @@ class Edge:
             self.rejected += 1
             self.nursery.start_soon(self._refuse, sock)
             return
-        self.nursery.start_soon(self._serve_connection, sock, addr)
+        # a constant task name: trio would format one string per connection
+        self.nursery.start_soon(self._serve_connection, sock, addr, name="client")
 
     async def _refuse(self, sock: trio.socket.SocketType) -> None:
         """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the

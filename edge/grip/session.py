@@ -32,11 +32,28 @@ _ids = itertools.count(1)
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+# held sessions of the same instruct share one (never mutated) filters map and channel set:
+# a frozenset of one name is 216 bytes, kept by every held connection otherwise
+_NO_FILTERS: dict[str, tuple[str, ...]] = {}
+_NAMES: dict[tuple[str, ...], frozenset[str]] = {}
+_NAMES_MAX = 4096  # distinct channel sets remembered (cleared when full: sharing, not a leak)
+
+
 def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
     """Per-channel filters (``edge.grip.filters``) and the subscription meta from the hold."""
-    session.filters = {c.name: c.filters for c in hold.channels if c.filters}
+    chans = hold.channels
+    if any(c.filters for c in chans):
+        session.filters = {c.name: c.filters for c in chans if c.filters}
+    else:
+        session.filters = _NO_FILTERS
     session.meta = hold.meta
-    session.channel_names = frozenset(c.name for c in hold.channels)
+    key = tuple(c.name for c in chans)
+    names = _NAMES.get(key)
+    if names is None:
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        names = _NAMES[key] = frozenset(key)
+    session.channel_names = names
 
 
 class StreamSession(Session):

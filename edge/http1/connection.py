@@ -51,14 +51,16 @@ from broker.errors import InstructError, RemoteProtocolError
 from edge import accesslog, jsonp, proxyrules
 from edge.cors import cors_headers
 from edge.fastpath import PeerAddress, read_now, send_now
-from edge.grip.holds import handle_grip
+from edge.grip.holds import handle_grip, hold_stream
 from edge.grip.instruct import is_grip_response
+from edge.grip.nextlink import LinkRefused
 from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
 from edge.proxyrules import claims_tls, pick_route
 from edge.ws.session import is_websocket_request, serve_websocket, woh_forbidden
 
 if TYPE_CHECKING:
+    from edge.grip.holds import HeldStream
     from edge.origin.client import OriginResponse
     from edge.readtimer import Waker
     from edge.routes import Route
@@ -130,6 +132,7 @@ class Connection:
         "ws_route",
         "tls",
         "crypt",
+        "held",
     )
 
     def __init__(
@@ -162,6 +165,8 @@ class Connection:
         self.status = 0  # the status of the current request's answer (0: none yet)
         self.mode = ""  # how the current request was answered (edge.accesslog)
         self.ws_route: Route | None = None  # a WebSocket session's route (edge.ws.session)
+        # a stream hold handle() left to run here (edge.grip.holds.HeldStream): see serve()
+        self.held: HeldStream | None = None
 
     # -- httptools callbacks -------------------------------------------------------------------
     # httptools calls the others only between on_message_begin and on_message_complete, and
@@ -356,7 +361,28 @@ class Connection:
                 req = await self.next_request()
                 if req is None:
                     break
-                if not await self.handle(req):
+                keep = await self.handle(req)
+                held = self.held
+                if held is not None:
+                    # a stream hold runs here, after handle() and the GRIP code returned: their
+                    # frames are not kept for the life of the held connection
+                    self.held = None
+                    try:  # inline, not a helper coroutine: one frame less while held
+                        keep = await hold_stream(self, held.req, held.route, held.hold, None)
+                    except (OriginError, InstructError, LinkRefused) as exc:
+                        keep = await self.proxy_error(held.req, held.route, exc)
+                    accesslog.log_request(
+                        self.app.cfg,
+                        self.app.rules,
+                        held.req,
+                        held.route,
+                        held.path,
+                        self,
+                        held.begin,  # type: ignore[arg-type]
+                        self.mode,
+                    )
+                    del held
+                if not keep:
                     return
                 self.idle_since, self.fresh = trio.current_time(), False
                 if self.queue:  # pipelined requests: let other tasks run between them
@@ -428,6 +454,10 @@ class Connection:
         log_rec = accesslog.Begin(trio.current_time(), self.sent)
         self.status = 0
         keep = await self._handle_routed(req, route, path, tls)
+        held = self.held
+        if held is not None:  # serve() runs the hold, then writes the line
+            held.path, held.begin = path, log_rec
+            return keep
         accesslog.log_request(app.cfg, rules, req, route, path, self, log_rec, self.mode)
         return keep
 
