@@ -883,6 +883,11 @@ def run_on(cluster: ChaosCluster, cfg: ChaosConfig, plan: list[Fault], log=print
 def make_cluster(cfg: ChaosConfig, workdir: Path, link_cut: str = "stop") -> ChaosCluster:
     """The cluster of a run: ``link_cut`` ``"netns"`` puts each broker on a host of its own
     (``bench.netcut``) and cuts its links for real; ``"stop"`` SIGSTOPs it."""
+    if link_cut == "netns" and cfg.publisher != "http":
+        raise ValueError(
+            f"link_cut netns needs the http publisher: --publisher {cfg.publisher} reaches the "
+            "brokers' ZeroMQ ports on loopback, which a broker on a host of its own does not bind"
+        )
     if link_cut == "netns":
         from bench.netcut import NetcutCluster
 

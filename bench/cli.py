@@ -370,6 +370,10 @@ def run_chaos_cli(args, console: Console, meta: dict, stamp: str) -> int:
         from bench.netcut import netns_unavailable
 
         why = netns_unavailable()
+        if not why and cfg.publisher != "http":
+            # the ZeroMQ publishers reach every broker's loopback PULL / command ports, which
+            # a broker on a host of its own does not bind (publish_bind stays loopback)
+            why = f"--publisher {cfg.publisher} reaches brokers on loopback only"
         link_cut = "stop" if why else "netns"
         if why:
             console.print(f"link cuts: SIGSTOP ({why})")

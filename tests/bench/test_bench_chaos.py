@@ -121,3 +121,15 @@ def test_chaos_command_socket_publisher_is_acknowledged(tmp_path):
     stored, so its items are acknowledged (and retried elsewhere with the same id)."""
     r, _ = _quick(tmp_path, "command", "6")
     assert r["acknowledged"] > 10, r
+
+
+@pytest.mark.parametrize("publisher", ["zmq", "command"])
+def test_netns_link_cuts_refuse_the_zmq_publishers(tmp_path, publisher):
+    """A broker on a host of its own binds its ZeroMQ publish ports on loopback only, so the
+    ZeroMQ publishers cannot reach it: asking for both is an error, not a run that publishes
+    nothing."""
+    from bench import chaos
+
+    cfg = chaos.ChaosConfig(seed=1, publisher=publisher)
+    with pytest.raises(ValueError, match="needs the http publisher"):
+        chaos.make_cluster(cfg, tmp_path, "netns")
