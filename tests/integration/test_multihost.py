@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import queue
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import time
 import pytest
 import zmq
 
+from bench.netcut import netns_unavailable
 from tests.helpers import skip_missing
 from tests.integration.cluster import Proc, gripcast
 
@@ -32,19 +32,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NET = "10.77.0"
 BROKER_IP = f"{NET}.1"
 HEARTBEAT_S = 0.5  # a silent peer is dropped after 1.5 s
-
-
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
-    probe = f"gcprobe{secrets.token_hex(3)}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"ip netns is unavailable: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
 
 
 def ip(*args: str) -> None:
@@ -199,7 +186,7 @@ def metric(net: Net, host: str, name: str) -> float:
 
 
 def test_edges_on_other_hosts_and_a_host_cut_off(tmp_path):
-    reason = _netns_unavailable()
+    reason = netns_unavailable()
     if reason:
         skip_missing(reason)
     bpub, bsec = (k.decode() for k in zmq.curve_keypair())
