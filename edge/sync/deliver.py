@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 SLICE = 1000
 WRITE_CHUNK = 256 * 1024
+# a backlog's write starts at WRITE_CHUNK and follows what the socket takes (twice the last
+# partial write, at least MIN_WRITE_CHUNK): a reader that takes a few KiB a wake-up must not
+# cost a copy of the whole chunk per send()
+MIN_WRITE_CHUNK = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +481,7 @@ class Deliverer:
         """Writer task: flush one session's backlog as the socket accepts it."""
         self._writers += 1
         crypt = s.crypt
+        size = WRITE_CHUNK
         try:
             # ended: the fd may be reused (test_sessionstate)
             while (s.buf or (crypt is not None and crypt.out)) and s.state < DONE:
@@ -496,7 +501,7 @@ class Deliverer:
                 if s.state >= DONE:
                     return
                 if crypt is None:
-                    chunk = bytes(s.buf[:WRITE_CHUNK])
+                    chunk = _head(s.buf, size)
                 else:  # a TLS client: queued ciphertext first, then the backlog encrypted
                     if not crypt.out:
                         try:
@@ -506,8 +511,9 @@ class Deliverer:
                             s.kill(f"tls write failed: {exc.reason or exc}")
                             return
                         del s.buf[:WRITE_CHUNK]
-                    chunk = bytes(crypt.out[:WRITE_CHUNK])
+                    chunk = _head(crypt.out, size)
                 n = send_batch([s.fd], [chunk])[0]
+                size = _next_chunk(size, len(chunk), n)
                 if n < 0:
                     self._errors += 1
                     s.kill(f"send failed errno={-n}")
@@ -549,3 +555,18 @@ class Deliverer:
             "max_buffered_bytes": max((c.buffered_bytes for c in lags), default=0),
             "max_lag_s": max((c.behind_s for c in lags), default=0.0),
         }
+
+
+def _head(buf: bytearray, size: int) -> bytes:
+    """The first ``size`` bytes of ``buf`` as bytes, copied once (a bytearray slice would copy
+    twice); the view is released before the caller resizes ``buf``."""
+    with memoryview(buf) as view:
+        return bytes(view[:size])
+
+
+def _next_chunk(size: int, offered: int, sent: int) -> int:
+    """The next write's size after ``sent`` of ``offered`` bytes left: twice a partial write (at
+    least MIN_WRITE_CHUNK), doubling back up to WRITE_CHUNK while whole writes go out."""
+    if sent < offered:
+        return max(MIN_WRITE_CHUNK, min(WRITE_CHUNK, 2 * sent))
+    return min(WRITE_CHUNK, 2 * size)
