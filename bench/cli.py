@@ -247,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hs.add_argument("--target", choices=("gripcast", "pushpin", "both"), default="both")
     hs.add_argument("--conns", type=int, default=2000, help="connections per case (default 2,000)")
-    hs.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
+    hs.add_argument(
+        "--procs",
+        type=int,
+        default=None,
+        help="client processes (default 4 Python clients; 1 connload)",
+    )
     hs.add_argument(
         "--cases",
         default="",
@@ -259,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     hs.add_argument("--repeat", type=int, default=1, help="rounds of every case (default 1)")
     hs.add_argument("--out", default="", help="JSON path (default bench/results/handshakes-*.json)")
+    hs.add_argument(
+        "--client",
+        choices=("python", "connload"),
+        default="python",
+        help="python: blocking ssl-module clients, --conns per case (server CPU per "
+        "connection); connload: bench/connload.c (epoll + OpenSSL, not the limit), "
+        "--duration per case, connections/s too, the targets' order alternating per round",
+    )
+    hs.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per case with connload (5)"
+    )
+    hs.add_argument(
+        "--concurrency", type=int, default=32, help="connections in flight with connload (32)"
+    )
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
     ing.add_argument(

@@ -208,6 +208,192 @@ def summary(result: dict) -> dict[str, float]:
     return {case: round(statistics.median(v), 3) for case, v in by.items()}
 
 
+# -- connections per second with bench.connload (``--client connload``) ---------------------
+
+
+def _cpu_of(pids: list[int]) -> float:
+    return sum(procs.cpu_s(p) for p in pids)
+
+
+def run_rate_case(target, origin_pid: int, case: str, load: dict, idle_s: float = 1.0) -> dict:
+    """One case against ``target`` with ``bench.connload``: connections/s, the server's CPU
+    per connection and in cores, the client's and the bench origin's (who was the limit)."""
+    from bench import connload
+
+    pids = target.pids()
+    idle0, t_idle = _cpu_of(pids), time.monotonic()
+    time.sleep(idle_s)
+    idle_rate = (_cpu_of(pids) - idle0) / (time.monotonic() - t_idle)
+    mode = case.removesuffix("-resume")
+    spec = connload.LoadSpec(
+        port=target.client_port if case == "plain" else target.https_port,
+        mode=mode,
+        resume=case.endswith("-resume"),
+        concurrency=load["concurrency"],
+        duration_s=load["duration_s"],
+        procs=load["procs"],
+        request=connload.STREAM_REQUEST if load["request"] else "",
+        until=connload.STREAM_UNTIL if load["request"] else "\r\n\r\n",
+    )
+    load0 = os.getloadavg()[0]
+    cpu0, origin0, t0 = _cpu_of(pids), procs.cpu_s(origin_pid), time.monotonic()
+    running = connload.start(spec, load["binary"])
+    rep = connload.collect(running, spec.duration_s + spec.timeout_s + 30)
+    wall = time.monotonic() - t0
+    server = _cpu_of(pids) - cpu0 - idle_rate * wall
+    origin = procs.cpu_s(origin_pid) - origin0
+    time.sleep(0.5)  # the closes reach the server before the next idle measurement
+    done = rep.completed
+    return {
+        "target": target.name,
+        "case": case,
+        "request": load["request"],
+        "connections": done,
+        "per_s": rep.per_s,
+        "errors": rep.errors,
+        "first_error": rep.first_error,
+        "resumed": rep.resumed,
+        "handshake_p50_ms": rep.handshake_p50_ms,
+        "handshake_p99_ms": rep.handshake_p99_ms,
+        "total_p50_ms": rep.total_p50_ms,
+        "total_p99_ms": rep.total_p99_ms,
+        "server_cpu_s": round(server, 3),
+        "server_cpu_ms_per_conn": round(1000 * server / done, 3) if done else None,
+        "server_cores": round(server / wall, 2) if wall > 0 else None,
+        "client_cpu_ms_per_conn": rep.client_cpu_ms_per_conn,
+        "client_cores": rep.client_util,
+        "origin_cores": round(origin / wall, 2) if wall > 0 else None,
+        "wall_s": round(wall, 3),
+        "loadavg": round(load0, 2),
+        "idle_cpu_per_s": round(idle_rate, 4),
+    }
+
+
+def rate_order(kinds: list[str], rnd: int) -> list[str]:
+    """The targets' order in round ``rnd``: as given, then reversed, alternately."""
+    return list(kinds) if rnd % 2 == 0 else list(reversed(kinds))
+
+
+def run_rates(
+    kinds: list[str],
+    cases: tuple[str, ...],
+    load: dict,
+    edges: int,
+    repeat: int,
+    log=print,
+) -> list[dict]:
+    """Every target up at once; each round runs every case on each target, the targets'
+    order alternating between rounds."""
+    from bench import connload
+
+    procs.raise_nofile()
+    load = dict(load, binary=connload.build())
+    workdir = tempfile.mkdtemp(prefix="bench-rate-")
+    origin = Origin().start()
+    targets = []
+    try:
+        for kind in kinds:
+            t = make_target(kind, origin.port, edges, workdir, "warning", True, tls=True)
+            targets.append(t)
+            t.start()
+            warm_up(t, 20)
+        by_kind = {t.name: t for t in targets}
+        rows = []
+        for rnd in range(repeat):
+            for kind in rate_order(kinds, rnd):
+                for case in cases:
+                    row = run_rate_case(by_kind[kind], origin.pid, case, load)
+                    row["round"] = rnd
+                    errs = sum(row["errors"].values())
+                    log(
+                        f"[{kind}] {case:14s} {row['per_s']:8.1f} conns/s  server "
+                        f"{row['server_cpu_ms_per_conn']} ms/conn ({row['server_cores']} cores)  "
+                        f"client {row['client_cpu_ms_per_conn']} ms/conn "
+                        f"({row['client_cores']} cores)  origin {row['origin_cores']} cores  "
+                        f"hs p50/p99 {row['handshake_p50_ms']}/{row['handshake_p99_ms']} ms  "
+                        f"errors {errs}  load {row['loadavg']}"
+                    )
+                    rows.append(row)
+        return rows
+    finally:
+        for t in targets:
+            t.stop()
+        origin.stop()
+
+
+def rate_summary(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per target and case, the medians over rounds of connections/s and server / client CPU
+    ms per connection, and each TLS case's ratios to plain (rate and server CPU)."""
+    import statistics
+
+    grouped: dict[str, dict[str, list[dict]]] = {}
+    for row in rows:
+        grouped.setdefault(row["target"], {}).setdefault(row["case"], []).append(row)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, cases in grouped.items():
+        out[kind] = {}
+        for case, rs in cases.items():
+            m: dict[str, float] = {}
+            for key in ("per_s", "server_cpu_ms_per_conn", "client_cpu_ms_per_conn"):
+                vals = [r[key] for r in rs if r[key] is not None]
+                if vals:
+                    m[key] = round(statistics.median(vals), 3)
+            out[kind][case] = m
+        plain = out[kind].get("plain", {})
+        for case, m in out[kind].items():
+            if case == "plain":
+                continue
+            if plain.get("per_s") and "per_s" in m:
+                m["rate_ratio"] = round(m["per_s"] / plain["per_s"], 3)
+            if plain.get("server_cpu_ms_per_conn") and "server_cpu_ms_per_conn" in m:
+                m["cpu_ratio"] = round(
+                    m["server_cpu_ms_per_conn"] / plain["server_cpu_ms_per_conn"], 3
+                )
+    return out
+
+
+def main_rates(args, cases: tuple[str, ...], targets: list[str]) -> int:
+    import json
+
+    from bench.cli import RESULTS_DIR
+
+    load = {
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "procs": args.procs or 1,
+        "request": args.request,
+    }
+    out: dict = {
+        "command": "python -m bench handshakes " + " ".join(args.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg": os.getloadavg(),
+        "client": "connload",
+        "load": load,
+    }
+    out["rows"] = run_rates(targets, cases, load, args.edges, args.repeat)
+    out["loadavg_end"] = os.getloadavg()
+    out["summary"] = rate_summary(out["rows"])
+    print(
+        "\nmedians over rounds: connections/s, server / client CPU ms per connection; TLS / plain"
+    )
+    for kind, by_case in out["summary"].items():
+        for case, m in by_case.items():
+            ratio = ""
+            if "rate_ratio" in m:
+                ratio = f"  rate x{m['rate_ratio']:.2f}  server CPU x{m.get('cpu_ratio', 0):.2f}"
+            print(
+                f"  {kind:9s} {case:14s} {m.get('per_s', 0):8.1f}/s  server "
+                f"{m.get('server_cpu_ms_per_conn', '-')} ms  client "
+                f"{m.get('client_cpu_ms_per_conn', '-')} ms{ratio}"
+            )
+    path = args.out or str(RESULTS_DIR / f"handshakes-rate-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"results: {path}")
+    return 0
+
+
 def main(args) -> int:
     import json
 
@@ -218,6 +404,9 @@ def main(args) -> int:
     for c in cases:
         if c not in CASES:
             raise SystemExit(f"unknown case {c!r} (known: {', '.join(CASES)})")
+    if args.client == "connload":
+        return main_rates(args, cases, targets)
+    args.procs = args.procs or 4
     out = {
         "command": "python -m bench handshakes " + " ".join(args.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
