@@ -8,6 +8,8 @@
  *     first bytes), then the connection is closed;
  *   - no request, plain: the client half-closes and reads until the server closes;
  *   - no request, TLS: closed as soon as the client's side of the handshake is complete.
+ * `--max-errors N` stops the run after N failed connections (a refused protocol version
+ * would otherwise fail as fast as the loop goes, burning the CPU being measured).
  * A connection that completes starts the next one in its slot, until `--duration` seconds
  * (or `--conns` connections) have passed.  With `--resume`, each slot offers the session
  * (ticket) its previous connection got.
@@ -66,7 +68,7 @@ struct conn {
 
 static int mode = M_PLAIN, resume = 0, concurrency = 64, channels = 50, port = 0;
 static double duration = 5.0, timeout_s = 10.0;
-static long max_conns = 0;
+static long max_conns = 0, max_errors = 0;
 static const char *host = "127.0.0.1", *request = NULL, *until = "\r\n\r\n", *sni = NULL;
 static struct in_addr srcs[256];
 static int nsrc = 0, next_src = 0;
@@ -343,7 +345,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: connload --port P [--host A] [--mode plain|tls1.2|tls1.3] [--resume]\n"
             "  [--concurrency C] [--duration S] [--conns N] [--request R] [--until U]\n"
-            "  [--channels K] [--src A,B,...] [--sni NAME] [--timeout S]\n");
+            "  [--channels K] [--src A,B,...] [--sni NAME] [--timeout S] [--max-errors N]\n");
     exit(2);
 }
 
@@ -368,7 +370,7 @@ int main(int argc, char **argv) {
         {"resume", 0, 0, 'R'},   {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 'd'},
         {"conns", 1, 0, 'n'},    {"request", 1, 0, 'r'}, {"until", 1, 0, 'u'},
         {"channels", 1, 0, 'k'}, {"src", 1, 0, 's'},     {"sni", 1, 0, 'S'},
-        {"timeout", 1, 0, 't'},  {0, 0, 0, 0}};
+        {"timeout", 1, 0, 't'},  {"max-errors", 1, 0, 'e'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -389,6 +391,7 @@ int main(int argc, char **argv) {
         case 'k': channels = atoi(optarg); break;
         case 'S': sni = optarg; break;
         case 't': timeout_s = atof(optarg); break;
+        case 'e': max_errors = atol(optarg); break;
         case 's': {
             char *list = strdup(optarg), *save = NULL;
             for (char *a = strtok_r(list, ",", &save); a && nsrc < 256; a = strtok_r(NULL, ",", &save)) {
@@ -441,6 +444,11 @@ int main(int argc, char **argv) {
     for (;;) {
         double t = now();
         if (t >= deadline || (max_conns && completed >= max_conns)) break;
+        if (max_errors) {
+            long errs = 0;
+            for (int k = 0; k < E_KINDS; k++) errs += errors[k];
+            if (errs >= max_errors) break;
+        }
         for (int i = 0; i < concurrency; i++) {
             if (conns[i].state == S_FREE && (!max_conns || started < max_conns)) start(&conns[i]);
         }

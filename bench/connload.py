@@ -63,6 +63,7 @@ class LoadSpec:
     sources: tuple[str, ...] = ()  # source addresses, round robin (e.g. 127.0.0.2, ...)
     sni: str = ""
     timeout_s: float = 10.0
+    max_errors: int = 0  # stop after this many failed connections (0: never)
 
 
 def check_spec(spec: LoadSpec) -> list[str]:
@@ -84,6 +85,8 @@ def check_spec(spec: LoadSpec) -> list[str]:
         problems.append(f"conns {spec.conns}: must be >= 0")
     if spec.channels < 1:
         problems.append(f"channels {spec.channels}: at least 1")
+    if spec.max_errors < 0:
+        problems.append(f"max_errors {spec.max_errors}: must be >= 0")
     if spec.timeout_s <= 0:
         problems.append(f"timeout_s {spec.timeout_s}: must be > 0")
     if not spec.until:
@@ -134,6 +137,8 @@ def argv_for(spec: LoadSpec, binary: str) -> list[list[str]]:
             argv.append("--src=" + ",".join(spec.sources))
         if spec.sni:
             argv.append(f"--sni={spec.sni}")
+        if spec.max_errors:
+            argv.append(f"--max-errors={max(1, spec.max_errors // spec.procs)}")
         out.append(argv)
     return out
 

@@ -75,6 +75,8 @@ def test_argv_splits_concurrency_and_conns_over_the_copies_and_escapes():
     ]
     assert "--request=A\\r\\n" in argvs[0] and "--until=\\r\\n\\r\\n" in argvs[0]
     assert not any(a == "--resume" for a in argvs[0])
+    limited = argv_for(LoadSpec(port=1, procs=2, concurrency=2, max_errors=100), "/x")
+    assert all("--max-errors=50" in argv for argv in limited)
 
 
 def test_percentile_is_the_upper_edge_of_the_bucket_holding_it():
@@ -166,6 +168,7 @@ def test_rate_summary_medians_and_ratios():
         row("gripcast", "tls1.2", 500, 1.2),
         row("pushpin", "plain", 400, 2.0),
         row("pushpin", "tls1.2", 300, None),
+        dict(row("pushpin", "tls1.3", 0, None), connections=0),  # refused: left out
     ]
     s = rate_summary(rows)
     assert s["gripcast"]["plain"] == {
@@ -177,3 +180,4 @@ def test_rate_summary_medians_and_ratios():
     assert s["gripcast"]["tls1.2"]["cpu_ratio"] == 2.0
     assert s["pushpin"]["tls1.2"]["rate_ratio"] == 0.75
     assert "cpu_ratio" not in s["pushpin"]["tls1.2"]
+    assert "tls1.3" not in s["pushpin"]
