@@ -503,7 +503,8 @@ class Edge:
                     port,
                     self._serve_connection,
                     handshake_timeout_s=self.cfg.client_head_timeout_s,
-                )
+                ),
+                name="client-tls",  # a constant: trio would format one per connection
             )
 
         return accepted

@@ -121,3 +121,99 @@ def test_a_read_smaller_than_a_record_leaves_the_rest_for_the_next(session):
     conn.fed = True
     assert conn.read_now(10) == b"x" * 100  # every byte the record completes, at once
     assert not conn.fed
+
+
+# -- the handshakes' deadlines: one sweeper, no cancel scope per connection ------------------
+
+
+class _PipeEnd:
+    """A non-blocking pipe's read end standing in for the client socket: the handshake reads
+    it and waits on it as on a socket (no network, and trio's MockClock drives the time)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    from edge.tls import Certificates
+    from edge.tlsconn import TlsServer
+
+    ca = make_ca(tmp_path)
+    pair = ca.issue(tmp_path, "server", ["localhost"])
+    return TlsServer(Certificates({"default": server_context(pair.cert, pair.key)}))
+
+
+@pytest.fixture
+def pipe():
+    import os
+
+    r, w = os.pipe2(os.O_NONBLOCK)
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
+def test_a_stalled_handshake_ends_at_its_deadline_by_the_sweeper(tls_server, pipe):
+    import trio
+    import trio.testing
+
+    from edge.tlsconn import SWEEP_S
+
+    r, _ = pipe
+    ended_at: list[float] = []
+
+    async def main() -> None:
+        t0 = trio.current_time()
+        conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
+        ended_at.append(trio.current_time() - t0)
+        assert conn is None
+        assert not tls_server._shaking  # forgotten
+        await trio.sleep(1)  # the sweeper, with nothing left to watch, ends
+        assert not tls_server._sweeping
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert 20.0 <= ended_at[0] <= 20.0 + SWEEP_S + 1e-9
+    st = tls_server.statistics()
+    assert (st.timeouts, st.failures, st.handshakes) == (1, 1, 0)
+
+
+def test_a_refused_handshake_is_a_failure_and_leaves_no_deadline(tls_server, pipe):
+    import os
+
+    import trio
+    import trio.testing
+
+    r, w = pipe
+    os.write(w, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not a ClientHello
+
+    async def main() -> None:
+        conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
+        assert conn is None
+        assert not tls_server._shaking
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    st = tls_server.statistics()
+    assert (st.timeouts, st.failures) == (0, 1)
+
+
+def test_expire_due_marks_only_the_overdue(tls_server, pipe):
+    import trio
+
+    r, _ = pipe
+    from edge.tlsconn import TlsConn
+
+    ctx = tls_server.certs.for_port(443)
+    early, late = TlsConn(_PipeEnd(r), ctx), TlsConn(_PipeEnd(r), ctx)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        tls_server._shaking.update({early: 5.0, late: 9.0})
+        assert tls_server.expire_due(4.9) == 0
+        assert tls_server.expire_due(5.0) == 1
+        assert early.expired and not late.expired
+        assert list(tls_server._shaking) == [late]
+
+    trio.run(main)
