@@ -367,7 +367,7 @@ def main_rates(args, cases: tuple[str, ...], targets: list[str]) -> int:
         "request": args.request,
     }
     out: dict = {
-        "command": "python -m bench handshakes " + " ".join(args.argv),
+        "command": "python -m bench " + " ".join(args.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg": os.getloadavg(),
         "client": "connload",
@@ -411,7 +411,7 @@ def main(args) -> int:
         return main_rates(args, cases, targets)
     args.procs = args.procs or 4
     out = {
-        "command": "python -m bench handshakes " + " ".join(args.argv),
+        "command": "python -m bench " + " ".join(args.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg": os.getloadavg(),
         "results": [],
