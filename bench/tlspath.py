@@ -80,6 +80,7 @@ def _serve(
                         )
                     )
 
+            nursery.start_soon(server.sweep)  # the handshakes' deadlines, as on an edge
             nursery.start_soon(fastpath.accept_loop, lsock, accepted)
             await trio.to_thread.run_sync(done.wait)
             nursery.cancel_scope.cancel()

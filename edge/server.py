@@ -671,6 +671,8 @@ async def serve(
                 nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.origin_client.timer.serve)
+                if edge.tls is not None:  # the TLS handshakes' deadlines (edge.tlsconn)
+                    nursery.start_soon(edge.tls.sweep)
                 nursery.start_soon(edge.serve_link_repair)
                 nursery.start_soon(statsreport.serve_stats, edge)
                 nursery.start_soon(presence.serve_presence, edge)  # broker.ops.presence

@@ -23,13 +23,15 @@ machine of the ssl module, never a hand-written layer), and
 * the **handshake** runs in the connection's own task before the HTTP side starts, bounded by
   ``client_head_timeout_s``; session tickets (TLS 1.3: sent with the handshake's last flight),
   the SNI callback (``edge.tls``) and ALPN work as with any ``SSLObject``.  The bound is not a
-  cancel scope per connection (entering and leaving one is ~25 Python calls, ~12 us, on a
+  cancel scope per connection (entering and leaving one is ~50 Python calls, ~12 us, on a
   path that costs ~1 ms): ``TlsServer`` keeps every handshake in progress in one dict with
-  its deadline, and a single sweeper task, awake only while handshakes are in progress (every
-  ``SWEEP_S``), ends the overdue ones: it marks the ``TlsConn`` ``expired`` and wakes its
-  task out of its socket wait (``notify_closing``, which does not close the fd: the task's
-  owner closes it, so a reused fd number can never be read by the old task).  A task that
-  was runnable rather than waiting sees ``expired`` before its next wait.
+  its deadline, and one sweeper task (``TlsServer.sweep``, run in the edge's nursery; it
+  sleeps on an event while no handshake is in progress) ends the overdue ones every
+  ``SWEEP_S``: it marks the ``TlsConn`` ``expired`` and wakes its task out of its socket wait
+  (``notify_closing``, which does not close the fd: the task's owner closes it, so a reused
+  fd number can never be read by the old task).  A task that was runnable rather than
+  waiting sees ``expired`` before its next wait.  Without a sweeper running (a caller that
+  does not start one), each handshake has its own cancel scope, as before.
 
 No socket pair, no pump task, no extra copy through the kernel: a TLS connection costs its
 SSLObject and two BIOs.  The end is ``https_compatible`` (as browsers and web servers): no
@@ -252,7 +254,8 @@ class TlsServer:
         self.resumed = self.reloads = 0
         # every handshake in progress -> its deadline (trio clock); the sweeper scans it
         self._shaking: dict[TlsConn, float] = {}
-        self._sweeping = False
+        self._sweeping = False  # a sweep() task is running
+        self._wake: trio.Event | None = None  # set: a handshake began while none was in
 
     def install(self, certs: Certificates) -> None:
         """New connections use ``certs`` from now on; open ones keep theirs."""
@@ -294,11 +297,23 @@ class TlsServer:
         """The server side of a handshake within ``timeout_s``, counted; None if it failed
         (the caller closes ``sock``)."""
         conn = TlsConn(sock, self.certs.for_port(port))
+        if not self._sweeping:  # no sweeper: a cancel scope of its own
+            with trio.move_on_after(timeout_s):
+                return await self._shake(conn, addr, None)
+            conn.expired = True
+            self.timeouts += 1
+            self.failures += 1
+            log.debug("TLS handshake timed out addr=%s after %.1fs", addr, timeout_s)
+            return None
         shaking = self._shaking
+        if not shaking and self._wake is not None:
+            self._wake.set()
         shaking[conn] = trio.current_time() + timeout_s
-        if not self._sweeping:
-            self._sweeping = True
-            trio.lowlevel.spawn_system_task(self._sweep, name="tls-handshake-deadlines")
+        return await self._shake(conn, addr, shaking)
+
+    async def _shake(
+        self, conn: TlsConn, addr: PeerAddress | None, shaking: dict[TlsConn, float] | None
+    ) -> TlsConn | None:
         try:
             await conn.handshake()
         except (HandshakeTimeout, trio.ClosedResourceError):
@@ -307,14 +322,15 @@ class TlsServer:
                 return None
             self.timeouts += 1
             self.failures += 1
-            log.debug("TLS handshake timed out addr=%s after %.1fs", addr, timeout_s)
+            log.debug("TLS handshake timed out addr=%s", addr)
             return None
         except (OSError, EOFError) as exc:  # ssl.SSLError is an OSError
             self.failures += 1
             log.debug("TLS handshake failed addr=%s: %s", addr, _reason(exc))
             return None
         finally:
-            shaking.pop(conn, None)
+            if shaking is not None:
+                shaking.pop(conn, None)
         self.handshakes += 1
         if conn.obj.session_reused:
             self.resumed += 1
@@ -334,19 +350,27 @@ class TlsServer:
                 pass
         return len(due)
 
-    async def _sweep(self) -> None:
-        """While handshakes are in progress: every ``SWEEP_S``, end the overdue ones.  (A
-        system task: cancelled only when the trio run ends, with every handshake.)"""
+    async def sweep(self) -> None:
+        """Bound every handshake in progress, for as long as it runs (the edge starts it in
+        its nursery beside the listeners): every ``SWEEP_S`` while handshakes are in
+        progress, end the overdue ones; asleep on an event while none is.  When it ends
+        (the edge stops), the handshakes still in progress end with it."""
+        self._sweeping = True
         try:
-            while self._shaking:
+            while True:
+                if not self._shaking:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    self._wake = None
                 await trio.sleep(SWEEP_S)
                 try:
                     self.expire_due(trio.current_time())
-                except Exception:  # a system task's exception would end the edge's trio run
+                except Exception:  # a bug here must not take the edge down
                     log.exception("TLS handshake deadline sweep failed")
         finally:
             self._sweeping = False
-            self._shaking.clear()  # (empty unless the run is ending)
+            self._wake = None
+            self.expire_due(float("inf"))  # nothing bounds them any more
 
 
 def _reason(exc: BaseException) -> str:

@@ -167,18 +167,65 @@ def test_a_stalled_handshake_ends_at_its_deadline_by_the_sweeper(tls_server, pip
     ended_at: list[float] = []
 
     async def main() -> None:
-        t0 = trio.current_time()
-        conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
-        ended_at.append(trio.current_time() - t0)
-        assert conn is None
-        assert not tls_server._shaking  # forgotten
-        await trio.sleep(1)  # the sweeper, with nothing left to watch, ends
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tls_server.sweep)
+            await trio.sleep(1)  # the sweeper is asleep: no handshake in progress
+            assert tls_server._sweeping and tls_server._wake is not None
+            t0 = trio.current_time()
+            conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
+            ended_at.append(trio.current_time() - t0)
+            assert conn is None
+            assert not tls_server._shaking  # forgotten
+            await trio.sleep(1)
+            assert tls_server._wake is not None  # asleep again
+            nursery.cancel_scope.cancel()
         assert not tls_server._sweeping
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert 20.0 <= ended_at[0] <= 20.0 + SWEEP_S + 1e-9
     st = tls_server.statistics()
     assert (st.timeouts, st.failures, st.handshakes) == (1, 1, 0)
+
+
+def test_without_a_sweeper_a_handshake_has_its_own_deadline(tls_server, pipe):
+    import trio
+    import trio.testing
+
+    r, _ = pipe
+
+    async def main() -> None:
+        t0 = trio.current_time()
+        conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
+        assert conn is None and trio.current_time() - t0 == 20.0
+        assert not tls_server._shaking
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert tls_server.statistics().timeouts == 1
+
+
+def test_handshakes_in_progress_end_with_the_sweeper(tls_server, pipe):
+    import trio
+    import trio.testing
+
+    r, _ = pipe
+    got: list[object] = []
+
+    async def shake() -> None:
+        got.append(await tls_server.handshake(_PipeEnd(r), None, 443, 20.0))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tls_server.sweep)
+                await trio.sleep(0.1)
+                outer.start_soon(shake)
+                await trio.sleep(1)
+                assert got == [] and len(tls_server._shaking) == 1
+                nursery.cancel_scope.cancel()  # the edge stops: its sweeper with it
+            t0 = trio.current_time()
+        assert got == [None] and trio.current_time() - t0 < 1  # not after its 20 s
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_refused_handshake_is_a_failure_and_leaves_no_deadline(tls_server, pipe):
@@ -191,9 +238,13 @@ def test_a_refused_handshake_is_a_failure_and_leaves_no_deadline(tls_server, pip
     os.write(w, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not a ClientHello
 
     async def main() -> None:
-        conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
-        assert conn is None
-        assert not tls_server._shaking
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tls_server.sweep)
+            await trio.sleep(0.1)
+            conn = await tls_server.handshake(_PipeEnd(r), None, 443, 20.0)  # type: ignore[arg-type]
+            assert conn is None
+            assert not tls_server._shaking
+            nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     st = tls_server.statistics()
