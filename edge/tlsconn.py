@@ -50,6 +50,7 @@ from os import write as os_write
 
 import trio
 
+from broker.errors import GripcastError
 from edge.fastpath import PeerAddress
 from edge.tls import Certificates
 
@@ -227,7 +228,7 @@ class TlsConn:
                 await wait_writable(self.sock)
 
 
-class HandshakeTimeout(Exception):
+class HandshakeTimeout(GripcastError):
     """A handshake still in progress at its deadline (``TlsConn.expired``)."""
 
 
