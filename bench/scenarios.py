@@ -90,6 +90,8 @@ class LoadConfig:
     # messages the broker retains per channel (history_max_items); the soak sets it to one
     # step's worth, so the history is full by the end of the warm-up and does not read as growth
     history_max_items: int = 100000
+    # channels: established plain stream/SSE bodies read by the workers' C reader (bench.creader)
+    creader: bool = False
 
 
 class _WorkerHandle:
@@ -564,6 +566,10 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
 
         # --- connect ----------------------------------------------------------------------
         per = math.ceil(cfg.clients / cfg.procs)
+        if cfg.creader:
+            from bench.creader import build
+
+            result["creader"] = build()  # compiled once, here: a missing gcc is said now
         max_seq = step_count(cfg.rate, cfg.duration) + 16
         for i in range(cfg.procs):
             first, last = i * per, min(cfg.clients, (i + 1) * per)
@@ -586,6 +592,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         slow_bytes_per_s=cfg.slow_bytes_per_s,
                         source_addrs=cfg.source_addrs,
                         tls=cfg.tls,
+                        creader=cfg.creader,
                     )
                 )
             )

@@ -51,6 +51,7 @@ def test_many_channels_smoke_gripcast(tmp_path, publisher, batch):
         *("--warmup", "10", "--duration", "4"),  # a 2 s smoke step reads as saturated under load
     )
     assert run["config"]["clients"] == 40 and run["config"]["channels"] == 20
+    assert run["config"]["creader"] and run["creader"].endswith(".so")  # the C reader counted
     assert [s["msgs_per_s"] for s in run["steps"]] == [40, 80]
     for s in run["steps"]:
         pub = s["publish"]
