@@ -177,3 +177,15 @@ def test_build_says_what_to_do_without_gcc(tmp_path, monkeypatch):
     monkeypatch.setattr(creader.shutil, "which", lambda name: None)
     with pytest.raises(creader.CReaderError, match="gcc"):
         creader.build()
+
+
+@pytest.mark.parametrize("transport", ["sse", "stream", "ws", "longpoll"])
+def test_the_publishers_item_text_is_format_item(transport):
+    """The publisher writes items as JSON text by one string format: the same item."""
+    import json
+
+    from bench.publisher import format_item, item_json, padding
+
+    for pad in ("", padding(300)):
+        text = item_json(transport, "c7", 12, 1234.5678901, pad)
+        assert json.loads(text) == format_item(transport, "c7", 12, 1234.5678901, pad)
