@@ -53,7 +53,7 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         "--batch",
         type=int,
         default=100 if channels else 0,
-        help="HTTP publishing: items per POST, each sent when its last item is due "
+        help="items per POST (ZeroMQ: per burst of frames), each sent when its last item is due "
         f"(default {100 if channels else 0}; 0: every due item, up to 1,000 per POST)",
     )
     p.add_argument(

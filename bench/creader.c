@@ -3,9 +3,9 @@
  * bench/creader.py (gcc), used through ctypes.
  *
  * A worker hands an established client over (cr_adopt: its socket, chunked or raw framing,
- * its cursor); the reader keeps the socket in an epoll of its own, whose fd the worker polls
- * among its others.  cr_drain reads every ready socket (one recv each), undoes the chunked
- * framing, splits lines and, per line "M<seq> <time>" (or "data: M<seq> <time>"), counts the
+ * its cursor); the reader keeps the socket in an epoll of its own, which also polls the
+ * worker's epoll, and the worker's loop waits in cr_run.  cr_run reads each ready socket (one
+ * recv), undoes the chunked framing, splits lines and, per line "M<seq> <time>" (or "data: M<seq> <time>"), counts the
  * delivery exactly as swarm.Worker.consume does: the client's seen[seq - base] byte, the
  * latency histogram keyed (second since t0, log bucket), late and stale deliveries; a probe
  * line "P<k>" before any message is the client's cursor and marks it probed.  A socket the
@@ -29,6 +29,7 @@
 #define BUCKETS_PER_E 20.0
 #define READ_SIZE 262144
 #define MAX_EVENTS 1024
+#define PY_TAG 0xFFFFFFFFu /* the worker's own epoll fd, polled among the sockets */
 
 typedef struct {
     int fd;
@@ -69,6 +70,7 @@ static stats_t st;
 static int *closed_q;
 static int nclosed;
 static char *rbuf;
+static int py_added;
 
 static double now_s(void) {
     struct timespec ts;
@@ -85,6 +87,7 @@ int cr_init(int n, double late) {
     seen = NULL;
     stride = 0;
     if (epfd >= 0) close(epfd);
+    py_added = 0;
     memset(&st, 0, sizeof st);
     memset(late_hist, 0, sizeof late_hist);
     hist_max_sec = -1;
@@ -281,12 +284,12 @@ static void close_slot(int slot) {
  * the stream ended, -1 on a framing error (the caller gives the client back). */
 int cr_feed(int slot, const char *p, int64_t n, double now) { return body(&cl[slot], p, n, now); }
 
-/* Read every ready socket once; returns how many were closed (cr_closed lists them). */
-int cr_drain(void) {
-    struct epoll_event evs[MAX_EVENTS];
-    nclosed = 0;
-    int n = epoll_wait(epfd, evs, MAX_EVENTS, 0);
+static void read_ready(struct epoll_event *evs, int n, int *py) {
     for (int e = 0; e < n; e++) {
+        if (evs[e].data.u32 == PY_TAG) {
+            *py = 1;
+            continue;
+        }
         int slot = (int)evs[e].data.u32;
         client_t *c = &cl[slot];
         if (c->fd < 0 || c->closed) continue;
@@ -298,7 +301,29 @@ int cr_drain(void) {
         }
         if (body(c, rbuf, got, now_s()) != 0) close_slot(slot);
     }
-    return nclosed;
+}
+
+/* Read the sockets as they become ready, for at most ``ms`` milliseconds: return early when
+ * the worker's own epoll ``pyfd`` has an event (a handshake, a command) or a socket was
+ * closed.  Returns how many were closed (cr_closed lists them).  The worker's loop blocks
+ * here, not in Python, so a busy worker costs no Python call per wake-up. */
+int cr_run(int pyfd, int ms) {
+    struct epoll_event evs[MAX_EVENTS];
+    if (!py_added) {
+        struct epoll_event ev = {.events = EPOLLIN, .data = {.u32 = PY_TAG}};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, pyfd, &ev) < 0) return -1;
+        py_added = 1;
+    }
+    nclosed = 0;
+    double end = now_s() + ms / 1000.0;
+    for (;;) {
+        int left = (int)((end - now_s()) * 1000.0);
+        if (left < 0) left = 0;
+        int n = epoll_wait(epfd, evs, MAX_EVENTS, left);
+        int py = 0;
+        if (n > 0) read_ready(evs, n, &py);
+        if (py || nclosed || n <= 0 || left == 0) return nclosed;
+    }
 }
 
 int cr_closed(int i) { return closed_q[i]; }

@@ -88,6 +88,7 @@ def _load(path: str) -> ctypes.CDLL:
     lib.cr_probed.argtypes = [cint]
     lib.cr_feed.argtypes = [cint, ctypes.c_char_p, i64, dbl]
     lib.cr_closed.argtypes = [cint]
+    lib.cr_run.argtypes = [cint, cint]
     lib.cr_take_stats.argtypes = [ctypes.POINTER(_Stats)]
     lib.cr_take_stats.restype = None
     lib.cr_take_hist.argtypes = [ctypes.POINTER(i64), ctypes.POINTER(i64), cint]
@@ -128,9 +129,13 @@ class CReader:
         lib.cr_release(slot)
         return lib.cr_last(slot), lib.cr_probe(slot), bool(lib.cr_probed(slot))
 
-    def drain(self) -> list[int]:
-        """Read every ready socket once; the slots whose stream the server ended."""
-        n = self.lib.cr_drain()
+    def run(self, own_fd: int, ms: int) -> list[int]:
+        """Read the sockets as they become ready for at most ``ms`` ms, returning early when
+        the worker's own epoll ``own_fd`` has an event; the slots whose stream the server
+        ended."""
+        n = self.lib.cr_run(own_fd, ms)
+        if n < 0:
+            raise CReaderError("the C reader could not poll the worker's epoll")
         return [self.lib.cr_closed(i) for i in range(n)] if n else []
 
     def seen(self, slot: int, size: int) -> bytes:

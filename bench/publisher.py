@@ -169,7 +169,7 @@ class PublishPlan:
     duration: float
     start_at: float  # time.time() to start at
     base: int = 0  # the first message of each channel has seq base + 1
-    batch: int = 0  # HTTP: items per POST (0: every item due, at most 1000 per POST)
+    batch: int = 0  # items per POST / per burst of ZeroMQ frames (0: every item due, <= 1000)
     conns: int = 1  # HTTP: POSTs in flight (keep-alive connections)
     payload_bytes: int = 0  # pad each message's text to about this many bytes
 
@@ -213,12 +213,14 @@ def published_counts(sent: int, channels: int) -> dict[str, int]:
 def publisher_main(plan: PublishPlan, pipe) -> None:
     """Publish ``rate`` msg/s to every channel for ``duration`` s (``rate x channels`` items/s in
     all, round the channels); send back what was published.  With ``batch`` B each HTTP POST
-    carries B items and goes out when its last item is due."""
+    (ZeroMQ: each burst of B frames) carries B items and goes out when its last item is due."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pub = open_publisher(plan.kind, plan.url, plan.spec, plan.conns)
     total = plan_total(plan)
     per_s = plan.rate * plan.channels  # items per second
-    chunk = plan.batch if plan.batch > 0 and plan.kind == "http" else 0
+    # ZeroMQ too: ``batch`` frames sent back to back when the last is due (one wake-up of the
+    # publisher and of the target's reader per batch, as with an HTTP POST of that many)
+    chunk = plan.batch if plan.batch > 0 else 0
     pad = padding(plan.payload_bytes)
     per_post = items_per_post(chunk, plan.payload_bytes) if plan.kind == "http" else 1000
     errors, error_text, calls = 0, "", 0

@@ -594,10 +594,14 @@ class Worker:
         c.probed = c.probed or probed
         c.reset()
 
-    def drain_c(self, now: float) -> None:
-        """Read what the C reader's sockets hold; reconnect the ones the server closed."""
-        for slot in self.cr.drain():
-            self.dropped(self.clients[slot], now)
+    def run_c(self, ms: int) -> None:
+        """Let the C reader read its sockets until this worker's own epoll has an event (or
+        ``ms`` passed); reconnect the clients whose stream the server ended."""
+        closed = self.cr.run(self.ep.fileno(), ms)
+        if closed:
+            now = time.time()
+            for slot in closed:
+                self.dropped(self.clients[slot], now)
 
     def absorb(self, hists: bool) -> None:
         """Add what the C reader counted since the last call into this worker's records
@@ -756,20 +760,18 @@ class Worker:
         self.ep.register(self.pipe.fileno(), select.EPOLLIN)
         pipe_fd = self.pipe.fileno()
         by_fd = self.by_fd
-        cr_fd = -2
-        if self.cr is not None:
-            cr_fd = self.cr.fd
-            self.ep.register(cr_fd, select.EPOLLIN)
+        # with the C reader, the loop waits in it (it polls this epoll too), then takes what
+        # is ready here without waiting
+        wait = 0.05 if self.cr is None else 0.0
         first = self.cfg.first
         next_status = 0.0
         while self.running:
-            for fd, ev in self.ep.poll(0.05, 1024):
+            if self.cr is not None:
+                self.run_c(50)
+            for fd, ev in self.ep.poll(wait, 1024):
                 if fd == pipe_fd:
                     while self.pipe.poll():
                         self.command(self.pipe.recv())
-                    continue
-                if fd == cr_fd:
-                    self.drain_c(time.time())
                     continue
                 c = by_fd.get(fd)
                 if c is None:

@@ -189,3 +189,22 @@ def test_the_publishers_item_text_is_format_item(transport):
     for pad in ("", padding(300)):
         text = item_json(transport, "c7", 12, 1234.5678901, pad)
         assert json.loads(text) == format_item(transport, "c7", 12, 1234.5678901, pad)
+
+
+def test_run_returns_when_the_workers_own_epoll_has_an_event():
+    """The worker's loop waits in the C reader, which polls the worker's epoll too."""
+    import os
+    import select
+
+    r = creader.CReader(1, 5.0)
+    ep = select.epoll()
+    rfd, wfd = os.pipe()
+    try:
+        ep.register(rfd, select.EPOLLIN)
+        assert r.run(ep.fileno(), 0) == []  # nothing ready, no wait
+        os.write(wfd, b"x")
+        assert r.run(ep.fileno(), 60000) == []  # returns at once: the worker has an event
+    finally:
+        ep.close()
+        os.close(rfd)
+        os.close(wfd)
