@@ -208,3 +208,11 @@ def test_run_returns_when_the_workers_own_epoll_has_an_event():
         ep.close()
         os.close(rfd)
         os.close(wfd)
+
+
+def test_the_last_batch_sent_just_before_a_whole_second_is_on_time():
+    from bench.scenarios import on_time_last_second
+
+    assert on_time_last_second(4.996) == 5  # received in second 5: within 1 s of the end
+    assert on_time_last_second(8.0) == 8
+    assert on_time_last_second(8.002) == 8  # not 9: a late second's deliveries stay out
