@@ -53,7 +53,7 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         "--batch",
         type=int,
         default=100 if channels else 0,
-        help="HTTP publishing: items per POST, each sent when its last item is due "
+        help="items per POST (ZeroMQ: per burst of frames), each sent when its last item is due "
         f"(default {100 if channels else 0}; 0: every due item, up to 1,000 per POST)",
     )
     p.add_argument(
@@ -140,6 +140,13 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
     )
     if channels:
         p.add_argument("--no-saturate", dest="saturate", action="store_false")
+        p.add_argument(
+            "--reader",
+            choices=("c", "python"),
+            default="c",
+            help="how client workers read established stream/SSE bodies: c (bench/creader.c, "
+            "built with gcc at run time; a few us per delivery) or python (default c)",
+        )
     p.add_argument(
         "--py-spy",
         default="",
@@ -478,6 +485,7 @@ def load_config(args) -> LoadConfig:
         # the soak's broker retains one step's messages (at least 100, enough for a churned
         # client's resume): full by the end of the warm-up, so retained history is not growth
         history_max_items=max(100, math.ceil(rate * args.interval)) if soak else 100000,
+        creader=getattr(args, "reader", "python") == "c",
     )
 
 

@@ -103,6 +103,26 @@ def shift_runs(runs: list, base: int) -> list:
     return [[a + base, b + base] for a, b in runs]
 
 
+def merge_seen(mine: bytearray, other: bytes) -> bytearray:
+    """Two counts of the same seqs added (each at most 255): the worker's own and the C
+    reader's, for a client read by both in one step (a reconnect's first bytes come with its
+    response head, to the worker)."""
+    if not other:
+        return mine
+    if mine.count(0) == len(mine):
+        out = bytearray(other)
+        if len(out) < len(mine):
+            out.extend(bytes(len(mine) - len(out)))
+        return out
+    out = bytearray(mine)
+    if len(out) < len(other):
+        out.extend(bytes(len(other) - len(out)))
+    for i, v in enumerate(other):
+        if v:
+            out[i] = min(255, out[i] + v)
+    return out
+
+
 def bucket_value_ms(b: int) -> float:
     """The middle of latency bucket ``b``, in milliseconds."""
     return math.exp((b + 0.5) / BUCKETS_PER_E) / 1000.0
@@ -125,6 +145,8 @@ class WorkerConfig:
     slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
     source_addrs: int = 0  # bind client i to 127.0.0.<2 + i % n> (more ephemeral ports); 0: no
     tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
+    # read established plain stream/SSE bodies in the C reader (bench.creader), not in Python
+    creader: bool = False
 
 
 class Client:
@@ -148,6 +170,7 @@ class Client:
         "muted",
         "hs",
         "events",
+        "held",
     )
 
     def __init__(self, idx: int, channel: str, max_seq: int) -> None:
@@ -165,6 +188,7 @@ class Client:
         self.muted = False  # a slow reader not polled for input (read by the trickle instead)
         self.hs = False  # a handshake of ours is in flight (counts against concurrency)
         self.events: list | None = None  # the last EVENTS_KEPT (time, what, cursor) of this client
+        self.held = False  # its body is read by the worker's C reader
         self.reset()
 
     def reset(self) -> None:
@@ -270,6 +294,7 @@ class Worker:
         self.hist: dict[int, int] = {}
         self.max_lat = 0.0
         self.base = 0  # the step's first seq is base + 1
+        self.step_count = cfg.max_seq
         self.late = 0
         self.late_hist: dict[int, int] = {}  # latency bucket -> late deliveries
         self.stale = 0
@@ -297,6 +322,11 @@ class Worker:
             ctx.verify_mode = ssl.CERT_NONE
             ctx.set_alpn_protocols(["http/1.1"])
             self.tls_ctx = ctx
+        self.cr = None
+        if cfg.creader and not cfg.tls and cfg.transport in ("stream", "sse"):
+            from bench.creader import CReader
+
+            self.cr = CReader(len(self.clients), cfg.late_s)
 
     # --- connections ----------------------------------------------------------------------
 
@@ -343,6 +373,8 @@ class Worker:
         return f"GET {self.paths[c.channel]}{query} HTTP/1.1\r\nHost: bench\r\n{extra}\r\n".encode()
 
     def close(self, c: Client) -> None:
+        if c.held:
+            self.take_back(c)
         if c.sock is not None:
             try:
                 self.ep.unregister(c.fd)
@@ -512,6 +544,9 @@ class Worker:
                         self.t_all = now
                 else:
                     self.reconnects += 1
+            if self.cr is not None and not c.slow and c.mode != "length":
+                self.hand_over(c, data, now)
+                return
             if not data:
                 return
         if c.mode == "ws":
@@ -538,6 +573,56 @@ class Worker:
                     self.dropped(c, now)
             else:
                 self.dropped(c, now)
+
+    # --- the C reader (bench.creader) -------------------------------------------------------
+
+    def hand_over(self, c: Client, data: bytes, now: float) -> None:
+        """``c``'s head is read: its body is the C reader's from now on (``data``: what came
+        after the head in the same read)."""
+        cr = self.cr
+        slot = c.idx - self.cfg.first
+        self.ep.unregister(c.fd)
+        cr.adopt(slot, c.fd, c.mode == "chunked", c.last, c.probe, c.probed)
+        c.held = True
+        if data and cr.feed(slot, data, now) != 0:
+            self.dropped(c, now)  # the stream ended (or bad framing) in the same read
+
+    def take_back(self, c: Client) -> None:
+        """The C reader gives ``c`` back (closing it, or the server closed it): its cursor."""
+        c.last, c.probe, probed = self.cr.release(c.idx - self.cfg.first)
+        c.held = False
+        c.probed = c.probed or probed
+        c.reset()
+
+    def run_c(self, ms: int) -> None:
+        """Let the C reader read its sockets until this worker's own epoll has an event (or
+        ``ms`` passed); reconnect the clients whose stream the server ended."""
+        closed = self.cr.run(self.ep.fileno(), ms)
+        if closed:
+            now = time.time()
+            for slot in closed:
+                self.dropped(self.clients[slot], now)
+
+    def absorb(self, hists: bool) -> None:
+        """Add what the C reader counted since the last call into this worker's records
+        (``hists``: the histograms and every client's seen counts too, for a report)."""
+        st = self.cr.take_stats()
+        n = st.deliveries
+        self.deliveries += n
+        self.step_deliveries += n
+        self.stale += st.stale
+        self.late += st.late
+        self.probed += st.probed
+        if st.max_lat > self.max_lat:
+            self.max_lat = st.max_lat
+        if st.last_rx > self.last_rx:
+            self.last_rx = st.last_rx
+        if not hists:
+            return
+        self.cr.take_hist(self.hist, self.late_hist)
+        for slot, c in enumerate(self.clients):
+            c.seen = merge_seen(c.seen, self.cr.seen(slot, len(c.seen)))
+        self.cr.step(self.base, self.step_count)  # counted once: the reader's own start over
 
     def consume(self, c: Client, payload: bytes, now: float) -> None:
         buf = c.text + payload if c.text else payload
@@ -599,6 +684,8 @@ class Worker:
     # --- loop -----------------------------------------------------------------------------
 
     def status(self) -> dict:
+        if self.cr is not None:
+            self.absorb(False)
         return {
             "connected": self.connected,
             "probed": self.probed,
@@ -623,6 +710,8 @@ class Worker:
             self.pipe.send(("stepped", msg[1]))  # the parent starts publishing after every ack
         elif kind == "t0":
             self.t0 = msg[1]
+            if self.cr is not None:
+                self.cr.set_t0(msg[1])
         elif kind == "slow":
             self.set_slow(msg[1])
         elif kind == "churn":
@@ -639,8 +728,11 @@ class Worker:
         ``t0``; the counts of the step before are gone (the parent collected them)."""
         self.t0 = t0
         self.base = base
+        self.step_count = count
         for c in self.clients:
             c.seen = bytearray(count + 2)
+        if self.cr is not None:
+            self.cr.step(base, count)
         self.hist = {}
         self.hist_slow = {}
         self.slow_drops = 0
@@ -668,10 +760,15 @@ class Worker:
         self.ep.register(self.pipe.fileno(), select.EPOLLIN)
         pipe_fd = self.pipe.fileno()
         by_fd = self.by_fd
+        # with the C reader, the loop waits in it (it polls this epoll too), then takes what
+        # is ready here without waiting
+        wait = 0.05 if self.cr is None else 0.0
         first = self.cfg.first
         next_status = 0.0
         while self.running:
-            for fd, ev in self.ep.poll(0.05, 1024):
+            if self.cr is not None:
+                self.run_c(50)
+            for fd, ev in self.ep.poll(wait, 1024):
                 if fd == pipe_fd:
                     while self.pipe.poll():
                         self.command(self.pipe.recv())
@@ -706,6 +803,8 @@ class Worker:
                 c.sock.close()
 
     def report(self, published: dict[str, int]) -> dict:
+        if self.cr is not None:
+            self.absorb(True)
         lost_total = dup_total = with_loss = with_dup = 0
         slow_lost = slow_dup = slow_clients = 0
         worst = None
