@@ -1,0 +1,291 @@
+"""New held connections per second, and what each costs every process (issue 16).
+
+``python -m bench connrate`` opens ``--conns`` HTTP stream connections (``GET /stream/<ch>``
+over ``--channels`` channels) as fast as ``--procs`` client processes can, keeps every one of
+them open until all are established (the held count rises to ``--conns``, as in the "new
+connections/s to 10,000" target), then closes them all; ``--repeat`` rounds on the same
+target.  A connection counts once the stream's head and the origin's first line (``[open]``)
+arrived.
+
+The clients are plain non-blocking sockets on one ``epoll`` per process with at most
+``--window`` connections in flight each, a few microseconds of Python per connection.  CPU is
+read from /proc for every server process (gripcast: broker and edges; Pushpin: condure, proxy,
+handler, zurl), for the bench origin (``bench.origin``, one asyncio process: a slow origin
+limits both targets) and for the clients, over the connect phase, minus each process's idle
+rate measured just before.  The figures to read are the server CPU per connection (it does not
+depend on how busy the shared machine is) beside the rate.
+"""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import select
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+
+from bench import procs
+from bench.origin import Origin
+from bench.targets import make_target, warm_up
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
+
+@dataclass(frozen=True, slots=True)
+class ClientJob:
+    port: int
+    conns: int
+    window: int
+    channels: int
+    first: int  # this worker's first connection number (spreads the channels)
+    src: str  # the loopback source address (spreads the local ports)
+
+
+def _client(job: ClientJob, start, out, close) -> None:
+    """Open ``job.conns`` stream connections, ``job.window`` at a time; report; hold them until
+    told to close."""
+    procs.raise_nofile()
+    ep = select.epoll()
+    addr = ("127.0.0.1", job.port)
+    pending: dict[int, list] = {}  # fd -> [sock, request sent, bytes read]
+    held: list[socket.socket] = []
+    opened = failed = 0
+    start.wait()
+    t0, c0 = time.monotonic(), time.process_time()
+    while len(held) + failed < job.conns:
+        while opened < job.conns and len(pending) < job.window:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.bind((job.src, 0))
+            n = job.first + opened
+            opened += 1
+            err = s.connect_ex(addr)
+            if err not in (0, errno.EINPROGRESS):
+                s.close()
+                failed += 1
+                continue
+            req = b"GET /stream/cr%d HTTP/1.1\r\nHost: bench\r\n\r\n" % (n % job.channels)
+            pending[s.fileno()] = [s, req, b""]
+            ep.register(s.fileno(), _OUT)
+        for fd, ev in ep.poll(5.0):
+            st = pending[fd]
+            s = st[0]
+            if st[1]:  # connected (or failed): send the request
+                if ev & _ERR or s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    ep.unregister(fd)
+                    del pending[fd]
+                    s.close()
+                    failed += 1
+                    continue
+                s.send(st[1])
+                st[1] = b""
+                ep.modify(fd, _IN)
+                continue
+            try:
+                data = s.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                ep.unregister(fd)
+                del pending[fd]
+                s.close()
+                failed += 1
+                continue
+            st[2] += data
+            if b"[open]" in st[2]:
+                ep.unregister(fd)
+                del pending[fd]
+                held.append(s)
+    out.send(
+        {
+            "wall_s": time.monotonic() - t0,
+            "cpu_s": time.process_time() - c0,
+            "held": len(held),
+            "failed": failed,
+        }
+    )
+    close.wait()
+    for s in held:
+        s.close()
+    out.send("closed")
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    return {p: procs.cpu_s(p) for p in pids}
+
+
+def _sys_s(pid: int) -> float:
+    """System (kernel) CPU seconds of ``pid`` so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[12]) / procs.CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _idle_rates(pids: list[int], seconds: float = 2.0) -> dict[int, float]:
+    a, t = _cpu(pids), time.monotonic()
+    time.sleep(seconds)
+    b, dt = _cpu(pids), time.monotonic() - t
+    return {p: (b[p] - a[p]) / dt for p in pids}
+
+
+def run_round(target, origin_pid: int, conns: int, nprocs: int, window: int, channels: int):
+    server = target.pids()
+    pids = server + [origin_pid]
+    time.sleep(1.0)  # what the previous round's closes left (timers, unsubscriptions) settles
+    idle = _idle_rates(pids)
+    names = {p: procs.proc_name(p) for p in server}
+    names[origin_pid] = "origin"
+    ctx = multiprocessing.get_context("fork")
+    start, close = ctx.Event(), ctx.Event()
+    per = conns // nprocs
+    pipes, workers = [], []
+    for i in range(nprocs):
+        parent, child = ctx.Pipe(duplex=False)
+        job = ClientJob(target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}")
+        w = ctx.Process(target=_client, args=(job, start, child, close), daemon=True)
+        w.start()
+        pipes.append(parent)
+        workers.append(w)
+    c0, t0 = _cpu(pids), time.monotonic()
+    k0 = {p: _sys_s(p) for p in pids}
+    start.set()
+    results = [p.recv() for p in pipes]
+    wall = max(r["wall_s"] for r in results)
+    time.sleep(0.5)  # subscriptions and the last registrations reach the broker
+    c1, t1 = _cpu(pids), time.monotonic()
+    kern = {p: _sys_s(p) - k0[p] for p in pids}
+    held = sum(r["held"] for r in results)
+    used = {p: max(0.0, c1[p] - c0[p] - idle[p] * (t1 - t0)) for p in pids}
+    # closing all of them: measured apart (the connect figures above do not include it)
+    close.set()
+    for p in pipes:
+        p.recv()
+    for w in workers:
+        w.join()
+    time.sleep(1.0)
+    c2, t2 = _cpu(pids), time.monotonic()
+    closed = {p: max(0.0, c2[p] - c1[p] - idle[p] * (t2 - t1)) for p in pids}
+    per_proc = {}
+    for p in pids:
+        name = names[p]
+        row = per_proc.setdefault(
+            name, {"connect_cpu_s": 0.0, "connect_sys_s": 0.0, "close_cpu_s": 0.0}
+        )
+        row["connect_cpu_s"] += used[p]
+        row["connect_sys_s"] += kern[p]
+        row["close_cpu_s"] += closed[p]
+    server_s = sum(used[p] for p in server)
+    edge_s = sum(used[p] for p in server if names[p].startswith("edge"))
+    client_s = sum(r["cpu_s"] for r in results)
+    k = 1000.0 / held if held else 0.0
+    return {
+        "connections": held,
+        "failed": sum(r["failed"] for r in results),
+        "wall_s": round(wall, 3),
+        "per_s": round(held / wall, 1) if wall > 0 else None,
+        "server_cpu_s_per_1000": round(server_s * k, 4),
+        "edge_cpu_s_per_1000": round(edge_s * k, 4),
+        "origin_cpu_s_per_1000": round(used[origin_pid] * k, 4),
+        "client_cpu_s_per_1000": round(client_s * k, 4),
+        "server_close_cpu_s_per_1000": round(sum(closed[p] for p in server) * k, 4),
+        "processes": {
+            n: {
+                "connect_cpu_s": round(v["connect_cpu_s"], 3),
+                "connect_sys_s": round(v["connect_sys_s"], 3),  # kernel part (no idle subtracted)
+                "close_cpu_s": round(v["close_cpu_s"], 3),
+                "connect_us_per_conn": round(1e6 * v["connect_cpu_s"] / held, 1) if held else None,
+            }
+            for n, v in sorted(per_proc.items())
+        },
+        "loadavg": os.getloadavg(),
+    }
+
+
+def run_target(kind: str, args, log=print) -> dict:
+    procs.raise_nofile()
+    workdir = tempfile.mkdtemp(prefix=f"bench-cr-{kind}-")
+    origin = Origin().start()
+    target = make_target(kind, origin.port, args.edges, workdir, "warning", True)
+    try:
+        target.start()
+        warm_up(target, 20)
+        rows = []
+        for r in range(args.repeat):
+            row = run_round(target, origin.pid, args.conns, args.procs, args.window, args.channels)
+            row["round"] = r
+            procs_txt = "  ".join(
+                f"{n} {v['connect_us_per_conn']} (sys {v['connect_sys_s']:.2f}s)"
+                for n, v in row["processes"].items()
+            )
+            log(
+                f"[{kind}] round {r}: {row['connections']} held ({row['failed']} failed) "
+                f"{row['per_s']:.0f}/s  server {row['server_cpu_s_per_1000']:.3f} s/1000 "
+                f"(edges {row['edge_cpu_s_per_1000']:.3f}) origin "
+                f"{row['origin_cpu_s_per_1000']:.3f} clients {row['client_cpu_s_per_1000']:.3f}  "
+                f"close {row['server_close_cpu_s_per_1000']:.3f}  us/conn: {procs_txt}  "
+                f"load {row['loadavg'][0]:.2f}"
+            )
+            rows.append(row)
+        return {"target": kind, "rows": rows}
+    finally:
+        target.stop()
+        origin.stop()
+
+
+def _median(rows: list[dict], key: str) -> float:
+    import statistics
+
+    return statistics.median(r[key] for r in rows)
+
+
+def main(args) -> int:
+    import json
+
+    from bench.cli import RESULTS_DIR
+
+    if args.target == "both":
+        targets = (
+            ["gripcast", "pushpin"] if args.order != "pushpin-first" else ["pushpin", "gripcast"]
+        )
+    else:
+        targets = [args.target]
+    out = {
+        "command": "python -m bench connrate " + " ".join(args.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg": os.getloadavg(),
+        "results": [run_target(kind, args) for kind in targets],
+    }
+    out["loadavg_end"] = os.getloadavg()
+    print("\nmedian over rounds: connections/s; server CPU s per 1,000 connections")
+    med = {}
+    for r in out["results"]:
+        rows = r["rows"]
+        med[r["target"]] = (_median(rows, "per_s"), _median(rows, "server_cpu_s_per_1000"))
+        print(
+            f"  {r['target']:9s} {med[r['target']][0]:9.0f}/s  server "
+            f"{med[r['target']][1]:.3f} s/1000  origin {_median(rows, 'origin_cpu_s_per_1000'):.3f}"
+        )
+    if "gripcast" in med and "pushpin" in med:
+        g, p = med["gripcast"], med["pushpin"]
+        out["ratio"] = {
+            "per_s": round(g[0] / p[0], 2),
+            "server_cpu_per_conn": round(g[1] / p[1], 3),
+        }
+        print(
+            f"  gripcast / Pushpin: {out['ratio']['per_s']}x connections/s, "
+            f"{out['ratio']['server_cpu_per_conn']}x server CPU per connection"
+        )
+    path = args.out or str(RESULTS_DIR / f"connrate-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"results: {path}")
+    return 0
