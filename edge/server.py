@@ -272,6 +272,15 @@ class Edge:
                 if state(ch) is State.POSITION:
                     await self._pos_waiters.setdefault(ch, trio.Event()).wait()
 
+    def positioned(self, channels: list[str]) -> bool:
+        """True when ``wait_positioned(channels)`` would return at once (the usual case: the
+        caller then skips that coroutine)."""
+        state = self.tracker.state
+        for ch in channels:
+            if state(ch) is State.POSITION:
+                return False
+        return True
+
     def remove_session(self, session: Session) -> None:
         self.hub.remove(session, trio.current_time())
 

@@ -284,6 +284,26 @@ def _streamish(raw: list[tuple[bytes, bytes]]) -> bool:
     return not is_json and (hold_value == b"stream" or (hold_value is None and has_next))
 
 
+def _parse_complete(resp: OriginResponse, route: Route, cache: InstructCache) -> Hold | None:
+    """``_parse`` of a complete stream-hold response (the common case: the origin's whole
+    answer came with its head), without awaiting anything; None: not that case."""
+    raw = resp.headers
+    if not _streamish(raw):
+        return None
+    hold = cache.instruct(
+        resp.status,
+        resp.reason,
+        raw,
+        b"",
+        prefix=route.prefix,
+        extra_channels=tuple(resp.target.subs),
+        stream_body=resp.buffered_body(),
+    )
+    if hold.mode == "stream" or (hold.mode is None and hold.next_link):
+        return hold
+    return None  # (never reached: a streamish response parses as a stream or a next link)
+
+
 async def _parse(
     resp: OriginResponse, route: Route, cache: InstructCache
 ) -> tuple[Hold, AsyncIterator[bytes] | None]:
@@ -390,7 +410,11 @@ async def handle_grip(
     while True:
         try:
             try:
-                hold, body_iter = await _parse(resp, route, app.instruct_cache)
+                quick = _parse_complete(resp, route, app.instruct_cache) if resp.complete else None
+                if quick is not None:
+                    hold, body_iter = quick, None
+                else:
+                    hold, body_iter = await _parse(resp, route, app.instruct_cache)
                 if hold.mode == "response":
                     finish = _AcoFinish(req.headers, jsonp) if aco else None
                     return await hold_response(
@@ -412,7 +436,8 @@ async def handle_grip(
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
                 return req.keep_alive
             finally:
-                await resp.aclose()
+                if not resp.close_now():
+                    await resp.aclose()
         except _Retry as retry:
             attempts += 1
             resolve = retry.resolve
@@ -582,6 +607,22 @@ async def hold_response(
 class _Stream:
     """One client's stream across next links (the connection task's state)."""
 
+    __slots__ = (
+        "conn",
+        "app",
+        "req",
+        "route",
+        "hold",
+        "session",
+        "registered",
+        "frame",
+        "host",
+        "path",
+        "current",
+        "gone_link",
+        "head_sent",
+    )
+
     def __init__(self, conn: Connection, req: Request, route: Route, hold: Hold) -> None:
         self.conn = conn
         self.app = conn.app
@@ -609,6 +650,17 @@ class _Stream:
         while s.writing and not s.done:
             await trio.sleep(0.01)  # a writer task is draining a backlog
         s.writing = True
+
+    def release_socket_now(self) -> bool:
+        """``release_socket`` when nothing was buffered meanwhile (no await); False: call
+        ``release_socket``."""
+        s = self.session
+        if s.buf and not s.dead:
+            return False
+        s.writing = False
+        if s.closing and not s.dead:
+            s.finish()
+        return True
 
     async def release_socket(self) -> None:
         s = self.session
@@ -801,16 +853,23 @@ async def hold_stream(
         want_low = False  # a low-priority update is due (a prev-id conflicting with history)
         if hold.mode == "stream":
             prev = st.register(hold)
-            # history first answers whether it can (before the head); the replay itself goes
-            # out after the head, paced by the client's socket
-            resumes = await st.probe(prev)
-            want_low = st.start_tracking(hold, prev, resumes)
-            unheld = [
-                c for c, r in zip(prev, resumes) if not (r.found or (r.ok and is_cursor(c.prev_id)))
-            ]
-            if unheld and not hold.next_link:
-                error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
-            await app.wait_positioned([c.name for c in hold.channels])
+            if prev:
+                # history first answers whether it can (before the head); the replay itself
+                # goes out after the head, paced by the client's socket
+                resumes = await st.probe(prev)
+                want_low = st.start_tracking(hold, prev, resumes)
+                unheld = [
+                    c
+                    for c, r in zip(prev, resumes)
+                    if not (r.found or (r.ok and is_cursor(c.prev_id)))
+                ]
+                if unheld and not hold.next_link:
+                    error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
+            elif hold.next_link:
+                st.start_tracking(hold, prev, resumes)
+            names = [c.name for c in hold.channels]
+            if not app.positioned(names):
+                await app.wait_positioned(names)
         head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
             head, hold_body = head + st.frame(hold.body), b""
@@ -825,24 +884,29 @@ async def hold_stream(
                 head += b"0\r\n\r\n"
             await conn.send_all(head)
             return req.keep_alive and s.chunked
-        await conn.send_all(head)
+        n = conn.write_now(head)  # nearly always all of it, without a coroutine
+        if n < len(head):
+            await conn.send_all(memoryview(head)[n:], counted=True)
         head = b""  # this frame lives as long as the hold: keep no copy of what was sent
         st.head_sent = True
         # a held stream never re-sends the client's request (next links send only Grip-Last,
         # the signature and Host): do not keep its headers and body for the connection's life
         req.headers, req.body = [], bytearray()
-        try:
-            await st.send_body(hold_body, body_iter)
-        except OriginError as exc:
-            log.warning("stream hold initial body cut: %s", exc.reason)
-            return False
+        if hold_body or body_iter is not None:
+            try:
+                await st.send_body(hold_body, body_iter)
+            except OriginError as exc:
+                log.warning("stream hold initial body cut: %s", exc.reason)
+                return False
         if error is not None:
             await st.release_socket()
             raise InstructError(error)
-        await st.release_socket()
+        if not st.release_socket_now():
+            await st.release_socket()
         if hold.mode == "stream":
             app.schedule_keepalive(s)
-            await st.catch_up(resumes)
+            if resumes:
+                await st.catch_up(resumes)
         first_sub = None
         if hold.mode == "stream" and hold.next_link and app.cfg.update_on_first_subscription:
             first_sub = app.holds.first_sub_deadline(s.channel_names, trio.current_time())

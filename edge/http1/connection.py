@@ -249,12 +249,27 @@ class Connection:
 
     # -- I/O -----------------------------------------------------------------------------------
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data``; a client that does not take it within ``client_write_timeout_s``
-        (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``."""
+    def write_now(self, data: bytes) -> int:
+        """What ``send_all`` does when the socket takes it at once, without a coroutine:
+        counts ``data`` (as sent) and writes what the socket takes now; the bytes written.
+        The caller sends the rest with ``send_all(rest, counted=True)``."""
         self.sent += len(data)
-        if not self.status and data[:5] == b"HTTP/" and bytes(data[9:12]).isdigit():
-            self.status = int(bytes(data[9:12]))  # the answer's status, for the access log
+        if not self.status and data[:5] == b"HTTP/" and data[9:12].isdigit():
+            self.status = int(data[9:12])  # the answer's status, for the access log
+        if self.crypt is not None:
+            return 0  # TLS: all of it through send_all (it encrypts and queues)
+        return send_now(self.sock, data)
+
+    async def send_all(
+        self, data: bytes | bytearray | memoryview, *, counted: bool = False
+    ) -> None:
+        """Write ``data``; a client that does not take it within ``client_write_timeout_s``
+        (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``.
+        ``counted``: the rest of what ``write_now`` counted already."""
+        if not counted:
+            self.sent += len(data)
+            if not self.status and data[:5] == b"HTTP/" and bytes(data[9:12]).isdigit():
+                self.status = int(bytes(data[9:12]))  # the answer's status, for the access log
         crypt = self.crypt
         if crypt is not None:  # behind any ciphertext still queued (a writer task's backlog)
             crypt.queue(data)
@@ -451,7 +466,11 @@ class Connection:
             ws=False,
             tls=tls,
         )
-        log_rec = accesslog.Begin(trio.current_time(), self.sent)
+        log_rec = (
+            accesslog.Begin(trio.current_time(), self.sent)
+            if app.cfg.access_log
+            else accesslog.NO_BEGIN  # log_request returns at once: no clock read, no record
+        )
         self.status = 0
         keep = await self._handle_routed(req, route, path, tls)
         held = self.held
@@ -521,7 +540,8 @@ class Connection:
         except (OriginError, InstructError) as exc:
             return await self.proxy_error(req, route, exc)
         finally:
-            await resp.aclose()
+            if not resp.close_now():
+                await resp.aclose()
 
     async def proxy_error(self, req: Request, route: Route, exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1
