@@ -616,9 +616,8 @@ class _Stream:
         "session",
         "registered",
         "frame",
-        "host",
-        "path",
-        "current",
+        "_where",
+        "_current",
         "gone_link",
         "head_sent",
     )
@@ -633,11 +632,35 @@ class _Stream:
         self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes
-        self.host, self.path = _client_path(req)
-        self.current = f"http://{self.host or 'localhost'}{self.path}"  # the URI links resolve on
+        # the client's host and path, and the URI links resolve on: made when first needed
+        # (a next link, a log line), not for every held stream
+        self._where: tuple[str, str] | None = None
+        self._current: str | None = None
         self.gone_link = hold.gone_link  # only the initial instruct's
         self.head_sent = False
         self.set_link(hold)
+
+    @property
+    def host(self) -> str:
+        if self._where is None:
+            self._where = _client_path(self.req)
+        return self._where[0]
+
+    @property
+    def path(self) -> str:
+        if self._where is None:
+            self._where = _client_path(self.req)
+        return self._where[1]
+
+    @property
+    def current(self) -> str:
+        if self._current is None:
+            self._current = f"http://{self.host or 'localhost'}{self.path}"
+        return self._current
+
+    @current.setter
+    def current(self, value: str) -> None:
+        self._current = value
 
     def set_link(self, hold: Hold) -> None:
         """The update limiter's key: the next link as a URL (None: no next link)."""
@@ -683,8 +706,9 @@ class _Stream:
     def register(self, hold: Hold) -> list[Channel]:
         """Put the session on the hub for ``hold``'s channels; gates prev-id channels."""
         app, s = self.app, self.session
-        s.hold = hold
-        _subscription(s, hold)
+        if s.hold is not hold:  # (a new session was made with this hold: already done)
+            s.hold = hold
+            _subscription(s, hold)
         app.add_session(s, [c.name for c in hold.channels])
         prev = [c for c in hold.channels if c.prev_id is not None]
         for c in prev:

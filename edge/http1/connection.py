@@ -341,6 +341,28 @@ class Connection:
             return None  # idle connection
         return self.queue.pop(0)
 
+    def request_now(self) -> Request | None:
+        """What ``next_request`` returns when that needs no wait, without its coroutine: a
+        queued request, or the one a fresh connection's first read brings (the usual case).
+        None: await ``next_request`` (it also answers None at the end)."""
+        if (
+            not self.queue
+            and self.now == 0.0
+            and self.reject is None
+            and not self.upgrade
+            and not self.eof
+            and not self.need_continue
+        ):
+            data = self.read_now()
+            if data is None:
+                return None
+            self.now = trio.current_time()
+            if not data:
+                self.eof = True
+                return None
+            self.feed(data)
+        return self.queue.pop(0) if self.queue else None
+
     def read_now(self) -> bytes | None:
         """One non-blocking read of the client (plaintext): ``b""`` at EOF, None: nothing yet."""
         crypt = self.crypt
@@ -373,9 +395,11 @@ class Connection:
     async def serve(self) -> None:
         try:
             while True:
-                req = await self.next_request()
+                req = self.request_now()
                 if req is None:
-                    break
+                    req = await self.next_request()
+                    if req is None:
+                        break
                 keep = await self.handle(req)
                 held = self.held
                 if held is not None:
