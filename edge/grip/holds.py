@@ -909,8 +909,8 @@ async def hold_stream(
             await conn.send_all(head)
             return req.keep_alive and s.chunked
         n = conn.write_now(head)  # nearly always all of it, without a coroutine
-        if n < len(head):
-            await conn.send_all(memoryview(head)[n:], counted=True)
+        if n < len(head):  # (a TLS client's head goes all through send_all: n is 0)
+            await conn.send_all(memoryview(head)[n:] if n else head, counted=True)
         head = b""  # this frame lives as long as the hold: keep no copy of what was sent
         st.head_sent = True
         # a held stream never re-sends the client's request (next links send only Grip-Last,
