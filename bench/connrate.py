@@ -35,6 +35,7 @@ from bench.targets import make_target, warm_up
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
+STALL_S = 30.0  # no connection progressed this long: the ones in flight count as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ def _client(job: ClientJob, start, out, close) -> None:
     opened = failed = 0
     start.wait()
     t0, c0 = time.monotonic(), time.process_time()
+    last_progress = t0
     while len(held) + failed < job.conns:
         while opened < job.conns and len(pending) < job.window:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -75,7 +77,18 @@ def _client(job: ClientJob, start, out, close) -> None:
             req = b"GET /stream/cr%d HTTP/1.1\r\nHost: bench\r\n\r\n" % (n % job.channels)
             pending[s.fileno()] = [s, req, b""]
             ep.register(s.fileno(), _OUT)
-        for fd, ev in ep.poll(5.0):
+        events = ep.poll(5.0)
+        if events:
+            last_progress = time.monotonic()
+        elif time.monotonic() - last_progress > STALL_S:
+            for fd, st in pending.items():  # the target dropped these without closing them
+                ep.unregister(fd)
+                st[0].close()
+                failed += 1
+            pending.clear()
+            if opened >= job.conns:
+                break
+        for fd, ev in events:
             st = pending[fd]
             s = st[0]
             if st[1]:  # connected (or failed): send the request

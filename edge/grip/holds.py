@@ -710,7 +710,7 @@ class _Stream:
             s.hold = hold
             _subscription(s, hold)
         app.add_session(s, [c.name for c in hold.channels])
-        prev = [c for c in hold.channels if c.prev_id is not None]
+        prev = [c for c in hold.channels if c.prev_id is not None] or _NO_CHANNELS
         for c in prev:
             app.begin_resume(s, c.name)
         self.registered = True
@@ -850,6 +850,10 @@ class _Stream:
             await app.deliverer.deliver(rest, trio.current_time(), only=s)
 
 
+_NO_CHANNELS: list[Channel] = []  # never appended to: shared by holds without prev-ids
+_NO_RESUMES: list[Resume] = []  # the same, for their resumes
+
+
 class HeldStream:
     """A stream hold ``handle_grip`` left for ``Connection.serve`` to run (its initial body
     read whole; the origin's response closed)."""
@@ -872,7 +876,9 @@ async def hold_stream(
     s = st.session
     gone = False
     try:
-        resumes: list[Resume] = []
+        # (the hold_stream frame lives as long as the held connection: its locals are shared
+        # empties, not a list each, when there is nothing to resume)
+        resumes: list[Resume] = _NO_RESUMES
         error = None  # Pushpin's: the initial response goes out, then the stream ends
         want_low = False  # a low-priority update is due (a prev-id conflicting with history)
         if hold.mode == "stream":
@@ -891,9 +897,9 @@ async def hold_stream(
                     error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
             elif hold.next_link:
                 st.start_tracking(hold, prev, resumes)
-            names = [c.name for c in hold.channels]
-            if not app.positioned(names):
+            if not app.positioned(names := [c.name for c in hold.channels]):
                 await app.wait_positioned(names)
+            del names
         head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
             head, hold_body = head + st.frame(hold.body), b""
