@@ -77,7 +77,7 @@ def _client(job: ClientJob, start, out, close) -> None:
             req = b"GET /stream/cr%d HTTP/1.1\r\nHost: bench\r\n\r\n" % (n % job.channels)
             pending[s.fileno()] = [s, req, b""]
             ep.register(s.fileno(), _OUT)
-        events = ep.poll(5.0)
+        events = ep.poll(min(5.0, STALL_S))
         if events:
             last_progress = time.monotonic()
         elif time.monotonic() - last_progress > STALL_S:
