@@ -285,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument(
         "--concurrency", type=int, default=32, help="connections in flight with connload (32)"
     )
+    cr = sub.add_parser(
+        "connrate",
+        help="new held stream connections/s and server CPU per connection (bench.connrate)",
+    )
+    cr.add_argument("--target", choices=("gripcast", "pushpin", "both"), default="both")
+    cr.add_argument(
+        "--order", choices=("gripcast-first", "pushpin-first"), default="gripcast-first"
+    )
+    cr.add_argument("--conns", type=int, default=10000, help="connections held (default 10,000)")
+    cr.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
+    cr.add_argument("--window", type=int, default=64, help="in flight per process (default 64)")
+    cr.add_argument("--channels", type=int, default=1, help="channels (default 1)")
+    cr.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
+    cr.add_argument("--repeat", type=int, default=2, help="rounds per target (default 2)")
+    cr.add_argument("--out", default="", help="JSON path (default bench/results/connrate-*.json)")
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
     ing.add_argument(
@@ -544,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
 
         args.argv = argv if argv is not None else sys.argv[1:]
         return handshakes.main(args)
+    if args.scenario == "connrate":
+        from bench import connrate
+
+        args.argv = argv if argv is not None else sys.argv[1:]
+        return connrate.main(args)
     if args.scenario == "ingest":
         with _progress(console) as progress:
             r = run_ingest(

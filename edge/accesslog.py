@@ -48,6 +48,9 @@ class Begin:
     sent: int  # the connection's byte count then
 
 
+NO_BEGIN = Begin(0.0, 0)  # what a request keeps when the access log is off (never read)
+
+
 class _Req(Protocol):
     method: bytes
     headers: list[tuple[bytes, bytes]]

@@ -120,10 +120,22 @@ def pick_route(
     return table.match(host, path, ws, tls)
 
 
+# client header names the rules below may remove or rewrite (besides ``eb9bf0f5-`` ones)
+_RULED = frozenset(
+    [
+        b"pushpin-route",
+        b"cdn-loop",
+        b"x-forwarded-proto",
+        b"x-forwarded-protocol",
+        b"x-forwarded-for",
+    ]
+)
+
+
 def apply(
     rules: ProxyRules,
     route: Route,
-    headers: Iterable[tuple[bytes, bytes]],
+    headers: Sequence[tuple[bytes, bytes]],
     *,
     tls: bool,
     ws: bool,
@@ -131,6 +143,24 @@ def apply(
     trusted: bool = False,
 ) -> Headers:
     """The client's headers with Pushpin's rules applied (see the module docstring)."""
+    if not route.headers and not route.orig_headers and not rules.cdn_loop:
+        # the usual request: no route header props, no marking, and no client header any
+        # rule removes or rewrites: one pass over the names, then only the additions
+        for k, _ in headers:
+            lk = k.lower()
+            if lk in _RULED or lk.startswith(ORIG_PREFIX):
+                break
+        else:
+            out = list(headers)
+            if tls and (rules.set_proto or rules.set_protocol):
+                scheme = b"wss" if ws else b"https"
+                if rules.set_proto:
+                    out.append((b"X-Forwarded-Proto", scheme))
+                if rules.set_protocol:
+                    out.append((b"X-Forwarded-Protocol", scheme))
+            if (rules.xff_trusted if trusted else rules.xff).append and peer:
+                out.append((b"X-Forwarded-For", peer.encode("latin-1")))
+            return out
     out = list(headers)
     for name, value in route.headers:
         bname = name.encode("latin-1")

@@ -272,6 +272,15 @@ class Edge:
                 if state(ch) is State.POSITION:
                     await self._pos_waiters.setdefault(ch, trio.Event()).wait()
 
+    def positioned(self, channels: list[str]) -> bool:
+        """True when ``wait_positioned(channels)`` would return at once (the usual case: the
+        caller then skips that coroutine)."""
+        state = self.tracker.state
+        for ch in channels:
+            if state(ch) is State.POSITION:
+                return False
+        return True
+
     def remove_session(self, session: Session) -> None:
         self.hub.remove(session, trio.current_time())
 
@@ -782,7 +791,7 @@ def main(cfg: Config, index: int = 0, reload_config: Callable[[], Config] | None
     fastpath.tune_gc()
     ignore_late_stop_signals()
     try:
-        code: int = trio.run(serve, cfg, index, routes, reload_config)
+        code: int = _run(serve, cfg, index, routes, reload_config)
         ignore_stop_signals_for_exit()
     except ConfigError as exc:
         log.error("%s", exc)
@@ -791,3 +800,50 @@ def main(cfg: Config, index: int = 0, reload_config: Callable[[], Config] | None
         log.error("edge failed to start index=%d: %s", index, exc)
         return 1
     return code
+
+
+def _run(*args: object) -> int:
+    """``trio.run(*args)``, with two diagnostics for the bench (``bench.connrate``), off
+    unless their variable is in the environment:
+
+    * ``GRIPCAST_EDGE_CPROFILE=<prefix>``: the whole run under cProfile, saved to
+      ``<prefix>.<pid>.prof`` when the edge stops (Python calls per connection);
+    * ``GRIPCAST_EDGE_GCSTATS=<prefix>``: collections and CPU seconds spent in them, per
+      generation, written to ``<prefix>.<pid>`` when the edge stops."""
+    gcstats = os.environ.get("GRIPCAST_EDGE_GCSTATS")
+    if gcstats:
+        import gc
+        import time
+
+        acc = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        began = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                began[0] = time.process_time()
+            else:
+                a = acc[info["generation"]]
+                a[0] += 1
+                a[1] += time.process_time() - began[0]
+
+        gc.callbacks.append(on_gc)
+        try:
+            return _run_profiled(*args)
+        finally:
+            gc.callbacks.remove(on_gc)
+            with open(f"{gcstats}.{os.getpid()}", "w") as fh:
+                fh.write(repr(acc) + "\n")
+    return _run_profiled(*args)
+
+
+def _run_profiled(*args: object) -> int:
+    prefix = os.environ.get("GRIPCAST_EDGE_CPROFILE")
+    if not prefix:
+        return int(trio.run(*args))  # type: ignore[arg-type]
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        return int(prof.runcall(trio.run, *args))  # type: ignore[arg-type]
+    finally:
+        prof.dump_stats(f"{prefix}.{os.getpid()}.prof")

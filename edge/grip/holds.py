@@ -284,6 +284,26 @@ def _streamish(raw: list[tuple[bytes, bytes]]) -> bool:
     return not is_json and (hold_value == b"stream" or (hold_value is None and has_next))
 
 
+def _parse_complete(resp: OriginResponse, route: Route, cache: InstructCache) -> Hold | None:
+    """``_parse`` of a complete stream-hold response (the common case: the origin's whole
+    answer came with its head), without awaiting anything; None: not that case."""
+    raw = resp.headers
+    if not _streamish(raw):
+        return None
+    hold = cache.instruct(
+        resp.status,
+        resp.reason,
+        raw,
+        b"",
+        prefix=route.prefix,
+        extra_channels=tuple(resp.target.subs),
+        stream_body=resp.buffered_body(),
+    )
+    if hold.mode == "stream" or (hold.mode is None and hold.next_link):
+        return hold
+    return None  # (never reached: a streamish response parses as a stream or a next link)
+
+
 async def _parse(
     resp: OriginResponse, route: Route, cache: InstructCache
 ) -> tuple[Hold, AsyncIterator[bytes] | None]:
@@ -390,7 +410,11 @@ async def handle_grip(
     while True:
         try:
             try:
-                hold, body_iter = await _parse(resp, route, app.instruct_cache)
+                quick = _parse_complete(resp, route, app.instruct_cache) if resp.complete else None
+                if quick is not None:
+                    hold, body_iter = quick, None
+                else:
+                    hold, body_iter = await _parse(resp, route, app.instruct_cache)
                 if hold.mode == "response":
                     finish = _AcoFinish(req.headers, jsonp) if aco else None
                     return await hold_response(
@@ -412,7 +436,8 @@ async def handle_grip(
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
                 return req.keep_alive
             finally:
-                await resp.aclose()
+                if not resp.close_now():
+                    await resp.aclose()
         except _Retry as retry:
             attempts += 1
             resolve = retry.resolve
@@ -582,6 +607,21 @@ async def hold_response(
 class _Stream:
     """One client's stream across next links (the connection task's state)."""
 
+    __slots__ = (
+        "conn",
+        "app",
+        "req",
+        "route",
+        "hold",
+        "session",
+        "registered",
+        "frame",
+        "_where",
+        "_current",
+        "gone_link",
+        "head_sent",
+    )
+
     def __init__(self, conn: Connection, req: Request, route: Route, hold: Hold) -> None:
         self.conn = conn
         self.app = conn.app
@@ -592,11 +632,35 @@ class _Stream:
         self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes
-        self.host, self.path = _client_path(req)
-        self.current = f"http://{self.host or 'localhost'}{self.path}"  # the URI links resolve on
+        # the client's host and path, and the URI links resolve on: made when first needed
+        # (a next link, a log line), not for every held stream
+        self._where: tuple[str, str] | None = None
+        self._current: str | None = None
         self.gone_link = hold.gone_link  # only the initial instruct's
         self.head_sent = False
         self.set_link(hold)
+
+    @property
+    def host(self) -> str:
+        if self._where is None:
+            self._where = _client_path(self.req)
+        return self._where[0]
+
+    @property
+    def path(self) -> str:
+        if self._where is None:
+            self._where = _client_path(self.req)
+        return self._where[1]
+
+    @property
+    def current(self) -> str:
+        if self._current is None:
+            self._current = f"http://{self.host or 'localhost'}{self.path}"
+        return self._current
+
+    @current.setter
+    def current(self, value: str) -> None:
+        self._current = value
 
     def set_link(self, hold: Hold) -> None:
         """The update limiter's key: the next link as a URL (None: no next link)."""
@@ -609,6 +673,17 @@ class _Stream:
         while s.writing and not s.done:
             await trio.sleep(0.01)  # a writer task is draining a backlog
         s.writing = True
+
+    def release_socket_now(self) -> bool:
+        """``release_socket`` when nothing was buffered meanwhile (no await); False: call
+        ``release_socket``."""
+        s = self.session
+        if s.buf and not s.dead:
+            return False
+        s.writing = False
+        if s.closing and not s.dead:
+            s.finish()
+        return True
 
     async def release_socket(self) -> None:
         s = self.session
@@ -631,10 +706,11 @@ class _Stream:
     def register(self, hold: Hold) -> list[Channel]:
         """Put the session on the hub for ``hold``'s channels; gates prev-id channels."""
         app, s = self.app, self.session
-        s.hold = hold
-        _subscription(s, hold)
+        if s.hold is not hold:  # (a new session was made with this hold: already done)
+            s.hold = hold
+            _subscription(s, hold)
         app.add_session(s, [c.name for c in hold.channels])
-        prev = [c for c in hold.channels if c.prev_id is not None]
+        prev = [c for c in hold.channels if c.prev_id is not None] or _NO_CHANNELS
         for c in prev:
             app.begin_resume(s, c.name)
         self.registered = True
@@ -774,6 +850,10 @@ class _Stream:
             await app.deliverer.deliver(rest, trio.current_time(), only=s)
 
 
+_NO_CHANNELS: list[Channel] = []  # never appended to: shared by holds without prev-ids
+_NO_RESUMES: list[Resume] = []  # the same, for their resumes
+
+
 class HeldStream:
     """A stream hold ``handle_grip`` left for ``Connection.serve`` to run (its initial body
     read whole; the origin's response closed)."""
@@ -796,21 +876,30 @@ async def hold_stream(
     s = st.session
     gone = False
     try:
-        resumes: list[Resume] = []
+        # (the hold_stream frame lives as long as the held connection: its locals are shared
+        # empties, not a list each, when there is nothing to resume)
+        resumes: list[Resume] = _NO_RESUMES
         error = None  # Pushpin's: the initial response goes out, then the stream ends
         want_low = False  # a low-priority update is due (a prev-id conflicting with history)
         if hold.mode == "stream":
             prev = st.register(hold)
-            # history first answers whether it can (before the head); the replay itself goes
-            # out after the head, paced by the client's socket
-            resumes = await st.probe(prev)
-            want_low = st.start_tracking(hold, prev, resumes)
-            unheld = [
-                c for c, r in zip(prev, resumes) if not (r.found or (r.ok and is_cursor(c.prev_id)))
-            ]
-            if unheld and not hold.next_link:
-                error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
-            await app.wait_positioned([c.name for c in hold.channels])
+            if prev:
+                # history first answers whether it can (before the head); the replay itself
+                # goes out after the head, paced by the client's socket
+                resumes = await st.probe(prev)
+                want_low = st.start_tracking(hold, prev, resumes)
+                unheld = [
+                    c
+                    for c, r in zip(prev, resumes)
+                    if not (r.found or (r.ok and is_cursor(c.prev_id)))
+                ]
+                if unheld and not hold.next_link:
+                    error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
+            elif hold.next_link:
+                st.start_tracking(hold, prev, resumes)
+            if not app.positioned(names := [c.name for c in hold.channels]):
+                await app.wait_positioned(names)
+            del names
         head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
         if hold.body and body_iter is None:  # head and initial body in one send
             head, hold_body = head + st.frame(hold.body), b""
@@ -825,24 +914,29 @@ async def hold_stream(
                 head += b"0\r\n\r\n"
             await conn.send_all(head)
             return req.keep_alive and s.chunked
-        await conn.send_all(head)
+        n = conn.write_now(head)  # nearly always all of it, without a coroutine
+        if n < len(head):  # (a TLS client's head goes all through send_all: n is 0)
+            await conn.send_all(memoryview(head)[n:] if n else head, counted=True)
         head = b""  # this frame lives as long as the hold: keep no copy of what was sent
         st.head_sent = True
         # a held stream never re-sends the client's request (next links send only Grip-Last,
         # the signature and Host): do not keep its headers and body for the connection's life
         req.headers, req.body = [], bytearray()
-        try:
-            await st.send_body(hold_body, body_iter)
-        except OriginError as exc:
-            log.warning("stream hold initial body cut: %s", exc.reason)
-            return False
+        if hold_body or body_iter is not None:
+            try:
+                await st.send_body(hold_body, body_iter)
+            except OriginError as exc:
+                log.warning("stream hold initial body cut: %s", exc.reason)
+                return False
         if error is not None:
             await st.release_socket()
             raise InstructError(error)
-        await st.release_socket()
+        if not st.release_socket_now():
+            await st.release_socket()
         if hold.mode == "stream":
             app.schedule_keepalive(s)
-            await st.catch_up(resumes)
+            if resumes:
+                await st.catch_up(resumes)
         first_sub = None
         if hold.mode == "stream" and hold.next_link and app.cfg.update_on_first_subscription:
             first_sub = app.holds.first_sub_deadline(s.channel_names, trio.current_time())

@@ -249,12 +249,27 @@ class Connection:
 
     # -- I/O -----------------------------------------------------------------------------------
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data``; a client that does not take it within ``client_write_timeout_s``
-        (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``."""
+    def write_now(self, data: bytes) -> int:
+        """What ``send_all`` does when the socket takes it at once, without a coroutine:
+        counts ``data`` (as sent) and writes what the socket takes now; the bytes written.
+        The caller sends the rest with ``send_all(rest, counted=True)``."""
         self.sent += len(data)
-        if not self.status and data[:5] == b"HTTP/" and bytes(data[9:12]).isdigit():
-            self.status = int(bytes(data[9:12]))  # the answer's status, for the access log
+        if not self.status and data[:5] == b"HTTP/" and data[9:12].isdigit():
+            self.status = int(data[9:12])  # the answer's status, for the access log
+        if self.crypt is not None:
+            return 0  # TLS: all of it through send_all (it encrypts and queues)
+        return send_now(self.sock, data)
+
+    async def send_all(
+        self, data: bytes | bytearray | memoryview, *, counted: bool = False
+    ) -> None:
+        """Write ``data``; a client that does not take it within ``client_write_timeout_s``
+        (it stopped reading) gets its connection broken: ``trio.BrokenResourceError``.
+        ``counted``: the rest of what ``write_now`` counted already."""
+        if not counted:
+            self.sent += len(data)
+            if not self.status and data[:5] == b"HTTP/" and bytes(data[9:12]).isdigit():
+                self.status = int(bytes(data[9:12]))  # the answer's status, for the access log
         crypt = self.crypt
         if crypt is not None:  # behind any ciphertext still queued (a writer task's backlog)
             crypt.queue(data)
@@ -326,6 +341,28 @@ class Connection:
             return None  # idle connection
         return self.queue.pop(0)
 
+    def request_now(self) -> Request | None:
+        """What ``next_request`` returns when that needs no wait, without its coroutine: a
+        queued request, or the one a fresh connection's first read brings (the usual case).
+        None: await ``next_request`` (it also answers None at the end)."""
+        if (
+            not self.queue
+            and self.now == 0.0
+            and self.reject is None
+            and not self.upgrade
+            and not self.eof
+            and not self.need_continue
+        ):
+            data = self.read_now()
+            if data is None:
+                return None
+            self.now = trio.current_time()
+            if not data:
+                self.eof = True
+                return None
+            self.feed(data)
+        return self.queue.pop(0) if self.queue else None
+
     def read_now(self) -> bytes | None:
         """One non-blocking read of the client (plaintext): ``b""`` at EOF, None: nothing yet."""
         crypt = self.crypt
@@ -358,9 +395,11 @@ class Connection:
     async def serve(self) -> None:
         try:
             while True:
-                req = await self.next_request()
+                req = self.request_now()
                 if req is None:
-                    break
+                    req = await self.next_request()
+                    if req is None:
+                        break
                 keep = await self.handle(req)
                 held = self.held
                 if held is not None:
@@ -451,7 +490,11 @@ class Connection:
             ws=False,
             tls=tls,
         )
-        log_rec = accesslog.Begin(trio.current_time(), self.sent)
+        log_rec = (
+            accesslog.Begin(trio.current_time(), self.sent)
+            if app.cfg.access_log
+            else accesslog.NO_BEGIN  # log_request returns at once: no clock read, no record
+        )
         self.status = 0
         keep = await self._handle_routed(req, route, path, tls)
         held = self.held
@@ -521,7 +564,8 @@ class Connection:
         except (OriginError, InstructError) as exc:
             return await self.proxy_error(req, route, exc)
         finally:
-            await resp.aclose()
+            if not resp.close_now():
+                await resp.aclose()
 
     async def proxy_error(self, req: Request, route: Route, exc: RemoteProtocolError) -> bool:
         self.app.proxy_errors += 1

@@ -47,9 +47,12 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
 
 def _socket(stream: Stream) -> trio.socket.SocketType:
-    if isinstance(stream, trio.SSLStream):
+    if type(stream) is not _SOCKET_STREAM and isinstance(stream, trio.SSLStream):
         return stream.transport_stream.socket
     return stream.socket
+
+
+_SOCKET_STREAM = trio.SocketStream
 
 
 def _dead(stream: Stream) -> bool:

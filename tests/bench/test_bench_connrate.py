@@ -1,0 +1,81 @@
+"""``python -m bench connrate``: its flags (no sockets), and its client driver against a small
+real server that answers some connections and leaves others hanging (the measurement itself
+runs real targets and is in bench/RESULTS.md, not in the suite)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import threading
+
+import pytest
+
+from bench import connrate
+from bench.cli import build_parser
+
+
+def test_flags():
+    args = build_parser().parse_args(
+        ["connrate", "--target", "pushpin", "--conns", "50", "--window", "8", "--channels", "3"]
+    )
+    assert (args.target, args.conns, args.window, args.channels) == ("pushpin", 50, 8, 3)
+    d = build_parser().parse_args(["connrate"])
+    assert (d.target, d.conns, d.procs, d.window, d.repeat, d.order) == (
+        "both",
+        10000,
+        4,
+        64,
+        2,
+        "gripcast-first",
+    )
+
+
+def _serve(listener: socket.socket, answer_every: int, stop: threading.Event, got: list) -> None:
+    """Answer every ``answer_every``-th request with a stream head and ``[open]``; leave the
+    others open and silent."""
+    conns = []
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            c, _ = listener.accept()
+        except TimeoutError:
+            continue
+        conns.append(c)
+        req = c.recv(4096)
+        got.append(req)
+        if len(got) % answer_every == 0:
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n[open]\n\r\n")
+    for c in conns:
+        c.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+def test_client_holds_answered_connections_and_fails_hanging_ones(monkeypatch):
+    monkeypatch.setattr(connrate, "STALL_S", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop, got = threading.Event(), []
+    server = threading.Thread(target=_serve, args=(listener, 2, stop, got), daemon=True)
+    server.start()
+    ctx = multiprocessing.get_context("fork")
+    start, close = ctx.Event(), ctx.Event()
+    parent, child = ctx.Pipe(duplex=False)
+    job = connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")
+    start.set()  # the driver runs in a thread of this process, not in a worker process
+    t = threading.Thread(target=connrate._client, args=(job, start, child, close), daemon=True)
+    try:
+        t.start()
+        r = parent.recv()
+        close.set()
+        assert parent.recv() == "closed"
+        t.join(5)
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
+    assert (r["held"], r["failed"]) == (5, 5)  # every second one answered, the rest waited out
+    assert len(r["done_at"]) == 5
+    # the channels spread as asked: cr0, cr1, cr2, cr0, ...
+    paths = sorted({req.split(b" ")[1] for req in got})
+    assert paths == [b"/stream/cr0", b"/stream/cr1", b"/stream/cr2"]
