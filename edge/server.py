@@ -34,6 +34,7 @@ from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
 from edge.origin.sig import Signer, load_key
 from edge.origin.tls import load_origin_tls
+from edge.parking import Parker
 from edge.proxyrules import ProxyRules
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
@@ -190,6 +191,10 @@ class Edge:
         self.instruct_cache = InstructCache()  # parsed instructs and stream heads (edge.grip.cache)
         self.stats = statsreport.open_conn_stats(index)  # Pushpin stats socket (edge.connstats)
         self.websockets: dict[str, WsSession] = {}  # by connection id (conncheck, refresh)
+        # idle plain stream holds without a task (edge.parking); its task is started by ``serve``
+        self.parker = Parker(
+            partial(self._serve_connection, None, None, None), nursery.start_soon, self._abandoned
+        )
 
     def set_routes(self, cfg: Config, routes: RouteTable, signers: Signers | None = None) -> None:
         """Install ``cfg`` and ``routes`` (startup and SIGHUP reload); raises ConfigError.
@@ -574,26 +579,44 @@ class Edge:
 
     async def _serve_connection(
         self,
-        sock: trio.socket.SocketType,
+        sock: trio.socket.SocketType | None,
         addr: fastpath.PeerAddress | None,
         tls: TlsConn | None = None,
+        conn: Connection | None = None,
     ) -> None:
-        self.connections += 1
-        self.sockets.add(sock)
-        self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
+        """A connection's task; with ``conn`` (and no ``sock``), a parked connection woken
+        (``edge.parking``): its task again, until it ends or parks once more."""
+        if conn is None:
+            assert sock is not None
+            self.connections += 1
+            self.sockets.add(sock)
+            self.stats.opened(sock, str(addr[0]) if addr else "", trio.current_time())
+            conn = Connection(self, sock, addr, tls)
+        else:
+            sock, addr = conn.sock, conn.addr
+        parked = False
         try:
             try:
-                await Connection(self, sock, addr, tls).serve()
+                parked = await conn.serve()
             finally:
                 # trio's close() wakes tasks parked on this fd (a deliverer writer); the stdlib
                 # close that ``with sock:`` does would leave them registered on a reusable fd
-                sock.close()
+                if not parked:
+                    sock.close()
         except Exception:  # a bug in one connection must not take the edge down
             log.exception("connection handler failed addr=%s", addr)
         finally:
-            self.connections -= 1
-            self.sockets.discard(sock)
-            self.stats.closed(sock, trio.current_time())
+            if not parked:
+                self._closed(sock)
+
+    def _closed(self, sock: trio.socket.SocketType) -> None:
+        self.connections -= 1
+        self.sockets.discard(sock)
+        self.stats.closed(sock, trio.current_time())
+
+    def _abandoned(self, conn: Connection) -> None:
+        """A parked connection closed because the edge stops (``edge.parking``)."""
+        self._closed(conn.sock)
 
     def statistics(self) -> EdgeStatistics:
         return EdgeStatistics(
@@ -677,6 +700,7 @@ async def serve(
                 nursery.start_soon(link.serve, edge.on_frames, edge.on_recover, edge.on_command)
                 nursery.start_soon(edge.serve_reorder)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.parker.serve)
                 nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)
                 nursery.start_soon(edge.origin_client.timer.serve)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from edge.grip.session import ResponseSession, StreamSession
     from edge.ops.connstats import ConnStats
     from edge.origin.client import OriginClient
+    from edge.parking import Parker
     from edge.proxyrules import ProxyRules
     from edge.routes import Route, RouteTable
     from edge.sessionstate import Session
@@ -78,6 +79,7 @@ class ConnectionServices(OriginServices, SessionServices, Protocol):
     instruct_cache: InstructCache  # parsed instructs shared by held sessions
     resumer: Resumer
     stats: ConnStats
+    parker: Parker  # idle plain stream holds without a task (edge.parking)
     websockets: dict[str, WsSession]  # open WebSocket sessions by connection id
 
     def begin_resume(self, session: Session, channel: str) -> None: ...

@@ -430,7 +430,9 @@ async def handle_grip(
                         # of coroutine frames less
                         conn.held = HeldStream(req, route, hold)
                         return req.keep_alive
-                    return await hold_stream(conn, req, route, hold, body_iter)
+                    done = await hold_stream(conn, req, route, hold, body_iter)
+                    assert done is not None  # (parks only when run by Connection.serve)
+                    return done
                 if hold.body_error is not None:
                     raise InstructError(hold.body_error)
                 await conn.send_all(responses.timeout(hold, keep_alive=req.keep_alive))
@@ -854,11 +856,16 @@ _NO_CHANNELS: list[Channel] = []  # never appended to: shared by holds without p
 _NO_RESUMES: list[Resume] = []  # the same, for their resumes
 
 
+def _may_park(conn: Connection) -> bool:
+    """A plain (not TLS) connection, and the edge parks idle streams (``edge.parking``)."""
+    return conn.crypt is None and conn.app.parker.serving
+
+
 class HeldStream:
     """A stream hold ``handle_grip`` left for ``Connection.serve`` to run (its initial body
     read whole; the origin's response closed)."""
 
-    __slots__ = ("req", "route", "hold", "path", "begin")
+    __slots__ = ("req", "route", "hold", "path", "begin", "st", "chain")
 
     def __init__(self, req: Request, route: Route, hold: Hold) -> None:
         self.req = req
@@ -866,81 +873,118 @@ class HeldStream:
         self.hold = hold
         self.path = b""  # the routed path and the access-log record (set by Connection.handle)
         self.begin: object = None
+        # while parked (edge.parking): the stream's state and its next-link chain count
+        self.st: _Stream | None = None
+        self.chain = 0
+
+    def cancel(self) -> None:
+        """The parked session's ``scope``: wake its connection (``edge.parking``)."""
+        st = self.st
+        if st is not None:
+            st.conn.app.parker.wake(st.conn)
 
 
 async def hold_stream(
-    conn: Connection, req: Request, route: Route, hold: Hold, body_iter: AsyncIterator[bytes] | None
-) -> bool:
+    conn: Connection,
+    req: Request,
+    route: Route,
+    hold: Hold,
+    body_iter: AsyncIterator[bytes] | None,
+    held: HeldStream | None = None,
+) -> bool | None:
+    """Serve a stream hold; whether the connection may serve another request, or None when
+    it parked (``edge.parking``: only with ``held``, run by ``Connection.serve``, which calls
+    this again with the same ``held`` once the parked connection is woken)."""
     app = conn.app
-    st = _Stream(conn, req, route, hold)
+    st = held.st if held is not None else None
+    resumed = st is not None  # a parked hold, woken: it goes on where it parked
+    if st is None:
+        st = _Stream(conn, req, route, hold)
     s = st.session
-    gone = False
+    gone = parked = False
     try:
-        # (the hold_stream frame lives as long as the held connection: its locals are shared
-        # empties, not a list each, when there is nothing to resume)
-        resumes: list[Resume] = _NO_RESUMES
-        error = None  # Pushpin's: the initial response goes out, then the stream ends
-        want_low = False  # a low-priority update is due (a prev-id conflicting with history)
-        if hold.mode == "stream":
-            prev = st.register(hold)
-            if prev:
-                # history first answers whether it can (before the head); the replay itself
-                # goes out after the head, paced by the client's socket
-                resumes = await st.probe(prev)
-                want_low = st.start_tracking(hold, prev, resumes)
-                unheld = [
-                    c
-                    for c, r in zip(prev, resumes)
-                    if not (r.found or (r.ok and is_cursor(c.prev_id)))
-                ]
-                if unheld and not hold.next_link:
-                    error = f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
-            elif hold.next_link:
-                st.start_tracking(hold, prev, resumes)
-            if not app.positioned(names := [c.name for c in hold.channels]):
-                await app.wait_positioned(names)
-            del names
-        head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
-        if hold.body and body_iter is None:  # head and initial body in one send
-            head, hold_body = head + st.frame(hold.body), b""
+        chain, want_low = 0, False
+        first_sub: float | None = None
+        if resumed:
+            assert held is not None
+            s.scope = None
+            chain = held.chain
         else:
-            hold_body = hold.body
-        if hold.body_error is not None:
-            # build-id failed on the initial body: the head, then the end (Pushpin's doError)
-            log.info("stream ended route_line=%d path=%s: %s", route.line, st.path, hold.body_error)
-            if s.chunked:
-                if route.debug:
-                    head += http_chunk(f"\n\n{hold.body_error}\n".encode())
-                head += b"0\r\n\r\n"
-            await conn.send_all(head)
-            return req.keep_alive and s.chunked
-        n = conn.write_now(head)  # nearly always all of it, without a coroutine
-        if n < len(head):  # (a TLS client's head goes all through send_all: n is 0)
-            await conn.send_all(memoryview(head)[n:] if n else head, counted=True)
-        head = b""  # this frame lives as long as the hold: keep no copy of what was sent
-        st.head_sent = True
-        # a held stream never re-sends the client's request (next links send only Grip-Last,
-        # the signature and Host): do not keep its headers and body for the connection's life
-        req.headers, req.body = [], bytearray()
-        if hold_body or body_iter is not None:
-            try:
-                await st.send_body(hold_body, body_iter)
-            except OriginError as exc:
-                log.warning("stream hold initial body cut: %s", exc.reason)
-                return False
-        if error is not None:
-            await st.release_socket()
-            raise InstructError(error)
-        if not st.release_socket_now():
-            await st.release_socket()
-        if hold.mode == "stream":
-            app.schedule_keepalive(s)
-            if resumes:
-                await st.catch_up(resumes)
-        first_sub = None
-        if hold.mode == "stream" and hold.next_link and app.cfg.update_on_first_subscription:
-            first_sub = app.holds.first_sub_deadline(s.channel_names, trio.current_time())
-        chain = 0
+            # (the hold_stream frame lives as long as the held connection: its locals are
+            # shared empties, not a list each, when there is nothing to resume)
+            resumes: list[Resume] = _NO_RESUMES
+            error = None  # Pushpin's: the initial response goes out, then the stream ends
+            want_low = False  # a low-priority update is due (a prev-id conflicting with history)
+            if hold.mode == "stream":
+                prev = st.register(hold)
+                if prev:
+                    # history first answers whether it can (before the head); the replay
+                    # itself goes out after the head, paced by the client's socket
+                    resumes = await st.probe(prev)
+                    want_low = st.start_tracking(hold, prev, resumes)
+                    unheld = [
+                        c
+                        for c, r in zip(prev, resumes)
+                        if not (r.found or (r.ok and is_cursor(c.prev_id)))
+                    ]
+                    if unheld and not hold.next_link:
+                        error = (
+                            f"channel '{unheld[0].name}' specifies prev-id, but no next link found"
+                        )
+                elif hold.next_link:
+                    st.start_tracking(hold, prev, resumes)
+                if not app.positioned(names := [c.name for c in hold.channels]):
+                    await app.wait_positioned(names)
+                del names
+            head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
+            if hold.body and body_iter is None:  # head and initial body in one send
+                head, hold_body = head + st.frame(hold.body), b""
+            else:
+                hold_body = hold.body
+            if hold.body_error is not None:
+                # build-id failed on the initial body: the head, then the end (Pushpin's doError)
+                log.info(
+                    "stream ended route_line=%d path=%s: %s", route.line, st.path, hold.body_error
+                )
+                if s.chunked:
+                    if route.debug:
+                        head += http_chunk(f"\n\n{hold.body_error}\n".encode())
+                    head += b"0\r\n\r\n"
+                await conn.send_all(head)
+                return req.keep_alive and s.chunked
+            n = conn.write_now(head)  # nearly always all of it, without a coroutine
+            if n < len(head):  # (a TLS client's head goes all through send_all: n is 0)
+                await conn.send_all(memoryview(head)[n:] if n else head, counted=True)
+            head = b""  # this frame lives as long as the hold: keep no copy of what was sent
+            st.head_sent = True
+            # a held stream never re-sends the client's request (next links send only Grip-Last,
+            # the signature and Host): do not keep its headers and body for the connection's life
+            req.headers, req.body = [], bytearray()
+            if hold_body or body_iter is not None:
+                try:
+                    await st.send_body(hold_body, body_iter)
+                except OriginError as exc:
+                    log.warning("stream hold initial body cut: %s", exc.reason)
+                    return False
+            if error is not None:
+                await st.release_socket()
+                raise InstructError(error)
+            if not st.release_socket_now():
+                await st.release_socket()
+            if hold.mode == "stream":
+                app.schedule_keepalive(s)
+                if resumes:
+                    await st.catch_up(resumes)
+            if hold.mode == "stream" and hold.next_link and app.cfg.update_on_first_subscription:
+                first_sub = app.holds.first_sub_deadline(s.channel_names, trio.current_time())
+            if held is None and not want_low and first_sub is None and _may_park(conn):
+                # run by handle_grip (the initial body was relayed from the origin): the rest
+                # of the hold runs in Connection.serve, once handle_grip's and its callers'
+                # frames are gone, so that it may park (edge.parking)
+                conn.held = handoff = HeldStream(req, route, hold)
+                handoff.st = st
+                parked = True  # (the hold goes on there: no cleanup here)
+                return req.keep_alive
         while True:
             cur = st.hold
             track = s.track
@@ -951,9 +995,9 @@ async def hold_stream(
                     want_low = False
                     if not app.holds.request_update(s, trio.current_time()) and track:
                         # no next link to ask: deliver what was held, as it is
-                        held = track.cancel_update()
-                        if held:
-                            await app.deliverer.deliver(held, trio.current_time(), only=s)
+                        queued = track.cancel_update()
+                        if queued:
+                            await app.deliverer.deliver(queued, trio.current_time(), only=s)
             if cur.mode != "stream" or s.hinted:
                 if cur.mode == "stream":
                     s.hinted = False
@@ -976,18 +1020,32 @@ async def hold_stream(
                     # a chain turned into a stream hold: history first, then the next link
                     nxt = st.hold
                     prev = st.register(nxt)
-                    held = s.track.cancel_update() if s.track is not None else []
+                    queued = s.track.cancel_update() if s.track is not None else []
                     s.track = None
                     resumes = await st.probe(prev)
                     want_low = st.start_tracking(nxt, prev, resumes)
-                    if held:
-                        await app.deliverer.deliver(held, trio.current_time(), only=s)
+                    if queued:
+                        await app.deliverer.deliver(queued, trio.current_time(), only=s)
                     await st.catch_up(resumes)
                     app.schedule_keepalive(s)
                 continue
             # held: wait for the client, a close, a hint, an update's turn, or the idle window
             window = st.hold.next_link_timeout_s if st.hold.next_link else None
             if not window and first_sub is None:
+                if held is not None and _may_park(conn):
+                    # no deadline, a plain socket: park (edge.parking); no task while idle
+                    if not (s.done or s.hinted or (s.track is not None and s.track.gap)):
+                        if conn.read_held():
+                            gone = True
+                            return False  # the client went away (or sent what ends it)
+                        held.st, held.chain = st, chain
+                        s.scope = held  # finish()/kill()/hint() wake it: held.cancel()
+                        app.parker.park(conn)
+                        parked = True
+                        return None
+                    if s.done:
+                        break
+                    continue
                 # no deadline: wait without a cancel scope; finish()/kill() wake the wait
                 # through the socket (edge.readtimer.Waker), a shutdown's close as before
                 waker = s.scope = readtimer.Waker(conn.sock)
@@ -1054,12 +1112,13 @@ async def hold_stream(
                 await conn.send_all(f"\n\n{exc.reason}\n".encode())
         return False
     finally:
-        conn.sent += s.sent  # what the delivery path wrote, for the access log
-        s.end()
-        app.holds.discard(s)
-        if st.registered:
-            app.remove_session(s)
-        for c in st.hold.channels:
-            app.resumer.abort(s, c.name)
-        if gone and st.gone_link:
-            _post_gone(app, route, req, st.gone_link)
+        if not parked:  # (parked: the hold goes on when woken)
+            conn.sent += s.sent  # what the delivery path wrote, for the access log
+            s.end()
+            app.holds.discard(s)
+            if st.registered:
+                app.remove_session(s)
+            for c in st.hold.channels:
+                app.resumer.abort(s, c.name)
+            if gone and st.gone_link:
+                _post_gone(app, route, req, st.gone_link)

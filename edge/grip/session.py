@@ -24,6 +24,7 @@ from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLos
 if TYPE_CHECKING:
     import trio
 
+    from edge.grip.holds import HeldStream
     from edge.grip.nextlink_track import PrevIds
     from edge.readtimer import Waker
     from edge.tlsconn import TlsConn
@@ -97,7 +98,8 @@ class StreamSession(Session):
         self.chunked = chunked
         self.buf = bytearray()
         self.writing = True  # the connection task sends the initial response first
-        self.scope: trio.CancelScope | Waker | None = None  # the connection task's wait
+        # the connection task's wait; while parked (edge.parking) its HeldStream
+        self.scope: trio.CancelScope | Waker | HeldStream | None = None
         self.last_out = now
         self.sent = 0  # bytes the delivery path wrote (the access log's count)
         _subscription(self, hold)

@@ -392,24 +392,30 @@ class Connection:
             return self.head_started + limit
         return self.body_started + self.app.cfg.client_body_timeout_s
 
-    async def serve(self) -> None:
+    async def serve(self) -> bool:
+        """Serve requests until the connection ends (False) or its stream hold parked (True:
+        ``edge.parking`` calls ``serve`` again, in a new task, once it is woken)."""
         try:
             while True:
-                req = self.request_now()
-                if req is None:
-                    req = await self.next_request()
+                if self.held is None:  # (else a parked stream hold, woken: it goes on)
+                    req = self.request_now()
                     if req is None:
-                        break
-                keep = await self.handle(req)
+                        req = await self.next_request()
+                        if req is None:
+                            break
+                    keep = await self.handle(req)
                 held = self.held
                 if held is not None:
                     # a stream hold runs here, after handle() and the GRIP code returned: their
                     # frames are not kept for the life of the held connection
-                    self.held = None
                     try:  # inline, not a helper coroutine: one frame less while held
-                        keep = await hold_stream(self, held.req, held.route, held.hold, None)
+                        done = await hold_stream(self, held.req, held.route, held.hold, None, held)
                     except (OriginError, InstructError, LinkRefused) as exc:
-                        keep = await self.proxy_error(held.req, held.route, exc)
+                        done = await self.proxy_error(held.req, held.route, exc)
+                    if done is None:
+                        return True  # parked: no task while idle (``self.held`` keeps the hold)
+                    keep = done
+                    self.held = None
                     accesslog.log_request(
                         self.app.cfg,
                         self.app.rules,
@@ -422,7 +428,7 @@ class Connection:
                     )
                     del held
                 if not keep:
-                    return
+                    return False
                 self.idle_since, self.fresh = trio.current_time(), False
                 if self.queue:  # pipelined requests: let other tasks run between them
                     await trio.lowlevel.checkpoint()
@@ -433,6 +439,7 @@ class Connection:
                 await self.send_all(responses.error(501, "Upgrade is not supported."))
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("client connection ended addr=%s: %s", self.addr, exc)
+        return False
 
     async def linger(self, max_s: float = 1.0, max_bytes: int = 1 << 20) -> None:
         """Half-close and read (and drop) what the client still sends, briefly: closing with
@@ -636,6 +643,31 @@ class Connection:
 
     def queue_blocked(self) -> bool:
         return self.reject is not None or self.upgrade
+
+    def read_held(self) -> bool:
+        """A held plain connection about to park (``edge.parking``): read what the client
+        sent, without waiting; True when the hold must end (the client closed, sent a bad
+        request, or a pipelined request head: ``watch_client``'s rules for a hold without a
+        deadline).  Between requests the parser is dropped (``watch_client``)."""
+        if self.cur is None:
+            self.parser = None
+        fd = self.sock.fileno()
+        while True:
+            try:
+                data = _os_read(fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                self.eof = True
+                return True
+            if not data:
+                self.eof = True
+                return True
+            self.feed(data)
+            if self.reject is not None:
+                return True
+            if self.queue or (self.cur is not None and self.cur.method):
+                return True
 
     async def watch_client(self, waker: Waker | None = None) -> None:
         """Return when the client closes; bytes it sends meanwhile are parsed for later.

@@ -63,6 +63,7 @@ from edge.fastpath import read_now
 from edge.grip import filters
 from edge.http1 import responses
 from edge.proxyrules import claims_tls, pick_route
+from edge.readtimer import Waker
 from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 from edge.ws import control as wc
 from edge.ws.connection import (
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     from edge.routes import Route
     from edge.services import ConnectionServices, SessionServices
     from edge.tlsconn import TlsConn
+    from edge.ws.events import WsEvent
     from edge.ws.over_http import WohOrigin
     from edge.ws.proxy import WsOrigin
 
@@ -100,6 +102,7 @@ READ_SIZE = 65536
 MAX_FRAME = 16384  # origin messages are split into frames of at most this size (Pushpin's)
 _ids = itertools.count(1)
 _OPCODES = {"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING, "pong": OP_PONG}
+_LOGGED_HEADERS = frozenset([b"user-agent", b"x-forwarded-for"])  # read by edge.accesslog
 
 
 # -- handshake (sans-IO) ---------------------------------------------------------------------
@@ -299,7 +302,9 @@ class WsSession(Session):
         self.buf = bytearray()
         self.writing = False
         self.scope: trio.CancelScope | None = None
-        self.read_scope: trio.CancelScope | None = None
+        # the connection task's read wait: a CancelScope once closing (the reply's deadline),
+        # else a Waker (edge.readtimer: no cancel scope kept per idle session)
+        self.read_scope: trio.CancelScope | Waker | None = None
         self.last_out = now
         self.sent = 0  # bytes the delivery path wrote (the access log's count)
         self.filters: dict[str, tuple[str, ...]] = {}
@@ -351,10 +356,11 @@ class WsSession(Session):
         """Our close frame is fully written: only the client's close reply is awaited now."""
         self._on(FLUSHED)
         self._set_closed()
-        if self.read_scope is not None:
-            self.read_scope.deadline = min(
-                self.read_scope.deadline, trio.current_time() + CLOSE_TIMEOUT_S
-            )
+        rs = self.read_scope
+        if isinstance(rs, Waker):  # an idle wait: woken, it waits again with the deadline
+            rs.cancel()
+        elif rs is not None:
+            rs.deadline = min(rs.deadline, trio.current_time() + CLOSE_TIMEOUT_S)
 
     def kill(self, reason: str) -> None:
         if self._on(KILL) is not DEAD:
@@ -631,6 +637,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         app.rules, route, req.headers, tls=tls, ws=True, peer=peer, trusted=trusted
     )
     side = side_cls(app, route, headers, path)
+    del headers  # (the origin side keeps what it replays: this frame lives as long as the session)
     opened = await side.open()
     if opened.reject is not None:
         await conn.send_all(opened.reject)
@@ -639,6 +646,9 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     deflate = (
         negotiate(req.headers) if app.cfg.allow_compression and not opened.pass_extensions else None
     )
+    # the request's headers live as long as the session (the caller's frames hold ``req``):
+    # keep only what its access-log line reads (edge.accesslog); the origin side has its own
+    req.headers = [(k, v) for k, v in req.headers if k.lower() in _LOGGED_HEADERS]
     await conn.send_all(accept_head(key, opened.headers, deflate, opened.pass_extensions))
     now = trio.current_time()
     session = WsSession(
@@ -652,6 +662,8 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         deflate=deflate,
         crypt=conn.crypt,
     )
+    events = opened.events
+    del opened  # the origin's response headers: not kept for the session's life
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
     app.websockets[side.cid] = session  # found by the refresh command (edge.ws.commands)
@@ -661,8 +673,8 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
             session.scope = nursery.cancel_scope
             session.set_channels([session.channel(c) for c in side.fixed_channels])
             nursery.start_soon(side.serve, session)
-            for ev in opened.events:
-                await session.from_origin(ev.type, ev.content)
+            await _from_origin(session, events)
+            del events
             clean = await _read_client(conn, session, side, bytes(conn.upgrade_rest))
             nursery.cancel_scope.cancel()
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -677,6 +689,14 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
         await side.aclose()
     if session.dead:
         log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
+
+
+async def _from_origin(session: WsSession, events: list[WsEvent]) -> None:
+    """The events that came with the origin's answer to OPEN (a frame of its own: nothing of
+    them stays in ``serve_websocket``'s frame)."""
+    for ev in events:
+        await session.from_origin(ev.type, ev.content)
+    events.clear()
 
 
 def ws_max_message(app: ConnectionServices) -> int:
@@ -729,18 +749,34 @@ async def _read_client(
                         )
                     return True
             await side.wait_room()
-        with trio.CancelScope() as scope:
-            session.read_scope = scope
-            if session.state:  # our close is queued or written: the reply is due soon
+        data = None
+        if not session.state:
+            # open: wait without a cancel scope (an idle session may wait for hours); finish()
+            # wakes it through the socket (edge.readtimer.Waker), to wait with the deadline
+            waker = session.read_scope = Waker(sock)
+            try:
+                # wait_readable + one read, not trio's recv: fewer frames kept per idle socket
+                while data is None:
+                    await wait_readable(sock)
+                    data = read_now(sock, READ_SIZE) if crypt is None else crypt.read_now(READ_SIZE)
+            except trio.ClosedResourceError:
+                if not waker.fired:
+                    raise
+            finally:
+                session.read_scope = None
+            if data is None:
+                continue  # finish(): our close is written, the client's reply is due soon
+        else:
+            with trio.CancelScope() as scope:
+                session.read_scope = scope
+                # our close is queued or written: the reply is due soon
                 scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
-            # wait_readable + one read, not trio's recv: fewer frames kept per idle socket
-            data = None
-            while data is None:
-                await wait_readable(sock)
-                data = read_now(sock, READ_SIZE) if crypt is None else crypt.read_now(READ_SIZE)
-        session.read_scope = None
-        if scope.cancelled_caught:
-            return session.ws.state is not CloseState.OPEN
+                while data is None:
+                    await wait_readable(sock)
+                    data = read_now(sock, READ_SIZE) if crypt is None else crypt.read_now(READ_SIZE)
+            session.read_scope = None
+            if scope.cancelled_caught:
+                return session.ws.state is not CloseState.OPEN
         if not data:
             return False
 
