@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048,
         help="bytes per second a slow reader reads while slowed (default 2048)",
     )
+    slow.add_argument(
+        "--slow-mixed",
+        action="store_true",
+        help="the slow readers in the same client workers as the fast ones (as before; the "
+        "default puts them in workers of their own, so their trickle reads do not delay the "
+        "fast clients' reads and timestamps)",
+    )
     _add_load_args(
         sub.add_parser(
             "channels",
@@ -459,6 +466,7 @@ def load_config(args) -> LoadConfig:
         # the soak's broker retains one step's messages (at least 100, enough for a churned
         # client's resume): full by the end of the warm-up, so retained history is not growth
         history_max_items=max(100, math.ceil(rate * args.interval)) if soak else 100000,
+        slow_apart=not getattr(args, "slow_mixed", False),
     )
 
 

@@ -40,7 +40,7 @@ from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_m
 from bench.saturation import SaturationRule, rate_steps, summary, verdict
 from bench.soak import verdict as soak_verdict
 from bench.stats import merge_hists, percentiles, summarize
-from bench.swarm import WorkerConfig, bucket_value_ms, worker_main
+from bench.swarm import WorkerConfig, bucket_value_ms, role_clients, worker_main
 from bench.targets import GripcastTarget, Target, make_target, warm_up
 
 CTX = multiprocessing.get_context("fork")
@@ -90,14 +90,41 @@ class LoadConfig:
     # messages the broker retains per channel (history_max_items); the soak sets it to one
     # step's worth, so the history is full by the end of the warm-up and does not read as growth
     history_max_items: int = 100000
+    # slow scenario: the slow readers in client workers of their own (their trickle reads do
+    # not delay the fast clients' reads and timestamps); False: mixed in, as before
+    slow_apart: bool = True
+
+
+WORKER_MAX_CONNS = 15000  # every process is held to 20,000 open files
+
+
+def worker_plan(
+    clients: int, procs: int, slow_every: int = 0, slow_apart: bool = True
+) -> list[tuple[int, int, str]]:
+    """``(first, last, role)`` of each client worker: ``procs`` workers share the clients in
+    contiguous ranges; with slow readers apart, those ``procs`` hold the fast clients only
+    (role ``fast``) and the slow readers go to workers of their own (role ``slow``, one per
+    ``WORKER_MAX_CONNS`` slow readers), so a fast client's read never waits behind a trickle
+    read in its process (latency is timestamped in the worker).  Workers left with no client
+    are not started."""
+    per = math.ceil(clients / max(1, procs))
+    ranges = [(a, min(clients, a + per)) for a in range(0, clients, per)]
+    if not slow_every or not slow_apart:
+        return [(a, b, "all") for a, b in ranges]
+    plan = [(a, b, "fast") for a, b in ranges if len(role_clients(a, b, slow_every, "fast"))]
+    n_slow = len(role_clients(0, clients, slow_every, "slow"))
+    if n_slow:
+        sper = math.ceil(n_slow / math.ceil(n_slow / WORKER_MAX_CONNS)) * slow_every
+        plan += [(a, min(clients, a + sper), "slow") for a in range(0, clients, sper)]
+    return plan
 
 
 class _WorkerHandle:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.pipe, child = CTX.Pipe()
-        self.proc = CTX.Process(
-            target=worker_main, args=(cfg, child), name=f"bench-worker{cfg.index}", daemon=True
-        )
+        # every name starts "bench-worker" (the saturation verdict looks for it)
+        name = f"bench-worker{cfg.index}" + ("-slow" if cfg.role == "slow" else "")
+        self.proc = CTX.Process(target=worker_main, args=(cfg, child), name=name, daemon=True)
         self.status: dict = {}
         self.report: dict | None = None
         self.stepped: int | None = None  # the base of the last step this worker acknowledged
@@ -411,7 +438,30 @@ class _Session(_Profiler):
             "publishing": procs.cpu_delta(srv2, srv_p, max(1e-6, t_pub_end - start_at), "server")
             + procs.cpu_delta(lg2, lg_p, max(1e-6, t_pub_end - start_at), "loadgen"),
         }
+        if cfg.slow_every:
+            st["loadgen_roles"] = loadgen_roles(st["cpu"]["publishing"])
         return st
+
+
+def loadgen_roles(rows: list[dict]) -> dict:
+    """The load generator's CPU while publishing, by role: the workers holding fast clients
+    (``bench-worker<i>``), those holding only slow readers (``bench-worker<i>-slow``), and the
+    rest (publisher, origin, the parent): CPU s and the busiest worker's core share."""
+    out: dict = {}
+    for r in rows:
+        if r["role"] != "loadgen":
+            continue
+        name = r["name"]
+        role = (
+            ("slow_workers" if name.endswith("-slow") else "workers")
+            if name.startswith("bench-worker")
+            else name
+        )
+        g = out.setdefault(role, {"processes": 0, "cpu_s": 0.0, "busiest_core_share": 0.0})
+        g["processes"] += 1
+        g["cpu_s"] = round(g["cpu_s"] + r["cpu_s"], 3)
+        g["busiest_core_share"] = max(g["busiest_core_share"], r["cpu_util"] or 0.0)
+    return out
 
 
 def slow_effect(before: dict, after: dict) -> dict:
@@ -452,7 +502,8 @@ def _slow_group(cfg, published, reports) -> dict:
         "received": sum(s["deliveries"] for s in slow),
         "lost": sum(s["lost"] for s in slow),
         "duplicated": sum(s["duplicated"] for s in slow),
-        "drops": sum(s["drops"] for s in slow),
+        "drops": sum(s["drops"] for s in slow),  # cut by the server
+        "resumed": sum(s.get("reconnects", 0) for s in slow),  # back, with their cursor
         "p50_ms": pc["p50"],
         "p99_ms": pc["p99"],
     }
@@ -563,12 +614,9 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         srv0, lg0 = session.samples()
 
         # --- connect ----------------------------------------------------------------------
-        per = math.ceil(cfg.clients / cfg.procs)
         max_seq = step_count(cfg.rate, cfg.duration) + 16
-        for i in range(cfg.procs):
-            first, last = i * per, min(cfg.clients, (i + 1) * per)
-            if first >= last:
-                break
+        plan = worker_plan(cfg.clients, cfg.procs, cfg.slow_every, cfg.slow_apart)
+        for i, (first, last, role) in enumerate(plan):
             workers.append(
                 _WorkerHandle(
                     WorkerConfig(
@@ -586,6 +634,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         slow_bytes_per_s=cfg.slow_bytes_per_s,
                         source_addrs=cfg.source_addrs,
                         tls=cfg.tls,
+                        role=role,
                     )
                 )
             )

@@ -1,7 +1,8 @@
 """The client swarm: worker processes, each holding many HTTP connections in one epoll loop.
 
-Theory of operation.  A worker owns clients ``[first, last)``; client ``i`` uses channel
-``i % channels``.  It opens them with at most ``concurrency`` handshakes in flight (connect,
+Theory of operation.  A worker owns clients ``[first, last)`` (with a ``role``: all of them,
+only the fast ones, or only the slow readers, which then read in processes of their own);
+client ``i`` uses channel ``i % channels``.  It opens them with at most ``concurrency`` handshakes in flight (connect,
 send the GET, read the response head), then reads bodies.  Bodies are parsed minimally:
 HTTP chunked framing is undone with ``find``/slices, and published messages are recognised
 by one compiled regex over complete lines (``M<seq> <send time>``; SSE carries it in a
@@ -125,6 +126,28 @@ class WorkerConfig:
     slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
     source_addrs: int = 0  # bind client i to 127.0.0.<2 + i % n> (more ephemeral ports); 0: no
     tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
+    # which clients of [first, last) this worker holds: "all"; "fast": those that are not slow
+    # readers; "slow": only the slow readers (their trickle reads in a process of their own)
+    role: str = "all"
+
+
+ROLES = ("all", "fast", "slow")
+
+
+def is_slow(idx: int, slow_every: int) -> bool:
+    """Client ``idx`` is a slow reader (every ``slow_every``-th client; 0: none)."""
+    return bool(slow_every) and idx % slow_every == 0
+
+
+def role_clients(first: int, last: int, slow_every: int, role: str) -> range | list[int]:
+    """The client indices of ``[first, last)`` a worker of ``role`` holds."""
+    if role not in ROLES:
+        raise ValueError(f"worker role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role == "all" or not slow_every:
+        return range(first, last) if role != "slow" else []
+    if role == "slow":
+        return range(-(-first // slow_every) * slow_every, last, slow_every)
+    return [i for i in range(first, last) if i % slow_every]
 
 
 class Client:
@@ -249,8 +272,10 @@ class Worker:
         self.addr = ("127.0.0.1", cfg.port)
         prefix = {"stream": "stream", "sse": "sse", "longpoll": "lp", "ws": "ws"}[cfg.transport]
         self.clients = [
-            Client(i, f"c{i % cfg.channels}", cfg.max_seq) for i in range(cfg.first, cfg.last)
+            Client(i, f"c{i % cfg.channels}", cfg.max_seq)
+            for i in role_clients(cfg.first, cfg.last, cfg.slow_every, cfg.role)
         ]
+        self.by_idx = {c.idx: c for c in self.clients}
         self.paths = {c.channel: f"/{prefix}/{c.channel}" for c in self.clients}
         self.ep = select.epoll()
         self.by_fd: dict[int, Client] = {}
@@ -279,10 +304,11 @@ class Worker:
         self.churn_interval = 0.0
         self.next_churn = 0.0
         self.running = True
-        if cfg.slow_every:
-            for c in self.clients:
-                c.slow = c.idx % cfg.slow_every == 0
+        for c in self.clients:
+            c.slow = is_slow(c.idx, cfg.slow_every)
+        self.slow_clients = [c for c in self.clients if c.slow]
         self.slow_on = False
+        self.slow_reconnects = 0  # slow readers back after a cut (resumed with their cursor)
         self.hist_slow: dict[int, int] = {}  # slow readers' latencies (kept out of ``hist``)
         self.slow_drops = 0
         self.next_trickle = 0.0
@@ -418,7 +444,7 @@ class Worker:
     def set_slow(self, on: bool) -> None:
         self.slow_on = on
         now = time.time()
-        for c in self.clients:
+        for c in self.slow_clients:
             if c.slow:
                 self.mute(c, on)
                 # bytes the TLS layer decrypted already raise no epoll event: read them now
@@ -432,8 +458,8 @@ class Worker:
             return
         self.next_trickle = now + 0.1
         size = max(1, self.cfg.slow_bytes_per_s // 10)
-        for c in self.clients:
-            if c.slow and c.sock is not None and c.state == BODY:
+        for c in self.slow_clients:
+            if c.sock is not None and c.state == BODY:
                 self.mute(c, True)
                 self.on_readable(c, now, size)
 
@@ -512,6 +538,7 @@ class Worker:
                         self.t_all = now
                 else:
                     self.reconnects += 1
+                    self.slow_reconnects += c.slow
             if not data:
                 return
         if c.mode == "ws":
@@ -644,6 +671,7 @@ class Worker:
         self.hist = {}
         self.hist_slow = {}
         self.slow_drops = 0
+        self.slow_reconnects = 0
         self.max_lat = 0.0
         self.late = 0
         self.late_hist = {}
@@ -668,7 +696,7 @@ class Worker:
         self.ep.register(self.pipe.fileno(), select.EPOLLIN)
         pipe_fd = self.pipe.fileno()
         by_fd = self.by_fd
-        first = self.cfg.first
+        by_idx = self.by_idx
         next_status = 0.0
         while self.running:
             for fd, ev in self.ep.poll(0.05, 1024):
@@ -691,7 +719,7 @@ class Worker:
                 self.open(self.pending.pop(), now)
             while self.timers and self.timers[0][0] <= now and self.inflight < self.cfg.concurrency:
                 _, idx = heapq.heappop(self.timers)
-                c = self.clients[idx - first]
+                c = by_idx[idx]
                 if c.state == IDLE:
                     self.open(c, now)
             if self.churn_interval:
@@ -760,6 +788,7 @@ class Worker:
                 "lost": slow_lost,
                 "duplicated": slow_dup,
                 "drops": self.slow_drops,
+                "reconnects": self.slow_reconnects,
                 "hist": self.hist_slow,
             },
         }
