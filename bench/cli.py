@@ -239,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         "default puts them in workers of their own, so their trickle reads do not delay the "
         "fast clients' reads and timestamps)",
     )
+    slow.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="(full speed, slowed) step pairs, alternating; the effect is their median (default 1)",
+    )
     _add_load_args(
         sub.add_parser(
             "channels",
@@ -467,6 +473,7 @@ def load_config(args) -> LoadConfig:
         # client's resume): full by the end of the warm-up, so retained history is not growth
         history_max_items=max(100, math.ceil(rate * args.interval)) if soak else 100000,
         slow_apart=not getattr(args, "slow_mixed", False),
+        slow_rounds=max(1, getattr(args, "rounds", 1)),
     )
 
 

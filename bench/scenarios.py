@@ -93,6 +93,9 @@ class LoadConfig:
     # slow scenario: the slow readers in client workers of their own (their trickle reads do
     # not delay the fast clients' reads and timestamps); False: mixed in, as before
     slow_apart: bool = True
+    # slow scenario: this many (full speed, slowed) step pairs, alternating; the effect is the
+    # median over the pairs (a loaded machine's load drifts within minutes: one pair is noisy)
+    slow_rounds: int = 1
 
 
 WORKER_MAX_CONNS = 15000  # every process is held to 20,000 open files
@@ -154,6 +157,15 @@ def _sum(workers, key) -> int:
     return sum(w.status.get(key, 0) for w in workers)
 
 
+def fail_reasons(workers) -> dict[str, int]:
+    """Why the client workers' handshakes failed (they were retried), summed over workers."""
+    out: dict[str, int] = {}
+    for w in workers:
+        for why, n in w.status.get("fail_reasons", {}).items():
+            out[why] = out.get(why, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def _pump_all(workers) -> None:
     for w in workers:
         w.pump()
@@ -180,7 +192,8 @@ def _step_rates(cfg: LoadConfig) -> list[float]:
     if cfg.soak_steps:
         return [cfg.rate] * cfg.soak_steps
     if cfg.slow_every:
-        return [cfg.rate, cfg.rate]  # without, then with the slow readers slowed
+        # without, then with the slow readers slowed; ``slow_rounds`` times
+        return [cfg.rate, cfg.rate] * max(1, cfg.slow_rounds)
     if not cfg.saturate:
         return [cfg.rate]
     return rate_steps(cfg.rate, cfg.factor, cfg.max_steps, cfg.max_rate)
@@ -291,7 +304,7 @@ class _Session(_Profiler):
             tag += f"step {index + 1} ({rate * cfg.channels:,.6g} msg/s) "
         count = step_count(rate, cfg.duration)
         churn = cfg.churn_per_s if index == 0 or cfg.soak_steps else 0.0
-        slowed = bool(cfg.slow_every) and index == 1
+        slowed = bool(cfg.slow_every) and index % 2 == 1
         for w in workers:
             w.report = None
             w.stepped = None
@@ -489,6 +502,39 @@ def slow_effect(before: dict, after: dict) -> dict:
     }
 
 
+def slow_effect_rounds(steps: list[dict]) -> dict:
+    """``slow_effect`` over alternating (full speed, slowed) step pairs: each pair's ratios, and
+    their medians (the goal is judged on those); the slow readers' figures summed."""
+    pairs = [slow_effect(steps[i], steps[i + 1]) for i in range(0, len(steps) - 1, 2)]
+
+    def median(key):
+        vals = sorted(p[key] for p in pairs if p[key] is not None)
+        if not vals:
+            return None
+        mid = len(vals) // 2
+        return vals[mid] if len(vals) % 2 else round((vals[mid - 1] + vals[mid]) / 2, 3)
+
+    keys = ("fast_throughput_kept", "fast_on_time_kept", "fast_p50_ratio", "fast_p99_ratio")
+    out: dict = {k: median(k) for k in keys}
+    t, p99 = out["fast_throughput_kept"], out["fast_p99_ratio"]
+    out["goal_met"] = t is not None and t >= 0.9 and p99 is not None and p99 <= 1 / 0.9
+    out["pairs"] = [{k: p[k] for k in (*keys, "goal_met")} for p in pairs]
+    groups = [st["slow_readers"] for st in steps[1::2] if st.get("slow_readers")]
+    summed = ("clients", "expected", "received", "lost", "duplicated", "drops", "resumed")
+    out["slow_readers"] = (
+        {
+            **{k: sum(g.get(k) or 0 for g in groups) for k in summed},
+            "clients": groups[0]["clients"],
+            "bytes_per_s": groups[0]["bytes_per_s"],
+            "p50_ms": max((g["p50_ms"] or 0) for g in groups),
+            "p99_ms": max((g["p99_ms"] or 0) for g in groups),
+        }
+        if groups
+        else None
+    )
+    return out
+
+
 def _slow_group(cfg, published, reports) -> dict:
     """The slow readers of a step: their expected deliveries, what they got, lost, drops."""
     idx = [i for i in range(cfg.clients) if i % cfg.slow_every == 0]
@@ -667,6 +713,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             "clients": cfg.clients,
             "connected": connected,
             "failures": _sum(workers, "failures"),
+            "fail_reasons": fail_reasons(workers),
             "setup_s": round(setup_s, 3) if setup_s else None,
             "rate_per_s": round(connected / setup_s, 1) if setup_s else None,
             "wall_s": round(connect_wall, 3),
@@ -756,6 +803,8 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             result["saturation"] = summary(steps, cfg.max_steps)
         if cfg.slow_every and len(steps) == 2:
             result["slow_effect"] = slow_effect(steps[0], steps[1])
+        elif cfg.slow_every and len(steps) > 2:
+            result["slow_effect"] = slow_effect_rounds(steps)
         result["cpu"]["connect_phase"] = connect_cpu
         result["ok"] = True
     except Exception as exc:

@@ -286,6 +286,7 @@ class Worker:
         self.probed = 0
         self.deliveries = 0
         self.failures = 0
+        self.fail_reasons: dict[str, int] = {}  # why handshakes failed (errno, status, ...)
         self.drops = 0
         self.reconnects = 0
         self.churned = 0
@@ -337,7 +338,7 @@ class Worker:
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):
             s.close()
-            self.fail(c, now)
+            self.fail(c, now, f"connect {errno.errorcode.get(err, err)}")
             return
         c.sock, c.fd, c.state, c.hs, c.muted = s, s.fileno(), CONNECTING, True, False
         note(c, now, "open")
@@ -382,9 +383,10 @@ class Worker:
             self.inflight -= 1
         c.state = IDLE
 
-    def fail(self, c: Client, now: float) -> None:
+    def fail(self, c: Client, now: float, why: str = "") -> None:
         """A handshake failed (refused, reset, non-200): try again shortly."""
         self.failures += 1
+        self.fail_reasons[why] = self.fail_reasons.get(why, 0) + 1
         note(c, now, "failed")
         self.close(c)
         heapq.heappush(self.timers, (now + 0.2 + random.random() * 0.3, c.idx))
@@ -400,7 +402,7 @@ class Worker:
     def on_writable(self, c: Client, now: float) -> None:
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.fail(c, now)
+            self.fail(c, now, f"connect {errno.errorcode.get(err, err)}")
             return
         if self.tls_ctx is not None:
             c.sock = self.tls_ctx.wrap_socket(
@@ -422,7 +424,7 @@ class Worker:
             self.ep.modify(c.fd, select.EPOLLOUT)
             return
         except OSError:
-            self.fail(c, now)
+            self.fail(c, now, "tls handshake")
             return
         self.send_request(c, now)
 
@@ -430,7 +432,7 @@ class Worker:
         try:
             c.sock.send(self.request(c))
         except OSError:
-            self.fail(c, now)
+            self.fail(c, now, "send request")
             return
         c.state = HEAD
         self.ep.modify(c.fd, select.EPOLLIN)
@@ -500,7 +502,7 @@ class Worker:
                 data = b""
         if not data:
             if c.hs:
-                self.fail(c, now)
+                self.fail(c, now, "closed before the response head")
             else:
                 self.dropped(c, now)
             return
@@ -515,7 +517,7 @@ class Worker:
             c.raw = b""
             ok = (b"http/1.1 101",) if self.ws else (b"http/1.1 200", b"http/1.0 200")
             if not head.startswith(ok):
-                self.fail(c, now)
+                self.fail(c, now, "status " + head[9:12].decode("latin-1"))
                 return
             if self.ws:
                 c.mode = "ws"
@@ -633,6 +635,7 @@ class Worker:
             "step_deliveries": self.step_deliveries,
             "slow_deliveries": self.slow_deliveries,
             "failures": self.failures,
+            "fail_reasons": self.fail_reasons,
             "drops": self.drops,
             "reconnects": self.reconnects,
             "churned": self.churned,

@@ -106,3 +106,66 @@ def test_loadgen_cpu_by_role():
     assert roles["workers"] == {"processes": 2, "cpu_s": 5.5, "busiest_core_share": 0.3}
     assert roles["slow_workers"] == {"processes": 1, "cpu_s": 1.0, "busiest_core_share": 0.1}
     assert roles["publisher"]["cpu_s"] == 0.5 and "edge0" not in roles
+
+
+def test_handshake_failures_are_counted_by_reason():
+    from bench.scenarios import fail_reasons
+
+    w = Worker(WorkerConfig(0, 1, "sse", 0, 3, 1, 10), None)
+    a, b, c = w.clients
+    w.fail(a, 1.0, "connect ECONNREFUSED")
+    w.fail(b, 1.0, "connect ECONNREFUSED")
+    w.fail(c, 1.0, "status 503")
+    assert w.status()["failures"] == 3
+    assert w.status()["fail_reasons"] == {"connect ECONNREFUSED": 2, "status 503": 1}
+    assert len(w.timers) == 3  # each retried
+
+    class Handle:  # what the parent keeps of a worker: its last status
+        def __init__(self, status):
+            self.status = status
+
+    handles = [Handle(w.status()), Handle({"fail_reasons": {"status 503": 4}}), Handle({})]
+    assert fail_reasons(handles) == {"status 503": 5, "connect ECONNREFUSED": 2}
+
+
+def test_rounds_alternate_and_judge_on_the_median_pair():
+    from bench.scenarios import LoadConfig, _step_rates, slow_effect_rounds
+
+    cfg = load_config(build_parser().parse_args(["slow", "--clients", "100", "--rounds", "3"]))
+    assert cfg.slow_rounds == 3 and _step_rates(cfg) == [cfg.rate] * 6
+    one = LoadConfig("slow", "sse", 10, 1, 1.0, 1.0, 1, "http", 1, 1, slow_every=10)
+    assert len(_step_rates(one)) == 2
+
+    def st(per_s, p99, slowed, drops=0):
+        return {
+            "deliveries": {"per_s": per_s, "on_time": per_s},
+            "latency_ms": {"p50": 1.0, "p99": p99},
+            "slowed": slowed,
+            "slow_readers": {
+                "clients": 10,
+                "bytes_per_s": 256,
+                "expected": 5,
+                "received": 5,
+                "lost": 0,
+                "duplicated": 0,
+                "drops": drops,
+                "resumed": drops,
+                "p50_ms": 10.0,
+                "p99_ms": 20.0 + drops,
+            },
+        }
+
+    # pairs: p99 x1.0, x2.0 (a load spike in one slowed step), x1.05: the median is 1.05
+    steps = [st(1000, 100, False), st(1000, 100, True), st(1000, 100, False)]
+    steps += [st(900, 200, True, drops=2), st(1000, 200, False), st(980, 210, True, drops=1)]
+    e = slow_effect_rounds(steps)
+    assert [p["fast_p99_ratio"] for p in e["pairs"]] == [1.0, 2.0, 1.05]
+    assert (e["fast_p99_ratio"], e["fast_throughput_kept"], e["goal_met"]) == (1.05, 0.98, True)
+    s = e["slow_readers"]
+    assert (s["clients"], s["expected"], s["drops"], s["resumed"], s["p99_ms"]) == (
+        10,
+        15,
+        3,
+        3,
+        22.0,
+    )
