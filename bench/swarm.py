@@ -58,6 +58,7 @@ SEC_SHIFT = 10
 HEAD, BODY, IDLE, CONNECTING, TLS_HANDSHAKE = 0, 1, 2, 3, 4
 _WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 262144  # one recv() at most
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
 
 
@@ -332,7 +333,10 @@ class Worker:
         if c.slow:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.slow_rcvbuf)
         if self.cfg.source_addrs:
-            # one loopback source address has ~28,000 ephemeral ports to the one server port
+            # one loopback source address has ~28,000 ephemeral ports to the one server port;
+            # IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect, unique per 4-tuple, not
+            # reserved by bind() for every destination (the machine's other benches use ports)
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((f"127.0.0.{2 + c.idx % self.cfg.source_addrs}", 0))
         s.setblocking(False)
         err = s.connect_ex(self.addr)
