@@ -239,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048,
         help="bytes per second a slow reader reads while slowed (default 2048)",
     )
+    slow.add_argument(
+        "--slow-mixed",
+        action="store_true",
+        help="the slow readers in the same client workers as the fast ones (as before; the "
+        "default puts them in workers of their own, so their trickle reads do not delay the "
+        "fast clients' reads and timestamps)",
+    )
+    slow.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="(full speed, slowed) step pairs, alternating; the effect is their median (default 1)",
+    )
     _add_load_args(
         sub.add_parser(
             "channels",
@@ -501,6 +514,8 @@ def load_config(args) -> LoadConfig:
         # client's resume): full by the end of the warm-up, so retained history is not growth
         history_max_items=max(100, math.ceil(rate * args.interval)) if soak else 100000,
         creader=getattr(args, "reader", "python") == "c",
+        slow_apart=not getattr(args, "slow_mixed", False),
+        slow_rounds=max(1, getattr(args, "rounds", 1)),
     )
 
 

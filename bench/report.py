@@ -328,8 +328,20 @@ def print_slow(name: str, r: dict, console: Console) -> None:
         f"p99 x{_fmt(e['fast_p99_ratio'])}; slow readers ({s.get('clients')} at "
         f"{s.get('bytes_per_s')} B/s): cut {s.get('drops')} times, received "
         f"{s.get('received')} of {s.get('expected')}, lost {s.get('lost')}, duplicated "
-        f"{s.get('duplicated')}, p99 {_fmt(s.get('p99_ms'))} ms"
+        f"{s.get('duplicated')}, resumed {s.get('resumed')}, p99 {_fmt(s.get('p99_ms'))} ms"
     )
+    apart = r.get("config", {}).get("slow_apart")
+    for st in r["steps"]:
+        roles = st.get("loadgen_roles") or {}
+        shown = ", ".join(
+            f"{k} {v['cpu_s']} s (busiest {v['busiest_core_share']})"
+            for k, v in roles.items()
+            if k in ("workers", "slow_workers")
+        )
+        console.print(
+            f"{name}: {'slowed' if st.get('slowed') else 'full speed'}: load-generator CPU while "
+            f"publishing ({'slow readers apart' if apart else 'slow readers mixed in'}): {shown}"
+        )
 
 
 def print_soak(name: str, r: dict, console: Console) -> None:

@@ -40,7 +40,7 @@ from bench.publisher import PublishPlan, open_publisher, probe_item, publisher_m
 from bench.saturation import SaturationRule, rate_steps, summary, verdict
 from bench.soak import verdict as soak_verdict
 from bench.stats import merge_hists, percentiles, summarize
-from bench.swarm import WorkerConfig, bucket_value_ms, worker_main
+from bench.swarm import WorkerConfig, bucket_value_ms, role_clients, worker_main
 from bench.targets import GripcastTarget, Target, make_target, warm_up
 
 CTX = multiprocessing.get_context("fork")
@@ -92,14 +92,44 @@ class LoadConfig:
     history_max_items: int = 100000
     # channels: established plain stream/SSE bodies read by the workers' C reader (bench.creader)
     creader: bool = False
+    # slow scenario: the slow readers in client workers of their own (their trickle reads do
+    # not delay the fast clients' reads and timestamps); False: mixed in, as before
+    slow_apart: bool = True
+    # slow scenario: this many (full speed, slowed) step pairs, alternating; the effect is the
+    # median over the pairs (a loaded machine's load drifts within minutes: one pair is noisy)
+    slow_rounds: int = 1
+
+
+WORKER_MAX_CONNS = 15000  # every process is held to 20,000 open files
+
+
+def worker_plan(
+    clients: int, procs: int, slow_every: int = 0, slow_apart: bool = True
+) -> list[tuple[int, int, str]]:
+    """``(first, last, role)`` of each client worker: ``procs`` workers share the clients in
+    contiguous ranges; with slow readers apart, those ``procs`` hold the fast clients only
+    (role ``fast``) and the slow readers go to workers of their own (role ``slow``, one per
+    ``WORKER_MAX_CONNS`` slow readers), so a fast client's read never waits behind a trickle
+    read in its process (latency is timestamped in the worker).  Workers left with no client
+    are not started."""
+    per = math.ceil(clients / max(1, procs))
+    ranges = [(a, min(clients, a + per)) for a in range(0, clients, per)]
+    if not slow_every or not slow_apart:
+        return [(a, b, "all") for a, b in ranges]
+    plan = [(a, b, "fast") for a, b in ranges if len(role_clients(a, b, slow_every, "fast"))]
+    n_slow = len(role_clients(0, clients, slow_every, "slow"))
+    if n_slow:
+        sper = math.ceil(n_slow / math.ceil(n_slow / WORKER_MAX_CONNS)) * slow_every
+        plan += [(a, min(clients, a + sper), "slow") for a in range(0, clients, sper)]
+    return plan
 
 
 class _WorkerHandle:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.pipe, child = CTX.Pipe()
-        self.proc = CTX.Process(
-            target=worker_main, args=(cfg, child), name=f"bench-worker{cfg.index}", daemon=True
-        )
+        # every name starts "bench-worker" (the saturation verdict looks for it)
+        name = f"bench-worker{cfg.index}" + ("-slow" if cfg.role == "slow" else "")
+        self.proc = CTX.Process(target=worker_main, args=(cfg, child), name=name, daemon=True)
         self.status: dict = {}
         self.report: dict | None = None
         self.stepped: int | None = None  # the base of the last step this worker acknowledged
@@ -129,6 +159,15 @@ def _sum(workers, key) -> int:
     return sum(w.status.get(key, 0) for w in workers)
 
 
+def fail_reasons(workers) -> dict[str, int]:
+    """Why the client workers' handshakes failed (they were retried), summed over workers."""
+    out: dict[str, int] = {}
+    for w in workers:
+        for why, n in w.status.get("fail_reasons", {}).items():
+            out[why] = out.get(why, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def _pump_all(workers) -> None:
     for w in workers:
         w.pump()
@@ -155,7 +194,8 @@ def _step_rates(cfg: LoadConfig) -> list[float]:
     if cfg.soak_steps:
         return [cfg.rate] * cfg.soak_steps
     if cfg.slow_every:
-        return [cfg.rate, cfg.rate]  # without, then with the slow readers slowed
+        # without, then with the slow readers slowed; ``slow_rounds`` times
+        return [cfg.rate, cfg.rate] * max(1, cfg.slow_rounds)
     if not cfg.saturate:
         return [cfg.rate]
     return rate_steps(cfg.rate, cfg.factor, cfg.max_steps, cfg.max_rate)
@@ -266,7 +306,7 @@ class _Session(_Profiler):
             tag += f"step {index + 1} ({rate * cfg.channels:,.6g} msg/s) "
         count = step_count(rate, cfg.duration)
         churn = cfg.churn_per_s if index == 0 or cfg.soak_steps else 0.0
-        slowed = bool(cfg.slow_every) and index == 1
+        slowed = bool(cfg.slow_every) and index % 2 == 1
         for w in workers:
             w.report = None
             w.stepped = None
@@ -413,7 +453,30 @@ class _Session(_Profiler):
             "publishing": procs.cpu_delta(srv2, srv_p, max(1e-6, t_pub_end - start_at), "server")
             + procs.cpu_delta(lg2, lg_p, max(1e-6, t_pub_end - start_at), "loadgen"),
         }
+        if cfg.slow_every:
+            st["loadgen_roles"] = loadgen_roles(st["cpu"]["publishing"])
         return st
+
+
+def loadgen_roles(rows: list[dict]) -> dict:
+    """The load generator's CPU while publishing, by role: the workers holding fast clients
+    (``bench-worker<i>``), those holding only slow readers (``bench-worker<i>-slow``), and the
+    rest (publisher, origin, the parent): CPU s and the busiest worker's core share."""
+    out: dict = {}
+    for r in rows:
+        if r["role"] != "loadgen":
+            continue
+        name = r["name"]
+        role = (
+            ("slow_workers" if name.endswith("-slow") else "workers")
+            if name.startswith("bench-worker")
+            else name
+        )
+        g = out.setdefault(role, {"processes": 0, "cpu_s": 0.0, "busiest_core_share": 0.0})
+        g["processes"] += 1
+        g["cpu_s"] = round(g["cpu_s"] + r["cpu_s"], 3)
+        g["busiest_core_share"] = max(g["busiest_core_share"], r["cpu_util"] or 0.0)
+    return out
 
 
 def slow_effect(before: dict, after: dict) -> dict:
@@ -441,6 +504,39 @@ def slow_effect(before: dict, after: dict) -> dict:
     }
 
 
+def slow_effect_rounds(steps: list[dict]) -> dict:
+    """``slow_effect`` over alternating (full speed, slowed) step pairs: each pair's ratios, and
+    their medians (the goal is judged on those); the slow readers' figures summed."""
+    pairs = [slow_effect(steps[i], steps[i + 1]) for i in range(0, len(steps) - 1, 2)]
+
+    def median(key):
+        vals = sorted(p[key] for p in pairs if p[key] is not None)
+        if not vals:
+            return None
+        mid = len(vals) // 2
+        return vals[mid] if len(vals) % 2 else round((vals[mid - 1] + vals[mid]) / 2, 3)
+
+    keys = ("fast_throughput_kept", "fast_on_time_kept", "fast_p50_ratio", "fast_p99_ratio")
+    out: dict = {k: median(k) for k in keys}
+    t, p99 = out["fast_throughput_kept"], out["fast_p99_ratio"]
+    out["goal_met"] = t is not None and t >= 0.9 and p99 is not None and p99 <= 1 / 0.9
+    out["pairs"] = [{k: p[k] for k in (*keys, "goal_met")} for p in pairs]
+    groups = [st["slow_readers"] for st in steps[1::2] if st.get("slow_readers")]
+    summed = ("clients", "expected", "received", "lost", "duplicated", "drops", "resumed")
+    out["slow_readers"] = (
+        {
+            **{k: sum(g.get(k) or 0 for g in groups) for k in summed},
+            "clients": groups[0]["clients"],
+            "bytes_per_s": groups[0]["bytes_per_s"],
+            "p50_ms": max((g["p50_ms"] or 0) for g in groups),
+            "p99_ms": max((g["p99_ms"] or 0) for g in groups),
+        }
+        if groups
+        else None
+    )
+    return out
+
+
 def _slow_group(cfg, published, reports) -> dict:
     """The slow readers of a step: their expected deliveries, what they got, lost, drops."""
     idx = [i for i in range(cfg.clients) if i % cfg.slow_every == 0]
@@ -454,7 +550,8 @@ def _slow_group(cfg, published, reports) -> dict:
         "received": sum(s["deliveries"] for s in slow),
         "lost": sum(s["lost"] for s in slow),
         "duplicated": sum(s["duplicated"] for s in slow),
-        "drops": sum(s["drops"] for s in slow),
+        "drops": sum(s["drops"] for s in slow),  # cut by the server
+        "resumed": sum(s.get("reconnects", 0) for s in slow),  # back, with their cursor
         "p50_ms": pc["p50"],
         "p99_ms": pc["p99"],
     }
@@ -573,16 +670,13 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         srv0, lg0 = session.samples()
 
         # --- connect ----------------------------------------------------------------------
-        per = math.ceil(cfg.clients / cfg.procs)
         if cfg.creader:
             from bench.creader import build
 
             result["creader"] = build()  # compiled once, here: a missing gcc is said now
         max_seq = step_count(cfg.rate, cfg.duration) + 16
-        for i in range(cfg.procs):
-            first, last = i * per, min(cfg.clients, (i + 1) * per)
-            if first >= last:
-                break
+        plan = worker_plan(cfg.clients, cfg.procs, cfg.slow_every, cfg.slow_apart)
+        for i, (first, last, role) in enumerate(plan):
             workers.append(
                 _WorkerHandle(
                     WorkerConfig(
@@ -601,6 +695,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         source_addrs=cfg.source_addrs,
                         tls=cfg.tls,
                         creader=cfg.creader,
+                        role=role,
                     )
                 )
             )
@@ -633,6 +728,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             "clients": cfg.clients,
             "connected": connected,
             "failures": _sum(workers, "failures"),
+            "fail_reasons": fail_reasons(workers),
             "setup_s": round(setup_s, 3) if setup_s else None,
             "rate_per_s": round(connected / setup_s, 1) if setup_s else None,
             "wall_s": round(connect_wall, 3),
@@ -722,6 +818,8 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
             result["saturation"] = summary(steps, cfg.max_steps)
         if cfg.slow_every and len(steps) == 2:
             result["slow_effect"] = slow_effect(steps[0], steps[1])
+        elif cfg.slow_every and len(steps) > 2:
+            result["slow_effect"] = slow_effect_rounds(steps)
         result["cpu"]["connect_phase"] = connect_cpu
         result["ok"] = True
     except Exception as exc:

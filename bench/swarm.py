@@ -1,7 +1,8 @@
 """The client swarm: worker processes, each holding many HTTP connections in one epoll loop.
 
-Theory of operation.  A worker owns clients ``[first, last)``; client ``i`` uses channel
-``i % channels``.  It opens them with at most ``concurrency`` handshakes in flight (connect,
+Theory of operation.  A worker owns clients ``[first, last)`` (with a ``role``: all of them,
+only the fast ones, or only the slow readers, which then read in processes of their own);
+client ``i`` uses channel ``i % channels``.  It opens them with at most ``concurrency`` handshakes in flight (connect,
 send the GET, read the response head), then reads bodies.  Bodies are parsed minimally:
 HTTP chunked framing is undone with ``find``/slices, and published messages are recognised
 by one compiled regex over complete lines (``M<seq> <send time>``; SSE carries it in a
@@ -57,6 +58,7 @@ SEC_SHIFT = 10
 HEAD, BODY, IDLE, CONNECTING, TLS_HANDSHAKE = 0, 1, 2, 3, 4
 _WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 262144  # one recv() at most
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
 EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
 
 
@@ -147,6 +149,28 @@ class WorkerConfig:
     tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
     # read established plain stream/SSE bodies in the C reader (bench.creader), not in Python
     creader: bool = False
+    # which clients of [first, last) this worker holds: "all"; "fast": those that are not slow
+    # readers; "slow": only the slow readers (their trickle reads in a process of their own)
+    role: str = "all"
+
+
+ROLES = ("all", "fast", "slow")
+
+
+def is_slow(idx: int, slow_every: int) -> bool:
+    """Client ``idx`` is a slow reader (every ``slow_every``-th client; 0: none)."""
+    return bool(slow_every) and idx % slow_every == 0
+
+
+def role_clients(first: int, last: int, slow_every: int, role: str) -> range | list[int]:
+    """The client indices of ``[first, last)`` a worker of ``role`` holds."""
+    if role not in ROLES:
+        raise ValueError(f"worker role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role == "all" or not slow_every:
+        return range(first, last) if role != "slow" else []
+    if role == "slow":
+        return range(-(-first // slow_every) * slow_every, last, slow_every)
+    return [i for i in range(first, last) if i % slow_every]
 
 
 class Client:
@@ -273,8 +297,10 @@ class Worker:
         self.addr = ("127.0.0.1", cfg.port)
         prefix = {"stream": "stream", "sse": "sse", "longpoll": "lp", "ws": "ws"}[cfg.transport]
         self.clients = [
-            Client(i, f"c{i % cfg.channels}", cfg.max_seq) for i in range(cfg.first, cfg.last)
+            Client(i, f"c{i % cfg.channels}", cfg.max_seq)
+            for i in role_clients(cfg.first, cfg.last, cfg.slow_every, cfg.role)
         ]
+        self.by_idx = {c.idx: c for c in self.clients}
         self.paths = {c.channel: f"/{prefix}/{c.channel}" for c in self.clients}
         self.ep = select.epoll()
         self.by_fd: dict[int, Client] = {}
@@ -285,6 +311,7 @@ class Worker:
         self.probed = 0
         self.deliveries = 0
         self.failures = 0
+        self.fail_reasons: dict[str, int] = {}  # why handshakes failed (errno, status, ...)
         self.drops = 0
         self.reconnects = 0
         self.churned = 0
@@ -304,10 +331,11 @@ class Worker:
         self.churn_interval = 0.0
         self.next_churn = 0.0
         self.running = True
-        if cfg.slow_every:
-            for c in self.clients:
-                c.slow = c.idx % cfg.slow_every == 0
+        for c in self.clients:
+            c.slow = is_slow(c.idx, cfg.slow_every)
+        self.slow_clients = [c for c in self.clients if c.slow]
         self.slow_on = False
+        self.slow_reconnects = 0  # slow readers back after a cut (resumed with their cursor)
         self.hist_slow: dict[int, int] = {}  # slow readers' latencies (kept out of ``hist``)
         self.slow_drops = 0
         self.next_trickle = 0.0
@@ -335,13 +363,16 @@ class Worker:
         if c.slow:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.slow_rcvbuf)
         if self.cfg.source_addrs:
-            # one loopback source address has ~28,000 ephemeral ports to the one server port
+            # one loopback source address has ~28,000 ephemeral ports to the one server port;
+            # IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect, unique per 4-tuple, not
+            # reserved by bind() for every destination (the machine's other benches use ports)
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((f"127.0.0.{2 + c.idx % self.cfg.source_addrs}", 0))
         s.setblocking(False)
         err = s.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):
             s.close()
-            self.fail(c, now)
+            self.fail(c, now, f"connect {errno.errorcode.get(err, err)}")
             return
         c.sock, c.fd, c.state, c.hs, c.muted = s, s.fileno(), CONNECTING, True, False
         note(c, now, "open")
@@ -388,9 +419,10 @@ class Worker:
             self.inflight -= 1
         c.state = IDLE
 
-    def fail(self, c: Client, now: float) -> None:
+    def fail(self, c: Client, now: float, why: str = "") -> None:
         """A handshake failed (refused, reset, non-200): try again shortly."""
         self.failures += 1
+        self.fail_reasons[why] = self.fail_reasons.get(why, 0) + 1
         note(c, now, "failed")
         self.close(c)
         heapq.heappush(self.timers, (now + 0.2 + random.random() * 0.3, c.idx))
@@ -406,7 +438,7 @@ class Worker:
     def on_writable(self, c: Client, now: float) -> None:
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.fail(c, now)
+            self.fail(c, now, f"connect {errno.errorcode.get(err, err)}")
             return
         if self.tls_ctx is not None:
             c.sock = self.tls_ctx.wrap_socket(
@@ -428,7 +460,7 @@ class Worker:
             self.ep.modify(c.fd, select.EPOLLOUT)
             return
         except OSError:
-            self.fail(c, now)
+            self.fail(c, now, "tls handshake")
             return
         self.send_request(c, now)
 
@@ -436,7 +468,7 @@ class Worker:
         try:
             c.sock.send(self.request(c))
         except OSError:
-            self.fail(c, now)
+            self.fail(c, now, "send request")
             return
         c.state = HEAD
         self.ep.modify(c.fd, select.EPOLLIN)
@@ -450,7 +482,7 @@ class Worker:
     def set_slow(self, on: bool) -> None:
         self.slow_on = on
         now = time.time()
-        for c in self.clients:
+        for c in self.slow_clients:
             if c.slow:
                 self.mute(c, on)
                 # bytes the TLS layer decrypted already raise no epoll event: read them now
@@ -464,8 +496,8 @@ class Worker:
             return
         self.next_trickle = now + 0.1
         size = max(1, self.cfg.slow_bytes_per_s // 10)
-        for c in self.clients:
-            if c.slow and c.sock is not None and c.state == BODY:
+        for c in self.slow_clients:
+            if c.sock is not None and c.state == BODY:
                 self.mute(c, True)
                 self.on_readable(c, now, size)
 
@@ -506,7 +538,7 @@ class Worker:
                 data = b""
         if not data:
             if c.hs:
-                self.fail(c, now)
+                self.fail(c, now, "closed before the response head")
             else:
                 self.dropped(c, now)
             return
@@ -521,7 +553,7 @@ class Worker:
             c.raw = b""
             ok = (b"http/1.1 101",) if self.ws else (b"http/1.1 200", b"http/1.0 200")
             if not head.startswith(ok):
-                self.fail(c, now)
+                self.fail(c, now, "status " + head[9:12].decode("latin-1"))
                 return
             if self.ws:
                 c.mode = "ws"
@@ -544,6 +576,7 @@ class Worker:
                         self.t_all = now
                 else:
                     self.reconnects += 1
+                    self.slow_reconnects += c.slow
             if self.cr is not None and not c.slow and c.mode != "length":
                 self.hand_over(c, data, now)
                 return
@@ -601,7 +634,7 @@ class Worker:
         if closed:
             now = time.time()
             for slot in closed:
-                self.dropped(self.clients[slot], now)
+                self.dropped(self.by_idx[slot + self.cfg.first], now)
 
     def absorb(self, hists: bool) -> None:
         """Add what the C reader counted since the last call into this worker's records
@@ -693,6 +726,7 @@ class Worker:
             "step_deliveries": self.step_deliveries,
             "slow_deliveries": self.slow_deliveries,
             "failures": self.failures,
+            "fail_reasons": self.fail_reasons,
             "drops": self.drops,
             "reconnects": self.reconnects,
             "churned": self.churned,
@@ -736,6 +770,7 @@ class Worker:
         self.hist = {}
         self.hist_slow = {}
         self.slow_drops = 0
+        self.slow_reconnects = 0
         self.max_lat = 0.0
         self.late = 0
         self.late_hist = {}
@@ -763,7 +798,7 @@ class Worker:
         # with the C reader, the loop waits in it (it polls this epoll too), then takes what
         # is ready here without waiting
         wait = 0.05 if self.cr is None else 0.0
-        first = self.cfg.first
+        by_idx = self.by_idx
         next_status = 0.0
         while self.running:
             if self.cr is not None:
@@ -788,7 +823,7 @@ class Worker:
                 self.open(self.pending.pop(), now)
             while self.timers and self.timers[0][0] <= now and self.inflight < self.cfg.concurrency:
                 _, idx = heapq.heappop(self.timers)
-                c = self.clients[idx - first]
+                c = by_idx[idx]
                 if c.state == IDLE:
                     self.open(c, now)
             if self.churn_interval:
@@ -859,6 +894,7 @@ class Worker:
                 "lost": slow_lost,
                 "duplicated": slow_dup,
                 "drops": self.slow_drops,
+                "reconnects": self.slow_reconnects,
                 "hist": self.hist_slow,
             },
         }

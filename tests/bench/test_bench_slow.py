@@ -28,6 +28,10 @@ def test_slow_readers_gripcast(tmp_path):
         assert st["loss"]["lost"] == st["loss"]["duplicated"] == 0
         assert slow["lost"] == 0, slow  # caught up (resumed with the cursor if cut)
         assert slow["received"] >= slow["expected"]
+        assert 0 <= slow["resumed"] <= slow["drops"]  # every resume follows a cut
+        roles = st["loadgen_roles"]  # the slow readers read in a worker of their own
+        assert roles["slow_workers"]["processes"] == 1 and roles["workers"]["processes"] == 2
+    assert run["config"]["slow_apart"]
     effect = run["slow_effect"]
     assert effect["fast_throughput_kept"] is not None and "goal_met" in effect
     assert proc.returncode == 0, proc.stderr[-3000:]
