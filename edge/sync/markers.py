@@ -46,7 +46,7 @@ import msgpack
 
 from _speedups import decode_envelopes
 from broker.errors import RemoteProtocolError
-from broker.wire import HEARTBEAT_TOPIC, SEP, Envelope, decode_frame, decode_heartbeat, decode_marks
+from broker.wire import HEARTBEAT_TOPIC, SEP, Envelope, decode_frame, decode_heartbeat
 from edge.sync.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -181,14 +181,14 @@ class FrameFeeder:
         if not hb.marks:
             return
         try:
-            marks = decode_marks(hb.marks)
+            read, current = self.tracker.on_packed_marks(hb.marks, out, now)
         except RemoteProtocolError as exc:
             log.warning("bad heartbeat positions from broker: %s; resync", exc.reason)
             self._resyncs += 1
             self.tracker.resync()
             return
-        self._marks += len(marks)
-        self._marks_current += self.tracker.on_marks(marks, out, now)
+        self._marks += read
+        self._marks_current += current
 
     def statistics(self) -> FeederStatistics:
         return FeederStatistics(
