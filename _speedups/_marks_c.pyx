@@ -9,7 +9,7 @@ from cpython.long cimport PyLong_FromUnsignedLongLong, PyLong_AsLongLongAndOverf
 from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_LE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint64_t
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
 from broker.errors import RemoteProtocolError
 
@@ -17,10 +17,43 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object u, Py_ssize_t* size) except NULL
     bint PyUnicode_Check(object o)
     bint PyLong_CheckExact(object o)
+    object PyUnicode_New(Py_ssize_t size, unsigned int maxchar)
+    void* PyUnicode_DATA(object o)
+    ctypedef struct PyASCIIObject:
+        Py_hash_t hash
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    ctypedef struct PyTypeObject:
+        pass
+    PyTypeObject PyMemberDescr_Type
+    PyTypeObject* Py_TYPE(object o)
+    Py_ssize_t Py_REFCNT(object o)
+    object PyObject_GenericGetAttr(object o, object name)
+
+cdef extern from "structmember.h":
+    int T_OBJECT_EX
+    int READONLY
 
 cdef str A_STATE = "state"
 cdef str A_EPOCH = "epoch"
 cdef str A_LAST_SEQ = "last_seq"
+
+# The track type whose three attributes are plain slots (``__slots__``), read at their
+# offsets: a track is read for every held position of every heartbeat.  Another type, or one
+# whose attributes are not plain slots, is read with getattr.
+cdef object _slot_type = None  # the type the offsets are for (kept alive here)
+cdef bint _slot_ok = False
+cdef Py_ssize_t _off_state = 0, _off_epoch = 0, _off_last = 0
+
+# Probe keys for the ``tracks`` lookup of an ASCII channel: one str per length, written over
+# for each position (its hash reset), so a channel not held costs no object.  A probe is
+# only reused while nothing but this table refers to it.
+DEF PROBE_MAX = 64
+cdef list _probes = [None] * (PROBE_MAX + 1)
 
 
 cdef object _bad(str why):
@@ -129,6 +162,38 @@ cdef object _text(const unsigned char* s, Py_ssize_t k):
         raise _bad(f"bad entry: {exc}") from None
 
 
+cdef Py_ssize_t _slot_offset(object tp, str name) except -2:
+    """The offset of attribute ``name`` of ``tp``'s instances when it is a plain object slot,
+    else -1."""
+    d = getattr(tp, name, None)
+    if d is None or Py_TYPE(d) != &PyMemberDescr_Type:
+        return -1
+    cdef PyMemberDef* m = (<PyMemberDescrObject*><PyObject*>d).d_member
+    if m.type != T_OBJECT_EX or m.offset <= 0:
+        return -1
+    return m.offset
+
+
+cdef inline bint _slots(object t) except -1:
+    """Whether ``t``'s attributes are read at the cached slot offsets (computed for a new
+    type: its class's member descriptors, and the generic attribute lookup)."""
+    global _slot_type, _slot_ok, _off_state, _off_epoch, _off_last
+    if Py_TYPE(t) == <PyTypeObject*>_slot_type:
+        return _slot_ok
+    tp = type(t)
+    _slot_type = tp
+    _off_state = _slot_offset(tp, A_STATE)
+    _off_epoch = _slot_offset(tp, A_EPOCH)
+    _off_last = _slot_offset(tp, A_LAST_SEQ)
+    _slot_ok = (
+        _off_state > 0
+        and _off_epoch > 0
+        and _off_last > 0
+        and tp.__getattribute__ is object.__getattribute__
+    )
+    return _slot_ok
+
+
 cdef bint _current(object t, object live, const unsigned char* ep, Py_ssize_t ep_len, uint64_t seq) except -1:
     """Whether track ``t`` is ``live``, in the position's epoch and delivered up to ``seq``
     (``_marks_py``'s test, exactly)."""
@@ -136,16 +201,28 @@ cdef bint _current(object t, object live, const unsigned char* ep, Py_ssize_t ep
     cdef const char* tep
     cdef int overflow = 0
     cdef long long last
-    if getattr(t, A_STATE) is not live:
-        return False
-    te = getattr(t, A_EPOCH)
+    cdef PyObject* slot
+    if _slots(t):
+        slot = (<PyObject**>((<char*><PyObject*>t) + _off_state))[0]
+        if slot == NULL or (<object>slot) is not live:
+            return False if slot != NULL else getattr(t, A_STATE) is live
+        slot = (<PyObject**>((<char*><PyObject*>t) + _off_epoch))[0]
+        te = <object>slot if slot != NULL else getattr(t, A_EPOCH)
+    else:
+        if getattr(t, A_STATE) is not live:
+            return False
+        te = getattr(t, A_EPOCH)
     if PyUnicode_Check(te):
         tep = PyUnicode_AsUTF8AndSize(te, &tlen)
         if tlen != ep_len or memcmp(tep, ep, <size_t>ep_len) != 0:
             return False
     elif not (_text(ep, ep_len) == te):
         return False
-    tl = getattr(t, A_LAST_SEQ)
+    if _slot_ok and Py_TYPE(t) == <PyTypeObject*>_slot_type:
+        slot = (<PyObject**>((<char*><PyObject*>t) + _off_last))[0]
+        tl = <object>slot if slot != NULL else getattr(t, A_LAST_SEQ)
+    else:
+        tl = getattr(t, A_LAST_SEQ)
     if PyLong_CheckExact(tl):
         last = PyLong_AsLongLongAndOverflow(tl, &overflow)
         if overflow == 0:
@@ -166,6 +243,7 @@ def held_marks(bytes data not None, dict tracks not None, live):
     cdef PyObject* found
     cdef list out = []
     cdef object last_ep_str = None
+    cdef object probe
     count = _array(p, n, &pos)
     if count < 0:
         raise _bad("not an array")
@@ -185,12 +263,26 @@ def held_marks(bytes data not None, dict tracks not None, live):
             raise _bad("bad entry: NUL in channel")
         if not _ascii(ep, ep_len):
             _text(ep, ep_len)  # checked: valid UTF-8
-        channel = _text(ch, ch_len)  # checks it too
-        found = PyDict_GetItemWithError(tracks, channel)
-        if found == NULL:
-            continue
-        if _current(<object>found, live, ep, ep_len, seq):
-            continue
+        if ch_len <= PROBE_MAX and _ascii(ch, ch_len):
+            probe = _probes[ch_len]
+            if probe is None or Py_REFCNT(probe) != 2:  # this table's and ``probe``'s
+                probe = PyUnicode_New(ch_len, 127)
+                _probes[ch_len] = probe
+            memcpy(PyUnicode_DATA(probe), ch, <size_t>ch_len)
+            (<PyASCIIObject*><PyObject*>probe).hash = -1
+            found = PyDict_GetItemWithError(tracks, probe)
+            if found == NULL:
+                continue
+            if _current(<object>found, live, ep, ep_len, seq):
+                continue
+            channel = _text(ch, ch_len)
+        else:
+            channel = _text(ch, ch_len)  # checks it too
+            found = PyDict_GetItemWithError(tracks, channel)
+            if found == NULL:
+                continue
+            if _current(<object>found, live, ep, ep_len, seq):
+                continue
         if last_ep != NULL and last_ep_len == ep_len and memcmp(last_ep, ep, <size_t>ep_len) == 0:
             epoch = last_ep_str
         else:

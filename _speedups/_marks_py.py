@@ -10,9 +10,10 @@ not already delivered up to them.  A track (``edge.sync.tracker._Track``: attrib
 epoch is the position's and ``last_seq >= `` the position's.
 
 The compiled twin (``_marks_c``) walks the msgpack bytes once, checking every entry, and
-builds no Python object for a position it does not return except the channel's ``str`` for
-the ``tracks`` lookup (no tuple, no epoch, no int); this twin decodes them all
-(``decode_marks``) and filters.  Both return equal results and raise on the same inputs
+builds no Python object for a position it does not return: an ASCII channel of up to 64 bytes
+is looked up in ``tracks`` through a reused probe ``str`` (others through a new one), and a
+held track's three attributes are read at their slot offsets when they are plain
+``__slots__``; this twin decodes them all (``decode_marks``) and filters.  Both return equal results and raise on the same inputs
 (tests/speedups/test_marks.py).
 """
 

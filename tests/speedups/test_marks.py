@@ -72,7 +72,7 @@ def test_both_twins_are_tested():
 # -- valid positions, random tracks ---------------------------------------------------------------
 
 channel = st.one_of(
-    st.sampled_from(["a", "b", "user-1", "é", "ü" * 40, "c" * 40, "日本"]),
+    st.sampled_from(["a", "b", "user-1", "é", "ü" * 40, "c" * 64, "c" * 65, "日本"]),
     st.text(min_size=1, max_size=8).filter(lambda s: "\x00" not in s),
 )
 epoch = st.one_of(st.sampled_from(["e1", "e2", "", "é"]), st.text(max_size=4))
@@ -205,6 +205,44 @@ def test_huge_position_array_is_read_once():
             mod.held_marks(data[:-1], held, LIVE)
         with pytest.raises(RemoteProtocolError):  # one bad entry at the very end refuses all
             mod.held_marks(wire.encode_marks([*marks, ("x", "e", -1)]), held, LIVE)
+
+
+class _Plain:
+    """A track without slots (its attributes in ``__dict__``): read with getattr."""
+
+    def __init__(self, state, epoch, last_seq):
+        self.state, self.epoch, self.last_seq = state, epoch, last_seq
+
+
+class _Computed(_T):
+    """A track whose ``last_seq`` is computed: no longer a plain slot."""
+
+    __slots__ = ()
+
+    def __init__(self, state, epoch, last_seq):
+        self.state, self.epoch = state, epoch
+
+    @property  # type: ignore[override]
+    def last_seq(self):
+        return 4
+
+
+@pytest.mark.parametrize("cls", [_T, _Plain, _Computed])
+def test_any_track_type_is_read_as_python_reads_it(cls):
+    marks = [("a", "e1", 4), ("b", "e1", 5), ("c", "e2", 1), ("d" * 70, "e1", 4)]
+    data = wire.encode_marks(marks)
+    tracker = Tracker()
+    tracker.track("a")
+    tracker.on_position("a", "e1", 3, [])
+    for tracks in (
+        {ch: cls(LIVE, ep, s) for ch, ep, s in marks},
+        {ch: cls(LIVE, ep, 4) for ch, ep, _ in marks},
+        {ch: cls(State.REPLAYING, ep, s) for ch, ep, s in marks},
+        {ch: cls(LIVE, None, s) for ch, _, s in marks},
+    ):
+        _agree(data, tracks)
+        # the tracker's own tracks in between: the cached slot offsets follow the type
+        _agree(data, tracker._tracks)
 
 
 # -- only the held channels -----------------------------------------------------------------------
