@@ -15,7 +15,7 @@ from broker.errors import RemoteProtocolError
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object u, Py_ssize_t* size) except NULL
-    bint PyUnicode_Check(object o)
+    bint PyUnicode_CheckExact(object o)
     bint PyLong_CheckExact(object o)
     object PyUnicode_New(Py_ssize_t size, unsigned int maxchar)
     void* PyUnicode_DATA(object o)
@@ -52,7 +52,8 @@ cdef Py_ssize_t _off_state = 0, _off_epoch = 0, _off_last = 0
 # Probe keys for the ``tracks`` lookup of an ASCII channel: one str per length, written over
 # for each position (its hash reset), so a channel not held costs no object.  A probe is
 # only reused while nothing but this table refers to it.
-DEF PROBE_MAX = 64
+cdef enum:
+    PROBE_MAX = 64
 cdef list _probes = [None] * (PROBE_MAX + 1)
 
 
@@ -212,7 +213,7 @@ cdef bint _current(object t, object live, const unsigned char* ep, Py_ssize_t ep
         if getattr(t, A_STATE) is not live:
             return False
         te = getattr(t, A_EPOCH)
-    if PyUnicode_Check(te):
+    if PyUnicode_CheckExact(te):
         tep = PyUnicode_AsUTF8AndSize(te, &tlen)
         if tlen != ep_len or memcmp(tep, ep, <size_t>ep_len) != 0:
             return False
