@@ -17,7 +17,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-_NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring", "fanout")
+_NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring", "fanout", "marks")
 
 
 def _truthy(name: str) -> bool:
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     )
     from _speedups._framing_py import http_chunk, http_chunks
     from _speedups._items_py import normalise_item, unpack_batch
+    from _speedups._marks_py import held_marks
     from _speedups._sendmany_py import send_batch
     from _speedups._tnetstring_py import tnet_pop
     from _speedups._wsframe_py import ws_frame, ws_mask, ws_parse
@@ -73,6 +74,7 @@ else:
     ws_frame = _modules["wsframe"].ws_frame
     ws_mask = _modules["wsframe"].ws_mask
     ws_parse = _modules["wsframe"].ws_parse
+    held_marks = _modules["marks"].held_marks
 
 __all__ = [
     "COMPILED",
@@ -92,4 +94,5 @@ __all__ = [
     "ws_frame",
     "ws_mask",
     "ws_parse",
+    "held_marks",
 ]

@@ -95,3 +95,19 @@ print(
     f"{nframes:,} frames read ({nframes / max(delivered, 1):.2f} per delivery), {delivered:,} delivered, "
     f"{cpu / delivered * 1e6:.2f} us CPU per delivery (feeder + tracker)"
 )
+# the heartbeats alone, read again through fresh feeders (their counters start over): every
+# position is now at or below the delivered one, the steady state of the run above
+hbs = [x for frames in stream for x in frames if wire.is_heartbeat(x)] if v3 else []
+if hbs:
+    reps = 5
+    t1 = time.process_time()
+    for _ in range(reps):
+        f2 = FrameFeeder(t)
+        for x in hbs:
+            f2.feed([x], out)
+    hb_cpu = (time.process_time() - t1) / (reps * len(hbs))
+    assert not out and not t.take_actions(), "nothing may change here"
+    print(
+        f"  heartbeats: {len(hbs)} x {reps} read again, {a.rate} positions each: "
+        f"{hb_cpu * 1e6:.0f} us CPU per heartbeat ({hb_cpu / a.rate * 1e9:.0f} ns per position)"
+    )

@@ -7,9 +7,11 @@ the heartbeat frame itself (``wire.decode_marks``), so that an edge that lost th
 burst over PUB/SUB (HWM, a reconnect) notices the gap although nothing more is published on the
 channel.  ``edge.sync.link`` hands each heartbeat on in link order, after the frames that came
 before it (so a position never overtakes the messages it counts); ``FrameFeeder`` passes its
-positions to ``Tracker.on_marks``, which skips, in one loop, the channels not tracked here and
-those already delivered up to their position, and treats every other one as a marker (a lost
-tail: a replay).  The positions are sent once: the heartbeat's counter ``n`` (per broker
+packed positions to ``Tracker.on_packed_marks``: ``_speedups.held_marks`` checks every entry
+in one walk over the bytes and keeps only the channels tracked here and not yet delivered up to
+their position (the compiled twin builds nothing for the others: with several edges most
+positions are of channels another edge holds), and ``Tracker.on_marks`` treats each kept one as
+a marker (a lost tail: a replay).  The positions are sent once: the heartbeat's counter ``n`` (per broker
 process) shows a lost heartbeat frame, and with it lost positions; the feeder then asks every
 tracked channel's position (``Tracker.resync``), as after a broker restart, so the guarantee
 is the one the per-channel markers repeated over two heartbeats gave (wire version 2), at one
@@ -46,7 +48,7 @@ import msgpack
 
 from _speedups import decode_envelopes
 from broker.errors import RemoteProtocolError
-from broker.wire import HEARTBEAT_TOPIC, SEP, Envelope, decode_frame, decode_heartbeat, decode_marks
+from broker.wire import HEARTBEAT_TOPIC, SEP, Envelope, decode_frame, decode_heartbeat
 from edge.sync.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -181,14 +183,14 @@ class FrameFeeder:
         if not hb.marks:
             return
         try:
-            marks = decode_marks(hb.marks)
+            read, current = self.tracker.on_packed_marks(hb.marks, out, now)
         except RemoteProtocolError as exc:
             log.warning("bad heartbeat positions from broker: %s; resync", exc.reason)
             self._resyncs += 1
             self.tracker.resync()
             return
-        self._marks += len(marks)
-        self._marks_current += self.tracker.on_marks(marks, out, now)
+        self._marks += read
+        self._marks_current += current
 
     def statistics(self) -> FeederStatistics:
         return FeederStatistics(

@@ -92,6 +92,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from _speedups import held_marks
 from broker.wire import Envelope, Marker
 
 MAX_HELD = 10_000
@@ -306,6 +307,21 @@ class Tracker:
                 continue
             self.on_marker(Marker(channel, epoch, last_seq), out, now)
         return skipped
+
+    def on_packed_marks(
+        self, data: bytes, out: list[Envelope], now: float = 0.0
+    ) -> tuple[int, int]:
+        """``on_marks`` for a heartbeat's packed positions (``broker.wire.encode_marks``),
+        read by ``_speedups.held_marks``: every entry is checked (``RemoteProtocolError``
+        when one is bad, nothing applied), and only those of channels tracked here and not
+        delivered up to them are built and go to ``on_marks``, so a heartbeat costs the edge
+        little for the channels it does not hold.  Returns ``(read, skipped)``: the positions
+        in ``data``, and how many of them changed nothing (as ``on_marks`` counts)."""
+        count, selected = held_marks(data, self._tracks, State.LIVE)
+        skipped = count - len(selected)
+        if selected:
+            skipped += self.on_marks(selected, out, now)
+        return count, skipped
 
     def on_position(
         self, channel: str, epoch: str, last_seq: int, out: list[Envelope], now: float = 0.0
