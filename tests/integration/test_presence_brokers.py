@@ -119,6 +119,13 @@ class Cluster2:
         assert reply[b"success"] is True, reply
         return {u[b"user"].decode(): u[b"connections"] for u in reply[b"value"][b"users"]}
 
+    def presence_edges(self, broker: int) -> float:
+        """Edges reporting presence to the broker now (its metrics)."""
+        port = self.ports[broker]["metrics_port"]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        found = re.findall(r"^gripcast_broker_presence_edges (\S+)", text, re.M)
+        return float(found[0]) if found else 0.0
+
     def emitted(self, broker: int) -> dict[str, float]:
         """The broker's presence events handed to its publish path, by type (its metrics)."""
         port = self.ports[broker]["metrics_port"]
@@ -198,6 +205,10 @@ def test_events_once_and_full_lists_on_both_brokers(cluster):
         # the edges' primary broker restarts: full reports, no join again for bo
         c.restart_broker(0)
         wait_for(lambda: c.presence(0) == {"bo": 1}, 8, "restarted broker's list")
+        # and edge 0 (the watcher's) reports to it again: cy's join below goes to both brokers
+        # (before that, it would reach the restarted one only in edge 0's full report, which
+        # emits no event: a race on a loaded machine, not what this test is about)
+        wait_for(lambda: c.presence_edges(0) >= 2, 8, "both edges report to broker 0")
         clients.append(c.client(ROOM, "cy", edge=0))
         _wait_events(watcher, [("join", "cy")])
         clients[1].close()  # bo
