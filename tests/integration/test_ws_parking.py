@@ -167,3 +167,35 @@ def test_keep_alives_and_a_published_close_reach_a_parked_websocket(env):
     # the origin heard the close (a bare CLOSE, as Pushpin sends for a published close)
     cid_reqs = [r for r in origin.requests if r[1] == "/ka"]
     assert any(b"CLOSE" in r[3] for r in cid_reqs)
+
+
+def test_many_websockets_park_and_wake_in_turn_and_nothing_is_lost(env):
+    """Parks and wakes racing with publishes: 40 clients each send 5 messages (each woken,
+    answered by the origin, parked again) while messages are published to all of them; every
+    reply and every publish arrives, in order per kind, and all park again at the end."""
+    cluster, mport, pub, origin = env
+    wait_for(lambda: parked(mport) == 0, what="nothing parked at start")
+    n, rounds = 40, 5
+    clients = [raw_ws(cluster.edge_ports[0], "/idle") for _ in range(n)]
+    wait_for(lambda: parked(mport) == n, what=f"{n} websockets parked")
+    got: list[list[bytes]] = [[] for _ in range(n)]
+    for r in range(rounds):
+        for i, c in enumerate(clients):
+            c.sendall(client_frame(1, b"echo:r%d-c%d" % (r, i)))
+        pub.publish("wsp-idle", Item(WebSocketMessageFormat(f"pub{r}")))
+        for i, c in enumerate(clients):
+            while sum(1 for m in got[i] if m.startswith(b"r%d-" % r)) == 0 or (
+                b"pub%d" % r not in got[i]
+            ):
+                op, payload = read_frame(c)
+                assert op == 1
+                got[i].append(payload)
+    for i in range(n):
+        assert [m for m in got[i] if m.startswith(b"r")] == [
+            b"r%d-c%d" % (r, i) for r in range(rounds)
+        ]
+        assert [m for m in got[i] if m.startswith(b"pub")] == [b"pub%d" % r for r in range(rounds)]
+    wait_for(lambda: parked(mport) == n, timeout=5, what="all parked again")
+    for c in clients:
+        c.close()
+    wait_for(lambda: parked(mport) == 0 and _ws_count(mport) == 0, timeout=5, what="all ended")
