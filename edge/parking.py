@@ -29,6 +29,18 @@ session stays on the hub.  Holds with a deadline (a next link's idle window, the
 subscription's update) and TLS clients keep their task (their waits are not only on the socket).
 When the edge's nursery is cancelled (the process stops), ``serve`` closes the sockets still
 parked and accounts them as closed (``on_abandon``).
+
+Idle WebSockets park the same way (``edge.ws.session``: a plain client socket and a
+WebSocket-over-HTTP origin, the common case).  An open session has two things to wait for:
+the client (input, close) and its origin side's request loop (``WohOrigin.serve``), which runs
+only while a request is due.  When that loop is not running and the client has sent nothing,
+the session parks (``Connection.wsheld``, an ``edge.ws.session.ParkedWs``: the session's
+``scope`` and ``read_scope`` while parked).  It is woken by client bytes or a hang-up, by its
+origin side's ``kick`` (a ``refresh``, a published close, an event for the origin, the origin's
+``Keep-Alive-Interval`` through the edge's ``WsTimers``), by a kill, or once our close frame is
+written (``finish``: the client's reply is then awaited with its deadline, in the task).
+Publishes, ``keep-alive``/``send-delayed`` messages and shutdown closes go out from the
+delivery path and the timer task, as before, without waking it.
 """
 
 from __future__ import annotations
@@ -55,8 +67,8 @@ class ParkingStatistics:
 
 
 class Parker:
-    """One per edge: parked connections by fd, the epoll they are registered with, and the
-    task that wakes them (``serve``)."""
+    """One per edge: parked connections (held streams, WebSockets) by fd, the epoll they are
+    registered with, and the task that wakes them (``serve``)."""
 
     def __init__(
         self,

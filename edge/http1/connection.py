@@ -57,7 +57,12 @@ from edge.grip.nextlink import LinkRefused
 from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
 from edge.proxyrules import claims_tls, pick_route
-from edge.ws.session import is_websocket_request, serve_websocket, woh_forbidden
+from edge.ws.session import (
+    is_websocket_request,
+    resume_websocket,
+    serve_websocket,
+    woh_forbidden,
+)
 
 if TYPE_CHECKING:
     from edge.grip.holds import HeldStream
@@ -66,6 +71,7 @@ if TYPE_CHECKING:
     from edge.routes import Route
     from edge.services import ConnectionServices
     from edge.tlsconn import TlsConn
+    from edge.ws.session import ParkedWs
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +139,7 @@ class Connection:
         "tls",
         "crypt",
         "held",
+        "wsheld",
     )
 
     def __init__(
@@ -167,6 +174,8 @@ class Connection:
         self.ws_route: Route | None = None  # a WebSocket session's route (edge.ws.session)
         # a stream hold handle() left to run here (edge.grip.holds.HeldStream): see serve()
         self.held: HeldStream | None = None
+        # a parked WebSocket (edge.ws.session.ParkedWs): serve() resumes it when woken
+        self.wsheld: ParkedWs | None = None
 
     # -- httptools callbacks -------------------------------------------------------------------
     # httptools calls the others only between on_message_begin and on_message_complete, and
@@ -396,6 +405,8 @@ class Connection:
         """Serve requests until the connection ends (False) or its stream hold parked (True:
         ``edge.parking`` calls ``serve`` again, in a new task, once it is woken)."""
         try:
+            if self.wsheld is not None:  # a parked WebSocket, woken (edge.ws.session)
+                return await self.resume_websocket()
             while True:
                 if self.held is None:  # (else a parked stream hold, woken: it goes on)
                     req = self.request_now()
@@ -404,6 +415,8 @@ class Connection:
                         if req is None:
                             break
                     keep = await self.handle(req)
+                    if keep is None:
+                        return True  # a WebSocket parked (edge.parking): no task while idle
                 held = self.held
                 if held is not None:
                     # a stream hold runs here, after handle() and the GRIP code returned: their
@@ -441,6 +454,22 @@ class Connection:
             log.debug("client connection ended addr=%s: %s", self.addr, exc)
         return False
 
+    async def resume_websocket(self) -> bool:
+        """A parked WebSocket session, woken: True when it parked again; once it ends, its
+        access-log line (edge.ws.session.ParkedWs keeps what the line reads)."""
+        w = self.wsheld
+        assert w is not None
+        parked = False
+        try:
+            parked = await resume_websocket(self)
+        finally:
+            if not parked:
+                app = self.app
+                accesslog.log_request(
+                    app.cfg, app.rules, w.req, self.ws_route, w.path, self, w.begin, self.mode
+                )
+        return parked
+
     async def linger(self, max_s: float = 1.0, max_bytes: int = 1 << 20) -> None:
         """Half-close and read (and drop) what the client still sends, briefly: closing with
         unread input would reset the connection and could destroy the answer just sent."""
@@ -458,8 +487,9 @@ class Connection:
 
     # -- one request ---------------------------------------------------------------------------
 
-    async def handle(self, req: Request) -> bool:
-        """Answer ``req``; True if the connection may serve another request."""
+    async def handle(self, req: Request) -> bool | None:
+        """Answer ``req``; True if the connection may serve another request (None: a WebSocket
+        session parked, ``edge.parking``: ``serve`` resumes it once woken)."""
         app = self.app
         app.requests += 1
         path = req.url
@@ -478,13 +508,15 @@ class Connection:
             self.parser = None  # no more HTTP on this connection
             log_rec = accesslog.Begin(trio.current_time(), self.sent)
             self.status, self.mode, self.ws_route = 0, "ws", None
+            parked = False
             try:  # edge.ws: the connection is the socket's now
-                await serve_websocket(self, req, host, path)
-            finally:  # the session's line, however it ended
-                accesslog.log_request(
-                    app.cfg, app.rules, req, self.ws_route, path, self, log_rec, self.mode
-                )
-            return False
+                parked = await serve_websocket(self, req, host, path, log_rec)
+            finally:  # the session's line, however it ended (once it ends, if it parked)
+                if not parked:
+                    accesslog.log_request(
+                        app.cfg, app.rules, req, self.ws_route, path, self, log_rec, self.mode
+                    )
+            return None if parked else False
         rules = app.rules
         # a TLS client, or one behind a trusted TLS terminator (accept_x_forwarded_protocol)
         tls = self.tls or claims_tls(rules, req.headers)

@@ -200,13 +200,15 @@ class EdgeCollector(Collector):
         yield GaugeMetricFamily(
             P + "draining", "1 while the edge drains for shutdown.", value=1 if e.draining else 0
         )
-        pk = e.parker.statistics()  # idle stream holds without a task (edge.parking)
+        pk = e.parker.statistics()  # idle streams/WebSockets without a task (edge.parking)
         yield GaugeMetricFamily(
             P + "parked_connections",
-            "Idle held HTTP streams waiting without a task of their own.",
+            "Idle held HTTP streams and WebSockets waiting without a task of their own.",
             value=pk.parked,
         )
-        yield CounterMetricFamily(P + "parks", "Times a held stream parked.", value=pk.parks)
+        yield CounterMetricFamily(
+            P + "parks", "Times a held stream or WebSocket parked.", value=pk.parks
+        )
         if e.tls is not None:
             yield from tls_metrics(e.tls.statistics())
         yield from origin_tls_metrics(e.origin_client.tls.statistics())

@@ -13,7 +13,9 @@ message, say): that request is not sent and the session closes with 1011, unretr
 
 ``WohOrigin`` is the I/O: the OPEN request (relayed to the client as an HTTP response when the
 origin rejects it; never retried; targets fail over on connect errors), then one task that keeps
-exactly one request in flight: it waits for client events (queued in an ``edge.ws.outbox.Outbox``,
+exactly one request in flight (``parkable``, edge.parking: that task runs only while a request is
+due, started by ``kick``, and returns when idle; the keep-alive interval is then armed on the
+edge's ``WsTimers``): it waits for client events (queued in an ``edge.ws.outbox.Outbox``,
 at most ``MAX_PENDING_BYTES`` of content before the client is no longer read), a ``refresh`` or
 the keep-alive interval, POSTs them (``Content-Bytes-Replayed`` when some were offered before),
 applies the origin's ``Content-Bytes-Accepted`` and the response's events to the session.  The
@@ -35,7 +37,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,7 +61,7 @@ from edge.ws.outbox import Outbox
 if TYPE_CHECKING:
     from edge.routes import Route, Target
     from edge.services import OriginServices
-    from edge.ws.session import WsSession
+    from edge.ws.session import ParkedWs, WsSession
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -178,7 +180,14 @@ class WohOrigin:
         self.targets: Sequence[Target] | None = None  # after OPEN: the target that answered
         self.outbox = Outbox()  # one_event set from the target that answers the OPEN
         self.keep_alive_s: float | None = None
-        self.wake = trio.Event()
+        self.wake: trio.Event | None = None  # the request loop's idle wait (not when parkable)
+        # parkable (edge.parking, set by serve_websocket): the request loop runs only while a
+        # request is due; ``active`` while it runs or is due to start, ``spawn`` starts it in
+        # the session's nursery (None while the connection is parked: ``unpark`` wakes it)
+        self.parkable = False
+        self.active = False
+        self.spawn: Callable[..., object] | None = None
+        self.unpark: ParkedWs | None = None
         self.room: trio.Event | None = None  # made only while the client is not read (wait_room)
         self.refreshing = False
         self.close_in_flight = False  # serve() is sending the CLOSE (shielded)
@@ -259,14 +268,14 @@ class WohOrigin:
         if self.gone or self.detached:
             return
         self.outbox.add(type_, content)
-        self.wake.set()
+        self.kick()
 
     async def client_close(self, code: int | None, reason: str) -> None:
         """The client closed: relay it to the origin (whose answer closes the client)."""
         if self.gone or self.detached:
             return
         self.outbox.close(code, reason)
-        self.wake.set()
+        self.kick()
 
     async def wait_room(self) -> None:
         while self.outbox.size > MAX_PENDING_BYTES and not self.gone and not self.detached:
@@ -280,7 +289,36 @@ class WohOrigin:
         if self.gone or self.detached or self.close_in_flight or self.outbox.close_sent:
             return
         self.refreshing = True
-        self.wake.set()
+        self.kick()
+
+    def kick(self) -> None:
+        """A request may be due: wake the request loop (parkable: start it, or wake the
+        parked connection, whose new task starts it)."""
+        if self.wake is not None:
+            self.wake.set()
+        if not self.parkable or self.active or self.gone or self.detached:
+            return
+        self.active = True
+        if self.spawn is not None:
+            self.spawn(self.serve, self.session)
+        elif self.unpark is not None:
+            self.unpark.cancel()
+
+    def idle_due(self) -> float:
+        """When the keep-alive interval's request is due while the (parkable) request loop is
+        not running (inf: not parkable, running, or no interval); ``WsSession.next_timer``
+        arms the edge's WsTimers for it, whose call ``kick``s."""
+        if not self.parkable or self.active or self.gone or self.detached:
+            return math.inf
+        ka = self.keep_alive_s
+        return self.last_request + ka if ka else math.inf
+
+    def idle(self) -> bool:
+        """Nothing for the request loop to do now (parkable: it need not run)."""
+        if self.outbox.due() or self.refreshing:
+            return False
+        ka = self.keep_alive_s
+        return not ka or self.last_request + ka > trio.current_time()
 
     def detach(self) -> None:
         self.detached = True
@@ -293,7 +331,7 @@ class WohOrigin:
         if self.gone or self.detached:
             return
         self.outbox.close(None, "")
-        self.wake.set()
+        self.kick()
 
     def closed_by_client(self, code: int | None, reason: str) -> None:
         """The client answered a close from us: the origin is told (in the background) unless
@@ -331,16 +369,34 @@ class WohOrigin:
 
     async def serve(self, session: WsSession) -> None:
         self.session = session
+        if not self.parkable:
+            await self._serve(session)
+            return
+        # parkable: runs only while a request is due; then the connection may park
+        try:
+            await self._serve(session)
+        finally:
+            self.active = False
+            session.arm_timer()  # the keep-alive interval (idle_due) from the edge's WsTimers
+            rs = session.read_scope
+            if rs is not None and not isinstance(rs, trio.CancelScope):
+                rs.cancel()  # the reader's idle wait: it parks now (edge.ws.session)
+
+    async def _serve(self, session: WsSession) -> None:
         outbox = self.outbox
+        parkable = self.parkable
         while not self.gone and not self.detached:
+            if parkable and self.idle():
+                return
             if not outbox.due() and not self.refreshing:
                 due = (self.last_request + self.keep_alive_s) if self.keep_alive_s else math.inf
-                self.wake = trio.Event()
-                if due == math.inf:  # no keep-alive interval: no cancel scope either
-                    await self.wake.wait()
-                else:
-                    with trio.move_on_at(due):
-                        await self.wake.wait()
+                if not parkable:
+                    wake = self.wake = trio.Event()
+                    if due == math.inf:  # no keep-alive interval: no cancel scope either
+                        await wake.wait()
+                    else:
+                        with trio.move_on_at(due):
+                            await wake.wait()
                 if self.gone or self.detached:
                     return
             offer = outbox.offer()

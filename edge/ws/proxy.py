@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import os
 import uuid
 from collections.abc import Iterable
@@ -210,6 +211,13 @@ class WsOrigin:
 
     async def client_close(self, code: int | None, reason: str) -> None:
         await self._send(self.ws.close(code, reason))
+
+    def idle_due(self) -> float:
+        """A WebSocket origin has no request loop to start (edge.ws.over_http): never."""
+        return math.inf
+
+    def kick(self) -> None:
+        """(edge.ws.over_http's: nothing to start here.)"""
 
     def close_published(self) -> None:
         """A published close: the origin's WebSocket is closed when the client answers."""

@@ -12,7 +12,11 @@ otherwise the client gets ``101 Switching Protocols`` with the origin's headers.
 
 From then on two tasks run under one nursery: this task reads the client socket and feeds
 ``edge.ws.connection.WsConnection`` (frames parsed by the ``_speedups`` twin); the origin side's task
-turns client events into origin traffic and origin traffic into session actions.  The
+turns client events into origin traffic and origin traffic into session actions.  With a
+WebSocket-over-HTTP origin and a plain client socket (``_run_parked``), the origin side's task
+runs only while a request is due (``WohOrigin.kick``), and an idle session parks
+(``edge.parking``): no task, no nursery, no frames while idle; client input, a kick, a kill or
+our close written wake it in a new task (``resume_websocket``), where it goes on as before.  The
 ``keep-alive`` and ``send-delayed`` messages the origin asks for are sent by the edge's one
 shared timer task (``edge.ws.timers``: coarse buckets, no task or timer per connection).
 
@@ -51,7 +55,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from wsproto.utilities import generate_accept_token
@@ -301,10 +305,12 @@ class WsSession(Session):
         self.prefix = prefix  # None: GRIP not enabled by the origin
         self.buf = bytearray()
         self.writing = False
-        self.scope: trio.CancelScope | None = None
+        # the session's nursery's cancel scope; a ParkedWs while parked (edge.parking)
+        self.scope: trio.CancelScope | ParkedWs | None = None
         # the connection task's read wait: a CancelScope once closing (the reply's deadline),
-        # else a Waker (edge.readtimer: no cancel scope kept per idle session)
-        self.read_scope: trio.CancelScope | Waker | None = None
+        # else a Waker (edge.readtimer: no cancel scope kept per idle session), or the
+        # ParkedWs of a parked session (its cancel() wakes it)
+        self.read_scope: trio.CancelScope | Waker | ParkedWs | None = None
         self.last_out = now
         self.sent = 0  # bytes the delivery path wrote (the access log's count)
         self.filters: dict[str, tuple[str, ...]] = {}
@@ -357,10 +363,10 @@ class WsSession(Session):
         self._on(FLUSHED)
         self._set_closed()
         rs = self.read_scope
-        if isinstance(rs, Waker):  # an idle wait: woken, it waits again with the deadline
-            rs.cancel()
-        elif rs is not None:
+        if isinstance(rs, trio.CancelScope):
             rs.deadline = min(rs.deadline, trio.current_time() + CLOSE_TIMEOUT_S)
+        elif rs is not None:  # an idle wait (a Waker) or a parked session (a ParkedWs): woken,
+            rs.cancel()  # it waits again with the deadline
 
     def kill(self, reason: str) -> None:
         if self._on(KILL) is not DEAD:
@@ -570,7 +576,8 @@ class WsSession(Session):
 
     def next_timer(self) -> float:
         """When the next keep-alive or delayed message is due (inf: none)."""
-        due = self.delayed_at
+        side = self.side  # (None in unit tests of the timers alone)
+        due = self.delayed_at if side is None else min(self.delayed_at, side.idle_due())
         ka = self.keep_alive
         if ka is not None:
             base = self.ka_last if ka.mode == "interval" else max(self.ka_last, self.last_out)
@@ -583,7 +590,11 @@ class WsSession(Session):
             self.app.ws_timers.arm(self, due)
 
     def due_frames(self, now: float) -> list[bytes]:
-        """What is due at ``now`` (sans-IO): the delayed message, else a keep-alive."""
+        """What is due at ``now`` (sans-IO): the delayed message, else a keep-alive.  (A
+        parked WebSocket-over-HTTP origin side's keep-alive request is started here too.)"""
+        side = self.side
+        if side is not None and now >= side.idle_due():
+            side.kick()
         if self.state:  # closing or ended
             return []
         if now >= self.delayed_at:
@@ -604,8 +615,11 @@ class WsSession(Session):
 # -- the connection task ---------------------------------------------------------------------
 
 
-async def serve_websocket(conn: Connection, req: Request, host: bytes, path: bytes) -> None:
-    """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends."""
+async def serve_websocket(
+    conn: Connection, req: Request, host: bytes, path: bytes, begin: object = None
+) -> bool:
+    """Serve one WebSocket client on ``conn`` (an ``httpserver.Connection``) until it ends
+    (False) or parks (True: ``Connection.serve`` resumes it when woken, ``resume_websocket``)."""
     from edge.ws.over_http import WohOrigin
     from edge.ws.proxy import WsOrigin
 
@@ -623,13 +637,13 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     conn.ws_route = route  # for the access log's line (edge.accesslog)
     if route is None:
         await conn.send_all(responses.error(502, "Route not found"))
-        return
+        return False
     app.stats.request(route.id)  # stats "activity" and "counts" (edge.ops.connstats)
     try:
         key = check_handshake(req.method, req.headers)
     except HandshakeError as exc:
         await conn.send_all(exc.response())
-        return
+        return False
     side_cls = WohOrigin if route.targets[0].over_http else WsOrigin
     peer = str(conn.addr[0]) if conn.addr else ""
     trusted = app.upstream.trusted_now(req.headers)  # a GRIP proxy in front (edge.upstream)
@@ -641,7 +655,7 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     opened = await side.open()
     if opened.reject is not None:
         await conn.send_all(opened.reject)
-        return
+        return False
     # a trusted proxy in front gets the origin's extension relayed; no compression then
     deflate = (
         negotiate(req.headers) if app.cfg.allow_compression and not opened.pass_extensions else None
@@ -667,6 +681,13 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
     app.websockets[side.cid] = session  # found by the refresh command (edge.ws.commands)
+    if isinstance(side, WohOrigin) and conn.crypt is None and app.parker.serving:
+        # an idle session parks (edge.parking): no task while idle
+        side.parkable = True
+        side.session = session
+        session.set_channels([session.channel(c) for c in side.fixed_channels])
+        w = ParkedWs(conn, session, req, path, begin)
+        return await _run_parked(w, events, bytes(conn.upgrade_rest))
     clean = False
     try:
         async with trio.open_nursery() as nursery:
@@ -675,20 +696,99 @@ async def serve_websocket(conn: Connection, req: Request, host: bytes, path: byt
             nursery.start_soon(side.serve, session)
             await _from_origin(session, events)
             del events
-            clean = await _read_client(conn, session, side, bytes(conn.upgrade_rest))
+            clean = bool(await _read_client(conn, session, side, bytes(conn.upgrade_rest)))
             nursery.cancel_scope.cancel()
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         log.debug("websocket ended conn=%s: %s", session.id, exc)
     finally:
-        conn.sent += session.sent  # what the delivery path wrote, for the access log
-        app.websockets.pop(side.cid, None)
-        session.end()
-        app.remove_session(session)
-        if not clean:
-            side.disconnected()
+        _ended(conn, session, clean)
         await side.aclose()
     if session.dead:
         log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
+    return False
+
+
+def _ended(conn: Connection, session: WsSession, clean: bool) -> None:
+    app = conn.app
+    side = session.side
+    conn.sent += session.sent  # what the delivery path wrote, for the access log
+    app.websockets.pop(side.cid, None)
+    session.end()
+    app.remove_session(session)
+    if not clean:
+        side.disconnected()
+
+
+class ParkedWs:
+    """A parkable WebSocket (WebSocket-over-HTTP origin, plain socket): what its connection
+    keeps while parked (``Connection.wsheld``, edge.parking), and, as the session's ``scope``
+    and ``read_scope`` while parked, what wakes it (``cancel``: a kill, our close written)."""
+
+    __slots__ = ("conn", "session", "req", "path", "begin")
+
+    def __init__(
+        self, conn: Connection, session: WsSession, req: Request, path: bytes, begin: Any
+    ) -> None:
+        self.conn, self.session = conn, session
+        self.req, self.path, self.begin = req, path, begin  # the access-log line's
+
+    def cancel(self) -> None:
+        conn = self.conn
+        conn.app.parker.wake(conn)
+
+
+async def resume_websocket(conn: Connection) -> bool:
+    """A parked WebSocket woken (``Connection.serve``, in a new task): True when it parked
+    again, False once it ended (``conn.wsheld`` is then None)."""
+    w = conn.wsheld
+    assert w is not None
+    return await _run_parked(w, None, None)
+
+
+async def _run_parked(w: ParkedWs, events: list[WsEvent] | None, data: bytes | None) -> bool:
+    """Run a parkable session until it parks (True) or ends (False).
+
+    The client is read here (``_read_client`` with ``park=True``); the origin side's request
+    loop (``WohOrigin.serve``) runs in the session's nursery only while a request is due
+    (``WohOrigin.kick``).  Once the loop is not running and the client has nothing to read,
+    the socket goes to the edge's ``Parker`` and this task returns; client input, a kick
+    (``unpark``), a kill or our close written (``ParkedWs.cancel``) wake it in a new task."""
+    conn, session = w.conn, w.session
+    side = cast("WohOrigin", session.side)
+    conn.wsheld = None
+    session.read_scope = None
+    side.unpark = None
+    clean = parked = False
+    try:
+        if session.dead:  # killed while parked
+            raise trio.ClosedResourceError("killed")
+        async with trio.open_nursery() as nursery:
+            session.scope = nursery.cancel_scope
+            side.spawn = nursery.start_soon
+            try:
+                if side.active:  # a kick while parked
+                    nursery.start_soon(side.serve, session)
+                if events is not None:
+                    await _from_origin(session, events)
+                    del events
+                r = await _read_client(conn, session, side, data, w)
+                if r is None:
+                    parked = True
+                else:
+                    clean = r
+                    nursery.cancel_scope.cancel()
+            finally:
+                side.spawn = None
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("websocket ended conn=%s: %s", session.id, exc)
+    finally:
+        if not parked:
+            conn.wsheld = None
+            _ended(conn, session, clean)
+            await side.aclose()
+            if session.dead:
+                log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
+    return parked
 
 
 async def _from_origin(session: WsSession, events: list[WsEvent]) -> None:
@@ -704,9 +804,15 @@ def ws_max_message(app: ConnectionServices) -> int:
 
 
 async def _read_client(
-    conn: Connection, session: WsSession, side: OriginSide, data: bytes | None
-) -> bool:
-    """Read client frames until the close handshake ends (True) or the client vanishes (False)."""
+    conn: Connection,
+    session: WsSession,
+    side: OriginSide,
+    data: bytes | None,
+    park: ParkedWs | None = None,
+) -> bool | None:
+    """Read client frames until the close handshake ends (True) or the client vanishes (False);
+    with ``park`` (a parkable session, ``_run_parked``): None once it parked, instead of an
+    idle wait while the origin side's request loop is not running."""
     ws = session.ws
     sock = conn.sock
     crypt = conn.crypt
@@ -750,6 +856,18 @@ async def _read_client(
                     return True
             await side.wait_room()
         data = None
+        if park is not None and not session.state and not cast("WohOrigin", side).active:
+            data = read_now(sock, READ_SIZE)
+            if data is None:  # idle: park (edge.parking); the caller's task returns
+                conn.wsheld = session.scope = session.read_scope = park
+                woh = cast("WohOrigin", side)
+                woh.spawn = None
+                woh.unpark = park
+                conn.app.parker.park(conn)
+                return None
+            if not data:
+                return False
+            continue
         if not session.state:
             # open: wait without a cancel scope (an idle session may wait for hours); finish()
             # wakes it through the socket (edge.readtimer.Waker), to wait with the deadline

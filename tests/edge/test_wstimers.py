@@ -101,3 +101,41 @@ def test_instruct_cache_shares_holds_and_heads():
     assert head is stream_head(h2, chunked=True)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" in head
     assert b"Connection: close" in stream_head(h1, chunked=False)
+
+
+class _Unpark:
+    """Stands in for the parked connection's ``ParkedWs`` (its ``cancel()`` wakes it)."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def cancel(self) -> None:
+        self.woken += 1
+
+
+def test_parked_woh_keep_alive_interval_wakes_the_connection_once(session):
+    """A parked WebSocket-over-HTTP session (edge.parking): no request loop runs, so the
+    origin's Keep-Alive-Interval request is due through the edge's WsTimers, which kick the
+    origin side: the parked connection is woken once (its new task starts the loop)."""
+    from edge.ws.over_http import WohOrigin
+
+    app = SimpleNamespace(upstream=SimpleNamespace(trusted_now=lambda headers: False))
+    route = SimpleNamespace(targets=[SimpleNamespace(subs=())])
+    side = WohOrigin(app, route, [], b"/ws")
+    side.parkable, side.keep_alive_s, side.last_request = True, 20.0, 0.0
+    side.unpark = unpark = _Unpark()  # type: ignore[assignment]
+    session.side = side
+    timers = session.app.ws_timers
+    session.arm_timer()
+    assert session.timer_at == 20.0
+    assert timers.due(19.0) == [] and unpark.woken == 0
+    assert timers.due(20.1) == []  # (no frame: the loop posts the request)
+    assert unpark.woken == 1 and side.active
+    assert session.timer_at == math.inf  # running: not armed for it again
+    side.kick()  # already woken: nothing more
+    assert unpark.woken == 1
+    side.active, side.last_request = False, 20.5  # the loop posted and went idle
+    session.arm_timer()
+    assert session.timer_at == 40.5
+    side.detached = True  # a detached side has no requests: nothing is due
+    assert side.idle_due() == math.inf
