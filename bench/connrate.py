@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from bench import procs
 from bench.origin import Origin
+from bench.report import save_results
 from bench.targets import make_target, warm_up
 
 _IN = select.EPOLLIN
@@ -274,9 +275,6 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def main(args) -> int:
-    import json
-
-    from bench.cli import RESULTS_DIR
 
     if args.target == "both":
         targets = (
@@ -323,9 +321,5 @@ def main(args) -> int:
             f"({out['ratio']['per_s_to_90pct']}x to 90%), "
             f"{out['ratio']['server_cpu_per_conn']}x server CPU per connection"
         )
-    path = args.out or str(RESULTS_DIR / f"connrate-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"results: {path}")
+    save_results(out, args.out, "connrate")
     return 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from bench import procs
 from bench.origin import Origin
+from bench.report import save_results
 from bench.targets import make_target, warm_up
 
 CASES = ("plain", "tls1.3", "tls1.2", "tls1.3-resume", "tls1.2-resume")
@@ -356,9 +357,6 @@ def rate_summary(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def main_rates(args, cases: tuple[str, ...], targets: list[str]) -> int:
-    import json
-
-    from bench.cli import RESULTS_DIR
 
     load = {
         "concurrency": args.concurrency,
@@ -389,18 +387,11 @@ def main_rates(args, cases: tuple[str, ...], targets: list[str]) -> int:
                 f"{m.get('server_cpu_ms_per_conn', '-')} ms  client "
                 f"{m.get('client_cpu_ms_per_conn', '-')} ms{ratio}"
             )
-    path = args.out or str(RESULTS_DIR / f"handshakes-rate-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"results: {path}")
+    save_results(out, args.out, "handshakes-rate")
     return 0
 
 
 def main(args) -> int:
-    import json
-
-    from bench.cli import RESULTS_DIR
 
     targets = ["gripcast", "pushpin"] if args.target == "both" else [args.target]
     cases = tuple(args.cases.split(",")) if args.cases else CASES
@@ -432,9 +423,5 @@ def main(args) -> int:
             if plain and case != "plain":
                 extra = f"  +{v - plain:.3f} ms  x{v / plain:.2f}"
             print(f"  {r['target']:9s} {case:14s} {v:7.3f} ms{extra}")
-    path = args.out or str(RESULTS_DIR / f"handshakes-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"results: {path}")
+    save_results(out, args.out, "handshakes")
     return 0

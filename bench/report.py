@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -470,6 +471,17 @@ def write_json(record: dict, path: Path) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
     os.replace(tmp, path)
+    return path
+
+
+def save_results(record: dict, out: str, name: str) -> Path:
+    """Write a scenario's record to ``out``, or to ``bench/results/<name>-<time>.json`` when
+    no path was given; say where."""
+    from bench.cli import RESULTS_DIR
+
+    path = Path(out) if out else RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_json(record, path)
+    print(f"results: {path}")
     return path
 
 

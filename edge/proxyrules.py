@@ -152,12 +152,8 @@ def apply(
                 break
         else:
             out = list(headers)
-            if tls and (rules.set_proto or rules.set_protocol):
-                scheme = b"wss" if ws else b"https"
-                if rules.set_proto:
-                    out.append((b"X-Forwarded-Proto", scheme))
-                if rules.set_protocol:
-                    out.append((b"X-Forwarded-Protocol", scheme))
+            if tls:
+                _forwarded_proto(out, rules, ws)
             if (rules.xff_trusted if trusted else rules.xff).append and peer:
                 out.append((b"X-Forwarded-For", peer.encode("latin-1")))
             return out
@@ -194,12 +190,8 @@ def apply(
             for k, v in out
             if k.lower() not in (b"x-forwarded-proto", b"x-forwarded-protocol")
         ]
-    if tls and (rules.set_proto or rules.set_protocol):
-        scheme = b"wss" if ws else b"https"
-        if rules.set_proto:
-            out.append((b"X-Forwarded-Proto", scheme))
-        if rules.set_protocol:
-            out.append((b"X-Forwarded-Protocol", scheme))
+    if tls:
+        _forwarded_proto(out, rules, ws)
     xr = rules.xff_trusted if trusted else rules.xff
     xff = [v for k, v in out if k.lower() == b"x-forwarded-for"]
     if xff or xr.append:
@@ -245,3 +237,14 @@ def denied_destination(name: str, addresses: Iterable[str] = ()) -> bool:
         if ip.is_loopback or any(ip in n for n in _DENY_NETS):
             return True
     return False
+
+
+def _forwarded_proto(out: Headers, rules: ProxyRules, ws: bool) -> None:
+    """A TLS client's scheme toward the origin (Pushpin's ``set_x_forwarded_proto`` /
+    ``set_x_forwarded_protocol``)."""
+    if rules.set_proto or rules.set_protocol:
+        scheme = b"wss" if ws else b"https"
+        if rules.set_proto:
+            out.append((b"X-Forwarded-Proto", scheme))
+        if rules.set_protocol:
+            out.append((b"X-Forwarded-Protocol", scheme))
