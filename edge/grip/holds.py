@@ -634,9 +634,9 @@ class _Stream:
         self.session.debug = route.debug
         self.registered = False
         self.frame = http_chunk if self.session.chunked else bytes
-        # the client's host and path, and the URI links resolve on: made when first needed
-        # (a next link, a log line), not for every held stream
-        self._where: tuple[str, str] | None = None
+        # the client's host and path (read now: the request's headers are dropped once the
+        # head is sent); the URI links resolve on is made when first needed
+        self._where: tuple[str, str] = _client_path(req)
         self._current: str | None = None
         self.gone_link = hold.gone_link  # only the initial instruct's
         self.head_sent = False
@@ -644,14 +644,10 @@ class _Stream:
 
     @property
     def host(self) -> str:
-        if self._where is None:
-            self._where = _client_path(self.req)
         return self._where[0]
 
     @property
     def path(self) -> str:
-        if self._where is None:
-            self._where = _client_path(self.req)
         return self._where[1]
 
     @property
@@ -819,6 +815,7 @@ class _Stream:
                 self.set_link(hold)
                 if hold.mode == "stream" and self.registered:
                     await self.take_instruct(hold)
+                log.debug("next link answered conn=%s link=%s mode=%s", s.id, link, hold.mode)
             finally:
                 await self.release_socket()
         finally:
