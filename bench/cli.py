@@ -140,13 +140,14 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
     )
     if channels:
         p.add_argument("--no-saturate", dest="saturate", action="store_false")
-        p.add_argument(
-            "--reader",
-            choices=("c", "python"),
-            default="c",
-            help="how client workers read established stream/SSE bodies: c (bench/creader.c, "
-            "built with gcc at run time; a few us per delivery) or python (default c)",
-        )
+    p.add_argument(
+        "--reader",
+        choices=("c", "python"),
+        default="c" if channels else "python",
+        help="how client workers read established plain stream/SSE bodies: c (bench/creader.c, "
+        "built with gcc at run time; a few us per delivery: the load generator is then not the "
+        "limit) or python (default: c for channels, python elsewhere)",
+    )
     p.add_argument(
         "--py-spy",
         default="",

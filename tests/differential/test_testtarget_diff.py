@@ -42,12 +42,25 @@ def _published_reaches(system, s: socket.socket, channel: str, text: str) -> tup
     raise TimeoutError(f"{system.name}: nothing published to {channel} arrived")
 
 
+def _handshake(system, path: str, heads: list | None = None) -> socket.socket:
+    """``raw_ws`` through ``system``; on Pushpin one more try when its 101 never reaches the
+    client (seen a few times in hundreds of runs: Pushpin's log shows the test target's 101 and
+    the subscription, and the client's connection closes with nothing: Pushpin's, not the
+    scenario's; the raw client looped on that EOF until the test's timeout)."""
+    try:
+        return raw_ws(system.client_port, path, key=KEY, head_out=heads)
+    except (TimeoutError, EOFError):
+        if system.name != "pushpin":
+            raise
+        return raw_ws(system.client_port, path, key=KEY, head_out=heads)
+
+
 def test_websocket_echo_publish_and_close(each_system, uniq):
     ch = uniq("tws")
     seen = {}
     for system in each_system(routes=ROUTES, warmup=False):
         heads: list[bytes] = []
-        s = raw_ws(system.client_port, f"/ws?channel={ch}", key=KEY, head_out=heads)
+        s = _handshake(system, f"/ws?channel={ch}", heads)
         try:
             s.sendall(client_frame(1, b"hello"))
             echo = read_frame(s)
@@ -77,7 +90,7 @@ def test_websocket_path_prefix_and_unknown_path(each_system):
     is refused with its 404."""
     seen = {}
     for system in each_system(routes=ROUTES, warmup=False):
-        s = raw_ws(system.client_port, "/t/ws", key=KEY)
+        s = _handshake(system, "/t/ws")
         try:
             s.sendall(client_frame(1, b"x"))
             echo = read_frame(s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
 
 from _speedups import ws_frame
 
@@ -33,9 +34,17 @@ def raw_ws(
             ).encode()
         )
         head = b""
-        s.settimeout(10)
+        deadline = time.monotonic() + 10  # the whole head, not each byte
         while b"\r\n\r\n" not in head:
-            head += s.recv(1)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete handshake answer in 10 s: {head!r}")
+            s.settimeout(left)
+            byte = s.recv(1)
+            if not byte:
+                raise EOFError(f"closed during the handshake: {head!r}")
+            head += byte
+        s.settimeout(10)
         assert head.startswith(b"HTTP/1.1 101"), head
         if head_out is not None:
             head_out.append(head)
