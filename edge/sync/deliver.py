@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ssl import SSLError
 from typing import TYPE_CHECKING, Any
@@ -102,6 +102,23 @@ def _filter_failed(s: StreamSession | ResponseSession, env: Envelope, reason: st
     return b""
 
 
+def _plain_stream(env: Envelope) -> bytes | None:
+    """The content a plain stream gets of ``env`` (ids rendered), or None when ``env`` is not
+    a plain ``http-stream`` send (another action, content filters on any format)."""
+    formats = env.formats
+    st = formats.get("http-stream")
+    if st is None or "content-filters" in st or st.get("action", "send") != "send":
+        return None
+    for other in ("http-response", "ws-message"):
+        f = formats.get(other)
+        if f is not None and "content-filters" in f:
+            return None
+    raw = _content(st)
+    if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor
+        raw = render_ids(raw, env.cursor)
+    return raw
+
+
 def _rendered_response(
     r: dict[str, Any], s: ResponseSession, env: Envelope, flt: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -164,13 +181,22 @@ class Deliverer:
         gate = self.gate
         ws_cls, stream_cls = WsSession, StreamSession  # dispatch on type (locals: the hot loop)
         deliver_now, gap = Verdict.DELIVER, Verdict.GAP
-        for env in envs:
-            members = (only,) if only is not None else self.hub.sessions(env.channel)
-            self._messages += 1
-            if not members:
-                continue
-            if lat is not None and env.ts:
-                lat.observe(wall - env.ts, len(members))
+        items: Iterable[tuple[Envelope, Collection[Session] | None]]
+        if only is None and len(envs) > 1:
+            # runs of messages on one channel: each plain stream's bytes joined once (_runs)
+            items = self._runs(envs, pending, lat, wall)
+        else:
+            items = [(env, None) for env in envs]
+        for env, members in items:
+            if members is None:  # (not in a run: counted here)
+                members = (only,) if only is not None else self.hub.sessions(env.channel)
+                self._messages += 1
+                if not members:
+                    continue
+                if lat is not None and env.ts:
+                    lat.observe(wall - env.ts, len(members))
+            elif not members:
+                continue  # a run's message whose every session was a plain stream
             formats = env.formats
             stream = formats.get("http-stream")
             resp = formats.get("http-response")
@@ -318,6 +344,81 @@ class Deliverer:
                         s.hint()  # "hint": re-request the origin
         if pending:
             await self.write_many(list(pending.items()), now)
+
+    def _runs(
+        self,
+        envs: list[Envelope],
+        pending: dict[Writable, list[bytes]],
+        lat: IntHistogram | None,
+        wall: float,
+    ) -> Iterator[tuple[Envelope, Collection[Session] | None]]:
+        """``deliver``'s messages, with runs of two or more consecutive plain stream messages
+        on one channel taken apart: a message going to many clients at a high rate comes in
+        batches of many messages of one channel, and a session that is a plain open HTTP
+        stream (no prev-id check, no filters, not catching up) gets the run's chunks joined
+        once for all such sessions and its cursor set once, not a pass per message.  Yields
+        ``(env, None)`` outside runs (``deliver`` looks the members up), and for a run's
+        messages ``(env, the other sessions)``, which ``deliver`` takes one message at a time
+        as before; the plain sessions' bytes are queued when the run starts, so every
+        session's bytes stay in message order."""
+        n = len(envs)
+        i = 0
+        while i < n:
+            env = envs[i]
+            ch = env.channel
+            raw = _plain_stream(env)
+            j = i + 1
+            if raw is not None:
+                raws = [raw]
+                while j < n and envs[j].channel == ch:
+                    r = _plain_stream(envs[j])
+                    if r is None:
+                        break
+                    raws.append(r)
+                    j += 1
+            if j - i < 2:
+                yield env, None
+                i += 1
+                continue
+            members = self.hub.sessions(ch)
+            last = None  # the cursor of the run's last message with content
+            for k in range(j - 1, i - 1, -1):
+                if raws[k - i]:
+                    last = envs[k].cursor
+                    break
+            others: list[Session] = []
+            if members and last is not None:
+                gate = self.gate
+                chunked = b"".join([http_chunk(r) for r in raws if r])
+                plain = b"".join(raws)
+                stream_cls = StreamSession
+                s: Any
+                for s in members:
+                    if (
+                        type(s) is not stream_cls
+                        or s.state
+                        or s.track is not None
+                        or (s.filters and s.filters.get(ch))
+                        or (gate and (s, ch) in gate)
+                    ):
+                        others.append(s)
+                        continue
+                    s.last_cursor[ch] = last
+                    data = chunked if s.chunked else plain
+                    parts = pending.get(s)
+                    if parts is None:
+                        pending[s] = [data]
+                    else:
+                        parts.append(data)
+            elif members:
+                others = list(members)
+            for k in range(i, j):
+                env = envs[k]
+                self._messages += 1
+                if lat is not None and env.ts and members:
+                    lat.observe(wall - env.ts, len(members))
+                yield env, others
+            i = j
 
     def _content_filters_match(
         self,

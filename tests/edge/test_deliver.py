@@ -277,3 +277,104 @@ def test_sessions_count_what_the_delivery_path_wrote():
         p1.close()
 
     trio.run(main)
+
+
+# -- runs of one channel's messages (Deliverer._runs): the same bytes as one message at a time
+
+
+def _mixed_sessions(pipes):
+    """Sessions of every kind a run must tell apart, on channels c and d."""
+    from edge.grip.nextlink_track import PrevIds
+    from edge.sync.resume import _Gate
+
+    kinds = []
+    plain = session(pipes[0])
+    raw = session(pipes[1], chunked=False)
+    tracked = session(pipes[2])
+    tracked.track = PrevIds({"c": "1"})  # prev-id checked: a gap at the first mismatch
+    filtered = session(pipes[3])
+    filtered.filters = {"c": ("skip-self",)}
+    filtered.meta = {"user": "u1"}
+    gated = session(pipes[4])
+    both = session(pipes[5])  # on c and d
+    closing = session(pipes[6])
+    closing.close()  # CLOSING: gets nothing more
+    kinds = [plain, raw, tracked, filtered, gated, both, closing]
+    return kinds, gated, _Gate
+
+
+def _batch():
+    def env(seq, content, channel="c", **kw):
+        fmt = {"content": content}
+        fmt.update(kw.pop("fmt", {}))
+        return Envelope(
+            channel=channel,
+            seq=seq,
+            epoch="e",
+            id=kw.pop("id", None),
+            prev_id=kw.pop("prev_id", None),
+            meta=kw.pop("meta", {}),
+            formats={"http-stream": fmt},
+        )
+
+    return [
+        env(1, b"a", id="2", prev_id="1"),
+        env(2, b"id: %(id)s\ndata: b\n\n", id="3", prev_id="2"),
+        env(3, b"", id="4", prev_id="3"),  # empty: no bytes, no cursor
+        env(4, b"c", meta={"sender": "u1"}, id="5", prev_id="4"),  # skip-self drops it
+        env(5, b"x", channel="d"),  # another channel breaks the run
+        env(6, b"d", id="6", prev_id="9"),  # a gap for the tracked session
+        env(7, b"e"),
+        env(8, b"f", fmt={"content-filters": ["var-subst"]}),  # not plain: one at a time
+        env(9, b"g"),
+        env(10, b"", fmt={"action": "close"}),  # ends every open stream
+        env(11, b"late"),
+    ]
+
+
+@pytest.mark.parametrize("cut", [None, 2, 4, 7])
+def test_a_run_delivers_what_one_message_at_a_time_does(cut):
+    """One ``deliver`` of a batch with runs gives every kind of session the bytes, cursors
+    and states that delivering its messages one by one gives (``cut``: the batch in two)."""
+
+    async def run(one_by_one):
+        pipes = [PipeEnd() for _ in range(7)]
+        sessions, gated, gate_cls = _mixed_sessions(pipes)
+        hub = Hub()
+        for s in sessions:
+            hub.add(s, ["c", "d"] if s is sessions[5] else ["c"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        held = d.gate[(gated, "c")] = gate_cls()
+        batch = _batch()
+        if one_by_one:
+            for e in batch:
+                await d.deliver([e], now=1.0)
+        elif cut is None:
+            await d.deliver(batch, now=1.0)
+        else:
+            await d.deliver(batch[:cut], now=1.0)
+            await d.deliver(batch[cut:], now=1.0)
+        out = [
+            (p.read(), dict(s.last_cursor), s.state, s.track and s.track.gaps)
+            for p, s in zip(pipes, sessions)
+        ]
+        st = d.statistics()
+        for p in pipes:
+            p.close()
+        return out, [e.seq for e in held], st.messages
+
+    async def main():
+        whole, held_whole, msgs_whole = await run(False)
+        single, held_single, msgs_single = await run(True)
+        # (seq 8's content-filters differ from the subscription's: Pushpin ends the stream)
+        assert whole[0][0].startswith(
+            b"1\r\na\r\nF\r\nid: 3\ndata: b\n\n\r\n1\r\nc\r\n1\r\nd\r\n1\r\ne\r\n"
+        )
+        assert whole[1][0].startswith(b"aid: 3\ndata: b\n\ncde")
+        assert whole[3][0].count(b"\r\nc\r\n") == 0  # skip-self dropped it
+        assert whole[5][0].count(b"1\r\nx\r\n") == 1  # channel d too
+        assert whole == single
+        assert held_whole == held_single == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
+        assert msgs_whole == msgs_single == len(_batch())
+
+    trio.run(main)
