@@ -102,21 +102,28 @@ def _filter_failed(s: StreamSession | ResponseSession, env: Envelope, reason: st
     return b""
 
 
-def _plain_stream(env: Envelope) -> bytes | None:
-    """The content a plain stream gets of ``env`` (ids rendered), or None when ``env`` is not
-    a plain ``http-stream`` send (another action, content filters on any format)."""
+def _plain(env: Envelope) -> tuple[bytes | None, dict[str, Any] | None]:
+    """What a plain stream gets of ``env`` (its content, ids rendered) and a plain WebSocket's
+    ``ws-message`` format; None for a format that is not a plain send (another action,
+    absent), both None when any format names content filters."""
     formats = env.formats
     st = formats.get("http-stream")
-    if st is None or "content-filters" in st or st.get("action", "send") != "send":
-        return None
-    for other in ("http-response", "ws-message"):
-        f = formats.get(other)
-        if f is not None and "content-filters" in f:
-            return None
-    raw = _content(st)
-    if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor
-        raw = render_ids(raw, env.cursor)
-    return raw
+    resp = formats.get("http-response")
+    ws = formats.get("ws-message")
+    if (
+        (st is not None and "content-filters" in st)
+        or (resp is not None and "content-filters" in resp)
+        or (ws is not None and "content-filters" in ws)
+    ):
+        return None, None
+    raw = None
+    if st is not None and st.get("action", "send") == "send":
+        raw = _content(st)
+        if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor
+            raw = render_ids(raw, env.cursor)
+    if ws is not None and ws.get("action", "send") != "send":
+        ws = None
+    return raw, ws
 
 
 def _rendered_response(
@@ -352,66 +359,89 @@ class Deliverer:
         lat: IntHistogram | None,
         wall: float,
     ) -> Iterator[tuple[Envelope, Collection[Session] | None]]:
-        """``deliver``'s messages, with runs of two or more consecutive plain stream messages
-        on one channel taken apart: a message going to many clients at a high rate comes in
-        batches of many messages of one channel, and a session that is a plain open HTTP
-        stream (no prev-id check, no filters, not catching up) gets the run's chunks joined
-        once for all such sessions and its cursor set once, not a pass per message.  Yields
-        ``(env, None)`` outside runs (``deliver`` looks the members up), and for a run's
-        messages ``(env, the other sessions)``, which ``deliver`` takes one message at a time
-        as before; the plain sessions' bytes are queued when the run starts, so every
-        session's bytes stay in message order."""
+        """``deliver``'s messages, with runs of two or more consecutive plain messages on one
+        channel taken apart: a message going to many clients at a high rate comes in batches
+        of many messages of one channel, and a session that is a plain open HTTP stream (no
+        prev-id check, no filters, not catching up) or a plain open WebSocket gets the run's
+        bytes joined once for all such sessions and its cursor set once, not a pass per
+        message.  Yields ``(env, None)`` outside runs (``deliver`` looks the members up), and
+        for a run's messages ``(env, the other sessions)``, which ``deliver`` takes one
+        message at a time as before; the plain sessions' bytes are queued when the run
+        starts, so every session's bytes stay in message order."""
         n = len(envs)
         i = 0
         while i < n:
             env = envs[i]
             ch = env.channel
-            raw = _plain_stream(env)
+            if i + 1 == n or envs[i + 1].channel != ch:  # (many channels: the usual case)
+                yield env, None
+                i += 1
+                continue
+            raw, wsmsg = _plain(env)
+            raws, wsmsgs = [raw], [wsmsg]
+            streams, sockets = raw is not None, wsmsg is not None  # what the run can join
             j = i + 1
-            if raw is not None:
-                raws = [raw]
-                while j < n and envs[j].channel == ch:
-                    r = _plain_stream(envs[j])
-                    if r is None:
-                        break
-                    raws.append(r)
-                    j += 1
+            while (streams or sockets) and j < n and envs[j].channel == ch:
+                r, w = _plain(envs[j])
+                if not ((streams and r is not None) or (sockets and w is not None)):
+                    break
+                streams, sockets = streams and r is not None, sockets and w is not None
+                raws.append(r)
+                wsmsgs.append(w)
+                j += 1
             if j - i < 2:
                 yield env, None
                 i += 1
                 continue
             members = self.hub.sessions(ch)
-            last = None  # the cursor of the run's last message with content
-            for k in range(j - 1, i - 1, -1):
-                if raws[k - i]:
-                    last = envs[k].cursor
-                    break
             others: list[Session] = []
-            if members and last is not None:
+            if members:
                 gate = self.gate
-                chunked = b"".join([http_chunk(r) for r in raws if r])
-                plain = b"".join(raws)
-                stream_cls = StreamSession
+                stream_cls, ws_cls = StreamSession, WsSession
+                last = None  # the cursor of the run's last message with stream content
+                if streams:
+                    for k in range(j - 1, i - 1, -1):
+                        if raws[k - i]:
+                            last = envs[k].cursor
+                            break
+                chunked = plain = frames = frames_z = b""
+                if last is not None:
+                    chunked = b"".join([http_chunk(r) for r in raws if r])
+                    plain = b"".join([r for r in raws if r])
+                last_ws = envs[j - 1].cursor if sockets else None
                 s: Any
                 for s in members:
-                    if (
-                        type(s) is not stream_cls
-                        or s.state
-                        or s.track is not None
-                        or (s.filters and s.filters.get(ch))
-                        or (gate and (s, ch) in gate)
-                    ):
+                    cls = type(s)
+                    if s.state or (s.filters and s.filters.get(ch)) or (gate and (s, ch) in gate):
                         others.append(s)
                         continue
-                    s.last_cursor[ch] = last
-                    data = chunked if s.chunked else plain
+                    if cls is stream_cls and last is not None and s.track is None:
+                        s.last_cursor[ch] = last
+                        data = chunked if s.chunked else plain
+                    elif cls is ws_cls and last_ws is not None:
+                        s.last_cursor[ch] = last_ws
+                        if not s.deflate:
+                            if not frames:
+                                frames = b"".join(
+                                    [ws_message_frame(w) for w in wsmsgs if w is not None]
+                                )
+                            data = frames
+                        else:  # permessage-deflate: each message compressed, as one by one
+                            if not frames_z:
+                                frames_z = b"".join(
+                                    [ws_message_frame(w, True) for w in wsmsgs if w is not None]
+                                )
+                            data = frames_z
+                    elif cls is stream_cls and streams and last is None and s.track is None:
+                        continue  # a run without stream content: nothing, as one by one
+                    else:
+                        others.append(s)
+                        continue
                     parts = pending.get(s)
                     if parts is None:
                         pending[s] = [data]
                     else:
                         parts.append(data)
-            elif members:
-                others = list(members)
             for k in range(i, j):
                 env = envs[k]
                 self._messages += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 
 import pytest
 import trio
@@ -376,5 +377,99 @@ def test_a_run_delivers_what_one_message_at_a_time_does(cut):
         assert whole == single
         assert held_whole == held_single == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11]
         assert msgs_whole == msgs_single == len(_batch())
+
+    trio.run(main)
+
+
+def test_a_run_to_websockets_delivers_what_one_message_at_a_time_does(monkeypatch):
+    """WebSockets (plain, permessage-deflate, filtered, closed) and a stream on one channel, a
+    batch whose messages carry both formats, one only, a close and a ping: one ``deliver``
+    and one message at a time write the same frames and set the same cursors."""
+    from types import SimpleNamespace
+
+    import edge.sync.deliver as deliver_mod
+    from edge.ws.deflate import Deflate
+
+    in_runs = []  # messages the run path took (Deliverer._runs yields them with members)
+    real_runs = deliver_mod.Deliverer._runs
+
+    def counting_runs(self, *args):
+        for env, members in real_runs(self, *args):
+            if members is not None:
+                in_runs.append(env.seq)
+            yield env, members
+
+    monkeypatch.setattr(deliver_mod.Deliverer, "_runs", counting_runs)
+    from edge.ws.session import WsSession
+    from edge.ws.timers import WsTimers
+
+    def env(seq, ws=None, st=None, **kw):
+        formats = {}
+        if ws is not None:
+            formats["ws-message"] = ws
+        if st is not None:
+            formats["http-stream"] = st
+        return Envelope(channel="w", seq=seq, epoch="e", formats=formats, **kw)
+
+    batch = [
+        env(1, {"content": b"one"}, {"content": b"one\n"}),
+        env(2, {"content": b"two"}, {"content": b"two\n"}),
+        env(3, {"content": b"three"}),  # ws only: the stream gets nothing of it
+        env(4, {"content": b"\x00\x01", "type": "binary"}),
+        env(5, {"content": b"hi", "type": "ping"}),
+        env(6, None, {"content": b"six\n"}),  # stream only
+        env(7, {"content": b"skip", "meta": {}}, None, meta={"sender": "u1"}),
+        env(8, {"content": b"eight"}),
+        env(9, {"action": "close", "code": 4001}),
+        env(10, {"content": b"late"}),
+    ]
+
+    async def run(one_by_one):
+        socks = [socket.socketpair() for _ in range(3)]
+        app = SimpleNamespace(ws_timers=WsTimers(None, resolution_s=0.1))
+        side = SimpleNamespace(closed=0)  # the origin side: told of a published close
+        side.close_published = lambda: setattr(side, "closed", side.closed + 1)
+        plain = WsSession(app, socks[0][0], side=side, prefix="", now=0.0, max_message=1 << 20)
+        deflated = WsSession(
+            app, socks[1][0], side=side, prefix="", now=0.0, max_message=1 << 20, deflate=Deflate()
+        )
+        filtered = WsSession(app, socks[2][0], side=side, prefix="", now=0.0, max_message=1 << 20)
+        filtered.filters = {"w": ("skip-self",)}
+        filtered.meta = {"user": "u1"}
+        pipe = PipeEnd()
+        st = session(pipe)
+        hub = Hub()
+        for s in (plain, deflated, filtered, st):
+            hub.add(s, ["w"], 0)
+        d = Deliverer(hub, 1 << 20, spawn=None)
+        if one_by_one:
+            for e in batch:
+                await d.deliver([e], now=1.0)
+        else:
+            await d.deliver(batch, now=1.0)
+        out = []
+        for s, (a, b) in zip((plain, deflated, filtered), socks):
+            b.setblocking(False)
+            try:
+                data = b.recv(1 << 20)
+            except BlockingIOError:
+                data = b""
+            out.append((data, dict(s.last_cursor), s.state))
+            a.close()
+            b.close()
+        out.append((pipe.read(), dict(st.last_cursor), st.state))
+        pipe.close()
+        return out, (d.statistics().messages, d.statistics().deliveries), side.closed
+
+    async def main():
+        whole, n_whole, closed_whole = await run(False)
+        single, n_single, closed_single = await run(True)
+        assert whole == single
+        assert closed_whole == closed_single == 3  # each open WebSocket once
+        assert n_whole[0] == n_single[0] == len(batch)
+        assert in_runs == [1, 2, 3, 4, 5, 7, 8]  # the runs: 1-5 (1-2 both formats), 7-8
+        assert b"one" in whole[0][0] and b"eight" in whole[0][0] and b"late" not in whole[0][0]
+        assert b"skip" in whole[0][0] and b"skip" not in whole[2][0]
+        assert whole[3][0] == b"4\r\none\n\r\n4\r\ntwo\n\r\n4\r\nsix\n\r\n"
 
     trio.run(main)
