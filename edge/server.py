@@ -583,9 +583,10 @@ class Edge:
         addr: fastpath.PeerAddress | None,
         tls: TlsConn | None = None,
         conn: Connection | None = None,
-    ) -> None:
+    ) -> bool:
         """A connection's task; with ``conn`` (and no ``sock``), a parked connection woken
-        (``edge.parking``): its task again, until it ends or parks once more."""
+        (``edge.parking``): its task again, until it ends or parks once more (True)."""
+        resumed = conn is not None
         if conn is None:
             assert sock is not None
             self.connections += 1
@@ -608,6 +609,9 @@ class Edge:
         finally:
             if not parked:
                 self._closed(sock)
+                if resumed and conn.crypt is not None and self.tls is not None:
+                    self.tls.closed()  # (a TLS connection that had parked: its count)
+        return parked
 
     def _closed(self, sock: trio.socket.SocketType) -> None:
         self.connections -= 1
@@ -617,6 +621,8 @@ class Edge:
     def _abandoned(self, conn: Connection) -> None:
         """A parked connection closed because the edge stops (``edge.parking``)."""
         self._closed(conn.sock)
+        if conn.crypt is not None and self.tls is not None:
+            self.tls.closed()
 
     def statistics(self) -> EdgeStatistics:
         return EdgeStatistics(

@@ -232,7 +232,9 @@ class HandshakeTimeout(GripcastError):
     """A handshake still in progress at its deadline (``TlsConn.expired``)."""
 
 
-ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, TlsConn], Awaitable[None]]
+# the HTTP side of a TLS connection; True when it parked the connection (edge.parking: still
+# open, ``closed()`` is called when it ends)
+ServePlain = Callable[[trio.socket.SocketType, PeerAddress | None, TlsConn], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,20 +279,26 @@ class TlsServer:
         *,
         handshake_timeout_s: float,
     ) -> None:
-        """Serve one accepted TLS client until it is done: the handshake, then
+        """Serve one accepted TLS client until it is done or parked: the handshake, then
         ``serve_plain(sock, addr, conn)`` (the HTTP side, which closes ``sock``)."""
         self.active += 1
+        parked = False
         try:
             conn = await self.handshake(sock, addr, port, handshake_timeout_s)
             if conn is None:
                 sock.close()
                 return
-            await serve_plain(sock, addr, conn)
+            parked = await serve_plain(sock, addr, conn)
         except Exception:  # a bug in one connection must not take the edge down
             log.exception("TLS connection failed addr=%s", addr)
             sock.close()
         finally:
-            self.active -= 1
+            if not parked:
+                self.active -= 1
+
+    def closed(self) -> None:
+        """A TLS connection that had parked (``serve_connection`` returned) is closed."""
+        self.active -= 1
 
     async def handshake(
         self, sock: trio.socket.SocketType, addr: PeerAddress | None, port: int, timeout_s: float

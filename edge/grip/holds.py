@@ -854,8 +854,9 @@ _NO_RESUMES: list[Resume] = []  # the same, for their resumes
 
 
 def _may_park(conn: Connection) -> bool:
-    """A plain (not TLS) connection, and the edge parks idle streams (``edge.parking``)."""
-    return conn.crypt is None and conn.app.parker.serving
+    """The edge parks idle streams (``edge.parking``), plain and TLS alike (a TLS client's
+    records are read through its ``TlsConn`` when the parker wakes it)."""
+    return conn.app.parker.serving
 
 
 class HeldStream:

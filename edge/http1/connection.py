@@ -677,21 +677,31 @@ class Connection:
         return self.reject is not None or self.upgrade
 
     def read_held(self) -> bool:
-        """A held plain connection about to park (``edge.parking``): read what the client
-        sent, without waiting; True when the hold must end (the client closed, sent a bad
+        """A held connection about to park (``edge.parking``): read what the client sent
+        (through TLS for a TLS client), without waiting; True when the hold must end (the client closed, sent a bad
         request, or a pipelined request head: ``watch_client``'s rules for a hold without a
         deadline).  Between requests the parser is dropped (``watch_client``)."""
         if self.cur is None:
             self.parser = None
         fd = self.sock.fileno()
+        crypt = self.crypt
         while True:
-            try:
-                data = _os_read(fd, READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:
-                self.eof = True
-                return True
+            if crypt is not None:  # a TLS client: what its records complete, as watch_client
+                try:
+                    data = crypt.read_now(READ_SIZE)
+                except OSError:  # ssl.SSLError: a bad record, a refused renegotiation
+                    self.eof = True
+                    return True
+                if data is None:  # nothing complete now: the socket wakes the parker again
+                    return False
+            else:
+                try:
+                    data = _os_read(fd, READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError:
+                    self.eof = True
+                    return True
             if not data:
                 self.eof = True
                 return True

@@ -432,6 +432,82 @@ def _wait_status(notify, status: bytes, timeout: float = 10.0) -> None:
             return
 
 
+def _parked(env: Env, name: str = "gripcast_edge_parked_connections") -> float:
+    return _metric(env, name) if name in _metrics_text(env) else 0.0
+
+
+def _metrics_text(env: Env) -> str:
+    return httpx.get(f"http://127.0.0.1:{env.metrics_port}/metrics", timeout=10).text
+
+
+def _tls_stream(env: Env, path: str) -> ssl.SSLSocket:
+    """An HTTPS stream read in the test's thread (no reader thread: a close is a close)."""
+    s = env.client_ctx().wrap_socket(
+        socket.create_connection(("127.0.0.1", env.https_port), timeout=10),
+        server_hostname="localhost",
+    )
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    return s
+
+
+def _tls_read_until(s: ssl.SSLSocket, text: bytes) -> bytes:
+    got = b""
+    deadline = time.monotonic() + 10
+    while text not in got:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        data = s.recv(65536)
+        if not data:
+            raise EOFError(f"closed before {text!r}: {got!r}")
+        got += data
+    return got
+
+
+def test_idle_tls_streams_park_and_get_messages_and_leave(env):
+    """Idle HTTPS streams park like plain ones (no task while idle, edge.parking): a publish
+    reaches each through TLS without waking it, a client's hang-up wakes and ends its hold,
+    a record that does not decrypt ends only that connection."""
+    base = _parked(env)
+    tls_base = _parked(env, "gripcast_edge_tls_connections")
+    n = 6
+    clients = [_tls_stream(env, "/sse?ch=tls-park") for _ in range(n)]
+    try:
+        for c in clients:
+            _tls_read_until(c, b"data: hi\n\n")
+        wait_for(lambda: _parked(env) >= base + n, what="the TLS streams parked")
+        assert _parked(env, "gripcast_edge_tls_connections") >= n  # still counted while parked
+        parks = _parked(env, "gripcast_edge_parks_total")
+        env.publish("tls-park", HttpStreamFormat("data: parked\n\n"))
+        for c in clients:
+            _tls_read_until(c, b"data: parked\n\n")
+        assert _parked(env) >= base + n  # delivery wrote through TLS: nobody woke
+        assert _parked(env, "gripcast_edge_parks_total") == parks
+        # clients that hang up are seen while parked
+        clients[0].close()
+        clients[1].close()
+        wait_for(lambda: _parked(env) <= base + n - 2, timeout=5, what="the closed ones unparked")
+        # bytes that are no TLS record of this session: that connection only is closed
+        raw = socket.socket(fileno=os.dup(clients[2].fileno()))
+        raw.sendall(b"\x17\x03\x03\x00\x05hello")  # application data without a valid MAC
+        raw.close()
+        clients[2].settimeout(5)
+        with pytest.raises((ssl.SSLError, OSError, EOFError)):
+            while clients[2].recv(65536):
+                pass
+            raise EOFError("closed by the edge")
+        env.publish("tls-park", HttpStreamFormat("data: after\n\n"))
+        for c in clients[3:]:
+            _tls_read_until(c, b"data: after\n\n")
+    finally:
+        for c in clients:
+            c.close()
+    wait_for(lambda: _parked(env) <= base, timeout=5, what="all unparked")
+    wait_for(
+        lambda: _parked(env, "gripcast_edge_tls_connections") <= tls_base,
+        timeout=5,
+        what="the TLS connection count back",
+    )
+
+
 def test_session_resumption(env):
     """A second connection resumes the first one's session (a TLS 1.2 ticket)."""
     ctx = env.client_ctx()
