@@ -10,7 +10,7 @@ what a held connection kept (bench/RESULTS.md, "Memory per connection, fourth ro
 ``Connection.serve``, ``hold_stream`` and ``watch_client``, and trio's ``wait_readable`` chain
 (four more coroutines, the abort closure, ``EpollWaiters``).
 
-So a plain (not TLS) stream hold that has nothing to wait for but its client *parks*: its task
+So a stream hold that has nothing to wait for but its client *parks*: its task
 returns, leaving the hold's state on the connection (``Connection.held``: the request, the
 route, the ``_Stream`` and the next-link chain count), and its socket is registered, for input
 and hang-up, with this module's own ``epoll``, which one task (``Parker.serve``) waits on.  The
@@ -26,7 +26,9 @@ from there the rest of the connection, as before) when
 Nothing else changes for the connection: it stays counted in ``Edge.connections`` and
 ``Edge.sockets`` (the drain shuts its read side, which wakes it), its stats record stays, its
 session stays on the hub.  Holds with a deadline (a next link's idle window, the first
-subscription's update) and TLS clients keep their task (their waits are not only on the socket).
+subscription's update) keep their task (their waits are not only on the socket).  A TLS
+client's stream parks too: woken, its records are read through its ``TlsConn`` (and the TLS
+connection gauge counts it until it closes); TLS WebSockets keep their task.
 When the edge's nursery is cancelled (the process stops), ``serve`` closes the sockets still
 parked and accounts them as closed (``on_abandon``).
 
