@@ -28,12 +28,12 @@ Nothing else changes for the connection: it stays counted in ``Edge.connections`
 session stays on the hub.  Holds with a deadline (a next link's idle window, the first
 subscription's update) keep their task (their waits are not only on the socket).  A TLS
 client's stream parks too: woken, its records are read through its ``TlsConn`` (and the TLS
-connection gauge counts it until it closes); TLS WebSockets keep their task.
+connection gauge counts it until it closes); so do wss WebSockets.
 When the edge's nursery is cancelled (the process stops), ``serve`` closes the sockets still
 parked and accounts them as closed (``on_abandon``).
 
-Idle WebSockets park the same way (``edge.ws.session``: a plain client socket and a
-WebSocket-over-HTTP origin, the common case).  An open session has two things to wait for:
+Idle WebSockets park the same way (``edge.ws.session``: a WebSocket-over-HTTP origin, the
+common case; ws or wss).  An open session has two things to wait for:
 the client (input, close) and its origin side's request loop (``WohOrigin.serve``), which runs
 only while a request is due.  When that loop is not running and the client has sent nothing,
 the session parks (``Connection.wsheld``, an ``edge.ws.session.ParkedWs``: the session's

@@ -681,8 +681,9 @@ async def serve_websocket(
     app.ws_opened += 1
     app.stats.websocket(conn.sock, side.cid)  # a "conn" of type ws from now on (edge.connstats)
     app.websockets[side.cid] = session  # found by the refresh command (edge.ws.commands)
-    if isinstance(side, WohOrigin) and conn.crypt is None and app.parker.serving:
-        # an idle session parks (edge.parking): no task while idle
+    if isinstance(side, WohOrigin) and app.parker.serving:
+        # an idle session parks (edge.parking): no task while idle (wss too: a woken TLS
+        # client's records are read through its TlsConn)
         side.parkable = True
         side.session = session
         session.set_channels([session.channel(c) for c in side.fixed_channels])
@@ -857,7 +858,7 @@ async def _read_client(
             await side.wait_room()
         data = None
         if park is not None and not session.state and not cast("WohOrigin", side).active:
-            data = read_now(sock, READ_SIZE)
+            data = read_now(sock, READ_SIZE) if crypt is None else crypt.read_now(READ_SIZE)
             if data is None:  # idle: park (edge.parking); the caller's task returns
                 conn.wsheld = session.scope = session.read_scope = park
                 woh = cast("WohOrigin", side)

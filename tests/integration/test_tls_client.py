@@ -300,6 +300,53 @@ def test_websocket_over_wss(env):
     asyncio.run(main())
 
 
+def test_idle_wss_sessions_park_and_get_messages(env):
+    """Idle WebSockets over wss park like ws ones (edge.parking): publishes reach them through
+    TLS without waking them, a message from the client wakes one and is echoed, a close ends
+    it, and the TLS connection gauge counts the parked ones until they close."""
+    url = f"wss://localhost:{env.https_port}/ws?channel=tls-wpark"
+    base = _parked(env)
+    tls_base = _parked(env, "gripcast_edge_tls_connections")
+    n = 4
+
+    async def main():
+        socks = [
+            await websockets.connect(url, ssl=env.client_ctx(), ping_interval=None)
+            for _ in range(n)
+        ]
+        try:
+            for ws in socks:
+                await ws.send("hello")
+                assert await asyncio.wait_for(ws.recv(), 5) == "hello"
+            await asyncio.to_thread(
+                wait_for, lambda: _parked(env) >= base + n, what="the wss sessions parked"
+            )
+            assert _parked(env, "gripcast_edge_tls_connections") >= tls_base + n
+            parks = _parked(env, "gripcast_edge_parks_total")
+            await asyncio.to_thread(env.publish, "tls-wpark", WebSocketMessageFormat("pushed"))
+            for ws in socks:
+                assert await asyncio.wait_for(ws.recv(), 5) == "pushed"
+            assert _parked(env, "gripcast_edge_parks_total") == parks  # nobody woke
+            await socks[0].send("again")  # wakes that one: echoed, then it parks again
+            assert await asyncio.wait_for(socks[0].recv(), 5) == "again"
+            await asyncio.to_thread(
+                wait_for,
+                lambda: _parked(env, "gripcast_edge_parks_total") > parks,
+                what="parked again",
+            )
+        finally:
+            for ws in socks:
+                await ws.close()
+
+    asyncio.run(main())
+    wait_for(lambda: _parked(env) <= base, timeout=5, what="all unparked")
+    wait_for(
+        lambda: _parked(env, "gripcast_edge_tls_connections") <= tls_base,
+        timeout=5,
+        what="the TLS connection count back",
+    )
+
+
 def test_garbage_and_stalled_handshakes_close_only_that_connection(env):
     s = TlsStream(env, "/stream?ch=tls-h1")
     try:
