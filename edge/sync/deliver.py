@@ -208,6 +208,11 @@ class Deliverer:
             stream = formats.get("http-stream")
             resp = formats.get("http-response")
             wsmsg = formats.get("ws-message")
+            # once per message, not per session: the cursor every delivery records, and the
+            # formats' actions
+            channel, cursor = env.channel, env.cursor
+            saction = stream.get("action", "send") if stream is not None else None
+            ws_send = wsmsg is not None and wsmsg.get("action", "send") == "send"
             chunk: bytes | None
             raw: bytes | None
             wsframe: bytes | None
@@ -229,7 +234,7 @@ class Deliverer:
             s: Any
             for s in members:
                 if gate and only is None:
-                    held = gate.get((s, env.channel))
+                    held = gate.get((s, channel))
                     if held is not None:
                         held.append(env)
                         continue
@@ -249,21 +254,19 @@ class Deliverer:
                             continue
                 flt = s.filters
                 if flt:
-                    flt = flt.get(env.channel)
+                    flt = flt.get(channel)
                 if cf and not self._content_filters_match(s, cls, flt, env, pending):
                     continue
                 if flt and not filters.allowed(flt, s.meta, env.meta, s.channel_names):
                     if cls is stream_cls and not s.state:
                         # Pushpin advances a stream's id past a filtered-out item too (its
                         # next link's Grip-Last, build-id's other channels)
-                        s.last_cursor[env.channel] = env.cursor
+                        s.last_cursor[channel] = cursor
                     continue
                 if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
                         continue
-                    if wsmsg.get("action", "send") == "send" and not (
-                        flt and filters.changes_content(flt)
-                    ):
+                    if ws_send and not (flt and filters.changes_content(flt)):
                         if not s.deflate:
                             if wsframe is None:
                                 wsframe = ws_message_frame(wsmsg)
@@ -276,7 +279,7 @@ class Deliverer:
                         data = s.on_publish(wsmsg, env, flt)  # close, refresh, var-subst
                         if not data:
                             continue
-                    s.last_cursor[env.channel] = env.cursor
+                    s.last_cursor[channel] = cursor
                     parts = pending.get(s)
                     if parts is None:
                         pending[s] = [data]
@@ -286,12 +289,12 @@ class Deliverer:
                 if cls is stream_cls:
                     if stream is None or s.state:  # not OPEN
                         continue
-                    action = stream.get("action", "send")
+                    action = saction
                     if action == "send":
                         if chunk is None:  # raw and chunk are set together
                             raw = _content(stream)
                             if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor
-                                raw = render_ids(raw, env.cursor)
+                                raw = render_ids(raw, cursor)
                             chunk = http_chunk(raw)
                         if not raw:
                             continue
@@ -308,7 +311,7 @@ class Deliverer:
                                     continue
                                 if s.chunked:
                                     data = http_chunk(data)
-                        s.last_cursor[env.channel] = env.cursor
+                        s.last_cursor[channel] = cursor
                     elif action == "close":
                         data = s.close()  # OPEN -> CLOSING: the final chunk
                     else:
