@@ -25,6 +25,7 @@ from pubcontrol import Item
 
 from tests.helpers import skip_missing, wait_for
 from tests.integration.cluster import Cluster, Origin
+from tests.integration.test_parking import read_until
 from tests.integration.wsorigin import WohOriginApp
 from tests.tlscerts import make_ca
 
@@ -497,18 +498,6 @@ def _tls_stream(env: Env, path: str) -> ssl.SSLSocket:
     return s
 
 
-def _tls_read_until(s: ssl.SSLSocket, text: bytes) -> bytes:
-    got = b""
-    deadline = time.monotonic() + 10
-    while text not in got:
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        data = s.recv(65536)
-        if not data:
-            raise EOFError(f"closed before {text!r}: {got!r}")
-        got += data
-    return got
-
-
 def test_idle_tls_streams_park_and_get_messages_and_leave(env):
     """Idle HTTPS streams park like plain ones (no task while idle, edge.parking): a publish
     reaches each through TLS without waking it, a client's hang-up wakes and ends its hold,
@@ -519,13 +508,13 @@ def test_idle_tls_streams_park_and_get_messages_and_leave(env):
     clients = [_tls_stream(env, "/sse?ch=tls-park") for _ in range(n)]
     try:
         for c in clients:
-            _tls_read_until(c, b"data: hi\n\n")
+            read_until(c, b"data: hi\n\n")
         wait_for(lambda: _parked(env) >= base + n, what="the TLS streams parked")
         assert _parked(env, "gripcast_edge_tls_connections") >= n  # still counted while parked
         parks = _parked(env, "gripcast_edge_parks_total")
         env.publish("tls-park", HttpStreamFormat("data: parked\n\n"))
         for c in clients:
-            _tls_read_until(c, b"data: parked\n\n")
+            read_until(c, b"data: parked\n\n")
         assert _parked(env) >= base + n  # delivery wrote through TLS: nobody woke
         assert _parked(env, "gripcast_edge_parks_total") == parks
         # clients that hang up are seen while parked
@@ -543,7 +532,7 @@ def test_idle_tls_streams_park_and_get_messages_and_leave(env):
             raise EOFError("closed by the edge")
         env.publish("tls-park", HttpStreamFormat("data: after\n\n"))
         for c in clients[3:]:
-            _tls_read_until(c, b"data: after\n\n")
+            read_until(c, b"data: after\n\n")
     finally:
         for c in clients:
             c.close()
