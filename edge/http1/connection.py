@@ -678,9 +678,10 @@ class Connection:
 
     def read_held(self) -> bool:
         """A held connection about to park (``edge.parking``): read what the client sent
-        (through TLS for a TLS client), without waiting; True when the hold must end (the client closed, sent a bad
-        request, or a pipelined request head: ``watch_client``'s rules for a hold without a
-        deadline).  Between requests the parser is dropped (``watch_client``)."""
+        (through TLS for a TLS client), without waiting; True when the hold must end (the
+        client closed, sent a bad request or record, or a pipelined request head:
+        ``watch_client``'s rules for a hold without a deadline).  Between requests the parser
+        is dropped (``watch_client``)."""
         if self.cur is None:
             self.parser = None
         fd = self.sock.fileno()

@@ -481,11 +481,7 @@ def _wait_status(notify, status: bytes, timeout: float = 10.0) -> None:
 
 
 def _parked(env: Env, name: str = "gripcast_edge_parked_connections") -> float:
-    return _metric(env, name) if name in _metrics_text(env) else 0.0
-
-
-def _metrics_text(env: Env) -> str:
-    return httpx.get(f"http://127.0.0.1:{env.metrics_port}/metrics", timeout=10).text
+    return _metric(env, name)
 
 
 def _tls_stream(env: Env, path: str) -> ssl.SSLSocket:
