@@ -149,6 +149,14 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         "limit) or python (default: c for channels, python elsewhere)",
     )
     p.add_argument(
+        "--client-sched",
+        choices=("normal", "batch"),
+        default="normal",
+        help="the client workers' CPU scheduling policy: normal, or batch (SCHED_BATCH: a client "
+        "woken by a delivery does not preempt the server that is still sending, as clients on "
+        "other hosts cannot; the server's CPU per delivery then excludes that context switch)",
+    )
+    p.add_argument(
         "--py-spy",
         default="",
         metavar="DIR",
@@ -314,6 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     cr.add_argument("--repeat", type=int, default=2, help="rounds per target (default 2)")
     cr.add_argument("--out", default="", help="JSON path (default bench/results/connrate-*.json)")
+    sf = sub.add_parser(
+        "sendfloor",
+        help="the kernel's cost of one loopback send() to held connections (bench/sendfloor.c): "
+        "the floor under fanout's server CPU per delivery",
+    )
+    sf.add_argument("--conns", type=int, default=10000, help="connections (default 10,000)")
+    sf.add_argument(
+        "--senders", type=int, default=2, help="sender processes (default 2, as gripcast's edges)"
+    )
+    sf.add_argument("--readers", type=int, default=4, help="reader processes (default 4)")
+    sf.add_argument(
+        "--rate", type=float, default=1.0, help="messages/s to every connection (default 1)"
+    )
+    sf.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
+    sf.add_argument("--payload", type=int, default=150, help="bytes per message (default 150)")
+    sf.add_argument(
+        "--client-sched",
+        choices=("normal", "batch", "both"),
+        default="both",
+        help="the readers' scheduling policy (as fanout's --client-sched); both: each in turn",
+    )
+    sf.add_argument("--repeat", type=int, default=2, help="rounds (default 2)")
+    sf.add_argument("--out", default="", help="JSON path (default bench/results/sendfloor-*.json)")
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
     ing.add_argument(
@@ -515,6 +546,7 @@ def load_config(args) -> LoadConfig:
         # client's resume): full by the end of the warm-up, so retained history is not growth
         history_max_items=max(100, math.ceil(rate * args.interval)) if soak else 100000,
         creader=getattr(args, "reader", "python") == "c",
+        client_sched=getattr(args, "client_sched", "normal"),
         slow_apart=not getattr(args, "slow_mixed", False),
         slow_rounds=max(1, getattr(args, "rounds", 1)),
     )
@@ -580,6 +612,11 @@ def main(argv: list[str] | None = None) -> int:
 
         args.argv = argv if argv is not None else sys.argv[1:]
         return connrate.main(args)
+    if args.scenario == "sendfloor":
+        from bench import sendfloor
+
+        args.argv = argv if argv is not None else sys.argv[1:]
+        return sendfloor.main(args)
     if args.scenario == "ingest":
         with _progress(console) as progress:
             r = run_ingest(

@@ -200,6 +200,7 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
         f"gripcast edges {cfg['edges']}; log level {cfg.get('log_level')}, stats "
         f"{'on' if cfg.get('stats') else 'off'} on both; clients "
         f"{'resume with cursor' if cfg.get('resume') else 'reconnect without cursor'}"
+        f"{', SCHED_BATCH' if cfg.get('client_sched') == 'batch' else ''}"
         f"{'; saturation search' if cfg.get('saturate') else ''}; order {' then '.join(names)}"
     )
     table = Table(title=title)

@@ -92,6 +92,7 @@ class LoadConfig:
     history_max_items: int = 100000
     # channels: established plain stream/SSE bodies read by the workers' C reader (bench.creader)
     creader: bool = False
+    client_sched: str = "normal"  # the client workers' scheduling policy (WorkerConfig.sched)
     # slow scenario: the slow readers in client workers of their own (their trickle reads do
     # not delay the fast clients' reads and timestamps); False: mixed in, as before
     slow_apart: bool = True
@@ -696,6 +697,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                         tls=cfg.tls,
                         creader=cfg.creader,
                         role=role,
+                        sched=cfg.client_sched,
                     )
                 )
             )

@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import heapq
 import math
+import os
 import random
 import re
 import select
@@ -152,6 +153,8 @@ class WorkerConfig:
     # which clients of [first, last) this worker holds: "all"; "fast": those that are not slow
     # readers; "slow": only the slow readers (their trickle reads in a process of their own)
     role: str = "all"
+    # the client workers' CPU scheduling policy: "normal" (SCHED_OTHER) or "batch" (SCHED_BATCH)
+    sched: str = "normal"
 
 
 ROLES = ("all", "fast", "slow")
@@ -903,4 +906,16 @@ class Worker:
 def worker_main(cfg: WorkerConfig, pipe) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     raise_nofile()
+    apply_sched(cfg.sched)
     Worker(cfg, pipe).run()
+
+
+def apply_sched(policy: str) -> None:
+    """This process's CPU scheduling policy: ``normal`` (left as it is) or ``batch``
+    (SCHED_BATCH: a client woken by a delivery does not preempt the server still sending to
+    the others, as a client on another host cannot; the kernel's loopback receive path still
+    runs inside the server's ``send()``)."""
+    if policy == "batch":
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    elif policy != "normal":
+        raise ValueError(f"client scheduling policy {policy!r}: normal or batch")
