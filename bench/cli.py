@@ -144,9 +144,9 @@ def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = Fal
         "--reader",
         choices=("c", "python"),
         default="c" if channels else "python",
-        help="how client workers read established plain stream/SSE bodies: c (bench/creader.c, "
-        "built with gcc at run time; a few us per delivery: the load generator is then not the "
-        "limit) or python (default: c for channels, python elsewhere)",
+        help="how client workers read established plain stream/SSE bodies and WebSocket frames: "
+        "c (bench/creader.c, built with gcc at run time; a few us per delivery: the load "
+        "generator is then not the limit) or python (default: c for channels, python elsewhere)",
     )
     p.add_argument(
         "--client-sched",

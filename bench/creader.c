@@ -1,17 +1,25 @@
 /* The bench's C reader: the body-reading half of a client worker (bench/swarm.py), for plain
- * HTTP-stream and SSE clients whose response head was read.  Built at run time by
- * bench/creader.py (gcc), used through ctypes.
+ * HTTP-stream, SSE and WebSocket clients whose response head (101 for WebSocket) was read.
+ * Built at run time by bench/creader.py (gcc), used through ctypes.
  *
- * A worker hands an established client over (cr_adopt: its socket, chunked or raw framing,
- * its cursor); the reader keeps the socket in an epoll of its own, which also polls the
- * worker's epoll, and the worker's loop waits in cr_run.  cr_run reads each ready socket (one
- * recv), undoes the chunked framing, splits lines and, per line "M<seq> <time>" (or "data: M<seq> <time>"), counts the
- * delivery exactly as swarm.Worker.consume does: the client's seen[seq - base] byte, the
- * latency histogram keyed (second since t0, log bucket), late and stale deliveries; a probe
- * line "P<k>" before any message is the client's cursor and marks it probed.  A socket the
- * server closed (EOF, error, the last chunk) is left out of the epoll and reported back, and
- * the worker reconnects it.  Only the first LINE_KEEP bytes of a line are kept (padded large
- * messages carry their number and time at the start).
+ * A worker hands an established client over (cr_adopt: its socket, its framing: raw, chunked
+ * or WebSocket, its cursor); the reader keeps the socket in an epoll of its own, which also
+ * polls the worker's epoll, and the worker's loop waits in cr_run.  cr_run reads each ready
+ * socket (one recv), undoes the framing, splits lines and, per line "M<seq> <time>" (or
+ * "data: M<seq> <time>"), counts the delivery exactly as swarm.Worker.consume does: the
+ * client's seen[seq - base] byte, the latency histogram keyed (second since t0, log bucket),
+ * late and stale deliveries; a probe line "P<k>" before any message is the client's cursor and
+ * marks it probed.  A socket the server closed (EOF, error, the last chunk, a WebSocket close
+ * frame) is left out of the epoll and reported back, and the worker reconnects it.  Only the
+ * first LINE_KEEP bytes of a line are kept (padded large messages carry their number and time
+ * at the start).
+ *
+ * WebSocket framing is undone as swarm.deframe does: the payloads of text, binary and
+ * continuation frames are the message text, a frame with FIN ends its message as a newline
+ * would (the server's messages carry none), a masked server frame has its mask skipped (not
+ * applied), a ping is answered with a pong of the same payload (a client frame: masked), a
+ * close frame ends the stream, other frames are skipped.  Frames may be split anywhere: the
+ * header is kept in the client's sz[] until it is whole, the payload is read as it comes.
  */
 #include <errno.h>
 #include <math.h>
@@ -31,20 +39,31 @@
 #define MAX_EVENTS 1024
 #define PY_TAG 0xFFFFFFFFu /* the worker's own epoll fd, polled among the sockets */
 
+enum { M_RAW = 0, M_CHUNKED = 1, M_WS = 2 }; /* a client's framing (cr_adopt's mode) */
+
+#define WS_FIN 0x80
+#define PONG_HEAD 0x80 /* client_t.pong: the pong's header is not sent yet */
+#define PONG_CHUNK 4096
+static const unsigned char PONG_MASK[4] = {0x37, 0xfa, 0x21, 0x3d}; /* any mask will do */
+
+/* 160 bytes a client (a worker holds ~15,000 of a 100,000-client run). */
 typedef struct {
+    int64_t left;        /* chunked: bytes left in the chunk; ws: payload bytes left in the frame */
+    int64_t last;        /* the highest seq seen (the cursor) */
+    int64_t probe;       /* the last probe seen before any message */
     int fd;
-    int chunked;
-    int64_t left;  /* bytes left in the current chunk */
-    int skip;      /* CR LF after a chunk still to skip */
-    int szlen;     /* bytes of a chunk-size line kept so far */
-    char sz[24];
-    int linelen;   /* bytes of the current line seen (only LINE_KEEP kept) */
+    int linelen;         /* bytes of the current line seen (only LINE_KEEP kept) */
+    unsigned char mode;  /* M_RAW, M_CHUNKED or M_WS */
+    unsigned char skip;  /* chunked: CR LF after a chunk still to skip */
+    unsigned char szlen; /* bytes kept in sz */
+    unsigned char op;    /* ws: the frame's FIN bit and opcode */
+    unsigned char pong;  /* ws, a ping's payload: PONG_HEAD | pong payload bytes sent, mod 4 */
+    unsigned char probed;
+    unsigned char closed;
+    char sz[24];         /* chunked: the chunk-size line; ws: the frame header (<= 14 bytes) */
     char line[LINE_KEEP];
-    int64_t last;  /* the highest seq seen (the cursor) */
-    int64_t probe; /* the last probe seen before any message */
-    int probed;
-    int closed;
 } client_t;
+_Static_assert(sizeof(client_t) <= 160, "keep the per-client state small");
 
 typedef struct {
     int64_t deliveries;
@@ -204,10 +223,101 @@ static void payload(client_t *c, const char *p, int64_t n, double now) {
     }
 }
 
-/* Bytes of the response body: returns 1 when the stream ended (the last chunk), 0 when not,
- * -1 on a framing error. */
+/* ``n`` bytes of a ping's payload, echoed in the pong (its first: the pong's header first, for
+ * a ping of c->left bytes).  -1 when the socket took less than all (the client is closed:
+ * nothing else is ever sent on it, so its send buffer is not full unless the peer is gone). */
+static int pong(client_t *c, const char *p, int64_t n) {
+    unsigned char buf[PONG_CHUNK + 16];
+    int w = 0;
+    if (c->pong & PONG_HEAD) {
+        uint64_t size = (uint64_t)c->left;
+        buf[w++] = 0x80 | 10; /* FIN, pong */
+        if (size < 126) {
+            buf[w++] = (unsigned char)(0x80 | size);
+        } else if (size < 65536) {
+            buf[w++] = 0x80 | 126;
+            buf[w++] = (unsigned char)(size >> 8);
+            buf[w++] = (unsigned char)size;
+        } else {
+            buf[w++] = 0x80 | 127;
+            for (int i = 7; i >= 0; i--) buf[w++] = (unsigned char)(size >> (8 * i));
+        }
+        memcpy(buf + w, PONG_MASK, 4);
+        w += 4;
+        c->pong = 0;
+    }
+    do {
+        int take = n < PONG_CHUNK ? (int)n : PONG_CHUNK;
+        for (int i = 0; i < take; i++)
+            buf[w + i] = (unsigned char)p[i] ^ PONG_MASK[(c->pong + i) & 3];
+        c->pong = (unsigned char)((c->pong + take) & 3);
+        w += take;
+        p += take;
+        n -= take;
+        if (c->fd >= 0 && send(c->fd, buf, (size_t)w, MSG_NOSIGNAL | MSG_DONTWAIT) != w) return -1;
+        w = 0;
+    } while (n > 0);
+    return 0;
+}
+
+/* WebSocket frames from the server, as swarm.deframe reads them: 1 at a close frame, -1 when a
+ * pong could not be sent or a length is not one (the 64-bit length's top bit set). */
+static int ws_body(client_t *c, const char *p, int64_t n, double now) {
+    unsigned char *h = (unsigned char *)c->sz;
+    while (n > 0) {
+        if (c->left) {
+            int64_t take = c->left < n ? c->left : n;
+            int op = c->op & 0x0F;
+            if (op <= 2)
+                payload(c, p, take, now);
+            else if (op == 9 && pong(c, p, take) < 0)
+                return -1;
+            p += take;
+            n -= take;
+            c->left -= take;
+            if (!c->left && op <= 2 && (c->op & WS_FIN)) payload(c, "\n", 1, now);
+            continue;
+        }
+        /* a frame header: kept in sz until it is whole */
+        int need = 2;
+        for (;;) {
+            if (c->szlen >= 2) {
+                int l7 = h[1] & 0x7F;
+                need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + (h[1] & 0x80 ? 4 : 0);
+            }
+            if (c->szlen >= need || n == 0) break;
+            h[c->szlen++] = (unsigned char)*p++;
+            n--;
+        }
+        if (c->szlen < need) return 0;
+        c->szlen = 0;
+        uint64_t size = h[1] & 0x7F;
+        if (size == 126) {
+            size = (uint64_t)h[2] << 8 | h[3];
+        } else if (size == 127) {
+            size = 0;
+            for (int i = 2; i < 10; i++) size = size << 8 | h[i];
+            if (size >> 63) return -1;
+        }
+        int op = h[0] & 0x0F;
+        if (op == 8) return 1;
+        c->op = h[0] & (WS_FIN | 0x0F);
+        c->left = (int64_t)size;
+        if (op == 9) {
+            c->pong = PONG_HEAD;
+            if (!size && pong(c, p, 0) < 0) return -1;
+        } else if (!size && op <= 2 && (c->op & WS_FIN)) {
+            payload(c, "\n", 1, now); /* an empty message, or the empty end of one */
+        }
+    }
+    return 0;
+}
+
+/* Bytes of the response body: returns 1 when the stream ended (the last chunk, a close frame),
+ * 0 when not, -1 on a framing error. */
 static int body(client_t *c, const char *p, int64_t n, double now) {
-    if (!c->chunked) {
+    if (c->mode == M_WS) return ws_body(c, p, n, now);
+    if (c->mode != M_CHUNKED) {
         payload(c, p, n, now);
         return 0;
     }
@@ -223,7 +333,7 @@ static int body(client_t *c, const char *p, int64_t n, double now) {
             int take = c->skip < n ? c->skip : (int)n;
             p += take;
             n -= take;
-            c->skip -= take;
+            c->skip = (unsigned char)(c->skip - take);
         } else {
             const char *nl = memchr(p, '\n', (size_t)n);
             int64_t take = nl ? nl - p + 1 : n;
@@ -245,15 +355,17 @@ static int body(client_t *c, const char *p, int64_t n, double now) {
     return 0;
 }
 
-/* Take client ``slot`` over (fd < 0: no socket, only cr_feed; tests). */
-int cr_adopt(int slot, int fd, int chunked, int64_t last, int64_t probe, int probed) {
+/* Take client ``slot`` over (fd < 0: no socket, only cr_feed; tests): its framing ``mode``
+ * (M_RAW, M_CHUNKED, M_WS) and cursor. */
+int cr_adopt(int slot, int fd, int mode, int64_t last, int64_t probe, int probed) {
     client_t *c = &cl[slot];
+    if (mode < M_RAW || mode > M_WS) return -1;
     memset(c, 0, sizeof *c);
     c->fd = fd;
-    c->chunked = chunked;
+    c->mode = (unsigned char)mode;
     c->last = last;
     c->probe = probe;
-    c->probed = probed;
+    c->probed = probed != 0;
     if (fd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN, .data = {.u32 = (uint32_t)slot}};
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
@@ -281,7 +393,8 @@ static void close_slot(int slot) {
 }
 
 /* Body bytes read elsewhere (the rest of the read that held the response head; tests): 1 when
- * the stream ended, -1 on a framing error (the caller gives the client back). */
+ * the stream ended, -1 on a framing error or a pong not sent (the caller gives the client
+ * back). */
 int cr_feed(int slot, const char *p, int64_t n, double now) { return body(&cl[slot], p, n, now); }
 
 static void read_ready(struct epoll_event *evs, int n, int *py) {

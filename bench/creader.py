@@ -1,15 +1,16 @@
 """The client worker's C reader (bench/creader.c): reads and counts the bodies of established
-plain HTTP-stream / SSE clients, so the load generator costs a few microseconds per delivery
-instead of ~30 (Python's recv, dechunk and regex per event) and the servers, not the bench,
-are what a many-channels run measures.
+plain HTTP-stream / SSE clients and the frames of plain WebSocket clients, so the load
+generator costs a few microseconds per delivery instead of ~30 (Python's recv, dechunk or
+deframe and regex per event) and the servers, not the bench, are what a run measures.
 
 It is compiled at run time with gcc into a cache directory (once per source version) and loaded
 with ctypes; ``build()`` raises ``CReaderError`` with what to do when gcc is missing.  The
-worker (``bench.swarm.Worker``) still makes every connection, reads every response head, and
-reconnects what the server closed; only the body reads move here.  Counting is the same as
-``Worker.consume``: a client's ``seen`` counts per step seq, the latency histogram keyed
-``second << 10 | bucket``, late and stale deliveries, the probe cursor; ``CReader.absorb``
-adds what the reader counted into the worker's own records.
+worker (``bench.swarm.Worker``) still makes every connection, reads every response head (a
+WebSocket's 101), and reconnects what the server closed; only the body reads move here (and a
+WebSocket client's pongs: the reader answers pings).  Counting is the same as
+``Worker.consume`` (after ``dechunk`` or ``deframe``): a client's ``seen`` counts per step
+seq, the latency histogram keyed ``second << 10 | bucket``, late and stale deliveries, the
+probe cursor; ``Worker.absorb`` adds what the reader counted into the worker's own records.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("creader.c")
 HIST_CHUNK = 65536
+# a client's framing, as ``adopt`` takes it (creader.c's M_RAW, M_CHUNKED, M_WS); a bool is
+# chunked (True) or raw (False)
+MODES = {"raw": 0, "chunked": 1, "ws": 2}
 
 
 class CReaderError(RuntimeError):
@@ -115,12 +119,23 @@ class CReader:
     def set_t0(self, t0: float) -> None:
         self.lib.cr_t0(t0)
 
-    def adopt(self, slot: int, fd: int, chunked: bool, last: int, probe: int, probed: bool):
-        if self.lib.cr_adopt(slot, fd, int(chunked), last, probe, int(probed)) != 0:
+    def adopt(
+        self, slot: int, fd: int, mode: str | bool, last: int, probe: int, probed: bool
+    ) -> None:
+        """Take client ``slot`` over: its socket ``fd`` (-1: none, bytes come by ``feed``), its
+        framing ``mode`` ("raw", "chunked", "ws"; or a bool: chunked or not) and cursor."""
+        if isinstance(mode, str):
+            if mode not in MODES:
+                raise ValueError(f"C reader framing {mode!r}: one of {', '.join(MODES)}")
+            code = MODES[mode]
+        else:
+            code = MODES["chunked" if mode else "raw"]
+        if self.lib.cr_adopt(slot, fd, code, last, probe, int(probed)) != 0:
             raise CReaderError(f"the C reader could not poll fd {fd}")
 
     def feed(self, slot: int, data: bytes, now: float) -> int:
-        """Body bytes read by the worker: 1 when the stream ended, -1 on bad framing."""
+        """Body bytes read by the worker: 1 when the stream ended (the last chunk, a WebSocket
+        close frame), -1 on bad framing or a pong the socket did not take."""
         return self.lib.cr_feed(slot, data, len(data), now)
 
     def release(self, slot: int) -> tuple[int, int, bool]:

@@ -90,7 +90,8 @@ class LoadConfig:
     # messages the broker retains per channel (history_max_items); the soak sets it to one
     # step's worth, so the history is full by the end of the warm-up and does not read as growth
     history_max_items: int = 100000
-    # channels: established plain stream/SSE bodies read by the workers' C reader (bench.creader)
+    # established plain stream/SSE bodies and WebSocket frames read by the workers' C reader
+    # (bench.creader; --reader c)
     creader: bool = False
     client_sched: str = "normal"  # the client workers' scheduling policy (WorkerConfig.sched)
     # slow scenario: the slow readers in client workers of their own (their trickle reads do
@@ -606,6 +607,8 @@ def _step_record(cfg, rate, start_at, pub_report, expected, reports, drain_s) ->
             "per_s_steady_median": sorted(steady)[len(steady) // 2] if steady else None,
             "per_s_peak": max(steady) if steady else None,
             "stale": sum(r["stale"] for r in reports),
+            # of ``received``, read by the client workers' C reader (--reader c)
+            "by_c_reader": sum(r.get("c_deliveries", 0) for r in reports),
             # message payload bytes delivered per second (large messages)
             "payload_bytes_per_s": round(received / taken * max(cfg.payload_bytes, 20), 1)
             if taken

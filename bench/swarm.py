@@ -12,8 +12,9 @@ increment in a latency histogram keyed by (second since t0, log bucket).  Probe 
 (``P<k>``) only mark the client "subscribed" for the start barrier.
 
 WebSocket clients (``ws``) do the upgrade handshake (101), then undo the server's unmasked
-frames (text/binary payloads are parsed like stream lines; pings, pongs and continuation
-frames are ignored; a close frame is a server-side close).
+frames (text, binary and continuation payloads are parsed like stream lines, the end of a
+message, a frame with FIN, ending a line; a ping is answered with a masked pong of the same
+payload; pongs and other frames are ignored; a close frame is a server-side close).
 With ``tls`` a connection makes a non-blocking TLS handshake (no verification, no resumption)
 before its request, and a read takes everything the TLS layer decrypted (epoll does not see it).
 Long-poll clients read a ``Content-Length`` response and re-poll on the same connection.
@@ -60,6 +61,7 @@ HEAD, BODY, IDLE, CONNECTING, TLS_HANDSHAKE = 0, 1, 2, 3, 4
 _WANT = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 262144  # one recv() at most
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+
+PONG_MASK = b"\x37\xfa\x21\x3d"  # a client frame is masked (RFC 6455 5.3); any mask will do
 EVENTS_KEPT = 12  # per client: recent opens/closes, reported for clients with loss or dups
 
 
@@ -148,7 +150,8 @@ class WorkerConfig:
     slow_rcvbuf: int = 4096  # a slow reader's SO_RCVBUF
     source_addrs: int = 0  # bind client i to 127.0.0.<2 + i % n> (more ephemeral ports); 0: no
     tls: bool = False  # HTTPS / WSS: a full TLS handshake per connection (no resumption)
-    # read established plain stream/SSE bodies in the C reader (bench.creader), not in Python
+    # read established plain stream/SSE bodies and WebSocket frames in the C reader
+    # (bench.creader), not in Python
     creader: bool = False
     # which clients of [first, last) this worker holds: "all"; "fast": those that are not slow
     # readers; "slow": only the slow readers (their trickle reads in a process of their own)
@@ -257,9 +260,11 @@ def dechunk(c: Client, data: bytes) -> tuple[bytes, bool]:
     return b"".join(out), False
 
 
-def deframe(c: Client, data: bytes) -> tuple[bytes, bool]:
-    """Undo unmasked server WebSocket frames incrementally; return (text payloads, each
-    followed by a newline; True when a close frame came)."""
+def deframe(c: Client, data: bytes, pings: list[bytes] | None = None) -> tuple[bytes, bool]:
+    """Undo unmasked server WebSocket frames incrementally; return (the text of the messages,
+    each followed by a newline; True when a close frame came).  Text, binary and continuation
+    frames are a message's text, a frame with FIN ends it; the payloads of pings are added to
+    ``pings`` (the caller answers them).  bench/creader.c reads frames the same way."""
     buf = c.raw + data if c.raw else data
     out = []
     pos, n = 0, len(buf)
@@ -282,15 +287,32 @@ def deframe(c: Client, data: bytes) -> tuple[bytes, bool]:
         if n - pos < hdr + size:
             break
         op = b0 & 0x0F
-        if op in (1, 2):
+        if op <= 2:
             out.append(buf[pos + hdr : pos + hdr + size])
-            out.append(b"\n")
+            if b0 & 0x80:
+                out.append(b"\n")
+        elif op == 9 and pings is not None:
+            pings.append(buf[pos + hdr : pos + hdr + size])
         elif op == 8:
             c.raw = b""
             return b"".join(out), True
         pos += hdr + size
     c.raw = buf[pos:]
     return b"".join(out), False
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """The client's answer to a ping of ``payload``: a pong frame, masked with ``PONG_MASK``."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x8A, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x8A, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x8A, 0x80 | 127)) + n.to_bytes(8, "big")
+    mask = (PONG_MASK * (n // 4 + 1))[:n]
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+    return head + PONG_MASK + body
 
 
 class Worker:
@@ -353,8 +375,10 @@ class Worker:
             ctx.verify_mode = ssl.CERT_NONE
             ctx.set_alpn_protocols(["http/1.1"])
             self.tls_ctx = ctx
+        self.pings: list[bytes] = []  # a read's WebSocket pings, answered after it
+        self.c_deliveries = 0  # the step's deliveries the C reader counted
         self.cr = None
-        if cfg.creader and not cfg.tls and cfg.transport in ("stream", "sse"):
+        if cfg.creader and not cfg.tls and cfg.transport in ("stream", "sse", "ws"):
             from bench.creader import CReader
 
             self.cr = CReader(len(self.clients), cfg.late_s)
@@ -586,7 +610,9 @@ class Worker:
             if not data:
                 return
         if c.mode == "ws":
-            payload, ended = deframe(c, data)
+            payload, ended = deframe(c, data, self.pings)
+            if self.pings and not self.pong(c):
+                ended = True
         elif c.mode == "chunked":
             payload, ended = dechunk(c, data)
         elif c.mode == "length":
@@ -610,15 +636,28 @@ class Worker:
             else:
                 self.dropped(c, now)
 
+    def pong(self, c: Client) -> bool:
+        """Answer the pings ``deframe`` found (``self.pings``, emptied); False when the socket
+        did not take a pong whole (the client is then closed, as the C reader does)."""
+        frames = [pong_frame(p) for p in self.pings]
+        self.pings.clear()
+        for f in frames:
+            try:
+                if c.sock.send(f) != len(f):
+                    return False
+            except OSError:  # full (never: nothing else is sent), reset, or TLS wanting I/O
+                return False
+        return True
+
     # --- the C reader (bench.creader) -------------------------------------------------------
 
     def hand_over(self, c: Client, data: bytes, now: float) -> None:
-        """``c``'s head is read: its body is the C reader's from now on (``data``: what came
-        after the head in the same read)."""
+        """``c``'s head is read: its body (a WebSocket's frames, after the 101) is the C
+        reader's from now on (``data``: what came after the head in the same read)."""
         cr = self.cr
         slot = c.idx - self.cfg.first
         self.ep.unregister(c.fd)
-        cr.adopt(slot, c.fd, c.mode == "chunked", c.last, c.probe, c.probed)
+        cr.adopt(slot, c.fd, c.mode, c.last, c.probe, c.probed)  # raw, chunked or ws
         c.held = True
         if data and cr.feed(slot, data, now) != 0:
             self.dropped(c, now)  # the stream ended (or bad framing) in the same read
@@ -646,6 +685,7 @@ class Worker:
         n = st.deliveries
         self.deliveries += n
         self.step_deliveries += n
+        self.c_deliveries += n
         self.stale += st.stale
         self.late += st.late
         self.probed += st.probed
@@ -779,6 +819,7 @@ class Worker:
         self.late_hist = {}
         self.stale = 0
         self.step_deliveries = 0
+        self.c_deliveries = 0
         self.last_rx = 0.0  # the time of the step's last delivery (slow readers' left out)
         self.slow_deliveries = 0
 
@@ -883,6 +924,7 @@ class Worker:
             "late_hist": self.late_hist,
             "stale": self.stale,
             "last_rx": self.last_rx,
+            "c_deliveries": self.c_deliveries,  # of the step's deliveries, read by the C reader
             "lost": lost_total,
             "dup": dup_total,
             "clients_with_loss": with_loss,
