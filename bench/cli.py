@@ -321,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--channels", type=int, default=1, help="channels (default 1)")
     cr.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     cr.add_argument("--repeat", type=int, default=2, help="rounds per target (default 2)")
+    cr.add_argument(
+        "--client-sched",
+        choices=("normal", "batch"),
+        default="normal",
+        help="the client processes' scheduling policy (as fanout's --client-sched)",
+    )
     cr.add_argument("--out", default="", help="JSON path (default bench/results/connrate-*.json)")
     sf = sub.add_parser(
         "sendfloor",

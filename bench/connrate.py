@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from bench import procs
 from bench.origin import Origin
 from bench.report import save_results
+from bench.swarm import apply_sched
 from bench.targets import make_target, warm_up
 
 _IN = select.EPOLLIN
@@ -47,12 +48,14 @@ class ClientJob:
     channels: int
     first: int  # this worker's first connection number (spreads the channels)
     src: str  # the loopback source address (spreads the local ports)
+    sched: str = "normal"  # the client process's scheduling policy (bench.swarm.apply_sched)
 
 
 def _client(job: ClientJob, start, out, close) -> None:
     """Open ``job.conns`` stream connections, ``job.window`` at a time; report; hold them until
     told to close."""
     procs.raise_nofile()
+    apply_sched(job.sched)
     ep = select.epoll()
     addr = ("127.0.0.1", job.port)
     pending: dict[int, list] = {}  # fd -> [sock, request sent, bytes read]
@@ -154,7 +157,15 @@ def _idle_rates(pids: list[int], seconds: float = 2.0) -> dict[int, float]:
     return {p: (b[p] - a[p]) / dt for p in pids}
 
 
-def run_round(target, origin_pid: int, conns: int, nprocs: int, window: int, channels: int):
+def run_round(
+    target,
+    origin_pid: int,
+    conns: int,
+    nprocs: int,
+    window: int,
+    channels: int,
+    sched: str = "normal",
+):
     server = target.pids()
     pids = server + [origin_pid]
     time.sleep(1.0)  # what the previous round's closes left (timers, unsubscriptions) settles
@@ -167,7 +178,9 @@ def run_round(target, origin_pid: int, conns: int, nprocs: int, window: int, cha
     pipes, workers = [], []
     for i in range(nprocs):
         parent, child = ctx.Pipe(duplex=False)
-        job = ClientJob(target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}")
+        job = ClientJob(
+            target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}", sched
+        )
         w = ctx.Process(target=_client, args=(job, start, child, close), daemon=True)
         w.start()
         pipes.append(parent)
@@ -249,7 +262,15 @@ def run_target(kind: str, args, log=print) -> dict:
         warm_up(target, 20)
         rows = []
         for r in range(args.repeat):
-            row = run_round(target, origin.pid, args.conns, args.procs, args.window, args.channels)
+            row = run_round(
+                target,
+                origin.pid,
+                args.conns,
+                args.procs,
+                args.window,
+                args.channels,
+                args.client_sched,
+            )
             row["round"] = r
             procs_txt = "  ".join(
                 f"{n} {v['connect_us_per_conn']} (sys {v['connect_sys_s']:.2f}s)"
