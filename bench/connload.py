@@ -153,19 +153,25 @@ def cache_dir() -> Path:
 
 def build(source: Path = SOURCE, cache: Path | None = None) -> str:
     """The path of the compiled connload (compiled once per source version)."""
+    return build_c(source, "connload", ["-lssl", "-lcrypto"], cache)
+
+
+def build_c(source: Path, name: str, libs: list[str], cache: Path | None = None) -> str:
+    """The path of ``source`` compiled with gcc into ``cache`` as ``<name>-<hash>`` (once per
+    source version); ``BuildError`` says what to install when it cannot be built."""
     text = source.read_bytes()
     digest = hashlib.sha256(text).hexdigest()[:16]
     cache = cache or cache_dir()
-    binary = cache / f"connload-{digest}"
+    binary = cache / f"{name}-{digest}"
     if binary.exists():
         return str(binary)
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
-        raise BuildError("bench.connload needs a C compiler (apt-get install gcc)")
+        raise BuildError(f"bench's {name} needs a C compiler (apt-get install gcc)")
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"connload-{digest}.{os.getpid()}.tmp"
+    tmp = cache / f"{name}-{digest}.{os.getpid()}.tmp"
     proc = subprocess.run(
-        [cc, "-O2", "-o", str(tmp), str(source), "-lssl", "-lcrypto"],
+        [cc, "-O2", "-o", str(tmp), str(source), *libs],
         capture_output=True,
         text=True,
     )
@@ -173,10 +179,10 @@ def build(source: Path = SOURCE, cache: Path | None = None) -> str:
         err = proc.stderr.strip()
         if "openssl/ssl.h" in err or "-lssl" in err or "-lcrypto" in err:
             raise BuildError(
-                "bench.connload needs OpenSSL's headers and libraries "
+                f"bench's {name} needs OpenSSL's headers and libraries "
                 "(apt-get install libssl-dev):\n" + err
             )
-        raise BuildError(f"bench.connload: {cc} failed:\n{err}")
+        raise BuildError(f"bench's {name}: {cc} failed:\n{err}")
     os.replace(tmp, binary)  # atomic: a parallel build leaves one good file
     return str(binary)
 

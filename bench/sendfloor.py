@@ -14,16 +14,14 @@ the same ``--client-sched``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
-from bench.connload import BuildError, cache_dir
+from bench.connload import BuildError, build_c
 from bench.report import save_results
 
 SOURCE = Path(__file__).with_name("sendfloor.c")
@@ -32,21 +30,7 @@ SCHEDS = ("normal", "batch")
 
 def build(source: Path = SOURCE, cache: Path | None = None) -> str:
     """The path of the compiled sendfloor (compiled once per source version)."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    cache = cache or cache_dir()
-    binary = cache / f"sendfloor-{digest}"
-    if binary.exists():
-        return str(binary)
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        raise BuildError("bench sendfloor needs a C compiler (apt-get install gcc)")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"sendfloor-{digest}.{os.getpid()}.tmp"
-    proc = subprocess.run([cc, "-O2", "-o", str(tmp), str(source)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"bench sendfloor: {cc} failed:\n{proc.stderr.strip()}")
-    os.replace(tmp, binary)
-    return str(binary)
+    return build_c(source, "sendfloor", [], cache)
 
 
 def split(total: int, parts: int) -> list[int]:

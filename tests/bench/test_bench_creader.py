@@ -95,6 +95,26 @@ def body_of(kind: str, seqs: list[int], rng: random.Random) -> list[bytes]:
     return parts
 
 
+def same_counts(r: creader.CReader, w: Worker) -> tuple[int, int, int]:
+    """Client 1's reads counted alike by the C reader ``r`` and the Python worker ``w``
+    (deliveries, 2 stale, late, 1 probe, latencies, seen, cursor); (deliveries, cursor, probe)."""
+    st = r.take_stats()
+    hist: dict = {}
+    late_hist: dict = {}
+    r.take_hist(hist, late_hist)
+    assert st.deliveries == w.deliveries
+    assert st.stale == w.stale == 2
+    assert st.late == w.late
+    assert st.probed == w.probed == 1
+    assert st.max_lat == pytest.approx(w.max_lat)
+    assert hist == w.hist
+    assert late_hist == w.late_hist
+    assert r.seen(1, 32) == bytes(w.clients[1].seen)
+    last, probe, probed = r.release(1)
+    assert (last, probe, probed) == (w.clients[1].last, w.clients[1].probe, True)
+    return st.deliveries, last, probe
+
+
 @pytest.mark.parametrize("kind", ["sse", "stream"])
 @pytest.mark.parametrize("seed", range(6))
 def test_c_reader_counts_what_python_counts(kind, seed):
@@ -115,20 +135,8 @@ def test_c_reader_counts_what_python_counts(kind, seed):
     r.step(2, 30)
     r.set_t0(1000.0)
     assert c_read(r, 1, reads) == 0
-    st = r.take_stats()
-    hist: dict = {}
-    late_hist: dict = {}
-    r.take_hist(hist, late_hist)
-    assert st.deliveries == w.deliveries
-    assert st.stale == w.stale == 2
-    assert st.late == w.late
-    assert st.probed == w.probed == 1
-    assert st.max_lat == pytest.approx(w.max_lat)
-    assert hist == w.hist
-    assert late_hist == w.late_hist
-    assert r.seen(1, 32) == bytes(w.clients[1].seen)
-    last, probe, probed = r.release(1)
-    assert (last, probe, probed) == (w.clients[1].last, w.clients[1].probe, True)
+    deliveries, last, _ = same_counts(r, w)
+    assert deliveries == len(seqs) - 2  # - stale
     assert last == 30
 
 
@@ -323,20 +331,8 @@ def test_c_reader_counts_websocket_frames_as_python_does(seed):
     r.step(2, 30)
     r.set_t0(1000.0)
     assert c_read(r, 1, reads, chunk="ws") == 0
-    st = r.take_stats()
-    hist: dict = {}
-    late_hist: dict = {}
-    r.take_hist(hist, late_hist)
-    assert st.deliveries == w.deliveries == len(seqs) + 1 - 2  # + the two-line message, - stale
-    assert st.stale == w.stale == 2
-    assert st.late == w.late
-    assert st.probed == w.probed == 1
-    assert st.max_lat == pytest.approx(w.max_lat)
-    assert hist == w.hist
-    assert late_hist == w.late_hist
-    assert r.seen(1, 32) == bytes(w.clients[1].seen)
-    last, probe, probed = r.release(1)
-    assert (last, probe, probed) == (w.clients[1].last, w.clients[1].probe, True)
+    deliveries, last, probe = same_counts(r, w)
+    assert deliveries == len(seqs) + 1 - 2  # + the two-line message, - stale
     assert (last, probe) == (30, 2)
 
 
