@@ -285,9 +285,6 @@ def _read_request(conn: socket.socket, buf: bytes) -> tuple[OriginRequest | None
             while len(buf) < length:
                 buf = _recv_more(conn, buf)
             body, buf = buf[:length], buf[length:]
-        if len(body) != int(req.header("Content-Length") or len(body)) or b"HTTP/1.1" in body:
-            print("DEBUGBODY", method, path, req.header("Content-Length"), body[:80], flush=True)
-        print("DEBUGREQ", method, path, req.header("Content-Length"), body[:40], flush=True)
         return OriginRequest(method, path, headers, body), buf
     except EOFError:
         return None, b""
