@@ -191,6 +191,15 @@ class RecordingOrigin:
                 self._cond.wait(remaining)
             return list(self._requests)
 
+    def drop_connections(self) -> None:
+        """End every connection a system has open to this origin (its keep-alive pool must
+        connect again)."""
+        for c in list(self._conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)  # the serving thread's recv ends; it closes
+            except OSError:
+                pass
+
     def close(self) -> None:
         self._closed = True
         self._sock.close()

@@ -193,6 +193,11 @@ def test_origin_close_without_a_valid_code(each_system, origin, uniq, answer, pu
         seen[system.name] = frames
         origin.wait_requests(2)
         origin.take()
+        # Pushpin (1.36's zurl), after relaying these answers, was seen to lose the first
+        # bytes of its next request on the same origin connection (the origin's recv()s: the
+        # CLOSE body, then a request line without "POST /woh-pubclose-"): a later test must
+        # not inherit that connection
+        origin.drop_connections()
     assert seen["gripcast"] == [(8, b"\x03\xe8")]
     if "pushpin" in seen:
         assert seen["pushpin"] == [(8, pushpin)]
