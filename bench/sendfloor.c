@@ -2,14 +2,15 @@
  *
  * One sender process holds N accepted TCP connections (TCP_NODELAY, non-blocking, registered
  * in an epoll for the client's bytes as an edge's parked streams, each opened with a request
- * and a response head as an HTTP stream is) and, every tick, writes one small message to each with send(MSG_DONTWAIT |
- * MSG_NOSIGNAL), as an edge's send_batch does; R reader processes hold the other ends on one
- * epoll each and read everything (epoll_wait blocking, as a client's event loop). The sender's
- * CPU (getrusage, user + system) over the send loops only, divided by the sends, is the cost
- * of one delivery with nothing around it: no parsing, no Python, no broker. On loopback the
- * kernel runs the receiver's TCP path and wakes its reader inside the sender's send(), so the
- * figure depends on how the readers wait; --reader-sched batch puts them in SCHED_BATCH (a
- * woken reader does not preempt the sender: closer to clients on other hosts).
+ * and a response head as an HTTP stream is) and, every tick, writes one small message to each
+ * with send(MSG_DONTWAIT | MSG_NOSIGNAL), as an edge's send_batch does; R reader processes
+ * hold the other ends on one epoll each and read everything (epoll_wait blocking, as a
+ * client's event loop). The sender's CPU (getrusage, user + system) over the send loops only,
+ * divided by the sends, is the cost of one delivery with nothing around it: no parsing, no
+ * Python, no broker. On loopback the kernel runs the receiver's TCP path and wakes its reader
+ * inside the sender's send(), so the figure depends on how the readers wait; the last
+ * argument "batch" puts them in SCHED_BATCH (a woken reader does not preempt the sender:
+ * closer to clients on other hosts).
  *
  * Usage: sendfloor CONNS READERS TICKS_PER_S SECONDS PAYLOAD_BYTES normal|batch
  * Prints one line of JSON. Built and run by bench/sendfloor.py.
