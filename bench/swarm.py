@@ -50,6 +50,7 @@ import ssl
 import time
 from dataclasses import dataclass
 
+from _speedups import ws_frame
 from bench.procs import raise_nofile
 
 MSG_RX = re.compile(rb"M(\d+) (\d+\.\d+)")
@@ -303,16 +304,7 @@ def deframe(c: Client, data: bytes, pings: list[bytes] | None = None) -> tuple[b
 
 def pong_frame(payload: bytes) -> bytes:
     """The client's answer to a ping of ``payload``: a pong frame, masked with ``PONG_MASK``."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x8A, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x8A, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x8A, 0x80 | 127)) + n.to_bytes(8, "big")
-    mask = (PONG_MASK * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
-    return head + PONG_MASK + body
+    return ws_frame(0xA, payload, mask_key=PONG_MASK)
 
 
 class Worker:
