@@ -11,6 +11,7 @@ extensions = [
     Extension("_speedups._tnetstring_c", ["_speedups/_tnetstring_c.pyx"]),
     Extension("_speedups._fanout_c", ["_speedups/_fanout_c.pyx"]),
     Extension("_speedups._marks_c", ["_speedups/_marks_c.pyx"]),
+    Extension("_speedups._deliver_c", ["_speedups/_deliver_c.pyx"]),
 ]
 
 setup(

@@ -17,7 +17,16 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-_NAMES = ("framing", "sendmany", "wsframe", "items", "tnetstring", "fanout", "marks")
+_NAMES = (
+    "framing",
+    "sendmany",
+    "wsframe",
+    "items",
+    "tnetstring",
+    "fanout",
+    "marks",
+    "deliver",
+)
 
 
 def _truthy(name: str) -> bool:
@@ -44,6 +53,7 @@ COMPILED, _modules = _choose()
 
 if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
+    from _speedups._deliver_py import send_plain
     from _speedups._fanout_py import (
         decode_envelopes,
         encode_envelopes,
@@ -75,6 +85,7 @@ else:
     ws_mask = _modules["wsframe"].ws_mask
     ws_parse = _modules["wsframe"].ws_parse
     held_marks = _modules["marks"].held_marks
+    send_plain = _modules["deliver"].send_plain
 
 __all__ = [
     "COMPILED",
@@ -88,6 +99,7 @@ __all__ = [
     "recv_frames",
     "send_batch",
     "send_frames",
+    "send_plain",
     "tnet_pop",
     "twin",
     "unpack_batch",

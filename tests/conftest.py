@@ -17,6 +17,7 @@ def twins(request):
         wsframe = _speedups.twin("wsframe", compiled)
         items = _speedups.twin("items", compiled)
         tnet = _speedups.twin("tnetstring", compiled)
+        deliver = _speedups.twin("deliver", compiled)
         fanout = _speedups.twin("fanout", compiled)
     except ImportError:
         if os.environ.get("GRIPCAST_REQUIRE_SPEEDUPS") == "1":
@@ -28,7 +29,7 @@ def twins(request):
 
     ns = NS()
     ns.kind = request.param
-    for mod in (framing, sendmany, wsframe, items, tnet, fanout):
+    for mod in (framing, sendmany, wsframe, items, tnet, fanout, deliver):
         for name in dir(mod):
             if not name.startswith("_"):
                 setattr(ns, name, getattr(mod, name))

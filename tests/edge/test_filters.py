@@ -172,6 +172,7 @@ def pure_send_batch(monkeypatch):
     monkeypatch.setattr(
         "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
     )
+    monkeypatch.setattr("edge.sync.deliver.send_plain", _speedups.twin("deliver", False).send_plain)
 
 
 DJANGO_HOLD = Hold(

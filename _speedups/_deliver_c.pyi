@@ -1,0 +1,22 @@
+from collections.abc import Callable
+from typing import Any
+
+def send_plain(
+    members: list[Any],
+    start: int,
+    stop: int,
+    channel: str,
+    cursor: str,
+    env: Any,
+    gate: dict[Any, Any] | None,
+    chunk: bytes | None,
+    raw: bytes | None,
+    wsmsg: Any,
+    ws_frame_fn: Callable[[Any], bytes],
+    stream_cls: type,
+    ws_cls: type,
+    pending: dict[Any, list[bytes]],
+    now: float,
+    others: list[Any],
+    short: list[tuple[Any, bytes, int]],
+) -> tuple[int, int, bytes | None]: ...

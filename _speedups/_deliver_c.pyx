@@ -1,0 +1,97 @@
+# cython: language_level=3
+"""One message to many sessions, one pass each (compiled twin of ``_deliver_py``; same API
+and behaviour, see there).
+
+The sessions are the edge's Python objects: their attributes are read and set through the
+usual attribute protocol (slots), so a subclass or a changed class behaves as in the pure
+twin.  What it saves over ``Deliverer.deliver``'s loop plus ``write_many`` is the second pass
+over every session (a pending map entry, a list and a tuple per session, every session read
+again): a delivery's user-space cost is mostly the cache misses of reading the session
+objects, not the interpreter (perf, bench/RESULTS.md).  Sends use send(2) with MSG_DONTWAIT |
+MSG_NOSIGNAL as ``_sendmany_c`` does.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport PyObject
+from libc.errno cimport errno, EAGAIN, EINTR
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
+cdef extern from "Python.h":
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+
+
+def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cursor, env, gate,
+               chunk, raw, wsmsg, ws_frame_fn, stream_cls, ws_cls, dict pending, now,
+               list others, list short):
+    cdef object frame = None
+    cdef object s, cls, flt, data, held
+    cdef PyObject* p
+    cdef bint gated = bool(gate)
+    cdef dict gate_d = gate if gated else None
+    cdef Py_ssize_t i, deliveries = 0, nbytes = 0, size = PyList_GET_SIZE(members)
+    cdef ssize_t r
+    cdef int fd
+    if stop > size:
+        stop = size
+    if start < 0:
+        start = 0
+    for i in range(start, stop):
+        s = <object>PyList_GET_ITEM(members, i)
+        if gated:
+            p = PyDict_GetItemWithError(gate_d, (s, channel))
+            if p != NULL:
+                (<object>p).append(env)
+                continue
+        cls = type(s)
+        if cls is stream_cls:
+            if chunk is None or s.state or s.track is not None:
+                others.append(s)
+                continue
+            flt = s.filters
+            if flt and flt.get(channel):
+                others.append(s)
+                continue
+            s.last_cursor[channel] = cursor
+            data = chunk if s.chunked else raw
+        elif cls is ws_cls:
+            if wsmsg is None or s.state or s.deflate:
+                others.append(s)
+                continue
+            flt = s.filters
+            if flt and flt.get(channel):
+                others.append(s)
+                continue
+            if frame is None:
+                frame = ws_frame_fn(wsmsg)
+            s.last_cursor[channel] = cursor
+            data = frame
+        else:
+            others.append(s)
+            continue
+        if s.crypt is not None or s.writing or s.buf:
+            p = PyDict_GetItemWithError(pending, s)
+            if p == NULL:
+                PyDict_SetItem(pending, s, [data])
+            else:
+                (<list>p).append(data)
+            continue
+        fd = s.fd
+        r = send(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
+        if r < 0:
+            if errno == EAGAIN or errno == EINTR:
+                r = 0
+            else:
+                r = -errno
+        if r == PyBytes_GET_SIZE(data):
+            deliveries += 1
+            nbytes += r
+            s.sent += r
+            s.last_out = now
+        else:
+            short.append((s, data, r))
+    return deliveries, nbytes, frame

@@ -1,0 +1,113 @@
+"""One message to many sessions, one pass each (pure-Python twin of ``_deliver_c``).
+
+``edge.sync.deliver.Deliverer.deliver`` calls ``send_plain`` for a batch of one message with
+more than one session (a broadcast: the common case at scale), ``SLICE`` sessions at a time.
+It takes the sessions whose delivery is plain and leaves every other one to the caller, which
+runs the full rules on it (Pushpin's prev-id check, filters, closes, hints, long-polls).
+
+``send_plain(members, start, stop, channel, cursor, env, gate, chunk, raw, wsmsg, ws_frame_fn,
+stream_cls, ws_cls, pending, now, others, short)`` -> ``(deliveries, bytes, frame)``.  For each
+session ``s`` of ``members[start:stop]``, in order:
+
+* held by the resume gate (``gate[(s, channel)]`` exists): ``env`` is appended to it;
+* an open HTTP stream (``type(s) is stream_cls``, ``s.state`` 0, ``s.track`` None, no filter
+  for ``channel``) when ``chunk`` is not None: its cursor for ``channel`` becomes ``cursor``,
+  and its bytes are ``chunk`` (``s.chunked``) or ``raw``;
+* an open WebSocket without permessage-deflate (``type(s) is ws_cls``, ``s.state`` 0,
+  ``s.deflate`` false, no filter for ``channel``) when ``wsmsg`` is not None: the same with
+  ``ws_frame_fn(wsmsg)`` (built once, at the first such session; returned as ``frame``);
+* any other session is appended to ``others``, untouched.
+
+A plain session's bytes are appended to ``pending[s]`` when it is a TLS session (``s.crypt``),
+its socket is taken (``s.writing``) or it has a backlog (``s.buf``): the caller's
+``write_many`` encrypts or buffers them.  Otherwise they go out in one non-blocking ``send()``
+on ``s.fd`` (MSG_DONTWAIT | MSG_NOSIGNAL in the compiled twin): a whole send is counted (the
+returned deliveries and bytes; ``s.sent``, ``s.last_out = now``); a short one (``n`` bytes, 0
+when it would block) or a failed one (``-errno``) is appended to ``short`` as
+``(s, data, n)``, not counted: the caller buffers, counts or drops it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+_write = os.write
+
+
+def send_plain(
+    members: list[Any],
+    start: int,
+    stop: int,
+    channel: str,
+    cursor: str,
+    env: Any,
+    gate: dict[Any, Any] | None,
+    chunk: bytes | None,
+    raw: bytes | None,
+    wsmsg: Any,
+    ws_frame_fn: Callable[[Any], bytes],
+    stream_cls: type,
+    ws_cls: type,
+    pending: dict[Any, list[bytes]],
+    now: float,
+    others: list[Any],
+    short: list[tuple[Any, bytes, int]],
+) -> tuple[int, int, bytes | None]:
+    frame: bytes | None = None
+    data: Any
+    deliveries = nbytes = 0
+    for s in members[start:stop]:
+        if gate:
+            held = gate.get((s, channel))
+            if held is not None:
+                held.append(env)
+                continue
+        cls = type(s)
+        if cls is stream_cls:
+            if chunk is None or s.state or s.track is not None:
+                others.append(s)
+                continue
+            flt = s.filters
+            if flt and flt.get(channel):
+                others.append(s)
+                continue
+            s.last_cursor[channel] = cursor
+            data = chunk if s.chunked else raw
+        elif cls is ws_cls:
+            if wsmsg is None or s.state or s.deflate:
+                others.append(s)
+                continue
+            flt = s.filters
+            if flt and flt.get(channel):
+                others.append(s)
+                continue
+            if frame is None:
+                frame = ws_frame_fn(wsmsg)
+            s.last_cursor[channel] = cursor
+            data = frame
+        else:
+            others.append(s)
+            continue
+        if s.crypt is not None or s.writing or s.buf:
+            parts = pending.get(s)
+            if parts is None:
+                pending[s] = [data]
+            else:
+                parts.append(data)
+            continue
+        try:
+            n = _write(s.fd, data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            n = -(exc.errno or 1)
+        if n == len(data):
+            deliveries += 1
+            nbytes += n
+            s.sent += n
+            s.last_out = now
+        else:
+            short.append((s, data, n))
+    return deliveries, nbytes, frame
