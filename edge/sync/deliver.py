@@ -4,8 +4,11 @@ Per batch (DESIGN.md "Measured facts"): each message is encoded once per transpo
 ``http_chunk`` for every chunked HTTP stream, the raw content for HTTP/1.0 streams, one
 response per long-poll hold); each stream session's pending bytes for the batch are joined and
 written with ONE non-blocking ``send()`` per connection, all in one ``send_batch`` call per
-~1,000 sockets, with a checkpoint between slices.  A connection that would block keeps the
-rest in its own bounded buffer and gets a writer task; one whose buffer passes
+~1,000 sockets, with a checkpoint between slices.  A batch of one message to many sessions
+(a broadcast) takes one compiled pass per session instead (``_speedups.send_plain``: checked,
+cursor set, sent), the same slices apart; only the sessions that are not plain (filters,
+prev-ids, closes, long-polls, TLS, backlogs) go the general way.  A connection that would
+block keeps the rest in its own bounded buffer and gets a writer task; one whose buffer passes
 ``buffer_limit`` is dropped (the client resumes with its cursor) and counted.
 """
 
