@@ -29,7 +29,7 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                chunk, raw, wsmsg, ws_frame_fn, stream_cls, ws_cls, dict pending, now,
                list others, list short):
     cdef object frame = None
-    cdef object s, cls, flt, data, held
+    cdef object s, cls, flt, data, held, crypt
     cdef PyObject* p
     cdef bint gated = bool(gate)
     cdef dict gate_d = gate if gated else None
@@ -73,13 +73,24 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
         else:
             others.append(s)
             continue
-        if s.crypt is not None or s.writing or s.buf:
+        crypt = s.crypt
+        if s.writing or s.buf or (crypt is not None and crypt.out):
             p = PyDict_GetItemWithError(pending, s)
             if p == NULL:
                 PyDict_SetItem(pending, s, [data])
             else:
                 (<list>p).append(data)
             continue
+        if crypt is not None:  # a TLS client: one encryption, then the same send
+            try:
+                data = crypt.encrypt(data)
+            except Exception:  # write_many tries again and handles the error
+                p = PyDict_GetItemWithError(pending, s)
+                if p == NULL:
+                    PyDict_SetItem(pending, s, [data])
+                else:
+                    (<list>p).append(data)
+                continue
         fd = s.fd
         r = send(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
         if r < 0:

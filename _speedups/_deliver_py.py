@@ -18,13 +18,16 @@ session ``s`` of ``members[start:stop]``, in order:
   ``ws_frame_fn(wsmsg)`` (built once, at the first such session; returned as ``frame``);
 * any other session is appended to ``others``, untouched.
 
-A plain session's bytes are appended to ``pending[s]`` when it is a TLS session (``s.crypt``),
-its socket is taken (``s.writing``) or it has a backlog (``s.buf``): the caller's
-``write_many`` encrypts or buffers them.  Otherwise they go out in one non-blocking ``send()``
-on ``s.fd`` (MSG_DONTWAIT | MSG_NOSIGNAL in the compiled twin): a whole send is counted (the
+A plain session's bytes are appended to ``pending[s]`` when its socket is taken
+(``s.writing``) or it has a backlog (``s.buf``, or a TLS session's queued ciphertext
+``s.crypt.out``): the caller's ``write_many`` buffers them.  A TLS session's bytes are
+encrypted first (``s.crypt.encrypt(data)``; if that raises, they go to ``pending[s]`` as they
+were, and ``write_many`` meets the error).  Then they go out in one non-blocking ``send()`` on
+``s.fd`` (MSG_DONTWAIT | MSG_NOSIGNAL in the compiled twin): a whole send is counted (the
 returned deliveries and bytes; ``s.sent``, ``s.last_out = now``); a short one (``n`` bytes, 0
 when it would block) or a failed one (``-errno``) is appended to ``short`` as
-``(s, data, n)``, not counted: the caller buffers, counts or drops it.
+``(s, data, n)`` (``data``: what was sent, ciphertext for TLS), not counted: the caller
+buffers, counts or drops it.
 """
 
 from __future__ import annotations
@@ -90,13 +93,24 @@ def send_plain(
         else:
             others.append(s)
             continue
-        if s.crypt is not None or s.writing or s.buf:
+        crypt = s.crypt
+        if s.writing or s.buf or (crypt is not None and crypt.out):
             parts = pending.get(s)
             if parts is None:
                 pending[s] = [data]
             else:
                 parts.append(data)
             continue
+        if crypt is not None:  # a TLS client: one encryption, then the same send
+            try:
+                data = crypt.encrypt(data)
+            except Exception:  # write_many tries again and handles the error
+                parts = pending.get(s)
+                if parts is None:
+                    pending[s] = [data]
+                else:
+                    parts.append(data)
+                continue
         try:
             n = _write(s.fd, data)
         except (BlockingIOError, InterruptedError):

@@ -7,7 +7,7 @@ written with ONE non-blocking ``send()`` per connection, all in one ``send_batch
 ~1,000 sockets, with a checkpoint between slices.  A batch of one message to many sessions
 (a broadcast) takes one compiled pass per session instead (``_speedups.send_plain``: checked,
 cursor set, sent), the same slices apart; only the sessions that are not plain (filters,
-prev-ids, closes, long-polls, TLS, backlogs) go the general way.  A connection that would
+prev-ids, closes, long-polls, backlogs) go the general way.  A connection that would
 block keeps the rest in its own bounded buffer and gets a writer task; one whose buffer passes
 ``buffer_limit`` is dropped (the client resumes with its cursor) and counted.
 """
@@ -236,7 +236,7 @@ class Deliverer:
                 # one message to many: the common case in compiled code
                 # (_speedups.send_plain), one pass per open plain stream or WebSocket (its
                 # cursor set, its bytes sent), SLICE sessions between checkpoints; the loop
-                # below takes the others (filters, prev-ids, closes, long-polls, TLS...)
+                # below takes the others (filters, prev-ids, closes, long-polls, backlogs)
                 if stream is not None and saction == "send":
                     raw = _content(stream)
                     if ID_TOKEN in raw:  # "id: %(id)s" -> the message's cursor

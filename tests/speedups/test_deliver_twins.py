@@ -56,6 +56,19 @@ class Ws(Stream):
         self.deflate = deflate
 
 
+class Crypt:
+    """What send_plain uses of a TLS session's ``edge.tlsconn.TlsConn``."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.out = bytearray()
+        self.fail = fail
+
+    def encrypt(self, data: bytes) -> bytes:
+        if self.fail:
+            raise ValueError("broken")
+        return b"E(" + data + b")"
+
+
 class Poll:
     state = OPEN
 
@@ -132,8 +145,14 @@ def test_send_plain_sends_plain_sessions_and_leaves_the_others(twins, pairs):
     s_other_ch = Stream("s_other_ch", fd_other)  # a filter on another channel: still plain
     s_other_ch.filters = {"d": ("skip-self",)}
     s_gated = Stream("s_gated", fd_spare)
-    s_tls = Stream("s_tls", fd_spare)
-    s_tls.crypt = object()
+    fd_tls, r_tls = pairs()
+    s_tls = Stream("s_tls", fd_tls)
+    s_tls.crypt = Crypt()
+    s_tls_queued = Stream("s_tls_queued", fd_spare)  # ciphertext waiting: behind it
+    s_tls_queued.crypt = Crypt()
+    s_tls_queued.crypt.out += b"E(earlier)"
+    s_tls_broken = Stream("s_tls_broken", fd_spare)
+    s_tls_broken.crypt = Crypt(fail=True)
     s_busy = Stream("s_busy", fd_spare)
     s_busy.writing = True
     s_backlog = Stream("s_backlog", fd_spare)
@@ -150,6 +169,8 @@ def test_send_plain_sends_plain_sessions_and_leaves_the_others(twins, pairs):
         s_other_ch,
         s_gated,
         s_tls,
+        s_tls_queued,
+        s_tls_broken,
         s_busy,
         s_backlog,
         w_open,
@@ -163,10 +184,11 @@ def test_send_plain_sends_plain_sessions_and_leaves_the_others(twins, pairs):
     delivered, nbytes, frame, built, others, short = _run(
         twins, members, gate={(s_gated, "c"): held}, pending=pending
     )
-    assert (delivered, nbytes) == (4, 7 + 2 + 7 + len(FRAME))
+    assert (delivered, nbytes) == (5, 7 + 2 + 7 + 10 + len(FRAME))
     assert frame == FRAME and built == 1  # one frame for every plain WebSocket
     assert r_open.recv(100) == b"2\r\nhi\r\n" and r_raw.recv(100) == b"hi"
     assert r_other.recv(100) == b"2\r\nhi\r\n" and r_ws.recv(100) == FRAME
+    assert r_tls.recv(100) == b"E(2\r\nhi\r\n)"  # TLS: encrypted once, then sent
     assert [repr(s) for s in others] == [
         "s_closing",
         "s_track",
@@ -177,18 +199,22 @@ def test_send_plain_sends_plain_sessions_and_leaves_the_others(twins, pairs):
         "poll",
     ]
     assert held == ["ENV"] and short == []
-    # TLS, a taken socket, a backlog: queued for write_many, after what was there
+    # a backlog, queued ciphertext, a taken socket, a failed encryption: queued for
+    # write_many as plaintext, after what was there
     assert {repr(k): v for k, v in pending.items()} == {
         "s_backlog": [b"earlier", b"2\r\nhi\r\n"],
-        "s_tls": [b"2\r\nhi\r\n"],
+        "s_tls_queued": [b"2\r\nhi\r\n"],
+        "s_tls_broken": [b"2\r\nhi\r\n"],
         "s_busy": [b"2\r\nhi\r\n"],
     }
-    for s in (s_open, s_raw, s_other_ch, w_open, s_tls, s_busy, s_backlog):
+    assert s_tls_queued.crypt.out == b"E(earlier)"
+    for s in (s_open, s_raw, s_other_ch, w_open, s_tls, s_tls_queued, s_busy, s_backlog):
         assert s.last_cursor == {"c": "cur-7"}
     for s in (s_closing, s_track, s_filtered, s_gated, w_deflate, w_done):
         assert s.last_cursor == {}
     assert (s_open.sent, s_open.last_out, w_open.sent) == (7, 5.0, len(FRAME))
-    assert (s_tls.sent, s_tls.last_out) == (0, 0.0)
+    assert (s_tls.sent, s_tls.last_out) == (10, 5.0)  # the ciphertext's bytes
+    assert (s_tls_queued.sent, s_tls_queued.last_out) == (0, 0.0)
     with pytest.raises(BlockingIOError):
         r_spare.setblocking(False)
         r_spare.recv(100)  # nothing was sent on the others' socket
