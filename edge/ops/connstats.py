@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
 from broker.wire import StatsReport
 
 if TYPE_CHECKING:
-    from edge.sessionstate import Session
+    pass
 
 MODES = ("response", "stream", "ws")
 BATCH_EVENTS = 1000  # events that trigger a report before the next second
@@ -320,8 +319,3 @@ class ConnStats:
             activity,
             requests,
         )
-
-
-def count_modes(sessions: Iterable[Session]) -> dict[str, int]:
-    """``{mode: n}`` of ``sessions`` (held sessions have ``kind``: stream, response, ws)."""
-    return Counter(s.kind for s in sessions)

@@ -34,7 +34,7 @@ P = "gripcast_edge_"
 
 def session_kinds(hub: Hub[Session]) -> Counter[str]:
     """Held sessions by kind ("stream", "response", "ws", ...)."""
-    return Counter(s.kind for s in hub.all_sessions())
+    return Counter(hub.kind_totals())
 
 
 def link_down_reason(edge: Edge, now: float) -> str | None:

@@ -6,6 +6,10 @@ channel lingers ``linger_s`` (time is passed in as ``now``) and ``expire(now)`` 
 ``Unsubscribe(channel)``.  A session arriving during the linger revives the channel silently.
 Sessions are any hashable objects.  When ``changed`` is a set (``edge.ops.connstats`` sets it),
 every channel a session joins or leaves is added to it (the stats report takes and clears it).
+A session with a ``kind`` (the edge's: "stream", "response", "ws") is also counted by kind,
+per channel and in all (``kinds``, ``kind_totals``), kept as sessions come and go: the stats
+report asks for a changed channel's counts up to ten times a second while clients connect,
+and counting the channel's sessions each time cost O(sessions) per report.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class Hub(Generic[S]):
         self._lingering: dict[str, float] = {}  # channel -> unsubscribe deadline
         self._subscriptions = 0
         self.changed: set[str] | None = None
+        self._kinds: dict[str, dict[str, int]] = {}  # channel -> {kind: sessions}
+        self._kind_totals: dict[str, int] = {}  # kind -> sessions registered
 
     def add(self, session: S, channels: Iterable[str], now: float) -> list[Subscribe]:
         """Register ``session`` on ``channels``; returns the channels that need subscribing."""
@@ -67,6 +73,15 @@ class Hub(Generic[S]):
                     actions.append(Subscribe(ch))
             members.add(session)
             self._subscriptions += 1
+        kind = getattr(session, "kind", None)
+        if kind is not None:
+            totals = self._kind_totals
+            totals[kind] = totals.get(kind, 0) + 1
+            for ch in chans:
+                counts = self._kinds.get(ch)
+                if counts is None:
+                    counts = self._kinds[ch] = {}
+                counts[kind] = counts.get(kind, 0) + 1
         return actions
 
     def remove(self, session: S, now: float) -> None:
@@ -85,6 +100,15 @@ class Hub(Generic[S]):
             if not members:
                 del self._members[ch]
                 self._lingering[ch] = now + self.linger_s
+        kind = getattr(session, "kind", None)
+        if kind is not None:
+            _decrement(self._kind_totals, kind)
+            for ch in chans:
+                counts = self._kinds.get(ch)
+                if counts is not None:
+                    _decrement(counts, kind)
+                    if not counts:
+                        del self._kinds[ch]
 
     def expire(self, now: float) -> list[Unsubscribe]:
         """Channels whose linger ran out: unsubscribe them."""
@@ -96,6 +120,14 @@ class Hub(Generic[S]):
     def sessions(self, channel: str) -> AbstractSet[S]:
         """The sessions on ``channel`` (a live set: copy it before awaiting)."""
         return self._members.get(channel, _EMPTY)
+
+    def kinds(self, channel: str) -> dict[str, int]:
+        """``{kind: sessions}`` on ``channel`` (sessions without a ``kind`` are not counted)."""
+        return dict(self._kinds.get(channel, ()))
+
+    def kind_totals(self) -> dict[str, int]:
+        """``{kind: sessions}`` over every registered session that has a ``kind``."""
+        return dict(self._kind_totals)
 
     def channels_of(self, session: S) -> tuple[str, ...]:
         return self._of_session.get(session, ())
@@ -118,3 +150,11 @@ class Hub(Generic[S]):
             sessions=len(self._of_session),
             subscriptions=self._subscriptions,
         )
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)

@@ -3,7 +3,7 @@
 from broker import wire
 from broker.ingest import tnetstring
 from broker.ops.stats import StatsEncoder
-from edge.ops.connstats import ConnStats, count_modes
+from edge.ops.connstats import ConnStats
 from edge.sync.hub import Hub
 
 
@@ -16,7 +16,7 @@ def take(cs, now, sent=0, hub=None, channels=None):
     hub = hub or Hub()
     if channels is None:
         channels = hub.live_channels()
-    rep = cs.take(now, sent, channels, lambda ch: count_modes(hub.sessions(ch)))
+    rep = cs.take(now, sent, channels, hub.kinds)
     # the map the broker receives (the bytes on the wire are those of this map)
     return None if rep is None else wire.decode_control(wire.encode_request(rep))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
 from edge.sync.hub import Hub, Subscribe, Unsubscribe
@@ -53,3 +56,50 @@ def test_timer_wheel_buckets():
     assert sorted(w.pop_due(2.0)) == ["a", "b"]
     assert len(w) == 1
     assert w.pop_due(100) == ["c"] and len(w) == 0
+
+
+class K:
+    """A session with a kind, as the edge's are."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def test_kinds_per_channel_and_in_all():
+    hub: Hub[object] = Hub()
+    a, b, c = K("stream"), K("ws"), K("stream")
+    hub.add(a, ["x", "y", "x"], now=0)  # a channel named twice counts once
+    hub.add(b, ["x"], now=0)
+    hub.add(c, ["y"], now=0)
+    hub.add("no-kind", ["x"], now=0)  # not counted, still a member
+    assert hub.kinds("x") == {"stream": 1, "ws": 1}
+    assert hub.kinds("y") == {"stream": 2}
+    assert hub.kinds("none") == {}
+    assert hub.kind_totals() == {"stream": 2, "ws": 1}
+    hub.kinds("x")["ws"] = 99  # a copy: the hub's counts are its own
+    assert hub.kinds("x")["ws"] == 1
+    hub.remove(a, now=1)
+    hub.remove(a, now=1)  # unknown now: no-op
+    assert hub.kinds("x") == {"ws": 1} and hub.kinds("y") == {"stream": 1}
+    hub.remove(b, now=1)
+    hub.remove(c, now=1)
+    hub.remove("no-kind", now=1)
+    assert hub.kinds("x") == {} and hub.kind_totals() == {}
+    assert hub._kinds == {}  # nothing left behind for channels that emptied
+
+
+def test_kinds_match_a_count_of_the_members_whatever_the_order():
+    rng = random.Random(3)
+    hub: Hub[object] = Hub()
+    live: list[K] = []
+    for step in range(2000):
+        if live and rng.random() < 0.45:
+            hub.remove(live.pop(rng.randrange(len(live))), now=step)
+        else:
+            k = K(rng.choice(["stream", "response", "ws"]))
+            hub.add(k, rng.sample(["a", "b", "c", "d"], rng.randint(1, 3)), now=step)
+            live.append(k)
+        if step % 97 == 0 or step == 1999:
+            for ch in "abcd":
+                assert hub.kinds(ch) == dict(Counter(s.kind for s in hub.sessions(ch)))
+            assert hub.kind_totals() == dict(Counter(s.kind for s in live))
