@@ -29,7 +29,7 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                chunk, raw, wsmsg, ws_frame_fn, stream_cls, ws_cls, dict pending, now,
                list others, list short):
     cdef object frame = None
-    cdef object s, cls, flt, data, held, crypt
+    cdef object s, cls, flt, data, crypt
     cdef PyObject* p
     cdef bint gated = bool(gate)
     cdef dict gate_d = gate if gated else None
@@ -91,6 +91,8 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                 else:
                     (<list>p).append(data)
                 continue
+        if type(data) is not bytes:  # (bytes from the callers; anything else copied once)
+            data = bytes(data)
         fd = s.fd
         r = send(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
         if r < 0:

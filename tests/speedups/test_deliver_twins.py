@@ -287,3 +287,15 @@ def test_send_plain_twins_agree(pairs):
             )
         )
     assert results[0] == results[1]
+
+
+def test_send_plain_sends_any_bytes_like_ciphertext(twins, pairs):
+    class ArrayCrypt(Crypt):
+        def encrypt(self, data: bytes) -> bytes:
+            return bytearray(b"E(" + data + b")")  # type: ignore[return-value]
+
+    fd, r = pairs()
+    s = Stream("s", fd)
+    s.crypt = ArrayCrypt()
+    assert _run(twins, [s, Stream("t", fd)])[:2] == (2, 10 + 7)
+    assert r.recv(100) == b"E(2\r\nhi\r\n)2\r\nhi\r\n"
