@@ -25,11 +25,27 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
 
 
+cdef inline int _queue(dict pending, object s, object data) except -1:
+    """``data`` after what ``pending[s]`` holds (write_many sends or buffers it)."""
+    cdef PyObject* p = PyDict_GetItemWithError(pending, s)
+    if p == NULL:
+        PyDict_SetItem(pending, s, [data])
+    else:
+        (<list>p).append(data)
+    return 0
+
+
+cdef inline bint _filtered(object s, str channel) except -1:
+    """A filter on ``channel`` (the general loop applies it)."""
+    flt = s.filters
+    return bool(flt) and bool(flt.get(channel))
+
+
 def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cursor, env, gate,
                chunk, raw, wsmsg, ws_frame_fn, stream_cls, ws_cls, dict pending, now,
                list others, list short):
     cdef object frame = None
-    cdef object s, cls, flt, data, crypt
+    cdef object s, cls, data, crypt
     cdef PyObject* p
     cdef bint gated = bool(gate)
     cdef dict gate_d = gate if gated else None
@@ -49,21 +65,13 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                 continue
         cls = type(s)
         if cls is stream_cls:
-            if chunk is None or s.state or s.track is not None:
-                others.append(s)
-                continue
-            flt = s.filters
-            if flt and flt.get(channel):
+            if chunk is None or s.state or s.track is not None or _filtered(s, channel):
                 others.append(s)
                 continue
             s.last_cursor[channel] = cursor
             data = chunk if s.chunked else raw
         elif cls is ws_cls:
-            if wsmsg is None or s.state or s.deflate:
-                others.append(s)
-                continue
-            flt = s.filters
-            if flt and flt.get(channel):
+            if wsmsg is None or s.state or s.deflate or _filtered(s, channel):
                 others.append(s)
                 continue
             if frame is None:
@@ -75,21 +83,13 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
             continue
         crypt = s.crypt
         if s.writing or s.buf or (crypt is not None and crypt.out):
-            p = PyDict_GetItemWithError(pending, s)
-            if p == NULL:
-                PyDict_SetItem(pending, s, [data])
-            else:
-                (<list>p).append(data)
+            _queue(pending, s, data)
             continue
         if crypt is not None:  # a TLS client: one encryption, then the same send
             try:
                 data = crypt.encrypt(data)
             except Exception:  # write_many tries again and handles the error
-                p = PyDict_GetItemWithError(pending, s)
-                if p == NULL:
-                    PyDict_SetItem(pending, s, [data])
-                else:
-                    (<list>p).append(data)
+                _queue(pending, s, data)
                 continue
         if type(data) is not bytes:  # (bytes from the callers; anything else copied once)
             data = bytes(data)

@@ -39,6 +39,21 @@ from typing import Any
 _write = os.write
 
 
+def _queue(pending: dict[Any, list[bytes]], s: Any, data: bytes) -> None:
+    """``data`` after what ``pending[s]`` holds (write_many sends or buffers it)."""
+    parts = pending.get(s)
+    if parts is None:
+        pending[s] = [data]
+    else:
+        parts.append(data)
+
+
+def _filtered(s: Any, channel: str) -> bool:
+    """A filter on ``channel`` (the general loop applies it)."""
+    flt = s.filters
+    return bool(flt) and bool(flt.get(channel))
+
+
 def send_plain(
     members: list[Any],
     start: int,
@@ -69,21 +84,13 @@ def send_plain(
                 continue
         cls = type(s)
         if cls is stream_cls:
-            if chunk is None or s.state or s.track is not None:
-                others.append(s)
-                continue
-            flt = s.filters
-            if flt and flt.get(channel):
+            if chunk is None or s.state or s.track is not None or _filtered(s, channel):
                 others.append(s)
                 continue
             s.last_cursor[channel] = cursor
             data = chunk if s.chunked else raw
         elif cls is ws_cls:
-            if wsmsg is None or s.state or s.deflate:
-                others.append(s)
-                continue
-            flt = s.filters
-            if flt and flt.get(channel):
+            if wsmsg is None or s.state or s.deflate or _filtered(s, channel):
                 others.append(s)
                 continue
             if frame is None:
@@ -95,21 +102,13 @@ def send_plain(
             continue
         crypt = s.crypt
         if s.writing or s.buf or (crypt is not None and crypt.out):
-            parts = pending.get(s)
-            if parts is None:
-                pending[s] = [data]
-            else:
-                parts.append(data)
+            _queue(pending, s, data)
             continue
         if crypt is not None:  # a TLS client: one encryption, then the same send
             try:
                 data = crypt.encrypt(data)
             except Exception:  # write_many tries again and handles the error
-                parts = pending.get(s)
-                if parts is None:
-                    pending[s] = [data]
-                else:
-                    parts.append(data)
+                _queue(pending, s, data)
                 continue
         try:
             n = _write(s.fd, data)
