@@ -31,12 +31,8 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Hashable, Iterable
-from typing import TYPE_CHECKING
 
 from broker.wire import StatsReport
-
-if TYPE_CHECKING:
-    pass
 
 MODES = ("response", "stream", "ws")
 BATCH_EVENTS = 1000  # events that trigger a report before the next second
