@@ -32,11 +32,10 @@ buffers, counts or drops it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-_write = os.write
+from _speedups._sendmany_py import send_batch
 
 
 def _queue(pending: dict[Any, list[bytes]], s: Any, data: bytes) -> None:
@@ -110,12 +109,7 @@ def send_plain(
             except Exception:  # write_many tries again and handles the error
                 _queue(pending, s, data)
                 continue
-        try:
-            n = _write(s.fd, data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        except OSError as exc:
-            n = -(exc.errno or 1)
+        n = send_batch([s.fd], [data])[0]  # the pure send_batch's contract: n, 0 or -errno
         if n == len(data):
             deliveries += 1
             nbytes += n
