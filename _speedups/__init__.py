@@ -53,7 +53,7 @@ COMPILED, _modules = _choose()
 
 if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
-    from _speedups._deliver_py import send_plain
+    from _speedups._deliver_py import SessionCore, send_plain
     from _speedups._fanout_py import (
         decode_envelopes,
         encode_envelopes,
@@ -86,9 +86,11 @@ else:
     ws_parse = _modules["wsframe"].ws_parse
     held_marks = _modules["marks"].held_marks
     send_plain = _modules["deliver"].send_plain
+    SessionCore = _modules["deliver"].SessionCore
 
 __all__ = [
     "COMPILED",
+    "SessionCore",
     "decode_envelopes",
     "encode_envelopes",
     "fan_out",

@@ -1,6 +1,21 @@
 from collections.abc import Callable
 from typing import Any
 
+class SessionCore:
+    state: Any
+    track: Any
+    filters: Any
+    last_cursor: dict[str, str]
+    crypt: Any
+    buf: Any
+    deflate: Any
+    sent: int
+    last_out: float
+    fd: int
+    chunked: bool
+    writing: bool
+    def __init__(self) -> None: ...
+
 def send_plain(
     members: list[Any],
     start: int,

@@ -25,6 +25,30 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
 
 
+cdef class SessionCore:
+    """The fields one delivery reads and writes, as C fields of the sessions' base class.
+
+    ``edge.sessionstate.Session`` derives from it (through ``_speedups.SessionCore``), so
+    ``send_plain`` reads them at fixed offsets instead of through the attribute protocol
+    (a type lookup and a slot descriptor per field: most of a broadcast's user-space time).
+    Python code sees ordinary attributes.  Unset, they are None, 0, 0.0 or False, as in the
+    pure twin.
+    """
+
+    cdef public object state
+    cdef public object track
+    cdef public object filters
+    cdef public dict last_cursor
+    cdef public object crypt
+    cdef public object buf
+    cdef public object deflate
+    cdef public Py_ssize_t sent
+    cdef public double last_out
+    cdef public int fd
+    cdef public bint chunked
+    cdef public bint writing
+
+
 cdef inline int _queue(dict pending, object s, object data) except -1:
     """``data`` after what ``pending[s]`` holds (write_many sends or buffers it)."""
     cdef PyObject* p = PyDict_GetItemWithError(pending, s)
@@ -35,7 +59,7 @@ cdef inline int _queue(dict pending, object s, object data) except -1:
     return 0
 
 
-cdef inline bint _filtered(object s, str channel) except -1:
+cdef inline bint _filtered(SessionCore s, str channel) except -1:
     """A filter on ``channel`` (the general loop applies it)."""
     flt = s.filters
     return bool(flt) and bool(flt.get(channel))
@@ -46,12 +70,15 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                list others, list short):
     cdef object frame = None
     cdef object s, cls, data, crypt
+    cdef SessionCore c
     cdef PyObject* p
     cdef bint gated = bool(gate)
     cdef dict gate_d = gate if gated else None
     cdef Py_ssize_t i, deliveries = 0, nbytes = 0, size = PyList_GET_SIZE(members)
     cdef ssize_t r
-    cdef int fd
+    cdef double t = now
+    if not (issubclass(stream_cls, SessionCore) and issubclass(ws_cls, SessionCore)):
+        raise TypeError("send_plain: the session classes must derive from SessionCore")
     if stop > size:
         stop = size
     if start < 0:
@@ -65,24 +92,26 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                 continue
         cls = type(s)
         if cls is stream_cls:
-            if chunk is None or s.state or s.track is not None or _filtered(s, channel):
+            c = <SessionCore>s
+            if chunk is None or c.state or c.track is not None or _filtered(c, channel):
                 others.append(s)
                 continue
-            s.last_cursor[channel] = cursor
-            data = chunk if s.chunked else raw
+            c.last_cursor[channel] = cursor
+            data = chunk if c.chunked else raw
         elif cls is ws_cls:
-            if wsmsg is None or s.state or s.deflate or _filtered(s, channel):
+            c = <SessionCore>s
+            if wsmsg is None or c.state or c.deflate or _filtered(c, channel):
                 others.append(s)
                 continue
             if frame is None:
                 frame = ws_frame_fn(wsmsg)
-            s.last_cursor[channel] = cursor
+            c.last_cursor[channel] = cursor
             data = frame
         else:
             others.append(s)
             continue
-        crypt = s.crypt
-        if s.writing or s.buf or (crypt is not None and crypt.out):
+        crypt = c.crypt
+        if c.writing or c.buf or (crypt is not None and crypt.out):
             _queue(pending, s, data)
             continue
         if crypt is not None:  # a TLS client: one encryption, then the same send
@@ -93,8 +122,7 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                 continue
         if type(data) is not bytes:  # (bytes from the callers; anything else copied once)
             data = bytes(data)
-        fd = s.fd
-        r = send(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
+        r = send(c.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
         if r < 0:
             if errno == EAGAIN or errno == EINTR:
                 r = 0
@@ -103,8 +131,8 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
         if r == PyBytes_GET_SIZE(data):
             deliveries += 1
             nbytes += r
-            s.sent += r
-            s.last_out = now
+            c.sent += r
+            c.last_out = t
         else:
             short.append((s, data, r))
     return deliveries, nbytes, frame

@@ -38,6 +38,50 @@ from typing import Any
 from _speedups._sendmany_py import send_batch
 
 
+class SessionCore:
+    """The fields one delivery reads and writes: the sessions' base class (pure twin).
+
+    ``edge.sessionstate.Session`` derives from ``_speedups.SessionCore``; the compiled twin
+    keeps these as C fields that ``send_plain`` reads at fixed offsets.  Unset, they are None,
+    0, 0.0 or False (``__init__``), as the compiled twin's are.
+    """
+
+    __slots__ = (
+        "state",
+        "track",
+        "filters",
+        "last_cursor",
+        "crypt",
+        "buf",
+        "deflate",
+        "sent",
+        "last_out",
+        "fd",
+        "chunked",
+        "writing",
+    )
+
+    state: Any
+    track: Any
+    filters: Any
+    last_cursor: dict[str, str]
+    crypt: Any
+    buf: Any
+    deflate: Any
+    sent: int
+    last_out: float
+    fd: int
+    chunked: bool
+    writing: bool
+
+    def __init__(self) -> None:
+        self.state = self.track = self.filters = self.crypt = self.buf = self.deflate = None
+        self.last_cursor = None  # type: ignore[assignment]
+        self.sent = self.fd = 0
+        self.last_out = 0.0
+        self.chunked = self.writing = False
+
+
 def _queue(pending: dict[Any, list[bytes]], s: Any, data: bytes) -> None:
     """``data`` after what ``pending[s]`` holds (write_many sends or buffers it)."""
     parts = pending.get(s)

@@ -43,6 +43,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+from _speedups import SessionCore
 from broker.errors import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -98,22 +99,25 @@ def next_state(state: SessionState, event: SessionEvent) -> SessionState:
         raise LocalProtocolError(f"session event {event.name} in state {state.name}") from None
 
 
-class Session(ABC):
+class Session(SessionCore, ABC):
     """What the hub, the deliverer, the timers, the link repair and the lifecycle call.
 
     Subclasses have ``__slots__`` and set ``id``, ``filters``, ``meta`` and ``channel_names``
     (read by ``edge.grip.filters`` on the hot path); ``state`` changes only through ``_on``.
     """
 
-    __slots__ = ("state", "reason", "__weakref__")
+    # ``state`` and the other fields a delivery reads are ``_speedups.SessionCore``'s
+    __slots__ = ("reason", "__weakref__")
     kind: ClassVar[str]  # a label for metrics and stats ("response", "stream", "ws")
 
+    state: SessionState
     id: int
     filters: dict[str, tuple[str, ...]]
     meta: Mapping[str, str]
     channel_names: frozenset[str]
 
     def __init__(self) -> None:
+        SessionCore.__init__(self)
         self.state = OPEN
         self.reason = ""  # why it was killed
 

@@ -59,19 +59,9 @@ def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
 
 class StreamSession(Session):
     kind = "stream"
-    # what one delivery reads and writes first (_speedups.send_plain: after ``state``, two
-    # cache lines of the object), the rest after
+    # what one delivery reads and writes (track, filters, last_cursor, chunked, crypt,
+    # writing, buf, fd, sent, last_out) are _speedups.SessionCore's fields
     __slots__ = (
-        "track",
-        "filters",
-        "last_cursor",
-        "chunked",
-        "crypt",
-        "writing",
-        "buf",
-        "fd",
-        "sent",
-        "last_out",
         "id",
         "sock",
         "hold",
@@ -178,11 +168,9 @@ class ResponseSession(Session):
         "deadline",
         "result",
         "scope",
-        "filters",
         "meta",
         "channel_names",
         "retry",
-        "track",
         "update_key",
         "debug",
     )

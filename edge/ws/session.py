@@ -247,18 +247,9 @@ class WsSession(Session):
     """
 
     kind = "ws"
-    # what one delivery reads and writes first (_speedups.send_plain: after ``state``, two
-    # cache lines of the object), the rest after
+    # what one delivery reads and writes (deflate, filters, last_cursor, crypt, writing, buf,
+    # fd, sent, last_out) are _speedups.SessionCore's fields
     __slots__ = (
-        "deflate",
-        "filters",
-        "last_cursor",
-        "crypt",
-        "writing",
-        "buf",
-        "fd",
-        "sent",
-        "last_out",
         "id",
         "app",
         "sock",

@@ -17,39 +17,31 @@ from edge.sessionstate import CLOSING, DEAD, DONE, OPEN
 FRAME = b"\x81\x02hi"
 
 
-class Stream:
-    __slots__ = (
-        "state",
-        "track",
-        "filters",
-        "last_cursor",
-        "chunked",
-        "crypt",
-        "writing",
-        "buf",
-        "fd",
-        "sent",
-        "last_out",
-        "tag",
-    )
+def _core() -> type:
+    """The compiled ``SessionCore`` when it is built (both twins take its subclasses; the
+    compiled one takes nothing else), else the pure one."""
+    try:
+        return twin("deliver", True).SessionCore
+    except ImportError:
+        return twin("deliver", False).SessionCore
+
+
+class Stream(_core()):  # type: ignore[misc]
+    __slots__ = ("tag",)
 
     def __init__(self, tag: str, fd: int, chunked: bool = True, state: Any = OPEN) -> None:
+        super().__init__()
         self.tag, self.fd, self.chunked, self.state = tag, fd, chunked, state
-        self.track: object | None = None
         self.filters: dict[str, tuple[str, ...]] = {}
         self.last_cursor: dict[str, str] = {}
-        self.crypt: object | None = None
-        self.writing = False
         self.buf = bytearray()
-        self.sent = 0
-        self.last_out = 0.0
 
     def __repr__(self) -> str:
         return self.tag
 
 
 class Ws(Stream):
-    __slots__ = ("deflate",)
+    __slots__ = ()
 
     def __init__(self, tag: str, fd: int, deflate: bool = False, state: Any = OPEN) -> None:
         super().__init__(tag, fd, state=state)
@@ -299,3 +291,32 @@ def test_send_plain_sends_any_bytes_like_ciphertext(twins, pairs):
     s.crypt = ArrayCrypt()
     assert _run(twins, [s, Stream("t", fd)])[:2] == (2, 10 + 7)
     assert r.recv(100) == b"E(2\r\nhi\r\n)2\r\nhi\r\n"
+
+
+def test_session_core_twins_have_the_same_fields_and_defaults(twins):
+    core = twins.SessionCore()
+    assert (core.state, core.track, core.filters, core.last_cursor, core.crypt) == (None,) * 5
+    assert (core.buf, core.deflate, core.sent, core.last_out, core.fd) == (None, None, 0, 0.0, 0)
+    assert (core.chunked, core.writing) == (False, False)
+    core.sent += 7
+    core.last_out = 2.5
+    core.writing = True
+    core.last_cursor = {"c": "1"}
+    assert (core.sent, core.last_out, core.writing, core.last_cursor) == (7, 2.5, True, {"c": "1"})
+    with pytest.raises(AttributeError):
+        core.other = 1  # no __dict__: the sessions stay as small as with slots
+
+
+def test_send_plain_compiled_takes_only_session_core_classes(pairs):
+    try:
+        mod = twin("deliver", True)
+    except ImportError:
+        pytest.skip("the compiled twins are not built (pip install . builds them)")
+
+    class Plain:
+        pass
+
+    with pytest.raises(TypeError, match="SessionCore"):
+        mod.send_plain(
+            [], 0, 0, "c", "1", None, None, b"", b"", None, bytes, Plain, Ws, {}, 0.0, [], []
+        )
