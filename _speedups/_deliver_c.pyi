@@ -5,7 +5,9 @@ class SessionCore:
     state: Any
     track: Any
     filters: Any
-    last_cursor: dict[str, str]
+    cursor_ch: str | None
+    cursor_at: Any
+    cursor_more: dict[str, Any] | None
     crypt: Any
     buf: Any
     deflate: Any
@@ -15,6 +17,9 @@ class SessionCore:
     chunked: bool
     writing: bool
     def __init__(self) -> None: ...
+    def set_cursor(self, channel: str, cursor: Any) -> None: ...
+    def cursor_of(self, channel: str) -> Any: ...
+    def cursors(self) -> dict[str, Any]: ...
 
 def send_plain(
     members: list[Any],

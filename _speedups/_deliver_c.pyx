@@ -33,12 +33,20 @@ cdef class SessionCore:
     (a type lookup and a slot descriptor per field: most of a broadcast's user-space time).
     Python code sees ordinary attributes.  Unset, they are None, 0, 0.0 or False, as in the
     pure twin.
+
+    A session's cursors (channel -> cursor of the last message delivered on it) are kept as
+    the first channel's in two fields (``cursor_ch``, ``cursor_at``: most sessions have one
+    channel) and the others in ``cursor_more`` (None until needed): a delivery writes a field
+    of the object it already reads, not a dict of its own.  ``set_cursor``, ``cursor_of`` and
+    ``cursors`` are the API.
     """
 
     cdef public object state
     cdef public object track
     cdef public object filters
-    cdef public dict last_cursor
+    cdef public object cursor_ch
+    cdef public object cursor_at
+    cdef public dict cursor_more
     cdef public object crypt
     cdef public object buf
     cdef public object deflate
@@ -47,6 +55,43 @@ cdef class SessionCore:
     cdef public int fd
     cdef public bint chunked
     cdef public bint writing
+
+    cpdef set_cursor(self, str channel, object cursor):
+        """``channel``'s cursor is now ``cursor``."""
+        ch0 = self.cursor_ch
+        if ch0 is None or ch0 is channel or ch0 == channel:
+            self.cursor_ch = channel
+            self.cursor_at = cursor
+        elif self.cursor_more is None:
+            self.cursor_more = {channel: cursor}
+        else:
+            self.cursor_more[channel] = cursor
+
+    def cursor_of(self, str channel):
+        """``channel``'s cursor, or None when nothing was delivered on it."""
+        ch0 = self.cursor_ch
+        if ch0 is not None and (ch0 is channel or ch0 == channel):
+            return self.cursor_at
+        if self.cursor_more is not None:
+            return self.cursor_more.get(channel)
+        return None
+
+    def cursors(self):
+        """A new dict of every channel's cursor, in the order they were first set."""
+        out = {} if self.cursor_ch is None else {self.cursor_ch: self.cursor_at}
+        if self.cursor_more:
+            out.update(self.cursor_more)
+        return out
+
+
+cdef inline int _set_cursor(SessionCore c, str channel, object cursor) except -1:
+    """``SessionCore.set_cursor``, its common case inline."""
+    ch0 = c.cursor_ch
+    if ch0 is channel or (ch0 is not None and ch0 == channel):
+        c.cursor_at = cursor
+    else:
+        c.set_cursor(channel, cursor)
+    return 0
 
 
 cdef inline int _queue(dict pending, object s, object data) except -1:
@@ -96,7 +141,7 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
             if chunk is None or c.state or c.track is not None or _filtered(c, channel):
                 others.append(s)
                 continue
-            c.last_cursor[channel] = cursor
+            _set_cursor(c, channel, cursor)
             data = chunk if c.chunked else raw
         elif cls is ws_cls:
             c = <SessionCore>s
@@ -105,7 +150,7 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
                 continue
             if frame is None:
                 frame = ws_frame_fn(wsmsg)
-            c.last_cursor[channel] = cursor
+            _set_cursor(c, channel, cursor)
             data = frame
         else:
             others.append(s)

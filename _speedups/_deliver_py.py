@@ -44,13 +44,19 @@ class SessionCore:
     ``edge.sessionstate.Session`` derives from ``_speedups.SessionCore``; the compiled twin
     keeps these as C fields that ``send_plain`` reads at fixed offsets.  Unset, they are None,
     0, 0.0 or False (``__init__``), as the compiled twin's are.
+
+    A session's cursors (channel -> cursor of the last message delivered on it) are the first
+    channel's in ``cursor_ch`` / ``cursor_at`` and the others' in ``cursor_more`` (None until
+    needed); ``set_cursor``, ``cursor_of`` and ``cursors`` are the API.
     """
 
     __slots__ = (
         "state",
         "track",
         "filters",
-        "last_cursor",
+        "cursor_ch",
+        "cursor_at",
+        "cursor_more",
         "crypt",
         "buf",
         "deflate",
@@ -64,7 +70,9 @@ class SessionCore:
     state: Any
     track: Any
     filters: Any
-    last_cursor: dict[str, str]
+    cursor_ch: str | None
+    cursor_at: Any
+    cursor_more: dict[str, Any] | None
     crypt: Any
     buf: Any
     deflate: Any
@@ -76,10 +84,36 @@ class SessionCore:
 
     def __init__(self) -> None:
         self.state = self.track = self.filters = self.crypt = self.buf = self.deflate = None
-        self.last_cursor = None  # type: ignore[assignment]
+        self.cursor_ch = self.cursor_at = self.cursor_more = None
         self.sent = self.fd = 0
         self.last_out = 0.0
         self.chunked = self.writing = False
+
+    def set_cursor(self, channel: str, cursor: Any) -> None:
+        """``channel``'s cursor is now ``cursor``."""
+        ch0 = self.cursor_ch
+        if ch0 is None or ch0 == channel:
+            self.cursor_ch = channel
+            self.cursor_at = cursor
+        elif self.cursor_more is None:
+            self.cursor_more = {channel: cursor}
+        else:
+            self.cursor_more[channel] = cursor
+
+    def cursor_of(self, channel: str) -> Any:
+        """``channel``'s cursor, or None when nothing was delivered on it."""
+        if self.cursor_ch is not None and self.cursor_ch == channel:
+            return self.cursor_at
+        if self.cursor_more is not None:
+            return self.cursor_more.get(channel)
+        return None
+
+    def cursors(self) -> dict[str, Any]:
+        """A new dict of every channel's cursor, in the order they were first set."""
+        out = {} if self.cursor_ch is None else {self.cursor_ch: self.cursor_at}
+        if self.cursor_more:
+            out.update(self.cursor_more)
+        return out
 
 
 def _queue(pending: dict[Any, list[bytes]], s: Any, data: bytes) -> None:
@@ -130,7 +164,7 @@ def send_plain(
             if chunk is None or s.state or s.track is not None or _filtered(s, channel):
                 others.append(s)
                 continue
-            s.last_cursor[channel] = cursor
+            s.set_cursor(channel, cursor)
             data = chunk if s.chunked else raw
         elif cls is ws_cls:
             if wsmsg is None or s.state or s.deflate or _filtered(s, channel):
@@ -138,7 +172,7 @@ def send_plain(
                 continue
             if frame is None:
                 frame = ws_frame_fn(wsmsg)
-            s.last_cursor[channel] = cursor
+            s.set_cursor(channel, cursor)
             data = frame
         else:
             others.append(s)

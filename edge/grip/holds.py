@@ -1060,7 +1060,7 @@ async def hold_stream(
                 if s.done:
                     break
                 continue
-            seen = dict(s.last_cursor)
+            seen = s.cursors()
             with trio.CancelScope() as scope:
                 s.scope = scope
                 if window:
@@ -1083,7 +1083,7 @@ async def hold_stream(
                 idle = [
                     c
                     for c in s.channel_names
-                    if s.last_cursor.get(c) == seen.get(c) or c not in s.last_cursor
+                    if (cur := s.cursor_of(c)) is None or cur == seen.get(c)
                 ]
                 want_low = bool(idle)
         if s.dead:

@@ -59,7 +59,7 @@ def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
 
 class StreamSession(Session):
     kind = "stream"
-    # what one delivery reads and writes (track, filters, last_cursor, chunked, crypt,
+    # what one delivery reads and writes (track, filters, cursors, chunked, crypt,
     # writing, buf, fd, sent, last_out) are _speedups.SessionCore's fields
     __slots__ = (
         "id",
@@ -95,7 +95,6 @@ class StreamSession(Session):
         self.last_out = now
         self.sent = 0  # bytes the delivery path wrote (the access log's count)
         _subscription(self, hold)
-        self.last_cursor: dict[str, str] = {}  # channel -> cursor of the last delivered message
         self.hinted = False  # fetch the next link now (a "hint", or the update limiter's turn)
         # prev-id checks and the queue of an update under way (edge.grip.nextlink_track); None
         # in the common case (no prev-id, no update): the delivery path's fast path

@@ -84,7 +84,7 @@ def _content(fmt: dict[str, Any]) -> bytes:
 
 def _ids(s: StreamSession | ResponseSession, env: Envelope) -> dict[str, str | None]:
     """The session's channel ids as ``build-id`` sees them while ``env`` is delivered."""
-    seen = s.last_cursor if type(s) is StreamSession else {}  # a long-poll gets one message
+    seen = s.cursors() if type(s) is StreamSession else {}  # a long-poll gets one message
     return filters.prev_ids(
         ((c.name, c.prev_id) for c in s.hold.channels), seen, env.channel, env.cursor
     )
@@ -308,7 +308,7 @@ class Deliverer:
                     if cls is stream_cls and not s.state:
                         # Pushpin advances a stream's id past a filtered-out item too (its
                         # next link's Grip-Last, build-id's other channels)
-                        s.last_cursor[channel] = cursor
+                        s.set_cursor(channel, cursor)
                     continue
                 if cls is ws_cls:  # edge.ws: one frame per message, the same bytes for all
                     if wsmsg is None or s.state:  # not OPEN (edge.sessionstate)
@@ -326,7 +326,7 @@ class Deliverer:
                         data = s.on_publish(wsmsg, env, flt)  # close, refresh, var-subst
                         if not data:
                             continue
-                    s.last_cursor[channel] = cursor
+                    s.set_cursor(channel, cursor)
                     parts = pending.get(s)
                     if parts is None:
                         pending[s] = [data]
@@ -358,7 +358,7 @@ class Deliverer:
                                     continue
                                 if s.chunked:
                                     data = http_chunk(data)
-                        s.last_cursor[channel] = cursor
+                        s.set_cursor(channel, cursor)
                     elif action == "close":
                         data = s.close()  # OPEN -> CLOSING: the final chunk
                     else:
@@ -466,10 +466,10 @@ class Deliverer:
                         others.append(s)
                         continue
                     if cls is stream_cls and last is not None and s.track is None:
-                        s.last_cursor[ch] = last
+                        s.set_cursor(ch, last)
                         data = chunked if s.chunked else plain
                     elif cls is ws_cls and last_ws is not None:
-                        s.last_cursor[ch] = last_ws
+                        s.set_cursor(ch, last_ws)
                         if not s.deflate:
                             if not frames:
                                 frames = b"".join(
@@ -529,7 +529,7 @@ class Deliverer:
             return False
         data = _filter_failed(s, env, reason)
         if cls is StreamSession:
-            s.last_cursor[env.channel] = env.cursor
+            s.set_cursor(env.channel, env.cursor)
             parts = pending.get(s)
             if parts is None:
                 pending[s] = [data]

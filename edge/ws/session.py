@@ -247,7 +247,7 @@ class WsSession(Session):
     """
 
     kind = "ws"
-    # what one delivery reads and writes (deflate, filters, last_cursor, crypt, writing, buf,
+    # what one delivery reads and writes (deflate, filters, cursors, crypt, writing, buf,
     # fd, sent, last_out) are _speedups.SessionCore's fields
     __slots__ = (
         "id",
@@ -317,7 +317,6 @@ class WsSession(Session):
         self.timer_at = math.inf  # when the edge's WsTimers will call due_frames (edge.wstimers)
         self._closed: trio.Event | None = None  # made on first wait (most sessions never wait)
         self.client_close: Close | None = None
-        self.last_cursor: dict[str, str] = {}
         # the route's ``prefix=``: prepended to every channel the origin names (route sub=
         # channels, subscribe/unsubscribe), as Pushpin does and as HTTP holds do, so one
         # tenant's origin cannot reach another tenant's channels; events to the origin name

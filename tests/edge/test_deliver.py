@@ -357,7 +357,7 @@ def test_a_run_delivers_what_one_message_at_a_time_does(cut):
             await d.deliver(batch[:cut], now=1.0)
             await d.deliver(batch[cut:], now=1.0)
         out = [
-            (p.read(), dict(s.last_cursor), s.state, s.track and s.track.gaps)
+            (p.read(), s.cursors(), s.state, s.track and s.track.gaps)
             for p, s in zip(pipes, sessions)
         ]
         st = d.statistics()
@@ -455,10 +455,10 @@ def test_a_run_to_websockets_delivers_what_one_message_at_a_time_does(monkeypatc
                 data = b.recv(1 << 20)
             except BlockingIOError:
                 data = b""
-            out.append((data, dict(s.last_cursor), s.state))
+            out.append((data, s.cursors(), s.state))
             a.close()
             b.close()
-        out.append((pipe.read(), dict(st.last_cursor), st.state))
+        out.append((pipe.read(), st.cursors(), st.state))
         pipe.close()
         return out, (d.statistics().messages, d.statistics().deliveries), side.closed
 

@@ -228,10 +228,10 @@ def test_delivery_renders_ids_per_session_and_keeps_the_shared_path():
             b"event: message\nid: test:5\ndata: 100% real\n\n"
             b"event: message\nid: test:7\ndata: 100% real\n\n"
         )
-        assert s1.last_cursor == {"events-test": "7"}
+        assert s1.cursors() == {"events-test": "7"}
         # the item skip-users left out counts as seen: the next id on another channel knows it
         await d.deliver([_item(4, ev, ["build-id"], "8", "7", skip_users="anonymous")], 1.0)
-        assert s1.last_cursor == {"events-test": "8"} and p1.read() == b""
+        assert s1.cursors() == {"events-test": "8"} and p1.read() == b""
         # a subscriber without build-id: Pushpin ends its stream (content filter mismatch)
         assert p2.read() == b"" and plain.done
         assert not s1.done

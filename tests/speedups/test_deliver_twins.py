@@ -33,7 +33,6 @@ class Stream(_core()):  # type: ignore[misc]
         super().__init__()
         self.tag, self.fd, self.chunked, self.state = tag, fd, chunked, state
         self.filters: dict[str, tuple[str, ...]] = {}
-        self.last_cursor: dict[str, str] = {}
         self.buf = bytearray()
 
     def __repr__(self) -> str:
@@ -201,9 +200,9 @@ def test_send_plain_sends_plain_sessions_and_leaves_the_others(twins, pairs):
     }
     assert s_tls_queued.crypt.out == b"E(earlier)"
     for s in (s_open, s_raw, s_other_ch, w_open, s_tls, s_tls_queued, s_busy, s_backlog):
-        assert s.last_cursor == {"c": "cur-7"}
+        assert s.cursors() == {"c": "cur-7"}
     for s in (s_closing, s_track, s_filtered, s_gated, w_deflate, w_done):
-        assert s.last_cursor == {}
+        assert s.cursors() == {}
     assert (s_open.sent, s_open.last_out, w_open.sent) == (7, 5.0, len(FRAME))
     assert (s_tls.sent, s_tls.last_out) == (10, 5.0)  # the ciphertext's bytes
     assert (s_tls_queued.sent, s_tls_queued.last_out) == (0, 0.0)
@@ -223,7 +222,7 @@ def test_send_plain_short_and_failed_sends_are_left_to_the_caller(twins, pairs):
     assert 0 < short[0][2] < len(big)
     assert short[1][2] in (-errno.EPIPE, -errno.ECONNRESET)
     assert full.sent == 0 and full.last_out == 0.0  # not counted: the caller buffers it
-    assert full.last_cursor == {"c": "cur-7"}  # the bytes are the session's either way
+    assert full.cursors() == {"c": "cur-7"}  # the bytes are the session's either way
 
 
 def test_send_plain_without_stream_or_ws_content_touches_nothing(twins, pairs):
@@ -231,7 +230,7 @@ def test_send_plain_without_stream_or_ws_content_touches_nothing(twins, pairs):
     members = [Stream("s", fd), Ws("w", fd)]
     delivered, nbytes, frame, built, others, short = _run(twins, members, chunk=None, wsmsg=None)
     assert (delivered, nbytes, frame, built, short) == (0, 0, None, 0, [])
-    assert others == members and members[0].last_cursor == {}
+    assert others == members and members[0].cursors() == {}
 
 
 def test_send_plain_takes_only_its_slice(twins, pairs):
@@ -275,7 +274,10 @@ def test_send_plain_twins_agree(pairs):
             (
                 got[:4],
                 [repr(s) for s in got[4]],
-                [(getattr(m, "sent", None), getattr(m, "last_cursor", None)) for m in members],
+                [
+                    (getattr(m, "sent", None), m.cursors() if hasattr(m, "cursors") else None)
+                    for m in members
+                ],
             )
         )
     assert results[0] == results[1]
@@ -295,14 +297,14 @@ def test_send_plain_sends_any_bytes_like_ciphertext(twins, pairs):
 
 def test_session_core_twins_have_the_same_fields_and_defaults(twins):
     core = twins.SessionCore()
-    assert (core.state, core.track, core.filters, core.last_cursor, core.crypt) == (None,) * 5
+    assert (core.state, core.track, core.filters, core.crypt) == (None,) * 4
+    assert (core.cursor_ch, core.cursor_at, core.cursor_more, core.cursors()) == (None,) * 3 + ({},)
     assert (core.buf, core.deflate, core.sent, core.last_out, core.fd) == (None, None, 0, 0.0, 0)
     assert (core.chunked, core.writing) == (False, False)
     core.sent += 7
     core.last_out = 2.5
     core.writing = True
-    core.last_cursor = {"c": "1"}
-    assert (core.sent, core.last_out, core.writing, core.last_cursor) == (7, 2.5, True, {"c": "1"})
+    assert (core.sent, core.last_out, core.writing) == (7, 2.5, True)
     with pytest.raises(AttributeError):
         core.other = 1  # no __dict__: the sessions stay as small as with slots
 
@@ -320,3 +322,29 @@ def test_send_plain_compiled_takes_only_session_core_classes(pairs):
         mod.send_plain(
             [], 0, 0, "c", "1", None, None, b"", b"", None, bytes, Plain, Ws, {}, 0.0, [], []
         )
+
+
+def test_session_core_cursors(twins):
+    """The first channel's cursor in two fields, the others' in a dict made when needed."""
+    core = twins.SessionCore()
+    assert core.cursor_of("a") is None
+    core.set_cursor("a", "1")
+    assert (core.cursor_ch, core.cursor_at, core.cursor_more) == ("a", "1", None)
+    core.set_cursor("".join(["a"]), "2")  # an equal string, not the same object
+    core.set_cursor("b", "7")
+    core.set_cursor("c", "8")
+    core.set_cursor("b", "9")
+    assert (core.cursor_at, core.cursor_more) == ("2", {"b": "9", "c": "8"})
+    assert [core.cursor_of(c) for c in "abcd"] == ["2", "9", "8", None]
+    got = core.cursors()
+    assert list(got.items()) == [("a", "2"), ("b", "9"), ("c", "8")]
+    got["a"] = "changed"  # a copy: the session's own cursors stay
+    assert core.cursor_of("a") == "2"
+
+
+def test_send_plain_sets_a_second_channels_cursor(twins, pairs):
+    fd, r = pairs()
+    s = Stream("s", fd)
+    s.set_cursor("other", "o-1")  # the first channel: send_plain's "c" goes to the dict
+    assert _run(twins, [s])[:2] == (1, 7)
+    assert s.cursors() == {"other": "o-1", "c": "cur-7"}
