@@ -39,6 +39,7 @@ from broker.ops.status import SAMPLE_INTERVAL_S as STATUS_SAMPLE_S
 from broker.ops.status import StatusPage, broker_figures
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
+from broker.runtime.ticks import sleep_tick
 from broker.runtime.zmqtrio import ZSocket, open_zsocket
 from broker.store.memory import MemoryStore, Store
 
@@ -250,16 +251,17 @@ class Broker:
     async def _serve_heartbeat(self) -> None:
         while True:
             self.parts.pipeline.heartbeat()
-            await trio.sleep(wire.HEARTBEAT_INTERVAL_S)
+            # the broker's periodic tasks wake it together (broker.runtime.ticks)
+            await sleep_tick(wire.HEARTBEAT_INTERVAL_S)
 
     async def _serve_refused_markers(self) -> None:
         while True:
-            await trio.sleep(wire.HEARTBEAT_INTERVAL_S)
+            await sleep_tick(wire.HEARTBEAT_INTERVAL_S)
             await self.parts.pipeline.remark_refused()
 
     async def _serve_sequencer_timer(self) -> None:
         while True:
-            await trio.sleep(SEQUENCER_POLL_S)
+            await sleep_tick(SEQUENCER_POLL_S)
             await self.parts.pipeline.poll_sequencer()
 
     async def _serve_status_sampler(self) -> None:
@@ -274,7 +276,7 @@ class Broker:
                 b.edge_stats.sent_total,
                 b.pipeline.recent_positions(),
             )
-            await trio.sleep(STATUS_SAMPLE_S)
+            await sleep_tick(STATUS_SAMPLE_S)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED

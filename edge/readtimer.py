@@ -19,7 +19,8 @@ treats the socket as broken and closes it).  Its ``serve()`` task runs in the ed
     finally:
         w.done()
 
-A timeout fires between ``timeout_s`` and ``timeout_s + TICK_S`` after ``start``.
+A timeout fires between ``timeout_s`` and ``timeout_s + TICK_S`` after ``start``; while no wait
+is started the task is parked (an idle edge is not woken for it).
 
 ``Waker`` is the same trick for a held stream's wait on its client, which has no deadline:
 ``cancel()`` (what ``StreamSession.finish()``/``kill()`` call on ``session.scope``) wakes the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import trio
 
 from broker.errors import LocalProtocolError
+from broker.runtime.ticks import sleep_tick
 
 TICK_S = 0.25
 
@@ -72,11 +74,12 @@ class Waker:
 class ReadTimer:
     """Deadlines for socket waits, ended by one task (``serve``) every ``TICK_S``."""
 
-    __slots__ = ("_active", "_serving")
+    __slots__ = ("_active", "_serving", "_idle")
 
     def __init__(self) -> None:
         self._active: dict[Wait, None] = {}  # unfinished waits (insertion-ordered set)
         self._serving = False
+        self._idle: trio.Event | None = None  # set by start(): serve() parks while none waits
 
     def start(self, sock: trio.socket.SocketType, timeout_s: float) -> Wait:
         """Bound the waits on ``sock`` from now on by ``timeout_s`` (until ``done()``)."""
@@ -87,6 +90,8 @@ class ReadTimer:
         active = self._active
         w = Wait(sock, trio.current_time() + timeout_s, active)
         active[w] = None
+        if self._idle is not None:
+            self._idle.set()
         return w
 
     def expire(self, now: float) -> int:
@@ -108,10 +113,18 @@ class ReadTimer:
         return len(self._active)
 
     async def serve(self) -> None:
-        """Run forever in the edge's nursery: expire late waits every ``TICK_S``."""
+        """Run forever in the edge's nursery: expire late waits every ``TICK_S`` (on the
+        process's shared tick grid, ``broker.runtime.ticks``); parked while no wait is
+        started, so that an idle edge is not woken four times a second for nothing."""
         self._serving = True
         active = self._active
         while True:
-            await trio.sleep(TICK_S)
+            if not active:
+                idle = self._idle = trio.Event()
+                try:
+                    await idle.wait()
+                finally:
+                    self._idle = None
+            await sleep_tick(TICK_S)
             if active:
                 self.expire(trio.current_time())

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
+from broker.runtime.ticks import sleep_tick
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ async def serve_watch(
     current = path()
     watch = Watch(stamp(current) if current else None)
     while True:
-        await trio.sleep(interval_s)
+        await sleep_tick(interval_s)  # with the process's other timers (broker.runtime.ticks)
         p = path()
         if p != current:  # routes_file itself changed (by a reload): watch the new one
             current, watch = p, Watch(stamp(p) if p else None)

@@ -23,6 +23,7 @@ from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtoco
 from broker.runtime.logsetup import configure_logging
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
+from broker.runtime.ticks import TickGate, sleep_tick
 from edge import fastpath, routeswatch, testorigin
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
@@ -66,6 +67,8 @@ TICK_S = 1.0  # link-repair checks
 # keep-alives and hold timeouts: a quarter-second wheel, so that Grip-Keep-Alive's timeout=1
 # sends about one keep-alive a second as Pushpin does (with a 1 s wheel it was one every ~2 s)
 TIMER_TICK_S = 0.25
+# with nothing in that wheel, one tick a second (the origin pool's idle sweep, channel lingers)
+IDLE_TIMER_TICK_S = 1.0
 # A new hold waits (at most this long) until its channels' positions are known, so that
 # everything published after the client got the response head is delivered to it.
 POSITION_WAIT_S = 2.0
@@ -165,6 +168,8 @@ class Edge:
         self.verified: set[str] = set()  # broker_ids whose hello was answered and checked
         self._verifying: set[str] = set()  # broker_ids whose hello is being asked
         self.wheel: TimerWheel[StreamSession | ResponseSession] = TimerWheel(TIMER_TICK_S)
+        # serve_timers' ticks: TIMER_TICK_S while the wheel holds anything, else one a second
+        self.timer_ticks = TickGate(TIMER_TICK_S, IDLE_TIMER_TICK_S, lambda: len(self.wheel) > 0)
         self.deliverer = Deliverer(self.hub, cfg.client_buffer_bytes, nursery.start_soon)
         self.ws_timers = WsTimers(self.deliverer)  # its task is started by ``serve``
         # origin connection pool, read timer (its task is started by ``serve``), header memo
@@ -293,9 +298,11 @@ class Edge:
         ka = session.hold.keep_alive
         if ka is not None and not session.done:
             self.wheel.schedule(session, trio.current_time() + ka.timeout_s)
+            self.timer_ticks.wake()  # serve_timers leaves its slow tick
 
     def schedule_timeout(self, session: ResponseSession) -> None:
         self.wheel.schedule(session, session.deadline)
+        self.timer_ticks.wake()
 
     # -- broker side ---------------------------------------------------------------------------
 
@@ -407,7 +414,7 @@ class Edge:
     async def serve_link_repair(self) -> None:
         """Watch the broker links (edge.sync.repair) and retry unanswered repairs, every tick."""
         while True:
-            await trio.sleep(TICK_S)
+            await sleep_tick(TICK_S)
             now = trio.current_time()
             for link in self.link.links:
                 if link.last_data is not None:
@@ -464,8 +471,12 @@ class Edge:
     # -- timers --------------------------------------------------------------------------------
 
     async def serve_timers(self) -> None:
+        """Keep-alives, long-poll timeouts, the origin pool's sweep and channel lingers: every
+        ``TIMER_TICK_S`` while the wheel holds anything, else every ``IDLE_TIMER_TICK_S``
+        (woken early when something is scheduled), on the process's shared tick grid
+        (``broker.runtime.ticks``: the edge's periodic tasks wake it together)."""
         while True:
-            await trio.sleep(TIMER_TICK_S)
+            await self.timer_ticks.wait()
             now = trio.current_time()
             self.origin_client.pool.sweep(now)
             for action in self.hub.expire(now):

@@ -34,6 +34,7 @@ from broker.errors import ConfigError
 from broker.ops.stats import StatsEncoder
 from broker.runtime.reload import BROKER_RELOADABLE, plan_reload
 from broker.runtime.sdnotify import notify
+from broker.runtime.ticks import sleep_tick
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -130,7 +131,7 @@ async def start_ops(broker: Broker, nursery: trio.Nursery) -> None:
 
 async def _serve_stats_reports(broker: Broker, stats: StatsEncoder) -> None:
     while True:
-        await trio.sleep(broker.cfg.stats_report_interval_s)
+        await sleep_tick(broker.cfg.stats_report_interval_s)  # with the broker's other timers
         broker.pipeline.emit_stats(stats.report(time.time()))
 
 
@@ -141,5 +142,5 @@ async def _serve_count_expiry(broker: Broker, stats: StatsEncoder) -> None:
     """Forget edges silent for ``channel_counts_max_age_s`` (checked every second, with or
     without the stats socket; with it, the ``sub`` packets that changes go out)."""
     while True:
-        await trio.sleep(COUNT_EXPIRY_INTERVAL_S)
+        await sleep_tick(COUNT_EXPIRY_INTERVAL_S)
         broker.pipeline.emit_stats(stats.expire(time.time()))

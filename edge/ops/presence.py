@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.namespaces import NamespaceTable
+from broker.runtime.ticks import sleep_tick
 from broker.wire import PresenceReport
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ async def serve_presence(edge: Edge) -> None:
     counter = PresenceCounter(edge.stats.source, table)
     hub = edge.hub
     while True:
-        await trio.sleep(REPORT_INTERVAL_S)
+        await sleep_tick(REPORT_INTERVAL_S)  # with the edge's other timers (broker.runtime.ticks)
         if not edge.linkwatch.up:
             counter.report_lost()  # the brokers may have forgotten us: everything next time
             continue

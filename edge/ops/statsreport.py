@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from broker.runtime.ticks import next_tick
 from edge.ops.connstats import ACTIVITY_DELAY_S, FLUSH_INTERVAL_S, ConnStats
 from gripcast import __version__
 
@@ -60,7 +61,9 @@ async def serve_stats(edge: Edge) -> None:
         stats.on_activity = wake.set
         if stats.activity_pending:  # came while the last report was being made
             wake.set()
-        with trio.move_on_after(FLUSH_INTERVAL_S):
+        # at the next whole FLUSH_INTERVAL_S of the shared tick grid (broker.runtime.ticks),
+        # with the edge's other timers, or on activity
+        with trio.move_on_at(next_tick(FLUSH_INTERVAL_S)):
             await wake.wait()
         stats.on_full = stats.on_activity = None
         if wake.is_set() and stats.activity_pending:

@@ -21,8 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def _collect(spec: str, act, want: int, timeout: float = 10.0) -> list[bytes]:
-    """Subscribe to activity/counts/report on ``spec``, wait until the socket is live (a first
-    report or any packet), run ``act``, then collect until ``want`` activity+counts frames."""
+    """Subscribe to activity/counts/report on ``spec``, wait until the socket is live (an
+    activity or counts packet caused by ``act``), run ``act``, then collect until ``want``
+    activity+counts frames."""
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -30,13 +31,15 @@ def _collect(spec: str, act, want: int, timeout: float = 10.0) -> list[bytes]:
         sub.setsockopt(zmq.SUBSCRIBE, t)
     sub.connect(spec)
     try:
-        # slow joiner: poke the system until a packet shows the subscription is live
+        # slow joiner: poke the system until a packet it caused shows the subscription is live
+        # and the edge's stats are on (a periodic ``report`` may come before either)
         deadline = time.monotonic() + timeout
         live = False
         while not live:
             assert time.monotonic() < deadline, "stats socket never answered"
             act()
-            live = sub.poll(500) != 0
+            while not live and sub.poll(500):
+                live = not sub.recv().startswith(b"report ")
         while sub.poll(300):  # drain what the pokes caused
             sub.recv()
         got: list[bytes] = []

@@ -160,3 +160,26 @@ def test_timer_task_failure_propagates_to_the_nursery_that_owns_it():
     match, rest = err.value.split(TypeError)
     assert match is not None and rest is None, err.value
     assert reached == ["cancelled"]
+
+
+def test_idle_timer_is_parked_and_a_new_wait_still_times_out():
+    """With no wait started the timer's task sleeps without ticking (an idle edge is not woken
+    for it); the first wait after a long idle time still times out within a tick."""
+
+    async def main(client):
+        timer = client.timer
+        assert timer._idle is not None  # parked: no wait started
+        await trio.sleep(100)
+        assert timer._idle is not None
+        a, b = trio.socket.socketpair()
+        with a, b:
+            w = timer.start(a, 1.5)
+            t0 = trio.current_time()
+            with pytest.raises(trio.ClosedResourceError):
+                await trio.lowlevel.wait_readable(a)
+            assert w.expired
+            assert 1.5 <= trio.current_time() - t0 <= 1.5 + readtimer.TICK_S + 1e-6
+        await trio.testing.wait_all_tasks_blocked()
+        assert timer._idle is not None  # parked again
+
+    _run(main)
