@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from bench import procs
 from bench.origin import Origin
 from bench.report import save_results
-from bench.swarm import apply_sched
+from bench.swarm import IP_BIND_ADDRESS_NO_PORT, apply_sched
 from bench.targets import make_target, warm_up
 
 _IN = select.EPOLLIN
@@ -70,6 +70,11 @@ def _client(job: ClientJob, start, out, close) -> None:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # the port is chosen at connect(), unique per 4-tuple: without this, bind() looks
+            # for a port no socket holds, and the earlier rounds' TIME_WAIT sockets (tens of
+            # thousands) made that search cost the clients up to ~0.8 ms per connection, so
+            # whichever target ran later was measured with starved clients
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             s.bind((job.src, 0))
             n = job.first + opened
             opened += 1
