@@ -242,12 +242,16 @@ class GripcastTarget(Target):
 
 
 # the bench's Pushpin settings over the shared pushpin.conf (bench.pushpin): mongrel2's binaries
-# named, larger publish bodies, no publish rate limit; logging and stats as gripcast gets them
+# named, larger publish bodies, no publish rate limit; logging and stats as gripcast gets them.
+# ``message_rate`` 0 turns the handler's rate limiter off (its ``setRate`` takes a rate <= 0 as
+# none). Any positive rate, however high, keeps it on in batch mode: a 25-ms timer that each new
+# publish re-arms, so a channel published to more often than every ~25 ms got nothing until its
+# publisher paused (bench/RESULTS.md, ninth session). Until then the bench used 1,000,000.
 PUSHPIN_BENCH_OVERRIDES: dict[str, dict[str, object]] = {
     "runner": {"mongrel2_bin": "mongrel2", "m2sh_bin": "m2sh"},
     "handler": {
         "push_in_http_max_body_size": 10000000,
-        "message_rate": 1000000,
+        "message_rate": 0,
         "message_hwm": 1000000,
         "stats_report_interval": STATS_REPORT_INTERVAL_S,
     },
