@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         fan_out,
         make_envelope,
         recv_frames,
+        retain,
         send_frames,
     )
     from _speedups._framing_py import http_chunk, http_chunks
@@ -73,6 +74,7 @@ else:
     decode_envelopes = _modules["fanout"].decode_envelopes
     fan_out = _modules["fanout"].fan_out
     make_envelope = _modules["fanout"].make_envelope
+    retain = _modules["fanout"].retain
     send_frames = _modules["fanout"].send_frames
     recv_frames = _modules["fanout"].recv_frames
     http_chunk = _modules["framing"].http_chunk
@@ -99,6 +101,7 @@ __all__ = [
     "make_envelope",
     "normalise_item",
     "recv_frames",
+    "retain",
     "send_batch",
     "send_frames",
     "send_plain",

@@ -26,6 +26,8 @@ import zmq
 from broker import wire as _wire
 
 cdef extern from "Python.h":
+    int PyObject_IS_GC(object o)
+    void PyObject_GC_UnTrack(void* op)
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
@@ -541,3 +543,20 @@ def decode_envelopes(list frames, cls):
         else:
             out.append(None)
     return out
+
+
+cdef inline void _untrack(object o):
+    if PyObject_IS_GC(o):
+        PyObject_GC_UnTrack(<void*>o)
+
+
+def retain(env):
+    """Take a retained envelope out of the cyclic garbage collector's lists (see
+    ``_fanout_py.retain``): the envelope, its ``formats`` dict and each format's dict."""
+    _untrack(env)
+    f = env.formats
+    if type(f) is dict:
+        for v in (<dict>f).values():
+            if type(v) is dict:
+                _untrack(v)
+        _untrack(f)

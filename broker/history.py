@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
-from _speedups import make_envelope
+from _speedups import make_envelope, retain
 from broker.items import Item, item_bytes
 from broker.namespaces import NamespaceTable
 from broker.wire import REPLAY_LIMIT, Envelope
@@ -127,6 +127,7 @@ class MemoryHistory:
             ts=now,
         )
         ch.ring.append(env)
+        retain(env)  # kept for a while, never in a cycle: out of the collector's walks
         if item.id is not None:
             ch.ids[item.id] = env.seq
         ch.bytes += item_bytes(env)
@@ -147,6 +148,7 @@ class MemoryHistory:
         move_to_end = channels.move_to_end
         max_bytes = self.max_bytes
         make = make_envelope
+        keep = retain  # (see append)
         cur_name = None
         ch: _Channel  # bound on the first item (its name differs from None)
         ring: deque[Envelope] = deque()
@@ -173,6 +175,7 @@ class MemoryHistory:
                 Envelope, name, seq, ch.epoch, item.formats, item_id, item.prev_id, item.meta, now
             )
             ring.append(env)
+            keep(env)
             if item_id is not None:
                 ids[item_id] = seq
             retained += 1

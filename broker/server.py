@@ -360,6 +360,10 @@ async def serve_broker(cfg: Config, reload_config: Callable[[], Config] | None =
 
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the broker process; 0 after a clean stop, 1 if it could not start or crashed."""
+    # what start-up made (modules, config, routes) lives as long as the process: out of the
+    # collector's walks, as the edge does (edge.fastpath.tune_gc)
+    gc.collect()
+    gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
     ignore_late_stop_signals()
     try:

@@ -1,0 +1,97 @@
+"""Retained history out of the cyclic collector's walks (``_speedups.retain``): the compiled
+twin untracks a stored envelope and its formats dicts; the pure twin leaves them as they are;
+either way what the history holds and returns is the same (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+import _speedups
+from _speedups import twin
+from broker.history import MemoryHistory
+from broker.items import parse_http_publish
+from broker.wire import Envelope
+
+
+def _items(n: int, channels: int = 3):
+    body = {
+        "items": [
+            {
+                "channel": f"c{k % channels}",
+                "id": f"m{k}",
+                "formats": {
+                    "http-stream": {"content": f"M{k}\n"},
+                    "ws-message": {"content": f"M{k}"},
+                },
+            }
+            for k in range(n)
+        ]
+    }
+    return parse_http_publish(json.dumps(body).encode())
+
+
+def _envelope() -> Envelope:
+    return Envelope(
+        channel="c",
+        seq=1,
+        epoch="e",
+        formats={"http-stream": {"content": b"x"}, "ws-message": {"content": "x"}},
+        id="a",
+        meta={"k": "v"},
+    )
+
+
+def test_compiled_retain_untracks_the_envelope_and_its_formats():
+    env = _envelope()
+    assert gc.is_tracked(env) and gc.is_tracked(env.formats)
+    twin("fanout", True).retain(env)
+    assert not gc.is_tracked(env)
+    assert not gc.is_tracked(env.formats)
+    assert not any(gc.is_tracked(f) for f in env.formats.values())
+    gc.collect()  # untracked, still owned by refcounts: nothing is freed under it
+    assert env.formats == {"http-stream": {"content": b"x"}, "ws-message": {"content": "x"}}
+    assert env.meta == {"k": "v"} and env.id == "a"
+
+
+def test_compiled_retain_twice_and_on_odd_formats_is_harmless():
+    retain = twin("fanout", True).retain
+    env = _envelope()
+    retain(env)
+    retain(env)
+    odd = Envelope(channel="c", seq=1, epoch="e", formats={"http-stream": "not a dict"})
+    retain(odd)
+    assert not gc.is_tracked(odd)
+
+
+def test_a_retained_formats_dict_given_a_container_is_tracked_again():
+    # the safety the untracking relies on: CPython tracks a dict again when a container goes in
+    env = _envelope()
+    twin("fanout", True).retain(env)
+    env.formats["extra"] = {"content": [1, 2]}
+    assert gc.is_tracked(env.formats)
+
+
+def test_pure_retain_changes_nothing():
+    env = _envelope()
+    assert twin("fanout", False).retain(env) is None
+    assert gc.is_tracked(env) and gc.is_tracked(env.formats)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_history_keeps_and_evicts_the_same_with_untracked_envelopes(many):
+    h = MemoryHistory(max_items=2)
+    items = _items(12)
+    envs = h.append_many(items, 100.0) if many else [h.append(i, 100.0) for i in items]
+    gc.collect()
+    replay = h.replay("c0")
+    assert [e.id for e in replay.items] == ["m6", "m9"]  # the ring's bound, as before
+    assert replay.items == [e for e in envs if e.id in ("m6", "m9")]
+    for e in replay.items:
+        assert e.formats["http-stream"]["content"] == f"M{e.id[1:]}\n".encode()
+        assert e.formats["ws-message"]["content"] == f"M{e.id[1:]}".encode()
+        # untracked when the compiled twin is in use, tracked as any object with the pure one
+        assert gc.is_tracked(e) is (not _speedups.COMPILED)
+        assert gc.is_tracked(e.formats) is (not _speedups.COMPILED)
