@@ -13,7 +13,6 @@ configured by the CLI, ``broker.runtime.logsetup``).  The parts:
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 import time
@@ -37,6 +36,7 @@ from broker.ops import lifecycle as broker_lifecycle
 from broker.ops.stats import StatsEncoder
 from broker.ops.status import SAMPLE_INTERVAL_S as STATUS_SAMPLE_S
 from broker.ops.status import StatusPage, broker_figures
+from broker.runtime.gctune import tune_gc
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
 from broker.runtime.ticks import sleep_tick
@@ -361,10 +361,8 @@ async def serve_broker(cfg: Config, reload_config: Callable[[], Config] | None =
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the broker process; 0 after a clean stop, 1 if it could not start or crashed."""
     # what start-up made (modules, config, routes) lives as long as the process: out of the
-    # collector's walks, as the edge does (edge.fastpath.tune_gc)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
+    # collector's walks, as in the edges
+    tune_gc(GC_THRESHOLD)
     ignore_late_stop_signals()
     try:
         trio.run(serve_broker, cfg, reload_config)

@@ -26,13 +26,14 @@ Python-level header work.  The helpers here remove what a connection does not ne
 from __future__ import annotations
 
 import errno
-import gc
 import logging
 import os
 import socket as stdsocket
 from collections.abc import Callable
 
 import trio
+
+from broker.runtime import gctune
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,9 @@ PeerAddress = tuple[str, int] | tuple[str, int, int, int]
 
 
 def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:
-    """Call once after start-up (before serving): freeze what exists, raise the thresholds."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*threshold)
+    """Call once after start-up (before serving): freeze what exists, raise the thresholds
+    (``broker.runtime.gctune``, the broker's too)."""
+    gctune.tune_gc(threshold)
 
 
 def stdlib_socket(sock: trio.socket.SocketType) -> stdsocket.socket | None:
