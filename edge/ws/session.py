@@ -516,7 +516,13 @@ class WsSession(Session):
             if name not in chans:
                 self.set_channels(chans + [name])
                 if ctl.prev_id is not None:
-                    await self.resume(name, ctl.prev_id)
+                    await self.resume(name, ctl.prev_id)  # (waits for the position itself)
+                elif not app.positioned([name]):
+                    # as a stream hold's head: what follows the subscribe (the origin's next
+                    # messages, its next request) waits for the channel's position, so that a
+                    # message published once the subscription showed is after the baseline
+                    # (published earlier, the broker's answer would count it as delivered)
+                    await app.wait_positioned([name])
         elif isinstance(ctl, wc.Unsubscribe):
             if ctl.channel in self.side.fixed_channels:
                 return  # route sub= channels stay
@@ -679,6 +685,7 @@ async def serve_websocket(
         side.parkable = True
         side.session = session
         session.set_channels([session.channel(c) for c in side.fixed_channels])
+        await _positioned(app, session)
         w = ParkedWs(conn, session, req, path, begin)
         return await _run_parked(w, events, bytes(conn.upgrade_rest))
     clean = False
@@ -686,6 +693,7 @@ async def serve_websocket(
         async with trio.open_nursery() as nursery:
             session.scope = nursery.cancel_scope
             session.set_channels([session.channel(c) for c in side.fixed_channels])
+            await _positioned(app, session)
             nursery.start_soon(side.serve, session)
             await _from_origin(session, events)
             del events
@@ -699,6 +707,14 @@ async def serve_websocket(
     if session.dead:
         log.debug("websocket dropped conn=%s: %s", session.id, session.reason)
     return False
+
+
+async def _positioned(app: ConnectionServices, session: WsSession) -> None:
+    """Wait until the route's ``sub=`` channels have their position (``control`` does the
+    same for a subscribe): the origin's first messages go out after it."""
+    chans = list(session.channel_names)
+    if chans and not app.positioned(chans):
+        await app.wait_positioned(chans)
 
 
 def _ended(conn: Connection, session: WsSession, clean: bool) -> None:

@@ -145,6 +145,9 @@ class FakeApp:
         self.resumed.append((channel, cursor))
         return False
 
+    def positioned(self, channels) -> bool:
+        return True  # (test_ws_subscribe_position: a channel not yet positioned)
+
 
 class FakeSide:
     fixed_channels = ("news",)

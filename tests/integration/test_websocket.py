@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import threading
 import time
@@ -100,6 +101,33 @@ def test_woh_echo_publish_and_close(woh):
         claims = jwt.decode(h["Grip-Sig"], "changeme", algorithms=["HS256"])
         assert claims["iss"] == "pushpin"
     wait_for(lambda: any(t == "CLOSE" for t, _ in origin.events()))
+
+
+def test_subscribe_waits_for_the_position_so_a_publish_right_after_is_delivered(woh):
+    """What the origin sends after a ``subscribe`` reaches the client only once the broker
+    answered the channel's position (the wait a stream hold's head has): with the broker
+    stopped (SIGSTOP) the ``subscribed`` reply is held; once it shows, a publish is after the
+    baseline and is delivered.  Without the wait the reply showed at once, and a publish
+    stored before the broker answered the position was counted as delivered: lost."""
+    origin, cluster = woh
+    url = f"ws://127.0.0.1:{cluster.edge_ports[0]}/ws?channel=lobby"
+
+    async def main():
+        async with websockets.connect(url) as ws:
+            await ws.send("hello")
+            assert await recv(ws) == "hello"
+            os.kill(cluster.broker.proc.pid, signal.SIGSTOP)
+            try:
+                await ws.send("sub:fresh")
+                with pytest.raises(asyncio.TimeoutError):
+                    await recv(ws, timeout=0.8)  # held: the position is not known yet
+            finally:
+                os.kill(cluster.broker.proc.pid, signal.SIGCONT)
+            assert await recv(ws) == "subscribed fresh"
+            await asyncio.to_thread(publish, cluster, "fresh", WebSocketMessageFormat("first"))
+            assert await recv(ws) == "first"
+
+    asyncio.run(main())
 
 
 def test_woh_origin_close_unsubscribe_controls_and_limits(woh):

@@ -4,6 +4,7 @@ POST /ws?channel=NAME[&prev=ID]: OPEN -> accept with ``grip; message-prefix=""``
 ``Set-Meta-User: alice``, subscribe to NAME (with ``prev-id`` when ``prev`` is given) and to
 each ``also=NAME`` channel.
 TEXT ``close`` -> CLOSE 4000 "bye"; TEXT ``unsub`` -> unsubscribe; TEXT ``detach`` -> detach;
+TEXT ``sub:NAME`` -> subscribe to NAME and TEXT ``subscribed NAME`` after it;
 TEXT ``ka`` -> keep-alive "ka!" every 1 s (interval); TEXT ``delay`` -> send-delayed "later";
 any other TEXT/BINARY is echoed; CLOSE is answered with CLOSE; PING with PONG (same payload).  Every request is recorded.
 """
@@ -107,6 +108,16 @@ class WohOriginApp:
                                     ),
                                 )
                             )
+                        elif text.startswith("sub:"):
+                            name = text[4:]
+                            out.append(
+                                WebSocketEvent(
+                                    "TEXT",
+                                    "c:"
+                                    + websocket_control_message("subscribe", {"channel": name}),
+                                )
+                            )
+                            out.append(WebSocketEvent("TEXT", f"subscribed {name}"))
                         elif text.startswith("c:"):
                             pass  # a control event from the edge (resume-failed): recorded only
                         else:
