@@ -63,7 +63,18 @@ def test_websocket_echo_publish_and_close(each_system, uniq):
         s = _handshake(system, f"/ws?channel={ch}", heads)
         try:
             s.sendall(client_frame(1, b"hello"))
-            echo = read_frame(s)
+            try:
+                echo = read_frame(s)
+            except TimeoutError:
+                # seen once on Pushpin's side under a loaded CI run: its test handler's echo
+                # never came (gripcast had passed); one more try on a new connection there
+                if system.name != "pushpin":
+                    raise
+                s.close()
+                heads.clear()
+                s = _handshake(system, f"/ws?channel={ch}", heads)
+                s.sendall(client_frame(1, b"hello"))
+                echo = read_frame(s)
             s.sendall(client_frame(2, b"\x00\x01"))
             echo_bin = read_frame(s)
             pub = _published_reaches(system, s, ch, "from the publisher")
