@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         encode_envelopes,
         fan_out,
         make_envelope,
+        message_packets,
         recv_frames,
         retain,
         send_frames,
@@ -74,6 +75,7 @@ else:
     decode_envelopes = _modules["fanout"].decode_envelopes
     fan_out = _modules["fanout"].fan_out
     make_envelope = _modules["fanout"].make_envelope
+    message_packets = _modules["fanout"].message_packets
     retain = _modules["fanout"].retain
     send_frames = _modules["fanout"].send_frames
     recv_frames = _modules["fanout"].recv_frames
@@ -99,6 +101,7 @@ __all__ = [
     "http_chunk",
     "http_chunks",
     "make_envelope",
+    "message_packets",
     "normalise_item",
     "recv_frames",
     "retain",

@@ -560,3 +560,104 @@ def retain(env):
             if type(v) is dict:
                 _untrack(v)
         _untrack(f)
+
+
+# -- message_packets (the broker's Pushpin-style "message" stats packets) ----------------------
+
+cdef dict _TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-message": "ws"}
+
+
+cdef inline int _putdec(Buf* b, Py_ssize_t v) except -1:
+    """``v`` (>= 0) in decimal."""
+    cdef char tmp[24]
+    cdef int n = 0
+    if v == 0:
+        return _put1(b, b"0"[0])
+    while v > 0:
+        tmp[23 - n] = <char>(48 + v % 10)
+        v //= 10
+        n += 1
+    return _put(b, &tmp[24 - n], n)
+
+
+cdef inline int _puttn(Buf* b, const char* p, Py_ssize_t n) except -1:
+    """A tnetstring string: ``n:<p>,``."""
+    _putdec(b, n)
+    _put1(b, b":"[0])
+    _put(b, p, n)
+    return _put1(b, b","[0])
+
+
+cdef inline Py_ssize_t _declen(Py_ssize_t v):
+    cdef Py_ssize_t n = 1
+    while v >= 10:
+        v //= 10
+        n += 1
+    return n
+
+
+def message_packets(envs, live, dict subs, chan_subs, bytes head, dict transports):
+    cdef list out = []
+    cdef Buf b
+    cdef Py_ssize_t count, clen = 0, tlen, ilen = 0, blen
+    cdef const char* cp = NULL
+    cdef const char* ip = NULL
+    cdef bytes t_part
+    cdef bint known
+    cdef PyObject* found
+    b.data = NULL
+    b.len = b.cap = 0
+    try:
+        for env in envs:
+            channel = env.channel
+            if channel not in live:
+                continue
+            known = channel in chan_subs
+            cp = NULL
+            for transport in env.formats:
+                if known:
+                    mode = _TRANSPORT_MODE.get(transport, "")
+                    found = PyDict_GetItemWithError(subs, (mode, channel))
+                    if found == NULL:
+                        continue
+                    count = <object>found
+                else:
+                    count = 1
+                if count <= 0:
+                    continue
+                if cp == NULL:
+                    cp = PyUnicode_AsUTF8AndSize(channel, &clen)
+                t_part = transports.get(transport)
+                if t_part is None:
+                    tb = transport.encode("utf-8")
+                    t_part = transports[transport] = b"9:transport,%d:%s," % (len(tb), tb)
+                ident = env.id
+                if ident is not None:
+                    ip = PyUnicode_AsUTF8AndSize(ident, &ilen)
+                # body: head, 7:channel, <tn channel>, t_part, 5:count, <n>:<count>#, item-id
+                blen = (PyBytes_GET_SIZE(head) + 10 + _declen(clen) + 2 + clen
+                        + PyBytes_GET_SIZE(t_part) + 8 + _declen(_declen(count)) + 2
+                        + _declen(count))
+                if ident is not None:
+                    blen += 10 + _declen(ilen) + 2 + ilen
+                b.len = 0
+                _put(&b, b"message T", 9)
+                _putdec(&b, blen)
+                _put1(&b, b":"[0])
+                _putb(&b, head)
+                _put(&b, b"7:channel,", 10)
+                _puttn(&b, cp, clen)
+                _putb(&b, t_part)
+                _put(&b, b"5:count,", 8)
+                _putdec(&b, _declen(count))
+                _put1(&b, b":"[0])
+                _putdec(&b, count)
+                _put1(&b, b"#"[0])
+                if ident is not None:
+                    _put(&b, b"7:item-id,", 10)
+                    _puttn(&b, ip, ilen)
+                _put1(&b, b"}"[0])
+                out.append(PyBytes_FromStringAndSize(b.data, b.len))
+    finally:
+        free(b.data)
+    return out

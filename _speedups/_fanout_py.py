@@ -23,6 +23,14 @@ raises what ``msgpack`` raises, after the frames before it were sent.
 ``sock`` without blocking (the broker's stats packets and trailing markers: one call per batch,
 no pyzmq call per frame in the compiled twin); returns ``(sent, would_block)`` like ``fan_out``.
 
+``message_packets(envs, live, subs, chan_subs, head, transports)``: the broker's Pushpin-style
+``message`` stats packets (``broker.ops.stats.StatsEncoder.messages``, tnetstring): for each
+envelope whose channel is in ``live``, one packet per transport of its ``formats`` with
+receivers: ``subs[(mode, channel)]`` (mode from ``TRANSPORT_MODE``; a transport without a mode
+has none) when ``channel`` is in ``chan_subs``, else 1; a count <= 0 sends nothing.  ``head``
+is the packet's first field (``from``); ``transports`` caches each transport's field (filled
+here).  The bytes equal ``packet("message", {...})``'s (tests/broker/test_stats.py).
+
 ``recv_frames(sock, limit)``: up to ``limit`` single-frame messages ready on ``sock`` now, as
 bytes (the edges' SUB and DEALER readers; the compiled twin reads with libzmq's
 ``zmq_msg_recv``: no pyzmq call per frame and no ``zmq.Again`` raised at the end of a batch).
@@ -222,3 +230,52 @@ def retain(env: Envelope) -> None:
     behaviour is the same but for the collector's work.
     """
     return None
+
+
+TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-message": "ws"}
+
+
+def _tn(b: bytes) -> bytes:
+    return b"%d:%s," % (len(b), b)
+
+
+_K_CHANNEL, _K_TRANSPORT, _K_COUNT, _K_ITEM_ID = (
+    _tn(b"channel"),
+    _tn(b"transport"),
+    _tn(b"count"),
+    _tn(b"item-id"),
+)
+
+
+def message_packets(
+    envs: Iterable[Envelope],
+    live: Container[str],
+    subs: dict[tuple[str, str], int],
+    chan_subs: Container[str],
+    head: bytes,
+    transports: dict[str, bytes],
+) -> list[bytes]:
+    out: list[bytes] = []
+    add = out.append
+    for env in envs:
+        channel = env.channel
+        if channel not in live:
+            continue
+        known = channel in chan_subs  # else: live, but no edge has reported it yet
+        ch_part = b""
+        for transport in env.formats:
+            mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
+            count = subs.get((mode, channel), 0) if known else 1
+            if count <= 0:
+                continue  # no receivers of this transport (Pushpin sends none then)
+            if not ch_part:
+                ch_part = _K_CHANNEL + _tn(channel.encode("utf-8"))
+            t_part = transports.get(transport)
+            if t_part is None:
+                t_part = transports[transport] = _K_TRANSPORT + _tn(transport.encode("utf-8"))
+            digits = b"%d" % count
+            body = b"%s%s%s%s%d:%s#" % (head, ch_part, t_part, _K_COUNT, len(digits), digits)
+            if env.id is not None:
+                body += _K_ITEM_ID + _tn(env.id.encode("utf-8"))
+            add(b"message T%d:%s}" % (len(body), body))
+    return out

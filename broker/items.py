@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import json as _json
+import json.scanner
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias, overload
@@ -203,13 +204,30 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+_OPENERS = (b"{", b"[")
+_scan_once = _json.scanner.make_scanner(_json.JSONDecoder())  # type: ignore[arg-type]
+
+
 def _json_loads(data: bytes) -> Any:
     """``json.loads`` that refuses unpaired ``\\uD800``-``\\uDFFF`` escapes (not encodable text).
 
     Raw UTF-8 input cannot carry surrogates (strict decoding refuses them), so only JSON escapes
     can; the walk runs only when the text contains one.
     """
-    value = _json.loads(data)
+    if data[:1] in _OPENERS and 0 not in data[:4]:
+        # the usual body: UTF-8 from its first byte (json.loads would detect just that), an
+        # object or array at offset 0: the C scanner straight on the text, without
+        # json.loads' encoding detection and its two whitespace matches (same value, same
+        # errors: a JSONDecodeError, a ValueError, for extra data)
+        text = data.decode("utf-8", "surrogatepass")
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration as exc:
+            raise _json.JSONDecodeError("Expecting value", text, exc.value) from None
+        if end != len(text) and text[end:].strip(" \t\n\r"):
+            raise _json.JSONDecodeError("Extra data", text, end)
+    else:
+        value = _json.loads(data)
     lowered = data.lower() if b"\\u" in data else b""
     if b"\\ud" in lowered and _has_lone_surrogate(value):
         raise ValueError("unpaired surrogate escape")

@@ -51,6 +51,7 @@ from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from _speedups import message_packets
 from broker.errors import RemoteProtocolError
 from broker.ingest.tnetstring import dumps
 
@@ -441,34 +442,9 @@ class StatsEncoder:
         this runs once per published message."""
         if self.fmt != "tnetstring":
             return self._messages_generic(envelopes, live)
-        out: list[bytes] = []
-        add = out.append
-        subs = self._subs
-        chan_subs = self._chan_subs
-        head = self._msg_head
-        transports = self._msg_transports
-        for env in envelopes:
-            channel = env.channel
-            if channel not in live:
-                continue
-            known = channel in chan_subs  # else: live, but no edge has reported it yet
-            ch_part = b""
-            for transport in env.formats:
-                mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
-                count = subs.get((mode, channel), 0) if known else 1
-                if count <= 0:
-                    continue  # no receivers of this transport (Pushpin sends none then)
-                if not ch_part:
-                    ch_part = _K_CHANNEL + _tn(channel.encode("utf-8"))
-                t_part = transports.get(transport)
-                if t_part is None:
-                    t_part = transports[transport] = _K_TRANSPORT + _tn(transport.encode("utf-8"))
-                digits = b"%d" % count
-                body = b"%s%s%s%s%d:%s#" % (head, ch_part, t_part, _K_COUNT, len(digits), digits)
-                if env.id is not None:
-                    body += _K_ITEM_ID + _tn(env.id.encode("utf-8"))
-                add(b"message T%d:%s}" % (len(body), body))
-        return out
+        return message_packets(
+            envelopes, live, self._subs, self._chan_subs, self._msg_head, self._msg_transports
+        )
 
     def _messages_generic(self, envelopes: Iterable[Envelope], live: Container[str]) -> list[bytes]:
         out: list[bytes] = []

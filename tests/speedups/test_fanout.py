@@ -550,3 +550,44 @@ def test_decode_envelopes_takes_every_broker_frame_and_leaves_the_rest(twins):
     got = twins.decode_envelopes(frames, Envelope)
     assert got[:2] == [env, Envelope("é", 1, "e", {})]
     assert got[2:] == [None] * 7
+
+
+# -- message_packets: the broker's "message" stats packets --------------------------------------
+
+_stat_names = st.text(min_size=1, max_size=12)
+_transport_names = st.sampled_from(["http-stream", "http-response", "ws-message", "other", "é"])
+
+
+@SETTINGS
+@given(
+    envs=st.lists(
+        st.builds(
+            Envelope,
+            channel=_stat_names,
+            seq=st.integers(1, 10),
+            epoch=st.just("e"),
+            formats=st.dictionaries(_transport_names, st.just({}), max_size=4),
+            id=st.none() | st.text(max_size=12),
+        ),
+        max_size=8,
+    ),
+    live=st.sets(_stat_names, max_size=6),
+    subs=st.dictionaries(
+        st.tuples(st.sampled_from(["stream", "response", "ws", ""]), _stat_names),
+        st.integers(0, 10**12),
+        max_size=10,
+    ),
+    chan_subs=st.sets(_stat_names, max_size=6),
+    head=st.binary(max_size=20),
+)
+def test_message_packets_twins_agree(envs, live, subs, chan_subs, head):
+    # channels of the envelopes are live half the time (most random names are not)
+    live = live | {e.channel for e in envs[::2]}
+    outs = []
+    for mod in _twins("fanout"):
+        cache: dict[str, bytes] = {}
+        got = mod.message_packets(envs, live, subs, {c: 1 for c in chan_subs}, head, cache)
+        again = mod.message_packets(envs, live, subs, {c: 1 for c in chan_subs}, head, cache)
+        assert again == got  # the transport cache changes nothing
+        outs.append(got)
+    assert all(o == outs[0] for o in outs)
