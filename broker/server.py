@@ -250,7 +250,7 @@ class Broker:
 
     async def _serve_heartbeat(self) -> None:
         while True:
-            self.parts.pipeline.heartbeat()
+            await self.parts.pipeline.heartbeat_paced()
             # the broker's periodic tasks wake it together (broker.runtime.ticks)
             await sleep_tick(wire.HEARTBEAT_INTERVAL_S)
 

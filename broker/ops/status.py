@@ -119,24 +119,38 @@ class ChannelRates:
     """Publish rate per channel from successive ``channel -> (epoch, last_seq)`` snapshots.
 
     A channel first seen in a snapshot has no rate yet (its seq counts from before); a new
-    epoch restarts it; one absent from the snapshot published nothing lately and is dropped."""
+    epoch restarts it; one absent from the snapshot published nothing lately and is dropped.
+
+    ``update`` only keeps the snapshot (the caller hands over a mapping it no longer changes:
+    ``Pipeline.recent_positions`` builds a new one each time); the rates are worked out when
+    read (``rates``, ``top``: the status page, cached): with many channels the per-channel walk
+    took the broker's loop several ms every second, a stall every publish then waited for."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[str, int]] = {}
+        self._last: Mapping[str, tuple[str, int]] = {}
         self._at: float | None = None
-        self.rates: dict[str, float] = {}
+        self._cur: Mapping[str, tuple[str, int]] = {}
+        self._cur_at: float | None = None
+        self._rates: dict[str, float] | None = {}
 
     def update(self, now: float, positions: Mapping[str, tuple[str, int]]) -> None:
-        last, at = self._last, self._at
-        self._last, self._at = dict(positions), now
-        rates: dict[str, float] = {}
-        if at is not None and now > at:
-            dt = now - at
-            for channel, (epoch, seq) in positions.items():
-                before = last.get(channel)
-                if before is not None and before[0] == epoch and seq > before[1]:
-                    rates[channel] = (seq - before[1]) / dt
-        self.rates = rates
+        self._last, self._at = self._cur, self._cur_at
+        self._cur, self._cur_at = positions, now
+        self._rates = None
+
+    @property
+    def rates(self) -> dict[str, float]:
+        rates = self._rates
+        if rates is None:
+            rates = self._rates = {}
+            last, at, now = self._last, self._at, self._cur_at
+            if at is not None and now is not None and now > at:
+                dt = now - at
+                for channel, (epoch, seq) in self._cur.items():
+                    before = last.get(channel)
+                    if before is not None and before[0] == epoch and seq > before[1]:
+                        rates[channel] = (seq - before[1]) / dt
+        return rates
 
     def top(self, n: int) -> list[tuple[str, float]]:
         d = self.rates

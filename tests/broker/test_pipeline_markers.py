@@ -117,6 +117,42 @@ def test_many_positions_spread_over_several_heartbeat_frames(rig, monkeypatch):
     assert sorted(ch for _, m in beats for ch, _e, _s in m) == chans
 
 
+def test_paced_heartbeat_lets_publishes_in_between_its_frames(rig):
+    """The broker's loop sends the positions a few hundred a frame with a checkpoint between
+    frames: a publish runs in between, and every position still goes once, with the counter
+    following the frames (channels not live take no place in a frame)."""
+    p, sub, _stats = rig
+    chans = [f"c{i}" for i in range(10)]
+    p.live.update(chans[::2] + ["late"])
+    trio.run(p.publish, _items(*chans))
+    _drain(sub)
+    order: list[str] = []
+
+    async def main():
+        async def beat():
+            await p.heartbeat_paced(per=2)
+            order.append("heartbeat done")
+
+        async def publish():
+            await p.publish(_items("late"))
+            order.append("published")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(beat)
+            nursery.start_soon(publish)
+
+    trio.run(main)
+    assert order == ["published", "heartbeat done"]  # the publish ran between the frames
+    frames = _drain(sub)
+    beats = _beats([f for f in frames if f.startswith(wire.HEARTBEAT_TOPIC)])
+    assert [n for n, _ in beats] == [1, 2, 3]
+    assert [len(m) for _, m in beats] == [2, 2, 1]
+    assert sorted(ch for _, m in beats for ch, _e, _s in m) == sorted(chans[::2])
+    # the late publish is in the next heartbeat
+    p.heartbeat()
+    assert [ch for _, m in _beats(_drain(sub)) for ch, _e, _s in m] == ["late"]
+
+
 def test_marks_roundtrip_and_bad_marks_are_refused():
     marks = [("a", "e1", 0), ("é" * 30, "x" * 40, 2**63 - 1)]
     assert wire.decode_marks(wire.encode_marks(marks)) == tuple(marks)
