@@ -9,7 +9,14 @@ place:
 * One reader task per socket, which checkpoints once per batch, never per message (per message
   capped at ~100,000 msg/s and made PUB drop; batched, trio receives ~1.6 million msg/s).
 * Any send or (un)subscribe on the socket may consume the edge the parked reader waits for, so
-  every one of them wakes (``poke``) the parked reader, which re-checks ``EVENTS``.
+  every one of them wakes (``poke``) the parked reader, which re-checks ``EVENTS``.  The wake-up
+  is ``trio.lowlevel.notify_closing(FD)``, which the parked ``wait_readable`` sees as a
+  ``ClosedResourceError`` (the socket is not closed: ``close`` sets ``closing`` first), not a
+  cancel scope per wait: at low rates every message parks the reader once, and a scope's
+  enter and exit were a few % of an edge's CPU per message (edge.readtimer wakes idle client
+  sockets the same way).
+* The reader checkpoints after a batch only when more is already readable; otherwise its park
+  is the checkpoint (one scheduling round per message at low rates, not two).
 
 ``ZSocket`` wraps one ``zmq.Socket``; ``serve`` is the read loop.  ``open_zsocket`` builds a
 socket from the wiring table (``broker.config.WIRING``): type, options, bind or connect.
@@ -34,13 +41,14 @@ BATCH_MAX = 1000  # messages drained from a socket before handing them over
 class ZSocket:
     """A non-blocking ZeroMQ socket read by one trio task (see the module docstring)."""
 
-    __slots__ = ("sock", "name", "fd", "_parked", "send_dropped", "linger_ms")
+    __slots__ = ("sock", "name", "fd", "_parked", "closing", "send_dropped", "linger_ms")
 
     def __init__(self, sock: zmq.Socket[bytes], name: str) -> None:
         self.sock = sock
         self.name = name
         self.fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # pyzmq: get() -> int | bytes; FD is an int
-        self._parked: trio.CancelScope | None = None
+        self._parked = False  # the reader waits on the FD (poke wakes it)
+        self.closing = False
         self.send_dropped = 0  # sends refused because the socket would block
         self.linger_ms = 0  # on close (the broker's graceful stop gives its fan-out some)
 
@@ -98,35 +106,53 @@ class ZSocket:
     def poke(self) -> None:
         """Wake this socket's parked reader so it re-checks EVENTS.  Call it after using
         ``sock`` directly (a Cython fan-out loop sends on it: one poke per batch)."""
-        if self._parked is not None:
-            self._parked.cancel()
+        if self._parked:
+            self._parked = False
+            trio.lowlevel.notify_closing(self.fd)
 
     # -- waiting and the read loop ---------------------------------------------------------------
 
+    def readable(self) -> bool:
+        """A message is ready now (reading ``EVENTS`` also re-arms the FD's edge)."""
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)  # type: ignore[operator, arg-type]  # pyzmq: get() -> int | bytes; EVENTS is an int
+
     async def wait_readable(self) -> None:
         """Return when a message is ready; parks on the FD only while EVENTS says none is."""
-        while not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator, arg-type]  # pyzmq: get() -> int | bytes; EVENTS is an int
-            with trio.CancelScope() as scope:
-                self._parked = scope
-                try:
-                    await trio.lowlevel.wait_readable(self.fd)
-                finally:
-                    self._parked = None
+        while not self.readable():
+            await self._park()
+
+    async def _park(self) -> None:
+        """Wait for the FD's edge or a ``poke``; a closed socket raises ``ClosedResourceError``."""
+        self._parked = True
+        try:
+            await trio.lowlevel.wait_readable(self.fd)
+        except trio.ClosedResourceError:
+            if self.closing:
+                raise  # (else: a poke; the caller re-checks EVENTS)
+        finally:
+            self._parked = False
 
     async def serve(
         self, drain: Callable[[], list[T]], handle: Callable[[list[T]], Awaitable[object]]
     ) -> NoReturn:
         """The read loop: wait until readable, ``batch = drain()`` (non-blocking, e.g.
         ``recv_batch`` or a parser over it; may return nothing when all it read was refused),
-        ``await handle(batch)`` if there is one, checkpoint once per batch."""
+        ``await handle(batch)`` if there is one; then a checkpoint when more is readable
+        already (other tasks get their turn between batches), else the park is the one."""
+        ready = self.readable()
         while True:
-            await self.wait_readable()
+            while not ready:
+                await self._park()
+                ready = self.readable()
             batch = drain()
             if batch:
                 await handle(batch)
-            await trio.lowlevel.checkpoint()
+            ready = self.readable()
+            if ready:
+                await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
+        self.closing = True
         try:
             trio.lowlevel.notify_closing(self.fd)
         except RuntimeError:  # outside trio
