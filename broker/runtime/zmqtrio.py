@@ -105,8 +105,12 @@ class ZSocket:
 
     def poke(self) -> None:
         """Wake this socket's parked reader so it re-checks EVENTS.  Call it after using
-        ``sock`` directly (a Cython fan-out loop sends on it: one poke per batch)."""
-        if self._parked:
+        ``sock`` directly (a Cython fan-out loop sends on it: one poke per batch).
+
+        Only when a message is ready: reading ``EVENTS`` here re-arms the FD's edge, so a
+        message that comes later wakes the parked reader through the FD as usual (a publish
+        no longer wakes the fan-out socket's reader just to find nothing)."""
+        if self._parked and self.readable():
             self._parked = False
             trio.lowlevel.notify_closing(self.fd)
 

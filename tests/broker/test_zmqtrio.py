@@ -67,10 +67,10 @@ def test_parked_reader_wakes_for_a_later_message_and_on_poke() -> None:
 
             nursery.start_soon(z.serve, lambda: z.recv_frames(10), handle)
             await trio.sleep(0.05)  # the reader is parked on the FD now
-            assert z._parked is not None
-            z.poke()  # a poke only makes it re-check EVENTS: nothing to read, it parks again
+            assert z._parked
+            z.poke()  # nothing to read: the parked reader is left parked
             await trio.sleep(0.05)
-            assert got == [] and z._parked is not None
+            assert got == [] and z._parked
             tx.send(b"a")
             tx.send(b"b")
 
@@ -106,6 +106,31 @@ def test_send_on_the_socket_wakes_its_parked_reader() -> None:
     trio.run(_timed, main)
     assert replies == [b"pong:ping"]
     dealer.close(), router.close(), ctx.term()
+
+
+def test_closing_the_socket_ends_its_parked_reader() -> None:
+    """A poke wakes the reader through notify_closing, which it takes for a poke; a real
+    close raises ClosedResourceError out of ``serve`` as before."""
+    ctx = zmq.Context()
+    tx, z = _pair(ctx, "closing")
+    raised: list[type] = []
+
+    async def main() -> None:
+        async def reader() -> None:
+            try:
+                await z.serve(lambda: z.recv_frames(10), lambda batch: trio.sleep(0))
+            except trio.ClosedResourceError as exc:
+                raised.append(type(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.sleep(0.05)
+            assert z._parked
+            z.close()
+
+    trio.run(_timed, main)
+    assert raised == [trio.ClosedResourceError]
+    tx.close(), ctx.term()
 
 
 def test_send_would_block_is_counted_not_raised() -> None:
