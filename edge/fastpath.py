@@ -18,9 +18,10 @@ Python-level header work.  The helpers here remove what a connection does not ne
   trio's send only for what did not fit (so a small response head costs one syscall and no
   task switch).
 * ``read_now()``: one non-blocking read; ``None`` when nothing is there yet.
-* ``stdlib_socket()``: the stdlib socket inside a trio socket (trio's private ``_sock``): the
-  only place the edge reaches into trio; ``tests/edge/test_fastpath.py`` fails loudly if trio
-  moves it (the callers would otherwise quietly take their slower fallbacks).
+* ``stdlib_socket()``: the stdlib socket inside a trio socket (trio's private ``_sock``; it
+  lives in ``broker.runtime.rawsock``, shared with the broker's publish API): the only place
+  gripcast reaches into trio; ``tests/edge/test_fastpath.py`` fails loudly if trio moves it
+  (the callers would otherwise quietly take their slower fallbacks).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from collections.abc import Callable
 import trio
 
 from broker.runtime import gctune
+from broker.runtime.rawsock import stdlib_socket
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,6 @@ def tune_gc(threshold: tuple[int, int, int] = GC_THRESHOLD) -> None:
     """Call once after start-up (before serving): freeze what exists, raise the thresholds
     (``broker.runtime.gctune``, the broker's too)."""
     gctune.tune_gc(threshold)
-
-
-def stdlib_socket(sock: trio.socket.SocketType) -> stdsocket.socket | None:
-    """The non-blocking stdlib socket a trio socket wraps, or None if this trio has none."""
-    raw = getattr(sock, "_sock", None)
-    return raw if isinstance(raw, stdsocket.socket) else None
 
 
 def set_listener_options(sock: trio.socket.SocketType) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket as stdsocket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from broker.ingest.pipeline import Pipeline
 from broker.items import Item, parse_http_publish, status_reason
 from broker.ops import channelapi
 from broker.runtime import http1
+from broker.runtime.rawsock import RawStream, stdlib_socket
 
 if TYPE_CHECKING:
     from broker.ops.status import StatusPage
@@ -203,6 +205,8 @@ def bad_header() -> Response:
 
 log = logging.getLogger(__name__)
 
+# a connection as the handlers use it: a RawStream (the accept loop's), or trio's stream
+Stream = RawStream | trio.SocketStream
 REQUEST_TIMEOUT_S = 30.0
 REFUSE_TIMEOUT_S = 1.0
 _TOO_MANY = (
@@ -210,6 +214,8 @@ _TOO_MANY = (
     b"Connection: close\r\nContent-Length: 22\r\n\r\nToo many connections.\n"
 )
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_AGAIN = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}  # that one only
+ACCEPT_BATCH = 64  # connections accepted at one wake-up of a listening socket
 IDLE_POLL_S = 0.02
 
 
@@ -266,7 +272,7 @@ class HttpApi:
         while self.active:
             await trio.sleep(IDLE_POLL_S)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: Stream) -> None:
         maxconn = self.cfg.http_maxconn
         if self.active >= maxconn:
             # over the cap: a short 503 (bounded too: past another cap's worth, just close)
@@ -288,7 +294,7 @@ class HttpApi:
 
     # -- one connection --------------------------------------------------------------------------
 
-    async def serve_connection(self, stream: trio.SocketStream) -> None:
+    async def serve_connection(self, stream: Stream) -> None:
         """One request, one response, then close (Pushpin's SimpleHttpServer)."""
         try:
             with trio.move_on_after(REQUEST_TIMEOUT_S):
@@ -298,10 +304,13 @@ class HttpApi:
         except Exception:  # a bug must not take the API down; log it with the traceback
             log.exception("http api: unexpected error")
         finally:
-            with trio.move_on_after(1):
-                await stream.aclose()
+            if isinstance(stream, RawStream):
+                stream.close()  # (no wait: nothing else waits on it)
+            else:
+                with trio.move_on_after(1):
+                    await stream.aclose()
 
-    async def _exchange(self, stream: trio.SocketStream) -> None:
+    async def _exchange(self, stream: Stream) -> None:
         reader = http1.RequestReader(stream, MAX_HEADER_BYTES)
         try:
             head = await reader.read_head()
@@ -390,7 +399,7 @@ class HttpApi:
         await stream.send_all(response.to_bytes(version))
 
 
-async def _refuse(stream: trio.SocketStream) -> None:
+async def _refuse(stream: Stream) -> None:
     """Answer 503, then read briefly what the client sent: closing with unread input would
     reset the connection and could lose the answer."""
     try:
@@ -405,7 +414,7 @@ async def _refuse(stream: trio.SocketStream) -> None:
     await _close(stream)
 
 
-async def _close(stream: trio.SocketStream) -> None:
+async def _close(stream: Stream) -> None:
     with trio.move_on_after(REFUSE_TIMEOUT_S):
         try:
             await stream.aclose()
@@ -416,15 +425,41 @@ async def _close(stream: trio.SocketStream) -> None:
 async def _accept_loop(
     listener: trio.SocketListener,
     handlers: trio.Nursery,
-    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    handle: Callable[[Stream], Awaitable[None]],
 ) -> None:
+    """Accept every pending connection at each wake-up of the listening socket with plain
+    non-blocking ``accept()`` calls, each served as a ``RawStream`` (one syscall per read and
+    write when the socket is ready, no trio scheduling round after each: one POST a
+    connection, as Pushpin's API, so these are per publish)."""
+    raw = stdlib_socket(listener.socket)
+    if raw is None:  # pragma: no cover - another trio: its own streams
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    log.error("publish API accept failed (%s); retrying", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            handlers.start_soon(handle, stream)
+    try:  # accepted sockets inherit it on Linux (trio's streams set it on each)
+        raw.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+    except OSError:
+        pass
     while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno in _ACCEPT_RETRY:
-                log.error("publish API accept failed (%s); retrying", exc)
-                await trio.sleep(0.1)
-                continue
-            raise
-        handlers.start_soon(handle, stream)
+        await trio.lowlevel.wait_readable(raw)
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = raw.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    log.error("publish API accept failed (%s); retrying", exc)
+                    await trio.sleep(0.1)
+                    break
+                if exc.errno in _ACCEPT_AGAIN:
+                    continue
+                raise
+            handlers.start_soon(handle, RawStream(sock))

@@ -12,11 +12,27 @@ An upgrade request is read as a plain request (neither server upgrades).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 import trio
 
 from broker.errors import RemoteProtocolError
+
+
+class Receiving(Protocol):
+    """What ``RequestReader`` reads from (a trio stream, or ``broker.runtime.rawsock.RawStream``)."""
+
+    async def receive_some(self, max_bytes: int) -> bytes | bytearray: ...
+
+
+class Answering(Receiving, Protocol):
+    """What ``answer_early`` writes to and drains."""
+
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def send_eof(self) -> None: ...
+
 
 READ_BYTES = 65536
 LINGER_S = 1.0  # draining unread request bytes after an early answer
@@ -70,7 +86,7 @@ class RequestReader:
     """Reads one request from ``stream`` (see the module docstring)."""
 
     def __init__(
-        self, stream: trio.abc.ReceiveStream, max_head_bytes: int, read_bytes: int = READ_BYTES
+        self, stream: Receiving, max_head_bytes: int, read_bytes: int = READ_BYTES
     ) -> None:
         self.stream = stream
         self.max_head_bytes = max_head_bytes
@@ -123,7 +139,7 @@ class RequestReader:
 
 
 async def answer_early(
-    stream: trio.abc.HalfCloseableStream,
+    stream: Answering,
     response: bytes,
     max_drain_bytes: int,
     linger_s: float = LINGER_S,
