@@ -48,7 +48,7 @@ reads those with ``broker.wire.decode_frame``, which decides and reports.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -247,6 +247,26 @@ _K_CHANNEL, _K_TRANSPORT, _K_COUNT, _K_ITEM_ID = (
 )
 
 
+def message_receivers(
+    envs: Iterable[Envelope],
+    live: Container[str],
+    subs: dict[tuple[str, str], int],
+    chan_subs: Container[str],
+) -> Iterator[tuple[Envelope, str, int]]:
+    """``(env, transport, count)`` for each ``message`` packet due (``message_packets``'s
+    choice; ``broker.ops.stats`` uses it for its JSON packets too)."""
+    for env in envs:
+        channel = env.channel
+        if channel not in live:
+            continue
+        known = channel in chan_subs  # else: live, but no edge has reported it yet
+        for transport in env.formats:
+            mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
+            count = subs.get((mode, channel), 0) if known else 1
+            if count > 0:  # else no receivers of this transport (Pushpin sends none then)
+                yield env, transport, count
+
+
 def message_packets(
     envs: Iterable[Envelope],
     live: Container[str],
@@ -257,25 +277,21 @@ def message_packets(
 ) -> list[bytes]:
     out: list[bytes] = []
     add = out.append
-    for env in envs:
-        channel = env.channel
-        if channel not in live:
-            continue
-        known = channel in chan_subs  # else: live, but no edge has reported it yet
-        ch_part = b""
-        for transport in env.formats:
-            mode = TRANSPORT_MODE.get(transport, "")  # "": no mode, no subscribers
-            count = subs.get((mode, channel), 0) if known else 1
-            if count <= 0:
-                continue  # no receivers of this transport (Pushpin sends none then)
-            if not ch_part:
-                ch_part = _K_CHANNEL + _tn(channel.encode("utf-8"))
-            t_part = transports.get(transport)
-            if t_part is None:
-                t_part = transports[transport] = _K_TRANSPORT + _tn(transport.encode("utf-8"))
-            digits = b"%d" % count
-            body = b"%s%s%s%s%d:%s#" % (head, ch_part, t_part, _K_COUNT, len(digits), digits)
-            if env.id is not None:
-                body += _K_ITEM_ID + _tn(env.id.encode("utf-8"))
-            add(b"message T%d:%s}" % (len(body), body))
+    for env, transport, count in message_receivers(envs, live, subs, chan_subs):
+        t_part = transports.get(transport)
+        if t_part is None:
+            t_part = transports[transport] = _K_TRANSPORT + _tn(transport.encode("utf-8"))
+        digits = b"%d" % count
+        body = b"%s%s%s%s%s%d:%s#" % (
+            head,
+            _K_CHANNEL,
+            _tn(env.channel.encode("utf-8")),
+            t_part,
+            _K_COUNT,
+            len(digits),
+            digits,
+        )
+        if env.id is not None:
+            body += _K_ITEM_ID + _tn(env.id.encode("utf-8"))
+        add(b"message T%d:%s}" % (len(body), body))
     return out

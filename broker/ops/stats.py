@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from _speedups import message_packets
+from _speedups._fanout_py import message_receivers
 from broker.errors import RemoteProtocolError
 from broker.ingest.tnetstring import dumps
 
@@ -64,7 +65,6 @@ REFRESH_MAX = 10_000  # live subscriptions refreshed per report, at most
 EDGE_EXPIRE_S = 10.0  # edges report every second; silent this long: forgotten
 MODES = ("response", "stream", "ws")
 CONN_TYPES = ("http", "ws")
-TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-message": "ws"}
 MAX_ID = 256  # longest connection id / edge name / peer address accepted from an edge
 
 
@@ -448,26 +448,18 @@ class StatsEncoder:
 
     def _messages_generic(self, envelopes: Iterable[Envelope], live: Container[str]) -> list[bytes]:
         out: list[bytes] = []
-        subs = self._subs
-        for env in envelopes:
-            channel = env.channel
-            if channel not in live:
-                continue
-            known = channel in self._chan_subs
-            for transport in env.formats:
-                mode = TRANSPORT_MODE.get(transport, "")
-                count = subs.get((mode, channel), 0) if known else 1
-                if count <= 0:
-                    continue
-                fields: dict[str, Any] = {
-                    "from": self.source,
-                    "channel": channel,
-                    "transport": transport,
-                    "count": count,
-                }
-                if env.id is not None:
-                    fields["item-id"] = env.id
-                out.append(packet("message", fields, self.fmt))
+        for env, transport, count in message_receivers(
+            envelopes, live, self._subs, self._chan_subs
+        ):
+            fields: dict[str, Any] = {
+                "from": self.source,
+                "channel": env.channel,
+                "transport": transport,
+                "count": count,
+            }
+            if env.id is not None:
+                fields["item-id"] = env.id
+            out.append(packet("message", fields, self.fmt))
         return out
 
     def received(self, n: int) -> None:
