@@ -134,6 +134,8 @@ def test_paced_heartbeat_lets_publishes_in_between_its_frames(rig):
             order.append("heartbeat done")
 
         async def publish():
+            while p.statistics().trailing_markers < 2:  # once the first frame went out
+                await trio.sleep(0)
             await p.publish(_items("late"))
             order.append("published")
 
