@@ -72,6 +72,7 @@ typedef struct {
     int64_t probed; /* clients newly probed */
     double max_lat;
     double last_rx;
+    int64_t rx_bytes; /* bytes read from the sockets (keep-alives, heads of frames included) */
 } stats_t;
 
 static client_t *cl;
@@ -412,6 +413,7 @@ static void read_ready(struct epoll_event *evs, int n, int *py) {
             close_slot(slot);
             continue;
         }
+        st.rx_bytes += got;
         if (body(c, rbuf, got, now_s()) != 0) close_slot(slot);
     }
 }
@@ -447,6 +449,7 @@ void cr_take_stats(stats_t *out) {
     st.deliveries = st.stale = st.late = st.probed = 0;
     st.max_lat = 0.0;
     st.last_rx = 0.0;
+    st.rx_bytes = 0;
 }
 
 /* Nonzero histogram cells as (second << 10 | bucket, count), zeroed; late buckets as

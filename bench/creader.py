@@ -42,6 +42,7 @@ class _Stats(ctypes.Structure):
         ("probed", ctypes.c_int64),
         ("max_lat", ctypes.c_double),
         ("last_rx", ctypes.c_double),
+        ("rx_bytes", ctypes.c_int64),
     ]
 
 

@@ -745,6 +745,7 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
         if cfg.rest_s > 0:  # every connection open, nothing published: CPU at rest
             phase = Phase(progress, tag + "at rest", cfg.rest_s)
             t_rest = time.time()
+            rx_rest = _sum(workers, "rx_bytes")
             while time.time() - t_rest < cfg.rest_s:
                 _pump_all(workers)
                 phase.update(completed=time.time() - t_rest)
@@ -763,6 +764,8 @@ def run_load(kind: str, cfg: LoadConfig, progress=None, label: str = "") -> dict
                 if connected
                 else None,
                 "live": _sum(workers, "live"),
+                # what the clients read while nothing was published: the keep-alives
+                "rx_bytes": _sum(workers, "rx_bytes") - rx_rest,
                 "cpu": rest + procs.cpu_delta(lg1, lg_r, rest_wall, "loadgen"),
             }
 

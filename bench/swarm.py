@@ -327,6 +327,7 @@ class Worker:
         self.connected = 0
         self.probed = 0
         self.deliveries = 0
+        self.rx_bytes = 0  # bytes read from the sockets, by Python or by the C reader
         self.failures = 0
         self.fail_reasons: dict[str, int] = {}  # why handshakes failed (errno, status, ...)
         self.drops = 0
@@ -555,6 +556,7 @@ class Worker:
                 return
             except OSError:
                 data = b""
+        self.rx_bytes += len(data)
         if not data:
             if c.hs:
                 self.fail(c, now, "closed before the response head")
@@ -678,6 +680,7 @@ class Worker:
         self.deliveries += n
         self.step_deliveries += n
         self.c_deliveries += n
+        self.rx_bytes += st.rx_bytes
         self.stale += st.stale
         self.late += st.late
         self.probed += st.probed
@@ -758,6 +761,7 @@ class Worker:
             "connected": self.connected,
             "probed": self.probed,
             "deliveries": self.deliveries,
+            "rx_bytes": self.rx_bytes,
             "step_deliveries": self.step_deliveries,
             "slow_deliveries": self.slow_deliveries,
             "failures": self.failures,
