@@ -26,7 +26,6 @@ Python-level header work.  The helpers here remove what a connection does not ne
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket as stdsocket
@@ -35,7 +34,7 @@ from collections.abc import Callable
 import trio
 
 from broker.runtime import gctune
-from broker.runtime.rawsock import stdlib_socket
+from broker.runtime.rawsock import accept_forever, stdlib_socket
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,6 @@ log = logging.getLogger(__name__)
 # a held connection's objects are promoted out of the young generation on its first collection
 GC_THRESHOLD = (20_000, 20, 20)
 ACCEPT_BATCH = 256
-ACCEPT_PAUSE_S = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM
-_TRANSIENT = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
-_RETRY = frozenset([errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR])
 
 # a client's address as accept() gives it: (host, port) for IPv4, 4 items for IPv6
 PeerAddress = tuple[str, int] | tuple[str, int, int, int]
@@ -78,24 +74,11 @@ async def accept_loop(
             sock, addr = await listener.accept()
             on_accept(sock, addr)
     from_stdlib = trio.socket.from_stdlib_socket
-    wait_readable = trio.lowlevel.wait_readable
-    accept = raw.accept
-    while True:
-        await wait_readable(raw)
-        for _ in range(batch):
-            try:
-                s, addr = accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _RETRY:
-                    continue
-                if exc.errno in _TRANSIENT:
-                    log.warning("accept failed (%s): pausing %.1fs", exc.strerror, ACCEPT_PAUSE_S)
-                    await trio.sleep(ACCEPT_PAUSE_S)
-                    break
-                raise
-            on_accept(from_stdlib(s), addr)
+
+    def accepted(sock: stdsocket.socket, addr: PeerAddress) -> None:
+        on_accept(from_stdlib(sock), addr)
+
+    await accept_forever(raw, accepted, batch=batch, what="edge")
 
 
 def send_now(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> int:

@@ -47,7 +47,7 @@ from broker.ingest.pipeline import Pipeline
 from broker.items import Item, parse_http_publish, status_reason
 from broker.ops import channelapi
 from broker.runtime import http1
-from broker.runtime.rawsock import RawStream, stdlib_socket
+from broker.runtime.rawsock import RawStream, accept_forever, stdlib_socket
 
 if TYPE_CHECKING:
     from broker.ops.status import StatusPage
@@ -214,7 +214,6 @@ _TOO_MANY = (
     b"Connection: close\r\nContent-Length: 22\r\n\r\nToo many connections.\n"
 )
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_AGAIN = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}  # that one only
 ACCEPT_BATCH = 64  # connections accepted at one wake-up of a listening socket
 IDLE_POLL_S = 0.02
 
@@ -447,19 +446,9 @@ async def _accept_loop(
         raw.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
     except OSError:
         pass
-    while True:
-        await trio.lowlevel.wait_readable(raw)
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _addr = raw.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RETRY:
-                    log.error("publish API accept failed (%s); retrying", exc)
-                    await trio.sleep(0.1)
-                    break
-                if exc.errno in _ACCEPT_AGAIN:
-                    continue
-                raise
-            handlers.start_soon(handle, RawStream(sock))
+    start_soon = handlers.start_soon
+
+    def accepted(sock: stdsocket.socket, _addr: object) -> None:
+        start_soon(handle, RawStream(sock))
+
+    await accept_forever(raw, accepted, batch=ACCEPT_BATCH, what="publish API")

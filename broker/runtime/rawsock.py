@@ -7,6 +7,9 @@ before and after); a connection that is read once and answered once pays them on
 accept, recv, send and close.  ``RawStream`` makes the one syscall when it can and waits with
 ``trio.lowlevel.wait_readable`` / ``wait_writable`` only when the socket would block.
 
+``accept_forever`` is the one accept loop of both: every pending connection at each wake-up of
+the listening socket, with plain non-blocking ``accept()`` calls.
+
 ``stdlib_socket`` is the only place that reaches into trio (its private ``_sock``);
 ``tests/edge/test_fastpath.py`` fails loudly if trio moves it (callers would otherwise quietly
 take their slower fallbacks).
@@ -14,15 +17,61 @@ take their slower fallbacks).
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket as stdsocket
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import trio
+
+log = logging.getLogger(__name__)
+
+ACCEPT_PAUSE_S = 0.1  # after EMFILE/ENFILE/ENOBUFS/ENOMEM: the accept is tried again then
+# out of descriptors or memory: pause (the pending connections wait in the backlog)
+ACCEPT_PAUSE = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
+# that one connection failed (reset before it was accepted, refused by a firewall): the next
+ACCEPT_SKIP = frozenset([errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR])
 
 
 def stdlib_socket(sock: trio.socket.SocketType) -> stdsocket.socket | None:
     """The non-blocking stdlib socket a trio socket wraps, or None if this trio has none."""
     raw = getattr(sock, "_sock", None)
     return raw if isinstance(raw, stdsocket.socket) else None
+
+
+async def accept_forever(
+    raw: stdsocket.socket,
+    on_accept: Callable[[stdsocket.socket, Any], None],
+    *,
+    batch: int,
+    what: str,
+) -> NoReturn:
+    """Accept connections on the non-blocking listening socket ``raw`` forever: at each
+    wake-up, up to ``batch`` plain ``accept()`` calls, each connection handed to the
+    synchronous ``on_accept(sock, addr)`` (it spawns whatever serves it).  A connection that
+    failed before it was accepted is skipped; running out of descriptors or memory is logged
+    (``what``: whose listener) and the loop pauses ``ACCEPT_PAUSE_S`` instead of ending."""
+    wait_readable = trio.lowlevel.wait_readable
+    accept = raw.accept
+    while True:
+        await wait_readable(raw)
+        for _ in range(batch):
+            try:
+                sock, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in ACCEPT_SKIP:
+                    continue
+                if exc.errno in ACCEPT_PAUSE:
+                    log.warning(
+                        "%s: accept failed (%s): pausing %.1fs", what, exc.strerror, ACCEPT_PAUSE_S
+                    )
+                    await trio.sleep(ACCEPT_PAUSE_S)
+                    break
+                raise
+            on_accept(sock, addr)
 
 
 class RawStream:

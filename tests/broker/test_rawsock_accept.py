@@ -1,0 +1,108 @@
+"""``broker.runtime.rawsock.accept_forever``, the accept loop of the edges and the publish API:
+a failed connection is skipped, running out of descriptors pauses and tries again, anything
+else ends the loop.  A real listening socket on 127.0.0.1 whose ``accept`` fails first as
+scripted."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from broker.runtime.rawsock import ACCEPT_PAUSE_S, accept_forever
+
+
+class ScriptedListener:
+    """A listening socket whose first ``accept`` calls raise the scripted errors."""
+
+    def __init__(self, sock: socket.socket, errors: list[int]) -> None:
+        self.sock = sock
+        self.errors = list(errors)
+        self.calls = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self):
+        self.calls += 1
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, errno.errorcode[code])
+        return self.sock.accept()
+
+
+def listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port))
+
+
+def run_until(errors: list[int], clients: int, clock=None):
+    """Accept ``clients`` connections through a listener failing with ``errors`` first:
+    (the accepted sockets, the listener, the trio time it took)."""
+    lsock = listener()
+    port = lsock.getsockname()[1]
+    scripted = ScriptedListener(lsock, errors)
+    got: list[socket.socket] = []
+    peers = [connect(port) for _ in range(clients)]
+    took = []
+
+    async def main() -> None:
+        t0 = trio.current_time()
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                loop = partial(accept_forever, batch=8, what="test")
+                nursery.start_soon(loop, scripted, lambda s, _addr: got.append(s))
+                while len(got) < clients:
+                    await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+        took.append(trio.current_time() - t0)
+
+    try:
+        trio.run(main, clock=clock)
+    finally:
+        for s in peers + got:
+            s.close()
+        lsock.close()
+    return got, scripted, took[0]
+
+
+def test_every_pending_connection_is_accepted():
+    got, scripted, _ = run_until([], 5)
+    assert len(got) == 5
+    assert all(s.family == socket.AF_INET for s in got)
+
+
+def test_a_connection_that_failed_is_skipped():
+    got, scripted, took = run_until([errno.ECONNABORTED, errno.EPROTO], 2)
+    assert len(got) == 2
+    assert scripted.calls >= 4
+    assert took < ACCEPT_PAUSE_S  # no pause for those
+
+
+def test_out_of_descriptors_pauses_then_accepts(caplog):
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    with caplog.at_level("WARNING", logger="broker.runtime.rawsock"):
+        got, scripted, took = run_until([errno.EMFILE], 1, clock)
+    assert len(got) == 1
+    assert took >= ACCEPT_PAUSE_S
+    assert "test: accept failed" in caplog.text and "pausing" in caplog.text
+
+
+def test_other_errors_end_the_loop():
+    with pytest.raises(BaseException) as info:
+        run_until([errno.EBADF], 1)
+    exc = info.value
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
