@@ -65,7 +65,7 @@ if TYPE_CHECKING:
         send_frames,
     )
     from _speedups._framing_py import http_chunk, http_chunks
-    from _speedups._items_py import normalise_item, unpack_batch
+    from _speedups._items_py import NO_META, normalise_item, payload_bytes, unpack_batch
     from _speedups._marks_py import held_marks
     from _speedups._sendmany_py import send_batch
     from _speedups._tnetstring_py import tnet_pop
@@ -84,6 +84,8 @@ else:
     send_batch = _modules["sendmany"].send_batch
     normalise_item = _modules["items"].normalise_item
     unpack_batch = _modules["items"].unpack_batch
+    payload_bytes = _modules["items"].payload_bytes
+    NO_META = _modules["items"].NO_META
     tnet_pop = _modules["tnetstring"].tnet_pop
     ws_frame = _modules["wsframe"].ws_frame
     ws_mask = _modules["wsframe"].ws_mask
@@ -94,6 +96,7 @@ else:
 
 __all__ = [
     "COMPILED",
+    "NO_META",
     "SessionCore",
     "decode_envelopes",
     "encode_envelopes",
@@ -103,6 +106,7 @@ __all__ = [
     "make_envelope",
     "message_packets",
     "normalise_item",
+    "payload_bytes",
     "recv_frames",
     "retain",
     "send_batch",

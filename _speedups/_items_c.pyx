@@ -13,6 +13,9 @@ cdef Py_ssize_t MAX_FAST_ID_CHARS = 256
 cdef inline bint _id_ok(object s):
     return len(<str>s) <= MAX_FAST_ID_CHARS and _ID_BAD(s) is None
 cdef object _new = object.__new__
+# the meta of every item published without one (the pure twin's NO_META)
+cdef dict _NO_META = {}
+NO_META = _NO_META
 
 
 cdef class _Keys:
@@ -147,7 +150,7 @@ def normalise_item(dict value, channel, bint json, item_cls):
         return None
     vmeta = value.get(K.meta)
     if vmeta is None:
-        meta = {}
+        meta = _NO_META
     elif json and type(vmeta) is dict:
         for mk, mv in (<dict>vmeta).items():
             if type(mk) is not str or type(mv) is not str:
@@ -445,7 +448,7 @@ cdef object _fast_item(Cur* c, object item_cls, list last_channel):
     PyObject_GenericSetAttr(item, "formats", formats)
     PyObject_GenericSetAttr(item, "id", item_id or None)
     PyObject_GenericSetAttr(item, "prev_id", prev_id or None)
-    PyObject_GenericSetAttr(item, "meta", {} if meta is None else meta)
+    PyObject_GenericSetAttr(item, "meta", _NO_META if meta is None else meta)
     PyObject_GenericSetAttr(item, "no_seq", no_seq)
     return item
 
@@ -486,3 +489,29 @@ def unpack_batch(data, item_cls):
                 if item is not None:
                     (<list>values)[i] = item
     return values
+
+
+def payload_bytes(formats):
+    """The payload bytes of a formats map (the pure twin's)."""
+    cdef Py_ssize_t n = 0
+    cdef object data
+    if type(formats) is dict:
+        for fmt in (<dict>formats).values():
+            if type(fmt) is dict:
+                data = (<dict>fmt).get("content")
+                if data is None:
+                    data = (<dict>fmt).get("body")
+            else:
+                data = fmt.get("content")
+                if data is None:
+                    data = fmt.get("body")
+            if data is not None:
+                n += len(data)
+        return n
+    for fmt in formats.values():
+        data = fmt.get("content")
+        if data is None:
+            data = fmt.get("body")
+        if data is not None:
+            n += len(data)
+    return n

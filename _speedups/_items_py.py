@@ -33,6 +33,9 @@ _MISSING = object()
 _ID_BAD = re.compile("[\x00-\x1f\x7f]").search
 MAX_FAST_ID_CHARS = 256
 _FIELDS = ("channel", "formats", "id", "prev_id", "meta", "no_seq")
+# the meta of every item published without one: one dict, never written to (items are frozen;
+# a retained message then costs no empty dict of its own, 64 bytes)
+NO_META: dict[str, str] = {}
 _setters: dict[type, tuple[Any, ...]] = {}
 if TYPE_CHECKING:
 
@@ -177,7 +180,7 @@ def _make(json: bool) -> _Normalise:
             return None
         vmeta = get(K_META)
         if vmeta is None:
-            meta: dict[str, str] = {}
+            meta: dict[str, str] = NO_META
         elif json and type(vmeta) is dict:
             for mk, mv in vmeta.items():
                 if type(mk) is not str or type(mv) is not str:
@@ -217,6 +220,19 @@ def normalise_item(
 ) -> _T | None:
     """An ``item_cls`` for the usual item shape, or None (see the module docstring)."""
     return (_json if json else _tnet)(value, channel, item_cls)
+
+
+def payload_bytes(formats: Any) -> int:
+    """The payload bytes of a formats map: each format's ``content``, else its ``body``
+    (``broker.items.item_bytes``, what ``MAX_ITEM_BYTES`` and ``history_max_bytes`` count)."""
+    n = 0
+    for fmt in formats.values():
+        data = fmt.get("content")
+        if data is None:
+            data = fmt.get("body")
+        if data is not None:
+            n += len(data)
+    return n
 
 
 def unpack_batch(data: bytes, item_cls: type[Any]) -> Any:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
-from _speedups import make_envelope, retain
-from broker.items import Item, item_bytes
+from _speedups import make_envelope, payload_bytes, retain
+from broker.items import Item
 from broker.namespaces import NamespaceTable
 from broker.wire import REPLAY_LIMIT, Envelope
 
@@ -64,9 +64,22 @@ class HistoryStatistics:
 
 
 class _Channel:
-    __slots__ = ("epoch", "last_seq", "last_id", "ring", "ids", "bytes", "max_items", "max_age_s")
+    __slots__ = (
+        "name",
+        "epoch",
+        "last_seq",
+        "last_id",
+        "ring",
+        "ids",
+        "bytes",
+        "max_items",
+        "max_age_s",
+    )
 
-    def __init__(self, epoch: str, max_items: int, max_age_s: float) -> None:
+    def __init__(self, name: str, epoch: str, max_items: int, max_age_s: float) -> None:
+        # the channel's name as first written: every envelope it retains holds this one string
+        # (a publish decodes the name afresh for each item; ~55 bytes a retained message)
+        self.name = name
         self.epoch = epoch
         self.max_items = max_items  # this channel's bounds (its namespace's, else the globals)
         self.max_age_s = max_age_s
@@ -78,7 +91,7 @@ class _Channel:
 
     def drop_oldest(self) -> None:
         env = self.ring.popleft()
-        self.bytes -= item_bytes(env)
+        self.bytes -= payload_bytes(env.formats)
         if env.id is not None and self.ids.get(env.id) == env.seq:
             del self.ids[env.id]
 
@@ -117,7 +130,7 @@ class MemoryHistory:
         ch.last_seq += 1
         ch.last_id = item.id
         env = Envelope(
-            channel=item.channel,
+            channel=ch.name,
             seq=ch.last_seq,
             epoch=ch.epoch,
             formats=item.formats,
@@ -130,7 +143,7 @@ class MemoryHistory:
         retain(env)  # kept for a while, never in a cycle: out of the collector's walks
         if item.id is not None:
             ch.ids[item.id] = env.seq
-        ch.bytes += item_bytes(env)
+        ch.bytes += payload_bytes(env.formats)
         self._retained += 1
         self._appended += 1
         while len(ch.ring) > ch.max_items or (ch.bytes > self.max_bytes and len(ch.ring) > 1):
@@ -172,17 +185,25 @@ class MemoryHistory:
             item_id = item.id
             ch.last_id = item_id
             env = make(
-                Envelope, name, seq, ch.epoch, item.formats, item_id, item.prev_id, item.meta, now
+                Envelope,
+                ch.name,
+                seq,
+                ch.epoch,
+                item.formats,
+                item_id,
+                item.prev_id,
+                item.meta,
+                now,
             )
             ring.append(env)
             keep(env)
             if item_id is not None:
                 ids[item_id] = seq
             retained += 1
-            ch.bytes += item_bytes(env)
+            ch.bytes += payload_bytes(env.formats)
             while len(ring) > max_items or (ch.bytes > max_bytes and len(ring) > 1):
                 old = ring.popleft()  # _Channel.drop_oldest, inlined
-                ch.bytes -= item_bytes(old)
+                ch.bytes -= payload_bytes(old.formats)
                 if old.id is not None and ids.get(old.id) == old.seq:
                     del ids[old.id]
                 retained -= 1
@@ -247,7 +268,7 @@ class MemoryHistory:
     def _channel(self, name: str) -> _Channel:
         ch = self._channels.get(name)
         if ch is None:
-            ch = _Channel(self._new_epoch(), *self._limits(name))
+            ch = _Channel(name, self._new_epoch(), *self._limits(name))
             self._channels[name] = ch
             while len(self._channels) > self.max_channels:
                 _, old = self._channels.popitem(last=False)
