@@ -207,7 +207,8 @@ log = logging.getLogger(__name__)
 
 # a connection as the handlers use it: a RawStream (the accept loop's), or trio's stream
 Stream = RawStream | trio.SocketStream
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 30.0  # a connection's whole exchange (request, publish, answer)
+SWEEP_S = 1.0  # how often connections past REQUEST_TIMEOUT_S are looked for and closed
 REFUSE_TIMEOUT_S = 1.0
 _TOO_MANY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -234,6 +235,11 @@ class HttpApi:
         self._refusing = 0
         self._accepting: trio.CancelScope | None = None
         self._stopped = False
+        # raw connections being served -> the trio time they are closed at (``_sweep``): one
+        # dict entry instead of a cancel scope each, whose deadline trio would otherwise
+        # register, and look at on every pass of its run loop (~10% of a one-item publish)
+        self._deadlines: dict[RawStream, float] = {}
+        self._idle_stopped = trio.Event()  # set once stopped with no connection left
 
     # -- listening -------------------------------------------------------------------------------
 
@@ -246,6 +252,7 @@ class HttpApi:
         """Accept connections until ``stop_accepting``; handlers run in their own nursery,
         which is left to finish (``wait_idle``)."""
         async with trio.open_nursery() as handlers:
+            handlers.start_soon(self._sweep)
             with trio.CancelScope() as scope:
                 self._accepting = scope
                 if self._stopped:
@@ -265,6 +272,28 @@ class HttpApi:
         self._stopped = True
         if self._accepting is not None:
             self._accepting.cancel()
+        if not self._deadlines:
+            self._idle_stopped.set()
+
+    async def _sweep(self) -> None:
+        """Close the connections past their deadline, every ``SWEEP_S`` (so a deadline is kept
+        within a second), until stopped with none left.  A handler waiting on the socket wakes
+        with ``trio.ClosedResourceError``; one busy elsewhere (publishing) finds it closed."""
+        deadlines = self._deadlines
+        while not (self._stopped and not deadlines):
+            with trio.move_on_after(SWEEP_S):
+                await self._idle_stopped.wait()
+            now = trio.current_time()
+            late = [stream for stream, at in deadlines.items() if at <= now]
+            for stream in late:
+                del deadlines[stream]
+                stream.abort()
+            if late:
+                log.info(
+                    "publish API: %d connection(s) closed: no complete exchange in %gs",
+                    len(late),
+                    REQUEST_TIMEOUT_S,
+                )
 
     async def wait_idle(self) -> None:
         """Return once no connection is being served."""
@@ -294,17 +323,27 @@ class HttpApi:
     # -- one connection --------------------------------------------------------------------------
 
     async def serve_connection(self, stream: Stream) -> None:
-        """One request, one response, then close (Pushpin's SimpleHttpServer)."""
+        """One request, one response, then close (Pushpin's SimpleHttpServer); the whole
+        exchange within ``REQUEST_TIMEOUT_S``."""
+        raw = stream if isinstance(stream, RawStream) else None
         try:
-            with trio.move_on_after(REQUEST_TIMEOUT_S):
+            if raw is not None:
+                self._deadlines[raw] = trio.current_time() + REQUEST_TIMEOUT_S
                 await self._exchange(stream)
+            else:
+                with trio.move_on_after(REQUEST_TIMEOUT_S):
+                    await self._exchange(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         except Exception:  # a bug must not take the API down; log it with the traceback
             log.exception("http api: unexpected error")
         finally:
-            if isinstance(stream, RawStream):
-                stream.close()  # (no wait: nothing else waits on it)
+            if raw is not None:
+                deadlines = self._deadlines
+                deadlines.pop(raw, None)
+                raw.close()  # (no wait: nothing else waits on it)
+                if self._stopped and not deadlines:
+                    self._idle_stopped.set()
             else:
                 with trio.move_on_after(1):
                     await stream.aclose()

@@ -109,5 +109,12 @@ class RawStream:
         """Close now (only the one task serving the connection ever waits on it)."""
         self.sock.close()
 
+    def abort(self) -> None:
+        """Close from outside the task serving it: a wait on the socket ends with
+        ``trio.ClosedResourceError``; a later read or write fails with ``OSError``."""
+        if self.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
     async def aclose(self) -> None:
         self.sock.close()
