@@ -28,6 +28,12 @@ with that backoff until it succeeds or its own deadline passes.
 Timeouts: ``connect_timeout_s`` bounds connecting (TCP + AUTH/SELECT), ``timeout_s`` bounds each
 request's round trip.
 
+The round trip itself is the stdlib socket under the trio stream, written and read with plain
+non-blocking calls (``broker.runtime.rawsock.stdlib_socket``): it waits (``wait_readable``)
+only for the reply, where trio's stream would take a scheduling round after the write and
+another after the read, and the lock is taken without a checkpoint when it is free.  A round
+trip that never had to wait still checkpoints once, as every trio operation does.
+
 Following a master (Redis Sentinel, ``broker.store.sentinelclient``): a client made with a
 ``locator`` asks it for the address at each connect (instead of a fixed host and port) and
 checks that the server found answers ``ROLE`` as a master.  An error reply ``-READONLY``,
@@ -49,6 +55,7 @@ import hiredis
 import trio
 
 from broker.errors import ConfigError, GripcastError, LocalProtocolError, StoreUnavailable
+from broker.runtime.rawsock import stdlib_socket
 from broker.store.sentinel import SentinelReplyError, is_master_role, needs_new_master
 
 log = logging.getLogger(__name__)
@@ -262,7 +269,12 @@ class RedisClient:
             data = b"".join([hiredis.pack_command(tuple(cmd)) for cmd in commands])
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError(f"cannot encode Redis command: {exc}") from exc
-        async with self._lock:
+        lock = self._lock
+        if lock.locked():
+            await lock.acquire()
+        else:  # the usual case: no checkpoint (the round trip below waits for its reply)
+            lock.acquire_nowait()
+        try:
             if self._stale:
                 self._failover_drops += 1
                 self._drop("the master moved")
@@ -290,6 +302,8 @@ class RedisClient:
                     moved,
                 )
                 self._drop("not a usable master")
+        finally:
+            lock.release()
         return replies
 
     async def serve_subscription(
@@ -332,6 +346,65 @@ class RedisClient:
         """Write ``data`` and read ``n`` replies; any failure (or cancellation) drops the link."""
         stream, reader = self._stream, self._reader
         assert stream is not None and reader is not None
+        sock = stdlib_socket(stream.socket)
+        if sock is None:  # pragma: no cover - another trio: its stream
+            return await self._round_trip_stream(stream, reader, data, n, timeout_s)
+        done = False
+        waited = False
+        try:
+            with trio.fail_after(timeout_s):
+                view = memoryview(data)
+                while view:
+                    try:
+                        view = view[sock.send(view) :]
+                    except (BlockingIOError, InterruptedError):
+                        await trio.lowlevel.wait_writable(sock)
+                        waited = True
+                replies: list[Any] = []
+                gets, feed = reader.gets, reader.feed
+                while True:
+                    reply = gets()
+                    if reply is _NOT_ENOUGH:
+                        try:
+                            chunk = sock.recv(_RECV_SIZE)
+                        except (BlockingIOError, InterruptedError):
+                            await trio.lowlevel.wait_readable(sock)
+                            waited = True
+                            continue
+                        if not chunk:
+                            raise RedisUnavailable(
+                                f"redis {self.host}:{self.port} closed the connection"
+                            )
+                        feed(chunk)
+                        continue
+                    replies.append(reply)
+                    if len(replies) == n:
+                        break
+                if not waited:
+                    await trio.lowlevel.checkpoint()
+            done = True
+            return replies
+        except trio.TooSlowError as exc:
+            raise RedisUnavailable(
+                f"redis {self.host}:{self.port} did not answer within {timeout_s}s"
+            ) from exc
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise RedisUnavailable(f"redis {self.host}:{self.port}: {exc}") from exc
+        except hiredis.ProtocolError as exc:
+            raise RedisUnavailable(f"redis {self.host}:{self.port} protocol error: {exc}") from exc
+        finally:
+            if not done:
+                self._drop("request failed")
+
+    async def _round_trip_stream(
+        self,
+        stream: trio.SocketStream,
+        reader: hiredis.Reader,
+        data: bytes,
+        n: int,
+        timeout_s: float,
+    ) -> list[Any]:
+        """``_round_trip`` through trio's stream (a trio without the stdlib socket)."""
         done = False
         try:
             with trio.fail_after(timeout_s):
