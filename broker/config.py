@@ -199,6 +199,10 @@ class Config:
     hint_per_s: float = 100.0  # published hint actions, all channels together
     # payload bytes (content/body) kept per channel history, the newest message always; 0: none
     history_max_bytes: int = 16 << 20
+    # the memory store's history of all channels together, estimated as payload + ~600 bytes a
+    # message (docs/capacity.md, m_item); past it the oldest messages of the least recently
+    # written channels go first (each channel keeps its newest); 0: no bound
+    history_max_total_bytes: int = 1 << 30
     # channel API (docs/channel-api.md): an edge whose subscriber counts are older than this
     # (it stopped reporting: dead or cut off) no longer counts; edges report every second
     channel_counts_max_age_s: float = 10.0
@@ -550,6 +554,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"log_level: {cfg.log_level!r} is not debug, info, warning or error")
     if cfg.history_max_bytes < 0:
         problems.append("history_max_bytes: must be 0 (no byte budget) or more")
+    if cfg.history_max_total_bytes != 0 and cfg.history_max_total_bytes < 1 << 20:
+        problems.append("history_max_total_bytes: must be 0 (no bound) or at least 1 MiB")
     if not 6 <= cfg.channel_counts_max_age_s <= 3600:  # edges resend all counts after 5 s
         problems.append("channel_counts_max_age_s: must be 6 to 3600 seconds")
     problems.extend(_validate_proxy_rules(cfg))

@@ -9,8 +9,14 @@ the newest message is always kept) and by age (``max_age_s``, checked when the c
 written or read).  With channel namespaces (``limits``, a ``broker.namespaces.NamespaceTable``)
 ``max_items`` and ``max_age_s`` are the defaults of channels in no namespace: each channel takes
 its own bounds when it is created (and again on ``set_limits``).  At most ``max_channels`` channels are kept; the least recently *written* one
-is evicted (its next use starts a new epoch), so memory is bounded by ``max_channels *
-min(max_items * MAX_ITEM_BYTES, max_bytes)`` payload bytes.
+is evicted (its next use starts a new epoch).
+
+All channels together are held to ``max_total_bytes`` (``history_max_total_bytes``; 0: no
+bound), estimated as the payload bytes plus ``MESSAGE_OVERHEAD_BYTES`` a message (what a
+retained message costs the broker beyond its payload, ``python -m bench.histmem``).  Past it,
+the oldest messages of the least recently written channels are dropped (each channel keeps
+its newest one, and its position: a cursor at or after the dropped messages still resumes),
+down to 90% of the bound; a replay that needed them is incomplete, as after the age bound.
 
 ``replay`` semantics (the contract of ``broker.wire``'s ``replay``):
 
@@ -54,6 +60,12 @@ class Replay(NamedTuple):
     items: list[Envelope]
 
 
+# what a retained message costs the broker beyond its payload bytes (bench.histmem measures
+# 565 B without a publisher id, 661 B with one)
+MESSAGE_OVERHEAD_BYTES = 600
+TRIM_TO = 0.9  # past max_total_bytes, trim down to this share of it
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryStatistics:
     channels: int
@@ -61,6 +73,8 @@ class HistoryStatistics:
     appended: int
     evicted_channels: int
     expired: int
+    trimmed: int = 0  # messages dropped to keep all channels within max_total_bytes
+    payload_bytes: int = 0  # payload bytes retained, all channels
 
 
 class _Channel:
@@ -89,11 +103,14 @@ class _Channel:
         self.ids: dict[str, int] = {}  # publisher id -> seq, for ids still in the ring
         self.bytes = 0  # payload bytes of the ring (broker.items.item_bytes)
 
-    def drop_oldest(self) -> None:
+    def drop_oldest(self) -> int:
+        """Drop the oldest retained message; its payload bytes."""
         env = self.ring.popleft()
-        self.bytes -= payload_bytes(env.formats)
+        n = payload_bytes(env.formats)
+        self.bytes -= n
         if env.id is not None and self.ids.get(env.id) == env.seq:
             del self.ids[env.id]
+        return n
 
 
 class MemoryHistory:
@@ -104,15 +121,18 @@ class MemoryHistory:
         max_age_s: float = 3600.0,
         max_channels: int = 100_000,
         max_bytes: int = 0,
+        max_total_bytes: int = 0,
         new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
         limits: NamespaceTable | None = None,
     ) -> None:
-        if max_items < 1 or max_channels < 1 or max_age_s <= 0:
+        if max_items < 1 or max_channels < 1 or max_age_s <= 0 or max_total_bytes < 0:
             raise ValueError("history bounds must be positive")
         self.max_items = max_items
         self.max_age_s = max_age_s
         self.max_channels = max_channels
         self.max_bytes = max_bytes if max_bytes > 0 else float("inf")  # 0: no byte budget
+        # all channels together (0: no bound); see the module docstring
+        self.max_total_bytes = max_total_bytes if max_total_bytes > 0 else float("inf")
         self._new_epoch = new_epoch
         self.limits = limits if limits else None  # per-prefix bounds (broker.namespaces)
         self._channels: OrderedDict[str, _Channel] = OrderedDict()
@@ -120,6 +140,8 @@ class MemoryHistory:
         self._appended = 0
         self._evicted = 0
         self._expired = 0
+        self._payload = 0  # payload bytes retained, all channels
+        self._trimmed = 0
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -143,13 +165,16 @@ class MemoryHistory:
         retain(env)  # kept for a while, never in a cycle: out of the collector's walks
         if item.id is not None:
             ch.ids[item.id] = env.seq
-        ch.bytes += payload_bytes(env.formats)
+        n = payload_bytes(env.formats)
+        ch.bytes += n
+        self._payload += n
         self._retained += 1
         self._appended += 1
         while len(ch.ring) > ch.max_items or (ch.bytes > self.max_bytes and len(ch.ring) > 1):
-            ch.drop_oldest()
+            self._payload -= ch.drop_oldest()
             self._retained -= 1
         self._expire(ch, now)
+        self._check_total()
         return env
 
     def append_many(self, items: Sequence[Item], now: float) -> list[Envelope]:
@@ -169,6 +194,7 @@ class MemoryHistory:
         first = False
         expired_checked: set[str] = set()
         retained = 0
+        payload = 0
         for item in items:
             name = item.channel
             if name != cur_name:  # a run of one channel: looked up and moved to the end once
@@ -200,10 +226,14 @@ class MemoryHistory:
             if item_id is not None:
                 ids[item_id] = seq
             retained += 1
-            ch.bytes += payload_bytes(env.formats)
+            n = payload_bytes(env.formats)
+            ch.bytes += n
+            payload += n
             while len(ring) > max_items or (ch.bytes > max_bytes and len(ring) > 1):
                 old = ring.popleft()  # _Channel.drop_oldest, inlined
-                ch.bytes -= payload_bytes(old.formats)
+                n = payload_bytes(old.formats)
+                ch.bytes -= n
+                payload -= n
                 if old.id is not None and ids.get(old.id) == old.seq:
                     del ids[old.id]
                 retained -= 1
@@ -213,7 +243,9 @@ class MemoryHistory:
                 self._expire(ch, now)
             add(env)
         self._retained += retained
+        self._payload += payload
         self._appended += len(out)
+        self._check_total()
         return out
 
     # -- reads --------------------------------------------------------------------------------
@@ -249,6 +281,8 @@ class MemoryHistory:
             appended=self._appended,
             evicted_channels=self._evicted,
             expired=self._expired,
+            trimmed=self._trimmed,
+            payload_bytes=self._payload,
         )
 
     # -- internals ----------------------------------------------------------------------------
@@ -273,6 +307,7 @@ class MemoryHistory:
             while len(self._channels) > self.max_channels:
                 _, old = self._channels.popitem(last=False)
                 self._retained -= len(old.ring)
+                self._payload -= old.bytes
                 self._evicted += 1
         return ch
 
@@ -280,9 +315,38 @@ class MemoryHistory:
         horizon = now - ch.max_age_s
         ring = ch.ring
         while ring and ring[0].ts < horizon:
-            ch.drop_oldest()
+            self._payload -= ch.drop_oldest()
             self._retained -= 1
             self._expired += 1
+
+    @property
+    def trimmed(self) -> int:
+        """Messages dropped so far to keep within ``max_total_bytes`` (the store logs them)."""
+        return self._trimmed
+
+    def estimated_bytes(self) -> int:
+        """What the retained history costs, estimated: payload plus a fixed cost a message."""
+        return self._payload + self._retained * MESSAGE_OVERHEAD_BYTES
+
+    def _check_total(self) -> None:
+        if self._payload + self._retained * MESSAGE_OVERHEAD_BYTES > self.max_total_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest messages of the least recently written channels (each keeps its
+        newest) until the estimate is at ``TRIM_TO`` of ``max_total_bytes``."""
+        target = self.max_total_bytes * TRIM_TO
+        before = self._retained
+        payload, retained = self._payload, self._retained
+        for ch in self._channels.values():  # least recently written first
+            ring = ch.ring
+            while len(ring) > 1 and payload + retained * MESSAGE_OVERHEAD_BYTES > target:
+                payload -= ch.drop_oldest()
+                retained -= 1
+            if payload + retained * MESSAGE_OVERHEAD_BYTES <= target:
+                break
+        self._payload, self._retained = payload, retained
+        self._trimmed += before - retained
 
     @staticmethod
     def _resolve(

@@ -107,6 +107,16 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily(
                 P + "history_retained", "Messages retained in history.", value=store.retained
             )
+            yield GaugeMetricFamily(
+                P + "history_payload_bytes",
+                "Payload bytes retained in history, all channels.",
+                value=store.payload_bytes,
+            )
+            yield CounterMetricFamily(
+                P + "history_trimmed",
+                "Messages dropped to keep the history within history_max_total_bytes.",
+                value=store.trimmed,
+            )
         elif isinstance(store, RedisStoreStatistics):
             yield CounterMetricFamily(
                 P + "history_replays", "Replay requests the store served.", value=store.replays

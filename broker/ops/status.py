@@ -225,7 +225,12 @@ def store_state(kind: str, stats: Any, write_failing: bool) -> StoreState:
     up = not write_failing
     detail: dict[str, Any] = {}
     if isinstance(stats, HistoryStatistics):
-        detail = {"channels": stats.channels, "retained": stats.retained}
+        detail = {
+            "channels": stats.channels,
+            "retained": stats.retained,
+            "payload_bytes": stats.payload_bytes,
+            "trimmed": stats.trimmed,
+        }
     elif isinstance(stats, RedisStoreStatistics):
         c = stats.client
         if isinstance(c, ClusterClientStatistics):  # up while every master is connected

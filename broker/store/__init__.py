@@ -56,6 +56,7 @@ def open_store(cfg: Config) -> Store:
                 max_items=cfg.history_max_items,
                 max_age_s=cfg.history_max_age_s,
                 max_bytes=cfg.history_max_bytes,
+                max_total_bytes=cfg.history_max_total_bytes,
                 limits=NamespaceTable(cfg.namespaces),
             )
         )

@@ -9,12 +9,16 @@ backend may pipeline a whole batch.  Semantics of ``position`` and ``replay`` ar
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from broker.history import MemoryHistory, Position, Replay
 from broker.items import Item
 from broker.wire import Envelope
+
+log = logging.getLogger(__name__)
+TRIM_LOG_S = 60.0  # at most one warning a minute while the history is trimmed
 
 
 class Store(Protocol):
@@ -51,9 +55,29 @@ class MemoryStore:
 
     def __init__(self, history: MemoryHistory) -> None:
         self.history = history
+        self._trim_logged = float("-inf")  # ``now`` of the last trim warning
+        self._trim_reported = 0  # history.trimmed at that warning
 
     async def append_batch(self, items: Sequence[Item], now: float) -> list[Envelope]:
-        return self.history.append_many(items, now)
+        history = self.history
+        trimmed = history.trimmed
+        envelopes = history.append_many(items, now)
+        if history.trimmed != trimmed and not now - self._trim_logged < TRIM_LOG_S:
+            self._log_trim(now)
+        return envelopes
+
+    def _log_trim(self, now: float) -> None:
+        h = self.history
+        log.warning(
+            "history over history_max_total_bytes=%d (estimated): %d oldest messages of the "
+            "least recently written channels dropped since the last warning (%d in all); "
+            "docs/capacity.md sizes the history",
+            h.max_total_bytes,
+            h.trimmed - self._trim_reported,
+            h.trimmed,
+        )
+        self._trim_logged = now
+        self._trim_reported = h.trimmed
 
     def set_history_limits(self, max_items: int, max_age_s: float) -> None:
         self.history.set_limits(max_items, max_age_s)

@@ -162,9 +162,17 @@ def test_an_expired_edge_leaves_the_page():
 
 
 def test_store_state():
-    hist = HistoryStatistics(channels=2, retained=7, appended=9, evicted_channels=0, expired=0)
+    hist = HistoryStatistics(
+        channels=2,
+        retained=7,
+        appended=9,
+        evicted_channels=0,
+        expired=0,
+        trimmed=3,
+        payload_bytes=120,
+    )
     assert store_state("memory", hist, False) == StoreState(
-        "memory", True, {"channels": 2, "retained": 7}
+        "memory", True, {"channels": 2, "retained": 7, "payload_bytes": 120, "trimmed": 3}
     )
     assert not store_state("memory", hist, True).up  # the last write failed
 
