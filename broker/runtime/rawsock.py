@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket as stdsocket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import trio
@@ -42,14 +42,16 @@ def stdlib_socket(sock: trio.socket.SocketType) -> stdsocket.socket | None:
 
 async def accept_forever(
     raw: stdsocket.socket,
-    on_accept: Callable[[stdsocket.socket, Any], None],
+    on_accept: Callable[[stdsocket.socket, Any], Awaitable[None] | None],
     *,
     batch: int,
     what: str,
 ) -> NoReturn:
     """Accept connections on the non-blocking listening socket ``raw`` forever: at each
-    wake-up, up to ``batch`` plain ``accept()`` calls, each connection handed to the
-    synchronous ``on_accept(sock, addr)`` (it spawns whatever serves it).  A connection that
+    wake-up, up to ``batch`` plain ``accept()`` calls, each connection handed to
+    ``on_accept(sock, addr)``: it spawns whatever serves it and returns None, or returns an
+    awaitable that serves it here, before the next accept (it must not wait long: the
+    listener waits behind it).  A connection that
     failed before it was accepted is skipped; running out of descriptors or memory is logged
     (``what``: whose listener) and the loop pauses ``ACCEPT_PAUSE_S`` instead of ending."""
     wait_readable = trio.lowlevel.wait_readable
@@ -71,7 +73,9 @@ async def accept_forever(
                     await trio.sleep(ACCEPT_PAUSE_S)
                     break
                 raise
-            on_accept(sock, addr)
+            inline = on_accept(sock, addr)
+            if inline is not None:
+                await inline
 
 
 class RawStream:
@@ -79,13 +83,28 @@ class RawStream:
     (``receive_some``, ``send_all``, ``send_eof``, ``aclose``; ``close`` without a checkpoint).
     Errors are the socket's ``OSError``s (trio's streams raise ``BrokenResourceError``)."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("sock", "pending")
 
     def __init__(self, sock: stdsocket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self.pending = b""  # read ahead (``read_ahead``), returned by the next receive_some
+
+    def read_ahead(self, max_bytes: int) -> bytes:
+        """What the socket holds now, without waiting (b"" when nothing yet or at EOF), kept
+        for the next ``receive_some`` to return."""
+        try:
+            self.pending = self.sock.recv(max_bytes)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass  # (the next receive_some raises it)
+        return self.pending
 
     async def receive_some(self, max_bytes: int) -> bytes:
+        if self.pending:
+            data, self.pending = self.pending, b""
+            return data
         sock = self.sock
         while True:
             try:

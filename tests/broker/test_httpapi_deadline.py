@@ -19,6 +19,7 @@ class FakePipeline:
     """What ``GET /`` touches of the pipeline (it publishes nothing)."""
 
     presence = SimpleNamespace(answer=lambda method, url: None)
+    store = None  # not the memory store: no connection is served inline
 
     def received(self, source: str) -> None:
         pass

@@ -106,3 +106,39 @@ def test_other_errors_end_the_loop():
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+
+
+def test_an_awaitable_from_on_accept_is_served_before_the_next_accept():
+    lsock = listener()
+    port = lsock.getsockname()[1]
+    peers = [connect(port) for _ in range(3)]
+    events: list[str] = []
+
+    async def serve_inline(sock: socket.socket) -> None:
+        events.append("inline start")
+        await trio.sleep(0)  # a checkpoint: the loop still waits for it
+        events.append("inline end")
+        sock.close()
+
+    def on_accept(sock: socket.socket, _addr):
+        events.append("accepted")
+        if len(events) == 1:
+            return serve_inline(sock)
+        sock.close()
+        return None
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(accept_forever, batch=8, what="test"), lsock, on_accept)
+                while events.count("accepted") < 3:
+                    await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        for s in peers:
+            s.close()
+        lsock.close()
+    assert events[:4] == ["accepted", "inline start", "inline end", "accepted"]
