@@ -495,23 +495,15 @@ def payload_bytes(formats):
     """The payload bytes of a formats map (the pure twin's)."""
     cdef Py_ssize_t n = 0
     cdef object data
-    if type(formats) is dict:
-        for fmt in (<dict>formats).values():
-            if type(fmt) is dict:
-                data = (<dict>fmt).get("content")
-                if data is None:
-                    data = (<dict>fmt).get("body")
-            else:
-                data = fmt.get("content")
-                if data is None:
-                    data = fmt.get("body")
-            if data is not None:
-                n += len(data)
-        return n
-    for fmt in formats.values():
-        data = fmt.get("content")
-        if data is None:
-            data = fmt.get("body")
+    for fmt in ((<dict>formats).values() if type(formats) is dict else formats.values()):
+        if type(fmt) is dict:  # (the usual case: the dict's own get, no attribute lookup)
+            data = (<dict>fmt).get("content")
+            if data is None:
+                data = (<dict>fmt).get("body")
+        else:
+            data = fmt.get("content")
+            if data is None:
+                data = fmt.get("body")
         if data is not None:
             n += len(data)
     return n

@@ -28,11 +28,11 @@ with that backoff until it succeeds or its own deadline passes.
 Timeouts: ``connect_timeout_s`` bounds connecting (TCP + AUTH/SELECT), ``timeout_s`` bounds each
 request's round trip.
 
-The round trip itself is the stdlib socket under the trio stream, written and read with plain
-non-blocking calls (``broker.runtime.rawsock.stdlib_socket``): it waits (``wait_readable``)
-only for the reply, where trio's stream would take a scheduling round after the write and
-another after the read, and the lock is taken without a checkpoint when it is free.  A round
-trip that never had to wait still checkpoints once, as every trio operation does.
+The round trip itself goes through the stdlib socket under the trio stream
+(``broker.runtime.rawsock.RawStream``: plain non-blocking calls, waiting with
+``wait_readable`` only for the reply, where trio's stream would take a scheduling round after
+the write and another after the read), and the lock is taken without a checkpoint when it is
+free.
 
 Following a master (Redis Sentinel, ``broker.store.sentinelclient``): a client made with a
 ``locator`` asks it for the address at each connect (instead of a fixed host and port) and
@@ -55,7 +55,7 @@ import hiredis
 import trio
 
 from broker.errors import ConfigError, GripcastError, LocalProtocolError, StoreUnavailable
-from broker.runtime.rawsock import stdlib_socket
+from broker.runtime.rawsock import RawStream, stdlib_socket
 from broker.store.sentinel import SentinelReplyError, is_master_role, needs_new_master
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,8 @@ class RedisClient:
         self._failover_drops = 0
         self._role_refusals = 0
         self._stream: trio.SocketStream | None = None
+        # the stdlib socket under it, for round trips (None: another trio, the stream's)
+        self._raw: RawStream | None = None
         self._reader: hiredis.Reader | None = None
         self._lock = trio.Lock()
         self._closed = False
@@ -346,79 +348,22 @@ class RedisClient:
         """Write ``data`` and read ``n`` replies; any failure (or cancellation) drops the link."""
         stream, reader = self._stream, self._reader
         assert stream is not None and reader is not None
-        sock = stdlib_socket(stream.socket)
-        if sock is None:  # pragma: no cover - another trio: its stream
-            return await self._round_trip_stream(stream, reader, data, n, timeout_s)
+        io: RawStream | trio.SocketStream = self._raw if self._raw is not None else stream
         done = False
-        waited = False
         try:
             with trio.fail_after(timeout_s):
-                view = memoryview(data)
-                while view:
-                    try:
-                        view = view[sock.send(view) :]
-                    except (BlockingIOError, InterruptedError):
-                        await trio.lowlevel.wait_writable(sock)
-                        waited = True
+                await io.send_all(data)
                 replies: list[Any] = []
                 gets, feed = reader.gets, reader.feed
                 while True:
                     reply = gets()
                     if reply is _NOT_ENOUGH:
-                        try:
-                            chunk = sock.recv(_RECV_SIZE)
-                        except (BlockingIOError, InterruptedError):
-                            await trio.lowlevel.wait_readable(sock)
-                            waited = True
-                            continue
+                        chunk = await io.receive_some(_RECV_SIZE)
                         if not chunk:
                             raise RedisUnavailable(
                                 f"redis {self.host}:{self.port} closed the connection"
                             )
                         feed(chunk)
-                        continue
-                    replies.append(reply)
-                    if len(replies) == n:
-                        break
-                if not waited:
-                    await trio.lowlevel.checkpoint()
-            done = True
-            return replies
-        except trio.TooSlowError as exc:
-            raise RedisUnavailable(
-                f"redis {self.host}:{self.port} did not answer within {timeout_s}s"
-            ) from exc
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise RedisUnavailable(f"redis {self.host}:{self.port}: {exc}") from exc
-        except hiredis.ProtocolError as exc:
-            raise RedisUnavailable(f"redis {self.host}:{self.port} protocol error: {exc}") from exc
-        finally:
-            if not done:
-                self._drop("request failed")
-
-    async def _round_trip_stream(
-        self,
-        stream: trio.SocketStream,
-        reader: hiredis.Reader,
-        data: bytes,
-        n: int,
-        timeout_s: float,
-    ) -> list[Any]:
-        """``_round_trip`` through trio's stream (a trio without the stdlib socket)."""
-        done = False
-        try:
-            with trio.fail_after(timeout_s):
-                await stream.send_all(data)
-                replies: list[Any] = []
-                while True:
-                    reply = reader.gets()
-                    if reply is _NOT_ENOUGH:
-                        chunk = await stream.receive_some(_RECV_SIZE)
-                        if not chunk:
-                            raise RedisUnavailable(
-                                f"redis {self.host}:{self.port} closed the connection"
-                            )
-                        reader.feed(chunk)
                         continue
                     replies.append(reply)
                     if len(replies) == n:
@@ -449,6 +394,8 @@ class RedisClient:
             with trio.fail_after(self.connect_timeout_s):
                 stream = await trio.open_tcp_stream(self.host, self.port)
             self._stream = stream
+            sock = stdlib_socket(stream.socket)
+            self._raw = RawStream(sock) if sock is not None else None
             self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
             setup: list[Command] = []
             if self._password is not None:
@@ -503,6 +450,7 @@ class RedisClient:
 
     def _drop(self, why: str) -> None:
         stream, self._stream = self._stream, None
+        self._raw = None
         self._reader = None
         if stream is not None:
             self._drops += 1
