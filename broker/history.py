@@ -329,7 +329,7 @@ class MemoryHistory:
         return self._payload + self._retained * MESSAGE_OVERHEAD_BYTES
 
     def _check_total(self) -> None:
-        if self._payload + self._retained * MESSAGE_OVERHEAD_BYTES > self.max_total_bytes:
+        if self.estimated_bytes() > self.max_total_bytes:
             self._trim()
 
     def _trim(self) -> None:

@@ -208,6 +208,8 @@ log = logging.getLogger(__name__)
 
 # a connection as the handlers use it: a RawStream (the accept loop's), or trio's stream
 Stream = RawStream | trio.SocketStream
+# a request read whole: its head and body
+Request = tuple[http1.RequestHead, bytes]
 REQUEST_TIMEOUT_S = 30.0  # a connection's whole exchange (request, publish, answer)
 SWEEP_S = 1.0  # how often connections past REQUEST_TIMEOUT_S are looked for and closed
 REFUSE_TIMEOUT_S = 1.0
@@ -308,30 +310,34 @@ class HttpApi:
         while self.active:
             await trio.sleep(IDLE_POLL_S)
 
-    def _inline(self, stream: RawStream) -> bool:
-        """Serve this new connection in the accept loop (no task, no scheduling round of its
-        own: ~15% of a one-item publish's CPU)?  Only when nothing in its exchange can wait:
-        the memory store with the pipeline's lock free, and a small ``POST /publish`` already
-        whole in the socket (read ahead here, kept for the handler either way), answered
-        without an early error.  Anything else gets its own task."""
+    def _inline(self, stream: RawStream) -> Request | None:
+        """The request to serve in the accept loop (no task, no scheduling round of its own:
+        ~15% of a one-item publish's CPU), read here, or None: it gets its own task.  Only when
+        nothing in its exchange can wait: the memory store with the pipeline's lock free, and a
+        small ``POST /publish`` already whole in the socket (read ahead here, kept for the
+        handler when not served here), answered without an early error."""
         if (
             not self._memory_store
             or self.active >= self.cfg.http_maxconn
             or self.pipeline.lock.locked()
         ):
-            return False
+            return None
         data = stream.read_ahead(INLINE_MAX_BYTES + 1)
         if not data or len(data) > INLINE_MAX_BYTES:
-            return False
-        head = http1.whole_request(data, MAX_HEADER_BYTES)
-        if head is None or head.method != "POST":
-            return False
-        if head.url.split("?", 1)[0] not in ("/publish", "/publish/"):
-            return False
+            return None
+        request = http1.whole_request(data, MAX_HEADER_BYTES)
+        if request is None:
+            return None
+        head = request[0]
+        if head.method != "POST" or head.url.split("?", 1)[0] not in ("/publish", "/publish/"):
+            return None
         check = check_head(head.method, head.headers)
-        return check.response is None and not check.expect_continue
+        if check.response is not None or check.expect_continue:
+            return None
+        stream.pending = b""  # read: the exchange takes the request as it is
+        return request
 
-    async def _handle(self, stream: Stream) -> None:
+    async def _handle(self, stream: Stream, request: Request | None = None) -> None:
         maxconn = self.cfg.http_maxconn
         if self.active >= maxconn:
             # over the cap: a short 503 (bounded too: past another cap's worth, just close)
@@ -347,20 +353,20 @@ class HttpApi:
             return
         self.active += 1
         try:
-            await self.serve_connection(stream)
+            await self.serve_connection(stream, request)
         finally:
             self.active -= 1
 
     # -- one connection --------------------------------------------------------------------------
 
-    async def serve_connection(self, stream: Stream) -> None:
+    async def serve_connection(self, stream: Stream, request: Request | None = None) -> None:
         """One request, one response, then close (Pushpin's SimpleHttpServer); the whole
-        exchange within ``REQUEST_TIMEOUT_S``."""
+        exchange within ``REQUEST_TIMEOUT_S``.  ``request``: already read (``_inline``)."""
         raw = stream if isinstance(stream, RawStream) else None
         try:
             if raw is not None:
                 self._deadlines[raw] = trio.current_time() + REQUEST_TIMEOUT_S
-                await self._exchange(stream)
+                await self._exchange(stream, request)
             else:
                 with trio.move_on_after(REQUEST_TIMEOUT_S):
                     await self._exchange(stream)
@@ -379,32 +385,43 @@ class HttpApi:
                 with trio.move_on_after(1):
                     await stream.aclose()
 
-    async def _exchange(self, stream: Stream) -> None:
+    async def _read_request(self, stream: Stream) -> Request | None:
+        """Read the request, answering early what Pushpin's server answers before the body
+        (bad or too large a head, ``check_head``); None when answered or the client left."""
         reader = http1.RequestReader(stream, MAX_HEADER_BYTES)
         try:
             head = await reader.read_head()
         except http1.BadRequest:
             await http1.answer_early(stream, bad_header().to_bytes(), MAX_BODY_BYTES)
-            return
+            return None
         except http1.HeadTooLarge:
             await http1.answer_early(stream, header_too_large().to_bytes(), MAX_BODY_BYTES)
-            return
+            return None
         if head is None:
-            return
-        method, url, version = head.method, head.url, head.version
-        check = check_head(method, head.headers)
+            return None
+        version = head.version
+        check = check_head(head.method, head.headers)
         if check.response is not None:
             await http1.answer_early(stream, check.response.to_bytes(version), MAX_BODY_BYTES)
-            return
+            return None
         if check.expect_continue and not reader.complete:
             await stream.send_all(f"HTTP/{version} 100 Continue\r\n\r\n".encode())
         try:
             body = await reader.read_body()
         except http1.BadRequest:
             await http1.answer_early(stream, bad_header().to_bytes(version), MAX_BODY_BYTES)
-            return
+            return None
         if body is None:
-            return
+            return None
+        return head, body
+
+    async def _exchange(self, stream: Stream, request: Request | None = None) -> None:
+        if request is None:
+            request = await self._read_request(stream)
+            if request is None:
+                return
+        head, body = request
+        method, url, version = head.method, head.url, head.version
         if url.startswith("/status") and self.status is not None:  # not a publish: not counted
             answer = self.status.answer(method, url, head.headers, time.time())
             if answer is not None:  # logged without the query (it can hold a token)
@@ -494,8 +511,8 @@ async def _close(stream: Stream) -> None:
 async def _accept_loop(
     listener: trio.SocketListener,
     handlers: trio.Nursery,
-    handle: Callable[[Stream], Awaitable[None]],
-    inline: Callable[[RawStream], bool] = lambda stream: False,
+    handle: Callable[[Stream, Request | None], Awaitable[None]],
+    inline: Callable[[RawStream], Request | None] = lambda stream: None,
 ) -> None:
     """Accept every pending connection at each wake-up of the listening socket with plain
     non-blocking ``accept()`` calls, each served as a ``RawStream`` (one syscall per read and
@@ -512,7 +529,7 @@ async def _accept_loop(
                     await trio.sleep(0.1)
                     continue
                 raise
-            handlers.start_soon(handle, stream)
+            handlers.start_soon(handle, stream, None)
     try:  # accepted sockets inherit it on Linux (trio's streams set it on each)
         raw.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
     except OSError:
@@ -521,9 +538,10 @@ async def _accept_loop(
 
     def accepted(sock: stdsocket.socket, _addr: object) -> Awaitable[None] | None:
         stream = RawStream(sock)
-        if inline(stream):
-            return handle(stream)  # awaited by the accept loop
-        start_soon(handle, stream)
+        request = inline(stream)
+        if request is not None:
+            return handle(stream, request)  # awaited by the accept loop
+        start_soon(handle, stream, None)
         return None
 
     await accept_forever(raw, accepted, batch=ACCEPT_BATCH, what="publish API")

@@ -138,9 +138,9 @@ class RequestReader:
         return b"".join(req.body)
 
 
-def whole_request(data: bytes, max_head_bytes: int) -> RequestHead | None:
-    """The head of the request ``data`` holds whole (head and body, nothing after), or None
-    (incomplete, more than one, an upgrade, over ``max_head_bytes`` or not HTTP/1): what
+def whole_request(data: bytes, max_head_bytes: int) -> tuple[RequestHead, bytes] | None:
+    """The request ``data`` holds whole (head and body, nothing after) as its head and body, or
+    None (incomplete, more than one, an upgrade, over ``max_head_bytes`` or not HTTP/1): what
     ``RequestReader`` would read from these bytes without waiting for more."""
     req = _Callbacks()
     parser = httptools.HttpRequestParser(req)
@@ -150,14 +150,16 @@ def whole_request(data: bytes, max_head_bytes: int) -> RequestHead | None:
         return None
     if not req.complete or data.find(b"\r\n\r\n") + 4 > max_head_bytes:
         return None
-    if len(data) != data.find(b"\r\n\r\n") + 4 + sum(len(b) for b in req.body):
+    body = b"".join(req.body)
+    if len(data) != data.find(b"\r\n\r\n") + 4 + len(body):
         return None  # bytes after the request, or a chunked body's framing
-    return RequestHead(
+    head = RequestHead(
         parser.get_method().decode("latin-1"),
         req.url.decode("latin-1"),
         parser.get_http_version(),
         req.headers,
     )
+    return head, body
 
 
 async def answer_early(

@@ -43,12 +43,14 @@ def publish_request(n_items: int = 1, extra_headers: bytes = b"") -> bytes:
 
 def test_whole_request_reads_a_complete_request():
     data = publish_request()
-    head = http1.whole_request(data, MAX_HEADER_BYTES)
-    assert head is not None
+    request = http1.whole_request(data, MAX_HEADER_BYTES)
+    assert request is not None
+    head, body = request
     assert (head.method, head.url, head.version) == ("POST", "/publish/", "1.1")
+    assert data.endswith(b"\r\n\r\n" + body) and json.loads(body)["items"]
     assert (b"Content-Type", b"application/json") in head.headers
     get = http1.whole_request(b"GET /status HTTP/1.0\r\n\r\n", MAX_HEADER_BYTES)
-    assert get is not None and get.version == "1.0"
+    assert get is not None and get[0].version == "1.0" and get[1] == b""
 
 
 @pytest.mark.parametrize(
@@ -141,7 +143,8 @@ def decide(api: HttpApi, data: bytes) -> tuple[bool, bytes]:
         if data:
             b.sendall(data)
         stream = RawStream(a)
-        return api._inline(stream), stream.pending
+        request = api._inline(stream)  # served inline: the request, read (nothing kept)
+        return request is not None, stream.pending if request is None else data
     finally:
         a.close()
         b.close()
