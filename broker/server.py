@@ -14,6 +14,7 @@ configured by the CLI, ``broker.runtime.logsetup``).  The parts:
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -359,6 +360,23 @@ async def serve_broker(cfg: Config, reload_config: Callable[[], Config] | None =
             await broker_lifecycle.BrokerLifecycle(broker, reload_config).run(signals, nursery)
 
 
+def _run_profiled(*args: Any) -> None:
+    """``trio.run(*args)``; with ``GRIPCAST_BROKER_CPROFILE=<prefix>`` in the environment (a
+    diagnostic for the bench: Python calls per publish), the whole run under cProfile, saved
+    to ``<prefix>.<pid>.prof`` when the broker stops (as the edges' ``GRIPCAST_EDGE_CPROFILE``)."""
+    prefix = os.environ.get("GRIPCAST_BROKER_CPROFILE")
+    if not prefix:
+        trio.run(*args)
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(trio.run, *args)  # type: ignore[arg-type]
+    finally:
+        prof.dump_stats(f"{prefix}.{os.getpid()}.prof")
+
+
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Run the broker process; 0 after a clean stop, 1 if it could not start or crashed."""
     # what start-up made (modules, config, routes) lives as long as the process: out of the
@@ -366,7 +384,7 @@ def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> int:
     tune_gc(GC_THRESHOLD)
     ignore_late_stop_signals()
     try:
-        trio.run(serve_broker, cfg, reload_config)
+        _run_profiled(serve_broker, cfg, reload_config)
         ignore_stop_signals_for_exit()
     except ConfigError as exc:
         log.error("%s", exc)

@@ -109,13 +109,34 @@ def respond(
     return Response(status, status_reason(status), headers, data)
 
 
-def _norm(headers: Headers) -> list[tuple[str, str]]:
-    out = []
+class NormHeaders(list[tuple[str, str]]):
+    """Headers as ``_norm`` makes them (text, names lower-case, values stripped): ``_norm``
+    returns such a list as it is, so a request's headers are normalised once and handed to
+    ``check_head``, ``negotiate``, ``handle_request`` and the auth check alike."""
+
+    __slots__ = ()
+
+
+def _norm(headers: Headers) -> NormHeaders:
+    if type(headers) is NormHeaders:
+        return headers
+    try:  # the usual input: the parser's (bytes, bytes) pairs
+        return NormHeaders(
+            [(k.decode("latin-1").lower(), v.decode("latin-1").strip()) for k, v in headers]  # type: ignore[union-attr]
+        )
+    except AttributeError:  # text among them
+        pass
+    out = NormHeaders()
     for k, v in headers:
         ks = k.decode("latin-1") if isinstance(k, (bytes, bytearray)) else k
         vs = v.decode("latin-1") if isinstance(v, (bytes, bytearray)) else v
         out.append((ks.lower(), vs.strip()))
     return out
+
+
+def norm_headers(headers: Headers) -> NormHeaders:
+    """``headers`` normalised once for every check of one request (see ``NormHeaders``)."""
+    return _norm(headers)
 
 
 def check_head(method: str, headers: Headers) -> HeadCheck:
@@ -208,8 +229,8 @@ log = logging.getLogger(__name__)
 
 # a connection as the handlers use it: a RawStream (the accept loop's), or trio's stream
 Stream = RawStream | trio.SocketStream
-# a request read whole: its head and body
-Request = tuple[http1.RequestHead, bytes]
+# a request read whole: its head, its body, and its headers normalised once (``NormHeaders``)
+Request = tuple[http1.RequestHead, bytes, NormHeaders]
 REQUEST_TIMEOUT_S = 30.0  # a connection's whole exchange (request, publish, answer)
 SWEEP_S = 1.0  # how often connections past REQUEST_TIMEOUT_S are looked for and closed
 REFUSE_TIMEOUT_S = 1.0
@@ -331,11 +352,12 @@ class HttpApi:
         head = request[0]
         if head.method != "POST" or head.url.split("?", 1)[0] not in ("/publish", "/publish/"):
             return None
-        check = check_head(head.method, head.headers)
+        hs = norm_headers(head.headers)
+        check = check_head(head.method, hs)
         if check.response is not None or check.expect_continue:
             return None
         stream.pending = b""  # read: the exchange takes the request as it is
-        return request
+        return head, request[1], hs
 
     async def _handle(self, stream: Stream, request: Request | None = None) -> None:
         maxconn = self.cfg.http_maxconn
@@ -400,7 +422,8 @@ class HttpApi:
         if head is None:
             return None
         version = head.version
-        check = check_head(head.method, head.headers)
+        hs = norm_headers(head.headers)
+        check = check_head(head.method, hs)
         if check.response is not None:
             await http1.answer_early(stream, check.response.to_bytes(version), MAX_BODY_BYTES)
             return None
@@ -413,17 +436,17 @@ class HttpApi:
             return None
         if body is None:
             return None
-        return head, body
+        return head, body, hs
 
     async def _exchange(self, stream: Stream, request: Request | None = None) -> None:
         if request is None:
             request = await self._read_request(stream)
             if request is None:
                 return
-        head, body = request
+        head, body, hs = request
         method, url, version = head.method, head.url, head.version
         if url.startswith("/status") and self.status is not None:  # not a publish: not counted
-            answer = self.status.answer(method, url, head.headers, time.time())
+            answer = self.status.answer(method, url, hs, time.time())
             if answer is not None:  # logged without the query (it can hold a token)
                 log.debug(
                     "http api method=%s path=%s code=%d", method, url.split("?")[0], answer.status
@@ -432,15 +455,13 @@ class HttpApi:
                 return
         p = self.pipeline
         if channelapi.match_path(url):  # the channel API (its own module), same auth
-            capi = await p.channels.http(
-                method, url, self.auth.check(method, url, head.headers, time.time())
-            )
+            capi = await p.channels.http(method, url, self.auth.check(method, url, hs, time.time()))
             await stream.send_all(
                 respond(capi.status, capi.body, capi.content_type, capi.headers).to_bytes(version)
             )
             return
         p.received("http")
-        denied = self.auth.check(method, url, head.headers, time.time())
+        denied = self.auth.check(method, url, hs, time.time())
         if denied is not None:
             p.reject("http", f"unauthorized: {denied}")
             await stream.send_all(
@@ -453,14 +474,14 @@ class HttpApi:
         if pres is not None:
             await stream.send_all(respond(*pres).to_bytes(version))
             return
-        result = handle_request(method, url, head.headers, body)
+        result = handle_request(method, url, hs, body)
         if result.error:
             p.reject("http", result.error)
         response = result.response
         if result.items:
             try:
                 stored = await p.publish(result.items, strict=True)
-                if response.status == 200 and negotiate(head.headers) == _JSON:  # with the ids
+                if response.status == 200 and negotiate(hs) == _JSON:  # with the ids
                     doc = channelapi.published_answer(result.items, stored)
                     response = respond(200, json.dumps(doc) + "\n", _JSON)
             except StoreUnavailable:

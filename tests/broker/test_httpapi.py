@@ -184,3 +184,33 @@ def test_response_bytes():
     )
     assert r.to_bytes("1.0").startswith(b"HTTP/1.0 200 OK\r\n")
     assert httpapi.header_too_large().body == b"Request header too large.\n"
+
+
+# -- headers normalised once per request -----------------------------------------------------------
+
+
+def test_norm_headers_bytes_text_and_mixed():
+    raw = [(b"Content-Length", b" 12 "), (b"ACCEPT", b"application/json")]
+    hs = httpapi.norm_headers(raw)
+    assert list(hs) == [("content-length", "12"), ("accept", "application/json")]
+    mixed = [("Content-Length", b"12"), (b"Accept", " text/plain")]
+    assert list(httpapi.norm_headers(mixed)) == [("content-length", "12"), ("accept", "text/plain")]
+    assert list(httpapi.norm_headers([(b"X", b"\xe9")])) == [("x", "\xe9")]  # latin-1
+
+
+def test_normalised_headers_are_not_normalised_again():
+    hs = httpapi.norm_headers([(b"Accept", b"application/json")])
+    assert httpapi.norm_headers(hs) is hs
+    # a plain list that looks normalised is still normalised (only NormHeaders passes through)
+    plain = [("Accept", " application/json ")]
+    assert list(httpapi.norm_headers(plain)) == [("accept", "application/json")]
+
+
+def test_checks_answer_the_same_for_raw_and_normalised_headers():
+    raw = [(b"Content-Length", b"5"), (b"Expect", b"100-Continue"), (b"Accept", b"application/*")]
+    hs = httpapi.norm_headers(raw)
+    assert httpapi.check_head("POST", raw) == httpapi.check_head("POST", hs)
+    assert httpapi.check_head("POST", hs).expect_continue
+    assert httpapi.negotiate(raw) == httpapi.negotiate(hs) == "application/json"
+    a, b = call(headers=raw), call(headers=hs)
+    assert a.response == b.response and a.items == b.items
