@@ -859,8 +859,16 @@ WIRING: tuple[Endpoint, ...] = (
         heartbeats=True,
         curve="server",
     ),
+    # an XPUB (its consumers see a PUB): its subscription notices say whether anyone listens
+    # (broker.ops.stats.StatsListeners); RCVHWM=0: no notice lost
     Endpoint(
-        "stats", "PUB", True, "broker", "stats consumers (Pushpin's stats socket)", "stats_spec"
+        "stats",
+        "XPUB",
+        True,
+        "broker",
+        "stats consumers (Pushpin's stats socket)",
+        "stats_spec",
+        options=(("RCVHWM", 0),),
     ),
     Endpoint(
         "zap",

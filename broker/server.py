@@ -315,6 +315,14 @@ class Broker:
                     lambda batch: p.handle_control(edge_ctl, batch),
                     name="broker.serve_edge_ctl",
                 )
+                stats_pub = b.pipeline.sockets.stats
+                if stats_pub is not None:  # its subscribers' notices (XPUB)
+                    nursery.start_soon(
+                        stats_pub.serve,
+                        lambda: stats_pub.recv_batch(BATCH_MAX),
+                        p.handle_stats_notices,
+                        name="broker.serve_stats_notices",
+                    )
                 nursery.start_soon(self._serve_heartbeat, name="broker.serve_heartbeat")
                 nursery.start_soon(self._serve_sequencer_timer, name="broker.serve_sequencer")
                 nursery.start_soon(self._serve_refused_markers, name="broker.serve_refused")

@@ -37,7 +37,7 @@ from broker.items import Item, parse_pull_frame, parse_sub_item
 from broker.namespaces import NamespaceTable, refused_command_reply, zmq_refusal
 from broker.ops.channelapi import ChannelApi
 from broker.ops.presenceapi import PresenceService
-from broker.ops.stats import StatsEncoder
+from broker.ops.stats import StatsEncoder, StatsListeners
 from broker.ratelimit import ActionLimiter
 from broker.runtime.zmqtrio import ZSocket
 from broker.sequencer import Sequencer, SequencerStatistics
@@ -105,6 +105,8 @@ class Pipeline:
         # the edges' reports: folded in even with the stats socket off (the status page reads
         # them, broker.ops.status); the same encoder as ``stats`` when that is on
         self.edge_stats = stats if stats is not None else edge_stats
+        # who subscribes to the stats socket (an XPUB): message packets only for them
+        self.stats_listeners = StatsListeners(stats.fmt if stats is not None else "tnetstring")
         self.sequencer = Sequencer(
             id_cache_ttl_s=cfg.id_cache_ttl_s, message_wait_s=cfg.message_wait_s
         )
@@ -275,8 +277,28 @@ class Pipeline:
             edge_pub.poke()
         if self.stats is not None and self.sockets.stats is not None:
             self.stats.received(len(envelopes))
-            self.emit_stats(self.stats.messages(envelopes, live))
+            if self._stats_heard():
+                self.emit_stats(self.stats.messages(envelopes, live))
+            else:
+                self.stats_listeners.skipped += len(envelopes)
         return envelopes
+
+    def _stats_heard(self) -> bool:
+        """Some stats subscription can match a message packet.  When none is known the
+        socket's pending notices are read first (no wait), so a subscriber is heard as soon as
+        a PUB would have heard it, not only at the notice task's next turn."""
+        listeners = self.stats_listeners
+        if listeners.messages:
+            return True
+        z = self.sockets.stats
+        if z is not None and z.readable():
+            listeners.notices(z.recv_batch(BATCH_MAX))
+            z.poke()  # more than a batch: the notice task reads the rest
+        return listeners.messages
+
+    async def handle_stats_notices(self, batch: list[list[bytes]]) -> None:
+        """The stats socket's subscription notices (``StatsListeners``)."""
+        self.stats_listeners.notices(batch)
 
     def _mark_before(self, envelopes: list[Envelope]) -> None:
         """Send the marker ``(epoch, seq - 1)`` of each unmarked channel's first envelope."""

@@ -270,6 +270,40 @@ class EdgeState:
     max_lag_s: float = 0.0
 
 
+class StatsListeners:
+    """What the stats socket's subscribers hold, from its subscription notices (the socket is
+    an XPUB: a plain PUB for its consumers), so that the per-publish ``message`` packets are
+    built only when a subscription can match them: a PUB drops them unread otherwise, and with
+    many channels building them was ~8% of the broker's CPU per published item.
+
+    The notices are libzmq's: ``\x01<topic>`` when a topic gets its first subscriber,
+    ``\x00<topic>`` when its last one leaves (or disconnects).  Only ``message`` packets are
+    skipped; reports and the edges' packets go out as before (they are not per message)."""
+
+    def __init__(self, fmt: str = "tnetstring") -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"stats format {fmt!r} is not one of {FORMATS}")
+        self.prefix = b"message " + (b"J" if fmt == "json" else b"T")  # every message packet's
+        self.topics: set[bytes] = set()
+        self.messages = False  # some subscription can match a message packet
+        self.skipped = 0  # message packets not built: no subscriber for them
+
+    def notices(self, frames: Iterable[list[bytes]]) -> None:
+        """Fold in a batch of XPUB notices (each a message's frames; the first one counts)."""
+        for msg in frames:
+            if not msg or not msg[0]:
+                continue
+            notice = msg[0]
+            if notice[0] == 1:
+                self.topics.add(notice[1:])
+            elif notice[0] == 0:
+                self.topics.discard(notice[1:])
+        p = self.prefix
+        # a topic matches the packets that start with it: one no longer than the prefix
+        # decides alone; a longer one may match some message packets (their fields decide)
+        self.messages = any(p.startswith(t) or t.startswith(p) for t in self.topics)
+
+
 class StatsEncoder:
     def __init__(
         self,
