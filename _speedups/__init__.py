@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         make_envelope,
         message_packets,
         recv_frames,
+        recv_single,
         retain,
         send_frames,
     )
@@ -79,6 +80,7 @@ else:
     retain = _modules["fanout"].retain
     send_frames = _modules["fanout"].send_frames
     recv_frames = _modules["fanout"].recv_frames
+    recv_single = _modules["fanout"].recv_single
     http_chunk = _modules["framing"].http_chunk
     http_chunks = _modules["framing"].http_chunks
     send_batch = _modules["sendmany"].send_batch
@@ -108,6 +110,7 @@ __all__ = [
     "normalise_item",
     "payload_bytes",
     "recv_frames",
+    "recv_single",
     "retain",
     "send_batch",
     "send_frames",

@@ -45,6 +45,7 @@ ctypedef int (*zmq_msg_recv_t)(zmq_msg_t* msg, void* sock, int flags) noexcept n
 ctypedef void* (*zmq_msg_data_t)(zmq_msg_t* msg) noexcept nogil
 ctypedef size_t (*zmq_msg_size_t)(const zmq_msg_t* msg) noexcept nogil
 ctypedef int (*zmq_msg_close_t)(zmq_msg_t* msg) noexcept nogil
+ctypedef int (*zmq_msg_more_t)(const zmq_msg_t* msg) noexcept nogil
 
 cdef zmq_send_t _zmq_send = NULL
 cdef zmq_msg_init_t _zmq_msg_init = NULL
@@ -52,6 +53,7 @@ cdef zmq_msg_recv_t _zmq_msg_recv = NULL
 cdef zmq_msg_data_t _zmq_msg_data = NULL
 cdef zmq_msg_size_t _zmq_msg_size = NULL
 cdef zmq_msg_close_t _zmq_msg_close = NULL
+cdef zmq_msg_more_t _zmq_msg_more = NULL
 cdef int _zmq_bound = 0  # 0 not tried, 1 found, -1 not available
 cdef int _ZMQ_DONTWAIT = zmq.NOBLOCK
 cdef int _ETERM = zmq.ETERM
@@ -76,7 +78,7 @@ ENVELOPE_KEYS_PACKED = (K_HEAD, K_EPOCH, K_ID, K_PREV, K_FORMATS, K_META, K_TS)
 
 cdef void _bind_zmq():
     global _zmq_send, _zmq_bound, _zmq_msg_init, _zmq_msg_recv, _zmq_msg_data, _zmq_msg_size
-    global _zmq_msg_close
+    global _zmq_msg_close, _zmq_msg_more
     _zmq_bound = -1
     try:
         import ctypes
@@ -87,7 +89,7 @@ cdef void _bind_zmq():
             ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
             for name in (
                 "zmq_send", "zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size",
-                "zmq_msg_close",
+                "zmq_msg_close", "zmq_msg_more",
             )
         ]
     except Exception:
@@ -99,6 +101,7 @@ cdef void _bind_zmq():
         _zmq_msg_data = <zmq_msg_data_t><uintptr_t>addrs[3]
         _zmq_msg_size = <zmq_msg_size_t><uintptr_t>addrs[4]
         _zmq_msg_close = <zmq_msg_close_t><uintptr_t>addrs[5]
+        _zmq_msg_more = <zmq_msg_more_t><uintptr_t>addrs[6]
         _zmq_bound = 1
 
 
@@ -454,6 +457,49 @@ def recv_frames(sock, Py_ssize_t limit):
         finally:
             _zmq_msg_close(&msg)
     return out
+
+
+def recv_single(sock, Py_ssize_t limit):
+    """Up to ``limit`` messages ready on ``sock`` now: those of one frame as bytes, and how
+    many of more than one frame were read whole and left out (the broker's PULL input); with
+    libzmq's ``zmq_msg_recv``/``zmq_msg_more``, else through pyzmq (the pure twin's way)."""
+    cdef list out = []
+    cdef Py_ssize_t multipart = 0
+    cdef void* handle = NULL
+    cdef zmq_msg_t msg
+    cdef int rc, err, more
+    cdef bint skipping = False
+    if _zmq_bound == 0:
+        _bind_zmq()
+    if _zmq_bound == 1 and not sock.closed:
+        handle = <void*><uintptr_t>sock.underlying
+    if handle == NULL:
+        from _speedups import _fanout_py
+        return _fanout_py.recv_single(sock, limit)
+    while skipping or len(out) + multipart < limit:
+        _zmq_msg_init(&msg)
+        rc = _zmq_msg_recv(&msg, handle, _ZMQ_DONTWAIT)
+        if rc < 0:
+            err = errno
+            _zmq_msg_close(&msg)
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                break  # (never inside a multipart message: its parts arrive together)
+            if err == _ETERM:
+                raise zmq.ContextTerminated(err)
+            raise zmq.ZMQError(err)
+        more = _zmq_msg_more(&msg)
+        try:
+            if skipping or more:
+                if not skipping:
+                    multipart += 1
+                skipping = more != 0
+            else:
+                out.append(PyBytes_FromStringAndSize(<char*>_zmq_msg_data(&msg), <Py_ssize_t>_zmq_msg_size(&msg)))
+        finally:
+            _zmq_msg_close(&msg)
+    return out, multipart
 
 
 def make_envelope(cls, channel, seq, epoch, formats, id, prev_id, meta, ts):

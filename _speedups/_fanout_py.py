@@ -35,6 +35,11 @@ here).  The bytes equal ``packet("message", {...})``'s (tests/broker/test_stats.
 bytes (the edges' SUB and DEALER readers; the compiled twin reads with libzmq's
 ``zmq_msg_recv``: no pyzmq call per frame and no ``zmq.Again`` raised at the end of a batch).
 
+``recv_single(sock, limit)``: up to ``limit`` messages ready on ``sock`` now: those of one frame
+as bytes, and the number of messages of more than one frame, read whole and left out
+(``(frames, multipart)``; the broker's PULL input, where Pushpin refuses a message with
+``parts != 1``: the compiled twin reads with ``zmq_msg_recv`` and ``zmq_msg_more``).
+
 ``decode_envelopes(frames, cls)``: for each fan-out frame, the ``cls`` (``broker.wire.Envelope``)
 it carries, or None when it is not an envelope of exactly the wire's types (the edge's reader,
 issue 16: one call per batch).  An Envelope when: a channel (valid UTF-8, at least one byte)
@@ -162,6 +167,25 @@ def recv_frames(sock: zmq.Socket[Any], limit: int) -> list[bytes]:
     except zmq.Again:
         pass
     return out
+
+
+def recv_single(sock: zmq.Socket[Any], limit: int) -> tuple[list[bytes], int]:
+    out: list[bytes] = []
+    multipart = 0
+    recv = sock.recv
+    noblock = zmq.NOBLOCK
+    try:
+        while len(out) + multipart < limit:
+            frame = recv(noblock)
+            if sock.getsockopt(zmq.RCVMORE):
+                while sock.getsockopt(zmq.RCVMORE):  # the rest came with it (atomic)
+                    recv(noblock)
+                multipart += 1
+            else:
+                out.append(frame)
+    except zmq.Again:
+        pass
+    return out, multipart
 
 
 def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> tuple[int, int]:

@@ -75,6 +75,12 @@ class ZSocket:
         ``_speedups.recv_frames``."""
         return _speedups.recv_frames(self.sock, limit)  # no zmq.Again raised (compiled twin)
 
+    def recv_single(self, limit: int = BATCH_MAX) -> tuple[list[bytes], int]:
+        """Up to ``limit`` messages ready now: the single-frame ones as bytes, and how many of
+        more than one frame were read and left out (``_speedups.recv_single``: the broker's
+        PULL input, one frame per message as Pushpin's)."""
+        return _speedups.recv_single(self.sock, limit)
+
     # -- sending (never blocks; wakes the parked reader) -----------------------------------------
 
     def send(self, frames: Sequence[bytes]) -> bool:

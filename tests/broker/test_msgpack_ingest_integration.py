@@ -43,6 +43,9 @@ def test_msgpack_frames_end_to_end(broker_proc):  # noqa: F811
         batch.insert(9, "not a map")
         push.send(b"B" + msgpack.packb(batch))
         push.send(b"B\xc1")  # not msgpack: rejected, nothing else disturbed
+        # two frames, each a good item alone: the message is refused whole (Pushpin's
+        # "parts != 1"), neither part published
+        push.send_multipart([b"M" + msgpack.packb(item(7777)), b"M" + msgpack.packb(item(7778))])
         push.send(
             b"J"
             + json.dumps(

@@ -481,6 +481,72 @@ def test_recv_frames_on_a_closed_socket_raises_like_pyzmq(twins):
         ctx.term()
 
 
+@pytest.fixture
+def pushpull():
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        pull.bind("inproc://fanout-pull-test")
+        push.connect("inproc://fanout-pull-test")
+        yield push, pull
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+
+
+def _read_single(mod, sock, want, limit):
+    frames: list[bytes] = []
+    multipart = 0
+    for _ in range(1000):  # inproc delivers at once; a few calls read it all
+        got, more = mod.recv_single(sock, limit)
+        assert len(got) + more <= limit
+        frames += got
+        multipart += more
+        if len(frames) + multipart >= want:
+            break
+    return frames, multipart
+
+
+def test_recv_single_keeps_single_frames_and_counts_multipart(twins, pushpull):
+    """The broker's PULL reader: single-frame messages as bytes, in order; a message of more
+    than one frame read whole (its parts never show up as messages) and counted."""
+    push, pull = pushpull
+    push.send(b"J{}")
+    push.send_multipart([b"a", b"b"])
+    push.send(b"")
+    push.send_multipart([b"c", b"d", b"e" * 70_000])
+    push.send(b"x" * 70_000)
+    assert _read_single(twins, pull, 5, 100) == ([b"J{}", b"", b"x" * 70_000], 2)
+    assert twins.recv_single(pull, 100) == ([], 0)
+    for i in range(10):  # the limit counts both kinds
+        push.send_multipart([b"m", b"%d" % i]) if i % 3 == 0 else push.send(b"%d" % i)
+    frames, multipart = _read_single(twins, pull, 10, 3)
+    assert frames == [b"%d" % i for i in range(10) if i % 3] and multipart == 4
+
+
+def test_recv_single_twins_agree(pushpull):
+    push, pull = pushpull
+    messages = [[b"%d" % i] if i % 4 else [b"%d" % i, b"more"] for i in range(60)]
+    results = []
+    for mod in _twins("fanout"):
+        for m in messages:
+            push.send_multipart(m)
+        results.append(_read_single(mod, pull, len(messages), 7))
+    assert results[0] == results[-1] == ([m[0] for m in messages if len(m) == 1], 15)
+
+
+def test_recv_single_on_a_closed_socket_raises_like_pyzmq(twins):
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.close()
+    try:
+        with pytest.raises(zmq.ZMQError):
+            twins.recv_single(pull, 10)
+    finally:
+        ctx.term()
+
+
 # -- decode_envelopes: the edge's reader, a batch of fan-out frames in one call ---------------
 
 _ENV_VALUES = st.one_of(
