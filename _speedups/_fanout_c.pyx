@@ -419,18 +419,46 @@ def send_frames(sock, list frames):
     return sent, blocked
 
 
+cdef void* _handle(sock):
+    """The libzmq socket behind pyzmq's ``sock``, or NULL (libzmq not bound, or closed)."""
+    if _zmq_bound == 0:
+        _bind_zmq()
+    if _zmq_bound == 1 and not sock.closed:
+        return <void*><uintptr_t>sock.underlying
+    return NULL
+
+
+cdef int _recv_msg(void* handle, zmq_msg_t* msg) except -1:
+    """One message part into ``msg`` (initialised here; the caller closes it when this
+    returns 1), without waiting: 1 received, 0 none ready; ZeroMQ's errors raised."""
+    cdef int rc, err
+    while True:
+        _zmq_msg_init(msg)
+        rc = _zmq_msg_recv(msg, handle, _ZMQ_DONTWAIT)
+        if rc >= 0:
+            return 1
+        err = errno
+        _zmq_msg_close(msg)
+        if err == EINTR:
+            continue
+        if err == EAGAIN:
+            return 0
+        if err == _ETERM:
+            raise zmq.ContextTerminated(err)
+        raise zmq.ZMQError(err)
+
+
+cdef inline bytes _msg_bytes(zmq_msg_t* msg):
+    return PyBytes_FromStringAndSize(<char*>_zmq_msg_data(msg), <Py_ssize_t>_zmq_msg_size(msg))
+
+
 def recv_frames(sock, Py_ssize_t limit):
     """Up to ``limit`` messages ready on ``sock`` now, each as bytes (one frame each: the
     edges' SUB and DEALER), read with libzmq's ``zmq_msg_recv`` (no pyzmq call and no
     ``zmq.Again`` raised per batch); without it (or on a closed socket), ``sock.recv``."""
     cdef list out = []
-    cdef void* handle = NULL
+    cdef void* handle = _handle(sock)
     cdef zmq_msg_t msg
-    cdef int rc, err
-    if _zmq_bound == 0:
-        _bind_zmq()
-    if _zmq_bound == 1 and not sock.closed:
-        handle = <void*><uintptr_t>sock.underlying
     if handle == NULL:
         recv = sock.recv
         try:
@@ -439,21 +467,9 @@ def recv_frames(sock, Py_ssize_t limit):
         except _Again:
             pass
         return out
-    while len(out) < limit:
-        _zmq_msg_init(&msg)
-        rc = _zmq_msg_recv(&msg, handle, _ZMQ_DONTWAIT)
-        if rc < 0:
-            err = errno
-            _zmq_msg_close(&msg)
-            if err == EINTR:
-                continue
-            if err == EAGAIN:
-                break
-            if err == _ETERM:
-                raise zmq.ContextTerminated(err)
-            raise zmq.ZMQError(err)
+    while len(out) < limit and _recv_msg(handle, &msg):
         try:
-            out.append(PyBytes_FromStringAndSize(<char*>_zmq_msg_data(&msg), <Py_ssize_t>_zmq_msg_size(&msg)))
+            out.append(_msg_bytes(&msg))
         finally:
             _zmq_msg_close(&msg)
     return out
@@ -465,38 +481,23 @@ def recv_single(sock, Py_ssize_t limit):
     libzmq's ``zmq_msg_recv``/``zmq_msg_more``, else through pyzmq (the pure twin's way)."""
     cdef list out = []
     cdef Py_ssize_t multipart = 0
-    cdef void* handle = NULL
+    cdef void* handle = _handle(sock)
     cdef zmq_msg_t msg
-    cdef int rc, err, more
+    cdef int more
     cdef bint skipping = False
-    if _zmq_bound == 0:
-        _bind_zmq()
-    if _zmq_bound == 1 and not sock.closed:
-        handle = <void*><uintptr_t>sock.underlying
     if handle == NULL:
         from _speedups import _fanout_py
         return _fanout_py.recv_single(sock, limit)
-    while skipping or len(out) + multipart < limit:
-        _zmq_msg_init(&msg)
-        rc = _zmq_msg_recv(&msg, handle, _ZMQ_DONTWAIT)
-        if rc < 0:
-            err = errno
-            _zmq_msg_close(&msg)
-            if err == EINTR:
-                continue
-            if err == EAGAIN:
-                break  # (never inside a multipart message: its parts arrive together)
-            if err == _ETERM:
-                raise zmq.ContextTerminated(err)
-            raise zmq.ZMQError(err)
-        more = _zmq_msg_more(&msg)
+    # (a multipart message's parts arrive together: none ready never comes in the middle)
+    while (skipping or len(out) + multipart < limit) and _recv_msg(handle, &msg):
         try:
+            more = _zmq_msg_more(&msg)
             if skipping or more:
                 if not skipping:
                     multipart += 1
                 skipping = more != 0
             else:
-                out.append(PyBytes_FromStringAndSize(<char*>_zmq_msg_data(&msg), <Py_ssize_t>_zmq_msg_size(&msg)))
+                out.append(_msg_bytes(&msg))
         finally:
             _zmq_msg_close(&msg)
     return out, multipart
