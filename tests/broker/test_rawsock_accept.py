@@ -6,6 +6,7 @@ scripted."""
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from functools import partial
 
@@ -13,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from broker.runtime.rawsock import ACCEPT_PAUSE_S, accept_forever
+from broker.runtime.rawsock import ACCEPT_PAUSE_S, accept_forever, plain_accept
 
 
 class ScriptedListener:
@@ -142,3 +143,44 @@ def test_an_awaitable_from_on_accept_is_served_before_the_next_accept():
             s.close()
         lsock.close()
     assert events[:4] == ["accepted", "inline start", "inline end", "accepted"]
+
+
+# -- plain_accept: the listener's own accept without the wrapper's per-call enum work ----------
+
+
+def test_plain_accept_gives_the_same_sockets_as_accept():
+    lsock = listener()
+    port = lsock.getsockname()[1]
+    peers = [connect(port) for _ in range(2)]
+    try:
+        accept = plain_accept(lsock)
+        assert accept != lsock.accept  # the fast one
+        for peer in peers:
+            assert select.select([lsock], [], [], 5)[0]  # a connection is pending
+            sock, addr = accept()
+            with sock:
+                assert (sock.family, sock.type) == (socket.AF_INET, socket.SOCK_STREAM)
+                assert sock.getpeername() == peer.getsockname() == addr
+                assert not sock.get_inheritable()  # close-on-exec, as accept() makes it
+                peer.sendall(b"x")
+                sock.settimeout(5)
+                assert sock.recv(1) == b"x"
+        with pytest.raises(BlockingIOError):  # nothing pending: as the listener's accept
+            accept()
+    finally:
+        for p in peers:
+            p.close()
+        lsock.close()
+
+
+def test_plain_accept_keeps_accept_where_the_shortcut_does_not_apply():
+    blocking = socket.socket()
+    try:
+        assert plain_accept(blocking) == blocking.accept  # a blocking listener
+    finally:
+        blocking.close()
+    scripted = ScriptedListener(listener(), [])
+    try:
+        assert plain_accept(scripted) == scripted.accept  # not a stdlib socket
+    finally:
+        scripted.sock.close()
