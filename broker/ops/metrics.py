@@ -172,6 +172,18 @@ class BrokerCollector(Collector):
                 "Edge stats reports refused as invalid.",
                 value=stats.bad_reports,
             )
+            listeners = b.pipeline.stats_listeners
+            yield GaugeMetricFamily(
+                P + "stats_message_listeners",
+                "1 while some stats socket subscription can receive message packets.",
+                value=1 if listeners.messages else 0,
+            )
+            yield CounterMetricFamily(
+                P + "stats_message_packets_skipped",
+                "Published messages whose stats message packets were not built: no "
+                "subscription could receive them.",
+                value=listeners.skipped,
+            )
         # namespaces and presence (broker.namespaces, broker.ops.presence)
         p = b.pipeline
         yield CounterMetricFamily(

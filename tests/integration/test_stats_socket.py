@@ -262,3 +262,18 @@ def test_stats_socket_conn_events_from_edges(tmp_path):
                 )
             )
             pump(lambda k, f: k == "report" and f["connections"] == 0, start=len(seen))
+
+            # the broker built every message packet for this consumer; once it leaves, a
+            # publish builds none (the XPUB's unsubscribe notice)
+            m = scrape(mport)
+            assert m["gripcast_broker_stats_message_listeners"] == 1
+            assert m["gripcast_broker_stats_message_packets_skipped_total"] == 0
+            sub.close()
+            until = time.monotonic() + 10
+            while scrape(mport)["gripcast_broker_stats_message_listeners"] != 0:
+                assert time.monotonic() < until
+                time.sleep(0.05)
+            item = {"channel": "cs", "formats": {"http-stream": {"content": "z\n"}}}
+            r = httpx.post(cluster.publish_url + "/publish/", json={"items": [item]})
+            assert r.status_code == 200
+            assert scrape(mport)["gripcast_broker_stats_message_packets_skipped_total"] == 1
