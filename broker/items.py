@@ -285,7 +285,20 @@ def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
     msgpack item) and ``B`` (a msgpack array of items).  Returns the items and the reasons of
     the items rejected: the items of a ``B`` batch stand alone, as if each came in its own
     frame, so one bad item does not lose the others."""
-    if frame[:1] != b"B":
+    kind = frame[:1]
+    if kind == b"J" and type(frame) is bytes:
+        # Pushpin's usual framing (gripcontrol's ZeroMQ publishers), one item: the usual
+        # shape parsed here in one step; anything else (bad JSON, another shape, too big)
+        # takes the full path below, which gives every error its message
+        try:
+            value = _json_loads(frame[1:])
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            value = None
+        if type(value) is dict:
+            item = normalise_item(value, None, True, Item)
+            if item is not None and payload_bytes(item.formats) <= MAX_ITEM_BYTES:
+                return [item], []
+    if kind != b"B":
         try:
             return [parse_zmq_item(frame)], []
         except PublishError as exc:

@@ -22,7 +22,14 @@ from broker import wire
 from broker.errors import PublishError
 from broker.history import MemoryHistory
 from broker.ingest import tnetstring
-from broker.items import Item, _parse_item_full, parse_item, parse_pull_frame, parse_zmq_item
+from broker.items import (
+    MAX_ITEM_BYTES,
+    Item,
+    _parse_item_full,
+    parse_item,
+    parse_pull_frame,
+    parse_zmq_item,
+)
 from broker.sequencer import Sequencer
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -363,6 +370,49 @@ def test_pushpin_framings_are_unchanged_by_the_new_prefixes():
         [],
         ["received message with invalid format (tnetstring parse failed)"],
     )
+
+
+def _pull_reference(frame: bytes) -> tuple[list[Item], list[str]]:
+    """What a ``J`` frame gave before its one-step path: ``parse_zmq_item`` (decode, then the
+    complete rules)."""
+    try:
+        return [parse_zmq_item(frame)], []
+    except PublishError as exc:
+        return [], [exc.reason]
+
+
+def _j_frame(value) -> bytes:
+    return b"J" + json.dumps(value, default=lambda b: b.decode("latin-1")).encode()
+
+
+@SETTINGS
+@given(st.one_of(items, odd))
+def test_j_frames_parse_as_the_complete_path_does(value):
+    frame = _j_frame(value)
+    got, want = parse_pull_frame(frame), _pull_reference(frame)
+    assert got[1] == want[1]
+    assert [outcome(lambda i=i: i) for i in got[0]] == [outcome(lambda i=i: i) for i in want[0]]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"J",
+        b"J{",
+        b'J{"channel": "c"',
+        b"J[1, 2]",
+        b'J{"channel": "\\ud800", "formats": {"http-stream": {"content": "x"}}}',
+        b'J{"channel": "c", "formats": {"http-stream": {"content": "x"}}} trailing',
+        b'J{"channel": "c", "formats": {}}',
+        b"J"
+        + json.dumps(
+            {"channel": "c", "formats": {"http-stream": {"content": "x" * (MAX_ITEM_BYTES + 1)}}}
+        ).encode(),
+    ],
+)
+def test_odd_j_frames_keep_their_errors(frame):
+    assert parse_pull_frame(frame) == _pull_reference(frame)
+    assert parse_pull_frame(frame)[1]  # each refused, with its reason
 
 
 # -- sequencer, history, encoding: the batch paths == the one-by-one paths ------------------------
