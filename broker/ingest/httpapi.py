@@ -120,6 +120,8 @@ class NormHeaders(list[tuple[str, str]]):
 def _norm(headers: Headers) -> NormHeaders:
     if type(headers) is NormHeaders:
         return headers
+    if not isinstance(headers, (list, tuple)):
+        headers = list(headers)  # read twice below when text is among them
     try:  # the usual input: the parser's (bytes, bytes) pairs
         return NormHeaders(
             [(k.decode("latin-1").lower(), v.decode("latin-1").strip()) for k, v in headers]  # type: ignore[union-attr]

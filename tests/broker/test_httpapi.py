@@ -196,6 +196,9 @@ def test_norm_headers_bytes_text_and_mixed():
     mixed = [("Content-Length", b"12"), (b"Accept", " text/plain")]
     assert list(httpapi.norm_headers(mixed)) == [("content-length", "12"), ("accept", "text/plain")]
     assert list(httpapi.norm_headers([(b"X", b"\xe9")])) == [("x", "\xe9")]  # latin-1
+    # any iterable, text after bytes too (the bytes-only attempt stops at the text)
+    gen = (pair for pair in [(b"A", b"1"), ("B", "2")])
+    assert list(httpapi.norm_headers(gen)) == [("a", "1"), ("b", "2")]
 
 
 def test_normalised_headers_are_not_normalised_again():
