@@ -287,17 +287,18 @@ def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
     frame, so one bad item does not lose the others."""
     kind = frame[:1]
     if kind == b"J" and type(frame) is bytes:
-        # Pushpin's usual framing (gripcontrol's ZeroMQ publishers), one item: the usual
-        # shape parsed here in one step; anything else (bad JSON, another shape, too big)
-        # takes the full path below, which gives every error its message
+        # Pushpin's usual framing (gripcontrol's ZeroMQ publishers), one item: a JSON object
+        # goes straight to parse_item; anything else (bad JSON, not an object) takes the full
+        # path below, which gives those errors their message
         try:
             value = _json_loads(frame[1:])
         except (ValueError, UnicodeDecodeError, RecursionError):
             value = None
-        if type(value) is dict:
-            item = normalise_item(value, None, True, Item)
-            if item is not None and payload_bytes(item.formats) <= MAX_ITEM_BYTES:
-                return [item], []
+        if type(value) is dict:  # what parse_zmq_item does after decoding, minus its layers
+            try:
+                return [parse_item(value, json=True)], []
+            except PublishError as exc:
+                return [], [exc.reason]
     if kind != b"B":
         try:
             return [parse_zmq_item(frame)], []

@@ -110,14 +110,15 @@ def respond(
 
 
 class NormHeaders(list[tuple[str, str]]):
-    """Headers as ``_norm`` makes them (text, names lower-case, values stripped): ``_norm``
+    """Headers as ``norm_headers`` makes them (text, names lower-case, values stripped); it
     returns such a list as it is, so a request's headers are normalised once and handed to
     ``check_head``, ``negotiate``, ``handle_request`` and the auth check alike."""
 
     __slots__ = ()
 
 
-def _norm(headers: Headers) -> NormHeaders:
+def norm_headers(headers: Headers) -> NormHeaders:
+    """``headers`` normalised once for every check of one request (see ``NormHeaders``)."""
     if type(headers) is NormHeaders:
         return headers
     if not isinstance(headers, (list, tuple)):
@@ -136,14 +137,9 @@ def _norm(headers: Headers) -> NormHeaders:
     return out
 
 
-def norm_headers(headers: Headers) -> NormHeaders:
-    """``headers`` normalised once for every check of one request (see ``NormHeaders``)."""
-    return _norm(headers)
-
-
 def check_head(method: str, headers: Headers) -> HeadCheck:
     """Pushpin's server-level checks, made before the body is read."""
-    hs = _norm(headers)
+    hs = norm_headers(headers)
     lengths = [v for k, v in hs if k == "content-length"]
     has_te = any(k == "transfer-encoding" for k, _ in hs)
     if not lengths and (has_te or method.upper() not in _BODYLESS_METHODS):
@@ -164,7 +160,7 @@ def check_head(method: str, headers: Headers) -> HeadCheck:
 
 def negotiate(headers: Headers) -> str | None:
     """The response type from ``Accept`` (last acceptable entry wins, as in Pushpin), or None."""
-    accepts = [v for k, v in _norm(headers) if k == "accept"]
+    accepts = [v for k, v in norm_headers(headers) if k == "accept"]
     if not accepts:
         return _TEXT
     chosen = None
