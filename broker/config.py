@@ -153,6 +153,9 @@ class Config:
     # multi-host (docs/multihost.md): ZeroMQ heartbeats drop a silent TCP peer after 3 intervals
     # (0: off); CurveZMQ keys are Z85 text (``gripcast keygen``) or a path to a file holding one
     zmq_heartbeat_s: float = 5.0
+    # libzmq's I/O threads under SCHED_BATCH: woken by a send, they do not preempt the sending
+    # main thread (broker.runtime.iosched; Linux)
+    zmq_io_batch: bool = True
     curve_secret_key: str = ""  # broker's secret key: Curve on for the edge sockets
     curve_public_key: str = ""  # broker's public key (edges and tools use it as server key)
     curve_allowed_clients: tuple[str, ...] = ()  # allowed client public keys, files, or "*"

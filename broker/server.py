@@ -38,6 +38,7 @@ from broker.ops.stats import StatsEncoder
 from broker.ops.status import SAMPLE_INTERVAL_S as STATUS_SAMPLE_S
 from broker.ops.status import StatusPage, broker_figures
 from broker.runtime.gctune import tune_gc
+from broker.runtime.iosched import batch_io_threads
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
 from broker.runtime.ticks import sleep_tick
@@ -66,6 +67,8 @@ class _Bound:
         self.ctx = zmq.Context()
         self.sockets: list[ZSocket] = []
         try:
+            if cfg.zmq_io_batch:  # before the first send (broker.runtime.iosched)
+                batch_io_threads(self.ctx)
             settings = curve.curve_settings(cfg)
             self.zap: ZapAuthenticator | None = None
             if settings.server:  # before any Curve socket can take a handshake (docs/multihost.md)

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
+import zmq
 
 from _speedups import http_chunk
 from broker import wire
 from broker.config import Config
 from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtocolError
+from broker.runtime.iosched import batch_io_threads
 from broker.runtime.logsetup import configure_logging
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
 from broker.runtime.sdnotify import notify
@@ -675,6 +677,8 @@ async def serve(
     cfg: Config, index: int, routes: RouteTable, reload_config: Callable[[], Config] | None = None
 ) -> int:
     link = BrokerLinks(cfg, name=statsreport.edge_name(index))
+    if cfg.zmq_io_batch:  # the links' context (broker.runtime.iosched)
+        batch_io_threads(zmq.Context.instance())
     signers = load_signers(cfg, routes)  # here: a ConfigError inside the nursery is grouped
     load_origin_tls(cfg, routes)  # (the same: a bad CA file or client certificate)
     certs = load_certificates(cfg) if cfg.https_port else None  # ConfigError: exit 78
