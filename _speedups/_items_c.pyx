@@ -11,7 +11,14 @@ cdef Py_ssize_t MAX_FAST_ID_CHARS = 256
 
 
 cdef inline bint _id_ok(object s):
-    return len(<str>s) <= MAX_FAST_ID_CHARS and _ID_BAD(s) is None
+    """Short enough, and no control character (what ``_ID_BAD`` finds), read in C."""
+    cdef Py_UCS4 ch
+    if len(<str>s) > MAX_FAST_ID_CHARS:
+        return False
+    for ch in <str>s:
+        if ch < 0x20 or ch == 0x7f:
+            return False
+    return True
 cdef object _new = object.__new__
 # the meta of every item published without one (the pure twin's NO_META)
 cdef dict _NO_META = {}

@@ -291,6 +291,46 @@ def test_unusual_items_go_to_the_complete_parser(twins, value):
     assert twins.normalise_item(value, None, True, Item) is None
 
 
+@pytest.mark.parametrize(
+    ("item_id", "fast"),
+    [
+        ("plain-id", True),
+        ("x" * 256, True),  # MAX_FAST_ID_CHARS
+        ("é☃\U0001f600", True),  # non-ASCII: the compiled check reads code points
+        ("\x20~", True),  # the bounds of the printable range
+        ("x" * 257, False),
+        ("a\x00", False),
+        ("a\tb", False),
+        ("\x1f", False),
+        ("a\x7f", False),
+        ("\U0001f600\x7f", False),
+    ],
+)
+@pytest.mark.parametrize("key", ["id", "prev-id"])
+def test_ids_the_complete_parser_might_refuse_leave_the_fast_path(twins, item_id, fast, key):
+    value = {"channel": "c", key: item_id, "formats": {"http-stream": {"content": "x"}}}
+    item = twins.normalise_item(value, None, True, Item)
+    assert (item is not None) is fast
+    if fast:
+        assert item == parse_item(value, json=True)
+
+
+def test_parse_items_inline_path_is_parse_item(monkeypatch):
+    # parse_items inlines parse_item for the usual item: same items, same errors (413 over
+    # MAX_ITEM_BYTES, Pushpin's message for a bad one)
+    from broker import items as items_mod
+
+    values = [
+        {"channel": "c", "id": "1", "formats": {"http-stream": {"content": "x"}}},
+        {"channel": "c", "formats": {"http-stream": {"action": "close"}}},  # complete parser
+    ]
+    assert items_mod.parse_items(values, json=True) == [parse_item(v, json=True) for v in values]
+    monkeypatch.setattr(items_mod, "MAX_ITEM_BYTES", 3)
+    big = [{"channel": "c", "formats": {"http-stream": {"content": "four"}}}]
+    assert outcome(items_mod.parse_items, big, json=True) == outcome(parse_item, big[0], json=True)
+    assert outcome(items_mod.parse_items, big, json=True)[0] == "error"
+
+
 def test_error_messages_are_unchanged():
     cases = {
         b'J{"channel":"c","formats":{"http-stream":{"content":5}}}': "'http-stream' contains 'content' with wrong type",
