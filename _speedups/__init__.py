@@ -66,7 +66,13 @@ if TYPE_CHECKING:
         send_frames,
     )
     from _speedups._framing_py import http_chunk, http_chunks
-    from _speedups._items_py import NO_META, normalise_item, payload_bytes, unpack_batch
+    from _speedups._items_py import (
+        NO_META,
+        first_hint,
+        normalise_item,
+        payload_bytes,
+        unpack_batch,
+    )
     from _speedups._marks_py import held_marks
     from _speedups._sendmany_py import send_batch
     from _speedups._tnetstring_py import tnet_pop
@@ -87,6 +93,7 @@ else:
     normalise_item = _modules["items"].normalise_item
     unpack_batch = _modules["items"].unpack_batch
     payload_bytes = _modules["items"].payload_bytes
+    first_hint = _modules["items"].first_hint
     NO_META = _modules["items"].NO_META
     tnet_pop = _modules["tnetstring"].tnet_pop
     ws_frame = _modules["wsframe"].ws_frame
@@ -103,6 +110,7 @@ __all__ = [
     "decode_envelopes",
     "encode_envelopes",
     "fan_out",
+    "first_hint",
     "http_chunk",
     "http_chunks",
     "make_envelope",

@@ -498,6 +498,20 @@ def unpack_batch(data, item_cls):
     return values
 
 
+def first_hint(items):
+    """The pure twin's: the index of the first item with a ``hint`` format, or -1."""
+    cdef Py_ssize_t i = 0
+    cdef object formats, f
+    for item in items:
+        formats = item.formats
+        for f in ((<dict>formats).values() if type(formats) is dict else formats.values()):
+            if isinstance(f, dict):
+                if (<dict>f).get("action") == "hint" if type(f) is dict else f.get("action") == "hint":
+                    return i
+        i += 1
+    return -1
+
+
 def payload_bytes(formats):
     """The payload bytes of a formats map (the pure twin's)."""
     cdef Py_ssize_t n = 0

@@ -235,6 +235,17 @@ def payload_bytes(formats: Any) -> int:
     return n
 
 
+def first_hint(items: Any) -> int:
+    """The index of the first of ``items`` (objects with a ``formats`` map) that has a format
+    whose ``action`` is ``"hint"`` (``broker.ratelimit.has_hint``), or -1: the rate limiter's
+    scan of a batch, which usually has none."""
+    for i, item in enumerate(items):
+        for f in item.formats.values():
+            if isinstance(f, dict) and f.get("action") == "hint":
+                return i
+    return -1
+
+
 def unpack_batch(data: bytes, item_cls: type[Any]) -> Any:
     """``msgpack.unpackb(data, raw=False)`` (a ``B`` frame's body), with each map of a top-level
     array that has the usual item shape already replaced by its ``item_cls`` (as

@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from _speedups import first_hint
 from broker.items import Item
 
 MAX_CHANNELS = 100_000
@@ -113,10 +114,13 @@ class ActionLimiter:
         """Split ``items`` into (admitted, refused), in order.  An item whose hint the buckets
         refuse is admitted without its hint formats when it has others (a ``send`` for
         another transport), else refused."""
-        kept: list[Item] = []
+        start = first_hint(items)  # (compiled: a batch usually has no hint at all)
+        if start < 0:
+            return list(items), []
+        kept: list[Item] = list(items[:start])
         refused: list[Item] = []
         item: Item | None
-        for item in items:
+        for item in items[start:]:
             if has_hint(item) and not self.allow_hint(item.channel, now):
                 refused.append(item)
                 item = without_hints(item)

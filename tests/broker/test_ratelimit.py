@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from broker.items import Item
-from broker.ratelimit import ActionLimiter, TokenBucket
+from broker.ratelimit import ActionLimiter, TokenBucket, has_hint, without_hints
 
 
 def hint(channel: str, *, also_ws_send: bool = False) -> Item:
@@ -75,3 +78,49 @@ def test_channel_table_is_bounded(monkeypatch):
     for i in range(100):
         lim.allow_hint(f"ch{i}", float(i))
     assert lim.statistics().channels_tracked <= 10
+
+
+class _Formats(dict):
+    """A dict subclass format (isinstance, not the exact type): counted as has_hint counts it."""
+
+
+_fmt = st.one_of(
+    st.fixed_dictionaries(
+        {}, optional={"action": st.sampled_from(["send", "hint", "close", None, 1, b"hint"])}
+    ),
+    st.builds(_Formats, st.fixed_dictionaries({"action": st.sampled_from(["hint", "send"])})),
+    st.none(),
+    st.text(max_size=3),
+    st.lists(st.just("hint"), max_size=1),
+)
+_items = st.lists(
+    st.builds(
+        lambda fs: Item("c", dict(zip(["http-stream", "http-response", "ws-message"], fs))),
+        st.lists(_fmt, max_size=3),
+    ),
+    max_size=6,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # twins: no state
+@given(_items)
+def test_first_hint_twins_agree_with_has_hint(twins, items):
+    expected = next((i for i, item in enumerate(items) if has_hint(item)), -1)
+    assert twins.first_hint(items) == expected
+
+
+@given(_items)
+def test_filter_scan_first_equals_item_by_item(items):
+    # the compiled scan then the loop from the first hint: what the loop over every item gave
+    fast = ActionLimiter(100.0, 2.0, 100.0, now=0.0)
+    slow = ActionLimiter(100.0, 2.0, 100.0, now=0.0)
+    kept, refused = [], []
+    for item in items:
+        cur: Item | None = item
+        if has_hint(item) and not slow.allow_hint(item.channel, 0.0):
+            refused.append(item)
+            cur = without_hints(item)
+            if cur is None:
+                continue
+        kept.append(cur)
+    assert fast.filter(items, 0.0) == (kept, refused)
