@@ -184,6 +184,7 @@ class MemoryHistory:
         add = out.append
         channels = self._channels
         move_to_end = channels.move_to_end
+        get = channels.get
         max_bytes = self.max_bytes
         make = make_envelope
         keep = retain  # (see append)
@@ -199,7 +200,9 @@ class MemoryHistory:
             name = item.channel
             if name != cur_name:  # a run of one channel: looked up and moved to the end once
                 # (the channel written last is never the one evicted)
-                ch = self._channel(name)
+                ch = get(name)
+                if ch is None:
+                    ch = self._channel(name)
                 move_to_end(name)
                 cur_name = name
                 ring = ch.ring
@@ -226,7 +229,7 @@ class MemoryHistory:
             if item_id is not None:
                 ids[item_id] = seq
             retained += 1
-            n = payload_bytes(env.formats)
+            n = payload_bytes(item.formats)  # (env.formats is item.formats)
             ch.bytes += n
             payload += n
             while len(ring) > max_items or (ch.bytes > max_bytes and len(ring) > 1):
@@ -240,7 +243,8 @@ class MemoryHistory:
             if first:
                 first = False
                 expired_checked.add(name)
-                self._expire(ch, now)
+                if ring[0].ts < now - ch.max_age_s:  # (_expire's test, inlined)
+                    self._expire(ch, now)
             add(env)
         self._retained += retained
         self._payload += payload
