@@ -200,9 +200,8 @@ class MemoryHistory:
             name = item.channel
             if name != cur_name:  # a run of one channel: looked up and moved to the end once
                 # (the channel written last is never the one evicted)
-                ch = get(name)
-                if ch is None:
-                    ch = self._channel(name)
+                found = get(name)
+                ch = found if found is not None else self._channel(name)
                 move_to_end(name)
                 cur_name = name
                 ring = ch.ring
