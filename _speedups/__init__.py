@@ -53,7 +53,7 @@ COMPILED, _modules = _choose()
 
 if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
-    from _speedups._deliver_py import SessionCore, send_plain
+    from _speedups._deliver_py import SessionCore, queue_singles, send_plain
     from _speedups._fanout_py import (
         decode_envelopes,
         encode_envelopes,
@@ -101,6 +101,7 @@ else:
     ws_parse = _modules["wsframe"].ws_parse
     held_marks = _modules["marks"].held_marks
     send_plain = _modules["deliver"].send_plain
+    queue_singles = _modules["deliver"].queue_singles
     SessionCore = _modules["deliver"].SessionCore
 
 __all__ = [
@@ -115,6 +116,7 @@ __all__ = [
     "http_chunks",
     "make_envelope",
     "message_packets",
+    "queue_singles",
     "normalise_item",
     "payload_bytes",
     "recv_frames",

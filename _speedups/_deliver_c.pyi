@@ -40,3 +40,18 @@ def send_plain(
     others: list[Any],
     short: list[tuple[Any, bytes, int]],
 ) -> tuple[int, int, bytes | None]: ...
+def queue_singles(
+    envs: list[Any],
+    start: int,
+    members_of: dict[str, Any],
+    gate: dict[Any, Any] | None,
+    stream_cls: type,
+    ws_cls: type,
+    ws_frame_fn: Callable[[Any], bytes],
+    chunk_fn: Callable[[bytes], bytes],
+    render_fn: Callable[[bytes, str], bytes],
+    id_token: bytes,
+    pending: dict[Any, list[bytes]],
+    lat: Any,
+    wall: float,
+) -> tuple[int, int]: ...

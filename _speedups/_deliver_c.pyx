@@ -181,3 +181,93 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
         else:
             short.append((s, data, r))
     return deliveries, nbytes, frame
+
+
+def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls, ws_cls,
+                  ws_frame_fn, chunk_fn, render_fn, bytes id_token, dict pending, lat,
+                  double wall):
+    cdef Py_ssize_t i = start, n = PyList_GET_SIZE(envs), messages = 0
+    cdef bint gated = bool(gate)
+    cdef dict gate_d = gate if gated else None
+    cdef bint ssend, wsend
+    cdef SessionCore c
+    cdef PyObject* p
+    cdef object env, channel, formats, stream, resp, wsmsg, members, s, cls, cursor
+    cdef object raw, chunk, frame, data, content
+    if not (issubclass(stream_cls, SessionCore) and issubclass(ws_cls, SessionCore)):
+        raise TypeError("queue_singles: the session classes must derive from SessionCore")
+    while i < n:
+        env = <object>PyList_GET_ITEM(envs, i)
+        channel = env.channel
+        if i + 1 < n and (<object>PyList_GET_ITEM(envs, i + 1)).channel == channel:
+            break
+        formats = env.formats
+        stream = formats.get("http-stream")
+        resp = formats.get("http-response")
+        wsmsg = formats.get("ws-message")
+        if ((stream is not None and "content-filters" in stream)
+                or (resp is not None and "content-filters" in resp)
+                or (wsmsg is not None and "content-filters" in wsmsg)):
+            break
+        p = PyDict_GetItemWithError(members_of, channel)
+        if p == NULL or not (<object>p):
+            messages += 1
+            i += 1
+            continue
+        members = <object>p
+        ssend = stream is not None and stream.get("action", "send") == "send"
+        wsend = wsmsg is not None and wsmsg.get("action", "send") == "send"
+        for s in members:
+            cls = type(s)
+            if cls is stream_cls:
+                c = <SessionCore>s
+                if stream is None:
+                    if _filtered(c, channel):
+                        return i, messages
+                elif not ssend or c.state or c.track is not None or _filtered(c, channel):
+                    return i, messages
+            elif cls is ws_cls:
+                c = <SessionCore>s
+                if wsmsg is not None and (
+                        not wsend or c.state or c.deflate or _filtered(c, channel)):
+                    return i, messages
+            else:
+                return i, messages
+            if gated and PyDict_GetItemWithError(gate_d, (s, channel)) != NULL:
+                return i, messages
+        messages += 1
+        if lat is not None and env.ts:
+            lat.observe(wall - env.ts, len(members))
+        cursor = env.cursor
+        raw = chunk = frame = None
+        for s in members:
+            c = <SessionCore>s
+            if type(s) is stream_cls:
+                if stream is None:
+                    continue
+                if raw is None:
+                    content = stream.get("content")
+                    if content is None:
+                        raw = b""
+                    elif isinstance(content, str):
+                        raw = (<str>content).encode("utf-8")
+                    elif type(content) is bytes:
+                        raw = content
+                    else:
+                        raw = bytes(content)
+                    if id_token in raw:
+                        raw = render_fn(raw, cursor)
+                    chunk = chunk_fn(raw)
+                if not raw:
+                    continue
+                data = chunk if c.chunked else raw
+            else:
+                if wsmsg is None:
+                    continue
+                if frame is None:
+                    frame = ws_frame_fn(wsmsg)
+                data = frame
+            _set_cursor(c, channel, cursor)
+            _queue(pending, s, data)
+        i += 1
+    return i, messages

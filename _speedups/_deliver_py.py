@@ -196,3 +196,130 @@ def send_plain(
         else:
             short.append((s, data, n))
     return deliveries, nbytes, frame
+
+
+def queue_singles(
+    envs: list[Any],
+    start: int,
+    members_of: dict[str, Any],
+    gate: dict[Any, Any] | None,
+    stream_cls: type,
+    ws_cls: type,
+    ws_frame_fn: Callable[[Any], bytes],
+    chunk_fn: Callable[[bytes], bytes],
+    render_fn: Callable[[bytes, str], bytes],
+    id_token: bytes,
+    pending: dict[Any, list[bytes]],
+    lat: Any,
+    wall: float,
+) -> tuple[int, int]:
+    """A batch's messages of many channels, queued for the plain sessions (the pure twin).
+
+    ``Deliverer.deliver`` calls it for a batch of several messages: from ``envs[start]`` on,
+    each message that is alone on its channel in this stretch of the batch (the next message
+    is on another channel), whose formats name no ``content-filters``, and whose sessions
+    (``members_of[channel]``, a set, possibly missing or empty) are all plain, is taken here:
+
+    * plain: an open HTTP stream (``type(s) is stream_cls``, ``s.state`` 0, ``s.track`` None,
+      no filter for the channel) of a message with an ``http-stream`` format whose action is
+      ``send``, or an open WebSocket without permessage-deflate (``type(s) is ws_cls``,
+      ``s.state`` 0, ``s.deflate`` false, no filter) of a message with a ``ws-message`` format
+      whose action is ``send``; or a message without the session's format (a stream without a
+      filter for the channel, any WebSocket): it gets nothing; and not held by the resume gate
+      (``gate[(s, channel)]``);
+    * the message is counted, its latency observed once for all its sessions
+      (``lat.observe(wall - env.ts, len(sessions))`` when ``lat`` is not None and ``env.ts``);
+    * a stream gets the format's ``content`` as bytes, ``id_token`` rendered with the message's
+      cursor (``render_fn``), framed by ``chunk_fn`` when ``s.chunked``; empty content gives
+      it nothing; a WebSocket gets ``ws_frame_fn(ws-message format)``, built once; each
+      appended to ``pending[s]`` and the session's cursor for the channel set.
+
+    It stops at the first message it does not take (a run of one channel, content filters,
+    or a session that is not plain: the caller's full rules deliver it, then call again from
+    the next one) and returns ``(index of that message or len(envs), messages taken)``.  What
+    it queues is what the caller's per-message loop queues for those messages, in the same
+    order.
+    """
+    n = len(envs)
+    i = start
+    messages = 0
+    gated = bool(gate)
+    s: Any
+    while i < n:
+        env = envs[i]
+        channel = env.channel
+        if i + 1 < n and envs[i + 1].channel == channel:
+            break  # a run of one channel: the caller joins it
+        formats = env.formats
+        stream = formats.get("http-stream")
+        resp = formats.get("http-response")
+        wsmsg = formats.get("ws-message")
+        if (
+            (stream is not None and "content-filters" in stream)
+            or (resp is not None and "content-filters" in resp)
+            or (wsmsg is not None and "content-filters" in wsmsg)
+        ):
+            break
+        members = members_of.get(channel)
+        if not members:
+            messages += 1
+            i += 1
+            continue
+        ssend = stream is not None and stream.get("action", "send") == "send"
+        wsend = wsmsg is not None and wsmsg.get("action", "send") == "send"
+        for s in members:
+            cls = type(s)
+            if cls is stream_cls:
+                if stream is None:  # nothing for it (a filter's verdict could set its cursor)
+                    if _filtered(s, channel):
+                        return i, messages
+                elif not ssend or s.state or s.track is not None or _filtered(s, channel):
+                    return i, messages
+            elif cls is ws_cls:
+                if wsmsg is not None and (
+                    not wsend or s.state or s.deflate or _filtered(s, channel)
+                ):
+                    return i, messages
+            else:
+                return i, messages
+            if gated and gate.get((s, channel)) is not None:  # type: ignore[union-attr]
+                return i, messages
+        messages += 1
+        if lat is not None and env.ts:
+            lat.observe(wall - env.ts, len(members))
+        cursor = env.cursor
+        raw: Any = None
+        chunk: Any = None
+        frame: Any = None
+        for s in members:
+            if type(s) is not ws_cls:  # (an HTTP stream: the check above took only these two)
+                if stream is None:
+                    continue
+                if raw is None:
+                    c = stream.get("content")
+                    if c is None:
+                        raw = b""
+                    elif isinstance(c, str):
+                        raw = c.encode("utf-8")
+                    else:
+                        raw = bytes(c)
+                    if id_token in raw:
+                        raw = render_fn(raw, cursor)
+                    chunk = chunk_fn(raw)
+                if not raw:
+                    continue
+                data = chunk if s.chunked else raw
+            else:
+                if wsmsg is None:
+                    continue
+                if frame is None:
+                    frame = ws_frame_fn(wsmsg)
+                data = frame
+            s.set_cursor(channel, cursor)
+            parts = pending.get(s)
+            if parts is None:
+                pending[s] = [data]
+            else:
+                parts.append(data)
+        i += 1
+    return i, messages

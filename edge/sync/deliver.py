@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from _speedups import http_chunk, send_batch, send_plain
+from _speedups import http_chunk, queue_singles, send_batch, send_plain
 from edge.grip import filters
 from edge.grip.jsonpatch import PatchError, patch_body
 from edge.grip.nextlink_track import Verdict
@@ -420,10 +420,34 @@ class Deliverer:
         starts, so every session's bytes stay in message order."""
         n = len(envs)
         i = 0
+        members_of = self.hub.members_map()
+        gate = self.gate
         while i < n:
             env = envs[i]
             ch = env.channel
             if i + 1 == n or envs[i + 1].channel != ch:  # (many channels: the usual case)
+                # messages alone on their channel whose sessions are all plain: queued in
+                # compiled code (_speedups.queue_singles); it stops at the first it leaves
+                # to the full rules, which take that one here
+                j, taken = queue_singles(
+                    envs,
+                    i,
+                    members_of,
+                    gate,
+                    StreamSession,
+                    WsSession,
+                    ws_message_frame,
+                    http_chunk,
+                    render_ids,
+                    ID_TOKEN,
+                    pending,
+                    lat,
+                    wall,
+                )
+                self._messages += taken
+                if j > i:
+                    i = j
+                    continue
                 yield env, None
                 i += 1
                 continue

@@ -117,6 +117,11 @@ class Hub(Generic[S]):
             del self._lingering[ch]
         return [Unsubscribe(ch) for ch in due]
 
+    def members_map(self) -> dict[str, set[S]]:
+        """Channel -> its sessions, the hub's own map (read-only for callers: the compiled
+        delivery path, ``_speedups.queue_singles``, looks channels up in it)."""
+        return self._members
+
     def sessions(self, channel: str) -> AbstractSet[S]:
         """The sessions on ``channel`` (a live set: copy it before awaiting)."""
         return self._members.get(channel, _EMPTY)

@@ -1,0 +1,194 @@
+"""``_speedups.queue_singles`` (both twins): a batch over many channels, queued in compiled
+code for the plain sessions, gives every session what the per-message rules give."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import _speedups
+import edge.sync.deliver as deliver_mod
+from broker.wire import Envelope
+from edge.grip.nextlink_track import PrevIds
+from edge.sync.deliver import Deliverer
+from edge.sync.hub import Hub
+from edge.sync.resume import _Gate
+from edge.ws.session import WsSession
+from edge.ws.timers import WsTimers
+from tests.edge.test_deliver import PipeEnd, session
+
+CHANNELS = ["a", "b", "c", "d"]
+
+
+@pytest.fixture(autouse=True)
+def pure_sends(monkeypatch):
+    """Pipes stand in for sockets: the pure send twins (the compiled ones use send(2))."""
+    monkeypatch.setattr(
+        "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
+    )
+    monkeypatch.setattr("edge.sync.deliver.send_plain", _speedups.twin("deliver", False).send_plain)
+
+
+def _disabled(envs, start, *args):
+    return start, 0  # every message to the per-message rules
+
+
+stream_fmt = st.fixed_dictionaries(
+    {
+        "content": st.sampled_from(
+            [b"x\n", "text é\n", b"", b"id: %(id)s\ndata: y\n\n", bytearray(b"ba")]
+        )
+    },
+    optional={
+        "action": st.sampled_from(["send", "send", "close", "hint"]),
+        "content-filters": st.just(["skip-self"]),
+    },
+)
+ws_fmt = st.fixed_dictionaries(
+    {"content": st.sampled_from([b"w", "wé".encode()])},
+    optional={"action": st.sampled_from(["send", "send", "close"])},
+)
+envelope = st.builds(
+    lambda ch, s, w, with_id, sender: (ch, s, w, with_id, sender),
+    st.sampled_from(CHANNELS),
+    st.one_of(st.none(), stream_fmt, stream_fmt),
+    st.one_of(st.none(), ws_fmt),
+    st.booleans(),
+    st.sampled_from([None, None, "u1"]),
+)
+# which sessions are on which channels: (kind, channels)
+KINDS = ["plain", "raw", "tracked", "filtered", "closing", "gated", "ws", "ws_deflate"]
+placement = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.sets(st.sampled_from(CHANNELS), min_size=1)),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _envs(spec):
+    seqs: dict[str, int] = {}
+    out = []
+    for ch, s, w, with_id, sender in spec:
+        seqs[ch] = seqs.get(ch, 0) + 1
+        formats = {}
+        if s is not None:
+            formats["http-stream"] = dict(s)
+        if w is not None:
+            formats["ws-message"] = dict(w)
+        out.append(
+            Envelope(
+                channel=ch,
+                seq=seqs[ch],
+                epoch="e",
+                id=f"i{ch}{seqs[ch]}" if with_id else None,
+                meta={"sender": sender} if sender else {},
+                formats=formats,
+                ts=0.5,
+            )
+        )
+    return out
+
+
+async def _run(spec, places, singles):
+    from edge.ws.deflate import Deflate
+
+    app = SimpleNamespace(ws_timers=WsTimers(None, resolution_s=0.1))
+    side = SimpleNamespace(close_published=lambda: None)
+    hub = Hub()
+    d = Deliverer(hub, 1 << 20, spawn=None)
+    from broker.histogram import IntHistogram
+
+    d.latency = IntHistogram()
+    ends = []  # (reader, session)
+    for kind, chans in places:
+        if kind.startswith("ws"):
+            a, b = socket.socketpair()
+            b.setblocking(False)
+            s = WsSession(
+                app,
+                a,
+                side=side,
+                prefix="",
+                now=0.0,
+                max_message=1 << 20,
+                deflate=Deflate() if kind == "ws_deflate" else None,
+            )
+            ends.append(((a, b), s))
+        else:
+            pipe = PipeEnd()
+            s = session(pipe, chunked=kind != "raw")
+            if kind == "tracked":
+                s.track = PrevIds({ch: "x" for ch in chans})
+            elif kind == "filtered":
+                s.filters = {ch: ("skip-self",) for ch in chans}
+                s.meta = {"user": "u1"}
+            elif kind == "closing":
+                s.close()
+            ends.append((pipe, s))
+        hub.add(s, sorted(chans), 0)
+        if kind == "gated":
+            d.gate[(s, sorted(chans)[0])] = _Gate()
+    deliver_mod.queue_singles = singles
+    await d.deliver(_envs(spec), now=1.0)
+    out = []
+    for end, s in ends:
+        if isinstance(end, tuple):
+            try:
+                data = end[1].recv(1 << 20)
+            except BlockingIOError:
+                data = b""
+            end[0].close()
+            end[1].close()
+        else:
+            data = end.read()
+            end.close()
+        held = [
+            [e.seq for e in g] for (gs, _ch), g in d.gate.items() if gs is s
+        ]  # what the resume gate holds for it
+        out.append((data, bytes(s.buf), s.cursors(), s.state, held))
+    stats = d.statistics()
+    lat = d.latency.statistics()  # (its total holds the wall clock of the run: not compared)
+    return out, stats.messages, stats.deliveries, lat.count
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(envelope, min_size=2, max_size=10), placement)
+def test_queue_singles_delivers_what_the_per_message_rules_do(monkeypatch, twins, spec, places):
+    real = deliver_mod.queue_singles
+    try:
+        fast = trio.run(_run, spec, places, twins.queue_singles)
+        rules = trio.run(_run, spec, places, _disabled)
+    finally:
+        deliver_mod.queue_singles = real
+    assert fast == rules
+
+
+def test_plain_singles_are_queued_by_queue_singles(twins):
+    """The many-channels case itself is taken (not left to the rules): every message."""
+    taken = []
+
+    def counting(envs, start, *args):
+        j, n = twins.queue_singles(envs, start, *args)
+        taken.append(n)
+        return j, n
+
+    spec = [(ch, {"content": b"m\n"}, None, True, None) for ch in CHANNELS]
+    spec[3] = ("d", {"content": "id: %(id)s\n"}, {"content": b"w"}, False, None)
+    places = [("plain", {ch}) for ch in CHANNELS] + [("ws", {"a"}), ("raw", {"b"})]
+    real = deliver_mod.queue_singles
+    try:
+        fast = trio.run(_run, spec, places, counting)
+        rules = trio.run(_run, spec, places, _disabled)
+    finally:
+        deliver_mod.queue_singles = real
+    assert taken == [4]  # one call took the whole batch
+    assert fast == rules
+    assert fast[0][0][0] == b"2\r\nm\n\r\n"
+    assert fast[0][3][0] == b"8\r\nid: e:1\n\r\n"  # the cursor rendered, str content
