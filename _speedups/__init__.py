@@ -53,7 +53,7 @@ COMPILED, _modules = _choose()
 
 if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
-    from _speedups._deliver_py import SessionCore, queue_singles, send_plain
+    from _speedups._deliver_py import SessionCore, queue_singles, send_pending, send_plain
     from _speedups._fanout_py import (
         decode_envelopes,
         encode_envelopes,
@@ -102,6 +102,7 @@ else:
     held_marks = _modules["marks"].held_marks
     send_plain = _modules["deliver"].send_plain
     queue_singles = _modules["deliver"].queue_singles
+    send_pending = _modules["deliver"].send_pending
     SessionCore = _modules["deliver"].SessionCore
 
 __all__ = [
@@ -124,6 +125,7 @@ __all__ = [
     "retain",
     "send_batch",
     "send_frames",
+    "send_pending",
     "send_plain",
     "tnet_pop",
     "twin",

@@ -55,3 +55,13 @@ def queue_singles(
     lat: Any,
     wall: float,
 ) -> tuple[int, int]: ...
+def send_pending(
+    items: list[tuple[Any, list[bytes]]],
+    start: int,
+    stop: int,
+    now: float,
+    stream_cls: type,
+    ws_cls: type,
+    rest: list[tuple[Any, list[bytes]]],
+    short: list[tuple[Any, bytes, int]],
+) -> tuple[int, int]: ...

@@ -271,3 +271,46 @@ def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls
             _queue(pending, s, data)
         i += 1
     return i, messages
+
+
+def send_pending(list items, Py_ssize_t start, Py_ssize_t stop, double now, stream_cls, ws_cls,
+                 list rest, list short):
+    cdef Py_ssize_t i, size = PyList_GET_SIZE(items), deliveries = 0, nbytes = 0
+    cdef SessionCore c
+    cdef object entry, s, parts, data
+    cdef ssize_t r
+    if not (issubclass(stream_cls, SessionCore) and issubclass(ws_cls, SessionCore)):
+        raise TypeError("send_pending: the session classes must derive from SessionCore")
+    if stop > size:
+        stop = size
+    if start < 0:
+        start = 0
+    for i in range(start, stop):
+        entry = <object>PyList_GET_ITEM(items, i)
+        s, parts = entry
+        if type(s) is not stream_cls and type(s) is not ws_cls:
+            rest.append(entry)
+            continue
+        c = <SessionCore>s
+        if c.state or c.writing or c.buf or c.crypt is not None:
+            rest.append(entry)
+            continue
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not data:
+            continue
+        if type(data) is not bytes:
+            data = bytes(data)
+        r = send(c.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
+        if r < 0:
+            if errno == EAGAIN or errno == EINTR:
+                r = 0
+            else:
+                r = -errno
+        if r == PyBytes_GET_SIZE(data):
+            deliveries += 1
+            nbytes += r
+            c.sent += r
+            c.last_out = now
+        else:
+            short.append((s, data, r))
+    return deliveries, nbytes

@@ -323,3 +323,48 @@ def queue_singles(
                 parts.append(data)
         i += 1
     return i, messages
+
+
+def send_pending(
+    items: list[tuple[Any, list[bytes]]],
+    start: int,
+    stop: int,
+    now: float,
+    stream_cls: type,
+    ws_cls: type,
+    rest: list[tuple[Any, list[bytes]]],
+    short: list[tuple[Any, bytes, int]],
+) -> tuple[int, int]:
+    """``Deliverer.write_many``'s common case (the pure twin): for each ``(s, parts)`` of
+    ``items[start:stop]``, a session of either class (``type(s)`` is ``stream_cls`` or
+    ``ws_cls``) that is open (``s.state`` 0), has its socket free (not
+    ``s.writing``), no backlog (``s.buf``) and no TLS (``s.crypt`` None) gets ``parts`` joined
+    in one non-blocking send on ``s.fd``; nothing when they are empty.  A whole send is counted
+    (the returned deliveries and bytes; ``s.sent``, ``s.last_out = now``), a short or failed
+    one appended to ``short`` as ``(s, data, n)`` (``n`` as ``send_batch`` gives it).  Every
+    other entry goes to ``rest`` untouched, in order, for the caller's rules (buffering,
+    closing, TLS, sessions already done).  Returns ``(deliveries, bytes)``."""
+    deliveries = nbytes = 0
+    for entry in items[start:stop]:
+        s, parts = entry
+        cls = type(s)
+        if (cls is not stream_cls and cls is not ws_cls) or s.state or s.writing or s.buf:
+            rest.append(entry)
+            continue
+        if s.crypt is not None:
+            rest.append(entry)
+            continue
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not data:
+            continue
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = send_batch([s.fd], [data])[0]
+        if n == len(data):
+            deliveries += 1
+            nbytes += n
+            s.sent += n
+            s.last_out = now
+        else:
+            short.append((s, data, n))
+    return deliveries, nbytes

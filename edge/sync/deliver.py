@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from _speedups import http_chunk, queue_singles, send_batch, send_plain
+from _speedups import http_chunk, queue_singles, send_batch, send_pending, send_plain
 from edge.grip import filters
 from edge.grip.jsonpatch import PatchError, patch_body
 from edge.grip.nextlink_track import Verdict
@@ -597,13 +597,25 @@ class Deliverer:
     async def write_many(self, items: Sequence[tuple[Writable, list[bytes]]], now: float) -> None:
         """Write ``[(session, [bytes, ...]), ...]``: one send per connection."""
         done_, closing = DONE, CLOSING  # states as locals: compared once per session
+        if type(items) is not list:
+            items = list(items)
         for start in range(0, len(items), SLICE):
             if start:
                 await trio.lowlevel.checkpoint()
+            # the open, idle, plain-text sessions: sent in compiled code; the rest below
+            rest: list[tuple[Writable, list[bytes]]] = []
+            short: list[tuple[Writable, bytes, int]] = []
+            sent, nbytes = send_pending(
+                items, start, start + SLICE, now, StreamSession, WsSession, rest, short
+            )
+            self._deliveries += sent
+            self._bytes += nbytes
+            for s, data, n in short:
+                self._sent_short(s, data, n, now)
             fds: list[int] = []
             datas: list[bytes] = []
             targets: list[Writable] = []
-            for s, parts in items[start : start + SLICE]:
+            for s, parts in rest:
                 if s.state >= done_:
                     continue  # checked here, after any checkpoint: the fd may be gone
                 data = parts[0] if len(parts) == 1 else b"".join(parts)

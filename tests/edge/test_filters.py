@@ -173,6 +173,9 @@ def pure_send_batch(monkeypatch):
         "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
     )
     monkeypatch.setattr("edge.sync.deliver.send_plain", _speedups.twin("deliver", False).send_plain)
+    monkeypatch.setattr(
+        "edge.sync.deliver.send_pending", _speedups.twin("deliver", False).send_pending
+    )
 
 
 DJANGO_HOLD = Hold(
