@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import zmq
@@ -26,6 +27,7 @@ import zmq
 log = logging.getLogger(__name__)
 
 IO_THREAD_PREFIX = "ZMQbg/IO/"  # libzmq names its I/O threads ZMQbg/IO/0, ZMQbg/IO/1, ...
+NAME_WAIT_S = 1.0  # at most this long for a just-started I/O thread to take its name
 _TASKS = Path("/proc/self/task")
 
 
@@ -55,8 +57,23 @@ def batch_io_threads(ctx: zmq.Context[zmq.Socket[bytes]]) -> int:
         return 0
     probe = ctx.socket(zmq.PAIR)  # starts the I/O threads if no socket has yet
     probe.close(linger=0)
+    # a new thread names itself once running: wait (briefly, at start) until the context's
+    # I/O threads are found by name
+    want = int(ctx.get(zmq.IO_THREADS))
+    deadline = time.monotonic() + NAME_WAIT_S
+    tids = io_thread_ids()
+    while len(tids) < want and time.monotonic() < deadline:
+        time.sleep(0.001)
+        tids = io_thread_ids()
+    if len(tids) < want:
+        log.warning(
+            "zmq_io_batch: %d of libzmq's %d I/O thread(s) found by name; the others keep "
+            "the default policy",
+            len(tids),
+            want,
+        )
     moved = 0
-    for tid in io_thread_ids():
+    for tid in tids:
         try:
             if os.sched_getscheduler(tid) != policy:
                 os.sched_setscheduler(tid, policy, os.sched_param(0))
