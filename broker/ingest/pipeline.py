@@ -33,7 +33,7 @@ from broker.errors import PublishError, RateLimited, RemoteProtocolError, StoreU
 from broker.histogram import IntHistogram
 from broker.ingest import commands
 from broker.ingest.relay import EdgeRelay
-from broker.items import Item, parse_pull_frame, parse_sub_item
+from broker.items import Item, parse_pull_frames, parse_sub_item
 from broker.namespaces import NamespaceTable, refused_command_reply, zmq_refusal
 from broker.ops.channelapi import ChannelApi
 from broker.ops.presenceapi import PresenceService
@@ -368,11 +368,10 @@ class Pipeline:
             self._received["pull"] += len(frames) + multipart
             for _ in range(multipart):
                 self.reject("pull", "received message with parts != 1")
-            for frame in frames:
-                parsed, errors = parse_pull_frame(frame)
-                items += parsed
-                for reason in errors:
-                    self.reject("pull", reason)
+            parsed, errors = parse_pull_frames(frames)
+            items += parsed
+            for reason in errors:
+                self.reject("pull", reason)
             if len(frames) + multipart < PULL_CHUNK:
                 break
         return items

@@ -28,6 +28,7 @@ from broker.items import (
     _parse_item_full,
     parse_item,
     parse_pull_frame,
+    parse_pull_frames,
     parse_zmq_item,
 )
 from broker.sequencer import Sequencer
@@ -619,3 +620,39 @@ def test_tnetstring_float_syntax_is_pythons_in_both_twins():
     for mod in _tnet_twins():
         assert _tnet_outcome(mod, b"7:1.5e+_6^") == ("error", "tnetstring: bad float")
         assert _tnet_outcome(mod, b"5:1.5e6^") == ("ok", (1.5e6, 8))
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            st.one_of(items, odd).map(_j_frame),
+            st.sampled_from([b"J", b"J{", b"J[]", b"X", b"B\x90", b"M\x80", b"J" + b"\x00" * 3]),
+            st.builds(
+                lambda n: _j_frame({"channel": "c", "formats": {"http-stream": {"content": n}}}),
+                st.sampled_from(["x", "y" * 40]),
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_pull_frames_parse_as_each_frame_does(frames):
+    # parse_pull_frames' inline J path gives what parse_pull_frame gives frame by frame,
+    # in order (items and reasons)
+    items_, errors = [], []
+    for frame in frames:
+        got = parse_pull_frame(frame)
+        items_ += got[0]
+        errors += got[1]
+    batch = parse_pull_frames(frames)
+    assert batch[1] == errors
+    assert [outcome(lambda i=i: i) for i in batch[0]] == [outcome(lambda i=i: i) for i in items_]
+
+
+def test_pull_frames_size_bound_is_parse_pull_frames(monkeypatch):
+    from broker import items as items_mod
+
+    monkeypatch.setattr(items_mod, "MAX_ITEM_BYTES", 3)
+    frame = _j_frame({"channel": "c", "formats": {"http-stream": {"content": "four"}}})
+    assert parse_pull_frames([frame]) == parse_pull_frame(frame)
+    assert parse_pull_frames([frame])[1][0].endswith("bytes")  # a 413's reason
