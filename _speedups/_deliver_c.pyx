@@ -110,6 +110,28 @@ cdef inline bint _filtered(SessionCore s, str channel) except -1:
     return bool(flt) and bool(flt.get(channel))
 
 
+cdef inline Py_ssize_t _send_counted(SessionCore c, object s, object data, double now,
+                                     list short) except -2:
+    """One non-blocking send of ``data`` (bytes, or copied once) on ``c.fd``: whole, its bytes
+    counted on the session and returned; short or failed, ``(s, data, n)`` appended to
+    ``short`` (``n``: bytes taken, 0 when it would block, -errno) and -1 returned."""
+    cdef ssize_t r
+    if type(data) is not bytes:
+        data = bytes(data)
+    r = send(c.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
+    if r < 0:
+        if errno == EAGAIN or errno == EINTR:
+            r = 0
+        else:
+            r = -errno
+    if r == PyBytes_GET_SIZE(data):
+        c.sent += r
+        c.last_out = now
+        return r
+    short.append((s, data, r))
+    return -1
+
+
 def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cursor, env, gate,
                chunk, raw, wsmsg, ws_frame_fn, stream_cls, ws_cls, dict pending, now,
                list others, list short):
@@ -165,21 +187,10 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
             except Exception:  # write_many tries again and handles the error
                 _queue(pending, s, data)
                 continue
-        if type(data) is not bytes:  # (bytes from the callers; anything else copied once)
-            data = bytes(data)
-        r = send(c.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
-        if r < 0:
-            if errno == EAGAIN or errno == EINTR:
-                r = 0
-            else:
-                r = -errno
-        if r == PyBytes_GET_SIZE(data):
+        r = _send_counted(c, s, data, t, short)
+        if r >= 0:
             deliveries += 1
             nbytes += r
-            c.sent += r
-            c.last_out = t
-        else:
-            short.append((s, data, r))
     return deliveries, nbytes, frame
 
 
@@ -298,19 +309,8 @@ def send_pending(list items, Py_ssize_t start, Py_ssize_t stop, double now, stre
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         if not data:
             continue
-        if type(data) is not bytes:
-            data = bytes(data)
-        r = send(c.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), MSG_DONTWAIT | MSG_NOSIGNAL)
-        if r < 0:
-            if errno == EAGAIN or errno == EINTR:
-                r = 0
-            else:
-                r = -errno
-        if r == PyBytes_GET_SIZE(data):
+        r = _send_counted(c, s, data, now, short)
+        if r >= 0:
             deliveries += 1
             nbytes += r
-            c.sent += r
-            c.last_out = now
-        else:
-            short.append((s, data, r))
     return deliveries, nbytes

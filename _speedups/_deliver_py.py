@@ -125,6 +125,21 @@ def _queue(pending: dict[Any, list[bytes]], s: Any, data: bytes) -> None:
         parts.append(data)
 
 
+def _send_counted(s: Any, data: Any, now: float, short: list[tuple[Any, bytes, int]]) -> int:
+    """One non-blocking send of ``data`` on ``s.fd``: whole, its bytes counted on the session
+    and returned; short or failed, ``(s, data, n)`` appended to ``short`` and -1 returned
+    (``n`` as the pure ``send_batch`` gives it: bytes taken, 0 when it would block, -errno)."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    n = send_batch([s.fd], [data])[0]
+    if n == len(data):
+        s.sent += n
+        s.last_out = now
+        return n
+    short.append((s, data, n))
+    return -1
+
+
 def _filtered(s: Any, channel: str) -> bool:
     """A filter on ``channel`` (the general loop applies it)."""
     flt = s.filters
@@ -187,14 +202,10 @@ def send_plain(
             except Exception:  # write_many tries again and handles the error
                 _queue(pending, s, data)
                 continue
-        n = send_batch([s.fd], [data])[0]  # the pure send_batch's contract: n, 0 or -errno
-        if n == len(data):
+        n = _send_counted(s, data, now, short)
+        if n >= 0:
             deliveries += 1
             nbytes += n
-            s.sent += n
-            s.last_out = now
-        else:
-            short.append((s, data, n))
     return deliveries, nbytes, frame
 
 
@@ -357,14 +368,8 @@ def send_pending(
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         if not data:
             continue
-        if type(data) is not bytes:
-            data = bytes(data)
-        n = send_batch([s.fd], [data])[0]
-        if n == len(data):
+        n = _send_counted(s, data, now, short)
+        if n >= 0:
             deliveries += 1
             nbytes += n
-            s.sent += n
-            s.last_out = now
-        else:
-            short.append((s, data, n))
     return deliveries, nbytes

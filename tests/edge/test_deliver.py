@@ -10,24 +10,18 @@ import pytest
 import trio
 import trio.testing
 
-import _speedups
 from broker.wire import Envelope
 from edge.grip.instruct import Hold
 from edge.grip.session import ResponseSession, StreamSession
 from edge.sync.deliver import Deliverer
 from edge.sync.hub import Hub
+from tests.edge.puresends import use_pure_sends
 
 
 @pytest.fixture(autouse=True)
 def pure_send_batch(monkeypatch):
     """Pipes stand in for sockets; the compiled twin uses send(2), which pipes refuse."""
-    monkeypatch.setattr(
-        "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
-    )
-    monkeypatch.setattr("edge.sync.deliver.send_plain", _speedups.twin("deliver", False).send_plain)
-    monkeypatch.setattr(
-        "edge.sync.deliver.send_pending", _speedups.twin("deliver", False).send_pending
-    )
+    use_pure_sends(monkeypatch)
 
 
 class PipeEnd:

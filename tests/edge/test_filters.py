@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import trio
 
-import _speedups
 from broker.wire import Envelope
 from edge.grip import filters
 from edge.grip.filters import FilterError, IdRenderer, apply, render, render_id, var_subst
@@ -14,6 +13,7 @@ from edge.grip.instruct import Channel, Hold
 from edge.grip.session import ResponseSession, StreamSession
 from edge.sync.deliver import Deliverer
 from edge.sync.hub import Hub
+from tests.edge.puresends import use_pure_sends
 from tests.edge.test_deliver import PipeEnd
 
 
@@ -169,13 +169,7 @@ def test_proxy_renderer():
 @pytest.fixture(autouse=True)
 def pure_send_batch(monkeypatch):
     """Pipes stand in for sockets; the compiled twin uses send(2), which pipes refuse."""
-    monkeypatch.setattr(
-        "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
-    )
-    monkeypatch.setattr("edge.sync.deliver.send_plain", _speedups.twin("deliver", False).send_plain)
-    monkeypatch.setattr(
-        "edge.sync.deliver.send_pending", _speedups.twin("deliver", False).send_pending
-    )
+    use_pure_sends(monkeypatch)
 
 
 DJANGO_HOLD = Hold(

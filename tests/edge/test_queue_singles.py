@@ -11,7 +11,6 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import _speedups
 import edge.sync.deliver as deliver_mod
 from broker.wire import Envelope
 from edge.grip.nextlink_track import PrevIds
@@ -21,6 +20,7 @@ from edge.sync.hub import Hub
 from edge.sync.resume import _Gate
 from edge.ws.session import WsSession
 from edge.ws.timers import WsTimers
+from tests.edge.puresends import use_pure_sends
 from tests.edge.test_deliver import PipeEnd, session
 
 CHANNELS = ["a", "b", "c", "d"]
@@ -29,13 +29,7 @@ CHANNELS = ["a", "b", "c", "d"]
 @pytest.fixture(autouse=True)
 def pure_sends(monkeypatch):
     """Pipes stand in for sockets: the pure send twins (the compiled ones use send(2))."""
-    monkeypatch.setattr(
-        "edge.sync.deliver.send_batch", _speedups.twin("sendmany", False).send_batch
-    )
-    monkeypatch.setattr("edge.sync.deliver.send_plain", _speedups.twin("deliver", False).send_plain)
-    monkeypatch.setattr(
-        "edge.sync.deliver.send_pending", _speedups.twin("deliver", False).send_pending
-    )
+    use_pure_sends(monkeypatch)
 
 
 def _usable(twins) -> None:
