@@ -359,10 +359,8 @@ def send_pending(
     for entry in items[start:stop]:
         s, parts = entry
         cls = type(s)
-        if (cls is not stream_cls and cls is not ws_cls) or s.state or s.writing or s.buf:
-            rest.append(entry)
-            continue
-        if s.crypt is not None:
+        plain = cls is stream_cls or cls is ws_cls
+        if not plain or s.state or s.writing or s.buf or s.crypt is not None:
             rest.append(entry)
             continue
         data = parts[0] if len(parts) == 1 else b"".join(parts)
