@@ -157,6 +157,7 @@ class OriginClient:
             or head.count(b"\r") != n
             or not target
             or b" " in target
+            or b"\t" in target  # (HTAB passes the CTL test below: field values may hold it)
             or len(head.translate(None, _CTL)) != len(head)
         ):
             raise RequestHeadError(_head_problem(method, target, host, headers))
