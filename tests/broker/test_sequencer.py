@@ -136,6 +136,50 @@ def test_id_cache_bound():
     assert ids(s.add(it("0"), 0)) == ["0"]  # evicted: no longer a duplicate
 
 
+def test_id_cache_generations_keep_the_exact_window():
+    # the young generation turns old 60 s after the first id; the window stays exact across it
+    s = Sequencer(id_cache_ttl_s=60)
+    s.add(it("a"), 0)
+    s.add(it("b"), 50)
+    assert s.add(it("a"), 59.9) == [] and s.add(it("b"), 59.9) == []
+    assert ids(s.add(it("a"), 60)) == ["a"]  # turned old at 60, expired at 60
+    assert s.add(it("b"), 109.9) == []  # in the old generation, 0.1 s left
+    assert ids(s.add(it("b"), 110)) == ["b"]
+    assert s.add(it("a"), 119.9) == []  # the "a" of 60, young then
+    assert s.statistics().ids_cached <= 3
+
+
+def test_id_cache_bound_keeps_the_most_recent_half():
+    s = Sequencer(id_cache_max=10)
+    for n in range(100):
+        assert ids(s.add(it(str(n)), 1)) == [str(n)]
+        assert s.statistics().ids_cached <= 10
+        for recent in range(max(0, n - 4), n + 1):  # the 5 (10 / 2) most recent are still seen
+            assert s.add(it(str(recent)), 1) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdef"), st.sampled_from(["x", "y"]), st.floats(0, 40)),
+        max_size=60,
+    ),
+    st.sampled_from([1.0, 10.0, 60.0]),
+)
+def test_id_cache_equals_the_exact_window_under_its_bound(events, ttl):
+    # the model: an id is a duplicate exactly within ttl of the time it was accepted
+    s = Sequencer(id_cache_ttl_s=ttl)
+    accepted: dict[tuple[str, str], float] = {}
+    now = 0.0
+    for item_id, channel, dt in events:
+        now += dt
+        key = (channel, item_id)
+        duplicate = key in accepted and now < accepted[key] + ttl
+        assert ids(s.add(it(item_id, channel=channel), now)) == ([] if duplicate else [item_id])
+        if not duplicate:
+            accepted[key] = now
+
+
 # -- properties -----------------------------------------------------------------------------------
 
 
