@@ -343,9 +343,18 @@ class MemoryHistory:
         payload, retained = self._payload, self._retained
         for ch in self._channels.values():  # least recently written first
             ring = ch.ring
-            while len(ring) > 1 and payload + retained * MESSAGE_OVERHEAD_BYTES > target:
-                payload -= ch.drop_oldest()
-                retained -= 1
+            if len(ring) > 1:
+                ids = ch.ids
+                kept = ch.bytes
+                while len(ring) > 1 and payload + retained * MESSAGE_OVERHEAD_BYTES > target:
+                    old = ring.popleft()  # _Channel.drop_oldest, inlined
+                    n = payload_bytes(old.formats)
+                    kept -= n
+                    payload -= n
+                    retained -= 1
+                    if old.id is not None and ids.get(old.id) == old.seq:
+                        del ids[old.id]
+                ch.bytes = kept
             if payload + retained * MESSAGE_OVERHEAD_BYTES <= target:
                 break
         self._payload, self._retained = payload, retained
