@@ -85,7 +85,6 @@ class Sequencer:
         self.message_wait_s = message_wait_s
         self.pending_max = pending_max
         self.last_ids_max = last_ids_max
-        self.id_cache_max = id_cache_max
         self._last_ids: OrderedDict[str, str] = OrderedDict()
         # (channel, id) -> expiry, in two generations (module docstring, step 1): the young
         # one turns old at ``_rotate_at`` or at ``_gen_max`` ids; the old one is all expired
