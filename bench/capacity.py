@@ -19,6 +19,11 @@ Three parts, one run:
 ``edge``
     A small fan-out run (``bench.scenarios.run_load``: one gripcast edge, idle SSE clients
     connected, then messages to them): the edge's CPU per delivery and RSS per idle connection.
+    Then the same number of clients each on a channel of its own, ``edge_msg_rate`` messages a
+    second spread over those channels (``edge_msg_batch`` a POST, never two POSTs in flight
+    with messages of one channel): every message the edge receives reaches one client, so
+    its CPU per message there, less the CPU per delivery of the first run, is ``e_msg`` (the
+    edge's cost per message received from the broker, docs/capacity.md).
 
 This machine has 2 cores shared by every process of the run (brokers, Redis nodes, publishers):
 items/s cannot grow with brokers here, so the figures to read are the per-CPU-second ones.
@@ -64,6 +69,11 @@ class CapacityConfig:
     edge_clients: int = 1000  # the edge part: idle SSE clients on one edge
     edge_rate: float = 5.0  # messages per second to them (one channel)
     edge_seconds: float = 6.0
+    # the edge part's second run: messages per second over edge_clients channels of one client,
+    # POSTed edge_msg_batch at a time (as the many-channels bench: the edge's per-wake-up cost
+    # is then shared by a batch, as under load; with a few messages a POST it dominates)
+    edge_msg_rate: float = 5000.0
+    edge_msg_batch: int = 100
     parts: tuple[str, ...] = ("throughput", "fanout", "edge")
 
 
@@ -637,20 +647,60 @@ def run_edge(cfg: CapacityConfig) -> dict:
         out["error"] = r.get("error")
         return out
     received = r["deliveries"]["received"]
-    edge_cpu = sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["name"].startswith("edge"))
+    edge_cpu = _edge_cpu(r)
     mem = {p["name"]: p for p in r["memory"]["by_process"]}
     edge_mem = [p for n, p in mem.items() if n.startswith("edge")]
+    per_delivery = round(1e6 * edge_cpu / received, 2) if received else None
     out.update(
         {
             "deliveries": received,
             "edge_cpu_s": round(edge_cpu, 3),
-            "edge_us_per_delivery": round(1e6 * edge_cpu / received, 2) if received else None,
+            "edge_us_per_delivery": per_delivery,
             "edge_kib_per_conn": edge_mem[0]["per_conn_kib"] if edge_mem else None,
             "all_kib_per_conn": r["memory"]["per_conn_kib"],
-            "lost": r.get("loss", {}).get("lost") if isinstance(r.get("loss"), dict) else None,
+            "lost": _lost(r),
         }
     )
+    # every client on a channel of its own: each message the edge receives reaches one client
+    rm = run_load(
+        "gripcast",
+        replace(
+            lc,
+            scenario="channels",
+            channels=cfg.edge_clients,
+            rate=cfg.edge_msg_rate / cfg.edge_clients,
+            batch=cfg.edge_msg_batch,
+            publish_conns=max(1, min(4, cfg.edge_clients // max(1, cfg.edge_msg_batch))),
+        ),
+    )
+    if not rm.get("ok"):
+        out["ok"] = False
+        out["error"] = f"one client a channel: {rm.get('error')}"
+        return out
+    messages = rm["deliveries"]["received"]
+    msg_cpu = _edge_cpu(rm)
+    per_msg = round(1e6 * msg_cpu / messages, 2) if messages else None
+    out["per_channel"] = {
+        "channels": cfg.edge_clients,
+        "messages": messages,
+        "edge_cpu_s": round(msg_cpu, 3),
+        "edge_us_per_msg_delivered": per_msg,
+        "lost": _lost(rm),
+    }
+    out["edge_us_per_msg"] = (
+        round(max(0.0, per_msg - per_delivery), 2)
+        if per_msg is not None and per_delivery is not None
+        else None
+    )
     return out
+
+
+def _edge_cpu(r: dict) -> float:
+    return float(sum(p["cpu_s"] for p in r["cpu"]["publish_phase"] if p["name"].startswith("edge")))
+
+
+def _lost(r: dict) -> Any:
+    return r.get("loss", {}).get("lost") if isinstance(r.get("loss"), dict) else None
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -711,6 +761,8 @@ def unit_costs(out: dict) -> dict:
     if edge.get("ok"):
         u["edge_us_per_delivery"] = edge["edge_us_per_delivery"]
         u["edge_kib_per_idle_conn"] = edge["edge_kib_per_conn"]
+        if edge.get("edge_us_per_msg") is not None:
+            u["edge_us_per_msg"] = edge["edge_us_per_msg"]
     return u
 
 
@@ -791,6 +843,14 @@ def print_report(out: dict, console) -> None:
                 f"{edge['edge_kib_per_conn']} KiB RSS per idle SSE connection "
                 f"({edge['clients']:,} clients, {edge['deliveries']:,} deliveries)"
             )
+            pc = edge.get("per_channel") or {}
+            if pc:
+                console.print(
+                    f"edge, one client a channel ({pc['channels']:,} channels, "
+                    f"{pc['messages']:,} messages): {pc['edge_us_per_msg_delivered']} µs CPU per "
+                    f"message delivered; per message received less a delivery (e_msg): "
+                    f"{edge.get('edge_us_per_msg')} µs"
+                )
         else:
             console.print(f"[red]edge part failed: {edge.get('error')}[/red]")
     console.print(f"unit costs: {out['unit_costs']}")

@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         "capacity",
         help="capacity model's unit costs: publish throughput with 1-3 brokers on Redis "
         "Cluster and standalone Redis, broker CPU per message with 1/10/100 edges (SUB "
-        "peers), edge CPU per delivery and memory per connection (docs/capacity.md)",
+        "peers), edge CPU per delivery and per message, memory per connection (docs/capacity.md)",
     )
     cap.add_argument("--quick", action="store_true", help="CI form: under ~20 s")
     cap.add_argument(
@@ -389,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cap.add_argument("--seconds", type=float, default=None, help="measured s per broker count")
     cap.add_argument("--edge-clients", type=int, default=None, help="edge part: idle clients")
+    cap.add_argument(
+        "--edge-msg-rate",
+        type=float,
+        default=None,
+        help="edge part, second run: messages/s over --edge-clients channels of one client each "
+        "(e_msg, the edge's CPU per message received; default 5000, 100 a POST)",
+    )
     cap.add_argument(
         "--channels",
         type=int,
@@ -696,6 +703,7 @@ def _capacity(args, meta: dict, stamp: str, console: Console) -> int:
         parts=tuple(args.parts.split(",")) if args.parts else None,
         seconds=args.seconds,
         edge_clients=args.edge_clients,
+        edge_msg_rate=args.edge_msg_rate,
         channels=args.channels,
         brokers=tuple(int(b) for b in args.brokers.split(",")) if args.brokers else None,
         stores=tuple(args.stores.split(",")) if args.stores else None,

@@ -97,3 +97,48 @@ def test_capacity_quick(tmp_path):
     assert r["fanout"]["slope"]["us_per_msg_per_edge"] is not None
     assert "2-core" in r["note"]
     assert "broker_us_per_msg_per_edge" in r["unit_costs"]
+
+
+def test_unit_costs_edge_per_message():
+    out = {
+        "edge": {
+            "ok": True,
+            "edge_us_per_delivery": 5.5,
+            "edge_kib_per_conn": 2.9,
+            "edge_us_per_msg": 6.25,
+        }
+    }
+    u = unit_costs(out)
+    assert u["edge_us_per_delivery"] == 5.5
+    assert u["edge_us_per_msg"] == 6.25
+    assert u["edge_kib_per_idle_conn"] == 2.9
+    # a run whose second part failed leaves e_msg out rather than reporting a guess
+    del out["edge"]["edge_us_per_msg"]
+    assert "edge_us_per_msg" not in unit_costs(out)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_capacity_edge_part_measures_e_msg():
+    """The edge part for real, small: one edge, 100 SSE clients on one channel, then each on
+    its own channel; every message arrives, and e_msg comes from the two runs' edge CPU."""
+    code = (
+        "import json; from bench import capacity; "
+        "cfg = capacity.config_for(False, parts=('edge',), edge_clients=100, edge_seconds=2.0, "
+        "edge_msg_rate=1000.0); print('RESULT' + json.dumps(capacity.run_capacity(cfg)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=170
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("RESULT") :])
+    edge = r["edge"]
+    assert r["ok"] and edge["ok"], json.dumps(edge, indent=1)
+    assert edge["deliveries"] == 100 * 5 * 2 and edge["lost"] == 0
+    pc = edge["per_channel"]
+    assert pc["channels"] == 100 and pc["messages"] == 1000 * 2 and pc["lost"] == 0
+    assert edge["edge_us_per_delivery"] > 0 and pc["edge_us_per_msg_delivered"] > 0
+    expected = max(0.0, pc["edge_us_per_msg_delivered"] - edge["edge_us_per_delivery"])
+    assert edge["edge_us_per_msg"] == pytest.approx(expected, abs=0.011)
+    assert r["unit_costs"]["edge_us_per_msg"] == edge["edge_us_per_msg"]
