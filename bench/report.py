@@ -168,14 +168,27 @@ def ratio_of(a, b, better):
     return round(a / b, 2)
 
 
+def ratio_pair(names: list[str]) -> tuple[str, str] | None:
+    """The two targets a ratio compares, gripcast first whatever order they ran in (``--order``
+    alternates; a ratio that flipped with it would read as a loss half the time); None unless
+    there are two."""
+    if len(names) != 2:
+        return None
+    a, b = names
+    return (b, a) if b == "gripcast" else (a, b)
+
+
 def comparison(runs: dict[str, dict]) -> dict:
-    """{metric: {target: value, ..., "ratio": first/second}} for the JSON record."""
+    """{metric: {target: value, ..., "ratio": gripcast/other}} for the JSON record (with two
+    targets: ``ratio_of`` names the pair, e.g. ``gripcast / pushpin``, in either run order)."""
     names = list(runs)
+    pair = ratio_pair(names)
     out = {}
     for label, getter, better in METRICS:
         row = {n: _value(getter, runs[n]) for n in names}
-        if len(names) == 2:
-            row["ratio"] = ratio_of(row[names[0]], row[names[1]], better)
+        if pair is not None:
+            row["ratio"] = ratio_of(row[pair[0]], row[pair[1]], better)
+            row["ratio_of"] = f"{pair[0]} / {pair[1]}"
             row["better"] = better
         out[label] = row
     return out
@@ -207,15 +220,17 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     table.add_column("metric")
     for n in ok:
         table.add_column(n, justify="right")
-    if len(ok) == 2:
-        table.add_column(f"{ok[0]} / {ok[1]}", justify="right")
+    pair = ratio_pair(ok)
+    if pair is not None:
+        table.add_column(f"{pair[0]} / {pair[1]}", justify="right")
     for label, getter, better in METRICS:
         vals = [_value(getter, runs[n]) for n in ok]
         if label.startswith(("saturation", "at rest")) and all(v is None for v in vals):
             continue  # not a saturation search / no rest phase
         cells = [_fmt(v) for v in vals]
-        if len(ok) == 2:
-            rt = ratio_of(vals[0], vals[1], better)
+        if pair is not None:
+            by = dict(zip(ok, vals, strict=True))
+            rt = ratio_of(by[pair[0]], by[pair[1]], better)
             if rt is None:
                 cells.append("")
             else:
