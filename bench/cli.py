@@ -682,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if len(runs) == 2:
         record["comparison"] = report.comparison(runs)
+        same = report.same_rate_p99(runs)
+        if same is not None:
+            record["same_rate_p99"] = same
     if args.tls:
         record["tls_cost"] = report.tls_cost(runs)
     report.write_json(record, path)

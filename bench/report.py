@@ -194,6 +194,64 @@ def comparison(runs: dict[str, dict]) -> dict:
     return out
 
 
+def same_rate_p99(runs: dict[str, dict]) -> dict | None:
+    """Two saturation searches side by side: each rate step both targets ran, with their p99
+    and gripcast's over the other's (the issue's "p99 at most half Pushpin's at the same
+    rate"), and that row at the other target's limit (its best unsaturated step).  None
+    unless two targets both ran a search with a common step."""
+    pair = ratio_pair(list(runs))
+    if pair is None:
+        return None
+    mine, other = runs[pair[0]], runs[pair[1]]
+    by_rate = {round(st["rate"], 9): st for st in mine.get("steps") or []}
+    rows = []
+    for st in other.get("steps") or []:
+        twin = by_rate.get(round(st["rate"], 9))
+        if twin is None:
+            continue
+        a, b = twin["latency_ms"]["p99"], st["latency_ms"]["p99"]
+        rows.append(
+            {
+                "rate": st["rate"],
+                "msgs_per_s": st.get("msgs_per_s"),
+                "offered_deliveries_per_s": st["offered_deliveries_per_s"],
+                pair[0]: a,
+                pair[1]: b,
+                "ratio": ratio_of(a, b, "low"),
+                "saturated": {
+                    pair[0]: bool(twin["saturation"]["saturated"]),
+                    pair[1]: bool(st["saturation"]["saturated"]),
+                },
+            }
+        )
+    if not rows:
+        return None
+    limit = (other.get("saturation") or {}).get("limit_rate")
+    at_limit = next((r for r in rows if limit is not None and r["rate"] == limit), None)
+    return {"ratio_of": f"{pair[0]} / {pair[1]}", "steps": rows, "at_other_limit": at_limit}
+
+
+def print_same_rate(same: dict, console: Console) -> None:
+    a, b = same["ratio_of"].split(" / ")
+    t = Table(title=f"p99 at the same offered rate ({same['ratio_of']}; goal at most 0.5)")
+    for col in ("msg/s", "offered deliv/s", f"{a} p99 ms", f"{b} p99 ms", same["ratio_of"]):
+        t.add_column(col, justify="right")
+    lim = same.get("at_other_limit")
+    for r in same["steps"]:
+        marks = " ".join(f"({n} saturated)" for n, v in r["saturated"].items() if v)
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        if r is lim:
+            ratio += f" at {b}'s limit"
+        t.add_row(
+            _fmt(r["msgs_per_s"]),
+            _fmt(r["offered_deliveries_per_s"]),
+            _fmt(r[a]),
+            _fmt(r[b]),
+            f"{ratio} {marks}".strip(),
+        )
+    console.print(t)
+
+
 def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     console = console or Console()
     names = list(runs)
@@ -241,6 +299,9 @@ def print_runs(runs: dict[str, dict], console: Console | None = None) -> None:
     for n in ok:
         if runs[n].get("saturation"):
             print_steps(n, runs[n], console)
+    same = same_rate_p99({n: runs[n] for n in ok})
+    if same is not None:
+        print_same_rate(same, console)
     for n in ok:
         if runs[n].get("slow_effect"):
             print_slow(n, runs[n], console)

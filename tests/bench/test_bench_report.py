@@ -7,7 +7,7 @@ import io
 
 from rich.console import Console
 
-from bench.report import comparison, print_runs, ratio_pair
+from bench.report import comparison, print_runs, print_same_rate, ratio_pair, same_rate_p99
 
 LIMIT = "saturation: limit deliveries/s (best unsaturated step)"
 P99 = "latency p99 ms"
@@ -62,3 +62,47 @@ def test_table_ratio_column_is_gripcast_over_pushpin_when_pushpin_ran_first():
     assert "gripcast / pushpin" in text and "pushpin / gripcast" not in text
     line = next(ln for ln in text.splitlines() if "received / time to receive" in ln)
     assert "2.49x" in line and "0.40x" not in line
+
+
+def _step(rate: float, p99: float, saturated: bool = False) -> dict:
+    return {
+        "rate": rate,
+        "msgs_per_s": rate * 10000,
+        "offered_deliveries_per_s": rate * 10000,
+        "latency_ms": {"p99": p99},
+        "saturation": {"saturated": saturated},
+    }
+
+
+def test_same_rate_p99_pairs_common_steps_and_marks_the_others_limit():
+    g = _run(56000, 83.0)
+    g["steps"] = [_step(2.0, 6.0), _step(2.3, 12.0), _step(2.645, 8.0), _step(3.0, 14.0)]
+    p = _run(22500, 39.0)
+    p["steps"] = [_step(2.0, 30.0), _step(2.3, 40.0), _step(2.645, 39.0, saturated=True)]
+    p["saturation"]["limit_rate"] = 2.3
+    for runs in ({"gripcast": g, "pushpin": p}, {"pushpin": p, "gripcast": g}):
+        same = same_rate_p99(runs)
+        assert same is not None and same["ratio_of"] == "gripcast / pushpin"
+        assert [r["rate"] for r in same["steps"]] == [2.0, 2.3, 2.645]  # 3.0: gripcast only
+        assert [r["ratio"] for r in same["steps"]] == [0.2, 0.3, round(8 / 39, 2)]
+        assert same["at_other_limit"]["rate"] == 2.3
+        assert same["steps"][2]["saturated"] == {"gripcast": False, "pushpin": True}
+    # one target, or no common step: nothing to compare
+    assert same_rate_p99({"gripcast": g}) is None
+    q = _run(1, 1.0)
+    q["steps"] = [_step(9.0, 1.0)]
+    assert same_rate_p99({"gripcast": g, "pushpin": q}) is None
+
+
+def test_same_rate_table_names_the_limit_row():
+    g = _run(56000, 83.0)
+    g["steps"] = [_step(2.0, 6.0), _step(2.3, 12.0)]
+    p = _run(22500, 39.0)
+    p["steps"] = [_step(2.0, 30.0), _step(2.3, 40.0)]
+    p["saturation"]["limit_rate"] = 2.3
+    same = same_rate_p99({"pushpin": p, "gripcast": g})
+    assert same is not None
+    buf = io.StringIO()
+    print_same_rate(same, Console(file=buf, width=200, color_system=None))
+    line = next(ln for ln in buf.getvalue().splitlines() if "23,000" in ln)
+    assert "0.30x at pushpin's limit" in line
