@@ -203,15 +203,20 @@ def same_rate_p99(runs: dict[str, dict]) -> dict | None:
     if pair is None:
         return None
     mine, other = runs[pair[0]], runs[pair[1]]
-    by_rate = {round(st["rate"], 9): st for st in mine.get("steps") or []}
+    if not (mine.get("saturation") and other.get("saturation")):
+        return None  # (the slow and soak scenarios have steps too, at one rate: not this)
+    by_rate = {}
+    for st in mine.get("steps") or []:
+        if isinstance(st.get("rate"), (int, float)):
+            by_rate[round(st["rate"], 9)] = st
     rows = []
     for st in other.get("steps") or []:
-        twin = by_rate.get(round(st["rate"], 9))
-        if twin is None:
-            continue
-        a, b = twin["latency_ms"]["p99"], st["latency_ms"]["p99"]
-        rows.append(
-            {
+        try:
+            twin = by_rate.get(round(st["rate"], 9))
+            if twin is None:
+                continue
+            a, b = twin["latency_ms"]["p99"], st["latency_ms"]["p99"]
+            row = {
                 "rate": st["rate"],
                 "msgs_per_s": st.get("msgs_per_s"),
                 "offered_deliveries_per_s": st["offered_deliveries_per_s"],
@@ -223,7 +228,9 @@ def same_rate_p99(runs: dict[str, dict]) -> dict | None:
                     pair[1]: bool(st["saturation"]["saturated"]),
                 },
             }
-        )
+        except (KeyError, TypeError):
+            continue  # a step without its figures (the record is still written)
+        rows.append(row)
     if not rows:
         return None
     limit = (other.get("saturation") or {}).get("limit_rate")

@@ -89,6 +89,15 @@ def test_same_rate_p99_pairs_common_steps_and_marks_the_others_limit():
         assert same["steps"][2]["saturated"] == {"gripcast": False, "pushpin": True}
     # one target, or no common step: nothing to compare
     assert same_rate_p99({"gripcast": g}) is None
+    # steps without a saturation search (the slow and soak scenarios): not this comparison
+    g2, p2 = dict(g), dict(p)
+    del g2["saturation"], p2["saturation"]
+    assert same_rate_p99({"gripcast": g2, "pushpin": p2}) is None
+    # a step without its figures is skipped, the others still compare
+    p3 = dict(p)
+    p3["steps"] = [{"rate": 2.0, "error": "failed"}, *p["steps"][1:]]
+    same = same_rate_p99({"gripcast": g, "pushpin": p3})
+    assert same is not None and [r["rate"] for r in same["steps"]] == [2.3, 2.645]
     q = _run(1, 1.0)
     q["steps"] = [_step(9.0, 1.0)]
     assert same_rate_p99({"gripcast": g, "pushpin": q}) is None
