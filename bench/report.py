@@ -233,7 +233,7 @@ def same_rate_p99(runs: dict[str, dict]) -> dict | None:
         rows.append(row)
     if not rows:
         return None
-    limit = (other.get("saturation") or {}).get("limit_rate")
+    limit = other["saturation"].get("limit_rate")  # (both have one: checked above)
     at_limit = next((r for r in rows if limit is not None and r["rate"] == limit), None)
     return {"ratio_of": f"{pair[0]} / {pair[1]}", "steps": rows, "at_other_limit": at_limit}
 
