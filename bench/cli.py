@@ -351,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sf.add_argument("--repeat", type=int, default=2, help="rounds (default 2)")
     sf.add_argument("--out", default="", help="JSON path (default bench/results/sendfloor-*.json)")
+    wk = sub.add_parser(
+        "wakecost",
+        help="what one loopback write costs the writer when it wakes a sleeping reader, on the "
+        "same CPU, another (idle or busy) and where the kernel puts it (bench/wakecost.c)",
+    )
+    wk.add_argument(
+        "--iterations", type=int, default=20000, help="writes per case (default 20,000)"
+    )
+    wk.add_argument(
+        "--gap-us", type=int, default=50, help="pause before each write, us (default 50)"
+    )
+    wk.add_argument("--repeat", type=int, default=2, help="rounds (default 2)")
+    wk.add_argument("--out", default="", help="JSON path (default bench/results/wakecost-*.json)")
     ing = sub.add_parser("ingest", help="broker ingest rate (gripcast broker alone)")
     ing.add_argument("--items", type=int, default=100000)
     ing.add_argument(
@@ -630,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
 
         args.argv = argv if argv is not None else sys.argv[1:]
         return sendfloor.main(args)
+    if args.scenario == "wakecost":
+        from bench import wakecost
+
+        args.argv = argv if argv is not None else sys.argv[1:]
+        return wakecost.main(args)
     if args.scenario == "ingest":
         with _progress(console) as progress:
             r = run_ingest(
