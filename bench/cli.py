@@ -327,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="normal",
         help="the client processes' scheduling policy (as fanout's --client-sched)",
     )
+    cr.add_argument(
+        "--client",
+        choices=("python", "c"),
+        default="python",
+        help="the clients: python (default: plain sockets on one epoll per process) or c "
+        "(bench/connload.c --hold, one copy per --procs: less of the machine's CPU)",
+    )
     cr.add_argument("--out", default="", help="JSON path (default bench/results/connrate-*.json)")
     sf = sub.add_parser(
         "sendfloor",

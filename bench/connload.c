@@ -14,6 +14,14 @@
  * (or `--conns` connections) have passed.  With `--resume`, each slot offers the session
  * (ticket) its previous connection got.
  *
+ * `--hold` (plain, with `--request` and `--conns`): a connection that saw `--until` is kept
+ * open instead of closed, and the run ends once `--conns` were held (or failed, or
+ * `--duration` passed).  The process first waits for a byte (or EOF) on stdin, so that
+ * several copies start together, and after printing its report it keeps every held
+ * connection open until stdin reaches EOF (bench/connrate.py: the held count rises to its
+ * target across all copies before any is closed); the report then also lists each held
+ * connection's CLOCK_MONOTONIC time of completion ("held_at").
+ *
  * Output: one JSON object on stdout: completed connections, errors by kind (with the first
  * message of each), resumed handshakes, the process's own CPU (getrusage), and two latency
  * histograms in 10-microsecond buckets ("handshake": from connect() to the end of the TLS
@@ -36,6 +44,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,6 +90,10 @@ static long started = 0, completed = 0, resumed = 0, errors[E_KINDS];
 static char first_error[E_KINDS][200];
 static double deadline;
 static int stopping = 0;
+static int hold = 0;
+static int *held_fds;
+static double *held_at;
+static long nheld = 0;
 
 static double now(void) {
     struct timespec ts;
@@ -138,6 +151,12 @@ static void done(struct conn *c) {
     if (t <= deadline) {
         completed++;
         record(hist_total, t - c->t0);
+    }
+    if (hold && c->fd >= 0 && !c->ssl && t <= deadline) { /* kept open, out of the loop */
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        held_fds[nheld] = c->fd;
+        held_at[nheld++] = t;
+        c->fd = -1;
     }
     finish(c);
 }
@@ -345,7 +364,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: connload --port P [--host A] [--mode plain|tls1.2|tls1.3] [--resume]\n"
             "  [--concurrency C] [--duration S] [--conns N] [--request R] [--until U]\n"
-            "  [--channels K] [--src A,B,...] [--sni NAME] [--timeout S] [--max-errors N]\n");
+            "  [--channels K] [--src A,B,...] [--sni NAME] [--timeout S] [--max-errors N]\n"
+            "  [--hold]\n");
     exit(2);
 }
 
@@ -370,7 +390,8 @@ int main(int argc, char **argv) {
         {"resume", 0, 0, 'R'},   {"concurrency", 1, 0, 'c'}, {"duration", 1, 0, 'd'},
         {"conns", 1, 0, 'n'},    {"request", 1, 0, 'r'}, {"until", 1, 0, 'u'},
         {"channels", 1, 0, 'k'}, {"src", 1, 0, 's'},     {"sni", 1, 0, 'S'},
-        {"timeout", 1, 0, 't'},  {"max-errors", 1, 0, 'e'}, {0, 0, 0, 0}};
+        {"timeout", 1, 0, 't'},  {"max-errors", 1, 0, 'e'}, {"hold", 0, 0, 'H'},
+        {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
@@ -392,6 +413,7 @@ int main(int argc, char **argv) {
         case 'S': sni = optarg; break;
         case 't': timeout_s = atof(optarg); break;
         case 'e': max_errors = atol(optarg); break;
+        case 'H': hold = 1; break;
         case 's': {
             char *list = strdup(optarg), *save = NULL;
             for (char *a = strtok_r(list, ",", &save); a && nsrc < 256; a = strtok_r(NULL, ",", &save)) {
@@ -407,6 +429,10 @@ int main(int argc, char **argv) {
         }
     }
     if (port <= 0 || concurrency <= 0 || channels <= 0 || duration <= 0 || !*until) usage();
+    if (hold && (mode != M_PLAIN || !request || max_conns <= 0)) {
+        fprintf(stderr, "connload: --hold needs --mode plain, --request and --conns\n");
+        return 2;
+    }
     dest.sin_family = AF_INET;
     dest.sin_port = htons(port);
     if (inet_pton(AF_INET, host, &dest.sin_addr) != 1) {
@@ -435,6 +461,17 @@ int main(int argc, char **argv) {
     conns = calloc(concurrency, sizeof *conns);
     ep = epoll_create1(EPOLL_CLOEXEC);
     for (int i = 0; i < concurrency; i++) conns[i].fd = -1;
+    if (hold) {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        held_fds = calloc(max_conns, sizeof *held_fds);
+        held_at = calloc(max_conns, sizeof *held_at);
+        char go;
+        if (read(0, &go, 1) < 0) return 1; /* the start signal (a byte, or EOF) */
+    }
 
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
@@ -465,6 +502,7 @@ int main(int argc, char **argv) {
                     fail(&conns[i], E_TIMEOUT, "no answer within --timeout");
             }
         }
+        if (hold && nheld >= max_conns) break;
         if (max_conns && started >= max_conns) {
             int busy = 0;
             for (int i = 0; i < concurrency; i++) busy |= conns[i].state != S_FREE;
@@ -505,6 +543,11 @@ int main(int argc, char **argv) {
         first = 0;
     }
     printf("}");
+    if (hold) {
+        printf(", \"held\": %ld, \"held_at\": [", nheld);
+        for (long i = 0; i < nheld; i++) printf("%s%.6f", i ? ", " : "", held_at[i]);
+        printf("]");
+    }
     uint32_t *hists[2] = {hist_hs, hist_total};
     const char *names[2] = {"handshake", "total"};
     for (int h = 0; h < 2; h++) {
@@ -518,5 +561,12 @@ int main(int argc, char **argv) {
         printf("]");
     }
     printf("}\n");
+    if (hold) { /* every held connection stays open until stdin ends */
+        fflush(stdout);
+        char b[64];
+        while (read(0, b, sizeof b) > 0) {
+        }
+        for (long i = 0; i < nheld; i++) close(held_fds[i]);
+    }
     return 0;
 }

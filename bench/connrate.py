@@ -8,7 +8,11 @@ target.  A connection counts once the stream's head and the origin's first line 
 arrived.
 
 The clients are plain non-blocking sockets on one ``epoll`` per process with at most
-``--window`` connections in flight each, a few microseconds of Python per connection.  CPU is
+``--window`` connections in flight each, a few microseconds of Python per connection
+(``--client python``, the default), or ``--client c``: as many copies of ``bench/connload.c``
+in ``--hold`` mode (one epoll loop in C, the same requests, windows and source addresses),
+so that the load generator takes less of the shared machine, as the issue's independent C
+client did.  CPU is
 read from /proc for every server process (gripcast: broker and edges; Pushpin: condure, proxy,
 handler, zurl), for the bench origin (``bench.origin``, one asyncio process: a slow origin
 limits both targets) and for the clients, over the connect phase, minus each process's idle
@@ -19,16 +23,18 @@ depend on how busy the shared machine is) beside the rate.
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import select
 import socket
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 
-from bench import procs
+from bench import connload, procs
 from bench.origin import Origin
 from bench.report import save_results
 from bench.swarm import IP_BIND_ADDRESS_NO_PORT, apply_sched
@@ -142,6 +148,51 @@ def _client(job: ClientJob, start, out, close) -> None:
     out.send("closed")
 
 
+def _c_clients(binary: str, jobs: list[ClientJob]) -> list[subprocess.Popen]:
+    """One ``connload --hold`` per job, each waiting on its stdin for the start."""
+    out = []
+    for job in jobs:
+        argv = [
+            binary,
+            "--port", str(job.port),
+            "--conns", str(job.conns),
+            "--concurrency", str(job.window),
+            "--channels", str(job.channels),
+            "--request", "GET /stream/cr%d HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n",
+            "--until", "[open]",
+            "--src", job.src,
+            "--duration", "300",
+            "--timeout", str(STALL_S),
+            "--hold",
+        ]  # fmt: skip
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda sched=job.sched: apply_sched(sched),
+        )
+        out.append(p)
+    return out
+
+
+def _c_result(p: subprocess.Popen) -> dict:
+    """A held copy's report (its first line), in the Python clients' terms."""
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line:
+        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+        raise RuntimeError(f"connload --hold ended without a report: {err.strip()[:500]}")
+    r = json.loads(line)
+    return {
+        "wall_s": r["wall_s"],
+        "cpu_s": r["cpu_user_s"] + r["cpu_sys_s"],
+        "held": r["held"],
+        "failed": sum(r["errors"].values()),
+        "done_at": r["held_at"],
+    }
+
+
 def _cpu(pids: list[int]) -> dict[int, float]:
     return {p: procs.cpu_s(p) for p in pids}
 
@@ -170,6 +221,7 @@ def run_round(
     window: int,
     channels: int,
     sched: str = "normal",
+    client: str = "python",
 ):
     server = target.pids()
     pids = server + [origin_pid]
@@ -180,20 +232,38 @@ def run_round(
     ctx = multiprocessing.get_context("fork")
     start, close = ctx.Event(), ctx.Event()
     per = conns // nprocs
+    jobs = [
+        ClientJob(target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}", sched)
+        for i in range(nprocs)
+    ]
     pipes, workers = [], []
-    for i in range(nprocs):
-        parent, child = ctx.Pipe(duplex=False)
-        job = ClientJob(
-            target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}", sched
-        )
-        w = ctx.Process(target=_client, args=(job, start, child, close), daemon=True)
-        w.start()
-        pipes.append(parent)
-        workers.append(w)
+    copies: list[subprocess.Popen] = []
+    if client == "c":
+        copies = _c_clients(connload.build(), jobs)
+    else:
+        for job in jobs:
+            parent, child = ctx.Pipe(duplex=False)
+            w = ctx.Process(target=_client, args=(job, start, child, close), daemon=True)
+            w.start()
+            pipes.append(parent)
+            workers.append(w)
     k0 = {p: _sys_s(p) for p in pids}
     c0, t0 = _cpu(pids), time.monotonic()
-    start.set()
-    results = [p.recv() for p in pipes]
+    try:
+        if copies:
+            for cp in copies:  # the start byte, to every copy at once
+                assert cp.stdin is not None
+                cp.stdin.write(b"g")
+                cp.stdin.flush()
+            results = [_c_result(cp) for cp in copies]
+        else:
+            start.set()
+            results = [p.recv() for p in pipes]
+    except BaseException:
+        for cp in copies:
+            cp.kill()
+            cp.wait()
+        raise
     wall = max(r["wall_s"] for r in results)
     time.sleep(0.5)  # subscriptions and the last registrations reach the broker
     c1, t1 = _cpu(pids), time.monotonic()
@@ -216,6 +286,8 @@ def run_round(
         p.recv()
     for w in workers:
         w.join()
+    for cp in copies:  # stdin's end: each copy closes what it holds and exits
+        cp.communicate(timeout=60)
     time.sleep(1.0)
     c2, t2 = _cpu(pids), time.monotonic()
     closed = {p: max(0.0, c2[p] - c1[p] - idle[p] * (t2 - t1)) for p in pids}
@@ -275,8 +347,10 @@ def run_target(kind: str, args, log=print) -> dict:
                 args.window,
                 args.channels,
                 args.client_sched,
+                getattr(args, "client", "python"),
             )
             row["round"] = r
+            row["client"] = getattr(args, "client", "python")
             procs_txt = "  ".join(
                 f"{n} {v['connect_us_per_conn']} (sys {v['connect_sys_s']:.2f}s)"
                 for n, v in row["processes"].items()

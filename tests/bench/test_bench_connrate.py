@@ -5,12 +5,13 @@ runs real targets and is in bench/RESULTS.md, not in the suite)."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import socket
 import threading
 
 import pytest
 
-from bench import connrate
+from bench import connload, connrate
 from bench.cli import build_parser
 
 
@@ -77,5 +78,61 @@ def test_client_holds_answered_connections_and_fails_hanging_ones(monkeypatch):
     assert (r["held"], r["failed"]) == (5, 5)  # every second one answered, the rest waited out
     assert len(r["done_at"]) == 5
     # the channels spread as asked: cr0, cr1, cr2, cr0, ...
+    paths = sorted({req.split(b" ")[1] for req in got})
+    assert paths == [b"/stream/cr0", b"/stream/cr1", b"/stream/cr2"]
+
+
+needs_cc = pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
+)
+
+
+def test_client_flag():
+    assert build_parser().parse_args(["connrate"]).client == "python"
+    assert build_parser().parse_args(["connrate", "--client", "c"]).client == "c"
+
+
+def _open_fds_to(port: int) -> int:
+    """Established TCP connections to 127.0.0.1:``port`` on this machine (/proc/net/tcp)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            remote, state = parts[2], parts[3]
+            if state == "01" and int(remote.split(":")[1], 16) == port:
+                n += 1
+    return n
+
+
+@needs_cc
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(monkeypatch):
+    monkeypatch.setattr(connrate, "STALL_S", 1.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop, got = threading.Event(), []
+    server = threading.Thread(target=_serve, args=(listener, 2, stop, got), daemon=True)
+    server.start()
+    jobs = [connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")]
+    copies = connrate._c_clients(connload.build(), jobs)
+    try:
+        assert not got  # nothing before the start byte
+        copies[0].stdin.write(b"g")
+        copies[0].stdin.flush()
+        r = connrate._c_result(copies[0])
+        # the answered ones are still open (held) after the report: 5 established, client side
+        assert _open_fds_to(port) == 5
+        copies[0].communicate(timeout=30)  # stdin's end: it closes them and exits
+        assert copies[0].returncode == 0
+    finally:
+        for cp in copies:
+            cp.kill()
+        stop.set()
+        server.join(5)
+        listener.close()
+    assert (r["held"], r["failed"]) == (5, 5)  # every second one answered, the rest timed out
+    assert len(r["done_at"]) == 5 and all(t > 0 for t in r["done_at"])
+    assert r["cpu_s"] >= 0 and r["wall_s"] > 0
     paths = sorted({req.split(b" ")[1] for req in got})
     assert paths == [b"/stream/cr0", b"/stream/cr1", b"/stream/cr2"]
