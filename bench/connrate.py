@@ -10,9 +10,9 @@ arrived.
 The clients are plain non-blocking sockets on one ``epoll`` per process with at most
 ``--window`` connections in flight each, a few microseconds of Python per connection
 (``--client python``, the default), or ``--client c``: as many copies of ``bench/connload.c``
-in ``--hold`` mode (one epoll loop in C, the same requests, windows and source addresses),
-so that the load generator takes less of the shared machine, as the issue's independent C
-client did.  CPU is
+in ``--hold`` mode (one epoll loop in C, the same requests, windows and source addresses;
+each copy spreads its own connections over the channels from ``cr0``), so that the load
+generator takes less of the shared machine, as the issue's independent C client did.  CPU is
 read from /proc for every server process (gripcast: broker and edges; Pushpin: condure, proxy,
 handler, zurl), for the bench origin (``bench.origin``, one asyncio process: a slow origin
 limits both targets) and for the clients, over the connect phase, minus each process's idle
@@ -375,7 +375,12 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def main(args) -> int:
-
+    if getattr(args, "client", "python") == "c":
+        try:
+            connload.build()  # here, so a missing compiler is a clear message, not a traceback
+        except connload.BuildError as exc:
+            print(exc)
+            return 2
     if args.target == "both":
         targets = (
             ["gripcast", "pushpin"] if args.order != "pushpin-first" else ["pushpin", "gripcast"]

@@ -136,3 +136,14 @@ def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(m
     assert r["cpu_s"] >= 0 and r["wall_s"] > 0
     paths = sorted({req.split(b" ")[1] for req in got})
     assert paths == [b"/stream/cr0", b"/stream/cr1", b"/stream/cr2"]
+
+
+def test_c_client_without_a_compiler_is_a_clear_error(monkeypatch, capsys):
+    def no_cc():
+        raise connload.BuildError("bench's connload needs a C compiler (apt-get install gcc)")
+
+    monkeypatch.setattr(connload, "build", no_cc)
+    args = build_parser().parse_args(["connrate", "--client", "c", "--target", "gripcast"])
+    args.argv = []
+    assert connrate.main(args) == 2
+    assert "apt-get install gcc" in capsys.readouterr().out
