@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -61,16 +62,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     pid_t spinner = -1;
-    if (busy) {
-        spinner = fork();
-        if (spinner < 0) return fail("fork");
-        if (spinner == 0) {
-            struct sched_param sp = {0};
-            if (pin(rcpu) || sched_setscheduler(0, SCHED_IDLE, &sp)) _exit(3);
-            for (;;) {
-            }
-        }
-    }
     int one = 1;
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
@@ -91,6 +82,7 @@ int main(int argc, char **argv) {
     pid_t child = fork();
     if (child < 0) return fail("fork");
     if (child == 0) {  /* the reader: answer every byte, until the writer closes */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(w);
         if (pin(rcpu)) _exit(3);
         char b[64];
@@ -101,6 +93,21 @@ int main(int argc, char **argv) {
         _exit(0);
     }
     close(r);
+    if (busy) { /* after every step that can fail, and it dies with this process */
+        spinner = fork();
+        if (spinner < 0) {
+            kill(child, SIGKILL);
+            return fail("fork");
+        }
+        if (spinner == 0) {
+            struct sched_param sp = {0};
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            close(w); /* (held here, the reader would never see the writer's end) */
+            if (getppid() == 1 || pin(rcpu) || sched_setscheduler(0, SCHED_IDLE, &sp)) _exit(3);
+            for (;;) {
+            }
+        }
+    }
     if (pin(wcpu)) {
         kill(child, SIGKILL);
         if (spinner > 0) kill(spinner, SIGKILL);

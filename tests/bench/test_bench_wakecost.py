@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -102,3 +103,27 @@ def test_build_says_what_to_do_without_a_compiler(tmp_path, monkeypatch):
     monkeypatch.delenv("CC", raising=False)
     with pytest.raises(wakecost.BuildError, match="gcc"):
         wakecost.build(src, tmp_path / "cache")
+
+
+@needs_gcc
+def test_killing_the_writer_leaves_no_spinner_or_reader(tmp_path):
+    binary = wakecost.build(cache=tmp_path / "cache")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("the busy case needs two CPUs")
+    p = subprocess.Popen([binary, "100000000", "50", str(cpus[0]), str(cpus[1]), "busy"])
+    name = os.path.basename(binary)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(_named(name)) < 3:  # writer, reader, spinner
+        time.sleep(0.05)
+    assert len(_named(name)) == 3
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _named(name):
+        time.sleep(0.05)
+    assert _named(name) == []
+
+
+def _named(name: str) -> list[str]:
+    return [pid for pid in _pids() if _argv0(pid) == name]
