@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,21 @@ def cache_dir() -> Path:
 def build(source: Path = SOURCE, cache: Path | None = None) -> str:
     """The path of the compiled connload (compiled once per source version)."""
     return build_c(source, "connload", ["-lssl", "-lcrypto"], cache)
+
+
+def ready_binary(scenario: str, problems: list[str], build: Callable[[], str]) -> str | None:
+    """The start of a ``bench`` scenario that runs a C helper: print each of ``problems``
+    (``bench <scenario>: ...``) or the ``BuildError`` of ``build``; the binary, or None when
+    the scenario should exit 2."""
+    if problems:
+        for p in problems:
+            print(f"bench {scenario}: {p}")
+        return None
+    try:
+        return build()
+    except BuildError as exc:
+        print(exc)
+        return None
 
 
 def build_c(source: Path, name: str, libs: list[str], cache: Path | None = None) -> str:

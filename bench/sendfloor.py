@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.connload import BuildError, build_c
+from bench.connload import build_c, ready_binary
 from bench.report import save_results
 
 SOURCE = Path(__file__).with_name("sendfloor.c")
@@ -98,15 +98,10 @@ def run_once(
 
 
 def main(args) -> int:
-    problems = check(args.conns, args.senders, args.readers, args.rate, args.duration)
-    if problems:
-        for p in problems:
-            print(f"bench sendfloor: {p}")
-        return 2
-    try:
-        binary = build()
-    except BuildError as exc:
-        print(exc)
+    binary = ready_binary(
+        "sendfloor", check(args.conns, args.senders, args.readers, args.rate, args.duration), build
+    )
+    if binary is None:
         return 2
     scheds = SCHEDS if args.client_sched == "both" else (args.client_sched,)
     rows = []

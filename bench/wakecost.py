@@ -23,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.connload import BuildError, build_c
+from bench.connload import build_c, ready_binary
 from bench.report import save_results
 
 SOURCE = Path(__file__).with_name("wakecost.c")
@@ -99,15 +99,8 @@ def run_case(
 
 
 def main(args) -> int:
-    problems = check(args.iterations, args.gap_us, args.repeat)
-    if problems:
-        for p in problems:
-            print(f"bench wakecost: {p}")
-        return 2
-    try:
-        binary = build()
-    except BuildError as exc:
-        print(exc)
+    binary = ready_binary("wakecost", check(args.iterations, args.gap_us, args.repeat), build)
+    if binary is None:
         return 2
     cases = cases_for(sorted(os.sched_getaffinity(0)))
     idle = machine_idle_settings()

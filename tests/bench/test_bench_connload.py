@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import connload
+from bench import connload, sendfloor, wakecost
 from bench.cli import build_parser
 from bench.connload import LoadSpec, argv_for, check_spec, parse_args, percentile_us, report
 from bench.handshakes import rate_order, rate_summary
@@ -129,6 +129,28 @@ def test_report_of_nothing_done():
     assert r.handshake_p50_ms is None
     with pytest.raises(ValueError):
         report([])
+
+
+@pytest.mark.parametrize("module", [sendfloor, wakecost])
+def test_the_c_helpers_say_what_to_do_without_a_compiler(module, tmp_path, monkeypatch):
+    src = tmp_path / module.SOURCE.name
+    src.write_text(module.SOURCE.read_text() + "\n/* another version */\n")
+    monkeypatch.setattr(connload.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(connload.BuildError, match="gcc"):
+        module.build(src, tmp_path / "cache")
+
+
+def test_ready_binary_prints_the_problems_or_the_build_error(capsys):
+    assert connload.ready_binary("x", [], lambda: "/bin/true") == "/bin/true"
+    assert connload.ready_binary("x", ["--a: bad", "--b: worse"], lambda: "/bin/true") is None
+    assert capsys.readouterr().out == "bench x: --a: bad\nbench x: --b: worse\n"
+
+    def broken() -> str:
+        raise connload.BuildError("bench's x needs a C compiler (apt-get install gcc)")
+
+    assert connload.ready_binary("x", [], broken) is None
+    assert "apt-get install gcc" in capsys.readouterr().out
 
 
 def test_build_error_names_the_missing_compiler(tmp_path, monkeypatch):

@@ -4,10 +4,12 @@ runs real targets and is in bench/RESULTS.md, not in the suite)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,31 +52,37 @@ def _serve(listener: socket.socket, answer_every: int, stop: threading.Event, go
         c.close()
 
 
+@contextlib.contextmanager
+def _stream_server(answer_every: int) -> Iterator[tuple[int, list]]:
+    """A ``_serve`` thread on a free port: (the port, the requests it got); stopped on exit."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop, got = threading.Event(), []
+    server = threading.Thread(target=_serve, args=(listener, answer_every, stop, got), daemon=True)
+    server.start()
+    try:
+        yield listener.getsockname()[1], got
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(30)
 def test_client_holds_answered_connections_and_fails_hanging_ones(monkeypatch):
     monkeypatch.setattr(connrate, "STALL_S", 0.5)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    stop, got = threading.Event(), []
-    server = threading.Thread(target=_serve, args=(listener, 2, stop, got), daemon=True)
-    server.start()
-    ctx = multiprocessing.get_context("fork")
-    start, close = ctx.Event(), ctx.Event()
-    parent, child = ctx.Pipe(duplex=False)
-    job = connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")
-    start.set()  # the driver runs in a thread of this process, not in a worker process
-    t = threading.Thread(target=connrate._client, args=(job, start, child, close), daemon=True)
-    try:
+    with _stream_server(2) as (port, got):
+        ctx = multiprocessing.get_context("fork")
+        start, close = ctx.Event(), ctx.Event()
+        parent, child = ctx.Pipe(duplex=False)
+        job = connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")
+        start.set()  # the driver runs in a thread of this process, not in a worker process
+        t = threading.Thread(target=connrate._client, args=(job, start, child, close), daemon=True)
         t.start()
         r = parent.recv()
         close.set()
         assert parent.recv() == "closed"
         t.join(5)
-    finally:
-        stop.set()
-        server.join(5)
-        listener.close()
     assert (r["held"], r["failed"]) == (5, 5)  # every second one answered, the rest waited out
     assert len(r["done_at"]) == 5
     # the channels spread as asked: cr0, cr1, cr2, cr0, ...
@@ -109,28 +117,21 @@ def _open_fds_to(port: int) -> int:
 @pytest.mark.timeout(60)
 def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(monkeypatch):
     monkeypatch.setattr(connrate, "STALL_S", 1.0)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    stop, got = threading.Event(), []
-    server = threading.Thread(target=_serve, args=(listener, 2, stop, got), daemon=True)
-    server.start()
-    jobs = [connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")]
-    copies = connrate._c_clients(connload.build(), jobs)
-    try:
-        assert not got  # nothing before the start byte
-        copies[0].stdin.write(b"g")
-        copies[0].stdin.flush()
-        r = connrate._c_result(copies[0])
-        # the answered ones are still open (held) after the report: 5 established, client side
-        assert _open_fds_to(port) == 5
-        copies[0].communicate(timeout=30)  # stdin's end: it closes them and exits
-        assert copies[0].returncode == 0
-    finally:
-        for cp in copies:
-            cp.kill()
-        stop.set()
-        server.join(5)
-        listener.close()
+    with _stream_server(2) as (port, got):
+        jobs = [connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")]
+        copies = connrate._c_clients(connload.build(), jobs)
+        try:
+            assert not got  # nothing before the start byte
+            copies[0].stdin.write(b"g")
+            copies[0].stdin.flush()
+            r = connrate._c_result(copies[0])
+            # the answered ones are still open (held) after the report: 5 established
+            assert _open_fds_to(port) == 5
+            copies[0].communicate(timeout=30)  # stdin's end: it closes them and exits
+            assert copies[0].returncode == 0
+        finally:
+            for cp in copies:
+                cp.kill()
     assert (r["held"], r["failed"]) == (5, 5)  # every second one answered, the rest timed out
     assert len(r["done_at"]) == 5 and all(t > 0 for t in r["done_at"])
     assert r["cpu_s"] >= 0 and r["wall_s"] > 0
