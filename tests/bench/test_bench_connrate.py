@@ -8,6 +8,7 @@ import contextlib
 import multiprocessing
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -148,3 +149,17 @@ def test_c_client_without_a_compiler_is_a_clear_error(monkeypatch, capsys):
     args.argv = []
     assert connrate.main(args) == 2
     assert "apt-get install gcc" in capsys.readouterr().out
+
+
+@needs_cc
+def test_connload_hold_needs_a_plain_request_and_a_count():
+    binary = connload.build()
+    for extra in ([], ["--request", "GET / HTTP/1.1\\r\\n\\r\\n"], ["--conns", "3"]):
+        argv = [binary, "--port", "9", "--hold", *extra]
+        if extra == ["--conns", "3"]:
+            argv += ["--mode", "tls1.3", "--request", "GET / HTTP/1.1\\r\\n\\r\\n"]
+        p = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        )
+        assert p.returncode == 2, (extra, p.stderr)
+        assert "--hold needs" in p.stderr
