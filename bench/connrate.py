@@ -347,10 +347,10 @@ def run_target(kind: str, args, log=print) -> dict:
                 args.window,
                 args.channels,
                 args.client_sched,
-                getattr(args, "client", "python"),
+                args.client,
             )
             row["round"] = r
-            row["client"] = getattr(args, "client", "python")
+            row["client"] = args.client
             procs_txt = "  ".join(
                 f"{n} {v['connect_us_per_conn']} (sys {v['connect_sys_s']:.2f}s)"
                 for n, v in row["processes"].items()
@@ -375,12 +375,9 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def main(args) -> int:
-    if getattr(args, "client", "python") == "c":
-        try:
-            connload.build()  # here, so a missing compiler is a clear message, not a traceback
-        except connload.BuildError as exc:
-            print(exc)
-            return 2
+    # the C clients' build here, so a missing compiler is a clear message, not a traceback
+    if args.client == "c" and connload.ready_binary("connrate", [], connload.build) is None:
+        return 2
     if args.target == "both":
         targets = (
             ["gripcast", "pushpin"] if args.order != "pushpin-first" else ["pushpin", "gripcast"]
