@@ -26,6 +26,7 @@ _NAMES = (
     "fanout",
     "marks",
     "deliver",
+    "history",
 )
 
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
         send_frames,
     )
     from _speedups._framing_py import http_chunk, http_chunks
+    from _speedups._history_py import HistoryChannel, append_many
     from _speedups._items_py import (
         NO_META,
         first_hint,
@@ -104,11 +106,15 @@ else:
     queue_singles = _modules["deliver"].queue_singles
     send_pending = _modules["deliver"].send_pending
     SessionCore = _modules["deliver"].SessionCore
+    HistoryChannel = _modules["history"].HistoryChannel
+    append_many = _modules["history"].append_many
 
 __all__ = [
     "COMPILED",
     "NO_META",
+    "HistoryChannel",
     "SessionCore",
+    "append_many",
     "decode_envelopes",
     "encode_envelopes",
     "fan_out",

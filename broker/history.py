@@ -35,13 +35,14 @@ down to 90% of the bound; a replay that needed them is incomplete, as after the 
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
-from _speedups import make_envelope, payload_bytes, retain
+from _speedups import HistoryChannel, payload_bytes, retain
+from _speedups import append_many as _append_many
 from broker.items import Item
 from broker.namespaces import NamespaceTable
 from broker.wire import REPLAY_LIMIT, Envelope
@@ -77,40 +78,8 @@ class HistoryStatistics:
     payload_bytes: int = 0  # payload bytes retained, all channels
 
 
-class _Channel:
-    __slots__ = (
-        "name",
-        "epoch",
-        "last_seq",
-        "last_id",
-        "ring",
-        "ids",
-        "bytes",
-        "max_items",
-        "max_age_s",
-    )
-
-    def __init__(self, name: str, epoch: str, max_items: int, max_age_s: float) -> None:
-        # the channel's name as first written: every envelope it retains holds this one string
-        # (a publish decodes the name afresh for each item; ~55 bytes a retained message)
-        self.name = name
-        self.epoch = epoch
-        self.max_items = max_items  # this channel's bounds (its namespace's, else the globals)
-        self.max_age_s = max_age_s
-        self.last_seq = 0
-        self.last_id: str | None = None
-        self.ring: deque[Envelope] = deque()
-        self.ids: dict[str, int] = {}  # publisher id -> seq, for ids still in the ring
-        self.bytes = 0  # payload bytes of the ring (broker.items.item_bytes)
-
-    def drop_oldest(self) -> int:
-        """Drop the oldest retained message; its payload bytes."""
-        env = self.ring.popleft()
-        n = payload_bytes(env.formats)
-        self.bytes -= n
-        if env.id is not None and self.ids.get(env.id) == env.seq:
-            del self.ids[env.id]
-        return n
+# a channel's state (its numbers are C fields in the compiled twin)
+_Channel = HistoryChannel
 
 
 class MemoryHistory:
@@ -178,78 +147,10 @@ class MemoryHistory:
         return env
 
     def append_many(self, items: Sequence[Item], now: float) -> list[Envelope]:
-        """``append`` for each item, in order (the same effect, with the per-item work inlined:
-        one batch is one ``now``, so a channel's age bound is checked on its first item)."""
-        out: list[Envelope] = []
-        add = out.append
-        channels = self._channels
-        move_to_end = channels.move_to_end
-        get = channels.get
-        max_bytes = self.max_bytes
-        make = make_envelope
-        keep = retain  # (see append)
-        cur_name = None
-        ch: _Channel  # bound on the first item (its name differs from None)
-        ring: deque[Envelope] = deque()
-        ids: dict[str, int] = {}
-        first = False
-        expired_checked: set[str] = set()
-        retained = 0
-        payload = 0
-        for item in items:
-            name = item.channel
-            if name != cur_name:  # a run of one channel: looked up and moved to the end once
-                # (the channel written last is never the one evicted)
-                found = get(name)
-                ch = found if found is not None else self._channel(name)
-                move_to_end(name)
-                cur_name = name
-                ring = ch.ring
-                ids = ch.ids
-                max_items = ch.max_items
-                first = name not in expired_checked
-            seq = ch.last_seq + 1
-            ch.last_seq = seq
-            item_id = item.id
-            ch.last_id = item_id
-            env = make(
-                Envelope,
-                ch.name,
-                seq,
-                ch.epoch,
-                item.formats,
-                item_id,
-                item.prev_id,
-                item.meta,
-                now,
-            )
-            ring.append(env)
-            keep(env)
-            if item_id is not None:
-                ids[item_id] = seq
-            retained += 1
-            n = payload_bytes(item.formats)  # (env.formats is item.formats)
-            ch.bytes += n
-            payload += n
-            while len(ring) > max_items or (ch.bytes > max_bytes and len(ring) > 1):
-                old = ring.popleft()  # _Channel.drop_oldest, inlined
-                n = payload_bytes(old.formats)
-                ch.bytes -= n
-                payload -= n
-                if old.id is not None and ids.get(old.id) == old.seq:
-                    del ids[old.id]
-                retained -= 1
-            if first:
-                first = False
-                expired_checked.add(name)
-                if ring[0].ts < now - ch.max_age_s:  # (_expire's test, inlined)
-                    self._expire(ch, now)
-            add(env)
-        self._retained += retained
-        self._payload += payload
-        self._appended += len(out)
-        self._check_total()
-        return out
+        """``append`` for each item, in order (the same effect, with the per-item work inlined
+        in ``_speedups.append_many``: one batch is one ``now``, so a channel's age bound is
+        checked on its first item)."""
+        return _append_many(self, items, now, Envelope)
 
     # -- reads --------------------------------------------------------------------------------
 
