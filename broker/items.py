@@ -211,15 +211,16 @@ _scan_once = _json.scanner.make_scanner(_json.JSONDecoder())  # type: ignore[arg
 def _json_loads(data: bytes) -> Any:
     """``json.loads`` that refuses unpaired ``\\uD800``-``\\uDFFF`` escapes (not encodable text).
 
-    Raw UTF-8 input cannot carry surrogates (strict decoding refuses them), so only JSON escapes
-    can; the walk runs only when the text contains one.
+    UTF-8 input is decoded strictly, so it cannot carry surrogates (UTF-8-encoded surrogate
+    bytes are refused, as invalid UTF-8); then only JSON escapes can, and the walk runs only
+    when the text contains one.  Other encodings (``json.loads``' detection) are walked always.
     """
     if data[:1] in _OPENERS and 0 not in data[:4]:
         # the usual body: UTF-8 from its first byte (json.loads would detect just that), an
         # object or array at offset 0: the C scanner straight on the text, without
         # json.loads' encoding detection and its two whitespace matches (same value, same
         # errors: a JSONDecodeError, a ValueError, for extra data)
-        text = data.decode("utf-8", "surrogatepass")
+        text = data.decode("utf-8")
         try:
             value, end = _scan_once(text, 0)
         except StopIteration as exc:
@@ -227,7 +228,10 @@ def _json_loads(data: bytes) -> Any:
         if end != len(text) and text[end:].strip(" \t\n\r"):
             raise _json.JSONDecodeError("Extra data", text, end)
     else:
-        value = _json.loads(data)
+        value = _json.loads(data)  # (it decodes with "surrogatepass")
+        if _has_lone_surrogate(value):
+            raise ValueError("unpaired surrogate")
+        return value
     lowered = data.lower() if b"\\u" in data else b""
     if b"\\ud" in lowered and _has_lone_surrogate(value):
         raise ValueError("unpaired surrogate escape")

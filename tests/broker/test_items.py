@@ -15,6 +15,7 @@ from broker.items import (
     Item,
     parse_http_publish,
     parse_items_container,
+    parse_pull_frames,
     parse_sub_item,
     parse_zmq_item,
     status_reason,
@@ -512,6 +513,21 @@ def test_unpaired_surrogate_escapes_are_refused_not_crashing(field):
         parse_http_publish(('{"items":[{' + field + "}]}").encode())
     with pytest.raises(PublishError):
         parse_zmq_item(("J{" + field + "}").encode())
+
+
+@pytest.mark.parametrize("lead", [b"", b" \n"])  # the scanner's path, json.loads' path
+def test_utf8_encoded_surrogate_bytes_are_invalid_json_not_a_crash(lead):
+    # a surrogate written as raw UTF-8 bytes (ED A0 80) is not UTF-8: refused with the
+    # invalid-JSON answer, never an encoding error later (it used to escape as one)
+    item = b'{"channel":"a","formats":{"http-stream":{"content":"x\xed\xa0\x80"}}}'
+    with pytest.raises(PublishError, match="Body is not valid JSON"):
+        parse_http_publish(lead + b'{"items":[' + item + b"]}")
+    with pytest.raises(PublishError, match="json parse failed"):
+        parse_zmq_item(b"J" + lead + item)
+    assert parse_pull_frames([b"J" + lead + item]) == (
+        [],
+        ["received message with invalid format (json parse failed)"],
+    )
 
 
 def test_paired_surrogate_escapes_are_text():
