@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         NO_META,
         first_hint,
         normalise_item,
+        parse_j_frames,
         payload_bytes,
         unpack_batch,
     )
@@ -94,6 +95,7 @@ else:
     send_batch = _modules["sendmany"].send_batch
     normalise_item = _modules["items"].normalise_item
     unpack_batch = _modules["items"].unpack_batch
+    parse_j_frames = _modules["items"].parse_j_frames
     payload_bytes = _modules["items"].payload_bytes
     first_hint = _modules["items"].first_hint
     NO_META = _modules["items"].NO_META
@@ -125,6 +127,7 @@ __all__ = [
     "message_packets",
     "queue_singles",
     "normalise_item",
+    "parse_j_frames",
     "payload_bytes",
     "recv_frames",
     "recv_single",

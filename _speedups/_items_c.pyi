@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
@@ -11,3 +12,10 @@ NO_META: dict[str, str]
 def payload_bytes(formats: Any) -> int: ...
 def first_hint(items: Any) -> int: ...
 def unpack_batch(data: bytes, item_cls: type[Any]) -> Any: ...
+def parse_j_frames(
+    frames: list[Any],
+    scan_once: Callable[[str, int], tuple[Any, int]],
+    item_cls: type[_T],
+    max_bytes: int,
+    slow: Callable[[Any], tuple[list[Any], list[str]]],
+) -> tuple[list[Any], list[str]]: ...

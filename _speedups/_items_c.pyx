@@ -528,3 +528,56 @@ def payload_bytes(formats):
         if data is not None:
             n += len(data)
     return n
+
+
+# -- parse_j_frames: a PULL read's usual frames (J + a JSON object) parsed in one loop ---------
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memchr
+
+
+cdef inline bint _surrogate_escape(const unsigned char* p, Py_ssize_t n):
+    """A backslash, ``u`` or ``U``, then ``d`` or ``D`` somewhere (the pure twin's test)."""
+    cdef Py_ssize_t i = 0
+    cdef const unsigned char* q
+    while i < n - 2:
+        q = <const unsigned char*>memchr(p + i, 92, n - 2 - i)
+        if q == NULL:
+            return False
+        i = q - p
+        if (p[i + 1] == 117 or p[i + 1] == 85) and (p[i + 2] == 100 or p[i + 2] == 68):
+            return True
+        i += 1
+    return False
+
+
+def parse_j_frames(list frames, scan_once, item_cls, Py_ssize_t max_bytes, slow):
+    """See the pure twin."""
+    cdef list items = [], errors = []
+    cdef const unsigned char* p
+    cdef Py_ssize_t n, end
+    cdef object text, value, item
+    for frame in frames:
+        if type(frame) is bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(frame)
+            n = PyBytes_GET_SIZE(frame)
+            if (n >= 2 and p[0] == 74 and p[1] == 123
+                    and memchr(p + 2, 0, min(3, n - 2)) == NULL
+                    and not _surrogate_escape(p, n)):
+                value = None
+                try:
+                    text = PyUnicode_DecodeUTF8(<const char*>p, n, NULL)
+                    value, end = scan_once(text, 1)
+                    if end != len(<str>text) and (<str>text)[end:].strip(" \t\n\r"):
+                        value = None
+                except (StopIteration, ValueError, RecursionError):
+                    value = None
+                if type(value) is dict:
+                    item = normalise_item(<dict>value, None, True, item_cls)
+                    if item is not None and payload_bytes(item.formats) <= max_bytes:
+                        items.append(item)
+                        continue
+        parsed, bad = slow(frame)
+        items += parsed
+        errors += bad
+    return items, errors

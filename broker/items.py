@@ -65,7 +65,7 @@ from typing import Any, Literal, Protocol, TypeAlias, overload
 
 import msgpack
 
-from _speedups import normalise_item, payload_bytes, unpack_batch
+from _speedups import normalise_item, parse_j_frames, payload_bytes, unpack_batch
 from broker.errors import PublishError, RemoteProtocolError
 from broker.ingest import tnetstring
 
@@ -299,26 +299,10 @@ def parse_sub_item(channel: bytes, payload: bytes) -> Item:
 def parse_pull_frames(frames: list[bytes]) -> tuple[list[Item], list[str]]:
     """``parse_pull_frame`` for each of ``frames`` (one PULL read), items and rejection
     reasons in frame order.  The usual frame, ``J`` and a JSON object ``normalise_item``
-    takes within ``MAX_ITEM_BYTES``, is parsed inline (three Python calls less a frame);
-    any other frame, or one the fast path does not take, goes to ``parse_pull_frame``."""
-    items: list[Item] = []
-    errors: list[str] = []
-    add = items.append
-    for frame in frames:
-        if type(frame) is bytes and frame[:1] == b"J":
-            try:
-                value = _json_loads(frame[1:])
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                value = None
-            if type(value) is dict:
-                item = normalise_item(value, None, True, Item)
-                if item is not None and payload_bytes(item.formats) <= MAX_ITEM_BYTES:
-                    add(item)
-                    continue
-        parsed, bad = parse_pull_frame(frame)
-        items += parsed
-        errors += bad
-    return items, errors
+    takes within ``MAX_ITEM_BYTES``, is parsed in one compiled loop (``_speedups``'
+    ``parse_j_frames``, no Python frame per item); any other frame, or one the fast path does
+    not take, goes to ``parse_pull_frame``."""
+    return parse_j_frames(frames, _scan_once, Item, MAX_ITEM_BYTES, parse_pull_frame)
 
 
 def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:
