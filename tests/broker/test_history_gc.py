@@ -95,3 +95,34 @@ def test_history_keeps_and_evicts_the_same_with_untracked_envelopes(many):
         # untracked when the compiled twin is in use, tracked as any object with the pure one
         assert gc.is_tracked(e) is (not _speedups.COMPILED)
         assert gc.is_tracked(e.formats) is (not _speedups.COMPILED)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["pure", "compiled"])
+def test_compiled_channels_and_rings_are_out_of_the_collector(compiled):
+    try:
+        mod = twin("history", compiled)
+    except ImportError:
+        pytest.skip("compiled twins are not built")
+    ch = mod.HistoryChannel("c", "e", 5, 60.0)
+    # compiled: neither the channel nor its ring is walked by a collection; pure: as any object
+    assert gc.is_tracked(ch) is (not compiled)
+    assert gc.is_tracked(ch.ring) is (not compiled)
+    env = _envelope()
+    ch.ring.append(env)
+    assert gc.is_tracked(ch.ring) is (not compiled)  # an append does not track it again
+    gc.collect()
+    assert list(ch.ring) == [env] and ch.drop_oldest() == 2
+
+
+def test_history_with_untracked_rings_survives_collections_and_frees_evicted_channels():
+    import sys
+
+    h = MemoryHistory(max_items=3, max_channels=2)
+    h.append_many(_items(6, channels=2), 100.0)  # c0: m0 m2 m4, c1: m1 m3 m5 (c1 written last)
+    gc.collect()
+    assert [e.id for e in h.replay("c0").items] == ["m0", "m2", "m4"]
+    oldest = h.replay("c0").items[0]
+    held = sys.getrefcount(oldest)
+    h.append_many(_items(3, channels=3)[2:], 101.0)  # c2 arrives: c0, the least recent, goes
+    assert h.statistics().channels == 2 and h.statistics().evicted_channels == 1
+    assert sys.getrefcount(oldest) == held - 1  # refcounting let go of the untracked ring
