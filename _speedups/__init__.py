@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     # the types: the pure twins' signatures (each ``_<name>_c.pyi`` states the same ones)
     from _speedups._deliver_py import SessionCore, queue_singles, send_pending, send_plain
     from _speedups._fanout_py import (
+        atom_pair,
         decode_envelopes,
         encode_envelopes,
         fan_out,
@@ -87,6 +88,7 @@ else:
     make_envelope = _modules["fanout"].make_envelope
     message_packets = _modules["fanout"].message_packets
     retain = _modules["fanout"].retain
+    atom_pair = _modules["fanout"].atom_pair
     send_frames = _modules["fanout"].send_frames
     recv_frames = _modules["fanout"].recv_frames
     recv_single = _modules["fanout"].recv_single
@@ -117,6 +119,7 @@ __all__ = [
     "HistoryChannel",
     "SessionCore",
     "append_many",
+    "atom_pair",
     "decode_envelopes",
     "encode_envelopes",
     "fan_out",

@@ -335,7 +335,9 @@ def fan_out(sock, envs, live, dict recent):
     for i in range(n):
         env = lst[i]
         if i + 1 == n or (<object>lst[i + 1]).channel != env.channel:
-            PyDict_SetItem(recent, env.channel, (env.epoch, env.seq))
+            pos = (env.epoch, env.seq)
+            PyObject_GC_UnTrack(<void*>pos)  # atoms: never in a cycle (see atom_pair)
+            PyDict_SetItem(recent, env.channel, pos)
     if _zmq_bound == 0:
         _bind_zmq()
     if _zmq_bound == 1 and not sock.closed:
@@ -595,6 +597,13 @@ def decode_envelopes(list frames, cls):
 cdef inline void _untrack(object o):
     if PyObject_IS_GC(o):
         PyObject_GC_UnTrack(<void*>o)
+
+
+def atom_pair(a, b):
+    """See the pure twin: ``(a, b)``, untracked by the cyclic collector."""
+    cdef tuple t = (a, b)
+    PyObject_GC_UnTrack(<void*>t)
+    return t
 
 
 def retain(env):

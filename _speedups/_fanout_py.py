@@ -256,6 +256,19 @@ def retain(env: Envelope) -> None:
     return None
 
 
+def atom_pair(a: Any, b: Any) -> tuple[Any, Any]:
+    """``(a, b)`` for two atoms (strings, numbers, None), made for a long-lived key or value.
+
+    The compiled twin returns it untracked by the cyclic garbage collector (a tuple of atoms
+    can never be in a cycle; CPython untracks one only when a collection first examines it),
+    so a dict of such pairs and strings stays untracked as well: the sequencer's id cache
+    (up to ``id_cache_max`` keys) is then never walked by a full collection, and no pair waits
+    in the young generation.  Here it is the plain tuple: the same value, the collector's work
+    aside.
+    """
+    return (a, b)
+
+
 TRANSPORT_MODE = {"http-response": "response", "http-stream": "stream", "ws-message": "ws"}
 
 

@@ -14,7 +14,9 @@ For each item, in order:
    the expiry, so an id counts as seen exactly within ``id_cache_ttl_s`` while the cache is
    under its bound; past the bound, at least the ``id_cache_max / 2`` most recent ids are
    kept.  (A queue of expiries with one eviction per new id cost ~1 us an item at 60,000
-   items/s in cache misses; bench/RESULTS.md, fourteenth session.)
+   items/s in cache misses; bench/RESULTS.md, fourteenth session.)  Each key is an
+   ``atom_pair``: untracked by the cyclic collector in the compiled twin, so the cache's dicts
+   stay untracked and a full collection never walks them (seventeenth session).
 2. **No-seq bypass.** ``no_seq`` items are released at once and leave the remembered last id
    of the channel alone.
 3. **Reorder.** Per channel we remember the ``id`` of the last released item (an item without
@@ -47,6 +49,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from _speedups import atom_pair
 from broker.items import Item
 
 
@@ -138,6 +141,7 @@ class Sequencer:
         last_ids = self._last_ids
         last_ids_max = self.last_ids_max
         pending = self._pending
+        pair = atom_pair
         append = out.append
         expiry = now + ttl
         released = 0
@@ -150,7 +154,7 @@ class Sequencer:
                 ids_old = self._ids_old
                 continue
             if item_id is not None and ttl > 0:
-                key = (channel, item_id)
+                key = pair(channel, item_id)
                 seen = ids.get(key)
                 if seen is None:
                     seen = ids_old.get(key)
@@ -295,7 +299,7 @@ class Sequencer:
     def _add(self, item: Item, now: float, out: list[Item]) -> None:
         self._expire_ids(now)
         if item.id is not None and self.id_cache_ttl_s > 0:
-            key = (item.channel, item.id)
+            key = atom_pair(item.channel, item.id)
             seen = self._ids.get(key)
             if seen is None:
                 seen = self._ids_old.get(key)

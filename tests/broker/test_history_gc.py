@@ -126,3 +126,42 @@ def test_history_with_untracked_rings_survives_collections_and_frees_evicted_cha
     h.append_many(_items(3, channels=3)[2:], 101.0)  # c2 arrives: c0, the least recent, goes
     assert h.statistics().channels == 2 and h.statistics().evicted_channels == 1
     assert sys.getrefcount(oldest) == held - 1  # refcounting let go of the untracked ring
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["pure", "compiled"])
+def test_atom_pairs_keep_a_dict_out_of_the_collector(compiled):
+    try:
+        mod = twin("fanout", compiled)
+    except ImportError:
+        pytest.skip("compiled twins are not built")
+    p = mod.atom_pair("c", "id1")
+    assert p == ("c", "id1") and type(p) is tuple and hash(p) == hash(("c", "id1"))
+    d: dict = {}
+    d[p] = 1.5
+    assert gc.is_tracked(p) is (not compiled) and gc.is_tracked(d) is (not compiled)
+    assert d[("c", "id1")] == 1.5  # found by an ordinary tuple (forget_ids looks up so)
+
+
+def test_the_sequencers_id_cache_and_the_trailing_positions_stay_untracked():
+    from broker.sequencer import Sequencer
+
+    s = Sequencer(id_cache_ttl_s=60.0)
+    batch = _items(50, channels=10)
+    assert s.add_many(batch, 1.0) == batch
+    assert s.add_many(batch, 2.0) == []  # every id seen: the cache works with pair keys
+    assert gc.is_tracked(s._ids) is (not _speedups.COMPILED)
+    s.forget_ids(batch[:1])
+    assert s.add_many(batch[:1], 3.0) == batch[:1]  # forgotten by an ordinary tuple
+    recent: dict = {}
+    fan_out = twin("fanout", _speedups.COMPILED).fan_out
+
+    class NoSocket:  # fan_out sends nothing when no channel is live
+        closed = False
+        underlying = 0
+
+        def send(self, *a, **k):  # pragma: no cover - not called: nothing is live
+            raise AssertionError("sent")
+
+    envs = MemoryHistory().append_many(batch, 1.0)
+    assert fan_out(NoSocket(), envs, set(), recent) == (0, 0)
+    assert len(recent) == 10 and gc.is_tracked(recent) is (not _speedups.COMPILED)
