@@ -608,6 +608,185 @@ def test_decode_envelopes_takes_every_broker_frame_and_leaves_the_rest(twins):
     assert got[2:] == [None] * 7
 
 
+def _strict(v):
+    """``v`` with every float, int and bool told apart (``==`` takes 1 == 1.0 == True and
+    0.0 == -0.0): what "the same value" means for two decoders."""
+    if isinstance(v, dict):
+        return ("d", [(_strict(k), _strict(x)) for k, x in v.items()])
+    if isinstance(v, list):
+        return ("l", [_strict(x) for x in v])
+    if isinstance(v, float):
+        return ("f", v.hex())
+    return (type(v).__name__, v)
+
+
+def _env_strict(e):
+    if e is None:
+        return None
+    return [
+        _strict(getattr(e, f))
+        for f in ("channel", "seq", "epoch", "formats", "id", "prev_id", "meta", "ts")
+    ]
+
+
+_MP_EDGES = [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+_MP_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.integers(-70000, 70000),  # every width up to int32 / uint32, both signs
+    st.sampled_from(_MP_EDGES + [-1 - e for e in _MP_EDGES[:-2]] + [-32, -33, -(2**63)]),
+    st.floats(allow_nan=False),
+    st.text(max_size=40),
+    st.text(min_size=250, max_size=300),  # str8 and str16
+    st.binary(max_size=40),
+    st.binary(min_size=250, max_size=300),
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4)),
+)
+_MP_KEY = st.one_of(st.text(max_size=30), st.binary(max_size=3), st.integers(0, 3))
+_MP_VALUE = st.recursive(
+    _MP_LEAF,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=18), st.dictionaries(_MP_KEY, kids, max_size=18)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    formats=st.dictionaries(st.text(max_size=12), _MP_VALUE, max_size=3),
+    meta=st.dictionaries(st.text(max_size=4), _MP_VALUE, max_size=2),
+    extra=st.dictionaries(st.sampled_from(["x", "marker", "seq", "y" * 40]), _MP_LEAF, max_size=2),
+    ts=st.one_of(st.floats(0, 2e9), st.integers(0, 2**40)),
+    single_float=st.booleans(),
+    cut=st.integers(0, 400),
+    flip=st.tuples(st.integers(0, 400), st.integers(0, 255)),
+    depth=st.integers(0, 40),
+)
+def test_decode_envelopes_reads_every_value_as_msgpack_does(
+    formats, meta, extra, ts, single_float, cut, flip, depth
+):
+    """The compiled reader gives exactly what ``msgpack.unpackb`` gives (the pure twin), value
+    for value and type for type, for any content in ``formats`` and ``meta`` (nesting, big
+    strings, bytes, ext types, keys that are not strings), for bodies cut short, with a byte
+    changed or a byte too many, and for nesting deeper than its own limit."""
+    nested = "leaf"
+    for _ in range(depth):
+        nested = [nested]
+    m = {
+        "seq": 5,
+        "epoch": "ep",
+        "formats": formats,
+        "id": "i5",
+        "prev_id": None,
+        "meta": {**meta, "deep": nested},
+        "ts": ts,
+        **extra,
+    }
+    try:
+        body = msgpack.packb(m, use_bin_type=True, use_single_float=single_float)
+    except OverflowError:  # a double past float32's range, packed single
+        body = msgpack.packb(m, use_bin_type=True)
+    frame = b"ch\x00" + body
+    pos, byte = flip
+    flipped = bytearray(frame)
+    flipped[3 + pos % len(body)] = byte
+    frames = [frame, frame[: 3 + cut % len(body)], frame + b"\x00", bytes(flipped)]
+    results = [
+        [_env_strict(e) for e in mod.decode_envelopes(frames, Envelope)] for mod in _twins("fanout")
+    ]
+    for other in results[1:]:
+        assert other == results[0]
+
+
+def test_decode_envelopes_every_msgpack_type(twins):
+    """One value of every type and width msgpack writes (each int width at its edges, both
+    signs; float32 and float64; str and bin at each length class; arrays and maps of 15, 16
+    and 65,536 elements; an ext type), read back equal to ``msgpack.unpackb``'s, type for
+    type."""
+    ints = [
+        *_MP_EDGES,
+        *(-1 - e for e in _MP_EDGES[:-2]),
+        -32,
+        -33,
+        -128,
+        -129,
+        -32768,
+        -32769,
+        -(2**31),
+        -(2**31) - 1,
+        -(2**63),
+        -200,
+        -40000,
+    ]
+    values = [
+        None,
+        True,
+        False,
+        *ints,
+        0.5,
+        -0.0,
+        1e300,
+        float("inf"),
+        "",
+        "é" * 10,
+        "x" * 31,
+        "x" * 32,
+        "x" * 255,
+        "x" * 256,
+        "x" * 65536,
+        b"",
+        b"\x00" * 255,
+        b"b" * 256,
+        b"b" * 65536,
+        list(range(15)),
+        list(range(16)),
+        list(range(65536)),
+        {str(i): i for i in range(15)},
+        {str(i): i for i in range(16)},
+        {str(i): i for i in range(65536)},
+        [[[["deep"]]]],
+        {"k": {"k": {"k": []}}},
+    ]
+    meta = {f"v{i}": v for i, v in enumerate(values)}
+    m = {"seq": 2**63 - 1, "epoch": "e", "formats": {"f": values}, "meta": meta, "ts": 7}
+    small = {**m, "formats": {"f": [v for v in values if v != 1e300]}, "meta": {}}
+    frames = [
+        b"ch\x00" + msgpack.packb(m, use_bin_type=True),
+        b"ch\x00" + msgpack.packb(small, use_bin_type=True, use_single_float=True),
+    ]
+    frames.append(b"ch\x00" + msgpack.packb({**m, "meta": {"x": msgpack.ExtType(5, b"e")}}))
+    for frame in frames:
+        want = msgpack.unpackb(frame[3:])
+        (got,) = twins.decode_envelopes([frame], Envelope)
+        assert _env_strict(got) == _env_strict(
+            Envelope(
+                "ch", want["seq"], "e", want["formats"], None, None, want["meta"], float(want["ts"])
+            )
+        )
+
+
+def test_decode_envelopes_keys_and_map_sizes(twins):
+    """Envelope maps of 16 keys and more (map16), keys repeated (the last wins), keys longer
+    than the reader's key cache, and many different keys in turn (its slots replaced)."""
+    base = {"seq": 1, "epoch": "e", "formats": {}, "meta": {}, "ts": 1.0}
+    maps = [
+        {**base, **{f"k{i}": i for i in range(20)}},
+        {**base, "k" * 30: 1, "é" * 10: 2},
+        *({**base, "formats": {f"fmt{i}-{'x' * (i % 25)}": {"content": "c"}}} for i in range(200)),
+    ]
+    frames = [b"ch\x00" + msgpack.packb(m, use_bin_type=True) for m in maps]
+    # a repeated key: written by hand (a dict cannot hold one)
+    frames.append(
+        b"ch\x00\x86\xa3seq\x01\xa3seq\x02\xa5epoch\xa1e\xa7formats\x80\xa4meta\x80\xa2ts\x01"
+    )
+    got = twins.decode_envelopes(frames, Envelope)
+    want = [Envelope("ch", 1, "e", m["formats"], None, None, {}, 1.0) for m in maps]
+    assert got[: len(maps)] == want
+    assert got[-1] == Envelope("ch", 2, "e", {}, None, None, {}, 1.0)
+
+
 # -- message_packets: the broker's "message" stats packets --------------------------------------
 
 _stat_names = st.text(min_size=1, max_size=12)
