@@ -23,6 +23,33 @@ cdef extern from "sys/socket.h" nogil:
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    int PyDict_Contains(object d, object key) except -1
+
+from broker.histogram import IntHistogram as _IntHistogram
+
+cdef enum:
+    _LAT_BOUNDS = 32  # a latency histogram with more bounds is observed per message
+
+
+cdef inline object _dget(dict d, str key):
+    cdef PyObject* p = PyDict_GetItemWithError(d, key)
+    return None if p == NULL else <object>p
+
+
+cdef inline bint _has(object fmt, str key) except -1:
+    """``key in fmt`` (a format is a dict: looked up directly)."""
+    if type(fmt) is dict:
+        return PyDict_Contains(fmt, key) == 1
+    return key in fmt
+
+
+cdef inline bint _sends(object fmt) except -1:
+    """``fmt.get("action", "send") == "send"``."""
+    cdef PyObject* p
+    if type(fmt) is dict:
+        p = PyDict_GetItemWithError(fmt, "action")
+        return p == NULL or (<object>p) == "send"
+    return fmt.get("action", "send") == "send"
 
 
 cdef class SessionCore:
@@ -197,28 +224,70 @@ def send_plain(list members, Py_ssize_t start, Py_ssize_t stop, str channel, cur
 def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls, ws_cls,
                   ws_frame_fn, chunk_fn, render_fn, bytes id_token, dict pending, lat,
                   double wall):
-    cdef Py_ssize_t i = start, n = PyList_GET_SIZE(envs), messages = 0
     cdef bint gated = bool(gate)
     cdef dict gate_d = gate if gated else None
+    # the latency histogram (an IntHistogram): counted here in C, added to it on the way out,
+    # each observation in the same order and arithmetic as IntHistogram.observe
+    cdef double bounds[_LAT_BOUNDS]
+    cdef long long counts[_LAT_BOUNDS + 1]
+    cdef Py_ssize_t nb = 0, b
+    cdef long long observed = 0
+    cdef double total = 0.0
+    cdef bint inline_lat = False
+    if not (issubclass(stream_cls, SessionCore) and issubclass(ws_cls, SessionCore)):
+        raise TypeError("queue_singles: the session classes must derive from SessionCore")
+    if lat is not None and type(lat) is _IntHistogram and len(lat.bounds) <= _LAT_BOUNDS:
+        inline_lat = True
+        for b, bound in enumerate(lat.bounds):
+            bounds[b] = bound
+        nb = len(lat.bounds)
+        for b in range(nb + 1):
+            counts[b] = 0
+        total = lat.total
+    try:
+        return _queue_singles(envs, start, members_of, gated, gate_d, stream_cls, ws_cls,
+                              ws_frame_fn, chunk_fn, render_fn, id_token, pending,
+                              None if inline_lat else lat, wall, inline_lat, bounds, nb,
+                              counts, &observed, &total)
+    finally:
+        if observed:
+            lat_counts = lat.counts
+            for b in range(nb + 1):
+                if counts[b]:
+                    lat_counts[b] += counts[b]
+            lat.count += observed
+            lat.total = total
+
+
+cdef tuple _queue_singles(list envs, Py_ssize_t start, dict members_of, bint gated, dict gate_d,
+                          stream_cls, ws_cls, ws_frame_fn, chunk_fn, render_fn, bytes id_token,
+                          dict pending, lat, double wall, bint inline_lat, double* bounds,
+                          Py_ssize_t nb, long long* counts, long long* observed,
+                          double* total):
+    cdef Py_ssize_t i = start, n = PyList_GET_SIZE(envs), messages = 0, b, m
     cdef bint ssend, wsend
     cdef SessionCore c
     cdef PyObject* p
+    cdef double value
     cdef object env, channel, formats, stream, resp, wsmsg, members, s, cls, cursor
     cdef object raw, chunk, frame, data, content
-    if not (issubclass(stream_cls, SessionCore) and issubclass(ws_cls, SessionCore)):
-        raise TypeError("queue_singles: the session classes must derive from SessionCore")
     while i < n:
         env = <object>PyList_GET_ITEM(envs, i)
         channel = env.channel
         if i + 1 < n and (<object>PyList_GET_ITEM(envs, i + 1)).channel == channel:
             break
         formats = env.formats
-        stream = formats.get("http-stream")
-        resp = formats.get("http-response")
-        wsmsg = formats.get("ws-message")
-        if ((stream is not None and "content-filters" in stream)
-                or (resp is not None and "content-filters" in resp)
-                or (wsmsg is not None and "content-filters" in wsmsg)):
+        if type(formats) is dict:
+            stream = _dget(<dict>formats, "http-stream")
+            resp = _dget(<dict>formats, "http-response")
+            wsmsg = _dget(<dict>formats, "ws-message")
+        else:
+            stream = formats.get("http-stream")
+            resp = formats.get("http-response")
+            wsmsg = formats.get("ws-message")
+        if ((stream is not None and _has(stream, "content-filters"))
+                or (resp is not None and _has(resp, "content-filters"))
+                or (wsmsg is not None and _has(wsmsg, "content-filters"))):
             break
         p = PyDict_GetItemWithError(members_of, channel)
         if p == NULL or not (<object>p):
@@ -226,8 +295,8 @@ def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls
             i += 1
             continue
         members = <object>p
-        ssend = stream is not None and stream.get("action", "send") == "send"
-        wsend = wsmsg is not None and wsmsg.get("action", "send") == "send"
+        ssend = stream is not None and _sends(stream)
+        wsend = wsmsg is not None and _sends(wsmsg)
         for s in members:
             cls = type(s)
             if cls is stream_cls:
@@ -247,7 +316,20 @@ def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls
             if gated and PyDict_GetItemWithError(gate_d, (s, channel)) != NULL:
                 return i, messages
         messages += 1
-        if lat is not None and env.ts:
+        if inline_lat:
+            ts = env.ts
+            if ts:
+                value = wall - <double>ts
+                if value < 0:
+                    value = 0.0
+                m = len(members)
+                b = 0
+                while b < nb and bounds[b] < value:  # bisect_left
+                    b += 1
+                counts[b] += m
+                observed[0] += m
+                total[0] += value * <double>m
+        elif lat is not None and env.ts:
             lat.observe(wall - env.ts, len(members))
         cursor = env.cursor
         raw = chunk = frame = None

@@ -203,3 +203,75 @@ def test_plain_singles_are_queued_by_queue_singles(twins):
     assert fast == rules
     assert fast[0][0][0] == b"2\r\nm\n\r\n"
     assert fast[0][3][0] == b"8\r\nid: e:1\n\r\n"  # the cursor rendered, str content
+
+
+class _Recorder:
+    """Not an IntHistogram: queue_singles calls its ``observe`` per message."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, int]] = []
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.calls.append((value, n))
+
+
+def test_queue_singles_observes_latency_as_observe_does(twins):
+    """The latency of each message taken, once for its sessions: an ``IntHistogram`` ends
+    exactly as ``observe`` called per message leaves it (buckets at and around each bound,
+    a future timestamp counted as 0, none for ``ts`` 0, what it held before kept), and any
+    other histogram gets its ``observe`` calls."""
+    _usable(twins)
+    from broker.histogram import LATENCY_BUCKETS_S, IntHistogram
+    from edge.grip.sseid import ID_TOKEN, render_ids
+    from edge.ws.session import message_frame
+
+    wall = 1_000_000.0
+    ages = [-1.0, 0.0, 1e-9, 2e9, *LATENCY_BUCKETS_S]
+    ages += [b * 1.000001 for b in LATENCY_BUCKETS_S] + [b * 0.999999 for b in LATENCY_BUCKETS_S]
+    envs, members_of, pipes = [], {}, []
+    for k, age in enumerate([*ages, None]):
+        ch = f"c{k}"
+        pipe = PipeEnd()
+        pipes.append(pipe)
+        members = {session(pipe)}
+        if k % 3 == 0:  # some messages go to two sessions
+            pipe2 = PipeEnd()
+            pipes.append(pipe2)
+            members.add(session(pipe2))
+        members_of[ch] = members
+        ts = 0.0 if age is None else wall - age
+        envs.append(Envelope(ch, 1, "e", {"http-stream": {"content": b"x\n"}}, ts=ts))
+
+    def run(lat):
+        return twins.queue_singles(
+            envs,
+            0,
+            members_of,
+            {},
+            StreamSession,
+            WsSession,
+            message_frame,
+            deliver_mod.http_chunk,
+            render_ids,
+            ID_TOKEN,
+            {},
+            lat,
+            wall,
+        )
+
+    try:
+        want = IntHistogram()
+        want.observe(0.25, 3)  # what it held before
+        got = IntHistogram()
+        got.observe(0.25, 3)
+        for env in envs:
+            if env.ts:
+                want.observe(wall - env.ts, len(members_of[env.channel]))
+        assert run(got) == (len(envs), len(envs))
+        assert got.statistics() == want.statistics()
+        rec = _Recorder()
+        run(rec)
+        assert rec.calls == [(wall - e.ts, len(members_of[e.channel])) for e in envs if e.ts]
+    finally:
+        for pipe in pipes:
+            pipe.close()
