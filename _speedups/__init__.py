@@ -60,6 +60,8 @@ if TYPE_CHECKING:
         decode_envelopes,
         encode_envelopes,
         fan_out,
+        first_none,
+        first_topic,
         make_envelope,
         message_packets,
         recv_frames,
@@ -89,6 +91,8 @@ else:
     message_packets = _modules["fanout"].message_packets
     retain = _modules["fanout"].retain
     atom_pair = _modules["fanout"].atom_pair
+    first_topic = _modules["fanout"].first_topic
+    first_none = _modules["fanout"].first_none
     send_frames = _modules["fanout"].send_frames
     recv_frames = _modules["fanout"].recv_frames
     recv_single = _modules["fanout"].recv_single
@@ -121,6 +125,8 @@ __all__ = [
     "append_many",
     "atom_pair",
     "decode_envelopes",
+    "first_none",
+    "first_topic",
     "encode_envelopes",
     "fan_out",
     "first_hint",

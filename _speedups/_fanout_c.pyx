@@ -21,6 +21,7 @@ channels of one client at 60,000/s: -0.6 us an item (bench/RESULTS.md, eighteent
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject_GenericSetAttr
 from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF, Py_XINCREF
 from libc.errno cimport errno, EAGAIN, EINTR
@@ -885,6 +886,28 @@ def decode_envelopes(list frames, cls):
         else:
             out.append(None)
     return out
+
+
+def first_topic(list frames):
+    """See the pure twin."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(frames)
+    cdef object f
+    for i in range(n):
+        f = <object>PyList_GET_ITEM(frames, i)
+        if type(f) is not bytes:
+            return i
+        if PyBytes_GET_SIZE(f) > 0 and PyBytes_AS_STRING(f)[0] == 0:
+            return i
+    return -1
+
+
+def first_none(list values):
+    """See the pure twin."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(values)
+    for i in range(n):
+        if PyList_GET_ITEM(values, i) == <PyObject*>None:
+            return i
+    return -1
 
 
 cdef inline void _untrack(object o):

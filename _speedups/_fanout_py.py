@@ -240,6 +240,24 @@ def _decode_envelope(frame: bytes, cls: type[_T]) -> _T | None:
     return make_envelope(cls, channel, seq, epoch, formats, id_, prev_id, meta, float(ts))
 
 
+def first_topic(frames: list[Any]) -> int:
+    """The index of the first of ``frames`` that is not a channel frame (it starts with the
+    separator, as every topic of the broker's own does, or is not bytes), or -1: the edge's
+    link hands a batch without one on as it is."""
+    for i, frame in enumerate(frames):
+        if type(frame) is not bytes or frame[:1] == _SEP:
+            return i
+    return -1
+
+
+def first_none(values: list[Any]) -> int:
+    """The index of the first None in ``values`` (by identity, no ``__eq__``), or -1."""
+    for i, v in enumerate(values):
+        if v is None:
+            return i
+    return -1
+
+
 def retain(env: Envelope) -> None:
     """Mark an envelope that the broker's history keeps as one the cyclic garbage collector
     need not walk.

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 import trio
 import zmq
 
+from _speedups import first_topic
 from broker import wire
 from broker.config import ENDPOINTS, Config
 from broker.curve import link_options
@@ -254,6 +255,12 @@ class BrokerLink:
 
         async def handle(frames: list[bytes]) -> None:
             self._frames += len(frames)
+            if frames and self.wire_ok and first_topic(frames) < 0:
+                # the usual batch: channel frames only (no heartbeat, recover or command), on
+                # as it is, without a pass over it here
+                self.last_data = trio.current_time()
+                await on_frames(frames)
+                return
             data: list[bytes] = []
             append = data.append
             for f in frames:

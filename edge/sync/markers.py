@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import msgpack
 
-from _speedups import decode_envelopes
+from _speedups import decode_envelopes, first_none
 from broker.errors import RemoteProtocolError
 from broker.wire import HEARTBEAT_TOPIC, SEP, Envelope, decode_frame, decode_heartbeat
 from edge.sync.tracker import Tracker
@@ -102,6 +103,9 @@ class FrameFeeder:
         # the whole batch's envelopes in one call; None: a marker, a heartbeat, a bad frame
         # (or an envelope of other types), read below
         decoded = decode_envelopes(frames, Envelope)
+        if first_none(decoded) < 0:  # every frame an envelope (the usual batch): one call
+            on_envelopes(cast("list[Envelope]", decoded), out, now)
+            return
         for frame, env in zip(frames, decoded, strict=True):
             if env is not None:
                 envs.append(env)

@@ -826,3 +826,38 @@ def test_message_packets_twins_agree(envs, live, subs, chan_subs, head):
         assert again == got  # the transport cache changes nothing
         outs.append(got)
     assert all(o == outs[0] for o in outs)
+
+
+# -- first_topic / first_none: the edge's checks for its usual batch ---------------------------
+
+
+@SETTINGS
+@given(
+    frames=st.lists(
+        st.one_of(st.binary(max_size=4), st.just(b""), st.just(b"\x00hb\x00"), st.none()),
+        max_size=6,
+    )
+)
+def test_first_topic_and_first_none(frames):
+    """``first_topic``: the first frame that is not bytes or starts with the separator, else
+    -1; ``first_none``: the first None by identity (never an element's ``__eq__``)."""
+    want_topic = next(
+        (i for i, f in enumerate(frames) if type(f) is not bytes or f[:1] == b"\x00"), -1
+    )
+    want_none = next((i for i, f in enumerate(frames) if f is None), -1)
+    for mod in _twins("fanout"):
+        assert mod.first_topic(frames) == want_topic
+        assert mod.first_none(frames) == want_none
+
+
+class _EqualsAll:
+    def __eq__(self, other):
+        raise AssertionError("compared")
+
+    __hash__ = object.__hash__
+
+
+def test_first_none_compares_by_identity():
+    for mod in _twins("fanout"):
+        assert mod.first_none([_EqualsAll(), _EqualsAll()]) == -1
+        assert mod.first_none([_EqualsAll(), None]) == 1
