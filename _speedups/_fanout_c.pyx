@@ -746,6 +746,30 @@ cdef object _mp(const unsigned char* p, Py_ssize_t n, Py_ssize_t* at, int depth)
     return d
 
 
+cdef inline object _checked_envelope(cls, channel, seq, epoch, formats, id_, prev_id, meta, ts):
+    """The ``cls`` envelope of these fields, or None when one has the wrong type."""
+    if (
+        type(seq) is not int
+        or type(epoch) is not str
+        or type(formats) is not dict
+        or type(meta) is not dict
+        or (id_ is not None and type(id_) is not str)
+        or (prev_id is not None and type(prev_id) is not str)
+        or (type(ts) is not float and type(ts) is not int)
+    ):
+        return None
+    env = _new(cls)
+    PyObject_GenericSetAttr(env, "channel", channel)
+    PyObject_GenericSetAttr(env, "seq", seq)
+    PyObject_GenericSetAttr(env, "epoch", epoch)
+    PyObject_GenericSetAttr(env, "formats", formats)
+    PyObject_GenericSetAttr(env, "id", id_)
+    PyObject_GenericSetAttr(env, "prev_id", prev_id)
+    PyObject_GenericSetAttr(env, "meta", meta)
+    PyObject_GenericSetAttr(env, "ts", float(ts))
+    return env
+
+
 cdef object _envelope_fast(const char* data, Py_ssize_t n, object channel, object cls):
     """The envelope map ``data[:n]`` read field by field (no map dict built): the ``cls``
     envelope, None (a marker, or a field of the wrong type: ``_decode_envelope``'s rules), or
@@ -802,26 +826,7 @@ cdef object _envelope_fast(const char* data, Py_ssize_t n, object channel, objec
         return _NO  # trailing bytes: msgpack.unpackb's error
     if marker:
         return None
-    if (
-        type(seq) is not int
-        or type(epoch) is not str
-        or type(formats) is not dict
-        or type(meta) is not dict
-        or (id_ is not None and type(id_) is not str)
-        or (prev_id is not None and type(prev_id) is not str)
-        or (type(ts) is not float and type(ts) is not int)
-    ):
-        return None
-    env = _new(cls)
-    PyObject_GenericSetAttr(env, "channel", channel)
-    PyObject_GenericSetAttr(env, "seq", seq)
-    PyObject_GenericSetAttr(env, "epoch", epoch)
-    PyObject_GenericSetAttr(env, "formats", formats)
-    PyObject_GenericSetAttr(env, "id", id_)
-    PyObject_GenericSetAttr(env, "prev_id", prev_id)
-    PyObject_GenericSetAttr(env, "meta", meta)
-    PyObject_GenericSetAttr(env, "ts", float(ts))
-    return env
+    return _checked_envelope(cls, channel, seq, epoch, formats, id_, prev_id, meta, ts)
 
 
 cdef object _decode_envelope(bytes frame, object cls):
@@ -855,26 +860,7 @@ cdef object _decode_envelope(bytes frame, object cls):
     prev_id = _get(d, S_PREV)
     meta = _get(d, S_META)
     ts = _get(d, S_TS)
-    if (
-        type(seq) is not int
-        or type(epoch) is not str
-        or type(formats) is not dict
-        or type(meta) is not dict
-        or (id_ is not None and type(id_) is not str)
-        or (prev_id is not None and type(prev_id) is not str)
-        or (type(ts) is not float and type(ts) is not int)
-    ):
-        return None
-    env = _new(cls)
-    PyObject_GenericSetAttr(env, "channel", channel)
-    PyObject_GenericSetAttr(env, "seq", seq)
-    PyObject_GenericSetAttr(env, "epoch", epoch)
-    PyObject_GenericSetAttr(env, "formats", formats)
-    PyObject_GenericSetAttr(env, "id", id_)
-    PyObject_GenericSetAttr(env, "prev_id", prev_id)
-    PyObject_GenericSetAttr(env, "meta", meta)
-    PyObject_GenericSetAttr(env, "ts", float(ts))
-    return env
+    return _checked_envelope(cls, channel, seq, epoch, formats, id_, prev_id, meta, ts)
 
 
 def decode_envelopes(list frames, cls):
