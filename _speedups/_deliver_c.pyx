@@ -247,8 +247,8 @@ def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls
     try:
         return _queue_singles(envs, start, members_of, gated, gate_d, stream_cls, ws_cls,
                               ws_frame_fn, chunk_fn, render_fn, id_token, pending,
-                              None if inline_lat else lat, wall, inline_lat, bounds, nb,
-                              counts, &observed, &total)
+                              None if inline_lat else lat, wall, bounds, nb, counts,
+                              &observed, &total)
     finally:
         if observed:
             lat_counts = lat.counts
@@ -261,9 +261,10 @@ def queue_singles(list envs, Py_ssize_t start, dict members_of, gate, stream_cls
 
 cdef tuple _queue_singles(list envs, Py_ssize_t start, dict members_of, bint gated, dict gate_d,
                           stream_cls, ws_cls, ws_frame_fn, chunk_fn, render_fn, bytes id_token,
-                          dict pending, lat, double wall, bint inline_lat, double* bounds,
-                          Py_ssize_t nb, long long* counts, long long* observed,
-                          double* total):
+                          dict pending, lat, double wall, double* bounds, Py_ssize_t nb,
+                          long long* counts, long long* observed, double* total):
+    """``queue_singles``' loop: ``nb`` > 0, the latency is counted in ``bounds`` / ``counts`` /
+    ``observed`` / ``total`` (``lat`` is then None); else observed on ``lat``, if any."""
     cdef Py_ssize_t i = start, n = PyList_GET_SIZE(envs), messages = 0, b, m
     cdef bint ssend, wsend
     cdef SessionCore c
@@ -316,7 +317,7 @@ cdef tuple _queue_singles(list envs, Py_ssize_t start, dict members_of, bint gat
             if gated and PyDict_GetItemWithError(gate_d, (s, channel)) != NULL:
                 return i, messages
         messages += 1
-        if inline_lat:
+        if nb:
             ts = env.ts
             if ts:
                 value = wall - <double>ts

@@ -623,6 +623,21 @@ cdef object _mp_str(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, Py_ssize
     return s
 
 
+cdef inline object _mp_key(const unsigned char* p, Py_ssize_t n, Py_ssize_t* at):
+    """The map key at ``p[at[0]:n]`` (a fixstr or str8, interned), ``at[0]`` moved past it;
+    ``_NO`` for any other key (msgpack decides: bytes allowed, others not)."""
+    cdef Py_ssize_t i = at[0]
+    cdef unsigned char b
+    if i >= n:
+        return _NO
+    b = p[i]
+    if 0xa0 <= b <= 0xbf:
+        return _mp_str(p, n, i + 1, b & 0x1f, at, True)
+    if b == 0xd9 and i + 1 < n:
+        return _mp_str(p, n, i + 2, p[i + 1], at, True)
+    return _NO
+
+
 cdef object _mp(const unsigned char* p, Py_ssize_t n, Py_ssize_t* at, int depth):
     """The msgpack object at ``p[at[0]:n]``, ``at[0]`` moved past it; ``_NO`` for anything
     left to ``msgpack.unpackb`` (module docstring)."""
@@ -726,17 +741,7 @@ cdef object _mp(const unsigned char* p, Py_ssize_t n, Py_ssize_t* at, int depth)
         return lst
     d = {}
     for k in range(ln):
-        i = at[0]
-        if i >= n:
-            return _NO
-        b = p[i]
-        i += 1
-        if 0xa0 <= b <= 0xbf:
-            key = _mp_str(p, n, i, b & 0x1f, at, True)
-        elif b == 0xd9 and i < n:
-            key = _mp_str(p, n, i + 1, p[i], at, True)
-        else:
-            return _NO  # a key not a short str: msgpack decides (bytes allowed, others not)
+        key = _mp_key(p, n, at)
         if key is _NO:
             return _NO
         v = _mp(p, n, at, depth + 1)
@@ -792,15 +797,7 @@ cdef object _envelope_fast(const char* data, Py_ssize_t n, object channel, objec
         return _NO
     seq = epoch = formats = id_ = prev_id = meta = ts = None
     for k in range(ln):
-        if at >= n:
-            return _NO
-        b = p[at]
-        if 0xa0 <= b <= 0xbf:
-            key = _mp_str(p, n, at + 1, b & 0x1f, &at, True)
-        elif b == 0xd9 and at + 1 < n:
-            key = _mp_str(p, n, at + 2, p[at + 1], &at, True)
-        else:
-            return _NO
+        key = _mp_key(p, n, &at)
         if key is _NO:
             return _NO
         v = _mp(p, n, &at, 1)
