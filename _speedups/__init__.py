@@ -68,6 +68,7 @@ if TYPE_CHECKING:
         recv_single,
         retain,
         send_frames,
+        split_batch,
     )
     from _speedups._framing_py import http_chunk, http_chunks
     from _speedups._history_py import HistoryChannel, append_many
@@ -96,6 +97,7 @@ else:
     send_frames = _modules["fanout"].send_frames
     recv_frames = _modules["fanout"].recv_frames
     recv_single = _modules["fanout"].recv_single
+    split_batch = _modules["fanout"].split_batch
     http_chunk = _modules["framing"].http_chunk
     http_chunks = _modules["framing"].http_chunks
     send_batch = _modules["sendmany"].send_batch
@@ -145,6 +147,7 @@ __all__ = [
     "send_frames",
     "send_pending",
     "send_plain",
+    "split_batch",
     "tnet_pop",
     "twin",
     "unpack_batch",

@@ -27,7 +27,7 @@ from cpython.ref cimport PyObject, Py_DECREF, Py_XDECREF, Py_XINCREF
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memcpy, memchr
+from libc.string cimport memcmp, memcpy, memchr, memmove
 
 from sys import intern as _intern
 
@@ -301,14 +301,14 @@ cdef object _slow_map(object env):
 
 
 cdef int _frame(Buf* b, object env, bytes topic) except -1:
-    """Write ``topic`` + the envelope into ``b`` (from its start)."""
+    """Append ``topic`` + the envelope to ``b``."""
     cdef Py_ssize_t tl = PyBytes_GET_SIZE(topic)
+    cdef Py_ssize_t start = b.len
     cdef bytes packed
-    b.len = 0
     _put(b, PyBytes_AS_STRING(topic), tl)
     if _pack_env(b, env):
         packed = _slow_map(env)
-        b.len = tl
+        b.len = start + tl
         _put(b, PyBytes_AS_STRING(packed), PyBytes_GET_SIZE(packed))
     return 0
 
@@ -330,6 +330,7 @@ def encode_envelopes(envs):
             if topic is None or ch != channel:
                 topic = _topic(ch)
                 channel = ch
+            b.len = 0
             _frame(&b, env, topic)
             out.append(PyBytes_FromStringAndSize(b.data, b.len))
     finally:
@@ -337,16 +338,57 @@ def encode_envelopes(envs):
     return out
 
 
-def fan_out(sock, envs, live, dict recent):
+BATCH_BYTES = 1 << 18
+
+
+cdef int _send_buf(void* handle, object send, const char* p, Py_ssize_t n) except -1:
+    """Send ``p[:n]`` as one message without blocking: 1 sent, 0 it would block."""
+    cdef int rc, err
+    if handle == NULL:
+        try:
+            send(PyBytes_FromStringAndSize(p, n), _ZMQ_DONTWAIT)
+            return 1
+        except _Again:
+            return 0
+    while True:
+        rc = _zmq_send(handle, p, <size_t>n, _ZMQ_DONTWAIT)
+        if rc >= 0:
+            return 1
+        err = errno
+        if err == EINTR:
+            continue
+        if err == EAGAIN:
+            return 0
+        if err == _ETERM:
+            raise zmq.ContextTerminated(err)
+        raise zmq.ZMQError(err)
+
+
+cdef inline void _put_u32(char* p, Py_ssize_t v) noexcept:
+    p[0] = <char>((v >> 24) & 0xff)
+    p[1] = <char>((v >> 16) & 0xff)
+    p[2] = <char>((v >> 8) & 0xff)
+    p[3] = <char>(v & 0xff)
+
+
+cdef int _send_batch(Buf* b, Py_ssize_t hl, Py_ssize_t count, void* handle, object send) except -1:
+    """Send the ``count`` frames batched in ``b`` after its ``hl`` topic bytes: one of them
+    alone as the plain frame; 1 sent, 0 it would block."""
+    if count == 1:
+        return _send_buf(handle, send, b.data + hl + 4, b.len - hl - 4)
+    return _send_buf(handle, send, b.data, b.len)
+
+
+def fan_out(sock, envs, live, dict recent, bytes batch=None, Py_ssize_t batch_bytes=BATCH_BYTES):
     cdef list lst = envs if type(envs) is list else list(envs)
     cdef Py_ssize_t i, n = len(lst)
     cdef Py_ssize_t sent = 0, blocked = 0
     cdef Buf b
     cdef void* handle = NULL
-    cdef int rc, err
     cdef bint is_live = False, started = False
     cdef object channel = None
     cdef bytes topic = None
+    cdef Py_ssize_t hl = 0, count = 0, start, done = 0, end
     for i in range(n):
         env = lst[i]
         if i + 1 == n or (<object>lst[i + 1]).channel != env.channel:
@@ -361,6 +403,10 @@ def fan_out(sock, envs, live, dict recent):
     b.data = NULL
     b.len = b.cap = 0
     try:
+        if batch is not None:
+            hl = PyBytes_GET_SIZE(batch)
+            _putb(&b, batch)
+            done = hl
         for i in range(n):
             env = lst[i]
             ch = env.channel
@@ -371,31 +417,66 @@ def fan_out(sock, envs, live, dict recent):
                 topic = _topic(ch) if is_live else None
             if not is_live:
                 continue
-            _frame(&b, env, topic)
-            if handle == NULL:
-                try:
-                    send(PyBytes_FromStringAndSize(b.data, b.len), _ZMQ_DONTWAIT)
+            if batch is None:
+                b.len = 0
+                _frame(&b, env, topic)
+                if _send_buf(handle, send, b.data, b.len):
                     sent += 1
-                except _Again:
+                else:
                     blocked += 1
                 continue
-            while True:
-                rc = _zmq_send(handle, b.data, <size_t>b.len, _ZMQ_DONTWAIT)
-                if rc >= 0:
-                    sent += 1
-                    break
-                err = errno
-                if err == EINTR:
-                    continue
-                if err == EAGAIN:
-                    blocked += 1
-                    break
-                if err == _ETERM:
-                    raise zmq.ContextTerminated(err)
-                raise zmq.ZMQError(err)
+            # batched: its length, then the frame; the message goes out before it would
+            # pass batch_bytes, and this frame starts the next one
+            start = b.len
+            _put(&b, b"\0\0\0\0", 4)
+            _frame(&b, env, topic)
+            _put_u32(b.data + start, b.len - start - 4)
+            end = b.len
+            if count and end > batch_bytes:
+                b.len = start
+                if _send_batch(&b, hl, count, handle, send):
+                    sent += count
+                else:
+                    blocked += count
+                memmove(b.data + hl, b.data + start, <size_t>(end - start))
+                b.len = end = hl + end - start
+                count = 0
+            count += 1
+            done = end
     finally:
-        free(b.data)
+        try:
+            if count:  # what was batched before an error too
+                b.len = done
+                if _send_batch(&b, hl, count, handle, send):
+                    sent += count
+                else:
+                    blocked += count
+        finally:
+            free(b.data)
     return sent, blocked
+
+
+def split_batch(bytes frame, Py_ssize_t start, wanted):
+    """See the pure twin."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(frame), i = start, size, clen
+    cdef const void* nul
+    cdef list out = []
+    if i < 0:
+        raise ValueError("negative start")
+    while i < n:
+        if n - i < 4:
+            raise ValueError("batch message cut in a length")
+        size = ((<Py_ssize_t>p[i]) << 24) | (p[i + 1] << 16) | (p[i + 2] << 8) | p[i + 3]
+        i += 4
+        if size > n - i:
+            raise ValueError("batch message cut in a frame")
+        nul = memchr(p + i, 0, <size_t>size)
+        clen = size if nul == NULL else <Py_ssize_t>(<const unsigned char*>nul - (p + i))
+        if PyBytes_FromStringAndSize(<const char*>(p + i), clen) in wanted:
+            out.append(PyBytes_FromStringAndSize(<const char*>(p + i), size))
+        i += size
+    return out
 
 
 def send_frames(sock, list frames):

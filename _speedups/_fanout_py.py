@@ -11,13 +11,24 @@ order, ``msgpack.Packer(use_bin_type=True)``): this twin writes no field name of
 
 ``encode_envelopes(envs)``: the frames of ``envs``, a list of bytes.
 
-``fan_out(sock, envs, live, recent)``: the broker's fan-out step for one sequenced batch.
-First, for each run of consecutive envelopes of one channel, ``recent[channel] = (epoch, seq)``
-of the run's last envelope (what an item-by-item loop leaves behind, in the same key order).
-Then each envelope whose channel is in ``live`` is encoded and sent on the pyzmq socket
-``sock`` without blocking (``sock.send(frame, zmq.NOBLOCK)``); returns ``(sent, would_block)``.
+``fan_out(sock, envs, live, recent, batch=None, batch_bytes=BATCH_BYTES)``: the broker's
+fan-out step for one
+sequenced batch.  First, for each run of consecutive envelopes of one channel,
+``recent[channel] = (epoch, seq)`` of the run's last envelope (what an item-by-item loop leaves
+behind, in the same key order).  Then each envelope whose channel is in ``live`` is encoded
+and sent on the pyzmq socket ``sock`` without blocking (``sock.send(frame, zmq.NOBLOCK)``);
+returns ``(sent, would_block)``, counted in envelopes.  With ``batch`` (a topic, bytes) the
+frames go as few messages: ``batch`` followed, per frame, by its length (4 bytes, big-endian)
+and the frame, a message closed before it would pass ``batch_bytes`` (a frame longer than
+that goes alone in one); a message that would hold one frame is sent as that plain frame.
 Other ZeroMQ errors raise as ``sock.send`` raises them; an envelope that cannot be encoded
-raises what ``msgpack`` raises, after the frames before it were sent.
+raises what ``msgpack`` raises, after the frames before it were sent (those batched before it
+are sent first).
+
+``split_batch(frame, start, wanted)``: the channel frames of a batch message (``frame`` from
+offset ``start``, after its topic) whose channel (utf-8, the bytes before the first NUL) is in
+``wanted`` (a set of bytes), in order; ``ValueError`` when a length runs past the end (the
+frames before it are lost with it: the caller counts the message as bad).
 
 ``send_frames(sock, frames)``: send each bytes object of the list ``frames`` as one message on
 ``sock`` without blocking (the broker's stats packets and trailing markers: one call per batch,
@@ -120,11 +131,16 @@ def encode_envelopes(envs: Iterable[Envelope]) -> list[bytes]:
     return out
 
 
+BATCH_BYTES = 1 << 18  # a batch message stops growing past this many bytes
+
+
 def fan_out(
     sock: zmq.Socket[Any],
     envs: Iterable[Envelope],
     live: Container[str],
     recent: dict[str, tuple[str, int]],
+    batch: bytes | None = None,
+    batch_bytes: int = BATCH_BYTES,
 ) -> tuple[int, int]:
     envs = list(envs)
     n = len(envs)
@@ -139,22 +155,70 @@ def fan_out(
     channel: str | None = None
     topic = b""
     is_live = started = False
-    for env in envs:
-        if not started or env.channel != channel:
-            started = True
-            channel = env.channel
-            is_live = channel in live
-            if is_live:
-                topic = channel.encode("utf-8") + _SEP
-        if not is_live:
-            continue
-        frame = topic + pack(to_map(env))
+    pending: list[bytes] = []  # the frames of the batch message being built
+    size = 0
+
+    def flush() -> None:
+        nonlocal sent, blocked, size
+        if batch is None or not pending:
+            return
+        msg = (
+            pending[0]
+            if len(pending) == 1
+            else batch + b"".join(len(f).to_bytes(4, "big") + f for f in pending)
+        )
         try:
-            send(frame, noblock)
-            sent += 1
+            send(msg, noblock)
+            sent += len(pending)
         except zmq.Again:
-            blocked += 1
+            blocked += len(pending)
+        pending.clear()
+        size = 0
+
+    try:
+        for env in envs:
+            if not started or env.channel != channel:
+                started = True
+                channel = env.channel
+                is_live = channel in live
+                if is_live:
+                    topic = channel.encode("utf-8") + _SEP
+            if not is_live:
+                continue
+            frame = topic + pack(to_map(env))
+            if batch is not None:
+                if pending and size + 4 + len(frame) > batch_bytes - len(batch):
+                    flush()
+                pending.append(frame)
+                size += 4 + len(frame)
+                continue
+            try:
+                send(frame, noblock)
+                sent += 1
+            except zmq.Again:
+                blocked += 1
+    finally:
+        flush()
     return sent, blocked
+
+
+def split_batch(frame: bytes, start: int, wanted: Container[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    n = len(frame)
+    i = start
+    while i < n:
+        if i + 4 > n:
+            raise ValueError("batch message cut in a length")
+        size = int.from_bytes(frame[i : i + 4], "big")
+        i += 4
+        if size > n - i:
+            raise ValueError("batch message cut in a frame")
+        item = frame[i : i + size]
+        i += size
+        nul = item.find(_SEP)
+        if item[: nul if nul >= 0 else len(item)] in wanted:
+            out.append(item)
+    return out
 
 
 def recv_frames(sock: zmq.Socket[Any], limit: int) -> list[bytes]:

@@ -42,6 +42,7 @@ from typing import Any
 from bench import procs
 from bench.redisprocs import RedisCluster, StandaloneRedis, command_calls
 from bench.targets import GripcastTarget
+from broker import wire
 
 CTX = multiprocessing.get_context("fork")
 NOTE = (
@@ -137,6 +138,7 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
     names = [f"{tag}{c}" for c in range(channels)]
     for name in names:
         sub.setsockopt(zmq.SUBSCRIBE, name.encode() + b"\x00")
+    sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)  # several items of one step: one message
     push = None
     https: list[HttpPublisher] = []
     error = ""
@@ -168,8 +170,7 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
                         h.publish([item(names[-1], f"{tag}p{probe}-{i}", 0) | _probe_fmt(i)])
                 t_end = time.monotonic() + 0.2
                 while sub.poll(max(1, int(1000 * (t_end - time.monotonic())))):
-                    m = re.search(rb"probe (\d+)\n", sub.recv())
-                    if m:
+                    for m in re.finditer(rb"probe (\d+)\n", sub.recv()):
                         seen.add(int(m.group(1)))
                     if time.monotonic() > t_end:
                         break
@@ -202,7 +203,7 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
             else:
                 timeout = 50
             while sub.poll(timeout):
-                received += b"item " in sub.recv()
+                received += sum(b"item " in f for f in wire.channel_frames([sub.recv()]))
                 timeout = 0
             counters[1] = received
     except Exception as exc:  # reported to the parent, which fails the run
@@ -426,6 +427,7 @@ def peers_main(spec, nsocks, channels, counters, stop, pipe):
         s.connect(spec)
         for c in channels:
             s.setsockopt(zmq.SUBSCRIBE, c.encode() + b"\x00")
+        s.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)
         socks.append(s)
     poller = zmq.Poller()
     for s in socks:
@@ -441,15 +443,16 @@ def peers_main(spec, nsocks, channels, counters, stop, pipe):
                 i = index[s]
                 while True:
                     try:
-                        frame = s.recv(zmq.NOBLOCK)
+                        msg = s.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if b"item " in frame:
-                        received += 1
-                    elif len(seen[i]) < len(channels):
-                        seen[i].add(frame.split(b"\x00", 1)[0])
-                        if len(seen[i]) == len(channels):
-                            ready += 1
+                    for frame in wire.channel_frames([msg]):
+                        if b"item " in frame:
+                            received += 1
+                        elif len(seen[i]) < len(channels):
+                            seen[i].add(frame.split(b"\x00", 1)[0])
+                            if len(seen[i]) == len(channels):
+                                ready += 1
             counters[0] = ready
             counters[1] = received
     finally:

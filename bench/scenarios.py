@@ -929,6 +929,8 @@ def run_ingest(
     """
     import zmq
 
+    from broker import wire
+
     workdir = tempfile.mkdtemp(prefix="bench-ingest-")
     target = GripcastTarget(origin_port=9, edges=0, workdir=workdir)
     result: dict = {"target": "gripcast", "items": items, "publisher": publisher, "batch": batch}
@@ -941,6 +943,7 @@ def run_ingest(
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(target.edge_pub_spec)
         sub.setsockopt(zmq.SUBSCRIBE, b"bench\x00")
+        sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)  # a step's items: one message
         # wait until the broker fans out to us (its subscription notice arrived): send probes
         pub = open_publisher("http", target.publish_url, target.push_spec)
         deadline = time.monotonic() + 15
@@ -987,7 +990,8 @@ def run_ingest(
                     sent = end
                 while True:
                     try:
-                        received += b"item " in sub.recv(zmq.NOBLOCK)  # items only, not markers
+                        msg = sub.recv(zmq.NOBLOCK)  # items only, not markers:
+                        received += sum(b"item " in f for f in wire.channel_frames([msg]))
                     except zmq.Again:
                         break
                 if sent >= nframes and received < items:
@@ -1004,7 +1008,8 @@ def run_ingest(
                 acked += len(payloads[i : i + batch])
                 while True:
                     try:
-                        received += b"item " in sub.recv(zmq.NOBLOCK)  # items only, not markers
+                        msg = sub.recv(zmq.NOBLOCK)  # items only, not markers:
+                        received += sum(b"item " in f for f in wire.channel_frames([msg]))
                     except zmq.Again:
                         break
                 phase.update(completed=acked)

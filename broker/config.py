@@ -115,6 +115,9 @@ class Config:
     # broker XPUB send high-water mark per edge (messages); beyond it fan-out drops and the
     # edges repair the gap from history
     edge_pub_sndhwm: int = 100_000
+    # the frames of one fan-out step (a publish of many items) go to the edges as one ZeroMQ
+    # message of up to this many bytes (wire.BATCH_TOPIC); 0: one message per frame
+    edge_pub_batch_bytes: int = 262_144
     # edge SUB receive high-water mark (messages)
     edge_sub_rcvhwm: int = 1_000_000
     # an edge that hears no broker heartbeat for this long calls the link lost, and
@@ -536,6 +539,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append("redis_wait_replicas: needs a Redis store (store = redis://...)")
     if cfg.edge_pub_sndhwm < 0:
         problems.append("edge_pub_sndhwm: must be 0 (no limit) or more")
+    if cfg.edge_pub_batch_bytes != 0 and not 1024 <= cfg.edge_pub_batch_bytes <= 64 << 20:
+        problems.append("edge_pub_batch_bytes: must be 0 (no batches) or 1024 to 67108864")
     if cfg.edge_sub_rcvhwm < 0:
         problems.append("edge_sub_rcvhwm: must be 0 (no limit) or more")
     if cfg.broker_link_timeout_s <= 0:

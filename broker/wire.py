@@ -9,6 +9,18 @@ subscribes to ``topic(channel)`` (= channel + b"\\0").  Channel names therefore 
 NUL (publish parsing rejects them).  The broker's heartbeat uses the reserved topic
 ``HEARTBEAT_TOPIC`` (it starts with NUL, which no channel name can).
 
+Batches (wire version 4): when one fan-out step has more than one frame for live channels
+(a publish request of many items), the broker sends them as few messages on the reserved
+topic ``BATCH_TOPIC``: the topic, then for each frame its length (4 bytes, big-endian) and
+the frame, up to ``edge_pub_batch_bytes`` a message (a step of one frame sends the plain
+frame; 0 turns batches off).  One ZeroMQ message a batch instead of one a frame: ~1.8 us an item of libzmq's work
+in the broker and some in each edge (bench/RESULTS.md, nineteenth session).  Every edge that
+holds a channel subscribes to ``BATCH_TOPIC`` and takes from each batch the frames of the
+channels it subscribed to (``split_batch``), so SUB filtering by channel still decides what an
+edge reads; the broker's XPUB notices still say which channels are live.  The per-channel
+order is the link's order: a batch holds the step's frames in order, and a marker or heartbeat
+sent after it arrives after it.
+
 Envelope map keys: ``seq`` (int, 1, 2, ... per channel and epoch), ``epoch`` (str), ``id``
 (publisher id or None), ``prev_id`` (str or None), ``formats`` (normalised, see
 ``broker.items``), ``meta`` (dict str -> str), ``ts`` (broker receive time, float seconds).
@@ -121,7 +133,7 @@ would wait for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
@@ -133,10 +145,12 @@ from broker.errors import RemoteProtocolError
 if TYPE_CHECKING:
     from broker.items import Formats
 
-WIRE_VERSION = 3  # 2: edge commands (conncheck, refresh) and presence topics; 3: heartbeat
-# counter and batched trailing positions ("n", "marks") instead of one marker frame per channel
+WIRE_VERSION = 4  # 2: edge commands (conncheck, refresh) and presence topics; 3: heartbeat
+# counter and batched trailing positions ("n", "marks") instead of one marker frame per channel;
+# 4: channel frames batched on BATCH_TOPIC
 SEP = b"\x00"
 HEARTBEAT_TOPIC = b"\x00hb\x00"
+BATCH_TOPIC = b"\x00batch\x00"
 HEARTBEAT_INTERVAL_S = 1.0
 RECOVER_TOPIC = b"\x00recover\x00"
 COMMAND_TOPIC = b"\x00cmd\x00"
@@ -176,6 +190,42 @@ envelope_map.__doc__ = "The envelope map of ``env`` (keys ``ENVELOPE_FIELDS``, i
 def topic(channel: str) -> bytes:
     """The SUB subscription prefix for ``channel``."""
     return channel.encode("utf-8") + SEP
+
+
+def is_batch(frame: bytes) -> bool:
+    return frame.startswith(BATCH_TOPIC)
+
+
+class _Every:
+    """A container that holds every channel (``unbatch``)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERY = _Every()
+
+
+def split_batch(frame: bytes, wanted: Container[bytes] | None = None) -> list[bytes]:
+    """The channel frames of the batch message ``frame`` (``is_batch``), in order: those whose
+    channel (utf-8 bytes) is in ``wanted``, or every one; ``RemoteProtocolError`` for a
+    message cut short."""
+    try:
+        return _speedups.split_batch(frame, len(BATCH_TOPIC), _EVERY if wanted is None else wanted)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"bad batch message: {exc}") from None
+
+
+def channel_frames(frames: Iterable[bytes]) -> list[bytes]:
+    """``frames`` as one frame per message: each batch message replaced by its frames (for
+    readers of the broker's fan-out outside the edge: tests, ``bench``)."""
+    out: list[bytes] = []
+    for f in frames:
+        if f.startswith(BATCH_TOPIC):
+            out.extend(split_batch(f))
+        else:
+            out.append(f)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,8 @@ class Pipeline:
         edge_stats: StatsEncoder | None = None,
     ) -> None:
         self.cfg = cfg
+        # several frames of a fan-out step as one message (wire version 4), unless turned off
+        self._batch = wire.BATCH_TOPIC if cfg.edge_pub_batch_bytes else None
         self.store = store
         self.sockets = sockets
         self.broker_id = broker_id
@@ -266,11 +268,14 @@ class Pipeline:
                     env.channel in live,
                 )
         # remember each channel's position for the trailing markers, then encode and send the
-        # frames of the live channels in one loop (_speedups' fan_out: no Python object per frame)
+        # frames of the live channels in one loop (_speedups' fan_out: no Python object per
+        # frame), several as one batch message (wire version 4)
         edge_pub = self.sockets.edge_pub
         if self._unmarked:
             self._mark_before(envelopes)
-        sent, blocked = fan_out(edge_pub.sock, envelopes, live, self._recent)
+        sent, blocked = fan_out(
+            edge_pub.sock, envelopes, live, self._recent, self._batch, self.cfg.edge_pub_batch_bytes
+        )
         edge_pub.send_dropped += blocked
         self._fanned_out += sent
         if sent:

@@ -35,13 +35,15 @@ from dataclasses import dataclass, replace
 import trio
 import zmq
 
-from _speedups import first_topic
+from _speedups import first_topic, split_batch
 from broker import wire
 from broker.config import ENDPOINTS, Config
 from broker.curve import link_options
 from broker.errors import GripcastError, RemoteProtocolError
 from broker.runtime.zmqtrio import ZSocket, open_zsocket
-from broker.wire import SEP
+from broker.wire import BATCH_TOPIC, SEP
+
+BATCH_AT = len(BATCH_TOPIC)  # where a batch message's frames start
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,9 @@ class BrokerLink:
         self._rids = itertools.count(1)
         self._waiting: dict[int, _Slot] = {}
         self._channels: set[str] = set()
+        # their utf-8 names: what this edge takes from a batch message (wire.BATCH_TOPIC,
+        # subscribed while it holds a channel)
+        self._wanted: set[bytes] = set()
         self.broker_id: str | None = None
         self.stats_ttl = 0  # the broker's heartbeat: its stats socket's connection ttl (0: off)
         # called with (broker_id) on every heartbeat (edge.sync.repair.LinkWatch watches them)
@@ -158,13 +163,19 @@ class BrokerLink:
 
     def subscribe(self, channel: str) -> None:
         if channel not in self._channels:
+            if not self._channels:  # before the channel's: its batches are not missed
+                self.sub.subscribe(wire.BATCH_TOPIC)
             self._channels.add(channel)
+            self._wanted.add(channel.encode("utf-8"))
             self.sub.subscribe(wire.topic(channel))
 
     def unsubscribe(self, channel: str) -> None:
         if channel in self._channels:
             self._channels.discard(channel)
+            self._wanted.discard(channel.encode("utf-8"))
             self.sub.unsubscribe(wire.topic(channel))
+            if not self._channels:
+                self.sub.unsubscribe(wire.BATCH_TOPIC)
 
     # -- control requests ----------------------------------------------------------------------
 
@@ -271,6 +282,17 @@ class BrokerLink:
                         append(f)
                     else:
                         self._unverified += 1
+                elif f.startswith(BATCH_TOPIC):
+                    if not self.wire_ok:
+                        self._unverified += 1
+                        continue
+                    try:
+                        items = split_batch(f, BATCH_AT, self._wanted)
+                    except ValueError as exc:  # its frames are lost: repaired as a gap
+                        log.warning("bad batch message from the broker: %s", exc)
+                        continue
+                    self._frames += len(items) - 1
+                    data.extend(items)
                 elif wire.is_heartbeat(f):
                     self._on_heartbeat(f)
                     if self.wire_ok:  # its counter and trailing positions, in link order

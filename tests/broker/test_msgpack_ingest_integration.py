@@ -10,7 +10,11 @@ import pytest
 import zmq
 
 from broker import wire
-from tests.broker.test_server_integration import broker_proc, recv_frame  # noqa: F401 (fixture)
+from tests.broker.test_server_integration import (  # noqa: F401 (fixture)
+    broker_proc,
+    recv_frame,
+    subscribe_channel,
+)
 
 
 def item(n: int, **extra) -> dict:
@@ -32,7 +36,7 @@ def test_msgpack_frames_end_to_end(broker_proc):  # noqa: F811
     try:
         for s in (sub, push):
             s.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, wire.topic("mp"))
+        subscribe_channel(sub, "mp")
         sub.connect(f"tcp://127.0.0.1:{ports['edge_pub_port']}")
         assert isinstance(recv_frame(sub), wire.Marker)  # the channel is live now
         push.connect(f"tcp://127.0.0.1:{ports['push_in_port']}")

@@ -60,10 +60,11 @@ def rig():
 
 
 def _drain(s):
+    """The frames ready on ``s``, batch messages split into their channel frames."""
     out = []
     while s.poll(50):
         out.append(s.recv())
-    return out
+    return wire.channel_frames(out)
 
 
 def _items(*channels):

@@ -54,9 +54,27 @@ def raw_http(addr: tuple[str, int], request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+# per SUB socket: the channel topics it holds, and the frames of a batch message not read yet
+_held: dict[int, set[bytes]] = {}
+_unread: dict[int, list[bytes]] = {}
+
+
+def subscribe_channel(sub: zmq.Socket, channel: str) -> None:
+    """Subscribe as an edge does: the batch topic (wire version 4), then the channel's."""
+    sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)
+    sub.setsockopt(zmq.SUBSCRIBE, wire.topic(channel))
+    _held.setdefault(id(sub), set()).add(channel.encode())
+
+
 def recv_frame(sub: zmq.Socket) -> wire.Envelope | wire.Marker:
-    (frame,) = recv(sub)
-    return wire.decode_frame(frame)
+    """The next channel frame on ``sub``, batch messages read as an edge reads them."""
+    unread = _unread.setdefault(id(sub), [])
+    while not unread:
+        (msg,) = recv(sub)
+        if not wire.is_batch(msg):
+            return wire.decode_frame(msg)
+        unread.extend(wire.split_batch(msg, _held.get(id(sub), set())))
+    return wire.decode_frame(unread.pop(0))
 
 
 @pytest.fixture
@@ -100,7 +118,7 @@ def test_broker_end_to_end(broker_proc):
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SNDHWM, 0)
         socks.append(sub)
-        sub.setsockopt(zmq.SUBSCRIBE, wire.topic("test"))
+        subscribe_channel(sub, "test")
         sub.connect(f"tcp://127.0.0.1:{ports['edge_pub_port']}")
 
         # subscribing gets the channel's position marker

@@ -289,7 +289,11 @@ def test_redis_down_refuses_publishes_clearly_then_recovers(tmp_path):
 # -- forced PUB/SUB drops --------------------------------------------------------------------------
 
 
-def test_pubsub_drops_are_repaired_from_history(tmp_path):
+@pytest.mark.parametrize("batch_bytes", [0, 1024], ids=["frames", "batches"])
+def test_pubsub_drops_are_repaired_from_history(tmp_path, batch_bytes):
+    # a high-water mark of 2 messages drops most of each burst: one message a frame, or
+    # batches of a few frames (edge_pub_batch_bytes; the default's 256 KiB would carry a
+    # burst in one message)
     n, burst = 3000, 1000
     mport = two_free_ports()
     with sse_app() as origin:
@@ -300,6 +304,7 @@ def test_pubsub_drops_are_repaired_from_history(tmp_path):
             separate_ports=True,
             edge_pub_sndhwm=2,
             edge_sub_rcvhwm=2,
+            edge_pub_batch_bytes=batch_bytes,
             edge_metrics_port=mport,
             history_max_items=10 * n,
         ) as cl:

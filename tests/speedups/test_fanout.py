@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import _speedups
 from broker import wire
+from broker.errors import RemoteProtocolError
 from broker.items import Item
 from broker.wire import Envelope
 
@@ -396,6 +397,123 @@ def test_fan_out_on_a_closed_socket_raises_like_pyzmq(twins):
             twins.fan_out(pub, [_env("a", 1)], {"a"}, {})
     finally:
         ctx.term()
+
+
+# -- batches (wire version 4): the live frames of one step as few messages ---------------------
+
+
+def _batch_of(frames):
+    return wire.BATCH_TOPIC + b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+
+
+def test_fan_out_batch_sends_the_live_frames_as_one_message(twins, pubsub):
+    pub, sub = pubsub
+    envs = [_env("a", 1), _env("b", 1), _env("a", 2), _env("c", 1), _env("a", 3), _env("b", 2)]
+    recent = {}
+    assert twins.fan_out(pub, envs, {"a", "b"}, recent, wire.BATCH_TOPIC) == (5, 0)
+    assert recent == {"a": ("e", 3), "b": ("e", 2), "c": ("e", 1)}
+    msg = sub.recv(zmq.NOBLOCK)
+    frames = [wire.encode_envelope(e) for e in envs if e.channel != "c"]
+    assert msg == _batch_of(frames)  # byte for byte
+    with pytest.raises(zmq.Again):
+        sub.recv(zmq.NOBLOCK)
+    assert wire.split_batch(msg) == frames
+    assert wire.split_batch(msg, {b"b"}) == frames[1::3]
+    # one live frame: the plain frame, no batch around it; none: nothing
+    assert twins.fan_out(pub, envs[3:5], {"a"}, recent, wire.BATCH_TOPIC) == (1, 0)
+    assert sub.recv(zmq.NOBLOCK) == wire.encode_envelope(envs[4])
+    assert twins.fan_out(pub, envs[3:4], {"a"}, recent, wire.BATCH_TOPIC) == (0, 0)
+    with pytest.raises(zmq.Again):
+        sub.recv(zmq.NOBLOCK)
+
+
+@pytest.mark.parametrize("sizes", [[100, 100, 100], [10, 300, 10, 10], [300], [10, 10, 300]])
+def test_fan_out_batch_closes_a_message_before_it_passes_batch_bytes(twins, pubsub, sizes):
+    pub, sub = pubsub
+    # each size in KiB: a message holds the frames that fit in BATCH_BYTES (256 KiB); a
+    # bigger frame goes alone, plain
+    envs = [
+        Envelope("a", i + 1, "e", {"http-stream": {"content": b"x" * (k * 1024)}})
+        for i, k in enumerate(sizes)
+    ]
+    frames = [wire.encode_envelope(e) for e in envs]
+    assert twins.fan_out(pub, envs, {"a"}, {}, wire.BATCH_TOPIC) == (len(envs), 0)
+    got = []
+    while sub.poll(0):
+        got.append(sub.recv())
+    want, cur = [], []
+    for f in frames:
+        if cur and len(_batch_of(cur + [f])) > twins.BATCH_BYTES:
+            want.append(cur)
+            cur = []
+        cur.append(f)
+    want.append(cur)
+    assert got == [g[0] if len(g) == 1 else _batch_of(g) for g in want]
+    assert all(len(m) <= twins.BATCH_BYTES for m in got if wire.is_batch(m))
+    assert wire.channel_frames(got) == frames
+
+
+def test_fan_out_batch_counts_would_block_per_envelope(twins):
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)  # no peer: every NOBLOCK send would block
+    try:
+        push.setsockopt(zmq.SNDHWM, 1)
+        push.bind("inproc://fanout-batch-block")
+        envs = [_env("a", 1), _env("b", 1), _env("a", 2)]
+        assert twins.fan_out(push, envs, {"a", "b"}, {}, wire.BATCH_TOPIC) == (0, 3)
+    finally:
+        push.close(linger=0)
+        ctx.term()
+
+
+class _Unpackable:
+    pass
+
+
+def test_fan_out_batch_sends_what_came_before_an_envelope_that_cannot_be_encoded(twins, pubsub):
+    pub, sub = pubsub
+    bad = Envelope("a", 3, "e", {"http-stream": {"content": _Unpackable()}})
+    envs = [_env("a", 1), _env("a", 2), bad, _env("a", 4)]
+    with pytest.raises(TypeError):
+        twins.fan_out(pub, envs, {"a"}, {}, wire.BATCH_TOPIC)
+    assert sub.recv(zmq.NOBLOCK) == _batch_of([wire.encode_envelope(e) for e in envs[:2]])
+    with pytest.raises(zmq.Again):
+        sub.recv(zmq.NOBLOCK)
+
+
+def test_split_batch_refuses_a_cut_message_and_skips_what_is_not_wanted(twins):
+    frames = [b"a\x00one", b"bb\x00two", b"nonul", b"", b"a\x00three"]
+    msg = _batch_of(frames)
+    at = len(wire.BATCH_TOPIC)
+    assert twins.split_batch(msg, at, {b"a", b"nonul", b""}) == [
+        frames[0],
+        frames[2],
+        frames[3],
+        frames[4],
+    ]
+    assert twins.split_batch(msg, at, set()) == []
+    assert twins.split_batch(msg, len(msg), {b"a"}) == []
+    for cut in (at + 2, at + 4 + 3, len(msg) - 1):
+        with pytest.raises(ValueError):
+            twins.split_batch(msg[:cut], at, {b"a"})
+    with pytest.raises(RemoteProtocolError):
+        wire.split_batch(msg[:-1])
+
+
+@given(st.lists(st.binary(max_size=40), max_size=8), st.data())
+@SETTINGS
+def test_split_batch_twins_agree(frames, data):
+    msg = _batch_of(frames)
+    if data.draw(st.booleans()):
+        msg = msg[: data.draw(st.integers(0, len(msg)))]
+    wanted = set(data.draw(st.lists(st.binary(max_size=3), max_size=4)))
+    outcomes = []
+    for mod in _twins("fanout"):
+        try:
+            outcomes.append(mod.split_batch(msg, len(wire.BATCH_TOPIC), wanted))
+        except ValueError:
+            outcomes.append("ValueError")
+    assert len(set(map(repr, outcomes))) == 1
 
 
 # -- send_frames: many ready-made frames in one call (stats packets, trailing markers) ----------
