@@ -341,27 +341,30 @@ def encode_envelopes(envs):
 BATCH_BYTES = 1 << 18
 
 
+cdef int _retry(int err) except -1:
+    """After a libzmq call failed with ``err``: 1 call it again (EINTR), 0 it would block
+    (EAGAIN); any other error raised as pyzmq raises it."""
+    if err == EINTR:
+        return 1
+    if err == EAGAIN:
+        return 0
+    if err == _ETERM:
+        raise zmq.ContextTerminated(err)
+    raise zmq.ZMQError(err)
+
+
 cdef int _send_buf(void* handle, object send, const char* p, Py_ssize_t n) except -1:
     """Send ``p[:n]`` as one message without blocking: 1 sent, 0 it would block."""
-    cdef int rc, err
     if handle == NULL:
         try:
             send(PyBytes_FromStringAndSize(p, n), _ZMQ_DONTWAIT)
             return 1
         except _Again:
             return 0
-    while True:
-        rc = _zmq_send(handle, p, <size_t>n, _ZMQ_DONTWAIT)
-        if rc >= 0:
-            return 1
-        err = errno
-        if err == EINTR:
-            continue
-        if err == EAGAIN:
+    while _zmq_send(handle, p, <size_t>n, _ZMQ_DONTWAIT) < 0:
+        if not _retry(errno):
             return 0
-        if err == _ETERM:
-            raise zmq.ContextTerminated(err)
-        raise zmq.ZMQError(err)
+    return 1
 
 
 cdef inline void _put_u32(char* p, Py_ssize_t v) noexcept:
@@ -395,10 +398,7 @@ def fan_out(sock, envs, live, dict recent, bytes batch=None, Py_ssize_t batch_by
             pos = (env.epoch, env.seq)
             PyObject_GC_UnTrack(<void*>pos)  # atoms: never in a cycle (see atom_pair)
             PyDict_SetItem(recent, env.channel, pos)
-    if _zmq_bound == 0:
-        _bind_zmq()
-    if _zmq_bound == 1 and not sock.closed:
-        handle = <void*><uintptr_t>sock.underlying
+    handle = _handle(sock)
     send = sock.send
     b.data = NULL
     b.len = b.cap = 0
@@ -482,13 +482,8 @@ def split_batch(bytes frame, Py_ssize_t start, wanted):
 def send_frames(sock, list frames):
     cdef Py_ssize_t i, n = len(frames)
     cdef Py_ssize_t sent = 0, blocked = 0
-    cdef void* handle = NULL
-    cdef int rc, err
+    cdef void* handle = _handle(sock)
     cdef bytes frame
-    if _zmq_bound == 0:
-        _bind_zmq()
-    if _zmq_bound == 1 and not sock.closed:
-        handle = <void*><uintptr_t>sock.underlying
     if handle == NULL:
         send = sock.send
         for i in range(n):
@@ -500,20 +495,10 @@ def send_frames(sock, list frames):
         return sent, blocked
     for i in range(n):
         frame = frames[i]
-        while True:
-            rc = _zmq_send(handle, PyBytes_AS_STRING(frame), <size_t>PyBytes_GET_SIZE(frame), _ZMQ_DONTWAIT)
-            if rc >= 0:
-                sent += 1
-                break
-            err = errno
-            if err == EINTR:
-                continue
-            if err == EAGAIN:
-                blocked += 1
-                break
-            if err == _ETERM:
-                raise zmq.ContextTerminated(err)
-            raise zmq.ZMQError(err)
+        if _send_buf(handle, None, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame)):
+            sent += 1
+        else:
+            blocked += 1
     return sent, blocked
 
 
@@ -529,21 +514,15 @@ cdef void* _handle(sock):
 cdef int _recv_msg(void* handle, zmq_msg_t* msg) except -1:
     """One message part into ``msg`` (initialised here; the caller closes it when this
     returns 1), without waiting: 1 received, 0 none ready; ZeroMQ's errors raised."""
-    cdef int rc, err
+    cdef int err
     while True:
         _zmq_msg_init(msg)
-        rc = _zmq_msg_recv(msg, handle, _ZMQ_DONTWAIT)
-        if rc >= 0:
+        if _zmq_msg_recv(msg, handle, _ZMQ_DONTWAIT) >= 0:
             return 1
         err = errno
         _zmq_msg_close(msg)
-        if err == EINTR:
-            continue
-        if err == EAGAIN:
+        if not _retry(err):
             return 0
-        if err == _ETERM:
-            raise zmq.ContextTerminated(err)
-        raise zmq.ZMQError(err)
 
 
 cdef inline bytes _msg_bytes(zmq_msg_t* msg):

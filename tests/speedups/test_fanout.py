@@ -374,18 +374,24 @@ def test_fan_out_sends_live_channels_and_records_positions(twins, pubsub):
     assert twins.fan_out(pub, [], {"a"}, recent) == (0, 0)
 
 
-def test_fan_out_counts_would_block(twins):
+@pytest.fixture
+def blocked():
+    """A PUSH socket without a peer: every NOBLOCK send would block."""
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)  # no peer: every NOBLOCK send would block
+    push = ctx.socket(zmq.PUSH)
     try:
         push.setsockopt(zmq.SNDHWM, 1)
         push.bind("inproc://fanout-block")
-        recent = {}
-        assert twins.fan_out(push, [_env("a", 1), _env("a", 2)], {"a"}, recent) == (0, 2)
-        assert recent == {"a": ("e", 2)}
+        yield push
     finally:
         push.close(linger=0)
         ctx.term()
+
+
+def test_fan_out_counts_would_block(twins, blocked):
+    recent = {}
+    assert twins.fan_out(blocked, [_env("a", 1), _env("a", 2)], {"a"}, recent) == (0, 2)
+    assert recent == {"a": ("e", 2)}
 
 
 def test_fan_out_on_a_closed_socket_raises_like_pyzmq(twins):
@@ -453,17 +459,9 @@ def test_fan_out_batch_closes_a_message_before_it_passes_batch_bytes(twins, pubs
     assert wire.channel_frames(got) == frames
 
 
-def test_fan_out_batch_counts_would_block_per_envelope(twins):
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)  # no peer: every NOBLOCK send would block
-    try:
-        push.setsockopt(zmq.SNDHWM, 1)
-        push.bind("inproc://fanout-batch-block")
-        envs = [_env("a", 1), _env("b", 1), _env("a", 2)]
-        assert twins.fan_out(push, envs, {"a", "b"}, {}, wire.BATCH_TOPIC) == (0, 3)
-    finally:
-        push.close(linger=0)
-        ctx.term()
+def test_fan_out_batch_counts_would_block_per_envelope(twins, blocked):
+    envs = [_env("a", 1), _env("b", 1), _env("a", 2)]
+    assert twins.fan_out(blocked, envs, {"a", "b"}, {}, wire.BATCH_TOPIC) == (0, 3)
 
 
 class _Unpackable:
@@ -529,16 +527,8 @@ def test_send_frames_sends_each_frame_as_one_message(twins, pubsub):
     assert twins.send_frames(pub, []) == (0, 0)
 
 
-def test_send_frames_counts_would_block(twins):
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)  # no peer: every NOBLOCK send would block
-    try:
-        push.setsockopt(zmq.SNDHWM, 1)
-        push.bind("inproc://send-frames-block")
-        assert twins.send_frames(push, [b"a", b"b", b"c"]) == (0, 3)
-    finally:
-        push.close(linger=0)
-        ctx.term()
+def test_send_frames_counts_would_block(twins, blocked):
+    assert twins.send_frames(blocked, [b"a", b"b", b"c"]) == (0, 3)
 
 
 def test_send_frames_on_a_closed_socket_raises_like_pyzmq(twins):
