@@ -502,9 +502,19 @@ def test_split_batch_refuses_a_cut_message_and_skips_what_is_not_wanted(twins):
 @SETTINGS
 def test_split_batch_twins_agree(frames, data):
     msg = _batch_of(frames)
-    if data.draw(st.booleans()):
+    shape = data.draw(st.sampled_from(["whole", "cut", "noise", "flipped"]))
+    if shape == "cut":
         msg = msg[: data.draw(st.integers(0, len(msg)))]
+    elif shape == "noise":  # anything after the topic: big lengths, lengths past the end
+        msg = wire.BATCH_TOPIC + data.draw(st.binary(max_size=64))
+    elif shape == "flipped" and len(msg) > len(wire.BATCH_TOPIC):
+        at = data.draw(st.integers(len(wire.BATCH_TOPIC), len(msg) - 1))
+        msg = msg[:at] + bytes([msg[at] ^ data.draw(st.integers(1, 255))]) + msg[at + 1 :]
     wanted = set(data.draw(st.lists(st.binary(max_size=3), max_size=4)))
+    if shape == "whole":
+        assert _speedups.twin("fanout", False).split_batch(msg, len(wire.BATCH_TOPIC), wanted) == [
+            f for f in frames if f.split(b"\x00", 1)[0] in wanted
+        ]
     outcomes = []
     for mod in _twins("fanout"):
         try:
