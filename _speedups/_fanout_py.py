@@ -12,10 +12,9 @@ order, ``msgpack.Packer(use_bin_type=True)``): this twin writes no field name of
 ``encode_envelopes(envs)``: the frames of ``envs``, a list of bytes.
 
 ``fan_out(sock, envs, live, recent, batch=None, batch_bytes=BATCH_BYTES)``: the broker's
-fan-out step for one
-sequenced batch.  First, for each run of consecutive envelopes of one channel,
-``recent[channel] = (epoch, seq)`` of the run's last envelope (what an item-by-item loop leaves
-behind, in the same key order).  Then each envelope whose channel is in ``live`` is encoded
+fan-out step for one sequenced batch.  First, for each run of consecutive envelopes of one
+channel, ``recent[channel] = (epoch, seq)`` of the run's last envelope (what an item-by-item
+loop leaves behind, in the same key order).  Then each envelope whose channel is in ``live`` is encoded
 and sent on the pyzmq socket ``sock`` without blocking (``sock.send(frame, zmq.NOBLOCK)``);
 returns ``(sent, would_block)``, counted in envelopes.  With ``batch`` (a topic, bytes) the
 frames go as few messages: ``batch`` followed, per frame, by its length (4 bytes, big-endian)

@@ -13,11 +13,12 @@ Batches (wire version 4): when one fan-out step has more than one frame for live
 (a publish request of many items), the broker sends them as few messages on the reserved
 topic ``BATCH_TOPIC``: the topic, then for each frame its length (4 bytes, big-endian) and
 the frame, up to ``edge_pub_batch_bytes`` a message (a step of one frame sends the plain
-frame; 0 turns batches off).  One ZeroMQ message a batch instead of one a frame: ~1.8 us an item of libzmq's work
-in the broker and some in each edge (bench/RESULTS.md, nineteenth session).  Every edge that
+frame; 0 turns batches off).  One ZeroMQ message a batch instead of one a frame: ~1 us an
+item less in the broker, and less in the edges (bench/RESULTS.md, nineteenth session).  Every
+edge that
 holds a channel subscribes to ``BATCH_TOPIC`` and takes from each batch the frames of the
-channels it subscribed to (``split_batch``), so SUB filtering by channel still decides what an
-edge reads; the broker's XPUB notices still say which channels are live.  The per-channel
+channels it subscribed to (``split_batch``): what an edge reads is still what its channel
+subscriptions select; the broker's XPUB notices still say which channels are live.  The per-channel
 order is the link's order: a batch holds the step's frames in order, and a marker or heartbeat
 sent after it arrives after it.
 
@@ -197,7 +198,7 @@ def is_batch(frame: bytes) -> bool:
 
 
 class _Every:
-    """A container that holds every channel (``unbatch``)."""
+    """A container that holds every channel (``split_batch`` without ``wanted``)."""
 
     def __contains__(self, item: object) -> bool:
         return True
