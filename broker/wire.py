@@ -9,18 +9,17 @@ subscribes to ``topic(channel)`` (= channel + b"\\0").  Channel names therefore 
 NUL (publish parsing rejects them).  The broker's heartbeat uses the reserved topic
 ``HEARTBEAT_TOPIC`` (it starts with NUL, which no channel name can).
 
-Batches (wire version 4): when one fan-out step has more than one frame for live channels
-(a publish request of many items), the broker sends them as few messages on the reserved
-topic ``BATCH_TOPIC``: the topic, then for each frame its length (4 bytes, big-endian) and
-the frame, up to ``edge_pub_batch_bytes`` a message (a step of one frame sends the plain
-frame; 0 turns batches off).  One ZeroMQ message a batch instead of one a frame: ~1 us an
-item less in the broker, and less in the edges (bench/RESULTS.md, nineteenth session).  Every
-edge that
-holds a channel subscribes to ``BATCH_TOPIC`` and takes from each batch the frames of the
-channels it subscribed to (``split_batch``): what an edge reads is still what its channel
-subscriptions select; the broker's XPUB notices still say which channels are live.  The per-channel
-order is the link's order: a batch holds the step's frames in order, and a marker or heartbeat
-sent after it arrives after it.
+Batches (wire version 4): when one fan-out step has more than one frame for live channels (a
+publish request of many items), the broker sends them as few messages on the reserved topic
+``BATCH_TOPIC``: the topic, then for each frame its length (4 bytes, big-endian) and the frame,
+up to ``edge_pub_batch_bytes`` a message (a step of one frame sends the plain frame; 0 turns
+batches off).  One ZeroMQ message a batch instead of one a frame: ~1 us an item less in the
+broker, and less in the edges (bench/RESULTS.md, nineteenth session).  Every edge that holds a
+channel subscribes to ``BATCH_TOPIC`` and takes from each batch the frames of the channels it
+subscribed to (``split_batch``): what an edge reads is still what its channel subscriptions
+select; the broker's XPUB notices still say which channels are live.  The per-channel order is
+the link's order: a batch holds the step's frames in order, and a marker or heartbeat sent
+after it arrives after it.
 
 Envelope map keys: ``seq`` (int, 1, 2, ... per channel and epoch), ``epoch`` (str), ``id``
 (publisher id or None), ``prev_id`` (str or None), ``formats`` (normalised, see
