@@ -112,9 +112,10 @@ class Config:
     # 0: once the master stored it), else refuse it (503); waiting at most redis_wait_timeout_ms
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1000
-    # broker XPUB send high-water mark per edge (messages); beyond it fan-out drops and the
-    # edges repair the gap from history
-    edge_pub_sndhwm: int = 100_000
+    # broker XPUB send high-water mark per edge (messages; a batch of frames is one message of
+    # up to edge_pub_batch_bytes, so this also bounds the queue's bytes); beyond it fan-out
+    # drops and the edges repair the gap from history
+    edge_pub_sndhwm: int = 10_000
     # the frames of one fan-out step (a publish of many items) go to the edges as one ZeroMQ
     # message of up to this many bytes (wire.BATCH_TOPIC); 0: one message per frame
     edge_pub_batch_bytes: int = 262_144
