@@ -136,9 +136,12 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
     for s in subs:
         sub.connect(s)
     names = [f"{tag}{c}" for c in range(channels)]
+    # several items of one step come as one message: the batch topic first (subscriptions
+    # reach a broker in order, so the probe below proves it is in place too), as an edge does
+    sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)
     for name in names:
         sub.setsockopt(zmq.SUBSCRIBE, name.encode() + b"\x00")
-    sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)  # several items of one step: one message
+    own = {name.encode() for name in names}  # a batch holds the other publishers' items too
     push = None
     https: list[HttpPublisher] = []
     error = ""
@@ -170,8 +173,10 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
                         h.publish([item(names[-1], f"{tag}p{probe}-{i}", 0) | _probe_fmt(i)])
                 t_end = time.monotonic() + 0.2
                 while sub.poll(max(1, int(1000 * (t_end - time.monotonic())))):
-                    for m in re.finditer(rb"probe (\d+)\n", sub.recv()):
-                        seen.add(int(m.group(1)))
+                    for f in wire.channel_frames([sub.recv()], own):
+                        m = re.search(rb"probe (\d+)\n", f)
+                        if m:
+                            seen.add(int(m.group(1)))
                     if time.monotonic() > t_end:
                         break
                 if time.monotonic() > deadline:
@@ -179,7 +184,10 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
         finally:
             for h in probes:
                 h.close()
-        while sub.poll(150):  # drain what the probes left
+        # drain what the probes left (for at most a second: the batch topic also brings the
+        # items of a publisher already running, which never stop)
+        t_end = time.monotonic() + 1.0
+        while time.monotonic() < t_end and sub.poll(150):
             sub.recv()
         pipe.send(("ready", None))
         n = 0
@@ -203,7 +211,7 @@ def publisher_main(kind, tag, urls, specs, subs, channels, batch, window, counte
             else:
                 timeout = 50
             while sub.poll(timeout):
-                received += sum(b"item " in f for f in wire.channel_frames([sub.recv()]))
+                received += sum(b"item " in f for f in wire.channel_frames([sub.recv()], own))
                 timeout = 0
             counters[1] = received
     except Exception as exc:  # reported to the parent, which fails the run
@@ -425,14 +433,15 @@ def peers_main(spec, nsocks, channels, counters, stop, pipe):
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(spec)
+        s.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)  # before the channels, as an edge does
         for c in channels:
             s.setsockopt(zmq.SUBSCRIBE, c.encode() + b"\x00")
-        s.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)
         socks.append(s)
     poller = zmq.Poller()
     for s in socks:
         poller.register(s, zmq.POLLIN)
     seen: list[set[bytes]] = [set() for _ in socks]
+    own = {c.encode() for c in channels}
     index = {s: i for i, s in enumerate(socks)}
     ready = 0
     received = 0
@@ -446,7 +455,7 @@ def peers_main(spec, nsocks, channels, counters, stop, pipe):
                         msg = s.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    for frame in wire.channel_frames([msg]):
+                    for frame in wire.channel_frames([msg], own):
                         if b"item " in frame:
                             received += 1
                         elif len(seen[i]) < len(channels):

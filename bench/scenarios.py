@@ -942,8 +942,10 @@ def run_ingest(
         sub.setsockopt(zmq.RCVHWM, 0)
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(target.edge_pub_spec)
+        # a step's items come as one message: the batch topic first (subscriptions arrive in
+        # order, so the probe below proves both are in place), as an edge does
+        sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)
         sub.setsockopt(zmq.SUBSCRIBE, b"bench\x00")
-        sub.setsockopt(zmq.SUBSCRIBE, wire.BATCH_TOPIC)  # a step's items: one message
         # wait until the broker fans out to us (its subscription notice arrived): send probes
         pub = open_publisher("http", target.publish_url, target.push_spec)
         deadline = time.monotonic() + 15
@@ -991,7 +993,9 @@ def run_ingest(
                 while True:
                     try:
                         msg = sub.recv(zmq.NOBLOCK)  # items only, not markers:
-                        received += sum(b"item " in f for f in wire.channel_frames([msg]))
+                        received += sum(
+                            b"item " in f for f in wire.channel_frames([msg], {b"bench"})
+                        )
                     except zmq.Again:
                         break
                 if sent >= nframes and received < items:
@@ -1009,7 +1013,9 @@ def run_ingest(
                 while True:
                     try:
                         msg = sub.recv(zmq.NOBLOCK)  # items only, not markers:
-                        received += sum(b"item " in f for f in wire.channel_frames([msg]))
+                        received += sum(
+                            b"item " in f for f in wire.channel_frames([msg], {b"bench"})
+                        )
                     except zmq.Again:
                         break
                 phase.update(completed=acked)

@@ -216,13 +216,15 @@ def split_batch(frame: bytes, wanted: Container[bytes] | None = None) -> list[by
         raise RemoteProtocolError(f"bad batch message: {exc}") from None
 
 
-def channel_frames(frames: Iterable[bytes]) -> list[bytes]:
-    """``frames`` as one frame per message: each batch message replaced by its frames (for
-    readers of the broker's fan-out outside the edge: tests, ``bench``)."""
+def channel_frames(frames: Iterable[bytes], wanted: Container[bytes] | None = None) -> list[bytes]:
+    """``frames`` as one frame per message: each batch message replaced by its frames, those of
+    the channels in ``wanted`` (utf-8 names) or every one (for readers of the broker's fan-out
+    outside the edge: tests, ``bench``; a reader that subscribed to some channels only passes
+    them, as an edge does: a batch also holds other subscribers' channels)."""
     out: list[bytes] = []
     for f in frames:
         if f.startswith(BATCH_TOPIC):
-            out.extend(split_batch(f))
+            out.extend(split_batch(f, wanted))
         else:
             out.append(f)
     return out
