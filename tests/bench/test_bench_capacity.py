@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from bench.capacity import slope, unit_costs
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import run_group
 
 
 def test_slope_flat_and_growing():
@@ -71,13 +68,7 @@ def test_unit_costs_weighted_by_items():
 @pytest.mark.timeout(90)
 def test_capacity_quick(tmp_path):
     out = tmp_path / "capacity.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "capacity", "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=80,
-    )
+    proc = run_group([sys.executable, "-m", "bench", "capacity", "--quick", "--out", str(out)], 80)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())["result"]
     assert r["ok"], json.dumps(r, indent=1)[:4000]
@@ -129,9 +120,7 @@ def test_capacity_edge_part_measures_e_msg():
         "cfg = capacity.config_for(False, parts=('edge',), edge_clients=400, edge_seconds=2.0, "
         "edge_msg_rate=1000.0); print('RESULT' + json.dumps(capacity.run_capacity(cfg)))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=170
-    )
+    proc = run_group([sys.executable, "-c", code], 170)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(lines[-1][len("RESULT") :])

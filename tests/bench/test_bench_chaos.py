@@ -9,13 +9,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from bench.chaos import FAULT_KINDS, ChaosClient, ChaosConfig, PubRecord, Run, fault_plan
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchrun import run_group
 
 
 def test_fault_plan_is_replayable_and_covers_every_kind_first():
@@ -63,12 +61,8 @@ def test_accounting_finds_loss_duplicates_order_and_half_done():
 @pytest.mark.timeout(120)
 def test_chaos_quick_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "chaos.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "chaos", "--quick", "--seed", "3", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    done = run_group(
+        [sys.executable, "-m", "bench", "chaos", "--quick", "--seed", "3", "--out", str(out)], 110
     )
     assert out.exists(), done.stdout[-4000:] + done.stderr[-4000:]
     r = json.loads(out.read_text())["result"]
@@ -86,7 +80,7 @@ def _quick(tmp_path, publisher: str, duration: str) -> tuple[dict, subprocess.Co
     out = tmp_path / f"chaos-{publisher}.json"
     argv = [sys.executable, "-m", "bench", "chaos", "--quick", "--seed", "3"]
     argv += ["--publisher", publisher, "--duration", duration, "--out", str(out)]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
+    done = run_group(argv, 110)
     assert out.exists(), done.stdout[-4000:] + done.stderr[-4000:]
     r = json.loads(out.read_text())["result"]
     assert done.returncode == (0 if r["ok"] else 1), done.stderr[-2000:]
