@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from _speedups._history_py import HistoryChannel, append_many
     from _speedups._items_py import (
         NO_META,
+        digit_run,
         first_hint,
         normalise_item,
         parse_j_frames,
@@ -106,6 +107,7 @@ else:
     parse_j_frames = _modules["items"].parse_j_frames
     payload_bytes = _modules["items"].payload_bytes
     first_hint = _modules["items"].first_hint
+    digit_run = _modules["items"].digit_run
     NO_META = _modules["items"].NO_META
     tnet_pop = _modules["tnetstring"].tnet_pop
     ws_frame = _modules["wsframe"].ws_frame
@@ -127,6 +129,7 @@ __all__ = [
     "append_many",
     "atom_pair",
     "decode_envelopes",
+    "digit_run",
     "encode_envelopes",
     "fan_out",
     "first_hint",

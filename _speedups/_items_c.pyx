@@ -512,6 +512,30 @@ def first_hint(items):
     return -1
 
 
+def digit_run(data, Py_ssize_t n):
+    """True when ``data`` (bytes-like) holds ``n`` or more ASCII digits in a row."""
+    cdef const unsigned char[::1] b = data
+    cdef Py_ssize_t size = b.shape[0], i, lo, hi
+    if n <= 0:
+        return True
+    # a run of n digits covers one of every n-th positions: look only there, then measure
+    i = n - 1
+    while i < size:
+        if b[i] < 48 or b[i] > 57:
+            i += n
+            continue
+        lo = i
+        while lo > 0 and 48 <= b[lo - 1] <= 57:
+            lo -= 1
+        hi = i
+        while hi + 1 < size and 48 <= b[hi + 1] <= 57:
+            hi += 1
+        if hi - lo + 1 >= n:
+            return True
+        i = hi + 1 + n  # b[hi + 1] is not a digit: the next run ends at hi + 1 + n or later
+    return False
+
+
 def payload_bytes(formats):
     """The payload bytes of a formats map (the pure twin's)."""
     cdef Py_ssize_t n = 0

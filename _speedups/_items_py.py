@@ -235,6 +235,19 @@ def payload_bytes(formats: Any) -> int:
     return n
 
 
+_DIGIT_RUNS: dict[int, Callable[[bytes], Any]] = {}
+
+
+def digit_run(data: bytes | bytearray | memoryview, n: int) -> bool:
+    """True when ``data`` (bytes-like) holds ``n`` or more ASCII digits in a row."""
+    if n <= 0:
+        return True
+    search = _DIGIT_RUNS.get(n)
+    if search is None:
+        search = _DIGIT_RUNS[n] = re.compile(b"[0-9]{%d}" % n).search
+    return search(bytes(data)) is not None
+
+
 def first_hint(items: Any) -> int:
     """The index of the first of ``items`` (objects with a ``formats`` map) that has a format
     whose ``action`` is ``"hint"`` (``broker.ratelimit.has_hint``), or -1: the rate limiter's
