@@ -12,6 +12,7 @@ extensions = [
     Extension("_speedups._fanout_c", ["_speedups/_fanout_c.pyx"]),
     Extension("_speedups._marks_c", ["_speedups/_marks_c.pyx"]),
     Extension("_speedups._deliver_c", ["_speedups/_deliver_c.pyx"]),
+    Extension("_speedups._sequence_c", ["_speedups/_sequence_c.pyx"]),
     Extension("_speedups._history_c", ["_speedups/_history_c.pyx"]),
 ]
 

@@ -27,6 +27,7 @@ _NAMES = (
     "marks",
     "deliver",
     "history",
+    "sequence",
 )
 
 
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     )
     from _speedups._marks_py import held_marks
     from _speedups._sendmany_py import send_batch
+    from _speedups._sequence_py import sequence_run
     from _speedups._tnetstring_py import tnet_pop
     from _speedups._wsframe_py import ws_frame, ws_mask, ws_parse
 else:
@@ -120,6 +122,7 @@ else:
     SessionCore = _modules["deliver"].SessionCore
     HistoryChannel = _modules["history"].HistoryChannel
     append_many = _modules["history"].append_many
+    sequence_run = _modules["sequence"].sequence_run
 
 __all__ = [
     "COMPILED",
@@ -150,6 +153,7 @@ __all__ = [
     "send_frames",
     "send_pending",
     "send_plain",
+    "sequence_run",
     "split_batch",
     "tnet_pop",
     "twin",

@@ -49,7 +49,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from _speedups import atom_pair
+from _speedups import atom_pair, sequence_run
+from _speedups._sequence_py import SLOW, WAIT
 from broker.items import Item
 
 
@@ -127,64 +128,45 @@ class Sequencer:
         return out
 
     def add_many(self, items: list[Item], now: float) -> list[Item]:
-        """``add`` for each item, in order; the usual item (no ``prev_id``, or the one that
-        follows the channel's last id, not a duplicate, nothing waiting on the channel) takes
-        an inlined path with the same effect as ``_add``."""
+        """``add`` for each item, in order.  The usual item (not ``no_seq``, nothing waiting on
+        its channel, its ``prev_id`` absent or the channel's last id, no rotation of the id
+        cache due) is taken by ``_speedups.sequence_run`` (one compiled loop over the run of
+        such items) with the same effect as ``_add``; it stops at any other item, which goes
+        the general way here."""
         out: list[Item] = []
         if not items:
             return out
         self._expire_ids(now)  # ``now`` is the same for the whole batch: once is enough
         ttl = self.id_cache_ttl_s
-        ids = self._ids
-        ids_old = self._ids_old
-        gen_max = self._gen_max
-        last_ids = self._last_ids
-        last_ids_max = self.last_ids_max
-        pending = self._pending
-        pair = atom_pair
-        append = out.append
         expiry = now + ttl
-        released = 0
-        for item in items:
-            channel = item.channel
-            item_id = item.id
-            if item.no_seq or channel in pending:
-                self._add(item, now, out)
-                ids = self._ids  # the id cache may have turned a generation
-                ids_old = self._ids_old
-                continue
-            if item_id is not None and ttl > 0:
-                key = pair(channel, item_id)
-                seen = ids.get(key)
-                if seen is None:
-                    seen = ids_old.get(key)
-                if seen is not None and seen > now:
-                    self._dropped_duplicate += 1
-                    continue
-                if len(ids) >= gen_max:
-                    self._rotate(now)
-                    ids = self._ids
-                    ids_old = self._ids_old
-                ids[key] = expiry
-                if expiry > self._new_until:
-                    self._new_until = expiry
-            prev_id = item.prev_id
-            if prev_id is not None:
-                last = last_ids.get(channel)
-                if last is not None and last != prev_id:
-                    self._add_waiting(item, prev_id, now)
-                    continue
-            # released at once; nothing waits on this channel (checked above), so no chain
-            if item_id is None:
-                last_ids.pop(channel, None)
-            else:
-                last_ids[channel] = item_id
-                last_ids.move_to_end(channel)
-                if len(last_ids) > last_ids_max:
-                    last_ids.popitem(last=False)
-            released += 1
-            append(item)
-        self._released += released
+        i, n = 0, len(items)
+        while i < n:
+            i, action, released, duplicates, remembered = sequence_run(
+                items,
+                i,
+                self._pending,
+                self._ids,  # read again each time: the general path may rotate the cache
+                self._ids_old,
+                self._gen_max,
+                self._last_ids,
+                self.last_ids_max,
+                now,
+                ttl,
+                expiry,
+                out,
+            )
+            self._released += released
+            self._dropped_duplicate += duplicates
+            if remembered and expiry > self._new_until:
+                self._new_until = expiry
+            if action == SLOW:
+                self._add(items[i], now, out)
+                i += 1
+            elif action == WAIT:
+                item = items[i]
+                assert item.prev_id is not None  # (WAIT: it differs from the last id)
+                self._add_waiting(item, item.prev_id, now)
+                i += 1
         return out
 
     def poll(self, now: float) -> list[Item]:

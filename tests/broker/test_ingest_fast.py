@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import _speedups
-from broker import wire
+from broker import sequencer, wire
 from broker.errors import PublishError
 from broker.history import MemoryHistory
 from broker.ingest import tnetstring
@@ -483,6 +483,47 @@ def test_sequencer_add_many_equals_add_one_by_one(batches, pending_max, id_cache
         now += 6
         assert many.poll(now) == one.poll(now)
         assert dict(many._last_ids) == dict(one._last_ids)
+
+
+def _sequence_twins():
+    mods = [_speedups.twin("sequence", False)]
+    if _speedups.COMPILED:
+        mods.append(_speedups.twin("sequence", True))
+    return mods
+
+
+@SETTINGS
+@given(
+    st.lists(seq_items, max_size=6),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.sampled_from([60.0, 0.0]),
+)
+def test_sequence_run_twins_equal_add_one_by_one(batches, pending_max, id_cache_max, last_max, ttl):
+    """Each twin of ``sequence_run`` under ``add_many``: the same items released, counters,
+    id cache (rotations at a tiny ``id_cache_max``), LRU of last ids (evictions at a tiny
+    ``last_ids_max``) and waiting items as ``add`` item by item; ttl 0 turns dedupe off."""
+    kw = dict(
+        pending_max=pending_max,
+        id_cache_max=id_cache_max * 2,
+        last_ids_max=last_max,
+        id_cache_ttl_s=ttl,
+    )
+    for mod in _sequence_twins():
+        one, many = Sequencer(**kw), Sequencer(**kw)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sequencer, "sequence_run", mod.sequence_run)
+            for n, batch in enumerate(batches):
+                now = float(n * 20)
+                expected = [r for item in batch for r in one.add(item, now)]
+                assert many.add_many(batch, now) == expected, mod.__name__
+                assert many.statistics() == one.statistics(), mod.__name__
+                assert list(many._last_ids.items()) == list(one._last_ids.items())
+                assert many._ids == one._ids and many._ids_old == one._ids_old
+                assert many._new_until == one._new_until
+                now += 6
+                assert many.poll(now) == one.poll(now)
 
 
 @SETTINGS
