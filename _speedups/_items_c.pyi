@@ -19,4 +19,6 @@ def parse_j_frames(
     item_cls: type[_T],
     max_bytes: int,
     slow: Callable[[Any], tuple[list[Any], list[str]]],
+    loads: Callable[[bytes], Any] | None = None,
+    long_digits: int = 19,
 ) -> tuple[list[Any], list[str]]: ...

@@ -512,12 +512,9 @@ def first_hint(items):
     return -1
 
 
-def digit_run(data, Py_ssize_t n):
-    """True when ``data`` (bytes-like) holds ``n`` or more ASCII digits in a row."""
-    cdef const unsigned char[::1] b = data
-    cdef Py_ssize_t size = b.shape[0], i, lo, hi
-    if n <= 0:
-        return True
+cdef bint _digit_run(const unsigned char* b, Py_ssize_t size, Py_ssize_t n):
+    """``n`` or more ASCII digits in a row in ``b[:size]`` (n >= 1)."""
+    cdef Py_ssize_t i, lo, hi
     # a run of n digits covers one of every n-th positions: look only there, then measure
     i = n - 1
     while i < size:
@@ -534,6 +531,16 @@ def digit_run(data, Py_ssize_t n):
             return True
         i = hi + 1 + n  # b[hi + 1] is not a digit: the next run ends at hi + 1 + n or later
     return False
+
+
+def digit_run(data, Py_ssize_t n):
+    """True when ``data`` (bytes-like) holds ``n`` or more ASCII digits in a row."""
+    cdef const unsigned char[::1] b = data
+    if n <= 0:
+        return True
+    if b.shape[0] == 0:
+        return False
+    return _digit_run(&b[0], b.shape[0], n)
 
 
 def payload_bytes(formats):
@@ -560,6 +567,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
 
+cdef object _NOT_YET = object()
+
+
 cdef inline bint _surrogate_escape(const unsigned char* p, Py_ssize_t n):
     """A backslash, ``u`` or ``U``, then ``d`` or ``D`` somewhere (the pure twin's test)."""
     cdef Py_ssize_t i = 0
@@ -575,7 +585,8 @@ cdef inline bint _surrogate_escape(const unsigned char* p, Py_ssize_t n):
     return False
 
 
-def parse_j_frames(list frames, scan_once, item_cls, Py_ssize_t max_bytes, slow):
+def parse_j_frames(list frames, scan_once, item_cls, Py_ssize_t max_bytes, slow, loads=None,
+                   Py_ssize_t long_digits=19):
     """See the pure twin."""
     cdef list items = [], errors = []
     cdef const unsigned char* p
@@ -588,14 +599,21 @@ def parse_j_frames(list frames, scan_once, item_cls, Py_ssize_t max_bytes, slow)
             if (n >= 2 and p[0] == 74 and p[1] == 123
                     and memchr(p + 2, 0, min(3, n - 2)) == NULL
                     and not _surrogate_escape(p, n)):
-                value = None
-                try:
-                    text = PyUnicode_DecodeUTF8(<const char*>p, n, NULL)
-                    value, end = scan_once(text, 1)
-                    if end != len(<str>text) and (<str>text)[end:].strip(" \t\n\r"):
-                        value = None
-                except (StopIteration, ValueError, RecursionError):
+                value = _NOT_YET
+                if loads is not None and not _digit_run(p + 1, n - 1, long_digits):
+                    try:
+                        value = loads(frame[1:])
+                    except ValueError:  # refused: the scanner's way decides
+                        value = _NOT_YET
+                if value is _NOT_YET:
                     value = None
+                    try:
+                        text = PyUnicode_DecodeUTF8(<const char*>p, n, NULL)
+                        value, end = scan_once(text, 1)
+                        if end != len(<str>text) and (<str>text)[end:].strip(" \t\n\r"):
+                            value = None
+                    except (StopIteration, ValueError, RecursionError):
+                        value = None
                 if type(value) is dict:
                     item = normalise_item(<dict>value, None, True, item_cls)
                     if item is not None and payload_bytes(item.formats) <= max_bytes:

@@ -331,7 +331,9 @@ def parse_pull_frames(frames: list[bytes]) -> tuple[list[Item], list[str]]:
     takes within ``MAX_ITEM_BYTES``, is parsed in one compiled loop (``_speedups``'
     ``parse_j_frames``, no Python frame per item); any other frame, or one the fast path does
     not take, goes to ``parse_pull_frame``."""
-    return parse_j_frames(frames, _scan_once, Item, MAX_ITEM_BYTES, parse_pull_frame)
+    return parse_j_frames(
+        frames, _scan_once, Item, MAX_ITEM_BYTES, parse_pull_frame, _orjson_loads, LONG_DIGITS
+    )
 
 
 def parse_pull_frame(frame: bytes) -> tuple[list[Item], list[str]]:

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.items import MAX_ITEM_BYTES, Item, _scan_once, parse_pull_frame
+from broker.items import (
+    LONG_DIGITS,
+    MAX_ITEM_BYTES,
+    Item,
+    _orjson_loads,
+    _scan_once,
+    parse_pull_frame,
+)
 from tests.broker.test_ingest_fast import SETTINGS, _j_frame, items, odd
 from tests.speedups.test_fanout import _twins
 
@@ -42,7 +49,20 @@ SPECIAL = [
     b"M" + msgpack.packb(_USUAL),
     b"B" + msgpack.packb([_USUAL, {"channel": 1}]),
     b"T" + b"0:}",
+    b"J" + _TEXT.replace(b'"1"', b"18446744073709551616"),  # beyond 64 bits: the scanner's
+    b"J" + _TEXT.replace(b'"1"', b"1e400"),  # orjson refuses, json accepts (inf): a bad id
+    b"J" + _TEXT.replace(b'"1"', b"NaN"),
+    b"J" + _TEXT.replace(b'"hi', b'"\\u00e9\\/hi'),  # escapes: an accent, a solidus
+    b"J" + _TEXT + b"\x00",
+    b"J" + b"[" * 1100 + b"]" * 1100,  # past orjson's nesting limit
+    b"J" + _TEXT[:-1] + b', "channel": "d"}',  # a repeated key: the last one, both ways
 ]
+# each twin without orjson, and with it (broker.items passes it when installed)
+LOADS = [None] + ([_orjson_loads] if _orjson_loads is not None else [])
+
+
+def _parse(mod, frames, loads, max_bytes=MAX_ITEM_BYTES, slow=parse_pull_frame):
+    return mod.parse_j_frames(frames, _scan_once, Item, max_bytes, slow, loads, LONG_DIGITS)
 
 
 def _expected(frames):
@@ -61,21 +81,39 @@ def _visible(result):
     ], reasons
 
 
+@pytest.mark.parametrize("loads", LOADS, ids=lambda f: "scanner" if f is None else "orjson")
 @pytest.mark.parametrize("mod", _twins("items"), ids=lambda m: m.__name__)
 @pytest.mark.parametrize("frame", SPECIAL, ids=range(len(SPECIAL)))
-def test_special_frames(mod, frame):
-    got = mod.parse_j_frames([frame], _scan_once, Item, MAX_ITEM_BYTES, parse_pull_frame)
+def test_special_frames(mod, frame, loads):
+    got = _parse(mod, [frame], loads)
     assert _visible(got) == _visible(_expected([frame]))
 
 
+@pytest.mark.parametrize("loads", LOADS, ids=lambda f: "scanner" if f is None else "orjson")
 @pytest.mark.parametrize("mod", _twins("items"), ids=lambda m: m.__name__)
 @SETTINGS
 @given(
     st.lists(st.one_of(st.one_of(items, odd).map(_j_frame), st.sampled_from(SPECIAL)), max_size=8)
 )
-def test_any_frames_parse_as_each_frame_does(mod, frames):
-    got = mod.parse_j_frames(frames, _scan_once, Item, MAX_ITEM_BYTES, parse_pull_frame)
+def test_any_frames_parse_as_each_frame_does(mod, loads, frames):
+    got = _parse(mod, frames, loads)
     assert _visible(got) == _visible(_expected(frames))
+
+
+@pytest.mark.skipif(_orjson_loads is None, reason="orjson not installed")
+@pytest.mark.parametrize("mod", _twins("items"), ids=lambda m: m.__name__)
+def test_orjson_reads_the_usual_frame_and_not_a_long_number(mod):
+    seen = []
+
+    def spy(data):
+        seen.append(bytes(data))
+        return _orjson_loads(data)
+
+    usual = b"J" + _TEXT
+    long_number = b"J" + _TEXT.replace(b'"1"', b'"1", "n": 1234567890123456789')
+    (one, two), errors = _parse(mod, [usual, long_number], spy)
+    assert errors == [] and one.id == "1" and two.id == "1"
+    assert seen == [_TEXT]  # the 19-digit frame: the scanner's way
 
 
 @pytest.mark.parametrize("mod", _twins("items"), ids=lambda m: m.__name__)
