@@ -1033,7 +1033,7 @@ async def hold_stream(
                 if held is not None and _may_park(conn):
                     # no deadline, a plain socket: park (edge.parking); no task while idle
                     if not (s.done or s.hinted or (s.track is not None and s.track.gap)):
-                        if conn.read_held():
+                        if conn.read_held(probe=resumed):  # (edge.parking: first park)
                             gone = True
                             return False  # the client went away (or sent what ends it)
                         held.st, held.chain = st, chain

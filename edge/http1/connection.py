@@ -676,14 +676,22 @@ class Connection:
     def queue_blocked(self) -> bool:
         return self.reject is not None or self.upgrade
 
-    def read_held(self) -> bool:
+    def read_held(self, probe: bool = True) -> bool:
         """A held connection about to park (``edge.parking``): read what the client sent
         (through TLS for a TLS client), without waiting; True when the hold must end (the
         client closed, sent a bad request or record, or a pipelined request head:
         ``watch_client``'s rules for a hold without a deadline).  Between requests the parser
-        is dropped (``watch_client``)."""
+        is dropped (``watch_client``).
+
+        ``probe`` False (a hold's first park): a plain socket is not read.  The parker's epoll
+        is level-triggered, so bytes or a hang-up already there wake the connection at once,
+        and the woken hold reads them here; the usual first park (nothing sent) saves a read
+        that fails with EAGAIN.  A TLS client is always read (its ``TlsConn`` may hold
+        decrypted bytes the socket no longer shows)."""
         if self.cur is None:
             self.parser = None
+        if not probe and self.crypt is None:
+            return False
         fd = self.sock.fileno()
         crypt = self.crypt
         while True:

@@ -173,6 +173,32 @@ def test_bytes_from_a_parked_client_wake_it(env):
     c.close()
 
 
+def test_a_client_gone_before_the_first_park_is_let_go(env):
+    """A hold's first park does not read a plain socket (``Connection.read_held``): the
+    parker's level-triggered epoll must see a hang-up that came before it, and end the hold."""
+    cluster, mport, pub = env
+    wait_for(lambda: parked(mport) == 0, what="nothing parked at start")
+    clients = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", cluster.edge_ports[0]), timeout=10)
+        s.sendall(b"GET /idle HTTP/1.1\r\nHost: test\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)  # the FIN follows the request, before the hold parks
+        clients.append(s)
+    for s in clients:
+        got = read_until(s, b":open\n\n")
+        assert got.startswith(b"HTTP/1.1 200")
+        s.settimeout(5)
+        while s.recv(65536):  # the edge closes its side: EOF, not a timeout
+            pass
+        s.close()
+    wait_for(lambda: parked(mport) == 0, timeout=5, what="none left parked")
+    wait_for(
+        lambda: metrics(mport)["gripcast_edge_held_sessions{mode=stream}"] == 0,
+        timeout=5,
+        what="their sessions removed",
+    )
+
+
 def test_keep_alives_reach_a_parked_stream(env):
     cluster, mport, pub = env
     c, got = open_stream(cluster, "/ka")
