@@ -57,7 +57,9 @@ import trio
 if TYPE_CHECKING:
     from edge.http1.connection import Connection
 
-_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+# one-shot: an event disarms the fd, so a woken connection is not taken out of the epoll (a
+# syscall); it is armed again when it parks again, and a closed socket leaves the epoll by itself
+_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 MAX_EVENTS = 1024
 
 
@@ -94,16 +96,22 @@ class Parker:
     def park(self, conn: Connection) -> None:
         """Watch ``conn``'s socket until the client sends, closes, or ``wake(conn)``."""
         fd = conn.sock.fileno()
-        self._ep.register(fd, _EVENTS)
+        try:
+            self._ep.register(fd, _EVENTS)
+        except FileExistsError:  # parked before on this socket: still in the epoll, disarmed
+            self._ep.modify(fd, _EVENTS)
         self._parked[fd] = conn
         self.parks += 1
 
     def wake(self, conn: Connection) -> None:
-        """Resume ``conn`` in a new task (no-op when it is not parked)."""
+        """Resume ``conn`` in a new task (no-op when it is not parked).  Its socket stays in
+        the epoll (disarmed by the event that woke it; a wake without one, a session's
+        ``cancel``, leaves it armed: an event that comes while it runs finds it not parked
+        and is dropped, and disarms it): ``park`` arms it again, and closing the socket
+        takes it out."""
         fd = conn.sock.fileno()
         if self._parked.get(fd) is conn:
             del self._parked[fd]
-            self._ep.unregister(fd)
             self.wakes += 1
             self._spawn(self._resume, conn, name="client")
 
