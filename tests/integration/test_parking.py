@@ -175,7 +175,8 @@ def test_bytes_from_a_parked_client_wake_it(env):
 
 def test_a_client_gone_before_the_first_park_is_let_go(env):
     """A hold's first park does not read a plain socket (``Connection.read_held``): the
-    parker's level-triggered epoll must see a hang-up that came before it, and end the hold."""
+    parker's epoll (readiness, armed by the park) must see a hang-up that came before it, and
+    end the hold."""
     cluster, mport, pub = env
     wait_for(lambda: parked(mport) == 0, what="nothing parked at start")
     clients = []
