@@ -32,6 +32,7 @@ from broker.items import (
     parse_zmq_item,
 )
 from broker.sequencer import Sequencer
+from tests.speedups.test_fanout import _twins
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -485,13 +486,6 @@ def test_sequencer_add_many_equals_add_one_by_one(batches, pending_max, id_cache
         assert dict(many._last_ids) == dict(one._last_ids)
 
 
-def _sequence_twins():
-    mods = [_speedups.twin("sequence", False)]
-    if _speedups.COMPILED:
-        mods.append(_speedups.twin("sequence", True))
-    return mods
-
-
 @SETTINGS
 @given(
     st.lists(seq_items, max_size=6),
@@ -510,7 +504,7 @@ def test_sequence_run_twins_equal_add_one_by_one(batches, pending_max, id_cache_
         last_ids_max=last_max,
         id_cache_ttl_s=ttl,
     )
-    for mod in _sequence_twins():
+    for mod in _twins("sequence"):
         one, many = Sequencer(**kw), Sequencer(**kw)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(sequencer, "sequence_run", mod.sequence_run)
