@@ -311,7 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         "connrate",
         help="new held stream connections/s and server CPU per connection (bench.connrate)",
     )
-    cr.add_argument("--target", choices=("gripcast", "pushpin", "both"), default="both")
+    cr.add_argument(
+        "--target",
+        choices=("gripcast", "pushpin", "both", "floor"),
+        default="both",
+        help="floor: bench/connfloor.c, the least a proxy can do per connection (bench.connfloor)",
+    )
     cr.add_argument(
         "--order", choices=("gripcast-first", "pushpin-first"), default="gripcast-first"
     )

@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench import connload, procs
+from bench import connfloor, connload, procs
 from bench.origin import Origin
 from bench.report import save_results
 from bench.swarm import IP_BIND_ADDRESS_NO_PORT, apply_sched
@@ -301,7 +301,7 @@ def run_round(
         row["connect_sys_s"] += kern[p]
         row["close_cpu_s"] += closed[p]
     server_s = sum(used[p] for p in server)
-    edge_s = sum(used[p] for p in server if names[p].startswith("edge"))
+    edge_s = sum(used[p] for p in server if names[p].startswith(("edge", "connfloor")))
     client_s = sum(r["cpu_s"] for r in results)
     k = 1000.0 / held if held else 0.0
     return {
@@ -333,10 +333,14 @@ def run_target(kind: str, args, log=print) -> dict:
     procs.raise_nofile()
     workdir = tempfile.mkdtemp(prefix=f"bench-cr-{kind}-")
     origin = Origin().start()
-    target = make_target(kind, origin.port, args.edges, workdir, "warning", True)
+    if kind == "floor":
+        target = connfloor.FloorTarget(origin.port, args.edges)
+    else:
+        target = make_target(kind, origin.port, args.edges, workdir, "warning", True)
     try:
         target.start()
-        warm_up(target, 20)
+        if kind != "floor":  # the floor proxies but has no publish side (bench.connfloor)
+            warm_up(target, 20)
         rows = []
         for r in range(args.repeat):
             row = run_round(
