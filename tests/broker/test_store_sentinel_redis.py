@@ -186,8 +186,18 @@ def test_kill_9_of_the_master_loses_nothing_acknowledged(group):
                     if len(acked) >= 80:
                         break
             assert refused > 0  # there was a window without a master, and it refused
-            assert store.statistics().client.port != old
-            assert store.statistics().sentinel.master_changes == 1
+            st = store.statistics()
+            named = {  # where every sentinel says the master is now
+                int(command(s.port, "SENTINEL", "get-master-addr-by-name", group.master_name)[1])
+                for s in group.sentinels
+            }
+            # the store writes to the master the sentinels name; on a loaded machine (down
+            # after 500 ms) they may have failed over a second time, back to the rejoined node
+            diag = (st, old, named)
+            assert named == {st.client.port}, diag
+            assert st.sentinel is not None and st.sentinel.master_changes >= 1, diag
+            if st.sentinel.master_changes == 1:
+                assert st.client.port != old, diag
             rep = await store.replay("s", epoch, 0)
             assert rep.epoch == epoch and rep.complete
             history = {e.seq: int(e.formats["http-stream"]["content"]) for e in rep.items}
