@@ -318,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="floor: bench/connfloor.c, the least a proxy can do per connection (bench.connfloor)",
     )
     cr.add_argument(
+        "--floor",
+        choices=("c", "python"),
+        default="c",
+        help="with --target floor: the C proxy (default) or its plain-Python twin",
+    )
+    cr.add_argument(
         "--order", choices=("gripcast-first", "pushpin-first"), default="gripcast-first"
     )
     cr.add_argument("--conns", type=int, default=10000, help="connections held (default 10,000)")

@@ -8,12 +8,14 @@ connection, read its answer, write the stream head and first chunk, hold the cli
 is what the machine, the origin and the clients allow a proxy that costs almost nothing in user
 space: the ceiling for any proxy's connection rate on this machine, to read beside the
 ``gripcast / Pushpin`` ratio's goal.  It subscribes nothing and has no publish side, so the
-target skips the warm-up's publishing (one proxied request only).
+target skips the warm-up's publishing (one proxied request only).  ``--floor python`` runs its
+plain-Python twin (``bench/connfloor_py.py``) instead: the interpreter's share of the floor.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from bench.connload import build_c
@@ -21,6 +23,8 @@ from bench.procs import descendants, free_ports, stop_group
 from bench.targets import Target, wait_proxied
 
 SOURCE = Path(__file__).with_name("connfloor.c")
+REPO = SOURCE.parent.parent
+LANGS = ("c", "python")
 
 
 def build(source: Path = SOURCE, cache: Path | None = None) -> str:
@@ -33,14 +37,21 @@ class FloorTarget(Target):
 
     name = "floor"
 
-    def __init__(self, origin_port: int, workers: int) -> None:
+    def __init__(self, origin_port: int, workers: int, lang: str = "c") -> None:
+        if lang not in LANGS:
+            raise ValueError(lang)
         self.origin_port = origin_port
         self.workers = workers
+        self.lang = lang
         self.client_port = free_ports(1)[0]
 
     def start(self) -> FloorTarget:
-        argv = [build(), str(self.client_port), str(self.origin_port), str(self.workers)]
-        self.proc = subprocess.Popen(argv, start_new_session=True, stderr=subprocess.PIPE)
+        if self.lang == "python":  # bench/connfloor_py.py: the same proxy in plain Python
+            program = [sys.executable, "-m", "bench.connfloor_py"]
+        else:
+            program = [build()]
+        argv = [*program, str(self.client_port), str(self.origin_port), str(self.workers)]
+        self.proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE)
         wait_proxied(self.client_port, 10.0, self.proc)
         return self
 

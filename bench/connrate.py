@@ -227,7 +227,8 @@ def run_round(
     pids = server + [origin_pid]
     time.sleep(1.0)  # what the previous round's closes left (timers, unsubscriptions) settles
     idle = _idle_rates(pids)
-    names = {p: procs.proc_name(p) for p in server}
+    # the floor's workers (bench.connfloor, C or Python) are its "edges"
+    names = {p: "floor" if target.name == "floor" else procs.proc_name(p) for p in server}
     names[origin_pid] = "origin"
     ctx = multiprocessing.get_context("fork")
     start, close = ctx.Event(), ctx.Event()
@@ -301,7 +302,7 @@ def run_round(
         row["connect_sys_s"] += kern[p]
         row["close_cpu_s"] += closed[p]
     server_s = sum(used[p] for p in server)
-    edge_s = sum(used[p] for p in server if names[p].startswith(("edge", "connfloor")))
+    edge_s = sum(used[p] for p in server if names[p].startswith(("edge", "floor")))
     client_s = sum(r["cpu_s"] for r in results)
     k = 1000.0 / held if held else 0.0
     return {
@@ -334,7 +335,7 @@ def run_target(kind: str, args, log=print) -> dict:
     workdir = tempfile.mkdtemp(prefix=f"bench-cr-{kind}-")
     origin = Origin().start()
     if kind == "floor":
-        target = connfloor.FloorTarget(origin.port, args.edges)
+        target = connfloor.FloorTarget(origin.port, args.edges, args.floor)
     else:
         target = make_target(kind, origin.port, args.edges, workdir, "warning", True)
     try:
