@@ -41,6 +41,16 @@ def answer(buf: bytes) -> tuple[int, bytes | None]:
     return end + 4 + n, HEAD + b"%x\r\n%s\r\n" % (n, buf[end + 4 : end + 4 + n])
 
 
+def recv(sock: socket.socket) -> bytes | None:
+    """What the socket has: ``b""`` at its end (or an error), None when nothing yet."""
+    try:
+        return sock.recv(4096)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def worker(port: int, origin_port: int) -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -95,12 +105,9 @@ def worker(port: int, origin_port: int) -> None:
                     ep.register(s.fileno(), select.EPOLLIN)
             elif fd in clients:
                 c = clients[fd]
-                try:
-                    data = c[0].recv(4096)
-                except BlockingIOError:
+                data = recv(c[0])
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     close_client(fd)
                 elif not c[2]:
@@ -110,12 +117,9 @@ def worker(port: int, origin_port: int) -> None:
                         forward(fd)
             elif fd in origins:
                 o = origins[fd]
-                try:
-                    data = o[0].recv(4096)
-                except BlockingIOError:
+                data = recv(o[0])
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     ep.unregister(fd)
                     if fd in pool:
