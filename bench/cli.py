@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the clients: python (default: plain sockets on one epoll per process) or c "
         "(bench/connload.c --hold, one copy per --procs: less of the machine's CPU)",
     )
+    cr.add_argument(
+        "--no-stats",
+        action="store_true",
+        help="turn off both targets' stats socket (on by default on both, as in the fan-out "
+        "scenarios): what per-connection statistics cost",
+    )
     cr.add_argument("--out", default="", help="JSON path (default bench/results/connrate-*.json)")
     sf = sub.add_parser(
         "sendfloor",

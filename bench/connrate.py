@@ -337,7 +337,8 @@ def run_target(kind: str, args, log=print) -> dict:
     if kind == "floor":
         target = connfloor.FloorTarget(origin.port, args.edges, args.floor)
     else:
-        target = make_target(kind, origin.port, args.edges, workdir, "warning", True)
+        stats = not args.no_stats  # same on both targets
+        target = make_target(kind, origin.port, args.edges, workdir, "warning", stats)
     try:
         target.start()
         if kind != "floor":  # the floor proxies but has no publish side (bench.connfloor)

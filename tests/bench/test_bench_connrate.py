@@ -23,6 +23,8 @@ def test_flags():
         ["connrate", "--target", "pushpin", "--conns", "50", "--window", "8", "--channels", "3"]
     )
     assert (args.target, args.conns, args.window, args.channels) == ("pushpin", 50, 8, 3)
+    assert not args.no_stats
+    assert build_parser().parse_args(["connrate", "--no-stats"]).no_stats
     d = build_parser().parse_args(["connrate"])
     assert (d.target, d.conns, d.procs, d.window, d.repeat, d.order) == (
         "both",
