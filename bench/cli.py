@@ -319,9 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cr.add_argument(
         "--floor",
-        choices=("c", "python"),
+        choices=("c", "python", "trio"),
         default="c",
-        help="with --target floor: the C proxy (default) or its plain-Python twin",
+        help="with --target floor: the C proxy (default), its plain-Python twin, or its trio "
+        "twin (a task per connection, as gripcast's edge)",
     )
     cr.add_argument(
         "--order", choices=("gripcast-first", "pushpin-first"), default="gripcast-first"

@@ -9,7 +9,9 @@ is what the machine, the origin and the clients allow a proxy that costs almost 
 space: the ceiling for any proxy's connection rate on this machine, to read beside the
 ``gripcast / Pushpin`` ratio's goal.  It subscribes nothing and has no publish side, so the
 target skips the warm-up's publishing (one proxied request only).  ``--floor python`` runs its
-plain-Python twin (``bench/connfloor_py.py``) instead: the interpreter's share of the floor.
+plain-Python twin (``bench/connfloor_py.py``) instead: the interpreter's share of the floor;
+``--floor trio`` its trio twin (``bench/connfloor_trio.py``: a task per connection, as
+gripcast's edge): trio's share.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from bench.targets import Target, wait_proxied
 
 SOURCE = Path(__file__).with_name("connfloor.c")
 REPO = SOURCE.parent.parent
-LANGS = ("c", "python")
+LANGS = ("c", "python", "trio")
+MODULES = {"python": "bench.connfloor_py", "trio": "bench.connfloor_trio"}
 
 
 def build(source: Path = SOURCE, cache: Path | None = None) -> str:
@@ -46,10 +49,10 @@ class FloorTarget(Target):
         self.client_port = free_ports(1)[0]
 
     def start(self) -> FloorTarget:
-        if self.lang == "python":  # bench/connfloor_py.py: the same proxy in plain Python
-            program = [sys.executable, "-m", "bench.connfloor_py"]
-        else:
+        if self.lang == "c":
             program = [build()]
+        else:  # bench/connfloor_py.py or bench/connfloor_trio.py
+            program = [sys.executable, "-m", MODULES[self.lang]]
         argv = [*program, str(self.client_port), str(self.origin_port), str(self.workers)]
         self.proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE)
         wait_proxied(self.client_port, 10.0, self.proc)

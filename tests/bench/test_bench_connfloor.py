@@ -42,7 +42,7 @@ def test_the_flags():
         FloorTarget(1, 1, "rust")
 
 
-@pytest.mark.parametrize("lang", ["c", "python"])
+@pytest.mark.parametrize("lang", ["c", "python", "trio"])
 @pytest.mark.timeout(60)
 def test_it_holds_streams_the_origin_holds_and_refuses_the_rest(lang):
     origin = Origin().start()
@@ -76,7 +76,7 @@ def test_it_holds_streams_the_origin_holds_and_refuses_the_rest(lang):
     assert floor.pids() == []
 
 
-@pytest.mark.parametrize("lang", ["c", "python"])
+@pytest.mark.parametrize("lang", ["c", "python", "trio"])
 @pytest.mark.timeout(120)
 def test_connrate_against_the_floor(tmp_path, lang):
     record, proc = run_bench(

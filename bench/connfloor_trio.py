@@ -1,0 +1,150 @@
+"""``bench/connfloor.c``'s trio twin: the same least proxy per new held stream, shaped as
+gripcast's edge is (one trio task per new connection, the origin's answer awaited in it, the
+held client parked in a plain ``select.epoll`` that one task watches), with nothing of
+gripcast's own work.
+
+``python -m bench connrate --target floor --floor trio`` runs it (``bench.connfloor``).  Beside
+the plain-Python floor (``bench/connfloor_py.py``, no framework) it prices trio's part of a
+connection: the task, the wait for the origin and its wake-up.  Not a server: a measuring tool.
+
+usage: python -m bench.connfloor_trio LISTEN_PORT ORIGIN_PORT WORKERS
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+
+import trio
+
+from bench.connfloor_py import BAD, answer
+
+
+async def worker(port: int, origin_port: int) -> None:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(4096)
+    listener.setblocking(False)
+    held = select.epoll()
+    parked: dict[int, socket.socket] = {}
+    pool: list[socket.socket] = []  # idle origin connections
+
+    async def origin() -> socket.socket:
+        while pool:
+            o = pool.pop()
+            try:
+                o.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return o  # idle and alive
+            except OSError:
+                pass
+            o.close()
+        o = socket.socket()
+        o.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        o.setblocking(False)
+        try:
+            o.connect(("127.0.0.1", origin_port))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(o)
+        return o
+
+    async def serve(c: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            try:
+                data = c.recv(4096)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(c)
+                continue
+            if not data:
+                c.close()
+                return
+            request += data
+        try:
+            path = request.split(b"\r\n", 1)[0].split(b" ")[1]
+        except IndexError:
+            c.send(BAD)
+            c.close()
+            return
+        o = await origin()
+        o.send(b"GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % path)
+        buf = b""
+        while True:
+            await trio.lowlevel.wait_readable(o)
+            data = o.recv(4096)
+            if not data:
+                o.close()
+                c.send(BAD)
+                c.close()
+                return
+            buf += data
+            _, out = answer(buf)
+            if out is not None:
+                break
+        pool.append(o)
+        c.send(out)
+        if out is BAD:
+            c.close()
+            return
+        parked[c.fileno()] = c
+        held.register(c.fileno(), select.EPOLLIN)
+
+    async def watch_held() -> None:
+        while True:
+            await trio.lowlevel.wait_readable(held.fileno())
+            for fd, _ in held.poll(0):
+                held.unregister(fd)
+                parked.pop(fd).close()  # a held client only ever closes (or sends junk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_held)
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    c, _addr = listener.accept()
+                except BlockingIOError:
+                    break
+                c.setblocking(False)
+                nursery.start_soon(serve, c)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__.rsplit("usage: ", 1)[1], file=sys.stderr)
+        return 2
+    port, origin_port, workers = (int(a) for a in argv)
+    kids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                trio.run(worker, port, origin_port)
+            finally:
+                os._exit(1)  # the worker only ends by an error
+        kids.append(pid)
+
+    def stop(*_: object) -> None:
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    for k in kids:
+        try:
+            os.waitpid(k, 0)
+        except ChildProcessError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
