@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
@@ -139,9 +140,15 @@ def worker(port: int, origin_port: int) -> None:
                         close_client(cfd)
 
 
-def main(argv: list[str]) -> int:
+def main(
+    argv: list[str],
+    run: Callable[[int, int], object] = worker,
+    usage: str = __doc__ or "",
+) -> int:
+    """``LISTEN_PORT ORIGIN_PORT WORKERS``: fork the workers (``run(port, origin_port)`` in
+    each), wait for them, and kill them on SIGTERM (``bench.connfloor_trio`` runs its own)."""
     if len(argv) != 3:
-        print(__doc__.rsplit("usage: ", 1)[1], file=sys.stderr)
+        print(usage.rsplit("usage: ", 1)[1], file=sys.stderr)
         return 2
     port, origin_port, workers = (int(a) for a in argv)
     kids = []
@@ -149,9 +156,9 @@ def main(argv: list[str]) -> int:
         pid = os.fork()
         if pid == 0:
             try:
-                worker(port, origin_port)
+                run(port, origin_port)
             finally:
-                os._exit(1)  # the worker only ends by an error
+                os._exit(1)  # a worker only ends by an error
         kids.append(pid)
 
     def stop(*_: object) -> None:

@@ -12,14 +12,14 @@ usage: python -m bench.connfloor_trio LISTEN_PORT ORIGIN_PORT WORKERS
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import socket
 import sys
+from functools import partial
 
 import trio
 
+from bench import connfloor_py
 from bench.connfloor_py import BAD, answer
 
 
@@ -116,34 +116,7 @@ async def worker(port: int, origin_port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print(__doc__.rsplit("usage: ", 1)[1], file=sys.stderr)
-        return 2
-    port, origin_port, workers = (int(a) for a in argv)
-    kids = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                trio.run(worker, port, origin_port)
-            finally:
-                os._exit(1)  # the worker only ends by an error
-        kids.append(pid)
-
-    def stop(*_: object) -> None:
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    for k in kids:
-        try:
-            os.waitpid(k, 0)
-        except ChildProcessError:
-            pass
-    return 0
+    return connfloor_py.main(argv, partial(trio.run, worker), __doc__ or "")
 
 
 if __name__ == "__main__":
