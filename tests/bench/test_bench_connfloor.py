@@ -1,5 +1,6 @@
-"""``bench/connfloor.c`` (the floor under the connection rate, ``connrate --target floor``):
-real processes and sockets in front of the bench's own origin."""
+"""The floor proxies under the connection rate (``connrate --target floor``: bench/connfloor.c,
+bench/connfloor_py.py, bench/connfloor_trio.py): real processes and sockets in front of the
+bench's own origin."""
 
 from __future__ import annotations
 
