@@ -52,13 +52,21 @@ def recv(sock: socket.socket) -> bytes | None:
         return b""
 
 
-def worker(port: int, origin_port: int) -> None:
+def listening(port: int) -> socket.socket:
+    """A worker's non-blocking listener on 127.0.0.1:``port``, shared with the other workers
+    (``SO_REUSEPORT``, as gripcast's edges); accepted sockets inherit ``TCP_NODELAY``."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(4096)
     listener.setblocking(False)
+    return listener
+
+
+def worker(port: int, origin_port: int) -> None:
+    listener = listening(port)
     ep = select.epoll()
     lfd = listener.fileno()
     ep.register(lfd, select.EPOLLIN)

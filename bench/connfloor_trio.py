@@ -24,13 +24,7 @@ from bench.connfloor_py import BAD, answer
 
 
 async def worker(port: int, origin_port: int) -> None:
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(4096)
-    listener.setblocking(False)
+    listener = connfloor_py.listening(port)
     held = select.epoll()
     parked: dict[int, socket.socket] = {}
     pool: list[socket.socket] = []  # idle origin connections
