@@ -685,9 +685,9 @@ class Connection:
 
         ``probe`` False (a hold's first park): a plain socket is not read.  The parker's epoll
         watches readiness, not edges (one-shot, armed by the park), so bytes or a hang-up
-        already there wake the connection at once, and the woken hold reads them here; the usual first park (nothing sent) saves a read
-        that fails with EAGAIN.  A TLS client is always read (its ``TlsConn`` may hold
-        decrypted bytes the socket no longer shows)."""
+        already there wake the connection at once, and the woken hold reads them here; the
+        usual first park (nothing sent) saves a read that fails with EAGAIN.  A TLS client is
+        always read (its ``TlsConn`` may hold decrypted bytes the socket no longer shows)."""
         if self.cur is None:
             self.parser = None
         if not probe and self.crypt is None:
