@@ -34,6 +34,7 @@ import trio
 
 from broker.errors import LocalProtocolError
 from broker.runtime.ticks import sleep_tick
+from edge.opener import notify_closing
 
 TICK_S = 0.25
 
@@ -103,7 +104,7 @@ class ReadTimer:
             del active[w]
             w.expired = True
             try:
-                trio.lowlevel.notify_closing(w.sock)
+                notify_closing(w.sock)  # (edge.opener: a wait there too)
             except Exception:  # pragma: no cover - a socket closed meanwhile: nothing waits on it
                 pass
         return len(late)

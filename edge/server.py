@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import socket as stdsocket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 import zmq
@@ -24,6 +25,7 @@ from broker.errors import EXIT_CONFIG, ConfigError, GripcastError, RemoteProtoco
 from broker.runtime.iosched import batch_io_threads
 from broker.runtime.logsetup import configure_logging
 from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_signals_for_exit
+from broker.runtime.rawsock import stdlib_socket
 from broker.runtime.sdnotify import notify
 from broker.runtime.ticks import TickGate, sleep_tick
 from edge import fastpath, routeswatch, testorigin
@@ -32,6 +34,7 @@ from edge.grip.holds import HoldRegistry
 from edge.grip.session import ResponseSession, StreamSession
 from edge.http1 import responses
 from edge.http1.connection import Connection
+from edge.opener import Opener, run_task
 from edge.ops import lifecycle, presence, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
@@ -157,6 +160,8 @@ class Edge:
         self.rules = ProxyRules.from_config(cfg)  # Pushpin's [proxy] request rules
         # HTTPS listeners' certificates and counters (edge.tlsconn); None: no HTTPS
         self.tls = TlsServer(certs) if certs is not None else None
+        # the plain-HTTP listeners' connections until they park or need a task (edge.opener)
+        self.opener: Opener | None = None
         self.index = index
         self.routes = routes
         self.link = link
@@ -506,11 +511,29 @@ class Edge:
     # -- clients -------------------------------------------------------------------------------
 
     async def serve_clients(self, listeners: list[Listener]) -> None:
-        # many accepts per wakeup; TCP_NODELAY is inherited from the listener (edge.fastpath)
-        async with trio.open_nursery() as nursery:
-            for lst in listeners:
-                on_accept = self._accepted_tls(lst.port) if lst.tls else self._accepted
-                nursery.start_soon(fastpath.accept_loop, lst.sock, on_accept)
+        """Accept until cancelled (the drain).  Plain-HTTP listeners are the opener's
+        (``edge.opener``, a task of the edge's nursery, as connection tasks are: it goes on
+        driving the connections it holds, and only stops accepting here); HTTPS listeners
+        have an accept loop each (many accepts per wakeup; TCP_NODELAY is inherited from the
+        listener, ``edge.fastpath``)."""
+        plain = [stdlib_socket(lst.sock) for lst in listeners if not lst.tls]
+        opener = None
+        if plain and None not in plain:
+            opener = self.opener = Opener(plain, self._opened, self.nursery.start_soon)
+            self.nursery.start_soon(opener.serve, name="opener")
+        try:
+            async with trio.open_nursery() as nursery:
+                for lst in listeners:
+                    if lst.tls:
+                        nursery.start_soon(
+                            fastpath.accept_loop, lst.sock, self._accepted_tls(lst.port)
+                        )
+                    elif opener is None:  # pragma: no cover - a trio without stdlib sockets
+                        nursery.start_soon(fastpath.accept_loop, lst.sock, self._accepted)
+                await trio.sleep_forever()
+        finally:
+            if opener is not None:
+                opener.stop_accepting()
 
     def _accepted_tls(
         self, port: int
@@ -537,12 +560,21 @@ class Edge:
         return accepted
 
     def _accepted(self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None) -> None:
+        coro = self._opened(sock, addr)
+        if coro is not None:
+            # a constant task name: trio would format one string per connection
+            self.nursery.start_soon(run_task, coro, name="client")
+
+    def _opened(
+        self, sock: trio.socket.SocketType, addr: fastpath.PeerAddress | None
+    ) -> Coroutine[Any, Any, bool] | None:
+        """A new plain-HTTP connection: the coroutine that serves it (``edge.opener`` runs
+        it), or None when it is refused (503, in a task of its own)."""
         if self.connections >= self.cfg.client_maxconn:
             self.rejected += 1
             self.nursery.start_soon(self._refuse, sock)
-            return
-        # a constant task name: trio would format one string per connection
-        self.nursery.start_soon(self._serve_connection, sock, addr, name="client")
+            return None
+        return self._serve_connection(sock, addr)
 
     async def _refuse(self, sock: trio.socket.SocketType) -> None:
         """503, then a short lingering close (at most REFUSE_LINGER at once): closing with the

@@ -40,6 +40,7 @@ import httptools
 import trio
 
 from broker.errors import GripcastError, RemoteProtocolError
+from edge import opener as _opener
 from edge.fastpath import read_now, send_now
 from edge.origin.pool import DEFAULT_IDLE_S, OriginPool, close_stream
 from edge.origin.tls import OriginStream, OriginTls, TlsHandshakeError, server_name
@@ -424,7 +425,7 @@ class OriginResponse:
             try:
                 while True:
                     try:
-                        await trio.lowlevel.wait_readable(sock)
+                        await _opener.wait_readable(sock)
                     except trio.ClosedResourceError:
                         if not wait.expired:
                             raise

@@ -1,0 +1,271 @@
+"""New plain-HTTP client connections served without a trio task each, until they need one.
+
+Theory of operation
+-------------------
+A new held stream costs the edge one trio task: its spawn (a ``Task``, a ``Context`` copy, the
+nursery's bookkeeping), one wait for the origin's answer (trio's ``wait_readable``: its
+registration, the scheduler's wake-up and reschedule) and the task's exit once the stream
+parks (``edge.parking``).  Under ``python -m bench connrate`` that was ~15% of the edge's CPU
+per connection (bench/RESULTS.md, "Twenty-second session").
+
+So one task per edge, the *opener* (``Opener.serve``), accepts the plain-HTTP listeners'
+connections and runs each connection's coroutine (``Edge._serve_connection``) itself, by hand
+(``coro.send``), as far as it goes without a trio wait.  The one wait the usual connection
+makes, for the origin's response head (``edge.origin.client``), goes through
+``wait_readable`` below: while the opener drives, it yields a marker instead of trio's trap,
+and the opener registers the socket with its own ``epoll`` (one-shot) and resumes the
+coroutine when the socket is readable.  The opener waits on that epoll with one trio
+``wait_readable`` for all of them.  A stream hold that parks then ends its coroutine, and
+the connection never had a task.
+
+Anything else a connection awaits (a write that did not fit, the broker's position for a new
+channel, a WebSocket, a retry, any cancel scope left open over the wait) is a real trio trap,
+made while the opener's task was the current task: the opener then *donates itself* to that
+connection.  It starts a new opener task (which takes over the epoll, the listeners and the
+connections in progress) and goes on as the connection's task, passing the trap to trio and
+the result back (``_forward``).  Nothing is bound to the wrong task: the trap was made by
+this task and its result comes back to this task.  A connection that needs trio therefore
+pays one task spawn, as every connection did before.
+
+Timeouts: ``edge.readtimer`` ends an overdue wait with ``notify_closing`` (below), which also
+finds a wait parked here and resumes it with ``trio.ClosedResourceError``, as trio does.  When
+the edge stops (its nursery is cancelled), every connection still in the opener's hands gets
+a task of its own, resumed in the cancelled nursery: it ends as a task cancelled at its wait
+would.
+
+Only coroutines that await nothing but ``wait_readable`` here or trio's own traps may be
+driven; ``Edge._serve_connection`` is one.  TLS listeners keep ``edge.fastpath.accept_loop``
+(a handshake is many waits).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import types
+import weakref
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any
+
+import trio
+
+from broker.runtime.rawsock import ACCEPT_PAUSE, ACCEPT_PAUSE_S, ACCEPT_SKIP, plain_accept
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 256
+MAX_EVENTS = 1024
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT
+
+Driven = Coroutine[Any, Any, Any]
+
+
+class _WaitRead:
+    """What a driven coroutine yields to wait for ``fd`` to become readable."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+class _Driving:
+    on = False  # an opener is running a coroutine step (synchronous: never nested)
+
+
+_DRIVING = _Driving()
+_OPENERS: weakref.WeakSet[Opener] = weakref.WeakSet()
+
+
+@types.coroutine
+def wait_readable(sock: Any) -> Generator[Any, Any, None]:
+    """``trio.lowlevel.wait_readable(sock)``, or, in a coroutine the opener drives, the same
+    wait in the opener's epoll.  ``trio.ClosedResourceError`` if ``notify_closing(sock)``."""
+    if _DRIVING.on:
+        yield _WaitRead(sock.fileno())
+    else:
+        yield from trio.lowlevel.wait_readable(sock).__await__()
+
+
+def notify_closing(sock: Any) -> None:
+    """``trio.lowlevel.notify_closing(sock)`` for waits in trio and in the openers alike."""
+    fd = sock.fileno()
+    for op in list(_OPENERS):
+        op.closing(fd)
+    trio.lowlevel.notify_closing(sock)
+
+
+class Opener:
+    """One per edge: its plain-HTTP listeners' connections, driven until they park, end, or
+    need a task.  ``on_accept(sock, addr)`` returns the coroutine that serves a connection
+    (``sock`` a trio socket), or None when it dealt with it itself (a refusal)."""
+
+    def __init__(
+        self,
+        listeners: Iterable[Any],
+        on_accept: Callable[[trio.socket.SocketType, Any], Driven | None],
+        spawn: Callable[..., Any],
+    ) -> None:
+        self._listeners = {ls.fileno(): plain_accept(ls) for ls in listeners}
+        self._on_accept = on_accept
+        self._spawn = spawn  # spawn(async_fn, *args, name=...) in the edge's nursery
+        self._ep = select.epoll()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._ep.register(self._wake_fd, select.EPOLLIN)
+        for fd in self._listeners:
+            self._ep.register(fd, select.EPOLLIN)
+        self._waiting: dict[int, Driven] = {}  # fd -> the coroutine waiting for it
+        self._ready: deque[tuple[Driven, BaseException | None]] = deque()  # to run, in order
+        self._closed = False
+        self.driven = self.donated = 0  # connections started here; tasks given away
+        _OPENERS.add(self)
+
+    def stop_accepting(self) -> None:
+        """Leave the listeners alone from now on (the drain closes them)."""
+        for fd in self._listeners:
+            try:
+                self._ep.unregister(fd)
+            except (OSError, ValueError):  # (closed already, or the epoll with the opener)
+                pass
+        self._listeners = {}
+
+    def closing(self, fd: int) -> None:
+        """A wait on ``fd`` here ends with ``trio.ClosedResourceError`` (``notify_closing``)."""
+        coro = self._waiting.pop(fd, None)
+        if coro is None:
+            return
+        try:
+            self._ep.modify(fd, 0)  # disarmed: a later event must not resume it twice
+        except OSError:
+            pass
+        self._ready.append((coro, trio.ClosedResourceError("another task closed this socket")))
+        os.eventfd_write(self._wake_fd, 1)
+
+    async def serve(self) -> None:
+        """Run in the edge's nursery (a new opener task takes over after each donation)."""
+        await self._serve()
+
+    @types.coroutine
+    def _serve(self) -> Generator[Any, Any, None]:
+        task = trio.lowlevel.current_task()
+        base = task._cancel_status  # no cancel scope of a driven connection may stay open
+        ep, waiting, ready = self._ep, self._waiting, self._ready
+        epfd, wake_fd, driving = ep.fileno(), self._wake_fd, _DRIVING
+        handover = False
+        try:
+            while True:
+                while ready:
+                    coro, exc = ready.popleft()
+                    driving.on = True
+                    try:
+                        y = coro.send(None) if exc is None else coro.throw(exc)
+                    except StopIteration:
+                        continue
+                    finally:
+                        driving.on = False
+                    if type(y) is _WaitRead and task._cancel_status is base:
+                        fd = y.fd
+                        try:
+                            ep.modify(fd, _ARMED)
+                        except FileNotFoundError:
+                            ep.register(fd, _ARMED)
+                        waiting[fd] = coro
+                        continue
+                    # a trio trap (or a wait under a cancel scope): this task is the
+                    # connection's from now on; a new opener takes over the rest
+                    self.donated += 1
+                    handover = True
+                    self._spawn(self.serve, name="opener")
+                    yield from _forward(coro, y)
+                    return
+                yield from trio.lowlevel.wait_readable(epfd).__await__()
+                for fd, _ in ep.poll(0, MAX_EVENTS):
+                    woken = waiting.pop(fd, None)
+                    if woken is not None:
+                        ready.append((woken, None))
+                    elif fd in self._listeners:
+                        if not self._accept(fd):
+                            ep.modify(fd, 0)  # out of descriptors: a pause, then again
+                            self._spawn(self._resume_accept, fd, name="opener-pause")
+                    elif fd == wake_fd:
+                        os.eventfd_read(wake_fd)
+        finally:
+            if not handover:
+                self._abandon()
+
+    def _accept(self, fd: int) -> bool:
+        """Accept up to ``ACCEPT_BATCH`` connections on listener ``fd``; False when out of
+        descriptors or memory (logged: the caller pauses that listener)."""
+        accept, on_accept, ready = self._listeners[fd], self._on_accept, self._ready
+        from_stdlib = trio.socket.from_stdlib_socket
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in ACCEPT_SKIP:
+                    continue
+                if exc.errno in ACCEPT_PAUSE:
+                    log.warning(
+                        "edge: accept failed (%s): pausing %.1fs", exc.strerror, ACCEPT_PAUSE_S
+                    )
+                    return False
+                raise
+            coro = on_accept(from_stdlib(sock), addr)
+            if coro is not None:
+                self.driven += 1
+                ready.append((coro, None))
+        return True
+
+    async def _resume_accept(self, fd: int) -> None:
+        await trio.sleep(ACCEPT_PAUSE_S)
+        if not self._closed and fd in self._listeners:
+            self._ep.modify(fd, select.EPOLLIN)
+
+    def _abandon(self) -> None:
+        """The opener ends (the edge stops): every connection it holds gets a task."""
+        self._closed = True
+        _OPENERS.discard(self)
+        for coro, exc in self._ready:
+            self._spawn(run_task, coro, None, exc, name="client")
+        for fd, coro in self._waiting.items():
+            self._spawn(run_task, coro, _WaitRead(fd), name="client")
+        self._ready.clear()
+        self._waiting.clear()
+        self._ep.close()
+        os.close(self._wake_fd)
+
+    def statistics(self) -> tuple[int, int]:
+        return self.driven, self.donated
+
+
+async def run_task(coro: Driven, y: Any = None, exc: BaseException | None = None) -> None:
+    """Go on with ``coro`` in this task: from the trap or marker ``y`` it yielded, or (None)
+    from where it stands (not started, or to be resumed with ``exc``)."""
+    await _forward(coro, y, exc)
+
+
+@types.coroutine
+def _forward(coro: Driven, y: Any, exc: BaseException | None = None) -> Generator[Any, Any, None]:
+    """Run ``coro`` in the current task from the trap ``y`` it yielded (trio's, passed on;
+    an opener's marker, waited for in trio; None: resume it now, with ``exc`` if given)."""
+    while True:
+        value: Any = None
+        if type(y) is _WaitRead:
+            try:
+                yield from trio.lowlevel.wait_readable(y.fd).__await__()
+            except BaseException as e:  # (Cancelled included: the coroutine handles it)
+                exc = e
+        elif y is not None:
+            try:
+                value = yield y
+            except BaseException as e:
+                exc = e
+        try:
+            y = coro.send(value) if exc is None else coro.throw(exc)
+        except StopIteration:
+            return
+        exc = None

@@ -1,0 +1,224 @@
+"""edge.opener.Opener on real sockets (a listener on 127.0.0.1, socketpairs for the "origin"):
+a connection's coroutine runs without a task of its own while it waits only through
+``edge.opener.wait_readable``; a trio trap, or a wait under an open cancel scope, makes the
+opener donate its task to that connection and a new opener go on; ``notify_closing`` ends a
+wait held there as trio's would; stopping the edge ends every connection held there as a
+cancelled task."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+from edge import opener as op_mod
+from edge.opener import Opener
+
+
+def _listener() -> socket.socket:
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+    ls.setblocking(False)
+    return ls
+
+
+def _run(serve: Callable[[trio.socket.SocketType, Any], Any], body) -> Opener:
+    """Run ``body(opener, port)`` with an opener whose connections ``serve(sock, addr)``
+    (an async function) serves; the opener, for its counters."""
+    ls = _listener()
+    port = ls.getsockname()[1]
+    box: list[Opener] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            opener = Opener([ls], lambda s, a: serve(s, a), nursery.start_soon)
+            box.append(opener)
+            nursery.start_soon(opener.serve)
+            with trio.fail_after(10):  # a wake that never comes fails, not hangs
+                await body(opener, port)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        ls.close()
+    return box[0]
+
+
+async def _connect(port: int) -> trio.socket.SocketType:
+    c = trio.socket.socket()
+    await c.connect(("127.0.0.1", port))
+    return c
+
+
+async def _recv_all(c: trio.socket.SocketType) -> bytes:
+    out = b""
+    while True:
+        data = await c.recv(4096)
+        if not data:
+            return out
+        out += data
+
+
+def _write(sock: trio.socket.SocketType, data: bytes) -> None:
+    """A write without a trio trap (as the edge's ``send_now``)."""
+    assert os.write(sock.fileno(), data) == len(data)
+
+
+def _origin_pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    return a, b
+
+
+def test_a_connection_that_only_waits_here_runs_without_a_task():
+    tasks: list[Any] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        tasks.append(trio.lowlevel.current_task())
+        with sock:
+            await op_mod.wait_readable(mine)  # the "origin's answer"
+            await op_mod.wait_readable(mine)  # (readable still: a second wait, same fd)
+            _write(sock, b"answer:" + mine.recv(100))
+
+    mine, theirs = _origin_pair()
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        await trio.testing.wait_all_tasks_blocked()
+        assert opener.driven == 1
+        theirs.send(b"x")
+        assert await _recv_all(c) == b"answer:x"
+        c.close()
+
+    opener = _run(serve, body)
+    assert opener.statistics() == (1, 0)  # driven, never donated
+    assert tasks[0].name.endswith("serve")  # it ran in the opener's task
+    mine.close()
+    theirs.close()
+
+
+def test_a_trio_trap_donates_the_task_and_a_new_opener_goes_on():
+    done: list[str] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        with sock:
+            data = await sock.recv(100)  # a trio trap (nothing sent yet: it waits)
+            await trio.sleep(0)
+            await sock.send(b"echo:" + data)
+            done.append("first")
+
+    async def body(opener: Opener, port: int) -> None:
+        c1 = await _connect(port)
+        await trio.testing.wait_all_tasks_blocked()
+        assert opener.donated == 1
+        c2 = await _connect(port)  # accepted by the new opener while c1's task waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert opener.driven == 2 and opener.donated == 2
+        await c2.send(b"two")
+        await c1.send(b"one")
+        assert await _recv_all(c1) == b"echo:one"
+        assert await _recv_all(c2) == b"echo:two"
+        c1.close()
+        c2.close()
+
+    _run(serve, body)
+    assert done == ["first", "first"]
+
+
+def test_a_wait_under_a_cancel_scope_is_a_task_of_its_own():
+    mine, theirs = _origin_pair()
+    outcome: list[str] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        with sock:
+            with trio.move_on_after(0.2) as scope:
+                await op_mod.wait_readable(mine)  # nothing comes: the scope's deadline ends it
+            outcome.append("timed out" if scope.cancelled_caught else "read")
+            _write(sock, b"done")
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        assert await _recv_all(c) == b"done"
+        assert opener.donated == 1
+        c.close()
+
+    _run(serve, body)
+    assert outcome == ["timed out"]
+    mine.close()
+    theirs.close()
+
+
+def test_notify_closing_ends_a_wait_held_by_the_opener():
+    mine, theirs = _origin_pair()
+    seen: list[type[BaseException]] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        with sock:
+            try:
+                await op_mod.wait_readable(mine)
+            except trio.ClosedResourceError as exc:
+                seen.append(type(exc))
+            _write(sock, b"closed")
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        await trio.testing.wait_all_tasks_blocked()
+        assert opener.driven == 1
+        op_mod.notify_closing(mine)  # what edge.readtimer does at a timeout
+        assert await _recv_all(c) == b"closed"
+        c.close()
+
+    opener = _run(serve, body)
+    assert seen == [trio.ClosedResourceError]
+    assert opener.donated == 0
+    mine.close()
+    theirs.close()
+
+
+def test_stopping_ends_held_connections_as_cancelled_tasks():
+    mine, theirs = _origin_pair()
+    ended: list[str] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        try:
+            with sock:
+                await op_mod.wait_readable(mine)  # never answered
+                ended.append("answered")
+        except trio.Cancelled:
+            ended.append("cancelled")
+            raise
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        await trio.testing.wait_all_tasks_blocked()
+        assert opener.driven == 1
+        c.close()
+
+    _run(serve, body)  # the nursery is cancelled with the connection still waiting
+    assert ended == ["cancelled"]
+    mine.close()
+    theirs.close()
+
+
+def test_a_refused_connection_is_not_driven():
+    refused: list[Any] = []
+
+    def on_accept(sock: trio.socket.SocketType, addr: Any) -> Awaitable[None] | None:
+        refused.append(addr)
+        sock.close()
+        return None
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        assert await _recv_all(c) == b""
+        c.close()
+
+    opener = _run(on_accept, body)
+    assert len(refused) == 1
+    assert opener.statistics() == (0, 0)
