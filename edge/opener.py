@@ -27,6 +27,10 @@ the result back (``_forward``).  Nothing is bound to the wrong task: the trap wa
 this task and its result comes back to this task.  A connection that needs trio therefore
 pays one task spawn, as every connection did before.
 
+Parked connections woken (``edge.parking``) come here too: the parker's ``spawn`` is
+``Opener.start_soon``, so a held stream whose client left ends without a task as well (an
+eventfd wakes the opener when it waits in trio).
+
 Timeouts: ``edge.readtimer`` ends an overdue wait with ``notify_closing`` (below), which also
 finds a wait parked here and resumes it with ``trio.ClosedResourceError``, as trio does.  When
 the edge stops (its nursery is cancelled), every connection still in the opener's hands gets
@@ -108,19 +112,42 @@ class Opener:
         on_accept: Callable[[trio.socket.SocketType, Any], Driven | None],
         spawn: Callable[..., Any],
     ) -> None:
-        self._listeners = {ls.fileno(): plain_accept(ls) for ls in listeners}
+        self._listeners: dict[int, Callable[[], tuple[Any, Any]]] = {}
         self._on_accept = on_accept
         self._spawn = spawn  # spawn(async_fn, *args, name=...) in the edge's nursery
         self._ep = select.epoll()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep.register(self._wake_fd, select.EPOLLIN)
-        for fd in self._listeners:
-            self._ep.register(fd, select.EPOLLIN)
         self._waiting: dict[int, Driven] = {}  # fd -> the coroutine waiting for it
         self._ready: deque[tuple[Driven, BaseException | None]] = deque()  # to run, in order
+        self._idle = False  # the opener waits in trio: what is queued needs a poke
+        self._poked = False  # ... and it was poked (the eventfd holds a count)
         self._closed = False
         self.driven = self.donated = 0  # connections started here; tasks given away
         _OPENERS.add(self)
+        self.listen(listeners)
+
+    def listen(self, listeners: Iterable[Any]) -> None:
+        """Accept on these listening stdlib sockets (non-blocking) too."""
+        for ls in listeners:
+            fd = ls.fileno()
+            self._listeners[fd] = plain_accept(ls)
+            self._ep.register(fd, select.EPOLLIN)
+
+    def start_soon(self, async_fn: Callable[..., Driven], *args: Any, name: object = None) -> None:
+        """``nursery.start_soon``'s form (``edge.parking`` wakes with it): run
+        ``async_fn(*args)`` here, driven as a new connection is (a task once it needs one);
+        in a task of its own once the opener has stopped."""
+        if self._closed:
+            self._spawn(async_fn, *args, name=name)
+            return
+        self._ready.append((async_fn(*args), None))
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._idle and not self._poked:
+            self._poked = True
+            os.eventfd_write(self._wake_fd, 1)
 
     def stop_accepting(self) -> None:
         """Leave the listeners alone from now on (the drain closes them)."""
@@ -141,7 +168,7 @@ class Opener:
         except OSError:
             pass
         self._ready.append((coro, trio.ClosedResourceError("another task closed this socket")))
-        os.eventfd_write(self._wake_fd, 1)
+        self._poke()
 
     async def serve(self) -> None:
         """Run in the edge's nursery (a new opener task takes over after each donation)."""
@@ -180,7 +207,11 @@ class Opener:
                     self._spawn(self.serve, name="opener")
                     yield from _forward(coro, y)
                     return
-                yield from trio.lowlevel.wait_readable(epfd).__await__()
+                self._idle = True
+                try:
+                    yield from trio.lowlevel.wait_readable(epfd).__await__()
+                finally:
+                    self._idle = False
                 for fd, _ in ep.poll(0, MAX_EVENTS):
                     woken = waiting.pop(fd, None)
                     if woken is not None:
@@ -191,6 +222,7 @@ class Opener:
                             self._spawn(self._resume_accept, fd, name="opener-pause")
                     elif fd == wake_fd:
                         os.eventfd_read(wake_fd)
+                        self._poked = False
         finally:
             if not handover:
                 self._abandon()

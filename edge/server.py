@@ -160,8 +160,9 @@ class Edge:
         self.rules = ProxyRules.from_config(cfg)  # Pushpin's [proxy] request rules
         # HTTPS listeners' certificates and counters (edge.tlsconn); None: no HTTPS
         self.tls = TlsServer(certs) if certs is not None else None
-        # the plain-HTTP listeners' connections until they park or need a task (edge.opener)
-        self.opener: Opener | None = None
+        # the plain-HTTP listeners' connections, and parked ones woken, until they park
+        # again, end or need a task (edge.opener): its task starts with the edge's
+        self.opener = Opener((), self._opened, nursery.start_soon)
         self.index = index
         self.routes = routes
         self.link = link
@@ -205,7 +206,9 @@ class Edge:
         self.websockets: dict[str, WsSession] = {}  # by connection id (conncheck, refresh)
         # idle plain stream holds without a task (edge.parking); its task is started by ``serve``
         self.parker = Parker(
-            partial(self._serve_connection, None, None, None), nursery.start_soon, self._abandoned
+            partial(self._serve_connection, None, None, None),
+            self.opener.start_soon,
+            self._abandoned,
         )
 
     def set_routes(self, cfg: Config, routes: RouteTable, signers: Signers | None = None) -> None:
@@ -519,8 +522,8 @@ class Edge:
         plain = [stdlib_socket(lst.sock) for lst in listeners if not lst.tls]
         opener = None
         if plain and None not in plain:
-            opener = self.opener = Opener(plain, self._opened, self.nursery.start_soon)
-            self.nursery.start_soon(opener.serve, name="opener")
+            opener = self.opener
+            opener.listen(plain)
         try:
             async with trio.open_nursery() as nursery:
                 for lst in listeners:
@@ -753,6 +756,7 @@ async def serve(
                 nursery.start_soon(link.serve, edge.on_frames, edge.on_recover, edge.on_command)
                 nursery.start_soon(edge.serve_reorder)
                 nursery.start_soon(edge.serve_timers)
+                nursery.start_soon(edge.opener.serve, name="opener")
                 nursery.start_soon(edge.parker.serve)
                 nursery.start_soon(edge.holds.serve_updates)
                 nursery.start_soon(edge.ws_timers.serve)

@@ -222,3 +222,39 @@ def test_a_refused_connection_is_not_driven():
     opener = _run(on_accept, body)
     assert len(refused) == 1
     assert opener.statistics() == (0, 0)
+
+
+def test_start_soon_runs_a_coroutine_in_the_opener_and_pokes_it_awake():
+    ran: list[tuple[str, Any]] = []
+
+    async def woken(tag: str) -> None:  # what edge.parking's wake starts
+        ran.append((tag, trio.lowlevel.current_task().name))
+
+    async def body(opener: Opener, port: int) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the opener waits in trio: a poke wakes it
+        opener.start_soon(woken, "a", name="client")
+        opener.start_soon(woken, "b", name="client")  # (one poke for both)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [tag for tag, _ in ran] == ["a", "b"]
+        assert all(name.endswith("Opener.serve") for _, name in ran), ran
+
+    opener = _run(lambda s, a: None, body)
+    assert opener.donated == 0
+
+
+def test_start_soon_after_the_opener_stopped_is_a_task():
+    ran: list[str] = []
+
+    async def woken(tag: str) -> None:
+        ran.append(tag)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            opener = Opener((), lambda s, a: None, nursery.start_soon)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await opener.serve()  # cancelled at once: the opener stops
+            opener.start_soon(woken, "late", name="client")
+        assert ran == ["late"]
+
+    trio.run(main)
