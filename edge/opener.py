@@ -44,7 +44,6 @@ driven; ``Edge._serve_connection`` is one.  TLS listeners keep ``edge.fastpath.a
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import types
@@ -55,9 +54,7 @@ from typing import Any
 
 import trio
 
-from broker.runtime.rawsock import ACCEPT_PAUSE, ACCEPT_PAUSE_S, ACCEPT_SKIP, plain_accept
-
-log = logging.getLogger(__name__)
+from broker.runtime.rawsock import ACCEPT_PAUSE_S, accept_failed, plain_accept
 
 ACCEPT_BATCH = 256
 MAX_EVENTS = 1024
@@ -238,14 +235,9 @@ class Opener:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in ACCEPT_SKIP:
+                if accept_failed(exc, "edge"):
                     continue
-                if exc.errno in ACCEPT_PAUSE:
-                    log.warning(
-                        "edge: accept failed (%s): pausing %.1fs", exc.strerror, ACCEPT_PAUSE_S
-                    )
-                    return False
-                raise
+                return False
             coro = on_accept(from_stdlib(sock), addr)
             if coro is not None:
                 self.driven += 1

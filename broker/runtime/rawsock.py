@@ -58,6 +58,18 @@ def plain_accept(raw: Any) -> Callable[[], tuple[stdsocket.socket, Any]]:
     return accept
 
 
+def accept_failed(exc: OSError, what: str) -> bool:
+    """What an ``accept()`` error means (``what``: whose listener, for the log): True, that one
+    connection failed, go on with the next; False, out of descriptors or memory (logged), pause
+    ``ACCEPT_PAUSE_S`` before accepting again; anything else is raised."""
+    if exc.errno in ACCEPT_SKIP:
+        return True
+    if exc.errno in ACCEPT_PAUSE:
+        log.warning("%s: accept failed (%s): pausing %.1fs", what, exc.strerror, ACCEPT_PAUSE_S)
+        return False
+    raise exc
+
+
 async def accept_forever(
     raw: stdsocket.socket,
     on_accept: Callable[[stdsocket.socket, Any], Awaitable[None] | None],
@@ -82,15 +94,10 @@ async def accept_forever(
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in ACCEPT_SKIP:
+                if accept_failed(exc, what):
                     continue
-                if exc.errno in ACCEPT_PAUSE:
-                    log.warning(
-                        "%s: accept failed (%s): pausing %.1fs", what, exc.strerror, ACCEPT_PAUSE_S
-                    )
-                    await trio.sleep(ACCEPT_PAUSE_S)
-                    break
-                raise
+                await trio.sleep(ACCEPT_PAUSE_S)
+                break
             inline = on_accept(sock, addr)
             if inline is not None:
                 await inline
