@@ -37,6 +37,27 @@ def test_soak_verdict_flat_and_growing():
     assert verdict(flat[:1])["ok"] is None  # no step after the warm-up
 
 
+def test_soak_verdict_judges_the_edges_files_together():
+    """Reconnecting clients land on whichever edge the kernel picks: one edge's files walk up
+    as another's walk down (a real 4-minute soak: +20 / -18); only their sum is a leak."""
+    rss = {"edge0": 1000, "edge1": 1000, "broker": 500}
+    steps = [
+        _step(rss, {"edge0": 531, "edge1": 523, "broker": 31}),
+        _step(rss, {"edge0": 546, "edge1": 509, "broker": 31}),
+        _step(rss, {"edge0": 513, "edge1": 543, "broker": 31}),
+    ]
+    v = verdict(steps)
+    assert v["ok"], v["problems"]
+    leak = steps + [_step(rss, {"edge0": 522, "edge1": 543, "broker": 31})]  # +11 together
+    assert verdict(leak)["ok"]
+    leak = steps + [_step(rss, {"edge0": 535, "edge1": 543, "broker": 31})]  # +24 together
+    assert verdict(leak)["problems"] == [
+        "the edges together hold 24 more files than after the warm-up"
+    ]
+    broker = steps + [_step(rss, {"edge0": 513, "edge1": 543, "broker": 48})]
+    assert verdict(broker)["problems"] == ["broker holds 17 more files than after the warm-up"]
+
+
 def test_soak_verdict_trio_tasks():
     """Tasks are judged like RSS: within 10% (at least 32 tasks) of the count after the
     warm-up; a process without a count (Pushpin's) is judged on RSS and files only."""
