@@ -38,12 +38,16 @@ a task of its own, resumed in the cancelled nursery: it ends as a task cancelled
 would.
 
 Only coroutines that await nothing but ``wait_readable`` here or trio's own traps may be
-driven; ``Edge._serve_connection`` is one.  TLS listeners keep ``edge.fastpath.accept_loop``
+driven; ``Edge._serve_connection`` is one.  A driven coroutine runs in the opener task's
+``contextvars`` context (nothing on the request path sets a context variable).  The edge's
+``/metrics`` count what the opener started (``gripcast_edge_opened_without_task_total``) and
+the tasks it gave away (``gripcast_edge_opener_donations_total``).  TLS listeners keep ``edge.fastpath.accept_loop``
 (a handshake is many waits).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import types
@@ -55,6 +59,8 @@ from typing import Any
 import trio
 
 from broker.runtime.rawsock import ACCEPT_PAUSE_S, accept_failed, plain_accept
+
+log = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 256
 MAX_EVENTS = 1024
@@ -78,6 +84,11 @@ class _Driving:
 
 _DRIVING = _Driving()
 _OPENERS: weakref.WeakSet[Opener] = weakref.WeakSet()
+
+
+def driving() -> bool:
+    """True in a coroutine an opener runs (its waits can be ``wait_readable`` here)."""
+    return _DRIVING.on
 
 
 @types.coroutine
@@ -200,6 +211,8 @@ class Opener:
                     # a trio trap (or a wait under a cancel scope): this task is the
                     # connection's from now on; a new opener takes over the rest
                     self.donated += 1
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("opener: a task for the connection waiting at %s", _where(coro))
                     handover = True
                     self._spawn(self.serve, name="opener")
                     yield from _forward(coro, y)
@@ -264,6 +277,21 @@ class Opener:
 
     def statistics(self) -> tuple[int, int]:
         return self.driven, self.donated
+
+
+def _where(coro: Any) -> str:
+    """Where a suspended coroutine chain waits: its innermost frames outside trio, as
+    ``function (file:line)`` from the outside in (debug logs)."""
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None and "/trio/" not in frame.f_code.co_filename:
+            code = frame.f_code
+            frames.append(
+                f"{code.co_name} ({code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno})"
+            )
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(frames[-3:]) or "?"
 
 
 async def run_task(coro: Driven, y: Any = None, exc: BaseException | None = None) -> None:

@@ -49,6 +49,7 @@ import trio
 from _speedups import http_chunk
 from broker.errors import InstructError, RemoteProtocolError
 from edge import accesslog, jsonp, proxyrules
+from edge import opener as _opener
 from edge.cors import cors_headers
 from edge.fastpath import PeerAddress, read_now, send_now
 from edge.grip.holds import handle_grip, hold_stream
@@ -330,6 +331,10 @@ class Connection:
                 # a new connection's first read: the request is usually in already; read it
                 # without a cancel scope or trio's recv (later reads go through trio)
                 data = self.read_now()
+                if data is None and self.crypt is None and _opener.driving():
+                    data = await self._first_read()
+                    if data is None:
+                        return None  # nothing within client_head_timeout_s
                 if data is not None:
                     self.now = trio.current_time()
                     if not data:
@@ -349,6 +354,28 @@ class Connection:
                 self.reject = _Reject(408, "Request Timeout")
             return None  # idle connection
         return self.queue.pop(0)
+
+    async def _first_read(self) -> bytes | None:
+        """A fresh plain connection the opener runs (``edge.opener``) whose request is not in
+        yet: its first bytes (``b""`` at EOF), waited for in the opener's epoll within
+        ``client_head_timeout_s`` (``edge.readtimer``'s coarse deadline: a cancel scope, as a
+        trio ``recv``, would make the opener give its task to this connection); None when
+        nothing came in time."""
+        wait = self.app.origin_client.timer.start(self.sock, self.app.cfg.client_head_timeout_s)
+        try:
+            while True:
+                try:
+                    await _opener.wait_readable(self.sock)
+                except trio.ClosedResourceError:
+                    if not wait.expired:
+                        raise
+                if wait.expired:
+                    return None
+                data = self.read_now()
+                if data is not None:
+                    return data
+        finally:
+            wait.done()
 
     def request_now(self) -> Request | None:
         """What ``next_request`` returns when that needs no wait, without its coroutine: a

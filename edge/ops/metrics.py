@@ -209,6 +209,17 @@ class EdgeCollector(Collector):
         yield CounterMetricFamily(
             P + "parks", "Times a held stream or WebSocket parked.", value=pk.parks
         )
+        driven, donated = e.opener.statistics()  # connections without a task (edge.opener)
+        yield CounterMetricFamily(
+            P + "opened_without_task",
+            "New plain-HTTP connections the opener started without a task of their own.",
+            value=driven,
+        )
+        yield CounterMetricFamily(
+            P + "opener_donations",
+            "Connections and woken parked ones that needed a trio task (the opener gave its own).",
+            value=donated,
+        )
         if e.tls is not None:
             yield from tls_metrics(e.tls.statistics())
         yield from origin_tls_metrics(e.origin_client.tls.statistics())

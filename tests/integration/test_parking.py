@@ -43,6 +43,7 @@ def env(tmp_path_factory):
         "/idle": _stream("park-idle"),
         "/reuse": _stream("park-reuse"),
         "/ka": _stream("park-ka", "\\n; format=cstring; timeout=1"),
+        "/opener": _stream("park-opener"),
     }
     with (
         Origin(routes) as origin,
@@ -100,6 +101,27 @@ def parked(port: int) -> float:
 
 def held_streams(port: int) -> float:
     return metrics(port)["gripcast_edge_held_sessions{mode=stream}"]
+
+
+def test_new_streams_on_a_known_channel_connect_without_a_task(env):
+    """edge.opener: a new stream on a channel whose position the edge knows is run by the
+    opener from the accept to the park, and never needs a task (the channel's first client
+    may: it waits for the broker's position in a task)."""
+    cluster, mport, pub = env
+    first, _ = open_stream(cluster, "/opener")
+    wait_for(lambda: held_streams(mport) >= 1, what="the first stream held")
+    before = metrics(mport)
+    opened = "gripcast_edge_opened_without_task_total"
+    donated = "gripcast_edge_opener_donations_total"
+    n = 20
+    clients = [open_stream(cluster, "/opener")[0] for _ in range(n)]
+    m = metrics(mport)
+    assert m[opened] - before[opened] == n
+    assert m[donated] == before[donated]
+    pub.publish_http_stream("park-opener", "data: hi\n\n")
+    for c in [first, *clients]:
+        assert b"data: hi\n\n" in read_until(c, b"data: hi\n\n")
+        c.close()
 
 
 def test_idle_streams_park_without_tasks_and_get_messages_and_leave(env):
