@@ -64,18 +64,24 @@ log = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 256
 MAX_EVENTS = 1024
-_ARMED = select.EPOLLIN | select.EPOLLONESHOT
 
 Driven = Coroutine[Any, Any, Any]
 
 
 class _WaitRead:
-    """What a driven coroutine yields to wait for ``fd`` to become readable."""
+    """What a driven coroutine yields to wait for ``fd`` to become readable (``events``: or
+    writable, ``_WaitWrite``)."""
 
     __slots__ = ("fd",)
+    events = select.EPOLLIN | select.EPOLLONESHOT
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+
+
+class _WaitWrite(_WaitRead):
+    __slots__ = ()
+    events = select.EPOLLOUT | select.EPOLLONESHOT
 
 
 class _Driving:
@@ -99,6 +105,15 @@ def wait_readable(sock: Any) -> Generator[Any, Any, None]:
         yield _WaitRead(sock.fileno())
     else:
         yield from trio.lowlevel.wait_readable(sock).__await__()
+
+
+@types.coroutine
+def wait_writable(sock: Any) -> Generator[Any, Any, None]:
+    """``wait_readable``'s twin for writability (a connect in progress)."""
+    if _DRIVING.on:
+        yield _WaitWrite(sock.fileno())
+    else:
+        yield from trio.lowlevel.wait_writable(sock).__await__()
 
 
 def notify_closing(sock: Any) -> None:
@@ -126,7 +141,8 @@ class Opener:
         self._ep = select.epoll()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._ep.register(self._wake_fd, select.EPOLLIN)
-        self._waiting: dict[int, Driven] = {}  # fd -> the coroutine waiting for it
+        # fd -> the coroutine waiting for it, and its marker (what it waits for)
+        self._waiting: dict[int, tuple[Driven, _WaitRead]] = {}
         self._ready: deque[tuple[Driven, BaseException | None]] = deque()  # to run, in order
         self._idle = False  # the opener waits in trio: what is queued needs a poke
         self._poked = False  # ... and it was poked (the eventfd holds a count)
@@ -168,9 +184,10 @@ class Opener:
 
     def closing(self, fd: int) -> None:
         """A wait on ``fd`` here ends with ``trio.ClosedResourceError`` (``notify_closing``)."""
-        coro = self._waiting.pop(fd, None)
-        if coro is None:
+        held = self._waiting.pop(fd, None)
+        if held is None:
             return
+        coro = held[0]
         try:
             self._ep.modify(fd, 0)  # disarmed: a later event must not resume it twice
         except OSError:
@@ -200,13 +217,13 @@ class Opener:
                         continue
                     finally:
                         driving.on = False
-                    if type(y) is _WaitRead and task._cancel_status is base:
+                    if isinstance(y, _WaitRead) and task._cancel_status is base:
                         fd = y.fd
                         try:
-                            ep.modify(fd, _ARMED)
+                            ep.modify(fd, y.events)
                         except FileNotFoundError:
-                            ep.register(fd, _ARMED)
-                        waiting[fd] = coro
+                            ep.register(fd, y.events)
+                        waiting[fd] = (coro, y)
                         continue
                     # a trio trap (or a wait under a cancel scope): this task is the
                     # connection's from now on; a new opener takes over the rest
@@ -225,7 +242,7 @@ class Opener:
                 for fd, _ in ep.poll(0, MAX_EVENTS):
                     woken = waiting.pop(fd, None)
                     if woken is not None:
-                        ready.append((woken, None))
+                        ready.append((woken[0], None))
                     elif fd in self._listeners:
                         if not self._accept(fd):
                             ep.modify(fd, 0)  # out of descriptors: a pause, then again
@@ -268,8 +285,8 @@ class Opener:
         _OPENERS.discard(self)
         for coro, exc in self._ready:
             self._spawn(run_task, coro, None, exc, name="client")
-        for fd, coro in self._waiting.items():
-            self._spawn(run_task, coro, _WaitRead(fd), name="client")
+        for coro, marker in self._waiting.values():
+            self._spawn(run_task, coro, marker, name="client")
         self._ready.clear()
         self._waiting.clear()
         self._ep.close()
@@ -306,9 +323,14 @@ def _forward(coro: Driven, y: Any, exc: BaseException | None = None) -> Generato
     an opener's marker, waited for in trio; None: resume it now, with ``exc`` if given)."""
     while True:
         value: Any = None
-        if type(y) is _WaitRead:
+        if isinstance(y, _WaitRead):
+            wait = (
+                trio.lowlevel.wait_writable
+                if type(y) is _WaitWrite
+                else trio.lowlevel.wait_readable
+            )
             try:
-                yield from trio.lowlevel.wait_readable(y.fd).__await__()
+                yield from wait(y.fd).__await__()
             except BaseException as e:  # (Cancelled included: the coroutine handles it)
                 exc = e
         elif y is not None:

@@ -31,7 +31,11 @@ Hostile or broken origins and header sources (docs/security.md):
 
 from __future__ import annotations
 
+import errno
+import functools
+import ipaddress
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -618,7 +622,7 @@ async def open_origin(
         i, target, stream, reused = 0, first, pooled, True
     else:
         i, target, stream, reused = await connect_first(
-            targets, timeout_s, errors=errors, take=take, tls=client.tls
+            targets, timeout_s, errors=errors, take=take, tls=client.tls, timer=client.timer
         )
     while True:
         request = client.build_request(
@@ -673,8 +677,51 @@ async def open_origin(
             return None if t is stale else take(t)
 
         i, target, stream, reused = await connect_first(
-            targets, timeout_s, errors=errors, take=take_fresh, tls=client.tls
+            targets, timeout_s, errors=errors, take=take_fresh, tls=client.tls, timer=client.timer
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_literal(host: str) -> int:
+    """The address family of ``host`` if it is an IP address (0: a name to resolve)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return 0
+
+
+async def _connect_driven(
+    target: Target, timeout_s: float, timer: ReadTimer
+) -> trio.SocketStream | None:
+    """A non-blocking TCP connect to ``target`` (an IP address), its wait in the opener's
+    epoll (``edge.opener.wait_writable``) bounded by ``timeout_s`` through ``timer`` (no cancel
+    scope: either would make the opener give its task to this connection): what
+    ``trio.open_tcp_stream`` gives for one address, or None at the timeout; ``OSError`` if
+    the connect fails."""
+    raw = socket.socket(_ip_literal(target.host), socket.SOCK_STREAM)
+    try:
+        raw.setblocking(False)
+        err = raw.connect_ex((target.host, target.port))
+        sock = trio.socket.from_stdlib_socket(raw)
+        if err == errno.EINPROGRESS:
+            wait = timer.start(sock, timeout_s)
+            try:
+                await _opener.wait_writable(sock)
+            except trio.ClosedResourceError:
+                if not wait.expired:
+                    raise
+            finally:
+                wait.done()
+            if wait.expired:
+                raw.close()
+                return None
+            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        return trio.SocketStream(sock)
+    except BaseException:
+        raw.close()
+        raise
 
 
 async def _untrusted_denied(target: Target) -> bool:
@@ -711,12 +758,15 @@ async def connect_first(
     errors: list[str] | None = None,
     take: Callable[[Target], OriginStream | None] | None = None,
     tls: OriginTls | None = None,
+    timer: ReadTimer | None = None,
 ) -> tuple[int, Target, OriginStream, bool]:
     """The one connect-with-fail-over loop (origin requests here, WebSocket-to-WebSocket in
     ``edge.ws.proxy``): try ``targets`` in order; a refused or unreachable connect, a connect
     timeout (``timeout_s`` each), or for an ``ssl`` target a failed or late TLS handshake
     (``tls``; without it an ssl target is never tried: no plaintext to it) moves on to the
-    next.  ``take`` may offer a pooled connection for a target before connecting.
+    next.  ``take`` may offer a pooled connection for a target before connecting.  With
+    ``timer`` (the client's), a plain target at an IP address connects without a trio wait in
+    a coroutine the opener runs (``_connect_driven``).
 
     Returns ``(index, target, stream, reused)``; raises ``OriginError`` naming every failure
     (also appended to ``errors``) when no target connects."""
@@ -732,6 +782,16 @@ async def connect_first(
         if pooled is not None:
             return i, target, pooled, True
         stream: trio.SocketStream | None = None
+        if timer is not None and not target.ssl and _opener.driving() and _ip_literal(target.host):
+            try:  # a connection the opener runs: the connect waits in its epoll (edge.opener)
+                stream = await _connect_driven(target, timeout_s, timer)
+            except OSError as exc:
+                errors.append(f"{target}: {exc.strerror or exc}")
+                continue
+            if stream is None:
+                errors.append(f"{target}: connect timeout")
+                continue
+            return i, target, stream, False
         with trio.move_on_after(timeout_s) as scope:
             try:
                 stream = await trio.open_tcp_stream(target.host, target.port)

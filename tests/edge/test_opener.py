@@ -20,6 +20,9 @@ import trio.testing
 from broker.runtime.rawsock import ACCEPT_PAUSE_S
 from edge import opener as op_mod
 from edge.opener import Opener
+from edge.origin.client import connect_first
+from edge.readtimer import ReadTimer
+from edge.routes import Target
 
 
 def _listener() -> socket.socket:
@@ -339,3 +342,57 @@ def test_another_accept_error_ends_the_opener():
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+
+
+def test_a_connect_to_an_origin_at_an_ip_address_waits_in_the_opener():
+    """edge.origin.client.connect_first in a driven coroutine: a refused target is skipped
+    with the kernel's reason, the next one connects (a usable trio stream), no task needed;
+    in a task the same call takes trio's connect."""
+    origin = _listener()
+    closed = _listener()
+    refused_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    targets = [Target("127.0.0.1", refused_port), Target("127.0.0.1", origin.getsockname()[1])]
+    seen: list[Any] = []
+
+    async def connect(timer: ReadTimer) -> None:
+        errors: list[str] = []
+        i, target, stream, reused = await connect_first(targets, 5.0, errors=errors, timer=timer)
+        assert isinstance(stream, trio.SocketStream) and (i, reused) == (1, False)
+        assert os.write(stream.socket.fileno(), b"ping") == 4
+        seen.append((errors, op_mod.driving()))
+        stream.socket.close()
+
+    def run(driven: bool) -> None:
+        async def main() -> None:
+            timer = ReadTimer()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(timer.serve)
+                opener = Opener((), lambda s, a: None, nursery.start_soon)
+                nursery.start_soon(opener.serve)
+                await trio.testing.wait_all_tasks_blocked()
+                if driven:
+                    opener.start_soon(connect, timer)
+                else:
+                    nursery.start_soon(connect, timer)
+                with trio.fail_after(5):
+                    while len(seen) < (1 if driven else 2):
+                        await trio.sleep(0.01)
+                assert opener.donated == 0
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        peer, _ = origin.accept()
+        assert peer.recv(10) == b"ping"
+        peer.close()
+
+    origin.setblocking(True)
+    try:
+        run(driven=True)
+        run(driven=False)
+    finally:
+        origin.close()
+    (errors, driving), (task_errors, in_task) = seen
+    assert driving is True and in_task is False
+    assert errors == [f"127.0.0.1:{refused_port}: Connection refused"]
+    assert len(task_errors) == 1 and task_errors[0].startswith(f"127.0.0.1:{refused_port}: ")
