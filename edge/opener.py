@@ -10,13 +10,14 @@ per connection (bench/RESULTS.md, "Twenty-second session").
 
 So one task per edge, the *opener* (``Opener.serve``), accepts the plain-HTTP listeners'
 connections and runs each connection's coroutine (``Edge._serve_connection``) itself, by hand
-(``coro.send``), as far as it goes without a trio wait.  The one wait the usual connection
-makes, for the origin's response head (``edge.origin.client``), goes through
-``wait_readable`` below: while the opener drives, it yields a marker instead of trio's trap,
-and the opener registers the socket with its own ``epoll`` (one-shot) and resumes the
-coroutine when the socket is readable.  The opener waits on that epoll with one trio
-``wait_readable`` for all of them.  A stream hold that parks then ends its coroutine, and
-the connection never had a task.
+(``coro.send``), as far as it goes without a trio wait.  The waits a usual connection makes,
+for the origin's response head (``edge.origin.client``), for its request when it was not in
+yet at the accept (``Connection.next_request``) and for a new origin connection to an IP
+address (``connect_first``), go through ``wait_readable`` / ``wait_writable`` below: while the
+opener drives, they yield a marker instead of trio's trap, and the opener registers the
+socket with its own ``epoll`` (one-shot) and resumes the coroutine when the socket is ready.
+The opener waits on that epoll with one trio ``wait_readable`` for all of them.  A stream
+hold that parks then ends its coroutine, and the connection never had a task.
 
 Anything else a connection awaits (a write that did not fit, the broker's position for a new
 channel, a WebSocket, a retry, any cancel scope left open over the wait) is a real trio trap,
@@ -40,9 +41,10 @@ would.
 Only coroutines that await nothing but ``wait_readable`` here or trio's own traps may be
 driven; ``Edge._serve_connection`` is one.  A driven coroutine runs in the opener task's
 ``contextvars`` context (nothing on the request path sets a context variable).  The edge's
-``/metrics`` count what the opener started (``gripcast_edge_opened_without_task_total``) and
-the tasks it gave away (``gripcast_edge_opener_donations_total``).  TLS listeners keep ``edge.fastpath.accept_loop``
-(a handshake is many waits).
+``/metrics`` count what the opener started (``gripcast_edge_opened_without_task_total``)
+and the tasks it gave away (``gripcast_edge_opener_donations_total``; a debug log names
+where each such connection waits).  TLS listeners keep ``edge.fastpath.accept_loop`` (a
+handshake is many waits).
 """
 
 from __future__ import annotations
@@ -220,9 +222,13 @@ class Opener:
                     if isinstance(y, _WaitRead) and task._cancel_status is base:
                         fd = y.fd
                         try:
-                            ep.modify(fd, y.events)
-                        except FileNotFoundError:
-                            ep.register(fd, y.events)
+                            try:
+                                ep.modify(fd, y.events)
+                            except FileNotFoundError:
+                                ep.register(fd, y.events)
+                        except OSError as err:  # (a closed fd: raised where it waited)
+                            ready.append((coro, err))
+                            continue
                         waiting[fd] = (coro, y)
                         continue
                     # a trio trap (or a wait under a cancel scope): this task is the

@@ -396,3 +396,48 @@ def test_a_connect_to_an_origin_at_an_ip_address_waits_in_the_opener():
     assert driving is True and in_task is False
     assert errors == [f"127.0.0.1:{refused_port}: Connection refused"]
     assert len(task_errors) == 1 and task_errors[0].startswith(f"127.0.0.1:{refused_port}: ")
+
+
+def test_trio_still_keeps_a_tasks_cancel_status_where_the_opener_reads_it():
+    """The opener tells a wait under an open cancel scope by ``Task._cancel_status`` (trio's
+    private attribute): if trio renames it, this fails loudly rather than every connection
+    failing at the edge's start."""
+
+    async def main() -> None:
+        task = trio.lowlevel.current_task()
+        base = task._cancel_status
+        with trio.CancelScope():
+            assert task._cancel_status is not base
+        assert task._cancel_status is base
+
+    trio.run(main)
+
+
+def test_a_wait_on_a_closed_socket_raises_where_it_waited():
+    seen: list[type[BaseException]] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        with sock:
+            a, b = socket.socketpair()
+            fd = a.fileno()
+            a.close()
+            b.close()
+
+            class Gone:
+                def fileno(self) -> int:
+                    return fd
+
+            try:
+                await op_mod.wait_readable(Gone())
+            except OSError as exc:
+                seen.append(type(exc))
+            _write(sock, b"ok")
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        assert await _recv_all(c) == b"ok"
+        c.close()
+
+    opener = _run(serve, body)
+    assert seen and issubclass(seen[0], OSError)
+    assert opener.donated == 0
