@@ -7,36 +7,33 @@ cancelled task."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
-from broker.runtime.rawsock import ACCEPT_PAUSE_S
 from edge import opener as op_mod
 from edge.opener import Opener
 from edge.origin.client import connect_first
 from edge.readtimer import ReadTimer
 from edge.routes import Target
-
-
-def _listener() -> socket.socket:
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(64)
-    ls.setblocking(False)
-    return ls
+from tests.acceptscript import (
+    ScriptedListener,
+    check_ends_on_other_errors,
+    check_pauses_when_out_of_descriptors,
+    check_skips_a_failed_connection,
+    listener,
+    run_accepting,
+)
 
 
 def _run(serve: Callable[[trio.socket.SocketType, Any], Any], body) -> Opener:
     """Run ``body(opener, port)`` with an opener whose connections ``serve(sock, addr)``
     (an async function) serves; the opener, for its counters."""
-    ls = _listener()
+    ls = listener()
     port = ls.getsockname()[1]
     box: list[Opener] = []
 
@@ -266,90 +263,50 @@ def test_start_soon_after_the_opener_stopped_is_a_task():
     trio.run(main)
 
 
-class _ScriptedListener:
-    """A listening socket whose first ``accept`` calls raise the scripted errors (as
-    tests/broker/test_rawsock_accept.py's)."""
-
-    def __init__(self, sock: socket.socket, errors: list[int]) -> None:
-        self.sock = sock
-        self.errors = list(errors)
-        self.calls = 0
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        self.calls += 1
-        if self.errors:
-            code = self.errors.pop(0)
-            raise OSError(code, errno.errorcode[code])
-        return self.sock.accept()
-
-
 def _accept_through(errors: list[int], clients: int, clock: Any = None) -> tuple[int, float]:
     """Connections accepted through a listener failing with ``errors`` first, and the trio
     time it took to accept ``clients``."""
-    ls = _listener()
+    ls = listener()
     port = ls.getsockname()[1]
-    scripted = _ScriptedListener(ls, errors)
+    scripted = ScriptedListener(ls, errors)
     peers = [socket.create_connection(("127.0.0.1", port)) for _ in range(clients)]
     got: list[trio.socket.SocketType] = []
-    took: list[float] = []
 
     def on_accept(sock: trio.socket.SocketType, addr: Any) -> None:
         got.append(sock)
         sock.close()  # (in trio: its close tells trio)
 
-    async def main() -> None:
-        t0 = trio.current_time()
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                opener = Opener([scripted], on_accept, nursery.start_soon)
-                nursery.start_soon(opener.serve)
-                while len(got) < clients:
-                    await trio.sleep(0.001)
-                nursery.cancel_scope.cancel()
-        took.append(trio.current_time() - t0)
+    def start(nursery: trio.Nursery) -> None:
+        opener = Opener([scripted], on_accept, nursery.start_soon)
+        nursery.start_soon(opener.serve)
 
     try:
-        trio.run(main, clock=clock)
+        took = run_accepting(start, got, clients, clock)
     finally:
         for s in peers:
             s.close()
         ls.close()
-    return len(got), took[0]
+    return len(got), took
 
 
 def test_a_connection_that_failed_before_its_accept_is_skipped():
-    n, took = _accept_through([errno.ECONNABORTED, errno.EPROTO], 2)
-    assert n == 2
-    assert took < ACCEPT_PAUSE_S  # no pause for those
+    check_skips_a_failed_connection(_accept_through)
 
 
 def test_out_of_descriptors_pauses_the_listener_then_accepts(caplog):
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    with caplog.at_level("WARNING", logger="broker.runtime.rawsock"):
-        n, took = _accept_through([errno.EMFILE], 1, clock)
-    assert n == 1
-    assert took >= ACCEPT_PAUSE_S
-    assert "edge: accept failed" in caplog.text and "pausing" in caplog.text
+    check_pauses_when_out_of_descriptors(_accept_through, caplog, "edge")
 
 
 def test_another_accept_error_ends_the_opener():
-    with pytest.raises(BaseException) as info:
-        _accept_through([errno.EBADF], 1)
-    exc = info.value
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+    check_ends_on_other_errors(_accept_through)
 
 
 def test_a_connect_to_an_origin_at_an_ip_address_waits_in_the_opener():
     """edge.origin.client.connect_first in a driven coroutine: a refused target is skipped
     with the kernel's reason, the next one connects (a usable trio stream), no task needed;
     in a task the same call takes trio's connect."""
-    origin = _listener()
-    closed = _listener()
+    origin = listener()
+    closed = listener()
     refused_port = closed.getsockname()[1]
     closed.close()  # nothing listens there now
     targets = [Target("127.0.0.1", refused_port), Target("127.0.0.1", origin.getsockname()[1])]
