@@ -16,11 +16,14 @@ yet at the accept (``Connection.next_request``) and for a new origin connection 
 address (``connect_first``), go through ``wait_readable`` / ``wait_writable`` below: while the
 opener drives, they yield a marker instead of trio's trap, and the opener registers the
 socket with its own ``epoll`` (one-shot) and resumes the coroutine when the socket is ready.
-The opener waits on that epoll with one trio ``wait_readable`` for all of them.  A stream
-hold that parks then ends its coroutine, and the connection never had a task.
+The opener waits on that epoll with one trio ``wait_readable`` for all of them.  The first
+subscriber of a channel new to the edge waits for the broker's position of the channel on a
+``Gate`` (``Edge.wait_positioned``): parked with the opener, resumed when the position comes
+(or at the wait's coarse deadline).  A stream hold that parks then ends its coroutine, and
+the connection never had a task.
 
-Anything else a connection awaits (a write that did not fit, the broker's position for a new
-channel, a WebSocket, a retry, any cancel scope left open over the wait) is a real trio trap,
+Anything else a connection awaits (a write that did not fit, a WebSocket, a retry, a long-poll,
+any cancel scope left open over the wait) is a real trio trap,
 made while the opener's task was the current task: the opener then *donates itself* to that
 connection.  It starts a new opener task (which takes over the epoll, the listeners and the
 connections in progress) and goes on as the connection's task, passing the trap to trio and
@@ -86,6 +89,49 @@ class _WaitWrite(_WaitRead):
     events = select.EPOLLOUT | select.EPOLLONESHOT
 
 
+class _WaitGate:
+    """What a driven coroutine yields to wait for ``gate`` to be set."""
+
+    __slots__ = ("gate",)
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+
+class Gate:
+    """A one-shot event for coroutines an opener runs and for tasks alike: ``wait()`` parks a
+    driven coroutine with its opener (no task; resumed when ``set``) and waits on a
+    ``trio.Event`` in a task (where a cancel scope may bound it)."""
+
+    __slots__ = ("is_set", "_event", "_parked")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._event: trio.Event | None = None
+        self._parked: list[tuple[Opener, Driven]] = []
+
+    def set(self) -> None:
+        if self.is_set:
+            return
+        self.is_set = True
+        if self._event is not None:
+            self._event.set()
+        parked, self._parked = self._parked, []
+        for op, coro in parked:
+            op.resume(coro)
+
+    @types.coroutine
+    def wait(self) -> Generator[Any, Any, None]:
+        if self.is_set:
+            return
+        if _DRIVING.on:
+            yield _WaitGate(self)
+        else:
+            if self._event is None:
+                self._event = trio.Event()
+            yield from self._event.wait().__await__()
+
+
 class _Driving:
     on = False  # an opener is running a coroutine step (synchronous: never nested)
 
@@ -146,6 +192,7 @@ class Opener:
         # fd -> the coroutine waiting for it, and its marker (what it waits for)
         self._waiting: dict[int, tuple[Driven, _WaitRead]] = {}
         self._ready: deque[tuple[Driven, BaseException | None]] = deque()  # to run, in order
+        self._gated: dict[Driven, Gate] = {}  # coroutines parked on a Gate (Gate.wait)
         self._idle = False  # the opener waits in trio: what is queued needs a poke
         self._poked = False  # ... and it was poked (the eventfd holds a count)
         self._closed = False
@@ -170,6 +217,14 @@ class Opener:
         self._ready.append((async_fn(*args), None))
         self._poke()
 
+    def resume(self, coro: Driven) -> None:
+        """Run ``coro``, parked on a ``Gate`` that was set, again (in a task once the opener
+        has stopped: ``_abandon`` gave it one already)."""
+        if self._gated.pop(coro, None) is None:
+            return
+        self._ready.append((coro, None))
+        self._poke()
+
     def _poke(self) -> None:
         if self._idle and not self._poked:
             self._poked = True
@@ -180,7 +235,7 @@ class Opener:
         for fd in self._listeners:
             try:
                 self._ep.unregister(fd)
-            except (OSError, ValueError):  # (closed already, or the epoll with the opener)
+            except (OSError, ValueError):  # (closed already, paused, or the epoll closed)
                 pass
         self._listeners = {}
 
@@ -190,9 +245,9 @@ class Opener:
         if held is None:
             return
         coro = held[0]
-        try:
-            self._ep.modify(fd, 0)  # disarmed: a later event must not resume it twice
-        except OSError:
+        try:  # out of the epoll: a later event must not resume it twice (and with no events
+            self._ep.unregister(fd)  # asked for, a hang-up would still be reported: a spin)
+        except (OSError, ValueError):
             pass
         self._ready.append((coro, trio.ClosedResourceError("another task closed this socket")))
         self._poke()
@@ -231,6 +286,14 @@ class Opener:
                             continue
                         waiting[fd] = (coro, y)
                         continue
+                    if type(y) is _WaitGate and task._cancel_status is base:
+                        gate = y.gate
+                        if gate.is_set:
+                            ready.append((coro, None))
+                        else:
+                            self._gated[coro] = gate
+                            gate._parked.append((self, coro))
+                        continue
                     # a trio trap (or a wait under a cancel scope): this task is the
                     # connection's from now on; a new opener takes over the rest
                     self.donated += 1
@@ -251,7 +314,7 @@ class Opener:
                         ready.append((woken[0], None))
                     elif fd in self._listeners:
                         if not self._accept(fd):
-                            ep.modify(fd, 0)  # out of descriptors: a pause, then again
+                            ep.unregister(fd)  # out of descriptors: a pause, then again
                             self._spawn(self._resume_accept, fd, name="opener-pause")
                     elif fd == wake_fd:
                         os.eventfd_read(wake_fd)
@@ -283,7 +346,7 @@ class Opener:
     async def _resume_accept(self, fd: int) -> None:
         await trio.sleep(ACCEPT_PAUSE_S)
         if not self._closed and fd in self._listeners:
-            self._ep.modify(fd, select.EPOLLIN)
+            self._ep.register(fd, select.EPOLLIN)
 
     def _abandon(self) -> None:
         """The opener ends (the edge stops): every connection it holds gets a task."""
@@ -293,8 +356,12 @@ class Opener:
             self._spawn(run_task, coro, None, exc, name="client")
         for coro, marker in self._waiting.values():
             self._spawn(run_task, coro, marker, name="client")
+        for coro, gate in self._gated.items():
+            gate._parked = [(op, c) for op, c in gate._parked if c is not coro]
+            self._spawn(run_task, coro, _WaitGate(gate), name="client")
         self._ready.clear()
         self._waiting.clear()
+        self._gated.clear()
         self._ep.close()
         os.close(self._wake_fd)
 
@@ -338,6 +405,11 @@ def _forward(coro: Driven, y: Any, exc: BaseException | None = None) -> Generato
             try:
                 yield from wait(y.fd).__await__()
             except BaseException as e:  # (Cancelled included: the coroutine handles it)
+                exc = e
+        elif type(y) is _WaitGate:
+            try:
+                yield from y.gate.wait()
+            except BaseException as e:
                 exc = e
         elif y is not None:
             try:

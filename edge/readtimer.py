@@ -30,6 +30,8 @@ task waiting on the socket instead of cancelling a scope, so a held connection n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from broker.errors import LocalProtocolError
@@ -40,15 +42,20 @@ TICK_S = 0.25
 
 
 class Wait:
-    __slots__ = ("sock", "deadline", "expired", "_active")
+    __slots__ = ("sock", "deadline", "expired", "_active", "on_expire")
 
     def __init__(
-        self, sock: trio.socket.SocketType, deadline: float, active: dict[Wait, None]
+        self,
+        sock: trio.socket.SocketType | None,
+        deadline: float,
+        active: dict[Wait, None],
+        on_expire: Callable[[], None] | None = None,
     ) -> None:
-        self.sock = sock
+        self.sock = sock  # None: ``on_expire`` is called instead (``ReadTimer.call_at``)
         self.deadline = deadline
         self.expired = False
         self._active = active
+        self.on_expire = on_expire
 
     def done(self) -> None:
         self._active.pop(self, None)
@@ -95,6 +102,21 @@ class ReadTimer:
             self._idle.set()
         return w
 
+    def call_after(self, timeout_s: float, on_expire: Callable[[], None]) -> Wait:
+        """Call ``on_expire()`` ``timeout_s`` from now (as coarsely), unless ``done()`` first:
+        a deadline for a wait that is not on a socket (``Edge.wait_positioned`` in a
+        connection the opener runs, ``edge.opener.Gate``)."""
+        if not self._serving:
+            raise LocalProtocolError(
+                "ReadTimer.call_after before its serve() task started: it could never fire"
+            )
+        active = self._active
+        w = Wait(None, trio.current_time() + timeout_s, active, on_expire)
+        active[w] = None
+        if self._idle is not None:
+            self._idle.set()
+        return w
+
     def expire(self, now: float) -> int:
         """End the waits whose deadline passed; how many.  (Only unfinished waits are kept:
         in-flight origin requests, so a scan per tick is cheap.)"""
@@ -103,6 +125,9 @@ class ReadTimer:
         for w in late:
             del active[w]
             w.expired = True
+            if w.on_expire is not None:
+                w.on_expire()
+                continue
             try:
                 notify_closing(w.sock)  # (edge.opener: a wait there too)
             except Exception:  # pragma: no cover - a socket closed meanwhile: nothing waits on it

@@ -28,13 +28,13 @@ from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_sig
 from broker.runtime.rawsock import stdlib_socket
 from broker.runtime.sdnotify import notify
 from broker.runtime.ticks import TickGate, sleep_tick
-from edge import fastpath, routeswatch, testorigin
+from edge import fastpath, opener, routeswatch, testorigin
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.grip.session import ResponseSession, StreamSession
 from edge.http1 import responses
 from edge.http1.connection import Connection
-from edge.opener import Opener, run_task
+from edge.opener import Gate, Opener, run_task
 from edge.ops import lifecycle, presence, statsreport
 from edge.ops import metrics as edge_metrics
 from edge.origin.client import OriginClient
@@ -42,6 +42,7 @@ from edge.origin.sig import Signer, load_key
 from edge.origin.tls import load_origin_tls
 from edge.parking import Parker
 from edge.proxyrules import ProxyRules
+from edge.readtimer import Wait
 from edge.routes import Route, RouteTable, parse_routes
 from edge.sessionstate import Session
 from edge.sync.deliver import Deliverer
@@ -193,7 +194,8 @@ class Edge:
         # closes idle ones on drain)
         self.draining = False
         self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
-        self._pos_waiters: dict[str, trio.Event] = {}
+        self._pos_waiters: dict[str, Gate] = {}  # trio tasks and the opener's alike
+        self._pos_deadlines: dict[str, Wait] = {}  # the driven waiters' (wait_positioned)
         self.linkwatch = LinkWatches(
             len(link.links), cfg.broker_link_timeout_s, trio.current_time()
         )
@@ -287,10 +289,38 @@ class Edge:
         state = self.tracker.state
         if not any(state(ch) is State.POSITION for ch in channels):
             return  # the usual case: no cancel scope, no checkpoint
+        waiters = self._pos_waiters
+        if opener.driving():
+            # a new connection the opener runs (edge.opener): the gates park it there, and the
+            # edge's coarse timer bounds the wait (a cancel scope would give it a task); at
+            # the deadline the channel's gate opens for everyone waiting on it, and the next
+            # waiter starts a new one
+            for ch in channels:
+                if state(ch) is State.POSITION:
+                    gate = waiters.get(ch)
+                    if gate is None:
+                        gate = waiters[ch] = Gate()
+                    if ch not in self._pos_deadlines:
+                        late = partial(self._position_late, ch, gate)
+                        self._pos_deadlines[ch] = self.origin_client.timer.call_after(
+                            timeout_s, late
+                        )
+                    await gate.wait()
+            return
         with trio.move_on_after(timeout_s):
             for ch in channels:
                 if state(ch) is State.POSITION:
-                    await self._pos_waiters.setdefault(ch, trio.Event()).wait()
+                    gate = waiters.get(ch)
+                    if gate is None:
+                        gate = waiters[ch] = Gate()
+                    await gate.wait()
+
+    def _position_late(self, channel: str, gate: Gate) -> None:
+        """No position for ``channel`` within the wait: its waiters go on (as at a timeout)."""
+        self._pos_deadlines.pop(channel, None)
+        if self._pos_waiters.get(channel) is gate:
+            del self._pos_waiters[channel]
+        gate.set()
 
     def positioned(self, channels: list[str]) -> bool:
         """True when ``wait_positioned(channels)`` would return at once (the usual case: the
@@ -328,6 +358,9 @@ class Edge:
         if self._pos_waiters:
             for ch in [c for c in self._pos_waiters if self.tracker.state(c) is not State.POSITION]:
                 self._pos_waiters.pop(ch).set()
+                w = self._pos_deadlines.pop(ch, None)
+                if w is not None:
+                    w.done()
         if self.tracker.reorder_window_s and self.tracker.next_deadline() is not None:
             self._reorder_wake.set()
         for a in self.tracker.take_actions():

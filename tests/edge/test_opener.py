@@ -398,3 +398,53 @@ def test_a_wait_on_a_closed_socket_raises_where_it_waited():
     opener = _run(serve, body)
     assert seen and issubclass(seen[0], OSError)
     assert opener.donated == 0
+
+
+def test_a_gate_parks_a_driven_coroutine_without_a_task_and_a_task_on_an_event():
+    """edge.opener.Gate (what Edge.wait_positioned waits on): a connection the opener runs
+    parks on it with the opener (no donation) and runs again when it is set; a task waits on a
+    trio event; a set gate does not wait at all."""
+    gate = op_mod.Gate()
+    order: list[str] = []
+
+    async def driven(tag: str) -> None:
+        await gate.wait()
+        order.append(tag)
+
+    async def body(opener: Opener, port: int) -> None:
+        async with trio.open_nursery() as nursery:
+            opener.start_soon(driven, "driven")
+            nursery.start_soon(driven, "task")
+            await trio.testing.wait_all_tasks_blocked()
+            assert order == [] and len(gate._parked) == 1
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+        assert sorted(order) == ["driven", "task"]
+        opener.start_soon(driven, "after")  # already set: straight through
+        await trio.testing.wait_all_tasks_blocked()
+        assert order[-1] == "after"
+
+    opener = _run(lambda s, a: None, body)
+    assert opener.donated == 0
+
+
+def test_a_coroutine_parked_on_a_gate_when_the_opener_stops_ends_as_a_cancelled_task():
+    gate = op_mod.Gate()
+    ended: list[str] = []
+
+    async def driven() -> None:
+        try:
+            await gate.wait()
+            ended.append("went on")
+        except trio.Cancelled:
+            ended.append("cancelled")
+            raise
+
+    async def body(opener: Opener, port: int) -> None:
+        opener.start_soon(driven)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(gate._parked) == 1
+
+    _run(lambda s, a: None, body)  # the nursery is cancelled with the coroutine on the gate
+    assert ended == ["cancelled"]
+    assert gate._parked == []

@@ -183,3 +183,21 @@ def test_idle_timer_is_parked_and_a_new_wait_still_times_out():
         assert timer._idle is not None  # parked again
 
     _run(main)
+
+
+def test_call_after_fires_once_coarsely_unless_done_first():
+    """``call_after``: a deadline for a wait that is not on a socket (a position wait in a
+    connection the opener runs): called between the timeout and a tick after it, once;
+    ``done()`` before that cancels it."""
+
+    async def main(client):
+        fired: list[float] = []
+        t0 = trio.current_time()
+        w = client.timer.call_after(2.0, lambda: fired.append(trio.current_time() - t0))
+        cancelled = client.timer.call_after(2.0, lambda: fired.append(-1.0))
+        cancelled.done()
+        await trio.sleep(2.0 + 2 * readtimer.TICK_S)
+        assert len(fired) == 1 and 2.0 <= fired[0] <= 2.0 + readtimer.TICK_S
+        assert w.expired and client.timer.pending() == 0
+
+    _run(main)

@@ -104,15 +104,18 @@ def held_streams(port: int) -> float:
 
 
 def test_new_streams_on_a_known_channel_connect_without_a_task(env):
-    """edge.opener: a new stream on a channel whose position the edge knows is run by the
-    opener from the accept to the park, and never needs a task (the channel's first client
-    may: it waits for the broker's position in a task)."""
+    """edge.opener: a new stream is run by the opener from the accept to the park and never
+    needs a task: the channel's first client too, which waits for the broker's position of
+    the channel on a gate in the opener (edge.opener.Gate)."""
     cluster, mport, pub = env
-    first, _ = open_stream(cluster, "/opener")
-    wait_for(lambda: held_streams(mport) >= 1, what="the first stream held")
-    before = metrics(mport)
     opened = "gripcast_edge_opened_without_task_total"
     donated = "gripcast_edge_opener_donations_total"
+    start = metrics(mport)
+    first, _ = open_stream(cluster, "/opener")  # a channel new to the edge
+    wait_for(lambda: held_streams(mport) >= 1, what="the first stream held")
+    before = metrics(mport)
+    assert before[opened] - start[opened] == 1
+    assert before[donated] == start[donated]
     n = 20
     clients = [open_stream(cluster, "/opener")[0] for _ in range(n)]
     m = metrics(mport)
