@@ -7,9 +7,11 @@ trio's heap, the cancel-status bookkeeping on enter and exit): under
 edge's per-connection Python time there (bench/RESULTS.md).  Origin timeouts are seconds long
 and need no precision, so here one ``ReadTimer`` per edge (``Edge.origin_client.timer``)
 checks every ``TICK_S`` for expired waits and ends each with
-``trio.lowlevel.notify_closing(sock)``, which raises ``trio.ClosedResourceError`` in the task
-waiting on that socket; ``Wait.expired`` tells the waiter that this was a timeout (it then
-treats the socket as broken and closes it).  Its ``serve()`` task runs in the edge's nursery
+``edge.opener.notify_closing(sock)`` (trio's, and the same for a wait parked in the edge's
+opener), which raises ``trio.ClosedResourceError`` in the task or coroutine waiting on that
+socket; ``Wait.expired`` tells the waiter that this was a timeout (it then treats the socket
+as broken and closes it).  ``call_after`` is the same deadline for a wait that is not on a
+socket: it calls a function instead.  Its ``serve()`` task runs in the edge's nursery
 (``edge.server.serve``): an error there ends the edge's nursery, like any of its tasks, and
 ``start`` refuses to run before ``serve`` did (a wait that can never time out).
 
@@ -51,7 +53,7 @@ class Wait:
         active: dict[Wait, None],
         on_expire: Callable[[], None] | None = None,
     ) -> None:
-        self.sock = sock  # None: ``on_expire`` is called instead (``ReadTimer.call_at``)
+        self.sock = sock  # None: ``on_expire`` is called instead (``ReadTimer.call_after``)
         self.deadline = deadline
         self.expired = False
         self._active = active
@@ -119,7 +121,8 @@ class ReadTimer:
 
     def expire(self, now: float) -> int:
         """End the waits whose deadline passed; how many.  (Only unfinished waits are kept:
-        in-flight origin requests, so a scan per tick is cheap.)"""
+        in-flight origin requests, fresh connections' first reads and new channels' position
+        waits in the opener, so a scan per tick is cheap.)"""
         active = self._active
         late = [w for w in active if w.deadline <= now]
         for w in late:
