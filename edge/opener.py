@@ -276,6 +276,10 @@ class Opener:
                         driving.on = False
                     if isinstance(y, _WaitRead) and task._cancel_status is base:
                         fd = y.fd
+                        if fd in waiting:  # (as trio refuses a second waiter on one fd)
+                            busy = trio.BusyResourceError("another coroutine waits on this fd")
+                            ready.append((coro, busy))
+                            continue
                         try:
                             try:
                                 ep.modify(fd, y.events)

@@ -448,3 +448,32 @@ def test_a_coroutine_parked_on_a_gate_when_the_opener_stops_ends_as_a_cancelled_
     _run(lambda s, a: None, body)  # the nursery is cancelled with the coroutine on the gate
     assert ended == ["cancelled"]
     assert gate._parked == []
+
+
+def test_a_second_wait_on_the_same_fd_is_refused_as_trio_refuses_it():
+    mine, theirs = _origin_pair()
+    seen: list[str] = []
+
+    async def first() -> None:
+        await op_mod.wait_readable(mine)
+        seen.append("first woke")
+
+    async def second() -> None:
+        try:
+            await op_mod.wait_readable(mine)
+        except trio.BusyResourceError:
+            seen.append("second refused")
+
+    async def body(opener: Opener, port: int) -> None:
+        opener.start_soon(first)
+        opener.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == ["second refused"]
+        theirs.send(b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == ["second refused", "first woke"]
+
+    opener = _run(lambda s, a: None, body)
+    assert opener.donated == 0
+    mine.close()
+    theirs.close()
