@@ -289,7 +289,6 @@ class Edge:
         state = self.tracker.state
         if not any(state(ch) is State.POSITION for ch in channels):
             return  # the usual case: no cancel scope, no checkpoint
-        waiters = self._pos_waiters
         if opener.driving():
             # a new connection the opener runs (edge.opener): the gates park it there, and the
             # edge's coarse timer bounds the wait (a cancel scope would give it a task); at
@@ -297,9 +296,7 @@ class Edge:
             # waiter starts a new one
             for ch in channels:
                 if state(ch) is State.POSITION:
-                    gate = waiters.get(ch)
-                    if gate is None:
-                        gate = waiters[ch] = Gate()
+                    gate = self._pos_gate(ch)
                     if ch not in self._pos_deadlines:
                         late = partial(self._position_late, ch, gate)
                         self._pos_deadlines[ch] = self.origin_client.timer.call_after(
@@ -310,10 +307,14 @@ class Edge:
         with trio.move_on_after(timeout_s):
             for ch in channels:
                 if state(ch) is State.POSITION:
-                    gate = waiters.get(ch)
-                    if gate is None:
-                        gate = waiters[ch] = Gate()
-                    await gate.wait()
+                    await self._pos_gate(ch).wait()
+
+    def _pos_gate(self, channel: str) -> Gate:
+        """The gate ``channel``'s position waiters wait on (set when the position comes)."""
+        gate = self._pos_waiters.get(channel)
+        if gate is None:
+            gate = self._pos_waiters[channel] = Gate()
+        return gate
 
     def _position_late(self, channel: str, gate: Gate) -> None:
         """No position for ``channel`` within the wait: its waiters go on (as at a timeout)."""
