@@ -362,6 +362,7 @@ class ChaosClient:
 @dataclass(slots=True)
 class PubRecord:
     acked: list[tuple[str, str]] = field(default_factory=list)  # (channel, id)
+    acked_s: list[float] = field(default_factory=list)  # when each was acknowledged (run s)
     unacked: list[tuple[str, str]] = field(default_factory=list)
     attempts: int = 0
     refused: int = 0  # 503 answers
@@ -623,6 +624,7 @@ class Run:
                 await asyncio.sleep(0.2 * (attempt + 1))
             if ok:
                 rec.acked.append((channel, pid))
+                rec.acked_s.append(self.now())
             elif sent:
                 rec.unacked.append((channel, pid))
             delay = next_at - time.monotonic()
@@ -835,6 +837,12 @@ class Run:
             and foreign == 0
             and len(history) == len(self.channels)
         )
+        # publishing went on after the faults: acknowledged once the last one had recovered
+        faults_end = max(
+            (e["at_s"] + e.get("took_s", 0.0) for e in self.timeline if "error" not in e),
+            default=0.0,
+        )
+        acked_after = sum(1 for p in self.pubs for t in p.acked_s if t > faults_end)
         kinds: dict[str, int] = {}
         for k in FAULT_KINDS:
             kinds[k] = sum(1 for e in self.timeline if e["kind"] == k and "error" not in e)
@@ -843,6 +851,7 @@ class Run:
             "published": published,
             "items": len(acked) + len(unacked),
             "acknowledged": len(acked),
+            "acknowledged_after_faults": acked_after,
             "not_acknowledged": len(unacked),
             # of those, stored (and so delivered to every client subscribed): a ZeroMQ PUSH
             # item that is not was refused or dropped with its broker, reaching no one
@@ -942,6 +951,7 @@ def print_result(r: dict, console) -> None:
         "published",
         "items",
         "acknowledged",
+        "acknowledged_after_faults",
         "not_acknowledged",
         "not_acknowledged_stored",
         "retried_ok",

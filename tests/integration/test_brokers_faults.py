@@ -80,7 +80,10 @@ def redis_cluster(tmp_path_factory):
 
 def check(r: dict) -> None:
     detail = (r["examples"], r["timeline"])
-    assert r["acknowledged"] > 50, r
+    # enough published to mean something (under load a failover blocks publishing for longer:
+    # 43 of ~420 were acknowledged once), and publishing went on once the faults recovered
+    assert r["acknowledged"] > 20, r
+    assert r["acknowledged_after_faults"] > 0, r
     assert r["lost"] == 0 and r["lost_in_store"] == 0, detail
     assert r["duplicated"] == 0, detail
     assert r["order_errors"] == 0 and r["outside_history"] == 0, detail
