@@ -58,7 +58,7 @@ import trio
 
 from _speedups import http_chunk
 from broker.errors import GripcastError, InstructError, RemoteProtocolError
-from edge import readtimer
+from edge import opener, readtimer
 from edge.grip import filters
 from edge.grip.aco import finish_held, with_cors
 from edge.grip.cache import InstructCache
@@ -950,6 +950,7 @@ async def hold_stream(
                     head += b"0\r\n\r\n"
                 await conn.send_all(head)
                 return req.keep_alive and s.chunked
+            await opener.cork()  # the heads of a batch of connections leave together
             n = conn.write_now(head)  # nearly always all of it, without a coroutine
             if n < len(head):  # (a TLS client's head goes all through send_all: n is 0)
                 await conn.send_all(memoryview(head)[n:] if n else head, counted=True)

@@ -642,6 +642,7 @@ async def open_origin(
         )
         ok = False
         try:
+            await _opener.cork()  # the origin requests of a batch of connections leave together
             if is_tls(stream):
                 await _send_tls(resp, stream, request, timeout_s)  # type: ignore[arg-type]
                 sent = len(request)

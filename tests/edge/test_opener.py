@@ -477,3 +477,80 @@ def test_a_second_wait_on_the_same_fd_is_refused_as_trio_refuses_it():
     assert opener.donated == 0
     mine.close()
     theirs.close()
+
+
+def _corking(ran: list[str], tag: str, cork: bool = True, scope: bool = False):
+    async def step() -> None:
+        ran.append(f"{tag}:before")
+        if cork:
+            await op_mod.cork()
+        ran.append(f"{tag}:after")
+
+    async def run() -> None:
+        if scope:  # a scope of its own stays open over the cork
+            with trio.CancelScope():
+                await step()
+        else:
+            await step()
+
+    return run
+
+
+def _start_all(opener: Opener, runs: list[Any]) -> None:
+    for run in runs:
+        opener.start_soon(run, name="client")
+
+
+def test_corked_coroutines_go_on_once_no_other_is_ready():
+    ran: list[str] = []
+
+    async def body(opener: Opener, port: int) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        _start_all(opener, [_corking(ran, t) for t in "abc"])  # queued together (one poke)
+        await trio.testing.wait_all_tasks_blocked()
+
+    opener = _run(lambda s, a: None, body)
+    # every write before a cork leaves together after the others' steps: one wake-up a peer
+    assert ran == ["a:before", "b:before", "c:before", "a:after", "b:after", "c:after"]
+    assert opener.donated == 0
+
+
+def test_no_corked_coroutine_waits_for_more_than_cork_max_others(monkeypatch):
+    monkeypatch.setattr(op_mod, "CORK_MAX", 2)
+    ran: list[str] = []
+
+    async def body(opener: Opener, port: int) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        _start_all(opener, [_corking(ran, t) for t in "abcd"])
+        await trio.testing.wait_all_tasks_blocked()
+
+    _run(lambda s, a: None, body)
+    assert ran == [
+        *("a:before", "b:before", "c:before"),  # the third corked one takes the lot along
+        *("a:after", "b:after", "c:after"),
+        *("d:before", "d:after"),
+    ]
+
+
+def test_a_cork_under_an_open_cancel_scope_goes_on_at_once():
+    ran: list[str] = []
+
+    async def body(opener: Opener, port: int) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        _start_all(opener, [_corking(ran, "a", scope=True), _corking(ran, "b", cork=False)])
+        await trio.testing.wait_all_tasks_blocked()
+
+    opener = _run(lambda s, a: None, body)
+    # no other coroutine may run under a's scope (it is the opener task's while open)
+    assert ran == ["a:before", "a:after", "b:before", "b:after"]
+    assert opener.donated == 0
+
+
+def test_a_cork_outside_an_opener_is_nothing():
+    ran: list[str] = []
+
+    async def main() -> None:
+        await _corking(ran, "t")()
+
+    trio.run(main)
+    assert ran == ["t:before", "t:after"]
