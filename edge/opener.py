@@ -157,13 +157,18 @@ _CORK = _Cork()
 @types.coroutine
 def cork() -> Generator[Any, Any, None]:
     """In a coroutine an opener drives: go on after the other ready ones (their writes to the
-    origin then leave together, one wake-up of the origin for the lot); elsewhere nothing."""
-    if _DRIVING.on:
+    origin then leave together, one wake-up of the origin for the lot); alone (nothing else
+    ready or corked), or elsewhere, nothing."""
+    d = _DRIVING
+    if d.on and (d.ready or d.corked):
         yield _CORK
 
 
 class _Driving:
     on = False  # an opener is running a coroutine step (synchronous: never nested)
+    # the driving opener's ready and corked coroutines (set at each round of its loop)
+    ready: deque[tuple[Driven, BaseException | None]] = deque()
+    corked: list[Driven] = []
 
 
 _DRIVING = _Driving()
@@ -296,6 +301,7 @@ class Opener:
         handover = False
         try:
             while True:
+                driving.ready, driving.corked = ready, corked  # (another opener ran meanwhile)
                 while ready:
                     coro, exc = ready.popleft()
                     driving.on = True
