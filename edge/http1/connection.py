@@ -320,7 +320,9 @@ class Connection:
             if self.head_bytes > self.app.cfg.client_header_bytes + READ_SIZE:
                 self.reject = _Reject(431, "Request Header Fields Too Large")
 
-    async def next_request(self) -> Request | None:
+    async def next_request(self, read_tried: bool = False) -> Request | None:
+        """The next request, None at the end.  ``read_tried``: ``request_now`` has just found
+        nothing to read (its read is not made again)."""
         while not self.queue:
             if self.reject is not None or self.upgrade or self.eof:
                 return None
@@ -330,7 +332,8 @@ class Connection:
             if self.now == 0.0:
                 # a new connection's first read: the request is usually in already; read it
                 # without a cancel scope or trio's recv (later reads go through trio)
-                data = self.read_now()
+                data = None if read_tried else self.read_now()
+                read_tried = False
                 if data is None and self.crypt is None and _opener.driving():
                     data = await self._first_read()
                     if data is None:
@@ -364,8 +367,8 @@ class Connection:
         wait = self.app.origin_client.timer.start(self.sock, self.app.cfg.client_head_timeout_s)
         try:
             while True:
-                try:
-                    await _opener.wait_readable(self.sock)
+                try:  # (the first wait on this socket: new to the opener's epoll)
+                    await _opener.wait_readable(self.sock, new=True)
                 except trio.ClosedResourceError:
                     if not wait.expired:
                         raise
@@ -438,7 +441,7 @@ class Connection:
                 if self.held is None:  # (else a parked stream hold, woken: it goes on)
                     req = self.request_now()
                     if req is None:
-                        req = await self.next_request()
+                        req = await self.next_request(read_tried=True)
                         if req is None:
                             break
                     keep = await self.handle(req)

@@ -707,7 +707,7 @@ async def _connect_driven(
         if err == errno.EINPROGRESS:
             wait = timer.start(sock, timeout_s)
             try:
-                await _opener.wait_writable(sock)
+                await _opener.wait_writable(sock, new=True)  # (a fresh socket)
             except trio.ClosedResourceError:
                 if not wait.expired:
                     raise

@@ -554,3 +554,51 @@ def test_a_cork_outside_an_opener_is_nothing():
 
     trio.run(main)
     assert ran == ["t:before", "t:after"]
+
+
+def test_a_first_wait_marked_new_is_added_and_again_on_a_registered_fd_still_waits():
+    mine, theirs = _origin_pair()
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        with sock:
+            await op_mod.wait_readable(mine, new=True)  # a fresh fd: added to the epoll
+            first = mine.recv(100)
+            await op_mod.wait_readable(mine, new=True)  # in the epoll already: modified
+            _write(sock, first + mine.recv(100))
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        await trio.testing.wait_all_tasks_blocked()
+        theirs.send(b"a")
+        await trio.testing.wait_all_tasks_blocked()
+        theirs.send(b"b")
+        assert await _recv_all(c) == b"ab"
+        c.close()
+
+    opener = _run(serve, body)
+    assert opener.statistics() == (1, 0)
+    mine.close()
+    theirs.close()
+
+
+def test_a_write_wait_given_to_a_task_waits_for_writability():
+    mine, theirs = _origin_pair()  # writable at once, never readable
+    outcome: list[str] = []
+
+    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
+        with sock:
+            with trio.CancelScope():  # a scope of its own: the wait goes to a task
+                await op_mod.wait_writable(mine, new=True)
+            outcome.append("writable")
+            _write(sock, b"done")
+
+    async def body(opener: Opener, port: int) -> None:
+        c = await _connect(port)
+        assert await _recv_all(c) == b"done"
+        assert opener.donated == 1
+        c.close()
+
+    _run(serve, body)
+    assert outcome == ["writable"]
+    mine.close()
+    theirs.close()
