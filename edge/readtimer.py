@@ -104,6 +104,11 @@ class ReadTimer:
             self._idle.set()
         return w
 
+    @property
+    def serving(self) -> bool:
+        """Its ``serve()`` task runs: ``start`` and ``call_after`` may be used."""
+        return self._serving
+
     def call_after(self, timeout_s: float, on_expire: Callable[[], None]) -> Wait:
         """Call ``on_expire()`` ``timeout_s`` from now (as coarsely), unless ``done()`` first:
         a deadline for a wait that is not on a socket (``Edge.wait_positioned`` in a

@@ -78,6 +78,10 @@ IDLE_TIMER_TICK_S = 1.0
 # A new hold waits (at most this long) until its channels' positions are known, so that
 # everything published after the client got the response head is delivered to it.
 POSITION_WAIT_S = 2.0
+# a newly subscribed channel's position request waits this long (and up to a ReadTimer tick)
+# for the broker's marker on subscribe, which nearly always comes first (within a
+# millisecond or two): it is then never sent (no task, no round trip for edge or broker)
+POSITION_ASK_AFTER_S = 0.1
 LISTEN_BACKLOG = 4096
 REFUSE_LINGER = 256  # refused connections (503) drained at once; beyond, closed at once
 
@@ -196,6 +200,7 @@ class Edge:
         self.exit_code = 0  # EXIT_CONFIG when the edge stops itself for a configuration problem
         self._pos_waiters: dict[str, Gate] = {}  # trio tasks and the opener's alike
         self._pos_deadlines: dict[str, Wait] = {}  # the driven waiters' (wait_positioned)
+        self._pos_asks: dict[str, Wait] = {}  # new channels' position requests, if no marker
         self.linkwatch = LinkWatches(
             len(link.links), cfg.broker_link_timeout_s, trio.current_time()
         )
@@ -362,11 +367,24 @@ class Edge:
                 w = self._pos_deadlines.pop(ch, None)
                 if w is not None:
                     w.done()
+        if self._pos_asks:
+            for ch in [c for c in self._pos_asks if self.tracker.state(c) is not State.POSITION]:
+                self._pos_asks.pop(ch).done()  # the marker came: no request
         if self.tracker.reorder_window_s and self.tracker.next_deadline() is not None:
             self._reorder_wake.set()
         for a in self.tracker.take_actions():
             if isinstance(a, RequestPosition):
-                self.nursery.start_soon(self._ask_position, a.channel)
+                timer = self.origin_client.timer
+                if a.subscribed and self.tracker.state(a.channel) is not State.POSITION:
+                    continue  # (positioned already)
+                if a.subscribed and timer.serving and a.channel not in self._pos_asks:
+                    # the broker's marker on subscribe usually answers first (then no
+                    # request at all); if not, ask after POSITION_ASK_AFTER_S
+                    self._pos_asks[a.channel] = timer.call_after(
+                        POSITION_ASK_AFTER_S, partial(self._ask_position_late, a.channel)
+                    )
+                else:
+                    self.nursery.start_soon(self._ask_position, a.channel)
             elif isinstance(a, RequestReplay):
                 self.nursery.start_soon(self._ask_replay, a)
             elif isinstance(a, EpochChanged):
@@ -394,6 +412,12 @@ class Edge:
                     n.responses_answered,
                     n.hooked,
                 )
+
+    def _ask_position_late(self, channel: str) -> None:
+        """No marker brought a new channel's position in time: ask for it."""
+        self._pos_asks.pop(channel, None)
+        if self.tracker.state(channel) is State.POSITION:
+            self.nursery.start_soon(self._ask_position, channel)
 
     async def _ask_position(self, channel: str) -> None:
         try:

@@ -107,6 +107,9 @@ class State(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class RequestPosition:
     channel: str
+    # the channel was just subscribed: the broker's marker on subscribe usually brings the
+    # position first (the caller may ask later, only if it did not)
+    subscribed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +196,7 @@ class Tracker:
         """Start tracking a newly subscribed channel: asks for its position."""
         if channel not in self._tracks:
             self._tracks[channel] = _Track()
-            self._actions.append(RequestPosition(channel))
+            self._actions.append(RequestPosition(channel, subscribed=True))
 
     def untrack(self, channel: str) -> None:
         self._tracks.pop(channel, None)

@@ -94,7 +94,7 @@ def test_a_repeated_current_marker_is_one_set_lookup_and_tells_nothing_later():
     assert t.position("a") == ("e9", 1) and t.take_actions() == []
     t.untrack("a")
     t.track("a")
-    assert t.take_actions() == [RequestPosition("a")]
+    assert t.take_actions() == [RequestPosition("a", subscribed=True)]
     f.feed([m2], out)  # tracked again: the position answer, not a remembered marker, decides
     assert t.state("a") is State.POSITION
     t.on_position("a", "e9", 5, out)

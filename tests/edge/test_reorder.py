@@ -36,7 +36,7 @@ def env(seq: int, epoch: str = "e1", channel: str = CH) -> Envelope:
 def started(last_seq: int = 0, window: float = WINDOW) -> Tracker:
     t = Tracker(reorder_window_s=window)
     t.track(CH)
-    assert t.take_actions() == [RequestPosition(CH)]
+    assert t.take_actions() == [RequestPosition(CH, subscribed=True)]
     t.on_position(CH, "e1", last_seq, [], 0.0)
     assert t.take_actions() == []
     return t

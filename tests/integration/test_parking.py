@@ -16,6 +16,8 @@ from gripcontrol import GripPubControl, HttpStreamFormat, create_grip_channel_he
 from prometheus_client.parser import text_string_to_metric_families
 from pubcontrol import Item
 
+from edge.readtimer import TICK_S
+from edge.server import POSITION_ASK_AFTER_S
 from tests.helpers import free_port_block, wait_for
 from tests.integration.cluster import Cluster, Origin
 
@@ -44,6 +46,7 @@ def env(tmp_path_factory):
         "/reuse": _stream("park-reuse"),
         "/ka": _stream("park-ka", "\\n; format=cstring; timeout=1"),
         "/opener": _stream("park-opener"),
+        "/marker": _stream("park-marker"),
     }
     with (
         Origin(routes) as origin,
@@ -125,6 +128,25 @@ def test_new_streams_on_a_known_channel_connect_without_a_task(env):
     for c in [first, *clients]:
         assert b"data: hi\n\n" in read_until(c, b"data: hi\n\n")
         c.close()
+
+
+def broker_requests(port: int) -> float:
+    return sum(
+        v for k, v in metrics(port).items() if k.startswith("gripcast_edge_broker_requests_total")
+    )
+
+
+def test_a_new_channel_is_positioned_by_the_brokers_marker_without_a_request(env):
+    """edge.server: a new channel's position request waits for the broker's marker on
+    subscribe, which comes first: the stream is held and no request goes to the broker."""
+    cluster, mport, pub = env
+    before = broker_requests(mport)
+    c, _ = open_stream(cluster, "/marker")  # a channel new to the edge: held once positioned
+    time.sleep(POSITION_ASK_AFTER_S + 2 * TICK_S)  # the request would have gone out by now
+    assert broker_requests(mport) == before
+    pub.publish_http_stream("park-marker", "data: m\n\n")
+    assert b"data: m\n\n" in read_until(c, b"data: m\n\n")
+    c.close()
 
 
 def test_idle_streams_park_without_tasks_and_get_messages_and_leave(env):
