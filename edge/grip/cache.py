@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from edge.grip.instruct import Channel, Hold, parse_instruct, with_body
 from edge.http1 import responses
@@ -53,6 +53,32 @@ class InstructOptions(TypedDict):
 
 def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
+# ``_parse``'s arguments, the key of its result: status, reason, the raw headers, body, prefix,
+# the sub= channels, the stream body
+_Key = tuple[Any, ...]
+
+
+def _parse(
+    status: int,
+    reason: str,
+    raw: tuple[tuple[bytes, bytes], ...],
+    body: bytes,
+    prefix: str,
+    extra_channels: tuple[str, ...],
+    stream_body: bytes | None,
+) -> Hold:
+    """``parse_instruct`` of bytes headers; ``stream_body`` set: the headers-only parse of a
+    stream instruct with ``stream_body`` as the hold's initial body."""
+    hold = parse_instruct(
+        status, reason, decode_headers(raw), body, prefix=prefix, extra_channels=extra_channels
+    )
+    if stream_body is not None and (
+        hold.mode == "stream" or (hold.mode is None and hold.next_link)
+    ):
+        hold = with_body(hold, stream_body)
+    return hold
 
 
 class InstructCache:
@@ -80,61 +106,25 @@ class InstructCache:
         ``stream_body`` set: the headers-only parse of a stream instruct (``body`` b""), with
         ``stream_body`` as the hold's initial body (``_parse``'s complete-stream case)."""
         size = len(body) + (len(stream_body) if stream_body is not None else 0)
-        raw = tuple(raw_headers)
-        key = (status, reason, raw, body, prefix, extra_channels, stream_body)
+        key: _Key = (status, reason, tuple(raw_headers), body, prefix, extra_channels, stream_body)
         holds = self._holds
         cached = size <= MAX_BODY
         hold = holds.get(key) if cached else None
         if hold is not None:
             return hold
-        hold = None
-        if cached:
-            hold = self._from_template(
-                status, reason, raw, body, prefix, extra_channels, stream_body
-            )
+        hold = self._from_template(key) if cached else None
         if hold is None:
-            hold = self._parse(status, reason, raw, body, prefix, extra_channels, stream_body)
+            hold = _parse(*key)
         if cached:
             if len(holds) >= MAX_ENTRIES:
                 holds.clear()
             holds[key] = hold
         return hold
 
-    @staticmethod
-    def _parse(
-        status: int,
-        reason: str,
-        raw: tuple[tuple[bytes, bytes], ...],
-        body: bytes,
-        prefix: str,
-        extra_channels: tuple[str, ...],
-        stream_body: bytes | None,
-    ) -> Hold:
-        hold = parse_instruct(
-            status,
-            reason,
-            decode_headers(raw),
-            body,
-            prefix=prefix,
-            extra_channels=extra_channels,
-        )
-        if stream_body is not None and (
-            hold.mode == "stream" or (hold.mode is None and hold.next_link)
-        ):
-            hold = with_body(hold, stream_body)
-        return hold
-
-    def _from_template(
-        self,
-        status: int,
-        reason: str,
-        raw: tuple[tuple[bytes, bytes], ...],
-        body: bytes,
-        prefix: str,
-        extra_channels: tuple[str, ...],
-        stream_body: bytes | None,
-    ) -> Hold | None:
-        """The hold of a template (module docstring), or None when ``raw`` is not one."""
+    def _from_template(self, key: _Key) -> Hold | None:
+        """The hold of a template (module docstring), or None when ``key``'s answer is not one
+        (``key``: ``_parse``'s arguments)."""
+        status, reason, raw, body, prefix, extra_channels, stream_body = key
         at = -1
         for i, (k, v) in enumerate(raw):
             lk = k.lower()
@@ -152,18 +142,19 @@ class InstructCache:
         name = prefix + value.decode("latin-1")
         if extra_channels and name in {prefix + c for c in extra_channels}:
             return None  # deduplicated against a sub= channel: the full parse knows how
-        shape = raw[:at] + ((raw[at][0], _TEMPLATE_VALUE),) + raw[at + 1 :]
-        key = (status, reason, shape, body, prefix, extra_channels, stream_body, TEMPLATE_CHANNEL)
+        headers = raw[:at] + ((raw[at][0], _TEMPLATE_VALUE),) + raw[at + 1 :]
+        shape = (status, reason, headers) + key[3:]  # the placeholder's answer
+        tkey = shape + (TEMPLATE_CHANNEL,)
         holds = self._holds
-        template = holds.get(key)
+        template = holds.get(tkey)
         if template is None:
-            template = self._parse(status, reason, shape, body, prefix, extra_channels, stream_body)
+            template = _parse(*shape)
             first = template.channels[0] if template.channels else None
             if first is None or first != Channel(prefix + TEMPLATE_CHANNEL):
                 return None  # (not the expected shape: never templated)
             if len(holds) >= MAX_ENTRIES:
                 holds.clear()
-            holds[key] = template
+            holds[tkey] = template
         return replace(template, channels=(Channel(name),) + template.channels[1:])
 
     def stream_head(self, hold: Hold, *, chunked: bool) -> bytes:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -134,15 +135,29 @@ def test_a_trio_trap_donates_the_task_and_a_new_opener_goes_on():
     assert done == ["first", "first"]
 
 
-def test_a_wait_under_a_cancel_scope_is_a_task_of_its_own():
-    mine, theirs = _origin_pair()
+async def _read_timing_out(mine: socket.socket) -> str:
+    with trio.move_on_after(0.2) as scope:
+        await op_mod.wait_readable(mine)  # nothing comes: the scope's deadline ends it
+    return "timed out" if scope.cancelled_caught else "read"
+
+
+async def _writable_in_a_scope(mine: socket.socket) -> str:
+    with trio.CancelScope():  # (a write wait given to a task waits for writability)
+        await op_mod.wait_writable(mine, new=True)
+    return "writable"
+
+
+@pytest.mark.parametrize(
+    "wait, expected",
+    [(_read_timing_out, "timed out"), (_writable_in_a_scope, "writable")],
+)
+def test_a_wait_under_a_cancel_scope_is_a_task_of_its_own(wait, expected):
+    mine, theirs = _origin_pair()  # writable at once, never readable
     outcome: list[str] = []
 
     async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
         with sock:
-            with trio.move_on_after(0.2) as scope:
-                await op_mod.wait_readable(mine)  # nothing comes: the scope's deadline ends it
-            outcome.append("timed out" if scope.cancelled_caught else "read")
+            outcome.append(await wait(mine))
             _write(sock, b"done")
 
     async def body(opener: Opener, port: int) -> None:
@@ -152,7 +167,7 @@ def test_a_wait_under_a_cancel_scope_is_a_task_of_its_own():
         c.close()
 
     _run(serve, body)
-    assert outcome == ["timed out"]
+    assert outcome == [expected]
     mine.close()
     theirs.close()
 
@@ -577,28 +592,5 @@ def test_a_first_wait_marked_new_is_added_and_again_on_a_registered_fd_still_wai
 
     opener = _run(serve, body)
     assert opener.statistics() == (1, 0)
-    mine.close()
-    theirs.close()
-
-
-def test_a_write_wait_given_to_a_task_waits_for_writability():
-    mine, theirs = _origin_pair()  # writable at once, never readable
-    outcome: list[str] = []
-
-    async def serve(sock: trio.socket.SocketType, addr: Any) -> None:
-        with sock:
-            with trio.CancelScope():  # a scope of its own: the wait goes to a task
-                await op_mod.wait_writable(mine, new=True)
-            outcome.append("writable")
-            _write(sock, b"done")
-
-    async def body(opener: Opener, port: int) -> None:
-        c = await _connect(port)
-        assert await _recv_all(c) == b"done"
-        assert opener.donated == 1
-        c.close()
-
-    _run(serve, body)
-    assert outcome == ["writable"]
     mine.close()
     theirs.close()
