@@ -53,7 +53,7 @@ from edge import opener as _opener
 from edge.cors import cors_headers
 from edge.fastpath import PeerAddress, read_now, send_now
 from edge.grip.holds import handle_grip, hold_stream
-from edge.grip.instruct import is_grip_response
+from edge.grip.instruct import grip_facts
 from edge.grip.nextlink import LinkRefused
 from edge.http1 import responses
 from edge.origin.client import OriginError, open_origin
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 KEEPALIVE_IDLE_S = 120.0
 MAX_JSONP_BODY = 100_000  # a JSON-P answer is buffered whole (Pushpin's initial buffer)
 READ_SIZE = 65536
+_NOT_GRIP: tuple[bool, bytes | None, bool | None] = (False, None, None)  # (grip_facts' form)
 _PASS_DROP = frozenset(
     [
         b"connection",
@@ -622,12 +623,14 @@ class Connection:
         except OriginError as exc:
             return await self.proxy_error(req, route, exc)
         try:  # trusted: GRIP instructions go up to the proxy in front, untouched
-            if trusted or route.no_grip or not is_grip_response(resp.headers):
+            grip, hold, resp.streamish = (
+                grip_facts(resp.headers) if not (trusted or route.no_grip) else _NOT_GRIP
+            )
+            if not grip:
                 self.mode = "passthrough"
                 if jreq is not None:
                     return await self.passthrough_jsonp(req, resp, jreq)
                 return await self.passthrough(req, resp, cors_request=req.headers if aco else None)
-            hold = next((v for k, v in resp.headers if k.lower() == b"grip-hold"), None)
             self.mode = hold.decode("latin-1") if hold in (b"response", b"stream") else "instruct"
             return await handle_grip(self, req, route, resp, aco=aco, jsonp=jreq)
         except (OriginError, InstructError) as exc:

@@ -114,11 +114,20 @@ class ConnStats:
         """A client connection was accepted (``key``: anything hashable, e.g. its socket)."""
         c = _Conn(f"{self.source}:{next(self._ids)}", peer)
         self._conns[key] = c
-        self._count(now, +1)
-        if self.enabled:
-            if self._pending() < self.max_pending:
-                self._new[c.id] = c
-                self._queued()
+        # (per accepted connection: ``_count(now, +1)``, ``enabled`` and ``_queued`` inline)
+        if self._changed_at is not None:
+            self._area += self._open * max(now - self._changed_at, 0.0)
+        self._changed_at = now
+        self._open += 1
+        if self._open > self._max:
+            self._max = self._open
+        if self.ttl_s > 0:
+            new = self._new
+            pending = len(new) + len(self._gone)
+            if pending < self.max_pending:
+                new[c.id] = c
+                if pending + 1 == self.batch_events and self.on_full is not None:
+                    self.on_full()
             else:
                 self.dropped += 1
         return c.id
@@ -184,9 +193,14 @@ class ConnStats:
 
     def request(self, route_id: str | None) -> None:
         """A client request was received and routed: activity 1 and one request."""
-        if not self.enabled:
+        if self.ttl_s <= 0:
             return
-        self.activity(route_id)
+        key = route_id or ""  # (``activity(route_id)`` inline: once per request)
+        activity = self._activity
+        first = not activity and not self._requests
+        activity[key] = activity.get(key, 0) + 1
+        if first and self.on_activity is not None:
+            self.on_activity()
         self._requests += 1
 
     @property

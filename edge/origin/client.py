@@ -384,6 +384,7 @@ class OriginResponse:
         "reason",
         "headers",
         "framed",
+        "streamish",
     )
 
     def __init__(
@@ -411,6 +412,9 @@ class OriginResponse:
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []
         self.framed = False  # the origin gave Content-Length or chunked framing
+        # set by whoever read the head's GRIP headers (``edge.grip.instruct.grip_facts``):
+        # the instruct may be a relayed stream; None: not read yet
+        self.streamish: bool | None = None
 
     async def _read_more(self) -> None:
         # wait for readability (a checkpoint), then one plain read: cheaper than trio's

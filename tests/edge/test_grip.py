@@ -10,6 +10,7 @@ from broker.errors import InstructError
 from edge.grip.instruct import (
     Channel,
     KeepAlive,
+    grip_facts,
     is_grip_response,
     parse_instruct,
     unescape_cstring,
@@ -87,6 +88,39 @@ def test_unterminated_quoted_param():
 )
 def test_is_grip_response(headers, grip):
     assert is_grip_response(headers) is grip
+
+
+@pytest.mark.parametrize(
+    "headers, facts",
+    [
+        ([(b"Content-Type", b"text/plain")], (False, None, False)),
+        ([(b"Grip-Hold", b"stream"), (b"grip-hold", b"response")], (True, b"stream", True)),
+        ([(b"Grip-Hold", b"response")], (True, b"response", False)),
+        ([(b"Grip-Link", b"</n>; rel=next")], (True, None, True)),
+        (
+            [(b"Grip-Link", b"</n>; rel=next"), (b"Grip-Hold", b"response")],
+            (True, b"response", False),
+        ),
+        # a JSON instruct is never relayed as a stream, even with a stream hold header
+        (
+            [(b"Content-Type", b"application/grip-instruct"), (b"Grip-Hold", b"stream")],
+            (True, b"stream", False),
+        ),
+        # an empty first Content-Type: the next one is the type (as _streamish reads it)
+        (
+            [(b"Content-Type", b""), (b"Content-Type", b"application/grip-instruct; x=1")],
+            (True, None, False),
+        ),
+        # the instruct type, differently cased: GRIP (is_grip_response lowers it), while the
+        # stream test compares it as sent
+        (
+            [(b"Content-Type", b"Application/Grip-Instruct"), (b"Grip-Hold", b"stream")],
+            (True, b"stream", True),
+        ),
+    ],
+)
+def test_grip_facts(headers, facts):
+    assert grip_facts(headers) == facts
 
 
 def test_clean_response_headers():

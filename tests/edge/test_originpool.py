@@ -89,6 +89,18 @@ def test_closed_or_chatty_idle_connection_is_dropped():
     run_closing_the_pool(main)
 
 
+def test_idle_connection_closed_on_our_side_is_dropped():
+    async def main(pool: OriginPool):
+        s, p = _pair()
+        pool.give(("h", 4), s, 0.0)
+        s.socket.close()  # (its descriptor is gone: -1, never polled)
+        assert pool.take(("h", 4), 0.5) is None
+        assert pool.idle_count() == 0
+        p.close()
+
+    run_closing_the_pool(main)
+
+
 def test_sweep_and_disable():
     async def main(pool: OriginPool):
         s, p = _pair()

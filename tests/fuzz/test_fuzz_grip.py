@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import InstructError, RemoteProtocolError
-from edge.grip.instruct import is_grip_response, parse_instruct
+from edge.grip.holds import _streamish
+from edge.grip.instruct import grip_facts, is_grip_response, parse_instruct
 from edge.http1 import headers as hdr
 from tests.fuzz.strategies import FUZZ, header_value, nasty_number, nasty_text
 
@@ -103,6 +104,14 @@ json_values = st.recursive(
     max_leaves=20,
 )
 bodies = st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()))
+
+
+@FUZZ
+@given(headers)
+def test_grip_facts_answers_as_the_three_scans_it_replaces(hs):
+    bhs = [(k.encode("latin-1"), v.encode("utf-8", "surrogatepass")) for k, v in hs]
+    first_hold = next((v for k, v in bhs if k.lower() == b"grip-hold"), None)
+    assert grip_facts(bhs) == (is_grip_response(bhs), first_hold, _streamish(bhs))
 
 
 @FUZZ
