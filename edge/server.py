@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket as stdsocket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -253,7 +253,10 @@ class Edge:
         return self._signers.get(route.line, self._default_signer).token()
 
     def add_session(self, session: Session, channels: list[str]) -> None:
-        for action in self.hub.add(session, channels, trio.current_time()):
+        actions = self.hub.add(session, channels, trio.current_time())
+        if not actions:  # channels held here already: nothing new for the tracker to act on
+            return
+        for action in actions:
             self.link.subscribe(action.channel)
             self.tracker.track(action.channel)
             self.holds.first_subscribed(action.channel, trio.current_time())
@@ -328,7 +331,7 @@ class Edge:
             del self._pos_waiters[channel]
         gate.set()
 
-    def positioned(self, channels: list[str]) -> bool:
+    def positioned(self, channels: Iterable[str]) -> bool:
         """True when ``wait_positioned(channels)`` would return at once (the usual case: the
         caller then skips that coroutine)."""
         state = self.tracker.state

@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import trio
 
     from broker.config import Config
@@ -69,7 +71,7 @@ class SessionServices(Protocol):
 
     async def wait_positioned(self, channels: list[str], timeout_s: float = ...) -> None: ...
 
-    def positioned(self, channels: list[str]) -> bool: ...
+    def positioned(self, channels: Iterable[str]) -> bool: ...
 
 
 class ConnectionServices(OriginServices, SessionServices, Protocol):

@@ -646,7 +646,8 @@ class _Stream:
         self._current: str | None = None
         self.gone_link = hold.gone_link  # only the initial instruct's
         self.head_sent = False
-        self.set_link(hold)
+        if hold.next_link:  # (else the session's update_key stays None: set_link's answer)
+            self.set_link(hold)
 
     @property
     def host(self) -> str:
@@ -937,9 +938,8 @@ async def hold_stream(
                         )
                 elif hold.next_link:
                     st.start_tracking(hold, prev, resumes)
-                if not app.positioned(names := [c.name for c in hold.channels]):
-                    await app.wait_positioned(names)
-                del names
+                if not app.positioned(s.channel_names):  # (the hold's channels, as a set)
+                    await app.wait_positioned([c.name for c in hold.channels])
             head = app.instruct_cache.stream_head(hold, chunked=s.chunked)
             if hold.body and body_iter is None:  # head and initial body in one send
                 head, hold_body = head + st.frame(hold.body), b""

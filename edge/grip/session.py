@@ -40,21 +40,33 @@ _NAMES: dict[tuple[str, ...], frozenset[str]] = {}
 _NAMES_MAX = 4096  # distinct channel sets remembered (cleared when full: sharing, not a leak)
 
 
+# ... and what one hold gives every session it holds (a hold is shared: edge.grip.cache), by
+# ``id(hold)`` with the hold itself kept and compared (an id is reused once an object is gone)
+_BY_HOLD: dict[int, tuple[Hold, dict[str, tuple[str, ...]], frozenset[str]]] = {}
+
+
 def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
     """Per-channel filters (``edge.grip.filters``) and the subscription meta from the hold."""
+    session.meta = hold.meta
+    known = _BY_HOLD.get(id(hold))
+    if known is not None and known[0] is hold:
+        session.filters, session.channel_names = known[1], known[2]
+        return
     chans = hold.channels
     if any(c.filters for c in chans):
-        session.filters = {c.name: c.filters for c in chans if c.filters}
+        filters = {c.name: c.filters for c in chans if c.filters}
     else:
-        session.filters = _NO_FILTERS
-    session.meta = hold.meta
+        filters = _NO_FILTERS
     key = tuple(c.name for c in chans)
     names = _NAMES.get(key)
     if names is None:
         if len(_NAMES) >= _NAMES_MAX:
             _NAMES.clear()
         names = _NAMES[key] = frozenset(key)
-    session.channel_names = names
+    if len(_BY_HOLD) >= _NAMES_MAX:
+        _BY_HOLD.clear()
+    _BY_HOLD[id(hold)] = (hold, filters, names)
+    session.filters, session.channel_names = filters, names
 
 
 class StreamSession(Session):

@@ -393,9 +393,17 @@ class Connection:
             and not self.eof
             and not self.need_continue
         ):
-            data = self.read_now()
-            if data is None:
-                return None
+            crypt = self.crypt
+            if crypt is None:  # (``read_now`` inline: once per connection)
+                try:
+                    data = _os_read(self.sock.fileno(), READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return None
+            else:
+                got = crypt.read_now(READ_SIZE)
+                if got is None:
+                    return None
+                data = got
             self.now = trio.current_time()
             if not data:
                 self.eof = True
@@ -594,7 +602,7 @@ class Connection:
             )
             return req.keep_alive
         aco = route.aco or app.rules.aco
-        method, headers, body = req.method, req.headers, bytes(req.body)
+        method, headers, body = req.method, req.headers, bytes(req.body) if req.body else b""
         jreq = None
         if aco:
             try:

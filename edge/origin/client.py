@@ -207,7 +207,10 @@ class OriginClient:
             out.append((b"Content-Length", b"%d" % len(body)))
         if not self.pool.keep_alive:
             out.append((b"Connection", b"close"))
-        rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1") if rewrite else path
+        if rewrite and (route.path_rem or route.replace_beg is not None):
+            rpath = route.rewrite_path(path.decode("latin-1")).encode("latin-1")
+        else:  # (the usual route rewrites nothing)
+            rpath = path
         return self.encode_request_head(method, rpath, host, out) + body
 
     def close(self) -> None:

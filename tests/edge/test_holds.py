@@ -94,3 +94,23 @@ def test_registry_recover_queues_low_priority_updates_and_first_subscription_dea
     assert reg.first_sub_deadline(["c", "d"], 10.2) == 11.0
     assert reg.first_sub_deadline(["c"], 11.5) is None
     assert reg.first_sub_deadline(["d"], 10.2) is None
+
+
+def test_sessions_of_one_hold_share_its_filters_and_names_and_other_holds_get_their_own():
+    from edge.grip import session as sessmod
+    from edge.grip.instruct import Channel, Hold
+    from edge.grip.session import ResponseSession
+
+    def hold(*chans: Channel) -> Hold:
+        return Hold(mode="response", channels=chans, body=b"t")
+
+    a = hold(Channel("a", filters=("skip-self",)), Channel("b"))
+    s1 = ResponseSession(a, keep_alive=True, deadline=9)
+    s2 = ResponseSession(a, keep_alive=True, deadline=9)
+    assert s1.filters == {"a": ("skip-self",)} and s1.channel_names == {"a", "b"}
+    assert s2.filters is s1.filters and s2.channel_names is s1.channel_names
+    # a remembered answer under another hold's id (an id is reused once its object is gone)
+    b = hold(Channel("c"))
+    sessmod._BY_HOLD[id(b)] = sessmod._BY_HOLD[id(a)]
+    s3 = ResponseSession(b, keep_alive=True, deadline=9)
+    assert s3.filters == {} and s3.channel_names == {"c"}
