@@ -347,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(bench/connload.c --hold, one copy per --procs: less of the machine's CPU)",
     )
     cr.add_argument(
+        "--headers",
+        choices=("minimal", "browser"),
+        default="minimal",
+        help="what each request carries after Host: minimal (default, none) or browser "
+        "(Chrome's 15 headers for an EventSource with a session cookie, ~700 bytes)",
+    )
+    cr.add_argument(
         "--no-stats",
         action="store_true",
         help="turn off both targets' stats socket (on by default on both, as in the fan-out "

@@ -68,7 +68,7 @@ struct conn {
     SSL *ssl;
     SSL_SESSION *sess; /* the slot's session to offer next (--resume) */
     double t0;
-    char req[1024];
+    char req[2048];
     int reqlen, sent;
     char head[HEAD_MAX];
     int headlen;

@@ -45,6 +45,38 @@ _OUT = select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
 STALL_S = 30.0  # no connection progressed this long: the ones in flight count as failed
 
+# ``--headers``: what each request carries after ``Host``.  "minimal" is the C client the
+# issue's figures came from; "browser" is what Chrome sends for an ``EventSource`` on a page
+# of the same site (15 headers, ~700 bytes with a session cookie), as real apps' clients do.
+HEADER_SETS: dict[str, bytes] = {
+    "minimal": b"",
+    "browser": (
+        b"Connection: keep-alive\r\n"
+        b"Accept: text/event-stream\r\n"
+        b"Cache-Control: no-cache\r\n"
+        b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        b"Chrome/131.0.0.0 Safari/537.36\r\n"
+        b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\n'
+        b"sec-ch-ua-mobile: ?0\r\n"
+        b'sec-ch-ua-platform: "Linux"\r\n'
+        b"Origin: http://bench\r\n"
+        b"Sec-Fetch-Site: same-origin\r\n"
+        b"Sec-Fetch-Mode: cors\r\n"
+        b"Sec-Fetch-Dest: empty\r\n"
+        b"Referer: http://bench/app/dashboard?tab=activity\r\n"
+        b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+        b"Accept-Language: en-US,en;q=0.9,fr;q=0.8\r\n"
+        b"Cookie: sessionid=k3v9w2q8x7m4n6b1z5c0a8s7d6f5g4h3; csrftoken=Qm9yZ2V0IGFib3V0IGl0IHRo"
+        b"aXMgaXMgYSBjc3JmIHRva2VuIGZvciB0ZXN0aW5n; _ga=GA1.1.1234567890.1733400000; "
+        b"theme=dark\r\n"
+    ),
+}
+
+
+def request_bytes(n: int, channels: int, headers: bytes) -> bytes:
+    """The request of connection ``n``: ``GET /stream/cr<n % channels>``, ``Host``, ``headers``."""
+    return b"GET /stream/cr%d HTTP/1.1\r\nHost: bench\r\n%s\r\n" % (n % channels, headers)
+
 
 @dataclass(frozen=True, slots=True)
 class ClientJob:
@@ -55,6 +87,7 @@ class ClientJob:
     first: int  # this worker's first connection number (spreads the channels)
     src: str  # the loopback source address (spreads the local ports)
     sched: str = "normal"  # the client process's scheduling policy (bench.swarm.apply_sched)
+    headers: bytes = b""  # request header lines after Host (``--headers``: HEADER_SETS)
 
 
 def _client(job: ClientJob, start, out, close) -> None:
@@ -89,7 +122,7 @@ def _client(job: ClientJob, start, out, close) -> None:
                 s.close()
                 failed += 1
                 continue
-            req = b"GET /stream/cr%d HTTP/1.1\r\nHost: bench\r\n\r\n" % (n % job.channels)
+            req = request_bytes(n, job.channels, job.headers)
             pending[s.fileno()] = [s, req, b""]
             ep.register(s.fileno(), _OUT)
         events = ep.poll(min(5.0, STALL_S))
@@ -148,6 +181,12 @@ def _client(job: ClientJob, start, out, close) -> None:
     out.send("closed")
 
 
+def _c_escape(request: bytes) -> str:
+    """``request`` as ``connload --request`` reads it (C escapes; its one ``%d`` kept)."""
+    text = request.decode("latin-1").replace("\\", "\\\\")
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _c_clients(binary: str, jobs: list[ClientJob]) -> list[subprocess.Popen]:
     """One ``connload --hold`` per job, each waiting on its stdin for the start."""
     out = []
@@ -158,7 +197,7 @@ def _c_clients(binary: str, jobs: list[ClientJob]) -> list[subprocess.Popen]:
             "--conns", str(job.conns),
             "--concurrency", str(job.window),
             "--channels", str(job.channels),
-            "--request", "GET /stream/cr%d HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n",
+            "--request", _c_escape(request_bytes(0, 1, job.headers).replace(b"cr0", b"cr%d", 1)),
             "--until", "[open]",
             "--src", job.src,
             "--duration", "300",
@@ -222,6 +261,7 @@ def run_round(
     channels: int,
     sched: str = "normal",
     client: str = "python",
+    headers: bytes = b"",
 ):
     server = target.pids()
     pids = server + [origin_pid]
@@ -234,7 +274,9 @@ def run_round(
     start, close = ctx.Event(), ctx.Event()
     per = conns // nprocs
     jobs = [
-        ClientJob(target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}", sched)
+        ClientJob(
+            target.client_port, per, window, channels, i * per, f"127.0.0.{2 + i}", sched, headers
+        )
         for i in range(nprocs)
     ]
     pipes, workers = [], []
@@ -354,9 +396,11 @@ def run_target(kind: str, args, log=print) -> dict:
                 args.channels,
                 args.client_sched,
                 args.client,
+                HEADER_SETS[args.headers],
             )
             row["round"] = r
             row["client"] = args.client
+            row["headers"] = args.headers
             procs_txt = "  ".join(
                 f"{n} {v['connect_us_per_conn']} (sys {v['connect_sys_s']:.2f}s)"
                 for n, v in row["processes"].items()

@@ -72,13 +72,14 @@ def _stream_server(answer_every: int) -> Iterator[tuple[int, list]]:
 
 @pytest.mark.integration
 @pytest.mark.timeout(30)
-def test_client_holds_answered_connections_and_fails_hanging_ones(monkeypatch):
+@pytest.mark.parametrize("headers", ["minimal", "browser"])
+def test_client_holds_answered_connections_and_fails_hanging_ones(monkeypatch, headers):
     monkeypatch.setattr(connrate, "STALL_S", 0.5)
     with _stream_server(2) as (port, got):
         ctx = multiprocessing.get_context("fork")
         start, close = ctx.Event(), ctx.Event()
         parent, child = ctx.Pipe(duplex=False)
-        job = connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")
+        job = connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2", "normal", h := _headers(headers))
         start.set()  # the driver runs in a thread of this process, not in a worker process
         t = threading.Thread(target=connrate._client, args=(job, start, child, close), daemon=True)
         t.start()
@@ -91,6 +92,18 @@ def test_client_holds_answered_connections_and_fails_hanging_ones(monkeypatch):
     # the channels spread as asked: cr0, cr1, cr2, cr0, ...
     paths = sorted({req.split(b" ")[1] for req in got})
     assert paths == [b"/stream/cr0", b"/stream/cr1", b"/stream/cr2"]
+    assert set(got) == {connrate.request_bytes(i, 3, h) for i in range(3)}
+
+
+def _headers(name: str) -> bytes:
+    h = connrate.HEADER_SETS[name]
+    assert name == "minimal" or h.count(b"\r\n") == 15  # (browser: 15 header lines)
+    return h
+
+
+def test_headers_flag():
+    assert build_parser().parse_args(["connrate"]).headers == "minimal"
+    assert build_parser().parse_args(["connrate", "--headers", "browser"]).headers == "browser"
 
 
 needs_cc = pytest.mark.skipif(
@@ -118,10 +131,14 @@ def _open_fds_to(port: int) -> int:
 @needs_cc
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(monkeypatch):
+@pytest.mark.parametrize("headers", ["minimal", "browser"])
+def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(
+    monkeypatch, headers
+):
     monkeypatch.setattr(connrate, "STALL_S", 1.0)
+    h = _headers(headers)
     with _stream_server(2) as (port, got):
-        jobs = [connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2")]
+        jobs = [connrate.ClientJob(port, 10, 4, 3, 0, "127.0.0.2", "normal", h)]
         copies = connrate._c_clients(connload.build(), jobs)
         try:
             assert not got  # nothing before the start byte
@@ -140,6 +157,8 @@ def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(m
     assert r["cpu_s"] >= 0 and r["wall_s"] > 0
     paths = sorted({req.split(b" ")[1] for req in got})
     assert paths == [b"/stream/cr0", b"/stream/cr1", b"/stream/cr2"]
+    # the C client sends the Python client's bytes
+    assert set(got) == {connrate.request_bytes(i, 3, h) for i in range(3)}
 
 
 def test_c_client_without_a_compiler_is_a_clear_error(monkeypatch, capsys):
