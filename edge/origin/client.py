@@ -149,13 +149,15 @@ class OriginClient:
             self._remember_token(method)
         if not target.isascii():  # a request target is ASCII (RFC 3986): escape the rest
             target = _escape_high(target)
-        lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
+        # one join of the pieces: a ``%`` format per header line cost ~40% more (a browser's
+        # 15 headers and ours: 2.5 -> 1.8 us)
+        parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         for k, v in headers:
             if k not in good:
                 self._remember_token(k)
-            lines.append(b"%s: %s\r\n" % (k, v))
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+            parts += (k, b": ", v, b"\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
         n = len(headers) + 3
         if (
             head.count(b"\n") != n
