@@ -14,6 +14,7 @@ extensions = [
     Extension("_speedups._deliver_c", ["_speedups/_deliver_c.pyx"]),
     Extension("_speedups._sequence_c", ["_speedups/_sequence_c.pyx"]),
     Extension("_speedups._history_c", ["_speedups/_history_c.pyx"]),
+    Extension("_speedups._headers_c", ["_speedups/_headers_c.pyx"]),
 ]
 
 setup(

@@ -28,6 +28,7 @@ _NAMES = (
     "deliver",
     "history",
     "sequence",
+    "headers",
 )
 
 
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
         split_batch,
     )
     from _speedups._framing_py import http_chunk, http_chunks
+    from _speedups._headers_py import forward_filter, head_join, rules_clean
     from _speedups._history_py import HistoryChannel, append_many
     from _speedups._items_py import (
         NO_META,
@@ -123,6 +125,9 @@ else:
     HistoryChannel = _modules["history"].HistoryChannel
     append_many = _modules["history"].append_many
     sequence_run = _modules["sequence"].sequence_run
+    rules_clean = _modules["headers"].rules_clean
+    forward_filter = _modules["headers"].forward_filter
+    head_join = _modules["headers"].head_join
 
 __all__ = [
     "COMPILED",
@@ -138,6 +143,8 @@ __all__ = [
     "first_hint",
     "first_none",
     "first_topic",
+    "forward_filter",
+    "head_join",
     "http_chunk",
     "http_chunks",
     "make_envelope",
@@ -149,6 +156,7 @@ __all__ = [
     "recv_frames",
     "recv_single",
     "retain",
+    "rules_clean",
     "send_batch",
     "send_frames",
     "send_pending",

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from _speedups import rules_clean
+
 if TYPE_CHECKING:
     from broker.config import Config
     from edge.routes import Route, RouteTable
@@ -146,11 +148,7 @@ def apply(
     if not route.headers and not route.orig_headers and not rules.cdn_loop:
         # the usual request: no route header props, no marking, and no client header any
         # rule removes or rewrites: one pass over the names, then only the additions
-        for k, _ in headers:
-            lk = k.lower()
-            if lk in _RULED or lk.startswith(ORIG_PREFIX):
-                break
-        else:
+        if rules_clean(headers, _RULED, ORIG_PREFIX):
             out = list(headers)
             if tls:
                 _forwarded_proto(out, rules, ws)

@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 import httptools
 import trio
 
+from _speedups import forward_filter, head_join
 from broker.errors import GripcastError, RemoteProtocolError
 from edge import opener as _opener
 from edge.fastpath import read_now, send_now
@@ -149,15 +150,13 @@ class OriginClient:
             self._remember_token(method)
         if not target.isascii():  # a request target is ASCII (RFC 3986): escape the rest
             target = _escape_high(target)
-        # one join of the pieces: a ``%`` format per header line cost ~40% more (a browser's
-        # 15 headers and ours: 2.5 -> 1.8 us)
-        parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        for k, v in headers:
-            if k not in good:
-                self._remember_token(k)
-            parts += (k, b": ", v, b"\r\n")
-        parts.append(b"\r\n")
-        head = b"".join(parts)
+        head = head_join(method, target, host, headers, good)
+        if head is None:  # a header name not seen yet: checked (and remembered), then joined
+            for k, _ in headers:
+                if k not in good:
+                    self._remember_token(k)
+            head = head_join(method, target, host, headers, None)
+            assert head is not None
         n = len(headers) + 3
         if (
             head.count(b"\n") != n
@@ -256,15 +255,7 @@ def forward_headers(
     hop-by-hop and ``drop`` headers and every client ``Grip-*`` removed (kept with
     ``keep_grip``: a trusted GRIP proxy in front), route ``header=`` props applied.  Shared by
     HTTP requests and WebSocket-to-WebSocket handshakes."""
-    client_host = b""
-    out: list[tuple[bytes, bytes]] = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk == b"host":
-            client_host = v
-        if lk in drop or (lk.startswith(b"grip-") and not keep_grip):
-            continue
-        out.append((k, v))
+    client_host, out = forward_filter(headers, drop, keep_grip)
     if target.host_header:
         host = target.host_header.encode("latin-1")
     elif route.as_host:

@@ -1,0 +1,80 @@
+# cython: language_level=3
+"""The per-header loops of a proxied request (compiled twin of ``_headers_py``).
+
+The loops run on exact ``(bytes, bytes)`` tuples, the edge's header form; any other item
+(a list pair, a bytearray) sends the whole call to the pure twin, so both answer alike."""
+
+from _speedups import _headers_py as _pure
+
+
+cdef inline bint _pair(object kv):
+    return (
+        type(kv) is tuple
+        and len(<tuple>kv) == 2
+        and type((<tuple>kv)[0]) is bytes
+        and type((<tuple>kv)[1]) is bytes
+    )
+
+
+cdef bint _pairs(object headers):
+    """A list or tuple of exact ``(bytes, bytes)`` tuples (iterated twice here)."""
+    if type(headers) is not list and type(headers) is not tuple:
+        return False
+    for kv in headers:
+        if not _pair(kv):
+            return False
+    return True
+
+
+def rules_clean(headers, frozenset ruled, bytes prefix):
+    """True when no header name, lowercased, is in ``ruled`` or starts with ``prefix``."""
+    cdef bytes lk
+    if not _pairs(headers):
+        return _pure.rules_clean(headers, ruled, prefix)
+    for kv in headers:
+        lk = (<bytes>(<tuple>kv)[0]).lower()
+        if lk in ruled or lk.startswith(prefix):
+            return False
+    return True
+
+
+def forward_filter(headers, frozenset drop, bint keep_grip):
+    """(the value of the client's last ``Host`` header, or b""; the headers, in order, whose
+    lowercased name is not in ``drop`` and, unless ``keep_grip``, does not start ``grip-``)."""
+    cdef bytes client_host = b""
+    cdef list out = []
+    cdef bytes lk
+    cdef tuple t
+    if not _pairs(headers):
+        return _pure.forward_filter(headers, drop, keep_grip)
+    for kv in headers:
+        t = <tuple>kv
+        lk = (<bytes>t[0]).lower()
+        if lk == b"host":
+            client_host = <bytes>t[1]
+        if lk in drop or (not keep_grip and lk.startswith(b"grip-")):
+            continue
+        out.append(t)
+    return client_host, out
+
+
+def head_join(method, target, host, headers, tokens):
+    """``METHOD target HTTP/1.1``, ``Host`` and one line per header, then the blank line;
+    None when a header name is not in ``tokens`` (not checked yet: the caller checks it and
+    asks again; ``tokens`` None: no such test)."""
+    cdef list parts
+    cdef tuple t
+    cdef bint check = tokens is not None
+    if not _pairs(headers):
+        return _pure.head_join(method, target, host, headers, tokens)
+    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    for kv in headers:
+        t = <tuple>kv
+        if check and t[0] not in tokens:
+            return None
+        parts.append(t[0])
+        parts.append(b": ")
+        parts.append(t[1])
+        parts.append(b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

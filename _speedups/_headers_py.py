@@ -1,0 +1,57 @@
+"""The per-header loops of a proxied request (pure-Python twin of ``_headers_c``).
+
+A browser sends fifteen headers or so with every request; each of these loops runs once per
+client request toward the origin (``edge.proxyrules.apply``, ``edge.origin.client``):
+
+* ``rules_clean``: no client header is one Pushpin's proxy rules remove or rewrite;
+* ``forward_filter``: the client's Host and the headers an origin gets (hop-by-hop and
+  ``drop`` headers, and every ``Grip-*`` unless kept, removed);
+* ``head_join``: the request head's bytes from its parts (its checks stay with the caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Headers = Iterable[tuple[bytes, bytes]]
+
+
+def rules_clean(headers: Headers, ruled: frozenset[bytes], prefix: bytes) -> bool:
+    """True when no header name, lowercased, is in ``ruled`` or starts with ``prefix``."""
+    for k, _ in headers:
+        lk = k.lower()
+        if lk in ruled or lk.startswith(prefix):
+            return False
+    return True
+
+
+def forward_filter(
+    headers: Headers, drop: frozenset[bytes], keep_grip: bool
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """(the value of the client's last ``Host`` header, or b""; the headers, in order, whose
+    lowercased name is not in ``drop`` and, unless ``keep_grip``, does not start ``grip-``)."""
+    client_host = b""
+    out: list[tuple[bytes, bytes]] = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk == b"host":
+            client_host = v
+        if lk in drop or (lk.startswith(b"grip-") and not keep_grip):
+            continue
+        out.append((k, v))
+    return client_host, out
+
+
+def head_join(
+    method: bytes, target: bytes, host: bytes, headers: Headers, tokens: set[bytes] | None
+) -> bytes | None:
+    """``METHOD target HTTP/1.1``, ``Host`` and one line per header, then the blank line;
+    None when a header name is not in ``tokens`` (not checked yet: the caller checks it and
+    asks again; ``tokens`` None: no such test)."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    for k, v in headers:
+        if tokens is not None and k not in tokens:
+            return None
+        parts += (k, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
