@@ -73,7 +73,7 @@ if TYPE_CHECKING:
         split_batch,
     )
     from _speedups._framing_py import http_chunk, http_chunks
-    from _speedups._headers_py import forward_filter, head_join, rules_clean
+    from _speedups._headers_py import forward_filter, head_join, request_facts, rules_clean
     from _speedups._history_py import HistoryChannel, append_many
     from _speedups._items_py import (
         NO_META,
@@ -128,6 +128,7 @@ else:
     rules_clean = _modules["headers"].rules_clean
     forward_filter = _modules["headers"].forward_filter
     head_join = _modules["headers"].head_join
+    request_facts = _modules["headers"].request_facts
 
 __all__ = [
     "COMPILED",
@@ -155,6 +156,7 @@ __all__ = [
     "payload_bytes",
     "recv_frames",
     "recv_single",
+    "request_facts",
     "retain",
     "rules_clean",
     "send_batch",

@@ -78,3 +78,31 @@ def head_join(method, target, host, headers, tokens):
         parts.append(b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def request_facts(headers):
+    """(the distinct ``Content-Length`` values, stripped; whether a ``Transfer-Encoding``
+    came; the first ``Host`` value (None: none); how many ``Host`` headers; whether an
+    ``Expect: 100-continue`` came), names compared without case."""
+    cdef set lengths = set()
+    cdef bint te = False, expect = False
+    cdef object host = None
+    cdef Py_ssize_t hosts = 0
+    cdef bytes lk
+    cdef tuple t
+    if not _pairs(headers):
+        return _pure.request_facts(headers)
+    for kv in headers:
+        t = <tuple>kv
+        lk = (<bytes>t[0]).lower()
+        if lk == b"content-length":
+            lengths.add((<bytes>t[1]).strip())
+        elif lk == b"transfer-encoding":
+            te = True
+        elif lk == b"host":
+            if not hosts:
+                host = t[1]
+            hosts += 1
+        elif lk == b"expect" and (<bytes>t[1]).strip().lower() == b"100-continue":
+            expect = True
+    return lengths, te, host, hosts, expect

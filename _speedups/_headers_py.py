@@ -6,7 +6,9 @@ client request toward the origin (``edge.proxyrules.apply``, ``edge.origin.clien
 * ``rules_clean``: no client header is one Pushpin's proxy rules remove or rewrite;
 * ``forward_filter``: the client's Host and the headers an origin gets (hop-by-hop and
   ``drop`` headers, and every ``Grip-*`` unless kept, removed);
-* ``head_join``: the request head's bytes from its parts (its checks stay with the caller).
+* ``head_join``: the request head's bytes from its parts (its checks stay with the caller);
+* ``request_facts``: what a client request's headers say about its framing and Host
+  (``edge.http1.connection``: the checks and refusals stay with the caller).
 """
 
 from __future__ import annotations
@@ -55,3 +57,26 @@ def head_join(
         parts += (k, b": ", v, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def request_facts(headers: Headers) -> tuple[set[bytes], bool, bytes | None, int, bool]:
+    """(the distinct ``Content-Length`` values, stripped; whether a ``Transfer-Encoding``
+    came; the first ``Host`` value (None: none); how many ``Host`` headers; whether an
+    ``Expect: 100-continue`` came), names compared without case."""
+    lengths: set[bytes] = set()
+    te = expect = False
+    host: bytes | None = None
+    hosts = 0
+    for k, v in headers:
+        lk = k.lower()
+        if lk == b"content-length":
+            lengths.add(v.strip())
+        elif lk == b"transfer-encoding":
+            te = True
+        elif lk == b"host":
+            if not hosts:
+                host = v
+            hosts += 1
+        elif lk == b"expect" and v.strip().lower() == b"100-continue":
+            expect = True
+    return lengths, te, host, hosts, expect

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import httptools
 import trio
 
-from _speedups import http_chunk
+from _speedups import http_chunk, request_facts
 from broker.errors import InstructError, RemoteProtocolError
 from edge import accesslog, jsonp, proxyrules
 from edge import opener as _opener
@@ -215,22 +215,13 @@ class Connection:
         r.method = parser.get_method()
         r.keep_alive = parser.should_keep_alive()
         r.http11 = parser.get_http_version() == "1.1"
-        lengths: set[bytes] = set()
-        te = False
-        hosts = 0
-        for k, v in r.headers:
-            lk = k.lower()
-            if lk == b"content-length":
-                lengths.add(v.strip())
-            elif lk == b"transfer-encoding":
-                te = True
-            elif lk == b"host":
-                if hosts:  # the Host that picks the route must be the one the origin gets
-                    raise _Reject(400, "Duplicate Host header")
-                hosts += 1
-                r.host = v
-            elif lk == b"expect" and v.strip().lower() == b"100-continue":
-                self.need_continue = True
+        lengths, te, host, hosts, expect = request_facts(r.headers)
+        if host is not None:
+            r.host = host
+        if expect:
+            self.need_continue = True
+        if hosts > 1:  # the Host that picks the route must be the one the origin gets
+            raise _Reject(400, "Duplicate Host header")
         if len(lengths) > 1 or (lengths and te):
             raise _Reject(400, "Conflicting Content-Length and Transfer-Encoding")
         if r.method == b"CONNECT":

@@ -93,11 +93,15 @@ names = st.one_of(
             b"Content-Length", b"TE", b"Upgrade", b"Grip-Sig", b"grip-last", b"GRIP-X",
             b"X-Forwarded-For", b"x-forwarded-proto", b"Pushpin-Route", b"CDN-Loop",
             b"eb9bf0f5-Cookie", b"EB9BF0F5-x", b"Accept", b"Cookie", b"User-Agent", b"gri",
+            b"Expect", b"Transfer-Encoding", b"content-LENGTH",
         ]
     ),
     st.binary(min_size=0, max_size=12),
 )  # fmt: skip
-headers = st.lists(st.tuples(names, st.binary(max_size=20)), max_size=12)
+values = st.one_of(
+    st.binary(max_size=20), st.sampled_from([b"100-continue", b" 100-CONTINUE ", b"7"])
+)
+headers = st.lists(st.tuples(names, values), max_size=12)
 
 
 @given(headers, st.booleans(), st.sets(names, max_size=8), st.booleans())
@@ -111,3 +115,21 @@ def test_twins_agree(hs, keep_grip, tokens, no_tokens):
     assert c.head_join(b"GET", b"/x", b"h", hs, seen) == PURE.head_join(
         b"GET", b"/x", b"h", hs, seen
     )
+
+
+def test_request_facts(twin):
+    hs = [
+        (b"HOST", b"a.example"),
+        (b"Content-Length", b" 5 "),
+        (b"content-length", b"5"),
+        (b"Expect", b" 100-Continue "),
+        (b"Host", b"b.example"),
+    ]
+    assert twin.request_facts(hs) == ({b"5"}, False, b"a.example", 2, True)
+    assert twin.request_facts([(b"Transfer-Encoding", b"chunked")]) == (set(), True, None, 0, False)
+    assert twin.request_facts([(b"Expect", b"nothing")]) == (set(), False, None, 0, False)
+
+
+@given(headers)
+def test_twins_agree_on_request_facts(hs):
+    assert _compiled().request_facts(hs) == PURE.request_facts(hs)
