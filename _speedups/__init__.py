@@ -73,7 +73,13 @@ if TYPE_CHECKING:
         split_batch,
     )
     from _speedups._framing_py import http_chunk, http_chunks
-    from _speedups._headers_py import forward_filter, head_join, request_facts, rules_clean
+    from _speedups._headers_py import (
+        forward_filter,
+        grip_facts,
+        head_join,
+        request_facts,
+        rules_clean,
+    )
     from _speedups._history_py import HistoryChannel, append_many
     from _speedups._items_py import (
         NO_META,
@@ -129,6 +135,7 @@ else:
     forward_filter = _modules["headers"].forward_filter
     head_join = _modules["headers"].head_join
     request_facts = _modules["headers"].request_facts
+    grip_facts = _modules["headers"].grip_facts
 
 __all__ = [
     "COMPILED",
@@ -145,6 +152,7 @@ __all__ = [
     "first_none",
     "first_topic",
     "forward_filter",
+    "grip_facts",
     "head_join",
     "http_chunk",
     "http_chunks",

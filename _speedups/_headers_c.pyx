@@ -106,3 +106,37 @@ def request_facts(headers):
         elif lk == b"expect" and (<bytes>t[1]).strip().lower() == b"100-continue":
             expect = True
     return lengths, te, host, hosts, expect
+
+
+cdef bytes _INSTRUCT_TYPE = b"application/grip-instruct"
+
+
+def grip_facts(headers):
+    """What the proxy asks of an origin response's headers, read in one pass (once per client
+    request): ``is_grip_response``; the first ``Grip-Hold`` value (None: none); and whether
+    the instruct may be a stream whose body is relayed as it arrives (``Grip-Hold: stream``,
+    or no hold and a ``next`` ``Grip-Link``, and no JSON instruct: ``edge.grip.holds``)."""
+    cdef bint grip = False, has_next = False
+    cdef object hold = None
+    cdef bytes ctype = b"", lk, v
+    cdef tuple t
+    if not _pairs(headers):
+        return _pure.grip_facts(headers)
+    for kv in headers:
+        t = <tuple>kv
+        lk = (<bytes>t[0]).lower()
+        v = <bytes>t[1]
+        if lk.startswith(b"grip-"):
+            grip = True
+            if lk == b"grip-hold":
+                if hold is None:
+                    hold = v
+            elif lk == b"grip-link" and b"next" in v:
+                has_next = True
+        elif lk == b"content-type":
+            if not ctype:
+                ctype = v
+            if not grip and v.split(b";", 1)[0].strip().lower() == _INSTRUCT_TYPE:
+                grip = True
+    is_json = ctype.split(b";", 1)[0].strip() == _INSTRUCT_TYPE
+    return grip, hold, not is_json and (hold == b"stream" or (hold is None and has_next))

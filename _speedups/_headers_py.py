@@ -8,7 +8,8 @@ client request toward the origin (``edge.proxyrules.apply``, ``edge.origin.clien
   ``drop`` headers, and every ``Grip-*`` unless kept, removed);
 * ``head_join``: the request head's bytes from its parts (its checks stay with the caller);
 * ``request_facts``: what a client request's headers say about its framing and Host
-  (``edge.http1.connection``: the checks and refusals stay with the caller).
+  (``edge.http1.connection``: the checks and refusals stay with the caller);
+* ``grip_facts``: what an origin response's headers say about GRIP (``edge.grip.instruct``).
 """
 
 from __future__ import annotations
@@ -80,3 +81,30 @@ def request_facts(headers: Headers) -> tuple[set[bytes], bool, bytes | None, int
         elif lk == b"expect" and v.strip().lower() == b"100-continue":
             expect = True
     return lengths, te, host, hosts, expect
+
+
+_INSTRUCT_TYPE = b"application/grip-instruct"
+
+
+def grip_facts(headers: Headers) -> tuple[bool, bytes | None, bool]:
+    """What the proxy asks of an origin response's headers, read in one pass (once per client
+    request): ``is_grip_response``; the first ``Grip-Hold`` value (None: none); and whether
+    the instruct may be a stream whose body is relayed as it arrives (``Grip-Hold: stream``,
+    or no hold and a ``next`` ``Grip-Link``, and no JSON instruct: ``edge.grip.holds``)."""
+    grip, hold, has_next, ctype = False, None, False, b""
+    for k, v in headers:
+        lk = k.lower()
+        if lk.startswith(b"grip-"):
+            grip = True
+            if lk == b"grip-hold":
+                if hold is None:
+                    hold = v
+            elif lk == b"grip-link" and b"next" in v:
+                has_next = True
+        elif lk == b"content-type":
+            if not ctype:
+                ctype = v
+            if not grip and v.split(b";", 1)[0].strip().lower() == _INSTRUCT_TYPE:
+                grip = True
+    is_json = ctype.split(b";", 1)[0].strip() == _INSTRUCT_TYPE
+    return grip, hold, not is_json and (hold == b"stream" or (hold is None and has_next))

@@ -93,13 +93,24 @@ names = st.one_of(
             b"Content-Length", b"TE", b"Upgrade", b"Grip-Sig", b"grip-last", b"GRIP-X",
             b"X-Forwarded-For", b"x-forwarded-proto", b"Pushpin-Route", b"CDN-Loop",
             b"eb9bf0f5-Cookie", b"EB9BF0F5-x", b"Accept", b"Cookie", b"User-Agent", b"gri",
-            b"Expect", b"Transfer-Encoding", b"content-LENGTH",
+            b"Expect", b"Transfer-Encoding", b"content-LENGTH", b"Grip-Hold", b"grip-link",
+            b"Content-Type",
         ]
     ),
     st.binary(min_size=0, max_size=12),
 )  # fmt: skip
 values = st.one_of(
-    st.binary(max_size=20), st.sampled_from([b"100-continue", b" 100-CONTINUE ", b"7"])
+    st.binary(max_size=20),
+    st.sampled_from(
+        [
+            b"100-continue",
+            b" 100-CONTINUE ",
+            b"7",
+            b"stream",
+            b"</n>; rel=next",
+            b"application/grip-instruct; x",
+        ]
+    ),
 )
 headers = st.lists(st.tuples(names, values), max_size=12)
 
@@ -133,3 +144,8 @@ def test_request_facts(twin):
 @given(headers)
 def test_twins_agree_on_request_facts(hs):
     assert _compiled().request_facts(hs) == PURE.request_facts(hs)
+
+
+@given(headers)
+def test_twins_agree_on_grip_facts(hs):
+    assert _compiled().grip_facts(hs) == PURE.grip_facts(hs)
