@@ -4,6 +4,8 @@
 The loops run on exact ``(bytes, bytes)`` tuples, the edge's header form; any other item
 (a list pair, a bytearray) sends the whole call to the pure twin, so both answer alike."""
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
 from _speedups import _headers_py as _pure
 
 
@@ -58,19 +60,45 @@ def forward_filter(headers, frozenset drop, bint keep_grip):
     return client_host, out
 
 
+cdef inline bint _sound(bytes b):
+    """No control character other than HTAB (CR and LF included) in ``b``."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(b)
+    cdef unsigned char c
+    for i in range(n):
+        c = p[i]
+        if (c < 32 and c != 9) or c == 127:
+            return False
+    return True
+
+
 def head_join(method, target, host, headers, tokens):
-    """``METHOD target HTTP/1.1``, ``Host`` and one line per header, then the blank line;
+    """``METHOD target HTTP/1.1``, ``Host`` and one line per header, then the blank line.
+
     None when a header name is not in ``tokens`` (not checked yet: the caller checks it and
-    asks again; ``tokens`` None: no such test)."""
+    asks again; ``tokens`` None: no such test), or when the head would not be sound: a control
+    character other than HTAB (CR and LF included) in the method, the target, the Host, a
+    name or a value; an empty target, or one with a space or HTAB (the caller says which)."""
     cdef list parts
     cdef tuple t
     cdef bint check = tokens is not None
-    if not _pairs(headers):
+    if (
+        type(method) is not bytes
+        or type(target) is not bytes
+        or type(host) is not bytes
+        or not _pairs(headers)
+    ):
         return _pure.head_join(method, target, host, headers, tokens)
+    if not target or b" " in <bytes>target or b"\t" in <bytes>target:
+        return None
+    if not (_sound(<bytes>method) and _sound(<bytes>target) and _sound(<bytes>host)):
+        return None
     parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
     for kv in headers:
         t = <tuple>kv
         if check and t[0] not in tokens:
+            return None
+        if not (_sound(<bytes>t[0]) and _sound(<bytes>t[1])):
             return None
         parts.append(t[0])
         parts.append(b": ")

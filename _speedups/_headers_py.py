@@ -45,19 +45,35 @@ def forward_filter(
     return client_host, out
 
 
+# a control character other than HTAB (CR and LF included): never inside a part of a head
+_CTL = bytes(c for c in range(32) if c != 9) + b"\x7f"
+
+
 def head_join(
     method: bytes, target: bytes, host: bytes, headers: Headers, tokens: set[bytes] | None
 ) -> bytes | None:
-    """``METHOD target HTTP/1.1``, ``Host`` and one line per header, then the blank line;
+    """``METHOD target HTTP/1.1``, ``Host`` and one line per header, then the blank line.
+
     None when a header name is not in ``tokens`` (not checked yet: the caller checks it and
-    asks again; ``tokens`` None: no such test)."""
+    asks again; ``tokens`` None: no such test), or when the head would not be sound: a control
+    character other than HTAB (CR and LF included) in the method, the target, the Host, a
+    name or a value; an empty target, or one with a space or HTAB (the caller says which)."""
+    if not target or b" " in target or b"\t" in target:
+        return None
     parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    n = 3  # the template's own CR LF pairs: one a line; the parts must hold none
     for k, v in headers:
         if tokens is not None and k not in tokens:
             return None
         parts += (k, b": ", v, b"\r\n")
+        n += 1
     parts.append(b"\r\n")
-    return b"".join(parts)
+    head = b"".join(parts)
+    if head.count(b"\n") != n or head.count(b"\r") != n:
+        return None
+    if len(head.translate(None, _CTL)) != len(head) - 2 * n:
+        return None
+    return head
 
 
 def request_facts(headers: Headers) -> tuple[set[bytes], bool, bytes | None, int, bool]:

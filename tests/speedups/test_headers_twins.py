@@ -149,3 +149,40 @@ def test_twins_agree_on_request_facts(hs):
 @given(headers)
 def test_twins_agree_on_grip_facts(hs):
     assert _compiled().grip_facts(hs) == PURE.grip_facts(hs)
+
+
+@pytest.mark.parametrize(
+    "method, target, host, hs",
+    [
+        (b"GET", b"", b"h", []),  # no target
+        (b"GET", b"/a b", b"h", []),
+        (b"GET", b"/a\tb", b"h", []),
+        (b"GET", b"/a\r\nX: y", b"h", []),
+        (b"GET", b"/", b"h\r\nX-Injected: 1", []),
+        (b"GET", b"/", b"h", [(b"X", b"v\nInjected: 1")]),
+        (b"GET", b"/", b"h", [(b"X", b"v\rInjected: 1")]),
+        (b"GET", b"/", b"h", [(b"X", b"nul\x00")]),
+        (b"GET", b"/", b"h", [(b"X", b"del\x7f")]),
+        (b"GET", b"/", b"h", [(b"X\x01", b"v")]),
+        (b"G\x00T", b"/", b"h", []),
+    ],
+)
+def test_head_join_refuses_an_unsound_head(twin, method, target, host, hs):
+    assert twin.head_join(method, target, host, hs, None) is None
+
+
+def test_head_join_lets_htab_through_in_values(twin):
+    head = twin.head_join(b"GET", b"/", b"h", [(b"X", b"a\tb")], None)
+    assert head == b"GET / HTTP/1.1\r\nHost: h\r\nX: a\tb\r\n\r\n"
+
+
+@given(
+    st.binary(max_size=6),
+    st.binary(max_size=10),
+    st.binary(max_size=10),
+    st.lists(st.tuples(st.binary(max_size=6), st.binary(max_size=10)), max_size=4),
+)
+def test_twins_agree_on_any_head(method, target, host, hs):
+    assert _compiled().head_join(method, target, host, hs, None) == PURE.head_join(
+        method, target, host, hs, None
+    )
