@@ -61,7 +61,7 @@ from edge import opener, readtimer
 from edge.grip import filters
 from edge.grip.aco import finish_held, with_cors
 from edge.grip.cache import InstructCache
-from edge.grip.instruct import Hold, is_grip_response
+from edge.grip.instruct import Hold, grip_facts, is_grip_response
 from edge.grip.nextlink import (
     UPDATES_PER_S,
     LinkRefused,
@@ -272,21 +272,9 @@ def _client_path(req: Request) -> tuple[str, str]:
 
 
 def _streamish(raw: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a response's instruct may be a stream (its body relayed as it arrives);
-    ``edge.grip.instruct.grip_facts`` answers it too, with the rest the proxy reads."""
-    ctype, hold_value, has_next = b"", None, False
-    for k, v in raw:
-        lk = k.lower()
-        if lk == b"content-type":
-            if not ctype:
-                ctype = v
-        elif lk == b"grip-hold":
-            if hold_value is None:
-                hold_value = v
-        elif lk == b"grip-link" and b"next" in v:
-            has_next = True
-    is_json = ctype.split(b";", 1)[0].strip() == b"application/grip-instruct"
-    return not is_json and (hold_value == b"stream" or (hold_value is None and has_next))
+    """Whether a response's instruct may be a stream (its body relayed as it arrives):
+    ``edge.grip.instruct.grip_facts``' third answer."""
+    return grip_facts(raw)[2]
 
 
 def _parse_complete(resp: OriginResponse, route: Route, cache: InstructCache) -> Hold | None:

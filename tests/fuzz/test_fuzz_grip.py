@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import InstructError, RemoteProtocolError
-from edge.grip.holds import _streamish
 from edge.grip.instruct import grip_facts, is_grip_response, parse_instruct
 from edge.http1 import headers as hdr
 from tests.fuzz.strategies import FUZZ, header_value, nasty_number, nasty_text
@@ -104,6 +103,23 @@ json_values = st.recursive(
     max_leaves=20,
 )
 bodies = st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()))
+
+
+def _streamish(raw: list[tuple[bytes, bytes]]) -> bool:
+    """The scan ``grip_facts`` replaced in ``edge.grip.holds`` (kept here as the oracle)."""
+    ctype, hold_value, has_next = b"", None, False
+    for k, v in raw:
+        lk = k.lower()
+        if lk == b"content-type":
+            if not ctype:
+                ctype = v
+        elif lk == b"grip-hold":
+            if hold_value is None:
+                hold_value = v
+        elif lk == b"grip-link" and b"next" in v:
+            has_next = True
+    is_json = ctype.split(b";", 1)[0].strip() == b"application/grip-instruct"
+    return not is_json and (hold_value == b"stream" or (hold_value is None and has_next))
 
 
 @FUZZ
