@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-from edge.grip.instruct import Hold
+from edge.grip.instruct import Channel, Hold
 from edge.http1 import responses
 from edge.sessionstate import CLOSE, DEAD, DONE, FLUSHED, KILL, OPEN, HistoryLost, Session
 
@@ -40,19 +40,20 @@ _NAMES: dict[tuple[str, ...], frozenset[str]] = {}
 _NAMES_MAX = 4096  # distinct channel sets remembered (cleared when full: sharing, not a leak)
 
 
-# ... and what one hold gives every session it holds (a hold is shared: edge.grip.cache), by
-# ``id(hold)`` with the hold itself kept and compared (an id is reused once an object is gone)
-_BY_HOLD: dict[int, tuple[Hold, dict[str, tuple[str, ...]], frozenset[str]]] = {}
+# ... and what one hold's channels give every session it holds (a hold is shared:
+# edge.grip.cache), by ``id(hold.channels)`` with that tuple kept and compared (an id is reused
+# once its object is gone); the tuple, not the hold: a hold may carry a large initial body
+_BY_HOLD: dict[int, tuple[tuple[Channel, ...], dict[str, tuple[str, ...]], frozenset[str]]] = {}
 
 
 def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
     """Per-channel filters (``edge.grip.filters``) and the subscription meta from the hold."""
     session.meta = hold.meta
-    known = _BY_HOLD.get(id(hold))
-    if known is not None and known[0] is hold:
+    chans = hold.channels
+    known = _BY_HOLD.get(id(chans))
+    if known is not None and known[0] is chans:
         session.filters, session.channel_names = known[1], known[2]
         return
-    chans = hold.channels
     if any(c.filters for c in chans):
         filters = {c.name: c.filters for c in chans if c.filters}
     else:
@@ -65,7 +66,7 @@ def _subscription(session: StreamSession | ResponseSession, hold: Hold) -> None:
         names = _NAMES[key] = frozenset(key)
     if len(_BY_HOLD) >= _NAMES_MAX:
         _BY_HOLD.clear()
-    _BY_HOLD[id(hold)] = (hold, filters, names)
+    _BY_HOLD[id(chans)] = (chans, filters, names)
     session.filters, session.channel_names = filters, names
 
 
