@@ -28,7 +28,7 @@ cdef bint _pairs(object headers):
     return True
 
 
-def rules_clean(headers, frozenset ruled, bytes prefix):
+def rules_clean(headers, ruled, prefix):
     """True when no header name, lowercased, is in ``ruled`` or starts with ``prefix``."""
     cdef bytes lk
     if not _pairs(headers):
@@ -40,7 +40,7 @@ def rules_clean(headers, frozenset ruled, bytes prefix):
     return True
 
 
-def forward_filter(headers, frozenset drop, bint keep_grip):
+def forward_filter(headers, drop, bint keep_grip):
     """(the value of the client's last ``Host`` header, or b""; the headers, in order, whose
     lowercased name is not in ``drop`` and, unless ``keep_grip``, does not start ``grip-``)."""
     cdef bytes client_host = b""

@@ -14,12 +14,12 @@ client request toward the origin (``edge.proxyrules.apply``, ``edge.origin.clien
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 Headers = Iterable[tuple[bytes, bytes]]
 
 
-def rules_clean(headers: Headers, ruled: frozenset[bytes], prefix: bytes) -> bool:
+def rules_clean(headers: Headers, ruled: Container[bytes], prefix: bytes) -> bool:
     """True when no header name, lowercased, is in ``ruled`` or starts with ``prefix``."""
     for k, _ in headers:
         lk = k.lower()
@@ -29,7 +29,7 @@ def rules_clean(headers: Headers, ruled: frozenset[bytes], prefix: bytes) -> boo
 
 
 def forward_filter(
-    headers: Headers, drop: frozenset[bytes], keep_grip: bool
+    headers: Headers, drop: Container[bytes], keep_grip: bool
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """(the value of the client's last ``Host`` header, or b""; the headers, in order, whose
     lowercased name is not in ``drop`` and, unless ``keep_grip``, does not start ``grip-``)."""

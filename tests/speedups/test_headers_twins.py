@@ -186,3 +186,9 @@ def test_twins_agree_on_any_head(method, target, host, hs):
     assert _compiled().head_join(method, target, host, hs, None) == PURE.head_join(
         method, target, host, hs, None
     )
+
+
+def test_any_container_of_names(twin):
+    hs = [(b"Connection", b"x"), (b"Accept", b"y")]
+    assert twin.forward_filter(hs, {b"connection"}, False) == (b"", [(b"Accept", b"y")])
+    assert not twin.rules_clean(hs, [b"accept"], b"eb9bf0f5-")
