@@ -77,17 +77,9 @@ class Hold:
 
 
 def is_grip_response(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Reference 1.6: any ``Grip-*`` header, or Content-Type ``application/grip-instruct``."""
-    for k, v in headers:
-        lk = k.lower()
-        if lk.startswith(b"grip-"):
-            return True
-        if (
-            lk == b"content-type"
-            and v.split(b";", 1)[0].strip().lower() == b"application/grip-instruct"
-        ):
-            return True
-    return False
+    """Reference 1.6: any ``Grip-*`` header, or Content-Type ``application/grip-instruct``
+    (``grip_facts``' first answer)."""
+    return grip_facts(headers)[0]
 
 
 def _int(text: str, error: str) -> int:

@@ -384,17 +384,9 @@ class Connection:
             and not self.eof
             and not self.need_continue
         ):
-            crypt = self.crypt
-            if crypt is None:  # (``read_now`` inline: once per connection)
-                try:
-                    data = _os_read(self.sock.fileno(), READ_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    return None
-            else:
-                got = crypt.read_now(READ_SIZE)
-                if got is None:
-                    return None
-                data = got
+            data = self.read_now()
+            if data is None:
+                return None
             self.now = trio.current_time()
             if not data:
                 self.eof = True

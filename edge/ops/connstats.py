@@ -114,14 +114,8 @@ class ConnStats:
         """A client connection was accepted (``key``: anything hashable, e.g. its socket)."""
         c = _Conn(f"{self.source}:{next(self._ids)}", peer)
         self._conns[key] = c
-        # (per accepted connection: ``_count(now, +1)``, ``enabled`` and ``_queued`` inline)
-        if self._changed_at is not None:
-            self._area += self._open * max(now - self._changed_at, 0.0)
-        self._changed_at = now
-        self._open += 1
-        if self._open > self._max:
-            self._max = self._open
-        if self.ttl_s > 0:
+        self._count(now, +1)
+        if self.ttl_s > 0:  # (per accepted connection: ``enabled`` and ``_queued`` inline)
             new = self._new
             pending = len(new) + len(self._gone)
             if pending < self.max_pending:
