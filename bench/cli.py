@@ -347,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(bench/connload.c --hold, one copy per --procs: less of the machine's CPU)",
     )
     cr.add_argument(
+        "--origin",
+        choices=("python", "c"),
+        default="python",
+        help="the origin both targets proxy to: python (default: bench/origin.py, asyncio) or "
+        "c (bench/corigin.c: the same answers from one epoll loop in C, less of the machine)",
+    )
+    cr.add_argument(
         "--headers",
         choices=("minimal", "browser"),
         default="minimal",

@@ -15,7 +15,8 @@ each copy spreads its own connections over the channels from ``cr0``), so that t
 generator takes less of the shared machine, as the issue's independent C client did.  CPU is
 read from /proc for every server process (gripcast: broker and edges; Pushpin: condure, proxy,
 handler, zurl), for the bench origin (``bench.origin``, one asyncio process: a slow origin
-limits both targets) and for the clients, over the connect phase, minus each process's idle
+limits both targets; ``--origin c``: ``bench.corigin``, the same answers from C, half its
+CPU a request) and for the clients, over the connect phase, minus each process's idle
 rate measured just before.  The figures to read are the server CPU per connection (it does not
 depend on how busy the shared machine is) beside the rate.
 """
@@ -34,7 +35,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench import connfloor, connload, procs
+from bench import connfloor, connload, corigin, procs
+from bench.corigin import COrigin
 from bench.origin import Origin
 from bench.report import save_results
 from bench.swarm import IP_BIND_ADDRESS_NO_PORT, apply_sched
@@ -372,10 +374,16 @@ def run_round(
     }
 
 
+def make_origin(kind: str) -> Origin | COrigin:
+    """The started bench origin: ``python`` (bench.origin, asyncio) or ``c`` (bench.corigin,
+    the same answers from one epoll loop in C)."""
+    return COrigin().start() if kind == "c" else Origin().start()
+
+
 def run_target(kind: str, args, log=print) -> dict:
     procs.raise_nofile()
     workdir = tempfile.mkdtemp(prefix=f"bench-cr-{kind}-")
-    origin = Origin().start()
+    origin = make_origin(args.origin)
     if kind == "floor":
         target = connfloor.FloorTarget(origin.port, args.edges, args.floor)
     else:
@@ -401,6 +409,7 @@ def run_target(kind: str, args, log=print) -> dict:
             row["round"] = r
             row["client"] = args.client
             row["headers"] = args.headers
+            row["origin"] = args.origin
             procs_txt = "  ".join(
                 f"{n} {v['connect_us_per_conn']} (sys {v['connect_sys_s']:.2f}s)"
                 for n, v in row["processes"].items()
@@ -427,6 +436,8 @@ def _median(rows: list[dict], key: str) -> float:
 def main(args) -> int:
     # the C clients' build here, so a missing compiler is a clear message, not a traceback
     if args.client == "c" and connload.ready_binary("connrate", [], connload.build) is None:
+        return 2
+    if args.origin == "c" and connload.ready_binary("connrate", [], corigin.build) is None:
         return 2
     if args.target == "both":
         targets = (
