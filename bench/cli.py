@@ -20,6 +20,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TRANSPORTS = ("stream", "sse", "longpoll", "ws")
 
 
+def _non_negative(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: must be 0 or more")
+    return n
+
+
 def _add_load_args(p: argparse.ArgumentParser, churn: bool, channels: bool = False) -> None:
     p.add_argument("--transport", choices=TRANSPORTS, default="sse")
     if channels:
@@ -333,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--channels", type=int, default=1, help="channels (default 1)")
     cr.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     cr.add_argument("--repeat", type=int, default=2, help="rounds per target (default 2)")
+    cr.add_argument(
+        "--warmup-rounds",
+        type=_non_negative,
+        default=0,
+        help="rounds run first on each target and not counted (default 0): the counted rounds "
+        "then show servers whose memory a burst of --conns connections has grown before",
+    )
     cr.add_argument(
         "--client-sched",
         choices=("normal", "batch"),

@@ -19,6 +19,11 @@ limits both targets; ``--origin c``: ``bench.corigin``, the same answers from C,
 CPU a request) and for the clients, over the connect phase, minus each process's idle
 rate measured just before.  The figures to read are the server CPU per connection (it does not
 depend on how busy the shared machine is) beside the rate.
+
+``--warmup-rounds N`` runs N more rounds first on each target, the same connections, not
+counted: a fresh process's first 10,000 connections grow its memory (on this machine a
+gripcast edge's first round is 15-25% slower at the same CPU a connection), so the counted
+rounds show a server that has served such a burst before.  Both targets get the same.
 """
 
 from __future__ import annotations
@@ -394,7 +399,7 @@ def run_target(kind: str, args, log=print) -> dict:
         if kind != "floor":  # the floor proxies but has no publish side (bench.connfloor)
             warm_up(target, 20)
         rows = []
-        for r in range(args.repeat):
+        for r in range(-args.warmup_rounds, args.repeat):
             row = run_round(
                 target,
                 origin.pid,
@@ -406,7 +411,14 @@ def run_target(kind: str, args, log=print) -> dict:
                 args.client,
                 HEADER_SETS[args.headers],
             )
+            if r < 0:  # a warm-up round: the same connections, not counted (--warmup-rounds)
+                log(
+                    f"[{kind}] warm-up round: {row['connections']} held "
+                    f"({row['failed']} failed) {row['per_s']:.0f}/s (not counted)"
+                )
+                continue
             row["round"] = r
+            row["warmup_rounds"] = args.warmup_rounds
             row["client"] = args.client
             row["headers"] = args.headers
             row["origin"] = args.origin

@@ -184,3 +184,60 @@ def test_connload_hold_needs_a_plain_request_and_a_count():
         )
         assert p.returncode == 2, (extra, p.stderr)
         assert "--hold needs" in p.stderr
+
+
+def test_warmup_rounds_option():
+    assert build_parser().parse_args(["connrate"]).warmup_rounds == 0
+    assert build_parser().parse_args(["connrate", "--warmup-rounds", "1"]).warmup_rounds == 1
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["connrate", "--warmup-rounds", "-1"])
+
+
+def test_warmup_rounds_are_run_and_not_counted(monkeypatch):
+    """Each target runs --warmup-rounds rounds more, first, and reports only the counted ones."""
+    calls = []
+
+    class FakeTarget:
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+    class FakeOrigin:
+        pid = 1
+        port = 9
+
+        def stop(self):
+            pass
+
+    def fake_round(*a, **kw):
+        calls.append(len(calls))
+        return {
+            "connections": 10,
+            "failed": 0,
+            "per_s": 100.0 + len(calls),
+            "per_s_to_90pct": 90.0,
+            "server_cpu_s_per_1000": 0.1,
+            "edge_cpu_s_per_1000": 0.1,
+            "origin_cpu_s_per_1000": 0.01,
+            "client_cpu_s_per_1000": 0.01,
+            "server_close_cpu_s_per_1000": 0.01,
+            "processes": {},
+            "loadavg": (0.0, 0.0, 0.0),
+        }
+
+    monkeypatch.setattr(connrate, "make_origin", lambda kind: FakeOrigin())
+    monkeypatch.setattr(connrate, "make_target", lambda *a, **kw: FakeTarget())
+    monkeypatch.setattr(connrate, "warm_up", lambda *a, **kw: None)
+    monkeypatch.setattr(connrate, "run_round", fake_round)
+    args = build_parser().parse_args(
+        ["connrate", "--target", "gripcast", "--repeat", "2", "--warmup-rounds", "1"]
+    )
+    lines: list[str] = []
+    out = connrate.run_target("gripcast", args, log=lines.append)
+    assert len(calls) == 3  # one warm-up round, two counted
+    assert [r["round"] for r in out["rows"]] == [0, 1]
+    assert [r["per_s"] for r in out["rows"]] == [102.0, 103.0]  # not the warm-up's
+    assert all(r["warmup_rounds"] == 1 for r in out["rows"])
+    assert "warm-up round" in lines[0] and "not counted" in lines[0]
