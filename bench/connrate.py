@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
 import socket
 import statistics
 import subprocess
@@ -439,6 +440,7 @@ def run_target(kind: str, args, log=print) -> dict:
     finally:
         target.stop()
         origin.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # (the target's config and logs)
 
 
 def _median(rows: list[dict], key: str) -> float:

@@ -3,6 +3,7 @@ gives (a real process on 127.0.0.1; skipped without a C compiler)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -98,3 +99,45 @@ def test_c_origin_without_a_compiler_is_a_clear_error(monkeypatch, capsys):
     args.argv = []
     assert connrate.main(args) == 2
     assert "apt-get install gcc" in capsys.readouterr().out
+
+
+@needs_cc
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_connrate_through_gripcast_to_the_c_origin(tmp_path):
+    """The whole scenario with the C origin and clients against a real gripcast (broker and
+    one edge): every connection is held, the warm-up round is not counted."""
+    out = tmp_path / "cr.json"
+    args = build_parser().parse_args(
+        [
+            "connrate",
+            "--target",
+            "gripcast",
+            "--edges",
+            "1",
+            "--conns",
+            "200",
+            "--procs",
+            "2",
+            "--window",
+            "8",
+            "--repeat",
+            "1",
+            "--warmup-rounds",
+            "1",
+            "--client",
+            "c",
+            "--origin",
+            "c",
+            "--out",
+            str(out),
+        ]
+    )
+    args.argv = []
+    assert connrate.main(args) == 0
+    rows = json.loads(out.read_text())["results"][0]["rows"]
+    assert len(rows) == 1  # the warm-up round is not among them
+    row = rows[0]
+    assert (row["connections"], row["failed"]) == (200, 0)
+    assert row["origin"] == "c" and row["warmup_rounds"] == 1
+    assert row["per_s"] > 0 and row["origin_cpu_s_per_1000"] >= 0
