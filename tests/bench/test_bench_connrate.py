@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import connload, connrate
+from bench import connload, connrate, corigin
 from bench.cli import build_parser
 
 
@@ -161,12 +161,15 @@ def test_c_client_holds_answered_connections_until_told_and_fails_hanging_ones(
     assert set(got) == {connrate.request_bytes(i, 3, h) for i in range(3)}
 
 
-def test_c_client_without_a_compiler_is_a_clear_error(monkeypatch, capsys):
-    def no_cc():
-        raise connload.BuildError("bench's connload needs a C compiler (apt-get install gcc)")
+@pytest.mark.parametrize("flag, module", [("--client", connload), ("--origin", corigin)])
+def test_c_helper_without_a_compiler_is_a_clear_error(monkeypatch, capsys, flag, module):
+    """``--client c`` (bench/connload.c) and ``--origin c`` (bench/corigin.c) without gcc."""
 
-    monkeypatch.setattr(connload, "build", no_cc)
-    args = build_parser().parse_args(["connrate", "--client", "c", "--target", "gripcast"])
+    def no_cc():
+        raise connload.BuildError("bench's helper needs a C compiler (apt-get install gcc)")
+
+    monkeypatch.setattr(module, "build", no_cc)
+    args = build_parser().parse_args(["connrate", flag, "c", "--target", "gripcast"])
     args.argv = []
     assert connrate.main(args) == 2
     assert "apt-get install gcc" in capsys.readouterr().out
