@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--edges", type=int, default=2, help="gripcast edge processes (default 2)")
     cr.add_argument("--repeat", type=int, default=2, help="rounds per target (default 2)")
     cr.add_argument(
+        "--edge-affinity",
+        action="store_true",
+        help="gripcast's edges with edge_cpu_affinity on: each pinned to a CPU, its listener's "
+        "new connections steered to it by SO_INCOMING_CPU (Pushpin has no such setting)",
+    )
+    cr.add_argument(
         "--warmup-rounds",
         type=_non_negative,
         default=0,

@@ -390,11 +390,20 @@ def run_target(kind: str, args, log=print) -> dict:
     procs.raise_nofile()
     workdir = tempfile.mkdtemp(prefix=f"bench-cr-{kind}-")
     origin = make_origin(args.origin)
-    if kind == "floor":
-        target = connfloor.FloorTarget(origin.port, args.edges, args.floor)
-    else:
-        stats = not args.no_stats  # same on both targets
-        target = make_target(kind, origin.port, args.edges, workdir, "warning", stats)
+    try:
+        if kind == "floor":
+            target = connfloor.FloorTarget(origin.port, args.edges, args.floor)
+        else:
+            stats = not args.no_stats  # same on both targets
+            # --edge-affinity: gripcast's edges pinned a CPU each, new connections steered to
+            # them (edge_cpu_affinity, edge.cpupin; Pushpin has no such setting)
+            on = args.edge_affinity and kind == "gripcast"
+            env = {"GRIPCAST_EDGE_CPU_AFFINITY": "true"} if on else None
+            target = make_target(kind, origin.port, args.edges, workdir, "warning", stats, env=env)
+    except BaseException:
+        origin.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         target.start()
         if kind != "floor":  # the floor proxies but has no publish side (bench.connfloor)
@@ -420,6 +429,7 @@ def run_target(kind: str, args, log=print) -> dict:
                 continue
             row["round"] = r
             row["warmup_rounds"] = args.warmup_rounds
+            row["edge_affinity"] = args.edge_affinity and kind == "gripcast"
             row["client"] = args.client
             row["headers"] = args.headers
             row["origin"] = args.origin

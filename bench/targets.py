@@ -355,13 +355,16 @@ def make_target(
     stats: bool = True,
     tls: bool = False,
     history_max_items: int = 100000,
+    env: dict | None = None,
 ) -> Target:
+    """``env``: more environment for gripcast's processes (``GRIPCAST_<KEY>`` settings)."""
     sub = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
     if kind == "gripcast":
         return GripcastTarget(
             origin_port,
             edges,
             sub,
+            env=env,
             log_level=log_level,
             stats=stats,
             tls=tls,

@@ -160,6 +160,10 @@ class Config:
     # libzmq's I/O threads under SCHED_BATCH: woken by a send, they do not preempt the sending
     # main thread (broker.runtime.iosched; Linux)
     zmq_io_batch: bool = True
+    # each edge pinned to a CPU (edge i on the i-th allowed CPU), its listeners' new
+    # connections steered to it by SO_INCOMING_CPU (edge.cpupin); only where every CPU receives
+    # its share of the packets (RSS/RPS), so off by default
+    edge_cpu_affinity: bool = False
     curve_secret_key: str = ""  # broker's secret key: Curve on for the edge sockets
     curve_public_key: str = ""  # broker's public key (edges and tools use it as server key)
     curve_allowed_clients: tuple[str, ...] = ()  # allowed client public keys, files, or "*"

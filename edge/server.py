@@ -28,7 +28,7 @@ from broker.runtime.procsignals import ignore_late_stop_signals, ignore_stop_sig
 from broker.runtime.rawsock import stdlib_socket
 from broker.runtime.sdnotify import notify
 from broker.runtime.ticks import TickGate, sleep_tick
-from edge import fastpath, opener, routeswatch, testorigin
+from edge import cpupin, fastpath, opener, routeswatch, testorigin
 from edge.grip.cache import InstructCache
 from edge.grip.holds import HoldRegistry
 from edge.grip.session import ResponseSession, StreamSession
@@ -781,6 +781,8 @@ async def serve(
     exit_code = 0
     try:
         listeners = await open_listeners(cfg)
+        if cfg.edge_cpu_affinity:  # this edge on its CPU, its new connections steered to it
+            cpupin.pin(index, [lst.sock for lst in listeners])
         # Pushpin's ``test`` target: served on a loopback port of this edge's own
         test_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         test_port = test_listeners[0].socket.getsockname()[1]

@@ -189,6 +189,29 @@ def test_connload_hold_needs_a_plain_request_and_a_count():
         assert "--hold needs" in p.stderr
 
 
+def test_edge_affinity_option_reaches_gripcast_only(monkeypatch):
+    assert build_parser().parse_args(["connrate"]).edge_affinity is False
+    seen = {}
+
+    def fake_make_target(kind, *a, env=None, **kw):
+        seen[kind] = env
+        raise RuntimeError("stop here")  # (only what it was asked for matters)
+
+    class FakeOrigin:
+        pid, port = 1, 9
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(connrate, "make_origin", lambda kind: FakeOrigin())
+    monkeypatch.setattr(connrate, "make_target", fake_make_target)
+    args = build_parser().parse_args(["connrate", "--edge-affinity"])
+    for kind in ("gripcast", "pushpin"):
+        with pytest.raises(RuntimeError):
+            connrate.run_target(kind, args)
+    assert seen == {"gripcast": {"GRIPCAST_EDGE_CPU_AFFINITY": "true"}, "pushpin": None}
+
+
 def test_warmup_rounds_option():
     assert build_parser().parse_args(["connrate"]).warmup_rounds == 0
     assert build_parser().parse_args(["connrate", "--warmup-rounds", "1"]).warmup_rounds == 1
