@@ -386,25 +386,24 @@ def make_origin(kind: str) -> Origin | COrigin:
     return COrigin().start() if kind == "c" else Origin().start()
 
 
+def _make_target(kind: str, args, origin_port: int, workdir: str):
+    if kind == "floor":
+        return connfloor.FloorTarget(origin_port, args.edges, args.floor)
+    stats = not args.no_stats  # same on both targets
+    # --edge-affinity: gripcast's edges pinned a CPU each, new connections steered to them
+    # (edge_cpu_affinity, edge.cpupin; Pushpin has no such setting)
+    on = args.edge_affinity and kind == "gripcast"
+    env = {"GRIPCAST_EDGE_CPU_AFFINITY": "true"} if on else None
+    return make_target(kind, origin_port, args.edges, workdir, "warning", stats, env=env)
+
+
 def run_target(kind: str, args, log=print) -> dict:
     procs.raise_nofile()
     workdir = tempfile.mkdtemp(prefix=f"bench-cr-{kind}-")
     origin = make_origin(args.origin)
+    target = None
     try:
-        if kind == "floor":
-            target = connfloor.FloorTarget(origin.port, args.edges, args.floor)
-        else:
-            stats = not args.no_stats  # same on both targets
-            # --edge-affinity: gripcast's edges pinned a CPU each, new connections steered to
-            # them (edge_cpu_affinity, edge.cpupin; Pushpin has no such setting)
-            on = args.edge_affinity and kind == "gripcast"
-            env = {"GRIPCAST_EDGE_CPU_AFFINITY": "true"} if on else None
-            target = make_target(kind, origin.port, args.edges, workdir, "warning", stats, env=env)
-    except BaseException:
-        origin.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    try:
+        target = _make_target(kind, args, origin.port, workdir)
         target.start()
         if kind != "floor":  # the floor proxies but has no publish side (bench.connfloor)
             warm_up(target, 20)
@@ -448,7 +447,8 @@ def run_target(kind: str, args, log=print) -> dict:
             rows.append(row)
         return {"target": kind, "rows": rows}
     finally:
-        target.stop()
+        if target is not None:
+            target.stop()
         origin.stop()
         shutil.rmtree(workdir, ignore_errors=True)  # (the target's config and logs)
 
